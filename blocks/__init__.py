@@ -1,0 +1,17 @@
+"""Prefect Blocks: the configuration users edit in the Prefect UI."""
+
+from blocks.planner_settings import PlannerSettings
+from blocks.registry import DEFAULT_POOL, DEFAULT_SETTINGS, ensure_defaults, load_pools, load_settings, register
+from blocks.resource_pool import ResourcePool, local_pool_from_machine
+
+__all__ = [
+    "DEFAULT_POOL",
+    "DEFAULT_SETTINGS",
+    "PlannerSettings",
+    "ResourcePool",
+    "ensure_defaults",
+    "load_pools",
+    "load_settings",
+    "local_pool_from_machine",
+    "register",
+]

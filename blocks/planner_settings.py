@@ -1,0 +1,32 @@
+"""PlannerSettings: how the planner solves, editable in the Prefect UI."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from prefect.blocks.core import Block
+from pydantic import Field
+
+
+class PlannerSettings(Block):
+    """Solver, time limit and estimate learning for planflow's planner."""
+
+    _block_type_name: ClassVar[str] = "planflow Planner Settings"
+    _block_type_slug: ClassVar[str] = "planflow-planner-settings"
+    _description: ClassVar[str] = "How planflow plans each pipeline run."
+
+    solver: Literal["highs", "cbc"] = Field(
+        default="highs", description="MILP solver: HiGHS (default) or CBC (bundled with PuLP)."
+    )
+    time_limit_s: float = Field(
+        default=10.0, gt=0, description="Longest the solver may search, in seconds; the best "
+        "plan found by then is used."
+    )
+    threads: int = Field(default=1, ge=1, description="Solver threads.")
+    mip_gap: float = Field(
+        default=0.0, ge=0, lt=1, description="Relative gap at which the solver may stop early."
+    )
+    history_runs: int = Field(
+        default=5, ge=1, description="Recent runs whose median actual duration replaces a "
+        "component's declared estimate."
+    )

@@ -1,0 +1,247 @@
+"""`@component`: a Prefect task that declares the resources it needs.
+
+    >>> @component(cpu=2, mem_gib=4, est_seconds=30)
+    ... def train(features: pl.DataFrame, seed: int = 7) -> Model: ...
+
+The spec is checked when the decorator is applied, and every problem is listed
+at once, so a bad spec fails at import with the fix beside each value.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import inspect
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Mapping
+
+from prefect.tasks import Task
+
+RESOURCE_KEYS = ("cpu", "gpu", "mem_gib", "est_seconds", "pools", "est_seconds_by_pool")
+TASK_KEYS = ("name", "description", "retries", "retry_delay_seconds", "timeout_seconds", "tags")
+ALLOWED_KEYS = RESOURCE_KEYS + TASK_KEYS
+# Names users reach for first, mapped to the key planflow uses.
+KEY_ALIASES = {
+    "memory": "mem_gib", "mem": "mem_gib", "ram": "mem_gib", "memory_gib": "mem_gib",
+    "cpus": "cpu", "cores": "cpu", "gpus": "gpu", "pool": "pools",
+    "duration": "est_seconds", "seconds": "est_seconds", "estimate": "est_seconds",
+}
+
+
+class ComponentSpecError(ValueError):
+    """A component's declaration is invalid; the message lists every problem."""
+
+
+@dataclass(frozen=True)
+class ResourceSpec:
+    """What one run of a component needs: cores, GPUs, memory, and how long it takes.
+
+    `pools` limits where it may run (empty: any pool); `est_seconds_by_pool`
+    gives a different duration on some pools (a GPU pool trains faster).
+    """
+
+    cpu: float = 1.0
+    gpu: int = 0
+    mem_gib: float = 1.0
+    est_seconds: float = 10.0
+    pools: tuple[str, ...] = ()
+    est_seconds_by_pool: Mapping[str, float] = field(default_factory=dict)
+
+    def demand(self) -> dict[str, float]:
+        return {"cpu": float(self.cpu), "gpu": float(self.gpu), "mem_gib": float(self.mem_gib)}
+
+    def seconds_on(self, pool: str) -> float:
+        return float(self.est_seconds_by_pool.get(pool, self.est_seconds))
+
+    def allows(self, pool: str) -> bool:
+        return not self.pools or pool in self.pools
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "cpu": self.cpu,
+            "gpu": self.gpu,
+            "mem_gib": self.mem_gib,
+            "est_seconds": self.est_seconds,
+            "pools": list(self.pools),
+            "est_seconds_by_pool": dict(self.est_seconds_by_pool),
+        }
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _positive(key: str, value: Any, unit: str, example: str) -> list[str]:
+    if not _is_number(value) or value <= 0:
+        return [f"{key}={value!r}: must be a number > 0 ({unit}). Fix: e.g. {key}={example}"]
+    return []
+
+
+def spec_problems(values: Mapping[str, Any]) -> list[str]:
+    """Every problem in a resource declaration; empty when it is valid."""
+    problems: list[str] = []
+    for key in values:
+        if key not in ALLOWED_KEYS:
+            close = [KEY_ALIASES[key]] if key in KEY_ALIASES else difflib.get_close_matches(
+                key, ALLOWED_KEYS, n=1
+            )
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            problems.append(
+                f"unknown key '{key}'.{hint} Allowed keys: {', '.join(ALLOWED_KEYS)}"
+            )
+    if "cpu" in values:
+        problems += _positive("cpu", values["cpu"], "cores; fractions allowed", "1 or 0.5")
+    if "mem_gib" in values:
+        problems += _positive("mem_gib", values["mem_gib"], "GiB of memory", "2")
+    if "est_seconds" in values:
+        problems += _positive("est_seconds", values["est_seconds"], "expected seconds per run", "30")
+    if "gpu" in values:
+        gpu = values["gpu"]
+        if isinstance(gpu, bool) or not isinstance(gpu, int) or gpu < 0:
+            problems.append(
+                f"gpu={gpu!r}: must be a whole number >= 0 (GPUs are not shared between "
+                "components). Fix: e.g. gpu=0 or gpu=1"
+            )
+    if "pools" in values:
+        pools = values["pools"]
+        if isinstance(pools, str) or not isinstance(pools, (list, tuple)) or not all(
+            isinstance(p, str) and p for p in pools
+        ):
+            problems.append(
+                f"pools={pools!r}: must be a list of pool names. Fix: e.g. pools=['local']"
+            )
+    if "est_seconds_by_pool" in values:
+        by_pool = values["est_seconds_by_pool"]
+        if not isinstance(by_pool, Mapping) or not all(
+            isinstance(k, str) and _is_number(v) and v > 0 for k, v in by_pool.items()
+        ):
+            problems.append(
+                f"est_seconds_by_pool={by_pool!r}: must map pool names to seconds > 0. "
+                "Fix: e.g. est_seconds_by_pool={'gpu': 20}"
+            )
+        elif "pools" in values and isinstance(values["pools"], (list, tuple)):
+            stray = sorted(set(by_pool) - set(values["pools"]))
+            if stray:
+                problems.append(
+                    f"est_seconds_by_pool names {stray} that are not in pools={list(values['pools'])}. "
+                    "Fix: add them to pools or drop their estimates"
+                )
+    for key in ("retries", "timeout_seconds", "retry_delay_seconds"):
+        if key in values and not (_is_number(values[key]) and values[key] >= 0):
+            problems.append(f"{key}={values[key]!r}: must be a number >= 0")
+    return problems
+
+
+def signature_problems(fn: Callable[..., Any]) -> list[str]:
+    """A component's function must be typed: every parameter and the return value."""
+    problems = []
+    sig = inspect.signature(fn)
+    for param in sig.parameters.values():
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            problems.append(
+                f"parameter '{param.name}' is *args/**kwargs; components take named, typed "
+                "parameters so that the pipeline can wire them"
+            )
+        elif param.annotation is inspect.Parameter.empty:
+            problems.append(
+                f"parameter '{param.name}' has no type annotation. Fix: e.g. "
+                f"`{param.name}: pl.DataFrame`"
+            )
+    if sig.return_annotation is inspect.Signature.empty:
+        problems.append("the return value has no type annotation. Fix: add `-> <type>`")
+    return problems
+
+
+def _raise_if(problems: list[str], fn: Callable[..., Any]) -> None:
+    if problems:
+        where = f"{fn.__module__}.{fn.__qualname__}"
+        lines = "\n".join(f"  - {p}" for p in problems)
+        count = f"{len(problems)} problem{'s' if len(problems) > 1 else ''}"
+        raise ComponentSpecError(f"component '{fn.__name__}' ({where}) has {count}:\n{lines}")
+
+
+def _source_hash(fn: Callable[..., Any]) -> str:
+    try:
+        source = inspect.getsource(fn)
+    except (OSError, TypeError):
+        source = fn.__qualname__
+    return hashlib.sha256(source.encode()).hexdigest()[:16]
+
+
+def _run_scoped_cache_key(context: Any, parameters: dict[str, Any]) -> str | None:
+    """Reuse a step's persisted result within the same flow run only.
+
+    A retry of a flow run keeps its id, so finished steps are read back rather
+    than recomputed; a new run (even with the same parameters) computes afresh.
+    """
+    task_run = context.task_run
+    if task_run is None or task_run.flow_run_id is None:
+        return None
+    return f"planflow-{task_run.flow_run_id}-{context.task.name}-{_source_hash(context.task.fn)}"
+
+
+class Component(Task):
+    """A Prefect task carrying a ResourceSpec (`.spec`). `.fn` is the plain function."""
+
+    spec: ResourceSpec
+
+    def with_options(self, **kwargs: Any) -> "Component":
+        new = super().with_options(**kwargs)
+        new.__class__ = type(self)  # Task.with_options builds a plain Task
+        new.spec = self.spec
+        return new
+
+    def with_spec(self, **changes: Any) -> "Component":
+        """A copy with some resource values changed, validated like the decorator."""
+        _raise_if(spec_problems(changes), self.fn)
+        new = self.with_options()
+        if "pools" in changes:
+            changes["pools"] = tuple(changes["pools"])
+        new.spec = replace(self.spec, **changes)
+        return new
+
+    def __repr__(self) -> str:
+        return f"Component({self.name!r}, {self.spec})"
+
+
+def make_component(fn: Callable[..., Any], **values: Any) -> Component:
+    """Wrap a typed function as a Component; raise ComponentSpecError listing every problem."""
+    if not callable(fn):
+        raise ComponentSpecError(f"@component needs a function, got {fn!r}")
+    _raise_if(spec_problems(values) + signature_problems(fn), fn)
+    spec = ResourceSpec(
+        cpu=float(values.get("cpu", 1.0)),
+        gpu=int(values.get("gpu", 0)),
+        mem_gib=float(values.get("mem_gib", 1.0)),
+        est_seconds=float(values.get("est_seconds", 10.0)),
+        pools=tuple(values.get("pools", ())),
+        est_seconds_by_pool=dict(values.get("est_seconds_by_pool", {})),
+    )
+    task = Component(
+        fn=fn,
+        name=values.get("name", fn.__name__),
+        description=values.get("description") or inspect.getdoc(fn),
+        tags=set(values.get("tags", ())) | {"planflow"},
+        retries=int(values.get("retries", 0)),
+        retry_delay_seconds=values.get("retry_delay_seconds", 0),
+        timeout_seconds=values.get("timeout_seconds"),
+        persist_result=True,
+        cache_key_fn=_run_scoped_cache_key,
+    )
+    task.spec = spec
+    return task
+
+
+def component(fn: Callable[..., Any] | None = None, /, **values: Any) -> Any:
+    """Declare a component: `@component(cpu=2, mem_gib=4, est_seconds=30, pools=["local"])`.
+
+    Also usable as a plain call on a function defined elsewhere:
+    `features = component(steps.features, cpu=1, mem_gib=2, est_seconds=5)`.
+    """
+    if fn is not None:
+        return make_component(fn, **values)
+    def decorate(function: Callable[..., Any]) -> Component:
+        return make_component(function, **values)
+
+    return decorate

@@ -1,0 +1,157 @@
+"""Release components when their inputs are ready and their pool has room.
+
+The dispatcher keeps a per-pool resource ledger: a component is released only
+when its demand fits what is left of its pool's capacity, so capacities hold
+even when actual durations differ from the estimates. Ready components are
+released in priority order (the plan's start times, or topological order).
+"""
+
+from __future__ import annotations
+
+import queue
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+RESOURCES = ("cpu", "gpu", "mem_gib")
+_EPS = 1e-9
+
+
+class CapacityError(ValueError):
+    """A component asks for more than its pool could ever give."""
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """Where and when (relative order) one step runs, and what it holds while it runs."""
+
+    step: str
+    pool: str
+    demand: Mapping[str, float]
+    priority: float  # lower goes first among ready steps (e.g. the planned start)
+    planned_start: float | None = None
+    planned_finish: float | None = None
+
+
+@dataclass
+class ResourceLedger:
+    """What each pool has in use now, and the highest use seen (for checks)."""
+
+    capacity: Mapping[str, Mapping[str, float]]
+    in_use: dict[str, dict[str, float]] = field(default_factory=dict)
+    peak: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for pool in self.capacity:
+            self.in_use[pool] = dict.fromkeys(RESOURCES, 0.0)
+            self.peak[pool] = dict.fromkeys(RESOURCES, 0.0)
+
+    def check_fits_empty(self, step: str, pool: str, demand: Mapping[str, float]) -> None:
+        over = {
+            r: (demand.get(r, 0.0), self.capacity[pool].get(r, 0.0))
+            for r in RESOURCES
+            if demand.get(r, 0.0) > self.capacity[pool].get(r, 0.0) + _EPS
+        }
+        if over:
+            detail = ", ".join(f"{r}={d:g} > capacity {c:g}" for r, (d, c) in over.items())
+            raise CapacityError(
+                f"step '{step}' can never run on pool '{pool}': {detail}. Fix: lower the "
+                f"component's demand or raise the pool's capacity (ResourcePool block '{pool}')"
+            )
+
+    def fits(self, pool: str, demand: Mapping[str, float]) -> bool:
+        used, cap = self.in_use[pool], self.capacity[pool]
+        return all(used[r] + demand.get(r, 0.0) <= cap.get(r, 0.0) + _EPS for r in RESOURCES)
+
+    def acquire(self, pool: str, demand: Mapping[str, float]) -> None:
+        for r in RESOURCES:
+            self.in_use[pool][r] += demand.get(r, 0.0)
+            self.peak[pool][r] = max(self.peak[pool][r], self.in_use[pool][r])
+
+    def release(self, pool: str, demand: Mapping[str, float]) -> None:
+        for r in RESOURCES:
+            self.in_use[pool][r] = max(0.0, self.in_use[pool][r] - demand.get(r, 0.0))
+
+
+@dataclass
+class StepRecord:
+    """What happened to one step: when it was released and finished, relative to t0."""
+
+    step: str
+    pool: str
+    state: str = "Pending"  # Pending | Running | Completed | Failed | Skipped
+    started: float | None = None
+    finished: float | None = None
+    error: BaseException | None = None
+    result: Any = None
+
+    @property
+    def seconds(self) -> float | None:
+        if self.started is None or self.finished is None:
+            return None
+        return self.finished - self.started
+
+
+Listener = Callable[[str, StepRecord], None]
+
+
+def dispatch(
+    upstream: Mapping[str, tuple[str, ...]],
+    assignments: Mapping[str, Assignment],
+    capacity: Mapping[str, Mapping[str, float]],
+    start: Callable[[str, dict[str, Any]], Any],
+    listener: Listener | None = None,
+) -> tuple[dict[str, StepRecord], ResourceLedger]:
+    """Run every step once its upstream steps completed and its demand fits.
+
+    `start(step, outputs)` launches the step and returns a future with
+    `add_done_callback` and `result()` (a Prefect future). On the first failure
+    nothing new is released; steps in flight finish, the rest are Skipped.
+    """
+    ledger = ResourceLedger(capacity)
+    for a in assignments.values():
+        ledger.check_fits_empty(a.step, a.pool, a.demand)
+    records = {s: StepRecord(s, a.pool) for s, a in assignments.items()}
+    notify = listener or (lambda event, record: None)
+    done: "queue.Queue[tuple[str, Any]]" = queue.Queue()
+    outputs: dict[str, Any] = {}
+    waiting = sorted(assignments, key=lambda s: (assignments[s].priority, s))
+    running: set[str] = set()
+    failed = False
+    t0 = time.monotonic()
+
+    while waiting or running:
+        if not failed:
+            for step in list(waiting):
+                a = assignments[step]
+                ready = all(records[d].state == "Completed" for d in upstream[step])
+                if ready and ledger.fits(a.pool, a.demand):
+                    ledger.acquire(a.pool, a.demand)
+                    waiting.remove(step)
+                    running.add(step)
+                    record = records[step]
+                    record.state, record.started = "Running", time.monotonic() - t0
+                    notify("started", record)
+                    future = start(step, outputs)
+                    future.add_done_callback(lambda f, s=step: done.put((s, f)))
+        if not running:
+            break  # failed, or nothing can ever become ready
+        step, future = done.get()
+        running.discard(step)
+        a, record = assignments[step], records[step]
+        ledger.release(a.pool, a.demand)
+        record.finished = time.monotonic() - t0
+        try:
+            record.result = future.result()
+        except BaseException as exc:  # the step's own error, reported as is
+            record.state, record.error, failed = "Failed", exc, True
+            notify("failed", record)
+            continue
+        outputs[step] = record.result
+        record.state = "Completed"
+        notify("completed", record)
+
+    for step in waiting:
+        records[step].state = "Skipped"
+        notify("skipped", records[step])
+    return records, ledger

@@ -1,0 +1,62 @@
+"""Test harness: one real Prefect server (SQLite) for the whole session.
+
+Prefect reads its settings when first imported, so the environment is set here,
+at import, before any test module imports Prefect: the server gets its own
+state folder and a free port, apart from the user's `.planflow/`.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+from pathlib import Path
+
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+_HOME = Path(tempfile.mkdtemp(prefix="planflow-test-"))
+_PORT = free_port()
+os.environ["PLANFLOW_HOME"] = str(_HOME)
+os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{_PORT}/api"
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+from planflow.config import StatePaths, apply_client_env  # noqa: E402
+
+apply_client_env(StatePaths(_HOME))
+
+TESTS = Path(__file__).parent
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """A real Prefect server on SQLite, started once per session and stopped after."""
+    from planflow import stack
+
+    paths = StatePaths(_HOME)
+    state = stack.up(paths, port=_PORT)
+    yield state
+    stack.down(paths)
+
+
+@pytest.fixture(scope="session")
+def registered_blocks(prefect_server):
+    from blocks import ensure_defaults
+
+    ensure_defaults()
+    return prefect_server
+
+
+@pytest.fixture
+def cli_env(prefect_server) -> dict[str, str]:
+    """Environment for running the `planflow` command against the test server."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS / "fixtures"), env.get("PYTHONPATH", "")])
+    return env

@@ -1,0 +1,137 @@
+"""Pipeline: wiring by name, validation messages, YAML, totals."""
+
+from __future__ import annotations
+
+import pytest
+
+from flows.component import component
+from flows.pipeline import Pipeline, PipelineError, Step
+from tests.conftest import TESTS
+
+import toy_dags  # tests/fixtures is on sys.path (see conftest / pytest pythonpath)
+
+
+def test_wiring_by_parameter_name():
+    p = toy_dags.diamond
+    assert p.upstream("report") == ("total", "scaled")
+    assert p.upstream("numbers") == ()
+    assert p.params == {"n": 4, "factor": 2.0}
+    assert p.topological_order() == ["numbers", "total", "scaled", "report"]
+    assert p.downstream("numbers") == ("total", "scaled")
+    kwargs = p.step_kwargs("report", p.params, {"total": 6, "scaled": [0.0]})
+    assert kwargs == {"total": 6, "scaled": [0.0]}
+
+
+def test_totals_are_the_servicegrid_summary():
+    t = toy_dags.diamond.totals()
+    assert t["components"] == 4
+    assert t["total_seconds"] == pytest.approx(0.8)
+    assert t["critical_path_seconds"] == pytest.approx(0.6)  # numbers -> total|scaled -> report
+    assert t["cpu_seconds"] == pytest.approx(0.8)
+    assert t["mem_gib_seconds"] == pytest.approx(0.2)
+
+
+def test_cycle_prints_its_path():
+    with pytest.raises(PipelineError) as caught:
+        Pipeline("loop", [
+            Step("numbers", toy_dags.numbers, after=("report",)),
+            toy_dags.total, toy_dags.scaled, toy_dags.report,
+        ])
+    assert "cycle: numbers -> total -> report -> numbers" in str(caught.value)
+    assert "Fix: remove one of these dependencies" in str(caught.value)
+
+
+def test_self_dependency_is_a_cycle():
+    with pytest.raises(PipelineError, match="cycle: numbers -> numbers"):
+        Pipeline("self", [Step("numbers", toy_dags.numbers, after=("numbers",))])
+
+
+def test_unknown_dependency_suggests_the_closest_name():
+    with pytest.raises(PipelineError) as caught:
+        Pipeline("typo", [toy_dags.numbers, toy_dags.total, Step("report", toy_dags.report,
+                 inputs={"scaled": "totl"}, after=("numbrs",))])
+    message = str(caught.value)
+    assert "step 'report' after names unknown step 'numbrs'. Did you mean 'numbers'?" in message
+    assert "step 'report' inputs.scaled names unknown step 'totl'. Did you mean 'total'?" in message
+
+
+def test_duplicate_step_name():
+    with pytest.raises(PipelineError, match="duplicate step name 'numbers'"):
+        Pipeline("dup", [toy_dags.numbers, toy_dags.numbers])
+
+
+def test_parameter_without_source_names_the_fix():
+    with pytest.raises(PipelineError) as caught:
+        Pipeline("orphan", [toy_dags.total])
+    assert ("step 'total' parameter 'numbers' has no source: no step is named 'numbers', the "
+            "pipeline has no parameter 'numbers'") in str(caught.value)
+    assert "Fix: map it with inputs={'numbers': '<step>'}" in str(caught.value)
+
+
+def test_conflicting_defaults_must_be_settled_by_the_pipeline():
+    @component(est_seconds=1)
+    def one(seed: int = 1) -> int:
+        return seed
+
+    @component(est_seconds=1)
+    def two(one: int, seed: int = 2) -> int:
+        return one + seed
+
+    with pytest.raises(PipelineError, match="parameter 'seed' defaults to 1 in step 'one' but to 2"):
+        Pipeline("seeds", [one, two])
+    assert Pipeline("seeds", [one, two], params={"seed": 5}).params == {"seed": 5}
+
+
+def test_unused_pipeline_parameter_is_reported():
+    with pytest.raises(PipelineError, match="pipeline parameter 'nn' is not used by any step. Did you mean 'n'?"):
+        Pipeline("unused", [toy_dags.numbers], params={"nn": 3})
+
+
+def test_resolve_params_converts_cli_strings_and_rejects_unknown():
+    p = toy_dags.diamond
+    assert p.resolve_params({"n": "7", "factor": "0.5"}) == {"n": 7, "factor": 0.5}
+    with pytest.raises(PipelineError, match="unknown parameter 'm'"):
+        p.resolve_params({"m": "1"})
+    with pytest.raises(PipelineError, match="parameter 'n'='many' is not a int"):
+        p.resolve_params({"n": "many"})
+
+
+def test_yaml_pipeline_loads_with_inputs_params_and_resources():
+    p = Pipeline.from_yaml(TESTS / "fixtures" / "diamond.yaml")
+    assert p.name == "toy-yaml"
+    assert p.params == {"n": 5}
+    assert p.upstream("report") == ("total", "doubled")
+    assert p.steps["doubled"].spec.cpu == 0.5 and p.steps["doubled"].spec.est_seconds == 1
+    assert p.steps["doubled"].component.name == "doubled"
+    assert p.step_kwargs("doubled", p.params, {"numbers": [1]}) == {"numbers": [1], "factor": 3.0}
+
+
+def test_yaml_cycle_is_rejected_with_its_path():
+    with pytest.raises(PipelineError, match="cycle: numbers -> total -> report -> numbers"):
+        Pipeline.from_yaml(TESTS / "fixtures" / "cyclic.yaml")
+
+
+def test_yaml_unknown_fields_and_bad_imports_are_all_listed(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        "name: bad\nschedule: daily\nsteps:\n"
+        "  - name: numbers\n    uses: toy_dags:numbrs\n"
+        "  - name: total\n    uses: toy_dags:total\n    afer: [numbers]\n"
+        "  - name: x\n    uses: no_such_module:thing\n"
+        "  - name: y\n    uses: toy_dags:numbers\n    resources: {cpu: -2}\n"
+    )
+    with pytest.raises(PipelineError) as caught:
+        Pipeline.from_yaml(path)
+    message = str(caught.value)
+    assert "the pipeline: unknown field 'schedule'" in message
+    assert "step 2 ('total'): unknown field 'afer'. Did you mean 'after'?" in message
+    assert "module 'toy_dags' has no 'numbrs'. Did you mean 'numbers'?" in message
+    assert "cannot import module 'no_such_module'" in message
+    assert "cpu=-2: must be a number > 0" in message
+
+
+def test_yaml_that_is_not_yaml(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("steps: [unclosed\n")
+    with pytest.raises(PipelineError, match="not valid YAML"):
+        Pipeline.from_yaml(path)

@@ -1,0 +1,80 @@
+"""The run flow against a real Prefect server: artifacts, failures, retries."""
+
+from __future__ import annotations
+
+import asyncio
+from uuid import UUID
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterId
+
+import toy_dags
+from flows.runner import PipelineRunError, add_listener
+
+pytestmark = pytest.mark.usefixtures("registered_blocks")
+
+
+async def _artifacts(flow_run_id: str):
+    async with get_client() as client:
+        return await client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(flow_run_id)]))
+        )
+
+
+async def _task_runs(flow_run_id: str):
+    async with get_client() as client:
+        return await client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(flow_run_id)]))
+        )
+
+
+def test_diamond_runs_with_progress_summary_and_totals():
+    events = []
+    remove = add_listener(lambda event, record: events.append((event, record.step)))
+    try:
+        result = toy_dags.diamond.flow()(params={"n": 3})
+    finally:
+        remove()
+    assert result["params"] == {"n": 3, "factor": 2.0}
+    assert {s["state"] for s in result["steps"].values()} == {"Completed"}
+    assert result["steps"]["report"]["metrics"] == {"value": 9.0}  # 0+1+2 + 2*(0+1+2)
+    assert ("completed", "report") in events and events.index(("started", "report")) > events.index(("completed", "total"))
+
+    artifacts = asyncio.run(_artifacts(result["flow_run_id"]))
+    by_type = {a.type: a for a in artifacts}
+    assert set(by_type) >= {"progress", "table", "markdown"}
+    assert float(by_type["progress"].data) == pytest.approx(100.0)
+    rows = by_type["table"].data
+    rows = rows if isinstance(rows, list) else __import__("json").loads(rows)
+    assert [r["component"] for r in rows] == ["numbers", "total", "scaled", "report"]
+    assert rows[-1]["key_metric"] == "value=9"
+    assert "critical path (s) | 0.6" in by_type["markdown"].data
+
+
+def test_a_failing_step_fails_the_run_naming_the_step():
+    with pytest.raises(PipelineRunError) as caught:
+        toy_dags.failing.flow()(params={"n": 2})
+    message = str(caught.value)
+    assert "step 'broken' of pipeline 'toy-failing' failed: ValueError: cannot use 2 numbers" in message
+
+
+def test_a_retried_run_does_not_recompute_finished_components():
+    result = toy_dags.flaky_pair.flow()(params={"tag": "retry"})
+    assert result["steps"]["flaky"]["state"] == "Completed"
+    home = __import__("os").environ["PLANFLOW_HOME"]
+    from pathlib import Path
+
+    assert Path(home, "count-expensive-retry").read_text() == "1"  # computed once
+    assert Path(home, "count-flaky-retry").read_text() == "2"  # failed, then passed
+    runs = asyncio.run(_task_runs(result["flow_run_id"]))
+    expensive = sorted((r.state.name for r in runs if r.name == "expensive"))
+    assert expensive == ["Cached", "Completed"]  # second attempt read the persisted result
+
+
+def test_a_new_run_computes_afresh():
+    toy_dags.flaky_pair.flow()(params={"tag": "fresh"})
+    toy_dags.flaky_pair.flow()(params={"tag": "fresh"})
+    from pathlib import Path
+
+    assert Path(__import__("os").environ["PLANFLOW_HOME"], "count-expensive-fresh").read_text() == "2"
