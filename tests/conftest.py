@@ -43,6 +43,12 @@ def prefect_server():
     paths = StatePaths(_HOME)
     state = stack.up(paths, port=_PORT)
     yield state
+    # Send buffered logs and events before the server goes away.
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=10)
+    EventsWorker.drain_all(timeout=10)
     stack.down(paths)
 
 
