@@ -1,0 +1,69 @@
+"""ResourcePool and PlannerSettings blocks on a real Prefect server; pool placement errors."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from pydantic import ValidationError
+
+import toy_dags
+from blocks import PlannerSettings, ResourcePool, ensure_defaults, load_pools, local_pool_from_machine
+from flows.component import component
+from flows.pipeline import Pipeline
+from flows.planning import PoolError, allowed_pools, greedy_assignments
+
+
+def test_local_pool_is_sized_from_this_machine():
+    pool = local_pool_from_machine()
+    assert pool.cpu == os.cpu_count()
+    expected_gib = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30
+    assert pool.mem_gib == pytest.approx(expected_gib, abs=0.1)
+    assert pool.gpu >= 0 and pool.work_pool == "local-process"
+
+
+def test_fields_are_described_and_validated():
+    schema = ResourcePool.model_json_schema()
+    for name in ("work_pool", "cpu", "gpu", "mem_gib", "cost_per_hour", "backup_pool"):
+        assert schema["properties"][name].get("description"), name
+    with pytest.raises(ValidationError, match="cpu"):
+        ResourcePool(work_pool="x", cpu=-1, mem_gib=1)
+    with pytest.raises(ValidationError, match="solver"):
+        PlannerSettings(solver="gurobi")
+
+
+def test_defaults_are_created_once_and_user_edits_kept(registered_blocks):
+    assert ensure_defaults() == {"local": False, "default": False}
+    ResourcePool(work_pool="gpu-pool", cpu=8, gpu=2, mem_gib=64, cost_per_hour=3.5,
+                 backup_pool="local").save("gpu", overwrite=True)
+    pools = load_pools()
+    assert {"local", "gpu"} <= set(pools)
+    assert pools["gpu"].capacity() == {"cpu": 8.0, "gpu": 2.0, "mem_gib": 64.0}
+    assert pools["gpu"].backup_pool == "local"
+
+
+CAPACITY = {"local": {"cpu": 2.0, "gpu": 0.0, "mem_gib": 4.0}, "gpu": {"cpu": 8.0, "gpu": 1.0, "mem_gib": 32.0}}
+
+
+def test_a_step_that_fits_no_pool_names_its_demand_every_capacity_and_the_fix():
+    huge = component(toy_dags.total.fn, name="total", cpu=16, mem_gib=2, est_seconds=1)
+    pipeline = Pipeline("too-big", [toy_dags.numbers, huge])
+    with pytest.raises(PoolError) as caught:
+        allowed_pools(pipeline, CAPACITY)
+    message = str(caught.value)
+    assert "step 'total' needs cpu=16, gpu=0, mem_gib=2 but fits no pool it may use" in message
+    assert "local (cpu=2, gpu=0, mem_gib=4); gpu (cpu=8, gpu=1, mem_gib=32)" in message
+    assert "Fix: lower its cpu to <= 8, or add a ResourcePool with cpu >= 16" in message
+
+
+def test_an_unknown_pool_name_is_reported_with_the_closest():
+    pinned = component(toy_dags.total.fn, name="total", pools=["gpus"], est_seconds=1)
+    with pytest.raises(PoolError, match="step 'total' names pool 'gpus', which has no ResourcePool block. Did you mean 'gpu'?"):
+        allowed_pools(Pipeline("typo", [toy_dags.numbers, pinned]), CAPACITY)
+
+
+def test_without_a_plan_each_step_takes_its_fastest_pool():
+    fast_on_gpu = component(toy_dags.total.fn, name="total", est_seconds=10, est_seconds_by_pool={"gpu": 2})
+    assignments = greedy_assignments(Pipeline("p", [toy_dags.numbers, fast_on_gpu]), CAPACITY, {"gpu": 1.0})
+    assert assignments["total"].pool == "gpu"
+    assert assignments["numbers"].pool == "local"  # same speed everywhere: the cheaper pool
