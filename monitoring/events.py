@@ -1,0 +1,48 @@
+"""Read planflow's alert events back from the Prefect server's event feed."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import httpx
+
+
+def read_events(api_url: str, resource_prefix: str | None = None, name_prefix: str = "planflow.alert.",
+                since: datetime | None = None, headers: dict | None = None) -> list[dict]:
+    """Every event under `name_prefix` (optionally about resources starting with
+    `resource_prefix`) from the Prefect server's events API, following pages."""
+    since = since or datetime.now(timezone.utc) - timedelta(days=1)
+    body: dict[str, Any] = {"filter": {
+        "occurred": {"since": since.isoformat(),
+                     "until": (datetime.now(timezone.utc) + timedelta(days=3650)).isoformat()},
+        "event": {"prefix": [name_prefix]},
+        "order": "ASC"}, "limit": 50}
+    if resource_prefix:
+        body["filter"]["any_resource"] = {"id_prefix": [resource_prefix]}
+    out: list[dict] = []
+    with httpx.Client(timeout=30, headers=headers or {}) as http:
+        page = http.post(f"{api_url}/events/filter", json=body)
+        page.raise_for_status()
+        data = page.json()
+        out.extend(data["events"])
+        while data.get("next_page"):
+            page = http.get(data["next_page"])
+            page.raise_for_status()
+            data = page.json()
+            out.extend(data["events"])
+    return out
+
+
+def wait_for_event(api_url: str, resource_prefix: str, name: str, since: datetime,
+                   timeout: float, headers: dict | None = None) -> dict | None:
+    """The first event called `name` about a resource starting with `resource_prefix`
+    that occurred after `since`, waiting up to `timeout` seconds; None if none came."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = [e for e in read_events(api_url, resource_prefix, name, since, headers) if e["event"] == name]
+        if found:
+            return found[0]
+        time.sleep(1.0)
+    return None

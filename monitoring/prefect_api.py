@@ -1,0 +1,46 @@
+"""Where the Prefect API is and how to authenticate to it, read from Prefect's settings.
+
+Prefect's settings already know both: PREFECT_API_URL (planflow points it at the
+embedded server, see planflow.config) and PREFECT_API_AUTH_STRING (basic auth on a
+self-hosted server) or PREFECT_API_KEY (a bearer key).
+"""
+
+from __future__ import annotations
+
+import base64
+
+
+def _secret(value: object) -> str | None:
+    if value is None:
+        return None
+    getter = getattr(value, "get_secret_value", None)
+    text = getter() if getter else str(value)
+    return text or None
+
+
+def api_url(explicit: str | None = None) -> str:
+    """The Prefect API url (ending in /api): `explicit`, else Prefect's PREFECT_API_URL."""
+    if explicit:
+        return explicit.rstrip("/")
+    from prefect.settings import get_current_settings
+
+    url = get_current_settings().api.url
+    if not url:
+        raise RuntimeError(
+            "no Prefect API url: set PREFECT_API_URL (e.g. http://127.0.0.1:4200/api) "
+            "or start the embedded server with `planflow server up`."
+        )
+    return str(url).rstrip("/")
+
+
+def auth_headers() -> dict[str, str]:
+    """The Authorization header Prefect's own client would send (basic auth wins)."""
+    from prefect.settings import get_current_settings
+
+    settings = get_current_settings().api
+    auth_string = _secret(settings.auth_string)
+    if auth_string:
+        token = base64.b64encode(auth_string.encode()).decode()
+        return {"Authorization": f"Basic {token}"}
+    key = _secret(settings.key)
+    return {"Authorization": f"Bearer {key}"} if key else {}

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Install what planflow's monitoring needs from Debian: Prometheus (+ promtool),
+# Alertmanager (+ amtool) and the Pushgateway. Idempotent: installs only what is
+# missing; starts nothing (planflow runs the binaries itself: `planflow stack up`).
+set -euo pipefail
+
+need=()
+command -v prometheus >/dev/null && command -v promtool >/dev/null || need+=(prometheus)
+{ command -v prometheus-alertmanager >/dev/null || command -v alertmanager >/dev/null; } \
+  && command -v amtool >/dev/null || need+=(prometheus-alertmanager)
+command -v prometheus-pushgateway >/dev/null || command -v pushgateway >/dev/null \
+  || need+=(prometheus-pushgateway)
+
+if [ ${#need[@]} -eq 0 ]; then
+  echo "monitoring services: already installed"
+  exit 0
+fi
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+  command -v sudo >/dev/null || { echo "run as root or install sudo: apt-get install -y ${need[*]}" >&2; exit 1; }
+  SUDO="sudo"
+fi
+echo "monitoring services: installing ${need[*]}"
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"

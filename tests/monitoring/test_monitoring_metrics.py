@@ -1,0 +1,141 @@
+"""monitoring/metrics.py: the recorder's values, clean expositions, a real Pushgateway."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+
+import httpx
+from prometheus_client import CollectorRegistry, generate_latest
+
+from monitoring.metrics import (
+    BridgeMetrics, RemediationMetrics, RunRecorder, metric_catalog, pushgateway_url_from_env,
+)
+from tests.monitoring.helpers import promtool_check_metrics
+
+
+def recorded() -> RunRecorder:
+    r = RunRecorder("fraud-risk", registry=CollectorRegistry())
+    r.plan(makespan_seconds=120, lower_bound_seconds=100, gap=0.2, solve_seconds=0.5,
+           status="Optimal", solver="HiGHS")
+    r.pool_demand("local", "cpu", demand=6, capacity=8)
+    r.component("features", "local", "running", None, planned_seconds=30, start_delay_seconds=4)
+    r.component("features", "local", "completed", 42.0, planned_seconds=30)
+    r.component("risk_model", "local", "retrying", 3.0)
+    r.component("risk_model", "local", "failed", 5.0)
+    r.run_finished("Failed", makespan_seconds=150, planned_makespan_seconds=120)
+    return r
+
+
+def test_recorder_values_are_readable_from_its_registry():
+    r = recorded()
+    get = r.registry.get_sample_value
+    p = {"pipeline": "fraud-risk"}
+    assert get("planflow_plan_makespan_seconds", p) == 120
+    assert get("planflow_plan_gap_ratio", p) == 0.2
+    assert get("planflow_plan_info", {**p, "solver": "highs", "status": "optimal"}) == 1
+    pool = {**p, "pool": "local", "resource": "cpu"}
+    assert (get("planflow_pool_planned_peak_demand", pool), get("planflow_pool_capacity", pool)) == (6, 8)
+    comp = {**p, "component": "features", "pool": "local"}
+    assert get("planflow_component_duration_seconds_count", {**comp, "state": "completed"}) == 1
+    assert get("planflow_component_duration_seconds_sum", {**comp, "state": "completed"}) == 42
+    assert get("planflow_component_planned_duration_seconds", comp) == 30
+    assert get("planflow_component_start_delay_seconds", comp) == 4
+    assert get("planflow_component_running", comp) == 0
+    model = {**p, "component": "risk_model", "pool": "local"}
+    assert get("planflow_component_failures_total", model) == 2
+    assert get("planflow_component_retries_total", model) == 1
+    assert get("planflow_pipeline_slip_seconds", p) == 30
+    assert get("planflow_pipeline_running", p) == 0
+    assert get("planflow_pipeline_runs_finished_total", {**p, "state": "failed"}) == 1
+
+
+def test_no_metric_has_a_run_id_label():
+    registry = CollectorRegistry()
+    for producer in (BridgeMetrics, RemediationMetrics):
+        producer(registry)
+    text = recorded().exposition().decode() + generate_latest(registry).decode()
+    labels = set(re.findall(r"[{,](\w+)=", text))
+    assert not labels & {"run_id", "flow_run_id", "flow_run", "task_run_id"}
+    assert all(name.startswith("planflow_") for name in metric_catalog())
+
+
+def test_recorder_exposition_passes_promtool():
+    result = promtool_check_metrics(recorded().exposition())
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_bridge_and_remediation_expositions_pass_promtool():
+    registry = CollectorRegistry()
+    bridge = BridgeMetrics(registry)
+    bridge.received.labels("firing").inc()
+    bridge.spool_depth.set(3)
+    RemediationMetrics(registry).remediations.labels("retry", "succeeded").inc()
+    result = promtool_check_metrics(generate_latest(registry))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_exporter_exposition_passes_promtool_against_the_real_server(prefect_server):
+    from monitoring.exporter import Exporter
+
+    exporter = Exporter(lookback_seconds=3600)
+    assert asyncio.run(exporter.poll_once())
+    assert exporter.registry.get_sample_value("planflow_exporter_prefect_up") == 1
+    result = promtool_check_metrics(generate_latest(exporter.registry))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_push_without_a_pushgateway_is_a_cheap_no_op():
+    r = RunRecorder("p", pushgateway_url=None, registry=CollectorRegistry())
+    started = time.perf_counter()
+    for _ in range(1000):
+        r.component("c", "local", "completed", 1.0)
+        r.push()
+    assert time.perf_counter() - started < 1.0
+
+
+def test_push_failure_is_logged_and_counted_never_raised(caplog):
+    from tests.monitoring.helpers import free_port
+
+    r = RunRecorder("p", pushgateway_url=f"http://127.0.0.1:{free_port()}",
+                    registry=CollectorRegistry())
+    r.push()
+    assert r.registry.get_sample_value("planflow_push_failures_total", {"pipeline": "p"}) == 1
+    assert "could not push" in caplog.text
+
+
+def test_push_to_a_real_pushgateway_and_read_it_back(monitoring_stack):
+    paths, started = monitoring_stack
+    url = started["pushgateway"].url
+    r = recorded()
+    r.pushgateway_url = url
+    r.push()
+    assert r.registry.get_sample_value("planflow_push_failures_total", {"pipeline": "fraud-risk"}) is None
+    text = httpx.get(f"{url}/metrics", timeout=5).text
+    line = next(l for l in text.splitlines() if l.startswith("planflow_plan_makespan_seconds{"))
+    assert 'job="planflow"' in line and 'pipeline="fraud-risk"' in line and line.endswith(" 120")
+    groups = httpx.get(f"{url}/api/v1/metrics", timeout=5).json()["data"]
+    keys = [g["labels"] for g in groups]
+    assert {"job": "planflow", "pipeline": "fraud-risk"} in keys
+    # a second run replaces the group: no stale components of the first run remain
+    second = RunRecorder("fraud-risk", pushgateway_url=url, registry=CollectorRegistry())
+    second.plan(60, 50, 0.1, 0.2, "optimal", "highs")
+    second.push()
+    text = httpx.get(f"{url}/metrics", timeout=5).text
+    assert 'component="features"' not in text
+    assert re.search(r'planflow_plan_makespan_seconds\{[^}]*pipeline="fraud-risk"[^}]*\} 60', text)
+
+
+def test_pushgateway_url_from_env_prefers_the_variable_then_the_recorded_stack(
+        monkeypatch, tmp_path):
+    monkeypatch.setenv("PLANFLOW_PUSHGATEWAY_URL", "http://gw:9091")
+    assert pushgateway_url_from_env() == "http://gw:9091"
+    monkeypatch.delenv("PLANFLOW_PUSHGATEWAY_URL")
+    monkeypatch.setenv("PLANFLOW_HOME", str(tmp_path))
+    assert pushgateway_url_from_env() is None
+    (tmp_path / "monitoring").mkdir()
+    (tmp_path / "monitoring" / "services.json").write_text(
+        json.dumps({"pushgateway_url": "http://127.0.0.1:9191"}))
+    assert pushgateway_url_from_env() == "http://127.0.0.1:9191"
