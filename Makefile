@@ -6,31 +6,57 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PIP_QUIET := --quiet --disable-pip-version-check
 
-.PHONY: demo test bench stack stop install clean
+.PHONY: demo test bench stack stop install services rules dashboards clean docker-engine image deploy
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; sys.exit(0 if v == (3, 11) else "planflow needs Python 3.11 (found %d.%d); set PYTHON=python3.11" % v)'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install $(PIP_QUIET) -c constraints.txt -e '.[test]' 2>&1 | grep -v '^WARNING: Location' || true
-	@$(BIN)/python -c 'import prefect, pulp, planflow' 
+	# grafana-client brings urllib3-future, whose wheel replaces urllib3 at every start;
+	# built from source with URLLIB3_NO_OVERRIDE it leaves urllib3 alone.
+	URLLIB3_NO_OVERRIDE=1 $(BIN)/pip install $(PIP_QUIET) --no-binary urllib3-future -c constraints.txt -e '.[test,workers]' 2>&1 | grep -v '^WARNING: Location' || true
+	@$(BIN)/python -c 'import prefect, pulp, planflow'
 	@touch $(STAMP)
 
 install: $(STAMP)
 
-demo: $(STAMP)
+# Prometheus, Alertmanager and the Pushgateway from Debian (only what is missing).
+# Without root the monitoring parts are skipped with the command to run.
+services:
+	-@bash scripts/install-services.sh
+
+demo: $(STAMP) services
 	$(BIN)/planflow demo
 
-test: $(STAMP)
+test: $(STAMP) services
 	$(BIN)/pytest
 
-bench: $(STAMP)
+bench: $(STAMP) services
 	$(BIN)/python -m bench
 
-stack: $(STAMP)
-	$(BIN)/planflow server up
+stack: $(STAMP) services
+	$(BIN)/planflow stack up --profile fast
 
 stop:
-	@test -x $(BIN)/planflow && $(BIN)/planflow server down || true
+	@test -x $(BIN)/planflow && $(BIN)/planflow stack down || true
+
+# Docker engine from Debian, started in the background (no systemd needed).
+docker-engine:
+	bash scripts/install-docker.sh
+
+# The image of the Docker pool, built here without a registry (planflow:dev).
+image: docker-engine
+	bash scripts/build-image.sh
+
+# Work pools with their job templates, then every deployment in deployments/prefect.yaml.
+deploy: $(STAMP)
+	$(BIN)/planflow workpools apply
+	eval "$$($(BIN)/planflow env)" && $(BIN)/prefect --no-prompt deploy --prefect-file deployments/prefect.yaml --all
+
+dashboards: $(STAMP)
+	$(BIN)/python -m grafana.generate --check
+
+rules: $(STAMP)
+	$(BIN)/python -m monitoring.prometheus.generate --check
 
 clean: stop
 	rm -rf $(VENV) .planflow .pytest_cache

@@ -5,12 +5,14 @@ from __future__ import annotations
 # Prefect reads its settings when it is first imported: point it at the
 # embedded server (unless the user exported PREFECT_API_URL) before anything
 # imports it.
+import os
+
 from planflow.config import apply_client_env
 
+USER_API_URL = os.environ.get("PREFECT_API_URL")  # a server the user chose, used as is
 apply_client_env()
 
 import json  # noqa: E402
-import os  # noqa: E402
 import sys  # noqa: E402
 from typing import Any, List, Optional  # noqa: E402
 
@@ -18,16 +20,24 @@ import typer  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from grafana.cli import grafana_app  # noqa: E402
+from monitoring.cli import stack_app  # noqa: E402
 from planflow import stack  # noqa: E402
+from planflow.workpools import workpools_app  # noqa: E402
 from planflow.config import DEFAULT_HOST, DEFAULT_PORT, StatePaths, client_env  # noqa: E402
 
 app = typer.Typer(help="Plan, run, watch and heal AI pipelines on Prefect.", no_args_is_help=True)
 server_app = typer.Typer(help="The embedded Prefect server (SQLite, project-local).", no_args_is_help=True)
 blocks_app = typer.Typer(help="planflow's Prefect blocks.", no_args_is_help=True)
 pools_app = typer.Typer(help="Resource pools (ResourcePool blocks).", no_args_is_help=True)
+bench_app = typer.Typer(help="Planner benchmarks on standard instances.", no_args_is_help=True)
 app.add_typer(server_app, name="server")
 app.add_typer(blocks_app, name="blocks")
 app.add_typer(pools_app, name="pools")
+app.add_typer(bench_app, name="bench")
+app.add_typer(stack_app, name="stack")
+app.add_typer(workpools_app, name="workpools")
+app.add_typer(grafana_app, name="grafana")
 console = Console()
 err = Console(stderr=True)
 
@@ -90,22 +100,26 @@ def env() -> None:
 
 def _ensure_server() -> str:
     """The API URL to use: the user's PREFECT_API_URL if set (it must answer), else
-    the embedded server, started when needed."""
-    url = os.environ["PREFECT_API_URL"]
-    if stack.healthy(url):
-        return url
-    embedded = StatePaths.discover().recorded_url() or f"http://{DEFAULT_HOST}:{DEFAULT_PORT}/api"
-    if url != embedded:
-        fail(
-            f"the Prefect server at {url} (PREFECT_API_URL) does not answer. Fix: start it, "
-            "or unset PREFECT_API_URL to use the embedded server (`planflow server up`)."
-        )
+    this project's embedded server, started when needed."""
+    if USER_API_URL:
+        if not stack.healthy(USER_API_URL):
+            fail(
+                f"the Prefect server at {USER_API_URL} (PREFECT_API_URL) does not answer. Fix: "
+                "start it, or unset PREFECT_API_URL to use the embedded server (`planflow server up`)."
+            )
+        return USER_API_URL
+    current = stack.status()
+    if current.running and current.url:
+        return current.url
     err.print("Starting the embedded Prefect server (planflow server up) ...")
     try:
-        return stack.up().url or url
+        state = stack.up()
     except stack.StackError as exc:
         fail(str(exc))
-    return url
+    if state.url != os.environ["PREFECT_API_URL"]:
+        fail(f"the embedded server runs at {state.url}, but this command was set up for "
+             f"{os.environ['PREFECT_API_URL']}. Fix: run the command again.")
+    return state.url
 
 
 # -- blocks and pools ---------------------------------------------------------------------
@@ -203,6 +217,97 @@ def _describe(pipeline: Any) -> None:
     console.print("parameters: " + (", ".join(f"{k}={v!r}" for k, v in pipeline.params.items()) or "-"))
 
 
+@app.command("plan")
+def plan(
+    name: str = typer.Argument(..., help="Pipeline name (see `planflow pipelines`)."),
+    json_output: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
+    gantt: Optional[str] = typer.Option(None, help="Also write the Gantt chart to this PNG file."),
+    mode: str = typer.Option("inprocess", help="inprocess: plan on the `local` pool only; "
+                             "distributed: over every pool."),
+) -> None:
+    """Plan a pipeline over the resource pools without running it."""
+    _ensure_server()
+    from flows import registry, reporting
+    from flows.runner import make_plan
+    from planner import PlanningError
+
+    try:
+        pipeline = registry.get(name)
+        pp = make_plan(pipeline, mode=mode)
+    except (LookupError, ValueError, PlanningError) as exc:
+        fail(str(exc))
+    totals = pipeline.totals()
+    if gantt:
+        from pathlib import Path
+
+        Path(gantt).write_bytes(reporting.gantt_png(pp, title=f"{name}: plan"))
+    if json_output:
+        print(json.dumps({"pipeline": name, "plan": pp.plan.to_dict(), "figures": reporting.plan_figures(pp),
+                          "components": reporting.plan_rows(pp), "totals": totals}, indent=2, default=str))
+        return
+    table = Table("component", "pool", "start s", "finish s", "cpu", "gpu", "mem GiB", "estimate from", title=f"plan: {name}")
+    for row in reporting.plan_rows(pp):
+        table.add_row(row["component"], row["pool"], f"{row['start_s']:.2f}", f"{row['finish_s']:.2f}",
+                      f"{row['cpu']:g}", f"{row['gpu']:g}", f"{row['mem_gib']:g}", row["estimate"])
+    console.print(table)
+    f = reporting.plan_figures(pp)
+    console.print(
+        f"makespan {f['makespan_s']:.2f} s · lower bound {f['lower_bound_s']:.2f} s · gap {f['gap']:.1%} · "
+        f"{f['status']} ({f['solver']}, {f['solve_seconds']:.3f} s) · list scheduling {f['heuristic_makespan_s']:.2f} s"
+    )
+    console.print(
+        f"demand: {totals['cpu_seconds']:.1f} core·s, {totals['gpu_seconds']:.1f} GPU·s, "
+        f"{totals['mem_gib_seconds']:.1f} GiB·s · sum of estimates {totals['total_seconds']:.1f} s · "
+        f"critical path {totals['critical_path_seconds']:.1f} s"
+    )
+
+
+@bench_app.command("psplib")
+def bench_psplib(
+    paths: List[str] = typer.Argument(..., help="PSPLIB .sm / .mm files, or folders holding them."),
+    time_limit: float = typer.Option(10.0, "--time-limit", help="Seconds per instance."),
+    solver: str = typer.Option("highs", help="highs or cbc."),
+    csv: Optional[str] = typer.Option(None, "--csv", help="Write one row per instance to this CSV."),
+) -> None:
+    """Plan PSPLIB instances (j30 single-mode, mm-j10 multi-mode) and report each
+    makespan, lower bound, status and solve time, against the known optimum when one
+    is beside the files (j30opt.sm, mm-j10-reference.csv)."""
+    from pathlib import Path
+
+    from planner import PlanningError
+    from planner.psplib import run_instances, write_csv
+
+    files: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            files += sorted(p for p in path.iterdir() if p.suffix in (".sm", ".mm"))
+        elif path.is_file():
+            files.append(path)
+        else:
+            fail(f"{raw}: no such file or folder. Fix: give .sm/.mm files or a folder of them")
+    if not files:
+        fail(f"no .sm or .mm files in {', '.join(paths)}")
+    try:
+        rows = run_instances(files, time_limit_s=time_limit, solver=solver)
+    except (PlanningError, ValueError) as exc:
+        fail(str(exc))
+    table = Table("instance", "makespan", "lower bound", "status", "solve s", "optimum", "dev %")
+    for row in rows:
+        table.add_row(row["instance"], f"{row['makespan']:g}", f"{row['lower_bound']:g}", row["status"],
+                      f"{row['solve_seconds']:.2f}", "-" if row["optimum"] is None else f"{row['optimum']:g}",
+                      "-" if row["deviation_pct"] is None else f"{row['deviation_pct']:.2f}")
+    console.print(table)
+    known = [r for r in rows if r["optimum"] is not None]
+    if known:
+        hits = sum(1 for r in known if r["deviation_pct"] == 0)
+        console.print(f"optimum found on {hits}/{len(known)}; mean solve "
+                      f"{sum(r['solve_seconds'] for r in rows) / len(rows):.2f} s")
+    if csv:
+        write_csv(rows, csv)
+        console.print(f"wrote {csv}")
+
+
 def _parse_params(pairs: List[str]) -> dict[str, str]:
     params = {}
     for pair in pairs:
@@ -213,7 +318,8 @@ def _parse_params(pairs: List[str]) -> dict[str, str]:
     return params
 
 
-def run_one(name: str, params: dict[str, Any], show_progress: bool = True) -> dict[str, Any]:
+def run_one(name: str, params: dict[str, Any], show_progress: bool = True,
+            mode: str = "inprocess") -> dict[str, Any]:
     """Run one pipeline as a Prefect flow run, with a terminal progress display."""
     from flows import registry
     from flows.runner import add_listener
@@ -222,7 +328,7 @@ def run_one(name: str, params: dict[str, Any], show_progress: bool = True) -> di
     pipeline.resolve_params(params)  # bad parameters fail before a flow run exists
     flow = pipeline.flow()
     if not show_progress:
-        return flow(params=params)
+        return flow(params=params, mode=mode)
 
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -244,7 +350,7 @@ def run_one(name: str, params: dict[str, Any], show_progress: bool = True) -> di
 
         remove = add_listener(listener)
         try:
-            return flow(params=params)
+            return flow(params=params, mode=mode)
         finally:
             remove()
 
@@ -263,11 +369,15 @@ def run(
     name: str = typer.Argument(..., help="Pipeline name (see `planflow pipelines`)."),
     param: List[str] = typer.Option([], "--param", "-p", help="Parameter override KEY=VALUE."),
     json_output: bool = typer.Option(False, "--json", help="Print the run summary as JSON."),
+    mode: str = typer.Option("inprocess", help="inprocess: components are tasks of one flow run; "
+                             "distributed: each runs as a flow run on its planned work pool."),
 ) -> None:
     """Run a pipeline as a Prefect flow on the configured server."""
     url = _ensure_server()
+    if mode not in ("inprocess", "distributed"):
+        fail(f"--mode {mode!r}: must be 'inprocess' or 'distributed'")
     try:
-        result = run_one(name, _parse_params(param), show_progress=not json_output)
+        result = run_one(name, _parse_params(param), show_progress=not json_output, mode=mode)
     except (LookupError, ValueError) as exc:
         fail(str(exc))
     except Exception as exc:  # the flow run failed; Prefect has logged the traceback
@@ -282,14 +392,26 @@ def run(
 @app.command("demo")
 def demo(
     param: List[str] = typer.Option([], "--param", "-p", help="Override for every pipeline KEY=VALUE."),
+    monitoring: bool = typer.Option(True, help="Also start the monitoring stack (fast profile) and "
+                                    "show a failing run turning into an alert event."),
 ) -> None:
-    """Start the embedded server, register blocks, run every example pipeline."""
+    """Start the embedded server, register blocks, run every example pipeline; then
+    show the monitoring loop: a run that fails on purpose becomes a Prefect event."""
     from blocks import ensure_defaults
     from flows import registry
+    from monitoring import services
 
     url = _ensure_server()
     ensure_defaults()
     ui = url.removesuffix("/api")
+    if monitoring:
+        try:
+            started = services.up(profile="fast")
+        except services.ServicesError as exc:
+            err.print(f"[yellow]monitoring skipped:[/] {exc}", highlight=False)
+            monitoring = False
+        else:
+            console.print("monitoring: " + ", ".join(f"{n} {s.url}" for n, s in started.items()))
     examples = [f for f in registry.discover() if f.source.startswith("flows.")]
     outcomes = []
     for item in examples:
@@ -303,11 +425,42 @@ def demo(
             fail(f"pipeline '{item.name}' failed: {exc}\nSee {ui}/runs")
         _print_summary(result)
         outcomes.append((item.name, result["flow_run_id"]))
+    if monitoring:
+        _demo_alert_loop(url)
     console.rule("done")
     console.print(f"Prefect UI: {ui}")
     for name, run_id in outcomes:
         console.print(f"  {name}: Completed  {ui}/runs/flow-run/{run_id}")
-    console.print("Stop the server with `planflow server down` (or `make stop`).")
+    if monitoring:
+        console.print(f"  alert events: {ui}/events  ·  Prometheus alerts: {services.status()['prometheus'].url}/alerts")
+    console.print("Stop everything with `planflow stack down` (or `make stop`).")
+
+
+def _demo_alert_loop(url: str, pipeline: str = "demo-failure", timeout: float = 90.0) -> None:
+    """Run a pipeline that fails on purpose and wait for its alert's Prefect event."""
+    from datetime import datetime, timezone
+
+    from monitoring.events import wait_for_event
+    from monitoring.prefect_api import auth_headers
+
+    console.rule(f"monitoring loop: {pipeline} fails on purpose")
+    since = datetime.now(timezone.utc)
+    try:
+        run_one(pipeline, {}, show_progress=False)
+    except Exception as exc:
+        console.print(f"{pipeline} failed as intended: {exc}".splitlines()[0])
+    console.print(f"waiting for the alert's Prefect event (up to {timeout:.0f} s) ...")
+    event = wait_for_event(url, f"planflow.pipeline.{pipeline}", "planflow.alert.firing", since,
+                           timeout, headers=auth_headers())
+    if event is None:
+        fail(f"no planflow.alert.firing event for {pipeline} within {timeout:.0f} s; "
+             "check `planflow stack status` and Prometheus's /alerts page")
+    payload = event.get("payload", {})
+    console.print(f"[green]event[/] {event['event']} at {event['occurred']}")
+    console.print(f"  resource: {event['resource'].get('prefect.resource.id')}")
+    console.print(f"  alert:    {payload.get('labels', {}).get('alertname')} "
+                  f"({payload.get('labels', {}).get('severity')})")
+    console.print(f"  summary:  {payload.get('annotations', {}).get('summary')}")
 
 
 def main() -> None:  # pragma: no cover - console script entry

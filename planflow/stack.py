@@ -73,6 +73,13 @@ def healthy(url: str, timeout: float = 2.0) -> bool:
     return response.status_code == 200
 
 
+def free_port(host: str = DEFAULT_HOST) -> int:
+    """A TCP port nobody listens on right now (for tests and benchmarks)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
 def _port_in_use(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(0.5)

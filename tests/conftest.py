@@ -8,17 +8,12 @@ state folder and a free port, apart from the user's `.planflow/`.
 from __future__ import annotations
 
 import os
-import socket
 import tempfile
 from pathlib import Path
 
 import pytest
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from planflow.stack import free_port  # noqa: E402  (no Prefect import behind it)
 
 
 _HOME = Path(tempfile.mkdtemp(prefix="planflow-test-"))
@@ -66,3 +61,18 @@ def cli_env(prefect_server) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(TESTS / "fixtures"), env.get("PYTHONPATH", "")])
     return env
+
+
+@pytest.fixture(scope="session")
+def psplib() -> Path:
+    """The PSPLIB folder (../shared/psplib or PLANFLOW_PSPLIB_DIR); missing data fails
+    under CI=true and skips elsewhere."""
+    from planner.psplib import psplib_dir
+
+    folder = psplib_dir()
+    if not (folder / "j30" / "j301_1.sm").exists():
+        message = f"PSPLIB data not found at {folder} (set PLANFLOW_PSPLIB_DIR)"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    return folder

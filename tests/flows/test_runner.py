@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from uuid import UUID
 
 import pytest
@@ -41,15 +42,30 @@ def test_diamond_runs_with_progress_summary_and_totals():
     assert result["steps"]["report"]["metrics"] == {"value": 9.0}  # 0+1+2 + 2*(0+1+2)
     assert ("completed", "report") in events and events.index(("started", "report")) > events.index(("completed", "total"))
 
-    artifacts = asyncio.run(_artifacts(result["flow_run_id"]))
-    by_type = {a.type: a for a in artifacts}
-    assert set(by_type) >= {"progress", "table", "markdown"}
-    assert float(by_type["progress"].data) == pytest.approx(100.0)
-    rows = by_type["table"].data
-    rows = rows if isinstance(rows, list) else __import__("json").loads(rows)
-    assert [r["component"] for r in rows] == ["numbers", "total", "scaled", "report"]
+    artifacts = {a.key: a for a in asyncio.run(_artifacts(result["flow_run_id"])) if a.key}
+    assert set(artifacts) == {
+        "toy-diamond-progress", "toy-diamond-plan", "toy-diamond-plan-figures",
+        "toy-diamond-planned-vs-actual", "toy-diamond-summary", "toy-diamond-totals",
+    }
+    assert float(artifacts["toy-diamond-progress"].data) == pytest.approx(100.0)
+    rows = _table(artifacts["toy-diamond-summary"])
+    assert [r["component"] for r in rows][0] == "numbers" and rows[-1]["component"] == "report"
     assert rows[-1]["key_metric"] == "value=9"
-    assert "critical path (s) | 0.6" in by_type["markdown"].data
+    assert "critical path (s) | 0.6" in artifacts["toy-diamond-totals"].data
+
+    plan_rows = _table(artifacts["toy-diamond-plan"])
+    assert {r["component"]: r["estimate"] for r in plan_rows}["numbers"] in ("declared", "history: median of 1 run") or \
+        plan_rows[0]["estimate"].startswith("history")
+    figures = artifacts["toy-diamond-plan-figures"].data
+    assert "| planned makespan |" in figures and "data:image/png;base64," in figures
+    actual = artifacts["toy-diamond-planned-vs-actual"].data
+    assert "Makespan achieved" in actual and "| report | local | Completed |" in actual
+    assert result["plan"]["makespan_s"] > 0 and result["plan"]["status"] in ("optimal", "feasible", "heuristic")
+
+
+def _table(artifact):
+    data = artifact.data
+    return data if isinstance(data, list) else json.loads(data)
 
 
 def test_a_failing_step_fails_the_run_naming_the_step():

@@ -84,3 +84,29 @@ def test_env_prints_exports_for_prefect_commands(toy_env):
     out = planflow("env", env=toy_env)
     assert f"export PREFECT_API_URL={toy_env['PREFECT_API_URL']}" in out.stdout
     assert "export PREFECT_HOME=" in out.stdout
+
+
+def test_plan_prints_the_plan_without_running(toy_env, tmp_path):
+    gantt = tmp_path / "plan.png"
+    out = planflow("plan", "toy-diamond", "--json", "--gantt", str(gantt), env=toy_env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout)
+    assert [t["name"] for t in result["plan"]["tasks"]][0] == "numbers"
+    assert result["figures"]["makespan_s"] >= result["figures"]["lower_bound_s"] > 0
+    assert {row["estimate"].split(":")[0] for row in result["components"]} <= {"declared", "history"}
+    assert result["totals"]["components"] == 4
+    assert gantt.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = planflow("plan", "toy-diamond", env=toy_env)
+    assert "makespan" in table.stdout and "lower bound" in table.stdout and "critical path" in table.stdout
+
+
+def test_bench_psplib_writes_one_row_per_instance(toy_env, tmp_path, psplib):
+    target = tmp_path / "rows.csv"
+    out = planflow("bench", "psplib", str(psplib / "j30" / "j301_1.sm"), "--time-limit", "5",
+                   "--csv", str(target), env=toy_env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    header, row = target.read_text().splitlines()[:2]
+    assert header.startswith("instance,jobs,makespan,lower_bound,status")
+    assert row.startswith("j301_1,30,43.0,")  # the proven optimum
+    missing = planflow("bench", "psplib", str(tmp_path / "nope.sm"), env=toy_env)
+    assert missing.returncode == 1 and "no such file or folder" in missing.stderr

@@ -1,0 +1,67 @@
+"""Planning a pipeline: problem building, estimates learned from history, plan order."""
+
+from __future__ import annotations
+
+import pytest
+
+import toy_dags
+from flows.component import component
+from flows.history import Estimate, estimate
+from flows.pipeline import Pipeline
+from flows.planning import PoolError, build_problem, plan_pipeline
+from flows.runner import make_plan
+from planner import PlannerOptions, plan_violations
+
+CAPACITY = {"cpu-pool": {"cpu": 2.0, "gpu": 0.0, "mem_gib": 8.0},
+            "gpu-pool": {"cpu": 4.0, "gpu": 1.0, "mem_gib": 16.0}}
+
+
+def test_estimate_prefers_the_median_of_history_over_the_declaration():
+    history = {("train", "gpu-pool"): [4.0, 100.0, 5.0]}  # one outlier does not move a median
+    assert estimate(30, False, history, "train", "gpu-pool") == Estimate(5.0, "history: median of 3 runs")
+    assert estimate(30, True, history, "train", "cpu-pool") == Estimate(30, "declared for this pool")
+    assert estimate(0.001, False, {}, "x", "p").seconds == 0.05  # plans need positive durations
+
+
+def test_problem_has_one_mode_per_usable_pool_with_its_duration():
+    train = component(toy_dags.total.fn, name="total", cpu=1, est_seconds=20, est_seconds_by_pool={"gpu-pool": 4})
+    pipeline = Pipeline("two-pools", [toy_dags.numbers, train])
+    problem, estimates = build_problem(pipeline, CAPACITY, {"gpu-pool": 2.0})
+    task = {t.name: t for t in problem.tasks}["total"]
+    assert {m.pool: m.duration for m in task.modes} == {"cpu-pool": 20, "gpu-pool": 4}
+    assert task.after == ("numbers",)
+    assert estimates[("total", "gpu-pool")].source == "declared for this pool"
+
+
+def test_plan_uses_the_faster_pool_and_orders_release_by_planned_start():
+    train = component(toy_dags.total.fn, name="total", cpu=1, est_seconds=20, est_seconds_by_pool={"gpu-pool": 4})
+    pipeline = Pipeline("two-pools", [toy_dags.numbers, train, toy_dags.scaled, toy_dags.report])
+    problem, _ = build_problem(pipeline, CAPACITY, {})
+    pp = plan_pipeline(pipeline, CAPACITY, {}, PlannerOptions(time_limit_s=5))
+    assert pp.plan["total"].pool == "gpu-pool"
+    assert plan_violations(problem, pp.plan) == []
+    priorities = [pp.assignments[s].priority for s in pp.plan.order()]
+    assert priorities == sorted(priorities)
+    assert pp.assignments["report"].planned_start >= pp.plan["total"].finish
+
+
+def test_an_impossible_demand_never_reaches_the_solver():
+    huge = component(toy_dags.total.fn, name="total", cpu=64, est_seconds=1)
+    with pytest.raises(PoolError, match="step 'total' needs cpu=64, gpu=0, mem_gib=1 but fits no pool"):
+        plan_pipeline(Pipeline("huge", [toy_dags.numbers, huge]), CAPACITY, {}, PlannerOptions())
+
+
+@pytest.mark.usefixtures("registered_blocks")
+def test_estimates_are_learned_from_earlier_runs():
+    pipeline = toy_dags.diamond
+    flow = pipeline.flow()
+    flow(params={"n": 2})
+    flow(params={"n": 2})
+    after = make_plan(pipeline)
+    source = after.source_of("total")
+    assert source.startswith("history: median of"), source
+    runs = int(source.split()[-2])
+    assert runs >= 2
+    # total sleeps 0.1 s: the learned estimate is near that, not the declared 0.2 s
+    assert 0.08 <= after.plan["total"].duration < 0.2
+    assert after.source_of("scaled").startswith("history")
