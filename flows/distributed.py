@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextvars
 import os
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Mapping
 
@@ -24,8 +25,7 @@ from flows.pipeline import Pipeline
 
 COMPONENT_FLOW = "run-component"
 # Passed to every child so that it finds the same pipelines and result storage.
-SHARED_ENV = ("PREFECT_LOCAL_STORAGE_PATH", "PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK", "PLANFLOW_PIPELINES",
-              "PLANFLOW_HOME")
+SHARED_ENV = ("PREFECT_LOCAL_STORAGE_PATH", "PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK", "PLANFLOW_PIPELINES")
 
 
 class ChildRunError(RuntimeError):
@@ -83,18 +83,41 @@ def check_ready(work_pools: set[str]) -> dict[str, Any]:
     return ready
 
 
+def pickup_timeout() -> float:
+    """Seconds a child may wait for a worker before the run gives up on it
+    (PLANFLOW_PICKUP_TIMEOUT_SECONDS, default 120)."""
+    return float(os.environ.get("PLANFLOW_PICKUP_TIMEOUT_SECONDS", "120"))
+
+
 def _child(deployment: str, parameters: dict[str, Any], job_variables: dict[str, Any],
-           name: str) -> str:
+           name: str, work_pool: str) -> str:
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Cancelled
+
     flow_run = run_deployment(
         name=deployment, parameters=parameters, job_variables=job_variables,
-        flow_run_name=name, poll_interval=0.5, as_subflow=True,
+        flow_run_name=name, timeout=0, as_subflow=True,
     )
-    state = flow_run.state
-    if state is None or not state.is_completed():
-        label = state.name if state else "unknown"
+    waited_since = time.monotonic()
+    with get_client(sync_client=True) as client:
+        while True:
+            flow_run = client.read_flow_run(flow_run.id)
+            state = flow_run.state
+            if state is not None and state.is_final():
+                break
+            if state is not None and state.type != StateType.SCHEDULED:
+                waited_since = time.monotonic()  # a worker has it: no pickup deadline
+            elif time.monotonic() - waited_since > pickup_timeout():
+                client.set_flow_run_state(flow_run.id, Cancelled(message="no worker picked it up"), force=True)
+                raise ChildRunError(
+                    f"no worker picked up flow run '{flow_run.name}' of {deployment} within "
+                    f"{pickup_timeout():.0f} s; it was cancelled. Fix: prefect worker start --pool {work_pool}"
+                )
+            time.sleep(0.5)
+    if not state.is_completed():
         raise ChildRunError(
-            f"flow run '{flow_run.name}' of {deployment} ended {label}: "
-            f"{(state.message if state else '') or 'no message'}"
+            f"flow run '{flow_run.name}' of {deployment} ended {state.name}: "
+            f"{state.message or 'no message'}"
         )
     return output_key(parameters["run_key"], parameters["step"])
 
@@ -126,6 +149,6 @@ def remote_starter(
         variables["env"] = {**env, **variables.get("env", {})}
         context = contextvars.copy_context()  # keeps the parent flow run: children link to it
         return executor.submit(context.run, _child, deployment_name(work_pool), parameters,
-                               variables, f"{pipeline.name}.{step}")
+                               variables, f"{pipeline.name}.{step}", work_pool)
 
     return start

@@ -1,0 +1,139 @@
+"""Distributed mode for real: each component is a flow run of `run-component/<work pool>`,
+picked up by a real worker (process, and Docker), its output passed through result storage."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from contextlib import contextmanager
+from uuid import UUID
+
+import pytest
+
+from flows import registry
+from flows.runner import PipelineRunError
+from tests.deployments.conftest import PREFECT, PREFECT_FILE, ROOT, run_cli
+
+pytestmark = pytest.mark.usefixtures("registered_blocks")
+
+SMALL_PM = {"n_machines": 24, "n_folds": 3, "max_iter": 30, "n_trees": 50}
+
+
+@pytest.fixture(scope="module")
+def component_deployments(work_pools):
+    for name in ("run-component/local-process", "run-component/docker"):
+        out = run_cli([PREFECT, "--no-prompt", "deploy", "--prefect-file", str(PREFECT_FILE), "--name", name])
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+
+
+@contextmanager
+def worker(pool: str, kind: str):
+    """A real `prefect worker start`, polling every second, until the block ends."""
+    from planflow.workpools import worker_online
+
+    env = dict(os.environ, PREFECT_WORKER_QUERY_SECONDS="1", PREFECT_WORKER_HEARTBEAT_SECONDS="5")
+    process = subprocess.Popen([PREFECT, "worker", "start", "--pool", pool, "--type", kind],
+                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not worker_online(pool):
+            assert process.poll() is None, process.stdout.read()[-3000:]
+            assert time.monotonic() < deadline, f"worker for {pool} never came online"
+            time.sleep(0.5)
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def _children(pipeline: str, steps: list[str]):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            name=FlowRunFilterName(any_=[f"{pipeline}.{s}" for s in steps])))
+
+
+def test_every_component_runs_as_a_linked_flow_run_on_the_process_pool(component_deployments):
+    pipeline = registry.get("image-classification")
+    started = time.time()
+    with worker("local-process", "process"):
+        result = pipeline.flow()(params={"augment": 0, "test_size": 0.5}, mode="distributed")
+    assert result["mode"] == "distributed"
+    assert {s["state"] for s in result["steps"].values()} == {"Completed"}
+    assert {s["pool"] for s in result["steps"].values()} == {"local"}  # the only pool with a worker
+    assert result["steps"]["predictions"]["metrics"]["accuracy"] > 0.95  # read back from storage
+    children = [c for c in _children("image-classification", list(result["steps"]))
+                if c.created.timestamp() >= started - 1]
+    assert len(children) == 4 and all(c.state.is_completed() for c in children)
+    assert all(c.parent_task_run_id is not None for c in children)  # shown under the parent in the UI
+
+
+def test_a_failed_child_fails_the_parent_with_the_childs_error(component_deployments):
+    with worker("local-process", "process"):
+        with pytest.raises(PipelineRunError) as caught:
+            registry.get("demo-failure").flow()(mode="distributed")
+    message = str(caught.value)
+    assert "step 'broken_step' of pipeline 'demo-failure' failed: ChildRunError" in message
+    assert "injected failure: this step always fails" in message
+
+
+def test_a_pool_without_worker_or_deployment_is_named_with_what_to_run(component_deployments):
+    from flows.distributed import DeploymentMissingError, check_ready, readiness
+
+    ready, problems = readiness({"kubernetes"})  # exists; no component deployment, no worker
+    assert ready == {}
+    assert problems["kubernetes"][0].startswith("no deployment 'run-component/kubernetes'. Fix: prefect deploy")
+    assert "Start one with: prefect worker start --pool kubernetes --type kubernetes" in problems["kubernetes"][1]
+    with pytest.raises(DeploymentMissingError, match="distributed mode cannot start"):
+        check_ready({"kubernetes"})
+
+
+def test_a_child_nobody_picks_up_is_cancelled_with_what_to_run(component_deployments, monkeypatch):
+    """The worker is gone after the readiness check: the run fails instead of waiting forever."""
+    from flows.distributed import ChildRunError, _child
+
+    monkeypatch.setenv("PLANFLOW_PICKUP_TIMEOUT_SECONDS", "3")
+    parameters = {"pipeline": "image-classification", "step": "digits", "params": {},
+                  "inputs": {}, "run_key": "orphan"}
+    with pytest.raises(ChildRunError) as caught:
+        _child("run-component/local-process", parameters, {}, "orphan.digits", "local-process")
+    assert "no worker picked up flow run 'orphan.digits' of run-component/local-process within 3 s" in str(caught.value)
+    assert "Fix: prefect worker start --pool local-process" in str(caught.value)
+
+
+def test_predictive_maintenance_across_the_process_and_docker_pools(component_deployments, docker_image):
+    from blocks import ResourcePool
+
+    ResourcePool(work_pool="docker", cpu=2, mem_gib=4).save("docker", overwrite=True)
+    started = time.time()
+    containers: list[str] = []
+    try:
+        with worker("local-process", "process"), worker("docker", "docker"):
+            result = registry.get("predictive-maintenance-two-pools").flow()(params=SMALL_PM, mode="distributed")
+        steps = result["steps"]
+        assert {s["state"] for s in steps.values()} == {"Completed"}
+        assert steps["anomaly_model"]["pool"] == "docker" and steps["rul_model"]["pool"] == "local"
+        assert steps["anomaly_model"]["metrics"]["f1"] > 0.5
+        assert steps["maintenance_plan"]["metrics"]["max_jobs_per_shift"] <= 3  # the join read both branches
+        (child,) = [c for c in _children("predictive-maintenance-two-pools", ["anomaly_model"])
+                    if c.created.timestamp() >= started - 1]
+        found = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=io.prefect.flow-run-id={child.id}"],
+                               capture_output=True, text=True)
+        containers = found.stdout.split()
+        assert containers, "the component's container is gone (auto_remove should be off)"
+        host = json.loads(subprocess.run(["docker", "inspect", containers[0]], capture_output=True,
+                                         text=True, check=True).stdout)[0]["HostConfig"]
+        # anomaly_model is declared cpu=1, mem_gib=0.5: the plan's figures, in the container
+        assert host["NanoCpus"] == 1_000_000_000
+        assert host["Memory"] == 512 * 2**20 == host["MemorySwap"]
+    finally:
+        ResourcePool.delete("docker")
+        for container in containers:
+            subprocess.run(["docker", "rm", "-f", container], capture_output=True)
