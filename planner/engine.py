@@ -89,7 +89,7 @@ def solve(problem: Problem, options: PlannerOptions = PlannerOptions()) -> Plan:
                 fixed_modes=fixed_modes)
     best: Schedule = h.best
     heuristic_ms = best.makespan
-    st = _State(best=best, lb=lb, bounds=bounds, notes=notes)
+    st = _State(best=best, lb=lb, bounds=bounds, notes=notes, tolerance=options.mip_gap)
     bounds["solver"] = 0.0  # raised only by what a MILP proves (0 = proved nothing)
 
     # Round 1: MILP with part of the time (proves most easy instances in well under 1 s).
@@ -124,6 +124,9 @@ def solve(problem: Problem, options: PlannerOptions = PlannerOptions()) -> Plan:
                 notes.append("stopped early: MILP dual bound too far from its horizon to "
                               "prove anything in the time left")
     best, lb, status, solver_used = st.best, st.lb, st.status, st.solver
+    if best.makespan > lb + EPS and not st.open():
+        notes.append(f"stopped at gap {(best.makespan - lb) / best.makespan:.2%}, within "
+                     f"mip_gap={options.mip_gap:.2%}")
     if best.makespan <= lb + EPS:
         status = "optimal"
         lb = best.makespan
@@ -143,9 +146,11 @@ class _State:
     skipped: bool = False  # MILP too large for this problem
     finished: bool = False  # the MILP solved its grid model to the end: rerunning is useless
     promising: bool = False  # the MILP's dual bound came within reach of its horizon
+    tolerance: float = 0.0  # relative gap at which the search may stop (options.mip_gap)
 
     def open(self) -> bool:
-        return self.best.makespan > self.lb + EPS
+        ms = self.best.makespan
+        return ms > self.lb + EPS and (ms - self.lb) / ms > self.tolerance
 
 
 def _milp_round(inst: Instance, st: _State, options: PlannerOptions, limit: float) -> None:

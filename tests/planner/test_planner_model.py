@@ -176,3 +176,11 @@ def test_doctests():
 
     for mod in (planner.problem, planner.generate):
         assert doctest.testmod(mod).failed == 0
+
+
+def test_planning_stops_once_the_gap_is_within_mip_gap():
+    problem = random_pipeline(300, seed=0)  # non-integer durations: no proof, a gap remains
+    plan = solve(problem, PlannerOptions(time_limit_s=20, mip_gap=0.05))
+    assert plan.gap <= 0.05
+    assert plan.status == "optimal" or any("within mip_gap=5.00%" in n for n in plan.notes)
+    assert plan_violations(problem, plan) == []
