@@ -1,0 +1,225 @@
+"""Fixtures of the remediation tests: real Prefect server, real workers (process pools),
+the automations applied as `planflow automations apply` does."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.5, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+@pytest.fixture(scope="session")
+def remediation_applied(registered_blocks):
+    """AlertRoutes, the remediation pool, deployments and automations on the test server."""
+    from monitoring import automations
+
+    return automations.apply()
+
+
+@contextlib.contextmanager
+def running_remediation_worker(log: Path, env: dict[str, str] | None = None):
+    """A process worker on `planflow-remediation`, polling every second, stopped after."""
+    from monitoring import automations
+
+    name = f"test-remediation-{os.urandom(4).hex()}"
+    process = automations.start_remediation_worker(log, env={**os.environ, **(env or {})}, name=name)
+    try:
+        wait_until(lambda: _worker_seen(automations.REMEDIATION_POOL, name), 60,
+                   what="the remediation worker")
+        yield process
+    finally:
+        automations.stop_process(process)
+        stop_rescaled_workers()
+
+
+def _worker_seen(pool: str, name: str) -> bool:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return any(w.name == name for w in client.read_workers_for_work_pool(pool))
+
+
+@pytest.fixture(scope="module")
+def remediation_worker(remediation_applied, tmp_path_factory):
+    with running_remediation_worker(tmp_path_factory.mktemp("remediation-worker") / "worker.log") as p:
+        yield p
+
+
+@pytest.fixture(scope="session")
+def local_process_pool(registered_blocks):
+    from planflow.workpools import apply_work_pools
+
+    apply_work_pools(["local-process"], resource_pools=False)
+    return "local-process"
+
+
+def start_pool_worker(pool: str, log: Path, pool_type: str = "process"):
+    import subprocess
+    import sys
+
+    env = dict(os.environ)
+    env["PREFECT_WORKER_QUERY_SECONDS"] = "1"
+    env["PREFECT_WORKER_PREFETCH_SECONDS"] = "0"
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    prefect = str(Path(sys.executable).with_name("prefect"))
+    handle = log.open("ab")
+    process = subprocess.Popen([prefect, "worker", "start", "--pool", pool, "--type", pool_type,
+                                "--name", f"test-{pool}-{os.getpid()}"], env=env, stdout=handle,
+                               stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                               start_new_session=True, cwd=str(ROOT))
+    handle.close()
+    return process
+
+
+def _online(pool: str) -> bool:
+    from planflow.workpools import worker_online
+
+    return worker_online(pool)
+
+
+@pytest.fixture(scope="session")
+def process_pool_worker(local_process_pool, tmp_path_factory):
+    """A process worker on `local-process`, polling every second."""
+    from monitoring.automations import stop_process
+
+    log = tmp_path_factory.mktemp("process-worker") / "worker.log"
+    process = start_pool_worker(local_process_pool, log)
+    try:
+        wait_until(lambda: _online(local_process_pool), 60, what="the local-process worker")
+        yield process
+    finally:
+        stop_process(process)
+
+
+def deploy_flow(flow_name: str, entrypoint: str, deployment: str, work_pool: str,
+                tags: list[str], parameters: dict | None = None, flow=None):
+    """A deployment of a flow in this repository (what `prefect deploy` makes)."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        flow_id = client.create_flow_from_name(flow_name)
+        deployment_id = client.create_deployment(
+            flow_id=flow_id, name=deployment, entrypoint=entrypoint, path=str(ROOT),
+            work_pool_name=work_pool, tags=tags, parameters=parameters or {},
+            pull_steps=[{"prefect.deployments.steps.set_working_directory": {"directory": str(ROOT)}}],
+            enforce_parameter_schema=False, job_variables={},
+            parameter_openapi_schema=_schema(flow))
+        return client.read_deployment(deployment_id)
+
+
+def _schema(flow) -> dict | None:
+    if flow is None:
+        return None
+    from prefect.utilities.callables import parameter_schema
+
+    return parameter_schema(flow.fn).model_dump_for_openapi()
+
+
+FLAKY_ENTRY = "tests/remediation/fixtures/flaky_pipeline.py:remediation_flaky"
+FLAKY_PIPELINES = "tests.remediation.fixtures.flaky_pipeline:pipeline"
+
+
+def deploy_flaky(deployment: str, work_pool: str, tags: list[str]):
+    from tests.remediation.fixtures.flaky_pipeline import remediation_flaky
+
+    return deploy_flow("remediation-flaky", FLAKY_ENTRY, deployment, work_pool, tags, flow=remediation_flaky)
+
+
+def create_process_pool(name: str, concurrency_limit: int | None = None) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists
+
+    from planflow.jobvars import load_template
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.create_work_pool(WorkPoolCreate(name=name, type="process", base_job_template=load_template("process"),
+                                                   concurrency_limit=concurrency_limit))
+        except ObjectAlreadyExists:
+            pass
+
+
+# The monitoring stack fixture lives in tests/monitoring/conftest.py; reuse it here (a
+# second session instance when both folders run: move it to tests/conftest.py to share one).
+from tests.monitoring.conftest import monitoring_stack  # noqa: E402,F401
+from tests.deployments.conftest import docker_image, work_pools  # noqa: E402,F401
+
+
+def quiesce() -> None:
+    """Remove the alert-driven automations and cancel unfinished remediation runs: the
+    session's monitoring stack keeps firing alerts for the test pools that have no
+    worker, which would otherwise queue remediation runs for the next test modules."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import WorkPoolFilter, WorkPoolFilterName
+    from prefect.states import Cancelled
+
+    from monitoring import automations
+
+    automations.remove("failover on unhealthy pool")
+    automations.remove("rescale on late-run backlog")
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(work_pool_filter=WorkPoolFilter(
+            name=WorkPoolFilterName(any_=[automations.REMEDIATION_POOL])), limit=200)
+        for run in runs:
+            if run.state and not run.state.is_final():
+                client.set_flow_run_state(run.id, Cancelled(message="test cleanup"), force=True)
+        # A failover the alert-driven modules made must not outlive them (its resume
+        # re-check runs were just cancelled): resume the shared pools.
+        from prefect.client.schemas.actions import WorkPoolUpdate
+
+        for pool in client.read_work_pools():
+            if pool.is_paused and pool.name in ("local-process", "docker", "kubernetes"):
+                client.update_work_pool(pool.name, WorkPoolUpdate(is_paused=False))
+    stop_rescaled_workers()
+
+
+def delete_pools(names: list[str]) -> None:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        for name in names:
+            try:
+                client.delete_work_pool(name)
+            except Exception:  # noqa: BLE001
+                pass
+
+
+def stop_rescaled_workers() -> list[int]:
+    """Stop the workers the rescale flow started against this test server (found by their
+    name prefix and this session's PREFECT_API_URL), so none outlives the session."""
+    import signal
+
+    stopped = []
+    api = os.environ.get("PREFECT_API_URL", "").encode()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+            if b"planflow-rescale-" not in cmdline or b"worker" not in cmdline:
+                continue
+            if b"PREFECT_API_URL=" + api not in (proc / "environ").read_bytes().split(b"\0"):
+                continue
+            os.killpg(int(proc.name), signal.SIGTERM)
+            stopped.append(int(proc.name))
+        except (OSError, ProcessLookupError):
+            continue
+    return stopped

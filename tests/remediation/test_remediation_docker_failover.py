@@ -1,0 +1,145 @@
+"""Failover end to end on Docker, every part real: a pipeline runs on the `docker` pool,
+its Docker worker is killed mid-run, the run queued behind it is stuck; the server marks
+the worker offline, the exporter reports the pool not ready, Prometheus fires
+PlanflowWorkPoolNotReady, Alertmanager posts it to the bridge, the automation starts the
+failover flow: the docker pool is paused, the stuck run cancelled and resubmitted on
+`image-classification/image-classification-process` (ResourcePool `docker` -> backup
+`local`), where it completes. A Docker worker comes back -> the pool is resumed."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.deployments.conftest import PREFECT_FILE, run_cli
+from tests.remediation.conftest import quiesce, running_remediation_worker, start_pool_worker, wait_until
+
+PREFECT = str(Path(sys.executable).with_name("prefect"))
+
+
+@pytest.fixture
+def docker_setup(docker_image, work_pools, monitoring_stack, remediation_applied, process_pool_worker,
+                 tmp_path):
+    from blocks import ResourcePool
+    from prefect.client.orchestration import get_client
+
+    deploy = run_cli([PREFECT, "--no-prompt", "deploy", "--prefect-file", str(PREFECT_FILE),
+                      "--name", "image-classification-docker", "--name", "image-classification-process"])
+    assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-3000:]
+    created = False
+    try:
+        ResourcePool.load("docker")
+    except ValueError:
+        from blocks.resource_pool import local_pool_from_machine
+
+        machine = local_pool_from_machine("docker")
+        ResourcePool(work_pool="docker", cpu=machine.cpu, mem_gib=machine.mem_gib, backup_pool="local").save("docker")
+        created = True
+    paths, started = monitoring_stack
+    from monitoring import automations
+
+    automations.apply()
+    try:
+        with running_remediation_worker(tmp_path / "remediation.log",
+                                        env={"PLANFLOW_PUSHGATEWAY_URL": started["pushgateway"].url}):
+            yield tmp_path
+    finally:
+        quiesce()
+    if created:
+        with get_client(sync_client=True) as client:
+            client.delete_block_document(ResourcePool.load("docker")._block_document_id)
+    with get_client(sync_client=True) as client:
+        from prefect.client.schemas.actions import WorkPoolUpdate
+
+        client.update_work_pool("docker", WorkPoolUpdate(is_paused=False))
+
+
+def _docker_worker(log: Path) -> subprocess.Popen:
+    env = dict(os.environ, PREFECT_WORKER_HEARTBEAT_SECONDS="2", PREFECT_WORKER_QUERY_SECONDS="1",
+               PREFECT_WORKER_PREFETCH_SECONDS="0")
+    handle = log.open("ab")
+    process = subprocess.Popen([PREFECT, "worker", "start", "--pool", "docker", "--type", "docker",
+                                "--name", f"test-docker-{os.urandom(3).hex()}"], env=env, stdout=handle,
+                               stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    handle.close()
+    return process
+
+
+def _settled(client) -> bool:
+    """No remediation flow run due now is unfinished (future re-checks do not count)."""
+    import datetime as dt
+
+    from prefect.client.schemas.filters import WorkPoolFilter, WorkPoolFilterName
+
+    from monitoring.automations import REMEDIATION_POOL
+
+    soon = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=5)
+    runs = client.read_flow_runs(work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[REMEDIATION_POOL])),
+                                 limit=200)
+    return not [r for r in runs if not r.state.is_final()
+                and not (r.state.is_scheduled() and r.state.state_details.scheduled_time
+                         and r.state.state_details.scheduled_time > soon)]
+
+
+def test_docker_worker_killed_mid_run_fails_over_to_the_process_pool(docker_setup):
+    from prefect.client.orchestration import get_client
+
+    from flows.remediation import live_workers
+    from monitoring.automations import stop_process
+
+    logs = docker_setup
+    params = {"params": {"augment": 0, "test_size": 0.5}}
+    worker = _docker_worker(logs / "docker-worker-1.log")
+    with get_client(sync_client=True) as client:
+        docker_dep = client.read_deployment_by_name("image-classification/image-classification-docker")
+        try:
+            wait_until(lambda: live_workers(client, "docker"), 60, what="the docker worker")
+            # The docker pool had no worker until now, so the stack may already have failed it
+            # over (paused): once that remediation settled, the operator resumes the pool.
+            from prefect.client.schemas.actions import WorkPoolUpdate
+
+            wait_until(lambda: _settled(client), 120, 1, what="earlier remediation runs to finish")
+
+            client.update_work_pool("docker", WorkPoolUpdate(is_paused=False))
+            first = client.create_flow_run_from_deployment(docker_dep.id, parameters=params)
+            try:
+                wait_until(lambda: client.read_flow_run(first.id).state.type.value in ("RUNNING", "COMPLETED"),
+                           120, 1, what="the first run to start in its container")
+            except AssertionError:
+                states = [(s.name, s.message) for s in client.read_flow_run_states(first.id)]
+                pytest.fail(f"first run never ran: states {states}; pool paused "
+                            f"{client.read_work_pool('docker').is_paused}; workers {live_workers(client, 'docker')}")
+        finally:
+            os.killpg(worker.pid, 9)  # the Docker worker dies mid-run
+            worker.wait(timeout=10)
+        stuck = client.create_flow_run_from_deployment(docker_dep.id, parameters=params)
+
+        wait_until(lambda: client.read_work_pool("docker").is_paused, 180, 2,
+                   what="the failover automation to pause the docker pool (alert path)")
+        wait_until(lambda: client.read_flow_run(stuck.id).state.type.value == "CANCELLED", 60, 1,
+                   what="the stuck run to be cancelled")
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+
+        def moved():
+            runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=["failover"])),
+                                         limit=50)
+            return [r for r in runs if r.name == f"{stuck.name}-failover"]
+
+        [resubmitted] = wait_until(moved, 60, 1, what="the resubmitted run")
+        deployment = client.read_deployment(resubmitted.deployment_id)
+        assert deployment.name == "image-classification-process"
+        assert resubmitted.parameters["local_pool"] == "local"
+        done = wait_until(lambda: (r := client.read_flow_run(resubmitted.id)).state.is_final() and r, 240, 2,
+                          what="the resubmitted run to finish on the process pool")
+        assert done.state.is_completed(), done.state
+
+        back = _docker_worker(logs / "docker-worker-2.log")  # the Docker worker comes back
+        try:
+            wait_until(lambda: not client.read_work_pool("docker").is_paused, 150, 2,
+                       what="the docker pool to be resumed after the alert resolved")
+        finally:
+            stop_process(back)

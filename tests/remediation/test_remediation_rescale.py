@@ -1,0 +1,77 @@
+"""Rescale against the real Prefect server: a pool with a backlog and no worker gets its
+concurrency limit raised and a real worker process started (bounded by the route), the
+backlog drains; on resolved the worker is stopped and the limit restored."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+
+from tests.remediation.conftest import FLAKY_PIPELINES, create_process_pool, deploy_flaky, wait_until
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        return os.waitpid(pid, os.WNOHANG)[0] == 0
+    except ChildProcessError:
+        return True
+
+
+def test_rescale_within_bounds_then_back_down(registered_blocks, monkeypatch):
+    from prefect.client.orchestration import get_client
+
+    from blocks.alert_route import AlertRoute, ensure_routes, load_route, route_name
+    from flows.remediation import live_workers, rescale
+
+    monkeypatch.setenv("PLANFLOW_PIPELINES", FLAKY_PIPELINES)
+    ensure_routes()
+    alert = "PlanflowLateRunBacklog"
+    original = load_route(alert)
+    AlertRoute(alertname=alert, action="rescale", max_attempts=3, cooldown_seconds=300, rate_limit=10,
+               min_workers=1, max_workers=1, max_concurrency=2).save(route_name(alert), overwrite=True)
+    pool = f"rs-{uuid.uuid4().hex[:6]}"
+    create_process_pool(pool, concurrency_limit=1)
+    deployment = deploy_flaky(f"remediation-flaky-{pool}", pool, ["planflow", "process"])
+    labels = {"alertname": alert, "work_pool": pool, "work_queue": "default"}
+    started_pids: list[int] = []
+    try:
+        with get_client(sync_client=True) as client:
+            runs = [client.create_flow_run_from_deployment(deployment.id, parameters={"params": {"seed": i}})
+                    for i in range(3)]
+            result = rescale(event_id=str(uuid.uuid4()), event="planflow.alert.firing",
+                             resource_id=f"prefect.work-pool.{pool}", labels=labels)
+            assert result["outcome"] == "succeeded", result
+            assert result["backlog_runs"] == 3
+            assert result["makespan_with_n_plus_1_s"] < result["makespan_with_n_s"], result
+            assert client.read_work_pool(pool).concurrency_limit == 2
+            assert len(result["started"]) == 1
+            ledger = __import__("blocks.alert_route", fromlist=["Guard"]).Guard(load_route(alert)).ledger(
+                f"rescale:{pool}")
+            started_pids = [w["pid"] for w in ledger["workers"]]
+            wait_until(lambda: live_workers(client, pool), 60, what="the started worker's heartbeat")
+
+            again = rescale(event="planflow.alert.firing", work_pool=pool, labels=labels)
+            assert again["outcome"] == "skipped" and "max_workers" in again["reason"], again  # bound
+
+            for run in runs:
+                wait_until(lambda r=run: client.read_flow_run(r.id).state.is_final(), 180, 1,
+                           what="the backlog to drain")
+            assert all(client.read_flow_run(r.id).state.is_completed() for r in runs)
+
+            down = rescale(event="planflow.alert.resolved", work_pool=pool, labels=labels)
+            assert down["outcome"] == "succeeded", down
+            assert client.read_work_pool(pool).concurrency_limit == 1
+            assert not any(_alive(pid) for pid in started_pids)
+    finally:
+        original.save(route_name(alert), overwrite=True)
+        from flows.remediation import stop_worker
+
+        for pid in started_pids:
+            if _alive(pid):
+                os.killpg(pid, 15)

@@ -1,0 +1,69 @@
+"""Retry end to end: a deployment run fails (or crashes) on its first attempt; Prefect's
+own Failed/Crashed event starts the retry automation; the SAME flow run runs again on
+the process worker and completes, with the components finished before read back Cached."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.remediation.conftest import deploy_flow, wait_until
+
+ENTRY = "tests/remediation/fixtures/flaky_pipeline.py:remediation_flaky"
+
+
+@pytest.fixture(scope="module")
+def flaky_deployment(process_pool_worker, remediation_worker):
+    return deploy_flow("remediation-flaky", ENTRY, "remediation-flaky-process", "local-process",
+                       ["planflow", "process"])
+
+
+def _remediation_events(flow_run_id: str, phase: str = "outcome") -> list[dict]:
+    import os
+    from datetime import datetime, timedelta, timezone
+
+    from monitoring.events import read_events
+    from monitoring.prefect_api import auth_headers
+
+    events = read_events(os.environ["PREFECT_API_URL"].rstrip("/"), None, "planflow.remediation.",
+                         datetime.now(timezone.utc) - timedelta(hours=1), auth_headers())
+    return [e for e in events if e["event"] == f"planflow.remediation.{phase}" and any(
+        r["prefect.resource.id"] == f"prefect.flow-run.{flow_run_id}" for r in e.get("related", []))]
+
+
+@pytest.mark.parametrize("how", ["raise", "exit"])
+def test_failed_or_crashed_run_is_retried_once_and_finished_components_are_cached(
+        flaky_deployment, tmp_path, how):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, TaskRunFilter
+
+    marker = tmp_path / f"first-attempt-{how}"
+    with get_client(sync_client=True) as client:
+        run = client.create_flow_run_from_deployment(
+            flaky_deployment.id, parameters={"params": {"marker": str(marker), "how": how}})
+
+        def final():
+            current = client.read_flow_run(run.id)
+            return current if current.state and current.state.is_completed() else None
+
+        try:
+            done = wait_until(final, 240, 1.0, what=f"flow run {run.name} to complete after a retry")
+        except AssertionError:
+            states = [s.name for s in client.read_flow_run_states(run.id)]
+            pool = client.read_work_pool("local-process")
+            pytest.fail(f"{run.name} never completed: states {states}; local-process paused={pool.is_paused} "
+                        f"status={pool.status}; remediation outcomes {_remediation_events(str(run.id))}")
+        assert marker.exists()  # the first attempt happened and failed
+        assert done.run_count >= 2, done.run_count
+        history = [s.name for s in client.read_flow_run_states(run.id)]
+        assert "AwaitingRetry" in history, history
+        assert ("Crashed" if how == "exit" else "Failed") in history, history
+        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
+        by_name: dict[str, list[str]] = {}
+        for t in tasks:
+            by_name.setdefault(t.name, []).append(t.state.name if t.state else "-")
+        assert "Cached" in by_name["prepare"] and "Cached" in by_name["summarise"], by_name
+        assert "Completed" in by_name["flaky"], by_name
+    outcomes = wait_until(lambda: _remediation_events(str(run.id)), 30, what="the remediation outcome event")
+    assert any(e["payload"]["outcome"] == "succeeded" for e in outcomes), outcomes
