@@ -21,6 +21,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from grafana.cli import grafana_app  # noqa: E402
+from monitoring.automations import automations_app  # noqa: E402
 from monitoring.cli import stack_app  # noqa: E402
 from planflow import stack  # noqa: E402
 from planflow.workpools import workpools_app  # noqa: E402
@@ -38,6 +39,7 @@ app.add_typer(bench_app, name="bench")
 app.add_typer(stack_app, name="stack")
 app.add_typer(workpools_app, name="workpools")
 app.add_typer(grafana_app, name="grafana")
+app.add_typer(automations_app, name="automations")
 console = Console()
 err = Console(stderr=True)
 
