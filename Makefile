@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PIP_QUIET := --quiet --disable-pip-version-check
 
-.PHONY: demo test bench stack stop install services rules dashboards clean docker-engine image deploy
+.PHONY: demo demo-heal test bench stack stop install services rules dashboards clean docker-engine image deploy
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; sys.exit(0 if v == (3, 11) else "planflow needs Python 3.11 (found %d.%d); set PYTHON=python3.11" % v)'
@@ -26,6 +26,10 @@ services:
 
 demo: $(STAMP) services
 	$(BIN)/planflow demo
+
+# Self-healing on the embedded stack: a failover and a rescale (about 3 minutes).
+demo-heal: $(STAMP) services
+	$(BIN)/planflow demo heal
 
 test: $(STAMP) services
 	$(BIN)/pytest

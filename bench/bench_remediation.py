@@ -15,6 +15,12 @@ Two series, each `--trials` times, each trial on a work pool of its own:
 Figures per series: p50 / p95 / max of t(created) - t0, t(running) - t0, t(paused) - t0.
 Target: threshold crossing -> remediation flow run started <= 10 s p95.
 
+Both series run twice, side by side: with planflow's remediation worker (the remediation
+flows run in its warm process, monitoring/remediation_worker.py) and with Prefect's
+plain process worker (a new interpreter per flow run), so the ratio shows what the warm
+worker buys. Each trial pool has a ResourcePool block naming a backup pool (a pool with
+no worker, no run and no backup is left alone by the failover: nothing to protect).
+
 Run: ``python -m bench.bench_remediation [--trials 10]``. Starts its own Prefect server,
 monitoring stack and remediation worker (polling every 1 s) in a temporary state folder,
 stops them after. Writes bench/results/remediation.md and remediation.json.
@@ -75,6 +81,9 @@ def failover_run_for(client, pool: str):
     return min(mine, key=lambda r: r.created) if mine else None
 
 
+WORKERS = ("warm", "process")
+
+
 def trial(kind: str, bridge: str, token: str, timeout: float = 60.0) -> dict:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
@@ -82,7 +91,10 @@ def trial(kind: str, bridge: str, token: str, timeout: float = 60.0) -> dict:
     from planflow.jobvars import load_template
     from tests.remediation.alerts import alert, post
 
+    from blocks import ResourcePool
+
     pool = f"bench-{kind}-{uuid.uuid4().hex[:6]}"
+    ResourcePool(work_pool=pool, cpu=1, mem_gib=1, backup_pool="local").save(pool)
     with get_client(sync_client=True) as client:
         if kind == "alert":
             client.create_work_pool(WorkPoolCreate(name=pool, type="process",
@@ -104,6 +116,7 @@ def trial(kind: str, bridge: str, token: str, timeout: float = 60.0) -> dict:
                 paused = time.time()
             time.sleep(0.2)
         client.delete_work_pool(pool)
+        client.delete_block_document(ResourcePool.load(pool)._block_document_id)
     rel = lambda t: None if t is None else round(t - t0, 3)  # noqa: E731
     return {"kind": kind, "pool": pool, "created_s": rel(created), "running_s": rel(running),
             "paused_s": rel(paused)}
@@ -138,22 +151,30 @@ def main() -> int:
             # one pool per trial, many trials a minute: lift the route's rate limit
             load_route(alert_name).model_copy(update={"rate_limit": 1000}).save(
                 route_name(alert_name), overwrite=True)
-        worker = automations.start_remediation_worker(
-            HOME / "remediation-worker.log",
-            env={**os.environ, "PLANFLOW_PUSHGATEWAY_URL": started["pushgateway"].url})
         from tests.remediation.alerts import bridge_token
         from tests.remediation.conftest import wait_until
+        from planflow.workers import start_worker, stop_process
         from planflow.workpools import worker_online
 
-        wait_until(lambda: worker_online(automations.REMEDIATION_POOL), 60, what="the remediation worker")
         token = bridge_token(paths)
+        env = {**os.environ, "PLANFLOW_PUSHGATEWAY_URL": started["pushgateway"].url}
         rows = []
-        for kind in ("alert", "threshold"):
-            for i in range(args.trials):
-                row = trial(kind, started["bridge"].url, token)
-                print(json.dumps(row), flush=True)
-                rows.append(row)
-                time.sleep(1.0)
+        for worker_kind in WORKERS:
+            log = HOME / f"remediation-worker-{worker_kind}.log"
+            if worker_kind == "warm":
+                worker = automations.start_remediation_worker(log, env=env)
+            else:
+                worker = start_worker(automations.REMEDIATION_POOL, log, env=env, query_seconds=1, limit=4)
+            wait_until(lambda: worker_online(automations.REMEDIATION_POOL), 60, what="the remediation worker")
+            for kind in ("alert", "threshold"):
+                for i in range(args.trials):
+                    row = {"worker": worker_kind, **trial(kind, started["bridge"].url, token)}
+                    print(json.dumps(row), flush=True)
+                    rows.append(row)
+                    time.sleep(1.0)
+            stop_process(worker)
+            worker = None
+            time.sleep(3)  # the stopped worker's heartbeat must not count for the next one
     finally:
         if worker is not None:
             automations.stop_process(worker)
@@ -163,28 +184,35 @@ def main() -> int:
         "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.node()} ({os.cpu_count()} cores), Python {platform.python_version()}",
         "trials": args.trials, "profile": "fast", "worker_query_seconds": 1, "rows": rows,
-        "summary": {kind: {field: summary([r for r in rows if r["kind"] == kind], field)
-                           for field in ("created_s", "running_s", "paused_s")}
-                    for kind in ("alert", "threshold")},
+        "summary": {f"{worker}/{kind}": {field: summary([r for r in rows if r["kind"] == kind
+                                                          and r["worker"] == worker], field)
+                                         for field in ("created_s", "running_s", "paused_s")}
+                    for worker in WORKERS for kind in ("alert", "threshold")},
     }
-    target = result["summary"]["threshold"]["running_s"].get("p95")
+    target = result["summary"]["warm/threshold"]["running_s"].get("p95")
     result["target_met"] = target is not None and target <= 10.0
+    cold = result["summary"]["process/threshold"]["running_s"].get("p50")
+    warm = result["summary"]["warm/threshold"]["running_s"].get("p50")
+    result["warm_over_process_p50"] = round(warm / cold, 3) if warm and cold else None
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "remediation.json").write_text(json.dumps(result, indent=2))
     lines = ["# Remediation latency", "",
              f"{result['when']}, {result['machine']}, fast profile, {args.trials} trials per series, "
              "remediation worker polling every 1 s. Seconds from t0 (alert posted to the bridge, or "
-             "the work pool created without a worker = threshold crossed).", "",
-             "| series | step | p50 | p95 | max | n |", "|---|---|---|---|---|---|"]
+             "the work pool created without a worker = threshold crossed). Worker: `warm` = planflow's "
+             "remediation worker (flows run in its process), `process` = Prefect's process worker.", "",
+             "| worker | series | step | p50 | p95 | max | n |", "|---|---|---|---|---|---|---|"]
     names = {"created_s": "failover flow run created", "running_s": "flow run Running",
              "paused_s": "pool paused (action done)"}
-    for kind in ("alert", "threshold"):
-        for field, label in names.items():
-            s = result["summary"][kind][field]
-            lines.append(f"| {kind} | {label} | {s.get('p50', '-')} | {s.get('p95', '-')} | "
-                         f"{s.get('max', '-')} | {s.get('n', 0)} |")
-    lines += ["", f"Target (threshold crossing -> remediation flow run Running, p95 <= 10 s): "
-              f"{'met' if result['target_met'] else 'NOT met'} ({target} s).", ""]
+    for worker in WORKERS:
+        for kind in ("alert", "threshold"):
+            for field, label in names.items():
+                s = result["summary"][f"{worker}/{kind}"][field]
+                lines.append(f"| {worker} | {kind} | {label} | {s.get('p50', '-')} | {s.get('p95', '-')} | "
+                             f"{s.get('max', '-')} | {s.get('n', 0)} |")
+    lines += ["", f"Target (threshold crossing -> remediation flow run Running, p95 <= 10 s, warm worker): "
+              f"{'met' if result['target_met'] else 'NOT met'} ({target} s). Warm/process ratio of the "
+              f"threshold -> Running p50: {result['warm_over_process_p50']}.", ""]
     (RESULTS / "remediation.md").write_text("\n".join(lines))
     print("\n".join(lines))
     return 0

@@ -13,6 +13,7 @@ One block document per alert (document name: the alert name in kebab case, e.g.
 | dry_run | decide and record what would be done, change nothing |
 | backoff_seconds, backoff_factor | retry: wait backoff * factor^(attempt-1) before the retry |
 | min_workers, max_workers, max_concurrency | rescale: the bounds |
+| kubernetes_namespace, kubernetes_worker_deployment | rescale on a Kubernetes pool: the worker Deployment to scale |
 
 **Where the attempts are counted, and why there.** A storm of the same alert (the
 bridge turns Alertmanager's duplicates into one event, but a flapping rule or many
@@ -74,6 +75,11 @@ class AlertRoute(Block):
     max_workers: int = Field(default=3, ge=1, description="rescale: most workers per pool.")
     max_concurrency: Optional[int] = Field(
         default=8, ge=1, description="rescale: highest pool/queue concurrency limit to set.")
+    kubernetes_namespace: str = Field(
+        default="planflow", description="rescale, Kubernetes pools: the namespace of the worker Deployment.")
+    kubernetes_worker_deployment: str = Field(
+        default="prefect-worker", description="rescale, Kubernetes pools: the worker Deployment whose "
+        "replicas are the pool's workers (the prefect-worker chart's).")
 
     def backoff(self, attempt: int) -> float:
         return float(self.backoff_seconds * self.backoff_factor ** max(0, attempt - 1))

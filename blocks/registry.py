@@ -14,16 +14,24 @@ DEFAULT_SETTINGS = "default"
 
 def register() -> list[str]:
     """Register the block types with the Prefect server (idempotent)."""
-    for block in (ResourcePool, PlannerSettings):
+    from blocks.alert_route import AlertRoute
+
+    for block in (ResourcePool, PlannerSettings, AlertRoute):
         block.register_type_and_schema()
-    return [ResourcePool.get_block_type_slug(), PlannerSettings.get_block_type_slug()]
+    return [ResourcePool.get_block_type_slug(), PlannerSettings.get_block_type_slug(),
+            AlertRoute.get_block_type_slug()]
 
 
-def ensure_defaults() -> dict[str, bool]:
-    """Register the types, then create the `local` pool and default settings when
-    missing. Existing documents are left as the user edited them."""
+def ensure_defaults(routes: bool = True) -> dict[str, bool]:
+    """Register the types, then create the `local` pool, the default settings and (with
+    `routes`) the default AlertRoute of each alert when missing. Existing documents are
+    left as the user edited them. Returns document name -> created."""
     register()
     created = {}
+    if routes:
+        from blocks.alert_route import ensure_routes
+
+        created.update(ensure_routes())
     for name, factory, block_type in (
         (DEFAULT_POOL, local_pool_from_machine, ResourcePool),
         (DEFAULT_SETTINGS, PlannerSettings, PlannerSettings),

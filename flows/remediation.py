@@ -35,9 +35,6 @@ import functools
 import json
 import os
 import re
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -291,6 +288,9 @@ def retry_run(flow_run_id: str = "", event_id: str = "", event: str = "",
 
 
 # -- failover -------------------------------------------------------------------------
+# Alerts that say "no worker serves this pool" (as opposed to "its runs fail").
+WORKER_ALERTS = ("PlanflowWorkPoolNotReady", "PlanflowWorkerHeartbeatStale")
+
 def _pool_from(resource_id: str, labels: dict[str, Any] | None, work_pool: str) -> str:
     if work_pool:
         return work_pool
@@ -409,22 +409,36 @@ def failover(alertname: str = "", work_pool: str = "", event_id: str = "", event
                     guard.reset(key)
             except Exception:  # noqa: BLE001
                 pass
-        decision = guard.admit(key)
-        if not decision.counted:
-            audit.note(f"no failover: {decision.reason}")
-            return audit.finish(_guard_outcome(decision), decision.reason, {"decision": decision.outcome}, route)
-        dry = decision.outcome == "dry_run"
         by_work_pool = _resource_pools_by_work_pool()
         source_name, source = by_work_pool.get(pool, (None, None))
         backup_name = source.backup_pool if source else None
         from blocks.registry import load_pools
 
-        pools = load_pools()
-        backup = pools.get(backup_name) if backup_name else None
+        backup = load_pools().get(backup_name) if backup_name else None
+        stuck = stuck_runs(client, pool)
+        live = live_workers(client, pool)
+        pool_status = str(getattr(client.read_work_pool(pool).status, "value", "")).upper()
+        if alertname in WORKER_ALERTS and live and pool_status == "READY":
+            # The alert was about a worker that is back by now (or a pool seen between its
+            # creation and its worker's first heartbeat): nothing is unhealthy any more.
+            audit.note(f"{pool} is READY with live worker(s) {', '.join(live)}: the alert is stale")
+            return audit.finish("skipped", f"{pool} recovered before the failover ran",
+                                {"work_pool": pool, "live_workers": live}, route)
+        if backup is None and not stuck and not live:
+            # No worker to stop, no run to move, nowhere to move it: pausing would only
+            # leave an unused pool paused until someone notices.
+            audit.note(f"nothing to do: {pool} has no live worker, no waiting run and no backup pool "
+                       f"(set backup_pool on its ResourcePool block to fail it over)")
+            return audit.finish("skipped", f"{pool}: nothing to protect or move", {"work_pool": pool}, route)
+        decision = guard.admit(key)
+        if not decision.counted:
+            audit.note(f"no failover: {decision.reason}")
+            return audit.finish(_guard_outcome(decision), decision.reason, {"decision": decision.outcome}, route)
+        dry = decision.outcome == "dry_run"
         details: dict[str, Any] = {"work_pool": pool, "resource_pool": source_name,
                                    "backup_pool": backup_name,
                                    "backup_work_pool": backup.work_pool if backup else None,
-                                   "cancelled": [], "resubmitted": [], "unmatched": [], "replans": {}}
+                                   "cancelled": [], "resubmitted": [], "kept": [], "replans": {}}
         if dry:
             audit.note(f"dry run: would pause work pool {pool}")
         else:
@@ -433,28 +447,36 @@ def failover(alertname: str = "", work_pool: str = "", event_id: str = "", event
             audit.note(f"paused work pool {pool}: no new run starts there until the alert resolves")
             audit.emit("action", what="pause-work-pool", work_pool=pool)
 
-        for run in stuck_runs(client, pool):
+        for run in stuck:
             audit.affected.append(str(run.id))
-            if dry:
-                audit.note(f"dry run: would cancel {run.name} ({run.state.name})")
-            else:
-                client.set_flow_run_state(run.id, Cancelled(message=(
-                    f"planflow failover: work pool {pool} is unhealthy ({alertname}); "
-                    f"resubmitted on {backup.work_pool if backup else 'no backup'}")), force=True)
-                audit.note(f"cancelled {run.name} ({run.state.name}) on {pool}")
-                audit.emit("action", what="cancel-flow-run", flow_run_id=str(run.id))
-            details["cancelled"].append(run.name)
+            target, flow_obj, why = None, None, ""
             if "component" in run.tags:
-                details["unmatched"].append(f"{run.name}: a component run; its parent fails and is retried")
+                why = "a component run: cancelled; its pipeline run fails and is retried, re-planned on ready pools"
+            elif backup is None:
+                why = "no backup pool: kept queued, it starts when the pool is resumed"
+            elif run.deployment_id is None:
+                why = "not from a deployment: kept queued"
+            else:
+                flow_obj = client.read_flow(run.flow_id)
+                target = _equivalent_deployment(client, run.flow_id, backup.work_pool)
+                if target is None:
+                    why = f"flow {flow_obj.name} has no deployment on {backup.work_pool}: kept queued"
+            if target is None and "component" not in run.tags:
+                details["kept"].append(f"{run.name}: {why}")
+                audit.note(f"{run.name} ({run.state.name}): {why}")
                 continue
-            if backup is None or run.deployment_id is None:
-                details["unmatched"].append(f"{run.name}: no backup pool or no deployment")
+            if dry:
+                audit.note(f"dry run: would cancel {run.name} ({run.state.name})"
+                           + (f" and resubmit it on {backup.work_pool}" if target else f" ({why})"))
+                details["cancelled"].append(run.name)
                 continue
-            flow_obj = client.read_flow(run.flow_id)
-            target = _equivalent_deployment(client, run.flow_id, backup.work_pool)
+            client.set_flow_run_state(run.id, Cancelled(message=(
+                f"planflow failover: work pool {pool} is unhealthy ({alertname}); "
+                + (f"resubmitted on {backup.work_pool}" if target else why))), force=True)
+            audit.note(f"cancelled {run.name} ({run.state.name}) on {pool}" + ("" if target else f": {why}"))
+            audit.emit("action", what="cancel-flow-run", flow_run_id=str(run.id))
+            details["cancelled"].append(run.name)
             if target is None:
-                details["unmatched"].append(
-                    f"{run.name}: flow {flow_obj.name} has no deployment on {backup.work_pool}")
                 continue
             if flow_obj.name not in details["replans"]:
                 details["replans"][flow_obj.name] = _replan(flow_obj.name, backup_name, backup)
@@ -462,13 +484,8 @@ def failover(alertname: str = "", work_pool: str = "", event_id: str = "", event
             properties = (target.parameter_openapi_schema or {}).get("properties") or {}
             if "local_pool" in properties or (not properties and "planflow" in run.tags):
                 parameters["local_pool"] = backup_name  # plan with the backup pool's capacities
-            variables = _backup_job_variables(client, backup)
-            if dry:
-                audit.note(f"dry run: would resubmit {run.name} as {flow_obj.name}/{target.name} "
-                           f"on {backup.work_pool}")
-                continue
             new = client.create_flow_run_from_deployment(
-                target.id, parameters=parameters, job_variables=variables,
+                target.id, parameters=parameters, job_variables=_backup_job_variables(client, backup),
                 tags=[*(t for t in run.tags if t not in ("docker", "kubernetes")), "failover"],
                 name=f"{run.name}-failover")
             audit.affected.append(str(new.id))
@@ -481,39 +498,31 @@ def failover(alertname: str = "", work_pool: str = "", event_id: str = "", event
             audit.emit("action", what="resubmit", from_flow_run_id=str(run.id),
                        flow_run_id=str(new.id), work_pool=backup.work_pool)
         if backup is None:
-            audit.note(f"work pool {pool} has no backup pool (ResourcePool {source_name!r}); "
-                       "its stuck runs were cancelled only")
+            audit.note(f"work pool {pool} has no backup pool (ResourcePool {source_name!r}): "
+                       "paused only, its waiting runs kept queued")
     outcome = "dry_run" if dry else "succeeded"
     return audit.finish(outcome, f"{alertname} on {pool}: {decision.reason}", details, route)
 
 
 # A pool paused by failover whose alert resolved with no worker back is checked again
-# after 30 s, then 60, 120, ... at most 10 min apart, for about a day (then a person resumes it).
+# every 15 s for two minutes, then 30, 60, ... at most 10 min apart, for about a day
+# (then a person resumes it).
 RECHECKS = 150
-RECHECK_SECONDS = 30.0
+RECHECK_SECONDS = 15.0
 RECHECK_MAX_SECONDS = 600.0
 
 
 def _recheck_later(client, pool: str, alertname: str, event_id: str, recheck: int,
                    labels: dict[str, Any]) -> str | None:
-    """Schedule the failover flow again (status resolved) RECHECK_SECONDS from now."""
-    from prefect.exceptions import ObjectNotFound
-    from prefect.states import Scheduled
-
+    """Schedule the failover flow again (status resolved), backing off from RECHECK_SECONDS."""
     if recheck >= RECHECKS:
         return None
-    try:
-        deployment = client.read_deployment_by_name("planflow-failover/remediation")
-    except ObjectNotFound:
-        return None
-    delay = min(RECHECK_MAX_SECONDS, RECHECK_SECONDS * 2 ** min(recheck, 10))
-    when = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=delay)
-    client.create_flow_run_from_deployment(
-        deployment.id, parameters={"alertname": alertname, "work_pool": pool, "event_id": event_id,
-                                   "event": "planflow.alert.resolved", "labels": labels,
-                                   "status": "resolved", "recheck": recheck + 1},
-        state=Scheduled(scheduled_time=when), tags=[REMEDIATION_TAG, "recheck"])
-    return when.isoformat(timespec="seconds")
+    return _schedule_again("planflow-failover/remediation",
+                           RECHECK_SECONDS if recheck < 8 else
+                           min(RECHECK_MAX_SECONDS, RECHECK_SECONDS * 2 ** min(recheck - 7, 10)),
+                           {"alertname": alertname, "work_pool": pool, "event_id": event_id,
+                            "event": "planflow.alert.resolved", "labels": labels,
+                            "status": "resolved", "recheck": recheck + 1})
 
 
 def _equivalent_deployment(client, flow_id, work_pool: str):
@@ -559,21 +568,31 @@ def live_workers(client, work_pool: str) -> list[str]:
     return alive
 
 
-def backlog_makespans(backlog_seconds: list[float], workers: int) -> tuple[float, float]:
-    """The planner's makespan of the backlog (one task per waiting run) with `workers`
-    and `workers + 1` worker slots: what one more worker buys."""
+def backlog_curve(backlog_seconds: list[float], counts: range | list[int]) -> dict[int, float]:
+    """The planner's makespan of the backlog (one task per waiting run, its estimated
+    duration) with each number of worker slots in `counts`: what more workers buy."""
     from planner import Mode, PlannerOptions, Pool, Problem, Task, solve
 
     if not backlog_seconds:
-        return 0.0, 0.0
+        return {n: 0.0 for n in counts}
     tasks = tuple(Task(f"run{i}", (Mode("workers", max(0.1, s), {"slot": 1.0}),))
                   for i, s in enumerate(backlog_seconds))
-    out = []
-    for n in (max(1, workers), max(1, workers) + 1):
-        plan = solve(Problem(tasks, (Pool("workers", {"slot": float(n)}),)),
-                     PlannerOptions(time_limit_s=2.0))
-        out.append(float(plan.makespan))
-    return out[0], out[1]
+    return {n: float(solve(Problem(tasks, (Pool("workers", {"slot": float(max(1, n))}),)),
+                           PlannerOptions(time_limit_s=2.0)).makespan) for n in counts}
+
+
+def backlog_makespans(backlog_seconds: list[float], workers: int) -> tuple[float, float]:
+    """The backlog's makespan with `workers` and `workers + 1` worker slots."""
+    n = max(1, workers)
+    curve = backlog_curve(backlog_seconds, [n, n + 1])
+    return curve[n], curve[n + 1]
+
+
+def workers_to_reach(curve: dict[int, float], tolerance: float = 0.05) -> int:
+    """The fewest workers whose planned makespan is within `tolerance` of the best the
+    curve offers (more would cost a worker and buy almost nothing)."""
+    best = min(curve.values())
+    return min(n for n, makespan in curve.items() if makespan <= best * (1 + tolerance) + 1e-9)
 
 
 def _estimate_seconds(client, run) -> float:
@@ -590,6 +609,7 @@ def _estimate_seconds(client, run) -> float:
 def start_worker(work_pool: str, pool_type: str, name: str) -> int:
     """Start `prefect worker start` for the pool as a detached process; returns its pid."""
     from planflow.config import StatePaths, client_env
+    from planflow.workers import start_worker as start
 
     env = dict(os.environ)
     try:
@@ -598,53 +618,24 @@ def start_worker(work_pool: str, pool_type: str, name: str) -> int:
         pass
     if os.environ.get("PREFECT_API_URL"):
         env["PREFECT_API_URL"] = os.environ["PREFECT_API_URL"]
-    env.setdefault("PREFECT_WORKER_QUERY_SECONDS", "2")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    prefect = str(Path(sys.executable).with_name("prefect"))
-    log = (_workers_dir() / f"{name}.log").open("ab")
-    process = subprocess.Popen([prefect, "worker", "start", "--pool", work_pool, "--type", pool_type,
-                                "--name", name], env=env, stdout=log, stderr=subprocess.STDOUT,
-                               stdin=subprocess.DEVNULL, start_new_session=True, cwd=str(ROOT))
-    log.close()
-    return process.pid
+    return start(work_pool, _workers_dir() / f"{name}.log", pool_type=pool_type, name=name, env=env,
+                 query_seconds=float(env.get("PREFECT_WORKER_QUERY_SECONDS", 2))).pid
 
 
 def stop_worker(pid: int, name: str) -> bool:
     """Stop a worker this module started (checked by its command line); True if stopped."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-    if name.encode() not in cmdline:
-        return False  # the pid was recycled by another program
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return False
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        try:
-            if os.waitpid(pid, os.WNOHANG)[0] == pid:
-                return True
-        except ChildProcessError:
-            pass
-        time.sleep(0.2)
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    return True
+    from planflow.workers import is_our_process, stop_group
+
+    if not is_our_process(pid, name):
+        return False  # gone, or the pid was recycled by another program
+    return stop_group(pid, 15)
 
 
 @flow(name="planflow-rescale", log_prints=True, retries=0)
 @audited
 def rescale(alertname: str = "", work_pool: str = "", work_queue: str = "", event_id: str = "",
             event: str = "", resource_id: str = "", labels: dict[str, Any] | None = None,
-            status: str = "") -> dict[str, Any]:
+            status: str = "", recheck: int = 0) -> dict[str, Any]:
     """Firing: if the planner says one more worker shortens the backlog, raise the pool's
     (and queue's) concurrency limit and start a worker, within the route's bounds.
     Resolved: stop the workers it started and restore the limits."""
@@ -668,64 +659,50 @@ def rescale(alertname: str = "", work_pool: str = "", work_queue: str = "", even
 
     with get_client(sync_client=True) as client:
         if status == "resolved":
-            ledger = guard.ledger(key)
-            stopped = []
-            if route.dry_run:
-                audit.note(f"dry run: would stop {len(ledger.get('workers', []))} worker(s) and restore limits")
-                guard.reset(key)
-                return audit.finish("dry_run", "alert resolved", {"ledger": ledger}, route)
-            for worker in ledger.get("workers", []):
-                if stop_worker(int(worker["pid"]), worker["name"]):
-                    stopped.append(worker["name"])
-                    audit.note(f"stopped worker {worker['name']} (pid {worker['pid']})")
-            if "pool_limit_before" in ledger:
-                client.update_work_pool(pool, WorkPoolUpdate(concurrency_limit=ledger["pool_limit_before"]))
-                audit.note(f"work pool {pool} concurrency limit back to {ledger['pool_limit_before']}")
-            if ledger.get("queue") and "queue_limit_before" in ledger:
-                q = client.read_work_queue_by_name(ledger["queue"], work_pool_name=pool)
-                client.update_work_queue(q.id, concurrency_limit=ledger["queue_limit_before"])
-                audit.note(f"work queue {ledger['queue']} concurrency limit back to {ledger['queue_limit_before']}")
-            audit.emit("action", what="scale-down", stopped=stopped)
-            guard.reset(key)
-            return audit.finish("succeeded" if ledger else "skipped",
-                                f"alert {alertname} resolved: scaled {pool} back down"
-                                if ledger else "alert resolved; nothing had been scaled",
-                                {"stopped": stopped}, route)
+            return _scale_down(client, audit, guard, key, pool, alertname, route, labels, recheck)
 
         pool_obj = client.read_work_pool(pool)
         live = live_workers(client, pool)
+        if pool_obj.type == "kubernetes":  # the workers are the Deployment's replicas
+            from planflow.kube import worker_replicas
+
+            replicas = worker_replicas(route.kubernetes_namespace, route.kubernetes_worker_deployment)
+            live = live + [f"replica-{i}" for i in range(len(live), replicas)]
         ledger = guard.ledger(key)
         started = [w for w in ledger.get("workers", [])]
         backlog = stuck_runs(client, pool)
         audit.affected.extend(str(r.id) for r in backlog)
         estimates = [_estimate_seconds(client, r) for r in backlog]
         n = max(len(live), 1)
-        now_ms, next_ms = backlog_makespans(estimates, n)
+        top = max(n + 1, route.max_workers)
+        curve = backlog_curve(estimates, range(n, top + 1))
+        target = max(workers_to_reach(curve), route.min_workers)
+        now_ms, next_ms = curve[n], curve[n + 1]
         gain = now_ms - next_ms
         details: dict[str, Any] = {
             "work_pool": pool, "work_queue": queue, "live_workers": live, "backlog_runs": len(backlog),
             "backlog_estimates_s": estimates, "makespan_with_n_s": now_ms, "makespan_with_n_plus_1_s": next_ms,
+            "makespan_by_workers_s": {str(k): round(v, 2) for k, v in curve.items()}, "target_workers": target,
             "n": n, "gain_s": gain, "min_workers": route.min_workers, "max_workers": route.max_workers}
         audit.note(f"{len(backlog)} run(s) wait on {pool} with {len(live)} live worker(s); the planner "
-                   f"says the backlog takes {now_ms:.1f} s with {n} worker slot(s) and {next_ms:.1f} s "
-                   f"with {n + 1}: one more worker buys {gain:.1f} s")
+                   "says the backlog takes " + ", ".join(f"{v:.1f} s with {k}" for k, v in curve.items())
+                   + f" worker(s): one more buys {gain:.1f} s; {target} is enough (within 5 % of the best)")
         if len(live) >= route.max_workers:
             audit.note(f"not scaled: {len(live)} worker(s) already, max_workers={route.max_workers}")
             return audit.finish("skipped", f"at max_workers ({route.max_workers})", details, route)
-        if gain <= 0 and len(live) >= route.min_workers:
-            audit.note("not scaled: one more worker would not finish the backlog sooner")
+        if target <= len(live):
+            audit.note("not scaled: more workers would not finish the backlog sooner")
             return audit.finish("skipped", "no makespan gain from another worker", details, route)
         decision = guard.admit(key)
         details["decision"] = decision.outcome
         if not decision.counted:
             audit.note(f"not scaled: {decision.reason}")
             return audit.finish(_guard_outcome(decision), decision.reason, details, route)
+        want = min(target, route.max_workers) - len(live)
         limit = pool_obj.concurrency_limit
         new_limit = None
         if limit is not None:
-            new_limit = min(route.max_concurrency or limit + 1, limit + 1)
-        want = max(route.min_workers - len(live), 1)
-        want = min(want, route.max_workers - len(live))
+            new_limit = min(route.max_concurrency or limit + want, limit + want)
         if decision.outcome == "dry_run":
             audit.note(f"dry run: would set {pool} concurrency {limit} -> {new_limit} and start {want} worker(s)")
             details.update(would_start=want, would_limit=new_limit)
@@ -743,21 +720,131 @@ def rescale(alertname: str = "", work_pool: str = "", work_queue: str = "", even
                 if q.concurrency_limit is not None:
                     if "queue_limit_before" not in ledger:
                         updates["queue_limit_before"] = q.concurrency_limit
-                    q_new = min(route.max_concurrency or q.concurrency_limit + 1, q.concurrency_limit + 1)
+                    q_new = min(route.max_concurrency or q.concurrency_limit + want, q.concurrency_limit + want)
                     client.update_work_queue(q.id, concurrency_limit=q_new)
                     audit.note(f"work queue {queue} concurrency limit {q.concurrency_limit} -> {q_new}")
             except Exception as exc:  # noqa: BLE001
                 audit.note(f"work queue {queue}: not changed ({exc})")
-        for i in range(want):
-            name = f"planflow-rescale-{pool}-{uuid.uuid4().hex[:6]}"
-            pid = start_worker(pool, pool_obj.type, name)
-            started.append({"pid": pid, "name": name})
-            audit.note(f"started worker {name} (pid {pid}) for {pool}")
-            audit.emit("action", what="start-worker", worker=name, pid=pid)
+        for worker in scale_out(pool, pool_obj.type, want, route):
+            started.append(worker)
+            audit.note(f"started {worker['kind']} worker {worker['name']} for {pool}")
+            audit.emit("action", what="start-worker", **worker)
         updates["workers"] = started
         guard.update(key, **updates)
         details.update(started=[w["name"] for w in started], pool_limit=new_limit)
     return audit.finish("succeeded", f"{alertname} on {pool}: {decision.reason}", details, route)
+
+
+def scale_out(pool: str, pool_type: str, count: int, route: AlertRoute) -> list[dict[str, Any]]:
+    """Add `count` workers to `pool`. Kubernetes: the worker Deployment's replicas (one
+    record, with the replicas before); otherwise local worker processes (for Docker pools
+    too: the worker is a process that starts containers). Returns what scale-down needs."""
+    if pool_type == "kubernetes":
+        from planflow.kube import scale_workers, worker_replicas
+
+        namespace, name = route.kubernetes_namespace, route.kubernetes_worker_deployment
+        before = worker_replicas(namespace, name)
+        after = scale_workers(namespace, name, min(before + count, route.max_workers))
+        return [{"kind": "kubernetes", "name": f"{namespace}/{name}", "namespace": namespace,
+                 "deployment": name, "replicas_before": before, "replicas": after}]
+    workers = []
+    for _ in range(count):
+        name = f"planflow-rescale-{pool}-{uuid.uuid4().hex[:6]}"
+        workers.append({"kind": "process", "pid": start_worker(pool, pool_type, name), "name": name})
+    return workers
+
+
+SCALE_DOWN_RECHECK_SECONDS = 10.0
+SCALE_DOWN_RECHECKS = 360  # an hour of 10 s checks for a worker to finish its flow runs
+
+
+def _busy_for_a_while(pid: int, grace: float = 15.0) -> bool:
+    """Still running a flow run after `grace` seconds (a run that just ended leaves its
+    supervisor process behind for a few seconds while it reports and cleans up)."""
+    from planflow.workers import busy
+
+    deadline = time.monotonic() + grace
+    while busy(pid):
+        if time.monotonic() > deadline:
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def _scale_down(client, audit: "Audit", guard: Guard, key: str, pool: str, alertname: str,
+                route: AlertRoute, labels: dict[str, Any], recheck: int) -> dict[str, Any]:
+    """Resolved: restore the limits at once (no new run beyond the old capacity starts),
+    stop each started worker that is idle, and check again later for the busy ones (a
+    worker's flow runs are its child processes: stopping it would crash them)."""
+    from prefect.client.schemas.actions import WorkPoolUpdate
+
+    from planflow.workers import is_our_process
+
+    ledger = guard.ledger(key)
+    if route.dry_run:
+        audit.note(f"dry run: would stop {len(ledger.get('workers', []))} worker(s) and restore limits")
+        guard.reset(key)
+        return audit.finish("dry_run", "alert resolved", {"ledger": ledger}, route)
+    if not ledger:
+        return audit.finish("skipped", "alert resolved; nothing had been scaled", {}, route)
+    if "pool_limit_before" in ledger and not ledger.get("limits_restored"):
+        client.update_work_pool(pool, WorkPoolUpdate(concurrency_limit=ledger["pool_limit_before"]))
+        audit.note(f"work pool {pool} concurrency limit back to {ledger['pool_limit_before']}")
+        if ledger.get("queue") and "queue_limit_before" in ledger:
+            q = client.read_work_queue_by_name(ledger["queue"], work_pool_name=pool)
+            client.update_work_queue(q.id, concurrency_limit=ledger["queue_limit_before"])
+            audit.note(f"work queue {ledger['queue']} concurrency limit back to {ledger['queue_limit_before']}")
+        audit.emit("action", what="restore-limits", work_pool=pool, limit=ledger["pool_limit_before"])
+    stopped, waiting = [], []
+    for worker in ledger.get("workers", []):
+        if worker.get("kind") == "kubernetes":
+            from planflow.kube import scale_workers
+
+            replicas = scale_workers(worker["namespace"], worker["deployment"], int(worker["replicas_before"]))
+            stopped.append(worker["name"])
+            audit.note(f"worker Deployment {worker['name']} scaled back to {replicas} replica(s) "
+                       "(running flow-run Jobs are not affected)")
+            continue
+        pid, name = int(worker["pid"]), worker["name"]
+        if not is_our_process(pid, name):
+            continue  # already gone
+        if _busy_for_a_while(pid):
+            waiting.append(worker)
+            continue
+        if stop_worker(pid, name):
+            stopped.append(name)
+            audit.note(f"stopped idle worker {name} (pid {pid})")
+    details: dict[str, Any] = {"stopped": stopped, "still_busy": [w["name"] for w in waiting]}
+    if stopped:
+        audit.emit("action", what="scale-down", stopped=stopped)
+    if waiting and recheck < SCALE_DOWN_RECHECKS:
+        guard.update(key, workers=waiting, limits_restored=True)
+        details["next_check"] = _schedule_again("planflow-rescale/remediation", SCALE_DOWN_RECHECK_SECONDS, {
+            "alertname": alertname, "work_pool": pool, "event_id": audit.event_id,
+            "event": "planflow.alert.resolved", "labels": labels, "status": "resolved", "recheck": recheck + 1})
+        audit.note(f"{len(waiting)} worker(s) still run flow runs: checking again at {details['next_check']}")
+        return audit.finish("succeeded", f"alert {alertname} resolved: limits restored, "
+                            f"{len(stopped)} worker(s) stopped, {len(waiting)} finishing their runs", details, route)
+    guard.reset(key)
+    return audit.finish("succeeded", f"alert {alertname} resolved: scaled {pool} back down "
+                        f"({len(stopped)} worker(s) stopped)", details, route)
+
+
+def _schedule_again(deployment_name: str, delay: float, parameters: dict[str, Any]) -> str | None:
+    """A later run of a remediation deployment (a re-check); None when it is not deployed."""
+    from prefect.exceptions import ObjectNotFound
+    from prefect.states import Scheduled
+
+    with get_client(sync_client=True) as client:
+        try:
+            deployment = client.read_deployment_by_name(deployment_name)
+        except ObjectNotFound:
+            return None
+        when = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=delay)
+        client.create_flow_run_from_deployment(deployment.id, parameters=parameters,
+                                               state=Scheduled(scheduled_time=when),
+                                               tags=[REMEDIATION_TAG, "recheck"])
+    return when.isoformat(timespec="seconds")
 
 
 REMEDIATION_FLOWS = {"retry": retry_run, "failover": failover, "rescale": rescale}

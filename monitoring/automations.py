@@ -11,10 +11,12 @@ What there is (names start with "planflow: "):
 | retry failed or crashed runs | Prefect's own `prefect.flow-run.Failed` / `.Crashed` of a flow run tagged `planflow` | run `planflow-retry-run/remediation` (same flow run back to AwaitingRetry) |
 | failover on unhealthy pool | `planflow.alert.firing` / `.resolved` about `prefect.work-pool.*` whose alert's AlertRoute says failover (PlanflowWorkPoolNotReady, PlanflowWorkerHeartbeatStale, PlanflowPoolFailureRateHigh) | run `planflow-failover/remediation` |
 | rescale on late-run backlog | the same events for alerts routed to rescale (PlanflowLateRunBacklog) | run `planflow-rescale/remediation` |
-| crash silent runs | proactive: a `planflow` flow run's `prefect.flow-run.heartbeat` not followed by another heartbeat or a final state within 90 s | change that flow run's state to Crashed (the retry automation then answers) |
+| crash silent runs | proactive: a `planflow` flow run's `prefect.flow-run.heartbeat` not followed by another heartbeat or a final state within 3 heartbeat periods | change that flow run's state to Crashed (the retry automation then answers) |
 
-The last one only matters where flow runs send heartbeats
-(`PREFECT_RUNNER_HEARTBEAT_FREQUENCY=30` in the worker's environment).
+Prefect 3 flow runs send a heartbeat every `PREFECT_FLOWS_HEARTBEAT_FREQUENCY` seconds
+(180 by default, 30 at least), so a run whose process died silently is found after 9
+minutes by default; set the frequency to 30 on the workers (and where `apply` runs) for
+90 s, or `PLANFLOW_CRASH_AFTER_SECONDS` directly (see `crash_after_seconds`).
 
 **Why in code, and not as `triggers:` in deployments/prefect.yaml.** A prefect.yaml
 trigger belongs to one deployment and can only run that deployment; planflow's
@@ -32,10 +34,7 @@ refuses them; Prometheus evaluates the thresholds and the bridge turns alerts in
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
-import sys
-import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Optional
@@ -174,10 +173,11 @@ def desired_automations(deployment_ids: dict[str, Any], routes: dict[str, Any] |
             actions=[RunDeployment(source="selected", deployment_id=deployment_ids[FLOW_FOR_ACTION[action]],
                                    parameters=dict(ALERT_PARAMETERS))],
         ))
+    window = crash_after_seconds()
     out.append(Automation(
         name=NAMES["crash"],
-        description="A planflow flow run that stopped sending heartbeats for 90 s without "
-                    "reaching a final state is marked Crashed (needs PREFECT_RUNNER_HEARTBEAT_FREQUENCY).",
+        description=f"A planflow flow run that stopped sending heartbeats for {window:g} s without "
+                    "reaching a final state is marked Crashed (the retry automation then answers).",
         trigger=EventTrigger(
             after={"prefect.flow-run.heartbeat"},
             expect={"prefect.flow-run.heartbeat", "prefect.flow-run.Completed", "prefect.flow-run.Failed",
@@ -185,11 +185,45 @@ def desired_automations(deployment_ids: dict[str, Any], routes: dict[str, Any] |
             match={"prefect.resource.id": "prefect.flow-run.*"},
             match_related={"prefect.resource.id": "prefect.tag.planflow", "prefect.resource.role": "tag"},
             for_each={"prefect.resource.id"},
-            posture=Posture.Proactive, threshold=1, within=timedelta(seconds=90)),
+            posture=Posture.Proactive, threshold=1, within=timedelta(seconds=window)),
         actions=[ChangeFlowRunState(state=StateType.CRASHED,
-                                    message="planflow: no heartbeat for 90 s; marked Crashed")],
+                                    message=f"planflow: no heartbeat for {window:g} s; marked Crashed")],
     ))
     return out
+
+
+CRASH_AFTER_ENV = "PLANFLOW_CRASH_AFTER_SECONDS"
+
+
+def crash_after_seconds() -> float:
+    """How long without a heartbeat before a running planflow flow run counts as crashed:
+    PLANFLOW_CRASH_AFTER_SECONDS, else 3 heartbeats of Prefect's flow heartbeat frequency
+    (PREFECT_FLOWS_HEARTBEAT_FREQUENCY, 180 s by default: 9 minutes; set it to 30 on the
+    workers and here for 90 s). Never shorter than 1.5 heartbeats, which would crash
+    healthy runs between two heartbeats."""
+    from prefect.settings import get_current_settings
+
+    frequency = float(get_current_settings().flows.heartbeat_frequency or 180)
+    for name in ("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "PREFECT_RUNNER_HEARTBEAT_FREQUENCY"):
+        try:  # the environment as it is now (Prefect's settings were read at import)
+            frequency = max(30.0, float(os.environ[name]))
+            break
+        except (KeyError, ValueError):
+            continue
+    explicit = os.environ.get(CRASH_AFTER_ENV, "").strip()
+    if explicit:
+        try:
+            value = float(explicit)
+        except ValueError:
+            raise AutomationsError(f"{CRASH_AFTER_ENV}={explicit!r} is not a number of seconds; "
+                                   f"unset it or give e.g. {3 * frequency:g}") from None
+        if value < 1.5 * frequency:
+            raise AutomationsError(
+                f"{CRASH_AFTER_ENV}={value:g} is shorter than 1.5 heartbeats ({frequency:g} s each, "
+                "PREFECT_FLOWS_HEARTBEAT_FREQUENCY): healthy runs would be marked Crashed between two "
+                f"heartbeats. Set it to at least {1.5 * frequency:g}, or lower the heartbeat frequency.")
+        return value
+    return 3 * frequency
 
 
 def _spec(automation: Any) -> dict[str, Any]:
@@ -273,41 +307,43 @@ def remove(name: str | None = None) -> list[str]:
 def start_remediation_worker(log_file: Path, query_seconds: float = 1.0,
                              env: dict[str, str] | None = None, limit: int = 4,
                              name: str | None = None) -> subprocess.Popen:
-    """`prefect worker start --pool planflow-remediation` polling every `query_seconds`
-    (the default 10 s would dominate the alert-to-remediation latency), running at most
-    `limit` remediation flow runs at once (a storm queues instead of forking 100 processes)."""
-    environment = dict(env or os.environ)
-    environment["PREFECT_WORKER_QUERY_SECONDS"] = str(query_seconds)
-    environment["PREFECT_WORKER_PREFETCH_SECONDS"] = "0"
-    environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), environment.get("PYTHONPATH")]))
-    prefect = str(Path(sys.executable).with_name("prefect"))
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    log = log_file.open("ab")
-    process = subprocess.Popen([prefect, "worker", "start", "--pool", REMEDIATION_POOL, "--type", "process",
-                                "--name", name or f"{REMEDIATION_POOL}-{os.getpid()}-{os.urandom(3).hex()}",
-                                "--limit", str(limit)],
-                               env=environment, stdout=log, stderr=subprocess.STDOUT,
-                               stdin=subprocess.DEVNULL, start_new_session=True, cwd=str(ROOT))
-    log.close()
-    return process
+    """The remediation worker (monitoring/remediation_worker.py: runs the remediation
+    flows in its own warm process) on `planflow-remediation`, polling every
+    `query_seconds` (Prefect's default 10 s would dominate the alert-to-remediation
+    latency), at most `limit` remediation flow runs at once (a storm queues)."""
+    import sys
+
+    from planflow.workers import start_process
+
+    name = name or f"{REMEDIATION_POOL}-{os.getpid()}-{os.urandom(3).hex()}"
+    return start_process([sys.executable, "-m", "monitoring.remediation_worker", "--pool", REMEDIATION_POOL,
+                          "--name", name, "--limit", str(limit), "--query-seconds", f"{query_seconds:g}"],
+                         log_file, dict(os.environ if env is None else env))
 
 
 def stop_process(process: subprocess.Popen, timeout: float = 20.0) -> None:
     """Stop a process started with start_new_session (its whole group)."""
-    if process.poll() is not None:
-        return
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=5)
-    except ProcessLookupError:
-        pass
+    from planflow.workers import stop_process as stop
+
+    stop(process, timeout)
 
 
 def _worker_pid_file(paths) -> Path:
     return paths.home / "monitoring" / "remediation-worker.pid"
+
+
+def worker_pid(paths=None) -> int | None:
+    """The pid of the remediation worker `worker_up` started, if it still runs."""
+    from planflow.config import StatePaths
+
+    paths = paths or StatePaths.discover()
+    try:
+        pid = int(_worker_pid_file(paths).read_text().strip())
+        if REMEDIATION_POOL.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+            return pid
+    except (OSError, ValueError):
+        pass
+    return None
 
 
 def worker_up(paths=None, query_seconds: float = 1.0) -> int:
@@ -317,13 +353,9 @@ def worker_up(paths=None, query_seconds: float = 1.0) -> int:
     from planflow.config import StatePaths, client_env
 
     paths = paths or StatePaths.discover()
-    pid_file = _worker_pid_file(paths)
-    try:
-        pid = int(pid_file.read_text().strip())
-        if REMEDIATION_POOL.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
-            return pid
-    except (OSError, ValueError):
-        pass
+    running = worker_pid(paths)
+    if running:
+        return running
     env = {**os.environ, **client_env(paths)}
     if os.environ.get("PREFECT_API_URL"):
         env["PREFECT_API_URL"] = os.environ["PREFECT_API_URL"]
@@ -332,6 +364,7 @@ def worker_up(paths=None, query_seconds: float = 1.0) -> int:
         env["PLANFLOW_PUSHGATEWAY_URL"] = gateway
     process = start_remediation_worker(paths.home / "monitoring" / "remediation-worker.log",
                                        query_seconds=query_seconds, env=env)
+    pid_file = _worker_pid_file(paths)
     pid_file.parent.mkdir(parents=True, exist_ok=True)
     pid_file.write_text(str(process.pid))
     return process.pid
@@ -340,32 +373,14 @@ def worker_up(paths=None, query_seconds: float = 1.0) -> int:
 def worker_down(paths=None, timeout: float = 20.0) -> bool:
     """Stop the worker `worker_up` started (checked by its command line)."""
     from planflow.config import StatePaths
+    from planflow.workers import stop_group
 
     paths = paths or StatePaths.discover()
-    pid_file = _worker_pid_file(paths)
-    try:
-        pid = int(pid_file.read_text().strip())
-        if REMEDIATION_POOL.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes():
-            raise OSError("not our worker")
-    except (OSError, ValueError):
-        pid_file.unlink(missing_ok=True)
+    pid = worker_pid(paths)
+    _worker_pid_file(paths).unlink(missing_ok=True)
+    if pid is None:
         return False
-    os.killpg(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
-        try:
-            if os.waitpid(pid, os.WNOHANG)[0] == pid:
-                break
-        except ChildProcessError:
-            pass
-        time.sleep(0.2)
-    if Path(f"/proc/{pid}").exists():
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    pid_file.unlink(missing_ok=True)
-    return True
+    return stop_group(pid, timeout)
 
 
 # -- the command line (mount: app.add_typer(automations_app, name="automations")) ----------

@@ -34,6 +34,8 @@ def up(
     alertmanager_port: int = typer.Option(9093),
     bridge_port: int = typer.Option(9095),
     exporter_port: int = typer.Option(9096),
+    automations: bool = typer.Option(True, help="Apply planflow's automations and start the "
+                                     "remediation worker (retry, failover, rescale)."),
 ) -> None:
     """Start everything that does not run yet (idempotent) and print the URLs."""
     paths = StatePaths.discover()
@@ -50,12 +52,32 @@ def up(
     for name, service in started.items():
         console.print(f"{name:<13} {service.url}  (pid {service.pid})")
     console.print(f"profile       {profile}; state in {services.monitoring_dir(paths)}")
+    if automations:
+        _automations_up(paths)
+
+
+def _automations_up(paths: StatePaths) -> None:
+    """Apply the automations (idempotent) and start the remediation worker."""
+    from monitoring import automations as auto
+
+    try:
+        lines = auto.apply()
+        pid = auto.worker_up(paths)
+    except auto.AutomationsError as exc:
+        _fail(str(exc))
+    changed = [line for line in lines if not line.endswith(("unchanged", "kept", "applied"))]
+    console.print(f"automations   {sum(1 for line in lines if line.startswith(auto.PREFIX))} applied"
+                  + (f" ({'; '.join(changed)})" if changed else " (unchanged)"))
+    console.print(f"remediation   worker pid {pid} on pool {auto.REMEDIATION_POOL}")
 
 
 @stack_app.command("down")
 def down(server: bool = typer.Option(True, help="Stop the embedded Prefect server too.")) -> None:
-    """Stop the monitoring services (and the Prefect server)."""
+    """Stop the remediation worker, the monitoring services (and the Prefect server)."""
+    from monitoring import automations as auto
+
     paths = StatePaths.discover()
+    auto.worker_down(paths)
     services.down(paths)
     if server:
         stack.down(paths)
@@ -69,6 +91,11 @@ def status() -> None:
     server = stack.status(paths)
     rows = [("prefect", server.state, server.url or "-", server.pid, server.detail)]
     rows += [(s.name, s.state, s.url, s.pid, s.detail) for s in services.status(paths).values()]
+    from monitoring.automations import REMEDIATION_POOL, worker_pid
+
+    pid = worker_pid(paths)
+    rows.append(("remediation", "running" if pid else "stopped", f"pool {REMEDIATION_POOL}", pid,
+                 "" if pid else "start: planflow stack up (or planflow automations worker up)"))
     for name, state, url, pid, detail in rows:
         console.print(f"{name:<13} {state:<10} {url}  {f'pid {pid}' if pid else ''} {detail}")
     if not all(row[1] == "running" for row in rows):

@@ -391,14 +391,22 @@ def run(
     console.print(f"flow run: {url.removesuffix('/api')}/runs/flow-run/{result['flow_run_id']}")
 
 
-@app.command("demo")
+demo_app = typer.Typer(help="Demos on the embedded stack: the example pipelines (no sub-command), "
+                       "`heal` (failover and rescale).")
+app.add_typer(demo_app, name="demo")
+
+
+@demo_app.callback(invoke_without_command=True)
 def demo(
+    ctx: typer.Context,
     param: List[str] = typer.Option([], "--param", "-p", help="Override for every pipeline KEY=VALUE."),
     monitoring: bool = typer.Option(True, help="Also start the monitoring stack (fast profile) and "
                                     "show a failing run turning into an alert event."),
 ) -> None:
     """Start the embedded server, register blocks, run every example pipeline; then
     show the monitoring loop: a run that fails on purpose becomes a Prefect event."""
+    if ctx.invoked_subcommand is not None:
+        return
     from blocks import ensure_defaults
     from flows import registry
     from monitoring import services
@@ -435,7 +443,56 @@ def demo(
         console.print(f"  {name}: Completed  {ui}/runs/flow-run/{run_id}")
     if monitoring:
         console.print(f"  alert events: {ui}/events  ·  Prometheus alerts: {services.status()['prometheus'].url}/alerts")
-    console.print("Stop everything with `planflow stack down` (or `make stop`).")
+    console.print("Next: `planflow demo heal` (make demo-heal) shows a failover and a rescale. "
+                  "Stop everything with `planflow stack down` (or `make stop`).")
+
+
+@demo_app.command("heal")
+def demo_heal(
+    scenario: str = typer.Option("all", help="failover, rescale or all."),
+    timeout: float = typer.Option(300.0, help="Seconds to wait for each step before giving up."),
+) -> None:
+    """Self-healing on the embedded stack: a pool loses its worker and planflow fails its
+    run over to the backup pool, then resumes it; a pool gets a backlog and planflow
+    scales it out and back. Every step goes through Prometheus, Alertmanager, the bridge,
+    a Prefect automation and a remediation flow."""
+    from blocks import ensure_defaults
+    from monitoring import automations, heal, services
+    from planflow.config import StatePaths
+
+    if scenario not in ("failover", "rescale", "all"):
+        fail(f"unknown scenario {scenario!r}: failover, rescale or all")
+    url = _ensure_server()
+    ui = url.removesuffix("/api")
+    ensure_defaults()
+    paths = StatePaths.discover()
+    try:
+        started = services.up(paths, profile="fast")
+    except services.ServicesError as exc:
+        fail(f"the monitoring stack is needed: {exc}")
+    console.print("monitoring: " + ", ".join(f"{n} {s.url}" for n, s in started.items()))
+    try:
+        applied = automations.apply()
+    except automations.AutomationsError as exc:
+        fail(str(exc))
+    console.print(f"automations: {sum(1 for line in applied if line.startswith(automations.PREFIX))} applied; "
+                  f"remediation worker pid {automations.worker_up(paths)}")
+    logs = paths.home / "demo-heal"
+    results = []
+    for name, run in (("failover", heal.failover_scenario), ("rescale", heal.rescale_scenario)):
+        if scenario not in (name, "all"):
+            continue
+        console.rule(f"heal: {name}")
+        try:
+            results.append(run(logs, say=lambda line: console.print(line, highlight=False), timeout=timeout))
+        except heal.HealError as exc:
+            fail(f"{name}: {exc}")
+    console.rule("done")
+    for result in results:
+        last = result["timeline"][-1][1] if result["timeline"] else 0
+        console.print(f"  {result['scenario']}: healed in {last:.0f} s on {result['work_pool']}")
+    console.print(f"Remediation runs, their artifacts and events: {ui}/runs?tags=planflow-remediation  ·  "
+                  f"{ui}/events  ·  worker logs in {logs}")
 
 
 def _demo_alert_loop(url: str, pipeline: str = "demo-failure", timeout: float = 90.0) -> None:

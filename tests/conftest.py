@@ -29,11 +29,6 @@ apply_client_env(StatePaths(_HOME))
 TESTS = Path(__file__).parent
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
-# The remediation suite (issue 6) passes module by module but not yet as one folder:
-# its modules leave alerts firing and pools paused for each other. Until that is
-# fixed it runs only on request: PLANFLOW_REMEDIATION_TESTS=1 pytest tests/remediation
-collect_ignore = [] if os.environ.get("PLANFLOW_REMEDIATION_TESTS") == "1" else ["remediation"]
-
 
 @pytest.fixture(scope="session")
 def prefect_server():
@@ -81,3 +76,51 @@ def psplib() -> Path:
             pytest.fail(message)
         pytest.skip(message)
     return folder
+
+
+# -- shared by several folders: one session instance each --------------------------------
+@pytest.fixture(scope="session")
+def monitoring_stack(prefect_server):
+    """Prometheus, Alertmanager, Pushgateway, exporter and bridge (fast profile) in a
+    state folder of their own, watching the session's Prefect server."""
+    from tests.monitoring.helpers import free_port as port, need_binary
+
+    need_binary("prometheus")
+    need_binary("prometheus-alertmanager", "alertmanager")
+    need_binary("prometheus-pushgateway", "pushgateway")
+    from monitoring import services
+
+    paths = StatePaths(Path(tempfile.mkdtemp(prefix="planflow-monitoring-")))
+    ports = {name: port() for name in services.ORDER}
+    try:
+        started = services.up(paths, profile="fast", ports=ports)
+        yield paths, started
+    finally:
+        services.down(paths)
+
+
+@pytest.fixture(scope="session")
+def docker_image() -> str:
+    """The planflow image: found, or built with scripts/build-image.sh when missing."""
+    import subprocess
+
+    from tests.deployments.conftest import IMAGE, ROOT, docker_problem, skip_or_fail
+
+    problem = docker_problem()
+    if problem:
+        skip_or_fail(problem)
+    if subprocess.run(["docker", "image", "inspect", IMAGE], capture_output=True).returncode != 0:
+        build = subprocess.run(["bash", str(ROOT / "scripts" / "build-image.sh"), IMAGE],
+                               capture_output=True, text=True, timeout=1200)
+        if build.returncode != 0:
+            pytest.fail(f"scripts/build-image.sh failed:\n{build.stdout[-3000:]}\n{build.stderr[-3000:]}")
+    return IMAGE
+
+
+@pytest.fixture(scope="session")
+def work_pools(prefect_server) -> list[str]:
+    """planflow's three work pools on the test server (no ResourcePool blocks: other
+    tests plan over the pools that exist)."""
+    from planflow.workpools import apply_work_pools
+
+    return apply_work_pools(resource_pools=False)

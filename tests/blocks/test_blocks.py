@@ -33,7 +33,9 @@ def test_fields_are_described_and_validated():
 
 
 def test_defaults_are_created_once_and_user_edits_kept(registered_blocks):
-    assert ensure_defaults() == {"local": False, "default": False}
+    again = ensure_defaults()
+    assert again["local"] is False and again["default"] is False
+    assert again["planflow-work-pool-not-ready"] is False and not any(again.values()), again
     ResourcePool(work_pool="gpu-pool", cpu=8, gpu=2, mem_gib=64, cost_per_hour=3.5,
                  backup_pool="local").save("gpu", overwrite=True)
     pools = load_pools()

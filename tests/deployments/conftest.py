@@ -38,29 +38,6 @@ def skip_or_fail(reason: str) -> None:
     pytest.skip(message)
 
 
-@pytest.fixture(scope="session")
-def docker_image() -> str:
-    """The planflow image: found, or built with scripts/build-image.sh when missing."""
-    problem = docker_problem()
-    if problem:
-        skip_or_fail(problem)
-    if subprocess.run(["docker", "image", "inspect", IMAGE], capture_output=True).returncode != 0:
-        build = subprocess.run(["bash", str(ROOT / "scripts" / "build-image.sh"), IMAGE],
-                               capture_output=True, text=True, timeout=1200)
-        if build.returncode != 0:
-            pytest.fail(f"scripts/build-image.sh failed:\n{build.stdout[-3000:]}\n{build.stderr[-3000:]}")
-    return IMAGE
-
-
-@pytest.fixture(scope="session")
-def work_pools(prefect_server) -> list[str]:
-    """planflow's three work pools on the test server (no ResourcePool blocks: other
-    tests plan over the pools that exist)."""
-    from planflow.workpools import apply_work_pools
-
-    return apply_work_pools(resource_pools=False)
-
-
 def run_cli(args: list[str], timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(args, cwd=ROOT, env=dict(os.environ), capture_output=True, text=True,
                           timeout=timeout, **kwargs)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -15,14 +14,13 @@ FIXTURES = Path(__file__).parent / "fixtures"
 
 
 def wait_until(predicate, timeout: float, interval: float = 0.5, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
+    """heal.wait_for, failing the test (AssertionError) on a timeout."""
+    from monitoring.heal import HealError, wait_for
+
+    try:
+        return wait_for(predicate, timeout, what, interval)
+    except HealError as exc:
+        raise AssertionError(str(exc)) from None
 
 
 @pytest.fixture(scope="session")
@@ -71,21 +69,9 @@ def local_process_pool(registered_blocks):
 
 
 def start_pool_worker(pool: str, log: Path, pool_type: str = "process"):
-    import subprocess
-    import sys
+    from planflow.workers import start_worker
 
-    env = dict(os.environ)
-    env["PREFECT_WORKER_QUERY_SECONDS"] = "1"
-    env["PREFECT_WORKER_PREFETCH_SECONDS"] = "0"
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    prefect = str(Path(sys.executable).with_name("prefect"))
-    handle = log.open("ab")
-    process = subprocess.Popen([prefect, "worker", "start", "--pool", pool, "--type", pool_type,
-                                "--name", f"test-{pool}-{os.getpid()}"], env=env, stdout=handle,
-                               stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                               start_new_session=True, cwd=str(ROOT))
-    handle.close()
-    return process
+    return start_worker(pool, log, pool_type=pool_type, name=f"test-{pool}-{os.getpid()}")
 
 
 def _online(pool: str) -> bool:
@@ -108,59 +94,26 @@ def process_pool_worker(local_process_pool, tmp_path_factory):
         stop_process(process)
 
 
-def deploy_flow(flow_name: str, entrypoint: str, deployment: str, work_pool: str,
-                tags: list[str], parameters: dict | None = None, flow=None):
-    """A deployment of a flow in this repository (what `prefect deploy` makes)."""
-    from prefect.client.orchestration import get_client
-
-    with get_client(sync_client=True) as client:
-        flow_id = client.create_flow_from_name(flow_name)
-        deployment_id = client.create_deployment(
-            flow_id=flow_id, name=deployment, entrypoint=entrypoint, path=str(ROOT),
-            work_pool_name=work_pool, tags=tags, parameters=parameters or {},
-            pull_steps=[{"prefect.deployments.steps.set_working_directory": {"directory": str(ROOT)}}],
-            enforce_parameter_schema=False, job_variables={},
-            parameter_openapi_schema=_schema(flow))
-        return client.read_deployment(deployment_id)
-
-
-def _schema(flow) -> dict | None:
-    if flow is None:
-        return None
-    from prefect.utilities.callables import parameter_schema
-
-    return parameter_schema(flow.fn).model_dump_for_openapi()
-
-
 FLAKY_ENTRY = "tests/remediation/fixtures/flaky_pipeline.py:remediation_flaky"
 FLAKY_PIPELINES = "tests.remediation.fixtures.flaky_pipeline:pipeline"
 
 
 def deploy_flaky(deployment: str, work_pool: str, tags: list[str]):
+    from monitoring.heal import deploy_flow
     from tests.remediation.fixtures.flaky_pipeline import remediation_flaky
 
-    return deploy_flow("remediation-flaky", FLAKY_ENTRY, deployment, work_pool, tags, flow=remediation_flaky)
+    return deploy_flow(remediation_flaky, FLAKY_ENTRY, deployment, work_pool, tags)
 
 
-def create_process_pool(name: str, concurrency_limit: int | None = None) -> None:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import WorkPoolCreate
-    from prefect.exceptions import ObjectAlreadyExists
+def create_process_pool(name: str, concurrency_limit: int | None = None, backup_pool: str | None = None) -> None:
+    """A process work pool; with `backup_pool`, also its ResourcePool block naming it."""
+    from monitoring.heal import create_process_pool as create
 
-    from planflow.jobvars import load_template
+    create(name, concurrency_limit)
+    if backup_pool:
+        from blocks import ResourcePool
 
-    with get_client(sync_client=True) as client:
-        try:
-            client.create_work_pool(WorkPoolCreate(name=name, type="process", base_job_template=load_template("process"),
-                                                   concurrency_limit=concurrency_limit))
-        except ObjectAlreadyExists:
-            pass
-
-
-# The monitoring stack fixture lives in tests/monitoring/conftest.py; reuse it here (a
-# second session instance when both folders run: move it to tests/conftest.py to share one).
-from tests.monitoring.conftest import monitoring_stack  # noqa: E402,F401
-from tests.deployments.conftest import docker_image, work_pools  # noqa: E402,F401
+        ResourcePool(work_pool=name, cpu=2, mem_gib=2, backup_pool=backup_pool).save(name, overwrite=True)
 
 
 def quiesce() -> None:
@@ -192,12 +145,19 @@ def quiesce() -> None:
 
 
 def delete_pools(names: list[str]) -> None:
+    """Delete work pools and the ResourcePool blocks of the same name."""
     from prefect.client.orchestration import get_client
+
+    from blocks import ResourcePool
 
     with get_client(sync_client=True) as client:
         for name in names:
             try:
                 client.delete_work_pool(name)
+            except Exception:  # noqa: BLE001
+                pass
+            try:
+                client.delete_block_document(ResourcePool.load(name)._block_document_id)
             except Exception:  # noqa: BLE001
                 pass
 

@@ -65,7 +65,7 @@ def test_alert_through_the_bridge_fails_over_and_resolves(alert_loop):
     from monitoring.automations import stop_process
 
     pool = f"al-{uuid.uuid4().hex[:6]}"
-    create_process_pool(pool)
+    create_process_pool(pool, backup_pool="local")
     alert_loop["pools"].append(pool)
     since = datetime.now(timezone.utc) - timedelta(seconds=5)
     before = _count(alert_loop["pushgateway"], "failover", "succeeded")
@@ -113,7 +113,7 @@ def test_a_storm_of_the_same_alert_pauses_once(alert_loop):
     from prefect.client.orchestration import get_client
 
     pool = f"storm-{uuid.uuid4().hex[:6]}"
-    create_process_pool(pool)
+    create_process_pool(pool, backup_pool="local")
     alert_loop["pools"].append(pool)
     since = datetime.now(timezone.utc) - timedelta(seconds=5)
     now = datetime.now(timezone.utc)
@@ -148,7 +148,9 @@ def test_a_storm_of_the_same_alert_pauses_once(alert_loop):
     # One failover per pool, whichever alert: the storm's and (the pool has no worker)
     # possibly Prometheus' own PlanflowWorkPoolNotReady share one ledger.
     assert kinds.count("succeeded") == 1, kinds
-    assert set(kinds) <= {"succeeded", "skipped", "rate_limited"}, kinds
+    odd = [(e["payload"]["outcome"], e["payload"].get("reason")) for e in found
+           if e["payload"]["outcome"] not in ("succeeded", "skipped", "rate_limited")]
+    assert not odd, odd
     pauses = [e for e in _events("planflow.remediation.action", since)
               if e["payload"].get("what") == "pause-work-pool" and e["payload"].get("work_pool") == pool]
     assert len(pauses) == 1, pauses

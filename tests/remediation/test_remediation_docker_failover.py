@@ -69,27 +69,12 @@ def _docker_worker(log: Path) -> subprocess.Popen:
     return process
 
 
-def _settled(client) -> bool:
-    """No remediation flow run due now is unfinished (future re-checks do not count)."""
-    import datetime as dt
-
-    from prefect.client.schemas.filters import WorkPoolFilter, WorkPoolFilterName
-
-    from monitoring.automations import REMEDIATION_POOL
-
-    soon = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=5)
-    runs = client.read_flow_runs(work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[REMEDIATION_POOL])),
-                                 limit=200)
-    return not [r for r in runs if not r.state.is_final()
-                and not (r.state.is_scheduled() and r.state.state_details.scheduled_time
-                         and r.state.state_details.scheduled_time > soon)]
-
-
 def test_docker_worker_killed_mid_run_fails_over_to_the_process_pool(docker_setup):
     from prefect.client.orchestration import get_client
 
     from flows.remediation import live_workers
     from monitoring.automations import stop_process
+    from monitoring.heal import remediation_settled
 
     logs = docker_setup
     params = {"params": {"augment": 0, "test_size": 0.5}}
@@ -102,7 +87,7 @@ def test_docker_worker_killed_mid_run_fails_over_to_the_process_pool(docker_setu
             # over (paused): once that remediation settled, the operator resumes the pool.
             from prefect.client.schemas.actions import WorkPoolUpdate
 
-            wait_until(lambda: _settled(client), 120, 1, what="earlier remediation runs to finish")
+            wait_until(lambda: remediation_settled(client), 120, 1, what="earlier remediation runs to finish")
 
             client.update_work_pool("docker", WorkPoolUpdate(is_paused=False))
             first = client.create_flow_run_from_deployment(docker_dep.id, parameters=params)

@@ -8,6 +8,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 from blocks.alert_route import AlertRoute, Guard, route_name
+from tests.remediation.conftest import create_process_pool, delete_pools
 
 
 def _route(**values) -> AlertRoute:
@@ -69,7 +70,6 @@ def test_dry_run_failover_flow_changes_nothing_but_records_it(registered_blocks)
     """The failover flow with a dry-run route: the pool stays unpaused, the flow's result,
     events and artifact say what it would have done."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import WorkPoolCreate
 
     from blocks.alert_route import ensure_routes, load_route
     from flows.remediation import failover
@@ -78,8 +78,7 @@ def test_dry_run_failover_flow_changes_nothing_but_records_it(registered_blocks)
     alert = "PlanflowPoolFailureRateHigh"
     original = load_route(alert)
     pool = f"dry-{uuid.uuid4().hex[:6]}"
-    with get_client(sync_client=True) as client:
-        client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+    create_process_pool(pool, backup_pool="local")
     original.model_copy(update={"dry_run": True}).save(route_name(alert), overwrite=True)
     try:
         result = failover(alertname=alert, work_pool=pool, event_id=str(uuid.uuid4()))
@@ -89,3 +88,4 @@ def test_dry_run_failover_flow_changes_nothing_but_records_it(registered_blocks)
             assert not client.read_work_pool(pool).is_paused
     finally:
         original.save(route_name(alert), overwrite=True)
+        delete_pools([pool])

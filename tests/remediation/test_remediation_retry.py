@@ -8,15 +8,12 @@ import time
 
 import pytest
 
-from tests.remediation.conftest import deploy_flow, wait_until
-
-ENTRY = "tests/remediation/fixtures/flaky_pipeline.py:remediation_flaky"
+from tests.remediation.conftest import deploy_flaky, wait_until
 
 
 @pytest.fixture(scope="module")
 def flaky_deployment(process_pool_worker, remediation_worker):
-    return deploy_flow("remediation-flaky", ENTRY, "remediation-flaky-process", "local-process",
-                       ["planflow", "process"])
+    return deploy_flaky("remediation-flaky-process", "local-process", ["planflow", "process"])
 
 
 def _remediation_events(flow_run_id: str, phase: str = "outcome") -> list[dict]:

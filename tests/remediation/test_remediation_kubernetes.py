@@ -1,0 +1,145 @@
+"""Rescale on a Kubernetes pool: the worker Deployment's replicas, through the Kubernetes
+API (kubernetes_asyncio, as kubectl scale does).
+
+No cluster runs here, so the first test talks to a FAKE Kubernetes API server (a real HTTP
+server implementing only the Deployment `scale` subresource) named as such; the Prefect
+server, the rescale flow and the Kubernetes client are real. The live test runs where a
+cluster is reachable (KUBECONFIG) and the worker Deployment exists.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+
+import pytest
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from tests.remediation.conftest import FLAKY_PIPELINES, deploy_flaky
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def fake_kubernetes_api() -> tuple[object, dict]:
+    """A FastAPI app answering GET/PATCH .../deployments/{name}/scale like the API server."""
+    state: dict = {"replicas": {("planflow", "prefect-worker"): 1}, "requests": []}
+    app = FastAPI()
+
+    def scale(namespace: str, name: str) -> dict:
+        replicas = state["replicas"][(namespace, name)]
+        return {"apiVersion": "autoscaling/v1", "kind": "Scale",
+                "metadata": {"name": name, "namespace": namespace},
+                "spec": {"replicas": replicas}, "status": {"replicas": replicas}}
+
+    @app.api_route("/apis/apps/v1/namespaces/{namespace}/deployments/{name}/scale", methods=["GET", "PATCH"])
+    async def deployment_scale(namespace: str, name: str, request: Request):
+        state["requests"].append((request.method, request.url.path, request.headers.get("authorization"),
+                                  request.headers.get("content-type")))
+        if (namespace, name) not in state["replicas"]:
+            return JSONResponse({"kind": "Status", "status": "Failure", "reason": "NotFound", "code": 404,
+                                 "message": f'deployments.apps "{name}" not found'}, status_code=404)
+        if request.method == "PATCH":
+            patch = json.loads(await request.body())
+            state["replicas"][(namespace, name)] = int(patch["spec"]["replicas"])
+        return scale(namespace, name)
+
+    return app, state
+
+
+@pytest.fixture
+def fake_cluster(tmp_path, monkeypatch):
+    from planflow.stack import free_port
+    from tests.monitoring.helpers import ThreadedServer
+
+    app, state = fake_kubernetes_api()
+    port = free_port()
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "fake",
+        "clusters": [{"name": "fake", "cluster": {"server": f"http://127.0.0.1:{port}"}}],
+        "users": [{"name": "fake", "user": {"token": "fake-token"}}],
+        "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}]}))
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    with ThreadedServer(app, port):
+        yield state
+
+
+def test_kube_scale_reads_and_patches_the_worker_deployment_fake_api_server(fake_cluster):
+    from planflow.kube import KubeError, scale_workers, worker_replicas
+
+    assert worker_replicas("planflow", "prefect-worker") == 1
+    assert scale_workers("planflow", "prefect-worker", 3) == 3
+    assert fake_cluster["replicas"][("planflow", "prefect-worker")] == 3
+    method, path, auth, content_type = fake_cluster["requests"][-1]
+    assert (method, auth) == ("PATCH", "Bearer fake-token") and "patch" in content_type
+    with pytest.raises(KubeError, match=r"404.*planflow/missing.*kubernetes_worker_deployment"):
+        worker_replicas("planflow", "missing")
+
+
+def test_kube_scale_without_credentials_says_what_to_set(tmp_path, monkeypatch):
+    from planflow.kube import KubeError, worker_replicas
+
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "nowhere"))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    with pytest.raises(KubeError, match="KUBECONFIG"):
+        worker_replicas("planflow", "prefect-worker")
+
+
+def test_rescale_on_a_kubernetes_pool_scales_replicas_and_back_fake_api_server(
+        registered_blocks, fake_cluster, monkeypatch):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+
+    from blocks.alert_route import AlertRoute, ensure_routes, load_route, route_name
+    from flows.remediation import rescale
+
+    monkeypatch.setenv("PLANFLOW_PIPELINES", FLAKY_PIPELINES)
+    ensure_routes()
+    alert = "PlanflowLateRunBacklog"
+    original = load_route(alert)
+    AlertRoute(alertname=alert, action="rescale", max_attempts=3, cooldown_seconds=300, rate_limit=10,
+               min_workers=1, max_workers=3, max_concurrency=8, kubernetes_namespace="planflow",
+               kubernetes_worker_deployment="prefect-worker").save(route_name(alert), overwrite=True)
+    pool = f"k8s-{uuid.uuid4().hex[:6]}"
+    with get_client(sync_client=True) as client:
+        client.create_work_pool(WorkPoolCreate(name=pool, type="kubernetes", concurrency_limit=1))
+    try:
+        deployment = deploy_flaky(f"remediation-flaky-{pool}", pool, ["planflow", "kubernetes"])
+        labels = {"alertname": alert, "work_pool": pool, "work_queue": "default"}
+        with get_client(sync_client=True) as client:
+            for i in range(3):
+                client.create_flow_run_from_deployment(deployment.id, parameters={"params": {"seed": i}})
+            up = rescale(event_id=str(uuid.uuid4()), event="planflow.alert.firing",
+                         resource_id=f"prefect.work-pool.{pool}", labels=labels)
+            assert up["outcome"] == "succeeded", up
+            assert up["live_workers"] == ["replica-0"] and up["target_workers"] == 3, up
+            assert fake_cluster["replicas"][("planflow", "prefect-worker")] == 3
+            assert client.read_work_pool(pool).concurrency_limit == 3
+            down = rescale(event="planflow.alert.resolved", work_pool=pool, labels=labels)
+            assert down["outcome"] == "succeeded", down
+            assert down["stopped"] == ["planflow/prefect-worker"], down
+            assert fake_cluster["replicas"][("planflow", "prefect-worker")] == 1
+            assert client.read_work_pool(pool).concurrency_limit == 1
+    finally:
+        original.save(route_name(alert), overwrite=True)
+        with get_client(sync_client=True) as client:
+            client.delete_work_pool(pool)
+
+
+def test_kube_scale_live_cluster():
+    """Against a real cluster: read the worker Deployment's replicas and set them to the
+    same value (changes nothing). Runs where KUBECONFIG reaches a cluster with the
+    prefect-worker Deployment (deployments/kubernetes/README.md)."""
+    from planflow.kube import KubeError, scale_workers, worker_replicas
+
+    namespace = os.environ.get("PLANFLOW_K8S_NAMESPACE", "planflow")
+    name = os.environ.get("PLANFLOW_K8S_WORKER_DEPLOYMENT", "prefect-worker")
+    try:
+        replicas = worker_replicas(namespace, name)
+    except KubeError as exc:
+        pytest.skip(f"no reachable Kubernetes cluster with deployment {namespace}/{name} ({exc}); "
+                    "no cluster can run on this machine")
+    assert scale_workers(namespace, name, replicas) == replicas
