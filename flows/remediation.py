@@ -113,6 +113,41 @@ def push_remediation_count(action: str, outcome: str, url: str | None = None) ->
         return False
 
 
+def alert_latency_seconds(occurred: str) -> float | None:
+    """Seconds from the triggering event (ISO time, as the automation renders
+    `event.occurred`) to now; None when it cannot be read."""
+    try:
+        when = dt.datetime.fromisoformat(occurred.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.timezone.utc)
+    return max(0.0, (dt.datetime.now(dt.timezone.utc) - when).total_seconds())
+
+
+def push_remediation_latency(action: str, seconds: float, url: str | None = None) -> bool:
+    """Set planflow_remediation_alert_latency_seconds{action} on the Pushgateway (its own
+    group per action, job `planflow-remediation-latency`). Never raises."""
+    from prometheus_client import CollectorRegistry, pushadd_to_gateway
+
+    from monitoring.metrics import RemediationMetrics, pushgateway_url_from_env
+
+    url = url or pushgateway_url_from_env()
+    if not url:
+        return False
+    try:
+        registry = CollectorRegistry()
+        RemediationMetrics(registry).alert_latency.labels(action).set(seconds)
+        pushadd_to_gateway(url, job=f"{PUSH_JOB}-latency", grouping_key={"action": action},
+                           registry=registry, timeout=3)
+        return True
+    except Exception as exc:  # noqa: BLE001 - monitoring never fails a remediation
+        import logging
+
+        logging.getLogger("planflow.remediation").warning("could not push remediation latency: %r", exc)
+        return False
+
+
 _current_audit: contextvars.ContextVar["Audit | None"] = contextvars.ContextVar("planflow_audit", default=None)
 
 
@@ -137,8 +172,10 @@ def audited(fn):
 class Audit:
     """The events, metric and artifact of one remediation."""
 
-    def __init__(self, action: str, alertname: str, event_id: str = "", subject: str = "") -> None:
+    def __init__(self, action: str, alertname: str, event_id: str = "", subject: str = "",
+                 event_occurred: str = "") -> None:
         _current_audit.set(self)
+        self.event_occurred = event_occurred
         self.finished = False
         self.action = action
         self.alertname = alertname
@@ -175,6 +212,11 @@ class Audit:
         return related
 
     def emit(self, phase: str, **payload: Any) -> None:
+        if phase == "started" and self.event_occurred:
+            latency = alert_latency_seconds(self.event_occurred)
+            if latency is not None:
+                payload["seconds_since_trigger"] = round(latency, 3)
+                push_remediation_latency(self.action, latency)
         event = emit_event(f"planflow.remediation.{phase}", resource=self._resource(),
                            related=self._related(),
                            payload={"action": self.action, "alertname": self.alertname,
@@ -237,14 +279,14 @@ def _id_from(resource_id: str) -> str | None:
 @flow(name="planflow-retry-run", log_prints=True, retries=0)
 @audited
 def retry_run(flow_run_id: str = "", event_id: str = "", event: str = "",
-              resource_id: str = "") -> dict[str, Any]:
+              resource_id: str = "", event_occurred: str = "") -> dict[str, Any]:
     """Run a failed or crashed pipeline flow run again, the same flow run, after a backoff;
     finished components are read back from their persisted results."""
     from prefect.states import AwaitingRetry
 
     run_id = flow_run_id or _id_from(resource_id) or ""
     route = load_route(FLOW_RUN_FAILED)
-    audit = Audit("retry", FLOW_RUN_FAILED, event_id, run_id)
+    audit = Audit("retry", FLOW_RUN_FAILED, event_id, run_id, event_occurred)
     if run_id:
         audit.affected.append(run_id)
     audit.emit("started", flow_run_id=run_id, trigger=event)
@@ -343,7 +385,7 @@ def _replan(flow_name: str, backup_name: str, backup: Any) -> dict[str, Any]:
 @audited
 def failover(alertname: str = "", work_pool: str = "", event_id: str = "", event: str = "",
              resource_id: str = "", labels: dict[str, Any] | None = None,
-             status: str = "", recheck: int = 0) -> dict[str, Any]:
+             status: str = "", recheck: int = 0, event_occurred: str = "") -> dict[str, Any]:
     """Firing: pause the pool, cancel its stuck runs, resubmit them on the backup pool.
     Resolved: resume the pool if failover paused it and a worker serves it again (else
     check again later, up to RECHECKS times)."""
@@ -357,7 +399,7 @@ def failover(alertname: str = "", work_pool: str = "", event_id: str = "", event
     route = load_route(alertname)
     guard = Guard(route, shared=True)  # one failover per pool, whichever pool alert fired
     key = f"failover:{pool}"
-    audit = Audit("failover", alertname, event_id, pool)
+    audit = Audit("failover", alertname, event_id, pool, "" if recheck else event_occurred)
     audit.work_pools.append(pool)
     audit.emit("started", work_pool=pool, status=status)
     if not pool:
@@ -635,7 +677,7 @@ def stop_worker(pid: int, name: str) -> bool:
 @audited
 def rescale(alertname: str = "", work_pool: str = "", work_queue: str = "", event_id: str = "",
             event: str = "", resource_id: str = "", labels: dict[str, Any] | None = None,
-            status: str = "", recheck: int = 0) -> dict[str, Any]:
+            status: str = "", recheck: int = 0, event_occurred: str = "") -> dict[str, Any]:
     """Firing: if the planner says one more worker shortens the backlog, raise the pool's
     (and queue's) concurrency limit and start a worker, within the route's bounds.
     Resolved: stop the workers it started and restore the limits."""
@@ -649,7 +691,7 @@ def rescale(alertname: str = "", work_pool: str = "", work_queue: str = "", even
     route = load_route(alertname)
     guard = Guard(route)
     key = f"rescale:{pool}"
-    audit = Audit("rescale", alertname, event_id, pool)
+    audit = Audit("rescale", alertname, event_id, pool, "" if recheck else event_occurred)
     audit.work_pools.append(pool)
     audit.emit("started", work_pool=pool, work_queue=queue, status=status)
     if not pool:

@@ -376,6 +376,11 @@ def alerts() -> db.Dashboard:
                  q("sum by (action, outcome) (increase(planflow_remediations_total[$__range]))",
                    instant=True, table_format=True),
                  description="Empty until a remediation flow has run."), 12, 8)
+    lay.add(ts("Trigger -> remediation flow running (s), by action",
+               q("max by (action) (planflow_remediation_alert_latency_seconds)", "{{action}}"),
+               description="From the alert's Prefect event (or the failed run's) to its remediation "
+                           "flow running, last remediation of each action. Add ~4 s for threshold "
+                           "crossing -> event (fast profile; see bench/results/remediation.md)."), 24, 7)
     lay.row("Alert -> Prefect event delivery (the bridge)")
     lay.add(ts("Alerts received and events forwarded",
                q("sum by (status) (increase(planflow_bridge_alerts_received_total[$__rate_interval]))",

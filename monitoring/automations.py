@@ -69,6 +69,7 @@ def _text(template: str) -> dict[str, str]:
 
 EVENT_PARAMETERS = {
     "event_id": _text("{{ event.id }}"),
+    "event_occurred": _text("{{ event.occurred }}"),
     "event": _text("{{ event.event }}"),
     "resource_id": _text("{{ event.resource.id }}"),
 }

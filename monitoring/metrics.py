@@ -232,7 +232,7 @@ class BridgeMetrics:
 
 
 class RemediationMetrics:
-    """The remediation flows' audit figures (used by monitoring/automations.py)."""
+    """The remediation flows' audit figures (pushed by flows/remediation.py)."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.remediations = Counter(
@@ -240,6 +240,11 @@ class RemediationMetrics:
             "Remediations attempted, by action (retry, failover, rescale) and outcome "
             "(succeeded, failed, skipped, dry_run, rate_limited).",
             ["action", "outcome"], registry=registry)
+        self.alert_latency = Gauge(
+            "planflow_remediation_alert_latency_seconds",
+            "Seconds from the triggering event (an alert, or a failed run) to its remediation "
+            "flow running, for the last remediation of each action.",
+            ["action"], registry=registry)
 
 
 def metric_catalog() -> dict[str, str]:

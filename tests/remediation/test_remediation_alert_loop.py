@@ -84,6 +84,15 @@ def test_alert_through_the_bridge_fails_over_and_resolves(alert_loop):
     assert outcome[0]["payload"]["alert_event_id"] == alert_event["id"]
     started = _about(_events("planflow.remediation.started", since), f"prefect.event.{alert_event['id']}")
     assert started, "no planflow.remediation.started event"
+    # trigger -> remediation running, measured by the flow itself and pushed for Grafana
+    assert 0 < started[0]["payload"]["seconds_since_trigger"] < 60, started[0]["payload"]
+    from prometheus_client.parser import text_string_to_metric_families
+
+    latency = [s.value for f in text_string_to_metric_families(
+        httpx.get(f"{alert_loop['pushgateway']}/metrics", timeout=5).text)
+        for s in f.samples if s.name == "planflow_remediation_alert_latency_seconds"
+        and s.labels.get("action") == "failover"]
+    assert latency and latency[0] > 0, latency
     assert _count(alert_loop["pushgateway"], "failover", "succeeded") >= before + 1
     run_id = next(r["prefect.resource.id"].split(".")[-1] for r in outcome[0]["related"]
                   if r["prefect.resource.role"] == "remediation-flow-run")
