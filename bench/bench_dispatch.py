@@ -2,7 +2,9 @@
 
 A synthetic AI pipeline of 30 components doing real CPU work (single-threaded
 numpy matrix products, a fixed amount each, calibrated once) runs in-process on
-a pool smaller than its peak demand (2 cores, 3 GiB), twice per round:
+a pool smaller than its peak demand (2 cores, 3 GiB), twice per round (the
+pipeline's story - a long training chain beside many short jobs - is in
+`synthetic_pipeline`):
 
 - plan: the planner's order and pools (`policy="plan"`);
 - fifo: what Prefect does without a plan: every ready component is submitted, and
@@ -69,9 +71,24 @@ def work(units: int = 0, threads: int = 1) -> float:
 
 
 def synthetic_pipeline(rate: float, seed: int = 42):
-    """30 components: an ingest step and its quality checks; a fan-out of 16 short feature steps (1 core);
-    3 model branches each of prep (2 cores) -> train (2 cores, long) -> evaluate;
-    a join that compares the models, and a report. Memory 0.25-2.5 GiB each."""
+    """30 components of a nightly churn-model refresh, a shape where ordering matters.
+
+    The story: after `ingest_events`, one long chain rebuilds the model -
+    `build_training_set -> train_model -> calibrate -> evaluate_holdout ->
+    batch_inference -> publish_report`.  Its steps are single-threaded (1 core; the
+    scoring step 2) but memory-hungry (training holds 2 GiB), and training is by far the
+    longest step, so the chain is the critical path.  Beside it, the same ingest feeds
+    many short, independent jobs that the team added over time and declared right after
+    ingest: 9 data-quality checks (0.5 GiB), 7 feature-drift reports (1-1.5 GiB), 4
+    segment evaluations of the model now in production (0.75 GiB), and 2 embedding
+    backfills (2 cores).  `publish_report` waits for all of them.
+
+    Without a plan (FIFO, declaration order among ready components) the cheap wide jobs
+    take both cores first and the chain starts late.  With a plan the chain starts at
+    once and the short jobs fill the second core around it; memory decides which of
+    them fit beside training (only jobs of <= 1 GiB) and which must wait for the chain's
+    lighter steps, so packing matters too.  Pool: 2 cores, 3 GiB.
+    """
     from flows.component import component
     from flows.pipeline import Pipeline, Step
 
@@ -82,23 +99,29 @@ def synthetic_pipeline(rate: float, seed: int = 42):
         comp = component(work, name=name, cpu=cpu, mem_gib=mem, est_seconds=seconds, pools=[POOL])
         steps.append(Step(name, comp, after=after, params={"units": max(1, int(seconds * rate)), "threads": cpu}))
 
-    add("ingest", 1.0, 1, 1.0, ())
-    add("quality_checks", 0.8, 1, 0.5, ("ingest",))
-    features = []
-    for i in range(16):
-        name = f"feature_{i:02d}"
-        add(name, round(rng.uniform(0.4, 1.2), 2), 1, round(rng.uniform(0.25, 1.0), 2), ("ingest",))
-        features.append(name)
-    evals = []
-    for b in range(3):
-        inputs = tuple(rng.sample(features, 3))
-        add(f"prep_{b}", round(rng.uniform(1.0, 2.0), 2), 2, 1.5, ("ingest",))
-        add(f"train_{b}", round(rng.uniform(3.0, 5.0), 2), 2, 2.5, (f"prep_{b}", *inputs))
-        add(f"evaluate_{b}", round(rng.uniform(0.5, 1.0), 2), 1, 1.0, (f"train_{b}",))
-        evals.append(f"evaluate_{b}")
-    add("select_model", 0.5, 1, 0.5, tuple(evals))
-    add("batch_inference", 1.5, 2, 2.0, ("select_model",))
-    add("report", 0.3, 1, 0.25, ("batch_inference", "quality_checks", *features[-2:]))
+    add("ingest_events", 1.0, 1, 1.0, ())
+    side: list[str] = []
+    checks = []
+    for i in range(9):
+        checks.append(f"quality_check_{i}")
+        add(checks[-1], round(rng.uniform(0.4, 0.8), 2), 1, 0.5, ("ingest_events",))
+    add("quality_summary", 0.3, 1, 0.25, tuple(checks))
+    side.append("quality_summary")
+    for i in range(7):
+        side.append(f"drift_report_{i}")
+        add(side[-1], round(rng.uniform(0.8, 1.4), 2), 1, rng.choice((1.0, 1.25, 1.5)), ("ingest_events",))
+    for i in range(4):
+        side.append(f"segment_eval_{i}")
+        add(side[-1], round(rng.uniform(0.6, 1.0), 2), 1, 0.75, ("ingest_events",))
+    for i in range(2):
+        side.append(f"embedding_backfill_{i}")
+        add(side[-1], 1.5, 2, 1.0, ("ingest_events",))
+    add("build_training_set", 2.0, 1, 1.5, ("ingest_events",))
+    add("train_model", 8.0, 1, 2.0, ("build_training_set",))
+    add("calibrate", 1.5, 1, 1.0, ("train_model",))
+    add("evaluate_holdout", 1.5, 1, 1.0, ("calibrate",))
+    add("batch_inference", 2.0, 2, 2.0, ("evaluate_holdout",))
+    add("publish_report", 0.3, 1, 0.25, ("batch_inference", *side))
     return Pipeline("bench-synthetic-30", steps, description="synthetic AI pipeline for the dispatch benchmark")
 
 
@@ -164,7 +187,10 @@ def _figures(rate: float, pipeline, rounds: list[dict]) -> dict:
     figures = {
         "components": len(pipeline.steps),
         "pool": {"name": POOL, **CAPACITY},
-        "peak_demand_cpu_if_all_ready": sum(s.spec.cpu for s in pipeline.steps.values() if s.name.startswith("feature")),
+        "peak_demand_cpu_if_all_ready": sum(s.spec.cpu for s in pipeline.steps.values()
+                                            if pipeline.upstream(s.name) == ("ingest_events",)),
+        "cpu_seconds": totals["cpu_seconds"],
+        "resource_bound_s": totals["cpu_seconds"] / CAPACITY["cpu"],
         "sum_of_estimates_s": totals["total_seconds"],
         "critical_path_s": totals["critical_path_seconds"],
         "calibration_units_per_second": round(rate, 1),
@@ -187,7 +213,8 @@ def write(figures: dict) -> None:
         "",
         f"Pipeline: {figures['components']} components of real CPU work on pool `{figures['pool']['name']}` "
         f"(cpu {figures['pool']['cpu']:g}, mem {figures['pool']['mem_gib']:g} GiB); sum of estimates "
-        f"{figures['sum_of_estimates_s']:.1f} s, critical path {figures['critical_path_s']:.1f} s.",
+        f"{figures['sum_of_estimates_s']:.1f} s, critical path {figures['critical_path_s']:.1f} s, "
+        f"resource bound (core-seconds / cores) {figures['resource_bound_s']:.1f} s (declared estimates).",
         "",
         "| round | planned makespan s | plan: actual s | fifo: actual s | plan status | solve s |",
         "|---|---|---|---|---|---|",

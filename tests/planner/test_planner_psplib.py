@@ -63,3 +63,28 @@ def test_run_instances_rows(psplib, tmp_path):
     assert r["makespan"] == 43 and r["deviation_pct"] == 0.0 and r["status"] == "optimal"
     write_csv(rows, tmp_path / "out.csv")
     assert (tmp_path / "out.csv").read_text().startswith("instance,jobs,makespan")
+
+
+def test_bounds_never_exceed_known_optima(psplib):
+    from planner.bounds import lower_bounds
+    from planner.instance import compile_problem
+
+    optima = read_optima(psplib / "j30opt.sm")
+    files = sorted((psplib / "j30").glob("*.sm"))[::6]  # 80 instances, bounds only
+    for f in files:
+        inst = compile_problem(read_psplib(f))
+        assert max(lower_bounds(inst).values()) <= optima[f.stem] + 1e-9, f.stem
+
+
+def test_time_indexed_model_proves_a_known_optimum(psplib):
+    """DDT model: feasible at the optimum (and finds it), infeasible one slot below."""
+    from planner.instance import compile_problem
+    from planner.model import choose_grid, solve_milp
+
+    inst = compile_problem(read_psplib(psplib / "j30" / "j301_1.sm"))  # optimum 43
+    grid = choose_grid(inst, 43.0)
+    assert grid.exact and grid.delta == 1.0
+    at = solve_milp(inst, grid, horizon=43, lb_slots=0, solver="highs", time_limit=20)
+    assert at.status == "optimal" and at.makespan_slots == 43
+    below = solve_milp(inst, grid, horizon=42, lb_slots=0, solver="highs", time_limit=20)
+    assert below.status == "infeasible"
