@@ -130,26 +130,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args(argv)
 
-    import os
-    import tempfile
+    from bench.tempserver import TempServer
 
-    from planflow import stack
-    from planflow.config import StatePaths, apply_client_env, server_url
-
-    paths = StatePaths(Path(tempfile.mkdtemp(prefix="planflow-bench-dispatch-")))
-    port = stack.free_port()
-    os.environ["PREFECT_API_URL"] = server_url("127.0.0.1", port)  # before Prefect is imported
-    apply_client_env(paths)
-    stack.up(paths, port=port)
-    try:
+    with TempServer("dispatch"):  # before Prefect is imported
         from blocks import ResourcePool, ensure_defaults
 
         ensure_defaults()
         ResourcePool(work_pool="local-process", cpu=CAPACITY["cpu"],
                      mem_gib=CAPACITY["mem_gib"]).save(POOL, overwrite=True)
         rate, pipeline, rounds = _rounds(args.rounds)
-    finally:
-        stack.down(paths)
     write(_figures(rate, pipeline, rounds))
     return json.loads((RESULTS / "dispatch.json").read_text())
 

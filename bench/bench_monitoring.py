@@ -17,7 +17,6 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -30,22 +29,18 @@ if str(ROOT) not in sys.path:
 RESULTS = ROOT / "bench" / "results"
 
 
-from planflow.stack import free_port  # noqa: E402  (imports no Prefect)
+from bench.tempserver import TempServer  # noqa: E402  (imports no Prefect)
+from planflow.stack import free_port  # noqa: E402
 
 # Point Prefect at a server of our own before anything imports it.
-HOME = Path(tempfile.mkdtemp(prefix="planflow-bench-monitoring-"))
-PREFECT_PORT = free_port()
-os.environ.update(PLANFLOW_HOME=str(HOME), PREFECT_API_URL=f"http://127.0.0.1:{PREFECT_PORT}/api",
-                  PREFECT_SERVER_ANALYTICS_ENABLED="false")
-os.environ.pop("PLANFLOW_BRIDGE_TOKEN", None)
+SERVER = TempServer("monitoring")
+HOME = SERVER.home
 
 import httpx  # noqa: E402
 from prometheus_client import CollectorRegistry  # noqa: E402
 
 from monitoring import services  # noqa: E402
 from monitoring.metrics import RunRecorder  # noqa: E402
-from planflow import stack  # noqa: E402
-from planflow.config import StatePaths, apply_client_env  # noqa: E402
 
 API = os.environ["PREFECT_API_URL"]
 
@@ -217,11 +212,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--duplicates", type=int, default=1_000)
     parser.add_argument("--batch", type=int, default=100)
     args = parser.parse_args(argv)
-    paths = StatePaths(HOME)
-    apply_client_env(paths)
+    paths = SERVER.paths
     ports = {name: free_port() for name in services.ORDER}
     try:
-        stack.up(paths, port=PREFECT_PORT)
+        SERVER.start()
         started = services.up(paths, profile="fast", ports=ports)
         token = (services.monitoring_dir(paths) / "bridge.token").read_text().strip()
         prometheus = started["prometheus"].url
@@ -248,7 +242,7 @@ def main(argv: list[str] | None = None) -> None:
                "latency": latency, "burst": result})
     finally:
         services.down(paths)
-        stack.down(paths)
+        SERVER.stop()
 
 
 if __name__ == "__main__":

@@ -34,7 +34,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from datetime import datetime, timezone
@@ -45,17 +44,14 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "bench" / "results"
 
-from planflow.stack import free_port  # noqa: E402  (imports no Prefect)
+from bench.tempserver import TempServer  # noqa: E402  (imports no Prefect)
+from planflow.stack import free_port  # noqa: E402
 
-HOME = Path(tempfile.mkdtemp(prefix="planflow-bench-remediation-"))
-PREFECT_PORT = free_port()
-os.environ.update(PLANFLOW_HOME=str(HOME), PREFECT_API_URL=f"http://127.0.0.1:{PREFECT_PORT}/api",
-                  PREFECT_SERVER_ANALYTICS_ENABLED="false")
-os.environ.pop("PLANFLOW_BRIDGE_TOKEN", None)
+# Point Prefect at a server of our own before anything imports it.
+SERVER = TempServer("remediation")
+HOME = SERVER.home
 
 from monitoring import automations, services  # noqa: E402
-from planflow import stack  # noqa: E402
-from planflow.config import StatePaths, apply_client_env  # noqa: E402
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -134,9 +130,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=10)
     args = parser.parse_args()
-    paths = StatePaths(HOME)
-    apply_client_env(paths)
-    stack.up(paths, port=PREFECT_PORT)
+    paths = SERVER.paths
+    SERVER.start()
     worker = None
     try:
         ports = {name: free_port() for name in services.ORDER}
@@ -153,19 +148,20 @@ def main() -> int:
                 route_name(alert_name), overwrite=True)
         from tests.remediation.alerts import bridge_token
         from tests.remediation.conftest import wait_until
-        from planflow.workers import start_worker, stop_process
-        from planflow.workpools import worker_online
+        from planflow.workers import start_worker, stop_process, worker_seen
 
         token = bridge_token(paths)
         env = {**os.environ, "PLANFLOW_PUSHGATEWAY_URL": started["pushgateway"].url}
         rows = []
         for worker_kind in WORKERS:
             log = HOME / f"remediation-worker-{worker_kind}.log"
+            name = f"bench-{worker_kind}-{uuid.uuid4().hex[:6]}"
             if worker_kind == "warm":
-                worker = automations.start_remediation_worker(log, env=env)
+                worker = automations.start_remediation_worker(log, env=env, name=name)
             else:
-                worker = start_worker(automations.REMEDIATION_POOL, log, env=env, query_seconds=1, limit=4)
-            wait_until(lambda: worker_online(automations.REMEDIATION_POOL), 60, what="the remediation worker")
+                worker = start_worker(automations.REMEDIATION_POOL, log, env=env, query_seconds=1, limit=4,
+                                      name=name)
+            wait_until(lambda: worker_seen(automations.REMEDIATION_POOL, name), 60, what=f"worker {name}")
             for kind in ("alert", "threshold"):
                 for i in range(args.trials):
                     row = {"worker": worker_kind, **trial(kind, started["bridge"].url, token)}
@@ -179,7 +175,7 @@ def main() -> int:
         if worker is not None:
             automations.stop_process(worker)
         services.down(paths)
-        stack.down(paths)
+        SERVER.stop()
     result = {
         "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.node()} ({os.cpu_count()} cores), Python {platform.python_version()}",

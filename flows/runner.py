@@ -33,7 +33,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from blocks.registry import DEFAULT_POOL, load_pools, load_settings
 from flows import reporting
 from flows.dispatch import StepRecord, dispatch
-from flows.history import POOL_TAG, recent_durations
+from flows.history import POOL_TAG, artifact_slug, recent_durations
 from flows.pipeline import Pipeline
 from flows.planning import PipelinePlan, greedy_assignments, plan_pipeline
 from monitoring.metrics import RunRecorder, pushgateway_url_from_env
@@ -67,8 +67,7 @@ def key_metrics(result: Any) -> dict[str, float]:
 
 
 def _artifact_key(pipeline: Pipeline, what: str) -> str:
-    slug = "".join(c if c.isalnum() else "-" for c in pipeline.name.lower()).strip("-")
-    return f"{slug}-{what}"
+    return f"{artifact_slug(pipeline.name)}-{what}"
 
 
 def _fmt_metrics(metrics: Mapping[str, float]) -> str:

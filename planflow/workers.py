@@ -59,6 +59,14 @@ def start_process(command: list[str], log_file: Path, env: Mapping[str, str]) ->
                                 stdin=subprocess.DEVNULL, start_new_session=True, cwd=str(ROOT))
 
 
+def worker_seen(pool: str, name: str) -> bool:
+    """The worker called `name` has registered with `pool` (sent a heartbeat)."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return any(w.name == name for w in client.read_workers_for_work_pool(pool))
+
+
 def is_our_process(pid: int, marker: str) -> bool:
     """The process `pid` runs and its command line contains `marker` (a recycled pid
     belongs to another program and is never signalled)."""

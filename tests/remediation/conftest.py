@@ -35,23 +35,17 @@ def remediation_applied(registered_blocks):
 def running_remediation_worker(log: Path, env: dict[str, str] | None = None):
     """A process worker on `planflow-remediation`, polling every second, stopped after."""
     from monitoring import automations
+    from planflow.workers import worker_seen
 
     name = f"test-remediation-{os.urandom(4).hex()}"
     process = automations.start_remediation_worker(log, env={**os.environ, **(env or {})}, name=name)
     try:
-        wait_until(lambda: _worker_seen(automations.REMEDIATION_POOL, name), 60,
+        wait_until(lambda: worker_seen(automations.REMEDIATION_POOL, name), 60,
                    what="the remediation worker")
         yield process
     finally:
         automations.stop_process(process)
         stop_rescaled_workers()
-
-
-def _worker_seen(pool: str, name: str) -> bool:
-    from prefect.client.orchestration import get_client
-
-    with get_client(sync_client=True) as client:
-        return any(w.name == name for w in client.read_workers_for_work_pool(pool))
 
 
 @pytest.fixture(scope="module")

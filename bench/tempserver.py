@@ -1,0 +1,56 @@
+"""A throwaway Prefect server for one benchmark process (never the user's `.planflow/`).
+
+    from bench.tempserver import TempServer
+    server = TempServer("dispatch")      # sets PLANFLOW_HOME and PREFECT_API_URL: before Prefect is imported
+    with server:                         # starts it; on exit drains Prefect's log/event workers, then stops it
+        ...                              # (or server.start() ... server.stop())
+
+Draining before the server stops matters: Prefect sends logs and events from background
+threads, and at interpreter exit they keep retrying a server that is gone, so the
+benchmark process would not end.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from planflow.stack import free_port  # imports no Prefect
+
+
+class TempServer:
+    def __init__(self, name: str) -> None:
+        self.home = Path(tempfile.mkdtemp(prefix=f"planflow-bench-{name}-"))
+        self.port = free_port()
+        os.environ.update(PLANFLOW_HOME=str(self.home), PREFECT_API_URL=f"http://127.0.0.1:{self.port}/api",
+                          PREFECT_SERVER_ANALYTICS_ENABLED="false")
+        os.environ.pop("PLANFLOW_BRIDGE_TOKEN", None)
+        from planflow.config import StatePaths, apply_client_env
+
+        self.paths = StatePaths(self.home)
+        apply_client_env(self.paths)
+
+    def __enter__(self) -> "TempServer":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        from planflow import stack
+
+        stack.up(self.paths, port=self.port)
+
+    def stop(self) -> None:
+        from planflow import stack
+
+        try:
+            from prefect.events.worker import EventsWorker
+            from prefect.logging.handlers import APILogWorker
+
+            APILogWorker.drain_all(timeout=10)
+            EventsWorker.drain_all(timeout=10)
+        finally:
+            stack.down(self.paths)
