@@ -235,9 +235,16 @@ class Guard:
 
     @staticmethod
     def _write(name: str, value: dict[str, Any], tags: list[str]) -> None:
+        from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
         from prefect.variables import Variable
 
-        Variable.set(name, value, overwrite=True, tags=tags)
+        try:
+            Variable.set(name, value, overwrite=True, tags=tags)
+        except (ObjectNotFound, PrefectHTTPStatusError) as exc:
+            # reset (deleted) between Prefect's read and its update: create it again
+            if isinstance(exc, PrefectHTTPStatusError) and exc.response.status_code != 404:
+                raise
+            Variable.set(name, value, overwrite=False, tags=tags)
 
     def admit(self, key: str, now: float | None = None, extra: dict[str, Any] | None = None) -> Decision:
         """Decide whether one action on `key` (e.g. "failover:docker") may happen now;

@@ -749,9 +749,13 @@ def rescale(alertname: str = "", work_pool: str = "", work_queue: str = "", even
             audit.note(f"dry run: would set {pool} concurrency {limit} -> {new_limit} and start {want} worker(s)")
             details.update(would_start=want, would_limit=new_limit)
             return audit.finish("dry_run", decision.reason, details, route)
-        updates: dict[str, Any] = {"queue": queue or None}
+        # What to undo is recorded before it is done, and `scaling` tells a scale-down
+        # that runs meanwhile (the alert may resolve within seconds once the limit is
+        # raised) to check again later instead of finding nothing to undo.
+        updates: dict[str, Any] = {"queue": queue or None, "scaling": True}
         if "pool_limit_before" not in ledger:
             updates["pool_limit_before"] = limit
+        guard.update(key, **updates)
         if new_limit is not None and new_limit != limit:
             client.update_work_pool(pool, WorkPoolUpdate(concurrency_limit=new_limit))
             audit.note(f"work pool {pool} concurrency limit {limit} -> {new_limit}")
@@ -761,18 +765,26 @@ def rescale(alertname: str = "", work_pool: str = "", work_queue: str = "", even
                 q = client.read_work_queue_by_name(queue, work_pool_name=pool)
                 if q.concurrency_limit is not None:
                     if "queue_limit_before" not in ledger:
-                        updates["queue_limit_before"] = q.concurrency_limit
+                        guard.update(key, queue_limit_before=q.concurrency_limit)
                     q_new = min(route.max_concurrency or q.concurrency_limit + want, q.concurrency_limit + want)
                     client.update_work_queue(q.id, concurrency_limit=q_new)
                     audit.note(f"work queue {queue} concurrency limit {q.concurrency_limit} -> {q_new}")
             except Exception as exc:  # noqa: BLE001
                 audit.note(f"work queue {queue}: not changed ({exc})")
-        for worker in scale_out(pool, pool_obj.type, want, route):
-            started.append(worker)
-            audit.note(f"started {worker['kind']} worker {worker['name']} for {pool}")
-            audit.emit("action", what="start-worker", **worker)
-        updates["workers"] = started
-        guard.update(key, **updates)
+        try:
+            for worker in scale_out(pool, pool_obj.type, want, route):
+                started.append(worker)
+                guard.update(key, workers=started)
+                audit.note(f"started {worker['kind']} worker {worker['name']} for {pool}")
+                audit.emit("action", what="start-worker", **worker)
+        finally:
+            guard.update(key, workers=started, scaling=False)
+        # Scale back once the backlog is gone, even if no resolved alert ever arrives
+        # (an alert that resolves while this flow runs has already been answered).
+        details["scale_down_check"] = _schedule_again(
+            "planflow-rescale/remediation", SCALE_DOWN_RECHECK_SECONDS * 3,
+            {"alertname": alertname, "work_pool": pool, "event_id": event_id, "event": "planflow.alert.resolved",
+             "labels": labels, "status": "resolved", "recheck": 1})
         details.update(started=[w["name"] for w in started], pool_limit=new_limit)
     return audit.finish("succeeded", f"{alertname} on {pool}: {decision.reason}", details, route)
 
@@ -827,8 +839,19 @@ def _scale_down(client, audit: "Audit", guard: Guard, key: str, pool: str, alert
         audit.note(f"dry run: would stop {len(ledger.get('workers', []))} worker(s) and restore limits")
         guard.reset(key)
         return audit.finish("dry_run", "alert resolved", {"ledger": ledger}, route)
-    if not ledger:
+    if not ledger or not (ledger.get("workers") or "pool_limit_before" in ledger):
         return audit.finish("skipped", "alert resolved; nothing had been scaled", {}, route)
+    backlog = stuck_runs(client, pool)
+    if ledger.get("scaling") or backlog:
+        why = ("the rescale that answered the alert is still acting" if ledger.get("scaling")
+               else f"{len(backlog)} run(s) still wait on {pool}")
+        if recheck >= SCALE_DOWN_RECHECKS:
+            return audit.finish("skipped", f"not scaled down: {why}; no more checks", {}, route)
+        when = _schedule_again("planflow-rescale/remediation", SCALE_DOWN_RECHECK_SECONDS, {
+            "alertname": alertname, "work_pool": pool, "event_id": audit.event_id,
+            "event": "planflow.alert.resolved", "labels": labels, "status": "resolved", "recheck": recheck + 1})
+        audit.note(f"not scaled down yet: {why}; checking again at {when}")
+        return audit.finish("skipped", f"not scaled down yet: {why}", {"next_check": when}, route)
     if "pool_limit_before" in ledger and not ledger.get("limits_restored"):
         client.update_work_pool(pool, WorkPoolUpdate(concurrency_limit=ledger["pool_limit_before"]))
         audit.note(f"work pool {pool} concurrency limit back to {ledger['pool_limit_before']}")

@@ -126,6 +126,27 @@ def _worker(pool: str, logs: Path, tag: str, env: dict[str, str] | None):
                         env=env, heartbeat_seconds=2, query_seconds=1)
 
 
+def remediation_story(pool: str, since) -> str:
+    """The alerts and remediation outcomes about `pool` since `since`, one line each (for
+    a step that did not happen: what did happen instead)."""
+    lines = []
+    for prefix in ("planflow.alert.", "planflow.remediation.outcome"):
+        for e in _events_about(prefix, f"prefect.work-pool.{pool}", since):
+            payload = e.get("payload", {})
+            what = payload.get("labels", {}).get("alertname") or payload.get("action")
+            lines.append(f"{e['occurred']} {e['event']} {what or ''} {payload.get('outcome') or ''} "
+                         f"{payload.get('reason') or ''}".rstrip())
+    return "\n".join(sorted(lines)[-15:]) or "no alert or remediation event about it"
+
+
+def wait_about(pool: str, since, check: Callable[[], Any], timeout: float, what: str, interval: float = 1.0) -> Any:
+    """wait_for, and on a timeout say what the alerts and remediations about `pool` did."""
+    try:
+        return wait_for(check, timeout, what, interval)
+    except HealError as exc:
+        raise HealError(f"{exc}\nWhat happened about {pool}:\n{remediation_story(pool, since)}") from None
+
+
 def _final(client, run_id) -> Any:
     run = client.read_flow_run(run_id)
     return run if run.state and run.state.is_final() else None
@@ -258,7 +279,8 @@ def failover_scenario(logs: Path, say: Say = print, timeout: float = 240.0,
                                                                 since)], timeout, f"the alert about {PRIMARY}")
             timeline.mark(f"alert {alert[0]['payload'].get('labels', {}).get('alertname')} firing "
                           "(Prometheus -> Alertmanager -> bridge -> Prefect event)")
-            wait_for(lambda: client.read_work_pool(PRIMARY).is_paused, 90, f"the failover to pause {PRIMARY}")
+            wait_about(PRIMARY, since, lambda: client.read_work_pool(PRIMARY).is_paused, 90,
+                       f"the failover to pause {PRIMARY}")
             timeline.mark(f"failover flow paused {PRIMARY}")
             wait_for(lambda: client.read_flow_run(stuck.id).state.type.value == "CANCELLED", 60,
                      f"the stuck run {stuck.name} to be cancelled")
@@ -281,7 +303,8 @@ def failover_scenario(logs: Path, say: Say = print, timeout: float = 240.0,
 
             started.append(_worker(PRIMARY, logs, "2", env))
             timeline.mark(f"a worker of {PRIMARY} is back")
-            wait_for(lambda: not client.read_work_pool(PRIMARY).is_paused, timeout, f"{PRIMARY} to be resumed")
+            wait_about(PRIMARY, since, lambda: not client.read_work_pool(PRIMARY).is_paused, timeout,
+                       f"{PRIMARY} to be resumed")
             timeline.mark(f"{PRIMARY} resumed by the failover flow (alert resolved, worker live)")
             result["resumed"] = True
     finally:
@@ -296,6 +319,8 @@ def rescale_scenario(logs: Path, say: Say = print, timeout: float = 300.0,
                      env: dict[str, str] | None = None, runs: int = BACKLOG_RUNS) -> dict[str, Any]:
     """Queue more runs on heal-busy (limit 1, one worker) than it can start; watch
     planflow scale it out, drain the backlog and scale back. Returns the timeline."""
+    from datetime import datetime, timedelta, timezone
+
     from prefect.client.orchestration import get_client
 
     from blocks.alert_route import Guard, load_route
@@ -319,6 +344,7 @@ def rescale_scenario(logs: Path, say: Say = print, timeout: float = 300.0,
             say(f"{BUSY}: concurrency limit 1, one worker; route {route.alertname}: "
                 f"min {route.min_workers}, max {route.max_workers} workers, max concurrency {route.max_concurrency}")
             timeline.restart()
+            since = datetime.now(timezone.utc) - timedelta(seconds=2)
             submitted = [client.create_flow_run_from_deployment(dep.id, parameters=BUSY_PARAMETERS)
                          for _ in range(runs)]
             result["runs_ids"] = [str(r.id) for r in submitted]
@@ -326,13 +352,13 @@ def rescale_scenario(logs: Path, say: Say = print, timeout: float = 300.0,
             wait_for(lambda: any(r.state_name == "Late" for r in stuck_runs(client, BUSY)), timeout,
                      "a run to turn Late")
             timeline.mark("runs waiting past their start time are Late")
-            limit = wait_for(lambda: (client.read_work_pool(BUSY).concurrency_limit or 1) > 1
-                             and client.read_work_pool(BUSY).concurrency_limit, timeout,
-                             f"the rescale flow to raise {BUSY}'s concurrency limit")
+            limit = wait_about(BUSY, since, lambda: (client.read_work_pool(BUSY).concurrency_limit or 1) > 1
+                               and client.read_work_pool(BUSY).concurrency_limit, timeout,
+                               f"the rescale flow to raise {BUSY}'s concurrency limit")
             # The flow raises the limit first, then starts the workers and records them.
             ledger = wait_for(lambda: (found := Guard(route).ledger(key)).get("workers") and found, 60,
                               "the rescale flow to record the workers it started")
-            extra = ledger["workers"]
+            extra = list(ledger["workers"])
             result.update(raised_limit=limit, extra_workers=[w["name"] for w in extra])
             timeline.mark(f"PlanflowLateRunBacklog -> rescale: limit 1 -> {limit}, "
                           f"{len(extra)} worker(s) started")
@@ -350,12 +376,20 @@ def rescale_scenario(logs: Path, say: Say = print, timeout: float = 300.0,
                 if "restored" in pending and client.read_work_pool(BUSY).concurrency_limit == 1:
                     timeline.mark("alert resolved (no run waits) -> rescale restored the limit to 1")
                     del pending["restored"]
-                if "stopped" in pending and not any(is_our_process(int(w["pid"]), w["name"]) for w in extra):
-                    timeline.mark(f"{len(extra)} extra worker(s) stopped, each once idle")
-                    del pending["stopped"]
+                if "stopped" in pending:
+                    # every worker a rescale recorded (a flapping alert may scale out twice)
+                    ledger_now = Guard(route).ledger(key)
+                    for w in ledger_now.get("workers", []):
+                        if w["name"] not in {x["name"] for x in extra}:
+                            extra.append(w)
+                    if not ledger_now and not any(is_our_process(int(w["pid"]), w["name"]) for w in extra
+                                                  if w.get("kind", "process") == "process"):
+                        timeline.mark(f"{len(extra)} extra worker(s) stopped, each once idle")
+                        result["extra_workers"] = [w["name"] for w in extra]
+                        del pending["stopped"]
                 return not pending
 
-            wait_for(progress, timeout, " and ".join(pending.values()))
+            wait_about(BUSY, since, progress, timeout, " and ".join(pending.values()))
             result["scaled_back"] = True
     finally:
         stop_process(worker, timeout=10)
