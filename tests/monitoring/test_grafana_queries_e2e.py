@@ -26,6 +26,8 @@ MAY_BE_EMPTY = {
         "no remediation flow has run (nothing increments planflow_remediations_total yet)",
     ("planflow-alerts", "Remediations in the time range"):
         "no remediation flow has run (nothing increments planflow_remediations_total yet)",
+    ("planflow-alerts", "Trigger -> remediation flow running (s), by action"):
+        "no remediation flow has run (each one pushes planflow_remediation_alert_latency_seconds)",
     ("planflow-alerts", "Webhook requests rejected, by reason"):
         "only after the bridge refused a request",
 }

@@ -110,14 +110,21 @@ def test_rescale_on_a_kubernetes_pool_scales_replicas_and_back_fake_api_server(
         deployment = deploy_flaky(f"remediation-flaky-{pool}", pool, ["planflow", "kubernetes"])
         labels = {"alertname": alert, "work_pool": pool, "work_queue": "default"}
         with get_client(sync_client=True) as client:
-            for i in range(3):
-                client.create_flow_run_from_deployment(deployment.id, parameters={"params": {"seed": i}})
+            runs = [client.create_flow_run_from_deployment(deployment.id, parameters={"params": {"seed": i}})
+                    for i in range(3)]
             up = rescale(event_id=str(uuid.uuid4()), event="planflow.alert.firing",
                          resource_id=f"prefect.work-pool.{pool}", labels=labels)
             assert up["outcome"] == "succeeded", up
             assert up["live_workers"] == ["replica-0"] and up["target_workers"] == 3, up
             assert fake_cluster["replicas"][("planflow", "prefect-worker")] == 3
             assert client.read_work_pool(pool).concurrency_limit == 3
+            early = rescale(event="planflow.alert.resolved", work_pool=pool, labels=labels)
+            assert early["outcome"] == "skipped" and "3 run(s) still wait" in early["reason"], early
+            assert fake_cluster["replicas"][("planflow", "prefect-worker")] == 3  # backlog first
+            from prefect.states import Cancelled
+
+            for run in runs:  # the backlog is gone (no cluster here runs them)
+                client.set_flow_run_state(run.id, Cancelled(message="test: backlog drained"), force=True)
             down = rescale(event="planflow.alert.resolved", work_pool=pool, labels=labels)
             assert down["outcome"] == "succeeded", down
             assert down["stopped"] == ["planflow/prefect-worker"], down
