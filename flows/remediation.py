@@ -234,8 +234,8 @@ class Audit:
     def finish(self, outcome: str, reason: str, details: dict[str, Any] | None = None,
                route: AlertRoute | None = None) -> dict[str, Any]:
         self.finished = True
+        push_remediation_count(self.action, outcome)  # counted before the outcome is announced
         self.emit("outcome", outcome=outcome, reason=reason, **(details or {}))
-        push_remediation_count(self.action, outcome)
         when = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         md = [f"# Remediation: {self.action} {self.subject}", "",
               "| | |", "|---|---|",

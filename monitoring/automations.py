@@ -337,14 +337,14 @@ def worker_pid(paths=None) -> int | None:
     """The pid of the remediation worker `worker_up` started, if it still runs."""
     from planflow.config import StatePaths
 
+    from planflow.workers import start_ticks
+
     paths = paths or StatePaths.discover()
     try:
-        pid = int(_worker_pid_file(paths).read_text().strip())
-        if REMEDIATION_POOL.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
-            return pid
+        pid, ticks = (int(x) for x in _worker_pid_file(paths).read_text().split())
     except (OSError, ValueError):
-        pass
-    return None
+        return None
+    return pid if start_ticks(pid) == ticks else None  # the same process, not a recycled pid
 
 
 def worker_up(paths=None, query_seconds: float = 1.0) -> int:
@@ -367,12 +367,14 @@ def worker_up(paths=None, query_seconds: float = 1.0) -> int:
                                        query_seconds=query_seconds, env=env)
     pid_file = _worker_pid_file(paths)
     pid_file.parent.mkdir(parents=True, exist_ok=True)
-    pid_file.write_text(str(process.pid))
+    from planflow.workers import start_ticks
+
+    pid_file.write_text(f"{process.pid} {start_ticks(process.pid)}")
     return process.pid
 
 
 def worker_down(paths=None, timeout: float = 20.0) -> bool:
-    """Stop the worker `worker_up` started (checked by its command line)."""
+    """Stop the worker `worker_up` started (the same process: pid and start time)."""
     from planflow.config import StatePaths
     from planflow.workers import stop_group
 

@@ -76,6 +76,16 @@ def is_our_process(pid: int, marker: str) -> bool:
         return False
 
 
+def start_ticks(pid: int) -> int | None:
+    """When the process started (clock ticks since boot, /proc/<pid>/stat field 22): with
+    the pid, an identity that a recycled pid does not share. None for a zombie or none."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] == "Z" else int(fields[19])
+
+
 def children(pid: int) -> list[int]:
     """The live child processes of `pid` (a worker's flow runs)."""
     found = []

@@ -91,7 +91,10 @@ def test_worker_up_is_idempotent_and_down_stops_it(registered_blocks):
     paths = StatePaths.discover()
     pid = automations.worker_up(paths)
     try:
-        assert automations.worker_up(paths) == pid  # kept, not a second worker
+        log = paths.home / "monitoring" / "remediation-worker.log"
+        again = automations.worker_up(paths)
+        assert again == pid, (f"a second worker ({again}) was started beside {pid}; "
+                              f"worker log:\n{log.read_text()[-3000:] if log.exists() else '-'}")
         assert Path(f"/proc/{pid}").exists()
     finally:
         assert automations.worker_down(paths)
