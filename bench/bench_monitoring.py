@@ -29,12 +29,12 @@ if str(ROOT) not in sys.path:
 RESULTS = ROOT / "bench" / "results"
 
 
+from bench import percentile  # noqa: E402
 from bench.tempserver import TempServer  # noqa: E402  (imports no Prefect)
 from planflow.stack import free_port  # noqa: E402
 
 # Point Prefect at a server of our own before anything imports it.
 SERVER = TempServer("monitoring")
-HOME = SERVER.home
 
 import httpx  # noqa: E402
 from prometheus_client import CollectorRegistry  # noqa: E402
@@ -43,12 +43,6 @@ from monitoring import services  # noqa: E402
 from monitoring.metrics import RunRecorder  # noqa: E402
 
 API = os.environ["PREFECT_API_URL"]
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
-    return ordered[index]
 
 
 def events_filter(resource: str, name: str) -> dict:

@@ -44,6 +44,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "bench" / "results"
 
+from bench import percentile  # noqa: E402
 from bench.tempserver import TempServer  # noqa: E402  (imports no Prefect)
 from planflow.stack import free_port  # noqa: E402
 
@@ -52,12 +53,6 @@ SERVER = TempServer("remediation")
 HOME = SERVER.home
 
 from monitoring import automations, services  # noqa: E402
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
-    return ordered[index]
 
 
 def _ts(value) -> float | None:

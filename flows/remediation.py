@@ -37,6 +37,7 @@ import os
 import re
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -329,6 +330,57 @@ def retry_run(flow_run_id: str = "", event_id: str = "", event: str = "",
     return audit.finish("succeeded", decision.reason, details, route)
 
 
+# -- what a failover or rescale run is about --------------------------------------------
+FLOW_OF_ACTION = {"failover": "planflow-failover", "rescale": "planflow-rescale"}
+
+
+@dataclass
+class PoolAlert:
+    """A pool alert as its remediation flow sees it, read once from the automation's
+    parameters (or a re-check's)."""
+
+    action: str
+    alertname: str
+    status: str  # firing | resolved
+    pool: str
+    labels: dict[str, Any]
+    event_id: str
+    route: AlertRoute
+    guard: Guard
+    key: str  # the guard's target, e.g. "failover:docker"
+    audit: "Audit"
+
+    def check_again(self, delay: float, recheck: int) -> str | None:
+        """Run this remediation again in `delay` seconds as if the alert resolved (a
+        re-check, number `recheck`); returns when, or None when it is not deployed."""
+        return _schedule_again(f"{FLOW_OF_ACTION[self.action]}/remediation", delay, {
+            "alertname": self.alertname, "work_pool": self.pool, "event_id": self.event_id,
+            "event": "planflow.alert.resolved", "labels": self.labels, "status": "resolved", "recheck": recheck})
+
+
+def _pool_alert(action: str, default_alertname: str, alertname: str, work_pool: str, event_id: str,
+                event: str, resource_id: str, labels: dict[str, Any] | None, status: str, recheck: int,
+                event_occurred: str, shared: bool = False,
+                **started: Any) -> tuple[PoolAlert, dict[str, Any] | None]:
+    """Parse the parameters, start the audit trail, and say whether to stop at once (no
+    pool in the alert, or its route is not this action): (alert, result or None)."""
+    labels = labels or {}
+    alertname = alertname or labels.get("alertname", "") or default_alertname
+    status = status or ("resolved" if event.endswith("resolved") else "firing")
+    pool = _pool_from(resource_id, labels, work_pool)
+    route = load_route(alertname)
+    audit = Audit(action, alertname, event_id, pool, "" if recheck else event_occurred)
+    audit.work_pools.append(pool)
+    audit.emit("started", work_pool=pool, status=status, **started)
+    alert = PoolAlert(action, alertname, status, pool, labels, event_id, route, Guard(route, shared=shared),
+                      f"{action}:{pool}", audit)
+    if not pool:
+        return alert, audit.finish("skipped", f"no work pool in the alert (resource {resource_id!r})", route=route)
+    if route.action != action:
+        return alert, audit.finish("skipped", f"route {alertname}: action is {route.action}", route=route)
+    return alert, None
+
+
 # -- failover -------------------------------------------------------------------------
 # Alerts that say "no worker serves this pool" (as opposed to "its runs fail").
 WORKER_ALERTS = ("PlanflowWorkPoolNotReady", "PlanflowWorkerHeartbeatStale")
@@ -392,20 +444,13 @@ def failover(alertname: str = "", work_pool: str = "", event_id: str = "", event
     from prefect.client.schemas.actions import WorkPoolUpdate
     from prefect.states import Cancelled
 
-    labels = labels or {}
-    alertname = alertname or labels.get("alertname", "") or "PlanflowWorkPoolNotReady"
-    status = status or ("resolved" if event.endswith("resolved") else "firing")
-    pool = _pool_from(resource_id, labels, work_pool)
-    route = load_route(alertname)
-    guard = Guard(route, shared=True)  # one failover per pool, whichever pool alert fired
-    key = f"failover:{pool}"
-    audit = Audit("failover", alertname, event_id, pool, "" if recheck else event_occurred)
-    audit.work_pools.append(pool)
-    audit.emit("started", work_pool=pool, status=status)
-    if not pool:
-        return audit.finish("skipped", f"no work pool in the alert (resource {resource_id!r})", route=route)
-    if route.action != "failover":
-        return audit.finish("skipped", f"route {alertname}: action is {route.action}", route=route)
+    alert, skipped = _pool_alert("failover", "PlanflowWorkPoolNotReady", alertname, work_pool, event_id, event,
+                                 resource_id, labels, status, recheck, event_occurred,
+                                 shared=True)  # one failover per pool, whichever pool alert fired
+    if skipped is not None:
+        return skipped
+    alertname, status, pool, labels = alert.alertname, alert.status, alert.pool, alert.labels
+    route, guard, key, audit = alert.route, alert.guard, alert.key, alert.audit
 
     with get_client(sync_client=True) as client:
         if status == "resolved":
@@ -432,7 +477,7 @@ def failover(alertname: str = "", work_pool: str = "", event_id: str = "", event
             if not workers:
                 # Pausing a pool that has no worker resolves "not ready" by itself: resume
                 # only once a worker is back, checking again later (bounded).
-                planned = _recheck_later(client, pool, alertname, event_id, recheck, labels)
+                planned = None if recheck >= RECHECKS else alert.check_again(recheck_delay(recheck), recheck + 1)
                 audit.note(f"alert resolved but {pool} has no live worker: stays paused; "
                            + (f"checking again at {planned}" if planned else "no more re-checks"))
                 return audit.finish("skipped", f"{pool} has no live worker yet",
@@ -554,17 +599,11 @@ RECHECK_SECONDS = 15.0
 RECHECK_MAX_SECONDS = 600.0
 
 
-def _recheck_later(client, pool: str, alertname: str, event_id: str, recheck: int,
-                   labels: dict[str, Any]) -> str | None:
-    """Schedule the failover flow again (status resolved), backing off from RECHECK_SECONDS."""
-    if recheck >= RECHECKS:
-        return None
-    return _schedule_again("planflow-failover/remediation",
-                           RECHECK_SECONDS if recheck < 8 else
-                           min(RECHECK_MAX_SECONDS, RECHECK_SECONDS * 2 ** min(recheck - 7, 10)),
-                           {"alertname": alertname, "work_pool": pool, "event_id": event_id,
-                            "event": "planflow.alert.resolved", "labels": labels,
-                            "status": "resolved", "recheck": recheck + 1})
+def recheck_delay(recheck: int) -> float:
+    """Seconds until re-check number `recheck` + 1 of a paused pool."""
+    if recheck < 8:
+        return RECHECK_SECONDS
+    return min(RECHECK_MAX_SECONDS, RECHECK_SECONDS * 2 ** min(recheck - 7, 10))
 
 
 def _equivalent_deployment(client, flow_id, work_pool: str):
@@ -623,13 +662,6 @@ def backlog_curve(backlog_seconds: list[float], counts: range | list[int]) -> di
                            PlannerOptions(time_limit_s=2.0)).makespan) for n in counts}
 
 
-def backlog_makespans(backlog_seconds: list[float], workers: int) -> tuple[float, float]:
-    """The backlog's makespan with `workers` and `workers + 1` worker slots."""
-    n = max(1, workers)
-    curve = backlog_curve(backlog_seconds, [n, n + 1])
-    return curve[n], curve[n + 1]
-
-
 def workers_to_reach(curve: dict[int, float], tolerance: float = 0.05) -> int:
     """The fewest workers whose planned makespan is within `tolerance` of the best the
     curve offers (more would cost a worker and buy almost nothing)."""
@@ -681,27 +713,20 @@ def rescale(alertname: str = "", work_pool: str = "", work_queue: str = "", even
     """Firing: if the planner says one more worker shortens the backlog, raise the pool's
     (and queue's) concurrency limit and start a worker, within the route's bounds.
     Resolved: stop the workers it started and restore the limits."""
-    from prefect.client.schemas.actions import WorkPoolUpdate, WorkQueueUpdate
+    from prefect.client.schemas.actions import WorkPoolUpdate
 
-    labels = labels or {}
-    alertname = alertname or labels.get("alertname", "") or "PlanflowLateRunBacklog"
-    status = status or ("resolved" if event.endswith("resolved") else "firing")
-    pool = _pool_from("" if resource_id.startswith("prefect.work-queue.") else resource_id, labels, work_pool)
-    queue = work_queue or labels.get("work_queue", "")
-    route = load_route(alertname)
-    guard = Guard(route)
-    key = f"rescale:{pool}"
-    audit = Audit("rescale", alertname, event_id, pool, "" if recheck else event_occurred)
-    audit.work_pools.append(pool)
-    audit.emit("started", work_pool=pool, work_queue=queue, status=status)
-    if not pool:
-        return audit.finish("skipped", f"no work pool in the alert (resource {resource_id!r})", route=route)
-    if route.action != "rescale":
-        return audit.finish("skipped", f"route {alertname}: action is {route.action}", route=route)
+    queue = work_queue or (labels or {}).get("work_queue", "")
+    alert, skipped = _pool_alert("rescale", "PlanflowLateRunBacklog", alertname, work_pool, event_id, event,
+                                 "" if resource_id.startswith("prefect.work-queue.") else resource_id,
+                                 labels, status, recheck, event_occurred, work_queue=queue)
+    if skipped is not None:
+        return skipped
+    alertname, pool = alert.alertname, alert.pool
+    route, guard, key, audit = alert.route, alert.guard, alert.key, alert.audit
 
     with get_client(sync_client=True) as client:
-        if status == "resolved":
-            return _scale_down(client, audit, guard, key, pool, alertname, route, labels, recheck)
+        if alert.status == "resolved":
+            return _scale_down(client, alert, recheck)
 
         pool_obj = client.read_work_pool(pool)
         live = live_workers(client, pool)
@@ -781,10 +806,7 @@ def rescale(alertname: str = "", work_pool: str = "", work_queue: str = "", even
             guard.update(key, workers=started, scaling=False)
         # Scale back once the backlog is gone, even if no resolved alert ever arrives
         # (an alert that resolves while this flow runs has already been answered).
-        details["scale_down_check"] = _schedule_again(
-            "planflow-rescale/remediation", SCALE_DOWN_RECHECK_SECONDS * 3,
-            {"alertname": alertname, "work_pool": pool, "event_id": event_id, "event": "planflow.alert.resolved",
-             "labels": labels, "status": "resolved", "recheck": 1})
+        details["scale_down_check"] = alert.check_again(SCALE_DOWN_RECHECK_SECONDS * 3, 1)
         details.update(started=[w["name"] for w in started], pool_limit=new_limit)
     return audit.finish("succeeded", f"{alertname} on {pool}: {decision.reason}", details, route)
 
@@ -825,8 +847,7 @@ def _busy_for_a_while(pid: int, grace: float = 15.0) -> bool:
     return False
 
 
-def _scale_down(client, audit: "Audit", guard: Guard, key: str, pool: str, alertname: str,
-                route: AlertRoute, labels: dict[str, Any], recheck: int) -> dict[str, Any]:
+def _scale_down(client, alert: PoolAlert, recheck: int) -> dict[str, Any]:
     """Resolved: restore the limits at once (no new run beyond the old capacity starts),
     stop each started worker that is idle, and check again later for the busy ones (a
     worker's flow runs are its child processes: stopping it would crash them)."""
@@ -834,6 +855,7 @@ def _scale_down(client, audit: "Audit", guard: Guard, key: str, pool: str, alert
 
     from planflow.workers import is_our_process
 
+    audit, guard, key, pool, route = alert.audit, alert.guard, alert.key, alert.pool, alert.route
     ledger = guard.ledger(key)
     if route.dry_run:
         audit.note(f"dry run: would stop {len(ledger.get('workers', []))} worker(s) and restore limits")
@@ -847,9 +869,7 @@ def _scale_down(client, audit: "Audit", guard: Guard, key: str, pool: str, alert
                else f"{len(backlog)} run(s) still wait on {pool}")
         if recheck >= SCALE_DOWN_RECHECKS:
             return audit.finish("skipped", f"not scaled down: {why}; no more checks", {}, route)
-        when = _schedule_again("planflow-rescale/remediation", SCALE_DOWN_RECHECK_SECONDS, {
-            "alertname": alertname, "work_pool": pool, "event_id": audit.event_id,
-            "event": "planflow.alert.resolved", "labels": labels, "status": "resolved", "recheck": recheck + 1})
+        when = alert.check_again(SCALE_DOWN_RECHECK_SECONDS, recheck + 1)
         audit.note(f"not scaled down yet: {why}; checking again at {when}")
         return audit.finish("skipped", f"not scaled down yet: {why}", {"next_check": when}, route)
     if "pool_limit_before" in ledger and not ledger.get("limits_restored"):
@@ -884,14 +904,12 @@ def _scale_down(client, audit: "Audit", guard: Guard, key: str, pool: str, alert
         audit.emit("action", what="scale-down", stopped=stopped)
     if waiting and recheck < SCALE_DOWN_RECHECKS:
         guard.update(key, workers=waiting, limits_restored=True)
-        details["next_check"] = _schedule_again("planflow-rescale/remediation", SCALE_DOWN_RECHECK_SECONDS, {
-            "alertname": alertname, "work_pool": pool, "event_id": audit.event_id,
-            "event": "planflow.alert.resolved", "labels": labels, "status": "resolved", "recheck": recheck + 1})
+        details["next_check"] = alert.check_again(SCALE_DOWN_RECHECK_SECONDS, recheck + 1)
         audit.note(f"{len(waiting)} worker(s) still run flow runs: checking again at {details['next_check']}")
-        return audit.finish("succeeded", f"alert {alertname} resolved: limits restored, "
+        return audit.finish("succeeded", f"alert {alert.alertname} resolved: limits restored, "
                             f"{len(stopped)} worker(s) stopped, {len(waiting)} finishing their runs", details, route)
     guard.reset(key)
-    return audit.finish("succeeded", f"alert {alertname} resolved: scaled {pool} back down "
+    return audit.finish("succeeded", f"alert {alert.alertname} resolved: scaled {pool} back down "
                         f"({len(stopped)} worker(s) stopped)", details, route)
 
 

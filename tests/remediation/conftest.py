@@ -48,6 +48,36 @@ def running_remediation_worker(log: Path, env: dict[str, str] | None = None):
         stop_rescaled_workers()
 
 
+@contextlib.contextmanager
+def alert_driven_remediation(monitoring_stack, logs: Path):
+    """The whole loop on: automations applied, a remediation worker pushing to the
+    stack's Pushgateway; afterwards `quiesce()`. Yields the Pushgateway url."""
+    from monitoring import automations
+
+    _, started = monitoring_stack
+    gateway = started["pushgateway"].url
+    automations.apply()
+    try:
+        with running_remediation_worker(logs / "remediation.log", env={"PLANFLOW_PUSHGATEWAY_URL": gateway}):
+            yield gateway
+    finally:
+        quiesce()
+
+
+@contextlib.contextmanager
+def route_override(alertname: str, **fields):
+    """The alert's AlertRoute with `fields` changed for the block, restored after."""
+    from blocks.alert_route import ensure_routes, load_route, route_name
+
+    ensure_routes()
+    original = load_route(alertname)
+    original.model_copy(update=fields).save(route_name(alertname), overwrite=True)
+    try:
+        yield load_route(alertname)
+    finally:
+        original.save(route_name(alertname), overwrite=True)
+
+
 @pytest.fixture(scope="module")
 def remediation_worker(remediation_applied, tmp_path_factory):
     with running_remediation_worker(tmp_path_factory.mktemp("remediation-worker") / "worker.log") as p:
@@ -68,21 +98,16 @@ def start_pool_worker(pool: str, log: Path, pool_type: str = "process"):
     return start_worker(pool, log, pool_type=pool_type, name=f"test-{pool}-{os.getpid()}")
 
 
-def _online(pool: str) -> bool:
-    from planflow.workpools import worker_online
-
-    return worker_online(pool)
-
-
 @pytest.fixture(scope="session")
 def process_pool_worker(local_process_pool, tmp_path_factory):
     """A process worker on `local-process`, polling every second."""
     from monitoring.automations import stop_process
+    from planflow.workpools import worker_online
 
     log = tmp_path_factory.mktemp("process-worker") / "worker.log"
     process = start_pool_worker(local_process_pool, log)
     try:
-        wait_until(lambda: _online(local_process_pool), 60, what="the local-process worker")
+        wait_until(lambda: worker_online(local_process_pool), 60, what="the local-process worker")
         yield process
     finally:
         stop_process(process)

@@ -14,25 +14,20 @@ import httpx
 import pytest
 
 from tests.remediation.alerts import alert, bridge_token, post
-from tests.remediation.conftest import (create_process_pool, delete_pools, quiesce, running_remediation_worker,
+from tests.remediation.conftest import (alert_driven_remediation, create_process_pool, delete_pools,
                                         start_pool_worker, wait_until)
 
 
 @pytest.fixture(scope="module")
 def alert_loop(monitoring_stack, remediation_applied, tmp_path_factory):
     paths, started = monitoring_stack
-    gateway = started["pushgateway"].url
     logs = tmp_path_factory.mktemp("alert-loop")
-    from monitoring import automations
-
-    automations.apply()
     pools: list[str] = []
     try:
-        with running_remediation_worker(logs / "worker.log", env={"PLANFLOW_PUSHGATEWAY_URL": gateway}):
+        with alert_driven_remediation(monitoring_stack, logs) as gateway:
             yield {"bridge": started["bridge"].url, "token": bridge_token(paths), "pushgateway": gateway,
                    "logs": logs, "pools": pools}
     finally:
-        quiesce()
         delete_pools(pools)
 
 

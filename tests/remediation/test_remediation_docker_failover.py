@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.deployments.conftest import PREFECT_FILE, run_cli
-from tests.remediation.conftest import quiesce, running_remediation_worker, start_pool_worker, wait_until
-
-PREFECT = str(Path(sys.executable).with_name("prefect"))
+from tests.deployments.conftest import PREFECT, PREFECT_FILE, run_cli
+from tests.remediation.conftest import alert_driven_remediation, wait_until
 
 
 @pytest.fixture
@@ -39,16 +36,8 @@ def docker_setup(docker_image, work_pools, monitoring_stack, remediation_applied
         machine = local_pool_from_machine("docker")
         ResourcePool(work_pool="docker", cpu=machine.cpu, mem_gib=machine.mem_gib, backup_pool="local").save("docker")
         created = True
-    paths, started = monitoring_stack
-    from monitoring import automations
-
-    automations.apply()
-    try:
-        with running_remediation_worker(tmp_path / "remediation.log",
-                                        env={"PLANFLOW_PUSHGATEWAY_URL": started["pushgateway"].url}):
-            yield tmp_path
-    finally:
-        quiesce()
+    with alert_driven_remediation(monitoring_stack, tmp_path):
+        yield tmp_path
     if created:
         with get_client(sync_client=True) as client:
             client.delete_block_document(ResourcePool.load("docker")._block_document_id)
@@ -59,14 +48,11 @@ def docker_setup(docker_image, work_pools, monitoring_stack, remediation_applied
 
 
 def _docker_worker(log: Path) -> subprocess.Popen:
-    env = dict(os.environ, PREFECT_WORKER_HEARTBEAT_SECONDS="2", PREFECT_WORKER_QUERY_SECONDS="1",
-               PREFECT_WORKER_PREFETCH_SECONDS="0")
-    handle = log.open("ab")
-    process = subprocess.Popen([PREFECT, "worker", "start", "--pool", "docker", "--type", "docker",
-                                "--name", f"test-docker-{os.urandom(3).hex()}"], env=env, stdout=handle,
-                               stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-    handle.close()
-    return process
+    """A Docker worker reporting every 2 s, so that the server notices its death soon."""
+    from planflow.workers import start_worker
+
+    return start_worker("docker", log, pool_type="docker", name=f"test-docker-{os.urandom(3).hex()}",
+                        heartbeat_seconds=2, query_seconds=1)
 
 
 def test_docker_worker_killed_mid_run_fails_over_to_the_process_pool(docker_setup):

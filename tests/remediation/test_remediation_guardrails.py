@@ -8,7 +8,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 from blocks.alert_route import AlertRoute, Guard, route_name
-from tests.remediation.conftest import create_process_pool, delete_pools
+from tests.remediation.conftest import create_process_pool, delete_pools, route_override
 
 
 def _route(**values) -> AlertRoute:
@@ -71,21 +71,17 @@ def test_dry_run_failover_flow_changes_nothing_but_records_it(registered_blocks)
     events and artifact say what it would have done."""
     from prefect.client.orchestration import get_client
 
-    from blocks.alert_route import ensure_routes, load_route
     from flows.remediation import failover
 
-    ensure_routes()
     alert = "PlanflowPoolFailureRateHigh"
-    original = load_route(alert)
     pool = f"dry-{uuid.uuid4().hex[:6]}"
     create_process_pool(pool, backup_pool="local")
-    original.model_copy(update={"dry_run": True}).save(route_name(alert), overwrite=True)
     try:
-        result = failover(alertname=alert, work_pool=pool, event_id=str(uuid.uuid4()))
-        assert result["outcome"] == "dry_run", result
-        assert any("would pause" in line for line in result["actions"]), result
-        with get_client(sync_client=True) as client:
-            assert not client.read_work_pool(pool).is_paused
+        with route_override(alert, dry_run=True):
+            result = failover(alertname=alert, work_pool=pool, event_id=str(uuid.uuid4()))
+            assert result["outcome"] == "dry_run", result
+            assert any("would pause" in line for line in result["actions"]), result
+            with get_client(sync_client=True) as client:
+                assert not client.read_work_pool(pool).is_paused
     finally:
-        original.save(route_name(alert), overwrite=True)
         delete_pools([pool])

@@ -8,22 +8,14 @@ from __future__ import annotations
 
 import pytest
 
-from tests.remediation.conftest import quiesce, running_remediation_worker
+from tests.remediation.conftest import alert_driven_remediation
 
 
 @pytest.fixture(scope="module")
 def healing_stack(monitoring_stack, remediation_applied, process_pool_worker, tmp_path_factory):
-    from monitoring import automations
-
-    paths, started = monitoring_stack
-    automations.apply()
     logs = tmp_path_factory.mktemp("heal")
-    try:
-        with running_remediation_worker(logs / "remediation.log",
-                                        env={"PLANFLOW_PUSHGATEWAY_URL": started["pushgateway"].url}):
-            yield logs
-    finally:
-        quiesce()
+    with alert_driven_remediation(monitoring_stack, logs):
+        yield logs
 
 
 def test_failover_moves_the_stuck_run_to_the_backup_pool_and_resumes(healing_stack):

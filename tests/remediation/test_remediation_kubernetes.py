@@ -17,7 +17,7 @@ import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from tests.remediation.conftest import FLAKY_PIPELINES, deploy_flaky
+from tests.remediation.conftest import FLAKY_PIPELINES, deploy_flaky, route_override
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
@@ -93,47 +93,43 @@ def test_rescale_on_a_kubernetes_pool_scales_replicas_and_back_fake_api_server(
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
 
-    from blocks.alert_route import AlertRoute, ensure_routes, load_route, route_name
     from flows.remediation import rescale
 
     monkeypatch.setenv("PLANFLOW_PIPELINES", FLAKY_PIPELINES)
-    ensure_routes()
     alert = "PlanflowLateRunBacklog"
-    original = load_route(alert)
-    AlertRoute(alertname=alert, action="rescale", max_attempts=3, cooldown_seconds=300, rate_limit=10,
-               min_workers=1, max_workers=3, max_concurrency=8, kubernetes_namespace="planflow",
-               kubernetes_worker_deployment="prefect-worker").save(route_name(alert), overwrite=True)
     pool = f"k8s-{uuid.uuid4().hex[:6]}"
     with get_client(sync_client=True) as client:
         client.create_work_pool(WorkPoolCreate(name=pool, type="kubernetes", concurrency_limit=1))
-    try:
-        deployment = deploy_flaky(f"remediation-flaky-{pool}", pool, ["planflow", "kubernetes"])
-        labels = {"alertname": alert, "work_pool": pool, "work_queue": "default"}
-        with get_client(sync_client=True) as client:
-            runs = [client.create_flow_run_from_deployment(deployment.id, parameters={"params": {"seed": i}})
-                    for i in range(3)]
-            up = rescale(event_id=str(uuid.uuid4()), event="planflow.alert.firing",
-                         resource_id=f"prefect.work-pool.{pool}", labels=labels)
-            assert up["outcome"] == "succeeded", up
-            assert up["live_workers"] == ["replica-0"] and up["target_workers"] == 3, up
-            assert fake_cluster["replicas"][("planflow", "prefect-worker")] == 3
-            assert client.read_work_pool(pool).concurrency_limit == 3
-            early = rescale(event="planflow.alert.resolved", work_pool=pool, labels=labels)
-            assert early["outcome"] == "skipped" and "3 run(s) still wait" in early["reason"], early
-            assert fake_cluster["replicas"][("planflow", "prefect-worker")] == 3  # backlog first
-            from prefect.states import Cancelled
+    with route_override(alert, action="rescale", max_attempts=3, cooldown_seconds=300, rate_limit=10,
+                        min_workers=1, max_workers=3, max_concurrency=8, kubernetes_namespace="planflow",
+                        kubernetes_worker_deployment="prefect-worker"):
+        try:
+            deployment = deploy_flaky(f"remediation-flaky-{pool}", pool, ["planflow", "kubernetes"])
+            labels = {"alertname": alert, "work_pool": pool, "work_queue": "default"}
+            with get_client(sync_client=True) as client:
+                runs = [client.create_flow_run_from_deployment(deployment.id, parameters={"params": {"seed": i}})
+                        for i in range(3)]
+                up = rescale(event_id=str(uuid.uuid4()), event="planflow.alert.firing",
+                             resource_id=f"prefect.work-pool.{pool}", labels=labels)
+                assert up["outcome"] == "succeeded", up
+                assert up["live_workers"] == ["replica-0"] and up["target_workers"] == 3, up
+                assert fake_cluster["replicas"][("planflow", "prefect-worker")] == 3
+                assert client.read_work_pool(pool).concurrency_limit == 3
+                early = rescale(event="planflow.alert.resolved", work_pool=pool, labels=labels)
+                assert early["outcome"] == "skipped" and "3 run(s) still wait" in early["reason"], early
+                assert fake_cluster["replicas"][("planflow", "prefect-worker")] == 3  # backlog first
+                from prefect.states import Cancelled
 
-            for run in runs:  # the backlog is gone (no cluster here runs them)
-                client.set_flow_run_state(run.id, Cancelled(message="test: backlog drained"), force=True)
-            down = rescale(event="planflow.alert.resolved", work_pool=pool, labels=labels)
-            assert down["outcome"] == "succeeded", down
-            assert down["stopped"] == ["planflow/prefect-worker"], down
-            assert fake_cluster["replicas"][("planflow", "prefect-worker")] == 1
-            assert client.read_work_pool(pool).concurrency_limit == 1
-    finally:
-        original.save(route_name(alert), overwrite=True)
-        with get_client(sync_client=True) as client:
-            client.delete_work_pool(pool)
+                for run in runs:  # the backlog is gone (no cluster here runs them)
+                    client.set_flow_run_state(run.id, Cancelled(message="test: backlog drained"), force=True)
+                down = rescale(event="planflow.alert.resolved", work_pool=pool, labels=labels)
+                assert down["outcome"] == "succeeded", down
+                assert down["stopped"] == ["planflow/prefect-worker"], down
+                assert fake_cluster["replicas"][("planflow", "prefect-worker")] == 1
+                assert client.read_work_pool(pool).concurrency_limit == 1
+        finally:
+            with get_client(sync_client=True) as client:
+                client.delete_work_pool(pool)
 
 
 def test_kube_scale_live_cluster():

@@ -7,9 +7,8 @@ from __future__ import annotations
 import os
 import uuid
 
-import pytest
-
-from tests.remediation.conftest import FLAKY_PIPELINES, create_process_pool, deploy_flaky, wait_until
+from tests.remediation.conftest import (FLAKY_PIPELINES, create_process_pool, deploy_flaky, route_override,
+                                        wait_until)
 
 
 def _alive(pid: int) -> bool:
@@ -26,52 +25,46 @@ def _alive(pid: int) -> bool:
 def test_rescale_within_bounds_then_back_down(registered_blocks, monkeypatch):
     from prefect.client.orchestration import get_client
 
-    from blocks.alert_route import AlertRoute, ensure_routes, load_route, route_name
+    from blocks.alert_route import Guard
     from flows.remediation import live_workers, rescale
 
     monkeypatch.setenv("PLANFLOW_PIPELINES", FLAKY_PIPELINES)
-    ensure_routes()
     alert = "PlanflowLateRunBacklog"
-    original = load_route(alert)
-    AlertRoute(alertname=alert, action="rescale", max_attempts=3, cooldown_seconds=300, rate_limit=10,
-               min_workers=1, max_workers=1, max_concurrency=2).save(route_name(alert), overwrite=True)
     pool = f"rs-{uuid.uuid4().hex[:6]}"
     create_process_pool(pool, concurrency_limit=1)
     deployment = deploy_flaky(f"remediation-flaky-{pool}", pool, ["planflow", "process"])
     labels = {"alertname": alert, "work_pool": pool, "work_queue": "default"}
     started_pids: list[int] = []
-    try:
-        with get_client(sync_client=True) as client:
-            runs = [client.create_flow_run_from_deployment(deployment.id, parameters={"params": {"seed": i}})
-                    for i in range(3)]
-            result = rescale(event_id=str(uuid.uuid4()), event="planflow.alert.firing",
-                             resource_id=f"prefect.work-pool.{pool}", labels=labels)
-            assert result["outcome"] == "succeeded", result
-            assert result["backlog_runs"] == 3
-            assert result["makespan_with_n_plus_1_s"] < result["makespan_with_n_s"], result
-            assert client.read_work_pool(pool).concurrency_limit == 2
-            assert len(result["started"]) == 1
-            ledger = __import__("blocks.alert_route", fromlist=["Guard"]).Guard(load_route(alert)).ledger(
-                f"rescale:{pool}")
-            started_pids = [w["pid"] for w in ledger["workers"]]
-            wait_until(lambda: live_workers(client, pool), 60, what="the started worker's heartbeat")
+    with route_override(alert, action="rescale", max_attempts=3, cooldown_seconds=300, rate_limit=10,
+                        min_workers=1, max_workers=1, max_concurrency=2) as route:
+        try:
+            with get_client(sync_client=True) as client:
+                runs = [client.create_flow_run_from_deployment(deployment.id, parameters={"params": {"seed": i}})
+                        for i in range(3)]
+                result = rescale(event_id=str(uuid.uuid4()), event="planflow.alert.firing",
+                                 resource_id=f"prefect.work-pool.{pool}", labels=labels)
+                assert result["outcome"] == "succeeded", result
+                assert result["backlog_runs"] == 3
+                assert result["makespan_with_n_plus_1_s"] < result["makespan_with_n_s"], result
+                assert client.read_work_pool(pool).concurrency_limit == 2
+                assert len(result["started"]) == 1
+                ledger = Guard(route).ledger(f"rescale:{pool}")
+                started_pids = [w["pid"] for w in ledger["workers"]]
+                wait_until(lambda: live_workers(client, pool), 60, what="the started worker's heartbeat")
 
-            again = rescale(event="planflow.alert.firing", work_pool=pool, labels=labels)
-            assert again["outcome"] == "skipped" and "max_workers" in again["reason"], again  # bound
+                again = rescale(event="planflow.alert.firing", work_pool=pool, labels=labels)
+                assert again["outcome"] == "skipped" and "max_workers" in again["reason"], again  # bound
 
-            for run in runs:
-                wait_until(lambda r=run: client.read_flow_run(r.id).state.is_final(), 180, 1,
-                           what="the backlog to drain")
-            assert all(client.read_flow_run(r.id).state.is_completed() for r in runs)
+                for run in runs:
+                    wait_until(lambda r=run: client.read_flow_run(r.id).state.is_final(), 180, 1,
+                               what="the backlog to drain")
+                assert all(client.read_flow_run(r.id).state.is_completed() for r in runs)
 
-            down = rescale(event="planflow.alert.resolved", work_pool=pool, labels=labels)
-            assert down["outcome"] == "succeeded", down
-            assert client.read_work_pool(pool).concurrency_limit == 1
-            assert not any(_alive(pid) for pid in started_pids)
-    finally:
-        original.save(route_name(alert), overwrite=True)
-        from flows.remediation import stop_worker
-
-        for pid in started_pids:
-            if _alive(pid):
-                os.killpg(pid, 15)
+                down = rescale(event="planflow.alert.resolved", work_pool=pool, labels=labels)
+                assert down["outcome"] == "succeeded", down
+                assert client.read_work_pool(pool).concurrency_limit == 1
+                assert not any(_alive(pid) for pid in started_pids)
+        finally:
+            for pid in started_pids:
+                if _alive(pid):
+                    os.killpg(pid, 15)

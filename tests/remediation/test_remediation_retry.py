@@ -4,8 +4,6 @@ the process worker and completes, with the components finished before read back 
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from tests.remediation.conftest import deploy_flaky, wait_until
@@ -33,7 +31,7 @@ def _remediation_events(flow_run_id: str, phase: str = "outcome") -> list[dict]:
 def test_failed_or_crashed_run_is_retried_once_and_finished_components_are_cached(
         flaky_deployment, tmp_path, how):
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, TaskRunFilter
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     marker = tmp_path / f"first-attempt-{how}"
     with get_client(sync_client=True) as client:
