@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -76,6 +77,7 @@ def test_docker_worker_killed_mid_run_fails_over_to_the_process_pool(docker_setu
             wait_until(lambda: remediation_settled(client), 120, 1, what="earlier remediation runs to finish")
 
             client.update_work_pool("docker", WorkPoolUpdate(is_paused=False))
+            since = datetime.now(timezone.utc) - timedelta(seconds=2)
             first = client.create_flow_run_from_deployment(docker_dep.id, parameters=params)
             try:
                 wait_until(lambda: client.read_flow_run(first.id).state.type.value in ("RUNNING", "COMPLETED"),
@@ -89,10 +91,15 @@ def test_docker_worker_killed_mid_run_fails_over_to_the_process_pool(docker_setu
             worker.wait(timeout=10)
         stuck = client.create_flow_run_from_deployment(docker_dep.id, parameters=params)
 
-        wait_until(lambda: client.read_work_pool("docker").is_paused, 180, 2,
-                   what="the failover automation to pause the docker pool (alert path)")
-        wait_until(lambda: client.read_flow_run(stuck.id).state.type.value == "CANCELLED", 60, 1,
-                   what="the stuck run to be cancelled")
+        from monitoring.heal import HealError, wait_about
+
+        try:  # on a timeout, say what the alerts and remediations about the pool did
+            wait_about("docker", since, lambda: client.read_work_pool("docker").is_paused, 180,
+                       "the failover automation to pause the docker pool (alert path)", 2)
+            wait_about("docker", since, lambda: client.read_flow_run(stuck.id).state.type.value == "CANCELLED",
+                       60, "the stuck run to be cancelled", 1)
+        except HealError as exc:
+            pytest.fail(str(exc))
         from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
 
         def moved():
