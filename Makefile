@@ -57,10 +57,10 @@ deploy: $(STAMP)
 	eval "$$($(BIN)/planflow env)" && $(BIN)/prefect --no-prompt deploy --prefect-file deployments/prefect.yaml --all
 
 dashboards: $(STAMP)
-	$(BIN)/python -m grafana.generate --check
+	$(BIN)/planflow grafana check
 
 rules: $(STAMP)
-	$(BIN)/python -m monitoring.prometheus.generate --check
+	$(BIN)/python -m planflow.monitoring.rules --check
 
 clean: stop
 	rm -rf $(VENV) .planflow .pytest_cache

@@ -31,6 +31,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from planflow import to_flow
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -89,8 +90,8 @@ def synthetic_pipeline(rate: float, seed: int = 42):
     them fit beside training (only jobs of <= 1 GiB) and which must wait for the chain's
     lighter steps, so packing matters too.  Pool: 2 cores, 3 GiB.
     """
-    from flows.component import component
-    from flows.pipeline import Pipeline, Step
+    from planflow.core.component import component
+    from planflow.core.pipeline import Pipeline, Step
 
     rng = random.Random(seed)
     steps: list[Step] = []
@@ -133,7 +134,7 @@ def main(argv: list[str] | None = None) -> dict:
     from bench.tempserver import TempServer
 
     with TempServer("dispatch"):  # before Prefect is imported
-        from blocks import ResourcePool, ensure_defaults
+        from planflow.prefect.blocks import ResourcePool, ensure_defaults
 
         ensure_defaults()
         ResourcePool(work_pool="local-process", cpu=CAPACITY["cpu"],
@@ -147,14 +148,14 @@ def _rounds(count: int):
     rate = _units_per_second()
     pipeline = synthetic_pipeline(rate)
     assert len(pipeline.steps) == 30, len(pipeline.steps)
-    flow = pipeline.flow()
-    flow(params={}, policy="fifo", local_pool=POOL)  # warm-up: durations for the estimates
+    flow = to_flow(pipeline)
+    flow(policy="fifo", local_pool=POOL)  # warm-up: durations for the estimates
     rounds = []
     for r in range(count):
         order = ("plan", "fifo") if r % 2 == 0 else ("fifo", "plan")
         result = {}
         for policy in order:
-            result[policy] = flow(params={}, policy=policy, local_pool=POOL)
+            result[policy] = flow(policy=policy, local_pool=POOL)
         plan = result["plan"]["plan"]
         rounds.append({
             "planned_makespan_s": plan["makespan_s"],

@@ -31,7 +31,7 @@ RESULTS = ROOT / "bench" / "results"
 
 from bench import percentile  # noqa: E402
 from bench.tempserver import TempServer  # noqa: E402  (imports no Prefect)
-from planflow.stack import free_port  # noqa: E402
+from planflow.ops.server import free_port  # noqa: E402
 
 # Point Prefect at a server of our own before anything imports it.
 SERVER = TempServer("monitoring")
@@ -39,8 +39,8 @@ SERVER = TempServer("monitoring")
 import httpx  # noqa: E402
 from prometheus_client import CollectorRegistry  # noqa: E402
 
-from monitoring import services  # noqa: E402
-from monitoring.metrics import RunRecorder  # noqa: E402
+from planflow.ops import services  # noqa: E402
+from planflow.monitoring.metrics import RunRecorder  # noqa: E402
 
 API = os.environ["PREFECT_API_URL"]
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -18,12 +19,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # allow `python bench/bench_planner.py`
     sys.path.insert(0, str(ROOT))
 
-from planner import PlannerOptions, plan_violations, solve  # noqa: E402
-from planner.generate import random_pipeline  # noqa: E402
-from planner.heuristics import rule_lists, priorities, serial_sgs  # noqa: E402
-from planner.instance import compile_problem  # noqa: E402
-from planner.psplib import psplib_dir, read_optima, read_psplib, write_csv  # noqa: E402
-from planner.problem import validate_problem  # noqa: E402
+from planflow.planner import PlannerOptions, plan_violations, solve  # noqa: E402
+from planflow.planner.generate import random_pipeline  # noqa: E402
+from planflow.planner.heuristics import rule_lists, priorities, serial_sgs  # noqa: E402
+from planflow.planner.instance import compile_problem  # noqa: E402
+from planflow.planner.psplib import read_optima, read_psplib, write_csv  # noqa: E402
+from planflow.planner.problem import validate_problem  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 
@@ -184,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
                          "(<out>_j30.csv, <out>_mm_j10.csv, <out>.json) instead of running")
     a = ap.parse_args(argv)
     skip = set(filter(None, a.skip.split(",")))
-    d = psplib_dir()
+    d = Path(os.environ.get("PLANFLOW_PSPLIB_DIR") or ROOT.parent / "shared" / "psplib")
     res: dict = {"solver": a.solver, "time_limit_s": a.time_limit, "note": a.note}
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -46,13 +46,14 @@ RESULTS = ROOT / "bench" / "results"
 
 from bench import percentile  # noqa: E402
 from bench.tempserver import TempServer  # noqa: E402  (imports no Prefect)
-from planflow.stack import free_port  # noqa: E402
+from planflow.ops.server import free_port  # noqa: E402
 
 # Point Prefect at a server of our own before anything imports it.
 SERVER = TempServer("remediation")
 HOME = SERVER.home
 
-from monitoring import automations, services  # noqa: E402
+from planflow.remediation import automations  # noqa: E402
+from planflow.ops import services  # noqa: E402
 
 
 def _ts(value) -> float | None:
@@ -79,10 +80,10 @@ def trial(kind: str, bridge: str, token: str, timeout: float = 60.0) -> dict:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
 
-    from planflow.jobvars import load_template
+    from planflow.prefect.jobvars import load_template
     from tests.remediation.alerts import alert, post
 
-    from blocks import ResourcePool
+    from planflow.prefect.blocks import ResourcePool
 
     pool = f"bench-{kind}-{uuid.uuid4().hex[:6]}"
     ResourcePool(work_pool=pool, cpu=1, mem_gib=1, backup_pool="local").save(pool)
@@ -131,11 +132,11 @@ def main() -> int:
     try:
         ports = {name: free_port() for name in services.ORDER}
         started = services.up(paths, profile="fast", ports=ports)
-        from blocks import ensure_defaults
+        from planflow.prefect.blocks import ensure_defaults
 
         ensure_defaults()
         automations.apply()
-        from blocks.alert_route import load_route, route_name
+        from planflow.prefect.blocks.alert_route import load_route, route_name
 
         for alert_name in ("PlanflowWorkerHeartbeatStale", "PlanflowWorkPoolNotReady"):
             # one pool per trial, many trials a minute: lift the route's rate limit
@@ -143,7 +144,7 @@ def main() -> int:
                 route_name(alert_name), overwrite=True)
         from tests.remediation.alerts import bridge_token
         from tests.remediation.conftest import wait_until
-        from planflow.workers import start_worker, stop_process, worker_seen
+        from planflow.ops.workers import start_worker, stop_process, worker_seen
 
         token = bridge_token(paths)
         env = {**os.environ, "PLANFLOW_PUSHGATEWAY_URL": started["pushgateway"].url}

@@ -16,7 +16,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from planflow.stack import free_port  # imports no Prefect
+from planflow.ops.server import free_port  # imports no Prefect
 
 
 class TempServer:
@@ -26,7 +26,7 @@ class TempServer:
         os.environ.update(PLANFLOW_HOME=str(self.home), PREFECT_API_URL=f"http://127.0.0.1:{self.port}/api",
                           PREFECT_SERVER_ANALYTICS_ENABLED="false")
         os.environ.pop("PLANFLOW_BRIDGE_TOKEN", None)
-        from planflow.config import StatePaths, apply_client_env
+        from planflow.settings import StatePaths, apply_client_env
 
         self.paths = StatePaths(self.home)
         apply_client_env(self.paths)
@@ -39,12 +39,12 @@ class TempServer:
         self.stop()
 
     def start(self) -> None:
-        from planflow import stack
+        from planflow.ops import server as stack
 
         stack.up(self.paths, port=self.port)
 
     def stop(self) -> None:
-        from planflow import stack
+        from planflow.ops import server as stack
 
         try:
             from prefect.events.worker import EventsWorker

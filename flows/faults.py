@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from flows.component import component
+from planflow import component
 
 
 @component(cpu=0.5, mem_gib=0.25, est_seconds=0.5)

@@ -4,8 +4,8 @@
 #   1. planflow-base:bookworm  a minimal Debian bookworm (python3, venv, CA certificates)
 #                              made with debootstrap and `docker import`; built once and
 #                              reused (delete it, or set REBUILD_BASE=1, to rebuild).
-#   2. planflow:dev (+ planflow:<version>)  deployments/Dockerfile on that base: the
-#                              project in /opt/planflow, its pinned dependencies in
+#   2. planflow:dev (+ planflow:<version>)  deployments/Dockerfile on that base: planflow
+#                              installed from src/, the project in /opt/planflow, its pinned dependencies in
 #                              /opt/venv (resolved inside the image: Debian's Python 3.11.2).
 #
 # Usage: scripts/build-image.sh [TAG]       (default planflow:dev; also tags the version)
@@ -52,8 +52,8 @@ context="$(mktemp -d /tmp/planflow-context.XXXXXX)"
 trap 'rm -rf "$context"' EXIT
 # Only what the image needs: no .venv, no state folder, no caches.
 (cd "$ROOT" && tar -c --exclude='__pycache__' --exclude='*.pyc' \
-   pyproject.toml constraints.txt README.md deployments planflow flows blocks planner \
-   $( [ -d monitoring ] && echo monitoring ) $( [ -d pipelines ] && echo pipelines )) \
+   pyproject.toml constraints.txt README.md src deployments flows \
+   $(for d in blocks monitoring pipelines; do [ -d "$d" ] && echo "$d"; done)) \
   | tar -C "$context" -x
 cp "$CA_BUNDLE" "$context/ca-certificates.crt"
 

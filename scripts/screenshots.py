@@ -23,6 +23,7 @@ import time
 import urllib.request
 from pathlib import Path
 from typing import Any
+from planflow import to_flow
 
 ROOT = Path(__file__).resolve().parents[1]
 PIPELINE = "predictive-maintenance"
@@ -127,8 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
 
     sys.path.insert(0, str(ROOT))
-    from planflow.config import StatePaths, apply_client_env, server_url
-    from planflow.stack import free_port
+    from planflow.settings import StatePaths, apply_client_env, server_url
+    from planflow.ops.server import free_port
 
     home = Path(tempfile.mkdtemp(prefix="planflow-screenshots-"))
     port = free_port()
@@ -138,26 +139,26 @@ def main(argv: list[str] | None = None) -> int:
     paths = StatePaths(home)
     apply_client_env(paths)  # before anything imports Prefect
 
-    from planflow import stack
+    from planflow.ops import server as stack
 
     api = os.environ["PREFECT_API_URL"]
     ui = ui_base(api)
     services = None
     try:
         stack.up(paths, port=port)
-        from blocks import ensure_defaults
-        from flows import registry
+        from planflow.prefect.blocks import ensure_defaults
+        from planflow.core import discovery as registry
 
         ensure_defaults()
         if not args.no_alert:
-            from monitoring import services as services_module
+            from planflow.ops import services as services_module
 
             services = services_module
             ports = {name: free_port() for name in services.ORDER}
             started = services.up(paths, profile="fast", ports=ports)
             os.environ["PLANFLOW_PUSHGATEWAY_URL"] = started["pushgateway"].url
 
-        registry.get(PIPELINE).flow()(params=SMALL_PARAMS)
+        to_flow(registry.get(PIPELINE))(**SMALL_PARAMS)
         run_id = _latest_flow_run(api, PIPELINE)
         shoot(flow_run_url(ui, run_id), args.out / f"{PIPELINE}-flow-run.png", args.max_kb)
         for what in ("plan-figures", "planned-vs-actual"):
@@ -168,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
 
         if services is not None:
             try:
-                registry.get("demo-failure").flow()(params={})
+                to_flow(registry.get("demo-failure"))(**{})
             except Exception:
                 pass  # it fails on purpose; its failure raises the alert
             deadline = time.monotonic() + 90

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from planflow.stack import free_port  # noqa: E402  (no Prefect import behind it)
+from planflow.ops.server import free_port  # noqa: E402  (no Prefect import behind it)
 
 
 _HOME = Path(tempfile.mkdtemp(prefix="planflow-test-"))
@@ -22,18 +22,19 @@ os.environ["PLANFLOW_HOME"] = str(_HOME)
 os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{_PORT}/api"
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-from planflow.config import StatePaths, apply_client_env  # noqa: E402
+from planflow.settings import StatePaths, apply_client_env  # noqa: E402
 
 apply_client_env(StatePaths(_HOME))
 
 TESTS = Path(__file__).parent
 IN_CI = os.environ.get("CI", "").lower() == "true"
+SHARED_PSPLIB = TESTS.parent.parent / "shared" / "psplib"  # never copied into the repository
 
 
 @pytest.fixture(scope="session")
 def prefect_server():
     """A real Prefect server on SQLite, started once per session and stopped after."""
-    from planflow import stack
+    from planflow.ops import server as stack
 
     paths = StatePaths(_HOME)
     state = stack.up(paths, port=_PORT)
@@ -49,7 +50,7 @@ def prefect_server():
 
 @pytest.fixture(scope="session")
 def registered_blocks(prefect_server):
-    from blocks import ensure_defaults
+    from planflow.prefect.blocks import ensure_defaults
 
     ensure_defaults()
     return prefect_server
@@ -67,9 +68,7 @@ def cli_env(prefect_server) -> dict[str, str]:
 def psplib() -> Path:
     """The PSPLIB folder (../shared/psplib or PLANFLOW_PSPLIB_DIR); missing data fails
     under CI=true and skips elsewhere."""
-    from planner.psplib import psplib_dir
-
-    folder = psplib_dir()
+    folder = Path(os.environ.get("PLANFLOW_PSPLIB_DIR") or SHARED_PSPLIB)
     if not (folder / "j30" / "j301_1.sm").exists():
         message = f"PSPLIB data not found at {folder} (set PLANFLOW_PSPLIB_DIR)"
         if IN_CI:
@@ -88,7 +87,7 @@ def monitoring_stack(prefect_server):
     need_binary("prometheus")
     need_binary("prometheus-alertmanager", "alertmanager")
     need_binary("prometheus-pushgateway", "pushgateway")
-    from monitoring import services
+    from planflow.ops import services
 
     paths = StatePaths(Path(tempfile.mkdtemp(prefix="planflow-monitoring-")))
     ports = {name: port() for name in services.ORDER}
@@ -121,6 +120,6 @@ def docker_image() -> str:
 def work_pools(prefect_server) -> list[str]:
     """planflow's three work pools on the test server (no ResourcePool blocks: other
     tests plan over the pools that exist)."""
-    from planflow.workpools import apply_work_pools
+    from planflow.prefect.workpools import apply_work_pools
 
     return apply_work_pools(resource_pools=False)

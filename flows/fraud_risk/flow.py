@@ -4,9 +4,9 @@ Resource specs are measured at default parameters on a 2-core machine
 (peak RSS ~0.3 GiB; `features` uses polars' threads), rounded up.
 """
 
-from flows.component import component
+from planflow import Pipeline, component, to_flow
+
 from flows.fraud_risk import steps
-from flows.pipeline import Pipeline
 
 transactions = component(steps.transactions, cpu=1, mem_gib=0.5, est_seconds=1.5)
 features = component(steps.features, cpu=2, mem_gib=0.75, est_seconds=1.0)
@@ -20,4 +20,4 @@ pipeline = Pipeline(
     description="Card fraud: transaction features with polars, a gradient-boosted risk "
     "model (holdout ROC AUC), and a cost-minimising approve/review/decline policy.",
 )
-fraud_risk = pipeline.flow()
+fraud_risk = to_flow(pipeline)

@@ -5,9 +5,9 @@ Resource specs are measured at default parameters on a 2-core machine
 (peak RSS ~0.15 GiB), rounded up.
 """
 
-from flows.component import component
+from planflow import Pipeline, component, to_flow
+
 from flows.image_classification import steps
-from flows.pipeline import Pipeline
 
 digits = component(steps.digits, cpu=1, mem_gib=0.25, est_seconds=0.5)
 preprocessed = component(steps.preprocessed, cpu=1, mem_gib=0.25, est_seconds=0.5)
@@ -20,4 +20,4 @@ pipeline = Pipeline(
     description="Digits (8x8 images bundled with scikit-learn): shift augmentation, "
     "stratified split, SVM training and batched inference with test accuracy.",
 )
-image_classification = pipeline.flow()
+image_classification = to_flow(pipeline)

@@ -5,8 +5,8 @@ Resource specs are measured at default parameters on a 2-core machine
 (peak RSS ~0.25 GiB), rounded up.
 """
 
-from flows.component import component
-from flows.pipeline import Pipeline
+from planflow import Pipeline, component, to_flow
+
 from flows.predictive_maintenance import steps
 
 sensor_readings = component(steps.sensor_readings, cpu=1, mem_gib=0.5, est_seconds=0.5)
@@ -21,4 +21,4 @@ pipeline = Pipeline(
     description="Production-line maintenance: sensor features, anomaly detection and "
     "remaining-useful-life regression in parallel, joined into a crew-limited maintenance plan.",
 )
-predictive_maintenance = pipeline.flow()
+predictive_maintenance = to_flow(pipeline)

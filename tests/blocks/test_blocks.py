@@ -8,10 +8,10 @@ import pytest
 from pydantic import ValidationError
 
 import toy_dags
-from blocks import PlannerSettings, ResourcePool, ensure_defaults, load_pools, local_pool_from_machine
-from flows.component import component
-from flows.pipeline import Pipeline
-from flows.planning import PoolError, allowed_pools, greedy_assignments
+from planflow.prefect.blocks import PlannerSettings, ResourcePool, ensure_defaults, load_pools, local_pool_from_machine
+from planflow.core.component import component
+from planflow.core.pipeline import Pipeline
+from planflow.runtime.planning import PoolError, allowed_pools, greedy_assignments
 
 
 def test_local_pool_is_sized_from_this_machine():

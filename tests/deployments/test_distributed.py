@@ -12,9 +12,10 @@ from uuid import UUID
 
 import pytest
 
-from flows import registry
-from flows.runner import PipelineRunError
+from planflow.core import discovery as registry
+from planflow.runtime.runner import PipelineRunError
 from tests.deployments.conftest import PREFECT, PREFECT_FILE, ROOT, run_cli
+from planflow import to_flow
 
 pytestmark = pytest.mark.usefixtures("registered_blocks")
 
@@ -31,7 +32,7 @@ def component_deployments(work_pools):
 @contextmanager
 def worker(pool: str, kind: str):
     """A real `prefect worker start`, polling every second, until the block ends."""
-    from planflow.workpools import worker_online
+    from planflow.prefect.workpools import worker_online
 
     env = dict(os.environ, PREFECT_WORKER_QUERY_SECONDS="1", PREFECT_WORKER_HEARTBEAT_SECONDS="5")
     process = subprocess.Popen([PREFECT, "worker", "start", "--pool", pool, "--type", kind],
@@ -64,7 +65,7 @@ def test_every_component_runs_as_a_linked_flow_run_on_the_process_pool(component
     pipeline = registry.get("image-classification")
     started = time.time()
     with worker("local-process", "process"):
-        result = pipeline.flow()(params={"augment": 0, "test_size": 0.5}, mode="distributed")
+        result = to_flow(pipeline)(**{"augment": 0, "test_size": 0.5}, mode="distributed")
     assert result["mode"] == "distributed"
     assert {s["state"] for s in result["steps"].values()} == {"Completed"}
     assert {s["pool"] for s in result["steps"].values()} == {"local"}  # the only pool with a worker
@@ -78,14 +79,14 @@ def test_every_component_runs_as_a_linked_flow_run_on_the_process_pool(component
 def test_a_failed_child_fails_the_parent_with_the_childs_error(component_deployments):
     with worker("local-process", "process"):
         with pytest.raises(PipelineRunError) as caught:
-            registry.get("demo-failure").flow()(mode="distributed")
+            to_flow(registry.get("demo-failure"))(mode="distributed")
     message = str(caught.value)
     assert "step 'broken_step' of pipeline 'demo-failure' failed: ChildRunError" in message
     assert "injected failure: this step always fails" in message
 
 
 def test_a_pool_without_worker_or_deployment_is_named_with_what_to_run(component_deployments):
-    from flows.distributed import DeploymentMissingError, check_ready, readiness
+    from planflow.runtime.distributed import DeploymentMissingError, check_ready, readiness
 
     ready, problems = readiness({"kubernetes"})  # exists; no component deployment, no worker
     assert ready == {}
@@ -97,10 +98,10 @@ def test_a_pool_without_worker_or_deployment_is_named_with_what_to_run(component
 
 def test_a_child_nobody_picks_up_is_cancelled_with_what_to_run(component_deployments, monkeypatch):
     """The worker is gone after the readiness check: the run fails instead of waiting forever."""
-    from flows.distributed import ChildRunError, _child
+    from planflow.runtime.distributed import ChildRunError, _child
 
     monkeypatch.setenv("PLANFLOW_PICKUP_TIMEOUT_SECONDS", "3")
-    parameters = {"pipeline": "image-classification", "step": "digits", "params": {},
+    parameters = {"pipeline": "flows.image_classification.flow:pipeline", "step": "digits", "params": {},
                   "inputs": {}, "run_key": "orphan"}
     with pytest.raises(ChildRunError) as caught:
         _child("run-component/local-process", parameters, {}, "orphan.digits", "local-process")
@@ -109,14 +110,14 @@ def test_a_child_nobody_picks_up_is_cancelled_with_what_to_run(component_deploym
 
 
 def test_predictive_maintenance_across_the_process_and_docker_pools(component_deployments, docker_image):
-    from blocks import ResourcePool
+    from planflow.prefect.blocks import ResourcePool
 
     ResourcePool(work_pool="docker", cpu=2, mem_gib=4).save("docker", overwrite=True)
     started = time.time()
     containers: list[str] = []
     try:
         with worker("local-process", "process"), worker("docker", "docker"):
-            result = registry.get("predictive-maintenance-two-pools").flow()(params=SMALL_PM, mode="distributed")
+            result = to_flow(registry.get("predictive-maintenance-two-pools"))(**SMALL_PM, mode="distributed")
         steps = result["steps"]
         assert {s["state"] for s in steps.values()} == {"Completed"}
         assert steps["anomaly_model"]["pool"] == "docker" and steps["rul_model"]["pool"] == "local"

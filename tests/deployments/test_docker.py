@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from planflow.config import StatePaths
-from planflow.jobvars import job_variables
-from planflow.workpools import WorkPoolError, require_image
+from planflow.settings import StatePaths
+from planflow.prefect.jobvars import job_variables
+from planflow.prefect.workpools import WorkPoolError, require_image
 from tests.deployments.conftest import PREFECT, PREFECT_FILE, docker_problem, run_cli, skip_or_fail, wait_for_final_state
 
 
@@ -53,7 +53,7 @@ def test_flow_run_in_a_container_with_the_planned_limits(docker_image, work_pool
                     volumes=[f"{results}:{results}"],
                     env={"PREFECT_LOCAL_STORAGE_PATH": str(results)})
     flow_run = run_deployment("image-classification/image-classification-docker",
-                              parameters={"params": {"augment": 0, "test_size": 0.5}},
+                              parameters={"augment": 0, "test_size": 0.5},
                               job_variables=job_vars, timeout=0)
     container = None
     try:

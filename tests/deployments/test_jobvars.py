@@ -8,7 +8,7 @@ import json
 import kubernetes_validate
 import pytest
 
-from planflow.jobvars import (
+from planflow.prefect.jobvars import (
     GPU_NODE_SELECTOR,
     JobVariablesError,
     check_against_template,

@@ -14,7 +14,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from planflow.jobvars import job_variables, load_template, render_kubernetes_job
+from planflow.prefect.jobvars import job_variables, load_template, render_kubernetes_job
 from tests.deployments.conftest import PREFECT, PREFECT_FILE, ROOT, run_cli, wait_for_final_state
 
 K8S_VERSION = "1.30.0"
@@ -51,10 +51,10 @@ def by_kind_name(kind: str, name: str) -> dict:
 
 def test_exporter_and_bridge_run_the_project_modules():
     exporter = by_kind_name("Deployment", "planflow-exporter")["spec"]["template"]["spec"]["containers"][0]
-    assert exporter["command"][:3] == ["python", "-m", "monitoring.exporter"]
+    assert exporter["command"][:3] == ["python", "-m", "planflow.monitoring.exporter"]
     assert "9464" in exporter["command"] and exporter["ports"][0]["containerPort"] == 9464
     bridge = by_kind_name("Deployment", "planflow-bridge")["spec"]["template"]["spec"]["containers"][0]
-    assert bridge["command"][:3] == ["python", "-m", "monitoring.bridge"]
+    assert bridge["command"][:3] == ["python", "-m", "planflow.monitoring.bridge"]
     assert bridge["ports"][0]["containerPort"] == 9465
     token = next(e for e in bridge["env"] if e["name"] == "PLANFLOW_BRIDGE_TOKEN")
     assert token["valueFrom"]["secretKeyRef"] == {"name": "planflow-bridge-token", "key": "token"}
@@ -146,7 +146,7 @@ def test_pipeline_runs_on_a_real_cluster(cluster, work_pools):
     job_vars = job_variables("kubernetes", cpu=1, gpu=0, mem_gib=1, image=image)
     job_vars["env"] = {"PREFECT_API_URL": api_url}
     flow_run = run_deployment("image-classification/image-classification-kubernetes",
-                              parameters={"params": {"augment": 0, "test_size": 0.5}},
+                              parameters={"augment": 0, "test_size": 0.5},
                               job_variables=job_vars, timeout=0)
     worker = run_cli([PREFECT, "worker", "start", "--pool", "kubernetes", "--type", "kubernetes",
                       "--run-once"], timeout=600)

@@ -4,13 +4,14 @@ pool; `prefect deploy --all` against the real server; a process worker runs one.
 from __future__ import annotations
 
 import ast
+from importlib.util import find_spec
 import subprocess
 import sys
 
 import pytest
 import yaml
 
-from planflow.workpools import POOLS
+from planflow.prefect.workpools import POOLS
 from tests.deployments.conftest import PREFECT, PREFECT_FILE, ROOT, run_cli, wait_for_final_state
 
 PIPELINES = {
@@ -18,7 +19,7 @@ PIPELINES = {
     "predictive-maintenance": "flows/predictive_maintenance/flow.py:predictive_maintenance",
     "image-classification": "flows/image_classification/flow.py:image_classification",
 }
-COMPONENT_FLOW = "flows/component_flow.py:run_component"
+COMPONENT_FLOW = "planflow.runtime.component_flow:run_component"
 
 
 def deployment_name(flow: str, pool: str) -> str:
@@ -43,6 +44,8 @@ def test_every_pipeline_on_every_pool(spec):
 def test_entrypoints_exist():
     for entrypoint in [*PIPELINES.values(), COMPONENT_FLOW]:
         path, function = entrypoint.split(":")
+        if not path.endswith(".py"):  # an import path into the installed planflow
+            path = find_spec(path).origin
         source = (ROOT / path).read_text()
         names = {n.id for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Assign)
                  for n in node.targets if isinstance(n, ast.Name)}
@@ -62,6 +65,13 @@ def test_containers_run_the_code_baked_into_the_image(spec):
             assert step["prefect.deployments.steps.set_working_directory"]["directory"] == "/opt/planflow"
 
 
+def client_schema(name: str) -> dict:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_deployment_by_name(name).parameter_openapi_schema
+
+
 def test_deploy_all_and_run_on_a_process_worker(deployed):
     """`prefect deploy --all`, then `prefect deployment run` and a process worker."""
     from prefect.client.orchestration import get_client
@@ -76,8 +86,20 @@ def test_deploy_all_and_run_on_a_process_worker(deployed):
     assert fraud.pull_steps == [{"prefect.deployments.steps.set_working_directory":
                                  {"directory": str(ROOT)}}]
 
+    # The Run form is typed: the pipeline's own parameters with types and defaults, and
+    # the run options as choices.
+    image = client_schema("image-classification/image-classification-process")
+    assert image["properties"]["augment"]["type"] == "integer"
+    assert image["properties"]["augment"]["default"] == 4
+    assert image["properties"]["test_size"]["type"] == "number"
+    assert image["properties"]["policy"]["enum"] == ["plan", "fifo"]
+    assert image["properties"]["mode"]["enum"] == ["inprocess", "distributed"]
+    refused = run_cli([PREFECT, "deployment", "run", "image-classification/image-classification-process",
+                       "--param", "augment=many"])
+    assert refused.returncode != 0 and "augment" in refused.stdout + refused.stderr
+
     started = run_cli([PREFECT, "deployment", "run", "image-classification/image-classification-process",
-                       "--param", 'params={"augment": 0, "test_size": 0.5}'])
+                       "--param", "augment=0", "--param", "test_size=0.5"])
     assert started.returncode == 0, started.stdout + started.stderr
     flow_run_id = next(line.split("UUID:")[1].strip() for line in started.stdout.splitlines()
                        if "UUID:" in line)
@@ -85,3 +107,4 @@ def test_deploy_all_and_run_on_a_process_worker(deployed):
     run = wait_for_final_state(flow_run_id, timeout=60)
     assert run.state.is_completed(), (
         f"flow run ended {run.state.type}: {run.state.message}\n{worker.stdout[-3000:]}\n{worker.stderr[-3000:]}")
+    assert {"planflow", "pipeline:image-classification"} <= set(run.tags)

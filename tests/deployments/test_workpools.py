@@ -8,9 +8,9 @@ import importlib.util
 import pytest
 from typer.testing import CliRunner
 
-from planflow import workpools
-from planflow.jobvars import load_template
-from planflow.workpools import WorkPoolError, apply_work_pools, require_pool, worker_status, workpools_app
+from planflow.prefect import workpools
+from planflow.prefect.jobvars import load_template
+from planflow.prefect.workpools import WorkPoolError, apply_work_pools, require_pool, worker_status, workpools_app
 
 
 def test_apply_creates_the_pools_with_planflows_templates(work_pools):
@@ -47,7 +47,7 @@ def test_apply_updates_a_changed_template(work_pools):
 
 
 def test_resource_pool_blocks_are_created_once(work_pools):
-    from blocks import ResourcePool
+    from planflow.prefect.blocks import ResourcePool
 
     def delete(name):
         from prefect.client.orchestration import get_client

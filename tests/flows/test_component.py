@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from prefect.tasks import Task
 
-from flows.component import ComponentSpecError, ResourceSpec, component
+from planflow.core.component import ComponentSpecError, ResourceSpec, component
 
 
 def test_component_is_a_prefect_task_with_its_spec():

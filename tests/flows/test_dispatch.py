@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from flows.dispatch import Assignment, CapacityError, dispatch
+from planflow.runtime.dispatch import Assignment, CapacityError, dispatch
 
 
 def _layered_dag(rng: random.Random, layers: int = 5, width: int = 6):

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from flows import registry
+from planflow.core import discovery as registry
+from planflow import to_flow
 
 pytestmark = [pytest.mark.usefixtures("registered_blocks"), pytest.mark.slow]
 
@@ -19,7 +20,7 @@ SMALL = {
 @pytest.mark.parametrize("name", sorted(SMALL), ids=sorted(SMALL))
 def test_example_pipeline_completes_with_its_quality_metric(name):
     pipeline = registry.get(name)
-    result = pipeline.flow()(params=SMALL[name])
+    result = to_flow(pipeline)(**SMALL[name])
     steps = result["steps"]
     assert list(steps) == pipeline.topological_order()
     assert {s["state"] for s in steps.values()} == {"Completed"}

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from flows.component import component
-from flows.pipeline import Pipeline, PipelineError, Step
+from planflow.core.component import component
+from planflow.core.pipeline import Pipeline, PipelineError, Step
 from tests.conftest import TESTS
 
 import toy_dags  # tests/fixtures is on sys.path (see conftest / pytest pythonpath)

@@ -5,12 +5,13 @@ from __future__ import annotations
 import pytest
 
 import toy_dags
-from flows.component import component
-from flows.history import Estimate, estimate
-from flows.pipeline import Pipeline
-from flows.planning import PoolError, build_problem, plan_pipeline
-from flows.runner import make_plan
-from planner import PlannerOptions, plan_violations
+from planflow.core.component import component
+from planflow.runtime.history import Estimate, estimate
+from planflow.core.pipeline import Pipeline
+from planflow.runtime.planning import PoolError, build_problem, plan_pipeline
+from planflow.runtime.runner import make_plan
+from planflow.planner import PlannerOptions, plan_violations
+from planflow import to_flow
 
 CAPACITY = {"cpu-pool": {"cpu": 2.0, "gpu": 0.0, "mem_gib": 8.0},
             "gpu-pool": {"cpu": 4.0, "gpu": 1.0, "mem_gib": 16.0}}
@@ -54,9 +55,9 @@ def test_an_impossible_demand_never_reaches_the_solver():
 @pytest.mark.usefixtures("registered_blocks")
 def test_estimates_are_learned_from_earlier_runs():
     pipeline = toy_dags.diamond
-    flow = pipeline.flow()
-    flow(params={"n": 2})
-    flow(params={"n": 2})
+    flow = to_flow(pipeline)
+    flow(n=2)
+    flow(n=2)
     after = make_plan(pipeline)
     source = after.source_of("total")
     assert source.startswith("history: median of"), source
@@ -64,7 +65,7 @@ def test_estimates_are_learned_from_earlier_runs():
     assert runs >= 2
     # the median of what the dispatcher recorded in the two runs' summaries (total sleeps
     # 0.1 s; the figure adds the orchestration around it), not the declared 0.2 s
-    from flows.history import summary_durations
+    from planflow.runtime.history import summary_durations
 
     seen = summary_durations(pipeline.name, ["total"], 10)
     [(pool, samples)] = [(p, v) for (s, p), v in seen.items() if s == "total"]

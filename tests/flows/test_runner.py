@@ -11,7 +11,8 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterId
 
 import toy_dags
-from flows.runner import PipelineRunError, add_listener
+from planflow.runtime.runner import PipelineRunError, add_listener
+from planflow import to_flow
 
 pytestmark = pytest.mark.usefixtures("registered_blocks")
 
@@ -34,7 +35,7 @@ def test_diamond_runs_with_progress_summary_and_totals():
     events = []
     remove = add_listener(lambda event, record: events.append((event, record.step)))
     try:
-        result = toy_dags.diamond.flow()(params={"n": 3})
+        result = to_flow(toy_dags.diamond)(**{"n": 3})
     finally:
         remove()
     assert result["params"] == {"n": 3, "factor": 2.0}
@@ -70,13 +71,13 @@ def _table(artifact):
 
 def test_a_failing_step_fails_the_run_naming_the_step():
     with pytest.raises(PipelineRunError) as caught:
-        toy_dags.failing.flow()(params={"n": 2})
+        to_flow(toy_dags.failing)(**{"n": 2})
     message = str(caught.value)
     assert "step 'broken' of pipeline 'toy-failing' failed: ValueError: cannot use 2 numbers" in message
 
 
 def test_a_retried_run_does_not_recompute_finished_components():
-    result = toy_dags.flaky_pair.flow()(params={"tag": "retry"})
+    result = to_flow(toy_dags.flaky_pair)(**{"tag": "retry"})
     assert result["steps"]["flaky"]["state"] == "Completed"
     home = __import__("os").environ["PLANFLOW_HOME"]
     from pathlib import Path
@@ -89,8 +90,8 @@ def test_a_retried_run_does_not_recompute_finished_components():
 
 
 def test_a_new_run_computes_afresh():
-    toy_dags.flaky_pair.flow()(params={"tag": "fresh"})
-    toy_dags.flaky_pair.flow()(params={"tag": "fresh"})
+    to_flow(toy_dags.flaky_pair)(**{"tag": "fresh"})
+    to_flow(toy_dags.flaky_pair)(**{"tag": "fresh"})
     from pathlib import Path
 
     assert Path(__import__("os").environ["PLANFLOW_HOME"], "count-expensive-fresh").read_text() == "2"

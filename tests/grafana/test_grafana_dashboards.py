@@ -6,17 +6,21 @@ from __future__ import annotations
 
 import copy
 import json
+from importlib.resources import files
 from pathlib import Path
 
 import jsonschema
 import pytest
 import yaml
 
-from grafana import generate, queries
-from grafana.dashboards import ALERTMANAGER_UID, PROMETHEUS_UID, UIDS, build_all
+from planflow.dashboards import generate
+from planflow.dashboards import queries
+from planflow.monitoring import rules as rules_module
+from planflow.dashboards.build import ALERTMANAGER_UID, PROMETHEUS_UID, UIDS, build_all
 
 ROOT = Path(__file__).resolve().parents[2]
-SCHEMA = json.loads((ROOT / "grafana" / "schema" / "dashboard.schema.json").read_text())
+SCHEMA = json.loads((files("planflow.dashboards") / "schema" / "dashboard.schema.json").read_text())
+RULES_DIR = rules_module.HERE
 MODELS = build_all()
 EXPECTED_UIDS = {"planflow-pipelines", "planflow-plan", "planflow-pools", "planflow-alerts"}
 
@@ -32,7 +36,7 @@ def test_the_four_dashboards_have_the_fixed_uids_the_alerts_link_to():
 
 
 def test_committed_json_equals_what_the_code_generates():
-    assert generate.stale_files() == [], "Fix: python -m grafana.generate"
+    assert generate.stale_files(ROOT / "grafana") == [], "Fix: planflow grafana generate"
     for uid, model in MODELS.items():
         assert json.loads((ROOT / "grafana" / "dashboards" / f"{uid}.json").read_text()) == model
 
@@ -59,7 +63,7 @@ def test_every_query_parses_and_reads_only_metrics_planflow_exposes(uid, known):
 
 
 def test_known_metrics_come_from_the_real_registries_not_a_list(known):
-    from monitoring.metrics import metric_catalog
+    from planflow.monitoring.metrics import metric_catalog
 
     # every declared metric is known, and the histogram/counter series names are derived
     assert set(metric_catalog()) <= set(known)
@@ -114,7 +118,7 @@ def test_panel_ids_are_unique_and_panels_fit_the_grid():
 
 @pytest.mark.parametrize("rules", ["rules.yml", "rules.fast.yml"])
 def test_every_alert_rule_links_to_an_existing_dashboard(rules):
-    document = yaml.safe_load((ROOT / "monitoring" / "prometheus" / rules).read_text())
+    document = yaml.safe_load((RULES_DIR / rules).read_text())
     alerts = [r for g in document["groups"] for r in g["rules"] if "alert" in r]
     assert alerts
     committed = {p.stem for p in (ROOT / "grafana" / "dashboards").glob("*.json")}
@@ -134,12 +138,14 @@ def test_provisioning_files_name_the_datasource_uids_and_the_dashboards_folder()
     assert provider["type"] == "file" and provider["options"]["path"]
 
 
-def test_generate_check_exits_nonzero_and_names_a_stale_file(tmp_path, monkeypatch, capsys):
-    for path in (ROOT / "grafana" / "dashboards").glob("*.json"):
-        (tmp_path / path.name).write_text(path.read_text())
-    (tmp_path / "planflow-plan.json").write_text("{}")
-    monkeypatch.setattr(generate, "DASHBOARDS_DIR", tmp_path)
-    assert generate.main(["--check"]) == 1
+def test_generate_writes_a_project_folder_and_check_names_a_stale_file(tmp_path, capsys):
+    out = tmp_path / "grafana"
+    assert generate.main(["--check", "--out", str(out)]) == 1  # an empty project: all missing
+    assert generate.main(["--out", str(out)]) == 0
+    assert (out / "provisioning" / "datasources" / "planflow.yaml").is_file()
+    assert generate.main(["--check", "--out", str(out)]) == 0
+    (out / "dashboards" / "planflow-plan.json").write_text("{}")
+    assert generate.main(["--check", "--out", str(out)]) == 1
     assert "planflow-plan.json" in capsys.readouterr().err
-    generate.main([])
-    assert generate.main(["--check"]) == 0
+    generate.main(["--out", str(out)])
+    assert generate.main(["--check", "--out", str(out)]) == 0

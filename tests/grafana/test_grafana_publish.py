@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from grafana import publish as pub
-from grafana.dashboards import UIDS
-from planflow.stack import free_port
+from planflow.dashboards import publish as pub
+from planflow.dashboards.build import UIDS
+from planflow.ops.server import free_port
 
 
 class FakeGrafana:
@@ -152,7 +152,7 @@ def test_datasource_urls_come_from_the_environment_with_loopback_defaults():
 def test_cli_publish_prints_the_error_and_exits_1():
     from typer.testing import CliRunner
 
-    from grafana.cli import grafana_app
+    from planflow.cli.grafana import grafana_app
 
     url = f"http://127.0.0.1:{free_port()}"
     result = CliRunner().invoke(grafana_app, ["publish", "--url", url, "--token", "t"])

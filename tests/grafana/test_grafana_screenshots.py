@@ -28,8 +28,8 @@ def test_urls_point_at_the_prefect_ui_pages():
 
 
 def test_artifact_keys_match_the_run_flow_and_filter_by_run():
-    from flows.runner import _artifact_key
-    from flows import registry
+    from planflow.runtime.runner import _artifact_key
+    from planflow.core import discovery as registry
 
     pipeline = registry.get("predictive-maintenance")
     for what in ("plan-figures", "planned-vs-actual"):

@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import httpx
 
-from monitoring.events import read_events  # noqa: F401  (re-exported for the tests)
+from planflow.monitoring.events import read_events  # noqa: F401  (re-exported for the tests)
 import pytest
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -91,7 +91,7 @@ def webhook(*alerts: dict[str, Any]) -> dict[str, Any]:
             "externalURL": "http://127.0.0.1:9093", "alerts": list(alerts)}
 
 
-from planflow.stack import free_port  # noqa: E402,F401  (re-exported for the tests)
+from planflow.ops.server import free_port  # noqa: E402,F401  (re-exported for the tests)
 
 
 def promtool(*args: str) -> "subprocess.CompletedProcess[str]":

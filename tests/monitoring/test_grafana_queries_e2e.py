@@ -13,9 +13,10 @@ import uuid
 import httpx
 import pytest
 
-from grafana import queries
-from grafana.dashboards import build_all
+from planflow.dashboards import queries
+from planflow.dashboards.build import build_all
 from tests.monitoring.helpers import wait_for
+from planflow import to_flow
 
 PIPELINE = "image-classification"
 # Panels that may legitimately be empty right after the run, and why.
@@ -53,7 +54,7 @@ def demo_world(monitoring_stack, registered_blocks, monkeypatch):
     from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.states import Failed
 
-    from flows import registry
+    from planflow.core import discovery as registry
 
     paths, started = monitoring_stack
     prometheus = started["prometheus"].url
@@ -61,7 +62,7 @@ def demo_world(monitoring_stack, registered_blocks, monkeypatch):
         f"{prometheus}/api/v1/targets").json()["data"]["activeTargets"]), 30,
         message="every scrape target up")
     monkeypatch.setenv("PLANFLOW_PUSHGATEWAY_URL", started["pushgateway"].url)
-    registry.get(PIPELINE).flow()(params={"augment": 0, "test_size": 0.5})
+    to_flow(registry.get(PIPELINE))(**{"augment": 0, "test_size": 0.5})
 
     work_pool = f"grafana-e2e-{uuid.uuid4().hex[:6]}"
     with get_client(sync_client=True) as client:

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from monitoring.bridge import create_app, resolve_token
+from planflow.monitoring.bridge import create_app, resolve_token
 from tests.monitoring.helpers import (
     ThreadedServer, alert, free_port, read_events, wait_for, webhook,
 )

@@ -10,7 +10,7 @@ import time
 import httpx
 from prometheus_client import CollectorRegistry, generate_latest
 
-from monitoring.metrics import (
+from planflow.monitoring.metrics import (
     BridgeMetrics, RemediationMetrics, RunRecorder, metric_catalog, pushgateway_url_from_env,
 )
 from tests.monitoring.helpers import promtool_check_metrics
@@ -78,7 +78,7 @@ def test_bridge_and_remediation_expositions_pass_promtool():
 
 
 def test_exporter_exposition_passes_promtool_against_the_real_server(prefect_server):
-    from monitoring.exporter import Exporter
+    from planflow.monitoring.exporter import Exporter
 
     exporter = Exporter(lookback_seconds=3600)
     assert asyncio.run(exporter.poll_once())

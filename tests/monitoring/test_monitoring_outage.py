@@ -12,10 +12,10 @@ from pathlib import Path
 
 import httpx
 
-from monitoring.bridge import create_app
-from monitoring.exporter import Exporter
-from planflow import stack
-from planflow.config import StatePaths
+from planflow.monitoring.bridge import create_app
+from planflow.monitoring.exporter import Exporter
+from planflow.ops import server as stack
+from planflow.settings import StatePaths
 from tests.monitoring.helpers import ThreadedServer, alert, free_port, read_events, wait_for, webhook
 
 

@@ -7,8 +7,8 @@ import re
 import pytest
 import yaml
 
-from monitoring.metrics import metric_catalog
-from monitoring.prometheus import generate
+from planflow.monitoring.metrics import metric_catalog
+from planflow.monitoring import rules as generate
 from tests.monitoring.helpers import need_binary, promtool
 
 HERE = generate.HERE
@@ -16,9 +16,9 @@ HERE = generate.HERE
 
 def test_committed_files_equal_the_generator_output():
     for path, text in generate.outputs().items():
-        assert path.exists(), f"{path.name} missing. Fix: python -m monitoring.prometheus.generate"
+        assert path.exists(), f"{path.name} missing. Fix: python -m planflow.monitoring.rules"
         assert path.read_text() == text, (
-            f"{path.name} differs from thresholds.yml. Fix: python -m monitoring.prometheus.generate")
+            f"{path.name} differs from thresholds.yml. Fix: python -m planflow.monitoring.rules")
 
 
 @pytest.mark.parametrize("profile", generate.PROFILES)

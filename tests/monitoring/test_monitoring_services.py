@@ -8,9 +8,9 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from monitoring import services
-from monitoring.cli import stack_app
-from planflow.config import StatePaths
+from planflow.ops import services
+from planflow.cli.stack import stack_app
+from planflow.settings import StatePaths
 
 
 def test_up_is_idempotent_and_everything_listens_on_loopback(monitoring_stack):

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from planflow import stack
-from planflow.config import StatePaths
+from planflow.ops import server as stack
+from planflow.settings import StatePaths
 from tests.conftest import free_port
 
 

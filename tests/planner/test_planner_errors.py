@@ -2,7 +2,7 @@
 
 import pytest
 
-from planner import CycleError, InfeasibleError, Mode, PlanningError, Pool, Problem, Task, solve
+from planflow.planner import CycleError, InfeasibleError, Mode, PlanningError, Pool, Problem, Task, solve
 
 POOLS = (Pool("cpu", {"cpu": 8, "gpu": 0, "mem_gib": 16}), Pool("gpu", {"cpu": 4, "gpu": 1, "mem_gib": 32}))
 

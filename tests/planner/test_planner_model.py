@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from planner import Mode, Plan, PlannerOptions, Pool, Problem, Task, plan_violations, solve
-from planner.generate import random_pipeline
+from planflow.planner import Mode, Plan, PlannerOptions, Pool, Problem, Task, plan_violations, solve
+from planflow.planner.generate import random_pipeline
 
 FAST = PlannerOptions(time_limit_s=5)
 
@@ -110,7 +110,7 @@ def test_random_pipeline_valid_and_fast():
 
 
 def test_time_limit_too_short_falls_back_to_heuristic(psplib):
-    from planner.psplib import read_psplib
+    from planflow.planner.psplib import read_psplib
     prob = read_psplib(psplib / "j30" / "j3013_6.sm")  # hard: heuristics stay above the bound
     plan = solve(prob, PlannerOptions(time_limit_s=0.01))
     assert plan.status == "heuristic" and plan.solver == "heuristic"
@@ -151,7 +151,8 @@ def test_validator_catches_violations():
 
 
 def test_planner_never_imports_prefect():
-    code = "import sys, planner, planner.psplib, planner.generate; print('prefect' in sys.modules)"
+    code = ("import sys, planflow.planner, planflow.planner.psplib, planflow.planner.generate; "
+            "print('prefect' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -171,10 +172,10 @@ def test_highs_unavailable_falls_back_to_cbc(monkeypatch):
 def test_doctests():
     import doctest
 
-    import planner.generate
-    import planner.problem
+    import planflow.planner.generate
+    import planflow.planner.problem
 
-    for mod in (planner.problem, planner.generate):
+    for mod in (planflow.planner.problem, planflow.planner.generate):
         assert doctest.testmod(mod).failed == 0
 
 

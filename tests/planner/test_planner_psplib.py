@@ -2,8 +2,8 @@
 
 import pytest
 
-from planner import PlannerOptions, plan_violations, solve
-from planner.psplib import read_optima, read_psplib, run_instances, write_csv
+from planflow.planner import PlannerOptions, plan_violations, solve
+from planflow.planner.psplib import read_optima, read_psplib, run_instances, write_csv
 
 
 def test_read_j30(psplib):
@@ -66,8 +66,8 @@ def test_run_instances_rows(psplib, tmp_path):
 
 
 def test_bounds_never_exceed_known_optima(psplib):
-    from planner.bounds import lower_bounds
-    from planner.instance import compile_problem
+    from planflow.planner.bounds import lower_bounds
+    from planflow.planner.instance import compile_problem
 
     optima = read_optima(psplib / "j30opt.sm")
     files = sorted((psplib / "j30").glob("*.sm"))[::6]  # 80 instances, bounds only
@@ -78,8 +78,8 @@ def test_bounds_never_exceed_known_optima(psplib):
 
 def test_time_indexed_model_proves_a_known_optimum(psplib):
     """DDT model: feasible at the optimum (and finds it), infeasible one slot below."""
-    from planner.instance import compile_problem
-    from planner.model import choose_grid, solve_milp
+    from planflow.planner.instance import compile_problem
+    from planflow.planner.model import choose_grid, solve_milp
 
     inst = compile_problem(read_psplib(psplib / "j30" / "j301_1.sm"))  # optimum 43
     grid = choose_grid(inst, 43.0)

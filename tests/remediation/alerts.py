@@ -9,8 +9,8 @@ import httpx
 
 
 def bridge_token(paths) -> str:
-    from monitoring.bridge import TOKEN_FILE_NAME, resolve_token
-    from monitoring.services import monitoring_dir
+    from planflow.monitoring.bridge import TOKEN_FILE_NAME, resolve_token
+    from planflow.ops.services import monitoring_dir
 
     return resolve_token(monitoring_dir(paths) / TOKEN_FILE_NAME)
 

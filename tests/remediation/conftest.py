@@ -15,7 +15,7 @@ FIXTURES = Path(__file__).parent / "fixtures"
 
 def wait_until(predicate, timeout: float, interval: float = 0.5, what: str = "condition"):
     """heal.wait_for, failing the test (AssertionError) on a timeout."""
-    from monitoring.heal import HealError, wait_for
+    from planflow.remediation.scenarios import HealError, wait_for
 
     try:
         return wait_for(predicate, timeout, what, interval)
@@ -26,7 +26,7 @@ def wait_until(predicate, timeout: float, interval: float = 0.5, what: str = "co
 @pytest.fixture(scope="session")
 def remediation_applied(registered_blocks):
     """AlertRoutes, the remediation pool, deployments and automations on the test server."""
-    from monitoring import automations
+    from planflow.remediation import automations
 
     return automations.apply()
 
@@ -34,8 +34,8 @@ def remediation_applied(registered_blocks):
 @contextlib.contextmanager
 def running_remediation_worker(log: Path, env: dict[str, str] | None = None):
     """A process worker on `planflow-remediation`, polling every second, stopped after."""
-    from monitoring import automations
-    from planflow.workers import worker_seen
+    from planflow.remediation import automations
+    from planflow.ops.workers import worker_seen
 
     name = f"test-remediation-{os.urandom(4).hex()}"
     process = automations.start_remediation_worker(log, env={**os.environ, **(env or {})}, name=name)
@@ -52,7 +52,7 @@ def running_remediation_worker(log: Path, env: dict[str, str] | None = None):
 def alert_driven_remediation(monitoring_stack, logs: Path):
     """The whole loop on: automations applied, a remediation worker pushing to the
     stack's Pushgateway; afterwards `quiesce()`. Yields the Pushgateway url."""
-    from monitoring import automations
+    from planflow.remediation import automations
 
     _, started = monitoring_stack
     gateway = started["pushgateway"].url
@@ -67,7 +67,7 @@ def alert_driven_remediation(monitoring_stack, logs: Path):
 @contextlib.contextmanager
 def route_override(alertname: str, **fields):
     """The alert's AlertRoute with `fields` changed for the block, restored after."""
-    from blocks.alert_route import ensure_routes, load_route, route_name
+    from planflow.prefect.blocks.alert_route import ensure_routes, load_route, route_name
 
     ensure_routes()
     original = load_route(alertname)
@@ -86,14 +86,14 @@ def remediation_worker(remediation_applied, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def local_process_pool(registered_blocks):
-    from planflow.workpools import apply_work_pools
+    from planflow.prefect.workpools import apply_work_pools
 
     apply_work_pools(["local-process"], resource_pools=False)
     return "local-process"
 
 
 def start_pool_worker(pool: str, log: Path, pool_type: str = "process"):
-    from planflow.workers import start_worker
+    from planflow.ops.workers import start_worker
 
     return start_worker(pool, log, pool_type=pool_type, name=f"test-{pool}-{os.getpid()}")
 
@@ -101,8 +101,8 @@ def start_pool_worker(pool: str, log: Path, pool_type: str = "process"):
 @pytest.fixture(scope="session")
 def process_pool_worker(local_process_pool, tmp_path_factory):
     """A process worker on `local-process`, polling every second."""
-    from monitoring.automations import stop_process
-    from planflow.workpools import worker_online
+    from planflow.remediation.automations import stop_process
+    from planflow.prefect.workpools import worker_online
 
     log = tmp_path_factory.mktemp("process-worker") / "worker.log"
     process = start_pool_worker(local_process_pool, log)
@@ -118,7 +118,7 @@ FLAKY_PIPELINES = "tests.remediation.fixtures.flaky_pipeline:pipeline"
 
 
 def deploy_flaky(deployment: str, work_pool: str, tags: list[str]):
-    from monitoring.heal import deploy_flow
+    from planflow.remediation.scenarios import deploy_flow
     from tests.remediation.fixtures.flaky_pipeline import remediation_flaky
 
     return deploy_flow(remediation_flaky, FLAKY_ENTRY, deployment, work_pool, tags)
@@ -126,11 +126,11 @@ def deploy_flaky(deployment: str, work_pool: str, tags: list[str]):
 
 def create_process_pool(name: str, concurrency_limit: int | None = None, backup_pool: str | None = None) -> None:
     """A process work pool; with `backup_pool`, also its ResourcePool block naming it."""
-    from monitoring.heal import create_process_pool as create
+    from planflow.remediation.scenarios import create_process_pool as create
 
     create(name, concurrency_limit)
     if backup_pool:
-        from blocks import ResourcePool
+        from planflow.prefect.blocks import ResourcePool
 
         ResourcePool(work_pool=name, cpu=2, mem_gib=2, backup_pool=backup_pool).save(name, overwrite=True)
 
@@ -143,7 +143,7 @@ def quiesce() -> None:
     from prefect.client.schemas.filters import WorkPoolFilter, WorkPoolFilterName
     from prefect.states import Cancelled
 
-    from monitoring import automations
+    from planflow.remediation import automations
 
     automations.remove("failover on unhealthy pool")
     automations.remove("rescale on late-run backlog")
@@ -167,7 +167,7 @@ def delete_pools(names: list[str]) -> None:
     """Delete work pools and the ResourcePool blocks of the same name."""
     from prefect.client.orchestration import get_client
 
-    from blocks import ResourcePool
+    from planflow.prefect.blocks import ResourcePool
 
     with get_client(sync_client=True) as client:
         for name in names:

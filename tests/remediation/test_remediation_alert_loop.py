@@ -32,8 +32,8 @@ def alert_loop(monitoring_stack, remediation_applied, tmp_path_factory):
 
 
 def _events(prefix: str, since: datetime) -> list[dict]:
-    from monitoring.events import read_events
-    from monitoring.prefect_api import auth_headers
+    from planflow.monitoring.events import read_events
+    from planflow.monitoring.prefect_api import auth_headers
 
     return read_events(os.environ["PREFECT_API_URL"].rstrip("/"), None, prefix, since, auth_headers())
 
@@ -56,8 +56,8 @@ def _count(gateway: str, action: str, outcome: str) -> float:
 def test_alert_through_the_bridge_fails_over_and_resolves(alert_loop):
     from prefect.client.orchestration import get_client
 
-    from flows.remediation import live_workers
-    from monitoring.automations import stop_process
+    from planflow.remediation.actions import live_workers
+    from planflow.remediation.automations import stop_process
 
     pool = f"al-{uuid.uuid4().hex[:6]}"
     create_process_pool(pool, backup_pool="local")
@@ -139,7 +139,7 @@ def test_a_storm_of_the_same_alert_pauses_once(alert_loop):
 
         from prefect.client.schemas.filters import WorkPoolFilter, WorkPoolFilterName
 
-        from monitoring.automations import REMEDIATION_POOL
+        from planflow.remediation.automations import REMEDIATION_POOL
 
         with get_client(sync_client=True) as client:
             runs = client.read_flow_runs(work_pool_filter=WorkPoolFilter(

@@ -20,7 +20,7 @@ def _quiet_after(registered_blocks):
 
 
 def test_apply_is_idempotent_and_matches_by_name(registered_blocks):
-    from monitoring import automations
+    from planflow.remediation import automations
 
     first = automations.apply()
     names = {a.name for a in automations.planflow_automations()}
@@ -37,7 +37,7 @@ def test_apply_updates_a_changed_automation_and_removes_duplicates(registered_bl
     from prefect.events.actions import DoNothing
     from prefect.events.schemas.automations import EventTrigger
 
-    from monitoring import automations
+    from planflow.remediation import automations
 
     automations.apply()
     name = automations.NAMES["failover"]
@@ -52,8 +52,8 @@ def test_apply_updates_a_changed_automation_and_removes_duplicates(registered_bl
 
 
 def test_routes_drive_the_trigger_alert_lists(registered_blocks):
-    from blocks.alert_route import load_routes
-    from monitoring import automations
+    from planflow.prefect.blocks.alert_route import load_routes
+    from planflow.remediation import automations
 
     automations.apply()
     routes = load_routes()
@@ -63,10 +63,10 @@ def test_routes_drive_the_trigger_alert_lists(registered_blocks):
 
 
 def test_cli_ls_and_rm(registered_blocks):
-    from monitoring import automations
+    from planflow.remediation import automations
 
     automations.apply()
-    run = lambda *a: subprocess.run([sys.executable, "-m", "monitoring.automations", *a],  # noqa: E731
+    run = lambda *a: subprocess.run([sys.executable, "-m", "planflow.remediation.automations", *a],  # noqa: E731
                                     cwd=ROOT, capture_output=True, text=True, timeout=120)
     ls = run("ls")
     assert ls.returncode == 0, ls.stderr
@@ -84,8 +84,8 @@ def test_cli_ls_and_rm(registered_blocks):
 def test_worker_up_is_idempotent_and_down_stops_it(registered_blocks):
     from pathlib import Path
 
-    from monitoring import automations
-    from planflow.config import StatePaths
+    from planflow.remediation import automations
+    from planflow.settings import StatePaths
 
     automations.apply()
     paths = StatePaths.discover()

@@ -22,7 +22,7 @@ from tests.remediation.conftest import alert_driven_remediation, wait_until
 @pytest.fixture
 def docker_setup(docker_image, work_pools, monitoring_stack, remediation_applied, process_pool_worker,
                  tmp_path):
-    from blocks import ResourcePool
+    from planflow.prefect.blocks import ResourcePool
     from prefect.client.orchestration import get_client
 
     deploy = run_cli([PREFECT, "--no-prompt", "deploy", "--prefect-file", str(PREFECT_FILE),
@@ -32,7 +32,7 @@ def docker_setup(docker_image, work_pools, monitoring_stack, remediation_applied
     try:
         ResourcePool.load("docker")
     except ValueError:
-        from blocks.resource_pool import local_pool_from_machine
+        from planflow.prefect.blocks.resource_pool import local_pool_from_machine
 
         machine = local_pool_from_machine("docker")
         ResourcePool(work_pool="docker", cpu=machine.cpu, mem_gib=machine.mem_gib, backup_pool="local").save("docker")
@@ -50,7 +50,7 @@ def docker_setup(docker_image, work_pools, monitoring_stack, remediation_applied
 
 def _docker_worker(log: Path) -> subprocess.Popen:
     """A Docker worker reporting every 2 s, so that the server notices its death soon."""
-    from planflow.workers import start_worker
+    from planflow.ops.workers import start_worker
 
     return start_worker("docker", log, pool_type="docker", name=f"test-docker-{os.urandom(3).hex()}",
                         heartbeat_seconds=2, query_seconds=1)
@@ -59,12 +59,12 @@ def _docker_worker(log: Path) -> subprocess.Popen:
 def test_docker_worker_killed_mid_run_fails_over_to_the_process_pool(docker_setup):
     from prefect.client.orchestration import get_client
 
-    from flows.remediation import live_workers
-    from monitoring.automations import stop_process
-    from monitoring.heal import remediation_settled
+    from planflow.remediation.actions import live_workers
+    from planflow.remediation.automations import stop_process
+    from planflow.remediation.scenarios import remediation_settled
 
     logs = docker_setup
-    params = {"params": {"augment": 0, "test_size": 0.5}}
+    params = {"augment": 0, "test_size": 0.5}
     worker = _docker_worker(logs / "docker-worker-1.log")
     with get_client(sync_client=True) as client:
         docker_dep = client.read_deployment_by_name("image-classification/image-classification-docker")
@@ -91,7 +91,7 @@ def test_docker_worker_killed_mid_run_fails_over_to_the_process_pool(docker_setu
             worker.wait(timeout=10)
         stuck = client.create_flow_run_from_deployment(docker_dep.id, parameters=params)
 
-        from monitoring.heal import HealError, wait_about
+        from planflow.remediation.scenarios import HealError, wait_about
 
         try:  # on a timeout, say what the alerts and remediations about the pool did
             wait_about("docker", since, lambda: client.read_work_pool("docker").is_paused, 180,

@@ -15,7 +15,7 @@ from tests.remediation.conftest import (FLAKY_PIPELINES, create_process_pool, de
 
 @pytest.fixture
 def primary_pool(process_pool_worker, monkeypatch):
-    from blocks import ResourcePool
+    from planflow.prefect.blocks import ResourcePool
 
     monkeypatch.setenv("PLANFLOW_PIPELINES", FLAKY_PIPELINES)
     name = f"fo-{uuid.uuid4().hex[:6]}"
@@ -31,14 +31,14 @@ def primary_pool(process_pool_worker, monkeypatch):
 def test_failover_pauses_cancels_resubmits_on_backup_and_resume_on_resolved(primary_pool, tmp_path):
     from prefect.client.orchestration import get_client
 
-    from flows.remediation import failover, live_workers
-    from monitoring.automations import stop_process
+    from planflow.remediation.actions import failover, live_workers
+    from planflow.remediation.automations import stop_process
 
     primary = deploy_flaky(f"remediation-flaky-{primary_pool}", primary_pool, ["planflow", "docker"])
     deploy_flaky("remediation-flaky-process", "local-process", ["planflow", "process"])
     event_id = str(uuid.uuid4())
     with get_client(sync_client=True) as client:
-        stuck = client.create_flow_run_from_deployment(primary.id, parameters={"params": {"seed": 3}})
+        stuck = client.create_flow_run_from_deployment(primary.id, parameters={"seed": 3})
         labels = {"alertname": "PlanflowWorkPoolNotReady", "work_pool": primary_pool, "severity": "critical"}
         result = failover(event_id=event_id, event="planflow.alert.firing",
                           resource_id=f"prefect.work-pool.{primary_pool}", labels=labels)
@@ -51,7 +51,7 @@ def test_failover_pauses_cancels_resubmits_on_backup_and_resume_on_resolved(prim
         replan = result["replans"]["remediation-flaky"]
         assert replan["pools"] == ["local"] and replan["makespan_s"] > 0, replan
         new = client.read_flow_run(moved["flow_run_id"])
-        assert new.parameters["local_pool"] == "local" and new.parameters["params"] == {"seed": 3}
+        assert new.parameters["local_pool"] == "local" and new.parameters["seed"] == 3
         done = wait_until(lambda: (r := client.read_flow_run(new.id)).state.is_final() and r, 180, 1,
                           what="the resubmitted run to finish")
         assert done.state.is_completed(), done.state
@@ -81,7 +81,7 @@ def test_resolved_does_not_resume_a_pool_failover_did_not_pause(registered_block
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolUpdate
 
-    from flows.remediation import failover
+    from planflow.remediation.actions import failover
 
     name = f"manual-{uuid.uuid4().hex[:6]}"
     create_process_pool(name)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
-from blocks.alert_route import AlertRoute, Guard, route_name
+from planflow.prefect.blocks.alert_route import AlertRoute, Guard, route_name
 from tests.remediation.conftest import create_process_pool, delete_pools, route_override
 
 
@@ -71,7 +71,7 @@ def test_dry_run_failover_flow_changes_nothing_but_records_it(registered_blocks)
     events and artifact say what it would have done."""
     from prefect.client.orchestration import get_client
 
-    from flows.remediation import failover
+    from planflow.remediation.actions import failover
 
     alert = "PlanflowPoolFailureRateHigh"
     pool = f"dry-{uuid.uuid4().hex[:6]}"

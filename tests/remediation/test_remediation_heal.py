@@ -21,7 +21,7 @@ def healing_stack(monitoring_stack, remediation_applied, process_pool_worker, tm
 def test_failover_moves_the_stuck_run_to_the_backup_pool_and_resumes(healing_stack):
     from prefect.client.orchestration import get_client
 
-    from monitoring import heal
+    from planflow.remediation import scenarios as heal
 
     result = heal.failover_scenario(healing_stack, say=print, timeout=240)
     with get_client(sync_client=True) as client:
@@ -40,8 +40,8 @@ def test_failover_moves_the_stuck_run_to_the_backup_pool_and_resumes(healing_sta
 def test_rescale_raises_the_limit_adds_workers_drains_and_scales_back(healing_stack):
     from prefect.client.orchestration import get_client
 
-    from monitoring import heal
-    from planflow.workers import is_our_process
+    from planflow.remediation import scenarios as heal
+    from planflow.ops.workers import is_our_process
 
     result = heal.rescale_scenario(healing_stack, say=print, timeout=300)
     assert result["raised_limit"] > 1, result
@@ -50,7 +50,7 @@ def test_rescale_raises_the_limit_adds_workers_drains_and_scales_back(healing_st
     assert result["scaled_back"]
     with get_client(sync_client=True) as client:
         assert client.read_work_pool(heal.BUSY).concurrency_limit == 1
-    from blocks.alert_route import Guard, load_route
+    from planflow.prefect.blocks.alert_route import Guard, load_route
 
     assert Guard(load_route("PlanflowLateRunBacklog")).ledger(f"rescale:{heal.BUSY}") == {}
     from pathlib import Path

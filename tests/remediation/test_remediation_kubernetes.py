@@ -50,7 +50,7 @@ def fake_kubernetes_api() -> tuple[object, dict]:
 
 @pytest.fixture
 def fake_cluster(tmp_path, monkeypatch):
-    from planflow.stack import free_port
+    from planflow.ops.server import free_port
     from tests.monitoring.helpers import ThreadedServer
 
     app, state = fake_kubernetes_api()
@@ -68,7 +68,7 @@ def fake_cluster(tmp_path, monkeypatch):
 
 
 def test_kube_scale_reads_and_patches_the_worker_deployment_fake_api_server(fake_cluster):
-    from planflow.kube import KubeError, scale_workers, worker_replicas
+    from planflow.remediation.kube import KubeError, scale_workers, worker_replicas
 
     assert worker_replicas("planflow", "prefect-worker") == 1
     assert scale_workers("planflow", "prefect-worker", 3) == 3
@@ -80,7 +80,7 @@ def test_kube_scale_reads_and_patches_the_worker_deployment_fake_api_server(fake
 
 
 def test_kube_scale_without_credentials_says_what_to_set(tmp_path, monkeypatch):
-    from planflow.kube import KubeError, worker_replicas
+    from planflow.remediation.kube import KubeError, worker_replicas
 
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "nowhere"))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
@@ -93,7 +93,7 @@ def test_rescale_on_a_kubernetes_pool_scales_replicas_and_back_fake_api_server(
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
 
-    from flows.remediation import rescale
+    from planflow.remediation.actions import rescale
 
     monkeypatch.setenv("PLANFLOW_PIPELINES", FLAKY_PIPELINES)
     alert = "PlanflowLateRunBacklog"
@@ -107,7 +107,7 @@ def test_rescale_on_a_kubernetes_pool_scales_replicas_and_back_fake_api_server(
             deployment = deploy_flaky(f"remediation-flaky-{pool}", pool, ["planflow", "kubernetes"])
             labels = {"alertname": alert, "work_pool": pool, "work_queue": "default"}
             with get_client(sync_client=True) as client:
-                runs = [client.create_flow_run_from_deployment(deployment.id, parameters={"params": {"seed": i}})
+                runs = [client.create_flow_run_from_deployment(deployment.id, parameters={"seed": i})
                         for i in range(3)]
                 up = rescale(event_id=str(uuid.uuid4()), event="planflow.alert.firing",
                              resource_id=f"prefect.work-pool.{pool}", labels=labels)
@@ -136,7 +136,7 @@ def test_kube_scale_live_cluster():
     """Against a real cluster: read the worker Deployment's replicas and set them to the
     same value (changes nothing). Runs where KUBECONFIG reaches a cluster with the
     prefect-worker Deployment (deployments/kubernetes/README.md)."""
-    from planflow.kube import KubeError, scale_workers, worker_replicas
+    from planflow.remediation.kube import KubeError, scale_workers, worker_replicas
 
     namespace = os.environ.get("PLANFLOW_K8S_NAMESPACE", "planflow")
     name = os.environ.get("PLANFLOW_K8S_WORKER_DEPLOYMENT", "prefect-worker")

@@ -25,8 +25,8 @@ def _alive(pid: int) -> bool:
 def test_rescale_within_bounds_then_back_down(registered_blocks, monkeypatch):
     from prefect.client.orchestration import get_client
 
-    from blocks.alert_route import Guard
-    from flows.remediation import live_workers, rescale
+    from planflow.prefect.blocks.alert_route import Guard
+    from planflow.remediation.actions import live_workers, rescale
 
     monkeypatch.setenv("PLANFLOW_PIPELINES", FLAKY_PIPELINES)
     alert = "PlanflowLateRunBacklog"
@@ -39,7 +39,7 @@ def test_rescale_within_bounds_then_back_down(registered_blocks, monkeypatch):
                         min_workers=1, max_workers=1, max_concurrency=2) as route:
         try:
             with get_client(sync_client=True) as client:
-                runs = [client.create_flow_run_from_deployment(deployment.id, parameters={"params": {"seed": i}})
+                runs = [client.create_flow_run_from_deployment(deployment.id, parameters={"seed": i})
                         for i in range(3)]
                 result = rescale(event_id=str(uuid.uuid4()), event="planflow.alert.firing",
                                  resource_id=f"prefect.work-pool.{pool}", labels=labels)

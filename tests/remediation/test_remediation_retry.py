@@ -18,8 +18,8 @@ def _remediation_events(flow_run_id: str, phase: str = "outcome") -> list[dict]:
     import os
     from datetime import datetime, timedelta, timezone
 
-    from monitoring.events import read_events
-    from monitoring.prefect_api import auth_headers
+    from planflow.monitoring.events import read_events
+    from planflow.monitoring.prefect_api import auth_headers
 
     events = read_events(os.environ["PREFECT_API_URL"].rstrip("/"), None, "planflow.remediation.",
                          datetime.now(timezone.utc) - timedelta(hours=1), auth_headers())
@@ -36,7 +36,7 @@ def test_failed_or_crashed_run_is_retried_once_and_finished_components_are_cache
     marker = tmp_path / f"first-attempt-{how}"
     with get_client(sync_client=True) as client:
         run = client.create_flow_run_from_deployment(
-            flaky_deployment.id, parameters={"params": {"marker": str(marker), "how": how}})
+            flaky_deployment.id, parameters={"marker": str(marker), "how": how})
 
         def final():
             current = client.read_flow_run(run.id)

@@ -21,7 +21,7 @@ from tests.remediation.conftest import create_process_pool, delete_pools, deploy
 
 @pytest.fixture
 def short_crash_window(remediation_applied, remediation_worker, monkeypatch):
-    from monitoring import automations
+    from planflow.remediation import automations
 
     monkeypatch.setenv("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "30")
     monkeypatch.setenv(automations.CRASH_AFTER_ENV, "45")
@@ -33,7 +33,7 @@ def short_crash_window(remediation_applied, remediation_worker, monkeypatch):
 
 
 def descendants(pid: int) -> list[int]:
-    from planflow.workers import children
+    from planflow.ops.workers import children
 
     found, todo = [], [pid]
     while todo:
@@ -47,7 +47,7 @@ def test_silently_dead_run_is_marked_crashed_then_retried(short_crash_window, tm
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    from planflow.workers import start_worker, stop_process
+    from planflow.ops.workers import start_worker, stop_process
 
     pool = f"silent-{uuid.uuid4().hex[:6]}"
     create_process_pool(pool)
@@ -59,7 +59,7 @@ def test_silently_dead_run_is_marked_crashed_then_retried(short_crash_window, tm
         deployment = deploy_flaky(f"remediation-flaky-{pool}", pool, ["planflow", "process"])
         with get_client(sync_client=True) as client:
             run = client.create_flow_run_from_deployment(
-                deployment.id, parameters={"params": {"marker": str(marker), "how": "hang"}})
+                deployment.id, parameters={"marker": str(marker), "how": "hang"})
             wait_until(marker.exists, 120, 0.5, what="the first attempt to reach the hanging step")
             doomed = descendants(worker.pid)  # the flow run process (and what it started)
             os.killpg(worker.pid, signal.SIGKILL)  # worker and flow run die; nobody reports it

@@ -1,0 +1,18 @@
+"""The `planflow` command line: one module per command group, mounted by `app`.
+
+`main()` is the console script. It points Prefect's client at the project's embedded
+server (unless the user exported PREFECT_API_URL) before Prefect is imported, since
+Prefect reads its settings once, when it is first imported; that is why the command
+modules are imported inside `main` and not at the top of this module.
+"""
+
+from __future__ import annotations
+
+
+def main() -> None:  # pragma: no cover - console script entry
+    from planflow.settings import apply_client_env
+
+    apply_client_env()
+    from planflow.cli.main import app
+
+    app()

@@ -1,0 +1,102 @@
+"""`planflow stack up | down | status`: the Prefect server plus the monitoring services.
+
+Mounted by planflow/cli.py as `app.add_typer(stack_app, name="stack")`.
+"""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+
+from planflow.ops import services
+from planflow.ops import server as stack
+from planflow.settings import DEFAULT_PORT, StatePaths
+
+stack_app = typer.Typer(
+    help="The whole local stack: Prefect server, Prometheus, Alertmanager, Pushgateway, "
+         "the planflow exporter and alert bridge.", no_args_is_help=True)
+console = Console()
+err = Console(stderr=True)
+
+
+def _fail(message: str) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(1)
+
+
+@stack_app.command("up")
+def up(
+    profile: str = typer.Option("production", help="fast (seconds; demo, tests) or production (minutes)."),
+    prefect_port: int = typer.Option(DEFAULT_PORT, help="Port of the embedded Prefect server."),
+    server: bool = typer.Option(True, help="Start the embedded Prefect server too."),
+    prometheus_port: int = typer.Option(9090),
+    pushgateway_port: int = typer.Option(9091),
+    alertmanager_port: int = typer.Option(9093),
+    bridge_port: int = typer.Option(9095),
+    exporter_port: int = typer.Option(9096),
+    automations: bool = typer.Option(True, help="Apply planflow's automations and start the "
+                                     "remediation worker (retry, failover, rescale)."),
+) -> None:
+    """Start everything that does not run yet (idempotent) and print the URLs."""
+    paths = StatePaths.discover()
+    try:
+        if server:
+            state = stack.up(paths, port=prefect_port)
+            console.print(f"prefect       {state.url.removesuffix('/api')}  (UI)")
+        started = services.up(paths, profile=profile, ports={
+            "prometheus": prometheus_port, "pushgateway": pushgateway_port,
+            "alertmanager": alertmanager_port, "bridge": bridge_port,
+            "exporter": exporter_port})
+    except (stack.StackError, services.ServicesError) as exc:
+        _fail(str(exc))
+    for name, service in started.items():
+        console.print(f"{name:<13} {service.url}  (pid {service.pid})")
+    console.print(f"profile       {profile}; state in {services.monitoring_dir(paths)}")
+    if automations:
+        _automations_up(paths)
+
+
+def _automations_up(paths: StatePaths) -> None:
+    """Apply the automations (idempotent) and start the remediation worker."""
+    from planflow.remediation import automations as auto
+
+    try:
+        lines = auto.apply()
+        pid = auto.worker_up(paths)
+    except auto.AutomationsError as exc:
+        _fail(str(exc))
+    changed = [line for line in lines if not line.endswith(("unchanged", "kept", "applied"))]
+    console.print(f"automations   {sum(1 for line in lines if line.startswith(auto.PREFIX))} applied"
+                  + (f" ({'; '.join(changed)})" if changed else " (unchanged)"))
+    console.print(f"remediation   worker pid {pid} on pool {auto.REMEDIATION_POOL}")
+
+
+@stack_app.command("down")
+def down(server: bool = typer.Option(True, help="Stop the embedded Prefect server too.")) -> None:
+    """Stop the remediation worker, the monitoring services (and the Prefect server)."""
+    from planflow.remediation import automations as auto
+
+    paths = StatePaths.discover()
+    auto.worker_down(paths)
+    services.down(paths)
+    if server:
+        stack.down(paths)
+    console.print("stack stopped.")
+
+
+@stack_app.command("status")
+def status() -> None:
+    """Each service's state and URL; exit code 3 unless all run."""
+    paths = StatePaths.discover()
+    server = stack.status(paths)
+    rows = [("prefect", server.state, server.url or "-", server.pid, server.detail)]
+    rows += [(s.name, s.state, s.url, s.pid, s.detail) for s in services.status(paths).values()]
+    from planflow.remediation.automations import REMEDIATION_POOL, worker_pid
+
+    pid = worker_pid(paths)
+    rows.append(("remediation", "running" if pid else "stopped", f"pool {REMEDIATION_POOL}", pid,
+                 "" if pid else "start: planflow stack up (or planflow automations worker up)"))
+    for name, state, url, pid, detail in rows:
+        console.print(f"{name:<13} {state:<10} {url}  {f'pid {pid}' if pid else ''} {detail}")
+    if not all(row[1] == "running" for row in rows):
+        raise typer.Exit(3)

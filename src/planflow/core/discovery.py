@@ -1,0 +1,119 @@
+"""Find the pipelines of the current project.
+
+A project is the folder `planflow` runs in (or the nearest one above it holding
+`.planflow/` or `pyproject.toml`). Looked up, in order:
+
+- `flows/<name>/flow.py` of the project, attribute `pipeline` (imported as the module
+  `flows.<name>.flow`, with the project folder on `sys.path`, as Prefect imports
+  deployment entrypoints);
+- `pipelines/*.yaml` of the project;
+- whatever PLANFLOW_PIPELINES lists (comma-separated import paths `pkg.mod:attr` or
+  YAML files).
+
+A source that fails to load is reported with its error, not fatal to the rest.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from planflow.core.pipeline import Pipeline, PipelineError, import_object
+from planflow.settings import project_root
+
+PIPELINES_ENV = "PLANFLOW_PIPELINES"
+
+
+class UnknownPipelineError(LookupError):
+    """No pipeline has the requested name."""
+
+
+@dataclass(frozen=True)
+class Found:
+    name: str
+    source: str
+    pipeline: Pipeline | None = None
+    error: str | None = None
+
+
+def use_project_imports(root: Path | None = None) -> Path:
+    """Put the project folder on `sys.path` (once), so that its own packages import
+    as they do under Prefect's workers. Returns the folder."""
+    root = (root or project_root()).resolve()
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    return root
+
+
+def _project_modules(root: Path) -> list[str]:
+    base = root / "flows"
+    if not (base / "__init__.py").is_file():
+        return []
+    return [f"flows.{folder.name}.flow" for folder in sorted(base.iterdir())
+            if (folder / "flow.py").is_file() and (folder / "__init__.py").is_file()]
+
+
+def load_ref(ref: str) -> Pipeline:
+    """The pipeline at `ref`: a YAML file, `pkg.mod:attr`, or a module with `pipeline`."""
+    if ref.endswith((".yaml", ".yml")):
+        return Pipeline.from_yaml(ref)
+    target = import_object(ref) if ":" in ref else getattr(importlib.import_module(ref), "pipeline", None)
+    if not isinstance(target, Pipeline):
+        raise PipelineError(f"'{ref}' does not define a Pipeline (found {type(target).__name__})")
+    return target
+
+
+def _guessed_names(source: str) -> set[str]:
+    """Names a pipeline from `source` probably has, to match a request to a load error."""
+    if source.endswith((".yaml", ".yml")):
+        stem = Path(source).stem
+    else:
+        parts = source.split(":")[0].split(".")
+        stem = parts[-2] if parts[-1] == "flow" and len(parts) > 1 else parts[-1]
+    return {stem, stem.replace("_", "-")}
+
+
+def discover() -> list[Found]:
+    root = use_project_imports()
+    sources = _project_modules(root)
+    yaml_dir = root / "pipelines"
+    if yaml_dir.is_dir():
+        sources += [str(p) for p in sorted(yaml_dir.glob("*.y*ml"))]
+    sources += [s.strip() for s in os.environ.get(PIPELINES_ENV, "").split(",") if s.strip()]
+
+    found: list[Found] = []
+    for source in sources:
+        try:
+            pipeline = load_ref(source)
+        except Exception as exc:  # a user's module may raise anything; report it, go on
+            name = sorted(_guessed_names(source))[0]
+            found.append(Found(name, source, error=f"{type(exc).__name__}: {exc}"
+                               if not isinstance(exc, PipelineError) else str(exc)))
+            continue
+        found.append(Found(pipeline.name, source, pipeline))
+    return found
+
+
+def get(name: str) -> Pipeline:
+    """The pipeline called `name`, or an error naming its load error, or the closest
+    and all known names."""
+    everything = discover()
+    for item in everything:
+        if item.pipeline is not None and item.name == name:
+            return item.pipeline
+    for item in everything:
+        if item.pipeline is None and name in _guessed_names(item.source) | {item.name}:
+            raise PipelineError(f"pipeline '{name}' ({item.source}) failed to load:\n{item.error}")
+    names = [i.name for i in everything if i.pipeline is not None]
+    close = difflib.get_close_matches(name, names, n=1)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    broken = [f"  - {i.source}: {(i.error or '').splitlines()[0]}" for i in everything if i.pipeline is None]
+    failed = ("\nThese sources failed to load (one may be it):\n" + "\n".join(broken)) if broken else ""
+    raise UnknownPipelineError(
+        f"no pipeline named '{name}'.{hint} Known pipelines: {', '.join(names) or '(none)'}. "
+        f"See `planflow pipelines`.{failed}"
+    )

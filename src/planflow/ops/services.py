@@ -1,0 +1,281 @@
+"""Start, stop and inspect the monitoring services as background processes on loopback.
+
+Prometheus, Alertmanager and the Pushgateway (Debian binaries) plus planflow's exporter
+and bridge, each in its own process group, with pid, log and data under
+`<state folder>/monitoring/`. Like `planflow.stack`, `up` is idempotent: a healthy
+service recorded there is reused, a stale pid file is cleaned, a port held by
+another program is reported with the fix. Nothing is installed silently: a missing
+binary is an error naming the `apt-get install` command.
+
+The configs are rendered into the state folder from the committed, generated files'
+source (monitoring/prometheus/thresholds.yml) with the ports actually used; the
+bridge's token file lives there too and never in the repository.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import yaml
+
+from planflow.monitoring.bridge import TOKEN_ENV, TOKEN_FILE_NAME, resolve_token
+from planflow.monitoring import rules as generate
+from planflow.settings import StatePaths, client_env
+from planflow.ops.server import _port_in_use, _signal_group, _tail
+
+HOST = "127.0.0.1"
+ORDER = ("pushgateway", "bridge", "exporter", "alertmanager", "prometheus")
+BINARIES = {
+    "prometheus": ("prometheus",),
+    "alertmanager": ("prometheus-alertmanager", "alertmanager"),
+    "pushgateway": ("prometheus-pushgateway", "pushgateway"),
+}
+INSTALL = "apt-get install -y prometheus prometheus-alertmanager prometheus-pushgateway"
+HEALTH = {"prometheus": "/-/ready", "alertmanager": "/-/ready", "pushgateway": "/-/ready",
+          "bridge": "/health", "exporter": "/metrics"}
+
+
+class ServicesError(RuntimeError):
+    """A monitoring service could not be started, found or stopped."""
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    name: str
+    state: str  # "running" | "stopped" | "stale" | "unhealthy"
+    url: str
+    pid: int | None = None
+    detail: str = ""
+
+    @property
+    def running(self) -> bool:
+        return self.state == "running"
+
+
+def monitoring_dir(paths: StatePaths) -> Path:
+    return paths.home / "monitoring"
+
+
+def services_file(paths: StatePaths) -> Path:
+    """JSON written by `up`: profile, ports, urls (read by pushgateway_url_from_env)."""
+    return monitoring_dir(paths) / "services.json"
+
+
+def find_binary(service: str) -> str:
+    for name in BINARIES[service]:
+        found = shutil.which(name)
+        if found:
+            return found
+    raise ServicesError(
+        f"{service} is not installed (looked for {', '.join(BINARIES[service])} on PATH). "
+        f"Fix: {INSTALL}  (or `bash scripts/install-services.sh`)")
+
+
+def _recorded(paths: StatePaths) -> dict:
+    try:
+        return json.loads(services_file(paths).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _pid(paths: StatePaths, name: str) -> int | None:
+    try:
+        return int((monitoring_dir(paths) / f"{name}.pid").read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _marker(name: str) -> bytes:
+    return {"bridge": b"monitoring.bridge", "exporter": b"monitoring.exporter"}.get(
+        name, name.encode())
+
+
+def _alive(pid: int, name: str) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a recycled pid belongs to another program
+        return _marker(name) in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def _healthy(url: str, name: str) -> bool:
+    try:
+        return httpx.get(url + HEALTH[name], timeout=2.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def status(paths: StatePaths | None = None) -> dict[str, ServiceStatus]:
+    paths = paths or StatePaths.discover()
+    ports = _recorded(paths).get("ports") or generate.load()["ports"]
+    out = {}
+    for name in ORDER:
+        url = f"http://{HOST}:{ports[name]}"
+        pid = _pid(paths, name)
+        if pid is None:
+            out[name] = ServiceStatus(name, "stopped", url)
+        elif not _alive(pid, name):
+            out[name] = ServiceStatus(name, "stale", url, pid, f"pid {pid} is not running")
+        elif _healthy(url, name):
+            out[name] = ServiceStatus(name, "running", url, pid)
+        else:
+            out[name] = ServiceStatus(name, "unhealthy", url, pid,
+                                      f"{url}{HEALTH[name]} does not answer")
+    return out
+
+
+def _render_configs(paths: StatePaths, profile: str, ports: dict[str, int]) -> dict[str, Path]:
+    folder = monitoring_dir(paths)
+    source = generate.load()
+    source["ports"] = ports
+    p = generate.params(profile, source)
+    rules = generate.HERE / f"rules{generate.suffix(profile)}.yml"
+    prometheus = folder / "prometheus.yml"
+    prometheus.write_text(generate.dump(generate.prometheus_config(p, rule_file=str(rules))))
+    token_file = folder / TOKEN_FILE_NAME
+    token = resolve_token(token_file)
+    credentials = token_file
+    if os.environ.get(TOKEN_ENV):  # the bridge uses the env token: give Alertmanager the same
+        credentials = folder / "alertmanager.token"
+        fd = os.open(credentials, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(token + "\n")
+    alertmanager = folder / "alertmanager.yml"
+    alertmanager.write_text(generate.dump(generate.alertmanager_config(
+        p, bridge_url=f"http://{HOST}:{ports['bridge']}/alerts",
+        credentials_file=str(credentials))))
+    return {"prometheus": prometheus, "alertmanager": alertmanager, "params": p}
+
+
+def _command(name: str, paths: StatePaths, ports: dict[str, int], configs: dict) -> list[str]:
+    folder = monitoring_dir(paths)
+    listen = f"{HOST}:{ports[name]}"
+    if name == "prometheus":
+        return [find_binary(name), f"--config.file={configs['prometheus']}",
+                f"--storage.tsdb.path={folder / 'prometheus-data'}",
+                f"--web.listen-address={listen}", "--storage.tsdb.retention.time=15d",
+                "--web.enable-lifecycle"]
+    if name == "alertmanager":
+        return [find_binary(name), f"--config.file={configs['alertmanager']}",
+                f"--storage.path={folder / 'alertmanager-data'}",
+                f"--web.listen-address={listen}", "--cluster.listen-address="]
+    if name == "pushgateway":
+        return [find_binary(name), f"--web.listen-address={listen}",
+                f"--persistence.file={folder / 'pushgateway.store'}"]
+    if name == "exporter":
+        interval = configs["params"].raw["exporter_poll_seconds"]
+        return [sys.executable, "-m", "planflow.monitoring.exporter", "--host", HOST,
+                "--port", str(ports[name]), "--interval", str(interval)]
+    if name == "bridge":
+        return [sys.executable, "-m", "planflow.monitoring.bridge", "--host", HOST,
+                "--port", str(ports[name]), "--state-dir", str(folder)]
+    raise ServicesError(f"unknown service {name!r}; known: {', '.join(ORDER)}")
+
+
+def _start(name: str, paths: StatePaths, ports: dict[str, int], configs: dict,
+           timeout: float) -> ServiceStatus:
+    folder = monitoring_dir(paths)
+    current = status(paths)[name]
+    if current.running:
+        return current
+    if current.pid is not None:
+        stop(name, paths)
+    if _port_in_use(HOST, ports[name]):
+        raise ServicesError(
+            f"port {ports[name]} on {HOST}, wanted by {name}, is used by another program. "
+            f"Fix: stop it, or pick another port (`planflow stack up --{name}-port N`).")
+    command = _command(name, paths, ports, configs)
+    env = dict(os.environ)
+    env.update(client_env(paths))
+    if os.environ.get("PREFECT_API_URL"):
+        env["PREFECT_API_URL"] = os.environ["PREFECT_API_URL"]
+    log = (folder / f"{name}.log").open("ab")
+    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
+                               stdin=subprocess.DEVNULL, start_new_session=True, cwd=folder)
+    log.close()
+    (folder / f"{name}.pid").write_text(str(process.pid))
+    url = f"http://{HOST}:{ports[name]}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _healthy(url, name):
+            return ServiceStatus(name, "running", url, process.pid)
+        if process.poll() is not None:
+            break
+        time.sleep(0.2)
+    stop(name, paths)
+    raise ServicesError(f"{name} did not become healthy at {url}{HEALTH[name]} within "
+                        f"{timeout:.0f} s. Last lines of {folder / (name + '.log')}:\n"
+                        f"{_tail(folder / (name + '.log'))}")
+
+
+def up(paths: StatePaths | None = None, profile: str = "production",
+       ports: dict[str, int] | None = None, timeout: float = 60.0) -> dict[str, ServiceStatus]:
+    """Start every monitoring service that does not already run (the Prefect server is
+    planflow.stack's job). A different profile or ports than recorded restarts them."""
+    if profile not in generate.PROFILES:
+        raise ServicesError(f"unknown profile {profile!r}; choose one of {generate.PROFILES}")
+    paths = paths or StatePaths.discover()
+    for service in BINARIES:  # all missing binaries reported before anything starts
+        find_binary(service)
+    wanted = {**generate.load()["ports"], **(ports or {})}
+    recorded = _recorded(paths)
+    if recorded and (recorded.get("profile") != profile or recorded.get("ports") != wanted):
+        down(paths)
+    folder = monitoring_dir(paths)
+    folder.mkdir(parents=True, exist_ok=True)
+    configs = _render_configs(paths, profile, wanted)
+    services_file(paths).write_text(json.dumps({
+        "profile": profile, "ports": wanted,
+        "urls": {name: f"http://{HOST}:{wanted[name]}" for name in ORDER},
+        "pushgateway_url": f"http://{HOST}:{wanted['pushgateway']}",
+    }, indent=2))
+    started = {}
+    for name in ORDER:
+        started[name] = _start(name, paths, wanted, configs, timeout)
+    return started
+
+
+def stop(name: str, paths: StatePaths | None = None, timeout: float = 15.0) -> None:
+    paths = paths or StatePaths.discover()
+    pid = _pid(paths, name)
+    if pid is not None and _alive(pid, name):
+        _signal_group(pid, 15)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and _alive(pid, name):
+            time.sleep(0.1)
+        if _alive(pid, name):
+            _signal_group(pid, 9)
+    (monitoring_dir(paths) / f"{name}.pid").unlink(missing_ok=True)
+
+
+def down(paths: StatePaths | None = None) -> dict[str, ServiceStatus]:
+    """Stop every monitoring service (reverse start order); forget the recorded urls."""
+    paths = paths or StatePaths.discover()
+    for name in reversed(ORDER):
+        stop(name, paths)
+    services_file(paths).unlink(missing_ok=True)
+    return status(paths)
+
+
+def reload_prometheus(paths: StatePaths | None = None) -> None:
+    """Ask the running Prometheus to re-read its config and rules."""
+    paths = paths or StatePaths.discover()
+    url = status(paths)["prometheus"].url
+    httpx.post(f"{url}/-/reload", timeout=10).raise_for_status()
+
+
+def rendered_config(paths: StatePaths, name: str) -> dict:
+    return yaml.safe_load((monitoring_dir(paths) / f"{name}.yml").read_text())

@@ -1,0 +1,284 @@
+"""planflow's Prefect work pools, created from the base job templates in
+`deployments/job-templates/`, and the checks that say what to run when one is
+missing, has no worker, or lacks its image.
+
+    >>> apply_work_pools()                       # idempotent
+    ['local-process (process): created', 'docker (docker): created', ...]
+
+| work pool       | type       | template                              | ResourcePool block |
+|-----------------|------------|---------------------------------------|--------------------|
+| `local-process` | process    | deployments/job-templates/process.json | `local` (blocks.ensure_defaults) |
+| `docker`        | docker     | deployments/job-templates/docker.json  | `docker`: this machine, backup `local` |
+| `kubernetes`    | kubernetes | deployments/job-templates/kubernetes.json | `kubernetes`: an example capacity, backup `docker` |
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.util
+import shutil
+import subprocess
+from dataclasses import dataclass
+from typing import Any, Iterable, List, Optional
+
+import typer
+
+from planflow.prefect.jobvars import load_template
+
+
+@dataclass(frozen=True)
+class PoolDefinition:
+    name: str  # the Prefect work pool
+    type: str  # its worker type
+    worker_package: str | None  # the module a worker of this type needs
+    pip_name: str | None
+    description: str
+
+
+POOLS: dict[str, PoolDefinition] = {
+    "local-process": PoolDefinition(
+        "local-process", "process", None, None,
+        "Components as processes on the worker's machine (planflow's `local` pool)."),
+    "docker": PoolDefinition(
+        "docker", "docker", "prefect_docker", "prefect-docker==0.7.4",
+        "Components as Docker containers of the planflow image, with memory, CPU and GPU limits "
+        "from the plan."),
+    "kubernetes": PoolDefinition(
+        "kubernetes", "kubernetes", "prefect_kubernetes", "prefect-kubernetes==0.8.0",
+        "Components as Kubernetes Jobs with requests/limits (cpu, memory, nvidia.com/gpu) from the "
+        "plan."),
+}
+
+# The example capacity of the `kubernetes` ResourcePool: edit the block in the UI (or
+# `planflow pools set kubernetes ...`) to your cluster's size.
+KUBERNETES_EXAMPLE = {"cpu": 32.0, "gpu": 4, "mem_gib": 128.0, "cost_per_hour": 4.0}
+
+
+class WorkPoolError(RuntimeError):
+    """A work pool cannot be applied or used; the message says what to run."""
+
+
+def _api_url() -> str:
+    from prefect.settings import PREFECT_API_URL
+
+    return PREFECT_API_URL.value() or ""
+
+
+def require_server() -> str:
+    """The API URL, or WorkPoolError when the server does not answer."""
+    from planflow.ops.server import healthy
+
+    url = _api_url()
+    if not url or not healthy(url):
+        raise WorkPoolError(
+            f"the Prefect server at {url or '(PREFECT_API_URL not set)'} does not answer. "
+            "Fix: start it with `planflow server up` (or point PREFECT_API_URL at your server)."
+        )
+    return url
+
+
+def require_worker_package(pool: PoolDefinition) -> None:
+    if pool.worker_package and importlib.util.find_spec(pool.worker_package) is None:
+        raise WorkPoolError(
+            f"work pool '{pool.name}' is of type '{pool.type}', whose worker needs the "
+            f"'{pool.pip_name.split('==')[0]}' package, which is not installed. "
+            f"Fix: pip install {pool.pip_name} (or apply only the other pools: "
+            f"planflow workpools apply local-process)."
+        )
+
+
+def _select(names: Iterable[str] | None) -> list[PoolDefinition]:
+    names = list(names) if names else list(POOLS)
+    unknown = [n for n in names if n not in POOLS]
+    if unknown:
+        raise WorkPoolError(f"unknown work pool(s) {unknown}; planflow defines {', '.join(POOLS)}")
+    return [POOLS[n] for n in names]
+
+
+def apply_work_pools(names: Iterable[str] | None = None, resource_pools: bool = True) -> list[str]:
+    """Create the work pools (all, or `names`) from their templates, or update a pool
+    whose base job template changed; then create the matching ResourcePool blocks
+    when missing (never overwriting one a user edited). Returns one line per action.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
+    from prefect.exceptions import ObjectNotFound
+
+    selected = _select(names)
+    require_server()
+    for pool in selected:  # all problems before any change
+        require_worker_package(pool)
+    done: list[str] = []
+    with get_client(sync_client=True) as client:
+        for pool in selected:
+            template = load_template(pool.type)
+            try:
+                existing = client.read_work_pool(pool.name)
+            except ObjectNotFound:
+                client.create_work_pool(WorkPoolCreate(
+                    name=pool.name, type=pool.type, base_job_template=template,
+                    description=pool.description))
+                done.append(f"{pool.name} ({pool.type}): created")
+                continue
+            if existing.type != pool.type:
+                raise WorkPoolError(
+                    f"work pool '{pool.name}' exists with type '{existing.type}', planflow needs "
+                    f"'{pool.type}'. Fix: prefect work-pool delete {pool.name}, then apply again.")
+            if existing.base_job_template != template:
+                client.update_work_pool(pool.name, WorkPoolUpdate(
+                    base_job_template=template, description=pool.description))
+                done.append(f"{pool.name} ({pool.type}): base job template updated")
+            else:
+                done.append(f"{pool.name} ({pool.type}): unchanged")
+    if resource_pools:
+        done += _ensure_resource_pools([p.name for p in selected])
+    return done
+
+
+def _ensure_resource_pools(pool_names: list[str]) -> list[str]:
+    from planflow.prefect.blocks import ResourcePool, ensure_defaults, local_pool_from_machine
+
+    # The `local` pool first: the backups below name it, and the planner only creates it
+    # by itself on a server that has no ResourcePool at all.
+    ensure_defaults()
+    wanted: dict[str, Any] = {}
+    if "docker" in pool_names:
+        machine = local_pool_from_machine("docker")
+        wanted["docker"] = lambda: ResourcePool(
+            work_pool="docker", cpu=machine.cpu, gpu=machine.gpu, mem_gib=machine.mem_gib,
+            cost_per_hour=0.0, backup_pool="local")
+    if "kubernetes" in pool_names:
+        wanted["kubernetes"] = lambda: ResourcePool(
+            work_pool="kubernetes", backup_pool="docker", **KUBERNETES_EXAMPLE)
+    done = []
+    for name, factory in wanted.items():
+        try:
+            ResourcePool.load(name)
+            done.append(f"ResourcePool '{name}': kept (already exists)")
+        except ValueError:
+            factory().save(name)
+            done.append(f"ResourcePool '{name}': created")
+    return done
+
+
+# -- checks with the fix in the message -------------------------------------------------
+def require_pool(name: str) -> Any:
+    """The work pool, or WorkPoolError saying how to create it."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    require_server()
+    with get_client(sync_client=True) as client:
+        try:
+            return client.read_work_pool(name)
+        except ObjectNotFound:
+            known = [p.name for p in client.read_work_pools()]
+    hint = ("planflow workpools apply" + (f" {name}" if name in POOLS else "")
+            if name in POOLS else f"prefect work-pool create {name} --type <process|docker|kubernetes>")
+    raise WorkPoolError(
+        f"work pool '{name}' does not exist on {_api_url()} (pools there: "
+        f"{', '.join(known) or 'none'}). Fix: {hint}"
+    )
+
+
+def worker_status(pool: str, now: dt.datetime | None = None) -> str:
+    """Say whether a worker serves `pool`, judged by its heartbeats; the message
+    says how to start one when none is alive.
+
+    Raises WorkPoolError when the pool does not exist or the server does not answer.
+    """
+    from prefect.client.orchestration import get_client
+
+    require_pool(pool)
+    with get_client(sync_client=True) as client:
+        workers = client.read_workers_for_work_pool(pool)
+    now = now or dt.datetime.now(dt.timezone.utc)
+    alive, stale = [], []
+    for worker in workers:
+        interval = worker.heartbeat_interval_seconds or 30
+        beat = worker.last_heartbeat_time
+        age = (now - beat).total_seconds() if beat else None
+        if age is not None and age <= 3 * interval and str(worker.status.value).upper() != "OFFLINE":
+            alive.append(f"{worker.name} (last heartbeat {age:.0f} s ago)")
+        else:
+            stale.append(f"{worker.name} (last heartbeat {'never' if age is None else f'{age:.0f} s ago'})")
+    if alive:
+        return f"work pool '{pool}': {len(alive)} worker(s) online: {', '.join(alive)}"
+    pool_type = POOLS[pool].type if pool in POOLS else None
+    start = f"prefect worker start --pool {pool}" + (f" --type {pool_type}" if pool_type else "")
+    seen = f" (offline: {', '.join(stale)})" if stale else ""
+    return f"work pool '{pool}' has no worker running{seen}; its flow runs wait. Start one with: {start}"
+
+
+def worker_online(pool: str) -> bool:
+    return "worker(s) online" in worker_status(pool)
+
+
+def require_image(image: str) -> None:
+    """WorkPoolError saying what to run when the Docker engine or the image is missing."""
+    if not shutil.which("docker"):
+        raise WorkPoolError("the docker client is not installed. Fix: scripts/install-docker.sh")
+    probe = subprocess.run(["docker", "image", "inspect", image], capture_output=True, text=True)
+    if probe.returncode == 0:
+        return
+    if "Cannot connect to the Docker daemon" in probe.stderr or "daemon running" in probe.stderr:
+        raise WorkPoolError(f"the Docker engine does not answer ({probe.stderr.strip()}). "
+                            "Fix: scripts/install-docker.sh")
+    raise WorkPoolError(
+        f"the image '{image}' is not on this machine (`docker image inspect {image}` failed). "
+        "Fix: run `make image` (scripts/build-image.sh), or set the deployment's `image` job "
+        "variable to an image your registry holds."
+    )
+
+
+# -- the command line (mounted by planflow.cli as `planflow workpools`) ------------------
+workpools_app = typer.Typer(help="Prefect work pools (process, docker, kubernetes) and their workers.",
+                            no_args_is_help=True)
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg="red", err=True)
+    raise typer.Exit(1)
+
+
+@workpools_app.command("apply")
+def apply_command(
+    names: Optional[List[str]] = typer.Argument(None, help=f"Pools to apply (default: {', '.join(POOLS)})."),
+    no_resource_pools: bool = typer.Option(False, help="Do not create the ResourcePool blocks."),
+) -> None:
+    """Create or update the work pools from deployments/job-templates/ (idempotent)."""
+    try:
+        for line in apply_work_pools(names or None, resource_pools=not no_resource_pools):
+            typer.echo(line)
+    except WorkPoolError as exc:
+        _fail(str(exc))
+
+
+@workpools_app.command("ls")
+def ls_command() -> None:
+    """List the work pools with their type, status and workers."""
+    from prefect.client.orchestration import get_client
+
+    try:
+        require_server()
+    except WorkPoolError as exc:
+        _fail(str(exc))
+    with get_client(sync_client=True) as client:
+        pools = client.read_work_pools()
+    if not pools:
+        typer.echo("no work pools. Create planflow's with: planflow workpools apply")
+    for pool in sorted(pools, key=lambda p: p.name):
+        status = getattr(pool.status, "value", pool.status) or "-"
+        typer.echo(f"{pool.name:<16} {pool.type:<12} {str(status):<10} {worker_status(pool.name)}")
+
+
+@workpools_app.command("status")
+def status_command(pool: str = typer.Argument(..., help="Work pool name.")) -> None:
+    """Say whether a worker serves POOL; exit 3 when none does."""
+    try:
+        message = worker_status(pool)
+    except WorkPoolError as exc:
+        _fail(str(exc))
+    typer.echo(message)
+    if "no worker running" in message:
+        raise typer.Exit(3)

@@ -1,0 +1,452 @@
+"""planflow's Prefect automations, declared as code and applied idempotently.
+
+    planflow automations apply     # create / update / keep, matched by name; prints one line each
+    planflow automations ls        # the planflow automations on the server
+    planflow automations rm [NAME] # delete one, or all of planflow's
+
+What there is (names start with "planflow: "):
+
+| automation | trigger | action |
+|---|---|---|
+| retry failed or crashed runs | Prefect's own `prefect.flow-run.Failed` / `.Crashed` of a flow run tagged `planflow` | run `planflow-retry-run/remediation` (same flow run back to AwaitingRetry) |
+| failover on unhealthy pool | `planflow.alert.firing` / `.resolved` about `prefect.work-pool.*` whose alert's AlertRoute says failover (PlanflowWorkPoolNotReady, PlanflowWorkerHeartbeatStale, PlanflowPoolFailureRateHigh) | run `planflow-failover/remediation` |
+| rescale on late-run backlog | the same events for alerts routed to rescale (PlanflowLateRunBacklog) | run `planflow-rescale/remediation` |
+| crash silent runs | proactive: a `planflow` flow run's `prefect.flow-run.heartbeat` not followed by another heartbeat or a final state within 3 heartbeat periods | change that flow run's state to Crashed (the retry automation then answers) |
+
+Prefect 3 flow runs send a heartbeat every `PREFECT_FLOWS_HEARTBEAT_FREQUENCY` seconds
+(180 by default, 30 at least), so a run whose process died silently is found after 9
+minutes by default; set the frequency to 30 on the workers (and where `apply` runs) for
+90 s, or `PLANFLOW_CRASH_AFTER_SECONDS` directly (see `crash_after_seconds`).
+
+**Why in code, and not as `triggers:` in deployments/prefect.yaml.** A prefect.yaml
+trigger belongs to one deployment and can only run that deployment; planflow's
+automations are cross-cutting: one automation answers the failures of every pipeline
+deployment on every pool, and one changes a flow run's state without any deployment.
+Which alerts lead to which action is configuration (the AlertRoute blocks, editable in
+the UI), so the triggers' alert-name lists are computed from the blocks when applied,
+and re-applying after editing a route updates them without redeploying anything. The
+remediation deployments they run are created here too (their ids are resolved at apply
+time), on their own process pool `planflow-remediation`, so that pausing a pipeline pool
+never stops its own remediation. Metric triggers are not used: the open-source server
+refuses them; Prometheus evaluates the thresholds and the bridge turns alerts into events.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+PREFIX = "planflow: "
+REMEDIATION_POOL = "planflow-remediation"
+DEPLOYMENT_NAME = "remediation"
+# flow name -> entrypoint: import paths into the installed package, so the remediation
+# worker runs them wherever planflow is installed, whatever the project's folder.
+REMEDIATION_DEPLOYMENTS = {
+    "planflow-retry-run": "planflow.remediation.actions:retry_run",
+    "planflow-failover": "planflow.remediation.actions:failover",
+    "planflow-rescale": "planflow.remediation.actions:rescale",
+}
+FLOW_FOR_ACTION = {"retry": "planflow-retry-run", "failover": "planflow-failover",
+                   "rescale": "planflow-rescale"}
+NAMES = {
+    "retry": PREFIX + "retry failed or crashed runs",
+    "failover": PREFIX + "failover on unhealthy pool",
+    "rescale": PREFIX + "rescale on late-run backlog",
+    "crash": PREFIX + "crash silent runs",
+}
+
+
+def _text(template: str) -> dict[str, str]:
+    """A parameter rendered as text (a bare "{{ x }}" would be rendered through tojson,
+    which fails for the event's UUID id)."""
+    return {"__prefect_kind": "jinja", "template": template}
+
+
+EVENT_PARAMETERS = {
+    "event_id": _text("{{ event.id }}"),
+    "event_occurred": _text("{{ event.occurred }}"),
+    "event": _text("{{ event.event }}"),
+    "resource_id": _text("{{ event.resource.id }}"),
+}
+ALERT_PARAMETERS = {
+    **EVENT_PARAMETERS,
+    "labels": {"__prefect_kind": "json",
+               "value": {"__prefect_kind": "jinja", "template": "{{ event.payload.labels | tojson }}"}},
+}
+
+
+class AutomationsError(RuntimeError):
+    """The automations cannot be applied; the message says what to run."""
+
+
+# -- what the remediation flows run on --------------------------------------------------
+def ensure_remediation_pool() -> str:
+    """The process work pool that runs the remediation flows (created when missing)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectNotFound
+
+    from planflow.prefect.jobvars import load_template
+
+    with get_client(sync_client=True) as client:
+        try:
+            pool = client.read_work_pool(REMEDIATION_POOL)
+            if pool.is_paused:
+                from prefect.client.schemas.actions import WorkPoolUpdate
+
+                client.update_work_pool(REMEDIATION_POOL, WorkPoolUpdate(is_paused=False))
+                return f"{REMEDIATION_POOL}: resumed"
+            return f"{REMEDIATION_POOL}: unchanged"
+        except ObjectNotFound:
+            client.create_work_pool(WorkPoolCreate(
+                name=REMEDIATION_POOL, type="process", base_job_template=load_template("process"),
+                description="Runs planflow's remediation flows (retry, failover, rescale)."))
+            return f"{REMEDIATION_POOL}: created"
+
+
+def ensure_deployments() -> dict[str, Any]:
+    """Create or update the remediation deployments (`<flow>/remediation`) on the
+    remediation pool, running planflow's installed code. Returns flow name -> deployment id."""
+    from prefect.client.orchestration import get_client
+    from prefect.utilities.callables import parameter_schema
+
+    from planflow.remediation import actions as remediation
+
+    flows = {"planflow-retry-run": remediation.retry_run, "planflow-failover": remediation.failover,
+             "planflow-rescale": remediation.rescale}
+    ids = {}
+    with get_client(sync_client=True) as client:
+        for flow_name, entrypoint in REMEDIATION_DEPLOYMENTS.items():
+            flow_id = client.create_flow_from_name(flow_name)
+            ids[flow_name] = client.create_deployment(
+                flow_id=flow_id, name=DEPLOYMENT_NAME, entrypoint=entrypoint,
+                work_pool_name=REMEDIATION_POOL, tags=["planflow-remediation"],
+                description=f"planflow remediation: {flow_name} (started by planflow's automations)",
+                parameter_openapi_schema=parameter_schema(flows[flow_name].fn).model_dump_for_openapi(),
+                enforce_parameter_schema=False, job_variables={})
+    return ids
+
+
+# -- the automations --------------------------------------------------------------------
+def desired_automations(deployment_ids: dict[str, Any], routes: dict[str, Any] | None = None) -> list[Any]:
+    """Every automation planflow needs, built from the AlertRoute blocks (or defaults)."""
+    from prefect.automations import Automation
+    from prefect.events.actions import ChangeFlowRunState, RunDeployment
+    from prefect.events.schemas.automations import EventTrigger, Posture
+    from prefect.client.schemas.objects import StateType
+
+    from planflow.prefect.blocks.alert_route import FLOW_RUN_FAILED, load_routes
+
+    routes = routes if routes is not None else load_routes()
+    out = []
+    if routes.get(FLOW_RUN_FAILED) is None or routes[FLOW_RUN_FAILED].action != "none":
+        out.append(Automation(
+            name=NAMES["retry"],
+            description="A failed or crashed planflow flow run is run again (the same flow run, "
+                        "finished components cached), within its AlertRoute's attempt cap and backoff.",
+            trigger=EventTrigger(
+                expect={"prefect.flow-run.Failed", "prefect.flow-run.Crashed"},
+                match={"prefect.resource.id": "prefect.flow-run.*"},
+                match_related={"prefect.resource.id": "prefect.tag.planflow",
+                               "prefect.resource.role": "tag"},
+                posture=Posture.Reactive, threshold=1, within=timedelta(0)),
+            actions=[RunDeployment(source="selected", deployment_id=deployment_ids["planflow-retry-run"],
+                                   parameters=dict(EVENT_PARAMETERS))],
+        ))
+    for action, resource in (("failover", "prefect.work-pool.*"), ("rescale", "prefect.work-*")):
+        alerts = sorted(name for name, route in routes.items() if route.action == action)
+        if not alerts:
+            continue
+        out.append(Automation(
+            name=NAMES[action],
+            description=f"planflow.alert.firing/resolved of {', '.join(alerts)} (their AlertRoute "
+                        f"blocks say {action}) start the {action} remediation flow.",
+            trigger=EventTrigger(
+                expect={"planflow.alert.firing", "planflow.alert.resolved"},
+                match={"prefect.resource.id": resource, "planflow.alert.name": alerts},
+                posture=Posture.Reactive, threshold=1, within=timedelta(0)),
+            actions=[RunDeployment(source="selected", deployment_id=deployment_ids[FLOW_FOR_ACTION[action]],
+                                   parameters=dict(ALERT_PARAMETERS))],
+        ))
+    window = crash_after_seconds()
+    out.append(Automation(
+        name=NAMES["crash"],
+        description=f"A planflow flow run that stopped sending heartbeats for {window:g} s without "
+                    "reaching a final state is marked Crashed (the retry automation then answers).",
+        trigger=EventTrigger(
+            after={"prefect.flow-run.heartbeat"},
+            expect={"prefect.flow-run.heartbeat", "prefect.flow-run.Completed", "prefect.flow-run.Failed",
+                    "prefect.flow-run.Cancelled", "prefect.flow-run.Crashed"},
+            match={"prefect.resource.id": "prefect.flow-run.*"},
+            match_related={"prefect.resource.id": "prefect.tag.planflow", "prefect.resource.role": "tag"},
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive, threshold=1, within=timedelta(seconds=window)),
+        actions=[ChangeFlowRunState(state=StateType.CRASHED,
+                                    message=f"planflow: no heartbeat for {window:g} s; marked Crashed")],
+    ))
+    return out
+
+
+CRASH_AFTER_ENV = "PLANFLOW_CRASH_AFTER_SECONDS"
+
+
+def crash_after_seconds() -> float:
+    """How long without a heartbeat before a running planflow flow run counts as crashed:
+    PLANFLOW_CRASH_AFTER_SECONDS, else 3 heartbeats of Prefect's flow heartbeat frequency
+    (PREFECT_FLOWS_HEARTBEAT_FREQUENCY, 180 s by default: 9 minutes; set it to 30 on the
+    workers and here for 90 s). Never shorter than 1.5 heartbeats, which would crash
+    healthy runs between two heartbeats."""
+    from prefect.settings import get_current_settings
+
+    frequency = float(get_current_settings().flows.heartbeat_frequency or 180)
+    for name in ("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "PREFECT_RUNNER_HEARTBEAT_FREQUENCY"):
+        try:  # the environment as it is now (Prefect's settings were read at import)
+            frequency = max(30.0, float(os.environ[name]))
+            break
+        except (KeyError, ValueError):
+            continue
+    explicit = os.environ.get(CRASH_AFTER_ENV, "").strip()
+    if explicit:
+        try:
+            value = float(explicit)
+        except ValueError:
+            raise AutomationsError(f"{CRASH_AFTER_ENV}={explicit!r} is not a number of seconds; "
+                                   f"unset it or give e.g. {3 * frequency:g}") from None
+        if value < 1.5 * frequency:
+            raise AutomationsError(
+                f"{CRASH_AFTER_ENV}={value:g} is shorter than 1.5 heartbeats ({frequency:g} s each, "
+                "PREFECT_FLOWS_HEARTBEAT_FREQUENCY): healthy runs would be marked Crashed between two "
+                f"heartbeats. Set it to at least {1.5 * frequency:g}, or lower the heartbeat frequency.")
+        return value
+    return 3 * frequency
+
+
+def _spec(automation: Any) -> dict[str, Any]:
+    """What decides whether a stored automation equals the desired one."""
+    data = automation.model_dump(mode="json", exclude={"id", "owner_resource", "tags"})
+    trigger = data.get("trigger") or {}
+    trigger.pop("id", None)
+    for key in ("expect", "after", "for_each"):
+        if key in trigger and isinstance(trigger[key], list):
+            trigger[key] = sorted(trigger[key])
+    return data
+
+
+def planflow_automations() -> list[Any]:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return sorted((a for a in client.read_automations() if a.name.startswith(PREFIX)),
+                      key=lambda a: a.name)
+
+
+def apply(routes: dict[str, Any] | None = None) -> list[str]:
+    """Create, update or keep every planflow automation, matched by name (duplicates of a
+    name are removed, stale planflow automations deleted). Also ensures the AlertRoute
+    blocks, the remediation pool and deployments, and the guard's concurrency limit.
+    Returns one line per thing done."""
+    from prefect.client.orchestration import get_client
+
+    from planflow.prefect.blocks.alert_route import Guard, ensure_routes
+
+    from planflow.prefect.workpools import WorkPoolError, require_server
+
+    try:
+        require_server()
+    except WorkPoolError as exc:
+        raise AutomationsError(str(exc)) from exc
+    done = [f"AlertRoute '{name}': {'created' if created else 'kept'}"
+            for name, created in ensure_routes().items()]
+    Guard.ensure_lock()
+    done.append(ensure_remediation_pool())
+    ids = ensure_deployments()
+    done += [f"deployment {name}/{DEPLOYMENT_NAME}: applied" for name in ids]
+    wanted = desired_automations(ids, routes)
+    existing: dict[str, list[Any]] = {}
+    for automation in planflow_automations():
+        existing.setdefault(automation.name, []).append(automation)
+    with get_client(sync_client=True) as client:
+        for automation in wanted:
+            found = existing.pop(automation.name, [])
+            for extra in found[1:]:
+                client.delete_automation(extra.id)
+            if not found:
+                automation.create()
+                done.append(f"{automation.name}: created")
+            elif _spec(found[0]) != _spec(automation):
+                client.update_automation(found[0].id, automation)
+                done.append(f"{automation.name}: updated")
+            else:
+                done.append(f"{automation.name}: unchanged")
+        for name, stale in existing.items():  # a planflow automation no longer wanted
+            for automation in stale:
+                client.delete_automation(automation.id)
+            done.append(f"{name}: deleted (no longer wanted)")
+    return done
+
+
+def remove(name: str | None = None) -> list[str]:
+    """Delete one planflow automation (by full name or the part after "planflow: "), or all."""
+    from prefect.client.orchestration import get_client
+
+    removed = []
+    with get_client(sync_client=True) as client:
+        for automation in planflow_automations():
+            if name is None or automation.name in (name, PREFIX + name):
+                client.delete_automation(automation.id)
+                removed.append(automation.name)
+    return removed
+
+
+# -- a worker for the remediation pool ----------------------------------------------------
+def start_remediation_worker(log_file: Path, query_seconds: float = 1.0,
+                             env: dict[str, str] | None = None, limit: int = 4,
+                             name: str | None = None) -> subprocess.Popen:
+    """The remediation worker (monitoring/remediation_worker.py: runs the remediation
+    flows in its own warm process) on `planflow-remediation`, polling every
+    `query_seconds` (Prefect's default 10 s would dominate the alert-to-remediation
+    latency), at most `limit` remediation flow runs at once (a storm queues)."""
+    import sys
+
+    from planflow.ops.workers import start_process
+
+    name = name or f"{REMEDIATION_POOL}-{os.getpid()}-{os.urandom(3).hex()}"
+    return start_process([sys.executable, "-m", "planflow.remediation.worker", "--pool", REMEDIATION_POOL,
+                          "--name", name, "--limit", str(limit), "--query-seconds", f"{query_seconds:g}"],
+                         log_file, dict(os.environ if env is None else env))
+
+
+def stop_process(process: subprocess.Popen, timeout: float = 20.0) -> None:
+    """Stop a process started with start_new_session (its whole group)."""
+    from planflow.ops.workers import stop_process as stop
+
+    stop(process, timeout)
+
+
+def _worker_pid_file(paths) -> Path:
+    return paths.home / "monitoring" / "remediation-worker.pid"
+
+
+def worker_pid(paths=None) -> int | None:
+    """The pid of the remediation worker `worker_up` started, if it still runs."""
+    from planflow.settings import StatePaths
+
+    from planflow.ops.workers import start_ticks
+
+    paths = paths or StatePaths.discover()
+    try:
+        pid, ticks = (int(x) for x in _worker_pid_file(paths).read_text().split())
+    except (OSError, ValueError):
+        return None
+    return pid if start_ticks(pid) == ticks else None  # the same process, not a recycled pid
+
+
+def worker_up(paths=None, query_seconds: float = 1.0) -> int:
+    """Start the remediation worker for `planflow stack up` (idempotent: a live recorded
+    worker is kept); pid and log under <state>/monitoring/. Returns its pid."""
+    from planflow.monitoring.metrics import pushgateway_url_from_env
+    from planflow.settings import StatePaths, client_env
+
+    paths = paths or StatePaths.discover()
+    running = worker_pid(paths)
+    if running:
+        return running
+    env = {**os.environ, **client_env(paths)}
+    if os.environ.get("PREFECT_API_URL"):
+        env["PREFECT_API_URL"] = os.environ["PREFECT_API_URL"]
+    gateway = pushgateway_url_from_env()
+    if gateway:
+        env["PLANFLOW_PUSHGATEWAY_URL"] = gateway
+    process = start_remediation_worker(paths.home / "monitoring" / "remediation-worker.log",
+                                       query_seconds=query_seconds, env=env)
+    pid_file = _worker_pid_file(paths)
+    pid_file.parent.mkdir(parents=True, exist_ok=True)
+    from planflow.ops.workers import start_ticks
+
+    pid_file.write_text(f"{process.pid} {start_ticks(process.pid)}")
+    return process.pid
+
+
+def worker_down(paths=None, timeout: float = 20.0) -> bool:
+    """Stop the worker `worker_up` started (the same process: pid and start time)."""
+    from planflow.settings import StatePaths
+    from planflow.ops.workers import stop_group
+
+    paths = paths or StatePaths.discover()
+    pid = worker_pid(paths)
+    _worker_pid_file(paths).unlink(missing_ok=True)
+    if pid is None:
+        return False
+    return stop_group(pid, timeout)
+
+
+# -- the command line (mount: app.add_typer(automations_app, name="automations")) ----------
+automations_app = typer.Typer(help="planflow's Prefect automations (retry, failover, rescale).",
+                              no_args_is_help=True)
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg="red", err=True)
+    raise typer.Exit(1)
+
+
+@automations_app.command("apply")
+def apply_command() -> None:
+    """Create or update every planflow automation, its routes and deployments (idempotent)."""
+    try:
+        for line in apply():
+            typer.echo(line)
+    except AutomationsError as exc:
+        _fail(str(exc))
+
+
+@automations_app.command("ls")
+def ls_command() -> None:
+    """List planflow's automations: name, enabled, trigger events, action."""
+    from planflow.prefect.workpools import WorkPoolError, require_server
+
+    try:
+        require_server()
+    except WorkPoolError as exc:
+        _fail(str(exc))
+    found = planflow_automations()
+    if not found:
+        typer.echo("no planflow automations. Create them with: planflow automations apply")
+    for a in found:
+        events = ",".join(sorted(getattr(a.trigger, "expect", []) or []))
+        actions = ",".join(x.type for x in a.actions)
+        typer.echo(f"{a.name:<45} {'enabled' if a.enabled else 'disabled':<9} {events}  -> {actions}")
+
+
+@automations_app.command("rm")
+def rm_command(name: Optional[str] = typer.Argument(None, help="Automation name; all of planflow's when omitted."),
+               ) -> None:
+    """Delete one planflow automation, or all of them."""
+    removed = remove(name)
+    if name and not removed:
+        _fail(f"no planflow automation named {name!r}; see `planflow automations ls`")
+    for item in removed:
+        typer.echo(f"{item}: deleted")
+
+
+automations_app.command("delete")(rm_command)
+
+
+@automations_app.command("worker")
+def worker_command(action: str = typer.Argument(..., help="up or down")) -> None:
+    """Start (up) or stop (down) the remediation worker (`planflow stack up` does both)."""
+    if action == "up":
+        typer.echo(f"remediation worker: pid {worker_up()} (pool {REMEDIATION_POOL})")
+    elif action == "down":
+        typer.echo("remediation worker: " + ("stopped" if worker_down() else "not running"))
+    else:
+        _fail(f"unknown action {action!r}: up or down")
+
+
+if __name__ == "__main__":  # python -m planflow.remediation.automations apply
+    automations_app()

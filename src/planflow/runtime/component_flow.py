@@ -1,0 +1,49 @@
+"""The flow that runs one component of a pipeline on a work pool (distributed mode).
+
+Its deployments, one per work pool (`run-component/<work pool>`), are started by
+the pipeline's parent flow run with job variables from the plan. Inputs and the
+output pass through Prefect result storage by key: the default storage is the
+local path PREFECT_LOCAL_STORAGE_PATH, shared into containers; on a cluster, point
+PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK at a remote storage block (e.g. S3/GCS).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.results import ResultStore
+
+from planflow.core import discovery
+
+
+def output_key(run_key: str, step: str) -> str:
+    """Where a step's output lives in result storage for one pipeline run."""
+    return f"planflow-{run_key}-{step}"
+
+
+@flow(name="run-component", persist_result=True, log_prints=True)
+def run_component(
+    pipeline: str,
+    step: str,
+    params: dict[str, Any],
+    inputs: dict[str, str],
+    run_key: str,
+) -> str:
+    """Run `step` of `pipeline` (its ref: `package.module:attribute` or a YAML file,
+    imported from the project folder the worker runs in): read its upstream outputs
+    (`inputs`: upstream step -> storage key), compute it as a task, store its output;
+    return the output's key."""
+    logger = get_run_logger()
+    discovery.use_project_imports(Path.cwd())
+    p = discovery.load_ref(pipeline)
+    store = ResultStore()
+    outputs = {upstream: store.read(key).result for upstream, key in inputs.items()}
+    kwargs = p.step_kwargs(step, p.resolve_params(params), outputs)
+    component = p.steps[step].component.with_options(name=step, task_run_name=step)
+    result = component(**kwargs)
+    key = output_key(run_key, step)
+    store.write(result, key=key)
+    logger.info("%s/%s stored its output as %s", p.name, step, key)
+    return key

@@ -1,0 +1,181 @@
+"""What a run shows: the plan, planned versus actual, and a Gantt picture of both.
+
+Pure functions from a PipelinePlan and the dispatcher's records to table rows,
+markdown and PNG bytes; the run flow turns them into Prefect artifacts.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from typing import Any, Mapping
+
+from planflow.runtime.dispatch import StepRecord
+from planflow.runtime.planning import PipelinePlan
+
+
+def plan_rows(pp: PipelinePlan) -> list[dict[str, Any]]:
+    rows = []
+    for t in pp.plan.order_tasks():
+        rows.append(
+            {
+                "component": t.name,
+                "pool": t.pool,
+                "start_s": round(t.start, 2),
+                "finish_s": round(t.finish, 2),
+                "duration_s": round(t.duration, 2),
+                "cpu": t.demand.get("cpu", 0.0),
+                "gpu": t.demand.get("gpu", 0.0),
+                "mem_gib": t.demand.get("mem_gib", 0.0),
+                "estimate": pp.source_of(t.name),
+            }
+        )
+    return rows
+
+
+def plan_figures(pp: PipelinePlan) -> dict[str, Any]:
+    plan = pp.plan
+    return {
+        "makespan_s": plan.makespan,
+        "lower_bound_s": plan.lower_bound,
+        "gap": plan.gap,
+        "status": plan.status,
+        "solver": plan.solver,
+        "solve_seconds": plan.solve_seconds,
+        "heuristic_makespan_s": plan.heuristic_makespan,
+        "cost": plan.cost,
+        "bounds": dict(plan.bounds),
+    }
+
+
+def planned_vs_actual(pp: PipelinePlan, records: Mapping[str, StepRecord]) -> list[dict[str, Any]]:
+    """Per component: start delay (actual - planned start) and overrun (actual / planned)."""
+    rows = []
+    for t in pp.plan.order_tasks():
+        r = records.get(t.name)
+        actual = r.seconds if r else None
+        rows.append(
+            {
+                "component": t.name,
+                "pool": t.pool,
+                "state": r.state if r else "Pending",
+                "planned_start_s": round(t.start, 2),
+                "actual_start_s": None if not r or r.started is None else round(r.started, 2),
+                "start_delay_s": None if not r or r.started is None else round(r.started - t.start, 2),
+                "planned_s": round(t.duration, 2),
+                "actual_s": None if actual is None else round(actual, 2),
+                "overrun": None if actual is None or t.duration <= 0 else round(actual / t.duration, 2),
+            }
+        )
+    return rows
+
+
+def peak_demand(pp: PipelinePlan) -> dict[str, dict[str, float]]:
+    """Per pool and resource, the highest total demand of the plan at any instant."""
+    peaks: dict[str, dict[str, float]] = {}
+    for pool in {t.pool for t in pp.plan.tasks.values()}:
+        on = [t for t in pp.plan.tasks.values() if t.pool == pool]
+        for t in on:  # usage only rises at start times
+            live = [u for u in on if u.start <= t.start < u.finish]
+            for resource in t.demand:
+                total = sum(u.demand.get(resource, 0.0) for u in live)
+                peaks.setdefault(pool, {})[resource] = max(peaks.get(pool, {}).get(resource, 0.0), total)
+    return peaks
+
+
+def actual_makespan(records: Mapping[str, StepRecord]) -> float:
+    return max((r.finished for r in records.values() if r.finished is not None), default=0.0)
+
+
+def gantt_png(pp: PipelinePlan, records: Mapping[str, StepRecord] | None = None, title: str = "") -> bytes:
+    """A Gantt chart: one row per component, the planned bar (light) and, when
+    records are given, the actual bar (dark) over it; colour per pool."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = pp.plan.order_tasks()
+    pools = sorted({t.pool for t in tasks})
+    colours = {p: plt.get_cmap("tab10")(i % 10) for i, p in enumerate(pools)}
+    height = max(2.5, 0.42 * len(tasks) + 1.4)
+    fig, ax = plt.subplots(figsize=(10, height), dpi=100)
+    for row, t in enumerate(tasks):
+        ax.barh(row, t.duration, left=t.start, height=0.8, color=colours[t.pool], alpha=0.35,
+                edgecolor=colours[t.pool], label=f"planned on {t.pool}")
+        r = (records or {}).get(t.name)
+        if r and r.started is not None and r.finished is not None:
+            ax.barh(row, r.finished - r.started, left=r.started, height=0.36,
+                    color="#b00020" if r.state == "Failed" else colours[t.pool], label="actual")
+    ax.set_yticks(range(len(tasks)), [t.name for t in tasks])
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds from the start of the run")
+    ax.axvline(pp.plan.makespan, color="black", linestyle="--", linewidth=1, label="planned makespan")
+    if records:
+        ax.axvline(actual_makespan(records), color="#b00020", linestyle=":", linewidth=1.2,
+                   label="actual makespan")
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles))
+    ax.legend(unique.values(), unique.keys(), loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    subtitle = (f"plan {pp.plan.makespan:.1f} s ({pp.plan.status}, gap {pp.plan.gap:.1%}, "
+                f"{pp.plan.solver} {pp.plan.solve_seconds:.2f} s)")
+    if records:
+        subtitle += f" · actual {actual_makespan(records):.1f} s"
+    ax.set_title(f"{title}\n{subtitle}" if title else subtitle, fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def png_markdown(png: bytes, alt: str) -> str:
+    """Markdown that embeds the picture itself, so the Prefect UI shows it with no file server."""
+    return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})"
+
+
+def plan_markdown(pp: PipelinePlan, name: str, png: bytes | None = None) -> str:
+    f = plan_figures(pp)
+    bounds = ", ".join(f"{k} {v:.2f} s" for k, v in f["bounds"].items())
+    lines = [
+        f"# Plan for {name}",
+        "",
+        "| figure | value |",
+        "|---|---|",
+        f"| planned makespan | {f['makespan_s']:.2f} s |",
+        f"| lower bound | {f['lower_bound_s']:.2f} s ({bounds}) |",
+        f"| gap | {f['gap']:.1%} |",
+        f"| status | {f['status']} |",
+        f"| solver, solve time | {f['solver']}, {f['solve_seconds']:.3f} s |",
+        f"| list-scheduling makespan | {f['heuristic_makespan_s']:.2f} s |",
+    ]
+    for note in pp.plan.notes:
+        lines.append(f"\n> {note}")
+    if png:
+        lines += ["", png_markdown(png, f"Gantt chart of the plan for {name}")]
+    return "\n".join(lines)
+
+
+def actual_markdown(pp: PipelinePlan, records: Mapping[str, StepRecord], name: str,
+                    png: bytes | None = None) -> str:
+    achieved = actual_makespan(records)
+    planned = pp.plan.makespan
+    ratio = achieved / planned if planned > 0 else float("nan")
+    lines = [
+        f"# {name}: planned versus actual",
+        "",
+        f"Makespan achieved **{achieved:.2f} s** against **{planned:.2f} s** planned "
+        f"(actual/planned = {ratio:.2f}).",
+        "",
+        "| component | pool | state | start delay (s) | planned (s) | actual (s) | overrun |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in planned_vs_actual(pp, records):
+        lines.append(
+            f"| {row['component']} | {row['pool']} | {row['state']} | {row['start_delay_s']} | "
+            f"{row['planned_s']} | {row['actual_s']} | {row['overrun']} |"
+        )
+    if png:
+        lines += ["", png_markdown(png, f"Gantt chart, planned and actual, for {name}")]
+    return "\n".join(lines)
