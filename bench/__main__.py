@@ -12,7 +12,7 @@ import sys
 import time
 
 BENCHMARKS = {
-    "planner": "bench.bench_planner",   # PSPLIB j30 and mm-j10, scale 100/300/1000
+    "planner": "bench.bench_planner",  # PSPLIB j30 and mm-j10, scale 100/300/1000
     "dispatch": "bench.bench_dispatch",  # a real run: plan versus FIFO
     "monitoring": "bench.bench_monitoring",  # alert latency, bridge burst of 10,000 alerts
     "remediation": "bench.bench_remediation",  # alert -> remediation flow run started

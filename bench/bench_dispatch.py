@@ -31,6 +31,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+
 from planflow import to_flow
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -137,8 +138,9 @@ def main(argv: list[str] | None = None) -> dict:
         from planflow.prefect.blocks import ResourcePool, ensure_defaults
 
         ensure_defaults()
-        ResourcePool(work_pool="local-process", cpu=CAPACITY["cpu"],
-                     mem_gib=CAPACITY["mem_gib"]).save(POOL, overwrite=True)
+        ResourcePool(work_pool="local-process", cpu=CAPACITY["cpu"], mem_gib=CAPACITY["mem_gib"]).save(
+            POOL, overwrite=True
+        )
         rate, pipeline, rounds = _rounds(args.rounds)
     write(_figures(rate, pipeline, rounds))
     return json.loads((RESULTS / "dispatch.json").read_text())
@@ -157,14 +159,16 @@ def _rounds(count: int):
         for policy in order:
             result[policy] = flow(policy=policy, local_pool=POOL)
         plan = result["plan"]["plan"]
-        rounds.append({
-            "planned_makespan_s": plan["makespan_s"],
-            "lower_bound_s": plan["lower_bound_s"],
-            "plan_status": plan["status"],
-            "solve_seconds": plan["solve_seconds"],
-            "plan_actual_s": result["plan"]["makespan_s"],
-            "fifo_actual_s": result["fifo"]["makespan_s"],
-        })
+        rounds.append(
+            {
+                "planned_makespan_s": plan["makespan_s"],
+                "lower_bound_s": plan["lower_bound_s"],
+                "plan_status": plan["status"],
+                "solve_seconds": plan["solve_seconds"],
+                "plan_actual_s": result["plan"]["makespan_s"],
+                "fifo_actual_s": result["fifo"]["makespan_s"],
+            }
+        )
         print(rounds[-1], flush=True)
     return rate, pipeline, rounds
 
@@ -177,8 +181,9 @@ def _figures(rate: float, pipeline, rounds: list[dict]) -> dict:
     figures = {
         "components": len(pipeline.steps),
         "pool": {"name": POOL, **CAPACITY},
-        "peak_demand_cpu_if_all_ready": sum(s.spec.cpu for s in pipeline.steps.values()
-                                            if pipeline.upstream(s.name) == ("ingest_events",)),
+        "peak_demand_cpu_if_all_ready": sum(
+            s.spec.cpu for s in pipeline.steps.values() if pipeline.upstream(s.name) == ("ingest_events",)
+        ),
         "cpu_seconds": totals["cpu_seconds"],
         "resource_bound_s": totals["cpu_seconds"] / CAPACITY["cpu"],
         "sum_of_estimates_s": totals["total_seconds"],
@@ -210,8 +215,10 @@ def write(figures: dict) -> None:
         "|---|---|---|---|---|---|",
     ]
     for i, r in enumerate(figures["rounds"], 1):
-        lines.append(f"| {i} | {r['planned_makespan_s']:.2f} | {r['plan_actual_s']:.2f} | {r['fifo_actual_s']:.2f} "
-                     f"| {r['plan_status']} | {r['solve_seconds']:.2f} |")
+        lines.append(
+            f"| {i} | {r['planned_makespan_s']:.2f} | {r['plan_actual_s']:.2f} | {r['fifo_actual_s']:.2f} "
+            f"| {r['plan_status']} | {r['solve_seconds']:.2f} |"
+        )
     lines += [
         "",
         f"- planned makespan / default's actual makespan: **{figures['planned_over_default']:.2f}** (target <= 0.8)",

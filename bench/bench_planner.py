@@ -21,10 +21,10 @@ if str(ROOT) not in sys.path:  # allow `python bench/bench_planner.py`
 
 from planflow.planner import PlannerOptions, plan_violations, solve  # noqa: E402
 from planflow.planner.generate import random_pipeline  # noqa: E402
-from planflow.planner.heuristics import rule_lists, priorities, serial_sgs  # noqa: E402
+from planflow.planner.heuristics import priorities, rule_lists, serial_sgs  # noqa: E402
 from planflow.planner.instance import compile_problem  # noqa: E402
-from planflow.planner.psplib import read_optima, read_psplib, write_csv  # noqa: E402
 from planflow.planner.problem import validate_problem  # noqa: E402
+from planflow.planner.psplib import read_optima, read_psplib, write_csv  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 
@@ -44,8 +44,9 @@ def single_pass_best(problem) -> float:
     return min(serial_sgs(inst, lst).makespan for lst in rule_lists(inst, pr).values())
 
 
-def run_set(files: list[Path], optima: dict[str, float], time_limit: float, solver: str,
-            tag: str) -> tuple[list[dict], dict]:
+def run_set(
+    files: list[Path], optima: dict[str, float], time_limit: float, solver: str, tag: str
+) -> tuple[list[dict], dict]:
     rows = []
     for i, f in enumerate(files):
         problem = read_psplib(f)
@@ -54,15 +55,22 @@ def run_set(files: list[Path], optima: dict[str, float], time_limit: float, solv
         opt = optima.get(f.stem)
         # Single-pass SGS only applies to single-mode sets (no non-renewable budgets).
         sp = single_pass_best(problem) if not problem.nonrenewable_capacity else None
-        rows.append({
-            "instance": f.stem, "jobs": len(problem.tasks) - 2, "makespan": plan.makespan,
-            "lower_bound": plan.lower_bound, "status": plan.status, "solver": plan.solver,
-            "solve_seconds": round(plan.solve_seconds, 4),
-            "heuristic_makespan": plan.heuristic_makespan, "single_pass_makespan": sp,
-            "optimum": opt,
-            "deviation_pct": None if opt is None else round(100 * (plan.makespan - opt) / opt, 4),
-            "valid": not bad,
-        })
+        rows.append(
+            {
+                "instance": f.stem,
+                "jobs": len(problem.tasks) - 2,
+                "makespan": plan.makespan,
+                "lower_bound": plan.lower_bound,
+                "status": plan.status,
+                "solver": plan.solver,
+                "solve_seconds": round(plan.solve_seconds, 4),
+                "heuristic_makespan": plan.heuristic_makespan,
+                "single_pass_makespan": sp,
+                "optimum": opt,
+                "deviation_pct": None if opt is None else round(100 * (plan.makespan - opt) / opt, 4),
+                "valid": not bad,
+            }
+        )
         print(f"[{tag} {i + 1}/{len(files)}] {rows[-1]}", flush=True)
     return rows, summarise(rows)
 
@@ -123,48 +131,70 @@ def run_scale(sizes: list[int], time_limit: float, solver: str) -> list[dict]:
         t = time.perf_counter()
         plan = solve(p, PlannerOptions(solver=solver, time_limit_s=limit))
         t_full = time.perf_counter() - t
-        rows.append({
-            "components": n, "time_limit_s": limit,
-            "first_plan_seconds": round(t_first, 3), "first_makespan": round(first.makespan, 2),
-            "first_gap": round(first.gap, 4),
-            "seconds": round(t_full, 3), "makespan": round(plan.makespan, 2),
-            "lower_bound": round(plan.lower_bound, 2), "gap": round(plan.gap, 4),
-            "status": plan.status, "solver": plan.solver, "notes": "; ".join(plan.notes),
-            "valid": not plan_violations(p, plan),
-        })
+        rows.append(
+            {
+                "components": n,
+                "time_limit_s": limit,
+                "first_plan_seconds": round(t_first, 3),
+                "first_makespan": round(first.makespan, 2),
+                "first_gap": round(first.gap, 4),
+                "seconds": round(t_full, 3),
+                "makespan": round(plan.makespan, 2),
+                "lower_bound": round(plan.lower_bound, 2),
+                "gap": round(plan.gap, 4),
+                "status": plan.status,
+                "solver": plan.solver,
+                "notes": "; ".join(plan.notes),
+                "valid": not plan_violations(p, plan),
+            }
+        )
         print(f"[scale] {rows[-1]}", flush=True)
     return rows
 
 
 def to_markdown(res: dict) -> str:
-    lines = ["# Planner benchmark", "",
-             f"Machine: 2 cores; one solver thread; solver {res['solver']}; "
-             f"time limit {res['time_limit_s']} s per instance.", ""]
+    lines = [
+        "# Planner benchmark",
+        "",
+        f"Machine: 2 cores; one solver thread; solver {res['solver']}; "
+        f"time limit {res['time_limit_s']} s per instance.",
+        "",
+    ]
     if res.get("note"):
         lines += [res["note"], ""]
     for key, title in (("j30", "PSPLIB j30 (single mode)"), ("mm_j10", "PSPLIB mm-j10 (multi-mode)")):
         if key not in res:
             continue
         s = res[key]
-        lines += [f"## {title}: {s['instances']} instances", "",
-                  "| method | optimum found | proven optimal | mean dev % | max dev % | mean s | max s |",
-                  "|---|---|---|---|---|---|---|",
-                  f"| planner (heuristics + MILP) | {s['optimum_found']} | {s['proven_optimal']} | "
-                  f"{s['mean_deviation_pct']} | {s['max_deviation_pct']} | {s['mean_seconds']} | {s['max_seconds']} |",
-                  f"| list scheduling + FBI + GA alone (heuristic_makespan) | {s['heuristic_optimum_found']} | - | "
-                  f"{s['heuristic_mean_deviation_pct']} | {s['heuristic_max_deviation_pct']} | - | - |"]
+        lines += [
+            f"## {title}: {s['instances']} instances",
+            "",
+            "| method | optimum found | proven optimal | mean dev % | max dev % | mean s | max s |",
+            "|---|---|---|---|---|---|---|",
+            f"| planner (heuristics + MILP) | {s['optimum_found']} | {s['proven_optimal']} | "
+            f"{s['mean_deviation_pct']} | {s['max_deviation_pct']} | {s['mean_seconds']} | {s['max_seconds']} |",
+            f"| list scheduling + FBI + GA alone (heuristic_makespan) | {s['heuristic_optimum_found']} | - | "
+            f"{s['heuristic_mean_deviation_pct']} | {s['heuristic_max_deviation_pct']} | - | - |",
+        ]
         if "single_pass_mean_deviation_pct" in s:
-            lines.append(f"| best of 4 single-pass priority rules (LFT/LST/MTS/GRPW) | "
-                         f"{s['single_pass_optimum_found']} | - | {s['single_pass_mean_deviation_pct']} | "
-                         f"{s['single_pass_max_deviation_pct']} | - | - |")
+            lines.append(
+                f"| best of 4 single-pass priority rules (LFT/LST/MTS/GRPW) | "
+                f"{s['single_pass_optimum_found']} | - | {s['single_pass_mean_deviation_pct']} | "
+                f"{s['single_pass_max_deviation_pct']} | - | - |"
+            )
         lines += ["", f"Valid plans (independent checker): {s['valid_plans']}/{s['instances']}", ""]
     if "scale" in res:
-        lines += ["## Random layered pipelines (2 pools, cpu/gpu/mem, non-integer durations)", "",
-                  "| components | first plan s | first gap | limit s | seconds | makespan | lower bound | gap | status | notes |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "## Random layered pipelines (2 pools, cpu/gpu/mem, non-integer durations)",
+            "",
+            "| components | first plan s | first gap | limit s | seconds | makespan | lower bound | gap | status | notes |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in res["scale"]:
-            lines.append(f"| {r['components']} | {r['first_plan_seconds']} | {r['first_gap']} | {r['time_limit_s']} | "
-                         f"{r['seconds']} | {r['makespan']} | {r['lower_bound']} | {r['gap']} | {r['status']} | {r['notes']} |")
+            lines.append(
+                f"| {r['components']} | {r['first_plan_seconds']} | {r['first_gap']} | {r['time_limit_s']} | "
+                f"{r['seconds']} | {r['makespan']} | {r['lower_bound']} | {r['gap']} | {r['status']} | {r['notes']} |"
+            )
         lines += ["", "Gap is against max(critical path, resource energy) - the true gap may be smaller.", ""]
     return "\n".join(lines) + "\n"
 
@@ -180,9 +210,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip", default="", help="comma list of j30,mm,scale to skip")
     ap.add_argument("--out", default=str(RESULTS / "planner"))
     ap.add_argument("--note", default="", help="free text printed under the title")
-    ap.add_argument("--reuse", default="",
-                    help="comma list of j30,mm,scale to take from earlier result files "
-                         "(<out>_j30.csv, <out>_mm_j10.csv, <out>.json) instead of running")
+    ap.add_argument(
+        "--reuse",
+        default="",
+        help="comma list of j30,mm,scale to take from earlier result files "
+        "(<out>_j30.csv, <out>_mm_j10.csv, <out>.json) instead of running",
+    )
     a = ap.parse_args(argv)
     skip = set(filter(None, a.skip.split(",")))
     d = Path(os.environ.get("PLANFLOW_PSPLIB_DIR") or ROOT.parent / "shared" / "psplib")
@@ -206,8 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         write_csv(rows, out.with_name(out.name + "_j30.csv"))
     if "mm" not in skip:
         files = subset(sorted((d / "mm-j10").glob("*.mm")), a.mm_limit)
-        rows, res["mm_j10"] = run_set(files, read_optima(d / "mm-j10-reference.csv"), a.time_limit,
-                                      a.solver, "mm")
+        rows, res["mm_j10"] = run_set(files, read_optima(d / "mm-j10-reference.csv"), a.time_limit, a.solver, "mm")
         write_csv(rows, out.with_name(out.name + "_mm_j10.csv"))
     if "scale" not in skip:
         sizes = [int(x) for x in a.scale_sizes.split(",") if x]

@@ -36,7 +36,7 @@ import statistics
 import sys
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,16 +44,17 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "bench" / "results"
 
+from planflow.ops.server import free_port  # noqa: E402
+
 from bench import percentile  # noqa: E402
 from bench.tempserver import TempServer  # noqa: E402  (imports no Prefect)
-from planflow.ops.server import free_port  # noqa: E402
 
 # Point Prefect at a server of our own before anything imports it.
 SERVER = TempServer("remediation")
 HOME = SERVER.home
 
-from planflow.remediation import automations  # noqa: E402
 from planflow.ops import services  # noqa: E402
+from planflow.remediation import automations  # noqa: E402
 
 
 def _ts(value) -> float | None:
@@ -67,9 +68,13 @@ def failover_run_for(client, pool: str):
 
     runs = client.read_flow_runs(
         deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["remediation"])),
-        flow_run_filter=FlowRunFilter(), sort=FlowRunSort.EXPECTED_START_TIME_DESC, limit=100)
-    mine = [r for r in runs if r.parameters.get("resource_id") == f"prefect.work-pool.{pool}"
-            and "recheck" not in r.tags]
+        flow_run_filter=FlowRunFilter(),
+        sort=FlowRunSort.EXPECTED_START_TIME_DESC,
+        limit=100,
+    )
+    mine = [
+        r for r in runs if r.parameters.get("resource_id") == f"prefect.work-pool.{pool}" and "recheck" not in r.tags
+    ]
     return min(mine, key=lambda r: r.created) if mine else None
 
 
@@ -80,23 +85,25 @@ def trial(kind: str, bridge: str, token: str, timeout: float = 60.0) -> dict:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
 
-    from planflow.prefect.jobvars import load_template
-    from tests.remediation.alerts import alert, post
-
     from planflow.prefect.blocks import ResourcePool
+    from planflow.prefect.jobvars import load_template
+
+    from tests.remediation.alerts import alert, post
 
     pool = f"bench-{kind}-{uuid.uuid4().hex[:6]}"
     ResourcePool(work_pool=pool, cpu=1, mem_gib=1, backup_pool="local").save(pool)
     with get_client(sync_client=True) as client:
         if kind == "alert":
-            client.create_work_pool(WorkPoolCreate(name=pool, type="process",
-                                                   base_job_template=load_template("process")))
+            client.create_work_pool(
+                WorkPoolCreate(name=pool, type="process", base_job_template=load_template("process"))
+            )
             t0 = time.time()
             post(bridge, token, [alert("PlanflowWorkerHeartbeatStale", {"work_pool": pool})])
         else:
             t0 = time.time()
-            client.create_work_pool(WorkPoolCreate(name=pool, type="process",
-                                                   base_job_template=load_template("process")))
+            client.create_work_pool(
+                WorkPoolCreate(name=pool, type="process", base_job_template=load_template("process"))
+            )
         created = running = paused = None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and (created is None or running is None or paused is None):
@@ -110,16 +117,20 @@ def trial(kind: str, bridge: str, token: str, timeout: float = 60.0) -> dict:
         client.delete_work_pool(pool)
         client.delete_block_document(ResourcePool.load(pool)._block_document_id)
     rel = lambda t: None if t is None else round(t - t0, 3)  # noqa: E731
-    return {"kind": kind, "pool": pool, "created_s": rel(created), "running_s": rel(running),
-            "paused_s": rel(paused)}
+    return {"kind": kind, "pool": pool, "created_s": rel(created), "running_s": rel(running), "paused_s": rel(paused)}
 
 
 def summary(rows: list[dict], field: str) -> dict:
     values = [r[field] for r in rows if r[field] is not None]
     if not values:
         return {"n": 0}
-    return {"n": len(values), "missing": len(rows) - len(values), "p50": round(statistics.median(values), 3),
-            "p95": round(percentile(values, 0.95), 3), "max": round(max(values), 3)}
+    return {
+        "n": len(values),
+        "missing": len(rows) - len(values),
+        "p50": round(statistics.median(values), 3),
+        "p95": round(percentile(values, 0.95), 3),
+        "max": round(max(values), 3),
+    }
 
 
 def main() -> int:
@@ -140,11 +151,11 @@ def main() -> int:
 
         for alert_name in ("PlanflowWorkerHeartbeatStale", "PlanflowWorkPoolNotReady"):
             # one pool per trial, many trials a minute: lift the route's rate limit
-            load_route(alert_name).model_copy(update={"rate_limit": 1000}).save(
-                route_name(alert_name), overwrite=True)
+            load_route(alert_name).model_copy(update={"rate_limit": 1000}).save(route_name(alert_name), overwrite=True)
+        from planflow.ops.workers import start_worker, stop_process, worker_seen
+
         from tests.remediation.alerts import bridge_token
         from tests.remediation.conftest import wait_until
-        from planflow.ops.workers import start_worker, stop_process, worker_seen
 
         token = bridge_token(paths)
         env = {**os.environ, "PLANFLOW_PUSHGATEWAY_URL": started["pushgateway"].url}
@@ -155,8 +166,7 @@ def main() -> int:
             if worker_kind == "warm":
                 worker = automations.start_remediation_worker(log, env=env, name=name)
             else:
-                worker = start_worker(automations.REMEDIATION_POOL, log, env=env, query_seconds=1, limit=4,
-                                      name=name)
+                worker = start_worker(automations.REMEDIATION_POOL, log, env=env, query_seconds=1, limit=4, name=name)
             wait_until(lambda: worker_seen(automations.REMEDIATION_POOL, name), 60, what=f"worker {name}")
             for kind in ("alert", "threshold"):
                 for i in range(args.trials):
@@ -173,13 +183,20 @@ def main() -> int:
         services.down(paths)
         SERVER.stop()
     result = {
-        "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.node()} ({os.cpu_count()} cores), Python {platform.python_version()}",
-        "trials": args.trials, "profile": "fast", "worker_query_seconds": 1, "rows": rows,
-        "summary": {f"{worker}/{kind}": {field: summary([r for r in rows if r["kind"] == kind
-                                                          and r["worker"] == worker], field)
-                                         for field in ("created_s", "running_s", "paused_s")}
-                    for worker in WORKERS for kind in ("alert", "threshold")},
+        "trials": args.trials,
+        "profile": "fast",
+        "worker_query_seconds": 1,
+        "rows": rows,
+        "summary": {
+            f"{worker}/{kind}": {
+                field: summary([r for r in rows if r["kind"] == kind and r["worker"] == worker], field)
+                for field in ("created_s", "running_s", "paused_s")
+            }
+            for worker in WORKERS
+            for kind in ("alert", "threshold")
+        },
     }
     target = result["summary"]["warm/threshold"]["running_s"].get("p95")
     result["target_met"] = target is not None and target <= 10.0
@@ -188,23 +205,37 @@ def main() -> int:
     result["warm_over_process_p50"] = round(warm / cold, 3) if warm and cold else None
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "remediation.json").write_text(json.dumps(result, indent=2))
-    lines = ["# Remediation latency", "",
-             f"{result['when']}, {result['machine']}, fast profile, {args.trials} trials per series, "
-             "remediation worker polling every 1 s. Seconds from t0 (alert posted to the bridge, or "
-             "the work pool created without a worker = threshold crossed). Worker: `warm` = planflow's "
-             "remediation worker (flows run in its process), `process` = Prefect's process worker.", "",
-             "| worker | series | step | p50 | p95 | max | n |", "|---|---|---|---|---|---|---|"]
-    names = {"created_s": "failover flow run created", "running_s": "flow run Running",
-             "paused_s": "pool paused (action done)"}
+    lines = [
+        "# Remediation latency",
+        "",
+        f"{result['when']}, {result['machine']}, fast profile, {args.trials} trials per series, "
+        "remediation worker polling every 1 s. Seconds from t0 (alert posted to the bridge, or "
+        "the work pool created without a worker = threshold crossed). Worker: `warm` = planflow's "
+        "remediation worker (flows run in its process), `process` = Prefect's process worker.",
+        "",
+        "| worker | series | step | p50 | p95 | max | n |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    names = {
+        "created_s": "failover flow run created",
+        "running_s": "flow run Running",
+        "paused_s": "pool paused (action done)",
+    }
     for worker in WORKERS:
         for kind in ("alert", "threshold"):
             for field, label in names.items():
                 s = result["summary"][f"{worker}/{kind}"][field]
-                lines.append(f"| {worker} | {kind} | {label} | {s.get('p50', '-')} | {s.get('p95', '-')} | "
-                             f"{s.get('max', '-')} | {s.get('n', 0)} |")
-    lines += ["", f"Target (threshold crossing -> remediation flow run Running, p95 <= 10 s, warm worker): "
-              f"{'met' if result['target_met'] else 'NOT met'} ({target} s). Warm/process ratio of the "
-              f"threshold -> Running p50: {result['warm_over_process_p50']}.", ""]
+                lines.append(
+                    f"| {worker} | {kind} | {label} | {s.get('p50', '-')} | {s.get('p95', '-')} | "
+                    f"{s.get('max', '-')} | {s.get('n', 0)} |"
+                )
+    lines += [
+        "",
+        f"Target (threshold crossing -> remediation flow run Running, p95 <= 10 s, warm worker): "
+        f"{'met' if result['target_met'] else 'NOT met'} ({target} s). Warm/process ratio of the "
+        f"threshold -> Running p50: {result['warm_over_process_p50']}.",
+        "",
+    ]
     (RESULTS / "remediation.md").write_text("\n".join(lines))
     print("\n".join(lines))
     return 0

@@ -23,15 +23,18 @@ class TempServer:
     def __init__(self, name: str) -> None:
         self.home = Path(tempfile.mkdtemp(prefix=f"planflow-bench-{name}-"))
         self.port = free_port()
-        os.environ.update(PLANFLOW_HOME=str(self.home), PREFECT_API_URL=f"http://127.0.0.1:{self.port}/api",
-                          PREFECT_SERVER_ANALYTICS_ENABLED="false")
+        os.environ.update(
+            PLANFLOW_HOME=str(self.home),
+            PREFECT_API_URL=f"http://127.0.0.1:{self.port}/api",
+            PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        )
         os.environ.pop("PLANFLOW_BRIDGE_TOKEN", None)
         from planflow.settings import StatePaths, apply_client_env
 
         self.paths = StatePaths(self.home)
         apply_client_env(self.paths)
 
-    def __enter__(self) -> "TempServer":
+    def __enter__(self) -> TempServer:
         self.start()
         return self
 

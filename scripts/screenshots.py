@@ -23,14 +23,25 @@ import time
 import urllib.request
 from pathlib import Path
 from typing import Any
+
 from planflow import to_flow
 
 ROOT = Path(__file__).resolve().parents[1]
 PIPELINE = "predictive-maintenance"
 SMALL_PARAMS = {"n_machines": 24, "n_folds": 3, "max_iter": 30, "n_trees": 50}
-CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--hide-scrollbars", "--window-size=1400,1000", "--virtual-time-budget=15000")
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+    "--window-size=1400,1000",
+    "--virtual-time-budget=15000",
+)
 
 
 # -- helpers (pure; tested without Chromium) --------------------------------------------
@@ -86,8 +97,9 @@ def shrink(path: Path, max_bytes: int) -> None:
 
 # -- the run -----------------------------------------------------------------------------
 def _post(url: str, body: Any) -> Any:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), method="POST", headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(request, timeout=30) as answer:
         return json.loads(answer.read() or b"null")
 
@@ -97,24 +109,29 @@ def shoot(url: str, out: Path, max_kb: int) -> Path:
     if not binary:
         raise SystemExit("chromium not found. Fix: apt-get install -y chromium")
     with tempfile.TemporaryDirectory(prefix="planflow-chromium-") as profile:
-        subprocess.run(chromium_command(binary, url, out, Path(profile)), check=True, timeout=120,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            chromium_command(binary, url, out, Path(profile)),
+            check=True,
+            timeout=120,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
     shrink(out, max_kb * 1024)
     print(f"wrote {out} ({out.stat().st_size // 1024} KB) <- {url}")
     return out
 
 
 def _latest_flow_run(api: str, flow_name: str) -> str:
-    runs = _post(f"{api}/flow_runs/filter", {"flows": {"name": {"any_": [flow_name]}},
-                                             "sort": "START_TIME_DESC", "limit": 1})
+    runs = _post(
+        f"{api}/flow_runs/filter", {"flows": {"name": {"any_": [flow_name]}}, "sort": "START_TIME_DESC", "limit": 1}
+    )
     if not runs:
         raise SystemExit(f"no flow run of {flow_name} found at {api}")
     return runs[0]["id"]
 
 
 def _firing_event(api: str) -> dict | None:
-    answer = _post(f"{api}/events/filter", {"filter": {"event": {"prefix": ["planflow.alert.firing"]}},
-                                            "limit": 1})
+    answer = _post(f"{api}/events/filter", {"filter": {"event": {"prefix": ["planflow.alert.firing"]}}, "limit": 1})
     events = answer.get("events") if isinstance(answer, dict) else None
     return events[0] if events else None
 
@@ -128,8 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
 
     sys.path.insert(0, str(ROOT))
-    from planflow.settings import StatePaths, apply_client_env, server_url
     from planflow.ops.server import free_port
+    from planflow.settings import StatePaths, apply_client_env, server_url
 
     home = Path(tempfile.mkdtemp(prefix="planflow-screenshots-"))
     port = free_port()
@@ -146,8 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     services = None
     try:
         stack.up(paths, port=port)
-        from planflow.prefect.blocks import ensure_defaults
         from planflow.core import discovery as registry
+        from planflow.prefect.blocks import ensure_defaults
 
         ensure_defaults()
         if not args.no_alert:

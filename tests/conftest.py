@@ -15,7 +15,6 @@ import pytest
 
 from planflow.ops.server import free_port  # noqa: E402  (no Prefect import behind it)
 
-
 _HOME = Path(tempfile.mkdtemp(prefix="planflow-test-"))
 _PORT = free_port()
 os.environ["PLANFLOW_HOME"] = str(_HOME)
@@ -82,7 +81,8 @@ def psplib() -> Path:
 def monitoring_stack(prefect_server):
     """Prometheus, Alertmanager, Pushgateway, exporter and bridge (fast profile) in a
     state folder of their own, watching the session's Prefect server."""
-    from tests.monitoring.helpers import free_port as port, need_binary
+    from tests.monitoring.helpers import free_port as port
+    from tests.monitoring.helpers import need_binary
 
     need_binary("prometheus")
     need_binary("prometheus-alertmanager", "alertmanager")
@@ -109,8 +109,9 @@ def docker_image() -> str:
     if problem:
         skip_or_fail(problem)
     if subprocess.run(["docker", "image", "inspect", IMAGE], capture_output=True).returncode != 0:
-        build = subprocess.run(["bash", str(ROOT / "scripts" / "build-image.sh"), IMAGE],
-                               capture_output=True, text=True, timeout=1200)
+        build = subprocess.run(
+            ["bash", str(ROOT / "scripts" / "build-image.sh"), IMAGE], capture_output=True, text=True, timeout=1200
+        )
         if build.returncode != 0:
             pytest.fail(f"scripts/build-image.sh failed:\n{build.stdout[-3000:]}\n{build.stderr[-3000:]}")
     return IMAGE

@@ -52,15 +52,29 @@ _CAT_SHIFT = np.array([v[1] for v in _CATEGORIES.values()])
 _CAT_RISK = np.array([v[2] for v in _CATEGORIES.values()])
 
 FEATURE_COLUMNS = [
-    "log_amount", "amount_z", "amount_ratio_max", "hour", "is_night", "country_mismatch",
-    "category_code", "txn_count_1h", "txn_count_24h", "amount_sum_1h", "amount_sum_24h",
-    "secs_since_prev", "n_prev_txns", "new_merchant", "foreign_count_24h",
-    "merchant_fraud_rate", "merchant_txn_count",
+    "log_amount",
+    "amount_z",
+    "amount_ratio_max",
+    "hour",
+    "is_night",
+    "country_mismatch",
+    "category_code",
+    "txn_count_1h",
+    "txn_count_24h",
+    "amount_sum_1h",
+    "amount_sum_24h",
+    "secs_since_prev",
+    "n_prev_txns",
+    "new_merchant",
+    "foreign_count_24h",
+    "merchant_fraud_rate",
+    "merchant_txn_count",
 ]
 
 
-def _pick_merchants(rng: np.random.Generator, m_country: np.ndarray, m_cat: np.ndarray,
-                    country: np.ndarray, cat: np.ndarray) -> np.ndarray:
+def _pick_merchants(
+    rng: np.random.Generator, m_country: np.ndarray, m_cat: np.ndarray, country: np.ndarray, cat: np.ndarray
+) -> np.ndarray:
     """Pick a merchant with the wanted (country, category) for every row, vectorised."""
     n_cat = len(_CAT_NAMES)
     cell = m_country * n_cat + m_cat
@@ -78,17 +92,16 @@ def _pick_merchants(rng: np.random.Generator, m_country: np.ndarray, m_cat: np.n
     return picked
 
 
-def transactions(seed: int = 7, n_customers: int = 2000, n_merchants: int = 800,
-                 n_days: int = 60) -> pl.DataFrame:
+def transactions(seed: int = 7, n_customers: int = 2000, n_merchants: int = 800, n_days: int = 60) -> pl.DataFrame:
     """Synthesize a card-transaction table with a latent-risk fraud label."""
     rng = np.random.default_rng(seed)
     home = rng.choice(len(_COUNTRIES), n_customers, p=_COUNTRY_P)
-    mu = rng.normal(3.4, 0.6, n_customers)                     # habitual log-amount
-    rate = rng.gamma(2.0, 0.6, n_customers)                    # txns per day
-    peak = rng.normal(14.0, 3.0, n_customers)                  # habitual hour
+    mu = rng.normal(3.4, 0.6, n_customers)  # habitual log-amount
+    rate = rng.gamma(2.0, 0.6, n_customers)  # txns per day
+    peak = rng.normal(14.0, 3.0, n_customers)  # habitual hour
     m_country = rng.choice(len(_COUNTRIES), n_merchants, p=_COUNTRY_P)
     m_cat = rng.choice(len(_CAT_NAMES), n_merchants, p=_CAT_SHARE)
-    m_cat[: len(_CAT_NAMES)] = np.arange(len(_CAT_NAMES))     # every category has a merchant
+    m_cat[: len(_CAT_NAMES)] = np.arange(len(_CAT_NAMES))  # every category has a merchant
     m_risk = rng.normal(0, 0.7, n_merchants) + 0.5 * _CAT_RISK[m_cat]
 
     # legit activity
@@ -125,20 +138,33 @@ def transactions(seed: int = 7, n_customers: int = 2000, n_merchants: int = 800,
     hour = np.mod(t_hours, 24)
     night = (hour < 6) | (hour >= 23)
     mismatch = country != home[cust]
-    logit = (-6.2 + 1.5 * (log_amt - mu[cust]) + 1.8 * mismatch + 1.3 * night
-             + 1.0 * m_risk[merchant] + 5.0 * burst + rng.normal(0, 0.5, len(cust)))
+    logit = (
+        -6.2
+        + 1.5 * (log_amt - mu[cust])
+        + 1.8 * mismatch
+        + 1.3 * night
+        + 1.0 * m_risk[merchant]
+        + 5.0 * burst
+        + rng.normal(0, 0.5, len(cust))
+    )
     is_fraud = rng.random(len(cust)) < 1 / (1 + np.exp(-logit))
 
-    return pl.DataFrame({
-        "customer_id": cust.astype(np.int32),
-        "merchant_id": merchant.astype(np.int32),
-        "ts": pl.Series(np.round(t_hours * 3600).astype(np.int64) * 1000).cast(pl.Duration("ms")) + _START,
-        "amount": np.round(np.exp(log_amt), 2),
-        "category": pl.Series([_CAT_NAMES[c] for c in cat], dtype=pl.Enum(_CAT_NAMES)),
-        "home_country": pl.Series(np.array(_COUNTRIES)[home[cust]]),
-        "txn_country": pl.Series(np.array(_COUNTRIES)[country]),
-        "is_fraud": is_fraud,
-    }).sort("ts", "customer_id").with_row_index("txn_id")
+    return (
+        pl.DataFrame(
+            {
+                "customer_id": cust.astype(np.int32),
+                "merchant_id": merchant.astype(np.int32),
+                "ts": pl.Series(np.round(t_hours * 3600).astype(np.int64) * 1000).cast(pl.Duration("ms")) + _START,
+                "amount": np.round(np.exp(log_amt), 2),
+                "category": pl.Series([_CAT_NAMES[c] for c in cat], dtype=pl.Enum(_CAT_NAMES)),
+                "home_country": pl.Series(np.array(_COUNTRIES)[home[cust]]),
+                "txn_country": pl.Series(np.array(_COUNTRIES)[country]),
+                "is_fraud": is_fraud,
+            }
+        )
+        .sort("ts", "customer_id")
+        .with_row_index("txn_id")
+    )
 
 
 def features(transactions: pl.DataFrame, label_delay_days: int = 7) -> pl.DataFrame:
@@ -148,34 +174,40 @@ def features(transactions: pl.DataFrame, label_delay_days: int = 7) -> pl.DataFr
     arrive late), so nothing about the current or recent labels leaks in.
     """
     one = pl.lit(1, dtype=pl.Int32)
-    cust = transactions.sort("customer_id", "ts").with_columns(
-        log_amount=pl.col("amount").log1p(),
-        hour=pl.col("ts").dt.hour().cast(pl.Float64) + pl.col("ts").dt.minute() / 60,
-        country_mismatch=(pl.col("txn_country") != pl.col("home_country")).cast(pl.Int8),
-        category_code=pl.col("category").to_physical().cast(pl.Int16),
-        foreign=(pl.col("txn_country") != pl.col("home_country")).cast(pl.Int32),
-        one=one,
-    ).with_columns(
-        is_night=((pl.col("hour") < 6) | (pl.col("hour") >= 23)).cast(pl.Int8),
-        n_prev_txns=pl.col("one").cum_sum().over("customer_id") - 1,
-        # velocity: activity in the preceding window, current transaction excluded
-        txn_count_1h=pl.col("one").rolling_sum_by("ts", "1h", closed="left").over("customer_id"),
-        txn_count_24h=pl.col("one").rolling_sum_by("ts", "24h", closed="left").over("customer_id"),
-        amount_sum_1h=pl.col("amount").rolling_sum_by("ts", "1h", closed="left").over("customer_id"),
-        amount_sum_24h=pl.col("amount").rolling_sum_by("ts", "24h", closed="left").over("customer_id"),
-        foreign_count_24h=pl.col("foreign").rolling_sum_by("ts", "24h", closed="left").over("customer_id"),
-        secs_since_prev=pl.col("ts").diff().dt.total_seconds().over("customer_id"),
-        new_merchant=(pl.col("one").cum_sum().over("customer_id", "merchant_id") == 1).cast(pl.Int8),
-        # expanding moments of the customer's previous log-amounts
-        _s1=(pl.col("log_amount").cum_sum() - pl.col("log_amount")).over("customer_id"),
-        _s2=(pl.col("log_amount").pow(2).cum_sum() - pl.col("log_amount").pow(2)).over("customer_id"),
-        _max=pl.col("amount").cum_max().shift(1).over("customer_id"),
-    ).with_columns(
-        _mean=pl.col("_s1") / pl.col("n_prev_txns"),
-    ).with_columns(
-        amount_z=(pl.col("log_amount") - pl.col("_mean"))
-        / (pl.col("_s2") / pl.col("n_prev_txns") - pl.col("_mean").pow(2)).clip(0.05).sqrt(),
-        amount_ratio_max=pl.col("amount") / pl.col("_max"),
+    cust = (
+        transactions.sort("customer_id", "ts")
+        .with_columns(
+            log_amount=pl.col("amount").log1p(),
+            hour=pl.col("ts").dt.hour().cast(pl.Float64) + pl.col("ts").dt.minute() / 60,
+            country_mismatch=(pl.col("txn_country") != pl.col("home_country")).cast(pl.Int8),
+            category_code=pl.col("category").to_physical().cast(pl.Int16),
+            foreign=(pl.col("txn_country") != pl.col("home_country")).cast(pl.Int32),
+            one=one,
+        )
+        .with_columns(
+            is_night=((pl.col("hour") < 6) | (pl.col("hour") >= 23)).cast(pl.Int8),
+            n_prev_txns=pl.col("one").cum_sum().over("customer_id") - 1,
+            # velocity: activity in the preceding window, current transaction excluded
+            txn_count_1h=pl.col("one").rolling_sum_by("ts", "1h", closed="left").over("customer_id"),
+            txn_count_24h=pl.col("one").rolling_sum_by("ts", "24h", closed="left").over("customer_id"),
+            amount_sum_1h=pl.col("amount").rolling_sum_by("ts", "1h", closed="left").over("customer_id"),
+            amount_sum_24h=pl.col("amount").rolling_sum_by("ts", "24h", closed="left").over("customer_id"),
+            foreign_count_24h=pl.col("foreign").rolling_sum_by("ts", "24h", closed="left").over("customer_id"),
+            secs_since_prev=pl.col("ts").diff().dt.total_seconds().over("customer_id"),
+            new_merchant=(pl.col("one").cum_sum().over("customer_id", "merchant_id") == 1).cast(pl.Int8),
+            # expanding moments of the customer's previous log-amounts
+            _s1=(pl.col("log_amount").cum_sum() - pl.col("log_amount")).over("customer_id"),
+            _s2=(pl.col("log_amount").pow(2).cum_sum() - pl.col("log_amount").pow(2)).over("customer_id"),
+            _max=pl.col("amount").cum_max().shift(1).over("customer_id"),
+        )
+        .with_columns(
+            _mean=pl.col("_s1") / pl.col("n_prev_txns"),
+        )
+        .with_columns(
+            amount_z=(pl.col("log_amount") - pl.col("_mean"))
+            / (pl.col("_s2") / pl.col("n_prev_txns") - pl.col("_mean").pow(2)).clip(0.05).sqrt(),
+            amount_ratio_max=pl.col("amount") / pl.col("_max"),
+        )
     )
     fraud = pl.col("is_fraud").cast(pl.Int32)
 
@@ -184,14 +216,20 @@ def features(transactions: pl.DataFrame, label_delay_days: int = 7) -> pl.DataFr
             return pl.lit(0, dtype=pl.Int32)
         return x.rolling_sum_by("ts", f"{label_delay_days}d", closed="left").over("merchant_id")
 
-    merch = cust.sort("merchant_id", "ts").with_columns(
-        _f_all=(fraud.cum_sum() - fraud).over("merchant_id"), _f_recent=_recent(fraud),
-        _n_all=(pl.col("one").cum_sum() - 1).over("merchant_id"), _n_recent=_recent(pl.col("one")),
-    ).with_columns(
-        merchant_txn_count=pl.col("_n_all") - pl.col("_n_recent"),
-        # Bayesian-smoothed fraud rate of matured (labelled) past transactions
-        merchant_fraud_rate=(pl.col("_f_all") - pl.col("_f_recent") + 0.2)
-        / (pl.col("_n_all") - pl.col("_n_recent") + 20.0),
+    merch = (
+        cust.sort("merchant_id", "ts")
+        .with_columns(
+            _f_all=(fraud.cum_sum() - fraud).over("merchant_id"),
+            _f_recent=_recent(fraud),
+            _n_all=(pl.col("one").cum_sum() - 1).over("merchant_id"),
+            _n_recent=_recent(pl.col("one")),
+        )
+        .with_columns(
+            merchant_txn_count=pl.col("_n_all") - pl.col("_n_recent"),
+            # Bayesian-smoothed fraud rate of matured (labelled) past transactions
+            merchant_fraud_rate=(pl.col("_f_all") - pl.col("_f_recent") + 0.2)
+            / (pl.col("_n_all") - pl.col("_n_recent") + 20.0),
+        )
     )
     return merch.select("txn_id", "ts", "customer_id", "amount", *FEATURE_COLUMNS, "is_fraud").sort("ts", "txn_id")
 
@@ -208,8 +246,7 @@ class RiskModel:
         return {"train_rows": float(self.train_rows), "train_fraud_rate": self.train_fraud_rate}
 
 
-def risk_model(features: pl.DataFrame, holdout_days: int = 14, seed: int = 7,
-               max_iter: int = 250) -> RiskModel:
+def risk_model(features: pl.DataFrame, holdout_days: int = 14, seed: int = 7, max_iter: int = 250) -> RiskModel:
     """Gradient-boosted classifier trained on everything before the last ``holdout_days``."""
     cutoff = features["ts"].max() - timedelta(days=holdout_days)
     train = features.filter(pl.col("ts") < cutoff)
@@ -217,9 +254,15 @@ def risk_model(features: pl.DataFrame, holdout_days: int = 14, seed: int = 7,
     y = train["is_fraud"].to_numpy()
     cat_mask = [c == "category_code" for c in FEATURE_COLUMNS]
     model = HistGradientBoostingClassifier(
-        max_iter=max_iter, learning_rate=0.06, max_leaf_nodes=31, l2_regularization=1.0,
-        categorical_features=cat_mask, early_stopping=False, random_state=seed)
-    with threadpool_limits(limits=1):          # single core: the framework owns parallelism
+        max_iter=max_iter,
+        learning_rate=0.06,
+        max_leaf_nodes=31,
+        l2_regularization=1.0,
+        categorical_features=cat_mask,
+        early_stopping=False,
+        random_state=seed,
+    )
+    with threadpool_limits(limits=1):  # single core: the framework owns parallelism
         model.fit(x, y)
     return RiskModel(model, list(FEATURE_COLUMNS), cutoff, len(train), float(y.mean()))
 
@@ -232,8 +275,12 @@ class Scores:
     fraud_rate: float
 
     def key_metrics(self) -> dict[str, float]:
-        return {"roc_auc": self.roc_auc, "pr_auc": self.pr_auc, "holdout_fraud_rate": self.fraud_rate,
-                "holdout_rows": float(self.holdout.height)}
+        return {
+            "roc_auc": self.roc_auc,
+            "pr_auc": self.pr_auc,
+            "holdout_fraud_rate": self.fraud_rate,
+            "holdout_rows": float(self.holdout.height),
+        }
 
 
 def scores(risk_model: RiskModel, features: pl.DataFrame) -> Scores:
@@ -251,38 +298,57 @@ def scores(risk_model: RiskModel, features: pl.DataFrame) -> Scores:
 class Decisions:
     review_threshold: float
     decline_threshold: float
-    cost_policy: float          # on the evaluation half of the holdout
+    cost_policy: float  # on the evaluation half of the holdout
     cost_approve_all: float
     review_rate: float
     decline_rate: float
-    fraud_caught: float         # share of fraud transactions reviewed or declined
+    fraud_caught: float  # share of fraud transactions reviewed or declined
     fraud_amount_caught: float  # share of fraud amount reviewed or declined
     eval_rows: int = field(default=0)
 
     def key_metrics(self) -> dict[str, float]:
         saved = 1 - self.cost_policy / self.cost_approve_all if self.cost_approve_all else 0.0
-        return {"cost_saved_pct": 100 * saved, "review_rate": self.review_rate,
-                "decline_rate": self.decline_rate, "fraud_caught": self.fraud_caught,
-                "fraud_amount_caught": self.fraud_amount_caught}
+        return {
+            "cost_saved_pct": 100 * saved,
+            "review_rate": self.review_rate,
+            "decline_rate": self.decline_rate,
+            "fraud_caught": self.fraud_caught,
+            "fraud_amount_caught": self.fraud_amount_caught,
+        }
 
 
-def _policy_costs(score: np.ndarray, fraud: np.ndarray, amount: np.ndarray, grid: np.ndarray,
-                  review_cost: float, fraud_loss_rate: float, false_decline_cost: float,
-                  review_catch_rate: float) -> np.ndarray:
+def _policy_costs(
+    score: np.ndarray,
+    fraud: np.ndarray,
+    amount: np.ndarray,
+    grid: np.ndarray,
+    review_cost: float,
+    fraud_loss_rate: float,
+    false_decline_cost: float,
+    review_catch_rate: float,
+) -> np.ndarray:
     """Cost matrix C[i, j] for review threshold grid[i] and decline threshold grid[j]."""
     loss = np.where(fraud, fraud_loss_rate * amount, 0.0)
-    below = score[None, :] < grid[:, None]                         # (g, n)
-    lost = below @ loss                                            # fraud loss below each threshold
+    below = score[None, :] < grid[:, None]  # (g, n)
+    lost = below @ loss  # fraud loss below each threshold
     n_below = below.sum(axis=1)
-    declined_legit = (~below) @ (~fraud).astype(float)             # good customers declined
-    cost = (lost[:, None] + (1 - review_catch_rate) * (lost[None, :] - lost[:, None])
-            + review_cost * (n_below[None, :] - n_below[:, None])
-            + false_decline_cost * declined_legit[None, :])
+    declined_legit = (~below) @ (~fraud).astype(float)  # good customers declined
+    cost = (
+        lost[:, None]
+        + (1 - review_catch_rate) * (lost[None, :] - lost[:, None])
+        + review_cost * (n_below[None, :] - n_below[:, None])
+        + false_decline_cost * declined_legit[None, :]
+    )
     return np.where(grid[:, None] <= grid[None, :], cost, np.inf)
 
 
-def decisions(scores: Scores, review_cost: float = 4.0, fraud_loss_rate: float = 1.0,
-              false_decline_cost: float = 25.0, review_catch_rate: float = 0.8) -> Decisions:
+def decisions(
+    scores: Scores,
+    review_cost: float = 4.0,
+    fraud_loss_rate: float = 1.0,
+    false_decline_cost: float = 25.0,
+    review_catch_rate: float = 0.8,
+) -> Decisions:
     """Pick approve/review/decline thresholds minimising expected cost.
 
     Approved fraud loses ``fraud_loss_rate * amount``; a review costs
@@ -299,10 +365,13 @@ def decisions(scores: Scores, review_cost: float = 4.0, fraud_loss_rate: float =
     s, f, a = ev
     flagged = s >= grid[i]
     return Decisions(
-        review_threshold=float(grid[i]), decline_threshold=float(grid[j]),
+        review_threshold=float(grid[i]),
+        decline_threshold=float(grid[j]),
         cost_policy=float(_policy_costs(s, f, a, grid[[i, j]], *args)[0, 1]),
         cost_approve_all=float(fraud_loss_rate * a[f].sum()),
-        review_rate=float((flagged & (s < grid[j])).mean()), decline_rate=float((s >= grid[j]).mean()),
+        review_rate=float((flagged & (s < grid[j])).mean()),
+        decline_rate=float((s >= grid[j]).mean()),
         fraud_caught=float(flagged[f].mean()) if f.any() else 0.0,
         fraud_amount_caught=float(a[f & flagged].sum() / a[f].sum()) if f.any() else 0.0,
-        eval_rows=len(s))
+        eval_rows=len(s),
+    )

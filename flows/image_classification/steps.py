@@ -43,9 +43,9 @@ def _shift(images: np.ndarray, dy: np.ndarray, dx: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Digits:
-    images: np.ndarray   # (n, 8, 8) float, 0..16
-    labels: np.ndarray   # (n,)
-    origin: np.ndarray   # (n,) index of the original image each sample derives from
+    images: np.ndarray  # (n, 8, 8) float, 0..16
+    labels: np.ndarray  # (n,)
+    origin: np.ndarray  # (n,) index of the original image each sample derives from
     augmented: np.ndarray  # (n,) bool
 
     def key_metrics(self) -> dict[str, float]:
@@ -63,8 +63,7 @@ def digits(augment: int = 4, seed: int = 3) -> Digits:
         images.append(_shift(data.images, d[:, 0], d[:, 1]))
         origin.append(np.arange(n))
     origin_all = np.concatenate(origin)
-    return Digits(np.concatenate(images), data.target[origin_all], origin_all,
-                  np.repeat(np.arange(augment + 1) > 0, n))
+    return Digits(np.concatenate(images), data.target[origin_all], origin_all, np.repeat(np.arange(augment + 1) > 0, n))
 
 
 @dataclass(frozen=True)
@@ -84,15 +83,22 @@ class Preprocessed:
 def preprocessed(digits: Digits, test_size: float = 0.25, seed: int = 3) -> Preprocessed:
     """Stratified split of original images; augmented copies follow their original into train only."""
     originals = np.flatnonzero(~digits.augmented)
-    train_o, test_o = train_test_split(digits.origin[originals], test_size=test_size,
-                                       stratify=digits.labels[originals], random_state=seed)
+    train_o, test_o = train_test_split(
+        digits.origin[originals], test_size=test_size, stratify=digits.labels[originals], random_state=seed
+    )
     train = np.isin(digits.origin, train_o)
     test = originals[np.isin(digits.origin[originals], test_o)]
     flat = digits.images.reshape(len(digits.labels), -1)
     scaler = StandardScaler().fit(flat[train])
-    return Preprocessed(scaler.transform(flat[train]), digits.labels[train],
-                        scaler.transform(flat[test]), digits.labels[test],
-                        digits.origin[train], digits.origin[test], scaler)
+    return Preprocessed(
+        scaler.transform(flat[train]),
+        digits.labels[train],
+        scaler.transform(flat[test]),
+        digits.labels[test],
+        digits.origin[train],
+        digits.origin[test],
+        scaler,
+    )
 
 
 @dataclass(frozen=True)
@@ -122,16 +128,25 @@ class Predictions:
 
     def key_metrics(self) -> dict[str, float]:
         prec = list(self.precision_per_class.values())
-        return {"accuracy": self.accuracy, "macro_precision": float(np.mean(prec)),
-                "min_class_precision": float(np.min(prec)), "n_batches": float(self.n_batches)}
+        return {
+            "accuracy": self.accuracy,
+            "macro_precision": float(np.mean(prec)),
+            "min_class_precision": float(np.min(prec)),
+            "n_batches": float(self.n_batches),
+        }
 
 
 def predictions(classifier: Classifier, preprocessed: Preprocessed, batch_size: int = 64) -> Predictions:
     """Batch inference over the test set; accuracy, per-class precision and confusion matrix."""
     x, y = preprocessed.x_test, preprocessed.y_test
-    batches = [classifier.model.predict(x[i:i + batch_size]) for i in range(0, len(y), batch_size)]
+    batches = [classifier.model.predict(x[i : i + batch_size]) for i in range(0, len(y), batch_size)]
     y_pred = np.concatenate(batches)
     labels = np.arange(10)
     prec = precision_score(y, y_pred, labels=labels, average=None, zero_division=0)
-    return Predictions(y_pred, float((y_pred == y).mean()), {int(k): float(p) for k, p in zip(labels, prec)},
-                       confusion_matrix(y, y_pred, labels=labels), len(batches))
+    return Predictions(
+        y_pred,
+        float((y_pred == y).mean()),
+        {int(k): float(p) for k, p in zip(labels, prec)},
+        confusion_matrix(y, y_pred, labels=labels),
+        len(batches),
+    )

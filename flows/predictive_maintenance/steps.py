@@ -69,14 +69,21 @@ def sensor_readings(seed: int = 11, n_machines: int = 200, n_stations: int = 6) 
     cols = {}
     for k, (s, (m, spread, g_load, g_wear, p, sd)) in enumerate(_SENSOR_MODEL.items()):
         base = rng.normal(m, spread, n_machines)[mid]
-        x = base + g_load * load + g_wear * wear ** p + rng.normal(0, sd, n)
+        x = base + g_load * load + g_wear * wear**p + rng.normal(0, sd, n)
         jump = rng.choice([-1, 1], n) * rng.uniform(5, 9, n) * sd
         cols[s] = np.round(np.where(anomaly & hit[:, k], x + jump, x), 3)
-    return pl.DataFrame({
-        "machine_id": mid.astype(np.int32), "station": (mid % n_stations).astype(np.int8),
-        "cycle": cycle.astype(np.int32), "load": load, **cols, "is_anomaly": anomaly,
-        "failed": failed[mid], "rul": (life[mid] - cycle).astype(np.int32),
-    })
+    return pl.DataFrame(
+        {
+            "machine_id": mid.astype(np.int32),
+            "station": (mid % n_stations).astype(np.int8),
+            "cycle": cycle.astype(np.int32),
+            "load": load,
+            **cols,
+            "is_anomaly": anomaly,
+            "failed": failed[mid],
+            "rul": (life[mid] - cycle).astype(np.int32),
+        }
+    )
 
 
 def sensor_features(sensor_readings: pl.DataFrame) -> pl.DataFrame:
@@ -93,15 +100,16 @@ def sensor_features(sensor_readings: pl.DataFrame) -> pl.DataFrame:
         mean50 = x.rolling_mean(50, min_samples=5).over(m)
         t_mean = t.rolling_mean(50, min_samples=5).over(m)
         cov = (t * x).rolling_mean(50, min_samples=5).over(m) - t_mean * mean50
-        var_t = (t * t).rolling_mean(50, min_samples=5).over(m) - t_mean ** 2
+        var_t = (t * t).rolling_mean(50, min_samples=5).over(m) - t_mean**2
         exprs += [
             x.rolling_mean(10, min_samples=1).over(m).alias(f"{s}_mean10"),
             mean50.alias(f"{s}_mean50"),
             x.ewm_mean(half_life=20).over(m).alias(f"{s}_ewm"),
             (cov / var_t.clip(1.0) * 100).alias(f"{s}_slope50"),
             x.rolling_std(10, min_samples=3).over(m).alias(f"{s}_std10"),
-            ((x - x.rolling_median(11, min_samples=1).over(m))
-             / x.filter(early).std().over(m).clip(1e-3)).alias(f"{s}_z"),
+            ((x - x.rolling_median(11, min_samples=1).over(m)) / x.filter(early).std().over(m).clip(1e-3)).alias(
+                f"{s}_z"
+            ),
         ]
     return df.with_columns(exprs).with_columns(pl.col(pl.Float64).fill_nan(None).fill_null(0.0))
 
@@ -113,7 +121,7 @@ def _columns(df: pl.DataFrame, suffixes: tuple[str, ...]) -> list[str]:
 @dataclass(frozen=True)
 class AnomalyModel:
     model: IsolationForest
-    flags: pl.DataFrame          # machine_id, cycle, anomaly_score, flagged
+    flags: pl.DataFrame  # machine_id, cycle, anomaly_score, flagged
     precision: float
     recall: float
     n_flagged: int
@@ -123,40 +131,45 @@ class AnomalyModel:
         return {"precision": self.precision, "recall": self.recall, "f1": f1, "n_flagged": float(self.n_flagged)}
 
 
-def anomaly_model(sensor_features: pl.DataFrame, contamination: float = 0.02, seed: int = 11,
-                  n_trees: int = 200) -> AnomalyModel:
+def anomaly_model(
+    sensor_features: pl.DataFrame, contamination: float = 0.02, seed: int = 11, n_trees: int = 200
+) -> AnomalyModel:
     """Isolation forest on residual z-scores; scored against the injected anomalies."""
     cols = _columns(sensor_features, ("_z",))
     x = sensor_features.select(cols).to_numpy()
     x = np.hstack([np.abs(x), np.abs(x).max(axis=1, keepdims=True)])
-    model = IsolationForest(n_estimators=n_trees, max_samples=1024, contamination=contamination,
-                            random_state=seed, n_jobs=1).fit(x)
+    model = IsolationForest(
+        n_estimators=n_trees, max_samples=1024, contamination=contamination, random_state=seed, n_jobs=1
+    ).fit(x)
     flagged = model.predict(x) == -1
     truth = sensor_features["is_anomaly"].to_numpy()
     flags = sensor_features.select("machine_id", "cycle").with_columns(
-        anomaly_score=pl.Series(-model.score_samples(x)), flagged=pl.Series(flagged))
+        anomaly_score=pl.Series(-model.score_samples(x)), flagged=pl.Series(flagged)
+    )
     tp = int((flagged & truth).sum())
-    return AnomalyModel(model, flags, tp / max(int(flagged.sum()), 1), tp / max(int(truth.sum()), 1),
-                        int(flagged.sum()))
+    return AnomalyModel(
+        model, flags, tp / max(int(flagged.sum()), 1), tp / max(int(truth.sum()), 1), int(flagged.sum())
+    )
 
 
 @dataclass(frozen=True)
 class RulModel:
     models: list[HistGradientBoostingRegressor]
     feature_names: list[str]
-    folds: dict[int, int]        # machine_id -> fold whose model never saw it
-    oof: pl.DataFrame            # machine_id, cycle, rul (capped truth), rul_pred
-    latest: pl.DataFrame         # last reading of every machine with its prediction
+    folds: dict[int, int]  # machine_id -> fold whose model never saw it
+    oof: pl.DataFrame  # machine_id, cycle, rul (capped truth), rul_pred
+    latest: pl.DataFrame  # last reading of every machine with its prediction
     mae: float
-    mae_critical: float          # on readings with true RUL <= 50 cycles
-    resid_sd: float              # residual sd near failure, used for failure probabilities
+    mae_critical: float  # on readings with true RUL <= 50 cycles
+    resid_sd: float  # residual sd near failure, used for failure probabilities
 
     def key_metrics(self) -> dict[str, float]:
         return {"mae_cycles": self.mae, "mae_critical_cycles": self.mae_critical, "resid_sd": self.resid_sd}
 
 
-def rul_model(sensor_features: pl.DataFrame, n_folds: int = 4, rul_cap: int = 150, seed: int = 11,
-              max_iter: int = 150) -> RulModel:
+def rul_model(
+    sensor_features: pl.DataFrame, n_folds: int = 4, rul_cap: int = 150, seed: int = 11, max_iter: int = 150
+) -> RulModel:
     """Remaining-useful-life regression with machine-wise cross-fitting (no machine in its own training set)."""
     feats = ["cycle", "load", *_columns(sensor_features, ("_mean10", "_mean50", "_ewm", "_slope50", "_std10"))]
     machines = np.unique(sensor_features["machine_id"].to_numpy())
@@ -167,38 +180,50 @@ def rul_model(sensor_features: pl.DataFrame, n_folds: int = 4, rul_cap: int = 15
     pred, models = np.zeros(len(y)), []
     with threadpool_limits(limits=1):
         for k in range(n_folds):
-            mdl = HistGradientBoostingRegressor(max_iter=max_iter, learning_rate=0.1,
-                                                early_stopping=False, random_state=seed)
+            mdl = HistGradientBoostingRegressor(
+                max_iter=max_iter, learning_rate=0.1, early_stopping=False, random_state=seed
+            )
             models.append(mdl.fit(x[fold != k], y[fold != k]))
             pred[fold == k] = mdl.predict(x[fold == k])
     oof = sensor_features.select("machine_id", "station", "cycle", "failed").with_columns(
-        rul=pl.Series(y), rul_true=sensor_features["rul"], rul_pred=pl.Series(np.clip(pred, 0, rul_cap)))
+        rul=pl.Series(y), rul_true=sensor_features["rul"], rul_pred=pl.Series(np.clip(pred, 0, rul_cap))
+    )
     crit = y <= 50
-    return RulModel(models, feats, fold_of, oof, oof.group_by("machine_id").agg(pl.all().sort_by("cycle").last()),
-                    float(np.abs(pred - y).mean()), float(np.abs(pred - y)[crit].mean()),
-                    float(np.std((pred - y)[crit])))
+    return RulModel(
+        models,
+        feats,
+        fold_of,
+        oof,
+        oof.group_by("machine_id").agg(pl.all().sort_by("cycle").last()),
+        float(np.abs(pred - y).mean()),
+        float(np.abs(pred - y)[crit].mean()),
+        float(np.std((pred - y)[crit])),
+    )
 
 
 @dataclass(frozen=True)
 class MaintenancePlan:
-    schedule: pl.DataFrame       # one row per running machine: risk, shift (null = not scheduled)
+    schedule: pl.DataFrame  # one row per running machine: risk, shift (null = not scheduled)
     crew_capacity: int
     horizon_shifts: int
-    failures_in_horizon: int     # ground truth, for evaluation
+    failures_in_horizon: int  # ground truth, for evaluation
     failures_avoided: int
     expected_failures_avoided: float
 
     def key_metrics(self) -> dict[str, float]:
         s = self.schedule
-        return {"machines_scheduled": float(s["shift"].is_not_null().sum()),
-                "failures_in_horizon": float(self.failures_in_horizon),
-                "failures_avoided": float(self.failures_avoided),
-                "expected_failures_avoided": self.expected_failures_avoided,
-                "max_jobs_per_shift": float(s["shift"].drop_nulls().value_counts()["count"].max() or 0)}
+        return {
+            "machines_scheduled": float(s["shift"].is_not_null().sum()),
+            "failures_in_horizon": float(self.failures_in_horizon),
+            "failures_avoided": float(self.failures_avoided),
+            "expected_failures_avoided": self.expected_failures_avoided,
+            "max_jobs_per_shift": float(s["shift"].drop_nulls().value_counts()["count"].max() or 0),
+        }
 
 
-def _greedy_schedule(priority: np.ndarray, deadline: np.ndarray, eligible: np.ndarray,
-                     n_shifts: int, capacity: int) -> np.ndarray:
+def _greedy_schedule(
+    priority: np.ndarray, deadline: np.ndarray, eligible: np.ndarray, n_shifts: int, capacity: int
+) -> np.ndarray:
     """Highest priority first, each into the latest shift <= its deadline with a free crew (-1 = none)."""
     load = np.zeros(n_shifts, dtype=int)
     shift = np.full(len(priority), -1)
@@ -212,17 +237,32 @@ def _greedy_schedule(priority: np.ndarray, deadline: np.ndarray, eligible: np.nd
     return shift
 
 
-def maintenance_plan(anomaly_model: AnomalyModel, rul_model: RulModel, sensor_features: pl.DataFrame,
-                     crew_capacity: int = 3, shift_hours: int = 8, horizon_shifts: int = 9,
-                     min_risk: float = 0.2, recent_cycles: int = 48,
-                     safety_sd: float = 1.0) -> MaintenancePlan:
+def maintenance_plan(
+    anomaly_model: AnomalyModel,
+    rul_model: RulModel,
+    sensor_features: pl.DataFrame,
+    crew_capacity: int = 3,
+    shift_hours: int = 8,
+    horizon_shifts: int = 9,
+    min_risk: float = 0.2,
+    recent_cycles: int = 48,
+    safety_sd: float = 1.0,
+) -> MaintenancePlan:
     """Join both branches: score each running machine's failure risk and fit jobs into crew shifts."""
     horizon = shift_hours * horizon_shifts
     now = sensor_features.group_by("machine_id").agg(pl.col("cycle").max().alias("now"))
-    recent = (anomaly_model.flags.join(now, on="machine_id").filter(pl.col("cycle") > pl.col("now") - recent_cycles)
-              .group_by("machine_id").agg(pl.col("flagged").sum().alias("recent_anomalies")))
-    m = (rul_model.latest.filter(~pl.col("failed")).join(recent, on="machine_id", how="left")
-         .with_columns(pl.col("recent_anomalies").fill_null(0)).sort("machine_id"))
+    recent = (
+        anomaly_model.flags.join(now, on="machine_id")
+        .filter(pl.col("cycle") > pl.col("now") - recent_cycles)
+        .group_by("machine_id")
+        .agg(pl.col("flagged").sum().alias("recent_anomalies"))
+    )
+    m = (
+        rul_model.latest.filter(~pl.col("failed"))
+        .join(recent, on="machine_id", how="left")
+        .with_columns(pl.col("recent_anomalies").fill_null(0))
+        .sort("machine_id")
+    )
     sd = max(rul_model.resid_sd, 1.0)
     rul_pred, anomalies = m["rul_pred"].to_numpy(), m["recent_anomalies"].to_numpy()
     p_fail = norm.cdf((horizon - rul_pred) / sd)
@@ -233,9 +273,13 @@ def maintenance_plan(anomaly_model: AnomalyModel, rul_model: RulModel, sensor_fe
     fails = rul_true <= horizon
     saved = fails & (shift >= 0) & (shift * shift_hours < rul_true)
     schedule = m.select("machine_id", "station", "cycle", "rul_pred", "rul_true", "recent_anomalies").with_columns(
-        risk=pl.Series(risk), p_fail=pl.Series(p_fail), deadline_shift=pl.Series(deadline),
-        shift=pl.Series([int(v) if v >= 0 else None for v in shift], dtype=pl.Int32))
+        risk=pl.Series(risk),
+        p_fail=pl.Series(p_fail),
+        deadline_shift=pl.Series(deadline),
+        shift=pl.Series([int(v) if v >= 0 else None for v in shift], dtype=pl.Int32),
+    )
     # a scheduled job avoids a failure that would have happened after its shift starts, within the horizon
     p_avoid = p_fail - norm.cdf((shift * shift_hours - rul_pred) / sd)
-    return MaintenancePlan(schedule, crew_capacity, horizon_shifts, int(fails.sum()), int(saved.sum()),
-                           float(p_avoid[shift >= 0].sum()))
+    return MaintenancePlan(
+        schedule, crew_capacity, horizon_shifts, int(fails.sum()), int(saved.sum()), float(p_avoid[shift >= 0].sum())
+    )

@@ -41,12 +41,12 @@ _PUBLIC = {
 __all__ = sorted(_PUBLIC)
 
 if TYPE_CHECKING:
-    from planflow.core.component import Component, ComponentSpecError, ResourceSpec, component
-    from planflow.core.discovery import UnknownPipelineError
-    from planflow.core.pipeline import Pipeline, PipelineError, Step
-    from planflow.planner import InfeasibleError, PlanningError
-    from planflow.runtime.flow import to_flow
-    from planflow.runtime.runner import PipelineRunError
+    from planflow.core.component import Component, ComponentSpecError, ResourceSpec, component  # noqa: F401
+    from planflow.core.discovery import UnknownPipelineError  # noqa: F401
+    from planflow.core.pipeline import Pipeline, PipelineError, Step  # noqa: F401
+    from planflow.planner import InfeasibleError, PlanningError  # noqa: F401
+    from planflow.runtime.flow import to_flow  # noqa: F401
+    from planflow.runtime.runner import PipelineRunError  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:

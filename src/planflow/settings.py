@@ -38,7 +38,7 @@ class StatePaths:
     home: Path
 
     @classmethod
-    def discover(cls) -> "StatePaths":
+    def discover(cls) -> StatePaths:
         explicit = os.environ.get("PLANFLOW_HOME")
         home = Path(explicit) if explicit else project_root() / STATE_DIR_NAME
         return cls(home.resolve())
@@ -106,8 +106,10 @@ def apply_client_env(paths: StatePaths | None = None) -> dict[str, str]:
 
     Called by the console script's `main()`, never at import."""
     env = client_env(paths)
-    if os.environ.get("PREFECT_API_URL") and not user_api_url():
+    if os.environ.get("PREFECT_API_URL"):  # exported before planflow set anything
         os.environ[USER_API_URL_ENV] = os.environ["PREFECT_API_URL"]
+    else:
+        os.environ.pop(USER_API_URL_ENV, None)
     for key, value in env.items():
         if key == "PREFECT_API_URL" and os.environ.get(key):
             continue

@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 
 import pytest
+import toy_dags
 from pydantic import ValidationError
 
-import toy_dags
-from planflow.prefect.blocks import PlannerSettings, ResourcePool, ensure_defaults, load_pools, local_pool_from_machine
 from planflow.core.component import component
 from planflow.core.pipeline import Pipeline
+from planflow.prefect.blocks import PlannerSettings, ResourcePool, ensure_defaults, load_pools, local_pool_from_machine
 from planflow.runtime.planning import PoolError, allowed_pools, greedy_assignments
 
 
@@ -36,8 +36,9 @@ def test_defaults_are_created_once_and_user_edits_kept(registered_blocks):
     again = ensure_defaults()
     assert again["local"] is False and again["default"] is False
     assert again["planflow-work-pool-not-ready"] is False and not any(again.values()), again
-    ResourcePool(work_pool="gpu-pool", cpu=8, gpu=2, mem_gib=64, cost_per_hour=3.5,
-                 backup_pool="local").save("gpu", overwrite=True)
+    ResourcePool(work_pool="gpu-pool", cpu=8, gpu=2, mem_gib=64, cost_per_hour=3.5, backup_pool="local").save(
+        "gpu", overwrite=True
+    )
     pools = load_pools()
     assert {"local", "gpu"} <= set(pools)
     assert pools["gpu"].capacity() == {"cpu": 8.0, "gpu": 2.0, "mem_gib": 64.0}
@@ -60,7 +61,9 @@ def test_a_step_that_fits_no_pool_names_its_demand_every_capacity_and_the_fix():
 
 def test_an_unknown_pool_name_is_reported_with_the_closest():
     pinned = component(toy_dags.total.fn, name="total", pools=["gpus"], est_seconds=1)
-    with pytest.raises(PoolError, match="step 'total' names pool 'gpus', which has no ResourcePool block. Did you mean 'gpu'?"):
+    with pytest.raises(
+        PoolError, match="step 'total' names pool 'gpus', which has no ResourcePool block. Did you mean 'gpu'?"
+    ):
         allowed_pools(Pipeline("typo", [toy_dags.numbers, pinned]), CAPACITY)
 
 

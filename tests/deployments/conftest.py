@@ -39,8 +39,9 @@ def skip_or_fail(reason: str) -> None:
 
 
 def run_cli(args: list[str], timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run(args, cwd=ROOT, env=dict(os.environ), capture_output=True, text=True,
-                          timeout=timeout, **kwargs)
+    return subprocess.run(
+        args, cwd=ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=timeout, **kwargs
+    )
 
 
 @pytest.fixture(scope="session")

@@ -8,14 +8,14 @@ import os
 import subprocess
 import time
 from contextlib import contextmanager
-from uuid import UUID
 
 import pytest
 
+from planflow import to_flow
 from planflow.core import discovery as registry
 from planflow.runtime.runner import PipelineRunError
+
 from tests.deployments.conftest import PREFECT, PREFECT_FILE, ROOT, run_cli
-from planflow import to_flow
 
 pytestmark = pytest.mark.usefixtures("registered_blocks")
 
@@ -35,8 +35,14 @@ def worker(pool: str, kind: str):
     from planflow.prefect.workpools import worker_online
 
     env = dict(os.environ, PREFECT_WORKER_QUERY_SECONDS="1", PREFECT_WORKER_HEARTBEAT_SECONDS="5")
-    process = subprocess.Popen([PREFECT, "worker", "start", "--pool", pool, "--type", kind],
-                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        [PREFECT, "worker", "start", "--pool", pool, "--type", kind],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 60
         while not worker_online(pool):
@@ -57,8 +63,9 @@ def _children(pipeline: str, steps: list[str]):
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
 
     with get_client(sync_client=True) as client:
-        return client.read_flow_runs(flow_run_filter=FlowRunFilter(
-            name=FlowRunFilterName(any_=[f"{pipeline}.{s}" for s in steps])))
+        return client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[f"{pipeline}.{s}" for s in steps]))
+        )
 
 
 def test_every_component_runs_as_a_linked_flow_run_on_the_process_pool(component_deployments):
@@ -70,8 +77,9 @@ def test_every_component_runs_as_a_linked_flow_run_on_the_process_pool(component
     assert {s["state"] for s in result["steps"].values()} == {"Completed"}
     assert {s["pool"] for s in result["steps"].values()} == {"local"}  # the only pool with a worker
     assert result["steps"]["predictions"]["metrics"]["accuracy"] > 0.95  # read back from storage
-    children = [c for c in _children("image-classification", list(result["steps"]))
-                if c.created.timestamp() >= started - 1]
+    children = [
+        c for c in _children("image-classification", list(result["steps"])) if c.created.timestamp() >= started - 1
+    ]
     assert len(children) == 4 and all(c.state.is_completed() for c in children)
     assert all(c.parent_task_run_id is not None for c in children)  # shown under the parent in the UI
 
@@ -101,8 +109,13 @@ def test_a_child_nobody_picks_up_is_cancelled_with_what_to_run(component_deploym
     from planflow.runtime.distributed import ChildRunError, _child
 
     monkeypatch.setenv("PLANFLOW_PICKUP_TIMEOUT_SECONDS", "3")
-    parameters = {"pipeline": "flows.image_classification.flow:pipeline", "step": "digits", "params": {},
-                  "inputs": {}, "run_key": "orphan"}
+    parameters = {
+        "pipeline": "flows.image_classification.flow:pipeline",
+        "step": "digits",
+        "params": {},
+        "inputs": {},
+        "run_key": "orphan",
+    }
     with pytest.raises(ChildRunError) as caught:
         _child("run-component/local-process", parameters, {}, "orphan.digits", "local-process")
     assert "no worker picked up flow run 'orphan.digits' of run-component/local-process within 3 s" in str(caught.value)
@@ -123,14 +136,21 @@ def test_predictive_maintenance_across_the_process_and_docker_pools(component_de
         assert steps["anomaly_model"]["pool"] == "docker" and steps["rul_model"]["pool"] == "local"
         assert steps["anomaly_model"]["metrics"]["f1"] > 0.5
         assert steps["maintenance_plan"]["metrics"]["max_jobs_per_shift"] <= 3  # the join read both branches
-        (child,) = [c for c in _children("predictive-maintenance-two-pools", ["anomaly_model"])
-                    if c.created.timestamp() >= started - 1]
-        found = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=io.prefect.flow-run-id={child.id}"],
-                               capture_output=True, text=True)
+        (child,) = [
+            c
+            for c in _children("predictive-maintenance-two-pools", ["anomaly_model"])
+            if c.created.timestamp() >= started - 1
+        ]
+        found = subprocess.run(
+            ["docker", "ps", "-aq", "--filter", f"label=io.prefect.flow-run-id={child.id}"],
+            capture_output=True,
+            text=True,
+        )
         containers = found.stdout.split()
         assert containers, "the component's container is gone (auto_remove should be off)"
-        host = json.loads(subprocess.run(["docker", "inspect", containers[0]], capture_output=True,
-                                         text=True, check=True).stdout)[0]["HostConfig"]
+        host = json.loads(
+            subprocess.run(["docker", "inspect", containers[0]], capture_output=True, text=True, check=True).stdout
+        )[0]["HostConfig"]
         # anomaly_model is declared cpu=1, mem_gib=0.5: the plan's figures, in the container
         assert host["NanoCpus"] == 1_000_000_000
         assert host["Memory"] == 512 * 2**20 == host["MemorySwap"]

@@ -30,9 +30,11 @@ def test_templates_start_from_prefects_defaults(pool_type):
         default = ProcessWorker.get_default_base_job_template()
     elif pool_type == "docker":
         from prefect_docker.worker import DockerWorker
+
         default = DockerWorker.get_default_base_job_template()
     else:
         from prefect_kubernetes.worker import KubernetesWorker
+
         default = KubernetesWorker.get_default_base_job_template()
     ours = load_template(pool_type)
     assert set(default["variables"]["properties"]) <= set(ours["variables"]["properties"])
@@ -50,7 +52,9 @@ def test_job_variables_are_variables_of_the_template(pool_type):
 
 def test_docker_job_variables():
     assert job_variables("docker", cpu=1, gpu=0, mem_gib=1) == {
-        "image": "planflow:dev", "mem_limit": "1024m", "memswap_limit": "1024m",
+        "image": "planflow:dev",
+        "mem_limit": "1024m",
+        "memswap_limit": "1024m",
         "container_create_kwargs": {"nano_cpus": 1_000_000_000},
     }
     gpu = job_variables("docker", cpu=0.5, gpu=2, mem_gib=0.25, image="me/planflow:1")
@@ -88,13 +92,11 @@ def test_unknown_variable_is_named_with_what_the_template_accepts():
 
 
 def test_values_above_the_template_maximum_are_named():
-    docker = check_against_template(job_variables("docker", cpu=32, gpu=8, mem_gib=128),
-                                    load_template("docker"))
+    docker = check_against_template(job_variables("docker", cpu=32, gpu=8, mem_gib=128), load_template("docker"))
     assert "mem_limit='131072m' is above the template's maximum '64g'" in docker
     assert any(p.startswith("container_create_kwargs.nano_cpus=32000000000") for p in docker)
     assert any("device_requests[0].count=8" in p for p in docker)
-    k8s = check_against_template(job_variables("kubernetes", cpu=64, gpu=16, mem_gib=256),
-                                 load_template("kubernetes"))
+    k8s = check_against_template(job_variables("kubernetes", cpu=64, gpu=16, mem_gib=256), load_template("kubernetes"))
     assert "cpu_limit='64' is above the template's maximum '32'" in k8s
     assert "gpu_limit='16' is above the template's maximum '8'" in k8s
     assert "memory_limit='256Gi' is above the template's maximum '128Gi'" in k8s
@@ -114,15 +116,13 @@ def test_a_component_asking_too_much_gets_the_fix():
 def test_server_enforces_the_template_maximum(work_pools):
     """The maxima are JSON-schema maxima: Prefect's server refuses them too."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import DeploymentCreate
     from prefect.exceptions import PrefectHTTPStatusError
 
     too_big = job_variables("docker", cpu=32, gpu=0, mem_gib=1)
     with get_client(sync_client=True) as client:
         flow_id = client.create_flow_from_name("planflow-jobvars-check")
         with pytest.raises(PrefectHTTPStatusError) as info:
-            client.create_deployment(flow_id=flow_id, name="too-big", work_pool_name="docker",
-                                     job_variables=too_big)
+            client.create_deployment(flow_id=flow_id, name="too-big", work_pool_name="docker", job_variables=too_big)
     assert info.value.response.status_code == 422
     assert "nano_cpus" in info.value.response.text or "16000000000" in info.value.response.text
 
@@ -130,10 +130,12 @@ def test_server_enforces_the_template_maximum(work_pools):
 # -- the Kubernetes Job of a planned component ---------------------------------------
 @pytest.fixture
 def gpu_job() -> dict:
-    job_vars = job_variables("kubernetes", cpu=2, gpu=1, mem_gib=4, gpu_pool=True,
-                             image="registry.example.com/planflow:0.1.0")
-    return render_kubernetes_job(job_vars, env={"PREFECT_API_URL": "http://prefect-server:4200/api",
-                                                "PLANFLOW_STEP": "classifier"})
+    job_vars = job_variables(
+        "kubernetes", cpu=2, gpu=1, mem_gib=4, gpu_pool=True, image="registry.example.com/planflow:0.1.0"
+    )
+    return render_kubernetes_job(
+        job_vars, env={"PREFECT_API_URL": "http://prefect-server:4200/api", "PLANFLOW_STEP": "classifier"}
+    )
 
 
 def test_rendered_job_carries_the_plan_field_by_field(gpu_job):
@@ -183,8 +185,7 @@ def test_rendering_matches_prefects_worker(gpu_job):
     job_vars = job_variables("kubernetes", cpu=2, gpu=1, mem_gib=4, gpu_pool=True)
 
     async def build():
-        return await KubernetesWorkerJobConfiguration.from_template_and_values(
-            template, job_vars, client=object())
+        return await KubernetesWorkerJobConfiguration.from_template_and_values(template, job_vars, client=object())
 
     config = anyio.run(build)
     pod = config.job_manifest["spec"]["template"]["spec"]

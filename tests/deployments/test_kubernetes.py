@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from planflow.prefect.jobvars import job_variables, load_template, render_kubernetes_job
+
 from tests.deployments.conftest import PREFECT, PREFECT_FILE, ROOT, run_cli, wait_for_final_state
 
 K8S_VERSION = "1.30.0"
@@ -31,8 +32,16 @@ def documents():
 
 def test_there_are_manifests():
     kinds = {doc.values[0]["kind"] for doc in documents()}
-    assert {"Namespace", "ServiceAccount", "Role", "RoleBinding", "Deployment", "Service",
-            "Secret", "PersistentVolumeClaim"} <= kinds
+    assert {
+        "Namespace",
+        "ServiceAccount",
+        "Role",
+        "RoleBinding",
+        "Deployment",
+        "Service",
+        "Secret",
+        "PersistentVolumeClaim",
+    } <= kinds
 
 
 @pytest.mark.parametrize("doc", documents())
@@ -113,8 +122,9 @@ def cluster_problem() -> str | None:
         return f"KUBECONFIG={kubeconfig} does not exist"
     if not shutil.which("kubectl"):
         return "kubectl is not installed"
-    probe = subprocess.run(["kubectl", "version", "--request-timeout=10s", "-o", "json"],
-                           capture_output=True, text=True)
+    probe = subprocess.run(
+        ["kubectl", "version", "--request-timeout=10s", "-o", "json"], capture_output=True, text=True
+    )
     if probe.returncode != 0:
         return f"the cluster in KUBECONFIG does not answer: {probe.stderr.strip()[:200]}"
     return None
@@ -136,20 +146,34 @@ def test_pipeline_runs_on_a_real_cluster(cluster, work_pools):
     image = os.environ.get("PLANFLOW_K8S_IMAGE", "planflow:dev")
     api_url = os.environ.get("PLANFLOW_K8S_API_URL", os.environ["PREFECT_API_URL"])
     for name in ("namespace.yaml", "worker-rbac.yaml"):
-        subprocess.run(["kubectl", "apply", "-f", str(ROOT / "deployments" / "kubernetes" / name)],
-                       check=True, capture_output=True)
-    deploy = run_cli([PREFECT, "--no-prompt", "deploy", "--prefect-file", str(PREFECT_FILE),
-                      "--name", "image-classification-kubernetes"])
+        subprocess.run(
+            ["kubectl", "apply", "-f", str(ROOT / "deployments" / "kubernetes" / name)], check=True, capture_output=True
+        )
+    deploy = run_cli(
+        [
+            PREFECT,
+            "--no-prompt",
+            "deploy",
+            "--prefect-file",
+            str(PREFECT_FILE),
+            "--name",
+            "image-classification-kubernetes",
+        ]
+    )
     assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-3000:]
     from prefect.deployments import run_deployment
 
     job_vars = job_variables("kubernetes", cpu=1, gpu=0, mem_gib=1, image=image)
     job_vars["env"] = {"PREFECT_API_URL": api_url}
-    flow_run = run_deployment("image-classification/image-classification-kubernetes",
-                              parameters={"augment": 0, "test_size": 0.5},
-                              job_variables=job_vars, timeout=0)
-    worker = run_cli([PREFECT, "worker", "start", "--pool", "kubernetes", "--type", "kubernetes",
-                      "--run-once"], timeout=600)
+    flow_run = run_deployment(
+        "image-classification/image-classification-kubernetes",
+        parameters={"augment": 0, "test_size": 0.5},
+        job_variables=job_vars,
+        timeout=0,
+    )
+    worker = run_cli(
+        [PREFECT, "worker", "start", "--pool", "kubernetes", "--type", "kubernetes", "--run-once"], timeout=600
+    )
     run = wait_for_final_state(flow_run.id, timeout=300)
     assert run.state.is_completed(), f"{run.state}\n{worker.stdout[-3000:]}\n{worker.stderr[-3000:]}"
     assert json.dumps(load_template("kubernetes"))

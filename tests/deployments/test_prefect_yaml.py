@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import ast
 from importlib.util import find_spec
-import subprocess
-import sys
 
 import pytest
 import yaml
 
 from planflow.prefect.workpools import POOLS
+
 from tests.deployments.conftest import PREFECT, PREFECT_FILE, ROOT, run_cli, wait_for_final_state
 
 PIPELINES = {
@@ -47,8 +46,13 @@ def test_entrypoints_exist():
         if not path.endswith(".py"):  # an import path into the installed planflow
             path = find_spec(path).origin
         source = (ROOT / path).read_text()
-        names = {n.id for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Assign)
-                 for n in node.targets if isinstance(n, ast.Name)}
+        names = {
+            n.id
+            for node in ast.walk(ast.parse(source))
+            if isinstance(node, ast.Assign)
+            for n in node.targets
+            if isinstance(n, ast.Name)
+        }
         names |= {n.name for n in ast.walk(ast.parse(source)) if isinstance(n, ast.FunctionDef)}
         assert function in names, f"{entrypoint}: no {function} in {path}"
 
@@ -83,8 +87,7 @@ def test_deploy_all_and_run_on_a_process_worker(deployed):
             client.read_deployment_by_name(f"run-component/{pool}")  # what distributed mode runs
     assert {f"{p}-{s}" for p in PIPELINES for s in ("process", "docker", "kubernetes")} <= names
     assert fraud.schedules and not fraud.schedules[0].active
-    assert fraud.pull_steps == [{"prefect.deployments.steps.set_working_directory":
-                                 {"directory": str(ROOT)}}]
+    assert fraud.pull_steps == [{"prefect.deployments.steps.set_working_directory": {"directory": str(ROOT)}}]
 
     # The Run form is typed: the pipeline's own parameters with types and defaults, and
     # the run options as choices.
@@ -94,17 +97,28 @@ def test_deploy_all_and_run_on_a_process_worker(deployed):
     assert image["properties"]["test_size"]["type"] == "number"
     assert image["properties"]["policy"]["enum"] == ["plan", "fifo"]
     assert image["properties"]["mode"]["enum"] == ["inprocess", "distributed"]
-    refused = run_cli([PREFECT, "deployment", "run", "image-classification/image-classification-process",
-                       "--param", "augment=many"])
+    refused = run_cli(
+        [PREFECT, "deployment", "run", "image-classification/image-classification-process", "--param", "augment=many"]
+    )
     assert refused.returncode != 0 and "augment" in refused.stdout + refused.stderr
 
-    started = run_cli([PREFECT, "deployment", "run", "image-classification/image-classification-process",
-                       "--param", "augment=0", "--param", "test_size=0.5"])
+    started = run_cli(
+        [
+            PREFECT,
+            "deployment",
+            "run",
+            "image-classification/image-classification-process",
+            "--param",
+            "augment=0",
+            "--param",
+            "test_size=0.5",
+        ]
+    )
     assert started.returncode == 0, started.stdout + started.stderr
-    flow_run_id = next(line.split("UUID:")[1].strip() for line in started.stdout.splitlines()
-                       if "UUID:" in line)
+    flow_run_id = next(line.split("UUID:")[1].strip() for line in started.stdout.splitlines() if "UUID:" in line)
     worker = run_cli([PREFECT, "worker", "start", "--pool", "local-process", "--run-once"], timeout=240)
     run = wait_for_final_state(flow_run_id, timeout=60)
     assert run.state.is_completed(), (
-        f"flow run ended {run.state.type}: {run.state.message}\n{worker.stdout[-3000:]}\n{worker.stderr[-3000:]}")
+        f"flow run ended {run.state.type}: {run.state.message}\n{worker.stdout[-3000:]}\n{worker.stderr[-3000:]}"
+    )
     assert {"planflow", "pipeline:image-classification"} <= set(run.tags)

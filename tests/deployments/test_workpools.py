@@ -17,8 +17,7 @@ def test_apply_creates_the_pools_with_planflows_templates(work_pools):
     from prefect.client.orchestration import get_client
 
     with get_client(sync_client=True) as client:
-        for name, pool_type in (("local-process", "process"), ("docker", "docker"),
-                                ("kubernetes", "kubernetes")):
+        for name, pool_type in (("local-process", "process"), ("docker", "docker"), ("kubernetes", "kubernetes")):
             pool = client.read_work_pool(name)
             assert pool.type == pool_type
             assert pool.base_job_template == load_template(pool_type)
@@ -40,8 +39,7 @@ def test_apply_updates_a_changed_template(work_pools):
     edited["variables"]["properties"]["image"]["default"] = "someone-elses:tag"
     with get_client(sync_client=True) as client:
         client.update_work_pool("docker", WorkPoolUpdate(base_job_template=edited))
-    assert apply_work_pools(["docker"], resource_pools=False) == [
-        "docker (docker): base job template updated"]
+    assert apply_work_pools(["docker"], resource_pools=False) == ["docker (docker): base job template updated"]
     with get_client(sync_client=True) as client:
         assert client.read_work_pool("docker").base_job_template == load_template("docker")
 
@@ -86,8 +84,9 @@ def test_resource_pool_blocks_are_created_once(work_pools):
 
 def test_missing_worker_package_says_what_to_install(work_pools, monkeypatch):
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "prefect_kubernetes" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "prefect_kubernetes" else real(name, *a)
+    )
     with pytest.raises(WorkPoolError) as info:
         apply_work_pools(["kubernetes"], resource_pools=False)
     assert "needs the 'prefect-kubernetes' package" in str(info.value)
@@ -117,8 +116,11 @@ def test_deployment_on_a_pool_that_does_not_exist(work_pools):
 
 
 def test_missing_planflow_pool_points_at_apply(work_pools, monkeypatch):
-    monkeypatch.setitem(workpools.POOLS, "gpu-docker", workpools.PoolDefinition(
-        "gpu-docker", "docker", "prefect_docker", "prefect-docker==0.7.4", "test"))
+    monkeypatch.setitem(
+        workpools.POOLS,
+        "gpu-docker",
+        workpools.PoolDefinition("gpu-docker", "docker", "prefect_docker", "prefect-docker==0.7.4", "test"),
+    )
     with pytest.raises(WorkPoolError, match="Fix: planflow workpools apply gpu-docker"):
         require_pool("gpu-docker")
 
@@ -135,16 +137,17 @@ def test_worker_status_sees_a_live_worker(work_pools):
     import datetime as dt
 
     from prefect.client.orchestration import get_client
-
     from prefect.client.schemas.actions import WorkPoolCreate
 
     with get_client(sync_client=True) as client:
         client.create_work_pool(WorkPoolCreate(name="heartbeat-test", type="process"), overwrite=True)
-        client._client.post("/work_pools/heartbeat-test/workers/heartbeat",
-                            json={"name": "test-worker", "heartbeat_interval_seconds": 30})
+        client._client.post(
+            "/work_pools/heartbeat-test/workers/heartbeat",
+            json={"name": "test-worker", "heartbeat_interval_seconds": 30},
+        )
     try:
         assert "1 worker(s) online: test-worker" in worker_status("heartbeat-test")
-        later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(minutes=10)
+        later = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=10)
         stale = worker_status("heartbeat-test", now=later)
         assert "has no worker running (offline: test-worker" in stale
         assert "Start one with: prefect worker start --pool heartbeat-test" in stale

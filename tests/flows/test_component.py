@@ -15,8 +15,9 @@ def test_component_is_a_prefect_task_with_its_spec():
 
     assert isinstance(train, Task)
     assert train.name == "train"
-    assert train.spec == ResourceSpec(cpu=2.0, gpu=1, mem_gib=8.0, est_seconds=30.0,
-                                      pools=("gpu",), est_seconds_by_pool={"gpu": 12})
+    assert train.spec == ResourceSpec(
+        cpu=2.0, gpu=1, mem_gib=8.0, est_seconds=30.0, pools=("gpu",), est_seconds_by_pool={"gpu": 12}
+    )
     assert train.spec.seconds_on("gpu") == 12 and train.spec.seconds_on("local") == 30
     assert train.spec.demand() == {"cpu": 2.0, "gpu": 1.0, "mem_gib": 8.0}
     assert train.fn([1.0, 2.0]) == 10.0
@@ -60,11 +61,24 @@ def test_every_problem_is_listed_at_once():
         ({"pools": "local"}, "pools='local': must be a list of pool names"),
         ({"cpus": 2}, "unknown key 'cpus'. Did you mean 'cpu'?"),
         ({"est_secnds": 2}, "unknown key 'est_secnds'. Did you mean 'est_seconds'?"),
-        ({"pools": ["a"], "est_seconds_by_pool": {"b": 3}}, "est_seconds_by_pool names ['b'] that are not in pools=['a']"),
+        (
+            {"pools": ["a"], "est_seconds_by_pool": {"b": 3}},
+            "est_seconds_by_pool names ['b'] that are not in pools=['a']",
+        ),
         ({"est_seconds_by_pool": {"gpu": 0}}, "est_seconds_by_pool={'gpu': 0}: must map pool names to seconds > 0"),
     ],
-    ids=["cpu-zero", "cpu-text", "mem-negative", "gpu-negative", "gpu-bool", "pools-string",
-         "alias", "typo", "by-pool-stray", "by-pool-zero"],
+    ids=[
+        "cpu-zero",
+        "cpu-text",
+        "mem-negative",
+        "gpu-negative",
+        "gpu-bool",
+        "pools-string",
+        "alias",
+        "typo",
+        "by-pool-stray",
+        "by-pool-zero",
+    ],
 )
 def test_each_bad_value_is_named_with_its_fix(values, expected):
     with pytest.raises(ComponentSpecError, match="has 1 problem:") as caught:

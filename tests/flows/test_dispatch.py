@@ -31,8 +31,11 @@ def test_capacity_holds_when_actual_durations_differ_from_estimates(seed):
     assignments = {}
     for i, name in enumerate(names):
         pool = rng.choice(["small", "big"])
-        demand = {"cpu": rng.choice([0.5, 1, 2, 3]), "gpu": 1.0 if pool == "big" and rng.random() < 0.3 else 0.0,
-                  "mem_gib": rng.choice([0.5, 1, 2, 4])}
+        demand = {
+            "cpu": rng.choice([0.5, 1, 2, 3]),
+            "gpu": 1.0 if pool == "big" and rng.random() < 0.3 else 0.0,
+            "mem_gib": rng.choice([0.5, 1, 2, 4]),
+        }
         assignments[name] = Assignment(name, pool, demand, priority=i)
     # Actual durations deliberately unlike any estimate: 0-30 ms at random.
     actual = {name: rng.uniform(0.0, 0.03) for name in names}
@@ -55,6 +58,7 @@ def test_capacity_holds_when_actual_durations_differ_from_estimates(seed):
         return name
 
     with ThreadPoolExecutor(max_workers=16) as executor:
+
         def start(name, outputs):
             assert all(dep in outputs for dep in upstream[name]), f"{name} started before its inputs"
             return executor.submit(work, name)

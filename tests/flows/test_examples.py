@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from planflow.core import discovery as registry
 from planflow import to_flow
+from planflow.core import discovery as registry
 
 pytestmark = [pytest.mark.usefixtures("registered_blocks"), pytest.mark.slow]
 

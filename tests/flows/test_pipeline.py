@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
+import toy_dags  # tests/fixtures is on sys.path (see conftest / pytest pythonpath)
 
 from planflow.core.component import component
 from planflow.core.pipeline import Pipeline, PipelineError, Step
-from tests.conftest import TESTS
 
-import toy_dags  # tests/fixtures is on sys.path (see conftest / pytest pythonpath)
+from tests.conftest import TESTS
 
 
 def test_wiring_by_parameter_name():
@@ -33,10 +33,15 @@ def test_totals_are_the_servicegrid_summary():
 
 def test_cycle_prints_its_path():
     with pytest.raises(PipelineError) as caught:
-        Pipeline("loop", [
-            Step("numbers", toy_dags.numbers, after=("report",)),
-            toy_dags.total, toy_dags.scaled, toy_dags.report,
-        ])
+        Pipeline(
+            "loop",
+            [
+                Step("numbers", toy_dags.numbers, after=("report",)),
+                toy_dags.total,
+                toy_dags.scaled,
+                toy_dags.report,
+            ],
+        )
     assert "cycle: numbers -> total -> report -> numbers" in str(caught.value)
     assert "Fix: remove one of these dependencies" in str(caught.value)
 
@@ -48,8 +53,14 @@ def test_self_dependency_is_a_cycle():
 
 def test_unknown_dependency_suggests_the_closest_name():
     with pytest.raises(PipelineError) as caught:
-        Pipeline("typo", [toy_dags.numbers, toy_dags.total, Step("report", toy_dags.report,
-                 inputs={"scaled": "totl"}, after=("numbrs",))])
+        Pipeline(
+            "typo",
+            [
+                toy_dags.numbers,
+                toy_dags.total,
+                Step("report", toy_dags.report, inputs={"scaled": "totl"}, after=("numbrs",)),
+            ],
+        )
     message = str(caught.value)
     assert "step 'report' after names unknown step 'numbrs'. Did you mean 'numbers'?" in message
     assert "step 'report' inputs.scaled names unknown step 'totl'. Did you mean 'total'?" in message
@@ -63,8 +74,10 @@ def test_duplicate_step_name():
 def test_parameter_without_source_names_the_fix():
     with pytest.raises(PipelineError) as caught:
         Pipeline("orphan", [toy_dags.total])
-    assert ("step 'total' parameter 'numbers' has no source: no step is named 'numbers', the "
-            "pipeline has no parameter 'numbers'") in str(caught.value)
+    assert (
+        "step 'total' parameter 'numbers' has no source: no step is named 'numbers', the "
+        "pipeline has no parameter 'numbers'"
+    ) in str(caught.value)
     assert "Fix: map it with inputs={'numbers': '<step>'}" in str(caught.value)
 
 

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import pytest
-
 import toy_dags
+
+from planflow import to_flow
 from planflow.core.component import component
-from planflow.runtime.history import Estimate, estimate
 from planflow.core.pipeline import Pipeline
+from planflow.planner import PlannerOptions, plan_violations
+from planflow.runtime.history import Estimate, estimate
 from planflow.runtime.planning import PoolError, build_problem, plan_pipeline
 from planflow.runtime.runner import make_plan
-from planflow.planner import PlannerOptions, plan_violations
-from planflow import to_flow
 
-CAPACITY = {"cpu-pool": {"cpu": 2.0, "gpu": 0.0, "mem_gib": 8.0},
-            "gpu-pool": {"cpu": 4.0, "gpu": 1.0, "mem_gib": 16.0}}
+CAPACITY = {"cpu-pool": {"cpu": 2.0, "gpu": 0.0, "mem_gib": 8.0}, "gpu-pool": {"cpu": 4.0, "gpu": 1.0, "mem_gib": 16.0}}
 
 
 def test_estimate_prefers_the_median_of_history_over_the_declaration():

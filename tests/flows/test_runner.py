@@ -7,12 +7,12 @@ import json
 from uuid import UUID
 
 import pytest
+import toy_dags
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterId
 
-import toy_dags
-from planflow.runtime.runner import PipelineRunError, add_listener
 from planflow import to_flow
+from planflow.runtime.runner import PipelineRunError, add_listener
 
 pytestmark = pytest.mark.usefixtures("registered_blocks")
 
@@ -26,9 +26,7 @@ async def _artifacts(flow_run_id: str):
 
 async def _task_runs(flow_run_id: str):
     async with get_client() as client:
-        return await client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(flow_run_id)]))
-        )
+        return await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(flow_run_id)])))
 
 
 def test_diamond_runs_with_progress_summary_and_totals():
@@ -41,12 +39,18 @@ def test_diamond_runs_with_progress_summary_and_totals():
     assert result["params"] == {"n": 3, "factor": 2.0}
     assert {s["state"] for s in result["steps"].values()} == {"Completed"}
     assert result["steps"]["report"]["metrics"] == {"value": 9.0}  # 0+1+2 + 2*(0+1+2)
-    assert ("completed", "report") in events and events.index(("started", "report")) > events.index(("completed", "total"))
+    assert ("completed", "report") in events and events.index(("started", "report")) > events.index(
+        ("completed", "total")
+    )
 
     artifacts = {a.key: a for a in asyncio.run(_artifacts(result["flow_run_id"])) if a.key}
     assert set(artifacts) == {
-        "toy-diamond-progress", "toy-diamond-plan", "toy-diamond-plan-figures",
-        "toy-diamond-planned-vs-actual", "toy-diamond-summary", "toy-diamond-totals",
+        "toy-diamond-progress",
+        "toy-diamond-plan",
+        "toy-diamond-plan-figures",
+        "toy-diamond-planned-vs-actual",
+        "toy-diamond-summary",
+        "toy-diamond-totals",
     }
     assert float(artifacts["toy-diamond-progress"].data) == pytest.approx(100.0)
     rows = _table(artifacts["toy-diamond-summary"])
@@ -55,8 +59,10 @@ def test_diamond_runs_with_progress_summary_and_totals():
     assert "critical path (s) | 0.6" in artifacts["toy-diamond-totals"].data
 
     plan_rows = _table(artifacts["toy-diamond-plan"])
-    assert {r["component"]: r["estimate"] for r in plan_rows}["numbers"] in ("declared", "history: median of 1 run") or \
-        plan_rows[0]["estimate"].startswith("history")
+    assert {r["component"]: r["estimate"] for r in plan_rows}["numbers"] in (
+        "declared",
+        "history: median of 1 run",
+    ) or plan_rows[0]["estimate"].startswith("history")
     figures = artifacts["toy-diamond-plan-figures"].data
     assert "| planned makespan |" in figures and "data:image/png;base64," in figures
     actual = artifacts["toy-diamond-planned-vs-actual"].data
@@ -85,7 +91,7 @@ def test_a_retried_run_does_not_recompute_finished_components():
     assert Path(home, "count-expensive-retry").read_text() == "1"  # computed once
     assert Path(home, "count-flaky-retry").read_text() == "2"  # failed, then passed
     runs = asyncio.run(_task_runs(result["flow_run_id"]))
-    expensive = sorted((r.state.name for r in runs if r.name == "expensive"))
+    expensive = sorted(r.state.name for r in runs if r.name == "expensive")
     assert expensive == ["Cached", "Completed"]  # second attempt read the persisted result
 
 

@@ -34,19 +34,24 @@ def test_transactions_shape_and_determinism(chain):
 
 
 def test_features_use_only_the_past():
-    tx = pl.DataFrame({
-        "txn_id": [0, 1, 2, 3], "customer_id": [1, 1, 1, 2], "merchant_id": [9, 9, 8, 9],
-        "ts": pl.datetime_range(pl.datetime(2024, 1, 1), pl.datetime(2024, 1, 1, 0, 30), "10m", eager=True),
-        "amount": [10.0, 20.0, 400.0, 5.0],
-        "category": pl.Series(["grocery"] * 4, dtype=pl.Enum(S._CAT_NAMES)),
-        "home_country": ["US"] * 4, "txn_country": ["US", "US", "FR", "US"],
-        "is_fraud": [False, True, True, False],
-    })
+    tx = pl.DataFrame(
+        {
+            "txn_id": [0, 1, 2, 3],
+            "customer_id": [1, 1, 1, 2],
+            "merchant_id": [9, 9, 8, 9],
+            "ts": pl.datetime_range(pl.datetime(2024, 1, 1), pl.datetime(2024, 1, 1, 0, 30), "10m", eager=True),
+            "amount": [10.0, 20.0, 400.0, 5.0],
+            "category": pl.Series(["grocery"] * 4, dtype=pl.Enum(S._CAT_NAMES)),
+            "home_country": ["US"] * 4,
+            "txn_country": ["US", "US", "FR", "US"],
+            "is_fraud": [False, True, True, False],
+        }
+    )
     f = S.features(tx, label_delay_days=0).sort("txn_id")
-    assert f["txn_count_1h"].to_list() == [0, 1, 2, 0]           # current txn excluded
+    assert f["txn_count_1h"].to_list() == [0, 1, 2, 0]  # current txn excluded
     assert f["amount_sum_1h"].to_list()[2] == pytest.approx(30.0)
     assert f["new_merchant"].to_list() == [1, 0, 1, 1]
-    assert f["amount_z"][2] > 2                                   # 400 vs history of 10, 20
+    assert f["amount_z"][2] > 2  # 400 vs history of 10, 20
     # merchant 9: 3rd transaction (txn 3) sees one earlier fraud out of two
     rate = f["merchant_fraud_rate"].to_list()
     assert rate[3] > rate[0]
@@ -89,9 +94,9 @@ def test_policy_costs_by_hand():
     amount = np.array([100.0, 100.0, 100.0])
     grid = np.array([0.0, 0.3, 0.7, 1.01])
     c = S._policy_costs(score, fraud, amount, grid, 4.0, 1.0, 25.0, 1.0)
-    assert c[3, 3] == pytest.approx(200.0)          # approve all: lose both frauds
-    assert c[1, 3] == pytest.approx(8.0)            # review the two frauds, catch both
-    assert c[0, 0] == pytest.approx(25.0)           # decline all: one good customer
-    assert np.isinf(c[3, 0])                        # review above decline is not a policy
+    assert c[3, 3] == pytest.approx(200.0)  # approve all: lose both frauds
+    assert c[1, 3] == pytest.approx(8.0)  # review the two frauds, catch both
+    assert c[0, 0] == pytest.approx(25.0)  # decline all: one good customer
+    assert np.isinf(c[3, 0])  # review above decline is not a policy
     expensive = S._policy_costs(score, fraud, amount, grid, 500.0, 1.0, 25.0, 1.0)
-    assert np.unravel_index(np.argmin(expensive), c.shape)[1] <= 1   # decline instead of review
+    assert np.unravel_index(np.argmin(expensive), c.shape)[1] <= 1  # decline instead of review

@@ -18,15 +18,15 @@ def test_shift_moves_pixels_with_zero_fill():
     img = np.zeros((2, 8, 8))
     img[:, 0, 7] = 1.0
     out = S._shift(img, np.array([1, -1]), np.array([0, 1]))
-    assert out[0, 1, 7] == 1.0 and out[0].sum() == 1.0     # down one row
-    assert out[1].sum() == 0.0                              # pushed off the edge
+    assert out[0, 1, 7] == 1.0 and out[0].sum() == 1.0  # down one row
+    assert out[1].sum() == 0.0  # pushed off the edge
 
 
 def test_digits_augmentation(chain):
     d = chain[0]
     assert d.images.shape == (2 * 1797, 8, 8)
     assert d.augmented.sum() == 1797
-    assert np.array_equal(d.labels, d.labels[~d.augmented][d.origin])   # copies keep their label
+    assert np.array_equal(d.labels, d.labels[~d.augmented][d.origin])  # copies keep their label
     assert not np.array_equal(d.images[d.augmented], d.images[~d.augmented])
     assert np.array_equal(S.digits(augment=1, seed=2).images, d.images)
     assert not np.array_equal(S.digits(augment=1, seed=3).images, d.images)
@@ -34,12 +34,12 @@ def test_digits_augmentation(chain):
 
 def test_split_is_stratified_and_leak_free(chain):
     d, p = chain[:2]
-    assert not set(p.train_origin) & set(p.test_origin)      # no shifted copy of a test image in training
-    assert len(p.y_test) == len(set(p.test_origin))           # test set holds originals only
+    assert not set(p.train_origin) & set(p.test_origin)  # no shifted copy of a test image in training
+    assert len(p.y_test) == len(set(p.test_origin))  # test set holds originals only
     assert len(p.y_train) + len(p.y_test) == len(d.labels) - len(p.y_test)
     share = np.bincount(p.y_test, minlength=10) / len(p.y_test)
     assert np.abs(share - 0.1).max() < 0.02
-    assert abs(p.x_train.mean()) < 1e-6                       # scaler fitted on train
+    assert abs(p.x_train.mean()) < 1e-6  # scaler fitted on train
     other = S.preprocessed(d, test_size=0.5, seed=3)
     assert set(other.test_origin) != set(p.test_origin)
 

@@ -24,7 +24,9 @@ def test_readings_shape_truth_and_determinism(chain):
     assert {"machine_id", "cycle", *S.SENSORS, "is_anomaly", "rul", "failed"} <= set(r.columns)
     assert r["machine_id"].n_unique() == 24
     # RUL counts down one per cycle and failed machines run to RUL 1
-    last = r.group_by("machine_id").agg(pl.col("rul").last(), pl.col("failed").first(), pl.col("rul").diff().max().alias("d"))
+    last = r.group_by("machine_id").agg(
+        pl.col("rul").last(), pl.col("failed").first(), pl.col("rul").diff().max().alias("d")
+    )
     assert (last["d"] == -1).all()
     assert (last.filter("failed")["rul"] == 1).all() and (last.filter(~pl.col("failed"))["rul"] > 1).all()
     assert 0.005 < r["is_anomaly"].mean() < 0.05
@@ -80,16 +82,22 @@ def test_plan_respects_crew_capacity_and_deadlines(chain):
 
 
 def test_greedy_prefers_priority_and_uses_latest_free_shift():
-    shift = S._greedy_schedule(np.array([0.9, 0.5, 0.8, 0.1]), np.array([1, 0, 1, 2]),
-                               np.array([True, True, True, False]), n_shifts=3, capacity=1)
+    shift = S._greedy_schedule(
+        np.array([0.9, 0.5, 0.8, 0.1]),
+        np.array([1, 0, 1, 2]),
+        np.array([True, True, True, False]),
+        n_shifts=3,
+        capacity=1,
+    )
     assert shift.tolist() == [1, -1, 0, -1]
 
 
 def test_fork_join_end_to_end_plan_beats_doing_nothing():
     r = S.sensor_readings(seed=9, n_machines=40)
     f = S.sensor_features(r)
-    plan = S.maintenance_plan(S.anomaly_model(f, n_trees=50), S.rul_model(f, n_folds=3, max_iter=30), f,
-                              crew_capacity=3)
+    plan = S.maintenance_plan(
+        S.anomaly_model(f, n_trees=50), S.rul_model(f, n_folds=3, max_iter=30), f, crew_capacity=3
+    )
     km = plan.key_metrics()
     assert km["failures_in_horizon"] >= 1 and km["failures_avoided"] >= 1
     assert km["max_jobs_per_shift"] <= 3

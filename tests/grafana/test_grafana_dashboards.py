@@ -13,10 +13,9 @@ import jsonschema
 import pytest
 import yaml
 
-from planflow.dashboards import generate
-from planflow.dashboards import queries
-from planflow.monitoring import rules as rules_module
+from planflow.dashboards import generate, queries
 from planflow.dashboards.build import ALERTMANAGER_UID, PROMETHEUS_UID, UIDS, build_all
+from planflow.monitoring import rules as rules_module
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = json.loads((files("planflow.dashboards") / "schema" / "dashboard.schema.json").read_text())
@@ -43,16 +42,18 @@ def test_committed_json_equals_what_the_code_generates():
 
 @pytest.mark.parametrize("uid", sorted(EXPECTED_UIDS))
 def test_dashboard_validates_against_grafanas_dashboard_schema(uid):
-    errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
-              for e in jsonschema.Draft7Validator(SCHEMA).iter_errors(MODELS[uid])]
+    errors = [
+        f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
+        for e in jsonschema.Draft7Validator(SCHEMA).iter_errors(MODELS[uid])
+    ]
     assert errors == []
 
 
 def test_the_schema_rejects_what_grafana_would_reject():
     bad = copy.deepcopy(MODELS["planflow-plan"])
-    bad["panels"][1]["gridPos"]["w"] = 30           # wider than the 24-column grid
-    bad["templating"]["list"][0]["refresh"] = 7       # not a VariableRefresh
-    bad["bogus"] = True                               # unknown top-level key
+    bad["panels"][1]["gridPos"]["w"] = 30  # wider than the 24-column grid
+    bad["templating"]["list"][0]["refresh"] = 7  # not a VariableRefresh
+    bad["bogus"] = True  # unknown top-level key
     messages = [e.message for e in jsonschema.Draft7Validator(SCHEMA).iter_errors(bad)]
     assert len(messages) == 3, messages
 
@@ -67,8 +68,14 @@ def test_known_metrics_come_from_the_real_registries_not_a_list(known):
 
     # every declared metric is known, and the histogram/counter series names are derived
     assert set(metric_catalog()) <= set(known)
-    assert {"planflow_component_duration_seconds_bucket", "planflow_remediations_total",
-            "planflow_prefect_late_runs", "planflow_bridge_spool_depth", "up", "ALERTS"} <= set(known)
+    assert {
+        "planflow_component_duration_seconds_bucket",
+        "planflow_remediations_total",
+        "planflow_prefect_late_runs",
+        "planflow_bridge_spool_depth",
+        "up",
+        "ALERTS",
+    } <= set(known)
     assert "planflow_component_duration_seconds" not in known  # a histogram has no bare series
 
 
@@ -78,8 +85,9 @@ def test_an_unknown_metric_or_a_broken_query_is_reported_with_its_panel(known):
     panel["targets"][0]["expr"] = "planflow_no_such_metric_seconds"
     panel["targets"].append({"refId": "Z", "expr": "sum(rate(planflow_plan_gap_ratio[1m]"})
     problems = queries.check_dashboard(bad, known)
-    assert any("unknown metric 'planflow_no_such_metric_seconds'" in p and panel["title"] in p
-               for p in problems), problems
+    assert any("unknown metric 'planflow_no_such_metric_seconds'" in p and panel["title"] in p for p in problems), (
+        problems
+    )
     assert any("does not parse as PromQL" in p and "/ Z:" in p for p in problems), problems
 
 

@@ -83,7 +83,7 @@ class FakeGrafana:
             return 200, {"status": "success", "uid": uid, "url": f"/d/{uid}/x"}
         return not_found
 
-    def __enter__(self) -> "FakeGrafana":
+    def __enter__(self) -> FakeGrafana:
         self.thread.start()
         return self
 
@@ -160,9 +160,10 @@ def test_cli_publish_prints_the_error_and_exits_1():
     assert f"cannot reach Grafana at {url}" in result.output
 
 
-@pytest.mark.skipif(not os.environ.get("GRAFANA_URL"),
-                    reason="GRAFANA_URL (and GRAFANA_TOKEN) not set: no Grafana to publish to; "
-                           "none can run on these machines")
+@pytest.mark.skipif(
+    not os.environ.get("GRAFANA_URL"),
+    reason="GRAFANA_URL (and GRAFANA_TOKEN) not set: no Grafana to publish to; none can run on these machines",
+)
 def test_publish_to_a_real_grafana_twice_and_read_the_dashboards_back():
     first = pub.publish()
     second = pub.publish()

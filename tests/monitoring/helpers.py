@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import threading
 import time
-from datetime import datetime, timedelta, timezone
-from typing import Any, Callable
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
-import httpx
+import pytest
 
 from planflow.monitoring.events import read_events  # noqa: F401  (re-exported for the tests)
-import pytest
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 APT = "apt-get install -y prometheus prometheus-alertmanager prometheus-pushgateway"
@@ -38,12 +39,11 @@ class ThreadedServer:
 
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
-        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                lifespan="on")
+        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
-    def __enter__(self) -> "ThreadedServer":
+    def __enter__(self) -> ThreadedServer:
         self.thread.start()
         deadline = time.monotonic() + 15
         while not self.server.started:
@@ -57,8 +57,7 @@ class ThreadedServer:
         self.thread.join(timeout=15)
 
 
-def wait_for(check: Callable[[], Any], timeout: float, interval: float = 0.25,
-              message: str = "condition") -> Any:
+def wait_for(check: Callable[[], Any], timeout: float, interval: float = 0.25, message: str = "condition") -> Any:
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
@@ -69,10 +68,11 @@ def wait_for(check: Callable[[], Any], timeout: float, interval: float = 0.25,
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {message} (last: {last!r})")
 
 
-def alert(status: str = "firing", fingerprint: str = "abc123", starts: datetime | None = None,
-          **labels: str) -> dict[str, Any]:
-    starts = starts or datetime(2030, 1, 1, tzinfo=timezone.utc)
-    ends = starts + timedelta(minutes=5) if status == "resolved" else datetime(1, 1, 1, tzinfo=timezone.utc)
+def alert(
+    status: str = "firing", fingerprint: str = "abc123", starts: datetime | None = None, **labels: str
+) -> dict[str, Any]:
+    starts = starts or datetime(2030, 1, 1, tzinfo=UTC)
+    ends = starts + timedelta(minutes=5) if status == "resolved" else datetime(1, 1, 1, tzinfo=UTC)
     return {
         "status": status,
         "labels": {"alertname": "PlanflowTestAlert", "severity": "warning", **labels},
@@ -85,26 +85,33 @@ def alert(status: str = "firing", fingerprint: str = "abc123", starts: datetime 
 
 
 def webhook(*alerts: dict[str, Any]) -> dict[str, Any]:
-    return {"version": "4", "status": alerts[0]["status"] if alerts else "firing",
-            "receiver": "planflow-bridge", "groupKey": "{}:{}", "truncatedAlerts": 0,
-            "groupLabels": {}, "commonLabels": {}, "commonAnnotations": {},
-            "externalURL": "http://127.0.0.1:9093", "alerts": list(alerts)}
+    return {
+        "version": "4",
+        "status": alerts[0]["status"] if alerts else "firing",
+        "receiver": "planflow-bridge",
+        "groupKey": "{}:{}",
+        "truncatedAlerts": 0,
+        "groupLabels": {},
+        "commonLabels": {},
+        "commonAnnotations": {},
+        "externalURL": "http://127.0.0.1:9093",
+        "alerts": list(alerts),
+    }
 
 
 from planflow.ops.server import free_port  # noqa: E402,F401  (re-exported for the tests)
 
 
-def promtool(*args: str) -> "subprocess.CompletedProcess[str]":
+def promtool(*args: str) -> subprocess.CompletedProcess[str]:
     import subprocess
 
     binary = need_binary("promtool")
     return subprocess.run([binary, *args], capture_output=True, text=True, timeout=120)
 
 
-def promtool_check_metrics(exposition: bytes) -> "subprocess.CompletedProcess[bytes]":
+def promtool_check_metrics(exposition: bytes) -> subprocess.CompletedProcess[bytes]:
     """`promtool check metrics` on an exposition (lint: naming, help, units)."""
     import subprocess
 
     binary = need_binary("promtool")
-    return subprocess.run([binary, "check", "metrics"], input=exposition, capture_output=True,
-                          timeout=60)
+    return subprocess.run([binary, "check", "metrics"], input=exposition, capture_output=True, timeout=60)

@@ -13,24 +13,32 @@ import uuid
 import httpx
 import pytest
 
+from planflow import to_flow
 from planflow.dashboards import queries
 from planflow.dashboards.build import build_all
+
 from tests.monitoring.helpers import wait_for
-from planflow import to_flow
 
 PIPELINE = "image-classification"
 # Panels that may legitimately be empty right after the run, and why.
 MAY_BE_EMPTY = {
-    ("planflow-pipelines", "Component failures and retries (latest run)"):
-        "the run's components all succeed; a failure counter gets its series at the first failure",
-    ("planflow-alerts", "Remediations, by action and outcome"):
-        "no remediation flow has run (nothing increments planflow_remediations_total yet)",
-    ("planflow-alerts", "Remediations in the time range"):
-        "no remediation flow has run (nothing increments planflow_remediations_total yet)",
-    ("planflow-alerts", "Trigger -> remediation flow running (s), by action"):
-        "no remediation flow has run (each one pushes planflow_remediation_alert_latency_seconds)",
-    ("planflow-alerts", "Webhook requests rejected, by reason"):
-        "only after the bridge refused a request",
+    (
+        "planflow-pipelines",
+        "Component failures and retries (latest run)",
+    ): "the run's components all succeed; a failure counter gets its series at the first failure",
+    (
+        "planflow-alerts",
+        "Remediations, by action and outcome",
+    ): "no remediation flow has run (nothing increments planflow_remediations_total yet)",
+    (
+        "planflow-alerts",
+        "Remediations in the time range",
+    ): "no remediation flow has run (nothing increments planflow_remediations_total yet)",
+    (
+        "planflow-alerts",
+        "Trigger -> remediation flow running (s), by action",
+    ): "no remediation flow has run (each one pushes planflow_remediation_alert_latency_seconds)",
+    ("planflow-alerts", "Webhook requests rejected, by reason"): "only after the bridge refused a request",
 }
 
 
@@ -58,24 +66,28 @@ def demo_world(monitoring_stack, registered_blocks, monkeypatch):
 
     paths, started = monitoring_stack
     prometheus = started["prometheus"].url
-    wait_for(lambda: all(t["health"] == "up" for t in httpx.get(
-        f"{prometheus}/api/v1/targets").json()["data"]["activeTargets"]), 30,
-        message="every scrape target up")
+    wait_for(
+        lambda: all(
+            t["health"] == "up" for t in httpx.get(f"{prometheus}/api/v1/targets").json()["data"]["activeTargets"]
+        ),
+        30,
+        message="every scrape target up",
+    )
     monkeypatch.setenv("PLANFLOW_PUSHGATEWAY_URL", started["pushgateway"].url)
     to_flow(registry.get(PIPELINE))(**{"augment": 0, "test_size": 0.5})
 
     work_pool = f"grafana-e2e-{uuid.uuid4().hex[:6]}"
     with get_client(sync_client=True) as client:
         client.create_work_pool(WorkPoolCreate(name=work_pool, type="process"), overwrite=True)
-        client._client.post(f"/work_pools/{work_pool}/workers/heartbeat",
-                            json={"name": "grafana-e2e-worker", "heartbeat_interval_seconds": 30})
+        client._client.post(
+            f"/work_pools/{work_pool}/workers/heartbeat",
+            json={"name": "grafana-e2e-worker", "heartbeat_interval_seconds": 30},
+        )
         flow_id = client.create_flow_from_name(PIPELINE)
-        deployment_id = client.create_deployment(flow_id=flow_id, name="grafana-e2e",
-                                                 work_pool_name=work_pool)
+        deployment_id = client.create_deployment(flow_id=flow_id, name="grafana-e2e", work_pool_name=work_pool)
         waiting = client.create_flow_run_from_deployment(deployment_id)
         failed = client.create_flow_run_from_deployment(deployment_id)
-        client.set_flow_run_state(failed.id, Failed(message="failed on purpose for the dashboards"),
-                                  force=True)
+        client.set_flow_run_state(failed.id, Failed(message="failed on purpose for the dashboards"), force=True)
     try:
         yield prometheus, work_pool
     finally:
@@ -90,16 +102,17 @@ def test_every_panel_query_returns_data_from_the_real_prometheus(demo_world):
     prometheus, work_pool = demo_world
     # what the panels show must have arrived: pushed run figures, the exporter's view,
     # the alert on the failed run, and the bridge having received it
-    for expr in (f'planflow_pipeline_makespan_seconds{{pipeline="{PIPELINE}"}}',
-                 f'planflow_prefect_flow_runs{{work_pool="{work_pool}", state="scheduled"}}',
-                 f'planflow_prefect_flow_runs_finished_total{{work_pool="{work_pool}", state="failed"}}',
-                 f'planflow_prefect_worker_heartbeat_age_seconds{{work_pool="{work_pool}"}}',
-                 f'ALERTS{{alertname="PlanflowPipelineRunFailed", alertstate="firing", flow="{PIPELINE}"}}',
-                 'planflow_bridge_alerts_received_total{status="firing"}'):
+    for expr in (
+        f'planflow_pipeline_makespan_seconds{{pipeline="{PIPELINE}"}}',
+        f'planflow_prefect_flow_runs{{work_pool="{work_pool}", state="scheduled"}}',
+        f'planflow_prefect_flow_runs_finished_total{{work_pool="{work_pool}", state="failed"}}',
+        f'planflow_prefect_worker_heartbeat_age_seconds{{work_pool="{work_pool}"}}',
+        f'ALERTS{{alertname="PlanflowPipelineRunFailed", alertstate="firing", flow="{PIPELINE}"}}',
+        'planflow_bridge_alerts_received_total{status="firing"}',
+    ):
         wait_for(lambda: _has(prometheus, expr), 60, 0.5, expr)
 
-    pools = {s["pool"] for s in _query(prometheus, "planflow_pool_capacity")["result"]
-             for s in [s["metric"]]}
+    pools = {s["pool"] for s in _query(prometheus, "planflow_pool_capacity")["result"] for s in [s["metric"]]}
     values = {"pipeline": PIPELINE, "pool": sorted(pools)[0], "work_pool": work_pool}
 
     empty, checked = [], 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
@@ -12,8 +12,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from planflow.monitoring.bridge import create_app, resolve_token
+
 from tests.monitoring.helpers import (
-    ThreadedServer, alert, free_port, read_events, wait_for, webhook,
+    ThreadedServer,
+    alert,
+    free_port,
+    read_events,
+    wait_for,
+    webhook,
 )
 
 TOKEN = "test-token-" + uuid.uuid4().hex
@@ -22,8 +28,9 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 @pytest.fixture(scope="module")
 def bridge(prefect_api_url, tmp_path_factory):
-    app = create_app(tmp_path_factory.mktemp("bridge") / "spool.sqlite3", TOKEN, prefect_api_url,
-                     max_body_bytes=256 * 1024)
+    app = create_app(
+        tmp_path_factory.mktemp("bridge") / "spool.sqlite3", TOKEN, prefect_api_url, max_body_bytes=256 * 1024
+    )
     with ThreadedServer(app, free_port()) as server:
         server.app = app
         yield server
@@ -31,27 +38,36 @@ def bridge(prefect_api_url, tmp_path_factory):
 
 def post(bridge, body, headers=AUTH, **kw):
     if isinstance(body, (bytes, str)):
-        return httpx.post(f"{bridge.url}/alerts", content=body,
-                          headers={"Content-Type": "application/json", **headers}, timeout=30, **kw)
+        return httpx.post(
+            f"{bridge.url}/alerts",
+            content=body,
+            headers={"Content-Type": "application/json", **headers},
+            timeout=30,
+            **kw,
+        )
     return httpx.post(f"{bridge.url}/alerts", json=body, headers=headers, timeout=30)
 
 
 def now() -> datetime:
-    return datetime.now(timezone.utc).replace(microsecond=0)
+    return datetime.now(UTC).replace(microsecond=0)
 
 
 def events_about(api, pipeline, count, timeout=30.0):
     """Wait until `count` events name the pipeline; then make sure no more arrive."""
-    found = wait_for(lambda: (lambda e: e if len(e) >= count else None)(
-        read_events(api, f"planflow.pipeline.{pipeline}")), timeout, 0.5,
-        f"{count} events about {pipeline}")
+    found = wait_for(
+        lambda: (lambda e: e if len(e) >= count else None)(read_events(api, f"planflow.pipeline.{pipeline}")),
+        timeout,
+        0.5,
+        f"{count} events about {pipeline}",
+    )
     return found
 
 
-@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"},
-                                     {"Authorization": f"Basic {TOKEN}"},
-                                     {"Authorization": "Bearer"}],
-                         ids=["none", "wrong", "not-bearer", "empty"])
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"}, {"Authorization": "Bearer"}],
+    ids=["none", "wrong", "not-bearer", "empty"],
+)
 def test_unauthenticated_callers_get_401(bridge, headers):
     response = post(bridge, webhook(alert()), headers=headers)
     assert response.status_code == 401
@@ -59,21 +75,51 @@ def test_unauthenticated_callers_get_401(bridge, headers):
     assert "bearer token" in response.json()["detail"]
 
 
-@pytest.mark.parametrize("body, status, words", [
-    (b'{"alerts": [', 400, "not valid JSON"),
-    (b"", 400, "not valid JSON"),
-    (b"[1, 2]", 422, "valid dictionary"),
-    (b'{"alerts": []}', 422, "alerts"),
-    (b'{"alerts": "nope"}', 422, "alerts"),
-    (json.dumps({"alerts": [{"status": "maybe", "labels": {"a": "b"},
-                             "startsAt": "2030-01-01T00:00:00Z"}]}).encode(), 422, "alerts.0.status"),
-    (json.dumps({"alerts": [{"status": "firing", "labels": {"a": 1},
-                             "startsAt": "2030-01-01T00:00:00Z"}]}).encode(), 422, "alerts.0.labels.a"),
-    (json.dumps({"alerts": [{"status": "firing", "labels": {"a": "b"},
-                             "startsAt": "yesterday"}]}).encode(), 422, "alerts.0.startsAt"),
-    (json.dumps({"alerts": [{"status": "firing", "labels": {"a": "b"}}]}).encode(), 422, "startsAt: Field required"),
-], ids=["truncated", "empty", "array", "no-alerts", "alerts-string", "bad-status",
-        "label-int", "bad-time", "missing-time"])
+@pytest.mark.parametrize(
+    "body, status, words",
+    [
+        (b'{"alerts": [', 400, "not valid JSON"),
+        (b"", 400, "not valid JSON"),
+        (b"[1, 2]", 422, "valid dictionary"),
+        (b'{"alerts": []}', 422, "alerts"),
+        (b'{"alerts": "nope"}', 422, "alerts"),
+        (
+            json.dumps(
+                {"alerts": [{"status": "maybe", "labels": {"a": "b"}, "startsAt": "2030-01-01T00:00:00Z"}]}
+            ).encode(),
+            422,
+            "alerts.0.status",
+        ),
+        (
+            json.dumps(
+                {"alerts": [{"status": "firing", "labels": {"a": 1}, "startsAt": "2030-01-01T00:00:00Z"}]}
+            ).encode(),
+            422,
+            "alerts.0.labels.a",
+        ),
+        (
+            json.dumps({"alerts": [{"status": "firing", "labels": {"a": "b"}, "startsAt": "yesterday"}]}).encode(),
+            422,
+            "alerts.0.startsAt",
+        ),
+        (
+            json.dumps({"alerts": [{"status": "firing", "labels": {"a": "b"}}]}).encode(),
+            422,
+            "startsAt: Field required",
+        ),
+    ],
+    ids=[
+        "truncated",
+        "empty",
+        "array",
+        "no-alerts",
+        "alerts-string",
+        "bad-status",
+        "label-int",
+        "bad-time",
+        "missing-time",
+    ],
+)
 def test_malformed_bodies_get_a_4xx_naming_the_problem(bridge, body, status, words):
     response = post(bridge, body)
     assert response.status_code == status, response.text
@@ -90,8 +136,10 @@ def test_oversized_bodies_get_413(bridge):
 def test_firing_and_resolved_in_one_payload_become_two_events(bridge, prefect_api_url):
     pipeline = f"two-{uuid.uuid4().hex[:8]}"
     start = now() - timedelta(minutes=2)
-    body = webhook(alert("firing", "fp-a-" + pipeline, start, pipeline=pipeline, work_pool="local"),
-                   alert("resolved", "fp-b-" + pipeline, start, pipeline=pipeline))
+    body = webhook(
+        alert("firing", "fp-a-" + pipeline, start, pipeline=pipeline, work_pool="local"),
+        alert("resolved", "fp-b-" + pipeline, start, pipeline=pipeline),
+    )
     body["unknownTopLevel"] = {"nested": [1, 2]}
     body["alerts"][0]["someFutureField"] = "ignored"
     response = post(bridge, body)
@@ -123,8 +171,7 @@ def test_duplicates_yield_one_event(bridge, prefect_api_url):
 
 def test_flow_run_and_deployment_labels_become_prefect_resources(bridge, prefect_api_url):
     run_id, dep_id = str(uuid.uuid4()), str(uuid.uuid4())
-    body = webhook(alert("firing", "fp-" + run_id, now(), flow_run_id=run_id,
-                         deployment_id=dep_id, flow="boom"))
+    body = webhook(alert("firing", "fp-" + run_id, now(), flow_run_id=run_id, deployment_id=dep_id, flow="boom"))
     assert post(bridge, body).status_code == 200
     events = wait_for(lambda: read_events(prefect_api_url, f"prefect.flow-run.{run_id}"), 30, 0.5)
     event = events[0]
@@ -135,9 +182,13 @@ def test_flow_run_and_deployment_labels_become_prefect_resources(bridge, prefect
 
 def test_metrics_and_openapi_are_served(bridge):
     text = httpx.get(f"{bridge.url}/metrics").text
-    for name in ("planflow_bridge_alerts_received_total", "planflow_bridge_alerts_duplicate_total",
-                 "planflow_bridge_events_forwarded_total", "planflow_bridge_forward_failures_total",
-                 "planflow_bridge_spool_depth"):
+    for name in (
+        "planflow_bridge_alerts_received_total",
+        "planflow_bridge_alerts_duplicate_total",
+        "planflow_bridge_events_forwarded_total",
+        "planflow_bridge_forward_failures_total",
+        "planflow_bridge_spool_depth",
+    ):
         assert name in text
     spec = httpx.get(f"{bridge.url}/openapi.json").json()
     operation = spec["paths"]["/alerts"]["post"]
@@ -159,24 +210,37 @@ def test_token_file_is_created_once_private_and_env_wins(tmp_path, monkeypatch):
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
-    max_leaves=20)
-label_maps = st.dictionaries(st.text(min_size=1, max_size=12), st.text(max_size=20),
-                             min_size=1, max_size=5)
-valid_alerts = st.fixed_dictionaries({
-    "status": st.sampled_from(["firing", "resolved"]),
-    "labels": label_maps.map(lambda d: {**d, "pipeline": "fuzz"}),
-    "annotations": st.dictionaries(st.text(max_size=8), st.text(max_size=30), max_size=3),
-    "startsAt": st.datetimes(min_value=datetime(2020, 1, 1), max_value=datetime(2035, 1, 1),
-                             timezones=st.just(timezone.utc)).map(lambda d: d.isoformat()),
-    "fingerprint": st.text(alphabet="0123456789abcdef", min_size=1, max_size=16),
-}, optional={"endsAt": st.just("0001-01-01T00:00:00Z"), "extra": json_values})
+    max_leaves=20,
+)
+label_maps = st.dictionaries(st.text(min_size=1, max_size=12), st.text(max_size=20), min_size=1, max_size=5)
+valid_alerts = st.fixed_dictionaries(
+    {
+        "status": st.sampled_from(["firing", "resolved"]),
+        "labels": label_maps.map(lambda d: {**d, "pipeline": "fuzz"}),
+        "annotations": st.dictionaries(st.text(max_size=8), st.text(max_size=30), max_size=3),
+        "startsAt": st.datetimes(
+            min_value=datetime(2020, 1, 1), max_value=datetime(2035, 1, 1), timezones=st.just(UTC)
+        ).map(lambda d: d.isoformat()),
+        "fingerprint": st.text(alphabet="0123456789abcdef", min_size=1, max_size=16),
+    },
+    optional={"endsAt": st.just("0001-01-01T00:00:00Z"), "extra": json_values},
+)
 bodies = st.one_of(
     json_values,
-    st.fixed_dictionaries({"alerts": st.lists(valid_alerts, min_size=1, max_size=5)},
-                          optional={"version": json_values, "status": json_values}),
-    st.fixed_dictionaries({"alerts": st.lists(st.dictionaries(
-        st.sampled_from(["status", "labels", "startsAt", "fingerprint", "annotations"]),
-        json_values), max_size=3)}),
+    st.fixed_dictionaries(
+        {"alerts": st.lists(valid_alerts, min_size=1, max_size=5)},
+        optional={"version": json_values, "status": json_values},
+    ),
+    st.fixed_dictionaries(
+        {
+            "alerts": st.lists(
+                st.dictionaries(
+                    st.sampled_from(["status", "labels", "startsAt", "fingerprint", "annotations"]), json_values
+                ),
+                max_size=3,
+            )
+        }
+    ),
 )
 
 

@@ -16,9 +16,13 @@ def test_a_failed_run_becomes_a_firing_then_resolved_prefect_event(monitoring_st
 
     paths, started = monitoring_stack
     prometheus = started["prometheus"].url
-    wait_for(lambda: all(t["health"] == "up" for t in httpx.get(
-        f"{prometheus}/api/v1/targets").json()["data"]["activeTargets"]), 30,
-        message="every scrape target up")
+    wait_for(
+        lambda: all(
+            t["health"] == "up" for t in httpx.get(f"{prometheus}/api/v1/targets").json()["data"]["activeTargets"]
+        ),
+        30,
+        message="every scrape target up",
+    )
 
     name = f"e2e-boom-{uuid.uuid4().hex[:8]}"
 
@@ -30,11 +34,23 @@ def test_a_failed_run_becomes_a_firing_then_resolved_prefect_event(monitoring_st
         boom()
 
     query = f'planflow_prefect_flow_runs_finished_total{{flow="{name}",state="failed"}}'
-    wait_for(lambda: httpx.get(f"{prometheus}/api/v1/query", params={"query": query})
-             .json()["data"]["result"], 30, 0.5, "the exporter's failure metric in Prometheus")
+    wait_for(
+        lambda: httpx.get(f"{prometheus}/api/v1/query", params={"query": query}).json()["data"]["result"],
+        30,
+        0.5,
+        "the exporter's failure metric in Prometheus",
+    )
 
-    firing = wait_for(lambda: [e for e in read_events(prefect_api_url, f"planflow.pipeline.{name}")
-                               if e["event"] == "planflow.alert.firing"], 60, 0.5, "firing event")
+    firing = wait_for(
+        lambda: [
+            e
+            for e in read_events(prefect_api_url, f"planflow.pipeline.{name}")
+            if e["event"] == "planflow.alert.firing"
+        ],
+        60,
+        0.5,
+        "firing event",
+    )
     event = firing[0]
     assert event["payload"]["labels"]["alertname"] == "PlanflowPipelineRunFailed"
     assert event["payload"]["labels"]["flow"] == name
@@ -43,10 +59,18 @@ def test_a_failed_run_becomes_a_firing_then_resolved_prefect_event(monitoring_st
     assert f"prefect.flow.{name}" in {r["prefect.resource.id"] for r in event["related"]}
 
     # nothing fails any more: the alert resolves once the failure window has passed
-    resolved = wait_for(lambda: [e for e in read_events(prefect_api_url, f"planflow.pipeline.{name}")
-                                 if e["event"] == "planflow.alert.resolved"], 90, 1.0,
-                        "resolved event")
+    resolved = wait_for(
+        lambda: [
+            e
+            for e in read_events(prefect_api_url, f"planflow.pipeline.{name}")
+            if e["event"] == "planflow.alert.resolved"
+        ],
+        90,
+        1.0,
+        "resolved event",
+    )
     assert resolved[0]["payload"]["fingerprint"] == event["payload"]["fingerprint"]
-    firing_now = [e for e in read_events(prefect_api_url, f"planflow.pipeline.{name}")
-                  if e["event"] == "planflow.alert.firing"]
+    firing_now = [
+        e for e in read_events(prefect_api_url, f"planflow.pipeline.{name}") if e["event"] == "planflow.alert.firing"
+    ]
     assert len(firing_now) == 1

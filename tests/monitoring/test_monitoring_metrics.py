@@ -11,15 +11,19 @@ import httpx
 from prometheus_client import CollectorRegistry, generate_latest
 
 from planflow.monitoring.metrics import (
-    BridgeMetrics, RemediationMetrics, RunRecorder, metric_catalog, pushgateway_url_from_env,
+    BridgeMetrics,
+    RemediationMetrics,
+    RunRecorder,
+    metric_catalog,
+    pushgateway_url_from_env,
 )
+
 from tests.monitoring.helpers import promtool_check_metrics
 
 
 def recorded() -> RunRecorder:
     r = RunRecorder("fraud-risk", registry=CollectorRegistry())
-    r.plan(makespan_seconds=120, lower_bound_seconds=100, gap=0.2, solve_seconds=0.5,
-           status="Optimal", solver="HiGHS")
+    r.plan(makespan_seconds=120, lower_bound_seconds=100, gap=0.2, solve_seconds=0.5, status="Optimal", solver="HiGHS")
     r.pool_demand("local", "cpu", demand=6, capacity=8)
     r.component("features", "local", "running", None, planned_seconds=30, start_delay_seconds=4)
     r.component("features", "local", "completed", 42.0, planned_seconds=30)
@@ -99,8 +103,7 @@ def test_push_without_a_pushgateway_is_a_cheap_no_op():
 def test_push_failure_is_logged_and_counted_never_raised(caplog):
     from tests.monitoring.helpers import free_port
 
-    r = RunRecorder("p", pushgateway_url=f"http://127.0.0.1:{free_port()}",
-                    registry=CollectorRegistry())
+    r = RunRecorder("p", pushgateway_url=f"http://127.0.0.1:{free_port()}", registry=CollectorRegistry())
     r.push()
     assert r.registry.get_sample_value("planflow_push_failures_total", {"pipeline": "p"}) == 1
     assert "could not push" in caplog.text
@@ -128,14 +131,12 @@ def test_push_to_a_real_pushgateway_and_read_it_back(monitoring_stack):
     assert re.search(r'planflow_plan_makespan_seconds\{[^}]*pipeline="fraud-risk"[^}]*\} 60', text)
 
 
-def test_pushgateway_url_from_env_prefers_the_variable_then_the_recorded_stack(
-        monkeypatch, tmp_path):
+def test_pushgateway_url_from_env_prefers_the_variable_then_the_recorded_stack(monkeypatch, tmp_path):
     monkeypatch.setenv("PLANFLOW_PUSHGATEWAY_URL", "http://gw:9091")
     assert pushgateway_url_from_env() == "http://gw:9091"
     monkeypatch.delenv("PLANFLOW_PUSHGATEWAY_URL")
     monkeypatch.setenv("PLANFLOW_HOME", str(tmp_path))
     assert pushgateway_url_from_env() is None
     (tmp_path / "monitoring").mkdir()
-    (tmp_path / "monitoring" / "services.json").write_text(
-        json.dumps({"pushgateway_url": "http://127.0.0.1:9191"}))
+    (tmp_path / "monitoring" / "services.json").write_text(json.dumps({"pushgateway_url": "http://127.0.0.1:9191"}))
     assert pushgateway_url_from_env() == "http://127.0.0.1:9191"

@@ -7,8 +7,9 @@ import re
 import pytest
 import yaml
 
-from planflow.monitoring.metrics import metric_catalog
 from planflow.monitoring import rules as generate
+from planflow.monitoring.metrics import metric_catalog
+
 from tests.monitoring.helpers import need_binary, promtool
 
 HERE = generate.HERE
@@ -18,7 +19,8 @@ def test_committed_files_equal_the_generator_output():
     for path, text in generate.outputs().items():
         assert path.exists(), f"{path.name} missing. Fix: python -m planflow.monitoring.rules"
         assert path.read_text() == text, (
-            f"{path.name} differs from thresholds.yml. Fix: python -m planflow.monitoring.rules")
+            f"{path.name} differs from thresholds.yml. Fix: python -m planflow.monitoring.rules"
+        )
 
 
 @pytest.mark.parametrize("profile", generate.PROFILES)
@@ -48,8 +50,11 @@ def test_alertmanager_config_is_valid_and_routes_to_the_bridge(profile):
     hook = config["receivers"][1]["webhook_configs"][0]
     assert hook["send_resolved"] is True
     assert hook["http_config"]["authorization"]["credentials_file"] == "bridge.token"
-    result = subprocess.run([amtool, "config", "routes", "test", "--config.file", str(path),
-                             "alertname=PlanflowBridgeDown"], capture_output=True, text=True)
+    result = subprocess.run(
+        [amtool, "config", "routes", "test", "--config.file", str(path), "alertname=PlanflowBridgeDown"],
+        capture_output=True,
+        text=True,
+    )
     assert result.stdout.strip() == "planflow-bridge", result.stdout + result.stderr
 
 

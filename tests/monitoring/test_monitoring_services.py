@@ -8,8 +8,8 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from planflow.ops import services
 from planflow.cli.stack import stack_app
+from planflow.ops import services
 from planflow.settings import StatePaths
 
 
@@ -18,8 +18,7 @@ def test_up_is_idempotent_and_everything_listens_on_loopback(monitoring_stack):
     ports = json.loads(services.services_file(paths).read_text())["ports"]
     again = services.up(paths, profile="fast", ports=ports)
     assert {n: s.pid for n, s in again.items()} == {n: s.pid for n, s in started.items()}
-    assert all(s.running and s.url.startswith("http://127.0.0.1:")
-               for s in services.status(paths).values())
+    assert all(s.running and s.url.startswith("http://127.0.0.1:") for s in services.status(paths).values())
     rendered = services.rendered_config(paths, "alertmanager")
     credentials = rendered["receivers"][1]["webhook_configs"][0]["http_config"]["authorization"]
     assert credentials["credentials_file"].startswith(str(paths.home))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -23,8 +22,12 @@ def planflow(*args: str, env: dict[str, str], timeout: float = 300) -> subproces
 def toy_env(cli_env):
     env = dict(cli_env)
     env["PLANFLOW_PIPELINES"] = ",".join(
-        ["toy_dags:diamond", "toy_dags:failing", str(TESTS / "fixtures" / "diamond.yaml"),
-         str(TESTS / "fixtures" / "cyclic.yaml")]
+        [
+            "toy_dags:diamond",
+            "toy_dags:failing",
+            str(TESTS / "fixtures" / "diamond.yaml"),
+            str(TESTS / "fixtures" / "cyclic.yaml"),
+        ]
     )
     env["COLUMNS"] = "200"
     return env
@@ -102,8 +105,9 @@ def test_plan_prints_the_plan_without_running(toy_env, tmp_path):
 
 def test_bench_psplib_writes_one_row_per_instance(toy_env, tmp_path, psplib):
     target = tmp_path / "rows.csv"
-    out = planflow("bench", "psplib", str(psplib / "j30" / "j301_1.sm"), "--time-limit", "5",
-                   "--csv", str(target), env=toy_env)
+    out = planflow(
+        "bench", "psplib", str(psplib / "j30" / "j301_1.sm"), "--time-limit", "5", "--csv", str(target), env=toy_env
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     header, row = target.read_text().splitlines()[:2]
     assert header.startswith("instance,jobs,makespan,lower_bound,status")

@@ -11,6 +11,7 @@ import pytest
 
 from planflow.ops import server as stack
 from planflow.settings import StatePaths
+
 from tests.conftest import free_port
 
 

@@ -8,11 +8,14 @@ POOLS = (Pool("cpu", {"cpu": 8, "gpu": 0, "mem_gib": 16}), Pool("gpu", {"cpu": 4
 
 
 def test_cycle_message():
-    prob = Problem((
-        Task("a", (Mode("cpu", 1, {"cpu": 1}),), after=("c",)),
-        Task("b", (Mode("cpu", 1, {"cpu": 1}),), after=("a",)),
-        Task("c", (Mode("cpu", 1, {"cpu": 1}),), after=("b",)),
-    ), POOLS)
+    prob = Problem(
+        (
+            Task("a", (Mode("cpu", 1, {"cpu": 1}),), after=("c",)),
+            Task("b", (Mode("cpu", 1, {"cpu": 1}),), after=("a",)),
+            Task("c", (Mode("cpu", 1, {"cpu": 1}),), after=("b",)),
+        ),
+        POOLS,
+    )
     with pytest.raises(CycleError) as e:
         solve(prob)
     assert isinstance(e.value, PlanningError)
@@ -25,11 +28,14 @@ def test_cycle_message():
 
 
 def test_task_fits_no_pool_full_message():
-    prob = Problem((
-        Task("train", (Mode("cpu", 10, {"cpu": 12, "mem_gib": 4}),)),
-        Task("ok", (Mode("cpu", 1, {"cpu": 1}),)),
-        Task("big", (Mode("cpu", 5, {"cpu": 2, "mem_gib": 20}), Mode("gpu", 2, {"gpu": 2}))),
-    ), POOLS)
+    prob = Problem(
+        (
+            Task("train", (Mode("cpu", 10, {"cpu": 12, "mem_gib": 4}),)),
+            Task("ok", (Mode("cpu", 1, {"cpu": 1}),)),
+            Task("big", (Mode("cpu", 5, {"cpu": 2, "mem_gib": 20}), Mode("gpu", 2, {"gpu": 2}))),
+        ),
+        POOLS,
+    )
     with pytest.raises(InfeasibleError) as e:
         solve(prob)
     caps = "cpu={cpu: 8, gpu: 0, mem_gib: 16}, gpu={cpu: 4, gpu: 1, mem_gib: 32}"
@@ -47,11 +53,14 @@ def test_task_fits_no_pool_full_message():
 
 
 def test_unknown_names_and_negative_values():
-    prob = Problem((
-        Task("prepare", (Mode("cpu", 1, {"cpu": 1}),)),
-        Task("train", (Mode("gpus", 1, {"gpu": 1}),), after=("prepar",)),
-        Task("neg", (Mode("cpu", -1, {"cpu": -2}),)),
-    ), POOLS)
+    prob = Problem(
+        (
+            Task("prepare", (Mode("cpu", 1, {"cpu": 1}),)),
+            Task("train", (Mode("gpus", 1, {"gpu": 1}),), after=("prepar",)),
+            Task("neg", (Mode("cpu", -1, {"cpu": -2}),)),
+        ),
+        POOLS,
+    )
     with pytest.raises(InfeasibleError) as e:
         solve(prob)
     msg = str(e.value)
@@ -64,8 +73,7 @@ def test_unknown_names_and_negative_values():
 def test_nonrenewable_budget_no_combination():
     pool = Pool("R", {"R1": 1})
     modes = (Mode("R", 1, {"R1": 1}, {"N1": 5}), Mode("R", 2, {"R1": 1}, {"N2": 5}))
-    prob = Problem(tuple(Task(f"t{i}", modes) for i in range(3)), (pool,),
-                   nonrenewable_capacity={"N1": 5, "N2": 5})
+    prob = Problem(tuple(Task(f"t{i}", modes) for i in range(3)), (pool,), nonrenewable_capacity={"N1": 5, "N2": 5})
     with pytest.raises(InfeasibleError) as e:
         solve(prob)
     assert str(e.value) == (
@@ -77,7 +85,6 @@ def test_nonrenewable_budget_no_combination():
 
 def test_nonrenewable_budget_too_small():
     pool = Pool("R", {"R1": 1})
-    prob = Problem((Task("t", (Mode("R", 1, {"R1": 1}, {"N1": 7}),)),), (pool,),
-                   nonrenewable_capacity={"N1": 5})
+    prob = Problem((Task("t", (Mode("R", 1, {"R1": 1}, {"N1": 7}),)),), (pool,), nonrenewable_capacity={"N1": 5})
     with pytest.raises(InfeasibleError, match=r"'N1'.*needs 7 but the budget is 5.*>= 7"):
         solve(prob)

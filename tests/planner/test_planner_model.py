@@ -29,11 +29,14 @@ def test_serial_on_one_pool():
 
 def test_precedence_and_parallelism():
     pool = Pool("p", {"cpu": 4})
-    prob = Problem((
-        Task("a", (Mode("p", 2, {"cpu": 2}),)),
-        Task("b", (Mode("p", 3, {"cpu": 2}),)),
-        Task("c", (Mode("p", 1, {"cpu": 4}),), after=("a", "b")),
-    ), (pool,))
+    prob = Problem(
+        (
+            Task("a", (Mode("p", 2, {"cpu": 2}),)),
+            Task("b", (Mode("p", 3, {"cpu": 2}),)),
+            Task("c", (Mode("p", 1, {"cpu": 4}),), after=("a", "b")),
+        ),
+        (pool,),
+    )
     plan = check(prob, solve(prob, FAST))
     assert plan.makespan == 4
     assert plan["c"].start == 3 and plan.order()[-1] == "c"
@@ -53,11 +56,14 @@ def test_optimum_needs_second_pool_mip():
     """A greedy earliest-finish choice puts the first task on the faster pool; the optimum
     sends the long task to the slow pool.  Found by the MILP (status optimal)."""
     pools = (Pool("fast", {"cpu": 1}), Pool("slow", {"cpu": 1}))
-    prob = Problem((
-        Task("short", (Mode("fast", 2, {"cpu": 1}), Mode("slow", 3, {"cpu": 1}))),
-        Task("long", (Mode("fast", 6, {"cpu": 1}), Mode("slow", 7, {"cpu": 1}))),
-        Task("mid", (Mode("fast", 4, {"cpu": 1}), Mode("slow", 5, {"cpu": 1}))),
-    ), pools)
+    prob = Problem(
+        (
+            Task("short", (Mode("fast", 2, {"cpu": 1}), Mode("slow", 3, {"cpu": 1}))),
+            Task("long", (Mode("fast", 6, {"cpu": 1}), Mode("slow", 7, {"cpu": 1}))),
+            Task("mid", (Mode("fast", 4, {"cpu": 1}), Mode("slow", 5, {"cpu": 1}))),
+        ),
+        pools,
+    )
     plan = check(prob, solve(prob, FAST))
     # optimum: fast runs short+mid (2+4=6) and long on slow (7) -> 7; or long on fast (6),
     # short+mid on slow (3+5=8) -> 8.  Best is 7.
@@ -69,8 +75,7 @@ def test_gpu_pool_faster():
     cpu = Pool("cpu", {"cpu": 8, "mem_gib": 16}, cost_per_hour=1.0)
     gpu = Pool("gpu", {"cpu": 4, "gpu": 1, "mem_gib": 32}, cost_per_hour=3.0)
     prep = Task("prep", (Mode("cpu", 30, {"cpu": 4}),))
-    train = Task("train", (Mode("cpu", 600, {"cpu": 8}), Mode("gpu", 120, {"cpu": 2, "gpu": 1})),
-                 after=("prep",))
+    train = Task("train", (Mode("cpu", 600, {"cpu": 8}), Mode("gpu", 120, {"cpu": 2, "gpu": 1})), after=("prep",))
     prob = Problem((prep, train), (cpu, gpu))
     plan = check(prob, solve(prob, FAST))
     assert plan["train"].pool == "gpu" and plan["train"].mode == 1
@@ -111,6 +116,7 @@ def test_random_pipeline_valid_and_fast():
 
 def test_time_limit_too_short_falls_back_to_heuristic(psplib):
     from planflow.planner.psplib import read_psplib
+
     prob = read_psplib(psplib / "j30" / "j3013_6.sm")  # hard: heuristics stay above the bound
     plan = solve(prob, PlannerOptions(time_limit_s=0.01))
     assert plan.status == "heuristic" and plan.solver == "heuristic"
@@ -151,8 +157,10 @@ def test_validator_catches_violations():
 
 
 def test_planner_never_imports_prefect():
-    code = ("import sys, planflow.planner, planflow.planner.psplib, planflow.planner.generate; "
-            "print('prefect' in sys.modules)")
+    code = (
+        "import sys, planflow.planner, planflow.planner.psplib, planflow.planner.generate; "
+        "print('prefect' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

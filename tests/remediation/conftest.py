@@ -34,14 +34,13 @@ def remediation_applied(registered_blocks):
 @contextlib.contextmanager
 def running_remediation_worker(log: Path, env: dict[str, str] | None = None):
     """A process worker on `planflow-remediation`, polling every second, stopped after."""
-    from planflow.remediation import automations
     from planflow.ops.workers import worker_seen
+    from planflow.remediation import automations
 
     name = f"test-remediation-{os.urandom(4).hex()}"
     process = automations.start_remediation_worker(log, env={**os.environ, **(env or {})}, name=name)
     try:
-        wait_until(lambda: worker_seen(automations.REMEDIATION_POOL, name), 60,
-                   what="the remediation worker")
+        wait_until(lambda: worker_seen(automations.REMEDIATION_POOL, name), 60, what="the remediation worker")
         yield process
     finally:
         automations.stop_process(process)
@@ -101,8 +100,8 @@ def start_pool_worker(pool: str, log: Path, pool_type: str = "process"):
 @pytest.fixture(scope="session")
 def process_pool_worker(local_process_pool, tmp_path_factory):
     """A process worker on `local-process`, polling every second."""
-    from planflow.remediation.automations import stop_process
     from planflow.prefect.workpools import worker_online
+    from planflow.remediation.automations import stop_process
 
     log = tmp_path_factory.mktemp("process-worker") / "worker.log"
     process = start_pool_worker(local_process_pool, log)
@@ -119,6 +118,7 @@ FLAKY_PIPELINES = "tests.remediation.fixtures.flaky_pipeline:pipeline"
 
 def deploy_flaky(deployment: str, work_pool: str, tags: list[str]):
     from planflow.remediation.scenarios import deploy_flow
+
     from tests.remediation.fixtures.flaky_pipeline import remediation_flaky
 
     return deploy_flow(remediation_flaky, FLAKY_ENTRY, deployment, work_pool, tags)
@@ -148,8 +148,9 @@ def quiesce() -> None:
     automations.remove("failover on unhealthy pool")
     automations.remove("rescale on late-run backlog")
     with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(work_pool_filter=WorkPoolFilter(
-            name=WorkPoolFilterName(any_=[automations.REMEDIATION_POOL])), limit=200)
+        runs = client.read_flow_runs(
+            work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[automations.REMEDIATION_POOL])), limit=200
+        )
         for run in runs:
             if run.state and not run.state.is_final():
                 client.set_flow_run_state(run.id, Cancelled(message="test cleanup"), force=True)

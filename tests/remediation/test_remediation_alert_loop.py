@@ -8,14 +8,19 @@ from __future__ import annotations
 
 import os
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
 
 from tests.remediation.alerts import alert, bridge_token, post
-from tests.remediation.conftest import (alert_driven_remediation, create_process_pool, delete_pools,
-                                        start_pool_worker, wait_until)
+from tests.remediation.conftest import (
+    alert_driven_remediation,
+    create_process_pool,
+    delete_pools,
+    start_pool_worker,
+    wait_until,
+)
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +30,13 @@ def alert_loop(monitoring_stack, remediation_applied, tmp_path_factory):
     pools: list[str] = []
     try:
         with alert_driven_remediation(monitoring_stack, logs) as gateway:
-            yield {"bridge": started["bridge"].url, "token": bridge_token(paths), "pushgateway": gateway,
-                   "logs": logs, "pools": pools}
+            yield {
+                "bridge": started["bridge"].url,
+                "token": bridge_token(paths),
+                "pushgateway": gateway,
+                "logs": logs,
+                "pools": pools,
+            }
     finally:
         delete_pools(pools)
 
@@ -47,8 +57,11 @@ def _count(gateway: str, action: str, outcome: str) -> float:
 
     for family in text_string_to_metric_families(httpx.get(f"{gateway}/metrics", timeout=5).text):
         for s in family.samples:
-            if s.name == "planflow_remediations_total" and s.labels.get("action") == action \
-                    and s.labels.get("outcome") == outcome:
+            if (
+                s.name == "planflow_remediations_total"
+                and s.labels.get("action") == action
+                and s.labels.get("outcome") == outcome
+            ):
                 return s.value
     return 0.0
 
@@ -62,17 +75,23 @@ def test_alert_through_the_bridge_fails_over_and_resolves(alert_loop):
     pool = f"al-{uuid.uuid4().hex[:6]}"
     create_process_pool(pool, backup_pool="local")
     alert_loop["pools"].append(pool)
-    since = datetime.now(timezone.utc) - timedelta(seconds=5)
+    since = datetime.now(UTC) - timedelta(seconds=5)
     before = _count(alert_loop["pushgateway"], "failover", "succeeded")
     firing = alert("PlanflowWorkerHeartbeatStale", {"work_pool": pool})
     post(alert_loop["bridge"], alert_loop["token"], [firing])
     with get_client(sync_client=True) as client:
         wait_until(lambda: client.read_work_pool(pool).is_paused, 60, what=f"failover to pause {pool}")
-    [alert_event] = [e for e in _events("planflow.alert.firing", since)
-                     if e["resource"]["prefect.resource.id"] == f"prefect.work-pool.{pool}"
-                     and e["payload"]["labels"]["alertname"] == "PlanflowWorkerHeartbeatStale"]
-    outcome = wait_until(lambda: _about(_events("planflow.remediation.outcome", since),
-                                        f"prefect.event.{alert_event['id']}"), 30, what="the outcome event")
+    [alert_event] = [
+        e
+        for e in _events("planflow.alert.firing", since)
+        if e["resource"]["prefect.resource.id"] == f"prefect.work-pool.{pool}"
+        and e["payload"]["labels"]["alertname"] == "PlanflowWorkerHeartbeatStale"
+    ]
+    outcome = wait_until(
+        lambda: _about(_events("planflow.remediation.outcome", since), f"prefect.event.{alert_event['id']}"),
+        30,
+        what="the outcome event",
+    )
     # The pool also has no worker, so Prometheus may fire PlanflowWorkPoolNotReady for it as
     # well: whichever alert came first failed it over; the other one found it done.
     assert outcome[0]["payload"]["outcome"] in ("succeeded", "skipped"), outcome
@@ -83,28 +102,43 @@ def test_alert_through_the_bridge_fails_over_and_resolves(alert_loop):
     assert 0 < started[0]["payload"]["seconds_since_trigger"] < 60, started[0]["payload"]
     from prometheus_client.parser import text_string_to_metric_families
 
-    latency = [s.value for f in text_string_to_metric_families(
-        httpx.get(f"{alert_loop['pushgateway']}/metrics", timeout=5).text)
-        for s in f.samples if s.name == "planflow_remediation_alert_latency_seconds"
-        and s.labels.get("action") == "failover"]
+    latency = [
+        s.value
+        for f in text_string_to_metric_families(httpx.get(f"{alert_loop['pushgateway']}/metrics", timeout=5).text)
+        for s in f.samples
+        if s.name == "planflow_remediation_alert_latency_seconds" and s.labels.get("action") == "failover"
+    ]
     assert latency and latency[0] > 0, latency
     assert _count(alert_loop["pushgateway"], "failover", "succeeded") >= before + 1
-    run_id = next(r["prefect.resource.id"].split(".")[-1] for r in outcome[0]["related"]
-                  if r["prefect.resource.role"] == "remediation-flow-run")
+    run_id = next(
+        r["prefect.resource.id"].split(".")[-1]
+        for r in outcome[0]["related"]
+        if r["prefect.resource.role"] == "remediation-flow-run"
+    )
     with get_client(sync_client=True) as client:
         from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
-        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
-            flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])))
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]))
+        )
         assert any(a.key == "remediation-failover" and "failover" in (a.data or "") for a in artifacts)
 
         worker = start_pool_worker(pool, alert_loop["logs"] / f"{pool}.log")  # the worker is back
         try:
             wait_until(lambda: live_workers(client, pool), 60, what=f"a worker on {pool}")
-            post(alert_loop["bridge"], alert_loop["token"],
-                 [alert("PlanflowWorkerHeartbeatStale", {"work_pool": pool}, status="resolved",
+            post(
+                alert_loop["bridge"],
+                alert_loop["token"],
+                [
+                    alert(
+                        "PlanflowWorkerHeartbeatStale",
+                        {"work_pool": pool},
+                        status="resolved",
                         starts=datetime.fromisoformat(firing["startsAt"].replace("Z", "+00:00")),
-                        fingerprint=firing["fingerprint"])])
+                        fingerprint=firing["fingerprint"],
+                    )
+                ],
+            )
             wait_until(lambda: not client.read_work_pool(pool).is_paused, 60, what=f"{pool} to be resumed")
         finally:
             stop_process(worker)
@@ -119,17 +153,27 @@ def test_a_storm_of_the_same_alert_pauses_once(alert_loop):
     pool = f"storm-{uuid.uuid4().hex[:6]}"
     create_process_pool(pool, backup_pool="local")
     alert_loop["pools"].append(pool)
-    since = datetime.now(timezone.utc) - timedelta(seconds=5)
-    now = datetime.now(timezone.utc)
+    since = datetime.now(UTC) - timedelta(seconds=5)
+    now = datetime.now(UTC)
     fingerprint = uuid.uuid4().hex[:16]
-    storm = [alert("PlanflowPoolFailureRateHigh", {"work_pool": pool}, starts=now - timedelta(seconds=i),
-                   fingerprint=fingerprint) for i in range(STORM)]
+    storm = [
+        alert(
+            "PlanflowPoolFailureRateHigh",
+            {"work_pool": pool},
+            starts=now - timedelta(seconds=i),
+            fingerprint=fingerprint,
+        )
+        for i in range(STORM)
+    ]
     post(alert_loop["bridge"], alert_loop["token"], storm)
 
     def outcomes():
-        found = [e for e in _events("planflow.remediation.outcome", since)
-                 if e["resource"].get("planflow.remediation.action") == "failover"
-                 and _about([e], f"prefect.work-pool.{pool}")]
+        found = [
+            e
+            for e in _events("planflow.remediation.outcome", since)
+            if e["resource"].get("planflow.remediation.action") == "failover"
+            and _about([e], f"prefect.work-pool.{pool}")
+        ]
         return found if len(found) >= STORM else None
 
     try:
@@ -142,21 +186,30 @@ def test_a_storm_of_the_same_alert_pauses_once(alert_loop):
         from planflow.remediation.automations import REMEDIATION_POOL
 
         with get_client(sync_client=True) as client:
-            runs = client.read_flow_runs(work_pool_filter=WorkPoolFilter(
-                name=WorkPoolFilterName(any_=[REMEDIATION_POOL])), limit=200)
+            runs = client.read_flow_runs(
+                work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[REMEDIATION_POOL])), limit=200
+            )
         mine = [r for r in runs if r.parameters.get("resource_id") == f"prefect.work-pool.{pool}"]
-        raise AssertionError(f"{len(mine)} failover runs for {pool}: {Counter(r.state.name for r in mine)}; "
-                             f"all remediation runs: {Counter(r.state.name for r in runs)}; "
-                             f"outcome events: {len(outcomes() or [])}")
+        raise AssertionError(
+            f"{len(mine)} failover runs for {pool}: {Counter(r.state.name for r in mine)}; "
+            f"all remediation runs: {Counter(r.state.name for r in runs)}; "
+            f"outcome events: {len(outcomes() or [])}"
+        )
     kinds = [e["payload"]["outcome"] for e in found]
     # One failover per pool, whichever alert: the storm's and (the pool has no worker)
     # possibly Prometheus' own PlanflowWorkPoolNotReady share one ledger.
     assert kinds.count("succeeded") == 1, kinds
-    odd = [(e["payload"]["outcome"], e["payload"].get("reason")) for e in found
-           if e["payload"]["outcome"] not in ("succeeded", "skipped", "rate_limited")]
+    odd = [
+        (e["payload"]["outcome"], e["payload"].get("reason"))
+        for e in found
+        if e["payload"]["outcome"] not in ("succeeded", "skipped", "rate_limited")
+    ]
     assert not odd, odd
-    pauses = [e for e in _events("planflow.remediation.action", since)
-              if e["payload"].get("what") == "pause-work-pool" and e["payload"].get("work_pool") == pool]
+    pauses = [
+        e
+        for e in _events("planflow.remediation.action", since)
+        if e["payload"].get("what") == "pause-work-pool" and e["payload"].get("work_pool") == pool
+    ]
     assert len(pauses) == 1, pauses
     with get_client(sync_client=True) as client:
         assert client.read_work_pool(pool).is_paused

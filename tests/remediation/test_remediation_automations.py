@@ -26,9 +26,9 @@ def test_apply_is_idempotent_and_matches_by_name(registered_blocks):
     names = {a.name for a in automations.planflow_automations()}
     assert set(automations.NAMES.values()) == names, first
     second = automations.apply()
-    assert [l for l in second if l.startswith("planflow: ")] == [
-        f"{a}: unchanged" for a in sorted(names)] or all(
-        l.endswith("unchanged") for l in second if l.startswith("planflow: ")), second
+    assert [l for l in second if l.startswith("planflow: ")] == [f"{a}: unchanged" for a in sorted(names)] or all(
+        l.endswith("unchanged") for l in second if l.startswith("planflow: ")
+    ), second
     assert len(automations.planflow_automations()) == len(names)  # no duplicates
 
 
@@ -66,8 +66,13 @@ def test_cli_ls_and_rm(registered_blocks):
     from planflow.remediation import automations
 
     automations.apply()
-    run = lambda *a: subprocess.run([sys.executable, "-m", "planflow.remediation.automations", *a],  # noqa: E731
-                                    cwd=ROOT, capture_output=True, text=True, timeout=120)
+    run = lambda *a: subprocess.run(
+        [sys.executable, "-m", "planflow.remediation.automations", *a],  # noqa: E731
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     ls = run("ls")
     assert ls.returncode == 0, ls.stderr
     for name in automations.NAMES.values():
@@ -93,11 +98,15 @@ def test_worker_up_is_idempotent_and_down_stops_it(registered_blocks):
     try:
         log = paths.home / "monitoring" / "remediation-worker.log"
         again = automations.worker_up(paths)
-        assert again == pid, (f"a second worker ({again}) was started beside {pid}; "
-                              f"worker log:\n{log.read_text()[-3000:] if log.exists() else '-'}")
+        assert again == pid, (
+            f"a second worker ({again}) was started beside {pid}; "
+            f"worker log:\n{log.read_text()[-3000:] if log.exists() else '-'}"
+        )
         assert Path(f"/proc/{pid}").exists()
     finally:
         assert automations.worker_down(paths)
-    assert not Path(f"/proc/{pid}/cmdline").exists() or b"planflow-remediation" not in Path(
-        f"/proc/{pid}/cmdline").read_bytes()
+    assert (
+        not Path(f"/proc/{pid}/cmdline").exists()
+        or b"planflow-remediation" not in Path(f"/proc/{pid}/cmdline").read_bytes()
+    )
     assert automations.worker_down(paths) is False

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import subprocess
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -20,13 +20,24 @@ from tests.remediation.conftest import alert_driven_remediation, wait_until
 
 
 @pytest.fixture
-def docker_setup(docker_image, work_pools, monitoring_stack, remediation_applied, process_pool_worker,
-                 tmp_path):
-    from planflow.prefect.blocks import ResourcePool
+def docker_setup(docker_image, work_pools, monitoring_stack, remediation_applied, process_pool_worker, tmp_path):
     from prefect.client.orchestration import get_client
 
-    deploy = run_cli([PREFECT, "--no-prompt", "deploy", "--prefect-file", str(PREFECT_FILE),
-                      "--name", "image-classification-docker", "--name", "image-classification-process"])
+    from planflow.prefect.blocks import ResourcePool
+
+    deploy = run_cli(
+        [
+            PREFECT,
+            "--no-prompt",
+            "deploy",
+            "--prefect-file",
+            str(PREFECT_FILE),
+            "--name",
+            "image-classification-docker",
+            "--name",
+            "image-classification-process",
+        ]
+    )
     assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-3000:]
     created = False
     try:
@@ -52,8 +63,14 @@ def _docker_worker(log: Path) -> subprocess.Popen:
     """A Docker worker reporting every 2 s, so that the server notices its death soon."""
     from planflow.ops.workers import start_worker
 
-    return start_worker("docker", log, pool_type="docker", name=f"test-docker-{os.urandom(3).hex()}",
-                        heartbeat_seconds=2, query_seconds=1)
+    return start_worker(
+        "docker",
+        log,
+        pool_type="docker",
+        name=f"test-docker-{os.urandom(3).hex()}",
+        heartbeat_seconds=2,
+        query_seconds=1,
+    )
 
 
 def test_docker_worker_killed_mid_run_fails_over_to_the_process_pool(docker_setup):
@@ -77,15 +94,21 @@ def test_docker_worker_killed_mid_run_fails_over_to_the_process_pool(docker_setu
             wait_until(lambda: remediation_settled(client), 120, 1, what="earlier remediation runs to finish")
 
             client.update_work_pool("docker", WorkPoolUpdate(is_paused=False))
-            since = datetime.now(timezone.utc) - timedelta(seconds=2)
+            since = datetime.now(UTC) - timedelta(seconds=2)
             first = client.create_flow_run_from_deployment(docker_dep.id, parameters=params)
             try:
-                wait_until(lambda: client.read_flow_run(first.id).state.type.value in ("RUNNING", "COMPLETED"),
-                           120, 1, what="the first run to start in its container")
+                wait_until(
+                    lambda: client.read_flow_run(first.id).state.type.value in ("RUNNING", "COMPLETED"),
+                    120,
+                    1,
+                    what="the first run to start in its container",
+                )
             except AssertionError:
                 states = [(s.name, s.message) for s in client.read_flow_run_states(first.id)]
-                pytest.fail(f"first run never ran: states {states}; pool paused "
-                            f"{client.read_work_pool('docker').is_paused}; workers {live_workers(client, 'docker')}")
+                pytest.fail(
+                    f"first run never ran: states {states}; pool paused "
+                    f"{client.read_work_pool('docker').is_paused}; workers {live_workers(client, 'docker')}"
+                )
         finally:
             os.killpg(worker.pid, 9)  # the Docker worker dies mid-run
             worker.wait(timeout=10)
@@ -94,30 +117,51 @@ def test_docker_worker_killed_mid_run_fails_over_to_the_process_pool(docker_setu
         from planflow.remediation.scenarios import HealError, wait_about
 
         try:  # on a timeout, say what the alerts and remediations about the pool did
-            wait_about("docker", since, lambda: client.read_work_pool("docker").is_paused, 180,
-                       "the failover automation to pause the docker pool (alert path)", 2)
-            wait_about("docker", since, lambda: client.read_flow_run(stuck.id).state.type.value == "CANCELLED",
-                       60, "the stuck run to be cancelled", 1)
+            wait_about(
+                "docker",
+                since,
+                lambda: client.read_work_pool("docker").is_paused,
+                180,
+                "the failover automation to pause the docker pool (alert path)",
+                2,
+            )
+            wait_about(
+                "docker",
+                since,
+                lambda: client.read_flow_run(stuck.id).state.type.value == "CANCELLED",
+                60,
+                "the stuck run to be cancelled",
+                1,
+            )
         except HealError as exc:
             pytest.fail(str(exc))
         from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
 
         def moved():
-            runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=["failover"])),
-                                         limit=50)
+            runs = client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=["failover"])), limit=50
+            )
             return [r for r in runs if r.name == f"{stuck.name}-failover"]
 
         [resubmitted] = wait_until(moved, 60, 1, what="the resubmitted run")
         deployment = client.read_deployment(resubmitted.deployment_id)
         assert deployment.name == "image-classification-process"
         assert resubmitted.parameters["local_pool"] == "local"
-        done = wait_until(lambda: (r := client.read_flow_run(resubmitted.id)).state.is_final() and r, 240, 2,
-                          what="the resubmitted run to finish on the process pool")
+        done = wait_until(
+            lambda: (r := client.read_flow_run(resubmitted.id)).state.is_final() and r,
+            240,
+            2,
+            what="the resubmitted run to finish on the process pool",
+        )
         assert done.state.is_completed(), done.state
 
         back = _docker_worker(logs / "docker-worker-2.log")  # the Docker worker comes back
         try:
-            wait_until(lambda: not client.read_work_pool("docker").is_paused, 150, 2,
-                       what="the docker pool to be resumed after the alert resolved")
+            wait_until(
+                lambda: not client.read_work_pool("docker").is_paused,
+                150,
+                2,
+                what="the docker pool to be resumed after the alert resolved",
+            )
         finally:
             stop_process(back)

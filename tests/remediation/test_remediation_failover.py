@@ -9,8 +9,7 @@ import uuid
 
 import pytest
 
-from tests.remediation.conftest import (FLAKY_PIPELINES, create_process_pool, deploy_flaky,
-                                        start_pool_worker, wait_until)
+from tests.remediation.conftest import FLAKY_PIPELINES, create_process_pool, deploy_flaky, start_pool_worker, wait_until
 
 
 @pytest.fixture
@@ -40,8 +39,12 @@ def test_failover_pauses_cancels_resubmits_on_backup_and_resume_on_resolved(prim
     with get_client(sync_client=True) as client:
         stuck = client.create_flow_run_from_deployment(primary.id, parameters={"seed": 3})
         labels = {"alertname": "PlanflowWorkPoolNotReady", "work_pool": primary_pool, "severity": "critical"}
-        result = failover(event_id=event_id, event="planflow.alert.firing",
-                          resource_id=f"prefect.work-pool.{primary_pool}", labels=labels)
+        result = failover(
+            event_id=event_id,
+            event="planflow.alert.firing",
+            resource_id=f"prefect.work-pool.{primary_pool}",
+            labels=labels,
+        )
         assert result["outcome"] == "succeeded", result
         assert client.read_work_pool(primary_pool).is_paused
         assert client.read_flow_run(stuck.id).state.type.value == "CANCELLED"
@@ -52,25 +55,41 @@ def test_failover_pauses_cancels_resubmits_on_backup_and_resume_on_resolved(prim
         assert replan["pools"] == ["local"] and replan["makespan_s"] > 0, replan
         new = client.read_flow_run(moved["flow_run_id"])
         assert new.parameters["local_pool"] == "local" and new.parameters["seed"] == 3
-        done = wait_until(lambda: (r := client.read_flow_run(new.id)).state.is_final() and r, 180, 1,
-                          what="the resubmitted run to finish")
+        done = wait_until(
+            lambda: (r := client.read_flow_run(new.id)).state.is_final() and r,
+            180,
+            1,
+            what="the resubmitted run to finish",
+        )
         assert done.state.is_completed(), done.state
 
-        again = failover(event_id=str(uuid.uuid4()), event="planflow.alert.firing",
-                         resource_id=f"prefect.work-pool.{primary_pool}", labels=labels)
+        again = failover(
+            event_id=str(uuid.uuid4()),
+            event="planflow.alert.firing",
+            resource_id=f"prefect.work-pool.{primary_pool}",
+            labels=labels,
+        )
         assert again["outcome"] == "skipped" and not again.get("resubmitted"), again  # guard: once
 
         # Pausing a pool without a worker resolves "not ready" by itself: no resume yet.
-        early = failover(event_id=str(uuid.uuid4()), event="planflow.alert.resolved",
-                         resource_id=f"prefect.work-pool.{primary_pool}", labels=labels)
+        early = failover(
+            event_id=str(uuid.uuid4()),
+            event="planflow.alert.resolved",
+            resource_id=f"prefect.work-pool.{primary_pool}",
+            labels=labels,
+        )
         assert early["outcome"] == "skipped" and "no live worker" in early["reason"], early
         assert client.read_work_pool(primary_pool).is_paused
 
         worker = start_pool_worker(primary_pool, tmp_path / "worker.log")  # the worker is back
         try:
             wait_until(lambda: live_workers(client, primary_pool), 60, what="a worker on the pool")
-            resolved = failover(event_id=str(uuid.uuid4()), event="planflow.alert.resolved",
-                                resource_id=f"prefect.work-pool.{primary_pool}", labels=labels)
+            resolved = failover(
+                event_id=str(uuid.uuid4()),
+                event="planflow.alert.resolved",
+                resource_id=f"prefect.work-pool.{primary_pool}",
+                labels=labels,
+            )
             assert resolved["outcome"] == "succeeded", resolved
             assert not client.read_work_pool(primary_pool).is_paused
         finally:
@@ -87,7 +106,10 @@ def test_resolved_does_not_resume_a_pool_failover_did_not_pause(registered_block
     create_process_pool(name)
     with get_client(sync_client=True) as client:
         client.update_work_pool(name, WorkPoolUpdate(is_paused=True))  # paused by a person
-        result = failover(event="planflow.alert.resolved", work_pool=name,
-                          labels={"alertname": "PlanflowWorkPoolNotReady", "work_pool": name})
+        result = failover(
+            event="planflow.alert.resolved",
+            work_pool=name,
+            labels={"alertname": "PlanflowWorkPoolNotReady", "work_pool": name},
+        )
         assert result["outcome"] == "skipped", result
         assert client.read_work_pool(name).is_paused

@@ -8,6 +8,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 from planflow.prefect.blocks.alert_route import AlertRoute, Guard, route_name
+
 from tests.remediation.conftest import create_process_pool, delete_pools, route_override
 
 

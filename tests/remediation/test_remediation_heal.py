@@ -40,8 +40,8 @@ def test_failover_moves_the_stuck_run_to_the_backup_pool_and_resumes(healing_sta
 def test_rescale_raises_the_limit_adds_workers_drains_and_scales_back(healing_stack):
     from prefect.client.orchestration import get_client
 
-    from planflow.remediation import scenarios as heal
     from planflow.ops.workers import is_our_process
+    from planflow.remediation import scenarios as heal
 
     result = heal.rescale_scenario(healing_stack, say=print, timeout=300)
     assert result["raised_limit"] > 1, result
@@ -55,7 +55,10 @@ def test_rescale_raises_the_limit_adds_workers_drains_and_scales_back(healing_st
     assert Guard(load_route("PlanflowLateRunBacklog")).ledger(f"rescale:{heal.BUSY}") == {}
     from pathlib import Path
 
-    running = [p.name for p in Path("/proc").iterdir() if p.name.isdigit()
-               and any(is_our_process(int(p.name), name) for name in result["extra_workers"])]
+    running = [
+        p.name
+        for p in Path("/proc").iterdir()
+        if p.name.isdigit() and any(is_our_process(int(p.name), name) for name in result["extra_workers"])
+    ]
     assert not running, f"extra workers still running: pids {running}"
     print(result["timeline"])

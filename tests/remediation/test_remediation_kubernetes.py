@@ -29,17 +29,35 @@ def fake_kubernetes_api() -> tuple[object, dict]:
 
     def scale(namespace: str, name: str) -> dict:
         replicas = state["replicas"][(namespace, name)]
-        return {"apiVersion": "autoscaling/v1", "kind": "Scale",
-                "metadata": {"name": name, "namespace": namespace},
-                "spec": {"replicas": replicas}, "status": {"replicas": replicas}}
+        return {
+            "apiVersion": "autoscaling/v1",
+            "kind": "Scale",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"replicas": replicas},
+            "status": {"replicas": replicas},
+        }
 
     @app.api_route("/apis/apps/v1/namespaces/{namespace}/deployments/{name}/scale", methods=["GET", "PATCH"])
     async def deployment_scale(namespace: str, name: str, request: Request):
-        state["requests"].append((request.method, request.url.path, request.headers.get("authorization"),
-                                  request.headers.get("content-type")))
+        state["requests"].append(
+            (
+                request.method,
+                request.url.path,
+                request.headers.get("authorization"),
+                request.headers.get("content-type"),
+            )
+        )
         if (namespace, name) not in state["replicas"]:
-            return JSONResponse({"kind": "Status", "status": "Failure", "reason": "NotFound", "code": 404,
-                                 "message": f'deployments.apps "{name}" not found'}, status_code=404)
+            return JSONResponse(
+                {
+                    "kind": "Status",
+                    "status": "Failure",
+                    "reason": "NotFound",
+                    "code": 404,
+                    "message": f'deployments.apps "{name}" not found',
+                },
+                status_code=404,
+            )
         if request.method == "PATCH":
             patch = json.loads(await request.body())
             state["replicas"][(namespace, name)] = int(patch["spec"]["replicas"])
@@ -51,16 +69,24 @@ def fake_kubernetes_api() -> tuple[object, dict]:
 @pytest.fixture
 def fake_cluster(tmp_path, monkeypatch):
     from planflow.ops.server import free_port
+
     from tests.monitoring.helpers import ThreadedServer
 
     app, state = fake_kubernetes_api()
     port = free_port()
     kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "fake",
-        "clusters": [{"name": "fake", "cluster": {"server": f"http://127.0.0.1:{port}"}}],
-        "users": [{"name": "fake", "user": {"token": "fake-token"}}],
-        "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}]}))
+    kubeconfig.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "fake",
+                "clusters": [{"name": "fake", "cluster": {"server": f"http://127.0.0.1:{port}"}}],
+                "users": [{"name": "fake", "user": {"token": "fake-token"}}],
+                "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}],
+            }
+        )
+    )
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     with ThreadedServer(app, port):
@@ -89,7 +115,8 @@ def test_kube_scale_without_credentials_says_what_to_set(tmp_path, monkeypatch):
 
 
 def test_rescale_on_a_kubernetes_pool_scales_replicas_and_back_fake_api_server(
-        registered_blocks, fake_cluster, monkeypatch):
+    registered_blocks, fake_cluster, monkeypatch
+):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
 
@@ -100,17 +127,29 @@ def test_rescale_on_a_kubernetes_pool_scales_replicas_and_back_fake_api_server(
     pool = f"k8s-{uuid.uuid4().hex[:6]}"
     with get_client(sync_client=True) as client:
         client.create_work_pool(WorkPoolCreate(name=pool, type="kubernetes", concurrency_limit=1))
-    with route_override(alert, action="rescale", max_attempts=3, cooldown_seconds=300, rate_limit=10,
-                        min_workers=1, max_workers=3, max_concurrency=8, kubernetes_namespace="planflow",
-                        kubernetes_worker_deployment="prefect-worker"):
+    with route_override(
+        alert,
+        action="rescale",
+        max_attempts=3,
+        cooldown_seconds=300,
+        rate_limit=10,
+        min_workers=1,
+        max_workers=3,
+        max_concurrency=8,
+        kubernetes_namespace="planflow",
+        kubernetes_worker_deployment="prefect-worker",
+    ):
         try:
             deployment = deploy_flaky(f"remediation-flaky-{pool}", pool, ["planflow", "kubernetes"])
             labels = {"alertname": alert, "work_pool": pool, "work_queue": "default"}
             with get_client(sync_client=True) as client:
-                runs = [client.create_flow_run_from_deployment(deployment.id, parameters={"seed": i})
-                        for i in range(3)]
-                up = rescale(event_id=str(uuid.uuid4()), event="planflow.alert.firing",
-                             resource_id=f"prefect.work-pool.{pool}", labels=labels)
+                runs = [client.create_flow_run_from_deployment(deployment.id, parameters={"seed": i}) for i in range(3)]
+                up = rescale(
+                    event_id=str(uuid.uuid4()),
+                    event="planflow.alert.firing",
+                    resource_id=f"prefect.work-pool.{pool}",
+                    labels=labels,
+                )
                 assert up["outcome"] == "succeeded", up
                 assert up["live_workers"] == ["replica-0"] and up["target_workers"] == 3, up
                 assert fake_cluster["replicas"][("planflow", "prefect-worker")] == 3
@@ -143,6 +182,8 @@ def test_kube_scale_live_cluster():
     try:
         replicas = worker_replicas(namespace, name)
     except KubeError as exc:
-        pytest.skip(f"no reachable Kubernetes cluster with deployment {namespace}/{name} ({exc}); "
-                    "no cluster can run on this machine")
+        pytest.skip(
+            f"no reachable Kubernetes cluster with deployment {namespace}/{name} ({exc}); "
+            "no cluster can run on this machine"
+        )
     assert scale_workers(namespace, name, replicas) == replicas

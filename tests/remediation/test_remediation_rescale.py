@@ -7,8 +7,7 @@ from __future__ import annotations
 import os
 import uuid
 
-from tests.remediation.conftest import (FLAKY_PIPELINES, create_process_pool, deploy_flaky, route_override,
-                                        wait_until)
+from tests.remediation.conftest import FLAKY_PIPELINES, create_process_pool, deploy_flaky, route_override, wait_until
 
 
 def _alive(pid: int) -> bool:
@@ -35,14 +34,25 @@ def test_rescale_within_bounds_then_back_down(registered_blocks, monkeypatch):
     deployment = deploy_flaky(f"remediation-flaky-{pool}", pool, ["planflow", "process"])
     labels = {"alertname": alert, "work_pool": pool, "work_queue": "default"}
     started_pids: list[int] = []
-    with route_override(alert, action="rescale", max_attempts=3, cooldown_seconds=300, rate_limit=10,
-                        min_workers=1, max_workers=1, max_concurrency=2) as route:
+    with route_override(
+        alert,
+        action="rescale",
+        max_attempts=3,
+        cooldown_seconds=300,
+        rate_limit=10,
+        min_workers=1,
+        max_workers=1,
+        max_concurrency=2,
+    ) as route:
         try:
             with get_client(sync_client=True) as client:
-                runs = [client.create_flow_run_from_deployment(deployment.id, parameters={"seed": i})
-                        for i in range(3)]
-                result = rescale(event_id=str(uuid.uuid4()), event="planflow.alert.firing",
-                                 resource_id=f"prefect.work-pool.{pool}", labels=labels)
+                runs = [client.create_flow_run_from_deployment(deployment.id, parameters={"seed": i}) for i in range(3)]
+                result = rescale(
+                    event_id=str(uuid.uuid4()),
+                    event="planflow.alert.firing",
+                    resource_id=f"prefect.work-pool.{pool}",
+                    labels=labels,
+                )
                 assert result["outcome"] == "succeeded", result
                 assert result["backlog_runs"] == 3
                 assert result["makespan_with_n_plus_1_s"] < result["makespan_with_n_s"], result
@@ -56,8 +66,9 @@ def test_rescale_within_bounds_then_back_down(registered_blocks, monkeypatch):
                 assert again["outcome"] == "skipped" and "max_workers" in again["reason"], again  # bound
 
                 for run in runs:
-                    wait_until(lambda r=run: client.read_flow_run(r.id).state.is_final(), 180, 1,
-                               what="the backlog to drain")
+                    wait_until(
+                        lambda r=run: client.read_flow_run(r.id).state.is_final(), 180, 1, what="the backlog to drain"
+                    )
                 assert all(client.read_flow_run(r.id).state.is_completed() for r in runs)
 
                 down = rescale(event="planflow.alert.resolved", work_pool=pool, labels=labels)

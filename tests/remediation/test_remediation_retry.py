@@ -4,6 +4,8 @@ the process worker and completes, with the components finished before read back 
 
 from __future__ import annotations
 
+from datetime import UTC
+
 import pytest
 
 from tests.remediation.conftest import deploy_flaky, wait_until
@@ -16,27 +18,36 @@ def flaky_deployment(process_pool_worker, remediation_worker):
 
 def _remediation_events(flow_run_id: str, phase: str = "outcome") -> list[dict]:
     import os
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
     from planflow.monitoring.events import read_events
     from planflow.monitoring.prefect_api import auth_headers
 
-    events = read_events(os.environ["PREFECT_API_URL"].rstrip("/"), None, "planflow.remediation.",
-                         datetime.now(timezone.utc) - timedelta(hours=1), auth_headers())
-    return [e for e in events if e["event"] == f"planflow.remediation.{phase}" and any(
-        r["prefect.resource.id"] == f"prefect.flow-run.{flow_run_id}" for r in e.get("related", []))]
+    events = read_events(
+        os.environ["PREFECT_API_URL"].rstrip("/"),
+        None,
+        "planflow.remediation.",
+        datetime.now(UTC) - timedelta(hours=1),
+        auth_headers(),
+    )
+    return [
+        e
+        for e in events
+        if e["event"] == f"planflow.remediation.{phase}"
+        and any(r["prefect.resource.id"] == f"prefect.flow-run.{flow_run_id}" for r in e.get("related", []))
+    ]
 
 
 @pytest.mark.parametrize("how", ["raise", "exit"])
-def test_failed_or_crashed_run_is_retried_once_and_finished_components_are_cached(
-        flaky_deployment, tmp_path, how):
+def test_failed_or_crashed_run_is_retried_once_and_finished_components_are_cached(flaky_deployment, tmp_path, how):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     marker = tmp_path / f"first-attempt-{how}"
     with get_client(sync_client=True) as client:
         run = client.create_flow_run_from_deployment(
-            flaky_deployment.id, parameters={"marker": str(marker), "how": how})
+            flaky_deployment.id, parameters={"marker": str(marker), "how": how}
+        )
 
         def final():
             current = client.read_flow_run(run.id)
@@ -47,8 +58,10 @@ def test_failed_or_crashed_run_is_retried_once_and_finished_components_are_cache
         except AssertionError:
             states = [s.name for s in client.read_flow_run_states(run.id)]
             pool = client.read_work_pool("local-process")
-            pytest.fail(f"{run.name} never completed: states {states}; local-process paused={pool.is_paused} "
-                        f"status={pool.status}; remediation outcomes {_remediation_events(str(run.id))}")
+            pytest.fail(
+                f"{run.name} never completed: states {states}; local-process paused={pool.is_paused} "
+                f"status={pool.status}; remediation outcomes {_remediation_events(str(run.id))}"
+            )
         assert marker.exists()  # the first attempt happened and failed
         assert done.run_count >= 2, done.run_count
         history = [s.name for s in client.read_flow_run_states(run.id)]

@@ -59,7 +59,8 @@ def test_silently_dead_run_is_marked_crashed_then_retried(short_crash_window, tm
         deployment = deploy_flaky(f"remediation-flaky-{pool}", pool, ["planflow", "process"])
         with get_client(sync_client=True) as client:
             run = client.create_flow_run_from_deployment(
-                deployment.id, parameters={"marker": str(marker), "how": "hang"})
+                deployment.id, parameters={"marker": str(marker), "how": "hang"}
+            )
             wait_until(marker.exists, 120, 0.5, what="the first attempt to reach the hanging step")
             doomed = descendants(worker.pid)  # the flow run process (and what it started)
             os.killpg(worker.pid, signal.SIGKILL)  # worker and flow run die; nobody reports it
@@ -84,7 +85,8 @@ def test_silently_dead_run_is_marked_crashed_then_retried(short_crash_window, tm
             states = client.read_flow_run_states(run.id)
             crashed = [s for s in states if s.name == "Crashed"]
             assert crashed and "no heartbeat for 45 s" in (crashed[0].message or ""), [
-                (s.name, s.message) for s in states]
+                (s.name, s.message) for s in states
+            ]
             assert "AwaitingRetry" in [s.name for s in states]
             assert done.run_count >= 2
             tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))

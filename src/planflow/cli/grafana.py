@@ -6,7 +6,6 @@ Mounted by planflow.cli.main as `app.add_typer(grafana_app, name="grafana")`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -19,7 +18,7 @@ grafana_app = typer.Typer(help="Grafana dashboards: generate, check, publish.", 
 
 @grafana_app.command("generate")
 def generate_command(
-    out: Optional[Path] = typer.Option(None, "--out", help="the project's grafana/ folder (default: ./grafana)"),
+    out: Path | None = typer.Option(None, "--out", help="the project's grafana/ folder (default: ./grafana)"),
 ) -> None:
     """Write the dashboards' JSON and Grafana's provisioning files into the project."""
     written = generate.write(out)
@@ -31,7 +30,7 @@ def generate_command(
 
 @grafana_app.command("check")
 def check_command(
-    out: Optional[Path] = typer.Option(None, "--out", help="the project's grafana/ folder (default: ./grafana)"),
+    out: Path | None = typer.Option(None, "--out", help="the project's grafana/ folder (default: ./grafana)"),
 ) -> None:
     """Fail if the project's files are stale, a query does not parse or names an unknown metric."""
     problems = [f"stale: {p}" for p in generate.stale_files(out)]
@@ -47,12 +46,13 @@ def check_command(
 
 @grafana_app.command("publish")
 def publish_command(
-    url: Optional[str] = typer.Option(None, "--url", envvar="GRAFANA_URL",
-                                      help="Grafana's address, e.g. http://127.0.0.1:3000"),
-    token: Optional[str] = typer.Option(None, "--token", envvar="GRAFANA_TOKEN",
-                                        help="a Grafana service account token"),
-    datasources: bool = typer.Option(True, "--datasources/--no-datasources",
-                                     help="also create or update the datasources"),
+    url: str | None = typer.Option(
+        None, "--url", envvar="GRAFANA_URL", help="Grafana's address, e.g. http://127.0.0.1:3000"
+    ),
+    token: str | None = typer.Option(None, "--token", envvar="GRAFANA_TOKEN", help="a Grafana service account token"),
+    datasources: bool = typer.Option(
+        True, "--datasources/--no-datasources", help="also create or update the datasources"
+    ),
     timeout: float = typer.Option(10.0, help="seconds per request"),
 ) -> None:
     """Upload the datasources (create or update by uid) and dashboards (overwrite)."""

@@ -7,8 +7,9 @@ project's server before this module imports Prefect.
 from __future__ import annotations
 
 import json
-import sys
-from typing import Any, List, Optional
+import os
+from datetime import UTC
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -115,8 +116,10 @@ def _ensure_server() -> str:
     except stack.StackError as exc:
         fail(str(exc))
     if state.url != os.environ["PREFECT_API_URL"]:
-        fail(f"the embedded server runs at {state.url}, but this command was set up for "
-             f"{os.environ['PREFECT_API_URL']}. Fix: run the command again.")
+        fail(
+            f"the embedded server runs at {state.url}, but this command was set up for "
+            f"{os.environ['PREFECT_API_URL']}. Fix: run the command again."
+        )
     return state.url
 
 
@@ -140,20 +143,27 @@ def pools_ls() -> None:
 
     table = Table("pool", "work pool", "cpu", "gpu", "mem GiB", "cost/h", "backup")
     for name, pool in sorted(load_pools().items()):
-        table.add_row(name, pool.work_pool, f"{pool.cpu:g}", str(pool.gpu), f"{pool.mem_gib:g}",
-                      f"{pool.cost_per_hour:g}", pool.backup_pool or "-")
+        table.add_row(
+            name,
+            pool.work_pool,
+            f"{pool.cpu:g}",
+            str(pool.gpu),
+            f"{pool.mem_gib:g}",
+            f"{pool.cost_per_hour:g}",
+            pool.backup_pool or "-",
+        )
     console.print(table)
 
 
 @pools_app.command("set")
 def pools_set(
     name: str = typer.Argument(..., help="planflow pool name, e.g. gpu"),
-    work_pool: Optional[str] = typer.Option(None, help="Prefect work pool (default: NAME)."),
+    work_pool: str | None = typer.Option(None, help="Prefect work pool (default: NAME)."),
     cpu: float = typer.Option(..., help="CPU cores."),
     mem_gib: float = typer.Option(..., help="Memory, GiB."),
     gpu: int = typer.Option(0, help="GPUs."),
     cost_per_hour: float = typer.Option(0.0, help="Cost of one hour."),
-    backup_pool: Optional[str] = typer.Option(None, help="Pool to fail over to."),
+    backup_pool: str | None = typer.Option(None, help="Pool to fail over to."),
 ) -> None:
     """Create or update a ResourcePool block."""
     _ensure_server()
@@ -163,8 +173,14 @@ def pools_set(
 
     register()
     try:
-        pool = ResourcePool(work_pool=work_pool or name, cpu=cpu, gpu=gpu, mem_gib=mem_gib,
-                            cost_per_hour=cost_per_hour, backup_pool=backup_pool)
+        pool = ResourcePool(
+            work_pool=work_pool or name,
+            cpu=cpu,
+            gpu=gpu,
+            mem_gib=mem_gib,
+            cost_per_hour=cost_per_hour,
+            backup_pool=backup_pool,
+        )
     except ValidationError as exc:
         fail(f"pool '{name}': {exc}")
     pool.save(name, overwrite=True)
@@ -173,7 +189,7 @@ def pools_set(
 
 # -- pipelines --------------------------------------------------------------------------
 @app.command("pipelines")
-def pipelines(name: Optional[str] = typer.Argument(None, help="Show one pipeline in detail.")) -> None:
+def pipelines(name: str | None = typer.Argument(None, help="Show one pipeline in detail.")) -> None:
     """List the pipelines (or describe one): components, parameters, demand and time."""
     from planflow.core import discovery as registry
 
@@ -191,8 +207,15 @@ def pipelines(name: Optional[str] = typer.Argument(None, help="Show one pipeline
             continue
         t = item.pipeline.totals()
         params = ", ".join(f"{k}={v}" for k, v in item.pipeline.params.items())
-        table.add_row(item.name, str(t["components"]), f"{t['critical_path_seconds']:.1f}",
-                      f"{t['total_seconds']:.1f}", f"{t['cpu_seconds']:.1f}", params, item.source)
+        table.add_row(
+            item.name,
+            str(t["components"]),
+            f"{t['critical_path_seconds']:.1f}",
+            f"{t['total_seconds']:.1f}",
+            f"{t['cpu_seconds']:.1f}",
+            params,
+            item.source,
+        )
     console.print(table)
     for item in broken:
         err.print(f"[red]{item.source} failed to load:[/] {item.error}", highlight=False)
@@ -205,8 +228,15 @@ def _describe(pipeline: Any) -> None:
     table = Table("step", "after", "cpu", "gpu", "mem GiB", "est s", "pools")
     for name in pipeline.topological_order():
         spec = pipeline.steps[name].spec
-        table.add_row(name, ", ".join(pipeline.upstream(name)) or "-", f"{spec.cpu:g}", str(spec.gpu),
-                      f"{spec.mem_gib:g}", f"{spec.est_seconds:g}", ", ".join(spec.pools) or "any")
+        table.add_row(
+            name,
+            ", ".join(pipeline.upstream(name)) or "-",
+            f"{spec.cpu:g}",
+            str(spec.gpu),
+            f"{spec.mem_gib:g}",
+            f"{spec.est_seconds:g}",
+            ", ".join(spec.pools) or "any",
+        )
     console.print(table)
     totals = Table("total", "value")
     for key, value in pipeline.totals().items():
@@ -219,16 +249,17 @@ def _describe(pipeline: Any) -> None:
 def plan(
     name: str = typer.Argument(..., help="Pipeline name (see `planflow pipelines`)."),
     json_output: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
-    gantt: Optional[str] = typer.Option(None, help="Also write the Gantt chart to this PNG file."),
-    mode: str = typer.Option("inprocess", help="inprocess: plan on the `local` pool only; "
-                             "distributed: over every pool."),
+    gantt: str | None = typer.Option(None, help="Also write the Gantt chart to this PNG file."),
+    mode: str = typer.Option(
+        "inprocess", help="inprocess: plan on the `local` pool only; distributed: over every pool."
+    ),
 ) -> None:
     """Plan a pipeline over the resource pools without running it."""
     _ensure_server()
     from planflow.core import discovery as registry
+    from planflow.planner import PlanningError
     from planflow.runtime import reporting
     from planflow.runtime.runner import make_plan
-    from planflow.planner import PlanningError
 
     try:
         pipeline = registry.get(name)
@@ -241,13 +272,34 @@ def plan(
 
         Path(gantt).write_bytes(reporting.gantt_png(pp, title=f"{name}: plan"))
     if json_output:
-        print(json.dumps({"pipeline": name, "plan": pp.plan.to_dict(), "figures": reporting.plan_figures(pp),
-                          "components": reporting.plan_rows(pp), "totals": totals}, indent=2, default=str))
+        print(
+            json.dumps(
+                {
+                    "pipeline": name,
+                    "plan": pp.plan.to_dict(),
+                    "figures": reporting.plan_figures(pp),
+                    "components": reporting.plan_rows(pp),
+                    "totals": totals,
+                },
+                indent=2,
+                default=str,
+            )
+        )
         return
-    table = Table("component", "pool", "start s", "finish s", "cpu", "gpu", "mem GiB", "estimate from", title=f"plan: {name}")
+    table = Table(
+        "component", "pool", "start s", "finish s", "cpu", "gpu", "mem GiB", "estimate from", title=f"plan: {name}"
+    )
     for row in reporting.plan_rows(pp):
-        table.add_row(row["component"], row["pool"], f"{row['start_s']:.2f}", f"{row['finish_s']:.2f}",
-                      f"{row['cpu']:g}", f"{row['gpu']:g}", f"{row['mem_gib']:g}", row["estimate"])
+        table.add_row(
+            row["component"],
+            row["pool"],
+            f"{row['start_s']:.2f}",
+            f"{row['finish_s']:.2f}",
+            f"{row['cpu']:g}",
+            f"{row['gpu']:g}",
+            f"{row['mem_gib']:g}",
+            row["estimate"],
+        )
     console.print(table)
     f = reporting.plan_figures(pp)
     console.print(
@@ -263,10 +315,10 @@ def plan(
 
 @bench_app.command("psplib")
 def bench_psplib(
-    paths: List[str] = typer.Argument(..., help="PSPLIB .sm / .mm files, or folders holding them."),
+    paths: list[str] = typer.Argument(..., help="PSPLIB .sm / .mm files, or folders holding them."),
     time_limit: float = typer.Option(10.0, "--time-limit", help="Seconds per instance."),
     solver: str = typer.Option("highs", help="highs or cbc."),
-    csv: Optional[str] = typer.Option(None, "--csv", help="Write one row per instance to this CSV."),
+    csv: str | None = typer.Option(None, "--csv", help="Write one row per instance to this CSV."),
 ) -> None:
     """Plan PSPLIB instances (j30 single-mode, mm-j10 multi-mode) and report each
     makespan, lower bound, status and solve time, against the known optimum when one
@@ -293,21 +345,29 @@ def bench_psplib(
         fail(str(exc))
     table = Table("instance", "makespan", "lower bound", "status", "solve s", "optimum", "dev %")
     for row in rows:
-        table.add_row(row["instance"], f"{row['makespan']:g}", f"{row['lower_bound']:g}", row["status"],
-                      f"{row['solve_seconds']:.2f}", "-" if row["optimum"] is None else f"{row['optimum']:g}",
-                      "-" if row["deviation_pct"] is None else f"{row['deviation_pct']:.2f}")
+        table.add_row(
+            row["instance"],
+            f"{row['makespan']:g}",
+            f"{row['lower_bound']:g}",
+            row["status"],
+            f"{row['solve_seconds']:.2f}",
+            "-" if row["optimum"] is None else f"{row['optimum']:g}",
+            "-" if row["deviation_pct"] is None else f"{row['deviation_pct']:.2f}",
+        )
     console.print(table)
     known = [r for r in rows if r["optimum"] is not None]
     if known:
         hits = sum(1 for r in known if r["deviation_pct"] == 0)
-        console.print(f"optimum found on {hits}/{len(known)}; mean solve "
-                      f"{sum(r['solve_seconds'] for r in rows) / len(rows):.2f} s")
+        console.print(
+            f"optimum found on {hits}/{len(known)}; mean solve "
+            f"{sum(r['solve_seconds'] for r in rows) / len(rows):.2f} s"
+        )
     if csv:
         write_csv(rows, csv)
         console.print(f"wrote {csv}")
 
 
-def _parse_params(pairs: List[str]) -> dict[str, str]:
+def _parse_params(pairs: list[str]) -> dict[str, str]:
     params = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
@@ -317,8 +377,7 @@ def _parse_params(pairs: List[str]) -> dict[str, str]:
     return params
 
 
-def run_one(name: str, params: dict[str, Any], show_progress: bool = True,
-            mode: str = "inprocess") -> dict[str, Any]:
+def run_one(name: str, params: dict[str, Any], show_progress: bool = True, mode: str = "inprocess") -> dict[str, Any]:
     """Run one pipeline as a Prefect flow run, with a terminal progress display."""
     from planflow.core import discovery as registry
     from planflow.runtime.runner import add_listener
@@ -332,9 +391,15 @@ def run_one(name: str, params: dict[str, Any], show_progress: bool = True,
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     running: set[str] = set()
-    with Progress(TextColumn("[bold]{task.fields[pipeline]}"), BarColumn(),
-                  TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
-                  TextColumn("{task.description}"), console=console, transient=False) as bar:
+    with Progress(
+        TextColumn("[bold]{task.fields[pipeline]}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        TextColumn("{task.description}"),
+        console=console,
+        transient=False,
+    ) as bar:
         task_id = bar.add_task("", total=len(pipeline.steps), pipeline=name)
 
         def listener(event: str, record: Any) -> None:
@@ -366,10 +431,13 @@ def _print_summary(result: dict[str, Any]) -> None:
 @app.command("run")
 def run(
     name: str = typer.Argument(..., help="Pipeline name (see `planflow pipelines`)."),
-    param: List[str] = typer.Option([], "--param", "-p", help="Parameter override KEY=VALUE."),
+    param: list[str] = typer.Option([], "--param", "-p", help="Parameter override KEY=VALUE."),
     json_output: bool = typer.Option(False, "--json", help="Print the run summary as JSON."),
-    mode: str = typer.Option("inprocess", help="inprocess: components are tasks of one flow run; "
-                             "distributed: each runs as a flow run on its planned work pool."),
+    mode: str = typer.Option(
+        "inprocess",
+        help="inprocess: components are tasks of one flow run; "
+        "distributed: each runs as a flow run on its planned work pool.",
+    ),
 ) -> None:
     """Run a pipeline as a Prefect flow on the configured server."""
     url = _ensure_server()
@@ -388,25 +456,27 @@ def run(
     console.print(f"flow run: {url.removesuffix('/api')}/runs/flow-run/{result['flow_run_id']}")
 
 
-demo_app = typer.Typer(help="Demos on the embedded stack: the example pipelines (no sub-command), "
-                       "`heal` (failover and rescale).")
+demo_app = typer.Typer(
+    help="Demos on the embedded stack: the example pipelines (no sub-command), `heal` (failover and rescale)."
+)
 app.add_typer(demo_app, name="demo")
 
 
 @demo_app.callback(invoke_without_command=True)
 def demo(
     ctx: typer.Context,
-    param: List[str] = typer.Option([], "--param", "-p", help="Override for every pipeline KEY=VALUE."),
-    monitoring: bool = typer.Option(True, help="Also start the monitoring stack (fast profile) and "
-                                    "show a failing run turning into an alert event."),
+    param: list[str] = typer.Option([], "--param", "-p", help="Override for every pipeline KEY=VALUE."),
+    monitoring: bool = typer.Option(
+        True, help="Also start the monitoring stack (fast profile) and show a failing run turning into an alert event."
+    ),
 ) -> None:
     """Start the embedded server, register blocks, run every example pipeline; then
     show the monitoring loop: a run that fails on purpose becomes a Prefect event."""
     if ctx.invoked_subcommand is not None:
         return
-    from planflow.prefect.blocks import ensure_defaults
     from planflow.core import discovery as registry
     from planflow.ops import services
+    from planflow.prefect.blocks import ensure_defaults
 
     url = _ensure_server()
     ensure_defaults()
@@ -439,9 +509,13 @@ def demo(
     for name, run_id in outcomes:
         console.print(f"  {name}: Completed  {ui}/runs/flow-run/{run_id}")
     if monitoring:
-        console.print(f"  alert events: {ui}/events  ·  Prometheus alerts: {services.status()['prometheus'].url}/alerts")
-    console.print("Next: `planflow demo heal` (make demo-heal) shows a failover and a rescale. "
-                  "Stop everything with `planflow stack down` (or `make stop`).")
+        console.print(
+            f"  alert events: {ui}/events  ·  Prometheus alerts: {services.status()['prometheus'].url}/alerts"
+        )
+    console.print(
+        "Next: `planflow demo heal` (make demo-heal) shows a failover and a rescale. "
+        "Stop everything with `planflow stack down` (or `make stop`)."
+    )
 
 
 @demo_app.command("heal")
@@ -453,10 +527,10 @@ def demo_heal(
     run over to the backup pool, then resumes it; a pool gets a backlog and planflow
     scales it out and back. Every step goes through Prometheus, Alertmanager, the bridge,
     a Prefect automation and a remediation flow."""
+    from planflow.ops import services
     from planflow.prefect.blocks import ensure_defaults
     from planflow.remediation import automations
     from planflow.remediation import scenarios as heal
-    from planflow.ops import services
     from planflow.settings import StatePaths
 
     if scenario not in ("failover", "rescale", "all"):
@@ -474,8 +548,10 @@ def demo_heal(
         applied = automations.apply()
     except automations.AutomationsError as exc:
         fail(str(exc))
-    console.print(f"automations: {sum(1 for line in applied if line.startswith(automations.PREFIX))} applied; "
-                  f"remediation worker pid {automations.worker_up(paths)}")
+    console.print(
+        f"automations: {sum(1 for line in applied if line.startswith(automations.PREFIX))} applied; "
+        f"remediation worker pid {automations.worker_up(paths)}"
+    )
     logs = paths.home / "demo-heal"
     results = []
     for name, run in (("failover", heal.failover_scenario), ("rescale", heal.rescale_scenario)):
@@ -490,32 +566,38 @@ def demo_heal(
     for result in results:
         last = result["timeline"][-1][1] if result["timeline"] else 0
         console.print(f"  {result['scenario']}: healed in {last:.0f} s on {result['work_pool']}")
-    console.print(f"Remediation runs, their artifacts and events: {ui}/runs?tags=planflow-remediation  ·  "
-                  f"{ui}/events  ·  worker logs in {logs}")
+    console.print(
+        f"Remediation runs, their artifacts and events: {ui}/runs?tags=planflow-remediation  ·  "
+        f"{ui}/events  ·  worker logs in {logs}"
+    )
 
 
 def _demo_alert_loop(url: str, pipeline: str = "demo-failure", timeout: float = 90.0) -> None:
     """Run a pipeline that fails on purpose and wait for its alert's Prefect event."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from planflow.monitoring.events import wait_for_event
     from planflow.monitoring.prefect_api import auth_headers
 
     console.rule(f"monitoring loop: {pipeline} fails on purpose")
-    since = datetime.now(timezone.utc)
+    since = datetime.now(UTC)
     try:
         run_one(pipeline, {}, show_progress=False)
     except Exception as exc:
         console.print(f"{pipeline} failed as intended: {exc}".splitlines()[0])
     console.print(f"waiting for the alert's Prefect event (up to {timeout:.0f} s) ...")
-    event = wait_for_event(url, f"planflow.pipeline.{pipeline}", "planflow.alert.firing", since,
-                           timeout, headers=auth_headers())
+    event = wait_for_event(
+        url, f"planflow.pipeline.{pipeline}", "planflow.alert.firing", since, timeout, headers=auth_headers()
+    )
     if event is None:
-        fail(f"no planflow.alert.firing event for {pipeline} within {timeout:.0f} s; "
-             "check `planflow stack status` and Prometheus's /alerts page")
+        fail(
+            f"no planflow.alert.firing event for {pipeline} within {timeout:.0f} s; "
+            "check `planflow stack status` and Prometheus's /alerts page"
+        )
     payload = event.get("payload", {})
     console.print(f"[green]event[/] {event['event']} at {event['occurred']}")
     console.print(f"  resource: {event['resource'].get('prefect.resource.id')}")
-    console.print(f"  alert:    {payload.get('labels', {}).get('alertname')} "
-                  f"({payload.get('labels', {}).get('severity')})")
+    console.print(
+        f"  alert:    {payload.get('labels', {}).get('alertname')} ({payload.get('labels', {}).get('severity')})"
+    )
     console.print(f"  summary:  {payload.get('annotations', {}).get('summary')}")

@@ -8,13 +8,15 @@ from __future__ import annotations
 import typer
 from rich.console import Console
 
-from planflow.ops import services
 from planflow.ops import server as stack
+from planflow.ops import services
 from planflow.settings import DEFAULT_PORT, StatePaths
 
 stack_app = typer.Typer(
     help="The whole local stack: Prefect server, Prometheus, Alertmanager, Pushgateway, "
-         "the planflow exporter and alert bridge.", no_args_is_help=True)
+    "the planflow exporter and alert bridge.",
+    no_args_is_help=True,
+)
 console = Console()
 err = Console(stderr=True)
 
@@ -34,8 +36,9 @@ def up(
     alertmanager_port: int = typer.Option(9093),
     bridge_port: int = typer.Option(9095),
     exporter_port: int = typer.Option(9096),
-    automations: bool = typer.Option(True, help="Apply planflow's automations and start the "
-                                     "remediation worker (retry, failover, rescale)."),
+    automations: bool = typer.Option(
+        True, help="Apply planflow's automations and start the remediation worker (retry, failover, rescale)."
+    ),
 ) -> None:
     """Start everything that does not run yet (idempotent) and print the URLs."""
     paths = StatePaths.discover()
@@ -43,10 +46,17 @@ def up(
         if server:
             state = stack.up(paths, port=prefect_port)
             console.print(f"prefect       {state.url.removesuffix('/api')}  (UI)")
-        started = services.up(paths, profile=profile, ports={
-            "prometheus": prometheus_port, "pushgateway": pushgateway_port,
-            "alertmanager": alertmanager_port, "bridge": bridge_port,
-            "exporter": exporter_port})
+        started = services.up(
+            paths,
+            profile=profile,
+            ports={
+                "prometheus": prometheus_port,
+                "pushgateway": pushgateway_port,
+                "alertmanager": alertmanager_port,
+                "bridge": bridge_port,
+                "exporter": exporter_port,
+            },
+        )
     except (stack.StackError, services.ServicesError) as exc:
         _fail(str(exc))
     for name, service in started.items():
@@ -66,8 +76,10 @@ def _automations_up(paths: StatePaths) -> None:
     except auto.AutomationsError as exc:
         _fail(str(exc))
     changed = [line for line in lines if not line.endswith(("unchanged", "kept", "applied"))]
-    console.print(f"automations   {sum(1 for line in lines if line.startswith(auto.PREFIX))} applied"
-                  + (f" ({'; '.join(changed)})" if changed else " (unchanged)"))
+    console.print(
+        f"automations   {sum(1 for line in lines if line.startswith(auto.PREFIX))} applied"
+        + (f" ({'; '.join(changed)})" if changed else " (unchanged)")
+    )
     console.print(f"remediation   worker pid {pid} on pool {auto.REMEDIATION_POOL}")
 
 
@@ -94,8 +106,15 @@ def status() -> None:
     from planflow.remediation.automations import REMEDIATION_POOL, worker_pid
 
     pid = worker_pid(paths)
-    rows.append(("remediation", "running" if pid else "stopped", f"pool {REMEDIATION_POOL}", pid,
-                 "" if pid else "start: planflow stack up (or planflow automations worker up)"))
+    rows.append(
+        (
+            "remediation",
+            "running" if pid else "stopped",
+            f"pool {REMEDIATION_POOL}",
+            pid,
+            "" if pid else "start: planflow stack up (or planflow automations worker up)",
+        )
+    )
     for name, state, url, pid, detail in rows:
         console.print(f"{name:<13} {state:<10} {url}  {f'pid {pid}' if pid else ''} {detail}")
     if not all(row[1] == "running" for row in rows):

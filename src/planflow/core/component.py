@@ -13,8 +13,9 @@ import difflib
 import hashlib
 import inspect
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from prefect.tasks import Task
 
@@ -23,9 +24,17 @@ TASK_KEYS = ("name", "description", "retries", "retry_delay_seconds", "timeout_s
 ALLOWED_KEYS = RESOURCE_KEYS + TASK_KEYS
 # Names users reach for first, mapped to the key planflow uses.
 KEY_ALIASES = {
-    "memory": "mem_gib", "mem": "mem_gib", "ram": "mem_gib", "memory_gib": "mem_gib",
-    "cpus": "cpu", "cores": "cpu", "gpus": "gpu", "pool": "pools",
-    "duration": "est_seconds", "seconds": "est_seconds", "estimate": "est_seconds",
+    "memory": "mem_gib",
+    "mem": "mem_gib",
+    "ram": "mem_gib",
+    "memory_gib": "mem_gib",
+    "cpus": "cpu",
+    "cores": "cpu",
+    "gpus": "gpu",
+    "pool": "pools",
+    "duration": "est_seconds",
+    "seconds": "est_seconds",
+    "estimate": "est_seconds",
 }
 
 
@@ -83,13 +92,9 @@ def spec_problems(values: Mapping[str, Any]) -> list[str]:
     problems: list[str] = []
     for key in values:
         if key not in ALLOWED_KEYS:
-            close = [KEY_ALIASES[key]] if key in KEY_ALIASES else difflib.get_close_matches(
-                key, ALLOWED_KEYS, n=1
-            )
+            close = [KEY_ALIASES[key]] if key in KEY_ALIASES else difflib.get_close_matches(key, ALLOWED_KEYS, n=1)
             hint = f" Did you mean '{close[0]}'?" if close else ""
-            problems.append(
-                f"unknown key '{key}'.{hint} Allowed keys: {', '.join(ALLOWED_KEYS)}"
-            )
+            problems.append(f"unknown key '{key}'.{hint} Allowed keys: {', '.join(ALLOWED_KEYS)}")
     if "cpu" in values:
         problems += _positive("cpu", values["cpu"], "cores; fractions allowed", "1 or 0.5")
     if "mem_gib" in values:
@@ -105,12 +110,12 @@ def spec_problems(values: Mapping[str, Any]) -> list[str]:
             )
     if "pools" in values:
         pools = values["pools"]
-        if isinstance(pools, str) or not isinstance(pools, (list, tuple)) or not all(
-            isinstance(p, str) and p for p in pools
+        if (
+            isinstance(pools, str)
+            or not isinstance(pools, (list, tuple))
+            or not all(isinstance(p, str) and p for p in pools)
         ):
-            problems.append(
-                f"pools={pools!r}: must be a list of pool names. Fix: e.g. pools=['local']"
-            )
+            problems.append(f"pools={pools!r}: must be a list of pool names. Fix: e.g. pools=['local']")
     if "est_seconds_by_pool" in values:
         by_pool = values["est_seconds_by_pool"]
         if not isinstance(by_pool, Mapping) or not all(
@@ -144,10 +149,7 @@ def signature_problems(fn: Callable[..., Any]) -> list[str]:
                 "parameters so that the pipeline can wire them"
             )
         elif param.annotation is inspect.Parameter.empty:
-            problems.append(
-                f"parameter '{param.name}' has no type annotation. Fix: e.g. "
-                f"`{param.name}: pl.DataFrame`"
-            )
+            problems.append(f"parameter '{param.name}' has no type annotation. Fix: e.g. `{param.name}: pl.DataFrame`")
     if sig.return_annotation is inspect.Signature.empty:
         problems.append("the return value has no type annotation. Fix: add `-> <type>`")
     return problems
@@ -186,13 +188,13 @@ class Component(Task):
 
     spec: ResourceSpec
 
-    def with_options(self, **kwargs: Any) -> "Component":
+    def with_options(self, **kwargs: Any) -> Component:
         new = super().with_options(**kwargs)
         new.__class__ = type(self)  # Task.with_options builds a plain Task
         new.spec = self.spec
         return new
 
-    def with_spec(self, **changes: Any) -> "Component":
+    def with_spec(self, **changes: Any) -> Component:
         """A copy with some resource values changed, validated like the decorator."""
         _raise_if(spec_problems(changes), self.fn)
         new = self.with_options()
@@ -241,6 +243,7 @@ def component(fn: Callable[..., Any] | None = None, /, **values: Any) -> Any:
     """
     if fn is not None:
         return make_component(fn, **values)
+
     def decorate(function: Callable[..., Any]) -> Component:
         return make_component(function, **values)
 

@@ -53,8 +53,11 @@ def _project_modules(root: Path) -> list[str]:
     base = root / "flows"
     if not (base / "__init__.py").is_file():
         return []
-    return [f"flows.{folder.name}.flow" for folder in sorted(base.iterdir())
-            if (folder / "flow.py").is_file() and (folder / "__init__.py").is_file()]
+    return [
+        f"flows.{folder.name}.flow"
+        for folder in sorted(base.iterdir())
+        if (folder / "flow.py").is_file() and (folder / "__init__.py").is_file()
+    ]
 
 
 def load_ref(ref: str) -> Pipeline:
@@ -91,8 +94,13 @@ def discover() -> list[Found]:
             pipeline = load_ref(source)
         except Exception as exc:  # a user's module may raise anything; report it, go on
             name = sorted(_guessed_names(source))[0]
-            found.append(Found(name, source, error=f"{type(exc).__name__}: {exc}"
-                               if not isinstance(exc, PipelineError) else str(exc)))
+            found.append(
+                Found(
+                    name,
+                    source,
+                    error=f"{type(exc).__name__}: {exc}" if not isinstance(exc, PipelineError) else str(exc),
+                )
+            )
             continue
         found.append(Found(pipeline.name, source, pipeline))
     return found

@@ -17,14 +17,15 @@ import importlib
 import inspect
 import sys
 import typing
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 import yaml
 
-from planflow.settings import project_root
 from planflow.core.component import Component, ComponentSpecError, ResourceSpec, make_component
+from planflow.settings import project_root
 
 PIPELINE_FIELDS = ("name", "description", "params", "retries", "steps")
 STEP_FIELDS = ("name", "uses", "after", "inputs", "params", "resources")
@@ -72,9 +73,7 @@ def _as_step(item: Step | Component) -> Step:
         return item
     if isinstance(item, Component):
         return Step(name=item.name, component=item)
-    raise PipelineError(
-        f"pipeline steps must be components (made with @component) or Step(...); got {item!r}"
-    )
+    raise PipelineError(f"pipeline steps must be components (made with @component) or Step(...); got {item!r}")
 
 
 class Pipeline:
@@ -218,7 +217,7 @@ class Pipeline:
             stack.append(node)
             for dep in self.upstream(node):
                 if colour[dep] == GREY:
-                    cycle = stack[stack.index(dep):] + [dep]
+                    cycle = stack[stack.index(dep) :] + [dep]
                     return list(reversed(cycle))  # print in execution direction
                 if colour[dep] == WHITE and (found := visit(dep)):
                     return found
@@ -267,8 +266,7 @@ class Pipeline:
             except ValueError:
                 default = self.params[key]
                 problems.append(
-                    f"parameter '{key}'={value!r} is not a {type(default).__name__} "
-                    f"(its default is {default!r})"
+                    f"parameter '{key}'={value!r} is not a {type(default).__name__} (its default is {default!r})"
                 )
         if problems:
             raise PipelineError(f"pipeline '{self.name}':\n" + "\n".join(f"  - {p}" for p in problems))
@@ -337,14 +335,15 @@ class Pipeline:
         raise PipelineError(
             f"pipeline '{self.name}' was built in {self.module or 'an unknown module'}, which "
             "another process cannot import. Fix: define it at module level of an importable "
-            "module (e.g. flows/<name>/flow.py) or in a YAML file")
+            "module (e.g. flows/<name>/flow.py) or in a YAML file"
+        )
 
     def __repr__(self) -> str:
         return f"Pipeline({self.name!r}, steps={list(self.steps)})"
 
     # -- YAML ---------------------------------------------------------------------------
     @classmethod
-    def from_yaml(cls, path: str | Path) -> "Pipeline":
+    def from_yaml(cls, path: str | Path) -> Pipeline:
         path = Path(path)
         try:
             document = yaml.safe_load(path.read_text())
@@ -353,7 +352,7 @@ class Pipeline:
         return cls.from_dict(document, source=str(path))
 
     @classmethod
-    def from_dict(cls, document: Any, source: str = "<dict>") -> "Pipeline":
+    def from_dict(cls, document: Any, source: str = "<dict>") -> Pipeline:
         if not isinstance(document, dict):
             raise PipelineError(f"{source}: expected a mapping with {', '.join(PIPELINE_FIELDS)}")
         problems = _unknown_fields(document, PIPELINE_FIELDS, "the pipeline")
@@ -414,15 +413,15 @@ def import_object(path: str) -> Any:
         return getattr(module, attribute)
     except AttributeError:
         names = [n for n in dir(module) if not n.startswith("_")]
-        raise PipelineError(
-            f"module '{module_name}' has no '{attribute}'.{_close(attribute, names)}"
-        ) from None
+        raise PipelineError(f"module '{module_name}' has no '{attribute}'.{_close(attribute, names)}") from None
 
 
 def _step_from_dict(raw: dict, label: str) -> Step:
     uses = raw.get("uses")
     if not isinstance(uses, str):
-        raise PipelineError(f"{label}: `uses:` must name a component or function, e.g. 'flows.fraud_risk.flow:features'")
+        raise PipelineError(
+            f"{label}: `uses:` must name a component or function, e.g. 'flows.fraud_risk.flow:features'"
+        )
     target = import_object(uses)
     resources = raw.get("resources") or {}
     if isinstance(target, Component):

@@ -14,10 +14,11 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -30,8 +31,7 @@ FOLDER_UID = "planflow"
 FOLDER_TITLE = "planflow"
 URL_ENV, TOKEN_ENV = "GRAFANA_URL", "GRAFANA_TOKEN"
 # The same loopback defaults as monitoring/prometheus/thresholds.yml's ports.
-DEFAULT_ENV = {"PLANFLOW_PROMETHEUS_URL": "http://127.0.0.1:9090",
-               "PLANFLOW_ALERTMANAGER_URL": "http://127.0.0.1:9093"}
+DEFAULT_ENV = {"PLANFLOW_PROMETHEUS_URL": "http://127.0.0.1:9090", "PLANFLOW_ALERTMANAGER_URL": "http://127.0.0.1:9093"}
 _ENV_REF = re.compile(r"\$\{(\w+)\}|\$(\w+)")
 # Keys of a provisioning entry that the HTTP API also takes.
 _API_KEYS = ("name", "uid", "type", "access", "url", "isDefault", "jsonData", "basicAuth", "user")
@@ -45,7 +45,7 @@ class GrafanaPublishError(RuntimeError):
 class PublishReport:
     url: str
     datasources: dict[str, str] = field(default_factory=dict)  # uid -> "created" | "updated"
-    dashboards: dict[str, str] = field(default_factory=dict)   # uid -> url path in Grafana
+    dashboards: dict[str, str] = field(default_factory=dict)  # uid -> url path in Grafana
 
     def lines(self) -> list[str]:
         out = [f"datasource {uid}: {action}" for uid, action in self.datasources.items()]
@@ -55,14 +55,15 @@ class PublishReport:
 
 def expand(value: str, env: Mapping[str, str]) -> str:
     """Grafana's `$VAR` / `${VAR}` provisioning syntax, with planflow's loopback defaults."""
+
     def lookup(match: re.Match[str]) -> str:
         name = match.group(1) or match.group(2)
         return env.get(name) or DEFAULT_ENV.get(name, "")
+
     return _ENV_REF.sub(lookup, value)
 
 
-def load_datasources(env: Mapping[str, str] | None = None,
-                     path: Path = DATASOURCES_FILE) -> list[dict[str, Any]]:
+def load_datasources(env: Mapping[str, str] | None = None, path: Path = DATASOURCES_FILE) -> list[dict[str, Any]]:
     """The provisioned datasources as Grafana HTTP API payloads, URLs filled in."""
     env = os.environ if env is None else env
     document = yaml.safe_load(path.read_text())
@@ -90,7 +91,8 @@ def connect(url: str, token: str | None, timeout: float = 10.0) -> Any:
 
     if not re.match(r"^https?://[^/]+", url or ""):
         raise GrafanaPublishError(
-            f"GRAFANA_URL={url!r} is not an http(s) URL. Fix: e.g. {URL_ENV}=http://127.0.0.1:3000")
+            f"GRAFANA_URL={url!r} is not an http(s) URL. Fix: e.g. {URL_ENV}=http://127.0.0.1:3000"
+        )
     base = url.rstrip("/") + "/"  # grafana-client joins prefix + "api" without a slash
     return GrafanaApi.from_url(base, credential=token or None, timeout=timeout)
 
@@ -103,21 +105,22 @@ def _explain(exc: BaseException, url: str, doing: str) -> GrafanaPublishError:
     if isinstance(exc, GrafanaUnauthorizedError):
         return GrafanaPublishError(
             f"Grafana at {url} refused the token while {doing} (401 Unauthorized). "
-            f"Fix: set {TOKEN_ENV} to a valid service account token of that Grafana.")
+            f"Fix: set {TOKEN_ENV} to a valid service account token of that Grafana."
+        )
     if isinstance(exc, GrafanaException) and exc.status_code == 403:
         return GrafanaPublishError(
             f"Grafana at {url} accepted the token but forbids {doing} (403 Forbidden). "
-            f"Fix: give the service account the Admin role (datasources) or Editor (dashboards).")
+            f"Fix: give the service account the Admin role (datasources) or Editor (dashboards)."
+        )
     if isinstance(exc, niquests.exceptions.ConnectionError) or isinstance(exc, ConnectionError):
         reason = "connection refused" if "refused" in str(exc).lower() else f"cannot connect ({exc})"
         return GrafanaPublishError(
-            f"cannot reach Grafana at {url}: {reason}. Fix: start Grafana there or set "
-            f"{URL_ENV} to its address.")
+            f"cannot reach Grafana at {url}: {reason}. Fix: start Grafana there or set {URL_ENV} to its address."
+        )
     if isinstance(exc, GrafanaException) and exc.status_code == 0:  # timeouts, transport errors
         return GrafanaPublishError(f"no answer from Grafana at {url} while {doing}: {exc}")
     if isinstance(exc, GrafanaException):
-        return GrafanaPublishError(
-            f"Grafana at {url} answered {exc.status_code} while {doing}: {exc.message}")
+        return GrafanaPublishError(f"Grafana at {url} answered {exc.status_code} while {doing}: {exc.message}")
     return GrafanaPublishError(f"publishing to Grafana at {url} failed while {doing}: {exc!r}")
 
 
@@ -159,8 +162,14 @@ def ensure_folder(api: Any, url: str) -> str:
     return FOLDER_UID
 
 
-def publish(url: str | None = None, token: str | None = None, *, datasources: bool = True,
-            timeout: float = 10.0, env: Mapping[str, str] | None = None) -> PublishReport:
+def publish(
+    url: str | None = None,
+    token: str | None = None,
+    *,
+    datasources: bool = True,
+    timeout: float = 10.0,
+    env: Mapping[str, str] | None = None,
+) -> PublishReport:
     """Upload datasources (create or update by uid) and dashboards (overwrite).
 
     `url` and `token` default to GRAFANA_URL and GRAFANA_TOKEN."""
@@ -178,8 +187,11 @@ def publish(url: str | None = None, token: str | None = None, *, datasources: bo
             report.datasources[source["uid"]] = upsert_datasource(api, url, source)
     for model in dashboards:
         model = {**model, "id": None}  # Grafana matches by uid; a numeric id is per instance
-        saved = _call(url, f"saving dashboard {model['uid']}", api.dashboard.update_dashboard,
-                      {"dashboard": model, "folderUid": folder, "overwrite": True,
-                       "message": "planflow grafana publish"})
+        saved = _call(
+            url,
+            f"saving dashboard {model['uid']}",
+            api.dashboard.update_dashboard,
+            {"dashboard": model, "folderUid": folder, "overwrite": True, "message": "planflow grafana publish"},
+        )
         report.dashboards[model["uid"]] = (saved or {}).get("url") or f"/d/{model['uid']}"
     return report

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import re
 import tempfile
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import yaml
 
@@ -34,7 +35,7 @@ class QueryError(ValueError):
 @dataclass(frozen=True)
 class PanelQuery:
     dashboard: str  # uid
-    panel: str      # title (or the variable's name for a template variable)
+    panel: str  # title (or the variable's name for a template variable)
     ref_id: str
     expr: str
     instant: bool = False
@@ -52,9 +53,18 @@ def panels(model: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
 
 def panel_queries(model: Mapping[str, Any]) -> list[PanelQuery]:
     """Every Prometheus query of every panel of one dashboard JSON model."""
-    return [PanelQuery(model["uid"], panel.get("title", ""), target.get("refId", ""), target["expr"],
-                       bool(target.get("instant")) and not target.get("range"))
-            for panel in panels(model) for target in panel.get("targets", []) if "expr" in target]
+    return [
+        PanelQuery(
+            model["uid"],
+            panel.get("title", ""),
+            target.get("refId", ""),
+            target["expr"],
+            bool(target.get("instant")) and not target.get("range"),
+        )
+        for panel in panels(model)
+        for target in panel.get("targets", [])
+        if "expr" in target
+    ]
 
 
 def variable_queries(model: Mapping[str, Any]) -> list[PanelQuery]:
@@ -66,8 +76,10 @@ def variable_queries(model: Mapping[str, Any]) -> list[PanelQuery]:
             continue
         match = _LABEL_VALUES.match(str(var.get("query", "")).strip())
         if not match:
-            raise QueryError(f"{model['uid']}: variable ${var['name']}: expected label_values(metric, label), "
-                             f"got {var.get('query')!r}")
+            raise QueryError(
+                f"{model['uid']}: variable ${var['name']}: expected label_values(metric, label), "
+                f"got {var.get('query')!r}"
+            )
         found.append(PanelQuery(model["uid"], f"${var['name']}", match["label"], match["selector"], True))
     return found
 
@@ -116,10 +128,13 @@ def metric_names(expr: str) -> set[str]:
 # -- what planflow exposes --------------------------------------------------------------
 def _exposed(registry: Any) -> set[str]:
     """Series names a registry exposes, whether or not a labelled child exists yet."""
-    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"),
-                "summary": ("_sum", "_count", ""), "info": ("_info",)}
-    return {family.name + sfx for family in registry.collect()
-            for sfx in suffixes.get(family.type, ("",))}
+    suffixes = {
+        "counter": ("_total",),
+        "histogram": ("_bucket", "_sum", "_count"),
+        "summary": ("_sum", "_count", ""),
+        "info": ("_info",),
+    }
+    return {family.name + sfx for family in registry.collect() for sfx in suffixes.get(family.type, ("",))}
 
 
 def recorded_metrics(rules_dir: Path = RULES_DIR) -> set[str]:
@@ -154,8 +169,13 @@ def known_metrics() -> dict[str, str]:
     sources["exporter"] = _exposed(registry)
     registry = CollectorRegistry()
     with tempfile.TemporaryDirectory(prefix="planflow-grafana-") as folder:
-        create_app(Path(folder) / "spool.sqlite", token="metric-catalog", registry=registry,
-                   prefect_api_url="http://127.0.0.1:9/api", forward=False)
+        create_app(
+            Path(folder) / "spool.sqlite",
+            token="metric-catalog",
+            registry=registry,
+            prefect_api_url="http://127.0.0.1:9/api",
+            forward=False,
+        )
         sources["bridge"] = _exposed(registry)
     sources["recording rules"] = recorded_metrics()
     sources["prometheus"] = set(PROMETHEUS_BUILTINS)
@@ -175,6 +195,8 @@ def check_dashboard(model: Mapping[str, Any], known: Mapping[str, str]) -> list[
         if not names:
             problems.append(f"{query.where}: reads no metric: {query.expr}")
         for name in sorted(names - set(known)):
-            problems.append(f"{query.where}: unknown metric {name!r} (not exposed by planflow, "
-                            f"not a recording rule, not a Prometheus built-in): {query.expr}")
+            problems.append(
+                f"{query.where}: unknown metric {name!r} (not exposed by planflow, "
+                f"not a recording rule, not a Prometheus built-in): {query.expr}"
+            )
     return problems

@@ -40,7 +40,7 @@ import threading
 import time
 import uuid
 from contextlib import asynccontextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -106,8 +106,8 @@ class Webhook(BaseModel):
 
 def _iso(value: datetime) -> str:
     if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def alert_fingerprint(alert: Alert) -> str:
@@ -135,18 +135,24 @@ def to_event(alert: Alert, webhook: Webhook, received: float) -> dict[str, Any]:
         value, prefix, _ = named[0]
         resource = {"prefect.resource.id": prefix + value, "prefect.resource.name": value, **base}
     else:
-        resource = {"prefect.resource.id": f"planflow.alert.{alertname}",
-                    "prefect.resource.name": alertname, **base}
-    related = [{"prefect.resource.id": prefix + value, "prefect.resource.role": role,
-                "prefect.resource.name": value} for value, prefix, role in named[1:]]
-    related.append({"prefect.resource.id": f"planflow.alert-rule.{alertname}",
-                    "prefect.resource.role": "alert-rule", "prefect.resource.name": alertname})
+        resource = {"prefect.resource.id": f"planflow.alert.{alertname}", "prefect.resource.name": alertname, **base}
+    related = [
+        {"prefect.resource.id": prefix + value, "prefect.resource.role": role, "prefect.resource.name": value}
+        for value, prefix, role in named[1:]
+    ]
+    related.append(
+        {
+            "prefect.resource.id": f"planflow.alert-rule.{alertname}",
+            "prefect.resource.role": "alert-rule",
+            "prefect.resource.name": alertname,
+        }
+    )
     if alert.status == "resolved" and alert.endsAt and alert.endsAt.year > 1:
         occurred = _iso(alert.endsAt)
     elif alert.status == "firing":
         occurred = _iso(alert.startsAt)
     else:
-        occurred = _iso(datetime.fromtimestamp(received, timezone.utc))
+        occurred = _iso(datetime.fromtimestamp(received, UTC))
     key = dedup_key(alert)
     return {
         "id": str(uuid.uuid5(EVENT_NAMESPACE, key)),
@@ -164,7 +170,7 @@ def to_event(alert: Alert, webhook: Webhook, received: float) -> dict[str, Any]:
             "generatorURL": alert.generatorURL,
             "receiver": webhook.receiver,
             "groupKey": webhook.groupKey,
-            "receivedAt": _iso(datetime.fromtimestamp(received, timezone.utc)),
+            "receivedAt": _iso(datetime.fromtimestamp(received, UTC)),
         },
     }
 
@@ -204,8 +210,8 @@ class Spool:
             try:
                 for key, event, received in items:
                     cur = self._db.execute(
-                        "INSERT OR IGNORE INTO alerts (key, event, received) VALUES (?, ?, ?)",
-                        (key, event, received))
+                        "INSERT OR IGNORE INTO alerts (key, event, received) VALUES (?, ?, ?)", (key, event, received)
+                    )
                     if cur.rowcount == 0:
                         duplicates.append(key)
                 self._db.execute("COMMIT")
@@ -217,37 +223,36 @@ class Spool:
     def pending(self, limit: int) -> list[tuple[int, str]]:
         with self._lock:
             return self._db.execute(
-                "SELECT seq, event FROM alerts WHERE forwarded IS NULL ORDER BY seq LIMIT ?",
-                (limit,)).fetchall()
+                "SELECT seq, event FROM alerts WHERE forwarded IS NULL ORDER BY seq LIMIT ?", (limit,)
+            ).fetchall()
 
     def mark(self, seqs: list[int], error: str | None = None) -> None:
         now = time.time()
         with self._lock:
             self._db.executemany(
                 "UPDATE alerts SET forwarded = ?, error = ?, attempts = attempts + 1 WHERE seq = ?",
-                [(now, error, s) for s in seqs])
+                [(now, error, s) for s in seqs],
+            )
 
     def attempted(self, seqs: list[int]) -> None:
         with self._lock:
-            self._db.executemany("UPDATE alerts SET attempts = attempts + 1 WHERE seq = ?",
-                                 [(s,) for s in seqs])
+            self._db.executemany("UPDATE alerts SET attempts = attempts + 1 WHERE seq = ?", [(s,) for s in seqs])
 
     def depth(self) -> int:
         with self._lock:
-            return self._db.execute(
-                "SELECT count(*) FROM alerts WHERE forwarded IS NULL").fetchone()[0]
+            return self._db.execute("SELECT count(*) FROM alerts WHERE forwarded IS NULL").fetchone()[0]
 
     def oldest_age(self) -> float:
         with self._lock:
-            row = self._db.execute(
-                "SELECT min(received) FROM alerts WHERE forwarded IS NULL").fetchone()
+            row = self._db.execute("SELECT min(received) FROM alerts WHERE forwarded IS NULL").fetchone()
         return max(0.0, time.time() - row[0]) if row and row[0] else 0.0
 
     def prune(self, older_than_seconds: float) -> None:
         """Forget forwarded alerts older than the dedup window."""
         with self._lock:
-            self._db.execute("DELETE FROM alerts WHERE forwarded IS NOT NULL AND forwarded < ?",
-                             (time.time() - older_than_seconds,))
+            self._db.execute(
+                "DELETE FROM alerts WHERE forwarded IS NOT NULL AND forwarded < ?", (time.time() - older_than_seconds,)
+            )
 
     def close(self) -> None:
         with self._lock:
@@ -282,16 +287,24 @@ def resolve_token(token_file: Path, secret_block: str | None = None) -> str:
 class Forwarder:
     """Sends spooled events to POST /api/events, in order, with backoff while it fails."""
 
-    def __init__(self, spool: Spool, metrics: BridgeMetrics, api_url: str,
-                 batch: int = 200, max_backoff: float = 30.0, retention: float = 7 * 86400) -> None:
+    def __init__(
+        self,
+        spool: Spool,
+        metrics: BridgeMetrics,
+        api_url: str,
+        batch: int = 200,
+        max_backoff: float = 30.0,
+        retention: float = 7 * 86400,
+    ) -> None:
         self.spool, self.metrics, self.api_url = spool, metrics, api_url
         self.batch, self.max_backoff, self.retention = batch, max_backoff, retention
         self.wake = asyncio.Event()
         self.stop = asyncio.Event()
 
     async def _post(self, http: httpx.AsyncClient, events: list[str]) -> httpx.Response:
-        return await http.post(f"{self.api_url}/events", content="[" + ",".join(events) + "]",
-                               headers={"Content-Type": "application/json"})
+        return await http.post(
+            f"{self.api_url}/events", content="[" + ",".join(events) + "]", headers={"Content-Type": "application/json"}
+        )
 
     async def forward_once(self, http: httpx.AsyncClient) -> int:
         """Forward one batch; returns how many were accepted (raises when Prefect fails)."""
@@ -330,8 +343,7 @@ class Forwarder:
                 except Exception as exc:  # Prefect down, timing out, 5xx: retry later
                     self.metrics.forward_failures.inc()
                     backoff = min(self.max_backoff, max(0.25, backoff * 2))
-                    log.warning("forwarding to %s failed (%r); retrying in %.2f s",
-                                self.api_url, exc, backoff)
+                    log.warning("forwarding to %s failed (%r); retrying in %.2f s", self.api_url, exc, backoff)
                     sent = 0
                     await self._sleep(backoff, wakeable=False)
                     continue
@@ -345,8 +357,7 @@ class Forwarder:
         waiters = [asyncio.ensure_future(self.stop.wait())]
         if wakeable:
             waiters.append(asyncio.ensure_future(self.wake.wait()))
-        done, pending = await asyncio.wait(waiters, timeout=seconds,
-                                           return_when=asyncio.FIRST_COMPLETED)
+        done, pending = await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
         for task in pending:
             task.cancel()
         self.wake.clear()
@@ -375,10 +386,14 @@ class BodyLimit:
             too_large = len(body) > self.limit
         if too_large:
             self.metrics.rejected.labels("too_large").inc()
-            response = JSONResponse(status_code=413, content={
-                "error": f"request body larger than the limit of {self.limit} bytes; "
-                         "split the payload (Alertmanager: lower max_alerts) or raise "
-                         "--max-body-bytes"})
+            response = JSONResponse(
+                status_code=413,
+                content={
+                    "error": f"request body larger than the limit of {self.limit} bytes; "
+                    "split the payload (Alertmanager: lower max_alerts) or raise "
+                    "--max-body-bytes"
+                },
+            )
             return await response(scope, receive, send)
         sent = False
 
@@ -416,8 +431,7 @@ def _problems(exc: RequestValidationError) -> tuple[int, list[str]]:
                 status = 415
                 problems.append("send the body with Content-Type: application/json")
             continue
-        shown = json.dumps(got)[:80] if isinstance(got, (str, int, float, bool, type(None))) \
-            else type(got).__name__
+        shown = json.dumps(got)[:80] if isinstance(got, (str, int, float, bool, type(None))) else type(got).__name__
         problems.append(f"{where}: {error.get('msg')} (got {shown})")
     return status, problems
 
@@ -467,30 +481,40 @@ def create_app(
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
             metrics.rejected.labels("unauthorized").inc()
             raise HTTPException(
-                status_code=401, headers={"WWW-Authenticate": "Bearer"},
+                status_code=401,
+                headers={"WWW-Authenticate": "Bearer"},
                 detail="missing or wrong bearer token: send `Authorization: Bearer <token>` "
-                       "(Alertmanager: http_config.authorization.credentials_file)")
+                "(Alertmanager: http_config.authorization.credentials_file)",
+            )
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         # one shape for every refusal: {"error": ..., "detail": ...}
-        return JSONResponse(status_code=exc.status_code, headers=exc.headers,
-                            content={"error": exc.detail, "detail": exc.detail})
+        return JSONResponse(
+            status_code=exc.status_code, headers=exc.headers, content={"error": exc.detail, "detail": exc.detail}
+        )
 
     @app.exception_handler(RequestValidationError)
     async def invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
         status, problems = _problems(exc)
         metrics.rejected.labels("malformed_json" if status == 400 else "invalid").inc()
-        return JSONResponse(status_code=status, content={
-            "error": "malformed Alertmanager webhook body: " + "; ".join(problems),
-            "problems": problems})
+        return JSONResponse(
+            status_code=status,
+            content={"error": "malformed Alertmanager webhook body: " + "; ".join(problems), "problems": problems},
+        )
 
-    @app.post("/alerts", dependencies=[Depends(require_token)],
-              summary="Receive an Alertmanager webhook (version 4)",
-              responses={400: {"description": "not JSON"}, 401: {"description": "no or bad token"},
-                         413: {"description": "body too large"},
-                         422: {"description": "not an Alertmanager webhook"},
-                         503: {"description": "could not store; retry"}})
+    @app.post(
+        "/alerts",
+        dependencies=[Depends(require_token)],
+        summary="Receive an Alertmanager webhook (version 4)",
+        responses={
+            400: {"description": "not JSON"},
+            401: {"description": "no or bad token"},
+            413: {"description": "body too large"},
+            422: {"description": "not an Alertmanager webhook"},
+            503: {"description": "could not store; retry"},
+        },
+    )
     async def receive_alerts(webhook: Webhook) -> dict[str, int]:
         """Store each alert durably, then answer; events are forwarded in the background."""
         received = time.time()
@@ -541,10 +565,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=9095)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--prefect-api-url", default=None)
-    parser.add_argument("--state-dir", type=Path, default=None,
-                        help="where the spool and token file live (default: <.planflow>/monitoring)")
-    parser.add_argument("--token-secret-block", default=None,
-                        help="name of a Prefect Secret block holding the bearer token")
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        help="where the spool and token file live (default: <.planflow>/monitoring)",
+    )
+    parser.add_argument(
+        "--token-secret-block", default=None, help="name of a Prefect Secret block holding the bearer token"
+    )
     parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -555,8 +584,7 @@ def main(argv: list[str] | None = None) -> None:
         apply_client_env(paths)
     state_dir = args.state_dir or paths.home / "monitoring"
     token = resolve_token(state_dir / TOKEN_FILE_NAME, args.token_secret_block)
-    app = create_app(state_dir / SPOOL_FILE_NAME, token, args.prefect_api_url,
-                     max_body_bytes=args.max_body_bytes)
+    app = create_app(state_dir / SPOOL_FILE_NAME, token, args.prefect_api_url, max_body_bytes=args.max_body_bytes)
     import uvicorn
 
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", lifespan="on")

@@ -3,22 +3,30 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 
 
-def read_events(api_url: str, resource_prefix: str | None = None, name_prefix: str = "planflow.alert.",
-                since: datetime | None = None, headers: dict | None = None) -> list[dict]:
+def read_events(
+    api_url: str,
+    resource_prefix: str | None = None,
+    name_prefix: str = "planflow.alert.",
+    since: datetime | None = None,
+    headers: dict | None = None,
+) -> list[dict]:
     """Every event under `name_prefix` (optionally about resources starting with
     `resource_prefix`) from the Prefect server's events API, following pages."""
-    since = since or datetime.now(timezone.utc) - timedelta(days=1)
-    body: dict[str, Any] = {"filter": {
-        "occurred": {"since": since.isoformat(),
-                     "until": (datetime.now(timezone.utc) + timedelta(days=3650)).isoformat()},
-        "event": {"prefix": [name_prefix]},
-        "order": "ASC"}, "limit": 50}
+    since = since or datetime.now(UTC) - timedelta(days=1)
+    body: dict[str, Any] = {
+        "filter": {
+            "occurred": {"since": since.isoformat(), "until": (datetime.now(UTC) + timedelta(days=3650)).isoformat()},
+            "event": {"prefix": [name_prefix]},
+            "order": "ASC",
+        },
+        "limit": 50,
+    }
     if resource_prefix:
         body["filter"]["any_resource"] = {"id_prefix": [resource_prefix]}
     out: list[dict] = []
@@ -35,8 +43,9 @@ def read_events(api_url: str, resource_prefix: str | None = None, name_prefix: s
     return out
 
 
-def wait_for_event(api_url: str, resource_prefix: str, name: str, since: datetime,
-                   timeout: float, headers: dict | None = None) -> dict | None:
+def wait_for_event(
+    api_url: str, resource_prefix: str, name: str, since: datetime, timeout: float, headers: dict | None = None
+) -> dict | None:
     """The first event called `name` about a resource starting with `resource_prefix`
     that occurred after `since`, waiting up to `timeout` seconds; None if none came."""
     deadline = time.monotonic() + timeout

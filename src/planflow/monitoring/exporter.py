@@ -21,7 +21,7 @@ import asyncio
 import logging
 import signal
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -44,7 +44,7 @@ def _ts(value: datetime | None) -> float | None:
     if value is None:
         return None
     if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
+        value = value.replace(tzinfo=UTC)
     return value.timestamp()
 
 
@@ -121,15 +121,14 @@ class Exporter:
             await self.poll_once()
             try:
                 await asyncio.wait_for(stop.wait(), interval)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     # -- reading ---------------------------------------------------------------------
     async def _runs(self, client: Any, flow_run_filter: Any, sort: Any = None) -> list[Any]:
         runs: list[Any] = []
         while len(runs) < self.max_runs:
-            page = await client.read_flow_runs(
-                flow_run_filter=flow_run_filter, sort=sort, limit=PAGE, offset=len(runs))
+            page = await client.read_flow_runs(flow_run_filter=flow_run_filter, sort=sort, limit=PAGE, offset=len(runs))
             runs.extend(page)
             if len(page) < PAGE:
                 break
@@ -137,19 +136,21 @@ class Exporter:
 
     async def _names(self, client: Any, runs: list[Any]) -> None:
         from prefect.client.schemas.filters import (
-            DeploymentFilter, DeploymentFilterId, FlowFilter, FlowFilterId,
+            DeploymentFilter,
+            DeploymentFilterId,
+            FlowFilter,
+            FlowFilterId,
         )
 
         flow_ids = list({r.flow_id for r in runs} - set(self._flow_names))
         for i in range(0, len(flow_ids), PAGE):
-            for flow in await client.read_flows(
-                    flow_filter=FlowFilter(id=FlowFilterId(any_=flow_ids[i:i + PAGE]))):
+            for flow in await client.read_flows(flow_filter=FlowFilter(id=FlowFilterId(any_=flow_ids[i : i + PAGE]))):
                 self._flow_names[flow.id] = flow.name
-        dep_ids = list({r.deployment_id for r in runs if r.deployment_id}
-                       - set(self._deployment_names))
+        dep_ids = list({r.deployment_id for r in runs if r.deployment_id} - set(self._deployment_names))
         for i in range(0, len(dep_ids), PAGE):
-            for dep in await client.read_deployments(deployment_filter=DeploymentFilter(
-                    id=DeploymentFilterId(any_=dep_ids[i:i + PAGE]))):
+            for dep in await client.read_deployments(
+                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=dep_ids[i : i + PAGE]))
+            ):
                 self._deployment_names[dep.id] = dep.name
 
     def _run_labels(self, run: Any) -> tuple[str, str, str, str]:
@@ -162,28 +163,41 @@ class Exporter:
 
     async def _collect(self, client: Any) -> None:
         from prefect.client.schemas.filters import (
-            FlowRunFilter, FlowRunFilterEndTime, FlowRunFilterState, FlowRunFilterStateType,
+            FlowRunFilter,
+            FlowRunFilterEndTime,
+            FlowRunFilterState,
+            FlowRunFilterStateType,
         )
         from prefect.client.schemas.sorting import FlowRunSort
 
         now = time.time()
         pools = await client.read_work_pools(limit=PAGE)
-        pool_workers = {p.name: await client.read_workers_for_work_pool(p.name, limit=PAGE)
-                        for p in pools}
+        pool_workers = {p.name: await client.read_workers_for_work_pool(p.name, limit=PAGE) for p in pools}
         queues = await client.read_work_queues(limit=PAGE)
-        active = await self._runs(client, FlowRunFilter(state=FlowRunFilterState(
-            type=FlowRunFilterStateType(any_=list(ACTIVE_STATES)))))
+        active = await self._runs(
+            client, FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=list(ACTIVE_STATES))))
+        )
         finished_after = self._finished_after - self.overlap
-        finished = await self._runs(client, FlowRunFilter(
-            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=list(TERMINAL_STATES))),
-            end_time=FlowRunFilterEndTime(after_=datetime.fromtimestamp(finished_after,
-                                                                         timezone.utc))),
-            sort=FlowRunSort.END_TIME_DESC)
+        finished = await self._runs(
+            client,
+            FlowRunFilter(
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=list(TERMINAL_STATES))),
+                end_time=FlowRunFilterEndTime(after_=datetime.fromtimestamp(finished_after, UTC)),
+            ),
+            sort=FlowRunSort.END_TIME_DESC,
+        )
         await self._names(client, active + finished)
         self._publish(now, pools, pool_workers, queues, active, finished)
 
-    def _publish(self, now: float, pools: list[Any], pool_workers: dict[str, list[Any]],
-                 queues: list[Any], active: list[Any], finished: list[Any]) -> None:
+    def _publish(
+        self,
+        now: float,
+        pools: list[Any],
+        pool_workers: dict[str, list[Any]],
+        queues: list[Any],
+        active: list[Any],
+        finished: list[Any],
+    ) -> None:
         m = self.metrics
         # Counters first: a terminal run is counted once, however many polls see it.
         for run in sorted(finished, key=lambda r: _ts(r.end_time) or 0):
@@ -231,8 +245,7 @@ class Exporter:
         m.queue_ready.clear()
         for q in queues:
             status = getattr(q.status, "value", q.status) or ""
-            m.queue_ready.labels(q.work_pool_name or "", q.name).set(
-                1 if str(status).upper() == "READY" else 0)
+            m.queue_ready.labels(q.work_pool_name or "", q.name).set(1 if str(status).upper() == "READY" else 0)
 
         m.pool_status.clear()
         m.workers.clear()
@@ -240,8 +253,7 @@ class Exporter:
         for pool in pools:
             current = str(getattr(pool.status, "value", pool.status) or "unknown").lower()
             for status in {*POOL_STATUSES, current}:
-                m.pool_status.labels(pool.name, pool.type, status).set(
-                    1 if status == current else 0)
+                m.pool_status.labels(pool.name, pool.type, status).set(1 if status == current else 0)
             workers = pool_workers.get(pool.name, [])
             counts = {"online": 0, "offline": 0}
             beats = []
@@ -261,10 +273,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=9096)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--interval", type=float, default=5.0, help="seconds between polls")
-    parser.add_argument("--prefect-api-url", default=None,
-                        help="default: PREFECT_API_URL (the embedded server)")
-    parser.add_argument("--lookback", type=float, default=0.0,
-                        help="count runs that ended this many seconds before the start")
+    parser.add_argument("--prefect-api-url", default=None, help="default: PREFECT_API_URL (the embedded server)")
+    parser.add_argument(
+        "--lookback", type=float, default=0.0, help="count runs that ended this many seconds before the start"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if not args.prefect_api_url:

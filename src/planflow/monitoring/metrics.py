@@ -37,7 +37,12 @@ import time
 from urllib.error import URLError
 
 from prometheus_client import (
-    CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
 )
 from prometheus_client.exposition import push_to_gateway
 
@@ -66,88 +71,131 @@ class RunMetrics:
         self.component_duration = Histogram(
             "planflow_component_duration_seconds",
             "Wall-clock duration of a finished pipeline component, by final state.",
-            ["pipeline", "component", "pool", "state"], buckets=DURATION_BUCKETS, registry=r)
+            ["pipeline", "component", "pool", "state"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
         self.component_planned = Gauge(
             "planflow_component_planned_duration_seconds",
             "Duration the plan allotted to a component.",
-            ["pipeline", "component", "pool"], registry=r)
+            ["pipeline", "component", "pool"],
+            registry=r,
+        )
         self.component_last_duration = Gauge(
             "planflow_component_last_duration_seconds",
             "Actual duration of the component in the latest run.",
-            ["pipeline", "component", "pool"], registry=r)
+            ["pipeline", "component", "pool"],
+            registry=r,
+        )
         self.component_start_delay = Gauge(
             "planflow_component_start_delay_seconds",
             "Actual start minus planned start of a component (positive = late).",
-            ["pipeline", "component", "pool"], registry=r)
+            ["pipeline", "component", "pool"],
+            registry=r,
+        )
         self.component_start_time = Gauge(
             "planflow_component_start_timestamp_seconds",
             "Unix time at which the component started running in the latest run.",
-            ["pipeline", "component", "pool"], registry=r)
+            ["pipeline", "component", "pool"],
+            registry=r,
+        )
         self.component_running = Gauge(
             "planflow_component_running",
             "1 while the component runs, 0 once it finished.",
-            ["pipeline", "component", "pool"], registry=r)
+            ["pipeline", "component", "pool"],
+            registry=r,
+        )
         self.component_failures = Counter(
             "planflow_component_failures_total",
             "Component attempts that ended failed or crashed, in this run.",
-            ["pipeline", "component", "pool"], registry=r)
+            ["pipeline", "component", "pool"],
+            registry=r,
+        )
         self.component_retries = Counter(
             "planflow_component_retries_total",
             "Component attempts retried after a failure, in this run.",
-            ["pipeline", "component", "pool"], registry=r)
+            ["pipeline", "component", "pool"],
+            registry=r,
+        )
         self.pool_demand = Gauge(
             "planflow_pool_planned_peak_demand",
             "Planned peak demand of a resource on a pool (cpu cores, gpus, mem in bytes).",
-            ["pipeline", "pool", "resource"], registry=r)
+            ["pipeline", "pool", "resource"],
+            registry=r,
+        )
         self.pool_capacity = Gauge(
             "planflow_pool_capacity",
             "Capacity of a resource on a pool as the planner saw it (same units as demand).",
-            ["pipeline", "pool", "resource"], registry=r)
+            ["pipeline", "pool", "resource"],
+            registry=r,
+        )
         self.plan_makespan = Gauge(
-            "planflow_plan_makespan_seconds", "Makespan of the latest plan.",
-            ["pipeline"], registry=r)
+            "planflow_plan_makespan_seconds", "Makespan of the latest plan.", ["pipeline"], registry=r
+        )
         self.plan_lower_bound = Gauge(
-            "planflow_plan_lower_bound_seconds", "Proven lower bound on the makespan.",
-            ["pipeline"], registry=r)
+            "planflow_plan_lower_bound_seconds", "Proven lower bound on the makespan.", ["pipeline"], registry=r
+        )
         self.plan_gap = Gauge(
             "planflow_plan_gap_ratio",
             "Relative optimality gap of the latest plan (0 = proven optimal).",
-            ["pipeline"], registry=r)
+            ["pipeline"],
+            registry=r,
+        )
         self.plan_solve = Gauge(
-            "planflow_plan_solve_duration_seconds", "Time the planner spent solving.",
-            ["pipeline"], registry=r)
+            "planflow_plan_solve_duration_seconds", "Time the planner spent solving.", ["pipeline"], registry=r
+        )
         self.plan_info = Gauge(
-            "planflow_plan_info", "Always 1; labels carry the solver and its status.",
-            ["pipeline", "solver", "status"], registry=r)
+            "planflow_plan_info",
+            "Always 1; labels carry the solver and its status.",
+            ["pipeline", "solver", "status"],
+            registry=r,
+        )
         self.pipeline_running = Gauge(
-            "planflow_pipeline_running", "1 while the latest run of the pipeline runs.",
-            ["pipeline"], registry=r)
+            "planflow_pipeline_running", "1 while the latest run of the pipeline runs.", ["pipeline"], registry=r
+        )
         self.pipeline_start_time = Gauge(
             "planflow_pipeline_start_timestamp_seconds",
             "Unix time at which the latest run was planned and started.",
-            ["pipeline"], registry=r)
+            ["pipeline"],
+            registry=r,
+        )
         self.pipeline_slip = Gauge(
             "planflow_pipeline_slip_seconds",
             "How far the latest run is behind its plan: the largest component start delay "
             "while it runs, actual minus planned makespan once it finished.",
-            ["pipeline"], registry=r)
+            ["pipeline"],
+            registry=r,
+        )
         self.pipeline_planned_makespan = Gauge(
             "planflow_pipeline_planned_makespan_seconds",
-            "Planned makespan of the latest run.", ["pipeline"], registry=r)
+            "Planned makespan of the latest run.",
+            ["pipeline"],
+            registry=r,
+        )
         self.pipeline_makespan = Gauge(
             "planflow_pipeline_makespan_seconds",
-            "Actual makespan of the latest finished run.", ["pipeline"], registry=r)
+            "Actual makespan of the latest finished run.",
+            ["pipeline"],
+            registry=r,
+        )
         self.pipeline_finished = Counter(
             "planflow_pipeline_runs_finished_total",
             "Runs of the pipeline that finished, by final state (per pushing process).",
-            ["pipeline", "state"], registry=r)
+            ["pipeline", "state"],
+            registry=r,
+        )
         self.pipeline_last_finish = Gauge(
             "planflow_pipeline_last_finish_timestamp_seconds",
-            "Unix time at which the latest run finished.", ["pipeline", "state"], registry=r)
+            "Unix time at which the latest run finished.",
+            ["pipeline", "state"],
+            registry=r,
+        )
         self.push_failures = Counter(
             "planflow_push_failures_total",
             "Pushes to the Pushgateway that failed (kept local, never raised).",
-            ["pipeline"], registry=r)
+            ["pipeline"],
+            registry=r,
+        )
 
 
 class ExporterMetrics:
@@ -157,49 +205,67 @@ class ExporterMetrics:
         r = registry
         self.prefect_up = Gauge(
             "planflow_exporter_prefect_up",
-            "1 when the last poll of the Prefect API succeeded, 0 otherwise.", registry=r)
-        self.poll_duration = Gauge(
-            "planflow_exporter_poll_duration_seconds", "Duration of the last poll.", registry=r)
+            "1 when the last poll of the Prefect API succeeded, 0 otherwise.",
+            registry=r,
+        )
+        self.poll_duration = Gauge("planflow_exporter_poll_duration_seconds", "Duration of the last poll.", registry=r)
         self.poll_errors = Counter(
-            "planflow_exporter_poll_errors_total", "Polls of the Prefect API that failed.",
-            registry=r)
+            "planflow_exporter_poll_errors_total", "Polls of the Prefect API that failed.", registry=r
+        )
         self.last_success = Gauge(
-            "planflow_exporter_last_success_timestamp_seconds",
-            "Unix time of the last successful poll.", registry=r)
+            "planflow_exporter_last_success_timestamp_seconds", "Unix time of the last successful poll.", registry=r
+        )
         self.flow_runs = Gauge(
             "planflow_prefect_flow_runs",
             "Flow runs currently in a non-terminal state, by flow, deployment and work pool.",
-            ["flow", "deployment", "deployment_id", "work_pool", "state"], registry=r)
+            ["flow", "deployment", "deployment_id", "work_pool", "state"],
+            registry=r,
+        )
         self.flow_runs_finished = Counter(
             "planflow_prefect_flow_runs_finished_total",
             "Flow runs seen reaching a terminal state since the exporter started.",
-            ["flow", "deployment", "deployment_id", "work_pool", "state"], registry=r)
+            ["flow", "deployment", "deployment_id", "work_pool", "state"],
+            registry=r,
+        )
         self.last_failure = Gauge(
             "planflow_prefect_flow_run_last_failure_timestamp_seconds",
             "End time of the latest flow run that failed or crashed.",
-            ["flow", "deployment", "deployment_id", "work_pool", "state"], registry=r)
+            ["flow", "deployment", "deployment_id", "work_pool", "state"],
+            registry=r,
+        )
         self.late_runs = Gauge(
             "planflow_prefect_late_runs",
             "Scheduled flow runs past their start time (state Late), per work queue.",
-            ["work_pool", "work_queue"], registry=r)
+            ["work_pool", "work_queue"],
+            registry=r,
+        )
         self.queue_depth = Gauge(
             "planflow_prefect_work_queue_depth",
             "Flow runs waiting on a work queue (Scheduled, Late or Pending).",
-            ["work_pool", "work_queue"], registry=r)
+            ["work_pool", "work_queue"],
+            registry=r,
+        )
         self.queue_ready = Gauge(
-            "planflow_prefect_work_queue_ready", "1 when the work queue's status is READY.",
-            ["work_pool", "work_queue"], registry=r)
+            "planflow_prefect_work_queue_ready",
+            "1 when the work queue's status is READY.",
+            ["work_pool", "work_queue"],
+            registry=r,
+        )
         self.pool_status = Gauge(
             "planflow_prefect_work_pool_status",
             "1 for the work pool's current status (ready, not_ready, paused), else 0.",
-            ["work_pool", "type", "status"], registry=r)
+            ["work_pool", "type", "status"],
+            registry=r,
+        )
         self.workers = Gauge(
-            "planflow_prefect_workers", "Workers known to a work pool, by status.",
-            ["work_pool", "status"], registry=r)
+            "planflow_prefect_workers", "Workers known to a work pool, by status.", ["work_pool", "status"], registry=r
+        )
         self.heartbeat_age = Gauge(
             "planflow_prefect_worker_heartbeat_age_seconds",
             "Seconds since the freshest worker heartbeat of the work pool.",
-            ["work_pool"], registry=r)
+            ["work_pool"],
+            registry=r,
+        )
 
 
 class BridgeMetrics:
@@ -210,25 +276,31 @@ class BridgeMetrics:
         self.received = Counter(
             "planflow_bridge_alerts_received_total",
             "Alerts received from Alertmanager and stored, by alert status.",
-            ["status"], registry=r)
+            ["status"],
+            registry=r,
+        )
         self.duplicates = Counter(
             "planflow_bridge_alerts_duplicate_total",
             "Alerts received again (same fingerprint, startsAt and status) and dropped.",
-            registry=r)
+            registry=r,
+        )
         self.rejected = Counter(
-            "planflow_bridge_requests_rejected_total",
-            "Webhook requests refused, by reason.", ["reason"], registry=r)
+            "planflow_bridge_requests_rejected_total", "Webhook requests refused, by reason.", ["reason"], registry=r
+        )
         self.forwarded = Counter(
-            "planflow_bridge_events_forwarded_total",
-            "Prefect events accepted by the Prefect API.", registry=r)
+            "planflow_bridge_events_forwarded_total", "Prefect events accepted by the Prefect API.", registry=r
+        )
         self.forward_failures = Counter(
             "planflow_bridge_forward_failures_total",
-            "Attempts to forward a batch of events that failed (retried later).", registry=r)
-        self.spool_depth = Gauge(
-            "planflow_bridge_spool_depth", "Alerts stored and not yet forwarded.", registry=r)
+            "Attempts to forward a batch of events that failed (retried later).",
+            registry=r,
+        )
+        self.spool_depth = Gauge("planflow_bridge_spool_depth", "Alerts stored and not yet forwarded.", registry=r)
         self.oldest_pending_age = Gauge(
             "planflow_bridge_spool_oldest_age_seconds",
-            "Age of the oldest alert waiting in the spool (0 when empty).", registry=r)
+            "Age of the oldest alert waiting in the spool (0 when empty).",
+            registry=r,
+        )
 
 
 class RemediationMetrics:
@@ -239,12 +311,16 @@ class RemediationMetrics:
             "planflow_remediations_total",
             "Remediations attempted, by action (retry, failover, rescale) and outcome "
             "(succeeded, failed, skipped, dry_run, rate_limited).",
-            ["action", "outcome"], registry=registry)
+            ["action", "outcome"],
+            registry=registry,
+        )
         self.alert_latency = Gauge(
             "planflow_remediation_alert_latency_seconds",
             "Seconds from the triggering event (an alert, or a failed run) to its remediation "
             "flow running, for the last remediation of each action.",
-            ["action"], registry=registry)
+            ["action"],
+            registry=registry,
+        )
 
 
 def metric_catalog() -> dict[str, str]:
@@ -254,8 +330,11 @@ def metric_catalog() -> dict[str, str]:
     for cls in (RunMetrics, ExporterMetrics, BridgeMetrics, RemediationMetrics):
         cls(registry)
     suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}
-    return {family.name + sfx: family.documentation for family in registry.collect()
-            for sfx in suffixes.get(family.type, ("",))}
+    return {
+        family.name + sfx: family.documentation
+        for family in registry.collect()
+        for sfx in suffixes.get(family.type, ("",))
+    }
 
 
 # -- where to push --------------------------------------------------------------------
@@ -296,8 +375,15 @@ class RunRecorder:
         self.push_timeout = push_timeout
         self._max_start_delay = 0.0
 
-    def plan(self, makespan_seconds: float, lower_bound_seconds: float, gap: float,
-             solve_seconds: float, status: str, solver: str) -> None:
+    def plan(
+        self,
+        makespan_seconds: float,
+        lower_bound_seconds: float,
+        gap: float,
+        solve_seconds: float,
+        status: str,
+        solver: str,
+    ) -> None:
         m, p = self.metrics, self.pipeline
         m.plan_makespan.labels(p).set(makespan_seconds)
         m.plan_lower_bound.labels(p).set(lower_bound_seconds)
@@ -314,9 +400,15 @@ class RunRecorder:
         self.metrics.pool_demand.labels(self.pipeline, pool, resource).set(demand)
         self.metrics.pool_capacity.labels(self.pipeline, pool, resource).set(capacity)
 
-    def component(self, component: str, pool: str, state: str, seconds: float | None,
-                  planned_seconds: float | None = None,
-                  start_delay_seconds: float | None = None) -> None:
+    def component(
+        self,
+        component: str,
+        pool: str,
+        state: str,
+        seconds: float | None,
+        planned_seconds: float | None = None,
+        start_delay_seconds: float | None = None,
+    ) -> None:
         """Record a component's state change: "running" when it starts, a final state
         ("completed", "failed", "crashed", "retrying", ...) with its `seconds` when it ends."""
         m, key, state = self.metrics, (self.pipeline, component, pool), _norm(state)
@@ -340,8 +432,7 @@ class RunRecorder:
             m.component_duration.labels(*key, state).observe(max(seconds, 0.0))
             m.component_last_duration.labels(*key).set(seconds)
 
-    def run_finished(self, state: str, makespan_seconds: float,
-                     planned_makespan_seconds: float | None) -> None:
+    def run_finished(self, state: str, makespan_seconds: float, planned_makespan_seconds: float | None) -> None:
         m, p, state = self.metrics, self.pipeline, _norm(state)
         m.pipeline_running.labels(p).set(0)
         m.pipeline_makespan.labels(p).set(makespan_seconds)
@@ -358,12 +449,18 @@ class RunRecorder:
         if not self.pushgateway_url:
             return
         try:
-            push_to_gateway(self.pushgateway_url, job=PUSH_JOB, registry=self.registry,
-                            grouping_key={"pipeline": self.pipeline}, timeout=self.push_timeout)
+            push_to_gateway(
+                self.pushgateway_url,
+                job=PUSH_JOB,
+                registry=self.registry,
+                grouping_key={"pipeline": self.pipeline},
+                timeout=self.push_timeout,
+            )
         except (OSError, URLError, ValueError) as exc:  # HTTPError is an OSError too
             self.metrics.push_failures.labels(self.pipeline).inc()
-            log.warning("planflow: could not push metrics of pipeline %r to %s: %s",
-                        self.pipeline, self.pushgateway_url, exc)
+            log.warning(
+                "planflow: could not push metrics of pipeline %r to %s: %s", self.pipeline, self.pushgateway_url, exc
+            )
         except Exception as exc:  # never let monitoring fail a run
             self.metrics.push_failures.labels(self.pipeline).inc()
             log.warning("planflow: unexpected error pushing metrics of %r: %r", self.pipeline, exc)

@@ -72,11 +72,13 @@ class Params:
         return seconds(self.raw["for"])
 
     def sub(self, text: str) -> str:
-        values = {**self.thresholds,
-                  "failure_window": duration(seconds(self.raw["failure_window"])),
-                  "failure_window_seconds": seconds(self.raw["failure_window"]),
-                  "failure_rate_window": duration(seconds(self.raw["failure_rate_window"])),
-                  "heartbeat_max_age_seconds": self.raw["heartbeat_max_age_seconds"]}
+        values = {
+            **self.thresholds,
+            "failure_window": duration(seconds(self.raw["failure_window"])),
+            "failure_window_seconds": seconds(self.raw["failure_window"]),
+            "failure_rate_window": duration(seconds(self.raw["failure_rate_window"])),
+            "heartbeat_max_age_seconds": self.raw["heartbeat_max_age_seconds"],
+        }
         return re.sub(r"\{\{\{(\w+)\}\}\}", lambda m: str(values[m[1]]), text)
 
 
@@ -86,8 +88,7 @@ def load() -> dict[str, Any]:
 
 def params(profile: str, source: dict[str, Any] | None = None) -> Params:
     source = source or load()
-    return Params(profile, source["profiles"][profile], source["thresholds"],
-                  source["grafana_url"], source["ports"])
+    return Params(profile, source["profiles"][profile], source["thresholds"], source["grafana_url"], source["ports"])
 
 
 # -- the alerts ----------------------------------------------------------------------
@@ -107,11 +108,11 @@ class AlertRule:
     name: str
     severity: str
     dashboard: str
-    expr: str                      # with {{{placeholders}}} from thresholds.yml
+    expr: str  # with {{{placeholders}}} from thresholds.yml
     summary: str
     description: str
-    scenario: Any                  # Params -> Scenario
-    for_zero: bool = False         # a fact (a failed run), not a condition to confirm
+    scenario: Any  # Params -> Scenario
+    for_zero: bool = False  # a fact (a failed run), not a condition to confirm
 
 
 def _sel(metric: str, labels: dict[str, str]) -> str:
@@ -124,19 +125,28 @@ def _step_series(p: Params, low: float, high: float) -> tuple[str, int]:
     return f"{low}x{before} {high}x{after}", (before + 1) * p.step
 
 
-def _step_scenario(metric: str, labels: dict[str, str], low: float, high: float,
-                   extra: dict[str, str] | None = None):
+def _step_scenario(metric: str, labels: dict[str, str], low: float, high: float, extra: dict[str, str] | None = None):
     def build(p: Params) -> Scenario:
         values, crossing = _step_series(p, low, high)
-        return Scenario([(_sel(metric, labels), values)], crossing + p.for_ + 2 * p.eval,
-                        {**labels, **(extra or {})}, quiet_at=[crossing - p.step])
+        return Scenario(
+            [(_sel(metric, labels), values)],
+            crossing + p.for_ + 2 * p.eval,
+            {**labels, **(extra or {})},
+            quiet_at=[crossing - p.step],
+        )
+
     return build
 
 
 EXPORTER = {"job": "planflow-exporter", "instance": "127.0.0.1:9096"}
 PUSHED = {"job": "planflow", "instance": ""}
-RUN_LABELS = {**EXPORTER, "flow": "fraud-risk", "deployment": "nightly",
-              "deployment_id": "3f1c0d7e-0000-4000-8000-000000000001", "work_pool": "local"}
+RUN_LABELS = {
+    **EXPORTER,
+    "flow": "fraud-risk",
+    "deployment": "nightly",
+    "deployment_id": "3f1c0d7e-0000-4000-8000-000000000001",
+    "work_pool": "local",
+}
 
 
 def _run_failed(p: Params) -> Scenario:
@@ -145,11 +155,11 @@ def _run_failed(p: Params) -> Scenario:
     samples = math.ceil((failed_at + 3 * window) / p.step)
     labels = {**RUN_LABELS, "state": "failed"}
     return Scenario(
-        [(_sel("planflow_prefect_flow_run_last_failure_timestamp_seconds", labels),
-          f"{failed_at}x{samples}")],
+        [(_sel("planflow_prefect_flow_run_last_failure_timestamp_seconds", labels), f"{failed_at}x{samples}")],
         failed_at + window // 2 // p.step * p.step,
         {**labels, "pipeline": "fraud-risk"},
-        quiet_at=[failed_at + 2 * window])
+        quiet_at=[failed_at + 2 * window],
+    )
 
 
 def _overrun(p: Params) -> Scenario:
@@ -160,15 +170,20 @@ def _overrun(p: Params) -> Scenario:
     n = fire // p.step + 5
     quiet_key = {**key, "component": "features"}
     return Scenario(
-        [(_sel("planflow_component_start_timestamp_seconds", key), f"0x{n}"),
-         (_sel("planflow_component_planned_duration_seconds", key), f"{planned}x{n}"),
-         (_sel("planflow_component_running", key), f"1x{n}"),
-         # a finished component in a finished pipeline never alerts
-         (_sel("planflow_component_last_duration_seconds", quiet_key), f"{planned * 5}x{n}"),
-         (_sel("planflow_component_planned_duration_seconds", quiet_key), f"{planned}x{n}"),
-         (_sel("planflow_component_running", quiet_key), f"0x{n}"),
-         (_sel("planflow_pipeline_running", {**PUSHED, "pipeline": "fraud-risk"}), f"0x{n}")],
-        fire, key, quiet_at=[planned])
+        [
+            (_sel("planflow_component_start_timestamp_seconds", key), f"0x{n}"),
+            (_sel("planflow_component_planned_duration_seconds", key), f"{planned}x{n}"),
+            (_sel("planflow_component_running", key), f"1x{n}"),
+            # a finished component in a finished pipeline never alerts
+            (_sel("planflow_component_last_duration_seconds", quiet_key), f"{planned * 5}x{n}"),
+            (_sel("planflow_component_planned_duration_seconds", quiet_key), f"{planned}x{n}"),
+            (_sel("planflow_component_running", quiet_key), f"0x{n}"),
+            (_sel("planflow_pipeline_running", {**PUSHED, "pipeline": "fraud-risk"}), f"0x{n}"),
+        ],
+        fire,
+        key,
+        quiet_at=[planned],
+    )
 
 
 def _slip(p: Params) -> Scenario:
@@ -179,16 +194,20 @@ def _slip(p: Params) -> Scenario:
     n = fire // p.step + 5
     done = {**PUSHED, "pipeline": "finished-one"}
     return Scenario(
-        [(_sel("planflow_pipeline_start_timestamp_seconds", key), f"0x{n}"),
-         (_sel("planflow_pipeline_planned_makespan_seconds", key), f"{planned}x{n}"),
-         (_sel("planflow_pipeline_slip_seconds", key), f"0x{n}"),
-         (_sel("planflow_pipeline_running", key), f"1x{n}"),
-         (_sel("planflow_pipeline_start_timestamp_seconds", done), f"0x{n}"),
-         (_sel("planflow_pipeline_planned_makespan_seconds", done), f"{planned}x{n}"),
-         (_sel("planflow_pipeline_slip_seconds", done), f"{planned}x{n}"),
-         (_sel("planflow_pipeline_running", done), f"0x{n}")],
-        fire, {"pipeline": "fraud-risk", "job": "planflow", "instance": ""},
-        quiet_at=[planned])
+        [
+            (_sel("planflow_pipeline_start_timestamp_seconds", key), f"0x{n}"),
+            (_sel("planflow_pipeline_planned_makespan_seconds", key), f"{planned}x{n}"),
+            (_sel("planflow_pipeline_slip_seconds", key), f"0x{n}"),
+            (_sel("planflow_pipeline_running", key), f"1x{n}"),
+            (_sel("planflow_pipeline_start_timestamp_seconds", done), f"0x{n}"),
+            (_sel("planflow_pipeline_planned_makespan_seconds", done), f"{planned}x{n}"),
+            (_sel("planflow_pipeline_slip_seconds", done), f"{planned}x{n}"),
+            (_sel("planflow_pipeline_running", done), f"0x{n}"),
+        ],
+        fire,
+        {"pipeline": "fraud-risk", "job": "planflow", "instance": ""},
+        quiet_at=[planned],
+    )
 
 
 def _failure_rate(p: Params) -> Scenario:
@@ -198,50 +217,70 @@ def _failure_rate(p: Params) -> Scenario:
     bad = {**RUN_LABELS, "work_pool": "gpu"}
     good = {**RUN_LABELS, "work_pool": "cpu"}
     return Scenario(
-        [(_sel("planflow_prefect_flow_runs_finished_total", {**bad, "state": "failed"}), f"0+1x{n}"),
-         (_sel("planflow_prefect_flow_runs_finished_total", {**bad, "state": "completed"}), f"0+0x{n}"),
-         (_sel("planflow_prefect_flow_runs_finished_total", {**good, "state": "failed"}), f"0+0x{n}"),
-         (_sel("planflow_prefect_flow_runs_finished_total", {**good, "state": "completed"}), f"0+1x{n}")],
-        fire, {"work_pool": "gpu"}, quiet_at=[p.step])
+        [
+            (_sel("planflow_prefect_flow_runs_finished_total", {**bad, "state": "failed"}), f"0+1x{n}"),
+            (_sel("planflow_prefect_flow_runs_finished_total", {**bad, "state": "completed"}), f"0+0x{n}"),
+            (_sel("planflow_prefect_flow_runs_finished_total", {**good, "state": "failed"}), f"0+0x{n}"),
+            (_sel("planflow_prefect_flow_runs_finished_total", {**good, "state": "completed"}), f"0+1x{n}"),
+        ],
+        fire,
+        {"work_pool": "gpu"},
+        quiet_at=[p.step],
+    )
 
 
 ALERTS = [
     AlertRule(
-        "PlanflowPipelineRunFailed", "critical", "planflow-pipelines",
-        'label_replace(time() - planflow_prefect_flow_run_last_failure_timestamp_seconds'
+        "PlanflowPipelineRunFailed",
+        "critical",
+        "planflow-pipelines",
+        "label_replace(time() - planflow_prefect_flow_run_last_failure_timestamp_seconds"
         ' < {{{failure_window_seconds}}}, "pipeline", "$1", "flow", "(.+)")',
         "A run of {{ $labels.flow }} ended {{ $labels.state }}",
         "A flow run of flow {{ $labels.flow }} (deployment '{{ $labels.deployment }}', work pool "
         "'{{ $labels.work_pool }}') ended in state {{ $labels.state }} within the last "
         "{{{failure_window}}}. The alert resolves {{{failure_window}}} after the last failure.",
-        _run_failed, for_zero=True),
+        _run_failed,
+        for_zero=True,
+    ),
     AlertRule(
-        "PlanflowLateRunBacklog", "warning", "planflow-pools",
+        "PlanflowLateRunBacklog",
+        "warning",
+        "planflow-pools",
         "planflow_prefect_late_runs >= {{{late_runs}}}",
         "Late flow runs pile up on work queue {{ $labels.work_queue }}",
         "Work queue {{ $labels.work_queue }} of pool {{ $labels.work_pool }} holds at least "
         "{{{late_runs}}} late flow run(s): no worker picks them up in time.",
-        _step_scenario("planflow_prefect_late_runs",
-                       {**EXPORTER, "work_pool": "local", "work_queue": "default"}, 0, 3)),
+        _step_scenario("planflow_prefect_late_runs", {**EXPORTER, "work_pool": "local", "work_queue": "default"}, 0, 3),
+    ),
     AlertRule(
-        "PlanflowWorkPoolNotReady", "critical", "planflow-pools",
+        "PlanflowWorkPoolNotReady",
+        "critical",
+        "planflow-pools",
         'planflow_prefect_work_pool_status{status="not_ready"} == 1',
         "Work pool {{ $labels.work_pool }} is not ready",
-        "Work pool {{ $labels.work_pool }} ({{ $labels.type }}) has no online worker: its "
-        "flow runs will not start.",
-        _step_scenario("planflow_prefect_work_pool_status",
-                       {**EXPORTER, "work_pool": "local", "type": "process",
-                        "status": "not_ready"}, 0, 1)),
+        "Work pool {{ $labels.work_pool }} ({{ $labels.type }}) has no online worker: its flow runs will not start.",
+        _step_scenario(
+            "planflow_prefect_work_pool_status",
+            {**EXPORTER, "work_pool": "local", "type": "process", "status": "not_ready"},
+            0,
+            1,
+        ),
+    ),
     AlertRule(
-        "PlanflowWorkerHeartbeatStale", "warning", "planflow-pools",
+        "PlanflowWorkerHeartbeatStale",
+        "warning",
+        "planflow-pools",
         "planflow_prefect_worker_heartbeat_age_seconds > {{{heartbeat_max_age_seconds}}}",
         "The workers of pool {{ $labels.work_pool }} stopped sending heartbeats",
         "No worker of pool {{ $labels.work_pool }} sent a heartbeat for more than "
         "{{{heartbeat_max_age_seconds}}} s: the worker is gone or hung.",
-        _step_scenario("planflow_prefect_worker_heartbeat_age_seconds",
-                       {**EXPORTER, "work_pool": "local"}, 5, 100000)),
+        _step_scenario("planflow_prefect_worker_heartbeat_age_seconds", {**EXPORTER, "work_pool": "local"}, 5, 100000),
+    ),
     AlertRule(
-        "PlanflowComponentOverrun", "warning", "planflow-plan",
+        "PlanflowComponentOverrun",
+        "warning",
+        "planflow-plan",
         "(\n  (time() - planflow_component_start_timestamp_seconds)\n"
         "    / (planflow_component_planned_duration_seconds > 0)\n"
         "    and on (job, instance, pipeline, component, pool) (planflow_component_running == 1)\n"
@@ -253,9 +292,12 @@ ALERTS = [
         "Component {{ $labels.component }} of {{ $labels.pipeline }} overruns its plan",
         "Component {{ $labels.component }} of pipeline {{ $labels.pipeline }} on pool "
         "{{ $labels.pool }} has run more than {{{overrun_factor}}} times its planned duration.",
-        _overrun),
+        _overrun,
+    ),
     AlertRule(
-        "PlanflowPipelinePlanSlip", "warning", "planflow-plan",
+        "PlanflowPipelinePlanSlip",
+        "warning",
+        "planflow-plan",
         "(\n  planflow_pipeline_slip_seconds / (planflow_pipeline_planned_makespan_seconds > 0)"
         " > {{{slip_ratio}}}\n  or\n"
         "  (time() - planflow_pipeline_start_timestamp_seconds - planflow_pipeline_planned_makespan_seconds)\n"
@@ -264,9 +306,12 @@ ALERTS = [
         "Running pipeline {{ $labels.pipeline }} is behind its plan",
         "Pipeline {{ $labels.pipeline }} is running later than its plan by more than "
         "{{{slip_ratio}}} of its planned makespan.",
-        _slip),
+        _slip,
+    ),
     AlertRule(
-        "PlanflowPoolFailureRateHigh", "warning", "planflow-pools",
+        "PlanflowPoolFailureRateHigh",
+        "warning",
+        "planflow-pools",
         "(\n  sum by (work_pool) (increase(planflow_prefect_flow_runs_finished_total"
         '{state=~"failed|crashed"}[{{{failure_rate_window}}}]))\n'
         "    / sum by (work_pool) (increase(planflow_prefect_flow_runs_finished_total[{{{failure_rate_window}}}]))\n"
@@ -276,27 +321,37 @@ ALERTS = [
         "Many flow runs fail on work pool {{ $labels.work_pool }}",
         "More than {{{failure_rate}}} of the flow runs that finished on work pool "
         "'{{ $labels.work_pool }}' in the last {{{failure_rate_window}}} failed or crashed.",
-        _failure_rate),
+        _failure_rate,
+    ),
     AlertRule(
-        "PlanflowExporterDown", "critical", "planflow-alerts",
+        "PlanflowExporterDown",
+        "critical",
+        "planflow-alerts",
         'up{job="planflow-exporter"} == 0 or absent(up{job="planflow-exporter"})',
         "The planflow exporter is down",
         "Prometheus cannot scrape the planflow exporter: Prefect's runs, pools and queues "
         "are not watched. Fix: `planflow stack up`.",
-        _step_scenario("up", EXPORTER, 1, 0)),
+        _step_scenario("up", EXPORTER, 1, 0),
+    ),
     AlertRule(
-        "PlanflowPrefectApiDown", "critical", "planflow-alerts",
+        "PlanflowPrefectApiDown",
+        "critical",
+        "planflow-alerts",
         "planflow_exporter_prefect_up == 0",
         "The Prefect API does not answer the exporter",
         "The planflow exporter at {{ $labels.instance }} cannot read the Prefect API.",
-        _step_scenario("planflow_exporter_prefect_up", EXPORTER, 1, 0)),
+        _step_scenario("planflow_exporter_prefect_up", EXPORTER, 1, 0),
+    ),
     AlertRule(
-        "PlanflowBridgeDown", "critical", "planflow-alerts",
+        "PlanflowBridgeDown",
+        "critical",
+        "planflow-alerts",
         'up{job="planflow-bridge"} == 0 or absent(up{job="planflow-bridge"})',
         "The planflow alert bridge is down",
         "Prometheus cannot scrape the alert bridge: alerts do not reach Prefect, so no "
         "automation reacts. Fix: `planflow stack up`.",
-        _step_scenario("up", {"job": "planflow-bridge", "instance": "127.0.0.1:9095"}, 1, 0)),
+        _step_scenario("up", {"job": "planflow-bridge", "instance": "127.0.0.1:9095"}, 1, 0),
+    ),
 ]
 
 
@@ -327,18 +382,23 @@ def rule_tests(p: Params) -> dict[str, Any]:
         # an empty label value is no label at all in Prometheus
         labels = {k: v for k, v in {**s.labels, "severity": alert.severity}.items() if v}
         annotations = {k: _expand(v, labels) for k, v in rendered[alert.name]["annotations"].items()}
-        cases = [{"eval_time": duration(s.fire_at), "alertname": alert.name,
-                  "exp_alerts": [{"exp_labels": labels, "exp_annotations": annotations}]}]
-        cases += [{"eval_time": duration(t), "alertname": alert.name, "exp_alerts": []}
-                  for t in s.quiet_at]
-        tests.append({
-            "name": f"{alert.name} fires, and stays quiet when it should",
-            "interval": duration(p.step),
-            "input_series": [{"series": sel, "values": values} for sel, values in s.series],
-            "alert_rule_test": cases,
-        })
-    return {"rule_files": [f"rules{suffix(p.profile)}.yml"],
-            "evaluation_interval": duration(p.eval), "tests": tests}
+        cases = [
+            {
+                "eval_time": duration(s.fire_at),
+                "alertname": alert.name,
+                "exp_alerts": [{"exp_labels": labels, "exp_annotations": annotations}],
+            }
+        ]
+        cases += [{"eval_time": duration(t), "alertname": alert.name, "exp_alerts": []} for t in s.quiet_at]
+        tests.append(
+            {
+                "name": f"{alert.name} fires, and stays quiet when it should",
+                "interval": duration(p.step),
+                "input_series": [{"series": sel, "values": values} for sel, values in s.series],
+                "alert_rule_test": cases,
+            }
+        )
+    return {"rule_files": [f"rules{suffix(p.profile)}.yml"], "evaluation_interval": duration(p.eval), "tests": tests}
 
 
 def prometheus_config(p: Params, rule_file: str | None = None) -> dict[str, Any]:
@@ -348,12 +408,13 @@ def prometheus_config(p: Params, rule_file: str | None = None) -> dict[str, Any]
         return {"job_name": name, **extra, "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]}
 
     return {
-        "global": {"scrape_interval": p.raw["scrape_interval"],
-                   "evaluation_interval": p.raw["evaluation_interval"],
-                   "external_labels": {"planflow_profile": p.profile}},
+        "global": {
+            "scrape_interval": p.raw["scrape_interval"],
+            "evaluation_interval": p.raw["evaluation_interval"],
+            "external_labels": {"planflow_profile": p.profile},
+        },
         "rule_files": [rule_file or f"rules{suffix(p.profile)}.yml"],
-        "alerting": {"alertmanagers": [{"static_configs": [
-            {"targets": [f"127.0.0.1:{ports['alertmanager']}"]}]}]},
+        "alerting": {"alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{ports['alertmanager']}"]}]}]},
         "scrape_configs": [
             job("prometheus", ports["prometheus"]),
             job("planflow-exporter", ports["exporter"]),
@@ -365,30 +426,33 @@ def prometheus_config(p: Params, rule_file: str | None = None) -> dict[str, Any]
     }
 
 
-def alertmanager_config(p: Params, bridge_url: str | None = None,
-                        credentials_file: str = "bridge.token") -> dict[str, Any]:
+def alertmanager_config(
+    p: Params, bridge_url: str | None = None, credentials_file: str = "bridge.token"
+) -> dict[str, Any]:
     timing = {k: p.raw[k] for k in ("group_wait", "group_interval", "repeat_interval")}
     return {
         "global": {"resolve_timeout": "5m"},
         "route": {
             "receiver": "discard",
-            "group_by": ["alertname", "pipeline", "flow", "deployment", "work_pool",
-                         "work_queue", "component"],
+            "group_by": ["alertname", "pipeline", "flow", "deployment", "work_pool", "work_queue", "component"],
             **timing,
-            "routes": [{"receiver": "planflow-bridge",
-                        "matchers": ['alertname=~"Planflow.+"'], **timing}],
+            "routes": [{"receiver": "planflow-bridge", "matchers": ['alertname=~"Planflow.+"'], **timing}],
         },
         "receivers": [
             {"name": "discard"},
-            {"name": "planflow-bridge", "webhook_configs": [{
-                "url": bridge_url or f"http://127.0.0.1:{p.ports['bridge']}/alerts",
-                "send_resolved": True,
-                "max_alerts": 0,
-                # relative to this file: the rendered copy lives in the state folder,
-                # next to the bridge's token; the token is never in the repository
-                "http_config": {"authorization": {"type": "Bearer",
-                                                  "credentials_file": credentials_file}},
-            }]},
+            {
+                "name": "planflow-bridge",
+                "webhook_configs": [
+                    {
+                        "url": bridge_url or f"http://127.0.0.1:{p.ports['bridge']}/alerts",
+                        "send_resolved": True,
+                        "max_alerts": 0,
+                        # relative to this file: the rendered copy lives in the state folder,
+                        # next to the bridge's token; the token is never in the repository
+                        "http_config": {"authorization": {"type": "Bearer", "credentials_file": credentials_file}},
+                    }
+                ],
+            },
         ],
     }
 
@@ -397,8 +461,10 @@ class _Dumper(yaml.SafeDumper):
     """Multi-line PromQL as readable `|` blocks."""
 
 
-_Dumper.add_representer(str, lambda dumper, text: dumper.represent_scalar(
-    "tag:yaml.org,2002:str", text, style="|" if "\n" in text else None))
+_Dumper.add_representer(
+    str,
+    lambda dumper, text: dumper.represent_scalar("tag:yaml.org,2002:str", text, style="|" if "\n" in text else None),
+)
 
 
 def dump(data: dict[str, Any]) -> str:
@@ -429,8 +495,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             path.write_text(text)
     if stale:
-        print("out of date: " + ", ".join(stale)
-              + ". Fix: python -m planflow.monitoring.rules", file=sys.stderr)
+        print("out of date: " + ", ".join(stale) + ". Fix: python -m planflow.monitoring.rules", file=sys.stderr)
         return 1
     return 0
 

@@ -175,9 +175,7 @@ def up(
     )
     log.close()
     paths.pid_file.write_text(str(process.pid))
-    paths.server_file.write_text(
-        json.dumps({"url": url, "host": host, "port": port, "pid": process.pid}, indent=2)
-    )
+    paths.server_file.write_text(json.dumps({"url": url, "host": host, "port": port, "pid": process.pid}, indent=2))
     if not _wait_healthy(url, process.pid, timeout):
         down(paths)
         raise StackError(

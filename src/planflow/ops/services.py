@@ -26,10 +26,10 @@ from pathlib import Path
 import httpx
 import yaml
 
-from planflow.monitoring.bridge import TOKEN_ENV, TOKEN_FILE_NAME, resolve_token
 from planflow.monitoring import rules as generate
-from planflow.settings import StatePaths, client_env
+from planflow.monitoring.bridge import TOKEN_ENV, TOKEN_FILE_NAME, resolve_token
 from planflow.ops.server import _port_in_use, _signal_group, _tail
+from planflow.settings import StatePaths, client_env
 
 HOST = "127.0.0.1"
 ORDER = ("pushgateway", "bridge", "exporter", "alertmanager", "prometheus")
@@ -39,8 +39,13 @@ BINARIES = {
     "pushgateway": ("prometheus-pushgateway", "pushgateway"),
 }
 INSTALL = "apt-get install -y prometheus prometheus-alertmanager prometheus-pushgateway"
-HEALTH = {"prometheus": "/-/ready", "alertmanager": "/-/ready", "pushgateway": "/-/ready",
-          "bridge": "/health", "exporter": "/metrics"}
+HEALTH = {
+    "prometheus": "/-/ready",
+    "alertmanager": "/-/ready",
+    "pushgateway": "/-/ready",
+    "bridge": "/health",
+    "exporter": "/metrics",
+}
 
 
 class ServicesError(RuntimeError):
@@ -76,7 +81,8 @@ def find_binary(service: str) -> str:
             return found
     raise ServicesError(
         f"{service} is not installed (looked for {', '.join(BINARIES[service])} on PATH). "
-        f"Fix: {INSTALL}  (or `bash scripts/install-services.sh`)")
+        f"Fix: {INSTALL}  (or `bash scripts/install-services.sh`)"
+    )
 
 
 def _recorded(paths: StatePaths) -> dict:
@@ -94,8 +100,7 @@ def _pid(paths: StatePaths, name: str) -> int | None:
 
 
 def _marker(name: str) -> bytes:
-    return {"bridge": b"monitoring.bridge", "exporter": b"monitoring.exporter"}.get(
-        name, name.encode())
+    return {"bridge": b"monitoring.bridge", "exporter": b"monitoring.exporter"}.get(name, name.encode())
 
 
 def _alive(pid: int, name: str) -> bool:
@@ -132,8 +137,7 @@ def status(paths: StatePaths | None = None) -> dict[str, ServiceStatus]:
         elif _healthy(url, name):
             out[name] = ServiceStatus(name, "running", url, pid)
         else:
-            out[name] = ServiceStatus(name, "unhealthy", url, pid,
-                                      f"{url}{HEALTH[name]} does not answer")
+            out[name] = ServiceStatus(name, "unhealthy", url, pid, f"{url}{HEALTH[name]} does not answer")
     return out
 
 
@@ -154,9 +158,13 @@ def _render_configs(paths: StatePaths, profile: str, ports: dict[str, int]) -> d
         with os.fdopen(fd, "w") as handle:
             handle.write(token + "\n")
     alertmanager = folder / "alertmanager.yml"
-    alertmanager.write_text(generate.dump(generate.alertmanager_config(
-        p, bridge_url=f"http://{HOST}:{ports['bridge']}/alerts",
-        credentials_file=str(credentials))))
+    alertmanager.write_text(
+        generate.dump(
+            generate.alertmanager_config(
+                p, bridge_url=f"http://{HOST}:{ports['bridge']}/alerts", credentials_file=str(credentials)
+            )
+        )
+    )
     return {"prometheus": prometheus, "alertmanager": alertmanager, "params": p}
 
 
@@ -164,29 +172,57 @@ def _command(name: str, paths: StatePaths, ports: dict[str, int], configs: dict)
     folder = monitoring_dir(paths)
     listen = f"{HOST}:{ports[name]}"
     if name == "prometheus":
-        return [find_binary(name), f"--config.file={configs['prometheus']}",
-                f"--storage.tsdb.path={folder / 'prometheus-data'}",
-                f"--web.listen-address={listen}", "--storage.tsdb.retention.time=15d",
-                "--web.enable-lifecycle"]
+        return [
+            find_binary(name),
+            f"--config.file={configs['prometheus']}",
+            f"--storage.tsdb.path={folder / 'prometheus-data'}",
+            f"--web.listen-address={listen}",
+            "--storage.tsdb.retention.time=15d",
+            "--web.enable-lifecycle",
+        ]
     if name == "alertmanager":
-        return [find_binary(name), f"--config.file={configs['alertmanager']}",
-                f"--storage.path={folder / 'alertmanager-data'}",
-                f"--web.listen-address={listen}", "--cluster.listen-address="]
+        return [
+            find_binary(name),
+            f"--config.file={configs['alertmanager']}",
+            f"--storage.path={folder / 'alertmanager-data'}",
+            f"--web.listen-address={listen}",
+            "--cluster.listen-address=",
+        ]
     if name == "pushgateway":
-        return [find_binary(name), f"--web.listen-address={listen}",
-                f"--persistence.file={folder / 'pushgateway.store'}"]
+        return [
+            find_binary(name),
+            f"--web.listen-address={listen}",
+            f"--persistence.file={folder / 'pushgateway.store'}",
+        ]
     if name == "exporter":
         interval = configs["params"].raw["exporter_poll_seconds"]
-        return [sys.executable, "-m", "planflow.monitoring.exporter", "--host", HOST,
-                "--port", str(ports[name]), "--interval", str(interval)]
+        return [
+            sys.executable,
+            "-m",
+            "planflow.monitoring.exporter",
+            "--host",
+            HOST,
+            "--port",
+            str(ports[name]),
+            "--interval",
+            str(interval),
+        ]
     if name == "bridge":
-        return [sys.executable, "-m", "planflow.monitoring.bridge", "--host", HOST,
-                "--port", str(ports[name]), "--state-dir", str(folder)]
+        return [
+            sys.executable,
+            "-m",
+            "planflow.monitoring.bridge",
+            "--host",
+            HOST,
+            "--port",
+            str(ports[name]),
+            "--state-dir",
+            str(folder),
+        ]
     raise ServicesError(f"unknown service {name!r}; known: {', '.join(ORDER)}")
 
 
-def _start(name: str, paths: StatePaths, ports: dict[str, int], configs: dict,
-           timeout: float) -> ServiceStatus:
+def _start(name: str, paths: StatePaths, ports: dict[str, int], configs: dict, timeout: float) -> ServiceStatus:
     folder = monitoring_dir(paths)
     current = status(paths)[name]
     if current.running:
@@ -196,15 +232,23 @@ def _start(name: str, paths: StatePaths, ports: dict[str, int], configs: dict,
     if _port_in_use(HOST, ports[name]):
         raise ServicesError(
             f"port {ports[name]} on {HOST}, wanted by {name}, is used by another program. "
-            f"Fix: stop it, or pick another port (`planflow stack up --{name}-port N`).")
+            f"Fix: stop it, or pick another port (`planflow stack up --{name}-port N`)."
+        )
     command = _command(name, paths, ports, configs)
     env = dict(os.environ)
     env.update(client_env(paths))
     if os.environ.get("PREFECT_API_URL"):
         env["PREFECT_API_URL"] = os.environ["PREFECT_API_URL"]
     log = (folder / f"{name}.log").open("ab")
-    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
-                               stdin=subprocess.DEVNULL, start_new_session=True, cwd=folder)
+    process = subprocess.Popen(
+        command,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        cwd=folder,
+    )
     log.close()
     (folder / f"{name}.pid").write_text(str(process.pid))
     url = f"http://{HOST}:{ports[name]}"
@@ -216,13 +260,19 @@ def _start(name: str, paths: StatePaths, ports: dict[str, int], configs: dict,
             break
         time.sleep(0.2)
     stop(name, paths)
-    raise ServicesError(f"{name} did not become healthy at {url}{HEALTH[name]} within "
-                        f"{timeout:.0f} s. Last lines of {folder / (name + '.log')}:\n"
-                        f"{_tail(folder / (name + '.log'))}")
+    raise ServicesError(
+        f"{name} did not become healthy at {url}{HEALTH[name]} within "
+        f"{timeout:.0f} s. Last lines of {folder / (name + '.log')}:\n"
+        f"{_tail(folder / (name + '.log'))}"
+    )
 
 
-def up(paths: StatePaths | None = None, profile: str = "production",
-       ports: dict[str, int] | None = None, timeout: float = 60.0) -> dict[str, ServiceStatus]:
+def up(
+    paths: StatePaths | None = None,
+    profile: str = "production",
+    ports: dict[str, int] | None = None,
+    timeout: float = 60.0,
+) -> dict[str, ServiceStatus]:
     """Start every monitoring service that does not already run (the Prefect server is
     planflow.stack's job). A different profile or ports than recorded restarts them."""
     if profile not in generate.PROFILES:
@@ -237,11 +287,17 @@ def up(paths: StatePaths | None = None, profile: str = "production",
     folder = monitoring_dir(paths)
     folder.mkdir(parents=True, exist_ok=True)
     configs = _render_configs(paths, profile, wanted)
-    services_file(paths).write_text(json.dumps({
-        "profile": profile, "ports": wanted,
-        "urls": {name: f"http://{HOST}:{wanted[name]}" for name in ORDER},
-        "pushgateway_url": f"http://{HOST}:{wanted['pushgateway']}",
-    }, indent=2))
+    services_file(paths).write_text(
+        json.dumps(
+            {
+                "profile": profile,
+                "ports": wanted,
+                "urls": {name: f"http://{HOST}:{wanted[name]}" for name in ORDER},
+                "pushgateway_url": f"http://{HOST}:{wanted['pushgateway']}",
+            },
+            indent=2,
+        )
+    )
     started = {}
     for name in ORDER:
         started[name] = _start(name, paths, wanted, configs, timeout)

@@ -14,19 +14,28 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 from planflow.settings import project_root
+
 
 def prefect_executable() -> str:
     """The `prefect` command of this interpreter's environment."""
     return str(Path(sys.executable).with_name("prefect"))
 
 
-def start_worker(pool: str, log_file: Path, *, pool_type: str = "process", name: str | None = None,
-                 env: Mapping[str, str] | None = None, query_seconds: float | None = 1.0,
-                 heartbeat_seconds: float | None = None, limit: int | None = None) -> subprocess.Popen:
+def start_worker(
+    pool: str,
+    log_file: Path,
+    *,
+    pool_type: str = "process",
+    name: str | None = None,
+    env: Mapping[str, str] | None = None,
+    query_seconds: float | None = 1.0,
+    heartbeat_seconds: float | None = None,
+    limit: int | None = None,
+) -> subprocess.Popen:
     """`prefect worker start --pool POOL` in the background, from the repository root
     (process deployments run the code there), logging to `log_file`.
 
@@ -39,8 +48,17 @@ def start_worker(pool: str, log_file: Path, *, pool_type: str = "process", name:
         environment["PREFECT_WORKER_PREFETCH_SECONDS"] = "0"
     if heartbeat_seconds is not None:
         environment["PREFECT_WORKER_HEARTBEAT_SECONDS"] = f"{heartbeat_seconds:g}"
-    command = [prefect_executable(), "worker", "start", "--pool", pool, "--type", pool_type,
-               "--name", name or f"{pool}-{os.getpid()}-{os.urandom(3).hex()}"]
+    command = [
+        prefect_executable(),
+        "worker",
+        "start",
+        "--pool",
+        pool,
+        "--type",
+        pool_type,
+        "--name",
+        name or f"{pool}-{os.getpid()}-{os.urandom(3).hex()}",
+    ]
     if limit is not None:
         command += ["--limit", str(limit)]
     return start_process(command, log_file, environment)
@@ -56,8 +74,15 @@ def start_process(command: list[str], log_file: Path, env: Mapping[str, str]) ->
         environment["PYTHONPATH"] = os.pathsep.join(filter(None, [root, environment.get("PYTHONPATH")]))
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with log_file.open("ab") as log:
-        return subprocess.Popen(command, env=environment, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True, cwd=root)
+        return subprocess.Popen(
+            command,
+            env=environment,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=root,
+        )
 
 
 def worker_seen(pool: str, name: str) -> bool:

@@ -10,6 +10,17 @@ from .plan import Plan, PlannedTask, plan_violations
 from .problem import Mode, Pool, Problem, Task, validate_problem
 
 __all__ = [
-    "Mode", "Task", "Pool", "Problem", "Plan", "PlannedTask", "PlannerOptions", "solve",
-    "PlanningError", "CycleError", "InfeasibleError", "plan_violations", "validate_problem",
+    "Mode",
+    "Task",
+    "Pool",
+    "Problem",
+    "Plan",
+    "PlannedTask",
+    "PlannerOptions",
+    "solve",
+    "PlanningError",
+    "CycleError",
+    "InfeasibleError",
+    "plan_violations",
+    "validate_problem",
 ]

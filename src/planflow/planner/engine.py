@@ -33,7 +33,7 @@ import pulp
 
 from .bounds import lower_bounds
 from .errors import InfeasibleError
-from .heuristics import EPS, Schedule, improve, initial_modes, order_of, serial_sgs, fbi
+from .heuristics import EPS, Schedule, fbi, improve, initial_modes, order_of, serial_sgs
 from .instance import Instance, compile_problem
 from .model import choose_grid, cost_varies, estimate_size, make_solver, solve_milp
 from .plan import Plan, PlannedTask
@@ -67,8 +67,18 @@ def solve(problem: Problem, options: PlannerOptions = PlannerOptions()) -> Plan:
     inst = compile_problem(problem)
     notes: list[str] = []
     if inst.n == 0:
-        return Plan({}, 0.0, 0.0, {"critical_path": 0.0, "resource": 0.0}, 0.0, "optimal",
-                    "heuristic", time.perf_counter() - t0, 0.0, 0.0)
+        return Plan(
+            {},
+            0.0,
+            0.0,
+            {"critical_path": 0.0, "resource": 0.0},
+            0.0,
+            "optimal",
+            "heuristic",
+            time.perf_counter() - t0,
+            0.0,
+            0.0,
+        )
     bounds = lower_bounds(inst)
     lb = max(bounds.values())
 
@@ -84,9 +94,14 @@ def solve(problem: Problem, options: PlannerOptions = PlannerOptions()) -> Plan:
 
     # Phase 1, a quick incumbent: rules + FBI + a short GA (stops at the lower bound).
     h_budget = min(options.time_limit_s * options.heuristic_share, 1.0)
-    h = improve(inst, deadline=t0 + h_budget, lower_bound=lb,
-                max_schedules=max(FIRST_SCHEDULES, 10 * inst.n), seed=options.seed,
-                fixed_modes=fixed_modes)
+    h = improve(
+        inst,
+        deadline=t0 + h_budget,
+        lower_bound=lb,
+        max_schedules=max(FIRST_SCHEDULES, 10 * inst.n),
+        seed=options.seed,
+        fixed_modes=fixed_modes,
+    )
     best: Schedule = h.best
     heuristic_ms = best.makespan
     st = _State(best=best, lb=lb, bounds=bounds, notes=notes, tolerance=options.mip_gap)
@@ -94,17 +109,22 @@ def solve(problem: Problem, options: PlannerOptions = PlannerOptions()) -> Plan:
 
     # Round 1, a short proof attempt at horizon incumbent - 1: easy instances end here.
     if st.open() and time.perf_counter() < deadline - 0.05:
-        _milp_round(inst, st, options, min(deadline - time.perf_counter(),
-                                           max(0.5, ROUND1_SHARE * options.time_limit_s)))
+        _milp_round(
+            inst, st, options, min(deadline - time.perf_counter(), max(0.5, ROUND1_SHARE * options.time_limit_s))
+        )
     # Not proven: a restarted GA seeded with the incumbent, then the MILP again on the
     # (possibly shorter) horizon, only while that can still pay off.
     if st.open() and not st.finished and time.perf_counter() < deadline - 0.3:
-        h2 = improve(inst, deadline=time.perf_counter() + GA2_SHARE * (deadline - time.perf_counter()),
-                     lower_bound=st.lb, max_schedules=10**9, seed=options.seed + 1,
-                     stall_limit=max(GA2_STALL, 100 * inst.n),
-                     fixed_modes=fixed_modes,
-                     seed_lists=[(order_of(inst, st.best),
-                                  st.best.mode if fixed_modes else None)])
+        h2 = improve(
+            inst,
+            deadline=time.perf_counter() + GA2_SHARE * (deadline - time.perf_counter()),
+            lower_bound=st.lb,
+            max_schedules=10**9,
+            seed=options.seed + 1,
+            stall_limit=max(GA2_STALL, 100 * inst.n),
+            fixed_modes=fixed_modes,
+            seed_lists=[(order_of(inst, st.best), st.best.mode if fixed_modes else None)],
+        )
         ga_improved = h2.best.makespan < st.best.makespan - EPS
         if h2.best.key(inst) < st.best.key(inst):
             if st.status == "heuristic":  # still pure list scheduling: it is the baseline
@@ -116,20 +136,18 @@ def solve(problem: Problem, options: PlannerOptions = PlannerOptions()) -> Plan:
                 # With non-renewable budgets the GA is weak (mm-j10: 397/536 optima alone)
                 # and the MILP is what finds the optima: give it the rest of the time.
                 share = 1.0 if budgets else ROUND2_SHARE
-                _milp_round(inst, st, options, min(deadline - time.perf_counter(),
-                                                   share * options.time_limit_s))
+                _milp_round(inst, st, options, min(deadline - time.perf_counter(), share * options.time_limit_s))
             else:
-                notes.append("stopped early: MILP dual bound too far from its horizon to "
-                              "prove anything in the time left")
+                notes.append(
+                    "stopped early: MILP dual bound too far from its horizon to prove anything in the time left"
+                )
     best, lb, status, solver_used = st.best, st.lb, st.status, st.solver
     if best.makespan > lb + EPS and not st.open():
-        notes.append(f"stopped at gap {(best.makespan - lb) / best.makespan:.2%}, within "
-                     f"mip_gap={options.mip_gap:.2%}")
+        notes.append(f"stopped at gap {(best.makespan - lb) / best.makespan:.2%}, within mip_gap={options.mip_gap:.2%}")
     if best.makespan <= lb + EPS:
         status = "optimal"
         lb = best.makespan
-    plan = _to_plan(inst, best, lb, bounds, status, solver_used, time.perf_counter() - t0,
-                    heuristic_ms, notes)
+    plan = _to_plan(inst, best, lb, bounds, status, solver_used, time.perf_counter() - t0, heuristic_ms, notes)
     return plan
 
 
@@ -180,15 +198,16 @@ def _milp_round(inst: Instance, st: _State, options: PlannerOptions, limit: floa
         st.skipped = True
         st.notes.append(f"MILP skipped: {nb} binaries > max_binaries={options.max_binaries}")
         return
-    r = solve_milp(inst, grid, horizon, lb_slots, options.solver, limit, options.threads,
-                   options.mip_gap)
+    r = solve_milp(inst, grid, horizon, lb_slots, options.solver, limit, options.threads, options.mip_gap)
     st.notes.extend(n for n in r.notes if n not in st.notes)
     st.finished = r.status in ("optimal", "infeasible")
     st.delta = grid.delta
     st.dual_bound = None if r.bound_slots is None else r.bound_slots * grid.delta
     bound = "-" if r.bound_slots is None else f"{r.bound_slots * grid.delta:g}"
-    st.notes.append(f"MILP: {r.binaries} binaries, horizon {horizon * grid.delta:g}, "
-                    f"{r.status} in {r.seconds:.2f} s, dual bound {bound}")
+    st.notes.append(
+        f"MILP: {r.binaries} binaries, horizon {horizon * grid.delta:g}, "
+        f"{r.status} in {r.seconds:.2f} s, dual bound {bound}"
+    )
     st.solver = r.solver
     # Proofs only hold when the grid is exact (rounded-up durations make the grid model a
     # restriction, not a relaxation) and the gap tolerance is zero.
@@ -236,8 +255,11 @@ def _from_grid(inst: Instance, delta: float, starts: list[int], modes: list[int]
     """Real-time schedule from a grid solution: left-justify with serial SGS in the MILP's
     order and modes (real durations <= grid durations, so the grid times are feasible too;
     keep whichever is shorter)."""
-    grid_s = Schedule([s * delta for s in starts], list(modes),
-                      max(s * delta + inst.modes[j][modes[j]].dur for j, s in enumerate(starts)))
+    grid_s = Schedule(
+        [s * delta for s in starts],
+        list(modes),
+        max(s * delta + inst.modes[j][modes[j]].dur for j, s in enumerate(starts)),
+    )
     tp = inst.topo_pos
     order = sorted(range(inst.n), key=lambda j: (starts[j], tp[j]))
     sgs = serial_sgs(inst, order, modes)
@@ -246,35 +268,66 @@ def _from_grid(inst: Instance, delta: float, starts: list[int], modes: list[int]
     return cand2
 
 
-def _to_plan(inst: Instance, s: Schedule, lb: float, bounds: dict[str, float], status: str,
-             solver: str, seconds: float, heuristic_ms: float, notes: list[str]) -> Plan:
+def _to_plan(
+    inst: Instance,
+    s: Schedule,
+    lb: float,
+    bounds: dict[str, float],
+    status: str,
+    solver: str,
+    seconds: float,
+    heuristic_ms: float,
+    notes: list[str],
+) -> Plan:
     tasks = {}
     for j, name in enumerate(inst.names):
         m = inst.modes[j][s.mode[j]]
         task = inst.problem.tasks[j]
         um = task.modes[m.orig]
-        tasks[name] = PlannedTask(name=name, pool=um.pool, mode=m.orig, start=s.start[j],
-                                  finish=s.start[j] + m.dur, duration=m.dur,
-                                  demand=dict(um.demand))
+        tasks[name] = PlannedTask(
+            name=name,
+            pool=um.pool,
+            mode=m.orig,
+            start=s.start[j],
+            finish=s.start[j] + m.dur,
+            duration=m.dur,
+            demand=dict(um.demand),
+        )
     ms = s.makespan
     gap = 0.0 if ms <= EPS else max(0.0, (ms - lb) / ms)
-    return Plan(tasks=tasks, makespan=ms, lower_bound=lb, bounds=dict(bounds), gap=gap,
-                status=status, solver=solver, solve_seconds=seconds,
-                heuristic_makespan=heuristic_ms, cost=s.cost(inst), notes=tuple(notes))
+    return Plan(
+        tasks=tasks,
+        makespan=ms,
+        lower_bound=lb,
+        bounds=dict(bounds),
+        gap=gap,
+        status=status,
+        solver=solver,
+        solve_seconds=seconds,
+        heuristic_makespan=heuristic_ms,
+        cost=s.cost(inst),
+        notes=tuple(notes),
+    )
 
 
 def _nr_modes_milp(inst: Instance, options: PlannerOptions) -> list[int] | None:
     """Exact check: a mode per task within every non-renewable budget (None if none)."""
     prob = pulp.LpProblem("modes", pulp.LpMinimize)
-    y = [[pulp.LpVariable(f"y_{j}_{m}", cat=pulp.LpBinary) for m in range(len(ms))]
-         for j, ms in enumerate(inst.modes)]
-    prob += pulp.lpSum(inst.modes[j][m].dur * y[j][m] for j in range(inst.n)
-                       for m in range(len(y[j])))
+    y = [[pulp.LpVariable(f"y_{j}_{m}", cat=pulp.LpBinary) for m in range(len(ms))] for j, ms in enumerate(inst.modes)]
+    prob += pulp.lpSum(inst.modes[j][m].dur * y[j][m] for j in range(inst.n) for m in range(len(y[j])))
     for j in range(inst.n):
         prob += pulp.lpSum(y[j]) == 1
     for k, cap in enumerate(inst.nr_caps):
-        prob += pulp.lpSum(a * y[j][m] for j in range(inst.n) for m, mode in enumerate(inst.modes[j])
-                           for kk, a in mode.nr if kk == k) <= cap
+        prob += (
+            pulp.lpSum(
+                a * y[j][m]
+                for j in range(inst.n)
+                for m, mode in enumerate(inst.modes[j])
+                for kk, a in mode.nr
+                if kk == k
+            )
+            <= cap
+        )
     slv, _, _ = make_solver(options.solver, max(options.time_limit_s, 1.0), options.threads, 0.0)
     prob.solve(slv)
     if prob.sol_status not in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible):
@@ -286,7 +339,10 @@ def _nr_message(inst: Instance) -> str:
     budgets = ", ".join(f"{r}={fmt(c)}" for r, c in zip(inst.nr_names, inst.nr_caps))
     mins = ", ".join(
         f"{r}>={fmt(sum(min(dict(m.nr).get(k, 0.0) for m in ms) for ms in inst.modes))}"
-        for k, r in enumerate(inst.nr_names))
-    return (f"no combination of modes satisfies the non-renewable budgets ({budgets}): each "
-            f"budget alone can be met (thriftiest totals {mins}) but not all at once. "
-            f"Fix: raise a budget or give tasks modes that use less of these resources.")
+        for k, r in enumerate(inst.nr_names)
+    )
+    return (
+        f"no combination of modes satisfies the non-renewable budgets ({budgets}): each "
+        f"budget alone can be met (thriftiest totals {mins}) but not all at once. "
+        f"Fix: raise a budget or give tasks modes that use less of these resources."
+    )

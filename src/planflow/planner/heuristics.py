@@ -26,8 +26,8 @@ import heapq
 import random
 import time
 from bisect import bisect_left, bisect_right
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 from .instance import Instance
 
@@ -62,8 +62,9 @@ def _split(ts: list[float], use: list[list[float]], t: float) -> int:
     return i
 
 
-def _earliest(ts: list[float], use: list[list[float]], cap: list[float],
-              dem: list[tuple[int, float]], dur: float, es: float) -> float:
+def _earliest(
+    ts: list[float], use: list[list[float]], cap: list[float], dem: list[tuple[int, float]], dur: float, es: float
+) -> float:
     """Earliest t >= es with usage + dem <= cap on [t, t+dur)."""
     if dur <= EPS or not dem:
         return es
@@ -90,8 +91,7 @@ def _earliest(ts: list[float], use: list[list[float]], cap: list[float],
         t = ts[j]
 
 
-def _add(ts: list[float], use: list[list[float]], s: float, f: float,
-         dem: list[tuple[int, float]]) -> None:
+def _add(ts: list[float], use: list[list[float]], s: float, f: float, dem: list[tuple[int, float]]) -> None:
     if f - s <= EPS or not dem:
         return
     a = _split(ts, use, s)
@@ -103,8 +103,9 @@ def _add(ts: list[float], use: list[list[float]], s: float, f: float,
 
 
 # ----------------------------------------------------------------------------- SGS
-def serial_sgs(inst: Instance, order: Sequence[int], modes: Sequence[int] | None = None,
-               backward: bool = False) -> Schedule:
+def serial_sgs(
+    inst: Instance, order: Sequence[int], modes: Sequence[int] | None = None, backward: bool = False
+) -> Schedule:
     """Serial schedule generation: place each task of ``order`` at its earliest feasible start.
 
     ``order`` must be precedence feasible (for ``backward`` w.r.t. the reversed graph).
@@ -278,8 +279,7 @@ def _nr_excess(inst: Instance, modes: Sequence[int]) -> float:
     return sum(max(0.0, u - c) / max(c, 1.0) for u, c in zip(use, inst.nr_caps))
 
 
-def repair_modes(inst: Instance, modes: list[int], rng: random.Random,
-                 max_steps: int = 200) -> list[int] | None:
+def repair_modes(inst: Instance, modes: list[int], rng: random.Random, max_steps: int = 200) -> list[int] | None:
     """Greedy repair of a mode assignment violating non-renewable budgets (None if stuck)."""
     modes = list(modes)
     ex = _nr_excess(inst, modes)
@@ -335,11 +335,17 @@ def _better(inst: Instance, a: Schedule, b: Schedule | None) -> bool:
     return b is None or a.key(inst) < b.key(inst)
 
 
-def improve(inst: Instance, deadline: float, lower_bound: float = 0.0,
-            max_schedules: int = 5000, seed: int = 0, fixed_modes: list[list[int]] | None = None,
-            pop_size: int = 50,
-            seed_lists: list[tuple[list[int], list[int] | None]] | None = None,
-            stall_limit: int | None = None) -> HeuristicResult:
+def improve(
+    inst: Instance,
+    deadline: float,
+    lower_bound: float = 0.0,
+    max_schedules: int = 5000,
+    seed: int = 0,
+    fixed_modes: list[list[int]] | None = None,
+    pop_size: int = 50,
+    seed_lists: list[tuple[list[int], list[int] | None]] | None = None,
+    stall_limit: int | None = None,
+) -> HeuristicResult:
     """Multi-pass SGS with priority rules + FBI, then a GA until deadline/budget/bound.
 
     ``fixed_modes``: candidate mode assignments (needed when non-renewable budgets exist;
@@ -361,9 +367,12 @@ def improve(inst: Instance, deadline: float, lower_bound: float = 0.0,
     last_gain = 0  # schedule count at the last improvement of the best makespan
 
     def done() -> bool:
-        return (best is not None and best.makespan <= lower_bound + EPS) or \
-            time.perf_counter() >= deadline or count >= max_schedules or \
-            (stall_limit is not None and count - last_gain >= stall_limit)
+        return (
+            (best is not None and best.makespan <= lower_bound + EPS)
+            or time.perf_counter() >= deadline
+            or count >= max_schedules
+            or (stall_limit is not None and count - last_gain >= stall_limit)
+        )
 
     def evaluate(order: list[int], modes: list[int] | None) -> tuple[Schedule, list[int]]:
         nonlocal count, best, best_order, last_gain

@@ -58,8 +58,7 @@ def choose_grid(inst: Instance, horizon: float, max_slots: int = 300) -> Grid:
     else:
         delta = max(horizon / max_slots, 1e-6)
     exact = all(abs(d / delta - round(d / delta)) < 1e-6 for d in durs)
-    dslot = [[int(math.ceil(m.dur / delta - 1e-6)) if m.dur > EPS else 0 for m in ms]
-             for ms in inst.modes]
+    dslot = [[int(math.ceil(m.dur / delta - 1e-6)) if m.dur > EPS else 0 for m in ms] for ms in inst.modes]
     return Grid(delta, dslot, exact)
 
 
@@ -121,21 +120,27 @@ def make_solver(name: str, time_limit: float, threads: int, mip_gap: float) -> t
     """Return (pulp solver, solver name used, note). HiGHS falls back to CBC if missing."""
     note = ""
     if name == "highs":
-        s = pulp.HiGHS(msg=False, timeLimit=max(time_limit, 0.01), threads=threads,
-                       gapRel=mip_gap)
+        s = pulp.HiGHS(msg=False, timeLimit=max(time_limit, 0.01), threads=threads, gapRel=mip_gap)
         if s.available():
             return s, "highs", note
         note = "HiGHS (highspy) unavailable; fell back to CBC"
     elif name != "cbc":
         raise ValueError(f"unknown solver {name!r}; use 'highs' or 'cbc'")
-    s = pulp.PULP_CBC_CMD(msg=False, timeLimit=max(time_limit, 1.0), threads=threads,
-                          gapRel=mip_gap)
+    s = pulp.PULP_CBC_CMD(msg=False, timeLimit=max(time_limit, 1.0), threads=threads, gapRel=mip_gap)
     return s, "cbc", note
 
 
-def solve_milp(inst: Instance, grid: Grid, horizon: int, lb_slots: int, solver: str,
-               time_limit: float, threads: int = 1, mip_gap: float = 0.0,
-               ddt_nonzero_limit: int = 400_000) -> MilpResult:
+def solve_milp(
+    inst: Instance,
+    grid: Grid,
+    horizon: int,
+    lb_slots: int,
+    solver: str,
+    time_limit: float,
+    threads: int = 1,
+    mip_gap: float = 0.0,
+    ddt_nonzero_limit: int = 400_000,
+) -> MilpResult:
     """Find a schedule with makespan <= ``horizon`` slots, minimising makespan then cost."""
     t0 = time.perf_counter()
     n = inst.n
@@ -209,8 +214,7 @@ def solve_milp(inst: Instance, grid: Grid, horizon: int, lb_slots: int, solver: 
             prob += pulp.LpAffineExpression(expr) <= cap[k], f"r_{p}_{k}_{t}"
 
     for k, capk in enumerate(inst.nr_caps):
-        expr = [(v, a) for j in range(n) for (m, _), v in x[j].items()
-                for kk, a in inst.modes[j][m].nr if kk == k]
+        expr = [(v, a) for j in range(n) for (m, _), v in x[j].items() for kk, a in inst.modes[j][m].nr if kk == k]
         if expr:
             prob += pulp.LpAffineExpression(expr) <= capk, f"nr_{k}"
 

@@ -7,8 +7,9 @@ budgets.  Tests run it on every plan they produce.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 from .problem import Problem, fmt_map
 
@@ -68,7 +69,7 @@ class Plan:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Plan":
+    def from_dict(cls, d: dict[str, Any]) -> Plan:
         tasks = d["tasks"]
         if isinstance(tasks, dict):
             tasks = list(tasks.values())
@@ -85,8 +86,10 @@ def plan_violations(problem: Problem, plan: Plan, tol: float = 1e-6) -> list[str
     pools = {p.name: p for p in problem.pools}
     tasks = {t.name: t for t in problem.tasks}
     if set(plan.tasks) != set(tasks):
-        out.append(f"plan tasks differ: missing {sorted(set(tasks) - set(plan.tasks))}, "
-                   f"extra {sorted(set(plan.tasks) - set(tasks))}")
+        out.append(
+            f"plan tasks differ: missing {sorted(set(tasks) - set(plan.tasks))}, "
+            f"extra {sorted(set(plan.tasks) - set(tasks))}"
+        )
         return out
     for name, pt in plan.tasks.items():
         t = tasks[name]
@@ -107,8 +110,7 @@ def plan_violations(problem: Problem, plan: Plan, tol: float = 1e-6) -> list[str
         return out
     # Usage is piecewise constant and only rises at start times: checking every start suffices.
     for pool in pools.values():
-        on = [pt for pt in plan.tasks.values()
-              if pt.pool == pool.name and pt.finish - pt.start > tol]
+        on = [pt for pt in plan.tasks.values() if pt.pool == pool.name and pt.finish - pt.start > tol]
         for pt in on:
             t = pt.start
             use: dict[str, float] = {}
@@ -118,8 +120,9 @@ def plan_violations(problem: Problem, plan: Plan, tol: float = 1e-6) -> list[str
                         use[r] = use.get(r, 0.0) + a
             over = {r: u for r, u in use.items() if u > float(pool.capacity.get(r, 0.0)) + tol}
             if over:
-                out.append(f"pool {pool.name} over capacity at t={t}: uses {fmt_map(over)}, "
-                           f"capacity {fmt_map(pool.capacity)}")
+                out.append(
+                    f"pool {pool.name} over capacity at t={t}: uses {fmt_map(over)}, capacity {fmt_map(pool.capacity)}"
+                )
                 break
     nr: dict[str, float] = {}
     for name, pt in plan.tasks.items():

@@ -21,8 +21,8 @@ Example::
 from __future__ import annotations
 
 import difflib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 from .errors import CycleError, InfeasibleError
 
@@ -78,9 +78,7 @@ def fmt_map(m: Mapping[str, float]) -> str:
 
 def mode_fits(mode: Mode, pool: Pool) -> list[str]:
     """Resources of ``mode`` that exceed ``pool``'s capacity (empty list = it fits)."""
-    return [
-        r for r, a in mode.demand.items() if a > float(pool.capacity.get(r, 0.0)) + EPS
-    ]
+    return [r for r, a in mode.demand.items() if a > float(pool.capacity.get(r, 0.0)) + EPS]
 
 
 def find_cycle(names: list[str], after: dict[str, tuple[str, ...]]) -> list[str] | None:
@@ -103,7 +101,7 @@ def find_cycle(names: list[str], after: dict[str, tuple[str, ...]]) -> list[str]
                 stack[-1] = (node, i + 1)
                 nxt = succ[node][i]
                 if color[nxt] == 1:
-                    return path[path.index(nxt):] + [nxt]
+                    return path[path.index(nxt) :] + [nxt]
                 if color[nxt] == 0:
                     color[nxt] = 1
                     stack.append((nxt, 0))
@@ -179,9 +177,7 @@ def validate_problem(problem: Problem) -> None:
                 + ")"
             )
             who = "its" if len(t.modes) == 1 else f"mode {i}'s"
-            lowers.append(
-                f"lower {who} " + " and ".join(f"{r} to <= {fmt(cap.get(r, 0))}" for r in over)
-            )
+            lowers.append(f"lower {who} " + " and ".join(f"{r} to <= {fmt(cap.get(r, 0))}" for r in over))
             adds.append(" and ".join(f"{r} >= {fmt(a)}" for r, a in m.demand.items() if a > 0))
         add = " or ".join(dict.fromkeys(adds))
         errs.append(

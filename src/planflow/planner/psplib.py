@@ -20,8 +20,8 @@ from __future__ import annotations
 import csv
 import os
 import re
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Iterable, Mapping
 
 from .problem import Mode, Pool, Problem, Task
 
@@ -34,7 +34,8 @@ def psplib_dir() -> Path:
     if not env:
         raise FileNotFoundError(
             "PLANFLOW_PSPLIB_DIR is not set. Fix: point it at a folder of PSPLIB instances "
-            "(j30/, mm-j10/ and their optima), or pass the files to `planflow bench psplib`")
+            "(j30/, mm-j10/ and their optima), or pass the files to `planflow bench psplib`"
+        )
     return Path(env)
 
 
@@ -140,9 +141,13 @@ def _optima_near(path: Path, cache: dict[Path, dict[str, float]]) -> dict[str, f
     return cache[root]
 
 
-def run_instances(paths: Iterable[str | os.PathLike[str]], time_limit_s: float,
-                  solver: str = "highs", optima: Mapping[str, float] | None = None,
-                  progress: bool = False) -> list[dict]:
+def run_instances(
+    paths: Iterable[str | os.PathLike[str]],
+    time_limit_s: float,
+    solver: str = "highs",
+    optima: Mapping[str, float] | None = None,
+    progress: bool = False,
+) -> list[dict]:
     """Solve each PSPLIB file; one row per instance for benchmarks and the CLI.
 
     Row keys: instance, jobs, makespan, lower_bound, status, solver, solve_seconds,

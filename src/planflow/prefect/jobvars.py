@@ -18,9 +18,10 @@ import copy
 import json
 import math
 import re
+from collections.abc import Mapping
 from importlib.resources import files
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 # Package data: the base job templates ship inside planflow (importlib.resources).
 TEMPLATES_DIR = Path(str(files("planflow.prefect") / "job_templates"))
@@ -93,14 +94,20 @@ def job_variables(
         kwargs: dict[str, Any] = {"nano_cpus": int(round(cpu * NANO))}
         if gpu:
             kwargs["device_requests"] = [{"driver": "nvidia", "count": gpu, "capabilities": [["gpu"]]}]
-        return {"image": image or DEFAULT_IMAGE, "mem_limit": mem, "memswap_limit": mem,
-                "container_create_kwargs": kwargs}
+        return {
+            "image": image or DEFAULT_IMAGE,
+            "mem_limit": mem,
+            "memswap_limit": mem,
+            "container_create_kwargs": kwargs,
+        }
     if pool_type == "kubernetes":
         mem = f"{_mebibytes(mem_gib)}Mi" if not float(mem_gib).is_integer() else f"{int(mem_gib)}Gi"
         variables: dict[str, Any] = {
             "image": image or DEFAULT_IMAGE,
-            "cpu_request": _k8s_cpu(cpu), "cpu_limit": _k8s_cpu(cpu),
-            "memory_request": mem, "memory_limit": mem,
+            "cpu_request": _k8s_cpu(cpu),
+            "cpu_limit": _k8s_cpu(cpu),
+            "memory_request": mem,
+            "memory_limit": mem,
         }
         if gpu:
             variables["gpu_limit"] = str(gpu)
@@ -112,9 +119,21 @@ def job_variables(
 
 
 # -- checking job variables against a template ---------------------------------------
-_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3,
-          "Ki": 1024, "Mi": 1024**2, "Gi": 1024**3, "Ti": 1024**4,
-          "K": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4}
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1024,
+    "m": 1024**2,
+    "g": 1024**3,
+    "Ki": 1024,
+    "Mi": 1024**2,
+    "Gi": 1024**3,
+    "Ti": 1024**4,
+    "K": 1000,
+    "M": 1000**2,
+    "G": 1000**3,
+    "T": 1000**4,
+}
 
 
 def quantity(value: Any) -> float:
@@ -156,7 +175,8 @@ def _check_value(path: str, value: Any, schema: Mapping[str, Any], problems: lis
         return
     if isinstance(value, list):
         items = schema.get("items") or next(
-            (b.get("items") for b in schema.get("anyOf", []) if b.get("type") == "array"), None)
+            (b.get("items") for b in schema.get("anyOf", []) if b.get("type") == "array"), None
+        )
         if items:
             for index, item in enumerate(value):
                 _check_value(f"{path}[{index}]", item, items, problems)
@@ -197,8 +217,7 @@ def check_against_template(job_vars: Mapping[str, Any], template: Mapping[str, A
     return problems
 
 
-def require_fits(job_vars: Mapping[str, Any], template: Mapping[str, Any], *, component: str,
-                 pool: str) -> None:
+def require_fits(job_vars: Mapping[str, Any], template: Mapping[str, Any], *, component: str, pool: str) -> None:
     """Raise JobVariablesError naming the component, the pool and what to change."""
     problems = check_against_template(job_vars, template)
     if problems:
@@ -215,8 +234,11 @@ def require_fits(job_vars: Mapping[str, Any], template: Mapping[str, Any], *, co
 def _variable_defaults(template: Mapping[str, Any]) -> dict[str, Any]:
     # As Prefect's workers do: a null default leaves the placeholder unset, so its key
     # disappears from the manifest.
-    return {name: spec["default"] for name, spec in template["variables"]["properties"].items()
-            if spec.get("default") is not None}
+    return {
+        name: spec["default"]
+        for name, spec in template["variables"]["properties"].items()
+        if spec.get("default") is not None
+    }
 
 
 def render_kubernetes_job(

@@ -18,8 +18,9 @@ import datetime as dt
 import importlib.util
 import shutil
 import subprocess
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable, List, Optional
+from typing import Any
 
 import typer
 
@@ -37,16 +38,26 @@ class PoolDefinition:
 
 POOLS: dict[str, PoolDefinition] = {
     "local-process": PoolDefinition(
-        "local-process", "process", None, None,
-        "Components as processes on the worker's machine (planflow's `local` pool)."),
+        "local-process",
+        "process",
+        None,
+        None,
+        "Components as processes on the worker's machine (planflow's `local` pool).",
+    ),
     "docker": PoolDefinition(
-        "docker", "docker", "prefect_docker", "prefect-docker==0.7.4",
-        "Components as Docker containers of the planflow image, with memory, CPU and GPU limits "
-        "from the plan."),
+        "docker",
+        "docker",
+        "prefect_docker",
+        "prefect-docker==0.7.4",
+        "Components as Docker containers of the planflow image, with memory, CPU and GPU limits from the plan.",
+    ),
     "kubernetes": PoolDefinition(
-        "kubernetes", "kubernetes", "prefect_kubernetes", "prefect-kubernetes==0.8.0",
-        "Components as Kubernetes Jobs with requests/limits (cpu, memory, nvidia.com/gpu) from the "
-        "plan."),
+        "kubernetes",
+        "kubernetes",
+        "prefect_kubernetes",
+        "prefect-kubernetes==0.8.0",
+        "Components as Kubernetes Jobs with requests/limits (cpu, memory, nvidia.com/gpu) from the plan.",
+    ),
 }
 
 # The example capacity of the `kubernetes` ResourcePool: edit the block in the UI (or
@@ -115,18 +126,22 @@ def apply_work_pools(names: Iterable[str] | None = None, resource_pools: bool = 
             try:
                 existing = client.read_work_pool(pool.name)
             except ObjectNotFound:
-                client.create_work_pool(WorkPoolCreate(
-                    name=pool.name, type=pool.type, base_job_template=template,
-                    description=pool.description))
+                client.create_work_pool(
+                    WorkPoolCreate(
+                        name=pool.name, type=pool.type, base_job_template=template, description=pool.description
+                    )
+                )
                 done.append(f"{pool.name} ({pool.type}): created")
                 continue
             if existing.type != pool.type:
                 raise WorkPoolError(
                     f"work pool '{pool.name}' exists with type '{existing.type}', planflow needs "
-                    f"'{pool.type}'. Fix: prefect work-pool delete {pool.name}, then apply again.")
+                    f"'{pool.type}'. Fix: prefect work-pool delete {pool.name}, then apply again."
+                )
             if existing.base_job_template != template:
-                client.update_work_pool(pool.name, WorkPoolUpdate(
-                    base_job_template=template, description=pool.description))
+                client.update_work_pool(
+                    pool.name, WorkPoolUpdate(base_job_template=template, description=pool.description)
+                )
                 done.append(f"{pool.name} ({pool.type}): base job template updated")
             else:
                 done.append(f"{pool.name} ({pool.type}): unchanged")
@@ -145,11 +160,15 @@ def _ensure_resource_pools(pool_names: list[str]) -> list[str]:
     if "docker" in pool_names:
         machine = local_pool_from_machine("docker")
         wanted["docker"] = lambda: ResourcePool(
-            work_pool="docker", cpu=machine.cpu, gpu=machine.gpu, mem_gib=machine.mem_gib,
-            cost_per_hour=0.0, backup_pool="local")
+            work_pool="docker",
+            cpu=machine.cpu,
+            gpu=machine.gpu,
+            mem_gib=machine.mem_gib,
+            cost_per_hour=0.0,
+            backup_pool="local",
+        )
     if "kubernetes" in pool_names:
-        wanted["kubernetes"] = lambda: ResourcePool(
-            work_pool="kubernetes", backup_pool="docker", **KUBERNETES_EXAMPLE)
+        wanted["kubernetes"] = lambda: ResourcePool(work_pool="kubernetes", backup_pool="docker", **KUBERNETES_EXAMPLE)
     done = []
     for name, factory in wanted.items():
         try:
@@ -173,11 +192,13 @@ def require_pool(name: str) -> Any:
             return client.read_work_pool(name)
         except ObjectNotFound:
             known = [p.name for p in client.read_work_pools()]
-    hint = ("planflow workpools apply" + (f" {name}" if name in POOLS else "")
-            if name in POOLS else f"prefect work-pool create {name} --type <process|docker|kubernetes>")
+    hint = (
+        "planflow workpools apply" + (f" {name}" if name in POOLS else "")
+        if name in POOLS
+        else f"prefect work-pool create {name} --type <process|docker|kubernetes>"
+    )
     raise WorkPoolError(
-        f"work pool '{name}' does not exist on {_api_url()} (pools there: "
-        f"{', '.join(known) or 'none'}). Fix: {hint}"
+        f"work pool '{name}' does not exist on {_api_url()} (pools there: {', '.join(known) or 'none'}). Fix: {hint}"
     )
 
 
@@ -192,7 +213,7 @@ def worker_status(pool: str, now: dt.datetime | None = None) -> str:
     require_pool(pool)
     with get_client(sync_client=True) as client:
         workers = client.read_workers_for_work_pool(pool)
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     alive, stale = [], []
     for worker in workers:
         interval = worker.heartbeat_interval_seconds or 30
@@ -222,8 +243,9 @@ def require_image(image: str) -> None:
     if probe.returncode == 0:
         return
     if "Cannot connect to the Docker daemon" in probe.stderr or "daemon running" in probe.stderr:
-        raise WorkPoolError(f"the Docker engine does not answer ({probe.stderr.strip()}). "
-                            "Fix: scripts/install-docker.sh")
+        raise WorkPoolError(
+            f"the Docker engine does not answer ({probe.stderr.strip()}). Fix: scripts/install-docker.sh"
+        )
     raise WorkPoolError(
         f"the image '{image}' is not on this machine (`docker image inspect {image}` failed). "
         "Fix: run `make image` (scripts/build-image.sh), or set the deployment's `image` job "
@@ -232,8 +254,9 @@ def require_image(image: str) -> None:
 
 
 # -- the command line (mounted by planflow.cli as `planflow workpools`) ------------------
-workpools_app = typer.Typer(help="Prefect work pools (process, docker, kubernetes) and their workers.",
-                            no_args_is_help=True)
+workpools_app = typer.Typer(
+    help="Prefect work pools (process, docker, kubernetes) and their workers.", no_args_is_help=True
+)
 
 
 def _fail(message: str) -> None:
@@ -243,7 +266,7 @@ def _fail(message: str) -> None:
 
 @workpools_app.command("apply")
 def apply_command(
-    names: Optional[List[str]] = typer.Argument(None, help=f"Pools to apply (default: {', '.join(POOLS)})."),
+    names: list[str] | None = typer.Argument(None, help=f"Pools to apply (default: {', '.join(POOLS)})."),
     no_resource_pools: bool = typer.Option(False, help="Do not create the ResourcePool blocks."),
 ) -> None:
     """Create or update the work pools from deployments/job-templates/ (idempotent)."""

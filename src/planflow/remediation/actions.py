@@ -122,8 +122,8 @@ def alert_latency_seconds(occurred: str) -> float | None:
     except ValueError:
         return None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.timezone.utc)
-    return max(0.0, (dt.datetime.now(dt.timezone.utc) - when).total_seconds())
+        when = when.replace(tzinfo=dt.UTC)
+    return max(0.0, (dt.datetime.now(dt.UTC) - when).total_seconds())
 
 
 def push_remediation_latency(action: str, seconds: float, url: str | None = None) -> bool:
@@ -139,8 +139,9 @@ def push_remediation_latency(action: str, seconds: float, url: str | None = None
     try:
         registry = CollectorRegistry()
         RemediationMetrics(registry).alert_latency.labels(action).set(seconds)
-        pushadd_to_gateway(url, job=f"{PUSH_JOB}-latency", grouping_key={"action": action},
-                           registry=registry, timeout=3)
+        pushadd_to_gateway(
+            url, job=f"{PUSH_JOB}-latency", grouping_key={"action": action}, registry=registry, timeout=3
+        )
         return True
     except Exception as exc:  # noqa: BLE001 - monitoring never fails a remediation
         import logging
@@ -149,11 +150,12 @@ def push_remediation_latency(action: str, seconds: float, url: str | None = None
         return False
 
 
-_current_audit: contextvars.ContextVar["Audit | None"] = contextvars.ContextVar("planflow_audit", default=None)
+_current_audit: contextvars.ContextVar[Audit | None] = contextvars.ContextVar("planflow_audit", default=None)
 
 
 def audited(fn):
     """A remediation whose code raises still ends its audit trail: outcome "failed"."""
+
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         token = _current_audit.set(None)
@@ -167,14 +169,16 @@ def audited(fn):
             raise
         finally:
             _current_audit.reset(token)
+
     return wrapper
 
 
 class Audit:
     """The events, metric and artifact of one remediation."""
 
-    def __init__(self, action: str, alertname: str, event_id: str = "", subject: str = "",
-                 event_occurred: str = "") -> None:
+    def __init__(
+        self, action: str, alertname: str, event_id: str = "", subject: str = "", event_occurred: str = ""
+    ) -> None:
         _current_audit.set(self)
         self.event_occurred = event_occurred
         self.finished = False
@@ -189,27 +193,41 @@ class Audit:
         self.events: list[str] = []
 
     def _resource(self) -> dict[str, str]:
-        return {"prefect.resource.id": f"planflow.remediation.{self.action}.{self.flow_run_id or uuid.uuid4()}",
-                "prefect.resource.name": f"{self.action} {self.subject}".strip(),
-                "planflow.remediation.action": self.action,
-                "planflow.alert.name": self.alertname}
+        return {
+            "prefect.resource.id": f"planflow.remediation.{self.action}.{self.flow_run_id or uuid.uuid4()}",
+            "prefect.resource.name": f"{self.action} {self.subject}".strip(),
+            "planflow.remediation.action": self.action,
+            "planflow.alert.name": self.alertname,
+        }
 
     def _related(self) -> list[dict[str, str]]:
         related = []
         if self.event_id:
-            related.append({"prefect.resource.id": f"prefect.event.{self.event_id}",
-                            "prefect.resource.role": "triggering-event"})
+            related.append(
+                {"prefect.resource.id": f"prefect.event.{self.event_id}", "prefect.resource.role": "triggering-event"}
+            )
         if self.flow_run_id:
-            related.append({"prefect.resource.id": f"prefect.flow-run.{self.flow_run_id}",
-                            "prefect.resource.role": "remediation-flow-run"})
+            related.append(
+                {
+                    "prefect.resource.id": f"prefect.flow-run.{self.flow_run_id}",
+                    "prefect.resource.role": "remediation-flow-run",
+                }
+            )
         for run in dict.fromkeys(self.affected):
-            related.append({"prefect.resource.id": f"prefect.flow-run.{run}",
-                            "prefect.resource.role": "affected-flow-run"})
+            related.append(
+                {"prefect.resource.id": f"prefect.flow-run.{run}", "prefect.resource.role": "affected-flow-run"}
+            )
         for pool in dict.fromkeys(self.work_pools):
-            related.append({"prefect.resource.id": f"prefect.work-pool.{pool}",
-                            "prefect.resource.role": "work-pool", "prefect.resource.name": pool})
-        related.append({"prefect.resource.id": f"planflow.alert-rule.{self.alertname}",
-                        "prefect.resource.role": "alert-rule"})
+            related.append(
+                {
+                    "prefect.resource.id": f"prefect.work-pool.{pool}",
+                    "prefect.resource.role": "work-pool",
+                    "prefect.resource.name": pool,
+                }
+            )
+        related.append(
+            {"prefect.resource.id": f"planflow.alert-rule.{self.alertname}", "prefect.resource.role": "alert-rule"}
+        )
         return related
 
     def emit(self, phase: str, **payload: Any) -> None:
@@ -218,10 +236,12 @@ class Audit:
             if latency is not None:
                 payload["seconds_since_trigger"] = round(latency, 3)
                 push_remediation_latency(self.action, latency)
-        event = emit_event(f"planflow.remediation.{phase}", resource=self._resource(),
-                           related=self._related(),
-                           payload={"action": self.action, "alertname": self.alertname,
-                                    "alert_event_id": self.event_id, **payload})
+        event = emit_event(
+            f"planflow.remediation.{phase}",
+            resource=self._resource(),
+            related=self._related(),
+            payload={"action": self.action, "alertname": self.alertname, "alert_event_id": self.event_id, **payload},
+        )
         if event is not None:
             self.events.append(str(event.id))
 
@@ -232,23 +252,30 @@ class Audit:
         except Exception:  # noqa: BLE001 - outside a flow run
             pass
 
-    def finish(self, outcome: str, reason: str, details: dict[str, Any] | None = None,
-               route: AlertRoute | None = None) -> dict[str, Any]:
+    def finish(
+        self, outcome: str, reason: str, details: dict[str, Any] | None = None, route: AlertRoute | None = None
+    ) -> dict[str, Any]:
         self.finished = True
         push_remediation_count(self.action, outcome)  # counted before the outcome is announced
         self.emit("outcome", outcome=outcome, reason=reason, **(details or {}))
-        when = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-        md = [f"# Remediation: {self.action} {self.subject}", "",
-              "| | |", "|---|---|",
-              f"| alert | `{self.alertname}` |",
-              f"| alert event | `{self.event_id or '-'}` |",
-              f"| outcome | **{outcome}** |",
-              f"| why | {reason} |",
-              f"| when | {when} |"]
+        when = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        md = [
+            f"# Remediation: {self.action} {self.subject}",
+            "",
+            "| | |",
+            "|---|---|",
+            f"| alert | `{self.alertname}` |",
+            f"| alert event | `{self.event_id or '-'}` |",
+            f"| outcome | **{outcome}** |",
+            f"| why | {reason} |",
+            f"| when | {when} |",
+        ]
         if route is not None:
-            md.append(f"| route | action={route.action}, max_attempts={route.max_attempts}, "
-                      f"cooldown={route.cooldown_seconds:g} s, rate_limit={route.rate_limit}/min, "
-                      f"dry_run={route.dry_run} |")
+            md.append(
+                f"| route | action={route.action}, max_attempts={route.max_attempts}, "
+                f"cooldown={route.cooldown_seconds:g} s, rate_limit={route.rate_limit}/min, "
+                f"dry_run={route.dry_run} |"
+            )
         if self.affected:
             md.append(f"| affected flow runs | {', '.join(f'`{r}`' for r in dict.fromkeys(self.affected))} |")
         md += ["", "## What happened", ""] + [f"- {line}" for line in self.lines or ["nothing"]]
@@ -256,19 +283,28 @@ class Audit:
             md += ["", "## Details", "", "```json", json.dumps(details, indent=2, default=str), "```"]
         if self.flow_run_id:
             try:
-                create_markdown_artifact(key=f"remediation-{self.action}", markdown="\n".join(md),
-                                         description=f"{self.action}: {outcome}: {reason}"[:500])
+                create_markdown_artifact(
+                    key=f"remediation-{self.action}",
+                    markdown="\n".join(md),
+                    description=f"{self.action}: {outcome}: {reason}"[:500],
+                )
             except Exception:  # noqa: BLE001
                 pass
-        return {"action": self.action, "outcome": outcome, "reason": reason,
-                "alertname": self.alertname, "alert_event_id": self.event_id,
-                "affected": list(dict.fromkeys(self.affected)), "actions": self.lines,
-                "events": self.events, **(details or {})}
+        return {
+            "action": self.action,
+            "outcome": outcome,
+            "reason": reason,
+            "alertname": self.alertname,
+            "alert_event_id": self.event_id,
+            "affected": list(dict.fromkeys(self.affected)),
+            "actions": self.lines,
+            "events": self.events,
+            **(details or {}),
+        }
 
 
 def _guard_outcome(decision: Decision) -> str:
-    return {"act": "succeeded", "dry_run": "dry_run", "rate_limited": "rate_limited"}.get(
-        decision.outcome, "skipped")
+    return {"act": "succeeded", "dry_run": "dry_run", "rate_limited": "rate_limited"}.get(decision.outcome, "skipped")
 
 
 def _id_from(resource_id: str) -> str | None:
@@ -279,8 +315,9 @@ def _id_from(resource_id: str) -> str | None:
 # -- retry ----------------------------------------------------------------------------
 @flow(name="planflow-retry-run", log_prints=True, retries=0)
 @audited
-def retry_run(flow_run_id: str = "", event_id: str = "", event: str = "",
-              resource_id: str = "", event_occurred: str = "") -> dict[str, Any]:
+def retry_run(
+    flow_run_id: str = "", event_id: str = "", event: str = "", resource_id: str = "", event_occurred: str = ""
+) -> dict[str, Any]:
     """Run a failed or crashed pipeline flow run again, the same flow run, after a backoff;
     finished components are read back from their persisted results."""
     from prefect.states import AwaitingRetry
@@ -298,35 +335,52 @@ def retry_run(flow_run_id: str = "", event_id: str = "", event: str = "",
         state = run.state
         kind = state.type.value if state else "UNKNOWN"
         if state is None or kind not in ("FAILED", "CRASHED"):
-            return audit.finish("skipped", f"flow run {run.name} is {state.name if state else '-'} now, "
-                                "not failed or crashed (already retried, or a duplicate event)", route=route)
+            return audit.finish(
+                "skipped",
+                f"flow run {run.name} is {state.name if state else '-'} now, "
+                "not failed or crashed (already retried, or a duplicate event)",
+                route=route,
+            )
         if "component" in run.tags or REMEDIATION_TAG in run.tags:
-            return audit.finish("skipped", f"flow run {run.name} is a component or remediation run: "
-                                "its parent pipeline run is the one retried", route=route)
+            return audit.finish(
+                "skipped",
+                f"flow run {run.name} is a component or remediation run: its parent pipeline run is the one retried",
+                route=route,
+            )
         if run.deployment_id is None:
-            return audit.finish("skipped", f"flow run {run.name} was not started from a deployment: "
-                                "no worker can run it again", route=route)
+            return audit.finish(
+                "skipped",
+                f"flow run {run.name} was not started from a deployment: no worker can run it again",
+                route=route,
+            )
         decision = Guard(route).admit(f"retry:{run_id}", extra={"flow_run": run.name})
-        details = {"flow_run": run.name, "was": state.name, "attempt": decision.attempt,
-                   "decision": decision.outcome}
+        details = {"flow_run": run.name, "was": state.name, "attempt": decision.attempt, "decision": decision.outcome}
         if not decision.counted:
             audit.note(f"not retried: {decision.reason}")
             return audit.finish(_guard_outcome(decision), decision.reason, details, route)
         delay = route.backoff(decision.attempt)
-        when = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=delay)
+        when = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=delay)
         details.update(backoff_seconds=delay, scheduled_for=when.isoformat())
         if decision.outcome == "dry_run":
             audit.note(f"dry run: would set {run.name} ({state.name}) to AwaitingRetry in {delay:g} s")
             return audit.finish("dry_run", decision.reason, details, route)
         client.set_flow_run_state(
-            run_id, AwaitingRetry(scheduled_time=when, message=(
-                f"planflow retry {decision.attempt}/{route.max_attempts} after {state.name}: "
-                f"{(state.message or '')[:200]}")), force=True)
-        audit.note(f"set {run.name} from {state.name} to AwaitingRetry, due in {delay:g} s "
-                   f"(attempt {decision.attempt} of {route.max_attempts}); a worker of its pool runs "
-                   "the same flow run again, finished components come back Cached")
-        audit.emit("action", what="set-state", state="AwaitingRetry", flow_run_id=run_id,
-                   backoff_seconds=delay)
+            run_id,
+            AwaitingRetry(
+                scheduled_time=when,
+                message=(
+                    f"planflow retry {decision.attempt}/{route.max_attempts} after {state.name}: "
+                    f"{(state.message or '')[:200]}"
+                ),
+            ),
+            force=True,
+        )
+        audit.note(
+            f"set {run.name} from {state.name} to AwaitingRetry, due in {delay:g} s "
+            f"(attempt {decision.attempt} of {route.max_attempts}); a worker of its pool runs "
+            "the same flow run again, finished components come back Cached"
+        )
+        audit.emit("action", what="set-state", state="AwaitingRetry", flow_run_id=run_id, backoff_seconds=delay)
     return audit.finish("succeeded", decision.reason, details, route)
 
 
@@ -348,20 +402,41 @@ class PoolAlert:
     route: AlertRoute
     guard: Guard
     key: str  # the guard's target, e.g. "failover:docker"
-    audit: "Audit"
+    audit: Audit
 
     def check_again(self, delay: float, recheck: int) -> str | None:
         """Run this remediation again in `delay` seconds as if the alert resolved (a
         re-check, number `recheck`); returns when, or None when it is not deployed."""
-        return _schedule_again(f"{FLOW_OF_ACTION[self.action]}/remediation", delay, {
-            "alertname": self.alertname, "work_pool": self.pool, "event_id": self.event_id,
-            "event": "planflow.alert.resolved", "labels": self.labels, "status": "resolved", "recheck": recheck})
+        return _schedule_again(
+            f"{FLOW_OF_ACTION[self.action]}/remediation",
+            delay,
+            {
+                "alertname": self.alertname,
+                "work_pool": self.pool,
+                "event_id": self.event_id,
+                "event": "planflow.alert.resolved",
+                "labels": self.labels,
+                "status": "resolved",
+                "recheck": recheck,
+            },
+        )
 
 
-def _pool_alert(action: str, default_alertname: str, alertname: str, work_pool: str, event_id: str,
-                event: str, resource_id: str, labels: dict[str, Any] | None, status: str, recheck: int,
-                event_occurred: str, shared: bool = False,
-                **started: Any) -> tuple[PoolAlert, dict[str, Any] | None]:
+def _pool_alert(
+    action: str,
+    default_alertname: str,
+    alertname: str,
+    work_pool: str,
+    event_id: str,
+    event: str,
+    resource_id: str,
+    labels: dict[str, Any] | None,
+    status: str,
+    recheck: int,
+    event_occurred: str,
+    shared: bool = False,
+    **started: Any,
+) -> tuple[PoolAlert, dict[str, Any] | None]:
     """Parse the parameters, start the audit trail, and say whether to stop at once (no
     pool in the alert, or its route is not this action): (alert, result or None)."""
     labels = labels or {}
@@ -372,8 +447,9 @@ def _pool_alert(action: str, default_alertname: str, alertname: str, work_pool: 
     audit = Audit(action, alertname, event_id, pool, "" if recheck else event_occurred)
     audit.work_pools.append(pool)
     audit.emit("started", work_pool=pool, status=status, **started)
-    alert = PoolAlert(action, alertname, status, pool, labels, event_id, route, Guard(route, shared=shared),
-                      f"{action}:{pool}", audit)
+    alert = PoolAlert(
+        action, alertname, status, pool, labels, event_id, route, Guard(route, shared=shared), f"{action}:{pool}", audit
+    )
     if not pool:
         return alert, audit.finish("skipped", f"no work pool in the alert (resource {resource_id!r})", route=route)
     if route.action != action:
@@ -385,13 +461,14 @@ def _pool_alert(action: str, default_alertname: str, alertname: str, work_pool: 
 # Alerts that say "no worker serves this pool" (as opposed to "its runs fail").
 WORKER_ALERTS = ("PlanflowWorkPoolNotReady", "PlanflowWorkerHeartbeatStale")
 
+
 def _pool_from(resource_id: str, labels: dict[str, Any] | None, work_pool: str) -> str:
     if work_pool:
         return work_pool
     if labels and labels.get("work_pool"):
         return str(labels["work_pool"])
     prefix = "prefect.work-pool."
-    return resource_id[len(prefix):] if resource_id.startswith(prefix) else ""
+    return resource_id[len(prefix) :] if resource_id.startswith(prefix) else ""
 
 
 def _resource_pools_by_work_pool() -> dict[str, tuple[str, Any]]:
@@ -402,51 +479,85 @@ def _resource_pools_by_work_pool() -> dict[str, tuple[str, Any]]:
 
 def stuck_runs(client, work_pool: str) -> list[Any]:
     """Flow runs on `work_pool` that wait for a worker: Scheduled (incl. Late) or Pending."""
-    from prefect.client.schemas.filters import (FlowRunFilter, FlowRunFilterState,
-                                                FlowRunFilterStateType, WorkPoolFilter,
-                                                WorkPoolFilterName)
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+        WorkPoolFilter,
+        WorkPoolFilterName,
+    )
     from prefect.client.schemas.objects import StateType
 
     return client.read_flow_runs(
         work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[work_pool])),
-        flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
-            type=FlowRunFilterStateType(any_=[StateType.SCHEDULED, StateType.PENDING]))),
-        limit=200)
+        flow_run_filter=FlowRunFilter(
+            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED, StateType.PENDING]))
+        ),
+        limit=200,
+    )
 
 
 def _replan(flow_name: str, backup_name: str, backup: Any) -> dict[str, Any]:
     """The pipeline's plan on the backup pool alone (its capacities), for the record."""
     try:
-        from planflow.prefect.blocks.registry import load_settings
         from planflow.core import discovery as registry
-        from planflow.runtime.planning import plan_pipeline
         from planflow.planner import PlannerOptions
+        from planflow.prefect.blocks.registry import load_settings
+        from planflow.runtime.planning import plan_pipeline
 
         pipeline = registry.get(flow_name)
         settings = load_settings()
-        pp = plan_pipeline(pipeline, {backup_name: backup.capacity()}, {backup_name: backup.cost_per_hour},
-                           PlannerOptions(solver=settings.solver, time_limit_s=min(5.0, settings.time_limit_s)),
-                           None, {backup_name})
-        return {"pipeline": pipeline.name, "makespan_s": round(pp.plan.makespan, 3),
-                "status": pp.plan.status, "pools": sorted({a.pool for a in pp.assignments.values()})}
+        pp = plan_pipeline(
+            pipeline,
+            {backup_name: backup.capacity()},
+            {backup_name: backup.cost_per_hour},
+            PlannerOptions(solver=settings.solver, time_limit_s=min(5.0, settings.time_limit_s)),
+            None,
+            {backup_name},
+        )
+        return {
+            "pipeline": pipeline.name,
+            "makespan_s": round(pp.plan.makespan, 3),
+            "status": pp.plan.status,
+            "pools": sorted({a.pool for a in pp.assignments.values()}),
+        }
     except Exception as exc:  # noqa: BLE001 - a run of a flow planflow does not know
         return {"pipeline": flow_name, "error": f"{type(exc).__name__}: {exc}"[:300]}
 
 
 @flow(name="planflow-failover", log_prints=True, retries=0)
 @audited
-def failover(alertname: str = "", work_pool: str = "", event_id: str = "", event: str = "",
-             resource_id: str = "", labels: dict[str, Any] | None = None,
-             status: str = "", recheck: int = 0, event_occurred: str = "") -> dict[str, Any]:
+def failover(
+    alertname: str = "",
+    work_pool: str = "",
+    event_id: str = "",
+    event: str = "",
+    resource_id: str = "",
+    labels: dict[str, Any] | None = None,
+    status: str = "",
+    recheck: int = 0,
+    event_occurred: str = "",
+) -> dict[str, Any]:
     """Firing: pause the pool, cancel its stuck runs, resubmit them on the backup pool.
     Resolved: resume the pool if failover paused it and a worker serves it again (else
     check again later, up to RECHECKS times)."""
     from prefect.client.schemas.actions import WorkPoolUpdate
     from prefect.states import Cancelled
 
-    alert, skipped = _pool_alert("failover", "PlanflowWorkPoolNotReady", alertname, work_pool, event_id, event,
-                                 resource_id, labels, status, recheck, event_occurred,
-                                 shared=True)  # one failover per pool, whichever pool alert fired
+    alert, skipped = _pool_alert(
+        "failover",
+        "PlanflowWorkPoolNotReady",
+        alertname,
+        work_pool,
+        event_id,
+        event,
+        resource_id,
+        labels,
+        status,
+        recheck,
+        event_occurred,
+        shared=True,
+    )  # one failover per pool, whichever pool alert fired
     if skipped is not None:
         return skipped
     alertname, status, pool, labels = alert.alertname, alert.status, alert.pool, alert.labels
@@ -456,14 +567,14 @@ def failover(alertname: str = "", work_pool: str = "", event_id: str = "", event
         if status == "resolved":
             ledger = guard.ledger(key)
             if route.dry_run:
-                audit.note(f"dry run: would resume work pool {pool} (paused by failover: "
-                           f"{bool(ledger.get('paused'))})")
+                audit.note(f"dry run: would resume work pool {pool} (paused by failover: {bool(ledger.get('paused'))})")
                 guard.reset(key)
                 return audit.finish("dry_run", "alert resolved", {"ledger": ledger}, route)
             if not ledger.get("paused"):
                 guard.reset(key)
-                return audit.finish("skipped", f"alert resolved; failover had not paused {pool}",
-                                    {"ledger": ledger}, route)
+                return audit.finish(
+                    "skipped", f"alert resolved; failover had not paused {pool}", {"ledger": ledger}, route
+                )
             try:
                 workers = live_workers(client, pool)
                 paused_now = client.read_work_pool(pool).is_paused
@@ -472,22 +583,27 @@ def failover(alertname: str = "", work_pool: str = "", event_id: str = "", event
                 return audit.finish("skipped", f"alert resolved; pool {pool} is gone ({exc})", {}, route)
             if not paused_now:
                 guard.reset(key)
-                return audit.finish("skipped", f"alert resolved; {pool} was already resumed (by hand)",
-                                    {"ledger": ledger}, route)
+                return audit.finish(
+                    "skipped", f"alert resolved; {pool} was already resumed (by hand)", {"ledger": ledger}, route
+                )
             if not workers:
                 # Pausing a pool that has no worker resolves "not ready" by itself: resume
                 # only once a worker is back, checking again later (bounded).
                 planned = None if recheck >= RECHECKS else alert.check_again(recheck_delay(recheck), recheck + 1)
-                audit.note(f"alert resolved but {pool} has no live worker: stays paused; "
-                           + (f"checking again at {planned}" if planned else "no more re-checks"))
-                return audit.finish("skipped", f"{pool} has no live worker yet",
-                                    {"recheck": recheck, "next_check": planned}, route)
+                audit.note(
+                    f"alert resolved but {pool} has no live worker: stays paused; "
+                    + (f"checking again at {planned}" if planned else "no more re-checks")
+                )
+                return audit.finish(
+                    "skipped", f"{pool} has no live worker yet", {"recheck": recheck, "next_check": planned}, route
+                )
             client.update_work_pool(pool, WorkPoolUpdate(is_paused=False))
             audit.note(f"resumed work pool {pool} (paused by failover at {ledger.get('paused_at')})")
             audit.emit("action", what="resume-work-pool", work_pool=pool)
             guard.reset(key)
-            return audit.finish("succeeded", f"alert {alertname} resolved: pool {pool} resumed",
-                                {"resumed": pool}, route)
+            return audit.finish(
+                "succeeded", f"alert {alertname} resolved: pool {pool} resumed", {"resumed": pool}, route
+            )
 
         previous = guard.ledger(key)
         if previous.get("paused"):
@@ -509,28 +625,37 @@ def failover(alertname: str = "", work_pool: str = "", event_id: str = "", event
             # The alert was about a worker that is back by now (or a pool seen between its
             # creation and its worker's first heartbeat): nothing is unhealthy any more.
             audit.note(f"{pool} is READY with live worker(s) {', '.join(live)}: the alert is stale")
-            return audit.finish("skipped", f"{pool} recovered before the failover ran",
-                                {"work_pool": pool, "live_workers": live}, route)
+            return audit.finish(
+                "skipped", f"{pool} recovered before the failover ran", {"work_pool": pool, "live_workers": live}, route
+            )
         if backup is None and not stuck and not live:
             # No worker to stop, no run to move, nowhere to move it: pausing would only
             # leave an unused pool paused until someone notices.
-            audit.note(f"nothing to do: {pool} has no live worker, no waiting run and no backup pool "
-                       f"(set backup_pool on its ResourcePool block to fail it over)")
+            audit.note(
+                f"nothing to do: {pool} has no live worker, no waiting run and no backup pool "
+                f"(set backup_pool on its ResourcePool block to fail it over)"
+            )
             return audit.finish("skipped", f"{pool}: nothing to protect or move", {"work_pool": pool}, route)
         decision = guard.admit(key)
         if not decision.counted:
             audit.note(f"no failover: {decision.reason}")
             return audit.finish(_guard_outcome(decision), decision.reason, {"decision": decision.outcome}, route)
         dry = decision.outcome == "dry_run"
-        details: dict[str, Any] = {"work_pool": pool, "resource_pool": source_name,
-                                   "backup_pool": backup_name,
-                                   "backup_work_pool": backup.work_pool if backup else None,
-                                   "cancelled": [], "resubmitted": [], "kept": [], "replans": {}}
+        details: dict[str, Any] = {
+            "work_pool": pool,
+            "resource_pool": source_name,
+            "backup_pool": backup_name,
+            "backup_work_pool": backup.work_pool if backup else None,
+            "cancelled": [],
+            "resubmitted": [],
+            "kept": [],
+            "replans": {},
+        }
         if dry:
             audit.note(f"dry run: would pause work pool {pool}")
         else:
             client.update_work_pool(pool, WorkPoolUpdate(is_paused=True))
-            guard.update(key, paused=True, paused_at=dt.datetime.now(dt.timezone.utc).isoformat())
+            guard.update(key, paused=True, paused_at=dt.datetime.now(dt.UTC).isoformat())
             audit.note(f"paused work pool {pool}: no new run starts there until the alert resolves")
             audit.emit("action", what="pause-work-pool", work_pool=pool)
 
@@ -553,13 +678,22 @@ def failover(alertname: str = "", work_pool: str = "", event_id: str = "", event
                 audit.note(f"{run.name} ({run.state.name}): {why}")
                 continue
             if dry:
-                audit.note(f"dry run: would cancel {run.name} ({run.state.name})"
-                           + (f" and resubmit it on {backup.work_pool}" if target else f" ({why})"))
+                audit.note(
+                    f"dry run: would cancel {run.name} ({run.state.name})"
+                    + (f" and resubmit it on {backup.work_pool}" if target else f" ({why})")
+                )
                 details["cancelled"].append(run.name)
                 continue
-            client.set_flow_run_state(run.id, Cancelled(message=(
-                f"planflow failover: work pool {pool} is unhealthy ({alertname}); "
-                + (f"resubmitted on {backup.work_pool}" if target else why))), force=True)
+            client.set_flow_run_state(
+                run.id,
+                Cancelled(
+                    message=(
+                        f"planflow failover: work pool {pool} is unhealthy ({alertname}); "
+                        + (f"resubmitted on {backup.work_pool}" if target else why)
+                    )
+                ),
+                force=True,
+            )
             audit.note(f"cancelled {run.name} ({run.state.name}) on {pool}" + ("" if target else f": {why}"))
             audit.emit("action", what="cancel-flow-run", flow_run_id=str(run.id))
             details["cancelled"].append(run.name)
@@ -572,21 +706,38 @@ def failover(alertname: str = "", work_pool: str = "", event_id: str = "", event
             if "local_pool" in properties or (not properties and "planflow" in run.tags):
                 parameters["local_pool"] = backup_name  # plan with the backup pool's capacities
             new = client.create_flow_run_from_deployment(
-                target.id, parameters=parameters, job_variables=_backup_job_variables(client, backup),
+                target.id,
+                parameters=parameters,
+                job_variables=_backup_job_variables(client, backup),
                 tags=[*(t for t in run.tags if t not in ("docker", "kubernetes")), "failover"],
-                name=f"{run.name}-failover")
+                name=f"{run.name}-failover",
+            )
             audit.affected.append(str(new.id))
-            details["resubmitted"].append({"from": run.name, "flow_run_id": str(new.id),
-                                           "deployment": f"{flow_obj.name}/{target.name}",
-                                           "work_pool": backup.work_pool})
-            audit.note(f"resubmitted {run.name} as {new.name} ({flow_obj.name}/{target.name}) on "
-                       f"{backup.work_pool}, planned with pool '{backup_name}' "
-                       f"({details['replans'][flow_obj.name].get('makespan_s', '?')} s makespan)")
-            audit.emit("action", what="resubmit", from_flow_run_id=str(run.id),
-                       flow_run_id=str(new.id), work_pool=backup.work_pool)
+            details["resubmitted"].append(
+                {
+                    "from": run.name,
+                    "flow_run_id": str(new.id),
+                    "deployment": f"{flow_obj.name}/{target.name}",
+                    "work_pool": backup.work_pool,
+                }
+            )
+            audit.note(
+                f"resubmitted {run.name} as {new.name} ({flow_obj.name}/{target.name}) on "
+                f"{backup.work_pool}, planned with pool '{backup_name}' "
+                f"({details['replans'][flow_obj.name].get('makespan_s', '?')} s makespan)"
+            )
+            audit.emit(
+                "action",
+                what="resubmit",
+                from_flow_run_id=str(run.id),
+                flow_run_id=str(new.id),
+                work_pool=backup.work_pool,
+            )
         if backup is None:
-            audit.note(f"work pool {pool} has no backup pool (ResourcePool {source_name!r}): "
-                       "paused only, its waiting runs kept queued")
+            audit.note(
+                f"work pool {pool} has no backup pool (ResourcePool {source_name!r}): "
+                "paused only, its waiting runs kept queued"
+            )
     outcome = "dry_run" if dry else "succeeded"
     return audit.finish(outcome, f"{alertname} on {pool}: {decision.reason}", details, route)
 
@@ -607,13 +758,20 @@ def recheck_delay(recheck: int) -> float:
 
 
 def _equivalent_deployment(client, flow_id, work_pool: str):
-    from prefect.client.schemas.filters import (DeploymentFilter, FlowFilter, FlowFilterId,
-                                                WorkPoolFilter, WorkPoolFilterName)
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        FlowFilter,
+        FlowFilterId,
+        WorkPoolFilter,
+        WorkPoolFilterName,
+    )
 
     found = client.read_deployments(
         flow_filter=FlowFilter(id=FlowFilterId(any_=[flow_id])),
         work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[work_pool])),
-        deployment_filter=DeploymentFilter(), limit=10)
+        deployment_filter=DeploymentFilter(),
+        limit=10,
+    )
     return sorted(found, key=lambda d: d.name)[0] if found else None
 
 
@@ -622,8 +780,7 @@ def _backup_job_variables(client, backup) -> dict[str, Any]:
 
     try:
         kind = client.read_work_pool(backup.work_pool).type
-        return job_variables(kind, cpu=backup.cpu, gpu=backup.gpu, mem_gib=backup.mem_gib,
-                             gpu_pool=backup.gpu > 0)
+        return job_variables(kind, cpu=backup.cpu, gpu=backup.gpu, mem_gib=backup.mem_gib, gpu_pool=backup.gpu > 0)
     except Exception:  # noqa: BLE001
         return {}
 
@@ -638,13 +795,16 @@ def _workers_dir() -> Path:
 
 
 def live_workers(client, work_pool: str) -> list[str]:
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     alive = []
     for worker in client.read_workers_for_work_pool(work_pool):
         beat = worker.last_heartbeat_time
         interval = worker.heartbeat_interval_seconds or 30
-        if beat and (now - beat).total_seconds() <= 3 * interval and \
-                str(getattr(worker.status, "value", worker.status)).upper() != "OFFLINE":
+        if (
+            beat
+            and (now - beat).total_seconds() <= 3 * interval
+            and str(getattr(worker.status, "value", worker.status)).upper() != "OFFLINE"
+        ):
             alive.append(worker.name)
     return alive
 
@@ -656,10 +816,17 @@ def backlog_curve(backlog_seconds: list[float], counts: range | list[int]) -> di
 
     if not backlog_seconds:
         return {n: 0.0 for n in counts}
-    tasks = tuple(Task(f"run{i}", (Mode("workers", max(0.1, s), {"slot": 1.0}),))
-                  for i, s in enumerate(backlog_seconds))
-    return {n: float(solve(Problem(tasks, (Pool("workers", {"slot": float(max(1, n))}),)),
-                           PlannerOptions(time_limit_s=2.0)).makespan) for n in counts}
+    tasks = tuple(
+        Task(f"run{i}", (Mode("workers", max(0.1, s), {"slot": 1.0}),)) for i, s in enumerate(backlog_seconds)
+    )
+    return {
+        n: float(
+            solve(
+                Problem(tasks, (Pool("workers", {"slot": float(max(1, n))}),)), PlannerOptions(time_limit_s=2.0)
+            ).makespan
+        )
+        for n in counts
+    }
 
 
 def workers_to_reach(curve: dict[int, float], tolerance: float = 0.05) -> int:
@@ -682,8 +849,8 @@ def _estimate_seconds(client, run) -> float:
 
 def start_worker(work_pool: str, pool_type: str, name: str) -> int:
     """Start `prefect worker start` for the pool as a detached process; returns its pid."""
-    from planflow.settings import StatePaths, client_env
     from planflow.ops.workers import start_worker as start
+    from planflow.settings import StatePaths, client_env
 
     env = dict(os.environ)
     try:
@@ -692,8 +859,14 @@ def start_worker(work_pool: str, pool_type: str, name: str) -> int:
         pass
     if os.environ.get("PREFECT_API_URL"):
         env["PREFECT_API_URL"] = os.environ["PREFECT_API_URL"]
-    return start(work_pool, _workers_dir() / f"{name}.log", pool_type=pool_type, name=name, env=env,
-                 query_seconds=float(env.get("PREFECT_WORKER_QUERY_SECONDS", 2))).pid
+    return start(
+        work_pool,
+        _workers_dir() / f"{name}.log",
+        pool_type=pool_type,
+        name=name,
+        env=env,
+        query_seconds=float(env.get("PREFECT_WORKER_QUERY_SECONDS", 2)),
+    ).pid
 
 
 def stop_worker(pid: int, name: str) -> bool:
@@ -707,18 +880,38 @@ def stop_worker(pid: int, name: str) -> bool:
 
 @flow(name="planflow-rescale", log_prints=True, retries=0)
 @audited
-def rescale(alertname: str = "", work_pool: str = "", work_queue: str = "", event_id: str = "",
-            event: str = "", resource_id: str = "", labels: dict[str, Any] | None = None,
-            status: str = "", recheck: int = 0, event_occurred: str = "") -> dict[str, Any]:
+def rescale(
+    alertname: str = "",
+    work_pool: str = "",
+    work_queue: str = "",
+    event_id: str = "",
+    event: str = "",
+    resource_id: str = "",
+    labels: dict[str, Any] | None = None,
+    status: str = "",
+    recheck: int = 0,
+    event_occurred: str = "",
+) -> dict[str, Any]:
     """Firing: if the planner says one more worker shortens the backlog, raise the pool's
     (and queue's) concurrency limit and start a worker, within the route's bounds.
     Resolved: stop the workers it started and restore the limits."""
     from prefect.client.schemas.actions import WorkPoolUpdate
 
     queue = work_queue or (labels or {}).get("work_queue", "")
-    alert, skipped = _pool_alert("rescale", "PlanflowLateRunBacklog", alertname, work_pool, event_id, event,
-                                 "" if resource_id.startswith("prefect.work-queue.") else resource_id,
-                                 labels, status, recheck, event_occurred, work_queue=queue)
+    alert, skipped = _pool_alert(
+        "rescale",
+        "PlanflowLateRunBacklog",
+        alertname,
+        work_pool,
+        event_id,
+        event,
+        "" if resource_id.startswith("prefect.work-queue.") else resource_id,
+        labels,
+        status,
+        recheck,
+        event_occurred,
+        work_queue=queue,
+    )
     if skipped is not None:
         return skipped
     alertname, pool = alert.alertname, alert.pool
@@ -747,13 +940,26 @@ def rescale(alertname: str = "", work_pool: str = "", work_queue: str = "", even
         now_ms, next_ms = curve[n], curve[n + 1]
         gain = now_ms - next_ms
         details: dict[str, Any] = {
-            "work_pool": pool, "work_queue": queue, "live_workers": live, "backlog_runs": len(backlog),
-            "backlog_estimates_s": estimates, "makespan_with_n_s": now_ms, "makespan_with_n_plus_1_s": next_ms,
-            "makespan_by_workers_s": {str(k): round(v, 2) for k, v in curve.items()}, "target_workers": target,
-            "n": n, "gain_s": gain, "min_workers": route.min_workers, "max_workers": route.max_workers}
-        audit.note(f"{len(backlog)} run(s) wait on {pool} with {len(live)} live worker(s); the planner "
-                   "says the backlog takes " + ", ".join(f"{v:.1f} s with {k}" for k, v in curve.items())
-                   + f" worker(s): one more buys {gain:.1f} s; {target} is enough (within 5 % of the best)")
+            "work_pool": pool,
+            "work_queue": queue,
+            "live_workers": live,
+            "backlog_runs": len(backlog),
+            "backlog_estimates_s": estimates,
+            "makespan_with_n_s": now_ms,
+            "makespan_with_n_plus_1_s": next_ms,
+            "makespan_by_workers_s": {str(k): round(v, 2) for k, v in curve.items()},
+            "target_workers": target,
+            "n": n,
+            "gain_s": gain,
+            "min_workers": route.min_workers,
+            "max_workers": route.max_workers,
+        }
+        audit.note(
+            f"{len(backlog)} run(s) wait on {pool} with {len(live)} live worker(s); the planner "
+            "says the backlog takes "
+            + ", ".join(f"{v:.1f} s with {k}" for k, v in curve.items())
+            + f" worker(s): one more buys {gain:.1f} s; {target} is enough (within 5 % of the best)"
+        )
         if len(live) >= route.max_workers:
             audit.note(f"not scaled: {len(live)} worker(s) already, max_workers={route.max_workers}")
             return audit.finish("skipped", f"at max_workers ({route.max_workers})", details, route)
@@ -821,8 +1027,16 @@ def scale_out(pool: str, pool_type: str, count: int, route: AlertRoute) -> list[
         namespace, name = route.kubernetes_namespace, route.kubernetes_worker_deployment
         before = worker_replicas(namespace, name)
         after = scale_workers(namespace, name, min(before + count, route.max_workers))
-        return [{"kind": "kubernetes", "name": f"{namespace}/{name}", "namespace": namespace,
-                 "deployment": name, "replicas_before": before, "replicas": after}]
+        return [
+            {
+                "kind": "kubernetes",
+                "name": f"{namespace}/{name}",
+                "namespace": namespace,
+                "deployment": name,
+                "replicas_before": before,
+                "replicas": after,
+            }
+        ]
     workers = []
     for _ in range(count):
         name = f"planflow-rescale-{pool}-{uuid.uuid4().hex[:6]}"
@@ -865,8 +1079,11 @@ def _scale_down(client, alert: PoolAlert, recheck: int) -> dict[str, Any]:
         return audit.finish("skipped", "alert resolved; nothing had been scaled", {}, route)
     backlog = stuck_runs(client, pool)
     if ledger.get("scaling") or backlog:
-        why = ("the rescale that answered the alert is still acting" if ledger.get("scaling")
-               else f"{len(backlog)} run(s) still wait on {pool}")
+        why = (
+            "the rescale that answered the alert is still acting"
+            if ledger.get("scaling")
+            else f"{len(backlog)} run(s) still wait on {pool}"
+        )
         if recheck >= SCALE_DOWN_RECHECKS:
             return audit.finish("skipped", f"not scaled down: {why}; no more checks", {}, route)
         when = alert.check_again(SCALE_DOWN_RECHECK_SECONDS, recheck + 1)
@@ -887,8 +1104,10 @@ def _scale_down(client, alert: PoolAlert, recheck: int) -> dict[str, Any]:
 
             replicas = scale_workers(worker["namespace"], worker["deployment"], int(worker["replicas_before"]))
             stopped.append(worker["name"])
-            audit.note(f"worker Deployment {worker['name']} scaled back to {replicas} replica(s) "
-                       "(running flow-run Jobs are not affected)")
+            audit.note(
+                f"worker Deployment {worker['name']} scaled back to {replicas} replica(s) "
+                "(running flow-run Jobs are not affected)"
+            )
             continue
         pid, name = int(worker["pid"]), worker["name"]
         if not is_our_process(pid, name):
@@ -906,11 +1125,20 @@ def _scale_down(client, alert: PoolAlert, recheck: int) -> dict[str, Any]:
         guard.update(key, workers=waiting, limits_restored=True)
         details["next_check"] = alert.check_again(SCALE_DOWN_RECHECK_SECONDS, recheck + 1)
         audit.note(f"{len(waiting)} worker(s) still run flow runs: checking again at {details['next_check']}")
-        return audit.finish("succeeded", f"alert {alert.alertname} resolved: limits restored, "
-                            f"{len(stopped)} worker(s) stopped, {len(waiting)} finishing their runs", details, route)
+        return audit.finish(
+            "succeeded",
+            f"alert {alert.alertname} resolved: limits restored, "
+            f"{len(stopped)} worker(s) stopped, {len(waiting)} finishing their runs",
+            details,
+            route,
+        )
     guard.reset(key)
-    return audit.finish("succeeded", f"alert {alert.alertname} resolved: scaled {pool} back down "
-                        f"({len(stopped)} worker(s) stopped)", details, route)
+    return audit.finish(
+        "succeeded",
+        f"alert {alert.alertname} resolved: scaled {pool} back down ({len(stopped)} worker(s) stopped)",
+        details,
+        route,
+    )
 
 
 def _schedule_again(deployment_name: str, delay: float, parameters: dict[str, Any]) -> str | None:
@@ -923,10 +1151,13 @@ def _schedule_again(deployment_name: str, delay: float, parameters: dict[str, An
             deployment = client.read_deployment_by_name(deployment_name)
         except ObjectNotFound:
             return None
-        when = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=delay)
-        client.create_flow_run_from_deployment(deployment.id, parameters=parameters,
-                                               state=Scheduled(scheduled_time=when),
-                                               tags=[REMEDIATION_TAG, "recheck"])
+        when = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=delay)
+        client.create_flow_run_from_deployment(
+            deployment.id,
+            parameters=parameters,
+            state=Scheduled(scheduled_time=when),
+            tags=[REMEDIATION_TAG, "recheck"],
+        )
     return when.isoformat(timespec="seconds")
 
 

@@ -37,7 +37,7 @@ import os
 import subprocess
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -51,8 +51,7 @@ REMEDIATION_DEPLOYMENTS = {
     "planflow-failover": "planflow.remediation.actions:failover",
     "planflow-rescale": "planflow.remediation.actions:rescale",
 }
-FLOW_FOR_ACTION = {"retry": "planflow-retry-run", "failover": "planflow-failover",
-                   "rescale": "planflow-rescale"}
+FLOW_FOR_ACTION = {"retry": "planflow-retry-run", "failover": "planflow-failover", "rescale": "planflow-rescale"}
 NAMES = {
     "retry": PREFIX + "retry failed or crashed runs",
     "failover": PREFIX + "failover on unhealthy pool",
@@ -75,8 +74,10 @@ EVENT_PARAMETERS = {
 }
 ALERT_PARAMETERS = {
     **EVENT_PARAMETERS,
-    "labels": {"__prefect_kind": "json",
-               "value": {"__prefect_kind": "jinja", "template": "{{ event.payload.labels | tojson }}"}},
+    "labels": {
+        "__prefect_kind": "json",
+        "value": {"__prefect_kind": "jinja", "template": "{{ event.payload.labels | tojson }}"},
+    },
 }
 
 
@@ -103,9 +104,14 @@ def ensure_remediation_pool() -> str:
                 return f"{REMEDIATION_POOL}: resumed"
             return f"{REMEDIATION_POOL}: unchanged"
         except ObjectNotFound:
-            client.create_work_pool(WorkPoolCreate(
-                name=REMEDIATION_POOL, type="process", base_job_template=load_template("process"),
-                description="Runs planflow's remediation flows (retry, failover, rescale)."))
+            client.create_work_pool(
+                WorkPoolCreate(
+                    name=REMEDIATION_POOL,
+                    type="process",
+                    base_job_template=load_template("process"),
+                    description="Runs planflow's remediation flows (retry, failover, rescale).",
+                )
+            )
             return f"{REMEDIATION_POOL}: created"
 
 
@@ -117,18 +123,26 @@ def ensure_deployments() -> dict[str, Any]:
 
     from planflow.remediation import actions as remediation
 
-    flows = {"planflow-retry-run": remediation.retry_run, "planflow-failover": remediation.failover,
-             "planflow-rescale": remediation.rescale}
+    flows = {
+        "planflow-retry-run": remediation.retry_run,
+        "planflow-failover": remediation.failover,
+        "planflow-rescale": remediation.rescale,
+    }
     ids = {}
     with get_client(sync_client=True) as client:
         for flow_name, entrypoint in REMEDIATION_DEPLOYMENTS.items():
             flow_id = client.create_flow_from_name(flow_name)
             ids[flow_name] = client.create_deployment(
-                flow_id=flow_id, name=DEPLOYMENT_NAME, entrypoint=entrypoint,
-                work_pool_name=REMEDIATION_POOL, tags=["planflow-remediation"],
+                flow_id=flow_id,
+                name=DEPLOYMENT_NAME,
+                entrypoint=entrypoint,
+                work_pool_name=REMEDIATION_POOL,
+                tags=["planflow-remediation"],
                 description=f"planflow remediation: {flow_name} (started by planflow's automations)",
                 parameter_openapi_schema=parameter_schema(flows[flow_name].fn).model_dump_for_openapi(),
-                enforce_parameter_schema=False, job_variables={})
+                enforce_parameter_schema=False,
+                job_variables={},
+            )
     return ids
 
 
@@ -136,59 +150,91 @@ def ensure_deployments() -> dict[str, Any]:
 def desired_automations(deployment_ids: dict[str, Any], routes: dict[str, Any] | None = None) -> list[Any]:
     """Every automation planflow needs, built from the AlertRoute blocks (or defaults)."""
     from prefect.automations import Automation
+    from prefect.client.schemas.objects import StateType
     from prefect.events.actions import ChangeFlowRunState, RunDeployment
     from prefect.events.schemas.automations import EventTrigger, Posture
-    from prefect.client.schemas.objects import StateType
 
     from planflow.prefect.blocks.alert_route import FLOW_RUN_FAILED, load_routes
 
     routes = routes if routes is not None else load_routes()
     out = []
     if routes.get(FLOW_RUN_FAILED) is None or routes[FLOW_RUN_FAILED].action != "none":
-        out.append(Automation(
-            name=NAMES["retry"],
-            description="A failed or crashed planflow flow run is run again (the same flow run, "
-                        "finished components cached), within its AlertRoute's attempt cap and backoff.",
-            trigger=EventTrigger(
-                expect={"prefect.flow-run.Failed", "prefect.flow-run.Crashed"},
-                match={"prefect.resource.id": "prefect.flow-run.*"},
-                match_related={"prefect.resource.id": "prefect.tag.planflow",
-                               "prefect.resource.role": "tag"},
-                posture=Posture.Reactive, threshold=1, within=timedelta(0)),
-            actions=[RunDeployment(source="selected", deployment_id=deployment_ids["planflow-retry-run"],
-                                   parameters=dict(EVENT_PARAMETERS))],
-        ))
+        out.append(
+            Automation(
+                name=NAMES["retry"],
+                description="A failed or crashed planflow flow run is run again (the same flow run, "
+                "finished components cached), within its AlertRoute's attempt cap and backoff.",
+                trigger=EventTrigger(
+                    expect={"prefect.flow-run.Failed", "prefect.flow-run.Crashed"},
+                    match={"prefect.resource.id": "prefect.flow-run.*"},
+                    match_related={"prefect.resource.id": "prefect.tag.planflow", "prefect.resource.role": "tag"},
+                    posture=Posture.Reactive,
+                    threshold=1,
+                    within=timedelta(0),
+                ),
+                actions=[
+                    RunDeployment(
+                        source="selected",
+                        deployment_id=deployment_ids["planflow-retry-run"],
+                        parameters=dict(EVENT_PARAMETERS),
+                    )
+                ],
+            )
+        )
     for action, resource in (("failover", "prefect.work-pool.*"), ("rescale", "prefect.work-*")):
         alerts = sorted(name for name, route in routes.items() if route.action == action)
         if not alerts:
             continue
-        out.append(Automation(
-            name=NAMES[action],
-            description=f"planflow.alert.firing/resolved of {', '.join(alerts)} (their AlertRoute "
-                        f"blocks say {action}) start the {action} remediation flow.",
-            trigger=EventTrigger(
-                expect={"planflow.alert.firing", "planflow.alert.resolved"},
-                match={"prefect.resource.id": resource, "planflow.alert.name": alerts},
-                posture=Posture.Reactive, threshold=1, within=timedelta(0)),
-            actions=[RunDeployment(source="selected", deployment_id=deployment_ids[FLOW_FOR_ACTION[action]],
-                                   parameters=dict(ALERT_PARAMETERS))],
-        ))
+        out.append(
+            Automation(
+                name=NAMES[action],
+                description=f"planflow.alert.firing/resolved of {', '.join(alerts)} (their AlertRoute "
+                f"blocks say {action}) start the {action} remediation flow.",
+                trigger=EventTrigger(
+                    expect={"planflow.alert.firing", "planflow.alert.resolved"},
+                    match={"prefect.resource.id": resource, "planflow.alert.name": alerts},
+                    posture=Posture.Reactive,
+                    threshold=1,
+                    within=timedelta(0),
+                ),
+                actions=[
+                    RunDeployment(
+                        source="selected",
+                        deployment_id=deployment_ids[FLOW_FOR_ACTION[action]],
+                        parameters=dict(ALERT_PARAMETERS),
+                    )
+                ],
+            )
+        )
     window = crash_after_seconds()
-    out.append(Automation(
-        name=NAMES["crash"],
-        description=f"A planflow flow run that stopped sending heartbeats for {window:g} s without "
-                    "reaching a final state is marked Crashed (the retry automation then answers).",
-        trigger=EventTrigger(
-            after={"prefect.flow-run.heartbeat"},
-            expect={"prefect.flow-run.heartbeat", "prefect.flow-run.Completed", "prefect.flow-run.Failed",
-                    "prefect.flow-run.Cancelled", "prefect.flow-run.Crashed"},
-            match={"prefect.resource.id": "prefect.flow-run.*"},
-            match_related={"prefect.resource.id": "prefect.tag.planflow", "prefect.resource.role": "tag"},
-            for_each={"prefect.resource.id"},
-            posture=Posture.Proactive, threshold=1, within=timedelta(seconds=window)),
-        actions=[ChangeFlowRunState(state=StateType.CRASHED,
-                                    message=f"planflow: no heartbeat for {window:g} s; marked Crashed")],
-    ))
+    out.append(
+        Automation(
+            name=NAMES["crash"],
+            description=f"A planflow flow run that stopped sending heartbeats for {window:g} s without "
+            "reaching a final state is marked Crashed (the retry automation then answers).",
+            trigger=EventTrigger(
+                after={"prefect.flow-run.heartbeat"},
+                expect={
+                    "prefect.flow-run.heartbeat",
+                    "prefect.flow-run.Completed",
+                    "prefect.flow-run.Failed",
+                    "prefect.flow-run.Cancelled",
+                    "prefect.flow-run.Crashed",
+                },
+                match={"prefect.resource.id": "prefect.flow-run.*"},
+                match_related={"prefect.resource.id": "prefect.tag.planflow", "prefect.resource.role": "tag"},
+                for_each={"prefect.resource.id"},
+                posture=Posture.Proactive,
+                threshold=1,
+                within=timedelta(seconds=window),
+            ),
+            actions=[
+                ChangeFlowRunState(
+                    state=StateType.CRASHED, message=f"planflow: no heartbeat for {window:g} s; marked Crashed"
+                )
+            ],
+        )
+    )
     return out
 
 
@@ -215,13 +261,15 @@ def crash_after_seconds() -> float:
         try:
             value = float(explicit)
         except ValueError:
-            raise AutomationsError(f"{CRASH_AFTER_ENV}={explicit!r} is not a number of seconds; "
-                                   f"unset it or give e.g. {3 * frequency:g}") from None
+            raise AutomationsError(
+                f"{CRASH_AFTER_ENV}={explicit!r} is not a number of seconds; unset it or give e.g. {3 * frequency:g}"
+            ) from None
         if value < 1.5 * frequency:
             raise AutomationsError(
                 f"{CRASH_AFTER_ENV}={value:g} is shorter than 1.5 heartbeats ({frequency:g} s each, "
                 "PREFECT_FLOWS_HEARTBEAT_FREQUENCY): healthy runs would be marked Crashed between two "
-                f"heartbeats. Set it to at least {1.5 * frequency:g}, or lower the heartbeat frequency.")
+                f"heartbeats. Set it to at least {1.5 * frequency:g}, or lower the heartbeat frequency."
+            )
         return value
     return 3 * frequency
 
@@ -241,8 +289,7 @@ def planflow_automations() -> list[Any]:
     from prefect.client.orchestration import get_client
 
     with get_client(sync_client=True) as client:
-        return sorted((a for a in client.read_automations() if a.name.startswith(PREFIX)),
-                      key=lambda a: a.name)
+        return sorted((a for a in client.read_automations() if a.name.startswith(PREFIX)), key=lambda a: a.name)
 
 
 def apply(routes: dict[str, Any] | None = None) -> list[str]:
@@ -253,15 +300,13 @@ def apply(routes: dict[str, Any] | None = None) -> list[str]:
     from prefect.client.orchestration import get_client
 
     from planflow.prefect.blocks.alert_route import Guard, ensure_routes
-
     from planflow.prefect.workpools import WorkPoolError, require_server
 
     try:
         require_server()
     except WorkPoolError as exc:
         raise AutomationsError(str(exc)) from exc
-    done = [f"AlertRoute '{name}': {'created' if created else 'kept'}"
-            for name, created in ensure_routes().items()]
+    done = [f"AlertRoute '{name}': {'created' if created else 'kept'}" for name, created in ensure_routes().items()]
     Guard.ensure_lock()
     done.append(ensure_remediation_pool())
     ids = ensure_deployments()
@@ -304,9 +349,13 @@ def remove(name: str | None = None) -> list[str]:
 
 
 # -- a worker for the remediation pool ----------------------------------------------------
-def start_remediation_worker(log_file: Path, query_seconds: float = 1.0,
-                             env: dict[str, str] | None = None, limit: int = 4,
-                             name: str | None = None) -> subprocess.Popen:
+def start_remediation_worker(
+    log_file: Path,
+    query_seconds: float = 1.0,
+    env: dict[str, str] | None = None,
+    limit: int = 4,
+    name: str | None = None,
+) -> subprocess.Popen:
     """The remediation worker (monitoring/remediation_worker.py: runs the remediation
     flows in its own warm process) on `planflow-remediation`, polling every
     `query_seconds` (Prefect's default 10 s would dominate the alert-to-remediation
@@ -316,9 +365,23 @@ def start_remediation_worker(log_file: Path, query_seconds: float = 1.0,
     from planflow.ops.workers import start_process
 
     name = name or f"{REMEDIATION_POOL}-{os.getpid()}-{os.urandom(3).hex()}"
-    return start_process([sys.executable, "-m", "planflow.remediation.worker", "--pool", REMEDIATION_POOL,
-                          "--name", name, "--limit", str(limit), "--query-seconds", f"{query_seconds:g}"],
-                         log_file, dict(os.environ if env is None else env))
+    return start_process(
+        [
+            sys.executable,
+            "-m",
+            "planflow.remediation.worker",
+            "--pool",
+            REMEDIATION_POOL,
+            "--name",
+            name,
+            "--limit",
+            str(limit),
+            "--query-seconds",
+            f"{query_seconds:g}",
+        ],
+        log_file,
+        dict(os.environ if env is None else env),
+    )
 
 
 def stop_process(process: subprocess.Popen, timeout: float = 20.0) -> None:
@@ -334,9 +397,8 @@ def _worker_pid_file(paths) -> Path:
 
 def worker_pid(paths=None) -> int | None:
     """The pid of the remediation worker `worker_up` started, if it still runs."""
-    from planflow.settings import StatePaths
-
     from planflow.ops.workers import start_ticks
+    from planflow.settings import StatePaths
 
     paths = paths or StatePaths.discover()
     try:
@@ -362,8 +424,9 @@ def worker_up(paths=None, query_seconds: float = 1.0) -> int:
     gateway = pushgateway_url_from_env()
     if gateway:
         env["PLANFLOW_PUSHGATEWAY_URL"] = gateway
-    process = start_remediation_worker(paths.home / "monitoring" / "remediation-worker.log",
-                                       query_seconds=query_seconds, env=env)
+    process = start_remediation_worker(
+        paths.home / "monitoring" / "remediation-worker.log", query_seconds=query_seconds, env=env
+    )
     pid_file = _worker_pid_file(paths)
     pid_file.parent.mkdir(parents=True, exist_ok=True)
     from planflow.ops.workers import start_ticks
@@ -374,8 +437,8 @@ def worker_up(paths=None, query_seconds: float = 1.0) -> int:
 
 def worker_down(paths=None, timeout: float = 20.0) -> bool:
     """Stop the worker `worker_up` started (the same process: pid and start time)."""
-    from planflow.settings import StatePaths
     from planflow.ops.workers import stop_group
+    from planflow.settings import StatePaths
 
     paths = paths or StatePaths.discover()
     pid = worker_pid(paths)
@@ -386,8 +449,7 @@ def worker_down(paths=None, timeout: float = 20.0) -> bool:
 
 
 # -- the command line (mount: app.add_typer(automations_app, name="automations")) ----------
-automations_app = typer.Typer(help="planflow's Prefect automations (retry, failover, rescale).",
-                              no_args_is_help=True)
+automations_app = typer.Typer(help="planflow's Prefect automations (retry, failover, rescale).", no_args_is_help=True)
 
 
 def _fail(message: str) -> None:
@@ -424,8 +486,9 @@ def ls_command() -> None:
 
 
 @automations_app.command("rm")
-def rm_command(name: Optional[str] = typer.Argument(None, help="Automation name; all of planflow's when omitted."),
-               ) -> None:
+def rm_command(
+    name: str | None = typer.Argument(None, help="Automation name; all of planflow's when omitted."),
+) -> None:
     """Delete one planflow automation, or all of them."""
     removed = remove(name)
     if name and not removed:

@@ -21,6 +21,7 @@ def busy_work(seconds: float = 3.0) -> float:
     return time.perf_counter() - start
 
 
-pipeline = Pipeline("heal-demo", [busy_work],
-                    description="planflow demo heal: one component busy on a core for a few seconds")
+pipeline = Pipeline(
+    "heal-demo", [busy_work], description="planflow demo heal: one component busy on a core for a few seconds"
+)
 heal_demo = to_flow(pipeline)

@@ -39,8 +39,10 @@ async def _api() -> Any:
         await config.load_kube_config(config_file=files, client_configuration=api.configuration)
         return api
     except Exception as exc:  # noqa: BLE001 - config errors come in many types
-        raise KubeError(f"no Kubernetes credentials ({type(exc).__name__}: {exc}). "
-                        "Fix: set KUBECONFIG, or run inside the cluster with a ServiceAccount") from exc
+        raise KubeError(
+            f"no Kubernetes credentials ({type(exc).__name__}: {exc}). "
+            "Fix: set KUBECONFIG, or run inside the cluster with a ServiceAccount"
+        ) from exc
 
 
 async def _replicas(namespace: str, deployment: str, replicas: int | None) -> int:
@@ -55,12 +57,15 @@ async def _replicas(namespace: str, deployment: str, replicas: int | None) -> in
                 scale = await apps.read_namespaced_deployment_scale(deployment, namespace)
             else:
                 scale = await apps.patch_namespaced_deployment_scale(
-                    deployment, namespace, {"spec": {"replicas": int(replicas)}})
+                    deployment, namespace, {"spec": {"replicas": int(replicas)}}
+                )
         except ApiException as exc:
-            raise KubeError(f"Kubernetes said {exc.status} {exc.reason} for deployment "
-                            f"{namespace}/{deployment} (scale): {str(exc.body)[:300]}. Fix: check the "
-                            "AlertRoute's kubernetes_namespace / kubernetes_worker_deployment and the "
-                            "Role (deployments/scale: get, patch)") from exc
+            raise KubeError(
+                f"Kubernetes said {exc.status} {exc.reason} for deployment "
+                f"{namespace}/{deployment} (scale): {str(exc.body)[:300]}. Fix: check the "
+                "AlertRoute's kubernetes_namespace / kubernetes_worker_deployment and the "
+                "Role (deployments/scale: get, patch)"
+            ) from exc
         except OSError as exc:
             raise KubeError(f"the Kubernetes API does not answer ({exc}). Fix: check KUBECONFIG") from exc
         return int(scale.spec.replicas or 0)

@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from planflow.remediation import demo_pipeline
 
@@ -72,9 +74,11 @@ def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: floa
         if value:
             return value
         if time.monotonic() > deadline:
-            raise HealError(f"timed out after {timeout:.0f} s waiting for {what}. "
-                            "Look at `planflow stack status`, Prometheus's /alerts page and the "
-                            "planflow-remediation flow runs in the Prefect UI.")
+            raise HealError(
+                f"timed out after {timeout:.0f} s waiting for {what}. "
+                "Look at `planflow stack status`, Prometheus's /alerts page and the "
+                "planflow-remediation flow runs in the Prefect UI."
+            )
         time.sleep(interval)
 
 
@@ -89,14 +93,21 @@ def create_process_pool(name: str, concurrency_limit: int | None = None) -> None
 
     with get_client(sync_client=True) as client:
         try:
-            client.create_work_pool(WorkPoolCreate(name=name, type="process", base_job_template=load_template("process"),
-                                                   concurrency_limit=concurrency_limit))
+            client.create_work_pool(
+                WorkPoolCreate(
+                    name=name,
+                    type="process",
+                    base_job_template=load_template("process"),
+                    concurrency_limit=concurrency_limit,
+                )
+            )
         except ObjectAlreadyExists:
             client.update_work_pool(name, WorkPoolUpdate(concurrency_limit=concurrency_limit, is_paused=False))
 
 
-def deploy_flow(flow: Any, entrypoint: str, deployment: str, work_pool: str, tags: list[str],
-                parameters: dict | None = None) -> Any:
+def deploy_flow(
+    flow: Any, entrypoint: str, deployment: str, work_pool: str, tags: list[str], parameters: dict | None = None
+) -> Any:
     """A deployment of an installed flow (`entrypoint` is an import path) on `work_pool`;
     created or updated."""
     from prefect.client.orchestration import get_client
@@ -105,18 +116,30 @@ def deploy_flow(flow: Any, entrypoint: str, deployment: str, work_pool: str, tag
     with get_client(sync_client=True) as client:
         flow_id = client.create_flow_from_name(flow.name)
         deployment_id = client.create_deployment(
-            flow_id=flow_id, name=deployment, entrypoint=entrypoint,
-            work_pool_name=work_pool, tags=tags, parameters=parameters or {},
-            enforce_parameter_schema=False, job_variables={},
-            parameter_openapi_schema=parameter_schema(flow.fn).model_dump_for_openapi())
+            flow_id=flow_id,
+            name=deployment,
+            entrypoint=entrypoint,
+            work_pool_name=work_pool,
+            tags=tags,
+            parameters=parameters or {},
+            enforce_parameter_schema=False,
+            job_variables={},
+            parameter_openapi_schema=parameter_schema(flow.fn).model_dump_for_openapi(),
+        )
         return client.read_deployment(deployment_id)
 
 
 def _worker(pool: str, logs: Path, tag: str, env: dict[str, str] | None):
     from planflow.ops.workers import start_worker
 
-    return start_worker(pool, logs / f"{pool}-{tag}.log", name=f"{pool}-{tag}-{os.urandom(3).hex()}",
-                        env=env, heartbeat_seconds=2, query_seconds=1)
+    return start_worker(
+        pool,
+        logs / f"{pool}-{tag}.log",
+        name=f"{pool}-{tag}-{os.urandom(3).hex()}",
+        env=env,
+        heartbeat_seconds=2,
+        query_seconds=1,
+    )
 
 
 def remediation_story(pool: str, since) -> str:
@@ -127,8 +150,10 @@ def remediation_story(pool: str, since) -> str:
         for e in _events_about(prefix, f"prefect.work-pool.{pool}", since):
             payload = e.get("payload", {})
             what = payload.get("labels", {}).get("alertname") or payload.get("action")
-            lines.append(f"{e['occurred']} {e['event']} {what or ''} {payload.get('outcome') or ''} "
-                         f"{payload.get('reason') or ''}".rstrip())
+            lines.append(
+                f"{e['occurred']} {e['event']} {what or ''} {payload.get('outcome') or ''} "
+                f"{payload.get('reason') or ''}".rstrip()
+            )
     return "\n".join(sorted(lines)[-15:]) or "no alert or remediation event about it"
 
 
@@ -146,13 +171,17 @@ def _final(client, run_id) -> Any:
 
 
 def _events_about(prefix: str, resource: str, since) -> list[dict]:
-    from planflow.monitoring.events import read_events
-    from planflow.monitoring.prefect_api import auth_headers
     from prefect.settings import PREFECT_API_URL
 
-    return [e for e in read_events(str(PREFECT_API_URL.value()).rstrip("/"), None, prefix, since, auth_headers())
-            if e["resource"].get("prefect.resource.id") == resource
-            or any(r.get("prefect.resource.id") == resource for r in e.get("related", []))]
+    from planflow.monitoring.events import read_events
+    from planflow.monitoring.prefect_api import auth_headers
+
+    return [
+        e
+        for e in read_events(str(PREFECT_API_URL.value()).rstrip("/"), None, prefix, since, auth_headers())
+        if e["resource"].get("prefect.resource.id") == resource
+        or any(r.get("prefect.resource.id") == resource for r in e.get("related", []))
+    ]
 
 
 def remediation_settled(client) -> bool:
@@ -164,19 +193,35 @@ def remediation_settled(client) -> bool:
 
     from planflow.remediation.automations import REMEDIATION_POOL
 
-    soon = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=5)
-    runs = client.read_flow_runs(work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[REMEDIATION_POOL])),
-                                 limit=200, sort=FlowRunSort.EXPECTED_START_TIME_DESC)
-    return not [r for r in runs if r.state and not r.state.is_final()
-                and not (r.state.is_scheduled() and r.state.state_details.scheduled_time
-                         and r.state.state_details.scheduled_time > soon)]
+    soon = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=5)
+    runs = client.read_flow_runs(
+        work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[REMEDIATION_POOL])),
+        limit=200,
+        sort=FlowRunSort.EXPECTED_START_TIME_DESC,
+    )
+    return not [
+        r
+        for r in runs
+        if r.state
+        and not r.state.is_final()
+        and not (
+            r.state.is_scheduled()
+            and r.state.state_details.scheduled_time
+            and r.state.state_details.scheduled_time > soon
+        )
+    ]
 
 
 def clean_slate(client, pools: list[str], say: Say) -> None:
     """Undo what an interrupted earlier demo left on its own pools: unfinished runs
     (cancelled), extra workers of a rescale (stopped), the guard's ledgers (reset)."""
-    from prefect.client.schemas.filters import (FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType,
-                                                WorkPoolFilter, WorkPoolFilterName)
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+        WorkPoolFilter,
+        WorkPoolFilterName,
+    )
     from prefect.client.schemas.objects import StateType
     from prefect.states import Cancelled
 
@@ -185,11 +230,15 @@ def clean_slate(client, pools: list[str], say: Say) -> None:
 
     leftovers = client.read_flow_runs(
         work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=pools)),
-        flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(
-            any_=[StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING]))), limit=100)
+        flow_run_filter=FlowRunFilter(
+            state=FlowRunFilterState(
+                type=FlowRunFilterStateType(any_=[StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING])
+            )
+        ),
+        limit=100,
+    )
     for run in leftovers:
-        client.set_flow_run_state(run.id, Cancelled(message="planflow demo heal: left by an earlier demo"),
-                                  force=True)
+        client.set_flow_run_state(run.id, Cancelled(message="planflow demo heal: left by an earlier demo"), force=True)
     if leftovers:
         say(f"cancelled {len(leftovers)} run(s) an earlier demo left on {', '.join(pools)}")
     for pool in pools:
@@ -208,8 +257,9 @@ def settle(client, pools: list[str], say: Say) -> None:
     from prefect.client.schemas.actions import WorkPoolUpdate
 
     def ready() -> bool:
-        return all(str(getattr(client.read_work_pool(p).status, "value", "")).upper() in ("READY", "PAUSED")
-                   for p in pools)
+        return all(
+            str(getattr(client.read_work_pool(p).status, "value", "")).upper() in ("READY", "PAUSED") for p in pools
+        )
 
     wait_for(ready, 60, f"{', '.join(pools)} to be READY")
     time.sleep(4)  # Prometheus scrapes and evaluates every second in the fast profile
@@ -221,20 +271,21 @@ def settle(client, pools: list[str], say: Say) -> None:
 
 
 # -- failover -----------------------------------------------------------------------------
-def failover_scenario(logs: Path, say: Say = print, timeout: float = 240.0,
-                      env: dict[str, str] | None = None) -> dict[str, Any]:
+def failover_scenario(
+    logs: Path, say: Say = print, timeout: float = 240.0, env: dict[str, str] | None = None
+) -> dict[str, Any]:
     """Kill heal-primary's worker, submit a run there, watch planflow fail it over to
     local-process and resume heal-primary once a worker is back. Returns the timeline
     and the ids involved."""
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
 
-    from planflow.prefect.blocks import ResourcePool, local_pool_from_machine
-    from planflow.remediation.actions import live_workers
     from planflow.ops.workers import stop_process
+    from planflow.prefect.blocks import ResourcePool, local_pool_from_machine
     from planflow.prefect.workpools import apply_work_pools, worker_online
+    from planflow.remediation.actions import live_workers
 
     flow = demo_pipeline.heal_demo
     apply_work_pools([BACKUP_WORK_POOL], resource_pools=False)
@@ -242,8 +293,9 @@ def failover_scenario(logs: Path, say: Say = print, timeout: float = 240.0,
     with get_client(sync_client=True) as client:
         clean_slate(client, [PRIMARY], say)
     machine = local_pool_from_machine(PRIMARY)
-    ResourcePool(work_pool=PRIMARY, cpu=machine.cpu, mem_gib=machine.mem_gib, backup_pool="local",
-                 cost_per_hour=0.0).save(PRIMARY, overwrite=True)
+    ResourcePool(
+        work_pool=PRIMARY, cpu=machine.cpu, mem_gib=machine.mem_gib, backup_pool="local", cost_per_hour=0.0
+    ).save(PRIMARY, overwrite=True)
     primary_dep = deploy_flow(flow, ENTRYPOINT, f"{FLOW_NAME}-{PRIMARY}", PRIMARY, ["planflow", "process"], PARAMETERS)
     deploy_flow(flow, ENTRYPOINT, f"{FLOW_NAME}-process", BACKUP_WORK_POOL, ["planflow", "process"], PARAMETERS)
     started = []
@@ -261,43 +313,60 @@ def failover_scenario(logs: Path, say: Say = print, timeout: float = 240.0,
             say(f"{PRIMARY} has a worker; its ResourcePool names 'local' ({BACKUP_WORK_POOL}) as backup")
 
             timeline.restart()
-            since = datetime.now(timezone.utc) - timedelta(seconds=2)
+            since = datetime.now(UTC) - timedelta(seconds=2)
             stop_process(worker, timeout=5)
             timeline.mark(f"the worker of {PRIMARY} died")
             stuck = client.create_flow_run_from_deployment(primary_dep.id, parameters=PARAMETERS)
             result["stuck_run"] = str(stuck.id)
             timeline.mark(f"run {stuck.name} submitted to {PRIMARY}: no worker will pick it up")
 
-            alert = wait_for(lambda: [e for e in _events_about("planflow.alert.firing", f"prefect.work-pool.{PRIMARY}",
-                                                                since)], timeout, f"the alert about {PRIMARY}")
-            timeline.mark(f"alert {alert[0]['payload'].get('labels', {}).get('alertname')} firing "
-                          "(Prometheus -> Alertmanager -> bridge -> Prefect event)")
-            wait_about(PRIMARY, since, lambda: client.read_work_pool(PRIMARY).is_paused, 90,
-                       f"the failover to pause {PRIMARY}")
+            alert = wait_for(
+                lambda: [e for e in _events_about("planflow.alert.firing", f"prefect.work-pool.{PRIMARY}", since)],
+                timeout,
+                f"the alert about {PRIMARY}",
+            )
+            timeline.mark(
+                f"alert {alert[0]['payload'].get('labels', {}).get('alertname')} firing "
+                "(Prometheus -> Alertmanager -> bridge -> Prefect event)"
+            )
+            wait_about(
+                PRIMARY, since, lambda: client.read_work_pool(PRIMARY).is_paused, 90, f"the failover to pause {PRIMARY}"
+            )
             timeline.mark(f"failover flow paused {PRIMARY}")
-            wait_for(lambda: client.read_flow_run(stuck.id).state.type.value == "CANCELLED", 60,
-                     f"the stuck run {stuck.name} to be cancelled")
+            wait_for(
+                lambda: client.read_flow_run(stuck.id).state.type.value == "CANCELLED",
+                60,
+                f"the stuck run {stuck.name} to be cancelled",
+            )
             timeline.mark(f"stuck run {stuck.name} cancelled")
 
             def moved():
-                runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=["failover"])),
-                                             limit=50)
+                runs = client.read_flow_runs(
+                    flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=["failover"])), limit=50
+                )
                 return [r for r in runs if r.name == f"{stuck.name}-failover"]
 
             [moved_run] = wait_for(moved, 60, "the resubmitted run")
             result["resubmitted_run"] = str(moved_run.id)
             deployment = client.read_deployment(moved_run.deployment_id)
             result["resubmitted_deployment"] = f"{FLOW_NAME}/{deployment.name}"
-            timeline.mark(f"resubmitted as {moved_run.name} on {deployment.work_pool_name}, "
-                          f"planned with pool '{moved_run.parameters.get('local_pool')}'")
+            timeline.mark(
+                f"resubmitted as {moved_run.name} on {deployment.work_pool_name}, "
+                f"planned with pool '{moved_run.parameters.get('local_pool')}'"
+            )
             done = wait_for(lambda: _final(client, moved_run.id), timeout, f"{moved_run.name} to finish")
             result["resubmitted_state"] = done.state.type.value
             timeline.mark(f"{moved_run.name} {done.state.name} on {BACKUP_WORK_POOL}")
 
             started.append(_worker(PRIMARY, logs, "2", env))
             timeline.mark(f"a worker of {PRIMARY} is back")
-            wait_about(PRIMARY, since, lambda: not client.read_work_pool(PRIMARY).is_paused, timeout,
-                       f"{PRIMARY} to be resumed")
+            wait_about(
+                PRIMARY,
+                since,
+                lambda: not client.read_work_pool(PRIMARY).is_paused,
+                timeout,
+                f"{PRIMARY} to be resumed",
+            )
             timeline.mark(f"{PRIMARY} resumed by the failover flow (alert resolved, worker live)")
             result["resumed"] = True
     finally:
@@ -308,17 +377,18 @@ def failover_scenario(logs: Path, say: Say = print, timeout: float = 240.0,
 
 
 # -- rescale ------------------------------------------------------------------------------
-def rescale_scenario(logs: Path, say: Say = print, timeout: float = 300.0,
-                     env: dict[str, str] | None = None, runs: int = BACKLOG_RUNS) -> dict[str, Any]:
+def rescale_scenario(
+    logs: Path, say: Say = print, timeout: float = 300.0, env: dict[str, str] | None = None, runs: int = BACKLOG_RUNS
+) -> dict[str, Any]:
     """Queue more runs on heal-busy (limit 1, one worker) than it can start; watch
     planflow scale it out, drain the backlog and scale back. Returns the timeline."""
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
     from prefect.client.orchestration import get_client
 
+    from planflow.ops.workers import is_our_process, stop_process
     from planflow.prefect.blocks.alert_route import Guard, load_route
     from planflow.remediation.actions import live_workers, stuck_runs
-    from planflow.ops.workers import is_our_process, stop_process
 
     flow = demo_pipeline.heal_demo
     create_process_pool(BUSY, concurrency_limit=1)
@@ -334,31 +404,47 @@ def rescale_scenario(logs: Path, say: Say = print, timeout: float = 300.0,
         with get_client(sync_client=True) as client:
             wait_for(lambda: live_workers(client, BUSY), 60, f"a worker on {BUSY}")
             settle(client, [BUSY], say)
-            say(f"{BUSY}: concurrency limit 1, one worker; route {route.alertname}: "
-                f"min {route.min_workers}, max {route.max_workers} workers, max concurrency {route.max_concurrency}")
+            say(
+                f"{BUSY}: concurrency limit 1, one worker; route {route.alertname}: "
+                f"min {route.min_workers}, max {route.max_workers} workers, max concurrency {route.max_concurrency}"
+            )
             timeline.restart()
-            since = datetime.now(timezone.utc) - timedelta(seconds=2)
-            submitted = [client.create_flow_run_from_deployment(dep.id, parameters=BUSY_PARAMETERS)
-                         for _ in range(runs)]
+            since = datetime.now(UTC) - timedelta(seconds=2)
+            submitted = [
+                client.create_flow_run_from_deployment(dep.id, parameters=BUSY_PARAMETERS) for _ in range(runs)
+            ]
             result["runs_ids"] = [str(r.id) for r in submitted]
             timeline.mark(f"{runs} runs submitted to {BUSY}; it starts one at a time")
-            wait_for(lambda: any(r.state_name == "Late" for r in stuck_runs(client, BUSY)), timeout,
-                     "a run to turn Late")
+            wait_for(
+                lambda: any(r.state_name == "Late" for r in stuck_runs(client, BUSY)), timeout, "a run to turn Late"
+            )
             timeline.mark("runs waiting past their start time are Late")
-            limit = wait_about(BUSY, since, lambda: (client.read_work_pool(BUSY).concurrency_limit or 1) > 1
-                               and client.read_work_pool(BUSY).concurrency_limit, timeout,
-                               f"the rescale flow to raise {BUSY}'s concurrency limit")
+            limit = wait_about(
+                BUSY,
+                since,
+                lambda: (
+                    (client.read_work_pool(BUSY).concurrency_limit or 1) > 1
+                    and client.read_work_pool(BUSY).concurrency_limit
+                ),
+                timeout,
+                f"the rescale flow to raise {BUSY}'s concurrency limit",
+            )
             # The flow raises the limit first, then starts the workers and records them.
-            ledger = wait_for(lambda: (found := Guard(route).ledger(key)).get("workers") and found, 60,
-                              "the rescale flow to record the workers it started")
+            ledger = wait_for(
+                lambda: (found := Guard(route).ledger(key)).get("workers") and found,
+                60,
+                "the rescale flow to record the workers it started",
+            )
             extra = list(ledger["workers"])
             result.update(raised_limit=limit, extra_workers=[w["name"] for w in extra])
-            timeline.mark(f"PlanflowLateRunBacklog -> rescale: limit 1 -> {limit}, "
-                          f"{len(extra)} worker(s) started")
+            timeline.mark(f"PlanflowLateRunBacklog -> rescale: limit 1 -> {limit}, {len(extra)} worker(s) started")
             # Three things now happen in whichever order: the runs finish, the alert
             # resolves (no run waits any more: limit restored), idle extra workers stop.
-            pending = {"drained": f"all {runs} runs to finish", "restored": f"the limit of {BUSY} back to 1",
-                       "stopped": "the extra workers to stop"}
+            pending = {
+                "drained": f"all {runs} runs to finish",
+                "restored": f"the limit of {BUSY} back to 1",
+                "stopped": "the extra workers to stop",
+            }
 
             def progress() -> bool:
                 if "drained" in pending and all(_final(client, r.id) for r in submitted):
@@ -375,8 +461,9 @@ def rescale_scenario(logs: Path, say: Say = print, timeout: float = 300.0,
                     for w in ledger_now.get("workers", []):
                         if w["name"] not in {x["name"] for x in extra}:
                             extra.append(w)
-                    if not ledger_now and not any(is_our_process(int(w["pid"]), w["name"]) for w in extra
-                                                  if w.get("kind", "process") == "process"):
+                    if not ledger_now and not any(
+                        is_our_process(int(w["pid"]), w["name"]) for w in extra if w.get("kind", "process") == "process"
+                    ):
                         timeline.mark(f"{len(extra)} extra worker(s) stopped, each once idle")
                         result["extra_workers"] = [w["name"] for w in extra]
                         del pending["stopped"]

@@ -21,7 +21,7 @@ import argparse
 import os
 import threading
 import warnings
-from typing import Any, Optional
+from typing import Any
 
 import anyio
 from prefect.workers.process import ProcessWorker, ProcessWorkerResult
@@ -53,13 +53,16 @@ with warnings.catch_warnings():
                 self._flow_names[flow_id] = (await self.client.read_flow(flow_id)).name
             return self._flow_names[flow_id]
 
-        async def run(self, flow_run: Any, configuration: Any,
-                      task_status: Optional[anyio.abc.TaskStatus[int]] = None) -> ProcessWorkerResult:
+        async def run(
+            self, flow_run: Any, configuration: Any, task_status: anyio.abc.TaskStatus[int] | None = None
+        ) -> ProcessWorkerResult:
             name = await self._flow_name(flow_run.flow_id)
             flow = self._flows.get(name)
             if flow is None:
-                self._logger.error(f"flow run {flow_run.name}: flow {name!r} is not a planflow remediation "
-                                   f"flow ({', '.join(self._flows)}); this worker runs only those")
+                self._logger.error(
+                    f"flow run {flow_run.name}: flow {name!r} is not a planflow remediation "
+                    f"flow ({', '.join(self._flows)}); this worker runs only those"
+                )
                 if task_status is not None:
                     task_status.started(os.getpid())
                 return ProcessWorkerResult(status_code=2, identifier=f"{os.getpid()}:refused")
@@ -81,8 +84,9 @@ async def serve(pool: str, name: str | None, limit: int, query_seconds: float) -
     from prefect.settings import PREFECT_WORKER_PREFETCH_SECONDS, PREFECT_WORKER_QUERY_SECONDS, temporary_settings
 
     with temporary_settings({PREFECT_WORKER_QUERY_SECONDS: query_seconds, PREFECT_WORKER_PREFETCH_SECONDS: 0}):
-        async with RemediationWorker(work_pool_name=pool, name=name, limit=limit,
-                                     create_pool_if_not_found=False) as worker:
+        async with RemediationWorker(
+            work_pool_name=pool, name=name, limit=limit, create_pool_if_not_found=False
+        ) as worker:
             await worker.start()
 
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import queue
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 RESOURCES = ("cpu", "gpu", "mem_gib")
 _EPS = 1e-9
@@ -113,7 +114,7 @@ def dispatch(
         ledger.check_fits_empty(a.step, a.pool, a.demand)
     records = {s: StepRecord(s, a.pool) for s, a in assignments.items()}
     notify = listener or (lambda event, record: None)
-    done: "queue.Queue[tuple[str, Any]]" = queue.Queue()
+    done: queue.Queue[tuple[str, Any]] = queue.Queue()
     outputs: dict[str, Any] = {}
     waiting = sorted(assignments, key=lambda s: (assignments[s].priority, s))
     running: set[str] = set()

@@ -12,16 +12,17 @@ from __future__ import annotations
 import contextvars
 import os
 import time
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from prefect.client.orchestration import get_client
 from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
 
+from planflow.core.pipeline import Pipeline
 from planflow.runtime.component_flow import output_key
 from planflow.runtime.dispatch import Assignment
-from planflow.core.pipeline import Pipeline
 
 COMPONENT_FLOW = "run-component"
 # Passed to every child so that it finds the same pipelines and result storage.
@@ -77,9 +78,7 @@ def check_ready(work_pools: set[str]) -> dict[str, Any]:
     ready, problems = readiness(work_pools)
     if problems:
         lines = [p for pool in sorted(problems) for p in problems[pool]]
-        raise DeploymentMissingError(
-            "distributed mode cannot start:\n" + "\n".join(f"  - {p}" for p in lines)
-        )
+        raise DeploymentMissingError("distributed mode cannot start:\n" + "\n".join(f"  - {p}" for p in lines))
     return ready
 
 
@@ -89,14 +88,19 @@ def pickup_timeout() -> float:
     return float(os.environ.get("PLANFLOW_PICKUP_TIMEOUT_SECONDS", "120"))
 
 
-def _child(deployment: str, parameters: dict[str, Any], job_variables: dict[str, Any],
-           name: str, work_pool: str) -> str:
+def _child(
+    deployment: str, parameters: dict[str, Any], job_variables: dict[str, Any], name: str, work_pool: str
+) -> str:
     from prefect.client.schemas.objects import StateType
     from prefect.states import Cancelled
 
     flow_run = run_deployment(
-        name=deployment, parameters=parameters, job_variables=job_variables,
-        flow_run_name=name, timeout=0, as_subflow=True,
+        name=deployment,
+        parameters=parameters,
+        job_variables=job_variables,
+        flow_run_name=name,
+        timeout=0,
+        as_subflow=True,
     )
     waited_since = time.monotonic()
     with get_client(sync_client=True) as client:
@@ -116,8 +120,7 @@ def _child(deployment: str, parameters: dict[str, Any], job_variables: dict[str,
             time.sleep(0.5)
     if not state.is_completed():
         raise ChildRunError(
-            f"flow run '{flow_run.name}' of {deployment} ended {state.name}: "
-            f"{state.message or 'no message'}"
+            f"flow run '{flow_run.name}' of {deployment} ended {state.name}: {state.message or 'no message'}"
         )
     return output_key(parameters["run_key"], parameters["step"])
 
@@ -138,17 +141,19 @@ def remote_starter(
     def start(step: str, outputs: dict[str, Any]) -> Future:
         a = assignments[step]
         work_pool = work_pools[a.pool]
-        data_inputs = {
-            b.source: outputs[b.source]
-            for b in pipeline.bindings[step].values()
-            if b.kind == "step"
+        data_inputs = {b.source: outputs[b.source] for b in pipeline.bindings[step].values() if b.kind == "step"}
+        parameters = {
+            "pipeline": pipeline.ref,
+            "step": step,
+            "params": dict(params),
+            "inputs": data_inputs,
+            "run_key": run_key,
         }
-        parameters = {"pipeline": pipeline.ref, "step": step, "params": dict(params),
-                      "inputs": data_inputs, "run_key": run_key}
         variables = job_variables(work_pool, a)
         variables["env"] = {**env, **variables.get("env", {})}
         context = contextvars.copy_context()  # keeps the parent flow run: children link to it
-        return executor.submit(context.run, _child, deployment_name(work_pool), parameters,
-                               variables, f"{pipeline.name}.{step}", work_pool)
+        return executor.submit(
+            context.run, _child, deployment_name(work_pool), parameters, variables, f"{pipeline.name}.{step}", work_pool
+        )
 
     return start

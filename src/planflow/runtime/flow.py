@@ -42,9 +42,15 @@ def _typed_function(pipeline: Pipeline):
     if clash or bad:
         raise PipelineError(
             f"pipeline '{pipeline.name}': parameter name(s) {', '.join(clash + bad)} cannot be flow "
-            f"parameters ({', '.join(RUN_OPTIONS)} are planflow's run options). Fix: rename them")
-    namespace: dict[str, Any] = {"_run": run_pipeline, "_pipeline": pipeline, "Policy": Policy,
-                                 "Mode": Mode, "Any": Any}
+            f"parameters ({', '.join(RUN_OPTIONS)} are planflow's run options). Fix: rename them"
+        )
+    namespace: dict[str, Any] = {
+        "_run": run_pipeline,
+        "_pipeline": pipeline,
+        "Policy": Policy,
+        "Mode": Mode,
+        "Any": Any,
+    }
     params = []
     for index, (name, default) in enumerate(pipeline.params.items()):
         namespace[f"_t{index}"], namespace[f"_d{index}"] = types.get(name, Any), default
@@ -52,16 +58,21 @@ def _typed_function(pipeline: Pipeline):
     namespace["_default_pool"] = DEFAULT_POOL
     params += ["policy: Policy = 'plan'", "mode: Mode = 'inprocess'", "local_pool: str = _default_pool"]
     values = ", ".join(f"{name!r}: {name}" for name in pipeline.params)
-    source = (f"def run(*, {', '.join(params)}) -> dict:\n"
-              f"    return _run(_pipeline, {{{values}}}, policy, mode, local_pool)\n")
+    source = (
+        f"def run(*, {', '.join(params)}) -> dict:\n"
+        f"    return _run(_pipeline, {{{values}}}, policy, mode, local_pool)\n"
+    )
     exec(compile(source, f"<planflow flow of {pipeline.name}>", "exec", dont_inherit=True), namespace)
     run = namespace["run"]
     run.__doc__ = (pipeline.description or f"planflow pipeline {pipeline.name}") + (
-        "\n\nArgs:\n" + "".join(f"    {name}: pipeline parameter (default {default!r})\n"
-                                for name, default in pipeline.params.items())
+        "\n\nArgs:\n"
+        + "".join(
+            f"    {name}: pipeline parameter (default {default!r})\n" for name, default in pipeline.params.items()
+        )
         + "    policy: 'plan' (the planner's order) or 'fifo' (first come, first served)\n"
         "    mode: 'inprocess' (tasks of this flow run) or 'distributed' (child flow runs on work pools)\n"
-        "    local_pool: the ResourcePool that in-process components use\n")
+        "    local_pool: the ResourcePool that in-process components use\n"
+    )
     return run
 
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import statistics
 from collections import defaultdict
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Iterable, Mapping
 
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
@@ -48,9 +48,7 @@ def artifact_slug(pipeline: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in pipeline.lower()).strip("-")
 
 
-def recent_durations(
-    pipeline: str, steps: Iterable[str], runs: int
-) -> dict[tuple[str, str], list[float]]:
+def recent_durations(pipeline: str, steps: Iterable[str], runs: int) -> dict[tuple[str, str], list[float]]:
     """Seconds of the last `runs` completed runs of each step, per pool (newest first):
     from the run summaries when there are any for the step, else from its task runs."""
     steps = list(steps)
@@ -74,7 +72,9 @@ def summary_durations(pipeline: str, steps: Iterable[str], runs: int) -> dict[tu
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"{artifact_slug(pipeline)}-summary"])),
-            sort=ArtifactSort.CREATED_DESC, limit=max(1, runs) * 2)
+            sort=ArtifactSort.CREATED_DESC,
+            limit=max(1, runs) * 2,
+        )
     for artifact in artifacts:
         rows = artifact.data
         if isinstance(rows, str):
@@ -86,8 +86,13 @@ def summary_durations(pipeline: str, steps: Iterable[str], runs: int) -> dict[tu
             if not isinstance(row, dict) or row.get("state") != "Completed":
                 continue
             step, pool, seconds = row.get("component"), row.get("pool"), row.get("seconds")
-            if step in wanted and pool and isinstance(seconds, (int, float)) and seconds > 0 \
-                    and len(durations[(step, pool)]) < runs:
+            if (
+                step in wanted
+                and pool
+                and isinstance(seconds, (int, float))
+                and seconds > 0
+                and len(durations[(step, pool)]) < runs
+            ):
                 durations[(step, pool)].append(float(seconds))
     return dict(durations)
 
@@ -108,7 +113,7 @@ def task_run_durations(pipeline: str, steps: Iterable[str], runs: int) -> dict[t
                 limit=runs * 4,
             )
             for run in task_runs:
-                pool = next((t[len(POOL_TAG):] for t in run.tags if t.startswith(POOL_TAG)), None)
+                pool = next((t[len(POOL_TAG) :] for t in run.tags if t.startswith(POOL_TAG)), None)
                 seconds = run.total_run_time.total_seconds() if run.total_run_time else 0.0
                 if pool and seconds > 0 and len(durations[(step, pool)]) < runs:
                     durations[(step, pool)].append(seconds)
@@ -116,8 +121,11 @@ def task_run_durations(pipeline: str, steps: Iterable[str], runs: int) -> dict[t
 
 
 def estimate(
-    declared: float, declared_for_pool: bool, history: Mapping[tuple[str, str], list[float]],
-    step: str, pool: str,
+    declared: float,
+    declared_for_pool: bool,
+    history: Mapping[tuple[str, str], list[float]],
+    step: str,
+    pool: str,
 ) -> Estimate:
     """The median of recent actual durations when there are any, else the declaration."""
     samples = history.get((step, pool), [])
@@ -127,6 +135,4 @@ def estimate(
             max(MIN_SECONDS, statistics.median(samples)),
             f"history: median of {runs} run{'s' if runs > 1 else ''}",
         )
-    return Estimate(
-        max(MIN_SECONDS, declared), "declared for this pool" if declared_for_pool else "declared"
-    )
+    return Estimate(max(MIN_SECONDS, declared), "declared for this pool" if declared_for_pool else "declared")

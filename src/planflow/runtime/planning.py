@@ -8,13 +8,13 @@ reported with its demand, every pool's capacity and the fix.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
-from planflow.runtime.dispatch import RESOURCES, Assignment
-from planflow.runtime.history import Estimate, estimate
 from planflow.core.pipeline import Pipeline
 from planflow.planner import Mode, Plan, PlannerOptions, Pool, Problem, Task, solve
+from planflow.runtime.dispatch import RESOURCES, Assignment
+from planflow.runtime.history import Estimate, estimate
 
 
 class PoolError(ValueError):
@@ -54,20 +54,16 @@ def allowed_pools(
                 f"{', '.join(capacities)}. Fix: run it where those pools are (e.g. --mode "
                 f"distributed), or add {', '.join(repr(p) for p in capacities)} to its pools"
             )
-        fitting = [
-            p for p in candidates
-            if all(demand[r] <= capacities[p].get(r, 0.0) + 1e-9 for r in RESOURCES)
-        ]
+        fitting = [p for p in candidates if all(demand[r] <= capacities[p].get(r, 0.0) + 1e-9 for r in RESOURCES)]
         if candidates and not fitting:
             pools = "; ".join(f"{p} ({_fmt(capacities[p])})" for p in candidates)
-            short = {
-                r: demand[r] for r in RESOURCES
-                if all(demand[r] > capacities[p].get(r, 0.0) for p in candidates)
-            }
-            fix = " and ".join(
-                f"lower its {r} to <= {max(capacities[p].get(r, 0.0) for p in candidates):g}"
-                for r in short
-            ) or "lower its demand"
+            short = {r: demand[r] for r in RESOURCES if all(demand[r] > capacities[p].get(r, 0.0) for p in candidates)}
+            fix = (
+                " and ".join(
+                    f"lower its {r} to <= {max(capacities[p].get(r, 0.0) for p in candidates):g}" for r in short
+                )
+                or "lower its demand"
+            )
             problems.append(
                 f"step '{name}' needs {_fmt(demand)} but fits no pool it may use: {pools}. "
                 f"Fix: {fix}, or add a ResourcePool with "
@@ -75,9 +71,7 @@ def allowed_pools(
             )
         allowed[name] = fitting
     if problems:
-        raise PoolError(
-            f"pipeline '{pipeline.name}' cannot be placed:\n" + "\n".join(f"  - {p}" for p in problems)
-        )
+        raise PoolError(f"pipeline '{pipeline.name}' cannot be placed:\n" + "\n".join(f"  - {p}" for p in problems))
     return allowed
 
 
@@ -132,9 +126,7 @@ def build_problem(
             estimates[(name, pool)] = est
             modes.append(Mode(pool=pool, duration=est.seconds, demand=spec.demand()))
         tasks.append(Task(name=name, modes=tuple(modes), after=pipeline.upstream(name)))
-    pools = tuple(
-        Pool(name=p, capacity=dict(capacities[p]), cost_per_hour=costs.get(p, 0.0)) for p in capacities
-    )
+    pools = tuple(Pool(name=p, capacity=dict(capacities[p]), cost_per_hour=costs.get(p, 0.0)) for p in capacities)
     return Problem(tasks=tuple(tasks), pools=pools), estimates
 
 
@@ -151,8 +143,12 @@ def plan_pipeline(
     plan = solve(problem, options)
     assignments = {
         t.name: Assignment(
-            step=t.name, pool=t.pool, demand=dict(t.demand), priority=t.start,
-            planned_start=t.start, planned_finish=t.finish,
+            step=t.name,
+            pool=t.pool,
+            demand=dict(t.demand),
+            priority=t.start,
+            planned_start=t.start,
+            planned_finish=t.finish,
         )
         for t in plan.order_tasks()
     }

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import base64
 import io
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from planflow.runtime.dispatch import StepRecord
 from planflow.runtime.planning import PipelinePlan
@@ -101,24 +102,39 @@ def gantt_png(pp: PipelinePlan, records: Mapping[str, StepRecord] | None = None,
     height = max(2.5, 0.42 * len(tasks) + 1.4)
     fig, ax = plt.subplots(figsize=(10, height), dpi=100)
     for row, t in enumerate(tasks):
-        ax.barh(row, t.duration, left=t.start, height=0.8, color=colours[t.pool], alpha=0.35,
-                edgecolor=colours[t.pool], label=f"planned on {t.pool}")
+        ax.barh(
+            row,
+            t.duration,
+            left=t.start,
+            height=0.8,
+            color=colours[t.pool],
+            alpha=0.35,
+            edgecolor=colours[t.pool],
+            label=f"planned on {t.pool}",
+        )
         r = (records or {}).get(t.name)
         if r and r.started is not None and r.finished is not None:
-            ax.barh(row, r.finished - r.started, left=r.started, height=0.36,
-                    color="#b00020" if r.state == "Failed" else colours[t.pool], label="actual")
+            ax.barh(
+                row,
+                r.finished - r.started,
+                left=r.started,
+                height=0.36,
+                color="#b00020" if r.state == "Failed" else colours[t.pool],
+                label="actual",
+            )
     ax.set_yticks(range(len(tasks)), [t.name for t in tasks])
     ax.invert_yaxis()
     ax.set_xlabel("seconds from the start of the run")
     ax.axvline(pp.plan.makespan, color="black", linestyle="--", linewidth=1, label="planned makespan")
     if records:
-        ax.axvline(actual_makespan(records), color="#b00020", linestyle=":", linewidth=1.2,
-                   label="actual makespan")
+        ax.axvline(actual_makespan(records), color="#b00020", linestyle=":", linewidth=1.2, label="actual makespan")
     handles, labels = ax.get_legend_handles_labels()
     unique = dict(zip(labels, handles))
     ax.legend(unique.values(), unique.keys(), loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
-    subtitle = (f"plan {pp.plan.makespan:.1f} s ({pp.plan.status}, gap {pp.plan.gap:.1%}, "
-                f"{pp.plan.solver} {pp.plan.solve_seconds:.2f} s)")
+    subtitle = (
+        f"plan {pp.plan.makespan:.1f} s ({pp.plan.status}, gap {pp.plan.gap:.1%}, "
+        f"{pp.plan.solver} {pp.plan.solve_seconds:.2f} s)"
+    )
     if records:
         subtitle += f" · actual {actual_makespan(records):.1f} s"
     ax.set_title(f"{title}\n{subtitle}" if title else subtitle, fontsize=10)
@@ -157,16 +173,14 @@ def plan_markdown(pp: PipelinePlan, name: str, png: bytes | None = None) -> str:
     return "\n".join(lines)
 
 
-def actual_markdown(pp: PipelinePlan, records: Mapping[str, StepRecord], name: str,
-                    png: bytes | None = None) -> str:
+def actual_markdown(pp: PipelinePlan, records: Mapping[str, StepRecord], name: str, png: bytes | None = None) -> str:
     achieved = actual_makespan(records)
     planned = pp.plan.makespan
     ratio = achieved / planned if planned > 0 else float("nan")
     lines = [
         f"# {name}: planned versus actual",
         "",
-        f"Makespan achieved **{achieved:.2f} s** against **{planned:.2f} s** planned "
-        f"(actual/planned = {ratio:.2f}).",
+        f"Makespan achieved **{achieved:.2f} s** against **{planned:.2f} s** planned (actual/planned = {ratio:.2f}).",
         "",
         "| component | pool | state | start delay (s) | planned (s) | actual (s) | overrun |",
         "|---|---|---|---|---|---|---|",

@@ -18,7 +18,8 @@ is there to measure what the plan buys.
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from prefect import get_run_logger
 from prefect.artifacts import (
@@ -30,15 +31,15 @@ from prefect.artifacts import (
 from prefect.client.orchestration import get_client
 from prefect.context import get_run_context
 
+from planflow.core.pipeline import Pipeline
+from planflow.monitoring.metrics import RunRecorder, pushgateway_url_from_env
+from planflow.planner import PlannerOptions
 from planflow.prefect.blocks.registry import DEFAULT_POOL, load_pools, load_settings
 from planflow.runtime import reporting
 from planflow.runtime.dispatch import StepRecord, dispatch
 from planflow.runtime.history import POOL_TAG, artifact_slug, recent_durations
-from planflow.core.pipeline import Pipeline
 from planflow.runtime.planning import PipelinePlan, greedy_assignments, plan_pipeline
-from planflow.monitoring.metrics import RunRecorder, pushgateway_url_from_env
 from planflow.settings import StatePaths
-from planflow.planner import PlannerOptions
 
 PLANFLOW_TAG = "planflow"
 PIPELINE_TAG_PREFIX = "pipeline:"
@@ -150,7 +151,9 @@ def run_pools(mode: str, local_pool: str = DEFAULT_POOL) -> tuple[dict[str, Any]
 
 
 def make_plan(
-    pipeline: Pipeline, mode: str = "inprocess", local_pool: str = DEFAULT_POOL,
+    pipeline: Pipeline,
+    mode: str = "inprocess",
+    local_pool: str = DEFAULT_POOL,
     pools: tuple[dict[str, Any], set[str]] | None = None,
 ) -> PipelinePlan:
     """Plan `pipeline` over the ResourcePool blocks usable in `mode`, with the
@@ -160,8 +163,9 @@ def make_plan(
     capacities = {name: pool.capacity() for name, pool in usable.items()}
     costs = {name: pool.cost_per_hour for name, pool in usable.items()}
     history = recent_durations(pipeline.name, pipeline.steps, settings.history_runs)
-    options = PlannerOptions(solver=settings.solver, time_limit_s=settings.time_limit_s,
-                             threads=settings.threads, mip_gap=settings.mip_gap)
+    options = PlannerOptions(
+        solver=settings.solver, time_limit_s=settings.time_limit_s, threads=settings.threads, mip_gap=settings.mip_gap
+    )
     return plan_pipeline(pipeline, capacities, costs, options, history, known)
 
 
@@ -179,8 +183,9 @@ def _publish_plan(pipeline: Pipeline, pp: PipelinePlan) -> None:
     )
 
 
-def _publish_actual(pipeline: Pipeline, pp: PipelinePlan, records: Mapping[str, StepRecord],
-                    flow_run_id: str | None) -> None:
+def _publish_actual(
+    pipeline: Pipeline, pp: PipelinePlan, records: Mapping[str, StepRecord], flow_run_id: str | None
+) -> None:
     png = reporting.gantt_png(pp, records, title=f"{pipeline.name}: planned and actual")
     create_markdown_artifact(
         key=_artifact_key(pipeline, "planned-vs-actual"),
@@ -263,17 +268,24 @@ def run_pipeline(
         _record_plan(recorder, pp, capacities)
         logger.info(
             "Plan for %s: makespan %.2f s, lower bound %.2f s, gap %.1f%%, %s by %s in %.2f s",
-            pipeline.name, pp.plan.makespan, pp.plan.lower_bound, 100 * pp.plan.gap,
-            pp.plan.status, pp.plan.solver, pp.plan.solve_seconds,
+            pipeline.name,
+            pp.plan.makespan,
+            pp.plan.lower_bound,
+            100 * pp.plan.gap,
+            pp.plan.status,
+            pp.plan.solver,
+            pp.plan.solve_seconds,
         )
     else:
-        assignments = greedy_assignments(
-            pipeline, capacities, {n: p.cost_per_hour for n, p in pools.items()}, known
-        )
+        assignments = greedy_assignments(pipeline, capacities, {n: p.cost_per_hour for n, p in pools.items()}, known)
     order = sorted(assignments, key=lambda s: assignments[s].priority)
     logger.info(
         "Running %s (%d components, policy %s) with %s on pools %s",
-        pipeline.name, len(order), policy, resolved, sorted({a.pool for a in assignments.values()}),
+        pipeline.name,
+        len(order),
+        policy,
+        resolved,
+        sorted({a.pool for a in assignments.values()}),
     )
 
     progress_id = create_progress_artifact(
@@ -292,28 +304,36 @@ def run_pipeline(
             finished_count += 1
             update_progress_artifact(progress_id, 100.0 * finished_count / len(order))
         if event == "completed":
-            logger.info("%s completed on %s in %.2f s %s", record.step, record.pool,
-                        record.seconds or 0.0, _fmt_metrics(key_metrics(record.result)))
+            logger.info(
+                "%s completed on %s in %.2f s %s",
+                record.step,
+                record.pool,
+                record.seconds or 0.0,
+                _fmt_metrics(key_metrics(record.result)),
+            )
 
     def start(step: str, outputs: dict[str, Any]):
         component = pipeline.steps[step].component
         task = component.with_options(
-            name=step, task_run_name=step,
+            name=step,
+            task_run_name=step,
             tags={*component.tags, f"{POOL_TAG}{assignments[step].pool}", f"{PIPELINE_TAG_PREFIX}{pipeline.name}"},
         )
         return task.submit(**pipeline.step_kwargs(step, resolved, outputs))
 
     upstream = {name: pipeline.upstream(name) for name in pipeline.steps}
     if mode == "distributed":
-        records = _dispatch_distributed(pipeline, pools, assignments, capacities, resolved,
-                                        flow_run_id or "local", publish)
+        records = _dispatch_distributed(
+            pipeline, pools, assignments, capacities, resolved, flow_run_id or "local", publish
+        )
     else:
         records, _ = dispatch(upstream, assignments, capacities, start, publish)
     if pp is not None:
         _publish_actual(pipeline, pp, records, flow_run_id)
     failed_any = any(r.state == "Failed" for r in records.values())
-    recorder.run_finished("failed" if failed_any else "completed", reporting.actual_makespan(records),
-                          pp.plan.makespan if pp else None)
+    recorder.run_finished(
+        "failed" if failed_any else "completed", reporting.actual_makespan(records), pp.plan.makespan if pp else None
+    )
     recorder.push()
 
     create_table_artifact(
@@ -332,8 +352,7 @@ def run_pipeline(
         skipped = [r.step for r in records.values() if r.state == "Skipped"]
         raise PipelineRunError(
             f"step '{first.step}' of pipeline '{pipeline.name}' failed: "
-            f"{type(first.error).__name__}: {first.error}"
-            + (f" (not run: {', '.join(skipped)})" if skipped else "")
+            f"{type(first.error).__name__}: {first.error}" + (f" (not run: {', '.join(skipped)})" if skipped else "")
         ) from first.error
 
     return {
@@ -361,21 +380,25 @@ def _dispatch_distributed(pipeline, pools, assignments, capacities, params, run_
 
     from prefect.results import ResultStore
 
-    from planflow.runtime.distributed import check_ready, remote_starter
     from planflow.prefect.jobvars import job_variables, require_fits
+    from planflow.runtime.distributed import check_ready, remote_starter
 
     work_pools = {name: pool.work_pool for name, pool in pools.items()}
     found = check_ready({work_pools[a.pool] for a in assignments.values()})
 
     def variables(work_pool: str, a) -> dict[str, Any]:
         d = a.demand
-        return job_variables(found[work_pool].type, cpu=d.get("cpu", 1.0), gpu=int(d.get("gpu", 0)),
-                             mem_gib=d.get("mem_gib", 1.0), gpu_pool=pools[a.pool].gpu > 0)
+        return job_variables(
+            found[work_pool].type,
+            cpu=d.get("cpu", 1.0),
+            gpu=int(d.get("gpu", 0)),
+            mem_gib=d.get("mem_gib", 1.0),
+            gpu_pool=pools[a.pool].gpu > 0,
+        )
 
     for a in assignments.values():  # a plan asking more than a pool's template allows fails now
         work_pool = work_pools[a.pool]
-        require_fits(variables(work_pool, a), found[work_pool].base_job_template,
-                     component=a.step, pool=work_pool)
+        require_fits(variables(work_pool, a), found[work_pool].base_job_template, component=a.step, pool=work_pool)
 
     upstream = {name: pipeline.upstream(name) for name in pipeline.steps}
     with ThreadPoolExecutor(max_workers=max(2, len(assignments))) as executor:

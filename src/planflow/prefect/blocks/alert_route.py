@@ -35,10 +35,10 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import time
 import threading
+import time
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, Optional
+from typing import Any, ClassVar, Literal
 
 from prefect.blocks.core import Block
 from pydantic import Field
@@ -60,26 +60,31 @@ class AlertRoute(Block):
         "guardrails: attempt cap, cooldown, rate limit, dry run."
     )
 
-    alertname: str = Field(description="The Prometheus alert name (or FlowRunFailed for "
-                           "Prefect's failed/crashed flow run events).")
+    alertname: str = Field(
+        description="The Prometheus alert name (or FlowRunFailed for Prefect's failed/crashed flow run events)."
+    )
     action: Literal["retry", "failover", "rescale", "none"] = Field(
-        default="none", description="What the remediation flow does about it.")
+        default="none", description="What the remediation flow does about it."
+    )
     max_attempts: int = Field(default=3, ge=0, description="Actions per target until resolved.")
-    cooldown_seconds: float = Field(default=30.0, ge=0,
-                                    description="No second action on one target within this time.")
+    cooldown_seconds: float = Field(default=30.0, ge=0, description="No second action on one target within this time.")
     rate_limit: int = Field(default=6, ge=0, description="Actions of this route per minute, at most.")
     dry_run: bool = Field(default=False, description="Record what would be done; change nothing.")
     backoff_seconds: float = Field(default=2.0, ge=0, description="retry: base delay before a retry.")
     backoff_factor: float = Field(default=2.0, ge=1, description="retry: delay multiplier per attempt.")
     min_workers: int = Field(default=1, ge=0, description="rescale: fewest workers per pool.")
     max_workers: int = Field(default=3, ge=1, description="rescale: most workers per pool.")
-    max_concurrency: Optional[int] = Field(
-        default=8, ge=1, description="rescale: highest pool/queue concurrency limit to set.")
+    max_concurrency: int | None = Field(
+        default=8, ge=1, description="rescale: highest pool/queue concurrency limit to set."
+    )
     kubernetes_namespace: str = Field(
-        default="planflow", description="rescale, Kubernetes pools: the namespace of the worker Deployment.")
+        default="planflow", description="rescale, Kubernetes pools: the namespace of the worker Deployment."
+    )
     kubernetes_worker_deployment: str = Field(
-        default="prefect-worker", description="rescale, Kubernetes pools: the worker Deployment whose "
-        "replicas are the pool's workers (the prefect-worker chart's).")
+        default="prefect-worker",
+        description="rescale, Kubernetes pools: the worker Deployment whose "
+        "replicas are the pool's workers (the prefect-worker chart's).",
+    )
 
     def backoff(self, attempt: int) -> float:
         return float(self.backoff_seconds * self.backoff_factor ** max(0, attempt - 1))
@@ -96,8 +101,9 @@ DEFAULT_ROUTES: dict[str, dict[str, Any]] = {
     "PlanflowWorkPoolNotReady": dict(action="failover", max_attempts=1, cooldown_seconds=60),
     "PlanflowWorkerHeartbeatStale": dict(action="failover", max_attempts=1, cooldown_seconds=60),
     "PlanflowPoolFailureRateHigh": dict(action="failover", max_attempts=1, cooldown_seconds=60),
-    "PlanflowLateRunBacklog": dict(action="rescale", max_attempts=3, cooldown_seconds=20,
-                                   min_workers=1, max_workers=3, max_concurrency=8),
+    "PlanflowLateRunBacklog": dict(
+        action="rescale", max_attempts=3, cooldown_seconds=20, min_workers=1, max_workers=3, max_concurrency=8
+    ),
     "PlanflowPipelineRunFailed": dict(action="none"),  # the retry answers Prefect's own event
 }
 
@@ -218,8 +224,7 @@ class Guard:
     def _locked(self):
         from prefect.concurrency.sync import concurrency
 
-        return concurrency(GUARD_LIMIT, occupy=1, timeout_seconds=self.lock_timeout,
-                           lease_duration=60, strict=True)
+        return concurrency(GUARD_LIMIT, occupy=1, timeout_seconds=self.lock_timeout, lease_duration=60, strict=True)
 
     @staticmethod
     def _read(name: str) -> dict[str, Any]:
@@ -268,24 +273,43 @@ class Guard:
         rate = self._read(rate_var)
         window = [t for t in rate.get("times", []) if now - float(t) < RATE_WINDOW_SECONDS]
         if attempts >= route.max_attempts:
-            return Decision("max_attempts", f"{key}: {attempts} of {route.max_attempts} attempts used",
-                            attempts, ledger)
+            return Decision(
+                "max_attempts", f"{key}: {attempts} of {route.max_attempts} attempts used", attempts, ledger
+            )
         if last and now - last < route.cooldown_seconds:
-            return Decision("cooldown", f"{key}: last action {now - last:.1f} s ago, cooldown "
-                            f"{route.cooldown_seconds:g} s", attempts, ledger)
+            return Decision(
+                "cooldown",
+                f"{key}: last action {now - last:.1f} s ago, cooldown {route.cooldown_seconds:g} s",
+                attempts,
+                ledger,
+            )
         if len(window) >= route.rate_limit:
-            return Decision("rate_limited", f"route {route.alertname}: {len(window)} actions in the "
-                            f"last {RATE_WINDOW_SECONDS:g} s, limit {route.rate_limit}", attempts, ledger)
-        ledger = {**ledger, "key": key, "attempts": attempts + 1, "last": now,
-                  "alertname": route.alertname, **(extra or {})}
+            return Decision(
+                "rate_limited",
+                f"route {route.alertname}: {len(window)} actions in the "
+                f"last {RATE_WINDOW_SECONDS:g} s, limit {route.rate_limit}",
+                attempts,
+                ledger,
+            )
+        ledger = {
+            **ledger,
+            "key": key,
+            "attempts": attempts + 1,
+            "last": now,
+            "alertname": route.alertname,
+            **(extra or {}),
+        }
         tags = ["planflow", "remediation-guard"]
         self._write(target_var, ledger, tags)
         self._write(rate_var, {"route": route.alertname, "times": window + [now]}, tags)
         if dry:
-            return Decision("dry_run", f"{key}: dry run, attempt {attempts + 1} of "
-                            f"{route.max_attempts} would act", attempts + 1, ledger)
-        return Decision("act", f"{key}: attempt {attempts + 1} of {route.max_attempts}",
-                        attempts + 1, ledger)
+            return Decision(
+                "dry_run",
+                f"{key}: dry run, attempt {attempts + 1} of {route.max_attempts} would act",
+                attempts + 1,
+                ledger,
+            )
+        return Decision("act", f"{key}: attempt {attempts + 1} of {route.max_attempts}", attempts + 1, ledger)
 
     def ledger(self, key: str) -> dict[str, Any]:
         return self._read(_variable_name("guard", self._target(key), self.route.dry_run))

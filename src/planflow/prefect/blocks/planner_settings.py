@@ -19,17 +19,22 @@ class PlannerSettings(Block):
         default="highs", description="MILP solver: HiGHS (default) or CBC (bundled with PuLP)."
     )
     time_limit_s: float = Field(
-        default=10.0, gt=0, description="Longest the solver may search, in seconds; the best "
-        "plan found by then is used."
+        default=10.0,
+        gt=0,
+        description="Longest the solver may search, in seconds; the best plan found by then is used.",
     )
     threads: int = Field(default=1, ge=1, description="Solver threads.")
     mip_gap: float = Field(
-        default=0.05, ge=0, lt=1, description="Relative gap to the lower bound at which planning "
+        default=0.05,
+        ge=0,
+        lt=1,
+        description="Relative gap to the lower bound at which planning "
         "stops early. Actual durations of real components differ from their estimates by more "
         "than 5 %, so searching the last 5 % rarely pays for the seconds it costs before every "
         "run; 0 searches to the time limit.",
     )
     history_runs: int = Field(
-        default=5, ge=1, description="Recent runs whose median actual duration replaces a "
-        "component's declared estimate."
+        default=5,
+        ge=1,
+        description="Recent runs whose median actual duration replaces a component's declared estimate.",
     )

@@ -18,8 +18,7 @@ def register() -> list[str]:
 
     for block in (ResourcePool, PlannerSettings, AlertRoute):
         block.register_type_and_schema()
-    return [ResourcePool.get_block_type_slug(), PlannerSettings.get_block_type_slug(),
-            AlertRoute.get_block_type_slug()]
+    return [ResourcePool.get_block_type_slug(), PlannerSettings.get_block_type_slug(), AlertRoute.get_block_type_slug()]
 
 
 def ensure_defaults(routes: bool = True) -> dict[str, bool]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from typing import ClassVar, Optional
+from typing import ClassVar
 
 from prefect.blocks.core import Block
 from pydantic import Field
@@ -23,17 +23,16 @@ class ResourcePool(Block):
         "read by the planflow planner before every run."
     )
 
-    work_pool: str = Field(
-        description="Name of the Prefect work pool that runs components planned here."
-    )
+    work_pool: str = Field(description="Name of the Prefect work pool that runs components planned here.")
     cpu: float = Field(gt=0, description="CPU cores available at once on this pool.")
     gpu: int = Field(default=0, ge=0, description="GPUs available at once on this pool.")
     mem_gib: float = Field(gt=0, description="Memory available at once, in GiB.")
     cost_per_hour: float = Field(
-        default=0.0, ge=0, description="Cost of one hour of this pool (any currency); the "
-        "planner breaks makespan ties by cost."
+        default=0.0,
+        ge=0,
+        description="Cost of one hour of this pool (any currency); the planner breaks makespan ties by cost.",
     )
-    backup_pool: Optional[str] = Field(
+    backup_pool: str | None = Field(
         default=None,
         description="planflow pool to fail over to when this one is unhealthy.",
     )
