@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PIP_QUIET := --quiet --disable-pip-version-check
 
-.PHONY: demo demo-heal test bench stack stop install services rules dashboards clean docker-engine image deploy
+.PHONY: demo demo-heal lint test bench stack stop install services rules dashboards clean docker-engine image deploy
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; sys.exit(0 if v == (3, 11) else "planflow needs Python 3.11 (found %d.%d); set PYTHON=python3.11" % v)'
@@ -31,7 +31,13 @@ demo: $(STAMP) services
 demo-heal: $(STAMP) services
 	$(BIN)/planflow demo heal
 
-test: $(STAMP) services
+# Lint first (seconds): ruff's checks and format, and the one-way import contract.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+
+test: lint services
 	$(BIN)/pytest
 
 bench: $(STAMP) services
