@@ -146,7 +146,7 @@ def predictions(classifier: Classifier, preprocessed: Preprocessed, batch_size: 
     return Predictions(
         y_pred,
         float((y_pred == y).mean()),
-        {int(k): float(p) for k, p in zip(labels, prec)},
+        {int(k): float(p) for k, p in zip(labels, prec, strict=True)},
         confusion_matrix(y, y_pred, labels=labels),
         len(batches),
     )

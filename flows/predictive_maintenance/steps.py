@@ -173,7 +173,8 @@ def rul_model(
     """Remaining-useful-life regression with machine-wise cross-fitting (no machine in its own training set)."""
     feats = ["cycle", "load", *_columns(sensor_features, ("_mean10", "_mean50", "_ewm", "_slope50", "_std10"))]
     machines = np.unique(sensor_features["machine_id"].to_numpy())
-    fold_of = dict(zip(machines.tolist(), (np.random.default_rng(seed).permutation(len(machines)) % n_folds).tolist()))
+    folds = np.random.default_rng(seed).permutation(len(machines)) % n_folds
+    fold_of = dict(zip(machines.tolist(), folds.tolist(), strict=True))
     fold = sensor_features["machine_id"].replace_strict(fold_of).to_numpy()
     x = sensor_features.select(feats).to_numpy()
     y = np.minimum(sensor_features["rul"].to_numpy(), rul_cap).astype(float)
