@@ -103,7 +103,7 @@ def _name_rules(block_type: type[Block], name: str, fields: dict[str, Any]) -> l
 
 def _head_problems(slug: Any, name: Any) -> list[str]:
     problems = []
-    if slug not in BLOCK_TYPES:
+    if not (isinstance(slug, str) and slug in BLOCK_TYPES):
         written = "has no `type`" if slug is None else f"type {slug!r} is not a planflow block type"
         problems.append(f"{written}.{did_you_mean(str(slug), BLOCK_TYPES)} Fix: use one of {', '.join(BLOCK_TYPES)}")
     if name is None:
@@ -113,7 +113,7 @@ def _head_problems(slug: Any, name: Any) -> list[str]:
         _NAME.validate_python(name)
     except ValidationError as exc:
         reason = str(exc.errors()[0]["msg"]).removeprefix("Value error, ")
-        problems.append(f"name={name!r}: {reason} Fix: e.g. {_kebab(name)!r}")
+        problems.append(f"name={name!r}: {reason.rstrip('.')}. Fix: e.g. {_kebab(name)!r}")
     return problems
 
 
