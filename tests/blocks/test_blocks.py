@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+from pathlib import Path
 
 import pytest
 import toy_dags
@@ -14,12 +14,41 @@ from planflow.prefect.blocks import PlannerSettings, ResourcePool, ensure_defaul
 from planflow.runtime.planning import PoolError, allowed_pools, greedy_assignments
 
 
+def _meminfo_total_gib() -> float:
+    """MemTotal from the kernel, read here (not through planflow's or psutil's code)."""
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1]) * 1024 / 2**30
+    raise AssertionError("/proc/meminfo has no MemTotal line")
+
+
 def test_local_pool_is_sized_from_this_machine():
     pool = local_pool_from_machine()
-    assert pool.cpu == os.cpu_count()
-    expected_gib = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30
-    assert pool.mem_gib == pytest.approx(expected_gib, abs=0.1)
-    assert pool.gpu >= 0 and pool.work_pool == "local-process"
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+    assert pool.cpu == sum(1 for line in cpuinfo if line.startswith("processor"))
+    assert pool.mem_gib == round(_meminfo_total_gib(), 1)  # GiB to one decimal, as documented
+    assert abs(pool.mem_gib - _meminfo_total_gib()) <= 0.05
+    assert pool.work_pool == "local-process" and pool.cost_per_hour == 0.0 and pool.backup_pool is None
+
+
+def test_no_nvidia_smi_means_no_gpu(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-smi on it
+    assert local_pool_from_machine().gpu == 0
+
+
+def test_gpus_are_counted_from_nvidia_smi_faked_as_this_machine_has_no_gpu(monkeypatch, tmp_path):
+    """This machine has no GPU, so `nvidia-smi -L` is a stand-in script printing what
+    the real one prints for two GPUs (plus a MIG line that is not a GPU)."""
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text(
+        "#!/bin/sh\n"
+        "echo 'GPU 0: NVIDIA A100-SXM4-40GB (UUID: GPU-0)'\n"
+        "echo '  MIG 1g.5gb Device 0: (UUID: MIG-0)'\n"
+        "echo 'GPU 1: NVIDIA A100-SXM4-40GB (UUID: GPU-1)'\n"
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert local_pool_from_machine().gpu == 2
 
 
 def test_fields_are_described_and_validated():
@@ -39,10 +68,13 @@ def test_defaults_are_created_once_and_user_edits_kept(registered_blocks):
     ResourcePool(work_pool="gpu-pool", cpu=8, gpu=2, mem_gib=64, cost_per_hour=3.5, backup_pool="local").save(
         "gpu", overwrite=True
     )
-    pools = load_pools()
-    assert {"local", "gpu"} <= set(pools)
-    assert pools["gpu"].capacity() == {"cpu": 8.0, "gpu": 2.0, "mem_gib": 64.0}
-    assert pools["gpu"].backup_pool == "local"
+    try:
+        pools = load_pools()
+        assert {"local", "gpu"} <= set(pools)
+        assert pools["gpu"].capacity() == {"cpu": 8.0, "gpu": 2.0, "mem_gib": 64.0}
+        assert pools["gpu"].backup_pool == "local"
+    finally:
+        ResourcePool.delete("gpu")  # other modules plan over every pool that exists
 
 
 CAPACITY = {"local": {"cpu": 2.0, "gpu": 0.0, "mem_gib": 4.0}, "gpu": {"cpu": 8.0, "gpu": 1.0, "mem_gib": 32.0}}

@@ -6,13 +6,19 @@ installs it, except under CI=true, where they fail (CI must exercise them).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from uuid import UUID
 
 import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import FlowRun
+from prefect.exceptions import FlowRunWaitTimeout
+from prefect.flow_runs import wait_for_flow_run
 
 ROOT = Path(__file__).resolve().parents[2]
 PREFECT_FILE = ROOT / "deployments" / "prefect.yaml"
@@ -52,17 +58,18 @@ def deployed(work_pools) -> subprocess.CompletedProcess:
     return result
 
 
-def wait_for_final_state(flow_run_id, timeout: float = 240.0):
-    import time
-
-    from prefect.client.orchestration import get_client
-
-    deadline = time.monotonic() + timeout
-    with get_client(sync_client=True) as client:
-        while True:
-            run = client.read_flow_run(flow_run_id)
-            if run.state and run.state.is_final():
-                return run
-            if time.monotonic() > deadline:
-                return run
-            time.sleep(1)
+def wait_for_final_state(flow_run_id: UUID | str, timeout: float = 240.0) -> FlowRun:
+    """The flow run once its state is final (Prefect's own event-driven wait); on timeout
+    the test fails naming the run, its last state and the timeout."""
+    run_id = UUID(str(flow_run_id))
+    try:
+        return asyncio.run(wait_for_flow_run(run_id, timeout=timeout))
+    except FlowRunWaitTimeout:
+        with get_client(sync_client=True) as client:
+            run = client.read_flow_run(run_id)
+        state = run.state
+        last = f"{state.type.value} ({state.name}: {state.message or 'no message'})" if state else "no state"
+        pytest.fail(
+            f"flow run {run.name!r} ({run_id}) of deployment {run.deployment_id} did not reach a final state "
+            f"within {timeout:g} s; its last state: {last}"
+        )

@@ -94,14 +94,26 @@ def test_a_failed_child_fails_the_parent_with_the_childs_error(component_deploym
 
 
 def test_a_pool_without_worker_or_deployment_is_named_with_what_to_run(component_deployments):
+    """A work pool of its own (no other module deploys to it or serves it)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+
     from planflow.runtime.distributed import DeploymentMissingError, check_ready, readiness
 
-    ready, problems = readiness({"kubernetes"})  # exists; no component deployment, no worker
-    assert ready == {}
-    assert problems["kubernetes"][0].startswith("no deployment 'run-component/kubernetes'. Fix: prefect deploy")
-    assert "Start one with: prefect worker start --pool kubernetes --type kubernetes" in problems["kubernetes"][1]
-    with pytest.raises(DeploymentMissingError, match="distributed mode cannot start"):
-        check_ready({"kubernetes"})
+    with get_client(sync_client=True) as client:
+        client.create_work_pool(WorkPoolCreate(name="readiness-check", type="process"), overwrite=True)
+    try:
+        ready, problems = readiness({"readiness-check"})
+        assert ready == {}
+        assert problems["readiness-check"][0].startswith(
+            "no deployment 'run-component/readiness-check'. Fix: prefect deploy"
+        )
+        assert "Start one with: prefect worker start --pool readiness-check" in problems["readiness-check"][1]
+        with pytest.raises(DeploymentMissingError, match="distributed mode cannot start"):
+            check_ready({"readiness-check"})
+    finally:
+        with get_client(sync_client=True) as client:
+            client.delete_work_pool("readiness-check")
 
 
 def test_a_child_nobody_picks_up_is_cancelled_with_what_to_run(component_deployments, monkeypatch):
@@ -125,6 +137,10 @@ def test_a_child_nobody_picks_up_is_cancelled_with_what_to_run(component_deploym
 def test_predictive_maintenance_across_the_process_and_docker_pools(component_deployments, docker_image):
     from planflow.prefect.blocks import ResourcePool
 
+    try:
+        previous = ResourcePool.load("docker")
+    except ValueError:
+        previous = None
     ResourcePool(work_pool="docker", cpu=2, mem_gib=4).save("docker", overwrite=True)
     started = time.time()
     containers: list[str] = []
@@ -154,7 +170,10 @@ def test_predictive_maintenance_across_the_process_and_docker_pools(component_de
         # anomaly_model is declared cpu=1, mem_gib=0.5: the plan's figures, in the container
         assert host["NanoCpus"] == 1_000_000_000
         assert host["Memory"] == 512 * 2**20 == host["MemorySwap"]
-    finally:
-        ResourcePool.delete("docker")
+    finally:  # other modules plan over every pool that exists: leave the one that was there
+        if previous is None:
+            ResourcePool.delete("docker")
+        else:
+            previous.save("docker", overwrite=True)
         for container in containers:
             subprocess.run(["docker", "rm", "-f", container], capture_output=True)

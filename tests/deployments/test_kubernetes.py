@@ -4,7 +4,6 @@ live run where KUBECONFIG points at a cluster."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -14,7 +13,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from planflow.prefect.jobvars import job_variables, load_template, render_kubernetes_job
+from planflow.prefect.jobvars import job_variables, render_kubernetes_job
 
 from tests.deployments.conftest import PREFECT, PREFECT_FILE, ROOT, run_cli, wait_for_final_state
 
@@ -176,4 +175,3 @@ def test_pipeline_runs_on_a_real_cluster(cluster, work_pools):
     )
     run = wait_for_final_state(flow_run.id, timeout=300)
     assert run.state.is_completed(), f"{run.state}\n{worker.stdout[-3000:]}\n{worker.stderr[-3000:]}"
-    assert json.dumps(load_template("kubernetes"))

@@ -1,12 +1,13 @@
 """A planned component's resources as the job variables of each work pool type.
 
     >>> job_variables("docker", cpu=1, gpu=0, mem_gib=1)
-    {'image': 'planflow:dev', 'mem_limit': '1024m', 'memswap_limit': '1024m', 'container_create_kwargs': {'nano_cpus': 1000000000}}
+    {'image': 'planflow:dev', 'mem_limit': '1024m', 'memswap_limit': '1024m',
+     'container_create_kwargs': {'nano_cpus': 1000000000}}
     >>> job_variables("kubernetes", cpu=2, gpu=1, mem_gib=4, gpu_pool=True)["gpu_limit"]
     '1'
 
-The variable names are those of the base job templates in
-`deployments/job-templates/`. `check_against_template` says which variable a
+The variable names are those of the base job templates shipped as package data in
+`planflow/prefect/job_templates/`. `check_against_template` says which variable a
 pool's template does not accept, or which value is above the maximum the
 template declares, and what to change; `render_kubernetes_job` gives the
 Kubernetes Job a worker would submit for a planned component.
@@ -22,6 +23,8 @@ from collections.abc import Mapping
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
+
+from prefect.utilities.templating import apply_values
 
 # Package data: the base job templates ship inside planflow (importlib.resources).
 TEMPLATES_DIR = Path(str(files("planflow.prefect") / "job_templates"))
@@ -226,7 +229,8 @@ def require_fits(job_vars: Mapping[str, Any], template: Mapping[str, Any], *, co
             f"component '{component}' asks for more than work pool '{pool}' allows:\n{lines}\n"
             f"Fix: lower the component's resources (e.g. @component(cpu=..., mem_gib=...) or "
             f"`resources:` in the pipeline YAML), plan it on a bigger pool, or raise the maximum in "
-            f"the pool's base job template (deployments/job-templates/, then `planflow pools apply`)."
+            f"the base job template of work pool '{pool}' (`prefect work-pool update {pool} "
+            f"--base-job-template FILE`; `planflow workpools apply` puts planflow's own back)."
         )
 
 
@@ -257,8 +261,6 @@ def render_kubernetes_job(
     worker requires them there, but they are not PodSpec fields, so a strict schema
     check (and a strict API server) would reject them.
     """
-    from prefect.utilities.templating import apply_values
-
     template = template or load_template("kubernetes")
     values = {**_variable_defaults(template), **dict(job_vars)}
     values["env"] = {**values.get("env", {}), **dict(env or {})}

@@ -1,15 +1,18 @@
-"""planflow's Prefect work pools, created from the base job templates in
-`deployments/job-templates/`, and the checks that say what to run when one is
+"""planflow's Prefect work pools, created from the base job templates shipped in
+`planflow/prefect/job_templates/`, and the checks that say what to run when one is
 missing, has no worker, or lacks its image.
 
     >>> apply_work_pools()                       # idempotent
     ['local-process (process): created', 'docker (docker): created', ...]
 
-| work pool       | type       | template                              | ResourcePool block |
-|-----------------|------------|---------------------------------------|--------------------|
-| `local-process` | process    | deployments/job-templates/process.json | `local` (blocks.ensure_defaults) |
-| `docker`        | docker     | deployments/job-templates/docker.json  | `docker`: this machine, backup `local` |
-| `kubernetes`    | kubernetes | deployments/job-templates/kubernetes.json | `kubernetes`: an example capacity, backup `docker` |
+| work pool       | type       | template          | ResourcePool block                                 |
+|-----------------|------------|-------------------|----------------------------------------------------|
+| `local-process` | process    | `process.json`    | `local` (blocks.ensure_defaults)                   |
+| `docker`        | docker     | `docker.json`     | `docker`: this machine, backup `local`             |
+| `kubernetes`    | kubernetes | `kubernetes.json` | `kubernetes`: an example capacity, backup `docker` |
+
+A project states the same ResourcePool blocks in its `blocks/` folder
+(`planflow.prefect.blocks.documents.apply_folder`).
 """
 
 from __future__ import annotations
@@ -23,7 +26,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import typer
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
+from prefect.exceptions import ObjectNotFound
 
+from planflow.prefect import health
+from planflow.prefect.blocks import ResourcePool, ensure_defaults, local_pool_from_machine
+from planflow.prefect.health import api_url
 from planflow.prefect.jobvars import load_template
 
 
@@ -69,23 +78,12 @@ class WorkPoolError(RuntimeError):
     """A work pool cannot be applied or used; the message says what to run."""
 
 
-def _api_url() -> str:
-    from prefect.settings import PREFECT_API_URL
-
-    return PREFECT_API_URL.value() or ""
-
-
 def require_server() -> str:
     """The API URL, or WorkPoolError when the server does not answer."""
-    from planflow.ops.server import healthy
-
-    url = _api_url()
-    if not url or not healthy(url):
-        raise WorkPoolError(
-            f"the Prefect server at {url or '(PREFECT_API_URL not set)'} does not answer. "
-            "Fix: start it with `planflow server up` (or point PREFECT_API_URL at your server)."
-        )
-    return url
+    try:
+        return health.require_server()
+    except health.ServerNotAnswering as exc:
+        raise WorkPoolError(str(exc)) from exc
 
 
 def require_worker_package(pool: PoolDefinition) -> None:
@@ -111,10 +109,6 @@ def apply_work_pools(names: Iterable[str] | None = None, resource_pools: bool = 
     whose base job template changed; then create the matching ResourcePool blocks
     when missing (never overwriting one a user edited). Returns one line per action.
     """
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
-    from prefect.exceptions import ObjectNotFound
-
     selected = _select(names)
     require_server()
     for pool in selected:  # all problems before any change
@@ -151,8 +145,6 @@ def apply_work_pools(names: Iterable[str] | None = None, resource_pools: bool = 
 
 
 def _ensure_resource_pools(pool_names: list[str]) -> list[str]:
-    from planflow.prefect.blocks import ResourcePool, ensure_defaults, local_pool_from_machine
-
     # The `local` pool first: the backups below name it, and the planner only creates it
     # by itself on a server that has no ResourcePool at all.
     ensure_defaults()
@@ -183,9 +175,6 @@ def _ensure_resource_pools(pool_names: list[str]) -> list[str]:
 # -- checks with the fix in the message -------------------------------------------------
 def require_pool(name: str) -> Any:
     """The work pool, or WorkPoolError saying how to create it."""
-    from prefect.client.orchestration import get_client
-    from prefect.exceptions import ObjectNotFound
-
     require_server()
     with get_client(sync_client=True) as client:
         try:
@@ -198,7 +187,7 @@ def require_pool(name: str) -> Any:
         else f"prefect work-pool create {name} --type <process|docker|kubernetes>"
     )
     raise WorkPoolError(
-        f"work pool '{name}' does not exist on {_api_url()} (pools there: {', '.join(known) or 'none'}). Fix: {hint}"
+        f"work pool '{name}' does not exist on {api_url()} (pools there: {', '.join(known) or 'none'}). Fix: {hint}"
     )
 
 
@@ -208,8 +197,6 @@ def worker_status(pool: str, now: dt.datetime | None = None) -> str:
 
     Raises WorkPoolError when the pool does not exist or the server does not answer.
     """
-    from prefect.client.orchestration import get_client
-
     require_pool(pool)
     with get_client(sync_client=True) as client:
         workers = client.read_workers_for_work_pool(pool)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from prefect.client.orchestration import get_client
 from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 
+from planflow.prefect.blocks.alert_route import AlertRoute, ensure_routes
 from planflow.prefect.blocks.planner_settings import PlannerSettings
 from planflow.prefect.blocks.resource_pool import ResourcePool, local_pool_from_machine
 
@@ -14,8 +15,6 @@ DEFAULT_SETTINGS = "default"
 
 def register() -> list[str]:
     """Register the block types with the Prefect server (idempotent)."""
-    from planflow.prefect.blocks.alert_route import AlertRoute
-
     for block in (ResourcePool, PlannerSettings, AlertRoute):
         block.register_type_and_schema()
     return [ResourcePool.get_block_type_slug(), PlannerSettings.get_block_type_slug(), AlertRoute.get_block_type_slug()]
@@ -28,8 +27,6 @@ def ensure_defaults(routes: bool = True) -> dict[str, bool]:
     register()
     created = {}
     if routes:
-        from planflow.prefect.blocks.alert_route import ensure_routes
-
         created.update(ensure_routes())
     for name, factory, block_type in (
         (DEFAULT_POOL, local_pool_from_machine, ResourcePool),

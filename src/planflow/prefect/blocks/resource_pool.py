@@ -7,6 +7,7 @@ import shutil
 import subprocess
 from typing import ClassVar
 
+import psutil
 from prefect.blocks.core import Block
 from pydantic import Field
 
@@ -52,11 +53,8 @@ def _gpu_count() -> int:
 
 
 def _memory_gib() -> float:
-    try:
-        pages, page_size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return 4.0
-    return round(pages * page_size / 2**30, 1)
+    """The machine's physical memory in GiB, to one decimal."""
+    return round(psutil.virtual_memory().total / 2**30, 1)
 
 
 def local_pool_from_machine(work_pool: str = "local-process") -> ResourcePool:
