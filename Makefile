@@ -37,7 +37,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 
-test: lint services
+test: $(STAMP) services
 	$(BIN)/pytest
 
 bench: $(STAMP) services
