@@ -16,8 +16,13 @@ the two policies so that machine noise hits both. Figures: the planned
 makespan, each policy's actual makespan, and the ratios the issue targets
 (planned / default <= 0.8, actual / planned <= 1.15).
 
-Run: `python -m bench.bench_dispatch [--rounds 2]`. It starts a Prefect server of
-its own (SQLite, a temporary state folder) and stops it at the end, so the
+Then the dispatcher's own overhead per step: a chain of `--chain` no-op components
+(each waits for the one before, so every release and every step event lies on the
+critical path), the run's metrics pushed to a real Pushgateway when one is installed,
+as in production. The figure is the chain's makespan over its length.
+
+Run: `python -m bench.bench_dispatch [--rounds 2] [--chain 40]`. It starts a Prefect
+server of its own (SQLite, a temporary state folder) and stops it at the end, so the
 user's run history and pools are left alone. Writes bench/results/dispatch.md
 and .json.
 """
@@ -31,8 +36,6 @@ import statistics
 import sys
 import time
 from pathlib import Path
-
-from planflow import to_flow
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -130,6 +133,7 @@ def synthetic_pipeline(rate: float, seed: int = 42):
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--chain", type=int, default=40, help="no-op components in the overhead chain (0: skip)")
     args = parser.parse_args(argv)
 
     from bench.tempserver import TempServer
@@ -142,11 +146,16 @@ def main(argv: list[str] | None = None) -> dict:
             POOL, overwrite=True
         )
         rate, pipeline, rounds = _rounds(args.rounds)
-    write(_figures(rate, pipeline, rounds))
+        figures = _figures(rate, pipeline, rounds)
+        if args.chain:
+            figures["chain"] = chain_overhead(args.chain)
+    write(figures)
     return json.loads((RESULTS / "dispatch.json").read_text())
 
 
 def _rounds(count: int):
+    from planflow import to_flow  # after TempServer pointed Prefect at its server
+
     rate = _units_per_second()
     pipeline = synthetic_pipeline(rate)
     assert len(pipeline.steps) == 30, len(pipeline.steps)
@@ -171,6 +180,65 @@ def _rounds(count: int):
         )
         print(rounds[-1], flush=True)
     return rate, pipeline, rounds
+
+
+def noop() -> int:
+    return 1
+
+
+def chain_overhead(steps: int, rounds: int = 5) -> dict:
+    """Seconds per step of a chain of no-op components (median of `rounds` runs after a
+    warm-up), with the run's metrics pushed to a Pushgateway of its own when installed."""
+    import os
+    import shutil
+    import subprocess
+
+    import httpx
+    from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
+
+    from planflow import to_flow
+    from planflow.core.component import component
+    from planflow.core.pipeline import Pipeline, Step
+    from planflow.ops.server import free_port
+
+    binary = shutil.which("prometheus-pushgateway") or shutil.which("pushgateway")
+    gateway = None
+    if binary:
+        port = free_port()
+        gateway = subprocess.Popen(
+            [binary, f"--web.listen-address=127.0.0.1:{port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        url = f"http://127.0.0.1:{port}"
+        ready = Retrying(
+            retry=retry_if_exception_type(httpx.HTTPError),
+            wait=wait_fixed(0.2),
+            stop=stop_after_delay(30),
+            reraise=True,
+        )
+        for attempt in ready:
+            with attempt:
+                httpx.get(f"{url}/-/ready", timeout=2).raise_for_status()
+        os.environ["PLANFLOW_PUSHGATEWAY_URL"] = url
+    try:
+        step = component(noop, cpu=0.1, mem_gib=0.01, est_seconds=0.05)
+        chain = [Step(f"s{i:03d}", step, after=(f"s{i - 1:03d}",) if i else ()) for i in range(steps)]
+        flow = to_flow(Pipeline("bench-chain", chain, description="no-op chain: the dispatcher's overhead"))
+        flow()  # warm-up
+        makespans = [flow()["makespan_s"] for _ in range(rounds)]
+    finally:
+        os.environ.pop("PLANFLOW_PUSHGATEWAY_URL", None)
+        if gateway:
+            gateway.terminate()
+            gateway.wait(10)
+    median = statistics.median(makespans)
+    print({"chain_makespans_s": makespans}, flush=True)
+    return {
+        "steps": steps,
+        "pushgateway": bool(binary),
+        "makespans_s": makespans,
+        "median_makespan_s": median,
+        "median_ms_per_step": 1000 * median / steps,
+    }
 
 
 def _figures(rate: float, pipeline, rounds: list[dict]) -> dict:
@@ -225,6 +293,16 @@ def write(figures: dict) -> None:
         f"- plan's actual / default's actual: **{figures['plan_actual_over_default_actual']:.2f}**",
         f"- plan's actual / planned: **{figures['actual_over_planned']:.2f}** (target <= 1.15)",
     ]
+    chain = figures.get("chain")
+    if chain:
+        lines += [
+            "",
+            f"Dispatcher overhead: a chain of {chain['steps']} no-op components, metrics pushed to "
+            f"{'a real Pushgateway' if chain['pushgateway'] else 'no Pushgateway (none installed)'}: "
+            f"median makespan **{chain['median_makespan_s']:.2f} s**, "
+            f"**{chain['median_ms_per_step']:.0f} ms per step** "
+            f"(runs: {', '.join(f'{m:.2f}' for m in chain['makespans_s'])} s).",
+        ]
     (RESULTS / "dispatch.md").write_text("\n".join(lines) + "\n")
 
 

@@ -175,7 +175,9 @@ def burst(bridge: str, token: str, alerts: int, duplicates: int, batch: int) -> 
         persisted_s = time.perf_counter() - began
         metrics = http.get(f"{bridge}/metrics").text
     duplicate_answers = sum(
-        float(l.split()[-1]) for l in metrics.splitlines() if l.startswith("planflow_bridge_alerts_duplicate_total")
+        float(line.split()[-1])
+        for line in metrics.splitlines()
+        if line.startswith("planflow_bridge_alerts_duplicate_total")
     )
     return {
         "alerts_sent": alerts,
@@ -223,7 +225,8 @@ def write(results: dict) -> None:
         f"{b['alerts_sent']} distinct alerts in payloads of {b['batch']} from 8 concurrent "
         f"senders, then {b['duplicates_resent']} of them sent again.",
         "",
-        "| accepted (2xx) in | accept rate | spool drained in | forward rate | events in Prefect | lost | duplicate events | duplicates dropped by bridge |",
+        "| accepted (2xx) in | accept rate | spool drained in | forward rate | events in Prefect | lost "
+        "| duplicate events | duplicates dropped by bridge |",
         "|---|---|---|---|---|---|---|---|",
         f"| {b['accept_seconds']} s | {b['accept_alerts_per_s']} alerts/s | "
         f"{b['spool_drained_seconds']} s | {b['forward_events_per_s']} events/s | "

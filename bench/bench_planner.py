@@ -187,7 +187,8 @@ def to_markdown(res: dict) -> str:
         lines += [
             "## Random layered pipelines (2 pools, cpu/gpu/mem, non-integer durations)",
             "",
-            "| components | first plan s | first gap | limit s | seconds | makespan | lower bound | gap | status | notes |",
+            "| components | first plan s | first gap | limit s | seconds | makespan | lower bound | gap | status "
+            "| notes |",
             "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in res["scale"]:

@@ -148,3 +148,92 @@ def test_yaml_that_is_not_yaml(tmp_path):
     path.write_text("steps: [unclosed\n")
     with pytest.raises(PipelineError, match="not valid YAML"):
         Pipeline.from_yaml(path)
+
+
+def test_topological_order_keeps_declaration_order_where_the_graph_allows():
+    p = Pipeline("declared", [toy_dags.numbers, toy_dags.scaled, toy_dags.total, toy_dags.report])
+    assert p.topological_order() == ["numbers", "scaled", "total", "report"]
+    late = Pipeline("late", [toy_dags.report, toy_dags.total, toy_dags.scaled, toy_dags.numbers])
+    assert late.topological_order() == ["numbers", "total", "scaled", "report"]
+
+
+def test_cycle_path_starts_at_the_step_declared_first():
+    with pytest.raises(PipelineError) as caught:
+        Pipeline(
+            "loop",
+            [toy_dags.report, toy_dags.scaled, toy_dags.total, Step("numbers", toy_dags.numbers, after=("report",))],
+        )
+    message = str(caught.value)
+    assert message.count("cycle:") == 1
+    assert "cycle: report -> numbers -> " in message and message.split("cycle: ")[1].split(".")[0].endswith("report")
+
+
+def test_cycle_is_reported_beside_the_other_problems():
+    with pytest.raises(PipelineError) as caught:
+        Pipeline("loop", [Step("numbers", toy_dags.numbers, after=("numbers", "nmbers"))])
+    message = str(caught.value)
+    assert "cycle: numbers -> numbers" in message
+    assert "after names unknown step 'nmbers'. Did you mean 'numbers'?" in message
+
+
+def test_yaml_depends_on_points_to_after_with_the_value(tmp_path):
+    path = tmp_path / "deps.yaml"
+    path.write_text(
+        "name: deps\nsteps:\n  - uses: toy_dags:numbers\n  - uses: toy_dags:total\n    depends_on: [numbers]\n"
+    )
+    with pytest.raises(PipelineError) as caught:
+        Pipeline.from_yaml(path)
+    message = str(caught.value)
+    assert f"{path}: pipeline 'deps' is invalid:" in message
+    assert (
+        "step 2 ('total'): unknown field 'depends_on'. Did you mean 'after'? planflow lists the steps "
+        "a step waits for under `after:`. Fix: write `after: ['numbers']`."
+    ) in message
+
+
+def test_yaml_wrong_types_name_the_field_the_value_and_an_example(tmp_path):
+    path = tmp_path / "types.yaml"
+    path.write_text(
+        "name: types\nretries: -1\nparams: [n]\nsteps:\n"
+        "  - uses: toy_dags:numbers\n    after: [3]\n"
+        "  - name: total\n"
+        "  - just a string\n"
+        "  - uses: toy_dags:total\n    inputs: {numbers: 4}\n    parameters: {seed: 1}\n"
+    )
+    with pytest.raises(PipelineError) as caught:
+        Pipeline.from_yaml(path)
+    lines = str(caught.value).splitlines()[1:]
+    assert lines == [
+        "  - the pipeline: `params:` is ['n'], but it must be a mapping of parameter names to values. "
+        "Fix: e.g. `params: {seed: 7}`",
+        "  - the pipeline: `retries:` is -1, but it must be a whole number >= 0. Fix: e.g. `retries: 2`",
+        "  - step 1 ('numbers'): `after[0]` is 3, but `after:` must be a step name or a list of step names. "
+        "Fix: e.g. `after: [features]`",
+        "  - step 2 ('total'): `uses:` is missing; it must be the import path of a component or function. "
+        "Fix: e.g. `uses: 'flows.fraud_risk.flow:features'`",
+        "  - step 3 must be a mapping of name, uses, after, inputs, params, resources, got 'just a string'. "
+        "Fix: e.g. `uses: 'flows.fraud_risk.flow:features'`",
+        "  - step 4 ('total'): `inputs.numbers` is 4, but `inputs:` must be a mapping of parameter name -> "
+        "upstream step name. Fix: e.g. `inputs: {rows: transactions}`",
+        "  - step 4 ('total'): unknown field 'parameters'. Did you mean 'params'? Fix: write `params: {'seed': 1}`. "
+        "Allowed fields: name, uses, after, inputs, params, resources",
+    ]
+
+
+def test_yaml_step_with_bad_fields_still_reports_its_import(tmp_path):
+    path = tmp_path / "both.yaml"
+    path.write_text("steps:\n  - uses: toy_dags:numbrs\n    memory: 2\n    schedule: daily\n")
+    with pytest.raises(PipelineError) as caught:
+        Pipeline.from_yaml(path)
+    message = str(caught.value)
+    assert "step 1 ('numbrs'): unknown field 'memory': a step's resources go under `resources:`. " in message
+    assert "Fix: write `resources: {mem_gib: 2}`." in message
+    assert "step 1 ('numbrs'): unknown field 'schedule' (value 'daily'). Fix: remove it." in message
+    assert "step 1 ('numbrs'): module 'toy_dags' has no 'numbrs'. Did you mean 'numbers'?" in message
+
+
+def test_yaml_empty_fields_take_their_defaults(tmp_path):
+    path = tmp_path / "empty.yaml"
+    path.write_text("name: empty\ndescription:\nparams:\nsteps:\n  - uses: toy_dags:numbers\n    after:\n")
+    p = Pipeline.from_yaml(path)
+    assert p.description == "" and p.params == {"n": 4} and p.upstream("numbers") == ()

@@ -10,8 +10,7 @@ from planflow.core.component import component
 from planflow.core.pipeline import Pipeline
 from planflow.planner import PlannerOptions, plan_violations
 from planflow.runtime.history import Estimate, estimate
-from planflow.runtime.planning import PoolError, build_problem, plan_pipeline
-from planflow.runtime.runner import make_plan
+from planflow.runtime.planning import PoolError, build_problem, make_plan, plan_pipeline
 
 CAPACITY = {"cpu-pool": {"cpu": 2.0, "gpu": 0.0, "mem_gib": 8.0}, "gpu-pool": {"cpu": 4.0, "gpu": 1.0, "mem_gib": 16.0}}
 

@@ -9,9 +9,18 @@ from uuid import UUID
 import pytest
 import toy_dags
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    FlowRunFilter,
+    FlowRunFilterId,
+    LogFilter,
+    LogFilterFlowRunId,
+)
+from prefect.logging.handlers import APILogWorker
 
 from planflow import to_flow
+from planflow.runtime.events import Reporter, subscribe
 from planflow.runtime.runner import PipelineRunError, add_listener
 
 pytestmark = pytest.mark.usefixtures("registered_blocks")
@@ -101,3 +110,42 @@ def test_a_new_run_computes_afresh():
     from pathlib import Path
 
     assert Path(__import__("os").environ["PLANFLOW_HOME"], "count-expensive-fresh").read_text() == "2"
+
+
+class _BrokenReporter(Reporter):
+    def on_step(self, event):
+        raise RuntimeError(f"cannot show {event.record.step}")
+
+
+async def _logs(flow_run_id: str) -> list[str]:
+    async with get_client() as client:
+        logs = await client.read_logs(
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[UUID(flow_run_id)])), limit=200
+        )
+    return [log.message for log in logs]
+
+
+def test_a_reporter_that_fails_does_not_fail_the_run_and_is_named_in_its_log():
+    remove = subscribe(_BrokenReporter())
+    try:
+        result = to_flow(toy_dags.diamond)(n=2)
+    finally:
+        remove()
+    assert {s["state"] for s in result["steps"].values()} == {"Completed"}
+    keys = {a.key for a in asyncio.run(_artifacts(result["flow_run_id"])) if a.key}
+    assert {"toy-diamond-summary", "toy-diamond-totals", "toy-diamond-planned-vs-actual"} <= keys
+    APILogWorker.drain_all(timeout=30)
+    messages = asyncio.run(_logs(result["flow_run_id"]))
+    first = [m for m in messages if m.startswith("reporter _BrokenReporter failed in")]
+    assert len(first) == 1  # once, with its traceback; then only counted
+    assert first[0].startswith("reporter _BrokenReporter failed in on_step: RuntimeError: cannot show numbers")
+    assert "Traceback" in first[0]
+    assert "reporter _BrokenReporter failed on 8 event(s) of this run (the run went on)" in messages
+
+
+def test_fifo_runs_without_plan_artifacts_and_reports_progress():
+    result = to_flow(toy_dags.diamond)(n=2, policy="fifo")
+    assert result["plan"] is None and result["policy"] == "fifo"
+    artifacts = {a.key: a for a in asyncio.run(_artifacts(result["flow_run_id"])) if a.key}
+    assert set(artifacts) == {"toy-diamond-progress", "toy-diamond-summary", "toy-diamond-totals"}
+    assert float(artifacts["toy-diamond-progress"].data) == pytest.approx(100.0)

@@ -29,11 +29,11 @@ def test_urls_point_at_the_prefect_ui_pages():
 
 def test_artifact_keys_match_the_run_flow_and_filter_by_run():
     from planflow.core import discovery as registry
-    from planflow.runtime.runner import _artifact_key
+    from planflow.runtime.reporting import artifact_key
 
     pipeline = registry.get("predictive-maintenance")
     for what in ("plan-figures", "planned-vs-actual"):
-        assert shots.artifact_key(pipeline.name, what) == _artifact_key(pipeline, what)
+        assert shots.artifact_key(pipeline.name, what) == artifact_key(pipeline, what)
     body = shots.artifact_filter("predictive-maintenance-plan-figures", "run-1")
     assert body["artifacts"] == {
         "key": {"any_": ["predictive-maintenance-plan-figures"]},

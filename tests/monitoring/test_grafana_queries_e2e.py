@@ -110,7 +110,7 @@ def test_every_panel_query_returns_data_from_the_real_prometheus(demo_world):
         f'ALERTS{{alertname="PlanflowPipelineRunFailed", alertstate="firing", flow="{PIPELINE}"}}',
         'planflow_bridge_alerts_received_total{status="firing"}',
     ):
-        wait_for(lambda: _has(prometheus, expr), 60, 0.5, expr)
+        wait_for(lambda expr=expr: _has(prometheus, expr), 60, 0.5, expr)
 
     pools = {s["pool"] for s in _query(prometheus, "planflow_pool_capacity")["result"] for s in [s["metric"]]}
     values = {"pipeline": PIPELINE, "pool": sorted(pools)[0], "work_pool": work_pool}

@@ -117,7 +117,7 @@ def test_push_to_a_real_pushgateway_and_read_it_back(monitoring_stack):
     r.push()
     assert r.registry.get_sample_value("planflow_push_failures_total", {"pipeline": "fraud-risk"}) is None
     text = httpx.get(f"{url}/metrics", timeout=5).text
-    line = next(l for l in text.splitlines() if l.startswith("planflow_plan_makespan_seconds{"))
+    line = next(x for x in text.splitlines() if x.startswith("planflow_plan_makespan_seconds{"))
     assert 'job="planflow"' in line and 'pipeline="fraud-risk"' in line and line.endswith(" 120")
     groups = httpx.get(f"{url}/api/v1/metrics", timeout=5).json()["data"]
     keys = [g["labels"] for g in groups]

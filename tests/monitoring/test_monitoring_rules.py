@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from planflow.monitoring import rules as generate
+from planflow.monitoring import thresholds
 from planflow.monitoring.metrics import metric_catalog
 
 from tests.monitoring.helpers import need_binary, promtool
@@ -78,3 +79,58 @@ def test_the_fast_and_production_profiles_differ_only_in_timing():
     assert [r["alert"] for r in fast] == [r["alert"] for r in prod]
     assert {r["for"] for r in fast} == {"0s", "2s"}
     assert {r["for"] for r in prod} == {"0s", "5m"}
+
+
+def _shipped() -> dict:
+    return yaml.safe_load(thresholds.SOURCE.read_text())
+
+
+def test_a_bad_thresholds_file_lists_every_problem_with_the_value_and_the_fix(tmp_path):
+    document = _shipped()
+    fast = document["profiles"]["fast"]
+    fast["scrape"] = fast.pop("scrape_interval")
+    fast["for"] = 2
+    document["profiles"]["prod"] = document["profiles"].pop("production")
+    document["thresholds"]["failure_rate"] = 5
+    document["thresholds"]["overrun"] = document["thresholds"].pop("overrun_factor")
+    document["ports"]["bridge"] = 70000
+    document["schedule"] = "daily"
+    path = tmp_path / "thresholds.yml"
+    path.write_text(yaml.safe_dump(document))
+    with pytest.raises(thresholds.ThresholdsError) as caught:
+        thresholds.load(path)
+    lines = str(caught.value).splitlines()
+    assert lines[0] == f"{path} has 10 problems:"
+    expected = [
+        "ports: `bridge:` is 70000, but it must be a port number from 1 to 65535. Fix: e.g. `bridge: 9095`",
+        "profiles.fast: `scrape_interval:` is missing; it must be a duration: a whole number > 0 and s, m or h. "
+        "Fix: e.g. `scrape_interval: 15s`",
+        "profiles.fast: `for:` is 2, but it must be a duration: a whole number > 0 and s, m or h. Fix: e.g. `for: 5m`",
+        "profiles.fast: unknown field 'scrape'. Did you mean 'scrape_interval'? Fix: write `scrape_interval: '1s'`.",
+        "profiles: unknown field 'prod'. Did you mean 'production'?",
+        "thresholds: `failure_rate:` is 5, but it must be a share between 0 and 1 (failed / finished runs). "
+        "Fix: e.g. `failure_rate: 0.5`",
+        "thresholds: `overrun_factor:` is missing; it must be a number > 1 (times the planned duration). "
+        "Fix: e.g. `overrun_factor: 2.0`",
+        "thresholds: unknown field 'overrun'. Did you mean 'overrun_factor'? Fix: write `overrun_factor: 2.0`.",
+        "the file: unknown field 'schedule' (value 'daily'). Fix: remove it. "
+        "Allowed fields: grafana_url, ports, profiles, thresholds",
+    ]
+    for line in expected:
+        assert any(found.startswith(f"  - {line}") for found in lines), line
+
+
+def test_the_ports_a_stack_picks_are_checked_like_the_file():
+    source = generate.load()
+    source["ports"] = {**source["ports"], "exporter": "nine"}
+    with pytest.raises(thresholds.ThresholdsError, match="ports: `exporter:` is 'nine', but it must be a port number"):
+        generate.params("fast", source)
+    source["ports"]["exporter"] = 19096
+    assert generate.params("fast", source).ports["exporter"] == 19096
+
+
+def test_a_thresholds_file_that_is_not_a_mapping(tmp_path):
+    path = tmp_path / "thresholds.yml"
+    path.write_text("- 1\n")
+    with pytest.raises(thresholds.ThresholdsError, match="the file must be a mapping of grafana_url, ports"):
+        thresholds.load(path)

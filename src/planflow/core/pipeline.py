@@ -13,8 +13,11 @@ Every problem is reported at once with its fix (PipelineError).
 from __future__ import annotations
 
 import difflib
+import graphlib
+import heapq
 import importlib
 import inspect
+import reprlib
 import sys
 import typing
 from collections.abc import Iterable, Mapping
@@ -23,13 +26,17 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from planflow.core.component import Component, ComponentSpecError, ResourceSpec, make_component
+from planflow.core.component import (
+    KEY_ALIASES,
+    RESOURCE_KEYS,
+    Component,
+    ComponentSpecError,
+    ResourceSpec,
+    make_component,
+)
 from planflow.settings import project_root
-
-PIPELINE_FIELDS = ("name", "description", "params", "retries", "steps")
-STEP_FIELDS = ("name", "uses", "after", "inputs", "params", "resources")
-_MISSING = object()
 
 
 class PipelineError(ValueError):
@@ -117,13 +124,14 @@ class Pipeline:
         self.params, param_problems = self._wire(declared)
         problems += param_problems
         problems += self._dependency_problems()
-        if not problems:
-            cycle = self._find_cycle()
-            if cycle:
-                problems.append(
-                    f"cycle: {' -> '.join(cycle)}. Fix: remove one of these dependencies "
-                    "(an `after:` entry or an input named after a downstream step)"
-                )
+        self._order: list[str] = []
+        try:
+            self._order = self._sorted()
+        except graphlib.CycleError as exc:
+            problems.append(
+                f"cycle: {' -> '.join(self._readable_cycle(exc.args[1]))}. Fix: remove one of these "
+                "dependencies (an `after:` entry or an input named after a downstream step)"
+            )
         if problems:
             lines = "\n".join(f"  - {p}" for p in problems)
             raise PipelineError(f"pipeline '{name}' is invalid:\n{lines}")
@@ -207,43 +215,41 @@ class Pipeline:
         data = [b.source for b in self.bindings.get(name, {}).values() if b.kind == "step"]
         return tuple(dict.fromkeys([*data, *step.after]))
 
-    def _find_cycle(self) -> list[str] | None:
-        WHITE, GREY, BLACK = 0, 1, 2
-        colour = dict.fromkeys(self.steps, WHITE)
-        stack: list[str] = []
+    def _graph(self) -> dict[str, tuple[str, ...]]:
+        """Each step -> the known steps it waits for (unknown names are reported apart)."""
+        return {name: tuple(d for d in self.upstream(name) if d in self.steps) for name in self.steps}
 
-        def visit(node: str) -> list[str] | None:
-            colour[node] = GREY
-            stack.append(node)
-            for dep in self.upstream(node):
-                if colour[dep] == GREY:
-                    cycle = stack[stack.index(dep) :] + [dep]
-                    return list(reversed(cycle))  # print in execution direction
-                if colour[dep] == WHITE and (found := visit(dep)):
-                    return found
-            stack.pop()
-            colour[node] = BLACK
-            return None
+    def _sorted(self) -> list[str]:
+        """A topological order that keeps declaration order wherever the graph allows:
+        of the steps ready at each point, the one declared first comes first. Raises
+        graphlib.CycleError when there is none."""
+        sorter = graphlib.TopologicalSorter(self._graph())
+        sorter.prepare()
+        position = {name: index for index, name in enumerate(self.steps)}
+        ready = [(position[name], name) for name in sorter.get_ready()]
+        heapq.heapify(ready)
+        order: list[str] = []
+        while ready:
+            _, name = heapq.heappop(ready)
+            order.append(name)
+            sorter.done(name)
+            for successor in sorter.get_ready():
+                heapq.heappush(ready, (position[successor], successor))
+        return order
 
-        for node in self.steps:
-            if colour[node] == WHITE and (found := visit(node)):
-                return found
-        return None
+    def _readable_cycle(self, cycle: list[str]) -> list[str]:
+        """graphlib's cycle (each step before the one that waits for it, first repeated
+        last), turned to start at the step declared first, so the message is stable."""
+        nodes = list(cycle[:-1]) or list(cycle)
+        position = list(self.steps)
+        first = min(range(len(nodes)), key=lambda i: position.index(nodes[i]))
+        nodes = nodes[first:] + nodes[:first]
+        return [*nodes, nodes[0]]
 
     def topological_order(self) -> list[str]:
         """Steps in an order where every step comes after its upstream steps
         (stable: declaration order breaks ties)."""
-        order: list[str] = []
-        done: set[str] = set()
-        remaining = list(self.steps)
-        while remaining:
-            for name in remaining:
-                if all(dep in done for dep in self.upstream(name)):
-                    order.append(name)
-                    done.add(name)
-                    remaining.remove(name)
-                    break
-        return order
+        return list(self._order)
 
     def downstream(self, name: str) -> tuple[str, ...]:
         return tuple(s for s in self.steps if name in self.upstream(s))
@@ -353,34 +359,31 @@ class Pipeline:
 
     @classmethod
     def from_dict(cls, document: Any, source: str = "<dict>") -> Pipeline:
+        """A pipeline from its YAML form (see PipelineSpec); every problem of the file,
+        its fields and its steps' imports, is listed at once."""
         if not isinstance(document, dict):
-            raise PipelineError(f"{source}: expected a mapping with {', '.join(PIPELINE_FIELDS)}")
-        problems = _unknown_fields(document, PIPELINE_FIELDS, "the pipeline")
-        steps: list[Step] = []
-        raw_steps = document.get("steps")
-        if not isinstance(raw_steps, list) or not raw_steps:
-            problems.append("`steps:` must be a non-empty list of steps")
-            raw_steps = []
-        for index, raw in enumerate(raw_steps, start=1):
-            if not isinstance(raw, dict):
-                problems.append(f"step {index} must be a mapping, got {raw!r}")
-                continue
-            label = f"step {index} ('{raw.get('name', '?')}')"
-            problems += _unknown_fields(raw, STEP_FIELDS, label)
-            try:
-                steps.append(_step_from_dict(raw, label))
-            except (PipelineError, ComponentSpecError) as exc:
-                problems.append(str(exc))
-        if problems:
-            lines = "\n".join(f"  - {p}" for p in problems)
+            raise PipelineError(
+                f"{source}: expected a mapping with {', '.join(PIPELINE_FIELDS)}, got {_show(document)}. "
+                "Fix: e.g. `name: my-pipeline` and `steps: [{uses: 'package.module:component'}]`"
+            )
+        problems: list[tuple[int, str]] = []  # (step index, -1 for the pipeline; message)
+        spec: PipelineSpec | None = None
+        try:
+            spec = PipelineSpec.model_validate(document)
+        except ValidationError as exc:
+            problems += _spec_problems(exc, document)
+        steps, step_problems = _build_steps(document, spec)
+        problems = sorted(problems + step_problems, key=lambda problem: problem[0])
+        if problems or spec is None:
+            lines = "\n".join(f"  - {message}" for _, message in problems)
             raise PipelineError(f"{source}: pipeline '{document.get('name', '?')}' is invalid:\n{lines}")
         try:
             pipeline = cls(
-                name=document.get("name", Path(source).stem),
+                name=spec.name or Path(source).stem,
                 steps=steps,
-                params=document.get("params") or {},
-                description=document.get("description", ""),
-                retries=int(document.get("retries", 0)),
+                params=spec.params,
+                description=spec.description,
+                retries=spec.retries,
             )
         except PipelineError as exc:
             raise PipelineError(f"{source}: {exc}") from exc
@@ -392,12 +395,173 @@ class Pipeline:
         return pipeline
 
 
-def _unknown_fields(raw: dict, allowed: tuple[str, ...], where: str) -> list[str]:
-    return [
-        f"{where}: unknown field '{key}'.{_close(str(key), allowed)} Allowed fields: {', '.join(allowed)}"
-        for key in raw
-        if key not in allowed
-    ]
+# -- the YAML form -----------------------------------------------------------------------
+def _none_is_empty(value: Any, empty: Any) -> Any:
+    return empty if value is None else value
+
+
+class StepSpec(BaseModel):
+    """One entry of a pipeline file's `steps:`.
+
+    - name: doubled                      # default: the component's name
+      uses: toy_dags:scaled              # a component, or a plain typed function
+      after: [total]                     # order-only dependencies
+      inputs: {numbers: numbers}         # parameter -> the step whose output feeds it
+      params: {factor: 3.0}              # fixed parameters of this step
+      resources: {cpu: 0.5}              # overrides of the component's resources
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(None, description="the step's name; default: the component's")
+    uses: str = Field(min_length=1, description="import path of a component or function")
+    after: list[str] = Field(default_factory=list, description="steps that must finish first")
+    inputs: dict[str, str] = Field(default_factory=dict, description="parameter -> upstream step")
+    params: dict[str, Any] = Field(default_factory=dict, description="fixed parameters of this step")
+    resources: dict[str, Any] = Field(default_factory=dict, description="resource overrides (cpu, mem_gib, ...)")
+
+    @field_validator("after", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else _none_is_empty(value, [])
+
+    @field_validator("inputs", "params", "resources", mode="before")
+    @classmethod
+    def _empty_mapping(cls, value: Any) -> Any:
+        return _none_is_empty(value, {})
+
+
+class PipelineSpec(BaseModel):
+    """A pipeline file: `name`, `description`, `params`, `retries` and `steps`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(None, min_length=1, description="the pipeline's name; default: the file's stem")
+    description: str = Field("", description="shown in `planflow pipelines` and the Prefect UI")
+    params: dict[str, Any] = Field(default_factory=dict, description="pipeline parameters and their defaults")
+    retries: int = Field(0, ge=0, description="retries of the whole flow run")
+    steps: list[StepSpec] = Field(min_length=1, description="the steps, in declaration order")
+
+    @field_validator("description", mode="before")
+    @classmethod
+    def _empty_text(cls, value: Any) -> Any:
+        return _none_is_empty(value, "")
+
+    @field_validator("params", mode="before")
+    @classmethod
+    def _empty_mapping(cls, value: Any) -> Any:
+        return _none_is_empty(value, {})
+
+
+PIPELINE_FIELDS = tuple(PipelineSpec.model_fields)
+STEP_FIELDS = tuple(StepSpec.model_fields)
+# Names users reach for first (from other orchestrators), mapped to planflow's field.
+PIPELINE_ALIASES = {
+    "pipeline": "name",
+    "title": "name",
+    "desc": "description",
+    "parameters": "params",
+    "retry": "retries",
+    "tasks": "steps",
+    "components": "steps",
+    "nodes": "steps",
+    "stages": "steps",
+}
+STEP_ALIASES = {
+    "depends_on": "after",
+    "dependencies": "after",
+    "depends": "after",
+    "needs": "after",
+    "requires": "after",
+    "upstream": "after",
+    "component": "uses",
+    "function": "uses",
+    "fn": "uses",
+    "task": "uses",
+    "use": "uses",
+    "parameters": "params",
+    "args": "params",
+    "kwargs": "params",
+    "with": "params",
+    "resource": "resources",
+    "requests": "resources",
+    "requirements": "resources",
+    "input": "inputs",
+}
+# What each field must be, and an example of it.
+FIELD_HELP = {
+    "name": ("a non-empty string", "name: features"),
+    "description": ("a string", "description: nightly risk scores"),
+    "params": ("a mapping of parameter names to values", "params: {seed: 7}"),
+    "retries": ("a whole number >= 0", "retries: 2"),
+    "steps": ("a non-empty list of steps", "steps: [{uses: 'flows.fraud_risk.flow:features'}]"),
+    "uses": ("the import path of a component or function", "uses: 'flows.fraud_risk.flow:features'"),
+    "after": ("a step name or a list of step names", "after: [features]"),
+    "inputs": ("a mapping of parameter name -> upstream step name", "inputs: {rows: transactions}"),
+    "resources": ("a mapping of resource keys to values", "resources: {cpu: 2, mem_gib: 4}"),
+}
+_short = reprlib.Repr()
+_short.maxstring, _short.maxother, _short.maxlist, _short.maxdict = 60, 60, 6, 6
+
+
+def _show(value: Any) -> str:
+    """A value as the message quotes it, cut short when long."""
+    return _short.repr(value)
+
+
+def _step_label(index: int, raw: Any) -> str:
+    if not isinstance(raw, dict):
+        return f"step {index + 1}"
+    uses = raw.get("uses")
+    name = raw.get("name") or (str(uses).replace(":", ".").rpartition(".")[2] if isinstance(uses, str) else "?")
+    return f"step {index + 1} ('{name}')"
+
+
+def _spec_problems(error: ValidationError, document: Mapping[str, Any]) -> list[tuple[int, str]]:
+    """pydantic's errors as planflow's messages (where, the value, what it must be, the
+    fix), each with the index of its step (-1: the pipeline's own fields)."""
+    problems = []
+    for item in error.errors():
+        loc = item["loc"]
+        if len(loc) >= 2 and loc[0] == "steps" and isinstance(loc[1], int):
+            index, where = loc[1], _step_label(loc[1], document["steps"][loc[1]])
+            path, allowed, aliases = loc[2:], STEP_FIELDS, STEP_ALIASES
+        else:
+            index, where, path, allowed, aliases = -1, "the pipeline", loc, PIPELINE_FIELDS, PIPELINE_ALIASES
+        problems.append((index, _describe(item, where, path, allowed, aliases)))
+    return problems
+
+
+def _describe(item: Any, where: str, path: tuple, allowed: tuple[str, ...], aliases: Mapping[str, str]) -> str:
+    value, fields = item.get("input"), ", ".join(allowed)
+    if item["type"] == "extra_forbidden":
+        key = str(path[-1])
+        if allowed == STEP_FIELDS and (key in RESOURCE_KEYS or key in KEY_ALIASES):
+            resource = KEY_ALIASES.get(key, key)
+            return (
+                f"{where}: unknown field '{key}': a step's resources go under `resources:`. "
+                f"Fix: write `resources: {{{resource}: {_show(value)}}}`. Allowed fields: {fields}"
+            )
+        target = aliases.get(key) or next(iter(difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)), None)
+        if target is None:
+            return f"{where}: unknown field '{key}' (value {_show(value)}). Fix: remove it. Allowed fields: {fields}"
+        note = " planflow lists the steps a step waits for under `after:`." if aliases.get(key) == "after" else ""
+        return (
+            f"{where}: unknown field '{key}'. Did you mean '{target}'?{note} "
+            f"Fix: write `{target}: {_show(value)}`. Allowed fields: {fields}"
+        )
+    if not path:
+        return f"{where} must be a mapping of {fields}, got {_show(value)}. Fix: e.g. `{FIELD_HELP['uses'][1]}`"
+    field_name = str(path[0])
+    expected, example = FIELD_HELP.get(field_name, ("valid", f"{field_name}: ..."))
+    if item["type"] == "missing":
+        return f"{where}: `{field_name}:` is missing; it must be {expected}. Fix: e.g. `{example}`"
+    if len(path) == 1:
+        subject, rule = f"`{field_name}:`", "it"
+    else:
+        subject = "`" + field_name + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path[1:]) + "`"
+        rule = f"`{field_name}:`"
+    return f"{where}: {subject} is {_show(value)}, but {rule} must be {expected}. Fix: e.g. `{example}`"
 
 
 def import_object(path: str) -> Any:
@@ -416,31 +580,45 @@ def import_object(path: str) -> Any:
         raise PipelineError(f"module '{module_name}' has no '{attribute}'.{_close(attribute, names)}") from None
 
 
-def _step_from_dict(raw: dict, label: str) -> Step:
-    uses = raw.get("uses")
-    if not isinstance(uses, str):
-        raise PipelineError(
-            f"{label}: `uses:` must name a component or function, e.g. 'flows.fraud_risk.flow:features'"
-        )
-    target = import_object(uses)
-    resources = raw.get("resources") or {}
+def _build_steps(document: Mapping[str, Any], spec: PipelineSpec | None) -> tuple[list[Step], list[tuple[int, str]]]:
+    """The steps of a pipeline file, importing what each `uses:`; with the problems of
+    those imports and resource overrides (a step whose fields are invalid is still
+    imported, so that its import problem shows in the same listing)."""
+    steps: list[Step] = []
+    problems: list[tuple[int, str]] = []
+    raw_steps = document.get("steps") if isinstance(document.get("steps"), list) else []
+    for index, raw in enumerate(raw_steps):
+        label = _step_label(index, raw)
+        try:
+            steps.append(_build_step(spec.steps[index] if spec is not None else StepSpec.model_validate(raw)))
+        except ValidationError:  # already described by _spec_problems
+            uses = raw.get("uses") if isinstance(raw, dict) else None
+            try:
+                if isinstance(uses, str):
+                    import_object(uses)
+            except PipelineError as exc:
+                problems.append((index, f"{label}: {exc}"))
+        except (PipelineError, ComponentSpecError) as exc:
+            nested = str(exc).replace("\n  - ", "\n      - ")  # the component's own list, indented
+            problems.append((index, f"{label}: {nested}"))
+    return steps, problems
+
+
+def _build_step(spec: StepSpec) -> Step:
+    target = import_object(spec.uses)
     if isinstance(target, Component):
-        component = target.with_spec(**resources) if resources else target
+        component = target.with_spec(**spec.resources) if spec.resources else target
     elif callable(target):
-        component = make_component(target, **resources)
+        component = make_component(target, **spec.resources)
     else:
-        raise PipelineError(f"{label}: '{uses}' is neither a component nor a function")
-    name = raw.get("name", component.name)
+        raise PipelineError(
+            f"'{spec.uses}' is a {type(target).__name__}, neither a component nor a function. "
+            "Fix: point `uses:` at a function decorated with @component, or a plain typed function"
+        )
+    name = spec.name or component.name
     if name != component.name:
         component = component.with_options(name=name)
-    after = raw.get("after") or []
-    if isinstance(after, str):
-        after = [after]
-    inputs = raw.get("inputs") or {}
-    params = raw.get("params") or {}
-    if not isinstance(inputs, dict) or not isinstance(params, dict):
-        raise PipelineError(f"{label}: `inputs:` and `params:` must be mappings")
-    return Step(name=name, component=component, after=tuple(after), inputs=inputs, params=params)
+    return Step(name=name, component=component, after=tuple(spec.after), inputs=spec.inputs, params=spec.params)
 
 
 def _coerce(value: Any, default: Any) -> Any:

@@ -298,7 +298,8 @@ def pipelines() -> db.Dashboard:
         grid(
             "Failed and crashed runs by flow, deployment and work pool",
             q(
-                f'sum by (flow, deployment, work_pool, state) (planflow_prefect_flow_runs_finished_total{{{flows}, state=~"failed|crashed"}})',
+                "sum by (flow, deployment, work_pool, state) "
+                f'(planflow_prefect_flow_runs_finished_total{{{flows}, state=~"failed|crashed"}})',
                 instant=True,
                 table_format=True,
             ),
@@ -373,8 +374,10 @@ def pipelines() -> db.Dashboard:
         bars(
             "Mean component attempt duration, by final state",
             q(
-                f'sum by (pipeline, component, state) (planflow_component_duration_seconds_sum{{pipeline=~"{PIPELINE}"}})'
-                f' / sum by (pipeline, component, state) (planflow_component_duration_seconds_count{{pipeline=~"{PIPELINE}"}})',
+                "sum by (pipeline, component, state) "
+                f'(planflow_component_duration_seconds_sum{{pipeline=~"{PIPELINE}"}})'
+                " / sum by (pipeline, component, state) "
+                f'(planflow_component_duration_seconds_count{{pipeline=~"{PIPELINE}"}})',
                 "{{pipeline}} / {{component}} {{state}}",
                 instant=True,
             ),
@@ -626,7 +629,8 @@ def pools() -> db.Dashboard:
         ts(
             "Failed or crashed share of finished runs",
             q(
-                f'sum by (work_pool) (increase(planflow_prefect_flow_runs_finished_total{{{wp}, state=~"failed|crashed"}}[$__range]))'
+                "sum by (work_pool) "
+                f'(increase(planflow_prefect_flow_runs_finished_total{{{wp}, state=~"failed|crashed"}}[$__range]))'
                 f" / sum by (work_pool) (increase(planflow_prefect_flow_runs_finished_total{{{wp}}}[$__range]))",
                 "{{work_pool}}",
             ),

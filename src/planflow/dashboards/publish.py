@@ -20,7 +20,10 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
+import niquests
 import yaml
+from grafana_client import GrafanaApi
+from grafana_client.client import GrafanaException, GrafanaUnauthorizedError
 
 from planflow.dashboards.build import build_all
 
@@ -87,8 +90,6 @@ def load_dashboards(folder: Path | None = None) -> list[dict[str, Any]]:
 
 def connect(url: str, token: str | None, timeout: float = 10.0) -> Any:
     """A grafana-client API object for `url` (a path prefix such as /grafana is kept)."""
-    from grafana_client import GrafanaApi
-
     if not re.match(r"^https?://[^/]+", url or ""):
         raise GrafanaPublishError(
             f"GRAFANA_URL={url!r} is not an http(s) URL. Fix: e.g. {URL_ENV}=http://127.0.0.1:3000"
@@ -99,9 +100,6 @@ def connect(url: str, token: str | None, timeout: float = 10.0) -> Any:
 
 def _explain(exc: BaseException, url: str, doing: str) -> GrafanaPublishError:
     """One clear sentence (what failed, where, the fix) for what grafana-client raised."""
-    import niquests
-    from grafana_client.client import GrafanaException, GrafanaUnauthorizedError
-
     if isinstance(exc, GrafanaUnauthorizedError):
         return GrafanaPublishError(
             f"Grafana at {url} refused the token while {doing} (401 Unauthorized). "
@@ -125,9 +123,6 @@ def _explain(exc: BaseException, url: str, doing: str) -> GrafanaPublishError:
 
 
 def _call(url: str, doing: str, function: Any, *args: Any, **kwargs: Any) -> Any:
-    import niquests
-    from grafana_client.client import GrafanaException
-
     try:
         return function(*args, **kwargs)
     except (GrafanaException, niquests.exceptions.RequestException, ConnectionError) as exc:

@@ -16,9 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import promql_parser
 import yaml
+from prometheus_client import CollectorRegistry
 
 from planflow.monitoring import rules
+from planflow.monitoring.bridge import create_app
+from planflow.monitoring.exporter import Exporter
+from planflow.monitoring.metrics import RemediationMetrics, RunMetrics
 
 PROMETHEUS_BUILTINS = frozenset({"up", "ALERTS", "ALERTS_FOR_STATE"})
 # Grafana's own macros, replaced by durations that suit the fast test profile
@@ -98,8 +103,6 @@ def render(expr: str, values: Mapping[str, str]) -> str:
 
 
 def parse(expr: str) -> Any:
-    import promql_parser
-
     try:
         return promql_parser.parse(expr)
     except ValueError as exc:
@@ -108,8 +111,6 @@ def parse(expr: str) -> Any:
 
 def metric_names(expr: str) -> set[str]:
     """Metric names read by a PromQL expression (selector names and `__name__="..."`)."""
-    import promql_parser
-
     names: set[str] = set()
 
     def visit(node: Any) -> bool:
@@ -153,12 +154,6 @@ def known_metrics() -> dict[str, str]:
     """Every metric name a dashboard may read -> where it comes from: the run flow's
     metrics (pushed), the exporter's and the bridge's registries as those processes build
     them, the remediation counter, the recording rules, Prometheus' built-ins."""
-    from prometheus_client import CollectorRegistry
-
-    from planflow.monitoring.bridge import create_app
-    from planflow.monitoring.exporter import Exporter
-    from planflow.monitoring.metrics import RemediationMetrics, RunMetrics
-
     sources: dict[str, set[str]] = {}
     for label, cls in (("run flow (Pushgateway)", RunMetrics), ("remediations", RemediationMetrics)):
         registry = CollectorRegistry()

@@ -45,15 +45,20 @@ from pathlib import Path
 from typing import Any, Literal
 
 import httpx
+import uvicorn
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from prefect.blocks.system import Secret
+from prefect.settings import PREFECT_API_URL, temporary_settings
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential
 
 from planflow.monitoring import prefect_api
 from planflow.monitoring.metrics import BridgeMetrics
+from planflow.settings import StatePaths, apply_client_env
 
 log = logging.getLogger("planflow.bridge")
 
@@ -266,8 +271,6 @@ def resolve_token(token_file: Path, secret_block: str | None = None) -> str:
     if explicit:
         return explicit
     if secret_block:
-        from prefect.blocks.system import Secret
-
         return str(Secret.load(secret_block).get()).strip()
     try:
         existing = token_file.read_text().strip()
@@ -284,6 +287,10 @@ def resolve_token(token_file: Path, secret_block: str | None = None) -> str:
 
 
 # -- forwarding ------------------------------------------------------------------------
+class _Stopping(Exception):
+    """The forwarder was stopped while it waited to retry."""
+
+
 class Forwarder:
     """Sends spooled events to POST /api/events, in order, with backoff while it fails."""
 
@@ -333,25 +340,38 @@ class Forwarder:
         return len(rows)
 
     async def run(self) -> None:
-        backoff = 0.0
+        """Forward until stopped: a batch whenever there is one (woken by new alerts,
+        else once a second); while Prefect fails, the same batch again with exponential
+        backoff (0.25 s doubling up to `max_backoff`), never dropping it."""
         last_prune = 0.0
+        until_sent = AsyncRetrying(
+            retry=retry_if_exception_type(Exception),  # Prefect down, timing out, 5xx
+            wait=wait_exponential(multiplier=0.25, min=0.25, max=self.max_backoff),
+            sleep=self._backoff,
+            before_sleep=self._failed,
+        )
         async with httpx.AsyncClient(timeout=10.0, headers=prefect_api.auth_headers()) as http:
             while not self.stop.is_set():
                 try:
-                    sent = await self.forward_once(http)
-                    backoff = 0.0
-                except Exception as exc:  # Prefect down, timing out, 5xx: retry later
-                    self.metrics.forward_failures.inc()
-                    backoff = min(self.max_backoff, max(0.25, backoff * 2))
-                    log.warning("forwarding to %s failed (%r); retrying in %.2f s", self.api_url, exc, backoff)
-                    sent = 0
-                    await self._sleep(backoff, wakeable=False)
-                    continue
+                    sent = await until_sent(self.forward_once, http)
+                except _Stopping:
+                    return
                 if time.time() - last_prune > 3600:
                     self.spool.prune(self.retention)
                     last_prune = time.time()
                 if sent == 0:
                     await self._sleep(1.0, wakeable=True)
+
+    def _failed(self, attempt: RetryCallState) -> None:
+        self.metrics.forward_failures.inc()
+        exc = attempt.outcome.exception() if attempt.outcome else None
+        wait = attempt.next_action.sleep if attempt.next_action else 0.0
+        log.warning("forwarding to %s failed (%r); retrying in %.2f s", self.api_url, exc, wait)
+
+    async def _backoff(self, seconds: float) -> None:
+        await self._sleep(seconds, wakeable=False)
+        if self.stop.is_set():
+            raise _Stopping
 
     async def _sleep(self, seconds: float, wakeable: bool) -> None:
         waiters = [asyncio.ensure_future(self.stop.wait())]
@@ -530,7 +550,7 @@ def create_app(
         except sqlite3.Error as exc:
             metrics.rejected.labels("store_failed").inc()
             log.error("could not store alerts in %s: %r", spool.path, exc)
-            raise HTTPException(status_code=503, detail=f"could not store the alerts: {exc}")
+            raise HTTPException(status_code=503, detail=f"could not store the alerts: {exc}") from exc
         duplicate_count = len(duplicates) + len(webhook.alerts) - len(items)
         for alert in webhook.alerts:
             metrics.received.labels(alert.status).inc()
@@ -577,16 +597,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    from planflow.settings import StatePaths, apply_client_env
-
     paths = StatePaths.discover()
-    if not args.prefect_api_url:
-        apply_client_env(paths)
+    # Prefect read its settings when this module imported it: the embedded server's url
+    # (which apply_client_env finds) is passed on explicitly, to the forwarder and to
+    # the Secret block's client alike.
+    api_url = args.prefect_api_url or apply_client_env(paths)["PREFECT_API_URL"]
     state_dir = args.state_dir or paths.home / "monitoring"
-    token = resolve_token(state_dir / TOKEN_FILE_NAME, args.token_secret_block)
-    app = create_app(state_dir / SPOOL_FILE_NAME, token, args.prefect_api_url, max_body_bytes=args.max_body_bytes)
-    import uvicorn
-
+    with temporary_settings(updates={PREFECT_API_URL: api_url}):
+        token = resolve_token(state_dir / TOKEN_FILE_NAME, args.token_secret_block)
+    app = create_app(state_dir / SPOOL_FILE_NAME, token, api_url, max_body_bytes=args.max_body_bytes)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", lifespan="on")
 
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
 
 
 def read_events(
@@ -47,11 +47,18 @@ def wait_for_event(
     api_url: str, resource_prefix: str, name: str, since: datetime, timeout: float, headers: dict | None = None
 ) -> dict | None:
     """The first event called `name` about a resource starting with `resource_prefix`
-    that occurred after `since`, waiting up to `timeout` seconds; None if none came."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = [e for e in read_events(api_url, resource_prefix, name, since, headers) if e["event"] == name]
-        if found:
-            return found[0]
-        time.sleep(1.0)
-    return None
+    that occurred after `since`, reading the feed every second for up to `timeout`
+    seconds; None if none came by then (the caller says what that means)."""
+
+    def first() -> dict | None:
+        return next(
+            (e for e in read_events(api_url, resource_prefix, name, since, headers) if e["event"] == name), None
+        )
+
+    until_found = Retrying(
+        retry=retry_if_result(lambda found: found is None),
+        wait=wait_fixed(1.0),
+        stop=stop_after_delay(timeout),
+        retry_error_callback=lambda attempt: None,
+    )
+    return until_found(first)

@@ -26,10 +26,24 @@ from typing import Any
 from uuid import UUID
 
 import httpx
+from prefect.client.orchestration import PrefectClient
+from prefect.client.schemas.filters import (
+    DeploymentFilter,
+    DeploymentFilterId,
+    FlowFilter,
+    FlowFilterId,
+    FlowRunFilter,
+    FlowRunFilterEndTime,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+)
+from prefect.client.schemas.sorting import FlowRunSort
+from prefect.settings import get_current_settings
 from prometheus_client import CollectorRegistry, start_http_server
 
 from planflow.monitoring import prefect_api
 from planflow.monitoring.metrics import ExporterMetrics
+from planflow.settings import apply_client_env
 
 log = logging.getLogger("planflow.exporter")
 
@@ -76,9 +90,6 @@ class Exporter:
     # -- lifecycle -------------------------------------------------------------------
     def _new_client(self) -> Any:
         # A PrefectClient cannot be reopened once closed: one per poll.
-        from prefect.client.orchestration import PrefectClient
-        from prefect.settings import get_current_settings
-
         api = get_current_settings().api
         return PrefectClient(
             self.api_url,
@@ -135,13 +146,6 @@ class Exporter:
         return runs
 
     async def _names(self, client: Any, runs: list[Any]) -> None:
-        from prefect.client.schemas.filters import (
-            DeploymentFilter,
-            DeploymentFilterId,
-            FlowFilter,
-            FlowFilterId,
-        )
-
         flow_ids = list({r.flow_id for r in runs} - set(self._flow_names))
         for i in range(0, len(flow_ids), PAGE):
             for flow in await client.read_flows(flow_filter=FlowFilter(id=FlowFilterId(any_=flow_ids[i : i + PAGE]))):
@@ -162,14 +166,6 @@ class Exporter:
         )
 
     async def _collect(self, client: Any) -> None:
-        from prefect.client.schemas.filters import (
-            FlowRunFilter,
-            FlowRunFilterEndTime,
-            FlowRunFilterState,
-            FlowRunFilterStateType,
-        )
-        from prefect.client.schemas.sorting import FlowRunSort
-
         now = time.time()
         pools = await client.read_work_pools(limit=PAGE)
         pool_workers = {p.name: await client.read_workers_for_work_pool(p.name, limit=PAGE) for p in pools}
@@ -279,11 +275,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    if not args.prefect_api_url:
-        from planflow.settings import apply_client_env
-
-        apply_client_env()
-    exporter = Exporter(api_url=args.prefect_api_url, lookback_seconds=args.lookback)
+    # Prefect read its settings when this module imported it: the embedded server's url
+    # (which apply_client_env finds) is passed on explicitly.
+    api_url = args.prefect_api_url or apply_client_env()["PREFECT_API_URL"]
+    exporter = Exporter(api_url=api_url, lookback_seconds=args.lookback)
     start_http_server(args.port, addr=args.host, registry=exporter.registry)
     log.info("serving http://%s:%d/metrics for %s", args.host, args.port, exporter.api_url)
 

@@ -46,6 +46,8 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import push_to_gateway
 
+from planflow.settings import StatePaths
+
 # `_created` series double every counter and histogram for no use in PromQL here.
 disable_created_metrics()
 
@@ -344,8 +346,6 @@ def pushgateway_url_from_env() -> str | None:
     if explicit:
         return explicit
     try:
-        from planflow.settings import StatePaths
-
         services = StatePaths.discover().home / "monitoring" / "services.json"
         return json.loads(services.read_text()).get("pushgateway_url") or None
     except (OSError, ValueError, AttributeError):

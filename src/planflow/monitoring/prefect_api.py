@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import base64
 
+from prefect.settings import get_current_settings
+
 
 def _secret(value: object) -> str | None:
     if value is None:
@@ -22,8 +24,6 @@ def api_url(explicit: str | None = None) -> str:
     """The Prefect API url (ending in /api): `explicit`, else Prefect's PREFECT_API_URL."""
     if explicit:
         return explicit.rstrip("/")
-    from prefect.settings import get_current_settings
-
     url = get_current_settings().api.url
     if not url:
         raise RuntimeError(
@@ -35,8 +35,6 @@ def api_url(explicit: str | None = None) -> str:
 
 def auth_headers() -> dict[str, str]:
     """The Authorization header Prefect's own client would send (basic auth wins)."""
-    from prefect.settings import get_current_settings
-
     settings = get_current_settings().api
     auth_string = _secret(settings.auth_string)
     if auth_string:

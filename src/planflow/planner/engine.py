@@ -336,7 +336,7 @@ def _nr_modes_milp(inst: Instance, options: PlannerOptions) -> list[int] | None:
 
 
 def _nr_message(inst: Instance) -> str:
-    budgets = ", ".join(f"{r}={fmt(c)}" for r, c in zip(inst.nr_names, inst.nr_caps))
+    budgets = ", ".join(f"{r}={fmt(c)}" for r, c in zip(inst.nr_names, inst.nr_caps, strict=True))
     mins = ", ".join(
         f"{r}>={fmt(sum(min(dict(m.nr).get(k, 0.0) for m in ms) for ms in inst.modes))}"
         for k, r in enumerate(inst.nr_names)

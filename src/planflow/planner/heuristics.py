@@ -268,7 +268,7 @@ def nr_feasible(inst: Instance, modes: Sequence[int]) -> bool:
     for j, mi in enumerate(modes):
         for k, a in inst.modes[j][mi].nr:
             use[k] += a
-    return all(u <= c + EPS for u, c in zip(use, inst.nr_caps))
+    return all(u <= c + EPS for u, c in zip(use, inst.nr_caps, strict=True))
 
 
 def _nr_excess(inst: Instance, modes: Sequence[int]) -> float:
@@ -276,7 +276,7 @@ def _nr_excess(inst: Instance, modes: Sequence[int]) -> float:
     for j, mi in enumerate(modes):
         for k, a in inst.modes[j][mi].nr:
             use[k] += a
-    return sum(max(0.0, u - c) / max(c, 1.0) for u, c in zip(use, inst.nr_caps))
+    return sum(max(0.0, u - c) / max(c, 1.0) for u, c in zip(use, inst.nr_caps, strict=True))
 
 
 def repair_modes(inst: Instance, modes: list[int], rng: random.Random, max_steps: int = 200) -> list[int] | None:

@@ -8,6 +8,7 @@ guaranteed that every task keeps at least one), but each kept mode remembers its
 
 from __future__ import annotations
 
+import graphlib
 from dataclasses import dataclass
 
 from .problem import EPS, Problem, mode_fits
@@ -50,6 +51,25 @@ class Instance:
     def integral(self) -> bool:
         """True when every duration is a whole number (PSPLIB): makespans are integers."""
         return all(abs(m.dur - round(m.dur)) < EPS for ms in self.modes for m in ms)
+
+
+def _topological_order(preds: list[list[int]]) -> list[int]:
+    """A topological order of tasks 0..n-1, deterministic: depth first from the lowest
+    ready index (the heuristics break ties by this order, so it must not change)."""
+    sorter: graphlib.TopologicalSorter[int] = graphlib.TopologicalSorter()
+    for j in range(len(preds)):  # every task first, in index order: graphlib releases in this order
+        sorter.add(j)
+    for j, ps in enumerate(preds):
+        sorter.add(j, *ps)
+    sorter.prepare()
+    stack = list(reversed(sorter.get_ready()))
+    topo: list[int] = []
+    while stack:
+        j = stack.pop()
+        topo.append(j)
+        sorter.done(j)
+        stack.extend(sorter.get_ready())
+    return topo
 
 
 def compile_problem(problem: Problem) -> Instance:
@@ -97,20 +117,7 @@ def compile_problem(problem: Problem) -> Instance:
     for j, ps in enumerate(preds):
         for p in ps:
             succs[p].append(j)
-    # Kahn's algorithm; ties by input order so results are deterministic.
-    indeg = [len(p) for p in preds]
-    ready = [j for j in range(len(names)) if indeg[j] == 0]
-    topo: list[int] = []
-    k = 0
-    ready.reverse()
-    while ready:
-        j = ready.pop()
-        topo.append(j)
-        for s in succs[j]:
-            indeg[s] -= 1
-            if indeg[s] == 0:
-                ready.append(s)
-        k += 1
+    topo = _topological_order(preds)
     topo_pos = [0] * len(names)
     for i, j in enumerate(topo):
         topo_pos[j] = i

@@ -21,6 +21,7 @@ Example::
 from __future__ import annotations
 
 import difflib
+import graphlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -82,34 +83,17 @@ def mode_fits(mode: Mode, pool: Pool) -> list[str]:
 
 
 def find_cycle(names: list[str], after: dict[str, tuple[str, ...]]) -> list[str] | None:
-    """Return one cycle as a path ``[a, b, ..., a]`` (a -> b: b is after a), or None."""
-    succ: dict[str, list[str]] = {n: [] for n in names}
-    for n in names:
-        for p in after[n]:
-            if p in succ:
-                succ[p].append(n)
-    color = {n: 0 for n in names}  # 0 new, 1 on stack, 2 done
-    for root in names:
-        if color[root]:
-            continue
-        stack: list[tuple[str, int]] = [(root, 0)]
-        path = [root]
-        color[root] = 1
-        while stack:
-            node, i = stack[-1]
-            if i < len(succ[node]):
-                stack[-1] = (node, i + 1)
-                nxt = succ[node][i]
-                if color[nxt] == 1:
-                    return path[path.index(nxt) :] + [nxt]
-                if color[nxt] == 0:
-                    color[nxt] = 1
-                    stack.append((nxt, 0))
-                    path.append(nxt)
-            else:
-                color[node] = 2
-                stack.pop()
-                path.pop()
+    """Return one cycle as a path ``[a, b, ..., a]`` (a -> b: b is after a), starting at
+    the task listed first, or None. Names in ``after`` that are not tasks are ignored."""
+    known = set(names)
+    graph = {n: tuple(p for p in after[n] if p in known) for n in names}
+    try:
+        graphlib.TopologicalSorter(graph).prepare()
+    except graphlib.CycleError as exc:
+        cycle = list(exc.args[1][:-1])  # graphlib: each node comes before the one after it
+        first = min(range(len(cycle)), key=lambda i: names.index(cycle[i]))
+        cycle = cycle[first:] + cycle[:first]
+        return [*cycle, cycle[0]]
     return None
 
 

@@ -23,6 +23,7 @@ import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from .engine import PlannerOptions, solve
 from .problem import Mode, Pool, Problem, Task
 
 _RES = re.compile(r"([RND])\s*(\d+)")
@@ -78,7 +79,7 @@ def read_psplib(path: str | os.PathLike[str]) -> Problem:
     i = _section(lines, "RESOURCEAVAILABILITIES")
     names = [f"{k}{n}" for k, n in _RES.findall(lines[i + 1])]
     caps = [int(x) for x in lines[i + 2].split()]
-    cap = dict(zip(names, caps))
+    cap = dict(zip(names, caps, strict=True))
     renew = [r for r in res if r.startswith("R")]
     nonren = [r for r in res if not r.startswith("R")]
     preds: dict[int, list[int]] = {j: [] for j in succ}
@@ -89,7 +90,7 @@ def read_psplib(path: str | os.PathLike[str]) -> Problem:
     for j in sorted(succ):
         modes = []
         for dur, req in rows[j]:
-            d = dict(zip(res, req))
+            d = dict(zip(res, req, strict=True))
             modes.append(
                 Mode(
                     pool="R",
@@ -153,8 +154,6 @@ def run_instances(
     Row keys: instance, jobs, makespan, lower_bound, status, solver, solve_seconds,
     heuristic_makespan, optimum (None if unknown), deviation_pct (None if unknown).
     """
-    from .engine import PlannerOptions, solve  # local: keep reader importable alone
-
     cache: dict[Path, dict[str, float]] = {}
     rows = []
     for p in paths:

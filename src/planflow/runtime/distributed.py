@@ -3,8 +3,9 @@
 The parent flow run starts `run-component/<work pool>` for each step on its
 planned pool, with job variables from the plan (cpu, memory, GPU), and waits;
 children appear as subflow runs of the parent in the Prefect UI. Outputs pass
-through result storage by key (see flows.component_flow). A failed child fails
-the parent with the child's own message.
+through result storage by key (see component_flow.py). A failed child fails
+the parent with the child's own message. DistributedExecutor is the dispatcher's
+executor for this mode (see executors.py).
 """
 
 from __future__ import annotations
@@ -12,17 +13,24 @@ from __future__ import annotations
 import contextvars
 import os
 import time
-from collections.abc import Callable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
+from prefect.results import ResultStore
+from prefect.states import Cancelled
+from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_fixed
 
 from planflow.core.pipeline import Pipeline
+from planflow.prefect.jobvars import job_variables, require_fits
+from planflow.prefect.workpools import WorkPoolError, require_pool, worker_status
 from planflow.runtime.component_flow import output_key
-from planflow.runtime.dispatch import Assignment
+from planflow.runtime.dispatch import Assignment, StepRecord
+from planflow.runtime.executors import Executor, StepFuture
 
 COMPONENT_FLOW = "run-component"
 # Passed to every child so that it finds the same pipelines and result storage.
@@ -44,8 +52,6 @@ def deployment_name(work_pool: str) -> str:
 def readiness(work_pools: set[str]) -> tuple[dict[str, Any], dict[str, list[str]]]:
     """For each work pool: its API object when it exists, has the component deployment
     and a live worker; otherwise what is missing, each with what to run."""
-    from planflow.prefect.workpools import WorkPoolError, require_pool, worker_status
-
     ready, problems = {}, {}
     for work_pool in sorted(work_pools):
         missing: list[str] = []
@@ -88,12 +94,18 @@ def pickup_timeout() -> float:
     return float(os.environ.get("PLANFLOW_PICKUP_TIMEOUT_SECONDS", "120"))
 
 
+def child_timeout() -> float:
+    """Seconds a child may take in all, once started, before the run cancels it
+    (PLANFLOW_CHILD_TIMEOUT_SECONDS, default 6 hours)."""
+    return float(os.environ.get("PLANFLOW_CHILD_TIMEOUT_SECONDS", str(6 * 3600)))
+
+
+POLL_SECONDS = 0.5
+
+
 def _child(
     deployment: str, parameters: dict[str, Any], job_variables: dict[str, Any], name: str, work_pool: str
 ) -> str:
-    from prefect.client.schemas.objects import StateType
-    from prefect.states import Cancelled
-
     flow_run = run_deployment(
         name=deployment,
         parameters=parameters,
@@ -102,58 +114,128 @@ def _child(
         timeout=0,
         as_subflow=True,
     )
-    waited_since = time.monotonic()
     with get_client(sync_client=True) as client:
-        while True:
-            flow_run = client.read_flow_run(flow_run.id)
-            state = flow_run.state
-            if state is not None and state.is_final():
-                break
-            if state is not None and state.type != StateType.SCHEDULED:
-                waited_since = time.monotonic()  # a worker has it: no pickup deadline
-            elif time.monotonic() - waited_since > pickup_timeout():
-                client.set_flow_run_state(flow_run.id, Cancelled(message="no worker picked it up"), force=True)
-                raise ChildRunError(
-                    f"no worker picked up flow run '{flow_run.name}' of {deployment} within "
-                    f"{pickup_timeout():.0f} s; it was cancelled. Fix: prefect worker start --pool {work_pool}"
-                )
-            time.sleep(0.5)
-    if not state.is_completed():
+        flow_run = _wait_for_child(client, flow_run, deployment, work_pool)
+    state = flow_run.state
+    if state is None or not state.is_completed():
         raise ChildRunError(
-            f"flow run '{flow_run.name}' of {deployment} ended {state.name}: {state.message or 'no message'}"
+            f"flow run '{flow_run.name}' of {deployment} ended {state.name if state else 'without a state'}: "
+            f"{(state.message if state else None) or 'no message'}"
         )
     return output_key(parameters["run_key"], parameters["step"])
 
 
-def remote_starter(
-    pipeline: Pipeline,
-    assignments: Mapping[str, Assignment],
-    work_pools: Mapping[str, str],
-    params: Mapping[str, Any],
-    run_key: str,
-    job_variables: Callable[[str, Assignment], dict[str, Any]],
-    executor: ThreadPoolExecutor,
-) -> Callable[[str, dict[str, Any]], Future]:
-    """A `start(step, outputs)` for the dispatcher that runs each step as a child flow run.
-    `work_pools` maps planflow pool -> Prefect work pool; outputs are storage keys."""
-    env = {k: os.environ[k] for k in SHARED_ENV if os.environ.get(k)}
+def _wait_for_child(client: Any, flow_run: FlowRun, deployment: str, work_pool: str) -> FlowRun:
+    """Poll the child until it reaches a final state. Two bounds: no worker picks it up
+    (it stays Scheduled, again after a retry or failover) within pickup_timeout(), or it
+    takes longer than child_timeout() in all; either way it is cancelled, and the error
+    says what to do."""
+    pickup, total = pickup_timeout(), child_timeout()
+    scheduled_since = time.monotonic()
 
-    def start(step: str, outputs: dict[str, Any]) -> Future:
-        a = assignments[step]
-        work_pool = work_pools[a.pool]
-        data_inputs = {b.source: outputs[b.source] for b in pipeline.bindings[step].values() if b.kind == "step"}
-        parameters = {
-            "pipeline": pipeline.ref,
-            "step": step,
-            "params": dict(params),
-            "inputs": data_inputs,
-            "run_key": run_key,
-        }
-        variables = job_variables(work_pool, a)
-        variables["env"] = {**env, **variables.get("env", {})}
-        context = contextvars.copy_context()  # keeps the parent flow run: children link to it
-        return executor.submit(
-            context.run, _child, deployment_name(work_pool), parameters, variables, f"{pipeline.name}.{step}", work_pool
+    def poll() -> FlowRun:
+        nonlocal scheduled_since
+        current = client.read_flow_run(flow_run.id)
+        state = current.state
+        if state is not None and state.type != StateType.SCHEDULED:
+            scheduled_since = time.monotonic()  # a worker has it: the pickup clock restarts
+        elif time.monotonic() - scheduled_since > pickup:
+            _cancel(client, current, "no worker picked it up")
+            raise ChildRunError(
+                f"no worker picked up flow run '{current.name}' of {deployment} within "
+                f"{pickup:.0f} s; it was cancelled. Fix: prefect worker start --pool {work_pool}"
+            )
+        return current
+
+    until_final = Retrying(
+        retry=retry_if_result(lambda current: current.state is None or not current.state.is_final()),
+        wait=wait_fixed(POLL_SECONDS),
+        stop=stop_after_delay(total),
+    )
+    try:
+        return until_final(poll)
+    except RetryError:
+        _cancel(client, flow_run, f"did not finish within {total:.0f} s")
+        raise ChildRunError(
+            f"flow run '{flow_run.name}' of {deployment} did not finish within {total:.0f} s; it was "
+            "cancelled. Fix: look at the run in the Prefect UI, or raise PLANFLOW_CHILD_TIMEOUT_SECONDS"
+        ) from None
+
+
+def _cancel(client: Any, flow_run: FlowRun, why: str) -> None:
+    client.set_flow_run_state(flow_run.id, Cancelled(message=why), force=True)
+
+
+class DistributedExecutor(Executor):
+    """Each step runs as a child flow run of `run-component/<work pool>` on its planned
+    pool's work pool, with job variables from its demand; outputs stay in result storage
+    (the records hold their keys) and are read back once the dispatch is over.
+
+    Entering checks, before any child starts, that every work pool in the plan is ready
+    and that every step's job variables fit its pool's base job template."""
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        pools: Mapping[str, Any],
+        assignments: Mapping[str, Assignment],
+        params: Mapping[str, Any],
+        run_key: str,
+    ) -> None:
+        self.pipeline, self.pools, self.assignments = pipeline, pools, assignments
+        self.params, self.run_key = dict(params), run_key
+        self.work_pools = {name: pool.work_pool for name, pool in pools.items()}
+        self.env = {k: os.environ[k] for k in SHARED_ENV if os.environ.get(k)}
+        self._found: dict[str, Any] = {}
+        self._threads: ThreadPoolExecutor | None = None
+
+    def job_variables(self, a: Assignment) -> dict[str, Any]:
+        d = a.demand
+        return job_variables(
+            self._found[self.work_pools[a.pool]].type,
+            cpu=d.get("cpu", 1.0),
+            gpu=int(d.get("gpu", 0)),
+            mem_gib=d.get("mem_gib", 1.0),
+            gpu_pool=self.pools[a.pool].gpu > 0,
         )
 
-    return start
+    def __enter__(self) -> DistributedExecutor:
+        self._found = check_ready({self.work_pools[a.pool] for a in self.assignments.values()})
+        for a in self.assignments.values():  # a plan asking more than a pool's template allows fails now
+            work_pool = self.work_pools[a.pool]
+            template = self._found[work_pool].base_job_template
+            require_fits(self.job_variables(a), template, component=a.step, pool=work_pool)
+        self._threads = ThreadPoolExecutor(
+            max_workers=max(2, len(self.assignments)), thread_name_prefix="planflow-child"
+        )
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        if self._threads is not None:
+            self._threads.shutdown(wait=True)
+
+    def start(self, step: str, outputs: dict[str, Any]) -> StepFuture:
+        assert self._threads is not None, "use DistributedExecutor as a context manager"
+        a = self.assignments[step]
+        work_pool = self.work_pools[a.pool]
+        bindings = self.pipeline.bindings[step].values()
+        parameters = {
+            "pipeline": self.pipeline.ref,
+            "step": step,
+            "params": self.params,
+            "inputs": {b.source: outputs[b.source] for b in bindings if b.kind == "step"},
+            "run_key": self.run_key,
+        }
+        variables = self.job_variables(a)
+        variables["env"] = {**self.env, **variables.get("env", {})}
+        context = contextvars.copy_context()  # keeps the parent flow run: children link to it
+        name = f"{self.pipeline.name}.{step}"
+        return self._threads.submit(
+            context.run, _child, deployment_name(work_pool), parameters, variables, name, work_pool
+        )
+
+    def collect(self, records: Mapping[str, StepRecord]) -> None:
+        store = ResultStore()
+        for record in records.values():  # outputs stay in storage; read them back for key metrics
+            if record.state == "Completed" and isinstance(record.result, str):
+                record.result = store.read(record.result).result

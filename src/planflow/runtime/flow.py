@@ -21,7 +21,9 @@ from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from planflow.core.pipeline import Pipeline, PipelineError
-from planflow.runtime.runner import DEFAULT_POOL, PIPELINE_TAG_PREFIX, PLANFLOW_TAG, run_pipeline
+from planflow.prefect.blocks.registry import DEFAULT_POOL
+from planflow.runtime import tags
+from planflow.runtime.runner import run_pipeline
 
 Policy = Literal["plan", "fifo"]
 Mode = Literal["inprocess", "distributed"]
@@ -29,7 +31,7 @@ RUN_OPTIONS = ("policy", "mode", "local_pool")
 
 
 def pipeline_tags(pipeline: Pipeline) -> list[str]:
-    return [PLANFLOW_TAG, f"{PIPELINE_TAG_PREFIX}{pipeline.name}"]
+    return tags.pipeline_tags(pipeline.name)
 
 
 def _typed_function(pipeline: Pipeline):

@@ -15,6 +15,7 @@ the history):
 
 from __future__ import annotations
 
+import json
 import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
@@ -22,6 +23,8 @@ from dataclasses import dataclass
 
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterKey,
     FlowFilter,
     FlowFilterName,
     TaskRunFilter,
@@ -29,9 +32,10 @@ from prefect.client.schemas.filters import (
     TaskRunFilterState,
     TaskRunFilterStateName,
 )
-from prefect.client.schemas.sorting import TaskRunSort
+from prefect.client.schemas.sorting import ArtifactSort, TaskRunSort
 
-POOL_TAG = "pool:"
+from planflow.runtime.tags import POOL_TAG
+
 MIN_SECONDS = 0.05  # a plan needs positive durations; sub-50 ms steps round up to this
 
 
@@ -62,11 +66,6 @@ def recent_durations(pipeline: str, steps: Iterable[str], runs: int) -> dict[tup
 
 def summary_durations(pipeline: str, steps: Iterable[str], runs: int) -> dict[tuple[str, str], list[float]]:
     """From the last `runs` versions of the pipeline's summary table artifact."""
-    import json
-
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-    from prefect.client.schemas.sorting import ArtifactSort
-
     wanted = set(steps)
     durations: dict[tuple[str, str], list[float]] = defaultdict(list)
     with get_client(sync_client=True) as client:

@@ -1,20 +1,32 @@
 """From a pipeline and the ResourcePool blocks to a plan and an assignment of every step.
 
-Pools are read only through the ResourcePool blocks. A step's allowed pools are
-its spec's `pools` (any pool when empty); a step that fits none of them is
-reported with its demand, every pool's capacity and the fix.
+The first stage of a run (plan -> dispatch -> record): `plan_run` reads the pools the
+run may use and places every step, with the planner (policy "plan") or first come,
+first served (policy "fifo"). Pools are read only through the ResourcePool blocks. A
+step's allowed pools are its spec's `pools` (any pool when empty); a step that fits
+none of them is reported with its demand, every pool's capacity and the fix.
 """
 
 from __future__ import annotations
 
 import difflib
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
+
+from prefect import get_run_logger
+from prefect.context import FlowRunContext
 
 from planflow.core.pipeline import Pipeline
 from planflow.planner import Mode, Plan, PlannerOptions, Pool, Problem, Task, solve
+from planflow.prefect.blocks.registry import DEFAULT_POOL, load_pools, load_settings
 from planflow.runtime.dispatch import RESOURCES, Assignment
-from planflow.runtime.history import Estimate, estimate
+from planflow.runtime.distributed import DeploymentMissingError, readiness
+from planflow.runtime.history import Estimate, estimate, recent_durations
+
+POLICIES = ("plan", "fifo")
+MODES = ("inprocess", "distributed")
 
 
 class PoolError(ValueError):
@@ -153,3 +165,98 @@ def plan_pipeline(
         for t in plan.order_tasks()
     }
     return PipelinePlan(plan, assignments, estimates, problem)
+
+
+# -- a run's plan -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RunPlan:
+    """Everything a run decided before it dispatches: the pools it may use (ResourcePool
+    blocks) and their capacities, where each step runs and in what order, and the
+    planner's plan (None under policy "fifo")."""
+
+    pools: dict[str, Any]
+    capacities: dict[str, dict[str, float]]
+    assignments: dict[str, Assignment]
+    plan: PipelinePlan | None = None
+
+    @property
+    def order(self) -> list[str]:
+        """Steps by priority: the planned start, or topological order under fifo."""
+        return sorted(self.assignments, key=lambda step: self.assignments[step].priority)
+
+    @property
+    def work_pools(self) -> dict[str, str]:
+        """planflow pool -> the Prefect work pool that runs its components."""
+        return {name: pool.work_pool for name, pool in self.pools.items()}
+
+
+def _logger() -> logging.Logger | logging.LoggerAdapter:
+    return get_run_logger() if FlowRunContext.get() is not None else logging.getLogger("planflow")
+
+
+def run_pools(mode: str, local_pool: str = DEFAULT_POOL) -> tuple[dict[str, Any], set[str]]:
+    """The ResourcePools a run may use, and the names of all of them.
+
+    In-process, every component runs in this flow run's process: only the pool that
+    process stands for (`local_pool`, default `local`) has capacity for it. Distributed,
+    every pool does whose work pool is ready (deployment and live worker); the others
+    are left out of the plan with a warning saying why."""
+    pools = load_pools()
+    if mode == "distributed":
+        _, problems = readiness({pool.work_pool for pool in pools.values()})
+        usable = {n: p for n, p in pools.items() if p.work_pool not in problems}
+        for work_pool, why in problems.items():
+            _logger().warning("work pool '%s' is left out of the plan: %s", work_pool, "; ".join(why))
+        if not usable:
+            lines = [p for pool in sorted(problems) for p in problems[pool]]
+            raise DeploymentMissingError(
+                "distributed mode has no ready work pool:\n" + "\n".join(f"  - {p}" for p in lines)
+            )
+        return usable, set(pools)
+    if local_pool not in pools:
+        raise ValueError(
+            f"pool '{local_pool}' has no ResourcePool block (pools: {', '.join(sorted(pools))}). "
+            f"Fix: planflow pools set {local_pool} --cpu N --mem-gib N, or choose another pool"
+        )
+    return {local_pool: pools[local_pool]}, set(pools)
+
+
+def make_plan(
+    pipeline: Pipeline,
+    mode: str = "inprocess",
+    local_pool: str = DEFAULT_POOL,
+    pools: tuple[dict[str, Any], set[str]] | None = None,
+) -> PipelinePlan:
+    """Plan `pipeline` over the ResourcePool blocks usable in `mode`, with the
+    PlannerSettings block and durations learned from the pipeline's recent runs."""
+    usable, known = pools if pools is not None else run_pools(mode, local_pool)
+    settings = load_settings()
+    capacities = {name: pool.capacity() for name, pool in usable.items()}
+    costs = {name: pool.cost_per_hour for name, pool in usable.items()}
+    history = recent_durations(pipeline.name, pipeline.steps, settings.history_runs)
+    options = PlannerOptions(
+        solver=settings.solver, time_limit_s=settings.time_limit_s, threads=settings.threads, mip_gap=settings.mip_gap
+    )
+    return plan_pipeline(pipeline, capacities, costs, options, history, known)
+
+
+def check_run_options(policy: str, mode: str) -> None:
+    if policy not in POLICIES:
+        raise ValueError(f"policy={policy!r}: must be 'plan' or 'fifo'")
+    if mode not in MODES:
+        raise ValueError(f"mode={mode!r}: must be 'inprocess' or 'distributed'")
+
+
+def plan_run(
+    pipeline: Pipeline, policy: str = "plan", mode: str = "inprocess", local_pool: str = DEFAULT_POOL
+) -> RunPlan:
+    """Where and in what order each step of one run goes: planned (policy "plan") or
+    first come, first served on each step's fastest pool (policy "fifo")."""
+    check_run_options(policy, mode)
+    pools, known = run_pools(mode, local_pool)
+    capacities = {name: pool.capacity() for name, pool in pools.items()}
+    if policy == "plan":
+        pp = make_plan(pipeline, pools=(pools, known))
+        return RunPlan(pools, capacities, pp.assignments, pp)
+    costs = {name: pool.cost_per_hour for name, pool in pools.items()}
+    return RunPlan(pools, capacities, greedy_assignments(pipeline, capacities, costs, known))

@@ -1,7 +1,8 @@
-"""What a run shows: the plan, planned versus actual, and a Gantt picture of both.
+"""What a run shows: the plan, planned versus actual, a Gantt picture of both, the
+summary and the totals.
 
 Pure functions from a PipelinePlan and the dispatcher's records to table rows,
-markdown and PNG bytes; the run flow turns them into Prefect artifacts.
+markdown and PNG bytes; the reporters (reporters.py) turn them into Prefect artifacts.
 """
 
 from __future__ import annotations
@@ -11,8 +12,66 @@ import io
 from collections.abc import Mapping
 from typing import Any
 
+import matplotlib
+from matplotlib.figure import Figure
+
+from planflow.core.pipeline import Pipeline
 from planflow.runtime.dispatch import StepRecord
+from planflow.runtime.history import artifact_slug
 from planflow.runtime.planning import PipelinePlan
+
+
+def artifact_key(pipeline: Pipeline, what: str) -> str:
+    """The key of one of a pipeline's artifacts: `<slug>-plan`, `<slug>-summary`, ..."""
+    return f"{artifact_slug(pipeline.name)}-{what}"
+
+
+def key_metrics(result: Any) -> dict[str, float]:
+    """The headline figures of a step's output, when it offers `key_metrics()`."""
+    method = getattr(result, "key_metrics", None)
+    if callable(method):
+        try:
+            return {k: float(v) for k, v in method().items()}
+        except (TypeError, ValueError):
+            return {}
+    return {}
+
+
+def fmt_metrics(metrics: Mapping[str, float]) -> str:
+    return ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+
+
+def summary_rows(records: Mapping[str, StepRecord], order: list[str]) -> list[dict[str, Any]]:
+    """Per component: state, pool, seconds and key metric (the `<slug>-summary` table,
+    which history.py reads back to learn durations)."""
+    return [
+        {
+            "component": name,
+            "state": records[name].state,
+            "pool": records[name].pool,
+            "seconds": None if records[name].seconds is None else round(records[name].seconds, 3),
+            "key_metric": fmt_metrics(key_metrics(records[name].result)),
+        }
+        for name in order
+    ]
+
+
+def totals_markdown(pipeline: Pipeline, records: Mapping[str, StepRecord]) -> str:
+    totals = pipeline.totals()
+    lines = [
+        f"# {pipeline.name}: resource demand and time",
+        "",
+        "| figure | value |",
+        "|---|---|",
+        f"| components | {totals['components']} |",
+        f"| CPU core-seconds (estimated) | {totals['cpu_seconds']:.1f} |",
+        f"| GPU-seconds (estimated) | {totals['gpu_seconds']:.1f} |",
+        f"| memory GiB-seconds (estimated) | {totals['mem_gib_seconds']:.1f} |",
+        f"| sum of estimates (s) | {totals['total_seconds']:.1f} |",
+        f"| critical path (s) | {totals['critical_path_seconds']:.1f} |",
+        f"| wall time of this run (s) | {actual_makespan(records):.2f} |",
+    ]
+    return "\n".join(lines)
 
 
 def plan_rows(pp: PipelinePlan) -> list[dict[str, Any]]:
@@ -90,17 +149,15 @@ def actual_makespan(records: Mapping[str, StepRecord]) -> float:
 
 def gantt_png(pp: PipelinePlan, records: Mapping[str, StepRecord] | None = None, title: str = "") -> bytes:
     """A Gantt chart: one row per component, the planned bar (light) and, when
-    records are given, the actual bar (dark) over it; colour per pool."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    records are given, the actual bar (dark) over it; colour per pool. Drawn on a
+    Figure of its own (no pyplot state), so runs in several threads can draw at once."""
     tasks = pp.plan.order_tasks()
     pools = sorted({t.pool for t in tasks})
-    colours = {p: plt.get_cmap("tab10")(i % 10) for i, p in enumerate(pools)}
+    palette = matplotlib.colormaps["tab10"]
+    colours = {p: palette(i % 10) for i, p in enumerate(pools)}
     height = max(2.5, 0.42 * len(tasks) + 1.4)
-    fig, ax = plt.subplots(figsize=(10, height), dpi=100)
+    fig = Figure(figsize=(10, height), dpi=100)
+    ax = fig.subplots()
     for row, t in enumerate(tasks):
         ax.barh(
             row,
@@ -129,7 +186,7 @@ def gantt_png(pp: PipelinePlan, records: Mapping[str, StepRecord] | None = None,
     if records:
         ax.axvline(actual_makespan(records), color="#b00020", linestyle=":", linewidth=1.2, label="actual makespan")
     handles, labels = ax.get_legend_handles_labels()
-    unique = dict(zip(labels, handles))
+    unique = dict(zip(labels, handles, strict=True))
     ax.legend(unique.values(), unique.keys(), loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     subtitle = (
         f"plan {pp.plan.makespan:.1f} s ({pp.plan.status}, gap {pp.plan.gap:.1%}, "
@@ -142,7 +199,6 @@ def gantt_png(pp: PipelinePlan, records: Mapping[str, StepRecord] | None = None,
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
-    plt.close(fig)
     return buffer.getvalue()
 
 

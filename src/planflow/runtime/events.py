@@ -1,0 +1,221 @@
+"""A run's events and the reporters that subscribe to them.
+
+A run is plan -> dispatch -> record. The runner announces what happens: the run was
+planned, each step started, completed, failed or was skipped, the run finished. Reporters
+(artifacts, progress, metrics, logs, the terminal's progress bar) subscribe to those
+events; none of them is called by the dispatcher itself.
+
+Events are delivered in the order they happened, on one thread per run (the EventBus),
+so that the dispatcher never waits for an artifact upload, a metrics push or a terminal.
+Each step event carries a copy of the step's record as it was at that moment. After an
+event, when no other is waiting, every reporter is asked to `flush()`: a reporter that
+sends over the network batches there.
+
+A reporter is an observer: when one raises, the run goes on, the error is logged (the
+first one with its traceback) and the reporter keeps receiving the events that follow.
+
+    >>> class Printer(Reporter):
+    ...     def on_step(self, event: StepEvent) -> None:
+    ...         print(event.kind, event.record.step)
+    >>> remove = subscribe(Printer())      # every run in this process, until remove()
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import queue
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from planflow.core.pipeline import Pipeline
+from planflow.runtime.dispatch import StepRecord
+from planflow.runtime.planning import RunPlan
+
+STEP_EVENTS = ("started", "completed", "failed", "skipped")
+FINAL_STEP_EVENTS = ("completed", "failed", "skipped")
+DRAIN_TIMEOUT_SECONDS = 120.0  # what a run waits, at its end, for its reporters
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What every event of one run shares: the pipeline, its parameters, how it runs."""
+
+    pipeline: Pipeline
+    params: Mapping[str, Any]
+    policy: str
+    mode: str
+    flow_run_id: str | None
+    plan: RunPlan
+
+
+@dataclass(frozen=True)
+class StepEvent:
+    """A step started, completed, failed or was skipped (`kind`); `at` is the Unix time."""
+
+    kind: str
+    record: StepRecord
+    run: RunInfo
+    at: float = field(default_factory=time.time)
+
+
+class Reporter:
+    """Receives one run's events; override what you need. Called on the run's
+    reporting thread, one event at a time, in order."""
+
+    def on_planned(self, run: RunInfo) -> None:
+        """The run is planned (pools, assignments, the plan under policy "plan")."""
+
+    def on_step(self, event: StepEvent) -> None:
+        """A step started, completed, failed or was skipped."""
+
+    def on_finished(self, run: RunInfo, records: Mapping[str, StepRecord]) -> None:
+        """Every step is done (completed, failed or skipped); `records` by step name."""
+
+    def flush(self) -> None:
+        """No event is waiting: send what was batched."""
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
+
+Listener = Callable[[str, StepRecord], None]
+
+
+class ListenerReporter(Reporter):
+    """A plain function `(event, record)` as a reporter of step events."""
+
+    def __init__(self, listener: Listener) -> None:
+        self.listener = listener
+
+    def on_step(self, event: StepEvent) -> None:
+        self.listener(event.kind, event.record)
+
+    @property
+    def name(self) -> str:
+        return f"listener {getattr(self.listener, '__qualname__', repr(self.listener))}"
+
+
+_subscribers: list[Reporter] = []
+_subscribers_lock = threading.Lock()
+
+
+def subscribe(reporter: Reporter) -> Callable[[], None]:
+    """Give `reporter` the events of every run started in this process from now on;
+    returns a function that unsubscribes it."""
+    with _subscribers_lock:
+        _subscribers.append(reporter)
+
+    def unsubscribe() -> None:
+        with _subscribers_lock:
+            if reporter in _subscribers:
+                _subscribers.remove(reporter)
+
+    return unsubscribe
+
+
+def add_listener(listener: Listener) -> Callable[[], None]:
+    """Receive (event, record) for every step event of runs in this process;
+    returns a function that removes the listener."""
+    return subscribe(ListenerReporter(listener))
+
+
+def subscribers() -> list[Reporter]:
+    """The reporters subscribed now (a run takes this list when it starts)."""
+    with _subscribers_lock:
+        return list(_subscribers)
+
+
+class EventBus:
+    """Delivers one run's events to its reporters, in order, on a thread of its own.
+
+    Use it as a context manager: leaving it waits (at most `drain_timeout` seconds) until
+    every event was delivered and flushed, so a run's artifacts and metrics exist when
+    the run returns. The thread runs in a copy of the caller's context, so Prefect's
+    run context (artifacts link to the flow run, the run logger) holds there too."""
+
+    def __init__(
+        self,
+        reporters: Iterable[Reporter],
+        logger: logging.Logger | logging.LoggerAdapter,
+        drain_timeout: float = DRAIN_TIMEOUT_SECONDS,
+    ) -> None:
+        self.reporters = list(reporters)
+        self.logger = logger
+        self.drain_timeout = drain_timeout
+        self.failures: Counter[str] = Counter()
+        self._queue: queue.SimpleQueue[tuple[str, tuple[Any, ...]] | None] = queue.SimpleQueue()
+        self._busy: tuple[str, str] | None = None  # (reporter, method) being called now
+        context = contextvars.copy_context()
+        self._thread = threading.Thread(
+            target=context.run, args=(self._deliver,), name="planflow-reporters", daemon=True
+        )
+
+    # -- what the runner announces ------------------------------------------------------
+    def planned(self, run: RunInfo) -> None:
+        self._queue.put(("on_planned", (run,)))
+
+    def step(self, run: RunInfo, kind: str, record: StepRecord) -> None:
+        """A step event; the record is copied now, as the dispatcher goes on changing it."""
+        self._queue.put(("on_step", (StepEvent(kind, replace(record), run),)))
+
+    def finished(self, run: RunInfo, records: Mapping[str, StepRecord]) -> None:
+        self._queue.put(("on_finished", (run, {name: replace(r) for name, r in records.items()})))
+
+    # -- delivery -----------------------------------------------------------------------
+    def __enter__(self) -> EventBus:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Deliver what is queued, flush, and stop; bounded by `drain_timeout`."""
+        self._queue.put(None)
+        self._thread.join(self.drain_timeout)
+        if self._thread.is_alive():
+            reporter, method = self._busy or ("?", "?")
+            self.logger.error(
+                "planflow reporters did not finish within %g s (%s is still in %s); the run returns "
+                "without them, so some artifacts or metrics of this run may be missing",
+                self.drain_timeout,
+                reporter,
+                method,
+            )
+        for reporter, count in self.failures.items():
+            self.logger.warning("reporter %s failed on %d event(s) of this run (the run went on)", reporter, count)
+
+    def _deliver(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                self._call_all("flush", ())
+                return
+            method, args = item
+            self._call_all(method, args)
+            if self._queue.empty():
+                self._call_all("flush", ())
+
+    def _call_all(self, method: str, args: tuple[Any, ...]) -> None:
+        for reporter in self.reporters:
+            self._busy = (reporter.name, method)
+            try:
+                getattr(reporter, method)(*args)
+            except Exception as exc:  # an observer never fails the run
+                self.failures[reporter.name] += 1
+                if self.failures[reporter.name] == 1:
+                    self.logger.warning(
+                        "reporter %s failed in %s: %s: %s (the run goes on)",
+                        reporter.name,
+                        method,
+                        type(exc).__name__,
+                        exc,
+                        exc_info=True,
+                    )
+        self._busy = None

@@ -1,0 +1,81 @@
+"""Where the steps the dispatcher releases run: one interface, two executors.
+
+- InProcessExecutor (this module): each step is a task of the current flow run, run
+  by the flow's ThreadPoolTaskRunner.
+- DistributedExecutor (distributed.py): each step is a child flow run of its pool's
+  component deployment, on that pool's work pool.
+
+The dispatcher calls `start(step, outputs)` for each step it releases and gets back a
+future; `execute` wraps one dispatch in the executor's context (thread pools, checks)
+and lets it turn what the futures returned into the steps' outputs.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+from planflow.core.pipeline import Pipeline
+from planflow.runtime.dispatch import Assignment, StepRecord, dispatch
+from planflow.runtime.tags import PIPELINE_TAG_PREFIX, POOL_TAG
+
+
+class StepFuture(Protocol):
+    """What `start` returns: a Prefect future or a concurrent.futures.Future."""
+
+    def add_done_callback(self, fn: Callable[[Any], None]) -> None: ...
+
+    def result(self) -> Any: ...
+
+
+class Executor(ABC):
+    """Runs released steps. A context manager around one dispatch: `__enter__` checks
+    and opens what the executor needs, `__exit__` waits for what it started."""
+
+    def __enter__(self) -> Executor:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        return None
+
+    @abstractmethod
+    def start(self, step: str, outputs: dict[str, Any]) -> StepFuture:
+        """Launch `step` with the outputs of the steps it reads (by step name)."""
+
+    def collect(self, records: Mapping[str, StepRecord]) -> None:  # noqa: B027 (optional hook)
+        """After the dispatch: make each completed record's `result` the step's output
+        (by default the futures' results already are)."""
+
+
+class InProcessExecutor(Executor):
+    """Each step is a task of the current flow run, tagged with its pool and pipeline."""
+
+    def __init__(self, pipeline: Pipeline, assignments: Mapping[str, Assignment], params: Mapping[str, Any]) -> None:
+        self.pipeline, self.assignments, self.params = pipeline, assignments, params
+
+    def start(self, step: str, outputs: dict[str, Any]) -> StepFuture:
+        component = self.pipeline.steps[step].component
+        tags = {
+            *component.tags,
+            f"{POOL_TAG}{self.assignments[step].pool}",
+            f"{PIPELINE_TAG_PREFIX}{self.pipeline.name}",
+        }
+        task = component.with_options(name=step, task_run_name=step, tags=tags)
+        return task.submit(**self.pipeline.step_kwargs(step, self.params, outputs))
+
+
+def execute(
+    executor: Executor,
+    pipeline: Pipeline,
+    assignments: Mapping[str, Assignment],
+    capacities: Mapping[str, Mapping[str, float]],
+    notify: Callable[[str, StepRecord], None],
+) -> dict[str, StepRecord]:
+    """Dispatch every step of `pipeline` on `executor`; `notify(event, record)` hears each
+    step event. Returns the records, results being the steps' outputs."""
+    upstream = {name: pipeline.upstream(name) for name in pipeline.steps}
+    with executor:
+        records, _ = dispatch(upstream, assignments, capacities, executor.start, notify)
+    executor.collect(records)
+    return records

@@ -1,0 +1,196 @@
+"""The reporters every run has: artifacts, progress, metrics and the run log.
+
+Each subscribes to the run's events (events.py) and keeps to one concern:
+
+- ArtifactReporter: the plan table and figures when planned; planned versus actual,
+  the summary and the totals when finished (keys `<slug>-plan`, `-plan-figures`,
+  `-planned-vs-actual`, `-summary`, `-totals`).
+- ProgressReporter: the `<slug>-progress` artifact, the share of steps finished.
+- MetricsReporter: the run's figures (monitoring.metrics.RunRecorder), pushed to the
+  Pushgateway when no other event is waiting: one push per batch of events.
+- LogReporter: the plan, the run's start and each completed step in the flow run's log.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+
+from planflow.monitoring.metrics import RunRecorder
+from planflow.runtime import reporting
+from planflow.runtime.dispatch import StepRecord
+from planflow.runtime.events import FINAL_STEP_EVENTS, Reporter, RunInfo, StepEvent
+from planflow.settings import StatePaths
+
+
+class ArtifactReporter(Reporter):
+    """The run's tables, markdown and Gantt pictures, as Prefect artifacts of the flow run."""
+
+    def on_planned(self, run: RunInfo) -> None:
+        pp, name = run.plan.plan, run.pipeline.name
+        if pp is None:  # policy fifo: nothing was planned
+            return
+        create_table_artifact(
+            key=reporting.artifact_key(run.pipeline, "plan"),
+            table=reporting.plan_rows(pp),
+            description=f"{name}: the plan (pool, start, finish, resources, estimate source)",
+        )
+        png = reporting.gantt_png(pp, title=f"{name}: plan")
+        create_markdown_artifact(
+            key=reporting.artifact_key(run.pipeline, "plan-figures"),
+            markdown=reporting.plan_markdown(pp, name, png),
+            description=f"{name}: makespan, bound, gap, solver and the Gantt chart",
+        )
+
+    def on_finished(self, run: RunInfo, records: Mapping[str, StepRecord]) -> None:
+        pp, name = run.plan.plan, run.pipeline.name
+        if pp is not None:
+            png = reporting.gantt_png(pp, records, title=f"{name}: planned and actual")
+            create_markdown_artifact(
+                key=reporting.artifact_key(run.pipeline, "planned-vs-actual"),
+                markdown=reporting.actual_markdown(pp, records, name, png),
+                description=f"{name}: start delay and overrun per component, makespan achieved",
+            )
+            if run.flow_run_id:  # the picture beside the state folder, for `planflow` to show
+                folder = StatePaths.discover().home / "plans"
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / f"{run.flow_run_id}.png").write_bytes(png)
+        create_table_artifact(
+            key=reporting.artifact_key(run.pipeline, "summary"),
+            table=reporting.summary_rows(records, run.plan.order),
+            description=f"{name}: component, state, pool, duration and key metric",
+        )
+        create_markdown_artifact(
+            key=reporting.artifact_key(run.pipeline, "totals"),
+            markdown=reporting.totals_markdown(run.pipeline, records),
+            description=f"{name}: total resource demand and time",
+        )
+
+
+class ProgressReporter(Reporter):
+    """The share of steps finished (completed, failed or skipped), as a progress artifact;
+    updated once per batch of events."""
+
+    def __init__(self) -> None:
+        self.artifact_id: Any = None
+        self.total = 0
+        self.finished = 0
+        self.shown = 0.0
+
+    def on_planned(self, run: RunInfo) -> None:
+        self.total = len(run.plan.assignments)
+        self.artifact_id = create_progress_artifact(
+            progress=0.0,
+            key=reporting.artifact_key(run.pipeline, "progress"),
+            description=f"{run.pipeline.name}: share of components finished",
+        )
+
+    def on_step(self, event: StepEvent) -> None:
+        if event.kind in FINAL_STEP_EVENTS:
+            self.finished += 1
+
+    def flush(self) -> None:
+        progress = 100.0 * self.finished / self.total if self.total else 0.0
+        if self.artifact_id is not None and progress != self.shown:
+            update_progress_artifact(self.artifact_id, progress)
+            self.shown = progress
+
+
+class MetricsReporter(Reporter):
+    """The run's figures for Prometheus (see monitoring/metrics.py), pushed to the
+    Pushgateway once per batch of events rather than once per event."""
+
+    def __init__(self, recorder: RunRecorder) -> None:
+        self.recorder = recorder
+        self.pending = False
+
+    def on_planned(self, run: RunInfo) -> None:
+        pp = run.plan.plan
+        if pp is None:
+            return
+        plan = pp.plan
+        self.recorder.plan(plan.makespan, plan.lower_bound, plan.gap, plan.solve_seconds, plan.status, plan.solver)
+        for pool, peaks in reporting.peak_demand(pp).items():
+            for resource, demand in peaks.items():
+                capacity = run.plan.capacities[pool].get(resource, 0.0)
+                if resource == "mem_gib":  # Prometheus base unit: bytes
+                    resource, demand, capacity = "memory_bytes", demand * 2**30, capacity * 2**30
+                self.recorder.pool_demand(pool, resource, demand, capacity)
+        self.pending = True
+
+    def on_step(self, event: StepEvent) -> None:
+        record = event.record
+        if event.kind == "started":
+            a = event.run.plan.assignments[record.step]
+            planned = delay = None
+            if a.planned_start is not None and a.planned_finish is not None:
+                planned = a.planned_finish - a.planned_start
+                delay = (record.started or 0.0) - a.planned_start
+            # `seconds`: how long it has run already, so the start time is the event's
+            running_for = max(0.0, time.time() - event.at)
+            self.recorder.component(record.step, record.pool, "running", running_for, planned, delay)
+        elif event.kind in ("completed", "failed"):
+            self.recorder.component(record.step, record.pool, event.kind, record.seconds)
+        else:
+            return
+        self.pending = True
+
+    def on_finished(self, run: RunInfo, records: Mapping[str, StepRecord]) -> None:
+        failed = any(r.state == "Failed" for r in records.values())
+        planned = run.plan.plan.plan.makespan if run.plan.plan is not None else None
+        self.recorder.run_finished("failed" if failed else "completed", reporting.actual_makespan(records), planned)
+        self.pending = True
+
+    def flush(self) -> None:
+        if self.pending:
+            self.pending = False
+            self.recorder.push()
+
+
+class LogReporter(Reporter):
+    """The plan, the start of the run and every completed step, in the flow run's log."""
+
+    def __init__(self, logger: logging.Logger | logging.LoggerAdapter) -> None:
+        self.logger = logger
+
+    def on_planned(self, run: RunInfo) -> None:
+        pp = run.plan.plan
+        if pp is not None:
+            self.logger.info(
+                "Plan for %s: makespan %.2f s, lower bound %.2f s, gap %.1f%%, %s by %s in %.2f s",
+                run.pipeline.name,
+                pp.plan.makespan,
+                pp.plan.lower_bound,
+                100 * pp.plan.gap,
+                pp.plan.status,
+                pp.plan.solver,
+                pp.plan.solve_seconds,
+            )
+        self.logger.info(
+            "Running %s (%d components, policy %s) with %s on pools %s",
+            run.pipeline.name,
+            len(run.plan.assignments),
+            run.policy,
+            dict(run.params),
+            sorted({a.pool for a in run.plan.assignments.values()}),
+        )
+
+    def on_step(self, event: StepEvent) -> None:
+        if event.kind == "completed":
+            record = event.record
+            self.logger.info(
+                "%s completed on %s in %.2f s %s",
+                record.step,
+                record.pool,
+                record.seconds or 0.0,
+                reporting.fmt_metrics(reporting.key_metrics(record.result)),
+            )

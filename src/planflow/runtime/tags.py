@@ -1,0 +1,31 @@
+"""The tags planflow puts on runs: how its automations and the duration history find them.
+
+Every flow run of a pipeline carries `planflow` and `pipeline:<name>` (the retry and
+crash automations match them), whoever started it: `planflow run`, a deployment a team
+made with `prefect deploy`, or a plain call of the flow. Each component's task run
+carries `pool:<name>`, the pool it ran on (history.py reads durations by it).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect.client.orchestration import get_client
+
+PLANFLOW_TAG = "planflow"
+PIPELINE_TAG_PREFIX = "pipeline:"
+POOL_TAG = "pool:"
+
+
+def pipeline_tags(pipeline: str) -> list[str]:
+    """The tags of every flow run of pipeline `pipeline`."""
+    return [PLANFLOW_TAG, f"{PIPELINE_TAG_PREFIX}{pipeline}"]
+
+
+def tag_flow_run(flow_run: Any, pipeline: str) -> None:
+    """Add the pipeline's tags to `flow_run` when it lacks them (one API call at most)."""
+    current = set(flow_run.tags or [])
+    wanted = set(pipeline_tags(pipeline))
+    if not wanted <= current:
+        with get_client(sync_client=True) as client:
+            client.update_flow_run(flow_run.id, tags=sorted(current | wanted))
