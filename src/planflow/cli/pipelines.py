@@ -58,13 +58,6 @@ def execute(pipeline: Pipeline, flow: Any, values: dict[str, Any], mode: str, sh
     return run_with_progress(lambda: flow(**values, mode=mode), pipeline, console)
 
 
-def run_one(pipeline: Pipeline, raw: dict[str, str], show_progress: bool = True, mode: str = "inprocess") -> dict:
-    """Run one pipeline as a Prefect flow run, with a progress display. Bad input exits
-    (see `prepare`); a failed flow run raises."""
-    flow, values = prepare(pipeline, raw)
-    return execute(pipeline, flow, values, mode, show_progress)
-
-
 def print_summary(result: dict[str, Any]) -> None:
     table = Table("component", "state", "pool", "seconds", "key metric", title=Text(result["pipeline"]))
     for name, step in result["steps"].items():
