@@ -444,4 +444,3 @@ def worker_down(paths=None, timeout: float = 20.0) -> bool:
     if pid is None:
         return False
     return stop_group(pid, timeout)
-
