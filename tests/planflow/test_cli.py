@@ -263,3 +263,21 @@ def test_params_are_converted_to_the_declared_types(user_project, cli_env):
     result = json.loads(out.stdout)
     assert result["params"] == {"n": 3, "scale": 2.0, "fast": True}
     assert result["steps"]["total"]["state"] == "Completed"
+
+
+def test_blocks_apply_dry_run_changes_nothing_and_a_bad_document_is_named(cli_env, tmp_path):
+    (tmp_path / "pyproject.toml").write_text("[project]\nname = 'blocks-project'\n")
+    (tmp_path / "blocks").mkdir()
+    pools = tmp_path / "blocks" / "pools.yaml"
+    pools.write_text("type: planflow-resource-pool\nname: cli-dry-run\nwork_pool: cli-dry-run\ncpu: 2\nmem_gib: 4\n")
+    out = planflow_in(tmp_path, "blocks", "apply", "--dry-run", env=cli_env)  # the project's blocks/
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "planflow-resource-pool/cli-dry-run: would be created"
+    listed = planflow_in(tmp_path, "pools", "ls", env=cli_env)
+    assert listed.returncode == 0 and "cli-dry-run" not in listed.stdout
+
+    pools.write_text(pools.read_text().replace("cpu: 2", "cpus: 2"))
+    bad = planflow_in(tmp_path, "blocks", "apply", str(tmp_path / "blocks"), env=cli_env)
+    assert bad.returncode == 1
+    assert bad.stderr.startswith(f"error: {tmp_path / 'blocks'}: ") and "nothing was applied" in bad.stderr
+    assert "unknown field 'cpus'. Did you mean 'cpu'?" in bad.stderr and "Traceback" not in bad.stderr

@@ -1,6 +1,8 @@
-"""`planflow blocks register` and `planflow pools ls | set` (the ResourcePool blocks)."""
+"""`planflow blocks register | apply` and `planflow pools ls | set` (the ResourcePool blocks)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import typer
 from pydantic import ValidationError
@@ -8,6 +10,8 @@ from rich.table import Table
 
 from planflow.cli.common import console, ensure_server, fail, say
 from planflow.prefect.blocks import ResourcePool, ensure_defaults, load_pools, register
+from planflow.prefect.blocks.documents import BlockDocumentError, apply_folder, default_folder, plan_folder
+from planflow.prefect.health import ServerNotAnswering
 
 blocks_app = typer.Typer(help="planflow's Prefect blocks.", no_args_is_help=True)
 pools_app = typer.Typer(help="Resource pools (ResourcePool blocks).", no_args_is_help=True)
@@ -19,6 +23,24 @@ def blocks_register() -> None:
     ensure_server()
     for name, new in ensure_defaults().items():
         say(f"{name}: {'created' if new else 'kept (already exists)'}")
+
+
+@blocks_app.command("apply")
+def blocks_apply(
+    folder: Path | None = typer.Argument(None, help="The block documents' folder (default: the project's blocks/)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Say what would change; change nothing."),
+) -> None:
+    """Create or update the blocks the project's block documents (blocks/*.yaml) state
+    (idempotent); every problem in them is listed before anything changes."""
+    ensure_server()
+    register()  # block types only (as `blocks register`): a fresh server has none to compare with
+    where = folder or default_folder()
+    try:
+        lines = plan_folder(where) if dry_run else apply_folder(where)
+    except (BlockDocumentError, ServerNotAnswering) as exc:
+        fail(str(exc))
+    for line in lines:
+        say(line)
 
 
 @pools_app.command("ls")
