@@ -65,9 +65,14 @@ def test_unknown_pipeline_and_bad_params_are_clear(toy_env):
     assert out.returncode == 1
     assert "no pipeline named 'toy-diamnd'. Did you mean 'toy-diamond'?" in out.stderr
     out = planflow("run", "toy-diamond", "--param", "n=lots", env=toy_env)
-    assert out.returncode == 1 and "parameter 'n'='lots' is not a int" in out.stderr
+    assert out.returncode == 1
+    assert out.stderr.strip() == (
+        "error: --param n='lots': parameter 'n' of pipeline 'toy-diamond' expects an int, not 'lots'. "
+        "Fix: e.g. --param n=4"
+    )
     out = planflow("run", "toy-diamond", "--param", "nope", env=toy_env)
-    assert out.returncode == 1 and "--param 'nope' is not KEY=VALUE" in out.stderr
+    assert out.returncode == 1
+    assert out.stderr.strip() == "error: --param 'nope' is not KEY=VALUE. Fix: e.g. --param seed=3"  # nothing else
 
 
 def test_a_failing_pipeline_exits_nonzero_naming_the_step(toy_env):
@@ -114,3 +119,165 @@ def test_bench_psplib_writes_one_row_per_instance(toy_env, tmp_path, psplib):
     assert row.startswith("j301_1,30,43.0,")  # the proven optimum
     missing = planflow("bench", "psplib", str(tmp_path / "nope.sm"), env=toy_env)
     assert missing.returncode == 1 and "no such file or folder" in missing.stderr
+
+
+# -- a user's project whose pipelines fail to load ------------------------------------------
+GOOD = """
+from planflow import Pipeline, component
+
+
+@component(cpu=1, mem_gib=0.1, est_seconds=0.1)
+def numbers(n: int = 4, scale: float = 1.0, fast: bool = False) -> list[float]:
+    return [i * scale for i in range(n)]
+
+
+@component(cpu=1, mem_gib=0.1, est_seconds=0.1)
+def total(numbers: list[float]) -> float:
+    return sum(numbers)
+
+
+pipeline = Pipeline("good", [numbers, total])
+"""
+BROKEN = {
+    # folder -> (flow.py, what `planflow run <folder>` must print after "failed to load:")
+    "cyc": (
+        """
+from planflow import Pipeline, Step, component
+
+
+@component(cpu=1, mem_gib=0.1, est_seconds=0.1)
+def a(x: int = 1) -> int:
+    return x
+
+
+@component(cpu=1, mem_gib=0.1, est_seconds=0.1)
+def b(a: int) -> int:
+    return a
+
+
+pipeline = Pipeline("cyc", [Step("a", a, after=("b",)), Step("b", b)])
+""",
+        "pipeline 'cyc' is invalid:\n  - cycle: a -> b -> a.",
+    ),
+    "negcpu": (
+        """
+from planflow import Pipeline, component
+
+
+@component(cpu=-1, mem_gib=0.1, est_seconds=0.1)
+def numbers(n: int = 4) -> list[int]:
+    return list(range(n))
+
+
+pipeline = Pipeline("negcpu", [numbers])
+""",
+        "ComponentSpecError: component 'numbers' (flows.negcpu.flow.numbers) has 1 problem:\n"
+        "  - cpu=-1: must be a number > 0",
+    ),
+    "imports": ("import not_a_module_anywhere\n", "ModuleNotFoundError: No module named 'not_a_module_anywhere'"),
+    "undefined": (
+        "from planflow import Pipeline\n\npipeline = Pipeline('undefined', [numbrs])\n",
+        "NameError: name 'numbrs' is not defined",
+    ),
+    # rich markup in a message must be printed as it is, not crash the printer
+    "brackets": (
+        'raise RuntimeError("needs [/data] mounted and [bold]x")\n',
+        "RuntimeError: needs [/data] mounted and [bold]x",
+    ),
+}
+TYPO_YAML = "name: typo\nsteps:\n  - name: numbers\n    uses: flows.good.flow:numbrs\n"
+
+
+@pytest.fixture(scope="module")
+def user_project(tmp_path_factory) -> Path:
+    """A user's own Prefect project: its own `flows/` package with one good and several
+    broken pipelines, and a YAML pipeline whose `uses:` has a typo."""
+    root = tmp_path_factory.mktemp("user-project")
+    (root / "pyproject.toml").write_text("[project]\nname = 'user-project'\n")
+    (root / "flows").mkdir()
+    (root / "flows" / "__init__.py").write_text("")
+    for folder, source in [("good", GOOD), *((name, code) for name, (code, _) in BROKEN.items())]:
+        (root / "flows" / folder).mkdir()
+        (root / "flows" / folder / "__init__.py").write_text("")
+        (root / "flows" / folder / "flow.py").write_text(source)
+    (root / "pipelines").mkdir()
+    (root / "pipelines" / "typo.yaml").write_text(TYPO_YAML)
+    return root
+
+
+def planflow_in(project: Path, *args: str, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*PLANFLOW, *args], env=dict(env, COLUMNS="200"), cwd=project, capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.mark.parametrize("folder", sorted(BROKEN))
+def test_run_shows_the_pipelines_own_load_error(user_project, cli_env, folder):
+    out = planflow_in(user_project, "run", folder, env=cli_env)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert out.stderr.startswith(f"error: pipeline '{folder}' (flows.{folder}.flow) failed to load:\n"), out.stderr
+    assert BROKEN[folder][1] in out.stderr
+    assert "no pipeline named" not in out.stderr and "Traceback" not in out.stdout + out.stderr
+
+
+def test_run_shows_a_yaml_typo_in_uses(user_project, cli_env):
+    out = planflow_in(user_project, "run", "typo", env=cli_env)
+    assert out.returncode == 1
+    assert "pipeline 'typo' is invalid:\n  - module 'flows.good.flow' has no 'numbrs'. Did you mean 'numbers'?" in (
+        out.stderr
+    )
+    assert "no pipeline named" not in out.stderr and "Traceback" not in out.stderr
+
+
+def test_pipelines_lists_each_broken_source_as_failed_without_a_traceback(user_project, cli_env):
+    out = planflow_in(user_project, "pipelines", env=cli_env)
+    assert out.returncode == 1
+    assert "Traceback" not in out.stdout + out.stderr
+    rows = {line.split("│")[1].strip(): line for line in out.stdout.splitlines() if line.count("│") > 2}
+    assert set(rows) == {"good", "typo", *BROKEN}, out.stdout
+    assert "failed" not in rows["good"]
+    assert all(rows[name].split("│")[2].strip() == "failed" for name in [*BROKEN, "typo"])
+    for folder, (_, message) in BROKEN.items():
+        assert f"flows.{folder}.flow failed to load: {message.splitlines()[0]}" in out.stderr
+    assert f"{user_project / 'pipelines' / 'typo.yaml'} failed to load: " in out.stderr
+
+
+def test_param_errors_name_parameter_value_and_type_all_at_once(user_project, cli_env):
+    out = planflow_in(user_project, "run", "good", "-p", "n=abc", "-p", "fast=maybe", "-p", "scal=2", env=cli_env)
+    assert out.returncode == 1
+    assert out.stderr.strip() == (
+        "error: 3 problems with --param:\n"
+        "  - --param n='abc': parameter 'n' of pipeline 'good' expects an int, not 'abc'. Fix: e.g. --param n=4\n"
+        "  - --param fast='maybe': parameter 'fast' of pipeline 'good' expects a bool, not 'maybe'. "
+        "Fix: e.g. --param fast=false\n"
+        "  - --param scal='2': pipeline 'good' has no parameter 'scal'. Did you mean 'scale'? "
+        "Its parameters: fast, n, scale"
+    )
+
+
+def test_params_are_converted_to_the_declared_types(user_project, cli_env):
+    out = planflow_in(
+        user_project, "run", "good", "-p", "n=3", "-p", "scale=2", "-p", "fast=yes", "--json", env=cli_env
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout)
+    assert result["params"] == {"n": 3, "scale": 2.0, "fast": True}
+    assert result["steps"]["total"]["state"] == "Completed"
+
+
+def test_blocks_apply_dry_run_changes_nothing_and_a_bad_document_is_named(cli_env, tmp_path):
+    (tmp_path / "pyproject.toml").write_text("[project]\nname = 'blocks-project'\n")
+    (tmp_path / "blocks").mkdir()
+    pools = tmp_path / "blocks" / "pools.yaml"
+    pools.write_text("type: planflow-resource-pool\nname: cli-dry-run\nwork_pool: cli-dry-run\ncpu: 2\nmem_gib: 4\n")
+    out = planflow_in(tmp_path, "blocks", "apply", "--dry-run", env=cli_env)  # the project's blocks/
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "planflow-resource-pool/cli-dry-run: would be created"
+    listed = planflow_in(tmp_path, "pools", "ls", env=cli_env)
+    assert listed.returncode == 0 and "cli-dry-run" not in listed.stdout
+
+    pools.write_text(pools.read_text().replace("cpu: 2", "cpus: 2"))
+    bad = planflow_in(tmp_path, "blocks", "apply", str(tmp_path / "blocks"), env=cli_env)
+    assert bad.returncode == 1
+    assert bad.stderr.startswith(f"error: {tmp_path / 'blocks'}: ") and "nothing was applied" in bad.stderr
+    assert "unknown field 'cpus'. Did you mean 'cpu'?" in bad.stderr and "Traceback" not in bad.stderr

@@ -3,16 +3,18 @@
 `main()` is the console script. It points Prefect's client at the project's embedded
 server (unless the user exported PREFECT_API_URL) before Prefect is imported, since
 Prefect reads its settings once, when it is first imported; that is why the command
-modules are imported inside `main` and not at the top of this module.
+tree is imported inside `main` and not at the top of this module.
 """
 
 from __future__ import annotations
 
+from planflow.settings import apply_client_env
+
 
 def main() -> None:  # pragma: no cover - console script entry
-    from planflow.settings import apply_client_env
-
     apply_client_env()
-    from planflow.cli.main import app
+    # Prefect reads its settings at import: the commands (which import Prefect) must
+    # come after apply_client_env().
+    from planflow.cli.app import app  # noqa: PLC0415
 
     app()

@@ -1,6 +1,6 @@
 """`planflow grafana ...`: generate, check and publish the dashboards.
 
-Mounted by planflow.cli.main as `app.add_typer(grafana_app, name="grafana")`.
+Mounted by planflow.cli.app as `planflow grafana`.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from pathlib import Path
 
 import typer
 
+from planflow.cli.common import fail
 from planflow.dashboards import generate, queries
 from planflow.dashboards.build import build_all
 from planflow.dashboards.publish import GrafanaPublishError, publish
@@ -59,7 +60,6 @@ def publish_command(
     try:
         report = publish(url, token, datasources=datasources, timeout=timeout)
     except GrafanaPublishError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1)
+        fail(str(exc))
     for line in report.lines():
         typer.echo(line)

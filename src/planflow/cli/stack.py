@@ -1,15 +1,16 @@
 """`planflow stack up | down | status`: the Prefect server plus the monitoring services.
 
-Mounted by planflow/cli.py as `app.add_typer(stack_app, name="stack")`.
+Mounted by planflow.cli.app as `planflow stack`.
 """
 
 from __future__ import annotations
 
 import typer
-from rich.console import Console
 
+from planflow.cli.common import fail, say
 from planflow.ops import server as stack
 from planflow.ops import services
+from planflow.remediation import automations as auto
 from planflow.settings import DEFAULT_PORT, StatePaths
 
 stack_app = typer.Typer(
@@ -17,13 +18,6 @@ stack_app = typer.Typer(
     "the planflow exporter and alert bridge.",
     no_args_is_help=True,
 )
-console = Console()
-err = Console(stderr=True)
-
-
-def _fail(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
-    raise typer.Exit(1)
 
 
 @stack_app.command("up")
@@ -45,7 +39,7 @@ def up(
     try:
         if server:
             state = stack.up(paths, port=prefect_port)
-            console.print(f"prefect       {state.url.removesuffix('/api')}  (UI)")
+            say(f"prefect       {state.url.removesuffix('/api')}  (UI)")
         started = services.up(
             paths,
             profile=profile,
@@ -58,42 +52,38 @@ def up(
             },
         )
     except (stack.StackError, services.ServicesError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     for name, service in started.items():
-        console.print(f"{name:<13} {service.url}  (pid {service.pid})")
-    console.print(f"profile       {profile}; state in {services.monitoring_dir(paths)}")
+        say(f"{name:<13} {service.url}  (pid {service.pid})")
+    say(f"profile       {profile}; state in {services.monitoring_dir(paths)}")
     if automations:
         _automations_up(paths)
 
 
 def _automations_up(paths: StatePaths) -> None:
     """Apply the automations (idempotent) and start the remediation worker."""
-    from planflow.remediation import automations as auto
-
     try:
         lines = auto.apply()
         pid = auto.worker_up(paths)
     except auto.AutomationsError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     changed = [line for line in lines if not line.endswith(("unchanged", "kept", "applied"))]
-    console.print(
+    say(
         f"automations   {sum(1 for line in lines if line.startswith(auto.PREFIX))} applied"
         + (f" ({'; '.join(changed)})" if changed else " (unchanged)")
     )
-    console.print(f"remediation   worker pid {pid} on pool {auto.REMEDIATION_POOL}")
+    say(f"remediation   worker pid {pid} on pool {auto.REMEDIATION_POOL}")
 
 
 @stack_app.command("down")
 def down(server: bool = typer.Option(True, help="Stop the embedded Prefect server too.")) -> None:
     """Stop the remediation worker, the monitoring services (and the Prefect server)."""
-    from planflow.remediation import automations as auto
-
     paths = StatePaths.discover()
     auto.worker_down(paths)
     services.down(paths)
     if server:
         stack.down(paths)
-    console.print("stack stopped.")
+    say("stack stopped.")
 
 
 @stack_app.command("status")
@@ -103,19 +93,17 @@ def status() -> None:
     server = stack.status(paths)
     rows = [("prefect", server.state, server.url or "-", server.pid, server.detail)]
     rows += [(s.name, s.state, s.url, s.pid, s.detail) for s in services.status(paths).values()]
-    from planflow.remediation.automations import REMEDIATION_POOL, worker_pid
-
-    pid = worker_pid(paths)
+    pid = auto.worker_pid(paths)
     rows.append(
         (
             "remediation",
             "running" if pid else "stopped",
-            f"pool {REMEDIATION_POOL}",
+            f"pool {auto.REMEDIATION_POOL}",
             pid,
             "" if pid else "start: planflow stack up (or planflow automations worker up)",
         )
     )
     for name, state, url, pid, detail in rows:
-        console.print(f"{name:<13} {state:<10} {url}  {f'pid {pid}' if pid else ''} {detail}")
+        say(f"{name:<13} {state:<10} {url}  {f'pid {pid}' if pid else ''} {detail}")
     if not all(row[1] == "running" for row in rows):
         raise typer.Exit(3)

@@ -17,9 +17,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
+import socket
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +27,15 @@ import yaml
 
 from planflow.monitoring import rules as generate
 from planflow.monitoring.bridge import TOKEN_ENV, TOKEN_FILE_NAME, resolve_token
-from planflow.ops.server import _port_in_use, _signal_group, _tail
+from planflow.ops.processes import (
+    log_tail,
+    read_pid_file,
+    same_process,
+    spawn,
+    stop_group,
+    wait_until,
+    write_pid_file,
+)
 from planflow.settings import StatePaths, client_env
 
 HOST = "127.0.0.1"
@@ -92,28 +99,30 @@ def _recorded(paths: StatePaths) -> dict:
         return {}
 
 
-def _pid(paths: StatePaths, name: str) -> int | None:
-    try:
-        return int((monitoring_dir(paths) / f"{name}.pid").read_text().strip())
-    except (OSError, ValueError):
-        return None
+def _pid_file(paths: StatePaths, name: str) -> Path:
+    return monitoring_dir(paths) / f"{name}.pid"
 
 
-def _marker(name: str) -> bytes:
-    return {"bridge": b"monitoring.bridge", "exporter": b"monitoring.exporter"}.get(name, name.encode())
+def _marker(name: str) -> str:
+    """What the service's command line holds (a recycled pid's does not)."""
+    return {"bridge": "monitoring.bridge", "exporter": "monitoring.exporter"}.get(name, name)
 
 
-def _alive(pid: int, name: str) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a recycled pid belongs to another program
-        return _marker(name) in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
+def _live_pid(paths: StatePaths, name: str) -> tuple[int | None, bool]:
+    """The recorded pid of `name` (None when none is), and whether that very process
+    still runs: the same start time when recorded, and the service's command line."""
+    record = read_pid_file(_pid_file(paths, name))
+    if record is None:
+        return None, False
+    pid, started = record
+    return pid, same_process(pid, started, marker=_marker(name))
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """Something accepts connections on host:port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
 
 
 def _healthy(url: str, name: str) -> bool:
@@ -129,10 +138,10 @@ def status(paths: StatePaths | None = None) -> dict[str, ServiceStatus]:
     out = {}
     for name in ORDER:
         url = f"http://{HOST}:{ports[name]}"
-        pid = _pid(paths, name)
+        pid, alive = _live_pid(paths, name)
         if pid is None:
             out[name] = ServiceStatus(name, "stopped", url)
-        elif not _alive(pid, name):
+        elif not alive:
             out[name] = ServiceStatus(name, "stale", url, pid, f"pid {pid} is not running")
         elif _healthy(url, name):
             out[name] = ServiceStatus(name, "running", url, pid)
@@ -229,7 +238,7 @@ def _start(name: str, paths: StatePaths, ports: dict[str, int], configs: dict, t
         return current
     if current.pid is not None:
         stop(name, paths)
-    if _port_in_use(HOST, ports[name]):
+    if port_in_use(HOST, ports[name]):
         raise ServicesError(
             f"port {ports[name]} on {HOST}, wanted by {name}, is used by another program. "
             f"Fix: stop it, or pick another port (`planflow stack up --{name}-port N`)."
@@ -239,31 +248,18 @@ def _start(name: str, paths: StatePaths, ports: dict[str, int], configs: dict, t
     env.update(client_env(paths))
     if os.environ.get("PREFECT_API_URL"):
         env["PREFECT_API_URL"] = os.environ["PREFECT_API_URL"]
-    log = (folder / f"{name}.log").open("ab")
-    process = subprocess.Popen(
-        command,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-        cwd=folder,
-    )
-    log.close()
-    (folder / f"{name}.pid").write_text(str(process.pid))
+    log = folder / f"{name}.log"
+    process = spawn(command, log, env, cwd=folder)
+    write_pid_file(_pid_file(paths, name), process.pid)
     url = f"http://{HOST}:{ports[name]}"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if _healthy(url, name):
-            return ServiceStatus(name, "running", url, process.pid)
-        if process.poll() is not None:
-            break
-        time.sleep(0.2)
+    answered = wait_until(lambda: process.poll() is not None or _healthy(url, name), timeout)
+    if answered and process.poll() is None:
+        return ServiceStatus(name, "running", url, process.pid)
+    ended = "" if process.poll() is None else f" (it exited with code {process.returncode})"
     stop(name, paths)
     raise ServicesError(
-        f"{name} did not become healthy at {url}{HEALTH[name]} within "
-        f"{timeout:.0f} s. Last lines of {folder / (name + '.log')}:\n"
-        f"{_tail(folder / (name + '.log'))}"
+        f"{name} did not become healthy at {url}{HEALTH[name]} within {timeout:.0f} s{ended}. "
+        f"Last lines of {log}:\n{log_tail(log)}"
     )
 
 
@@ -305,16 +301,13 @@ def up(
 
 
 def stop(name: str, paths: StatePaths | None = None, timeout: float = 15.0) -> None:
+    """Stop one service (SIGTERM to its group, SIGKILL after `timeout`) if the process
+    recorded for it still runs; forget its pid."""
     paths = paths or StatePaths.discover()
-    pid = _pid(paths, name)
-    if pid is not None and _alive(pid, name):
-        _signal_group(pid, 15)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and _alive(pid, name):
-            time.sleep(0.1)
-        if _alive(pid, name):
-            _signal_group(pid, 9)
-    (monitoring_dir(paths) / f"{name}.pid").unlink(missing_ok=True)
+    pid, alive = _live_pid(paths, name)
+    if pid is not None and alive and not stop_group(pid, timeout):
+        raise ServicesError(f"{name} (pid {pid}) did not exit even after SIGKILL. Fix: look at `ps -o stat {pid}`")
+    _pid_file(paths, name).unlink(missing_ok=True)
 
 
 def down(paths: StatePaths | None = None) -> dict[str, ServiceStatus]:

@@ -25,7 +25,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import typer
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
 from prefect.exceptions import ObjectNotFound
@@ -238,57 +237,3 @@ def require_image(image: str) -> None:
         "Fix: run `make image` (scripts/build-image.sh), or set the deployment's `image` job "
         "variable to an image your registry holds."
     )
-
-
-# -- the command line (mounted by planflow.cli as `planflow workpools`) ------------------
-workpools_app = typer.Typer(
-    help="Prefect work pools (process, docker, kubernetes) and their workers.", no_args_is_help=True
-)
-
-
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg="red", err=True)
-    raise typer.Exit(1)
-
-
-@workpools_app.command("apply")
-def apply_command(
-    names: list[str] | None = typer.Argument(None, help=f"Pools to apply (default: {', '.join(POOLS)})."),
-    no_resource_pools: bool = typer.Option(False, help="Do not create the ResourcePool blocks."),
-) -> None:
-    """Create or update the work pools from deployments/job-templates/ (idempotent)."""
-    try:
-        for line in apply_work_pools(names or None, resource_pools=not no_resource_pools):
-            typer.echo(line)
-    except WorkPoolError as exc:
-        _fail(str(exc))
-
-
-@workpools_app.command("ls")
-def ls_command() -> None:
-    """List the work pools with their type, status and workers."""
-    from prefect.client.orchestration import get_client
-
-    try:
-        require_server()
-    except WorkPoolError as exc:
-        _fail(str(exc))
-    with get_client(sync_client=True) as client:
-        pools = client.read_work_pools()
-    if not pools:
-        typer.echo("no work pools. Create planflow's with: planflow workpools apply")
-    for pool in sorted(pools, key=lambda p: p.name):
-        status = getattr(pool.status, "value", pool.status) or "-"
-        typer.echo(f"{pool.name:<16} {pool.type:<12} {str(status):<10} {worker_status(pool.name)}")
-
-
-@workpools_app.command("status")
-def status_command(pool: str = typer.Argument(..., help="Work pool name.")) -> None:
-    """Say whether a worker serves POOL; exit 3 when none does."""
-    try:
-        message = worker_status(pool)
-    except WorkPoolError as exc:
-        _fail(str(exc))
-    typer.echo(message)
-    if "no worker running" in message:
-        raise typer.Exit(3)

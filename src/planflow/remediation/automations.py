@@ -39,8 +39,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import typer
-
 PREFIX = "planflow: "
 REMEDIATION_POOL = "planflow-remediation"
 DEPLOYMENT_NAME = "remediation"
@@ -446,70 +444,3 @@ def worker_down(paths=None, timeout: float = 20.0) -> bool:
     if pid is None:
         return False
     return stop_group(pid, timeout)
-
-
-# -- the command line (mount: app.add_typer(automations_app, name="automations")) ----------
-automations_app = typer.Typer(help="planflow's Prefect automations (retry, failover, rescale).", no_args_is_help=True)
-
-
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg="red", err=True)
-    raise typer.Exit(1)
-
-
-@automations_app.command("apply")
-def apply_command() -> None:
-    """Create or update every planflow automation, its routes and deployments (idempotent)."""
-    try:
-        for line in apply():
-            typer.echo(line)
-    except AutomationsError as exc:
-        _fail(str(exc))
-
-
-@automations_app.command("ls")
-def ls_command() -> None:
-    """List planflow's automations: name, enabled, trigger events, action."""
-    from planflow.prefect.workpools import WorkPoolError, require_server
-
-    try:
-        require_server()
-    except WorkPoolError as exc:
-        _fail(str(exc))
-    found = planflow_automations()
-    if not found:
-        typer.echo("no planflow automations. Create them with: planflow automations apply")
-    for a in found:
-        events = ",".join(sorted(getattr(a.trigger, "expect", []) or []))
-        actions = ",".join(x.type for x in a.actions)
-        typer.echo(f"{a.name:<45} {'enabled' if a.enabled else 'disabled':<9} {events}  -> {actions}")
-
-
-@automations_app.command("rm")
-def rm_command(
-    name: str | None = typer.Argument(None, help="Automation name; all of planflow's when omitted."),
-) -> None:
-    """Delete one planflow automation, or all of them."""
-    removed = remove(name)
-    if name and not removed:
-        _fail(f"no planflow automation named {name!r}; see `planflow automations ls`")
-    for item in removed:
-        typer.echo(f"{item}: deleted")
-
-
-automations_app.command("delete")(rm_command)
-
-
-@automations_app.command("worker")
-def worker_command(action: str = typer.Argument(..., help="up or down")) -> None:
-    """Start (up) or stop (down) the remediation worker (`planflow stack up` does both)."""
-    if action == "up":
-        typer.echo(f"remediation worker: pid {worker_up()} (pool {REMEDIATION_POOL})")
-    elif action == "down":
-        typer.echo("remediation worker: " + ("stopped" if worker_down() else "not running"))
-    else:
-        _fail(f"unknown action {action!r}: up or down")
-
-
-if __name__ == "__main__":  # python -m planflow.remediation.automations apply
-    automations_app()

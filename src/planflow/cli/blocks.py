@@ -1,0 +1,89 @@
+"""`planflow blocks register | apply` and `planflow pools ls | set` (the ResourcePool blocks)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from pydantic import ValidationError
+from rich.table import Table
+
+from planflow.cli.common import console, ensure_server, fail, say
+from planflow.prefect.blocks import ResourcePool, ensure_defaults, load_pools, register
+from planflow.prefect.blocks.documents import BlockDocumentError, apply_folder, default_folder, plan_folder
+from planflow.prefect.health import ServerNotAnswering
+
+blocks_app = typer.Typer(help="planflow's Prefect blocks.", no_args_is_help=True)
+pools_app = typer.Typer(help="Resource pools (ResourcePool blocks).", no_args_is_help=True)
+
+
+@blocks_app.command("register")
+def blocks_register() -> None:
+    """Register planflow's block types; create the `local` pool and default settings."""
+    ensure_server()
+    for name, new in ensure_defaults().items():
+        say(f"{name}: {'created' if new else 'kept (already exists)'}")
+
+
+@blocks_app.command("apply")
+def blocks_apply(
+    folder: Path | None = typer.Argument(None, help="The block documents' folder (default: the project's blocks/)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Say what would change; change nothing."),
+) -> None:
+    """Create or update the blocks the project's block documents (blocks/*.yaml) state
+    (idempotent); every problem in them is listed before anything changes."""
+    ensure_server()
+    register()  # block types only (as `blocks register`): a fresh server has none to compare with
+    where = folder or default_folder()
+    try:
+        lines = plan_folder(where) if dry_run else apply_folder(where)
+    except (BlockDocumentError, ServerNotAnswering) as exc:
+        fail(str(exc))
+    for line in lines:
+        say(line)
+
+
+@pools_app.command("ls")
+def pools_ls() -> None:
+    """List the resource pools the planner plans over."""
+    ensure_server()
+    table = Table("pool", "work pool", "cpu", "gpu", "mem GiB", "cost/h", "backup")
+    for name, pool in sorted(load_pools().items()):
+        table.add_row(
+            name,
+            pool.work_pool,
+            f"{pool.cpu:g}",
+            str(pool.gpu),
+            f"{pool.mem_gib:g}",
+            f"{pool.cost_per_hour:g}",
+            pool.backup_pool or "-",
+        )
+    console.print(table)
+
+
+@pools_app.command("set")
+def pools_set(
+    name: str = typer.Argument(..., help="planflow pool name, e.g. gpu"),
+    work_pool: str | None = typer.Option(None, help="Prefect work pool (default: NAME)."),
+    cpu: float = typer.Option(..., help="CPU cores."),
+    mem_gib: float = typer.Option(..., help="Memory, GiB."),
+    gpu: int = typer.Option(0, help="GPUs."),
+    cost_per_hour: float = typer.Option(0.0, help="Cost of one hour."),
+    backup_pool: str | None = typer.Option(None, help="Pool to fail over to."),
+) -> None:
+    """Create or update a ResourcePool block."""
+    ensure_server()
+    register()
+    try:
+        pool = ResourcePool(
+            work_pool=work_pool or name,
+            cpu=cpu,
+            gpu=gpu,
+            mem_gib=mem_gib,
+            cost_per_hour=cost_per_hour,
+            backup_pool=backup_pool,
+        )
+    except ValidationError as exc:
+        fail(f"pool '{name}': {exc}")
+    pool.save(name, overwrite=True)
+    say(f"pool {name}: cpu={cpu:g} gpu={gpu} mem_gib={mem_gib:g} -> work pool {pool.work_pool}")

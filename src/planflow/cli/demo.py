@@ -1,0 +1,155 @@
+"""`planflow demo` (every example pipeline, then a failing run becoming an alert event)
+and `planflow demo heal` (a failover and a rescale, end to end)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import typer
+
+from planflow.cli.common import console, ensure_server, fail, say, ui_url, warn
+from planflow.cli.params import ParamError, parse_pairs
+from planflow.cli.pipelines import execute, load, prepare, print_summary
+from planflow.core import discovery
+from planflow.monitoring.events import wait_for_event
+from planflow.monitoring.prefect_api import auth_headers
+from planflow.ops import services
+from planflow.prefect.blocks import ensure_defaults
+from planflow.remediation import automations
+from planflow.remediation import scenarios as heal
+from planflow.settings import StatePaths
+
+SCENARIOS = ("failover", "rescale", "all")
+
+demo_app = typer.Typer(
+    help="Demos on the embedded stack: the example pipelines (no sub-command), `heal` (failover and rescale)."
+)
+
+
+@demo_app.callback(invoke_without_command=True)
+def demo(
+    ctx: typer.Context,
+    param: list[str] = typer.Option([], "--param", "-p", help="Override for every pipeline KEY=VALUE."),
+    monitoring: bool = typer.Option(
+        True, help="Also start the monitoring stack (fast profile) and show a failing run turning into an alert event."
+    ),
+) -> None:
+    """Start the embedded server, register blocks, run every example pipeline; then
+    show the monitoring loop: a run that fails on purpose becomes a Prefect event."""
+    if ctx.invoked_subcommand is not None:
+        return
+    try:
+        overrides = parse_pairs(param)
+    except ParamError as exc:
+        fail(str(exc))
+    url = ensure_server()
+    ensure_defaults()
+    ui = ui_url(url)
+    if monitoring:
+        try:
+            started = services.up(profile="fast")
+        except services.ServicesError as exc:
+            warn(f"monitoring skipped: {exc}")
+            monitoring = False
+        else:
+            say("monitoring: " + ", ".join(f"{n} {s.url}" for n, s in started.items()))
+    outcomes = []
+    for item in (f for f in discovery.discover() if f.source.startswith("flows.")):
+        if item.pipeline is None:
+            fail(f"{item.source} failed to load: {item.error}")
+        mine = {k: v for k, v in overrides.items() if k in item.pipeline.params}
+        flow, values = prepare(item.pipeline, mine)
+        console.rule(item.name)
+        try:
+            result = execute(item.pipeline, flow, values, "inprocess", show_progress=True)
+        except Exception as exc:  # the flow run failed; Prefect has logged the traceback
+            fail(f"pipeline '{item.name}' failed: {exc}\nSee {ui}/runs")
+        print_summary(result)
+        outcomes.append((item.name, result["flow_run_id"]))
+    if monitoring:
+        _alert_loop(url)
+    console.rule("done")
+    say(f"Prefect UI: {ui}")
+    for name, run_id in outcomes:
+        say(f"  {name}: Completed  {ui}/runs/flow-run/{run_id}")
+    if monitoring:
+        say(f"  alert events: {ui}/events  ·  Prometheus alerts: {services.status()['prometheus'].url}/alerts")
+    say(
+        "Next: `planflow demo heal` (make demo-heal) shows a failover and a rescale. "
+        "Stop everything with `planflow stack down` (or `make stop`)."
+    )
+
+
+@demo_app.command("heal")
+def demo_heal(
+    scenario: str = typer.Option("all", help="failover, rescale or all."),
+    timeout: float = typer.Option(300.0, help="Seconds to wait for each step before giving up."),
+) -> None:
+    """Self-healing on the embedded stack: a pool loses its worker and planflow fails its
+    run over to the backup pool, then resumes it; a pool gets a backlog and planflow
+    scales it out and back. Every step goes through Prometheus, Alertmanager, the bridge,
+    a Prefect automation and a remediation flow."""
+    if scenario not in SCENARIOS:
+        fail(f"unknown scenario {scenario!r}: failover, rescale or all")
+    url = ensure_server()
+    ui = ui_url(url)
+    ensure_defaults()
+    paths = StatePaths.discover()
+    try:
+        started = services.up(paths, profile="fast")
+    except services.ServicesError as exc:
+        fail(f"the monitoring stack is needed: {exc}")
+    say("monitoring: " + ", ".join(f"{n} {s.url}" for n, s in started.items()))
+    try:
+        applied = automations.apply()
+    except automations.AutomationsError as exc:
+        fail(str(exc))
+    say(
+        f"automations: {sum(1 for line in applied if line.startswith(automations.PREFIX))} applied; "
+        f"remediation worker pid {automations.worker_up(paths)}"
+    )
+    logs = paths.home / "demo-heal"
+    results = []
+    for name, play in (("failover", heal.failover_scenario), ("rescale", heal.rescale_scenario)):
+        if scenario not in (name, "all"):
+            continue
+        console.rule(f"heal: {name}")
+        try:
+            results.append(play(logs, say=say, timeout=timeout))
+        except heal.HealError as exc:
+            fail(f"{name}: {exc}")
+    console.rule("done")
+    for result in results:
+        last = result["timeline"][-1][1] if result["timeline"] else 0
+        say(f"  {result['scenario']}: healed in {last:.0f} s on {result['work_pool']}")
+    say(
+        f"Remediation runs, their artifacts and events: {ui}/runs?tags=planflow-remediation  ·  "
+        f"{ui}/events  ·  worker logs in {logs}"
+    )
+
+
+def _alert_loop(url: str, name: str = "demo-failure", timeout: float = 90.0) -> None:
+    """Run a pipeline that fails on purpose and wait for its alert's Prefect event."""
+    console.rule(f"monitoring loop: {name} fails on purpose")
+    pipeline = load(name)
+    flow, values = prepare(pipeline, {})
+    since = datetime.now(UTC)
+    try:
+        execute(pipeline, flow, values, "inprocess", show_progress=False)
+    except Exception as exc:  # failing is the point
+        say(f"{name} failed as intended: {exc}".splitlines()[0])
+    say(f"waiting for the alert's Prefect event (up to {timeout:.0f} s) ...")
+    event = wait_for_event(
+        url, f"planflow.pipeline.{name}", "planflow.alert.firing", since, timeout, headers=auth_headers()
+    )
+    if event is None:
+        fail(
+            f"no planflow.alert.firing event for {name} within {timeout:.0f} s; "
+            "check `planflow stack status` and Prometheus's /alerts page"
+        )
+    payload = event.get("payload", {})
+    labels = payload.get("labels", {})
+    console.print(f"[green]event[/] {event['event']} at {event['occurred']}", highlight=False)
+    say(f"  resource: {event['resource'].get('prefect.resource.id')}")
+    say(f"  alert:    {labels.get('alertname')} ({labels.get('severity')})")
+    say(f"  summary:  {payload.get('annotations', {}).get('summary')}")

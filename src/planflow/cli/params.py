@@ -1,0 +1,115 @@
+"""`--param KEY=VALUE`: split, then each value converted to its parameter's type.
+
+The type is the one the pipeline's flow declares (the component's hint, else the
+default's type), checked with pydantic as Prefect checks the flow's own signature, so a
+value the command line accepts is one the flow run accepts.
+
+    >>> typed_values(pipeline, parse_pairs(["n=500", "fast=yes"]))
+    {'n': 500, 'fast': True}
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import shlex
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+from pydantic import PydanticUserError, TypeAdapter, ValidationError
+
+from planflow.core.pipeline import Pipeline
+
+
+class ParamError(ValueError):
+    """One or more --param values are malformed, unknown or of the wrong type; the
+    message lists every problem with its fix."""
+
+
+def parse_pairs(pairs: Iterable[str]) -> dict[str, str]:
+    """`["n=5", "tag=a=b"]` -> `{"n": "5", "tag": "a=b"}`; ParamError naming each pair
+    that is not KEY=VALUE."""
+    params: dict[str, str] = {}
+    problems = []
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            problems.append(f"--param {pair!r} is not KEY=VALUE. Fix: e.g. --param seed=3")
+            continue
+        params[key.strip()] = value
+    if problems:
+        raise ParamError(_listed(problems))
+    return params
+
+
+def typed_values(pipeline: Pipeline, raw: Mapping[str, str]) -> dict[str, Any]:
+    """The command line's text values as the values `pipeline`'s flow takes; ParamError
+    listing every unknown name and every value its type refuses."""
+    hints = pipeline.param_types()
+    values: dict[str, Any] = {}
+    problems = []
+    for key, text in raw.items():
+        if key not in pipeline.params:
+            problems.append(_unknown(pipeline, key, text))
+            continue
+        default = pipeline.params[key]
+        expected = hints.get(key, Any if default is None else type(default))
+        try:
+            values[key] = convert(text, expected)
+        except ValueError:
+            problems.append(
+                f"--param {key}={text!r}: parameter '{key}' of pipeline '{pipeline.name}' expects "
+                f"{type_name(expected)}, not {text!r}. Fix: e.g. --param {_example(key, default)}"
+            )
+    if problems:
+        raise ParamError(_listed(problems))
+    return values
+
+
+def convert(text: str, expected: Any) -> Any:
+    """`text` as a value of type `expected`: parsed directly ("5" -> 5, "yes" -> True),
+    else read as YAML ("[1, 2]" -> [1, 2]) and checked. ValueError when neither fits."""
+    try:
+        adapter = TypeAdapter(expected)
+    except PydanticUserError:
+        return text  # a type pydantic cannot check: the flow gets the text, as before
+    try:
+        return adapter.validate_python(text)
+    except ValidationError:
+        pass
+    try:
+        return adapter.validate_python(yaml.safe_load(text))
+    except (ValidationError, yaml.YAMLError) as exc:
+        raise ValueError(f"{text!r} is not {type_name(expected)}") from exc
+
+
+def type_name(expected: Any) -> str:
+    """`int` -> "an int", `list[float]` -> "a list[float]", a Literal -> "one of 'a', 'b'"."""
+    if get_origin(expected) is Literal:
+        return "one of " + ", ".join(repr(choice) for choice in get_args(expected))
+    name = expected.__name__ if isinstance(expected, type) else str(expected).replace("typing.", "")
+    return f"{'an' if name[:1] in tuple('aeiou') else 'a'} {name}"
+
+
+def _listed(problems: list[str]) -> str:
+    if len(problems) == 1:
+        return problems[0]
+    return f"{len(problems)} problems with --param:\n" + "\n".join(f"  - {p}" for p in problems)
+
+
+def _example(key: str, default: Any) -> str:
+    if isinstance(default, bool):
+        text = str(default).lower()
+    elif isinstance(default, list | dict):
+        text = json.dumps(default)
+    else:
+        text = str(default)
+    return shlex.quote(f"{key}={text}")
+
+
+def _unknown(pipeline: Pipeline, key: str, text: str) -> str:
+    close = difflib.get_close_matches(key, list(pipeline.params), n=1)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    known = ", ".join(sorted(pipeline.params)) or "(none)"
+    return f"--param {key}={text!r}: pipeline '{pipeline.name}' has no parameter '{key}'.{hint} Its parameters: {known}"

@@ -1,0 +1,218 @@
+"""`planflow pipelines [NAME]`, `planflow plan NAME` and `planflow run NAME`.
+
+A pipeline that fails to load (a cycle, a typo in `uses:`, cpu=-1, an import error in
+the user's module) is reported with its own error and exit code 1, never a traceback;
+so is every bad `--param`. Only a flow run that fails says "pipeline ... failed".
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from planflow.cli.common import console, ensure_server, fail, say, ui_url, warn
+from planflow.cli.params import ParamError, parse_pairs, typed_values
+from planflow.cli.progress import run_with_progress
+from planflow.core import discovery
+from planflow.core.pipeline import Pipeline
+from planflow.planner import PlanningError
+from planflow.runtime import reporting
+from planflow.runtime.flow import to_flow
+from planflow.runtime.runner import make_plan
+
+MODES = ("inprocess", "distributed")
+
+
+def load(name: str) -> Pipeline:
+    """The pipeline called `name`; exits with its load error (or the known names)."""
+    try:
+        return discovery.get(name)
+    except (LookupError, ValueError) as exc:
+        fail(str(exc))
+
+
+def prepare(pipeline: Pipeline, raw: dict[str, str]) -> tuple[Any, dict[str, Any]]:
+    """The pipeline's flow and its parameters with `raw` (--param text) applied; exits
+    naming every bad value before any flow run exists."""
+    try:
+        values = pipeline.resolve_params(typed_values(pipeline, raw))
+        return to_flow(pipeline), values
+    except ValueError as exc:  # ParamError, PipelineError
+        fail(str(exc))
+    except NameError as exc:  # typing.get_type_hints on a component's annotations
+        fail(
+            f"pipeline '{pipeline.name}': the type hints of its components do not resolve "
+            f"({type(exc).__name__}: {exc}). Fix: import or define that name in the component's module"
+        )
+
+
+def execute(pipeline: Pipeline, flow: Any, values: dict[str, Any], mode: str, show_progress: bool) -> dict:
+    """Call the flow (one flow run); a failed run raises."""
+    if not show_progress:
+        return flow(**values, mode=mode)
+    return run_with_progress(lambda: flow(**values, mode=mode), pipeline, console)
+
+
+def print_summary(result: dict[str, Any]) -> None:
+    table = Table("component", "state", "pool", "seconds", "key metric", title=Text(result["pipeline"]))
+    for name, step in result["steps"].items():
+        metrics = ", ".join(f"{k}={v:.4g}" for k, v in step["metrics"].items())
+        seconds = "-" if step["seconds"] is None else f"{step['seconds']:.2f}"
+        table.add_row(*map(Text, (name, step["state"], step["pool"], seconds, metrics)))
+    console.print(table)
+
+
+def pipelines(name: str | None = typer.Argument(None, help="Show one pipeline in detail.")) -> None:
+    """List the pipelines (or describe one): components, parameters, demand and time."""
+    if name:
+        _describe(load(name))
+        return
+    table = Table("pipeline", "components", "critical path s", "sum est s", "cpu·s", "parameters", "source")
+    broken = []
+    for item in discovery.discover():
+        cells, error = _row(item)
+        table.add_row(*map(Text, cells))
+        if error is not None:
+            broken.append(f"{item.source} failed to load: {error}")
+    console.print(table)
+    for line in broken:
+        warn(line)
+    if broken:
+        raise typer.Exit(1)
+
+
+def _row(item: discovery.Found) -> tuple[tuple[str, ...], str | None]:
+    """The table row of one source, and its error when it failed to load."""
+    failed = (item.name, "failed", "-", "-", "-", "-", item.source)
+    if item.pipeline is None:
+        return failed, item.error or "(no message)"
+    try:
+        t = item.pipeline.totals()
+        params = ", ".join(f"{k}={v}" for k, v in item.pipeline.params.items())
+    except Exception as exc:  # a user's pipeline object may raise anything: report it
+        return failed, f"{type(exc).__name__}: {exc}"
+    cells = (
+        item.name,
+        str(t["components"]),
+        f"{t['critical_path_seconds']:.1f}",
+        f"{t['total_seconds']:.1f}",
+        f"{t['cpu_seconds']:.1f}",
+        params,
+        item.source,
+    )
+    return cells, None
+
+
+def _describe(pipeline: Pipeline) -> None:
+    console.print(Text.assemble((pipeline.name, "bold"), f": {pipeline.description}"))
+    table = Table("step", "after", "cpu", "gpu", "mem GiB", "est s", "pools")
+    for name in pipeline.topological_order():
+        spec = pipeline.steps[name].spec
+        row = (
+            name,
+            ", ".join(pipeline.upstream(name)) or "-",
+            f"{spec.cpu:g}",
+            str(spec.gpu),
+            f"{spec.mem_gib:g}",
+            f"{spec.est_seconds:g}",
+            ", ".join(spec.pools) or "any",
+        )
+        table.add_row(*map(Text, row))
+    console.print(table)
+    totals = Table("total", "value")
+    for key, value in pipeline.totals().items():
+        totals.add_row(key, f"{value:g}")
+    console.print(totals)
+    say("parameters: " + (", ".join(f"{k}={v!r}" for k, v in pipeline.params.items()) or "-"))
+
+
+def plan(
+    name: str = typer.Argument(..., help="Pipeline name (see `planflow pipelines`)."),
+    json_output: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
+    gantt: str | None = typer.Option(None, help="Also write the Gantt chart to this PNG file."),
+    mode: str = typer.Option(
+        "inprocess", help="inprocess: plan on the `local` pool only; distributed: over every pool."
+    ),
+) -> None:
+    """Plan a pipeline over the resource pools without running it."""
+    pipeline = load(name)
+    ensure_server()
+    try:
+        pp = make_plan(pipeline, mode=mode)
+    except (LookupError, ValueError, PlanningError) as exc:
+        fail(str(exc))
+    totals = pipeline.totals()
+    if gantt:
+        Path(gantt).write_bytes(reporting.gantt_png(pp, title=f"{name}: plan"))
+    if json_output:
+        document = {
+            "pipeline": name,
+            "plan": pp.plan.to_dict(),
+            "figures": reporting.plan_figures(pp),
+            "components": reporting.plan_rows(pp),
+            "totals": totals,
+        }
+        print(json.dumps(document, indent=2, default=str))
+        return
+    table = Table(
+        "component", "pool", "start s", "finish s", "cpu", "gpu", "mem GiB", "estimate from", title=f"plan: {name}"
+    )
+    for row in reporting.plan_rows(pp):
+        cells = (
+            row["component"],
+            row["pool"],
+            f"{row['start_s']:.2f}",
+            f"{row['finish_s']:.2f}",
+            f"{row['cpu']:g}",
+            f"{row['gpu']:g}",
+            f"{row['mem_gib']:g}",
+            row["estimate"],
+        )
+        table.add_row(*map(Text, cells))
+    console.print(table)
+    f = reporting.plan_figures(pp)
+    say(
+        f"makespan {f['makespan_s']:.2f} s · lower bound {f['lower_bound_s']:.2f} s · gap {f['gap']:.1%} · "
+        f"{f['status']} ({f['solver']}, {f['solve_seconds']:.3f} s) · list scheduling {f['heuristic_makespan_s']:.2f} s"
+    )
+    say(
+        f"demand: {totals['cpu_seconds']:.1f} core·s, {totals['gpu_seconds']:.1f} GPU·s, "
+        f"{totals['mem_gib_seconds']:.1f} GiB·s · sum of estimates {totals['total_seconds']:.1f} s · "
+        f"critical path {totals['critical_path_seconds']:.1f} s"
+    )
+
+
+def run(
+    name: str = typer.Argument(..., help="Pipeline name (see `planflow pipelines`)."),
+    param: list[str] = typer.Option([], "--param", "-p", help="Parameter override KEY=VALUE."),
+    json_output: bool = typer.Option(False, "--json", help="Print the run summary as JSON."),
+    mode: str = typer.Option(
+        "inprocess",
+        help="inprocess: components are tasks of one flow run; "
+        "distributed: each runs as a flow run on its planned work pool.",
+    ),
+) -> None:
+    """Run a pipeline as a Prefect flow on the configured server."""
+    if mode not in MODES:
+        fail(f"--mode {mode!r}: must be 'inprocess' or 'distributed'")
+    try:
+        raw = parse_pairs(param)
+    except ParamError as exc:
+        fail(str(exc))
+    pipeline = load(name)
+    flow, values = prepare(pipeline, raw)  # every input problem before a server starts
+    url = ensure_server()
+    try:
+        result = execute(pipeline, flow, values, mode, show_progress=not json_output)
+    except Exception as exc:  # the flow run failed; Prefect has logged the traceback
+        fail(f"pipeline '{name}' failed: {exc}\nSee the run in the UI: {ui_url(url)}/runs")
+    if json_output:
+        print(json.dumps(result, indent=2, default=str))
+        return
+    print_summary(result)
+    say(f"flow run: {ui_url(url)}/runs/flow-run/{result['flow_run_id']}")

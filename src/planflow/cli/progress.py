@@ -1,0 +1,47 @@
+"""The terminal progress bar of `planflow run` and `planflow demo`: one bar per run,
+advanced by the runtime's step events, naming the steps that run now."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from planflow.core.pipeline import Pipeline
+from planflow.runtime.runner import add_listener
+
+T = TypeVar("T")
+
+
+def run_with_progress(call: Callable[[], T], pipeline: Pipeline, console: Console) -> T:
+    """`call()` (the flow run of `pipeline`) with a progress bar on `console`."""
+    running: set[str] = set()
+    with Progress(
+        TextColumn("[bold]{task.fields[pipeline]}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        TextColumn("{task.description}", markup=False),
+        console=console,
+        transient=False,
+    ) as bar:
+        task_id = bar.add_task("", total=len(pipeline.steps), pipeline=escape(pipeline.name))
+
+        def listener(event: str, record: Any) -> None:
+            if event == "started":
+                running.add(record.step)
+            else:
+                running.discard(record.step)
+                bar.advance(task_id)
+                if event != "completed":
+                    bar.console.print(f"[red]{escape(f'{record.step}: {record.state}')}[/]")
+            bar.update(task_id, description="running: " + (", ".join(sorted(running)) or "-"))
+
+        remove = add_listener(listener)
+        try:
+            return call()
+        finally:
+            remove()

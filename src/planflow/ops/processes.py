@@ -1,0 +1,178 @@
+"""Background processes planflow starts and supervises (workers, monitoring services):
+start one in a session of its own, know it again later, stop it with its group, wait
+for something with a bound.
+
+Identity: a pid alone is not enough (the kernel recycles pids), so a pid file holds the
+pid and the process's start time (`start_ticks`), and `same_process` checks both, or
+the command line when only a pid was recorded. psutil reads them; nothing here imports
+Prefect, so the Prefect server's own supervision can use it before Prefect is imported.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import psutil
+from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
+
+KILL_GRACE_SECONDS = 5.0  # after SIGKILL, how long a process may take to vanish
+
+
+def spawn(command: list[str], log_file: Path, env: Mapping[str, str], cwd: Path) -> subprocess.Popen:
+    """`command` in the background, in a session (and process group) of its own, with
+    stdout and stderr appended to `log_file`."""
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with log_file.open("ab") as log:
+        return subprocess.Popen(
+            command,
+            env=dict(env),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=cwd,
+        )
+
+
+def wait_until(check: Callable[[], bool], timeout: float, interval: float = 0.2) -> bool:
+    """Call `check` every `interval` seconds until it returns true (True) or `timeout`
+    seconds have passed (False). The caller says what timed out."""
+    retrying = Retrying(
+        stop=stop_after_delay(timeout),
+        wait=wait_fixed(interval),
+        retry=retry_if_result(lambda done: not done),
+        retry_error_callback=lambda _state: False,
+    )
+    return bool(retrying(check))
+
+
+def _ticks(process: psutil.Process) -> int:
+    # Seconds since boot: both terms move together when the wall clock is set, so the
+    # difference does not (on Linux it is /proc/<pid>/stat's start time, in ticks).
+    return round((process.create_time() - psutil.boot_time()) * 100)
+
+
+def _exited(process: psutil.Process) -> bool:
+    """Gone, or a zombie: it has ended, and its parent (a Popen, when it is ours) reaps
+    it and keeps its exit code."""
+    try:
+        return process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def start_ticks(pid: int) -> int | None:
+    """When `pid` started, in hundredths of a second since boot (unaffected by clock
+    changes): with the pid, an identity that a recycled pid does not share. None when
+    no such process runs (or it is a zombie)."""
+    try:
+        process = psutil.Process(pid)
+        with process.oneshot():
+            return None if process.status() == psutil.STATUS_ZOMBIE else _ticks(process)
+    except psutil.Error:
+        return None
+
+
+def same_process(pid: int, started: int | None = None, marker: str | None = None) -> bool:
+    """`pid` runs, is no zombie, started at `started` (from `start_ticks`) when given,
+    and has `marker` in its command line when given."""
+    try:
+        process = psutil.Process(pid)
+        with process.oneshot():
+            if process.status() == psutil.STATUS_ZOMBIE:
+                return False
+            if started is not None and _ticks(process) != started:
+                return False
+            return marker is None or marker in "\0".join(process.cmdline())
+    except psutil.Error:
+        return False
+
+
+def is_our_process(pid: int, marker: str) -> bool:
+    """The process `pid` runs and its command line contains `marker` (a recycled pid
+    belongs to another program and is never signalled)."""
+    return same_process(pid, marker=marker)
+
+
+def children(pid: int) -> list[int]:
+    """The live (not zombie) child processes of `pid`, e.g. a worker's flow runs."""
+    try:
+        kids = psutil.Process(pid).children()
+    except psutil.Error:
+        return []
+    live = []
+    for kid in kids:
+        try:
+            if kid.status() != psutil.STATUS_ZOMBIE:
+                live.append(kid.pid)
+        except psutil.Error:
+            continue
+    return live
+
+
+def write_pid_file(path: Path, pid: int) -> None:
+    """Record `pid` with its start time, for `read_pid_file` and `same_process`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"{pid} {start_ticks(pid) or 0}")
+
+
+def read_pid_file(path: Path) -> tuple[int, int | None] | None:
+    """(pid, start ticks) from `path`; a file holding only a pid gives (pid, None);
+    None when there is no readable file."""
+    try:
+        fields = [int(x) for x in path.read_text().split()]
+    except (OSError, ValueError):
+        return None
+    if not fields:
+        return None
+    started = fields[1] if len(fields) > 1 and fields[1] > 0 else None
+    return fields[0], started
+
+
+def signal_group(pid: int, sig: int) -> bool:
+    """Send `sig` to the process group led by `pid`; False when there is none."""
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def stop_group(pid: int, timeout: float = 20.0) -> bool:
+    """SIGTERM the process group of `pid`, SIGKILL it after `timeout` seconds; True once
+    `pid` has exited, False if even SIGKILL did not end it. It is not reaped here, so
+    that a Popen holding it still reads its exit code."""
+    try:
+        leader: psutil.Process | None = psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        leader = None
+    if not signal_group(pid, signal.SIGTERM) or leader is None:
+        return True
+    if wait_until(lambda: _exited(leader), timeout, interval=0.1):
+        return True
+    signal_group(pid, signal.SIGKILL)
+    return wait_until(lambda: _exited(leader), KILL_GRACE_SECONDS, interval=0.1)
+
+
+def stop_process(process: subprocess.Popen, timeout: float = 20.0) -> None:
+    """Stop a process started by `spawn` (its whole group) and reap it."""
+    if process.poll() is not None:
+        return
+    signal_group(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        signal_group(process.pid, signal.SIGKILL)
+        process.wait(KILL_GRACE_SECONDS)
+
+
+def log_tail(path: Path, lines: int = 25) -> str:
+    """The last `lines` lines of a log, for an error message."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"

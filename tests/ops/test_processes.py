@@ -1,0 +1,99 @@
+"""planflow.ops.processes with real processes: identity by pid and start time, children,
+stopping a group (with SIGKILL when SIGTERM is ignored), and the bounded wait."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import pytest
+
+from planflow.ops.processes import (
+    children,
+    read_pid_file,
+    same_process,
+    spawn,
+    start_ticks,
+    stop_group,
+    stop_process,
+    wait_until,
+    write_pid_file,
+)
+from planflow.ops.workers import busy
+
+SLEEPER = "import time; print('ready', flush=True); time.sleep(60)"
+PARENT = "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+PARENT += "print('ready', flush=True); time.sleep(60)"
+STUBBORN = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); "
+STUBBORN += "time.sleep(60)"
+
+
+@pytest.fixture
+def start(tmp_path):
+    """Start `python -c CODE` in a session of its own; wait for its 'ready' line; stop
+    every process started this way at the end."""
+    started = []
+
+    def run(code: str):
+        log = tmp_path / f"p{len(started)}.log"
+        process = spawn([sys.executable, "-c", code, "planflow-test-marker"], log, os.environ, cwd=tmp_path)
+        started.append(process)
+        if not wait_until(lambda: "ready" in log.read_text(), timeout=30):
+            pytest.fail(f"process {process.pid} did not print 'ready' within 30 s: {log.read_text()!r}")
+        return process
+
+    yield run
+    for process in started:
+        stop_process(process, timeout=5)
+
+
+def test_identity_is_pid_and_start_time(start, tmp_path):
+    process = start(SLEEPER)
+    ticks = start_ticks(process.pid)
+    assert ticks is not None and ticks == start_ticks(process.pid)
+    assert same_process(process.pid, ticks, marker="planflow-test-marker")
+    assert not same_process(process.pid, ticks + 1)  # a recycled pid has another start time
+    assert not same_process(process.pid, marker="another-program")
+    write_pid_file(tmp_path / "x.pid", process.pid)
+    assert read_pid_file(tmp_path / "x.pid") == (process.pid, ticks)
+    (tmp_path / "old.pid").write_text(f"{process.pid}\n")  # a pid file of an older planflow
+    assert read_pid_file(tmp_path / "old.pid") == (process.pid, None)
+    assert read_pid_file(tmp_path / "missing.pid") is None
+    stop_process(process, timeout=5)
+    assert start_ticks(process.pid) is None and not same_process(process.pid, ticks)
+
+
+def test_children_and_busy_then_the_group_stops_together(start):
+    parent = start(PARENT)
+    kids = children(parent.pid)
+    assert len(kids) == 1 and busy(parent.pid)
+    assert stop_group(parent.pid, timeout=10)
+    parent.wait(5)
+    assert wait_until(lambda: not same_process(kids[0]), timeout=10), f"child {kids[0]} outlived its group"
+    assert children(parent.pid) == [] and not busy(parent.pid)
+
+
+def test_stop_group_kills_a_process_that_ignores_sigterm_after_the_timeout(start):
+    stubborn = start(STUBBORN)
+    began = time.monotonic()
+    assert stop_group(stubborn.pid, timeout=1.0)
+    took = time.monotonic() - began
+    assert 1.0 <= took < 6.0, took
+    assert stubborn.wait(5) == -9
+
+
+def test_stop_group_of_a_gone_process_is_true(start):
+    process = start(SLEEPER)
+    stop_process(process, timeout=5)
+    assert stop_group(process.pid, timeout=1)
+
+
+def test_wait_until_is_bounded_and_passes_errors_through():
+    began = time.monotonic()
+    assert not wait_until(lambda: False, timeout=0.5, interval=0.1)
+    assert 0.5 <= time.monotonic() - began < 2.0
+    calls = []
+    assert wait_until(lambda: calls.append(1) or len(calls) == 3, timeout=10, interval=0.01)
+    with pytest.raises(ZeroDivisionError):
+        wait_until(lambda: 1 / 0, timeout=1)
