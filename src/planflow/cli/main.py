@@ -17,6 +17,7 @@ from rich.table import Table
 
 from planflow.cli.grafana import grafana_app
 from planflow.cli.stack import stack_app
+from planflow.cli.worker import worker_app
 from planflow.ops import server as stack
 from planflow.prefect.workpools import workpools_app
 from planflow.remediation.automations import automations_app
@@ -36,6 +37,7 @@ app.add_typer(stack_app, name="stack")
 app.add_typer(workpools_app, name="workpools")
 app.add_typer(grafana_app, name="grafana")
 app.add_typer(automations_app, name="automations")
+app.add_typer(worker_app, name="worker")
 console = Console()
 err = Console(stderr=True)
 
