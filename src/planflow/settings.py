@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 STATE_DIR_NAME = ".planflow"
@@ -84,9 +84,26 @@ class PlanflowSettings(BaseSettings):
         return (self.state_home or Path.home() / ".local" / "state") / "planflow"
 
 
+class SettingsError(ValueError):
+    """An environment variable planflow reads holds a bad value; the message names each."""
+
+
+def _variable(field: str) -> str:
+    alias = PlanflowSettings.model_fields[field].validation_alias if field in PlanflowSettings.model_fields else None
+    return alias if isinstance(alias, str) else f"PLANFLOW_{field.upper()}"
+
+
 def settings() -> PlanflowSettings:
-    """The settings as the environment holds them now."""
-    return PlanflowSettings()
+    """The settings as the environment holds them now; SettingsError names every bad one."""
+    try:
+        return PlanflowSettings()
+    except ValidationError as exc:
+        problems = [
+            f"{_variable(str(error['loc'][0]))}={error.get('input')!r}: {error['msg']}" for error in exc.errors()
+        ]
+        raise SettingsError(
+            "bad environment variable(s): " + "; ".join(problems) + ". Fix: correct or unset them."
+        ) from None
 
 
 def project_root(start: Path | None = None) -> Path:

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from planflow.core import discovery
-from planflow.settings import StatePaths, project_root, settings
+from planflow.settings import SettingsError, StatePaths, project_root, settings
 
 from tests.e2e.userproject import PIPELINE, YAML_PIPELINE, clean_env, write_project
 
@@ -72,6 +72,16 @@ def test_settings_come_from_planflow_variables(tmp_path, monkeypatch):
     assert current.user_state_dir() == tmp_path / ".local" / "state" / "planflow"
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
     assert settings().user_state_dir() == tmp_path / "xdg" / "planflow"
+
+
+def test_bad_settings_are_named_with_their_values(monkeypatch):
+    monkeypatch.setenv("PLANFLOW_PICKUP_TIMEOUT_SECONDS", "soon")
+    monkeypatch.setenv("PLANFLOW_CRASH_AFTER_SECONDS", "-5")
+    with pytest.raises(SettingsError) as caught:
+        settings()
+    assert "PLANFLOW_PICKUP_TIMEOUT_SECONDS='soon': Input should be a valid number" in str(caught.value)
+    assert "PLANFLOW_CRASH_AFTER_SECONDS='-5': Input should be greater than 0" in str(caught.value)
+    assert str(caught.value).endswith("Fix: correct or unset them.")
 
 
 # -- the command line in a user's project ------------------------------------------------------

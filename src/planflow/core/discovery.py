@@ -119,9 +119,10 @@ def discover() -> list[Found]:
     found: list[Found] = []
     shadowed = _shadowed(root) if modules else None
     for module in modules:
+        if shadowed:
+            found.append(_failed(module, PipelineError(shadowed)))
+            continue
         try:
-            if shadowed:
-                raise PipelineError(shadowed)
             pipeline = _project_pipeline(module)
         except Exception as exc:  # a user's module may raise anything; report it, go on
             found.append(_failed(module, exc))
