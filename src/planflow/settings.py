@@ -1,9 +1,14 @@
-"""Where planflow keeps its state, and the environment every Prefect client gets.
+"""Where planflow keeps its state, its process settings, and the environment every
+Prefect client gets.
 
 The embedded default is a Prefect server on SQLite under a project-local state
 folder, `.planflow/` at the project root. Commands find it without the user
 exporting anything: `apply_client_env()` points this process's Prefect client at
 it, unless the user already chose a server with PREFECT_API_URL.
+
+Process settings come from `PLANFLOW_*` environment variables through one
+pydantic-settings class, `PlanflowSettings` (read afresh by `settings()`, since
+tests and commands change the environment while a process runs).
 """
 
 from __future__ import annotations
@@ -12,23 +17,130 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 STATE_DIR_NAME = ".planflow"
+# What makes a folder a project when it has no state folder yet (as in a Prefect project).
+PROJECT_MARKERS = ("prefect.yaml", "pyproject.toml", "flows")
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 4200
+USER_API_URL_ENV = "PLANFLOW_USER_API_URL"
+
+
+class PlanflowSettings(BaseSettings):
+    """planflow's process settings: `PLANFLOW_<FIELD>` environment variables (plus
+    Prefect's PREFECT_API_URL and XDG_STATE_HOME, read as they are)."""
+
+    model_config = SettingsConfigDict(env_prefix="PLANFLOW_", env_ignore_empty=True, extra="ignore")
+
+    home: Path | None = Field(None, description="The state folder. Default: `.planflow/` at the project root.")
+    pipelines: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="More pipeline sources, comma-separated: `pkg.mod:attr` import paths or YAML files.",
+    )
+    user_api_url: str | None = Field(
+        None,
+        description="Internal: the PREFECT_API_URL the user exported before planflow set its own "
+        "(recorded by `apply_client_env`).",
+    )
+    prefect_api_url: str | None = Field(
+        None, validation_alias="PREFECT_API_URL", description="The Prefect server clients talk to."
+    )
+    state_home: Path | None = Field(
+        None,
+        validation_alias="XDG_STATE_HOME",
+        description="The user's state folder (default ~/.local/state); planflow keeps its per-user "
+        "record of running servers under `planflow/` there.",
+    )
+    # Read by other modules; declared here so that every PLANFLOW_ variable is in one place.
+    pushgateway_url: str | None = Field(None, description="Pushgateway for run metrics (else the recorded one).")
+    bridge_token: SecretStr | None = Field(None, description="Bearer token between Alertmanager and the bridge.")
+    psplib_dir: Path | None = Field(None, description="Folder of PSPLIB instances for `planflow bench psplib`.")
+    pickup_timeout_seconds: float = Field(
+        120.0, gt=0, description="How long a distributed run waits for a worker to pick up a component."
+    )
+    crash_after_seconds: float | None = Field(
+        None, gt=0, description="A run silent this long counts as crashed (default: 3 flow heartbeats)."
+    )
+
+    @field_validator("pipelines", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("state_home", mode="after")
+    @classmethod
+    def _absolute_only(cls, value: Path | None) -> Path | None:
+        # The XDG spec: a relative path is invalid and must be ignored.
+        return value if value is None or value.is_absolute() else None
+
+    def user_state_dir(self) -> Path:
+        """`$XDG_STATE_HOME/planflow` (default `~/.local/state/planflow`)."""
+        return (self.state_home or Path.home() / ".local" / "state") / "planflow"
+
+
+class SettingsError(ValueError):
+    """An environment variable planflow reads holds a bad value; the message names each."""
+
+
+def _variable(field: str) -> str:
+    alias = PlanflowSettings.model_fields[field].validation_alias if field in PlanflowSettings.model_fields else None
+    return alias if isinstance(alias, str) else f"PLANFLOW_{field.upper()}"
+
+
+def settings() -> PlanflowSettings:
+    """The settings as the environment holds them now; SettingsError names every bad one."""
+    try:
+        return PlanflowSettings()
+    except ValidationError as exc:
+        problems = [
+            f"{_variable(str(error['loc'][0]))}={error.get('input')!r}: {error['msg']}" for error in exc.errors()
+        ]
+        raise SettingsError(
+            "bad environment variable(s): " + "; ".join(problems) + ". Fix: correct or unset them."
+        ) from None
 
 
 def project_root(start: Path | None = None) -> Path:
-    """The nearest folder, from `start` (default: cwd) upwards, holding `.planflow/`
-    or a `pyproject.toml`; the start folder itself when there is none."""
+    """The project folder `start` (default: cwd) lies in.
+
+    The nearest folder upwards holding `.planflow/`; else the nearest holding
+    `prefect.yaml`, `pyproject.toml` or `flows/`; else `start` itself. A `.planflow/`
+    in the user's home folder (or above it) only counts when you stand there: it was
+    left by a command run in the home folder and belongs to no project below it.
+    """
     here = (start or Path.cwd()).resolve()
-    for folder in (here, *here.parents):
+    home = Path.home().resolve()
+    folders = (here, *here.parents)
+    for folder in folders:
+        if folder != here and folder in (home, *home.parents):
+            break
         if (folder / STATE_DIR_NAME).is_dir():
             return folder
-    for folder in (here, *here.parents):
-        if (folder / "pyproject.toml").is_file():
+    for folder in folders:
+        if any((folder / marker).exists() for marker in PROJECT_MARKERS):
             return folder
     return here
+
+
+def make_private_dir(path: Path) -> Path:
+    """Create `path` (and its parents) readable by its user only (0700)."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.chmod(0o700)
+    return path
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write `text` to `path` readable by its user only (0600), also when it existed."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        os.fchmod(descriptor, 0o600)
+        file.write(text)
 
 
 @dataclass(frozen=True)
@@ -39,9 +151,13 @@ class StatePaths:
 
     @classmethod
     def discover(cls) -> StatePaths:
-        explicit = os.environ.get("PLANFLOW_HOME")
-        home = Path(explicit) if explicit else project_root() / STATE_DIR_NAME
+        home = settings().home or project_root() / STATE_DIR_NAME
         return cls(home.resolve())
+
+    @property
+    def project(self) -> Path:
+        """The project folder this state belongs to (the folder holding `.planflow/`)."""
+        return self.home.parent if self.home.name == STATE_DIR_NAME else self.home
 
     @property
     def prefect_home(self) -> Path:
@@ -61,14 +177,24 @@ class StatePaths:
 
     @property
     def server_file(self) -> Path:
-        """JSON written by `planflow server up`: url, port, pid."""
+        """JSON written by `planflow server up`: url, host, port, pid, started."""
         return self.home / "server.json"
 
-    def recorded_url(self) -> str | None:
+    def ensure(self) -> StatePaths:
+        """Create the state folder and its Prefect home, private to the user."""
+        for folder in (self.home, self.prefect_home, self.results):
+            make_private_dir(folder)
+        return self
+
+    def recorded(self) -> dict:
         try:
-            return json.loads(self.server_file.read_text())["url"]
-        except (OSError, ValueError, KeyError):
-            return None
+            record = json.loads(self.server_file.read_text())
+        except (OSError, ValueError):
+            return {}
+        return record if isinstance(record, dict) else {}
+
+    def recorded_url(self) -> str | None:
+        return self.recorded().get("url")
 
 
 def server_url(host: str, port: int) -> str:
@@ -80,25 +206,26 @@ def client_env(paths: StatePaths | None = None) -> dict[str, str]:
 
     A PREFECT_API_URL the user exported wins: that is how planflow runs against a
     scaled-out server (PostgreSQL, Kubernetes) instead of the embedded one.
+    PREFECT_HOME is the server's own only once a server was started here: Prefect
+    creates its home when imported, and a command that starts no server leaves no
+    state folder behind.
     """
     paths = paths or StatePaths.discover()
     env = {
-        "PREFECT_HOME": str(paths.prefect_home),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_LOCAL_STORAGE_PATH": str(paths.results),
         "PLANFLOW_HOME": str(paths.home),
     }
-    url = os.environ.get("PREFECT_API_URL") or paths.recorded_url()
+    if paths.prefect_home.is_dir():
+        env["PREFECT_HOME"] = str(paths.prefect_home)
+    url = settings().prefect_api_url or paths.recorded_url()
     env["PREFECT_API_URL"] = url or server_url(DEFAULT_HOST, DEFAULT_PORT)
     return env
 
 
-USER_API_URL_ENV = "PLANFLOW_USER_API_URL"
-
-
 def user_api_url() -> str | None:
     """The Prefect server the user chose by exporting PREFECT_API_URL, if any."""
-    return os.environ.get(USER_API_URL_ENV) or None
+    return settings().user_api_url
 
 
 def apply_client_env(paths: StatePaths | None = None) -> dict[str, str]:
@@ -106,12 +233,13 @@ def apply_client_env(paths: StatePaths | None = None) -> dict[str, str]:
 
     Called by the console script's `main()`, never at import."""
     env = client_env(paths)
-    if os.environ.get("PREFECT_API_URL"):  # exported before planflow set anything
-        os.environ[USER_API_URL_ENV] = os.environ["PREFECT_API_URL"]
+    chosen = settings().prefect_api_url  # exported before planflow set anything
+    if chosen:
+        os.environ[USER_API_URL_ENV] = chosen
     else:
         os.environ.pop(USER_API_URL_ENV, None)
     for key, value in env.items():
-        if key == "PREFECT_API_URL" and os.environ.get(key):
+        if key == "PREFECT_API_URL" and chosen:
             continue
         os.environ[key] = value
     return env

@@ -1,11 +1,15 @@
-"""`planflow server up | down | status`: the embedded server's lifecycle, for real."""
+"""`planflow server up | down | status`: the embedded server's lifecycle, for real;
+the per-user record that tells another project's server from a stranger's; the server
+found from a subfolder of its project; state files private to their user."""
 
 from __future__ import annotations
 
 import json
 import socket
+import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -13,9 +17,24 @@ from planflow.ops import server as stack
 from planflow.settings import StatePaths
 
 from tests.conftest import free_port
+from tests.e2e.userproject import clean_env, write_project
+
+PLANFLOW = Path(sys.executable).with_name("planflow")
 
 
-def test_lifecycle_up_twice_status_stale_pid_and_down(tmp_path):
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.fixture
+def user_state(tmp_path, monkeypatch) -> Path:
+    """XDG_STATE_HOME of this test: the per-user record starts empty."""
+    folder = tmp_path / "xdg-state"
+    monkeypatch.setenv("XDG_STATE_HOME", str(folder))
+    return folder
+
+
+def test_lifecycle_up_twice_status_stale_pid_and_down(tmp_path, user_state):
     paths = StatePaths(tmp_path / ".planflow")
     port = free_port()
     assert stack.status(paths).state == "stopped"
@@ -25,6 +44,8 @@ def test_lifecycle_up_twice_status_stale_pid_and_down(tmp_path):
     assert stack.healthy(first.url)
     assert json.loads(paths.server_file.read_text())["port"] == port
     assert (paths.prefect_home / "prefect.db").exists()  # SQLite under the project-local home
+    record = json.loads((user_state / "planflow" / "servers.json").read_text())["servers"]
+    assert record[str(port)]["home"] == str(paths.home) and record[str(port)]["pid"] == first.pid
 
     second = stack.up(paths, port=port)  # idempotent: the same process is reused
     assert second.pid == first.pid
@@ -33,6 +54,7 @@ def test_lifecycle_up_twice_status_stale_pid_and_down(tmp_path):
     assert not stack.healthy(first.url)
     assert stack.status(paths).state == "stopped"
     assert not paths.pid_file.exists()
+    assert json.loads((user_state / "planflow" / "servers.json").read_text())["servers"] == {}
 
     # A pid file left by a crash, pointing at a process that is gone, is cleaned.
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -47,7 +69,7 @@ def test_lifecycle_up_twice_status_stale_pid_and_down(tmp_path):
         stack.down(paths)
 
 
-def test_a_port_held_by_another_program_is_reported_with_the_fix(tmp_path):
+def test_a_port_held_by_another_program_is_reported_with_the_fix(tmp_path, user_state):
     paths = StatePaths(tmp_path / ".planflow")
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
@@ -58,3 +80,85 @@ def test_a_port_held_by_another_program_is_reported_with_the_fix(tmp_path):
     assert f"port {port} on 127.0.0.1 is already in use by another program" in str(caught.value)
     assert f"planflow server up --port {port + 1}" in str(caught.value)
     assert stack.status(paths).state == "stopped"
+
+
+def test_a_prefect_server_missing_from_the_user_record_is_not_started_by_planflow(prefect_server, tmp_path, user_state):
+    # The session's server is not in this test's (empty) per-user record: to this test it is a stranger.
+    port = int(prefect_server.url.removesuffix("/api").rsplit(":", 1)[1])
+    paths = StatePaths(tmp_path / ".planflow")
+    with pytest.raises(stack.StackError) as caught:
+        stack.up(paths, port=port)
+    assert f"port {port} on 127.0.0.1 is already in use by a Prefect server not started by planflow" in str(
+        caught.value
+    )
+    assert not paths.home.exists()
+
+
+# -- one project's server, seen from elsewhere ---------------------------------------------
+@pytest.fixture(scope="module")
+def project_a(tmp_path_factory):
+    """A user's project with its embedded server up, recorded in a per-user record of
+    this module's own."""
+    root = tmp_path_factory.mktemp("servers")
+    project = write_project(root / "project-a")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_STATE_HOME", str(root / "xdg-state"))
+        paths = StatePaths(project / ".planflow")
+        state = stack.up(paths, port=free_port())
+        try:
+            yield paths, state, root
+        finally:
+            stack.down(paths)
+
+
+def test_a_port_held_by_another_projects_server_names_that_project(project_a):
+    paths_a, state, root = project_a
+    port = json.loads(paths_a.server_file.read_text())["port"]
+    project_b = write_project(root / "project-b")
+    paths_b = StatePaths(project_b / ".planflow")
+    with pytest.raises(stack.StackError) as caught:
+        stack.up(paths_b, port=port)
+    message = str(caught.value)
+    assert (
+        f"port {port} on 127.0.0.1 is held by the planflow server of another project, {paths_a.project} "
+        f"(state folder {paths_a.home}, pid {state.pid}); this project is {project_b}." in message
+    )
+    assert f"`cd {paths_a.project} && planflow server down`" in message
+    assert f"`planflow server up --port {port + 1}`" in message
+    assert not paths_b.home.exists()
+
+
+def test_state_files_are_private_to_their_user(project_a):
+    paths, _, root = project_a
+    assert mode(paths.home) == 0o700 and mode(paths.prefect_home) == 0o700
+    for file in (paths.server_file, paths.pid_file, paths.log_file):
+        assert mode(file) == 0o600, file
+    record = root / "xdg-state" / "planflow" / "servers.json"
+    assert mode(record) == 0o600 and mode(record.parent) == 0o700
+
+
+def test_the_server_is_found_from_a_subfolder_of_its_project(project_a):
+    paths, state, root = project_a
+    subfolder = paths.project / "flows" / "wordcount"
+    env = clean_env(PLANFLOW.parent, root / "home", XDG_STATE_HOME=str(root / "xdg-state"))
+    shown = subprocess.run(
+        [str(PLANFLOW), "server", "status"], cwd=subfolder, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    assert "state: running" in shown.stdout and f"url:   {state.url}" in shown.stdout
+    exports = subprocess.run(
+        [str(PLANFLOW), "env"], cwd=subfolder, env=env, capture_output=True, text=True, timeout=120
+    ).stdout
+    assert f"export PREFECT_API_URL={state.url}" in exports
+    assert f"export PLANFLOW_HOME={paths.home}" in exports
+    assert not list((paths.project / "flows").rglob(".planflow"))
+
+
+def test_a_server_whose_pid_file_was_lost_is_adopted_not_reported(project_a):
+    paths, state, _ = project_a
+    port = json.loads(paths.server_file.read_text())["port"]
+    paths.pid_file.unlink()
+    paths.server_file.unlink()
+    assert stack.status(paths).state == "stopped"
+    again = stack.up(paths, port=port)
+    assert again.running and again.pid == state.pid and again.url == state.url

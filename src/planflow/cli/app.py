@@ -12,6 +12,7 @@ from planflow.cli.blocks import blocks_app, pools_app
 from planflow.cli.demo import demo_app
 from planflow.cli.grafana import grafana_app
 from planflow.cli.stack import stack_app
+from planflow.cli.worker import worker_app
 from planflow.cli.workpools import workpools_app
 
 app = typer.Typer(help="Plan, run, watch and heal AI pipelines on Prefect.", no_args_is_help=True)
@@ -29,4 +30,5 @@ app.add_typer(stack_app, name="stack")
 app.add_typer(workpools_app, name="workpools")
 app.add_typer(grafana_app, name="grafana")
 app.add_typer(automations_app, name="automations")
+app.add_typer(worker_app, name="worker")
 app.add_typer(demo_app, name="demo")

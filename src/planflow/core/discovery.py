@@ -1,12 +1,14 @@
 """Find the pipelines of the current project.
 
-A project is the folder `planflow` runs in (or the nearest one above it holding
-`.planflow/` or `pyproject.toml`). Looked up, in order:
+The project is the folder `planflow.settings.project_root` finds from the current
+one (the nearest above it holding `.planflow/`, else `prefect.yaml`, `pyproject.toml`
+or `flows/`). Looked up, in order:
 
 - `flows/<name>/flow.py` of the project, attribute `pipeline` (imported as the module
   `flows.<name>.flow`, with the project folder on `sys.path`, as Prefect imports
-  deployment entrypoints);
-- `pipelines/*.yaml` of the project;
+  deployment entrypoints; `__init__.py` files are optional). A module there without a
+  planflow `pipeline` is a plain Prefect flow and is skipped;
+- `pipelines/*.yaml` of the project (their `uses:` may name the project's own modules);
 - whatever PLANFLOW_PIPELINES lists (comma-separated import paths `pkg.mod:attr` or
   YAML files).
 
@@ -17,13 +19,13 @@ from __future__ import annotations
 
 import difflib
 import importlib
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 from planflow.core.pipeline import Pipeline, PipelineError, import_object
-from planflow.settings import project_root
+from planflow.settings import project_root, settings
 
 PIPELINES_ENV = "PLANFLOW_PIPELINES"
 
@@ -51,13 +53,36 @@ def use_project_imports(root: Path | None = None) -> Path:
 
 def _project_modules(root: Path) -> list[str]:
     base = root / "flows"
-    if not (base / "__init__.py").is_file():
+    if not base.is_dir():
         return []
     return [
         f"flows.{folder.name}.flow"
         for folder in sorted(base.iterdir())
-        if (folder / "flow.py").is_file() and (folder / "__init__.py").is_file()
+        if folder.name.isidentifier() and (folder / "flow.py").is_file()
     ]
+
+
+def _shadowed(root: Path) -> str | None:
+    """Why the project's `flows` package cannot be imported: a module of that name is
+    already imported from elsewhere (another project, or a `flows` distribution)."""
+    loaded: ModuleType | None = sys.modules.get("flows")
+    if loaded is None:
+        return None
+    places = [Path(p).resolve() for p in getattr(loaded, "__path__", [])]
+    if (root / "flows").resolve() in places:
+        return None
+    where = ", ".join(map(str, places)) or str(getattr(loaded, "__file__", "?"))
+    return (
+        f"the module 'flows' is already imported from {where}, not from this project's {root / 'flows'}. "
+        "Fix: run planflow in its own process from the project folder (or rename the other package)"
+    )
+
+
+def _project_pipeline(module_name: str) -> Pipeline | None:
+    """The `pipeline` of a project module; None for a module that holds none (a plain
+    Prefect flow)."""
+    target = getattr(importlib.import_module(module_name), "pipeline", None)
+    return target if isinstance(target, Pipeline) else None
 
 
 def load_ref(ref: str) -> Pipeline:
@@ -80,27 +105,35 @@ def _guessed_names(source: str) -> set[str]:
     return {stem, stem.replace("_", "-")}
 
 
+def _failed(source: str, exc: Exception) -> Found:
+    error = str(exc) if isinstance(exc, PipelineError) else f"{type(exc).__name__}: {exc}"
+    return Found(sorted(_guessed_names(source))[0], source, error=error)
+
+
 def discover() -> list[Found]:
     root = use_project_imports()
-    sources = _project_modules(root)
+    modules = _project_modules(root)
     yaml_dir = root / "pipelines"
-    if yaml_dir.is_dir():
-        sources += [str(p) for p in sorted(yaml_dir.glob("*.y*ml"))]
-    sources += [s.strip() for s in os.environ.get(PIPELINES_ENV, "").split(",") if s.strip()]
+    files = [str(p) for p in sorted(yaml_dir.glob("*.y*ml"))] if yaml_dir.is_dir() else []
 
     found: list[Found] = []
-    for source in sources:
+    shadowed = _shadowed(root) if modules else None
+    for module in modules:
+        if shadowed:
+            found.append(_failed(module, PipelineError(shadowed)))
+            continue
+        try:
+            pipeline = _project_pipeline(module)
+        except Exception as exc:  # a user's module may raise anything; report it, go on
+            found.append(_failed(module, exc))
+            continue
+        if pipeline is not None:
+            found.append(Found(pipeline.name, module, pipeline))
+    for source in files + settings().pipelines:
         try:
             pipeline = load_ref(source)
-        except Exception as exc:  # a user's module may raise anything; report it, go on
-            name = sorted(_guessed_names(source))[0]
-            found.append(
-                Found(
-                    name,
-                    source,
-                    error=f"{type(exc).__name__}: {exc}" if not isinstance(exc, PipelineError) else str(exc),
-                )
-            )
+        except Exception as exc:
+            found.append(_failed(source, exc))
             continue
         found.append(Found(pipeline.name, source, pipeline))
     return found

@@ -4,10 +4,16 @@
 stale pid file (its process gone) is cleaned, and a port held by something else
 is reported with the fix. The server runs in its own process group so that `down`
 stops it together with the children it spawns.
+
+Every server `up` starts is also written to a per-user record,
+`$XDG_STATE_HOME/planflow/servers.json` (port -> project, pid, start time), so that a
+port held by the planflow server of another project is reported as such, naming
+that project, and not as a stranger's.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -15,13 +21,25 @@ import signal
 import socket
 import subprocess
 import sys
-import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
+import psutil
+from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_fixed
 
-from planflow.settings import DEFAULT_HOST, DEFAULT_PORT, StatePaths, server_url
+from planflow.settings import (
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    StatePaths,
+    make_private_dir,
+    server_url,
+    settings,
+    write_private,
+)
 
 
 class StackError(RuntimeError):
@@ -40,21 +58,26 @@ class ServerStatus:
         return self.state == "running"
 
 
-def _pid_alive(pid: int) -> bool:
+def _server_process(pid: int, started: float | None = None) -> psutil.Process | None:
+    """The live Prefect process `pid` (started at `started`, when known); None when it
+    is gone, a zombie, or a recycled pid that now belongs to another program."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    cmdline = Path(f"/proc/{pid}/cmdline")
-    if cmdline.exists():
-        # A recycled pid belongs to some other program: not our server.
-        try:
-            return b"prefect" in cmdline.read_bytes()
-        except OSError:
-            return False
-    return True
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return None
+        if started is not None and abs(process.create_time() - started) > 1.0:
+            return None
+        if not any("prefect" in part for part in process.cmdline()):
+            return None
+    except psutil.AccessDenied:
+        return psutil.Process(pid)  # someone else's process: it exists, we cannot tell more
+    except psutil.Error:
+        return None
+    return process
+
+
+def _pid_alive(pid: int, started: float | None = None) -> bool:
+    return _server_process(pid, started) is not None
 
 
 def _read_pid(paths: StatePaths) -> int | None:
@@ -94,10 +117,11 @@ def _clean(paths: StatePaths) -> None:
 def status(paths: StatePaths | None = None) -> ServerStatus:
     paths = paths or StatePaths.discover()
     pid = _read_pid(paths)
-    url = paths.recorded_url()
+    record = paths.recorded()
+    url = record.get("url")
     if pid is None:
         return ServerStatus("stopped", None, None, "no server started from this project")
-    if not _pid_alive(pid):
+    if not _pid_alive(pid, record.get("started")):
         return ServerStatus("stale", url, pid, f"pid {pid} in {paths.pid_file} is not running")
     if url and healthy(url):
         return ServerStatus("running", url, pid)
@@ -111,7 +135,8 @@ def _tail(path: Path, lines: int = 25) -> str:
         return "(no log)"
 
 
-def _prefect_executable() -> list[str]:
+def prefect_command() -> list[str]:
+    """The `prefect` command of this interpreter's environment."""
     script = Path(sys.executable).with_name("prefect")
     if script.exists():
         return [str(script)]
@@ -134,14 +159,90 @@ def server_env(paths: StatePaths, host: str, port: int) -> dict[str, str]:
     return env
 
 
+# -- the per-user record of planflow's servers ---------------------------------------------
+def servers_file() -> Path:
+    """`$XDG_STATE_HOME/planflow/servers.json` (default under ~/.local/state)."""
+    return settings().user_state_dir() / "servers.json"
+
+
+@contextmanager
+def _servers_record() -> Iterator[dict[str, Any]]:
+    """The record, read and written back under an exclusive lock (0600)."""
+    file = servers_file()
+    make_private_dir(file.parent)
+    descriptor = os.open(file, os.O_RDWR | os.O_CREAT, 0o600)
+    with os.fdopen(descriptor, "r+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            record = json.loads(handle.read() or "{}")
+        except ValueError:
+            record = {}
+        servers = record.get("servers") if isinstance(record.get("servers"), dict) else {}
+        yield servers
+        handle.seek(0)
+        handle.truncate()
+        handle.write(json.dumps({"servers": servers}, indent=2, sort_keys=True))
+        os.fchmod(descriptor, 0o600)
+
+
+def _remember(paths: StatePaths, host: str, port: int, pid: int, started: float) -> None:
+    entry = {"project": str(paths.project), "home": str(paths.home), "host": host, "pid": pid, "started": started}
+    with _servers_record() as servers:
+        servers[str(port)] = entry
+
+
+def _forget(paths: StatePaths) -> None:
+    with _servers_record() as servers:
+        for port in [p for p, entry in servers.items() if entry.get("home") == str(paths.home)]:
+            del servers[port]
+
+
+def port_owner(port: int) -> dict[str, Any] | None:
+    """The live planflow server recorded on `port` (project, home, pid), if any."""
+    if not servers_file().exists():
+        return None
+    with _servers_record() as servers:
+        entry = servers.get(str(port))
+        if entry and _pid_alive(int(entry.get("pid", 0)), entry.get("started")):
+            return entry
+        servers.pop(str(port), None)  # a server that is gone
+    return None
+
+
+def _port_taken(paths: StatePaths, host: str, port: int) -> StackError:
+    owner = port_owner(port)
+    another = f"`planflow server up --port {port + 1}`"
+    if owner is None:
+        who = "a Prefect server not started by planflow" if healthy(server_url(host, port)) else "another program"
+        return StackError(
+            f"port {port} on {host} is already in use by {who}. Fix: stop it, or choose another port with {another}."
+        )
+    home, project = Path(owner["home"]), Path(owner["project"])
+    stop = (
+        f"cd {project} && planflow server down"
+        if StatePaths(home).project == project
+        else f"PLANFLOW_HOME={home} planflow server down"
+    )
+    return StackError(
+        f"port {port} on {host} is held by the planflow server of another project, {project} "
+        f"(state folder {home}, pid {owner['pid']}); this project is {paths.project}. Fix: run planflow from "
+        f"{project} to use that server, stop it (`{stop}`), or give this project its own port: {another}."
+    )
+
+
+# -- lifecycle --------------------------------------------------------------------------
 def up(
     paths: StatePaths | None = None,
     host: str = DEFAULT_HOST,
-    port: int = DEFAULT_PORT,
+    port: int | None = None,
     timeout: float = 120.0,
 ) -> ServerStatus:
-    """Start the embedded server unless it already runs; wait until it is healthy."""
+    """Start the embedded server unless it already runs; wait until it is healthy.
+
+    `port`: default the port this project's server had last (so that the URL commands
+    were given stays right), else 4200."""
     paths = paths or StatePaths.discover()
+    port = port or int(paths.recorded().get("port") or DEFAULT_PORT)
     current = status(paths)
     if current.running:
         return current
@@ -155,27 +256,25 @@ def up(
 
     url = server_url(host, port)
     if _port_in_use(host, port):
-        owner = "a Prefect server not started by planflow" if healthy(url) else "another program"
-        raise StackError(
-            f"port {port} on {host} is already in use by {owner}. "
-            f"Fix: stop it, or choose another port with `planflow server up --port {port + 1}`."
-        )
+        owner = port_owner(port)
+        if owner is not None and owner["home"] == str(paths.home):  # ours, its pid file lost: adopt it
+            _write_state(paths, owner["host"], port, owner["pid"], owner["started"])
+            return status(paths)
+        raise _port_taken(paths, host, port)
 
-    for folder in (paths.home, paths.prefect_home, paths.results):
-        folder.mkdir(parents=True, exist_ok=True)
-    log = paths.log_file.open("ab")
-    process = subprocess.Popen(
-        [*_prefect_executable(), "server", "start", "--host", host, "--port", str(port)],
-        env=server_env(paths, host, port),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-        cwd=paths.home,
-    )
-    log.close()
-    paths.pid_file.write_text(str(process.pid))
-    paths.server_file.write_text(json.dumps({"url": url, "host": host, "port": port, "pid": process.pid}, indent=2))
+    paths.ensure()
+    descriptor = os.open(paths.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    with os.fdopen(descriptor, "ab") as log:
+        process = subprocess.Popen(
+            [*prefect_command(), "server", "start", "--host", host, "--port", str(port)],
+            env=server_env(paths, host, port),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=paths.home,
+        )
+    _write_state(paths, host, port, process.pid, psutil.Process(process.pid).create_time())
     if not _wait_healthy(url, process.pid, timeout):
         down(paths)
         raise StackError(
@@ -185,29 +284,53 @@ def up(
     return status(paths)
 
 
+def _write_state(paths: StatePaths, host: str, port: int, pid: int, started: float) -> None:
+    """The pid file and server.json (0600), and this server's line in the per-user record."""
+    write_private(paths.pid_file, str(pid))
+    record = {"url": server_url(host, port), "host": host, "port": port, "pid": pid, "started": started}
+    write_private(paths.server_file, json.dumps(record, indent=2))
+    _remember(paths, host, port, pid, started)
+
+
 def _wait_healthy(url: str, pid: int | None, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    """Wait up to `timeout` for `url` to answer; False at once if process `pid` dies."""
+
+    def probe() -> str:
         if healthy(url):
-            return True
-        if pid is not None and not _pid_alive(pid):
-            return False
-        time.sleep(0.5)
-    return False
+            return "healthy"
+        return "dead" if pid is not None and not _pid_alive(pid) else "starting"
+
+    retrying = Retrying(
+        stop=stop_after_delay(timeout),
+        wait=wait_fixed(0.5),
+        retry=retry_if_result(lambda outcome: outcome == "starting"),
+    )
+    try:
+        outcome = retrying(probe)
+    except RetryError:
+        return False
+    return outcome == "healthy"
 
 
 def down(paths: StatePaths | None = None, timeout: float = 20.0) -> ServerStatus:
-    """Stop the embedded server (and its process group); clean its pid files."""
+    """Stop the embedded server (and its process group); clean its pid files and its
+    line in the per-user record."""
     paths = paths or StatePaths.discover()
     pid = _read_pid(paths)
-    if pid is not None and _pid_alive(pid):
-        _signal_group(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and _pid_alive(pid):
-            time.sleep(0.2)
-        if _pid_alive(pid):
-            _signal_group(pid, signal.SIGKILL)
+    process = _server_process(pid, paths.recorded().get("started")) if pid is not None else None
+    if process is not None:
+        _signal_group(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except psutil.TimeoutExpired:
+            _signal_group(process.pid, signal.SIGKILL)
+            try:
+                process.wait(5)
+            except psutil.TimeoutExpired as exc:
+                raise StackError(f"the Prefect server (pid {pid}) survived SIGKILL for 5 s") from exc
     _clean(paths)
+    if servers_file().exists():
+        _forget(paths)
     return status(paths)
 
 

@@ -1,0 +1,108 @@
+"""`planflow worker start POOL`: the pool's type read from the pool, bad requests
+refused with the fix, and a worker started from a subfolder that runs from the project
+folder and picks up a run of the project's own deployment."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import psutil
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import WorkPoolCreate
+
+from tests.e2e.userproject import DEPLOYMENT, PIPELINE, clean_env, final_flow_run, tail, write_project
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture
+def process_pool(prefect_server) -> str:
+    name = f"test-worker-{uuid.uuid4().hex[:8]}"
+    with get_client(sync_client=True) as client:
+        client.create_work_pool(WorkPoolCreate(name=name, type="process"))
+    yield name
+    with get_client(sync_client=True) as client:
+        client.delete_work_pool(name)
+
+
+@pytest.fixture
+def env(tmp_path, prefect_server) -> dict[str, str]:
+    """A user's environment that chose the session's server with PREFECT_API_URL."""
+    return clean_env(BIN, tmp_path / "home", PREFECT_API_URL=prefect_server.url)
+
+
+def planflow(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "planflow"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_a_pool_that_does_not_exist_is_named_with_the_fix(tmp_path, env, prefect_server):
+    done = planflow("worker", "start", "no-such-pool", cwd=tmp_path, env=env)
+    assert done.returncode == 1
+    assert f"work pool 'no-such-pool' does not exist on {prefect_server.url}. Fix: `planflow workpools apply`" in (
+        done.stderr.replace("\n", " ")
+    )
+
+
+def test_a_type_other_than_the_pools_is_refused(tmp_path, env, process_pool):
+    done = planflow("worker", "start", process_pool, "--type", "docker", cwd=tmp_path, env=env)
+    assert done.returncode == 1
+    assert f"work pool '{process_pool}' is of type 'process', not 'docker'" in done.stderr.replace("\n", " ")
+
+
+def test_a_worker_started_in_a_subfolder_runs_from_the_project_and_picks_up_a_run(
+    tmp_path, env, process_pool, prefect_server
+):
+    project = write_project(tmp_path / "project", pool=process_pool)
+    deploy = subprocess.run(
+        [str(BIN / "prefect"), "--no-prompt", "deploy", "--all"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-3000:]
+    started = subprocess.run(
+        [str(BIN / "prefect"), "deployment", "run", f"{PIPELINE}/{DEPLOYMENT}", "-p", "rows=7"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert started.returncode == 0, started.stdout + started.stderr
+    run_id = re.search(r"UUID: ([0-9a-f-]{36})", started.stdout).group(1)
+
+    log = tmp_path / "worker.log"
+    with log.open("wb") as out:
+        worker = subprocess.Popen(
+            [str(BIN / "planflow"), "worker", "start", process_pool, "--limit", "1"],
+            cwd=project / "flows" / "wordcount",
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        run = final_flow_run(prefect_server.url, run_id, 300, lambda: tail(log))
+        process = psutil.Process(worker.pid)  # exec'd: the same pid is now `prefect worker start`
+        assert Path(process.cwd()) == project
+        assert process.environ()["PYTHONPATH"].split(os.pathsep)[0] == str(project)
+        assert "worker" in process.cmdline() and "--type" in process.cmdline() and "process" in process.cmdline()
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        try:
+            worker.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait(10)
+    assert run["state_type"] == "COMPLETED", tail(log)
+    assert run["parameters"] == {"rows": 7}
+    assert {"planflow", f"pipeline:{PIPELINE}"} <= set(run["tags"])
