@@ -13,6 +13,7 @@ import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.deployments.conftest import IN_CI, PREFECT, PREFECT_FILE, run_cli
@@ -20,19 +21,14 @@ from tests.remediation.conftest import alert_driven_remediation, wait_until
 
 
 def private_network_namespace() -> bool:
-    """This process runs in a network namespace of its own (e.g. `unshare --net`): the
-    flow-run containers (host network: the Docker engine's namespace) cannot reach the
-    Prefect server on this namespace's loopback."""
-    try:
-        return os.readlink("/proc/self/ns/net") != os.readlink("/proc/1/ns/net")
-    except OSError:
-        return False
+    """This process runs in a network namespace of its own with loopback only (e.g.
+    `unshare --net`): the flow-run containers (host network: the Docker engine's
+    namespace, which has its bridge) cannot reach the Prefect server on this loopback."""
+    return set(psutil.net_if_addrs()) <= {"lo"}
 
 
 @pytest.fixture
-def docker_setup(docker_image, work_pools, monitoring_stack, remediation_applied, process_pool_worker, tmp_path):
-    from prefect.client.orchestration import get_client
-
+def containers_reach_the_server() -> None:
     if private_network_namespace():
         message = (
             "this test runs in a private network namespace, so the flow-run containers (host "
@@ -41,6 +37,19 @@ def docker_setup(docker_image, work_pools, monitoring_stack, remediation_applied
         if IN_CI:
             pytest.fail(message)
         pytest.skip(message)
+
+
+@pytest.fixture
+def docker_setup(
+    containers_reach_the_server,
+    docker_image,
+    work_pools,
+    monitoring_stack,
+    remediation_applied,
+    process_pool_worker,
+    tmp_path,
+):
+    from prefect.client.orchestration import get_client
 
     from planflow.prefect.blocks import ResourcePool
 
