@@ -190,11 +190,15 @@ def test_docker_worker_killed_mid_run_fails_over_to_the_process_pool(docker_setu
 
         back = _docker_worker(logs / "docker-worker-2.log")  # the Docker worker comes back
         try:
-            wait_until(
+            wait_about(
+                "docker",
+                since,
                 lambda: not client.read_work_pool("docker").is_paused,
                 150,
+                "the docker pool to be resumed after the alert resolved",
                 2,
-                what="the docker pool to be resumed after the alert resolved",
             )
+        except HealError as exc:
+            pytest.fail(str(exc))
         finally:
             stop_process(back)
