@@ -83,3 +83,29 @@ def test_rescale_within_bounds_then_back_down(module_leftovers, monkeypatch):
             for pid in started_pids:
                 if _alive(pid):
                     stop_group(pid, 10)
+
+
+def test_a_pool_without_workers_and_with_a_backup_is_left_to_the_failover(module_leftovers, monkeypatch):
+    """Rescale and failover must not race for the same waiting runs: a backlog on a pool
+    that no worker serves and that has a backup pool is the failover's; a paused pool too."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolUpdate
+
+    from planflow.remediation.rescale import rescale
+
+    monkeypatch.setenv("PLANFLOW_PIPELINES", FLAKY_PIPELINES)
+    alert = "PlanflowLateRunBacklog"
+    pool = module_leftovers.pool(f"rsb-{uuid.uuid4().hex[:6]}", concurrency_limit=1, backup_pool="local")
+    deployment = deploy_flaky(f"remediation-flaky-{pool}", pool, ["planflow", "process"])
+    labels = {"alertname": alert, "work_pool": pool, "work_queue": "default"}
+    with (
+        route_override(alert, action="rescale", cooldown_seconds=0, rate_limit=100),
+        get_client(sync_client=True) as client,
+    ):
+        client.create_flow_run_from_deployment(deployment.id, parameters={"seed": 1})
+        result = rescale(AlertEvent(event="planflow.alert.firing", work_pool=pool, labels=labels))
+        assert result["outcome"] == "skipped" and "backup pool takes its runs" in result["reason"], result
+        assert client.read_work_pool(pool).concurrency_limit == 1 and "started" not in result
+        client.update_work_pool(pool, WorkPoolUpdate(is_paused=True))
+        paused = rescale(AlertEvent(event="planflow.alert.firing", work_pool=pool, labels=labels))
+        assert paused["outcome"] == "skipped" and "is paused" in paused["reason"], paused

@@ -32,7 +32,6 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.client.schemas.responses import DeploymentResponse
 from prefect.states import Cancelled
 
-from planflow.prefect.blocks.registry import load_pools
 from planflow.prefect.blocks.resource_pool import ResourcePool
 from planflow.prefect.jobvars import job_variables
 from planflow.remediation.alert import AlertEvent
@@ -40,7 +39,7 @@ from planflow.remediation.audit import audited
 from planflow.remediation.names import FAILOVER_FLOW
 from planflow.remediation.planning import replan_on_backup
 from planflow.remediation.pool_alert import PoolAlert, open_pool_alert
-from planflow.remediation.pools import live_workers, pool_status, stuck_runs
+from planflow.remediation.pools import backup_of, live_workers, pool_status, stuck_runs
 
 # Alerts that say "no worker serves this pool" (as opposed to "its runs fail").
 WORKER_ALERTS = ("PlanflowWorkPoolNotReady", "PlanflowWorkerHeartbeatStale")
@@ -115,14 +114,6 @@ def _resume(client: SyncPrefectClient, alert: PoolAlert) -> dict[str, Any]:
     return audit.finish("succeeded", f"alert {alert.alertname} resolved: pool {pool} resumed", {"resumed": pool}, route)
 
 
-def _backup_of(pool: str) -> tuple[str | None, str | None, ResourcePool | None]:
-    """(the pool's ResourcePool name, its backup pool's name, the backup ResourcePool)."""
-    pools = load_pools()
-    source_name = next((name for name, p in pools.items() if p.work_pool == pool), None)
-    backup_name = pools[source_name].backup_pool if source_name else None
-    return source_name, backup_name, pools.get(backup_name) if backup_name else None
-
-
 def _fail_over(client: SyncPrefectClient, alert: PoolAlert) -> dict[str, Any]:
     """The alert fired: pause the pool, move its waiting runs to the backup pool."""
     audit, guard, key, pool, route = alert.audit, alert.guard, alert.key, alert.pool, alert.route
@@ -132,7 +123,7 @@ def _fail_over(client: SyncPrefectClient, alert: PoolAlert) -> dict[str, Any]:
                 guard.reset(key)
         except Exception:  # noqa: BLE001 - the pool was deleted: the guard decides below
             pass
-    source_name, backup_name, backup = _backup_of(pool)
+    source_name, backup_name, backup = backup_of(pool)
     stuck = stuck_runs(client, pool)
     live = live_workers(client, pool)
     if alert.alertname in WORKER_ALERTS and live and pool_status(client, pool) == "READY":

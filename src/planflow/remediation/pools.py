@@ -1,5 +1,5 @@
-"""What a remediation reads about a work pool from the Prefect server: its live workers
-and the flow runs that wait for one."""
+"""What a remediation reads about a work pool from the Prefect server: its live workers,
+the flow runs that wait for one, and its backup pool (ResourcePool blocks)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,9 @@ from prefect.client.schemas.filters import (
     WorkPoolFilterName,
 )
 from prefect.client.schemas.objects import FlowRun, StateType
+
+from planflow.prefect.blocks.registry import load_pools
+from planflow.prefect.blocks.resource_pool import ResourcePool
 
 
 def live_workers(client: SyncPrefectClient, work_pool: str) -> list[str]:
@@ -46,3 +49,12 @@ def stuck_runs(client: SyncPrefectClient, work_pool: str) -> list[FlowRun]:
 def pool_status(client: SyncPrefectClient, work_pool: str) -> str:
     """READY, NOT_READY or PAUSED (Prefect's work pool status), upper case."""
     return str(getattr(client.read_work_pool(work_pool).status, "value", "")).upper()
+
+
+def backup_of(work_pool: str) -> tuple[str | None, str | None, ResourcePool | None]:
+    """(the pool's ResourcePool name, its backup pool's name, the backup ResourcePool);
+    Nones where there is none."""
+    pools = load_pools()
+    source_name = next((name for name, p in pools.items() if p.work_pool == work_pool), None)
+    backup_name = pools[source_name].backup_pool if source_name else None
+    return source_name, backup_name, pools.get(backup_name) if backup_name else None

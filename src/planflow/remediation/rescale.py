@@ -6,6 +6,9 @@ workers buy (the backlog's makespan with n, n+1, ... worker slots), raises the p
 (and queue's) concurrency limit and adds workers (scaling.py: processes, or the
 Kubernetes worker Deployment's replicas), within the route's min/max. On resolved (or a
 re-check), it restores the limits at once and stops each added worker once idle.
+
+A paused pool, or one with no live worker and a backup pool, is left to the failover:
+two remediations must not race for the same waiting runs.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from planflow.remediation.audit import audited
 from planflow.remediation.names import RESCALE_FLOW
 from planflow.remediation.planning import backlog_curve, estimate_seconds, workers_to_reach
 from planflow.remediation.pool_alert import PoolAlert, open_pool_alert
-from planflow.remediation.pools import live_workers, stuck_runs
+from planflow.remediation.pools import backup_of, live_workers, stuck_runs
 from planflow.remediation.scaling import current_replicas, scale_in, scale_out
 
 SCALE_DOWN_RECHECK_SECONDS = 10.0
@@ -79,6 +82,14 @@ def _scale_up(client: SyncPrefectClient, alert: PoolAlert) -> dict[str, Any]:
         + ", ".join(f"{v:.1f} s with {k}" for k, v in curve.items())
         + f" worker(s): one more buys {gain:.1f} s; {target} is enough (within 5 % of the best)"
     )
+    if pool_obj.is_paused:
+        audit.note(f"not scaled: {pool} is paused (failed over, or by hand)")
+        return audit.finish("skipped", f"{pool} is paused", details, route)
+    if not live and backup_of(pool)[2] is not None:
+        # No worker serves the pool and it has a backup: the failover moves its runs
+        # (PlanflowWorkPoolNotReady); a worker started here would race it for them.
+        audit.note(f"not scaled: {pool} has no live worker and a backup pool: the failover answers it")
+        return audit.finish("skipped", f"{pool} has no live worker; its backup pool takes its runs", details, route)
     if len(live) >= route.max_workers:
         audit.note(f"not scaled: {len(live)} worker(s) already, max_workers={route.max_workers}")
         return audit.finish("skipped", f"at max_workers ({route.max_workers})", details, route)
