@@ -73,7 +73,10 @@ def failover_run_for(client, pool: str):
         limit=100,
     )
     mine = [
-        r for r in runs if r.parameters.get("resource_id") == f"prefect.work-pool.{pool}" and "recheck" not in r.tags
+        r
+        for r in runs
+        if (r.parameters.get("alert") or {}).get("resource_id") == f"prefect.work-pool.{pool}"
+        and "recheck" not in r.tags
     ]
     return min(mine, key=lambda r: r.created) if mine else None
 
@@ -153,9 +156,9 @@ def main() -> int:
             # one pool per trial, many trials a minute: lift the route's rate limit
             load_route(alert_name).model_copy(update={"rate_limit": 1000}).save(route_name(alert_name), overwrite=True)
         from planflow.ops.workers import start_worker, stop_process, worker_seen
+        from planflow.remediation.heal_watch import wait_for
 
         from tests.remediation.alerts import bridge_token
-        from tests.remediation.conftest import wait_until
 
         token = bridge_token(paths)
         env = {**os.environ, "PLANFLOW_PUSHGATEWAY_URL": started["pushgateway"].url}
@@ -167,9 +170,9 @@ def main() -> int:
                 worker = automations.start_remediation_worker(log, env=env, name=name)
             else:
                 worker = start_worker(automations.REMEDIATION_POOL, log, env=env, query_seconds=1, limit=4, name=name)
-            wait_until(lambda: worker_seen(automations.REMEDIATION_POOL, name), 60, what=f"worker {name}")
+            wait_for(lambda name=name: worker_seen(automations.REMEDIATION_POOL, name), 60, f"worker {name}")
             for kind in ("alert", "threshold"):
-                for i in range(args.trials):
+                for _ in range(args.trials):
                     row = {"worker": worker_kind, **trial(kind, started["bridge"].url, token)}
                     print(json.dumps(row), flush=True)
                     rows.append(row)

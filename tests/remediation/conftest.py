@@ -1,42 +1,161 @@
 """Fixtures of the remediation tests: real Prefect server, real workers (process pools),
-the automations applied as `planflow automations apply` does."""
+the automations applied as `planflow automations apply` does.
+
+Each test module cleans up what it made (`Leftovers`): its pools and their ResourcePool
+blocks and guard ledgers, the remediation runs its alerts or flows caused (created while
+it ran), the workers a rescale started for it. It never relies on what another module
+left: the session's baseline is the remediation deployments with the retry and crash
+automations on; the alert-driven automations (failover, rescale) are on only while a
+module drives the alert loop.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import psutil
 import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+    WorkPoolFilter,
+    WorkPoolFilterName,
+)
+from prefect.client.schemas.objects import StateType
+from prefect.states import Cancelled
+
+from planflow.ops.workers import start_worker, stop_group, worker_seen
+from planflow.prefect.blocks import ResourcePool
+from planflow.prefect.blocks.alert_route import ensure_routes, load_route, route_name
+from planflow.prefect.workpools import apply_work_pools, worker_online
+from planflow.remediation import automations
+from planflow.remediation.guard import Guard
+from planflow.remediation.heal_watch import HealError, wait_for
+from planflow.remediation.scaling import WORKER_PREFIX
+from planflow.remediation.scenarios import create_process_pool as create_pool
+from planflow.remediation.scenarios import deploy_flow
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = Path(__file__).parent / "fixtures"
+ALERT_AUTOMATIONS = [automations.NAMES[action] for action in automations.ALERT_ACTIONS]
+UNFINISHED = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.PAUSED, StateType.CANCELLING]
 
 
 def wait_until(predicate, timeout: float, interval: float = 0.5, what: str = "condition"):
-    """heal.wait_for, failing the test (AssertionError) on a timeout."""
-    from planflow.remediation.scenarios import HealError, wait_for
-
+    """heal_watch.wait_for, failing the test (AssertionError) on a timeout."""
     try:
         return wait_for(predicate, timeout, what, interval)
     except HealError as exc:
         raise AssertionError(str(exc)) from None
 
 
+# -- what a module leaves behind ----------------------------------------------------------
+def cancel_remediation_runs(since: datetime) -> int:
+    """Cancel the unfinished remediation runs created since `since` (a module's own:
+    modules run one after the other)."""
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[automations.REMEDIATION_POOL])),
+            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=UNFINISHED))),
+            limit=200,
+        )
+        mine = [r for r in runs if r.created is None or r.created >= since]
+        for run in mine:
+            client.set_flow_run_state(
+                run.id, Cancelled(message="test cleanup: the module that caused it ended"), force=True
+            )
+    return len(mine)
+
+
+def stop_rescaled_workers(since: datetime | None = None) -> list[int]:
+    """Stop the workers the rescale flow started against this test server (their name
+    prefix and this session's PREFECT_API_URL) since `since`, so none outlives its module."""
+    api = os.environ.get("PREFECT_API_URL", "")
+    after = since.timestamp() if since else 0.0
+    stopped = []
+    for proc in psutil.process_iter(["pid", "cmdline", "create_time"]):
+        try:
+            cmdline = " ".join(proc.info["cmdline"] or [])
+            if WORKER_PREFIX not in cmdline or "worker" not in cmdline or proc.info["create_time"] < after:
+                continue
+            if proc.environ().get("PREFECT_API_URL") != api:
+                continue
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+        stop_group(proc.pid, 10)
+        stopped.append(proc.pid)
+    return stopped
+
+
+def delete_pools(names: list[str]) -> None:
+    """Delete work pools, the ResourcePool blocks of the same name and their guard ledgers."""
+    with get_client(sync_client=True) as client:
+        for name in names:
+            with contextlib.suppress(Exception):
+                client.delete_work_pool(name)
+            with contextlib.suppress(Exception):
+                client.delete_block_document(ResourcePool.load(name)._block_document_id)
+            Guard(load_route("PlanflowWorkPoolNotReady"), shared=True).reset(f"failover:{name}")
+            Guard(load_route("PlanflowLateRunBacklog")).reset(f"rescale:{name}")
+
+
+class Leftovers:
+    """What a test module makes on the session's server, undone by `clean()`."""
+
+    def __init__(self) -> None:
+        self.since = datetime.now(UTC) - timedelta(seconds=1)
+        self.pools: list[str] = []
+
+    def pool(self, name: str, concurrency_limit: int | None = None, backup_pool: str | None = None) -> str:
+        """A process work pool (with `backup_pool`, also its ResourcePool naming it), deleted after."""
+        self.pools.append(name)
+        create_process_pool(name, concurrency_limit, backup_pool)
+        return name
+
+    def clean(self) -> None:
+        cancel_remediation_runs(self.since)
+        stop_rescaled_workers(self.since)
+        delete_pools(self.pools)
+
+
+@pytest.fixture(scope="module")
+def module_leftovers(remediation_applied) -> Iterator[Leftovers]:
+    leftovers = Leftovers()
+    yield leftovers
+    leftovers.clean()
+
+
+# -- the remediation deployments, automations and worker -----------------------------------
 @pytest.fixture(scope="session")
 def remediation_applied(registered_blocks):
-    """AlertRoutes, the remediation pool, deployments and automations on the test server."""
-    from planflow.remediation import automations
+    """AlertRoutes, the remediation pool, deployments and automations on the test server;
+    the alert-driven automations off (the baseline; `alert_driven_remediation` turns them on)."""
+    return apply_baseline()
 
-    return automations.apply()
+
+def apply_baseline() -> list[str]:
+    """`automations.apply()`, then the alert-driven automations off again."""
+    applied = automations.apply()
+    alerts_off()
+    return applied
+
+
+def alerts_off() -> None:
+    for name in ALERT_AUTOMATIONS:
+        automations.remove(name)
 
 
 @contextlib.contextmanager
-def running_remediation_worker(log: Path, env: dict[str, str] | None = None):
-    """A process worker on `planflow-remediation`, polling every second, stopped after."""
-    from planflow.ops.workers import worker_seen
-    from planflow.remediation import automations
-
+def running_remediation_worker(log: Path, env: dict[str, str] | None = None) -> Iterator:
+    """A remediation worker on `planflow-remediation`, polling every second, stopped after
+    (with the workers its rescales started)."""
+    since = datetime.now(UTC)
     name = f"test-remediation-{os.urandom(4).hex()}"
     process = automations.start_remediation_worker(log, env={**os.environ, **(env or {})}, name=name)
     try:
@@ -44,30 +163,29 @@ def running_remediation_worker(log: Path, env: dict[str, str] | None = None):
         yield process
     finally:
         automations.stop_process(process)
-        stop_rescaled_workers()
+        stop_rescaled_workers(since)
 
 
 @contextlib.contextmanager
-def alert_driven_remediation(monitoring_stack, logs: Path):
-    """The whole loop on: automations applied, a remediation worker pushing to the
-    stack's Pushgateway; afterwards `quiesce()`. Yields the Pushgateway url."""
-    from planflow.remediation import automations
-
+def alert_driven_remediation(monitoring_stack, logs: Path) -> Iterator[str]:
+    """The whole loop on: every automation applied, a remediation worker pushing to the
+    stack's Pushgateway. Afterwards the alert-driven automations are off again and the
+    remediation runs caused meanwhile cancelled. Yields the Pushgateway url."""
     _, started = monitoring_stack
     gateway = started["pushgateway"].url
+    since = datetime.now(UTC) - timedelta(seconds=1)
     automations.apply()
     try:
         with running_remediation_worker(logs / "remediation.log", env={"PLANFLOW_PUSHGATEWAY_URL": gateway}):
             yield gateway
     finally:
-        quiesce()
+        alerts_off()
+        cancel_remediation_runs(since)
 
 
 @contextlib.contextmanager
-def route_override(alertname: str, **fields):
+def route_override(alertname: str, **fields) -> Iterator:
     """The alert's AlertRoute with `fields` changed for the block, restored after."""
-    from planflow.prefect.blocks.alert_route import ensure_routes, load_route, route_name
-
     ensure_routes()
     original = load_route(alertname)
     original.model_copy(update=fields).save(route_name(alertname), overwrite=True)
@@ -83,42 +201,36 @@ def remediation_worker(remediation_applied, tmp_path_factory):
         yield p
 
 
+# -- pools and workers ------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def local_process_pool(registered_blocks):
-    from planflow.prefect.workpools import apply_work_pools
-
     apply_work_pools(["local-process"], resource_pools=False)
     return "local-process"
 
 
 def start_pool_worker(pool: str, log: Path, pool_type: str = "process"):
-    from planflow.ops.workers import start_worker
-
     return start_worker(pool, log, pool_type=pool_type, name=f"test-{pool}-{os.getpid()}")
 
 
 @pytest.fixture(scope="session")
 def process_pool_worker(local_process_pool, tmp_path_factory):
     """A process worker on `local-process`, polling every second."""
-    from planflow.prefect.workpools import worker_online
-    from planflow.remediation.automations import stop_process
-
     log = tmp_path_factory.mktemp("process-worker") / "worker.log"
     process = start_pool_worker(local_process_pool, log)
     try:
         wait_until(lambda: worker_online(local_process_pool), 60, what="the local-process worker")
         yield process
     finally:
-        stop_process(process)
+        automations.stop_process(process)
 
 
-FLAKY_ENTRY = "tests/remediation/fixtures/flaky_pipeline.py:remediation_flaky"
+# An import path, not a file path: a process worker runs each flow run in a temporary
+# folder; the project folder is on the worker's PYTHONPATH (ops.workers.start_process).
+FLAKY_ENTRY = "tests.remediation.fixtures.flaky_pipeline:remediation_flaky"
 FLAKY_PIPELINES = "tests.remediation.fixtures.flaky_pipeline:pipeline"
 
 
 def deploy_flaky(deployment: str, work_pool: str, tags: list[str]):
-    from planflow.remediation.scenarios import deploy_flow
-
     from tests.remediation.fixtures.flaky_pipeline import remediation_flaky
 
     return deploy_flow(remediation_flaky, FLAKY_ENTRY, deployment, work_pool, tags)
@@ -126,80 +238,6 @@ def deploy_flaky(deployment: str, work_pool: str, tags: list[str]):
 
 def create_process_pool(name: str, concurrency_limit: int | None = None, backup_pool: str | None = None) -> None:
     """A process work pool; with `backup_pool`, also its ResourcePool block naming it."""
-    from planflow.remediation.scenarios import create_process_pool as create
-
-    create(name, concurrency_limit)
+    create_pool(name, concurrency_limit)
     if backup_pool:
-        from planflow.prefect.blocks import ResourcePool
-
         ResourcePool(work_pool=name, cpu=2, mem_gib=2, backup_pool=backup_pool).save(name, overwrite=True)
-
-
-def quiesce() -> None:
-    """Remove the alert-driven automations and cancel unfinished remediation runs: the
-    session's monitoring stack keeps firing alerts for the test pools that have no
-    worker, which would otherwise queue remediation runs for the next test modules."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import WorkPoolFilter, WorkPoolFilterName
-    from prefect.states import Cancelled
-
-    from planflow.remediation import automations
-
-    automations.remove("failover on unhealthy pool")
-    automations.remove("rescale on late-run backlog")
-    with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(
-            work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[automations.REMEDIATION_POOL])), limit=200
-        )
-        for run in runs:
-            if run.state and not run.state.is_final():
-                client.set_flow_run_state(run.id, Cancelled(message="test cleanup"), force=True)
-        # A failover the alert-driven modules made must not outlive them (its resume
-        # re-check runs were just cancelled): resume the shared pools.
-        from prefect.client.schemas.actions import WorkPoolUpdate
-
-        for pool in client.read_work_pools():
-            if pool.is_paused and pool.name in ("local-process", "docker", "kubernetes"):
-                client.update_work_pool(pool.name, WorkPoolUpdate(is_paused=False))
-    stop_rescaled_workers()
-
-
-def delete_pools(names: list[str]) -> None:
-    """Delete work pools and the ResourcePool blocks of the same name."""
-    from prefect.client.orchestration import get_client
-
-    from planflow.prefect.blocks import ResourcePool
-
-    with get_client(sync_client=True) as client:
-        for name in names:
-            try:
-                client.delete_work_pool(name)
-            except Exception:  # noqa: BLE001
-                pass
-            try:
-                client.delete_block_document(ResourcePool.load(name)._block_document_id)
-            except Exception:  # noqa: BLE001
-                pass
-
-
-def stop_rescaled_workers() -> list[int]:
-    """Stop the workers the rescale flow started against this test server (found by their
-    name prefix and this session's PREFECT_API_URL), so none outlives the session."""
-    import signal
-
-    stopped = []
-    api = os.environ.get("PREFECT_API_URL", "").encode()
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes()
-            if b"planflow-rescale-" not in cmdline or b"worker" not in cmdline:
-                continue
-            if b"PREFECT_API_URL=" + api not in (proc / "environ").read_bytes().split(b"\0"):
-                continue
-            os.killpg(int(proc.name), signal.SIGTERM)
-            stopped.append(int(proc.name))
-        except (OSError, ProcessLookupError):
-            continue
-    return stopped

@@ -14,31 +14,21 @@ import httpx
 import pytest
 
 from tests.remediation.alerts import alert, bridge_token, post
-from tests.remediation.conftest import (
-    alert_driven_remediation,
-    create_process_pool,
-    delete_pools,
-    start_pool_worker,
-    wait_until,
-)
+from tests.remediation.conftest import alert_driven_remediation, start_pool_worker, wait_until
 
 
 @pytest.fixture(scope="module")
-def alert_loop(monitoring_stack, remediation_applied, tmp_path_factory):
+def alert_loop(monitoring_stack, module_leftovers, tmp_path_factory):
     paths, started = monitoring_stack
     logs = tmp_path_factory.mktemp("alert-loop")
-    pools: list[str] = []
-    try:
-        with alert_driven_remediation(monitoring_stack, logs) as gateway:
-            yield {
-                "bridge": started["bridge"].url,
-                "token": bridge_token(paths),
-                "pushgateway": gateway,
-                "logs": logs,
-                "pools": pools,
-            }
-    finally:
-        delete_pools(pools)
+    with alert_driven_remediation(monitoring_stack, logs) as gateway:
+        yield {
+            "bridge": started["bridge"].url,
+            "token": bridge_token(paths),
+            "pushgateway": gateway,
+            "logs": logs,
+            "leftovers": module_leftovers,
+        }
 
 
 def _events(prefix: str, since: datetime) -> list[dict]:
@@ -69,12 +59,10 @@ def _count(gateway: str, action: str, outcome: str) -> float:
 def test_alert_through_the_bridge_fails_over_and_resolves(alert_loop):
     from prefect.client.orchestration import get_client
 
-    from planflow.remediation.actions import live_workers
     from planflow.remediation.automations import stop_process
+    from planflow.remediation.pools import live_workers
 
-    pool = f"al-{uuid.uuid4().hex[:6]}"
-    create_process_pool(pool, backup_pool="local")
-    alert_loop["pools"].append(pool)
+    pool = alert_loop["leftovers"].pool(f"al-{uuid.uuid4().hex[:6]}", backup_pool="local")
     since = datetime.now(UTC) - timedelta(seconds=5)
     before = _count(alert_loop["pushgateway"], "failover", "succeeded")
     firing = alert("PlanflowWorkerHeartbeatStale", {"work_pool": pool})
@@ -150,9 +138,7 @@ STORM = 30
 def test_a_storm_of_the_same_alert_pauses_once(alert_loop):
     from prefect.client.orchestration import get_client
 
-    pool = f"storm-{uuid.uuid4().hex[:6]}"
-    create_process_pool(pool, backup_pool="local")
-    alert_loop["pools"].append(pool)
+    pool = alert_loop["leftovers"].pool(f"storm-{uuid.uuid4().hex[:6]}", backup_pool="local")
     since = datetime.now(UTC) - timedelta(seconds=5)
     now = datetime.now(UTC)
     fingerprint = uuid.uuid4().hex[:16]
@@ -189,12 +175,12 @@ def test_a_storm_of_the_same_alert_pauses_once(alert_loop):
             runs = client.read_flow_runs(
                 work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[REMEDIATION_POOL])), limit=200
             )
-        mine = [r for r in runs if r.parameters.get("resource_id") == f"prefect.work-pool.{pool}"]
+        mine = [r for r in runs if r.parameters.get("alert", {}).get("resource_id") == f"prefect.work-pool.{pool}"]
         raise AssertionError(
             f"{len(mine)} failover runs for {pool}: {Counter(r.state.name for r in mine)}; "
             f"all remediation runs: {Counter(r.state.name for r in runs)}; "
             f"outcome events: {len(outcomes() or [])}"
-        )
+        ) from None
     kinds = [e["payload"]["outcome"] for e in found]
     # One failover per pool, whichever alert: the storm's and (the pool has no worker)
     # possibly Prometheus' own PlanflowWorkPoolNotReady share one ledger.

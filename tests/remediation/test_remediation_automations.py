@@ -1,4 +1,5 @@
-"""`planflow automations apply | ls | rm`: idempotent, matched by name, against the real server."""
+"""`planflow automations apply | ls | rm`: idempotent, matched by name, against the real
+server; the remediation deployments take one typed `alert` parameter."""
 
 from __future__ import annotations
 
@@ -6,29 +7,32 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 
+from planflow.remediation import automations
+
+from tests.remediation.conftest import alerts_off
+
 ROOT = Path(__file__).resolve().parents[2]
+PLANFLOW = str(Path(sys.executable).with_name("planflow"))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _quiet_after(registered_blocks):
+@pytest.fixture(scope="module", autouse=True)
+def baseline_after(module_leftovers):
+    """`apply` turns every automation on: back to the session's baseline afterwards."""
     yield
-    from tests.remediation.conftest import quiesce
-
-    quiesce()
+    alerts_off()
 
 
 def test_apply_is_idempotent_and_matches_by_name(registered_blocks):
-    from planflow.remediation import automations
-
     first = automations.apply()
     names = {a.name for a in automations.planflow_automations()}
     assert set(automations.NAMES.values()) == names, first
     second = automations.apply()
-    assert [l for l in second if l.startswith("planflow: ")] == [f"{a}: unchanged" for a in sorted(names)] or all(
-        l.endswith("unchanged") for l in second if l.startswith("planflow: ")
-    ), second
+    assert sorted(line for line in second if line.startswith("planflow: ")) == [
+        f"{a}: unchanged" for a in sorted(names)
+    ]
     assert len(automations.planflow_automations()) == len(names)  # no duplicates
 
 
@@ -36,8 +40,6 @@ def test_apply_updates_a_changed_automation_and_removes_duplicates(registered_bl
     from prefect.automations import Automation
     from prefect.events.actions import DoNothing
     from prefect.events.schemas.automations import EventTrigger
-
-    from planflow.remediation import automations
 
     automations.apply()
     name = automations.NAMES["failover"]
@@ -53,7 +55,6 @@ def test_apply_updates_a_changed_automation_and_removes_duplicates(registered_bl
 
 def test_routes_drive_the_trigger_alert_lists(registered_blocks):
     from planflow.prefect.blocks.alert_route import load_routes
-    from planflow.remediation import automations
 
     automations.apply()
     routes = load_routes()
@@ -62,17 +63,55 @@ def test_routes_drive_the_trigger_alert_lists(registered_blocks):
     assert sorted(matched) == sorted(n for n, r in routes.items() if r.action == "failover")
 
 
-def test_cli_ls_and_rm(registered_blocks):
-    from planflow.remediation import automations
+def test_the_actions_pass_one_templated_alert_parameter(registered_blocks):
+    automations.apply()
+    by_name = {a.name: a for a in automations.planflow_automations()}
+    for action in ("retry", "failover", "rescale"):
+        [run] = by_name[automations.NAMES[action]].actions
+        assert set(run.parameters) == {"alert"}, run.parameters
+        fields = set(run.parameters["alert"])
+        assert {"event_id", "event", "resource_id", "event_occurred"} <= fields, fields
+        assert ("labels" in fields) == (action != "retry"), fields
+
+
+def test_the_deployments_run_form_shows_one_typed_alert(registered_blocks):
+    """The UI builds a deployment's Run form from its parameter schema: one object
+    `alert`, an AlertEvent with typed fields."""
+    from prefect.client.orchestration import get_client
+
+    from planflow.remediation.names import deployment_of
 
     automations.apply()
-    run = lambda *a: subprocess.run(
-        [sys.executable, "-m", "planflow.remediation.automations", *a],  # noqa: E731
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    with get_client(sync_client=True) as client:
+        for flow_name, entrypoint in automations.REMEDIATION_DEPLOYMENTS.items():
+            deployment = client.read_deployment_by_name(deployment_of(flow_name))
+            assert deployment.entrypoint == entrypoint
+            schema = deployment.parameter_openapi_schema
+            assert list(schema["properties"]) == ["alert"], schema
+            assert schema["properties"]["alert"]["$ref"].endswith("/AlertEvent"), schema
+            fields = schema["definitions"]["AlertEvent"]["properties"]
+            assert set(fields) == {
+                "alertname",
+                "work_pool",
+                "event_id",
+                "event",
+                "resource_id",
+                "labels",
+                "status",
+                "recheck",
+                "event_occurred",
+            }, fields
+            assert fields["recheck"]["type"] == "integer" and fields["labels"]["type"] == "object"
+            assert {"enum": ["firing", "resolved"], "type": "string"} in fields["status"]["anyOf"]
+            assert {"format": "date-time", "type": "string"} in fields["event_occurred"]["anyOf"]
+
+
+def test_cli_ls_and_rm(registered_blocks):
+    automations.apply()
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([PLANFLOW, "automations", *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+
     ls = run("ls")
     assert ls.returncode == 0, ls.stderr
     for name in automations.NAMES.values():
@@ -87,14 +126,12 @@ def test_cli_ls_and_rm(registered_blocks):
 
 
 def test_worker_up_is_idempotent_and_down_stops_it(registered_blocks):
-    from pathlib import Path
-
-    from planflow.remediation import automations
     from planflow.settings import StatePaths
 
     automations.apply()
     paths = StatePaths.discover()
     pid = automations.worker_up(paths)
+    process = psutil.Process(pid)
     try:
         log = paths.home / "monitoring" / "remediation-worker.log"
         again = automations.worker_up(paths)
@@ -102,11 +139,8 @@ def test_worker_up_is_idempotent_and_down_stops_it(registered_blocks):
             f"a second worker ({again}) was started beside {pid}; "
             f"worker log:\n{log.read_text()[-3000:] if log.exists() else '-'}"
         )
-        assert Path(f"/proc/{pid}").exists()
+        assert process.is_running() and "planflow.remediation.worker" in " ".join(process.cmdline())
     finally:
         assert automations.worker_down(paths)
-    assert (
-        not Path(f"/proc/{pid}/cmdline").exists()
-        or b"planflow-remediation" not in Path(f"/proc/{pid}/cmdline").read_bytes()
-    )
+    assert not process.is_running() or process.status() == psutil.STATUS_ZOMBIE
     assert automations.worker_down(paths) is False

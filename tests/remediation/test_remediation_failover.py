@@ -9,42 +9,38 @@ import uuid
 
 import pytest
 
-from tests.remediation.conftest import FLAKY_PIPELINES, create_process_pool, deploy_flaky, start_pool_worker, wait_until
+from planflow.remediation.alert import AlertEvent
+
+from tests.remediation.conftest import FLAKY_PIPELINES, deploy_flaky, start_pool_worker, wait_until
 
 
 @pytest.fixture
-def primary_pool(process_pool_worker, monkeypatch):
-    from planflow.prefect.blocks import ResourcePool
-
+def primary_pool(process_pool_worker, module_leftovers, monkeypatch):
     monkeypatch.setenv("PLANFLOW_PIPELINES", FLAKY_PIPELINES)
-    name = f"fo-{uuid.uuid4().hex[:6]}"
-    create_process_pool(name)
-    ResourcePool(work_pool=name, cpu=2, mem_gib=2, backup_pool="local").save(name)
-    yield name
-    from prefect.client.orchestration import get_client
+    return module_leftovers.pool(f"fo-{uuid.uuid4().hex[:6]}", backup_pool="local")
 
-    with get_client(sync_client=True) as client:
-        client.delete_block_document(ResourcePool.load(name)._block_document_id)
+
+def _alert(pool: str, status: str = "firing") -> AlertEvent:
+    return AlertEvent(
+        event_id=uuid.uuid4(),
+        event=f"planflow.alert.{status}",
+        resource_id=f"prefect.work-pool.{pool}",
+        labels={"alertname": "PlanflowWorkPoolNotReady", "work_pool": pool, "severity": "critical"},
+    )
 
 
 def test_failover_pauses_cancels_resubmits_on_backup_and_resume_on_resolved(primary_pool, tmp_path):
     from prefect.client.orchestration import get_client
 
-    from planflow.remediation.actions import failover, live_workers
     from planflow.remediation.automations import stop_process
+    from planflow.remediation.failover import failover
+    from planflow.remediation.pools import live_workers
 
     primary = deploy_flaky(f"remediation-flaky-{primary_pool}", primary_pool, ["planflow", "docker"])
     deploy_flaky("remediation-flaky-process", "local-process", ["planflow", "process"])
-    event_id = str(uuid.uuid4())
     with get_client(sync_client=True) as client:
         stuck = client.create_flow_run_from_deployment(primary.id, parameters={"seed": 3})
-        labels = {"alertname": "PlanflowWorkPoolNotReady", "work_pool": primary_pool, "severity": "critical"}
-        result = failover(
-            event_id=event_id,
-            event="planflow.alert.firing",
-            resource_id=f"prefect.work-pool.{primary_pool}",
-            labels=labels,
-        )
+        result = failover(_alert(primary_pool))
         assert result["outcome"] == "succeeded", result
         assert client.read_work_pool(primary_pool).is_paused
         assert client.read_flow_run(stuck.id).state.type.value == "CANCELLED"
@@ -63,53 +59,69 @@ def test_failover_pauses_cancels_resubmits_on_backup_and_resume_on_resolved(prim
         )
         assert done.state.is_completed(), done.state
 
-        again = failover(
-            event_id=str(uuid.uuid4()),
-            event="planflow.alert.firing",
-            resource_id=f"prefect.work-pool.{primary_pool}",
-            labels=labels,
-        )
+        again = failover(_alert(primary_pool))
         assert again["outcome"] == "skipped" and not again.get("resubmitted"), again  # guard: once
 
         # Pausing a pool without a worker resolves "not ready" by itself: no resume yet.
-        early = failover(
-            event_id=str(uuid.uuid4()),
-            event="planflow.alert.resolved",
-            resource_id=f"prefect.work-pool.{primary_pool}",
-            labels=labels,
-        )
+        early = failover(_alert(primary_pool, "resolved"))
         assert early["outcome"] == "skipped" and "no live worker" in early["reason"], early
+        assert early["next_check"], early  # a re-check of the remediation deployment
         assert client.read_work_pool(primary_pool).is_paused
 
         worker = start_pool_worker(primary_pool, tmp_path / "worker.log")  # the worker is back
         try:
             wait_until(lambda: live_workers(client, primary_pool), 60, what="a worker on the pool")
-            resolved = failover(
-                event_id=str(uuid.uuid4()),
-                event="planflow.alert.resolved",
-                resource_id=f"prefect.work-pool.{primary_pool}",
-                labels=labels,
-            )
+            resolved = failover(_alert(primary_pool, "resolved"))
             assert resolved["outcome"] == "succeeded", resolved
             assert not client.read_work_pool(primary_pool).is_paused
         finally:
             stop_process(worker)
 
 
-def test_resolved_does_not_resume_a_pool_failover_did_not_pause(registered_blocks):
+def test_resolved_does_not_resume_a_pool_failover_did_not_pause(module_leftovers):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolUpdate
 
-    from planflow.remediation.actions import failover
+    from planflow.remediation.failover import failover
 
-    name = f"manual-{uuid.uuid4().hex[:6]}"
-    create_process_pool(name)
+    name = module_leftovers.pool(f"manual-{uuid.uuid4().hex[:6]}")
     with get_client(sync_client=True) as client:
         client.update_work_pool(name, WorkPoolUpdate(is_paused=True))  # paused by a person
         result = failover(
-            event="planflow.alert.resolved",
-            work_pool=name,
-            labels={"alertname": "PlanflowWorkPoolNotReady", "work_pool": name},
+            AlertEvent(
+                event="planflow.alert.resolved",
+                work_pool=name,
+                labels={"alertname": "PlanflowWorkPoolNotReady", "work_pool": name},
+            )
         )
         assert result["outcome"] == "skipped", result
         assert client.read_work_pool(name).is_paused
+
+
+def test_a_re_check_carries_the_alert_it_follows_up(module_leftovers):
+    """The re-check a resolved failover schedules is a run of the remediation deployment
+    whose one parameter is the same alert, resolved, with its re-check number."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolUpdate
+
+    from planflow.prefect.blocks.alert_route import load_route
+    from planflow.remediation.failover import failover
+    from planflow.remediation.guard import Guard
+
+    name = module_leftovers.pool(f"recheck-{uuid.uuid4().hex[:6]}")
+    Guard(load_route("PlanflowWorkPoolNotReady"), shared=True).update(f"failover:{name}", paused=True)
+    with get_client(sync_client=True) as client:
+        client.update_work_pool(name, WorkPoolUpdate(is_paused=True))
+        alert = _alert(name, "resolved")
+        result = failover(alert)
+        assert result["outcome"] == "skipped" and result["next_check"], result
+        runs = [
+            r
+            for r in client.read_flow_runs(limit=200)
+            if "recheck" in r.tags and r.parameters.get("alert", {}).get("work_pool") == name
+        ]
+        assert len(runs) == 1, runs
+        follow_up = AlertEvent.model_validate(runs[0].parameters["alert"])
+        assert follow_up.recheck == 1 and follow_up.current_status == "resolved"
+        assert follow_up.event_id == alert.event_id and follow_up.labels == alert.labels
+        assert follow_up.name_or("") == "PlanflowWorkPoolNotReady" and follow_up.event_occurred is None

@@ -4,12 +4,15 @@ remediation runs (threads here, processes in production) cannot exceed the caps.
 
 from __future__ import annotations
 
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
-from planflow.prefect.blocks.alert_route import AlertRoute, Guard, route_name
+from planflow.prefect.blocks.alert_route import AlertRoute, route_name
+from planflow.remediation.alert import AlertEvent
+from planflow.remediation.guard import Guard
 
-from tests.remediation.conftest import create_process_pool, delete_pools, route_override
+from tests.remediation.conftest import route_override
 
 
 def _route(**values) -> AlertRoute:
@@ -17,9 +20,12 @@ def _route(**values) -> AlertRoute:
 
 
 def _storm(route: AlertRoute, keys: list[str]) -> list[str]:
+    """Admit every key at once, from 8 threads; all at the same instant, so that the
+    outcome depends on the lock, not on how fast this machine gets through 100 admits."""
     guard = Guard(route)
+    now = time.time()
     with ThreadPoolExecutor(max_workers=8) as pool:
-        return [d.outcome for d in pool.map(guard.admit, keys)]
+        return [d.outcome for d in pool.map(lambda key: guard.admit(key, now=now), keys)]
 
 
 def test_storm_of_100_same_alerts_acts_once_within_cooldown(registered_blocks):
@@ -67,22 +73,67 @@ def test_route_none_never_acts_and_routes_have_kebab_names(registered_blocks):
     assert route_name("PlanflowWorkPoolNotReady") == "planflow-work-pool-not-ready"
 
 
-def test_dry_run_failover_flow_changes_nothing_but_records_it(registered_blocks):
+def test_dry_run_failover_flow_changes_nothing_but_records_it(module_leftovers):
     """The failover flow with a dry-run route: the pool stays unpaused, the flow's result,
     events and artifact say what it would have done."""
     from prefect.client.orchestration import get_client
 
-    from planflow.remediation.actions import failover
+    from planflow.remediation.failover import failover
 
     alert = "PlanflowPoolFailureRateHigh"
-    pool = f"dry-{uuid.uuid4().hex[:6]}"
-    create_process_pool(pool, backup_pool="local")
-    try:
-        with route_override(alert, dry_run=True):
-            result = failover(alertname=alert, work_pool=pool, event_id=str(uuid.uuid4()))
-            assert result["outcome"] == "dry_run", result
-            assert any("would pause" in line for line in result["actions"]), result
-            with get_client(sync_client=True) as client:
-                assert not client.read_work_pool(pool).is_paused
-    finally:
-        delete_pools([pool])
+    pool = module_leftovers.pool(f"dry-{uuid.uuid4().hex[:6]}", backup_pool="local")
+    with route_override(alert, dry_run=True):
+        result = failover(AlertEvent(alertname=alert, work_pool=pool, event_id=uuid.uuid4()))
+        assert result["outcome"] == "dry_run", result
+        assert any("would pause" in line for line in result["actions"]), result
+        with get_client(sync_client=True) as client:
+            assert not client.read_work_pool(pool).is_paused
+
+
+# -- every write of a ledger under the lock ------------------------------------------------
+def test_concurrent_updates_and_resets_lose_nothing(registered_blocks):
+    """40 updates (one fact each) and 8 resets at once on one ledger: every fact ends up
+    exactly once, either in what a reset returned or in the ledger left at the end (an
+    unlocked read-modify-write loses some, or brings back what a reset removed)."""
+    guard = Guard(_route(max_attempts=100, cooldown_seconds=0, rate_limit=1000))
+    key = "failover:concurrent"
+    jobs = [("update", i) for i in range(40)]
+    for n, at in enumerate(range(5, 45, 5)):
+        jobs.insert(at + n, ("reset", n))
+
+    def run(job: tuple[str, int]) -> dict:
+        kind, i = job
+        return guard.reset(key) if kind == "reset" else (guard.update(key, **{f"fact{i}": i}) and {})
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        snapshots = list(pool.map(run, jobs))
+    seen = [name for ledger in [*snapshots, guard.ledger(key)] for name in ledger if name.startswith("fact")]
+    counts = {f"fact{i}": seen.count(f"fact{i}") for i in range(40)}
+    assert all(count == 1 for count in counts.values()), {k: c for k, c in counts.items() if c != 1}
+
+
+def test_updates_never_undo_a_counted_attempt(registered_blocks):
+    """Attempts counted by `admit` and facts added by `update` at the same time: all kept."""
+    guard = Guard(_route(max_attempts=100, cooldown_seconds=0, rate_limit=1000))
+    key = "rescale:concurrent"
+    jobs = [("admit", i) if i % 2 else ("update", i) for i in range(40)]
+
+    def run(job: tuple[str, int]) -> str:
+        kind, i = job
+        return guard.admit(key).outcome if kind == "admit" else bool(guard.update(key, **{f"fact{i}": i})) and "update"
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        outcomes = list(pool.map(run, jobs))
+    assert outcomes.count("act") == 20, outcomes
+    ledger = guard.ledger(key)
+    assert ledger["attempts"] == 20, ledger
+    assert {f"fact{i}" for i in range(0, 40, 2)} <= set(ledger), sorted(ledger)
+
+
+def test_update_defaults_keep_the_first_value(registered_blocks):
+    guard = Guard(_route())
+    key = f"rescale:defaults-{uuid.uuid4().hex[:6]}"
+    guard.update(key, defaults={"pool_limit_before": 1}, scaling=True)
+    ledger = guard.update(key, defaults={"pool_limit_before": 2}, scaling=False)
+    assert ledger == {"pool_limit_before": 1, "scaling": False}
+    assert guard.reset(key) == ledger and guard.ledger(key) == {}

@@ -89,6 +89,7 @@ def fake_cluster(tmp_path, monkeypatch):
     )
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    state["kubeconfig"] = kubeconfig
     with ThreadedServer(app, port):
         yield state
 
@@ -110,23 +111,41 @@ def test_kube_scale_without_credentials_says_what_to_set(tmp_path, monkeypatch):
 
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "nowhere"))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    with pytest.raises(KubeError, match="KUBECONFIG"):
+    with pytest.raises(KubeError, match=r"no kubeconfig at .*nowhere.*Fix: set KUBECONFIG"):
         worker_replicas("planflow", "prefect-worker")
 
 
+@pytest.mark.parametrize("credentials", ["kubeconfig", "block"])
 def test_rescale_on_a_kubernetes_pool_scales_replicas_and_back_fake_api_server(
-    registered_blocks, fake_cluster, monkeypatch
+    module_leftovers, fake_cluster, monkeypatch, tmp_path, credentials
 ):
+    """`kubeconfig`: KUBECONFIG names the cluster; `block`: a KubernetesCredentials block
+    named in the AlertRoute does (and KUBECONFIG points nowhere)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.states import Cancelled
+    from prefect_kubernetes.credentials import KubernetesClusterConfig, KubernetesCredentials
 
-    from planflow.remediation.actions import rescale
+    from planflow.remediation.alert import AlertEvent
+    from planflow.remediation.rescale import rescale
 
     monkeypatch.setenv("PLANFLOW_PIPELINES", FLAKY_PIPELINES)
+    block = ""
+    if credentials == "block":
+        block = f"test-k8s-{uuid.uuid4().hex[:6]}"
+        config = KubernetesClusterConfig.from_file(fake_cluster["kubeconfig"])
+        KubernetesCredentials(cluster_config=config).save(block)
+        monkeypatch.setenv("KUBECONFIG", str(tmp_path / "nowhere"))
     alert = "PlanflowLateRunBacklog"
     pool = f"k8s-{uuid.uuid4().hex[:6]}"
+    module_leftovers.pools.append(pool)
     with get_client(sync_client=True) as client:
         client.create_work_pool(WorkPoolCreate(name=pool, type="kubernetes", concurrency_limit=1))
+    labels = {"alertname": alert, "work_pool": pool, "work_queue": "default"}
+    firing = AlertEvent(
+        event_id=uuid.uuid4(), event="planflow.alert.firing", resource_id=f"prefect.work-pool.{pool}", labels=labels
+    )
+    resolved = AlertEvent(event="planflow.alert.resolved", work_pool=pool, labels=labels)
     with route_override(
         alert,
         action="rescale",
@@ -138,37 +157,34 @@ def test_rescale_on_a_kubernetes_pool_scales_replicas_and_back_fake_api_server(
         max_concurrency=8,
         kubernetes_namespace="planflow",
         kubernetes_worker_deployment="prefect-worker",
+        kubernetes_credentials=block,
     ):
-        try:
-            deployment = deploy_flaky(f"remediation-flaky-{pool}", pool, ["planflow", "kubernetes"])
-            labels = {"alertname": alert, "work_pool": pool, "work_queue": "default"}
-            with get_client(sync_client=True) as client:
-                runs = [client.create_flow_run_from_deployment(deployment.id, parameters={"seed": i}) for i in range(3)]
-                up = rescale(
-                    event_id=str(uuid.uuid4()),
-                    event="planflow.alert.firing",
-                    resource_id=f"prefect.work-pool.{pool}",
-                    labels=labels,
-                )
-                assert up["outcome"] == "succeeded", up
-                assert up["live_workers"] == ["replica-0"] and up["target_workers"] == 3, up
-                assert fake_cluster["replicas"][("planflow", "prefect-worker")] == 3
-                assert client.read_work_pool(pool).concurrency_limit == 3
-                early = rescale(event="planflow.alert.resolved", work_pool=pool, labels=labels)
-                assert early["outcome"] == "skipped" and "3 run(s) still wait" in early["reason"], early
-                assert fake_cluster["replicas"][("planflow", "prefect-worker")] == 3  # backlog first
-                from prefect.states import Cancelled
+        deployment = deploy_flaky(f"remediation-flaky-{pool}", pool, ["planflow", "kubernetes"])
+        with get_client(sync_client=True) as client:
+            runs = [client.create_flow_run_from_deployment(deployment.id, parameters={"seed": i}) for i in range(3)]
+            up = rescale(firing)
+            assert up["outcome"] == "succeeded", up
+            assert up["live_workers"] == ["replica-0"] and up["target_workers"] == 3, up
+            assert fake_cluster["replicas"][("planflow", "prefect-worker")] == 3
+            assert client.read_work_pool(pool).concurrency_limit == 3
+            early = rescale(resolved)
+            assert early["outcome"] == "skipped" and "3 run(s) still wait" in early["reason"], early
+            assert fake_cluster["replicas"][("planflow", "prefect-worker")] == 3  # backlog first
+            for run in runs:  # the backlog is gone (no cluster here runs them)
+                client.set_flow_run_state(run.id, Cancelled(message="test: backlog drained"), force=True)
+            down = rescale(resolved)
+            assert down["outcome"] == "succeeded", down
+            assert down["stopped"] == ["planflow/prefect-worker"], down
+            assert fake_cluster["replicas"][("planflow", "prefect-worker")] == 1
+            assert client.read_work_pool(pool).concurrency_limit == 1
+    assert {auth for _, _, auth, _ in fake_cluster["requests"]} == {"Bearer fake-token"}
 
-                for run in runs:  # the backlog is gone (no cluster here runs them)
-                    client.set_flow_run_state(run.id, Cancelled(message="test: backlog drained"), force=True)
-                down = rescale(event="planflow.alert.resolved", work_pool=pool, labels=labels)
-                assert down["outcome"] == "succeeded", down
-                assert down["stopped"] == ["planflow/prefect-worker"], down
-                assert fake_cluster["replicas"][("planflow", "prefect-worker")] == 1
-                assert client.read_work_pool(pool).concurrency_limit == 1
-        finally:
-            with get_client(sync_client=True) as client:
-                client.delete_work_pool(pool)
+
+def test_kube_names_a_missing_credentials_block(registered_blocks):
+    from planflow.remediation.kube import KubeError, worker_replicas
+
+    with pytest.raises(KubeError, match=r"no KubernetesCredentials block named 'no-such-block'.*Fix"):
+        worker_replicas("planflow", "prefect-worker", "no-such-block")
 
 
 def test_kube_scale_live_cluster():

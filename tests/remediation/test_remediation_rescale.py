@@ -4,35 +4,37 @@ backlog drains; on resolved the worker is stopped and the limit restored."""
 
 from __future__ import annotations
 
-import os
 import uuid
 
-from tests.remediation.conftest import FLAKY_PIPELINES, create_process_pool, deploy_flaky, route_override, wait_until
+import psutil
+
+from planflow.remediation.alert import AlertEvent
+
+from tests.remediation.conftest import FLAKY_PIPELINES, deploy_flaky, route_override, wait_until
 
 
 def _alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    try:
-        return os.waitpid(pid, os.WNOHANG)[0] == 0
-    except ChildProcessError:
-        return True
 
 
-def test_rescale_within_bounds_then_back_down(registered_blocks, monkeypatch):
+def test_rescale_within_bounds_then_back_down(module_leftovers, monkeypatch):
     from prefect.client.orchestration import get_client
 
-    from planflow.prefect.blocks.alert_route import Guard
-    from planflow.remediation.actions import live_workers, rescale
+    from planflow.ops.workers import stop_group
+    from planflow.remediation.guard import Guard
+    from planflow.remediation.pools import live_workers
+    from planflow.remediation.rescale import rescale
 
     monkeypatch.setenv("PLANFLOW_PIPELINES", FLAKY_PIPELINES)
     alert = "PlanflowLateRunBacklog"
-    pool = f"rs-{uuid.uuid4().hex[:6]}"
-    create_process_pool(pool, concurrency_limit=1)
+    pool = module_leftovers.pool(f"rs-{uuid.uuid4().hex[:6]}", concurrency_limit=1)
     deployment = deploy_flaky(f"remediation-flaky-{pool}", pool, ["planflow", "process"])
     labels = {"alertname": alert, "work_pool": pool, "work_queue": "default"}
+    firing = AlertEvent(event="planflow.alert.firing", work_pool=pool, labels=labels)
+    resolved = AlertEvent(event="planflow.alert.resolved", work_pool=pool, labels=labels)
     started_pids: list[int] = []
     with route_override(
         alert,
@@ -48,10 +50,12 @@ def test_rescale_within_bounds_then_back_down(registered_blocks, monkeypatch):
             with get_client(sync_client=True) as client:
                 runs = [client.create_flow_run_from_deployment(deployment.id, parameters={"seed": i}) for i in range(3)]
                 result = rescale(
-                    event_id=str(uuid.uuid4()),
-                    event="planflow.alert.firing",
-                    resource_id=f"prefect.work-pool.{pool}",
-                    labels=labels,
+                    AlertEvent(
+                        event_id=uuid.uuid4(),
+                        event="planflow.alert.firing",
+                        resource_id=f"prefect.work-pool.{pool}",
+                        labels=labels,
+                    )
                 )
                 assert result["outcome"] == "succeeded", result
                 assert result["backlog_runs"] == 3
@@ -62,7 +66,7 @@ def test_rescale_within_bounds_then_back_down(registered_blocks, monkeypatch):
                 started_pids = [w["pid"] for w in ledger["workers"]]
                 wait_until(lambda: live_workers(client, pool), 60, what="the started worker's heartbeat")
 
-                again = rescale(event="planflow.alert.firing", work_pool=pool, labels=labels)
+                again = rescale(firing)
                 assert again["outcome"] == "skipped" and "max_workers" in again["reason"], again  # bound
 
                 for run in runs:
@@ -71,11 +75,37 @@ def test_rescale_within_bounds_then_back_down(registered_blocks, monkeypatch):
                     )
                 assert all(client.read_flow_run(r.id).state.is_completed() for r in runs)
 
-                down = rescale(event="planflow.alert.resolved", work_pool=pool, labels=labels)
+                down = rescale(resolved)
                 assert down["outcome"] == "succeeded", down
                 assert client.read_work_pool(pool).concurrency_limit == 1
                 assert not any(_alive(pid) for pid in started_pids)
         finally:
             for pid in started_pids:
                 if _alive(pid):
-                    os.killpg(pid, 15)
+                    stop_group(pid, 10)
+
+
+def test_a_pool_without_workers_and_with_a_backup_is_left_to_the_failover(module_leftovers, monkeypatch):
+    """Rescale and failover must not race for the same waiting runs: a backlog on a pool
+    that no worker serves and that has a backup pool is the failover's; a paused pool too."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolUpdate
+
+    from planflow.remediation.rescale import rescale
+
+    monkeypatch.setenv("PLANFLOW_PIPELINES", FLAKY_PIPELINES)
+    alert = "PlanflowLateRunBacklog"
+    pool = module_leftovers.pool(f"rsb-{uuid.uuid4().hex[:6]}", concurrency_limit=1, backup_pool="local")
+    deployment = deploy_flaky(f"remediation-flaky-{pool}", pool, ["planflow", "process"])
+    labels = {"alertname": alert, "work_pool": pool, "work_queue": "default"}
+    with (
+        route_override(alert, action="rescale", cooldown_seconds=0, rate_limit=100),
+        get_client(sync_client=True) as client,
+    ):
+        client.create_flow_run_from_deployment(deployment.id, parameters={"seed": 1})
+        result = rescale(AlertEvent(event="planflow.alert.firing", work_pool=pool, labels=labels))
+        assert result["outcome"] == "skipped" and "backup pool takes its runs" in result["reason"], result
+        assert client.read_work_pool(pool).concurrency_limit == 1 and "started" not in result
+        client.update_work_pool(pool, WorkPoolUpdate(is_paused=True))
+        paused = rescale(AlertEvent(event="planflow.alert.firing", work_pool=pool, labels=labels))
+        assert paused["outcome"] == "skipped" and "is paused" in paused["reason"], paused

@@ -12,7 +12,7 @@ from tests.remediation.conftest import deploy_flaky, wait_until
 
 
 @pytest.fixture(scope="module")
-def flaky_deployment(process_pool_worker, remediation_worker):
+def flaky_deployment(module_leftovers, process_pool_worker, remediation_worker):
     return deploy_flaky("remediation-flaky-process", "local-process", ["planflow", "process"])
 
 

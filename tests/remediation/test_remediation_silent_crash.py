@@ -14,43 +14,36 @@ import os
 import signal
 import uuid
 
+import psutil
 import pytest
 
-from tests.remediation.conftest import create_process_pool, delete_pools, deploy_flaky, wait_until
+from tests.remediation.conftest import apply_baseline, deploy_flaky, wait_until
 
 
 @pytest.fixture
-def short_crash_window(remediation_applied, remediation_worker, monkeypatch):
+def short_crash_window(module_leftovers, remediation_worker, monkeypatch):
     from planflow.remediation import automations
 
     monkeypatch.setenv("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "30")
     monkeypatch.setenv(automations.CRASH_AFTER_ENV, "45")
-    automations.apply()
+    apply_baseline()
     yield 45
     monkeypatch.delenv(automations.CRASH_AFTER_ENV)
     monkeypatch.delenv("PREFECT_FLOWS_HEARTBEAT_FREQUENCY")
-    automations.apply()
+    apply_baseline()
 
 
 def descendants(pid: int) -> list[int]:
-    from planflow.ops.workers import children
-
-    found, todo = [], [pid]
-    while todo:
-        for child in children(todo.pop()):
-            found.append(child)
-            todo.append(child)
-    return found
+    return [child.pid for child in psutil.Process(pid).children(recursive=True)]
 
 
-def test_silently_dead_run_is_marked_crashed_then_retried(short_crash_window, tmp_path):
+def test_silently_dead_run_is_marked_crashed_then_retried(module_leftovers, short_crash_window, tmp_path):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     from planflow.ops.workers import start_worker, stop_process
 
-    pool = f"silent-{uuid.uuid4().hex[:6]}"
-    create_process_pool(pool)
+    pool = module_leftovers.pool(f"silent-{uuid.uuid4().hex[:6]}")
     env = {**os.environ, "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"}
     marker = tmp_path / "first-attempt"
     worker = start_worker(pool, tmp_path / "worker-1.log", env=env, name=f"{pool}-1")
@@ -98,4 +91,3 @@ def test_silently_dead_run_is_marked_crashed_then_retried(short_crash_window, tm
         stop_process(worker, timeout=5)
         if second is not None:
             stop_process(second, timeout=10)
-        delete_pools([pool])

@@ -6,12 +6,21 @@
 
 What there is (names start with "planflow: "):
 
-| automation | trigger | action |
-|---|---|---|
-| retry failed or crashed runs | Prefect's own `prefect.flow-run.Failed` / `.Crashed` of a flow run tagged `planflow` | run `planflow-retry-run/remediation` (same flow run back to AwaitingRetry) |
-| failover on unhealthy pool | `planflow.alert.firing` / `.resolved` about `prefect.work-pool.*` whose alert's AlertRoute says failover (PlanflowWorkPoolNotReady, PlanflowWorkerHeartbeatStale, PlanflowPoolFailureRateHigh) | run `planflow-failover/remediation` |
-| rescale on late-run backlog | the same events for alerts routed to rescale (PlanflowLateRunBacklog) | run `planflow-rescale/remediation` |
-| crash silent runs | proactive: a `planflow` flow run's `prefect.flow-run.heartbeat` not followed by another heartbeat or a final state within 3 heartbeat periods | change that flow run's state to Crashed (the retry automation then answers) |
+- **retry failed or crashed runs**: Prefect's own `prefect.flow-run.Failed` / `.Crashed`
+  of a flow run tagged `planflow` -> run `planflow-retry-run/remediation` (the same flow
+  run back to AwaitingRetry).
+- **failover on unhealthy pool**: `planflow.alert.firing` / `.resolved` about
+  `prefect.work-pool.*` whose alert's AlertRoute says failover (PlanflowWorkPoolNotReady,
+  PlanflowWorkerHeartbeatStale, PlanflowPoolFailureRateHigh) -> run
+  `planflow-failover/remediation`.
+- **rescale on late-run backlog**: the same events for alerts routed to rescale
+  (PlanflowLateRunBacklog) -> run `planflow-rescale/remediation`.
+- **crash silent runs**, proactive: a `planflow` flow run's `prefect.flow-run.heartbeat`
+  not followed by another heartbeat or a final state within 3 heartbeat periods ->
+  change that flow run's state to Crashed (the retry automation then answers).
+
+Each RunDeployment action passes one parameter, `alert` (remediation/alert.py: an
+`AlertEvent`), whose fields Prefect renders from the triggering event.
 
 Prefect 3 flow runs send a heartbeat every `PREFECT_FLOWS_HEARTBEAT_FREQUENCY` seconds
 (180 by default, 30 at least), so a run whose process died silently is found after 9
@@ -35,48 +44,57 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from prefect.automations import Automation
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
+from prefect.client.schemas.objects import StateType
+from prefect.events.actions import ChangeFlowRunState, RunDeployment
+from prefect.events.schemas.automations import EventTrigger, Posture
+from prefect.exceptions import ObjectNotFound
+from prefect.settings import get_current_settings
+from prefect.utilities.callables import parameter_schema
+
+from planflow.monitoring.metrics import pushgateway_url_from_env
+from planflow.ops.workers import start_process, start_ticks, stop_group
+from planflow.ops.workers import stop_process as stop_worker_process
+from planflow.prefect.blocks.alert_route import FLOW_RUN_FAILED, AlertRoute, ensure_routes, load_routes
+from planflow.prefect.jobvars import load_template
+from planflow.prefect.workpools import WorkPoolError, require_server
+from planflow.remediation.alert import ALERT_TEMPLATE, EVENT_TEMPLATE, run_parameters
+from planflow.remediation.flows import REMEDIATION_FLOWS
+from planflow.remediation.guard import ensure_lock
+from planflow.remediation.names import (
+    DEPLOYMENT_NAME,
+    FAILOVER_FLOW,
+    REMEDIATION_POOL,
+    REMEDIATION_TAG,
+    RESCALE_FLOW,
+    RETRY_FLOW,
+)
+from planflow.settings import StatePaths, client_env
+
 PREFIX = "planflow: "
-REMEDIATION_POOL = "planflow-remediation"
-DEPLOYMENT_NAME = "remediation"
 # flow name -> entrypoint: import paths into the installed package, so the remediation
 # worker runs them wherever planflow is installed, whatever the project's folder.
 REMEDIATION_DEPLOYMENTS = {
-    "planflow-retry-run": "planflow.remediation.actions:retry_run",
-    "planflow-failover": "planflow.remediation.actions:failover",
-    "planflow-rescale": "planflow.remediation.actions:rescale",
+    RETRY_FLOW: "planflow.remediation.retry:retry_run",
+    FAILOVER_FLOW: "planflow.remediation.failover:failover",
+    RESCALE_FLOW: "planflow.remediation.rescale:rescale",
 }
-FLOW_FOR_ACTION = {"retry": "planflow-retry-run", "failover": "planflow-failover", "rescale": "planflow-rescale"}
+FLOW_FOR_ACTION = {"retry": RETRY_FLOW, "failover": FAILOVER_FLOW, "rescale": RESCALE_FLOW}
 NAMES = {
     "retry": PREFIX + "retry failed or crashed runs",
     "failover": PREFIX + "failover on unhealthy pool",
     "rescale": PREFIX + "rescale on late-run backlog",
     "crash": PREFIX + "crash silent runs",
 }
-
-
-def _text(template: str) -> dict[str, str]:
-    """A parameter rendered as text (a bare "{{ x }}" would be rendered through tojson,
-    which fails for the event's UUID id)."""
-    return {"__prefect_kind": "jinja", "template": template}
-
-
-EVENT_PARAMETERS = {
-    "event_id": _text("{{ event.id }}"),
-    "event_occurred": _text("{{ event.occurred }}"),
-    "event": _text("{{ event.event }}"),
-    "resource_id": _text("{{ event.resource.id }}"),
-}
-ALERT_PARAMETERS = {
-    **EVENT_PARAMETERS,
-    "labels": {
-        "__prefect_kind": "json",
-        "value": {"__prefect_kind": "jinja", "template": "{{ event.payload.labels | tojson }}"},
-    },
-}
+# The automations that answer planflow.alert.* events (the others answer Prefect's own).
+ALERT_ACTIONS = ("failover", "rescale")
 
 
 class AutomationsError(RuntimeError):
@@ -86,21 +104,9 @@ class AutomationsError(RuntimeError):
 # -- what the remediation flows run on --------------------------------------------------
 def ensure_remediation_pool() -> str:
     """The process work pool that runs the remediation flows (created when missing)."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import WorkPoolCreate
-    from prefect.exceptions import ObjectNotFound
-
-    from planflow.prefect.jobvars import load_template
-
     with get_client(sync_client=True) as client:
         try:
             pool = client.read_work_pool(REMEDIATION_POOL)
-            if pool.is_paused:
-                from prefect.client.schemas.actions import WorkPoolUpdate
-
-                client.update_work_pool(REMEDIATION_POOL, WorkPoolUpdate(is_paused=False))
-                return f"{REMEDIATION_POOL}: resumed"
-            return f"{REMEDIATION_POOL}: unchanged"
         except ObjectNotFound:
             client.create_work_pool(
                 WorkPoolCreate(
@@ -111,21 +117,16 @@ def ensure_remediation_pool() -> str:
                 )
             )
             return f"{REMEDIATION_POOL}: created"
+        if pool.is_paused:
+            client.update_work_pool(REMEDIATION_POOL, WorkPoolUpdate(is_paused=False))
+            return f"{REMEDIATION_POOL}: resumed"
+        return f"{REMEDIATION_POOL}: unchanged"
 
 
 def ensure_deployments() -> dict[str, Any]:
     """Create or update the remediation deployments (`<flow>/remediation`) on the
     remediation pool, running planflow's installed code. Returns flow name -> deployment id."""
-    from prefect.client.orchestration import get_client
-    from prefect.utilities.callables import parameter_schema
-
-    from planflow.remediation import actions as remediation
-
-    flows = {
-        "planflow-retry-run": remediation.retry_run,
-        "planflow-failover": remediation.failover,
-        "planflow-rescale": remediation.rescale,
-    }
+    flows = {flow.name: flow for flow in REMEDIATION_FLOWS.values()}
     ids = {}
     with get_client(sync_client=True) as client:
         for flow_name, entrypoint in REMEDIATION_DEPLOYMENTS.items():
@@ -135,7 +136,7 @@ def ensure_deployments() -> dict[str, Any]:
                 name=DEPLOYMENT_NAME,
                 entrypoint=entrypoint,
                 work_pool_name=REMEDIATION_POOL,
-                tags=["planflow-remediation"],
+                tags=[REMEDIATION_TAG],
                 description=f"planflow remediation: {flow_name} (started by planflow's automations)",
                 parameter_openapi_schema=parameter_schema(flows[flow_name].fn).model_dump_for_openapi(),
                 enforce_parameter_schema=False,
@@ -145,15 +146,8 @@ def ensure_deployments() -> dict[str, Any]:
 
 
 # -- the automations --------------------------------------------------------------------
-def desired_automations(deployment_ids: dict[str, Any], routes: dict[str, Any] | None = None) -> list[Any]:
+def desired_automations(deployment_ids: dict[str, Any], routes: dict[str, AlertRoute] | None = None) -> list[Any]:
     """Every automation planflow needs, built from the AlertRoute blocks (or defaults)."""
-    from prefect.automations import Automation
-    from prefect.client.schemas.objects import StateType
-    from prefect.events.actions import ChangeFlowRunState, RunDeployment
-    from prefect.events.schemas.automations import EventTrigger, Posture
-
-    from planflow.prefect.blocks.alert_route import FLOW_RUN_FAILED, load_routes
-
     routes = routes if routes is not None else load_routes()
     out = []
     if routes.get(FLOW_RUN_FAILED) is None or routes[FLOW_RUN_FAILED].action != "none":
@@ -173,8 +167,8 @@ def desired_automations(deployment_ids: dict[str, Any], routes: dict[str, Any] |
                 actions=[
                     RunDeployment(
                         source="selected",
-                        deployment_id=deployment_ids["planflow-retry-run"],
-                        parameters=dict(EVENT_PARAMETERS),
+                        deployment_id=deployment_ids[RETRY_FLOW],
+                        parameters=run_parameters(EVENT_TEMPLATE),
                     )
                 ],
             )
@@ -199,7 +193,7 @@ def desired_automations(deployment_ids: dict[str, Any], routes: dict[str, Any] |
                     RunDeployment(
                         source="selected",
                         deployment_id=deployment_ids[FLOW_FOR_ACTION[action]],
-                        parameters=dict(ALERT_PARAMETERS),
+                        parameters=run_parameters(ALERT_TEMPLATE),
                     )
                 ],
             )
@@ -245,8 +239,6 @@ def crash_after_seconds() -> float:
     (PREFECT_FLOWS_HEARTBEAT_FREQUENCY, 180 s by default: 9 minutes; set it to 30 on the
     workers and here for 90 s). Never shorter than 1.5 heartbeats, which would crash
     healthy runs between two heartbeats."""
-    from prefect.settings import get_current_settings
-
     frequency = float(get_current_settings().flows.heartbeat_frequency or 180)
     for name in ("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "PREFECT_RUNNER_HEARTBEAT_FREQUENCY"):
         try:  # the environment as it is now (Prefect's settings were read at import)
@@ -284,28 +276,21 @@ def _spec(automation: Any) -> dict[str, Any]:
 
 
 def planflow_automations() -> list[Any]:
-    from prefect.client.orchestration import get_client
-
     with get_client(sync_client=True) as client:
         return sorted((a for a in client.read_automations() if a.name.startswith(PREFIX)), key=lambda a: a.name)
 
 
-def apply(routes: dict[str, Any] | None = None) -> list[str]:
+def apply(routes: dict[str, AlertRoute] | None = None) -> list[str]:
     """Create, update or keep every planflow automation, matched by name (duplicates of a
     name are removed, stale planflow automations deleted). Also ensures the AlertRoute
     blocks, the remediation pool and deployments, and the guard's concurrency limit.
     Returns one line per thing done."""
-    from prefect.client.orchestration import get_client
-
-    from planflow.prefect.blocks.alert_route import Guard, ensure_routes
-    from planflow.prefect.workpools import WorkPoolError, require_server
-
     try:
         require_server()
     except WorkPoolError as exc:
         raise AutomationsError(str(exc)) from exc
     done = [f"AlertRoute '{name}': {'created' if created else 'kept'}" for name, created in ensure_routes().items()]
-    Guard.ensure_lock()
+    ensure_lock()
     done.append(ensure_remediation_pool())
     ids = ensure_deployments()
     done += [f"deployment {name}/{DEPLOYMENT_NAME}: applied" for name in ids]
@@ -335,8 +320,6 @@ def apply(routes: dict[str, Any] | None = None) -> list[str]:
 
 def remove(name: str | None = None) -> list[str]:
     """Delete one planflow automation (by full name or the part after "planflow: "), or all."""
-    from prefect.client.orchestration import get_client
-
     removed = []
     with get_client(sync_client=True) as client:
         for automation in planflow_automations():
@@ -354,14 +337,10 @@ def start_remediation_worker(
     limit: int = 4,
     name: str | None = None,
 ) -> subprocess.Popen:
-    """The remediation worker (monitoring/remediation_worker.py: runs the remediation
-    flows in its own warm process) on `planflow-remediation`, polling every
-    `query_seconds` (Prefect's default 10 s would dominate the alert-to-remediation
-    latency), at most `limit` remediation flow runs at once (a storm queues)."""
-    import sys
-
-    from planflow.ops.workers import start_process
-
+    """The remediation worker (remediation/worker.py: runs the remediation flows in its
+    own warm process) on `planflow-remediation`, polling every `query_seconds`
+    (Prefect's default 10 s would dominate the alert-to-remediation latency), at most
+    `limit` remediation flow runs at once (a storm queues)."""
     name = name or f"{REMEDIATION_POOL}-{os.getpid()}-{os.urandom(3).hex()}"
     return start_process(
         [
@@ -384,20 +363,15 @@ def start_remediation_worker(
 
 def stop_process(process: subprocess.Popen, timeout: float = 20.0) -> None:
     """Stop a process started with start_new_session (its whole group)."""
-    from planflow.ops.workers import stop_process as stop
-
-    stop(process, timeout)
+    stop_worker_process(process, timeout)
 
 
-def _worker_pid_file(paths) -> Path:
+def _worker_pid_file(paths: StatePaths) -> Path:
     return paths.home / "monitoring" / "remediation-worker.pid"
 
 
-def worker_pid(paths=None) -> int | None:
+def worker_pid(paths: StatePaths | None = None) -> int | None:
     """The pid of the remediation worker `worker_up` started, if it still runs."""
-    from planflow.ops.workers import start_ticks
-    from planflow.settings import StatePaths
-
     paths = paths or StatePaths.discover()
     try:
         pid, ticks = (int(x) for x in _worker_pid_file(paths).read_text().split())
@@ -406,12 +380,9 @@ def worker_pid(paths=None) -> int | None:
     return pid if start_ticks(pid) == ticks else None  # the same process, not a recycled pid
 
 
-def worker_up(paths=None, query_seconds: float = 1.0) -> int:
+def worker_up(paths: StatePaths | None = None, query_seconds: float = 1.0) -> int:
     """Start the remediation worker for `planflow stack up` (idempotent: a live recorded
     worker is kept); pid and log under <state>/monitoring/. Returns its pid."""
-    from planflow.monitoring.metrics import pushgateway_url_from_env
-    from planflow.settings import StatePaths, client_env
-
     paths = paths or StatePaths.discover()
     running = worker_pid(paths)
     if running:
@@ -427,17 +398,12 @@ def worker_up(paths=None, query_seconds: float = 1.0) -> int:
     )
     pid_file = _worker_pid_file(paths)
     pid_file.parent.mkdir(parents=True, exist_ok=True)
-    from planflow.ops.workers import start_ticks
-
     pid_file.write_text(f"{process.pid} {start_ticks(process.pid)}")
     return process.pid
 
 
-def worker_down(paths=None, timeout: float = 20.0) -> bool:
+def worker_down(paths: StatePaths | None = None, timeout: float = 20.0) -> bool:
     """Stop the worker `worker_up` started (the same process: pid and start time)."""
-    from planflow.ops.workers import stop_group
-    from planflow.settings import StatePaths
-
     paths = paths or StatePaths.discover()
     pid = worker_pid(paths)
     _worker_pid_file(paths).unlink(missing_ok=True)

@@ -20,14 +20,48 @@ run the same functions and assert on what they return.
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from prefect import Flow
+from prefect.client.orchestration import SyncPrefectClient, get_client
+from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+    FlowRunFilterTags,
+    WorkPoolFilter,
+    WorkPoolFilterName,
+)
+from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.client.schemas.responses import DeploymentResponse
+from prefect.exceptions import ObjectAlreadyExists
+from prefect.states import Cancelled
+from prefect.utilities.callables import parameter_schema
+
+from planflow.ops.workers import is_our_process, start_worker, stop_process
+from planflow.prefect.blocks import ResourcePool, local_pool_from_machine
+from planflow.prefect.blocks.alert_route import load_route
+from planflow.prefect.jobvars import load_template
+from planflow.prefect.workpools import apply_work_pools, worker_online
 from planflow.remediation import demo_pipeline
+from planflow.remediation.guard import Guard
+from planflow.remediation.heal_watch import (
+    HealError,
+    events_about,
+    prometheus_url,
+    wait_about,
+    wait_for,
+    wait_until_quiet,
+)
+from planflow.remediation.pools import live_workers, stuck_runs
+from planflow.remediation.scaling import stop_worker
 
 FLOW_NAME = demo_pipeline.pipeline.name
 ENTRYPOINT = "planflow.remediation.demo_pipeline:heal_demo"
@@ -42,10 +76,7 @@ BACKLOG_RUNS = 6
 BUSY_PARAMETERS = {"seconds": 5.0}
 
 Say = Callable[[str], None]
-
-
-class HealError(RuntimeError):
-    """A scenario step did not happen in time; the message says which and where to look."""
+__all__ = ["HealError", "failover_scenario", "rescale_scenario"]
 
 
 @dataclass
@@ -67,30 +98,9 @@ class Timeline:
         self.steps.clear()
 
 
-def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 1.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise HealError(
-                f"timed out after {timeout:.0f} s waiting for {what}. "
-                "Look at `planflow stack status`, Prometheus's /alerts page and the "
-                "planflow-remediation flow runs in the Prefect UI."
-            )
-        time.sleep(interval)
-
-
 # -- set-up -------------------------------------------------------------------------------
 def create_process_pool(name: str, concurrency_limit: int | None = None) -> None:
     """A process work pool from planflow's template, or the existing one set to this limit."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
-    from prefect.exceptions import ObjectAlreadyExists
-
-    from planflow.prefect.jobvars import load_template
-
     with get_client(sync_client=True) as client:
         try:
             client.create_work_pool(
@@ -106,13 +116,10 @@ def create_process_pool(name: str, concurrency_limit: int | None = None) -> None
 
 
 def deploy_flow(
-    flow: Any, entrypoint: str, deployment: str, work_pool: str, tags: list[str], parameters: dict | None = None
-) -> Any:
+    flow: Flow, entrypoint: str, deployment: str, work_pool: str, tags: list[str], parameters: dict | None = None
+) -> DeploymentResponse:
     """A deployment of an installed flow (`entrypoint` is an import path) on `work_pool`;
     created or updated."""
-    from prefect.client.orchestration import get_client
-    from prefect.utilities.callables import parameter_schema
-
     with get_client(sync_client=True) as client:
         flow_id = client.create_flow_from_name(flow.name)
         deployment_id = client.create_deployment(
@@ -129,9 +136,7 @@ def deploy_flow(
         return client.read_deployment(deployment_id)
 
 
-def _worker(pool: str, logs: Path, tag: str, env: dict[str, str] | None):
-    from planflow.ops.workers import start_worker
-
+def _worker(pool: str, logs: Path, tag: str, env: dict[str, str] | None) -> subprocess.Popen:
     return start_worker(
         pool,
         logs / f"{pool}-{tag}.log",
@@ -142,92 +147,14 @@ def _worker(pool: str, logs: Path, tag: str, env: dict[str, str] | None):
     )
 
 
-def remediation_story(pool: str, since) -> str:
-    """The alerts and remediation outcomes about `pool` since `since`, one line each (for
-    a step that did not happen: what did happen instead)."""
-    lines = []
-    for prefix in ("planflow.alert.", "planflow.remediation.outcome"):
-        for e in _events_about(prefix, f"prefect.work-pool.{pool}", since):
-            payload = e.get("payload", {})
-            what = payload.get("labels", {}).get("alertname") or payload.get("action")
-            lines.append(
-                f"{e['occurred']} {e['event']} {what or ''} {payload.get('outcome') or ''} "
-                f"{payload.get('reason') or ''}".rstrip()
-            )
-    return "\n".join(sorted(lines)[-15:]) or "no alert or remediation event about it"
-
-
-def wait_about(pool: str, since, check: Callable[[], Any], timeout: float, what: str, interval: float = 1.0) -> Any:
-    """wait_for, and on a timeout say what the alerts and remediations about `pool` did."""
-    try:
-        return wait_for(check, timeout, what, interval)
-    except HealError as exc:
-        raise HealError(f"{exc}\nWhat happened about {pool}:\n{remediation_story(pool, since)}") from None
-
-
-def _final(client, run_id) -> Any:
+def _final(client: SyncPrefectClient, run_id: Any) -> FlowRun | None:
     run = client.read_flow_run(run_id)
     return run if run.state and run.state.is_final() else None
 
 
-def _events_about(prefix: str, resource: str, since) -> list[dict]:
-    from prefect.settings import PREFECT_API_URL
-
-    from planflow.monitoring.events import read_events
-    from planflow.monitoring.prefect_api import auth_headers
-
-    return [
-        e
-        for e in read_events(str(PREFECT_API_URL.value()).rstrip("/"), None, prefix, since, auth_headers())
-        if e["resource"].get("prefect.resource.id") == resource
-        or any(r.get("prefect.resource.id") == resource for r in e.get("related", []))
-    ]
-
-
-def remediation_settled(client) -> bool:
-    """No remediation flow run due now is unfinished (later re-checks do not count)."""
-    import datetime as dt
-
-    from prefect.client.schemas.filters import WorkPoolFilter, WorkPoolFilterName
-    from prefect.client.schemas.sorting import FlowRunSort
-
-    from planflow.remediation.automations import REMEDIATION_POOL
-
-    soon = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=5)
-    runs = client.read_flow_runs(
-        work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[REMEDIATION_POOL])),
-        limit=200,
-        sort=FlowRunSort.EXPECTED_START_TIME_DESC,
-    )
-    return not [
-        r
-        for r in runs
-        if r.state
-        and not r.state.is_final()
-        and not (
-            r.state.is_scheduled()
-            and r.state.state_details.scheduled_time
-            and r.state.state_details.scheduled_time > soon
-        )
-    ]
-
-
-def clean_slate(client, pools: list[str], say: Say) -> None:
+def clean_slate(client: SyncPrefectClient, pools: list[str], say: Say) -> None:
     """Undo what an interrupted earlier demo left on its own pools: unfinished runs
     (cancelled), extra workers of a rescale (stopped), the guard's ledgers (reset)."""
-    from prefect.client.schemas.filters import (
-        FlowRunFilter,
-        FlowRunFilterState,
-        FlowRunFilterStateType,
-        WorkPoolFilter,
-        WorkPoolFilterName,
-    )
-    from prefect.client.schemas.objects import StateType
-    from prefect.states import Cancelled
-
-    from planflow.prefect.blocks.alert_route import Guard, load_route
-    from planflow.remediation.actions import stop_worker
-
     leftovers = client.read_flow_runs(
         work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=pools)),
         flow_run_filter=FlowRunFilter(
@@ -250,11 +177,11 @@ def clean_slate(client, pools: list[str], say: Say) -> None:
         Guard(load_route("PlanflowWorkPoolNotReady"), shared=True).reset(f"failover:{pool}")
 
 
-def settle(client, pools: list[str], say: Say) -> None:
-    """Start from healthy pools: each READY with a live worker, no remediation pending (a
-    pool seen before its worker's first heartbeat may have raised an alert of its own),
-    none paused."""
-    from prefect.client.schemas.actions import WorkPoolUpdate
+def settle(client: SyncPrefectClient, pools: list[str], say: Say, since: datetime, prometheus: str) -> None:
+    """Start from healthy pools: each READY with a live worker, the alert loop quiet about
+    them (a pool seen before its worker's first heartbeat may have raised an alert of its
+    own: Prometheus has seen them healthy since, and every alert about them has been
+    answered), no remediation pending, none paused."""
 
     def ready() -> bool:
         return all(
@@ -262,8 +189,7 @@ def settle(client, pools: list[str], say: Say) -> None:
         )
 
     wait_for(ready, 60, f"{', '.join(pools)} to be READY")
-    time.sleep(4)  # Prometheus scrapes and evaluates every second in the fast profile
-    wait_for(lambda: remediation_settled(client), 120, "earlier remediation runs to finish")
+    wait_until_quiet(client, pools, since, prometheus)
     for pool in pools:
         if client.read_work_pool(pool).is_paused:
             client.update_work_pool(pool, WorkPoolUpdate(is_paused=False))
@@ -272,21 +198,17 @@ def settle(client, pools: list[str], say: Say) -> None:
 
 # -- failover -----------------------------------------------------------------------------
 def failover_scenario(
-    logs: Path, say: Say = print, timeout: float = 240.0, env: dict[str, str] | None = None
+    logs: Path,
+    say: Say = print,
+    timeout: float = 240.0,
+    env: dict[str, str] | None = None,
+    prometheus: str | None = None,
 ) -> dict[str, Any]:
     """Kill heal-primary's worker, submit a run there, watch planflow fail it over to
     local-process and resume heal-primary once a worker is back. Returns the timeline
-    and the ids involved."""
-    from datetime import datetime, timedelta
-
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
-
-    from planflow.ops.workers import stop_process
-    from planflow.prefect.blocks import ResourcePool, local_pool_from_machine
-    from planflow.prefect.workpools import apply_work_pools, worker_online
-    from planflow.remediation.actions import live_workers
-
+    and the ids involved. `prometheus`: the stack's url (default: the running stack's)."""
+    prometheus = prometheus or prometheus_url()
+    set_up = datetime.now(UTC) - timedelta(seconds=5)
     flow = demo_pipeline.heal_demo
     apply_work_pools([BACKUP_WORK_POOL], resource_pools=False)
     create_process_pool(PRIMARY)
@@ -309,7 +231,7 @@ def failover_scenario(
         with get_client(sync_client=True) as client:
             wait_for(lambda: live_workers(client, PRIMARY), 60, f"a worker on {PRIMARY}")
             wait_for(lambda: live_workers(client, BACKUP_WORK_POOL), 60, f"a worker on {BACKUP_WORK_POOL}")
-            settle(client, [PRIMARY, BACKUP_WORK_POOL], say)
+            settle(client, [PRIMARY, BACKUP_WORK_POOL], say, set_up, prometheus)
             say(f"{PRIMARY} has a worker; its ResourcePool names 'local' ({BACKUP_WORK_POOL}) as backup")
 
             timeline.restart()
@@ -321,7 +243,7 @@ def failover_scenario(
             timeline.mark(f"run {stuck.name} submitted to {PRIMARY}: no worker will pick it up")
 
             alert = wait_for(
-                lambda: [e for e in _events_about("planflow.alert.firing", f"prefect.work-pool.{PRIMARY}", since)],
+                lambda: events_about("planflow.alert.firing", f"prefect.work-pool.{PRIMARY}", since),
                 timeout,
                 f"the alert about {PRIMARY}",
             )
@@ -378,18 +300,18 @@ def failover_scenario(
 
 # -- rescale ------------------------------------------------------------------------------
 def rescale_scenario(
-    logs: Path, say: Say = print, timeout: float = 300.0, env: dict[str, str] | None = None, runs: int = BACKLOG_RUNS
+    logs: Path,
+    say: Say = print,
+    timeout: float = 300.0,
+    env: dict[str, str] | None = None,
+    runs: int = BACKLOG_RUNS,
+    prometheus: str | None = None,
 ) -> dict[str, Any]:
     """Queue more runs on heal-busy (limit 1, one worker) than it can start; watch
-    planflow scale it out, drain the backlog and scale back. Returns the timeline."""
-    from datetime import datetime, timedelta
-
-    from prefect.client.orchestration import get_client
-
-    from planflow.ops.workers import is_our_process, stop_process
-    from planflow.prefect.blocks.alert_route import Guard, load_route
-    from planflow.remediation.actions import live_workers, stuck_runs
-
+    planflow scale it out, drain the backlog and scale back. Returns the timeline.
+    `prometheus`: the stack's url (default: the running stack's)."""
+    prometheus = prometheus or prometheus_url()
+    set_up = datetime.now(UTC) - timedelta(seconds=5)
     flow = demo_pipeline.heal_demo
     create_process_pool(BUSY, concurrency_limit=1)
     with get_client(sync_client=True) as client:
@@ -403,7 +325,7 @@ def rescale_scenario(
     try:
         with get_client(sync_client=True) as client:
             wait_for(lambda: live_workers(client, BUSY), 60, f"a worker on {BUSY}")
-            settle(client, [BUSY], say)
+            settle(client, [BUSY], say, set_up, prometheus)
             say(
                 f"{BUSY}: concurrency limit 1, one worker; route {route.alertname}: "
                 f"min {route.min_workers}, max {route.max_workers} workers, max concurrency {route.max_concurrency}"

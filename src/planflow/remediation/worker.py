@@ -12,7 +12,7 @@ process.
 
     python -m planflow.remediation.worker --pool planflow-remediation [--limit 4]
 
-`planflow stack up` starts it (monitoring/automations.py: worker_up).
+`planflow stack up` starts it (remediation/automations.py: worker_up).
 """
 
 from __future__ import annotations
@@ -24,13 +24,16 @@ import warnings
 from typing import Any
 
 import anyio
+from prefect.flow_engine import run_flow
+from prefect.settings import PREFECT_WORKER_PREFETCH_SECONDS, PREFECT_WORKER_QUERY_SECONDS, temporary_settings
 from prefect.workers.process import ProcessWorker, ProcessWorkerResult
+
+from planflow.remediation.flows import REMEDIATION_FLOWS
+from planflow.remediation.names import REMEDIATION_POOL
 
 
 def remediation_flows() -> dict[str, Any]:
-    """Flow name -> flow object of the remediation flows (imported once)."""
-    from planflow.remediation.actions import REMEDIATION_FLOWS
-
+    """Flow name -> flow object of the remediation flows."""
     return {f.name: f for f in REMEDIATION_FLOWS.values()}
 
 
@@ -74,15 +77,11 @@ with warnings.catch_warnings():
 
 def _execute(flow: Any, flow_run: Any) -> int:
     """Run one flow run with Prefect's flow engine in this thread; 0 when it completed."""
-    from prefect.flow_engine import run_flow
-
     state = run_flow(flow, flow_run=flow_run, parameters=dict(flow_run.parameters or {}), return_type="state")
     return 0 if state is not None and not state.is_crashed() else 1
 
 
 async def serve(pool: str, name: str | None, limit: int, query_seconds: float) -> None:
-    from prefect.settings import PREFECT_WORKER_PREFETCH_SECONDS, PREFECT_WORKER_QUERY_SECONDS, temporary_settings
-
     with temporary_settings({PREFECT_WORKER_QUERY_SECONDS: query_seconds, PREFECT_WORKER_PREFETCH_SECONDS: 0}):
         async with RemediationWorker(
             work_pool_name=pool, name=name, limit=limit, create_pool_if_not_found=False
@@ -92,7 +91,7 @@ async def serve(pool: str, name: str | None, limit: int, query_seconds: float) -
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pool", default="planflow-remediation")
+    parser.add_argument("--pool", default=REMEDIATION_POOL)
     parser.add_argument("--name", default=None)
     parser.add_argument("--limit", type=int, default=4, help="remediation flow runs at once")
     parser.add_argument("--query-seconds", type=float, default=1.0, help="how often to poll the pool")

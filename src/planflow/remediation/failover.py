@@ -1,0 +1,276 @@
+"""The failover remediation: an unhealthy pool's waiting runs move to its backup pool.
+
+On a pool-unhealthy alert (PlanflowWorkPoolNotReady, PlanflowWorkerHeartbeatStale,
+PlanflowPoolFailureRateHigh), `planflow-failover/remediation`:
+
+1. pauses the work pool (no new run starts there until the alert resolves);
+2. cancels its stuck runs (Scheduled, Late, Pending), re-plans their pipelines onto the
+   ResourcePool's `backup_pool` (its capacities) and resubmits them on the backup pool's
+   deployment of the same flow;
+3. on the matching resolved alert, resumes the pool, only if failover paused it and a
+   worker serves it again (else checks again later, bounded).
+
+One failover per pool, whichever of the alerts fired: the guard's ledger is shared.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from prefect import flow
+from prefect.client.orchestration import SyncPrefectClient, get_client
+from prefect.client.schemas.actions import WorkPoolUpdate
+from prefect.client.schemas.filters import (
+    DeploymentFilter,
+    FlowFilter,
+    FlowFilterId,
+    WorkPoolFilter,
+    WorkPoolFilterName,
+)
+from prefect.client.schemas.objects import FlowRun
+from prefect.client.schemas.responses import DeploymentResponse
+from prefect.states import Cancelled
+
+from planflow.prefect.blocks.resource_pool import ResourcePool
+from planflow.prefect.jobvars import job_variables
+from planflow.remediation.alert import AlertEvent
+from planflow.remediation.audit import audited
+from planflow.remediation.names import FAILOVER_FLOW
+from planflow.remediation.planning import replan_on_backup
+from planflow.remediation.pool_alert import PoolAlert, open_pool_alert
+from planflow.remediation.pools import backup_of, live_workers, pool_status, stuck_runs
+
+# Alerts that say "no worker serves this pool" (as opposed to "its runs fail").
+WORKER_ALERTS = ("PlanflowWorkPoolNotReady", "PlanflowWorkerHeartbeatStale")
+# A pool paused by failover whose alert resolved with no worker back is checked again
+# every 15 s for two minutes, then 30, 60, ... at most 10 min apart, for about a day
+# (then a person resumes it).
+RECHECKS = 150
+RECHECK_SECONDS = 15.0
+RECHECK_MAX_SECONDS = 600.0
+
+
+def recheck_delay(recheck: int) -> float:
+    """Seconds until re-check number `recheck` + 1 of a paused pool."""
+    if recheck < 8:
+        return RECHECK_SECONDS
+    return min(RECHECK_MAX_SECONDS, RECHECK_SECONDS * 2 ** min(recheck - 7, 10))
+
+
+@flow(name=FAILOVER_FLOW, log_prints=True, retries=0)
+@audited
+def failover(alert: AlertEvent) -> dict[str, Any]:
+    """Firing: pause the pool, cancel its stuck runs, resubmit them on the backup pool.
+    Resolved: resume the pool if failover paused it and a worker serves it again (else
+    check again later, up to RECHECKS times)."""
+    pool_alert, skipped = open_pool_alert("failover", FAILOVER_FLOW, "PlanflowWorkPoolNotReady", alert, shared=True)
+    if skipped is not None:
+        return skipped
+    with get_client(sync_client=True) as client:
+        if pool_alert.status == "resolved":
+            return _resume(client, pool_alert)
+        return _fail_over(client, pool_alert)
+
+
+def _resume(client: SyncPrefectClient, alert: PoolAlert) -> dict[str, Any]:
+    """The alert resolved: resume the pool if failover paused it and a worker is back."""
+    audit, guard, key, pool, route = alert.audit, alert.guard, alert.key, alert.pool, alert.route
+    ledger = guard.ledger(key)
+    if route.dry_run:
+        audit.note(f"dry run: would resume work pool {pool} (paused by failover: {bool(ledger.get('paused'))})")
+        guard.reset(key)
+        return audit.finish("dry_run", "alert resolved", {"ledger": ledger}, route)
+    if not ledger.get("paused"):
+        guard.reset(key)
+        return audit.finish("skipped", f"alert resolved; failover had not paused {pool}", {"ledger": ledger}, route)
+    try:
+        workers = live_workers(client, pool)
+        paused_now = client.read_work_pool(pool).is_paused
+    except Exception as exc:  # noqa: BLE001 - the pool was deleted
+        guard.reset(key)
+        return audit.finish("skipped", f"alert resolved; pool {pool} is gone ({exc})", {}, route)
+    if not paused_now:
+        guard.reset(key)
+        return audit.finish(
+            "skipped", f"alert resolved; {pool} was already resumed (by hand)", {"ledger": ledger}, route
+        )
+    if not workers:
+        # Pausing a pool that has no worker resolves "not ready" by itself: resume only
+        # once a worker is back, checking again later (bounded).
+        recheck = alert.recheck
+        planned = None if recheck >= RECHECKS else alert.check_again(recheck_delay(recheck), recheck + 1)
+        audit.note(
+            f"alert resolved but {pool} has no live worker: stays paused; "
+            + (f"checking again at {planned}" if planned else "no more re-checks")
+        )
+        return audit.finish(
+            "skipped", f"{pool} has no live worker yet", {"recheck": recheck, "next_check": planned}, route
+        )
+    client.update_work_pool(pool, WorkPoolUpdate(is_paused=False))
+    audit.note(f"resumed work pool {pool} (paused by failover at {ledger.get('paused_at')})")
+    audit.emit("action", what="resume-work-pool", work_pool=pool)
+    guard.reset(key)
+    return audit.finish("succeeded", f"alert {alert.alertname} resolved: pool {pool} resumed", {"resumed": pool}, route)
+
+
+def _fail_over(client: SyncPrefectClient, alert: PoolAlert) -> dict[str, Any]:
+    """The alert fired: pause the pool, move its waiting runs to the backup pool."""
+    audit, guard, key, pool, route = alert.audit, alert.guard, alert.key, alert.pool, alert.route
+    if guard.ledger(key).get("paused"):
+        try:
+            if not client.read_work_pool(pool).is_paused:  # resumed by hand: a new episode
+                guard.reset(key)
+        except Exception:  # noqa: BLE001 - the pool was deleted: the guard decides below
+            pass
+    source_name, backup_name, backup = backup_of(pool)
+    stuck = stuck_runs(client, pool)
+    live = live_workers(client, pool)
+    if alert.alertname in WORKER_ALERTS and live and pool_status(client, pool) == "READY":
+        # The alert was about a worker that is back by now (or a pool seen between its
+        # creation and its worker's first heartbeat): nothing is unhealthy any more.
+        audit.note(f"{pool} is READY with live worker(s) {', '.join(live)}: the alert is stale")
+        return audit.finish(
+            "skipped", f"{pool} recovered before the failover ran", {"work_pool": pool, "live_workers": live}, route
+        )
+    if backup is None and not stuck and not live:
+        # No worker to stop, no run to move, nowhere to move it: pausing would only
+        # leave an unused pool paused until someone notices.
+        audit.note(
+            f"nothing to do: {pool} has no live worker, no waiting run and no backup pool "
+            f"(set backup_pool on its ResourcePool block to fail it over)"
+        )
+        return audit.finish("skipped", f"{pool}: nothing to protect or move", {"work_pool": pool}, route)
+    decision = guard.admit(key)
+    if not decision.counted:
+        audit.note(f"no failover: {decision.reason}")
+        return audit.finish(decision.audit_outcome, decision.reason, {"decision": decision.outcome}, route)
+    dry = decision.outcome == "dry_run"
+    details: dict[str, Any] = {
+        "work_pool": pool,
+        "resource_pool": source_name,
+        "backup_pool": backup_name,
+        "backup_work_pool": backup.work_pool if backup else None,
+        "cancelled": [],
+        "resubmitted": [],
+        "kept": [],
+        "replans": {},
+    }
+    if dry:
+        audit.note(f"dry run: would pause work pool {pool}")
+    else:
+        client.update_work_pool(pool, WorkPoolUpdate(is_paused=True))
+        guard.update(key, paused=True, paused_at=dt.datetime.now(dt.UTC).isoformat())
+        audit.note(f"paused work pool {pool}: no new run starts there until the alert resolves")
+        audit.emit("action", what="pause-work-pool", work_pool=pool)
+    for run in stuck:
+        _move(client, alert, run, backup_name, backup, dry, details)
+    if backup is None:
+        audit.note(
+            f"work pool {pool} has no backup pool (ResourcePool {source_name!r}): "
+            "paused only, its waiting runs kept queued"
+        )
+    outcome = "dry_run" if dry else "succeeded"
+    return audit.finish(outcome, f"{alert.alertname} on {pool}: {decision.reason}", details, route)
+
+
+def _move(
+    client: SyncPrefectClient,
+    alert: PoolAlert,
+    run: FlowRun,
+    backup_name: str | None,
+    backup: ResourcePool | None,
+    dry: bool,
+    details: dict[str, Any],
+) -> None:
+    """Cancel one waiting run and resubmit it on the backup pool, or say why it stays."""
+    audit, pool = alert.audit, alert.pool
+    audit.affected.append(str(run.id))
+    target, flow_name, why = None, "", ""
+    if "component" in run.tags:
+        why = "a component run: cancelled; its pipeline run fails and is retried, re-planned on ready pools"
+    elif backup is None:
+        why = "no backup pool: kept queued, it starts when the pool is resumed"
+    elif run.deployment_id is None:
+        why = "not from a deployment: kept queued"
+    else:
+        flow_name = client.read_flow(run.flow_id).name
+        target = _equivalent_deployment(client, run.flow_id, backup.work_pool)
+        if target is None:
+            why = f"flow {flow_name} has no deployment on {backup.work_pool}: kept queued"
+    if target is None and "component" not in run.tags:
+        details["kept"].append(f"{run.name}: {why}")
+        audit.note(f"{run.name} ({run.state.name}): {why}")
+        return
+    if dry:
+        audit.note(
+            f"dry run: would cancel {run.name} ({run.state.name})"
+            + (f" and resubmit it on {backup.work_pool}" if target else f" ({why})")
+        )
+        details["cancelled"].append(run.name)
+        return
+    client.set_flow_run_state(
+        run.id,
+        Cancelled(
+            message=(
+                f"planflow failover: work pool {pool} is unhealthy ({alert.alertname}); "
+                + (f"resubmitted on {backup.work_pool}" if target else why)
+            )
+        ),
+        force=True,
+    )
+    audit.note(f"cancelled {run.name} ({run.state.name}) on {pool}" + ("" if target else f": {why}"))
+    audit.emit("action", what="cancel-flow-run", flow_run_id=str(run.id))
+    details["cancelled"].append(run.name)
+    if target is None:
+        return
+    if flow_name not in details["replans"]:
+        details["replans"][flow_name] = replan_on_backup(flow_name, backup_name, backup)
+    parameters = dict(run.parameters or {})
+    properties = (target.parameter_openapi_schema or {}).get("properties") or {}
+    if "local_pool" in properties or (not properties and "planflow" in run.tags):
+        parameters["local_pool"] = backup_name  # plan with the backup pool's capacities
+    new = client.create_flow_run_from_deployment(
+        target.id,
+        parameters=parameters,
+        job_variables=_backup_job_variables(client, backup),
+        tags=[*(t for t in run.tags if t not in ("docker", "kubernetes")), "failover"],
+        name=f"{run.name}-failover",
+    )
+    audit.affected.append(str(new.id))
+    details["resubmitted"].append(
+        {
+            "from": run.name,
+            "flow_run_id": str(new.id),
+            "deployment": f"{flow_name}/{target.name}",
+            "work_pool": backup.work_pool,
+        }
+    )
+    audit.note(
+        f"resubmitted {run.name} as {new.name} ({flow_name}/{target.name}) on "
+        f"{backup.work_pool}, planned with pool '{backup_name}' "
+        f"({details['replans'][flow_name].get('makespan_s', '?')} s makespan)"
+    )
+    audit.emit(
+        "action", what="resubmit", from_flow_run_id=str(run.id), flow_run_id=str(new.id), work_pool=backup.work_pool
+    )
+
+
+def _equivalent_deployment(client: SyncPrefectClient, flow_id: Any, work_pool: str) -> DeploymentResponse | None:
+    """A deployment of the same flow on `work_pool` (the first by name), or None."""
+    found = client.read_deployments(
+        flow_filter=FlowFilter(id=FlowFilterId(any_=[flow_id])),
+        work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[work_pool])),
+        deployment_filter=DeploymentFilter(),
+        limit=10,
+    )
+    return sorted(found, key=lambda d: d.name)[0] if found else None
+
+
+def _backup_job_variables(client: SyncPrefectClient, backup: ResourcePool) -> dict[str, Any]:
+    """Job variables sized to the backup pool (e.g. a Kubernetes pod's requests)."""
+    try:
+        kind = client.read_work_pool(backup.work_pool).type
+        return job_variables(kind, cpu=backup.cpu, gpu=backup.gpu, mem_gib=backup.mem_gib, gpu_pool=backup.gpu > 0)
+    except Exception:  # noqa: BLE001 - plain job variables are still a valid resubmission
+        return {}

@@ -1,0 +1,95 @@
+"""The retry remediation: a failed or crashed pipeline flow run runs again.
+
+Prefect's own `prefect.flow-run.Failed|Crashed` event of a run tagged `planflow` starts
+`planflow-retry-run/remediation`. The run (from a deployment) is set back to Scheduled
+("AwaitingRetry", after the route's backoff) so that a worker runs the SAME flow run
+again: its components' cache keys are scoped to the flow run id, so the components that
+finished are read back (state Cached), not recomputed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from prefect import flow
+from prefect.client.orchestration import get_client
+from prefect.states import AwaitingRetry
+
+from planflow.prefect.blocks.alert_route import FLOW_RUN_FAILED, AlertRoute, load_route
+from planflow.remediation.alert import AlertEvent
+from planflow.remediation.audit import Audit, audited
+from planflow.remediation.guard import Guard
+from planflow.remediation.names import REMEDIATION_TAG, RETRY_FLOW
+
+
+def backoff_seconds(route: AlertRoute, attempt: int) -> float:
+    """The wait before retry number `attempt`: backoff * factor^(attempt-1)."""
+    return float(route.backoff_seconds * route.backoff_factor ** max(0, attempt - 1))
+
+
+@flow(name=RETRY_FLOW, log_prints=True, retries=0)
+@audited
+def retry_run(alert: AlertEvent) -> dict[str, Any]:
+    """Run a failed or crashed pipeline flow run again, the same flow run, after a backoff;
+    finished components are read back from their persisted results."""
+    run_id = alert.flow_run_id
+    route = load_route(FLOW_RUN_FAILED)
+    audit = Audit("retry", FLOW_RUN_FAILED, run_id, alert)
+    if run_id:
+        audit.affected.append(run_id)
+    audit.emit("started", flow_run_id=run_id, trigger=alert.event)
+    if not run_id:
+        return audit.finish("skipped", f"no flow run id in {alert.resource_id!r}", route=route)
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(run_id)
+        state = run.state
+        kind = state.type.value if state else "UNKNOWN"
+        if state is None or kind not in ("FAILED", "CRASHED"):
+            return audit.finish(
+                "skipped",
+                f"flow run {run.name} is {state.name if state else '-'} now, "
+                "not failed or crashed (already retried, or a duplicate event)",
+                route=route,
+            )
+        if "component" in run.tags or REMEDIATION_TAG in run.tags:
+            return audit.finish(
+                "skipped",
+                f"flow run {run.name} is a component or remediation run: its parent pipeline run is the one retried",
+                route=route,
+            )
+        if run.deployment_id is None:
+            return audit.finish(
+                "skipped",
+                f"flow run {run.name} was not started from a deployment: no worker can run it again",
+                route=route,
+            )
+        decision = Guard(route).admit(f"retry:{run_id}", extra={"flow_run": run.name})
+        details = {"flow_run": run.name, "was": state.name, "attempt": decision.attempt, "decision": decision.outcome}
+        if not decision.counted:
+            audit.note(f"not retried: {decision.reason}")
+            return audit.finish(decision.audit_outcome, decision.reason, details, route)
+        delay = backoff_seconds(route, decision.attempt)
+        when = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=delay)
+        details.update(backoff_seconds=delay, scheduled_for=when.isoformat())
+        if decision.outcome == "dry_run":
+            audit.note(f"dry run: would set {run.name} ({state.name}) to AwaitingRetry in {delay:g} s")
+            return audit.finish("dry_run", decision.reason, details, route)
+        client.set_flow_run_state(
+            run_id,
+            AwaitingRetry(
+                scheduled_time=when,
+                message=(
+                    f"planflow retry {decision.attempt}/{route.max_attempts} after {state.name}: "
+                    f"{(state.message or '')[:200]}"
+                ),
+            ),
+            force=True,
+        )
+        audit.note(
+            f"set {run.name} from {state.name} to AwaitingRetry, due in {delay:g} s "
+            f"(attempt {decision.attempt} of {route.max_attempts}); a worker of its pool runs "
+            "the same flow run again, finished components come back Cached"
+        )
+        audit.emit("action", what="set-state", state="AwaitingRetry", flow_run_id=run_id, backoff_seconds=delay)
+    return audit.finish("succeeded", decision.reason, details, route)
