@@ -37,7 +37,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 
-test: $(STAMP) services
+test: lint services
 	$(BIN)/pytest
 
 bench: $(STAMP) services

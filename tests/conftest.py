@@ -18,6 +18,8 @@ from planflow.ops.server import free_port  # noqa: E402  (no Prefect import behi
 _HOME = Path(tempfile.mkdtemp(prefix="planflow-test-"))
 _PORT = free_port()
 os.environ["PLANFLOW_HOME"] = str(_HOME)
+# planflow records its servers per user; the test sessions keep that record to themselves.
+os.environ["XDG_STATE_HOME"] = str(_HOME / "xdg-state")
 os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{_PORT}/api"
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 

@@ -8,9 +8,10 @@ import importlib.util
 import pytest
 from typer.testing import CliRunner
 
+from planflow.cli.workpools import workpools_app
 from planflow.prefect import workpools
 from planflow.prefect.jobvars import load_template
-from planflow.prefect.workpools import WorkPoolError, apply_work_pools, require_pool, worker_status, workpools_app
+from planflow.prefect.workpools import WorkPoolError, apply_work_pools, require_pool, worker_status
 
 
 def test_apply_creates_the_pools_with_planflows_templates(work_pools):

@@ -8,11 +8,17 @@ tree is imported inside `main` and not at the top of this module.
 
 from __future__ import annotations
 
-from planflow.settings import apply_client_env
+import sys
+
+from planflow.settings import SettingsError, apply_client_env
 
 
 def main() -> None:  # pragma: no cover - console script entry
-    apply_client_env()
+    try:
+        apply_client_env()
+    except SettingsError as exc:  # a bad PLANFLOW_* value: say which, before any command
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
     # Prefect reads its settings at import: the commands (which import Prefect) must
     # come after apply_client_env().
     from planflow.cli.app import app  # noqa: PLC0415
