@@ -223,9 +223,11 @@ def test_run_shows_the_pipelines_own_load_error(user_project, cli_env, folder):
 def test_run_shows_a_yaml_typo_in_uses(user_project, cli_env):
     out = planflow_in(user_project, "run", "typo", env=cli_env)
     assert out.returncode == 1
-    assert "pipeline 'typo' is invalid:\n  - module 'flows.good.flow' has no 'numbrs'. Did you mean 'numbers'?" in (
-        out.stderr
+    expected = (
+        "pipeline 'typo' is invalid:\n  - step 1 ('numbers'): module 'flows.good.flow' has no 'numbrs'. "
+        "Did you mean 'numbers'?"
     )
+    assert expected in out.stderr
     assert "no pipeline named" not in out.stderr and "Traceback" not in out.stderr
 
 

@@ -33,9 +33,11 @@ def fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
-def ensure_server() -> str:
+def ensure_server(same_as_env: bool = True) -> str:
     """The API URL to use: the user's PREFECT_API_URL if set (it must answer), else
-    this project's embedded server, started when needed."""
+    this project's embedded server, started when needed. With `same_as_env`, a server
+    that started somewhere else than this process's Prefect settings point is an error
+    (a command that passes the URL on explicitly, like `worker start`, sets it False)."""
     chosen = user_api_url()
     if chosen:
         if not stack.healthy(chosen):
@@ -52,7 +54,7 @@ def ensure_server() -> str:
         state = stack.up()
     except stack.StackError as exc:
         fail(str(exc))
-    if state.url != os.environ["PREFECT_API_URL"]:
+    if same_as_env and state.url != os.environ["PREFECT_API_URL"]:
         fail(
             f"the embedded server runs at {state.url}, but this command was set up for "
             f"{os.environ['PREFECT_API_URL']}. Fix: run the command again."

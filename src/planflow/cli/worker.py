@@ -19,47 +19,19 @@ import typer
 from prefect.client.orchestration import get_client
 from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_API_URL, temporary_settings
-from rich.console import Console
 
+from planflow.cli.common import ensure_server, err, fail
 from planflow.ops import server
 from planflow.prefect.workpools import POOLS
-from planflow.settings import project_root, user_api_url
+from planflow.settings import project_root
 
 worker_app = typer.Typer(help="Prefect workers for the project's work pools.", no_args_is_help=True)
-err = Console(stderr=True)
 
 
 class WorkerType(StrEnum):
     process = "process"
     docker = "docker"
     kubernetes = "kubernetes"
-
-
-def _fail(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
-    raise typer.Exit(1)
-
-
-def _server_url() -> str:
-    """The user's PREFECT_API_URL (it must answer), else the project's embedded server,
-    started when it does not run."""
-    chosen = user_api_url()
-    if chosen:
-        if not server.healthy(chosen):
-            _fail(
-                f"the Prefect server at {chosen} (PREFECT_API_URL) does not answer. Fix: start it, "
-                "or unset PREFECT_API_URL to use the project's embedded server (`planflow server up`)."
-            )
-        return chosen
-    current = server.status()
-    if current.running and current.url:
-        return current.url
-    err.print("Starting the embedded Prefect server (planflow server up) ...")
-    try:
-        started = server.up()
-    except server.StackError as exc:
-        _fail(str(exc))
-    return started.url or ""
 
 
 def _pool_type(pool: str, url: str) -> str | None:
@@ -74,7 +46,7 @@ def _pool_type(pool: str, url: str) -> str | None:
 def _require_worker_package(kind: str, pool: str) -> None:
     needs = next((p for p in POOLS.values() if p.type == kind and p.worker_package), None)
     if needs and importlib.util.find_spec(needs.worker_package) is None:
-        _fail(
+        fail(
             f"a worker for '{pool}' (type {kind}) needs the '{needs.pip_name.split('==')[0]}' package, "
             f"which is not installed. Fix: pip install {needs.pip_name}  (or: pip install 'planflow[workers]')"
         )
@@ -94,15 +66,15 @@ def start(
 ) -> None:
     """Start a Prefect worker for POOL against the project's server, from the project
     folder (it runs until stopped)."""
-    url = _server_url()
+    url = ensure_server(same_as_env=False)
     actual = _pool_type(pool, url)
     if actual is None and worker_type is None:
-        _fail(
+        fail(
             f"work pool '{pool}' does not exist on {url}. Fix: `planflow workpools apply` (planflow's "
             f"pools: {', '.join(POOLS)}), or create it with `planflow worker start {pool} --type process`."
         )
     if actual is not None and worker_type is not None and actual != worker_type.value:
-        _fail(
+        fail(
             f"work pool '{pool}' is of type '{actual}', not '{worker_type.value}'. "
             f"Fix: leave out --type (or give --type {actual})."
         )
