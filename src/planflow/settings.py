@@ -58,7 +58,6 @@ class PlanflowSettings(BaseSettings):
     # Read by other modules; declared here so that every PLANFLOW_ variable is in one place.
     pushgateway_url: str | None = Field(None, description="Pushgateway for run metrics (else the recorded one).")
     bridge_token: SecretStr | None = Field(None, description="Bearer token between Alertmanager and the bridge.")
-    psplib_dir: Path | None = Field(None, description="Folder of PSPLIB instances for `planflow bench psplib`.")
     pickup_timeout_seconds: float = Field(
         120.0, gt=0, description="How long a distributed run waits for a worker to pick up a component."
     )

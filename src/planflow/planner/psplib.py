@@ -7,12 +7,11 @@ PSPLIB job number (``"1"`` is the dummy source, the last job the dummy sink).
 
 Example::
 
-    >>> p = read_psplib(psplib_dir() / "j30" / "j301_1.sm")      # doctest: +SKIP
+    >>> p = read_psplib("j30/j301_1.sm")                          # doctest: +SKIP
     >>> solve(p).makespan                                          # doctest: +SKIP
     43.0
 
-The data is never copied into the repository: :func:`psplib_dir` finds it in
-``$PLANFLOW_PSPLIB_DIR`` or ``<repo>/../shared/psplib``.
+planflow ships no PSPLIB data: pass the files (``planflow bench psplib PATH...``).
 """
 
 from __future__ import annotations
@@ -27,17 +26,6 @@ from .engine import PlannerOptions, solve
 from .problem import Mode, Pool, Problem, Task
 
 _RES = re.compile(r"([RND])\s*(\d+)")
-
-
-def psplib_dir() -> Path:
-    """Where the PSPLIB data lives: ``$PLANFLOW_PSPLIB_DIR`` (planflow ships none)."""
-    env = os.environ.get("PLANFLOW_PSPLIB_DIR")
-    if not env:
-        raise FileNotFoundError(
-            "PLANFLOW_PSPLIB_DIR is not set. Fix: point it at a folder of PSPLIB instances "
-            "(j30/, mm-j10/ and their optima), or pass the files to `planflow bench psplib`"
-        )
-    return Path(env)
 
 
 def _section(lines: list[str], title: str) -> int:
