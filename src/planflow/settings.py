@@ -61,6 +61,9 @@ class PlanflowSettings(BaseSettings):
     pickup_timeout_seconds: float = Field(
         120.0, gt=0, description="How long a distributed run waits for a worker to pick up a component."
     )
+    child_timeout_seconds: float = Field(
+        6 * 3600.0, gt=0, description="How long a distributed component may take in all, once started."
+    )
     crash_after_seconds: float | None = Field(
         None, gt=0, description="A run silent this long counts as crashed (default: 3 flow heartbeats)."
     )

@@ -58,7 +58,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wai
 
 from planflow.monitoring import prefect_api
 from planflow.monitoring.metrics import BridgeMetrics
-from planflow.settings import StatePaths, apply_client_env
+from planflow.settings import StatePaths, apply_client_env, settings
 
 log = logging.getLogger("planflow.bridge")
 
@@ -267,7 +267,8 @@ class Spool:
 # -- the token -------------------------------------------------------------------------
 def resolve_token(token_file: Path, secret_block: str | None = None) -> str:
     """PLANFLOW_BRIDGE_TOKEN, else the Secret block, else the token file (created once)."""
-    explicit = os.environ.get(TOKEN_ENV, "").strip()
+    token = settings().bridge_token
+    explicit = token.get_secret_value().strip() if token else ""
     if explicit:
         return explicit
     if secret_block:

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from urllib.error import URLError
 
@@ -46,7 +45,7 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import push_to_gateway
 
-from planflow.settings import StatePaths
+from planflow.settings import StatePaths, settings
 
 # `_created` series double every counter and histogram for no use in PromQL here.
 disable_created_metrics()
@@ -342,7 +341,7 @@ def metric_catalog() -> dict[str, str]:
 # -- where to push --------------------------------------------------------------------
 def pushgateway_url_from_env() -> str | None:
     """PLANFLOW_PUSHGATEWAY_URL, else the url `planflow stack up` recorded, else None."""
-    explicit = os.environ.get(PUSHGATEWAY_ENV, "").strip()
+    explicit = (settings().pushgateway_url or "").strip()
     if explicit:
         return explicit
     try:

@@ -31,6 +31,7 @@ from planflow.prefect.workpools import WorkPoolError, require_pool, worker_statu
 from planflow.runtime.component_flow import output_key
 from planflow.runtime.dispatch import Assignment, StepRecord
 from planflow.runtime.executors import Executor, StepFuture
+from planflow.settings import settings
 
 COMPONENT_FLOW = "run-component"
 # Passed to every child so that it finds the same pipelines and result storage.
@@ -91,13 +92,13 @@ def check_ready(work_pools: set[str]) -> dict[str, Any]:
 def pickup_timeout() -> float:
     """Seconds a child may wait for a worker before the run gives up on it
     (PLANFLOW_PICKUP_TIMEOUT_SECONDS, default 120)."""
-    return float(os.environ.get("PLANFLOW_PICKUP_TIMEOUT_SECONDS", "120"))
+    return settings().pickup_timeout_seconds
 
 
 def child_timeout() -> float:
     """Seconds a child may take in all, once started, before the run cancels it
     (PLANFLOW_CHILD_TIMEOUT_SECONDS, default 6 hours)."""
-    return float(os.environ.get("PLANFLOW_CHILD_TIMEOUT_SECONDS", str(6 * 3600)))
+    return settings().child_timeout_seconds
 
 
 POLL_SECONDS = 0.5
