@@ -1,4 +1,4 @@
-"""monitoring/bridge.py over real HTTP, forwarding to the session's real Prefect server."""
+"""monitoring/bridge/ over real HTTP, forwarding to the session's real Prefect server."""
 
 from __future__ import annotations
 

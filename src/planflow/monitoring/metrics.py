@@ -270,7 +270,7 @@ class ExporterMetrics:
 
 
 class BridgeMetrics:
-    """The Alertmanager-to-Prefect bridge's own figures (monitoring/bridge.py)."""
+    """The Alertmanager-to-Prefect bridge's own figures (monitoring/bridge/)."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         r = registry

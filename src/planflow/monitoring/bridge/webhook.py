@@ -1,0 +1,150 @@
+"""The Alertmanager webhook body (version 4), the Prefect event made of each alert, and
+the messages that name what is wrong with a malformed body."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field
+
+EVENT_NAMESPACE = uuid.UUID("5b0d5d3e-8f1c-4a53-9a77-6c1f4d1f0a11")
+# Alert labels that name a Prefect or planflow object, most specific first:
+# (label, resource id prefix, role in `related`).
+RESOURCE_LABELS = (
+    ("flow_run_id", "prefect.flow-run.", "flow-run"),
+    ("pipeline", "planflow.pipeline.", "pipeline"),
+    ("deployment_id", "prefect.deployment.", "deployment"),
+    ("work_pool", "prefect.work-pool.", "work-pool"),
+    ("work_queue", "prefect.work-queue.", "work-queue"),
+    ("flow", "prefect.flow.", "flow"),
+)
+
+
+class Alert(BaseModel):
+    """One alert of an Alertmanager webhook (fields we do not use are ignored)."""
+
+    model_config = ConfigDict(extra="ignore")
+    status: Literal["firing", "resolved"]
+    labels: dict[str, str] = Field(min_length=1)
+    annotations: dict[str, str] = Field(default_factory=dict)
+    startsAt: datetime
+    endsAt: datetime | None = None
+    generatorURL: str = ""
+    fingerprint: str | None = Field(default=None, min_length=1, max_length=256)
+
+
+class Webhook(BaseModel):
+    """Alertmanager's webhook payload, version 4."""
+
+    model_config = ConfigDict(extra="ignore")
+    version: str = "4"
+    receiver: str = ""
+    status: str = ""
+    groupKey: str = ""
+    externalURL: str = ""
+    alerts: list[Alert] = Field(min_length=1)
+
+
+def _iso(value: datetime) -> str:
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def alert_fingerprint(alert: Alert) -> str:
+    """Alertmanager's fingerprint, or a hash of the labels when an old sender omits it."""
+    if alert.fingerprint:
+        return alert.fingerprint
+    return hashlib.sha256(json.dumps(alert.labels, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def dedup_key(alert: Alert) -> str:
+    return f"{alert_fingerprint(alert)}|{_iso(alert.startsAt)}|{alert.status}"
+
+
+def to_event(alert: Alert, webhook: Webhook, received: float) -> dict[str, Any]:
+    """The Prefect event for one alert (see the module docstring)."""
+    labels = alert.labels
+    named = [(labels[k], prefix, role) for k, prefix, role in RESOURCE_LABELS if labels.get(k)]
+    alertname = labels.get("alertname", "unknown")
+    base = {
+        "planflow.alert.name": alertname,
+        "planflow.alert.severity": labels.get("severity", ""),
+        "planflow.alert.fingerprint": alert_fingerprint(alert),
+    }
+    if named:
+        value, prefix, _ = named[0]
+        resource = {"prefect.resource.id": prefix + value, "prefect.resource.name": value, **base}
+    else:
+        resource = {"prefect.resource.id": f"planflow.alert.{alertname}", "prefect.resource.name": alertname, **base}
+    related = [
+        {"prefect.resource.id": prefix + value, "prefect.resource.role": role, "prefect.resource.name": value}
+        for value, prefix, role in named[1:]
+    ]
+    related.append(
+        {
+            "prefect.resource.id": f"planflow.alert-rule.{alertname}",
+            "prefect.resource.role": "alert-rule",
+            "prefect.resource.name": alertname,
+        }
+    )
+    if alert.status == "resolved" and alert.endsAt and alert.endsAt.year > 1:
+        occurred = _iso(alert.endsAt)
+    elif alert.status == "firing":
+        occurred = _iso(alert.startsAt)
+    else:
+        occurred = _iso(datetime.fromtimestamp(received, UTC))
+    key = dedup_key(alert)
+    return {
+        "id": str(uuid.uuid5(EVENT_NAMESPACE, key)),
+        "occurred": occurred,
+        "event": f"planflow.alert.{alert.status}",
+        "resource": resource,
+        "related": related,
+        "payload": {
+            "status": alert.status,
+            "labels": labels,
+            "annotations": alert.annotations,
+            "startsAt": _iso(alert.startsAt),
+            "endsAt": _iso(alert.endsAt) if alert.endsAt and alert.endsAt.year > 1 else None,
+            "fingerprint": alert_fingerprint(alert),
+            "generatorURL": alert.generatorURL,
+            "receiver": webhook.receiver,
+            "groupKey": webhook.groupKey,
+            "receivedAt": _iso(datetime.fromtimestamp(received, UTC)),
+        },
+    }
+
+
+def problems_of(exc: RequestValidationError) -> tuple[int, list[str]]:
+    problems, status = [], 422
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error.get("loc", ()) if p != "body") or "body"
+        if error.get("type") == "json_invalid":
+            status = 400
+            reason = (error.get("ctx") or {}).get("error", "")
+            problems.append(f"body is not valid JSON: {reason}".rstrip(": "))
+            continue
+        got = error.get("input")
+        if error.get("type") == "missing" and tuple(error.get("loc", ())) == ("body",):
+            status = 400
+            problems.append("body is empty (not valid JSON): send Alertmanager's webhook object")
+            continue
+        if isinstance(got, (bytes, bytearray)):  # sent without Content-Type: application/json
+            try:
+                json.loads(got)
+            except ValueError as bad:
+                status = 400
+                problems.append(f"body is not valid JSON: {bad}")
+            else:
+                status = 415
+                problems.append("send the body with Content-Type: application/json")
+            continue
+        shown = json.dumps(got)[:80] if isinstance(got, (str, int, float, bool, type(None))) else type(got).__name__
+        problems.append(f"{where}: {error.get('msg')} (got {shown})")
+    return status, problems
