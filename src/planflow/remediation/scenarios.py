@@ -69,11 +69,14 @@ PARAMETERS = {"seconds": 2.0}
 PRIMARY = "heal-primary"
 BUSY = "heal-busy"
 BACKUP_WORK_POOL = "local-process"
-# Rescale: each run a few seconds of work plus the process start-up, six of them on
-# a pool that starts one at a time: a backlog that outlasts the ~30 s from submission to
-# the remediation (15 s until Prefect marks a run Late, then the alert loop).
-BACKLOG_RUNS = 6
-BUSY_PARAMETERS = {"seconds": 5.0}
+# Rescale: eight runs of ten seconds (plus the process start-up) on a pool that starts
+# one at a time: a backlog of over 80 s, which outlasts the ~60 s from submission to the
+# remediation on a loaded 2-core machine (up to 30 s until Prefect's late-runs service
+# marks a run Late, then the alert's `for`, the scrape, the bridge, the automation and
+# the remediation flow's own start). With six runs of five seconds (CI, December 2026)
+# the backlog had nearly drained by then and the planner rightly saw no gain.
+BACKLOG_RUNS = 8
+BUSY_PARAMETERS = {"seconds": 10.0}
 
 Say = Callable[[str], None]
 __all__ = ["HealError", "failover_scenario", "rescale_scenario"]
