@@ -58,7 +58,7 @@ class ArtifactReporter(Reporter):
             create_markdown_artifact(
                 key=reporting.artifact_key(run.pipeline, "planned-vs-actual"),
                 markdown=reporting.actual_markdown(pp, records, name, png),
-                description=f"{name}: start delay and overrun per component, makespan achieved",
+                description=f"{name}: per component, start against plan and actual/planned duration; makespan achieved",
             )
             if run.flow_run_id:  # the picture beside the state folder, for `planflow` to show
                 folder = StatePaths.discover().home / "plans"
@@ -187,10 +187,11 @@ class LogReporter(Reporter):
     def on_step(self, event: StepEvent) -> None:
         if event.kind == "completed":
             record = event.record
+            metrics = reporting.fmt_metrics(reporting.key_metrics(record.result))
             self.logger.info(
-                "%s completed on %s in %.2f s %s",
+                "%s completed on %s in %.2f s%s",
                 record.step,
                 record.pool,
                 record.seconds or 0.0,
-                reporting.fmt_metrics(reporting.key_metrics(record.result)),
+                f": {metrics}" if metrics else "",
             )

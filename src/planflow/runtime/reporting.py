@@ -229,23 +229,52 @@ def plan_markdown(pp: PipelinePlan, name: str, png: bytes | None = None) -> str:
     return "\n".join(lines)
 
 
+def start_text(delay_s: float | None) -> str:
+    """A start delay in words: "started 2.5 s late", "started 31.0 s early" (the steps
+    before it finished sooner than their estimates), "on time" within 0.05 s."""
+    if delay_s is None:
+        return "not started"
+    if abs(delay_s) < 0.05:
+        return "on time"
+    return f"started {abs(delay_s):.1f} s {'late' if delay_s > 0 else 'early'}"
+
+
+def ratio_text(ratio: float | None) -> str:
+    """actual/planned duration as a factor: "1.32×" (ran 32 % longer than planned)."""
+    return "-" if ratio is None else f"{ratio:.2f}×"
+
+
+def seconds_text(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds:.2f}"
+
+
+PLANNED_VS_ACTUAL_LEGEND = (
+    "*start*: when the component started against its planned start; it starts early when the "
+    "components before it finish sooner than their estimates, late when they overran or its pool "
+    "was busy. *actual/planned*: its duration over its planned duration (1.00× as planned, "
+    "2.00× twice as long; the PlanflowComponentOverrun alert fires above `overrun_factor` in thresholds.yml)."
+)
+
+
 def actual_markdown(pp: PipelinePlan, records: Mapping[str, StepRecord], name: str, png: bytes | None = None) -> str:
     achieved = actual_makespan(records)
     planned = pp.plan.makespan
-    ratio = achieved / planned if planned > 0 else float("nan")
+    ratio = achieved / planned if planned > 0 else None
     lines = [
         f"# {name}: planned versus actual",
         "",
-        f"Makespan achieved **{achieved:.2f} s** against **{planned:.2f} s** planned (actual/planned = {ratio:.2f}).",
+        f"Makespan achieved **{achieved:.2f} s** against **{planned:.2f} s** planned "
+        f"(actual/planned {ratio_text(ratio)}).",
         "",
-        "| component | pool | state | start delay (s) | planned (s) | actual (s) | overrun |",
+        "| component | pool | state | start | planned (s) | actual (s) | actual/planned |",
         "|---|---|---|---|---|---|---|",
     ]
     for row in planned_vs_actual(pp, records):
         lines.append(
-            f"| {row['component']} | {row['pool']} | {row['state']} | {row['start_delay_s']} | "
-            f"{row['planned_s']} | {row['actual_s']} | {row['overrun']} |"
+            f"| {row['component']} | {row['pool']} | {row['state']} | {start_text(row['start_delay_s'])} | "
+            f"{seconds_text(row['planned_s'])} | {seconds_text(row['actual_s'])} | {ratio_text(row['overrun'])} |"
         )
+    lines += ["", PLANNED_VS_ACTUAL_LEGEND]
     if png:
         lines += ["", png_markdown(png, f"Gantt chart, planned and actual, for {name}")]
     return "\n".join(lines)
