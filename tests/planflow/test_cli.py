@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.conftest import TESTS, free_port
 
 PLANFLOW = [str(Path(sys.executable).with_name("planflow"))]
+UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 
 
 def planflow(*args: str, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([*PLANFLOW, *args], env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [*PLANFLOW, *args], env=env, cwd=TESTS.parent, capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.fixture
@@ -43,7 +48,7 @@ def test_pipelines_lists_examples_and_extras_and_reports_broken_ones(toy_env):
 def test_describe_one_pipeline(toy_env):
     out = planflow("pipelines", "toy-diamond", env=toy_env)
     assert out.returncode == 0, out.stderr
-    assert "critical_path_seconds" in out.stdout and "total, scaled" in out.stdout
+    assert "critical path (s)" in out.stdout and "CPU core·s" in out.stdout and "total, scaled" in out.stdout
 
 
 def test_run_with_params_prints_the_summary_as_json(toy_env):
@@ -57,7 +62,16 @@ def test_run_with_params_prints_the_summary_as_json(toy_env):
 def test_run_shows_progress_and_the_run_address(toy_env):
     out = planflow("run", "toy-yaml", env=toy_env)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert "4/4" in out.stdout and "flow run: http://127.0.0.1:" in out.stdout
+    assert "4/4" in out.stdout
+    ui = toy_env["PREFECT_API_URL"].removesuffix("/api")
+    [link] = re.findall(rf"^flow run: ({re.escape(ui)}/v2/runs/flow-run/{UUID}\?tab=Artifacts)$", out.stdout, re.M)
+    # The link is served by the UI that reads `tab` (the new one, under /v2): its route
+    # for a flow run takes Artifacts as a tab.
+    page = httpx.get(link, headers={"Accept": "text/html"}, timeout=10)
+    assert page.status_code == 200 and str(page.url) == link  # no redirect to the old UI
+    [script] = re.findall(r'src="(/v2/assets/index-[^"]+\.js)"', page.text)
+    bundle = httpx.get(ui + script, timeout=10).text
+    assert "tab:" in bundle and "`Logs`,`TaskRuns`,`SubflowRuns`,`Artifacts`" in bundle
 
 
 def test_unknown_pipeline_and_bad_params_are_clear(toy_env):
@@ -65,20 +79,27 @@ def test_unknown_pipeline_and_bad_params_are_clear(toy_env):
     assert out.returncode == 1
     assert "no pipeline named 'toy-diamnd'. Did you mean 'toy-diamond'?" in out.stderr
     out = planflow("run", "toy-diamond", "--param", "n=lots", env=toy_env)
-    assert out.returncode == 1
+    assert out.returncode == 2  # a usage error
     assert out.stderr.strip() == (
-        "error: --param n='lots': parameter 'n' of pipeline 'toy-diamond' expects an int, not 'lots'. "
-        "Fix: e.g. --param n=4"
+        "error: --param n=lots: parameter 'n' of pipeline 'toy-diamond' takes an int, got 'lots'. Fix: e.g. --param n=4"
     )
-    out = planflow("run", "toy-diamond", "--param", "nope", env=toy_env)
-    assert out.returncode == 1
-    assert out.stderr.strip() == "error: --param 'nope' is not KEY=VALUE. Fix: e.g. --param seed=3"  # nothing else
+    out = planflow("run", "toy-diamond", "--param", "n", env=toy_env)
+    assert (out.returncode, out.stdout) == (2, "")
+    assert out.stderr == "error: --param n is not KEY=VALUE. Fix: --param n=VALUE\n"  # nothing else
+    out = planflow("run", "toy-diamond", "--param", "=5", env=toy_env)
+    assert out.stderr == "error: --param =5 is not KEY=VALUE. Fix: name the parameter, e.g. --param seed=3\n"
 
 
 def test_a_failing_pipeline_exits_nonzero_naming_the_step(toy_env):
     out = planflow("run", "toy-failing", env=toy_env)
     assert out.returncode == 1
-    assert "step 'broken' of pipeline 'toy-failing' failed: ValueError: cannot use 4 numbers" in out.stderr
+    ui = toy_env["PREFECT_API_URL"].removesuffix("/api")
+    [error] = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert re.fullmatch(
+        r"error: step 'broken' of pipeline 'toy-failing' failed: ValueError: cannot use 4 numbers\. "
+        rf"Its log and traceback: {re.escape(ui)}/v2/runs/flow-run/{UUID}\?tab=Logs",
+        error,
+    ), error
 
 
 def test_a_dead_server_gives_a_clear_error(toy_env):
@@ -86,6 +107,28 @@ def test_a_dead_server_gives_a_clear_error(toy_env):
     out = planflow("run", "toy-diamond", env=env, timeout=60)
     assert out.returncode == 1
     assert "does not answer. Fix: start it, or unset PREFECT_API_URL" in out.stderr
+
+
+def test_output_to_a_pipe_keeps_whole_lines(toy_env):
+    """Without COLUMNS, rich cuts output that is not a terminal to 80 columns."""
+    env = {k: v for k, v in toy_env.items() if k != "COLUMNS"}
+    out = planflow("pipelines", env=env)
+    yaml_file = str((TESTS / "fixtures" / "diamond.yaml").relative_to(TESTS.parent))  # shown from the cwd
+    [row] = [line for line in out.stdout.splitlines() if "toy-yaml" in line]
+    assert yaml_file in row and len(row) > 80
+    assert "…" not in out.stdout
+    out = planflow("plan", "toy-diamond", env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "…" not in out.stdout
+    assert any(line.startswith("makespan ") and "list scheduling" in line for line in out.stdout.splitlines())
+
+
+def test_pools_ls_ends_without_prefects_flush_noise(cli_env):
+    out = planflow("pools", "ls", env=cli_env)
+    assert out.returncode == 0, out.stderr
+    assert "local" in out.stdout
+    assert "Still processing items" not in out.stdout + out.stderr
+    assert out.stderr == ""
 
 
 def test_env_prints_exports_for_prefect_commands(toy_env):
@@ -238,7 +281,7 @@ def test_pipelines_lists_each_broken_source_as_failed_without_a_traceback(user_p
     rows = {line.split("│")[1].strip(): line for line in out.stdout.splitlines() if line.count("│") > 2}
     assert set(rows) == {"good", "typo", *BROKEN}, out.stdout
     assert "failed" not in rows["good"]
-    assert all(rows[name].split("│")[2].strip() == "failed" for name in [*BROKEN, "typo"])
+    assert all(rows[name].split("│")[2].strip() == "failed to load" for name in [*BROKEN, "typo"])
     for folder, (_, message) in BROKEN.items():
         assert f"flows.{folder}.flow failed to load: {message.splitlines()[0]}" in out.stderr
     assert f"{user_project / 'pipelines' / 'typo.yaml'} failed to load: " in out.stderr
@@ -246,13 +289,13 @@ def test_pipelines_lists_each_broken_source_as_failed_without_a_traceback(user_p
 
 def test_param_errors_name_parameter_value_and_type_all_at_once(user_project, cli_env):
     out = planflow_in(user_project, "run", "good", "-p", "n=abc", "-p", "fast=maybe", "-p", "scal=2", env=cli_env)
-    assert out.returncode == 1
+    assert out.returncode == 2
     assert out.stderr.strip() == (
         "error: 3 problems with --param:\n"
-        "  - --param n='abc': parameter 'n' of pipeline 'good' expects an int, not 'abc'. Fix: e.g. --param n=4\n"
-        "  - --param fast='maybe': parameter 'fast' of pipeline 'good' expects a bool, not 'maybe'. "
+        "  - --param n=abc: parameter 'n' of pipeline 'good' takes an int, got 'abc'. Fix: e.g. --param n=4\n"
+        "  - --param fast=maybe: parameter 'fast' of pipeline 'good' takes a bool, got 'maybe'. "
         "Fix: e.g. --param fast=false\n"
-        "  - --param scal='2': pipeline 'good' has no parameter 'scal'. Did you mean 'scale'? "
+        "  - --param scal=2: pipeline 'good' has no parameter 'scal'. Did you mean 'scale'? "
         "Its parameters: fast, n, scale"
     )
 

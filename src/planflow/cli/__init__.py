@@ -22,5 +22,7 @@ def main() -> None:  # pragma: no cover - console script entry
     # Prefect reads its settings at import: the commands (which import Prefect) must
     # come after apply_client_env().
     from planflow.cli.app import app  # noqa: PLC0415
+    from planflow.cli.common import quiet_exit_flush  # noqa: PLC0415
 
+    quiet_exit_flush()
     app()

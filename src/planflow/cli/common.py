@@ -2,18 +2,39 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import NoReturn
 
+import httpx
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.rule import Rule
 
 from planflow.ops import server as stack
 from planflow.settings import user_api_url
 
-console = Console()
-err = Console(stderr=True)
+# Width when the output goes to a pipe or a file and COLUMNS is unset: rich's 80 would
+# cut tables and links; a table is only as wide as its content, so a wide limit costs nothing.
+PIPE_WIDTH = 4000
+RULE_WIDTH = 100  # section rules: one screen wide, also in a file
+
+
+def make_console(stderr: bool = False) -> Console:
+    """A rich Console that keeps whole lines when its stream is not a terminal (rich
+    falls back to 80 columns there): the width is COLUMNS when set, else PIPE_WIDTH."""
+    stream = sys.stderr if stderr else sys.stdout
+    interactive = hasattr(stream, "isatty") and stream.isatty()
+    width = None if interactive or os.environ.get("COLUMNS", "").isdigit() else PIPE_WIDTH
+    return Console(stderr=stderr, width=width)
+
+
+console = make_console()
+err = make_console(stderr=True)
 
 
 def say(message: str) -> None:
@@ -27,10 +48,54 @@ def warn(message: str) -> None:
     err.print(message, markup=False, highlight=False, soft_wrap=True)
 
 
+def rule(title: str) -> None:
+    """A section heading: a rule with `title`, at most RULE_WIDTH wide."""
+    console.print(Rule(escape(title)), width=min(console.width, RULE_WIDTH))
+
+
 def fail(message: str, code: int = 1) -> NoReturn:
     """Print `error: MESSAGE` to stderr and exit with `code` (no traceback)."""
     err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+class _DropRunLogs(logging.Filter):
+    """Drops the log records of flow and task runs (they still reach the server)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.name.startswith(("prefect.flow_runs", "prefect.task_runs"))
+
+
+@contextmanager
+def run_logs_off_the_terminal() -> Iterator[None]:
+    """Within: the runs' log lines (and tracebacks) go to the Prefect server only, not
+    to the terminal; for a run whose failure is expected, and said in one line."""
+    handlers = [h for h in logging.getLogger().handlers if isinstance(h, logging.StreamHandler)]
+    quiet = _DropRunLogs()
+    for handler in handlers:
+        handler.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(quiet)
+
+
+class _DropDrainProgress(logging.Filter):
+    """Prefect's event and log workers say "Still processing items: N items
+    remaining..." while they flush at exit; the items are sent all the same, so the
+    line is noise at the end of every command. Their other warnings pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Still processing items")
+
+
+def quiet_exit_flush() -> None:
+    """Install the filter on the loggers of Prefect's queue services (named after the class)."""
+    for name in ("EventsWorker", "APILogWorker"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropDrainProgress) for f in logger.filters):
+            logger.addFilter(_DropDrainProgress())
 
 
 def ensure_server(same_as_env: bool = True) -> str:
@@ -65,3 +130,31 @@ def ensure_server(same_as_env: bool = True) -> str:
 def ui_url(api_url: str) -> str:
     """The Prefect UI's address for an API URL (…/api)."""
     return api_url.removesuffix("/api")
+
+
+def run_url(ui: str, flow_run_id: str, tab: str = "Artifacts") -> str:
+    """The page of one flow run, opened on `tab` (Artifacts, Logs, TaskRuns, Details, ...).
+
+    Prefect 3.8 serves two UIs. Its new one (under `/v2` by default) reads the `tab`
+    query of `/runs/flow-run/<id>`; the old one, which answers deep links at the root,
+    hides the Artifacts tab until the run has loaded (its FlowRun page), so the link
+    lands on Logs. The
+    server's `/ui-settings` says where the new UI is; without it, the root path."""
+    base = _v2_base(ui)
+    if base is None:
+        return f"{ui}/runs/flow-run/{flow_run_id}?tab={tab}"
+    return f"{ui}{base.rstrip('/')}/runs/flow-run/{flow_run_id}?tab={tab}"
+
+
+_V2_BASES: dict[str, str | None] = {}
+
+
+def _v2_base(ui: str) -> str | None:
+    if ui not in _V2_BASES:
+        try:
+            answer = httpx.get(f"{ui}/ui-settings", timeout=3.0)
+            base = answer.json().get("v2_base_url") if answer.status_code == 200 else None
+        except (httpx.HTTPError, ValueError, AttributeError):
+            base = None
+        _V2_BASES[ui] = base if isinstance(base, str) and base.startswith("/") else None
+    return _V2_BASES[ui]

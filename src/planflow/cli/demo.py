@@ -7,9 +7,18 @@ from datetime import UTC, datetime
 
 import typer
 
-from planflow.cli.common import console, ensure_server, fail, say, ui_url, warn
-from planflow.cli.params import ParamError, parse_pairs
-from planflow.cli.pipelines import execute, load, prepare, print_summary
+from planflow.cli.common import (
+    console,
+    ensure_server,
+    fail,
+    rule,
+    run_logs_off_the_terminal,
+    run_url,
+    say,
+    ui_url,
+    warn,
+)
+from planflow.cli.pipelines import RunFailed, execute, failed_run, load, parse_params, prepare, print_summary
 from planflow.core import discovery
 from planflow.monitoring.events import wait_for_event
 from planflow.monitoring.prefect_api import auth_headers
@@ -38,10 +47,7 @@ def demo(
     show the monitoring loop: a run that fails on purpose becomes a Prefect event."""
     if ctx.invoked_subcommand is not None:
         return
-    try:
-        overrides = parse_pairs(param)
-    except ParamError as exc:
-        fail(str(exc))
+    overrides = parse_params(param)
     url = ensure_server()
     ensure_defaults()
     ui = ui_url(url)
@@ -59,19 +65,19 @@ def demo(
             fail(f"{item.source} failed to load: {item.error}")
         mine = {k: v for k, v in overrides.items() if k in item.pipeline.params}
         flow, values = prepare(item.pipeline, mine)
-        console.rule(item.name)
+        rule(item.name)
         try:
             result = execute(item.pipeline, flow, values, "inprocess", show_progress=True)
         except Exception as exc:  # the flow run failed; Prefect has logged the traceback
-            fail(f"pipeline '{item.name}' failed: {exc}\nSee {ui}/runs")
+            fail(failed_run(item.name, exc, url))
         print_summary(result)
         outcomes.append((item.name, result["flow_run_id"]))
     if monitoring:
         _alert_loop(url)
-    console.rule("done")
-    say(f"Prefect UI: {ui}")
+    rule("done")
+    say(f"Prefect UI: {ui}  (each run's plan, planned versus actual and Gantt charts: its Artifacts tab)")
     for name, run_id in outcomes:
-        say(f"  {name}: Completed  {ui}/runs/flow-run/{run_id}")
+        say(f"  {name}: Completed  {run_url(ui, run_id)}")
     if monitoring:
         say(f"  alert events: {ui}/events  ·  Prometheus alerts: {services.status()['prometheus'].url}/alerts")
     say(
@@ -113,12 +119,12 @@ def demo_heal(
     for name, play in (("failover", heal.failover_scenario), ("rescale", heal.rescale_scenario)):
         if scenario not in (name, "all"):
             continue
-        console.rule(f"heal: {name}")
+        rule(f"heal: {name}")
         try:
             results.append(play(logs, say=say, timeout=timeout))
         except heal.HealError as exc:
             fail(f"{name}: {exc}")
-    console.rule("done")
+    rule("done")
     for result in results:
         last = result["timeline"][-1][1] if result["timeline"] else 0
         say(f"  {result['scenario']}: healed in {last:.0f} s on {result['work_pool']}")
@@ -130,14 +136,9 @@ def demo_heal(
 
 def _alert_loop(url: str, name: str = "demo-failure", timeout: float = 90.0) -> None:
     """Run a pipeline that fails on purpose and wait for its alert's Prefect event."""
-    console.rule(f"monitoring loop: {name} fails on purpose")
-    pipeline = load(name)
-    flow, values = prepare(pipeline, {})
+    rule(f"monitoring loop: {name} fails on purpose")
     since = datetime.now(UTC)
-    try:
-        execute(pipeline, flow, values, "inprocess", show_progress=False)
-    except Exception as exc:  # failing is the point
-        say(f"{name} failed as intended: {exc}".splitlines()[0])
+    fail_on_purpose(url, name)
     say(f"waiting for the alert's Prefect event (up to {timeout:.0f} s) ...")
     event = wait_for_event(
         url, f"planflow.pipeline.{name}", "planflow.alert.firing", since, timeout, headers=auth_headers()
@@ -153,3 +154,18 @@ def _alert_loop(url: str, name: str = "demo-failure", timeout: float = 90.0) -> 
     say(f"  resource: {event['resource'].get('prefect.resource.id')}")
     say(f"  alert:    {labels.get('alertname')} ({labels.get('severity')})")
     say(f"  summary:  {payload.get('annotations', {}).get('summary')}")
+
+
+def fail_on_purpose(url: str, name: str = "demo-failure") -> None:
+    """Run `name`, a pipeline that fails on purpose, and say so in one line with the
+    address of its log; its traceback goes to that log only, not to the terminal."""
+    pipeline = load(name)
+    flow, values = prepare(pipeline, {})
+    try:
+        with run_logs_off_the_terminal():  # its traceback is expected: it stays in the run's log
+            execute(pipeline, flow, values, "inprocess", show_progress=False)
+    except RunFailed as exc:  # failing is the point
+        where = run_url(ui_url(url), exc.flow_run_id, tab="Logs") if exc.flow_run_id else f"{ui_url(url)}/runs"
+        say(f"{name} failed as intended: {str(exc).splitlines()[0]} (its log: {where})")
+    else:
+        fail(f"{name} was meant to fail and did not; check pipelines/{name}.yaml")

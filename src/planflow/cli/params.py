@@ -35,7 +35,8 @@ def parse_pairs(pairs: Iterable[str]) -> dict[str, str]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            problems.append(f"--param {pair!r} is not KEY=VALUE. Fix: e.g. --param seed=3")
+            fix = f"--param {shlex.quote(pair + '=VALUE')}" if not sep else "name the parameter, e.g. --param seed=3"
+            problems.append(f"--param {shlex.quote(pair)} is not KEY=VALUE. Fix: {fix}")
             continue
         params[key.strip()] = value
     if problems:
@@ -59,8 +60,8 @@ def typed_values(pipeline: Pipeline, raw: Mapping[str, str]) -> dict[str, Any]:
             values[key] = convert(text, expected)
         except ValueError:
             problems.append(
-                f"--param {key}={text!r}: parameter '{key}' of pipeline '{pipeline.name}' expects "
-                f"{type_name(expected)}, not {text!r}. Fix: e.g. --param {_example(key, default)}"
+                f"--param {_pair(key, text)}: parameter '{key}' of pipeline '{pipeline.name}' takes "
+                f"{type_name(expected)}, got {text!r}. Fix: e.g. --param {_example(key, default)}"
             )
     if problems:
         raise ParamError(_listed(problems))
@@ -108,8 +109,16 @@ def _example(key: str, default: Any) -> str:
     return shlex.quote(f"{key}={text}")
 
 
+def _pair(key: str, text: str) -> str:
+    """`n=abc` as the user typed it (quoted only where a shell needs it)."""
+    return shlex.quote(f"{key}={text}")
+
+
 def _unknown(pipeline: Pipeline, key: str, text: str) -> str:
     close = difflib.get_close_matches(key, list(pipeline.params), n=1)
     hint = f" Did you mean '{close[0]}'?" if close else ""
     known = ", ".join(sorted(pipeline.params)) or "(none)"
-    return f"--param {key}={text!r}: pipeline '{pipeline.name}' has no parameter '{key}'.{hint} Its parameters: {known}"
+    return (
+        f"--param {_pair(key, text)}: pipeline '{pipeline.name}' has no parameter '{key}'.{hint} "
+        f"Its parameters: {known}"
+    )

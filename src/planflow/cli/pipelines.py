@@ -2,7 +2,8 @@
 
 A pipeline that fails to load (a cycle, a typo in `uses:`, cpu=-1, an import error in
 the user's module) is reported with its own error and exit code 1, never a traceback;
-so is every bad `--param`. Only a flow run that fails says "pipeline ... failed".
+a bad `--param` is a usage error (exit code 2). Only a flow run that fails says
+"pipeline ... failed", with the address of its run.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from planflow.cli.common import console, ensure_server, fail, say, ui_url, warn
+from planflow.cli.common import console, ensure_server, fail, run_url, say, ui_url, warn
 from planflow.cli.params import ParamError, parse_pairs, typed_values
 from planflow.cli.progress import run_with_progress
 from planflow.core import discovery
@@ -23,9 +24,39 @@ from planflow.core.pipeline import Pipeline
 from planflow.planner import PlanningError
 from planflow.runtime import reporting
 from planflow.runtime.flow import to_flow
-from planflow.runtime.runner import make_plan
+from planflow.runtime.runner import PipelineRunError, make_plan
 
 MODES = ("inprocess", "distributed")
+# The keys of Pipeline.totals() as a reader wants them: with their units.
+TOTAL_LABELS = {
+    "components": "components",
+    "cpu_seconds": "CPU core·s",
+    "gpu_seconds": "GPU·s",
+    "mem_gib_seconds": "memory GiB·s",
+    "total_seconds": "sum of estimates (s)",
+    "critical_path_seconds": "critical path (s)",
+    "peak_cpu": "peak CPU cores",
+    "peak_mem_gib": "peak memory GiB",
+    "peak_gpu": "peak GPUs",
+}
+USAGE = 2  # exit code of a bad command line (as typer's own usage errors)
+
+
+class RunFailed(RuntimeError):
+    """The flow run of a pipeline ended in a state other than Completed; the message
+    is that state's, and `flow_run_id` names the run."""
+
+    def __init__(self, message: str, flow_run_id: str | None) -> None:
+        super().__init__(message)
+        self.flow_run_id = flow_run_id
+
+
+def parse_params(param: list[str]) -> dict[str, str]:
+    """The --param pairs as text; exits with code 2 naming each malformed one."""
+    try:
+        return parse_pairs(param)
+    except ParamError as exc:
+        fail(str(exc), USAGE)
 
 
 def load(name: str) -> Pipeline:
@@ -42,7 +73,9 @@ def prepare(pipeline: Pipeline, raw: dict[str, str]) -> tuple[Any, dict[str, Any
     try:
         values = pipeline.resolve_params(typed_values(pipeline, raw))
         return to_flow(pipeline), values
-    except ValueError as exc:  # ParamError, PipelineError
+    except ParamError as exc:
+        fail(str(exc), USAGE)
+    except ValueError as exc:  # PipelineError
         fail(str(exc))
     except NameError as exc:  # typing.get_type_hints on a component's annotations
         fail(
@@ -52,10 +85,26 @@ def prepare(pipeline: Pipeline, raw: dict[str, str]) -> tuple[Any, dict[str, Any
 
 
 def execute(pipeline: Pipeline, flow: Any, values: dict[str, Any], mode: str, show_progress: bool) -> dict:
-    """Call the flow (one flow run); a failed run raises."""
-    if not show_progress:
-        return flow(**values, mode=mode)
-    return run_with_progress(lambda: flow(**values, mode=mode), pipeline, console)
+    """Call the flow (one flow run) and return its result; RunFailed when the run did
+    not complete, naming the run."""
+
+    def call() -> Any:
+        return flow(**values, mode=mode, return_state=True)
+
+    state = run_with_progress(call, pipeline, console) if show_progress else call()
+    if not state.is_completed():
+        message = (state.message or state.name).removeprefix("Flow run encountered an exception: ")
+        message = message.removeprefix(f"{PipelineRunError.__name__}: ")  # it names the step itself
+        raise RunFailed(message, str(state.state_details.flow_run_id or "") or None)
+    return state.result()
+
+
+def failed_run(name: str, exc: Exception, url: str) -> str:
+    """The one line that says a pipeline's run failed, and where its log is."""
+    run_id = getattr(exc, "flow_run_id", None)
+    where = run_url(ui_url(url), run_id, tab="Logs") if run_id else f"{ui_url(url)}/runs"
+    what = str(exc) if f"pipeline '{name}'" in str(exc) else f"pipeline '{name}' failed: {exc}"
+    return f"{what}. Its log and traceback: {where}"
 
 
 def print_summary(result: dict[str, Any]) -> None:
@@ -72,7 +121,11 @@ def pipelines(name: str | None = typer.Argument(None, help="Show one pipeline in
     if name:
         _describe(load(name))
         return
-    table = Table("pipeline", "components", "critical path s", "sum est s", "cpu·s", "parameters", "source")
+    table = Table(
+        "pipeline", "components", "critical path (s)", "sum of estimates (s)", "CPU core·s", "parameters", "source"
+    )
+    for column in table.columns:
+        column.overflow = "fold"  # a narrow terminal wraps a cell; it never cuts one short
     broken = []
     for item in discovery.discover():
         cells, error = _row(item)
@@ -80,6 +133,7 @@ def pipelines(name: str | None = typer.Argument(None, help="Show one pipeline in
         if error is not None:
             broken.append(f"{item.source} failed to load: {error}")
     console.print(table)
+    say("Steps, parameters and their defaults: planflow pipelines NAME")
     for line in broken:
         warn(line)
     if broken:
@@ -88,12 +142,13 @@ def pipelines(name: str | None = typer.Argument(None, help="Show one pipeline in
 
 def _row(item: discovery.Found) -> tuple[tuple[str, ...], str | None]:
     """The table row of one source, and its error when it failed to load."""
-    failed = (item.name, "failed", "-", "-", "-", "-", item.source)
+    source = _shown_source(item.source)
+    failed = (item.name, "failed to load", "-", "-", "-", "-", source)
     if item.pipeline is None:
         return failed, item.error or "(no message)"
     try:
         t = item.pipeline.totals()
-        params = ", ".join(f"{k}={v}" for k, v in item.pipeline.params.items())
+        params = str(len(item.pipeline.params))
     except Exception as exc:  # a user's pipeline object may raise anything: report it
         return failed, f"{type(exc).__name__}: {exc}"
     cells = (
@@ -103,14 +158,22 @@ def _row(item: discovery.Found) -> tuple[tuple[str, ...], str | None]:
         f"{t['total_seconds']:.1f}",
         f"{t['cpu_seconds']:.1f}",
         params,
-        item.source,
+        source,
     )
     return cells, None
 
 
+def _shown_source(source: str) -> str:
+    """A YAML file's path relative to the current folder when it lies below it."""
+    path = Path(source)
+    if path.is_absolute() and path.is_relative_to(Path.cwd()):
+        return str(path.relative_to(Path.cwd()))
+    return source
+
+
 def _describe(pipeline: Pipeline) -> None:
     console.print(Text.assemble((pipeline.name, "bold"), f": {pipeline.description}"))
-    table = Table("step", "after", "cpu", "gpu", "mem GiB", "est s", "pools")
+    table = Table("step", "after", "cpu", "gpu", "mem GiB", "estimate (s)", "pools")
     for name in pipeline.topological_order():
         spec = pipeline.steps[name].spec
         row = (
@@ -124,9 +187,9 @@ def _describe(pipeline: Pipeline) -> None:
         )
         table.add_row(*map(Text, row))
     console.print(table)
-    totals = Table("total", "value")
+    totals = Table("total (by the declared estimates)", "value")
     for key, value in pipeline.totals().items():
-        totals.add_row(key, f"{value:g}")
+        totals.add_row(TOTAL_LABELS.get(key, key), f"{value:g}")
     console.print(totals)
     say("parameters: " + (", ".join(f"{k}={v!r}" for k, v in pipeline.params.items()) or "-"))
 
@@ -160,7 +223,7 @@ def plan(
         print(json.dumps(document, indent=2, default=str))
         return
     table = Table(
-        "component", "pool", "start s", "finish s", "cpu", "gpu", "mem GiB", "estimate from", title=f"plan: {name}"
+        "component", "pool", "start (s)", "finish (s)", "cpu", "gpu", "mem GiB", "estimate from", title=f"plan: {name}"
     )
     for row in reporting.plan_rows(pp):
         cells = (
@@ -181,9 +244,9 @@ def plan(
         f"{f['status']} ({f['solver']}, {f['solve_seconds']:.3f} s) · list scheduling {f['heuristic_makespan_s']:.2f} s"
     )
     say(
-        f"demand: {totals['cpu_seconds']:.1f} core·s, {totals['gpu_seconds']:.1f} GPU·s, "
-        f"{totals['mem_gib_seconds']:.1f} GiB·s · sum of estimates {totals['total_seconds']:.1f} s · "
-        f"critical path {totals['critical_path_seconds']:.1f} s"
+        f"by the declared estimates: demand {totals['cpu_seconds']:.1f} core·s, {totals['gpu_seconds']:.1f} GPU·s, "
+        f"{totals['mem_gib_seconds']:.1f} GiB·s · sum {totals['total_seconds']:.1f} s · "
+        f"critical path {totals['critical_path_seconds']:.1f} s (the plan uses the estimates in its table)"
     )
 
 
@@ -199,20 +262,17 @@ def run(
 ) -> None:
     """Run a pipeline as a Prefect flow on the configured server."""
     if mode not in MODES:
-        fail(f"--mode {mode!r}: must be 'inprocess' or 'distributed'")
-    try:
-        raw = parse_pairs(param)
-    except ParamError as exc:
-        fail(str(exc))
+        fail(f"--mode {mode!r}: must be 'inprocess' or 'distributed'", USAGE)
+    raw = parse_params(param)
     pipeline = load(name)
     flow, values = prepare(pipeline, raw)  # every input problem before a server starts
     url = ensure_server()
     try:
         result = execute(pipeline, flow, values, mode, show_progress=not json_output)
     except Exception as exc:  # the flow run failed; Prefect has logged the traceback
-        fail(f"pipeline '{name}' failed: {exc}\nSee the run in the UI: {ui_url(url)}/runs")
+        fail(failed_run(name, exc, url))
     if json_output:
         print(json.dumps(result, indent=2, default=str))
         return
     print_summary(result)
-    say(f"flow run: {ui_url(url)}/runs/flow-run/{result['flow_run_id']}")
+    say(f"flow run: {run_url(ui_url(url), result['flow_run_id'])}")

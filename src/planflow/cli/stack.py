@@ -104,6 +104,6 @@ def status() -> None:
         )
     )
     for name, state, url, pid, detail in rows:
-        say(f"{name:<13} {state:<10} {url}  {f'pid {pid}' if pid else ''} {detail}")
+        say(f"{name:<13} {state:<10} {url}  {f'pid {pid}' if pid else ''} {detail}".rstrip())
     if not all(row[1] == "running" for row in rows):
         raise typer.Exit(3)
