@@ -38,7 +38,8 @@ def run_with_progress(call: Callable[[], T], pipeline: Pipeline, console: Consol
                 bar.advance(task_id)
                 if event != "completed":
                     bar.console.print(f"[red]{escape(f'{record.step}: {record.state}')}[/]")
-            bar.update(task_id, description="running: " + (", ".join(sorted(running)) or "-"))
+            # the bar's last state is what stays on screen (and in a file): say nothing when idle
+            bar.update(task_id, description=("running: " + ", ".join(sorted(running))) if running else "")
 
         remove = add_listener(listener)
         try:
