@@ -67,6 +67,12 @@ class PlanflowSettings(BaseSettings):
     crash_after_seconds: float | None = Field(
         None, gt=0, description="A run silent this long counts as crashed (default: 3 flow heartbeats)."
     )
+    # Alertmanager's receivers in a running stack (else thresholds.yml's `receivers:`).
+    alert_webhook_url: str | None = Field(None, description="The human receiver's webhook.")
+    alert_email_to: str | None = Field(None, description="The human receiver's e-mail address.")
+    alert_email_from: str | None = Field(None, description="The sender of alert e-mails.")
+    alert_smarthost: str | None = Field(None, description="The SMTP server for alert e-mails, host:port.")
+    watchdog_url: str | None = Field(None, description="The dead man's switch the Watchdog alert pings.")
 
     @field_validator("pipelines", mode="before")
     @classmethod
