@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import tempfile
 import threading
 import time
@@ -26,6 +27,7 @@ import pytest
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.actions import WorkPoolCreate
 
+from planflow.monitoring.rules import ALL_ALERTS
 from planflow.monitoring.thresholds import params, seconds
 from planflow.ops import server as stack
 from planflow.ops import services
@@ -110,11 +112,12 @@ def alerting():
             services.up(paths, profile="fast", ports=ports)
             ready = Stack(paths, ports, api, receiver)
             targets = f"{ready.url('prometheus')}/api/v1/targets"
-            wait_for(
-                lambda: all(t["health"] == "up" for t in httpx.get(targets).json()["data"]["activeTargets"]),
-                60,
-                message="every scrape target up",
-            )
+
+            def all_up() -> bool:
+                found = httpx.get(targets).json()["data"]["activeTargets"]
+                return len(found) == len(services.ORDER) and all(t["health"] == "up" for t in found)
+
+            wait_for(all_up, 90, message="every scrape target up")
             yield ready
         finally:
             services.down(paths)
@@ -254,3 +257,17 @@ def test_the_watchdog_reaches_the_dead_mans_switch_and_stops_when_alertmanager_d
         alerting.restart()
     back = time.time()
     wait_for(lambda: receiver.alerts("/watchdog", "PlanflowWatchdog", after=back), 120, 0.5, "the Watchdog back")
+
+
+def test_every_prometheus_and_alertmanager_metric_the_rules_use_exists_in_the_real_stack(alerting):
+    used = set()
+    for alert in ALL_ALERTS:
+        used |= set(re.findall(r"\b((?:prometheus|alertmanager)_\w+)\b", alert.expr))
+    assert len(used) >= 6, used
+    query = f"{alerting.url('prometheus')}/api/v1/query"
+    missing = [
+        name
+        for name in sorted(used)
+        if not httpx.get(query, params={"query": f'count({{__name__="{name}"}})'}).json()["data"]["result"]
+    ]
+    assert not missing, f"metrics the rules use that Prometheus 2.42 / Alertmanager 0.25 do not expose: {missing}"

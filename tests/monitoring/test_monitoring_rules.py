@@ -86,7 +86,9 @@ def test_the_watchdog_is_resent_to_the_dead_mans_switch_at_its_own_interval():
         config = generate.alertmanager_config(p)
         watchdog = config["route"]["routes"][0]
         assert watchdog["matchers"] == [f'alertname="{WATCHDOG}"'] and "continue" not in watchdog
-        assert watchdog["repeat_interval"] == watchdog["group_interval"] == p.raw["watchdog_interval"]
+        assert watchdog["group_interval"] == p.raw["watchdog_interval"]
+        # shorter than group_interval, so that every flush re-sends it
+        assert thresholds.seconds(watchdog["repeat_interval"]) < thresholds.seconds(watchdog["group_interval"])
         rule = next(r for r in generate.rules(p)["groups"][0]["rules"] if r["alert"] == WATCHDOG)
         assert (rule["expr"], rule["for"], rule["labels"]["severity"]) == ("vector(1)", "0s", "none")
 

@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 from planflow.monitoring.alert_rule import AlertRule
 from planflow.monitoring.meta_alerts import WATCHDOG
-from planflow.monitoring.thresholds import FIELD_HELP, Params, Receivers
+from planflow.monitoring.thresholds import FIELD_HELP, Params, Receivers, duration, seconds
 from planflow.settings import SettingsError, settings
 
 HUMAN, BRIDGE, DEADMAN = "planflow-human", "planflow-bridge", "planflow-watchdog"
@@ -87,7 +87,7 @@ def _names(alerts: list[AlertRule]) -> str:
 
 def routes(p: Params, alerts: list[AlertRule]) -> dict[str, Any]:
     timing = {k: p.raw[k] for k in ("group_wait", "group_interval", "repeat_interval")}
-    beat = p.raw["watchdog_interval"]
+    beat = seconds(p.raw["watchdog_interval"])
     return {
         "receiver": HUMAN,
         "group_by": GROUP_BY,
@@ -97,8 +97,11 @@ def routes(p: Params, alerts: list[AlertRule]) -> dict[str, Any]:
                 "receiver": DEADMAN,
                 "matchers": [f'alertname="{WATCHDOG}"'],
                 "group_wait": "0s",
-                "group_interval": beat,
-                "repeat_interval": beat,
+                # a group is flushed every group_interval, and re-sent only if repeat_interval
+                # has passed since the last send: a slightly shorter repeat_interval re-sends at
+                # every flush (equal ones would skip every other flush)
+                "group_interval": duration(beat),
+                "repeat_interval": duration(max(1, beat * 5 // 6)),
             },
             {
                 "receiver": BRIDGE,
