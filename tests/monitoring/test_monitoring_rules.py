@@ -127,8 +127,7 @@ def test_receivers_come_from_the_environment_and_a_bad_one_names_its_variable(mo
     monkeypatch.setenv("PLANFLOW_ALERT_EMAIL_TO", "nobody")
     with pytest.raises(SettingsError) as caught:
         receivers_from_settings(p)
-    assert "PLANFLOW_ALERT_EMAIL_TO is 'nobody', but it must be an e-mail address" in str(caught.value)
-    assert "Fix: e.g. `PLANFLOW_ALERT_EMAIL_TO=oncall@example.com`" in str(caught.value)
+    assert "PLANFLOW_ALERT_EMAIL_TO='nobody': Value error, must be an e-mail address, e.g. oncall@" in str(caught.value)
 
 
 def test_every_alert_is_documented_linked_and_uses_known_metrics():
