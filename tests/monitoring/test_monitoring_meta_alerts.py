@@ -77,6 +77,7 @@ class Stack:
     ports: dict[str, int]
     api: str
     receiver: Receiver
+    prefect_port: int
 
     def url(self, name: str) -> str:
         return f"http://127.0.0.1:{self.ports[name]}"
@@ -110,7 +111,7 @@ def alerting():
         try:
             stack.up(paths, port=port)
             services.up(paths, profile="fast", ports=ports)
-            ready = Stack(paths, ports, api, receiver)
+            ready = Stack(paths, ports, api, receiver, port)
             targets = f"{ready.url('prometheus')}/api/v1/targets"
 
             def all_up() -> bool:
@@ -224,6 +225,22 @@ def test_killing_a_service_reaches_the_human_receiver_without_the_bridge(alertin
     finally:
         alerting.restart()
     wait_for(lambda: receiver.alerts("/human", alertname, "resolved", killed), 60, 0.5, f"{alertname} resolved")
+
+
+def test_prefect_down_reaches_the_human_receiver_while_prefect_is_still_down(alerting):
+    receiver = alerting.receiver
+    stopped = time.time()
+    stack.down(alerting.paths)
+    try:
+        fired = wait_for(
+            lambda: receiver.alerts("/human", "PlanflowPrefectApiDown", "firing", stopped), 60, 0.5, "PrefectApiDown"
+        )
+        # not through the bridge and Prefect: a human hears of it during the outage, not after
+        assert not stack.status(alerting.paths).running
+        assert fired[0]["labels"]["severity"] == "critical"
+    finally:
+        stack.up(alerting.paths, port=alerting.prefect_port)
+    wait_for(lambda: receiver.alerts("/human", "PlanflowPrefectApiDown", "resolved", stopped), 90, 0.5, "resolved")
 
 
 def test_the_watchdog_reaches_the_dead_mans_switch_and_stops_when_alertmanager_dies(alerting):
