@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -67,6 +68,33 @@ class PlanflowSettings(BaseSettings):
     crash_after_seconds: float | None = Field(
         None, gt=0, description="A run silent this long counts as crashed (default: 3 flow heartbeats)."
     )
+    # Alertmanager's receivers in a running stack (else thresholds.yml's `receivers:`).
+    alert_webhook_url: str | None = Field(None, description="The human receiver's webhook.")
+    alert_email_to: str | None = Field(None, description="The human receiver's e-mail address.")
+    alert_email_from: str | None = Field(None, description="The sender of alert e-mails.")
+    alert_smarthost: str | None = Field(None, description="The SMTP server for alert e-mails, host:port.")
+    watchdog_url: str | None = Field(None, description="The dead man's switch the Watchdog alert pings.")
+
+    @field_validator("alert_webhook_url", "watchdog_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"https?://\S+", value.strip()):
+            raise ValueError("must be an http(s) URL, e.g. https://chat.example.com/hooks/planflow")
+        return value.strip() if value else value
+
+    @field_validator("alert_email_to", "alert_email_from")
+    @classmethod
+    def _email(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[^@\s]+@[^@\s]+", value.strip()):
+            raise ValueError("must be an e-mail address, e.g. oncall@example.com")
+        return value.strip() if value else value
+
+    @field_validator("alert_smarthost")
+    @classmethod
+    def _host_port(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[^:\s]+:\d+", value.strip()):
+            raise ValueError("must be an SMTP server as host:port, e.g. smtp.example.com:587")
+        return value.strip() if value else value
 
     @field_validator("pipelines", mode="before")
     @classmethod

@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import re
+import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
 
 from planflow.monitoring import rules as generate
 from planflow.monitoring import thresholds
+from planflow.monitoring.alert_rule import REMEDIATION_FLOWS, REMEDIATION_POOL, AlertRule
+from planflow.monitoring.meta_alerts import WATCHDOG
 from planflow.monitoring.metrics import metric_catalog
+from planflow.monitoring.routing import receivers_from_settings
+from planflow.remediation import names
+from planflow.settings import SettingsError
 
 from tests.monitoring.helpers import need_binary, promtool
 
 HERE = generate.HERE
+RUNBOOK = Path(__file__).resolve().parents[2] / "monitoring" / "RUNBOOK.md"
 
 
 def test_committed_files_equal_the_generator_output():
@@ -39,24 +47,87 @@ def test_promtool_rule_unit_tests_pass(profile):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("profile", generate.PROFILES)
-def test_alertmanager_config_is_valid_and_routes_to_the_bridge(profile):
-    import subprocess
+def _amtool(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([need_binary("amtool"), *args], capture_output=True, text=True, timeout=60)
 
-    amtool = need_binary("amtool")
+
+@pytest.mark.parametrize("profile", generate.PROFILES)
+def test_alertmanager_config_is_valid_and_routes_each_alert_by_what_it_needs(profile):
     path = HERE / f"alertmanager{generate.suffix(profile)}.yml"
-    result = subprocess.run([amtool, "check-config", str(path)], capture_output=True, text=True)
+    result = _amtool("check-config", str(path))
     assert result.returncode == 0, result.stdout + result.stderr
+    assert "3 receivers" in result.stdout and "2 inhibit rules" in result.stdout, result.stdout
     config = yaml.safe_load(path.read_text())
-    hook = config["receivers"][1]["webhook_configs"][0]
+    receivers = {r["name"]: r for r in config["receivers"]}
+    hook = receivers["planflow-bridge"]["webhook_configs"][0]
     assert hook["send_resolved"] is True
     assert hook["http_config"]["authorization"]["credentials_file"] == "bridge.token"
-    result = subprocess.run(
-        [amtool, "config", "routes", "test", "--config.file", str(path), "alertname=PlanflowBridgeDown"],
-        capture_output=True,
-        text=True,
-    )
-    assert result.stdout.strip() == "planflow-bridge", result.stdout + result.stderr
+    assert config["route"]["receiver"] == "planflow-human", "the default route must reach a human"
+    human = receivers["planflow-human"]
+    assert human["webhook_configs"][0]["url"].startswith("https://") and human["email_configs"][0]["to"]
+
+    def route(alert: AlertRule) -> str:
+        found = _amtool("config", "routes", "test", "--config.file", str(path), f"alertname={alert.name}")
+        return found.stdout.strip()
+
+    for alert in generate.ALL_ALERTS:
+        if alert.name == WATCHDOG:
+            expected = "planflow-watchdog"  # never through the bridge, Prefect or the human route
+        elif alert.to_bridge:
+            expected = "planflow-bridge,planflow-human"
+        else:
+            expected = "planflow-human"  # the alerts about the alerting: never through the bridge
+        assert route(alert) == expected, f"{alert.name} goes to {route(alert)!r}, not {expected!r}"
+
+
+def test_the_watchdog_is_resent_to_the_dead_mans_switch_at_its_own_interval():
+    for profile in generate.PROFILES:
+        p = generate.params(profile)
+        config = generate.alertmanager_config(p)
+        watchdog = config["route"]["routes"][0]
+        assert watchdog["matchers"] == [f'alertname="{WATCHDOG}"'] and "continue" not in watchdog
+        assert watchdog["group_interval"] == p.raw["watchdog_interval"]
+        # shorter than group_interval, so that every flush re-sends it
+        assert thresholds.seconds(watchdog["repeat_interval"]) < thresholds.seconds(watchdog["group_interval"])
+        rule = next(r for r in generate.rules(p)["groups"][0]["rules"] if r["alert"] == WATCHDOG)
+        assert (rule["expr"], rule["for"], rule["labels"]["severity"]) == ("vector(1)", "0s", "none")
+
+
+def test_prefect_api_down_inhibits_the_pool_alerts_and_not_the_alerts_about_the_alerting():
+    rules = generate.alertmanager_config(generate.params("production"))["inhibit_rules"]
+    by_source = {r["source_matchers"][0]: r["target_matchers"][0] for r in rules}
+    targets = by_source['alertname="PlanflowPrefectApiDown"']
+    for name in ("PlanflowWorkPoolNotReady", "PlanflowLateRunBacklog", "PlanflowPoolFailureRateHigh"):
+        assert name in targets
+    for name in ("PlanflowBridgeDown", "PlanflowRemediationRunFailed", "PlanflowWatchdog"):
+        assert name not in targets
+    assert all("equal" not in r for r in rules)  # one Prefect per stack: no label to match on
+
+
+def test_the_remediation_names_the_rules_exclude_are_the_remediations_own():
+    assert REMEDIATION_POOL == names.REMEDIATION_POOL
+    assert set(REMEDIATION_FLOWS) == {names.RETRY_FLOW, names.FAILOVER_FLOW, names.RESCALE_FLOW}
+    rules = {r["alert"]: r["expr"] for r in generate.rules(generate.params("fast"))["groups"][0]["rules"]}
+    for name in ("PlanflowLateRunBacklog", "PlanflowWorkPoolNotReady", "PlanflowWorkerHeartbeatStale"):
+        assert f'work_pool!="{REMEDIATION_POOL}"' in rules[name] and "work_pool_deployments == 0" in rules[name]
+    assert rules["PlanflowPoolFailureRateHigh"].count(f'work_pool!="{REMEDIATION_POOL}"') == 3
+    assert f'work_pool="{REMEDIATION_POOL}"' in rules["PlanflowRemediationRunFailed"]
+
+
+def test_receivers_come_from_the_environment_and_a_bad_one_names_its_variable(monkeypatch):
+    p = generate.params("fast")
+    assert receivers_from_settings(p) == p.receivers
+    monkeypatch.setenv("PLANFLOW_ALERT_WEBHOOK_URL", "http://127.0.0.1:1/human")
+    monkeypatch.setenv("PLANFLOW_WATCHDOG_URL", "http://127.0.0.1:1/watchdog")
+    chosen = receivers_from_settings(p)
+    config = generate.alertmanager_config(p, receivers=chosen)
+    hooks = {r["name"]: r.get("webhook_configs", [{}])[0].get("url") for r in config["receivers"]}
+    assert hooks["planflow-human"] == "http://127.0.0.1:1/human"
+    assert hooks["planflow-watchdog"] == "http://127.0.0.1:1/watchdog"
+    monkeypatch.setenv("PLANFLOW_ALERT_EMAIL_TO", "nobody")
+    with pytest.raises(SettingsError) as caught:
+        receivers_from_settings(p)
+    assert "PLANFLOW_ALERT_EMAIL_TO='nobody': Value error, must be an e-mail address, e.g. oncall@" in str(caught.value)
 
 
 def test_every_alert_is_documented_linked_and_uses_known_metrics():
@@ -65,12 +136,24 @@ def test_every_alert_is_documented_linked_and_uses_known_metrics():
         rules = yaml.safe_load((HERE / f"rules{generate.suffix(profile)}.yml").read_text())
         for rule in rules["groups"][0]["rules"]:
             assert re.fullmatch(r"Planflow[A-Z][A-Za-z]+", rule["alert"])
-            assert rule["labels"]["severity"] in {"critical", "warning"}
+            assert rule["labels"]["severity"] in {"critical", "warning", "none"}
             notes = rule["annotations"]
             assert notes["summary"] and notes["description"]
             assert re.search(r"/d/planflow-(pipelines|plan|pools|alerts)$", notes["dashboard"])
+            assert notes["runbook_url"] == f"monitoring/RUNBOOK.md#{rule['alert'].lower()}"
             used = set(re.findall(r"\b(planflow_\w+|up)\b", rule["expr"]))
             assert used <= known, f"{rule['alert']} uses unknown metrics {used - known}"
+
+
+def test_every_alert_has_a_runbook_section_saying_what_it_means_what_to_check_and_do():
+    text = RUNBOOK.read_text()
+    sections = dict(re.findall(r"^## (\S+)\n(.*?)(?=^## |\Z)", text, flags=re.M | re.S))
+    for alert in generate.ALL_ALERTS:
+        assert alert.name in sections, f"monitoring/RUNBOOK.md has no section `## {alert.name}`"
+        for part in ("**What it means**", "**What to check**", "**What to do**"):
+            assert part in sections[alert.name], f"RUNBOOK.md, {alert.name}: no {part}"
+        assert f"Severity: {alert.severity}" in sections[alert.name], f"RUNBOOK.md, {alert.name}: severity"
+    assert set(sections) <= {a.name for a in generate.ALL_ALERTS}, "a runbook section names no alert"
 
 
 def test_the_fast_and_production_profiles_differ_only_in_timing():
@@ -114,7 +197,7 @@ def test_a_bad_thresholds_file_lists_every_problem_with_the_value_and_the_fix(tm
         "Fix: e.g. `overrun_factor: 2.0`",
         "thresholds: unknown field 'overrun'. Did you mean 'overrun_factor'? Fix: write `overrun_factor: 2.0`.",
         "the file: unknown field 'schedule' (value 'daily'). Fix: remove it. "
-        "Allowed fields: grafana_url, ports, profiles, thresholds",
+        "Allowed fields: grafana_url, runbook_url, receivers, ports, profiles, thresholds",
     ]
     for line in expected:
         assert any(found.startswith(f"  - {line}") for found in lines), line
@@ -132,5 +215,6 @@ def test_the_ports_a_stack_picks_are_checked_like_the_file():
 def test_a_thresholds_file_that_is_not_a_mapping(tmp_path):
     path = tmp_path / "thresholds.yml"
     path.write_text("- 1\n")
-    with pytest.raises(thresholds.ThresholdsError, match="the file must be a mapping of grafana_url, ports"):
+    expected = "the file must be a mapping of grafana_url, runbook_url, receivers, ports"
+    with pytest.raises(thresholds.ThresholdsError, match=expected):
         thresholds.load(path)

@@ -4,7 +4,7 @@ Every `--interval` seconds it reads the Prefect API with Prefect's own client an
 updates the gauges of `monitoring.metrics.ExporterMetrics`: flow runs by state per
 flow/deployment/work pool, runs reaching a terminal state (a counter and the time of
 the latest failure), late runs and queue depth per work queue, work pool status,
-workers and their heartbeat age. Labels are names of flows, deployments, pools and
+workers and their heartbeat age, deployments per pool. Labels are names of flows, deployments, pools and
 queues (bounded by what users create), never run ids.
 
 The exporter outlives the Prefect server: a poll that fails sets
@@ -145,6 +145,19 @@ class Exporter:
                 break
         return runs
 
+    async def _deployments_per_pool(self, client: Any) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        offset = 0
+        while offset < self.max_runs:
+            page = await client.read_deployments(limit=PAGE, offset=offset)
+            for deployment in page:
+                pool = deployment.work_pool_name or ""
+                counts[pool] = counts.get(pool, 0) + 1
+            offset += len(page)
+            if len(page) < PAGE:
+                break
+        return counts
+
     async def _names(self, client: Any, runs: list[Any]) -> None:
         flow_ids = list({r.flow_id for r in runs} - set(self._flow_names))
         for i in range(0, len(flow_ids), PAGE):
@@ -170,6 +183,7 @@ class Exporter:
         pools = await client.read_work_pools(limit=PAGE)
         pool_workers = {p.name: await client.read_workers_for_work_pool(p.name, limit=PAGE) for p in pools}
         queues = await client.read_work_queues(limit=PAGE)
+        deployments = await self._deployments_per_pool(client)
         active = await self._runs(
             client, FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=list(ACTIVE_STATES))))
         )
@@ -184,6 +198,9 @@ class Exporter:
         )
         await self._names(client, active + finished)
         self._publish(now, pools, pool_workers, queues, active, finished)
+        self.metrics.pool_deployments.clear()
+        for pool in pools:
+            self.metrics.pool_deployments.labels(pool.name).set(deployments.get(pool.name, 0))
 
     def _publish(
         self,

@@ -261,6 +261,12 @@ class ExporterMetrics:
         self.workers = Gauge(
             "planflow_prefect_workers", "Workers known to a work pool, by status.", ["work_pool", "status"], registry=r
         )
+        self.pool_deployments = Gauge(
+            "planflow_prefect_work_pool_deployments",
+            "Deployments whose work pool is this pool (0 and no worker: a pool nobody runs).",
+            ["work_pool"],
+            registry=r,
+        )
         self.heartbeat_age = Gauge(
             "planflow_prefect_worker_heartbeat_age_seconds",
             "Seconds since the freshest worker heartbeat of the work pool.",

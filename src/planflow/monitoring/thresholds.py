@@ -16,7 +16,7 @@ import difflib
 import re
 import reprlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
 from typing import Annotated, Any
@@ -89,6 +89,9 @@ class Profile(_Strict):
     failure_window: Duration = Field(description="a failed run keeps its alert firing this long")
     failure_rate_window: Duration
     heartbeat_max_age_seconds: int = Field(gt=0)
+    rate_window: Duration = Field(description="window of the meta-alerts' rates (failures, errors)")
+    bridge_pending_max_age: Duration = Field(description="an alert waiting this long in the bridge's spool")
+    watchdog_interval: Duration = Field(description="how often the Watchdog reaches the dead man's switch")
 
 
 class Profiles(_Strict):
@@ -104,12 +107,28 @@ class Thresholds(_Strict):
     slip_ratio: float = Field(gt=0)
     failure_rate: float = Field(gt=0, le=1)
     failure_rate_min_runs: int = Field(ge=1)
+    bridge_spool_depth: int = Field(ge=1)
+    notification_failure_ratio: float = Field(gt=0, le=1)
+
+
+class Receivers(_Strict):
+    """Where Alertmanager sends what is not only for the bridge. The shipped values are
+    placeholders (`.invalid` never resolves); PLANFLOW_ALERT_* variables override them
+    in a running stack (see the README, "Alert receivers")."""
+
+    webhook_url: str = Field(pattern=r"^https?://\S+$", description="the human receiver's webhook")
+    email_to: str = Field(pattern=r"^[^@\s]+@[^@\s]+$", description="the human receiver's address")
+    email_from: str = Field(pattern=r"^[^@\s]+@[^@\s]+$")
+    smarthost: str = Field(pattern=r"^[^:\s]+:\d+$", description="SMTP server as host:port")
+    watchdog_url: str = Field(pattern=r"^https?://\S+$", description="the dead man's switch webhook")
 
 
 class ThresholdsFile(_Strict):
     """The whole of thresholds.yml."""
 
     grafana_url: str = Field(pattern=r"^https?://\S+$")
+    runbook_url: str = Field(pattern=r"^(https?://\S+|[\w./-]+\.md)$")
+    receivers: Receivers
     ports: Ports
     profiles: Profiles
     thresholds: Thresholds
@@ -118,6 +137,16 @@ class ThresholdsFile(_Strict):
 # What each field must be, and an example of it.
 FIELD_HELP = {
     "grafana_url": ("an http(s) URL", "grafana_url: http://127.0.0.1:3000"),
+    "runbook_url": (
+        "an http(s) URL or a path of RUNBOOK.md",
+        "runbook_url: https://git.example.com/you/project/blob/main/monitoring/RUNBOOK.md",
+    ),
+    "receivers": ("a mapping of webhook_url, email_to, email_from, smarthost, watchdog_url", "receivers: {...}"),
+    "webhook_url": ("an http(s) URL", "webhook_url: https://chat.example.com/hooks/planflow"),
+    "watchdog_url": ("an http(s) URL", "watchdog_url: https://deadman.example.com/ping/planflow"),
+    "email_to": ("an e-mail address", "email_to: oncall@example.com"),
+    "email_from": ("an e-mail address", "email_from: alertmanager@example.com"),
+    "smarthost": ("an SMTP server as host:port", "smarthost: smtp.example.com:587"),
     "ports": ("a mapping of service name -> port", "ports: {prometheus: 9090}"),
     "profiles": ("the two profiles, fast and production", "profiles: {fast: {...}, production: {...}}"),
     "thresholds": ("a mapping of threshold name -> number", "thresholds: {late_runs: 1}"),
@@ -144,6 +173,9 @@ FIELD_HELP = {
             "for": "5m",
             "failure_window": "15m",
             "failure_rate_window": "30m",
+            "rate_window": "5m",
+            "bridge_pending_max_age": "10m",
+            "watchdog_interval": "1m",
         }.items()
     },
     "exporter_poll_seconds": ("a number of seconds > 0", "exporter_poll_seconds: 10"),
@@ -153,6 +185,8 @@ FIELD_HELP = {
     "slip_ratio": ("a number > 0 (share of the planned makespan)", "slip_ratio: 0.5"),
     "failure_rate": ("a share between 0 and 1 (failed / finished runs)", "failure_rate: 0.5"),
     "failure_rate_min_runs": ("a whole number >= 1", "failure_rate_min_runs: 3"),
+    "bridge_spool_depth": ("a whole number >= 1 (alerts waiting in the bridge)", "bridge_spool_depth: 100"),
+    "notification_failure_ratio": ("a share between 0 and 1 (failed / sent)", "notification_failure_ratio: 0.01"),
 }
 # Names users reach for first, mapped to the field thresholds.yml uses.
 ALIASES = {
@@ -179,8 +213,25 @@ ALIASES = {
     "slip_factor": "slip_ratio",
     "late": "late_runs",
     "min_runs": "failure_rate_min_runs",
+    "runbook": "runbook_url",
+    "receiver": "receivers",
+    "webhook": "webhook_url",
+    "watchdog": "watchdog_url",
+    "deadman_url": "watchdog_url",
+    "email": "email_to",
+    "to": "email_to",
+    "from": "email_from",
+    "smtp": "smarthost",
+    "smtp_smarthost": "smarthost",
+    "spool_depth": "bridge_spool_depth",
 }
-_MODELS = {"": ThresholdsFile, "ports": Ports, "profiles": Profiles, "thresholds": Thresholds}
+_MODELS = {
+    "": ThresholdsFile,
+    "ports": Ports,
+    "profiles": Profiles,
+    "thresholds": Thresholds,
+    "receivers": Receivers,
+}
 
 
 _short = reprlib.Repr()
@@ -240,6 +291,8 @@ class Params:
     thresholds: dict[str, Any]
     grafana_url: str
     ports: dict[str, int]
+    runbook_url: str = "monitoring/RUNBOOK.md"
+    receivers: dict[str, str] = field(default_factory=dict)
 
     @property
     def step(self) -> int:
@@ -260,6 +313,10 @@ class Params:
             "failure_window_seconds": seconds(self.raw["failure_window"]),
             "failure_rate_window": duration(seconds(self.raw["failure_rate_window"])),
             "heartbeat_max_age_seconds": self.raw["heartbeat_max_age_seconds"],
+            "rate_window": duration(seconds(self.raw["rate_window"])),
+            "bridge_pending_max_age": duration(seconds(self.raw["bridge_pending_max_age"])),
+            "bridge_pending_max_age_seconds": seconds(self.raw["bridge_pending_max_age"]),
+            "watchdog_interval": duration(seconds(self.raw["watchdog_interval"])),
         }
         return re.sub(r"\{\{\{(\w+)\}\}\}", lambda m: str(values[m[1]]), text)
 
@@ -267,4 +324,12 @@ class Params:
 def params(profile: str, source: Mapping[str, Any] | None = None) -> Params:
     """The values of `profile` from `source` (default: thresholds.yml), checked."""
     values = load() if source is None else validate(source).model_dump(by_alias=True)
-    return Params(profile, values["profiles"][profile], values["thresholds"], values["grafana_url"], values["ports"])
+    return Params(
+        profile,
+        values["profiles"][profile],
+        values["thresholds"],
+        values["grafana_url"],
+        values["ports"],
+        values["runbook_url"],
+        values["receivers"],
+    )

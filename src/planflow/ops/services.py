@@ -27,6 +27,7 @@ import yaml
 
 from planflow.monitoring import rules as generate
 from planflow.monitoring.bridge import TOKEN_ENV, TOKEN_FILE_NAME, resolve_token
+from planflow.monitoring.routing import receivers_from_settings
 from planflow.ops.processes import (
     log_tail,
     read_pid_file,
@@ -170,7 +171,10 @@ def _render_configs(paths: StatePaths, profile: str, ports: dict[str, int]) -> d
     alertmanager.write_text(
         generate.dump(
             generate.alertmanager_config(
-                p, bridge_url=f"http://{HOST}:{ports['bridge']}/alerts", credentials_file=str(credentials)
+                p,
+                bridge_url=f"http://{HOST}:{ports['bridge']}/alerts",
+                credentials_file=str(credentials),
+                receivers=receivers_from_settings(p),
             )
         )
     )
