@@ -665,7 +665,7 @@ def alerts() -> db.Dashboard:
     lay.add(
         big(
             "Alerts firing",
-            q('count(ALERTS{alertstate="firing", alertname=~"Planflow.*"})', "firing"),
+            q('count(ALERTS{alertstate="firing", alertname=~"Planflow.*", alertname!="PlanflowWatchdog"})', "firing"),
             colors=GREEN_RED,
             no_value="0",
         ),
@@ -675,7 +675,7 @@ def alerts() -> db.Dashboard:
     lay.add(
         grid(
             "Firing and pending alerts",
-            q('ALERTS{alertname=~"Planflow.*"}', instant=True, table_format=True),
+            q('ALERTS{alertname=~"Planflow.*", alertname!="PlanflowWatchdog"}', instant=True, table_format=True),
             hide=("Time", "__name__", "Value"),
             description="From Prometheus' ALERTS series. Silences and notification state are "
             "in Grafana's alerting view of the `planflow-alertmanager` datasource.",
@@ -686,7 +686,10 @@ def alerts() -> db.Dashboard:
     lay.add(
         ts(
             "Alerts firing over time, by alert",
-            q('sum by (alertname) (ALERTS{alertstate="firing", alertname=~"Planflow.*"})', "{{alertname}}"),
+            q(
+                'sum by (alertname) (ALERTS{alertstate="firing", alertname=~"Planflow.*", alertname!="PlanflowWatchdog"})',
+                "{{alertname}}",
+            ),
             stack=True,
         ),
         12,
