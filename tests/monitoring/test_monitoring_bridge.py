@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from planflow.monitoring.bridge import create_app, resolve_token
+from planflow.monitoring.bridge import TokenError, create_app, resolve_token
 
 from tests.monitoring.helpers import (
     ThreadedServer,
@@ -202,8 +202,26 @@ def test_token_file_is_created_once_private_and_env_wins(tmp_path, monkeypatch):
     first = resolve_token(path)
     assert len(first) >= 32 and resolve_token(path) == first
     assert path.stat().st_mode & 0o777 == 0o600
-    monkeypatch.setenv("PLANFLOW_BRIDGE_TOKEN", "from-env")
-    assert resolve_token(path) == "from-env"
+    monkeypatch.setenv("PLANFLOW_BRIDGE_TOKEN", "from-env-0123456789")
+    assert resolve_token(path) == "from-env-0123456789"
+
+
+@pytest.mark.parametrize(
+    "token, words",
+    [
+        ("change-me-before-applying", "placeholder"),
+        ("CHANGEME", "placeholder"),
+        ("replace-me-with-a-real-token", "placeholder"),
+        ("short-token", "11 characters"),
+    ],
+    ids=["shipped-placeholder", "changeme", "replace-me", "too-short"],
+)
+def test_guessable_tokens_are_refused_naming_the_source_and_the_fix(tmp_path, monkeypatch, token, words):
+    monkeypatch.setenv("PLANFLOW_BRIDGE_TOKEN", token)
+    with pytest.raises(TokenError) as refused:
+        resolve_token(tmp_path / "bridge.token")
+    message = str(refused.value)
+    assert words in message and "PLANFLOW_BRIDGE_TOKEN" in message and "openssl rand" in message
 
 
 # -- fuzz: whatever arrives, the answer is 200 or a 4xx, never a crash -----------------
