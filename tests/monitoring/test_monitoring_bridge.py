@@ -273,3 +273,22 @@ def test_fuzzed_bodies_never_get_a_5xx(bridge, body, raw):
         assert answer["stored"] + answer["duplicates"] == len(body["alerts"])
     else:
         assert response.json()["error"]
+
+
+def test_webhooks_of_another_receiver_or_alertmanager_are_refused(prefect_api_url, tmp_path):
+    app = create_app(
+        tmp_path / "spool.sqlite3",
+        TOKEN,
+        prefect_api_url,
+        forward=False,
+        receiver="planflow-bridge",
+        alertmanager_url="http://127.0.0.1:9093/",
+    )
+    with ThreadedServer(app, free_port()) as server:
+        ours = post(server, webhook(alert(fingerprint="ours")))
+        assert ours.status_code == 200, ours.text
+        for field, value in (("receiver", "someone-else"), ("externalURL", "http://forger:9093")):
+            response = post(server, {**webhook(alert(fingerprint=f"not-{field}")), field: value})
+            assert response.status_code == 403, response.text
+            assert value in response.json()["error"] and "configured Alertmanager" in response.json()["error"]
+        assert app.state.spool.depth() == 1
