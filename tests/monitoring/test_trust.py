@@ -84,7 +84,12 @@ def test_a_push_cannot_pose_as_the_exporter(monitoring_stack):
         "# TYPE planflow_pipeline_running gauge\n"
     )
     try:
-        push(gateway, "planflow", forged + f'planflow_pipeline_running{{pipeline="legit-{tag}"}} 1\n')
+        claimed = (  # a run's own family, claiming the pool and the alert it does not own
+            "# TYPE planflow_component_running gauge\n"
+            f'planflow_component_running{{pipeline="legit-{tag}",component="c",pool="p",'
+            f'work_pool="{pool}",alertname="PlanflowPoolFailureRateHigh"}} 1\n'
+        )
+        push(gateway, "planflow", forged + f'planflow_pipeline_running{{pipeline="legit-{tag}"}} 1\n' + claimed)
         push(gateway, "planflow-exporter", forged + f'planflow_pipeline_running{{pipeline="exporter-{tag}"}} 1\n')
         # the runs' own figure arrives: the Pushgateway was scraped after both pushes
         wait_for(
@@ -93,6 +98,9 @@ def test_a_push_cannot_pose_as_the_exporter(monitoring_stack):
             message="a legitimate pushed series in Prometheus",
         )
         assert series(prometheus, f'{{work_pool="{pool}"}}') == []
+        kept = series(prometheus, f'planflow_component_running{{pipeline="legit-{tag}"}}')
+        assert len(kept) == 1 and kept[0]["metric"]["pool"] == "p", kept
+        assert not {"work_pool", "alertname"} & set(kept[0]["metric"]), kept
         assert series(prometheus, f'planflow_pipeline_running{{pipeline="exporter-{tag}"}}') == []
         assert series(prometheus, f'ALERTS{{work_pool="{pool}"}}') == []
     finally:
@@ -125,3 +133,13 @@ def test_the_stacks_state_is_private(monitoring_stack):
                     readable[str(path.relative_to(root))] = oct(info.st_mode & 0o777)
     assert paths.home.stat().st_mode & 0o777 == 0o700
     assert readable == {}, f"readable by others: {readable}"
+
+
+def test_prometheus_cannot_be_stopped_over_http_and_reloads_by_signal(monitoring_stack):
+    paths, started = monitoring_stack
+    url = started["prometheus"].url
+    quit_ = httpx.post(f"{url}/-/quit", timeout=10)
+    assert quit_.status_code == 403, quit_.text  # "Lifecycle API is not enabled"
+    services.reload_prometheus(paths)
+    wait_for(lambda: services.status(paths)["prometheus"].running, 30, message="Prometheus after a reload")
+    assert services.status(paths)["prometheus"].pid == started["prometheus"].pid

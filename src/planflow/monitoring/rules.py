@@ -353,6 +353,8 @@ def rule_tests(p: Params) -> dict[str, Any]:
 # their metric families. Pool alerts read only the exporter's planflow_prefect_* series.
 PUSH_JOBS = "planflow|planflow-remediation(-latency)?"
 PUSHED_METRICS = "planflow_(component|pool|plan|pipeline|push|remediation|remediations)_.+"
+# Labels that name what an alert acts on or is: a push never sets them (runs say `pool`).
+OWNED_LABELS = "work_pool|work_queue|deployment_id|flow_run_id|alertname|alertstate"
 
 
 def prometheus_config(p: Params, rule_file: str | None = None) -> dict[str, Any]:
@@ -381,6 +383,7 @@ def prometheus_config(p: Params, rule_file: str | None = None) -> dict[str, Any]
                 metric_relabel_configs=[
                     {"source_labels": ["job"], "regex": PUSH_JOBS, "action": "keep"},
                     {"source_labels": ["__name__"], "regex": PUSHED_METRICS, "action": "keep"},
+                    {"regex": OWNED_LABELS, "action": "labeldrop"},
                 ],
             ),
             job("planflow-bridge", ports["bridge"]),

@@ -25,6 +25,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import socket
 import sys
 from dataclasses import dataclass
@@ -253,7 +254,7 @@ def _command(name: str, paths: StatePaths, ports: dict[str, int], configs: dict)
             f"--storage.tsdb.path={folder / 'prometheus-data'}",
             f"--web.listen-address={listen}",
             "--storage.tsdb.retention.time=15d",
-            "--web.enable-lifecycle",
+            # no --web.enable-lifecycle: anyone on the host could POST /-/quit; reload is SIGHUP
         ]
     if name == "alertmanager":
         return [
@@ -401,10 +402,13 @@ def down(paths: StatePaths | None = None) -> dict[str, ServiceStatus]:
 
 
 def reload_prometheus(paths: StatePaths | None = None) -> None:
-    """Ask the running Prometheus to re-read its config and rules."""
+    """Ask the running Prometheus to re-read its config and rules (SIGHUP: its HTTP
+    lifecycle API stays off, so nobody else can stop it)."""
     paths = paths or StatePaths.discover()
-    url = status(paths)["prometheus"].url
-    httpx.post(f"{url}/-/reload", timeout=10).raise_for_status()
+    pid, alive = _live_pid(paths, "prometheus")
+    if pid is None or not alive:
+        raise ServicesError("Prometheus is not running here. Fix: `planflow stack up`")
+    os.kill(pid, signal.SIGHUP)
 
 
 def rendered_config(paths: StatePaths, name: str) -> dict:
