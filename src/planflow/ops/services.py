@@ -263,8 +263,7 @@ def _command(name: str, paths: StatePaths, ports: dict[str, int], configs: dict)
             f"--storage.path={folder / 'alertmanager-data'}",
             f"--web.listen-address={listen}",
             f"--web.config.file={folder / ALERTMANAGER_WEB_CONFIG}",
-            # the URL its webhooks carry (externalURL), which the bridge checks
-            f"--web.external-url=http://{listen}",
+            f"--web.external-url=http://{listen}",  # the externalURL its webhooks carry
             "--cluster.listen-address=",
         ]
     if name == "pushgateway":
@@ -297,8 +296,8 @@ def _command(name: str, paths: StatePaths, ports: dict[str, int], configs: dict)
             str(ports[name]),
             "--state-dir",
             str(folder),
-            "--alertmanager-url",
-            f"http://{HOST}:{ports['alertmanager']}",
+            # the token is the proof; the receiver name catches a misrouted webhook. (Not
+            # --alertmanager-url: tools that replay webhooks, e.g. the tests', send their own.)
             "--receiver",
             BRIDGE_RECEIVER,
         ]
