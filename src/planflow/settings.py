@@ -16,6 +16,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -163,6 +166,45 @@ def make_private_dir(path: Path) -> Path:
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     path.chmod(0o700)
     return path
+
+
+PRIVATE_UMASK = 0o077  # files 0600, folders 0700
+
+
+@contextmanager
+def private_files() -> Iterator[None]:
+    """Within the block, files and folders this process (and any process it starts)
+    creates are its user's only: the umask is PRIVATE_UMASK, restored afterwards."""
+    previous = os.umask(PRIVATE_UMASK)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
+def make_private_tree(root: Path) -> list[Path]:
+    """Make `root` and everything below it its user's only (folders 0700, files 0600,
+    executable files 0700), as left by an older planflow or another umask. Symlinks are
+    not followed. Returns the paths whose mode changed."""
+    changed = []
+    if not root.is_dir():
+        return changed
+    paths = [root]
+    for folder, dirs, files in os.walk(root):
+        paths += [Path(folder) / name for name in (*dirs, *files)]
+    for path in paths:
+        try:
+            info = path.lstat()
+        except FileNotFoundError:  # removed meanwhile (a service's temporary file)
+            continue
+        if stat.S_ISLNK(info.st_mode):
+            continue
+        mode = stat.S_IMODE(info.st_mode)
+        wanted = 0o700 if stat.S_ISDIR(info.st_mode) or mode & 0o100 else 0o600
+        if mode != wanted:
+            path.chmod(wanted)
+            changed.append(path)
+    return changed
 
 
 def write_private(path: Path, text: str) -> None:

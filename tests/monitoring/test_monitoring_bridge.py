@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from planflow.monitoring.bridge import create_app, resolve_token
+from planflow.monitoring.bridge import TokenError, create_app, resolve_token
 
 from tests.monitoring.helpers import (
     ThreadedServer,
@@ -202,8 +202,26 @@ def test_token_file_is_created_once_private_and_env_wins(tmp_path, monkeypatch):
     first = resolve_token(path)
     assert len(first) >= 32 and resolve_token(path) == first
     assert path.stat().st_mode & 0o777 == 0o600
-    monkeypatch.setenv("PLANFLOW_BRIDGE_TOKEN", "from-env")
-    assert resolve_token(path) == "from-env"
+    monkeypatch.setenv("PLANFLOW_BRIDGE_TOKEN", "from-env-0123456789")
+    assert resolve_token(path) == "from-env-0123456789"
+
+
+@pytest.mark.parametrize(
+    "token, words",
+    [
+        ("change-me-before-applying", "placeholder"),
+        ("CHANGEME", "placeholder"),
+        ("replace-me-with-a-real-token", "placeholder"),
+        ("short-token", "11 characters"),
+    ],
+    ids=["shipped-placeholder", "changeme", "replace-me", "too-short"],
+)
+def test_guessable_tokens_are_refused_naming_the_source_and_the_fix(tmp_path, monkeypatch, token, words):
+    monkeypatch.setenv("PLANFLOW_BRIDGE_TOKEN", token)
+    with pytest.raises(TokenError) as refused:
+        resolve_token(tmp_path / "bridge.token")
+    message = str(refused.value)
+    assert words in message and "PLANFLOW_BRIDGE_TOKEN" in message and "openssl rand" in message
 
 
 # -- fuzz: whatever arrives, the answer is 200 or a 4xx, never a crash -----------------
@@ -255,3 +273,22 @@ def test_fuzzed_bodies_never_get_a_5xx(bridge, body, raw):
         assert answer["stored"] + answer["duplicates"] == len(body["alerts"])
     else:
         assert response.json()["error"]
+
+
+def test_webhooks_of_another_receiver_or_alertmanager_are_refused(prefect_api_url, tmp_path):
+    app = create_app(
+        tmp_path / "spool.sqlite3",
+        TOKEN,
+        prefect_api_url,
+        forward=False,
+        receiver="planflow-bridge",
+        alertmanager_url="http://127.0.0.1:9093/",
+    )
+    with ThreadedServer(app, free_port()) as server:
+        ours = post(server, webhook(alert(fingerprint="ours")))
+        assert ours.status_code == 200, ours.text
+        for field, value in (("receiver", "someone-else"), ("externalURL", "http://forger:9093")):
+            response = post(server, {**webhook(alert(fingerprint=f"not-{field}")), field: value})
+            assert response.status_code == 403, response.text
+            assert value in response.json()["error"] and "configured Alertmanager" in response.json()["error"]
+        assert app.state.spool.depth() == 1

@@ -687,7 +687,8 @@ def alerts() -> db.Dashboard:
         ts(
             "Alerts firing over time, by alert",
             q(
-                'sum by (alertname) (ALERTS{alertstate="firing", alertname=~"Planflow.*", alertname!="PlanflowWatchdog"})',
+                'sum by (alertname) (ALERTS{alertstate="firing", alertname=~"Planflow.*", '
+                'alertname!="PlanflowWatchdog"})',
                 "{{alertname}}",
             ),
             stack=True,

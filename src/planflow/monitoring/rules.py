@@ -89,6 +89,14 @@ def rule_tests(p: Params) -> dict[str, Any]:
     return {"rule_files": [f"rules{suffix(p.profile)}.yml"], "evaluation_interval": duration(p.eval), "tests": tests}
 
 
+# What may come through the Pushgateway: the jobs that push (runs, remediation audit) and
+# their metric families. Pool alerts read only the exporter's planflow_prefect_* series.
+PUSH_JOBS = "planflow|planflow-remediation(-latency)?"
+PUSHED_METRICS = "planflow_(component|pool|plan|pipeline|push|remediation|remediations)_.+"
+# Labels that name what an alert acts on or is: a push never sets them (runs say `pool`).
+OWNED_LABELS = "work_pool|work_queue|deployment_id|flow_run_id|alertname|alertstate"
+
+
 def prometheus_config(p: Params, rule_file: str | None = None) -> dict[str, Any]:
     ports = p.ports
 
@@ -106,8 +114,18 @@ def prometheus_config(p: Params, rule_file: str | None = None) -> dict[str, Any]
         "scrape_configs": [
             job("prometheus", ports["prometheus"]),
             job("planflow-exporter", ports["exporter"]),
-            # pushed groups keep their own job/pipeline labels
-            job("planflow-pushgateway", ports["pushgateway"], honor_labels=True),
+            # pushed groups keep their own job/pipeline labels, but only the pushers' jobs and
+            # metric families get in: a push cannot pose as the exporter (pool alerts)
+            job(
+                "planflow-pushgateway",
+                ports["pushgateway"],
+                honor_labels=True,
+                metric_relabel_configs=[
+                    {"source_labels": ["job"], "regex": PUSH_JOBS, "action": "keep"},
+                    {"source_labels": ["__name__"], "regex": PUSHED_METRICS, "action": "keep"},
+                    {"regex": OWNED_LABELS, "action": "labeldrop"},
+                ],
+            ),
             job("planflow-bridge", ports["bridge"]),
             job("alertmanager", ports["alertmanager"]),
         ],

@@ -36,6 +36,8 @@ from planflow.settings import (
     DEFAULT_PORT,
     StatePaths,
     make_private_dir,
+    make_private_tree,
+    private_files,
     server_url,
     settings,
     write_private,
@@ -263,8 +265,10 @@ def up(
         raise _port_taken(paths, host, port)
 
     paths.ensure()
+    make_private_tree(paths.home)  # what an older planflow or another umask left readable
     descriptor = os.open(paths.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    with os.fdopen(descriptor, "ab") as log:
+    with os.fdopen(descriptor, "ab") as log, private_files():
+        # the server's files (prefect.db, its encryption key, ...) are the user's only
         process = subprocess.Popen(
             [*prefect_command(), "server", "start", "--host", host, "--port", str(port)],
             env=server_env(paths, host, port),

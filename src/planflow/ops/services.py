@@ -10,18 +10,28 @@ binary is an error naming the `apt-get install` command.
 The configs are rendered into the state folder from the committed, generated files'
 source (monitoring/prometheus/thresholds.yml) with the ports actually used; the
 bridge's token file lives there too and never in the repository.
+
+Trust: every service listens on 127.0.0.1 only. Alertmanager, which turns whatever is
+POSTed to its /api/v2/alerts into webhooks the bridge acts on, also asks for basic auth
+(`--web.config.file`): a password generated once into the state folder (0600), its
+bcrypt hash in `alertmanager-web.yml`; Prometheus gets the same password as a
+`password_file` to send alerts and to scrape it. The state folder is its user's only:
+services start with umask 077 and `up` makes what an older run left readable private.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
+import signal
 import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import bcrypt
 import httpx
 import yaml
 
@@ -37,7 +47,7 @@ from planflow.ops.processes import (
     wait_until,
     write_pid_file,
 )
-from planflow.settings import StatePaths, client_env
+from planflow.settings import StatePaths, client_env, make_private_dir, make_private_tree, private_files, write_private
 
 HOST = "127.0.0.1"
 ORDER = ("pushgateway", "bridge", "exporter", "alertmanager", "prometheus")
@@ -54,6 +64,12 @@ HEALTH = {
     "bridge": "/health",
     "exporter": "/metrics",
 }
+
+
+ALERTMANAGER_USER = "planflow"
+ALERTMANAGER_PASSWORD_FILE = "alertmanager.password"
+ALERTMANAGER_WEB_CONFIG = "alertmanager-web.yml"
+BRIDGE_RECEIVER = "planflow-bridge"  # the receiver name in the generated alertmanager.yml
 
 
 class ServicesError(RuntimeError):
@@ -126,9 +142,47 @@ def port_in_use(host: str, port: int) -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
-def _healthy(url: str, name: str) -> bool:
+def alertmanager_auth(paths: StatePaths) -> tuple[str, str] | None:
+    """(user, password) for Alertmanager's API, None before `up` created them.
+
+    >>> httpx.get(f"{status(paths)['alertmanager'].url}/api/v2/alerts", auth=alertmanager_auth(paths))
+    """
     try:
-        return httpx.get(url + HEALTH[name], timeout=2.0).status_code == 200
+        password = (monitoring_dir(paths) / ALERTMANAGER_PASSWORD_FILE).read_text().strip()
+    except FileNotFoundError:
+        return None
+    return (ALERTMANAGER_USER, password) if password else None
+
+
+def _alertmanager_credentials(paths: StatePaths) -> Path:
+    """The password file (created once, 0600) and the web config holding its bcrypt
+    hash; returns the password file, which Prometheus reads."""
+    folder = monitoring_dir(paths)
+    password_file = folder / ALERTMANAGER_PASSWORD_FILE
+    web_config = folder / ALERTMANAGER_WEB_CONFIG
+    auth = alertmanager_auth(paths)
+    if auth is None:
+        write_private(password_file, secrets.token_urlsafe(32) + "\n")
+        auth = alertmanager_auth(paths)
+        assert auth is not None
+    try:
+        current = yaml.safe_load(web_config.read_text())["basic_auth_users"][ALERTMANAGER_USER]
+        valid = bcrypt.checkpw(auth[1].encode(), current.encode())
+    except (OSError, ValueError, TypeError, KeyError):
+        valid = False
+    if not valid:  # hashing costs ~0.1 s: only when the password changed
+        hashed = bcrypt.hashpw(auth[1].encode(), bcrypt.gensalt(rounds=10)).decode()
+        write_private(web_config, yaml.safe_dump({"basic_auth_users": {ALERTMANAGER_USER: hashed}}))
+    return password_file
+
+
+def _auth_for(paths: StatePaths, name: str) -> tuple[str, str] | None:
+    return alertmanager_auth(paths) if name == "alertmanager" else None
+
+
+def _healthy(url: str, name: str, auth: tuple[str, str] | None = None) -> bool:
+    try:
+        return httpx.get(url + HEALTH[name], timeout=2.0, auth=auth).status_code == 200
     except httpx.HTTPError:
         return False
 
@@ -144,7 +198,7 @@ def status(paths: StatePaths | None = None) -> dict[str, ServiceStatus]:
             out[name] = ServiceStatus(name, "stopped", url)
         elif not alive:
             out[name] = ServiceStatus(name, "stale", url, pid, f"pid {pid} is not running")
-        elif _healthy(url, name):
+        elif _healthy(url, name, _auth_for(paths, name)):
             out[name] = ServiceStatus(name, "running", url, pid)
         else:
             out[name] = ServiceStatus(name, "unhealthy", url, pid, f"{url}{HEALTH[name]} does not answer")
@@ -158,7 +212,9 @@ def _render_configs(paths: StatePaths, profile: str, ports: dict[str, int]) -> d
     p = generate.params(profile, source)
     rules = generate.HERE / f"rules{generate.suffix(profile)}.yml"
     prometheus = folder / "prometheus.yml"
-    prometheus.write_text(generate.dump(generate.prometheus_config(p, rule_file=str(rules))))
+    password_file = _alertmanager_credentials(paths)
+    config = _with_alertmanager_auth(generate.prometheus_config(p, rule_file=str(rules)), password_file)
+    prometheus.write_text(generate.dump(config))
     token_file = folder / TOKEN_FILE_NAME
     token = resolve_token(token_file)
     credentials = token_file
@@ -181,6 +237,17 @@ def _render_configs(paths: StatePaths, profile: str, ports: dict[str, int]) -> d
     return {"prometheus": prometheus, "alertmanager": alertmanager, "params": p}
 
 
+def _with_alertmanager_auth(config: dict, password_file: Path) -> dict:
+    """Prometheus' config, sending its alerts to and scraping Alertmanager with basic auth."""
+    auth = {"basic_auth": {"username": ALERTMANAGER_USER, "password_file": str(password_file)}}
+    for target in config["alerting"]["alertmanagers"]:
+        target.update(auth)
+    for job in config["scrape_configs"]:
+        if job["job_name"] == "alertmanager":
+            job.update(auth)
+    return config
+
+
 def _command(name: str, paths: StatePaths, ports: dict[str, int], configs: dict) -> list[str]:
     folder = monitoring_dir(paths)
     listen = f"{HOST}:{ports[name]}"
@@ -191,7 +258,7 @@ def _command(name: str, paths: StatePaths, ports: dict[str, int], configs: dict)
             f"--storage.tsdb.path={folder / 'prometheus-data'}",
             f"--web.listen-address={listen}",
             "--storage.tsdb.retention.time=15d",
-            "--web.enable-lifecycle",
+            # no --web.enable-lifecycle: anyone on the host could POST /-/quit; reload is SIGHUP
         ]
     if name == "alertmanager":
         return [
@@ -199,6 +266,8 @@ def _command(name: str, paths: StatePaths, ports: dict[str, int], configs: dict)
             f"--config.file={configs['alertmanager']}",
             f"--storage.path={folder / 'alertmanager-data'}",
             f"--web.listen-address={listen}",
+            f"--web.config.file={folder / ALERTMANAGER_WEB_CONFIG}",
+            f"--web.external-url=http://{listen}",  # the externalURL its webhooks carry
             "--cluster.listen-address=",
         ]
     if name == "pushgateway":
@@ -231,6 +300,10 @@ def _command(name: str, paths: StatePaths, ports: dict[str, int], configs: dict)
             str(ports[name]),
             "--state-dir",
             str(folder),
+            # the token is the proof; the receiver name catches a misrouted webhook. (Not
+            # --alertmanager-url: tools that replay webhooks, e.g. the tests', send their own.)
+            "--receiver",
+            BRIDGE_RECEIVER,
         ]
     raise ServicesError(f"unknown service {name!r}; known: {', '.join(ORDER)}")
 
@@ -256,7 +329,8 @@ def _start(name: str, paths: StatePaths, ports: dict[str, int], configs: dict, t
     process = spawn(command, log, env, cwd=folder)
     write_pid_file(_pid_file(paths, name), process.pid)
     url = f"http://{HOST}:{ports[name]}"
-    answered = wait_until(lambda: process.poll() is not None or _healthy(url, name), timeout)
+    auth = _auth_for(paths, name)
+    answered = wait_until(lambda: process.poll() is not None or _healthy(url, name, auth), timeout)
     if answered and process.poll() is None:
         return ServiceStatus(name, "running", url, process.pid)
     ended = "" if process.poll() is None else f" (it exited with code {process.returncode})"
@@ -284,10 +358,17 @@ def up(
     recorded = _recorded(paths)
     if recorded and (recorded.get("profile") != profile or recorded.get("ports") != wanted):
         down(paths)
-    folder = monitoring_dir(paths)
-    folder.mkdir(parents=True, exist_ok=True)
+    # configs, tokens, pid files, and the services' data and logs: the user's only
+    with private_files():
+        return _up(paths, profile, wanted, timeout)
+
+
+def _up(paths: StatePaths, profile: str, wanted: dict[str, int], timeout: float) -> dict[str, ServiceStatus]:
+    make_private_dir(monitoring_dir(paths))
+    make_private_tree(paths.home)  # what an older planflow or another umask left readable
     configs = _render_configs(paths, profile, wanted)
-    services_file(paths).write_text(
+    write_private(
+        services_file(paths),
         json.dumps(
             {
                 "profile": profile,
@@ -296,7 +377,7 @@ def up(
                 "pushgateway_url": f"http://{HOST}:{wanted['pushgateway']}",
             },
             indent=2,
-        )
+        ),
     )
     started = {}
     for name in ORDER:
@@ -324,10 +405,13 @@ def down(paths: StatePaths | None = None) -> dict[str, ServiceStatus]:
 
 
 def reload_prometheus(paths: StatePaths | None = None) -> None:
-    """Ask the running Prometheus to re-read its config and rules."""
+    """Ask the running Prometheus to re-read its config and rules (SIGHUP: its HTTP
+    lifecycle API stays off, so nobody else can stop it)."""
     paths = paths or StatePaths.discover()
-    url = status(paths)["prometheus"].url
-    httpx.post(f"{url}/-/reload", timeout=10).raise_for_status()
+    pid, alive = _live_pid(paths, "prometheus")
+    if pid is None or not alive:
+        raise ServicesError("Prometheus is not running here. Fix: `planflow stack up`")
+    os.kill(pid, signal.SIGHUP)
 
 
 def rendered_config(paths: StatePaths, name: str) -> dict:

@@ -14,6 +14,10 @@ Guarantees, and how:
 - **Exactly once.** The spool's unique key is (fingerprint, startsAt, status), so the
   duplicates Alertmanager may send are dropped; the event id is derived from that key,
   so a batch re-sent after a lost answer is deduplicated by Prefect's event store.
+- **Cheap refusals.** The token is checked before a byte of the body is read; bodies
+  above the limit get 413 and slow ones 408; the schema is bounded (alerts, labels,
+  sizes) before any alert object is made. /health is liveness; /ready fails, naming
+  the cause, when the spool cannot store or Prefect has not taken events for a while.
 - **Strict but tolerant input.** Each alert's own `status` decides its event (one
   payload can hold firing and resolved alerts); unknown fields are ignored; malformed
   bodies get a 4xx naming every problem; bodies above the limit get 413.
@@ -28,7 +32,7 @@ Run it: `python -m planflow.monitoring.bridge --port 9095`; its API is described
 from planflow.monitoring.bridge.app import DEFAULT_MAX_BODY_BYTES, SPOOL_FILE_NAME, BridgeError, create_app
 from planflow.monitoring.bridge.forwarder import Forwarder
 from planflow.monitoring.bridge.spool import Spool
-from planflow.monitoring.bridge.token import TOKEN_ENV, TOKEN_FILE_NAME, resolve_token
+from planflow.monitoring.bridge.token import TOKEN_ENV, TOKEN_FILE_NAME, TokenError, check_token, resolve_token
 from planflow.monitoring.bridge.webhook import Alert, Webhook, alert_fingerprint, dedup_key, to_event
 
 __all__ = [
@@ -40,8 +44,10 @@ __all__ = [
     "BridgeError",
     "Forwarder",
     "Spool",
+    "TokenError",
     "Webhook",
     "alert_fingerprint",
+    "check_token",
     "create_app",
     "dedup_key",
     "resolve_token",

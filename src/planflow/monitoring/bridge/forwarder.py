@@ -37,6 +37,9 @@ class Forwarder:
         self.batch, self.max_backoff, self.retention = batch, max_backoff, retention
         self.wake = asyncio.Event()
         self.stop = asyncio.Event()
+        # for readiness: since when forwarding fails without a success, and why
+        self.failing_since: float | None = None
+        self.last_error: BaseException | None = None
 
     async def _post(self, http: httpx.AsyncClient, events: list[str]) -> httpx.Response:
         return await http.post(
@@ -86,6 +89,7 @@ class Forwarder:
                     sent = await until_sent(self.forward_once, http)
                 except _Stopping:
                     return
+                self.failing_since, self.last_error = None, None
                 if time.time() - last_prune > 3600:
                     self.spool.prune(self.retention)
                     last_prune = time.time()
@@ -96,6 +100,8 @@ class Forwarder:
         self.metrics.forward_failures.inc()
         exc = attempt.outcome.exception() if attempt.outcome else None
         wait = attempt.next_action.sleep if attempt.next_action else 0.0
+        self.failing_since = self.failing_since or time.time()
+        self.last_error = exc
         log.warning("forwarding to %s failed (%r); retrying in %.2f s", self.api_url, exc, wait)
 
     async def _backoff(self, seconds: float) -> None:

@@ -48,7 +48,10 @@ class Spool:
                         duplicates.append(key)
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                # SQLite already rolled back after some errors (a full disk): a second
+                # ROLLBACK would raise "cannot rollback" and hide the cause
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
                 raise
         return len(items) - len(duplicates), duplicates
 
@@ -85,6 +88,16 @@ class Spool:
             self._db.execute(
                 "DELETE FROM alerts WHERE forwarded IS NOT NULL AND forwarded < ?", (time.time() - older_than_seconds,)
             )
+
+    def problem(self) -> str | None:
+        """What keeps the spool from storing (a corrupted page, ...), or None."""
+        try:
+            with self._lock:
+                rows = self._db.execute("PRAGMA quick_check(3)").fetchall()
+        except sqlite3.Error as exc:
+            return f"spool {self.path} cannot be read: {exc}"
+        found = [row[0] for row in rows if row[0] != "ok"]
+        return f"spool {self.path} is corrupted: {'; '.join(found)}" if found else None
 
     def close(self) -> None:
         with self._lock:

@@ -1,8 +1,13 @@
-"""The bridge's bearer token: from the environment, a Secret block, or a private file."""
+"""The bridge's bearer token: from the environment, a Secret block, or a private file.
+
+A token anyone could guess is refused: the placeholders that examples and manifests
+ship (`change-me...`, `replace-me`, ...), and anything shorter than MIN_TOKEN_LENGTH.
+"""
 
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from pathlib import Path
 
@@ -12,6 +17,29 @@ from planflow.settings import settings
 
 TOKEN_ENV = "PLANFLOW_BRIDGE_TOKEN"
 TOKEN_FILE_NAME = "bridge.token"
+MIN_TOKEN_LENGTH = 16
+# Words of the placeholders manifests and READMEs ship instead of a real token.
+PLACEHOLDER = re.compile(r"change-?me|replace-?me|placeholder|example|your-?token|^(secret|token|password)$", re.I)
+
+
+class TokenError(ValueError):
+    """The bearer token is a placeholder or too short to be secret."""
+
+
+def check_token(token: str, source: str) -> str:
+    """`token` when it can be secret; TokenError naming `source` and the fix otherwise."""
+    fix = (
+        f"Fix: put a random token there, e.g. `openssl rand -base64 32` "
+        f"(at least {MIN_TOKEN_LENGTH} characters), and give Alertmanager the same one."
+    )
+    if PLACEHOLDER.search(token):
+        raise TokenError(f"the bridge token from {source} is a placeholder ({token!r}), not a secret. {fix}")
+    if len(token) < MIN_TOKEN_LENGTH:
+        raise TokenError(
+            f"the bridge token from {source} has {len(token)} characters; "
+            f"fewer than {MIN_TOKEN_LENGTH} can be guessed. {fix}"
+        )
+    return token
 
 
 def resolve_token(token_file: Path, secret_block: str | None = None) -> str:
@@ -19,16 +47,16 @@ def resolve_token(token_file: Path, secret_block: str | None = None) -> str:
     token = settings().bridge_token
     explicit = token.get_secret_value().strip() if token else ""
     if explicit:
-        return explicit
+        return check_token(explicit, TOKEN_ENV)
     if secret_block:
-        return str(Secret.load(secret_block).get()).strip()
+        return check_token(str(Secret.load(secret_block).get()).strip(), f"the Secret block {secret_block!r}")
     try:
         existing = token_file.read_text().strip()
     except FileNotFoundError:
         existing = ""
     if existing:
-        return existing
-    token_file.parent.mkdir(parents=True, exist_ok=True)
+        return check_token(existing, str(token_file))
+    token_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     token = secrets.token_urlsafe(32)
     fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as handle:

@@ -7,10 +7,10 @@ import hashlib
 import json
 import uuid
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 EVENT_NAMESPACE = uuid.UUID("5b0d5d3e-8f1c-4a53-9a77-6c1f4d1f0a11")
 # Alert labels that name a Prefect or planflow object, most specific first:
@@ -24,17 +24,31 @@ RESOURCE_LABELS = (
     ("flow", "prefect.flow.", "flow"),
 )
 
+# Bounds checked before any Alert object is made (Alertmanager's own alerts are far
+# inside them): a body of 1.9 M integers fails on the first, not on every item.
+MAX_ALERTS = 1000
+MAX_LABELS = 64
+MAX_KEY_CHARS = 128
+MAX_VALUE_CHARS = 1024
+MAX_ANNOTATION_CHARS = 8192
+MAX_PROBLEMS = 20  # named in one answer; the rest are counted
+
+Key = Annotated[str, StringConstraints(min_length=1, max_length=MAX_KEY_CHARS)]
+Value = Annotated[str, StringConstraints(max_length=MAX_VALUE_CHARS)]
+Text = Annotated[str, StringConstraints(max_length=MAX_ANNOTATION_CHARS)]
+Url = Annotated[str, StringConstraints(max_length=2048)]
+
 
 class Alert(BaseModel):
     """One alert of an Alertmanager webhook (fields we do not use are ignored)."""
 
     model_config = ConfigDict(extra="ignore")
     status: Literal["firing", "resolved"]
-    labels: dict[str, str] = Field(min_length=1)
-    annotations: dict[str, str] = Field(default_factory=dict)
+    labels: dict[Key, Value] = Field(min_length=1, max_length=MAX_LABELS)
+    annotations: dict[Key, Text] = Field(default_factory=dict, max_length=MAX_LABELS)
     startsAt: datetime
     endsAt: datetime | None = None
-    generatorURL: str = ""
+    generatorURL: Url = ""
     fingerprint: str | None = Field(default=None, min_length=1, max_length=256)
 
 
@@ -42,12 +56,12 @@ class Webhook(BaseModel):
     """Alertmanager's webhook payload, version 4."""
 
     model_config = ConfigDict(extra="ignore")
-    version: str = "4"
-    receiver: str = ""
-    status: str = ""
-    groupKey: str = ""
-    externalURL: str = ""
-    alerts: list[Alert] = Field(min_length=1)
+    version: Annotated[str, StringConstraints(max_length=16)] = "4"
+    receiver: Value = ""
+    status: Value = ""
+    groupKey: Annotated[str, StringConstraints(max_length=MAX_ANNOTATION_CHARS)] = ""
+    externalURL: Url = ""
+    alerts: list[Alert] = Field(min_length=1, max_length=MAX_ALERTS)
 
 
 def _iso(value: datetime) -> str:
@@ -147,4 +161,6 @@ def problems_of(exc: RequestValidationError) -> tuple[int, list[str]]:
             continue
         shown = json.dumps(got)[:80] if isinstance(got, (str, int, float, bool, type(None))) else type(got).__name__
         problems.append(f"{where}: {error.get('msg')} (got {shown})")
+    if len(problems) > MAX_PROBLEMS:
+        problems = [*problems[:MAX_PROBLEMS], f"... and {len(problems) - MAX_PROBLEMS} more problems"]
     return status, problems
