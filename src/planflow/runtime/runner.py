@@ -36,6 +36,7 @@ from planflow.runtime.planning import check_run_options, make_plan, plan_run, ru
 from planflow.runtime.reporters import ArtifactReporter, LogReporter, MetricsReporter, ProgressReporter
 from planflow.runtime.reporting import key_metrics
 from planflow.runtime.tags import PIPELINE_TAG_PREFIX, PLANFLOW_TAG, tag_flow_run
+from planflow.runtime.watchdog import watch_run
 
 # Also importable from here, where they were before the run was split in stages.
 __all__ = [
@@ -92,6 +93,9 @@ def run_pipeline(
     logger = get_run_logger()
     resolved = pipeline.resolve_params(params)
     flow_run = get_run_context().flow_run
+    # Until the flow run is final (flow.py's state hooks): a dead server fails the run
+    # within PLANFLOW_SERVER_LOST_SECONDS instead of hanging (watchdog.py).
+    watch_run(str(flow_run.id) if flow_run else None)
     if flow_run:
         tag_flow_run(flow_run, pipeline.name)
     plan = plan_run(pipeline, policy, mode, local_pool)
