@@ -158,6 +158,16 @@ def unwatch_run(flow_run_id: str | None) -> None:
         watchdog.stop()
 
 
+def unwatch_later(flow_run_id: str | None, grace: float | None = None) -> None:
+    """Stop the run's watchdog `grace` seconds from now (default: twice the bound), time
+    enough for the flow engine to report the final state (and to hang doing it)."""
+    if not flow_run_id or flow_run_id not in _running:
+        return
+    timer = threading.Timer(grace if grace is not None else 2 * _running[flow_run_id].bound, unwatch_run, [flow_run_id])
+    timer.daemon = True
+    timer.start()
+
+
 def mark_crashed(flow_run_id: str, cause: str, wait: float = CRASH_WAIT_SECONDS, interval: float = 2.0) -> str:
     """Wait (at most `wait` s) for the server in PREFECT_API_URL, then set the flow run
     Crashed unless it is final already. Returns what was done."""
