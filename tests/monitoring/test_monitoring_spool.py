@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sqlite3
 
+from planflow.monitoring.bridge.delivery import COALESCED_EVENT, Coalescer
 from planflow.monitoring.bridge.spool import SCHEMA_VERSION, Spool, tracking
 
 V1 = """
@@ -62,3 +63,41 @@ def test_only_pool_and_queue_alerts_are_tracked():
     assert tracking(_event("p"))[0] == "PoolDown|prefect.work-pool.p"
     pipeline = {**_event("p"), "resource": {"prefect.resource.id": "planflow.pipeline.x"}}
     assert tracking(pipeline)[0] is None
+
+
+def _store(spool: Spool, key: str, event: dict) -> None:
+    spool.store([(key, json.dumps(event), 1.0)])
+
+
+def test_a_storm_is_coalesced_into_one_alert_until_the_other_status_arrives(tmp_path):
+    spool = Spool(tmp_path / "spool.sqlite3")
+    coalescer = Coalescer(spool, window=60)
+    try:
+        for i in range(5):
+            _store(spool, f"a{i}", {**_event("a"), "id": f"a{i}"})
+        _store(spool, "b0", {**_event("b"), "id": "b0"})
+        rows = spool.pending(10)
+        events, pairs = coalescer.plan(rows, now=100.0)
+        names = [json.loads(e)["event"] for e in events]
+        assert names == ["planflow.alert.firing", *[COALESCED_EVENT] * 4, "planflow.alert.firing"]
+        assert pairs == [(rows[i].seq, rows[0].seq) for i in range(1, 5)]
+        assert json.loads(events[1])["payload"]["coalesced_into"] == "a0"
+        spool.mark([r.seq for r in rows])
+        spool.coalesce(pairs)
+
+        # later: one more firing is coalesced into the one sent; a resolved is not, and
+        # after it a new firing is sent on its own (a re-fire must be acted on)
+        _store(spool, "a5", {**_event("a"), "id": "a5"})
+        _store(spool, "r0", {**_event("a", "resolved"), "id": "r0"})
+        _store(spool, "a6", {**_event("a"), "id": "a6"})
+        events, pairs = coalescer.plan(spool.pending(10), now=spool.leader("PoolDown|prefect.work-pool.a", 0).forwarded)
+        assert [json.loads(e)["event"] for e in events] == [
+            COALESCED_EVENT,
+            "planflow.alert.resolved",
+            "planflow.alert.firing",
+        ]
+        # outside the window nothing is coalesced
+        events, _ = coalescer.plan(spool.pending(10), now=10_000_000_000.0)
+        assert COALESCED_EVENT not in [json.loads(e)["event"] for e in events]
+    finally:
+        spool.close()
