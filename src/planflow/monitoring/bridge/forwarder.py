@@ -137,7 +137,7 @@ class Forwarder:
             self._last_confirm = now
             try:
                 await self.reconciler.confirm(http, now - self.reconciler.confirm_seconds)
-            except httpx.HTTPError as exc:
+            except (httpx.HTTPError, ValueError, KeyError) as exc:  # never end the forwarder
                 log.warning("could not read Prefect's automation actions: %r", exc)
 
     def _went_down(self) -> None:
@@ -152,7 +152,7 @@ class Forwarder:
         if self.down:
             try:
                 resent = await self.reconciler.after_restart(http, self.last_up)
-            except httpx.HTTPError as exc:  # not really back yet: try again at the next probe
+            except (httpx.HTTPError, ValueError, KeyError) as exc:  # not really back yet: retry at the next probe
                 log.warning("Prefect is back but its events cannot be read yet: %r", exc)
                 return
             self.down = False
