@@ -191,18 +191,29 @@ def test_a_storm_on_one_pool_makes_one_run_and_delays_no_other_pool(alert_loop):
             runs = _remediation_runs(client)
         firsts = {p: _first_alert_run(runs, p, "PlanflowWorkerHeartbeatStale") for p in others}
         if all(f and f[0].start_time for f in firsts.values()):
-            created = {p: round((f[0].created - posted[p]).total_seconds(), 1) for p, f in firsts.items()}
-            print(f"alert -> remediation run created (the automation): {sorted(created.values())} s")
-            return runs, {p: (f[0].start_time - posted[p]).total_seconds() for p, f in firsts.items()}
+            created = {p: (f[0].created - posted[p]).total_seconds() for p, f in firsts.items()}
+            return runs, created, {p: (f[0].start_time - posted[p]).total_seconds() for p, f in firsts.items()}
         return None
 
     # Bounded generously: the remediation worker runs each flow in a process of its own
     # (seconds each on a loaded 2-core machine); 100 runs queued ahead would take minutes.
-    runs, latency = wait_until(started, 300, 1, what=f"the failover runs of the {OTHERS} other pools to start")
-    ordered = sorted(latency.values())
-    p95 = ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
-    print(f"alert -> remediation run start, other pools during a {STORM}-alert storm: p95 {p95:.1f} s, {ordered}")
-    assert p95 < 120, latency  # the issue measured 198 s
+    runs, created, started_after = wait_until(
+        started, 300, 1, what=f"the failover runs of the {OTHERS} other pools to start"
+    )
+
+    def p95(values) -> float:
+        ordered = sorted(values)
+        return ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
+
+    print(
+        f"other pools during a {STORM}-alert storm: alert -> remediation run created p95 "
+        f"{p95(created.values()):.1f} s {sorted(round(v, 1) for v in created.values())}; "
+        f"-> run started p95 {p95(started_after.values()):.1f} s {sorted(round(v, 1) for v in started_after.values())}"
+    )
+    # What the storm could delay: the runs Prefect creates (the issue: 198 s, behind 101
+    # runs). When they start also depends on the remediation worker's slots and the
+    # machine's load, which the bounded wait above covers.
+    assert p95(created.values()) < 60, created
 
     storm_runs = _first_alert_run(runs, pool, "PlanflowPoolFailureRateHigh")
     assert len(storm_runs) == 1, [(r.name, r.state_name) for r in storm_runs]
