@@ -68,6 +68,9 @@ class PlanflowSettings(BaseSettings):
     child_timeout_seconds: float = Field(
         6 * 3600.0, gt=0, description="How long a distributed component may take in all, once started."
     )
+    server_lost_seconds: float = Field(
+        30.0, gt=0, description="A run whose Prefect server does not answer this long fails (and exits)."
+    )
     crash_after_seconds: float | None = Field(
         None, gt=0, description="A run silent this long counts as crashed (default: 3 flow heartbeats)."
     )

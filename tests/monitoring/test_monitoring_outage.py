@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
+import time
 import uuid
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -68,5 +71,105 @@ def test_alerts_posted_while_prefect_is_down_arrive_exactly_once(prefect_server,
             assert metrics("planflow_bridge_events_forwarded_total") == 50
             assert asyncio.run(exporter.poll_once())
             assert exporter.registry.get_sample_value("planflow_exporter_prefect_up") == 1
+    finally:
+        stack.down(paths)
+
+
+# -- alerts Prefect accepted just before it stopped ---------------------------------------
+def _remediation_automation(api: str) -> Any:
+    """On the outage server: a deployment standing in for a remediation flow (no worker:
+    the run created is what counts) and an automation shaped like planflow's failover
+    one (planflow.alert.firing about a work pool -> RunDeployment)."""
+    from prefect.automations import Automation
+    from prefect.client.orchestration import get_client
+    from prefect.events.actions import RunDeployment
+    from prefect.events.schemas.automations import EventTrigger, Posture
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: api}), get_client(sync_client=True) as client:
+        flow_id = client.create_flow_from_name("outage-remediation")
+        deployment_id = client.create_deployment(flow_id=flow_id, name="remediation", entrypoint="remedy.py:remedy")
+        Automation(
+            name="outage: remediate pool alerts",
+            trigger=EventTrigger(
+                expect={"planflow.alert.firing"},
+                match={"prefect.resource.id": "prefect.work-pool.*"},
+                posture=Posture.Reactive,
+                threshold=1,
+                within=timedelta(0),
+            ),
+            actions=[
+                RunDeployment(
+                    source="selected",
+                    deployment_id=deployment_id,
+                    parameters={"pool": {"__prefect_kind": "jinja", "template": "{{ event.resource.name }}"}},
+                )
+            ],
+        ).create()
+    return deployment_id
+
+
+def _runs_per_pool(api: str, deployment_id: Any) -> Counter:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: api}), get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])), limit=200
+        )
+    return Counter(run.parameters.get("pool") for run in runs)
+
+
+def test_alerts_accepted_just_before_prefect_stops_are_remediated_after_it_returns(prefect_server, tmp_path):
+    paths = StatePaths(Path(tempfile.mkdtemp(prefix="planflow-lost-")))
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    token = uuid.uuid4().hex
+    auth = {"Authorization": f"Bearer {token}"}
+    stack.up(paths, port=port)
+    try:
+        deployment_id = _remediation_automation(api)
+        app = create_app(tmp_path / "spool.sqlite3", token, api)  # the default 30 s backoff
+        spool = app.state.spool
+        with ThreadedServer(app, free_port()) as bridge:
+            tag = uuid.uuid4().hex[:6]
+            before = [f"lost-{tag}-{i}" for i in range(5)]
+            now = datetime.now(UTC)
+            posted = webhook(
+                *(alert("firing", f"fp-{p}", now, alertname="PlanflowPoolDown", work_pool=p) for p in before)
+            )
+            assert httpx.post(f"{bridge.url}/alerts", json=posted, headers=auth, timeout=30).status_code == 200
+            wait_for(lambda: spool.depth() == 0, 10, 0.02, "the alerts to be forwarded")
+            time.sleep(0.3)
+            stack.down(paths)  # 0.3 s after Prefect accepted them
+
+            during = f"lost-{tag}-during"
+            late = webhook(alert("firing", f"fp-{during}", now, alertname="PlanflowPoolDown", work_pool=during))
+            assert httpx.post(f"{bridge.url}/alerts", json=late, headers=auth, timeout=30).status_code == 200
+            # long enough for the forwarder's backoff to grow past 8 s
+            wait_for(
+                lambda: (app.state.registry.get_sample_value("planflow_bridge_forward_failures_total") or 0) >= 6,
+                60,
+                message="the forwarder to back off",
+            )
+            stack.up(paths, port=port)
+            back = time.monotonic()
+            wait_for(lambda: spool.depth() == 0, 30, 0.1, "the spool to drain after Prefect returned")
+            drained = time.monotonic() - back
+            # The backoff had reached 8-16 s: the health probe cuts it short.
+            assert drained < 8, f"the spool drained {drained:.1f} s after Prefect returned"
+
+            pools = [*before, during]
+            runs = wait_for(
+                lambda: (lambda c: c if all(c[p] >= 1 for p in pools) else None)(_runs_per_pool(api, deployment_id)),
+                60,
+                1,
+                "a remediation run for every alert",
+            )
+            # at least once; never a storm of duplicates
+            assert all(runs[p] <= 2 for p in pools), runs
+            counts = spool.counts()
+            print(f"drained {drained:.2f} s after Prefect returned; runs {dict(runs)}; spool {counts}")
     finally:
         stack.down(paths)

@@ -132,70 +132,120 @@ def test_alert_through_the_bridge_fails_over_and_resolves(alert_loop):
             stop_process(worker)
 
 
-STORM = 30
+STORM = 100
+OTHERS = 4
 
 
-def test_a_storm_of_the_same_alert_pauses_once(alert_loop):
+def _remediation_runs(client) -> list:
+    from prefect.client.schemas.filters import WorkPoolFilter, WorkPoolFilterName
+
+    from planflow.remediation.automations import REMEDIATION_POOL
+
+    return client.read_flow_runs(
+        work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[REMEDIATION_POOL])), limit=200
+    )
+
+
+def _first_alert_run(runs: list, pool: str, alertname: str):
+    """The first remediation run started for `alertname` on `pool` (not a re-check)."""
+
+    def about(run) -> bool:
+        given = run.parameters.get("alert") or {}
+        name = given.get("alertname") or (given.get("labels") or {}).get("alertname")
+        return (
+            given.get("resource_id") == f"prefect.work-pool.{pool}" and name == alertname and not given.get("recheck")
+        )
+
+    mine = [r for r in runs if about(r)]
+    return sorted(mine, key=lambda r: r.created)
+
+
+def test_a_storm_on_one_pool_makes_one_run_and_delays_no_other_pool(alert_loop):
+    """100 different alerts of one name on one pool are coalesced by the bridge before
+    any run exists: one failover run, one pause; alerts for other pools posted right
+    after the storm are remediated within their usual latency."""
+    import math
+
     from prefect.client.orchestration import get_client
 
-    pool = alert_loop["leftovers"].pool(f"storm-{uuid.uuid4().hex[:6]}", backup_pool="local")
+    leftovers = alert_loop["leftovers"]
+    pool = leftovers.pool(f"storm-{uuid.uuid4().hex[:6]}", backup_pool="local")
+    others = [leftovers.pool(f"calm-{uuid.uuid4().hex[:6]}", backup_pool="local") for _ in range(OTHERS)]
     since = datetime.now(UTC) - timedelta(seconds=5)
     now = datetime.now(UTC)
-    fingerprint = uuid.uuid4().hex[:16]
     storm = [
         alert(
-            "PlanflowPoolFailureRateHigh",
-            {"work_pool": pool},
-            starts=now - timedelta(seconds=i),
-            fingerprint=fingerprint,
+            "PlanflowPoolFailureRateHigh", {"work_pool": pool, "instance": f"w{i}"}, starts=now - timedelta(seconds=i)
         )
         for i in range(STORM)
     ]
-    post(alert_loop["bridge"], alert_loop["token"], storm)
+    for i in range(0, STORM, 25):  # as Alertmanager sends a large group: several posts
+        post(alert_loop["bridge"], alert_loop["token"], storm[i : i + 25])
+    posted = {}
+    for other in others:
+        posted[other] = datetime.now(UTC)
+        post(alert_loop["bridge"], alert_loop["token"], [alert("PlanflowWorkerHeartbeatStale", {"work_pool": other})])
 
-    def outcomes():
-        found = [
-            e
-            for e in _events("planflow.remediation.outcome", since)
-            if e["resource"].get("planflow.remediation.action") == "failover"
-            and _about([e], f"prefect.work-pool.{pool}")
-        ]
-        return found if len(found) >= STORM else None
-
-    try:
-        found = wait_until(outcomes, 400, 2, what=f"{STORM} failover outcomes")
-    except AssertionError:
-        from collections import Counter
-
-        from prefect.client.schemas.filters import WorkPoolFilter, WorkPoolFilterName
-
-        from planflow.remediation.automations import REMEDIATION_POOL
-
+    def started():
         with get_client(sync_client=True) as client:
-            runs = client.read_flow_runs(
-                work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[REMEDIATION_POOL])), limit=200
-            )
-        mine = [r for r in runs if r.parameters.get("alert", {}).get("resource_id") == f"prefect.work-pool.{pool}"]
-        raise AssertionError(
-            f"{len(mine)} failover runs for {pool}: {Counter(r.state.name for r in mine)}; "
-            f"all remediation runs: {Counter(r.state.name for r in runs)}; "
-            f"outcome events: {len(outcomes() or [])}"
-        ) from None
-    kinds = [e["payload"]["outcome"] for e in found]
-    # One failover per pool, whichever alert: the storm's and (the pool has no worker)
-    # possibly Prometheus' own PlanflowWorkPoolNotReady share one ledger.
-    assert kinds.count("succeeded") == 1, kinds
-    odd = [
-        (e["payload"]["outcome"], e["payload"].get("reason"))
-        for e in found
-        if e["payload"]["outcome"] not in ("succeeded", "skipped", "rate_limited")
-    ]
-    assert not odd, odd
-    pauses = [
+            runs = _remediation_runs(client)
+        firsts = {p: _first_alert_run(runs, p, "PlanflowWorkerHeartbeatStale") for p in others}
+        if all(f and f[0].start_time for f in firsts.values()):
+            created = {p: (f[0].created - posted[p]).total_seconds() for p, f in firsts.items()}
+            return runs, created, {p: (f[0].start_time - posted[p]).total_seconds() for p, f in firsts.items()}
+        return None
+
+    # Bounded generously: the remediation worker runs each flow in a process of its own
+    # (seconds each on a loaded 2-core machine); 100 runs queued ahead would take minutes.
+    runs, created, started_after = wait_until(
+        started, 300, 1, what=f"the failover runs of the {OTHERS} other pools to start"
+    )
+
+    def p95(values) -> float:
+        ordered = sorted(values)
+        return ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
+
+    print(
+        f"other pools during a {STORM}-alert storm: alert -> remediation run created p95 "
+        f"{p95(created.values()):.1f} s {sorted(round(v, 1) for v in created.values())}; "
+        f"-> run started p95 {p95(started_after.values()):.1f} s {sorted(round(v, 1) for v in started_after.values())}"
+    )
+    # What the storm could delay: the runs Prefect creates (the issue: 198 s, behind 101
+    # runs). When they start also depends on the remediation worker's slots and the
+    # machine's load, which the bounded wait above covers.
+    assert p95(created.values()) < 60, created
+
+    storm_runs = _first_alert_run(runs, pool, "PlanflowPoolFailureRateHigh")
+    assert len(storm_runs) == 1, [(r.name, r.state_name) for r in storm_runs]
+    coalesced = [  # an event occurs when its alert started: up to STORM seconds ago
         e
-        for e in _events("planflow.remediation.action", since)
-        if e["payload"].get("what") == "pause-work-pool" and e["payload"].get("work_pool") == pool
+        for e in _events("planflow.alert.coalesced", since - timedelta(seconds=STORM + 60))
+        if e["resource"]["prefect.resource.id"] == f"prefect.work-pool.{pool}"
     ]
-    assert len(pauses) == 1, pauses
+    assert len(coalesced) == STORM - 1, len(coalesced)
     with get_client(sync_client=True) as client:
-        assert client.read_work_pool(pool).is_paused
+        wait_until(lambda: client.read_work_pool(pool).is_paused, 60, what=f"failover to pause {pool}")
+    pauses = wait_until(
+        lambda: [
+            e
+            for e in _events("planflow.remediation.action", since)
+            if e["payload"].get("what") == "pause-work-pool" and e["payload"].get("work_pool") == pool
+        ],
+        30,
+        what="the pause action event",
+    )
+    assert len(pauses) == 1, pauses
+
+    def settled():  # the module's cleanup must not race the guard leases of running runs
+        with get_client(sync_client=True) as client:
+            mine = [
+                r for r in _remediation_runs(client) for p in (pool, *others) if _first_alert_run([r], p, r_name(r))
+            ]
+        return not any(r.state and r.state.type.value in ("RUNNING", "PENDING") for r in mine)
+
+    wait_until(settled, 180, 2, what="the remediation runs of this test to finish")
+
+
+def r_name(run) -> str:
+    given = run.parameters.get("alert") or {}
+    return given.get("alertname") or (given.get("labels") or {}).get("alertname") or ""

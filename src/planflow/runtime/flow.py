@@ -24,6 +24,7 @@ from planflow.core.pipeline import Pipeline, PipelineError
 from planflow.prefect.blocks.registry import DEFAULT_POOL
 from planflow.runtime import tags
 from planflow.runtime.runner import run_pipeline
+from planflow.runtime.watchdog import unwatch_run
 
 Policy = Literal["plan", "fifo"]
 Mode = Literal["inprocess", "distributed"]
@@ -78,6 +79,11 @@ def _typed_function(pipeline: Pipeline):
     return run
 
 
+def _stop_watchdog(flow: Any, flow_run: Any, state: Any) -> None:
+    """The flow run is final: its server watchdog (runner.run_pipeline) stops."""
+    unwatch_run(str(flow_run.id))
+
+
 def to_flow(pipeline: Pipeline, **flow_options: Any):
     """The Prefect flow of `pipeline`, named after it (options override the defaults)."""
     workers = max(4, min(64, len(pipeline.steps)))
@@ -89,6 +95,10 @@ def to_flow(pipeline: Pipeline, **flow_options: Any):
         retry_delay_seconds=2,
         persist_result=True,
         log_prints=True,
+    )
+    stop_watchdog = [_stop_watchdog]
+    settings.update(
+        on_completion=stop_watchdog, on_failure=stop_watchdog, on_cancellation=stop_watchdog, on_crashed=stop_watchdog
     )
     settings.update(flow_options)
     run = flow(**settings)(_typed_function(pipeline))

@@ -36,6 +36,7 @@ from planflow.runtime.planning import check_run_options, make_plan, plan_run, ru
 from planflow.runtime.reporters import ArtifactReporter, LogReporter, MetricsReporter, ProgressReporter
 from planflow.runtime.reporting import key_metrics
 from planflow.runtime.tags import PIPELINE_TAG_PREFIX, PLANFLOW_TAG, tag_flow_run
+from planflow.runtime.watchdog import unwatch_later, watch_run
 
 # Also importable from here, where they were before the run was split in stages.
 __all__ = [
@@ -92,6 +93,24 @@ def run_pipeline(
     logger = get_run_logger()
     resolved = pipeline.resolve_params(params)
     flow_run = get_run_context().flow_run
+    # Until the flow run is final (flow.py's state hooks): a dead server fails the run
+    # within PLANFLOW_SERVER_LOST_SECONDS instead of hanging (watchdog.py).
+    watch_run(str(flow_run.id) if flow_run else None)
+    try:
+        return _run(pipeline, resolved, policy, mode, local_pool, flow_run, logger)
+    finally:  # in case no state hook stops it (run_pipeline called from a flow of one's own)
+        unwatch_later(str(flow_run.id) if flow_run else None)
+
+
+def _run(
+    pipeline: Pipeline,
+    resolved: Mapping[str, Any],
+    policy: str,
+    mode: str,
+    local_pool: str,
+    flow_run: Any,
+    logger: logging.Logger | logging.LoggerAdapter,
+) -> dict[str, Any]:
     if flow_run:
         tag_flow_run(flow_run, pipeline.name)
     plan = plan_run(pipeline, policy, mode, local_pool)

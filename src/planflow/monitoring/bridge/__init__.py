@@ -10,7 +10,12 @@ Guarantees, and how:
 - **Nothing lost.** The answer is 2xx only once every alert of the payload is committed
   to a SQLite spool (WAL, synchronous=FULL) under the state folder; a failure to
   store answers 503 and Alertmanager retries. A background loop forwards the spool to
-  the Prefect API in order, retrying with exponential backoff while it is down.
+  the Prefect API in order, retrying with exponential backoff while it is down (cut
+  short as soon as its /api/health answers again).
+- **Acted on, once per storm.** An alert about a work pool or queue is done when a
+  Prefect automation acted on it; the ones Prefect lost in a restart are re-sent, and a
+  storm of one alert on one pool is coalesced into one before any run exists
+  (delivery.py).
 - **Exactly once.** The spool's unique key is (fingerprint, startsAt, status), so the
   duplicates Alertmanager may send are dropped; the event id is derived from that key,
   so a batch re-sent after a lost answer is deduplicated by Prefect's event store.

@@ -1,5 +1,9 @@
 """The bridge's forwarder: spooled events to Prefect's POST /api/events, in order, with
-backoff while Prefect fails."""
+backoff while Prefect fails; a storm coalesced and lost alerts re-sent (delivery.py).
+
+While it waits (idle, or in its backoff) it probes Prefect's /api/health every
+`probe_seconds`: the moment Prefect answers again it drains the spool instead of
+sleeping out its backoff, and new alerts cap a longer wait at `wake_cap` seconds."""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential
 
 from planflow.monitoring import prefect_api
+from planflow.monitoring.bridge.delivery import Coalescer, Reconciler
 from planflow.monitoring.bridge.spool import Spool
 from planflow.monitoring.metrics import BridgeMetrics
 
@@ -32,14 +37,25 @@ class Forwarder:
         batch: int = 200,
         max_backoff: float = 30.0,
         retention: float = 7 * 86400,
+        probe_seconds: float = 1.0,
+        wake_cap: float = 1.5,
+        coalesce_seconds: float = 60.0,
+        confirm_seconds: float = 30.0,
     ) -> None:
         self.spool, self.metrics, self.api_url = spool, metrics, api_url
         self.batch, self.max_backoff, self.retention = batch, max_backoff, retention
+        self.probe_seconds, self.wake_cap = probe_seconds, wake_cap
         self.wake = asyncio.Event()
         self.stop = asyncio.Event()
         # for readiness: since when forwarding fails without a success, and why
         self.failing_since: float | None = None
         self.last_error: BaseException | None = None
+        self.coalescer = Coalescer(spool, coalesce_seconds)
+        self.reconciler = Reconciler(spool, api_url, confirm_seconds)
+        self.last_up = time.time()  # when Prefect last answered
+        self.down = False  # Prefect stopped answering since `last_up`
+        self._http: httpx.AsyncClient | None = None
+        self._last_confirm = 0.0
 
     async def _post(self, http: httpx.AsyncClient, events: list[str]) -> httpx.Response:
         return await http.post(
@@ -51,31 +67,38 @@ class Forwarder:
         rows = self.spool.pending(self.batch)
         if not rows:
             return 0
-        response = await self._post(http, [event for _, event in rows])
+        events, coalesced = self.coalescer.plan(rows, time.time())
+        response = await self._post(http, events)
         if response.status_code == 422:
             # One bad event must not block the rest: send them one by one.
             accepted = 0
-            for seq, event in rows:
+            for row, event in zip(rows, events, strict=True):
                 single = await self._post(http, [event])
                 if single.status_code == 422:
-                    self.spool.mark([seq], error=single.text[:500])
+                    self.spool.mark([row.seq], error=single.text[:500])
                     self.metrics.forward_failures.inc()
-                    log.error("Prefect refused event %s: %s", seq, single.text[:500])
+                    log.error("Prefect refused event %s: %s", row.seq, single.text[:500])
                 else:
                     single.raise_for_status()
-                    self.spool.mark([seq])
+                    self.spool.mark([row.seq])
                     accepted += 1
+            self.spool.coalesce(coalesced)
             self.metrics.forwarded.inc(accepted)
             return accepted
         response.raise_for_status()
-        self.spool.mark([seq for seq, _ in rows])
+        self.spool.mark([row.seq for row in rows])
+        self.spool.coalesce(coalesced)
+        if coalesced:
+            log.info("%d alert(s) coalesced into the alert already sent for their pool", len(coalesced))
         self.metrics.forwarded.inc(len(rows))
         return len(rows)
 
     async def run(self) -> None:
         """Forward until stopped: a batch whenever there is one (woken by new alerts,
         else once a second); while Prefect fails, the same batch again with exponential
-        backoff (0.25 s doubling up to `max_backoff`), never dropping it."""
+        backoff (0.25 s doubling up to `max_backoff`, cut short when Prefect answers
+        /api/health again), never dropping it. After an outage, the tracked alerts
+        Prefect lost are queued again (delivery.Reconciler)."""
         last_prune = 0.0
         until_sent = AsyncRetrying(
             retry=retry_if_exception_type(Exception),  # Prefect down, timing out, 5xx
@@ -84,20 +107,67 @@ class Forwarder:
             before_sleep=self._failed,
         )
         async with httpx.AsyncClient(timeout=10.0, headers=prefect_api.auth_headers()) as http:
+            self._http = http
             while not self.stop.is_set():
                 try:
                     sent = await until_sent(self.forward_once, http)
                 except _Stopping:
                     return
                 self.failing_since, self.last_error = None, None
+                if sent:
+                    await self._answered(http)
                 if time.time() - last_prune > 3600:
                     self.spool.prune(self.retention)
                     last_prune = time.time()
                 if sent == 0:
-                    await self._sleep(1.0, wakeable=True)
+                    await self._sleep(self.probe_seconds, wakeable=True)
+                    await self._check(http)
+
+    async def _healthy(self, http: httpx.AsyncClient) -> bool:
+        try:
+            response = await http.get(f"{self.api_url}/health", timeout=min(2.0, self.probe_seconds * 2))
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 200
+
+    async def _check(self, http: httpx.AsyncClient) -> None:
+        """While idle: is Prefect up (and back after an outage)? Confirm recent actions."""
+        if not await self._healthy(http):
+            self._went_down()
+            return
+        await self._answered(http)
+        now = time.time()
+        if now - self._last_confirm >= 5 * self.probe_seconds:
+            self._last_confirm = now
+            try:
+                await self.reconciler.confirm(http, now - self.reconciler.confirm_seconds)
+            except (httpx.HTTPError, ValueError, KeyError) as exc:  # never end the forwarder
+                log.warning("could not read Prefect's automation actions: %r", exc)
+
+    def _went_down(self) -> None:
+        if not self.down:
+            log.warning(
+                "Prefect at %s stopped answering (last answer %.1f s ago)", self.api_url, time.time() - self.last_up
+            )
+        self.down = True
+
+    async def _answered(self, http: httpx.AsyncClient) -> None:
+        """Prefect answered: after an outage, re-send the alerts it lost."""
+        if self.down:
+            try:
+                resent = await self.reconciler.after_restart(http, self.last_up)
+            except (httpx.HTTPError, ValueError, KeyError) as exc:  # not really back yet: retry at the next probe
+                log.warning("Prefect is back but its events cannot be read yet: %r", exc)
+                return
+            self.down = False
+            log.info("Prefect at %s answers again; %d lost alert(s) queued again", self.api_url, len(resent))
+            if resent:
+                self.wake.set()
+        self.last_up = time.time()
 
     def _failed(self, attempt: RetryCallState) -> None:
         self.metrics.forward_failures.inc()
+        self._went_down()
         exc = attempt.outcome.exception() if attempt.outcome else None
         wait = attempt.next_action.sleep if attempt.next_action else 0.0
         self.failing_since = self.failing_since or time.time()
@@ -105,7 +175,24 @@ class Forwarder:
         log.warning("forwarding to %s failed (%r); retrying in %.2f s", self.api_url, exc, wait)
 
     async def _backoff(self, seconds: float) -> None:
-        await self._sleep(seconds, wakeable=False)
+        """Wait up to `seconds`, ending early when Prefect's /api/health answers again
+        after failing;
+        new alerts cap what is left of the wait at `wake_cap` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        unreachable = False  # Prefect down (not merely refusing): return once it answers
+        while loop.time() < deadline:
+            if self.wake.is_set():
+                deadline = min(deadline, loop.time() + self.wake_cap)
+            await self._sleep(min(self.probe_seconds, max(0.0, deadline - loop.time())), wakeable=False)
+            if self.stop.is_set():
+                raise _Stopping
+            if self._http is None:
+                continue
+            if not await self._healthy(self._http):
+                unreachable = True
+            elif unreachable:
+                return
         if self.stop.is_set():
             raise _Stopping
 
@@ -116,4 +203,5 @@ class Forwarder:
         done, pending = await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
         for task in pending:
             task.cancel()
-        self.wake.clear()
+        if wakeable:
+            self.wake.clear()

@@ -1,0 +1,205 @@
+"""A run whose Prefect server stops fails within a bound, with the cause, and is marked
+Crashed when the server is back.
+
+Why. Prefect's client retries a failed call (PREFECT_CLIENT_MAX_RETRIES, exponential
+backoff, PREFECT_API_REQUEST_TIMEOUT each), and the flow engine, on the error, tries to
+report the crash through the same dead server: killing the server in the middle of
+`planflow run` hung the command for minutes, and the run stayed Running on the server
+long after it came back.
+
+How. While a planflow flow runs, a daemon thread (`ServerWatchdog`) asks the server's
+/api/health every `interval` seconds. When it has not answered for `bound` seconds
+(PLANFLOW_SERVER_LOST_SECONDS, 30 by default) the watchdog:
+
+1. starts a small detached process (`python -m planflow.runtime.watchdog`) that waits
+   for the server to answer again (at most `CRASH_WAIT_SECONDS`) and then sets the flow
+   run to Crashed with the cause, unless it reached a final state meanwhile;
+2. writes the cause to stderr and ends this process with exit code `EXIT_SERVER_LOST`:
+   nothing in it can make progress, and a clean shutdown would call the dead server
+   again (and hang again). A worker sees the non-zero exit as a crash too.
+
+The watchdog stops when the flow run reaches a final state (the flow's state hooks,
+see flow.py) or when its process ends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+
+import httpx
+from prefect.client.orchestration import get_client
+from prefect.states import Crashed
+
+from planflow.monitoring import prefect_api
+from planflow.settings import settings
+
+log = logging.getLogger("planflow.watchdog")
+
+EXIT_SERVER_LOST = 75  # EX_TEMPFAIL: the server, not the pipeline, failed
+CRASH_WAIT_SECONDS = 3600.0
+_running: dict[str, ServerWatchdog] = {}
+_lock = threading.Lock()
+
+
+def lost_message(api_url: str, bound: float) -> str:
+    return f"Prefect server at {api_url} unreachable for {bound:g} s"
+
+
+class ServerWatchdog:
+    """Calls `on_lost(cause)` once when `api_url`/health has failed for `bound` seconds."""
+
+    def __init__(
+        self,
+        api_url: str,
+        bound: float,
+        on_lost: Callable[[str], None],
+        interval: float | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.api_url, self.bound, self.on_lost = api_url.rstrip("/"), bound, on_lost
+        self.interval = interval if interval is not None else max(0.2, min(2.0, bound / 10))
+        self.headers = headers or {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="planflow-server-watchdog", daemon=True)
+
+    def start(self) -> ServerWatchdog:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _healthy(self, http: httpx.Client) -> bool:
+        try:
+            return http.get(f"{self.api_url}/health").status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def _watch(self) -> None:
+        timeout = max(0.5, min(5.0, self.bound / 3))
+        last_answer = time.monotonic()
+        with httpx.Client(timeout=timeout, headers=self.headers) as http:
+            while not self._stop.wait(self.interval):
+                if self._healthy(http):
+                    last_answer = time.monotonic()
+                    continue
+                if time.monotonic() - last_answer >= self.bound and not self._stop.is_set():
+                    self.on_lost(lost_message(self.api_url, self.bound))
+                    return
+
+
+def crash_when_back(flow_run_id: str, api_url: str) -> Callable[[str], None]:
+    """The default `on_lost` of a flow run: leave a process that marks it Crashed when
+    the server is back, say why on stderr and end this process (see the module doc)."""
+
+    def on_lost(cause: str) -> None:
+        message = f"planflow: flow run {flow_run_id} failed: {cause}; it is marked Crashed when the server is back"
+        try:
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "planflow.runtime.watchdog",
+                    flow_run_id,
+                    "--api-url",
+                    api_url,
+                    "--cause",
+                    cause,
+                ],
+                env={**os.environ, "PREFECT_API_URL": api_url},
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            message += f" (could not start the process that would: {exc}; the crash automation will)"
+        log.error(message)
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os.write(2, (message + "\n").encode())
+        os._exit(EXIT_SERVER_LOST)
+
+    return on_lost
+
+
+def watch_run(flow_run_id: str | None, api_url: str | None = None) -> ServerWatchdog | None:
+    """Start the watchdog of one flow run (none outside a flow run or without a server
+    url; one per flow run). Stopped by `unwatch_run`."""
+    if not flow_run_id:
+        return None
+    try:
+        url = prefect_api.api_url(api_url)
+    except RuntimeError:
+        return None
+    with _lock:
+        if flow_run_id in _running:
+            return _running[flow_run_id]
+        bound = settings().server_lost_seconds
+        watchdog = ServerWatchdog(url, bound, crash_when_back(flow_run_id, url), headers=prefect_api.auth_headers())
+        _running[flow_run_id] = watchdog
+    return watchdog.start()
+
+
+def unwatch_run(flow_run_id: str | None) -> None:
+    with _lock:
+        watchdog = _running.pop(str(flow_run_id), None) if flow_run_id else None
+    if watchdog:
+        watchdog.stop()
+
+
+def unwatch_later(flow_run_id: str | None, grace: float | None = None) -> None:
+    """Stop the run's watchdog `grace` seconds from now (default: twice the bound), time
+    enough for the flow engine to report the final state (and to hang doing it)."""
+    if not flow_run_id or flow_run_id not in _running:
+        return
+    timer = threading.Timer(grace if grace is not None else 2 * _running[flow_run_id].bound, unwatch_run, [flow_run_id])
+    timer.daemon = True
+    timer.start()
+
+
+def mark_crashed(flow_run_id: str, cause: str, wait: float = CRASH_WAIT_SECONDS, interval: float = 2.0) -> str:
+    """Wait (at most `wait` s) for the server in PREFECT_API_URL, then set the flow run
+    Crashed unless it is final already. Returns what was done."""
+    deadline = time.monotonic() + wait
+    url = prefect_api.api_url()
+    with httpx.Client(timeout=5, headers=prefect_api.auth_headers()) as http:
+        while True:
+            try:
+                if http.get(f"{url}/health").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                return f"the server at {url} did not come back within {wait:g} s; flow run {flow_run_id} left as it is"
+            time.sleep(interval)
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(flow_run_id)
+        if run.state is not None and run.state.is_final():
+            return f"flow run {flow_run_id} is {run.state.name} already"
+        client.set_flow_run_state(flow_run_id, Crashed(message=f"planflow: {cause}"), force=True)
+    return f"flow run {flow_run_id} marked Crashed: {cause}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Mark a flow run Crashed once its Prefect server is back.")
+    parser.add_argument("flow_run_id")
+    parser.add_argument("--api-url", required=True)
+    parser.add_argument("--cause", required=True)
+    parser.add_argument("--wait", type=float, default=CRASH_WAIT_SECONDS)
+    args = parser.parse_args(argv)
+    print(mark_crashed(args.flow_run_id, args.cause, args.wait))
+
+
+if __name__ == "__main__":
+    main()
