@@ -167,9 +167,10 @@ def _am_alert(minutes: float, **labels: str) -> dict[str, Any]:
 
 def test_the_real_alertmanager_holds_pool_alerts_back_while_prefect_is_down(alerting):
     am = f"{alerting.url('alertmanager')}/api/v2/alerts"
+    auth = services.alertmanager_auth(alerting.paths)  # Alertmanager's API asks for the stack's password
 
     def states() -> dict[str, dict]:
-        found = httpx.get(am, params={"filter": 'job="inhibition-test"'}, timeout=10).json()
+        found = httpx.get(am, params={"filter": 'job="inhibition-test"'}, timeout=10, auth=auth).json()
         return {a["labels"]["alertname"]: a["status"] for a in found}
 
     pool = f"inhibited-{uuid.uuid4().hex[:8]}"
@@ -179,16 +180,16 @@ def test_the_real_alertmanager_holds_pool_alerts_back_while_prefect_is_down(aler
     # routed like the pool alert, and not inhibited: it shows when the pool alert would have arrived
     control = _am_alert(5, alertname="PlanflowPipelinePlanSlip", severity="warning", pipeline=pool)
     try:
-        httpx.post(am, json=[target], timeout=10).raise_for_status()
+        httpx.post(am, json=[target], timeout=10, auth=auth).raise_for_status()
         alone = wait_for(lambda: states().get("PlanflowBridgeForwardFailing"), 30, message="the target alert")
         assert alone["state"] == "active" and not alone["inhibitedBy"], alone
 
         # the cause first, as in an outage: then what it causes arrives
-        httpx.post(am, json=[source], timeout=10).raise_for_status()
+        httpx.post(am, json=[source], timeout=10, auth=auth).raise_for_status()
         wait_for(
             lambda: states()["PlanflowBridgeForwardFailing"]["inhibitedBy"], 30, message="the inhibition in effect"
         )
-        httpx.post(am, json=[pool_alert, control], timeout=10).raise_for_status()
+        httpx.post(am, json=[pool_alert, control], timeout=10, auth=auth).raise_for_status()
         held = wait_for(lambda: (lambda s: s if len(s) == 4 else None)(states()), 30, message="the pool alert")
         assert held["PlanflowPrefectApiDown"]["state"] == "active"
         for name in ("PlanflowWorkPoolNotReady", "PlanflowBridgeForwardFailing"):
@@ -204,7 +205,7 @@ def test_the_real_alertmanager_holds_pool_alerts_back_while_prefect_is_down(aler
         ]
     finally:
         ended = [{**a, "endsAt": datetime.now(UTC).isoformat()} for a in (target, source, pool_alert, control)]
-        httpx.post(am, json=ended, timeout=10)
+        httpx.post(am, json=ended, timeout=10, auth=auth)
 
 
 @pytest.mark.parametrize(

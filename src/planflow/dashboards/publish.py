@@ -26,6 +26,8 @@ from grafana_client import GrafanaApi
 from grafana_client.client import GrafanaException, GrafanaUnauthorizedError
 
 from planflow.dashboards.build import build_all
+from planflow.ops import services
+from planflow.settings import StatePaths
 
 # Package data: Grafana file provisioning (datasources with fixed uids, a dashboard provider).
 PROVISIONING_DIR = Path(str(files("planflow.dashboards") / "provisioning"))
@@ -37,7 +39,20 @@ URL_ENV, TOKEN_ENV = "GRAFANA_URL", "GRAFANA_TOKEN"
 DEFAULT_ENV = {"PLANFLOW_PROMETHEUS_URL": "http://127.0.0.1:9090", "PLANFLOW_ALERTMANAGER_URL": "http://127.0.0.1:9093"}
 _ENV_REF = re.compile(r"\$\{(\w+)\}|\$(\w+)")
 # Keys of a provisioning entry that the HTTP API also takes.
-_API_KEYS = ("name", "uid", "type", "access", "url", "isDefault", "jsonData", "basicAuth", "user")
+PASSWORD_ENV = "PLANFLOW_ALERTMANAGER_PASSWORD"
+_API_KEYS = (
+    "name",
+    "uid",
+    "type",
+    "access",
+    "url",
+    "isDefault",
+    "jsonData",
+    "basicAuth",
+    "basicAuthUser",
+    "secureJsonData",
+    "user",
+)
 
 
 class GrafanaPublishError(RuntimeError):
@@ -56,12 +71,20 @@ class PublishReport:
         return out
 
 
+def _stack_default(name: str) -> str:
+    """The local stack's own Alertmanager password, when `planflow stack up` made one."""
+    if name != PASSWORD_ENV:
+        return ""
+    auth = services.alertmanager_auth(StatePaths.discover())
+    return auth[1] if auth else ""
+
+
 def expand(value: str, env: Mapping[str, str]) -> str:
     """Grafana's `$VAR` / `${VAR}` provisioning syntax, with planflow's loopback defaults."""
 
     def lookup(match: re.Match[str]) -> str:
         name = match.group(1) or match.group(2)
-        return env.get(name) or DEFAULT_ENV.get(name, "")
+        return env.get(name) or DEFAULT_ENV.get(name) or _stack_default(name)
 
     return _ENV_REF.sub(lookup, value)
 
@@ -74,6 +97,8 @@ def load_datasources(env: Mapping[str, str] | None = None, path: Path = DATASOUR
     for entry in document.get("datasources", []):
         payload = {key: entry[key] for key in _API_KEYS if key in entry}
         payload["url"] = expand(str(payload.get("url", "")), env)
+        if "secureJsonData" in payload:
+            payload["secureJsonData"] = {k: expand(str(v), env) for k, v in payload["secureJsonData"].items()}
         sources.append(payload)
     return sources
 
