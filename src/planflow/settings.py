@@ -67,6 +67,20 @@ class PlanflowSettings(BaseSettings):
     crash_after_seconds: float | None = Field(
         None, gt=0, description="A run silent this long counts as crashed (default: 3 flow heartbeats)."
     )
+    shared_slots: bool = Field(
+        True,
+        description="Runs take their pools' shared slots (Prefect global concurrency limits) and plan into "
+        "the pool calendar; false: each run believes it has the pools to itself (Prefect's default).",
+    )
+    slot_lease_seconds: float = Field(
+        60.0, ge=60, le=86400, description="Lease on a component's pool slots: a dead run's slots return after it."
+    )
+    slot_wait_seconds: float = Field(
+        6 * 3600.0, gt=0, description="How long a component may wait for its pool's slots held by other runs."
+    )
+    server_wait_seconds: float = Field(
+        30.0, gt=0, description="How long a run retries the Prefect server when it does not answer for slots."
+    )
 
     @field_validator("pipelines", mode="before")
     @classmethod
