@@ -54,6 +54,7 @@ CAPACITY = {"cpu": 2.0, "gpu": 0.0, "mem_gib": 4.0}
 CPU = limit_name(POOL, "cpu")
 LEASE_SECONDS = 60.0  # Prefect's shortest lease
 REPOSSESSOR_SECONDS = 15.0  # how often the server looks for expired leases (its default)
+NOISE_SECONDS = 5.0  # how far from its planned start a component may start (see its test)
 
 RUNNER = """
 import json, pathlib, sys, time
@@ -223,6 +224,7 @@ def test_a_run_planned_into_a_busy_pool_starts_where_its_plan_said_and_the_calen
         assert first[0].poll() is None, first[0].stdout.read()[-3000:]
         assert time.monotonic() < deadline, "the first run never started its component"
         time.sleep(0.2)
+    held_from = next(r["start"] for e in read_calendar() if e.pipeline == dags.hog_long.name for r in e.reservations)
 
     captured = Captured()
     remove = subscribe(captured)
@@ -246,7 +248,17 @@ def test_a_run_planned_into_a_busy_pool_starts_where_its_plan_said_and_the_calen
     assert planned_start > 3.0, f"planned at {planned_start:.1f} s: the busy pool was not seen"
     assert plan.busy == 1
     expected = plan.planned_at + planned_start
-    assert abs(captured.started["hold_short"] - expected) < 3.0, (captured.started, expected)
+    long = next(r for r in _intervals(tmp_path) if r[1] == "hold_long")
+    timeline = (
+        f"long run: slots taken {held_from:.2f}, sleeps {long[3]:.2f}-{long[4]:.2f}; short run: planned at "
+        f"{plan.planned_at:.2f} to start {expected:.2f}, started {captured.started['hold_short']:.2f}"
+    )
+    print(timeline)
+    # Never on the pool at once; and on time within the noise: Prefect's own start and finish
+    # of a task run around the component (about 1 s before and 2 s after it here, on a
+    # loaded 2-core machine) make the long run hold the pool that much longer than planned.
+    assert captured.started["hold_short"] >= long[4], timeline
+    assert abs(captured.started["hold_short"] - expected) < NOISE_SECONDS, timeline
 
     # `planflow calendar` showed the long run running and the short one waiting.
     assert shown.exit_code == 0, shown.output

@@ -2,8 +2,11 @@
 
 Every pool's capacity is held in Prefect global concurrency limits (see
 planflow.prefect.limits). Before the dispatcher starts a step it takes the step's slots
-on each limit its demand touches, all or none: each limit is tried once without waiting,
-in a fixed order, and whatever was taken is given back at once when one is busy. The
+on each limit its demand touches, all or none: each limit is tried once without waiting
+(one request to the server's increment-with-lease; Prefect's `concurrency()` takes the
+same number of slots on every limit it names, while a step needs, say, 1500 cpu
+millicore slots and 2048 MiB slots), in a fixed order, and whatever was taken is given
+back at once when one is busy. The
 dispatcher tries again on its next round, so no run ever holds part of a step's slots
 while it waits (no deadlock between runs, nothing half-taken when it gives up).
 
@@ -18,18 +21,21 @@ PLANFLOW_SERVER_WAIT_SECONDS, fail the step with AdmissionError saying which and
 
 from __future__ import annotations
 
+import logging
 import time
 from contextlib import ExitStack
+from uuid import UUID
 
 import httpx
-from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError
-from prefect.concurrency.sync import concurrency
+from prefect.client.orchestration import get_client
+from prefect.concurrency._leases import maintain_concurrency_lease
 from prefect.settings import PREFECT_API_URL
 
 from planflow.prefect.limits import RESOURCES, limit_name, slots
 from planflow.runtime.dispatch import Assignment
 from planflow.settings import settings
 
+logger = logging.getLogger("planflow.admission")
 LOCKED = 423  # the server's answer when a limit has not enough free slots
 
 
@@ -37,9 +43,15 @@ class AdmissionError(RuntimeError):
     """A step could not take its pool's slots within the bound; it holds none."""
 
 
-def _busy(exc: BaseException) -> bool:
-    cause = exc.__cause__
-    return isinstance(cause, httpx.HTTPStatusError) and cause.response.status_code == LOCKED
+def _release(lease: UUID) -> None:
+    with get_client(sync_client=True) as client:
+        try:
+            client.release_concurrency_slots_with_lease(lease)
+        except httpx.HTTPStatusError as exc:
+            if exc.response.status_code != 404:  # 404: the lease had already run out
+                raise
+        except httpx.TransportError as exc:  # the server is away: the lease runs out by itself
+            logger.warning("could not give back lease %s (%s); its slots return when it runs out", lease, exc)
 
 
 class SharedSlots:
@@ -69,29 +81,32 @@ class SharedSlots:
         since = self._waiting_since.setdefault(a.step, now)
         stack = ExitStack()
         try:
-            for name, n in self.wanted(a).items():
-                stack.enter_context(
-                    concurrency(
-                        name,
-                        occupy=n,
-                        max_retries=0,
-                        lease_duration=self.lease,
-                        strict=True,
-                        raise_on_lease_renewal_failure=False,
+            with get_client(sync_client=True) as client:
+                for name, n in self.wanted(a).items():
+                    response = client.increment_concurrency_slots_with_lease(
+                        names=[name], slots=n, mode="concurrency", lease_duration=self.lease
                     )
-                )
-        except ConcurrencySlotAcquisitionError as exc:
+                    granted = response.json()
+                    if not granted.get("limits"):
+                        raise AdmissionError(
+                            f"step '{a.step}': pool '{a.pool}' has no concurrency limit '{name}'. "
+                            "Fix: planflow pools sync (or planflow blocks apply)"
+                        )
+                    lease = UUID(granted["lease_id"])
+                    stack.callback(_release, lease)
+                    stack.enter_context(
+                        maintain_concurrency_lease(lease, self.lease, raise_on_lease_renewal_failure=False)
+                    )
+        except httpx.HTTPStatusError as exc:
             stack.close()  # give back what was taken: all or none
-            if _busy(exc):
-                self._server_down_since = None
-                if now - since > self.wait:
-                    raise AdmissionError(self._waited(a, now - since)) from None
-                return None
-            if "must be created" in str(exc):
-                raise AdmissionError(
-                    f"step '{a.step}': pool '{a.pool}' has no concurrency limits ({', '.join(self.wanted(a))}). "
-                    f"Fix: planflow pools sync (or planflow blocks apply)"
-                ) from None
+            if exc.response.status_code != LOCKED:
+                raise AdmissionError(f"step '{a.step}': the Prefect server refused its slots: {exc}") from None
+            self._server_down_since = None
+            if now - since > self.wait:
+                raise AdmissionError(self._waited(a, now - since)) from None
+            return None
+        except httpx.TransportError as exc:
+            stack.close()
             return self._server_down(a, exc, now)
         except BaseException:
             stack.close()
@@ -100,15 +115,14 @@ class SharedSlots:
         self._server_down_since = None
         return stack
 
-    def _server_down(self, a: Assignment, exc: BaseException, now: float) -> None:
+    def _server_down(self, a: Assignment, exc: Exception, now: float) -> None:
         if self._server_down_since is None:
             self._server_down_since = now
         if now - self._server_down_since > self.server_wait:
-            cause = exc.__cause__ or exc
             raise AdmissionError(
                 f"step '{a.step}' could not take its slots on pool '{a.pool}': the Prefect server at "
                 f"{PREFECT_API_URL.value()} did not answer for {self.server_wait:.0f} s "
-                f"({type(cause).__name__}: {cause}). Nothing is held. Fix: start the server "
+                f"({type(exc).__name__}: {exc}). Nothing is held. Fix: start the server "
                 f"(planflow server up) or raise PLANFLOW_SERVER_WAIT_SECONDS"
             ) from None
         return None
