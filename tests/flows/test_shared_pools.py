@@ -71,9 +71,11 @@ to_flow(getattr(dags, sys.argv[1]))(local_pool=sys.argv[4], **json.loads(sys.arg
 
 @pytest.fixture(scope="module")
 def pool():
+    """A 2-cpu pool of its own, removed after the module: other tests plan over every pool."""
     ResourcePool(work_pool="local-process", cpu=CAPACITY["cpu"], mem_gib=CAPACITY["mem_gib"]).save(POOL, overwrite=True)
     sync_limits({POOL: CAPACITY})
-    return POOL
+    yield POOL
+    ResourcePool.delete(POOL)
 
 
 def _env(tmp: Path, **extra: str) -> dict[str, str]:
@@ -147,6 +149,38 @@ def test_limits_follow_the_pool_block_and_a_hand_change_is_named(pool):
     assert "planflow pools sync" in str(err.value)
     assert sync_limits({POOL: CAPACITY}) == [f"limit {CPU}: 5000 -> 2000 slots"]
     assert limit_drift({POOL: CAPACITY}) == ([], [])
+
+
+def test_runs_that_create_a_new_pools_limits_at_once_agree_and_pools_sync_checks_them(pool):
+    capacity = {"cpu": 3.5, "gpu": 1.0, "mem_gib": 2.0}
+    errors: list[BaseException] = []
+
+    def sync() -> None:
+        try:
+            sync_limits({"shared-new": capacity})
+        except BaseException as exc:  # collected: the test names it
+            errors.append(exc)
+
+    threads = [threading.Thread(target=sync) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert errors == []
+    assert limit_drift({"shared-new": capacity}) == ([], [])
+    with get_client(sync_client=True) as client:
+        assert client.read_global_concurrency_limit_by_name(limit_name("shared-new", "cpu")).limit == 3500
+        client.update_global_concurrency_limit(limit_name("shared-new", "gpu"), GlobalConcurrencyLimitUpdate(limit=7))
+    ResourcePool(work_pool="local-process", cpu=3.5, gpu=1, mem_gib=2).save("shared-new", overwrite=True)
+    try:
+        checked = CliRunner().invoke(app, ["pools", "sync", "--check"])
+        assert checked.exit_code == 1, checked.output
+        assert "concurrency limit 'planflow-shared-new-gpu' is 7 slots" in checked.output
+        synced = CliRunner().invoke(app, ["pools", "sync"])
+        assert "limit planflow-shared-new-gpu: 7 -> 1 slots" in synced.output, synced.output
+        assert CliRunner().invoke(app, ["pools", "sync", "--check"]).exit_code == 0
+    finally:
+        ResourcePool.delete("shared-new")  # other tests plan over every pool there is
 
 
 def test_a_step_takes_all_of_its_slots_or_none(pool):

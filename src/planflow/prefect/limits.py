@@ -22,7 +22,7 @@ from collections.abc import Mapping
 
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
-from prefect.exceptions import ObjectNotFound
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 RESOURCES = ("cpu", "gpu", "mem_gib")
 SLOTS_PER_UNIT = {"cpu": 1000, "gpu": 1, "mem_gib": 1024}
@@ -50,25 +50,24 @@ def pool_limits(pool: str, capacity: Mapping[str, float]) -> dict[str, int]:
 
 
 def sync_limits(capacities: Mapping[str, Mapping[str, float]]) -> list[str]:
-    """Create or resize every pool's limits to its block's capacity; one line per change."""
+    """Create or resize every pool's limits to its block's capacity; one line per change.
+    Several runs may do this at once on a new server: a limit created in between is checked."""
+    sizes = {name: size for pool, cap in sorted(capacities.items()) for name, size in pool_limits(pool, cap).items()}
     lines = []
     with get_client(sync_client=True) as client:
-        for pool, capacity in sorted(capacities.items()):
-            for name, size in pool_limits(pool, capacity).items():
+        for name, size in [*sizes.items(), (PLANNING_LIMIT, 1)]:
+            try:
+                found = client.read_global_concurrency_limit_by_name(name)
+            except ObjectNotFound:
                 try:
-                    found = client.read_global_concurrency_limit_by_name(name)
-                except ObjectNotFound:
                     client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=size))
                     lines.append(f"limit {name}: created with {size} slots")
                     continue
-                if found.limit != size or not found.active:
-                    client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(limit=size, active=True))
-                    lines.append(f"limit {name}: {found.limit} -> {size} slots")
-        try:
-            client.read_global_concurrency_limit_by_name(PLANNING_LIMIT)
-        except ObjectNotFound:
-            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=PLANNING_LIMIT, limit=1))
-            lines.append(f"limit {PLANNING_LIMIT}: created with 1 slot")
+                except ObjectAlreadyExists:  # another process created it in between
+                    found = client.read_global_concurrency_limit_by_name(name)
+            if found.limit != size or not found.active:
+                client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(limit=size, active=True))
+                lines.append(f"limit {name}: {found.limit} -> {size} slots")
     return lines
 
 
