@@ -12,9 +12,9 @@ reservations on a pool into the pool's capacity over time (a step function) for 
 planner. Reading the calendar, planning and writing the plan happen under one global
 concurrency limit (`planning_lock`), so two runs never plan into the same free time.
 
-    >>> steps = capacity_steps({"cpu": 2}, [Reservation("r", "", "p", "a", "local", 100, 130, {"cpu": 1})], now=100)
-    >>> [(s.start, s.end, dict(s.capacity)) for s in steps]
-    [(0.0, 30.0, {'cpu': 1.0})]
+    >>> other = Reservation("r", "", "p", "a", "local", 100, 130, {"cpu": 1})
+    >>> [(s.start, s.end, s.capacity["cpu"]) for s in capacity_steps({"cpu": 2}, [other], now=100)]
+    [(0.0, 30.0, 1.0)]
 """
 
 from __future__ import annotations
