@@ -225,11 +225,11 @@ def test_concurrent_runs_on_one_pool_never_exceed_its_capacity(pool, tmp_path, s
     env = _env(tmp_path, PLANFLOW_SHARED_SLOTS=str(shared).lower())
     _wait(_start_runs(tmp_path, [("wide", {"seconds": 3.0})] * 3, env))
     rows = _intervals(tmp_path)
-    assert len(rows) == 12 and _overlapped(rows)
-    if shared:
-        assert peak_cpu(rows) <= CAPACITY["cpu"]
+    assert len(rows) == 12
+    if shared:  # full, never over; the runs may well follow one another: each was planned after the other
+        assert peak_cpu(rows) == CAPACITY["cpu"]
     else:
-        assert peak_cpu(rows) > CAPACITY["cpu"]
+        assert _overlapped(rows) and peak_cpu(rows) > CAPACITY["cpu"]
     assert active_slots([CPU]) == {CPU: 0}
     assert not [e for e in read_calendar() if e.pipeline == dags.wide.name]  # every run cleared its entry
 
