@@ -102,6 +102,21 @@ class PlanflowSettings(BaseSettings):
             raise ValueError("must be an SMTP server as host:port, e.g. smtp.example.com:587")
         return value.strip() if value else value
 
+    shared_slots: bool = Field(
+        True,
+        description="Runs take their pools' shared slots (Prefect global concurrency limits) and plan into "
+        "the pool calendar; false: each run believes it has the pools to itself (Prefect's default).",
+    )
+    slot_lease_seconds: float = Field(
+        60.0, ge=60, le=86400, description="Lease on a component's pool slots: a dead run's slots return after it."
+    )
+    slot_wait_seconds: float = Field(
+        6 * 3600.0, gt=0, description="How long a component may wait for its pool's slots held by other runs."
+    )
+    server_wait_seconds: float = Field(
+        30.0, gt=0, description="How long a run retries the Prefect server when it does not answer for slots."
+    )
+
     @field_validator("pipelines", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:

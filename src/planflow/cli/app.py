@@ -9,6 +9,7 @@ from planflow.cli import pipelines, server
 from planflow.cli.automations import automations_app
 from planflow.cli.bench import bench_app
 from planflow.cli.blocks import blocks_app, pools_app
+from planflow.cli.calendar import calendar
 from planflow.cli.demo import demo_app
 from planflow.cli.grafana import grafana_app
 from planflow.cli.stack import stack_app
@@ -21,6 +22,7 @@ app.command("env")(server.env)
 app.command("pipelines")(pipelines.pipelines)
 app.command("plan")(pipelines.plan)
 app.command("run")(pipelines.run)
+app.command("calendar")(calendar)
 
 app.add_typer(server.server_app, name="server")
 app.add_typer(blocks_app, name="blocks")

@@ -1,4 +1,5 @@
-"""`planflow blocks register | apply` and `planflow pools ls | set` (the ResourcePool blocks)."""
+"""`planflow blocks register | apply` and `planflow pools ls | set | sync` (the ResourcePool
+blocks, and the global concurrency limits that hold each pool's capacity across runs)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from planflow.cli.common import console, ensure_server, fail, say
 from planflow.prefect.blocks import ResourcePool, ensure_defaults, load_pools, register
 from planflow.prefect.blocks.documents import BlockDocumentError, apply_folder, default_folder, plan_folder
 from planflow.prefect.health import ServerNotAnswering
+from planflow.prefect.limits import limit_drift, sync_limits
 
 blocks_app = typer.Typer(help="planflow's Prefect blocks.", no_args_is_help=True)
 pools_app = typer.Typer(help="Resource pools (ResourcePool blocks).", no_args_is_help=True)
@@ -41,6 +43,33 @@ def blocks_apply(
         fail(str(exc))
     for line in lines:
         say(line)
+    if not dry_run:
+        _sync()
+
+
+def _sync() -> None:
+    """Bring every pool's concurrency limits in step with its block (and say what changed)."""
+    for line in sync_limits({name: pool.capacity() for name, pool in load_pools().items()}):
+        say(line)
+
+
+@pools_app.command("sync")
+def pools_sync(
+    check: bool = typer.Option(False, "--check", help="Only name limits that differ from their blocks (exit 1)."),
+) -> None:
+    """Create or resize each pool's global concurrency limits (cpu millicores, GPUs, memory
+    MiB) from its ResourcePool block, undoing changes made by hand in the UI."""
+    ensure_server()
+    capacities = {name: pool.capacity() for name, pool in load_pools().items()}
+    if check:
+        missing, drift = limit_drift(capacities)
+        for problem in drift + [f"concurrency limit '{name}' is missing. Fix: planflow pools sync" for name in missing]:
+            say(problem)
+        if drift or missing:
+            raise typer.Exit(1)
+        say("every pool's concurrency limits match its block")
+        return
+    _sync()
 
 
 @pools_app.command("ls")
@@ -87,3 +116,5 @@ def pools_set(
         fail(f"pool '{name}': {exc}")
     pool.save(name, overwrite=True)
     say(f"pool {name}: cpu={cpu:g} gpu={gpu} mem_gib={mem_gib:g} -> work pool {pool.work_pool}")
+    for line in sync_limits({name: pool.capacity()}):
+        say(line)

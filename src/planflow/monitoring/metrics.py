@@ -173,6 +173,13 @@ class RunMetrics:
             ["pipeline"],
             registry=r,
         )
+        self.pipeline_eta = Gauge(
+            "planflow_pipeline_eta_timestamp_seconds",
+            "When the latest run is expected to finish (Unix time): its plan's finish, "
+            "moved as its components start and end early or late.",
+            ["pipeline"],
+            registry=r,
+        )
         self.pipeline_makespan = Gauge(
             "planflow_pipeline_makespan_seconds",
             "Actual makespan of the latest finished run.",
@@ -436,6 +443,9 @@ class RunRecorder:
         if seconds is not None:
             m.component_duration.labels(*key, state).observe(max(seconds, 0.0))
             m.component_last_duration.labels(*key).set(seconds)
+
+    def eta(self, unix_seconds: float) -> None:
+        self.metrics.pipeline_eta.labels(self.pipeline).set(unix_seconds)
 
     def run_finished(self, state: str, makespan_seconds: float, planned_makespan_seconds: float | None) -> None:
         m, p, state = self.metrics, self.pipeline, _norm(state)

@@ -7,12 +7,13 @@ Never imports prefect.  See :mod:`planner.engine` for the method and
 from .engine import PlannerOptions, solve
 from .errors import CycleError, InfeasibleError, PlanningError
 from .plan import Plan, PlannedTask, plan_violations
-from .problem import Mode, Pool, Problem, Task, validate_problem
+from .problem import Mode, Pool, Problem, Step, Task, validate_problem
 
 __all__ = [
     "Mode",
     "Task",
     "Pool",
+    "Step",
     "Problem",
     "Plan",
     "PlannedTask",

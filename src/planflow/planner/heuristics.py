@@ -102,6 +102,20 @@ def _add(ts: list[float], use: list[list[float]], s: float, f: float, dem: list[
             u[k] += r
 
 
+def _profiles(inst: Instance, held: bool = True) -> list[tuple[list[float], list[list[float]]]]:
+    """Each pool's usage at time 0: what its capacity steps take away (``held``), else none.
+    The backward pass runs in reversed time, where the steps do not apply: it only
+    proposes an order, and the forward pass that follows places it within them."""
+    R = len(inst.resources)
+    profiles = []
+    for pool in range(len(inst.caps)):
+        ts, use = [0.0], [[0.0] * R]
+        for s, e, lack in inst.held[pool] if held else ():
+            _add(ts, use, s, e, [(k, a) for k, a in enumerate(lack) if a > EPS])
+        profiles.append((ts, use))
+    return profiles
+
+
 # ----------------------------------------------------------------------------- SGS
 def serial_sgs(
     inst: Instance, order: Sequence[int], modes: Sequence[int] | None = None, backward: bool = False
@@ -114,8 +128,7 @@ def serial_sgs(
     With ``backward`` the schedule is built on the reversed graph and the returned start
     times are already mapped back to forward time.
     """
-    R = len(inst.resources)
-    profiles = [([0.0], [[0.0] * R]) for _ in inst.caps]
+    profiles = _profiles(inst, held=not backward)
     caps = inst.caps
     n = inst.n
     start = [0.0] * n

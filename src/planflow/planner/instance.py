@@ -9,7 +9,7 @@ guaranteed that every task keeps at least one), but each kept mode remembers its
 from __future__ import annotations
 
 import graphlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .problem import EPS, Problem, mode_fits
 
@@ -39,6 +39,8 @@ class Instance:
     pool_names: list[str]
     nr_names: list[str]
     nr_caps: list[float]
+    # What each pool lacks over time (its capacity steps): (start, end, amount per resource)
+    held: list[list[tuple[float, float, list[float]]]] = field(default_factory=list)
 
     @property
     def n(self) -> int:
@@ -49,8 +51,18 @@ class Instance:
 
     @property
     def integral(self) -> bool:
-        """True when every duration is a whole number (PSPLIB): makespans are integers."""
-        return all(abs(m.dur - round(m.dur)) < EPS for ms in self.modes for m in ms)
+        """True when every duration (and capacity step boundary) is a whole number
+        (PSPLIB): makespans are integers."""
+        return all(abs(x - round(x)) < EPS for x in self.times())
+
+    def times(self) -> list[float]:
+        """Every duration and capacity step boundary: the numbers a schedule's times add up from."""
+        return [m.dur for ms in self.modes for m in ms] + [t for h in self.held for s, e, _ in h for t in (s, e)]
+
+    def cap_between(self, pool: int, k: int, a: float, b: float) -> float:
+        """The least capacity of resource ``k`` on ``pool`` anywhere in [a, b)."""
+        lack = max((u[k] for s, e, u in self.held[pool] if s < b - EPS and e > a + EPS), default=0.0)
+        return self.caps[pool][k] - lack
 
 
 def _topological_order(preds: list[list[int]]) -> list[int]:
@@ -94,6 +106,17 @@ def compile_problem(problem: Problem) -> Instance:
             for r in m.nonrenewable:
                 nr.setdefault(r, len(nr))
     caps = [[float(p.capacity.get(r, 0.0)) for r in res] for p in problem.pools]
+    held = [
+        [
+            (
+                float(s.start),
+                float(s.end),
+                [max(0.0, c - float(s.capacity.get(r, 0.0))) for r, c in zip(res, cap, strict=True)],
+            )
+            for s in sorted(p.steps, key=lambda s: s.start)
+        ]
+        for p, cap in zip(problem.pools, caps, strict=True)
+    ]
     modes: list[list[IMode]] = []
     for t in problem.tasks:
         ms = []
@@ -135,4 +158,5 @@ def compile_problem(problem: Problem) -> Instance:
         pool_names=pool_names,
         nr_names=list(nr),
         nr_caps=[float(problem.nonrenewable_capacity.get(r, 0.0)) for r in nr],
+        held=held,
     )

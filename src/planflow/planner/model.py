@@ -10,6 +10,7 @@ binary ``x[j,m,t] = 1`` iff task j runs in mode m starting at slot t.
   i finished by t"); much tighter LP than one aggregated row per arc. When the number of
   non-zeros would explode (large pipelines) one aggregated row per arc is used instead.
 * renewable capacity per pool, resource and slot (rows that can never bind are skipped);
+  a pool whose capacity varies over time (steps) offers in a slot the least it has in it;
 * non-renewable budgets; makespan ``C >= finish`` of every task without successors.
 
 Why it stays small: the horizon is ``incumbent - 1`` slots (we only look for improvements;
@@ -42,22 +43,22 @@ EPS = 1e-9
 class Grid:
     delta: float  # seconds per slot
     dslot: list[list[int]]  # duration in slots per task and (instance) mode
-    exact: bool  # True when every duration is a whole number of slots
+    exact: bool  # True when every duration and capacity step boundary is a whole number of slots
 
 
 def choose_grid(inst: Instance, horizon: float, max_slots: int = 300) -> Grid:
     """Slot length: 1 for integer durations with a short horizon, else horizon/max_slots."""
-    durs = [m.dur for ms in inst.modes for m in ms]
+    times = inst.times()  # durations and capacity step boundaries: a start lies on their grid
     if inst.integral:
         g = 0
-        for d in durs:
+        for d in times:
             g = math.gcd(g, int(round(d)))
         g = max(g, 1)
         k = max(1, math.ceil(horizon / (g * max_slots)))
         delta = float(g * k)
     else:
         delta = max(horizon / max_slots, 1e-6)
-    exact = all(abs(d / delta - round(d / delta)) < 1e-6 for d in durs)
+    exact = all(abs(d / delta - round(d / delta)) < 1e-6 for d in times)
     dslot = [[int(math.ceil(m.dur / delta - 1e-6)) if m.dur > EPS else 0 for m in ms] for ms in inst.modes]
     return Grid(delta, dslot, exact)
 
@@ -195,7 +196,8 @@ def solve_milp(
                 prob += pulp.LpAffineExpression(expr) >= 0, f"p_{i}_{j}_{t}"
 
     # Renewable capacity: per pool p, resource k, slot t.
-    for p, cap in enumerate(inst.caps):
+    # A slot's capacity is the least the pool has anywhere in it (capacity steps).
+    for p in range(len(inst.caps)):
         rows: dict[tuple[int, int], list[tuple[pulp.LpVariable, float]]] = {}
         peak: dict[tuple[int, int], dict[int, float]] = {}
         for j in range(n):
@@ -209,9 +211,10 @@ def solve_milp(
                         pk = peak.setdefault((k, t), {})
                         pk[j] = max(pk.get(j, 0.0), r)
         for (k, t), expr in rows.items():
-            if sum(peak[k, t].values()) <= cap[k] + EPS:
+            cap = inst.cap_between(p, k, t * grid.delta, (t + 1) * grid.delta)
+            if sum(peak[k, t].values()) <= cap + EPS:
                 continue  # can never bind
-            prob += pulp.LpAffineExpression(expr) <= cap[k], f"r_{p}_{k}_{t}"
+            prob += pulp.LpAffineExpression(expr) <= cap, f"r_{p}_{k}_{t}"
 
     for k, capk in enumerate(inst.nr_caps):
         expr = [(v, a) for j in range(n) for (m, _), v in x[j].items() for kk, a in inst.modes[j][m].nr if kk == k]

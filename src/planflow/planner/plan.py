@@ -108,21 +108,20 @@ def plan_violations(problem: Problem, plan: Plan, tol: float = 1e-6) -> list[str
                 out.append(f"{name} starts at {pt.start} before {a} finishes at {plan.tasks[a].finish}")
     if out:
         return out
-    # Usage is piecewise constant and only rises at start times: checking every start suffices.
+    # Usage is piecewise constant and only rises at start times, capacity only falls where a
+    # capacity step starts: checking those instants suffices.
     for pool in pools.values():
         on = [pt for pt in plan.tasks.values() if pt.pool == pool.name and pt.finish - pt.start > tol]
-        for pt in on:
-            t = pt.start
+        for t in sorted({pt.start for pt in on} | {s.start for s in pool.steps}):
             use: dict[str, float] = {}
             for q in on:
                 if q.start <= t + tol and q.finish > t + tol:
                     for r, a in tasks[q.name].modes[q.mode].demand.items():
                         use[r] = use.get(r, 0.0) + a
-            over = {r: u for r, u in use.items() if u > float(pool.capacity.get(r, 0.0)) + tol}
+            cap = pool.capacity_at(t)
+            over = {r: u for r, u in use.items() if u > float(cap.get(r, 0.0)) + tol}
             if over:
-                out.append(
-                    f"pool {pool.name} over capacity at t={t}: uses {fmt_map(over)}, capacity {fmt_map(pool.capacity)}"
-                )
+                out.append(f"pool {pool.name} over capacity at t={t}: uses {fmt_map(over)}, capacity {fmt_map(cap)}")
                 break
     nr: dict[str, float] = {}
     for name, pt in plan.tasks.items():

@@ -50,12 +50,39 @@ class Task:
 
 
 @dataclass(frozen=True)
+class Step:
+    """The capacity a pool has left from ``start`` to ``end`` (seconds from the plan's
+    time 0), e.g. while other runs hold part of it (missing resource = 0)."""
+
+    start: float
+    end: float
+    capacity: Mapping[str, float]
+
+
+@dataclass(frozen=True)
 class Pool:
-    """A set of machines with a capacity per renewable resource (missing resource = 0)."""
+    """A set of machines with a capacity per renewable resource (missing resource = 0).
+
+    ``steps`` make the capacity a step function of time: inside a step the pool has the
+    step's capacity, everywhere else ``capacity``. Steps lie within [0, end) and never
+    overlap; outside them the whole pool is free, so a task that fits ``capacity``
+    always finds a start.
+
+        >>> busy = Pool("p", {"cpu": 2}, steps=(Step(0, 30, {"cpu": 1}),))
+        >>> busy.capacity_at(10), busy.capacity_at(30)
+        ({'cpu': 1}, {'cpu': 2})
+    """
 
     name: str
     capacity: Mapping[str, float]
     cost_per_hour: float = 0.0
+    steps: tuple[Step, ...] = ()
+
+    def capacity_at(self, t: float) -> Mapping[str, float]:
+        for step in self.steps:
+            if step.start <= t + EPS and t + EPS < step.end:
+                return step.capacity
+        return self.capacity
 
 
 @dataclass(frozen=True)
@@ -114,6 +141,8 @@ def validate_problem(problem: Problem) -> None:
         neg = {r: v for r, v in p.capacity.items() if v < 0}
         if neg:
             errs.append(f"pool {p.name!r} has negative capacity {fmt_map(neg)}; use >= 0")
+    for p in problem.pools:
+        errs.extend(_step_errors(p))
     names = [t.name for t in problem.tasks]
     seen: set[str] = set()
     for n in names:
@@ -182,3 +211,23 @@ def validate_problem(problem: Problem) -> None:
             )
     if errs:
         raise InfeasibleError(errs)
+
+
+def _step_errors(pool: Pool) -> list[str]:
+    """What is wrong with a pool's capacity over time: each step must lie in [0, inf),
+    end after it starts, not overlap another, and stay within the pool's capacity."""
+    errs: list[str] = []
+    steps = sorted(pool.steps, key=lambda s: s.start)
+    for i, s in enumerate(steps):
+        where = f"pool {pool.name!r} step [{fmt(s.start)}, {fmt(s.end)})"
+        if s.start < 0 or s.end <= s.start:
+            errs.append(f"{where} is empty or starts before 0; use 0 <= start < end")
+        above = {r: v for r, v in s.capacity.items() if v < 0 or v > float(pool.capacity.get(r, 0.0)) + EPS}
+        if above:
+            errs.append(
+                f"{where} has capacity {fmt_map(above)} outside [0, the pool's capacity "
+                f"{fmt_map(pool.capacity)}]; a step can only lower what the pool has"
+            )
+        if i and s.start < steps[i - 1].end - EPS:
+            errs.append(f"{where} overlaps the step ending at {fmt(steps[i - 1].end)}; merge them into one")
+    return errs

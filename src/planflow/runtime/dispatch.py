@@ -4,6 +4,8 @@ The dispatcher keeps a per-pool resource ledger: a component is released only
 when its demand fits what is left of its pool's capacity, so capacities hold
 even when actual durations differ from the estimates. Ready components are
 released in priority order (the plan's start times, or topological order).
+The ledger is this run's fast path; with an `admit` hook (admission.py) a step
+also takes its pool's slots shared with every other run before it starts.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import queue
 import time
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,6 +97,10 @@ class StepRecord:
 
 
 Listener = Callable[[str, StepRecord], None]
+# Takes an assignment's slots shared with other runs: the held slots (closed when the step
+# ends), or None while they are busy. It may raise (e.g. a wait that ran out of time).
+Admit = Callable[[Assignment], AbstractContextManager[Any] | None]
+POLL_SECONDS = 0.5  # how often steps waiting for shared slots try again
 
 
 def dispatch(
@@ -102,12 +109,17 @@ def dispatch(
     capacity: Mapping[str, Mapping[str, float]],
     start: Callable[[str, dict[str, Any]], Any],
     listener: Listener | None = None,
+    admit: Admit | None = None,
 ) -> tuple[dict[str, StepRecord], ResourceLedger]:
     """Run every step once its upstream steps completed and its demand fits.
 
     `start(step, outputs)` launches the step and returns a future with
     `add_done_callback` and `result()` (a Prefect future). On the first failure
     nothing new is released; steps in flight finish, the rest are Skipped.
+
+    `admit` takes a step's slots shared with other runs (admission.py) once it fits
+    this run's own ledger; a step it refuses waits and is tried again every
+    POLL_SECONDS; an error it raises fails the step (nothing is held).
     """
     ledger = ResourceLedger(capacity)
     for a in assignments.values():
@@ -118,28 +130,52 @@ def dispatch(
     outputs: dict[str, Any] = {}
     waiting = sorted(assignments, key=lambda s: (assignments[s].priority, s))
     running: set[str] = set()
+    held: dict[str, AbstractContextManager[Any]] = {}
+    take = admit or (lambda a: nullcontext())
     failed = False
     t0 = time.monotonic()
 
     while waiting or running:
+        blocked = False  # a ready step waits for slots other runs hold
         if not failed:
             for step in list(waiting):
                 a = assignments[step]
                 ready = all(records[d].state == "Completed" for d in upstream[step])
-                if ready and ledger.fits(a.pool, a.demand):
-                    ledger.acquire(a.pool, a.demand)
+                if not (ready and ledger.fits(a.pool, a.demand)):
+                    continue
+                record = records[step]
+                try:
+                    slots = take(a)
+                except Exception as exc:  # admission gave up: the step fails, holding nothing
                     waiting.remove(step)
-                    running.add(step)
-                    record = records[step]
-                    record.state, record.started = "Running", time.monotonic() - t0
-                    notify("started", record)
+                    record.state, record.error, failed = "Failed", exc, True
+                    record.started = record.finished = time.monotonic() - t0
+                    notify("failed", record)
+                    break
+                if slots is None:
+                    blocked = True
+                    continue
+                held[step] = slots
+                ledger.acquire(a.pool, a.demand)
+                waiting.remove(step)
+                running.add(step)
+                record.state, record.started = "Running", time.monotonic() - t0
+                notify("started", record)
+                try:
                     future = start(step, outputs)
-                    future.add_done_callback(lambda f, s=step: done.put((s, f)))
-        if not running:
+                except BaseException:
+                    held.pop(step).__exit__(None, None, None)
+                    raise
+                future.add_done_callback(lambda f, s=step: done.put((s, f)))
+        if not running and not blocked:
             break  # failed, or nothing can ever become ready
-        step, future = done.get()
+        try:
+            step, future = done.get(timeout=POLL_SECONDS if blocked else None)
+        except queue.Empty:
+            continue
         running.discard(step)
         a, record = assignments[step], records[step]
+        held.pop(step).__exit__(None, None, None)
         ledger.release(a.pool, a.demand)
         record.finished = time.monotonic() - t0
         try:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from planflow.core.pipeline import Pipeline
-from planflow.runtime.dispatch import Assignment, StepRecord, dispatch
+from planflow.runtime.dispatch import Admit, Assignment, StepRecord, dispatch
 from planflow.runtime.tags import PIPELINE_TAG_PREFIX, POOL_TAG
 
 
@@ -71,11 +71,13 @@ def execute(
     assignments: Mapping[str, Assignment],
     capacities: Mapping[str, Mapping[str, float]],
     notify: Callable[[str, StepRecord], None],
+    admit: Admit | None = None,
 ) -> dict[str, StepRecord]:
     """Dispatch every step of `pipeline` on `executor`; `notify(event, record)` hears each
-    step event. Returns the records, results being the steps' outputs."""
+    step event; `admit` takes each step's slots shared with other runs. Returns the
+    records, results being the steps' outputs."""
     upstream = {name: pipeline.upstream(name) for name in pipeline.steps}
     with executor:
-        records, _ = dispatch(upstream, assignments, capacities, executor.start, notify)
+        records, _ = dispatch(upstream, assignments, capacities, executor.start, notify, admit)
     executor.collect(records)
     return records

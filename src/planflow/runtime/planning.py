@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import difflib
 import logging
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +20,7 @@ from prefect import get_run_logger
 from prefect.context import FlowRunContext
 
 from planflow.core.pipeline import Pipeline
-from planflow.planner import Mode, Plan, PlannerOptions, Pool, Problem, Task, solve
+from planflow.planner import Mode, Plan, PlannerOptions, Pool, Problem, Step, Task, solve
 from planflow.prefect.blocks.registry import DEFAULT_POOL, load_pools, load_settings
 from planflow.runtime.dispatch import RESOURCES, Assignment
 from planflow.runtime.distributed import DeploymentMissingError, readiness
@@ -124,8 +125,10 @@ def build_problem(
     costs: Mapping[str, float],
     history: Mapping[tuple[str, str], list[float]] | None = None,
     known_pools: set[str] | None = None,
+    steps: Mapping[str, tuple[Step, ...]] | None = None,
 ) -> tuple[Problem, dict[tuple[str, str], Estimate]]:
-    """The planner's problem: one mode per usable pool, with learned or declared durations."""
+    """The planner's problem: one mode per usable pool, with learned or declared durations;
+    `steps` is each pool's capacity over time left by other runs (the pool calendar)."""
     allowed = allowed_pools(pipeline, capacities, known_pools)
     history = history or {}
     estimates: dict[tuple[str, str], Estimate] = {}
@@ -138,7 +141,11 @@ def build_problem(
             estimates[(name, pool)] = est
             modes.append(Mode(pool=pool, duration=est.seconds, demand=spec.demand()))
         tasks.append(Task(name=name, modes=tuple(modes), after=pipeline.upstream(name)))
-    pools = tuple(Pool(name=p, capacity=dict(capacities[p]), cost_per_hour=costs.get(p, 0.0)) for p in capacities)
+    steps = steps or {}
+    pools = tuple(
+        Pool(name=p, capacity=dict(capacities[p]), cost_per_hour=costs.get(p, 0.0), steps=steps.get(p, ()))
+        for p in capacities
+    )
     return Problem(tasks=tuple(tasks), pools=pools), estimates
 
 
@@ -149,9 +156,10 @@ def plan_pipeline(
     options: PlannerOptions,
     history: Mapping[tuple[str, str], list[float]] | None = None,
     known_pools: set[str] | None = None,
+    steps: Mapping[str, tuple[Step, ...]] | None = None,
 ) -> PipelinePlan:
     """Plan the pipeline; assignments release steps in planned start order."""
-    problem, estimates = build_problem(pipeline, capacities, costs, history, known_pools)
+    problem, estimates = build_problem(pipeline, capacities, costs, history, known_pools, steps)
     plan = solve(problem, options)
     assignments = {
         t.name: Assignment(
@@ -178,6 +186,8 @@ class RunPlan:
     capacities: dict[str, dict[str, float]]
     assignments: dict[str, Assignment]
     plan: PipelinePlan | None = None
+    planned_at: float = 0.0  # Unix time of the plan's time 0
+    busy: int = 0  # other runs' components the plan was fitted around (the pool calendar)
 
     @property
     def order(self) -> list[str]:
@@ -226,9 +236,11 @@ def make_plan(
     mode: str = "inprocess",
     local_pool: str = DEFAULT_POOL,
     pools: tuple[dict[str, Any], set[str]] | None = None,
+    steps: Mapping[str, tuple[Step, ...]] | None = None,
 ) -> PipelinePlan:
     """Plan `pipeline` over the ResourcePool blocks usable in `mode`, with the
-    PlannerSettings block and durations learned from the pipeline's recent runs."""
+    PlannerSettings block and durations learned from the pipeline's recent runs; `steps`
+    is each pool's capacity over time left by other runs."""
     usable, known = pools if pools is not None else run_pools(mode, local_pool)
     settings = load_settings()
     capacities = {name: pool.capacity() for name, pool in usable.items()}
@@ -237,7 +249,7 @@ def make_plan(
     options = PlannerOptions(
         solver=settings.solver, time_limit_s=settings.time_limit_s, threads=settings.threads, mip_gap=settings.mip_gap
     )
-    return plan_pipeline(pipeline, capacities, costs, options, history, known)
+    return plan_pipeline(pipeline, capacities, costs, options, history, known, steps)
 
 
 def check_run_options(policy: str, mode: str) -> None:
@@ -248,15 +260,24 @@ def check_run_options(policy: str, mode: str) -> None:
 
 
 def plan_run(
-    pipeline: Pipeline, policy: str = "plan", mode: str = "inprocess", local_pool: str = DEFAULT_POOL
+    pipeline: Pipeline,
+    policy: str = "plan",
+    mode: str = "inprocess",
+    local_pool: str = DEFAULT_POOL,
+    pools: tuple[dict[str, Any], set[str]] | None = None,
+    busy: Callable[[Mapping[str, Mapping[str, float]], float], tuple[dict[str, tuple[Step, ...]], int]] | None = None,
 ) -> RunPlan:
     """Where and in what order each step of one run goes: planned (policy "plan") or
-    first come, first served on each step's fastest pool (policy "fifo")."""
+    first come, first served on each step's fastest pool (policy "fifo"). `busy` gives,
+    from the pools' capacities and the plan's time 0, each pool's capacity over time that other runs leave
+    and how many of their components that is (the pool calendar)."""
     check_run_options(policy, mode)
-    pools, known = run_pools(mode, local_pool)
+    pools, known = pools if pools is not None else run_pools(mode, local_pool)
     capacities = {name: pool.capacity() for name, pool in pools.items()}
     if policy == "plan":
-        pp = make_plan(pipeline, pools=(pools, known))
-        return RunPlan(pools, capacities, pp.assignments, pp)
+        planned_at = time.time()
+        steps, count = busy(capacities, planned_at) if busy is not None else ({}, 0)
+        pp = make_plan(pipeline, pools=(pools, known), steps=steps)
+        return RunPlan(pools, capacities, pp.assignments, pp, planned_at, count)
     costs = {name: pool.cost_per_hour for name, pool in pools.items()}
     return RunPlan(pools, capacities, greedy_assignments(pipeline, capacities, costs, known))

@@ -47,7 +47,7 @@ class ArtifactReporter(Reporter):
         png = reporting.gantt_png(pp, title=f"{name}: plan")
         create_markdown_artifact(
             key=reporting.artifact_key(run.pipeline, "plan-figures"),
-            markdown=reporting.plan_markdown(pp, name, png),
+            markdown=reporting.plan_markdown(pp, name, png, run.plan.planned_at or None),
             description=f"{name}: makespan, bound, gap, solver and the Gantt chart",
         )
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import matplotlib
@@ -207,7 +208,7 @@ def png_markdown(png: bytes, alt: str) -> str:
     return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})"
 
 
-def plan_markdown(pp: PipelinePlan, name: str, png: bytes | None = None) -> str:
+def plan_markdown(pp: PipelinePlan, name: str, png: bytes | None = None, planned_at: float | None = None) -> str:
     f = plan_figures(pp)
     bounds = ", ".join(f"{k} {v:.2f} s" for k, v in f["bounds"].items())
     lines = [
@@ -222,6 +223,9 @@ def plan_markdown(pp: PipelinePlan, name: str, png: bytes | None = None) -> str:
         f"| solver, solve time | {f['solver']}, {f['solve_seconds']:.3f} s |",
         f"| list-scheduling makespan | {f['heuristic_makespan_s']:.2f} s |",
     ]
+    if planned_at:
+        eta = datetime.fromtimestamp(planned_at + pp.plan.makespan, tz=UTC)
+        lines.append(f"| ETA (planned finish) | {eta:%Y-%m-%d %H:%M:%S} UTC |")
     for note in pp.plan.notes:
         lines.append(f"\n> {note}")
     if png:

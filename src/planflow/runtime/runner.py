@@ -27,16 +27,20 @@ from prefect.context import get_run_context
 from planflow.core.pipeline import Pipeline
 from planflow.monitoring.metrics import RunRecorder, pushgateway_url_from_env
 from planflow.prefect.blocks.registry import DEFAULT_POOL
+from planflow.prefect.limits import require_limits
 from planflow.runtime import reporting
+from planflow.runtime.admission import SharedSlots
+from planflow.runtime.calendar import RunCalendar, busy_steps, planning_lock
 from planflow.runtime.dispatch import StepRecord
 from planflow.runtime.distributed import DistributedExecutor
 from planflow.runtime.events import EventBus, Reporter, RunInfo, add_listener, subscribe, subscribers
 from planflow.runtime.executors import Executor, InProcessExecutor, execute
-from planflow.runtime.planning import check_run_options, make_plan, plan_run, run_pools
+from planflow.runtime.planning import RunPlan, check_run_options, make_plan, plan_run, run_pools
 from planflow.runtime.reporters import ArtifactReporter, LogReporter, MetricsReporter, ProgressReporter
 from planflow.runtime.reporting import key_metrics
 from planflow.runtime.tags import PIPELINE_TAG_PREFIX, PLANFLOW_TAG, tag_flow_run
 from planflow.runtime.watchdog import unwatch_later, watch_run
+from planflow.settings import settings
 
 # Also importable from here, where they were before the run was split in stages.
 __all__ = [
@@ -57,12 +61,19 @@ class PipelineRunError(RuntimeError):
     """A step of the pipeline failed; the message names it and its error."""
 
 
-def run_reporters(pipeline: Pipeline, logger: logging.Logger | logging.LoggerAdapter) -> list[Reporter]:
-    """The reporters of one run: the log, the process's subscribers (e.g. the terminal),
-    progress, metrics and artifacts, in the order each event reaches them."""
-    recorder = RunRecorder(pipeline.name, pushgateway_url_from_env())
+def run_reporters(
+    pipeline: Pipeline,
+    logger: logging.Logger | logging.LoggerAdapter,
+    recorder: RunRecorder | None = None,
+    calendar: RunCalendar | None = None,
+) -> list[Reporter]:
+    """The reporters of one run: the log, the pool calendar (and ETA), the process's
+    subscribers (e.g. the terminal), progress, metrics and artifacts, in the order each
+    event reaches them."""
+    recorder = recorder or RunRecorder(pipeline.name, pushgateway_url_from_env())
     return [
         LogReporter(logger),
+        *([calendar] if calendar is not None else []),
         *subscribers(),
         ProgressReporter(),
         MetricsReporter(recorder),
@@ -113,14 +124,41 @@ def _run(
 ) -> dict[str, Any]:
     if flow_run:
         tag_flow_run(flow_run, pipeline.name)
-    plan = plan_run(pipeline, policy, mode, local_pool)
-    run = RunInfo(pipeline, resolved, policy, mode, str(flow_run.id) if flow_run else None, plan)
-    with EventBus(run_reporters(pipeline, logger), logger) as bus:
-        bus.planned(run)
-        records = execute(make_executor(run), pipeline, plan.assignments, plan.capacities, partial(bus.step, run))
-        bus.finished(run, records)
+    shared = settings().shared_slots
+    recorder = RunRecorder(pipeline.name, pushgateway_url_from_env())
+    calendar = None
+    if shared and policy == "plan" and flow_run is not None:
+        calendar = RunCalendar(str(flow_run.id), flow_run.name, logger, recorder)
+    try:
+        plan = plan_shared(pipeline, policy, mode, local_pool, calendar) if shared else None
+        plan = plan or plan_run(pipeline, policy, mode, local_pool)
+        run = RunInfo(pipeline, resolved, policy, mode, str(flow_run.id) if flow_run else None, plan)
+        with EventBus(run_reporters(pipeline, logger, recorder, calendar), logger) as bus:
+            bus.planned(run)
+            admit = SharedSlots().take if shared else None
+            records = execute(
+                make_executor(run), pipeline, plan.assignments, plan.capacities, partial(bus.step, run), admit
+            )
+            bus.finished(run, records)
+    finally:
+        if calendar is not None:
+            calendar.delete()  # also when the run fails before its end (the reporter deletes it at its end)
     raise_if_failed(pipeline, records)
     return summary(run, records)
+
+
+def plan_shared(pipeline: Pipeline, policy: str, mode: str, local_pool: str, calendar: RunCalendar | None) -> RunPlan:
+    """Plan a run that shares its pools: their concurrency limits exist and match their
+    blocks; under policy "plan" the calendar is read, the run planned into what is left
+    and its reservations written, all under the planning slot."""
+    pools = run_pools(mode, local_pool)
+    require_limits({name: pool.capacity() for name, pool in pools[0].items()})
+    if calendar is None:
+        return plan_run(pipeline, policy, mode, local_pool, pools)
+    with planning_lock():
+        plan = plan_run(pipeline, policy, mode, local_pool, pools, busy_steps(calendar.run_id))
+        calendar.write(pipeline.name, plan.assignments, plan.planned_at)
+    return plan
 
 
 def raise_if_failed(pipeline: Pipeline, records: Mapping[str, StepRecord]) -> None:

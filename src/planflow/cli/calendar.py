@@ -1,0 +1,169 @@
+"""`planflow calendar [POOL]`: what every run holds and has planned on the pools.
+
+Like `squeue --start` or `bjobs -plan`: the running and planned components of all runs
+on each pool (from the pool calendar), a Gantt picture in the terminal (and, with
+`--png`, as an image), the slots held now against the pool's capacity, and for each
+waiting run (nothing of it started yet) its expected start and finish.
+
+    $ planflow calendar local
+    pool local: cpu=2 gpu=0 mem_gib=8  held now: cpu=1 gpu=0 mem_gib=1
+    ...
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import matplotlib
+import typer
+from matplotlib.figure import Figure
+
+from planflow.cli.common import ensure_server, fail, say
+from planflow.prefect.blocks import load_pools
+from planflow.prefect.blocks.calendar_entry import CalendarEntry
+from planflow.prefect.limits import RESOURCES, SLOTS_PER_UNIT, active_slots, limit_name
+from planflow.runtime.calendar import Reservation, read_calendar, reservations, utc
+
+WIDTH = 60  # columns of the terminal Gantt picture
+MARKS = {"running": "#", "planned": "-", "done": "."}
+
+
+def _amounts(vector: Mapping[str, float]) -> str:
+    return " ".join(f"{r}={vector.get(r, 0.0):g}" for r in RESOURCES)
+
+
+def _when(t: float, now: float) -> str:
+    delta = t - now
+    return f"{utc(t)} ({'in ' if delta >= 0 else ''}{abs(delta):.0f} s{' ago' if delta < 0 else ''})"
+
+
+def gantt_text(items: list[Reservation], now: float, width: int = WIDTH) -> list[str]:
+    """One line per reservation: `#` running, `-` planned, from now to the last finish."""
+    if not items:
+        return []
+    end = max(max(r.finish for r in items), now + 1.0)
+    scale = width / (end - now)
+    label = max(len(f"{r.run_name or r.run[:8]}/{r.component}") for r in items)
+    lines = [f"{'':{label}} |now{'':{width - 3}}| {utc(end)}"]
+    for r in sorted(items, key=lambda r: (r.start, r.run, r.component)):
+        a = int(max(0.0, r.start - now) * scale)
+        b = max(a + 1, int(max(0.0, r.finish - now) * scale))
+        bar = " " * a + MARKS.get(r.state, "?") * (min(b, width) - a)
+        lines.append(f"{r.run_name or r.run[:8]:>{label - len(r.component) - 1}}/{r.component} |{bar:{width}}|")
+    return lines
+
+
+def waiting_runs(entries: list[CalendarEntry], pool: str | None = None) -> list[tuple[CalendarEntry, float, float]]:
+    """(entry, expected start, expected finish) of every run none of whose components has
+    started yet, by expected start (`squeue --start`)."""
+    out = []
+    for entry in entries:
+        items = [r for r in entry.reservations if pool is None or r["pool"] == pool]
+        if items and all(r.get("state", "planned") == "planned" for r in entry.reservations):
+            out.append((entry, min(float(r["start"]) for r in items), entry.eta))
+    return sorted(out, key=lambda e: e[1])
+
+
+def calendar_text(
+    entries: list[CalendarEntry],
+    capacities: Mapping[str, Mapping[str, float]],
+    held: Mapping[str, Mapping[str, float]],
+    now: float,
+) -> list[str]:
+    """The whole report, one pool after the other."""
+    lines = []
+    for pool, capacity in sorted(capacities.items()):
+        items = [r for r in reservations(entries, pool) if r.state != "done"]
+        lines.append(f"pool {pool}: {_amounts(capacity)}  held now: {_amounts(held.get(pool, {}))}")
+        if not items:
+            lines += ["  (nothing running or planned)", ""]
+            continue
+        lines.append(f"  {'run':<24} {'component':<20} {'state':<8} {'start':<26} {'finish':<26} resources")
+        for r in sorted(items, key=lambda r: (r.start, r.run, r.component)):
+            lines.append(
+                f"  {(r.run_name or r.run)[:24]:<24} {r.component[:20]:<20} {r.state:<8} "
+                f"{_when(r.start, now):<26} {_when(r.finish, now):<26} {_amounts(r.demand)}"
+            )
+        lines += ["", *("  " + g for g in gantt_text(items, now)), ""]
+        waiting = waiting_runs(entries, pool)
+        if waiting:
+            lines.append("  waiting runs (expected start -> finish):")
+            for entry, start, finish in waiting:
+                name = entry.flow_run_name or entry.flow_run_id
+                lines.append(f"  {name:<24} {entry.pipeline:<20} {_when(start, now)} -> {_when(finish, now)}")
+            lines.append("")
+    return lines
+
+
+def calendar_png(entries: list[CalendarEntry], pool: str, capacity: Mapping[str, float], now: float) -> bytes:
+    """Gantt bars of every run's components on `pool` (colour per run), and beneath them
+    the cpu reserved over time against the pool's capacity."""
+    items = sorted(
+        (r for r in reservations(entries, pool) if r.state != "done"), key=lambda r: (r.start, r.run, r.component)
+    )
+    palette = matplotlib.colormaps["tab10"]
+    runs = sorted({r.run for r in items})
+    colours = {run: palette(i % 10) for i, run in enumerate(runs)}
+    fig = Figure(figsize=(10, max(3.5, 0.4 * len(items) + 2.5)), dpi=100)
+    gantt, load = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
+    for row, r in enumerate(items):
+        gantt.barh(
+            row,
+            r.finish - r.start,
+            left=r.start - now,
+            color=colours[r.run],
+            alpha=1.0 if r.state == "running" else 0.45,
+            edgecolor=colours[r.run],
+        )
+    gantt.set_yticks(range(len(items)), [f"{r.run_name or r.run[:8]}/{r.component}" for r in items])
+    gantt.invert_yaxis()
+    gantt.set_title(f"pool {pool}: running (solid) and planned (light) components, {utc(now)}", fontsize=10)
+    marks = sorted({0.0, *(t - now for r in items for t in (max(r.start, now), r.finish))})
+    used = [sum(r.demand.get("cpu", 0.0) for r in items if r.start - now <= t < r.finish - now) for t in marks]
+    load.step(marks, used, where="post", label="cpu reserved")
+    load.axhline(capacity.get("cpu", 0.0), color="black", linestyle="--", linewidth=1, label="cpu capacity")
+    load.set_xlabel("seconds from now")
+    load.legend(fontsize=8, loc="upper right")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def held_now(capacities: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, float]]:
+    """Pool -> resource -> amount all runs hold now (the limits' active slots)."""
+    names = {(p, r): limit_name(p, r) for p in capacities for r in RESOURCES}
+    active = active_slots(list(names.values()))
+    out: dict[str, dict[str, float]] = {p: {} for p in capacities}
+    for (p, r), name in names.items():
+        out[p][r] = active.get(name, 0) / SLOTS_PER_UNIT[r]
+    return out
+
+
+def calendar(
+    pool: str | None = typer.Argument(None, help="Only this pool (default: every pool)."),
+    png: Path | None = typer.Option(None, "--png", help="Also draw the pool's Gantt picture to this PNG file."),
+) -> None:
+    """The pools' calendar: running and planned components of all runs, a Gantt
+    picture, and each waiting run's expected start and finish."""
+    ensure_server()
+    capacities = {name: p.capacity() for name, p in load_pools().items()}
+    if pool is not None:
+        if pool not in capacities:
+            fail(
+                f"pool '{pool}' has no ResourcePool block (pools: {', '.join(sorted(capacities))}). "
+                "Fix: name one of those, or create it (planflow pools set)"
+            )
+        capacities = {pool: capacities[pool]}
+    entries, now = read_calendar(clean=True), time.time()
+    for line in calendar_text(entries, capacities, held_now(capacities), now):
+        say(line)
+    if png is not None:
+        if len(capacities) != 1:
+            fail("--png draws one pool: name it, e.g. `planflow calendar local --png calendar.png`")
+        name = next(iter(capacities))
+        png.write_bytes(calendar_png(entries, name, capacities[name], now))
+        say(f"wrote {png}")

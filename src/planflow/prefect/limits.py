@@ -1,0 +1,122 @@
+"""Each pool's capacity as Prefect global concurrency limits, used as weighted slots.
+
+One limit per pool and resource, in whole slots (Prefect counts integers):
+
+    planflow-<pool>-cpu-millicores   1 slot = 1/1000 of a core
+    planflow-<pool>-gpu              1 slot = 1 GPU
+    planflow-<pool>-mem-mib          1 slot = 1 MiB
+
+A component holding cpu=1.5, mem_gib=2 on pool `local` occupies 1500 slots of
+`planflow-local-cpu-millicores` and 2048 of `planflow-local-mem-mib` while it runs, so
+the limits hold across every run, process and machine that talks to the server.
+
+The limits follow the ResourcePool blocks: `sync_limits` creates or resizes them
+(`planflow pools set`, `planflow blocks apply`, a run on a new server); `limit_drift`
+names every limit whose size differs from its block, e.g. one changed by hand in the UI.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+RESOURCES = ("cpu", "gpu", "mem_gib")
+SLOTS_PER_UNIT = {"cpu": 1000, "gpu": 1, "mem_gib": 1024}
+_SUFFIX = {"cpu": "cpu-millicores", "gpu": "gpu", "mem_gib": "mem-mib"}
+# Serialises "read the calendar, plan, write the plan" across every process.
+PLANNING_LIMIT = "planflow-planning"
+
+
+class LimitDriftError(RuntimeError):
+    """A pool's concurrency limit differs from its ResourcePool block."""
+
+
+def limit_name(pool: str, resource: str) -> str:
+    return f"planflow-{pool}-{_SUFFIX[resource]}"
+
+
+def slots(resource: str, amount: float) -> int:
+    """Whole slots for `amount` of `resource` (rounded up: a step never holds less than it uses)."""
+    return max(0, math.ceil(amount * SLOTS_PER_UNIT[resource] - 1e-6))
+
+
+def pool_limits(pool: str, capacity: Mapping[str, float]) -> dict[str, int]:
+    """Limit name -> size in slots for one pool (capacity rounded down: never more than it has)."""
+    return {limit_name(pool, r): math.floor(capacity.get(r, 0.0) * SLOTS_PER_UNIT[r] + 1e-6) for r in RESOURCES}
+
+
+def sync_limits(capacities: Mapping[str, Mapping[str, float]]) -> list[str]:
+    """Create or resize every pool's limits to its block's capacity; one line per change.
+    Several runs may do this at once on a new server: a limit created in between is checked."""
+    sizes = {name: size for pool, cap in sorted(capacities.items()) for name, size in pool_limits(pool, cap).items()}
+    lines = []
+    with get_client(sync_client=True) as client:
+        for name, size in [*sizes.items(), (PLANNING_LIMIT, 1)]:
+            try:
+                found = client.read_global_concurrency_limit_by_name(name)
+            except ObjectNotFound:
+                try:
+                    client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=size))
+                    lines.append(f"limit {name}: created with {size} slots")
+                    continue
+                except ObjectAlreadyExists:  # another process created it in between
+                    found = client.read_global_concurrency_limit_by_name(name)
+            if found.limit != size or not found.active:
+                client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(limit=size, active=True))
+                lines.append(f"limit {name}: {found.limit} -> {size} slots")
+    return lines
+
+
+def limit_drift(capacities: Mapping[str, Mapping[str, float]]) -> tuple[list[str], list[str]]:
+    """(missing limit names, one message per limit whose size or state differs from its
+    block). A limit changed by hand is named with both sizes and both ways to fix it."""
+    missing, drift = [], []
+    with get_client(sync_client=True) as client:
+        for pool, capacity in sorted(capacities.items()):
+            for resource in RESOURCES:
+                name, size = limit_name(pool, resource), pool_limits(pool, capacity)[limit_name(pool, resource)]
+                try:
+                    found = client.read_global_concurrency_limit_by_name(name)
+                except ObjectNotFound:
+                    missing.append(name)
+                    continue
+                if found.limit != size or not found.active:
+                    state = f"{found.limit} slots" + ("" if found.active else ", inactive")
+                    drift.append(
+                        f"concurrency limit '{name}' is {state} but ResourcePool '{pool}' says "
+                        f"{resource}={capacity.get(resource, 0.0):g} ({size} slots): it was changed outside "
+                        f"planflow (e.g. in the UI). Fix: `planflow pools sync` to restore it from the block, "
+                        f"or change the pool itself (`planflow pools set {pool} ...`)"
+                    )
+        try:
+            client.read_global_concurrency_limit_by_name(PLANNING_LIMIT)
+        except ObjectNotFound:
+            missing.append(PLANNING_LIMIT)
+    return missing, drift
+
+
+def require_limits(capacities: Mapping[str, Mapping[str, float]]) -> list[str]:
+    """Create the limits a new server lacks; LimitDriftError naming every limit that
+    differs from its block. Returns the lines of what was created."""
+    missing, drift = limit_drift(capacities)
+    if drift:
+        raise LimitDriftError(
+            "the pools' concurrency limits differ from their blocks:\n" + "\n".join(f"  - {d}" for d in drift)
+        )
+    return sync_limits(capacities) if missing else []
+
+
+def active_slots(names: list[str]) -> dict[str, int]:
+    """How many slots of each limit are held now (0 for a limit that does not exist)."""
+    out = {}
+    with get_client(sync_client=True) as client:
+        for name in names:
+            try:
+                out[name] = client.read_global_concurrency_limit_by_name(name).active_slots
+            except ObjectNotFound:
+                out[name] = 0
+    return out

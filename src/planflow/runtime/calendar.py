@@ -1,0 +1,315 @@
+"""The pool calendar: every run's planned and running components, shared through Prefect.
+
+A run, once planned, records its reservations (component, pool, planned start and
+finish, resources) in a CalendarEntry block document of its own (see
+planflow.prefect.blocks.calendar_entry for why one document per run), keeps them current
+as its components start and end (RunCalendar, a reporter of the run's events) and
+deletes them when it ends. A run that crashed leaves its entry behind: whoever reads the
+calendar next deletes the entries of runs that are over or no longer exist.
+
+The next run is planned into what is left: `capacity_steps` turns the other runs'
+reservations on a pool into the pool's capacity over time (a step function) for the
+planner. Reading the calendar, planning and writing the plan happen under one global
+concurrency limit (`planning_lock`), so two runs never plan into the same free time.
+
+    >>> other = Reservation("r", "", "p", "a", "local", 100, 130, {"cpu": 1})
+    >>> [(s.start, s.end, s.capacity["cpu"]) for s in capacity_steps({"cpu": 2}, [other], now=100)]
+    [(0.0, 30.0, 1.0)]
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError
+from prefect.concurrency.sync import concurrency
+from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
+
+from planflow.monitoring.metrics import RunRecorder
+from planflow.planner import Step
+from planflow.prefect.blocks.calendar_entry import CalendarEntry, entry_name
+from planflow.prefect.limits import PLANNING_LIMIT
+from planflow.runtime.dispatch import RESOURCES, Assignment, StepRecord
+from planflow.runtime.events import Reporter, RunInfo, StepEvent
+from planflow.settings import settings
+
+OVERRUN_SECONDS = 1.0  # a running component past its planned finish: assumed to end this soon
+PLANNING_WAIT_SECONDS = 120.0  # the longest a run waits for another run's planning
+
+
+class CalendarError(RuntimeError):
+    """The calendar could not be read or written within its bound."""
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """One component of one run on one pool; `start` and `finish` are Unix times (s)."""
+
+    run: str
+    run_name: str
+    pipeline: str
+    component: str
+    pool: str
+    start: float
+    finish: float
+    demand: Mapping[str, float] = field(default_factory=dict)
+    state: str = "planned"  # planned | running | done
+
+
+def _entries(client: Any) -> list[tuple[Any, CalendarEntry]]:
+    try:
+        docs = client.read_block_documents_by_type(CalendarEntry.get_block_type_slug())
+    except (ObjectNotFound, PrefectHTTPStatusError) as exc:
+        if isinstance(exc, PrefectHTTPStatusError) and exc.response.status_code != 404:
+            raise
+        return []  # the block type is not registered yet: nothing was ever planned here
+    return [(doc, CalendarEntry._from_block_document(doc)) for doc in docs]
+
+
+def read_calendar(clean: bool = True) -> list[CalendarEntry]:
+    """Every run's entry; with `clean`, entries of runs that are over (completed, failed,
+    crashed, cancelled) or no longer exist are deleted first."""
+    with get_client(sync_client=True) as client:
+        found = _entries(client)
+        if not clean or not found:
+            return [entry for _, entry in found]
+        ids = []
+        for _, entry in found:
+            try:
+                ids.append(UUID(entry.flow_run_id))
+            except ValueError:
+                pass
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids))) if ids else []
+        live = {str(r.id) for r in runs if r.state is None or not r.state.is_final()}
+        kept = []
+        for doc, entry in found:
+            if entry.flow_run_id in live:
+                kept.append(entry)
+                continue
+            try:
+                client.delete_block_document(doc.id)
+            except ObjectNotFound:
+                pass  # another reader cleared it first
+        return kept
+
+
+def reservations(
+    entries: list[CalendarEntry], pool: str | None = None, exclude: str | None = None
+) -> list[Reservation]:
+    out = []
+    for entry in entries:
+        if entry.flow_run_id == exclude:
+            continue
+        for r in entry.reservations:
+            if pool is None or r["pool"] == pool:
+                out.append(
+                    Reservation(
+                        entry.flow_run_id,
+                        entry.flow_run_name,
+                        entry.pipeline,
+                        r["component"],
+                        r["pool"],
+                        float(r["start"]),
+                        float(r["finish"]),
+                        dict(r.get("demand", {})),
+                        r.get("state", "planned"),
+                    )
+                )
+    return out
+
+
+def held_intervals(items: list[Reservation], now: float) -> list[tuple[float, float, Mapping[str, float]]]:
+    """(start, end, demand) relative to `now` of what is still to come: a planned
+    component whose start has passed is moved to now; a running one past its planned
+    finish is assumed to end within OVERRUN_SECONDS."""
+    out = []
+    for r in items:
+        if r.state == "done":
+            continue
+        if r.state == "running":
+            start, end = now, max(r.finish, now + OVERRUN_SECONDS)
+        else:
+            start = max(r.start, now)
+            end = start + max(r.finish - r.start, 0.0)
+        if end > now:
+            out.append((start - now, end - now, r.demand))
+    return out
+
+
+def capacity_steps(capacity: Mapping[str, float], items: list[Reservation], now: float) -> tuple[Step, ...]:
+    """A pool's capacity over time (from `now` = the plan's time 0) once the other runs'
+    reservations are taken out; never below 0."""
+    intervals = held_intervals(items, now)
+    marks = sorted({t for s, e, _ in intervals for t in (s, e)})
+    steps: list[Step] = []
+    for a, b in zip(marks, marks[1:], strict=False):
+        held = dict.fromkeys(RESOURCES, 0.0)
+        for s, e, demand in intervals:
+            if s <= a < e:
+                for r in RESOURCES:
+                    held[r] += float(demand.get(r, 0.0))
+        if not any(v > 1e-9 for v in held.values()):
+            continue
+        left = {r: max(0.0, float(capacity.get(r, 0.0)) - held[r]) for r in RESOURCES}
+        if steps and steps[-1].end == a and dict(steps[-1].capacity) == left:
+            steps[-1] = Step(steps[-1].start, b, left)
+        else:
+            steps.append(Step(float(a), float(b), left))
+    return tuple(steps)
+
+
+BusySteps = Callable[[Mapping[str, Mapping[str, float]], float], tuple[dict[str, tuple[Step, ...]], int]]
+
+
+def busy_steps(exclude: str | None) -> BusySteps:
+    """For plan_run: each pool's capacity over time from `now` once the other runs'
+    reservations (read from the calendar, stale entries cleared) are taken out, and
+    how many reservations that is."""
+
+    def steps(capacities: Mapping[str, Mapping[str, float]], now: float) -> tuple[dict[str, tuple[Step, ...]], int]:
+        entries = read_calendar(clean=True)
+        out, count = {}, 0
+        for pool, capacity in capacities.items():
+            items = [r for r in reservations(entries, pool, exclude) if r.state != "done"]
+            count += len(items)
+            out[pool] = capacity_steps(capacity, items, now)
+        return out, count
+
+    return steps
+
+
+@contextmanager
+def planning_lock(wait_seconds: float = PLANNING_WAIT_SECONDS) -> Iterator[None]:
+    """Hold the global planning slot: one run at a time reads the calendar, plans and writes."""
+    try:
+        with concurrency(
+            PLANNING_LIMIT,
+            occupy=1,
+            timeout_seconds=wait_seconds,
+            lease_duration=settings().slot_lease_seconds,
+            strict=True,
+            raise_on_lease_renewal_failure=False,
+        ):
+            yield
+    except TimeoutError:
+        raise CalendarError(
+            f"waited {wait_seconds:.0f} s for concurrency limit '{PLANNING_LIMIT}' (another run is planning). "
+            "Fix: look at its holders in the Prefect UI (Concurrency), or reset it there if a run died holding it"
+        ) from None
+    except ConcurrencySlotAcquisitionError as exc:
+        raise CalendarError(
+            f"cannot take the planning slot '{PLANNING_LIMIT}': {exc}. Fix: planflow pools sync"
+        ) from exc
+
+
+def utc(unix_seconds: float) -> str:
+    return datetime.fromtimestamp(unix_seconds, tz=UTC).strftime("%H:%M:%S UTC")
+
+
+class RunCalendar(Reporter):
+    """One run's entry in the calendar: written when it is planned, moved as its
+    components start and end (early or late), deleted when it ends. Also keeps the
+    run's ETA current in its log and its `planflow_pipeline_eta_timestamp_seconds`."""
+
+    def __init__(
+        self,
+        run_id: str,
+        run_name: str,
+        logger: logging.Logger | logging.LoggerAdapter,
+        recorder: RunRecorder | None = None,
+    ) -> None:
+        self.run_id, self.run_name, self.logger, self.recorder = run_id, run_name, logger, recorder
+        self.entry: CalendarEntry | None = None
+        self.lateness = 0.0
+        self.makespan = 0.0
+
+    def write(self, pipeline: str, assignments: Mapping[str, Assignment], planned_at: float) -> float:
+        """Record the plan's reservations; returns the ETA (Unix time)."""
+        self.makespan = max((a.planned_finish or 0.0 for a in assignments.values()), default=0.0)
+        self.entry = CalendarEntry(
+            flow_run_id=self.run_id,
+            flow_run_name=self.run_name,
+            pipeline=pipeline,
+            planned_at=planned_at,
+            eta=planned_at + self.makespan,
+            reservations=[
+                asdict(
+                    Reservation(
+                        self.run_id,
+                        self.run_name,
+                        pipeline,
+                        a.step,
+                        a.pool,
+                        planned_at + (a.planned_start or 0.0),
+                        planned_at + (a.planned_finish or 0.0),
+                        dict(a.demand),
+                    )
+                )
+                for a in assignments.values()
+            ],
+        )
+        self._save()
+        return self.entry.eta
+
+    def on_planned(self, run: RunInfo) -> None:
+        if self.entry is None:
+            return
+        eta = self.entry.eta
+        self.logger.info(
+            "ETA of this run: %s (in %.0f s; planned into the pools' calendar%s)",
+            utc(eta),
+            max(0.0, eta - time.time()),
+            f", around {run.plan.busy} component(s) of other runs" if run.plan.busy else "",
+        )
+        if self.recorder is not None:
+            self.recorder.eta(eta)
+
+    def on_step(self, event: StepEvent) -> None:
+        if self.entry is None or event.kind == "skipped":
+            return
+        entry, record = self.entry, event.record
+        a = event.run.plan.assignments[record.step]
+        planned = a.planned_start if event.kind == "started" else a.planned_finish
+        self.lateness = (event.at - entry.planned_at) - (planned or 0.0)
+        for r in entry.reservations:
+            if r["component"] == record.step:
+                r["state"] = "running" if event.kind == "started" else "done"
+                r["start" if event.kind == "started" else "finish"] = event.at
+                if event.kind == "started":
+                    r["finish"] = event.at + ((a.planned_finish or 0.0) - (a.planned_start or 0.0))
+            elif r["state"] == "planned":
+                step = event.run.plan.assignments[r["component"]]
+                r["start"] = max(event.at, entry.planned_at + (step.planned_start or 0.0) + self.lateness)
+                r["finish"] = r["start"] + ((step.planned_finish or 0.0) - (step.planned_start or 0.0))
+        entry.eta = max([event.at] + [float(r["finish"]) for r in entry.reservations])
+        self._save()
+        if self.recorder is not None:
+            self.recorder.eta(entry.eta)
+
+    def on_finished(self, run: RunInfo, records: Mapping[str, StepRecord]) -> None:
+        self.delete()
+
+    def _save(self) -> None:
+        if self.entry is not None:
+            self.entry.save(entry_name(self.run_id), overwrite=True)
+
+    def delete(self) -> None:
+        """Remove this run's entry (idempotent)."""
+        if self.entry is None:
+            return
+        self.entry = None
+        with get_client(sync_client=True) as client:
+            try:
+                doc = client.read_block_document_by_name(entry_name(self.run_id), CalendarEntry.get_block_type_slug())
+                client.delete_block_document(doc.id)
+            except ObjectNotFound:
+                pass

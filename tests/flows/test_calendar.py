@@ -1,0 +1,90 @@
+"""The pool calendar's pure parts: capacity over time from other runs' reservations,
+the terminal picture, waiting runs; the ETA gauge. (Reading and writing the calendar
+through a real server is in test_shared_pools.py.)"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry
+
+from planflow.cli.calendar import calendar_png, calendar_text, gantt_text, waiting_runs
+from planflow.monitoring.metrics import RunRecorder
+from planflow.planner import Step
+from planflow.prefect.blocks.calendar_entry import CalendarEntry
+from planflow.runtime.calendar import Reservation, capacity_steps, held_intervals
+
+CAP = {"cpu": 2.0, "gpu": 0.0, "mem_gib": 4.0}
+NOW = 1_000.0
+
+
+def res(component: str, start: float, finish: float, cpu: float, state: str = "planned", run: str = "r1"):
+    return Reservation(run, f"name-{run}", "pipe", component, "local", start, finish, {"cpu": cpu}, state)
+
+
+def test_other_runs_reservations_become_the_pools_capacity_over_time():
+    items = [res("a", NOW, NOW + 10, 1, "running"), res("b", NOW + 5, NOW + 20, 1), res("c", NOW + 30, NOW + 40, 2)]
+    steps = capacity_steps(CAP, items, NOW)
+    assert [(s.start, s.end, s.capacity["cpu"]) for s in steps] == [
+        (0.0, 5.0, 1.0),
+        (5.0, 10.0, 0.0),
+        (10.0, 20.0, 1.0),
+        (30.0, 40.0, 0.0),
+    ]
+    assert all(isinstance(s, Step) and s.capacity["mem_gib"] == 4.0 for s in steps)
+
+
+def test_late_and_overrunning_reservations_are_moved_to_now():
+    items = [
+        res("late", NOW - 10, NOW - 4, 1),  # planned, its start has passed: moved to now, same length
+        res("over", NOW - 20, NOW - 5, 1, "running"),  # running past its finish: assumed to end soon
+        res("gone", NOW - 20, NOW - 10, 1, "done"),
+    ]
+    assert held_intervals(items, NOW) == [(0.0, 6.0, {"cpu": 1}), (0.0, 1.0, {"cpu": 1})]
+
+
+def test_more_held_than_the_pool_has_leaves_nothing_not_less():
+    steps = capacity_steps(CAP, [res("a", NOW, NOW + 5, 3, "running")], NOW)
+    assert steps[0].capacity["cpu"] == 0.0
+
+
+def _entry(run: str, states: list[str], start: float) -> CalendarEntry:
+    return CalendarEntry(
+        flow_run_id=run,
+        flow_run_name=f"name-{run}",
+        pipeline="pipe",
+        planned_at=NOW,
+        eta=start + 10,
+        reservations=[
+            {
+                "component": f"c{i}",
+                "pool": "local",
+                "start": start,
+                "finish": start + 10,
+                "demand": {"cpu": 1},
+                "state": s,
+            }
+            for i, s in enumerate(states)
+        ],
+    )
+
+
+def test_the_calendar_shows_running_and_planned_components_and_waiting_runs():
+    entries = [_entry("r1", ["running", "planned"], NOW), _entry("r2", ["planned"], NOW + 10)]
+    text = "\n".join(calendar_text(entries, {"local": CAP}, {"local": {"cpu": 1.0}}, NOW))
+    assert "pool local: cpu=2 gpu=0 mem_gib=4  held now: cpu=1 gpu=0 mem_gib=0" in text
+    assert "running" in text and "planned" in text
+    assert "waiting runs (expected start -> finish):" in text
+    (waiting,) = waiting_runs(entries, "local")
+    assert waiting[0].flow_run_id == "r2" and waiting[1:] == (NOW + 10, NOW + 20)
+    bars = gantt_text([res("a", NOW, NOW + 10, 1, "running"), res("b", NOW + 10, NOW + 20, 1, run="r2")], NOW, width=20)
+    assert bars[1].endswith("|##########          |") and bars[2].endswith("|          ----------|")
+    assert calendar_png(entries, "local", CAP, NOW)[:4] == b"\x89PNG"
+
+
+def test_an_empty_pool_says_so():
+    assert calendar_text([], {"local": CAP}, {}, NOW)[1] == "  (nothing running or planned)"
+
+
+def test_the_eta_gauge():
+    registry = CollectorRegistry()
+    RunRecorder("pipe", registry=registry).eta(NOW + 42)
+    assert registry.get_sample_value("planflow_pipeline_eta_timestamp_seconds", {"pipeline": "pipe"}) == NOW + 42

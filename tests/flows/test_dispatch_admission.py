@@ -1,0 +1,68 @@
+"""The dispatcher's `admit` hook (slots shared with other runs), with a stand-in for the
+Prefect limits (the real ones are in test_shared_pools.py): a refused step waits and is
+tried again; admission that gives up fails the step and nothing stays held."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+
+from planflow.runtime.dispatch import Assignment, dispatch
+
+CAPACITY = {"p": {"cpu": 2, "gpu": 0, "mem_gib": 4}}
+
+
+class FakeLimits:
+    """Stand-in for the server's limits: `free` cpu, refusals counted, holders tracked."""
+
+    def __init__(self, free: float) -> None:
+        self.free, self.refused, self.lock = free, 0, threading.Lock()
+
+    def take(self, a: Assignment) -> ExitStack | None:
+        with self.lock:
+            need = a.demand.get("cpu", 0)
+            if need > self.free:
+                self.refused += 1
+                return None
+            self.free -= need
+        stack = ExitStack()
+        stack.callback(self._give_back, need)
+        return stack
+
+    def _give_back(self, need: float) -> None:
+        with self.lock:
+            self.free += need
+
+
+def test_a_step_refused_by_the_shared_limits_waits_and_starts_once_they_have_room():
+    limits = FakeLimits(free=2)
+    upstream = {"a": (), "b": ()}
+    assignments = {n: Assignment(n, "p", {"cpu": 1}, i) for i, n in enumerate(upstream)}
+    other = limits.take(Assignment("other", "p", {"cpu": 1}, 0))  # another run holds one of the two cpus
+    threading.Timer(1.0, other.close).start()  # the other run ends after a second
+    with ThreadPoolExecutor(max_workers=2) as executor:
+        records, ledger = dispatch(
+            upstream, assignments, CAPACITY, lambda n, o: executor.submit(time.sleep, 1.5), admit=limits.take
+        )
+    assert [records[n].state for n in "ab"] == ["Completed", "Completed"]
+    assert limits.refused >= 1 and records["b"].started >= 0.9  # b waited for the other run
+    assert limits.free == 2  # everything given back
+
+
+def test_admission_that_gives_up_fails_the_step_and_the_run_holds_nothing():
+    limits = FakeLimits(free=2)
+
+    def admit(a: Assignment):
+        if a.step == "b":
+            raise TimeoutError("waited too long for slots")
+        return limits.take(a)
+
+    upstream = {"a": (), "b": ("a",), "c": ("b",)}
+    assignments = {n: Assignment(n, "p", {"cpu": 1}, i) for i, n in enumerate(upstream)}
+    with ThreadPoolExecutor(max_workers=2) as executor:
+        records, _ = dispatch(upstream, assignments, CAPACITY, lambda n, o: executor.submit(str, n), admit=admit)
+    assert [records[n].state for n in "abc"] == ["Completed", "Failed", "Skipped"]
+    assert str(records["b"].error) == "waited too long for slots"
+    assert limits.free == 2

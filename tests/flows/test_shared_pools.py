@@ -1,0 +1,343 @@
+"""Pools shared across runs, against a real Prefect server: admission through global
+concurrency limits, the pool calendar, ETA and `planflow calendar`.
+
+Runs start in processes of their own (as scheduled deployments would), released together
+by a file so that they overlap; components write when they ran, and the test adds up the
+declared cpu of the components running at each instant.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import shared_pools_dags as dags
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
+from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.states import Crashed
+from typer.testing import CliRunner
+
+from planflow import to_flow
+from planflow.cli.app import app
+from planflow.ops.server import free_port
+from planflow.prefect.blocks import ResourcePool
+from planflow.prefect.blocks.calendar_entry import CalendarEntry, entry_name
+from planflow.prefect.limits import (
+    LimitDriftError,
+    active_slots,
+    limit_drift,
+    limit_name,
+    pool_limits,
+    require_limits,
+    sync_limits,
+)
+from planflow.runtime.admission import AdmissionError, SharedSlots
+from planflow.runtime.calendar import read_calendar
+from planflow.runtime.dispatch import Assignment
+from planflow.runtime.events import Reporter, subscribe
+
+from tests.conftest import TESTS
+
+pytestmark = pytest.mark.usefixtures("registered_blocks")
+
+POOL = "shared-duo"
+CAPACITY = {"cpu": 2.0, "gpu": 0.0, "mem_gib": 4.0}
+CPU = limit_name(POOL, "cpu")
+LEASE_SECONDS = 60.0  # Prefect's shortest lease
+REPOSSESSOR_SECONDS = 15.0  # how often the server looks for expired leases (its default)
+NOISE_SECONDS = 5.0  # how far from its planned start a component may start (see its test)
+
+RUNNER = """
+import json, pathlib, sys, time
+import shared_pools_dags as dags
+from planflow import to_flow
+pathlib.Path(sys.argv[2]).write_text("ready")
+deadline = time.monotonic() + 180
+while not pathlib.Path(sys.argv[3]).exists():
+    assert time.monotonic() < deadline, "never released"
+    time.sleep(0.05)
+to_flow(getattr(dags, sys.argv[1]))(local_pool=sys.argv[4], **json.loads(sys.argv[5]))
+"""
+
+
+@pytest.fixture(scope="module")
+def pool():
+    """A 2-cpu pool of its own, removed after the module: other tests plan over every pool."""
+    ResourcePool(work_pool="local-process", cpu=CAPACITY["cpu"], mem_gib=CAPACITY["mem_gib"]).save(POOL, overwrite=True)
+    sync_limits({POOL: CAPACITY})
+    yield POOL
+    ResourcePool.delete(POOL)
+
+
+def _env(tmp: Path, **extra: str) -> dict[str, str]:
+    env = dict(os.environ, PLANFLOW_INTERVALS=str(tmp / "intervals.tsv"), **extra)
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS / "fixtures"), str(TESTS.parent), env.get("PYTHONPATH", "")])
+    return env
+
+
+def _start_runs(tmp: Path, runs: list[tuple[str, dict]], env: dict[str, str]) -> list[subprocess.Popen]:
+    """Start each run in a process of its own; release them together once all are ready."""
+    go = tmp / "go"
+    procs = []
+    for i, (pipeline, params) in enumerate(runs):
+        ready = tmp / f"ready-{i}"
+        args = [sys.executable, "-c", RUNNER, pipeline, str(ready), str(go), POOL, json.dumps(params)]
+        procs.append(subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    deadline = time.monotonic() + 180
+    while not all((tmp / f"ready-{i}").exists() for i in range(len(runs))):
+        for p in procs:
+            assert p.poll() is None, p.stdout.read()[-3000:]
+        assert time.monotonic() < deadline, "the run processes did not get ready"
+        time.sleep(0.1)
+    go.write_text("go")
+    return procs
+
+
+def _wait(procs: list[subprocess.Popen], timeout: float = 300) -> None:
+    for p in procs:
+        out, _ = p.communicate(timeout=timeout)
+        assert p.returncode == 0, out[-4000:]
+
+
+def _intervals(tmp: Path) -> list[tuple[str, str, float, float, float]]:
+    rows = []
+    for line in (tmp / "intervals.tsv").read_text().splitlines():
+        run, name, cpu, start, end = line.split("\t")
+        rows.append((run, name, float(cpu), float(start), float(end)))
+    return rows
+
+
+def peak_cpu(rows: list[tuple[str, str, float, float, float]]) -> float:
+    """The most cpu declared by components running at one instant (ends before starts)."""
+    events = sorted([(s, 1, cpu) for _, _, cpu, s, _ in rows] + [(e, 0, -cpu) for _, _, cpu, _, e in rows])
+    peak = used = 0.0
+    for _, _, delta in events:
+        used += delta
+        peak = max(peak, used)
+    return peak
+
+
+def _overlapped(rows: list[tuple[str, str, float, float, float]]) -> bool:
+    spans = {}
+    for run, _, _, s, e in rows:
+        a, b = spans.get(run, (s, e))
+        spans[run] = (min(a, s), max(b, e))
+    (a1, b1), (a2, b2) = list(spans.values())[:2]
+    return a1 < b2 and a2 < b1
+
+
+# -- the limits follow the blocks ---------------------------------------------------------
+def test_limits_follow_the_pool_block_and_a_hand_change_is_named(pool):
+    with get_client(sync_client=True) as client:
+        for name, size in pool_limits(POOL, CAPACITY).items():
+            assert client.read_global_concurrency_limit_by_name(name).limit == size
+        client.update_global_concurrency_limit(CPU, GlobalConcurrencyLimitUpdate(limit=5000))
+    with pytest.raises(LimitDriftError) as err:
+        require_limits({POOL: CAPACITY})
+    assert f"concurrency limit '{CPU}' is 5000 slots but ResourcePool '{POOL}' says cpu=2 (2000 slots)" in str(
+        err.value
+    )
+    assert "planflow pools sync" in str(err.value)
+    assert sync_limits({POOL: CAPACITY}) == [f"limit {CPU}: 5000 -> 2000 slots"]
+    assert limit_drift({POOL: CAPACITY}) == ([], [])
+
+
+def test_runs_that_create_a_new_pools_limits_at_once_agree_and_pools_sync_checks_them(pool):
+    capacity = {"cpu": 3.5, "gpu": 1.0, "mem_gib": 2.0}
+    errors: list[BaseException] = []
+
+    def sync() -> None:
+        try:
+            sync_limits({"shared-new": capacity})
+        except BaseException as exc:  # collected: the test names it
+            errors.append(exc)
+
+    threads = [threading.Thread(target=sync) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert errors == []
+    assert limit_drift({"shared-new": capacity}) == ([], [])
+    with get_client(sync_client=True) as client:
+        assert client.read_global_concurrency_limit_by_name(limit_name("shared-new", "cpu")).limit == 3500
+        client.update_global_concurrency_limit(limit_name("shared-new", "gpu"), GlobalConcurrencyLimitUpdate(limit=7))
+    ResourcePool(work_pool="local-process", cpu=3.5, gpu=1, mem_gib=2).save("shared-new", overwrite=True)
+    try:
+        checked = CliRunner().invoke(app, ["pools", "sync", "--check"])
+        assert checked.exit_code == 1, checked.output
+        assert "concurrency limit 'planflow-shared-new-gpu' is 7 slots" in checked.output
+        synced = CliRunner().invoke(app, ["pools", "sync"])
+        assert "limit planflow-shared-new-gpu: 7 -> 1 slots" in synced.output, synced.output
+        assert CliRunner().invoke(app, ["pools", "sync", "--check"]).exit_code == 0
+    finally:
+        ResourcePool.delete("shared-new")  # other tests plan over every pool there is
+
+
+def test_a_step_takes_all_of_its_slots_or_none(pool):
+    """Memory is all held elsewhere: the step's cpu slots are given back at once."""
+    mem = limit_name(POOL, "mem_gib")
+    step = Assignment("s", POOL, {"cpu": 1, "mem_gib": 1}, 0)
+    hog = SharedSlots().take(Assignment("hog", POOL, {"mem_gib": 4}, 0))
+    assert hog is not None
+    try:
+        assert SharedSlots().take(step) is None
+        assert active_slots([CPU, mem]) == {CPU: 0, mem: 4096}
+    finally:
+        hog.close()
+    held = SharedSlots().take(step)
+    assert held is not None and active_slots([CPU, mem]) == {CPU: 1000, mem: 1024}
+    held.close()
+    assert active_slots([CPU, mem]) == {CPU: 0, mem: 0}
+
+
+def test_prefect_down_while_asking_for_slots_is_a_bounded_wait_and_a_clear_error(pool):
+    slots = SharedSlots(server_wait_seconds=2)
+    dead = f"http://127.0.0.1:{free_port()}/api"
+    step = Assignment("s", "shared-down", {"cpu": 1}, 0)
+    started = time.monotonic()
+    with temporary_settings({PREFECT_API_URL: dead}):
+        with pytest.raises(AdmissionError) as err:
+            while time.monotonic() - started < 60:
+                assert slots.take(step) is None
+                time.sleep(0.2)
+    assert time.monotonic() - started < 60
+    message = str(err.value)
+    assert f"the Prefect server at {dead} did not answer for 2 s" in message
+    assert "Nothing is held" in message and "planflow server up" in message
+
+
+# -- two and more runs on one pool --------------------------------------------------------
+@pytest.mark.parametrize("shared", [True, False], ids=["shared-slots", "prefect-default-no-shared-ledger"])
+def test_concurrent_runs_on_one_pool_never_exceed_its_capacity(pool, tmp_path, shared):
+    """Three runs of three cpu=1 steps side by side on a 2-cpu pool, released together:
+    with shared slots the cpu of running components never exceeds 2; without (the
+    control, each run believing it has the pool to itself) it does."""
+    env = _env(tmp_path, PLANFLOW_SHARED_SLOTS=str(shared).lower())
+    _wait(_start_runs(tmp_path, [("wide", {"seconds": 3.0})] * 3, env))
+    rows = _intervals(tmp_path)
+    assert len(rows) == 12
+    if shared:  # full, never over; the runs may well follow one another: each was planned after the other
+        assert peak_cpu(rows) == CAPACITY["cpu"]
+    else:
+        assert _overlapped(rows) and peak_cpu(rows) > CAPACITY["cpu"]
+    assert active_slots([CPU]) == {CPU: 0}
+    assert not [e for e in read_calendar() if e.pipeline == dags.wide.name]  # every run cleared its entry
+
+
+# -- a run planned into a busy pool -------------------------------------------------------
+class Captured(Reporter):
+    def __init__(self) -> None:
+        self.run = None
+        self.started: dict[str, float] = {}
+
+    def on_planned(self, run) -> None:
+        self.run = run
+
+    def on_step(self, event) -> None:
+        if event.kind == "started":
+            self.started[event.record.step] = event.at
+
+
+def test_a_run_planned_into_a_busy_pool_starts_where_its_plan_said_and_the_calendar_shows_it(pool, tmp_path):
+    env = _env(tmp_path)
+    first = _start_runs(tmp_path, [("hog_long", {})], env)
+    deadline = time.monotonic() + 120
+    while not any(
+        r["state"] == "running" for e in read_calendar() if e.pipeline == dags.hog_long.name for r in e.reservations
+    ):
+        assert first[0].poll() is None, first[0].stdout.read()[-3000:]
+        assert time.monotonic() < deadline, "the first run never started its component"
+        time.sleep(0.2)
+    held_from = next(r["start"] for e in read_calendar() if e.pipeline == dags.hog_long.name for r in e.reservations)
+
+    captured = Captured()
+    remove = subscribe(captured)
+    result: dict = {}
+    second = threading.Thread(target=lambda: result.update(to_flow(dags.hog_short)(local_pool=POOL)))
+    try:
+        second.start()
+        while captured.run is None:
+            assert second.is_alive(), "the second run ended before it was planned"
+            time.sleep(0.1)
+        shown = CliRunner().invoke(app, ["calendar", POOL, "--png", str(tmp_path / "calendar.png")])
+        second.join(timeout=120)
+    finally:
+        remove()
+    _wait(first)
+    assert result["steps"]["hold_short"]["state"] == "Completed"
+
+    # The plan put the short run after the long one, and it started there.
+    plan = captured.run.plan
+    planned_start = plan.assignments["hold_short"].planned_start
+    assert planned_start > 3.0, f"planned at {planned_start:.1f} s: the busy pool was not seen"
+    assert plan.busy == 1
+    expected = plan.planned_at + planned_start
+    long = next(r for r in _intervals(tmp_path) if r[1] == "hold_long")
+    timeline = (
+        f"long run: slots taken {held_from:.2f}, sleeps {long[3]:.2f}-{long[4]:.2f}; short run: planned at "
+        f"{plan.planned_at:.2f} to start {expected:.2f}, started {captured.started['hold_short']:.2f}"
+    )
+    print(timeline)
+    # Never on the pool at once; and on time within the noise: Prefect's own start and finish
+    # of a task run around the component (about 1 s before and 2 s after it here, on a
+    # loaded 2-core machine) make the long run hold the pool that much longer than planned.
+    assert captured.started["hold_short"] >= long[4], timeline
+    assert abs(captured.started["hold_short"] - expected) < NOISE_SECONDS, timeline
+
+    # `planflow calendar` showed the long run running and the short one waiting.
+    assert shown.exit_code == 0, shown.output
+    assert "hold_long" in shown.output and "running" in shown.output
+    assert "hold_short" in shown.output and "planned" in shown.output
+    assert "waiting runs (expected start -> finish):" in shown.output
+    assert (tmp_path / "calendar.png").read_bytes()[:4] == b"\x89PNG"
+
+
+# -- faults -------------------------------------------------------------------------------
+def test_a_killed_run_gives_its_slots_back_within_the_lease_and_its_entry_is_cleared(pool, tmp_path):
+    env = _env(tmp_path)
+    (proc,) = _start_runs(tmp_path, [("hog_long", {"long_seconds": 600.0})], env)
+    deadline = time.monotonic() + 120
+    while active_slots([CPU])[CPU] < 2000:
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        assert time.monotonic() < deadline, "the run never took its slots"
+        time.sleep(0.2)
+    (entry,) = [e for e in read_calendar() if e.pipeline == dags.hog_long.name]
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    killed = time.monotonic()
+    bound = LEASE_SECONDS + REPOSSESSOR_SECONDS + 30
+    while active_slots([CPU])[CPU] > 0:
+        assert time.monotonic() - killed < bound, f"slots still held {bound:.0f} s after the kill"
+        time.sleep(1)
+    returned = time.monotonic() - killed
+    print(f"slots came back {returned:.1f} s after the kill (lease {LEASE_SECONDS:.0f} s)")
+
+    # Its entry stays while the run looks alive; once Prefect calls it crashed, it is cleared.
+    assert entry.flow_run_id in {e.flow_run_id for e in read_calendar()}
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(uuid.UUID(entry.flow_run_id), Crashed(message="killed by the test"), force=True)
+    assert entry.flow_run_id not in {e.flow_run_id for e in read_calendar()}
+
+
+def test_an_entry_of_a_run_that_does_not_exist_is_cleared(pool):
+    ghost = str(uuid.uuid4())
+    CalendarEntry(
+        flow_run_id=ghost,
+        pipeline="ghost",
+        planned_at=time.time(),
+        eta=time.time() + 60,
+        reservations=[{"component": "c", "pool": POOL, "start": time.time(), "finish": time.time() + 60}],
+    ).save(entry_name(ghost), overwrite=True)
+    assert ghost in {e.flow_run_id for e in read_calendar(clean=False)}
+    assert ghost not in {e.flow_run_id for e in read_calendar()}
+    assert ghost not in {e.flow_run_id for e in read_calendar(clean=False)}
