@@ -33,7 +33,13 @@ from planflow.runtime.distributed import DistributedExecutor
 from planflow.runtime.events import EventBus, Reporter, RunInfo, add_listener, subscribe, subscribers
 from planflow.runtime.executors import Executor, InProcessExecutor, execute
 from planflow.runtime.planning import check_run_options, make_plan, plan_run, run_pools
-from planflow.runtime.reporters import ArtifactReporter, LogReporter, MetricsReporter, ProgressReporter
+from planflow.runtime.reporters import (
+    ArtifactReporter,
+    HistoryReporter,
+    LogReporter,
+    MetricsReporter,
+    ProgressReporter,
+)
 from planflow.runtime.reporting import key_metrics
 from planflow.runtime.tags import PIPELINE_TAG_PREFIX, PLANFLOW_TAG, tag_flow_run
 
@@ -58,7 +64,8 @@ class PipelineRunError(RuntimeError):
 
 def run_reporters(pipeline: Pipeline, logger: logging.Logger | logging.LoggerAdapter) -> list[Reporter]:
     """The reporters of one run: the log, the process's subscribers (e.g. the terminal),
-    progress, metrics and artifacts, in the order each event reaches them."""
+    progress, metrics, artifacts and the duration history, in the order each event
+    reaches them."""
     recorder = RunRecorder(pipeline.name, pushgateway_url_from_env())
     return [
         LogReporter(logger),
@@ -66,6 +73,7 @@ def run_reporters(pipeline: Pipeline, logger: logging.Logger | logging.LoggerAda
         ProgressReporter(),
         MetricsReporter(recorder),
         ArtifactReporter(),
+        HistoryReporter(),
     ]
 
 
@@ -94,7 +102,7 @@ def run_pipeline(
     flow_run = get_run_context().flow_run
     if flow_run:
         tag_flow_run(flow_run, pipeline.name)
-    plan = plan_run(pipeline, policy, mode, local_pool)
+    plan = plan_run(pipeline, policy, mode, local_pool, resolved)
     run = RunInfo(pipeline, resolved, policy, mode, str(flow_run.id) if flow_run else None, plan)
     with EventBus(run_reporters(pipeline, logger), logger) as bus:
         bus.planned(run)
