@@ -1,0 +1,88 @@
+"""The fleet benchmark's summary (one object per policy) and its markdown."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+from bench import percentile
+
+RESULTS = Path(__file__).resolve().parent / "results"
+POLICIES = {  # what each policy's runs are given: the flow's policy, PLANFLOW_SHARED_SLOTS
+    "planflow": {"policy": "plan", "shared": "true"},
+    "default": {"policy": "fifo", "shared": "false"},
+}
+
+
+def summarise(bursts: list[dict], databases: list[str]) -> dict:
+    """One object per policy: violations, makespan (median over bursts) and its ratio to
+    the default's, ETA ratios p50/p95, run-creation p95 per database."""
+    result: dict = {}
+    for policy in POLICIES:
+        mine = [b for b in bursts if b["policy"] == policy]
+        ratios = [r for b in mine for r in b["eta_ratios"]]
+        result[policy] = {
+            "capacity_violations": sum(b["capacity_violations"] for b in mine),
+            "seconds_over_capacity": round(sum(b["seconds_over_capacity"] for b in mine), 2),
+            "ledger_over_limit_samples": sum(b["ledger_over_limit_samples"] for b in mine),
+            "makespan_s": round(statistics.median(b["makespan_s"] for b in mine), 2),
+            "eta_ratio_p50": round(percentile(ratios, 0.5), 3) if ratios else None,
+            "eta_ratio_p95": round(percentile(ratios, 0.95), 3) if ratios else None,
+            "runs_with_eta": len(ratios),
+            "run_create_p95_s": {
+                db: round(percentile([s for b in mine if b["db"] == db for s in b["create_s"]], 0.95), 3)
+                for db in databases
+            },
+            "failed_runs": [f for b in mine for f in b["failed_runs"]],
+        }
+    default = result["default"]["makespan_s"]
+    for policy in POLICIES:
+        result[policy]["makespan_ratio_to_default"] = round(result[policy]["makespan_s"] / default, 3)
+    return result
+
+
+def write(figures: dict) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "fleet.json").write_text(json.dumps(figures, indent=2))
+    meta = figures["meta"]
+    lines = [
+        "# Fleet benchmark: many runs at once on one pool, planflow versus Prefect's default",
+        "",
+        f"{meta['runs_per_burst']} runs per burst ({', '.join(meta['pipelines'])}, mixed), submitted together "
+        f"through deployments to one process worker; pool `{meta['pool']['name']}` (cpu {meta['pool']['cpu']:g}, "
+        f"mem {meta['pool']['mem_gib']:g} GiB); {meta['rounds']} burst(s) per policy and database, alternating; "
+        f"databases: {', '.join(meta['databases'])}; {meta['cpus']} CPUs.",
+        "",
+        "| policy | capacity violations | s over capacity | ledger over limit (samples) | makespan s "
+        "| / default | ETA ratio p50 | ETA ratio p95 | "
+        + " | ".join(f"run create p95 s ({db})" for db in meta["databases"])
+        + " |",
+        "|---|---|---|---|---|---|---|---|" + "---|" * len(meta["databases"]),
+    ]
+    for policy in POLICIES:
+        f = figures[policy]
+        creates = " | ".join(f"{f['run_create_p95_s'][db]:.3f}" for db in meta["databases"])
+        lines.append(
+            f"| {policy} | {f['capacity_violations']} | {f['seconds_over_capacity']:.1f} | "
+            f"{f['ledger_over_limit_samples']} | {f['makespan_s']:.1f} | {f['makespan_ratio_to_default']:.2f} | "
+            f"{_fmt(f['eta_ratio_p50'])} | {_fmt(f['eta_ratio_p95'])} | {creates} |"
+        )
+    lines += [
+        "",
+        "Goals (issue 12): planflow 0 violations; makespan at most the default's; ETA ratio within 15 % at p50 "
+        "and 35 % at p95. The default (fifo, no shared ledger) gives no ETA.",
+        "",
+        "| db | round | policy | violations | makespan s | peak cpu | peak mem GiB | runs with ETA | failed |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for b in figures["bursts"]:
+        lines.append(
+            f"| {b['db']} | {b['round']} | {b['policy']} | {b['capacity_violations']} | {b['makespan_s']:.1f} | "
+            f"{b['peak_cpu']:g} | {b['peak_mem_gib']:g} | {len(b['eta_ratios'])} | {len(b['failed_runs'])} |"
+        )
+    (RESULTS / "fleet.md").write_text("\n".join(lines) + "\n")
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
