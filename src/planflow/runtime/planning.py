@@ -124,6 +124,7 @@ def build_problem(
     costs: Mapping[str, float],
     history: Mapping[tuple[str, str], list[float]] | None = None,
     known_pools: set[str] | None = None,
+    *,
     scale: Mapping[str, float] | None = None,
 ) -> tuple[Problem, dict[tuple[str, str], Estimate]]:
     """The planner's problem: one mode per usable pool, with learned or declared durations
@@ -152,10 +153,11 @@ def plan_pipeline(
     options: PlannerOptions,
     history: Mapping[tuple[str, str], list[float]] | None = None,
     known_pools: set[str] | None = None,
+    *,
     scale: Mapping[str, float] | None = None,
 ) -> PipelinePlan:
     """Plan the pipeline; assignments release steps in planned start order."""
-    problem, estimates = build_problem(pipeline, capacities, costs, history, known_pools, scale)
+    problem, estimates = build_problem(pipeline, capacities, costs, history, known_pools, scale=scale)
     plan = solve(problem, options)
     assignments = {
         t.name: Assignment(
@@ -230,6 +232,7 @@ def make_plan(
     mode: str = "inprocess",
     local_pool: str = DEFAULT_POOL,
     pools: tuple[dict[str, Any], set[str]] | None = None,
+    *,
     params: Mapping[str, Any] | None = None,
 ) -> PipelinePlan:
     """Plan `pipeline` over the ResourcePool blocks usable in `mode`, with the
@@ -243,7 +246,7 @@ def make_plan(
     options = PlannerOptions(
         solver=settings.solver, time_limit_s=settings.time_limit_s, threads=settings.threads, mip_gap=settings.mip_gap
     )
-    return plan_pipeline(pipeline, capacities, costs, options, history, known, work_scale(pipeline, params))
+    return plan_pipeline(pipeline, capacities, costs, options, history, known, scale=work_scale(pipeline, params))
 
 
 def check_run_options(policy: str, mode: str) -> None:
@@ -258,6 +261,7 @@ def plan_run(
     policy: str = "plan",
     mode: str = "inprocess",
     local_pool: str = DEFAULT_POOL,
+    *,
     params: Mapping[str, Any] | None = None,
 ) -> RunPlan:
     """Where and in what order each step of one run goes: planned (policy "plan") or

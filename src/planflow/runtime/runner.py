@@ -102,7 +102,7 @@ def run_pipeline(
     flow_run = get_run_context().flow_run
     if flow_run:
         tag_flow_run(flow_run, pipeline.name)
-    plan = plan_run(pipeline, policy, mode, local_pool, resolved)
+    plan = plan_run(pipeline, policy, mode, local_pool, params=resolved)
     run = RunInfo(pipeline, resolved, policy, mode, str(flow_run.id) if flow_run else None, plan)
     with EventBus(run_reporters(pipeline, logger), logger) as bus:
         bus.planned(run)
