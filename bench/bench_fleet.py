@@ -248,8 +248,9 @@ def run_burst(deployments: dict[str, str], burst: list[str], policy_name: str, d
 
 
 # -- the whole benchmark --------------------------------------------------------------
-def run_database(server, db: str, args, rate: float, declared: dict) -> list[dict]:
-    """Start the server on `db`, set it up, warm up, and run the alternating bursts."""
+def run_database(server, db: str, args, rate: float, declared: dict, done) -> None:
+    """Start the server on `db`, set it up, warm up, and run the alternating bursts;
+    `done(figures)` after each burst."""
     from planflow.ops.workers import stop_process
 
     server.db = db
@@ -260,15 +261,13 @@ def run_database(server, db: str, args, rate: float, declared: dict) -> list[dic
         warm_up(deployments)
         names = list(ENTRYPOINTS)
         burst = [names[i % len(names)] for i in range(args.runs)]
-        bursts = []
         for round_index in range(args.rounds):
             order = ("planflow", "default") if round_index % 2 == 0 else ("default", "planflow")
             for policy in order:
                 figures = run_burst(deployments, burst, policy, declared)
                 figures.update(db=db, round=round_index + 1)
                 print(json.dumps({k: v for k, v in figures.items() if k != "eta_ratios"}), flush=True)
-                bursts.append(figures)
-        return bursts
+                done(figures)
     finally:
         if worker is not None:
             stop_process(worker, timeout=20)
@@ -292,24 +291,32 @@ def main(argv: list[str] | None = None) -> dict:
     server = TempServer("fleet")  # before Prefect is imported
     rate = _units_per_second() * args.scale
     declared = demands()
-    started = time.time()
-    bursts = [b for db in databases for b in run_database(server, db, args, rate, declared)]
-    figures = {
-        **summarise(bursts, databases),
-        "meta": {
-            "pool": {"name": POOL, **CAPACITY},
-            "runs_per_burst": args.runs,
-            "rounds": args.rounds,
-            "databases": databases,
-            "pipelines": list(ENTRYPOINTS),
-            "synthetic_rate_units_per_s": round(rate, 1),
-            "cpus": os.cpu_count(),
-            "seconds": round(time.time() - started),
-        },
-        "bursts": bursts,
+    meta = {
+        "pool": {"name": POOL, **CAPACITY},
+        "runs_per_burst": args.runs,
+        "rounds": args.rounds,
+        "databases": databases,
+        "pipelines": list(ENTRYPOINTS),
+        "synthetic_rate_units_per_s": round(rate, 1),
+        "cpus": os.cpu_count(),
+        "load_start": os.getloadavg()[0],
+        "complete": False,
     }
-    write(figures)
-    return figures
+    started, bursts = time.time(), []
+
+    def report(complete: bool = False) -> dict:
+        meta.update(complete=complete, load_end=os.getloadavg()[0], seconds=round(time.time() - started))
+        figures = {**summarise(bursts, databases), "meta": meta, "bursts": bursts}
+        write(figures)
+        return figures
+
+    def done(burst: dict) -> None:
+        bursts.append(burst)
+        report()
+
+    for db in databases:
+        run_database(server, db, args, rate, declared, done)
+    return report(complete=True)
 
 
 if __name__ == "__main__":

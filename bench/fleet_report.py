@@ -21,6 +21,8 @@ def summarise(bursts: list[dict], databases: list[str]) -> dict:
     result: dict = {}
     for policy in POLICIES:
         mine = [b for b in bursts if b["policy"] == policy]
+        if not mine:  # a partial result, written after each burst
+            continue
         ratios = [r for b in mine for r in b["eta_ratios"]]
         result[policy] = {
             "capacity_violations": sum(b["capacity_violations"] for b in mine),
@@ -31,14 +33,15 @@ def summarise(bursts: list[dict], databases: list[str]) -> dict:
             "eta_ratio_p95": round(percentile(ratios, 0.95), 3) if ratios else None,
             "runs_with_eta": len(ratios),
             "run_create_p95_s": {
-                db: round(percentile([s for b in mine if b["db"] == db for s in b["create_s"]], 0.95), 3)
+                db: round(percentile(created, 0.95), 3) if created else None
                 for db in databases
+                for created in [[s for b in mine if b["db"] == db for s in b["create_s"]]]
             },
             "failed_runs": [f for b in mine for f in b["failed_runs"]],
         }
-    default = result["default"]["makespan_s"]
-    for policy in POLICIES:
-        result[policy]["makespan_ratio_to_default"] = round(result[policy]["makespan_s"] / default, 3)
+    default = result.get("default", {}).get("makespan_s")
+    for figures in result.values():
+        figures["makespan_ratio_to_default"] = round(figures["makespan_s"] / default, 3) if default else None
     return result
 
 
@@ -52,7 +55,9 @@ def write(figures: dict) -> None:
         f"{meta['runs_per_burst']} runs per burst ({', '.join(meta['pipelines'])}, mixed), submitted together "
         f"through deployments to one process worker; pool `{meta['pool']['name']}` (cpu {meta['pool']['cpu']:g}, "
         f"mem {meta['pool']['mem_gib']:g} GiB); {meta['rounds']} burst(s) per policy and database, alternating; "
-        f"databases: {', '.join(meta['databases'])}; {meta['cpus']} CPUs.",
+        f"databases: {', '.join(meta['databases'])}; {meta['cpus']} CPUs, load average "
+        f"{meta['load_start']:.1f} at the start and {meta['load_end']:.1f} at the end"
+        + ("." if meta["complete"] else "; **partial**: written after each burst, the run did not finish."),
         "",
         "| policy | capacity violations | s over capacity | ledger over limit (samples) | makespan s "
         "| / default | ETA ratio p50 | ETA ratio p95 | "
@@ -60,12 +65,12 @@ def write(figures: dict) -> None:
         + " |",
         "|---|---|---|---|---|---|---|---|" + "---|" * len(meta["databases"]),
     ]
-    for policy in POLICIES:
+    for policy in [p for p in POLICIES if p in figures]:
         f = figures[policy]
-        creates = " | ".join(f"{f['run_create_p95_s'][db]:.3f}" for db in meta["databases"])
+        creates = " | ".join(_fmt(f["run_create_p95_s"][db], 3) for db in meta["databases"])
         lines.append(
             f"| {policy} | {f['capacity_violations']} | {f['seconds_over_capacity']:.1f} | "
-            f"{f['ledger_over_limit_samples']} | {f['makespan_s']:.1f} | {f['makespan_ratio_to_default']:.2f} | "
+            f"{f['ledger_over_limit_samples']} | {f['makespan_s']:.1f} | {_fmt(f['makespan_ratio_to_default'])} | "
             f"{_fmt(f['eta_ratio_p50'])} | {_fmt(f['eta_ratio_p95'])} | {creates} |"
         )
     lines += [
@@ -84,5 +89,5 @@ def write(figures: dict) -> None:
     (RESULTS / "fleet.md").write_text("\n".join(lines) + "\n")
 
 
-def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"
+def _fmt(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
