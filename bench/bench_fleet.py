@@ -191,7 +191,8 @@ def burst_figures(runs: list, submitted: float, declared: dict) -> dict:
                 flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])), limit=200
             )
             for task_run in task_runs:
-                component = task_run.name.rsplit("-", 1)[0]
+                # the executor names a component's task run after its step
+                component = task_run.name if task_run.name in declared[pipeline] else task_run.name.rsplit("-", 1)[0]
                 if task_run.start_time and task_run.end_time and component in declared[pipeline]:
                     intervals.append(
                         Interval(
