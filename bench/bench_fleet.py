@@ -53,6 +53,7 @@ ENTRYPOINTS = {  # pipeline (= flow name) -> entrypoint, in the order a burst mi
     "image-classification": "flows/image_classification/flow.py:image_classification",
     "predictive-maintenance": "flows/predictive_maintenance/flow.py:predictive_maintenance",
 }
+CREATE_RETRY_S = 120.0  # how long a run's creation is retried while the server answers 503
 RUN_TIMEOUT_S = 1800.0  # a burst that takes longer fails the benchmark, naming the runs
 
 
@@ -97,25 +98,40 @@ def setup(rate: float, log: Path) -> tuple[dict[str, str], subprocess.Popen]:
 def warm_up(deployments: dict[str, str]) -> None:
     """One run of each pipeline alone (policy fifo): durations for the plans' estimates."""
     for name, deployment_id in deployments.items():
-        [(run_id, _)] = submit({name: deployment_id}, [name], "fifo", "false")
+        [(run_id, _, _)] = submit({name: deployment_id}, [name], "fifo", "false")
         wait_final([run_id])
         print(f"  warm-up {name}: done", flush=True)
 
 
 # -- one burst ------------------------------------------------------------------------
-def submit(deployments: dict[str, str], burst: list[str], policy: str, shared: str) -> list[tuple[str, float]]:
-    """Create every run of the burst at once (one thread each); (run id, seconds to create)."""
+def submit(deployments: dict[str, str], burst: list[str], policy: str, shared: str) -> list[tuple[str, float, int]]:
+    """Create every run of the burst at once (one thread each): (run id, seconds until it
+    was created, answers 503 on the way). A server that answers 503 (SQLite busy under
+    concurrent writes) is asked again for up to CREATE_RETRY_S: the wait is in the figure."""
     from prefect.client.orchestration import get_client
+    from prefect.exceptions import PrefectHTTPStatusError
+    from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_fixed
 
-    def create(name: str) -> tuple[str, float]:
+    def unavailable(exc: BaseException) -> bool:
+        return isinstance(exc, PrefectHTTPStatusError) and exc.response.status_code == 503
+
+    def create(name: str) -> tuple[str, float, int]:
         started = time.perf_counter()
+        retrying = Retrying(
+            retry=retry_if_exception(unavailable),
+            wait=wait_fixed(0.5),
+            stop=stop_after_delay(CREATE_RETRY_S),
+            reraise=True,
+        )
         with get_client(sync_client=True) as client:
-            run = client.create_flow_run_from_deployment(
-                deployments[name],
-                parameters={"policy": policy, "local_pool": POOL},
-                job_variables={"env": {"PLANFLOW_SHARED_SLOTS": shared}},
-            )
-        return str(run.id), time.perf_counter() - started
+            for attempt in retrying:
+                with attempt:
+                    run = client.create_flow_run_from_deployment(
+                        deployments[name],
+                        parameters={"policy": policy, "local_pool": POOL},
+                        job_variables={"env": {"PLANFLOW_SHARED_SLOTS": shared}},
+                    )
+        return str(run.id), time.perf_counter() - started, retrying.statistics.get("attempt_number", 1) - 1
 
     with ThreadPoolExecutor(max_workers=len(burst)) as pool:
         return list(pool.map(create, burst))
@@ -233,14 +249,15 @@ def run_burst(deployments: dict[str, str], burst: list[str], policy_name: str, d
     submitted = time.time()
     created = submit(deployments, burst, policy["policy"], policy["shared"])
     try:
-        runs = wait_final([run_id for run_id, _ in created])
+        runs = wait_final([run_id for run_id, _, _ in created])
     finally:
         sampler.stop_event.set()
         sampler.join(10)
     figures = burst_figures(runs, submitted, declared)
     figures.update(
         policy=policy_name,
-        create_s=[round(s, 3) for _, s in created],
+        create_s=[round(s, 3) for _, s, _ in created],
+        create_503_answers=sum(n for _, _, n in created),
         ledger_samples=sampler.samples,
         ledger_over_limit_samples=sampler.over,
         ledger_limits=sorted(sampler.limits),
