@@ -99,15 +99,20 @@ def warm_up(deployments: dict[str, str]) -> None:
     """One run of each pipeline alone (policy fifo): durations for the plans' estimates."""
     for name, deployment_id in deployments.items():
         [(run_id, _, _)] = submit({name: deployment_id}, [name], "fifo", "false")
+        if run_id is None:
+            raise BenchError(f"the server did not create the warm-up run of {name} within {CREATE_RETRY_S:g} s")
         wait_final([run_id])
         print(f"  warm-up {name}: done", flush=True)
 
 
 # -- one burst ------------------------------------------------------------------------
-def submit(deployments: dict[str, str], burst: list[str], policy: str, shared: str) -> list[tuple[str, float, int]]:
+def submit(
+    deployments: dict[str, str], burst: list[str], policy: str, shared: str
+) -> list[tuple[str | None, float, int]]:
     """Create every run of the burst at once (one thread each): (run id, seconds until it
     was created, answers 503 on the way). A server that answers 503 (SQLite busy under
-    concurrent writes) is asked again for up to CREATE_RETRY_S: the wait is in the figure."""
+    concurrent writes) is asked again for up to CREATE_RETRY_S: the wait is in the figure;
+    a run still not created then has the id None (counted, not waited for)."""
     from prefect.client.orchestration import get_client
     from prefect.exceptions import PrefectHTTPStatusError
     from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_fixed
@@ -115,7 +120,7 @@ def submit(deployments: dict[str, str], burst: list[str], policy: str, shared: s
     def unavailable(exc: BaseException) -> bool:
         return isinstance(exc, PrefectHTTPStatusError) and exc.response.status_code == 503
 
-    def create(name: str) -> tuple[str, float, int]:
+    def create(name: str) -> tuple[str | None, float, int]:
         started = time.perf_counter()
         retrying = Retrying(
             retry=retry_if_exception(unavailable),
@@ -123,14 +128,18 @@ def submit(deployments: dict[str, str], burst: list[str], policy: str, shared: s
             stop=stop_after_delay(CREATE_RETRY_S),
             reraise=True,
         )
-        with get_client(sync_client=True) as client:
-            for attempt in retrying:
-                with attempt:
-                    run = client.create_flow_run_from_deployment(
-                        deployments[name],
-                        parameters={"policy": policy, "local_pool": POOL},
-                        job_variables={"env": {"PLANFLOW_SHARED_SLOTS": shared}},
-                    )
+        try:
+            with get_client(sync_client=True) as client:
+                for attempt in retrying:
+                    with attempt:
+                        run = client.create_flow_run_from_deployment(
+                            deployments[name],
+                            parameters={"policy": policy, "local_pool": POOL},
+                            job_variables={"env": {"PLANFLOW_SHARED_SLOTS": shared}},
+                        )
+        except PrefectHTTPStatusError as exc:  # still 503 at the bound: a run never created, counted
+            print(f"  {name}: not created within {CREATE_RETRY_S:g} s ({exc.response.status_code})", flush=True)
+            return None, time.perf_counter() - started, retrying.statistics.get("attempt_number", 1)
         return str(run.id), time.perf_counter() - started, retrying.statistics.get("attempt_number", 1) - 1
 
     with ThreadPoolExecutor(max_workers=len(burst)) as pool:
@@ -249,7 +258,7 @@ def run_burst(deployments: dict[str, str], burst: list[str], policy_name: str, d
     submitted = time.time()
     created = submit(deployments, burst, policy["policy"], policy["shared"])
     try:
-        runs = wait_final([run_id for run_id, _, _ in created])
+        runs = wait_final([run_id for run_id, _, _ in created if run_id is not None])
     finally:
         sampler.stop_event.set()
         sampler.join(10)
@@ -258,6 +267,7 @@ def run_burst(deployments: dict[str, str], burst: list[str], policy_name: str, d
         policy=policy_name,
         create_s=[round(s, 3) for _, s, _ in created],
         create_503_answers=sum(n for _, _, n in created),
+        runs_not_created=sum(run_id is None for run_id, _, _ in created),
         ledger_samples=sampler.samples,
         ledger_over_limit_samples=sampler.over,
         ledger_limits=sorted(sampler.limits),

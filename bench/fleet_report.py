@@ -40,6 +40,9 @@ def summarise(bursts: list[dict], databases: list[str]) -> dict:
             "run_create_503_answers": {
                 db: sum(b.get("create_503_answers", 0) for b in mine if b["db"] == db) for db in databases
             },
+            "runs_not_created": {
+                db: sum(b.get("runs_not_created", 0) for b in mine if b["db"] == db) for db in databases
+            },
             "failed_runs": [f for b in mine for f in b["failed_runs"]],
         }
     default = result.get("default", {}).get("makespan_s")
