@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-# Prometheus, Alertmanager and the Pushgateway from Debian (only what is missing).
+# Prometheus, Alertmanager, the Pushgateway and PostgreSQL from Debian (only what is missing).
 # Without root the monitoring parts are skipped with the command to run.
 services:
 	-@bash scripts/install-services.sh

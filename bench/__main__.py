@@ -16,6 +16,7 @@ BENCHMARKS = {
     "dispatch": "bench.bench_dispatch",  # a real run: plan versus FIFO
     "monitoring": "bench.bench_monitoring",  # alert latency, bridge burst of 10,000 alerts
     "remediation": "bench.bench_remediation",  # alert -> remediation flow run started
+    "fleet": "bench.bench_fleet",  # bursts of runs on one shared pool, SQLite and PostgreSQL
 }
 
 

@@ -4,6 +4,7 @@
     server = TempServer("dispatch")      # sets PLANFLOW_HOME and PREFECT_API_URL: before Prefect is imported
     with server:                         # starts it; on exit drains Prefect's log/event workers, then stops it
         ...                              # (or server.start() ... server.stop())
+    server.db = "postgres"               # the next start() runs it on PostgreSQL (same URL)
 
 Draining before the server stops matters: Prefect sends logs and events from background
 threads, and at interpreter exit they keep retrying a server that is gone, so the
@@ -20,7 +21,8 @@ from planflow.ops.server import free_port  # imports no Prefect
 
 
 class TempServer:
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, db: str = "sqlite") -> None:
+        self.db = db
         self.home = Path(tempfile.mkdtemp(prefix=f"planflow-bench-{name}-"))
         self.port = free_port()
         os.environ.update(
@@ -44,7 +46,7 @@ class TempServer:
     def start(self) -> None:
         from planflow.ops import server as stack
 
-        stack.up(self.paths, port=self.port)
+        stack.up(self.paths, port=self.port, db=self.db)
 
     def stop(self) -> None:
         from planflow.ops import server as stack

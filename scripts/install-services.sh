@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Install what planflow's monitoring needs from Debian: Prometheus (+ promtool),
-# Alertmanager (+ amtool) and the Pushgateway. Idempotent: installs only what is
+# Install the services planflow runs, from Debian: Prometheus (+ promtool),
+# Alertmanager (+ amtool), the Pushgateway, and PostgreSQL (the scale-out server's
+# database: `planflow server up --db postgres`). Idempotent: installs only what is
 # missing; starts nothing (planflow runs the binaries itself: `planflow stack up`).
 set -euo pipefail
 
@@ -10,9 +11,11 @@ command -v prometheus >/dev/null && command -v promtool >/dev/null || need+=(pro
   && command -v amtool >/dev/null || need+=(prometheus-alertmanager)
 command -v prometheus-pushgateway >/dev/null || command -v pushgateway >/dev/null \
   || need+=(prometheus-pushgateway)
+compgen -G '/usr/lib/postgresql/*/bin/pg_ctl' >/dev/null && compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null \
+  || need+=(postgresql)
 
 if [ ${#need[@]} -eq 0 ]; then
-  echo "monitoring services: already installed"
+  echo "services: already installed"
   exit 0
 fi
 
@@ -21,6 +24,6 @@ if [ "$(id -u)" -ne 0 ]; then
   command -v sudo >/dev/null || { echo "run as root or install sudo: apt-get install -y ${need[*]}" >&2; exit 1; }
   SUDO="sudo"
 fi
-echo "monitoring services: installing ${need[*]}"
+echo "services: installing ${need[*]}"
 $SUDO apt-get update -qq
 DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"

@@ -29,16 +29,20 @@ apply_client_env(StatePaths(_HOME))
 
 TESTS = Path(__file__).parent
 IN_CI = os.environ.get("CI", "").lower() == "true"
+# The session server's database: sqlite (default) or postgres (the scale-out profile;
+# .ci/run runs the server-backed history and fleet tests on it too).
+TEST_DB = os.environ.get("PLANFLOW_TEST_DB", "sqlite")
 SHARED_PSPLIB = TESTS.parent.parent / "shared" / "psplib"  # never copied into the repository
 
 
 @pytest.fixture(scope="session")
 def prefect_server():
-    """A real Prefect server on SQLite, started once per session and stopped after."""
+    """A real Prefect server (SQLite, or PostgreSQL with PLANFLOW_TEST_DB=postgres),
+    started once per session and stopped after."""
     from planflow.ops import server as stack
 
     paths = StatePaths(_HOME)
-    state = stack.up(paths, port=_PORT)
+    state = stack.up(paths, port=_PORT, db=TEST_DB)
     yield state
     # Send buffered logs and events before the server goes away.
     from prefect.events.worker import EventsWorker

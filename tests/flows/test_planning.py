@@ -61,14 +61,13 @@ def test_estimates_are_learned_from_earlier_runs():
     assert source.startswith("history: median of"), source
     runs = int(source.split()[-2])
     assert runs >= 2
-    # the median of what the dispatcher recorded in the two runs' summaries (total sleeps
-    # 0.1 s; the figure adds the orchestration around it), not the declared 0.2 s
-    from planflow.runtime.history import summary_durations
-
-    seen = summary_durations(pipeline.name, ["total"], 10)
-    [(pool, samples)] = [(p, v) for (s, p), v in seen.items() if s == "total"]
-    assert len(samples) >= 2 and all(0.1 <= v < 5 for v in samples), samples
+    # the median of what the dispatcher recorded for the two runs (total sleeps 0.1 s;
+    # the figure adds the orchestration around it), not the declared 0.2 s
     import statistics
 
+    from planflow.runtime.history import observations
+
+    samples = [o.seconds for o in observations(pipeline.steps["total"].component, 10) if o.pool == "local"]
+    assert len(samples) >= 2 and all(0.1 <= v < 5 for v in samples), samples
     assert after.plan["total"].duration == pytest.approx(statistics.median(samples[:runs]), abs=1e-6)
     assert after.source_of("scaled").startswith("history")

@@ -53,6 +53,9 @@ def test_diamond_runs_with_progress_summary_and_totals():
     )
 
     artifacts = {a.key: a for a in asyncio.run(_artifacts(result["flow_run_id"])) if a.key}
+    # the duration history: one record per completed component, linked to the run
+    history = sorted(artifacts.pop(k).data["component"] for k in list(artifacts) if k.startswith("planflow-history-"))
+    assert history == ["numbers", "report", "scaled", "total"]
     assert set(artifacts) == {
         "toy-diamond-progress",
         "toy-diamond-plan",
@@ -147,5 +150,8 @@ def test_fifo_runs_without_plan_artifacts_and_reports_progress():
     result = to_flow(toy_dags.diamond)(n=2, policy="fifo")
     assert result["plan"] is None and result["policy"] == "fifo"
     artifacts = {a.key: a for a in asyncio.run(_artifacts(result["flow_run_id"])) if a.key}
+    # the duration history: one record per completed component, linked to the run
+    history = sorted(artifacts.pop(k).data["component"] for k in list(artifacts) if k.startswith("planflow-history-"))
+    assert history == ["numbers", "report", "scaled", "total"]
     assert set(artifacts) == {"toy-diamond-progress", "toy-diamond-summary", "toy-diamond-totals"}
     assert float(artifacts["toy-diamond-progress"].data) == pytest.approx(100.0)

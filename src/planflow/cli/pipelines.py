@@ -201,12 +201,20 @@ def plan(
     mode: str = typer.Option(
         "inprocess", help="inprocess: plan on the `local` pool only; distributed: over every pool."
     ),
+    param: list[str] = typer.Option(
+        [], "--param", "-p", help="Parameter override KEY=VALUE (scales components declared with scales_with)."
+    ),
 ) -> None:
     """Plan a pipeline over the resource pools without running it."""
+    try:
+        raw = parse_pairs(param)
+    except ParamError as exc:
+        fail(str(exc))
     pipeline = load(name)
+    _, values = prepare(pipeline, raw)
     ensure_server()
     try:
-        pp = make_plan(pipeline, mode=mode)
+        pp = make_plan(pipeline, mode=mode, params=values)
     except (LookupError, ValueError, PlanningError) as exc:
         fail(str(exc))
     totals = pipeline.totals()

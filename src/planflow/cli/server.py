@@ -10,28 +10,36 @@ from planflow.cli.common import console, fail, say
 from planflow.ops import server as stack
 from planflow.settings import DEFAULT_HOST, DEFAULT_PORT, StatePaths, client_env
 
-server_app = typer.Typer(help="The embedded Prefect server (SQLite, project-local).", no_args_is_help=True)
+server_app = typer.Typer(
+    help="The embedded Prefect server (project-local; SQLite, or PostgreSQL with --db postgres).",
+    no_args_is_help=True,
+)
 
 
 @server_app.command("up")
 def server_up(
     host: str = typer.Option(DEFAULT_HOST, help="Address to listen on."),
     port: int = typer.Option(DEFAULT_PORT, help="Port to listen on."),
+    db: str = typer.Option(
+        "sqlite",
+        help="The server's database: sqlite (a file in the state folder) or postgres (the scale-out "
+        "profile for many concurrent runs: Debian's PostgreSQL, started and stopped by planflow).",
+    ),
 ) -> None:
     """Start the embedded Prefect server (reused when already running)."""
     before = stack.status()
     try:
-        state = stack.up(host=host, port=port)
+        state = stack.up(host=host, port=port, db=db)
     except stack.StackError as exc:
         fail(str(exc))
     verb = "already running" if before.running else "started"
-    console.print(f"Prefect server {verb}: {state.url} (pid {state.pid})")
+    console.print(f"Prefect server {verb}: {state.url} (pid {state.pid}, database {db})")
     console.print(f"UI: {state.url.removesuffix('/api')}")
 
 
 @server_app.command("down")
 def server_down() -> None:
-    """Stop the embedded Prefect server."""
+    """Stop the embedded Prefect server (and its PostgreSQL, if it has one)."""
     before = stack.status()
     stack.down()
     console.print("Prefect server stopped." if before.pid else "Prefect server was not running.")
@@ -47,6 +55,7 @@ def server_status() -> None:
         say(f"url:   {state.url}")
     if state.pid:
         say(f"pid:   {state.pid}")
+        say(f"db:    {paths.recorded().get('db', 'sqlite')}")
     if state.detail:
         say(f"note:  {state.detail}")
     say(f"home:  {paths.home}")

@@ -3,6 +3,10 @@
     >>> @component(cpu=2, mem_gib=4, est_seconds=30)
     ... def train(features: pl.DataFrame, seed: int = 7) -> Model: ...
 
+A parameter that changes the work is declared with the value the estimate holds at:
+`@component(est_seconds=30, scales_with={"n_rows": 100_000})` plans a run with
+`n_rows=200_000` at 60 s (durations learned from earlier runs scale the same way).
+
 The spec is checked when the decorator is applied, and every problem is listed
 at once, so a bad spec fails at import with the fix beside each value.
 """
@@ -19,7 +23,7 @@ from typing import Any
 
 from prefect.tasks import Task
 
-RESOURCE_KEYS = ("cpu", "gpu", "mem_gib", "est_seconds", "pools", "est_seconds_by_pool")
+RESOURCE_KEYS = ("cpu", "gpu", "mem_gib", "est_seconds", "pools", "est_seconds_by_pool", "scales_with")
 TASK_KEYS = ("name", "description", "retries", "retry_delay_seconds", "timeout_seconds", "tags")
 ALLOWED_KEYS = RESOURCE_KEYS + TASK_KEYS
 # Names users reach for first, mapped to the key planflow uses.
@@ -35,6 +39,9 @@ KEY_ALIASES = {
     "duration": "est_seconds",
     "seconds": "est_seconds",
     "estimate": "est_seconds",
+    "scale_with": "scales_with",
+    "work_params": "scales_with",
+    "scales_by": "scales_with",
 }
 
 
@@ -48,6 +55,8 @@ class ResourceSpec:
 
     `pools` limits where it may run (empty: any pool); `est_seconds_by_pool`
     gives a different duration on some pools (a GPU pool trains faster).
+    `scales_with` maps parameters that change the work (e.g. `n_rows`) to the value
+    at which the estimate holds; the duration is taken as proportional to each.
     """
 
     cpu: float = 1.0
@@ -56,6 +65,7 @@ class ResourceSpec:
     est_seconds: float = 10.0
     pools: tuple[str, ...] = ()
     est_seconds_by_pool: Mapping[str, float] = field(default_factory=dict)
+    scales_with: Mapping[str, float] = field(default_factory=dict)
 
     def demand(self) -> dict[str, float]:
         return {"cpu": float(self.cpu), "gpu": float(self.gpu), "mem_gib": float(self.mem_gib)}
@@ -66,6 +76,17 @@ class ResourceSpec:
     def allows(self, pool: str) -> bool:
         return not self.pools or pool in self.pools
 
+    def work_factor(self, work: Mapping[str, Any]) -> float:
+        """How much more work than at the declared reference values `work` is: the
+        product of value / reference over `scales_with` (a value missing from `work`,
+        or not a positive number, counts as the reference)."""
+        factor = 1.0
+        for name, reference in self.scales_with.items():
+            value = work.get(name)
+            if _is_number(value) and value > 0:
+                factor *= float(value) / reference
+        return factor
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "cpu": self.cpu,
@@ -74,6 +95,7 @@ class ResourceSpec:
             "est_seconds": self.est_seconds,
             "pools": list(self.pools),
             "est_seconds_by_pool": dict(self.est_seconds_by_pool),
+            "scales_with": dict(self.scales_with),
         }
 
 
@@ -132,9 +154,38 @@ def spec_problems(values: Mapping[str, Any]) -> list[str]:
                     f"est_seconds_by_pool names {stray} that are not in pools={list(values['pools'])}. "
                     "Fix: add them to pools or drop their estimates"
                 )
+    if "scales_with" in values:
+        problems += _scales_with_problems(values["scales_with"])
     for key in ("retries", "timeout_seconds", "retry_delay_seconds"):
         if key in values and not (_is_number(values[key]) and values[key] >= 0):
             problems.append(f"{key}={values[key]!r}: must be a number >= 0")
+    return problems
+
+
+def _scales_with_problems(scales: Any) -> list[str]:
+    example = "Fix: e.g. scales_with={'n_rows': 100_000} (the value est_seconds holds at)"
+    if not isinstance(scales, Mapping):
+        return [f"scales_with={scales!r}: must map parameter names to reference values. {example}"]
+    return [
+        f"scales_with[{name!r}]={value!r}: must be a number > 0, the value of {name!r} at which "
+        f"est_seconds holds. {example}"
+        for name, value in scales.items()
+        if not (isinstance(name, str) and _is_number(value) and value > 0)
+    ]
+
+
+def scales_with_problems(fn: Callable[..., Any], scales: Mapping[str, Any]) -> list[str]:
+    """A parameter that scales the work must be a parameter of the function."""
+    params = inspect.signature(fn).parameters
+    problems = []
+    for name in scales if isinstance(scales, Mapping) else ():
+        if isinstance(name, str) and name not in params:
+            close = difflib.get_close_matches(name, list(params), n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            problems.append(
+                f"scales_with names '{name}', which is not a parameter of {fn.__name__}.{hint} "
+                f"Parameters: {', '.join(params) or '(none)'}"
+            )
     return problems
 
 
@@ -163,7 +214,8 @@ def _raise_if(problems: list[str], fn: Callable[..., Any]) -> None:
         raise ComponentSpecError(f"component '{fn.__name__}' ({where}) has {count}:\n{lines}")
 
 
-def _source_hash(fn: Callable[..., Any]) -> str:
+def source_hash(fn: Callable[..., Any]) -> str:
+    """The code version of a function: a hash of its source (16 hex digits)."""
     try:
         source = inspect.getsource(fn)
     except (OSError, TypeError):
@@ -180,13 +232,19 @@ def _run_scoped_cache_key(context: Any, parameters: dict[str, Any]) -> str | Non
     task_run = context.task_run
     if task_run is None or task_run.flow_run_id is None:
         return None
-    return f"planflow-{task_run.flow_run_id}-{context.task.name}-{_source_hash(context.task.fn)}"
+    return f"planflow-{task_run.flow_run_id}-{context.task.name}-{source_hash(context.task.fn)}"
 
 
 class Component(Task):
     """A Prefect task carrying a ResourceSpec (`.spec`). `.fn` is the plain function."""
 
     spec: ResourceSpec
+
+    @property
+    def code_version(self) -> str:
+        """A hash of the function's source: durations learned for one version are not
+        used for another (a rewritten component starts again from its declaration)."""
+        return source_hash(self.fn)
 
     def with_options(self, **kwargs: Any) -> Component:
         new = super().with_options(**kwargs)
@@ -196,10 +254,12 @@ class Component(Task):
 
     def with_spec(self, **changes: Any) -> Component:
         """A copy with some resource values changed, validated like the decorator."""
-        _raise_if(spec_problems(changes), self.fn)
+        _raise_if(spec_problems(changes) + scales_with_problems(self.fn, changes.get("scales_with", {})), self.fn)
         new = self.with_options()
         if "pools" in changes:
             changes["pools"] = tuple(changes["pools"])
+        if "scales_with" in changes:
+            changes["scales_with"] = {k: float(v) for k, v in changes["scales_with"].items()}
         new.spec = replace(self.spec, **changes)
         return new
 
@@ -211,7 +271,9 @@ def make_component(fn: Callable[..., Any], **values: Any) -> Component:
     """Wrap a typed function as a Component; raise ComponentSpecError listing every problem."""
     if not callable(fn):
         raise ComponentSpecError(f"@component needs a function, got {fn!r}")
-    _raise_if(spec_problems(values) + signature_problems(fn), fn)
+    _raise_if(
+        spec_problems(values) + signature_problems(fn) + scales_with_problems(fn, values.get("scales_with", {})), fn
+    )
     spec = ResourceSpec(
         cpu=float(values.get("cpu", 1.0)),
         gpu=int(values.get("gpu", 0)),
@@ -219,6 +281,7 @@ def make_component(fn: Callable[..., Any], **values: Any) -> Component:
         est_seconds=float(values.get("est_seconds", 10.0)),
         pools=tuple(values.get("pools", ())),
         est_seconds_by_pool=dict(values.get("est_seconds_by_pool", {})),
+        scales_with={k: float(v) for k, v in values.get("scales_with", {}).items()},
     )
     task = Component(
         fn=fn,

@@ -31,6 +31,7 @@ import httpx
 import psutil
 from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_fixed
 
+from planflow.ops.postgres import Cluster, PostgresError
 from planflow.settings import (
     DEFAULT_HOST,
     DEFAULT_PORT,
@@ -148,8 +149,16 @@ def prefect_command() -> list[str]:
     return [sys.executable, "-m", "prefect"]
 
 
-def server_env(paths: StatePaths, host: str, port: int) -> dict[str, str]:
+DATABASES = ("sqlite", "postgres")
+
+
+def server_env(paths: StatePaths, host: str, port: int, database_url: str | None = None) -> dict[str, str]:
+    """The server's environment; `database_url` (PostgreSQL) replaces the default SQLite."""
     env = dict(os.environ)
+    env.pop("PREFECT_API_DATABASE_CONNECTION_URL", None)
+    env.pop("PREFECT_SERVER_DATABASE_CONNECTION_URL", None)
+    if database_url:
+        env["PREFECT_API_DATABASE_CONNECTION_URL"] = database_url
     env.update(
         PREFECT_HOME=str(paths.prefect_home),
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
@@ -238,15 +247,25 @@ def up(
     host: str = DEFAULT_HOST,
     port: int | None = None,
     timeout: float = 120.0,
+    db: str = "sqlite",
 ) -> ServerStatus:
     """Start the embedded server unless it already runs; wait until it is healthy.
 
     `port`: default the port this project's server had last (so that the URL commands
-    were given stays right), else 4200."""
+    were given stays right), else 4200. `db`: "sqlite" (a file in the state folder) or
+    "postgres" (the scale-out profile: PostgreSQL started by planflow, see postgres.py)."""
+    if db not in DATABASES:
+        raise StackError(f"db={db!r} is not a database planflow runs. Fix: --db sqlite or --db postgres")
     paths = paths or StatePaths.discover()
     port = port or int(paths.recorded().get("port") or DEFAULT_PORT)
     current = status(paths)
     if current.running:
+        running_db = paths.recorded().get("db", "sqlite")
+        if running_db != db:
+            raise StackError(
+                f"the Prefect server at {current.url} runs on {running_db}, not {db}. "
+                f"Fix: `planflow server down`, then `planflow server up --db {db}`"
+            )
         return current
     if current.state == "unhealthy":
         # Still starting (another `up` in flight) or hung: give it the timeout.
@@ -266,19 +285,25 @@ def up(
 
     paths.ensure()
     make_private_tree(paths.home)  # what an older planflow or another umask left readable
+    database_url = None
+    if db == "postgres":
+        try:
+            database_url = Cluster(paths).up()
+        except PostgresError as exc:
+            raise StackError(f"the scale-out database could not start: {exc}") from exc
     descriptor = os.open(paths.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     with os.fdopen(descriptor, "ab") as log, private_files():
         # the server's files (prefect.db, its encryption key, ...) are the user's only
         process = subprocess.Popen(
             [*prefect_command(), "server", "start", "--host", host, "--port", str(port)],
-            env=server_env(paths, host, port),
+            env=server_env(paths, host, port, database_url),
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
             cwd=paths.home,
         )
-    _write_state(paths, host, port, process.pid, psutil.Process(process.pid).create_time())
+    _write_state(paths, host, port, process.pid, psutil.Process(process.pid).create_time(), db)
     if not _wait_healthy(url, process.pid, timeout):
         down(paths)
         raise StackError(
@@ -288,10 +313,10 @@ def up(
     return status(paths)
 
 
-def _write_state(paths: StatePaths, host: str, port: int, pid: int, started: float) -> None:
+def _write_state(paths: StatePaths, host: str, port: int, pid: int, started: float, db: str = "sqlite") -> None:
     """The pid file and server.json (0600), and this server's line in the per-user record."""
     write_private(paths.pid_file, str(pid))
-    record = {"url": server_url(host, port), "host": host, "port": port, "pid": pid, "started": started}
+    record = {"url": server_url(host, port), "host": host, "port": port, "pid": pid, "started": started, "db": db}
     write_private(paths.server_file, json.dumps(record, indent=2))
     _remember(paths, host, port, pid, started)
 
@@ -317,8 +342,8 @@ def _wait_healthy(url: str, pid: int | None, timeout: float) -> bool:
 
 
 def down(paths: StatePaths | None = None, timeout: float = 20.0) -> ServerStatus:
-    """Stop the embedded server (and its process group); clean its pid files and its
-    line in the per-user record."""
+    """Stop the embedded server (and its process group) and its PostgreSQL, if any; clean
+    its pid files and its line in the per-user record."""
     paths = paths or StatePaths.discover()
     pid = _read_pid(paths)
     process = _server_process(pid, paths.recorded().get("started")) if pid is not None else None
@@ -335,6 +360,10 @@ def down(paths: StatePaths | None = None, timeout: float = 20.0) -> ServerStatus
     _clean(paths)
     if servers_file().exists():
         _forget(paths)
+    try:
+        Cluster(paths).down()
+    except PostgresError as exc:
+        raise StackError(f"the Prefect server stopped, but its PostgreSQL did not: {exc}") from exc
     return status(paths)
 
 

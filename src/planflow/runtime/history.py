@@ -1,42 +1,45 @@
-"""Component durations learned from earlier runs, read back from the Prefect API.
+"""Component durations (and peak memory, where measured) learned from earlier runs.
 
-Two records of a run are already on the server, so nothing else is stored (the API is
-the history):
+Each completed component leaves one record made for it on the Prefect server: an
+artifact of type `planflow-history` under the key
+`planflow-history-<component>-<code version>`, whose data is one observation
 
-1. each run's summary table artifact (key `<pipeline>-summary`, one version per run):
-   per component its pool and the seconds the dispatcher held its pool's capacity for
-   it, from release to completion. This is what a plan must predict: it includes the
-   orchestration around the work (task submission, state changes, result persistence)
-   and, in distributed mode, the child flow run's start-up. Preferred.
-2. the task runs, tagged `pool:<name>`, with their time in Running: the fallback for a
-   component no summary covers yet (e.g. runs of a pipeline flow planflow did not
-   dispatch).
+    {"component": "train", "code_version": "3f2a...", "pool": "local", "seconds": 2.1,
+     "peak_mem_gib": null, "work": {"n_rows": 200000}, "pipeline": "fraud-risk",
+     "flow_run_id": "..."}
+
+Why artifacts: any process or machine reads them through the Prefect API, they survive
+a server restart, they are append-only (two runs finishing the same component at once
+each add their own version, nothing is read, changed and written back, so nothing is
+lost), and they are kept when a flow run is deleted (an artifact's flow run is a plain
+column, not a cascading key). The UI shows them under Artifacts.
+
+The key carries the component's code version (a hash of its source), so a component
+whose code changed starts again from its declaration instead of being planned at what
+the old code took. Parameters that change the work (`scales_with` on the component) are
+recorded with each observation; durations are converted to the run being planned by
+the ratio of the work factors (duration taken as proportional to each parameter).
 """
 
 from __future__ import annotations
 
-import json
 import statistics
-from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import (
-    ArtifactFilter,
-    ArtifactFilterKey,
-    FlowFilter,
-    FlowFilterName,
-    TaskRunFilter,
-    TaskRunFilterName,
-    TaskRunFilterState,
-    TaskRunFilterStateName,
-)
-from prefect.client.schemas.sorting import ArtifactSort, TaskRunSort
+from prefect.client.schemas.actions import ArtifactCreate
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, ArtifactFilterType
+from prefect.client.schemas.sorting import ArtifactSort
 
-from planflow.runtime.tags import POOL_TAG
+from planflow.core.component import Component
+from planflow.core.pipeline import Pipeline
 
 MIN_SECONDS = 0.05  # a plan needs positive durations; sub-50 ms steps round up to this
+HISTORY_TYPE = "planflow-history"
+HISTORY_KEY_PREFIX = "planflow-history"
+KEY_MAX = 100  # Prefect's limit on an artifact key's length
 
 
 @dataclass(frozen=True)
@@ -44,79 +47,140 @@ class Estimate:
     """A component's duration on one pool, and where the figure came from."""
 
     seconds: float
-    source: str  # "declared" | "declared for this pool" | "history: median of N runs"
+    source: str  # "declared" | "declared for this pool" | "history: median of N runs" (+ scaling)
 
 
-def artifact_slug(pipeline: str) -> str:
-    """The pipeline's part of its artifact keys (`<slug>-summary`, `<slug>-plan`, ...)."""
-    return "".join(c if c.isalnum() else "-" for c in pipeline.lower()).strip("-")
+@dataclass(frozen=True)
+class Observation:
+    """One completed run of one component: what the history stores."""
+
+    component: str
+    code_version: str
+    pool: str
+    seconds: float
+    peak_mem_gib: float | None = None
+    work: Mapping[str, float] | None = None
+    pipeline: str = ""
+    flow_run_id: str | None = None
+
+    def to_data(self) -> dict[str, Any]:
+        return {
+            "component": self.component,
+            "code_version": self.code_version,
+            "pool": self.pool,
+            "seconds": self.seconds,
+            "peak_mem_gib": self.peak_mem_gib,
+            "work": dict(self.work or {}),
+            "pipeline": self.pipeline,
+            "flow_run_id": self.flow_run_id,
+        }
 
 
-def recent_durations(pipeline: str, steps: Iterable[str], runs: int) -> dict[tuple[str, str], list[float]]:
-    """Seconds of the last `runs` completed runs of each step, per pool (newest first):
-    from the run summaries when there are any for the step, else from its task runs."""
-    steps = list(steps)
-    durations = summary_durations(pipeline, steps, runs)
-    covered = {step for step, _ in durations}
-    missing = [step for step in steps if step not in covered]
-    if missing:
-        durations.update(task_run_durations(pipeline, missing, runs))
+def artifact_slug(text: str) -> str:
+    """Lowercase letters, digits and dashes: the form Prefect accepts in artifact keys."""
+    return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")
+
+
+def history_key(component: str, code_version: str) -> str:
+    """`planflow-history-<component>-<code version>` (the name cut to fit Prefect's limit)."""
+    room = KEY_MAX - len(HISTORY_KEY_PREFIX) - len(code_version) - 2
+    return f"{HISTORY_KEY_PREFIX}-{artifact_slug(component)[:room].strip('-')}-{code_version}"
+
+
+def work_values(pipeline: Pipeline, step: str, params: Mapping[str, Any]) -> dict[str, float]:
+    """The values this run gives the step's `scales_with` parameters: a pipeline
+    parameter it is bound to, a value fixed for the step, or the function's default.
+    A parameter fed by another step's output has no value before the run (left out)."""
+    spec = pipeline.steps[step].spec
+    values: dict[str, float] = {}
+    for name in spec.scales_with:
+        binding = pipeline.bindings[step].get(name)
+        if binding is None or binding.kind == "step":
+            continue
+        value = params.get(binding.source) if binding.kind == "param" else binding.source
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            values[name] = float(value)
+    return values
+
+
+def record(observation: Observation) -> None:
+    """Add one observation to the history (one artifact version; never overwrites)."""
+    if not observation.seconds > 0:
+        raise ValueError(
+            f"history of '{observation.component}': seconds={observation.seconds!r} must be > 0 "
+            "(a component that did not run has no duration to learn)"
+        )
+    with get_client(sync_client=True) as client:
+        client.create_artifact(
+            ArtifactCreate(
+                key=history_key(observation.component, observation.code_version),
+                type=HISTORY_TYPE,
+                data=observation.to_data(),
+                description=(
+                    f"{observation.component} (code {observation.code_version}) on {observation.pool}: "
+                    f"{observation.seconds:.2f} s; planflow's duration history, read by the planner"
+                ),
+                flow_run_id=observation.flow_run_id,
+            )
+        )
+
+
+def observations(component: Component, limit: int) -> list[Observation]:
+    """The newest `limit` observations of this version of `component` (newest first)."""
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=[history_key(component.name, component.code_version)]),
+                type=ArtifactFilterType(any_=[HISTORY_TYPE]),
+            ),
+            sort=ArtifactSort.CREATED_DESC,
+            limit=limit,
+        )
+    found = []
+    for artifact in artifacts:
+        data = artifact.data if isinstance(artifact.data, dict) else {}
+        seconds, pool = data.get("seconds"), data.get("pool")
+        if isinstance(seconds, (int, float)) and seconds > 0 and isinstance(pool, str) and pool:
+            work = data.get("work") if isinstance(data.get("work"), dict) else {}
+            peak = data.get("peak_mem_gib")
+            found.append(
+                Observation(
+                    component=component.name,
+                    code_version=component.code_version,
+                    pool=pool,
+                    seconds=float(seconds),
+                    peak_mem_gib=float(peak) if isinstance(peak, (int, float)) else None,
+                    work={k: float(v) for k, v in work.items() if isinstance(v, (int, float))},
+                    pipeline=str(data.get("pipeline") or ""),
+                    flow_run_id=data.get("flow_run_id"),
+                )
+            )
+    return found
+
+
+def recent_durations(
+    pipeline: Pipeline, runs: int, params: Mapping[str, Any] | None = None
+) -> dict[tuple[str, str], list[float]]:
+    """Per (step, pool), the seconds of the last `runs` completed runs of the step's
+    current code version (newest first), each converted to the work of a run with
+    `params` (default: the pipeline's defaults)."""
+    params = pipeline.resolve_params(params)
+    durations: dict[tuple[str, str], list[float]] = {}
+    for name, step in pipeline.steps.items():
+        spec = step.spec
+        now = spec.work_factor(work_values(pipeline, name, params))
+        # a component may have run on several pools: read enough for `runs` on each
+        for seen in observations(step.component, max(1, runs) * 4):
+            samples = durations.setdefault((name, seen.pool), [])
+            if len(samples) < runs:
+                samples.append(seen.seconds * now / spec.work_factor(seen.work or {}))
     return durations
 
 
-def summary_durations(pipeline: str, steps: Iterable[str], runs: int) -> dict[tuple[str, str], list[float]]:
-    """From the last `runs` versions of the pipeline's summary table artifact."""
-    wanted = set(steps)
-    durations: dict[tuple[str, str], list[float]] = defaultdict(list)
-    with get_client(sync_client=True) as client:
-        artifacts = client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"{artifact_slug(pipeline)}-summary"])),
-            sort=ArtifactSort.CREATED_DESC,
-            limit=max(1, runs) * 2,
-        )
-    for artifact in artifacts:
-        rows = artifact.data
-        if isinstance(rows, str):
-            try:
-                rows = json.loads(rows)
-            except ValueError:
-                continue
-        for row in rows if isinstance(rows, list) else []:
-            if not isinstance(row, dict) or row.get("state") != "Completed":
-                continue
-            step, pool, seconds = row.get("component"), row.get("pool"), row.get("seconds")
-            if (
-                step in wanted
-                and pool
-                and isinstance(seconds, (int, float))
-                and seconds > 0
-                and len(durations[(step, pool)]) < runs
-            ):
-                durations[(step, pool)].append(float(seconds))
-    return dict(durations)
-
-
-def task_run_durations(pipeline: str, steps: Iterable[str], runs: int) -> dict[tuple[str, str], list[float]]:
-    """From the task runs' time in Running. Cached task runs (a retry reading a stored
-    result) are not counted: they did no work."""
-    durations: dict[tuple[str, str], list[float]] = defaultdict(list)
-    with get_client(sync_client=True) as client:
-        for step in steps:
-            task_runs = client.read_task_runs(
-                flow_filter=FlowFilter(name=FlowFilterName(any_=[pipeline])),
-                task_run_filter=TaskRunFilter(
-                    name=TaskRunFilterName(any_=[step]),
-                    state=TaskRunFilterState(name=TaskRunFilterStateName(any_=["Completed"])),
-                ),
-                sort=TaskRunSort.END_TIME_DESC,
-                limit=runs * 4,
-            )
-            for run in task_runs:
-                pool = next((t[len(POOL_TAG) :] for t in run.tags if t.startswith(POOL_TAG)), None)
-                seconds = run.total_run_time.total_seconds() if run.total_run_time else 0.0
-                if pool and seconds > 0 and len(durations[(step, pool)]) < runs:
-                    durations[(step, pool)].append(seconds)
-    return dict(durations)
+def work_scale(pipeline: Pipeline, params: Mapping[str, Any] | None = None) -> dict[str, float]:
+    """Per step, its work factor in a run with `params` (1.0 without `scales_with`)."""
+    params = pipeline.resolve_params(params)
+    return {name: step.spec.work_factor(work_values(pipeline, name, params)) for name, step in pipeline.steps.items()}
 
 
 def estimate(
@@ -125,8 +189,10 @@ def estimate(
     history: Mapping[tuple[str, str], list[float]],
     step: str,
     pool: str,
+    scale: float = 1.0,
 ) -> Estimate:
-    """The median of recent actual durations when there are any, else the declaration."""
+    """The median of recent actual durations when there are any (already converted to
+    this run's work), else the declaration times the work factor `scale`."""
     samples = history.get((step, pool), [])
     if samples:
         runs = len(samples)
@@ -134,4 +200,7 @@ def estimate(
             max(MIN_SECONDS, statistics.median(samples)),
             f"history: median of {runs} run{'s' if runs > 1 else ''}",
         )
-    return Estimate(max(MIN_SECONDS, declared), "declared for this pool" if declared_for_pool else "declared")
+    source = "declared for this pool" if declared_for_pool else "declared"
+    if scale != 1.0:
+        source += f", x{scale:.3g} for its work parameters"
+    return Estimate(max(MIN_SECONDS, declared * scale), source)

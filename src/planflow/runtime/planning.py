@@ -24,7 +24,7 @@ from planflow.planner import Mode, Plan, PlannerOptions, Pool, Problem, Step, Ta
 from planflow.prefect.blocks.registry import DEFAULT_POOL, load_pools, load_settings
 from planflow.runtime.dispatch import RESOURCES, Assignment
 from planflow.runtime.distributed import DeploymentMissingError, readiness
-from planflow.runtime.history import Estimate, estimate, recent_durations
+from planflow.runtime.history import Estimate, estimate, recent_durations, work_scale
 
 POLICIES = ("plan", "fifo")
 MODES = ("inprocess", "distributed")
@@ -126,18 +126,22 @@ def build_problem(
     history: Mapping[tuple[str, str], list[float]] | None = None,
     known_pools: set[str] | None = None,
     steps: Mapping[str, tuple[Step, ...]] | None = None,
+    *,
+    scale: Mapping[str, float] | None = None,
 ) -> tuple[Problem, dict[tuple[str, str], Estimate]]:
-    """The planner's problem: one mode per usable pool, with learned or declared durations;
+    """The planner's problem: one mode per usable pool, with learned or declared durations
+    (declared ones times the step's work factor in `scale`, see history.work_scale);
     `steps` is each pool's capacity over time left by other runs (the pool calendar)."""
     allowed = allowed_pools(pipeline, capacities, known_pools)
-    history = history or {}
+    history, scale = history or {}, scale or {}
     estimates: dict[tuple[str, str], Estimate] = {}
     tasks = []
     for name in pipeline.topological_order():
         spec = pipeline.steps[name].spec
         modes = []
         for pool in allowed[name]:
-            est = estimate(spec.seconds_on(pool), pool in spec.est_seconds_by_pool, history, name, pool)
+            declared = spec.seconds_on(pool)
+            est = estimate(declared, pool in spec.est_seconds_by_pool, history, name, pool, scale.get(name, 1.0))
             estimates[(name, pool)] = est
             modes.append(Mode(pool=pool, duration=est.seconds, demand=spec.demand()))
         tasks.append(Task(name=name, modes=tuple(modes), after=pipeline.upstream(name)))
@@ -157,9 +161,11 @@ def plan_pipeline(
     history: Mapping[tuple[str, str], list[float]] | None = None,
     known_pools: set[str] | None = None,
     steps: Mapping[str, tuple[Step, ...]] | None = None,
+    *,
+    scale: Mapping[str, float] | None = None,
 ) -> PipelinePlan:
     """Plan the pipeline; assignments release steps in planned start order."""
-    problem, estimates = build_problem(pipeline, capacities, costs, history, known_pools, steps)
+    problem, estimates = build_problem(pipeline, capacities, costs, history, known_pools, steps, scale=scale)
     plan = solve(problem, options)
     assignments = {
         t.name: Assignment(
@@ -237,19 +243,24 @@ def make_plan(
     local_pool: str = DEFAULT_POOL,
     pools: tuple[dict[str, Any], set[str]] | None = None,
     steps: Mapping[str, tuple[Step, ...]] | None = None,
+    *,
+    params: Mapping[str, Any] | None = None,
 ) -> PipelinePlan:
     """Plan `pipeline` over the ResourcePool blocks usable in `mode`, with the
-    PlannerSettings block and durations learned from the pipeline's recent runs; `steps`
-    is each pool's capacity over time left by other runs."""
+    PlannerSettings block and durations learned from its components' recent runs
+    (history.py), scaled to the work of a run with `params`; `steps` is each pool's
+    capacity over time left by other runs."""
     usable, known = pools if pools is not None else run_pools(mode, local_pool)
     settings = load_settings()
     capacities = {name: pool.capacity() for name, pool in usable.items()}
     costs = {name: pool.cost_per_hour for name, pool in usable.items()}
-    history = recent_durations(pipeline.name, pipeline.steps, settings.history_runs)
+    history = recent_durations(pipeline, settings.history_runs, params)
     options = PlannerOptions(
         solver=settings.solver, time_limit_s=settings.time_limit_s, threads=settings.threads, mip_gap=settings.mip_gap
     )
-    return plan_pipeline(pipeline, capacities, costs, options, history, known, steps)
+    return plan_pipeline(
+        pipeline, capacities, costs, options, history, known, steps, scale=work_scale(pipeline, params)
+    )
 
 
 def check_run_options(policy: str, mode: str) -> None:
@@ -266,6 +277,8 @@ def plan_run(
     local_pool: str = DEFAULT_POOL,
     pools: tuple[dict[str, Any], set[str]] | None = None,
     busy: Callable[[Mapping[str, Mapping[str, float]], float], tuple[dict[str, tuple[Step, ...]], int]] | None = None,
+    *,
+    params: Mapping[str, Any] | None = None,
 ) -> RunPlan:
     """Where and in what order each step of one run goes: planned (policy "plan") or
     first come, first served on each step's fastest pool (policy "fifo"). `busy` gives,
@@ -277,7 +290,7 @@ def plan_run(
     if policy == "plan":
         planned_at = time.time()
         steps, count = busy(capacities, planned_at) if busy is not None else ({}, 0)
-        pp = make_plan(pipeline, pools=(pools, known), steps=steps)
+        pp = make_plan(pipeline, pools=(pools, known), steps=steps, params=params)
         return RunPlan(pools, capacities, pp.assignments, pp, planned_at, count)
     costs = {name: pool.cost_per_hour for name, pool in pools.items()}
     return RunPlan(pools, capacities, greedy_assignments(pipeline, capacities, costs, known))

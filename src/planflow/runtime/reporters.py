@@ -9,6 +9,8 @@ Each subscribes to the run's events (events.py) and keeps to one concern:
 - MetricsReporter: the run's figures (monitoring.metrics.RunRecorder), pushed to the
   Pushgateway when no other event is waiting: one push per batch of events.
 - LogReporter: the plan, the run's start and each completed step in the flow run's log.
+- HistoryReporter: each completed step's duration (and peak memory, when the record
+  carries it) into the duration history (history.py) the planner learns from.
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ from prefect.artifacts import (
     create_table_artifact,
     update_progress_artifact,
 )
+from prefect.context import FlowRunContext
 
 from planflow.monitoring.metrics import RunRecorder
-from planflow.runtime import reporting
+from planflow.runtime import history, reporting
 from planflow.runtime.dispatch import StepRecord
 from planflow.runtime.events import FINAL_STEP_EVENTS, Reporter, RunInfo, StepEvent
 from planflow.settings import StatePaths
@@ -195,3 +198,37 @@ class LogReporter(Reporter):
                 record.seconds or 0.0,
                 f": {metrics}" if metrics else "",
             )
+
+
+class HistoryReporter(Reporter):
+    """Each completed step's seconds (release to completion, what a plan must predict)
+    into the history, keyed by its component's code version, with the values of the
+    parameters that scale its work. A retry of a flow run (run count > 1) records
+    nothing: the steps it reads back from stored results did no work."""
+
+    def __init__(self) -> None:
+        self.retry = False
+
+    def on_planned(self, run: RunInfo) -> None:
+        context = FlowRunContext.get()
+        flow_run = context.flow_run if context is not None else None
+        self.retry = flow_run is not None and (flow_run.run_count or 1) > 1
+
+    def on_step(self, event: StepEvent) -> None:
+        record, run = event.record, event.run
+        if event.kind != "completed" or self.retry or not record.seconds or record.seconds <= 0:
+            return
+        component = run.pipeline.steps[record.step].component
+        peak = getattr(record, "peak_mem_gib", None)  # set by executors that measure it
+        history.record(
+            history.Observation(
+                component=component.name,
+                code_version=component.code_version,
+                pool=record.pool,
+                seconds=record.seconds,
+                peak_mem_gib=float(peak) if isinstance(peak, (int, float)) else None,
+                work=history.work_values(run.pipeline, record.step, run.params),
+                pipeline=run.pipeline.name,
+                flow_run_id=run.flow_run_id,
+            )
+        )

@@ -43,8 +43,7 @@ def fmt_metrics(metrics: Mapping[str, float]) -> str:
 
 
 def summary_rows(records: Mapping[str, StepRecord], order: list[str]) -> list[dict[str, Any]]:
-    """Per component: state, pool, seconds and key metric (the `<slug>-summary` table,
-    which history.py reads back to learn durations)."""
+    """Per component: state, pool, seconds and key metric (the `<slug>-summary` table)."""
     return [
         {
             "component": name,

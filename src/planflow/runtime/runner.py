@@ -36,7 +36,13 @@ from planflow.runtime.distributed import DistributedExecutor
 from planflow.runtime.events import EventBus, Reporter, RunInfo, add_listener, subscribe, subscribers
 from planflow.runtime.executors import Executor, InProcessExecutor, execute
 from planflow.runtime.planning import RunPlan, check_run_options, make_plan, plan_run, run_pools
-from planflow.runtime.reporters import ArtifactReporter, LogReporter, MetricsReporter, ProgressReporter
+from planflow.runtime.reporters import (
+    ArtifactReporter,
+    HistoryReporter,
+    LogReporter,
+    MetricsReporter,
+    ProgressReporter,
+)
 from planflow.runtime.reporting import key_metrics
 from planflow.runtime.tags import PIPELINE_TAG_PREFIX, PLANFLOW_TAG, tag_flow_run
 from planflow.runtime.watchdog import unwatch_later, watch_run
@@ -68,7 +74,7 @@ def run_reporters(
     calendar: RunCalendar | None = None,
 ) -> list[Reporter]:
     """The reporters of one run: the log, the pool calendar (and ETA), the process's
-    subscribers (e.g. the terminal), progress, metrics and artifacts, in the order each
+    subscribers (e.g. the terminal), progress, metrics, artifacts and the duration history, in the order each
     event reaches them."""
     recorder = recorder or RunRecorder(pipeline.name, pushgateway_url_from_env())
     return [
@@ -78,6 +84,7 @@ def run_reporters(
         ProgressReporter(),
         MetricsReporter(recorder),
         ArtifactReporter(),
+        HistoryReporter(),
     ]
 
 
@@ -130,8 +137,8 @@ def _run(
     if shared and policy == "plan" and flow_run is not None:
         calendar = RunCalendar(str(flow_run.id), flow_run.name, logger, recorder)
     try:
-        plan = plan_shared(pipeline, policy, mode, local_pool, calendar) if shared else None
-        plan = plan or plan_run(pipeline, policy, mode, local_pool)
+        plan = plan_shared(pipeline, policy, mode, local_pool, calendar, resolved) if shared else None
+        plan = plan or plan_run(pipeline, policy, mode, local_pool, params=resolved)
         run = RunInfo(pipeline, resolved, policy, mode, str(flow_run.id) if flow_run else None, plan)
         with EventBus(run_reporters(pipeline, logger, recorder, calendar), logger) as bus:
             bus.planned(run)
@@ -147,16 +154,23 @@ def _run(
     return summary(run, records)
 
 
-def plan_shared(pipeline: Pipeline, policy: str, mode: str, local_pool: str, calendar: RunCalendar | None) -> RunPlan:
+def plan_shared(
+    pipeline: Pipeline,
+    policy: str,
+    mode: str,
+    local_pool: str,
+    calendar: RunCalendar | None,
+    params: Mapping[str, Any] | None = None,
+) -> RunPlan:
     """Plan a run that shares its pools: their concurrency limits exist and match their
     blocks; under policy "plan" the calendar is read, the run planned into what is left
     and its reservations written, all under the planning slot."""
     pools = run_pools(mode, local_pool)
     require_limits({name: pool.capacity() for name, pool in pools[0].items()})
     if calendar is None:
-        return plan_run(pipeline, policy, mode, local_pool, pools)
+        return plan_run(pipeline, policy, mode, local_pool, pools, params=params)
     with planning_lock():
-        plan = plan_run(pipeline, policy, mode, local_pool, pools, busy_steps(calendar.run_id))
+        plan = plan_run(pipeline, policy, mode, local_pool, pools, busy_steps(calendar.run_id), params=params)
         calendar.write(pipeline.name, plan.assignments, plan.planned_at)
     return plan
 

@@ -1,9 +1,9 @@
-"""The tags planflow puts on runs: how its automations and the duration history find them.
+"""The tags planflow puts on runs: how its automations find them.
 
 Every flow run of a pipeline carries `planflow` and `pipeline:<name>` (the retry and
 crash automations match them), whoever started it: `planflow run`, a deployment a team
 made with `prefect deploy`, or a plain call of the flow. Each component's task run
-carries `pool:<name>`, the pool it ran on (history.py reads durations by it).
+carries `pool:<name>`, the pool it ran on.
 """
 
 from __future__ import annotations

@@ -1,0 +1,352 @@
+"""Many runs at once on one pool: planflow's shared pools versus Prefect's default.
+
+A burst of runs (the three example pipelines and the dispatch benchmark's pipeline,
+mixed; 8 by default) is submitted together, through deployments, to one process work
+pool served by one process worker that accepts them all. Every run is in-process on the
+same planflow pool of 2 cores and 3 GiB (`bench-small`). Two policies alternate, in one
+benchmark process:
+
+- planflow: policy "plan", the pools shared between runs (PLANFLOW_SHARED_SLOTS=true:
+  the global-concurrency-limit ledger and the pool calendar, where the dispatcher has
+  them);
+- default: what Prefect does with no shared ledger: policy "fifo", each run believing it
+  has the pool to itself (PLANFLOW_SHARED_SLOTS=false).
+
+What it measures is whatever the dispatcher does, read back from the runs' own records
+on the server: each component's task run (its Running interval) with the demand its
+component declares gives `capacity_violations` (instants when the running demand of
+all runs exceeds the pool's capacity); the global concurrency limits, sampled while the
+burst runs, give the ledger's own view (`ledger_over_limit_samples`); the makespan is
+from submission to the last run's end; each run's ETA is read from its plan
+(`eta_ratio` = actual time to finish / the time its ETA promised, from submission). A
+warm-up run of each pipeline first gives the history its durations.
+
+Then per database, SQLite and PostgreSQL (`planflow server up --db postgres`), the same
+bursts, and the latency of creating each run of a burst from its deployment
+(`run_create_p95_s`).
+
+Run: `python -m bench.bench_fleet [--rounds 1] [--runs 8] [--db sqlite,postgres]`.
+Writes bench/results/fleet.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from bench.bench_dispatch import CAPACITY, POOL, _units_per_second
+from bench.fleet_measure import Interval, eta_from_plan, eta_ratio, over_capacity
+from bench.fleet_report import POLICIES, summarise, write
+
+ROOT = Path(__file__).resolve().parents[1]
+WORK_POOL = "bench-fleet"
+ENTRYPOINTS = {  # pipeline (= flow name) -> entrypoint, in the order a burst mixes them
+    "fraud-risk": "flows/fraud_risk/flow.py:fraud_risk",
+    "bench-synthetic-30": "bench/fleet_flows.py:synthetic",
+    "image-classification": "flows/image_classification/flow.py:image_classification",
+    "predictive-maintenance": "flows/predictive_maintenance/flow.py:predictive_maintenance",
+}
+CREATE_RETRY_S = 120.0  # how long a run's creation is retried while the server answers 503
+RUN_TIMEOUT_S = 1800.0  # a burst that takes longer fails the benchmark, naming the runs
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+# -- setting up one server ------------------------------------------------------------
+def setup(rate: float, log: Path) -> tuple[dict[str, str], subprocess.Popen]:
+    """Blocks, the work pool, a deployment per pipeline and one process worker."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.flows import Flow
+
+    from planflow.ops.workers import start_worker
+    from planflow.prefect.blocks import ensure_defaults
+
+    ensure_defaults()
+    planflow = str(Path(sys.executable).with_name("planflow"))
+    command = [planflow, "pools", "set", POOL, "--work-pool", WORK_POOL]
+    command += ["--cpu", str(CAPACITY["cpu"]), "--mem-gib", str(CAPACITY["mem_gib"])]
+    subprocess.run(command, check=True, cwd=ROOT, timeout=120, capture_output=True)
+    with get_client(sync_client=True) as client:
+        client.create_work_pool(WorkPoolCreate(name=WORK_POOL, type="process"), overwrite=True)
+    env = {"PYTHONPATH": str(ROOT), "PLANFLOW_BENCH_RATE": f"{rate:.3f}"}
+    deployments = {}
+    for name, entrypoint in ENTRYPOINTS.items():
+        flow = Flow.from_source(source=str(ROOT), entrypoint=entrypoint)
+        deployment_id = flow.deploy(
+            name=f"{name}-fleet",
+            work_pool_name=WORK_POOL,
+            job_variables={"env": env},
+            build=False,
+            push=False,
+            print_next_steps=False,
+        )
+        deployments[name] = str(deployment_id)
+    worker = start_worker(WORK_POOL, log, query_seconds=1.0)
+    return deployments, worker
+
+
+def warm_up(deployments: dict[str, str]) -> None:
+    """One run of each pipeline alone (policy fifo): durations for the plans' estimates."""
+    for name, deployment_id in deployments.items():
+        [(run_id, _, _)] = submit({name: deployment_id}, [name], "fifo", "false")
+        if run_id is None:
+            raise BenchError(f"the server did not create the warm-up run of {name} within {CREATE_RETRY_S:g} s")
+        wait_final([run_id])
+        print(f"  warm-up {name}: done", flush=True)
+
+
+# -- one burst ------------------------------------------------------------------------
+def submit(
+    deployments: dict[str, str], burst: list[str], policy: str, shared: str
+) -> list[tuple[str | None, float, int]]:
+    """Create every run of the burst at once (one thread each): (run id, seconds until it
+    was created, answers 503 on the way). A server that answers 503 (SQLite busy under
+    concurrent writes) is asked again for up to CREATE_RETRY_S: the wait is in the figure;
+    a run still not created then has the id None (counted, not waited for)."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import PrefectHTTPStatusError
+    from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_fixed
+
+    def unavailable(exc: BaseException) -> bool:
+        return isinstance(exc, PrefectHTTPStatusError) and exc.response.status_code == 503
+
+    def create(name: str) -> tuple[str | None, float, int]:
+        started = time.perf_counter()
+        retrying = Retrying(
+            retry=retry_if_exception(unavailable),
+            wait=wait_fixed(0.5),
+            stop=stop_after_delay(CREATE_RETRY_S),
+            reraise=True,
+        )
+        try:
+            with get_client(sync_client=True) as client:
+                for attempt in retrying:
+                    with attempt:
+                        run = client.create_flow_run_from_deployment(
+                            deployments[name],
+                            parameters={"policy": policy, "local_pool": POOL},
+                            job_variables={"env": {"PLANFLOW_SHARED_SLOTS": shared}},
+                        )
+        except PrefectHTTPStatusError as exc:  # still 503 at the bound: a run never created, counted
+            print(f"  {name}: not created within {CREATE_RETRY_S:g} s ({exc.response.status_code})", flush=True)
+            return None, time.perf_counter() - started, retrying.statistics.get("attempt_number", 1)
+        return str(run.id), time.perf_counter() - started, retrying.statistics.get("attempt_number", 1) - 1
+
+    with ThreadPoolExecutor(max_workers=len(burst)) as pool:
+        return list(pool.map(create, burst))
+
+
+def wait_final(run_ids: list[str], timeout: float = RUN_TIMEOUT_S) -> list:
+    """The flow runs once all are final; BenchError naming those that are not, at the bound."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while True:
+            runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=run_ids)))
+            if len(runs) == len(run_ids) and all(r.state and r.state.is_final() for r in runs):
+                return runs
+            if time.monotonic() > deadline:
+                late = [f"{r.name} ({r.state.name if r.state else '?'})" for r in runs if not r.state.is_final()]
+                raise BenchError(f"runs not final after {timeout:g} s: {', '.join(late)}")
+            time.sleep(1.0)
+
+
+class LedgerSampler(threading.Thread):
+    """Samples every global concurrency limit while a burst runs: how often any held more
+    slots than its limit (the shared ledger's own view of a violation)."""
+
+    def __init__(self, every: float = 0.5) -> None:
+        super().__init__(daemon=True)
+        self.every, self.stop_event = every, threading.Event()
+        self.samples = self.over = 0
+        self.limits: set[str] = set()
+
+    def run(self) -> None:
+        from prefect.client.orchestration import get_client
+
+        with get_client(sync_client=True) as client:
+            while not self.stop_event.wait(self.every):
+                limits = client.read_global_concurrency_limits(limit=200)
+                self.samples += 1
+                self.limits |= {lim.name for lim in limits}
+                self.over += any(lim.active_slots > lim.limit for lim in limits)
+
+
+def demands() -> dict[str, dict[str, dict[str, float]]]:
+    """Per pipeline, per component, its declared demand (imported like the worker does)."""
+    from planflow.core.pipeline import import_object
+
+    found = {}
+    for name, entrypoint in ENTRYPOINTS.items():
+        module = entrypoint.split(":")[0].removesuffix(".py").replace("/", ".")
+        pipeline = import_object(f"{module}:pipeline")
+        found[name] = {step: s.spec.demand() for step, s in pipeline.steps.items()}
+    return found
+
+
+def burst_figures(runs: list, submitted: float, declared: dict) -> dict:
+    """Violations, makespan and ETA ratios of one burst, from the runs' records."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        FlowRunFilter,
+        FlowRunFilterId,
+    )
+
+    intervals, ratios, failed = [], [], []
+    with get_client(sync_client=True) as client:
+        for run in runs:
+            pipeline = client.read_flow(run.flow_id).name
+            if run.state.name != "Completed":
+                failed.append(f"{pipeline} {run.name}: {run.state.name}")
+            task_runs = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])), limit=200
+            )
+            for task_run in task_runs:
+                # the executor names a component's task run after its step
+                component = task_run.name if task_run.name in declared[pipeline] else task_run.name.rsplit("-", 1)[0]
+                if task_run.start_time and task_run.end_time and component in declared[pipeline]:
+                    intervals.append(
+                        Interval(
+                            str(run.id),
+                            component,
+                            task_run.start_time.timestamp(),
+                            task_run.end_time.timestamp(),
+                            declared[pipeline][component],
+                        )
+                    )
+            plans = client.read_artifacts(
+                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]))
+            )
+            figures = [a for a in plans if a.key and a.key.endswith("-plan-figures")]
+            if figures and run.end_time:
+                eta = eta_from_plan(str(figures[0].data), figures[0].created.timestamp())
+                ratio = eta_ratio(submitted, run.end_time.timestamp(), eta) if eta else None
+                if ratio is not None:
+                    ratios.append(ratio)
+    ends = [r.end_time.timestamp() for r in runs if r.end_time]
+    sweep = over_capacity(intervals, {"cpu": CAPACITY["cpu"], "mem_gib": CAPACITY["mem_gib"]})
+    return {
+        "capacity_violations": sweep["violations"],
+        "seconds_over_capacity": round(sweep["seconds_over"], 2),
+        "peak_cpu": sweep["peak_cpu"],
+        "peak_mem_gib": sweep["peak_mem_gib"],
+        "makespan_s": round(max(ends) - submitted, 2),
+        "eta_ratios": [round(r, 3) for r in ratios],
+        "components_seen": len(intervals),
+        "failed_runs": failed,
+    }
+
+
+def run_burst(deployments: dict[str, str], burst: list[str], policy_name: str, declared: dict) -> dict:
+    policy = POLICIES[policy_name]
+    sampler = LedgerSampler()
+    sampler.start()
+    submitted = time.time()
+    created = submit(deployments, burst, policy["policy"], policy["shared"])
+    try:
+        runs = wait_final([run_id for run_id, _, _ in created if run_id is not None])
+    finally:
+        sampler.stop_event.set()
+        sampler.join(10)
+    figures = burst_figures(runs, submitted, declared)
+    figures.update(
+        policy=policy_name,
+        create_s=[round(s, 3) for _, s, _ in created],
+        create_503_answers=sum(n for _, _, n in created),
+        runs_not_created=sum(run_id is None for run_id, _, _ in created),
+        ledger_samples=sampler.samples,
+        ledger_over_limit_samples=sampler.over,
+        ledger_limits=sorted(sampler.limits),
+    )
+    return figures
+
+
+# -- the whole benchmark --------------------------------------------------------------
+def run_database(server, db: str, args, rate: float, declared: dict, done) -> None:
+    """Start the server on `db`, set it up, warm up, and run the alternating bursts;
+    `done(figures)` after each burst."""
+    from planflow.ops.workers import stop_process
+
+    server.db = db
+    server.start()
+    worker = None
+    try:
+        deployments, worker = setup(rate, server.home / f"worker-{db}.log")
+        warm_up(deployments)
+        names = list(ENTRYPOINTS)
+        burst = [names[i % len(names)] for i in range(args.runs)]
+        for round_index in range(args.rounds):
+            order = ("planflow", "default") if round_index % 2 == 0 else ("default", "planflow")
+            for policy in order:
+                figures = run_burst(deployments, burst, policy, declared)
+                figures.update(db=db, round=round_index + 1)
+                print(json.dumps({k: v for k, v in figures.items() if k != "eta_ratios"}), flush=True)
+                done(figures)
+    finally:
+        if worker is not None:
+            stop_process(worker, timeout=20)
+        server.stop()
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=1, help="bursts per policy and database")
+    parser.add_argument("--runs", type=int, default=8, help="runs per burst (at least 8 for the issue's figures)")
+    parser.add_argument("--db", default="sqlite,postgres", help="databases, comma-separated: sqlite,postgres")
+    parser.add_argument("--scale", type=float, default=0.5, help="work of the synthetic pipeline per estimate")
+    args = parser.parse_args(argv)
+    databases = [d.strip() for d in args.db.split(",") if d.strip()]
+    unknown = sorted(set(databases) - {"sqlite", "postgres"})
+    if unknown or args.runs < 1 or args.rounds < 1:
+        parser.error(f"--db takes sqlite and/or postgres (got {unknown}); --runs and --rounds >= 1")
+
+    from bench.tempserver import TempServer
+
+    server = TempServer("fleet")  # before Prefect is imported
+    rate = _units_per_second() * args.scale
+    declared = demands()
+    meta = {
+        "pool": {"name": POOL, **CAPACITY},
+        "runs_per_burst": args.runs,
+        "rounds": args.rounds,
+        "databases": databases,
+        "pipelines": list(ENTRYPOINTS),
+        "synthetic_rate_units_per_s": round(rate, 1),
+        "cpus": os.cpu_count(),
+        "load_start": os.getloadavg()[0],
+        "complete": False,
+    }
+    started, bursts = time.time(), []
+
+    def report(complete: bool = False) -> dict:
+        meta.update(complete=complete, load_end=os.getloadavg()[0], seconds=round(time.time() - started))
+        figures = {**summarise(bursts, databases), "meta": meta, "bursts": bursts}
+        write(figures)
+        return figures
+
+    def done(burst: dict) -> None:
+        bursts.append(burst)
+        report()
+
+    for db in databases:
+        run_database(server, db, args, rate, declared, done)
+    return report(complete=True)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    main()

@@ -1,0 +1,67 @@
+"""What the fleet benchmark measures, as pure functions of what it read back from Prefect.
+
+- capacity violations: the instants (each start of a component) when the declared
+  demand of the components running on the pool, over all runs, exceeds its capacity;
+- the seconds during which it did, and the highest demand seen;
+- a run's ETA as its plan gave it (the plan-figures artifact), and actual / ETA.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+EPS = 1e-6
+ETA_LINE = re.compile(r"\|\s*ETA \(planned finish\)\s*\|\s*(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) UTC\s*\|")
+MAKESPAN_LINE = re.compile(r"\|\s*planned makespan\s*\|\s*([0-9.]+) s\s*\|")
+
+
+@dataclass(frozen=True)
+class Interval:
+    """One component of one run, running from `start` to `end` (Unix seconds)."""
+
+    run: str
+    component: str
+    start: float
+    end: float
+    demand: Mapping[str, float]
+
+
+def over_capacity(intervals: Iterable[Interval], capacity: Mapping[str, float]) -> dict[str, float]:
+    """Sweep the intervals: `violations` (starts at which the running demand exceeds a
+    resource's capacity), `seconds_over` (time spent over it) and the peak per resource."""
+    items = sorted(intervals, key=lambda i: i.start)
+    edges = sorted({t for i in items for t in (i.start, i.end)})
+    starts = {i.start for i in items}
+    violations, seconds_over = 0, 0.0
+    peak = dict.fromkeys(capacity, 0.0)
+    for left, right in zip(edges, [*edges[1:], None], strict=True):
+        live = [i for i in items if i.start <= left < i.end]
+        use = {r: sum(i.demand.get(r, 0.0) for i in live) for r in capacity}
+        for r, value in use.items():
+            peak[r] = max(peak[r], value)
+        over = any(use[r] > capacity[r] + EPS for r in capacity)
+        if over and left in starts:
+            violations += 1
+        if over and right is not None:
+            seconds_over += right - left
+    return {"violations": violations, "seconds_over": seconds_over, **{f"peak_{r}": v for r, v in peak.items()}}
+
+
+def eta_from_plan(markdown: str, created: float) -> float | None:
+    """The run's ETA (Unix time) from its plan-figures markdown: the ETA line when the
+    plan has one (the pool calendar writes it), else the time the plan was published
+    plus its planned makespan; None for a run without a plan."""
+    found = ETA_LINE.search(markdown)
+    if found:
+        return datetime.strptime(found.group(1), "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC).timestamp()
+    makespan = MAKESPAN_LINE.search(markdown)
+    return created + float(makespan.group(1)) if makespan else None
+
+
+def eta_ratio(submitted: float, finished: float, eta: float) -> float | None:
+    """Actual time to finish over the time the ETA promised, both from submission."""
+    promised = eta - submitted
+    return (finished - submitted) / promised if promised > 0 else None

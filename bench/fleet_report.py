@@ -1,0 +1,101 @@
+"""The fleet benchmark's summary (one object per policy) and its markdown."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+from bench import percentile
+
+RESULTS = Path(__file__).resolve().parent / "results"
+POLICIES = {  # what each policy's runs are given: the flow's policy, PLANFLOW_SHARED_SLOTS
+    "planflow": {"policy": "plan", "shared": "true"},
+    "default": {"policy": "fifo", "shared": "false"},
+}
+
+
+def summarise(bursts: list[dict], databases: list[str]) -> dict:
+    """One object per policy: violations, makespan (median over bursts) and its ratio to
+    the default's, ETA ratios p50/p95, run-creation p95 per database."""
+    result: dict = {}
+    for policy in POLICIES:
+        mine = [b for b in bursts if b["policy"] == policy]
+        if not mine:  # a partial result, written after each burst
+            continue
+        ratios = [r for b in mine for r in b["eta_ratios"]]
+        result[policy] = {
+            "capacity_violations": sum(b["capacity_violations"] for b in mine),
+            "seconds_over_capacity": round(sum(b["seconds_over_capacity"] for b in mine), 2),
+            "ledger_over_limit_samples": sum(b["ledger_over_limit_samples"] for b in mine),
+            "makespan_s": round(statistics.median(b["makespan_s"] for b in mine), 2),
+            "eta_ratio_p50": round(percentile(ratios, 0.5), 3) if ratios else None,
+            "eta_ratio_p95": round(percentile(ratios, 0.95), 3) if ratios else None,
+            "runs_with_eta": len(ratios),
+            "run_create_p95_s": {
+                db: round(percentile(created, 0.95), 3) if created else None
+                for db in databases
+                for created in [[s for b in mine if b["db"] == db for s in b["create_s"]]]
+            },
+            "run_create_503_answers": {
+                db: sum(b.get("create_503_answers", 0) for b in mine if b["db"] == db) for db in databases
+            },
+            "runs_not_created": {
+                db: sum(b.get("runs_not_created", 0) for b in mine if b["db"] == db) for db in databases
+            },
+            "failed_runs": [f for b in mine for f in b["failed_runs"]],
+        }
+    default = result.get("default", {}).get("makespan_s")
+    for figures in result.values():
+        figures["makespan_ratio_to_default"] = round(figures["makespan_s"] / default, 3) if default else None
+    return result
+
+
+def write(figures: dict) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "fleet.json").write_text(json.dumps(figures, indent=2))
+    meta = figures["meta"]
+    lines = [
+        "# Fleet benchmark: many runs at once on one pool, planflow versus Prefect's default",
+        "",
+        f"{meta['runs_per_burst']} runs per burst ({', '.join(meta['pipelines'])}, mixed), submitted together "
+        f"through deployments to one process worker; pool `{meta['pool']['name']}` (cpu {meta['pool']['cpu']:g}, "
+        f"mem {meta['pool']['mem_gib']:g} GiB); {meta['rounds']} burst(s) per policy and database, alternating; "
+        f"databases: {', '.join(meta['databases'])}; {meta['cpus']} CPUs, load average "
+        f"{meta['load_start']:.1f} at the start and {meta['load_end']:.1f} at the end"
+        + ("." if meta["complete"] else "; **partial**: written after each burst, the run did not finish."),
+        "",
+        "| policy | capacity violations | s over capacity | ledger over limit (samples) | makespan s "
+        "| / default | ETA ratio p50 | ETA ratio p95 | "
+        + " | ".join(f"run create p95 s ({db})" for db in meta["databases"])
+        + " |",
+        "|---|---|---|---|---|---|---|---|" + "---|" * len(meta["databases"]),
+    ]
+    for policy in [p for p in POLICIES if p in figures]:
+        f = figures[policy]
+        creates = " | ".join(_fmt(f["run_create_p95_s"][db], 3) for db in meta["databases"])
+        lines.append(
+            f"| {policy} | {f['capacity_violations']} | {f['seconds_over_capacity']:.1f} | "
+            f"{f['ledger_over_limit_samples']} | {f['makespan_s']:.1f} | {_fmt(f['makespan_ratio_to_default'])} | "
+            f"{_fmt(f['eta_ratio_p50'])} | {_fmt(f['eta_ratio_p95'])} | {creates} |"
+        )
+    lines += [
+        "",
+        "Goals (issue 12): planflow 0 violations; makespan at most the default's; ETA ratio within 15 % at p50 "
+        "and 35 % at p95. The default (fifo, no shared ledger) gives no ETA.",
+        "",
+        "| db | round | policy | violations | makespan s | peak cpu | peak mem GiB | runs with ETA | failed "
+        "| run create p95 s | 503 answers |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for b in figures["bursts"]:
+        lines.append(
+            f"| {b['db']} | {b['round']} | {b['policy']} | {b['capacity_violations']} | {b['makespan_s']:.1f} | "
+            f"{b['peak_cpu']:g} | {b['peak_mem_gib']:g} | {len(b['eta_ratios'])} | {len(b['failed_runs'])} | "
+            f"{percentile(b['create_s'], 0.95):.3f} | {b.get('create_503_answers', 0)} |"
+        )
+    (RESULTS / "fleet.md").write_text("\n".join(lines) + "\n")
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"

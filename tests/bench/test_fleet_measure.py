@@ -1,0 +1,36 @@
+"""The fleet benchmark's measures: capacity violations over many runs' components, and
+a run's ETA read from its plan."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from bench.fleet_measure import Interval, eta_from_plan, eta_ratio, over_capacity
+
+CAPACITY = {"cpu": 2.0, "mem_gib": 3.0}
+
+
+def test_components_of_two_runs_over_the_pool_are_counted_at_each_start_and_for_how_long():
+    intervals = [
+        Interval("a", "train", 0.0, 10.0, {"cpu": 1.0, "mem_gib": 2.0}),
+        Interval("b", "train", 2.0, 6.0, {"cpu": 1.0, "mem_gib": 0.5}),  # fits beside it
+        Interval("b", "features", 4.0, 8.0, {"cpu": 2.0, "mem_gib": 0.5}),  # 4 cores from 4 s to 6 s, 3 to 8 s
+        Interval("c", "score", 10.0, 12.0, {"cpu": 2.0, "mem_gib": 1.0}),  # starts as train ends: fits
+    ]
+    sweep = over_capacity(intervals, CAPACITY)
+    assert sweep["violations"] == 1  # one start (features at 4 s) made the demand exceed the pool
+    assert sweep["seconds_over"] == pytest.approx(4.0)
+    assert sweep["peak_cpu"] == 4.0 and sweep["peak_mem_gib"] == 3.0
+    assert over_capacity(intervals[:2] + intervals[3:], CAPACITY)["violations"] == 0
+
+
+def test_the_eta_is_the_plans_eta_line_else_its_publication_plus_the_planned_makespan():
+    eta = datetime(2026, 12, 1, 11, 0, 30, tzinfo=UTC).timestamp()
+    with_line = "| planned makespan | 12.00 s |\n| ETA (planned finish) | 2026-12-01 11:00:30 UTC |"
+    assert eta_from_plan(with_line, created=0.0) == eta
+    assert eta_from_plan("| planned makespan | 12.50 s |", created=100.0) == 112.5
+    assert eta_from_plan("no plan here", created=100.0) is None
+    assert eta_ratio(submitted=100.0, finished=130.0, eta=120.0) == 1.5
+    assert eta_ratio(submitted=100.0, finished=130.0, eta=90.0) is None  # an ETA before submission says nothing

@@ -1,0 +1,141 @@
+"""The duration history: a record per component and code version on the Prefect server,
+parameters that scale the work, and a rewritten component starting from its declaration."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import textwrap
+import uuid
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from planflow import to_flow
+from planflow.core.component import ComponentSpecError, component
+from planflow.core.pipeline import Pipeline
+from planflow.runtime import history
+from planflow.runtime.planning import make_plan
+
+V1 = """
+import time
+from planflow import component
+
+@component(cpu=1, mem_gib=0.25, est_seconds=30, name="{name}")
+def train(n_rows: int = 1000) -> int:
+    time.sleep(0.2)  # the slow version: stands for 32 s of work
+    return n_rows
+"""
+
+V2 = """
+import time
+from planflow import component
+
+@component(cpu=1, mem_gib=0.25, est_seconds=2, name="{name}")
+def train(n_rows: int = 1000) -> int:
+    time.sleep(0.05)  # rewritten: much faster
+    return n_rows * 2
+"""
+
+
+def load(path: Path, source: str, name: str) -> ModuleType:
+    """A module written to a file, as a user's project has it (so its source can be hashed)."""
+    path.write_text(textwrap.dedent(source.format(name=name)))
+    module_name = f"history_fixture_{uuid.uuid4().hex}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_scaling_parameter_must_be_a_parameter_of_the_function_with_a_positive_reference():
+    def rows(n_rows: int = 10) -> int:
+        return n_rows
+
+    with pytest.raises(ComponentSpecError) as error:
+        component(rows, scales_with={"n_row": 100, "n_rows": 0})
+    message = str(error.value)
+    assert "scales_with names 'n_row', which is not a parameter of rows. Did you mean 'n_rows'?" in message
+    assert "scales_with['n_rows']=0: must be a number > 0" in message
+    with pytest.raises(ComponentSpecError, match="scales_with=100: must map parameter names"):
+        component(rows, scales_with=100)
+
+
+def test_the_declared_estimate_scales_with_the_work_parameters():
+    def rows(n_rows: int = 1000) -> int:
+        return n_rows
+
+    spec = component(rows, est_seconds=4, scales_with={"n_rows": 1000}).spec
+    assert spec.work_factor({"n_rows": 3000}) == 3.0
+    assert spec.work_factor({}) == 1.0  # no value: the reference
+    assert history.estimate(4, False, {}, "rows", "local", scale=3.0) == history.Estimate(
+        12.0, "declared, x3 for its work parameters"
+    )
+
+
+def test_history_keys_fit_prefect_and_name_the_component_and_its_code_version():
+    key = history.history_key("Train Model_v2", "0123456789abcdef")
+    assert key == "planflow-history-train-model-v2-0123456789abcdef"
+    assert len(history.history_key("x" * 300, "0123456789abcdef")) <= history.KEY_MAX
+
+
+@pytest.mark.usefixtures("registered_blocks")
+def test_a_rewritten_component_is_planned_from_its_declaration_not_at_what_the_old_code_took(tmp_path):
+    """Issue 12: a component rewritten from 32 s to 2 s kept being planned at 32 s."""
+    name = f"train-{uuid.uuid4().hex[:8]}"
+    old = load(tmp_path / "old.py", V1, name).train
+    new = load(tmp_path / "new.py", V2, name).train
+    assert old.name == new.name and old.code_version != new.code_version
+    pipeline_old = Pipeline("rewritten", [old])
+    pipeline_new = Pipeline("rewritten", [new])
+    # Two runs of the old code took 32 s each (written through the path a run's
+    # HistoryReporter takes, so the test need not wait 64 s).
+    for _ in range(2):
+        history.record(history.Observation(old.name, old.code_version, "local", 32.0, work={"n_rows": 1000.0}))
+    assert make_plan(pipeline_old).plan[name].duration == pytest.approx(32.0)
+
+    rewritten = make_plan(pipeline_new)
+    assert rewritten.plan[name].duration == pytest.approx(2.0)
+    assert rewritten.source_of(name) == "declared"
+
+    # A real run of the new code is recorded and planned from from then on.
+    to_flow(pipeline_new)()
+    [seen] = history.observations(new, 10)
+    assert seen.pool == "local" and seen.code_version == new.code_version
+    assert 0.05 <= seen.seconds < 32.0, seen  # the new code's own time (orchestration included)
+    learned = make_plan(pipeline_new)
+    assert learned.source_of(name) == "history: median of 1 run"
+    assert learned.plan[name].duration == pytest.approx(seen.seconds)
+    assert make_plan(pipeline_old).plan[name].duration == pytest.approx(32.0)  # each version its own
+
+
+@pytest.mark.usefixtures("registered_blocks")
+def test_learned_durations_are_scaled_to_the_work_of_the_run_being_planned(tmp_path):
+    name = f"rows-{uuid.uuid4().hex[:8]}"
+    source = """
+    from planflow import component
+
+    @component(cpu=1, mem_gib=0.25, est_seconds=4, scales_with={{"n_rows": 1000}}, name="{name}")
+    def rows(n_rows: int = 1000) -> int:
+        return n_rows
+    """
+    rows = load(tmp_path / "rows.py", source, name).rows
+    pipeline = Pipeline("scaled-rows", [rows])
+    declared = make_plan(pipeline, params={"n_rows": 2500})
+    assert declared.plan[name].duration == pytest.approx(10.0)
+    assert declared.source_of(name) == "declared, x2.5 for its work parameters"
+
+    # measured: 3 s at 1000 rows and 12 s at 2000 rows, i.e. 3 s and 6 s per 1000 rows
+    history.record(history.Observation(rows.name, rows.code_version, "local", 3.0, work={"n_rows": 1000.0}))
+    history.record(history.Observation(rows.name, rows.code_version, "local", 12.0, work={"n_rows": 2000.0}))
+    learned = make_plan(pipeline, params={"n_rows": 4000})
+    assert learned.plan[name].duration == pytest.approx((12.0 + 24.0) / 2)  # median of 12 s and 24 s at 4000 rows
+    assert learned.source_of(name) == "history: median of 2 runs"
+
+
+@pytest.mark.usefixtures("registered_blocks")
+def test_a_duration_that_is_not_positive_is_refused_with_the_reason():
+    with pytest.raises(ValueError, match=r"history of 'x': seconds=0 must be > 0"):
+        history.record(history.Observation("x", "0" * 16, "local", 0))

@@ -1,0 +1,86 @@
+"""The scale-out server: `planflow server up --db postgres` runs the Prefect server on a
+real PostgreSQL (Debian's), started and stopped by planflow, and its data outlives a
+restart. Missing PostgreSQL skips here with the install command, and fails under CI."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import tempfile
+from pathlib import Path
+
+import httpx
+import pytest
+
+from planflow.ops import server
+from planflow.ops.postgres import INSTALL_HINT, Cluster, PostgresError, bin_dir
+from planflow.settings import StatePaths
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+@pytest.fixture
+def paths():
+    try:
+        bin_dir()
+    except PostgresError as exc:
+        if IN_CI:
+            pytest.fail(str(exc))
+        pytest.skip(f"PostgreSQL is not installed: {INSTALL_HINT}")
+    # Not pytest's tmp_path: its parent is closed to other users, and as root the
+    # database runs as the `postgres` account, which must reach its folder.
+    home = Path(tempfile.mkdtemp(prefix="planflow-pg-"))
+    state = StatePaths(home)
+    yield state
+    server.down(state)
+    shutil.rmtree(home, ignore_errors=True)
+
+
+def sql(cluster: Cluster, query: str) -> str:
+    command = [str(bin_dir() / "psql"), "-h", "127.0.0.1", "-p", str(cluster.port()), "-U", "planflow"]
+    done = subprocess.run(
+        [*command, "-d", "prefect", "-tAc", query],
+        env={**os.environ, "PGPASSWORD": cluster.password()},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    return done.stdout.strip()
+
+
+def create_flow_run(url: str, name: str) -> str:
+    with httpx.Client(base_url=url, timeout=30) as client:
+        flow = client.post("/flows/", json={"name": "pg-check"}).raise_for_status().json()
+        run = client.post("/flow_runs/", json={"flow_id": flow["id"], "name": name}).raise_for_status().json()
+    return run["id"]
+
+
+def test_the_server_runs_on_postgres_and_its_runs_survive_a_restart(paths):
+    state = server.up(paths, port=server.free_port(), db="postgres")
+    assert state.running and paths.recorded()["db"] == "postgres"
+    cluster = Cluster(paths)
+    assert cluster.running()
+    assert stat.S_IMODE(cluster.password_file.stat().st_mode) == 0o600
+    assert cluster.password() not in paths.server_file.read_text()  # the password stays in its own file
+
+    run_id = create_flow_run(state.url, "on-postgres")
+    # the run is a row of PostgreSQL's prefect database, not of a SQLite file
+    assert sql(cluster, f"SELECT name FROM flow_run WHERE id = '{run_id}'") == "on-postgres"
+    assert not list(paths.prefect_home.glob("*.db"))
+
+    server.down(paths)
+    assert not cluster.running()  # `down` stops the database too
+    state = server.up(paths, port=server.free_port(), db="postgres")
+    with httpx.Client(base_url=state.url, timeout=30) as client:
+        assert client.get(f"/flow_runs/{run_id}").raise_for_status().json()["name"] == "on-postgres"
+
+
+def test_a_server_on_another_database_or_an_unknown_one_is_named_with_the_fix(paths):
+    with pytest.raises(server.StackError, match=r"db='mysql' is not a database planflow runs\. Fix: --db sqlite"):
+        server.up(paths, port=server.free_port(), db="mysql")
+    server.up(paths, port=server.free_port(), db="sqlite")
+    with pytest.raises(server.StackError, match=r"runs on sqlite, not postgres\. Fix: `planflow server down`"):
+        server.up(paths, db="postgres")
