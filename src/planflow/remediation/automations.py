@@ -12,9 +12,16 @@ What there is (names start with "planflow: "):
 - **failover on unhealthy pool**: `planflow.alert.firing` / `.resolved` about
   `prefect.work-pool.*` whose alert's AlertRoute says failover (PlanflowWorkPoolNotReady,
   PlanflowWorkerHeartbeatStale, PlanflowPoolFailureRateHigh) -> run
-  `planflow-failover/remediation`.
+  `planflow-failover/remediation`; never about `planflow-remediation` itself.
 - **rescale on late-run backlog**: the same events for alerts routed to rescale
-  (PlanflowLateRunBacklog) -> run `planflow-rescale/remediation`.
+  (PlanflowLateRunBacklog) -> run `planflow-rescale/remediation`; the same exclusion.
+
+**Never its own target.** The remediation machinery (pool and tag `planflow-remediation`,
+the remediation deployments and their runs) is excluded from every automation: the alert
+triggers do not match its pool (`pool_alert_match`), the retry and crash triggers match
+only runs tagged `planflow`, which remediation runs never are; and each remediation flow
+refuses it again (outcome "skipped", saying why). Otherwise failed remediations raise the
+remediation pool's failure rate, and the failover pauses the pool that runs it.
 - **crash silent runs**, proactive: a `planflow` flow run's `prefect.flow-run.heartbeat`
   not followed by another heartbeat or a final state within 3 heartbeat periods ->
   change that flow run's state to Crashed (the retry automation then answers).
@@ -173,7 +180,7 @@ def desired_automations(deployment_ids: dict[str, Any], routes: dict[str, AlertR
                 ],
             )
         )
-    for action, resource in (("failover", "prefect.work-pool.*"), ("rescale", "prefect.work-*")):
+    for action in ALERT_ACTIONS:
         alerts = sorted(name for name, route in routes.items() if route.action == action)
         if not alerts:
             continue
@@ -181,10 +188,11 @@ def desired_automations(deployment_ids: dict[str, Any], routes: dict[str, AlertR
             Automation(
                 name=NAMES[action],
                 description=f"planflow.alert.firing/resolved of {', '.join(alerts)} (their AlertRoute "
-                f"blocks say {action}) start the {action} remediation flow.",
+                f"blocks say {action}) start the {action} remediation flow; never for the "
+                f"remediation pool {REMEDIATION_POOL} itself.",
                 trigger=EventTrigger(
                     expect={"planflow.alert.firing", "planflow.alert.resolved"},
-                    match={"prefect.resource.id": resource, "planflow.alert.name": alerts},
+                    match=pool_alert_match(alerts),
                     posture=Posture.Reactive,
                     threshold=1,
                     within=timedelta(0),
@@ -228,6 +236,19 @@ def desired_automations(deployment_ids: dict[str, Any], routes: dict[str, AlertR
         )
     )
     return out
+
+
+def pool_alert_match(alerts: list[str]) -> dict[str, Any]:
+    """The `match` of an alert-driven automation: a bridge event about a work pool, of one
+    of `alerts`, and not about the remediation pool. The labels of one spec must all match
+    (a list under one label matches if any item does, so the exclusion sits on the name:
+    the bridge names a pool resource by the pool). An event without that name does not
+    match at all, so no remediation run is even created for the remediation machinery."""
+    return {
+        "prefect.resource.id": "prefect.work-pool.*",
+        "prefect.resource.name": f"!{REMEDIATION_POOL}",
+        "planflow.alert.name": alerts,
+    }
 
 
 CRASH_AFTER_ENV = "PLANFLOW_CRASH_AFTER_SECONDS"
