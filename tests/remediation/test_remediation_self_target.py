@@ -175,3 +175,10 @@ def test_an_alert_about_a_pool_that_does_not_exist_is_skipped_not_failed(loop):
         )
     )
     assert result["outcome"] == "skipped" and "does not exist" in result["reason"], result
+
+
+def test_no_extra_worker_is_ever_started_on_the_remediation_pool():
+    from planflow.remediation.scaling import start_worker
+
+    with pytest.raises(ValueError, match=f"no extra worker for {REMEDIATION_POOL}"):
+        start_worker(REMEDIATION_POOL, "process", "planflow-rescale-test")
