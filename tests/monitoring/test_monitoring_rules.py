@@ -111,7 +111,7 @@ def test_the_remediation_names_the_rules_exclude_are_the_remediations_own():
     for name in ("PlanflowLateRunBacklog", "PlanflowWorkPoolNotReady", "PlanflowWorkerHeartbeatStale"):
         assert f'work_pool!="{REMEDIATION_POOL}"' in rules[name] and "work_pool_deployments == 0" in rules[name]
     assert rules["PlanflowPoolFailureRateHigh"].count(f'work_pool!="{REMEDIATION_POOL}"') == 3
-    assert f'work_pool="{REMEDIATION_POOL}"' in rules["PlanflowRemediationRunFailed"]
+    assert "planflow_prefect_remediation_runs_finished_total" in rules["PlanflowRemediationRunFailed"]
 
 
 def test_receivers_come_from_the_environment_and_a_bad_one_names_its_variable(monkeypatch):

@@ -125,3 +125,41 @@ def test_a_re_check_carries_the_alert_it_follows_up(module_leftovers):
         assert follow_up.recheck == 1 and follow_up.current_status == "resolved"
         assert follow_up.event_id == alert.event_id and follow_up.labels == alert.labels
         assert follow_up.name_or("") == "PlanflowWorkPoolNotReady" and follow_up.event_occurred is None
+
+
+def test_only_one_re_check_of_a_pool_waits_at_a_time(module_leftovers):
+    """Every resolved alert about a paused pool without a worker used to schedule a
+    re-check chain of its own (22 re-check runs in 4 minutes after `planflow demo heal`);
+    a second one now finds the first waiting and adds no run."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolUpdate
+
+    from planflow.prefect.blocks.alert_route import load_route
+    from planflow.remediation.failover import failover
+    from planflow.remediation.guard import Guard
+
+    name = module_leftovers.pool(f"once-{uuid.uuid4().hex[:6]}")
+    Guard(load_route("PlanflowWorkPoolNotReady"), shared=True).update(f"failover:{name}", paused=True)
+    with get_client(sync_client=True) as client:
+        client.update_work_pool(name, WorkPoolUpdate(is_paused=True))
+        first = failover(_alert(name, "resolved"))
+        second = failover(_alert(name, "resolved"))
+        assert first["outcome"] == second["outcome"] == "skipped", (first, second)
+        assert first["next_check"] and second["next_check"] == first["next_check"], (first, second)
+        runs = [
+            r
+            for r in client.read_flow_runs(limit=200)
+            if "recheck" in r.tags and r.parameters.get("alert", {}).get("work_pool") == name
+        ]
+        assert len(runs) == 1, runs
+
+
+def test_a_paused_pool_is_re_checked_a_handful_of_times_in_its_first_minutes():
+    from planflow.remediation.failover import RECHECKS, recheck_delay
+
+    elapsed, early = 0.0, 0
+    for recheck in range(RECHECKS):
+        elapsed += recheck_delay(recheck)
+        early += elapsed <= 240
+    assert early <= 7, early  # was 10 per chain, and one chain per resolved alert
+    assert 20 * 3600 < elapsed < 30 * 3600, elapsed  # still about a day before a person is needed

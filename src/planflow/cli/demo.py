@@ -128,6 +128,8 @@ def demo_heal(
     for result in results:
         last = result["timeline"][-1][1] if result["timeline"] else 0
         say(f"  {result['scenario']}: healed in {last:.0f} s on {result['work_pool']}")
+        for line in result.get("left_behind", []):
+            say(f"    left behind: {line}")
     say(
         f"Remediation runs, their artifacts and events: {ui}/runs?tags=planflow-remediation  ·  "
         f"{ui}/events  ·  worker logs in {logs}"

@@ -10,7 +10,9 @@ import typer
 from planflow.cli.common import fail, say
 from planflow.ops import server as stack
 from planflow.ops import services
+from planflow.prefect.health import api_url
 from planflow.remediation import automations as auto
+from planflow.remediation.scaling import stop_started_workers
 from planflow.settings import DEFAULT_PORT, StatePaths
 
 stack_app = typer.Typer(
@@ -77,9 +79,18 @@ def _automations_up(paths: StatePaths) -> None:
 
 @stack_app.command("down")
 def down(server: bool = typer.Option(True, help="Stop the embedded Prefect server too.")) -> None:
-    """Stop the remediation worker, the monitoring services (and the Prefect server)."""
+    """Stop the remediation worker, every worker a rescale started, the monitoring
+    services (and the Prefect server)."""
     paths = StatePaths.discover()
     auto.worker_down(paths)
+    # Before the server goes: the guard's ledgers on it name workers started elsewhere too.
+    api = api_url()
+    stopped = stop_started_workers(paths, ledgers=bool(api) and stack.healthy(api))
+    say(
+        f"stopped {len(stopped)} worker(s) a rescale had started: {', '.join(stopped)}"
+        if stopped
+        else "no worker a rescale started was running"
+    )
     services.down(paths)
     if server:
         stack.down(paths)

@@ -14,14 +14,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from planflow.monitoring.thresholds import Params
+from planflow.prefect import reserved
 
 SEVERITIES = ("critical", "warning", "none")
 
-# The remediation machinery's own work pool and flows (planflow.remediation.names, a
-# layer above: a test checks both agree). Pool alerts never include them, so that the
-# failover and the rescale are never fed by the remediation's own runs.
-REMEDIATION_POOL = "planflow-remediation"
-REMEDIATION_FLOWS = ("planflow-retry-run", "planflow-failover", "planflow-rescale")
+# The remediation machinery's own work pool and flows (planflow.prefect.reserved). Pool
+# alerts never include them, so that the failover and the rescale are never fed by the
+# remediation's own runs.
+REMEDIATION_POOL = reserved.REMEDIATION_POOL
+REMEDIATION_FLOWS = reserved.REMEDIATION_FLOW_NAMES
 
 # Series labels the scenarios use: scraped from the exporter.
 EXPORTER = {"job": "planflow-exporter", "instance": "127.0.0.1:9096"}

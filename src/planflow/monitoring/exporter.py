@@ -3,8 +3,10 @@
 Every `--interval` seconds it reads the Prefect API with Prefect's own client and
 updates the gauges of `monitoring.metrics.ExporterMetrics`: flow runs by state per
 flow/deployment/work pool, runs reaching a terminal state (a counter and the time of
-the latest failure), late runs and queue depth per work queue, work pool status,
-workers and their heartbeat age, deployments per pool. Labels are names of flows, deployments, pools and
+the latest failure; the remediation machinery's own runs in a counter apart, so that
+they never count in a pool's failure rate), late runs and queue depth per work queue,
+work pool status, workers and their heartbeat age, deployments per pool. Labels are
+names of flows, deployments, pools and
 queues (bounded by what users create), never run ids.
 
 The exporter outlives the Prefect server: a poll that fails sets
@@ -43,6 +45,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from planflow.monitoring import prefect_api
 from planflow.monitoring.metrics import ExporterMetrics
+from planflow.prefect.reserved import is_remediation_run
 from planflow.settings import apply_client_env
 
 log = logging.getLogger("planflow.exporter")
@@ -219,6 +222,10 @@ class Exporter:
             end = _ts(run.end_time) or now
             self._seen[run.id] = end
             state = run.state_type.value if run.state_type else "UNKNOWN"
+            if is_remediation_run(run.work_pool_name, run.tags):
+                # Apart from the pools' counter: never a pool's failure rate (issue 13).
+                m.remediation_runs_finished.labels(self._run_labels(run)[0], state.lower()).inc()
+                continue
             labels = (*self._run_labels(run), state.lower())
             m.flow_runs_finished.labels(*labels).inc()
             if state in FAILURE_STATES:

@@ -12,8 +12,6 @@ import math
 
 from planflow.monitoring.alert_rule import (
     EXPORTER,
-    REMEDIATION_FLOWS,
-    REMEDIATION_POOL,
     AlertRule,
     Scenario,
     sel,
@@ -26,6 +24,9 @@ PROMETHEUS = {"job": "prometheus", "instance": "127.0.0.1:9090"}
 ALERTMANAGER = {"job": "alertmanager", "instance": "127.0.0.1:9093"}
 PUSHGATEWAY = {"job": "planflow-pushgateway", "instance": "127.0.0.1:9091"}
 BRIDGE = {"job": "planflow-bridge", "instance": "127.0.0.1:9095"}
+# The exporter counts the remediation machinery's own runs apart from every pool's.
+REMEDIATION_RUNS = "planflow_prefect_remediation_runs_finished_total"
+FAILED_RUN = '{state=~"failed|crashed"}'
 TO_ALERTMANAGER = {**PROMETHEUS, "alertmanager": "http://127.0.0.1:9093/api/v2/alerts"}
 
 
@@ -52,23 +53,21 @@ def _counter_scenario(
 
 
 def _remediation_run_failed(p: Params) -> Scenario:
+    """The exporter's counter of remediation runs appears at 1 (a first crashed run), then
+    stays: fires, then quiet; completed runs rising beside it never fire."""
     window = seconds(p.raw["failure_window"])
-    failed_at = 100 * p.step
-    samples = math.ceil((failed_at + 3 * window) / p.step)
-    labels = {
-        **EXPORTER,
-        "flow": "planflow-failover",
-        "deployment": "remediation",
-        "deployment_id": "3f1c0d7e-0000-4000-8000-000000000002",
-        "work_pool": REMEDIATION_POOL,
-        "state": "crashed",
-    }
-    metric = "planflow_prefect_flow_run_last_failure_timestamp_seconds"
+    appears = 100 * p.step
+    labels = {**EXPORTER, "flow": "planflow-failover", "state": "crashed"}
+    done = {**labels, "state": "completed"}
+    n = math.ceil(3 * window / p.step)
     return Scenario(
-        [(sel(metric, labels), f"{failed_at}x{samples}")],
-        failed_at + window // 2 // p.step * p.step,
+        [
+            (sel(REMEDIATION_RUNS, labels), f"_x{appears // p.step} 1x{n}"),
+            (sel(REMEDIATION_RUNS, done), f"0+1x{appears // p.step + n}"),
+        ],
+        appears + p.step,
         labels,
-        quiet_at=[failed_at + 2 * window],
+        quiet_at=[appears - p.step, appears + 2 * window],
     )
 
 
@@ -259,12 +258,12 @@ META_ALERTS = [
         "PlanflowRemediationRunFailed",
         "warning",
         "planflow-alerts",
-        "time() - planflow_prefect_flow_run_last_failure_timestamp_seconds"
-        f'{{work_pool="{REMEDIATION_POOL}"}} < {{{{{{failure_window_seconds}}}}}}\n'
-        "or time() - planflow_prefect_flow_run_last_failure_timestamp_seconds"
-        f'{{flow=~"{"|".join(REMEDIATION_FLOWS)}"}} < {{{{{{failure_window_seconds}}}}}}',
+        f"{REMEDIATION_RUNS}{FAILED_RUN}\n"
+        f"  - {REMEDIATION_RUNS}{FAILED_RUN} offset {{{{{{failure_window}}}}}} > 0\n"
+        f"or {REMEDIATION_RUNS}{FAILED_RUN}\n"
+        f"  unless {REMEDIATION_RUNS}{FAILED_RUN} offset {{{{{{failure_window}}}}}}",
         "Remediation flow {{ $labels.flow }} ended {{ $labels.state }}",
-        "A run of remediation flow {{ $labels.flow }} (pool '{{ $labels.work_pool }}') ended "
+        "A run of remediation flow {{ $labels.flow }} ended "
         "{{ $labels.state }} within the last {{{failure_window}}}: the problem it answered is not healed.",
         _remediation_run_failed,
         for_zero=True,

@@ -231,8 +231,18 @@ class ExporterMetrics:
         )
         self.flow_runs_finished = Counter(
             "planflow_prefect_flow_runs_finished_total",
-            "Flow runs seen reaching a terminal state since the exporter started.",
+            "Flow runs seen reaching a terminal state since the exporter started (the remediation "
+            "machinery's own runs are counted in planflow_prefect_remediation_runs_finished_total).",
             ["flow", "deployment", "deployment_id", "work_pool", "state"],
+            registry=r,
+        )
+        self.remediation_runs_finished = Counter(
+            "planflow_prefect_remediation_runs_finished_total",
+            "Flow runs of the remediation machinery (work pool or tag planflow-remediation) seen "
+            "reaching a terminal state, by remediation flow; counted apart from "
+            "planflow_prefect_flow_runs_finished_total so that a failing remediation alerts "
+            "people and never feeds a pool's failure rate.",
+            ["flow", "state"],
             registry=r,
         )
         self.last_failure = Gauge(

@@ -1,7 +1,10 @@
 """Local Prefect workers as child processes: start one, stop one, tell if one is busy.
 
 Used by `planflow stack up` (the remediation worker), the rescale remediation (extra
-workers for a pool), `planflow demo heal` and the tests. A worker runs in a session of
+workers for a pool), `planflow demo heal` and the tests. A worker started on someone's
+behalf (a rescale) is recorded in a folder (`record_worker`: pid, start time, name), so
+that `planflow stack down` stops it even when nothing else remembers it
+(`stop_recorded_workers`). A worker runs in a session of
 its own, so stopping it with its process group also stops the flow run processes it
 started; `busy()` tells whether it has any, so that a scale-down can wait for them
 instead of killing them. The process handling itself is planflow.ops.processes.
@@ -17,22 +20,38 @@ from pathlib import Path
 
 from prefect.client.orchestration import get_client
 
-from planflow.ops.processes import children, is_our_process, spawn, start_ticks, stop_group, stop_process
+from planflow.ops.processes import (
+    children,
+    is_our_process,
+    read_pid_file,
+    same_process,
+    spawn,
+    start_ticks,
+    stop_group,
+    stop_process,
+    write_pid_file,
+)
 from planflow.settings import project_root
 
 # Callers import these from here (a worker's identity, children and stop).
 __all__ = [
     "busy",
     "children",
+    "forget_worker",
     "is_our_process",
     "prefect_executable",
+    "record_worker",
+    "recorded_workers",
     "start_process",
     "start_ticks",
     "start_worker",
     "stop_group",
     "stop_process",
+    "stop_recorded_workers",
     "worker_seen",
 ]
+
+RECORD_SUFFIX = ".worker.pid"
 
 
 def prefect_executable() -> str:
@@ -99,3 +118,40 @@ def worker_seen(pool: str, name: str) -> bool:
 def busy(pid: int) -> bool:
     """A worker with a flow run in progress (it has a live child process)."""
     return bool(children(pid))
+
+
+# -- workers recorded for a later stop (`planflow stack down`) ---------------------------
+def record_worker(folder: Path, name: str, pid: int) -> Path:
+    """Remember a worker started in the background: `<folder>/<name>.worker.pid` holds its
+    pid and start time (a recycled pid is never taken for it)."""
+    path = folder / f"{name}{RECORD_SUFFIX}"
+    write_pid_file(path, pid)
+    return path
+
+
+def forget_worker(folder: Path, name: str) -> None:
+    (folder / f"{name}{RECORD_SUFFIX}").unlink(missing_ok=True)
+
+
+def recorded_workers(folder: Path) -> dict[str, int]:
+    """The recorded workers that still run: name -> pid (records of ended ones removed)."""
+    alive = {}
+    for path in sorted(folder.glob(f"*{RECORD_SUFFIX}")) if folder.is_dir() else []:
+        name = path.name.removesuffix(RECORD_SUFFIX)
+        found = read_pid_file(path)
+        if found and same_process(found[0], found[1], marker=name):
+            alive[name] = found[0]
+        else:
+            path.unlink(missing_ok=True)
+    return alive
+
+
+def stop_recorded_workers(folder: Path, timeout: float = 15.0) -> dict[str, int]:
+    """Stop every recorded worker still running (with its flow runs: its process group)
+    and forget it; returns name -> pid of those stopped."""
+    stopped = {}
+    for name, pid in recorded_workers(folder).items():
+        if stop_group(pid, timeout):
+            stopped[name] = pid
+            forget_worker(folder, name)
+    return stopped

@@ -12,9 +12,16 @@ What there is (names start with "planflow: "):
 - **failover on unhealthy pool**: `planflow.alert.firing` / `.resolved` about
   `prefect.work-pool.*` whose alert's AlertRoute says failover (PlanflowWorkPoolNotReady,
   PlanflowWorkerHeartbeatStale, PlanflowPoolFailureRateHigh) -> run
-  `planflow-failover/remediation`.
+  `planflow-failover/remediation`; never about `planflow-remediation` itself.
 - **rescale on late-run backlog**: the same events for alerts routed to rescale
-  (PlanflowLateRunBacklog) -> run `planflow-rescale/remediation`.
+  (PlanflowLateRunBacklog) -> run `planflow-rescale/remediation`; the same exclusion.
+
+**Never its own target.** The remediation machinery (pool and tag `planflow-remediation`,
+the remediation deployments and their runs) is excluded from every automation: the alert
+triggers do not match its pool (`pool_alert_match`), the retry and crash triggers match
+only runs tagged `planflow`, which remediation runs never are; and each remediation flow
+refuses it again (outcome "skipped", saying why). Otherwise failed remediations raise the
+remediation pool's failure rate, and the failover pauses the pool that runs it.
 - **crash silent runs**, proactive: a `planflow` flow run's `prefect.flow-run.heartbeat`
   not followed by another heartbeat or a final state within 3 heartbeat periods ->
   change that flow run's state to Crashed (the retry automation then answers).
@@ -43,10 +50,7 @@ refuses them; Prometheus evaluates the thresholds and the bridge turns alerts in
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 from prefect.automations import Automation
@@ -59,9 +63,6 @@ from prefect.exceptions import ObjectNotFound
 from prefect.settings import get_current_settings
 from prefect.utilities.callables import parameter_schema
 
-from planflow.monitoring.metrics import pushgateway_url_from_env
-from planflow.ops.workers import start_process, start_ticks, stop_group
-from planflow.ops.workers import stop_process as stop_worker_process
 from planflow.prefect.blocks.alert_route import FLOW_RUN_FAILED, AlertRoute, ensure_routes, load_routes
 from planflow.prefect.jobvars import load_template
 from planflow.prefect.workpools import WorkPoolError, require_server
@@ -76,8 +77,28 @@ from planflow.remediation.names import (
     RESCALE_FLOW,
     RETRY_FLOW,
 )
-from planflow.settings import StatePaths, client_env
+from planflow.remediation.worker_process import (  # callers find the worker here too
+    start_remediation_worker,
+    stop_process,
+    worker_down,
+    worker_pid,
+    worker_up,
+)
 
+__all__ = [
+    "NAMES",
+    "PREFIX",
+    "REMEDIATION_POOL",
+    "AutomationsError",
+    "apply",
+    "desired_automations",
+    "remove",
+    "start_remediation_worker",
+    "stop_process",
+    "worker_down",
+    "worker_pid",
+    "worker_up",
+]
 PREFIX = "planflow: "
 # flow name -> entrypoint: import paths into the installed package, so the remediation
 # worker runs them wherever planflow is installed, whatever the project's folder.
@@ -173,7 +194,7 @@ def desired_automations(deployment_ids: dict[str, Any], routes: dict[str, AlertR
                 ],
             )
         )
-    for action, resource in (("failover", "prefect.work-pool.*"), ("rescale", "prefect.work-*")):
+    for action in ALERT_ACTIONS:
         alerts = sorted(name for name, route in routes.items() if route.action == action)
         if not alerts:
             continue
@@ -181,10 +202,11 @@ def desired_automations(deployment_ids: dict[str, Any], routes: dict[str, AlertR
             Automation(
                 name=NAMES[action],
                 description=f"planflow.alert.firing/resolved of {', '.join(alerts)} (their AlertRoute "
-                f"blocks say {action}) start the {action} remediation flow.",
+                f"blocks say {action}) start the {action} remediation flow; never for the "
+                f"remediation pool {REMEDIATION_POOL} itself.",
                 trigger=EventTrigger(
                     expect={"planflow.alert.firing", "planflow.alert.resolved"},
-                    match={"prefect.resource.id": resource, "planflow.alert.name": alerts},
+                    match=pool_alert_match(alerts),
                     posture=Posture.Reactive,
                     threshold=1,
                     within=timedelta(0),
@@ -228,6 +250,19 @@ def desired_automations(deployment_ids: dict[str, Any], routes: dict[str, AlertR
         )
     )
     return out
+
+
+def pool_alert_match(alerts: list[str]) -> dict[str, Any]:
+    """The `match` of an alert-driven automation: a bridge event about a work pool, of one
+    of `alerts`, and not about the remediation pool. The labels of one spec must all match
+    (a list under one label matches if any item does, so the exclusion sits on the name:
+    the bridge names a pool resource by the pool). An event without that name does not
+    match at all, so no remediation run is even created for the remediation machinery."""
+    return {
+        "prefect.resource.id": "prefect.work-pool.*",
+        "prefect.resource.name": f"!{REMEDIATION_POOL}",
+        "planflow.alert.name": alerts,
+    }
 
 
 CRASH_AFTER_ENV = "PLANFLOW_CRASH_AFTER_SECONDS"
@@ -327,86 +362,3 @@ def remove(name: str | None = None) -> list[str]:
                 client.delete_automation(automation.id)
                 removed.append(automation.name)
     return removed
-
-
-# -- a worker for the remediation pool ----------------------------------------------------
-def start_remediation_worker(
-    log_file: Path,
-    query_seconds: float = 1.0,
-    env: dict[str, str] | None = None,
-    limit: int = 4,
-    name: str | None = None,
-) -> subprocess.Popen:
-    """The remediation worker (remediation/worker.py: runs the remediation flows in its
-    own warm process) on `planflow-remediation`, polling every `query_seconds`
-    (Prefect's default 10 s would dominate the alert-to-remediation latency), at most
-    `limit` remediation flow runs at once (a storm queues)."""
-    name = name or f"{REMEDIATION_POOL}-{os.getpid()}-{os.urandom(3).hex()}"
-    return start_process(
-        [
-            sys.executable,
-            "-m",
-            "planflow.remediation.worker",
-            "--pool",
-            REMEDIATION_POOL,
-            "--name",
-            name,
-            "--limit",
-            str(limit),
-            "--query-seconds",
-            f"{query_seconds:g}",
-        ],
-        log_file,
-        dict(os.environ if env is None else env),
-    )
-
-
-def stop_process(process: subprocess.Popen, timeout: float = 20.0) -> None:
-    """Stop a process started with start_new_session (its whole group)."""
-    stop_worker_process(process, timeout)
-
-
-def _worker_pid_file(paths: StatePaths) -> Path:
-    return paths.home / "monitoring" / "remediation-worker.pid"
-
-
-def worker_pid(paths: StatePaths | None = None) -> int | None:
-    """The pid of the remediation worker `worker_up` started, if it still runs."""
-    paths = paths or StatePaths.discover()
-    try:
-        pid, ticks = (int(x) for x in _worker_pid_file(paths).read_text().split())
-    except (OSError, ValueError):
-        return None
-    return pid if start_ticks(pid) == ticks else None  # the same process, not a recycled pid
-
-
-def worker_up(paths: StatePaths | None = None, query_seconds: float = 1.0) -> int:
-    """Start the remediation worker for `planflow stack up` (idempotent: a live recorded
-    worker is kept); pid and log under <state>/monitoring/. Returns its pid."""
-    paths = paths or StatePaths.discover()
-    running = worker_pid(paths)
-    if running:
-        return running
-    env = {**os.environ, **client_env(paths)}
-    if os.environ.get("PREFECT_API_URL"):
-        env["PREFECT_API_URL"] = os.environ["PREFECT_API_URL"]
-    gateway = pushgateway_url_from_env()
-    if gateway:
-        env["PLANFLOW_PUSHGATEWAY_URL"] = gateway
-    process = start_remediation_worker(
-        paths.home / "monitoring" / "remediation-worker.log", query_seconds=query_seconds, env=env
-    )
-    pid_file = _worker_pid_file(paths)
-    pid_file.parent.mkdir(parents=True, exist_ok=True)
-    pid_file.write_text(f"{process.pid} {start_ticks(process.pid)}")
-    return process.pid
-
-
-def worker_down(paths: StatePaths | None = None, timeout: float = 20.0) -> bool:
-    """Stop the worker `worker_up` started (the same process: pid and start time)."""
-    paths = paths or StatePaths.discover()
-    pid = worker_pid(paths)
-    _worker_pid_file(paths).unlink(missing_ok=True)
-    if pid is None:
-        return False
-    return stop_group(pid, timeout)

@@ -44,18 +44,20 @@ from planflow.remediation.pools import backup_of, live_workers, pool_status, stu
 # Alerts that say "no worker serves this pool" (as opposed to "its runs fail").
 WORKER_ALERTS = ("PlanflowWorkPoolNotReady", "PlanflowWorkerHeartbeatStale")
 # A pool paused by failover whose alert resolved with no worker back is checked again
-# every 15 s for two minutes, then 30, 60, ... at most 10 min apart, for about a day
-# (then a person resumes it).
+# every 15 s for a minute, then 30, 60, ... at most 10 min apart, for about a day (then
+# a person resumes it): a handful of re-check runs in the first minutes, not dozens.
+# One re-check per pool waits at a time (pool_alert.schedule_again).
 RECHECKS = 150
 RECHECK_SECONDS = 15.0
 RECHECK_MAX_SECONDS = 600.0
+FAST_RECHECKS = 4
 
 
 def recheck_delay(recheck: int) -> float:
     """Seconds until re-check number `recheck` + 1 of a paused pool."""
-    if recheck < 8:
+    if recheck < FAST_RECHECKS:
         return RECHECK_SECONDS
-    return min(RECHECK_MAX_SECONDS, RECHECK_SECONDS * 2 ** min(recheck - 7, 10))
+    return min(RECHECK_MAX_SECONDS, RECHECK_SECONDS * 2 ** min(recheck - FAST_RECHECKS + 1, 10))
 
 
 @flow(name=FAILOVER_FLOW, log_prints=True, retries=0)

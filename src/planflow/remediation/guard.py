@@ -40,6 +40,7 @@ from planflow.prefect.blocks.alert_route import AlertRoute
 GUARD_LIMIT = "planflow-remediation-guard"
 RATE_WINDOW_SECONDS = 60.0
 LEDGER_TAGS = ["planflow", "remediation-guard"]
+LEDGER_PREFIX = "planflow_guard_"
 _ENSURE = threading.Lock()
 _lock_ready: set[str] = set()
 
@@ -105,7 +106,14 @@ def _variable_name(kind: str, key: str, dry: bool) -> str:
 
 
 def _read(name: str) -> dict[str, Any]:
-    value = Variable.get(name, default=None)
+    return _as_dict(Variable.get(name, default=None))
+
+
+def _write(name: str, value: dict[str, Any]) -> None:
+    Variable.set(name, value, overwrite=True, tags=LEDGER_TAGS)
+
+
+def _as_dict(value: Any) -> dict[str, Any]:
     if isinstance(value, str):
         try:
             value = json.loads(value)
@@ -114,8 +122,12 @@ def _read(name: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _write(name: str, value: dict[str, Any]) -> None:
-    Variable.set(name, value, overwrite=True, tags=LEDGER_TAGS)
+def all_ledgers() -> dict[str, dict[str, Any]]:
+    """Every target ledger on the server (variable name -> what it holds), e.g. for
+    `planflow stack down` to find the workers any rescale started."""
+    with get_client(sync_client=True) as client:
+        variables = client.read_variables()
+    return {v.name: _as_dict(v.value) for v in variables if v.name.startswith(LEDGER_PREFIX)}
 
 
 class Guard:

@@ -1,16 +1,33 @@
 """Names the remediation modules share: the remediation flows, their deployments, pool
 and tag. The flow names are part of planflow's interface (automations, dashboards and
-users' filters find the runs by them)."""
+users' filters find the runs by them); they are declared in planflow.prefect.reserved,
+where the exporter reads them too."""
 
 from __future__ import annotations
 
-REMEDIATION_POOL = "planflow-remediation"
-REMEDIATION_TAG = "planflow-remediation"
-DEPLOYMENT_NAME = "remediation"
+from planflow.prefect.reserved import (
+    FAILOVER_FLOW,
+    REMEDIATION_FLOW_NAMES,
+    REMEDIATION_POOL,
+    REMEDIATION_TAG,
+    RESCALE_FLOW,
+    RETRY_FLOW,
+    is_remediation_run,
+)
 
-RETRY_FLOW = "planflow-retry-run"
-FAILOVER_FLOW = "planflow-failover"
-RESCALE_FLOW = "planflow-rescale"
+__all__ = [
+    "DEPLOYMENT_NAME",
+    "FAILOVER_FLOW",
+    "REMEDIATION_FLOW_NAMES",
+    "REMEDIATION_POOL",
+    "REMEDIATION_TAG",
+    "RESCALE_FLOW",
+    "RETRY_FLOW",
+    "deployment_of",
+    "is_remediation_run",
+]
+
+DEPLOYMENT_NAME = "remediation"
 
 
 def deployment_of(flow_name: str) -> str:

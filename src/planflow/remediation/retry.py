@@ -20,7 +20,7 @@ from planflow.prefect.blocks.alert_route import FLOW_RUN_FAILED, AlertRoute, loa
 from planflow.remediation.alert import AlertEvent
 from planflow.remediation.audit import Audit, audited
 from planflow.remediation.guard import Guard
-from planflow.remediation.names import REMEDIATION_TAG, RETRY_FLOW
+from planflow.remediation.names import RETRY_FLOW, is_remediation_run
 
 
 def backoff_seconds(route: AlertRoute, attempt: int) -> float:
@@ -52,7 +52,7 @@ def retry_run(alert: AlertEvent) -> dict[str, Any]:
                 "not failed or crashed (already retried, or a duplicate event)",
                 route=route,
             )
-        if "component" in run.tags or REMEDIATION_TAG in run.tags:
+        if "component" in run.tags or is_remediation_run(run.work_pool_name, run.tags):
             return audit.finish(
                 "skipped",
                 f"flow run {run.name} is a component or remediation run: its parent pipeline run is the one retried",

@@ -2,8 +2,10 @@
 
 - Process and Docker pools: `prefect worker start` processes on this machine (for a
   Docker pool the worker is a process that starts containers), detached, recorded by
-  pid and name. One is stopped only once idle: a worker's flow runs are its child
-  processes, stopping it would crash them.
+  pid and name (in the guard's ledger and in <state>/remediation/, where `planflow
+  stack down` finds and stops them: `stop_started_workers`). A scale-down stops one
+  only once idle: a worker's flow runs are its child processes, stopping it would crash
+  them.
 - Kubernetes pools: the replicas of the worker Deployment (kube.py); one record holding
   the replicas before, restored on the way back (flow-run Jobs are not affected).
 
@@ -13,6 +15,7 @@ scale-down, possibly in another process, knows what to undo.
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from pathlib import Path
@@ -20,25 +23,33 @@ from typing import Any, Literal
 
 from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
 
-from planflow.ops.workers import busy, is_our_process, stop_group
+from planflow.ops.workers import busy, forget_worker, is_our_process, record_worker, stop_group, stop_recorded_workers
 from planflow.ops.workers import start_worker as start_worker_process
 from planflow.prefect.blocks.alert_route import AlertRoute
+from planflow.remediation.guard import all_ledgers
 from planflow.remediation.kube import scale_workers, worker_replicas
+from planflow.remediation.names import REMEDIATION_POOL
 from planflow.settings import StatePaths, client_env
 
 WORKER_PREFIX = "planflow-rescale-"
+log = logging.getLogger("planflow.remediation")
 BUSY_GRACE_SECONDS = 15.0
 
 
-def workers_dir() -> Path:
-    """Where the started workers log: <state folder>/remediation/."""
-    folder = StatePaths.discover().home / "remediation"
+def workers_dir(paths: StatePaths | None = None) -> Path:
+    """Where the started workers log and are recorded: <state folder>/remediation/."""
+    folder = (paths or StatePaths.discover()).home / "remediation"
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
 
 def start_worker(work_pool: str, pool_type: str, name: str) -> int:
     """Start `prefect worker start` for the pool as a detached process; returns its pid."""
+    if work_pool == REMEDIATION_POOL:  # the rescale refuses it first; never a plain worker there
+        raise ValueError(
+            f"no extra worker for {REMEDIATION_POOL}: it runs the remediations themselves, in the "
+            "remediation worker (`planflow stack up`), whose --limit sets how many at once"
+        )
     env = dict(os.environ)
     try:
         env.update(client_env(StatePaths.discover()))
@@ -46,21 +57,58 @@ def start_worker(work_pool: str, pool_type: str, name: str) -> int:
         pass
     if os.environ.get("PREFECT_API_URL"):
         env["PREFECT_API_URL"] = os.environ["PREFECT_API_URL"]
-    return start_worker_process(
+    folder = workers_dir()
+    pid = start_worker_process(
         work_pool,
-        workers_dir() / f"{name}.log",
+        folder / f"{name}.log",
         pool_type=pool_type,
         name=name,
         env=env,
         query_seconds=float(env.get("PREFECT_WORKER_QUERY_SECONDS", 2)),
     ).pid
+    record_worker(folder, name, pid)  # `planflow stack down` stops it, whatever else happens
+    return pid
 
 
 def stop_worker(pid: int, name: str) -> bool:
     """Stop a worker this module started (checked by its command line); True if stopped."""
     if not is_our_process(pid, name):
+        _forget(name)
         return False  # gone, or the pid was recycled by another program
-    return stop_group(pid, 15)
+    stopped = stop_group(pid, 15)
+    if stopped:
+        _forget(name)
+    return stopped
+
+
+def _forget(name: str) -> None:
+    try:
+        forget_worker(workers_dir(), name)
+    except Exception:  # noqa: BLE001 - no state folder here: nothing was recorded in it
+        pass
+
+
+def stop_started_workers(paths: StatePaths | None = None, ledgers: bool = True) -> list[str]:
+    """Stop every worker a rescale started that still runs: those recorded in the state
+    folder and, with `ledgers` (the Prefect server answers), those the guard's ledgers
+    name (started from another state folder on this machine). One line per worker
+    stopped. For `planflow stack down`."""
+    folder = workers_dir(paths)
+    stopped = [f"{name} (pid {pid})" for name, pid in stop_recorded_workers(folder).items()]
+    if not ledgers:
+        return stopped
+    try:
+        found = all_ledgers()
+    except Exception as exc:  # noqa: BLE001 - the recorded workers are stopped all the same
+        log.warning("the guard's ledgers could not be read (%r): only recorded workers stopped", exc)
+        return stopped
+    for ledger in found.values():
+        for worker in ledger.get("workers", []):
+            if worker.get("kind", "process") != "process" or not str(worker.get("name", "")).startswith(WORKER_PREFIX):
+                continue
+            if stop_worker(int(worker["pid"]), worker["name"]):
+                stopped.append(f"{worker['name']} (pid {worker['pid']})")
+    return stopped
 
 
 def current_replicas(route: AlertRoute) -> int:

@@ -15,6 +15,10 @@ run the same functions and assert on what they return.
   can start -> they turn Late -> PlanflowLateRunBacklog -> the rescale flow asks the
   planner what more workers buy, raises the limit and starts workers -> the backlog
   drains -> the alert resolves -> limit restored, the extra workers stopped.
+
+Each scenario ends by taking away what it made (heal_cleanup.tear_down): otherwise its
+worker-less pool would be failed over and re-checked after the demo ended. What could
+not be cleaned up is in the result's `left_behind`.
 """
 
 from __future__ import annotations
@@ -33,16 +37,11 @@ from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
 from prefect.client.schemas.filters import (
     FlowRunFilter,
-    FlowRunFilterState,
-    FlowRunFilterStateType,
     FlowRunFilterTags,
-    WorkPoolFilter,
-    WorkPoolFilterName,
 )
-from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.client.schemas.objects import FlowRun
 from prefect.client.schemas.responses import DeploymentResponse
 from prefect.exceptions import ObjectAlreadyExists
-from prefect.states import Cancelled
 from prefect.utilities.callables import parameter_schema
 
 from planflow.ops.workers import is_our_process, start_worker, stop_process
@@ -52,6 +51,7 @@ from planflow.prefect.jobvars import load_template
 from planflow.prefect.workpools import apply_work_pools, worker_online
 from planflow.remediation import demo_pipeline
 from planflow.remediation.guard import Guard
+from planflow.remediation.heal_cleanup import clean_slate, tear_down
 from planflow.remediation.heal_watch import (
     HealError,
     events_about,
@@ -61,7 +61,6 @@ from planflow.remediation.heal_watch import (
     wait_until_quiet,
 )
 from planflow.remediation.pools import live_workers, stuck_runs
-from planflow.remediation.scaling import stop_worker
 
 FLOW_NAME = demo_pipeline.pipeline.name
 ENTRYPOINT = "planflow.remediation.demo_pipeline:heal_demo"
@@ -155,31 +154,6 @@ def _final(client: SyncPrefectClient, run_id: Any) -> FlowRun | None:
     return run if run.state and run.state.is_final() else None
 
 
-def clean_slate(client: SyncPrefectClient, pools: list[str], say: Say) -> None:
-    """Undo what an interrupted earlier demo left on its own pools: unfinished runs
-    (cancelled), extra workers of a rescale (stopped), the guard's ledgers (reset)."""
-    leftovers = client.read_flow_runs(
-        work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=pools)),
-        flow_run_filter=FlowRunFilter(
-            state=FlowRunFilterState(
-                type=FlowRunFilterStateType(any_=[StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING])
-            )
-        ),
-        limit=100,
-    )
-    for run in leftovers:
-        client.set_flow_run_state(run.id, Cancelled(message="planflow demo heal: left by an earlier demo"), force=True)
-    if leftovers:
-        say(f"cancelled {len(leftovers)} run(s) an earlier demo left on {', '.join(pools)}")
-    for pool in pools:
-        rescale_guard = Guard(load_route("PlanflowLateRunBacklog"))
-        for worker in rescale_guard.ledger(f"rescale:{pool}").get("workers", []):
-            if worker.get("kind", "process") == "process":
-                stop_worker(int(worker["pid"]), worker["name"])
-        rescale_guard.reset(f"rescale:{pool}")
-        Guard(load_route("PlanflowWorkPoolNotReady"), shared=True).reset(f"failover:{pool}")
-
-
 def settle(client: SyncPrefectClient, pools: list[str], say: Say, since: datetime, prometheus: str) -> None:
     """Start from healthy pools: each READY with a live worker, the alert loop quiet about
     them (a pool seen before its worker's first heartbeat may have raised an alert of its
@@ -222,7 +196,9 @@ def failover_scenario(
         work_pool=PRIMARY, cpu=machine.cpu, mem_gib=machine.mem_gib, backup_pool="local", cost_per_hour=0.0
     ).save(PRIMARY, overwrite=True)
     primary_dep = deploy_flow(flow, ENTRYPOINT, f"{FLOW_NAME}-{PRIMARY}", PRIMARY, ["planflow", "process"], PARAMETERS)
-    deploy_flow(flow, ENTRYPOINT, f"{FLOW_NAME}-process", BACKUP_WORK_POOL, ["planflow", "process"], PARAMETERS)
+    backup_dep = deploy_flow(
+        flow, ENTRYPOINT, f"{FLOW_NAME}-process", BACKUP_WORK_POOL, ["planflow", "process"], PARAMETERS
+    )
     started = []
     timeline = Timeline(say)
     result: dict[str, Any] = {"scenario": "failover", "work_pool": PRIMARY, "backup": BACKUP_WORK_POOL}
@@ -297,6 +273,7 @@ def failover_scenario(
     finally:
         for process in started:
             stop_process(process, timeout=10)
+        result["left_behind"] = tear_down([PRIMARY], [primary_dep.id, backup_dep.id], say, prometheus, set_up)
     result["timeline"] = timeline.steps
     return result
 
@@ -398,5 +375,6 @@ def rescale_scenario(
             result["scaled_back"] = True
     finally:
         stop_process(worker, timeout=10)
+        result["left_behind"] = tear_down([BUSY], [dep.id], say, prometheus, set_up)
     result["timeline"] = timeline.steps
     return result

@@ -12,7 +12,7 @@ process.
 
     python -m planflow.remediation.worker --pool planflow-remediation [--limit 4]
 
-`planflow stack up` starts it (remediation/automations.py: worker_up).
+`planflow stack up` starts it (remediation/worker_process.py: worker_up).
 """
 
 from __future__ import annotations
