@@ -5,12 +5,18 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
 import sys
 
+import pytest
+import yaml
+
+from planflow.monitoring.thresholds import HERE, ThresholdsError
 from planflow.ops import services
 from planflow.ops.processes import spawn, start_ticks, stop_process, write_pid_file
 from planflow.ops.server import free_port
-from planflow.settings import StatePaths
+from planflow.settings import StatePaths, make_private_dir
 
 
 def test_a_recycled_pid_is_stale_and_never_signalled(tmp_path):
@@ -51,3 +57,35 @@ def test_a_pid_file_of_an_older_planflow_holds_only_the_pid(tmp_path):
         assert other.poll() is None
     finally:
         stop_process(other, timeout=5)
+
+
+def test_a_projects_own_thresholds_drive_the_stacks_rules(tmp_path):
+    """A project's monitoring/thresholds.yml (a copy of planflow's, edited) is what `stack
+    up` renders its rules from, checked by promtool; a bad value names the file and key."""
+    project = tmp_path / "project"
+    own = project / "monitoring" / "thresholds.yml"
+    own.parent.mkdir(parents=True)
+    paths = StatePaths(project / ".planflow")
+    assert services.project_thresholds(paths) is None  # planflow's own until the project has one
+
+    source = yaml.safe_load((HERE / "thresholds.yml").read_text())
+    source["thresholds"]["overrun_factor"] = 7.25
+    own.write_text(yaml.safe_dump(source))
+    assert services.project_thresholds(paths) == own
+    make_private_dir(services.monitoring_dir(paths))  # as `stack up` does first
+    configs = services._render_configs(paths, "fast", services.load_thresholds(paths)["ports"])
+    rules = configs["rules"]
+    assert rules.parent == services.monitoring_dir(paths)
+    text = rules.read_text()
+    assert str(own) in text.splitlines()[0] and "7.25" in text
+    assert yaml.safe_load(configs["prometheus"].read_text())["rule_files"] == [str(rules)]
+    promtool = shutil.which("promtool")
+    if promtool:
+        checked = subprocess.run([promtool, "check", "rules", str(rules)], capture_output=True, text=True)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+
+    source["thresholds"]["overrun_factor"] = "lots"
+    own.write_text(yaml.safe_dump(source))
+    with pytest.raises(ThresholdsError, match="overrun_factor") as bad:
+        services.load_thresholds(paths)
+    assert str(own) in str(bad.value)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import typer
 
 from planflow.cli.common import fail, say
+from planflow.monitoring.thresholds import ThresholdsError
 from planflow.ops import server as stack
 from planflow.ops import services
 from planflow.prefect.health import api_url
@@ -53,11 +54,13 @@ def up(
                 "exporter": exporter_port,
             },
         )
-    except (stack.StackError, services.ServicesError) as exc:
+    except (stack.StackError, services.ServicesError, ThresholdsError) as exc:
         fail(str(exc))
     for name, service in started.items():
         say(f"{name:<13} {service.url}  (pid {service.pid})")
     say(f"profile       {profile}; state in {services.monitoring_dir(paths)}")
+    own = services.project_thresholds(paths)
+    say(f"thresholds    {own or 'planflow defaults'} (a project's own: {services.PROJECT_THRESHOLDS})")
     if automations:
         _automations_up(paths)
 

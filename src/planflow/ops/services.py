@@ -69,6 +69,8 @@ HEALTH = {
 ALERTMANAGER_USER = "planflow"
 ALERTMANAGER_PASSWORD_FILE = "alertmanager.password"
 ALERTMANAGER_WEB_CONFIG = "alertmanager-web.yml"
+# A project may hold its own thresholds (a copy of planflow's, edited): `stack up` uses them.
+PROJECT_THRESHOLDS = Path("monitoring") / "thresholds.yml"
 BRIDGE_RECEIVER = "planflow-bridge"  # the receiver name in the generated alertmanager.yml
 
 
@@ -205,12 +207,30 @@ def status(paths: StatePaths | None = None) -> dict[str, ServiceStatus]:
     return out
 
 
+def project_thresholds(paths: StatePaths) -> Path | None:
+    """The project's own `monitoring/thresholds.yml`, when it has one (else planflow's)."""
+    own = paths.project / PROJECT_THRESHOLDS
+    return own if own.is_file() else None
+
+
+def load_thresholds(paths: StatePaths) -> dict:
+    """The thresholds the stack runs with: the project's own, else planflow's; checked."""
+    own = project_thresholds(paths)
+    return generate.load(own) if own else generate.load()
+
+
 def _render_configs(paths: StatePaths, profile: str, ports: dict[str, int]) -> dict[str, Path]:
     folder = monitoring_dir(paths)
-    source = generate.load()
+    own = project_thresholds(paths)
+    source = load_thresholds(paths)
     source["ports"] = ports
     p = generate.params(profile, source)
-    rules = generate.HERE / f"rules{generate.suffix(profile)}.yml"
+    if own:  # the project's thresholds: its rules are rendered here, checked like planflow's
+        rules = folder / "rules.yml"
+        rendered = generate.dump(generate.rules(p))
+        rules.write_text(rendered.replace(generate.HEADER, f"# Rendered by `planflow stack up` from {own}.\n", 1))
+    else:
+        rules = generate.HERE / f"rules{generate.suffix(profile)}.yml"
     prometheus = folder / "prometheus.yml"
     password_file = _alertmanager_credentials(paths)
     config = _with_alertmanager_auth(generate.prometheus_config(p, rule_file=str(rules)), password_file)
@@ -234,7 +254,7 @@ def _render_configs(paths: StatePaths, profile: str, ports: dict[str, int]) -> d
             )
         )
     )
-    return {"prometheus": prometheus, "alertmanager": alertmanager, "params": p}
+    return {"prometheus": prometheus, "alertmanager": alertmanager, "params": p, "rules": rules}
 
 
 def _with_alertmanager_auth(config: dict, password_file: Path) -> dict:
@@ -354,7 +374,7 @@ def up(
     paths = paths or StatePaths.discover()
     for service in BINARIES:  # all missing binaries reported before anything starts
         find_binary(service)
-    wanted = {**generate.load()["ports"], **(ports or {})}
+    wanted = {**load_thresholds(paths)["ports"], **(ports or {})}
     recorded = _recorded(paths)
     if recorded and (recorded.get("profile") != profile or recorded.get("ports") != wanted):
         down(paths)
@@ -375,6 +395,7 @@ def _up(paths: StatePaths, profile: str, wanted: dict[str, int], timeout: float)
                 "ports": wanted,
                 "urls": {name: f"http://{HOST}:{wanted[name]}" for name in ORDER},
                 "pushgateway_url": f"http://{HOST}:{wanted['pushgateway']}",
+                "thresholds": str(project_thresholds(paths) or generate.HERE / "thresholds.yml"),
             },
             indent=2,
         ),
