@@ -151,7 +151,7 @@ def test_plan_prints_the_plan_without_running(toy_env, tmp_path):
     table = planflow("plan", "toy-diamond", env=toy_env)
     assert "makespan" in table.stdout and "lower bound" in table.stdout and "critical path" in table.stdout
     bad = planflow("plan", "toy-diamond", "--param", "nn=8", env=toy_env)  # planned for these parameters
-    assert bad.returncode == 1 and "nn" in bad.stderr and "n" in bad.stderr, bad.stderr[-2000:]
+    assert bad.returncode == 2 and "nn" in bad.stderr and "n" in bad.stderr, bad.stderr[-2000:]  # a usage error
 
 
 def test_bench_psplib_writes_one_row_per_instance(toy_env, tmp_path, psplib):

@@ -136,13 +136,24 @@ STORM = 100
 OTHERS = 4
 
 
-def _remediation_runs(client) -> list:
-    from prefect.client.schemas.filters import WorkPoolFilter, WorkPoolFilterName
+def _remediation_runs(client, since: datetime) -> list:
+    """The remediation runs created for this test: the session's server holds every earlier
+    module's too, and a plain read returns 200 of them in id order (random ids)."""
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterExpectedStartTime,
+        WorkPoolFilter,
+        WorkPoolFilterName,
+    )
+    from prefect.client.schemas.sorting import FlowRunSort
 
     from planflow.remediation.automations import REMEDIATION_POOL
 
     return client.read_flow_runs(
-        work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[REMEDIATION_POOL])), limit=200
+        work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[REMEDIATION_POOL])),
+        flow_run_filter=FlowRunFilter(expected_start_time=FlowRunFilterExpectedStartTime(after_=since)),
+        sort=FlowRunSort.EXPECTED_START_TIME_DESC,
+        limit=200,
     )
 
 
@@ -188,7 +199,7 @@ def test_a_storm_on_one_pool_makes_one_run_and_delays_no_other_pool(alert_loop):
 
     def started():
         with get_client(sync_client=True) as client:
-            runs = _remediation_runs(client)
+            runs = _remediation_runs(client, since)
         firsts = {p: _first_alert_run(runs, p, "PlanflowWorkerHeartbeatStale") for p in others}
         if all(f and f[0].start_time for f in firsts.values()):
             created = {p: (f[0].created - posted[p]).total_seconds() for p, f in firsts.items()}
@@ -238,9 +249,8 @@ def test_a_storm_on_one_pool_makes_one_run_and_delays_no_other_pool(alert_loop):
 
     def settled():  # the module's cleanup must not race the guard leases of running runs
         with get_client(sync_client=True) as client:
-            mine = [
-                r for r in _remediation_runs(client) for p in (pool, *others) if _first_alert_run([r], p, r_name(r))
-            ]
+            recent = _remediation_runs(client, since)
+            mine = [r for r in recent for p in (pool, *others) if _first_alert_run([r], p, r_name(r))]
         return not any(r.state and r.state.type.value in ("RUNNING", "PENDING") for r in mine)
 
     wait_until(settled, 180, 2, what="the remediation runs of this test to finish")

@@ -9,6 +9,7 @@ a bad `--param` is a usage error (exit code 2). Only a flow run that fails says
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -164,11 +165,13 @@ def _row(item: discovery.Found) -> tuple[tuple[str, ...], str | None]:
 
 
 def _shown_source(source: str) -> str:
-    """A YAML file's path relative to the current folder when it lies below it."""
+    """A YAML file's path relative to the current folder when that is shorter (below it,
+    or a few `..` up from a subfolder of the project), else as it is."""
     path = Path(source)
-    if path.is_absolute() and path.is_relative_to(Path.cwd()):
-        return str(path.relative_to(Path.cwd()))
-    return source
+    if not path.is_absolute():
+        return source
+    relative = os.path.relpath(path, Path.cwd())
+    return relative if len(relative) < len(source) else source
 
 
 def _describe(pipeline: Pipeline) -> None:
