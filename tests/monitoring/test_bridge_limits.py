@@ -31,6 +31,7 @@ from tests.monitoring.helpers import IN_CI, alert, free_port, wait_for, webhook
 TOKEN = "limits-" + uuid.uuid4().hex
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 BODY_TIMEOUT = 2.0
+HEADER_TIMEOUT = 3.0  # seconds to send a whole request head
 RSS_BOUND_MB = 200
 
 
@@ -59,6 +60,7 @@ def bridge_process(
     environment.update({"PLANFLOW_BRIDGE_TOKEN": TOKEN, **(env or {})})
     command = [sys.executable, "-m", "planflow.monitoring.bridge", "--port", str(port)]
     command += ["--state-dir", str(state_dir), "--prefect-api-url", api_url, "--body-timeout", str(BODY_TIMEOUT)]
+    command += ["--header-timeout", str(HEADER_TIMEOUT)]
     with log.open("wb") as out:
         process = subprocess.Popen(
             [*command, *extra], env=environment, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
@@ -170,6 +172,31 @@ def test_a_slow_body_is_cut_off(bridge):
     assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
     assert b"not received within" in answer
     assert took < BODY_TIMEOUT + 10, f"the connection stayed open {took:.1f} s"
+
+
+def test_a_slow_request_head_is_cut_off(bridge):
+    """A client that trickles its headers (one byte a second, never ending them) is
+    disconnected once the head is HEADER_TIMEOUT late, instead of holding a connection."""
+    host, port = bridge.url.removeprefix("http://").split(":")
+    started = time.monotonic()
+    closed_after = None
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(b"POST /alerts HTTP/1.1\r\nHost: bridge\r\n")
+        for _ in range(int(HEADER_TIMEOUT * 5)):
+            try:
+                sock.sendall(b"X")  # a header name that never ends
+                sock.settimeout(1.0)
+                if sock.recv(1024) == b"":
+                    closed_after = time.monotonic() - started
+                    break
+            except TimeoutError:
+                continue
+            except (BrokenPipeError, ConnectionResetError):
+                closed_after = time.monotonic() - started
+                break
+    assert closed_after is not None, f"still open after {time.monotonic() - started:.1f} s of a trickled head"
+    assert HEADER_TIMEOUT - 0.5 <= closed_after < HEADER_TIMEOUT + 3, closed_after
+    assert httpx.get(f"{bridge.url}/health", timeout=5).status_code == 200  # the bridge itself is fine
 
 
 def test_oversized_headers_are_refused(bridge):

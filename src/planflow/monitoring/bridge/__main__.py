@@ -17,6 +17,7 @@ from planflow.monitoring.bridge.app import (
     SPOOL_FILE_NAME,
     create_app,
 )
+from planflow.monitoring.bridge.header_deadline import HEADER_SECONDS, with_header_deadline
 from planflow.monitoring.bridge.token import TOKEN_FILE_NAME, TokenError, resolve_token
 from planflow.settings import PRIVATE_UMASK, StatePaths, apply_client_env
 
@@ -50,6 +51,12 @@ def main(argv: list[str] | None = None) -> None:
         default=DEFAULT_UNDELIVERED_AFTER,
         help="/ready fails once forwarding to Prefect has failed for this many seconds",
     )
+    parser.add_argument(
+        "--header-timeout",
+        type=float,
+        default=HEADER_SECONDS,
+        help="seconds a client has to send a whole request head; a slower one is disconnected",
+    )
     parser.add_argument("--receiver", default=None, help="refuse webhooks of another Alertmanager receiver")
     parser.add_argument("--alertmanager-url", default=None, help="refuse webhooks whose externalURL differs")
     args = parser.parse_args(argv)
@@ -82,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
         port=args.port,
         log_level="warning",
         lifespan="on",
-        http="h11",  # the header limit below is h11's (httptools has none)
+        http=with_header_deadline(args.header_timeout),  # h11 (the header limit below is h11's) with a deadline
         timeout_keep_alive=KEEP_ALIVE_SECONDS,
         h11_max_incomplete_event_size=INCOMPLETE_HEADER_BYTES,
         limit_concurrency=MAX_CONNECTIONS,

@@ -1,0 +1,44 @@
+"""uvicorn's h11 protocol with a deadline for each request head.
+
+uvicorn bounds the size of a request head (h11_max_incomplete_event_size) and the idle
+time after a response (timeout_keep_alive), but not the time a client takes to send its
+headers: a client that sends one header byte every few seconds keeps a connection (one
+of the bridge's few) open for ever. Here each connection gets `HEADER_SECONDS` from its
+start, and again from the end of each response, to complete its next request head;
+otherwise it is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+HEADER_SECONDS = 10.0
+
+
+class HeaderDeadlineProtocol(H11Protocol):
+    """H11Protocol that closes a connection whose request head is late (see module)."""
+
+    header_seconds = HEADER_SECONDS
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._arm()
+
+    def _arm(self) -> None:
+        waiting_after = self.cycle  # a new request head replaces the cycle
+        self.loop.call_later(self.header_seconds, self._head_late, waiting_after)
+
+    def _head_late(self, waiting_after: object) -> None:
+        if self.cycle is waiting_after and not self.transport.is_closing():
+            self.transport.close()
+
+
+def with_header_deadline(seconds: float) -> type[HeaderDeadlineProtocol]:
+    """The protocol class with its own deadline (uvicorn takes a class, not an instance)."""
+    return type("HeaderDeadline", (HeaderDeadlineProtocol,), {"header_seconds": seconds})
