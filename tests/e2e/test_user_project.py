@@ -19,7 +19,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import zipfile
@@ -29,6 +28,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from planflow.ops.processes import stop_process
 from planflow.ops.server import free_port
 
 from tests.e2e.userproject import (
@@ -271,12 +271,7 @@ def test_a_worker_started_as_the_readme_says_runs_the_deployment(user_project, s
     try:
         run = final_flow_run(server, run_id, 300, lambda: tail(log) + "\n" + user_project.server_log())
     finally:
-        os.killpg(worker.pid, signal.SIGTERM)
-        try:
-            worker.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(worker.pid, signal.SIGKILL)
-            worker.wait(10)
+        stop_process(worker, timeout=30)  # its process group: the worker and its flow runs
     assert run["state_type"] == "COMPLETED", tail(log)
     assert run["parameters"]["rows"] == 50
     assert {"planflow", f"pipeline:{PIPELINE}"} <= set(run["tags"]), run["tags"]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
 import uuid
@@ -16,6 +15,8 @@ import psutil
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import WorkPoolCreate
+
+from planflow.ops.processes import stop_process
 
 from tests.e2e.userproject import DEPLOYMENT, PIPELINE, clean_env, final_flow_run, tail, write_project
 
@@ -97,12 +98,7 @@ def test_a_worker_started_in_a_subfolder_runs_from_the_project_and_picks_up_a_ru
         assert process.environ()["PYTHONPATH"].split(os.pathsep)[0] == str(project)
         assert "worker" in process.cmdline() and "--type" in process.cmdline() and "process" in process.cmdline()
     finally:
-        os.killpg(worker.pid, signal.SIGTERM)
-        try:
-            worker.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(worker.pid, signal.SIGKILL)
-            worker.wait(10)
+        stop_process(worker, timeout=30)  # its process group: the worker and its flow runs
     assert run["state_type"] == "COMPLETED", tail(log)
     assert run["parameters"] == {"rows": 7}
     assert {"planflow", f"pipeline:{PIPELINE}"} <= set(run["tags"])
