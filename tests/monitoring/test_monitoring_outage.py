@@ -9,11 +9,14 @@ import tempfile
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from planflow.monitoring.bridge import create_app
 from planflow.monitoring.exporter import Exporter
@@ -23,56 +26,74 @@ from planflow.settings import StatePaths
 from tests.monitoring.helpers import ThreadedServer, alert, free_port, read_events, wait_for, webhook
 
 
-def test_alerts_posted_while_prefect_is_down_arrive_exactly_once(prefect_server, tmp_path):
+@dataclass
+class OwnServer:
+    """A Prefect server of the test's own (its state folder and port), and the bridge token."""
+
+    paths: StatePaths
+    port: int
+    api: str
+    token: str
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+@pytest.fixture
+def own_server(prefect_server) -> Iterator[OwnServer]:
+    """Started for the test, stopped after it (the test may stop and restart it meanwhile)."""
     paths = StatePaths(Path(tempfile.mkdtemp(prefix="planflow-outage-")))
     port = free_port()
-    api = f"http://127.0.0.1:{port}/api"
-    token = uuid.uuid4().hex
-    auth = {"Authorization": f"Bearer {token}"}
     stack.up(paths, port=port)
     try:
-        app = create_app(tmp_path / "spool.sqlite3", token, api, max_backoff=1.0)
-        exporter = Exporter(api_url=api, poll_timeout=5)
-        with ThreadedServer(app, free_port()) as bridge:
-            assert asyncio.run(exporter.poll_once())
-            stack.down(paths)
-            assert not asyncio.run(exporter.poll_once())
-            assert exporter.registry.get_sample_value("planflow_exporter_prefect_up") == 0
-
-            pipeline = f"outage-{uuid.uuid4().hex[:8]}"
-            start = datetime.now(UTC) - timedelta(minutes=1)
-            sent = [alert("firing", f"fp{i}-{pipeline}", start, pipeline=pipeline, n=str(i)) for i in range(40)]
-            sent += [alert("resolved", f"fp{i}-{pipeline}", start, pipeline=pipeline, n=str(i)) for i in range(10)]
-            for i in range(0, len(sent), 10):
-                response = httpx.post(f"{bridge.url}/alerts", json=webhook(*sent[i : i + 10]), headers=auth, timeout=30)
-                assert response.status_code == 200, response.text
-            # Alertmanager retries and duplicates: send a part again
-            again = httpx.post(f"{bridge.url}/alerts", json=webhook(*sent[:15]), headers=auth)
-            assert again.json() == {"stored": 0, "duplicates": 15}
-            metrics = app.state.registry.get_sample_value
-            wait_for(
-                lambda: (metrics("planflow_bridge_forward_failures_total") or 0) >= 2,
-                30,
-                message="failed forwarding attempts while Prefect is down",
-            )
-            assert metrics("planflow_bridge_spool_depth") == 50
-
-            stack.up(paths, port=port)
-            wait_for(lambda: metrics("planflow_bridge_spool_depth") == 0, 60, message="the spool to drain")
-            events = wait_for(
-                lambda: (lambda e: e if len(e) >= 50 else None)(read_events(api, f"planflow.pipeline.{pipeline}")),
-                30,
-                0.5,
-                "50 events",
-            )
-            keys = [(e["payload"]["fingerprint"], e["payload"]["status"]) for e in events]
-            assert len(keys) == len(set(keys)) == 50
-            assert sum(1 for _, s in keys if s == "resolved") == 10
-            assert metrics("planflow_bridge_events_forwarded_total") == 50
-            assert asyncio.run(exporter.poll_once())
-            assert exporter.registry.get_sample_value("planflow_exporter_prefect_up") == 1
+        yield OwnServer(paths, port, f"http://127.0.0.1:{port}/api", uuid.uuid4().hex)
     finally:
         stack.down(paths)
+
+
+def test_alerts_posted_while_prefect_is_down_arrive_exactly_once(own_server, tmp_path):
+    paths, port, api, token, auth = own_server.paths, own_server.port, own_server.api, own_server.token, own_server.auth
+    app = create_app(tmp_path / "spool.sqlite3", token, api, max_backoff=1.0)
+    exporter = Exporter(api_url=api, poll_timeout=5)
+    with ThreadedServer(app, free_port()) as bridge:
+        assert asyncio.run(exporter.poll_once())
+        stack.down(paths)
+        assert not asyncio.run(exporter.poll_once())
+        assert exporter.registry.get_sample_value("planflow_exporter_prefect_up") == 0
+
+        pipeline = f"outage-{uuid.uuid4().hex[:8]}"
+        start = datetime.now(UTC) - timedelta(minutes=1)
+        sent = [alert("firing", f"fp{i}-{pipeline}", start, pipeline=pipeline, n=str(i)) for i in range(40)]
+        sent += [alert("resolved", f"fp{i}-{pipeline}", start, pipeline=pipeline, n=str(i)) for i in range(10)]
+        for i in range(0, len(sent), 10):
+            response = httpx.post(f"{bridge.url}/alerts", json=webhook(*sent[i : i + 10]), headers=auth, timeout=30)
+            assert response.status_code == 200, response.text
+        # Alertmanager retries and duplicates: send a part again
+        again = httpx.post(f"{bridge.url}/alerts", json=webhook(*sent[:15]), headers=auth)
+        assert again.json() == {"stored": 0, "duplicates": 15}
+        metrics = app.state.registry.get_sample_value
+        wait_for(
+            lambda: (metrics("planflow_bridge_forward_failures_total") or 0) >= 2,
+            30,
+            message="failed forwarding attempts while Prefect is down",
+        )
+        assert metrics("planflow_bridge_spool_depth") == 50
+
+        stack.up(paths, port=port)
+        wait_for(lambda: metrics("planflow_bridge_spool_depth") == 0, 60, message="the spool to drain")
+        events = wait_for(
+            lambda: (lambda e: e if len(e) >= 50 else None)(read_events(api, f"planflow.pipeline.{pipeline}")),
+            30,
+            0.5,
+            "50 events",
+        )
+        keys = [(e["payload"]["fingerprint"], e["payload"]["status"]) for e in events]
+        assert len(keys) == len(set(keys)) == 50
+        assert sum(1 for _, s in keys if s == "resolved") == 10
+        assert metrics("planflow_bridge_events_forwarded_total") == 50
+        assert asyncio.run(exporter.poll_once())
+        assert exporter.registry.get_sample_value("planflow_exporter_prefect_up") == 1
 
 
 # -- alerts Prefect accepted just before it stopped ---------------------------------------
@@ -121,55 +142,45 @@ def _runs_per_pool(api: str, deployment_id: Any) -> Counter:
     return Counter(run.parameters.get("pool") for run in runs)
 
 
-def test_alerts_accepted_just_before_prefect_stops_are_remediated_after_it_returns(prefect_server, tmp_path):
-    paths = StatePaths(Path(tempfile.mkdtemp(prefix="planflow-lost-")))
-    port = free_port()
-    api = f"http://127.0.0.1:{port}/api"
-    token = uuid.uuid4().hex
-    auth = {"Authorization": f"Bearer {token}"}
-    stack.up(paths, port=port)
-    try:
-        deployment_id = _remediation_automation(api)
-        app = create_app(tmp_path / "spool.sqlite3", token, api)  # the default 30 s backoff
-        spool = app.state.spool
-        with ThreadedServer(app, free_port()) as bridge:
-            tag = uuid.uuid4().hex[:6]
-            before = [f"lost-{tag}-{i}" for i in range(5)]
-            now = datetime.now(UTC)
-            posted = webhook(
-                *(alert("firing", f"fp-{p}", now, alertname="PlanflowPoolDown", work_pool=p) for p in before)
-            )
-            assert httpx.post(f"{bridge.url}/alerts", json=posted, headers=auth, timeout=30).status_code == 200
-            wait_for(lambda: spool.depth() == 0, 10, 0.02, "the alerts to be forwarded")
-            time.sleep(0.3)
-            stack.down(paths)  # 0.3 s after Prefect accepted them
+def test_alerts_accepted_just_before_prefect_stops_are_remediated_after_it_returns(own_server, tmp_path):
+    paths, port, api, token, auth = own_server.paths, own_server.port, own_server.api, own_server.token, own_server.auth
+    deployment_id = _remediation_automation(api)
+    app = create_app(tmp_path / "spool.sqlite3", token, api)  # the default 30 s backoff
+    spool = app.state.spool
+    with ThreadedServer(app, free_port()) as bridge:
+        tag = uuid.uuid4().hex[:6]
+        before = [f"lost-{tag}-{i}" for i in range(5)]
+        now = datetime.now(UTC)
+        posted = webhook(*(alert("firing", f"fp-{p}", now, alertname="PlanflowPoolDown", work_pool=p) for p in before))
+        assert httpx.post(f"{bridge.url}/alerts", json=posted, headers=auth, timeout=30).status_code == 200
+        wait_for(lambda: spool.depth() == 0, 10, 0.02, "the alerts to be forwarded")
+        time.sleep(0.3)
+        stack.down(paths)  # 0.3 s after Prefect accepted them
 
-            during = f"lost-{tag}-during"
-            late = webhook(alert("firing", f"fp-{during}", now, alertname="PlanflowPoolDown", work_pool=during))
-            assert httpx.post(f"{bridge.url}/alerts", json=late, headers=auth, timeout=30).status_code == 200
-            # long enough for the forwarder's backoff to grow past 8 s
-            wait_for(
-                lambda: (app.state.registry.get_sample_value("planflow_bridge_forward_failures_total") or 0) >= 6,
-                60,
-                message="the forwarder to back off",
-            )
-            stack.up(paths, port=port)
-            back = time.monotonic()
-            wait_for(lambda: spool.depth() == 0, 30, 0.1, "the spool to drain after Prefect returned")
-            drained = time.monotonic() - back
-            # The backoff had reached 8-16 s: the health probe cuts it short.
-            assert drained < 8, f"the spool drained {drained:.1f} s after Prefect returned"
+        during = f"lost-{tag}-during"
+        late = webhook(alert("firing", f"fp-{during}", now, alertname="PlanflowPoolDown", work_pool=during))
+        assert httpx.post(f"{bridge.url}/alerts", json=late, headers=auth, timeout=30).status_code == 200
+        # long enough for the forwarder's backoff to grow past 8 s
+        wait_for(
+            lambda: (app.state.registry.get_sample_value("planflow_bridge_forward_failures_total") or 0) >= 6,
+            60,
+            message="the forwarder to back off",
+        )
+        stack.up(paths, port=port)
+        back = time.monotonic()
+        wait_for(lambda: spool.depth() == 0, 30, 0.1, "the spool to drain after Prefect returned")
+        drained = time.monotonic() - back
+        # The backoff had reached 8-16 s: the health probe cuts it short.
+        assert drained < 8, f"the spool drained {drained:.1f} s after Prefect returned"
 
-            pools = [*before, during]
-            runs = wait_for(
-                lambda: (lambda c: c if all(c[p] >= 1 for p in pools) else None)(_runs_per_pool(api, deployment_id)),
-                60,
-                1,
-                "a remediation run for every alert",
-            )
-            # at least once; never a storm of duplicates
-            assert all(runs[p] <= 2 for p in pools), runs
-            counts = spool.counts()
-            print(f"drained {drained:.2f} s after Prefect returned; runs {dict(runs)}; spool {counts}")
-    finally:
-        stack.down(paths)
+        pools = [*before, during]
+        runs = wait_for(
+            lambda: (lambda c: c if all(c[p] >= 1 for p in pools) else None)(_runs_per_pool(api, deployment_id)),
+            60,
+            1,
+            "a remediation run for every alert",
+        )
+        # at least once; never a storm of duplicates
+        assert all(runs[p] <= 2 for p in pools), runs
+        counts = spool.counts()
+        print(f"drained {drained:.2f} s after Prefect returned; runs {dict(runs)}; spool {counts}")
