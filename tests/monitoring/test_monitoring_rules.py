@@ -223,3 +223,16 @@ def test_a_thresholds_file_that_is_not_a_mapping(tmp_path):
     expected = "the file must be a mapping of grafana_url, runbook_url, receivers, ports"
     with pytest.raises(thresholds.ThresholdsError, match=expected):
         thresholds.load(path)
+
+
+def test_a_thresholds_file_from_before_the_anomaly_rules_still_loads_with_their_defaults():
+    document = _shipped()
+    for key in [k for k in document["thresholds"] if "anomaly" in k]:
+        del document["thresholds"][key]
+    for profile in document["profiles"].values():
+        del profile["anomaly_window"], profile["anomaly_baseline_window"]
+    checked = thresholds.validate(document)
+    assert (checked.thresholds.anomaly_runs, checked.profiles.fast.anomaly_window) == (3, "6h")
+    document["thresholds"]["anomaly_runs"] = 0
+    with pytest.raises(thresholds.ThresholdsError, match=r"`anomaly_runs:` is 0, .* Fix: e.g. `anomaly_runs: 3`"):
+        thresholds.validate(document)

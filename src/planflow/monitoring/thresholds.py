@@ -92,8 +92,9 @@ class Profile(_Strict):
     rate_window: Duration = Field(description="window of the meta-alerts' rates (failures, errors)")
     bridge_pending_max_age: Duration = Field(description="an alert waiting this long in the bridge's spool")
     watchdog_interval: Duration = Field(description="how often the Watchdog reaches the dead man's switch")
-    anomaly_baseline_window: Duration = Field(description="history a component's usual duration is learned from")
-    anomaly_window: Duration = Field(description="the recent runs judged against the baseline")
+    # defaults: a thresholds.yml written before the anomaly rules keeps working
+    anomaly_baseline_window: Duration = Field("7d", description="history a component's usual duration is learned from")
+    anomaly_window: Duration = Field("6h", description="the recent runs judged against the baseline")
 
 
 class Profiles(_Strict):
@@ -111,12 +112,13 @@ class Thresholds(_Strict):
     failure_rate_min_runs: int = Field(ge=1)
     bridge_spool_depth: int = Field(ge=1)
     notification_failure_ratio: float = Field(gt=0, le=1)
-    anomaly_spreads: float = Field(gt=0)
-    anomaly_runs: int = Field(ge=1)
-    anomaly_min_history_runs: int = Field(ge=2)
-    anomaly_min_spread_ratio: float = Field(gt=0)
-    failure_rate_anomaly_factor: float = Field(ge=1)
-    failure_rate_anomaly_increase: float = Field(ge=0, le=1)
+    # defaults: a thresholds.yml written before the anomaly rules keeps working
+    anomaly_spreads: float = Field(3.0, gt=0)
+    anomaly_runs: int = Field(3, ge=1)
+    anomaly_min_history_runs: int = Field(5, ge=2)
+    anomaly_min_spread_ratio: float = Field(0.1, gt=0)
+    failure_rate_anomaly_factor: float = Field(3.0, ge=1)
+    failure_rate_anomaly_increase: float = Field(0.25, ge=0, le=1)
 
 
 class Receivers(_Strict):
