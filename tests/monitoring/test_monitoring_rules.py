@@ -89,7 +89,7 @@ def test_the_watchdog_is_resent_to_the_dead_mans_switch_at_its_own_interval():
         assert watchdog["group_interval"] == p.raw["watchdog_interval"]
         # shorter than group_interval, so that every flush re-sends it
         assert thresholds.seconds(watchdog["repeat_interval"]) < thresholds.seconds(watchdog["group_interval"])
-        rule = next(r for r in generate.rules(p)["groups"][0]["rules"] if r["alert"] == WATCHDOG)
+        rule = next(r for r in generate.rules(p)["groups"][0]["rules"] if r.get("alert") == WATCHDOG)
         assert (rule["expr"], rule["for"], rule["labels"]["severity"]) == ("vector(1)", "0s", "none")
 
 
@@ -107,7 +107,7 @@ def test_prefect_api_down_inhibits_the_pool_alerts_and_not_the_alerts_about_the_
 def test_the_remediation_names_the_rules_exclude_are_the_remediations_own():
     assert REMEDIATION_POOL == names.REMEDIATION_POOL
     assert set(REMEDIATION_FLOWS) == {names.RETRY_FLOW, names.FAILOVER_FLOW, names.RESCALE_FLOW}
-    rules = {r["alert"]: r["expr"] for r in generate.rules(generate.params("fast"))["groups"][0]["rules"]}
+    rules = {r.get("alert"): r["expr"] for r in generate.rules(generate.params("fast"))["groups"][0]["rules"]}
     for name in ("PlanflowLateRunBacklog", "PlanflowWorkPoolNotReady", "PlanflowWorkerHeartbeatStale"):
         assert f'work_pool!="{REMEDIATION_POOL}"' in rules[name] and "work_pool_deployments == 0" in rules[name]
     assert rules["PlanflowPoolFailureRateHigh"].count(f'work_pool!="{REMEDIATION_POOL}"') == 3
@@ -135,8 +135,13 @@ def test_every_alert_is_documented_linked_and_uses_known_metrics():
     for profile in generate.PROFILES:
         rules = yaml.safe_load((HERE / f"rules{generate.suffix(profile)}.yml").read_text())
         for rule in rules["groups"][0]["rules"]:
+            if "record" in rule:  # recording rules: level:metric:operations, known inputs
+                assert re.fullmatch(r"planflow:[a-z_]+:[a-z_]+", rule["record"]), rule["record"]
+                used = set(re.findall(r"\b(planflow_\w+)\b", rule["expr"]))
+                assert used <= known, f"{rule['record']} uses unknown metrics {used - known}"
+                continue
             assert re.fullmatch(r"Planflow[A-Z][A-Za-z]+", rule["alert"])
-            assert rule["labels"]["severity"] in {"critical", "warning", "none"}
+            assert rule["labels"]["severity"] in {"critical", "warning", "info", "none"}
             notes = rule["annotations"]
             assert notes["summary"] and notes["description"]
             assert re.search(r"/d/planflow-(pipelines|plan|pools|alerts)$", notes["dashboard"])
@@ -159,9 +164,9 @@ def test_every_alert_has_a_runbook_section_saying_what_it_means_what_to_check_an
 def test_the_fast_and_production_profiles_differ_only_in_timing():
     fast = yaml.safe_load((HERE / "rules.fast.yml").read_text())["groups"][0]["rules"]
     prod = yaml.safe_load((HERE / "rules.yml").read_text())["groups"][0]["rules"]
-    assert [r["alert"] for r in fast] == [r["alert"] for r in prod]
-    assert {r["for"] for r in fast} == {"0s", "2s"}
-    assert {r["for"] for r in prod} == {"0s", "5m"}
+    assert [r.get("alert", r.get("record")) for r in fast] == [r.get("alert", r.get("record")) for r in prod]
+    assert {r["for"] for r in fast if "alert" in r} == {"0s", "2s"}
+    assert {r["for"] for r in prod if "alert" in r} == {"0s", "5m"}
 
 
 def _shipped() -> dict:
@@ -218,3 +223,16 @@ def test_a_thresholds_file_that_is_not_a_mapping(tmp_path):
     expected = "the file must be a mapping of grafana_url, runbook_url, receivers, ports"
     with pytest.raises(thresholds.ThresholdsError, match=expected):
         thresholds.load(path)
+
+
+def test_a_thresholds_file_from_before_the_anomaly_rules_still_loads_with_their_defaults():
+    document = _shipped()
+    for key in [k for k in document["thresholds"] if "anomaly" in k]:
+        del document["thresholds"][key]
+    for profile in document["profiles"].values():
+        del profile["anomaly_window"], profile["anomaly_baseline_window"]
+    checked = thresholds.validate(document)
+    assert (checked.thresholds.anomaly_runs, checked.profiles.fast.anomaly_window) == (3, "6h")
+    document["thresholds"]["anomaly_runs"] = 0
+    with pytest.raises(thresholds.ThresholdsError, match=r"`anomaly_runs:` is 0, .* Fix: e.g. `anomaly_runs: 3`"):
+        thresholds.validate(document)

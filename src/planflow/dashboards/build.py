@@ -31,6 +31,8 @@ from grafana_foundation_sdk.models import common
 from grafana_foundation_sdk.models import dashboard as dm
 from grafana_foundation_sdk.models import prometheus as pm
 
+from planflow.monitoring.thresholds import load as load_thresholds
+
 PROMETHEUS_UID = "planflow-prometheus"
 ALERTMANAGER_UID = "planflow-alertmanager"
 PROMETHEUS = dm.DataSourceRef(type_val="prometheus", uid=PROMETHEUS_UID)
@@ -403,7 +405,58 @@ def pipelines() -> db.Dashboard:
         12,
         8,
     )
+    _anomalies(d, lay)
     return d
+
+
+ANOMALY_ALERTS = "PlanflowComponentDurationAnomaly|PlanflowPipelineFailureRateAnomaly"
+
+
+def _anomalies(d: db.Dashboard, lay: Layout) -> None:
+    """The anomaly rules' view (monitoring/anomaly.py): each component's duration against
+    its learned baseline band, each pipeline's failed share against its history, and the
+    anomaly alerts as annotations on every panel."""
+    spreads = load_thresholds()["thresholds"]["anomaly_spreads"]
+    median, spread = (
+        "planflow:component_duration_seconds:baseline_median",
+        "planflow:component_duration_seconds:baseline_spread",
+    )
+    at = f'{{pipeline=~"{PIPELINE}"}}'
+    d.annotation(
+        db.AnnotationQuery()
+        .name("Anomalies")
+        .datasource(PROMETHEUS)
+        .enable(True)
+        .icon_color("orange")
+        .expr(f'ALERTS{{alertname=~"{ANOMALY_ALERTS}", alertstate="firing"}}')
+    )
+    lay.row("Anomalies (against each component's and pipeline's own history)")
+    lay.add(
+        ts(
+            "Component duration against its baseline",
+            q(f"planflow_component_last_duration_seconds{at}", "{{component}} ({{pool}}) latest"),
+            q(f"{median}{at}", "{{component}} ({{pool}}) median"),
+            q(f"{median}{at} + {spreads:g} * {spread}{at}", "{{component}} ({{pool}}) alert line"),
+            unit="s",
+            description=f"Latest duration, the baseline median and median + {spreads:g} spreads: "
+            "PlanflowComponentDurationAnomaly fires when the latest duration stays above the alert line "
+            "for several runs in a row (monitoring/RUNBOOK.md). Empty until a baseline holds enough runs.",
+        ),
+        12,
+        8,
+    )
+    lay.add(
+        ts(
+            "Failed share of runs, recent against usual",
+            q(f'planflow:pipeline_failure_ratio:recent{{flow=~"{PIPELINE}"}}', "{{flow}} recent"),
+            q(f'planflow:pipeline_failure_ratio:baseline{{flow=~"{PIPELINE}"}}', "{{flow}} usual"),
+            unit="percentunit",
+            description="Failed or crashed / finished runs over the failure-rate window, and over the "
+            "baseline window before it (PlanflowPipelineFailureRateAnomaly).",
+        ),
+        12,
+        8,
+    )
 
 
 def plan() -> db.Dashboard:

@@ -57,8 +57,9 @@ def panels(model: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
 
 
 def panel_queries(model: Mapping[str, Any]) -> list[PanelQuery]:
-    """Every Prometheus query of every panel of one dashboard JSON model."""
-    return [
+    """Every Prometheus query of every panel of one dashboard JSON model, and of its
+    annotations (panel title `annotation: NAME`)."""
+    found = [
         PanelQuery(
             model["uid"],
             panel.get("title", ""),
@@ -69,6 +70,10 @@ def panel_queries(model: Mapping[str, Any]) -> list[PanelQuery]:
         for panel in panels(model)
         for target in panel.get("targets", [])
         if "expr" in target
+    ]
+    annotations = model.get("annotations", {}).get("list", [])
+    return found + [
+        PanelQuery(model["uid"], f"annotation: {a.get('name', '')}", "", a["expr"]) for a in annotations if "expr" in a
     ]
 
 

@@ -3,8 +3,9 @@
 An `AlertRule` holds PromQL with `{{{placeholders}}}` from thresholds.yml, its
 severity, where it is delivered and how to test it (`scenario`: Params -> Scenario).
 Severities follow the Kubernetes mixin's conventions: `critical` only for what needs
-a human now, `warning` for what needs one soon (one failed run is a warning), `none`
-for the Watchdog, which fires always.
+a human now, `warning` for what needs one soon (one failed run is a warning), `info`
+for what is worth a look (an anomaly against a learned baseline), `none` for the
+Watchdog, which fires always.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 from planflow.monitoring.thresholds import Params
 from planflow.prefect import reserved
 
-SEVERITIES = ("critical", "warning", "none")
+SEVERITIES = ("critical", "warning", "info", "none")
 
 # The remediation machinery's own work pool and flows (planflow.prefect.reserved). Pool
 # alerts never include them, so that the failover and the rescale are never fed by the

@@ -22,6 +22,7 @@ import yaml
 
 from planflow.monitoring import routing
 from planflow.monitoring.alerts import ALERTS
+from planflow.monitoring.anomaly import ANOMALY_ALERTS, RECORDING_RULES
 from planflow.monitoring.meta_alerts import META_ALERTS
 from planflow.monitoring.thresholds import (
     HERE,
@@ -40,9 +41,9 @@ def suffix(profile: str) -> str:
     return ".fast" if profile == "fast" else ""
 
 
-# Every alert, in the order of the generated files: pipelines and pools, then the
-# alerts about the alerting.
-ALL_ALERTS = [*ALERTS, *META_ALERTS]
+# Every alert, in the order of the generated files: pipelines and pools, anomalies
+# against learned baselines, then the alerts about the alerting.
+ALL_ALERTS = [*ALERTS, *ANOMALY_ALERTS, *META_ALERTS]
 
 
 def _expand(template: str, labels: dict[str, str]) -> str:
@@ -50,7 +51,8 @@ def _expand(template: str, labels: dict[str, str]) -> str:
 
 
 def rules(p: Params) -> dict[str, Any]:
-    out = []
+    # recording rules first: the alerts of the same group read them in the same evaluation
+    out: list[dict[str, Any]] = [{"record": r.record, "expr": p.sub(r.expr)} for r in RECORDING_RULES]
     for alert in ALL_ALERTS:
         rule: dict[str, Any] = {"alert": alert.name, "expr": p.sub(alert.expr)}
         rule["for"] = "0s" if alert.for_zero else duration(p.for_)
@@ -67,7 +69,7 @@ def rules(p: Params) -> dict[str, Any]:
 
 def rule_tests(p: Params) -> dict[str, Any]:
     tests = []
-    rendered = {r["alert"]: r for r in rules(p)["groups"][0]["rules"]}
+    rendered = {r["alert"]: r for r in rules(p)["groups"][0]["rules"] if "alert" in r}
     for alert in ALL_ALERTS:
         s = alert.scenario(p)
         expected = []

@@ -39,21 +39,21 @@ def seconds(duration: str | int | float) -> int:
     """'2s', '5m', '1h' -> seconds."""
     if isinstance(duration, (int, float)):
         return int(duration)
-    match = re.fullmatch(r"(\d+)([smh])", str(duration).strip())
+    match = re.fullmatch(r"(\d+)([smhd])", str(duration).strip())
     if not match:
-        raise ValueError(f"bad duration {duration!r} in {SOURCE.name}: use e.g. 2s, 5m, 1h")
-    return int(match[1]) * {"s": 1, "m": 60, "h": 3600}[match[2]]
+        raise ValueError(f"bad duration {duration!r} in {SOURCE.name}: use e.g. 2s, 5m, 1h, 7d")
+    return int(match[1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match[2]]
 
 
 def duration(value: int) -> str:
-    for unit, size in (("h", 3600), ("m", 60)):
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if value and value % size == 0:
             return f"{value // size}{unit}"
     return f"{value}s"
 
 
 def _positive_duration(value: str) -> str:
-    if not re.fullmatch(r"[1-9]\d*[smh]", value):
+    if not re.fullmatch(r"[1-9]\d*[smhd]", value):
         raise ValueError("not a duration")
     return value
 
@@ -92,6 +92,9 @@ class Profile(_Strict):
     rate_window: Duration = Field(description="window of the meta-alerts' rates (failures, errors)")
     bridge_pending_max_age: Duration = Field(description="an alert waiting this long in the bridge's spool")
     watchdog_interval: Duration = Field(description="how often the Watchdog reaches the dead man's switch")
+    # defaults: a thresholds.yml written before the anomaly rules keeps working
+    anomaly_baseline_window: Duration = Field("7d", description="history a component's usual duration is learned from")
+    anomaly_window: Duration = Field("6h", description="the recent runs judged against the baseline")
 
 
 class Profiles(_Strict):
@@ -109,6 +112,13 @@ class Thresholds(_Strict):
     failure_rate_min_runs: int = Field(ge=1)
     bridge_spool_depth: int = Field(ge=1)
     notification_failure_ratio: float = Field(gt=0, le=1)
+    # defaults: a thresholds.yml written before the anomaly rules keeps working
+    anomaly_spreads: float = Field(3.0, gt=0)
+    anomaly_runs: int = Field(3, ge=1)
+    anomaly_min_history_runs: int = Field(5, ge=2)
+    anomaly_min_spread_ratio: float = Field(0.1, gt=0)
+    failure_rate_anomaly_factor: float = Field(3.0, ge=1)
+    failure_rate_anomaly_increase: float = Field(0.25, ge=0, le=1)
 
 
 class Receivers(_Strict):
@@ -176,6 +186,8 @@ FIELD_HELP = {
             "rate_window": "5m",
             "bridge_pending_max_age": "10m",
             "watchdog_interval": "1m",
+            "anomaly_baseline_window": "7d",
+            "anomaly_window": "6h",
         }.items()
     },
     "exporter_poll_seconds": ("a number of seconds > 0", "exporter_poll_seconds: 10"),
@@ -187,6 +199,15 @@ FIELD_HELP = {
     "failure_rate_min_runs": ("a whole number >= 1", "failure_rate_min_runs: 3"),
     "bridge_spool_depth": ("a whole number >= 1 (alerts waiting in the bridge)", "bridge_spool_depth: 100"),
     "notification_failure_ratio": ("a share between 0 and 1 (failed / sent)", "notification_failure_ratio: 0.01"),
+    "anomaly_spreads": ("a number > 0 (spreads above the median duration)", "anomaly_spreads: 3"),
+    "anomaly_runs": ("a whole number >= 1 (slow runs in a row)", "anomaly_runs: 3"),
+    "anomaly_min_history_runs": ("a whole number >= 2 (runs in the baseline)", "anomaly_min_history_runs: 5"),
+    "anomaly_min_spread_ratio": (
+        "a number > 0 (least spread, as a share of the median)",
+        "anomaly_min_spread_ratio: 0.1",
+    ),
+    "failure_rate_anomaly_factor": ("a number >= 1 (times the usual failed share)", "failure_rate_anomaly_factor: 3"),
+    "failure_rate_anomaly_increase": ("a share between 0 and 1 (added to it)", "failure_rate_anomaly_increase: 0.25"),
 }
 # Names users reach for first, mapped to the field thresholds.yml uses.
 ALIASES = {
@@ -317,6 +338,8 @@ class Params:
             "bridge_pending_max_age": duration(seconds(self.raw["bridge_pending_max_age"])),
             "bridge_pending_max_age_seconds": seconds(self.raw["bridge_pending_max_age"]),
             "watchdog_interval": duration(seconds(self.raw["watchdog_interval"])),
+            "anomaly_baseline_window": duration(seconds(self.raw["anomaly_baseline_window"])),
+            "anomaly_window": duration(seconds(self.raw["anomaly_window"])),
         }
         return re.sub(r"\{\{\{(\w+)\}\}\}", lambda m: str(values[m[1]]), text)
 
