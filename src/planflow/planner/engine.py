@@ -33,6 +33,7 @@ import pulp
 
 from .bounds import lower_bounds
 from .errors import InfeasibleError
+from .exact import MAX_TASKS, applicable, branch_and_bound
 from .heuristics import EPS, Schedule, fbi, improve, initial_modes, order_of, serial_sgs
 from .instance import Instance, compile_problem
 from .model import choose_grid, cost_varies, estimate_size, make_solver, solve_milp
@@ -49,6 +50,7 @@ class PlannerOptions:
     max_slots: int = 300  # time-grid slots over the horizon (non-integer durations)
     max_binaries: int = 25_000  # skip the MILP above this many x[j,m,t] variables
     heuristic_share: float = 0.15  # share of the time limit for the GA before the MILP
+    exact_max_tasks: int = MAX_TASKS  # branch and bound (proof) up to this many tasks
     seed: int = 0
 
 
@@ -93,12 +95,14 @@ def solve(problem: Problem, options: PlannerOptions = PlannerOptions()) -> Plan:
             fixed_modes = [fm]
 
     # Phase 1, a quick incumbent: rules + FBI + a short GA (stops at the lower bound).
+    # Small problems get a shorter GA: the branch and bound below finds better itself.
+    small = fixed_modes is None and applicable(inst, options.exact_max_tasks)
     h_budget = min(options.time_limit_s * options.heuristic_share, 1.0)
     h = improve(
         inst,
         deadline=t0 + h_budget,
         lower_bound=lb,
-        max_schedules=max(FIRST_SCHEDULES, 10 * inst.n),
+        max_schedules=SMALL_SCHEDULES if small else max(FIRST_SCHEDULES, 10 * inst.n),
         seed=options.seed,
         fixed_modes=fixed_modes,
     )
@@ -106,6 +110,11 @@ def solve(problem: Problem, options: PlannerOptions = PlannerOptions()) -> Plan:
     heuristic_ms = best.makespan
     st = _State(best=best, lb=lb, bounds=bounds, notes=notes, tolerance=options.mip_gap)
     bounds["solver"] = 0.0  # raised only by what a MILP proves (0 = proved nothing)
+
+    # Small problems: a branch and bound over active schedules proves the optimum (or
+    # improves the incumbent) whatever the durations; the MILP only runs if it times out.
+    if small and best.makespan > lb + EPS:
+        _exact_round(inst, st, min(deadline, time.perf_counter() + EXACT_SHARE * options.time_limit_s))
 
     # Round 1, a short proof attempt at horizon incumbent - 1: easy instances end here.
     if st.open() and time.perf_counter() < deadline - 0.05:
@@ -168,6 +177,10 @@ ROUND2_SHARE = 0.4  # round 2 MILP: at most this share of the limit
 PROMISING_SLOTS = 2.0
 
 
+SMALL_SCHEDULES = 100  # phase 1 GA budget before the branch and bound (small problems)
+EXACT_SHARE = 0.5  # branch and bound: at most this share of the limit, then the MILP
+
+
 @dataclass
 class _State:
     best: Schedule
@@ -186,6 +199,21 @@ class _State:
     def open(self) -> bool:
         ms = self.best.makespan
         return ms > self.lb + EPS and (ms - self.lb) / ms > self.tolerance
+
+
+def _exact_round(inst: Instance, st: _State, deadline: float) -> None:
+    """Branch and bound (exact.py) from the incumbent; a finished search is a proof."""
+    r = branch_and_bound(inst, st.best, st.lb, deadline)
+    if r.improved:
+        st.best = r.best
+        st.status = "feasible"
+    if r.proven:
+        st.lb = max(st.lb, st.best.makespan)
+        st.bounds["exact"] = st.best.makespan
+        st.solver = "exact"
+        st.notes.append(f"branch and bound: optimum proven in {r.seconds:.3f} s ({r.nodes} nodes)")
+    else:
+        st.notes.append(f"branch and bound: no proof within {r.seconds:.2f} s ({r.nodes} nodes); MILP next")
 
 
 def _milp_round(inst: Instance, st: _State, options: PlannerOptions, limit: float) -> None:

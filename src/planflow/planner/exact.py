@@ -1,0 +1,351 @@
+"""Branch and bound over active schedules: proves small plans (<= ``MAX_TASKS`` tasks) optimal.
+
+Why it is exact.  The serial schedule generation scheme (SGS: each task of a list at its
+earliest feasible start, in continuous time) builds every *active* schedule, and some
+active schedule is optimal for the makespan.  More precisely, for an active schedule S the
+list of its tasks sorted by (start, topological position) rebuilds S through the SGS:
+were a task placed earlier than in S, moving it there in S would stay feasible (only
+tasks listed before it start before it, and at later times it runs in both), so S would
+not be active.  That holds unchanged for pools whose capacity varies over time (steps),
+several pools and any mode per task.  Along such a list the starts never decrease, so
+the search only follows lists of that kind: a child whose SGS start lies before its
+parent's last start, or at the same instant but earlier in topological order, is not
+generated (its schedule is reached through another list).  Every schedule the search
+skips is therefore either not active or dominated by a lower bound, and when the search
+ends without running out of time the incumbent is optimal (to ``TOL``): a proof, not an
+estimate.
+
+Bounds at a node whose last task starts at ``s`` (every remaining task starts at or
+after ``s``):
+
+* heads and tails: a remaining task starts after ``s``, after its scheduled
+  predecessors finish, and after its unscheduled ones could (shortest modes); an
+  eligible task also waits until some mode of it fits beside what is scheduled; each
+  then needs its tail (shortest modes to the end of the project);
+* energy: the remaining tasks' least energy per resource must be supplied after ``s``
+  by what the pools have left (capacity minus scheduled tasks and steps), per pool for
+  tasks that can only run on it and over all pools together.
+
+Cost is only a tie-break here: the search keeps the incumbent at equal makespan.
+
+Example::
+
+    >>> r = branch_and_bound(inst, incumbent, lower_bound=40.0,        # doctest: +SKIP
+    ...                      deadline=time.perf_counter() + 0.5)
+    >>> r.proven, r.best.makespan, r.nodes                             # doctest: +SKIP
+    (True, 42.5, 311)
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from .heuristics import Schedule, _add, _earliest, _profiles, priorities
+from .instance import Instance
+
+EPS = 1e-9
+MAX_TASKS = 15  # above this the search rarely ends within a second in pure Python
+TOL = 1e-9  # relative: a schedule shorter than (1 - TOL) * incumbent would have been found
+
+Profile = tuple[list[float], list[list[float]]]
+
+
+@dataclass
+class ExactResult:
+    best: Schedule
+    proven: bool  # the search ended: ``best`` is optimal
+    nodes: int
+    seconds: float
+    improved: bool  # ``best`` is shorter than the incumbent it started from
+
+
+def applicable(inst: Instance, max_tasks: int = MAX_TASKS) -> bool:
+    """Small enough, and no non-renewable budgets (mode choices there are left to the MILP)."""
+    return 0 < inst.n <= max_tasks and not any(m.nr for ms in inst.modes for m in ms)
+
+
+class _OutOfTime(Exception):
+    pass
+
+
+def branch_and_bound(
+    inst: Instance, incumbent: Schedule, lower_bound: float, deadline: float, max_nodes: int | None = None
+) -> ExactResult:
+    """Search for a schedule shorter than ``incumbent``; ``proven`` when the search ended.
+
+    ``lower_bound`` is a valid bound (e.g. :func:`bounds.lower_bounds`): reaching it ends
+    the search.  Stops unproven at ``deadline`` (``time.perf_counter()``) or after
+    ``max_nodes`` nodes.
+    """
+    t0 = time.perf_counter()
+    search = _Search(inst, incumbent, deadline, max_nodes)
+    proven = incumbent.makespan <= lower_bound + search.tol
+    if not proven:
+        try:
+            search.run()
+            proven = True
+        except _OutOfTime:
+            proven = False
+    best = search.best
+    return ExactResult(
+        best, proven, search.nodes, time.perf_counter() - t0, best.makespan < incumbent.makespan - search.tol
+    )
+
+
+class _Search:
+    def __init__(self, inst: Instance, incumbent: Schedule, deadline: float, max_nodes: int | None) -> None:
+        n = inst.n
+        self.inst = inst
+        self.n = n
+        self.deadline = deadline
+        self.max_nodes = max_nodes
+        self.nodes = 0
+        self.best = incumbent
+        self.tol = TOL * max(1.0, incumbent.makespan)
+        self.preds = inst.preds
+        self.predmask = [sum(1 << p for p in inst.preds[j]) for j in range(n)]
+        self.tp = inst.topo_pos
+        self.topo = inst.topo
+        self.mindur = [inst.min_dur(j) for j in range(n)]
+        tail = [0.0] * n  # shortest time from j's start to the end of the project
+        for j in reversed(inst.topo):
+            tail[j] = self.mindur[j] + max((tail[s] for s in inst.succs[j]), default=0.0)
+        self.tail = tail
+        self.after = [max((tail[s] for s in inst.succs[j]), default=0.0) for j in range(n)]
+        self.lft = priorities(inst).lf
+        R = len(inst.resources)
+        # least energy per resource over a task's modes, and its only pool (-1: several)
+        self.energy = [
+            [min(m.dur * dict(m.dem).get(k, 0.0) for m in inst.modes[j]) for k in range(R)] for j in range(n)
+        ]
+        self.only_pool = [next(iter(ps)) if len(ps := {m.pool for m in inst.modes[j]}) == 1 else -1 for j in range(n)]
+        self.R = R
+        self.P = len(inst.caps)
+        self.cliques = _cliques(inst)
+
+    def _tick(self) -> None:
+        self.nodes += 1
+        if self.max_nodes is not None and self.nodes > self.max_nodes:
+            raise _OutOfTime
+        if self.nodes & 63 == 0 and time.perf_counter() > self.deadline:
+            raise _OutOfTime
+
+    def run(self) -> None:
+        n = self.n
+        self._dfs(0, [0.0] * n, [0.0] * n, [0] * n, _profiles(self.inst), 0.0, -1, 0)
+
+    def _dfs(
+        self,
+        mask: int,
+        start: list[float],
+        fin: list[float],
+        mode: list[int],
+        profiles: list[Profile],
+        last: float,
+        last_tp: int,
+        count: int,
+    ) -> None:
+        self._tick()
+        n, inst, tol = self.n, self.inst, self.tol
+        if count == n:
+            ms = max(fin)
+            if ms < self.best.makespan - tol:
+                self.best = Schedule(list(start), list(mode), ms)
+            return
+        children = []
+        for j in range(n):
+            if mask >> j & 1 or self.predmask[j] & ~mask:
+                continue
+            es = max((fin[p] for p in self.preds[j]), default=0.0)
+            for mi, m in enumerate(inst.modes[j]):
+                ts, use = profiles[m.pool]
+                t = _earliest(ts, use, inst.caps[m.pool], m.dem, m.dur, es)
+                if t < last - EPS or (t <= last + EPS and self.tp[j] < last_tp):
+                    continue  # not a sorted list: this schedule is reached through another one
+                if t + m.dur + self.after[j] >= self.best.makespan - tol:
+                    continue
+                children.append((t, j, mi))
+        scored = []
+        for t, j, mi in children:
+            m = inst.modes[j][mi]
+            child = list(profiles)
+            ts, use = profiles[m.pool]
+            ts, use = ts[:], [u[:] for u in use]
+            _add(ts, use, t, t + m.dur, m.dem)
+            child[m.pool] = (ts, use)
+            fin_j = fin[j]
+            fin[j] = t + m.dur
+            lb = self._bound(mask | 1 << j, fin, child, t)
+            fin[j] = fin_j
+            if lb < self.best.makespan - tol:
+                scored.append((lb, t, self.lft[j], j, mi, child))
+        scored.sort(key=lambda c: c[:4])
+        for lb, t, _, j, mi, child in scored:
+            if lb >= self.best.makespan - tol:
+                continue  # the incumbent improved meanwhile
+            start[j], mode[j], fin[j] = t, mi, t + inst.modes[j][mi].dur
+            self._dfs(mask | 1 << j, start, fin, mode, child, t, self.tp[j], count + 1)
+        # start/fin/mode of unscheduled tasks are never read, so nothing to restore
+
+    def _bound(self, mask: int, fin: list[float], profiles: list[Profile], last: float) -> float:
+        """Lower bound on the makespan of every schedule below this node."""
+        inst = self.inst
+        lb = max((fin[j] for j in range(self.n) if mask >> j & 1), default=0.0)
+        # earliest finish of each remaining task: after ``last``, after its predecessors
+        # (scheduled: their finish; not yet: their earliest finish), and when some mode of
+        # it fits beside the scheduled tasks (adding tasks only delays that)
+        efin = [0.0] * self.n
+        est = [0.0] * self.n
+        for j in self.topo:
+            if mask >> j & 1:
+                continue
+            h = last
+            for p in self.preds[j]:
+                f = fin[p] if mask >> p & 1 else efin[p]
+                if f > h:
+                    h = f
+            f = r = float("inf")
+            for m in inst.modes[j]:
+                t = _earliest(*profiles[m.pool], inst.caps[m.pool], m.dem, m.dur, h)
+                if t < r:
+                    r = t
+                if t + m.dur < f:
+                    f = t + m.dur
+            efin[j], est[j] = f, r
+            if f + self.after[j] > lb:
+                lb = f + self.after[j]
+        lb = max(lb, self._clique_bound(mask, est))
+        if lb >= self.best.makespan - self.tol:
+            return lb
+        return max(lb, self._energy_bound(mask, profiles, last))
+
+    def _clique_bound(self, mask: int, est: list[float]) -> float:
+        """Tasks of a clique never overlap: one machine with heads (earliest starts) and
+        tails; for every head threshold, the tasks starting at or after it run one after
+        another: head + their shortest durations + the least of their tails."""
+        lb = 0.0
+        for clique in self.cliques:
+            rest = sorted((est[j], self.mindur[j], self.after[j]) for j in clique if not mask >> j & 1)
+            if len(rest) < 2:
+                continue
+            total, least_tail = 0.0, float("inf")
+            for r, p, q in reversed(rest):
+                total += p
+                if q < least_tail:
+                    least_tail = q
+                if r + total + least_tail > lb:
+                    lb = r + total + least_tail
+        return lb
+
+    def _energy_bound(self, mask: int, profiles: list[Profile], last: float) -> float:
+        R, P = self.R, self.P
+        total = [0.0] * R
+        per_pool = [[0.0] * R for _ in range(P)]
+        for j in range(self.n):
+            if mask >> j & 1:
+                continue
+            e = self.energy[j]
+            p = self.only_pool[j]
+            for k in range(R):
+                total[k] += e[k]
+                if p >= 0:
+                    per_pool[p][k] += e[k]
+        lb = last
+        caps = self.inst.caps
+        for k in range(R):
+            if total[k] <= EPS:
+                continue
+            for p in range(P):
+                if per_pool[p][k] > EPS:
+                    lb = max(lb, _filled_by([(profiles[p], caps[p][k])], k, last, per_pool[p][k]))
+            lb = max(lb, _filled_by([(profiles[p], caps[p][k]) for p in range(P)], k, last, total[k]))
+        return lb
+
+
+def _never_together(inst: Instance) -> list[set[int]]:
+    """Pairs of tasks that can never run at the same time: one depends on the other
+    (transitively), or every choice of their modes puts them on one pool where
+    together they exceed some resource."""
+    n = inst.n
+    reach = [0] * n
+    for j in reversed(inst.topo):
+        for s in inst.succs[j]:
+            reach[j] |= reach[s] | (1 << s)
+    apart: list[set[int]] = [set() for _ in range(n)]
+    for i in range(n):
+        for j in range(i + 1, n):
+            ordered = reach[i] >> j & 1 or reach[j] >> i & 1
+            clash = all(
+                a.pool == b.pool
+                and a.dur > EPS
+                and b.dur > EPS
+                and any(x + dict(b.dem).get(k, 0.0) > inst.caps[a.pool][k] + EPS for k, x in a.dem)
+                for a in inst.modes[i]
+                for b in inst.modes[j]
+            )
+            if ordered or clash:
+                apart[i].add(j)
+                apart[j].add(i)
+    return apart
+
+
+def _cliques(inst: Instance) -> list[list[int]]:
+    """Greedy maximal cliques of :func:`_never_together`, one grown from each task
+    (longest tasks first), without duplicates."""
+    apart = _never_together(inst)
+    by_length = sorted(range(inst.n), key=lambda j: -inst.min_dur(j))
+    out: list[list[int]] = []
+    for seed in by_length:
+        clique = [seed]
+        for j in by_length:
+            if j != seed and all(j in apart[c] for c in clique):
+                clique.append(j)
+        if len(clique) > 1 and sorted(clique) not in out:
+            out.append(sorted(clique))
+    return out
+
+
+def _filled_by(pools: list[tuple[Profile, float]], k: int, t0: float, work: float) -> float:
+    """The earliest time by which ``pools`` (usage profile, capacity of resource ``k``)
+    have, from ``t0`` on, enough capacity left over to supply ``work`` resource-seconds."""
+    if len(pools) == 1:
+        (ts, use), cap = pools[0]
+        i = _segment(ts, t0)
+        a, done, last = t0, 0.0, len(ts) - 1
+        while True:
+            b = ts[i + 1] if i < last else float("inf")
+            rate = cap - use[i][k]
+            if rate > EPS:
+                if done + rate * (b - a) >= work - EPS:
+                    return a + (work - done) / rate
+                done += rate * (b - a)
+            elif i == last:
+                return float("inf")  # no capacity left for resource k at all
+            i += 1
+            a = b
+    marks = sorted({t0, *(t for (ts, _), _ in pools for t in ts if t > t0)})
+    done = 0.0
+    for a, b in zip(marks, [*marks[1:], float("inf")], strict=True):
+        rate = 0.0
+        for (ts, use), cap in pools:
+            i = _segment(ts, a)
+            rate += max(0.0, cap - use[i][k])
+        if rate <= EPS:
+            continue
+        if done + rate * (b - a) >= work - EPS:
+            return a + (work - done) / rate
+        done += rate * (b - a)
+    return float("inf")  # no capacity left for resource k at all
+
+
+def _segment(ts: list[float], t: float) -> int:
+    """Index of the profile segment holding time ``t`` (segments start at ``ts[i]``)."""
+    lo, hi = 0, len(ts)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if ts[mid] <= t + EPS:
+            lo = mid
+        else:
+            hi = mid
+    return lo
