@@ -6,7 +6,12 @@ Pipeline (each step only runs while it can still pay off):
 2. lower bound = max(critical path, resource energy);
 3. incumbent: serial SGS with LFT/LST/MTS/GRPW + biased random sampling, each improved by
    forward-backward improvement, then a short genetic algorithm (~1000 passes); stops as
-   soon as the incumbent meets the lower bound;
+   soon as the incumbent meets the lower bound (small problems: ~100 passes);
+3b. small problems (at most ``exact_max_tasks``, default 15, tasks; no non-renewable
+   budgets): a branch and bound over active schedules in continuous time (exact.py),
+   whatever ``mip_gap`` says, for at most half the limit; a finished search proves the
+   optimum (status "optimal", solver "exact") for any real-valued durations and
+   capacity steps; if it runs out of time the MILP below takes over;
 4. if a gap remains and the model is small enough (``max_binaries``): time-indexed MILP
    with horizon ``incumbent - 1 slot`` for 10 % of the limit (any solution is an
    improvement; "infeasible" proves the incumbent optimal on an exact grid); the
@@ -19,7 +24,8 @@ Pipeline (each step only runs while it can still pay off):
 
 Cost is secondary: cost = sum over tasks of ``duration * pool.cost_per_hour / 3600``.  The
 SGS picks the cheaper of equally early modes and the MILP adds a cost term worth less than
-one slot, so cost never buys makespan.
+one slot, so cost never buys makespan.  The branch and bound proves the makespan only;
+among equally short schedules it keeps the incumbent's cost.
 """
 
 from __future__ import annotations
@@ -207,9 +213,9 @@ def _exact_round(inst: Instance, st: _State, deadline: float) -> None:
     if r.improved:
         st.best = r.best
         st.status = "feasible"
+    st.lb = max(st.lb, r.lower_bound)
+    st.bounds["exact"] = r.lower_bound
     if r.proven:
-        st.lb = max(st.lb, st.best.makespan)
-        st.bounds["exact"] = st.best.makespan
         st.solver = "exact"
         st.notes.append(f"branch and bound: optimum proven in {r.seconds:.3f} s ({r.nodes} nodes)")
     else:

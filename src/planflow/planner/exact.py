@@ -42,7 +42,7 @@ import time
 from dataclasses import dataclass
 
 from .heuristics import Schedule, _add, _earliest, _profiles, priorities
-from .instance import Instance
+from .instance import IMode, Instance
 
 EPS = 1e-9
 MAX_TASKS = 15  # above this the search rarely ends within a second in pure Python
@@ -58,6 +58,7 @@ class ExactResult:
     nodes: int
     seconds: float
     improved: bool  # ``best`` is shorter than the incumbent it started from
+    lower_bound: float  # proven: best.makespan; else the root's bound (valid, weaker)
 
 
 def applicable(inst: Instance, max_tasks: int = MAX_TASKS) -> bool:
@@ -80,7 +81,9 @@ def branch_and_bound(
     """
     t0 = time.perf_counter()
     search = _Search(inst, incumbent, deadline, max_nodes)
-    proven = incumbent.makespan <= lower_bound + search.tol
+    # the node bound at the root (heads with steps, cliques, energy) is often the optimum
+    root = search.root_bound()
+    proven = incumbent.makespan <= max(lower_bound, root) + search.tol
     if not proven:
         try:
             search.run()
@@ -89,7 +92,12 @@ def branch_and_bound(
             proven = False
     best = search.best
     return ExactResult(
-        best, proven, search.nodes, time.perf_counter() - t0, best.makespan < incumbent.makespan - search.tol
+        best,
+        proven,
+        search.nodes,
+        time.perf_counter() - t0,
+        best.makespan < incumbent.makespan - search.tol,
+        best.makespan if proven else min(max(lower_bound, root), best.makespan),
     )
 
 
@@ -115,11 +123,7 @@ class _Search:
         self.after = [max((tail[s] for s in inst.succs[j]), default=0.0) for j in range(n)]
         self.lft = priorities(inst).lf
         R = len(inst.resources)
-        # least energy per resource over a task's modes, and its only pool (-1: several)
-        self.energy = [
-            [min(m.dur * dict(m.dem).get(k, 0.0) for m in inst.modes[j]) for k in range(R)] for j in range(n)
-        ]
-        self.only_pool = [next(iter(ps)) if len(ps := {m.pool for m in inst.modes[j]}) == 1 else -1 for j in range(n)]
+        self.mode_energy = [[[m.dur * dict(m.dem).get(k, 0.0) for k in range(R)] for m in ms] for ms in inst.modes]
         self.R = R
         self.P = len(inst.caps)
         self.cliques = _cliques(inst)
@@ -134,6 +138,9 @@ class _Search:
     def run(self) -> None:
         n = self.n
         self._dfs(0, [0.0] * n, [0.0] * n, [0] * n, _profiles(self.inst), 0.0, -1, 0)
+
+    def root_bound(self) -> float:
+        return self._bound(0, [0.0] * self.n, _profiles(self.inst), 0.0)
 
     def _dfs(
         self,
@@ -189,14 +196,21 @@ class _Search:
         # start/fin/mode of unscheduled tasks are never read, so nothing to restore
 
     def _bound(self, mask: int, fin: list[float], profiles: list[Profile], last: float) -> float:
-        """Lower bound on the makespan of every schedule below this node."""
+        """A bound on the makespan of every schedule below this node that beats the
+        incumbent (``inf``: none can); as every other schedule is at least the incumbent,
+        it is a lower bound on the node as long as it is below the incumbent.
+
+        Earliest start and finish of each remaining task: after ``last``, after its
+        predecessors (scheduled: their finish; not yet: their earliest finish), and when
+        a mode of it fits beside the scheduled tasks (more tasks only delay that).  A
+        mode whose earliest finish plus the task's tail reaches the incumbent cannot be
+        part of a better schedule: the clique and energy bounds use the other modes."""
         inst = self.inst
+        limit = self.best.makespan - self.tol
         lb = max((fin[j] for j in range(self.n) if mask >> j & 1), default=0.0)
-        # earliest finish of each remaining task: after ``last``, after its predecessors
-        # (scheduled: their finish; not yet: their earliest finish), and when some mode of
-        # it fits beside the scheduled tasks (adding tasks only delays that)
-        efin = [0.0] * self.n
-        est = [0.0] * self.n
+        efin, est, dur = [0.0] * self.n, [0.0] * self.n, [0.0] * self.n
+        pools = [0] * self.n  # bit mask of the pools of a task's usable modes
+        energy: list[list[float]] = [[]] * self.n
         for j in self.topo:
             if mask >> j & 1:
                 continue
@@ -205,28 +219,42 @@ class _Search:
                 f = fin[p] if mask >> p & 1 else efin[p]
                 if f > h:
                     h = f
-            f = r = float("inf")
-            for m in inst.modes[j]:
+            f = r = d = float("inf")
+            e = None
+            tail = self.after[j]
+            for mi, m in enumerate(inst.modes[j]):
                 t = _earliest(*profiles[m.pool], inst.caps[m.pool], m.dem, m.dur, h)
-                if t < r:
-                    r = t
-                if t + m.dur < f:
-                    f = t + m.dur
-            efin[j], est[j] = f, r
-            if f + self.after[j] > lb:
-                lb = f + self.after[j]
-        lb = max(lb, self._clique_bound(mask, est))
-        if lb >= self.best.makespan - self.tol:
+                if t + m.dur + tail >= limit:
+                    continue
+                r = min(r, t)
+                f = min(f, t + m.dur)
+                d = min(d, m.dur)
+                pools[j] |= 1 << m.pool
+                me = self.mode_energy[j][mi]
+                e = me if e is None else [min(x, y) for x, y in zip(e, me, strict=True)]
+            if e is None:
+                return float("inf")  # every mode of j ends too late: nothing better here
+            efin[j], est[j], dur[j], energy[j] = f, r, d, e
+            lb = max(lb, f + tail)
+        lb = max(lb, self._clique_bound(mask, est, dur, pools))
+        if lb >= limit:
             return lb
-        return max(lb, self._energy_bound(mask, profiles, last))
+        return max(lb, self._energy_bound(mask, profiles, last, energy, pools))
 
-    def _clique_bound(self, mask: int, est: list[float]) -> float:
-        """Tasks of a clique never overlap: one machine with heads (earliest starts) and
-        tails; for every head threshold, the tasks starting at or after it run one after
-        another: head + their shortest durations + the least of their tails."""
+    def _clique_bound(self, mask: int, est: list[float], dur: list[float], pools: list[int]) -> float:
+        """Tasks of a clique that never overlap run like jobs on one machine with heads
+        (earliest starts) and tails: for every head threshold, the tasks starting at or
+        after it run one after another: head + their shortest durations + least tail.
+        A member counts when it depends on (or is needed by) every other member, or when
+        all its usable modes are on the clique's pool (where the members clash)."""
         lb = 0.0
-        for clique in self.cliques:
-            rest = sorted((est[j], self.mindur[j], self.after[j]) for j in clique if not mask >> j & 1)
+        for pool, members, ordered in self.cliques:
+            bit = 1 << pool
+            rest = sorted(
+                (est[j], dur[j], self.after[j])
+                for j, o in zip(members, ordered, strict=True)
+                if not mask >> j & 1 and (o or pools[j] == bit)
+            )
             if len(rest) < 2:
                 continue
             total, least_tail = 0.0, float("inf")
@@ -238,19 +266,24 @@ class _Search:
                     lb = r + total + least_tail
         return lb
 
-    def _energy_bound(self, mask: int, profiles: list[Profile], last: float) -> float:
+    def _energy_bound(
+        self, mask: int, profiles: list[Profile], last: float, energy: list[list[float]], pools: list[int]
+    ) -> float:
+        """Remaining least energy (over usable modes) per resource, supplied after
+        ``last`` by what is left: per pool for tasks that can only use that pool, and
+        over all pools together."""
         R, P = self.R, self.P
         total = [0.0] * R
         per_pool = [[0.0] * R for _ in range(P)]
         for j in range(self.n):
             if mask >> j & 1:
                 continue
-            e = self.energy[j]
-            p = self.only_pool[j]
+            e = energy[j]
+            only = pools[j].bit_length() - 1 if pools[j] & (pools[j] - 1) == 0 else -1
             for k in range(R):
                 total[k] += e[k]
-                if p >= 0:
-                    per_pool[p][k] += e[k]
+                if only >= 0:
+                    per_pool[only][k] += e[k]
         lb = last
         caps = self.inst.caps
         for k in range(R):
@@ -263,47 +296,43 @@ class _Search:
         return lb
 
 
-def _never_together(inst: Instance) -> list[set[int]]:
-    """Pairs of tasks that can never run at the same time: one depends on the other
-    (transitively), or every choice of their modes puts them on one pool where
-    together they exceed some resource."""
+def _cliques(inst: Instance) -> list[tuple[int, list[int], list[bool]]]:
+    """Per pool p, greedy maximal cliques (one grown from each task, longest first, no
+    duplicates) of the pairs that never overlap once both run on p: one depends on the
+    other (transitively), or every pair of their modes on p exceeds a resource of p.
+    Each member comes with whether it depends on (or is needed by) all the others."""
     n = inst.n
     reach = [0] * n
     for j in reversed(inst.topo):
         for s in inst.succs[j]:
             reach[j] |= reach[s] | (1 << s)
-    apart: list[set[int]] = [set() for _ in range(n)]
-    for i in range(n):
-        for j in range(i + 1, n):
-            ordered = reach[i] >> j & 1 or reach[j] >> i & 1
-            clash = all(
-                a.pool == b.pool
-                and a.dur > EPS
-                and b.dur > EPS
-                and any(x + dict(b.dem).get(k, 0.0) > inst.caps[a.pool][k] + EPS for k, x in a.dem)
-                for a in inst.modes[i]
-                for b in inst.modes[j]
-            )
-            if ordered or clash:
-                apart[i].add(j)
-                apart[j].add(i)
-    return apart
+    ordered = [[bool(reach[i] >> j & 1 or reach[j] >> i & 1) for j in range(n)] for i in range(n)]
+    by_length = sorted(range(n), key=lambda j: -inst.min_dur(j))
+    out: list[tuple[int, list[int], list[bool]]] = []
+    for p in range(len(inst.caps)):
+        on_p = [[m for m in inst.modes[j] if m.pool == p] for j in range(n)]
 
-
-def _cliques(inst: Instance) -> list[list[int]]:
-    """Greedy maximal cliques of :func:`_never_together`, one grown from each task
-    (longest tasks first), without duplicates."""
-    apart = _never_together(inst)
-    by_length = sorted(range(inst.n), key=lambda j: -inst.min_dur(j))
-    out: list[list[int]] = []
-    for seed in by_length:
-        clique = [seed]
-        for j in by_length:
-            if j != seed and all(j in apart[c] for c in clique):
-                clique.append(j)
-        if len(clique) > 1 and sorted(clique) not in out:
-            out.append(sorted(clique))
+        seen: list[list[int]] = []
+        for seed in by_length:
+            clique = [seed]
+            for j in by_length:
+                if j != seed and all(ordered[j][c] or _clash(inst, p, on_p[j], on_p[c]) for c in clique):
+                    clique.append(j)
+            clique.sort()
+            if len(clique) > 1 and clique not in seen:
+                seen.append(clique)
+                flags = [all(ordered[j][c] for c in clique if c != j) for j in clique]
+                out.append((p, clique, flags))
     return out
+
+
+def _clash(inst: Instance, pool: int, a_modes: list[IMode], b_modes: list[IMode]) -> bool:
+    """Every pair of these modes (both on ``pool``) exceeds a resource of the pool."""
+    return bool(a_modes and b_modes) and all(
+        a.dur > EPS and b.dur > EPS and any(x + dict(b.dem).get(k, 0.0) > inst.caps[pool][k] + EPS for k, x in a.dem)
+        for a in a_modes
+        for b in b_modes
+    )
 
 
 def _filled_by(pools: list[tuple[Profile, float]], k: int, t0: float, work: float) -> float:
