@@ -126,7 +126,7 @@ class _Search:
         self.mode_energy = [[[m.dur * dict(m.dem).get(k, 0.0) for k in range(R)] for m in ms] for ms in inst.modes]
         self.R = R
         self.P = len(inst.caps)
-        self.cliques = _cliques(inst)
+        self.cliques = [(p, c, o, sum(1 << j for j in c)) for p, c, o in _cliques(inst)]
 
     def _tick(self) -> None:
         self.nodes += 1
@@ -248,7 +248,9 @@ class _Search:
         A member counts when it depends on (or is needed by) every other member, or when
         all its usable modes are on the clique's pool (where the members clash)."""
         lb = 0.0
-        for pool, members, ordered in self.cliques:
+        for pool, members, ordered, bits in self.cliques:
+            if (bits & ~mask).bit_count() < 2:
+                continue
             bit = 1 << pool
             rest = sorted(
                 (est[j], dur[j], self.after[j])
