@@ -6,7 +6,7 @@ Pipeline (each step only runs while it can still pay off):
 2. lower bound = max(critical path, resource energy);
 3. incumbent: serial SGS with LFT/LST/MTS/GRPW + biased random sampling, each improved by
    forward-backward improvement, then a short genetic algorithm (~1000 passes); stops as
-   soon as the incumbent meets the lower bound (small problems: ~100 passes);
+   soon as the incumbent meets the lower bound (small problems: ~20 passes);
 3b. small problems (at most ``exact_max_tasks``, default 15, tasks; no non-renewable
    budgets): a branch and bound over active schedules in continuous time (exact.py),
    whatever ``mip_gap`` says, for at most 70 % of the limit; a finished search proves the
@@ -183,7 +183,7 @@ ROUND2_SHARE = 0.4  # round 2 MILP: at most this share of the limit
 PROMISING_SLOTS = 2.0
 
 
-SMALL_SCHEDULES = 100  # phase 1 GA budget before the branch and bound (small problems)
+SMALL_SCHEDULES = 20  # phase 1 before the branch and bound (small problems): it finds better itself
 # Branch and bound: at most this share of the limit, then the MILP.  With real-valued
 # durations the MILP's grid is inexact and proves nothing, so the search gets most of it.
 EXACT_SHARE = 0.7
