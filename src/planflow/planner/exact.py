@@ -40,12 +40,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from fractions import Fraction
 
 from .heuristics import Schedule, _add, _earliest, _profiles, priorities
 from .instance import IMode, Instance
 
 EPS = 1e-9
 MAX_TASKS = 15  # above this the search rarely ends within a second in pure Python
+DOMINANCE_KEEP = 64  # nodes remembered per set of scheduled tasks, for the dominance test
 TOL = 1e-9  # relative: a schedule shorter than (1 - TOL) * incumbent would have been found
 
 Profile = tuple[list[float], list[list[float]]]
@@ -127,6 +129,7 @@ class _Search:
         self.R = R
         self.P = len(inst.caps)
         self.cliques = [(p, c, o, sum(1 << j for j in c)) for p, c, o in _cliques(inst)]
+        self.nodes_by_mask: dict[int, list[tuple[tuple, list[float], list[Profile]]]] = {}
 
     def _tick(self) -> None:
         self.nodes += 1
@@ -159,6 +162,8 @@ class _Search:
             ms = max(fin)
             if ms < self.best.makespan - tol:
                 self.best = Schedule(list(start), list(mode), ms)
+            return
+        if self._dominated(mask, start, fin, profiles, last):
             return
         children = []
         for j in range(n):
@@ -194,6 +199,28 @@ class _Search:
             start[j], mode[j], fin[j] = t, mi, t + inst.modes[j][mi].dur
             self._dfs(mask | 1 << j, start, fin, mode, child, t, self.tp[j], count + 1)
         # start/fin/mode of unscheduled tasks are never read, so nothing to restore
+
+    def _dominated(self, mask: int, start: list[float], fin: list[float], profiles: list[Profile], last: float) -> bool:
+        """Is there an earlier node A with the same tasks scheduled that does at least as
+        well for everything after this node's last start ``last`` (each task finished by
+        max(its finish here, last); no more of any pool in use at any time from ``last``
+        on) and whose starts come first in the order (exact sum, then the vector)?
+
+        Why pruning is then safe: take the first (in that order) active schedule S
+        shorter than the final incumbent; were it cut here, A's part plus S's remaining
+        tasks would be feasible, no longer, and first in the order, and so would be its
+        left-justified (active) version, which comes before S: a contradiction.  Each
+        node is stored (up to DOMINANCE_KEEP per set of tasks), whatever becomes of it."""
+        done = [j for j in range(self.n) if mask >> j & 1]
+        key = (sum(Fraction(start[j]) for j in done), tuple(start[j] for j in done))
+        ends = [fin[j] for j in done]
+        entries = self.nodes_by_mask.setdefault(mask, [])
+        for a_key, a_ends, a_profiles in entries:
+            if a_key < key and _covers(a_ends, a_profiles, ends, profiles, last):
+                return True
+        if len(entries) < DOMINANCE_KEEP:
+            entries.append((key, ends, profiles))
+        return False
 
     def _bound(self, mask: int, fin: list[float], profiles: list[Profile], last: float) -> float:
         """A bound on the makespan of every schedule below this node that beats the
@@ -326,6 +353,25 @@ def _cliques(inst: Instance) -> list[tuple[int, list[int], list[bool]]]:
                 flags = [all(ordered[j][c] for c in clique if c != j) for j in clique]
                 out.append((p, clique, flags))
     return out
+
+
+def _covers(
+    a_ends: list[float], a_profiles: list[Profile], b_ends: list[float], b_profiles: list[Profile], last: float
+) -> bool:
+    """Partial schedule A (finishes, pool usage) serves every completion of B (whose
+    remaining tasks start at or after ``last``): each task ends in A by max(its end in
+    B, ``last``), and from ``last`` on A never uses more of any resource of any pool."""
+    for fa, fb in zip(a_ends, b_ends, strict=True):
+        if fa > max(fb, last) + EPS:
+            return False
+    for (tsa, usea), (tsb, useb) in zip(a_profiles, b_profiles, strict=True):
+        if tsa is tsb:
+            continue  # the same pool profile object: nothing scheduled differently there
+        for t in sorted({last, *(t for t in tsa if t > last), *(t for t in tsb if t > last)}):
+            ua, ub = usea[_segment(tsa, t)], useb[_segment(tsb, t)]
+            if any(x > y + EPS for x, y in zip(ua, ub, strict=True)):
+                return False
+    return True
 
 
 def _clash(inst: Instance, pool: int, a_modes: list[IMode], b_modes: list[IMode]) -> bool:
