@@ -26,6 +26,9 @@ after ``s``):
   by what the pools have left (capacity minus scheduled tasks and steps), per pool for
   tasks that can only run on it and over all pools together.
 
+A node is also dropped when an earlier node with the same tasks scheduled serves every
+completion of it at least as well and comes first in a fixed order (``_dominated``).
+
 Cost is only a tie-break here: the search keeps the incumbent at equal makespan.
 
 Example::
