@@ -17,6 +17,7 @@ BENCHMARKS = {
     "monitoring": "bench.bench_monitoring",  # alert latency, bridge burst of 10,000 alerts
     "remediation": "bench.bench_remediation",  # alert -> remediation flow run started
     "fleet": "bench.bench_fleet",  # bursts of runs on one shared pool, SQLite and PostgreSQL
+    "exact": "bench.bench_exact",  # small plans proven optimal: time to proof, 5/10/15 tasks
 }
 
 

@@ -90,7 +90,8 @@ def test_cost_breaks_ties():
     assert plan["a"].pool == "cheap" and plan.cost == pytest.approx(60 / 3600)
 
 
-def test_non_integer_durations_exact_capacity():
+@pytest.mark.parametrize("exact_max_tasks", [15, 0], ids=["branch-and-bound", "milp-only"])
+def test_non_integer_durations_exact_capacity(exact_max_tasks):
     pool = Pool("p", {"cpu": 3, "mem_gib": 8})
     tasks = (
         Task("a", (Mode("p", 3.7, {"cpu": 2, "mem_gib": 4}),)),
@@ -99,9 +100,12 @@ def test_non_integer_durations_exact_capacity():
         Task("d", (Mode("p", 0.0, {}),), after=("a", "c")),
     )
     prob = Problem(tasks, (pool,))
-    plan = check(prob, solve(prob, FAST))
+    plan = check(prob, solve(prob, PlannerOptions(time_limit_s=5, exact_max_tasks=exact_max_tasks)))
     # a and b cannot overlap (cpu 4 > 3): best is b, then a || c
     assert plan.makespan == pytest.approx(2.2 + 3.7)
+    if exact_max_tasks:  # the branch and bound works in real time: a proof
+        assert (plan.status, plan.solver, plan.gap, plan.lower_bound) == ("optimal", "exact", 0.0, plan.makespan)
+        return
     # Non-integer durations: the MILP works on a rounded-up grid, so it cannot prove
     # optimality; the bound is max(critical path, energy) only.
     assert plan.status in ("heuristic", "feasible") and 0 < plan.lower_bound < plan.makespan
@@ -128,7 +132,8 @@ def test_cbc_solver_option():
     pools = (Pool("a", {"cpu": 1}), Pool("b", {"cpu": 1}))
     modes = (Mode("a", 5, {"cpu": 1}), Mode("b", 6, {"cpu": 1}))
     prob = Problem((Task("x", modes), Task("y", modes), Task("z", modes)), pools)
-    plan = check(prob, solve(prob, PlannerOptions(solver="cbc", time_limit_s=10)))
+    # exact_max_tasks=0: no branch and bound, so the MILP is what proves it
+    plan = check(prob, solve(prob, PlannerOptions(solver="cbc", time_limit_s=10, exact_max_tasks=0)))
     # a: x, z (5 + 5), b: y (6) -> 10; CBC proves nothing shorter exists
     assert plan.makespan == 10 and plan.status == "optimal" and plan.solver == "cbc"
 
@@ -172,7 +177,7 @@ def test_highs_unavailable_falls_back_to_cbc(monkeypatch):
     pools = (Pool("a", {"cpu": 1}), Pool("b", {"cpu": 1}))
     modes = (Mode("a", 5, {"cpu": 1}), Mode("b", 6, {"cpu": 1}))
     prob = Problem((Task("x", modes), Task("y", modes), Task("z", modes)), pools)
-    plan = check(prob, solve(prob, PlannerOptions(solver="highs", time_limit_s=10)))
+    plan = check(prob, solve(prob, PlannerOptions(solver="highs", time_limit_s=10, exact_max_tasks=0)))
     assert plan.solver == "cbc" and plan.status == "optimal"
     assert any("fell back to CBC" in n for n in plan.notes)
 

@@ -6,7 +6,12 @@ Pipeline (each step only runs while it can still pay off):
 2. lower bound = max(critical path, resource energy);
 3. incumbent: serial SGS with LFT/LST/MTS/GRPW + biased random sampling, each improved by
    forward-backward improvement, then a short genetic algorithm (~1000 passes); stops as
-   soon as the incumbent meets the lower bound;
+   soon as the incumbent meets the lower bound (small problems: ~20 passes);
+3b. small problems (at most ``exact_max_tasks``, default 15, tasks; no non-renewable
+   budgets): a branch and bound over active schedules in continuous time (exact.py),
+   whatever ``mip_gap`` says, for at most 70 % of the limit; a finished search proves the
+   optimum (status "optimal", solver "exact") for any real-valued durations and
+   capacity steps; if it runs out of time the MILP below takes over;
 4. if a gap remains and the model is small enough (``max_binaries``): time-indexed MILP
    with horizon ``incumbent - 1 slot`` for 10 % of the limit (any solution is an
    improvement; "infeasible" proves the incumbent optimal on an exact grid); the
@@ -19,7 +24,8 @@ Pipeline (each step only runs while it can still pay off):
 
 Cost is secondary: cost = sum over tasks of ``duration * pool.cost_per_hour / 3600``.  The
 SGS picks the cheaper of equally early modes and the MILP adds a cost term worth less than
-one slot, so cost never buys makespan.
+one slot, so cost never buys makespan.  The branch and bound proves the makespan only;
+among equally short schedules it keeps the incumbent's cost.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import pulp
 
 from .bounds import lower_bounds
 from .errors import InfeasibleError
+from .exact import MAX_TASKS, applicable, branch_and_bound
 from .heuristics import EPS, Schedule, fbi, improve, initial_modes, order_of, serial_sgs
 from .instance import Instance, compile_problem
 from .model import choose_grid, cost_varies, estimate_size, make_solver, solve_milp
@@ -49,6 +56,7 @@ class PlannerOptions:
     max_slots: int = 300  # time-grid slots over the horizon (non-integer durations)
     max_binaries: int = 25_000  # skip the MILP above this many x[j,m,t] variables
     heuristic_share: float = 0.15  # share of the time limit for the GA before the MILP
+    exact_max_tasks: int = MAX_TASKS  # branch and bound (proof) up to this many tasks
     seed: int = 0
 
 
@@ -93,12 +101,14 @@ def solve(problem: Problem, options: PlannerOptions = PlannerOptions()) -> Plan:
             fixed_modes = [fm]
 
     # Phase 1, a quick incumbent: rules + FBI + a short GA (stops at the lower bound).
+    # Small problems get a shorter GA: the branch and bound below finds better itself.
+    small = fixed_modes is None and applicable(inst, options.exact_max_tasks)
     h_budget = min(options.time_limit_s * options.heuristic_share, 1.0)
     h = improve(
         inst,
         deadline=t0 + h_budget,
         lower_bound=lb,
-        max_schedules=max(FIRST_SCHEDULES, 10 * inst.n),
+        max_schedules=SMALL_SCHEDULES if small else max(FIRST_SCHEDULES, 10 * inst.n),
         seed=options.seed,
         fixed_modes=fixed_modes,
     )
@@ -106,6 +116,11 @@ def solve(problem: Problem, options: PlannerOptions = PlannerOptions()) -> Plan:
     heuristic_ms = best.makespan
     st = _State(best=best, lb=lb, bounds=bounds, notes=notes, tolerance=options.mip_gap)
     bounds["solver"] = 0.0  # raised only by what a MILP proves (0 = proved nothing)
+
+    # Small problems: a branch and bound over active schedules proves the optimum (or
+    # improves the incumbent) whatever the durations; the MILP only runs if it times out.
+    if small and best.makespan > lb + EPS:
+        _exact_round(inst, st, min(deadline, time.perf_counter() + EXACT_SHARE * options.time_limit_s))
 
     # Round 1, a short proof attempt at horizon incumbent - 1: easy instances end here.
     if st.open() and time.perf_counter() < deadline - 0.05:
@@ -168,6 +183,12 @@ ROUND2_SHARE = 0.4  # round 2 MILP: at most this share of the limit
 PROMISING_SLOTS = 2.0
 
 
+SMALL_SCHEDULES = 20  # phase 1 before the branch and bound (small problems): it finds better itself
+# Branch and bound: at most this share of the limit, then the MILP.  With real-valued
+# durations the MILP's grid is inexact and proves nothing, so the search gets most of it.
+EXACT_SHARE = 0.7
+
+
 @dataclass
 class _State:
     best: Schedule
@@ -186,6 +207,21 @@ class _State:
     def open(self) -> bool:
         ms = self.best.makespan
         return ms > self.lb + EPS and (ms - self.lb) / ms > self.tolerance
+
+
+def _exact_round(inst: Instance, st: _State, deadline: float) -> None:
+    """Branch and bound (exact.py) from the incumbent; a finished search is a proof."""
+    r = branch_and_bound(inst, st.best, st.lb, deadline)
+    if r.improved:
+        st.best = r.best
+        st.status = "feasible"
+    st.lb = max(st.lb, r.lower_bound)
+    st.bounds["exact"] = r.lower_bound
+    if r.proven:
+        st.solver = "exact"
+        st.notes.append(f"branch and bound: optimum proven in {r.seconds:.3f} s ({r.nodes} nodes)")
+    else:
+        st.notes.append(f"branch and bound: no proof within {r.seconds:.2f} s ({r.nodes} nodes); MILP next")
 
 
 def _milp_round(inst: Instance, st: _State, options: PlannerOptions, limit: float) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import random
 
-from .problem import Mode, Pool, Problem, Task
+from .problem import Mode, Pool, Problem, Step, Task
 
 
 def random_pipeline(n: int, seed: int = 0, gpu_share: float = 0.3) -> Problem:
@@ -45,3 +45,42 @@ def random_pipeline(n: int, seed: int = 0, gpu_share: float = 0.3) -> Problem:
         Pool("gpu", {"cpu": 8, "gpu": 2, "mem_gib": 64}, cost_per_hour=4.0),
     )
     return Problem(tuple(tasks), pools)
+
+
+def random_small(n: int, seed: int = 0, integral: bool = False, steps: bool = True, arc_share: float = 0.2) -> Problem:
+    """A small, tightly packed pipeline for exactness tests and benchmarks: ``n`` tasks on
+    three pools (cpu, gpu, mem capacities), each task allowed on one to three of them,
+    random precedence (each earlier task is a predecessor with probability ``arc_share``),
+    real-valued durations (``integral``: whole seconds) and, with ``steps``, capacity steps
+    (other runs holding part of a pool for a while)."""
+    rng = random.Random(seed)
+    pools = [
+        Pool("cpu", {"cpu": 8, "mem_gib": 16}, cost_per_hour=1.0),
+        Pool("gpu", {"cpu": 4, "gpu": 1, "mem_gib": 32}, cost_per_hour=3.0),
+        Pool("big", {"cpu": 16, "mem_gib": 64}, cost_per_hour=2.0),
+    ]
+    if steps:
+        for i, p in enumerate(pools):
+            if rng.random() < 0.5:
+                a = round(rng.uniform(0, 40), 0 if integral else 2)
+                b = a + round(rng.uniform(5, 40), 0 if integral else 2)
+                left = {r: float(math.floor(c * rng.choice([0.0, 0.25, 0.5]))) for r, c in p.capacity.items()}
+                pools[i] = Pool(p.name, p.capacity, p.cost_per_hour, steps=(Step(a, b, left),))
+    names = [f"t{i:02d}" for i in range(n)]
+    tasks = []
+    for i in range(n):
+        after = tuple(names[j] for j in range(i) if rng.random() < arc_share)
+        base = rng.uniform(1.0, 60.0)
+        cpu, mem = rng.randint(2, 6), rng.choice([2, 4, 8, 12])
+        modes = []
+        allowed = [p for p in ("cpu", "gpu", "big") if rng.random() < 0.5] or [rng.choice(("cpu", "big"))]
+        for pool in allowed:
+            factor = {"cpu": 1.0, "gpu": 0.4, "big": 0.8}[pool]
+            d = base * factor * rng.uniform(0.9, 1.1)
+            d = float(max(1, round(d))) if integral else round(d, 3)
+            dem = {"cpu": min(cpu, 4) if pool == "gpu" else cpu * (2 if pool == "big" else 1), "mem_gib": mem}
+            if pool == "gpu":
+                dem["gpu"] = 1
+            modes.append(Mode(pool, d, dem))
+        tasks.append(Task(names[i], tuple(modes), after))
+    return Problem(tuple(tasks), tuple(pools))
