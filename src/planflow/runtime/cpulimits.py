@@ -19,6 +19,8 @@ threadpoolctl lets only one "controlling" thread change a process-wide OpenBLAS
 pool (others are silently ignored); the components' threads take turns under this
 module's lock, releasing control after each change.
 
+Finding the loaded libraries takes about 25 ms, as much as a Prefect task run costs, so it
+is done again only when modules were imported since (a native library comes with one).
 Native libraries loaded after a component started (a module imported inside the
 component) are limited from the next component on.
 """
@@ -26,6 +28,7 @@ component) are limited from the next component on.
 from __future__ import annotations
 
 import math
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -51,6 +54,7 @@ class BlasLimit:
         self._lock = threading.Lock()
         self._running: list[int] = []
         self._controller: ThreadpoolController | None = None
+        self._modules = -1  # len(sys.modules) when the libraries were last looked up
         self._original: Any = None  # restores the libraries' own setting
         self._applied = 0
 
@@ -60,7 +64,8 @@ class BlasLimit:
 
     def enter(self, threads: int) -> None:
         with self._lock:
-            if not self._running:  # libraries loaded since the last component count too
+            if not self._running and len(sys.modules) != self._modules:  # new imports: new libraries?
+                self._modules = len(sys.modules)
                 self._controller = ThreadpoolController()
             self._running.append(threads)
             self._apply()
@@ -78,7 +83,7 @@ class BlasLimit:
 
     def _apply(self) -> None:
         target = max(self._running)
-        if target == self._applied or self._controller is None:
+        if target == self._applied or self._controller is None or not self._controller.lib_controllers:
             return
         _release_control()
         limiter = self._controller.limit(limits=target, user_api="blas")
@@ -108,7 +113,9 @@ def limited(cpu: float) -> Iterator[int]:
     _BLAS.enter(threads)
     try:
         controller = _BLAS.controller
-        openmp = controller.limit(limits=threads, user_api="openmp") if controller is not None else None
+        openmp = None
+        if controller is not None and any(lib.user_api == "openmp" for lib in controller.lib_controllers):
+            openmp = controller.limit(limits=threads, user_api="openmp")
         try:
             yield threads
         finally:

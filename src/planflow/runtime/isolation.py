@@ -188,15 +188,16 @@ def run_isolated(
         args=(send, step, threads_for(cpu), payload, list(sys.path), os.getcwd(), env),
         name=f"planflow-step-{step}",
     )
-    child.start()
-    send.close()
     try:
+        child.start()
+        send.close()
         message = _receive(step, child, receive)
         child.join(EXIT_SECONDS)
     finally:
-        if child.is_alive():  # the wait ended early (a timeout, a cancellation) or it hangs on exit
+        if child.pid is not None and child.is_alive():  # the wait ended early (a timeout) or it hangs on exit
             child.kill()
             child.join(EXIT_SECONDS)
+        send.close()
         receive.close()
     try:
         kind, value, detail, usage = cloudpickle.loads(message)
