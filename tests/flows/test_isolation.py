@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from planflow import ComponentSpecError, Pipeline, PipelineError, PipelineRunError, component, to_flow
+from planflow.cli.pipelines import print_summary
 from planflow.monitoring.metrics import RunRecorder
 from planflow.runtime.cpulimits import BlasLimit
 from planflow.runtime.dispatch import StepRecord
@@ -165,6 +166,18 @@ def test_measured_usage_becomes_metrics():
     sample = recorder.registry.get_sample_value
     assert sample("planflow_component_peak_memory_bytes", labels) == 400 * MIB
     assert sample("planflow_component_cpu_seconds", labels) == 1.5
+
+
+def test_run_summary_shows_use_beside_declaration(capsys):
+    measured = {
+        **{"state": "Completed", "pool": "local", "seconds": 1.0, "metrics": {}},
+        **{"declared_cpu": 1.0, "declared_mem_gib": 0.5, "cpu_seconds": 0.8, "peak_mem_gib": 0.293, "usage": {}},
+    }
+    in_thread = {**measured, "cpu_seconds": None, "peak_mem_gib": None, "usage": None}
+    print_summary({"pipeline": "cpu-summary", "steps": {"fit": measured, "load": in_thread}})
+    out = capsys.readouterr().out
+    assert "cpu declared / used s" in out and "mem GiB declared / peak" in out, out
+    assert "1 / 0.80" in out and "0.5 / 0.293" in out and "1 / -" in out and "0.5 / -" in out, out
 
 
 @pytest.mark.usefixtures("registered_blocks")

@@ -110,7 +110,7 @@ def failed_run(name: str, exc: Exception, url: str) -> str:
 
 def print_summary(result: dict[str, Any]) -> None:
     # steps run in a process of their own were measured: their use beside their declaration
-    measured = any(step.get("usage") for step in result["steps"].values())
+    measured = any(step.get("usage") is not None for step in result["steps"].values())
     usage_columns = ("cpu declared / used s", "mem GiB declared / peak") if measured else ()
     table = Table("component", "state", "pool", "seconds", *usage_columns, "key metric", title=Text(result["pipeline"]))
     for name, step in result["steps"].items():
