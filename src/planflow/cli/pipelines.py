@@ -109,12 +109,26 @@ def failed_run(name: str, exc: Exception, url: str) -> str:
 
 
 def print_summary(result: dict[str, Any]) -> None:
-    table = Table("component", "state", "pool", "seconds", "key metric", title=Text(result["pipeline"]))
+    # steps run in a process of their own were measured: their use beside their declaration
+    measured = any(step.get("usage") is not None for step in result["steps"].values())
+    usage_columns = ("cpu declared / used s", "mem GiB declared / peak") if measured else ()
+    table = Table("component", "state", "pool", "seconds", *usage_columns, "key metric", title=Text(result["pipeline"]))
     for name, step in result["steps"].items():
         metrics = ", ".join(f"{k}={v:.4g}" for k, v in step["metrics"].items())
         seconds = "-" if step["seconds"] is None else f"{step['seconds']:.2f}"
-        table.add_row(*map(Text, (name, step["state"], step["pool"], seconds, metrics)))
+        usage = _usage_cells(step) if measured else ()
+        table.add_row(*map(Text, (name, step["state"], step["pool"], seconds, *usage, metrics)))
     console.print(table)
+
+
+def _usage_cells(step: dict[str, Any]) -> tuple[str, str]:
+    def used(value: float | None, digits: int) -> str:
+        return "-" if value is None else f"{value:.{digits}f}"
+
+    return (
+        f"{step['declared_cpu']:g} / {used(step['cpu_seconds'], 2)}",
+        f"{step['declared_mem_gib']:g} / {used(step['peak_mem_gib'], 3)}",
+    )
 
 
 def pipelines(name: str | None = typer.Argument(None, help="Show one pipeline in detail.")) -> None:

@@ -23,7 +23,19 @@ from typing import Any
 
 from prefect.tasks import Task
 
-RESOURCE_KEYS = ("cpu", "gpu", "mem_gib", "est_seconds", "pools", "est_seconds_by_pool", "scales_with")
+RESOURCE_KEYS = (
+    "cpu",
+    "gpu",
+    "mem_gib",
+    "est_seconds",
+    "pools",
+    "est_seconds_by_pool",
+    "scales_with",
+    "isolation",
+)
+# Where an in-process component runs: a thread of the flow's process, or a process of its
+# own (runtime/isolation.py). None on a component: the pipeline's default, else "thread".
+ISOLATION_CHOICES = ("thread", "process")
 TASK_KEYS = ("name", "description", "retries", "retry_delay_seconds", "timeout_seconds", "tags")
 ALLOWED_KEYS = RESOURCE_KEYS + TASK_KEYS
 # Names users reach for first, mapped to the key planflow uses.
@@ -42,6 +54,7 @@ KEY_ALIASES = {
     "scale_with": "scales_with",
     "work_params": "scales_with",
     "scales_by": "scales_with",
+    "isolate": "isolation",
 }
 
 
@@ -66,6 +79,7 @@ class ResourceSpec:
     pools: tuple[str, ...] = ()
     est_seconds_by_pool: Mapping[str, float] = field(default_factory=dict)
     scales_with: Mapping[str, float] = field(default_factory=dict)
+    isolation: str | None = None
 
     def demand(self) -> dict[str, float]:
         return {"cpu": float(self.cpu), "gpu": float(self.gpu), "mem_gib": float(self.mem_gib)}
@@ -96,6 +110,7 @@ class ResourceSpec:
             "pools": list(self.pools),
             "est_seconds_by_pool": dict(self.est_seconds_by_pool),
             "scales_with": dict(self.scales_with),
+            "isolation": self.isolation,
         }
 
 
@@ -156,10 +171,23 @@ def spec_problems(values: Mapping[str, Any]) -> list[str]:
                 )
     if "scales_with" in values:
         problems += _scales_with_problems(values["scales_with"])
+    if "isolation" in values:
+        problems += isolation_problems(values["isolation"])
     for key in ("retries", "timeout_seconds", "retry_delay_seconds"):
         if key in values and not (_is_number(values[key]) and values[key] >= 0):
             problems.append(f"{key}={values[key]!r}: must be a number >= 0")
     return problems
+
+
+def isolation_problems(value: Any, key: str = "isolation") -> list[str]:
+    """`isolation` must be one of ISOLATION_CHOICES (None: the pipeline's default)."""
+    if value is None or value in ISOLATION_CHOICES:
+        return []
+    choices = " or ".join(repr(c) for c in ISOLATION_CHOICES)
+    return [
+        f"{key}={value!r}: must be {choices} ('thread': a thread of the flow's process; 'process': "
+        f"a process of its own, for CPU-bound Python code and a measured peak memory). Fix: e.g. {key}='process'"
+    ]
 
 
 def _scales_with_problems(scales: Any) -> list[str]:
@@ -282,6 +310,7 @@ def make_component(fn: Callable[..., Any], **values: Any) -> Component:
         pools=tuple(values.get("pools", ())),
         est_seconds_by_pool=dict(values.get("est_seconds_by_pool", {})),
         scales_with={k: float(v) for k, v in values.get("scales_with", {}).items()},
+        isolation=values.get("isolation"),
     )
     task = Component(
         fn=fn,

@@ -23,17 +23,19 @@ import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from planflow.core.component import (
+    ISOLATION_CHOICES,
     KEY_ALIASES,
     RESOURCE_KEYS,
     Component,
     ComponentSpecError,
     ResourceSpec,
+    isolation_problems,
     make_component,
 )
 from planflow.settings import project_root
@@ -93,10 +95,13 @@ class Pipeline:
         params: Mapping[str, Any] | None = None,
         description: str = "",
         retries: int = 0,
+        isolation: str | None = None,
     ) -> None:
         self.name = name
         self.description = description
         self.retries = retries
+        # Where its in-process components run unless they say otherwise (ISOLATION_CHOICES).
+        self.isolation = isolation
         # Where it was built, so that a worker process can import it again (see `ref`).
         self.module: str | None = sys._getframe(1).f_globals.get("__name__")
         self.source: str | None = None
@@ -104,6 +109,7 @@ class Pipeline:
         problems: list[str] = []
         if not name or not isinstance(name, str):
             problems.append(f"pipeline name {name!r} must be a non-empty string")
+        problems += isolation_problems(isolation)
         for position, item in enumerate(steps, start=1):
             try:
                 step = _as_step(item)
@@ -208,6 +214,10 @@ class Pipeline:
                         f"{_close(dep, self.steps)} Known steps: {', '.join(self.steps)}"
                     )
         return problems
+
+    def isolation_of(self, name: str) -> str:
+        """Where step `name` runs in-process: its component's choice, else the pipeline's."""
+        return self.steps[name].spec.isolation or self.isolation or ISOLATION_CHOICES[0]
 
     def upstream(self, name: str) -> tuple[str, ...]:
         """The steps that must finish before `name` starts (data and order dependencies)."""
@@ -384,6 +394,7 @@ class Pipeline:
                 params=spec.params,
                 description=spec.description,
                 retries=spec.retries,
+                isolation=spec.isolation,
             )
         except PipelineError as exc:
             raise PipelineError(f"{source}: {exc}") from exc
@@ -440,6 +451,9 @@ class PipelineSpec(BaseModel):
     description: str = Field("", description="shown in `planflow pipelines` and the Prefect UI")
     params: dict[str, Any] = Field(default_factory=dict, description="pipeline parameters and their defaults")
     retries: int = Field(0, ge=0, description="retries of the whole flow run")
+    isolation: Literal["thread", "process"] | None = Field(
+        None, description="where components run in-process unless they say: 'thread' or 'process'"
+    )
     steps: list[StepSpec] = Field(min_length=1, description="the steps, in declaration order")
 
     @field_validator("description", mode="before")
@@ -494,6 +508,7 @@ FIELD_HELP = {
     "description": ("a string", "description: nightly risk scores"),
     "params": ("a mapping of parameter names to values", "params: {seed: 7}"),
     "retries": ("a whole number >= 0", "retries: 2"),
+    "isolation": ("'thread' or 'process'", "isolation: process"),
     "steps": ("a non-empty list of steps", "steps: [{uses: 'flows.fraud_risk.flow:features'}]"),
     "uses": ("the import path of a component or function", "uses: 'flows.fraud_risk.flow:features'"),
     "after": ("a step name or a list of step names", "after: [features]"),

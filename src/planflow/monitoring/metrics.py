@@ -106,6 +106,21 @@ class RunMetrics:
             ["pipeline", "component", "pool"],
             registry=r,
         )
+        self.component_peak_memory = Gauge(
+            "planflow_component_peak_memory_bytes",
+            "Peak memory the component added in the latest run, measured where it ran in a "
+            "process of its own (isolation='process'): resident-set high-water mark less the "
+            "process's footprint before the call.",
+            ["pipeline", "component", "pool"],
+            registry=r,
+        )
+        self.component_cpu = Gauge(
+            "planflow_component_cpu_seconds",
+            "CPU seconds (user + system, all threads) the component used in the latest run, "
+            "measured where it ran in a process of its own.",
+            ["pipeline", "component", "pool"],
+            registry=r,
+        )
         self.component_failures = Counter(
             "planflow_component_failures_total",
             "Component attempts that ended failed or crashed, in this run.",
@@ -453,6 +468,12 @@ class RunRecorder:
         if seconds is not None:
             m.component_duration.labels(*key, state).observe(max(seconds, 0.0))
             m.component_last_duration.labels(*key).set(seconds)
+
+    def component_usage(self, component: str, pool: str, peak_memory_bytes: float, cpu_seconds: float) -> None:
+        """What a component measured in its own process used (runtime/isolation.py)."""
+        key = (self.pipeline, component, pool)
+        self.metrics.component_peak_memory.labels(*key).set(peak_memory_bytes)
+        self.metrics.component_cpu.labels(*key).set(cpu_seconds)
 
     def eta(self, unix_seconds: float) -> None:
         self.metrics.pipeline_eta.labels(self.pipeline).set(unix_seconds)

@@ -88,6 +88,9 @@ class StepRecord:
     finished: float | None = None
     error: BaseException | None = None
     result: Any = None
+    # What the step used, where its executor measured it (runtime/isolation.py's Usage)
+    usage: Any = None
+    peak_mem_gib: float | None = None
 
     @property
     def seconds(self) -> float | None:

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from planflow.core.pipeline import Pipeline
 from planflow.runtime.dispatch import Admit, Assignment, StepRecord, dispatch
+from planflow.runtime.isolation import UsageLog, step_function
 from planflow.runtime.tags import PIPELINE_TAG_PREFIX, POOL_TAG
 
 
@@ -43,16 +44,26 @@ class Executor(ABC):
     def start(self, step: str, outputs: dict[str, Any]) -> StepFuture:
         """Launch `step` with the outputs of the steps it reads (by step name)."""
 
+    def annotate(self, notify: Callable[[str, StepRecord], None]) -> Callable[[str, StepRecord], None]:
+        """The step listener, with what this executor measured put on each record."""
+        return notify
+
     def collect(self, records: Mapping[str, StepRecord]) -> None:  # noqa: B027 (optional hook)
         """After the dispatch: make each completed record's `result` the step's output
         (by default the futures' results already are)."""
 
 
 class InProcessExecutor(Executor):
-    """Each step is a task of the current flow run, tagged with its pool and pipeline."""
+    """Each step is a task of the current flow run, tagged with its pool and pipeline; its
+    function runs with its declared CPUs' native threads, in this process or a process of
+    its own (isolation.py)."""
 
     def __init__(self, pipeline: Pipeline, assignments: Mapping[str, Assignment], params: Mapping[str, Any]) -> None:
         self.pipeline, self.assignments, self.params = pipeline, assignments, params
+        self.usage = UsageLog()
+
+    def annotate(self, notify: Callable[[str, StepRecord], None]) -> Callable[[str, StepRecord], None]:
+        return self.usage.annotate(notify)
 
     def start(self, step: str, outputs: dict[str, Any]) -> StepFuture:
         component = self.pipeline.steps[step].component
@@ -62,6 +73,7 @@ class InProcessExecutor(Executor):
             f"{PIPELINE_TAG_PREFIX}{self.pipeline.name}",
         }
         task = component.with_options(name=step, task_run_name=step, tags=tags)
+        task.fn = step_function(step, component.fn, component.spec.cpu, self.pipeline.isolation_of(step), self.usage)
         return task.submit(**self.pipeline.step_kwargs(step, self.params, outputs))
 
 
@@ -78,6 +90,6 @@ def execute(
     records, results being the steps' outputs."""
     upstream = {name: pipeline.upstream(name) for name in pipeline.steps}
     with executor:
-        records, _ = dispatch(upstream, assignments, capacities, executor.start, notify, admit)
+        records, _ = dispatch(upstream, assignments, capacities, executor.start, executor.annotate(notify), admit)
     executor.collect(records)
     return records

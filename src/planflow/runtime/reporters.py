@@ -69,8 +69,8 @@ class ArtifactReporter(Reporter):
                 (folder / f"{run.flow_run_id}.png").write_bytes(png)
         create_table_artifact(
             key=reporting.artifact_key(run.pipeline, "summary"),
-            table=reporting.summary_rows(records, run.plan.order),
-            description=f"{name}: component, state, pool, duration and key metric",
+            table=reporting.summary_rows(run.pipeline, records, run.plan.order),
+            description=f"{name}: component, state, pool, duration, declared and measured CPU and memory, key metric",
         )
         create_markdown_artifact(
             key=reporting.artifact_key(run.pipeline, "totals"),
@@ -143,6 +143,9 @@ class MetricsReporter(Reporter):
             self.recorder.component(record.step, record.pool, "running", running_for, planned, delay)
         elif event.kind in ("completed", "failed"):
             self.recorder.component(record.step, record.pool, event.kind, record.seconds)
+            usage = record.usage  # set for steps run in a process of their own (runtime/isolation.py)
+            if usage is not None:
+                self.recorder.component_usage(record.step, record.pool, usage.peak_mem_bytes, usage.cpu_seconds)
         else:
             return
         self.pending = True

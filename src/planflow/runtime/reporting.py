@@ -42,14 +42,28 @@ def fmt_metrics(metrics: Mapping[str, float]) -> str:
     return ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
 
 
-def summary_rows(records: Mapping[str, StepRecord], order: list[str]) -> list[dict[str, Any]]:
-    """Per component: state, pool, seconds and key metric (the `<slug>-summary` table)."""
+def usage_figures(pipeline: Pipeline, record: StepRecord) -> dict[str, Any]:
+    """A step's declared CPUs and memory beside what it used, where that was measured
+    (a step run in a process of its own: runtime/isolation.py); None when not."""
+    spec, usage = pipeline.steps[record.step].spec, record.usage
+    return {
+        "declared_cpu": spec.cpu,
+        "declared_mem_gib": spec.mem_gib,
+        "cpu_seconds": None if usage is None else round(usage.cpu_seconds, 3),
+        "peak_mem_gib": None if usage is None else round(usage.peak_mem_gib, 4),
+    }
+
+
+def summary_rows(pipeline: Pipeline, records: Mapping[str, StepRecord], order: list[str]) -> list[dict[str, Any]]:
+    """Per component: state, pool, seconds, declared and used resources, and key metric
+    (the `<slug>-summary` table)."""
     return [
         {
             "component": name,
             "state": records[name].state,
             "pool": records[name].pool,
             "seconds": None if records[name].seconds is None else round(records[name].seconds, 3),
+            **usage_figures(pipeline, records[name]),
             "key_metric": fmt_metrics(key_metrics(records[name].result)),
         }
         for name in order

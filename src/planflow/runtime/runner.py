@@ -187,6 +187,11 @@ def raise_if_failed(pipeline: Pipeline, records: Mapping[str, StepRecord]) -> No
         ) from first.error
 
 
+def _usage(record: StepRecord) -> dict[str, Any] | None:
+    usage = record.usage  # a step run in a process of its own (isolation.py)
+    return usage.to_dict() if usage is not None else None
+
+
 def summary(run: RunInfo, records: Mapping[str, StepRecord]) -> dict[str, Any]:
     """What `run_pipeline` returns (and `planflow run --json` prints)."""
     pp = run.plan.plan
@@ -204,6 +209,8 @@ def summary(run: RunInfo, records: Mapping[str, StepRecord]) -> dict[str, Any]:
                 "pool": records[name].pool,
                 "seconds": records[name].seconds,
                 "metrics": key_metrics(records[name].result),
+                **reporting.usage_figures(run.pipeline, records[name]),
+                "usage": _usage(records[name]),
             }
             for name in run.plan.order
         },

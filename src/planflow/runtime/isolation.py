@@ -1,0 +1,327 @@
+"""`isolation="process"`: an in-process component run in a process of its own, measured.
+
+    >>> @component(cpu=1, mem_gib=2, isolation="process")
+    ... def fit(rows: list[float]) -> float: ...
+
+The step stays one Prefect task run of the flow run (its state, retries, timeout and
+persisted result are the task's, in the flow's process); only the component's function
+runs in a child process, forked from a forkserver that has planflow and Prefect
+imported already, so a child starts in milliseconds rather than seconds. Pure-Python
+CPU-bound components run in parallel this way (each child has its own interpreter
+lock), native thread pools are limited to the component's own declaration (the whole
+child is the component), and the child is measured:
+
+- peak memory: the child's resident-set high-water mark during the call, less what the
+  child held before it (interpreter, imports, the unpickled inputs). That is what the
+  component itself added, the figure a thread of the flow's process would add too;
+  `peak_rss_bytes` keeps the child's whole peak.
+- CPU seconds: user + system time of the call, over all its threads and the processes
+  it waited for.
+
+The function, its inputs and its output travel by cloudpickle (what Prefect uses to
+persist results); what cannot be pickled fails the step with its name, the value's
+type and the fix. A child that dies (killed, out of memory, a crash in native code)
+fails the step with how it ended. Inside the child `print` works; Prefect's run
+context (`get_run_logger`) does not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import multiprocessing
+import os
+import resource
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+import cloudpickle
+from threadpoolctl import threadpool_limits
+
+from planflow.runtime.cpulimits import THREAD_ENV_VARS, limited, threads_for
+
+# Imported once by the forkserver, so that every child has them already.
+PRELOAD = ["planflow.core.component", "planflow.runtime.isolation"]
+POLL_SECONDS = 0.2  # how often the parent checks that a child it waits for still lives
+EXIT_SECONDS = 10.0  # a child that sent its outcome has this long to exit
+GIB = 2**30
+FIX_PICKLE = (
+    "Fix: return/pass plain data (numbers, strings, lists, dicts, arrays, DataFrames) or an "
+    "object of a class defined at module level, or run this step in the flow's process "
+    "with isolation='thread'"
+)
+
+
+class IsolationError(RuntimeError):
+    """A process-isolated step could not run or report: the message names the step,
+    what went wrong and the fix."""
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What one process-isolated run of a component used."""
+
+    pid: int
+    started_at: float  # Unix time of the call's start
+    finished_at: float
+    cpu_seconds: float
+    peak_rss_bytes: int  # the child's high-water mark during the call
+    baseline_rss_bytes: int  # what the child held just before the call
+
+    @property
+    def wall_seconds(self) -> float:
+        return self.finished_at - self.started_at
+
+    @property
+    def peak_mem_bytes(self) -> int:
+        """The memory the component itself added at its peak."""
+        return max(0, self.peak_rss_bytes - self.baseline_rss_bytes)
+
+    @property
+    def peak_mem_gib(self) -> float:
+        return self.peak_mem_bytes / GIB
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "wall_seconds": self.wall_seconds, "peak_mem_bytes": self.peak_mem_bytes}
+
+
+class UsageLog:
+    """Per step, the Usage of its latest attempt, put on the dispatcher's records (as
+    `usage` and `peak_mem_gib`, which the history reads) before its listeners hear of
+    the step's end."""
+
+    def __init__(self) -> None:
+        self.by_step: dict[str, Usage] = {}
+
+    def annotate(self, notify: Callable[[str, Any], None]) -> Callable[[str, Any], None]:
+        def forward(event: str, record: Any) -> None:
+            usage = self.by_step.get(record.step)
+            if usage is not None and event in ("completed", "failed"):
+                record.usage, record.peak_mem_gib = usage, usage.peak_mem_gib
+            notify(event, record)
+
+        return forward
+
+
+def step_function(step: str, fn: Callable[..., Any], cpu: float, isolation: str, log: UsageLog) -> Callable[..., Any]:
+    """`fn` as the task of step `step` runs it: in this process with its native thread
+    pools limited (cpulimits.py), or in a process of its own (`isolation="process"`).
+    Wrapped with functools.wraps: Prefect reads the original's signature, and the
+    cache key the original's source."""
+    if isolation == "process":
+
+        def run(*args: Any, **kwargs: Any) -> Any:
+            return run_isolated(step, fn, args, kwargs, cpu, log)
+
+        if inspect.iscoroutinefunction(fn):
+
+            async def run_async(*args: Any, **kwargs: Any) -> Any:
+                return await asyncio.to_thread(run, *args, **kwargs)
+
+            return functools.wraps(fn)(run_async)
+        return functools.wraps(fn)(run)
+
+    if inspect.iscoroutinefunction(fn):
+
+        async def limited_async(*args: Any, **kwargs: Any) -> Any:
+            with limited(cpu):
+                return await fn(*args, **kwargs)
+
+        return functools.wraps(fn)(limited_async)
+
+    def limited_sync(*args: Any, **kwargs: Any) -> Any:
+        with limited(cpu):
+            return fn(*args, **kwargs)
+
+    return functools.wraps(fn)(limited_sync)
+
+
+# -- the parent's side -----------------------------------------------------------------
+_context_lock = threading.Lock()
+
+
+def _context() -> Any:
+    """The forkserver context, its preload set on first use (nothing happens at import)."""
+    with _context_lock:
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(PRELOAD)
+        return context
+
+
+def _payload(step: str, fn: Callable[..., Any], args: tuple, kwargs: Mapping[str, Any]) -> bytes:
+    try:
+        return cloudpickle.dumps((fn, args, dict(kwargs)))
+    except Exception as exc:
+        culprit = f"its function {fn.__qualname__}"
+        for name, value in [*((f"argument {i}", v) for i, v in enumerate(args)), *kwargs.items()]:
+            try:
+                cloudpickle.dumps(value)
+            except Exception:
+                culprit = f"its input '{name}' (a {_type_name(value)})"
+                break
+        raise IsolationError(
+            f"step '{step}' (isolation='process'): {culprit} cannot be pickled to reach the step's "
+            f"process: {type(exc).__name__}: {exc}. {FIX_PICKLE}"
+        ) from exc
+
+
+def run_isolated(
+    step: str, fn: Callable[..., Any], args: tuple, kwargs: Mapping[str, Any], cpu: float, log: UsageLog | None = None
+) -> Any:
+    """Call `fn(*args, **kwargs)` in a child process; return its output. The child's
+    Usage goes into `log` (also when the call raised); the call's own exception is
+    raised here as it was raised there."""
+    payload = _payload(step, fn, args, kwargs)
+    context = _context()
+    receive, send = context.Pipe(duplex=False)
+    env = {**os.environ, **dict.fromkeys(THREAD_ENV_VARS, str(threads_for(cpu)))}
+    child = context.Process(
+        target=_child_main,
+        args=(send, step, threads_for(cpu), payload, list(sys.path), os.getcwd(), env),
+        name=f"planflow-step-{step}",
+    )
+    try:
+        child.start()
+        send.close()
+        message = _receive(step, child, receive)
+        child.join(EXIT_SECONDS)
+    finally:
+        if child.pid is not None and child.is_alive():  # the wait ended early (a timeout) or it hangs on exit
+            child.kill()
+            child.join(EXIT_SECONDS)
+        send.close()
+        receive.close()
+    try:
+        kind, value, detail, usage = cloudpickle.loads(message)
+    except Exception as exc:
+        raise IsolationError(
+            f"step '{step}' (isolation='process'): its output could not be unpickled in the flow's "
+            f"process: {type(exc).__name__}: {exc}. {FIX_PICKLE}"
+        ) from exc
+    if usage is not None and log is not None:
+        log.by_step[step] = usage
+    if kind == "ok":
+        return value
+    if kind == "raised" and isinstance(value, BaseException):
+        value.add_note(f"(raised in the step's own process {usage.pid if usage else '?'}:)\n{detail}")
+        raise value
+    raise IsolationError(detail)
+
+
+def _receive(step: str, child: Any, receive: Connection) -> bytes:
+    """The child's one message; a child that ends without sending fails the step."""
+    while True:
+        try:
+            if receive.poll(POLL_SECONDS):
+                return receive.recv_bytes()
+        except EOFError:
+            pass  # the child closed its end: it is gone
+        if not child.is_alive():
+            if receive.poll(0):
+                try:
+                    return receive.recv_bytes()
+                except EOFError:
+                    pass
+            child.join(EXIT_SECONDS)
+            raise IsolationError(
+                f"step '{step}' (isolation='process'): its process {child.pid} {_ending(child.exitcode)} "
+                "before it returned an output"
+            )
+
+
+def _ending(exitcode: int | None) -> str:
+    if exitcode is None:
+        return "stopped answering"
+    if exitcode < 0:
+        name = signal.Signals(-exitcode).name if -exitcode in signal.Signals._value2member_map_ else -exitcode
+        hint = " (the kernel's OOM killer sends SIGKILL when memory runs out: see `dmesg`)" if name == "SIGKILL" else ""
+        return f"was killed by {name}{hint}"
+    return f"exited with code {exitcode}"
+
+
+def _type_name(value: Any) -> str:
+    kind = type(value)
+    return kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+
+
+# -- the child's side ------------------------------------------------------------------
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _reset_peak() -> bool:
+    """Set the kernel's high-water mark to the current RSS (Linux >= 4.0); False if not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as clear:
+            clear.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_bytes(was_reset: bool) -> int:
+    if was_reset:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+
+
+def _cpu_seconds() -> float:
+    own, waited = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + waited.ru_utime + waited.ru_stime
+
+
+def _child_main(
+    send: Connection, step: str, threads: int, payload: bytes, path: list[str], cwd: str, env: dict[str, str]
+) -> None:
+    """Run the call and send back (kind, value, detail, usage), pickled once."""
+    sys.path[:] = path
+    os.environ.clear()
+    os.environ.update(env)  # the thread variables first: libraries the call loads read them
+    try:
+        os.chdir(cwd)
+        fn, args, kwargs = cloudpickle.loads(payload)
+    except BaseException as exc:
+        detail = f"step '{step}' (isolation='process'): its function or inputs could not be loaded in its process: "
+        send.send_bytes(cloudpickle.dumps(("error", None, f"{detail}{type(exc).__name__}: {exc}", None)))
+        return
+    del payload
+    was_reset = _reset_peak()
+    baseline, cpu0, started = _rss_bytes(), _cpu_seconds(), time.time()
+    try:
+        with threadpool_limits(limits=threads):  # the whole process is this component
+            output = fn(*args, **kwargs)
+            if inspect.isawaitable(output):
+                output = asyncio.run(output)
+        outcome: tuple[str, Any, str] = ("ok", output, "")
+    except BaseException as exc:
+        outcome = ("raised", exc, traceback.format_exc())
+    usage = Usage(os.getpid(), started, time.time(), _cpu_seconds() - cpu0, _peak_bytes(was_reset), baseline)
+    send.send_bytes(_outcome_bytes(step, outcome, usage))
+
+
+def _outcome_bytes(step: str, outcome: tuple[str, Any, str], usage: Usage) -> bytes:
+    kind, value, detail = outcome
+    try:
+        return cloudpickle.dumps((kind, value, detail, usage))
+    except Exception as exc:
+        if kind == "ok":
+            detail = (
+                f"step '{step}' (isolation='process') returned a {_type_name(value)} that cannot be pickled "
+                f"({type(exc).__name__}: {exc}); an isolated step's output must travel back to the flow's "
+                f"process, where it is also stored so that a retry of the run can skip the step. {FIX_PICKLE}"
+            )
+        else:  # the exception itself cannot travel: send its text
+            detail = f"step '{step}' raised {_type_name(value)}: {value}\n{detail}"
+        return cloudpickle.dumps(("error", None, detail, usage))

@@ -1,0 +1,210 @@
+"""Declared CPUs honoured and process isolation, on the session's real Prefect server:
+BLAS threads held to `cpu`, a pure-Python pair in parallel processes, a measured peak
+memory, and the errors of bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from pathlib import Path
+from uuid import UUID
+
+import numpy
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+from prometheus_client import CollectorRegistry
+from threadpoolctl import threadpool_info, threadpool_limits
+
+from planflow import ComponentSpecError, Pipeline, PipelineError, PipelineRunError, component, to_flow
+from planflow.cli.pipelines import print_summary
+from planflow.monitoring.metrics import RunRecorder
+from planflow.runtime.cpulimits import BlasLimit
+from planflow.runtime.dispatch import StepRecord
+from planflow.runtime.events import StepEvent
+from planflow.runtime.isolation import Usage
+from planflow.runtime.reporters import MetricsReporter
+from planflow.runtime.runner import add_listener
+
+MIB = 2**20
+PARTNER_WAIT_SECONDS = 60.0  # bound on how long each of the pair waits to see the other
+
+
+def _blas_threads() -> int:
+    return max(info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas")
+
+
+@component(cpu=1, est_seconds=1)
+def blas_in_thread(n: int = 300) -> int:
+    """numpy's matmul, reporting the BLAS threads it was allowed while it ran."""
+    a = numpy.ones((n, n))
+    (a @ a).sum()
+    return _blas_threads()
+
+
+@component(cpu=1, est_seconds=1, isolation="process")
+def blas_in_process(n: int = 300) -> int:
+    a = numpy.ones((n, n))
+    (a @ a).sum()
+    return _blas_threads()
+
+
+def _spin(folder: str, me: str, partner: str) -> dict:
+    """Pure-Python busy work until the partner is seen running too (bounded)."""
+    Path(folder, me).touch()
+    deadline, seen, count = time.monotonic() + PARTNER_WAIT_SECONDS, False, 0
+    while time.monotonic() < deadline and not seen:
+        for _ in range(20_000):
+            count += 1
+        seen = Path(folder, partner).exists()
+    cpu0 = time.process_time()
+    while time.process_time() - cpu0 < 0.3:  # some CPU-bound work with the partner alive
+        count += 1
+    return {"pid": os.getpid(), "saw_partner": seen, "count": count}
+
+
+@component(cpu=1, est_seconds=1)
+def spin_a(folder: str) -> dict:
+    return _spin(folder, "a", "b")
+
+
+@component(cpu=1, est_seconds=1)
+def spin_b(folder: str) -> dict:
+    return _spin(folder, "b", "a")
+
+
+@component(cpu=1, mem_gib=0.5, est_seconds=1, isolation="process")
+def allocate(mib: int = 300) -> int:
+    block = b"\x01" * (mib * MIB)  # written, so every page is resident
+    return len(block)
+
+
+@component(cpu=1, est_seconds=1, isolation="process")
+def returns_a_lock() -> object:
+    return threading.Lock()
+
+
+async def _artifacts(flow_run_id: str):
+    async with get_client() as client:
+        return await client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(flow_run_id)]))
+        )
+
+
+def _run(pipeline: Pipeline, **params) -> tuple[dict, dict]:
+    """Run `pipeline` as its flow; return each step's output and the run's summary."""
+    outputs: dict = {}
+    remove = add_listener(lambda event, record: event == "completed" and outputs.update({record.step: record.result}))
+    try:
+        summary = to_flow(pipeline)(**params)
+    finally:
+        remove()
+    return outputs, summary
+
+
+@pytest.mark.usefixtures("registered_blocks")
+def test_cpu1_component_runs_blas_with_one_thread():
+    with threadpool_limits(limits=2, user_api="blas"):  # two BLAS threads by default, whatever the machine has
+        outputs, summary = _run(Pipeline("cpu-blas", [blas_in_thread, blas_in_process]))
+        assert _blas_threads() == 2  # the process's own setting is back after the run
+    assert outputs == {"blas_in_thread": 1, "blas_in_process": 1}
+    steps = summary["steps"]
+    assert steps["blas_in_thread"]["usage"] is None  # a thread of this process is not measured
+    assert steps["blas_in_process"]["usage"]["pid"] != os.getpid()
+
+
+def test_blas_limit_is_the_largest_declaration_running():
+    """In-process components share one BLAS setting: the largest ceil(cpu) among those running."""
+    with threadpool_limits(limits=2, user_api="blas"):
+        limit, seen = BlasLimit(), []
+        for change in (lambda: limit.enter(1), lambda: limit.enter(2), lambda: limit.exit(2), lambda: limit.exit(1)):
+            change()
+            seen.append(_blas_threads())
+    assert seen == [1, 2, 1, 2]
+
+
+@pytest.mark.usefixtures("registered_blocks")
+def test_process_isolated_pure_python_pair_runs_in_parallel(tmp_path):
+    pipeline = Pipeline("cpu-pair", [spin_a, spin_b], params={"folder": ""}, isolation="process")
+    outputs, summary = _run(pipeline, folder=str(tmp_path))
+    a, b = outputs["spin_a"], outputs["spin_b"]
+    assert a["saw_partner"] and b["saw_partner"], "each step waits (bounded) until the other runs"
+    assert len({a["pid"], b["pid"], os.getpid()}) == 3  # two processes of their own
+    usage = {name: summary["steps"][name]["usage"] for name in ("spin_a", "spin_b")}
+    assert (usage["spin_a"]["pid"], usage["spin_b"]["pid"]) == (a["pid"], b["pid"])
+    assert max(u["started_at"] for u in usage.values()) < min(u["finished_at"] for u in usage.values())
+    for name, u in usage.items():  # each spun 0.3 s of CPU after it saw the other
+        assert u["cpu_seconds"] >= 0.29, (name, u)
+        print(f"{name}: cpu {u['cpu_seconds']:.2f} s over wall {u['wall_seconds']:.2f} s")
+    assert summary["steps"]["spin_a"]["declared_cpu"] == 1.0
+
+
+@pytest.mark.usefixtures("registered_blocks")
+def test_isolated_component_reports_its_peak_memory():
+    outputs, summary = _run(Pipeline("cpu-memory", [allocate]))
+    assert outputs == {"allocate": 300 * MIB}
+    step = summary["steps"]["allocate"]
+    peak = step["usage"]["peak_mem_bytes"]
+    whole = step["usage"]["peak_rss_bytes"]
+    print(f"allocated 300 MiB, measured peak {peak / MIB:.1f} MiB (the whole process {whole / MIB:.1f} MiB)")
+    assert abs(peak - 300 * MIB) <= 0.1 * 300 * MIB
+    assert step["declared_mem_gib"] == 0.5 and step["peak_mem_gib"] == pytest.approx(peak / 2**30, abs=1e-4)
+    history = [
+        a.data for a in asyncio.run(_artifacts(summary["flow_run_id"])) if (a.key or "").startswith("planflow-history-")
+    ]
+    assert len(history) == 1 and history[0]["peak_mem_gib"] == pytest.approx(peak / 2**30)
+
+
+def test_measured_usage_becomes_metrics():
+    recorder = RunRecorder("cpu-metrics", registry=CollectorRegistry())
+    record = StepRecord("fit", "local", "Completed", 0.0, 2.0)
+    record.usage = Usage(1, 0.0, 2.0, 1.5, 500 * MIB, 100 * MIB)
+    MetricsReporter(recorder).on_step(StepEvent("completed", record, run=None))  # type: ignore[arg-type]
+    labels = {"pipeline": "cpu-metrics", "component": "fit", "pool": "local"}
+    sample = recorder.registry.get_sample_value
+    assert sample("planflow_component_peak_memory_bytes", labels) == 400 * MIB
+    assert sample("planflow_component_cpu_seconds", labels) == 1.5
+
+
+def test_run_summary_shows_use_beside_declaration(capsys):
+    measured = {
+        **{"state": "Completed", "pool": "local", "seconds": 1.0, "metrics": {}},
+        **{"declared_cpu": 1.0, "declared_mem_gib": 0.5, "cpu_seconds": 0.8, "peak_mem_gib": 0.293, "usage": {}},
+    }
+    in_thread = {**measured, "cpu_seconds": None, "peak_mem_gib": None, "usage": None}
+    print_summary({"pipeline": "cpu-summary", "steps": {"fit": measured, "load": in_thread}})
+    out = capsys.readouterr().out
+    assert "cpu declared / used s" in out and "mem GiB declared / peak" in out, out
+    assert "1 / 0.80" in out and "0.5 / 0.293" in out and "1 / -" in out and "0.5 / -" in out, out
+
+
+@pytest.mark.usefixtures("registered_blocks")
+def test_unpicklable_output_of_an_isolated_step_fails_it_clearly():
+    with pytest.raises(PipelineRunError) as failed:
+        to_flow(Pipeline("cpu-unpicklable", [returns_a_lock]))()
+    message = str(failed.value)
+    for part in ("step 'returns_a_lock'", "_thread.lock", "cannot be pickled", "isolation='thread'"):
+        assert part in message, message
+
+
+def test_unknown_isolation_is_refused_where_it_is_declared():
+    with pytest.raises(ComponentSpecError, match=r"isolation='processes': must be 'thread' or 'process'"):
+        component(cpu=1, isolation="processes")(_typed)
+    with pytest.raises(PipelineError, match=r"isolation='proces': must be 'thread' or 'process'"):
+        Pipeline("cpu-bad", [allocate], isolation="proces")
+    with pytest.raises(PipelineError, match=r"`isolation:` is 'subprocess', but it must be 'thread' or 'process'"):
+        Pipeline.from_dict({"name": "cpu-bad", "isolation": "subprocess", "steps": [{"uses": "toy_dags:numbers"}]})
+    from_yaml = Pipeline.from_dict(
+        {
+            "name": "cpu-yaml",
+            "isolation": "process",
+            "steps": [{"uses": "toy_dags:numbers"}, {"uses": "toy_dags:total", "resources": {"isolation": "thread"}}],
+        }
+    )
+    assert (from_yaml.isolation_of("numbers"), from_yaml.isolation_of("total")) == ("process", "thread")
+
+
+def _typed(x: int) -> int:
+    return x
