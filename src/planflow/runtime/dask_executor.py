@@ -20,6 +20,7 @@ from typing import Any
 
 import dask
 import distributed
+from distributed.scheduler import KilledWorker
 from prefect_dask import DaskTaskRunner
 
 from planflow.core.pipeline import Pipeline
@@ -74,12 +75,10 @@ class DaskStep:
             ok, value = self.outcome.result()
         except distributed.client.FutureCancelledError as exc:
             raise DaskWorkerLost(f"step '{self.step}' was cancelled on the Dask cluster: {exc}") from exc
-        except Exception as exc:
-            if type(exc).__name__ != "KilledWorker":
-                raise
+        except KilledWorker as exc:
             raise DaskWorkerLost(
-                f"the Dask worker(s) running step '{self.step}' died ({exc}). Fix: look at the workers' logs "
-                "(planflow dask status names them) for why they died, e.g. out of memory"
+                f"the Dask worker(s) running step '{self.step}' died ({exc}). Fix: read why in the workers' "
+                "logs (`.planflow/dask/<worker>.log` for the workers `planflow dask up` started), e.g. out of memory"
             ) from exc
         if not ok:
             raise value
