@@ -147,8 +147,8 @@ def up(
         found = cluster_resources(address, timeout=settings().dask_connect_seconds)  # DaskClusterError names the fix
         write_private(cluster_file(paths), json.dumps({"address": address, "external": True}))
         return ClusterStatus(address, "external", found)
-    current = status(paths)
-    if current.state == "running":
+    current = status(paths, use_setting=False)  # the recorded cluster, whatever PLANFLOW_DASK_ADDRESS says
+    if current.state in ("running", "external"):
         return current
     if not capacities:
         raise ValueError("no pool to size the Dask workers from. Fix: planflow pools set NAME --cpu N --mem-gib N")
@@ -208,11 +208,11 @@ def down(paths: StatePaths) -> list[str]:
     return stopped
 
 
-def status(paths: StatePaths, address: str | None = None) -> ClusterStatus:
-    """The cluster runs use: `address`, else PLANFLOW_DASK_ADDRESS, else the recorded one;
-    its workers and the resources each offers."""
+def status(paths: StatePaths, address: str | None = None, use_setting: bool = True) -> ClusterStatus:
+    """The cluster runs use: `address`, else PLANFLOW_DASK_ADDRESS (with `use_setting`),
+    else the recorded one; its workers and the resources each offers."""
     record = _record(paths)
-    chosen = address or settings().dask_address
+    chosen = address or (settings().dask_address if use_setting else None)
     external = bool(chosen) or bool(record.get("external"))
     address = chosen or record.get("address")
     if not address:
