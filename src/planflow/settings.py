@@ -116,6 +116,14 @@ class PlanflowSettings(BaseSettings):
     server_wait_seconds: float = Field(
         30.0, gt=0, description="How long a run retries the Prefect server when it does not answer for slots."
     )
+    dask_address: str | None = Field(
+        None,
+        description="The Dask scheduler Dask-mode runs use, e.g. tcp://10.0.0.5:8786 (default: the one "
+        "`planflow dask up` recorded in the state folder).",
+    )
+    dask_connect_seconds: float = Field(
+        10.0, gt=0, description="How long a Dask-mode run or `planflow dask` waits for the scheduler to answer."
+    )
 
     @field_validator("pipelines", mode="before")
     @classmethod

@@ -10,6 +10,7 @@ from planflow.cli.automations import automations_app
 from planflow.cli.bench import bench_app
 from planflow.cli.blocks import blocks_app, pools_app
 from planflow.cli.calendar import calendar
+from planflow.cli.dask import dask_app
 from planflow.cli.demo import demo_app
 from planflow.cli.grafana import grafana_app
 from planflow.cli.stack import stack_app
@@ -34,3 +35,4 @@ app.add_typer(grafana_app, name="grafana")
 app.add_typer(automations_app, name="automations")
 app.add_typer(worker_app, name="worker")
 app.add_typer(demo_app, name="demo")
+app.add_typer(dask_app, name="dask")

@@ -27,7 +27,7 @@ from planflow.runtime import reporting
 from planflow.runtime.flow import to_flow
 from planflow.runtime.runner import PipelineRunError, make_plan
 
-MODES = ("inprocess", "distributed")
+MODES = ("inprocess", "distributed", "dask")
 # The keys of Pipeline.totals() as a reader wants them: with their units.
 TOTAL_LABELS = {
     "components": "components",
@@ -216,7 +216,9 @@ def plan(
     json_output: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
     gantt: str | None = typer.Option(None, help="Also write the Gantt chart to this PNG file."),
     mode: str = typer.Option(
-        "inprocess", help="inprocess: plan on the `local` pool only; distributed: over every pool."
+        "inprocess",
+        help="inprocess: plan on the `local` pool only; distributed: over every pool; "
+        "dask: over the pools the Dask workers offer.",
     ),
     param: list[str] = typer.Option(
         [], "--param", "-p", help="Parameter override KEY=VALUE (scales components declared with scales_with)."
@@ -282,12 +284,13 @@ def run(
     mode: str = typer.Option(
         "inprocess",
         help="inprocess: components are tasks of one flow run; "
-        "distributed: each runs as a flow run on its planned work pool.",
+        "distributed: each runs as a flow run on its planned work pool; "
+        "dask: each runs as a task on the Dask cluster (planflow dask up).",
     ),
 ) -> None:
     """Run a pipeline as a Prefect flow on the configured server."""
     if mode not in MODES:
-        fail(f"--mode {mode!r}: must be 'inprocess' or 'distributed'", USAGE)
+        fail(f"--mode {mode!r}: must be one of {', '.join(MODES)}", USAGE)
     raw = parse_params(param)
     pipeline = load(name)
     flow, values = prepare(pipeline, raw)  # every input problem before a server starts

@@ -27,7 +27,7 @@ from planflow.runtime.runner import run_pipeline
 from planflow.runtime.watchdog import unwatch_run
 
 Policy = Literal["plan", "fifo"]
-Mode = Literal["inprocess", "distributed"]
+Mode = Literal["inprocess", "distributed", "dask"]
 RUN_OPTIONS = ("policy", "mode", "local_pool")
 
 
@@ -73,7 +73,8 @@ def _typed_function(pipeline: Pipeline):
             f"    {name}: pipeline parameter (default {default!r})\n" for name, default in pipeline.params.items()
         )
         + "    policy: 'plan' (the planner's order) or 'fifo' (first come, first served)\n"
-        "    mode: 'inprocess' (tasks of this flow run) or 'distributed' (child flow runs on work pools)\n"
+        "    mode: 'inprocess' (tasks of this flow run), 'distributed' (child flow runs on work pools)\n"
+        "        or 'dask' (tasks on the Dask cluster, see `planflow dask`)\n"
         "    local_pool: the ResourcePool that in-process components use\n"
     )
     return run

@@ -22,12 +22,13 @@ from prefect.context import FlowRunContext
 from planflow.core.pipeline import Pipeline
 from planflow.planner import Mode, Plan, PlannerOptions, Pool, Problem, Step, Task, solve
 from planflow.prefect.blocks.registry import DEFAULT_POOL, load_pools, load_settings
+from planflow.runtime.dask_cluster import dask_pools, require_offered, worker_offers
 from planflow.runtime.dispatch import RESOURCES, Assignment
 from planflow.runtime.distributed import DeploymentMissingError, readiness
 from planflow.runtime.history import Estimate, estimate, recent_durations, work_scale
 
 POLICIES = ("plan", "fifo")
-MODES = ("inprocess", "distributed")
+MODES = ("inprocess", "distributed", "dask")
 
 
 class PoolError(ValueError):
@@ -218,6 +219,8 @@ def run_pools(mode: str, local_pool: str = DEFAULT_POOL) -> tuple[dict[str, Any]
     every pool does whose work pool is ready (deployment and live worker); the others
     are left out of the plan with a warning saying why."""
     pools = load_pools()
+    if mode == "dask":  # the pools whose resources the Dask cluster's workers offer
+        return dask_pools(pools, _logger()), set(pools)
     if mode == "distributed":
         _, problems = readiness({pool.work_pool for pool in pools.values()})
         usable = {n: p for n, p in pools.items() if p.work_pool not in problems}
@@ -258,16 +261,17 @@ def make_plan(
     options = PlannerOptions(
         solver=settings.solver, time_limit_s=settings.time_limit_s, threads=settings.threads, mip_gap=settings.mip_gap
     )
-    return plan_pipeline(
-        pipeline, capacities, costs, options, history, known, steps, scale=work_scale(pipeline, params)
-    )
+    pp = plan_pipeline(pipeline, capacities, costs, options, history, known, steps, scale=work_scale(pipeline, params))
+    if mode == "dask":  # refused now, not left waiting on the cluster
+        require_offered(pp.assignments, worker_offers())
+    return pp
 
 
 def check_run_options(policy: str, mode: str) -> None:
     if policy not in POLICIES:
         raise ValueError(f"policy={policy!r}: must be 'plan' or 'fifo'")
     if mode not in MODES:
-        raise ValueError(f"mode={mode!r}: must be 'inprocess' or 'distributed'")
+        raise ValueError(f"mode={mode!r}: must be 'inprocess', 'distributed' or 'dask'")
 
 
 def plan_run(
@@ -290,7 +294,10 @@ def plan_run(
     if policy == "plan":
         planned_at = time.time()
         steps, count = busy(capacities, planned_at) if busy is not None else ({}, 0)
-        pp = make_plan(pipeline, pools=(pools, known), steps=steps, params=params)
+        pp = make_plan(pipeline, mode, pools=(pools, known), steps=steps, params=params)
         return RunPlan(pools, capacities, pp.assignments, pp, planned_at, count)
     costs = {name: pool.cost_per_hour for name, pool in pools.items()}
-    return RunPlan(pools, capacities, greedy_assignments(pipeline, capacities, costs, known))
+    assignments = greedy_assignments(pipeline, capacities, costs, known)
+    if mode == "dask":
+        require_offered(assignments, worker_offers())
+    return RunPlan(pools, capacities, assignments)

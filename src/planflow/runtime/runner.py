@@ -93,6 +93,10 @@ def make_executor(run: RunInfo) -> Executor:
         return DistributedExecutor(
             run.pipeline, run.plan.pools, run.plan.assignments, run.params, run.flow_run_id or "local"
         )
+    if run.mode == "dask":
+        from planflow.runtime.dask_executor import DaskExecutor  # noqa: PLC0415 (distributed is heavy: Dask mode only)
+
+        return DaskExecutor(run.pipeline, run.plan.assignments, run.params)
     return InProcessExecutor(run.pipeline, run.plan.assignments, run.params)
 
 
@@ -106,7 +110,8 @@ def run_pipeline(
     """Run `pipeline` inside the current flow run; returns a JSON-able summary.
 
     mode "inprocess": components are tasks of this flow run; "distributed": each is a
-    flow run of its pool's component deployment (see distributed.py)."""
+    flow run of its pool's component deployment (see distributed.py); "dask": each is a
+    task on the Dask cluster (see dask_executor.py)."""
     check_run_options(policy, mode)
     logger = get_run_logger()
     resolved = pipeline.resolve_params(params)

@@ -1,0 +1,157 @@
+"""Dask mode's overhead: a planflow run of N trivial components versus a plain Prefect
+flow of N trivial tasks, both on the same Dask cluster, side by side in one process.
+
+- planflow: a pipeline of N independent components (each returns its input, tiny
+  declared demand) run with `mode="dask"`: planned, dispatched, slots taken, recorded,
+  each component a task on the cluster through prefect-dask;
+- plain: a Prefect flow on prefect-dask's DaskTaskRunner connected to the same
+  scheduler, submitting N trivial tasks (results persisted, as planflow's are).
+
+N = 40 and 400; the two alternate within each round (first one, then the other), at
+least 3 rounds, after a warm-up of each. The figures are the median per-round ratios
+planflow / plain (`ratio_dask_40`, `ratio_dask_400`; the issue's goal is <= 1.2), merged
+into bench/results/overhead.json (read-modify-write: the in-process benchmark writes its
+own keys into the same flat object); the table goes to bench/results/overhead_dask.md.
+
+Run: `python -m bench.bench_overhead_dask [--rounds 3] [--sizes 40 400]`. It starts a
+Prefect server (SQLite, a temporary state folder) and a local Dask cluster (a scheduler
+and two workers) of its own, and stops both at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+WORKERS = 2
+
+
+def trivial_pipeline(n: int):
+    from planflow.core.component import component
+    from planflow.core.pipeline import Pipeline
+
+    def make(i: int):
+        def step(x: int = 1) -> int:
+            return x
+
+        step.__name__ = step.__qualname__ = f"trivial_{i:03d}"
+        return component(step, cpu=0.001, mem_gib=0.001, est_seconds=0.01)
+
+    return Pipeline(f"bench-dask-trivial-{n}", [make(i) for i in range(n)], description="N trivial components")
+
+
+def plain_flow(address: str):
+    from prefect import flow, task
+    from prefect_dask import DaskTaskRunner
+
+    @task(persist_result=True)
+    def trivial(x: int) -> int:
+        return x
+
+    @flow(name="bench-plain-dask", task_runner=DaskTaskRunner(address=address), persist_result=True)
+    def plain(n: int) -> int:
+        futures = [trivial.with_options(task_run_name=f"trivial_{i:03d}").submit(1) for i in range(n)]
+        return sum(f.result() for f in futures)
+
+    return plain
+
+
+def _timed(call) -> float:
+    started = time.perf_counter()
+    call()
+    return time.perf_counter() - started
+
+
+def measure(sizes: list[int], rounds: int, address: str) -> dict:
+    from planflow import to_flow
+
+    figures: dict = {}
+    plain = plain_flow(address)
+    for n in sizes:
+        planflow_flow = to_flow(trivial_pipeline(n))
+        runs = {"planflow": lambda f=planflow_flow: f(mode="dask"), "plain": lambda n=n: plain(n)}
+        for run in runs.values():  # warm-up: imports, the cluster's first tasks, learned durations
+            run()
+        times: dict[str, list[float]] = {"planflow": [], "plain": []}
+        for r in range(rounds):
+            for name in ("planflow", "plain") if r % 2 == 0 else ("plain", "planflow"):
+                times[name].append(_timed(runs[name]))
+            print(f"N={n} round {r + 1}: planflow {times['planflow'][-1]:.2f} s, plain {times['plain'][-1]:.2f} s")
+        ratios = [p / q for p, q in zip(times["planflow"], times["plain"], strict=True)]
+        figures[n] = {"planflow_s": times["planflow"], "plain_s": times["plain"], "ratios": ratios}
+    return figures
+
+
+def write(figures: dict, rounds: int) -> dict:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / "overhead.json"
+    try:
+        merged = json.loads(path.read_text())
+    except (OSError, ValueError):
+        merged = {}
+    for n, f in figures.items():
+        merged[f"ratio_dask_{n}"] = round(statistics.median(f["ratios"]), 3)
+        merged[f"dask_planflow_{n}_median_s"] = round(statistics.median(f["planflow_s"]), 3)
+        merged[f"dask_plain_{n}_median_s"] = round(statistics.median(f["plain_s"]), 3)
+    merged["dask_rounds"] = rounds
+    merged["dask_workers"] = WORKERS
+    path.write_text(json.dumps(merged, indent=2, sort_keys=True) + "\n")
+    lines = [
+        "# Dask mode overhead: planflow run vs plain Prefect flow on DaskTaskRunner",
+        "",
+        f"Same Dask cluster (a scheduler, {WORKERS} worker processes, 127.0.0.1), same Prefect server, "
+        f"one process, alternating, {rounds} rounds after a warm-up. Goal: ratio <= 1.2.",
+        "",
+        "| N | planflow median (s) | plain median (s) | median ratio | ratios per round |",
+        "|---|---|---|---|---|",
+    ]
+    for n, f in figures.items():
+        lines.append(
+            f"| {n} | {statistics.median(f['planflow_s']):.2f} | {statistics.median(f['plain_s']):.2f} | "
+            f"{statistics.median(f['ratios']):.2f} | {', '.join(f'{r:.2f}' for r in f['ratios'])} |"
+        )
+    (RESULTS / "overhead_dask.md").write_text("\n".join(lines) + "\n")
+    return merged
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[40, 400])
+    args = parser.parse_args(argv)
+    if args.rounds < 3:
+        parser.error("--rounds: at least 3")
+
+    from bench.tempserver import TempServer
+
+    with TempServer("overhead-dask"):  # before Prefect is imported
+        from planflow.ops import dask as cluster
+        from planflow.prefect.blocks import ensure_defaults
+        from planflow.prefect.blocks.registry import load_pools
+        from planflow.settings import StatePaths
+
+        ensure_defaults()
+        paths = StatePaths(Path(tempfile.mkdtemp(prefix="planflow-bench-dask-")))
+        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+        # Each worker offers the whole `local` pool: the plan, not the split, is what limits.
+        sizing = {"local": load_pools()["local"].capacity()}
+        state = cluster.up(paths, {k: {r: v * WORKERS for r, v in c.items()} for k, c in sizing.items()}, WORKERS)
+        os.environ["PLANFLOW_DASK_ADDRESS"] = state.address
+        try:
+            figures = measure(args.sizes, args.rounds, state.address)
+        finally:
+            cluster.down(paths)
+    merged = write(figures, args.rounds)
+    print(json.dumps({k: v for k, v in merged.items() if k.startswith("ratio_dask")}))
+    return merged
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""`planflow dask up | down | status`: the Dask cluster that `planflow run --mode dask` uses.
+
+Mounted by planflow.cli.app as `planflow dask`.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from planflow.cli.common import ensure_server, fail, say
+from planflow.ops import dask as cluster
+from planflow.prefect.blocks.registry import load_pools
+from planflow.runtime.dask_cluster import DaskClusterError
+from planflow.settings import StatePaths
+
+dask_app = typer.Typer(
+    help="A Dask cluster for Dask-mode runs: a local scheduler and workers sized from the "
+    "ResourcePool blocks, or a scheduler of your own (--address).",
+    no_args_is_help=True,
+)
+
+
+def _show(state: cluster.ClusterStatus) -> None:
+    say(f"scheduler  {state.address or '-'}  {state.state}  {state.detail}".rstrip())
+    for worker, resources in sorted(state.workers.items()):
+        offers = " ".join(f"{name}={value:g}" for name, value in sorted(resources.items()))
+        say(f"worker     {worker}  {offers or '(no resources)'}")
+
+
+@dask_app.command("up")
+def up(
+    workers: int = typer.Option(1, min=1, help="Worker processes per pool; each offers an even share of it."),
+    pool: list[str] = typer.Option([], "--pool", help="Only these pools (default: every ResourcePool block)."),
+    port: int = typer.Option(0, help="The scheduler's port (default: a free one)."),
+    address: str | None = typer.Option(
+        None, help="Start nothing: use the running scheduler at this address (e.g. tcp://10.0.0.5:8786)."
+    ),
+) -> None:
+    """Start a local scheduler and workers (idempotent), or record --address; print the workers."""
+    paths = StatePaths.discover()
+    capacities = None
+    if not address:
+        ensure_server()
+        pools = load_pools()
+        unknown = sorted(set(pool) - set(pools))
+        if unknown:
+            fail(f"--pool {', '.join(unknown)}: no such ResourcePool block (pools: {', '.join(sorted(pools))})", 2)
+        capacities = {name: p.capacity() for name, p in pools.items() if not pool or name in pool}
+    try:
+        state = cluster.up(paths, capacities, workers=workers, port=port, address=address)
+    except (DaskClusterError, ValueError) as exc:
+        fail(str(exc))
+    _show(state)
+    say(f"state in {cluster.dask_dir(paths)}; runs: planflow run NAME --mode dask")
+
+
+@dask_app.command("down")
+def down() -> None:
+    """Stop the local scheduler and workers (a recorded --address is only forgotten)."""
+    stopped = cluster.down(StatePaths.discover())
+    say(f"stopped {', '.join(stopped)}" if stopped else "no local Dask process was running")
+
+
+@dask_app.command("status")
+def status(
+    address: str | None = typer.Option(None, help="Ask this scheduler instead of the configured one."),
+) -> None:
+    """The scheduler runs use and each worker's resources; exit code 3 unless it answers."""
+    state = cluster.status(StatePaths.discover(), address)
+    _show(state)
+    if state.state not in ("running", "external"):
+        raise typer.Exit(3)
