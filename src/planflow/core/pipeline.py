@@ -21,13 +21,14 @@ import reprlib
 import sys
 import typing
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from planflow.core.caching import CACHE_MODES
 from planflow.core.component import (
     KEY_ALIASES,
     RESOURCE_KEYS,
@@ -93,6 +94,7 @@ class Pipeline:
         params: Mapping[str, Any] | None = None,
         description: str = "",
         retries: int = 0,
+        cache: str | None = None,
     ) -> None:
         self.name = name
         self.description = description
@@ -117,6 +119,7 @@ class Pipeline:
                 )
                 continue
             self.steps[step.name] = step
+        problems += _apply_cache_default(self.steps, cache)
         if not self.steps and not problems:
             problems.append("a pipeline needs at least one step")
         self.bindings: dict[str, dict[str, Binding]] = {}
@@ -384,6 +387,7 @@ class Pipeline:
                 params=spec.params,
                 description=spec.description,
                 retries=spec.retries,
+                cache=spec.cache,
             )
         except PipelineError as exc:
             raise PipelineError(f"{source}: {exc}") from exc
@@ -393,6 +397,18 @@ class Pipeline:
             path, root = Path(source).resolve(), project_root()
             pipeline.source = str(path.relative_to(root) if path.is_relative_to(root) else path)
         return pipeline
+
+
+def _apply_cache_default(steps: dict[str, Step], cache: str | None) -> list[str]:
+    """A pipeline-wide `cache` for the components that declare none (`cache_mode` None)."""
+    if cache is None:
+        return []
+    if cache not in CACHE_MODES:
+        return [f"cache={cache!r}: must be one of {', '.join(CACHE_MODES)}. Fix: e.g. Pipeline(..., cache='inputs')"]
+    for name, step in steps.items():
+        if step.component.cache_mode is None:
+            steps[name] = replace(step, component=step.component.with_cache(cache))
+    return []
 
 
 # -- the YAML form -----------------------------------------------------------------------
@@ -440,6 +456,9 @@ class PipelineSpec(BaseModel):
     description: str = Field("", description="shown in `planflow pipelines` and the Prefect UI")
     params: dict[str, Any] = Field(default_factory=dict, description="pipeline parameters and their defaults")
     retries: int = Field(0, ge=0, description="retries of the whole flow run")
+    cache: Literal["inputs", "run"] | None = Field(
+        None, description="cache of the components that declare none: 'inputs' (across runs) or 'run'"
+    )
     steps: list[StepSpec] = Field(min_length=1, description="the steps, in declaration order")
 
     @field_validator("description", mode="before")
@@ -494,6 +513,7 @@ FIELD_HELP = {
     "description": ("a string", "description: nightly risk scores"),
     "params": ("a mapping of parameter names to values", "params: {seed: 7}"),
     "retries": ("a whole number >= 0", "retries: 2"),
+    "cache": ("inputs (reuse results across runs) or run (within a flow run)", "cache: inputs"),
     "steps": ("a non-empty list of steps", "steps: [{uses: 'flows.fraud_risk.flow:features'}]"),
     "uses": ("the import path of a component or function", "uses: 'flows.fraud_risk.flow:features'"),
     "after": ("a step name or a list of step names", "after: [features]"),

@@ -88,6 +88,7 @@ class StepRecord:
     finished: float | None = None
     error: BaseException | None = None
     result: Any = None
+    cached: bool = False  # completed by reading its result from the cache (Prefect's Cached state)
 
     @property
     def seconds(self) -> float | None:
@@ -185,7 +186,8 @@ def dispatch(
             notify("failed", record)
             continue
         outputs[step] = record.result
-        record.state = "Completed"
+        # result() kept the final state: reading it asks no server
+        record.state, record.cached = "Completed", getattr(getattr(future, "state", None), "name", "") == "Cached"
         notify("completed", record)
 
     for step in waiting:
