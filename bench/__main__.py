@@ -18,6 +18,7 @@ BENCHMARKS = {
     "remediation": "bench.bench_remediation",  # alert -> remediation flow run started
     "fleet": "bench.bench_fleet",  # bursts of runs on one shared pool, SQLite and PostgreSQL
     "exact": "bench.bench_exact",  # small plans proven optimal: time to proof, 5/10/15 tasks
+    "results": "bench.bench_results",  # stored result bytes and time: planflow serializer vs pickle
 }
 
 

@@ -2,14 +2,16 @@
 
 Resource specs are measured at default parameters on a 2-core machine
 (peak RSS ~0.3 GiB; `features` uses polars' threads), rounded up.
+The data and its features are cached across runs (`cache="inputs"`): a run with the same
+parameters reads them back and trains on them at once.
 """
 
 from planflow import Pipeline, component, to_flow
 
 from flows.fraud_risk import steps
 
-transactions = component(steps.transactions, cpu=1, mem_gib=0.5, est_seconds=1.5)
-features = component(steps.features, cpu=2, mem_gib=0.75, est_seconds=1.0)
+transactions = component(steps.transactions, cpu=1, mem_gib=0.5, est_seconds=1.5, cache="inputs")
+features = component(steps.features, cpu=2, mem_gib=0.75, est_seconds=1.0, cache="inputs")
 risk_model = component(steps.risk_model, cpu=1, mem_gib=1.0, est_seconds=6.0)
 scores = component(steps.scores, cpu=1, mem_gib=0.75, est_seconds=1.0)
 decisions = component(steps.decisions, cpu=1, mem_gib=0.5, est_seconds=0.5)

@@ -124,6 +124,18 @@ class PlanflowSettings(BaseSettings):
     dask_connect_seconds: float = Field(
         10.0, gt=0, description="How long a Dask-mode run or `planflow dask` waits for the scheduler to answer."
     )
+    results_max_mib: float | None = Field(
+        2048.0,
+        gt=0,
+        description="Bound on the results folder: each run ends by deleting the oldest results "
+        "beyond it that no retry may need (`planflow results gc`). Unset (empty): no bound.",
+    )
+    results_retry_window_seconds: float = Field(
+        86400.0,
+        ge=0,
+        description="Results younger than this are never deleted: a retry of their run may "
+        "still read them back (results of runs not in a final state are kept whatever their age).",
+    )
 
     @field_validator("pipelines", mode="before")
     @classmethod

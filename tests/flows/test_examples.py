@@ -23,7 +23,7 @@ def test_example_pipeline_completes_with_its_quality_metric(name):
     result = to_flow(pipeline)(**SMALL[name])
     steps = result["steps"]
     assert list(steps) == pipeline.topological_order()
-    assert {s["state"] for s in steps.values()} == {"Completed"}
+    assert {s["state"] for s in steps.values()} <= {"Completed", "Cached"}  # data steps may be cached
     metrics = {k: v for s in steps.values() for k, v in s["metrics"].items()}
     if name == "fraud-risk":
         assert 0.7 < metrics["roc_auc"] < 1.0

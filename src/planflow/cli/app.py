@@ -13,6 +13,7 @@ from planflow.cli.calendar import calendar
 from planflow.cli.dask import dask_app
 from planflow.cli.demo import demo_app
 from planflow.cli.grafana import grafana_app
+from planflow.cli.results import results_app
 from planflow.cli.stack import stack_app
 from planflow.cli.worker import worker_app
 from planflow.cli.workpools import workpools_app
@@ -36,3 +37,4 @@ app.add_typer(automations_app, name="automations")
 app.add_typer(worker_app, name="worker")
 app.add_typer(demo_app, name="demo")
 app.add_typer(dask_app, name="dask")
+app.add_typer(results_app, name="results")

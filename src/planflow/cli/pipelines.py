@@ -287,6 +287,9 @@ def run(
         "distributed: each runs as a flow run on its planned work pool; "
         "dask: each runs as a task on the Dask cluster (planflow dask up).",
     ),
+    refresh: bool = typer.Option(
+        False, "--refresh", help="Recompute the components cached across runs (cache='inputs') and store anew."
+    ),
 ) -> None:
     """Run a pipeline as a Prefect flow on the configured server."""
     if mode not in MODES:
@@ -294,6 +297,7 @@ def run(
     raw = parse_params(param)
     pipeline = load(name)
     flow, values = prepare(pipeline, raw)  # every input problem before a server starts
+    values = {**values, "refresh": True} if refresh else values
     url = ensure_server()
     try:
         result = execute(pipeline, flow, values, mode, show_progress=not json_output)

@@ -36,7 +36,9 @@ def run_with_progress(call: Callable[[], T], pipeline: Pipeline, console: Consol
             else:
                 running.discard(record.step)
                 bar.advance(task_id)
-                if event != "completed":
+                if event == "completed" and getattr(record, "cached", False):
+                    bar.console.print(f"[dim]{escape(f'{record.step}: Cached')}[/]")
+                elif event != "completed":
                     bar.console.print(f"[red]{escape(f'{record.step}: {record.state}')}[/]")
             # the bar's last state is what stays on screen (and in a file): say nothing when idle
             bar.update(task_id, description=("running: " + ", ".join(sorted(running))) if running else "")

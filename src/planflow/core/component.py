@@ -7,6 +7,9 @@ A parameter that changes the work is declared with the value the estimate holds 
 `@component(est_seconds=30, scales_with={"n_rows": 100_000})` plans a run with
 `n_rows=200_000` at 60 s (durations learned from earlier runs scale the same way).
 
+`@component(cache="inputs", cache_expiry="7d")` reuses a result across runs while the
+function's source and its inputs' content are unchanged (core/caching.py).
+
 The spec is checked when the decorator is applied, and every problem is listed
 at once, so a bad spec fails at import with the fix beside each value.
 """
@@ -23,6 +26,8 @@ from typing import Any
 
 from prefect.tasks import Task
 
+from planflow.core.caching import cache_problems, task_cache_options
+
 RESOURCE_KEYS = (
     "cpu",
     "gpu",
@@ -37,7 +42,8 @@ RESOURCE_KEYS = (
 # own (runtime/isolation.py). None on a component: the pipeline's default, else "thread".
 ISOLATION_CHOICES = ("thread", "process")
 TASK_KEYS = ("name", "description", "retries", "retry_delay_seconds", "timeout_seconds", "tags")
-ALLOWED_KEYS = RESOURCE_KEYS + TASK_KEYS
+CACHE_KEYS = ("cache", "cache_expiry")
+ALLOWED_KEYS = RESOURCE_KEYS + TASK_KEYS + CACHE_KEYS
 # Names users reach for first, mapped to the key planflow uses.
 KEY_ALIASES = {
     "memory": "mem_gib",
@@ -173,6 +179,7 @@ def spec_problems(values: Mapping[str, Any]) -> list[str]:
         problems += _scales_with_problems(values["scales_with"])
     if "isolation" in values:
         problems += isolation_problems(values["isolation"])
+    problems += cache_problems(dict(values))
     for key in ("retries", "timeout_seconds", "retry_delay_seconds"):
         if key in values and not (_is_number(values[key]) and values[key] >= 0):
             problems.append(f"{key}={values[key]!r}: must be a number >= 0")
@@ -251,22 +258,11 @@ def source_hash(fn: Callable[..., Any]) -> str:
     return hashlib.sha256(source.encode()).hexdigest()[:16]
 
 
-def _run_scoped_cache_key(context: Any, parameters: dict[str, Any]) -> str | None:
-    """Reuse a step's persisted result within the same flow run only.
-
-    A retry of a flow run keeps its id, so finished steps are read back rather
-    than recomputed; a new run (even with the same parameters) computes afresh.
-    """
-    task_run = context.task_run
-    if task_run is None or task_run.flow_run_id is None:
-        return None
-    return f"planflow-{task_run.flow_run_id}-{context.task.name}-{source_hash(context.task.fn)}"
-
-
 class Component(Task):
     """A Prefect task carrying a ResourceSpec (`.spec`). `.fn` is the plain function."""
 
     spec: ResourceSpec
+    cache_mode: str | None = None  # "inputs", "run", or None: not declared (a pipeline's default applies)
 
     @property
     def code_version(self) -> str:
@@ -277,13 +273,22 @@ class Component(Task):
     def with_options(self, **kwargs: Any) -> Component:
         new = super().with_options(**kwargs)
         new.__class__ = type(self)  # Task.with_options builds a plain Task
-        new.spec = self.spec
+        new.spec, new.cache_mode = self.spec, self.cache_mode
+        return new
+
+    def with_cache(self, mode: str, expiry: Any = None) -> Component:
+        """A copy cached by `mode` ("inputs" or "run"; see core/caching.py)."""
+        _raise_if(cache_problems({"cache": mode} | ({"cache_expiry": expiry} if expiry is not None else {})), self.fn)
+        new = self.with_options(**task_cache_options(mode, expiry))
+        new.cache_mode = mode
         return new
 
     def with_spec(self, **changes: Any) -> Component:
         """A copy with some resource values changed, validated like the decorator."""
         _raise_if(spec_problems(changes) + scales_with_problems(self.fn, changes.get("scales_with", {})), self.fn)
         new = self.with_options()
+        if "cache" in changes or "cache_expiry" in changes:
+            new = new.with_cache(changes.pop("cache", self.cache_mode or "run"), changes.pop("cache_expiry", None))
         if "pools" in changes:
             changes["pools"] = tuple(changes["pools"])
         if "scales_with" in changes:
@@ -321,9 +326,9 @@ def make_component(fn: Callable[..., Any], **values: Any) -> Component:
         retry_delay_seconds=values.get("retry_delay_seconds", 0),
         timeout_seconds=values.get("timeout_seconds"),
         persist_result=True,
-        cache_key_fn=_run_scoped_cache_key,
+        **task_cache_options(values.get("cache"), values.get("cache_expiry")),
     )
-    task.spec = spec
+    task.spec, task.cache_mode = spec, values.get("cache")
     return task
 
 

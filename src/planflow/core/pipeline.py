@@ -21,13 +21,14 @@ import reprlib
 import sys
 import typing
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from planflow.core.caching import CACHE_MODES
 from planflow.core.component import (
     ISOLATION_CHOICES,
     KEY_ALIASES,
@@ -96,6 +97,7 @@ class Pipeline:
         description: str = "",
         retries: int = 0,
         isolation: str | None = None,
+        cache: str | None = None,
     ) -> None:
         self.name = name
         self.description = description
@@ -123,6 +125,7 @@ class Pipeline:
                 )
                 continue
             self.steps[step.name] = step
+        problems += _apply_cache_default(self.steps, cache)
         if not self.steps and not problems:
             problems.append("a pipeline needs at least one step")
         self.bindings: dict[str, dict[str, Binding]] = {}
@@ -395,6 +398,7 @@ class Pipeline:
                 description=spec.description,
                 retries=spec.retries,
                 isolation=spec.isolation,
+                cache=spec.cache,
             )
         except PipelineError as exc:
             raise PipelineError(f"{source}: {exc}") from exc
@@ -404,6 +408,18 @@ class Pipeline:
             path, root = Path(source).resolve(), project_root()
             pipeline.source = str(path.relative_to(root) if path.is_relative_to(root) else path)
         return pipeline
+
+
+def _apply_cache_default(steps: dict[str, Step], cache: str | None) -> list[str]:
+    """A pipeline-wide `cache` for the components that declare none (`cache_mode` None)."""
+    if cache is None:
+        return []
+    if cache not in CACHE_MODES:
+        return [f"cache={cache!r}: must be one of {', '.join(CACHE_MODES)}. Fix: e.g. Pipeline(..., cache='inputs')"]
+    for name, step in steps.items():
+        if step.component.cache_mode is None:
+            steps[name] = replace(step, component=step.component.with_cache(cache))
+    return []
 
 
 # -- the YAML form -----------------------------------------------------------------------
@@ -453,6 +469,9 @@ class PipelineSpec(BaseModel):
     retries: int = Field(0, ge=0, description="retries of the whole flow run")
     isolation: Literal["thread", "process"] | None = Field(
         None, description="where components run in-process unless they say: 'thread' or 'process'"
+    )
+    cache: Literal["inputs", "run"] | None = Field(
+        None, description="cache of the components that declare none: 'inputs' (across runs) or 'run'"
     )
     steps: list[StepSpec] = Field(min_length=1, description="the steps, in declaration order")
 
@@ -509,6 +528,7 @@ FIELD_HELP = {
     "params": ("a mapping of parameter names to values", "params: {seed: 7}"),
     "retries": ("a whole number >= 0", "retries: 2"),
     "isolation": ("'thread' or 'process'", "isolation: process"),
+    "cache": ("inputs (reuse results across runs) or run (within a flow run)", "cache: inputs"),
     "steps": ("a non-empty list of steps", "steps: [{uses: 'flows.fraud_risk.flow:features'}]"),
     "uses": ("the import path of a component or function", "uses: 'flows.fraud_risk.flow:features'"),
     "after": ("a step name or a list of step names", "after: [features]"),

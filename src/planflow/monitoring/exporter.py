@@ -46,7 +46,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from planflow.monitoring import prefect_api
 from planflow.monitoring.metrics import ExporterMetrics
 from planflow.prefect.reserved import is_remediation_run
-from planflow.settings import apply_client_env
+from planflow.settings import StatePaths, apply_client_env
 
 log = logging.getLogger("planflow.exporter")
 
@@ -55,6 +55,15 @@ TERMINAL_STATES = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 FAILURE_STATES = ("FAILED", "CRASHED")
 POOL_STATUSES = ("ready", "not_ready", "paused")
 PAGE = 200
+
+
+def results_bytes() -> int:
+    """The results folder's size (local; read even while the server is down)."""
+    try:
+        folder = StatePaths.discover().results
+        return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else 0
+    except OSError:  # a file deleted meanwhile (gc): the next poll counts again
+        return 0
 
 
 def _ts(value: datetime | None) -> float | None:
@@ -127,6 +136,7 @@ class Exporter:
         else:
             self.metrics.prefect_up.set(0)
             self.metrics.poll_errors.inc()
+        self.metrics.results_bytes.set(results_bytes())
         self.metrics.poll_duration.set(time.monotonic() - started)
         return ok
 

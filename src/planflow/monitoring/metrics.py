@@ -232,6 +232,11 @@ class ExporterMetrics:
             registry=r,
         )
         self.poll_duration = Gauge("planflow_exporter_poll_duration_seconds", "Duration of the last poll.", registry=r)
+        self.results_bytes = Gauge(
+            "planflow_results_bytes",
+            "Size of the results folder (persisted component outputs; `planflow results gc` bounds it).",
+            registry=r,
+        )
         self.poll_errors = Counter(
             "planflow_exporter_poll_errors_total", "Polls of the Prefect API that failed.", registry=r
         )

@@ -16,6 +16,7 @@ from prefect import flow, get_run_logger
 from prefect.results import ResultStore
 
 from planflow.core import discovery
+from planflow.prefect.serializer import PlanflowSerializer
 
 
 def output_key(run_key: str, step: str) -> str:
@@ -23,7 +24,7 @@ def output_key(run_key: str, step: str) -> str:
     return f"planflow-{run_key}-{step}"
 
 
-@flow(name="run-component", persist_result=True, log_prints=True)
+@flow(name="run-component", persist_result=True, result_serializer=PlanflowSerializer(), log_prints=True)
 def run_component(
     pipeline: str,
     step: str,
@@ -38,7 +39,7 @@ def run_component(
     logger = get_run_logger()
     discovery.use_project_imports(Path.cwd())
     p = discovery.load_ref(pipeline)
-    store = ResultStore()
+    store = ResultStore(serializer=PlanflowSerializer())
     outputs = {upstream: store.read(key).result for upstream, key in inputs.items()}
     kwargs = p.step_kwargs(step, p.resolve_params(params), outputs)
     component = p.steps[step].component.with_options(name=step, task_run_name=step)

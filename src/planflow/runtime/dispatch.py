@@ -91,6 +91,7 @@ class StepRecord:
     # What the step used, where its executor measured it (runtime/isolation.py's Usage)
     usage: Any = None
     peak_mem_gib: float | None = None
+    cached: bool = False  # completed by reading its result from the cache (Prefect's Cached state)
 
     @property
     def seconds(self) -> float | None:
@@ -188,7 +189,8 @@ def dispatch(
             notify("failed", record)
             continue
         outputs[step] = record.result
-        record.state = "Completed"
+        # result() kept the final state: reading it asks no server
+        record.state, record.cached = "Completed", getattr(getattr(future, "state", None), "name", "") == "Cached"
         notify("completed", record)
 
     for step in waiting:

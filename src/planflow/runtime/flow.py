@@ -1,7 +1,7 @@
 """`to_flow(pipeline)`: the Prefect flow of one pipeline, with a typed signature.
 
 The flow's parameters are the pipeline's own (names, types from the components'
-hints, defaults), then `policy`, `mode` and `local_pool`. Prefect builds the
+hints, defaults), then `policy`, `mode`, `local_pool` and `refresh`. Prefect builds the
 deployment's parameter schema from that signature, so the UI's Run form shows typed
 fields and `prefect deployment run NAME -p n=500` is validated.
 
@@ -23,12 +23,13 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from planflow.core.pipeline import Pipeline, PipelineError
 from planflow.prefect.blocks.registry import DEFAULT_POOL
 from planflow.runtime import tags
+from planflow.runtime.caching import result_serializer
 from planflow.runtime.runner import run_pipeline
 from planflow.runtime.watchdog import unwatch_run
 
 Policy = Literal["plan", "fifo"]
 Mode = Literal["inprocess", "distributed", "dask"]
-RUN_OPTIONS = ("policy", "mode", "local_pool")
+RUN_OPTIONS = ("policy", "mode", "local_pool", "refresh")
 
 
 def pipeline_tags(pipeline: Pipeline) -> list[str]:
@@ -59,11 +60,16 @@ def _typed_function(pipeline: Pipeline):
         namespace[f"_t{index}"], namespace[f"_d{index}"] = types.get(name, Any), default
         params.append(f"{name}: _t{index} = _d{index}")
     namespace["_default_pool"] = DEFAULT_POOL
-    params += ["policy: Policy = 'plan'", "mode: Mode = 'inprocess'", "local_pool: str = _default_pool"]
+    params += [
+        "policy: Policy = 'plan'",
+        "mode: Mode = 'inprocess'",
+        "local_pool: str = _default_pool",
+        "refresh: bool = False",
+    ]
     values = ", ".join(f"{name!r}: {name}" for name in pipeline.params)
     source = (
         f"def run(*, {', '.join(params)}) -> dict:\n"
-        f"    return _run(_pipeline, {{{values}}}, policy, mode, local_pool)\n"
+        f"    return _run(_pipeline, {{{values}}}, policy, mode, local_pool, refresh)\n"
     )
     exec(compile(source, f"<planflow flow of {pipeline.name}>", "exec", dont_inherit=True), namespace)
     run = namespace["run"]
@@ -76,6 +82,7 @@ def _typed_function(pipeline: Pipeline):
         "    mode: 'inprocess' (tasks of this flow run), 'distributed' (child flow runs on work pools)\n"
         "        or 'dask' (tasks on the Dask cluster, see `planflow dask`)\n"
         "    local_pool: the ResourcePool that in-process components use\n"
+        "    refresh: recompute the components cached across runs (cache='inputs') and store anew\n"
     )
     return run
 
@@ -95,6 +102,7 @@ def to_flow(pipeline: Pipeline, **flow_options: Any):
         retries=pipeline.retries,
         retry_delay_seconds=2,
         persist_result=True,
+        result_serializer=result_serializer(),  # frames as Parquet, the rest compressed (its tasks inherit it)
         log_prints=True,
     )
     stop_watchdog = [_stop_watchdog]

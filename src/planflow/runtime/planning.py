@@ -22,6 +22,7 @@ from prefect.context import FlowRunContext
 from planflow.core.pipeline import Pipeline
 from planflow.planner import Mode, Plan, PlannerOptions, Pool, Problem, Step, Task, solve
 from planflow.prefect.blocks.registry import DEFAULT_POOL, load_pools, load_settings
+from planflow.runtime.caching import cached_estimate, predicted_cached
 from planflow.runtime.dask_cluster import dask_pools, require_offered, worker_offers
 from planflow.runtime.dispatch import RESOURCES, Assignment
 from planflow.runtime.distributed import DeploymentMissingError, readiness
@@ -129,10 +130,12 @@ def build_problem(
     steps: Mapping[str, tuple[Step, ...]] | None = None,
     *,
     scale: Mapping[str, float] | None = None,
+    cached: set[str] | frozenset[str] = frozenset(),
 ) -> tuple[Problem, dict[tuple[str, str], Estimate]]:
     """The planner's problem: one mode per usable pool, with learned or declared durations
     (declared ones times the step's work factor in `scale`, see history.work_scale);
-    `steps` is each pool's capacity over time left by other runs (the pool calendar)."""
+    `steps` is each pool's capacity over time left by other runs (the pool calendar);
+    `cached` steps will be read from the cache (runtime/caching.py): almost no time."""
     allowed = allowed_pools(pipeline, capacities, known_pools)
     history, scale = history or {}, scale or {}
     estimates: dict[tuple[str, str], Estimate] = {}
@@ -143,6 +146,7 @@ def build_problem(
         for pool in allowed[name]:
             declared = spec.seconds_on(pool)
             est = estimate(declared, pool in spec.est_seconds_by_pool, history, name, pool, scale.get(name, 1.0))
+            est = cached_estimate() if name in cached else est
             estimates[(name, pool)] = est
             modes.append(Mode(pool=pool, duration=est.seconds, demand=spec.demand()))
         tasks.append(Task(name=name, modes=tuple(modes), after=pipeline.upstream(name)))
@@ -164,9 +168,12 @@ def plan_pipeline(
     steps: Mapping[str, tuple[Step, ...]] | None = None,
     *,
     scale: Mapping[str, float] | None = None,
+    cached: set[str] | frozenset[str] = frozenset(),
 ) -> PipelinePlan:
     """Plan the pipeline; assignments release steps in planned start order."""
-    problem, estimates = build_problem(pipeline, capacities, costs, history, known_pools, steps, scale=scale)
+    problem, estimates = build_problem(
+        pipeline, capacities, costs, history, known_pools, steps, scale=scale, cached=cached
+    )
     plan = solve(problem, options)
     assignments = {
         t.name: Assignment(
@@ -248,11 +255,13 @@ def make_plan(
     steps: Mapping[str, tuple[Step, ...]] | None = None,
     *,
     params: Mapping[str, Any] | None = None,
+    refresh: bool = False,
 ) -> PipelinePlan:
     """Plan `pipeline` over the ResourcePool blocks usable in `mode`, with the
     PlannerSettings block and durations learned from its components' recent runs
     (history.py), scaled to the work of a run with `params`; `steps` is each pool's
-    capacity over time left by other runs."""
+    capacity over time left by other runs. Steps that will be read from the cache get
+    almost no time (unless `refresh`)."""
     usable, known = pools if pools is not None else run_pools(mode, local_pool)
     settings = load_settings()
     capacities = {name: pool.capacity() for name, pool in usable.items()}
@@ -261,7 +270,10 @@ def make_plan(
     options = PlannerOptions(
         solver=settings.solver, time_limit_s=settings.time_limit_s, threads=settings.threads, mip_gap=settings.mip_gap
     )
-    pp = plan_pipeline(pipeline, capacities, costs, options, history, known, steps, scale=work_scale(pipeline, params))
+    cached = set() if refresh else predicted_cached(pipeline, params)
+    pp = plan_pipeline(
+        pipeline, capacities, costs, options, history, known, steps, scale=work_scale(pipeline, params), cached=cached
+    )
     if mode == "dask":  # refused now, not left waiting on the cluster
         require_offered(pp.assignments, worker_offers())
     return pp
@@ -283,6 +295,7 @@ def plan_run(
     busy: Callable[[Mapping[str, Mapping[str, float]], float], tuple[dict[str, tuple[Step, ...]], int]] | None = None,
     *,
     params: Mapping[str, Any] | None = None,
+    refresh: bool = False,
 ) -> RunPlan:
     """Where and in what order each step of one run goes: planned (policy "plan") or
     first come, first served on each step's fastest pool (policy "fifo"). `busy` gives,
@@ -294,7 +307,7 @@ def plan_run(
     if policy == "plan":
         planned_at = time.time()
         steps, count = busy(capacities, planned_at) if busy is not None else ({}, 0)
-        pp = make_plan(pipeline, mode, pools=(pools, known), steps=steps, params=params)
+        pp = make_plan(pipeline, mode, pools=(pools, known), steps=steps, params=params, refresh=refresh)
         return RunPlan(pools, capacities, pp.assignments, pp, planned_at, count)
     costs = {name: pool.cost_per_hour for name, pool in pools.items()}
     assignments = greedy_assignments(pipeline, capacities, costs, known)

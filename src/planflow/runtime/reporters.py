@@ -30,6 +30,7 @@ from prefect.context import FlowRunContext
 
 from planflow.monitoring.metrics import RunRecorder
 from planflow.runtime import history, reporting
+from planflow.runtime.caching import step_state
 from planflow.runtime.dispatch import StepRecord
 from planflow.runtime.events import FINAL_STEP_EVENTS, Reporter, RunInfo, StepEvent
 from planflow.settings import StatePaths
@@ -141,8 +142,8 @@ class MetricsReporter(Reporter):
             # `seconds`: how long it has run already, so the start time is the event's
             running_for = max(0.0, time.time() - event.at)
             self.recorder.component(record.step, record.pool, "running", running_for, planned, delay)
-        elif event.kind in ("completed", "failed"):
-            self.recorder.component(record.step, record.pool, event.kind, record.seconds)
+        elif event.kind in ("completed", "failed"):  # read from the cache: state "cached", apart from real work
+            self.recorder.component(record.step, record.pool, step_state(record).lower(), record.seconds)
             usage = record.usage  # set for steps run in a process of their own (runtime/isolation.py)
             if usage is not None:
                 self.recorder.component_usage(record.step, record.pool, usage.peak_mem_bytes, usage.cpu_seconds)
@@ -207,7 +208,8 @@ class HistoryReporter(Reporter):
     """Each completed step's seconds (release to completion, what a plan must predict)
     into the history, keyed by its component's code version, with the values of the
     parameters that scale its work. A retry of a flow run (run count > 1) records
-    nothing: the steps it reads back from stored results did no work."""
+    nothing, nor does a step read from the cache: the steps it reads back from stored
+    results did no work."""
 
     def __init__(self) -> None:
         self.retry = False
@@ -219,7 +221,7 @@ class HistoryReporter(Reporter):
 
     def on_step(self, event: StepEvent) -> None:
         record, run = event.record, event.run
-        if event.kind != "completed" or self.retry or not record.seconds or record.seconds <= 0:
+        if event.kind != "completed" or self.retry or record.cached or not record.seconds or record.seconds <= 0:
             return
         component = run.pipeline.steps[record.step].component
         peak = getattr(record, "peak_mem_gib", None)  # set by executors that measure it

@@ -17,6 +17,7 @@ import matplotlib
 from matplotlib.figure import Figure
 
 from planflow.core.pipeline import Pipeline
+from planflow.runtime.caching import step_state
 from planflow.runtime.dispatch import StepRecord
 from planflow.runtime.history import artifact_slug
 from planflow.runtime.planning import PipelinePlan
@@ -60,7 +61,7 @@ def summary_rows(pipeline: Pipeline, records: Mapping[str, StepRecord], order: l
     return [
         {
             "component": name,
-            "state": records[name].state,
+            "state": step_state(records[name]),
             "pool": records[name].pool,
             "seconds": None if records[name].seconds is None else round(records[name].seconds, 3),
             **usage_figures(pipeline, records[name]),

@@ -30,6 +30,7 @@ from planflow.prefect.blocks.registry import DEFAULT_POOL
 from planflow.prefect.limits import require_limits
 from planflow.runtime import reporting
 from planflow.runtime.admission import SharedSlots
+from planflow.runtime.caching import refreshing, step_state
 from planflow.runtime.calendar import RunCalendar, busy_steps, planning_lock
 from planflow.runtime.dispatch import StepRecord
 from planflow.runtime.distributed import DistributedExecutor
@@ -44,6 +45,7 @@ from planflow.runtime.reporters import (
     ProgressReporter,
 )
 from planflow.runtime.reporting import key_metrics
+from planflow.runtime.results import ResultsBound
 from planflow.runtime.tags import PIPELINE_TAG_PREFIX, PLANFLOW_TAG, tag_flow_run
 from planflow.runtime.watchdog import unwatch_later, watch_run
 from planflow.settings import settings
@@ -74,8 +76,8 @@ def run_reporters(
     calendar: RunCalendar | None = None,
 ) -> list[Reporter]:
     """The reporters of one run: the log, the pool calendar (and ETA), the process's
-    subscribers (e.g. the terminal), progress, metrics, artifacts and the duration history, in the order each
-    event reaches them."""
+    subscribers (e.g. the terminal), progress, metrics, artifacts, the duration history and the bound on the
+    results folder, in the order each event reaches them."""
     recorder = recorder or RunRecorder(pipeline.name, pushgateway_url_from_env())
     return [
         LogReporter(logger),
@@ -85,6 +87,7 @@ def run_reporters(
         MetricsReporter(recorder),
         ArtifactReporter(),
         HistoryReporter(),
+        ResultsBound(),
     ]
 
 
@@ -106,12 +109,15 @@ def run_pipeline(
     policy: str = "plan",
     mode: str = "inprocess",
     local_pool: str = DEFAULT_POOL,
+    refresh: bool = False,
 ) -> dict[str, Any]:
     """Run `pipeline` inside the current flow run; returns a JSON-able summary.
 
     mode "inprocess": components are tasks of this flow run; "distributed": each is a
     flow run of its pool's component deployment (see distributed.py); "dask": each is a
-    task on the Dask cluster (see dask_executor.py)."""
+    task on the Dask cluster (see dask_executor.py). `refresh`: components cached across
+    runs compute again (the first attempt only: a retry of the flow run reads back what
+    that attempt stored)."""
     check_run_options(policy, mode)
     logger = get_run_logger()
     resolved = pipeline.resolve_params(params)
@@ -120,7 +126,8 @@ def run_pipeline(
     # within PLANFLOW_SERVER_LOST_SECONDS instead of hanging (watchdog.py).
     watch_run(str(flow_run.id) if flow_run else None)
     try:
-        return _run(pipeline, resolved, policy, mode, local_pool, flow_run, logger)
+        refresh = refresh and (getattr(flow_run, "run_count", 1) or 1) <= 1
+        return _run(pipeline, resolved, policy, mode, local_pool, flow_run, logger, refresh)
     finally:  # in case no state hook stops it (run_pipeline called from a flow of one's own)
         unwatch_later(str(flow_run.id) if flow_run else None)
 
@@ -133,6 +140,7 @@ def _run(
     local_pool: str,
     flow_run: Any,
     logger: logging.Logger | logging.LoggerAdapter,
+    refresh: bool = False,
 ) -> dict[str, Any]:
     if flow_run:
         tag_flow_run(flow_run, pipeline.name)
@@ -142,15 +150,16 @@ def _run(
     if shared and policy == "plan" and flow_run is not None:
         calendar = RunCalendar(str(flow_run.id), flow_run.name, logger, recorder)
     try:
-        plan = plan_shared(pipeline, policy, mode, local_pool, calendar, resolved) if shared else None
-        plan = plan or plan_run(pipeline, policy, mode, local_pool, params=resolved)
+        plan = plan_shared(pipeline, policy, mode, local_pool, calendar, resolved, refresh) if shared else None
+        plan = plan or plan_run(pipeline, policy, mode, local_pool, params=resolved, refresh=refresh)
         run = RunInfo(pipeline, resolved, policy, mode, str(flow_run.id) if flow_run else None, plan)
         with EventBus(run_reporters(pipeline, logger, recorder, calendar), logger) as bus:
             bus.planned(run)
             admit = SharedSlots().take if shared else None
-            records = execute(
-                make_executor(run), pipeline, plan.assignments, plan.capacities, partial(bus.step, run), admit
-            )
+            with refreshing(refresh):
+                records = execute(
+                    make_executor(run), pipeline, plan.assignments, plan.capacities, partial(bus.step, run), admit
+                )
             bus.finished(run, records)
     finally:
         if calendar is not None:
@@ -166,6 +175,7 @@ def plan_shared(
     local_pool: str,
     calendar: RunCalendar | None,
     params: Mapping[str, Any] | None = None,
+    refresh: bool = False,
 ) -> RunPlan:
     """Plan a run that shares its pools: their concurrency limits exist and match their
     blocks; under policy "plan" the calendar is read, the run planned into what is left
@@ -173,9 +183,11 @@ def plan_shared(
     pools = run_pools(mode, local_pool)
     require_limits({name: pool.capacity() for name, pool in pools[0].items()})
     if calendar is None:
-        return plan_run(pipeline, policy, mode, local_pool, pools, params=params)
+        return plan_run(pipeline, policy, mode, local_pool, pools, params=params, refresh=refresh)
     with planning_lock():
-        plan = plan_run(pipeline, policy, mode, local_pool, pools, busy_steps(calendar.run_id), params=params)
+        plan = plan_run(
+            pipeline, policy, mode, local_pool, pools, busy_steps(calendar.run_id), params=params, refresh=refresh
+        )
         calendar.write(pipeline.name, plan.assignments, plan.planned_at)
     return plan
 
@@ -210,7 +222,7 @@ def summary(run: RunInfo, records: Mapping[str, StepRecord]) -> dict[str, Any]:
         "plan": reporting.plan_figures(pp) if pp else None,
         "steps": {
             name: {
-                "state": records[name].state,
+                "state": step_state(records[name]),
                 "pool": records[name].pool,
                 "seconds": records[name].seconds,
                 "metrics": key_metrics(records[name].result),

@@ -1,0 +1,132 @@
+"""Caching a component's result across runs: by its code version and its inputs' content.
+
+    >>> @component(cache="inputs", cache_expiry="7d")
+    ... def features(transactions: pl.DataFrame, window: int = 7) -> pl.DataFrame: ...
+
+`cache="run"` (the default) reuses a result only within the same flow run (its retry);
+`cache="inputs"` reuses it in any run whose inputs hold the same content and whose
+function has the same source, until it expires. The key is Prefect's own (a compound
+of an inputs policy and TASK_SOURCE), so Prefect's engine does the lookup and marks
+the task run Cached; `refresh_cache` (planflow's `--refresh`) recomputes.
+
+Frames and arrays are hashed by content: a frame read back from storage is the same
+data in another memory layout, and cloudpickle (Prefect's fallback) would hash it
+differently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import re
+from datetime import timedelta
+from typing import Any
+
+import numpy as np
+import polars as pl
+from prefect.cache_policies import TASK_SOURCE, CachePolicy, Inputs
+from prefect.utilities.hashing import hash_objects
+
+try:
+    import pandas as pd
+except ImportError:  # pragma: no cover - optional
+    pd = None
+
+CACHE_MODES = ("run", "inputs")
+DEFAULT_EXPIRY = timedelta(days=7)
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+
+
+def parse_duration(value: Any, key: str = "cache_expiry") -> timedelta:
+    """`"7d"`, `"12h"`, `"30m"`, `"45s"`, `"2w"`, a number of seconds or a timedelta."""
+    if isinstance(value, timedelta) and value.total_seconds() > 0:
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+        return timedelta(seconds=float(value))
+    match = _DURATION.match(value) if isinstance(value, str) else None
+    if match and float(match.group(1)) > 0:
+        return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+    raise ValueError(
+        f"{key}={value!r}: must be a duration > 0: a number of seconds or a string like '7d', '12h', "
+        f"'30m', '45s', '2w'. Fix: e.g. {key}='7d'"
+    )
+
+
+def cache_problems(values: dict[str, Any]) -> list[str]:
+    """Every problem in a component's `cache` and `cache_expiry`; empty when valid."""
+    problems = []
+    if "cache" in values and values["cache"] not in CACHE_MODES:
+        problems.append(
+            f"cache={values['cache']!r}: must be 'inputs' (reuse a result across runs while the code and "
+            "the inputs are unchanged) or 'run' (within the flow run only, the default). Fix: e.g. cache='inputs'"
+        )
+    if "cache_expiry" in values:
+        try:
+            parse_duration(values["cache_expiry"])
+        except ValueError as exc:
+            problems.append(str(exc))
+    return problems
+
+
+def content_digest(value: Any) -> Any:
+    """`value` with every frame and array (also inside lists, tuples, dicts and
+    dataclasses) replaced by a digest of its content; other values as they are."""
+    if isinstance(value, pl.DataFrame):
+        rows = value.hash_rows(seed=0).to_numpy().tobytes()
+        return ["polars", str(value.schema), hashlib.sha256(rows).hexdigest()]
+    if pd is not None and isinstance(value, pd.DataFrame):
+        rows = pd.util.hash_pandas_object(value, index=True).to_numpy().tobytes()
+        columns = [f"{c}:{d}" for c, d in zip(value.columns, value.dtypes, strict=True)]
+        return ["pandas", columns, hashlib.sha256(rows).hexdigest()]
+    if isinstance(value, np.ndarray) and not value.dtype.hasobject:
+        data = np.ascontiguousarray(value).tobytes()
+        return ["numpy", str(value.dtype), list(value.shape), hashlib.sha256(data).hexdigest()]
+    if isinstance(value, dict):
+        return {k: content_digest(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [content_digest(v) for v in value]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        fields = {f.name: content_digest(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return [type(value).__qualname__, fields]
+    return value
+
+
+@dataclasses.dataclass
+class ContentInputs(Inputs):
+    """Prefect's INPUTS policy, hashing frames and arrays by their content."""
+
+    def compute_key(self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any):
+        kept = {k: content_digest(v) for k, v in (inputs or {}).items() if k not in (self.exclude or [])}
+        return hash_objects(kept, raise_on_failure=True) if kept else None
+
+
+def inputs_policy() -> CachePolicy:
+    """The key of `cache="inputs"`: the inputs' content and the function's source."""
+    return ContentInputs() + TASK_SOURCE
+
+
+@dataclasses.dataclass
+class RunScoped(CachePolicy):
+    """The key of `cache="run"`: a result is reused within the same flow run only.
+
+    A retry of a flow run keeps its id, so finished steps are read back rather than
+    recomputed; a new run (even with the same parameters) computes afresh. The key
+    names the flow run (`planflow-<flow run id>-<step>-<code>`), which is how
+    `planflow results gc` knows whose result it is.
+    """
+
+    def compute_key(self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any):
+        task_run = getattr(task_ctx, "task_run", None)
+        if task_run is None or task_run.flow_run_id is None:
+            return None
+        task = task_ctx.task
+        code = hashlib.sha256((task.source_code or task.fn.__qualname__).encode()).hexdigest()[:16]
+        return f"planflow-{task_run.flow_run_id}-{task.name}-{code}"
+
+
+def task_cache_options(mode: str | None, expiry: Any = None) -> dict[str, Any]:
+    """The Prefect task options of a cache mode (None: the default, "run")."""
+    if mode == "inputs":
+        return {"cache_policy": inputs_policy(), "cache_expiration": parse_duration(expiry or DEFAULT_EXPIRY)}
+    return {"cache_policy": RunScoped(), "cache_expiration": None}

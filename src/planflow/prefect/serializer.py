@@ -1,0 +1,113 @@
+"""planflow's result serializer: typed, compact results in Prefect's result storage.
+
+    >>> from prefect import flow
+    >>> @flow(result_serializer=PlanflowSerializer())     # or result_serializer="planflow"
+    ... def my_flow(): ...
+
+What a component returns is written by its type, and read back as the same type:
+
+- polars and pandas data frames and Arrow tables: Parquet, zstd-compressed;
+- numpy arrays (not of dtype object): `np.save`'s format, zstd-compressed;
+- anything else (models, dataclasses, dicts): cloudpickle, zstd-compressed.
+
+Prefect keeps a result in a JSON record, so the bytes are base64 text, as Prefect's
+pickle serializer's are (base85 would be 6% smaller but is pure Python: 20x slower). A Serializer
+subclass with a `type` literal is registered under that name when its module is
+imported: a process reading planflow results imports this module first (planflow's
+flows do).
+
+pandas and Arrow are optional: they are imported only if installed, and a value can only
+be of their types when they are (`pip install planflow[frames]` adds them).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from typing import Any, Literal
+
+import cloudpickle
+import numpy as np
+import polars as pl
+import zstandard
+from prefect.serializers import Serializer
+
+try:  # optional: only a value of these types needs them
+    import pandas as pd
+except ImportError:  # pragma: no cover - pandas is installed with the test extra
+    pd = None
+try:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+except ImportError:  # pragma: no cover
+    pa = pq = None
+
+MAGIC = b"planflow1"
+ZSTD_LEVEL = 3
+KINDS = ("polars", "pandas", "arrow", "numpy", "pickle")
+
+
+class ResultFormatError(ValueError):
+    """A stored blob is not one planflow's serializer wrote (or is damaged)."""
+
+
+def _parquet(write: Any) -> bytes:
+    buffer = io.BytesIO()
+    write(buffer)
+    return buffer.getvalue()
+
+
+def encode(obj: Any) -> tuple[str, bytes]:
+    """The kind of `obj` and its compact binary form (before the text encoding)."""
+    if isinstance(obj, pl.DataFrame):
+        return "polars", _parquet(lambda b: obj.write_parquet(b, compression="zstd"))
+    if pd is not None and pa is not None and isinstance(obj, pd.DataFrame):
+        table = pa.Table.from_pandas(obj)  # keeps the index and dtypes in the schema metadata
+        return "pandas", _parquet(lambda b: pq.write_table(table, b, compression="zstd"))
+    if pa is not None and isinstance(obj, pa.Table):
+        return "arrow", _parquet(lambda b: pq.write_table(obj, b, compression="zstd"))
+    if isinstance(obj, np.ndarray) and not obj.dtype.hasobject:
+        buffer = io.BytesIO()
+        np.save(buffer, obj, allow_pickle=False)
+        return "numpy", zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(buffer.getvalue())
+    return "pickle", zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(cloudpickle.dumps(obj))
+
+
+def decode(kind: str, data: bytes) -> Any:
+    """The object `encode` turned into (`kind`, `data`)."""
+    if kind == "polars":
+        return pl.read_parquet(io.BytesIO(data))
+    if kind in ("pandas", "arrow"):
+        if pq is None:
+            raise ResultFormatError(
+                f"this result is a {kind} Parquet file and pyarrow is not installed. Fix: "
+                "pip install 'planflow[frames]'"
+            )
+        table = pq.read_table(io.BytesIO(data))
+        return table.to_pandas() if kind == "pandas" else table
+    if kind == "numpy":
+        return np.load(io.BytesIO(zstandard.ZstdDecompressor().decompress(data)), allow_pickle=False)
+    if kind == "pickle":
+        return cloudpickle.loads(zstandard.ZstdDecompressor().decompress(data))
+    raise ResultFormatError(f"unknown result kind {kind!r}; known kinds: {', '.join(KINDS)}")
+
+
+class PlanflowSerializer(Serializer):
+    """Frames as Parquet (zstd), numpy arrays compressed, everything else compressed
+    cloudpickle; `type="planflow"` (so `result_serializer="planflow"` works too)."""
+
+    type: Literal["planflow"] = "planflow"
+
+    def dumps(self, obj: Any) -> bytes:
+        kind, data = encode(obj)
+        return MAGIC + b":" + kind.encode() + b":" + base64.b64encode(data)
+
+    def loads(self, blob: bytes) -> Any:
+        magic, _, rest = bytes(blob).partition(b":")
+        kind, _, text = rest.partition(b":")
+        if magic != MAGIC:
+            raise ResultFormatError(
+                f"result starts with {bytes(blob[:16])!r}, not {MAGIC!r}: it was not written by planflow's "
+                "serializer. Fix: read it with the serializer named in its record (Prefect does this itself)"
+            )
+        return decode(kind.decode(), base64.b64decode(text))

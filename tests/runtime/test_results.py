@@ -1,0 +1,136 @@
+"""Typed, compact results (the planflow serializer) and their retention (`results gc`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import polars as pl
+import pyarrow as pa
+import pytest
+from prefect import flow
+from prefect.client.orchestration import get_client
+from prefect.serializers import Serializer
+from prefect.states import Scheduled
+
+from planflow.prefect.serializer import PlanflowSerializer, ResultFormatError
+from planflow.runtime.results import ResultFile, select
+
+PLANFLOW = str(Path(sys.executable).with_name("planflow"))
+DAY = 86400.0
+
+
+@dataclass
+class Model:
+    weights: np.ndarray
+    name: str
+
+
+FRAME = pl.DataFrame({"id": range(300), "label": [f"c{i % 5}" for i in range(300)], "x": [i / 7 for i in range(300)]})
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        FRAME,
+        FRAME.to_pandas().set_index("id"),
+        FRAME.to_arrow(),
+        np.arange(60.0).reshape(3, 20),
+        Model(np.ones(3), "m"),
+    ],
+    ids=["polars", "pandas", "arrow", "numpy", "object"],
+)
+def test_results_round_trip_to_the_same_type_in_compact_form(value):
+    serializer = Serializer(type="planflow")  # registered the Prefect way: by its type name
+    assert isinstance(serializer, PlanflowSerializer)
+    blob = serializer.dumps(value)
+    back = serializer.loads(blob)
+    assert type(back) is type(value)
+    if isinstance(value, pl.DataFrame):
+        assert back.equals(value) and blob.startswith(b"planflow1:polars:")
+    elif isinstance(value, pd.DataFrame):
+        pd.testing.assert_frame_equal(back, value)
+    elif isinstance(value, pa.Table):
+        assert back.equals(value)
+    elif isinstance(value, np.ndarray):
+        assert np.array_equal(back, value) and back.dtype == value.dtype
+    else:
+        assert np.array_equal(back.weights, value.weights) and back.name == value.name
+    assert blob.isascii()  # Prefect keeps the bytes in a JSON record
+
+
+def test_a_blob_from_another_serializer_is_refused_with_the_fix():
+    with pytest.raises(ResultFormatError, match="not written by planflow's serializer"):
+        PlanflowSerializer().loads(b"gASVBQAAAAAAAACMAWGULg==")
+
+
+def _file(name: str, age_days: float, now: float, size: int = 100) -> ResultFile:
+    return ResultFile(Path(name), size, now - age_days * DAY)
+
+
+def test_selection_keeps_recent_and_unfinished_runs_results():
+    now, run = time.time(), str(uuid.uuid4())
+    files = [
+        _file("cache-a", 10, now),
+        _file(f"planflow-{run}-step-1", 10, now),  # its run is not final
+        _file("cache-b", 3, now),
+        _file("cache-c", 0.1, now),  # within the retry window
+    ]
+    by_age = select(files, now=now, retry_window=DAY, unfinished={run}, older_than=7 * DAY)
+    assert [f.path.name for f in by_age.deleted] == ["cache-a"] and by_age.protected == 2
+    by_count = select(files, now=now, retry_window=DAY, unfinished={run}, keep_last=2)
+    assert [f.path.name for f in by_count.deleted] == ["cache-a"]  # cache-b is among the 2 newest
+    bounded = select(files, now=now, retry_window=DAY, unfinished={run}, max_bytes=250)
+    assert [f.path.name for f in bounded.deleted] == ["cache-a", "cache-b"]  # protected ones stay over the bound
+
+
+@flow(name="planflow-gc-probe")
+def probe() -> None:
+    return None
+
+
+@pytest.mark.server
+def test_gc_frees_space_but_not_results_a_retry_may_need(prefect_server, cli_env, tmp_path):
+    with get_client(sync_client=True) as client:
+        waiting = client.create_flow_run(probe, state=Scheduled())  # not final: a run may still read its results
+    try:
+        results = tmp_path / "results"
+        results.mkdir()
+        old = time.time() - 10 * DAY
+        names = {
+            "old-cache": "0123abcd",
+            "old-finished": f"planflow-{uuid.uuid4()}-features-1a2b",
+            "old-waiting": f"planflow-{waiting.id}-features-1a2b",
+            "young": f"planflow-{uuid.uuid4()}-rows-3c4d",
+        }
+        for label, name in names.items():
+            (results / name).write_bytes(os.urandom(50_000))
+            if label != "young":
+                os.utime(results / name, (old, old))
+        env = {**cli_env, "PLANFLOW_HOME": str(tmp_path)}
+        out = subprocess.run(
+            [PLANFLOW, "results", "gc", "--older-than", "7d", "--json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert out.returncode == 0, out.stderr[-2000:]
+        figures = json.loads(out.stdout)
+        assert figures["deleted"] == 2 and figures["freed_bytes"] == 100_000 and figures["protected"] == 2
+        assert sorted(p.name for p in results.iterdir()) == sorted([names["old-waiting"], names["young"]])
+        bad = subprocess.run(
+            [PLANFLOW, "results", "gc", "--older-than", "soon"], env=env, capture_output=True, text=True, timeout=120
+        )
+        assert bad.returncode == 2 and "--older-than='soon': must be a duration > 0" in bad.stderr
+    finally:
+        with get_client(sync_client=True) as client:
+            client.delete_flow_run(waiting.id)
