@@ -4,7 +4,7 @@ Resource specs are measured at default parameters on a 2-core machine
 (peak RSS ~0.3 GiB; `features` uses polars' threads), rounded up.
 """
 
-from planflow import Pipeline, component, to_flow
+from planflow import OnlinePath, Pipeline, component, to_flow
 
 from flows.fraud_risk import steps
 
@@ -21,3 +21,11 @@ pipeline = Pipeline(
     "model (holdout ROC AUC), and a cost-minimising approve/review/decline policy.",
 )
 fraud_risk = to_flow(pipeline)
+
+# The online path `planflow serve fraud-risk` answers: the same scoring function as the
+# batch `scores`, with `risk_model` and the policy (`decisions`) of the last Completed run.
+online = OnlinePath(
+    pipeline,
+    steps={"features": steps.feature_frame, "scores": steps.score_rows, "decisions": steps.decide},
+    load={"risk_model": "risk_model", "policy": "decisions"},
+)
