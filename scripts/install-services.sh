@@ -13,6 +13,9 @@ command -v prometheus-pushgateway >/dev/null || command -v pushgateway >/dev/nul
   || need+=(prometheus-pushgateway)
 compgen -G '/usr/lib/postgresql/*/bin/pg_ctl' >/dev/null && compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null \
   || need+=(postgresql)
+# planflow serve --replicas N: the load balancer; the serving benchmark's load generator
+command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
+command -v wrk >/dev/null || need+=(wrk)
 
 if [ ${#need[@]} -eq 0 ]; then
   echo "services: already installed"

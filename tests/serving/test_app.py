@@ -11,10 +11,10 @@ from fastapi.testclient import TestClient
 from prefect.client.orchestration import get_client
 
 from planflow import to_flow
+from planflow.monitoring.serving_metrics import ServingMetrics
 from planflow.ops.processes import wait_until
 from planflow.serving.app import create_app
 from planflow.serving.loader import LoadedRun
-from planflow.serving.metrics import ServingMetrics
 from planflow.serving.swap import ModelSwapper
 
 from tests.serving.toy import make
@@ -60,7 +60,7 @@ def test_a_run_whose_outputs_cannot_be_read_leaves_the_previous_model_and_alerts
     state = to_flow(path.pipeline)(return_state=True)
     run_id = str(state.state_details.flow_run_id)
     _storage_file(run_id, "scale").unlink()  # the run's output is gone from storage
-    metrics = ServingMetrics(path.pipeline.name)
+    metrics = ServingMetrics(pipeline=path.pipeline.name)
     swapper = ModelSwapper(path, metrics)
     swapper.current = previous = LoadedRun("earlier", "earlier-run", None, {"scale": 3.0})
     assert asyncio.run(swapper.check()) is False

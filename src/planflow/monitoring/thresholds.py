@@ -74,6 +74,7 @@ class Ports(_Strict):
     alertmanager: int = Field(ge=1, le=65535)
     bridge: int = Field(ge=1, le=65535)
     exporter: int = Field(ge=1, le=65535)
+    serving: int = Field(default=8000, ge=1, le=65533, description="`planflow serve`'s balancer; replicas +1, +2")
 
 
 class Profile(_Strict):
@@ -109,6 +110,8 @@ class Thresholds(_Strict):
     failure_rate_min_runs: int = Field(ge=1)
     bridge_spool_depth: int = Field(ge=1)
     notification_failure_ratio: float = Field(gt=0, le=1)
+    serving_latency_p99_seconds: float = Field(gt=0, description="the /predict latency SLO (p99)")
+    serving_error_ratio: float = Field(gt=0, le=1, description="server errors / requests of /predict")
 
 
 class Receivers(_Strict):

@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import TypeAdapter, ValidationError
 
-from planflow.serving.metrics import ServingMetrics
+from planflow.monitoring.serving_metrics import ServingMetrics
 from planflow.serving.path import OnlinePath
 from planflow.serving.swap import ModelSwapper
 
@@ -67,7 +67,7 @@ def create_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     metrics: ServingMetrics | None = None,
 ) -> FastAPI:
-    metrics = metrics or ServingMetrics(path.pipeline.name)
+    metrics = metrics or ServingMetrics(pipeline=path.pipeline.name)
     swapper = ModelSwapper(path, metrics)
     record = TypeAdapter(path.record_type)
     records = TypeAdapter(list[path.record_type])  # type: ignore[name-defined]

@@ -15,6 +15,7 @@ import logging
 
 from prefect.client.orchestration import get_client
 
+from planflow.monitoring.serving_metrics import ServingMetrics
 from planflow.serving.loader import (
     LoadedRun,
     RunOutputsError,
@@ -22,7 +23,6 @@ from planflow.serving.loader import (
     load_run,
     no_run_message,
 )
-from planflow.serving.metrics import ServingMetrics
 from planflow.serving.path import OnlinePath
 
 log = logging.getLogger("planflow.serving")

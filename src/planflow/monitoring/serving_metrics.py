@@ -1,4 +1,4 @@
-"""The serving metrics, declared once, in a registry per service (tests read it directly).
+"""The metrics of `planflow serve`, declared once, in a registry per service (tests read it).
 
 Request latency, requests and errors by reason, and the model in use: whether one is
 loaded, when the run it came from ended (its version), swaps and failed loads.
@@ -6,20 +6,16 @@ loaded, when the run it came from ended (its version), swaps and failed loads.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 ERROR_REASONS = ("bad_request", "too_large", "not_ready", "internal")
 
 
-@dataclass
 class ServingMetrics:
-    pipeline: str
-    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
-
-    def __post_init__(self) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, pipeline: str = "") -> None:
+        self.pipeline = pipeline
+        self.registry = registry or CollectorRegistry()
         labels = ["pipeline"]
         r = self.registry
         self.latency = Histogram(
