@@ -31,7 +31,7 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.metrics import average_precision_score, roc_auc_score
 from threadpoolctl import threadpool_limits
 
-__all__ = ["transactions", "features", "risk_model", "scores", "decisions", "feature_frame", "score_rows", "decide"]
+__all__ = ["transactions", "features", "risk_model", "scores", "decisions"]
 
 _START = datetime(2024, 1, 1)
 _COUNTRIES = ["US", "GB", "DE", "FR", "ES", "IT", "NL", "BR", "IN", "NG"]

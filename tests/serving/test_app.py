@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, TaskRunFilter, TaskRunFilterName
 
 from planflow import to_flow
 from planflow.monitoring.serving_metrics import ServingMetrics
@@ -48,8 +49,11 @@ def test_bad_requests_get_a_bounded_4xx_naming_what_is_wrong():
 def _storage_file(flow_run_id: str, step: str) -> Path:
     async def read():
         async with get_client() as client:
-            runs = await client.read_task_runs()
-            return next(t for t in runs if str(t.flow_run_id) == flow_run_id and t.name == step)
+            runs = await client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
+                task_run_filter=TaskRunFilter(name=TaskRunFilterName(any_=[step])),
+            )
+            return runs[0]
 
     task_run = asyncio.run(read())
     return Path(task_run.state.data.storage_key)
