@@ -41,6 +41,8 @@ def test_bad_requests_get_a_bounded_4xx_naming_what_is_wrong():
         assert "Fix: planflow run serving-toy-never-run" in not_ready.json()["reason"]
         assert client.post("/predict", json={"x": 1}).status_code == 503
         assert client.get("/healthz").status_code == 200
+        body = client.get("/openapi.json").json()["paths"]["/predict"]["post"]["requestBody"]
+        assert body["content"]["application/json"]["schema"]["anyOf"][0]["required"] == ["x"]
         metrics = client.get("/metrics").text
     assert 'planflow_serving_errors_total{pipeline="serving-toy-never-run",reason="too_large"} 1.0' in metrics
     assert 'planflow_serving_model_loaded{pipeline="serving-toy-never-run"} 0.0' in metrics

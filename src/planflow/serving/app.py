@@ -90,7 +90,12 @@ def create_app(
         metrics.errors[reason].inc()
         return JSONResponse({"detail": detail}, status_code=status)
 
-    @app.post("/predict")
+    one = record.json_schema()
+    schema = {"anyOf": [one, {"type": "array", "items": one, "minItems": 1, "maxItems": path.max_batch}]}
+    # the body is read by hand (bounded first), so its schema is declared for /docs here
+    body_doc = {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+    @app.post("/predict", openapi_extra=body_doc)
     async def predict(request: Request) -> Response:
         started = time.perf_counter()
         metrics.requests.inc()
