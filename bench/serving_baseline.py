@@ -4,8 +4,6 @@ online functions with the same model, loaded from the same run, and nothing else
     python -m bench.serving_baseline --port 8010
 """
 
-from __future__ import annotations
-
 import argparse
 import asyncio
 
@@ -32,6 +30,7 @@ def build() -> FastAPI:
     app = FastAPI()
     record = steps.FeatureRecord
 
+    # no `from __future__ import annotations` here: FastAPI must see the record type itself
     @app.post("/predict")
     async def predict(body: record) -> dict:  # type: ignore[valid-type]
         answers = steps.decide(steps.score_rows(model, steps.feature_frame([body])), policy)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install the services planflow runs, from Debian: Prometheus (+ promtool),
 # Alertmanager (+ amtool), the Pushgateway, and PostgreSQL (the scale-out server's
-# database: `planflow server up --db postgres`). Idempotent: installs only what is
+# database: `planflow server up --db postgres`), HAProxy (`planflow serve --replicas N`)
+# and wrk (the serving benchmark's load). Idempotent: installs only what is
 # missing; starts nothing (planflow runs the binaries itself: `planflow stack up`).
 set -euo pipefail
 
