@@ -50,7 +50,7 @@ defaults
   timeout connect 1s
   timeout client 30s
   timeout server 30s
-  timeout check 1s
+  timeout check 2s
   # a request a replica fails to answer (connection refused or reset, empty answer,
   # 5xx such as 503 while it loads a model) is sent again, to another replica
   retries 3
@@ -66,7 +66,10 @@ backend replicas
   balance roundrobin
   option httpchk GET /readyz
   http-check expect status 200
-  default-server inter 500ms fall 1 rise 1
+  # three missed checks before a replica is taken out: a busy replica answers a check
+  # late, and with both out HAProxy would answer 503 itself; a dead one is skipped at
+  # once anyway (a refused connection is retried on the other replica)
+  default-server inter 500ms fall 3 rise 1
 {servers}
 """
 
