@@ -230,12 +230,13 @@ def find_online_path(target: str) -> OnlinePath:
         discovery.use_project_imports()
         return OnlinePath.from_yaml(target)
     pipeline = discovery.get(target)
-    module = sys.modules.get(pipeline.module or "")
+    module = None if pipeline.source else sys.modules.get(pipeline.module or "")
     online = getattr(module, "online", None)
     if not isinstance(online, OnlinePath):
+        where = f"in {pipeline.module}, " if module else ""
         raise OnlinePathError(
-            f"pipeline '{target}' has no online path. Fix: declare `online = OnlinePath(pipeline, steps=..., "
-            f"load=...)` in {pipeline.module or 'its module'}, or serve a YAML file "
-            "(planflow serve flows/<name>/online.yaml)"
+            f"pipeline '{target}' ({pipeline.source or pipeline.module}) has no online path. Fix: declare "
+            f"`online = OnlinePath(pipeline, steps=..., load=...)` {where}or write one in YAML and serve that "
+            "(planflow serve path/to/online.yaml; example: flows/fraud_risk/online.yaml)"
         )
     return online
