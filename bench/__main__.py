@@ -19,6 +19,7 @@ BENCHMARKS = {
     "fleet": "bench.bench_fleet",  # bursts of runs on one shared pool, SQLite and PostgreSQL
     "exact": "bench.bench_exact",  # small plans proven optimal: time to proof, 5/10/15 tasks
     "results": "bench.bench_results",  # stored result bytes and time: planflow serializer vs pickle
+    "serving": "bench.bench_serving",  # planflow serve vs plain FastAPI; replica kill and swap under load
 }
 
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install the services planflow runs, from Debian: Prometheus (+ promtool),
 # Alertmanager (+ amtool), the Pushgateway, and PostgreSQL (the scale-out server's
-# database: `planflow server up --db postgres`). Idempotent: installs only what is
+# database: `planflow server up --db postgres`), HAProxy (`planflow serve --replicas N`)
+# and wrk (the serving benchmark's load). Idempotent: installs only what is
 # missing; starts nothing (planflow runs the binaries itself: `planflow stack up`).
 set -euo pipefail
 
@@ -13,6 +14,9 @@ command -v prometheus-pushgateway >/dev/null || command -v pushgateway >/dev/nul
   || need+=(prometheus-pushgateway)
 compgen -G '/usr/lib/postgresql/*/bin/pg_ctl' >/dev/null && compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null \
   || need+=(postgresql)
+# planflow serve --replicas N: the load balancer; the serving benchmark's load generator
+command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
+command -v wrk >/dev/null || need+=(wrk)
 
 if [ ${#need[@]} -eq 0 ]; then
   echo "services: already installed"

@@ -6,7 +6,7 @@ The data and its features are cached across runs (`cache="inputs"`): a run with 
 parameters reads them back and trains on them at once.
 """
 
-from planflow import Pipeline, component, to_flow
+from planflow import OnlinePath, Pipeline, component, to_flow
 
 from flows.fraud_risk import steps
 
@@ -23,3 +23,11 @@ pipeline = Pipeline(
     "model (holdout ROC AUC), and a cost-minimising approve/review/decline policy.",
 )
 fraud_risk = to_flow(pipeline)
+
+# The online path `planflow serve fraud-risk` answers: the same scoring function as the
+# batch `scores`, with `risk_model` and the policy (`decisions`) of the last Completed run.
+online = OnlinePath(
+    pipeline,
+    steps={"features": steps.feature_frame, "scores": steps.score_rows, "decisions": steps.decide},
+    load={"risk_model": "risk_model", "policy": "decisions"},
+)

@@ -26,6 +26,7 @@ from datetime import datetime, timedelta
 
 import numpy as np
 import polars as pl
+from pydantic import ConfigDict, Field, create_model
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.metrics import average_precision_score, roc_auc_score
 from threadpoolctl import threadpool_limits
@@ -283,12 +284,17 @@ class Scores:
         }
 
 
+def score_rows(risk_model: RiskModel, features: pl.DataFrame) -> np.ndarray:
+    """The fraud probability of every row of `features` (batch and online alike)."""
+    x = features.select(risk_model.feature_names).to_numpy().astype(np.float64)
+    with threadpool_limits(limits=1):
+        return risk_model.model.predict_proba(x)[:, 1]
+
+
 def scores(risk_model: RiskModel, features: pl.DataFrame) -> Scores:
     """Score the time-based holdout (transactions at or after the training cutoff)."""
     hold = features.filter(pl.col("ts") >= risk_model.cutoff)
-    x = hold.select(risk_model.feature_names).to_numpy().astype(np.float64)
-    with threadpool_limits(limits=1):
-        p = risk_model.model.predict_proba(x)[:, 1]
+    p = score_rows(risk_model, hold)
     y = hold["is_fraud"].to_numpy()
     out = hold.select("txn_id", "ts", "amount", "is_fraud").with_columns(score=pl.Series(p))
     return Scores(out, float(roc_auc_score(y, p)), float(average_precision_score(y, p)), float(y.mean()))
@@ -305,6 +311,12 @@ class Decisions:
     fraud_caught: float  # share of fraud transactions reviewed or declined
     fraud_amount_caught: float  # share of fraud amount reviewed or declined
     eval_rows: int = field(default=0)
+
+    def label(self, score: np.ndarray) -> list[str]:
+        """The policy's action for each score: decline, review or approve."""
+        return np.where(
+            score >= self.decline_threshold, "decline", np.where(score >= self.review_threshold, "review", "approve")
+        ).tolist()
 
     def key_metrics(self) -> dict[str, float]:
         saved = 1 - self.cost_policy / self.cost_approve_all if self.cost_approve_all else 0.0
@@ -375,3 +387,26 @@ def decisions(
         fraud_amount_caught=float(a[f & flagged].sum() / a[f].sum()) if f.any() else 0.0,
         eval_rows=len(s),
     )
+
+
+# -- the online path: one request at a time, with the last run's model and policy ------
+# A request carries one transaction's features as `features` computes them from the
+# customer's and merchant's history (a feature store's job online); null where the batch
+# has null (a first transaction has no previous one).
+FeatureRecord = create_model(
+    "FeatureRecord",
+    __config__=ConfigDict(extra="forbid"),
+    txn_id=(int, Field(ge=0)),
+    **{name: (float | None, Field(allow_inf_nan=False)) for name in FEATURE_COLUMNS},
+)
+
+
+def feature_frame(request: list[FeatureRecord]) -> pl.DataFrame:  # type: ignore[valid-type]
+    """The request's records as the feature table the batch steps read."""
+    rows = {name: [getattr(r, name) for r in request] for name in ("txn_id", *FEATURE_COLUMNS)}
+    return pl.DataFrame(rows, schema={"txn_id": pl.Int64, **{n: pl.Float64 for n in FEATURE_COLUMNS}})
+
+
+def decide(scores: np.ndarray, policy: Decisions) -> list[dict[str, object]]:
+    """Each record's action under the last run's policy, with its score."""
+    return [{"decision": d, "score": float(s)} for d, s in zip(policy.label(scores), scores, strict=True)]

@@ -33,6 +33,8 @@ _PUBLIC = {
     "PipelineError": "planflow.core.pipeline",
     "Step": "planflow.core.pipeline",
     "UnknownPipelineError": "planflow.core.discovery",
+    "OnlinePath": "planflow.serving.path",
+    "OnlinePathError": "planflow.serving.path",
     "InfeasibleError": "planflow.planner",
     "PlanningError": "planflow.planner",
     "PipelineRunError": "planflow.runtime.runner",
@@ -47,6 +49,7 @@ if TYPE_CHECKING:
     from planflow.planner import InfeasibleError, PlanningError  # noqa: F401
     from planflow.runtime.flow import to_flow  # noqa: F401
     from planflow.runtime.runner import PipelineRunError  # noqa: F401
+    from planflow.serving.path import OnlinePath, OnlinePathError  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:

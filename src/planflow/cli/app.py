@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from planflow.cli import pipelines, server
+from planflow.cli import pipelines, serve, server
 from planflow.cli.automations import automations_app
 from planflow.cli.bench import bench_app
 from planflow.cli.blocks import blocks_app, pools_app
@@ -25,6 +25,7 @@ app.command("pipelines")(pipelines.pipelines)
 app.command("plan")(pipelines.plan)
 app.command("run")(pipelines.run)
 app.command("calendar")(calendar)
+app.command("serve")(serve.serve)
 
 app.add_typer(server.server_app, name="server")
 app.add_typer(blocks_app, name="blocks")

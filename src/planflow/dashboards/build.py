@@ -406,6 +406,7 @@ def pipelines() -> db.Dashboard:
         8,
     )
     _anomalies(d, lay)
+    serving_row(lay)
     return d
 
 
@@ -456,6 +457,86 @@ def _anomalies(d: db.Dashboard, lay: Layout) -> None:
         ),
         12,
         8,
+    )
+
+
+def serving_row(lay: Layout) -> None:
+    """`planflow serve`: latency against its SLO, requests and errors, the model in use."""
+    served = f'pipeline=~"{PIPELINE}"'
+    lay.row("Online serving (planflow serve: the replicas' /metrics)")
+    lay.add(
+        ts(
+            "/predict latency p50 / p99",
+            *(
+                q(
+                    f"histogram_quantile({quantile}, sum by (pipeline, le) "
+                    f"(rate(planflow_serving_request_duration_seconds_bucket{{{served}}}[1m])))",
+                    f"{{{{pipeline}}}} p{round(quantile * 100)}",
+                )
+                for quantile in (0.5, 0.99)
+            ),
+            unit="s",
+            description="Alert PlanflowServingLatencyHigh fires over the p99 SLO (thresholds.yml).",
+        ),
+        8,
+        8,
+    )
+    lay.add(
+        ts(
+            "Requests and errors per second",
+            q(f"sum by (pipeline) (rate(planflow_serving_requests_total{{{served}}}[1m]))", "{{pipeline}} requests"),
+            q(
+                f"sum by (pipeline, reason) (rate(planflow_serving_errors_total{{{served}}}[1m]))",
+                "{{pipeline}} {{reason}}",
+            ),
+            unit="reqps",
+        ),
+        8,
+        8,
+    )
+    lay.add(
+        big(
+            "Replicas with a model",
+            q(f"sum by (pipeline) (planflow_serving_model_loaded{{{served}}})", "{{pipeline}}"),
+            description="0: not ready (alert PlanflowServingNoModel).",
+            colors=thresholds((None, "red"), (1, "orange"), (2, "green")),
+            no_value="not serving",
+        ),
+        4,
+        4,
+    )
+    lay.add(
+        big(
+            "Replicas up",
+            q('sum(up{job="planflow-serving"})'),
+            colors=thresholds((None, "red"), (1, "orange"), (2, "green")),
+            no_value="not scraped",
+        ),
+        4,
+        4,
+    )
+    lay.add(
+        big(
+            "Model version (its run ended)",
+            q(
+                f"max by (pipeline) (planflow_serving_model_run_end_timestamp_seconds{{{served}}}) * 1000",
+                "{{pipeline}}",
+            ),
+            unit="dateTimeFromNow",
+            description="When the training run whose outputs are served ended; it moves on at each swap.",
+        ),
+        4,
+        4,
+    )
+    lay.add(
+        big(
+            "Model loads failing",
+            q(f"max by (pipeline) (planflow_serving_model_load_failing{{{served}}})", "{{pipeline}}"),
+            colors=GREEN_RED,
+            description="1: the newest run cannot be read; the previous model is still served.",
+        ),
+        4,
+        4,
     )
 
 

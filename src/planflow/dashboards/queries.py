@@ -24,6 +24,7 @@ from planflow.monitoring import rules
 from planflow.monitoring.bridge import create_app
 from planflow.monitoring.exporter import Exporter
 from planflow.monitoring.metrics import RemediationMetrics, RunMetrics
+from planflow.monitoring.serving_metrics import ServingMetrics
 
 PROMETHEUS_BUILTINS = frozenset({"up", "ALERTS", "ALERTS_FOR_STATE"})
 # Grafana's own macros, replaced by durations that suit the fast test profile
@@ -160,7 +161,11 @@ def known_metrics() -> dict[str, str]:
     metrics (pushed), the exporter's and the bridge's registries as those processes build
     them, the remediation counter, the recording rules, Prometheus' built-ins."""
     sources: dict[str, set[str]] = {}
-    for label, cls in (("run flow (Pushgateway)", RunMetrics), ("remediations", RemediationMetrics)):
+    for label, cls in (
+        ("run flow (Pushgateway)", RunMetrics),
+        ("remediations", RemediationMetrics),
+        ("planflow serve", ServingMetrics),
+    ):
         registry = CollectorRegistry()
         cls(registry)
         sources[label] = _exposed(registry)

@@ -45,6 +45,7 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import push_to_gateway
 
+from planflow.monitoring.serving_metrics import ServingMetrics
 from planflow.settings import StatePaths, settings
 
 # `_created` series double every counter and histogram for no use in PromQL here.
@@ -371,7 +372,7 @@ def metric_catalog() -> dict[str, str]:
     """Every planflow metric name as exposed (counters with `_total`, histograms with
     `_bucket`/`_sum`/`_count`) -> help text; for docs, dashboards and tests."""
     registry = CollectorRegistry()
-    for cls in (RunMetrics, ExporterMetrics, BridgeMetrics, RemediationMetrics):
+    for cls in (RunMetrics, ExporterMetrics, BridgeMetrics, RemediationMetrics, ServingMetrics):
         cls(registry)
     suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}
     return {

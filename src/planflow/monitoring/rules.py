@@ -24,6 +24,7 @@ from planflow.monitoring import routing
 from planflow.monitoring.alerts import ALERTS
 from planflow.monitoring.anomaly import ANOMALY_ALERTS, RECORDING_RULES
 from planflow.monitoring.meta_alerts import META_ALERTS
+from planflow.monitoring.serving_alerts import SERVING_ALERTS
 from planflow.monitoring.thresholds import (
     HERE,
     PROFILES,
@@ -42,8 +43,8 @@ def suffix(profile: str) -> str:
 
 
 # Every alert, in the order of the generated files: pipelines and pools, anomalies
-# against learned baselines, then the alerts about the alerting.
-ALL_ALERTS = [*ALERTS, *ANOMALY_ALERTS, *META_ALERTS]
+# against learned baselines, the alerts about the alerting, then `planflow serve`'s.
+ALL_ALERTS = [*ALERTS, *ANOMALY_ALERTS, *META_ALERTS, *SERVING_ALERTS]
 
 
 def _expand(template: str, labels: dict[str, str]) -> str:
@@ -130,6 +131,11 @@ def prometheus_config(p: Params, rule_file: str | None = None) -> dict[str, Any]
             ),
             job("planflow-bridge", ports["bridge"]),
             job("alertmanager", ports["alertmanager"]),
+            # the replicas of `planflow serve --replicas 2 --port <ports.serving>`
+            {
+                "job_name": "planflow-serving",
+                "static_configs": [{"targets": [f"127.0.0.1:{ports['serving'] + i}" for i in (1, 2)]}],
+            },
         ],
     }
 

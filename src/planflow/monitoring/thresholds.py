@@ -74,6 +74,7 @@ class Ports(_Strict):
     alertmanager: int = Field(ge=1, le=65535)
     bridge: int = Field(ge=1, le=65535)
     exporter: int = Field(ge=1, le=65535)
+    serving: int = Field(default=8000, ge=1, le=65533, description="`planflow serve`'s balancer; replicas +1, +2")
 
 
 class Profile(_Strict):
@@ -119,6 +120,8 @@ class Thresholds(_Strict):
     anomaly_min_spread_ratio: float = Field(0.1, gt=0)
     failure_rate_anomaly_factor: float = Field(3.0, ge=1)
     failure_rate_anomaly_increase: float = Field(0.25, ge=0, le=1)
+    serving_latency_p99_seconds: float = Field(0.25, gt=0, description="the /predict latency SLO (p99)")
+    serving_error_ratio: float = Field(0.01, gt=0, le=1, description="server errors / requests of /predict")
 
 
 class Receivers(_Strict):

@@ -1,0 +1,32 @@
+"""`planflow serve PIPELINE`: answer a pipeline's online path over HTTP."""
+
+from __future__ import annotations
+
+import typer
+
+from planflow.serving.app import DEFAULT_MAX_BODY_BYTES
+from planflow.serving.path import OnlinePathError, find_online_path
+from planflow.serving.replicas import ServeError, serve_one, serve_replicas
+from planflow.serving.swap import check_poll_seconds
+
+
+def serve(
+    target: str = typer.Argument(..., help="a pipeline's name (its module's `online` path) or an online path YAML"),
+    host: str = typer.Option("127.0.0.1", help="address to listen on"),
+    port: int = typer.Option(8000, help="port of the service (the balancer's with --replicas > 1)"),
+    replicas: int = typer.Option(1, min=1, max=16, help="replicas behind HAProxy (ports port+1 ...)"),
+    poll_seconds: float = typer.Option(5.0, help="how often to look for a newer Completed run (0.2-300 s)"),
+    max_body_bytes: int = typer.Option(DEFAULT_MAX_BODY_BYTES, min=1024, help="largest request body accepted"),
+) -> None:
+    """Serve the online path of TARGET with the outputs of its last Completed run; swap to
+    a newer run's outputs when one completes, without dropping a request."""
+    try:
+        check_poll_seconds(poll_seconds)
+        if replicas == 1:
+            find_online_path(target)
+            serve_one(target, host, port, poll_seconds, max_body_bytes)
+        else:
+            serve_replicas(target, host, port, replicas, poll_seconds, max_body_bytes)
+    except (OnlinePathError, ServeError, ValueError, LookupError) as exc:
+        typer.echo(f"planflow serve: {exc}", err=True)
+        raise typer.Exit(1) from None

@@ -1,0 +1,156 @@
+"""The HTTP service of an online path: /predict, /healthz, /readyz, /metrics.
+
+    POST /predict  one record (a JSON object) or a batch (a list of at most max_batch)
+                   -> {"run": ..., "prediction": ...} or {"run": ..., "predictions": [...]}
+
+The body is bounded before it is parsed (413 past `max_body_bytes`), each record is
+checked against the request schema (the `request: list[Record]` hint of the path's
+first step; 422 naming the record and the field), and the service answers 503 until a
+model is loaded, with the command that makes one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import TypeAdapter, ValidationError
+
+from planflow.monitoring.serving_metrics import ServingMetrics
+from planflow.serving.path import OnlinePath
+from planflow.serving.swap import ModelSwapper
+
+DEFAULT_MAX_BODY_BYTES = 256 * 1024
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+async def read_bounded(request: Request, limit: int) -> bytes:
+    """The body, refused as soon as it is known to be longer than `limit` bytes (by its
+    Content-Length, or while it streams in)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        raise BodyTooLarge(declared)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(str(size))
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _errors(exc: ValidationError) -> list[dict[str, Any]]:
+    """Each problem with where it is (`body`, the record's index in a batch, the field)."""
+    return [
+        {
+            "loc": ["body", *e["loc"]],
+            "field": e["loc"][-1] if e["loc"] else None,
+            "msg": e["msg"],
+            "input": e.get("input"),
+        }
+        for e in exc.errors(include_url=False)
+    ]
+
+
+def create_app(
+    path: OnlinePath,
+    poll_seconds: float = 5.0,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    metrics: ServingMetrics | None = None,
+) -> FastAPI:
+    metrics = metrics or ServingMetrics(pipeline=path.pipeline.name)
+    swapper = ModelSwapper(path, metrics)
+    record = TypeAdapter(path.record_type)
+    records = TypeAdapter(list[path.record_type])  # type: ignore[name-defined]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        task = asyncio.create_task(swapper.poll(poll_seconds))
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    app = FastAPI(title=f"planflow serve {path.pipeline.name}", lifespan=lifespan)
+    app.state.swapper = swapper
+    app.state.metrics = metrics
+
+    def refuse(status: int, reason: str, detail: Any) -> JSONResponse:
+        metrics.errors[reason].inc()
+        return JSONResponse({"detail": detail}, status_code=status)
+
+    one = record.json_schema()
+    schema = {"anyOf": [one, {"type": "array", "items": one, "minItems": 1, "maxItems": path.max_batch}]}
+    # the body is read by hand (bounded first), so its schema is declared for /docs here
+    body_doc = {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+    @app.post("/predict", openapi_extra=body_doc)
+    async def predict(request: Request) -> Response:
+        started = time.perf_counter()
+        metrics.requests.inc()
+        try:
+            return await _predict(request)
+        finally:
+            metrics.latency.observe(time.perf_counter() - started)
+
+    async def _predict(request: Request) -> Response:
+        try:
+            body = await read_bounded(request, max_body_bytes)
+        except BodyTooLarge as exc:
+            return refuse(
+                413,
+                "too_large",
+                f"request body of {exc} bytes is over the limit of {max_body_bytes} bytes. "
+                f"Fix: send at most {path.max_batch} records per request",
+            )
+        try:
+            document = json.loads(body)
+        except ValueError as exc:
+            return refuse(400, "bad_request", f"the body is not JSON: {exc}. Fix: send a JSON object or list")
+        batch = isinstance(document, list)
+        if batch and not 1 <= len(document) <= path.max_batch:
+            return refuse(
+                422, "bad_request", f"a batch holds 1 to {path.max_batch} records; this one holds {len(document)}"
+            )
+        try:
+            items = records.validate_python(document) if batch else [record.validate_python(document)]
+        except ValidationError as exc:
+            return refuse(422, "bad_request", _errors(exc))
+        served = swapper.current  # taken once: a swap during this request does not change it
+        if served is None:
+            return refuse(503, "not_ready", swapper.problem)
+        try:
+            answers = path.run(items, served.outputs)
+        except Exception as exc:
+            return refuse(500, "internal", f"the online path failed: {exc!r}")
+        run = served.flow_run_name
+        content = {"run": run, "predictions": answers} if batch else {"run": run, "prediction": answers[0]}
+        return JSONResponse(content)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        served = swapper.current
+        if served is None:
+            return JSONResponse({"ready": False, "reason": swapper.problem}, status_code=503)
+        return JSONResponse({"ready": True, "run": served.describe(), "problem": swapper.problem})
+
+    @app.get("/metrics")
+    async def metrics_endpoint() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app

@@ -1,0 +1,105 @@
+"""Read the outputs an online path needs from the last Completed run of its pipeline.
+
+The run is the newest Completed flow run of the flow named after the pipeline; each
+output is the result of the task run named after the step, read through Prefect's own
+result API (`get_state_result`), so whichever serializer and storage the run used
+(local path, a storage block) is what reads it back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from prefect.client.orchestration import PrefectClient
+from prefect.client.schemas.filters import (
+    FlowFilter,
+    FlowFilterName,
+    FlowRunFilter,
+    FlowRunFilterId,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+    TaskRunFilter,
+    TaskRunFilterName,
+    TaskRunFilterState,
+    TaskRunFilterStateType,
+)
+from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.client.schemas.sorting import FlowRunSort, TaskRunSort
+from prefect.states import get_state_result
+
+
+class NoCompletedRunError(LookupError):
+    """The pipeline has no Completed run yet: there is no model to serve."""
+
+
+class RunOutputsError(RuntimeError):
+    """A Completed run's outputs cannot be read (missing, or unreadable in storage)."""
+
+
+@dataclass(frozen=True)
+class LoadedRun:
+    """The outputs of one Completed run, and which run it is."""
+
+    flow_run_id: str
+    flow_run_name: str
+    end_time: datetime | None
+    outputs: dict[str, Any]
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "flow_run_id": self.flow_run_id,
+            "flow_run_name": self.flow_run_name,
+            "end_time": self.end_time.isoformat() if self.end_time else None,
+        }
+
+
+def no_run_message(pipeline: str) -> str:
+    return (
+        f"pipeline '{pipeline}' has no Completed run yet, so there is no model to serve. Fix: planflow run {pipeline}"
+    )
+
+
+async def latest_completed_run(client: PrefectClient, pipeline: str) -> FlowRun | None:
+    """The newest Completed flow run of the flow named `pipeline`, or None."""
+    runs = await client.read_flow_runs(
+        flow_filter=FlowFilter(name=FlowFilterName(any_=[pipeline])),
+        flow_run_filter=FlowRunFilter(
+            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.COMPLETED]))
+        ),
+        sort=FlowRunSort.END_TIME_DESC,
+        limit=1,
+    )
+    return runs[0] if runs else None
+
+
+async def load_run(client: PrefectClient, flow_run: FlowRun, steps: Iterable[str]) -> LoadedRun:
+    """Read the outputs of `steps` from `flow_run`; RunOutputsError names what failed."""
+    steps = list(steps)
+    task_runs = await client.read_task_runs(
+        flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])),
+        task_run_filter=TaskRunFilter(
+            name=TaskRunFilterName(any_=steps),
+            state=TaskRunFilterState(type=TaskRunFilterStateType(any_=[StateType.COMPLETED])),
+        ),
+        sort=TaskRunSort.EXPECTED_START_TIME_DESC,
+    )
+    newest: dict[str, Any] = {}
+    for task_run in task_runs:
+        newest.setdefault(task_run.name, task_run)
+    where = f"run '{flow_run.name}' ({flow_run.id})"
+    missing = [s for s in steps if s not in newest]
+    if missing:
+        raise RunOutputsError(
+            f"{where} has no Completed task run for {', '.join(missing)} (was it run in distributed mode, "
+            "or with persist_result off?). Fix: run the pipeline in process: planflow run <pipeline>"
+        )
+    outputs: dict[str, Any] = {}
+    for step in steps:
+        try:
+            outputs[step] = await get_state_result(newest[step].state, retry_result_failure=False)
+        except Exception as exc:  # missing file, a storage error, an unpicklable value...
+            raise RunOutputsError(f"{where}: the output of step '{step}' cannot be read: {exc!r}") from exc
+    return LoadedRun(str(flow_run.id), flow_run.name, flow_run.end_time, outputs)

@@ -1,0 +1,95 @@
+"""Keep the served model in step with the pipeline's last Completed run.
+
+`ModelSwapper.check()` asks the Prefect API for the newest Completed run; when it is
+newer than the one served, its outputs are read and then swapped in with one reference
+assignment: a request takes the model once when it starts, so a request in flight ends
+on the model it began with and none is dropped. A run whose outputs cannot be read
+leaves the previous model in place and raises `planflow_serving_model_load_failing`
+(alert ServingModelLoadFailing) until a readable run completes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from prefect.client.orchestration import get_client
+
+from planflow.monitoring.serving_metrics import ServingMetrics
+from planflow.serving.loader import (
+    LoadedRun,
+    RunOutputsError,
+    latest_completed_run,
+    load_run,
+    no_run_message,
+)
+from planflow.serving.path import OnlinePath
+
+log = logging.getLogger("planflow.serving")
+MIN_POLL_SECONDS = 0.2
+MAX_POLL_SECONDS = 300.0
+
+
+def check_poll_seconds(value: float) -> float:
+    if not MIN_POLL_SECONDS <= value <= MAX_POLL_SECONDS:
+        raise ValueError(
+            f"poll interval {value!r} s is out of bounds: it must be between {MIN_POLL_SECONDS} and "
+            f"{MAX_POLL_SECONDS} s. Fix: e.g. --poll-seconds 5"
+        )
+    return value
+
+
+class ModelSwapper:
+    def __init__(self, path: OnlinePath, metrics: ServingMetrics) -> None:
+        self.path = path
+        self.metrics = metrics
+        self.current: LoadedRun | None = None
+        self.problem: str | None = no_run_message(path.pipeline.name)
+        self._broken: set[str] = set()  # runs whose outputs failed to load: not retried each poll
+
+    async def check(self) -> bool:
+        """Load the newest Completed run if it is not the one served; True on a swap."""
+        name = self.path.pipeline.name
+        async with get_client() as client:
+            run = await latest_completed_run(client, name)
+            if run is None:
+                if self.current is None:
+                    self.problem = no_run_message(name)
+                return False
+            run_id = str(run.id)
+            if (self.current and self.current.flow_run_id == run_id) or run_id in self._broken:
+                return False
+            try:
+                loaded = await load_run(client, run, self.path.loaded_steps)
+            except RunOutputsError as exc:
+                self._broken.add(run_id)
+                self.metrics.load_failures.inc()
+                self.metrics.load_failing.set(1)
+                kept = f"; still serving run '{self.current.flow_run_name}'" if self.current else ""
+                self.problem = f"{exc}{kept}"
+                log.error("%s", self.problem)
+                return False
+        self.current = loaded  # the swap: one reference assignment
+        self.problem = None
+        self.metrics.swaps.inc()
+        self.metrics.model_loaded.set(1)
+        self.metrics.load_failing.set(0)
+        if loaded.end_time:
+            self.metrics.model_version.set(loaded.end_time.timestamp())
+        log.info("serving %s: run '%s' (%s)", name, loaded.flow_run_name, loaded.flow_run_id)
+        return True
+
+    async def poll(self, interval: float) -> None:
+        """`check` every `interval` seconds until cancelled; an API error is logged and
+        retried at the next tick (the model in use stays)."""
+        check_poll_seconds(interval)
+        while True:
+            try:
+                await self.check()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the API down for a moment: keep serving, try again
+                log.warning("checking for a newer run of %s failed: %r", self.path.pipeline.name, exc)
+                if self.current is None:
+                    self.problem = f"cannot reach the Prefect API to find a run: {exc!r}"
+            await asyncio.sleep(interval)

@@ -1,0 +1,119 @@
+"""One small training run of fraud-risk for the serving tests, and the service itself
+(`planflow serve fraud-risk --replicas 2`: two replicas behind HAProxy)."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import shutil
+import socket
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+from prefect.client.orchestration import get_client
+
+from planflow.core import discovery
+from planflow.ops.processes import log_tail, spawn, stop_process, wait_until
+from planflow.serving.loader import LoadedRun, latest_completed_run, load_run
+
+from tests.conftest import IN_CI
+
+ROOT = Path(__file__).parents[2]
+SMALL = {"n_customers": 200, "n_merchants": 120, "n_days": 30, "max_iter": 60}
+
+
+def fraud_flow():
+    discovery.use_project_imports(ROOT)
+    from flows.fraud_risk.flow import fraud_risk  # noqa: PLC0415  (the project's module, on sys.path now)
+
+    return fraud_risk
+
+
+def train(**overrides) -> str:
+    """One run of fraud-risk; its flow run id."""
+    state = fraud_flow()(**{**SMALL, **overrides}, return_state=True)
+    assert state.is_completed(), state
+    return str(state.state_details.flow_run_id)
+
+
+def read_run(steps: list[str]) -> LoadedRun:
+    async def read() -> LoadedRun:
+        async with get_client() as client:
+            run = await latest_completed_run(client, "fraud-risk")
+            return await load_run(client, run, steps)
+
+    return asyncio.run(read())
+
+
+@pytest.fixture(scope="session")
+def fraud_run(registered_blocks) -> LoadedRun:
+    """The shared training run, with the batch outputs the tests compare against."""
+    train()
+    return read_run(["features", "scores", "decisions"])
+
+
+def free_block(size: int) -> int:
+    """A port p with p .. p+size-1 all free on loopback."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            base = s.getsockname()[1]
+        if base + size < 65535 and all(_free(base + i) for i in range(size)):
+            return base
+    raise RuntimeError(f"no {size} consecutive free ports on 127.0.0.1")
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def need_haproxy() -> None:
+    if not (shutil.which("haproxy") or os.access("/usr/sbin/haproxy", os.X_OK)):
+        message = "haproxy is not installed (make services)"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def service(fraud_run, tmp_path_factory):
+    """`planflow serve fraud-risk --replicas 2`, ready (a model loaded) behind HAProxy."""
+    need_haproxy()
+    port = free_block(3)
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    command = [sys.executable, "-m", "planflow.cli", "serve", "fraud-risk", "--replicas", "2"]
+    command += ["--port", str(port), "--poll-seconds", "0.5"]
+    process = spawn(command, log, os.environ, ROOT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        ready = wait_until(lambda: _ready(url) or process.poll() is not None, 90)
+        if not ready or process.poll() is not None:
+            pytest.fail(f"planflow serve did not become ready within 90 s:\n{log_tail(log, 40)}")
+        yield url, port, process
+    finally:
+        stop_process(process, timeout=20)
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def records(features, txn_ids) -> list[dict]:
+    """The request bodies of some transactions: their features, null for NaN."""
+    from flows.fraud_risk.steps import FEATURE_COLUMNS  # noqa: PLC0415
+
+    rows = features.filter(features["txn_id"].is_in(list(txn_ids))).select("txn_id", *FEATURE_COLUMNS)
+    return [
+        {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()} for row in rows.to_dicts()
+    ]

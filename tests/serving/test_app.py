@@ -1,0 +1,92 @@
+"""The service's answers to bad input and faults, on a one-step toy pipeline served in
+process (FastAPI's TestClient, against the session's real Prefect server)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, TaskRunFilter, TaskRunFilterName
+
+from planflow import to_flow
+from planflow.monitoring.serving_metrics import ServingMetrics
+from planflow.ops.processes import wait_until
+from planflow.serving.app import create_app
+from planflow.serving.loader import LoadedRun
+from planflow.serving.swap import ModelSwapper
+
+from tests.serving.toy import make
+
+pytestmark = pytest.mark.usefixtures("registered_blocks")
+
+
+def test_bad_requests_get_a_bounded_4xx_naming_what_is_wrong():
+    path = make("serving-toy-never-run")
+    with TestClient(create_app(path, poll_seconds=0.5, max_body_bytes=2048)) as client:
+        too_big = client.post("/predict", content=b"[" + b"1," * 4000 + b"1]")
+        assert too_big.status_code == 413 and "over the limit of 2048 bytes" in too_big.json()["detail"]
+        assert client.post("/predict", content=b"{not json").status_code == 400
+        bad = client.post("/predict", json=[{"x": 1}, {"x": -2}])
+        assert bad.status_code == 422
+        assert bad.json()["detail"][0]["loc"] == ["body", 1, "x"] and bad.json()["detail"][0]["field"] == "x"
+        extra = client.post("/predict", json={"x": 1, "y": 2})
+        assert extra.status_code == 422 and extra.json()["detail"][0]["field"] == "y"
+        assert client.post("/predict", json=[{"x": 1}] * 5).status_code == 422  # max_batch=4
+        # no Completed run yet: not ready, with the command that makes one
+        not_ready = client.get("/readyz")
+        assert not_ready.status_code == 503
+        assert "Fix: planflow run serving-toy-never-run" in not_ready.json()["reason"]
+        assert client.post("/predict", json={"x": 1}).status_code == 503
+        assert client.get("/healthz").status_code == 200
+        body = client.get("/openapi.json").json()["paths"]["/predict"]["post"]["requestBody"]
+        assert body["content"]["application/json"]["schema"]["anyOf"][0]["required"] == ["x"]
+        metrics = client.get("/metrics").text
+    assert 'planflow_serving_errors_total{pipeline="serving-toy-never-run",reason="too_large"} 1.0' in metrics
+    assert 'planflow_serving_model_loaded{pipeline="serving-toy-never-run"} 0.0' in metrics
+
+
+def _storage_file(flow_run_id: str, step: str) -> Path:
+    async def read():
+        async with get_client() as client:
+            runs = await client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
+                task_run_filter=TaskRunFilter(name=TaskRunFilterName(any_=[step])),
+            )
+            return runs[0]
+
+    task_run = asyncio.run(read())
+    return Path(task_run.state.data.storage_key)
+
+
+def test_a_run_whose_outputs_cannot_be_read_leaves_the_previous_model_and_alerts():
+    path = make("serving-toy-broken")
+    state = to_flow(path.pipeline)(return_state=True)
+    run_id = str(state.state_details.flow_run_id)
+    _storage_file(run_id, "scale").unlink()  # the run's output is gone from storage
+    metrics = ServingMetrics(pipeline=path.pipeline.name)
+    swapper = ModelSwapper(path, metrics)
+    swapper.current = previous = LoadedRun("earlier", "earlier-run", None, {"scale": 3.0})
+    assert asyncio.run(swapper.check()) is False
+    assert swapper.current is previous
+    assert "the output of step 'scale' cannot be read" in swapper.problem
+    assert "still serving run 'earlier-run'" in swapper.problem
+    assert metrics.registry.get_sample_value("planflow_serving_model_load_failing", {"pipeline": path.pipeline.name})
+    assert asyncio.run(swapper.check()) is False  # a broken run is not read again at every poll
+    failures = metrics.registry.get_sample_value(
+        "planflow_serving_model_load_failures_total", {"pipeline": path.pipeline.name}
+    )
+    assert failures == 1
+
+
+def test_the_toy_is_served_from_its_run():
+    path = make("serving-toy-served")
+    to_flow(path.pipeline)(factor=5.0)
+    with TestClient(create_app(path, poll_seconds=0.5)) as client:
+        assert wait_until(lambda: client.get("/readyz").status_code == 200, 30), client.get("/readyz").json()
+        answer = client.post("/predict", json=[{"x": 1.0}, {"x": 2.0}])
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["predictions"] == [5.0, 10.0]
+        assert client.get("/readyz").json()["ready"] is True

@@ -1,0 +1,99 @@
+"""The fraud-risk service end to end: the last run's model behind two replicas and
+HAProxy answers as the batch run decided, and neither a replica killed under load nor
+a newer run swapped in under load costs the client a request."""
+
+from __future__ import annotations
+
+import signal
+
+import httpx
+import numpy as np
+import psutil
+import pytest
+
+from planflow.ops.processes import wait_until
+from planflow.serving.loadgen import BackgroundLoad
+
+from tests.serving.conftest import records, train
+
+pytestmark = [pytest.mark.usefixtures("registered_blocks"), pytest.mark.slow]
+
+
+def test_the_service_decides_as_the_batch_run_did(service, fraud_run):
+    url, _, _ = service
+    holdout = fraud_run.outputs["scores"].holdout.head(40)
+    policy = fraud_run.outputs["decisions"]
+    batch = dict(zip(holdout["txn_id"].to_list(), policy.label(holdout["score"].to_numpy()), strict=True))
+    body = records(fraud_run.outputs["features"], batch)
+    ready = httpx.get(f"{url}/readyz", timeout=5).json()
+    assert ready["run"]["flow_run_id"] == fraud_run.flow_run_id
+
+    answer = httpx.post(f"{url}/predict", json=body, timeout=10)
+    assert answer.status_code == 200, answer.text
+    online = answer.json()["predictions"]
+    assert [p["decision"] for p in online] == [batch[r["txn_id"]] for r in body]
+    expected_scores = holdout["score"].to_numpy()
+    by_id = dict(zip(holdout["txn_id"].to_list(), expected_scores, strict=True))
+    assert np.allclose([p["score"] for p in online], [by_id[r["txn_id"]] for r in body], rtol=1e-9)
+    assert {p["decision"] for p in online} - {"approve", "review", "decline"} == set()
+
+    one = httpx.post(f"{url}/predict", json=body[0], timeout=10).json()
+    assert one["prediction"]["decision"] == batch[body[0]["txn_id"]]
+    assert one["run"] == fraud_run.flow_run_name
+
+
+def _replica_pid(port: int) -> int:
+    for conn in psutil.net_connections(kind="tcp"):
+        if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN and conn.pid:
+            return conn.pid
+    raise AssertionError(f"no process listens on port {port}")
+
+
+def test_a_replica_killed_under_load_loses_no_request(service, fraud_run):
+    url, port, _ = service
+    body = records(fraud_run.outputs["features"], fraud_run.outputs["scores"].holdout["txn_id"].head(8).to_list())
+    load = BackgroundLoad(f"{url}/predict", body, total=3000, concurrency=4).start()
+    try:
+        assert wait_until(lambda: load.result.ok >= 100, 30), load.result
+        psutil.Process(_replica_pid(port + 1)).send_signal(signal.SIGKILL)
+        killed_at = load.result.ok
+        assert wait_until(lambda: load.result.ok >= killed_at + 300 or load.result.failed > 0, 60), load.result
+    finally:
+        result = load.finish()
+    assert result.failed == 0, result.reasons
+    assert result.ok >= killed_at + 300
+    # the supervisor starts the killed replica again
+    assert wait_until(lambda: _replica_ready(port + 1), 60), "the killed replica was not started again"
+
+
+def _replica_ready(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _serves(port: int, run_id: str) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).json()["run"]["flow_run_id"] == run_id
+    except (httpx.HTTPError, KeyError, TypeError, ValueError):
+        return False
+
+
+def test_a_newer_run_is_swapped_in_under_load_without_a_failed_request(service, fraud_run):
+    url, port, _ = service
+    body = records(fraud_run.outputs["features"], fraud_run.outputs["scores"].holdout["txn_id"].head(8).to_list())
+    assert wait_until(lambda: _replica_ready(port + 1) and _replica_ready(port + 2), 60)
+    load = BackgroundLoad(f"{url}/predict", body, total=5000, concurrency=4).start()
+    try:
+        assert wait_until(lambda: load.result.ok >= 50, 30), load.result
+        newer = train(seed=11)  # another model, a newer Completed run
+        assert wait_until(lambda: _serves(port + 1, newer) and _serves(port + 2, newer), 60), "no swap"
+        swapped_at = load.result.ok
+        assert wait_until(lambda: load.result.ok >= swapped_at + 100 or load.result.failed > 0, 30)
+    finally:
+        result = load.finish()
+    assert result.failed == 0, result.reasons
+    assert len(result.runs) == 2, result.runs  # answered by the old run, then by the new one
+    metrics = httpx.get(f"http://127.0.0.1:{port + 1}/metrics", timeout=5).text
+    assert "planflow_serving_model_swaps_total" in metrics
