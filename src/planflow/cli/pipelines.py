@@ -108,12 +108,22 @@ def failed_run(name: str, exc: Exception, url: str) -> str:
     return f"{what}. Its log and traceback: {where}"
 
 
+def _memory(step: dict[str, Any]) -> str:
+    """ "declared 0.25 -> peak 0.41 GiB (1 OOM kill, ran at 0.5)" where measured, else "-"."""
+    if "peak_mem_gib" not in step and not step.get("oom_kills"):
+        return "-"
+    text = f"declared {step.get('mem_gib_declared', 0):g} -> peak {step.get('peak_mem_gib', 0):.3g} GiB"
+    if step.get("oom_kills"):
+        text += f" ({step['oom_kills']} OOM kill(s), ran at {step.get('mem_limit_gib') or 0:.3g})"
+    return text
+
+
 def print_summary(result: dict[str, Any]) -> None:
-    table = Table("component", "state", "pool", "seconds", "key metric", title=Text(result["pipeline"]))
+    table = Table("component", "state", "pool", "seconds", "key metric", "memory", title=Text(result["pipeline"]))
     for name, step in result["steps"].items():
         metrics = ", ".join(f"{k}={v:.4g}" for k, v in step["metrics"].items())
         seconds = "-" if step["seconds"] is None else f"{step['seconds']:.2f}"
-        table.add_row(*map(Text, (name, step["state"], step["pool"], seconds, metrics)))
+        table.add_row(*map(Text, (name, step["state"], step["pool"], seconds, metrics, _memory(step))))
     console.print(table)
 
 
@@ -234,7 +244,16 @@ def plan(
         print(json.dumps(document, indent=2, default=str))
         return
     table = Table(
-        "component", "pool", "start (s)", "finish (s)", "cpu", "gpu", "mem GiB", "estimate from", title=f"plan: {name}"
+        "component",
+        "pool",
+        "start (s)",
+        "finish (s)",
+        "cpu",
+        "gpu",
+        "mem GiB",
+        "mem from",
+        "estimate from",
+        title=f"plan: {name}",
     )
     for row in reporting.plan_rows(pp):
         cells = (
@@ -245,6 +264,7 @@ def plan(
             f"{row['cpu']:g}",
             f"{row['gpu']:g}",
             f"{row['mem_gib']:g}",
+            row["mem_from"],
             row["estimate"],
         )
         table.add_row(*map(Text, cells))

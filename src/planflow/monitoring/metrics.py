@@ -118,6 +118,18 @@ class RunMetrics:
             ["pipeline", "component", "pool"],
             registry=r,
         )
+        self.component_peak_memory = Gauge(
+            "planflow_component_peak_memory_bytes",
+            "Peak memory of the component's last run, where it ran alone (container cgroup or process RSS).",
+            ["pipeline", "component", "pool"],
+            registry=r,
+        )
+        self.component_oom_kills = Counter(
+            "planflow_component_oom_kills_total",
+            "Component runs killed for memory (Docker OOMKilled, Kubernetes OOMKilled), in this run.",
+            ["pipeline", "component", "pool"],
+            registry=r,
+        )
         self.pool_demand = Gauge(
             "planflow_pool_planned_peak_demand",
             "Planned peak demand of a resource on a pool (cpu cores, gpus, mem in bytes).",
@@ -453,6 +465,14 @@ class RunRecorder:
         if seconds is not None:
             m.component_duration.labels(*key, state).observe(max(seconds, 0.0))
             m.component_last_duration.labels(*key).set(seconds)
+
+    def memory(self, component: str, pool: str, peak_gib: float | None, oom_kills: int = 0) -> None:
+        """A finished component's measured peak memory and its kills for memory."""
+        key = (self.pipeline, component, pool)
+        if peak_gib is not None:
+            self.metrics.component_peak_memory.labels(*key).set(peak_gib * 2**30)
+        if oom_kills:
+            self.metrics.component_oom_kills.labels(*key).inc(oom_kills)
 
     def eta(self, unix_seconds: float) -> None:
         self.metrics.pipeline_eta.labels(self.pipeline).set(unix_seconds)

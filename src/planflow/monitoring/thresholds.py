@@ -109,6 +109,7 @@ class Thresholds(_Strict):
     failure_rate_min_runs: int = Field(ge=1)
     bridge_spool_depth: int = Field(ge=1)
     notification_failure_ratio: float = Field(gt=0, le=1)
+    oom_kills: int = Field(ge=1)
 
 
 class Receivers(_Strict):
@@ -187,6 +188,7 @@ FIELD_HELP = {
     "failure_rate_min_runs": ("a whole number >= 1", "failure_rate_min_runs: 3"),
     "bridge_spool_depth": ("a whole number >= 1 (alerts waiting in the bridge)", "bridge_spool_depth: 100"),
     "notification_failure_ratio": ("a share between 0 and 1 (failed / sent)", "notification_failure_ratio: 0.01"),
+    "oom_kills": ("a whole number >= 1 (kills for memory of one component in a run)", "oom_kills: 2"),
 }
 # Names users reach for first, mapped to the field thresholds.yml uses.
 ALIASES = {

@@ -43,6 +43,10 @@ class Executor(ABC):
     def start(self, step: str, outputs: dict[str, Any]) -> StepFuture:
         """Launch `step` with the outputs of the steps it reads (by step name)."""
 
+    def measure(self, record: StepRecord) -> None:  # noqa: B027 (optional hook)
+        """Put what the executor measured of a finished step on its record (e.g.
+        `peak_mem_gib`), before the reporters hear of it."""
+
     def collect(self, records: Mapping[str, StepRecord]) -> None:  # noqa: B027 (optional hook)
         """After the dispatch: make each completed record's `result` the step's output
         (by default the futures' results already are)."""
@@ -77,7 +81,13 @@ def execute(
     step event; `admit` takes each step's slots shared with other runs. Returns the
     records, results being the steps' outputs."""
     upstream = {name: pipeline.upstream(name) for name in pipeline.steps}
+
+    def measured(event: str, record: StepRecord) -> None:
+        if event in ("completed", "failed"):
+            executor.measure(record)
+        notify(event, record)
+
     with executor:
-        records, _ = dispatch(upstream, assignments, capacities, executor.start, notify, admit)
+        records, _ = dispatch(upstream, assignments, capacities, executor.start, measured, admit)
     executor.collect(records)
     return records

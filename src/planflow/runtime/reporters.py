@@ -69,7 +69,9 @@ class ArtifactReporter(Reporter):
                 (folder / f"{run.flow_run_id}.png").write_bytes(png)
         create_table_artifact(
             key=reporting.artifact_key(run.pipeline, "summary"),
-            table=reporting.summary_rows(records, run.plan.order),
+            table=reporting.summary_rows(
+                records, run.plan.order, {n: s.spec.mem_gib for n, s in run.pipeline.steps.items()}
+            ),
             description=f"{name}: component, state, pool, duration and key metric",
         )
         create_markdown_artifact(
@@ -143,6 +145,8 @@ class MetricsReporter(Reporter):
             self.recorder.component(record.step, record.pool, "running", running_for, planned, delay)
         elif event.kind in ("completed", "failed"):
             self.recorder.component(record.step, record.pool, event.kind, record.seconds)
+            peak = getattr(record, "peak_mem_gib", None)  # set by executors that measure it
+            self.recorder.memory(record.step, record.pool, peak, getattr(record, "oom_kills", 0))
         else:
             return
         self.pending = True

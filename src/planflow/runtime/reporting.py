@@ -42,8 +42,12 @@ def fmt_metrics(metrics: Mapping[str, float]) -> str:
     return ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
 
 
-def summary_rows(records: Mapping[str, StepRecord], order: list[str]) -> list[dict[str, Any]]:
-    """Per component: state, pool, seconds and key metric (the `<slug>-summary` table)."""
+def summary_rows(
+    records: Mapping[str, StepRecord], order: list[str], declared_mem: Mapping[str, float] | None = None
+) -> list[dict[str, Any]]:
+    """Per component: state, pool, seconds and key metric (the `<slug>-summary` table);
+    beside its declared memory, the peak it used and its kills for memory where measured."""
+    declared_mem = declared_mem or {}
     return [
         {
             "component": name,
@@ -51,9 +55,21 @@ def summary_rows(records: Mapping[str, StepRecord], order: list[str]) -> list[di
             "pool": records[name].pool,
             "seconds": None if records[name].seconds is None else round(records[name].seconds, 3),
             "key_metric": fmt_metrics(key_metrics(records[name].result)),
+            **memory_columns(records[name], declared_mem.get(name)),
         }
         for name in order
     ]
+
+
+def memory_columns(record: StepRecord, declared: float | None) -> dict[str, Any]:
+    """The memory figures of a summary row: only those known (nothing when unmeasured)."""
+    peak, kills = getattr(record, "peak_mem_gib", None), getattr(record, "oom_kills", 0)
+    columns: dict[str, Any] = {}
+    if peak is not None:
+        columns.update(mem_gib_declared=declared, peak_mem_gib=round(float(peak), 3))
+    if kills:
+        columns.update(oom_kills=kills, mem_limit_gib=getattr(record, "mem_limit_gib", None))
+    return columns
 
 
 def totals_markdown(pipeline: Pipeline, records: Mapping[str, StepRecord]) -> str:
@@ -88,6 +104,7 @@ def plan_rows(pp: PipelinePlan) -> list[dict[str, Any]]:
                 "gpu": t.demand.get("gpu", 0.0),
                 "mem_gib": t.demand.get("mem_gib", 0.0),
                 "estimate": pp.source_of(t.name),
+                "mem_from": pp.memory[t.name].source if t.name in pp.memory else "declared",
             }
         )
     return rows

@@ -204,6 +204,7 @@ def summary(run: RunInfo, records: Mapping[str, StepRecord]) -> dict[str, Any]:
                 "pool": records[name].pool,
                 "seconds": records[name].seconds,
                 "metrics": key_metrics(records[name].result),
+                **reporting.memory_columns(records[name], run.pipeline.steps[name].spec.mem_gib),
             }
             for name in run.plan.order
         },
