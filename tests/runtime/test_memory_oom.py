@@ -96,3 +96,40 @@ def test_escalation_doubles_then_moves_to_a_bigger_pool_then_stops_at_the_cap():
 def test_escalation_stops_after_max_retries():
     with pytest.raises(OomCapError, match=r"oom_max_retries=2"):
         escalate("hungry", KILL, 1.0, "big", 2, {"big": 64.0}, factor=2, cap_gib=64, max_retries=2)
+
+
+def test_the_plan_uses_the_learned_memory_and_says_so():
+    from planflow.planner import PlannerOptions
+    from planflow.runtime.memory import MemoryFigure
+    from planflow.runtime.planning import PoolError, plan_pipeline
+    from planflow.runtime.reporting import plan_rows
+
+    from tests.fixtures.toy_dags import diamond
+
+    memory = {"total": MemoryFigure(0.6, "learned n=3 (p95 x1.2)")}
+    capacities = {"local": {"cpu": 4.0, "gpu": 0.0, "mem_gib": 1.0}}
+    pp = plan_pipeline(diamond, capacities, {}, PlannerOptions(), memory=memory)
+    assert pp.assignments["total"].demand["mem_gib"] == 0.6  # what the job variables get
+    assert pp.assignments["numbers"].demand["mem_gib"] == 0.25
+    rows = {r["component"]: r for r in plan_rows(pp)}
+    assert rows["total"]["mem_from"] == "learned n=3 (p95 x1.2)" and rows["numbers"]["mem_from"] == "declared"
+    with pytest.raises(PoolError, match="step 'total' needs cpu=1, gpu=0, mem_gib=2"):
+        plan_pipeline(diamond, capacities, {}, PlannerOptions(), memory={"total": MemoryFigure(2.0, "learned n=1")})
+
+
+def test_the_summary_and_the_metrics_carry_the_measured_memory():
+    from planflow.monitoring.metrics import RunRecorder
+    from planflow.runtime.dispatch import StepRecord
+    from planflow.runtime.reporting import summary_rows
+
+    record = StepRecord("hungry", "docker", "Completed", 0.0, 3.0, peak_mem_gib=0.3841, oom_kills=1, mem_limit_gib=0.5)
+    plain = StepRecord("numbers", "local", "Completed", 0.0, 1.0)
+    rows = summary_rows({"hungry": record, "numbers": plain}, ["hungry", "numbers"], {"hungry": 0.25})
+    assert rows[0]["mem_gib_declared"] == 0.25 and rows[0]["peak_mem_gib"] == 0.384
+    assert rows[0]["oom_kills"] == 1 and rows[0]["mem_limit_gib"] == 0.5
+    assert "peak_mem_gib" not in rows[1]  # nothing measured, nothing shown
+    recorder = RunRecorder("oom-demo")
+    recorder.memory("hungry", "docker", 0.5, 2)
+    labels = {"pipeline": "oom-demo", "component": "hungry", "pool": "docker"}
+    assert recorder.registry.get_sample_value("planflow_component_peak_memory_bytes", labels) == 2**29
+    assert recorder.registry.get_sample_value("planflow_component_oom_kills_total", labels) == 2

@@ -25,6 +25,7 @@ from prefect.utilities.callables import parameter_schema
 from planflow.ops.workers import start_worker, stop_process
 from planflow.prefect.blocks import ResourcePool
 from planflow.prefect.jobvars import DEFAULT_IMAGE
+from planflow.prefect.limits import sync_limits
 from planflow.prefect.workpools import WorkPoolError, apply_work_pools, require_image, worker_online
 from planflow.remediation import oom_demo
 from planflow.remediation.heal_watch import HealError, wait_for
@@ -35,7 +36,9 @@ from planflow.settings import StatePaths
 Say = Callable[[str], None]
 WORK_POOL = "docker"
 POOL_MEM_GIB = 1.0  # the demo's Docker pool: room for the run again at 0.5 GiB
-EXTRA_MIB = 200  # what `hungry` holds beyond planflow's own flow-run process
+# What `hungry` holds beyond planflow's own flow-run processes (about 190 MiB in the
+# container): a cgroup peak of about 0.38 GiB against 0.25 declared, under 0.5.
+EXTRA_MIB = 200
 
 
 def deploy_component_flow(image: str = DEFAULT_IMAGE) -> None:
@@ -107,12 +110,14 @@ def oom_scenario(logs: Path, say: Say = print, timeout: float = 300.0) -> dict[s
         previous: ResourcePool | None = ResourcePool.load(WORK_POOL)
     except ValueError:
         previous = None
-    ResourcePool(work_pool=WORK_POOL, cpu=2, mem_gib=POOL_MEM_GIB).save(WORK_POOL, overwrite=True)
+    demo_pool = ResourcePool(work_pool=WORK_POOL, cpu=2, mem_gib=POOL_MEM_GIB)
+    demo_pool.save(WORK_POOL, overwrite=True)
+    sync_limits({WORK_POOL: demo_pool.capacity()})
     logs.mkdir(parents=True, exist_ok=True)
     worker = start_worker(WORK_POOL, logs / "docker-oom.log", pool_type="docker", heartbeat_seconds=2)
     started, containers = time.time(), []
     try:
-        wait_for(lambda: worker_online(WORK_POOL), 60, f"a worker on {WORK_POOL}")
+        wait_for(lambda: worker_online(WORK_POOL), min(60.0, timeout), f"a worker on {WORK_POOL}")
         before = _plan_line("plan before")
         say(before)
         say(f"running {oom_demo.pipeline.name}: hungry declares 0.25 GiB and holds {EXTRA_MIB} MiB more than planflow")
@@ -142,5 +147,6 @@ def oom_scenario(logs: Path, say: Say = print, timeout: float = 300.0) -> dict[s
             ResourcePool.delete(WORK_POOL)
         else:
             previous.save(WORK_POOL, overwrite=True)
+            sync_limits({WORK_POOL: previous.capacity()})
         for container in containers:
             subprocess.run(["docker", "rm", "-f", container], capture_output=True, timeout=30)

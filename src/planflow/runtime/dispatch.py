@@ -88,6 +88,11 @@ class StepRecord:
     finished: float | None = None
     error: BaseException | None = None
     result: Any = None
+    # Measured by executors that can (memory.py, oom.py): peak memory, kills for memory,
+    # and the memory limit it last ran with.
+    peak_mem_gib: float | None = None
+    oom_kills: int = 0
+    mem_limit_gib: float | None = None
 
     @property
     def seconds(self) -> float | None:
