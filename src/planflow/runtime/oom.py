@@ -34,6 +34,9 @@ from planflow.prefect.jobvars import quantity
 
 GIB = 2**30
 DOCKER_TIMEOUT_S = 30.0
+# How long the container of a crashed flow run may take to exit (its `prefect flow-run
+# execute` reports the crash, then shuts down; on a loaded 2-core machine that took > 30 s).
+EXIT_WAIT_S = 180.0
 FLOW_RUN_LABEL = "io.prefect.flow-run-id"  # set by prefect-docker on every flow-run container
 OOM_REASON = "OOMKilled"
 
@@ -115,7 +118,7 @@ def docker_containers(flow_run_id: str) -> list[dict[str, Any]]:
     # The flow run may be reported Crashed (its flow process killed) before the container
     # exits; Docker sets State.OOMKilled only when it has: wait for that, bounded.
     try:
-        subprocess.run(["docker", "wait", *ids], capture_output=True, timeout=DOCKER_TIMEOUT_S)
+        subprocess.run(["docker", "wait", *ids], capture_output=True, timeout=EXIT_WAIT_S)
     except subprocess.TimeoutExpired:
         pass  # still running: read what there is
     inspect = subprocess.run(["docker", "inspect", *ids], capture_output=True, text=True, timeout=DOCKER_TIMEOUT_S)
