@@ -24,11 +24,11 @@ from planflow.monitoring.events import wait_for_event
 from planflow.monitoring.prefect_api import auth_headers
 from planflow.ops import services
 from planflow.prefect.blocks import ensure_defaults
-from planflow.remediation import automations
+from planflow.remediation import automations, oom
 from planflow.remediation import scenarios as heal
 from planflow.settings import StatePaths
 
-SCENARIOS = ("failover", "rescale", "all")
+SCENARIOS = ("failover", "rescale", "oom", "all")  # "all": failover and rescale (oom needs Docker)
 
 demo_app = typer.Typer(
     help="Demos on the embedded stack: the example pipelines (no sub-command), `heal` (failover and rescale)."
@@ -88,7 +88,7 @@ def demo(
 
 @demo_app.command("heal")
 def demo_heal(
-    scenario: str = typer.Option("all", help="failover, rescale or all."),
+    scenario: str = typer.Option("all", help="failover, rescale, oom (on the Docker pool) or all (failover, rescale)."),
     timeout: float = typer.Option(300.0, help="Seconds to wait for each step before giving up."),
 ) -> None:
     """Self-healing on the embedded stack: a pool loses its worker and planflow fails its
@@ -96,7 +96,7 @@ def demo_heal(
     scales it out and back. Every step goes through Prometheus, Alertmanager, the bridge,
     a Prefect automation and a remediation flow."""
     if scenario not in SCENARIOS:
-        fail(f"unknown scenario {scenario!r}: failover, rescale or all")
+        fail(f"unknown scenario {scenario!r}: failover, rescale, oom or all")
     url = ensure_server()
     ui = ui_url(url)
     ensure_defaults()
@@ -116,8 +116,9 @@ def demo_heal(
     )
     logs = paths.home / "demo-heal"
     results = []
-    for name, play in (("failover", heal.failover_scenario), ("rescale", heal.rescale_scenario)):
-        if scenario not in (name, "all"):
+    plays = (("failover", heal.failover_scenario), ("rescale", heal.rescale_scenario), ("oom", oom.oom_scenario))
+    for name, play in plays:
+        if scenario != name and (scenario != "all" or name == "oom"):
             continue
         rule(f"heal: {name}")
         try:

@@ -108,16 +108,36 @@ def failed_run(name: str, exc: Exception, url: str) -> str:
     return f"{what}. Its log and traceback: {where}"
 
 
+def _kills(step: dict[str, Any]) -> str:
+    """ "1 (0.5)": kills for memory and the limit it last ran at, else "-"."""
+    if not step.get("oom_kills"):
+        return "-"
+    return f"{step['oom_kills']} ({step.get('mem_limit_gib') or 0:.3g})"
+
+
 def print_summary(result: dict[str, Any]) -> None:
-    # steps run in a process of their own were measured: their use beside their declaration
-    measured = any(step.get("usage") is not None for step in result["steps"].values())
+    # steps measured (in a process of their own, or a child flow run): use beside declaration
+    steps = result["steps"].values()
+    measured = any(step.get("usage") is not None or step.get("peak_mem_gib") is not None for step in steps)
     usage_columns = ("cpu declared / used s", "mem GiB declared / peak") if measured else ()
-    table = Table("component", "state", "pool", "seconds", *usage_columns, "key metric", title=Text(result["pipeline"]))
+    killed = any(step.get("oom_kills") for step in steps)
+    oom_columns = ("OOM kills (last limit GiB)",) if killed else ()
+    table = Table(
+        "component",
+        "state",
+        "pool",
+        "seconds",
+        *usage_columns,
+        *oom_columns,
+        "key metric",
+        title=Text(result["pipeline"]),
+    )
     for name, step in result["steps"].items():
         metrics = ", ".join(f"{k}={v:.4g}" for k, v in step["metrics"].items())
         seconds = "-" if step["seconds"] is None else f"{step['seconds']:.2f}"
         usage = _usage_cells(step) if measured else ()
-        table.add_row(*map(Text, (name, step["state"], step["pool"], seconds, *usage, metrics)))
+        kills = (_kills(step),) if killed else ()
+        table.add_row(*map(Text, (name, step["state"], step["pool"], seconds, *usage, *kills, metrics)))
     console.print(table)
 
 
@@ -126,8 +146,8 @@ def _usage_cells(step: dict[str, Any]) -> tuple[str, str]:
         return "-" if value is None else f"{value:.{digits}f}"
 
     return (
-        f"{step['declared_cpu']:g} / {used(step['cpu_seconds'], 2)}",
-        f"{step['declared_mem_gib']:g} / {used(step['peak_mem_gib'], 3)}",
+        f"{step['declared_cpu']:g} / {used(step.get('cpu_seconds'), 2)}",
+        f"{step['declared_mem_gib']:g} / {used(step.get('peak_mem_gib'), 3)}",
     )
 
 
@@ -250,7 +270,16 @@ def plan(
         print(json.dumps(document, indent=2, default=str))
         return
     table = Table(
-        "component", "pool", "start (s)", "finish (s)", "cpu", "gpu", "mem GiB", "estimate from", title=f"plan: {name}"
+        "component",
+        "pool",
+        "start (s)",
+        "finish (s)",
+        "cpu",
+        "gpu",
+        "mem GiB",
+        "mem from",
+        "estimate from",
+        title=f"plan: {name}",
     )
     for row in reporting.plan_rows(pp):
         cells = (
@@ -261,6 +290,7 @@ def plan(
             f"{row['cpu']:g}",
             f"{row['gpu']:g}",
             f"{row['mem_gib']:g}",
+            row["mem_from"],
             row["estimate"],
         )
         table.add_row(*map(Text, cells))

@@ -121,6 +121,22 @@ def _slip(p: Params) -> Scenario:
     )
 
 
+def _oom_kills(p: Params) -> Scenario:
+    key = {**PUSHED, "pipeline": "oom-demo", "component": "hungry", "pool": "docker"}
+    kills = int(p.thresholds["oom_kills"])
+    fire = math.ceil(p.for_ / p.step + 3) * p.step
+    n = fire // p.step + 5
+    once = {**key, "component": "train"}
+    return Scenario(
+        [
+            (sel("planflow_component_oom_kills_total", key), f"{kills}x{n}"),
+            (sel("planflow_component_oom_kills_total", once), f"{kills - 1}x{n}"),  # below: quiet
+        ],
+        fire,
+        key,
+    )
+
+
 def _failure_rate(p: Params) -> Scenario:
     window = seconds(p.raw["failure_rate_window"])
     fire = window + p.for_ + 2 * p.step
@@ -212,6 +228,17 @@ ALERTS = [
         "{{ $labels.pool }} has run more than {{{overrun_factor}}} times its planned duration.",
         _overrun,
         to_bridge=True,
+    ),
+    AlertRule(
+        "PlanflowComponentOomKilledRepeatedly",
+        "warning",
+        "planflow-plan",
+        "planflow_component_oom_kills_total >= {{{oom_kills}}}",
+        "Component {{ $labels.component }} of {{ $labels.pipeline }} was killed for memory repeatedly",
+        "Component {{ $labels.component }} of pipeline {{ $labels.pipeline }} on pool {{ $labels.pool }} was "
+        "killed for memory at least {{{oom_kills}}} times in its last run; each run again had "
+        "more memory, up to PlannerSettings.oom_max_mem_gib.",
+        _oom_kills,
     ),
     AlertRule(
         "PlanflowPipelinePlanSlip",

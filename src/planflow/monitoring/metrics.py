@@ -109,9 +109,10 @@ class RunMetrics:
         )
         self.component_peak_memory = Gauge(
             "planflow_component_peak_memory_bytes",
-            "Peak memory the component added in the latest run, measured where it ran in a "
-            "process of its own (isolation='process'): resident-set high-water mark less the "
-            "process's footprint before the call.",
+            "Peak memory of the component in the latest run, measured where it ran alone: in a "
+            "process of its own (isolation='process': resident-set high-water mark less the "
+            "process's footprint before the call), or a child flow run (container cgroup peak, "
+            "else the flow-run process's peak RSS).",
             ["pipeline", "component", "pool"],
             registry=r,
         )
@@ -131,6 +132,12 @@ class RunMetrics:
         self.component_retries = Counter(
             "planflow_component_retries_total",
             "Component attempts retried after a failure, in this run.",
+            ["pipeline", "component", "pool"],
+            registry=r,
+        )
+        self.component_oom_kills = Counter(
+            "planflow_component_oom_kills_total",
+            "Component runs killed for memory (Docker OOMKilled, Kubernetes OOMKilled), in this run.",
             ["pipeline", "component", "pool"],
             registry=r,
         )
@@ -480,6 +487,14 @@ class RunRecorder:
         key = (self.pipeline, component, pool)
         self.metrics.component_peak_memory.labels(*key).set(peak_memory_bytes)
         self.metrics.component_cpu.labels(*key).set(cpu_seconds)
+
+    def memory(self, component: str, pool: str, peak_gib: float | None, oom_kills: int = 0) -> None:
+        """A finished component's measured peak memory and its kills for memory."""
+        key = (self.pipeline, component, pool)
+        if peak_gib is not None:
+            self.metrics.component_peak_memory.labels(*key).set(peak_gib * 2**30)
+        if oom_kills:
+            self.metrics.component_oom_kills.labels(*key).inc(oom_kills)
 
     def eta(self, unix_seconds: float) -> None:
         self.metrics.pipeline_eta.labels(self.pipeline).set(unix_seconds)

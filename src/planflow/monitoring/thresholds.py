@@ -122,6 +122,7 @@ class Thresholds(_Strict):
     failure_rate_anomaly_increase: float = Field(0.25, ge=0, le=1)
     serving_latency_p99_seconds: float = Field(0.25, gt=0, description="the /predict latency SLO (p99)")
     serving_error_ratio: float = Field(0.01, gt=0, le=1, description="server errors / requests of /predict")
+    oom_kills: int = Field(2, ge=1)
 
 
 class Receivers(_Strict):
@@ -211,6 +212,7 @@ FIELD_HELP = {
     ),
     "failure_rate_anomaly_factor": ("a number >= 1 (times the usual failed share)", "failure_rate_anomaly_factor: 3"),
     "failure_rate_anomaly_increase": ("a share between 0 and 1 (added to it)", "failure_rate_anomaly_increase: 0.25"),
+    "oom_kills": ("a whole number >= 1 (kills for memory of one component in a run)", "oom_kills: 2"),
 }
 # Names users reach for first, mapped to the field thresholds.yml uses.
 ALIASES = {

@@ -17,11 +17,17 @@ from prefect.results import ResultStore
 
 from planflow.core import discovery
 from planflow.prefect.serializer import PlanflowSerializer
+from planflow.runtime.memory import measure_peak
 
 
 def output_key(run_key: str, step: str) -> str:
     """Where a step's output lives in result storage for one pipeline run."""
     return f"planflow-{run_key}-{step}"
+
+
+def usage_key(run_key: str, step: str) -> str:
+    """Where a step's measured peak memory lives in result storage (memory.py)."""
+    return f"planflow-{run_key}-{step}-usage"
 
 
 @flow(name="run-component", persist_result=True, result_serializer=PlanflowSerializer(), log_prints=True)
@@ -46,5 +52,8 @@ def run_component(
     result = component(**kwargs)
     key = output_key(run_key, step)
     store.write(result, key=key)
+    peak = measure_peak()
+    store.write({"peak_mem_gib": peak.gib, "peak_mem_how": peak.how}, key=usage_key(run_key, step))
+    logger.info("%s/%s peak memory %.3f GiB (%s)", p.name, step, peak.gib, peak.how)
     logger.info("%s/%s stored its output as %s", p.name, step, key)
     return key

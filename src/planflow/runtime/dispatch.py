@@ -88,9 +88,13 @@ class StepRecord:
     finished: float | None = None
     error: BaseException | None = None
     result: Any = None
-    # What the step used, where its executor measured it (runtime/isolation.py's Usage)
+    # What the step used, where its executor measured it: runtime/isolation.py's Usage
+    # (process-isolated steps), memory.py and oom.py (child flow runs): peak memory, kills
+    # for memory, and the memory limit it last ran with.
     usage: Any = None
     peak_mem_gib: float | None = None
+    oom_kills: int = 0
+    mem_limit_gib: float | None = None
     cached: bool = False  # completed by reading its result from the cache (Prefect's Cached state)
 
     @property

@@ -26,11 +26,14 @@ from prefect.states import Cancelled
 from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_fixed
 
 from planflow.core.pipeline import Pipeline
+from planflow.prefect.blocks.registry import load_settings
 from planflow.prefect.jobvars import job_variables, require_fits
 from planflow.prefect.workpools import WorkPoolError, require_pool, worker_status
-from planflow.runtime.component_flow import output_key
+from planflow.runtime.component_flow import output_key, usage_key
 from planflow.runtime.dispatch import Assignment, StepRecord
 from planflow.runtime.executors import Executor, StepFuture
+from planflow.runtime.memory import CGROUP_ENV
+from planflow.runtime.oom import OomKill, emit_oom_killed, emit_oom_retry, escalate, logger, oom_of_flow_run
 from planflow.settings import settings
 
 COMPONENT_FLOW = "run-component"
@@ -40,6 +43,10 @@ SHARED_ENV = ("PREFECT_LOCAL_STORAGE_PATH", "PREFECT_RESULTS_DEFAULT_STORAGE_BLO
 
 class ChildRunError(RuntimeError):
     """A component's flow run did not complete; the message carries the child's own."""
+
+    def __init__(self, message: str, flow_run: FlowRun | None = None) -> None:
+        super().__init__(message)
+        self.flow_run = flow_run
 
 
 class DeploymentMissingError(LookupError):
@@ -121,7 +128,8 @@ def _child(
     if state is None or not state.is_completed():
         raise ChildRunError(
             f"flow run '{flow_run.name}' of {deployment} ended {state.name if state else 'without a state'}: "
-            f"{(state.message if state else None) or 'no message'}"
+            f"{(state.message if state else None) or 'no message'}",
+            flow_run,
         )
     return output_key(parameters["run_key"], parameters["step"])
 
@@ -163,6 +171,15 @@ def _wait_for_child(client: Any, flow_run: FlowRun, deployment: str, work_pool: 
         ) from None
 
 
+def _usage(parameters: Mapping[str, Any]) -> dict[str, Any]:
+    """What the child measured of itself (component_flow.py), or nothing when it did not."""
+    try:
+        usage = ResultStore().read(usage_key(parameters["run_key"], parameters["step"])).result
+    except Exception:  # noqa: BLE001 - an older image measures nothing: the run is still fine
+        return {}
+    return {k: usage[k] for k in ("peak_mem_gib", "peak_mem_how") if isinstance(usage, dict) and k in usage}
+
+
 def _cancel(client: Any, flow_run: FlowRun, why: str) -> None:
     client.set_flow_run_state(flow_run.id, Cancelled(message=why), force=True)
 
@@ -189,15 +206,18 @@ class DistributedExecutor(Executor):
         self.env = {k: os.environ[k] for k in SHARED_ENV if os.environ.get(k)}
         self._found: dict[str, Any] = {}
         self._threads: ThreadPoolExecutor | None = None
+        self.measured: dict[str, dict[str, Any]] = {}  # step -> peak memory, OOM kills, limit
 
-    def job_variables(self, a: Assignment) -> dict[str, Any]:
-        d = a.demand
+    def job_variables(self, a: Assignment, pool: str | None = None, mem_gib: float | None = None) -> dict[str, Any]:
+        """`a`'s job variables on its pool, or on `pool` with `mem_gib` (a run again after
+        a kill for memory)."""
+        d, pool = a.demand, pool or a.pool
         return job_variables(
-            self._found[self.work_pools[a.pool]].type,
+            self._found[self.work_pools[pool]].type,
             cpu=d.get("cpu", 1.0),
             gpu=int(d.get("gpu", 0)),
-            mem_gib=d.get("mem_gib", 1.0),
-            gpu_pool=self.pools[a.pool].gpu > 0,
+            mem_gib=mem_gib or d.get("mem_gib", 1.0),
+            gpu_pool=self.pools[pool].gpu > 0,
         )
 
     def __enter__(self) -> DistributedExecutor:
@@ -218,7 +238,6 @@ class DistributedExecutor(Executor):
     def start(self, step: str, outputs: dict[str, Any]) -> StepFuture:
         assert self._threads is not None, "use DistributedExecutor as a context manager"
         a = self.assignments[step]
-        work_pool = self.work_pools[a.pool]
         bindings = self.pipeline.bindings[step].values()
         parameters = {
             "pipeline": self.pipeline.ref,
@@ -227,13 +246,76 @@ class DistributedExecutor(Executor):
             "inputs": {b.source: outputs[b.source] for b in bindings if b.kind == "step"},
             "run_key": self.run_key,
         }
-        variables = self.job_variables(a)
-        variables["env"] = {**self.env, **variables.get("env", {})}
         context = contextvars.copy_context()  # keeps the parent flow run: children link to it
-        name = f"{self.pipeline.name}.{step}"
-        return self._threads.submit(
-            context.run, _child, deployment_name(work_pool), parameters, variables, name, work_pool
+        return self._threads.submit(context.run, self._run_step, a, parameters)
+
+    def _run_step(self, a: Assignment, parameters: dict[str, Any]) -> str:
+        """Run one step as a child flow run; a child killed for memory runs again with
+        more (oom.escalate: factor, cap, a bigger pool), at most oom_max_retries times."""
+        pool, mem_gib, retry, kills = a.pool, float(a.demand.get("mem_gib", 1.0)), 0, 0
+        name = f"{self.pipeline.name}.{a.step}"
+        while True:
+            work_pool = self.work_pools[pool]
+            variables = self.job_variables(a, pool, mem_gib)
+            variables["env"] = {**self.env, **variables.get("env", {})}
+            if self._found[work_pool].type in ("docker", "kubernetes"):
+                variables["env"][CGROUP_ENV] = "1"  # its container's cgroup is its own: measure that
+            try:
+                key = _child(deployment_name(work_pool), parameters, variables, name, work_pool)
+            except ChildRunError as exc:
+                kill = oom_of_flow_run(str(exc.flow_run.id), self._found[work_pool].type) if exc.flow_run else None
+                if kill is None:
+                    raise
+                kills += 1
+                self.measured[a.step] = {"oom_kills": kills}
+                emit_oom_killed(self.pipeline.name, a.step, pool, kill, mem_gib)
+                pool, mem_gib, retry = self._escalate(a, kill, pool, mem_gib, retry)
+                continue
+            self.measured[a.step] = {**_usage(parameters), "oom_kills": kills, "mem_limit_gib": mem_gib, "pool": pool}
+            return key
+
+    def _escalate(self, a: Assignment, kill: OomKill, pool: str, mem_gib: float, retry: int) -> tuple[str, float, int]:
+        spec, settings = self.pipeline.steps[a.step].spec, load_settings()
+        pools_mem = {p: float(block.mem_gib) for p, block in self.pools.items() if spec.allows(p)}
+        nxt = escalate(
+            a.step,
+            kill,
+            kill.limit_gib or mem_gib,
+            pool,
+            retry,
+            pools_mem,
+            factor=settings.oom_memory_factor,
+            cap_gib=settings.oom_max_mem_gib,
+            max_retries=settings.oom_max_retries,
         )
+        if nxt.moved:  # its own pool cannot hold the new limit: a bigger one must be ready
+            self._found.update(check_ready({self.work_pools[nxt.pool]}))
+        work_pool = self.work_pools[nxt.pool]
+        require_fits(
+            self.job_variables(a, nxt.pool, nxt.mem_gib),
+            self._found[work_pool].base_job_template,
+            component=a.step,
+            pool=work_pool,
+        )
+        logger().warning(
+            "component '%s' was killed for memory (%s) at %.3g GiB on pool '%s': running it again with %.3g GiB "
+            "on pool '%s' (run again %d of at most %d)",
+            a.step,
+            kill.where,
+            mem_gib,
+            pool,
+            nxt.mem_gib,
+            nxt.pool,
+            nxt.retry,
+            settings.oom_max_retries,
+        )
+        emit_oom_retry(self.pipeline.name, a.step, pool, nxt.pool, mem_gib, nxt.mem_gib, nxt.retry)
+        return nxt.pool, nxt.mem_gib, nxt.retry
+
+    def measure(self, record: StepRecord) -> None:
+        """Put what the step's child measured on its record, before the reporters hear it."""
+        for name, value in self.measured.get(record.step, {}).items():
+            setattr(record, name, value)
 
     def collect(self, records: Mapping[str, StepRecord]) -> None:
         store = ResultStore()

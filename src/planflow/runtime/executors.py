@@ -48,6 +48,10 @@ class Executor(ABC):
         """The step listener, with what this executor measured put on each record."""
         return notify
 
+    def measure(self, record: StepRecord) -> None:  # noqa: B027 (optional hook)
+        """Put what the executor measured of a finished step on its record (e.g.
+        `peak_mem_gib`), before the reporters hear of it."""
+
     def collect(self, records: Mapping[str, StepRecord]) -> None:  # noqa: B027 (optional hook)
         """After the dispatch: make each completed record's `result` the step's output
         (by default the futures' results already are)."""
@@ -89,7 +93,13 @@ def execute(
     step event; `admit` takes each step's slots shared with other runs. Returns the
     records, results being the steps' outputs."""
     upstream = {name: pipeline.upstream(name) for name in pipeline.steps}
+
+    def measured(event: str, record: StepRecord) -> None:
+        if event in ("completed", "failed"):
+            executor.measure(record)
+        notify(event, record)
+
     with executor:
-        records, _ = dispatch(upstream, assignments, capacities, executor.start, executor.annotate(notify), admit)
+        records, _ = dispatch(upstream, assignments, capacities, executor.start, executor.annotate(measured), admit)
     executor.collect(records)
     return records

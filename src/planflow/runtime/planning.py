@@ -13,7 +13,7 @@ import difflib
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from prefect import get_run_logger
@@ -27,6 +27,7 @@ from planflow.runtime.dask_cluster import dask_pools, require_offered, worker_of
 from planflow.runtime.dispatch import RESOURCES, Assignment
 from planflow.runtime.distributed import DeploymentMissingError, readiness
 from planflow.runtime.history import Estimate, estimate, recent_durations, work_scale
+from planflow.runtime.memory import MemoryFigure, memory_figures
 
 POLICIES = ("plan", "fifo")
 MODES = ("inprocess", "distributed", "dask")
@@ -34,6 +35,14 @@ MODES = ("inprocess", "distributed", "dask")
 
 class PoolError(ValueError):
     """A step names a pool that does not exist, or fits no pool it may use."""
+
+
+def step_demand(pipeline: Pipeline, name: str, memory: Mapping[str, MemoryFigure] | None = None) -> dict[str, float]:
+    """A step's demand: its declaration, with the learned memory where there is one."""
+    demand = pipeline.steps[name].spec.demand()
+    if memory and name in memory:
+        demand["mem_gib"] = memory[name].gib
+    return demand
 
 
 def _fmt(vector: Mapping[str, float]) -> str:
@@ -44,6 +53,7 @@ def allowed_pools(
     pipeline: Pipeline,
     capacities: Mapping[str, Mapping[str, float]],
     known_pools: set[str] | None = None,
+    memory: Mapping[str, MemoryFigure] | None = None,
 ) -> dict[str, list[str]]:
     """Every step's usable pools among `capacities` (allowed by its spec and big
     enough), or PoolError listing every step that has none. Pool names in a spec are
@@ -52,7 +62,7 @@ def allowed_pools(
     problems: list[str] = []
     allowed: dict[str, list[str]] = {}
     for name, step in pipeline.steps.items():
-        spec, demand = step.spec, step.spec.demand()
+        spec, demand = step.spec, step_demand(pipeline, name, memory)
         unknown = [p for p in spec.pools if p not in known]
         for pool in unknown:
             match = difflib.get_close_matches(pool, list(capacities), n=1)
@@ -116,6 +126,7 @@ class PipelinePlan:
     assignments: dict[str, Assignment]
     estimates: dict[tuple[str, str], Estimate]
     problem: Problem
+    memory: Mapping[str, MemoryFigure] = field(default_factory=dict)  # learned or declared, per step
 
     def source_of(self, step: str) -> str:
         return self.estimates[(step, self.plan[step].pool)].source
@@ -131,12 +142,14 @@ def build_problem(
     *,
     scale: Mapping[str, float] | None = None,
     cached: set[str] | frozenset[str] = frozenset(),
+    memory: Mapping[str, MemoryFigure] | None = None,
 ) -> tuple[Problem, dict[tuple[str, str], Estimate]]:
     """The planner's problem: one mode per usable pool, with learned or declared durations
     (declared ones times the step's work factor in `scale`, see history.work_scale);
     `steps` is each pool's capacity over time left by other runs (the pool calendar);
-    `cached` steps will be read from the cache (runtime/caching.py): almost no time."""
-    allowed = allowed_pools(pipeline, capacities, known_pools)
+    `cached` steps will be read from the cache (runtime/caching.py): almost no time;
+    `memory`: each step's memory to plan with, learned where measured (memory.py)."""
+    allowed = allowed_pools(pipeline, capacities, known_pools, memory)
     history, scale = history or {}, scale or {}
     estimates: dict[tuple[str, str], Estimate] = {}
     tasks = []
@@ -148,7 +161,7 @@ def build_problem(
             est = estimate(declared, pool in spec.est_seconds_by_pool, history, name, pool, scale.get(name, 1.0))
             est = cached_estimate() if name in cached else est
             estimates[(name, pool)] = est
-            modes.append(Mode(pool=pool, duration=est.seconds, demand=spec.demand()))
+            modes.append(Mode(pool=pool, duration=est.seconds, demand=step_demand(pipeline, name, memory)))
         tasks.append(Task(name=name, modes=tuple(modes), after=pipeline.upstream(name)))
     steps = steps or {}
     pools = tuple(
@@ -169,10 +182,11 @@ def plan_pipeline(
     *,
     scale: Mapping[str, float] | None = None,
     cached: set[str] | frozenset[str] = frozenset(),
+    memory: Mapping[str, MemoryFigure] | None = None,
 ) -> PipelinePlan:
     """Plan the pipeline; assignments release steps in planned start order."""
     problem, estimates = build_problem(
-        pipeline, capacities, costs, history, known_pools, steps, scale=scale, cached=cached
+        pipeline, capacities, costs, history, known_pools, steps, scale=scale, cached=cached, memory=memory
     )
     plan = solve(problem, options)
     assignments = {
@@ -186,7 +200,7 @@ def plan_pipeline(
         )
         for t in plan.order_tasks()
     }
-    return PipelinePlan(plan, assignments, estimates, problem)
+    return PipelinePlan(plan, assignments, estimates, problem, dict(memory or {}))
 
 
 # -- a run's plan -------------------------------------------------------------------------
@@ -267,12 +281,22 @@ def make_plan(
     capacities = {name: pool.capacity() for name, pool in usable.items()}
     costs = {name: pool.cost_per_hour for name, pool in usable.items()}
     history = recent_durations(pipeline, settings.history_runs, params)
+    memory = memory_figures(pipeline, settings.history_runs, settings.memory_quantile, settings.memory_margin)
     options = PlannerOptions(
         solver=settings.solver, time_limit_s=settings.time_limit_s, threads=settings.threads, mip_gap=settings.mip_gap
     )
     cached = set() if refresh else predicted_cached(pipeline, params)
     pp = plan_pipeline(
-        pipeline, capacities, costs, options, history, known, steps, scale=work_scale(pipeline, params), cached=cached
+        pipeline,
+        capacities,
+        costs,
+        options,
+        history,
+        known,
+        steps,
+        scale=work_scale(pipeline, params),
+        cached=cached,
+        memory=memory,
     )
     if mode == "dask":  # refused now, not left waiting on the cluster
         require_offered(pp.assignments, worker_offers())

@@ -147,6 +147,9 @@ class MetricsReporter(Reporter):
             usage = record.usage  # set for steps run in a process of their own (runtime/isolation.py)
             if usage is not None:
                 self.recorder.component_usage(record.step, record.pool, usage.peak_mem_bytes, usage.cpu_seconds)
+            # child flow runs measure themselves (memory.py); kills for memory (oom.py)
+            peak = None if usage is not None else record.peak_mem_gib
+            self.recorder.memory(record.step, record.pool, peak, record.oom_kills)
         else:
             return
         self.pending = True

@@ -44,15 +44,20 @@ def fmt_metrics(metrics: Mapping[str, float]) -> str:
 
 
 def usage_figures(pipeline: Pipeline, record: StepRecord) -> dict[str, Any]:
-    """A step's declared CPUs and memory beside what it used, where that was measured
-    (a step run in a process of its own: runtime/isolation.py); None when not."""
+    """A step's declared CPUs and memory beside what it used, where that was measured (a
+    step run in a process of its own: runtime/isolation.py; a child flow run: memory.py),
+    None when not; and its kills for memory with the limit it last ran at (oom.py)."""
     spec, usage = pipeline.steps[record.step].spec, record.usage
-    return {
+    peak = usage.peak_mem_gib if usage is not None else record.peak_mem_gib
+    figures = {
         "declared_cpu": spec.cpu,
         "declared_mem_gib": spec.mem_gib,
         "cpu_seconds": None if usage is None else round(usage.cpu_seconds, 3),
-        "peak_mem_gib": None if usage is None else round(usage.peak_mem_gib, 4),
+        "peak_mem_gib": None if peak is None else round(float(peak), 4),
     }
+    if record.oom_kills:
+        figures.update(oom_kills=record.oom_kills, mem_limit_gib=record.mem_limit_gib)
+    return figures
 
 
 def summary_rows(pipeline: Pipeline, records: Mapping[str, StepRecord], order: list[str]) -> list[dict[str, Any]]:
@@ -103,6 +108,7 @@ def plan_rows(pp: PipelinePlan) -> list[dict[str, Any]]:
                 "gpu": t.demand.get("gpu", 0.0),
                 "mem_gib": t.demand.get("mem_gib", 0.0),
                 "estimate": pp.source_of(t.name),
+                "mem_from": pp.memory[t.name].source if t.name in pp.memory else "declared",
             }
         )
     return rows

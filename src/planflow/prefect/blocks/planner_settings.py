@@ -38,3 +38,34 @@ class PlannerSettings(Block):
         ge=1,
         description="Recent runs whose median actual duration replaces a component's declared estimate.",
     )
+    memory_quantile: float = Field(
+        default=0.95,
+        gt=0,
+        le=1,
+        description="Quantile of the peak memory of recent runs that replaces a component's declared "
+        "mem_gib once it has history (runtime/memory.py).",
+    )
+    memory_margin: float = Field(
+        default=1.2,
+        ge=1,
+        le=10,
+        description="Factor on the learned peak memory: head room over what recent runs used.",
+    )
+    oom_memory_factor: float = Field(
+        default=2.0,
+        gt=1,
+        le=16,
+        description="A component killed for memory is run again with its memory limit times this factor.",
+    )
+    oom_max_mem_gib: float = Field(
+        default=64.0,
+        gt=0,
+        description="Cap on the memory limit a component killed for memory is retried with (GiB); "
+        "never above the largest pool that may run it.",
+    )
+    oom_max_retries: int = Field(
+        default=3,
+        ge=0,
+        le=10,
+        description="Runs again with more memory after a kill for memory, per component and run.",
+    )

@@ -1,0 +1,226 @@
+"""A component killed for memory: told apart from other failures, and what to do next.
+
+Told apart (named as such, never guessed from an exit code alone):
+- Docker: the container's `State.OOMKilled` (`docker inspect`), found by the label
+  `io.prefect.flow-run-id` that Prefect's Docker worker puts on it. In Prefect 3 the
+  flow runs in a child process of `prefect flow-run execute`: the kernel kills that child
+  (the run ends Crashed, "status code -9"), the container may exit 0, and Docker still
+  records OOMKilled. A SIGKILL alone (exit 137, -9) is not taken for an OOM kill;
+- Kubernetes: a container status whose `terminated.reason` is `OOMKilled` (the pod's
+  `status.containerStatuses`, as the API and a worker that reads the pod report it).
+
+What next (`escalate`): the same component again with its memory limit times
+`oom_memory_factor`, at most `oom_max_mem_gib` and never above the largest pool that may
+run it (both in the PlannerSettings block); on a bigger pool when its own cannot hold
+the new limit; at most `oom_max_retries` times per run. At the cap it fails with
+OomCapError naming the peak seen, the limit and the fix: no retry loop.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from prefect import get_run_logger
+from prefect.context import FlowRunContext
+from prefect.events import emit_event
+
+from planflow.prefect.jobvars import quantity
+
+GIB = 2**30
+DOCKER_TIMEOUT_S = 30.0
+# How long the container of a crashed flow run may take to exit (its `prefect flow-run
+# execute` reports the crash, then shuts down; on a loaded 2-core machine that took > 30 s).
+EXIT_WAIT_S = 180.0
+FLOW_RUN_LABEL = "io.prefect.flow-run-id"  # set by prefect-docker on every flow-run container
+OOM_REASON = "OOMKilled"
+
+
+class OomCapError(RuntimeError):
+    """A component killed for memory at the largest limit it may have."""
+
+
+@dataclass(frozen=True)
+class OomKill:
+    """A kill for memory, as the infrastructure reported it."""
+
+    where: str  # "docker container 3f2a1b (State.OOMKilled, exit 137)"
+    limit_gib: float | None  # the limit it was killed at, when the report says
+    exit_code: int | None = None
+
+
+@dataclass(frozen=True)
+class Escalation:
+    """The next run of a component killed for memory."""
+
+    mem_gib: float
+    pool: str
+    retry: int  # 1 for the first run again
+    moved: bool  # to another pool, because its own cannot hold mem_gib
+
+
+# -- telling an OOM kill apart ----------------------------------------------------------
+def oom_from_docker_inspect(container: Mapping[str, Any]) -> OomKill | None:
+    """An OomKill from one `docker inspect` object when its State says OOMKilled."""
+    state = container.get("State") or {}
+    if not state.get("OOMKilled"):
+        return None
+    memory = (container.get("HostConfig") or {}).get("Memory") or 0
+    exit_code = state.get("ExitCode")
+    return OomKill(
+        where=f"docker container {str(container.get('Id', '?'))[:12]} (State.OOMKilled, exit {exit_code})",
+        limit_gib=memory / GIB if memory else None,
+        exit_code=exit_code,
+    )
+
+
+def oom_from_pod(pod: Mapping[str, Any]) -> OomKill | None:
+    """An OomKill from a Kubernetes Pod object (`kubectl get pod -o json`, or what the
+    worker read) when a container terminated with reason OOMKilled (now or last time)."""
+    status = pod.get("status") or {}
+    limits = {
+        c.get("name"): ((c.get("resources") or {}).get("limits") or {}).get("memory")
+        for c in (pod.get("spec") or {}).get("containers") or []
+    }
+    for item in status.get("containerStatuses") or []:
+        for which in ("state", "lastState"):
+            terminated = (item.get(which) or {}).get("terminated") or {}
+            if terminated.get("reason") == OOM_REASON:
+                limit = limits.get(item.get("name"))
+                name = (pod.get("metadata") or {}).get("name", "?")
+                return OomKill(
+                    where=f"kubernetes pod {name} container {item.get('name')} (reason OOMKilled, "
+                    f"exit {terminated.get('exitCode')})",
+                    limit_gib=quantity(limit) / GIB if limit else None,
+                    exit_code=terminated.get("exitCode"),
+                )
+    return None
+
+
+def docker_containers(flow_run_id: str) -> list[dict[str, Any]]:
+    """`docker inspect` of the containers of one flow run (empty without a Docker client)."""
+    if not shutil.which("docker"):
+        return []
+    found = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", f"label={FLOW_RUN_LABEL}={flow_run_id}"],
+        capture_output=True,
+        text=True,
+        timeout=DOCKER_TIMEOUT_S,
+    )
+    ids = found.stdout.split()
+    if found.returncode != 0 or not ids:
+        return []
+    # The flow run may be reported Crashed (its flow process killed) before the container
+    # exits; Docker sets State.OOMKilled only when it has: wait for that, bounded.
+    try:
+        subprocess.run(["docker", "wait", *ids], capture_output=True, timeout=EXIT_WAIT_S)
+    except subprocess.TimeoutExpired:
+        pass  # still running: read what there is
+    inspect = subprocess.run(["docker", "inspect", *ids], capture_output=True, text=True, timeout=DOCKER_TIMEOUT_S)
+    return json.loads(inspect.stdout) if inspect.returncode == 0 else []
+
+
+def oom_of_flow_run(flow_run_id: str, pool_type: str) -> OomKill | None:
+    """The kill for memory of a flow run's infrastructure, where it can be told (Docker)."""
+    if pool_type != "docker":
+        return None
+    for container in docker_containers(flow_run_id):
+        kill = oom_from_docker_inspect(container)
+        if kill is not None:
+            return kill
+    return None
+
+
+# -- what next --------------------------------------------------------------------------
+def escalate(
+    component: str,
+    kill: OomKill,
+    limit_gib: float,
+    pool: str,
+    retry: int,
+    pools_mem: Mapping[str, float],
+    *,
+    factor: float,
+    cap_gib: float,
+    max_retries: int,
+    peak_gib: float | None = None,
+) -> Escalation:
+    """The next run of `component`, killed for memory at `limit_gib` on `pool`, or
+    OomCapError when it already had the most it may have. `pools_mem` holds the memory
+    of every pool that may run it; `retry` counts the runs again so far (0 at the first
+    kill); `peak_gib` is the largest peak measured in its history, when any.
+
+        >>> escalate("train", KILL, 0.25, "docker", 0, {"docker": 4.0}, factor=2, cap_gib=64, max_retries=3)
+        Escalation(mem_gib=0.5, pool='docker', retry=1, moved=False)
+    """
+    largest = max(pools_mem.values(), default=0.0)
+    ceiling = min(cap_gib, largest)
+    wanted = min(limit_gib * factor, ceiling)
+    if retry >= max_retries or wanted <= limit_gib + 1e-9:
+        biggest = max(pools_mem, key=lambda p: pools_mem[p], default="-")
+        seen = f"{peak_gib:.3g} GiB measured before" if peak_gib else f"at least {limit_gib:.3g} GiB (its limit)"
+        why = (
+            f"it already had {retry} run(s) again with more memory (PlannerSettings.oom_max_retries={max_retries})"
+            if retry >= max_retries
+            else f"the cap is {ceiling:.3g} GiB (PlannerSettings.oom_max_mem_gib={cap_gib:g}; the largest pool "
+            f"that may run it, '{biggest}', has {largest:g} GiB)"
+        )
+        raise OomCapError(
+            f"component '{component}' was killed for memory ({kill.where}) at its limit of {limit_gib:.3g} GiB; "
+            f"peak seen: {seen}; {why}. Fix: make it use less memory, declare more (mem_gib) and add a "
+            f"ResourcePool with mem_gib >= {limit_gib * factor:.3g} that may run it, or raise "
+            "PlannerSettings.oom_max_mem_gib / oom_max_retries (`planflow blocks`)"
+        )
+    if pools_mem.get(pool, 0.0) + 1e-9 >= wanted:
+        return Escalation(mem_gib=wanted, pool=pool, retry=retry + 1, moved=False)
+    bigger = sorted((m, p) for p, m in pools_mem.items() if m + 1e-9 >= wanted)
+    return Escalation(mem_gib=wanted, pool=bigger[0][1], retry=retry + 1, moved=True)
+
+
+# -- telling others -----------------------------------------------------------------------
+def logger() -> logging.Logger | logging.LoggerAdapter:
+    return get_run_logger() if FlowRunContext.get() is not None else logging.getLogger("planflow.oom")
+
+
+def _resource(pipeline: str, step: str) -> dict[str, str]:
+    return {"prefect.resource.id": f"planflow.component.{pipeline}.{step}", "prefect.resource.name": step}
+
+
+def emit_oom_killed(pipeline: str, step: str, pool: str, kill: OomKill, limit_gib: float) -> None:
+    """Event `planflow.component.oom-killed`: what was killed, where, at which limit."""
+    emit_event(
+        event="planflow.component.oom-killed",
+        resource=_resource(pipeline, step),
+        payload={
+            "pipeline": pipeline,
+            "component": step,
+            "pool": pool,
+            "where": kill.where,
+            "limit_gib": limit_gib,
+            "exit_code": kill.exit_code,
+        },
+    )
+
+
+def emit_oom_retry(
+    pipeline: str, step: str, pool: str, to_pool: str, was_gib: float, now_gib: float, retry: int
+) -> None:
+    """Event `planflow.component.oom-retry`: the run again with more memory (and its pool)."""
+    emit_event(
+        event="planflow.component.oom-retry",
+        resource=_resource(pipeline, step),
+        payload={
+            "pipeline": pipeline,
+            "component": step,
+            "pool": pool,
+            "to_pool": to_pool,
+            "was_gib": was_gib,
+            "now_gib": now_gib,
+            "retry": retry,
+        },
+    )
