@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from planflow.core.pipeline import Pipeline
 from planflow.runtime.dispatch import Admit, Assignment, StepRecord, dispatch
-from planflow.runtime.tags import PIPELINE_TAG_PREFIX, POOL_TAG
+from planflow.runtime.tags import PLANFLOW_TAG
 
 
 class StepFuture(Protocol):
@@ -49,18 +49,20 @@ class Executor(ABC):
 
 
 class InProcessExecutor(Executor):
-    """Each step is a task of the current flow run, tagged with its pool and pipeline."""
+    """Each step is a task of the current flow run, named after the step.
+
+    Its task run carries only the tags its component declares: Prefect 3 takes a slot of
+    a `tag:<tag>` concurrency limit for every tag of a task run (a server round trip per
+    tag, about 50 ms), so planflow adds none of its own; the pool a step ran on is in the
+    run's artifacts and metrics, the pipeline in its flow run's tags. Each step's task is
+    made once per run (`with_options` copies a Prefect task), not once per release."""
 
     def __init__(self, pipeline: Pipeline, assignments: Mapping[str, Assignment], params: Mapping[str, Any]) -> None:
         self.pipeline, self.assignments, self.params = pipeline, assignments, params
 
     def start(self, step: str, outputs: dict[str, Any]) -> StepFuture:
         component = self.pipeline.steps[step].component
-        tags = {
-            *component.tags,
-            f"{POOL_TAG}{self.assignments[step].pool}",
-            f"{PIPELINE_TAG_PREFIX}{self.pipeline.name}",
-        }
+        tags = set(component.tags) - {PLANFLOW_TAG}  # every component has it; the flow run says it
         task = component.with_options(name=step, task_run_name=step, tags=tags)
         return task.submit(**self.pipeline.step_kwargs(step, self.params, outputs))
 
