@@ -62,8 +62,8 @@ class InProcessExecutor(Executor):
 
     def start(self, step: str, outputs: dict[str, Any]) -> StepFuture:
         component = self.pipeline.steps[step].component
-        tags = set(component.tags) - {PLANFLOW_TAG}  # every component has it; the flow run says it
-        task = component.with_options(name=step, task_run_name=step, tags=tags)
+        task = component.with_options(name=step, task_run_name=step)
+        task.tags = set(component.tags) - {PLANFLOW_TAG}  # every component has it; the flow run says it
         return task.submit(**self.pipeline.step_kwargs(step, self.params, outputs))
 
 
