@@ -17,6 +17,7 @@ BENCHMARKS = {
     "monitoring": "bench.bench_monitoring",  # alert latency, bridge burst of 10,000 alerts
     "remediation": "bench.bench_remediation",  # alert -> remediation flow run started
     "fleet": "bench.bench_fleet",  # bursts of runs on one shared pool, SQLite and PostgreSQL
+    "overhead": "bench.bench_overhead",  # N trivial components against a plain Prefect flow of N tasks
 }
 
 
