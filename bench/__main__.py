@@ -20,6 +20,7 @@ BENCHMARKS = {
     "exact": "bench.bench_exact",  # small plans proven optimal: time to proof, 5/10/15 tasks
     "results": "bench.bench_results",  # stored result bytes and time: planflow serializer vs pickle
     "serving": "bench.bench_serving",  # planflow serve vs plain FastAPI; replica kill and swap under load
+    "overhead": "bench.bench_overhead",  # N trivial components against a plain Prefect flow of N tasks
 }
 
 

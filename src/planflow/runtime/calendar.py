@@ -231,6 +231,7 @@ class RunCalendar(Reporter):
         self.entry: CalendarEntry | None = None
         self.lateness = 0.0
         self.makespan = 0.0
+        self.dirty = False
 
     def write(self, pipeline: str, assignments: Mapping[str, Assignment], planned_at: float) -> float:
         """Record the plan's reservations; returns the ETA (Unix time)."""
@@ -291,9 +292,14 @@ class RunCalendar(Reporter):
                 r["start"] = max(event.at, entry.planned_at + (step.planned_start or 0.0) + self.lateness)
                 r["finish"] = r["start"] + ((step.planned_finish or 0.0) - (step.planned_start or 0.0))
         entry.eta = max([event.at] + [float(r["finish"]) for r in entry.reservations])
-        self._save()
+        self.dirty = True  # saved at the bus's next flush: one block write per batch of events
         if self.recorder is not None:
             self.recorder.eta(entry.eta)
+
+    def flush(self) -> None:
+        if self.dirty:
+            self.dirty = False
+            self._save()
 
     def on_finished(self, run: RunInfo, records: Mapping[str, StepRecord]) -> None:
         self.delete()

@@ -28,7 +28,7 @@ from planflow.runtime import reporting
 from planflow.runtime.dask_cluster import scheduler_address, task_resources, unreachable
 from planflow.runtime.dispatch import Assignment
 from planflow.runtime.executors import Executor, StepFuture
-from planflow.runtime.tags import PIPELINE_TAG_PREFIX, POOL_TAG
+from planflow.runtime.tags import PLANFLOW_TAG
 from planflow.settings import settings
 
 
@@ -122,8 +122,10 @@ class DaskExecutor(Executor):
         assert self._runner is not None, "use DaskExecutor as a context manager"
         a = self.assignments[step]
         component = self.pipeline.steps[step].component
-        tags = {*component.tags, f"{POOL_TAG}{a.pool}", f"{PIPELINE_TAG_PREFIX}{self.pipeline.name}"}
-        task = component.with_options(name=step, task_run_name=step, tags=tags)
+        task = component.with_options(name=step, task_run_name=step)
+        # only the tags its author gave it: every task-run tag costs a concurrency slot
+        # round trip in Prefect 3 (executors.InProcessExecutor); the flow run says `planflow`
+        task.tags = set(component.tags) - {PLANFLOW_TAG}
         upstream = {name: out.future if isinstance(out, DaskOutput) else out for name, out in outputs.items()}
         kwargs = self.pipeline.step_kwargs(step, self.params, upstream)
         with dask.annotate(resources=task_resources(a.pool, a.demand)):

@@ -111,6 +111,25 @@ Admit = Callable[[Assignment], AbstractContextManager[Any] | None]
 POLL_SECONDS = 0.5  # how often steps waiting for shared slots try again
 
 
+def _releasable(
+    waiting: list[str],
+    assignments: Mapping[str, Assignment],
+    upstream: Mapping[str, tuple[str, ...]],
+    records: Mapping[str, StepRecord],
+    ledger: ResourceLedger,
+) -> list[Assignment]:
+    """The ready steps that fit this run's ledger together, in release order."""
+    trial = ResourceLedger(ledger.capacity)
+    trial.in_use = {pool: dict(used) for pool, used in ledger.in_use.items()}
+    chosen = []
+    for step in waiting:
+        a = assignments[step]
+        if all(records[d].state == "Completed" for d in upstream[step]) and trial.fits(a.pool, a.demand):
+            trial.acquire(a.pool, a.demand)
+            chosen.append(a)
+    return chosen
+
+
 def dispatch(
     upstream: Mapping[str, tuple[str, ...]],
     assignments: Mapping[str, Assignment],
@@ -127,7 +146,8 @@ def dispatch(
 
     `admit` takes a step's slots shared with other runs (admission.py) once it fits
     this run's own ledger; a step it refuses waits and is tried again every
-    POLL_SECONDS; an error it raises fails the step (nothing is held).
+    POLL_SECONDS; an error it raises fails the step (nothing is held). When `admit` has
+    a `prepare` method (run_slots.py), it hears the steps each round may release first.
     """
     ledger = ResourceLedger(capacity)
     for a in assignments.values():
@@ -140,12 +160,15 @@ def dispatch(
     running: set[str] = set()
     held: dict[str, AbstractContextManager[Any]] = {}
     take = admit or (lambda a: nullcontext())
+    prepare = getattr(admit, "prepare", None)
     failed = False
     t0 = time.monotonic()
 
     while waiting or running:
         blocked = False  # a ready step waits for slots other runs hold
         if not failed:
+            if prepare is not None:  # the steps this round may release, so admission can batch
+                prepare(_releasable(waiting, assignments, upstream, records, ledger))
             for step in list(waiting):
                 a = assignments[step]
                 ready = all(records[d].state == "Completed" for d in upstream[step])

@@ -7,9 +7,11 @@ events; none of them is called by the dispatcher itself.
 
 Events are delivered in the order they happened, on one thread per run (the EventBus),
 so that the dispatcher never waits for an artifact upload, a metrics push or a terminal.
-Each step event carries a copy of the step's record as it was at that moment. After an
-event, when no other is waiting, every reporter is asked to `flush()`: a reporter that
-sends over the network batches there.
+Each step event carries a copy of the step's record as it was at that moment. Every
+reporter is asked to `flush()` when no event is waiting and at least FLUSH_SECONDS
+passed since the last flush, and once more at the end of the run: a reporter that sends
+over the network (progress artifact, metrics push) batches there, so a run of many short
+steps sends a few updates a second rather than one per event.
 
 A reporter is an observer: when one raises, the run goes on, the error is logged (the
 first one with its traceback) and the reporter keeps receiving the events that follow.
@@ -39,6 +41,7 @@ from planflow.runtime.planning import RunPlan
 STEP_EVENTS = ("started", "completed", "failed", "skipped")
 FINAL_STEP_EVENTS = ("completed", "failed", "skipped")
 DRAIN_TIMEOUT_SECONDS = 120.0  # what a run waits, at its end, for its reporters
+FLUSH_SECONDS = 1.0  # the most a batched update (progress, metrics) lags behind the run
 
 
 @dataclass(frozen=True)
@@ -144,12 +147,16 @@ class EventBus:
         reporters: Iterable[Reporter],
         logger: logging.Logger | logging.LoggerAdapter,
         drain_timeout: float = DRAIN_TIMEOUT_SECONDS,
+        flush_seconds: float = FLUSH_SECONDS,
     ) -> None:
+        if not flush_seconds >= 0:
+            raise ValueError(f"flush_seconds={flush_seconds!r}: must be a number of seconds >= 0 (e.g. 1.0)")
         self.reporters = list(reporters)
         self.logger = logger
         self.drain_timeout = drain_timeout
+        self.flush_seconds = flush_seconds
         self.failures: Counter[str] = Counter()
-        self._queue: queue.SimpleQueue[tuple[str, tuple[Any, ...]] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[str, tuple[Any, ...]] | tuple[()] | None] = queue.SimpleQueue()
         self._busy: tuple[str, str] | None = None  # (reporter, method) being called now
         context = contextvars.copy_context()
         self._thread = threading.Thread(
@@ -192,15 +199,23 @@ class EventBus:
             self.logger.warning("reporter %s failed on %d event(s) of this run (the run went on)", reporter, count)
 
     def _deliver(self) -> None:
+        flushed, dirty = time.monotonic(), False
         while True:
-            item = self._queue.get()
+            due = flushed + self.flush_seconds
+            try:  # nothing waiting: sleep until the next event or until a flush is due
+                item = self._queue.get(timeout=max(0.0, due - time.monotonic())) if dirty else self._queue.get()
+            except queue.Empty:
+                item = ()
             if item is None:
                 self._call_all("flush", ())
                 return
-            method, args = item
-            self._call_all(method, args)
-            if self._queue.empty():
+            if item:
+                method, args = item
+                self._call_all(method, args)
+                dirty = True
+            if dirty and self._queue.empty() and time.monotonic() >= due:
                 self._call_all("flush", ())
+                flushed, dirty = time.monotonic(), False
 
     def _call_all(self, method: str, args: tuple[Any, ...]) -> None:
         for reporter in self.reporters:

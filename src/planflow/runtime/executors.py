@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from planflow.core.pipeline import Pipeline
 from planflow.runtime.dispatch import Admit, Assignment, StepRecord, dispatch
 from planflow.runtime.isolation import UsageLog, step_function
-from planflow.runtime.tags import PIPELINE_TAG_PREFIX, POOL_TAG
+from planflow.runtime.tags import PLANFLOW_TAG
 
 
 class StepFuture(Protocol):
@@ -58,9 +58,14 @@ class Executor(ABC):
 
 
 class InProcessExecutor(Executor):
-    """Each step is a task of the current flow run, tagged with its pool and pipeline; its
-    function runs with its declared CPUs' native threads, in this process or a process of
-    its own (isolation.py)."""
+    """Each step is a task of the current flow run, named after the step; its function
+    runs with its declared CPUs' native threads, in this process or a process of its own
+    (isolation.py).
+
+    Its task run carries only the tags its component declares: Prefect 3 takes a slot of
+    a `tag:<tag>` concurrency limit for every tag of a task run (a server round trip per
+    tag, about 50 ms), so planflow adds none of its own; the pool a step ran on is in the
+    run's artifacts and metrics, the pipeline in its flow run's tags."""
 
     def __init__(self, pipeline: Pipeline, assignments: Mapping[str, Assignment], params: Mapping[str, Any]) -> None:
         self.pipeline, self.assignments, self.params = pipeline, assignments, params
@@ -71,12 +76,8 @@ class InProcessExecutor(Executor):
 
     def start(self, step: str, outputs: dict[str, Any]) -> StepFuture:
         component = self.pipeline.steps[step].component
-        tags = {
-            *component.tags,
-            f"{POOL_TAG}{self.assignments[step].pool}",
-            f"{PIPELINE_TAG_PREFIX}{self.pipeline.name}",
-        }
-        task = component.with_options(name=step, task_run_name=step, tags=tags)
+        task = component.with_options(name=step, task_run_name=step)
+        task.tags = set(component.tags) - {PLANFLOW_TAG}  # every component has it; the flow run says it
         task.fn = step_function(step, component.fn, component.spec.cpu, self.pipeline.isolation_of(step), self.usage)
         return task.submit(**self.pipeline.step_kwargs(step, self.params, outputs))
 

@@ -23,8 +23,10 @@ the ratio of the work factors (duration taken as proportional to each parameter)
 
 from __future__ import annotations
 
+import contextvars
 import statistics
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +42,7 @@ MIN_SECONDS = 0.05  # a plan needs positive durations; sub-50 ms steps round up 
 HISTORY_TYPE = "planflow-history"
 HISTORY_KEY_PREFIX = "planflow-history"
 KEY_MAX = 100  # Prefect's limit on an artifact key's length
+READ_THREADS = 8  # concurrent history reads before a plan
 
 
 @dataclass(frozen=True)
@@ -165,12 +168,22 @@ def recent_durations(
     current code version (newest first), each converted to the work of a run with
     `params` (default: the pipeline's defaults)."""
     params = pipeline.resolve_params(params)
+    # One read per component version, all at once: steps often share a component, and
+    # reading them one after another put a server round trip per step before the plan.
+    components = {history_key(s.component.name, s.component.code_version): s.component for s in pipeline.steps.values()}
+    with ThreadPoolExecutor(max_workers=min(READ_THREADS, len(components) or 1)) as pool:
+        # a component may have run on several pools: read enough for `runs` on each
+        # each in a copy of this context: Prefect's settings (the API URL) live in context variables
+        futures = {
+            key: pool.submit(contextvars.copy_context().run, observations, c, max(1, runs) * 4)
+            for key, c in components.items()
+        }
+        read = {key: future.result() for key, future in futures.items()}
     durations: dict[tuple[str, str], list[float]] = {}
     for name, step in pipeline.steps.items():
         spec = step.spec
         now = spec.work_factor(work_values(pipeline, name, params))
-        # a component may have run on several pools: read enough for `runs` on each
-        for seen in observations(step.component, max(1, runs) * 4):
+        for seen in read[history_key(step.component.name, step.component.code_version)]:
             samples = durations.setdefault((name, seen.pool), [])
             if len(samples) < runs:
                 samples.append(seen.seconds * now / spec.work_factor(seen.work or {}))

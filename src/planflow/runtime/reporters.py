@@ -10,14 +10,17 @@ Each subscribes to the run's events (events.py) and keeps to one concern:
   Pushgateway when no other event is waiting: one push per batch of events.
 - LogReporter: the plan, the run's start and each completed step in the flow run's log.
 - HistoryReporter: each completed step's duration (and peak memory, when the record
-  carries it) into the duration history (history.py) the planner learns from.
+  carries it) into the duration history (history.py) the planner learns from, written
+  once per batch of events.
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from prefect.artifacts import (
@@ -34,6 +37,8 @@ from planflow.runtime.caching import step_state
 from planflow.runtime.dispatch import StepRecord
 from planflow.runtime.events import FINAL_STEP_EVENTS, Reporter, RunInfo, StepEvent
 from planflow.settings import StatePaths
+
+WRITE_THREADS = 8  # history observations written side by side at each flush
 
 
 class ArtifactReporter(Reporter):
@@ -216,6 +221,7 @@ class HistoryReporter(Reporter):
 
     def __init__(self) -> None:
         self.retry = False
+        self.pending: list[history.Observation] = []
 
     def on_planned(self, run: RunInfo) -> None:
         context = FlowRunContext.get()
@@ -228,7 +234,7 @@ class HistoryReporter(Reporter):
             return
         component = run.pipeline.steps[record.step].component
         peak = getattr(record, "peak_mem_gib", None)  # set by executors that measure it
-        history.record(
+        self.pending.append(
             history.Observation(
                 component=component.name,
                 code_version=component.code_version,
@@ -240,3 +246,14 @@ class HistoryReporter(Reporter):
                 flow_run_id=run.flow_run_id,
             )
         )
+
+    def flush(self) -> None:
+        """Write the batch's observations at once (one request each, side by side)."""
+        batch, self.pending = self.pending, []
+        if not batch:
+            return
+        with ThreadPoolExecutor(max_workers=min(WRITE_THREADS, len(batch))) as pool:
+            futures = [pool.submit(contextvars.copy_context().run, history.record, o) for o in batch]
+        errors = [f.exception() for f in futures if f.exception() is not None]
+        if errors:
+            raise errors[0]

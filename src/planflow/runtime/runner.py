@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from contextlib import nullcontext
 from functools import partial
 from typing import Any
 
@@ -29,7 +30,6 @@ from planflow.monitoring.metrics import RunRecorder, pushgateway_url_from_env
 from planflow.prefect.blocks.registry import DEFAULT_POOL
 from planflow.prefect.limits import require_limits
 from planflow.runtime import reporting
-from planflow.runtime.admission import SharedSlots
 from planflow.runtime.caching import refreshing, step_state
 from planflow.runtime.calendar import RunCalendar, busy_steps, planning_lock
 from planflow.runtime.dispatch import StepRecord
@@ -46,6 +46,7 @@ from planflow.runtime.reporters import (
 )
 from planflow.runtime.reporting import key_metrics
 from planflow.runtime.results import ResultsBound
+from planflow.runtime.run_slots import RunSlots
 from planflow.runtime.tags import PIPELINE_TAG_PREFIX, PLANFLOW_TAG, tag_flow_run
 from planflow.runtime.watchdog import unwatch_later, watch_run
 from planflow.settings import settings
@@ -155,8 +156,7 @@ def _run(
         run = RunInfo(pipeline, resolved, policy, mode, str(flow_run.id) if flow_run else None, plan)
         with EventBus(run_reporters(pipeline, logger, recorder, calendar), logger) as bus:
             bus.planned(run)
-            admit = SharedSlots().take if shared else None
-            with refreshing(refresh):
+            with refreshing(refresh), RunSlots() if shared else nullcontext() as admit:
                 records = execute(
                     make_executor(run), pipeline, plan.assignments, plan.capacities, partial(bus.step, run), admit
                 )

@@ -2,8 +2,9 @@
 
 Every flow run of a pipeline carries `planflow` and `pipeline:<name>` (the retry and
 crash automations match them), whoever started it: `planflow run`, a deployment a team
-made with `prefect deploy`, or a plain call of the flow. Each component's task run
-carries `pool:<name>`, the pool it ran on.
+made with `prefect deploy`, or a plain call of the flow. A component's task run carries
+only the tags its author gave it: Prefect takes a concurrency slot per task-run tag, a
+server round trip each, so planflow adds none there (executors.InProcessExecutor).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from prefect.client.orchestration import get_client
 
 PLANFLOW_TAG = "planflow"
 PIPELINE_TAG_PREFIX = "pipeline:"
-POOL_TAG = "pool:"
 
 
 def pipeline_tags(pipeline: str) -> list[str]:

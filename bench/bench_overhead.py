@@ -1,0 +1,213 @@
+"""What planflow costs per component, against a plain Prefect flow, side by side in one process.
+
+A planflow run of N trivial components (each returns its input; all ready at once, all
+fitting their pool together) against a plain Prefect flow submitting N trivial tasks,
+with the same ThreadPoolTaskRunner size and result persistence, on the same server, in
+the same process, alternating, `--rounds` rounds after one warm-up of each. N = 40 and
+400 by default. The planflow runs take their pool's shared slots (the default,
+`PLANFLOW_SHARED_SLOTS=true`), so the figure includes the cross-run capacity guarantee.
+
+Figures (a flat JSON object, read-modify-write so bench_overhead_dask.py can add its
+keys to the same file):
+
+- `ratio_inprocess_<N>`: median over rounds of planflow wall time / plain flow wall time;
+- `planflow_s_<N>`, `prefect_s_<N>`: the median wall times;
+- `first_release_s_<N>`: median time from the flow run's start (the server's Running
+  state) to the first component's release by the dispatcher.
+
+Run: `python -m bench.bench_overhead [--sizes 40 400] [--rounds 3] [--profile FILE]`.
+It starts a Prefect server of its own (SQLite, a temporary state folder) and stops it at
+the end. `--profile FILE` also writes a cProfile of one more planflow run of the first
+size (the flow's thread: the dispatcher's path). Writes bench/results/overhead.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+POOL = "bench-overhead"
+CAPACITY = {"cpu": 2.0, "mem_gib": 4.0}  # N components of 1 millicore and 1 MiB all fit
+SERVER_START_SECONDS = 600.0
+
+
+def identity(x: int = 1) -> int:
+    return x
+
+
+def planflow_flow(n: int) -> Any:
+    from planflow import to_flow
+    from planflow.core.component import component
+    from planflow.core.pipeline import Pipeline, Step
+
+    comp = component(identity, cpu=0.001, mem_gib=0.001, est_seconds=0.05, pools=[POOL])
+    steps = [Step(f"c{i:03d}", comp) for i in range(n)]
+    return to_flow(Pipeline(f"bench-overhead-{n}", steps, description="N trivial components"))
+
+
+def prefect_flow(n: int) -> Any:
+    """The same work as a plain Prefect flow: the task runner planflow's flow gets, persisted results."""
+    from prefect import flow, task
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    plain = task(identity, persist_result=True)
+
+    runner = ThreadPoolTaskRunner(max_workers=max(4, min(64, n)))
+
+    @flow(name=f"bench-plain-{n}", task_runner=runner, persist_result=True)
+    def plain_flow(x: int = 1) -> list[int]:
+        futures = [plain.with_options(name=f"c{i:03d}").submit(x) for i in range(n)]
+        return [f.result() for f in futures]
+
+    return plain_flow
+
+
+class FirstRelease:
+    """A planflow reporter: the Unix time of each run's first release (the event's time is
+    taken on the dispatcher's thread, when it releases the step)."""
+
+    def __init__(self) -> None:
+        from planflow.runtime.events import Reporter
+
+        outer = self
+
+        class _Reporter(Reporter):
+            def on_step(self, event: Any) -> None:
+                if event.kind == "started":
+                    run = event.run.flow_run_id
+                    outer.first[run] = min(outer.first.get(run, event.at), event.at)
+
+        self.first: dict[str, float] = {}
+        self.reporter = _Reporter()
+
+    def seconds_after_start(self, flow_run_id: str) -> float:
+        from prefect.client.orchestration import get_client
+
+        with get_client(sync_client=True) as client:
+            started = client.read_flow_run(flow_run_id).start_time
+        return self.first[flow_run_id] - started.timestamp()
+
+
+def timed(fn: Any) -> tuple[float, Any]:
+    started = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - started, out
+
+
+def measure(n: int, rounds: int, first: FirstRelease) -> dict[str, float]:
+    ours, plain = planflow_flow(n), prefect_flow(n)
+    ours(local_pool=POOL)  # warm-up of each: imports, the first plan, block types
+    plain()
+    rows = []
+    for r in range(rounds):
+        result: dict[str, float] = {}
+        for kind in ("planflow", "prefect") if r % 2 == 0 else ("prefect", "planflow"):
+            if kind == "planflow":
+                result["planflow_s"], summary = timed(lambda: ours(local_pool=POOL))
+                result["first_release_s"] = first.seconds_after_start(summary["flow_run_id"])
+            else:
+                result["prefect_s"], _ = timed(plain)
+        result["ratio"] = result["planflow_s"] / result["prefect_s"]
+        rows.append(result)
+        print(f"N={n} round {r + 1}: {result}", flush=True)
+    return {
+        f"ratio_inprocess_{n}": round(statistics.median(x["ratio"] for x in rows), 3),
+        f"planflow_s_{n}": round(statistics.median(x["planflow_s"] for x in rows), 3),
+        f"prefect_s_{n}": round(statistics.median(x["prefect_s"] for x in rows), 3),
+        f"first_release_s_{n}": round(statistics.median(x["first_release_s"] for x in rows), 3),
+    }
+
+
+def profile(n: int, path: Path) -> None:
+    import cProfile
+    import pstats
+
+    flow = planflow_flow(n)
+    profiler = cProfile.Profile()
+    profiler.runcall(flow, local_pool=POOL)
+    profiler.dump_stats(str(path))
+    pstats.Stats(str(path)).sort_stats("cumulative").print_stats(40)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[40, 400])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--profile", type=Path, help="also write a cProfile of one planflow run of the first size")
+    args = parser.parse_args(argv)
+    if args.rounds < 1 or any(n < 1 for n in args.sizes):
+        parser.error(f"--rounds {args.rounds} and --sizes {args.sizes} must be >= 1")
+
+    from bench.tempserver import TempServer
+
+    class Server(TempServer):
+        def start(self) -> None:  # a loaded machine can take minutes to start a server
+            from planflow.ops import server as stack
+
+            stack.up(self.paths, port=self.port, db=self.db, timeout=SERVER_START_SECONDS)
+
+    figures: dict[str, Any] = {}
+    with Server("overhead"):  # before Prefect is imported
+        from planflow.prefect.blocks import ResourcePool, ensure_defaults
+        from planflow.prefect.limits import sync_limits
+        from planflow.runtime.events import subscribe
+
+        ensure_defaults()
+        ResourcePool(work_pool="local-process", **CAPACITY).save(POOL, overwrite=True)
+        sync_limits({POOL: CAPACITY})
+        first = FirstRelease()
+        unsubscribe = subscribe(first.reporter)
+        try:
+            for n in args.sizes:
+                figures.update(measure(n, args.rounds, first))
+            if args.profile:
+                profile(args.sizes[0], args.profile)
+        finally:
+            unsubscribe()
+    figures["overhead_rounds"] = args.rounds
+    write(figures)
+    return figures
+
+
+def write(figures: dict[str, Any]) -> None:
+    """Merge `figures` into overhead.json (other benchmarks add their keys there too) and
+    write overhead.md from everything the file then holds."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / "overhead.json"
+    merged = json.loads(path.read_text()) if path.exists() else {}
+    merged.update(figures)
+    path.write_text(json.dumps(merged, indent=2, sort_keys=True) + "\n")
+    sizes = sorted({int(k.rsplit("_", 1)[1]) for k in merged if k.startswith("ratio_")})
+    lines = [
+        "# Overhead: a planflow run of N trivial components against a plain Prefect flow of N tasks",
+        "",
+        "Same process, same server, same thread pool and result persistence, alternating; medians over "
+        f"{merged.get('overhead_rounds', '?')} rounds. Goal: every ratio <= 1.2.",
+        "",
+        "| N | mode | planflow s | plain Prefect s | ratio | flow run start to first release s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for mode in ("inprocess", "dask"):
+        for n in sizes:
+            ratio = merged.get(f"ratio_{mode}_{n}")
+            if ratio is None:
+                continue
+            suffix = "" if mode == "inprocess" else "_dask"
+            ours = merged.get(f"planflow{suffix}_s_{n}")
+            plain = merged.get(f"prefect{suffix}_s_{n}")
+            release = merged.get(f"first_release{suffix}_s_{n}")
+            cells = ["-" if v is None else f"{v:.2f}" for v in (ours, plain, ratio, release)]
+            lines.append(f"| {n} | {mode} | " + " | ".join(cells) + " |")
+    (RESULTS / "overhead.md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    main()

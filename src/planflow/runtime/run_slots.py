@@ -1,0 +1,254 @@
+"""A run's shared slots, taken in few server round trips (admission.py, for one whole run).
+
+SharedSlots.take asks the server for each step's slots (one increment per limit), keeps a
+renewal thread per lease (each renews at once: one more request) and gives them back
+when the step ends, all on the dispatcher's thread: for short components those round
+trips cost more than the components. RunSlots keeps the same guarantee - every slot a
+running step uses is held on the server, so runs together never exceed a pool's
+capacity - with fewer requests:
+
+- **Batches.** Before each dispatch round the dispatcher names the steps it is about to
+  release (`prepare`); the slots of those planned to be short (at most BATCH_SECONDS)
+  are taken in one increment per limit, as one lease, and shared out to them.
+- **Reuse.** A step's slots go back to the run's leases when it ends; the next steps of
+  the same run take them from there. Leases no step of the next round needs are given
+  back at the start of that round (a run holds idle slots only between two rounds of
+  its dispatcher), and all of them when the run ends.
+- **Off the path.** Leases are given back by a thread of their own and renewed by one
+  thread for the whole run (every lease_seconds/4, each lease when half its time is up).
+
+A lease shared by a batch is given back when its last step ends: a batch-mate that ended
+early keeps its slots held until then, at most about BATCH_SECONDS; other runs may wait
+that much longer, never less safe.
+
+    with RunSlots() as slots:          # the dispatcher's admit; prepare() before each round
+        dispatch(..., admit=slots)
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+import httpx
+from prefect.client.orchestration import get_client
+
+from planflow.runtime.admission import LOCKED, AdmissionError, SharedSlots, _release
+from planflow.runtime.dispatch import Assignment
+
+logger = logging.getLogger("planflow.admission")
+BATCH_SECONDS = 10.0  # steps planned at most this long share one lease with their batch
+CLOSE_SECONDS = 30.0  # the most a run's end waits for its leases to be given back
+
+
+@dataclass
+class _Lease:
+    id: UUID
+    limit: str
+    slots: int
+    free: int
+    users: int = 0
+    renewed: float = 0.0
+
+
+class _Held:
+    """One step's share of the run's leases; closing it returns the share to them."""
+
+    def __init__(self, owner: RunSlots, shares: list[tuple[_Lease, int]]) -> None:
+        self.owner, self.shares = owner, shares
+
+    def close(self) -> None:
+        shares, self.shares = self.shares, []
+        self.owner._give_back(shares)
+
+    def __enter__(self) -> _Held:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+
+class RunSlots(SharedSlots):
+    """The dispatcher's `admit` for one run: call it (or `take`) with an assignment for
+    its held slots, or None while other runs hold them; `prepare` before each round."""
+
+    def __init__(self, batch_seconds: float = BATCH_SECONDS, **options: Any) -> None:
+        super().__init__(**options)
+        self.batch_seconds = batch_seconds
+        self._leases: list[_Lease] = []
+        self._lock = threading.Lock()
+        self._releases: queue.SimpleQueue[UUID | None] = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._client: Any = None  # the dispatcher thread's client while the run lasts
+        self.requests = 0  # increments sent (for tests and the overhead benchmark)
+
+    # -- a run ----------------------------------------------------------------------------
+    def __enter__(self) -> RunSlots:
+        self._client = get_client(sync_client=True).__enter__()
+        for target, name in ((self._releaser, "planflow-slot-release"), (self._renewer, "planflow-slot-renew")):
+            thread = threading.Thread(target=contextvars.copy_context().run, args=(target,), name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        with self._lock:
+            leases, self._leases = self._leases, []
+        for lease in leases:
+            self._releases.put(lease.id)
+        self._releases.put(None)
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(CLOSE_SECONDS)
+            if thread.is_alive():
+                logger.warning(
+                    "%s did not end within %g s; the slots still held return when their leases run out",
+                    thread.name,
+                    CLOSE_SECONDS,
+                )
+        client, self._client = self._client, None
+        if client is not None:
+            client.__exit__(None, None, None)
+
+    def __call__(self, a: Assignment) -> _Held | None:
+        return self.take(a)
+
+    # -- the dispatcher's hooks -------------------------------------------------------------
+    def prepare(self, ready: Iterable[Assignment]) -> None:
+        """The steps the dispatcher is about to release: keep idle leases they can use,
+        give back the others, and take the short steps' missing slots as one lease per limit."""
+        ready = list(ready)
+        needed: dict[str, int] = {}
+        batched: dict[str, int] = {}
+        for a in ready:
+            short = a.planned_start is not None and a.planned_finish is not None
+            short = short and a.planned_finish - a.planned_start <= self.batch_seconds
+            for name, n in self.wanted(a).items():
+                needed[name] = needed.get(name, 0) + n
+                if short:
+                    batched[name] = batched.get(name, 0) + n
+        free: dict[str, int] = {}
+        with self._lock:
+            for lease in list(self._leases):
+                if lease.users == 0 and free.get(lease.limit, 0) >= needed.get(lease.limit, 0):
+                    self._leases.remove(lease)
+                    self._releases.put(lease.id)
+                else:
+                    free[lease.limit] = free.get(lease.limit, 0) + lease.free
+        taken = []
+        for name, n in batched.items():
+            if n > free.get(name, 0):
+                lease = self._increment(name, n - free.get(name, 0), quiet=True)
+                if lease is None:  # all or none: no run holds part of what it waits for
+                    self._drop(taken)
+                    return
+                taken.append(lease)
+
+    def take(self, a: Assignment) -> _Held | None:
+        now = time.monotonic()
+        since = self._waiting_since.setdefault(a.step, now)
+        shares: list[tuple[_Lease, int]] = []
+        taken: list[_Lease] = []  # leases this call created: given back when it fails
+        try:
+            for name, n in self.wanted(a).items():
+                lease = self._fit(name, n)
+                if lease is None:
+                    lease = self._increment(name, n)
+                    taken += [lease] if lease is not None else []
+                if lease is None:
+                    raise AdmissionError(
+                        f"step '{a.step}': pool '{a.pool}' has no concurrency limit '{name}'. "
+                        "Fix: planflow pools sync (or planflow blocks apply)"
+                    )
+                shares.append(self._use(lease, n))
+        except httpx.HTTPStatusError as exc:
+            self._give_back(shares)  # all or none
+            self._drop(taken)
+            if exc.response.status_code != LOCKED:
+                raise AdmissionError(f"step '{a.step}': the Prefect server refused its slots: {exc}") from None
+            self._server_down_since = None
+            if now - since > self.wait:
+                raise AdmissionError(self._waited(a, now - since)) from None
+            return None
+        except httpx.TransportError as exc:
+            self._give_back(shares)
+            self._drop(taken)
+            return self._server_down(a, exc, now)
+        except BaseException:
+            self._give_back(shares)
+            self._drop(taken)
+            raise
+        self._waiting_since.pop(a.step, None)
+        self._server_down_since = None
+        return _Held(self, shares)
+
+    # -- leases -----------------------------------------------------------------------------
+    def _fit(self, name: str, n: int) -> _Lease | None:
+        with self._lock:
+            return next((lease for lease in self._leases if lease.limit == name and lease.free >= n), None)
+
+    def _use(self, lease: _Lease, n: int) -> tuple[_Lease, int]:
+        with self._lock:
+            lease.free -= n
+            lease.users += 1
+        return lease, n
+
+    def _give_back(self, shares: list[tuple[_Lease, int]]) -> None:
+        with self._lock:
+            for lease, n in shares:
+                lease.free += n
+                lease.users -= 1
+
+    def _drop(self, leases: list[_Lease]) -> None:
+        """Give back `leases` now (on this thread: a refused step holds nothing when it waits)."""
+        with self._lock:
+            for lease in leases:
+                self._leases.remove(lease)
+        for lease in leases:
+            _release(lease.id)
+
+    def _increment(self, name: str, n: int, quiet: bool = False) -> _Lease | None:
+        """A new lease of `n` slots of limit `name`; None when the limit does not exist.
+        `quiet`: a refusal or a server error is left for `take` to meet and report."""
+        self.requests += 1
+        try:
+            with nullcontext(self._client) if self._client else get_client(sync_client=True) as client:
+                response = client.increment_concurrency_slots_with_lease(
+                    names=[name], slots=n, mode="concurrency", lease_duration=self.lease
+                )
+        except (httpx.HTTPStatusError, httpx.TransportError):
+            if quiet:
+                return None
+            raise
+        granted = response.json()
+        if not granted.get("limits"):
+            return None
+        lease = _Lease(UUID(granted["lease_id"]), name, n, n, renewed=time.monotonic())
+        with self._lock:
+            self._leases.append(lease)
+        return lease
+
+    def _releaser(self) -> None:
+        while (lease := self._releases.get()) is not None:
+            _release(lease)
+
+    def _renewer(self) -> None:
+        with get_client(sync_client=True) as client:
+            while not self._stop.wait(self.lease / 4):
+                with self._lock:
+                    due = [lease for lease in self._leases if time.monotonic() - lease.renewed > self.lease / 2]
+                for lease in due:
+                    try:
+                        client.renew_concurrency_lease(lease_id=lease.id, lease_duration=self.lease)
+                        lease.renewed = time.monotonic()
+                    except (httpx.HTTPError, RuntimeError) as exc:
+                        logger.warning("could not renew lease %s (%s); its slots may return early", lease.id, exc)

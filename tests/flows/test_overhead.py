@@ -1,0 +1,142 @@
+"""What a component costs beside its work: batched reporting, no tags of planflow's own on
+its task run, a run's shared slots taken in few requests (real Prefect server). Behaviour
+only; the timings are bench/bench_overhead.py's."""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import toy_dags
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prometheus_client import CollectorRegistry
+
+from planflow import to_flow
+from planflow.monitoring.metrics import RunRecorder
+from planflow.planner import PlannerOptions
+from planflow.prefect.blocks import ResourcePool
+from planflow.prefect.limits import active_slots, limit_name, sync_limits
+from planflow.runtime.dispatch import Assignment, dispatch
+from planflow.runtime.events import EventBus, Reporter, RunInfo
+from planflow.runtime.planning import RunPlan, plan_pipeline
+from planflow.runtime.reporters import MetricsReporter
+from planflow.runtime.run_slots import RunSlots
+
+POOL = "overhead-duo"
+CAPACITY = {"cpu": 2.0, "gpu": 0.0, "mem_gib": 4.0}
+CPU, MEM = limit_name(POOL, "cpu"), limit_name(POOL, "mem_gib")
+LOCAL = {"local": {"cpu": 2.0, "gpu": 0.0, "mem_gib": 4.0}}
+
+
+# -- reporting: batched, complete at the end ------------------------------------------------
+class CountingRecorder(RunRecorder):
+    pushes = 0
+
+    def push(self) -> None:
+        self.pushes += 1
+
+
+class Flushes(Reporter):
+    def __init__(self) -> None:
+        self.events: list[str] = []
+        self.flushes: list[int] = []  # how many step events had arrived at each flush
+
+    def on_step(self, event) -> None:
+        self.events.append(event.kind)
+
+    def flush(self) -> None:
+        self.flushes.append(len(self.events))
+
+
+def _diamond() -> RunInfo:
+    pp = plan_pipeline(toy_dags.diamond, LOCAL, {}, PlannerOptions(time_limit_s=5))
+    plan = RunPlan(pools={}, capacities=LOCAL, assignments=pp.assignments, plan=pp)
+    return RunInfo(toy_dags.diamond, dict(toy_dags.diamond.params), "plan", "inprocess", None, plan)
+
+
+def test_batched_metrics_and_progress_arrive_complete_at_the_end():
+    """Flushes at most once a minute: the whole run is one batch, flushed when it ends."""
+    run, flushes = _diamond(), Flushes()
+    recorder = CountingRecorder("toy-diamond", pushgateway_url=None, registry=CollectorRegistry())
+    upstream = {name: run.pipeline.upstream(name) for name in run.pipeline.steps}
+    with EventBus([MetricsReporter(recorder), flushes], logging.getLogger("test"), flush_seconds=60) as bus:
+        bus.planned(run)
+        with ThreadPoolExecutor(4) as pool:
+            records, _ = dispatch(
+                upstream,
+                run.plan.assignments,
+                run.plan.capacities,
+                lambda step, outputs: pool.submit(lambda: 1),
+                lambda kind, record: bus.step(run, kind, record),
+            )
+        bus.finished(run, records)
+    assert flushes.flushes == [8] and recorder.pushes == 1  # one flush, after all 8 step events
+    value = recorder.registry.get_sample_value
+    for step in run.pipeline.steps:
+        key = {"pipeline": "toy-diamond", "component": step, "pool": "local", "state": "completed"}
+        assert value("planflow_component_duration_seconds_count", key) == 1.0
+    assert value("planflow_pipeline_runs_finished_total", {"pipeline": "toy-diamond", "state": "completed"}) == 1.0
+
+
+def test_a_bad_flush_interval_is_refused_with_the_value():
+    with pytest.raises(ValueError, match=r"flush_seconds=-1: must be a number of seconds >= 0"):
+        EventBus([], logging.getLogger("test"), flush_seconds=-1)
+
+
+# -- a component's task run ----------------------------------------------------------------
+@pytest.mark.usefixtures("registered_blocks")
+def test_a_component_task_run_has_no_tags_so_no_tag_concurrency_is_acquired():
+    """Prefect 3.8.8 enters `concurrency(["tag:<tag>", ...])` for every tag of a task run
+    (task_engine.py): a task run without tags takes no tag slots at all."""
+    summary = to_flow(toy_dags.diamond)()
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[summary["flow_run_id"]])))
+        flow_run = client.read_flow_run(summary["flow_run_id"])
+    assert sorted(r.name for r in runs) == sorted(toy_dags.diamond.steps)
+    assert all(r.tags == [] for r in runs), {r.name: r.tags for r in runs}
+    assert {"planflow", "pipeline:toy-diamond"} <= set(flow_run.tags)  # what the automations match
+
+
+# -- a run's shared slots --------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def pool(registered_blocks):
+    ResourcePool(work_pool="local-process", cpu=CAPACITY["cpu"], mem_gib=CAPACITY["mem_gib"]).save(POOL, overwrite=True)
+    sync_limits({POOL: CAPACITY})
+    yield POOL
+    ResourcePool.delete(POOL)
+
+
+def test_a_runs_short_steps_share_one_request_hold_their_slots_while_they_run_and_give_all_back(pool):
+    steps = {f"s{i}": Assignment(f"s{i}", POOL, {"cpu": 0.25}, i, 0.0, 0.5) for i in range(6)}
+    seen: dict[str, int] = {}
+
+    def work(step: str) -> int:
+        seen[step] = active_slots([CPU])[CPU]  # the server counts this step's slots now
+        return 1
+
+    with RunSlots() as slots, ThreadPoolExecutor(6) as threads:
+        records, _ = dispatch(
+            dict.fromkeys(steps, ()), steps, {POOL: CAPACITY}, lambda s, o: threads.submit(work, s), admit=slots
+        )
+    assert {r.state for r in records.values()} == {"Completed"}
+    assert slots.requests == 1  # six steps, one increment
+    assert all(n >= 250 for n in seen.values()), seen
+    deadline = time.monotonic() + 30
+    while active_slots([CPU])[CPU] and time.monotonic() < deadline:  # given back by its thread, then joined
+        time.sleep(0.1)
+    assert active_slots([CPU]) == {CPU: 0}
+
+
+def test_a_step_refused_one_limit_holds_none_of_the_others(pool):
+    """All or none, batched or not: no run holds cpu while it waits for memory."""
+    hog = RunSlots()
+    with hog, RunSlots() as slots:
+        assert hog.take(Assignment("hog", POOL, {"mem_gib": 4}, 0)) is not None
+        step = Assignment("s", POOL, {"cpu": 1, "mem_gib": 1}, 0, 0.0, 0.5)
+        slots.prepare([step])
+        assert slots.take(step) is None
+        assert active_slots([CPU, MEM]) == {CPU: 0, MEM: 4096}
+    assert active_slots([CPU, MEM]) == {CPU: 0, MEM: 0}
