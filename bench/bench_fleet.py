@@ -231,7 +231,8 @@ def burst_figures(runs: list, submitted: float, declared: dict) -> dict:
             plans = client.read_artifacts(
                 artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]))
             )
-            figures = [a for a in plans if a.key and a.key.endswith("-plan-figures")]
+            # the ETA the run first published (re-planning adds `-eta` versions later)
+            figures = sorted((a for a in plans if a.key and a.key.endswith("-plan-figures")), key=lambda a: a.created)
             if figures and run.end_time:
                 eta = eta_from_plan(str(figures[0].data), figures[0].created.timestamp())
                 ratio = eta_ratio(submitted, run.end_time.timestamp(), eta) if eta else None

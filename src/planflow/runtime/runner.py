@@ -30,11 +30,12 @@ from planflow.prefect.blocks.registry import DEFAULT_POOL
 from planflow.prefect.limits import require_limits
 from planflow.runtime import reporting
 from planflow.runtime.admission import SharedSlots
-from planflow.runtime.calendar import RunCalendar, busy_steps, planning_lock
+from planflow.runtime.calendar import busy_steps, planning_lock
 from planflow.runtime.dispatch import StepRecord
 from planflow.runtime.distributed import DistributedExecutor
 from planflow.runtime.events import EventBus, Reporter, RunInfo, add_listener, subscribe, subscribers
 from planflow.runtime.executors import Executor, InProcessExecutor, execute
+from planflow.runtime.fifo_eta import place_fifo
 from planflow.runtime.planning import RunPlan, check_run_options, make_plan, plan_run, run_pools
 from planflow.runtime.reporters import (
     ArtifactReporter,
@@ -44,6 +45,7 @@ from planflow.runtime.reporters import (
     ProgressReporter,
 )
 from planflow.runtime.reporting import key_metrics
+from planflow.runtime.run_calendar import RunCalendar
 from planflow.runtime.tags import PIPELINE_TAG_PREFIX, PLANFLOW_TAG, tag_flow_run
 from planflow.runtime.watchdog import unwatch_later, watch_run
 from planflow.settings import settings
@@ -134,7 +136,7 @@ def _run(
     shared = settings().shared_slots
     recorder = RunRecorder(pipeline.name, pushgateway_url_from_env())
     calendar = None
-    if shared and policy == "plan" and flow_run is not None:
+    if shared and flow_run is not None:
         calendar = RunCalendar(str(flow_run.id), flow_run.name, logger, recorder)
     try:
         plan = plan_shared(pipeline, policy, mode, local_pool, calendar, resolved) if shared else None
@@ -143,9 +145,12 @@ def _run(
         with EventBus(run_reporters(pipeline, logger, recorder, calendar), logger) as bus:
             bus.planned(run)
             admit = SharedSlots().take if shared else None
-            records = execute(
-                make_executor(run), pipeline, plan.assignments, plan.capacities, partial(bus.step, run), admit
-            )
+            if admit is not None and calendar is not None and policy == "plan":
+                admit = calendar.admit(admit)  # start where the calendar says (kept current by re-planning)
+            notify = partial(bus.step, run)
+            if calendar is not None:
+                notify = calendar.listen(run, notify)
+            records = execute(make_executor(run), pipeline, plan.assignments, plan.capacities, notify, admit)
             bus.finished(run, records)
     finally:
         if calendar is not None:
@@ -163,14 +168,18 @@ def plan_shared(
     params: Mapping[str, Any] | None = None,
 ) -> RunPlan:
     """Plan a run that shares its pools: their concurrency limits exist and match their
-    blocks; under policy "plan" the calendar is read, the run planned into what is left
-    and its reservations written, all under the planning slot."""
+    blocks; the calendar is read, the run planned (policy "plan") or placed first come,
+    first served (policy "fifo", for its ETA) into what is left and its reservations
+    written, all under the planning slot."""
     pools = run_pools(mode, local_pool)
     require_limits({name: pool.capacity() for name, pool in pools[0].items()})
     if calendar is None:
         return plan_run(pipeline, policy, mode, local_pool, pools, params=params)
     with planning_lock():
-        plan = plan_run(pipeline, policy, mode, local_pool, pools, busy_steps(calendar.run_id), params=params)
+        if policy == "fifo":
+            plan = place_fifo(plan_run(pipeline, policy, mode, local_pool, pools), pipeline, calendar.run_id, params)
+        else:
+            plan = plan_run(pipeline, policy, mode, local_pool, pools, busy_steps(calendar.run_id), params=params)
         calendar.write(pipeline.name, plan.assignments, plan.planned_at)
     return plan
 
