@@ -42,7 +42,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from bench.bench_dispatch import CAPACITY, POOL, _units_per_second
-from bench.fleet_measure import Interval, eta_from_plan, eta_ratio, over_capacity
+from bench.fleet_measure import Interval, eta_from_plan, eta_ratio, over_capacity, trace
 from bench.fleet_report import POLICIES, summarise, write
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -248,6 +248,7 @@ def burst_figures(runs: list, submitted: float, declared: dict) -> dict:
         "makespan_s": round(max(ends) - submitted, 2),
         "eta_ratios": [round(r, 3) for r in ratios],
         "components_seen": len(intervals),
+        "trace": trace(intervals, submitted, [r.start_time.timestamp() for r in runs if r.start_time], CAPACITY["cpu"]),
         "failed_runs": failed,
     }
 
