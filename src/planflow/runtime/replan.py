@@ -39,7 +39,7 @@ class Item:
     after: tuple[str, ...]
 
 
-def _fits(
+def fits(
     intervals: Sequence[Interval], capacity: Mapping[str, float], demand: Mapping[str, float], s: float, e: float
 ) -> bool:
     """Whether `demand` fits beside `intervals` during [s, e): the use only rises at a
@@ -72,7 +72,7 @@ def list_schedule(
         candidates = sorted({ready} | {b for _, b, _ in busy if b > ready})
         start = candidates[-1]
         for t in candidates:
-            if _fits(busy, capacities.get(item.pool, {}), item.demand, t, t + item.seconds):
+            if fits(busy, capacities.get(item.pool, {}), item.demand, t, t + item.seconds):
                 start = t
                 break
         end = start + max(item.seconds, 0.0)

@@ -31,14 +31,16 @@ from planflow.prefect.blocks.calendar_entry import CalendarEntry, entry_name
 from planflow.runtime.calendar import (
     OVERRUN_SECONDS,
     Reservation,
+    held_intervals,
     others_held,
     planning_lock,
     read_calendar,
+    reservations,
     utc,
 )
 from planflow.runtime.dispatch import Admit, Assignment, StepRecord
 from planflow.runtime.events import Reporter, RunInfo, StepEvent
-from planflow.runtime.replan import Item, list_schedule
+from planflow.runtime.replan import Item, fits, list_schedule
 from planflow.runtime.reporting import artifact_key
 
 REPLAN_SECONDS = 1.0  # how often a run with waiting components looks for changes in the calendar
@@ -68,6 +70,7 @@ class RunCalendar(Reporter):
         self._lock = threading.RLock()  # the event thread and the re-planning thread both write the entry
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
+        self._others: list[Reservation] | None = None  # the other runs' reservations, as last read
         self.moves_at_once = False  # set by `listen`: the dispatcher's thread moves the entry
 
     def write(self, pipeline: str, assignments: Mapping[str, Assignment], planned_at: float) -> float:
@@ -167,15 +170,28 @@ class RunCalendar(Reporter):
 
     # -- starting where the calendar says ---------------------------------------------------
     def due(self, step: str, now: float | None = None) -> bool:
-        """Whether the step's planned start (kept current by re-planning) has come, within
-        DUE_SLACK_SECONDS; a step not in the calendar is always due."""
+        """Whether the step may ask for its slots: its planned start (kept current by
+        re-planning) has come, within DUE_SLACK_SECONDS, or it fits now, for its planned
+        duration, beside everything the other runs hold or have planned on its pool (as last
+        read) and this run's running steps, so starting early delays no other run
+        (conservative backfill). A step not in the calendar is always due."""
+        now = time.time() if now is None else now
         with self._lock:
             if self.entry is None:
                 return True
             r = next((r for r in self.entry.reservations if r["component"] == step), None)
-        if r is None or r["state"] != "planned":
-            return True
-        return float(r["start"]) <= (time.time() if now is None else now) + DUE_SLACK_SECONDS
+            if r is None or r["state"] != "planned" or float(r["start"]) <= now + DUE_SLACK_SECONDS:
+                return True
+            if self._others is None or self.run is None:
+                return False
+            pool, seconds = r["pool"], float(r["finish"]) - float(r["start"])
+            held = held_intervals([o for o in self._others if o.pool == pool], now)
+            held += [
+                (0.0, max(float(o["finish"]) - now, OVERRUN_SECONDS), o.get("demand", {}))
+                for o in self.entry.reservations
+                if o["state"] == "running" and o["pool"] == pool
+            ]
+            return fits(held, self.run.plan.capacities.get(pool, {}), r.get("demand", {}), 0.0, seconds)
 
     def admit(self, take: Admit) -> Admit:
         """The dispatcher's `admit`: a step asks for its shared slots only once it is due,
@@ -193,13 +209,16 @@ class RunCalendar(Reporter):
         runs hold on its pools changed (a component started or ended, a run came or
         went), re-plan the waiting components into what is left."""
         seen: object = None
-        while not self._stop.wait(REPLAN_SECONDS):
+        wait = 0.2  # the first look soon after planning: `due` needs what the others hold
+        while not self._stop.wait(wait):
+            wait = REPLAN_SECONDS
             with self._lock:
                 waiting = self.entry is not None and any(r["state"] == "planned" for r in self.entry.reservations)
             if not waiting:
                 continue
             try:
                 entries = read_calendar(clean=False)
+                self._others = [o for o in reservations(entries, None, self.run_id) if o.state != "done"]
                 mark = fingerprint(entries, self.run_id)
                 if mark != seen:
                     self.replan()
