@@ -284,8 +284,8 @@ class RunCalendar(Reporter):
         return entry.eta
 
     def _publish(self, old: float, new: float) -> None:
-        if self.run is None:
-            return
+        if self.run is None or self.run.plan.plan is None:
+            return  # a fifo run has no plan artifacts: its log and gauge say it
         try:
             create_markdown_artifact(
                 key=artifact_key(self.run.pipeline, "eta"),
