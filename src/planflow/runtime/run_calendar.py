@@ -172,9 +172,9 @@ class RunCalendar(Reporter):
     def due(self, step: str, now: float | None = None) -> bool:
         """Whether the step may ask for its slots: its planned start (kept current by
         re-planning) has come, within DUE_SLACK_SECONDS, or it fits now, for its planned
-        duration, beside everything the other runs hold or have planned on its pool (as last
-        read) and this run's running steps, so starting early delays no other run
-        (conservative backfill). A step not in the calendar is always due."""
+        duration, beside what the other runs run or have planned ahead on its pool (as last
+        read) and this run's running steps, so starting early delays no other run's planned
+        start (conservative backfill). A step not in the calendar is always due."""
         now = time.time() if now is None else now
         with self._lock:
             if self.entry is None:
@@ -185,7 +185,10 @@ class RunCalendar(Reporter):
             if self._others is None or self.run is None:
                 return False
             pool, seconds = r["pool"], float(r["finish"]) - float(r["start"])
-            held = held_intervals([o for o in self._others if o.pool == pool], now)
+            # Others' overdue planned components (start passed, not running: waiting for
+            # their inputs or their slots) do not block: counting them left the pool idle.
+            others = [o for o in self._others if o.pool == pool and (o.state == "running" or o.start > now)]
+            held = held_intervals(others, now)
             held += [
                 (0.0, max(float(o["finish"]) - now, OVERRUN_SECONDS), o.get("demand", {}))
                 for o in self.entry.reservations
