@@ -19,7 +19,10 @@ all runs exceeds the pool's capacity); the global concurrency limits, sampled wh
 burst runs, give the ledger's own view (`ledger_over_limit_samples`); the makespan is
 from submission to the last run's end; each run's ETA is read from its plan
 (`eta_ratio` = actual time to finish / the time its ETA promised, from submission). A
-warm-up run of each pipeline first gives the history its durations.
+warm-up run of each pipeline first gives the history its durations. Each burst also
+keeps a `trace`: when the first and last run started and the first component, the
+seconds the pool stood idle between the first start and the last end, and the share of
+the pool's cpu the running components declared (where a policy loses its time).
 
 Then per database, SQLite and PostgreSQL (`planflow server up --db postgres`), the same
 bursts, and the latency of creating each run of a burst from its deployment
