@@ -43,8 +43,8 @@ from planflow.runtime.events import Reporter, RunInfo, StepEvent
 from planflow.runtime.replan import Item, fits, list_schedule
 from planflow.runtime.reporting import artifact_key
 
-REPLAN_SECONDS = 1.0  # how often a run with waiting components looks for changes in the calendar
-REPLAN_WAIT_SECONDS = 20.0  # a re-plan waits this long for the planning slot, else it tries again later
+REPLAN_SECONDS = 5.0  # how often a run with waiting components looks for changes in the calendar
+REPLAN_WAIT_SECONDS = 2.0  # a re-plan gives way when the planning slot is busy (a run planning first), tries later
 DUE_SLACK_SECONDS = 0.5  # a step may ask for its slots this long before its planned start
 ETA_CHANGE_SECONDS = 1.0  # a corrected ETA that moves less than this is not logged nor published
 
