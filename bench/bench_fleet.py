@@ -19,7 +19,10 @@ all runs exceeds the pool's capacity); the global concurrency limits, sampled wh
 burst runs, give the ledger's own view (`ledger_over_limit_samples`); the makespan is
 from submission to the last run's end; each run's ETA is read from its plan
 (`eta_ratio` = actual time to finish / the time its ETA promised, from submission). A
-warm-up run of each pipeline first gives the history its durations.
+warm-up run of each pipeline first gives the history its durations. Each burst also
+keeps a `trace`: when the first and last run started and the first component, the
+seconds the pool stood idle between the first start and the last end, and the share of
+the pool's cpu the running components declared (where a policy loses its time).
 
 Then per database, SQLite and PostgreSQL (`planflow server up --db postgres`), the same
 bursts, and the latency of creating each run of a burst from its deployment
@@ -42,7 +45,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from bench.bench_dispatch import CAPACITY, POOL, _units_per_second
-from bench.fleet_measure import Interval, eta_from_plan, eta_ratio, over_capacity
+from bench.fleet_measure import Interval, eta_from_plan, eta_ratio, over_capacity, trace
 from bench.fleet_report import POLICIES, summarise, write
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -231,7 +234,8 @@ def burst_figures(runs: list, submitted: float, declared: dict) -> dict:
             plans = client.read_artifacts(
                 artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]))
             )
-            figures = [a for a in plans if a.key and a.key.endswith("-plan-figures")]
+            # the ETA the run first published (re-planning adds `-eta` versions later)
+            figures = sorted((a for a in plans if a.key and a.key.endswith("-plan-figures")), key=lambda a: a.created)
             if figures and run.end_time:
                 eta = eta_from_plan(str(figures[0].data), figures[0].created.timestamp())
                 ratio = eta_ratio(submitted, run.end_time.timestamp(), eta) if eta else None
@@ -247,6 +251,7 @@ def burst_figures(runs: list, submitted: float, declared: dict) -> dict:
         "makespan_s": round(max(ends) - submitted, 2),
         "eta_ratios": [round(r, 3) for r in ratios],
         "components_seen": len(intervals),
+        "trace": trace(intervals, submitted, [r.start_time.timestamp() for r in runs if r.start_time], CAPACITY["cpu"]),
         "failed_runs": failed,
     }
 

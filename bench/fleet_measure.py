@@ -50,6 +50,29 @@ def over_capacity(intervals: Iterable[Interval], capacity: Mapping[str, float]) 
     return {"violations": violations, "seconds_over": seconds_over, **{f"peak_{r}": v for r, v in peak.items()}}
 
 
+def trace(intervals: Iterable[Interval], submitted: float, run_starts: Iterable[float], capacity_cpu: float) -> dict:
+    """Where a burst's time goes: until the first run started, until the first component
+    started, the seconds no component ran between the first start and the last end, and the
+    pool's declared cpu in use over that span (1.0 = both cores held all the time)."""
+    items = sorted(intervals, key=lambda i: i.start)
+    starts = sorted(run_starts)
+    if not items:
+        return {}
+    first, last = items[0].start, max(i.end for i in items)
+    idle, reach = 0.0, first
+    for i in items:
+        idle += max(0.0, i.start - reach)
+        reach = max(reach, i.end)
+    busy = sum((i.end - i.start) * i.demand.get("cpu", 0.0) for i in items)
+    return {
+        "first_run_start_s": round(starts[0] - submitted, 2) if starts else None,
+        "last_run_start_s": round(starts[-1] - submitted, 2) if starts else None,
+        "first_component_s": round(first - submitted, 2),
+        "pool_idle_s": round(idle, 2),
+        "cpu_in_use_share": round(busy / (capacity_cpu * (last - first)), 3) if last > first else None,
+    }
+
+
 def eta_from_plan(markdown: str, created: float) -> float | None:
     """The run's ETA (Unix time) from its plan-figures markdown: the ETA line when the
     plan has one (the pool calendar writes it), else the time the plan was published

@@ -107,6 +107,13 @@ class PlanflowSettings(BaseSettings):
         description="Runs take their pools' shared slots (Prefect global concurrency limits) and plan into "
         "the pool calendar; false: each run believes it has the pools to itself (Prefect's default).",
     )
+    hold_to_calendar: bool = Field(
+        False,
+        description="Under policy plan, a component asks for its pool's slots only when its planned start "
+        "(kept current by re-planning) has come, or when starting early delays no other run's reservation: "
+        "runs start where the calendar says (closer ETAs), at the price of idle pool time when estimates "
+        "run long. False: work-conserving, a component starts as soon as its slots are free.",
+    )
     slot_lease_seconds: float = Field(
         60.0, ge=60, le=86400, description="Lease on a component's pool slots: a dead run's slots return after it."
     )

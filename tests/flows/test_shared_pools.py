@@ -22,6 +22,7 @@ import pytest
 import shared_pools_dags as dags
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.states import Crashed
 from typer.testing import CliRunner
@@ -300,6 +301,78 @@ def test_a_run_planned_into_a_busy_pool_starts_where_its_plan_said_and_the_calen
     assert "hold_short" in shown.output and "planned" in shown.output
     assert "waiting runs (expected start -> finish):" in shown.output
     assert (tmp_path / "calendar.png").read_bytes()[:4] == b"\x89PNG"
+
+
+# -- re-planning when a run ends early; a fifo run in the calendar -------------------------
+def _entry_of(pipeline: str):
+    return next((e for e in read_calendar(clean=False) if e.pipeline == pipeline), None)
+
+
+def test_a_run_behind_one_that_ends_early_is_replanned_and_a_fifo_run_is_in_the_calendar(pool, tmp_path, monkeypatch):
+    """A fifo run holds one core, declared 60 s: it writes its entry like a planned run. A
+    run planned after it (one core beside it, declared 8 s, then the whole pool, planned
+    behind the 60 s) sees it end early and re-plans while its first step still runs: its
+    ETA in the calendar moves up, an `-eta` artifact says so, and its second step starts
+    well before it was first planned. Steps end when the test releases them (files)."""
+    release = tmp_path / "release"
+    release.mkdir()
+    monkeypatch.setenv("PLANFLOW_RELEASE_DIR", str(release))
+    monkeypatch.setenv("PLANFLOW_INTERVALS", str(tmp_path / "intervals.tsv"))
+    env = _env(tmp_path, PLANFLOW_RELEASE_DIR=str(release))
+    first = _start_runs(tmp_path, [("hog_early", {"policy": "fifo"})], env)
+    deadline = time.monotonic() + 120
+    while (entry := _entry_of(dags.hog_early.name)) is None or entry.reservations[0]["state"] != "running":
+        assert first[0].poll() is None, first[0].stdout.read()[-3000:]
+        assert time.monotonic() < deadline, "the fifo run never wrote its entry with its component running"
+        time.sleep(0.1)
+    assert entry.eta - entry.reservations[0]["start"] == pytest.approx(60.0, abs=0.5)  # its declared duration
+    shown = CliRunner().invoke(app, ["calendar", POOL])
+    assert shown.exit_code == 0 and "hold_early" in shown.output and entry.flow_run_name in shown.output, shown.output
+
+    captured = Captured()
+    remove = subscribe(captured)
+    result: dict = {}
+    second = threading.Thread(target=lambda: result.update(to_flow(dags.prepared)(local_pool=POOL)))
+    try:
+        second.start()
+        deadline = time.monotonic() + 120
+        while "prepare" not in captured.started:
+            assert second.is_alive(), "the second run ended before its first step started"
+            assert time.monotonic() < deadline, "the second run's first step never started"
+            time.sleep(0.1)
+        first_eta = _entry_of(dags.prepared.name).eta
+        (release / "hold_early").touch()  # the fifo run ends, 30 s and more before it said
+        _wait(first)
+        deadline = time.monotonic() + 60
+        while (moved := _entry_of(dags.prepared.name).eta) > first_eta - 15.0:
+            assert time.monotonic() < deadline, f"the ETA stayed at {moved - first_eta:+.1f} s from {first_eta:.1f}"
+            time.sleep(0.2)
+        (release / "prepare").touch()
+        second.join(timeout=120)
+    finally:
+        (release / "hold_early").touch()
+        (release / "prepare").touch()
+        remove()
+        second.join(timeout=120)
+    assert result["steps"]["hold_after"]["state"] == "Completed"
+
+    plan = captured.run.plan
+    planned_after = plan.planned_at + plan.assignments["hold_after"].planned_start
+    timeline = (
+        f"second run planned at {plan.planned_at:.1f}: hold_after at {planned_after:.1f}, ETA {first_eta:.1f}, "
+        f"moved to {moved:.1f}; hold_after started {captured.started['hold_after']:.1f}"
+    )
+    print(timeline)
+    assert planned_after - plan.planned_at > 30.0, f"the fifo run's 60 s were not planned around: {timeline}"
+    assert captured.started["hold_after"] < planned_after - 15.0, timeline
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[uuid.UUID(captured.run.flow_run_id)]),
+                key=ArtifactFilterKey(any_=["shared-prepared-eta"]),
+            )
+        )
+    assert found and "| moved | -" in str(found[0].data), [a.data for a in found]
 
 
 # -- faults -------------------------------------------------------------------------------

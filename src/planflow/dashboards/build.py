@@ -5,7 +5,8 @@ Four dashboards with fixed uids, the ones the alert rules link to
 
 - `planflow-pipelines`  runs by state, durations, failures per flow/deployment/pool
 - `planflow-plan`       plan vs actual: makespan planned and achieved, slip, bound, gap
-- `planflow-pools`      capacity vs planned demand, queues, late runs, workers
+- `planflow-pools`      capacity vs planned demand, reserved vs used vs capacity across
+                        runs (the pool calendar and shared slots), queues, late runs, workers
 - `planflow-alerts`     firing alerts, remediations, the alert bridge's delivery
 
 Every query reads the provisioned Prometheus datasource (uid `planflow-prometheus`,
@@ -709,6 +710,33 @@ def pools() -> db.Dashboard:
         ),
         12,
         8,
+    )
+    lay.row("Shared pools across runs: reserved (pool calendar) vs used (slots held) vs capacity")
+    for resource, unit in (("cpu", "short"), ("gpu", "short"), ("mem_gib", "short")):
+        lay.add(
+            ts(
+                f"{resource}: reserved vs used vs capacity",
+                q(f'max by (pool) (planflow_pool_slots_capacity{{{sel}, resource="{resource}"}})', "{{pool}} capacity"),
+                q(
+                    f'max by (pool) (planflow_pool_calendar_reserved{{{sel}, resource="{resource}"}})',
+                    "{{pool}} reserved (calendar)",
+                ),
+                q(
+                    f'max by (pool) (planflow_pool_slots_held{{{sel}, resource="{resource}"}})',
+                    "{{pool}} used (slots held)",
+                ),
+                unit=unit,
+            ),
+            8,
+            8,
+        )
+    lay.add(
+        ts(
+            "Runs waiting in the pool calendar",
+            q(f"max by (pool) (planflow_pool_calendar_waiting_runs{{{sel}}})", "{{pool}}"),
+        ),
+        24,
+        6,
     )
     lay.row("Prefect work pools (exporter)")
     lay.add(

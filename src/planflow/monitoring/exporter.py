@@ -43,7 +43,7 @@ from prefect.client.schemas.sorting import FlowRunSort
 from prefect.settings import get_current_settings
 from prometheus_client import CollectorRegistry, start_http_server
 
-from planflow.monitoring import prefect_api
+from planflow.monitoring import pool_calendar, prefect_api
 from planflow.monitoring.metrics import ExporterMetrics
 from planflow.prefect.reserved import is_remediation_run
 from planflow.settings import StatePaths, apply_client_env
@@ -214,6 +214,7 @@ class Exporter:
         self.metrics.pool_deployments.clear()
         for pool in pools:
             self.metrics.pool_deployments.labels(pool.name).set(deployments.get(pool.name, 0))
+        await pool_calendar.collect(client, self.metrics, now)  # shared pools: reserved vs held vs capacity
 
     def _publish(
         self,

@@ -312,6 +312,32 @@ class ExporterMetrics:
             ["work_pool"],
             registry=r,
         )
+        # Shared pools (monitoring/pool_calendar.py): what the calendar reserves now, what
+        # the runs hold in the pools' global concurrency limits, and the limits' size.
+        self.pool_reserved = Gauge(
+            "planflow_pool_calendar_reserved",
+            "Resources the pool calendar reserves now (running and due components of every run), per pool.",
+            ["pool", "resource"],
+            registry=r,
+        )
+        self.pool_held = Gauge(
+            "planflow_pool_slots_held",
+            "Resources held now in the pool's shared slots (global concurrency limits), per pool.",
+            ["pool", "resource"],
+            registry=r,
+        )
+        self.pool_limit = Gauge(
+            "planflow_pool_slots_capacity",
+            "The pool's capacity as its global concurrency limit says, per pool.",
+            ["pool", "resource"],
+            registry=r,
+        )
+        self.pool_waiting_runs = Gauge(
+            "planflow_pool_calendar_waiting_runs",
+            "Runs in the pool calendar with components planned on the pool and none running there yet.",
+            ["pool"],
+            registry=r,
+        )
         self.heartbeat_age = Gauge(
             "planflow_prefect_worker_heartbeat_age_seconds",
             "Seconds since the freshest worker heartbeat of the work pool.",

@@ -39,6 +39,18 @@ def limit_name(pool: str, resource: str) -> str:
     return f"planflow-{pool}-{_SUFFIX[resource]}"
 
 
+def parse_limit_name(name: str) -> tuple[str, str] | None:
+    """(pool, resource) of a pool's limit name, None for any other limit.
+
+    >>> parse_limit_name("planflow-bench-small-cpu-millicores")
+    ('bench-small', 'cpu')
+    """
+    for resource, suffix in _SUFFIX.items():
+        if name.startswith("planflow-") and name.endswith(f"-{suffix}") and len(name) > len(suffix) + 10:
+            return name[len("planflow-") : -len(suffix) - 1], resource
+    return None
+
+
 def slots(resource: str, amount: float) -> int:
     """Whole slots for `amount` of `resource` (rounded up: a step never holds less than it uses)."""
     return max(0, math.ceil(amount * SLOTS_PER_UNIT[resource] - 1e-6))

@@ -37,6 +37,7 @@ from planflow.settings import settings
 
 logger = logging.getLogger("planflow.admission")
 LOCKED = 423  # the server's answer when a limit has not enough free slots
+REFUSED_SECONDS = 0.25  # a refusal stands for steps that need as much or more, this long
 
 
 class AdmissionError(RuntimeError):
@@ -70,16 +71,31 @@ class SharedSlots:
         self.server_wait = server_wait_seconds or options.server_wait_seconds
         self._waiting_since: dict[str, float] = {}
         self._server_down_since: float | None = None
+        self._refused: dict[str, tuple[float, dict[str, float]]] = {}
 
     def wanted(self, a: Assignment) -> dict[str, int]:
         """Limit name -> slots the step occupies (only the resources it uses)."""
         wanted = {limit_name(a.pool, r): slots(r, a.demand.get(r, 0.0)) for r in RESOURCES}
         return {name: n for name, n in wanted.items() if n > 0}
 
+    def _surely_refused(self, a: Assignment, now: float) -> bool:
+        """A step that needs at least what a step of the same pool was just refused (within
+        REFUSED_SECONDS) would be refused too: no request (the dispatcher's round over many
+        ready steps would otherwise ask the server once or twice per step)."""
+        refused = self._refused.get(a.pool)
+        if refused is None or now - refused[0] > REFUSED_SECONDS:
+            return False
+        return all(a.demand.get(r, 0.0) >= refused[1].get(r, 0.0) for r in ("cpu", "gpu", "mem_gib"))
+
     def take(self, a: Assignment) -> ExitStack | None:
         now = time.monotonic()
         since = self._waiting_since.setdefault(a.step, now)
+        if self._surely_refused(a, now):
+            if now - since > self.wait:
+                raise AdmissionError(self._waited(a, now - since))
+            return None
         stack = ExitStack()
+        stack.callback(self._refused.pop, a.pool, None)  # once these slots are given back, ask again
         try:
             with get_client(sync_client=True) as client:
                 for name, n in self.wanted(a).items():
@@ -102,6 +118,7 @@ class SharedSlots:
             if exc.response.status_code != LOCKED:
                 raise AdmissionError(f"step '{a.step}': the Prefect server refused its slots: {exc}") from None
             self._server_down_since = None
+            self._refused[a.pool] = (now, dict(a.demand))
             if now - since > self.wait:
                 raise AdmissionError(self._waited(a, now - since)) from None
             return None

@@ -3,7 +3,7 @@
 A run, once planned, records its reservations (component, pool, planned start and
 finish, resources) in a CalendarEntry block document of its own (see
 planflow.prefect.blocks.calendar_entry for why one document per run), keeps them current
-as its components start and end (RunCalendar, a reporter of the run's events) and
+as its components start and end (RunCalendar in run_calendar.py, a reporter of its events) and
 deletes them when it ends. A run that crashed leaves its entry behind: whoever reads the
 calendar next deletes the entries of runs that are over or no longer exist.
 
@@ -12,6 +12,12 @@ reservations on a pool into the pool's capacity over time (a step function) for 
 planner. Reading the calendar, planning and writing the plan happen under one global
 concurrency limit (`planning_lock`), so two runs never plan into the same free time.
 
+When another run's component ends early or late, a run's waiting components are
+re-planned into what is now left (replan.py), under the same slot: its entry, ETA
+gauge and `<slug>-eta` artifact move, and its log says by how much. A `fifo` run has no
+plan, but it writes an entry too: its components placed first come, first served into
+what is left, so `planflow calendar` shows what it holds and when it should finish.
+
     >>> other = Reservation("r", "", "p", "a", "local", 100, 130, {"cpu": 1})
     >>> [(s.start, s.end, s.capacity["cpu"]) for s in capacity_steps({"cpu": 2}, [other], now=100)]
     [(0.0, 30.0, 1.0)]
@@ -19,11 +25,9 @@ concurrency limit (`planning_lock`), so two runs never plan into the same free t
 
 from __future__ import annotations
 
-import logging
-import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -34,12 +38,10 @@ from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError
 from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 
-from planflow.monitoring.metrics import RunRecorder
 from planflow.planner import Step
-from planflow.prefect.blocks.calendar_entry import CalendarEntry, entry_name
+from planflow.prefect.blocks.calendar_entry import CalendarEntry
 from planflow.prefect.limits import PLANNING_LIMIT
-from planflow.runtime.dispatch import RESOURCES, Assignment, StepRecord
-from planflow.runtime.events import Reporter, RunInfo, StepEvent
+from planflow.runtime.dispatch import RESOURCES
 from planflow.settings import settings
 
 OVERRUN_SECONDS = 1.0  # a running component past its planned finish: assumed to end this soon
@@ -167,6 +169,16 @@ def capacity_steps(capacity: Mapping[str, float], items: list[Reservation], now:
     return tuple(steps)
 
 
+def others_held(
+    entries: list[CalendarEntry], capacities: Mapping[str, object], exclude: str | None, now: float
+) -> dict[str, list[tuple[float, float, Mapping[str, float]]]]:
+    """Per pool, what the other runs hold or have planned, relative to `now`."""
+    return {
+        pool: held_intervals([r for r in reservations(entries, pool, exclude) if r.state != "done"], now)
+        for pool in capacities
+    }
+
+
 BusySteps = Callable[[Mapping[str, Mapping[str, float]], float], tuple[dict[str, tuple[Step, ...]], int]]
 
 
@@ -213,109 +225,3 @@ def planning_lock(wait_seconds: float = PLANNING_WAIT_SECONDS) -> Iterator[None]
 
 def utc(unix_seconds: float) -> str:
     return datetime.fromtimestamp(unix_seconds, tz=UTC).strftime("%H:%M:%S UTC")
-
-
-class RunCalendar(Reporter):
-    """One run's entry in the calendar: written when it is planned, moved as its
-    components start and end (early or late), deleted when it ends. Also keeps the
-    run's ETA current in its log and its `planflow_pipeline_eta_timestamp_seconds`."""
-
-    def __init__(
-        self,
-        run_id: str,
-        run_name: str,
-        logger: logging.Logger | logging.LoggerAdapter,
-        recorder: RunRecorder | None = None,
-    ) -> None:
-        self.run_id, self.run_name, self.logger, self.recorder = run_id, run_name, logger, recorder
-        self.entry: CalendarEntry | None = None
-        self.lateness = 0.0
-        self.makespan = 0.0
-        self.dirty = False
-
-    def write(self, pipeline: str, assignments: Mapping[str, Assignment], planned_at: float) -> float:
-        """Record the plan's reservations; returns the ETA (Unix time)."""
-        self.makespan = max((a.planned_finish or 0.0 for a in assignments.values()), default=0.0)
-        self.entry = CalendarEntry(
-            flow_run_id=self.run_id,
-            flow_run_name=self.run_name,
-            pipeline=pipeline,
-            planned_at=planned_at,
-            eta=planned_at + self.makespan,
-            reservations=[
-                asdict(
-                    Reservation(
-                        self.run_id,
-                        self.run_name,
-                        pipeline,
-                        a.step,
-                        a.pool,
-                        planned_at + (a.planned_start or 0.0),
-                        planned_at + (a.planned_finish or 0.0),
-                        dict(a.demand),
-                    )
-                )
-                for a in assignments.values()
-            ],
-        )
-        self._save()
-        return self.entry.eta
-
-    def on_planned(self, run: RunInfo) -> None:
-        if self.entry is None:
-            return
-        eta = self.entry.eta
-        self.logger.info(
-            "ETA of this run: %s (in %.0f s; planned into the pools' calendar%s)",
-            utc(eta),
-            max(0.0, eta - time.time()),
-            f", around {run.plan.busy} component(s) of other runs" if run.plan.busy else "",
-        )
-        if self.recorder is not None:
-            self.recorder.eta(eta)
-
-    def on_step(self, event: StepEvent) -> None:
-        if self.entry is None or event.kind == "skipped":
-            return
-        entry, record = self.entry, event.record
-        a = event.run.plan.assignments[record.step]
-        planned = a.planned_start if event.kind == "started" else a.planned_finish
-        self.lateness = (event.at - entry.planned_at) - (planned or 0.0)
-        for r in entry.reservations:
-            if r["component"] == record.step:
-                r["state"] = "running" if event.kind == "started" else "done"
-                r["start" if event.kind == "started" else "finish"] = event.at
-                if event.kind == "started":
-                    r["finish"] = event.at + ((a.planned_finish or 0.0) - (a.planned_start or 0.0))
-            elif r["state"] == "planned":
-                step = event.run.plan.assignments[r["component"]]
-                r["start"] = max(event.at, entry.planned_at + (step.planned_start or 0.0) + self.lateness)
-                r["finish"] = r["start"] + ((step.planned_finish or 0.0) - (step.planned_start or 0.0))
-        entry.eta = max([event.at] + [float(r["finish"]) for r in entry.reservations])
-        self.dirty = True  # saved at the bus's next flush: one block write per batch of events
-        if self.recorder is not None:
-            self.recorder.eta(entry.eta)
-
-    def flush(self) -> None:
-        if self.dirty:
-            self.dirty = False
-            self._save()
-
-    def on_finished(self, run: RunInfo, records: Mapping[str, StepRecord]) -> None:
-        self.delete()
-
-    def _save(self) -> None:
-        if self.entry is not None:
-            self.entry.save(entry_name(self.run_id), overwrite=True)
-
-    def delete(self) -> None:
-        """Remove this run's entry (idempotent)."""
-        if self.entry is None:
-            return
-        self.entry = None
-        with get_client(sync_client=True) as client:
-            try:
-                doc = client.read_block_document_by_name(entry_name(self.run_id), CalendarEntry.get_block_type_slug())
-                client.delete_block_document(doc.id)
-            except ObjectNotFound:
-                pass

@@ -303,6 +303,23 @@ def make_plan(
     return pp
 
 
+def estimated_seconds(
+    pipeline: Pipeline, assignments: Mapping[str, Assignment], params: Mapping[str, Any] | None = None
+) -> dict[str, float]:
+    """Each step's expected seconds on its assigned pool, as the planner would take it
+    (learned or declared, scaled to the run's work): what a fifo run's ETA is made of."""
+    history = recent_durations(pipeline, load_settings().history_runs, params)
+    scale = work_scale(pipeline, params)
+    out = {}
+    for name, a in assignments.items():
+        spec = pipeline.steps[name].spec
+        declared = spec.seconds_on(a.pool)
+        out[name] = estimate(
+            declared, a.pool in spec.est_seconds_by_pool, history, name, a.pool, scale.get(name, 1.0)
+        ).seconds
+    return out
+
+
 def check_run_options(policy: str, mode: str) -> None:
     if policy not in POLICIES:
         raise ValueError(f"policy={policy!r}: must be 'plan' or 'fifo'")
@@ -329,10 +346,15 @@ def plan_run(
     pools, known = pools if pools is not None else run_pools(mode, local_pool)
     capacities = {name: pool.capacity() for name, pool in pools.items()}
     if policy == "plan":
-        planned_at = time.time()
-        steps, count = busy(capacities, planned_at) if busy is not None else ({}, 0)
+        asked = time.time()
+        steps, count = busy(capacities, asked) if busy is not None else ({}, 0)
         pp = make_plan(pipeline, mode, pools=(pools, known), steps=steps, params=params, refresh=refresh)
-        return RunPlan(pools, capacities, pp.assignments, pp, planned_at, count)
+        # Time 0 is when the plan is ready, not when it was asked for: the seconds spent
+        # reading the history and solving (up to the solver's time limit) are not spent
+        # running, and an ETA counted from before them is that much early. (Against the
+        # calendar, the plan is that much later than the free time it was fitted into;
+        # the run re-plans its waiting components right after, see run_calendar.py.)
+        return RunPlan(pools, capacities, pp.assignments, pp, time.time(), count)
     costs = {name: pool.cost_per_hour for name, pool in pools.items()}
     assignments = greedy_assignments(pipeline, capacities, costs, known)
     if mode == "dask":

@@ -31,11 +31,12 @@ from planflow.prefect.blocks.registry import DEFAULT_POOL
 from planflow.prefect.limits import require_limits
 from planflow.runtime import reporting
 from planflow.runtime.caching import refreshing, step_state
-from planflow.runtime.calendar import RunCalendar, busy_steps, planning_lock
+from planflow.runtime.calendar import busy_steps, planning_lock
 from planflow.runtime.dispatch import StepRecord
 from planflow.runtime.distributed import DistributedExecutor
 from planflow.runtime.events import EventBus, Reporter, RunInfo, add_listener, subscribe, subscribers
 from planflow.runtime.executors import Executor, InProcessExecutor, execute
+from planflow.runtime.fifo_eta import place_fifo
 from planflow.runtime.planning import RunPlan, check_run_options, make_plan, plan_run, run_pools
 from planflow.runtime.reporters import (
     ArtifactReporter,
@@ -46,6 +47,7 @@ from planflow.runtime.reporters import (
 )
 from planflow.runtime.reporting import key_metrics
 from planflow.runtime.results import ResultsBound
+from planflow.runtime.run_calendar import RunCalendar
 from planflow.runtime.run_slots import RunSlots
 from planflow.runtime.tags import PIPELINE_TAG_PREFIX, PLANFLOW_TAG, tag_flow_run
 from planflow.runtime.watchdog import unwatch_later, watch_run
@@ -148,7 +150,7 @@ def _run(
     shared = settings().shared_slots
     recorder = RunRecorder(pipeline.name, pushgateway_url_from_env())
     calendar = None
-    if shared and policy == "plan" and flow_run is not None:
+    if shared and flow_run is not None:
         calendar = RunCalendar(str(flow_run.id), flow_run.name, logger, recorder)
     try:
         plan = plan_shared(pipeline, policy, mode, local_pool, calendar, resolved, refresh) if shared else None
@@ -157,9 +159,12 @@ def _run(
         with EventBus(run_reporters(pipeline, logger, recorder, calendar), logger) as bus:
             bus.planned(run)
             with refreshing(refresh), RunSlots() if shared else nullcontext() as admit:
-                records = execute(
-                    make_executor(run), pipeline, plan.assignments, plan.capacities, partial(bus.step, run), admit
-                )
+                if admit is not None and calendar is not None and policy == "plan" and settings().hold_to_calendar:
+                    admit = calendar.admit(admit)  # start where the calendar says (kept current by re-planning)
+                notify = partial(bus.step, run)
+                if calendar is not None:
+                    notify = calendar.listen(run, notify)
+                records = execute(make_executor(run), pipeline, plan.assignments, plan.capacities, notify, admit)
             bus.finished(run, records)
     finally:
         if calendar is not None:
@@ -178,16 +183,22 @@ def plan_shared(
     refresh: bool = False,
 ) -> RunPlan:
     """Plan a run that shares its pools: their concurrency limits exist and match their
-    blocks; under policy "plan" the calendar is read, the run planned into what is left
-    and its reservations written, all under the planning slot."""
+    blocks; the calendar is read, the run planned (policy "plan") or placed first come,
+    first served (policy "fifo", for its ETA) into what is left and its reservations
+    written, all under the planning slot."""
     pools = run_pools(mode, local_pool)
     require_limits({name: pool.capacity() for name, pool in pools[0].items()})
     if calendar is None:
         return plan_run(pipeline, policy, mode, local_pool, pools, params=params, refresh=refresh)
     with planning_lock():
-        plan = plan_run(
-            pipeline, policy, mode, local_pool, pools, busy_steps(calendar.run_id), params=params, refresh=refresh
-        )
+        if policy == "fifo":
+            plan = place_fifo(
+                plan_run(pipeline, policy, mode, local_pool, pools, refresh=refresh), pipeline, calendar.run_id, params
+            )
+        else:
+            plan = plan_run(
+                pipeline, policy, mode, local_pool, pools, busy_steps(calendar.run_id), params=params, refresh=refresh
+            )
         calendar.write(pipeline.name, plan.assignments, plan.planned_at)
     return plan
 

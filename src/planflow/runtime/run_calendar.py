@@ -1,0 +1,350 @@
+"""One run's entry in the pool calendar, kept current while the run goes on.
+
+RunCalendar writes the run's reservations when it is planned (or, under policy fifo,
+placed: fifo_eta.py), moves them as its own components start and end, early or late, and
+deletes them at the end. While it has components waiting, it watches the other runs'
+entries (every REPLAN_SECONDS): when one of their components started or ended, or a
+run came or went, it re-plans its waiting components into what is now left
+(replan.list_schedule), under the planning slot; its ETA gauge, log and `<slug>-eta`
+artifact follow. Its steps ask for their shared slots only once due (`admit`), so runs
+take a pool in the order the calendar says.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
+from dataclasses import asdict, replace
+from typing import Any
+
+from prefect.artifacts import create_markdown_artifact
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import BlockDocumentUpdate
+from prefect.exceptions import ObjectNotFound
+
+from planflow.monitoring.metrics import RunRecorder
+from planflow.prefect.blocks.calendar_entry import CalendarEntry, entry_name
+from planflow.runtime.calendar import (
+    OVERRUN_SECONDS,
+    Reservation,
+    held_intervals,
+    others_held,
+    planning_lock,
+    read_calendar,
+    reservations,
+    utc,
+)
+from planflow.runtime.dispatch import Admit, Assignment, StepRecord
+from planflow.runtime.events import Reporter, RunInfo, StepEvent
+from planflow.runtime.replan import Item, fits, list_schedule
+from planflow.runtime.reporting import artifact_key
+
+REPLAN_SECONDS = 5.0  # how often a run with waiting components looks for changes in the calendar
+REPLAN_WAIT_SECONDS = 2.0  # a re-plan gives way when the planning slot is busy (a run planning first), tries later
+DUE_SLACK_SECONDS = 0.5  # a step may ask for its slots this long before its planned start
+ETA_CHANGE_SECONDS = 1.0  # a corrected ETA that moves less than this is not logged nor published
+
+
+class RunCalendar(Reporter):
+    """One run's entry in the calendar: written when it is planned, moved as its
+    components start and end (early or late) and re-planned when other runs' do,
+    deleted when it ends. Also keeps the run's ETA current in its log and its
+    `planflow_pipeline_eta_timestamp_seconds`."""
+
+    def __init__(
+        self,
+        run_id: str,
+        run_name: str,
+        logger: logging.Logger | logging.LoggerAdapter,
+        recorder: RunRecorder | None = None,
+    ) -> None:
+        self.run_id, self.run_name, self.logger, self.recorder = run_id, run_name, logger, recorder
+        self.entry: CalendarEntry | None = None
+        self.run: RunInfo | None = None
+        self.lateness = 0.0
+        self.makespan = 0.0
+        self._lock = threading.RLock()  # the event thread and the re-planning thread both write the entry
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+        self._others: list[Reservation] | None = None  # the other runs' reservations, as last read
+        self.moves_at_once = False  # set by `listen`: the dispatcher's thread moves the entry
+        self.dirty = False  # moved since the last save (on_step); the bus flush saves it
+
+    def write(self, pipeline: str, assignments: Mapping[str, Assignment], planned_at: float) -> float:
+        """Record the plan's reservations; returns the ETA (Unix time)."""
+        self.makespan = max((a.planned_finish or 0.0 for a in assignments.values()), default=0.0)
+        self.entry = CalendarEntry(
+            flow_run_id=self.run_id,
+            flow_run_name=self.run_name,
+            pipeline=pipeline,
+            planned_at=planned_at,
+            eta=planned_at + self.makespan,
+            reservations=[
+                asdict(
+                    Reservation(
+                        self.run_id,
+                        self.run_name,
+                        pipeline,
+                        a.step,
+                        a.pool,
+                        planned_at + (a.planned_start or 0.0),
+                        planned_at + (a.planned_finish or 0.0),
+                        dict(a.demand),
+                    )
+                )
+                for a in assignments.values()
+            ],
+        )
+        self._save()
+        return self.entry.eta
+
+    def on_planned(self, run: RunInfo) -> None:
+        if self.entry is None:
+            return
+        self.run = run
+        eta = self.entry.eta
+        self.logger.info(
+            "ETA of this run: %s (in %.0f s; %s into the pools' calendar%s)",
+            utc(eta),
+            max(0.0, eta - time.time()),
+            "planned" if run.policy == "plan" else "first come, first served",
+            f", around {run.plan.busy} component(s) of other runs" if run.plan.busy else "",
+        )
+        if self.recorder is not None:
+            self.recorder.eta(eta)
+        context = contextvars.copy_context()  # the run's context: its logger and artifacts
+        self._watcher = threading.Thread(target=context.run, args=(self._watch,), name="planflow-replan", daemon=True)
+        self._watcher.start()
+
+    def listen(self, run: RunInfo, notify: Callable[[str, StepRecord], None]) -> Callable[[str, StepRecord], None]:
+        """The dispatcher's listener: moves the entry at once, on the dispatcher's thread (so
+        that `due` sees a step that ended early before the next one asks), then `notify`."""
+        self.moves_at_once = True
+
+        def listener(kind: str, record: StepRecord) -> None:
+            if kind != "skipped":
+                with self._lock:
+                    if self.entry is not None:
+                        self._move(StepEvent(kind, replace(record), run))
+            notify(kind, record)
+
+        return listener
+
+    def on_step(self, event: StepEvent) -> None:
+        if self.entry is None or event.kind == "skipped":
+            return
+        with self._lock:
+            if not self.moves_at_once:
+                self._move(event)
+            self.dirty = True  # saved at the bus's next flush: one write per batch of events
+        if self.recorder is not None and self.entry is not None:
+            self.recorder.eta(self.entry.eta)
+
+    def flush(self) -> None:
+        with self._lock:
+            if self.dirty:
+                self.dirty = False
+                self._save()
+
+    def _move(self, event: StepEvent) -> None:
+        """The step's own reservation takes the event's time; the waiting ones move by as
+        much as the step is early or late against the entry (never before now)."""
+        entry, record = self.entry, event.record
+        assert entry is not None
+        a = event.run.plan.assignments[record.step]
+        planned = a.planned_start if event.kind == "started" else a.planned_finish
+        self.lateness = (event.at - entry.planned_at) - (planned or 0.0)
+        mine = next((r for r in entry.reservations if r["component"] == record.step), None)
+        if mine is None:
+            return
+        delta = event.at - float(mine["start"] if event.kind == "started" else mine["finish"])
+        mine["state"] = "running" if event.kind == "started" else "done"
+        if event.kind == "started":
+            mine["finish"] = event.at + (float(mine["finish"]) - float(mine["start"]))
+            mine["start"] = event.at
+        else:
+            mine["finish"] = event.at
+        for r in entry.reservations:
+            if r["state"] == "planned":
+                length = float(r["finish"]) - float(r["start"])
+                r["start"] = max(event.at, float(r["start"]) + delta)
+                r["finish"] = r["start"] + length
+        entry.eta = max([event.at] + [float(r["finish"]) for r in entry.reservations])
+
+    # -- starting where the calendar says ---------------------------------------------------
+    def due(self, step: str, now: float | None = None) -> bool:
+        """Whether the step may ask for its slots: its planned start (kept current by
+        re-planning) has come, within DUE_SLACK_SECONDS, or it fits now, for its planned
+        duration, beside what the other runs run or have planned ahead on its pool (as last
+        read) and this run's running steps, so starting early delays no other run's planned
+        start (conservative backfill). A step not in the calendar is always due."""
+        now = time.time() if now is None else now
+        with self._lock:
+            if self.entry is None:
+                return True
+            r = next((r for r in self.entry.reservations if r["component"] == step), None)
+            if r is None or r["state"] != "planned" or float(r["start"]) <= now + DUE_SLACK_SECONDS:
+                return True
+            if self._others is None or self.run is None:
+                return False
+            pool, seconds = r["pool"], float(r["finish"]) - float(r["start"])
+            # Others' overdue planned components (start passed, not running: waiting for
+            # their inputs or their slots) do not block: counting them left the pool idle.
+            others = [o for o in self._others if o.pool == pool and (o.state == "running" or o.start > now)]
+            held = held_intervals(others, now)
+            held += [
+                (0.0, max(float(o["finish"]) - now, OVERRUN_SECONDS), o.get("demand", {}))
+                for o in self.entry.reservations
+                if o["state"] == "running" and o["pool"] == pool
+            ]
+            return fits(held, self.run.plan.capacities.get(pool, {}), r.get("demand", {}), 0.0, seconds)
+
+    def admit(self, take: Admit) -> Admit:
+        """The dispatcher's `admit`: a step asks for its shared slots only once it is due,
+        so that runs take the pool in the order the calendar planned them (a step of a
+        later run no longer takes a core freed for an earlier run's two-core step)."""
+
+        def admit_when_due(a: Assignment) -> AbstractContextManager[Any] | None:
+            return take(a) if self.due(a.step) else None
+
+        return admit_when_due
+
+    # -- re-planning when other runs move ----------------------------------------------------
+    def _watch(self) -> None:
+        """While this run has components waiting: every REPLAN_SECONDS, when what other
+        runs hold on its pools changed (a component started or ended, a run came or
+        went), re-plan the waiting components into what is left."""
+        seen: object = None
+        wait = 0.2  # the first look soon after planning: `due` needs what the others hold
+        while not self._stop.wait(wait):
+            wait = REPLAN_SECONDS
+            with self._lock:
+                waiting = self.entry is not None and any(r["state"] == "planned" for r in self.entry.reservations)
+            if not waiting:
+                continue
+            try:
+                entries = read_calendar(clean=False)
+                self._others = [o for o in reservations(entries, None, self.run_id) if o.state != "done"]
+                mark = fingerprint(entries, self.run_id)
+                if mark != seen:
+                    self.replan()
+                    seen = mark
+            except Exception as exc:  # the next round tries again; the run goes on meanwhile
+                self.logger.debug("re-planning skipped this round: %s", exc)
+
+    def replan(self) -> float | None:
+        """Re-plan this run's waiting components, under the planning slot, into what the
+        other runs hold now; returns the new ETA (None when there is nothing to move)."""
+        with planning_lock(REPLAN_WAIT_SECONDS):
+            entries = read_calendar(clean=False)
+            with self._lock:
+                if self.entry is None or self.run is None:
+                    return None
+                old, new = self.entry.eta, self._replace(entries, time.time())
+                self._save()
+        if self.recorder is not None:
+            self.recorder.eta(new)
+        if abs(new - old) >= ETA_CHANGE_SECONDS:
+            self.logger.info(
+                "ETA corrected: %s -> %s (%+.0f s): other runs on the pools moved, the waiting components "
+                "were re-planned into what they leave",
+                utc(old),
+                utc(new),
+                new - old,
+            )
+            self._publish(old, new)
+        return new
+
+    def _replace(self, entries: list[CalendarEntry], now: float) -> float:
+        entry, run = self.entry, self.run
+        assert entry is not None and run is not None
+        held = others_held(entries, run.plan.capacities, self.run_id, now)
+        done_at: dict[str, float] = {}
+        for r in entry.reservations:
+            if r["state"] == "running":
+                end = max(float(r["finish"]), now + OVERRUN_SECONDS) - now
+                held.setdefault(r["pool"], []).append((0.0, end, r.get("demand", {})))
+                done_at[r["component"]] = end
+            elif r["state"] == "done":
+                done_at[r["component"]] = 0.0
+        order = {name: i for i, name in enumerate(run.pipeline.topological_order())}
+        waiting = sorted(
+            (r for r in entry.reservations if r["state"] == "planned"),
+            key=lambda r: (float(r["start"]), order.get(r["component"], 0)),
+        )
+        items = [
+            Item(
+                r["component"],
+                r["pool"],
+                max(0.0, float(r["finish"]) - float(r["start"])),
+                r.get("demand", {}),
+                run.pipeline.upstream(r["component"]),
+            )
+            for r in waiting
+        ]
+        times = list_schedule(items, run.plan.capacities, held, done_at)
+        for r in waiting:
+            start, finish = times[r["component"]]
+            r["start"], r["finish"] = now + start, now + finish
+        entry.eta = max([now] + [float(r["finish"]) for r in entry.reservations])
+        return entry.eta
+
+    def _publish(self, old: float, new: float) -> None:
+        if self.run is None or self.run.plan.plan is None:
+            return  # a fifo run has no plan artifacts: its log and gauge say it
+        try:
+            create_markdown_artifact(
+                key=artifact_key(self.run.pipeline, "eta"),
+                markdown=f"| ETA | {utc(new)} |\n|---|---|\n| was | {utc(old)} |\n| moved | {new - old:+.0f} s |",
+                description="The run's ETA, corrected when other runs on its pools ended early or late",
+            )
+        except Exception as exc:  # no flow run context (a run outside Prefect): the log said it
+            self.logger.debug("ETA artifact not written: %s", exc)
+
+    def on_finished(self, run: RunInfo, records: Mapping[str, StepRecord]) -> None:
+        self.delete()
+
+    def _save(self) -> None:
+        """Write the entry: created once (Block.save registers the type and schema, about
+        six requests), then one PATCH of its data per change."""
+        entry = self.entry
+        if entry is None:
+            return
+        if entry._block_document_id is None:
+            entry.save(entry_name(self.run_id), overwrite=True)
+            return
+        data = entry._to_block_document(name=entry_name(self.run_id), include_secrets=True).data
+        with get_client(sync_client=True) as client:
+            client.update_block_document(
+                entry._block_document_id, BlockDocumentUpdate(data=data, merge_existing_data=False)
+            )
+
+    def delete(self) -> None:
+        """Stop re-planning and remove this run's entry (idempotent)."""
+        self._stop.set()
+        with self._lock:
+            if self.entry is None:
+                return
+            self.entry = None
+        with get_client(sync_client=True) as client:
+            try:
+                doc = client.read_block_document_by_name(entry_name(self.run_id), CalendarEntry.get_block_type_slug())
+                client.delete_block_document(doc.id)
+            except ObjectNotFound:
+                pass
+
+
+def fingerprint(entries: list[CalendarEntry], exclude: str) -> tuple:
+    """What other runs hold, coarsely: which of their components are planned, running or done."""
+    return tuple(
+        sorted(
+            (e.flow_run_id, r["component"], r.get("state", "planned"))
+            for e in entries
+            if e.flow_run_id != exclude
+            for r in e.reservations
+        )
+    )
