@@ -160,16 +160,21 @@ class RunSlots(SharedSlots):
         taken: list[_Lease] = []  # leases this call created: given back when it fails
         try:
             for name, n in self.wanted(a).items():
-                lease = self._fit(name, n)
-                if lease is None:
-                    lease = self._increment(name, n)
-                    taken += [lease] if lease is not None else []
-                if lease is None:
-                    raise AdmissionError(
-                        f"step '{a.step}': pool '{a.pool}' has no concurrency limit '{name}'. "
-                        "Fix: planflow pools sync (or planflow blocks apply)"
-                    )
-                shares.append(self._use(lease, n))
+                # what the run's own leases have free first (a step that needs more than any
+                # one of them holds, e.g. the whole pool after a one-core step, must not ask
+                # the server for all of it while the run itself holds part: it never fits)
+                got = self._gather(name, n)
+                shares += got
+                missing = n - sum(k for _, k in got)
+                if missing > 0:
+                    lease = self._increment(name, missing)
+                    if lease is None:
+                        raise AdmissionError(
+                            f"step '{a.step}': pool '{a.pool}' has no concurrency limit '{name}'. "
+                            "Fix: planflow pools sync (or planflow blocks apply)"
+                        )
+                    taken.append(lease)
+                    shares.append(self._use(lease, missing))
         except httpx.HTTPStatusError as exc:
             self._give_back(shares)  # all or none
             self._drop(taken)
@@ -192,9 +197,21 @@ class RunSlots(SharedSlots):
         return _Held(self, shares)
 
     # -- leases -----------------------------------------------------------------------------
-    def _fit(self, name: str, n: int) -> _Lease | None:
+    def _gather(self, name: str, n: int) -> list[tuple[_Lease, int]]:
+        """Up to `n` slots of limit `name` from the run's leases' free slots, as shares
+        (fullest lease first, so that a small step leaves the others whole)."""
+        shares = []
         with self._lock:
-            return next((lease for lease in self._leases if lease.limit == name and lease.free >= n), None)
+            for lease in sorted(self._leases, key=lambda lease: -lease.free):
+                if n <= 0:
+                    break
+                if lease.limit == name and lease.free > 0:
+                    k = min(n, lease.free)
+                    lease.free -= k
+                    lease.users += 1
+                    shares.append((lease, k))
+                    n -= k
+        return shares
 
     def _use(self, lease: _Lease, n: int) -> tuple[_Lease, int]:
         with self._lock:
