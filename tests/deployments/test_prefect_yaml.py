@@ -96,7 +96,7 @@ def test_deploy_all_and_run_on_a_process_worker(deployed):
     assert image["properties"]["augment"]["default"] == 4
     assert image["properties"]["test_size"]["type"] == "number"
     assert image["properties"]["policy"]["enum"] == ["plan", "fifo"]
-    assert image["properties"]["mode"]["enum"] == ["inprocess", "distributed"]
+    assert image["properties"]["mode"]["enum"] == ["inprocess", "distributed", "dask"]
     refused = run_cli(
         [PREFECT, "deployment", "run", "image-classification/image-classification-process", "--param", "augment=many"]
     )

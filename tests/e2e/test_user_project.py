@@ -247,7 +247,7 @@ def test_the_deployment_form_is_typed(deployed):
     assert schema["rows"]["type"] == "integer" and schema["rows"]["default"] == 100
     assert schema["top"]["type"] == "integer"
     assert schema["policy"]["enum"] == ["plan", "fifo"]
-    assert schema["mode"]["enum"] == ["inprocess", "distributed"]
+    assert schema["mode"]["enum"] == ["inprocess", "distributed", "dask"]
 
 
 def test_a_worker_started_as_the_readme_says_runs_the_deployment(user_project, server, deployed, tmp_path):
