@@ -57,6 +57,20 @@ class ThreadedServer:
         self.thread.join(timeout=15)
 
 
+# `planflow serve`'s replicas are scraped too, and are down unless a pipeline is served.
+SERVING_JOB = "planflow-serving"
+
+
+def stack_targets_up(prometheus_url: str, expected: int | None = None) -> bool:
+    """Every scrape target of the stack is up (the serving replicas' aside); `expected`:
+    how many there must be."""
+    import httpx
+
+    found = httpx.get(f"{prometheus_url}/api/v1/targets", timeout=5).json()["data"]["activeTargets"]
+    stack = [t for t in found if t.get("labels", {}).get("job") != SERVING_JOB]
+    return (expected is None or len(stack) == expected) and all(t["health"] == "up" for t in stack)
+
+
 def wait_for(check: Callable[[], Any], timeout: float, interval: float = 0.25, message: str = "condition") -> Any:
     deadline = time.monotonic() + timeout
     last = None

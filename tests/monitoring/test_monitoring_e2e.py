@@ -8,7 +8,7 @@ import uuid
 import httpx
 import pytest
 
-from tests.monitoring.helpers import read_events, wait_for
+from tests.monitoring.helpers import read_events, stack_targets_up, wait_for
 
 
 def test_a_failed_run_becomes_a_firing_then_resolved_prefect_event(monitoring_stack, prefect_api_url):
@@ -17,9 +17,7 @@ def test_a_failed_run_becomes_a_firing_then_resolved_prefect_event(monitoring_st
     paths, started = monitoring_stack
     prometheus = started["prometheus"].url
     wait_for(
-        lambda: all(
-            t["health"] == "up" for t in httpx.get(f"{prometheus}/api/v1/targets").json()["data"]["activeTargets"]
-        ),
+        lambda: stack_targets_up(prometheus),
         30,
         message="every scrape target up",
     )

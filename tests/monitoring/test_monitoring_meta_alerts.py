@@ -33,7 +33,7 @@ from planflow.ops import server as stack
 from planflow.ops import services
 from planflow.settings import StatePaths
 
-from tests.monitoring.helpers import free_port, need_binary, wait_for
+from tests.monitoring.helpers import free_port, need_binary, stack_targets_up, wait_for
 
 WATCHDOG_INTERVAL = seconds(params("fast").raw["watchdog_interval"])
 
@@ -112,13 +112,11 @@ def alerting():
             stack.up(paths, port=port)
             services.up(paths, profile="fast", ports=ports)
             ready = Stack(paths, ports, api, receiver, port)
-            targets = f"{ready.url('prometheus')}/api/v1/targets"
-
-            def all_up() -> bool:
-                found = httpx.get(targets).json()["data"]["activeTargets"]
-                return len(found) == len(services.ORDER) and all(t["health"] == "up" for t in found)
-
-            wait_for(all_up, 90, message="every scrape target up")
+            wait_for(
+                lambda: stack_targets_up(ready.url("prometheus"), len(services.ORDER)),
+                90,
+                message="every scrape target up",
+            )
             yield ready
         finally:
             services.down(paths)
