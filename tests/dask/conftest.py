@@ -16,6 +16,10 @@ ROOT = Path(__file__).resolve().parents[2]
 # Two workers of local.cpu=2, local.mem_gib=2 each (the components' modules import on them).
 SIZING = {"local": {"cpu": 4.0, "gpu": 0.0, "mem_gib": 4.0}}
 WORKERS = 2
+# A task whose workers died more than this often fails with KilledWorker (dask's default
+# is 3): one death is re-run elsewhere, the second ends it, so the test of a step that
+# keeps killing its workers needs two worker restarts, not four.
+ALLOWED_FAILURES = 1
 
 
 @pytest.fixture(scope="session")
@@ -25,6 +29,7 @@ def dask_cluster(registered_blocks):
     paths = StatePaths(Path(tempfile.mkdtemp(prefix="planflow-dask-")))
     with pytest.MonkeyPatch.context() as env:
         env.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), str(ROOT / "tests" / "fixtures")]))
+        env.setenv("DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES", str(ALLOWED_FAILURES))
         try:
             state = cluster.up(paths, SIZING, workers=WORKERS)
             env.setenv("PLANFLOW_DASK_ADDRESS", state.address)

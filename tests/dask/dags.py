@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -88,6 +89,18 @@ def after(victim: list[int], killer: int) -> dict:
 
 
 kill_pair = Pipeline("dask-kill", [victim, killer, after], description="one worker killed mid-run")
+
+
+@component(cpu=1, mem_gib=0.25, est_seconds=0.2)
+def dies(marker_dir: str = "") -> int:
+    """Kills the worker process running it (a SIGKILL), every time it runs."""
+    with (Path(marker_dir) / "dies.pids").open("a") as file:
+        file.write(f"{os.getpid()}\n")
+    os.kill(os.getpid(), signal.SIGKILL)
+    return 0
+
+
+keeps_dying = Pipeline("dask-keeps-dying", [dies], description="a step whose workers die every time it runs")
 
 
 @component(cpu=1, mem_gib=3, est_seconds=0.2)

@@ -20,9 +20,10 @@ from planflow.runtime.dask_executor import DaskExecutor
 from planflow.runtime.dispatch import Assignment
 from planflow.runtime.executors import execute
 from planflow.runtime.planning import make_plan
+from planflow.runtime.runner import PipelineRunError
 
 from tests.dask import dags
-from tests.dask.conftest import WORKERS
+from tests.dask.conftest import ALLOWED_FAILURES, WORKERS
 
 pytestmark = [pytest.mark.usefixtures("dask_cluster"), pytest.mark.slow]
 
@@ -92,3 +93,18 @@ def test_a_worker_killed_mid_run_its_step_runs_again_and_the_run_completes(dask_
     # The nanny restarts the killed worker: the next test finds both again.
     assert wait_until(lambda: len(cluster.status(paths).workers) == WORKERS, 60), cluster.status(paths)
     assert os.environ["PLANFLOW_DASK_ADDRESS"] == cluster.status(paths).address
+
+
+def test_a_step_whose_workers_keep_dying_fails_the_run_naming_that_fate(dask_cluster, tmp_path):
+    """Each attempt SIGKILLs its worker: after ALLOWED_FAILURES re-runs the scheduler gives
+    up (KilledWorker) and the run fails saying the step's workers died, and where to read why."""
+    paths, _ = dask_cluster
+    try:
+        with pytest.raises(PipelineRunError) as failed:
+            to_flow(dags.keeps_dying)(marker_dir=str(tmp_path), mode="dask")
+        message = str(failed.value)
+        assert "'dies'" in message and "died" in message and ".planflow/dask/" in message, message
+        attempts = (tmp_path / "dies.pids").read_text().split()
+        assert len(attempts) == ALLOWED_FAILURES + 1, attempts
+    finally:  # the nannies restart the killed workers: the next test finds both again
+        assert wait_until(lambda: len(cluster.status(paths).workers) == WORKERS, 60), cluster.status(paths)

@@ -15,6 +15,7 @@ from planflow import to_flow
 from planflow.core import discovery as registry
 from planflow.runtime.runner import PipelineRunError
 
+from tests.deployments.blas_dag import blas_one
 from tests.deployments.conftest import PREFECT, PREFECT_FILE, ROOT, run_cli
 
 pytestmark = pytest.mark.usefixtures("registered_blocks")
@@ -177,3 +178,15 @@ def test_predictive_maintenance_across_the_process_and_docker_pools(component_de
             previous.save("docker", overwrite=True)
         for container in containers:
             subprocess.run(["docker", "rm", "-f", container], capture_output=True)
+
+
+def test_a_cpu1_component_in_a_child_flow_run_runs_blas_with_one_thread(component_deployments, monkeypatch):
+    """As in-process (runtime/cpulimits.py): the child flow run holds the step's native
+    thread pools to its declared cpu. The worker's environment starts BLAS with two
+    threads, so that an unlimited step would see two whatever the machine has."""
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "2")
+    with worker("local-process", "process"):
+        result = to_flow(blas_one)(mode="distributed")
+    step = result["steps"]["blas_threads"]
+    assert step["state"] == "Completed" and step["pool"] == "local"
+    assert step["metrics"]["blas_threads"] == 1

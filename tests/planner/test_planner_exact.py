@@ -21,7 +21,7 @@ from planflow.planner import (
     solve,
 )
 from planflow.planner.exact import branch_and_bound
-from planflow.planner.generate import random_small
+from planflow.planner.generate import random_small, six_components
 from planflow.planner.heuristics import Schedule, serial_sgs
 from planflow.planner.instance import Instance, compile_problem
 
@@ -88,30 +88,9 @@ def test_agrees_with_the_milp_where_the_milp_proves(seed):
         assert exact.makespan <= milp.makespan + 1e-9
 
 
-def six_component_pipeline() -> Problem:
-    """Predictive maintenance on one local pool of 2 CPUs with learned (real-valued)
-    durations: the shape that got "gap 27.6 %, heuristic" before."""
-    local = Pool("local", {"cpu": 2, "gpu": 0, "mem_gib": 7.6})
-
-    def step(name, seconds, cpu, mem, after=()):
-        return Task(name, (Mode("local", seconds, {"cpu": cpu, "mem_gib": mem}),), after)
-
-    return Problem(
-        (
-            step("sensor_readings", 2.37, 1, 1.0),
-            step("sensor_features", 5.81, 1, 2.0, ("sensor_readings",)),
-            step("anomaly_model", 11.42, 2, 3.0, ("sensor_features",)),
-            step("rul_model", 17.93, 1, 4.0, ("sensor_features",)),
-            step("report_stats", 3.16, 1, 0.5, ("sensor_readings",)),
-            step("maintenance_plan", 1.29, 1, 1.0, ("anomaly_model", "rul_model")),
-        ),
-        (local,),
-    )
-
-
 @pytest.mark.parametrize("mip_gap", [0.0, 0.05], ids=["gap0", "gap5pct"])
 def test_six_component_real_valued_pipeline_is_proven(mip_gap):
-    problem = six_component_pipeline()
+    problem = six_components()
     plan = solve(problem, PlannerOptions(time_limit_s=10, mip_gap=mip_gap))
     assert plan_violations(problem, plan) == []
     # anomaly_model holds both CPUs, so it cannot overlap rul_model: 2.37 + 5.81 + 11.42 + 17.93 + 1.29

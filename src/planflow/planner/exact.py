@@ -41,9 +41,9 @@ Example::
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
-from fractions import Fraction
 
 from .exact_parts import Profile, cliques, covers, filled_by
 from .heuristics import Schedule, _add, _earliest, _profiles, priorities
@@ -127,10 +127,12 @@ class _Search:
         self.after = [max((tail[s] for s in inst.succs[j]), default=0.0) for j in range(n)]
         self.lft = priorities(inst).lf
         R = len(inst.resources)
-        self.mode_energy = [[[m.dur * dict(m.dem).get(k, 0.0) for k in range(R)] for m in ms] for ms in inst.modes]
+        # per task: (mode, its energy per resource) of each mode
+        self.mode_data = [[(m, [m.dur * dict(m.dem).get(k, 0.0) for k in range(R)]) for m in ms] for ms in inst.modes]
         self.R = R
         self.P = len(inst.caps)
-        self.cliques = [(p, c, o, sum(1 << j for j in c)) for p, c, o in cliques(inst)]
+        # per clique: its pool's bit, its members' bits, and each member with its flag
+        self.cliques = [(1 << p, sum(1 << j for j in c), list(zip(c, o, strict=True))) for p, c, o in cliques(inst)]
         self.nodes_by_mask: dict[int, list[tuple[tuple, list[float], list[Profile]]]] = {}
 
     def _tick(self) -> None:
@@ -214,7 +216,8 @@ class _Search:
         left-justified (active) version, which comes before S: a contradiction.  Each
         node is stored (up to DOMINANCE_KEEP per set of tasks), whatever becomes of it."""
         done = [j for j in range(self.n) if mask >> j & 1]
-        key = (sum(Fraction(start[j]) for j in done), tuple(start[j] for j in done))
+        # fsum is correctly rounded, so the order stays monotone in every start
+        key = (math.fsum(start[j] for j in done), tuple(start[j] for j in done))
         ends = [fin[j] for j in done]
         entries = self.nodes_by_mask.setdefault(mask, [])
         for a_key, a_ends, a_profiles in entries:
@@ -234,37 +237,48 @@ class _Search:
         a mode of it fits beside the scheduled tasks (more tasks only delay that).  A
         mode whose earliest finish plus the task's tail reaches the incumbent cannot be
         part of a better schedule: the clique and energy bounds use the other modes."""
-        inst = self.inst
+        inst, n = self.inst, self.n
         limit = self.best.makespan - self.tol
-        lb = max((fin[j] for j in range(self.n) if mask >> j & 1), default=0.0)
-        efin, est, dur = [0.0] * self.n, [0.0] * self.n, [0.0] * self.n
-        pools = [0] * self.n  # bit mask of the pools of a task's usable modes
-        energy: list[list[float]] = [[]] * self.n
+        caps, after = inst.caps, self.after
+        lb = max((fin[j] for j in range(n) if mask >> j & 1), default=0.0)
+        efin = fin[:]  # scheduled: their finish; the others are set (topological order) before use
+        est, dur = [0.0] * n, [0.0] * n
+        pools = [0] * n  # bit mask of the pools of a task's usable modes
+        energy: list[list[float]] = [[]] * n
         for j in self.topo:
             if mask >> j & 1:
                 continue
             h = last
             for p in self.preds[j]:
-                f = fin[p] if mask >> p & 1 else efin[p]
-                if f > h:
-                    h = f
+                if efin[p] > h:
+                    h = efin[p]
+            cut = limit - after[j]  # a mode finishing at or after this is of no use
             f = r = d = float("inf")
             e = None
-            tail = self.after[j]
-            for mi, m in enumerate(inst.modes[j]):
-                t = _earliest(*profiles[m.pool], inst.caps[m.pool], m.dem, m.dur, h)
-                if t + m.dur + tail >= limit:
+            bits = 0
+            for m, me in self.mode_data[j]:
+                md = m.dur
+                if h + md >= cut:
                     continue
-                r = min(r, t)
-                f = min(f, t + m.dur)
-                d = min(d, m.dur)
-                pools[j] |= 1 << m.pool
-                me = self.mode_energy[j][mi]
-                e = me if e is None else [min(x, y) for x, y in zip(e, me, strict=True)]
+                ts, use = profiles[m.pool]
+                t = _earliest(ts, use, caps[m.pool], m.dem, md, h)
+                if t + md >= cut:
+                    continue
+                if t < r:
+                    r = t
+                if t + md < f:
+                    f = t + md
+                if md < d:
+                    d = md
+                bits |= 1 << m.pool
+                e = me if e is None else [x if x < y else y for x, y in zip(e, me, strict=True)]
             if e is None:
                 return float("inf")  # every mode of j ends too late: nothing better here
-            efin[j], est[j], dur[j], energy[j] = f, r, d, e
-            lb = max(lb, f + tail)
+            efin[j], est[j], dur[j], energy[j], pools[j] = f, r, d, e, bits
+            if f + after[j] > lb:
+                lb = f + after[j]
+        if lb >= limit:
+            return lb
         lb = max(lb, self._clique_bound(mask, est, dur, pools))
         if lb >= limit:
             return lb
@@ -277,17 +291,14 @@ class _Search:
         A member counts when it depends on (or is needed by) every other member, or when
         all its usable modes are on the clique's pool (where the members clash)."""
         lb = 0.0
-        for pool, members, ordered, bits in self.cliques:
+        after = self.after
+        for bit, bits, members in self.cliques:
             if (bits & ~mask).bit_count() < 2:
                 continue
-            bit = 1 << pool
-            rest = sorted(
-                (est[j], dur[j], self.after[j])
-                for j, o in zip(members, ordered, strict=True)
-                if not mask >> j & 1 and (o or pools[j] == bit)
-            )
+            rest = [(est[j], dur[j], after[j]) for j, o in members if not mask >> j & 1 and (o or pools[j] == bit)]
             if len(rest) < 2:
                 continue
+            rest.sort()
             total, least_tail = 0.0, float("inf")
             for r, p, q in reversed(rest):
                 total += p

@@ -92,12 +92,18 @@ def filled_by(pools: list[tuple[Profile, float]], k: int, t0: float, work: float
             i += 1
             a = b
     marks = sorted({t0, *(t for (ts, _), _ in pools for t in ts if t > t0)})
+    at = [segment(ts, t0) for (ts, _), _ in pools]  # each pool's segment at the current mark
     done = 0.0
     for a, b in zip(marks, [*marks[1:], float("inf")], strict=True):
         rate = 0.0
-        for (ts, use), cap in pools:
-            i = segment(ts, a)
-            rate += max(0.0, cap - use[i][k])
+        for q, ((ts, use), cap) in enumerate(pools):
+            i = at[q]
+            while i + 1 < len(ts) and ts[i + 1] <= a + EPS:
+                i += 1
+            at[q] = i
+            left = cap - use[i][k]
+            if left > 0.0:
+                rate += left
         if rate <= EPS:
             continue
         if done + rate * (b - a) >= work - EPS:

@@ -84,3 +84,26 @@ def random_small(n: int, seed: int = 0, integral: bool = False, steps: bool = Tr
             modes.append(Mode(pool, d, dem))
         tasks.append(Task(names[i], tuple(modes), after))
     return Problem(tuple(tasks), tuple(pools))
+
+
+def six_components() -> Problem:
+    """Predictive maintenance plus a side step on one local pool of 2 CPUs with learned
+    (real-valued) durations: the shape that got "gap 27.6 %, heuristic" before the branch
+    and bound (issue 14). Its optimum is 38.82 s: anomaly_model holds both CPUs, so it
+    cannot overlap rul_model."""
+    local = Pool("local", {"cpu": 2, "gpu": 0, "mem_gib": 7.6})
+
+    def step(name: str, seconds: float, cpu: float, mem: float, after: tuple[str, ...] = ()) -> Task:
+        return Task(name, (Mode("local", seconds, {"cpu": cpu, "mem_gib": mem}),), after)
+
+    return Problem(
+        (
+            step("sensor_readings", 2.37, 1, 1.0),
+            step("sensor_features", 5.81, 1, 2.0, ("sensor_readings",)),
+            step("anomaly_model", 11.42, 2, 3.0, ("sensor_features",)),
+            step("rul_model", 17.93, 1, 4.0, ("sensor_features",)),
+            step("report_stats", 3.16, 1, 0.5, ("sensor_readings",)),
+            step("maintenance_plan", 1.29, 1, 1.0, ("anomaly_model", "rul_model")),
+        ),
+        (local,),
+    )

@@ -17,6 +17,7 @@ from prefect.results import ResultStore
 
 from planflow.core import discovery
 from planflow.prefect.serializer import PlanflowSerializer
+from planflow.runtime.isolation import UsageLog, step_function
 from planflow.runtime.memory import measure_peak
 
 
@@ -48,8 +49,12 @@ def run_component(
     store = ResultStore(serializer=PlanflowSerializer())
     outputs = {upstream: store.read(key).result for upstream, key in inputs.items()}
     kwargs = p.step_kwargs(step, p.resolve_params(params), outputs)
-    component = p.steps[step].component.with_options(name=step, task_run_name=step)
-    result = component(**kwargs)
+    component = p.steps[step].component
+    task = component.with_options(name=step, task_run_name=step)
+    # its native thread pools (BLAS, OpenMP) held to its declared cpu, as in-process
+    # (cpulimits.py); this flow run is already a process of its own
+    task.fn = step_function(step, component.fn, component.spec.cpu, "thread", UsageLog())
+    result = task(**kwargs)
     key = output_key(run_key, step)
     store.write(result, key=key)
     peak = measure_peak()
