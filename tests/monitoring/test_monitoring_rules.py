@@ -75,8 +75,12 @@ def test_promtool_rule_unit_tests_pass(profile, tmp_path):
         )
         for part in _split_rule_tests(path, tmp_path, 2)
     ]
-    for run in runs:
-        output, _ = run.communicate(timeout=120)
+    try:
+        outputs = [run.communicate(timeout=180)[0] for run in runs]
+    finally:
+        for run in runs:
+            run.kill()  # none outlives the test (a no-op for a finished one)
+    for run, output in zip(runs, outputs, strict=True):
         assert run.returncode == 0, f"{path.name} ({run.args[-1]}):\n{output}"
 
 
