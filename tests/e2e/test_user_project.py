@@ -146,9 +146,12 @@ def user_project(wheel, tmp_path_factory) -> UserProject:
     constraints = root / "constraints.txt"
     shutil.copy(REPO / "constraints.txt", constraints)
     # pip keeps the caller's HOME (its configuration and warm cache); nothing else of it.
+    # --no-compile: Python compiles what the commands import when they import it; pip
+    # would compile every module of every dependency first (measured: 73 s of CPU
+    # instead of 39 s for the whole install).
     pip_env = {k: v for k, v in os.environ.items() if not k.startswith(("PLANFLOW_", "PREFECT_", "PYTHONPATH"))}
     installed = subprocess.run(
-        [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+        [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-compile"]
         + ["-c", str(constraints), f"planflow[workers] @ {wheel.as_uri()}"],
         env=pip_env,
         cwd=root,

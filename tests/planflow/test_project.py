@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -98,14 +99,17 @@ def env(tmp_path) -> dict[str, str]:
 
 def test_commands_that_start_no_server_leave_no_state(project, env):
     subfolder = project / "flows" / "wordcount"
-    for args, cwd in (
+    commands = (
         (["--help"], project),
         (["pipelines"], subfolder),
         (["env"], subfolder),
         (["server", "status"], project),
         (["worker", "start", "--help"], project),
-    ):
-        done = planflow(*args, cwd=cwd, env=env)
+    )
+    # all at once: each is mostly Python importing Prefect, and CI has two cores
+    with ThreadPoolExecutor(max_workers=len(commands)) as pool:
+        runs = list(pool.map(lambda command: planflow(*command[0], cwd=command[1], env=env), commands))
+    for done in runs:
         assert "Failed to create the Prefect home" not in done.stderr, done.stderr
     assert not list(project.rglob(".planflow"))
 
