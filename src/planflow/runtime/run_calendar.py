@@ -329,11 +329,14 @@ class RunCalendar(Reporter):
         with self._lock:
             if self.entry is None:
                 return
-            self.entry = None
+            saved, self.entry = self.entry._block_document_id, None
         with get_client(sync_client=True) as client:
             try:
-                doc = client.read_block_document_by_name(entry_name(self.run_id), CalendarEntry.get_block_type_slug())
-                client.delete_block_document(doc.id)
+                if saved is None:  # saved by another object (or never): found by its name
+                    saved = client.read_block_document_by_name(
+                        entry_name(self.run_id), CalendarEntry.get_block_type_slug()
+                    ).id
+                client.delete_block_document(saved)
             except ObjectNotFound:
                 pass
 
