@@ -5,21 +5,24 @@ only; the timings are bench/bench_overhead.py's."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import toy_dags
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId
 from prometheus_client import CollectorRegistry
 
 from planflow import to_flow
+from planflow.core.component import component
 from planflow.monitoring.metrics import RunRecorder
 from planflow.planner import PlannerOptions
 from planflow.prefect.blocks import ResourcePool
 from planflow.prefect.limits import active_slots, limit_name, sync_limits
-from planflow.runtime.dispatch import Assignment, dispatch
+from planflow.runtime import history, reporting
+from planflow.runtime.dispatch import Assignment, StepRecord, dispatch
 from planflow.runtime.events import EventBus, Reporter, RunInfo
 from planflow.runtime.planning import RunPlan, plan_pipeline
 from planflow.runtime.reporters import MetricsReporter
@@ -140,3 +143,58 @@ def test_a_step_refused_one_limit_holds_none_of_the_others(pool):
         assert slots.take(step) is None
         assert active_slots([CPU, MEM]) == {CPU: 0, MEM: 4096}
     assert active_slots([CPU, MEM]) == {CPU: 0, MEM: 0}
+
+
+# -- the run's end and its records ---------------------------------------------------------
+class Meets(Reporter):
+    """Its on_finished returns only once every Meets of the run has entered its own."""
+
+    def __init__(self, barrier) -> None:
+        self.barrier, self.calls = barrier, []
+
+    def on_finished(self, run, records) -> None:
+        self.calls.append("on_finished")
+        self.barrier.wait(timeout=20)  # BrokenBarrierError when they do not run side by side
+
+    def flush(self) -> None:
+        self.calls.append("flush")
+
+
+def test_the_reporters_finish_side_by_side_each_in_order_with_one_last_flush():
+    barrier = threading.Barrier(2)
+    reporters = [Meets(barrier), Meets(barrier)]
+    bus = EventBus(reporters, logging.getLogger("test"), flush_seconds=60)
+    with bus:
+        bus.finished(_diamond(), {})
+    assert not bus.failures, bus.failures  # neither waited alone until its barrier broke
+    assert [r.calls for r in reporters] == [["on_finished", "flush"]] * 2
+
+
+def test_the_gantt_picture_is_a_png_that_draws_the_actual_bars():
+    run = _diamond()
+    records = {s: StepRecord(s, "local", "Failed" if s == "report" else "Completed", 0.1, 0.4) for s in run.plan.order}
+    png = reporting.gantt_png(run.plan.plan, records, title="toy")
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert reporting.gantt_png(run.plan.plan) != png  # the actual bars are drawn
+
+
+@pytest.mark.usefixtures("registered_blocks")
+def test_a_batch_of_one_components_runs_is_one_record_read_back_newest_first_once_per_plan():
+    def noop(x: int = 1) -> int:
+        return x
+
+    comp = component(noop, name=f"overhead-batch-{time.time_ns()}")
+    batch = [history.Observation(comp.name, comp.code_version, "local", s) for s in (1.0, 2.0, 3.0)]
+    history.record_many(batch)
+    history.record(history.Observation(comp.name, comp.code_version, "local", 4.0))
+    with get_client(sync_client=True) as client:
+        key = history.history_key(comp.name, comp.code_version)
+        stored = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+    assert len(stored) == 2  # the batch is one record
+    assert [o.seconds for o in history.observations(comp, 10)] == [4.0, 3.0, 2.0, 1.0]
+    assert [o.seconds for o in history.observations(comp, 2)] == [4.0, 3.0]
+    with history.read_once():
+        history.observations(comp, 10)
+        history.record(history.Observation(comp.name, comp.code_version, "local", 5.0))
+        assert [o.seconds for o in history.observations(comp, 10)][0] == 4.0  # read once in the block
+    assert [o.seconds for o in history.observations(comp, 1)] == [5.0]

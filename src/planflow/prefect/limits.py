@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import Any
 
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
@@ -88,12 +89,12 @@ def limit_drift(capacities: Mapping[str, Mapping[str, float]]) -> tuple[list[str
     block). A limit changed by hand is named with both sizes and both ways to fix it."""
     missing, drift = [], []
     with get_client(sync_client=True) as client:
+        limits = _all_limits(client)  # one request for all, not one per limit
         for pool, capacity in sorted(capacities.items()):
             for resource in RESOURCES:
                 name, size = limit_name(pool, resource), pool_limits(pool, capacity)[limit_name(pool, resource)]
-                try:
-                    found = client.read_global_concurrency_limit_by_name(name)
-                except ObjectNotFound:
+                found = limits.get(name)
+                if found is None:
                     missing.append(name)
                     continue
                 if found.limit != size or not found.active:
@@ -104,11 +105,19 @@ def limit_drift(capacities: Mapping[str, Mapping[str, float]]) -> tuple[list[str
                         f"planflow (e.g. in the UI). Fix: `planflow pools sync` to restore it from the block, "
                         f"or change the pool itself (`planflow pools set {pool} ...`)"
                     )
-        try:
-            client.read_global_concurrency_limit_by_name(PLANNING_LIMIT)
-        except ObjectNotFound:
+        if PLANNING_LIMIT not in limits:
             missing.append(PLANNING_LIMIT)
     return missing, drift
+
+
+def _all_limits(client: Any, page: int = 200) -> dict[str, Any]:
+    """Every global concurrency limit on the server, by name (a page of `page` per request)."""
+    found: dict[str, Any] = {}
+    while True:
+        batch = client.read_global_concurrency_limits(limit=page, offset=len(found))
+        found.update((limit.name, limit) for limit in batch)
+        if len(batch) < page:
+            return found
 
 
 def require_limits(capacities: Mapping[str, Mapping[str, float]]) -> list[str]:

@@ -31,6 +31,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -68,7 +69,8 @@ class StepEvent:
 
 class Reporter:
     """Receives one run's events; override what you need. Called on the run's
-    reporting thread, one event at a time, in order."""
+    reporting thread, one event at a time, in order (at the run's end, `on_finished`
+    and the last `flush` on a thread of its own, beside the other reporters')."""
 
     def on_planned(self, run: RunInfo) -> None:
         """The run is planned (pools, assignments, the plan under policy "plan")."""
@@ -199,7 +201,7 @@ class EventBus:
             self.logger.warning("reporter %s failed on %d event(s) of this run (the run went on)", reporter, count)
 
     def _deliver(self) -> None:
-        flushed, dirty = time.monotonic(), False
+        flushed, dirty, ended = time.monotonic(), False, False
         while True:
             due = flushed + self.flush_seconds
             try:  # nothing waiting: sleep until the next event or until a flush is due
@@ -207,9 +209,13 @@ class EventBus:
             except queue.Empty:
                 item = ()
             if item is None:
-                self._call_all("flush", ())
+                if dirty or not ended:  # the end's flush came with on_finished
+                    self._call_all("flush", ())
                 return
-            if item:
+            if item and item[0] == "on_finished":  # the run's end: every reporter side by side
+                self._finish_all(item[1])
+                flushed, dirty, ended = time.monotonic(), False, True
+            elif item:
                 method, args = item
                 self._call_all(method, args)
                 dirty = True
@@ -217,8 +223,23 @@ class EventBus:
                 self._call_all("flush", ())
                 flushed, dirty = time.monotonic(), False
 
-    def _call_all(self, method: str, args: tuple[Any, ...]) -> None:
-        for reporter in self.reporters:
+    def _finish_all(self, args: tuple[Any, ...]) -> None:
+        """`on_finished` then `flush` for each reporter, the reporters side by side: the
+        run's end waits for the slowest (an artifact upload, the calendar entry's delete,
+        a server retry after a busy database), not for the sum of them. Each reporter
+        still hears its calls one at a time and in order."""
+
+        def finish(reporter: Reporter) -> None:
+            self._call_all("on_finished", args, [reporter])
+            self._call_all("flush", (), [reporter])
+
+        self._busy = ("every reporter", "on_finished")
+        with ThreadPoolExecutor(max_workers=len(self.reporters) or 1, thread_name_prefix="planflow-finish") as pool:
+            for reporter in self.reporters:
+                pool.submit(contextvars.copy_context().run, finish, reporter)
+
+    def _call_all(self, method: str, args: tuple[Any, ...], reporters: list[Reporter] | None = None) -> None:
+        for reporter in self.reporters if reporters is None else reporters:
             self._busy = (reporter.name, method)
             try:
                 getattr(reporter, method)(*args)

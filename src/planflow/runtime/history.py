@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import contextvars
 import statistics
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +44,12 @@ HISTORY_TYPE = "planflow-history"
 HISTORY_KEY_PREFIX = "planflow-history"
 KEY_MAX = 100  # Prefect's limit on an artifact key's length
 READ_THREADS = 8  # concurrent history reads before a plan
+WRITE_THREADS = 8  # history records written side by side
+# Inside `read_once()`: observations read once per key (the plan's durations and memory
+# figures read the same records; without it, one request per step before each plan).
+_reads: contextvars.ContextVar[dict[str, tuple[list[Observation], bool]] | None] = contextvars.ContextVar(
+    "planflow_history_reads", default=None
+)
 
 
 @dataclass(frozen=True)
@@ -108,32 +115,76 @@ def work_values(pipeline: Pipeline, step: str, params: Mapping[str, Any]) -> dic
 
 def record(observation: Observation) -> None:
     """Add one observation to the history (one artifact version; never overwrites)."""
-    if not observation.seconds > 0:
-        raise ValueError(
-            f"history of '{observation.component}': seconds={observation.seconds!r} must be > 0 "
-            "(a component that did not run has no duration to learn)"
-        )
+    record_many([observation])
+
+
+def record_many(batch: Iterable[Observation]) -> None:
+    """Add observations to the history: one artifact version per component version (its
+    data one observation, or `{"observations": [...]}` for several), written side by side."""
+    groups: dict[str, list[Observation]] = {}
+    for observation in batch:
+        if not observation.seconds > 0:
+            raise ValueError(
+                f"history of '{observation.component}': seconds={observation.seconds!r} must be > 0 "
+                "(a component that did not run has no duration to learn)"
+            )
+        groups.setdefault(history_key(observation.component, observation.code_version), []).append(observation)
+    if not groups:
+        return
+    if len(groups) == 1:
+        _create(*next(iter(groups.items())))
+        return
+    with ThreadPoolExecutor(max_workers=min(WRITE_THREADS, len(groups))) as pool:
+        futures = [pool.submit(contextvars.copy_context().run, _create, k, g) for k, g in groups.items()]
+    for future in futures:
+        future.result()
+
+
+def _create(key: str, group: list[Observation]) -> None:
+    first = group[0]
+    if len(group) == 1:
+        data: dict[str, Any] = first.to_data()
+        said = f"on {first.pool}: {first.seconds:.2f} s"
+    else:
+        data = {"component": first.component, "code_version": first.code_version}
+        data["observations"] = [o.to_data() for o in group]
+        said = f"{len(group)} runs, {min(o.seconds for o in group):.2f}-{max(o.seconds for o in group):.2f} s"
     with get_client(sync_client=True) as client:
         client.create_artifact(
             ArtifactCreate(
-                key=history_key(observation.component, observation.code_version),
+                key=key,
                 type=HISTORY_TYPE,
-                data=observation.to_data(),
-                description=(
-                    f"{observation.component} (code {observation.code_version}) on {observation.pool}: "
-                    f"{observation.seconds:.2f} s; planflow's duration history, read by the planner"
-                ),
-                flow_run_id=observation.flow_run_id,
+                data=data,
+                description=f"{first.component} (code {first.code_version}) {said}; planflow's duration history, "
+                "read by the planner",
+                flow_run_id=first.flow_run_id,
             )
         )
 
 
+@contextmanager
+def read_once() -> Iterator[None]:
+    """Within this block (and the threads started in copies of its context), each
+    component version's history is read from the server once."""
+    token = _reads.set({} if _reads.get() is None else _reads.get())
+    try:
+        yield
+    finally:
+        _reads.reset(token)
+
+
 def observations(component: Component, limit: int) -> list[Observation]:
     """The newest `limit` observations of this version of `component` (newest first)."""
+    key = history_key(component.name, component.code_version)
+    reads = _reads.get()
+    if reads is not None and key in reads:
+        seen, complete = reads[key]  # complete: every record there is was read
+        if complete or len(seen) >= limit:
+            return seen[:limit]
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(
             artifact_filter=ArtifactFilter(
-                key=ArtifactFilterKey(any_=[history_key(component.name, component.code_version)]),
+                key=ArtifactFilterKey(any_=[key]),
                 type=ArtifactFilterType(any_=[HISTORY_TYPE]),
             ),
             sort=ArtifactSort.CREATED_DESC,
@@ -142,23 +193,32 @@ def observations(component: Component, limit: int) -> list[Observation]:
     found = []
     for artifact in artifacts:
         data = artifact.data if isinstance(artifact.data, dict) else {}
-        seconds, pool = data.get("seconds"), data.get("pool")
-        if isinstance(seconds, (int, float)) and seconds > 0 and isinstance(pool, str) and pool:
-            work = data.get("work") if isinstance(data.get("work"), dict) else {}
-            peak = data.get("peak_mem_gib")
-            found.append(
-                Observation(
-                    component=component.name,
-                    code_version=component.code_version,
-                    pool=pool,
-                    seconds=float(seconds),
-                    peak_mem_gib=float(peak) if isinstance(peak, (int, float)) else None,
-                    work={k: float(v) for k, v in work.items() if isinstance(v, (int, float))},
-                    pipeline=str(data.get("pipeline") or ""),
-                    flow_run_id=data.get("flow_run_id"),
-                )
-            )
-    return found
+        batch = data.get("observations")
+        items = reversed(batch) if isinstance(batch, list) else [data]  # a batch: newest last
+        found += [o for item in items if (o := _parse(component, item)) is not None]
+    if reads is not None:
+        reads[key] = (found, len(artifacts) < limit)
+    return found[:limit]
+
+
+def _parse(component: Component, data: Any) -> Observation | None:
+    if not isinstance(data, dict):
+        return None
+    seconds, pool = data.get("seconds"), data.get("pool")
+    if not (isinstance(seconds, (int, float)) and seconds > 0 and isinstance(pool, str) and pool):
+        return None
+    work = data.get("work") if isinstance(data.get("work"), dict) else {}
+    peak = data.get("peak_mem_gib")
+    return Observation(
+        component=component.name,
+        code_version=component.code_version,
+        pool=pool,
+        seconds=float(seconds),
+        peak_mem_gib=float(peak) if isinstance(peak, (int, float)) else None,
+        work={k: float(v) for k, v in work.items() if isinstance(v, (int, float))},
+        pipeline=str(data.get("pipeline") or ""),
+        flow_run_id=data.get("flow_run_id"),
+    )
 
 
 def recent_durations(

@@ -26,7 +26,7 @@ from planflow.runtime.caching import cached_estimate, predicted_cached
 from planflow.runtime.dask_cluster import dask_pools, require_offered, worker_offers
 from planflow.runtime.dispatch import RESOURCES, Assignment
 from planflow.runtime.distributed import DeploymentMissingError, readiness
-from planflow.runtime.history import Estimate, estimate, recent_durations, work_scale
+from planflow.runtime.history import Estimate, estimate, read_once, recent_durations, work_scale
 from planflow.runtime.memory import MemoryFigure, memory_figures
 
 POLICIES = ("plan", "fifo")
@@ -280,8 +280,9 @@ def make_plan(
     settings = load_settings()
     capacities = {name: pool.capacity() for name, pool in usable.items()}
     costs = {name: pool.cost_per_hour for name, pool in usable.items()}
-    history = recent_durations(pipeline, settings.history_runs, params)
-    memory = memory_figures(pipeline, settings.history_runs, settings.memory_quantile, settings.memory_margin)
+    with read_once():  # durations and memory come from the same records: one read each
+        history = recent_durations(pipeline, settings.history_runs, params)
+        memory = memory_figures(pipeline, settings.history_runs, settings.memory_quantile, settings.memory_margin)
     options = PlannerOptions(
         solver=settings.solver, time_limit_s=settings.time_limit_s, threads=settings.threads, mip_gap=settings.mip_gap
     )

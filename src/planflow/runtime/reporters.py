@@ -16,11 +16,9 @@ Each subscribes to the run's events (events.py) and keeps to one concern:
 
 from __future__ import annotations
 
-import contextvars
 import logging
 import time
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from prefect.artifacts import (
@@ -37,8 +35,6 @@ from planflow.runtime.caching import step_state
 from planflow.runtime.dispatch import StepRecord
 from planflow.runtime.events import FINAL_STEP_EVENTS, Reporter, RunInfo, StepEvent
 from planflow.settings import StatePaths
-
-WRITE_THREADS = 8  # history observations written side by side at each flush
 
 
 class ArtifactReporter(Reporter):
@@ -248,12 +244,6 @@ class HistoryReporter(Reporter):
         )
 
     def flush(self) -> None:
-        """Write the batch's observations at once (one request each, side by side)."""
+        """Write the batch's observations at once: one record per component version."""
         batch, self.pending = self.pending, []
-        if not batch:
-            return
-        with ThreadPoolExecutor(max_workers=min(WRITE_THREADS, len(batch))) as pool:
-            futures = [pool.submit(contextvars.copy_context().run, history.record, o) for o in batch]
-        errors = [f.exception() for f in futures if f.exception() is not None]
-        if errors:
-            raise errors[0]
+        history.record_many(batch)

@@ -8,15 +8,12 @@ markdown and PNG bytes; the reporters (reporters.py) turn them into Prefect arti
 from __future__ import annotations
 
 import base64
-import io
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-import matplotlib
-from matplotlib.figure import Figure
-
 from planflow.core.pipeline import Pipeline
+from planflow.runtime import gantt
 from planflow.runtime.caching import step_state
 from planflow.runtime.dispatch import StepRecord
 from planflow.runtime.history import artifact_slug
@@ -169,58 +166,29 @@ def actual_makespan(records: Mapping[str, StepRecord]) -> float:
 
 
 def gantt_png(pp: PipelinePlan, records: Mapping[str, StepRecord] | None = None, title: str = "") -> bytes:
-    """A Gantt chart: one row per component, the planned bar (light) and, when
-    records are given, the actual bar (dark) over it; colour per pool. Drawn on a
-    Figure of its own (no pyplot state), so runs in several threads can draw at once."""
+    """A Gantt chart (gantt.py): one row per component, the planned bar (light) and, when
+    records are given, the actual bar (dark, red when failed) over it; colour per pool."""
     tasks = pp.plan.order_tasks()
-    pools = sorted({t.pool for t in tasks})
-    palette = matplotlib.colormaps["tab10"]
-    colours = {p: palette(i % 10) for i, p in enumerate(pools)}
-    height = max(2.5, 0.42 * len(tasks) + 1.4)
-    fig = Figure(figsize=(10, height), dpi=100)
-    ax = fig.subplots()
-    for row, t in enumerate(tasks):
-        ax.barh(
-            row,
-            t.duration,
-            left=t.start,
-            height=0.8,
-            color=colours[t.pool],
-            alpha=0.35,
-            edgecolor=colours[t.pool],
-            label=f"planned on {t.pool}",
-        )
-        r = (records or {}).get(t.name)
-        if r and r.started is not None and r.finished is not None:
-            ax.barh(
-                row,
-                r.finished - r.started,
-                left=r.started,
-                height=0.36,
-                color="#b00020" if r.state == "Failed" else colours[t.pool],
-                label="actual",
-            )
-    ax.set_yticks(range(len(tasks)), [t.name for t in tasks])
-    ax.invert_yaxis()
-    ax.set_xlabel("seconds from the start of the run")
-    ax.axvline(pp.plan.makespan, color="black", linestyle="--", linewidth=1, label="planned makespan")
-    if records:
-        ax.axvline(actual_makespan(records), color="#b00020", linestyle=":", linewidth=1.2, label="actual makespan")
-    handles, labels = ax.get_legend_handles_labels()
-    unique = dict(zip(labels, handles, strict=True))
-    ax.legend(unique.values(), unique.keys(), loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    planned = [gantt.Bar(row, t.name, t.pool, t.start, t.finish) for row, t in enumerate(tasks)]
+    actual = [
+        gantt.Bar(row, t.name, t.pool, r.started, r.finished, r.state == "Failed")
+        for row, t in enumerate(tasks)
+        if (r := (records or {}).get(t.name)) is not None and r.started is not None and r.finished is not None
+    ]
     subtitle = (
         f"plan {pp.plan.makespan:.1f} s ({pp.plan.status}, gap {pp.plan.gap:.1%}, "
         f"{pp.plan.solver} {pp.plan.solve_seconds:.2f} s)"
     )
     if records:
         subtitle += f" · actual {actual_makespan(records):.1f} s"
-    ax.set_title(f"{title}\n{subtitle}" if title else subtitle, fontsize=10)
-    ax.grid(axis="x", alpha=0.3)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    return buffer.getvalue()
+    return gantt.draw(
+        planned,
+        actual,
+        [t.name for t in tasks],
+        pp.plan.makespan,
+        actual_makespan(records) if records else None,
+        f"{title}\n{subtitle}" if title else subtitle,
+    )
 
 
 def png_markdown(png: bytes, alt: str) -> str:

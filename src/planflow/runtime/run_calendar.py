@@ -68,6 +68,8 @@ class RunCalendar(Reporter):
         self.lateness = 0.0
         self.makespan = 0.0
         self._lock = threading.RLock()  # the event thread and the re-planning thread both write the entry
+        self._save_lock = threading.Lock()  # one write of the entry at a time, in order
+        self._save_due = threading.Event()  # the saver thread's cue (flush)
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         self._others: list[Reservation] | None = None  # the other runs' reservations, as last read
@@ -119,6 +121,23 @@ class RunCalendar(Reporter):
         context = contextvars.copy_context()  # the run's context: its logger and artifacts
         self._watcher = threading.Thread(target=context.run, args=(self._watch,), name="planflow-replan", daemon=True)
         self._watcher.start()
+        saver = threading.Thread(target=contextvars.copy_context().run, args=(self._saver,), name="planflow-calendar")
+        saver.daemon = True
+        saver.start()
+
+    def _saver(self) -> None:
+        """Writes the entry when the bus's flush asks (the latest state; asks that come
+        while a write is out make one more), so that a slow write (the server retries for
+        seconds when its database is busy) holds up neither the reporters nor the run's end."""
+        while not self._stop.is_set():
+            self._save_due.wait()
+            self._save_due.clear()
+            if self._stop.is_set():
+                return
+            try:
+                self._save()
+            except Exception as exc:  # the next change tries again; others read the last saved
+                self.logger.debug("calendar entry not saved this time: %s", exc)
 
     def listen(self, run: RunInfo, notify: Callable[[str, StepRecord], None]) -> Callable[[str, StepRecord], None]:
         """The dispatcher's listener: moves the entry at once, on the dispatcher's thread (so
@@ -146,9 +165,11 @@ class RunCalendar(Reporter):
 
     def flush(self) -> None:
         with self._lock:
-            if self.dirty:
-                self.dirty = False
-                self._save()
+            dirty, self.dirty = self.dirty, False
+        if dirty and self._watcher is not None:  # the saver runs beside the watcher (on_planned)
+            self._save_due.set()
+        elif dirty:
+            self._save()
 
     def _move(self, event: StepEvent) -> None:
         """The step's own reservation takes the event's time; the waiting ones move by as
@@ -245,7 +266,7 @@ class RunCalendar(Reporter):
                 if self.entry is None or self.run is None:
                     return None
                 old, new = self.entry.eta, self._replace(entries, time.time())
-                self._save()
+            self._save()
         if self.recorder is not None:
             self.recorder.eta(new)
         if abs(new - old) >= ETA_CHANGE_SECONDS:
@@ -306,34 +327,66 @@ class RunCalendar(Reporter):
             self.logger.debug("ETA artifact not written: %s", exc)
 
     def on_finished(self, run: RunInfo, records: Mapping[str, StepRecord]) -> None:
-        self.delete()
+        # Not awaited: at the end every reservation is done (no plan counts it) and a reader
+        # clears the entries of runs that are over; the busy server's retries of this
+        # delete took 2-6 s of every run's end.
+        self.delete(wait=False)
 
     def _save(self) -> None:
         """Write the entry: created once (Block.save registers the type and schema, about
         six requests), then one PATCH of its data per change."""
-        entry = self.entry
-        if entry is None:
-            return
-        if entry._block_document_id is None:
-            entry.save(entry_name(self.run_id), overwrite=True)
-            return
-        data = entry._to_block_document(name=entry_name(self.run_id), include_secrets=True).data
-        with get_client(sync_client=True) as client:
-            client.update_block_document(
-                entry._block_document_id, BlockDocumentUpdate(data=data, merge_existing_data=False)
-            )
+        # The request goes out without the entry's lock: the dispatcher's listener takes
+        # that lock at every step event, and a write can wait seconds (the server retries
+        # when its database is busy). Saves are serialised, each sending the entry as it is.
+        with self._save_lock:
+            with self._lock:
+                entry = self.entry
+                if entry is None:
+                    return
+                saved = entry._block_document_id
+                data = (
+                    None
+                    if saved is None
+                    else entry._to_block_document(name=entry_name(self.run_id), include_secrets=True).data
+                )
+            if saved is None:
+                entry.save(entry_name(self.run_id), overwrite=True)
+                return
+            with get_client(sync_client=True) as client:
+                try:
+                    client.update_block_document(saved, BlockDocumentUpdate(data=data, merge_existing_data=False))
+                except ObjectNotFound:
+                    pass  # deleted meanwhile: the run ended
 
-    def delete(self) -> None:
-        """Stop re-planning and remove this run's entry (idempotent)."""
+    def delete(self, wait: bool = True) -> None:
+        """Stop re-planning and remove this run's entry (idempotent); `wait=False`: on a
+        thread of its own."""
         self._stop.set()
+        self._save_due.set()  # the saver ends
         with self._lock:
             if self.entry is None:
                 return
-            self.entry = None
+            saved, self.entry = self.entry._block_document_id, None
+        if not wait:
+            target = contextvars.copy_context().run
+            threading.Thread(target=target, args=(self._remove_quietly, saved), name="planflow-calendar-delete").start()
+            return
+        self._remove(saved)
+
+    def _remove_quietly(self, saved: Any) -> None:
+        try:
+            self._remove(saved)
+        except Exception as exc:  # left for the next reader of the calendar to clear (the run is over)
+            self.logger.debug("calendar entry of run %s not deleted: %s", self.run_id, exc)
+
+    def _remove(self, saved: Any) -> None:
         with get_client(sync_client=True) as client:
             try:
-                doc = client.read_block_document_by_name(entry_name(self.run_id), CalendarEntry.get_block_type_slug())
-                client.delete_block_document(doc.id)
+                if saved is None:  # saved by another object (or never): found by its name
+                    saved = client.read_block_document_by_name(
+                        entry_name(self.run_id), CalendarEntry.get_block_type_slug()
+                    ).id
+                client.delete_block_document(saved)
             except ObjectNotFound:
                 pass
 

@@ -165,7 +165,7 @@ def _run(
                 if calendar is not None:
                     notify = calendar.listen(run, notify)
                 records = execute(make_executor(run), pipeline, plan.assignments, plan.capacities, notify, admit)
-            bus.finished(run, records)
+                bus.finished(run, records)  # the reporters' end runs while the slots are given back
     finally:
         if calendar is not None:
             calendar.delete()  # also when the run fails before its end (the reporter deletes it at its end)
