@@ -270,12 +270,13 @@ def make_plan(
     *,
     params: Mapping[str, Any] | None = None,
     refresh: bool = False,
+    time_limit_s: float | None = None,
 ) -> PipelinePlan:
     """Plan `pipeline` over the ResourcePool blocks usable in `mode`, with the
     PlannerSettings block and durations learned from its components' recent runs
     (history.py), scaled to the work of a run with `params`; `steps` is each pool's
     capacity over time left by other runs. Steps that will be read from the cache get
-    almost no time (unless `refresh`)."""
+    almost no time (unless `refresh`). `time_limit_s` caps the settings' time limit."""
     usable, known = pools if pools is not None else run_pools(mode, local_pool)
     settings = load_settings()
     capacities = {name: pool.capacity() for name, pool in usable.items()}
@@ -283,7 +284,10 @@ def make_plan(
     history = recent_durations(pipeline, settings.history_runs, params)
     memory = memory_figures(pipeline, settings.history_runs, settings.memory_quantile, settings.memory_margin)
     options = PlannerOptions(
-        solver=settings.solver, time_limit_s=settings.time_limit_s, threads=settings.threads, mip_gap=settings.mip_gap
+        solver=settings.solver,
+        time_limit_s=min(settings.time_limit_s, time_limit_s or settings.time_limit_s),
+        threads=settings.threads,
+        mip_gap=settings.mip_gap,
     )
     cached = set() if refresh else predicted_cached(pipeline, params)
     pp = plan_pipeline(
@@ -327,6 +331,9 @@ def check_run_options(policy: str, mode: str) -> None:
         raise ValueError(f"mode={mode!r}: must be 'inprocess', 'distributed' or 'dask'")
 
 
+SHARED_PLAN_SECONDS = 2.0  # the longest a run sharing its pools may solve while holding the planning slot
+
+
 def plan_run(
     pipeline: Pipeline,
     policy: str = "plan",
@@ -348,7 +355,12 @@ def plan_run(
     if policy == "plan":
         asked = time.time()
         steps, count = busy(capacities, asked) if busy is not None else ({}, 0)
-        pp = make_plan(pipeline, mode, pools=(pools, known), steps=steps, params=params, refresh=refresh)
+        # Into the shared calendar, a run plans holding the one planning slot every run of
+        # a burst waits for: its solve is capped (re-planning keeps the plan current anyway).
+        limit = SHARED_PLAN_SECONDS if busy is not None else None
+        pp = make_plan(
+            pipeline, mode, pools=(pools, known), steps=steps, params=params, refresh=refresh, time_limit_s=limit
+        )
         # Time 0 is when the plan is ready, not when it was asked for: the seconds spent
         # reading the history and solving (up to the solver's time limit) are not spent
         # running, and an ETA counted from before them is that much early. (Against the
