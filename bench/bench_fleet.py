@@ -28,7 +28,20 @@ Then per database, SQLite and PostgreSQL (`planflow server up --db postgres`), t
 bursts, and the latency of creating each run of a burst from its deployment
 (`run_create_p95_s`).
 
-Run: `python -m bench.bench_fleet [--rounds 1] [--runs 8] [--db sqlite,postgres]`.
+The workload (`--workload`): `honest` (default) runs the examples' graphs and
+declarations with each component's body CPU-bound work of exactly its declared cores
+(fleet_flows.py: oversubscribing a pool then only stretches the work, it cannot overlap
+waits); `real` runs the examples' own steps. Each burst also gives the makespan's lower
+bound (declared cpu x duration over the pool's cores, with the burst's durations and
+with the warm-up's, i.e. the work alone), the share of the pool's cpu in use over the
+makespan, the seconds components waited once ready (`ready_wait_s`) and the part of it
+with room for them on the pool (`idle_wait_s`: lost to the dispatcher), each run's
+actual/ETA in the order the runs were planned, and every component's interval.
+`--warm-up-bursts N` runs N planflow bursts first, not counted, so that the history
+holds durations as a burst has them.
+
+Run: `python -m bench.bench_fleet [--rounds 1] [--runs 8] [--db sqlite,postgres]
+[--workload honest|real] [--warm-up 1] [--warm-up-bursts 0] [--scale 0.5]`.
 Writes bench/results/fleet.json and .md.
 """
 
@@ -262,7 +275,7 @@ def burst_figures(runs: list, submitted: float, declared: dict, context: dict | 
         ArtifactFilterFlowRunId,
     )
 
-    intervals, ratios, failed, pipeline_of = [], [], [], {}
+    intervals, ratios, failed, pipeline_of, by_rank = [], [], [], {}, []
     with get_client(sync_client=True) as client:
         for run in runs:
             pipeline, found = read_intervals(client, run, declared)
@@ -280,6 +293,7 @@ def burst_figures(runs: list, submitted: float, declared: dict, context: dict | 
                 ratio = eta_ratio(submitted, run.end_time.timestamp(), eta) if eta else None
                 if ratio is not None:
                     ratios.append(ratio)
+                    by_rank.append((figures[0].created.timestamp(), pipeline, ratio, eta - submitted))
     ends = [r.end_time.timestamp() for r in runs if r.end_time]
     capacity = {"cpu": CAPACITY["cpu"], "mem_gib": CAPACITY["mem_gib"]}
     sweep = over_capacity(intervals, capacity)
@@ -307,6 +321,8 @@ def burst_figures(runs: list, submitted: float, declared: dict, context: dict | 
         "peak_mem_gib": sweep["peak_mem_gib"],
         "makespan_s": round(max(ends) - submitted, 2),
         "eta_ratios": [round(r, 3) for r in ratios],
+        # in the order the runs were planned: (pipeline, actual / ETA, ETA s from submission)
+        "eta_by_plan_order": [[p, round(r, 3), round(e, 1)] for _, p, r, e in sorted(by_rank)],
         "components_seen": len(intervals),
         "trace": {**trace(intervals, submitted, list(starts.values()), CAPACITY["cpu"]), **bounds},
         "intervals": [
@@ -365,6 +381,9 @@ def run_database(server, db: str, args, rate: float, declared: dict, done) -> No
         context = {"solo": warm_up(deployments, declared, args.warm_up), "upstream": upstreams()}
         names = list(ENTRYPOINTS)
         burst = [names[i % len(names)] for i in range(args.runs)]
+        for _ in range(args.warm_up_bursts):  # the history learns durations as a burst has them; not counted
+            figures = run_burst(deployments, burst, "planflow", declared, context)
+            print(f"  warm-up burst: makespan {figures['makespan_s']} s (not counted)", flush=True)
         for round_index in range(args.rounds):
             order = ("planflow", "default") if round_index % 2 == 0 else ("default", "planflow")
             for policy in order:
@@ -384,6 +403,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--runs", type=int, default=8, help="runs per burst (at least 8 for the issue's figures)")
     parser.add_argument("--db", default="sqlite,postgres", help="databases, comma-separated: sqlite,postgres")
     parser.add_argument("--warm-up", type=int, default=1, help="uncounted runs of each pipeline alone first")
+    parser.add_argument("--warm-up-bursts", type=int, default=0, help="uncounted planflow bursts first")
     parser.add_argument("--scale", type=float, default=0.5, help="work per estimated second (CPU s per core)")
     parser.add_argument("--workload", choices=sorted(WORKLOADS), default="honest", help="see fleet_flows.py")
     args = parser.parse_args(argv)
@@ -408,6 +428,7 @@ def main(argv: list[str] | None = None) -> dict:
         "pipelines": list(ENTRYPOINTS),
         "workload": args.workload,
         "warm_up_runs": args.warm_up,
+        "warm_up_bursts": args.warm_up_bursts,
         "scale": args.scale,
         "synthetic_rate_units_per_s": round(rate, 1),
         "cpus": os.cpu_count(),
