@@ -59,7 +59,7 @@ from pathlib import Path
 
 from bench.bench_dispatch import CAPACITY, POOL, _units_per_second
 from bench.fleet_measure import Interval, eta_from_plan, eta_ratio, lower_bound, over_capacity, trace, waits
-from bench.fleet_report import POLICIES, summarise, write
+from bench.fleet_report import POLICIES, RESULTS, summarise, write
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK_POOL = "bench-fleet"
@@ -403,6 +403,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--runs", type=int, default=8, help="runs per burst (at least 8 for the issue's figures)")
     parser.add_argument("--db", default="sqlite,postgres", help="databases, comma-separated: sqlite,postgres")
     parser.add_argument("--warm-up", type=int, default=1, help="uncounted runs of each pipeline alone first")
+    parser.add_argument("--results", default=str(RESULTS), help="where fleet.json and fleet.md go")
     parser.add_argument("--warm-up-bursts", type=int, default=0, help="uncounted planflow bursts first")
     parser.add_argument("--scale", type=float, default=0.5, help="work per estimated second (CPU s per core)")
     parser.add_argument("--workload", choices=sorted(WORKLOADS), default="honest", help="see fleet_flows.py")
@@ -440,7 +441,7 @@ def main(argv: list[str] | None = None) -> dict:
     def report(complete: bool = False) -> dict:
         meta.update(complete=complete, load_end=os.getloadavg()[0], seconds=round(time.time() - started))
         figures = {**summarise(bursts, databases), "meta": meta, "bursts": bursts}
-        write(figures)
+        write(figures, Path(args.results))
         return figures
 
     def done(burst: dict) -> None:
