@@ -71,6 +71,8 @@ class RunCalendar(Reporter):
         self.lateness = 0.0
         self.makespan = 0.0
         self._lock = threading.RLock()  # the event thread and the re-planning thread both write the entry
+        self._io = threading.Lock()  # one write to the server at a time, newest wins (_write)
+        self._version = self._written = 0
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         self._others: list[Reservation] | None = None  # the other runs' reservations, as last read
@@ -150,9 +152,11 @@ class RunCalendar(Reporter):
 
     def flush(self) -> None:
         with self._lock:
-            if self.dirty:
-                self.dirty = False
-                self._save()
+            if not self.dirty:
+                return
+            self.dirty = False
+            snapshot = self._snapshot()
+        self._write(snapshot)
 
     def _move(self, event: StepEvent) -> None:
         """The step's own reservation takes the event's time; the waiting ones move by as
@@ -249,7 +253,8 @@ class RunCalendar(Reporter):
                 if self.entry is None or self.run is None:
                     return None
                 old, new = self.entry.eta, self._replace(entries, time.time())
-                self._save()
+                snapshot = self._snapshot()
+            self._write(snapshot)  # outside the lock: the dispatcher's listener never waits for the server
         old = self.shown if self.shown is not None else old
         if abs(new - old) < eta_band(old, time.time()):
             return new  # the calendar holds the new placement; what is shown stays put
@@ -317,19 +322,39 @@ class RunCalendar(Reporter):
         self.delete()
 
     def _save(self) -> None:
-        """Write the entry: created once (Block.save registers the type and schema, about
-        six requests), then one PATCH of its data per change."""
+        """Write the entry now (created once: Block.save registers the type and schema,
+        about six requests; then one PATCH of its data per change)."""
         entry = self.entry
         if entry is None:
             return
         if entry._block_document_id is None:
             entry.save(entry_name(self.run_id), overwrite=True)
             return
+        self._write(self._snapshot())
+
+    def _snapshot(self) -> tuple[int, Any, dict] | None:
+        """The entry's data as it is now (call under the lock), numbered in order."""
+        entry = self.entry
+        if entry is None or entry._block_document_id is None:
+            return None
+        self._version += 1
         data = entry._to_block_document(name=entry_name(self.run_id), include_secrets=True).data
-        with get_client(sync_client=True) as client:
-            client.update_block_document(
-                entry._block_document_id, BlockDocumentUpdate(data=data, merge_existing_data=False)
-            )
+        return self._version, entry._block_document_id, data
+
+    def _write(self, snapshot: tuple[int, Any, dict] | None) -> None:
+        """PATCH a snapshot, without holding the entry's lock (a server answering 503 is
+        retried by Prefect's client for up to a minute: the dispatcher's thread, which
+        moves the entry as steps start and end, waited that long before it released the
+        next step). An older snapshot than one already written is dropped."""
+        if snapshot is None:
+            return
+        version, block_id, data = snapshot
+        with self._io:
+            if version <= self._written:
+                return
+            with get_client(sync_client=True) as client:
+                client.update_block_document(block_id, BlockDocumentUpdate(data=data, merge_existing_data=False))
+            self._written = version
 
     def delete(self) -> None:
         """Stop re-planning and remove this run's entry (idempotent)."""
