@@ -261,6 +261,27 @@ def run_pools(mode: str, local_pool: str = DEFAULT_POOL) -> tuple[dict[str, Any]
     return {local_pool: pools[local_pool]}, set(pools)
 
 
+@dataclass(frozen=True)
+class PlanInputs:
+    """What a plan reads from the server besides the pools: the learned durations, the
+    memory to plan each step with, the steps that will be read from the cache. Read
+    before a shared run takes the planning slot (they do not depend on the calendar:
+    read under it, a 30-step pipeline held the slot about 13 s on a loaded server)."""
+
+    history: Mapping[tuple[str, str], list[float]]
+    memory: Mapping[str, MemoryFigure]
+    cached: set[str]
+
+
+def plan_inputs(pipeline: Pipeline, params: Mapping[str, Any] | None = None, refresh: bool = False) -> PlanInputs:
+    settings = load_settings()
+    return PlanInputs(
+        recent_durations(pipeline, settings.history_runs, params),
+        memory_figures(pipeline, settings.history_runs, settings.memory_quantile, settings.memory_margin),
+        set() if refresh else predicted_cached(pipeline, params),
+    )
+
+
 def make_plan(
     pipeline: Pipeline,
     mode: str = "inprocess",
@@ -271,36 +292,36 @@ def make_plan(
     params: Mapping[str, Any] | None = None,
     refresh: bool = False,
     time_limit_s: float | None = None,
+    inputs: PlanInputs | None = None,
 ) -> PipelinePlan:
     """Plan `pipeline` over the ResourcePool blocks usable in `mode`, with the
     PlannerSettings block and durations learned from its components' recent runs
     (history.py), scaled to the work of a run with `params`; `steps` is each pool's
     capacity over time left by other runs. Steps that will be read from the cache get
-    almost no time (unless `refresh`). `time_limit_s` caps the settings' time limit."""
+    almost no time (unless `refresh`). `time_limit_s` caps the settings' time limit;
+    `inputs` are those read beforehand (plan_inputs)."""
     usable, known = pools if pools is not None else run_pools(mode, local_pool)
     settings = load_settings()
     capacities = {name: pool.capacity() for name, pool in usable.items()}
     costs = {name: pool.cost_per_hour for name, pool in usable.items()}
-    history = recent_durations(pipeline, settings.history_runs, params)
-    memory = memory_figures(pipeline, settings.history_runs, settings.memory_quantile, settings.memory_margin)
+    inputs = inputs or plan_inputs(pipeline, params, refresh)
     options = PlannerOptions(
         solver=settings.solver,
         time_limit_s=min(settings.time_limit_s, time_limit_s or settings.time_limit_s),
         threads=settings.threads,
         mip_gap=settings.mip_gap,
     )
-    cached = set() if refresh else predicted_cached(pipeline, params)
     pp = plan_pipeline(
         pipeline,
         capacities,
         costs,
         options,
-        history,
+        inputs.history,
         known,
         steps,
         scale=work_scale(pipeline, params),
-        cached=cached,
-        memory=memory,
+        cached=inputs.cached,
+        memory=inputs.memory,
     )
     if mode == "dask":  # refused now, not left waiting on the cluster
         require_offered(pp.assignments, worker_offers())
@@ -344,6 +365,7 @@ def plan_run(
     *,
     params: Mapping[str, Any] | None = None,
     refresh: bool = False,
+    inputs: PlanInputs | None = None,
 ) -> RunPlan:
     """Where and in what order each step of one run goes: planned (policy "plan") or
     first come, first served on each step's fastest pool (policy "fifo"). `busy` gives,
@@ -359,7 +381,14 @@ def plan_run(
         # a burst waits for: its solve is capped (re-planning keeps the plan current anyway).
         limit = SHARED_PLAN_SECONDS if busy is not None else None
         pp = make_plan(
-            pipeline, mode, pools=(pools, known), steps=steps, params=params, refresh=refresh, time_limit_s=limit
+            pipeline,
+            mode,
+            pools=(pools, known),
+            steps=steps,
+            params=params,
+            refresh=refresh,
+            time_limit_s=limit,
+            inputs=inputs,
         )
         # Time 0 is when the plan is ready, not when it was asked for: the seconds spent
         # reading the history and solving (up to the solver's time limit) are not spent
