@@ -41,7 +41,7 @@ actual/ETA in the order the runs were planned, and every component's interval.
 holds durations as a burst has them.
 
 Run: `python -m bench.bench_fleet [--rounds 1] [--runs 8] [--db sqlite,postgres]
-[--workload honest|real] [--warm-up 1] [--warm-up-bursts 0] [--scale 0.5]`.
+[--workload honest|real] [--warm-up 1] [--warm-up-bursts 1] [--scale 0.5]`.
 Writes bench/results/fleet.json and .md.
 """
 
@@ -404,7 +404,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--db", default="sqlite,postgres", help="databases, comma-separated: sqlite,postgres")
     parser.add_argument("--warm-up", type=int, default=1, help="uncounted runs of each pipeline alone first")
     parser.add_argument("--results", default=str(RESULTS), help="where fleet.json and fleet.md go")
-    parser.add_argument("--warm-up-bursts", type=int, default=0, help="uncounted planflow bursts first")
+    parser.add_argument("--warm-up-bursts", type=int, default=1, help="uncounted planflow bursts first")
     parser.add_argument("--scale", type=float, default=0.5, help="work per estimated second (CPU s per core)")
     parser.add_argument("--workload", choices=sorted(WORKLOADS), default="honest", help="see fleet_flows.py")
     args = parser.parse_args(argv)
