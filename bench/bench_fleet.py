@@ -28,7 +28,20 @@ Then per database, SQLite and PostgreSQL (`planflow server up --db postgres`), t
 bursts, and the latency of creating each run of a burst from its deployment
 (`run_create_p95_s`).
 
-Run: `python -m bench.bench_fleet [--rounds 1] [--runs 8] [--db sqlite,postgres]`.
+The workload (`--workload`): `honest` (default) runs the examples' graphs and
+declarations with each component's body CPU-bound work of exactly its declared cores
+(fleet_flows.py: oversubscribing a pool then only stretches the work, it cannot overlap
+waits); `real` runs the examples' own steps. Each burst also gives the makespan's lower
+bound (declared cpu x duration over the pool's cores, with the burst's durations and
+with the warm-up's, i.e. the work alone), the share of the pool's cpu in use over the
+makespan, the seconds components waited once ready (`ready_wait_s`) and the part of it
+with room for them on the pool (`idle_wait_s`: lost to the dispatcher), each run's
+actual/ETA in the order the runs were planned, and every component's interval.
+`--warm-up-bursts N` runs N planflow bursts first, not counted, so that the history
+holds durations as a burst has them.
+
+Run: `python -m bench.bench_fleet [--rounds 1] [--runs 8] [--db sqlite,postgres]
+[--workload honest|real] [--warm-up 1] [--warm-up-bursts 1] [--scale 0.5]`.
 Writes bench/results/fleet.json and .md.
 """
 
@@ -45,17 +58,28 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from bench.bench_dispatch import CAPACITY, POOL, _units_per_second
-from bench.fleet_measure import Interval, eta_from_plan, eta_ratio, over_capacity, trace
-from bench.fleet_report import POLICIES, summarise, write
+from bench.fleet_measure import Interval, eta_from_plan, eta_ratio, lower_bound, over_capacity, trace, waits
+from bench.fleet_report import POLICIES, RESULTS, summarise, write
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK_POOL = "bench-fleet"
-ENTRYPOINTS = {  # pipeline (= flow name) -> entrypoint, in the order a burst mixes them
-    "fraud-risk": "flows/fraud_risk/flow.py:fraud_risk",
-    "bench-synthetic-30": "bench/fleet_flows.py:synthetic",
-    "image-classification": "flows/image_classification/flow.py:image_classification",
-    "predictive-maintenance": "flows/predictive_maintenance/flow.py:predictive_maintenance",
+WORKLOADS = {  # pipeline (= flow name) -> entrypoint, in the order a burst mixes them
+    # the examples' graphs and declarations, each component CPU-bound work as declared (fleet_flows.py)
+    "honest": {
+        "fraud-risk": "bench/fleet_flows.py:fraud_risk_honest",
+        "bench-synthetic-30": "bench/fleet_flows.py:synthetic_honest",
+        "image-classification": "bench/fleet_flows.py:image_classification_honest",
+        "predictive-maintenance": "bench/fleet_flows.py:predictive_maintenance_honest",
+    },
+    # the examples' own steps (they use a fraction of the cores they declare: fleet_honesty.py)
+    "real": {
+        "fraud-risk": "flows/fraud_risk/flow.py:fraud_risk",
+        "bench-synthetic-30": "bench/fleet_flows.py:synthetic",
+        "image-classification": "flows/image_classification/flow.py:image_classification",
+        "predictive-maintenance": "flows/predictive_maintenance/flow.py:predictive_maintenance",
+    },
 }
+ENTRYPOINTS = dict(WORKLOADS["honest"])  # the workload of this benchmark process (main sets it)
 CREATE_RETRY_S = 120.0  # how long a run's creation is retried while the server answers 503
 RUN_TIMEOUT_S = 1800.0  # a burst that takes longer fails the benchmark, naming the runs
 
@@ -65,7 +89,7 @@ class BenchError(RuntimeError):
 
 
 # -- setting up one server ------------------------------------------------------------
-def setup(rate: float, log: Path) -> tuple[dict[str, str], subprocess.Popen]:
+def setup(rate: float, scale: float, log: Path) -> tuple[dict[str, str], subprocess.Popen]:
     """Blocks, the work pool, a deployment per pipeline and one process worker."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
@@ -81,7 +105,7 @@ def setup(rate: float, log: Path) -> tuple[dict[str, str], subprocess.Popen]:
     subprocess.run(command, check=True, cwd=ROOT, timeout=120, capture_output=True)
     with get_client(sync_client=True) as client:
         client.create_work_pool(WorkPoolCreate(name=WORK_POOL, type="process"), overwrite=True)
-    env = {"PYTHONPATH": str(ROOT), "PLANFLOW_BENCH_RATE": f"{rate:.3f}"}
+    env = {"PYTHONPATH": str(ROOT), "PLANFLOW_BENCH_RATE": f"{rate:.3f}", "PLANFLOW_BENCH_SCALE": f"{scale:g}"}
     deployments = {}
     for name, entrypoint in ENTRYPOINTS.items():
         flow = Flow.from_source(source=str(ROOT), entrypoint=entrypoint)
@@ -98,14 +122,24 @@ def setup(rate: float, log: Path) -> tuple[dict[str, str], subprocess.Popen]:
     return deployments, worker
 
 
-def warm_up(deployments: dict[str, str]) -> None:
-    """One run of each pipeline alone (policy fifo): durations for the plans' estimates."""
-    for name, deployment_id in deployments.items():
-        [(run_id, _, _)] = submit({name: deployment_id}, [name], "fifo", "false")
-        if run_id is None:
-            raise BenchError(f"the server did not create the warm-up run of {name} within {CREATE_RETRY_S:g} s")
-        wait_final([run_id])
-        print(f"  warm-up {name}: done", flush=True)
+def warm_up(deployments: dict[str, str], declared: dict, runs: int = 1) -> dict[tuple[str, str], float]:
+    """`runs` runs of each pipeline alone (policy fifo; not counted): durations for the
+    plans' estimates. Returns each component's duration alone in the last one (the work
+    itself, for the burst's lower bound)."""
+    from prefect.client.orchestration import get_client
+
+    solo: dict[tuple[str, str], float] = {}
+    for _ in range(runs):
+        for name, deployment_id in deployments.items():
+            [(run_id, _, _)] = submit({name: deployment_id}, [name], "fifo", "false")
+            if run_id is None:
+                raise BenchError(f"the server did not create the warm-up run of {name} within {CREATE_RETRY_S:g} s")
+            [run] = wait_final([run_id])
+            with get_client(sync_client=True) as client:
+                pipeline, found = read_intervals(client, run, declared)
+            solo.update({(pipeline, i.component): i.end - i.start for i in found})
+            print(f"  warm-up {name}: done", flush=True)
+    return solo
 
 
 # -- one burst ------------------------------------------------------------------------
@@ -189,48 +223,66 @@ class LedgerSampler(threading.Thread):
 
 def demands() -> dict[str, dict[str, dict[str, float]]]:
     """Per pipeline, per component, its declared demand (imported like the worker does)."""
+    return {name: {step: s.spec.demand() for step, s in p.steps.items()} for name, p in pipelines().items()}
+
+
+def pipelines() -> dict:
+    """Per pipeline (flow name), the Pipeline object, imported like the worker does."""
     from planflow.core.pipeline import import_object
 
     found = {}
     for name, entrypoint in ENTRYPOINTS.items():
-        module = entrypoint.split(":")[0].removesuffix(".py").replace("/", ".")
-        pipeline = import_object(f"{module}:pipeline")
-        found[name] = {step: s.spec.demand() for step, s in pipeline.steps.items()}
+        path, attribute = entrypoint.split(":")
+        found[name] = import_object(f"{path.removesuffix('.py').replace('/', '.')}:{attribute}").pipeline
     return found
 
 
-def burst_figures(runs: list, submitted: float, declared: dict) -> dict:
-    """Violations, makespan and ETA ratios of one burst, from the runs' records."""
+def upstreams() -> dict[str, dict[str, tuple[str, ...]]]:
+    """Per pipeline, per component, the steps it waits for."""
+    return {name: {step: p.upstream(step) for step in p.steps} for name, p in pipelines().items()}
+
+
+def read_intervals(client, run, declared: dict) -> tuple[str, list[Interval]]:
+    """The run's pipeline and each of its components' Running interval (from its task runs)."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    pipeline = client.read_flow(run.flow_id).name
+    found = []
+    task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])), limit=200)
+    for task_run in task_runs:
+        # the executor names a component's task run after its step
+        component = task_run.name if task_run.name in declared[pipeline] else task_run.name.rsplit("-", 1)[0]
+        if task_run.start_time and task_run.end_time and component in declared[pipeline]:
+            found.append(
+                Interval(
+                    str(run.id),
+                    component,
+                    task_run.start_time.timestamp(),
+                    task_run.end_time.timestamp(),
+                    declared[pipeline][component],
+                )
+            )
+    return pipeline, found
+
+
+def burst_figures(runs: list, submitted: float, declared: dict, context: dict | None = None) -> dict:
+    """Violations, makespan and ETA ratios of one burst, from the runs' records; with
+    `context` (upstream steps per pipeline, `solo` durations from the warm-up) also the
+    lower bounds of the makespan and where the time between components went."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
         ArtifactFilter,
         ArtifactFilterFlowRunId,
-        FlowRunFilter,
-        FlowRunFilterId,
     )
 
-    intervals, ratios, failed = [], [], []
+    intervals, ratios, failed, pipeline_of, by_rank = [], [], [], {}, []
     with get_client(sync_client=True) as client:
         for run in runs:
-            pipeline = client.read_flow(run.flow_id).name
+            pipeline, found = read_intervals(client, run, declared)
+            pipeline_of[str(run.id)] = pipeline
+            intervals += found
             if run.state.name != "Completed":
                 failed.append(f"{pipeline} {run.name}: {run.state.name}")
-            task_runs = client.read_task_runs(
-                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])), limit=200
-            )
-            for task_run in task_runs:
-                # the executor names a component's task run after its step
-                component = task_run.name if task_run.name in declared[pipeline] else task_run.name.rsplit("-", 1)[0]
-                if task_run.start_time and task_run.end_time and component in declared[pipeline]:
-                    intervals.append(
-                        Interval(
-                            str(run.id),
-                            component,
-                            task_run.start_time.timestamp(),
-                            task_run.end_time.timestamp(),
-                            declared[pipeline][component],
-                        )
-                    )
             plans = client.read_artifacts(
                 artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]))
             )
@@ -241,8 +293,27 @@ def burst_figures(runs: list, submitted: float, declared: dict) -> dict:
                 ratio = eta_ratio(submitted, run.end_time.timestamp(), eta) if eta else None
                 if ratio is not None:
                     ratios.append(ratio)
+                    by_rank.append((figures[0].created.timestamp(), pipeline, ratio, eta - submitted))
     ends = [r.end_time.timestamp() for r in runs if r.end_time]
-    sweep = over_capacity(intervals, {"cpu": CAPACITY["cpu"], "mem_gib": CAPACITY["mem_gib"]})
+    capacity = {"cpu": CAPACITY["cpu"], "mem_gib": CAPACITY["mem_gib"]}
+    sweep = over_capacity(intervals, capacity)
+    starts = {str(r.id): r.start_time.timestamp() for r in runs if r.start_time}
+    context = context or {}
+    solo = context.get("solo", {})
+    as_solo = [  # the same components with the durations they had alone (warm-up): the work itself
+        Interval(i.run, i.component, 0.0, solo.get((pipeline_of[i.run], i.component), i.end - i.start), i.demand)
+        for i in intervals
+    ]
+    bounds = {
+        **lower_bound(intervals, capacity),
+        "solo_lower_bound_s": lower_bound(as_solo, capacity)["lower_bound_s"],
+        "solo_cpu_work_s": lower_bound(as_solo, capacity)["cpu_work_s"],
+        **waits(intervals, context.get("upstream", {}), pipeline_of, starts, capacity),
+    }
+    if ends:  # the pool's declared cpu in use over the whole makespan (from submission)
+        bounds["cpu_in_use_share_of_makespan"] = round(
+            bounds["cpu_work_s"] / (capacity["cpu"] * (max(ends) - submitted)), 3
+        )
     return {
         "capacity_violations": sweep["violations"],
         "seconds_over_capacity": round(sweep["seconds_over"], 2),
@@ -250,13 +321,29 @@ def burst_figures(runs: list, submitted: float, declared: dict) -> dict:
         "peak_mem_gib": sweep["peak_mem_gib"],
         "makespan_s": round(max(ends) - submitted, 2),
         "eta_ratios": [round(r, 3) for r in ratios],
+        # in the order the runs were planned: (pipeline, actual / ETA, ETA s from submission)
+        "eta_by_plan_order": [[p, round(r, 3), round(e, 1)] for _, p, r, e in sorted(by_rank)],
         "components_seen": len(intervals),
-        "trace": trace(intervals, submitted, [r.start_time.timestamp() for r in runs if r.start_time], CAPACITY["cpu"]),
+        "trace": {**trace(intervals, submitted, list(starts.values()), CAPACITY["cpu"]), **bounds},
+        "intervals": [
+            [pipeline_of[i.run], i.run[:8], i.component, round(i.start - submitted, 2), round(i.end - submitted, 2)]
+            for i in sorted(intervals, key=lambda i: i.start)
+        ],
+        "run_spans": [
+            [
+                str(r.id)[:8],
+                round(r.start_time.timestamp() - submitted, 2) if r.start_time else None,
+                round(r.end_time.timestamp() - submitted, 2) if r.end_time else None,
+            ]
+            for r in runs
+        ],
         "failed_runs": failed,
     }
 
 
-def run_burst(deployments: dict[str, str], burst: list[str], policy_name: str, declared: dict) -> dict:
+def run_burst(
+    deployments: dict[str, str], burst: list[str], policy_name: str, declared: dict, context: dict | None = None
+) -> dict:
     policy = POLICIES[policy_name]
     sampler = LedgerSampler()
     sampler.start()
@@ -267,7 +354,7 @@ def run_burst(deployments: dict[str, str], burst: list[str], policy_name: str, d
     finally:
         sampler.stop_event.set()
         sampler.join(10)
-    figures = burst_figures(runs, submitted, declared)
+    figures = burst_figures(runs, submitted, declared, context)
     figures.update(
         policy=policy_name,
         create_s=[round(s, 3) for _, s, _ in created],
@@ -290,14 +377,17 @@ def run_database(server, db: str, args, rate: float, declared: dict, done) -> No
     server.start()
     worker = None
     try:
-        deployments, worker = setup(rate, server.home / f"worker-{db}.log")
-        warm_up(deployments)
+        deployments, worker = setup(rate, args.scale, server.home / f"worker-{db}.log")
+        context = {"solo": warm_up(deployments, declared, args.warm_up), "upstream": upstreams()}
         names = list(ENTRYPOINTS)
         burst = [names[i % len(names)] for i in range(args.runs)]
+        for _ in range(args.warm_up_bursts):  # the history learns durations as a burst has them; not counted
+            figures = run_burst(deployments, burst, "planflow", declared, context)
+            print(f"  warm-up burst: makespan {figures['makespan_s']} s (not counted)", flush=True)
         for round_index in range(args.rounds):
             order = ("planflow", "default") if round_index % 2 == 0 else ("default", "planflow")
             for policy in order:
-                figures = run_burst(deployments, burst, policy, declared)
+                figures = run_burst(deployments, burst, policy, declared, context)
                 figures.update(db=db, round=round_index + 1)
                 print(json.dumps({k: v for k, v in figures.items() if k != "eta_ratios"}), flush=True)
                 done(figures)
@@ -312,7 +402,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rounds", type=int, default=1, help="bursts per policy and database")
     parser.add_argument("--runs", type=int, default=8, help="runs per burst (at least 8 for the issue's figures)")
     parser.add_argument("--db", default="sqlite,postgres", help="databases, comma-separated: sqlite,postgres")
-    parser.add_argument("--scale", type=float, default=0.5, help="work of the synthetic pipeline per estimate")
+    parser.add_argument("--warm-up", type=int, default=1, help="uncounted runs of each pipeline alone first")
+    parser.add_argument("--results", default=str(RESULTS), help="where fleet.json and fleet.md go")
+    parser.add_argument("--warm-up-bursts", type=int, default=1, help="uncounted planflow bursts first")
+    parser.add_argument("--scale", type=float, default=0.5, help="work per estimated second (CPU s per core)")
+    parser.add_argument("--workload", choices=sorted(WORKLOADS), default="honest", help="see fleet_flows.py")
     args = parser.parse_args(argv)
     databases = [d.strip() for d in args.db.split(",") if d.strip()]
     unknown = sorted(set(databases) - {"sqlite", "postgres"})
@@ -321,6 +415,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     from bench.tempserver import TempServer
 
+    ENTRYPOINTS.clear()
+    ENTRYPOINTS.update(WORKLOADS[args.workload])
+    os.environ["PLANFLOW_BENCH_SCALE"] = f"{args.scale:g}"
     server = TempServer("fleet")  # before Prefect is imported
     rate = _units_per_second() * args.scale
     declared = demands()
@@ -330,6 +427,10 @@ def main(argv: list[str] | None = None) -> dict:
         "rounds": args.rounds,
         "databases": databases,
         "pipelines": list(ENTRYPOINTS),
+        "workload": args.workload,
+        "warm_up_runs": args.warm_up,
+        "warm_up_bursts": args.warm_up_bursts,
+        "scale": args.scale,
         "synthetic_rate_units_per_s": round(rate, 1),
         "cpus": os.cpu_count(),
         "load_start": os.getloadavg()[0],
@@ -340,7 +441,7 @@ def main(argv: list[str] | None = None) -> dict:
     def report(complete: bool = False) -> dict:
         meta.update(complete=complete, load_end=os.getloadavg()[0], seconds=round(time.time() - started))
         figures = {**summarise(bursts, databases), "meta": meta, "bursts": bursts}
-        write(figures)
+        write(figures, Path(args.results))
         return figures
 
     def done(burst: dict) -> None:

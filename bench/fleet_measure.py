@@ -73,6 +73,48 @@ def trace(intervals: Iterable[Interval], submitted: float, run_starts: Iterable[
     }
 
 
+def lower_bound(intervals: Iterable[Interval], capacity: Mapping[str, float]) -> dict[str, float]:
+    """The least makespan any policy could reach with these durations: the declared work
+    (demand x seconds, per resource) over the pool's capacity; the larger of cpu and memory."""
+    items = list(intervals)
+    work = {r: sum(i.demand.get(r, 0.0) * (i.end - i.start) for i in items) for r in capacity}
+    bounds = {r: work[r] / capacity[r] for r in capacity if capacity[r] > 0}
+    return {"cpu_work_s": round(work.get("cpu", 0.0), 2), "lower_bound_s": round(max(bounds.values(), default=0.0), 2)}
+
+
+def waits(
+    intervals: Iterable[Interval],
+    upstream: Mapping[str, Mapping[str, tuple[str, ...]]],
+    pipeline_of: Mapping[str, str],
+    run_starts: Mapping[str, float],
+    capacity: Mapping[str, float],
+) -> dict[str, float]:
+    """Where a policy loses time between components: for each component, the seconds from
+    when it was ready (its run's upstream components ended, or its run started) to its
+    start (`ready_wait_s`), and the part of that wait during which the pool had room for
+    it by every resource beside what ran (`idle_wait_s`: time lost to the dispatcher, not
+    to capacity: polling, planning, holding to a plan)."""
+    items = sorted(intervals, key=lambda i: i.start)
+    ends = {(i.run, i.component): i.end for i in items}
+    edges = sorted({t for i in items for t in (i.start, i.end)})
+    ready_wait = idle_wait = 0.0
+    for i in items:
+        ups = upstream.get(pipeline_of.get(i.run, ""), {}).get(i.component, ())
+        ready = max([run_starts.get(i.run, i.start)] + [ends.get((i.run, u), 0.0) for u in ups])
+        if i.start <= ready:
+            continue
+        ready_wait += i.start - ready
+        points = [ready] + [t for t in edges if ready < t < i.start] + [i.start]
+        for left, right in zip(points, points[1:], strict=False):
+            live = [o for o in items if o.start <= left < o.end and o is not i]
+            room = all(
+                sum(o.demand.get(r, 0.0) for o in live) + i.demand.get(r, 0.0) <= capacity[r] + EPS for r in capacity
+            )
+            if room:
+                idle_wait += right - left
+    return {"ready_wait_s": round(ready_wait, 2), "idle_wait_s": round(idle_wait, 2)}
+
+
 def eta_from_plan(markdown: str, created: float) -> float | None:
     """The run's ETA (Unix time) from its plan-figures markdown: the ETA line when the
     plan has one (the pool calendar writes it), else the time the plan was published

@@ -51,9 +51,9 @@ def summarise(bursts: list[dict], databases: list[str]) -> dict:
     return result
 
 
-def write(figures: dict) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "fleet.json").write_text(json.dumps(figures, indent=2))
+def write(figures: dict, results: Path = RESULTS) -> None:
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "fleet.json").write_text(json.dumps(figures, indent=2))
     meta = figures["meta"]
     lines = [
         "# Fleet benchmark: many runs at once on one pool, planflow versus Prefect's default",
@@ -84,17 +84,22 @@ def write(figures: dict) -> None:
         "Goals (issue 12): planflow 0 violations; makespan at most the default's; ETA ratio within 15 % at p50 "
         "and 35 % at p95. The default (fifo, no shared ledger) gives no ETA.",
         "",
-        "| db | round | policy | violations | makespan s | peak cpu | peak mem GiB | runs with ETA | failed "
+        "| db | round | policy | violations | makespan s | lower bound s (burst / alone) | cpu in use "
+        "| waits once ready s (with room) | peak cpu | peak mem GiB | runs with ETA | failed "
         "| run create p95 s | 503 answers |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for b in figures["bursts"]:
+        t = b.get("trace", {})
         lines.append(
             f"| {b['db']} | {b['round']} | {b['policy']} | {b['capacity_violations']} | {b['makespan_s']:.1f} | "
+            f"{_fmt(t.get('lower_bound_s'), 1)} / {_fmt(t.get('solo_lower_bound_s'), 1)} | "
+            f"{_fmt(t.get('cpu_in_use_share_of_makespan'))} | "
+            f"{_fmt(t.get('ready_wait_s'), 1)} ({_fmt(t.get('idle_wait_s'), 1)}) | "
             f"{b['peak_cpu']:g} | {b['peak_mem_gib']:g} | {len(b['eta_ratios'])} | {len(b['failed_runs'])} | "
             f"{percentile(b['create_s'], 0.95):.3f} | {b.get('create_503_answers', 0)} |"
         )
-    (RESULTS / "fleet.md").write_text("\n".join(lines) + "\n")
+    (results / "fleet.md").write_text("\n".join(lines) + "\n")
 
 
 def _fmt(value: float | None, digits: int = 2) -> str:

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from bench.fleet_measure import Interval, eta_from_plan, eta_ratio, over_capacity
+from bench.fleet_measure import Interval, eta_from_plan, eta_ratio, lower_bound, over_capacity, waits
 
 CAPACITY = {"cpu": 2.0, "mem_gib": 3.0}
 
@@ -34,3 +34,17 @@ def test_the_eta_is_the_plans_eta_line_else_its_publication_plus_the_planned_mak
     assert eta_from_plan("no plan here", created=100.0) is None
     assert eta_ratio(submitted=100.0, finished=130.0, eta=120.0) == 1.5
     assert eta_ratio(submitted=100.0, finished=130.0, eta=90.0) is None  # an ETA before submission says nothing
+
+
+def test_the_lower_bound_is_the_declared_work_over_the_pool_and_idle_waits_are_told_from_full_ones():
+    intervals = [
+        Interval("a", "load", 0.0, 4.0, {"cpu": 2.0, "mem_gib": 1.0}),
+        Interval("a", "train", 6.0, 10.0, {"cpu": 1.0, "mem_gib": 1.0}),  # ready at 4 s, the pool empty until 6 s
+        Interval("b", "load", 4.0, 8.0, {"cpu": 1.0, "mem_gib": 1.0}),
+        Interval("b", "score", 9.0, 10.0, {"cpu": 2.0, "mem_gib": 1.0}),  # ready at 8 s, room only from 10 s
+    ]
+    assert lower_bound(intervals, CAPACITY) == {"cpu_work_s": 18.0, "lower_bound_s": 9.0}
+    upstream = {"p": {"train": ("load",), "score": ("load",), "load": ()}}
+    found = waits(intervals, upstream, {"a": "p", "b": "p"}, {"a": 0.0, "b": 0.0}, CAPACITY)
+    # b's load waited 4 s for a's 2 cores (no room); a's train 2 s with room (lost), b's score 1 s without
+    assert found == {"ready_wait_s": 7.0, "idle_wait_s": 2.0}

@@ -261,6 +261,26 @@ def run_pools(mode: str, local_pool: str = DEFAULT_POOL) -> tuple[dict[str, Any]
     return {local_pool: pools[local_pool]}, set(pools)
 
 
+@dataclass(frozen=True)
+class PlanInputs:
+    """What a plan reads from the server besides the pools: the learned durations, the
+    memory to plan each step with, the steps that will be read from the cache. Read
+    before a shared run takes the planning slot (they do not depend on the calendar:
+    read under it, a 30-step pipeline held the slot about 13 s on a loaded server)."""
+
+    history: Mapping[tuple[str, str], list[float]]
+    memory: Mapping[str, MemoryFigure]
+    cached: set[str]
+
+
+def plan_inputs(pipeline: Pipeline, params: Mapping[str, Any] | None = None, refresh: bool = False) -> PlanInputs:
+    settings = load_settings()
+    with read_once():  # durations and memory come from the same records: one read each
+        durations = recent_durations(pipeline, settings.history_runs, params)
+        memory = memory_figures(pipeline, settings.history_runs, settings.memory_quantile, settings.memory_margin)
+    return PlanInputs(durations, memory, set() if refresh else predicted_cached(pipeline, params))
+
+
 def make_plan(
     pipeline: Pipeline,
     mode: str = "inprocess",
@@ -270,34 +290,37 @@ def make_plan(
     *,
     params: Mapping[str, Any] | None = None,
     refresh: bool = False,
+    time_limit_s: float | None = None,
+    inputs: PlanInputs | None = None,
 ) -> PipelinePlan:
     """Plan `pipeline` over the ResourcePool blocks usable in `mode`, with the
     PlannerSettings block and durations learned from its components' recent runs
     (history.py), scaled to the work of a run with `params`; `steps` is each pool's
     capacity over time left by other runs. Steps that will be read from the cache get
-    almost no time (unless `refresh`)."""
+    almost no time (unless `refresh`). `time_limit_s` caps the settings' time limit;
+    `inputs` are those read beforehand (plan_inputs)."""
     usable, known = pools if pools is not None else run_pools(mode, local_pool)
     settings = load_settings()
     capacities = {name: pool.capacity() for name, pool in usable.items()}
     costs = {name: pool.cost_per_hour for name, pool in usable.items()}
-    with read_once():  # durations and memory come from the same records: one read each
-        history = recent_durations(pipeline, settings.history_runs, params)
-        memory = memory_figures(pipeline, settings.history_runs, settings.memory_quantile, settings.memory_margin)
+    inputs = inputs or plan_inputs(pipeline, params, refresh)
     options = PlannerOptions(
-        solver=settings.solver, time_limit_s=settings.time_limit_s, threads=settings.threads, mip_gap=settings.mip_gap
+        solver=settings.solver,
+        time_limit_s=min(settings.time_limit_s, time_limit_s or settings.time_limit_s),
+        threads=settings.threads,
+        mip_gap=settings.mip_gap,
     )
-    cached = set() if refresh else predicted_cached(pipeline, params)
     pp = plan_pipeline(
         pipeline,
         capacities,
         costs,
         options,
-        history,
+        inputs.history,
         known,
         steps,
         scale=work_scale(pipeline, params),
-        cached=cached,
-        memory=memory,
+        cached=inputs.cached,
+        memory=inputs.memory,
     )
     if mode == "dask":  # refused now, not left waiting on the cluster
         require_offered(pp.assignments, worker_offers())
@@ -328,6 +351,9 @@ def check_run_options(policy: str, mode: str) -> None:
         raise ValueError(f"mode={mode!r}: must be 'inprocess', 'distributed' or 'dask'")
 
 
+SHARED_PLAN_SECONDS = 2.0  # the longest a run sharing its pools may solve while holding the planning slot
+
+
 def plan_run(
     pipeline: Pipeline,
     policy: str = "plan",
@@ -338,6 +364,7 @@ def plan_run(
     *,
     params: Mapping[str, Any] | None = None,
     refresh: bool = False,
+    inputs: PlanInputs | None = None,
 ) -> RunPlan:
     """Where and in what order each step of one run goes: planned (policy "plan") or
     first come, first served on each step's fastest pool (policy "fifo"). `busy` gives,
@@ -349,7 +376,19 @@ def plan_run(
     if policy == "plan":
         asked = time.time()
         steps, count = busy(capacities, asked) if busy is not None else ({}, 0)
-        pp = make_plan(pipeline, mode, pools=(pools, known), steps=steps, params=params, refresh=refresh)
+        # Into the shared calendar, a run plans holding the one planning slot every run of
+        # a burst waits for: its solve is capped (re-planning keeps the plan current anyway).
+        limit = SHARED_PLAN_SECONDS if busy is not None else None
+        pp = make_plan(
+            pipeline,
+            mode,
+            pools=(pools, known),
+            steps=steps,
+            params=params,
+            refresh=refresh,
+            time_limit_s=limit,
+            inputs=inputs,
+        )
         # Time 0 is when the plan is ready, not when it was asked for: the seconds spent
         # reading the history and solving (up to the solver's time limit) are not spent
         # running, and an ETA counted from before them is that much early. (Against the

@@ -47,6 +47,9 @@ REPLAN_SECONDS = 5.0  # how often a run with waiting components looks for change
 REPLAN_WAIT_SECONDS = 2.0  # a re-plan gives way when the planning slot is busy (a run planning first), tries later
 DUE_SLACK_SECONDS = 0.5  # a step may ask for its slots this long before its planned start
 ETA_CHANGE_SECONDS = 1.0  # a corrected ETA that moves less than this is not logged nor published
+# Hysteresis: a re-plan's ETA is shown (log, gauge, artifact) only when it moved from the ETA
+# last shown by at least this share of the time left to it (re-plans swung +51 s, -56 s, +5 s).
+ETA_BAND_SHARE = 0.1
 
 
 class RunCalendar(Reporter):
@@ -75,6 +78,7 @@ class RunCalendar(Reporter):
         self._others: list[Reservation] | None = None  # the other runs' reservations, as last read
         self.moves_at_once = False  # set by `listen`: the dispatcher's thread moves the entry
         self.dirty = False  # moved since the last save (on_step); the bus flush saves it
+        self.shown: float | None = None  # the ETA last shown in the log, gauge and artifact
 
     def write(self, pipeline: str, assignments: Mapping[str, Assignment], planned_at: float) -> float:
         """Record the plan's reservations; returns the ETA (Unix time)."""
@@ -108,7 +112,7 @@ class RunCalendar(Reporter):
         if self.entry is None:
             return
         self.run = run
-        eta = self.entry.eta
+        eta = self.shown = self.entry.eta
         self.logger.info(
             "ETA of this run: %s (in %.0f s; %s into the pools' calendar%s)",
             utc(eta),
@@ -267,6 +271,10 @@ class RunCalendar(Reporter):
                     return None
                 old, new = self.entry.eta, self._replace(entries, time.time())
             self._save()
+        old = self.shown if self.shown is not None else old
+        if abs(new - old) < eta_band(old, time.time()):
+            return new  # the calendar holds the new placement; what is shown stays put
+        self.shown = new
         if self.recorder is not None:
             self.recorder.eta(new)
         if abs(new - old) >= ETA_CHANGE_SECONDS:
@@ -389,6 +397,17 @@ class RunCalendar(Reporter):
                 client.delete_block_document(saved)
             except ObjectNotFound:
                 pass
+
+
+def eta_band(shown: float, now: float) -> float:
+    """How far a re-planned ETA must move from the one shown to be shown instead.
+
+    >>> eta_band(shown=160.0, now=100.0)   # 60 s left: 6 s
+    6.0
+    >>> eta_band(shown=100.5, now=100.0)   # at the end: at least ETA_CHANGE_SECONDS
+    1.0
+    """
+    return max(ETA_CHANGE_SECONDS, ETA_BAND_SHARE * max(0.0, shown - now))
 
 
 def fingerprint(entries: list[CalendarEntry], exclude: str) -> tuple:

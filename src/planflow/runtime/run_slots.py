@@ -180,6 +180,7 @@ class RunSlots(SharedSlots):
             self._drop(taken)
             if exc.response.status_code != LOCKED:
                 raise AdmissionError(f"step '{a.step}': the Prefect server refused its slots: {exc}") from None
+            self._give_back_idle(self.wanted(a))
             self._server_down_since = None
             if now - since > self.wait:
                 raise AdmissionError(self._waited(a, now - since)) from None
@@ -224,6 +225,18 @@ class RunSlots(SharedSlots):
             for lease, n in shares:
                 lease.free += n
                 lease.users -= 1
+
+    def _give_back_idle(self, names: Iterable[str]) -> None:
+        """A step refused its missing slots gives back the run's idle leases of those limits
+        (no step uses them): a run must not hold part of what it waits for, or two runs that
+        each hold one core and wait for a second wait for each other for ever."""
+        names = set(names)
+        with self._lock:
+            idle = [lease for lease in self._leases if lease.users == 0 and lease.limit in names]
+            for lease in idle:
+                self._leases.remove(lease)
+        for lease in idle:  # on this thread, like _drop: the step waits holding nothing
+            _release(lease.id)
 
     def _drop(self, leases: list[_Lease]) -> None:
         """Give back `leases` now (on this thread: a refused step holds nothing when it waits)."""

@@ -37,7 +37,7 @@ from planflow.runtime.distributed import DistributedExecutor
 from planflow.runtime.events import EventBus, Reporter, RunInfo, add_listener, subscribe, subscribers
 from planflow.runtime.executors import Executor, InProcessExecutor, execute
 from planflow.runtime.fifo_eta import place_fifo
-from planflow.runtime.planning import RunPlan, check_run_options, make_plan, plan_run, run_pools
+from planflow.runtime.planning import RunPlan, check_run_options, make_plan, plan_inputs, plan_run, run_pools
 from planflow.runtime.reporters import (
     ArtifactReporter,
     HistoryReporter,
@@ -190,6 +190,7 @@ def plan_shared(
     require_limits({name: pool.capacity() for name, pool in pools[0].items()})
     if calendar is None:
         return plan_run(pipeline, policy, mode, local_pool, pools, params=params, refresh=refresh)
+    inputs = plan_inputs(pipeline, params, refresh) if policy == "plan" else None  # before the slot
     with planning_lock():
         if policy == "fifo":
             plan = place_fifo(
@@ -197,7 +198,15 @@ def plan_shared(
             )
         else:
             plan = plan_run(
-                pipeline, policy, mode, local_pool, pools, busy_steps(calendar.run_id), params=params, refresh=refresh
+                pipeline,
+                policy,
+                mode,
+                local_pool,
+                pools,
+                busy_steps(calendar.run_id),
+                params=params,
+                refresh=refresh,
+                inputs=inputs,
             )
         calendar.write(pipeline.name, plan.assignments, plan.planned_at)
     return plan

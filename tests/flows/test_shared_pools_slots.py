@@ -1,0 +1,76 @@
+"""Two runs on one pool never wait for each other for ever, and a run waiting to plan
+gets the planning slot as soon as it is free (real Prefect server).
+
+Found by the fleet benchmark: each run's one-core step ended and left its slot in the
+run's idle lease; each run's next step needed both cores, took the one its lease had
+and asked the server for the other, which the other run held the same way. Both waited
+until the burst's time ran out. A step refused its missing slots now gives back the
+run's idle leases of those limits: one of the two runs gets both cores.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from planflow.prefect.blocks import ResourcePool
+from planflow.prefect.limits import PLANNING_LIMIT, active_slots, limit_name, sync_limits
+from planflow.runtime.calendar import CalendarError, planning_lock
+from planflow.runtime.dispatch import Assignment
+from planflow.runtime.run_slots import RunSlots
+
+POOL = "fleet-deadlock-duo"
+CAPACITY = {"cpu": 2.0, "gpu": 0.0, "mem_gib": 4.0}
+CPU = limit_name(POOL, "cpu")
+
+
+@pytest.fixture(scope="module")
+def pool(registered_blocks):
+    ResourcePool(work_pool="local-process", cpu=CAPACITY["cpu"], mem_gib=CAPACITY["mem_gib"]).save(POOL, overwrite=True)
+    sync_limits({POOL: CAPACITY})
+    yield POOL
+    ResourcePool.delete(POOL)
+
+
+def test_two_runs_each_holding_one_core_idle_do_not_wait_for_each_other_for_ever(pool):
+    one = [Assignment(f"small-{i}", POOL, {"cpu": 1}, 0) for i in range(2)]
+    both = [Assignment(f"big-{i}", POOL, {"cpu": 2}, 0) for i in range(2)]
+    with RunSlots() as a, RunSlots() as b:
+        for run, step in zip((a, b), one, strict=True):
+            held = run.take(step)
+            assert held is not None
+            held.close()  # the step ended: its core stays in the run's lease, idle
+        assert active_slots([CPU]) == {CPU: 2000}
+        first = a.take(both[0])  # a has one core, b the other: refused, and a gives its idle core back
+        assert first is None
+        assert [lease.limit for lease in a._leases] == []
+        second = b.take(both[1])  # b now gets the core a gave back
+        assert second is not None, "run b still waits for the core run a holds idle"
+        second.close()
+    assert active_slots([CPU]) == {CPU: 0}
+
+
+def test_a_run_waiting_to_plan_gets_the_slot_soon_after_it_is_free_and_a_bounded_wait_names_the_limit(pool):
+    """Prefect's own wait sleeps the server's Retry-After (up to 30 s once runs queue):
+    the planning slot stood free while the runs that wanted it slept."""
+    got = threading.Event()
+    with planning_lock():
+        with pytest.raises(CalendarError, match=f"waited 1 s for concurrency limit '{PLANNING_LIMIT}'"):
+            with planning_lock(1.0):
+                pass
+
+        def second() -> None:
+            with planning_lock(30.0):
+                got.set()
+
+        waiter = threading.Thread(target=second)
+        waiter.start()
+        assert not got.wait(0.5)  # refused while this one holds it
+        freed = time.monotonic()
+    waiter.join(30.0)
+    assert got.is_set()
+    # polled every 0.3 s (with jitter): the slot is taken within a few polls, not a Retry-After later
+    assert time.monotonic() - freed < 5.0
+    assert active_slots([PLANNING_LIMIT]) == {PLANNING_LIMIT: 0}
