@@ -56,7 +56,9 @@ def test_diamond_runs_with_progress_summary_and_totals():
     # the duration history: one record per completed component, linked to the run
     history = sorted(artifacts.pop(k).data["component"] for k in list(artifacts) if k.startswith("planflow-history-"))
     assert history == ["numbers", "report", "scaled", "total"]
-    assert set(artifacts) == {
+    # `-eta` is written only when a re-plan moved the ETA (other runs on the session's
+    # server came or went): legitimate, but not every time
+    assert set(artifacts) - {"toy-diamond-eta"} == {
         "toy-diamond-progress",
         "toy-diamond-plan",
         "toy-diamond-plan-figures",
