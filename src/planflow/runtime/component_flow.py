@@ -9,15 +9,18 @@ PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK at a remote storage block (e.g. S3/GCS).
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
+from prefect.context import FlowRunContext
 from prefect.results import ResultStore
 
 from planflow.core import discovery
 from planflow.prefect.serializer import PlanflowSerializer
 from planflow.runtime.memory import measure_peak
+from planflow.runtime.memory_watch import MemoryWatch, limit_from_env, watch_record
 
 
 def output_key(run_key: str, step: str) -> str:
@@ -49,7 +52,11 @@ def run_component(
     outputs = {upstream: store.read(key).result for upstream, key in inputs.items()}
     kwargs = p.step_kwargs(step, p.resolve_params(params), outputs)
     component = p.steps[step].component.with_options(name=step, task_run_name=step)
-    result = component(**kwargs)
+    limit, ctx = limit_from_env(), FlowRunContext.get()
+    # a process-pool child is held to its planned mem_limit by a watchdog (memory_watch.py)
+    watch = MemoryWatch(limit, watch_record(store, str(ctx.flow_run.id))) if limit and ctx and ctx.flow_run else None
+    with watch or nullcontext():
+        result = component(**kwargs)
     key = output_key(run_key, step)
     store.write(result, key=key)
     peak = measure_peak()
