@@ -9,11 +9,14 @@ which, and `dmesg` is usually not readable. So planflow sets the limit itself:
 
 - the distributed executor passes the planned `mem_limit` to a process-pool child
   (PLANFLOW_MEM_LIMIT_BYTES in its environment);
-- the child's watchdog (`MemoryWatch`, a thread) samples the flow-run process's peak RSS
-  (memory.measure_peak: itself and its waited-for children) every SAMPLE_SECONDS, and
-  once more when the component is done; past the limit it writes down why (result key
-  `planflow-oom-<flow run id>`: peak, limit, pid) and kills its own process with
-  SIGKILL, as the kernel would have;
+- the child's watchdog (`MemoryWatch`, a thread) holds the *component's* memory to it:
+  the RSS of the flow-run process and its children above what the process held when
+  the component started (Prefect's own ~0.3 GiB is not the component's), sampled every
+  SAMPLE_SECONDS, and the process's peak RSS (getrusage) once more when the component is
+  done, when that peak was reached meanwhile (a peak between two samples); past the
+  limit it writes down why (result key `planflow-oom-<flow run id>`: the component's
+  peak, the limit, the pid) and kills its own process with SIGKILL, as the kernel would
+  have;
 - the parent, seeing the child crash, reads that record (`oom_from_watchdog`): an OOM
   kill, with the figures, escalated like a container's.
 
@@ -26,15 +29,17 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import signal
 import threading
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
+import psutil
 from prefect.results import ResultStore
 
-from planflow.runtime.memory import GIB, measure_peak
+from planflow.runtime.memory import GIB
 from planflow.runtime.oom import OomKill
 
 LIMIT_ENV = "PLANFLOW_MEM_LIMIT_BYTES"  # set by the executor on process-pool children
@@ -60,10 +65,29 @@ def limit_from_env() -> int | None:
     return limit if limit > 0 else None
 
 
+def rss_now() -> int:
+    """Bytes resident now in this process and its children."""
+    me = psutil.Process()
+    total = me.memory_info().rss
+    for child in me.children(recursive=True):
+        try:
+            total += child.memory_info().rss
+        except psutil.Error:
+            continue  # it ended meanwhile
+    return total
+
+
+def peak_rss() -> int:
+    """This process's peak RSS so far, in bytes (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 class MemoryWatch:
-    """Kill this process (SIGKILL) once its peak RSS goes past `limit_bytes`, after
+    """Kill this process (SIGKILL) once the component's memory (RSS above what the
+    process held when the watch began) goes past `limit_bytes`, after
     `record(peak_bytes, limit_bytes)` wrote down why. A context manager around the
-    component; `check()` tests once (at the end: a peak between two samples)."""
+    component; `check(final=True)` also reads the process's peak RSS (the end: a peak
+    between two samples)."""
 
     def __init__(
         self,
@@ -76,12 +100,17 @@ class MemoryWatch:
         self.kill = kill or (lambda: os.kill(os.getpid(), signal.SIGKILL))
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="planflow-memory-watch", daemon=True)
+        self.baseline, self.peak_before = rss_now(), peak_rss()
+        self.peak = 0  # the component's highest memory seen so far (bytes)
 
-    def check(self) -> None:
-        peak = int(measure_peak().gib * GIB)
-        if peak > self.limit:
+    def check(self, final: bool = False) -> None:
+        used = rss_now() - self.baseline
+        if final and peak_rss() > self.peak_before:  # a new peak of the process: reached by the component
+            used = max(used, peak_rss() - self.baseline)
+        self.peak = max(self.peak, used)
+        if self.peak > self.limit:
             try:
-                self.record(peak, self.limit)
+                self.record(self.peak, self.limit)
             except Exception as exc:  # noqa: BLE001 - killed all the same: the limit holds
                 log.warning("could not write down the memory kill: %r", exc)
             self.kill()
@@ -97,7 +126,7 @@ class MemoryWatch:
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self._stop.set()
         self._thread.join(max(1.0, 4 * self.interval))
-        self.check()
+        self.check(final=True)
 
 
 def watch_record(store: ResultStore, flow_run_id: str) -> Callable[[int, int], None]:
@@ -119,8 +148,8 @@ def oom_from_watchdog(flow_run_id: str) -> OomKill | None:
         return None
     peak, limit = found.get("peak_bytes", 0) / GIB, found["limit_bytes"] / GIB
     return OomKill(
-        where=f"process pool child pid {found.get('pid', '?')} (planflow's memory watchdog: peak RSS "
-        f"{peak:.3g} GiB > mem_limit {limit:.3g} GiB, SIGKILL)",
+        where=f"process pool child pid {found.get('pid', '?')} (planflow's memory watchdog: the component's "
+        f"peak RSS {peak:.3g} GiB > mem_limit {limit:.3g} GiB, SIGKILL)",
         limit_gib=limit,
         exit_code=-9,
     )
