@@ -11,7 +11,7 @@ from prefect.client.orchestration import get_client
 
 from planflow.prefect.limits import active_slots, limit_name, pool_limits, slots, sync_limits
 from planflow.runtime.admission import AdmissionError, SharedSlots
-from planflow.runtime.dispatch import Assignment
+from planflow.runtime.dispatch import Assignment, ResourceLedger
 from planflow.runtime.oom_next import extra_demand, more_slots
 
 CAPACITY = {"cpu": 2.0, "gpu": 0.0, "mem_gib": 1.0}
@@ -36,10 +36,13 @@ def test_the_extra_memory_is_what_the_dispatcher_does_not_hold():
 def test_a_run_again_holds_its_larger_memory_in_the_shared_slots(pool):
     a = Assignment("hungry", pool, {"cpu": 0.5, "mem_gib": 0.25}, 0)
     mem = limit_name(pool, "mem_gib")
-    with more_slots(a, pool, 0.5) as extra:
+    ledger = ResourceLedger({pool: CAPACITY})  # the run's own, as the dispatcher holds it
+    ledger.acquire(pool, a.demand)
+    with more_slots(a, pool, 0.5, ledger=ledger) as extra:
         assert extra == 0.25
         assert active_slots([mem])[mem] == slots("mem_gib", 0.25)
-    assert active_slots([mem])[mem] == 0
+        assert ledger.in_use[pool]["mem_gib"] == 0.5 and not ledger.fits(pool, {"mem_gib": 0.75})
+    assert active_slots([mem])[mem] == 0 and ledger.in_use[pool]["mem_gib"] == 0.25
 
     other = SharedSlots().take(Assignment("other-run", pool, {"mem_gib": 0.75}, 0))  # another run holds 0.75 GiB
     assert other is not None

@@ -267,7 +267,7 @@ class DistributedExecutor(Executor):
             else:  # a process shares the machine: its own watchdog holds it to the limit (memory_watch.py)
                 variables["env"][LIMIT_ENV] = str(int(mem_gib * 2**30))
             try:
-                with more_slots(a, pool, mem_gib):  # a run again's larger memory, held before it starts
+                with more_slots(a, pool, mem_gib, ledger=self.ledger):  # a run again's larger memory, held first
                     key = _child(deployment_name(work_pool), parameters, variables, name, work_pool)
             except ChildRunError as exc:
                 kill = kill_of(str(exc.flow_run.id), self._found[work_pool].type) if exc.flow_run else None

@@ -7,8 +7,9 @@ pool type, the run again admitted by the remediation gate, its larger memory hel
   `component-oom-killed` and audited as the remediation `oom-retry`), else
   OomRetryRefusedError with the guard's reason;
 - `more_slots`: before the run again starts, the memory beyond what the dispatcher took
-  for the step (or, on another pool, the whole demand there) is taken from the pool's
-  slots shared with every other run (admission.py), and given back when it ends.
+  for the step (or, on another pool, the whole demand there) is taken from the run's
+  own dispatch ledger and from the pool's slots shared with every other run
+  (admission.py), and given back when it ends.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from planflow.runtime.admission import SharedSlots
-from planflow.runtime.dispatch import Assignment
+from planflow.runtime.admission import AdmissionError, SharedSlots
+from planflow.runtime.dispatch import Assignment, ResourceLedger
 from planflow.runtime.memory_watch import oom_from_watchdog
 from planflow.runtime.oom import OomKill, oom_of_flow_run
 from planflow.runtime.oom_gate import OomRetry, ask
@@ -58,17 +59,50 @@ def extra_demand(a: Assignment, pool: str, mem_gib: float) -> dict[str, float]:
 
 
 @contextmanager
-def more_slots(a: Assignment, pool: str, mem_gib: float, slots: SharedSlots | None = None) -> Iterator[float]:
-    """Hold the extra memory of a run again in `pool`'s shared slots while the block
-    runs (yields the GiB held beyond the dispatcher's); waits while other runs hold
-    them, at most PLANFLOW_SLOT_WAIT_SECONDS (then AdmissionError, nothing held)."""
+def in_ledger(ledger: ResourceLedger | None, a: Assignment, pool: str, extra: dict[str, float]) -> Iterator[None]:
+    """Hold `extra` in this run's own dispatch ledger (when it knows `pool`); waits while
+    the run's other steps use it, at most PLANFLOW_SLOT_WAIT_SECONDS."""
+    if ledger is None or pool not in ledger.capacity:
+        yield
+        return
+    wait = settings().slot_wait_seconds
+    deadline = time.monotonic() + wait
+    while True:
+        with ledger.lock:
+            if ledger.fits(pool, extra):
+                ledger.acquire(pool, extra)
+                break
+        if time.monotonic() > deadline:
+            raise AdmissionError(
+                f"step '{a.step}' waited {wait:.0f} s for {extra} more on pool '{pool}' to run again, held by "
+                "this run's other steps. Fix: raise PLANFLOW_SLOT_WAIT_SECONDS or the pool's capacity"
+            )
+        time.sleep(POLL_SECONDS)
+    try:
+        yield
+    finally:
+        ledger.release(pool, extra)
+
+
+@contextmanager
+def more_slots(
+    a: Assignment, pool: str, mem_gib: float, slots: SharedSlots | None = None, ledger: ResourceLedger | None = None
+) -> Iterator[float]:
+    """Hold the extra memory of a run again in the run's dispatch `ledger` and in `pool`'s
+    shared slots while the block runs (yields the GiB held beyond the dispatcher's);
+    waits while other steps or runs hold them, at most PLANFLOW_SLOT_WAIT_SECONDS (then
+    AdmissionError, nothing held)."""
     extra = extra_demand(a, pool, mem_gib)
-    if not settings().shared_slots or not any(v > 0 for v in extra.values()):
+    if not any(v > 0 for v in extra.values()):
         yield 0.0
         return
-    slots = slots or SharedSlots()
-    wanted = Assignment(step=f"{a.step} (run again with {mem_gib:.3g} GiB)", pool=pool, demand=extra, priority=0)
-    while (held := slots.take(wanted)) is None:
-        time.sleep(POLL_SECONDS)
-    with held:
-        yield extra["mem_gib"]
+    with in_ledger(ledger, a, pool, extra):
+        if not settings().shared_slots:
+            yield extra["mem_gib"]
+            return
+        slots = slots or SharedSlots()
+        wanted = Assignment(step=f"{a.step} (run again with {mem_gib:.3g} GiB)", pool=pool, demand=extra, priority=0)
+        while (held := slots.take(wanted)) is None:
+            time.sleep(POLL_SECONDS)
+        with held:
+            yield extra["mem_gib"]
