@@ -19,9 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterName
+from prefect.client.schemas.sorting import ArtifactSort
 from prefect.utilities.callables import parameter_schema
 
+from planflow.core.component import Component
 from planflow.ops.workers import start_worker, stop_process
 from planflow.prefect.blocks import ResourcePool
 from planflow.prefect.jobvars import DEFAULT_IMAGE
@@ -29,7 +31,9 @@ from planflow.prefect.limits import sync_limits
 from planflow.prefect.workpools import WorkPoolError, apply_work_pools, require_image, worker_online
 from planflow.remediation import oom_demo
 from planflow.remediation.heal_watch import HealError, wait_for
+from planflow.remediation.oom_retry import ACTION
 from planflow.runtime.component_flow import run_component
+from planflow.runtime.history import history_key
 from planflow.runtime.planning import make_plan
 from planflow.settings import StatePaths
 
@@ -64,6 +68,28 @@ def deploy_component_flow(image: str = DEFAULT_IMAGE) -> None:
                 "env": {"PREFECT_LOCAL_STORAGE_PATH": str(results)},
             },
         )
+
+
+def forget_history(component: Component = oom_demo.hungry) -> int:
+    """Set the demo component's history aside (its artifacts deleted), so that every demo
+    starts from the declaration and shows the kill; returns how many records went."""
+    key = history_key(component.name, component.code_version)
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+        for artifact in found:
+            client.delete_artifact(artifact.id)
+    return len(found)
+
+
+def _audits(since: float) -> list[str]:
+    """The oom-retry remediation's audit artifacts since `since`, oldest first."""
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"remediation-{ACTION}"])),
+            sort=ArtifactSort.CREATED_DESC,
+            limit=20,
+        )
+    return [a.description or "" for a in reversed(found) if a.created and a.created.timestamp() >= since - 1]
 
 
 def _plan_line(label: str) -> str:
@@ -118,6 +144,8 @@ def oom_scenario(logs: Path, say: Say = print, timeout: float = 300.0) -> dict[s
     started, containers = time.time(), []
     try:
         wait_for(lambda: worker_online(WORK_POOL), min(60.0, timeout), f"a worker on {WORK_POOL}")
+        if forget_history():
+            say("history of hungry from earlier demos set aside: the plan starts from its declaration")
         before = _plan_line("plan before")
         say(before)
         say(f"running {oom_demo.pipeline.name}: hungry declares 0.25 GiB and holds {EXTRA_MIB} MiB more than planflow")
@@ -125,6 +153,9 @@ def oom_scenario(logs: Path, say: Say = print, timeout: float = 300.0) -> dict[s
         containers = _containers(started)
         for container in containers:
             say("  " + _describe(container))
+        audits = _audits(started)
+        for line in audits:
+            say(f"  audit (remediation {ACTION}, guarded by AlertRoute component-oom-killed): {line}")
         step = result["steps"]["hungry"]
         say(
             f"hungry {step['state']} after {step.get('oom_kills', 0)} OOM kill(s), at {step.get('mem_limit_gib')} GiB; "
@@ -140,6 +171,7 @@ def oom_scenario(logs: Path, say: Say = print, timeout: float = 300.0) -> dict[s
             "plan_before": before,
             "plan_after": after,
             "containers": [_describe(c) for c in containers],
+            "audits": audits,
         }
     finally:
         stop_process(worker)

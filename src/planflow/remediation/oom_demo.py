@@ -24,3 +24,17 @@ pipeline = Pipeline(
     "oom-demo", [hungry], description="planflow demo heal --scenario oom: a component that needs more than it declares"
 )
 oom_demo = to_flow(pipeline)
+
+
+@component(cpu=0.5, mem_gib=0.25, est_seconds=2.0, pools=["local"])
+def hungry_here(extra_mib: int = 300) -> int:
+    """`hungry` on the process pool (no container: planflow's memory watchdog holds it to
+    its limit, runtime/memory_watch.py)."""
+    return hungry.fn(extra_mib)
+
+
+process_pipeline = Pipeline(
+    "oom-demo-process",
+    [hungry_here],
+    description="a component that needs more than it declares, on the process pool",
+)

@@ -9,16 +9,19 @@ PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK at a remote storage block (e.g. S3/GCS).
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
+from prefect.context import FlowRunContext
 from prefect.results import ResultStore
 
 from planflow.core import discovery
 from planflow.prefect.serializer import PlanflowSerializer
 from planflow.runtime.isolation import UsageLog, step_function
 from planflow.runtime.memory import measure_peak
+from planflow.runtime.memory_watch import MemoryWatch, limit_from_env, watch_record
 
 
 def output_key(run_key: str, step: str) -> str:
@@ -54,7 +57,11 @@ def run_component(
     # its native thread pools (BLAS, OpenMP) held to its declared cpu, as in-process
     # (cpulimits.py); this flow run is already a process of its own
     task.fn = step_function(step, component.fn, component.spec.cpu, "thread", UsageLog())
-    result = task(**kwargs)
+    limit, ctx = limit_from_env(), FlowRunContext.get()
+    # a process-pool child is held to its planned mem_limit by a watchdog (memory_watch.py)
+    watch = MemoryWatch(limit, watch_record(store, str(ctx.flow_run.id))) if limit and ctx and ctx.flow_run else None
+    with watch or nullcontext():
+        result = task(**kwargs)
     key = output_key(run_key, step)
     store.write(result, key=key)
     peak = measure_peak()

@@ -11,6 +11,7 @@ also takes its pool's slots shared with every other run before it starts.
 from __future__ import annotations
 
 import queue
+import threading
 import time
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
@@ -44,6 +45,8 @@ class ResourceLedger:
     capacity: Mapping[str, Mapping[str, float]]
     in_use: dict[str, dict[str, float]] = field(default_factory=dict)
     peak: dict[str, dict[str, float]] = field(default_factory=dict)
+    # an executor's thread may take more for a step it runs again (oom_next.more_slots)
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for pool in self.capacity:
@@ -64,17 +67,20 @@ class ResourceLedger:
             )
 
     def fits(self, pool: str, demand: Mapping[str, float]) -> bool:
-        used, cap = self.in_use[pool], self.capacity[pool]
-        return all(used[r] + demand.get(r, 0.0) <= cap.get(r, 0.0) + _EPS for r in RESOURCES)
+        with self.lock:
+            used, cap = self.in_use[pool], self.capacity[pool]
+            return all(used[r] + demand.get(r, 0.0) <= cap.get(r, 0.0) + _EPS for r in RESOURCES)
 
     def acquire(self, pool: str, demand: Mapping[str, float]) -> None:
-        for r in RESOURCES:
-            self.in_use[pool][r] += demand.get(r, 0.0)
-            self.peak[pool][r] = max(self.peak[pool][r], self.in_use[pool][r])
+        with self.lock:
+            for r in RESOURCES:
+                self.in_use[pool][r] += demand.get(r, 0.0)
+                self.peak[pool][r] = max(self.peak[pool][r], self.in_use[pool][r])
 
     def release(self, pool: str, demand: Mapping[str, float]) -> None:
-        for r in RESOURCES:
-            self.in_use[pool][r] = max(0.0, self.in_use[pool][r] - demand.get(r, 0.0))
+        with self.lock:
+            for r in RESOURCES:
+                self.in_use[pool][r] = max(0.0, self.in_use[pool][r] - demand.get(r, 0.0))
 
 
 @dataclass
@@ -137,6 +143,7 @@ def dispatch(
     start: Callable[[str, dict[str, Any]], Any],
     listener: Listener | None = None,
     admit: Admit | None = None,
+    ledger: ResourceLedger | None = None,
 ) -> tuple[dict[str, StepRecord], ResourceLedger]:
     """Run every step once its upstream steps completed and its demand fits.
 
@@ -149,7 +156,7 @@ def dispatch(
     POLL_SECONDS; an error it raises fails the step (nothing is held). When `admit` has
     a `prepare` method (run_slots.py), it hears the steps each round may release first.
     """
-    ledger = ResourceLedger(capacity)
+    ledger = ResourceLedger(capacity) if ledger is None else ledger  # given: the executor may take more
     for a in assignments.values():
         ledger.check_fits_empty(a.step, a.pool, a.demand)
     records = {s: StepRecord(s, a.pool) for s, a in assignments.items()}

@@ -19,6 +19,7 @@ from typing import Any
 
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.context import FlowRunContext
 from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
 from prefect.results import ResultStore
@@ -33,7 +34,10 @@ from planflow.runtime.component_flow import output_key, usage_key
 from planflow.runtime.dispatch import Assignment, StepRecord
 from planflow.runtime.executors import Executor, StepFuture
 from planflow.runtime.memory import CGROUP_ENV
-from planflow.runtime.oom import OomKill, emit_oom_killed, emit_oom_retry, escalate, logger, oom_of_flow_run
+from planflow.runtime.memory_watch import LIMIT_ENV
+from planflow.runtime.oom import OomKill, emit_oom_killed, emit_oom_retry, escalate, logger
+from planflow.runtime.oom_gate import OomRetry
+from planflow.runtime.oom_next import admit, kill_of, more_slots
 from planflow.settings import settings
 
 COMPONENT_FLOW = "run-component"
@@ -260,21 +264,26 @@ class DistributedExecutor(Executor):
             variables["env"] = {**self.env, **variables.get("env", {})}
             if self._found[work_pool].type in ("docker", "kubernetes"):
                 variables["env"][CGROUP_ENV] = "1"  # its container's cgroup is its own: measure that
+            else:  # a process shares the machine: its own watchdog holds it to the limit (memory_watch.py)
+                variables["env"][LIMIT_ENV] = str(int(mem_gib * 2**30))
             try:
-                key = _child(deployment_name(work_pool), parameters, variables, name, work_pool)
+                with more_slots(a, pool, mem_gib, ledger=self.ledger):  # a run again's larger memory, held first
+                    key = _child(deployment_name(work_pool), parameters, variables, name, work_pool)
             except ChildRunError as exc:
-                kill = oom_of_flow_run(str(exc.flow_run.id), self._found[work_pool].type) if exc.flow_run else None
+                kill = kill_of(str(exc.flow_run.id), self._found[work_pool].type) if exc.flow_run else None
                 if kill is None:
                     raise
                 kills += 1
                 self.measured[a.step] = {"oom_kills": kills}
                 emit_oom_killed(self.pipeline.name, a.step, pool, kill, mem_gib)
-                pool, mem_gib, retry = self._escalate(a, kill, pool, mem_gib, retry)
+                pool, mem_gib, retry = self._escalate(a, kill, pool, mem_gib, retry, str(exc.flow_run.id))
                 continue
             self.measured[a.step] = {**_usage(parameters), "oom_kills": kills, "mem_limit_gib": mem_gib, "pool": pool}
             return key
 
-    def _escalate(self, a: Assignment, kill: OomKill, pool: str, mem_gib: float, retry: int) -> tuple[str, float, int]:
+    def _escalate(
+        self, a: Assignment, kill: OomKill, pool: str, mem_gib: float, retry: int, killed_run: str
+    ) -> tuple[str, float, int]:
         spec, settings = self.pipeline.steps[a.step].spec, load_settings()
         pools_mem = {p: float(block.mem_gib) for p, block in self.pools.items() if spec.allows(p)}
         nxt = escalate(
@@ -296,6 +305,21 @@ class DistributedExecutor(Executor):
             self._found[work_pool].base_job_template,
             component=a.step,
             pool=work_pool,
+        )
+        parent = FlowRunContext.get()
+        admit(  # guarded and audited as the remediation oom-retry (oom_gate.py)
+            OomRetry(
+                self.pipeline.name,
+                a.step,
+                pool,
+                nxt.pool,
+                mem_gib,
+                nxt.mem_gib,
+                nxt.retry,
+                kill.where,
+                killed_run,
+                str(parent.flow_run.id) if parent and parent.flow_run else "",
+            )
         )
         logger().warning(
             "component '%s' was killed for memory (%s) at %.3g GiB on pool '%s': running it again with %.3g GiB "

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from planflow.core.pipeline import Pipeline
-from planflow.runtime.dispatch import Admit, Assignment, StepRecord, dispatch
+from planflow.runtime.dispatch import Admit, Assignment, ResourceLedger, StepRecord, dispatch
 from planflow.runtime.isolation import UsageLog, step_function
 from planflow.runtime.tags import PLANFLOW_TAG
 
@@ -33,6 +33,8 @@ class StepFuture(Protocol):
 class Executor(ABC):
     """Runs released steps. A context manager around one dispatch: `__enter__` checks
     and opens what the executor needs, `__exit__` waits for what it started."""
+
+    ledger: ResourceLedger | None = None  # the dispatch's, while it runs (a run again may take more)
 
     def __enter__(self) -> Executor:
         return self
@@ -100,7 +102,10 @@ def execute(
             executor.measure(record)
         notify(event, record)
 
+    executor.ledger = ResourceLedger(capacities)
     with executor:
-        records, _ = dispatch(upstream, assignments, capacities, executor.start, executor.annotate(measured), admit)
+        records, _ = dispatch(
+            upstream, assignments, capacities, executor.start, executor.annotate(measured), admit, executor.ledger
+        )
     executor.collect(records)
     return records

@@ -2,7 +2,8 @@
 
 One block document per alert (document name: the alert name in kebab case, e.g.
 `planflow-work-pool-not-ready`; `flow-run-failed` stands for Prefect's own
-`prefect.flow-run.Failed|Crashed` events). Users edit them in the Prefect UI:
+`prefect.flow-run.Failed|Crashed` events, `component-oom-killed` a component's run again
+with more memory after an OOM kill, action retry or none). Users edit them in the Prefect UI:
 
 | field | meaning |
 |---|---|
@@ -32,6 +33,9 @@ from pydantic import Field
 
 # The route that answers Prefect's own failed/crashed flow run events.
 FLOW_RUN_FAILED = "FlowRunFailed"
+# The route that bounds a component run again with more memory after an OOM kill
+# (planflow.remediation.oom_retry; the executor asks it before each run again).
+COMPONENT_OOM_KILLED = "ComponentOomKilled"
 
 
 class AlertRoute(Block):
@@ -90,6 +94,7 @@ DEFAULT_ROUTES: dict[str, dict[str, Any]] = {
     "PlanflowLateRunBacklog": dict(
         action="rescale", max_attempts=3, cooldown_seconds=20, min_workers=1, max_workers=3, max_concurrency=8
     ),
+    COMPONENT_OOM_KILLED: dict(action="retry", max_attempts=3, cooldown_seconds=0, rate_limit=6),
     "PlanflowPipelineRunFailed": dict(action="none"),  # the retry answers Prefect's own event
 }
 

@@ -1,0 +1,108 @@
+"""A child killed for memory, as the distributed executor handles it: told apart on any
+pool type, the run again admitted by the remediation gate, its larger memory held.
+
+- `kill_of`: Docker's `State.OOMKilled` and Kubernetes' `OOMKilled` (oom.py), or a
+  process-pool child's own watchdog record (memory_watch.py);
+- `admit`: the run again passes the gate (oom_gate.py: guarded by the AlertRoute
+  `component-oom-killed` and audited as the remediation `oom-retry`), else
+  OomRetryRefusedError with the guard's reason;
+- `more_slots`: before the run again starts, the memory beyond what the dispatcher took
+  for the step (or, on another pool, the whole demand there) is taken from the run's
+  own dispatch ledger and from the pool's slots shared with every other run
+  (admission.py), and given back when it ends.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from planflow.runtime.admission import AdmissionError, SharedSlots
+from planflow.runtime.dispatch import Assignment, ResourceLedger
+from planflow.runtime.memory_watch import oom_from_watchdog
+from planflow.runtime.oom import OomKill, oom_of_flow_run
+from planflow.runtime.oom_gate import OomRetry, ask
+from planflow.settings import settings
+
+POLL_SECONDS = 0.5  # how often a run again waiting for its larger memory asks again
+
+
+class OomRetryRefusedError(RuntimeError):
+    """A component killed for memory may not run again now (the guard said no)."""
+
+
+def kill_of(flow_run_id: str, pool_type: str) -> OomKill | None:
+    """The kill for memory of a crashed child flow run, where it can be told."""
+    if pool_type == "process":
+        return oom_from_watchdog(flow_run_id)
+    return oom_of_flow_run(flow_run_id, pool_type)
+
+
+def admit(request: OomRetry) -> None:
+    """Return when the gate admits `request`; else OomRetryRefusedError saying why."""
+    answer = ask(request)
+    if not answer.act:
+        raise OomRetryRefusedError(
+            f"component '{request.step}' of '{request.pipeline}' was killed for memory ({request.where}) at "
+            f"{request.was_gib:.3g} GiB; its run again with {request.now_gib:.3g} GiB on pool '{request.to_pool}' "
+            f"was refused ({answer.outcome}: {answer.reason}). Fix: run the pipeline again once the OOM kills "
+            "calm down, or raise the bounds of the AlertRoute 'component-oom-killed' (`planflow blocks`)"
+        )
+
+
+def extra_demand(a: Assignment, pool: str, mem_gib: float) -> dict[str, float]:
+    """What a run again with `mem_gib` on `pool` needs beyond what the dispatcher holds for `a`."""
+    if pool == a.pool:
+        return {"mem_gib": max(0.0, mem_gib - float(a.demand.get("mem_gib", 0.0)))}
+    return {**{k: float(v) for k, v in a.demand.items()}, "mem_gib": mem_gib}
+
+
+@contextmanager
+def in_ledger(ledger: ResourceLedger | None, a: Assignment, pool: str, extra: dict[str, float]) -> Iterator[None]:
+    """Hold `extra` in this run's own dispatch ledger (when it knows `pool`); waits while
+    the run's other steps use it, at most PLANFLOW_SLOT_WAIT_SECONDS."""
+    if ledger is None or pool not in ledger.capacity:
+        yield
+        return
+    wait = settings().slot_wait_seconds
+    deadline = time.monotonic() + wait
+    while True:
+        with ledger.lock:
+            if ledger.fits(pool, extra):
+                ledger.acquire(pool, extra)
+                break
+        if time.monotonic() > deadline:
+            raise AdmissionError(
+                f"step '{a.step}' waited {wait:.0f} s for {extra} more on pool '{pool}' to run again, held by "
+                "this run's other steps. Fix: raise PLANFLOW_SLOT_WAIT_SECONDS or the pool's capacity"
+            )
+        time.sleep(POLL_SECONDS)
+    try:
+        yield
+    finally:
+        ledger.release(pool, extra)
+
+
+@contextmanager
+def more_slots(
+    a: Assignment, pool: str, mem_gib: float, slots: SharedSlots | None = None, ledger: ResourceLedger | None = None
+) -> Iterator[float]:
+    """Hold the extra memory of a run again in the run's dispatch `ledger` and in `pool`'s
+    shared slots while the block runs (yields the GiB held beyond the dispatcher's);
+    waits while other steps or runs hold them, at most PLANFLOW_SLOT_WAIT_SECONDS (then
+    AdmissionError, nothing held)."""
+    extra = extra_demand(a, pool, mem_gib)
+    if not any(v > 0 for v in extra.values()):
+        yield 0.0
+        return
+    with in_ledger(ledger, a, pool, extra):
+        if not settings().shared_slots:
+            yield extra["mem_gib"]
+            return
+        slots = slots or SharedSlots()
+        wanted = Assignment(step=f"{a.step} (run again with {mem_gib:.3g} GiB)", pool=pool, demand=extra, priority=0)
+        while (held := slots.take(wanted)) is None:
+            time.sleep(POLL_SECONDS)
+        with held:
+            yield extra["mem_gib"]
