@@ -94,3 +94,23 @@ def test_a_demand_larger_than_the_pool_is_refused_before_anything_runs():
     assignments = {"huge": Assignment("huge", "p", {"cpu": 8, "mem_gib": 1}, 0)}
     with pytest.raises(CapacityError, match=r"step 'huge' can never run on pool 'p': cpu=8 > capacity 2"):
         dispatch({"huge": ()}, assignments, {"p": {"cpu": 2, "gpu": 0, "mem_gib": 4}}, lambda n, o: None)
+
+
+def test_a_step_is_recorded_as_ending_when_it_ended_not_when_the_dispatcher_heard_of_it():
+    # `quick` ends at once while the dispatcher is still busy releasing `slow_start`
+    # (its start takes 1 s): the record, which the duration history learns from, must say
+    # `quick` took milliseconds, not the dispatcher's 1 s of being busy
+    capacity = {"p": {"cpu": 2.0, "gpu": 0.0, "mem_gib": 2.0}}
+    demand = {"cpu": 1.0, "gpu": 0.0, "mem_gib": 1.0}
+    assignments = {s: Assignment(s, "p", demand, priority=i) for i, s in enumerate(["quick", "slow_start"])}
+    with ThreadPoolExecutor(max_workers=2) as executor:
+
+        def start(step, outputs):
+            if step == "slow_start":
+                time.sleep(1.0)
+            return executor.submit(lambda: step)
+
+        records, _ = dispatch({"quick": (), "slow_start": ()}, assignments, capacity, start)
+    quick = records["quick"]
+    assert quick.state == "Completed" and records["slow_start"].state == "Completed"
+    assert quick.finished - quick.started < 0.5, (quick.started, quick.finished)

@@ -161,7 +161,9 @@ def dispatch(
         ledger.check_fits_empty(a.step, a.pool, a.demand)
     records = {s: StepRecord(s, a.pool) for s, a in assignments.items()}
     notify = listener or (lambda event, record: None)
-    done: queue.Queue[tuple[str, Any]] = queue.Queue()
+    # each completion with the time it happened: the dispatcher may hear of it later (it
+    # releases every ready step before it listens), and the history learns what it records
+    done: queue.Queue[tuple[str, Any, float]] = queue.Queue()
     outputs: dict[str, Any] = {}
     waiting = sorted(assignments, key=lambda s: (assignments[s].priority, s))
     running: set[str] = set()
@@ -204,18 +206,18 @@ def dispatch(
                 except BaseException:
                     held.pop(step).__exit__(None, None, None)
                     raise
-                future.add_done_callback(lambda f, s=step: done.put((s, f)))
+                future.add_done_callback(lambda f, s=step: done.put((s, f, time.monotonic())))
         if not running and not blocked:
             break  # failed, or nothing can ever become ready
         try:
-            step, future = done.get(timeout=POLL_SECONDS if blocked else None)
+            step, future, ended = done.get(timeout=POLL_SECONDS if blocked else None)
         except queue.Empty:
             continue
         running.discard(step)
         a, record = assignments[step], records[step]
         held.pop(step).__exit__(None, None, None)
         ledger.release(a.pool, a.demand)
-        record.finished = time.monotonic() - t0
+        record.finished = ended - t0
         try:
             record.result = future.result()
         except BaseException as exc:  # the step's own error, reported as is
