@@ -50,3 +50,18 @@ def test_a_run_again_holds_its_larger_memory_in_the_shared_slots(pool):
         with more_slots(a, pool, 0.75, slots=SharedSlots(wait_seconds=1)):  # needs 0.5 more: only 0.25 free
             pytest.fail("ran without its memory")
     assert active_slots([mem])[mem] == 0  # nothing held after the wait gave up
+
+
+def test_a_run_again_up_to_the_whole_pool_fits_to_the_slot_and_one_that_cannot_fit_fails_at_once():
+    # learned 0.4873 GiB (499 MiB slots, rounded up), again with 0.5 GiB on a 0.5 GiB pool:
+    # the extra is the 13 slots left, not a rounded-up 14 that would wait for ever
+    a = Assignment("hungry", "docker", {"cpu": 1.0, "mem_gib": 0.4873}, 0)
+    extra = extra_demand(a, "docker", 0.5)
+    assert slots("mem_gib", 0.4873) + slots("mem_gib", extra["mem_gib"]) == slots("mem_gib", 0.5) == 512
+    ledger = ResourceLedger({"docker": {"cpu": 2.0, "gpu": 0.0, "mem_gib": 0.5}})
+    ledger.acquire("docker", a.demand)
+    assert ledger.fits("docker", extra)
+    with pytest.raises(AdmissionError, match=r"cannot run again on pool 'docker'.*mem_gib 0\.6\d* > 0\.5"):
+        with more_slots(a, "docker", 0.6, ledger=ledger):  # more than the pool has, beside itself
+            pytest.fail("ran without its memory")
+    assert ledger.in_use["docker"]["mem_gib"] == pytest.approx(0.4873)

@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from planflow.prefect.limits import SLOTS_PER_UNIT, slots
 from planflow.runtime.admission import AdmissionError, SharedSlots
 from planflow.runtime.dispatch import Assignment, ResourceLedger
 from planflow.runtime.memory_watch import oom_from_watchdog
@@ -52,10 +53,30 @@ def admit(request: OomRetry) -> None:
 
 
 def extra_demand(a: Assignment, pool: str, mem_gib: float) -> dict[str, float]:
-    """What a run again with `mem_gib` on `pool` needs beyond what the dispatcher holds for `a`."""
+    """What a run again with `mem_gib` on `pool` needs beyond what the dispatcher holds for `a`.
+
+    On the same pool, counted in whole shared slots (MiB) as the pool's limits count
+    them: the extra is the new limit's slots less the held ones, not a rounded-up
+    difference (0.5 GiB after a learned 0.487 asked for 14 MiB where 13 were left, and
+    waited for them for ever)."""
     if pool == a.pool:
-        return {"mem_gib": max(0.0, mem_gib - float(a.demand.get("mem_gib", 0.0)))}
+        held = float(a.demand.get("mem_gib", 0.0))
+        units = slots("mem_gib", mem_gib) - slots("mem_gib", held)
+        return {"mem_gib": max(0, units) / SLOTS_PER_UNIT["mem_gib"]}
     return {**{k: float(v) for k, v in a.demand.items()}, "mem_gib": mem_gib}
+
+
+def never_fits(ledger: ResourceLedger, a: Assignment, pool: str, extra: dict[str, float]) -> str | None:
+    """Why `extra` can never be held on `pool` beside what this run holds for `a` itself
+    (None when it can): then waiting for the run's other steps would be for nothing."""
+    own = a.demand if pool == a.pool else {}
+    cap = ledger.capacity[pool]
+    over = [
+        f"{r} {float(own.get(r, 0.0)) + v:g} > {cap.get(r, 0.0):g}"
+        for r, v in extra.items()
+        if float(own.get(r, 0.0)) + v > cap.get(r, 0.0) + 1e-9
+    ]
+    return ", ".join(over) or None
 
 
 @contextmanager
@@ -65,6 +86,12 @@ def in_ledger(ledger: ResourceLedger | None, a: Assignment, pool: str, extra: di
     if ledger is None or pool not in ledger.capacity:
         yield
         return
+    impossible = never_fits(ledger, a, pool, extra)
+    if impossible:
+        raise AdmissionError(
+            f"step '{a.step}' cannot run again on pool '{pool}' with {extra} more: {impossible} (its capacity). "
+            "Fix: raise the pool's capacity (`planflow pools set`) or lower oom_max_mem_gib (PlannerSettings)"
+        )
     wait = settings().slot_wait_seconds
     deadline = time.monotonic() + wait
     while True:
