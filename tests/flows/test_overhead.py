@@ -19,14 +19,15 @@ from planflow import to_flow
 from planflow.core.component import component
 from planflow.monitoring.metrics import RunRecorder
 from planflow.planner import PlannerOptions
-from planflow.prefect.blocks import ResourcePool
-from planflow.prefect.limits import active_slots, limit_name, sync_limits
+from planflow.prefect.limits import active_slots, limit_name
 from planflow.runtime import history, reporting
 from planflow.runtime.dispatch import Assignment, StepRecord, dispatch
 from planflow.runtime.events import EventBus, Reporter, RunInfo
 from planflow.runtime.planning import RunPlan, plan_pipeline
 from planflow.runtime.reporters import MetricsReporter
 from planflow.runtime.run_slots import RunSlots
+
+from tests.flows.own_pool import own_pool
 
 POOL = "overhead-duo"
 CAPACITY = {"cpu": 2.0, "gpu": 0.0, "mem_gib": 4.0}
@@ -106,10 +107,8 @@ def test_a_component_task_run_has_no_tags_so_no_tag_concurrency_is_acquired():
 # -- a run's shared slots --------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def pool(registered_blocks):
-    ResourcePool(work_pool="local-process", cpu=CAPACITY["cpu"], mem_gib=CAPACITY["mem_gib"]).save(POOL, overwrite=True)
-    sync_limits({POOL: CAPACITY})
-    yield POOL
-    ResourcePool.delete(POOL)
+    with own_pool(POOL, CAPACITY) as name:
+        yield name
 
 
 def test_a_runs_short_steps_share_one_request_hold_their_slots_while_they_run_and_give_all_back(pool):

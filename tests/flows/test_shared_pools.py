@@ -47,6 +47,7 @@ from planflow.runtime.dispatch import Assignment
 from planflow.runtime.events import Reporter, subscribe
 
 from tests.conftest import TESTS
+from tests.flows.own_pool import own_pool
 
 pytestmark = pytest.mark.usefixtures("registered_blocks")
 
@@ -73,10 +74,8 @@ to_flow(getattr(dags, sys.argv[1]))(local_pool=sys.argv[4], **json.loads(sys.arg
 @pytest.fixture(scope="module")
 def pool():
     """A 2-cpu pool of its own, removed after the module: other tests plan over every pool."""
-    ResourcePool(work_pool="local-process", cpu=CAPACITY["cpu"], mem_gib=CAPACITY["mem_gib"]).save(POOL, overwrite=True)
-    sync_limits({POOL: CAPACITY})
-    yield POOL
-    ResourcePool.delete(POOL)
+    with own_pool(POOL, CAPACITY) as name:
+        yield name
 
 
 def _env(tmp: Path, **extra: str) -> dict[str, str]:

@@ -15,11 +15,12 @@ import time
 
 import pytest
 
-from planflow.prefect.blocks import ResourcePool
-from planflow.prefect.limits import PLANNING_LIMIT, active_slots, limit_name, sync_limits
+from planflow.prefect.limits import PLANNING_LIMIT, active_slots, limit_name
 from planflow.runtime.calendar import CalendarError, planning_lock
 from planflow.runtime.dispatch import Assignment
 from planflow.runtime.run_slots import RunSlots
+
+from tests.flows.own_pool import own_pool
 
 POOL = "fleet-deadlock-duo"
 CAPACITY = {"cpu": 2.0, "gpu": 0.0, "mem_gib": 4.0}
@@ -28,10 +29,8 @@ CPU = limit_name(POOL, "cpu")
 
 @pytest.fixture(scope="module")
 def pool(registered_blocks):
-    ResourcePool(work_pool="local-process", cpu=CAPACITY["cpu"], mem_gib=CAPACITY["mem_gib"]).save(POOL, overwrite=True)
-    sync_limits({POOL: CAPACITY})
-    yield POOL
-    ResourcePool.delete(POOL)
+    with own_pool(POOL, CAPACITY) as name:
+        yield name
 
 
 def test_two_runs_each_holding_one_core_idle_do_not_wait_for_each_other_for_ever(pool):
