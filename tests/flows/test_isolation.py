@@ -16,9 +16,11 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 from prometheus_client import CollectorRegistry
+from rich.console import Console
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from planflow import ComponentSpecError, Pipeline, PipelineError, PipelineRunError, component, to_flow
+from planflow.cli.common import PIPE_WIDTH
 from planflow.cli.pipelines import print_summary
 from planflow.monitoring.metrics import RunRecorder
 from planflow.runtime.cpulimits import BlasLimit
@@ -168,7 +170,7 @@ def test_measured_usage_becomes_metrics():
     assert sample("planflow_component_cpu_seconds", labels) == 1.5
 
 
-def test_run_summary_shows_use_beside_declaration(capsys):
+def test_run_summary_shows_use_beside_declaration(capsys, wide_console):
     measured = {
         **{"state": "Completed", "pool": "local", "seconds": 1.0, "metrics": {}},
         **{"declared_cpu": 1.0, "declared_mem_gib": 0.5, "cpu_seconds": 0.8, "peak_mem_gib": 0.293, "usage": {}},
@@ -178,6 +180,13 @@ def test_run_summary_shows_use_beside_declaration(capsys):
     out = capsys.readouterr().out
     assert "cpu declared / used s" in out and "mem GiB declared / peak" in out, out
     assert "1 / 0.80" in out and "0.5 / 0.293" in out and "1 / -" in out and "0.5 / -" in out, out
+
+
+@pytest.fixture
+def wide_console(monkeypatch):
+    """The table as a pipe gets it (the module's console took COLUMNS, if any, at import:
+    80 columns wrap the headers this test reads)."""
+    monkeypatch.setattr("planflow.cli.pipelines.console", Console(width=PIPE_WIDTH))
 
 
 @pytest.mark.usefixtures("registered_blocks")

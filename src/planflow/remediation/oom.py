@@ -140,7 +140,9 @@ def oom_scenario(logs: Path, say: Say = print, timeout: float = 300.0) -> dict[s
     demo_pool.save(WORK_POOL, overwrite=True)
     sync_limits({WORK_POOL: demo_pool.capacity()})
     logs.mkdir(parents=True, exist_ok=True)
-    worker = start_worker(WORK_POOL, logs / "docker-oom.log", pool_type="docker", heartbeat_seconds=2)
+    # Prefect's default heartbeat (30 s): the plan counts a worker as serving for 3
+    # intervals, and a 2 s one (6 s) was missed on a loaded machine: "no worker running".
+    worker = start_worker(WORK_POOL, logs / "docker-oom.log", pool_type="docker")
     started, containers = time.time(), []
     try:
         wait_for(lambda: worker_online(WORK_POOL), min(60.0, timeout), f"a worker on {WORK_POOL}")
