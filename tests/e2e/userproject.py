@@ -15,12 +15,13 @@ The project, as a team would lay it out:
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
+
+from planflow.ops.waiting import wait_for
 
 PIPELINE = "wordcount"
 YAML_PIPELINE = "wordcount-short"
@@ -135,18 +136,6 @@ def clean_env(bin_dir: Path, home: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 1.0) -> Any:
-    """Call `check` until it returns something true; AssertionError after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
-
-
 def flow_run(api_url: str, run_id: str) -> dict[str, Any]:
     response = httpx.get(f"{api_url}/flow_runs/{run_id}", timeout=10)
     response.raise_for_status()
@@ -161,7 +150,7 @@ def final_flow_run(api_url: str, run_id: str, timeout: float, logs: Callable[[],
         return run if run["state_type"] in {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"} else None
 
     try:
-        return wait_for(finished, timeout, f"flow run {run_id} to finish")
+        return wait_for(finished, timeout, f"flow run {run_id} to finish", error=AssertionError)
     except AssertionError as exc:
         state = flow_run(api_url, run_id)
         raise AssertionError(f"{exc}; its state: {state['state_type']} {state['state_name']}\n{logs()}") from None

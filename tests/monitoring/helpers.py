@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
 from planflow.monitoring.events import read_events  # noqa: F401  (re-exported for the tests)
+from planflow.ops import waiting
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 APT = "apt-get install -y prometheus prometheus-alertmanager prometheus-pushgateway"
@@ -71,15 +72,8 @@ def stack_targets_up(prometheus_url: str, expected: int | None = None) -> bool:
     return (expected is None or len(stack) == expected) and all(t["health"] == "up" for t in stack)
 
 
-def wait_for(check: Callable[[], Any], timeout: float, interval: float = 0.25, message: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {message} (last: {last!r})")
+# The one bounded wait (planflow.ops.waiting), failing the test, polling faster than the stack's.
+wait_for = functools.partial(waiting.wait_for, interval=0.25, error=AssertionError)
 
 
 def alert(

@@ -53,7 +53,7 @@ def test_a_component_slowed_on_purpose_fires_the_anomaly_alert_as_a_prefect_even
     for _ in range(4 * window):
         run(next(usual))
     key = f'{{pipeline="{pipeline}", component="score"}}'
-    wait_for(lambda: _query(prometheus, MEDIAN + key), window + 10, 0.5, "the baseline recording rule")
+    wait_for(lambda: _query(prometheus, MEDIAN + key), window + 10, "the baseline recording rule", interval=0.5)
     assert abs(float(_query(prometheus, MEDIAN + key)[0]["value"][1]) - 1.0) < 0.1
 
     def firing() -> list[dict]:
@@ -64,7 +64,7 @@ def test_a_component_slowed_on_purpose_fires_the_anomaly_alert_as_a_prefect_even
             if e["event"] == "planflow.alert.firing"
         ]
 
-    events = wait_for(firing, 4 * window + 30, 0, "the anomaly alert as a Prefect event")
+    events = wait_for(firing, 4 * window + 30, "the anomaly alert as a Prefect event", interval=0)
     labels = events[0]["payload"]["labels"]
     assert labels["alertname"] == "PlanflowComponentDurationAnomaly", labels
     assert (labels["component"], labels["pool"], labels["severity"]) == ("score", "local", "info")

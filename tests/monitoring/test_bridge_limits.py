@@ -76,7 +76,7 @@ def bridge_process(
             return False
 
     try:
-        wait_for(answers, 60, 0.2, "the bridge to answer /health")
+        wait_for(answers, 60, "the bridge to answer /health", interval=0.2)
         yield bridge
     finally:
         stop_process(process, timeout=10)
@@ -272,7 +272,7 @@ def test_ready_fails_naming_a_401_from_prefect_and_passes_with_the_auth_string(a
         posted = httpx.post(f"{bridge.url}/alerts", json=webhook(alert(fingerprint="auth-401")), headers=AUTH)
         assert posted.status_code == 200, posted.text  # stored: it waits in the spool
         ready = wait_for(
-            lambda: (lambda r: r if r.status_code == 503 else None)(bridge.ready()), 30, 0.5, "/ready to fail"
+            lambda: (lambda r: r if r.status_code == 503 else None)(bridge.ready()), 30, "/ready to fail", interval=0.5
         )
         causes = " ".join(ready.json()["causes"])
         assert "401" in causes and "PREFECT_API_AUTH_STRING" in causes and api in causes, causes
@@ -281,7 +281,7 @@ def test_ready_fails_naming_a_401_from_prefect_and_passes_with_the_auth_string(a
     with bridge_process(tmp_path / "with", api, "--undelivered-after", "1", env=env) as bridge:
         posted = httpx.post(f"{bridge.url}/alerts", json=webhook(alert(fingerprint="auth-ok")), headers=AUTH)
         assert posted.status_code == 200, posted.text
-        wait_for(lambda: bridge.ready().json()["spool_depth"] == 0, 30, 0.5, "the spool to drain")
+        wait_for(lambda: bridge.ready().json()["spool_depth"] == 0, 30, "the spool to drain", interval=0.5)
         time.sleep(1.5)  # past --undelivered-after: no failure may have started meanwhile
         assert bridge.ready().status_code == 200, bridge.ready().text
 

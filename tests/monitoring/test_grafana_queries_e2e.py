@@ -88,11 +88,7 @@ def demo_world(monitoring_stack, registered_blocks, monkeypatch):
 
     paths, started = monitoring_stack
     prometheus = started["prometheus"].url
-    wait_for(
-        lambda: stack_targets_up(prometheus),
-        30,
-        message="every scrape target up",
-    )
+    wait_for(lambda: stack_targets_up(prometheus), 30, "every scrape target up")
     monkeypatch.setenv("PLANFLOW_PUSHGATEWAY_URL", started["pushgateway"].url)
     to_flow(registry.get(PIPELINE))(**{"augment": 0, "test_size": 0.5})
 
@@ -130,7 +126,7 @@ def test_every_panel_query_returns_data_from_the_real_prometheus(demo_world):
         f'ALERTS{{alertname="PlanflowPipelineRunFailed", alertstate="firing", flow="{PIPELINE}"}}',
         'planflow_bridge_alerts_received_total{status="firing"}',
     ):
-        wait_for(lambda expr=expr: _has(prometheus, expr), 60, 0.5, expr)
+        wait_for(lambda expr=expr: _has(prometheus, expr), 60, expr, interval=0.5)
 
     pools = {s["pool"] for s in _query(prometheus, "planflow_pool_capacity")["result"] for s in [s["metric"]]}
     values = {"pipeline": PIPELINE, "pool": sorted(pools)[0], "work_pool": work_pool}

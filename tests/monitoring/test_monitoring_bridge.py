@@ -57,8 +57,8 @@ def events_about(api, pipeline, count, timeout=30.0):
     found = wait_for(
         lambda: (lambda e: e if len(e) >= count else None)(read_events(api, f"planflow.pipeline.{pipeline}")),
         timeout,
-        0.5,
         f"{count} events about {pipeline}",
+        interval=0.5,
     )
     return found
 
@@ -165,7 +165,7 @@ def test_duplicates_yield_one_event(bridge, prefect_api_url):
     for _ in range(3):
         assert post(bridge, webhook(one)).json() == {"stored": 0, "duplicates": 1}
     events_about(prefect_api_url, pipeline, 1)
-    wait_for(lambda: httpx.get(f"{bridge.url}/health").json()["spool_depth"] == 0, 20)
+    wait_for(lambda: httpx.get(f"{bridge.url}/health").json()["spool_depth"] == 0, 20, "the spool to drain")
     assert len(read_events(prefect_api_url, f"planflow.pipeline.{pipeline}")) == 1
 
 
@@ -173,7 +173,9 @@ def test_flow_run_and_deployment_labels_become_prefect_resources(bridge, prefect
     run_id, dep_id = str(uuid.uuid4()), str(uuid.uuid4())
     body = webhook(alert("firing", "fp-" + run_id, now(), flow_run_id=run_id, deployment_id=dep_id, flow="boom"))
     assert post(bridge, body).status_code == 200
-    events = wait_for(lambda: read_events(prefect_api_url, f"prefect.flow-run.{run_id}"), 30, 0.5)
+    events = wait_for(
+        lambda: read_events(prefect_api_url, f"prefect.flow-run.{run_id}"), 30, "the flow run's events", interval=0.5
+    )
     event = events[0]
     assert event["resource"]["prefect.resource.id"] == f"prefect.flow-run.{run_id}"
     ids = {r["prefect.resource.id"] for r in event["related"]}

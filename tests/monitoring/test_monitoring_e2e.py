@@ -16,11 +16,7 @@ def test_a_failed_run_becomes_a_firing_then_resolved_prefect_event(monitoring_st
 
     paths, started = monitoring_stack
     prometheus = started["prometheus"].url
-    wait_for(
-        lambda: stack_targets_up(prometheus),
-        30,
-        message="every scrape target up",
-    )
+    wait_for(lambda: stack_targets_up(prometheus), 30, "every scrape target up")
 
     name = f"e2e-boom-{uuid.uuid4().hex[:8]}"
 
@@ -35,8 +31,8 @@ def test_a_failed_run_becomes_a_firing_then_resolved_prefect_event(monitoring_st
     wait_for(
         lambda: httpx.get(f"{prometheus}/api/v1/query", params={"query": query}).json()["data"]["result"],
         30,
-        0.5,
         "the exporter's failure metric in Prometheus",
+        interval=0.5,
     )
 
     firing = wait_for(
@@ -46,8 +42,8 @@ def test_a_failed_run_becomes_a_firing_then_resolved_prefect_event(monitoring_st
             if e["event"] == "planflow.alert.firing"
         ],
         60,
-        0.5,
         "firing event",
+        interval=0.5,
     )
     event = firing[0]
     assert event["payload"]["labels"]["alertname"] == "PlanflowPipelineRunFailed"
@@ -64,8 +60,8 @@ def test_a_failed_run_becomes_a_firing_then_resolved_prefect_event(monitoring_st
             if e["event"] == "planflow.alert.resolved"
         ],
         90,
-        1.0,
         "resolved event",
+        interval=1.0,
     )
     assert resolved[0]["payload"]["fingerprint"] == event["payload"]["fingerprint"]
     firing_now = [

@@ -113,9 +113,7 @@ def alerting():
             services.up(paths, profile="fast", ports=ports)
             ready = Stack(paths, ports, api, receiver, port)
             wait_for(
-                lambda: stack_targets_up(ready.url("prometheus"), len(services.ORDER)),
-                90,
-                message="every scrape target up",
+                lambda: stack_targets_up(ready.url("prometheus"), len(services.ORDER)), 90, "every scrape target up"
             )
             yield ready
         finally:
@@ -140,8 +138,8 @@ def test_a_pool_nobody_runs_and_the_remediation_pool_never_alert_a_used_pool_doe
     wait_for(
         lambda: alerting.firing_in_prometheus("PlanflowWorkPoolNotReady", work_pool=pools["waiting"]),
         60,
-        0.5,
         "PlanflowWorkPoolNotReady for the pool with a deployment and no worker",
+        interval=0.5,
     )
     query = f"{alerting.url('prometheus')}/api/v1/query"
     for key in ("unused", "remediation"):
@@ -179,23 +177,21 @@ def test_the_real_alertmanager_holds_pool_alerts_back_while_prefect_is_down(aler
     control = _am_alert(5, alertname="PlanflowPipelinePlanSlip", severity="warning", pipeline=pool)
     try:
         httpx.post(am, json=[target], timeout=10, auth=auth).raise_for_status()
-        alone = wait_for(lambda: states().get("PlanflowBridgeForwardFailing"), 30, message="the target alert")
+        alone = wait_for(lambda: states().get("PlanflowBridgeForwardFailing"), 30, "the target alert")
         assert alone["state"] == "active" and not alone["inhibitedBy"], alone
 
         # the cause first, as in an outage: then what it causes arrives
         httpx.post(am, json=[source], timeout=10, auth=auth).raise_for_status()
-        wait_for(
-            lambda: states()["PlanflowBridgeForwardFailing"]["inhibitedBy"], 30, message="the inhibition in effect"
-        )
+        wait_for(lambda: states()["PlanflowBridgeForwardFailing"]["inhibitedBy"], 30, "the inhibition in effect")
         httpx.post(am, json=[pool_alert, control], timeout=10, auth=auth).raise_for_status()
-        held = wait_for(lambda: (lambda s: s if len(s) == 4 else None)(states()), 30, message="the pool alert")
+        held = wait_for(lambda: (lambda s: s if len(s) == 4 else None)(states()), 30, "the pool alert")
         assert held["PlanflowPrefectApiDown"]["state"] == "active"
         for name in ("PlanflowWorkPoolNotReady", "PlanflowBridgeForwardFailing"):
             assert held[name]["state"] == "suppressed" and held[name]["inhibitedBy"], held[name]
         assert held["PlanflowPipelinePlanSlip"]["state"] == "active"
         # the cause reaches a human, straight from Alertmanager; the pool alert does not
-        wait_for(lambda: alerting.receiver.alerts("/human", "PlanflowPrefectApiDown"), 30, message="the source")
-        wait_for(lambda: alerting.receiver.alerts("/human", "PlanflowPipelinePlanSlip"), 30, message="the control")
+        wait_for(lambda: alerting.receiver.alerts("/human", "PlanflowPrefectApiDown"), 30, "the source")
+        wait_for(lambda: alerting.receiver.alerts("/human", "PlanflowPipelinePlanSlip"), 30, "the control")
         assert not [
             a
             for a in alerting.receiver.alerts("/human", "PlanflowWorkPoolNotReady")
@@ -216,14 +212,18 @@ def test_killing_a_service_reaches_the_human_receiver_without_the_bridge(alertin
     killed = time.time()
     services.stop(service, alerting.paths)
     try:
-        fired = wait_for(lambda: receiver.alerts("/human", alertname, "firing", killed), 60, 0.5, f"{alertname}")
+        fired = wait_for(
+            lambda: receiver.alerts("/human", alertname, "firing", killed), 60, f"{alertname}", interval=0.5
+        )
         alert = fired[0]
         assert alert["labels"]["severity"] == severity
         assert alert["annotations"]["runbook_url"].endswith(f"RUNBOOK.md#{alertname.lower()}")
         assert not receiver.alerts("/watchdog", alertname), "only the Watchdog goes to the dead man's switch"
     finally:
         alerting.restart()
-    wait_for(lambda: receiver.alerts("/human", alertname, "resolved", killed), 60, 0.5, f"{alertname} resolved")
+    wait_for(
+        lambda: receiver.alerts("/human", alertname, "resolved", killed), 60, f"{alertname} resolved", interval=0.5
+    )
 
 
 def test_prefect_down_reaches_the_human_receiver_while_prefect_is_still_down(alerting):
@@ -232,14 +232,19 @@ def test_prefect_down_reaches_the_human_receiver_while_prefect_is_still_down(ale
     stack.down(alerting.paths)
     try:
         fired = wait_for(
-            lambda: receiver.alerts("/human", "PlanflowPrefectApiDown", "firing", stopped), 60, 0.5, "PrefectApiDown"
+            lambda: receiver.alerts("/human", "PlanflowPrefectApiDown", "firing", stopped),
+            60,
+            "PrefectApiDown",
+            interval=0.5,
         )
         # not through the bridge and Prefect: a human hears of it during the outage, not after
         assert not stack.status(alerting.paths).running
         assert fired[0]["labels"]["severity"] == "critical"
     finally:
         stack.up(alerting.paths, port=alerting.prefect_port)
-    wait_for(lambda: receiver.alerts("/human", "PlanflowPrefectApiDown", "resolved", stopped), 90, 0.5, "resolved")
+    wait_for(
+        lambda: receiver.alerts("/human", "PlanflowPrefectApiDown", "resolved", stopped), 90, "resolved", interval=0.5
+    )
 
 
 def test_the_watchdog_reaches_the_dead_mans_switch_and_stops_when_alertmanager_dies(alerting):
@@ -247,9 +252,9 @@ def test_the_watchdog_reaches_the_dead_mans_switch_and_stops_when_alertmanager_d
     start = time.time()
     beats = wait_for(
         lambda: (lambda b: b if len(b) >= 2 else None)(receiver.alerts("/watchdog", "PlanflowWatchdog", after=start)),
-        120,  # Alertmanager re-sends at group_interval ticks; a loaded machine spaces them out
-        0.5,
+        120,
         "two Watchdog notifications",
+        interval=0.5,
     )
     assert beats[0]["labels"]["severity"] == "none"
     assert not receiver.alerts("/human", "PlanflowWatchdog"), "the Watchdog must not page a human"
@@ -264,15 +269,17 @@ def test_the_watchdog_reaches_the_dead_mans_switch_and_stops_when_alertmanager_d
                 and time.time() > killed + 3 * WATCHDOG_INTERVAL
             ),
             60,
-            0.5,
             "PlanflowAlertmanagerDown firing in Prometheus, three Watchdog intervals after the kill",
+            interval=0.5,
         )
         assert not receiver.alerts("/watchdog", "PlanflowWatchdog", after=killed), "a Watchdog after Alertmanager died"
         assert not receiver.alerts("/human", "PlanflowAlertmanagerDown", after=killed)
     finally:
         alerting.restart()
     back = time.time()
-    wait_for(lambda: receiver.alerts("/watchdog", "PlanflowWatchdog", after=back), 120, 0.5, "the Watchdog back")
+    wait_for(
+        lambda: receiver.alerts("/watchdog", "PlanflowWatchdog", after=back), 120, "the Watchdog back", interval=0.5
+    )
 
 
 def test_every_prometheus_and_alertmanager_metric_the_rules_use_exists_in_the_real_stack(alerting):

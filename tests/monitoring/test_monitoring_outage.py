@@ -76,17 +76,17 @@ def test_alerts_posted_while_prefect_is_down_arrive_exactly_once(own_server, tmp
         wait_for(
             lambda: (metrics("planflow_bridge_forward_failures_total") or 0) >= 2,
             30,
-            message="failed forwarding attempts while Prefect is down",
+            "failed forwarding attempts while Prefect is down",
         )
         assert metrics("planflow_bridge_spool_depth") == 50
 
         stack.up(paths, port=port)
-        wait_for(lambda: metrics("planflow_bridge_spool_depth") == 0, 60, message="the spool to drain")
+        wait_for(lambda: metrics("planflow_bridge_spool_depth") == 0, 60, "the spool to drain")
         events = wait_for(
             lambda: (lambda e: e if len(e) >= 50 else None)(read_events(api, f"planflow.pipeline.{pipeline}")),
             30,
-            0.5,
             "50 events",
+            interval=0.5,
         )
         keys = [(e["payload"]["fingerprint"], e["payload"]["status"]) for e in events]
         assert len(keys) == len(set(keys)) == 50
@@ -153,7 +153,7 @@ def test_alerts_accepted_just_before_prefect_stops_are_remediated_after_it_retur
         now = datetime.now(UTC)
         posted = webhook(*(alert("firing", f"fp-{p}", now, alertname="PlanflowPoolDown", work_pool=p) for p in before))
         assert httpx.post(f"{bridge.url}/alerts", json=posted, headers=auth, timeout=30).status_code == 200
-        wait_for(lambda: spool.depth() == 0, 10, 0.02, "the alerts to be forwarded")
+        wait_for(lambda: spool.depth() == 0, 10, "the alerts to be forwarded", interval=0.02)
         time.sleep(0.3)
         stack.down(paths)  # 0.3 s after Prefect accepted them
 
@@ -164,11 +164,11 @@ def test_alerts_accepted_just_before_prefect_stops_are_remediated_after_it_retur
         wait_for(
             lambda: (app.state.registry.get_sample_value("planflow_bridge_forward_failures_total") or 0) >= 6,
             60,
-            message="the forwarder to back off",
+            "the forwarder to back off",
         )
         stack.up(paths, port=port)
         back = time.monotonic()
-        wait_for(lambda: spool.depth() == 0, 30, 0.1, "the spool to drain after Prefect returned")
+        wait_for(lambda: spool.depth() == 0, 30, "the spool to drain after Prefect returned", interval=0.1)
         drained = time.monotonic() - back
         # The backoff had reached 8-16 s: the health probe cuts it short.
         assert drained < 8, f"the spool drained {drained:.1f} s after Prefect returned"
@@ -177,8 +177,8 @@ def test_alerts_accepted_just_before_prefect_stops_are_remediated_after_it_retur
         runs = wait_for(
             lambda: (lambda c: c if all(c[p] >= 1 for p in pools) else None)(_runs_per_pool(api, deployment_id)),
             60,
-            1,
             "a remediation run for every alert",
+            interval=1,
         )
         # at least once; never a storm of duplicates
         assert all(runs[p] <= 2 for p in pools), runs

@@ -46,13 +46,13 @@ def test_alertmanager_refuses_alerts_without_the_stacks_credentials(monitoring_s
     wait_for(
         lambda: httpx.get(f"{prometheus}/api/v1/alertmanagers", timeout=10).json()["data"]["activeAlertmanagers"],
         30,
-        message="Prometheus to know its Alertmanager",
+        "Prometheus to know its Alertmanager",
     )
     query = 'up{job="alertmanager"} == 1'
     wait_for(
         lambda: httpx.get(f"{prometheus}/api/v1/query", params={"query": query}, timeout=10).json()["data"]["result"],
         30,
-        message="Prometheus to scrape Alertmanager with its credentials",
+        "Prometheus to scrape Alertmanager with its credentials",
     )
 
 
@@ -95,7 +95,7 @@ def test_a_push_cannot_pose_as_the_exporter(monitoring_stack):
         wait_for(
             lambda: series(prometheus, f'planflow_pipeline_running{{pipeline="legit-{tag}"}}'),
             30,
-            message="a legitimate pushed series in Prometheus",
+            "a legitimate pushed series in Prometheus",
         )
         assert series(prometheus, f'{{work_pool="{pool}"}}') == []
         kept = series(prometheus, f'planflow_component_running{{pipeline="legit-{tag}"}}')
@@ -141,5 +141,5 @@ def test_prometheus_cannot_be_stopped_over_http_and_reloads_by_signal(monitoring
     quit_ = httpx.post(f"{url}/-/quit", timeout=10)
     assert quit_.status_code == 403, quit_.text  # "Lifecycle API is not enabled"
     services.reload_prometheus(paths)
-    wait_for(lambda: services.status(paths)["prometheus"].running, 30, message="Prometheus after a reload")
+    wait_for(lambda: services.status(paths)["prometheus"].running, 30, "Prometheus after a reload")
     assert services.status(paths)["prometheus"].pid == started["prometheus"].pid

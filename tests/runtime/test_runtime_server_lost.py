@@ -51,7 +51,10 @@ def test_a_run_whose_server_is_killed_fails_within_the_bound_and_is_crashed_afte
     )
     try:
         [flow_run] = wait_for(
-            lambda: [r for r in _runs(api) if r.state and r.state.is_running()], 120, 0.5, "the run to be Running"
+            lambda: [r for r in _runs(api) if r.state and r.state.is_running()],
+            120,
+            "the run to be Running",
+            interval=0.5,
         )
         stack.down(paths)
         killed = time.monotonic()
@@ -71,8 +74,8 @@ def test_a_run_whose_server_is_killed_fails_within_the_bound_and_is_crashed_afte
         crashed = wait_for(
             lambda: next((r for r in _runs(api) if r.id == flow_run.id and r.state.is_crashed()), None),
             60,
-            0.5,
             "the run to be marked Crashed",
+            interval=0.5,
         )
         assert "unreachable" in (crashed.state.message or ""), crashed.state
         print(f"marked Crashed {time.monotonic() - back:.1f} s after the server was back")

@@ -7,83 +7,50 @@ pipeline parameter, with the function's default unless the pipeline sets one.
     >>> pipeline = Pipeline("fraud-risk", [transactions, features, risk_model])
     >>> pipeline.params          # {'seed': 7, 'n_customers': 2000, ...}
 
-Every problem is reported at once with its fix (PipelineError).
+Every problem is reported at once with its fix (PipelineError). The parts live beside
+it and are importable from here too: its steps (steps.py), the checks of its wiring
+(wiring.py), its YAML form (pipeline_file.py) and the loading of a file (loading.py).
 """
 
 from __future__ import annotations
 
-import difflib
 import graphlib
-import heapq
-import importlib
-import inspect
-import reprlib
 import sys
 import typing
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from planflow.core.caching import CACHE_MODES
-from planflow.core.component import (
-    ISOLATION_CHOICES,
-    KEY_ALIASES,
-    RESOURCE_KEYS,
-    Component,
-    ComponentSpecError,
-    ResourceSpec,
-    isolation_problems,
-    make_component,
+from planflow.core.component import ISOLATION_CHOICES, Component, isolation_problems
+from planflow.core.loading import import_object, pipeline_arguments, read_yaml, source_path
+from planflow.core.pipeline_file import (
+    FIELD_HELP,
+    PIPELINE_ALIASES,
+    PIPELINE_FIELDS,
+    STEP_ALIASES,
+    STEP_FIELDS,
+    PipelineSpec,
+    StepSpec,
 )
-from planflow.settings import project_root
+from planflow.core.steps import Binding, PipelineError, Step, as_step, did_you_mean
+from planflow.core.wiring import apply_cache_default, dependency_problems, readable_cycle, stable_order, wire
 
-
-class PipelineError(ValueError):
-    """A pipeline definition is invalid; the message lists every problem and its fix."""
-
-
-@dataclass(frozen=True)
-class Step:
-    """One use of a component in a pipeline.
-
-    `inputs` maps a parameter to the step whose output feeds it, where names differ;
-    `after` adds order-only dependencies; `params` fixes parameters for this step.
-    """
-
-    name: str
-    component: Component
-    after: tuple[str, ...] = ()
-    inputs: Mapping[str, str] = field(default_factory=dict)
-    params: Mapping[str, Any] = field(default_factory=dict)
-
-    @property
-    def spec(self) -> ResourceSpec:
-        return self.component.spec
-
-
-@dataclass(frozen=True)
-class Binding:
-    """Where one parameter of a step gets its value."""
-
-    kind: str  # "step" | "param" | "fixed"
-    source: Any  # the step name, the pipeline parameter name, or the fixed value
-
-
-def _close(name: str, known: Iterable[str]) -> str:
-    match = difflib.get_close_matches(name, list(known), n=1, cutoff=0.5)
-    return f" Did you mean '{match[0]}'?" if match else ""
-
-
-def _as_step(item: Step | Component) -> Step:
-    if isinstance(item, Step):
-        return item
-    if isinstance(item, Component):
-        return Step(name=item.name, component=item)
-    raise PipelineError(f"pipeline steps must be components (made with @component) or Step(...); got {item!r}")
+__all__ = [
+    "FIELD_HELP",
+    "PIPELINE_ALIASES",
+    "PIPELINE_FIELDS",
+    "STEP_ALIASES",
+    "STEP_FIELDS",
+    "Binding",
+    "Pipeline",
+    "PipelineError",
+    "PipelineSpec",
+    "Step",
+    "StepSpec",
+    "import_object",
+]
 
 
 class Pipeline:
@@ -114,7 +81,7 @@ class Pipeline:
         problems += isolation_problems(isolation)
         for position, item in enumerate(steps, start=1):
             try:
-                step = _as_step(item)
+                step = as_step(item)
             except PipelineError as exc:
                 problems.append(str(exc))
                 continue
@@ -125,20 +92,18 @@ class Pipeline:
                 )
                 continue
             self.steps[step.name] = step
-        problems += _apply_cache_default(self.steps, cache)
+        problems += apply_cache_default(self.steps, cache)
         if not self.steps and not problems:
             problems.append("a pipeline needs at least one step")
-        self.bindings: dict[str, dict[str, Binding]] = {}
-        declared = dict(params or {})
-        self.params, param_problems = self._wire(declared)
+        self.bindings, self.params, param_problems = wire(self.steps, dict(params or {}))
         problems += param_problems
-        problems += self._dependency_problems()
+        problems += dependency_problems(self.steps)
         self._order: list[str] = []
         try:
-            self._order = self._sorted()
+            self._order = stable_order(self._graph(), list(self.steps))
         except graphlib.CycleError as exc:
             problems.append(
-                f"cycle: {' -> '.join(self._readable_cycle(exc.args[1]))}. Fix: remove one of these "
+                f"cycle: {' -> '.join(readable_cycle(exc.args[1], list(self.steps)))}. Fix: remove one of these "
                 "dependencies (an `after:` entry or an input named after a downstream step)"
             )
         if problems:
@@ -146,78 +111,6 @@ class Pipeline:
             raise PipelineError(f"pipeline '{name}' is invalid:\n{lines}")
 
     # -- wiring -----------------------------------------------------------------
-    def _wire(self, declared: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-        problems: list[str] = []
-        defaults: dict[str, tuple[Any, str]] = {}
-        for step in self.steps.values():
-            signature = inspect.signature(step.component.fn)
-            names = list(signature.parameters)
-            for param in step.inputs:
-                if param not in signature.parameters:
-                    problems.append(
-                        f"step '{step.name}' maps input '{param}', but its function takes "
-                        f"({', '.join(names)}).{_close(param, names)}"
-                    )
-            for param in step.params:
-                if param not in signature.parameters:
-                    problems.append(
-                        f"step '{step.name}' sets parameter '{param}', but its function takes "
-                        f"({', '.join(names)}).{_close(param, names)}"
-                    )
-            bindings: dict[str, Binding] = {}
-            for pname, param in signature.parameters.items():
-                if pname in step.inputs:
-                    bindings[pname] = Binding("step", step.inputs[pname])
-                elif pname in step.params:
-                    bindings[pname] = Binding("fixed", step.params[pname])
-                elif pname in self.steps and pname != step.name:
-                    bindings[pname] = Binding("step", pname)
-                elif pname in declared:
-                    bindings[pname] = Binding("param", pname)
-                elif param.default is not inspect.Parameter.empty:
-                    bindings[pname] = Binding("param", pname)
-                    seen = defaults.get(pname)
-                    if seen is not None and seen[0] != param.default:
-                        problems.append(
-                            f"parameter '{pname}' defaults to {seen[0]!r} in step '{seen[1]}' but "
-                            f"to {param.default!r} in step '{step.name}'. Fix: set it once in the "
-                            f"pipeline's params, e.g. params={{'{pname}': {seen[0]!r}}}"
-                        )
-                    elif seen is None:
-                        defaults[pname] = (param.default, step.name)
-                else:
-                    problems.append(
-                        f"step '{step.name}' parameter '{pname}' has no source: no step is named "
-                        f"'{pname}', the pipeline has no parameter '{pname}' and the function "
-                        f"gives no default.{_close(pname, self.steps)} Fix: map it with "
-                        f"inputs={{'{pname}': '<step>'}}, or add '{pname}' to the pipeline's params"
-                    )
-            self.bindings[step.name] = bindings
-        params = {name: value for name, (value, _) in defaults.items()}
-        used = {b.source for bs in self.bindings.values() for b in bs.values() if b.kind == "param"}
-        for pname in declared:
-            if pname not in used:
-                problems.append(
-                    f"pipeline parameter '{pname}' is not used by any step."
-                    f"{_close(pname, used)} Fix: remove it or name it as a step parameter"
-                )
-        params.update(declared)
-        return params, problems
-
-    def _dependency_problems(self) -> list[str]:
-        problems = []
-        for step in self.steps.values():
-            referenced = [("after", dep) for dep in step.after] + [
-                (f"inputs.{param}", source) for param, source in step.inputs.items()
-            ]
-            for where, dep in referenced:
-                if dep not in self.steps:
-                    problems.append(
-                        f"step '{step.name}' {where} names unknown step '{dep}'."
-                        f"{_close(dep, self.steps)} Known steps: {', '.join(self.steps)}"
-                    )
-        return problems
-
     def isolation_of(self, name: str) -> str:
         """Where step `name` runs in-process: its component's choice, else the pipeline's."""
         return self.steps[name].spec.isolation or self.isolation or ISOLATION_CHOICES[0]
@@ -231,33 +124,6 @@ class Pipeline:
     def _graph(self) -> dict[str, tuple[str, ...]]:
         """Each step -> the known steps it waits for (unknown names are reported apart)."""
         return {name: tuple(d for d in self.upstream(name) if d in self.steps) for name in self.steps}
-
-    def _sorted(self) -> list[str]:
-        """A topological order that keeps declaration order wherever the graph allows:
-        of the steps ready at each point, the one declared first comes first. Raises
-        graphlib.CycleError when there is none."""
-        sorter = graphlib.TopologicalSorter(self._graph())
-        sorter.prepare()
-        position = {name: index for index, name in enumerate(self.steps)}
-        ready = [(position[name], name) for name in sorter.get_ready()]
-        heapq.heapify(ready)
-        order: list[str] = []
-        while ready:
-            _, name = heapq.heappop(ready)
-            order.append(name)
-            sorter.done(name)
-            for successor in sorter.get_ready():
-                heapq.heappush(ready, (position[successor], successor))
-        return order
-
-    def _readable_cycle(self, cycle: list[str]) -> list[str]:
-        """graphlib's cycle (each step before the one that waits for it, first repeated
-        last), turned to start at the step declared first, so the message is stable."""
-        nodes = list(cycle[:-1]) or list(cycle)
-        position = list(self.steps)
-        first = min(range(len(nodes)), key=lambda i: position.index(nodes[i]))
-        nodes = nodes[first:] + nodes[:first]
-        return [*nodes, nodes[0]]
 
     def topological_order(self) -> list[str]:
         """Steps in an order where every step comes after its upstream steps
@@ -276,7 +142,7 @@ class Pipeline:
         for key, value in (overrides or {}).items():
             if key not in self.params:
                 problems.append(
-                    f"unknown parameter '{key}'.{_close(key, self.params)} "
+                    f"unknown parameter '{key}'.{did_you_mean(key, self.params)} "
                     f"Parameters of '{self.name}': {', '.join(sorted(self.params)) or '(none)'}"
                 )
                 continue
@@ -364,296 +230,20 @@ class Pipeline:
     @classmethod
     def from_yaml(cls, path: str | Path) -> Pipeline:
         path = Path(path)
-        try:
-            document = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise PipelineError(f"{path}: not valid YAML: {exc}") from exc
-        return cls.from_dict(document, source=str(path))
+        return cls.from_dict(read_yaml(path), source=str(path))
 
     @classmethod
     def from_dict(cls, document: Any, source: str = "<dict>") -> Pipeline:
         """A pipeline from its YAML form (see PipelineSpec); every problem of the file,
         its fields and its steps' imports, is listed at once."""
-        if not isinstance(document, dict):
-            raise PipelineError(
-                f"{source}: expected a mapping with {', '.join(PIPELINE_FIELDS)}, got {_show(document)}. "
-                "Fix: e.g. `name: my-pipeline` and `steps: [{uses: 'package.module:component'}]`"
-            )
-        problems: list[tuple[int, str]] = []  # (step index, -1 for the pipeline; message)
-        spec: PipelineSpec | None = None
+        arguments = pipeline_arguments(document, source)
         try:
-            spec = PipelineSpec.model_validate(document)
-        except ValidationError as exc:
-            problems += _spec_problems(exc, document)
-        steps, step_problems = _build_steps(document, spec)
-        problems = sorted(problems + step_problems, key=lambda problem: problem[0])
-        if problems or spec is None:
-            lines = "\n".join(f"  - {message}" for _, message in problems)
-            raise PipelineError(f"{source}: pipeline '{document.get('name', '?')}' is invalid:\n{lines}")
-        try:
-            pipeline = cls(
-                name=spec.name or Path(source).stem,
-                steps=steps,
-                params=spec.params,
-                description=spec.description,
-                retries=spec.retries,
-                isolation=spec.isolation,
-                cache=spec.cache,
-            )
+            pipeline = cls(**arguments)
         except PipelineError as exc:
             raise PipelineError(f"{source}: {exc}") from exc
         if source != "<dict>":
-            # Relative to the project where it lies inside it: workers run from the
-            # project folder, which has another path inside a container.
-            path, root = Path(source).resolve(), project_root()
-            pipeline.source = str(path.relative_to(root) if path.is_relative_to(root) else path)
+            pipeline.source = source_path(source)
         return pipeline
-
-
-def _apply_cache_default(steps: dict[str, Step], cache: str | None) -> list[str]:
-    """A pipeline-wide `cache` for the components that declare none (`cache_mode` None)."""
-    if cache is None:
-        return []
-    if cache not in CACHE_MODES:
-        return [f"cache={cache!r}: must be one of {', '.join(CACHE_MODES)}. Fix: e.g. Pipeline(..., cache='inputs')"]
-    for name, step in steps.items():
-        if step.component.cache_mode is None:
-            steps[name] = replace(step, component=step.component.with_cache(cache))
-    return []
-
-
-# -- the YAML form -----------------------------------------------------------------------
-def _none_is_empty(value: Any, empty: Any) -> Any:
-    return empty if value is None else value
-
-
-class StepSpec(BaseModel):
-    """One entry of a pipeline file's `steps:`.
-
-    - name: doubled                      # default: the component's name
-      uses: toy_dags:scaled              # a component, or a plain typed function
-      after: [total]                     # order-only dependencies
-      inputs: {numbers: numbers}         # parameter -> the step whose output feeds it
-      params: {factor: 3.0}              # fixed parameters of this step
-      resources: {cpu: 0.5}              # overrides of the component's resources
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str | None = Field(None, description="the step's name; default: the component's")
-    uses: str = Field(min_length=1, description="import path of a component or function")
-    after: list[str] = Field(default_factory=list, description="steps that must finish first")
-    inputs: dict[str, str] = Field(default_factory=dict, description="parameter -> upstream step")
-    params: dict[str, Any] = Field(default_factory=dict, description="fixed parameters of this step")
-    resources: dict[str, Any] = Field(default_factory=dict, description="resource overrides (cpu, mem_gib, ...)")
-
-    @field_validator("after", mode="before")
-    @classmethod
-    def _one_or_many(cls, value: Any) -> Any:
-        return [value] if isinstance(value, str) else _none_is_empty(value, [])
-
-    @field_validator("inputs", "params", "resources", mode="before")
-    @classmethod
-    def _empty_mapping(cls, value: Any) -> Any:
-        return _none_is_empty(value, {})
-
-
-class PipelineSpec(BaseModel):
-    """A pipeline file: `name`, `description`, `params`, `retries` and `steps`."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str | None = Field(None, min_length=1, description="the pipeline's name; default: the file's stem")
-    description: str = Field("", description="shown in `planflow pipelines` and the Prefect UI")
-    params: dict[str, Any] = Field(default_factory=dict, description="pipeline parameters and their defaults")
-    retries: int = Field(0, ge=0, description="retries of the whole flow run")
-    isolation: Literal["thread", "process"] | None = Field(
-        None, description="where components run in-process unless they say: 'thread' or 'process'"
-    )
-    cache: Literal["inputs", "run"] | None = Field(
-        None, description="cache of the components that declare none: 'inputs' (across runs) or 'run'"
-    )
-    steps: list[StepSpec] = Field(min_length=1, description="the steps, in declaration order")
-
-    @field_validator("description", mode="before")
-    @classmethod
-    def _empty_text(cls, value: Any) -> Any:
-        return _none_is_empty(value, "")
-
-    @field_validator("params", mode="before")
-    @classmethod
-    def _empty_mapping(cls, value: Any) -> Any:
-        return _none_is_empty(value, {})
-
-
-PIPELINE_FIELDS = tuple(PipelineSpec.model_fields)
-STEP_FIELDS = tuple(StepSpec.model_fields)
-# Names users reach for first (from other orchestrators), mapped to planflow's field.
-PIPELINE_ALIASES = {
-    "pipeline": "name",
-    "title": "name",
-    "desc": "description",
-    "parameters": "params",
-    "retry": "retries",
-    "tasks": "steps",
-    "components": "steps",
-    "nodes": "steps",
-    "stages": "steps",
-}
-STEP_ALIASES = {
-    "depends_on": "after",
-    "dependencies": "after",
-    "depends": "after",
-    "needs": "after",
-    "requires": "after",
-    "upstream": "after",
-    "component": "uses",
-    "function": "uses",
-    "fn": "uses",
-    "task": "uses",
-    "use": "uses",
-    "parameters": "params",
-    "args": "params",
-    "kwargs": "params",
-    "with": "params",
-    "resource": "resources",
-    "requests": "resources",
-    "requirements": "resources",
-    "input": "inputs",
-}
-# What each field must be, and an example of it.
-FIELD_HELP = {
-    "name": ("a non-empty string", "name: features"),
-    "description": ("a string", "description: nightly risk scores"),
-    "params": ("a mapping of parameter names to values", "params: {seed: 7}"),
-    "retries": ("a whole number >= 0", "retries: 2"),
-    "isolation": ("'thread' or 'process'", "isolation: process"),
-    "cache": ("inputs (reuse results across runs) or run (within a flow run)", "cache: inputs"),
-    "steps": ("a non-empty list of steps", "steps: [{uses: 'flows.fraud_risk.flow:features'}]"),
-    "uses": ("the import path of a component or function", "uses: 'flows.fraud_risk.flow:features'"),
-    "after": ("a step name or a list of step names", "after: [features]"),
-    "inputs": ("a mapping of parameter name -> upstream step name", "inputs: {rows: transactions}"),
-    "resources": ("a mapping of resource keys to values", "resources: {cpu: 2, mem_gib: 4}"),
-}
-_short = reprlib.Repr()
-_short.maxstring, _short.maxother, _short.maxlist, _short.maxdict = 60, 60, 6, 6
-
-
-def _show(value: Any) -> str:
-    """A value as the message quotes it, cut short when long."""
-    return _short.repr(value)
-
-
-def _step_label(index: int, raw: Any) -> str:
-    if not isinstance(raw, dict):
-        return f"step {index + 1}"
-    uses = raw.get("uses")
-    name = raw.get("name") or (str(uses).replace(":", ".").rpartition(".")[2] if isinstance(uses, str) else "?")
-    return f"step {index + 1} ('{name}')"
-
-
-def _spec_problems(error: ValidationError, document: Mapping[str, Any]) -> list[tuple[int, str]]:
-    """pydantic's errors as planflow's messages (where, the value, what it must be, the
-    fix), each with the index of its step (-1: the pipeline's own fields)."""
-    problems = []
-    for item in error.errors():
-        loc = item["loc"]
-        if len(loc) >= 2 and loc[0] == "steps" and isinstance(loc[1], int):
-            index, where = loc[1], _step_label(loc[1], document["steps"][loc[1]])
-            path, allowed, aliases = loc[2:], STEP_FIELDS, STEP_ALIASES
-        else:
-            index, where, path, allowed, aliases = -1, "the pipeline", loc, PIPELINE_FIELDS, PIPELINE_ALIASES
-        problems.append((index, _describe(item, where, path, allowed, aliases)))
-    return problems
-
-
-def _describe(item: Any, where: str, path: tuple, allowed: tuple[str, ...], aliases: Mapping[str, str]) -> str:
-    value, fields = item.get("input"), ", ".join(allowed)
-    if item["type"] == "extra_forbidden":
-        key = str(path[-1])
-        if allowed == STEP_FIELDS and (key in RESOURCE_KEYS or key in KEY_ALIASES):
-            resource = KEY_ALIASES.get(key, key)
-            return (
-                f"{where}: unknown field '{key}': a step's resources go under `resources:`. "
-                f"Fix: write `resources: {{{resource}: {_show(value)}}}`. Allowed fields: {fields}"
-            )
-        target = aliases.get(key) or next(iter(difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)), None)
-        if target is None:
-            return f"{where}: unknown field '{key}' (value {_show(value)}). Fix: remove it. Allowed fields: {fields}"
-        note = " planflow lists the steps a step waits for under `after:`." if aliases.get(key) == "after" else ""
-        return (
-            f"{where}: unknown field '{key}'. Did you mean '{target}'?{note} "
-            f"Fix: write `{target}: {_show(value)}`. Allowed fields: {fields}"
-        )
-    if not path:
-        return f"{where} must be a mapping of {fields}, got {_show(value)}. Fix: e.g. `{FIELD_HELP['uses'][1]}`"
-    field_name = str(path[0])
-    expected, example = FIELD_HELP.get(field_name, ("valid", f"{field_name}: ..."))
-    if item["type"] == "missing":
-        return f"{where}: `{field_name}:` is missing; it must be {expected}. Fix: e.g. `{example}`"
-    if len(path) == 1:
-        subject, rule = f"`{field_name}:`", "it"
-    else:
-        subject = "`" + field_name + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path[1:]) + "`"
-        rule = f"`{field_name}:`"
-    return f"{where}: {subject} is {_show(value)}, but {rule} must be {expected}. Fix: e.g. `{example}`"
-
-
-def import_object(path: str) -> Any:
-    """Import `package.module:attribute` (or `package.module.attribute`)."""
-    module_name, _, attribute = path.partition(":") if ":" in path else path.rpartition(".")
-    if not module_name or not attribute:
-        raise PipelineError(f"'{path}' is not an import path. Fix: write it as 'package.module:name'")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise PipelineError(f"cannot import module '{module_name}' (from '{path}'): {exc}") from exc
-    try:
-        return getattr(module, attribute)
-    except AttributeError:
-        names = [n for n in dir(module) if not n.startswith("_")]
-        raise PipelineError(f"module '{module_name}' has no '{attribute}'.{_close(attribute, names)}") from None
-
-
-def _build_steps(document: Mapping[str, Any], spec: PipelineSpec | None) -> tuple[list[Step], list[tuple[int, str]]]:
-    """The steps of a pipeline file, importing what each `uses:`; with the problems of
-    those imports and resource overrides (a step whose fields are invalid is still
-    imported, so that its import problem shows in the same listing)."""
-    steps: list[Step] = []
-    problems: list[tuple[int, str]] = []
-    raw_steps = document.get("steps") if isinstance(document.get("steps"), list) else []
-    for index, raw in enumerate(raw_steps):
-        label = _step_label(index, raw)
-        try:
-            steps.append(_build_step(spec.steps[index] if spec is not None else StepSpec.model_validate(raw)))
-        except ValidationError:  # already described by _spec_problems
-            uses = raw.get("uses") if isinstance(raw, dict) else None
-            try:
-                if isinstance(uses, str):
-                    import_object(uses)
-            except PipelineError as exc:
-                problems.append((index, f"{label}: {exc}"))
-        except (PipelineError, ComponentSpecError) as exc:
-            nested = str(exc).replace("\n  - ", "\n      - ")  # the component's own list, indented
-            problems.append((index, f"{label}: {nested}"))
-    return steps, problems
-
-
-def _build_step(spec: StepSpec) -> Step:
-    target = import_object(spec.uses)
-    if isinstance(target, Component):
-        component = target.with_spec(**spec.resources) if spec.resources else target
-    elif callable(target):
-        component = make_component(target, **spec.resources)
-    else:
-        raise PipelineError(
-            f"'{spec.uses}' is a {type(target).__name__}, neither a component nor a function. "
-            "Fix: point `uses:` at a function decorated with @component, or a plain typed function"
-        )
-    name = spec.name or component.name
-    if name != component.name:
-        component = component.with_options(name=name)
-    return Step(name=name, component=component, after=tuple(spec.after), inputs=spec.inputs, params=spec.params)
 
 
 def _coerce(value: Any, default: Any) -> Any:

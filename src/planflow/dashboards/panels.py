@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 from grafana_foundation_sdk.builders import bargauge, prometheus, stat, table, timeseries
 from grafana_foundation_sdk.builders import common as cb
@@ -71,14 +71,35 @@ GREEN = thresholds((None, "green"))
 GREEN_RED = thresholds((None, "green"), (1, "red"))
 
 
+def of(metric: str, selector: str, legend: str = "", instant: bool = False) -> prometheus.Dataquery:
+    """A query of `metric` under `selector`, e.g. of("planflow_pipeline_running", 'pipeline=~"$pipeline"')."""
+    return q(f"{metric}{{{selector}}}", legend, instant=instant)
+
+
+Panel = TypeVar("Panel", timeseries.Panel, stat.Panel, bargauge.Panel, table.Panel)
+
+
+def _shell(panel: Panel, title: str, unit: str) -> Panel:
+    return panel.title(title).datasource(PROMETHEUS).unit(unit)
+
+
+def _with_queries(panel: Panel, description: str, queries: tuple[prometheus.Dataquery, ...]) -> Panel:
+    if description:
+        panel = panel.description(description)
+    for query in queries:
+        panel = panel.with_target(query)
+    return panel
+
+
+def _last_value() -> cb.ReduceDataOptions:
+    return cb.ReduceDataOptions().calcs(["lastNotNull"]).values(False)
+
+
 def ts(
     title: str, *queries: prometheus.Dataquery, unit: str = "short", description: str = "", stack: bool = False
 ) -> timeseries.Panel:
     panel = (
-        timeseries.Panel()
-        .title(title)
-        .datasource(PROMETHEUS)
-        .unit(unit)
+        _shell(timeseries.Panel(), title, unit)
         .line_width(2)
         .fill_opacity(10)
         .span_nulls(True)
@@ -92,11 +113,16 @@ def ts(
     )
     if stack:
         panel = panel.stacking(cb.StackingConfig().mode(common.StackingMode.NORMAL))
-    if description:
-        panel = panel.description(description)
-    for query in queries:
-        panel = panel.with_target(query)
-    return panel
+    return _with_queries(panel, description, queries)
+
+
+def lines(
+    title: str, selector: str, legend: str, *series: tuple[str, str], unit: str = "short", description: str = ""
+) -> timeseries.Panel:
+    """A timeseries of several metrics under one selector: each (metric, label) of
+    `series` a line whose legend is `legend` and its label."""
+    queries = [of(metric, selector, f"{legend} {label}") for metric, label in series]
+    return ts(title, *queries, unit=unit, description=description)
 
 
 def big(
@@ -108,22 +134,15 @@ def big(
     no_value: str = "",
 ) -> stat.Panel:
     panel = (
-        stat.Panel()
-        .title(title)
-        .datasource(PROMETHEUS)
-        .unit(unit)
+        _shell(stat.Panel(), title, unit)
         .thresholds(colors)
         .graph_mode(common.BigValueGraphMode.AREA)
         .color_mode(common.BigValueColorMode.VALUE)
-        .reduce_options(cb.ReduceDataOptions().calcs(["lastNotNull"]).values(False))
+        .reduce_options(_last_value())
     )
-    if description:
-        panel = panel.description(description)
     if no_value:
         panel = panel.no_value(no_value)
-    for query in queries:
-        panel = panel.with_target(query)
-    return panel
+    return _with_queries(panel, description, queries)
 
 
 def bars(
@@ -134,20 +153,13 @@ def bars(
     colors: db.ThresholdsConfig = GREEN,
 ) -> bargauge.Panel:
     panel = (
-        bargauge.Panel()
-        .title(title)
-        .datasource(PROMETHEUS)
-        .unit(unit)
+        _shell(bargauge.Panel(), title, unit)
         .thresholds(colors)
         .display_mode(common.BarGaugeDisplayMode.GRADIENT)
         .orientation(common.VizOrientation.HORIZONTAL)
-        .reduce_options(cb.ReduceDataOptions().calcs(["lastNotNull"]).values(False))
+        .reduce_options(_last_value())
     )
-    if description:
-        panel = panel.description(description)
-    for query in queries:
-        panel = panel.with_target(query)
-    return panel
+    return _with_queries(panel, description, queries)
 
 
 def grid(
@@ -158,16 +170,35 @@ def grid(
     hide: tuple[str, ...] = ("Time",),
 ) -> table.Panel:
     """A table of instant queries, one row per series, label columns first."""
-    panel = table.Panel().title(title).datasource(PROMETHEUS).unit(unit).cell_height(common.TableCellHeight.SM)
-    if description:
-        panel = panel.description(description)
-    for query in queries:
-        panel = panel.with_target(query)
+    panel = _with_queries(
+        _shell(table.Panel(), title, unit).cell_height(common.TableCellHeight.SM), description, queries
+    )
     panel = panel.with_transformation(dm.DataTransformerConfig(id_val="merge", options={}))
     panel = panel.with_transformation(
         dm.DataTransformerConfig(id_val="organize", options={"excludeByName": {name: True for name in hide}})
     )
     return panel
+
+
+def table_of(
+    title: str, selector: str, *metrics: str, hide: tuple[str, ...], unit: str = "short", description: str = ""
+) -> table.Panel:
+    """A table of `metrics` under one selector, each an instant query in table format."""
+    queries = [q(f"{metric}{{{selector}}}", instant=True, table_format=True) for metric in metrics]
+    return grid(title, *queries, hide=hide, unit=unit, description=description)
+
+
+def per_resource(
+    lay: Layout, title: str, selector: str, resources: tuple[tuple[str, str], ...], *series: tuple[str, str]
+) -> None:
+    """One timeseries per (resource, unit) of `resources`, 8 wide and 8 high, titled
+    `title` after the resource: each (metric, label) of `series` as a line per pool."""
+    for resource, unit in resources:
+        queries = [
+            q(f'max by (pool) ({metric}{{{selector}, resource="{resource}"}})', f"{{{{pool}}}} {label}")
+            for metric, label in series
+        ]
+        lay.add(ts(f"{resource}: {title}", *queries, unit=unit), 8, 8)
 
 
 def text(title: str, markdown: str) -> db.Panel:

@@ -12,7 +12,9 @@ from planflow.dashboards.panels import (
     bars,
     big,
     grid,
+    lines,
     new_dashboard,
+    of,
     q,
     thresholds,
     ts,
@@ -31,6 +33,7 @@ def pipelines() -> db.Dashboard:
     )
     d.with_variable(variable("pipeline", "Pipeline", "planflow_pipeline_start_timestamp_seconds"))
     flows = f'flow=~"{PIPELINE}"'
+    sel = f'pipeline=~"{PIPELINE}"'
     lay = Layout(d)
     lay.row("Flow runs on the Prefect server (exporter)")
     lay.add(
@@ -88,7 +91,7 @@ def pipelines() -> db.Dashboard:
     lay.add(
         big(
             "Running now",
-            q(f'planflow_pipeline_running{{pipeline=~"{PIPELINE}"}}', "{{pipeline}}"),
+            of("planflow_pipeline_running", sel, "{{pipeline}}"),
             description="1 while the pipeline's latest run runs.",
         ),
         6,
@@ -111,10 +114,12 @@ def pipelines() -> db.Dashboard:
         6,
     )
     lay.add(
-        ts(
+        lines(
             "Makespan, planned vs actual",
-            q(f'planflow_pipeline_planned_makespan_seconds{{pipeline=~"{PIPELINE}"}}', "{{pipeline}} planned"),
-            q(f'planflow_pipeline_makespan_seconds{{pipeline=~"{PIPELINE}"}}', "{{pipeline}} actual"),
+            sel,
+            "{{pipeline}}",
+            ("planflow_pipeline_planned_makespan_seconds", "planned"),
+            ("planflow_pipeline_makespan_seconds", "actual"),
             unit="s",
         ),
         12,
@@ -123,10 +128,8 @@ def pipelines() -> db.Dashboard:
     lay.add(
         bars(
             "Component duration in the latest run",
-            q(
-                f'planflow_component_last_duration_seconds{{pipeline=~"{PIPELINE}"}}',
-                "{{pipeline}} / {{component}} ({{pool}})",
-                instant=True,
+            of(
+                "planflow_component_last_duration_seconds", sel, "{{pipeline}} / {{component}} ({{pool}})", instant=True
             ),
             unit="s",
         ),
@@ -208,10 +211,12 @@ def _anomalies(d: db.Dashboard, lay: Layout) -> None:
         8,
     )
     lay.add(
-        ts(
+        lines(
             "Failed share of runs, recent against usual",
-            q(f'planflow:pipeline_failure_ratio:recent{{flow=~"{PIPELINE}"}}', "{{flow}} recent"),
-            q(f'planflow:pipeline_failure_ratio:baseline{{flow=~"{PIPELINE}"}}', "{{flow}} usual"),
+            f'flow=~"{PIPELINE}"',
+            "{{flow}}",
+            ("planflow:pipeline_failure_ratio:recent", "recent"),
+            ("planflow:pipeline_failure_ratio:baseline", "usual"),
             unit="percentunit",
             description="Failed or crashed / finished runs over the failure-rate window, and over the "
             "baseline window before it (PlanflowPipelineFailureRateAnomaly).",
@@ -219,6 +224,10 @@ def _anomalies(d: db.Dashboard, lay: Layout) -> None:
         12,
         8,
     )
+
+
+# replicas ready: none is an outage, one is no redundancy
+REPLICAS = thresholds((None, "red"), (1, "orange"), (2, "green"))
 
 
 def serving_row(lay: Layout) -> None:
@@ -260,7 +269,7 @@ def serving_row(lay: Layout) -> None:
             "Replicas with a model",
             q(f"sum by (pipeline) (planflow_serving_model_loaded{{{served}}})", "{{pipeline}}"),
             description="0: not ready (alert PlanflowServingNoModel).",
-            colors=thresholds((None, "red"), (1, "orange"), (2, "green")),
+            colors=REPLICAS,
             no_value="not serving",
         ),
         4,
@@ -270,7 +279,7 @@ def serving_row(lay: Layout) -> None:
         big(
             "Replicas up",
             q('sum(up{job="planflow-serving"})'),
-            colors=thresholds((None, "red"), (1, "orange"), (2, "green")),
+            colors=REPLICAS,
             no_value="not scraped",
         ),
         4,

@@ -4,7 +4,19 @@ from __future__ import annotations
 
 from grafana_foundation_sdk.builders import dashboard as db
 
-from planflow.dashboards.panels import PIPELINE, Layout, bars, big, grid, new_dashboard, q, thresholds, ts, variable
+from planflow.dashboards.panels import (
+    PIPELINE,
+    Layout,
+    bars,
+    big,
+    lines,
+    new_dashboard,
+    of,
+    q,
+    table_of,
+    thresholds,
+    variable,
+)
 
 
 def plan() -> db.Dashboard:
@@ -18,57 +30,53 @@ def plan() -> db.Dashboard:
     sel = f'pipeline=~"{PIPELINE}"'
     lay = Layout(d)
     lay.row("The latest plan and run")
-    lay.add(big("Planned makespan", q(f"planflow_plan_makespan_seconds{{{sel}}}", "{{pipeline}}"), unit="s"), 4, 5)
-    lay.add(big("Achieved makespan", q(f"planflow_pipeline_makespan_seconds{{{sel}}}", "{{pipeline}}"), unit="s"), 4, 5)
-    lay.add(
-        big(
+    latest = (
+        ("Planned makespan", "planflow_plan_makespan_seconds", {"unit": "s"}),
+        ("Achieved makespan", "planflow_pipeline_makespan_seconds", {"unit": "s"}),
+        (
             "Slip (actual - planned)",
-            q(f"planflow_pipeline_slip_seconds{{{sel}}}", "{{pipeline}}"),
-            unit="s",
-            colors=thresholds((None, "green"), (1, "orange"), (30, "red")),
-            description="While running: the largest component start delay; once finished: "
-            "actual minus planned makespan.",
+            "planflow_pipeline_slip_seconds",
+            {
+                "unit": "s",
+                "colors": thresholds((None, "green"), (1, "orange"), (30, "red")),
+                "description": "While running: the largest component start delay; once finished: "
+                "actual minus planned makespan.",
+            },
         ),
-        4,
-        5,
-    )
-    lay.add(
-        big(
+        (
             "Lower bound",
-            q(f"planflow_plan_lower_bound_seconds{{{sel}}}", "{{pipeline}}"),
-            unit="s",
-            description="Proven lower bound on the makespan.",
+            "planflow_plan_lower_bound_seconds",
+            {"unit": "s", "description": "Proven lower bound on the makespan."},
         ),
-        4,
-        5,
-    )
-    lay.add(
-        big(
+        (
             "Optimality gap",
-            q(f"planflow_plan_gap_ratio{{{sel}}}", "{{pipeline}}"),
-            unit="percentunit",
-            colors=thresholds((None, "green"), (0.05, "orange"), (0.2, "red")),
+            "planflow_plan_gap_ratio",
+            {"unit": "percentunit", "colors": thresholds((None, "green"), (0.05, "orange"), (0.2, "red"))},
         ),
-        4,
-        5,
+        ("Solve time", "planflow_plan_solve_duration_seconds", {"unit": "s"}),
     )
-    lay.add(big("Solve time", q(f"planflow_plan_solve_duration_seconds{{{sel}}}", "{{pipeline}}"), unit="s"), 4, 5)
+    for title, metric, options in latest:
+        lay.add(big(title, of(metric, sel, "{{pipeline}}"), **options), 4, 5)
     lay.add(
-        ts(
+        lines(
             "Makespan: planned, achieved and lower bound",
-            q(f"planflow_plan_makespan_seconds{{{sel}}}", "{{pipeline}} planned"),
-            q(f"planflow_pipeline_makespan_seconds{{{sel}}}", "{{pipeline}} achieved"),
-            q(f"planflow_plan_lower_bound_seconds{{{sel}}}", "{{pipeline}} lower bound"),
+            sel,
+            "{{pipeline}}",
+            ("planflow_plan_makespan_seconds", "planned"),
+            ("planflow_pipeline_makespan_seconds", "achieved"),
+            ("planflow_plan_lower_bound_seconds", "lower bound"),
             unit="s",
         ),
         12,
         8,
     )
     lay.add(
-        ts(
+        lines(
             "Solver: gap and solve time",
-            q(f"planflow_plan_gap_ratio{{{sel}}}", "{{pipeline}} gap"),
-            q(f"planflow_plan_solve_duration_seconds{{{sel}}}", "{{pipeline}} solve seconds"),
+            sel,
+            "{{pipeline}}",
+            ("planflow_plan_gap_ratio", "gap"),
+            ("planflow_plan_solve_duration_seconds", "solve seconds"),
             description="Gap is a ratio (0 = proven optimal); solve time in seconds.",
         ),
         12,
@@ -78,7 +86,7 @@ def plan() -> db.Dashboard:
     lay.add(
         bars(
             "Start delay per component (positive = late)",
-            q(f"planflow_component_start_delay_seconds{{{sel}}}", "{{pipeline}} / {{component}}", instant=True),
+            of("planflow_component_start_delay_seconds", sel, "{{pipeline}} / {{component}}", instant=True),
             unit="s",
             colors=thresholds((None, "green"), (1, "orange"), (10, "red")),
         ),
@@ -102,11 +110,12 @@ def plan() -> db.Dashboard:
         9,
     )
     lay.add(
-        grid(
+        table_of(
             "Planned and actual duration per component",
-            q(f"planflow_component_planned_duration_seconds{{{sel}}}", instant=True, table_format=True),
-            q(f"planflow_component_last_duration_seconds{{{sel}}}", instant=True, table_format=True),
-            q(f"planflow_component_start_delay_seconds{{{sel}}}", instant=True, table_format=True),
+            sel,
+            "planflow_component_planned_duration_seconds",
+            "planflow_component_last_duration_seconds",
+            "planflow_component_start_delay_seconds",
             hide=("Time", "job", "instance"),
             unit="s",
             description="Value #A planned, #B actual, #C start delay (seconds).",
@@ -115,9 +124,10 @@ def plan() -> db.Dashboard:
         9,
     )
     lay.add(
-        grid(
+        table_of(
             "Solver and status",
-            q(f"planflow_plan_info{{{sel}}}", instant=True, table_format=True),
+            sel,
+            "planflow_plan_info",
             hide=("Time", "job", "instance", "__name__", "Value"),
         ),
         8,

@@ -4,7 +4,20 @@ from __future__ import annotations
 
 from grafana_foundation_sdk.builders import dashboard as db
 
-from planflow.dashboards.panels import POOL, WORK_POOL, Layout, bars, grid, new_dashboard, q, thresholds, ts, variable
+from planflow.dashboards.panels import (
+    POOL,
+    WORK_POOL,
+    Layout,
+    bars,
+    grid,
+    new_dashboard,
+    per_resource,
+    q,
+    table_of,
+    thresholds,
+    ts,
+    variable,
+)
 
 
 def pools() -> db.Dashboard:
@@ -19,20 +32,14 @@ def pools() -> db.Dashboard:
     wp = f'work_pool=~"{WORK_POOL}"'
     lay = Layout(d)
     lay.row("Capacity vs planned demand (the planner's view, latest plan per pipeline)")
-    for resource, unit in (("cpu", "short"), ("gpu", "short"), ("memory_bytes", "bytes")):
-        lay.add(
-            ts(
-                f"{resource}: capacity vs planned peak demand",
-                q(f'max by (pool) (planflow_pool_capacity{{{sel}, resource="{resource}"}})', "{{pool}} capacity"),
-                q(
-                    f'max by (pool) (planflow_pool_planned_peak_demand{{{sel}, resource="{resource}"}})',
-                    "{{pool}} planned peak",
-                ),
-                unit=unit,
-            ),
-            8,
-            8,
-        )
+    per_resource(
+        lay,
+        "capacity vs planned peak demand",
+        sel,
+        (("cpu", "short"), ("gpu", "short"), ("memory_bytes", "bytes")),
+        ("planflow_pool_capacity", "capacity"),
+        ("planflow_pool_planned_peak_demand", "planned peak"),
+    )
     lay.add(
         bars(
             "Planned peak utilisation",
@@ -59,24 +66,15 @@ def pools() -> db.Dashboard:
         8,
     )
     lay.row("Shared pools across runs: reserved (pool calendar) vs used (slots held) vs capacity")
-    for resource, unit in (("cpu", "short"), ("gpu", "short"), ("mem_gib", "short")):
-        lay.add(
-            ts(
-                f"{resource}: reserved vs used vs capacity",
-                q(f'max by (pool) (planflow_pool_slots_capacity{{{sel}, resource="{resource}"}})', "{{pool}} capacity"),
-                q(
-                    f'max by (pool) (planflow_pool_calendar_reserved{{{sel}, resource="{resource}"}})',
-                    "{{pool}} reserved (calendar)",
-                ),
-                q(
-                    f'max by (pool) (planflow_pool_slots_held{{{sel}, resource="{resource}"}})',
-                    "{{pool}} used (slots held)",
-                ),
-                unit=unit,
-            ),
-            8,
-            8,
-        )
+    per_resource(
+        lay,
+        "reserved vs used vs capacity",
+        sel,
+        (("cpu", "short"), ("gpu", "short"), ("mem_gib", "short")),
+        ("planflow_pool_slots_capacity", "capacity"),
+        ("planflow_pool_calendar_reserved", "reserved (calendar)"),
+        ("planflow_pool_slots_held", "used (slots held)"),
+    )
     lay.add(
         ts(
             "Runs waiting in the pool calendar",
@@ -150,9 +148,10 @@ def pools() -> db.Dashboard:
         8,
     )
     lay.add(
-        grid(
+        table_of(
             "Work queues ready",
-            q(f"planflow_prefect_work_queue_ready{{{wp}}}", instant=True, table_format=True),
+            wp,
+            "planflow_prefect_work_queue_ready",
             hide=("Time", "job", "instance", "__name__"),
             description="Value 1 when the queue is READY.",
         ),

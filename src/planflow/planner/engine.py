@@ -40,11 +40,12 @@ import pulp
 from .bounds import lower_bounds
 from .errors import InfeasibleError
 from .exact import MAX_TASKS, applicable, branch_and_bound
-from .heuristics import EPS, Schedule, fbi, improve, initial_modes, order_of, serial_sgs
+from .heuristics import improve, initial_modes
 from .instance import Instance, compile_problem
 from .model import choose_grid, cost_varies, estimate_size, make_solver, solve_milp
 from .plan import Plan, PlannedTask
 from .problem import Problem, fmt, validate_problem
+from .sgs import EPS, Schedule, fbi, order_of, serial_sgs
 
 
 @dataclass(frozen=True)

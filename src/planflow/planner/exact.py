@@ -46,8 +46,9 @@ import time
 from dataclasses import dataclass
 
 from .exact_parts import Profile, cliques, covers, filled_by
-from .heuristics import Schedule, _add, _earliest, _profiles, priorities
+from .heuristics import priorities
 from .instance import Instance
+from .sgs import Schedule, add_usage, earliest_start, usage_profiles
 
 EPS = 1e-9
 MAX_TASKS = 15  # above this the search rarely ends within a second in pure Python
@@ -144,10 +145,10 @@ class _Search:
 
     def run(self) -> None:
         n = self.n
-        self._dfs(0, [0.0] * n, [0.0] * n, [0] * n, _profiles(self.inst), 0.0, -1, 0)
+        self._dfs(0, [0.0] * n, [0.0] * n, [0] * n, usage_profiles(self.inst), 0.0, -1, 0)
 
     def root_bound(self) -> float:
-        return self._bound(0, [0.0] * self.n, _profiles(self.inst), 0.0)
+        return self._bound(0, [0.0] * self.n, usage_profiles(self.inst), 0.0)
 
     def _dfs(
         self,
@@ -176,7 +177,7 @@ class _Search:
             es = max((fin[p] for p in self.preds[j]), default=0.0)
             for mi, m in enumerate(inst.modes[j]):
                 ts, use = profiles[m.pool]
-                t = _earliest(ts, use, inst.caps[m.pool], m.dem, m.dur, es)
+                t = earliest_start(ts, use, inst.caps[m.pool], m.dem, m.dur, es)
                 if t < last - EPS or (t <= last + EPS and self.tp[j] < last_tp):
                     continue  # not a sorted list: this schedule is reached through another one
                 if t + m.dur + self.after[j] >= self.best.makespan - tol:
@@ -188,7 +189,7 @@ class _Search:
             child = list(profiles)
             ts, use = profiles[m.pool]
             ts, use = ts[:], [u[:] for u in use]
-            _add(ts, use, t, t + m.dur, m.dem)
+            add_usage(ts, use, t, t + m.dur, m.dem)
             child[m.pool] = (ts, use)
             fin_j = fin[j]
             fin[j] = t + m.dur
@@ -261,7 +262,7 @@ class _Search:
                 if h + md >= cut:
                     continue
                 ts, use = profiles[m.pool]
-                t = _earliest(ts, use, caps[m.pool], m.dem, md, h)
+                t = earliest_start(ts, use, caps[m.pool], m.dem, md, h)
                 if t + md >= cut:
                     continue
                 if t < r:

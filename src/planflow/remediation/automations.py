@@ -167,17 +167,30 @@ def ensure_deployments() -> dict[str, Any]:
 
 
 # -- the automations --------------------------------------------------------------------
+def _start_flow(
+    name: str, description: str, trigger: EventTrigger, deployment_id: Any, template: dict[str, Any]
+) -> Automation:
+    """An automation that starts a remediation flow's deployment with the event that
+    triggered it (`template`: how the flow's `alert` parameter is filled from it)."""
+    return Automation(
+        name=name,
+        description=description,
+        trigger=trigger,
+        actions=[RunDeployment(source="selected", deployment_id=deployment_id, parameters=run_parameters(template))],
+    )
+
+
 def desired_automations(deployment_ids: dict[str, Any], routes: dict[str, AlertRoute] | None = None) -> list[Any]:
     """Every automation planflow needs, built from the AlertRoute blocks (or defaults)."""
     routes = routes if routes is not None else load_routes()
     out = []
     if routes.get(FLOW_RUN_FAILED) is None or routes[FLOW_RUN_FAILED].action != "none":
         out.append(
-            Automation(
-                name=NAMES["retry"],
-                description="A failed or crashed planflow flow run is run again (the same flow run, "
+            _start_flow(
+                NAMES["retry"],
+                "A failed or crashed planflow flow run is run again (the same flow run, "
                 "finished components cached), within its AlertRoute's attempt cap and backoff.",
-                trigger=EventTrigger(
+                EventTrigger(
                     expect={"prefect.flow-run.Failed", "prefect.flow-run.Crashed"},
                     match={"prefect.resource.id": "prefect.flow-run.*"},
                     match_related={"prefect.resource.id": "prefect.tag.planflow", "prefect.resource.role": "tag"},
@@ -185,13 +198,8 @@ def desired_automations(deployment_ids: dict[str, Any], routes: dict[str, AlertR
                     threshold=1,
                     within=timedelta(0),
                 ),
-                actions=[
-                    RunDeployment(
-                        source="selected",
-                        deployment_id=deployment_ids[RETRY_FLOW],
-                        parameters=run_parameters(EVENT_TEMPLATE),
-                    )
-                ],
+                deployment_ids[RETRY_FLOW],
+                EVENT_TEMPLATE,
             )
         )
     for action in ALERT_ACTIONS:
@@ -199,25 +207,20 @@ def desired_automations(deployment_ids: dict[str, Any], routes: dict[str, AlertR
         if not alerts:
             continue
         out.append(
-            Automation(
-                name=NAMES[action],
-                description=f"planflow.alert.firing/resolved of {', '.join(alerts)} (their AlertRoute "
+            _start_flow(
+                NAMES[action],
+                f"planflow.alert.firing/resolved of {', '.join(alerts)} (their AlertRoute "
                 f"blocks say {action}) start the {action} remediation flow; never for the "
                 f"remediation pool {REMEDIATION_POOL} itself.",
-                trigger=EventTrigger(
+                EventTrigger(
                     expect={"planflow.alert.firing", "planflow.alert.resolved"},
                     match=pool_alert_match(alerts),
                     posture=Posture.Reactive,
                     threshold=1,
                     within=timedelta(0),
                 ),
-                actions=[
-                    RunDeployment(
-                        source="selected",
-                        deployment_id=deployment_ids[FLOW_FOR_ACTION[action]],
-                        parameters=run_parameters(ALERT_TEMPLATE),
-                    )
-                ],
+                deployment_ids[FLOW_FOR_ACTION[action]],
+                ALERT_TEMPLATE,
             )
         )
     window = crash_after_seconds()

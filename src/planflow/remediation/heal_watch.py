@@ -8,6 +8,7 @@ Nothing here acts on a pool; the remediation flows do.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -16,11 +17,10 @@ from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.filters import WorkPoolFilter, WorkPoolFilterName
 from prefect.client.schemas.sorting import FlowRunSort
 from prefect.settings import PREFECT_API_URL
-from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
 
 from planflow.monitoring.events import read_events
 from planflow.monitoring.prefect_api import auth_headers
-from planflow.ops import services
+from planflow.ops import services, waiting
 from planflow.prefect.blocks.alert_route import load_routes
 from planflow.remediation.names import REMEDIATION_POOL
 from planflow.settings import StatePaths
@@ -35,19 +35,12 @@ class HealError(RuntimeError):
     """A scenario step did not happen in time; the message says which and where to look."""
 
 
-def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 1.0) -> Any:
-    """Call `check` every `interval` seconds until it returns something true (returned),
-    for at most `timeout` seconds; then HealError naming `what`."""
+def _heal_error(message: str) -> HealError:
+    return HealError(f"{message}. {LOOK_AROUND}")
 
-    def timed_out(_: Any) -> None:
-        raise HealError(f"timed out after {timeout:.0f} s waiting for {what}. {LOOK_AROUND}")
 
-    return Retrying(
-        stop=stop_after_delay(timeout),
-        wait=wait_fixed(interval),
-        retry=retry_if_result(lambda value: not value),
-        retry_error_callback=timed_out,
-    )(check)
+# The one bounded wait (ops/waiting.py), failing with HealError and where to look.
+wait_for = functools.partial(waiting.wait_for, error=_heal_error)
 
 
 def events_about(prefix: str, resource: str, since: dt.datetime) -> list[dict]:

@@ -53,12 +53,14 @@ class ResourceLedger:
             self.in_use[pool] = dict.fromkeys(RESOURCES, 0.0)
             self.peak[pool] = dict.fromkeys(RESOURCES, 0.0)
 
+    def over_capacity(self, pool: str, demand: Mapping[str, float]) -> dict[str, tuple[float, float]]:
+        """The resources of `demand` beyond `pool`'s whole capacity, each (demand, capacity):
+        what no wait can make fit."""
+        cap = self.capacity[pool]
+        return {r: (d, cap.get(r, 0.0)) for r, d in demand.items() if d > cap.get(r, 0.0) + _EPS}
+
     def check_fits_empty(self, step: str, pool: str, demand: Mapping[str, float]) -> None:
-        over = {
-            r: (demand.get(r, 0.0), self.capacity[pool].get(r, 0.0))
-            for r in RESOURCES
-            if demand.get(r, 0.0) > self.capacity[pool].get(r, 0.0) + _EPS
-        }
+        over = self.over_capacity(pool, {r: demand.get(r, 0.0) for r in RESOURCES})
         if over:
             detail = ", ".join(f"{r}={d:g} > capacity {c:g}" for r, (d, c) in over.items())
             raise CapacityError(

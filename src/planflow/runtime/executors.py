@@ -46,10 +46,6 @@ class Executor(ABC):
     def start(self, step: str, outputs: dict[str, Any]) -> StepFuture:
         """Launch `step` with the outputs of the steps it reads (by step name)."""
 
-    def annotate(self, notify: Callable[[str, StepRecord], None]) -> Callable[[str, StepRecord], None]:
-        """The step listener, with what this executor measured put on each record."""
-        return notify
-
     def measure(self, record: StepRecord) -> None:  # noqa: B027 (optional hook)
         """Put what the executor measured of a finished step on its record (e.g.
         `peak_mem_gib`), before the reporters hear of it."""
@@ -73,8 +69,8 @@ class InProcessExecutor(Executor):
         self.pipeline, self.assignments, self.params = pipeline, assignments, params
         self.usage = UsageLog()
 
-    def annotate(self, notify: Callable[[str, StepRecord], None]) -> Callable[[str, StepRecord], None]:
-        return self.usage.annotate(notify)
+    def measure(self, record: StepRecord) -> None:
+        self.usage.put_on(record)
 
     def start(self, step: str, outputs: dict[str, Any]) -> StepFuture:
         component = self.pipeline.steps[step].component
@@ -104,8 +100,6 @@ def execute(
 
     executor.ledger = ResourceLedger(capacities)
     with executor:
-        records, _ = dispatch(
-            upstream, assignments, capacities, executor.start, executor.annotate(measured), admit, executor.ledger
-        )
+        records, _ = dispatch(upstream, assignments, capacities, executor.start, measured, admit, executor.ledger)
     executor.collect(records)
     return records

@@ -101,14 +101,11 @@ class UsageLog:
     def __init__(self) -> None:
         self.by_step: dict[str, Usage] = {}
 
-    def annotate(self, notify: Callable[[str, Any], None]) -> Callable[[str, Any], None]:
-        def forward(event: str, record: Any) -> None:
-            usage = self.by_step.get(record.step)
-            if usage is not None and event in ("completed", "failed"):
-                record.usage, record.peak_mem_gib = usage, usage.peak_mem_gib
-            notify(event, record)
-
-        return forward
+    def put_on(self, record: Any) -> None:
+        """Put the latest Usage of the record's step on it (a finished step's record)."""
+        usage = self.by_step.get(record.step)
+        if usage is not None:
+            record.usage, record.peak_mem_gib = usage, usage.peak_mem_gib
 
 
 def step_function(step: str, fn: Callable[..., Any], cpu: float, isolation: str, log: UsageLog) -> Callable[..., Any]:

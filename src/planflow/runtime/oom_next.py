@@ -70,13 +70,8 @@ def never_fits(ledger: ResourceLedger, a: Assignment, pool: str, extra: dict[str
     """Why `extra` can never be held on `pool` beside what this run holds for `a` itself
     (None when it can): then waiting for the run's other steps would be for nothing."""
     own = a.demand if pool == a.pool else {}
-    cap = ledger.capacity[pool]
-    over = [
-        f"{r} {float(own.get(r, 0.0)) + v:g} > {cap.get(r, 0.0):g}"
-        for r, v in extra.items()
-        if float(own.get(r, 0.0)) + v > cap.get(r, 0.0) + 1e-9
-    ]
-    return ", ".join(over) or None
+    over = ledger.over_capacity(pool, {r: float(own.get(r, 0.0)) + v for r, v in extra.items()})
+    return ", ".join(f"{r} {d:g} > {c:g}" for r, (d, c) in over.items()) or None
 
 
 @contextmanager

@@ -1,0 +1,124 @@
+"""A pipeline file loaded: read, checked against its YAML form (pipeline_file.py), and
+each step's `uses:` imported, with every problem of the file listed at once.
+
+`pipeline_arguments` gives what Pipeline(...) is built with; Pipeline.from_yaml and
+Pipeline.from_dict build it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from planflow.core.component import Component, ComponentSpecError, make_component
+from planflow.core.pipeline_file import PIPELINE_FIELDS, PipelineSpec, StepSpec, show, spec_problems, step_label
+from planflow.core.steps import PipelineError, Step, did_you_mean
+from planflow.settings import project_root
+
+
+def read_yaml(path: Path) -> Any:
+    """The document of a pipeline file; PipelineError when it is not YAML."""
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise PipelineError(f"{path}: not valid YAML: {exc}") from exc
+
+
+def pipeline_arguments(document: Any, source: str) -> dict[str, Any]:
+    """The keyword arguments of Pipeline(...) for a pipeline's YAML form; every problem
+    of the document, its fields and its steps' imports, listed at once (PipelineError)."""
+    if not isinstance(document, dict):
+        raise PipelineError(
+            f"{source}: expected a mapping with {', '.join(PIPELINE_FIELDS)}, got {show(document)}. "
+            "Fix: e.g. `name: my-pipeline` and `steps: [{uses: 'package.module:component'}]`"
+        )
+    problems: list[tuple[int, str]] = []  # (step index, -1 for the pipeline; message)
+    spec: PipelineSpec | None = None
+    try:
+        spec = PipelineSpec.model_validate(document)
+    except ValidationError as exc:
+        problems += spec_problems(exc, document)
+    steps, step_problems = build_steps(document, spec)
+    problems = sorted(problems + step_problems, key=lambda problem: problem[0])
+    if problems or spec is None:
+        lines = "\n".join(f"  - {message}" for _, message in problems)
+        raise PipelineError(f"{source}: pipeline '{document.get('name', '?')}' is invalid:\n{lines}")
+    return {
+        "name": spec.name or Path(source).stem,
+        "steps": steps,
+        "params": spec.params,
+        "description": spec.description,
+        "retries": spec.retries,
+        "isolation": spec.isolation,
+        "cache": spec.cache,
+    }
+
+
+def source_path(source: str) -> str:
+    """A pipeline file's path as another process finds it: relative to the project where
+    it lies inside it (workers run from the project folder, which has another path inside
+    a container)."""
+    path, root = Path(source).resolve(), project_root()
+    return str(path.relative_to(root) if path.is_relative_to(root) else path)
+
+
+def import_object(path: str) -> Any:
+    """Import `package.module:attribute` (or `package.module.attribute`)."""
+    module_name, _, attribute = path.partition(":") if ":" in path else path.rpartition(".")
+    if not module_name or not attribute:
+        raise PipelineError(f"'{path}' is not an import path. Fix: write it as 'package.module:name'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise PipelineError(f"cannot import module '{module_name}' (from '{path}'): {exc}") from exc
+    try:
+        return getattr(module, attribute)
+    except AttributeError:
+        names = [n for n in dir(module) if not n.startswith("_")]
+        raise PipelineError(f"module '{module_name}' has no '{attribute}'.{did_you_mean(attribute, names)}") from None
+
+
+def build_steps(document: Mapping[str, Any], spec: PipelineSpec | None) -> tuple[list[Step], list[tuple[int, str]]]:
+    """The steps of a pipeline file, importing what each `uses:`; with the problems of
+    those imports and resource overrides (a step whose fields are invalid is still
+    imported, so that its import problem shows in the same listing)."""
+    steps: list[Step] = []
+    problems: list[tuple[int, str]] = []
+    raw_steps = document.get("steps") if isinstance(document.get("steps"), list) else []
+    for index, raw in enumerate(raw_steps):
+        label = step_label(index, raw)
+        try:
+            steps.append(_build_step(spec.steps[index] if spec is not None else StepSpec.model_validate(raw)))
+        except ValidationError:  # already described by spec_problems
+            uses = raw.get("uses") if isinstance(raw, dict) else None
+            try:
+                if isinstance(uses, str):
+                    import_object(uses)
+            except PipelineError as exc:
+                problems.append((index, f"{label}: {exc}"))
+        except (PipelineError, ComponentSpecError) as exc:
+            nested = str(exc).replace("\n  - ", "\n      - ")  # the component's own list, indented
+            problems.append((index, f"{label}: {nested}"))
+    return steps, problems
+
+
+def _build_step(spec: StepSpec) -> Step:
+    target = import_object(spec.uses)
+    if isinstance(target, Component):
+        component = target.with_spec(**spec.resources) if spec.resources else target
+    elif callable(target):
+        component = make_component(target, **spec.resources)
+    else:
+        raise PipelineError(
+            f"'{spec.uses}' is a {type(target).__name__}, neither a component nor a function. "
+            "Fix: point `uses:` at a function decorated with @component, or a plain typed function"
+        )
+    name = spec.name or component.name
+    if name != component.name:
+        component = component.with_options(name=name)
+    return Step(name=name, component=component, after=tuple(spec.after), inputs=spec.inputs, params=spec.params)
