@@ -13,11 +13,15 @@ keys to the same file):
 - `ratio_inprocess_<N>`: median over rounds of planflow wall time / plain flow wall time;
 - `planflow_s_<N>`, `prefect_s_<N>`: the median wall times;
 - `first_release_s_<N>`: median time from the flow run's start (the server's Running
-  state) to the first component's release by the dispatcher.
+  state) to the first component's release by the dispatcher;
+- `busy_503_<N>`: requests the server answered 503 (a retryable database error, on SQLite
+  "database is locked") over all rounds of N, counted in the server's log (the server is
+  started with `PREFECT_SERVER_LOG_RETRYABLE_ERRORS=true`; each is a client back-off of
+  2 s or more).
 
-Run: `python -m bench.bench_overhead [--sizes 40 400] [--rounds 3] [--profile FILE]`.
-It starts a Prefect server of its own (SQLite, a temporary state folder) and stops it at
-the end. `--profile FILE` also writes a cProfile of one more planflow run of the first
+Run: `python -m bench.bench_overhead [--sizes 40 400] [--rounds 3] [--db sqlite|postgres]
+[--profile FILE]`. It starts a Prefect server of its own (SQLite by default, a temporary
+state folder) and stops it at the end. `--profile FILE` also writes a cProfile of one more planflow run of the first
 size (the flow's thread: the dispatcher's path). Writes bench/results/overhead.json and .md.
 """
 
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -36,6 +41,12 @@ RESULTS = ROOT / "bench" / "results"
 POOL = "bench-overhead"
 CAPACITY = {"cpu": 2.0, "mem_gib": 4.0}  # N components of 1 millicore and 1 MiB all fit
 SERVER_START_SECONDS = 600.0
+BUSY_LINE = "Encountered retryable exception in request"  # Prefect logs each 503's cause so
+
+
+def busy_answers(log: Path) -> int:
+    """503s the server logged so far (a missing log: none yet)."""
+    return log.read_text(errors="replace").count(BUSY_LINE) if log.exists() else 0
 
 
 def identity(x: int = 1) -> int:
@@ -101,13 +112,14 @@ def timed(fn: Any) -> tuple[float, Any]:
     return time.perf_counter() - started, out
 
 
-def measure(n: int, rounds: int, first: FirstRelease) -> dict[str, float]:
+def measure(n: int, rounds: int, first: FirstRelease, log: Path) -> dict[str, float]:
     ours, plain = planflow_flow(n), prefect_flow(n)
     ours(local_pool=POOL)  # warm-up of each: imports, the first plan, block types
     plain()
     rows = []
     for r in range(rounds):
         result: dict[str, float] = {}
+        busy_before = busy_answers(log)
         for kind in ("planflow", "prefect") if r % 2 == 0 else ("prefect", "planflow"):
             if kind == "planflow":
                 result["planflow_s"], summary = timed(lambda: ours(local_pool=POOL))
@@ -115,6 +127,7 @@ def measure(n: int, rounds: int, first: FirstRelease) -> dict[str, float]:
             else:
                 result["prefect_s"], _ = timed(plain)
         result["ratio"] = result["planflow_s"] / result["prefect_s"]
+        result["busy_503"] = busy_answers(log) - busy_before
         rows.append(result)
         print(f"N={n} round {r + 1}: {result}", flush=True)
     return {
@@ -122,6 +135,7 @@ def measure(n: int, rounds: int, first: FirstRelease) -> dict[str, float]:
         f"planflow_s_{n}": round(statistics.median(x["planflow_s"] for x in rows), 3),
         f"prefect_s_{n}": round(statistics.median(x["prefect_s"] for x in rows), 3),
         f"first_release_s_{n}": round(statistics.median(x["first_release_s"] for x in rows), 3),
+        f"busy_503_{n}": sum(int(x["busy_503"]) for x in rows),
     }
 
 
@@ -140,6 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[40, 400])
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--db", choices=["sqlite", "postgres"], default="sqlite", help="the server's database")
     parser.add_argument("--profile", type=Path, help="also write a cProfile of one planflow run of the first size")
     args = parser.parse_args(argv)
     if args.rounds < 1 or any(n < 1 for n in args.sizes):
@@ -154,7 +169,9 @@ def main(argv: list[str] | None = None) -> dict:
             stack.up(self.paths, port=self.port, db=self.db, timeout=SERVER_START_SECONDS)
 
     figures: dict[str, Any] = {}
-    with Server("overhead"):  # before Prefect is imported
+    os.environ["PREFECT_SERVER_LOG_RETRYABLE_ERRORS"] = "true"  # the server logs each 503's cause
+    server = Server("overhead", db=args.db)
+    with server:  # before Prefect is imported
         from planflow.prefect.blocks import ResourcePool, ensure_defaults
         from planflow.prefect.limits import sync_limits
         from planflow.runtime.events import subscribe
@@ -166,12 +183,13 @@ def main(argv: list[str] | None = None) -> dict:
         unsubscribe = subscribe(first.reporter)
         try:
             for n in args.sizes:
-                figures.update(measure(n, args.rounds, first))
+                figures.update(measure(n, args.rounds, first, server.paths.log_file))
             if args.profile:
                 profile(args.sizes[0], args.profile)
         finally:
             unsubscribe()
     figures["overhead_rounds"] = args.rounds
+    figures["overhead_db"] = args.db
     write(figures)
     return figures
 

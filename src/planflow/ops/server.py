@@ -295,7 +295,17 @@ def up(
     with os.fdopen(descriptor, "ab") as log, private_files():
         # the server's files (prefect.db, its encryption key, ...) are the user's only
         process = subprocess.Popen(
-            [*prefect_command(), "server", "start", "--host", host, "--port", str(port)],
+            [
+                sys.executable,
+                "-m",
+                "planflow.ops.prefect_server",
+                "server",
+                "start",
+                "--host",
+                host,
+                "--port",
+                str(port),
+            ],
             env=server_env(paths, host, port, database_url),
             stdout=log,
             stderr=subprocess.STDOUT,
