@@ -12,14 +12,13 @@ waiting run (nothing of it started yet) its expected start and finish.
 
 from __future__ import annotations
 
+import importlib
 import io
 import time
 from collections.abc import Mapping
 from pathlib import Path
 
-import matplotlib
 import typer
-from matplotlib.figure import Figure
 
 from planflow.cli.common import ensure_server, fail, say
 from planflow.prefect.blocks import load_pools
@@ -104,10 +103,13 @@ def calendar_png(entries: list[CalendarEntry], pool: str, capacity: Mapping[str,
     items = sorted(
         (r for r in reservations(entries, pool) if r.state != "done"), key=lambda r: (r.start, r.run, r.component)
     )
+    # matplotlib (half a second to import) only for `--png`, not for every `planflow` command
+    matplotlib = importlib.import_module("matplotlib")
+    figure = importlib.import_module("matplotlib.figure")
     palette = matplotlib.colormaps["tab10"]
     runs = sorted({r.run for r in items})
     colours = {run: palette(i % 10) for i, run in enumerate(runs)}
-    fig = Figure(figsize=(10, max(3.5, 0.4 * len(items) + 2.5)), dpi=100)
+    fig = figure.Figure(figsize=(10, max(3.5, 0.4 * len(items) + 2.5)), dpi=100)
     gantt, load = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
     for row, r in enumerate(items):
         gantt.barh(

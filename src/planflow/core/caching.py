@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import re
+import sys
 from datetime import timedelta
 from typing import Any
 
@@ -26,11 +27,6 @@ import numpy as np
 import polars as pl
 from prefect.cache_policies import TASK_SOURCE, CachePolicy, Inputs
 from prefect.utilities.hashing import hash_objects
-
-try:
-    import pandas as pd
-except ImportError:  # pragma: no cover - optional
-    pd = None
 
 CACHE_MODES = ("run", "inputs")
 DEFAULT_EXPIRY = timedelta(days=7)
@@ -75,6 +71,7 @@ def content_digest(value: Any) -> Any:
     if isinstance(value, pl.DataFrame):
         rows = value.hash_rows(seed=0).to_numpy().tobytes()
         return ["polars", str(value.schema), hashlib.sha256(rows).hexdigest()]
+    pd = sys.modules.get("pandas")  # optional: a pandas frame exists only if pandas was imported
     if pd is not None and isinstance(value, pd.DataFrame):
         rows = pd.util.hash_pandas_object(value, index=True).to_numpy().tobytes()
         columns = [f"{c}:{d}" for c, d in zip(value.columns, value.dtypes, strict=True)]

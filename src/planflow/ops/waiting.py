@@ -14,6 +14,7 @@ from typing import NoReturn, TypeVar
 from tenacity import RetryCallState, Retrying, retry_if_result, stop_after_delay, wait_fixed
 
 T = TypeVar("T")
+LAST_SHOWN = 300  # characters of the last value a timed-out wait names (a list of runs can be long)
 
 
 class WaitTimeoutError(TimeoutError):
@@ -33,7 +34,9 @@ def wait_for(
 
     def timed_out(state: RetryCallState) -> NoReturn:
         last = state.outcome.result() if state.outcome is not None else None
-        raise error(f"timed out after {timeout:g} s waiting for {what} (last: {last!r})")
+        seen = repr(last)
+        seen = seen if len(seen) <= LAST_SHOWN else seen[: LAST_SHOWN - 3] + "..."
+        raise error(f"timed out after {timeout:g} s waiting for {what} (last: {seen})")
 
     return Retrying(
         stop=stop_after_delay(timeout),

@@ -23,7 +23,10 @@ be of their types when they are (`pip install planflow[frames]` adds them).
 from __future__ import annotations
 
 import base64
+import importlib
 import io
+import sys
+from types import ModuleType
 from typing import Any, Literal
 
 import cloudpickle
@@ -31,16 +34,6 @@ import numpy as np
 import polars as pl
 import zstandard
 from prefect.serializers import Serializer
-
-try:  # optional: only a value of these types needs them
-    import pandas as pd
-except ImportError:  # pragma: no cover - pandas is installed with the test extra
-    pd = None
-try:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-except ImportError:  # pragma: no cover
-    pa = pq = None
 
 MAGIC = b"planflow1"
 ZSTD_LEVEL = 3
@@ -57,14 +50,26 @@ def _parquet(write: Any) -> bytes:
     return buffer.getvalue()
 
 
+def _parquet_module() -> ModuleType | None:
+    """pyarrow.parquet, imported when a frame needs it (pandas and pyarrow are optional and
+    cost about half a second to import: a process that never holds a frame never pays it)."""
+    try:
+        return importlib.import_module("pyarrow.parquet")
+    except ImportError:
+        return None
+
+
 def encode(obj: Any) -> tuple[str, bytes]:
     """The kind of `obj` and its compact binary form (before the text encoding)."""
     if isinstance(obj, pl.DataFrame):
         return "polars", _parquet(lambda b: obj.write_parquet(b, compression="zstd"))
-    if pd is not None and pa is not None and isinstance(obj, pd.DataFrame):
-        table = pa.Table.from_pandas(obj)  # keeps the index and dtypes in the schema metadata
+    # A pandas frame or an Arrow table exists only if its library was imported already.
+    pd, pa = sys.modules.get("pandas"), sys.modules.get("pyarrow")
+    pq = _parquet_module() if (pd is not None or pa is not None) else None
+    if pd is not None and pq is not None and isinstance(obj, pd.DataFrame):
+        table = sys.modules["pyarrow"].Table.from_pandas(obj)  # keeps the index and dtypes in the schema metadata
         return "pandas", _parquet(lambda b: pq.write_table(table, b, compression="zstd"))
-    if pa is not None and isinstance(obj, pa.Table):
+    if pa is not None and pq is not None and isinstance(obj, pa.Table):
         return "arrow", _parquet(lambda b: pq.write_table(obj, b, compression="zstd"))
     if isinstance(obj, np.ndarray) and not obj.dtype.hasobject:
         buffer = io.BytesIO()
@@ -78,6 +83,7 @@ def decode(kind: str, data: bytes) -> Any:
     if kind == "polars":
         return pl.read_parquet(io.BytesIO(data))
     if kind in ("pandas", "arrow"):
+        pq = _parquet_module()
         if pq is None:
             raise ResultFormatError(
                 f"this result is a {kind} Parquet file and pyarrow is not installed. Fix: "
