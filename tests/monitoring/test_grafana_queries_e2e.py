@@ -125,6 +125,8 @@ def test_every_panel_query_returns_data_from_the_real_prometheus(demo_world):
         f'planflow_prefect_worker_heartbeat_age_seconds{{work_pool="{work_pool}"}}',
         f'ALERTS{{alertname="PlanflowPipelineRunFailed", alertstate="firing", flow="{PIPELINE}"}}',
         'planflow_bridge_alerts_received_total{status="firing"}',
+        # a rate panel needs two samples of the counter in its window, not one (CI: empty)
+        f'increase(planflow_prefect_flow_runs_finished_total{{flow="{PIPELINE}"}}[1m])',
     ):
         wait_for(lambda expr=expr: _has(prometheus, expr), 60, expr, interval=0.5)
 

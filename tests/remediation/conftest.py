@@ -55,6 +55,32 @@ def wait_until(predicate, timeout: float, interval: float = 0.5, what: str = "co
         raise AssertionError(str(exc)) from None
 
 
+def task_states_settled(client, run_id, cached=("prepare", "summarise"), completed=("flaky",), timeout: float = 30.0):
+    """The task-run state names of flow run `run_id` by task name, once each of `cached`
+    shows a Cached run and each of `completed` a Completed one: task-run states reach the
+    server as events, recorded a moment after the flow run's own Completed (CI once read
+    'summarise': ['Running', 'Completed'], 'flaky': ['Running'] of a completed retry)."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    seen: dict[str, list[str]] = {}
+
+    def states():
+        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])))
+        seen.clear()
+        for t in tasks:
+            seen.setdefault(t.name, []).append(t.state.name if t.state else "-")
+        settled = all("Cached" in seen.get(n, []) for n in cached) and all(
+            "Completed" in seen.get(n, []) for n in completed
+        )
+        return dict(seen) if settled else None
+
+    what = f"{', '.join(cached)} read back Cached and {', '.join(completed)} Completed"
+    try:
+        return wait_until(states, timeout, 1.0, what=what)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; task runs: {seen}") from None
+
+
 # -- what a module leaves behind ----------------------------------------------------------
 def cancel_remediation_runs(since: datetime) -> int:
     """Cancel the unfinished remediation runs created since `since` (a module's own:
