@@ -64,12 +64,15 @@ def encode(obj: Any) -> tuple[str, bytes]:
     if isinstance(obj, pl.DataFrame):
         return "polars", _parquet(lambda b: obj.write_parquet(b, compression="zstd"))
     # A pandas frame or an Arrow table exists only if its library was imported already.
+    # pyarrow.parquet is imported only for such a value, not for every value once pandas is loaded.
     pd, pa = sys.modules.get("pandas"), sys.modules.get("pyarrow")
-    pq = _parquet_module() if (pd is not None or pa is not None) else None
-    if pd is not None and pq is not None and isinstance(obj, pd.DataFrame):
+    is_pandas = pd is not None and isinstance(obj, pd.DataFrame)
+    is_arrow = pa is not None and isinstance(obj, pa.Table)
+    pq = _parquet_module() if (is_pandas or is_arrow) else None
+    if is_pandas and pq is not None:
         table = sys.modules["pyarrow"].Table.from_pandas(obj)  # keeps the index and dtypes in the schema metadata
         return "pandas", _parquet(lambda b: pq.write_table(table, b, compression="zstd"))
-    if pa is not None and pq is not None and isinstance(obj, pa.Table):
+    if is_arrow and pq is not None:
         return "arrow", _parquet(lambda b: pq.write_table(obj, b, compression="zstd"))
     if isinstance(obj, np.ndarray) and not obj.dtype.hasobject:
         buffer = io.BytesIO()
