@@ -25,7 +25,9 @@ what is left, so `planflow calendar` shows what it holds and when it should fini
 
 from __future__ import annotations
 
+import contextvars
 import random
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -203,8 +205,10 @@ def busy_steps(exclude: str | None) -> BusySteps:
 
 
 @contextmanager
-def planning_lock(wait_seconds: float = PLANNING_WAIT_SECONDS) -> Iterator[None]:
+def planning_lock(wait_seconds: float = PLANNING_WAIT_SECONDS, release_later: bool = False) -> Iterator[None]:
     """Hold the global planning slot: one run at a time reads the calendar, plans and writes.
+    `release_later`: the slot is given back by a thread of its own (a run goes on to its
+    first component meanwhile; the thread is not a daemon, so the process waits for it).
 
     Asked again every PLANNING_POLL_SECONDS while another run holds it. (Prefect's own
     `concurrency()` sleeps what the server's Retry-After says: with a burst of runs
@@ -236,7 +240,12 @@ def planning_lock(wait_seconds: float = PLANNING_WAIT_SECONDS) -> Iterator[None]
     try:
         yield
     finally:
-        _release(UUID(granted["lease_id"]))
+        lease = UUID(granted["lease_id"])
+        if release_later:
+            target = contextvars.copy_context().run
+            threading.Thread(target=target, args=(_release, lease), name="planflow-planning-release").start()
+        else:
+            _release(lease)
 
 
 def utc(unix_seconds: float) -> str:

@@ -28,6 +28,7 @@ from prefect.exceptions import ObjectNotFound
 
 from planflow.monitoring.metrics import RunRecorder
 from planflow.prefect.blocks.calendar_entry import CalendarEntry, entry_name
+from planflow.prefect.blocks.saving import save_once_registered
 from planflow.runtime.calendar import (
     OVERRUN_SECONDS,
     Reservation,
@@ -342,8 +343,8 @@ class RunCalendar(Reporter):
         self.delete()
 
     def _save(self) -> None:
-        """Write the entry: created once (Block.save registers the type and schema, about
-        six requests), then one PATCH of its data per change."""
+        """Write the entry: created once (one request; the type and schema are registered
+        at a process's first save, saving.py), then one PATCH of its data per change."""
         # The request goes out without the entry's lock: the dispatcher's listener takes
         # that lock at every step event, and a write can wait seconds (the server retries
         # when its database is busy). Saves are serialised, each sending the entry as it is.
@@ -359,7 +360,7 @@ class RunCalendar(Reporter):
                     else entry._to_block_document(name=entry_name(self.run_id), include_secrets=True).data
                 )
             if saved is None:
-                entry.save(entry_name(self.run_id), overwrite=True)
+                save_once_registered(entry, entry_name(self.run_id))
                 return
             with get_client(sync_client=True) as client:
                 try:
