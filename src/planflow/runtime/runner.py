@@ -146,7 +146,8 @@ def _run(
     logger: logging.Logger | logging.LoggerAdapter,
     refresh: bool = False,
 ) -> dict[str, Any]:
-    shared = settings().shared_slots
+    options = settings()
+    shared = options.shared_slots
     recorder = RunRecorder(pipeline.name, pushgateway_url_from_env())
     calendar = None
     if shared and flow_run is not None:
@@ -164,7 +165,7 @@ def _run(
         with EventBus(run_reporters(pipeline, logger, recorder, calendar), logger) as bus:
             bus.planned(run)
             with refreshing(refresh), RunSlots() if shared else nullcontext() as admit:
-                if admit is not None and calendar is not None and policy == "plan" and settings().hold_to_calendar:
+                if admit is not None and calendar is not None and policy == "plan" and options.hold_to_calendar:
                     admit = calendar.admit(admit)  # start where the calendar says (kept current by re-planning)
                 notify = partial(bus.step, run)
                 if calendar is not None:
