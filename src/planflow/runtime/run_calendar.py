@@ -244,7 +244,10 @@ class RunCalendar(Reporter):
         """While this run has components waiting: every REPLAN_SECONDS, when what other
         runs hold on its pools changed (a component started or ended, a run came or
         went), re-plan the waiting components into what is left."""
-        seen: object = None
+        # What the others held when this run was planned: nothing (no re-plan at the first
+        # look while that holds: it took the planning slot and wrote the entry for nothing,
+        # beside the run's first components), else unknown (re-planned at the first look).
+        seen: object = () if self.run is not None and self.run.plan.busy == 0 else None
         wait = 0.2  # the first look soon after planning: `due` needs what the others hold
         while not self._stop.wait(wait):
             wait = REPLAN_SECONDS
