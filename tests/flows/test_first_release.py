@@ -21,9 +21,9 @@ from tests.flows.own_pool import own_pool
 
 POOL = "first-release"
 CAPACITY = {"cpu": 2.0, "gpu": 0.0, "mem_gib": 4.0}
-# Threads that are off the path by design: reporters, re-planning, the entry's saver, the
+# Threads that are off the path by design: reporters (the bus and its helpers), re-planning, the entry's saver, the
 # planning slot's release, the server watchdog.
-OFF_PATH = ("planflow-reporters", "planflow-replan", "planflow-calendar", "planflow-planning", "planflow-server")
+OFF_PATH = ("planflow-report", "planflow-replan", "planflow-calendar", "planflow-planning", "planflow-server")
 # Before: 16 requests one after another from the flow run's start to its first component.
 # Now: Prefect's own two (the flow run, its storage), the reads side by side, the history,
 # the planning slot, the calendar, the entry's write, the first slots side by side.
