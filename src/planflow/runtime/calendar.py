@@ -26,6 +26,7 @@ what is left, so `planflow calendar` shows what it holds and when it should fini
 from __future__ import annotations
 
 import contextvars
+import logging
 import random
 import threading
 import time
@@ -48,6 +49,7 @@ from planflow.runtime.admission import LOCKED, _release
 from planflow.runtime.dispatch import RESOURCES
 from planflow.settings import settings
 
+logger = logging.getLogger("planflow.calendar")
 OVERRUN_SECONDS = 1.0  # a running component past its planned finish: assumed to end this soon
 PLANNING_WAIT_SECONDS = 120.0  # the longest a run waits for another run's planning
 PLANNING_POLL_SECONDS = 0.3  # how often a run waiting for the planning slot asks again (with jitter)
@@ -243,9 +245,16 @@ def planning_lock(wait_seconds: float = PLANNING_WAIT_SECONDS, release_later: bo
         lease = UUID(granted["lease_id"])
         if release_later:
             target = contextvars.copy_context().run
-            threading.Thread(target=target, args=(_release, lease), name="planflow-planning-release").start()
+            threading.Thread(target=target, args=(_release_quietly, lease), name="planflow-planning-release").start()
         else:
             _release(lease)
+
+
+def _release_quietly(lease: UUID) -> None:
+    try:
+        _release(lease)
+    except Exception as exc:  # nobody waits for it: the lease runs out by itself
+        logger.warning("planning slot lease %s not given back (%s); it returns when its lease runs out", lease, exc)
 
 
 def utc(unix_seconds: float) -> str:
