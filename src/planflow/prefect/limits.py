@@ -84,29 +84,37 @@ def sync_limits(capacities: Mapping[str, Mapping[str, float]]) -> list[str]:
     return lines
 
 
-def limit_drift(capacities: Mapping[str, Mapping[str, float]]) -> tuple[list[str], list[str]]:
-    """(missing limit names, one message per limit whose size or state differs from its
-    block). A limit changed by hand is named with both sizes and both ways to fix it."""
-    missing, drift = [], []
+def read_limits() -> dict[str, Any]:
+    """Every global concurrency limit on the server, by name (one request for up to 200)."""
     with get_client(sync_client=True) as client:
-        limits = _all_limits(client)  # one request for all, not one per limit
-        for pool, capacity in sorted(capacities.items()):
-            for resource in RESOURCES:
-                name, size = limit_name(pool, resource), pool_limits(pool, capacity)[limit_name(pool, resource)]
-                found = limits.get(name)
-                if found is None:
-                    missing.append(name)
-                    continue
-                if found.limit != size or not found.active:
-                    state = f"{found.limit} slots" + ("" if found.active else ", inactive")
-                    drift.append(
-                        f"concurrency limit '{name}' is {state} but ResourcePool '{pool}' says "
-                        f"{resource}={capacity.get(resource, 0.0):g} ({size} slots): it was changed outside "
-                        f"planflow (e.g. in the UI). Fix: `planflow pools sync` to restore it from the block, "
-                        f"or change the pool itself (`planflow pools set {pool} ...`)"
-                    )
-        if PLANNING_LIMIT not in limits:
-            missing.append(PLANNING_LIMIT)
+        return _all_limits(client)
+
+
+def limit_drift(
+    capacities: Mapping[str, Mapping[str, float]], limits: Mapping[str, Any] | None = None
+) -> tuple[list[str], list[str]]:
+    """(missing limit names, one message per limit whose size or state differs from its
+    block). A limit changed by hand is named with both sizes and both ways to fix it.
+    `limits`: the server's limits as read_limits returned them (read now when None)."""
+    missing, drift = [], []
+    limits = read_limits() if limits is None else limits  # one request for all, not one per limit
+    for pool, capacity in sorted(capacities.items()):
+        for resource in RESOURCES:
+            name, size = limit_name(pool, resource), pool_limits(pool, capacity)[limit_name(pool, resource)]
+            found = limits.get(name)
+            if found is None:
+                missing.append(name)
+                continue
+            if found.limit != size or not found.active:
+                state = f"{found.limit} slots" + ("" if found.active else ", inactive")
+                drift.append(
+                    f"concurrency limit '{name}' is {state} but ResourcePool '{pool}' says "
+                    f"{resource}={capacity.get(resource, 0.0):g} ({size} slots): it was changed outside "
+                    f"planflow (e.g. in the UI). Fix: `planflow pools sync` to restore it from the block, "
+                    f"or change the pool itself (`planflow pools set {pool} ...`)"
+                )
+    if PLANNING_LIMIT not in limits:
+        missing.append(PLANNING_LIMIT)
     return missing, drift
 
 
@@ -120,10 +128,11 @@ def _all_limits(client: Any, page: int = 200) -> dict[str, Any]:
             return found
 
 
-def require_limits(capacities: Mapping[str, Mapping[str, float]]) -> list[str]:
+def require_limits(capacities: Mapping[str, Mapping[str, float]], limits: Mapping[str, Any] | None = None) -> list[str]:
     """Create the limits a new server lacks; LimitDriftError naming every limit that
-    differs from its block. Returns the lines of what was created."""
-    missing, drift = limit_drift(capacities)
+    differs from its block. Returns the lines of what was created. `limits`: as read_limits
+    returned them (read now when None)."""
+    missing, drift = limit_drift(capacities, limits)
     if drift:
         raise LimitDriftError(
             "the pools' concurrency limits differ from their blocks:\n" + "\n".join(f"  - {d}" for d in drift)

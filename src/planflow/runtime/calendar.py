@@ -25,7 +25,10 @@ what is left, so `planflow calendar` shows what it holds and when it should fini
 
 from __future__ import annotations
 
+import contextvars
+import logging
 import random
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -46,6 +49,7 @@ from planflow.runtime.admission import LOCKED, _release
 from planflow.runtime.dispatch import RESOURCES
 from planflow.settings import settings
 
+logger = logging.getLogger("planflow.calendar")
 OVERRUN_SECONDS = 1.0  # a running component past its planned finish: assumed to end this soon
 PLANNING_WAIT_SECONDS = 120.0  # the longest a run waits for another run's planning
 PLANNING_POLL_SECONDS = 0.3  # how often a run waiting for the planning slot asks again (with jitter)
@@ -203,8 +207,10 @@ def busy_steps(exclude: str | None) -> BusySteps:
 
 
 @contextmanager
-def planning_lock(wait_seconds: float = PLANNING_WAIT_SECONDS) -> Iterator[None]:
+def planning_lock(wait_seconds: float = PLANNING_WAIT_SECONDS, release_later: bool = False) -> Iterator[None]:
     """Hold the global planning slot: one run at a time reads the calendar, plans and writes.
+    `release_later`: the slot is given back by a thread of its own (a run goes on to its
+    first component meanwhile; the thread is not a daemon, so the process waits for it).
 
     Asked again every PLANNING_POLL_SECONDS while another run holds it. (Prefect's own
     `concurrency()` sleeps what the server's Retry-After says: with a burst of runs
@@ -236,7 +242,19 @@ def planning_lock(wait_seconds: float = PLANNING_WAIT_SECONDS) -> Iterator[None]
     try:
         yield
     finally:
-        _release(UUID(granted["lease_id"]))
+        lease = UUID(granted["lease_id"])
+        if release_later:
+            target = contextvars.copy_context().run
+            threading.Thread(target=target, args=(_release_quietly, lease), name="planflow-planning-release").start()
+        else:
+            _release(lease)
+
+
+def _release_quietly(lease: UUID) -> None:
+    try:
+        _release(lease)
+    except Exception as exc:  # nobody waits for it: the lease runs out by itself
+        logger.warning("planning slot lease %s not given back (%s); it returns when its lease runs out", lease, exc)
 
 
 def utc(unix_seconds: float) -> str:

@@ -31,7 +31,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -160,6 +160,7 @@ class EventBus:
         self.failures: Counter[str] = Counter()
         self._queue: queue.SimpleQueue[tuple[str, tuple[Any, ...]] | tuple[()] | None] = queue.SimpleQueue()
         self._busy: tuple[str, str] | None = None  # (reporter, method) being called now
+        self._pool: ThreadPoolExecutor | None = None  # calls the reporters side by side (_side_by_side)
         context = contextvars.copy_context()
         self._thread = threading.Thread(
             target=context.run, args=(self._deliver,), name="planflow-reporters", daemon=True
@@ -210,17 +211,22 @@ class EventBus:
                 item = ()
             if item is None:
                 if dirty or not ended:  # the end's flush came with on_finished
-                    self._call_all("flush", ())
+                    self._side_by_side("flush", ())
+                if self._pool is not None:
+                    self._pool.shutdown(wait=False)
                 return
             if item and item[0] == "on_finished":  # the run's end: every reporter side by side
                 self._finish_all(item[1])
                 flushed, dirty, ended = time.monotonic(), False, True
+            elif item and item[0] == "on_planned":  # artifacts and entries: requests, side by side
+                self._side_by_side(*item)
+                dirty = True
             elif item:
                 method, args = item
                 self._call_all(method, args)
                 dirty = True
             if dirty and self._queue.empty() and time.monotonic() >= due:
-                self._call_all("flush", ())
+                self._side_by_side("flush", ())
                 flushed, dirty = time.monotonic(), False
 
     def _finish_all(self, args: tuple[Any, ...]) -> None:
@@ -237,6 +243,23 @@ class EventBus:
         with ThreadPoolExecutor(max_workers=len(self.reporters) or 1, thread_name_prefix="planflow-finish") as pool:
             for reporter in self.reporters:
                 pool.submit(contextvars.copy_context().run, finish, reporter)
+
+    def _side_by_side(self, method: str, args: tuple[Any, ...]) -> None:
+        """`method` of every reporter, the reporters side by side (each a request or a few:
+        a run's plan artifacts, its progress and history writes); returns when all did, so
+        each reporter still hears its calls one at a time and in order. On the bus's thread,
+        one after another, they held up the events behind them, and the run's end with them."""
+        if len(self.reporters) <= 1:
+            self._call_all(method, args)
+            return
+        if self._pool is None:  # the bus's own, for the run: no threads started per flush
+            self._pool = ThreadPoolExecutor(max_workers=len(self.reporters), thread_name_prefix="planflow-report")
+        calls = [
+            self._pool.submit(contextvars.copy_context().run, self._call_all, method, args, [reporter])
+            for reporter in self.reporters
+        ]
+        wait(calls)
+        self._busy = None
 
     def _call_all(self, method: str, args: tuple[Any, ...], reporters: list[Reporter] | None = None) -> None:
         for reporter in self.reporters if reporters is None else reporters:

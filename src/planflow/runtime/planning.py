@@ -21,6 +21,7 @@ from prefect.context import FlowRunContext
 
 from planflow.core.pipeline import Pipeline
 from planflow.planner import Mode, Plan, PlannerOptions, Pool, Problem, Step, Task, solve
+from planflow.prefect.blocks.planner_settings import PlannerSettings
 from planflow.prefect.blocks.registry import DEFAULT_POOL, load_pools, load_settings
 from planflow.runtime.caching import cached_estimate, predicted_cached
 from planflow.runtime.dask_cluster import dask_pools, require_offered, worker_offers
@@ -271,14 +272,21 @@ class PlanInputs:
     history: Mapping[tuple[str, str], list[float]]
     memory: Mapping[str, MemoryFigure]
     cached: set[str]
+    settings: PlannerSettings | None = None  # the PlannerSettings block as read for these (read once per plan)
 
 
-def plan_inputs(pipeline: Pipeline, params: Mapping[str, Any] | None = None, refresh: bool = False) -> PlanInputs:
-    settings = load_settings()
+def plan_inputs(
+    pipeline: Pipeline,
+    params: Mapping[str, Any] | None = None,
+    refresh: bool = False,
+    settings: PlannerSettings | None = None,
+) -> PlanInputs:
+    """`settings`: the PlannerSettings block, when read already (run_reads.py)."""
+    settings = settings or load_settings()
     with read_once():  # durations and memory come from the same records: one read each
         durations = recent_durations(pipeline, settings.history_runs, params)
         memory = memory_figures(pipeline, settings.history_runs, settings.memory_quantile, settings.memory_margin)
-    return PlanInputs(durations, memory, set() if refresh else predicted_cached(pipeline, params))
+    return PlanInputs(durations, memory, set() if refresh else predicted_cached(pipeline, params), settings)
 
 
 def make_plan(
@@ -300,10 +308,10 @@ def make_plan(
     almost no time (unless `refresh`). `time_limit_s` caps the settings' time limit;
     `inputs` are those read beforehand (plan_inputs)."""
     usable, known = pools if pools is not None else run_pools(mode, local_pool)
-    settings = load_settings()
     capacities = {name: pool.capacity() for name, pool in usable.items()}
     costs = {name: pool.cost_per_hour for name, pool in usable.items()}
     inputs = inputs or plan_inputs(pipeline, params, refresh)
+    settings = inputs.settings or load_settings()  # read once: the inputs' read (plan_inputs) is this plan's
     options = PlannerOptions(
         solver=settings.solver,
         time_limit_s=min(settings.time_limit_s, time_limit_s or settings.time_limit_s),

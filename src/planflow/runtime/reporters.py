@@ -16,9 +16,11 @@ Each subscribes to the run's events (events.py) and keeps to one concern:
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from prefect.artifacts import (
@@ -57,27 +59,44 @@ class ArtifactReporter(Reporter):
         )
 
     def on_finished(self, run: RunInfo, records: Mapping[str, StepRecord]) -> None:
+        """Its three artifacts side by side (each a server round trip, the first also a
+        picture to draw): the run's end waits for the slowest, not for their sum."""
+        with ThreadPoolExecutor(max_workers=3, thread_name_prefix="planflow-artifact") as threads:
+            futures = [
+                threads.submit(contextvars.copy_context().run, write, run, records)
+                for write in (self._planned_vs_actual, self._summary, self._totals)
+            ]
+        for future in futures:
+            future.result()  # the first error, as the reporter's failure
+
+    def _planned_vs_actual(self, run: RunInfo, records: Mapping[str, StepRecord]) -> None:
         pp, name = run.plan.plan, run.pipeline.name
-        if pp is not None:
-            png = reporting.gantt_png(pp, records, title=f"{name}: planned and actual")
-            create_markdown_artifact(
-                key=reporting.artifact_key(run.pipeline, "planned-vs-actual"),
-                markdown=reporting.actual_markdown(pp, records, name, png),
-                description=f"{name}: per component, start against plan and actual/planned duration; makespan achieved",
-            )
-            if run.flow_run_id:  # the picture beside the state folder, for `planflow` to show
-                folder = StatePaths.discover().home / "plans"
-                folder.mkdir(parents=True, exist_ok=True)
-                (folder / f"{run.flow_run_id}.png").write_bytes(png)
+        if pp is None:
+            return
+        png = reporting.gantt_png(pp, records, title=f"{name}: planned and actual")
+        create_markdown_artifact(
+            key=reporting.artifact_key(run.pipeline, "planned-vs-actual"),
+            markdown=reporting.actual_markdown(pp, records, name, png),
+            description=f"{name}: per component, start against plan and actual/planned duration; makespan achieved",
+        )
+        if run.flow_run_id:  # the picture beside the state folder, for `planflow` to show
+            folder = StatePaths.discover().home / "plans"
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / f"{run.flow_run_id}.png").write_bytes(png)
+
+    def _summary(self, run: RunInfo, records: Mapping[str, StepRecord]) -> None:
         create_table_artifact(
             key=reporting.artifact_key(run.pipeline, "summary"),
             table=reporting.summary_rows(run.pipeline, records, run.plan.order),
-            description=f"{name}: component, state, pool, duration, declared and measured CPU and memory, key metric",
+            description=f"{run.pipeline.name}: component, state, pool, duration, declared and measured CPU and "
+            "memory, key metric",
         )
+
+    def _totals(self, run: RunInfo, records: Mapping[str, StepRecord]) -> None:
         create_markdown_artifact(
             key=reporting.artifact_key(run.pipeline, "totals"),
             markdown=reporting.totals_markdown(run.pipeline, records),
-            description=f"{name}: total resource demand and time",
+            description=f"{run.pipeline.name}: total resource demand and time",
         )
 
 

@@ -28,6 +28,7 @@ from prefect.exceptions import ObjectNotFound
 
 from planflow.monitoring.metrics import RunRecorder
 from planflow.prefect.blocks.calendar_entry import CalendarEntry, entry_name
+from planflow.prefect.blocks.saving import save_once_registered
 from planflow.runtime.calendar import (
     OVERRUN_SECONDS,
     Reservation,
@@ -243,7 +244,10 @@ class RunCalendar(Reporter):
         """While this run has components waiting: every REPLAN_SECONDS, when what other
         runs hold on its pools changed (a component started or ended, a run came or
         went), re-plan the waiting components into what is left."""
-        seen: object = None
+        # What the others held when this run was planned: nothing (no re-plan at the first
+        # look while that holds: it took the planning slot and wrote the entry for nothing,
+        # beside the run's first components), else unknown (re-planned at the first look).
+        seen: object = () if self.run is not None and self.run.plan.busy == 0 else None
         wait = 0.2  # the first look soon after planning: `due` needs what the others hold
         while not self._stop.wait(wait):
             wait = REPLAN_SECONDS
@@ -342,8 +346,8 @@ class RunCalendar(Reporter):
         self.delete()
 
     def _save(self) -> None:
-        """Write the entry: created once (Block.save registers the type and schema, about
-        six requests), then one PATCH of its data per change."""
+        """Write the entry: created once (one request; the type and schema are registered
+        at a process's first save, saving.py), then one PATCH of its data per change."""
         # The request goes out without the entry's lock: the dispatcher's listener takes
         # that lock at every step event, and a write can wait seconds (the server retries
         # when its database is busy). Saves are serialised, each sending the entry as it is.
@@ -359,7 +363,7 @@ class RunCalendar(Reporter):
                     else entry._to_block_document(name=entry_name(self.run_id), include_secrets=True).data
                 )
             if saved is None:
-                entry.save(entry_name(self.run_id), overwrite=True)
+                save_once_registered(entry, entry_name(self.run_id))
                 return
             with get_client(sync_client=True) as client:
                 try:

@@ -33,6 +33,7 @@ import queue
 import threading
 import time
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -42,7 +43,7 @@ import httpx
 from prefect.client.orchestration import get_client
 
 from planflow.runtime.admission import LOCKED, AdmissionError, SharedSlots, _release
-from planflow.runtime.dispatch import Assignment
+from planflow.runtime.dispatch import RESOURCES, Assignment
 
 logger = logging.getLogger("planflow.admission")
 BATCH_SECONDS = 10.0  # steps planned at most this long share one lease with their batch
@@ -89,6 +90,7 @@ class RunSlots(SharedSlots):
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._client: Any = None  # the dispatcher thread's client while the run lasts
+        self._threads_pool = ThreadPoolExecutor(max_workers=len(RESOURCES), thread_name_prefix="planflow-slot-take")
         self.requests = 0  # increments sent (for tests and the overhead benchmark)
 
     # -- a run ----------------------------------------------------------------------------
@@ -103,10 +105,15 @@ class RunSlots(SharedSlots):
     def __exit__(self, *exc_info: Any) -> None:
         with self._lock:
             leases, self._leases = self._leases, []
-        for lease in leases:
-            self._releases.put(lease.id)
+        # the last leases side by side (one request each), not one after another on the releaser
+        given = [self._threads_pool.submit(contextvars.copy_context().run, _release, lease.id) for lease in leases]
         self._releases.put(None)
         self._stop.set()
+        for future in given:
+            try:
+                future.result(CLOSE_SECONDS)
+            except Exception as exc:  # the lease runs out by itself
+                logger.warning("a lease was not given back at the run's end (%s); its slots return when it ends", exc)
         for thread in self._threads:
             thread.join(CLOSE_SECONDS)
             if thread.is_alive():
@@ -118,6 +125,7 @@ class RunSlots(SharedSlots):
         client, self._client = self._client, None
         if client is not None:
             client.__exit__(None, None, None)
+        self._threads_pool.shutdown(wait=False)
 
     def __call__(self, a: Assignment) -> _Held | None:
         return self.take(a)
@@ -144,14 +152,17 @@ class RunSlots(SharedSlots):
                     self._releases.put(lease.id)
                 else:
                     free[lease.limit] = free.get(lease.limit, 0) + lease.free
-        taken = []
-        for name, n in batched.items():
-            if n > free.get(name, 0):
-                lease = self._increment(name, n - free.get(name, 0), quiet=True)
-                if lease is None:  # all or none: no run holds part of what it waits for
-                    self._drop(taken)
-                    return
-                taken.append(lease)
+        missing = [(name, n - free.get(name, 0)) for name, n in batched.items() if n > free.get(name, 0)]
+        if len(missing) > 1:  # one increment per limit, side by side (a server round trip each)
+            futures = [
+                self._threads_pool.submit(contextvars.copy_context().run, self._increment, name, n, True, True)
+                for name, n in missing
+            ]
+            leases = [future.result() for future in futures]
+        else:
+            leases = [self._increment(name, n, quiet=True) for name, n in missing]
+        if any(lease is None for lease in leases):  # all or none: no run holds part of what it waits for
+            self._drop([lease for lease in leases if lease is not None])
 
     def take(self, a: Assignment) -> _Held | None:
         now = time.monotonic()
@@ -246,12 +257,15 @@ class RunSlots(SharedSlots):
         for lease in leases:
             _release(lease.id)
 
-    def _increment(self, name: str, n: int, quiet: bool = False) -> _Lease | None:
+    def _increment(self, name: str, n: int, quiet: bool = False, own_client: bool = False) -> _Lease | None:
         """A new lease of `n` slots of limit `name`; None when the limit does not exist.
-        `quiet`: a refusal or a server error is left for `take` to meet and report."""
-        self.requests += 1
+        `quiet`: a refusal or a server error is left for `take` to meet and report;
+        `own_client`: not the dispatcher thread's client (called from another thread)."""
+        with self._lock:
+            self.requests += 1
         try:
-            with nullcontext(self._client) if self._client else get_client(sync_client=True) as client:
+            shared = self._client if self._client and not own_client else None
+            with nullcontext(shared) if shared else get_client(sync_client=True) as client:
                 response = client.increment_concurrency_slots_with_lease(
                     names=[name], slots=n, mode="concurrency", lease_duration=self.lease
                 )

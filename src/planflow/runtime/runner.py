@@ -37,7 +37,7 @@ from planflow.runtime.distributed import DistributedExecutor
 from planflow.runtime.events import EventBus, Reporter, RunInfo, add_listener, subscribe, subscribers
 from planflow.runtime.executors import Executor, InProcessExecutor, execute
 from planflow.runtime.fifo_eta import place_fifo
-from planflow.runtime.planning import RunPlan, check_run_options, make_plan, plan_inputs, plan_run, run_pools
+from planflow.runtime.planning import RunPlan, check_run_options, make_plan, plan_run, run_pools
 from planflow.runtime.reporters import (
     ArtifactReporter,
     HistoryReporter,
@@ -48,8 +48,9 @@ from planflow.runtime.reporters import (
 from planflow.runtime.reporting import key_metrics
 from planflow.runtime.results import ResultsBound
 from planflow.runtime.run_calendar import RunCalendar
+from planflow.runtime.run_reads import RunReads, read_for_run
 from planflow.runtime.run_slots import RunSlots
-from planflow.runtime.tags import PIPELINE_TAG_PREFIX, PLANFLOW_TAG, tag_flow_run
+from planflow.runtime.tags import PIPELINE_TAG_PREFIX, PLANFLOW_TAG
 from planflow.runtime.watchdog import unwatch_later, watch_run
 from planflow.settings import settings
 
@@ -145,21 +146,26 @@ def _run(
     logger: logging.Logger | logging.LoggerAdapter,
     refresh: bool = False,
 ) -> dict[str, Any]:
-    if flow_run:
-        tag_flow_run(flow_run, pipeline.name)
-    shared = settings().shared_slots
+    options = settings()
+    shared = options.shared_slots
     recorder = RunRecorder(pipeline.name, pushgateway_url_from_env())
     calendar = None
     if shared and flow_run is not None:
         calendar = RunCalendar(str(flow_run.id), flow_run.name, logger, recorder)
     try:
-        plan = plan_shared(pipeline, policy, mode, local_pool, calendar, resolved, refresh) if shared else None
-        plan = plan or plan_run(pipeline, policy, mode, local_pool, params=resolved, refresh=refresh)
+        # the pools, limits, settings and history, and the run's tags: read side by side
+        reads = read_for_run(pipeline, policy, mode, local_pool, resolved, refresh, flow_run, shared)
+        if shared:
+            plan = plan_shared(pipeline, policy, mode, local_pool, calendar, resolved, refresh, reads)
+        else:
+            plan = plan_run(
+                pipeline, policy, mode, local_pool, reads.pools, params=resolved, refresh=refresh, inputs=reads.inputs
+            )
         run = RunInfo(pipeline, resolved, policy, mode, str(flow_run.id) if flow_run else None, plan)
         with EventBus(run_reporters(pipeline, logger, recorder, calendar), logger) as bus:
             bus.planned(run)
             with refreshing(refresh), RunSlots() if shared else nullcontext() as admit:
-                if admit is not None and calendar is not None and policy == "plan" and settings().hold_to_calendar:
+                if admit is not None and calendar is not None and policy == "plan" and options.hold_to_calendar:
                     admit = calendar.admit(admit)  # start where the calendar says (kept current by re-planning)
                 notify = partial(bus.step, run)
                 if calendar is not None:
@@ -181,17 +187,19 @@ def plan_shared(
     calendar: RunCalendar | None,
     params: Mapping[str, Any] | None = None,
     refresh: bool = False,
+    reads: RunReads | None = None,
 ) -> RunPlan:
     """Plan a run that shares its pools: their concurrency limits exist and match their
     blocks; the calendar is read, the run planned (policy "plan") or placed first come,
     first served (policy "fifo", for its ETA) into what is left and its reservations
-    written, all under the planning slot."""
-    pools = run_pools(mode, local_pool)
-    require_limits({name: pool.capacity() for name, pool in pools[0].items()})
+    written, all under the planning slot (given back off the run's path). `reads`: what
+    read_for_run read (read now when None)."""
+    reads = reads or read_for_run(pipeline, policy, mode, local_pool, params, refresh, None, True)
+    pools, inputs = reads.pools, reads.inputs  # the inputs are read before the slot
+    require_limits({name: pool.capacity() for name, pool in pools[0].items()}, reads.limits)
     if calendar is None:
-        return plan_run(pipeline, policy, mode, local_pool, pools, params=params, refresh=refresh)
-    inputs = plan_inputs(pipeline, params, refresh) if policy == "plan" else None  # before the slot
-    with planning_lock():
+        return plan_run(pipeline, policy, mode, local_pool, pools, params=params, refresh=refresh, inputs=inputs)
+    with planning_lock(release_later=True):
         if policy == "fifo":
             plan = place_fifo(
                 plan_run(pipeline, policy, mode, local_pool, pools, refresh=refresh), pipeline, calendar.run_id, params

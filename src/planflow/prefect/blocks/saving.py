@@ -1,0 +1,47 @@
+"""Saving a block document without registering its type and schema at every save.
+
+Prefect's `Block.save` registers the block's type and schema before it writes (two or
+three requests: read the type, maybe update it, read the schema by checksum), at every
+call. A run writes its calendar entry on its way to its first component, under the
+planning slot every other run waits for: there the type and schema are registered once
+per process and server (the first save), and each later save is one request.
+
+    >>> save_once_registered(entry, "run-1234")   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from prefect.blocks.core import Block
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import BlockDocumentCreate
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound, PrefectHTTPStatusError
+from prefect.settings import PREFECT_API_URL
+
+_FIELDS = {"name", "block_schema_id", "block_type_id", "data", "is_anonymous"}
+# (block class, API URL) whose type and schema this process registered
+_registered: set[tuple[type, str]] = set()
+
+
+def save_once_registered(block: Block, name: str) -> UUID:
+    """Save `block` as document `name` (overwriting one of that name); its type and schema
+    are registered only at the first save of its class to this server in this process."""
+    cls = type(block)
+    key = (cls, str(PREFECT_API_URL.value() or ""))
+    if key in _registered and cls._block_type_id is not None and cls._block_schema_id is not None:
+        document = block._to_block_document(name=name, include_secrets=True)
+        create = BlockDocumentCreate(**document.model_dump(include=_FIELDS))
+        try:
+            with get_client(sync_client=True) as client:
+                document = client.create_block_document(block_document=create)
+        except ObjectAlreadyExists:
+            pass  # e.g. the entry of a retried flow run: Block.save overwrites it below
+        except (ObjectNotFound, PrefectHTTPStatusError):
+            _registered.discard(key)  # the type or schema is gone (a new server at this address)
+        else:
+            block._block_document_name, block._block_document_id = document.name, document.id
+            return document.id
+    document_id = block.save(name, overwrite=True)
+    _registered.add(key)
+    return document_id

@@ -1,0 +1,75 @@
+"""What a run reads from the server before it plans, read side by side.
+
+A run needs, before its plan: the ResourcePool blocks it may use, the pools' concurrency
+limits (to check them against the blocks), the PlannerSettings block and the learned
+durations and memory (plan_inputs), and its flow run tagged for planflow's automations.
+None of these depends on another (the history only on how many runs back the settings
+say: it is read as far back as the default settings keep, and again only when the block
+asks for more), yet read one after another they were about ten server round trips before
+the first component, 0.05-0.4 s each on a loaded server. Here they are one round of
+threads (each in a copy of the run's context: Prefect's settings and run logger live there).
+
+    reads = read_for_run(pipeline, "plan", "inprocess", "local", params, refresh, flow_run, shared=True)
+    reads.pools, reads.limits, reads.inputs
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from planflow.core.pipeline import Pipeline
+from planflow.prefect.blocks.planner_settings import PlannerSettings
+from planflow.prefect.blocks.registry import load_settings
+from planflow.prefect.limits import read_limits
+from planflow.runtime.history import read_once, recent_durations
+from planflow.runtime.planning import PlanInputs, plan_inputs, run_pools
+from planflow.runtime.tags import tag_flow_run
+
+
+@dataclass(frozen=True)
+class RunReads:
+    """The pools a run may use (and the names of all), the server's concurrency limits
+    (None when the run does not share its pools), the plan's inputs (None under fifo)."""
+
+    pools: tuple[dict[str, Any], set[str]]
+    limits: Mapping[str, Any] | None
+    inputs: PlanInputs | None
+
+
+def read_for_run(
+    pipeline: Pipeline,
+    policy: str,
+    mode: str,
+    local_pool: str,
+    params: Mapping[str, Any] | None,
+    refresh: bool,
+    flow_run: Any,
+    shared: bool,
+) -> RunReads:
+    """Every read a run makes before it plans, at once; the first error is raised as is
+    (after the other reads ended: none is left running)."""
+    planned = policy == "plan"
+    # read_once: the threads share one read of each component's history (history.py)
+    with read_once(), ThreadPoolExecutor(max_workers=5, thread_name_prefix="planflow-read") as threads:
+
+        def submit(fn: Callable[..., Any], *args: Any) -> Future[Any]:
+            return threads.submit(contextvars.copy_context().run, fn, *args)
+
+        tagged = submit(tag_flow_run, flow_run, pipeline.name) if flow_run is not None else None
+        pools = submit(run_pools, mode, local_pool)
+        limits = submit(read_limits) if shared else None
+        settings = submit(load_settings) if planned else None
+        # the history as many runs back as the default settings keep, beside the settings'
+        # read: plan_inputs reads again only when the block asks for more runs than that
+        history = submit(recent_durations, pipeline, PlannerSettings().history_runs, params) if planned else None
+        found = (pools.result(), limits.result() if limits else None)
+        if history is not None:
+            history.result()
+        if tagged is not None:
+            tagged.result()
+        inputs = plan_inputs(pipeline, params, refresh, settings.result()) if settings is not None else None
+    return RunReads(found[0], found[1], inputs)

@@ -1,0 +1,123 @@
+"""From a flow run's start to its first component: the server round trips on that path are
+few and read each thing once (real Prefect server; counted, not timed: the timings are
+bench/bench_overhead.py's)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import httpx
+import pytest
+from prefect.runtime import flow_run
+
+from planflow import to_flow
+from planflow.core.component import component
+from planflow.core.pipeline import Pipeline, Step
+from planflow.runtime.calendar import read_calendar
+from planflow.runtime.events import Reporter, subscribe
+
+from tests.flows.own_pool import own_pool
+
+POOL = "first-release"
+CAPACITY = {"cpu": 2.0, "gpu": 0.0, "mem_gib": 4.0}
+# Threads that are off the path by design: reporters (the bus and its helpers), re-planning, the entry's saver, the
+# planning slot's release, the server watchdog.
+OFF_PATH = ("planflow-report", "planflow-replan", "planflow-calendar", "planflow-planning", "planflow-server")
+# Before: 16 requests one after another from the flow run's start to its first component.
+# Now: Prefect's own two (the flow run, its storage), the reads side by side, the history,
+# the planning slot, the calendar, the entry's write, the first slots side by side.
+MAX_ROUNDS = 9
+
+SEEN: list[bool] = []  # per component run: whether its run's calendar entry existed then
+
+
+def entry_present(x: int = 1) -> int:
+    """A component holding its slots: its run's calendar entry must exist meanwhile."""
+    SEEN.append(any(e.flow_run_id == flow_run.id for e in read_calendar(clean=False)))
+    return x
+
+
+class Requests:
+    """Every HTTP request this process sends: (start, end, thread, method, path)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.sent: list[tuple[float, float, str, str, str]] = []
+        send, asend = httpx.Client.send, httpx.AsyncClient.send
+
+        def timed(request: httpx.Request, started: float) -> None:
+            thread = threading.current_thread().name
+            self.sent.append((started, time.time(), thread, request.method, request.url.path))
+
+        def sync_send(client, request, *args, **kwargs):
+            started = time.time()
+            try:
+                return send(client, request, *args, **kwargs)
+            finally:
+                timed(request, started)
+
+        async def async_send(client, request, *args, **kwargs):
+            started = time.time()
+            try:
+                return await asend(client, request, *args, **kwargs)
+            finally:
+                timed(request, started)
+
+        monkeypatch.setattr(httpx.Client, "send", sync_send)
+        monkeypatch.setattr(httpx.AsyncClient, "send", async_send)
+
+
+class FirstRelease(Reporter):
+    def __init__(self) -> None:
+        self.at: dict[str, float] = {}
+
+    def on_step(self, event) -> None:
+        if event.kind == "started":
+            run = event.run.flow_run_id
+            self.at[run] = min(self.at.get(run, event.at), event.at)
+
+
+def rounds(requests: list[tuple[float, float, str, str, str]]) -> int:
+    """How many requests were waited for one after another: a request that starts after
+    every earlier one ended begins a new round; overlapping ones share a round."""
+    count, end = 0, float("-inf")
+    for started, ended, *_ in sorted(requests):
+        if started >= end:
+            count += 1
+        end = max(end, ended)
+    return count
+
+
+@pytest.fixture(scope="module")
+def pool(registered_blocks):
+    with own_pool(POOL, CAPACITY) as name:
+        yield name
+
+
+def test_the_first_component_comes_after_few_rounds_of_requests_and_holds_its_slots_in_the_calendar(pool, monkeypatch):
+    comp = component(entry_present, cpu=0.1, mem_gib=0.01, est_seconds=0.05, pools=[POOL])
+    run = to_flow(Pipeline("first-release", [Step(f"c{i}", comp) for i in range(6)], description="6 trivial"))
+    run(local_pool=POOL)  # this process's first calendar entry registers the entry's block type
+    first = FirstRelease()
+    unsubscribe = subscribe(first)
+    SEEN.clear()
+    try:
+        requests = Requests(monkeypatch)
+        summary = run(local_pool=POOL)
+    finally:
+        unsubscribe()
+    run_id = summary["flow_run_id"]
+    assert {s["state"] for s in summary["steps"].values()} == {"Completed"}
+    assert SEEN == [True] * 6  # every component ran while its run's entry was in the calendar
+
+    sent = [r for r in requests.sent if "/logs" not in r[4] and "/events" not in r[4]]
+    running = min(r[1] for r in sent if r[4] == f"/api/flow_runs/{run_id}/set_state")  # the Running state
+    released = first.at[run_id]
+    path = [r for r in sent if running <= r[0] < released and not r[2].startswith(OFF_PATH)]
+    listing = "\n".join(f"{a - running:6.3f} {b - a:6.3f} {t} {m} {p}" for a, b, t, m, p in sorted(path))
+    assert rounds(path) <= MAX_ROUNDS, listing
+    # read once per run, and no block type or schema registered on the way
+    settings = [r for r in sent if "planflow-planner-settings/block_documents/name/" in r[4]]
+    assert len(settings) == 1, listing
+    registering = [r for r in sent if r[4].endswith("/block_types/slug/planflow-calendar-entry") or "checksum" in r[4]]
+    assert not registering, registering
