@@ -73,7 +73,7 @@ def test_a_projects_own_thresholds_drive_the_stacks_rules(tmp_path):
     own.write_text(yaml.safe_dump(source))
     assert services.project_thresholds(paths) == own
     make_private_dir(services.monitoring_dir(paths))  # as `stack up` does first
-    configs = services._render_configs(paths, "fast", services.load_thresholds(paths)["ports"])
+    configs = services.render_configs(paths, "fast", services.load_thresholds(paths)["ports"])
     rules = configs["rules"]
     assert rules.parent == services.monitoring_dir(paths)
     text = rules.read_text()

@@ -7,9 +7,8 @@ service recorded there is reused, a stale pid file is cleaned, a port held by
 another program is reported with the fix. Nothing is installed silently: a missing
 binary is an error naming the `apt-get install` command.
 
-The configs are rendered into the state folder from the committed, generated files'
-source (monitoring/prometheus/thresholds.yml) with the ports actually used; the
-bridge's token file lives there too and never in the repository.
+The configs are rendered into the state folder with the ports actually used, and
+Alertmanager's credentials made, by `service_configs`.
 
 Trust: every service listens on 127.0.0.1 only. Alertmanager, which turns whatever is
 POSTed to its /api/v2/alerts into webhooks the bridge acts on, also asks for basic auth
@@ -23,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
 import signal
 import socket
@@ -31,13 +29,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import bcrypt
 import httpx
-import yaml
 
 from planflow.monitoring import rules as generate
-from planflow.monitoring.bridge import TOKEN_ENV, TOKEN_FILE_NAME, resolve_token
-from planflow.monitoring.routing import receivers_from_settings
 from planflow.ops.processes import (
     log_tail,
     read_pid_file,
@@ -47,9 +41,20 @@ from planflow.ops.processes import (
     wait_until,
     write_pid_file,
 )
+from planflow.ops.service_configs import (  # noqa: F401 (re-exported: the services' public names)
+    ALERTMANAGER_WEB_CONFIG,
+    BRIDGE_RECEIVER,
+    HOST,
+    PROJECT_THRESHOLDS,
+    alertmanager_auth,
+    load_thresholds,
+    monitoring_dir,
+    project_thresholds,
+    render_configs,
+    rendered_config,
+)
 from planflow.settings import StatePaths, client_env, make_private_dir, make_private_tree, private_files, write_private
 
-HOST = "127.0.0.1"
 ORDER = ("pushgateway", "bridge", "exporter", "alertmanager", "prometheus")
 BINARIES = {
     "prometheus": ("prometheus",),
@@ -64,14 +69,6 @@ HEALTH = {
     "bridge": "/health",
     "exporter": "/metrics",
 }
-
-
-ALERTMANAGER_USER = "planflow"
-ALERTMANAGER_PASSWORD_FILE = "alertmanager.password"
-ALERTMANAGER_WEB_CONFIG = "alertmanager-web.yml"
-# A project may hold its own thresholds (a copy of planflow's, edited): `stack up` uses them.
-PROJECT_THRESHOLDS = Path("monitoring") / "thresholds.yml"
-BRIDGE_RECEIVER = "planflow-bridge"  # the receiver name in the generated alertmanager.yml
 
 
 class ServicesError(RuntimeError):
@@ -89,10 +86,6 @@ class ServiceStatus:
     @property
     def running(self) -> bool:
         return self.state == "running"
-
-
-def monitoring_dir(paths: StatePaths) -> Path:
-    return paths.home / "monitoring"
 
 
 def services_file(paths: StatePaths) -> Path:
@@ -144,40 +137,6 @@ def port_in_use(host: str, port: int) -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
-def alertmanager_auth(paths: StatePaths) -> tuple[str, str] | None:
-    """(user, password) for Alertmanager's API, None before `up` created them.
-
-    >>> httpx.get(f"{status(paths)['alertmanager'].url}/api/v2/alerts", auth=alertmanager_auth(paths))
-    """
-    try:
-        password = (monitoring_dir(paths) / ALERTMANAGER_PASSWORD_FILE).read_text().strip()
-    except FileNotFoundError:
-        return None
-    return (ALERTMANAGER_USER, password) if password else None
-
-
-def _alertmanager_credentials(paths: StatePaths) -> Path:
-    """The password file (created once, 0600) and the web config holding its bcrypt
-    hash; returns the password file, which Prometheus reads."""
-    folder = monitoring_dir(paths)
-    password_file = folder / ALERTMANAGER_PASSWORD_FILE
-    web_config = folder / ALERTMANAGER_WEB_CONFIG
-    auth = alertmanager_auth(paths)
-    if auth is None:
-        write_private(password_file, secrets.token_urlsafe(32) + "\n")
-        auth = alertmanager_auth(paths)
-        assert auth is not None
-    try:
-        current = yaml.safe_load(web_config.read_text())["basic_auth_users"][ALERTMANAGER_USER]
-        valid = bcrypt.checkpw(auth[1].encode(), current.encode())
-    except (OSError, ValueError, TypeError, KeyError):
-        valid = False
-    if not valid:  # hashing costs ~0.1 s: only when the password changed
-        hashed = bcrypt.hashpw(auth[1].encode(), bcrypt.gensalt(rounds=10)).decode()
-        write_private(web_config, yaml.safe_dump({"basic_auth_users": {ALERTMANAGER_USER: hashed}}))
-    return password_file
-
-
 def _auth_for(paths: StatePaths, name: str) -> tuple[str, str] | None:
     return alertmanager_auth(paths) if name == "alertmanager" else None
 
@@ -205,67 +164,6 @@ def status(paths: StatePaths | None = None) -> dict[str, ServiceStatus]:
         else:
             out[name] = ServiceStatus(name, "unhealthy", url, pid, f"{url}{HEALTH[name]} does not answer")
     return out
-
-
-def project_thresholds(paths: StatePaths) -> Path | None:
-    """The project's own `monitoring/thresholds.yml`, when it has one (else planflow's)."""
-    own = paths.project / PROJECT_THRESHOLDS
-    return own if own.is_file() else None
-
-
-def load_thresholds(paths: StatePaths) -> dict:
-    """The thresholds the stack runs with: the project's own, else planflow's; checked."""
-    own = project_thresholds(paths)
-    return generate.load(own) if own else generate.load()
-
-
-def _render_configs(paths: StatePaths, profile: str, ports: dict[str, int]) -> dict[str, Path]:
-    folder = monitoring_dir(paths)
-    own = project_thresholds(paths)
-    source = load_thresholds(paths)
-    source["ports"] = ports
-    p = generate.params(profile, source)
-    if own:  # the project's thresholds: its rules are rendered here, checked like planflow's
-        rules = folder / "rules.yml"
-        rendered = generate.dump(generate.rules(p))
-        rules.write_text(rendered.replace(generate.HEADER, f"# Rendered by `planflow stack up` from {own}.\n", 1))
-    else:
-        rules = generate.HERE / f"rules{generate.suffix(profile)}.yml"
-    prometheus = folder / "prometheus.yml"
-    password_file = _alertmanager_credentials(paths)
-    config = _with_alertmanager_auth(generate.prometheus_config(p, rule_file=str(rules)), password_file)
-    prometheus.write_text(generate.dump(config))
-    token_file = folder / TOKEN_FILE_NAME
-    token = resolve_token(token_file)
-    credentials = token_file
-    if os.environ.get(TOKEN_ENV):  # the bridge uses the env token: give Alertmanager the same
-        credentials = folder / "alertmanager.token"
-        fd = os.open(credentials, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(token + "\n")
-    alertmanager = folder / "alertmanager.yml"
-    alertmanager.write_text(
-        generate.dump(
-            generate.alertmanager_config(
-                p,
-                bridge_url=f"http://{HOST}:{ports['bridge']}/alerts",
-                credentials_file=str(credentials),
-                receivers=receivers_from_settings(p),
-            )
-        )
-    )
-    return {"prometheus": prometheus, "alertmanager": alertmanager, "params": p, "rules": rules}
-
-
-def _with_alertmanager_auth(config: dict, password_file: Path) -> dict:
-    """Prometheus' config, sending its alerts to and scraping Alertmanager with basic auth."""
-    auth = {"basic_auth": {"username": ALERTMANAGER_USER, "password_file": str(password_file)}}
-    for target in config["alerting"]["alertmanagers"]:
-        target.update(auth)
-    for job in config["scrape_configs"]:
-        if job["job_name"] == "alertmanager":
-            job.update(auth)
-    return config
 
 
 def _command(name: str, paths: StatePaths, ports: dict[str, int], configs: dict) -> list[str]:
@@ -386,7 +284,7 @@ def up(
 def _up(paths: StatePaths, profile: str, wanted: dict[str, int], timeout: float) -> dict[str, ServiceStatus]:
     make_private_dir(monitoring_dir(paths))
     make_private_tree(paths.home)  # what an older planflow or another umask left readable
-    configs = _render_configs(paths, profile, wanted)
+    configs = render_configs(paths, profile, wanted)
     write_private(
         services_file(paths),
         json.dumps(
@@ -433,7 +331,3 @@ def reload_prometheus(paths: StatePaths | None = None) -> None:
     if pid is None or not alive:
         raise ServicesError("Prometheus is not running here. Fix: `planflow stack up`")
     os.kill(pid, signal.SIGHUP)
-
-
-def rendered_config(paths: StatePaths, name: str) -> dict:
-    return yaml.safe_load((monitoring_dir(paths) / f"{name}.yml").read_text())

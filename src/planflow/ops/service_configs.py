@@ -1,0 +1,135 @@
+"""The monitoring services' configs, rendered into the state folder, and Alertmanager's
+credentials.
+
+The rules and Prometheus/Alertmanager configs are rendered from the thresholds (the
+project's own `monitoring/thresholds.yml`, else planflow's) with the ports actually
+used. Alertmanager asks for basic auth: a password generated once into the state folder
+(0600), its bcrypt hash in `alertmanager-web.yml`; Prometheus gets the password as a
+`password_file` to send alerts to and scrape it. The bridge's token file lives there too,
+never in the repository.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+import bcrypt
+import yaml
+
+from planflow.monitoring import rules as generate
+from planflow.monitoring.bridge import TOKEN_ENV, TOKEN_FILE_NAME, resolve_token
+from planflow.monitoring.routing import receivers_from_settings
+from planflow.settings import StatePaths, write_private
+
+HOST = "127.0.0.1"
+ALERTMANAGER_USER = "planflow"
+ALERTMANAGER_PASSWORD_FILE = "alertmanager.password"
+ALERTMANAGER_WEB_CONFIG = "alertmanager-web.yml"
+# A project may hold its own thresholds (a copy of planflow's, edited): `stack up` uses them.
+PROJECT_THRESHOLDS = Path("monitoring") / "thresholds.yml"
+BRIDGE_RECEIVER = "planflow-bridge"  # the receiver name in the generated alertmanager.yml
+
+
+def monitoring_dir(paths: StatePaths) -> Path:
+    return paths.home / "monitoring"
+
+
+def alertmanager_auth(paths: StatePaths) -> tuple[str, str] | None:
+    """(user, password) for Alertmanager's API, None before `up` created them.
+
+    >>> httpx.get(f"{status(paths)['alertmanager'].url}/api/v2/alerts", auth=alertmanager_auth(paths))
+    """
+    try:
+        password = (monitoring_dir(paths) / ALERTMANAGER_PASSWORD_FILE).read_text().strip()
+    except FileNotFoundError:
+        return None
+    return (ALERTMANAGER_USER, password) if password else None
+
+
+def alertmanager_credentials(paths: StatePaths) -> Path:
+    """The password file (created once, 0600) and the web config holding its bcrypt
+    hash; returns the password file, which Prometheus reads."""
+    folder = monitoring_dir(paths)
+    password_file = folder / ALERTMANAGER_PASSWORD_FILE
+    web_config = folder / ALERTMANAGER_WEB_CONFIG
+    auth = alertmanager_auth(paths)
+    if auth is None:
+        write_private(password_file, secrets.token_urlsafe(32) + "\n")
+        auth = alertmanager_auth(paths)
+        assert auth is not None
+    try:
+        current = yaml.safe_load(web_config.read_text())["basic_auth_users"][ALERTMANAGER_USER]
+        valid = bcrypt.checkpw(auth[1].encode(), current.encode())
+    except (OSError, ValueError, TypeError, KeyError):
+        valid = False
+    if not valid:  # hashing costs ~0.1 s: only when the password changed
+        hashed = bcrypt.hashpw(auth[1].encode(), bcrypt.gensalt(rounds=10)).decode()
+        write_private(web_config, yaml.safe_dump({"basic_auth_users": {ALERTMANAGER_USER: hashed}}))
+    return password_file
+
+
+def project_thresholds(paths: StatePaths) -> Path | None:
+    """The project's own `monitoring/thresholds.yml`, when it has one (else planflow's)."""
+    own = paths.project / PROJECT_THRESHOLDS
+    return own if own.is_file() else None
+
+
+def load_thresholds(paths: StatePaths) -> dict:
+    """The thresholds the stack runs with: the project's own, else planflow's; checked."""
+    own = project_thresholds(paths)
+    return generate.load(own) if own else generate.load()
+
+
+def render_configs(paths: StatePaths, profile: str, ports: dict[str, int]) -> dict[str, Path]:
+    folder = monitoring_dir(paths)
+    own = project_thresholds(paths)
+    source = load_thresholds(paths)
+    source["ports"] = ports
+    p = generate.params(profile, source)
+    if own:  # the project's thresholds: its rules are rendered here, checked like planflow's
+        rules = folder / "rules.yml"
+        rendered = generate.dump(generate.rules(p))
+        rules.write_text(rendered.replace(generate.HEADER, f"# Rendered by `planflow stack up` from {own}.\n", 1))
+    else:
+        rules = generate.HERE / f"rules{generate.suffix(profile)}.yml"
+    prometheus = folder / "prometheus.yml"
+    password_file = alertmanager_credentials(paths)
+    config = _with_alertmanager_auth(generate.prometheus_config(p, rule_file=str(rules)), password_file)
+    prometheus.write_text(generate.dump(config))
+    token_file = folder / TOKEN_FILE_NAME
+    token = resolve_token(token_file)
+    credentials = token_file
+    if os.environ.get(TOKEN_ENV):  # the bridge uses the env token: give Alertmanager the same
+        credentials = folder / "alertmanager.token"
+        fd = os.open(credentials, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(token + "\n")
+    alertmanager = folder / "alertmanager.yml"
+    alertmanager.write_text(
+        generate.dump(
+            generate.alertmanager_config(
+                p,
+                bridge_url=f"http://{HOST}:{ports['bridge']}/alerts",
+                credentials_file=str(credentials),
+                receivers=receivers_from_settings(p),
+            )
+        )
+    )
+    return {"prometheus": prometheus, "alertmanager": alertmanager, "params": p, "rules": rules}
+
+
+def _with_alertmanager_auth(config: dict, password_file: Path) -> dict:
+    """Prometheus' config, sending its alerts to and scraping Alertmanager with basic auth."""
+    auth = {"basic_auth": {"username": ALERTMANAGER_USER, "password_file": str(password_file)}}
+    for target in config["alerting"]["alertmanagers"]:
+        target.update(auth)
+    for job in config["scrape_configs"]:
+        if job["job_name"] == "alertmanager":
+            job.update(auth)
+    return config
+
+
+def rendered_config(paths: StatePaths, name: str) -> dict:
+    return yaml.safe_load((monitoring_dir(paths) / f"{name}.yml").read_text())
