@@ -163,7 +163,18 @@ def alerts() -> db.Dashboard:
             q("time() - max(planflow_exporter_last_success_timestamp_seconds)", "since last success"),
             unit="s",
         ),
-        12,
+        8,
+        7,
+    )
+    lay.add(
+        big(
+            "Results folder",
+            q("max(planflow_results_bytes)", "results"),
+            unit="bytes",
+            description="Size of the persisted component outputs (the results folder); `planflow results gc` "
+            "bounds it.",
+        ),
+        4,
         7,
     )
     return d
