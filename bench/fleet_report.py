@@ -63,6 +63,7 @@ def write(figures: dict, results: Path = RESULTS) -> None:
         f"mem {meta['pool']['mem_gib']:g} GiB); {meta['rounds']} burst(s) per policy and database, alternating; "
         f"databases: {', '.join(meta['databases'])}; {meta['cpus']} CPUs, load average "
         f"{meta['load_start']:.1f} at the start and {meta['load_end']:.1f} at the end"
+        + (f"; {meta['cgroup']}" if meta.get("cgroup") else "")
         + ("." if meta["complete"] else "; **partial**: written after each burst, the run did not finish."),
         "",
         "| policy | capacity violations | s over capacity | ledger over limit (samples) | makespan s "
