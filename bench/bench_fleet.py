@@ -66,7 +66,16 @@ from pathlib import Path
 
 from bench.bench_dispatch import CAPACITY, POOL, _units_per_second
 from bench.fleet_cgroup import confined
-from bench.fleet_measure import Interval, eta_from_plan, eta_ratio, lower_bound, over_capacity, trace, waits
+from bench.fleet_measure import (
+    Interval,
+    eta_from_plan,
+    eta_ratio,
+    held_idle,
+    lower_bound,
+    over_capacity,
+    trace,
+    waits,
+)
 from bench.fleet_report import POLICIES, RESULTS, summarise, write
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -217,16 +226,21 @@ class LedgerSampler(threading.Thread):
         self.every, self.stop_event = every, threading.Event()
         self.samples = self.over = 0
         self.limits: set[str] = set()
+        self.cpu_held: list[tuple[float, float]] = []  # (unix time, cores the pool's cpu limit held)
 
     def run(self) -> None:
         from prefect.client.orchestration import get_client
 
+        cpu_limit = f"planflow-{POOL}-cpu-millicores"
         with get_client(sync_client=True) as client:
             while not self.stop_event.wait(self.every):
                 limits = client.read_global_concurrency_limits(limit=200)
                 self.samples += 1
                 self.limits |= {lim.name for lim in limits}
                 self.over += any(lim.active_slots > lim.limit for lim in limits)
+                held = [lim.active_slots / 1000 for lim in limits if lim.name == cpu_limit]
+                if held:
+                    self.cpu_held.append((time.time(), held[0]))
 
 
 def demands() -> dict[str, dict[str, dict[str, float]]]:
@@ -372,6 +386,11 @@ def run_burst(
         ledger_over_limit_samples=sampler.over,
         ledger_limits=sorted(sampler.limits),
     )
+    intervals = [
+        Interval(run, c, start + submitted, end + submitted, declared[p][c])
+        for p, run, c, start, end in figures["intervals"]
+    ]
+    figures["trace"].update(held_idle(sampler.cpu_held, intervals))
     return figures
 
 

@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -130,3 +130,20 @@ def eta_ratio(submitted: float, finished: float, eta: float) -> float | None:
     """Actual time to finish over the time the ETA promised, both from submission."""
     promised = eta - submitted
     return (finished - submitted) / promised if promised > 0 else None
+
+
+def held_idle(samples: Sequence[tuple[float, float]], intervals: Iterable[Interval]) -> dict[str, float]:
+    """Cores the shared ledger held beyond what running components declared, summed over
+    the samples (each sample stands until the next): slots a run's lease kept while no
+    component of it used them (`held_idle_cpu_s`), and the cores held on average."""
+    items = list(intervals)
+    held_idle_s = held_s = 0.0
+    for (t, held), (t_next, _) in zip(samples, samples[1:], strict=False):
+        running = sum(i.demand.get("cpu", 0.0) for i in items if i.start <= t < i.end)
+        held_idle_s += max(0.0, held - running) * (t_next - t)
+        held_s += held * (t_next - t)
+    span = samples[-1][0] - samples[0][0] if len(samples) > 1 else 0.0
+    return {
+        "held_idle_cpu_s": round(held_idle_s, 2),
+        "cpu_held_mean": round(held_s / span, 3) if span > 0 else 0.0,
+    }

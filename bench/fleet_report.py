@@ -86,9 +86,9 @@ def write(figures: dict, results: Path = RESULTS) -> None:
         "and 35 % at p95. The default (fifo, no shared ledger) gives no ETA.",
         "",
         "| db | round | policy | violations | makespan s | lower bound s (burst / alone) | cpu in use "
-        "| waits once ready s (with room) | peak cpu | peak mem GiB | runs with ETA | failed "
-        "| run create p95 s | 503 answers |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| waits once ready s (with room) | cores held, mean (idle core-s) | peak cpu | peak mem GiB "
+        "| runs with ETA | failed | run create p95 s | 503 answers |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for b in figures["bursts"]:
         t = b.get("trace", {})
@@ -97,6 +97,7 @@ def write(figures: dict, results: Path = RESULTS) -> None:
             f"{_fmt(t.get('lower_bound_s'), 1)} / {_fmt(t.get('solo_lower_bound_s'), 1)} | "
             f"{_fmt(t.get('cpu_in_use_share_of_makespan'))} | "
             f"{_fmt(t.get('ready_wait_s'), 1)} ({_fmt(t.get('idle_wait_s'), 1)}) | "
+            f"{_fmt(t.get('cpu_held_mean'))} ({_fmt(t.get('held_idle_cpu_s'), 1)}) | "
             f"{b['peak_cpu']:g} | {b['peak_mem_gib']:g} | {len(b['eta_ratios'])} | {len(b['failed_runs'])} | "
             f"{percentile(b['create_s'], 0.95):.3f} | {b.get('create_503_answers', 0)} |"
         )

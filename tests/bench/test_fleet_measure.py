@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from bench.fleet_measure import Interval, eta_from_plan, eta_ratio, lower_bound, over_capacity, waits
+from bench.fleet_measure import Interval, eta_from_plan, eta_ratio, held_idle, lower_bound, over_capacity, waits
 
 CAPACITY = {"cpu": 2.0, "mem_gib": 3.0}
 
@@ -48,3 +48,13 @@ def test_the_lower_bound_is_the_declared_work_over_the_pool_and_idle_waits_are_t
     found = waits(intervals, upstream, {"a": "p", "b": "p"}, {"a": 0.0, "b": 0.0}, CAPACITY)
     # b's load waited 4 s for a's 2 cores (no room); a's train 2 s with room (lost), b's score 1 s without
     assert found == {"ready_wait_s": 7.0, "idle_wait_s": 2.0}
+
+
+def test_cores_the_ledger_held_beyond_the_running_components_are_summed_between_samples():
+    intervals = [Interval("a", "train", 0.0, 4.0, {"cpu": 1.0}), Interval("b", "score", 2.0, 4.0, {"cpu": 1.0})]
+    # held: 2 cores from 0 s (one idle until b starts at 2 s), then 2 used, then 1 held after both ended
+    samples = [(0.0, 2.0), (1.0, 2.0), (2.0, 2.0), (3.0, 2.0), (4.0, 1.0), (5.0, 0.0)]
+    figures = held_idle(samples, intervals)
+    assert figures["held_idle_cpu_s"] == pytest.approx(2.0 + 1.0)  # 1 core idle 0-2 s, 1 core 4-5 s
+    assert figures["cpu_held_mean"] == pytest.approx(9.0 / 5.0)
+    assert held_idle([(0.0, 1.0)], intervals) == {"held_idle_cpu_s": 0.0, "cpu_held_mean": 0.0}
