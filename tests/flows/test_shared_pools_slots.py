@@ -73,3 +73,48 @@ def test_a_run_waiting_to_plan_gets_the_slot_soon_after_it_is_free_and_a_bounded
     # polled every 0.3 s (with jitter): the slot is taken within a few polls, not a Retry-After later
     assert time.monotonic() - freed < 5.0
     assert active_slots([PLANNING_LIMIT]) == {PLANNING_LIMIT: 0}
+
+
+def _narrow_steps_keep_the_pool(a: RunSlots, b: RunSlots, wide: Assignment, rounds: int) -> list[str]:
+    """Run b keeps the pool busy with one-core steps (each ends and the next starts, twice
+    per round) while run a's two-core step asks each round; what each round gave."""
+    running = [b.take(Assignment(f"narrow-{i}", POOL, {"cpu": 1}, 0)) for i in range(2)]
+    assert all(running), "run b could not start its first two steps"
+    seen, n = [], 2
+    for _ in range(rounds):
+        held = a.take(wide)
+        if held is not None:
+            seen.append("wide started")
+            held.close()
+            break
+        for lane in range(2):  # one of b's steps ends, its next one asks
+            if running[lane] is not None:
+                running[lane].close()
+            running[lane] = b.take(Assignment(f"narrow-{n}", POOL, {"cpu": 1}, 0))
+            n += 1
+        seen.append("narrow kept" if any(running) else "narrow waits")
+        assert active_slots([CPU])[CPU] <= 2000
+    for held in running:
+        if held is not None:
+            held.close()
+    return seen
+
+
+def test_a_two_core_step_is_not_starved_by_another_runs_one_core_steps(pool, monkeypatch):
+    """The fleet benchmark saw a cpu=2 step wait 80 s while other runs' one-core steps took
+    each core the moment it came free. Without claims that goes on for ever here; with
+    them the wide step takes its pool's turn, the other run takes nothing new there, and
+    the wide step starts once the steps that were running have ended."""
+    from planflow.prefect.limits import turn_limit
+    from planflow.runtime import slot_claims
+
+    wide = Assignment("wide", POOL, {"cpu": 2}, 0)
+    monkeypatch.setattr(slot_claims, "CLAIM_AFTER_SECONDS", 1e9)  # claims off: the starvation
+    with RunSlots() as a, RunSlots() as b:
+        assert "wide started" not in _narrow_steps_keep_the_pool(a, b, wide, rounds=6)
+    monkeypatch.setattr(slot_claims, "CLAIM_AFTER_SECONDS", 0.0)  # claims on (after 0 s of refusals)
+    with RunSlots() as a, RunSlots() as b:
+        seen = _narrow_steps_keep_the_pool(a, b, wide, rounds=6)
+        assert seen[-1] == "wide started" and len(seen) <= 3, seen  # its claim, a core, the other core
+        assert active_slots([turn_limit(POOL)]) == {turn_limit(POOL): 0}  # the turn given back at its start
+    assert active_slots([CPU, turn_limit(POOL)]) == {CPU: 0, turn_limit(POOL): 0}

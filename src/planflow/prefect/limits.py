@@ -6,6 +6,9 @@ One limit per pool and resource, in whole slots (Prefect counts integers):
     planflow-<pool>-gpu              1 slot = 1 GPU
     planflow-<pool>-mem-mib          1 slot = 1 MiB
 
+and per pool `planflow-<pool>-turn` (1 slot: the step claiming slots as they come free,
+runtime/slot_claims.py), plus `planflow-planning` (1 slot: planning, one run at a time).
+
 A component holding cpu=1.5, mem_gib=2 on pool `local` occupies 1500 slots of
 `planflow-local-cpu-millicores` and 2048 of `planflow-local-mem-mib` while it runs, so
 the limits hold across every run, process and machine that talks to the server.
@@ -40,6 +43,12 @@ def limit_name(pool: str, resource: str) -> str:
     return f"planflow-{pool}-{_SUFFIX[resource]}"
 
 
+def turn_limit(pool: str) -> str:
+    """The pool's turn: one slot, held by the one step that claims slots as they come free
+    (runtime/slot_claims.py)."""
+    return f"planflow-{pool}-turn"
+
+
 def parse_limit_name(name: str) -> tuple[str, str] | None:
     """(pool, resource) of a pool's limit name, None for any other limit.
 
@@ -68,7 +77,8 @@ def sync_limits(capacities: Mapping[str, Mapping[str, float]]) -> list[str]:
     sizes = {name: size for pool, cap in sorted(capacities.items()) for name, size in pool_limits(pool, cap).items()}
     lines = []
     with get_client(sync_client=True) as client:
-        for name, size in [*sizes.items(), (PLANNING_LIMIT, 1)]:
+        turns = [(turn_limit(pool), 1) for pool in sorted(capacities)]
+        for name, size in [*sizes.items(), *turns, (PLANNING_LIMIT, 1)]:
             try:
                 found = client.read_global_concurrency_limit_by_name(name)
             except ObjectNotFound:
@@ -113,6 +123,7 @@ def limit_drift(
                     f"planflow (e.g. in the UI). Fix: `planflow pools sync` to restore it from the block, "
                     f"or change the pool itself (`planflow pools set {pool} ...`)"
                 )
+    missing += [turn_limit(pool) for pool in sorted(capacities) if turn_limit(pool) not in limits]
     if PLANNING_LIMIT not in limits:
         missing.append(PLANNING_LIMIT)
     return missing, drift

@@ -32,7 +32,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -44,6 +44,7 @@ from prefect.client.orchestration import get_client
 
 from planflow.runtime.admission import LOCKED, AdmissionError, SharedSlots, _release
 from planflow.runtime.dispatch import RESOURCES, Assignment
+from planflow.runtime.slot_claims import Claims
 
 logger = logging.getLogger("planflow.admission")
 BATCH_SECONDS = 10.0  # steps planned at most this long share one lease with their batch
@@ -81,7 +82,10 @@ class RunSlots(SharedSlots):
     """The dispatcher's `admit` for one run: call it (or `take`) with an assignment for
     its held slots, or None while other runs hold them; `prepare` before each round."""
 
-    def __init__(self, batch_seconds: float = BATCH_SECONDS, **options: Any) -> None:
+    def __init__(
+        self, batch_seconds: float = BATCH_SECONDS, limits: Mapping[str, Any] | None = None, **options: Any
+    ) -> None:
+        """`limits`: the server's limits as the run read them before its plan, if it did."""
         super().__init__(**options)
         self.batch_seconds = batch_seconds
         self._leases: list[_Lease] = []
@@ -92,6 +96,7 @@ class RunSlots(SharedSlots):
         self._client: Any = None  # the dispatcher thread's client while the run lasts
         self._threads_pool = ThreadPoolExecutor(max_workers=len(RESOURCES), thread_name_prefix="planflow-slot-take")
         self.requests = 0  # increments sent (for tests and the overhead benchmark)
+        self._claims = Claims(self, limits)
 
     # -- a run ----------------------------------------------------------------------------
     def __enter__(self) -> RunSlots:
@@ -134,7 +139,7 @@ class RunSlots(SharedSlots):
     def prepare(self, ready: Iterable[Assignment]) -> None:
         """The steps the dispatcher is about to release: keep idle leases they can use,
         give back the others, and take the short steps' missing slots as one lease per limit."""
-        ready = list(ready)
+        ready = [a for a in ready if not self._claims.blocked(a)]  # a claimed pool's steps take nothing
         needed: dict[str, int] = {}
         batched: dict[str, int] = {}
         for a in ready:
@@ -167,6 +172,15 @@ class RunSlots(SharedSlots):
     def take(self, a: Assignment) -> _Held | None:
         now = time.monotonic()
         since = self._waiting_since.setdefault(a.step, now)
+        if self._claims.holds(a):  # refused for long, it claims its slots as they come free (slot_claims.py)
+            return self._claim(a, now, since)
+        if self._claims.blocked(a):  # another step claims the pool: nothing new taken there
+            self._give_back_idle(self.wanted(a))
+            if now - since > self.wait:
+                raise AdmissionError(self._waited(a, now - since))
+            return None
+        if self._claims.due(a, since):  # refused for long, and the pool's turn is free: claim
+            return self._claim(a, now, since)
         shares: list[tuple[_Lease, int]] = []
         taken: list[_Lease] = []  # leases this call created: given back when it fails
         try:
@@ -207,6 +221,21 @@ class RunSlots(SharedSlots):
         self._waiting_since.pop(a.step, None)
         self._server_down_since = None
         return _Held(self, shares)
+
+    def _claim(self, a: Assignment, now: float, since: float) -> _Held | None:
+        """One step of `a`'s claim: its slots once it has them all, else None (bounded by the
+        same wait as any step's; a server error is met again at the next look)."""
+        try:
+            shares = self._claims.advance(a)
+        except httpx.HTTPError as exc:
+            logger.warning("step '%s': its claim on pool '%s' goes on at the next look (%s)", a.step, a.pool, exc)
+            shares = None
+        if shares is not None:
+            self._waiting_since.pop(a.step, None)
+            return _Held(self, shares)
+        if now - since > self.wait:
+            raise AdmissionError(self._waited(a, now - since))
+        return None
 
     # -- leases -----------------------------------------------------------------------------
     def _gather(self, name: str, n: int) -> list[tuple[_Lease, int]]:

@@ -164,7 +164,7 @@ def _run(
         run = RunInfo(pipeline, resolved, policy, mode, str(flow_run.id) if flow_run else None, plan)
         with EventBus(run_reporters(pipeline, logger, recorder, calendar), logger) as bus:
             bus.planned(run)
-            with refreshing(refresh), RunSlots() if shared else nullcontext() as admit:
+            with refreshing(refresh), RunSlots(limits=reads.limits) if shared else nullcontext() as admit:
                 if admit is not None and calendar is not None and policy == "plan" and options.hold_to_calendar:
                     admit = calendar.admit(admit)  # start where the calendar says (kept current by re-planning)
                 notify = partial(bus.step, run)

@@ -1,0 +1,133 @@
+"""A step that keeps being refused its slots claims them as they come free.
+
+Runs take a pool's shared slots all or nothing, so that no two runs each hold part of
+what they wait for (they would wait for each other for ever). That alone starves a wide
+step: a component that needs both cores of a pool waits while the other runs' one-core
+steps take each core the moment it frees, for as long as they have steps (the fleet
+benchmark saw a `cpu=2` step ready at 33 s start at 113 s, its run planned first and
+finishing last).
+
+So a step refused for CLAIM_AFTER_SECONDS takes its pool's **turn**, a concurrency limit
+of one slot per pool (`planflow-<pool>-turn`, made with the pool's other limits), and
+while it holds the turn it takes every slot it still misses as soon as it is free, and
+keeps it. Only the turn's holder holds part of what it waits for, so nobody waits for
+each other in a circle; the slots others give back come to it, so it starts once
+the steps running when it claimed have ended. When it has all it needs it starts and gives the turn
+back. The turn and the slots claimed are leases like every other: a run that dies gives
+them back within the lease.
+
+    claims = Claims(owner)           # owner: the run's RunSlots
+    held = claims.advance(a)         # a _Held when the claim is complete, else None
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from prefect.client.orchestration import get_client
+from prefect.exceptions import ObjectNotFound
+
+from planflow.prefect.limits import turn_limit
+from planflow.runtime.dispatch import Assignment
+
+if TYPE_CHECKING:
+    from planflow.runtime.run_slots import RunSlots, _Lease
+
+logger = logging.getLogger("planflow.admission")
+CLAIM_AFTER_SECONDS = 2.0  # a step refused this long takes its pool's turn
+TURN_LOOK_SECONDS = 1.0  # how long a look at a pool's turn stands (one read per pool at most this often)
+
+
+@dataclass
+class _Claim:
+    step: str
+    turn: _Lease
+    leases: list[_Lease] = field(default_factory=list)
+
+
+class Claims:
+    """The claims of one run's steps, at most one per pool."""
+
+    def __init__(self, owner: RunSlots, limits: Mapping[str, Any] | None = None) -> None:
+        """`limits`: the server's limits as the run read them before its plan (their turns
+        stand for the run's first look)."""
+        self.owner = owner
+        self._by_pool: dict[str, _Claim] = {}
+        self._turns: dict[str, tuple[float, bool]] = {}  # pool -> (when looked, taken)
+        now = time.monotonic()
+        for name, limit in (limits or {}).items():
+            if name.startswith("planflow-") and name.endswith("-turn"):
+                self._turns[name[len("planflow-") : -len("-turn")]] = (now, limit.active_slots > 0)
+
+    def blocked(self, a: Assignment) -> bool:
+        """Another step claims `a`'s pool: `a` takes nothing there meanwhile, so that the
+        slots the running steps give back go to the claim."""
+        if self.holds(a):
+            return False
+        if a.pool in self._by_pool:  # another step of this run claims it
+            return True
+        looked, taken = self._turns.get(a.pool, (-1e9, False))
+        if time.monotonic() - looked >= TURN_LOOK_SECONDS:
+            taken = self._held(turn_limit(a.pool)) > 0
+            self._turns[a.pool] = (time.monotonic(), taken)
+        return taken
+
+    def holds(self, a: Assignment) -> bool:
+        """`a` claims its pool's slots (it holds the turn)."""
+        claim = self._by_pool.get(a.pool)
+        return claim is not None and claim.step == a.step
+
+    def due(self, a: Assignment, refused_since: float) -> bool:
+        """`a` has been refused long enough to claim, and no other step of the run claims that pool."""
+        return a.pool not in self._by_pool and time.monotonic() - refused_since >= CLAIM_AFTER_SECONDS
+
+    def advance(self, a: Assignment) -> list[tuple[_Lease, int]] | None:
+        """Take the pool's turn if nobody holds it, then whatever `a` still misses that is
+        free now; the step's shares once it has all it needs (the turn given back)."""
+        claim = self._by_pool.get(a.pool)
+        if claim is None:
+            turn = self.owner._increment(turn_limit(a.pool), 1, quiet=True)
+            if turn is None:  # another run's step holds the turn (or an old server lacks it)
+                self._turns[a.pool] = (time.monotonic(), True)
+                return None
+            self.owner._use(turn, 1)
+            claim = self._by_pool[a.pool] = _Claim(a.step, turn)
+            logger.info(
+                "step '%s' waits long for its slots on pool '%s': it claims them as they come free", a.step, a.pool
+            )
+        for name, n in self.owner.wanted(a).items():
+            missing = n - sum(lease.slots for lease in claim.leases if lease.limit == name)
+            free = min(missing, self._free(name)) if missing > 0 else 0
+            if free > 0 and (lease := self.owner._increment(name, free, quiet=True)) is not None:
+                self.owner._use(lease, free)  # the claim's: no other step of the run takes it
+                claim.leases.append(lease)
+        wanted = self.owner.wanted(a)
+        have = {name: sum(lease.slots for lease in claim.leases if lease.limit == name) for name in wanted}
+        if any(have[name] < n for name, n in wanted.items()):
+            return None
+        del self._by_pool[a.pool]
+        self.owner._drop([claim.turn])
+        self._turns.pop(a.pool, None)  # the last look saw its own turn taken
+        return [(lease, lease.slots) for lease in claim.leases]
+
+    def _free(self, name: str) -> int:
+        """Slots of limit `name` nobody holds now (one read)."""
+        limit = self._read(name)
+        return max(0, limit.limit - limit.active_slots) if limit is not None else 0
+
+    def _held(self, name: str) -> int:
+        limit = self._read(name)
+        return limit.active_slots if limit is not None else 0
+
+    def _read(self, name: str) -> Any:
+        shared = self.owner._client
+        try:
+            with nullcontext(shared) if shared else get_client(sync_client=True) as client:
+                return client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            return None
