@@ -82,6 +82,7 @@ def _narrow_steps_keep_the_pool(a: RunSlots, b: RunSlots, wide: Assignment, roun
     assert all(running), "run b could not start its first two steps"
     seen, n = [], 2
     for _ in range(rounds):
+        a.prepare([wide])  # as the dispatcher does before each round: a short step's slots are batched
         held = a.take(wide)
         if held is not None:
             seen.append("wide started")
@@ -90,7 +91,9 @@ def _narrow_steps_keep_the_pool(a: RunSlots, b: RunSlots, wide: Assignment, roun
         for lane in range(2):  # one of b's steps ends, its next one asks
             if running[lane] is not None:
                 running[lane].close()
-            running[lane] = b.take(Assignment(f"narrow-{n}", POOL, {"cpu": 1}, 0))
+            narrow = Assignment(f"narrow-{n}", POOL, {"cpu": 1}, 0, 0.0, 1.0)
+            b.prepare([narrow])
+            running[lane] = b.take(narrow)
             n += 1
         seen.append("narrow kept" if any(running) else "narrow waits")
         assert active_slots([CPU])[CPU] <= 2000
@@ -108,11 +111,12 @@ def test_a_two_core_step_is_not_starved_by_another_runs_one_core_steps(pool, mon
     from planflow.prefect.limits import turn_limit
     from planflow.runtime import slot_claims
 
-    wide = Assignment("wide", POOL, {"cpu": 2}, 0)
+    wide = Assignment("wide", POOL, {"cpu": 2}, 0, 0.0, 1.0)  # planned short: batched by prepare
     monkeypatch.setattr(slot_claims, "CLAIM_AFTER_SECONDS", 1e9)  # claims off: the starvation
     with RunSlots() as a, RunSlots() as b:
         assert "wide started" not in _narrow_steps_keep_the_pool(a, b, wide, rounds=6)
     monkeypatch.setattr(slot_claims, "CLAIM_AFTER_SECONDS", 0.0)  # claims on (after 0 s of refusals)
+    monkeypatch.setattr(slot_claims, "TURN_LOOK_SECONDS", 0.0)  # each take looks at the turn (rounds here take ms)
     with RunSlots() as a, RunSlots() as b:
         seen = _narrow_steps_keep_the_pool(a, b, wide, rounds=6)
         assert seen[-1] == "wide started" and len(seen) <= 3, seen  # its claim, a core, the other core

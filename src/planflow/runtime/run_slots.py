@@ -139,7 +139,8 @@ class RunSlots(SharedSlots):
     def prepare(self, ready: Iterable[Assignment]) -> None:
         """The steps the dispatcher is about to release: keep idle leases they can use,
         give back the others, and take the short steps' missing slots as one lease per limit."""
-        ready = [a for a in ready if not self._claims.blocked(a)]  # a claimed pool's steps take nothing
+        # a claimed pool's steps take nothing; a claiming step takes its slots as they come free
+        ready = [a for a in ready if not (self._claims.holds(a) or self._claims.blocked(a))]
         needed: dict[str, int] = {}
         batched: dict[str, int] = {}
         for a in ready:
@@ -179,8 +180,6 @@ class RunSlots(SharedSlots):
             if now - since > self.wait:
                 raise AdmissionError(self._waited(a, now - since))
             return None
-        if self._claims.due(a, since):  # refused for long, and the pool's turn is free: claim
-            return self._claim(a, now, since)
         shares: list[tuple[_Lease, int]] = []
         taken: list[_Lease] = []  # leases this call created: given back when it fails
         try:
@@ -207,6 +206,8 @@ class RunSlots(SharedSlots):
                 raise AdmissionError(f"step '{a.step}': the Prefect server refused its slots: {exc}") from None
             self._give_back_idle(self.wanted(a))
             self._server_down_since = None
+            if self._claims.due(a, since):  # refused for long, and the pool's turn is free: claim
+                return self._claim(a, now, since)
             if now - since > self.wait:
                 raise AdmissionError(self._waited(a, now - since)) from None
             return None
@@ -225,6 +226,7 @@ class RunSlots(SharedSlots):
     def _claim(self, a: Assignment, now: float, since: float) -> _Held | None:
         """One step of `a`'s claim: its slots once it has them all, else None (bounded by the
         same wait as any step's; a server error is met again at the next look)."""
+        self._give_back_idle(self.wanted(a))  # the run's own idle slots: free on the server, for the claim
         try:
             shares = self._claims.advance(a)
         except httpx.HTTPError as exc:
