@@ -32,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.bench_overhead import FirstRelease  # imports no Prefect
+from bench.bench_overhead import SERVER_START_SECONDS, FirstRelease  # imports no Prefect
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -158,7 +158,13 @@ def main(argv: list[str] | None = None) -> dict:
 
     from bench.tempserver import TempServer
 
-    with TempServer("overhead-dask"):  # before Prefect is imported
+    class Server(TempServer):
+        def start(self) -> None:  # a loaded machine can take minutes to start a server
+            from planflow.ops import server as stack
+
+            stack.up(self.paths, port=self.port, db=self.db, timeout=SERVER_START_SECONDS)
+
+    with Server("overhead-dask"):  # before Prefect is imported
         from planflow.ops import dask as cluster
         from planflow.prefect.blocks import ensure_defaults
         from planflow.prefect.blocks.registry import load_pools
