@@ -39,6 +39,8 @@ from planflow.runtime.executors import Executor, StepFuture
 from planflow.runtime.tags import PLANFLOW_TAG
 from planflow.settings import settings
 
+OUTCOME_PRIORITY = 100  # Dask runs higher first; steps are submitted at 0
+
 
 class DaskWorkerLost(RuntimeError):
     """The Dask workers running a step died (more often than the scheduler allows)."""
@@ -159,5 +161,10 @@ class DaskExecutor(Executor):
         kwargs = self.pipeline.step_kwargs(step, self.params, upstream)
         with dask.annotate(resources=task_resources(a.pool, a.demand)):
             future, task_run_id = self._submitter.submit(step, task, kwargs)
-        outcome = self._runner.client.submit(_outcome, future, future.key, key=f"outcome-{task_run_id}")
+        # first among the tasks ready on its worker: at the default priority it would queue
+        # behind every step released after its own (Dask runs earlier submissions first),
+        # and the dispatcher would hear of completions only in bursts, late
+        outcome = self._runner.client.submit(
+            _outcome, future, future.key, key=f"outcome-{task_run_id}", priority=OUTCOME_PRIORITY
+        )
         return DaskStep(step, future, outcome)
