@@ -9,9 +9,13 @@ flow of N trivial tasks, both on the same Dask cluster, side by side in one proc
 
 N = 40 and 400; the two alternate within each round (first one, then the other), at
 least 3 rounds, after a warm-up of each. The figures are the median per-round ratios
-planflow / plain (`ratio_dask_40`, `ratio_dask_400`; the issue's goal is <= 1.2), merged
-into bench/results/overhead.json (read-modify-write: the in-process benchmark writes its
-own keys into the same flat object); the table goes to bench/results/overhead_dask.md.
+planflow / plain (`ratio_dask_40`, `ratio_dask_400`; the issue's goal is <= 1.2), the
+median wall times (`planflow_dask_s_<N>`, `prefect_dask_s_<N>`, the names
+bench_overhead.py's table reads) and the median time from the flow run's start to its
+first release (`first_release_dask_s_<N>`), merged into bench/results/overhead.json
+(read-modify-write: the in-process benchmark writes its own keys into the same flat
+object, and each writes only its own); every round and the load average go to
+bench/results/overhead_dask.md.
 
 Run: `python -m bench.bench_overhead_dask [--rounds 3] [--sizes 40 400]`. It starts a
 Prefect server (SQLite, a temporary state folder) and a local Dask cluster (a scheduler
@@ -27,6 +31,8 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+
+from bench.bench_overhead import SERVER_START_SECONDS, FirstRelease  # imports no Prefect
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -69,23 +75,35 @@ def _timed(call) -> float:
     return time.perf_counter() - started
 
 
-def measure(sizes: list[int], rounds: int, address: str) -> dict:
+def measure(sizes: list[int], rounds: int, address: str, first: FirstRelease) -> dict:
     from planflow import to_flow
 
     figures: dict = {}
     plain = plain_flow(address)
     for n in sizes:
         planflow_flow = to_flow(trivial_pipeline(n))
-        runs = {"planflow": lambda f=planflow_flow: f(mode="dask"), "plain": lambda n=n: plain(n)}
+        summaries: list[dict] = []
+        runs = {
+            "planflow": lambda f=planflow_flow, out=summaries: out.append(f(mode="dask")),
+            "plain": lambda n=n: plain(n),
+        }
         for run in runs.values():  # warm-up: imports, the cluster's first tasks, learned durations
             run()
-        times: dict[str, list[float]] = {"planflow": [], "plain": []}
+        times: dict[str, list[float]] = {"planflow": [], "plain": [], "first_release": [], "load": []}
         for r in range(rounds):
             for name in ("planflow", "plain") if r % 2 == 0 else ("plain", "planflow"):
                 times[name].append(_timed(runs[name]))
-            print(f"N={n} round {r + 1}: planflow {times['planflow'][-1]:.2f} s, plain {times['plain'][-1]:.2f} s")
+            times["first_release"].append(first.seconds_after_start(summaries[-1]["flow_run_id"]))
+            times["load"].append(os.getloadavg()[0])
+            print(
+                f"N={n} round {r + 1}: planflow {times['planflow'][-1]:.2f} s, plain {times['plain'][-1]:.2f} s, "
+                f"first release {times['first_release'][-1]:.2f} s, load {times['load'][-1]:.1f}",
+                flush=True,
+            )
         ratios = [p / q for p, q in zip(times["planflow"], times["plain"], strict=True)]
-        figures[n] = {"planflow_s": times["planflow"], "plain_s": times["plain"], "ratios": ratios}
+        figures[n] = {"planflow_s": times["planflow"], "plain_s": times["plain"], "ratios": ratios} | {
+            k: times[k] for k in ("first_release", "load")
+        }
     return figures
 
 
@@ -98,8 +116,11 @@ def write(figures: dict, rounds: int) -> dict:
         merged = {}
     for n, f in figures.items():
         merged[f"ratio_dask_{n}"] = round(statistics.median(f["ratios"]), 3)
-        merged[f"dask_planflow_{n}_median_s"] = round(statistics.median(f["planflow_s"]), 3)
-        merged[f"dask_plain_{n}_median_s"] = round(statistics.median(f["plain_s"]), 3)
+        merged[f"planflow_dask_s_{n}"] = round(statistics.median(f["planflow_s"]), 3)
+        merged[f"prefect_dask_s_{n}"] = round(statistics.median(f["plain_s"]), 3)
+        merged[f"first_release_dask_s_{n}"] = round(statistics.median(f["first_release"]), 3)
+        for old in (f"dask_planflow_{n}_median_s", f"dask_plain_{n}_median_s"):  # this benchmark's former names
+            merged.pop(old, None)
     merged["dask_rounds"] = rounds
     merged["dask_workers"] = WORKERS
     path.write_text(json.dumps(merged, indent=2, sort_keys=True) + "\n")
@@ -109,14 +130,20 @@ def write(figures: dict, rounds: int) -> dict:
         f"Same Dask cluster (a scheduler, {WORKERS} worker processes, 127.0.0.1), same Prefect server, "
         f"one process, alternating, {rounds} rounds after a warm-up. Goal: ratio <= 1.2.",
         "",
-        "| N | planflow median (s) | plain median (s) | median ratio | ratios per round |",
+        "| N | planflow median (s) | plain median (s) | median ratio | first release median (s) |",
         "|---|---|---|---|---|",
     ]
     for n, f in figures.items():
         lines.append(
             f"| {n} | {statistics.median(f['planflow_s']):.2f} | {statistics.median(f['plain_s']):.2f} | "
-            f"{statistics.median(f['ratios']):.2f} | {', '.join(f'{r:.2f}' for r in f['ratios'])} |"
+            f"{statistics.median(f['ratios']):.2f} | {statistics.median(f['first_release']):.2f} |"
         )
+    lines += ["", "| N | round | planflow (s) | plain (s) | ratio | first release (s) | load average (1 min) |"]
+    lines.append("|---|---|---|---|---|---|---|")
+    for n, f in figures.items():
+        columns = (f["planflow_s"], f["plain_s"], f["ratios"], f["first_release"], f["load"])
+        for r, cells in enumerate(zip(*columns, strict=True)):
+            lines.append(f"| {n} | {r + 1} | " + " | ".join(f"{v:.2f}" for v in cells) + " |")
     (RESULTS / "overhead_dask.md").write_text("\n".join(lines) + "\n")
     return merged
 
@@ -131,10 +158,17 @@ def main(argv: list[str] | None = None) -> dict:
 
     from bench.tempserver import TempServer
 
-    with TempServer("overhead-dask"):  # before Prefect is imported
+    class Server(TempServer):
+        def start(self) -> None:  # a loaded machine can take minutes to start a server
+            from planflow.ops import server as stack
+
+            stack.up(self.paths, port=self.port, db=self.db, timeout=SERVER_START_SECONDS)
+
+    with Server("overhead-dask"):  # before Prefect is imported
         from planflow.ops import dask as cluster
         from planflow.prefect.blocks import ensure_defaults
         from planflow.prefect.blocks.registry import load_pools
+        from planflow.runtime.events import subscribe
         from planflow.settings import StatePaths
 
         ensure_defaults()
@@ -144,9 +178,12 @@ def main(argv: list[str] | None = None) -> dict:
         sizing = {"local": load_pools()["local"].capacity()}
         state = cluster.up(paths, {k: {r: v * WORKERS for r, v in c.items()} for k, c in sizing.items()}, WORKERS)
         os.environ["PLANFLOW_DASK_ADDRESS"] = state.address
+        first = FirstRelease()
+        unsubscribe = subscribe(first.reporter)
         try:
-            figures = measure(args.sizes, args.rounds, state.address)
+            figures = measure(args.sizes, args.rounds, state.address, first)
         finally:
+            unsubscribe()
             cluster.down(paths)
     merged = write(figures, args.rounds)
     print(json.dumps({k: v for k, v in merged.items() if k.startswith("ratio_dask")}))

@@ -43,7 +43,8 @@ def test_predictive_maintenance_completes_in_dask_mode():
 def test_each_worker_runs_no_more_than_its_resources_allow():
     """The dispatcher's own ledger is made limitless here, so that only the cluster holds
     the capacities: four cpu=2 steps on two workers of local.cpu=2 run two at a time,
-    never two on one worker."""
+    never two on one worker. What a step ran on its worker is what the history learns
+    (`ran_seconds`): its own span, not the wait in the cluster's queue."""
     p = dags.holds
     assignments = {s: Assignment(s, "local", p.steps[s].spec.demand(), priority=i) for i, s in enumerate(p.steps)}
     limitless = {"local": {"cpu": 1e6, "gpu": 1e6, "mem_gib": 1e6}}
@@ -53,16 +54,23 @@ def test_each_worker_runs_no_more_than_its_resources_allow():
         executor = DaskExecutor(p, assignments, {"hold_seconds": 0.4})
         records = execute(executor, p, assignments, limitless, lambda event, record: None)
         assert {r.state for r in records.values()} == {"Completed"}, records
-        return {step: r.result.key_metrics() for step, r in records.items()}
+        return {
+            step: {**r.result.key_metrics(), "ran": r.ran_seconds, "seconds": r.seconds} for step, r in records.items()
+        }
 
-    by_worker: dict[float, list[tuple[float, float]]] = {}
-    for span in holds().values():
-        by_worker.setdefault(span["pid"], []).append((span["start"], span["end"]))
+    spans = holds()
+    by_worker: dict[float, list[tuple[float, float, str]]] = {}
+    for step, span in spans.items():
+        by_worker.setdefault(span["pid"], []).append((span["start"], span["end"], step))
+        assert span["ran"] is not None and span["ran"] >= span["end"] - span["start"] - 0.01, span
     assert len(by_worker) == WORKERS, by_worker  # the cluster used both workers
     for worker, intervals in by_worker.items():
         intervals.sort()
-        for (_, end), (start, _) in zip(intervals, intervals[1:], strict=False):
+        for (_, end, _), (start, _, later) in zip(intervals, intervals[1:], strict=False):
             assert start >= end, f"worker {worker} ran two cpu=2 steps at once: {intervals}"
+            # released with the others, it waited for the first step on its worker (0.4 s):
+            # release to completion counts that wait, the time it ran does not
+            assert spans[later]["seconds"] - spans[later]["ran"] >= 0.3, spans[later]
 
 
 def test_unknown_resource_is_refused_at_plan_time():

@@ -8,8 +8,15 @@ cluster itself keeps every worker within what it offers.
 
 A step's outputs stay on the worker that made them: the next step gets the Dask future
 and the data moves worker to worker; the dispatcher receives a small DaskOutput (the
-future and the output's key metrics, computed where the data is). A step whose workers
-died more often than the scheduler allows fails with DaskWorkerLost, naming that fate.
+future, the output's key metrics, computed where the data is, and how long the step ran
+on its worker). A step whose workers died more often than the scheduler allows fails
+with DaskWorkerLost, naming that fate.
+
+How long a step ran is the Dask worker's compute time of its task (the Prefect task run
+on the worker, engine and result persistence included: what a task costs in-process
+too), not release to completion as the dispatcher sees it: the dispatcher releases every
+ready step before it listens, and a step waiting in the cluster's queue is not running.
+That is what the history learns (reporters.HistoryReporter reads `StepRecord.ran_seconds`).
 """
 
 from __future__ import annotations
@@ -26,10 +33,13 @@ from prefect_dask import DaskTaskRunner
 from planflow.core.pipeline import Pipeline
 from planflow.runtime import reporting
 from planflow.runtime.dask_cluster import scheduler_address, task_resources, unreachable
-from planflow.runtime.dispatch import Assignment
+from planflow.runtime.dask_submit import RunSubmitter
+from planflow.runtime.dispatch import Assignment, StepRecord
 from planflow.runtime.executors import Executor, StepFuture
 from planflow.runtime.tags import PLANFLOW_TAG
 from planflow.settings import settings
+
+OUTCOME_PRIORITY = 100  # Dask runs higher first; steps are submitted at 0
 
 
 class DaskWorkerLost(RuntimeError):
@@ -44,16 +54,29 @@ class DaskOutput:
     step: str
     future: Any
     metrics: dict[str, float]
+    seconds: float | None = None  # its task's compute time on the worker (None: not known)
 
     def key_metrics(self) -> dict[str, float]:
         return dict(self.metrics)
 
 
-def _outcome(state: Any) -> tuple[bool, Any]:
-    """Runs on a worker holding the step's final state: (True, key metrics) or (False,
-    the step's error), both small, so no output travels to the dispatcher."""
+def _ran_seconds(key: str) -> float | None:
+    """On a worker: the compute time of task `key` there (None when another worker ran
+    it, e.g. its output was moved here)."""
+    try:
+        task = distributed.get_worker().state.tasks.get(key)
+    except ValueError:  # not on a worker
+        return None
+    spans = [s["stop"] - s["start"] for s in getattr(task, "startstops", ()) if s.get("action") == "compute"]
+    return spans[-1] if spans else None
+
+
+def _outcome(state: Any, key: str) -> tuple[bool, Any]:
+    """Runs on a worker holding the step's final state (Dask runs it where that is):
+    (True, (key metrics, seconds it ran)) or (False, the step's error), all small, so no
+    output travels to the dispatcher."""
     if state.is_completed():
-        return True, reporting.key_metrics(state.result())
+        return True, (reporting.key_metrics(state.result()), _ran_seconds(key))
     try:
         state.result()
     except BaseException as exc:  # the step's own error, returned as a value
@@ -82,7 +105,8 @@ class DaskStep:
             ) from exc
         if not ok:
             raise value
-        return DaskOutput(self.step, self.future, value)
+        metrics, seconds = value
+        return DaskOutput(self.step, self.future, metrics, seconds)
 
 
 class DaskExecutor(Executor):
@@ -99,6 +123,7 @@ class DaskExecutor(Executor):
         self.pipeline, self.assignments, self.params = pipeline, assignments, params
         self.address = address
         self._runner: DaskTaskRunner | None = None
+        self._submitter: RunSubmitter | None = None
 
     def __enter__(self) -> DaskExecutor:
         address = self.address or scheduler_address()
@@ -111,15 +136,21 @@ class DaskExecutor(Executor):
             runner.__exit__(None, None, None)
             raise unreachable(address, timeout, exc) from None
         self._runner = runner
+        self._submitter = RunSubmitter(runner.client)
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
+        self._submitter = None
         if self._runner is not None:
             self._runner.__exit__(*exc_info)
             self._runner = None
 
+    def measure(self, record: StepRecord) -> None:
+        if isinstance(record.result, DaskOutput) and record.result.seconds:
+            record.ran_seconds = record.result.seconds
+
     def start(self, step: str, outputs: dict[str, Any]) -> StepFuture:
-        assert self._runner is not None, "use DaskExecutor as a context manager"
+        assert self._runner is not None and self._submitter is not None, "use DaskExecutor as a context manager"
         a = self.assignments[step]
         component = self.pipeline.steps[step].component
         task = component.with_options(name=step, task_run_name=step)
@@ -129,6 +160,11 @@ class DaskExecutor(Executor):
         upstream = {name: out.future if isinstance(out, DaskOutput) else out for name, out in outputs.items()}
         kwargs = self.pipeline.step_kwargs(step, self.params, upstream)
         with dask.annotate(resources=task_resources(a.pool, a.demand)):
-            future = self._runner.submit(task, kwargs)
-        outcome = self._runner.client.submit(_outcome, future.wrapped_future, key=f"outcome-{future.task_run_id}")
+            future, task_run_id = self._submitter.submit(step, task, kwargs)
+        # first among the tasks ready on its worker: at the default priority it would queue
+        # behind every step released after its own (Dask runs earlier submissions first),
+        # and the dispatcher would hear of completions only in bursts, late
+        outcome = self._runner.client.submit(
+            _outcome, future, future.key, key=f"outcome-{task_run_id}", priority=OUTCOME_PRIORITY
+        )
         return DaskStep(step, future, outcome)

@@ -104,6 +104,9 @@ class StepRecord:
     oom_kills: int = 0
     mem_limit_gib: float | None = None
     cached: bool = False  # completed by reading its result from the cache (Prefect's Cached state)
+    # How long it ran where it ran, when its executor measured that apart from the queue
+    # (dask_executor.py: a worker's compute time); None: `seconds` (release to completion)
+    ran_seconds: float | None = None
 
     @property
     def seconds(self) -> float | None:

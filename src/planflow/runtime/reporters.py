@@ -228,11 +228,11 @@ class LogReporter(Reporter):
 
 
 class HistoryReporter(Reporter):
-    """Each completed step's seconds (release to completion, what a plan must predict)
-    into the history, keyed by its component's code version, with the values of the
-    parameters that scale its work. A retry of a flow run (run count > 1) records
-    nothing, nor does a step read from the cache: the steps it reads back from stored
-    results did no work."""
+    """Each completed step's seconds (release to completion, what a plan must predict; in
+    Dask mode its compute time on the worker, queueing left out: `ran_seconds`) into the
+    history, keyed by its component's code version, with the values of the parameters
+    that scale its work. A retry of a flow run (run count > 1) records nothing, nor does
+    a step read from the cache: the steps it reads back from stored results did no work."""
 
     def __init__(self) -> None:
         self.retry = False
@@ -245,7 +245,8 @@ class HistoryReporter(Reporter):
 
     def on_step(self, event: StepEvent) -> None:
         record, run = event.record, event.run
-        if event.kind != "completed" or self.retry or record.cached or not record.seconds or record.seconds <= 0:
+        seconds = record.ran_seconds or record.seconds  # where it ran, when the executor measured it
+        if event.kind != "completed" or self.retry or record.cached or not seconds or seconds <= 0:
             return
         component = run.pipeline.steps[record.step].component
         peak = getattr(record, "peak_mem_gib", None)  # set by executors that measure it
@@ -254,7 +255,7 @@ class HistoryReporter(Reporter):
                 component=component.name,
                 code_version=component.code_version,
                 pool=record.pool,
-                seconds=record.seconds,
+                seconds=seconds,
                 peak_mem_gib=float(peak) if isinstance(peak, (int, float)) else None,
                 work=history.work_values(run.pipeline, record.step, run.params),
                 pipeline=run.pipeline.name,
