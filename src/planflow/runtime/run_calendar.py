@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import asdict, replace
+from operator import itemgetter
 from typing import Any
 
 from prefect.artifacts import create_markdown_artifact
@@ -80,7 +81,10 @@ class RunCalendar(Reporter):
         self.moves_at_once = False  # set by `listen`: the dispatcher's thread moves the entry
         self.dirty = False  # moved since the last save (on_step); the bus flush saves it
         self.shown: float | None = None  # the ETA last shown in the log, gauge and artifact
-        self._by_step: dict[str, dict[str, Any]] = {}  # the entry's reservations by component (_move)
+        # _move's indexes of the entry's reservations: by component, and those still planned
+        self._indexed: list[dict[str, Any]] | None = None
+        self._by_step: dict[str, dict[str, Any]] = {}
+        self._planned: dict[str, dict[str, Any]] = {}
 
     def write(self, pipeline: str, assignments: Mapping[str, Assignment], planned_at: float) -> float:
         """Record the plan's reservations; returns the ETA (Unix time)."""
@@ -107,7 +111,6 @@ class RunCalendar(Reporter):
                 for a in assignments.values()
             ],
         )
-        self._by_step = {r["component"]: r for r in self.entry.reservations}
         self._save()
         return self.entry.eta
 
@@ -186,24 +189,26 @@ class RunCalendar(Reporter):
         a = event.run.plan.assignments[record.step]
         planned = a.planned_start if event.kind == "started" else a.planned_finish
         self.lateness = (event.at - entry.planned_at) - (planned or 0.0)
-        if len(self._by_step) != len(entry.reservations):  # one lookup per event, not a scan (N events)
+        if self._indexed is not entry.reservations:  # a lookup per event, not a scan of them all (N events)
+            self._indexed = entry.reservations
             self._by_step = {r["component"]: r for r in entry.reservations}
+            self._planned = {r["component"]: r for r in entry.reservations if r["state"] == "planned"}
         mine = self._by_step.get(record.step)
         if mine is None:
             return
         delta = event.at - float(mine["start"] if event.kind == "started" else mine["finish"])
         mine["state"] = "running" if event.kind == "started" else "done"
+        self._planned.pop(record.step, None)
         if event.kind == "started":
             mine["finish"] = event.at + (float(mine["finish"]) - float(mine["start"]))
             mine["start"] = event.at
         else:
             mine["finish"] = event.at
-        for r in entry.reservations:
-            if r["state"] == "planned":
-                length = float(r["finish"]) - float(r["start"])
-                r["start"] = max(event.at, float(r["start"]) + delta)
-                r["finish"] = r["start"] + length
-        entry.eta = max([event.at] + [float(r["finish"]) for r in entry.reservations])
+        for r in self._planned.values():
+            length = float(r["finish"]) - float(r["start"])
+            r["start"] = max(event.at, float(r["start"]) + delta)
+            r["finish"] = r["start"] + length
+        entry.eta = max(event.at, max(map(float, map(itemgetter("finish"), entry.reservations)), default=event.at))
 
     # -- starting where the calendar says ---------------------------------------------------
     def due(self, step: str, now: float | None = None) -> bool:
@@ -360,10 +365,9 @@ class RunCalendar(Reporter):
                 entry = self.entry
                 if entry is None:
                     return
-                saved = entry._block_document_id
-                data = None if saved is None else entry_data(entry)
+                saved, data = entry._block_document_id, entry_data(entry)
             if saved is None:
-                save_once_registered(entry, entry_name(self.run_id))
+                save_once_registered(entry, entry_name(self.run_id), data)
                 return
             with get_client(sync_client=True) as client:
                 try:
