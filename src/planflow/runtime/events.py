@@ -208,7 +208,7 @@ class EventBus:
         planned: tuple[str, tuple[Any, ...]] | None = None  # held until the first step event, or held_until
         held_until = 0.0
         while True:
-            due = flushed + self.flush_seconds if planned is None else min(flushed + self.flush_seconds, held_until)
+            due = flushed + self.flush_seconds if planned is None else held_until  # no flush before the plan
             try:  # nothing waiting: sleep until the next event or until a flush is due
                 item = self._queue.get(timeout=max(0.0, due - time.monotonic())) if dirty else self._queue.get()
             except queue.Empty:
@@ -238,7 +238,7 @@ class EventBus:
                 method, args = item
                 self._call_all(method, args)
                 dirty = True
-            if dirty and self._queue.empty() and time.monotonic() >= due:
+            if dirty and planned is None and self._queue.empty() and time.monotonic() >= due:
                 self._side_by_side("flush", ())
                 flushed, dirty = time.monotonic(), False
 
