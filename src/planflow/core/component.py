@@ -17,6 +17,7 @@ at once, so a bad spec fails at import with the fix beside each value.
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import inspect
 import math
@@ -250,7 +251,16 @@ def _raise_if(problems: list[str], fn: Callable[..., Any]) -> None:
 
 
 def source_hash(fn: Callable[..., Any]) -> str:
-    """The code version of a function: a hash of its source (16 hex digits)."""
+    """The code version of a function: a hash of its source (16 hex digits), found once
+    per function object (reading the source took 1-2 ms, for every step of a run)."""
+    try:
+        return _source_hash(fn)
+    except TypeError:  # an unhashable callable
+        return _source_hash.__wrapped__(fn)
+
+
+@functools.lru_cache(maxsize=4096)
+def _source_hash(fn: Callable[..., Any]) -> str:
     try:
         source = inspect.getsource(fn)
     except (OSError, TypeError):

@@ -43,6 +43,7 @@ STEP_EVENTS = ("started", "completed", "failed", "skipped")
 FINAL_STEP_EVENTS = ("completed", "failed", "skipped")
 DRAIN_TIMEOUT_SECONDS = 120.0  # what a run waits, at its end, for its reporters
 FLUSH_SECONDS = 1.0  # the most a batched update (progress, metrics) lags behind the run
+PLANNED_HOLD_SECONDS = 1.0  # the most `on_planned` waits for the run's first step event
 
 
 @dataclass(frozen=True)
@@ -157,6 +158,7 @@ class EventBus:
         self.logger = logger
         self.drain_timeout = drain_timeout
         self.flush_seconds = flush_seconds
+        self.planned_hold = PLANNED_HOLD_SECONDS
         self.failures: Counter[str] = Counter()
         self._queue: queue.SimpleQueue[tuple[str, tuple[Any, ...]] | tuple[()] | None] = queue.SimpleQueue()
         self._busy: tuple[str, str] | None = None  # (reporter, method) being called now
@@ -203,12 +205,23 @@ class EventBus:
 
     def _deliver(self) -> None:
         flushed, dirty, ended = time.monotonic(), False, False
+        planned: tuple[str, tuple[Any, ...]] | None = None  # held until the first step event, or held_until
+        held_until = 0.0
         while True:
-            due = flushed + self.flush_seconds
+            due = flushed + self.flush_seconds if planned is None else held_until  # no flush before the plan
             try:  # nothing waiting: sleep until the next event or until a flush is due
                 item = self._queue.get(timeout=max(0.0, due - time.monotonic())) if dirty else self._queue.get()
             except queue.Empty:
                 item = ()
+            if planned is not None and (item != () or time.monotonic() >= held_until):
+                self._side_by_side(*planned)  # the plan's artifacts and entries, before any step event
+                planned = None
+            if item and item[0] == "on_planned" and self.planned_hold > 0:
+                # Held (at most planned_hold s) until the run's first step event, which comes
+                # once the dispatcher released its first step: the plan's artifacts (requests,
+                # a picture to draw) no longer compete with that step's slots on the server.
+                planned, held_until, dirty = item, time.monotonic() + self.planned_hold, True
+                continue
             if item is None:
                 if dirty or not ended:  # the end's flush came with on_finished
                     self._side_by_side("flush", ())
@@ -225,7 +238,7 @@ class EventBus:
                 method, args = item
                 self._call_all(method, args)
                 dirty = True
-            if dirty and self._queue.empty() and time.monotonic() >= due:
+            if dirty and planned is None and self._queue.empty() and time.monotonic() >= due:
                 self._side_by_side("flush", ())
                 flushed, dirty = time.monotonic(), False
 

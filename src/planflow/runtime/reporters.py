@@ -187,10 +187,12 @@ class MetricsReporter(Reporter):
 
 
 class LogReporter(Reporter):
-    """The plan, the start of the run and every completed step, in the flow run's log."""
+    """The plan, the start of the run and every completed step, in the flow run's log (the
+    steps completed since the last flush in one line)."""
 
     def __init__(self, logger: logging.Logger | logging.LoggerAdapter) -> None:
         self.logger = logger
+        self._completed: list[str] = []  # logged at the next flush, at most FLUSH_SECONDS later
 
     def on_planned(self, run: RunInfo) -> None:
         pp = run.plan.plan
@@ -218,13 +220,19 @@ class LogReporter(Reporter):
         if event.kind == "completed":
             record = event.record
             metrics = reporting.fmt_metrics(reporting.key_metrics(record.result))
-            self.logger.info(
-                "%s completed on %s in %.2f s%s",
-                record.step,
-                record.pool,
-                record.seconds or 0.0,
-                f": {metrics}" if metrics else "",
+            self._completed.append(
+                f"{record.step} completed on {record.pool} in {record.seconds or 0.0:.2f} s"
+                + (f": {metrics}" if metrics else "")
             )
+
+    def flush(self) -> None:
+        """The steps completed since the last flush: one log line for all of them (a line
+        per step cost about 2.5 ms of the process's time each, 1 s for 400 short steps)."""
+        lines, self._completed = self._completed, []
+        if len(lines) == 1:
+            self.logger.info("%s", lines[0])
+        elif lines:
+            self.logger.info("%d components completed:\n%s", len(lines), "\n".join(lines))
 
 
 class HistoryReporter(Reporter):

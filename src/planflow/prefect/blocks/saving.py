@@ -11,6 +11,7 @@ per process and server (the first save), and each later save is one request.
 
 from __future__ import annotations
 
+from typing import Any
 from uuid import UUID
 
 from prefect.blocks.core import Block
@@ -24,14 +25,21 @@ _FIELDS = {"name", "block_schema_id", "block_type_id", "data", "is_anonymous"}
 _registered: set[tuple[type, str]] = set()
 
 
-def save_once_registered(block: Block, name: str) -> UUID:
+def save_once_registered(block: Block, name: str, data: dict[str, Any] | None = None) -> UUID:
     """Save `block` as document `name` (overwriting one of that name); its type and schema
-    are registered only at the first save of its class to this server in this process."""
+    are registered only at the first save of its class to this server in this process.
+    `data`: the document's data when the caller has it (a block without secrets), sparing
+    Block._to_block_document (its schema and a dump: 0.1-0.3 s for a 400-row entry)."""
     cls = type(block)
     key = (cls, str(PREFECT_API_URL.value() or ""))
     if key in _registered and cls._block_type_id is not None and cls._block_schema_id is not None:
-        document = block._to_block_document(name=name, include_secrets=True)
-        create = BlockDocumentCreate(**document.model_dump(include=_FIELDS))
+        if data is None:
+            document = block._to_block_document(name=name, include_secrets=True)
+            create = BlockDocumentCreate(**document.model_dump(include=_FIELDS))
+        else:
+            create = BlockDocumentCreate(
+                name=name, block_schema_id=cls._block_schema_id, block_type_id=cls._block_type_id, data=data
+            )
         try:
             with get_client(sync_client=True) as client:
                 document = client.create_block_document(block_document=create)

@@ -1,0 +1,113 @@
+"""What a run does per step beside the step (issue 14, N = 400): no function source read per
+step, one log line per batch of completed steps, the plan's artifacts after the first
+release. No server; the timings are bench/bench_overhead.py's."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import threading
+
+import toy_dags
+
+from planflow.core.component import Component, component
+from planflow.core.pipeline import Pipeline, Step
+from planflow.planner import PlannerOptions
+from planflow.runtime.dispatch import StepRecord
+from planflow.runtime.events import EventBus, Reporter, RunInfo
+from planflow.runtime.executors import InProcessExecutor
+from planflow.runtime.planning import RunPlan, plan_pipeline
+from planflow.runtime.reporters import LogReporter
+
+LOCAL = {"local": {"cpu": 2.0, "gpu": 0.0, "mem_gib": 4.0}}
+
+
+def _diamond() -> RunInfo:
+    pp = plan_pipeline(toy_dags.diamond, LOCAL, {}, PlannerOptions(time_limit_s=5))
+    plan = RunPlan(pools={}, capacities=LOCAL, assignments=pp.assignments, plan=pp)
+    return RunInfo(toy_dags.diamond, dict(toy_dags.diamond.params), "plan", "inprocess", None, plan)
+
+
+def twice(x: int = 1) -> int:
+    return 2 * x
+
+
+def test_a_components_source_is_read_once_and_its_steps_tasks_keep_its_options(monkeypatch):
+    comp = component(twice, cpu=1, retries=2, pools=["local"])
+    reads = []
+    getsource = inspect.getsource
+    monkeypatch.setattr(inspect, "getsource", lambda fn: reads.append(fn) or getsource(fn))
+    assert len({comp.code_version for _ in range(50)}) == 1 and len(reads) <= 1  # 0: found before
+    submitted = []
+    monkeypatch.setattr(Component, "submit", lambda task, **kwargs: submitted.append(task))
+    executor = InProcessExecutor(Pipeline("copies", [Step("s1", comp), Step("s2", comp)]), {}, {"x": 1})
+    executor.start("s1", {}), executor.start("s2", {})
+    assert len(reads) <= 1, "a step's task read its function's source again"
+    assert [(t.name, t.task_run_name, t.retries, t.spec) for t in submitted] == [
+        ("s1", "s1", 2, comp.spec),
+        ("s2", "s2", 2, comp.spec),
+    ]
+    assert comp.name == "twice" and all(type(t) is Component and t.task_key == comp.task_key for t in submitted)
+
+
+class Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def test_the_steps_completed_between_two_flushes_are_one_log_line_naming_each():
+    logger = logging.getLogger("planflow.test.lines")
+    handler = Lines()
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        run, reporter = _diamond(), LogReporter(logger)
+        bus = EventBus([reporter], logger, flush_seconds=60)
+        for i, step in enumerate(run.plan.order):  # queued before the bus starts: one batch
+            bus.step(run, "completed", StepRecord(step, "local", "Completed", float(i), i + 0.25))
+        with bus:
+            pass
+        bus = EventBus([reporter], logger, flush_seconds=60)
+        bus.step(run, "completed", StepRecord("report", "local", "Completed", 1.0, 1.5))
+        with bus:
+            pass
+    finally:
+        logger.removeHandler(handler)
+    first, second = handler.lines
+    assert first.startswith(f"{len(run.plan.order)} components completed:")
+    assert all(f"{step} completed on local in 0.25 s" in first for step in run.plan.order)
+    assert second == "report completed on local in 0.50 s"
+
+
+class Order(Reporter):
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.planned = threading.Event()
+
+    def on_planned(self, run: RunInfo) -> None:
+        self.calls.append("planned")
+        self.planned.set()
+
+    def on_step(self, event) -> None:
+        self.calls.append(event.kind)
+
+
+def test_the_plan_reaches_the_reporters_at_the_first_step_event_or_within_its_bound():
+    run, seen = _diamond(), Order()
+    bus = EventBus([seen], logging.getLogger("test"), flush_seconds=60)
+    bus.planned_hold = 30.0
+    with bus:
+        bus.planned(run)
+        assert not seen.planned.wait(0.3), "the plan was delivered before any step was released"
+        bus.step(run, "started", StepRecord("extract", "local", "Running", 0.0))
+        assert seen.planned.wait(10)
+    assert seen.calls == ["planned", "started"]
+    seen, bus = Order(), EventBus([Order()], logging.getLogger("test"), flush_seconds=60)
+    bus.reporters, bus.planned_hold = [seen], 0.2
+    with bus:
+        bus.planned(run)  # no step event comes: delivered once the hold is up
+        assert seen.planned.wait(10)
