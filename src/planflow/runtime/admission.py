@@ -91,9 +91,7 @@ class SharedSlots:
         now = time.monotonic()
         since = self._waiting_since.setdefault(a.step, now)
         if self._surely_refused(a, now):
-            if now - since > self.wait:
-                raise AdmissionError(self._waited(a, now - since))
-            return None
+            return self._wait_more(a, now, since)
         stack = ExitStack()
         stack.callback(self._refused.pop, a.pool, None)  # once these slots are given back, ask again
         try:
@@ -119,9 +117,7 @@ class SharedSlots:
                 raise AdmissionError(f"step '{a.step}': the Prefect server refused its slots: {exc}") from None
             self._server_down_since = None
             self._refused[a.pool] = (now, dict(a.demand))
-            if now - since > self.wait:
-                raise AdmissionError(self._waited(a, now - since)) from None
-            return None
+            return self._wait_more(a, now, since)
         except httpx.TransportError as exc:
             stack.close()
             return self._server_down(a, exc, now)
@@ -143,6 +139,11 @@ class SharedSlots:
                 f"(planflow server up) or raise PLANFLOW_SERVER_WAIT_SECONDS"
             ) from None
         return None
+
+    def _wait_more(self, a: Assignment, now: float, since: float) -> None:
+        """None: the refused step waits on; an AdmissionError naming the wait once it ran out."""
+        if now - since > self.wait:
+            raise AdmissionError(self._waited(a, now - since)) from None
 
     def _waited(self, a: Assignment, seconds: float) -> str:
         wanted = ", ".join(f"{n} slots of {name}" for name, n in self.wanted(a).items())

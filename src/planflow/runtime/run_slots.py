@@ -177,9 +177,7 @@ class RunSlots(SharedSlots):
             return self._claim(a, now, since)
         if self._claims.blocked(a):  # another step claims the pool: nothing new taken there
             self._give_back_idle(self.wanted(a))
-            if now - since > self.wait:
-                raise AdmissionError(self._waited(a, now - since))
-            return None
+            return self._wait_more(a, now, since)
         shares: list[tuple[_Lease, int]] = []
         taken: list[_Lease] = []  # leases this call created: given back when it fails
         try:
@@ -208,9 +206,7 @@ class RunSlots(SharedSlots):
             self._server_down_since = None
             if self._claims.due(a, since):  # refused for long, and the pool's turn is free: claim
                 return self._claim(a, now, since)
-            if now - since > self.wait:
-                raise AdmissionError(self._waited(a, now - since)) from None
-            return None
+            return self._wait_more(a, now, since)
         except httpx.TransportError as exc:
             self._give_back(shares)
             self._drop(taken)
@@ -235,9 +231,7 @@ class RunSlots(SharedSlots):
         if shares is not None:
             self._waiting_since.pop(a.step, None)
             return _Held(self, shares)
-        if now - since > self.wait:
-            raise AdmissionError(self._waited(a, now - since))
-        return None
+        return self._wait_more(a, now, since)
 
     # -- leases -----------------------------------------------------------------------------
     def _gather(self, name: str, n: int) -> list[tuple[_Lease, int]]:
