@@ -49,6 +49,10 @@ class _Claim:
     turn: _Lease
     leases: list[_Lease] = field(default_factory=list)
 
+    def has(self, limit: str) -> int:
+        """Slots of `limit` claimed so far."""
+        return sum(lease.slots for lease in self.leases if lease.limit == limit)
+
 
 class Claims:
     """The claims of one run's steps, at most one per pool."""
@@ -59,10 +63,7 @@ class Claims:
         self.owner = owner
         self._by_pool: dict[str, _Claim] = {}
         self._turns: dict[str, tuple[float, bool]] = {}  # pool -> (when looked, taken)
-        now = time.monotonic()
-        for name, limit in (limits or {}).items():
-            if name.startswith("planflow-") and name.endswith("-turn"):
-                self._turns[name[len("planflow-") : -len("-turn")]] = (now, limit.active_slots > 0)
+        self._first_look = (time.monotonic(), limits or {})
 
     def blocked(self, a: Assignment) -> bool:
         """Another step claims `a`'s pool: `a` takes nothing there meanwhile, so that the
@@ -71,6 +72,8 @@ class Claims:
             return False
         if a.pool in self._by_pool:  # another step of this run claims it
             return True
+        if a.pool not in self._turns and (seen := self._first_look[1].get(turn_limit(a.pool))) is not None:
+            self._turns[a.pool] = (self._first_look[0], seen.active_slots > 0)
         looked, taken = self._turns.get(a.pool, (-1e9, False))
         if time.monotonic() - looked >= TURN_LOOK_SECONDS:
             taken = self._held(turn_limit(a.pool)) > 0
@@ -100,15 +103,14 @@ class Claims:
             logger.info(
                 "step '%s' waits long for its slots on pool '%s': it claims them as they come free", a.step, a.pool
             )
-        for name, n in self.owner.wanted(a).items():
-            missing = n - sum(lease.slots for lease in claim.leases if lease.limit == name)
+        wanted = self.owner.wanted(a)
+        for name, n in wanted.items():
+            missing = n - claim.has(name)
             free = min(missing, self._free(name)) if missing > 0 else 0
             if free > 0 and (lease := self.owner._increment(name, free, quiet=True)) is not None:
                 self.owner._use(lease, free)  # the claim's: no other step of the run takes it
                 claim.leases.append(lease)
-        wanted = self.owner.wanted(a)
-        have = {name: sum(lease.slots for lease in claim.leases if lease.limit == name) for name in wanted}
-        if any(have[name] < n for name, n in wanted.items()):
+        if any(claim.has(name) < n for name, n in wanted.items()):
             return None
         del self._by_pool[a.pool]
         self.owner._drop([claim.turn])
