@@ -287,10 +287,13 @@ def read_intervals(client, run, declared: dict) -> tuple[str, list[Interval]]:
     return pipeline, found
 
 
-def burst_figures(runs: list, submitted: float, declared: dict, context: dict | None = None) -> dict:
+def burst_figures(
+    runs: list, submitted: float, declared: dict, context: dict | None = None, cpu_held: list | None = None
+) -> dict:
     """Violations, makespan and ETA ratios of one burst, from the runs' records; with
     `context` (upstream steps per pipeline, `solo` durations from the warm-up) also the
-    lower bounds of the makespan and where the time between components went."""
+    lower bounds of the makespan and where the time between components went; with
+    `cpu_held` (the ledger's samples) the cores it held beyond the running components."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
         ArtifactFilter,
@@ -346,7 +349,11 @@ def burst_figures(runs: list, submitted: float, declared: dict, context: dict | 
         # in the order the runs were planned: (pipeline, actual / ETA, ETA s from submission)
         "eta_by_plan_order": [[p, round(r, 3), round(e, 1)] for _, p, r, e in sorted(by_rank)],
         "components_seen": len(intervals),
-        "trace": {**trace(intervals, submitted, list(starts.values()), CAPACITY["cpu"]), **bounds},
+        "trace": {
+            **trace(intervals, submitted, list(starts.values()), CAPACITY["cpu"]),
+            **bounds,
+            **held_idle(cpu_held or [], intervals),
+        },
         "intervals": [
             [pipeline_of[i.run], i.run[:8], i.component, round(i.start - submitted, 2), round(i.end - submitted, 2)]
             for i in sorted(intervals, key=lambda i: i.start)
@@ -376,7 +383,7 @@ def run_burst(
     finally:
         sampler.stop_event.set()
         sampler.join(10)
-    figures = burst_figures(runs, submitted, declared, context)
+    figures = burst_figures(runs, submitted, declared, context, sampler.cpu_held)
     figures.update(
         policy=policy_name,
         create_s=[round(s, 3) for _, s, _ in created],
@@ -386,11 +393,6 @@ def run_burst(
         ledger_over_limit_samples=sampler.over,
         ledger_limits=sorted(sampler.limits),
     )
-    intervals = [
-        Interval(run, c, start + submitted, end + submitted, declared[p][c])
-        for p, run, c, start, end in figures["intervals"]
-    ]
-    figures["trace"].update(held_idle(sampler.cpu_held, intervals))
     return figures
 
 
