@@ -413,14 +413,9 @@ def entry_data(entry: CalendarEntry) -> dict[str, Any]:
     entry with no secrets, built directly: that took 10-20 ms for 400 reservations, at
     every save). Each reservation is copied (`_move` changes their times and states while
     the request goes; their demands never change)."""
-    return {
-        "flow_run_id": entry.flow_run_id,
-        "flow_run_name": entry.flow_run_name,
-        "pipeline": entry.pipeline,
-        "planned_at": entry.planned_at,
-        "eta": entry.eta,
-        "reservations": [dict(r) for r in entry.reservations],
-    }
+    data = {name: getattr(entry, name) for name in CalendarEntry.model_fields}
+    data["reservations"] = [dict(r) for r in entry.reservations]
+    return data
 
 
 def eta_band(shown: float, now: float) -> float:
