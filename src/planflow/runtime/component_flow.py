@@ -22,6 +22,7 @@ from planflow.prefect.serializer import PlanflowSerializer
 from planflow.runtime.isolation import UsageLog, step_function
 from planflow.runtime.memory import measure_peak
 from planflow.runtime.memory_watch import MemoryWatch, limit_from_env, watch_record
+from planflow.runtime.tags import step_task
 
 
 def output_key(run_key: str, step: str) -> str:
@@ -53,7 +54,7 @@ def run_component(
     outputs = {upstream: store.read(key).result for upstream, key in inputs.items()}
     kwargs = p.step_kwargs(step, p.resolve_params(params), outputs)
     component = p.steps[step].component
-    task = component.with_options(name=step, task_run_name=step)
+    task = step_task(component, step)
     # its native thread pools (BLAS, OpenMP) held to its declared cpu, as in-process
     # (cpulimits.py); this flow run is already a process of its own
     task.fn = step_function(step, component.fn, component.spec.cpu, "thread", UsageLog())

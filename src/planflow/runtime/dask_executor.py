@@ -36,7 +36,7 @@ from planflow.runtime.dask_cluster import scheduler_address, task_resources, unr
 from planflow.runtime.dask_submit import RunSubmitter
 from planflow.runtime.dispatch import Assignment, StepRecord
 from planflow.runtime.executors import Executor, StepFuture
-from planflow.runtime.tags import PLANFLOW_TAG
+from planflow.runtime.tags import step_task
 from planflow.settings import settings
 
 OUTCOME_PRIORITY = 100  # Dask runs higher first; steps are submitted at 0
@@ -153,10 +153,7 @@ class DaskExecutor(Executor):
         assert self._runner is not None and self._submitter is not None, "use DaskExecutor as a context manager"
         a = self.assignments[step]
         component = self.pipeline.steps[step].component
-        task = component.with_options(name=step, task_run_name=step)
-        # only the tags its author gave it: every task-run tag costs a concurrency slot
-        # round trip in Prefect 3 (executors.InProcessExecutor); the flow run says `planflow`
-        task.tags = set(component.tags) - {PLANFLOW_TAG}
+        task = step_task(component, step)
         upstream = {name: out.future if isinstance(out, DaskOutput) else out for name, out in outputs.items()}
         kwargs = self.pipeline.step_kwargs(step, self.params, upstream)
         with dask.annotate(resources=task_resources(a.pool, a.demand)):

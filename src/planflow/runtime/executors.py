@@ -12,7 +12,6 @@ and lets it turn what the futures returned into the steps' outputs.
 
 from __future__ import annotations
 
-import copy
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
@@ -20,7 +19,7 @@ from typing import Any, Protocol
 from planflow.core.pipeline import Pipeline
 from planflow.runtime.dispatch import Admit, Assignment, ResourceLedger, StepRecord, dispatch
 from planflow.runtime.isolation import UsageLog, step_function
-from planflow.runtime.tags import PLANFLOW_TAG
+from planflow.runtime.tags import step_task
 
 
 class StepFuture(Protocol):
@@ -75,11 +74,7 @@ class InProcessExecutor(Executor):
 
     def start(self, step: str, outputs: dict[str, Any]) -> StepFuture:
         component = self.pipeline.steps[step].component
-        # A copy with the step's name, not with_options: Task.__init__ reads the function's
-        # source twice (about 1 ms per step on the dispatcher's thread), for the same values.
-        task = copy.copy(component)
-        task.name = task.task_run_name = step
-        task.tags = set(component.tags) - {PLANFLOW_TAG}  # every component has it; the flow run says it
+        task = step_task(component, step)
         task.fn = step_function(step, component.fn, component.spec.cpu, self.pipeline.isolation_of(step), self.usage)
         return task.submit(**self.pipeline.step_kwargs(step, self.params, outputs))
 
