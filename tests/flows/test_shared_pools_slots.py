@@ -48,6 +48,7 @@ def test_two_runs_each_holding_one_core_idle_do_not_wait_for_each_other_for_ever
         second = b.take(both[1])  # b now gets the core a gave back
         assert second is not None, "run b still waits for the core run a holds idle"
         second.close()
+    assert a.wait_closed() and b.wait_closed()  # the last leases go back after the run, off its path
     assert active_slots([CPU]) == {CPU: 0}
 
 
@@ -121,4 +122,5 @@ def test_a_two_core_step_is_not_starved_by_another_runs_one_core_steps(pool, mon
         seen = _narrow_steps_keep_the_pool(a, b, wide, rounds=6)
         assert seen[-1] == "wide started" and len(seen) <= 3, seen  # its claim, a core, the other core
         assert active_slots([turn_limit(POOL)]) == {turn_limit(POOL): 0}  # the turn given back at its start
+    assert a.wait_closed() and b.wait_closed()
     assert active_slots([CPU, turn_limit(POOL)]) == {CPU: 0, turn_limit(POOL): 0}

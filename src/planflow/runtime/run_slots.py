@@ -14,8 +14,9 @@ capacity - with fewer requests:
   the same run take them from there. Leases no step of the next round needs are given
   back at the start of that round (a run holds idle slots only between two rounds of
   its dispatcher), and all of them when the run ends.
-- **Off the path.** Leases are given back by a thread of their own and renewed by one
-  thread for the whole run (every lease_seconds/4, each lease when half its time is up).
+- **Off the path.** Leases are given back by a thread of their own (the last ones too:
+  the run's Completed state does not wait for them) and renewed by one thread for the
+  whole run (every lease_seconds/4, each lease when half its time is up).
 
 A lease shared by a batch is given back when its last step ends: a batch-mate that ended
 early keeps its slots held until then, at most about BATCH_SECONDS; other runs may wait
@@ -97,6 +98,7 @@ class RunSlots(SharedSlots):
         self._threads_pool = ThreadPoolExecutor(max_workers=len(RESOURCES), thread_name_prefix="planflow-slot-take")
         self.requests = 0  # increments sent (for tests and the overhead benchmark)
         self._claims = Claims(self, limits)
+        self._closing: threading.Thread | None = None  # gives back the last leases after the run (__exit__)
 
     # -- a run ----------------------------------------------------------------------------
     def __enter__(self) -> RunSlots:
@@ -110,10 +112,30 @@ class RunSlots(SharedSlots):
     def __exit__(self, *exc_info: Any) -> None:
         with self._lock:
             leases, self._leases = self._leases, []
-        # the last leases side by side (one request each), not one after another on the releaser
-        given = [self._threads_pool.submit(contextvars.copy_context().run, _release, lease.id) for lease in leases]
         self._releases.put(None)
         self._stop.set()
+        client, self._client = self._client, None
+        # Off the run's path: on a busy server (SQLite writing the run's task states) giving
+        # back takes 0.2-0.3 s, and the run would wait for it before its Completed state.
+        # The slots stay held that much longer, never less safe; not a daemon thread, so a
+        # process that ends (a worker's flow run) gives them back first.
+        closing = threading.Thread(
+            target=contextvars.copy_context().run, args=(self._close, leases, client), name="planflow-slot-close"
+        )
+        closing.start()
+        self._closing = closing
+
+    def wait_closed(self, timeout: float = CLOSE_SECONDS) -> bool:
+        """Wait until the run's last slots were given back (tests, a caller that must see
+        the pool free); False when `timeout` ran out first."""
+        closing = self._closing
+        if closing is not None:
+            closing.join(timeout)
+        return closing is None or not closing.is_alive()
+
+    def _close(self, leases: list[_Lease], client: Any) -> None:
+        # the last leases side by side (one request each), not one after another on the releaser
+        given = [self._threads_pool.submit(contextvars.copy_context().run, _release, lease.id) for lease in leases]
         for future in given:
             try:
                 future.result(CLOSE_SECONDS)
@@ -127,7 +149,6 @@ class RunSlots(SharedSlots):
                     thread.name,
                     CLOSE_SECONDS,
                 )
-        client, self._client = self._client, None
         if client is not None:
             client.__exit__(None, None, None)
         self._threads_pool.shutdown(wait=False)
