@@ -145,6 +145,29 @@ def test_a_step_refused_one_limit_holds_none_of_the_others(pool):
     assert active_slots([CPU, MEM]) == {CPU: 0, MEM: 0}
 
 
+def test_steps_waiting_for_a_full_pool_ask_the_server_once_per_round_not_once_each(pool, monkeypatch):
+    """Five ready one-core steps, the pool held by another run: one refused request per
+    round (the others would be refused as well), and a step that needs less asks again."""
+    from planflow.runtime import slot_claims
+
+    monkeypatch.setattr(slot_claims, "CLAIM_AFTER_SECONDS", 1e9)  # no claim however slow the machine
+    hog = RunSlots()
+    with hog, RunSlots() as slots:
+        assert hog.take(Assignment("hog", POOL, {"cpu": 2}, 0)) is not None
+        ready = [Assignment(f"s{i}", POOL, {"cpu": 1}, i) for i in range(5)]
+        for _ in range(2):  # two rounds of the dispatcher
+            slots.prepare(ready)
+            assert [slots.take(a) for a in ready] == [None] * 5
+        assert (slots.requests, slots.refusals) == (2, 2)
+        slots.prepare(ready)
+        small = Assignment("small", POOL, {"cpu": 0.5}, 9)
+        assert slots.take(ready[0]) is None and slots.take(ready[1]) is None
+        assert slots.take(small) is None  # it misses fewer slots than were refused: it asks
+        assert (slots.requests, slots.refusals) == (4, 4)
+    assert hog.wait_closed() and slots.wait_closed()
+    assert active_slots([CPU, MEM]) == {CPU: 0, MEM: 0}
+
+
 # -- the run's end and its records ---------------------------------------------------------
 class Meets(Reporter):
     """Its on_finished returns only once every Meets of the run has entered its own."""

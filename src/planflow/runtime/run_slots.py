@@ -62,6 +62,10 @@ class _Lease:
     renewed: float = 0.0
 
 
+class _RefusedThisRound(Exception):
+    """The server refused as many slots of this limit earlier in the dispatcher's round."""
+
+
 class _Held:
     """One step's share of the run's leases; closing it returns the share to them."""
 
@@ -97,6 +101,11 @@ class RunSlots(SharedSlots):
         self._client: Any = None  # the dispatcher thread's client while the run lasts
         self._threads_pool = ThreadPoolExecutor(max_workers=len(RESOURCES), thread_name_prefix="planflow-slot-take")
         self.requests = 0  # increments sent (for tests and the overhead benchmark)
+        self.refusals = 0  # increments the server refused (423: not enough free slots)
+        # per limit, the fewest slots the server refused this round: a step that misses as
+        # many waits without asking (a run with nine ready steps on a full pool asked nine
+        # times every POLL_SECONDS, and several such runs kept a small server busy)
+        self._refused: dict[str, int] = {}
         self._claims = Claims(self, limits)
         self._closing: threading.Thread | None = None  # gives back the last leases after the run (__exit__)
 
@@ -160,6 +169,7 @@ class RunSlots(SharedSlots):
     def prepare(self, ready: Iterable[Assignment]) -> None:
         """The steps the dispatcher is about to release: keep idle leases they can use,
         give back the others, and take the short steps' missing slots as one lease per limit."""
+        self._refused.clear()  # a new round: what was refused may be free now
         # a claimed pool's steps take nothing; a claiming step takes its slots as they come free
         ready = [a for a in ready if not (self._claims.holds(a) or self._claims.blocked(a))]
         needed: dict[str, int] = {}
@@ -201,6 +211,7 @@ class RunSlots(SharedSlots):
             return self._wait_more(a, now, since)
         shares: list[tuple[_Lease, int]] = []
         taken: list[_Lease] = []  # leases this call created: given back when it fails
+        asking = ("", 0)  # the limit and slots of the last increment sent
         try:
             for name, n in self.wanted(a).items():
                 # what the run's own leases have free first (a step that needs more than any
@@ -209,7 +220,10 @@ class RunSlots(SharedSlots):
                 got = self._gather(name, n)
                 shares += got
                 missing = n - sum(k for _, k in got)
+                if missing >= self._refused.get(name, missing + 1):
+                    raise _RefusedThisRound(name)
                 if missing > 0:
+                    asking = (name, missing)
                     lease = self._increment(name, missing)
                     if lease is None:
                         raise AdmissionError(
@@ -218,11 +232,14 @@ class RunSlots(SharedSlots):
                         )
                     taken.append(lease)
                     shares.append(self._use(lease, missing))
-        except httpx.HTTPStatusError as exc:
+        except (httpx.HTTPStatusError, _RefusedThisRound) as exc:
             self._give_back(shares)  # all or none
             self._drop(taken)
-            if exc.response.status_code != LOCKED:
-                raise AdmissionError(f"step '{a.step}': the Prefect server refused its slots: {exc}") from None
+            if isinstance(exc, httpx.HTTPStatusError):
+                if exc.response.status_code != LOCKED:
+                    raise AdmissionError(f"step '{a.step}': the Prefect server refused its slots: {exc}") from None
+                name, missing = asking
+                self._refused[name] = min(missing, self._refused.get(name, missing))
             self._give_back_idle(self.wanted(a))
             self._server_down_since = None
             if self._claims.due(a, since):  # refused for long, and the pool's turn is free: claim
@@ -315,7 +332,10 @@ class RunSlots(SharedSlots):
                 response = client.increment_concurrency_slots_with_lease(
                     names=[name], slots=n, mode="concurrency", lease_duration=self.lease
                 )
-        except (httpx.HTTPStatusError, httpx.TransportError):
+        except (httpx.HTTPStatusError, httpx.TransportError) as exc:
+            if isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code == LOCKED:
+                with self._lock:
+                    self.refusals += 1
             if quiet:
                 return None
             raise

@@ -165,6 +165,7 @@ def _run(
         with EventBus(run_reporters(pipeline, logger, recorder, calendar), logger) as bus:
             bus.planned(run)
             with refreshing(refresh), RunSlots(limits=reads.limits) if shared else nullcontext() as admit:
+                slots = admit
                 if admit is not None and calendar is not None and policy == "plan" and options.hold_to_calendar:
                     admit = calendar.admit(admit)  # start where the calendar says (kept current by re-planning)
                 notify = partial(bus.step, run)
@@ -172,6 +173,9 @@ def _run(
                     notify = calendar.listen(run, notify)
                 records = execute(make_executor(run), pipeline, plan.assignments, plan.capacities, notify, admit)
                 bus.finished(run, records)  # the reporters' end runs while the slots are given back
+            if slots is not None:
+                refused = slots.refusals
+                logger.info("Shared slots: %d requests for slots, %d refused (pools full)", slots.requests, refused)
     finally:
         if calendar is not None:
             calendar.delete()  # also when the run fails before its end (the reporter deletes it at its end)
