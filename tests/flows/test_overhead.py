@@ -168,6 +168,42 @@ def test_steps_waiting_for_a_full_pool_ask_the_server_once_per_round_not_once_ea
     assert active_slots([CPU, MEM]) == {CPU: 0, MEM: 0}
 
 
+def test_short_steps_waiting_for_a_full_pool_stop_asking_for_a_batch_the_server_refused(pool, monkeypatch):
+    """Planned short, the steps' slots are asked for as one batch; once a single step was
+    refused, the next rounds ask for one step's slots only."""
+    from planflow.runtime import slot_claims
+
+    monkeypatch.setattr(slot_claims, "CLAIM_AFTER_SECONDS", 1e9)
+    hog = RunSlots()
+    with hog, RunSlots() as slots:
+        assert hog.take(Assignment("hog", POOL, {"cpu": 2}, 0)) is not None
+        ready = [Assignment(f"s{i}", POOL, {"cpu": 1}, i, 0.0, 0.5) for i in range(5)]
+        slots.prepare(ready)  # the batch: refused
+        assert [slots.take(a) for a in ready] == [None] * 5  # the first step: refused
+        assert (slots.requests, slots.refusals) == (2, 2)
+        slots.prepare(ready)  # no batch this time
+        assert [slots.take(a) for a in ready] == [None] * 5
+        assert (slots.requests, slots.refusals) == (3, 3)
+    assert hog.wait_closed() and slots.wait_closed()
+    assert active_slots([CPU, MEM]) == {CPU: 0, MEM: 0}
+
+
+def test_a_batch_asks_for_no_more_than_its_limit_has(pool):
+    """Five short one-core steps on a free two-core pool: the batch asks for two cores
+    (five, more than the limit, the server refuses however free it is), two steps start."""
+    with get_client(sync_client=True) as client:
+        limits = {CPU: client.read_global_concurrency_limit_by_name(CPU)}
+    with RunSlots(limits=limits) as slots:
+        ready = [Assignment(f"s{i}", POOL, {"cpu": 1}, i, 0.0, 0.5) for i in range(5)]
+        slots.prepare(ready)
+        held = [slots.take(a) for a in ready]
+        assert [h is not None for h in held] == [True, True, False, False, False]
+        assert (slots.requests, slots.refusals) == (2, 1)  # the batch, then one refused step
+        for h in held[:2]:
+            h.close()
+    assert slots.wait_closed() and active_slots([CPU]) == {CPU: 0}
+
+
 # -- the run's end and its records ---------------------------------------------------------
 class Meets(Reporter):
     """Its on_finished returns only once every Meets of the run has entered its own."""

@@ -50,6 +50,7 @@ from planflow.runtime.slot_claims import Claims
 logger = logging.getLogger("planflow.admission")
 BATCH_SECONDS = 10.0  # steps planned at most this long share one lease with their batch
 CLOSE_SECONDS = 30.0  # the most a run's end waits for its leases to be given back
+TOO_MANY = 422  # the server's answer to more slots than the limit has at all
 
 
 @dataclass
@@ -107,6 +108,9 @@ class RunSlots(SharedSlots):
         # times every POLL_SECONDS, and several such runs kept a small server busy)
         self._refused: dict[str, int] = {}
         self._claims = Claims(self, limits)
+        # each limit's size, as read before the plan: a batch never asks for more (the
+        # server answers 422 to a request larger than its limit, however free it is)
+        self._sizes = {name: int(limit.limit) for name, limit in (limits or {}).items()}
         self._closing: threading.Thread | None = None  # gives back the last leases after the run (__exit__)
 
     # -- a run ----------------------------------------------------------------------------
@@ -169,7 +173,7 @@ class RunSlots(SharedSlots):
     def prepare(self, ready: Iterable[Assignment]) -> None:
         """The steps the dispatcher is about to release: keep idle leases they can use,
         give back the others, and take the short steps' missing slots as one lease per limit."""
-        self._refused.clear()  # a new round: what was refused may be free now
+        previous, self._refused = self._refused, {}  # a new round: what was refused may be free now
         # a claimed pool's steps take nothing; a claiming step takes its slots as they come free
         ready = [a for a in ready if not (self._claims.holds(a) or self._claims.blocked(a))]
         needed: dict[str, int] = {}
@@ -190,6 +194,13 @@ class RunSlots(SharedSlots):
                 else:
                     free[lease.limit] = free.get(lease.limit, 0) + lease.free
         missing = [(name, n - free.get(name, 0)) for name, n in batched.items() if n > free.get(name, 0)]
+        # no batch of a limit that refused a single step last round: the steps ask one by one
+        missing = [(name, n) for name, n in missing if n < previous.get(name, n + 1)]
+        with self._lock:  # at most what the limit has beside the run's own leases
+            room = {
+                name: size - sum(x.slots for x in self._leases if x.limit == name) for name, size in self._sizes.items()
+            }
+        missing = [(name, min(n, room.get(name, n))) for name, n in missing if room.get(name, n) > 0]
         if len(missing) > 1:  # one increment per limit, side by side (a server round trip each)
             futures = [
                 self._threads_pool.submit(contextvars.copy_context().run, self._increment, name, n, True, True)
@@ -333,7 +344,7 @@ class RunSlots(SharedSlots):
                     names=[name], slots=n, mode="concurrency", lease_duration=self.lease
                 )
         except (httpx.HTTPStatusError, httpx.TransportError) as exc:
-            if isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code == LOCKED:
+            if isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code in (LOCKED, TOO_MANY):
                 with self._lock:
                     self.refusals += 1
             if quiet:
