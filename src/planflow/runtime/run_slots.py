@@ -106,7 +106,7 @@ class RunSlots(SharedSlots):
         # per limit, the fewest slots the server refused this round: a step that misses as
         # many waits without asking (a run with nine ready steps on a full pool asked nine
         # times every POLL_SECONDS, and several such runs kept a small server busy)
-        self._refused: dict[str, int] = {}
+        self._round_refused: dict[str, int] = {}
         self._claims = Claims(self, limits)
         # each limit's size, as read before the plan: a batch never asks for more (the
         # server answers 422 to a request larger than its limit, however free it is)
@@ -173,7 +173,8 @@ class RunSlots(SharedSlots):
     def prepare(self, ready: Iterable[Assignment]) -> None:
         """The steps the dispatcher is about to release: keep idle leases they can use,
         give back the others, and take the short steps' missing slots as one lease per limit."""
-        previous, self._refused = self._refused, {}  # a new round: what was refused may be free now
+        # a new round: what was refused may be free now (SharedSlots._surely_refused, per round)
+        previous, self._round_refused = self._round_refused, {}
         # a claimed pool's steps take nothing; a claiming step takes its slots as they come free
         ready = [a for a in ready if not (self._claims.holds(a) or self._claims.blocked(a))]
         needed: dict[str, int] = {}
@@ -231,7 +232,7 @@ class RunSlots(SharedSlots):
                 got = self._gather(name, n)
                 shares += got
                 missing = n - sum(k for _, k in got)
-                if missing >= self._refused.get(name, missing + 1):
+                if missing >= self._round_refused.get(name, missing + 1):
                     raise _RefusedThisRound(name)
                 if missing > 0:
                     asking = (name, missing)
@@ -250,7 +251,7 @@ class RunSlots(SharedSlots):
                 if exc.response.status_code != LOCKED:
                     raise AdmissionError(f"step '{a.step}': the Prefect server refused its slots: {exc}") from None
                 name, missing = asking
-                self._refused[name] = min(missing, self._refused.get(name, missing))
+                self._round_refused[name] = min(missing, self._round_refused.get(name, missing))
             self._give_back_idle(self.wanted(a))
             self._server_down_since = None
             if self._claims.due(a, since):  # refused for long, and the pool's turn is free: claim
