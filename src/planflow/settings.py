@@ -120,6 +120,13 @@ class PlanflowSettings(BaseSettings):
     slot_wait_seconds: float = Field(
         6 * 3600.0, gt=0, description="How long a component may wait for its pool's slots held by other runs."
     )
+    slot_poll_seconds: float = Field(
+        0.5,
+        ge=0.05,
+        le=10.0,
+        description="How often a component waiting for its pool's slots held by other runs asks again "
+        "(a little jitter added); shorter starts it sooner after they are free, at one request per ask.",
+    )
     server_wait_seconds: float = Field(
         30.0, gt=0, description="How long a run retries the Prefect server when it does not answer for slots."
     )

@@ -69,6 +69,7 @@ class SharedSlots:
         self.lease = lease_seconds or options.slot_lease_seconds
         self.wait = wait_seconds or options.slot_wait_seconds
         self.server_wait = server_wait_seconds or options.server_wait_seconds
+        self.poll_seconds = options.slot_poll_seconds  # the dispatcher's pace while a step waits (dispatch.py)
         self._waiting_since: dict[str, float] = {}
         self._server_down_since: float | None = None
         self._refused: dict[str, tuple[float, dict[str, float]]] = {}

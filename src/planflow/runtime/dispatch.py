@@ -11,6 +11,7 @@ also takes its pool's slots shared with every other run before it starts.
 from __future__ import annotations
 
 import queue
+import random
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -119,7 +120,7 @@ Listener = Callable[[str, StepRecord], None]
 # Takes an assignment's slots shared with other runs: the held slots (closed when the step
 # ends), or None while they are busy. It may raise (e.g. a wait that ran out of time).
 Admit = Callable[[Assignment], AbstractContextManager[Any] | None]
-POLL_SECONDS = 0.5  # how often steps waiting for shared slots try again
+POLL_SECONDS = 0.5  # how often steps waiting for shared slots try again (unless `admit` has `poll_seconds`)
 
 
 def _releasable(
@@ -158,8 +159,9 @@ def dispatch(
 
     `admit` takes a step's slots shared with other runs (admission.py) once it fits
     this run's own ledger; a step it refuses waits and is tried again every
-    POLL_SECONDS; an error it raises fails the step (nothing is held). When `admit` has
-    a `prepare` method (run_slots.py), it hears the steps each round may release first.
+    `admit.poll_seconds` (PLANFLOW_SLOT_POLL_SECONDS; POLL_SECONDS for an `admit` without
+    it); an error it raises fails the step (nothing is held). When `admit` has a
+    `prepare` method (run_slots.py), it hears the steps each round may release first.
     """
     ledger = ResourceLedger(capacity) if ledger is None else ledger  # given: the executor may take more
     for a in assignments.values():
@@ -176,6 +178,7 @@ def dispatch(
     take = admit or (lambda a: nullcontext())
     prepare = getattr(admit, "prepare", None)
     failed = False
+    poll = getattr(admit, "poll_seconds", POLL_SECONDS)
     t0 = time.monotonic()
 
     while waiting or running:
@@ -215,7 +218,9 @@ def dispatch(
         if not running and not blocked:
             break  # failed, or nothing can ever become ready
         try:
-            step, future, ended = done.get(timeout=POLL_SECONDS if blocked else None)
+            # a little jitter, so that runs refused together do not all ask again together
+            wait = poll * random.uniform(0.8, 1.2) if blocked else None  # noqa: S311 (jitter, not secrets)
+            step, future, ended = done.get(timeout=wait)
         except queue.Empty:
             continue
         running.discard(step)
