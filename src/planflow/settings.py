@@ -121,7 +121,7 @@ class PlanflowSettings(BaseSettings):
         6 * 3600.0, gt=0, description="How long a component may wait for its pool's slots held by other runs."
     )
     slot_poll_seconds: float = Field(
-        0.5,
+        0.25,
         ge=0.05,
         le=10.0,
         description="How often a component waiting for its pool's slots held by other runs asks again "
