@@ -102,7 +102,7 @@ class RunSlots(SharedSlots):
         self._client: Any = None  # the dispatcher thread's client while the run lasts
         self._threads_pool = ThreadPoolExecutor(max_workers=len(RESOURCES), thread_name_prefix="planflow-slot-take")
         self.requests = 0  # increments sent (for tests and the overhead benchmark)
-        self.refusals = 0  # increments the server refused (423: not enough free slots)
+        self.refusals = 0  # increments the server refused (423: not enough free; 422: more than the limit)
         # per limit, the fewest slots the server refused this round: a step that misses as
         # many waits without asking (a run with nine ready steps on a full pool asked nine
         # times every POLL_SECONDS, and several such runs kept a small server busy)
