@@ -6,6 +6,7 @@ refused with the fix."""
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 from prefect import flow
@@ -58,11 +59,17 @@ def test_each_worker_runs_no_more_than_its_resources_allow():
             step: {**r.result.key_metrics(), "ran": r.ran_seconds, "seconds": r.seconds} for step, r in records.items()
         }
 
+    wall, steady = time.time(), time.monotonic()
     spans = holds()
+    # the wall clock (Dask's and the spans') against the monotonic one (the dispatcher's):
+    # a clock step (NTP, a VM paused and resumed) makes wall-clock spans meaningless
+    clock_stepped = abs((time.time() - wall) - (time.monotonic() - steady)) > 0.2
     by_worker: dict[float, list[tuple[float, float, str]]] = {}
     for step, span in spans.items():
         by_worker.setdefault(span["pid"], []).append((span["start"], span["end"], step))
-        assert span["ran"] is not None and span["ran"] >= span["end"] - span["start"] - 0.01, span
+        assert span["ran"] is not None and span["ran"] <= span["seconds"], span  # never above what the run saw
+        if not clock_stepped:
+            assert span["ran"] >= span["end"] - span["start"] - 0.01, span
     assert len(by_worker) == WORKERS, by_worker  # the cluster used both workers
     for worker, intervals in by_worker.items():
         intervals.sort()
@@ -70,7 +77,8 @@ def test_each_worker_runs_no_more_than_its_resources_allow():
             assert start >= end, f"worker {worker} ran two cpu=2 steps at once: {intervals}"
             # released with the others, it waited for the first step on its worker (0.4 s):
             # release to completion counts that wait, the time it ran does not
-            assert spans[later]["seconds"] - spans[later]["ran"] >= 0.3, spans[later]
+            if not clock_stepped:
+                assert spans[later]["seconds"] - spans[later]["ran"] >= 0.3, spans[later]
 
 
 def test_unknown_resource_is_refused_at_plan_time():

@@ -146,8 +146,12 @@ class DaskExecutor(Executor):
             self._runner = None
 
     def measure(self, record: StepRecord) -> None:
+        """The worker's compute time, never above release to completion: Dask times it by
+        the wall clock, which a clock step (NTP, a resumed VM) moves, and the history must
+        not learn that step; the dispatcher's clock is monotonic."""
         if isinstance(record.result, DaskOutput) and record.result.seconds:
-            record.ran_seconds = record.result.seconds
+            seen = record.seconds
+            record.ran_seconds = record.result.seconds if seen is None else min(record.result.seconds, seen)
 
     def start(self, step: str, outputs: dict[str, Any]) -> StepFuture:
         assert self._runner is not None and self._submitter is not None, "use DaskExecutor as a context manager"
