@@ -9,7 +9,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 
-from planflow.runtime.dispatch import Assignment, dispatch
+from planflow.runtime.dispatch import AdmitWhen, Assignment, dispatch
 
 CAPACITY = {"p": {"cpu": 2, "gpu": 0, "mem_gib": 4}}
 
@@ -66,3 +66,41 @@ def test_admission_that_gives_up_fails_the_step_and_the_run_holds_nothing():
     assert [records[n].state for n in "abc"] == ["Completed", "Failed", "Skipped"]
     assert str(records["b"].error) == "waited too long for slots"
     assert limits.free == 2
+
+
+class PacedLimits(FakeLimits):
+    """FakeLimits with the hooks RunSlots has: a pace and a `prepare` that hears each round."""
+
+    poll_seconds = 0.05
+
+    def __init__(self, free: float) -> None:
+        super().__init__(free)
+        self.prepared: list[set[str]] = []
+
+    def __call__(self, a: Assignment) -> ExitStack | None:  # the admission itself, as RunSlots is
+        return self.take(a)
+
+    def prepare(self, ready) -> None:
+        self.prepared.append({a.step for a in ready})
+
+
+def test_admission_held_to_a_condition_keeps_the_pace_and_prepares_only_the_steps_it_lets_ask():
+    """The calendar's hold (run_calendar.RunCalendar.admit): a step asks only when it is due.
+    The wrapped admission keeps its own pace and its batching sees only the due steps, so it
+    takes no slots ahead of the calendar."""
+    limits = PacedLimits(free=2)
+    opened = threading.Event()
+    threading.Timer(0.5, opened.set).start()  # "b" is due half a second in
+    admit = AdmitWhen(limits, lambda a: a.step == "a" or opened.is_set())
+    assert admit.poll_seconds == limits.poll_seconds
+    upstream = {"a": (), "b": ()}
+    assignments = {n: Assignment(n, "p", {"cpu": 1}, i) for i, n in enumerate(upstream)}
+    with ThreadPoolExecutor(max_workers=2) as executor:
+        records, _ = dispatch(
+            upstream, assignments, CAPACITY, lambda n, o: executor.submit(time.sleep, 0.1), admit=admit
+        )
+    assert [records[n].state for n in "ab"] == ["Completed", "Completed"]
+    assert records["a"].started < 0.3 <= records["b"].started  # b waited for its turn, a did not
+    assert limits.prepared[0] == {"a"} and {"b"} in limits.prepared  # never "b" before it was due
+    assert all("b" not in seen for seen in limits.prepared[: limits.prepared.index({"b"})])
+    assert limits.refused == 0 and limits.free == 2

@@ -217,12 +217,17 @@ def test_prefect_down_while_asking_for_slots_is_a_bounded_wait_and_a_clear_error
 
 
 # -- two and more runs on one pool --------------------------------------------------------
-@pytest.mark.parametrize("shared", [True, False], ids=["shared-slots", "prefect-default-no-shared-ledger"])
-def test_concurrent_runs_on_one_pool_never_exceed_its_capacity(pool, tmp_path, shared):
+@pytest.mark.parametrize(
+    ("shared", "hold"),
+    [(True, False), (True, True), (False, False)],
+    ids=["shared-slots", "shared-slots-held-to-calendar", "prefect-default-no-shared-ledger"],
+)
+def test_concurrent_runs_on_one_pool_never_exceed_its_capacity(pool, tmp_path, shared, hold):
     """Three runs of three cpu=1 steps side by side on a 2-cpu pool, released together:
-    with shared slots the cpu of running components never exceeds 2; without (the
-    control, each run believing it has the pool to itself) it does."""
-    env = _env(tmp_path, PLANFLOW_SHARED_SLOTS=str(shared).lower())
+    with shared slots the cpu of running components never exceeds 2 (also when each step
+    waits for its planned start, PLANFLOW_HOLD_TO_CALENDAR); without (the control, each
+    run believing it has the pool to itself) it does."""
+    env = _env(tmp_path, PLANFLOW_SHARED_SLOTS=str(shared).lower(), PLANFLOW_HOLD_TO_CALENDAR=str(hold).lower())
     _wait(_start_runs(tmp_path, [("wide", {"seconds": 3.0})] * 3, env))
     rows = _intervals(tmp_path)
     assert len(rows) == 12

@@ -14,7 +14,7 @@ import queue
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -121,6 +121,24 @@ Listener = Callable[[str, StepRecord], None]
 # ends), or None while they are busy. It may raise (e.g. a wait that ran out of time).
 Admit = Callable[[Assignment], AbstractContextManager[Any] | None]
 POLL_SECONDS = 0.5  # how often steps waiting for shared slots try again (unless `admit` has `poll_seconds`)
+
+
+class AdmitWhen:
+    """`take` for the steps `allowed` lets ask (None for the others, who wait), keeping
+    `take`'s pace (`poll_seconds`) and handing its `prepare` only the allowed steps, so
+    that no batch takes slots for a step that may not ask yet."""
+
+    def __init__(self, take: Admit, allowed: Callable[[Assignment], bool]) -> None:
+        self.take, self.allowed = take, allowed
+        self.poll_seconds = getattr(take, "poll_seconds", POLL_SECONDS)
+        self._prepare = getattr(take, "prepare", None)
+
+    def __call__(self, a: Assignment) -> AbstractContextManager[Any] | None:
+        return self.take(a) if self.allowed(a) else None
+
+    def prepare(self, ready: Iterable[Assignment]) -> None:
+        if self._prepare is not None:
+            self._prepare([a for a in ready if self.allowed(a)])
 
 
 def _releasable(

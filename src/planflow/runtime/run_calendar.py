@@ -17,7 +17,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from contextlib import AbstractContextManager
 from dataclasses import asdict, replace
 from operator import itemgetter
 from typing import Any
@@ -40,7 +39,7 @@ from planflow.runtime.calendar import (
     reservations,
     utc,
 )
-from planflow.runtime.dispatch import Admit, Assignment, StepRecord
+from planflow.runtime.dispatch import Admit, AdmitWhen, Assignment, StepRecord
 from planflow.runtime.events import Reporter, RunInfo, StepEvent
 from planflow.runtime.replan import Item, fits, list_schedule
 from planflow.runtime.reporting import artifact_key
@@ -243,10 +242,7 @@ class RunCalendar(Reporter):
         so that runs take the pool in the order the calendar planned them (a step of a
         later run no longer takes a core freed for an earlier run's two-core step)."""
 
-        def admit_when_due(a: Assignment) -> AbstractContextManager[Any] | None:
-            return take(a) if self.due(a.step) else None
-
-        return admit_when_due
+        return AdmitWhen(take, lambda a: self.due(a.step))
 
     # -- re-planning when other runs move ----------------------------------------------------
     def _watch(self) -> None:
