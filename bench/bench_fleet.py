@@ -47,7 +47,8 @@ cores as on an idle machine, and the default cannot take a larger share of a loa
 machine by running more threads than the pool has cores.
 
 Run: `python -m bench.bench_fleet [--rounds 1] [--runs 8] [--db sqlite,postgres]
-[--workload honest|real] [--warm-up 1] [--warm-up-bursts 1] [--scale 0.5] [--no-confine]`.
+[--workload honest|real] [--warm-up 1] [--warm-up-bursts 1] [--scale 0.5] [--no-confine]
+[--hold-to-calendar]`.
 Writes bench/results/fleet.json and .md.
 """
 
@@ -67,12 +68,15 @@ from pathlib import Path
 from bench.bench_dispatch import CAPACITY, POOL, _units_per_second
 from bench.fleet_cgroup import confined
 from bench.fleet_measure import (
+    MAKESPAN_LINE,
     Interval,
     eta_from_plan,
     eta_ratio,
     held_idle,
+    lateness,
     lower_bound,
     over_capacity,
+    plan_rows_planned,
     trace,
     waits,
 )
@@ -161,7 +165,7 @@ def warm_up(deployments: dict[str, str], declared: dict, runs: int = 1) -> dict[
 
 # -- one burst ------------------------------------------------------------------------
 def submit(
-    deployments: dict[str, str], burst: list[str], policy: str, shared: str
+    deployments: dict[str, str], burst: list[str], policy: str, shared: str, hold: bool = False
 ) -> list[tuple[str | None, float, int]]:
     """Create every run of the burst at once (one thread each): (run id, seconds until it
     was created, answers 503 on the way). A server that answers 503 (SQLite busy under
@@ -173,6 +177,8 @@ def submit(
 
     def unavailable(exc: BaseException) -> bool:
         return isinstance(exc, PrefectHTTPStatusError) and exc.response.status_code == 503
+
+    env = {"PLANFLOW_SHARED_SLOTS": shared, "PLANFLOW_HOLD_TO_CALENDAR": str(hold).lower()}
 
     def create(name: str) -> tuple[str | None, float, int]:
         started = time.perf_counter()
@@ -189,7 +195,7 @@ def submit(
                         run = client.create_flow_run_from_deployment(
                             deployments[name],
                             parameters={"policy": policy, "local_pool": POOL},
-                            job_variables={"env": {"PLANFLOW_SHARED_SLOTS": shared}},
+                            job_variables={"env": env},
                         )
         except PrefectHTTPStatusError as exc:  # still 503 at the bound: a run never created, counted
             print(f"  {name}: not created within {CREATE_RETRY_S:g} s ({exc.response.status_code})", flush=True)
@@ -287,6 +293,19 @@ def read_intervals(client, run, declared: dict) -> tuple[str, list[Interval]]:
     return pipeline, found
 
 
+def behind_plan(artifacts: list, eta: float, figures: str, found: list, context: dict | None, pipeline: str) -> dict:
+    """Where a run fell behind its first plan (its `-plan` table, placed at ETA - makespan)."""
+    table = next((a for a in sorted(artifacts, key=lambda a: a.created) if a.key and a.key.endswith("-plan")), None)
+    makespan = MAKESPAN_LINE.search(figures)
+    if table is None or makespan is None:
+        return {"pipeline": pipeline}
+    rows = table.data if isinstance(table.data, list) else json.loads(table.data)
+    planned = plan_rows_planned(rows, eta - float(makespan.group(1)))
+    actual = {i.component: (i.start, i.end) for i in found}
+    upstream = (context or {}).get("upstream", {}).get(pipeline, {})
+    return {"pipeline": pipeline, **lateness(planned, actual, upstream)}
+
+
 def burst_figures(
     runs: list, submitted: float, declared: dict, context: dict | None = None, cpu_held: list | None = None
 ) -> dict:
@@ -300,7 +319,7 @@ def burst_figures(
         ArtifactFilterFlowRunId,
     )
 
-    intervals, ratios, failed, pipeline_of, by_rank = [], [], [], {}, []
+    intervals, ratios, failed, pipeline_of, by_rank, behind = [], [], [], {}, [], []
     with get_client(sync_client=True) as client:
         for run in runs:
             pipeline, found = read_intervals(client, run, declared)
@@ -319,6 +338,7 @@ def burst_figures(
                 if ratio is not None:
                     ratios.append(ratio)
                     by_rank.append((figures[0].created.timestamp(), pipeline, ratio, eta - submitted))
+                    behind.append(behind_plan(plans, eta, str(figures[0].data), found, context, pipeline))
     ends = [r.end_time.timestamp() for r in runs if r.end_time]
     capacity = {"cpu": CAPACITY["cpu"], "mem_gib": CAPACITY["mem_gib"]}
     sweep = over_capacity(intervals, capacity)
@@ -348,6 +368,8 @@ def burst_figures(
         "eta_ratios": [round(r, 3) for r in ratios],
         # in the order the runs were planned: (pipeline, actual / ETA, ETA s from submission)
         "eta_by_plan_order": [[p, round(r, 3), round(e, 1)] for _, p, r, e in sorted(by_rank)],
+        # in the same order: where each run fell behind its plan (fleet_measure.lateness)
+        "behind_plan": [b for _, b in sorted(zip([r[0] for r in by_rank], behind, strict=True))],
         "components_seen": len(intervals),
         "trace": {
             **trace(intervals, submitted, list(starts.values()), CAPACITY["cpu"]),
@@ -371,13 +393,18 @@ def burst_figures(
 
 
 def run_burst(
-    deployments: dict[str, str], burst: list[str], policy_name: str, declared: dict, context: dict | None = None
+    deployments: dict[str, str],
+    burst: list[str],
+    policy_name: str,
+    declared: dict,
+    context: dict | None = None,
+    hold: bool = False,
 ) -> dict:
     policy = POLICIES[policy_name]
     sampler = LedgerSampler()
     sampler.start()
     submitted = time.time()
-    created = submit(deployments, burst, policy["policy"], policy["shared"])
+    created = submit(deployments, burst, policy["policy"], policy["shared"], hold and policy_name == "planflow")
     try:
         runs = wait_final([run_id for run_id, _, _ in created if run_id is not None])
     finally:
@@ -411,12 +438,12 @@ def run_database(server, db: str, args, rate: float, declared: dict, done) -> No
         names = list(ENTRYPOINTS)
         burst = [names[i % len(names)] for i in range(args.runs)]
         for _ in range(args.warm_up_bursts):  # the history learns durations as a burst has them; not counted
-            figures = run_burst(deployments, burst, "planflow", declared, context)
+            figures = run_burst(deployments, burst, "planflow", declared, context, args.hold_to_calendar)
             print(f"  warm-up burst: makespan {figures['makespan_s']} s (not counted)", flush=True)
         for round_index in range(args.rounds):
             order = ("planflow", "default") if round_index % 2 == 0 else ("default", "planflow")
             for policy in order:
-                figures = run_burst(deployments, burst, policy, declared, context)
+                figures = run_burst(deployments, burst, policy, declared, context, args.hold_to_calendar)
                 figures.update(db=db, round=round_index + 1)
                 print(json.dumps({k: v for k, v in figures.items() if k != "eta_ratios"}), flush=True)
                 done(figures)
@@ -435,6 +462,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--results", default=str(RESULTS), help="where fleet.json and fleet.md go")
     parser.add_argument("--warm-up-bursts", type=int, default=1, help="uncounted planflow bursts first")
     parser.add_argument("--scale", type=float, default=0.5, help="work per estimated second (CPU s per core)")
+    parser.add_argument(
+        "--hold-to-calendar",
+        action="store_true",
+        help="the planflow runs hold each component to its planned start (PLANFLOW_HOLD_TO_CALENDAR=true)",
+    )
     parser.add_argument("--workload", choices=sorted(WORKLOADS), default="honest", help="see fleet_flows.py")
     parser.add_argument(
         "--no-confine",
@@ -464,6 +496,7 @@ def main(argv: list[str] | None = None) -> dict:
         "databases": databases,
         "pipelines": list(ENTRYPOINTS),
         "workload": args.workload,
+        "hold_to_calendar": args.hold_to_calendar,
         "warm_up_runs": args.warm_up,
         "warm_up_bursts": args.warm_up_bursts,
         "scale": args.scale,

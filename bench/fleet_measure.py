@@ -147,3 +147,36 @@ def held_idle(samples: Sequence[tuple[float, float]], intervals: Iterable[Interv
         "held_idle_cpu_s": round(held_idle_s, 2),
         "cpu_held_mean": round(held_s / span, 3) if span > 0 else 0.0,
     }
+
+
+def plan_rows_planned(rows: Iterable[Mapping], planned_at: float) -> dict[str, tuple[float, float]]:
+    """A run's plan table (the `-plan` artifact's rows, seconds from the plan) as each
+    component's planned start and finish (Unix time)."""
+    return {str(r["component"]): (planned_at + float(r["start_s"]), planned_at + float(r["finish_s"])) for r in rows}
+
+
+def lateness(
+    planned: Mapping[str, tuple[float, float]],
+    actual: Mapping[str, tuple[float, float]],
+    upstream: Mapping[str, tuple[str, ...]],
+) -> dict[str, float]:
+    """Where one run fell behind its plan, in seconds (a run's planned and actual intervals
+    per component): `finish_late_s`, its last actual end after its last planned finish;
+    `overrun_s`, the components' actual durations beyond their planned ones (estimates
+    that ran short), summed; `start_late_s`, the starts after both their planned start and
+    their upstream's actual end (waits for the pool: other runs, handovers), summed."""
+    overrun = start_late = 0.0
+    for name, (p_start, p_end) in planned.items():
+        if name not in actual:
+            continue
+        a_start, a_end = actual[name]
+        overrun += max(0.0, (a_end - a_start) - (p_end - p_start))
+        ready = max([p_start] + [actual[u][1] for u in upstream.get(name, ()) if u in actual])
+        start_late += max(0.0, a_start - ready)
+    last_planned = max((f for _, f in planned.values()), default=0.0)
+    last_actual = max((e for _, e in actual.values()), default=0.0)
+    return {
+        "finish_late_s": round(last_actual - last_planned, 2),
+        "overrun_s": round(overrun, 2),
+        "start_late_s": round(start_late, 2),
+    }

@@ -64,6 +64,11 @@ def write(figures: dict, results: Path = RESULTS) -> None:
         f"databases: {', '.join(meta['databases'])}; {meta['cpus']} CPUs, load average "
         f"{meta['load_start']:.1f} at the start and {meta['load_end']:.1f} at the end"
         + (f"; {meta['cgroup']}" if meta.get("cgroup") else "")
+        + (
+            "; planflow runs held to the calendar (PLANFLOW_HOLD_TO_CALENDAR=true)"
+            if meta.get("hold_to_calendar")
+            else ""
+        )
         + ("." if meta["complete"] else "; **partial**: written after each burst, the run did not finish."),
         "",
         "| policy | capacity violations | s over capacity | ledger over limit (samples) | makespan s "
@@ -109,7 +114,34 @@ def write(figures: dict, results: Path = RESULTS) -> None:
             f"{b['peak_cpu']:g} | {b['peak_mem_gib']:g} | {len(b['eta_ratios'])} | {len(b['failed_runs'])} | "
             f"{percentile(b['create_s'], 0.95):.3f} | {b.get('create_503_answers', 0)} |"
         )
+    lines += behind_plan_lines(figures["bursts"])
     (results / "fleet.md").write_text("\n".join(lines) + "\n")
+
+
+def behind_plan_lines(bursts: list[dict]) -> list[str]:
+    """Per planflow run, in the order the runs were planned: actual/ETA and where it fell
+    behind its plan (fleet_measure.lateness)."""
+    rows = [
+        f"| {b['db']} | {b['round']} | {k + 1} | {behind.get('pipeline', '-')} | {eta[1]:.2f} | {eta[2]:.1f} | "
+        f"{_fmt(behind.get('finish_late_s'), 1)} | {_fmt(behind.get('overrun_s'), 1)} | "
+        f"{_fmt(behind.get('start_late_s'), 1)} |"
+        for b in bursts
+        if b["policy"] == "planflow"
+        for k, (eta, behind) in enumerate(zip(b.get("eta_by_plan_order", []), b.get("behind_plan", []), strict=False))
+    ]
+    if not rows:
+        return []
+    return [
+        "",
+        "Where the planflow runs fell behind their first plan, in the order they were planned: the last end "
+        "after the planned one, the components' durations beyond their estimates (summed), and their starts after "
+        "both the planned start and their inputs (summed: waits for the pool).",
+        "",
+        "| db | round | planned | pipeline | actual / ETA | ETA s from submission | finish late s | overrun s "
+        "| start late s |",
+        "|---|---|---|---|---|---|---|---|---|",
+        *rows,
+    ]
 
 
 def _fmt(value: float | None, digits: int = 2) -> str:

@@ -7,7 +7,17 @@ from datetime import UTC, datetime
 
 import pytest
 
-from bench.fleet_measure import Interval, eta_from_plan, eta_ratio, held_idle, lower_bound, over_capacity, waits
+from bench.fleet_measure import (
+    Interval,
+    eta_from_plan,
+    eta_ratio,
+    held_idle,
+    lateness,
+    lower_bound,
+    over_capacity,
+    plan_rows_planned,
+    waits,
+)
 
 CAPACITY = {"cpu": 2.0, "mem_gib": 3.0}
 
@@ -58,3 +68,18 @@ def test_cores_the_ledger_held_beyond_the_running_components_are_summed_between_
     assert figures["held_idle_cpu_s"] == pytest.approx(2.0 + 1.0)  # 1 core idle 0-2 s, 1 core 4-5 s
     assert figures["cpu_held_mean"] == pytest.approx(9.0 / 5.0)
     assert held_idle([(0.0, 1.0)], intervals) == {"held_idle_cpu_s": 0.0, "cpu_held_mean": 0.0}
+
+
+def test_a_run_behind_its_plan_tells_estimates_that_ran_short_from_waits_for_the_pool():
+    rows = [  # the plan table: a then b, seconds from the plan
+        {"component": "a", "start_s": 0.0, "finish_s": 2.0},
+        {"component": "b", "start_s": 2.0, "finish_s": 3.0},
+    ]
+    planned = plan_rows_planned(rows, planned_at=100.0)
+    assert planned == {"a": (100.0, 102.0), "b": (102.0, 103.0)}
+    # a ran 1 s over its estimate; b was ready at 103 and waited 2 s for the pool, then ran on time
+    actual = {"a": (100.0, 103.0), "b": (105.0, 106.0)}
+    behind = lateness(planned, actual, {"b": ("a",)})
+    assert behind == {"finish_late_s": 3.0, "overrun_s": 1.0, "start_late_s": 2.0}
+    # a step that starts before its planned start is not late, whatever its inputs
+    assert lateness(planned, {"a": (100.0, 102.0), "b": (101.5, 102.5)}, {})["start_late_s"] == 0.0
