@@ -4,13 +4,20 @@ through a real server is in test_shared_pools.py.)"""
 
 from __future__ import annotations
 
+import logging
+from types import SimpleNamespace
+
 from prometheus_client import CollectorRegistry
 
 from planflow.cli.calendar import calendar_png, calendar_text, gantt_text, waiting_runs
+from planflow.core.component import component
+from planflow.core.pipeline import Pipeline
+from planflow.core.pipeline import Step as PipelineStep
 from planflow.monitoring.metrics import RunRecorder
 from planflow.planner import Step
 from planflow.prefect.blocks.calendar_entry import CalendarEntry
-from planflow.runtime.calendar import Reservation, capacity_steps, held_intervals
+from planflow.runtime.calendar import Reservation, ahead_of, capacity_steps, held_intervals
+from planflow.runtime.run_calendar import RunCalendar
 
 CAP = {"cpu": 2.0, "gpu": 0.0, "mem_gib": 4.0}
 NOW = 1_000.0
@@ -88,3 +95,48 @@ def test_the_eta_gauge():
     registry = CollectorRegistry()
     RunRecorder("pipe", registry=registry).eta(NOW + 42)
     assert registry.get_sample_value("planflow_pipeline_eta_timestamp_seconds", {"pipeline": "pipe"}) == NOW + 42
+
+
+def _planned_entry(run: str, planned_at: float, reservations: list[tuple[str, float, float, str]]) -> CalendarEntry:
+    return CalendarEntry(
+        flow_run_id=run,
+        flow_run_name=f"name-{run}",
+        pipeline="pipe",
+        planned_at=planned_at,
+        eta=max(f for _, _, f, _ in reservations),
+        reservations=[
+            {"component": c, "pool": "local", "start": s, "finish": f, "demand": {"cpu": 2}, "state": state}
+            for c, s, f, state in reservations
+        ],
+    )
+
+
+def test_a_run_yields_to_the_runs_planned_before_it_and_to_what_runs_not_to_later_plans():
+    earlier = _planned_entry("early", NOW - 5, [("e0", NOW, NOW + 4, "running"), ("e1", NOW + 4, NOW + 8, "planned")])
+    later = _planned_entry("late", NOW + 5, [("l0", NOW, NOW + 2, "running"), ("l1", NOW + 2, NOW + 9, "planned")])
+    mine = _planned_entry("me", NOW, [("m0", NOW + 8, NOW + 10, "planned")])
+    seen = ahead_of([earlier, later, mine], "me", NOW)
+    assert [(e.flow_run_id, [r["component"] for r in e.reservations]) for e in seen] == [
+        ("early", ["e0", "e1"]),
+        ("late", ["l0"]),  # its planned l1 comes after this run's plan: it re-plans around this run
+    ]
+    assert [r["component"] for r in later.reservations] == ["l0", "l1"]  # the entry read is left as it was
+
+
+def test_a_re_plan_keeps_a_run_ahead_of_the_runs_planned_after_it():
+    """The run planned first slipped: its waiting component is re-planned right after
+    what runs now, not behind the later run's planned components (which then move)."""
+    pipeline = Pipeline("pipe", [PipelineStep("m0", component(_noop, cpu=2, est_seconds=2))])
+    calendar = RunCalendar("me", "name-me", logging.getLogger("test"))
+    calendar.entry = _planned_entry("me", NOW, [("m0", NOW - 1, NOW + 1, "planned")])
+    capacities = {"local": {"cpu": 2.0, "gpu": 0.0, "mem_gib": 4.0}}
+    calendar.run = SimpleNamespace(pipeline=pipeline, plan=SimpleNamespace(capacities=capacities))
+    later = _planned_entry("late", NOW + 5, [("l0", NOW, NOW + 3, "running"), ("l1", NOW + 3, NOW + 20, "planned")])
+    eta = calendar._replace([later, calendar.entry], NOW)
+    assert eta == NOW + 3 + 2  # after l0 ends (3 s), not after l1 (20 s)
+    earlier = _planned_entry("early", NOW - 5, [("e0", NOW, NOW + 3, "running"), ("e1", NOW + 3, NOW + 20, "planned")])
+    assert calendar._replace([earlier, calendar.entry], NOW) == NOW + 20 + 2  # a run planned before it goes first
+
+
+def _noop() -> None:
+    return None

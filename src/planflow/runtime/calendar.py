@@ -186,6 +186,22 @@ def others_held(
     }
 
 
+def ahead_of(entries: list[CalendarEntry], run_id: str, planned_at: float) -> list[CalendarEntry]:
+    """The calendar as the run `run_id`, planned at `planned_at`, must respect when it
+    re-plans or starts a component early: the running components of every run, and the
+    planned ones of the runs planned before it. Planning order is priority: a run planned
+    later re-plans around this one, not this one around it (else a run planned first that
+    slipped a little was re-planned behind every run planned after it)."""
+    mine = (planned_at, run_id)
+    return [
+        e
+        if (e.planned_at, e.flow_run_id) < mine
+        else e.model_copy(update={"reservations": [r for r in e.reservations if r.get("state") == "running"]})
+        for e in entries
+        if e.flow_run_id != run_id
+    ]
+
+
 BusySteps = Callable[[Mapping[str, Mapping[str, float]], float], tuple[dict[str, tuple[Step, ...]], int]]
 
 

@@ -32,6 +32,7 @@ from planflow.prefect.blocks.saving import save_once_registered
 from planflow.runtime.calendar import (
     OVERRUN_SECONDS,
     Reservation,
+    ahead_of,
     held_intervals,
     others_held,
     planning_lock,
@@ -262,7 +263,7 @@ class RunCalendar(Reporter):
                 continue
             try:
                 entries = read_calendar(clean=False)
-                self._others = [o for o in reservations(entries, None, self.run_id) if o.state != "done"]
+                self._others = [o for o in reservations(self._ahead(entries), None, self.run_id) if o.state != "done"]
                 mark = fingerprint(entries, self.run_id)
                 if mark != seen:
                     self.replan()
@@ -297,10 +298,16 @@ class RunCalendar(Reporter):
             self._publish(old, new)
         return new
 
+    def _ahead(self, entries: list[CalendarEntry]) -> list[CalendarEntry]:
+        """What this run yields to (calendar.ahead_of): every running component, and the
+        planned ones of the runs planned before it."""
+        entry = self.entry
+        return ahead_of(entries, self.run_id, entry.planned_at if entry is not None else float("inf"))
+
     def _replace(self, entries: list[CalendarEntry], now: float) -> float:
         entry, run = self.entry, self.run
         assert entry is not None and run is not None
-        held = others_held(entries, run.plan.capacities, self.run_id, now)
+        held = others_held(self._ahead(entries), run.plan.capacities, self.run_id, now)
         done_at: dict[str, float] = {}
         for r in entry.reservations:
             if r["state"] == "running":
