@@ -140,3 +140,19 @@ def test_a_re_plan_keeps_a_run_ahead_of_the_runs_planned_after_it():
 
 def _noop() -> None:
     return None
+
+
+def test_a_component_starts_early_beside_what_later_runs_planned_not_beside_what_earlier_ones_did():
+    """Held to the calendar, a component whose planned start has not come starts when it fits
+    for its whole duration beside what it yields to: the runs planned before its own."""
+    pipeline = Pipeline("pipe", [PipelineStep("m0", component(_noop, cpu=2, est_seconds=2))])
+    calendar = RunCalendar("me", "name-me", logging.getLogger("test"))
+    calendar.entry = _planned_entry("me", NOW, [("m0", NOW + 10, NOW + 12, "planned")])
+    capacities = {"local": {"cpu": 2.0, "gpu": 0.0, "mem_gib": 4.0}}
+    calendar.run = SimpleNamespace(pipeline=pipeline, plan=SimpleNamespace(capacities=capacities))
+    assert not calendar.due("m0", now=NOW)  # nothing seen yet: it waits for its start
+    calendar.look([_planned_entry("late", NOW + 5, [("l1", NOW + 1, NOW + 9, "planned")]), calendar.entry])
+    assert calendar.due("m0", now=NOW)  # a later run's plan does not hold it back
+    calendar.look([_planned_entry("early", NOW - 5, [("e1", NOW + 1, NOW + 9, "planned")]), calendar.entry])
+    assert not calendar.due("m0", now=NOW)  # an earlier run's does: m0 would delay e1
+    assert calendar.due("m0", now=NOW + 9.6)  # its start has (nearly) come

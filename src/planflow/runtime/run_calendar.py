@@ -263,7 +263,7 @@ class RunCalendar(Reporter):
                 continue
             try:
                 entries = read_calendar(clean=False)
-                self._others = [o for o in reservations(self._ahead(entries), None, self.run_id) if o.state != "done"]
+                self.look(entries)
                 mark = fingerprint(entries, self.run_id)
                 if mark != seen:
                     self.replan()
@@ -297,6 +297,10 @@ class RunCalendar(Reporter):
             )
             self._publish(old, new)
         return new
+
+    def look(self, entries: list[CalendarEntry]) -> None:
+        """Take in what the other runs hold, for `due`: what this run yields to (`_ahead`)."""
+        self._others = [o for o in reservations(self._ahead(entries), None, self.run_id) if o.state != "done"]
 
     def _ahead(self, entries: list[CalendarEntry]) -> list[CalendarEntry]:
         """What this run yields to (calendar.ahead_of): every running component, and the
