@@ -78,6 +78,7 @@ class RunCalendar(Reporter):
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         self._others: list[Reservation] | None = None  # the other runs' reservations, as last read
+        self._behind_on: set[str] | None = None  # pools where a run planned before this one has work left
         self.moves_at_once = False  # set by `listen`: the dispatcher's thread moves the entry
         self.dirty = False  # moved since the last save (on_step); the bus flush saves it
         self.shown: float | None = None  # the ETA last shown in the log, gauge and artifact
@@ -299,8 +300,21 @@ class RunCalendar(Reporter):
         return new
 
     def look(self, entries: list[CalendarEntry]) -> None:
-        """Take in what the other runs hold, for `due`: what this run yields to (`_ahead`)."""
+        """Take in what the other runs hold, for `due`: what this run yields to (`_ahead`);
+        and, for `first_on`, the pools where a run planned before this one has work left."""
         self._others = [o for o in reservations(self._ahead(entries), None, self.run_id) if o.state != "done"]
+        self._behind_on = {o.pool for o in self._others if o.state != "done" and self._before(o.run_id, entries)}
+
+    def _before(self, run_id: str, entries: list[CalendarEntry]) -> bool:
+        entry = self.entry
+        mine = (entry.planned_at if entry is not None else float("inf"), self.run_id)
+        return any((e.planned_at, e.flow_run_id) < mine for e in entries if e.flow_run_id == run_id)
+
+    def first_on(self, pool: str) -> bool:
+        """Whether no run planned before this one has work left on `pool`, as last looked
+        (False before the first look): this run is then first in the pool's order."""
+        behind = self._behind_on
+        return behind is not None and pool not in behind
 
     def _ahead(self, entries: list[CalendarEntry]) -> list[CalendarEntry]:
         """What this run yields to (calendar.ahead_of): every running component, and the

@@ -33,7 +33,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -112,6 +112,9 @@ class RunSlots(SharedSlots):
         # server answers 422 to a request larger than its limit, however free it is)
         self._sizes = {name: int(limit.limit) for name, limit in (limits or {}).items()}
         self._closing: threading.Thread | None = None  # gives back the last leases after the run (__exit__)
+        # whether this run is the one planned first among the runs on a pool (the pool
+        # calendar's order, run_calendar.RunCalendar.first_on): its refused steps claim at once
+        self.first_on: Callable[[str], bool] | None = None
 
     # -- a run ----------------------------------------------------------------------------
     def __enter__(self) -> RunSlots:

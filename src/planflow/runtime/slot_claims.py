@@ -86,8 +86,15 @@ class Claims:
         return claim is not None and claim.step == a.step
 
     def due(self, a: Assignment, refused_since: float) -> bool:
-        """`a` has been refused long enough to claim, and no other step of the run claims that pool."""
-        return a.pool not in self._by_pool and time.monotonic() - refused_since >= CLAIM_AFTER_SECONDS
+        """`a` may claim: no other step of the run claims that pool, and it has been refused
+        long enough, or at once when its run is the one planned first among those on the
+        pool (the owner's `first_on`: the calendar's order is the pool's priority)."""
+        if a.pool in self._by_pool:
+            return False
+        if time.monotonic() - refused_since >= CLAIM_AFTER_SECONDS:
+            return True
+        first_on = self.owner.first_on
+        return first_on is not None and first_on(a.pool)
 
     def advance(self, a: Assignment) -> list[tuple[_Lease, int]] | None:
         """Take the pool's turn if nobody holds it, then whatever `a` still misses that is
@@ -100,9 +107,7 @@ class Claims:
                 return None
             self.owner._use(turn, 1)
             claim = self._by_pool[a.pool] = _Claim(a.step, turn)
-            logger.info(
-                "step '%s' waits long for its slots on pool '%s': it claims them as they come free", a.step, a.pool
-            )
+            logger.info("step '%s' waits for its slots on pool '%s': it claims them as they come free", a.step, a.pool)
         wanted = self.owner.wanted(a)
         for name, n in wanted.items():
             missing = n - claim.has(name)
