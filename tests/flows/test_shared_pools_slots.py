@@ -119,8 +119,35 @@ def test_a_two_core_step_is_not_starved_by_another_runs_one_core_steps(pool, mon
     monkeypatch.setattr(slot_claims, "CLAIM_AFTER_SECONDS", 0.0)  # claims on (after 0 s of refusals)
     monkeypatch.setattr(slot_claims, "TURN_LOOK_SECONDS", 0.0)  # each take looks at the turn (rounds here take ms)
     with RunSlots() as a, RunSlots() as b:
-        seen = _narrow_steps_keep_the_pool(a, b, wide, rounds=6)
-        assert seen[-1] == "wide started" and len(seen) <= 3, seen  # its claim, a core, the other core
+        seen = _narrow_steps_keep_the_pool(a, b, wide, rounds=8)
+        # claimed at its first refusal, b takes nothing new from then on; wide starts once
+        # b's two steps have given their cores back (b's release thread: a round or more
+        # on a loaded machine)
+        assert seen[0] == "narrow waits" and seen[-1] == "wide started", seen
         assert active_slots([turn_limit(POOL)]) == {turn_limit(POOL): 0}  # the turn given back at its start
+    assert a.wait_closed() and b.wait_closed()
+    assert active_slots([CPU, turn_limit(POOL)]) == {CPU: 0, turn_limit(POOL): 0}
+
+
+def test_the_run_planned_first_on_a_pool_claims_at_once(pool, monkeypatch):
+    """The calendar's order is the pool's priority: a step of the run planned first among
+    those on its pool (RunSlots.first_on, run_calendar.RunCalendar.first_on) claims the
+    pool's turn at its first refusal, not after CLAIM_AFTER_SECONDS; a later run's does not."""
+    from planflow.prefect.limits import turn_limit
+    from planflow.runtime import slot_claims
+
+    wide = Assignment("wide", POOL, {"cpu": 2}, 0, 0.0, 1.0)
+    monkeypatch.setattr(slot_claims, "CLAIM_AFTER_SECONDS", 1e9)  # no claim for having waited
+    monkeypatch.setattr(slot_claims, "TURN_LOOK_SECONDS", 0.0)
+    with RunSlots() as a, RunSlots() as b:
+        a.first_on = lambda name: False  # a run planned before a's still has work on the pool
+        assert set(_narrow_steps_keep_the_pool(a, b, wide, rounds=4)) == {"narrow kept"}
+    assert a.wait_closed() and b.wait_closed()
+    with RunSlots() as a, RunSlots() as b:
+        a.first_on = lambda name: name == POOL
+        seen = _narrow_steps_keep_the_pool(a, b, wide, rounds=8)
+        # claimed at its first refusal: b takes nothing new from the first round on, and wide
+        # starts once b's slots are back on the server (given back by b's release thread)
+        assert seen[0] == "narrow waits" and seen[-1] == "wide started", seen
     assert a.wait_closed() and b.wait_closed()
     assert active_slots([CPU, turn_limit(POOL)]) == {CPU: 0, turn_limit(POOL): 0}

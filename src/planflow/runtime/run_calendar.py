@@ -302,13 +302,17 @@ class RunCalendar(Reporter):
     def look(self, entries: list[CalendarEntry]) -> None:
         """Take in what the other runs hold, for `due`: what this run yields to (`_ahead`);
         and, for `first_on`, the pools where a run planned before this one has work left."""
-        self._others = [o for o in reservations(self._ahead(entries), None, self.run_id) if o.state != "done"]
-        self._behind_on = {o.pool for o in self._others if o.state != "done" and self._before(o.run_id, entries)}
+        ahead = self._ahead(entries)
+        self._others = [o for o in reservations(ahead, None, self.run_id) if o.state != "done"]
+        before = {e.flow_run_id for e in entries if e.flow_run_id != self.run_id and self._planned_before(e)}
+        self._behind_on = {o.pool for o in self._others if o.run in before}
 
-    def _before(self, run_id: str, entries: list[CalendarEntry]) -> bool:
+    def _planned_before(self, other: CalendarEntry) -> bool:
         entry = self.entry
-        mine = (entry.planned_at if entry is not None else float("inf"), self.run_id)
-        return any((e.planned_at, e.flow_run_id) < mine for e in entries if e.flow_run_id == run_id)
+        return (other.planned_at, other.flow_run_id) < (
+            entry.planned_at if entry is not None else float("inf"),
+            self.run_id,
+        )
 
     def first_on(self, pool: str) -> bool:
         """Whether no run planned before this one has work left on `pool`, as last looked
