@@ -19,7 +19,8 @@ all runs exceeds the pool's capacity); the global concurrency limits, sampled wh
 burst runs, give the ledger's own view (`ledger_over_limit_samples`); the makespan is
 from submission to the last run's end; each run's ETA is read from its plan
 (`eta_ratio` = actual time to finish / the time its ETA promised, from submission). A
-warm-up run of each pipeline first gives the history its durations. Each burst also
+warm-up run of each pipeline first gives the history its durations (the default's runs
+teach it nothing: PLANFLOW_LEARN_DURATIONS=false, as they oversubscribe the pool). Each burst also
 keeps a `trace`: when the first and last run started and the first component, the
 seconds the pool stood idle between the first start and the last end, and the share of
 the pool's cpu the running components declared (where a policy loses its time).
@@ -165,7 +166,7 @@ def warm_up(deployments: dict[str, str], declared: dict, runs: int = 1) -> dict[
 
 # -- one burst ------------------------------------------------------------------------
 def submit(
-    deployments: dict[str, str], burst: list[str], policy: str, shared: str, hold: bool = False
+    deployments: dict[str, str], burst: list[str], policy: str, shared: str, hold: bool = False, learn: bool = True
 ) -> list[tuple[str | None, float, int]]:
     """Create every run of the burst at once (one thread each): (run id, seconds until it
     was created, answers 503 on the way). A server that answers 503 (SQLite busy under
@@ -179,6 +180,9 @@ def submit(
         return isinstance(exc, PrefectHTTPStatusError) and exc.response.status_code == 503
 
     env = {"PLANFLOW_SHARED_SLOTS": shared, "PLANFLOW_HOLD_TO_CALENDAR": str(hold).lower()}
+    # the default's runs, oversubscribing the pool, take 2-3x their time: planflow's plans
+    # must not learn from them (a planflow burst after a default one got ETAs 2-3x too long)
+    env["PLANFLOW_LEARN_DURATIONS"] = str(learn).lower()
 
     def create(name: str) -> tuple[str | None, float, int]:
         started = time.perf_counter()
@@ -404,7 +408,8 @@ def run_burst(
     sampler = LedgerSampler()
     sampler.start()
     submitted = time.time()
-    created = submit(deployments, burst, policy["policy"], policy["shared"], hold and policy_name == "planflow")
+    planflow = policy_name == "planflow"
+    created = submit(deployments, burst, policy["policy"], policy["shared"], hold and planflow, learn=planflow)
     try:
         runs = wait_final([run_id for run_id, _, _ in created if run_id is not None])
     finally:

@@ -107,6 +107,12 @@ class PlanflowSettings(BaseSettings):
         description="Runs take their pools' shared slots (Prefect global concurrency limits) and plan into "
         "the pool calendar; false: each run believes it has the pools to itself (Prefect's default).",
     )
+    learn_durations: bool = Field(
+        True,
+        description="The run's component durations (and peak memory) go into the history the planner "
+        "learns from. False for runs whose times should not teach the plans, e.g. on an oversubscribed or "
+        "unusual machine, or a benchmark's control group.",
+    )
     hold_to_calendar: bool = Field(
         False,
         description="Under policy plan, a component asks for its pool's slots only when its planned start "

@@ -139,3 +139,18 @@ def test_learned_durations_are_scaled_to_the_work_of_the_run_being_planned(tmp_p
 def test_a_duration_that_is_not_positive_is_refused_with_the_reason():
     with pytest.raises(ValueError, match=r"history of 'x': seconds=0 must be > 0"):
         history.record(history.Observation("x", "0" * 16, "local", 0))
+
+
+@pytest.mark.usefixtures("registered_blocks")
+def test_a_run_told_not_to_learn_leaves_the_history_as_it_was(tmp_path, monkeypatch):
+    """PLANFLOW_LEARN_DURATIONS=false (e.g. the fleet benchmark's control group, whose
+    oversubscribed runs took 2-3x their time): the run completes and records nothing; the
+    next run learns again."""
+    name = f"train-{uuid.uuid4().hex[:8]}"
+    pipeline = Pipeline("unlearned", [load(tmp_path / "v2.py", V2, name).train])
+    monkeypatch.setenv("PLANFLOW_LEARN_DURATIONS", "false")
+    to_flow(pipeline)()
+    assert history.observations(pipeline.steps[name].component, 10) == []
+    monkeypatch.delenv("PLANFLOW_LEARN_DURATIONS")
+    to_flow(pipeline)()
+    assert len(history.observations(pipeline.steps[name].component, 10)) == 1

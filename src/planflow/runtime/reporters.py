@@ -36,7 +36,7 @@ from planflow.runtime import history, reporting
 from planflow.runtime.caching import step_state
 from planflow.runtime.dispatch import StepRecord
 from planflow.runtime.events import FINAL_STEP_EVENTS, Reporter, RunInfo, StepEvent
-from planflow.settings import StatePaths
+from planflow.settings import StatePaths, settings
 
 
 class ArtifactReporter(Reporter):
@@ -240,21 +240,23 @@ class HistoryReporter(Reporter):
     Dask mode its compute time on the worker, queueing left out: `ran_seconds`) into the
     history, keyed by its component's code version, with the values of the parameters
     that scale its work. A retry of a flow run (run count > 1) records nothing, nor does
-    a step read from the cache: the steps it reads back from stored results did no work."""
+    a step read from the cache: the steps it reads back from stored results did no work;
+    nor a run with PLANFLOW_LEARN_DURATIONS=false."""
 
     def __init__(self) -> None:
-        self.retry = False
+        self.learn = True
         self.pending: list[history.Observation] = []
 
     def on_planned(self, run: RunInfo) -> None:
         context = FlowRunContext.get()
         flow_run = context.flow_run if context is not None else None
-        self.retry = flow_run is not None and (flow_run.run_count or 1) > 1
+        retry = flow_run is not None and (flow_run.run_count or 1) > 1
+        self.learn = settings().learn_durations and not retry
 
     def on_step(self, event: StepEvent) -> None:
         record, run = event.record, event.run
         seconds = record.ran_seconds or record.seconds  # where it ran, when the executor measured it
-        if event.kind != "completed" or self.retry or record.cached or not seconds or seconds <= 0:
+        if event.kind != "completed" or not self.learn or record.cached or not seconds or seconds <= 0:
             return
         component = run.pipeline.steps[record.step].component
         peak = getattr(record, "peak_mem_gib", None)  # set by executors that measure it
