@@ -5,6 +5,8 @@ through a real server is in test_shared_pools.py.)"""
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from types import SimpleNamespace
 
 from prometheus_client import CollectorRegistry
@@ -171,3 +173,27 @@ def test_a_run_is_first_on_a_pool_when_no_run_planned_before_it_has_work_left_th
     earlier.reservations[1]["state"] = "done"
     calendar.look([earlier, later, calendar.entry])
     assert calendar.first_on("local")  # its work there is done
+
+
+def test_a_fault_in_re_planning_is_logged_as_a_warning_not_swallowed(monkeypatch, caplog):
+    """A busy or unreachable server skips a round quietly; a fault of planflow's own (here
+    a broken look at the calendar) is said, with its traceback, and the run goes on."""
+    from planflow.runtime import run_calendar
+
+    calendar = RunCalendar("me", "name-me", logging.getLogger("test-replan"))
+    calendar.entry = _planned_entry("me", NOW, [("m0", NOW + 10, NOW + 12, "planned")])
+    monkeypatch.setattr(run_calendar, "read_calendar", lambda clean=False: [])
+
+    def broken(entries):
+        raise AttributeError("'Reservation' object has no attribute 'run_id'")
+
+    monkeypatch.setattr(calendar, "look", broken)
+    watcher = threading.Thread(target=calendar._watch)
+    with caplog.at_level(logging.DEBUG, logger="test-replan"):
+        watcher.start()
+        time.sleep(0.6)  # the first look comes 0.2 s after planning
+        calendar._stop.set()
+        watcher.join(5)
+    [record] = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert "re-planning failed" in record.getMessage() and record.exc_info[0] is AttributeError
+    assert not watcher.is_alive()

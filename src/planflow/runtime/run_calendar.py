@@ -21,6 +21,7 @@ from dataclasses import asdict, replace
 from operator import itemgetter
 from typing import Any
 
+import httpx
 from prefect.artifacts import create_markdown_artifact
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import BlockDocumentUpdate
@@ -31,6 +32,7 @@ from planflow.prefect.blocks.calendar_entry import CalendarEntry, entry_name
 from planflow.prefect.blocks.saving import save_once_registered
 from planflow.runtime.calendar import (
     OVERRUN_SECONDS,
+    CalendarError,
     Reservation,
     ahead_of,
     held_intervals,
@@ -269,8 +271,15 @@ class RunCalendar(Reporter):
                 if mark != seen:
                     self.replan()
                     seen = mark
-            except Exception as exc:  # the next round tries again; the run goes on meanwhile
+            except (
+                CalendarError,
+                ObjectNotFound,
+                httpx.HTTPError,
+                OSError,
+            ) as exc:  # busy, gone or unreachable: next round
                 self.logger.debug("re-planning skipped this round: %s", exc)
+            except Exception:  # a fault of planflow's own: said, not swallowed; the run goes on
+                self.logger.warning("re-planning failed this round; the ETA shown may be stale", exc_info=True)
 
     def replan(self) -> float | None:
         """Re-plan this run's waiting components, under the planning slot, into what the
