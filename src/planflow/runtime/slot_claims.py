@@ -7,7 +7,9 @@ steps take each core the moment it frees, for as long as they have steps (the fl
 benchmark saw a `cpu=2` step ready at 33 s start at 113 s, its run planned first and
 finishing last).
 
-So a step refused for CLAIM_AFTER_SECONDS takes its pool's **turn**, a concurrency limit
+So a step refused for CLAIM_AFTER_SECONDS (at its first refusal when its run is the one
+planned first among those with work left on the pool: the calendar's order is the pool's
+priority, RunSlots.first_on) takes its pool's **turn**, a concurrency limit
 of one slot per pool (`planflow-<pool>-turn`, made with the pool's other limits), and
 while it holds the turn it takes every slot it still misses as soon as it is free, and
 keeps it. Only the turn's holder holds part of what it waits for, so nobody waits for
