@@ -64,6 +64,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
+from operator import itemgetter
 from pathlib import Path
 
 from bench.bench_dispatch import CAPACITY, POOL, _units_per_second
@@ -179,10 +180,13 @@ def submit(
     def unavailable(exc: BaseException) -> bool:
         return isinstance(exc, PrefectHTTPStatusError) and exc.response.status_code == 503
 
-    env = {"PLANFLOW_SHARED_SLOTS": shared, "PLANFLOW_HOLD_TO_CALENDAR": str(hold).lower()}
-    # the default's runs, oversubscribing the pool, take 2-3x their time: planflow's plans
-    # must not learn from them (a planflow burst after a default one got ETAs 2-3x too long)
-    env["PLANFLOW_LEARN_DURATIONS"] = str(learn).lower()
+    env = {
+        "PLANFLOW_SHARED_SLOTS": shared,
+        "PLANFLOW_HOLD_TO_CALENDAR": str(hold).lower(),
+        # the default's runs, oversubscribing the pool, take 2-3x their time: planflow's plans
+        # must not learn from them (a planflow burst after a default one got ETAs 2-3x too long)
+        "PLANFLOW_LEARN_DURATIONS": str(learn).lower(),
+    }
 
     def create(name: str) -> tuple[str | None, float, int]:
         started = time.perf_counter()
@@ -323,7 +327,7 @@ def burst_figures(
         ArtifactFilterFlowRunId,
     )
 
-    intervals, ratios, failed, pipeline_of, by_rank, behind = [], [], [], {}, [], []
+    intervals, ratios, failed, pipeline_of, by_rank = [], [], [], {}, []
     with get_client(sync_client=True) as client:
         for run in runs:
             pipeline, found = read_intervals(client, run, declared)
@@ -341,8 +345,9 @@ def burst_figures(
                 ratio = eta_ratio(submitted, run.end_time.timestamp(), eta) if eta else None
                 if ratio is not None:
                     ratios.append(ratio)
-                    by_rank.append((figures[0].created.timestamp(), pipeline, ratio, eta - submitted))
-                    behind.append(behind_plan(plans, eta, str(figures[0].data), found, context, pipeline))
+                    behind = behind_plan(plans, eta, str(figures[0].data), found, context, pipeline)
+                    by_rank.append((figures[0].created.timestamp(), pipeline, ratio, eta - submitted, behind))
+    ranked = sorted(by_rank, key=itemgetter(0))  # in the order the runs were planned
     ends = [r.end_time.timestamp() for r in runs if r.end_time]
     capacity = {"cpu": CAPACITY["cpu"], "mem_gib": CAPACITY["mem_gib"]}
     sweep = over_capacity(intervals, capacity)
@@ -371,9 +376,9 @@ def burst_figures(
         "makespan_s": round(max(ends) - submitted, 2),
         "eta_ratios": [round(r, 3) for r in ratios],
         # in the order the runs were planned: (pipeline, actual / ETA, ETA s from submission)
-        "eta_by_plan_order": [[p, round(r, 3), round(e, 1)] for _, p, r, e in sorted(by_rank)],
+        "eta_by_plan_order": [[p, round(r, 3), round(e, 1)] for _, p, r, e, _ in ranked],
         # in the same order: where each run fell behind its plan (fleet_measure.lateness)
-        "behind_plan": [b for _, b in sorted(zip([r[0] for r in by_rank], behind, strict=True))],
+        "behind_plan": [b for *_, b in ranked],
         "components_seen": len(intervals),
         "trace": {
             **trace(intervals, submitted, list(starts.values()), CAPACITY["cpu"]),

@@ -192,14 +192,19 @@ def ahead_of(entries: list[CalendarEntry], run_id: str, planned_at: float) -> li
     planned ones of the runs planned before it. Planning order is priority: a run planned
     later re-plans around this one, not this one around it (else a run planned first that
     slipped a little was re-planned behind every run planned after it)."""
-    mine = (planned_at, run_id)
     return [
         e
-        if (e.planned_at, e.flow_run_id) < mine
+        if planned_before(e, run_id, planned_at)
         else e.model_copy(update={"reservations": [r for r in e.reservations if r.get("state") == "running"]})
         for e in entries
         if e.flow_run_id != run_id
     ]
+
+
+def planned_before(other: CalendarEntry, run_id: str, planned_at: float) -> bool:
+    """Whether `other` comes before the run `run_id`, planned at `planned_at`, in the pools'
+    order (planning time, then flow run id)."""
+    return (other.planned_at, other.flow_run_id) < (planned_at, run_id)
 
 
 BusySteps = Callable[[Mapping[str, Mapping[str, float]], float], tuple[dict[str, tuple[Step, ...]], int]]

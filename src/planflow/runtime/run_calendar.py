@@ -37,6 +37,7 @@ from planflow.runtime.calendar import (
     ahead_of,
     held_intervals,
     others_held,
+    planned_before,
     planning_lock,
     read_calendar,
     reservations,
@@ -271,12 +272,8 @@ class RunCalendar(Reporter):
                 if mark != seen:
                     self.replan()
                     seen = mark
-            except (
-                CalendarError,
-                ObjectNotFound,
-                httpx.HTTPError,
-                OSError,
-            ) as exc:  # busy, gone or unreachable: next round
+            # a server busy, unreachable, or an entry gone: the next round tries again
+            except (CalendarError, ObjectNotFound, httpx.HTTPError, OSError) as exc:
                 self.logger.debug("re-planning skipped this round: %s", exc)
             except Exception:  # a fault of planflow's own: said, not swallowed; the run goes on
                 self.logger.warning("re-planning failed this round; the ETA shown may be stale", exc_info=True)
@@ -311,17 +308,15 @@ class RunCalendar(Reporter):
     def look(self, entries: list[CalendarEntry]) -> None:
         """Take in what the other runs hold, for `due`: what this run yields to (`_ahead`);
         and, for `first_on`, the pools where a run planned before this one has work left."""
-        ahead = self._ahead(entries)
-        self._others = [o for o in reservations(ahead, None, self.run_id) if o.state != "done"]
-        before = {e.flow_run_id for e in entries if e.flow_run_id != self.run_id and self._planned_before(e)}
+        self._others = [o for o in reservations(self._ahead(entries), None, self.run_id) if o.state != "done"]
+        at = self._planned_at()
+        before = {e.flow_run_id for e in entries if planned_before(e, self.run_id, at)}
         self._behind_on = {o.pool for o in self._others if o.run in before}
 
-    def _planned_before(self, other: CalendarEntry) -> bool:
+    def _planned_at(self) -> float:
+        """This run's place in the pools' order (after every run while it has no entry)."""
         entry = self.entry
-        return (other.planned_at, other.flow_run_id) < (
-            entry.planned_at if entry is not None else float("inf"),
-            self.run_id,
-        )
+        return entry.planned_at if entry is not None else float("inf")
 
     def first_on(self, pool: str) -> bool:
         """Whether no run planned before this one has work left on `pool`, as last looked
@@ -332,8 +327,7 @@ class RunCalendar(Reporter):
     def _ahead(self, entries: list[CalendarEntry]) -> list[CalendarEntry]:
         """What this run yields to (calendar.ahead_of): every running component, and the
         planned ones of the runs planned before it."""
-        entry = self.entry
-        return ahead_of(entries, self.run_id, entry.planned_at if entry is not None else float("inf"))
+        return ahead_of(entries, self.run_id, self._planned_at())
 
     def _replace(self, entries: list[CalendarEntry], now: float) -> float:
         entry, run = self.entry, self.run
