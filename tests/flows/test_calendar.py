@@ -160,19 +160,25 @@ def test_a_component_starts_early_beside_what_later_runs_planned_not_beside_what
     assert calendar.due("m0", now=NOW + 9.6)  # its start has (nearly) come
 
 
-def test_a_run_is_first_on_a_pool_when_no_run_planned_before_it_has_work_left_there():
+def test_a_run_is_first_on_a_pool_when_no_run_planned_before_it_waits_for_it_now():
     calendar = RunCalendar("me", "name-me", logging.getLogger("test"))
     calendar.entry = _planned_entry("me", NOW, [("m0", NOW + 1, NOW + 3, "planned")])
-    assert not calendar.first_on("local")  # not looked yet: no priority taken
-    later = _planned_entry("late", NOW + 5, [("l0", NOW, NOW + 2, "running"), ("l1", NOW + 2, NOW + 9, "planned")])
+    assert not calendar.first_on("local", now=NOW)  # not looked yet: no priority taken
+    later = _planned_entry("late", NOW + 5, [("l0", NOW - 9, NOW + 2, "planned")])
     calendar.look([later, calendar.entry])
-    assert calendar.first_on("local")  # only a run planned after it: first in the pool's order
-    earlier = _planned_entry("early", NOW - 5, [("e0", NOW - 5, NOW - 1, "done"), ("e1", NOW + 4, NOW + 8, "planned")])
+    assert calendar.first_on("local", now=NOW)  # only a run planned after it waits: first in the pool's order
+    earlier = _planned_entry(
+        "early",
+        NOW - 5,
+        [("e0", NOW - 5, NOW + 3, "running"), ("e1", NOW + 4, NOW + 8, "planned"), ("e2", NOW - 2, NOW + 8, "done")],
+    )
     calendar.look([earlier, later, calendar.entry])
-    assert not calendar.first_on("local")  # a run planned before it still has work there
-    earlier.reservations[1]["state"] = "done"
+    assert calendar.first_on("local", now=NOW)  # the earlier run runs, and waits only for a later start
+    assert not calendar.first_on("local", now=NOW + 3.6)  # e1's start has (nearly) come: it goes first
+    assert calendar.first_on("other", now=NOW + 3.6)  # on another pool nothing earlier waits
+    earlier.reservations[1]["state"] = "running"
     calendar.look([earlier, later, calendar.entry])
-    assert calendar.first_on("local")  # its work there is done
+    assert calendar.first_on("local", now=NOW + 5)  # e1 started: nothing planned before waits any more
 
 
 def test_a_fault_in_re_planning_is_logged_as_a_warning_not_swallowed(monkeypatch, caplog):

@@ -104,3 +104,46 @@ def test_admission_held_to_a_condition_keeps_the_pace_and_prepares_only_the_step
     assert limits.prepared[0] == {"a"} and {"b"} in limits.prepared  # never "b" before it was due
     assert all("b" not in seen for seen in limits.prepared[: limits.prepared.index({"b"})])
     assert limits.refused == 0 and limits.free == 2
+
+
+def test_the_dispatcher_reads_admit_s_pace_each_round_and_a_claiming_run_asks_more_often():
+    """A step that claims its pool's slots holds the other runs back: the run asks for the
+    freed slots more often meanwhile (RunSlots.poll_seconds), through AdmitWhen too; and
+    the dispatcher takes the pace anew each time it waits."""
+    from planflow.runtime.run_slots import RunSlots
+    from planflow.runtime.slot_claims import CLAIM_POLL_SECONDS
+
+    slots = RunSlots()
+    held_back = AdmitWhen(slots, lambda a: True)
+    usual = slots.poll_seconds
+    assert usual > CLAIM_POLL_SECONDS and held_back.poll_seconds == usual
+    slots._claims._by_pool["p"] = object()  # a step of the run claims pool p
+    assert slots.poll_seconds == held_back.poll_seconds == CLAIM_POLL_SECONDS
+    slots._claims._by_pool.clear()
+    assert held_back.poll_seconds == usual
+
+    class Pace:
+        """Refuses the first ask, then admits; its pace changes after the first wait."""
+
+        def __init__(self) -> None:
+            self.poll_seconds, self.asked = 5.0, []
+
+        def __call__(self, a: Assignment) -> ExitStack | None:
+            self.asked.append(time.monotonic())
+            if len(self.asked) == 1:
+                self.poll_seconds = 0.05  # read when the dispatcher waits: the 5 s is never waited
+                return None
+            return ExitStack()
+
+    pace = Pace()
+    with ThreadPoolExecutor(max_workers=1) as executor:
+        records, _ = dispatch(
+            {"a": ()},
+            {"a": Assignment("a", "p", {"cpu": 1}, 0)},
+            CAPACITY,
+            lambda n, o: executor.submit(int),
+            admit=pace,
+        )
+    assert records["a"].state == "Completed" and len(pace.asked) == 2
+    # read once at the start, the pace would have made it wait at least 4 s (5 s, jitter 0.8-1.2)
+    assert pace.asked[1] - pace.asked[0] < 4.0, "the dispatcher waited at a pace admit no longer had"

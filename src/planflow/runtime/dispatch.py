@@ -130,8 +130,11 @@ class AdmitWhen:
 
     def __init__(self, take: Admit, allowed: Callable[[Assignment], bool]) -> None:
         self.take, self.allowed = take, allowed
-        self.poll_seconds = getattr(take, "poll_seconds", POLL_SECONDS)
         self._prepare = getattr(take, "prepare", None)
+
+    @property
+    def poll_seconds(self) -> float:
+        return getattr(self.take, "poll_seconds", POLL_SECONDS)
 
     def __call__(self, a: Assignment) -> AbstractContextManager[Any] | None:
         return self.take(a) if self.allowed(a) else None
@@ -196,7 +199,6 @@ def dispatch(
     take = admit or (lambda a: nullcontext())
     prepare = getattr(admit, "prepare", None)
     failed = False
-    poll = getattr(admit, "poll_seconds", POLL_SECONDS)
     t0 = time.monotonic()
 
     while waiting or running:
@@ -236,7 +238,9 @@ def dispatch(
         if not running and not blocked:
             break  # failed, or nothing can ever become ready
         try:
-            # a little jitter, so that runs refused together do not all ask again together
+            # a little jitter, so that runs refused together do not all ask again together; the
+            # pace is read each time (a step that claims its pool's slots asks more often)
+            poll = getattr(admit, "poll_seconds", POLL_SECONDS)
             wait = poll * random.uniform(0.8, 1.2) if blocked else None  # noqa: S311 (jitter, not secrets)
             step, future, ended = done.get(timeout=wait)
         except queue.Empty:

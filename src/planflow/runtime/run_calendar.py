@@ -81,7 +81,9 @@ class RunCalendar(Reporter):
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         self._others: list[Reservation] | None = None  # the other runs' reservations, as last read
-        self._behind_on: set[str] | None = None  # pools where a run planned before this one has work left
+        # per pool, the planned starts of the components still waiting of the runs planned
+        # before this one, as last read (None before the first look): for `first_on`
+        self._waiting_before: dict[str, list[float]] | None = None
         self.moves_at_once = False  # set by `listen`: the dispatcher's thread moves the entry
         self.dirty = False  # moved since the last save (on_step); the bus flush saves it
         self.shown: float | None = None  # the ETA last shown in the log, gauge and artifact
@@ -307,22 +309,35 @@ class RunCalendar(Reporter):
 
     def look(self, entries: list[CalendarEntry]) -> None:
         """Take in what the other runs hold, for `due`: what this run yields to (`_ahead`);
-        and, for `first_on`, the pools where a run planned before this one has work left."""
+        and, for `first_on`, the planned starts of the waiting components of the runs
+        planned before this one, per pool."""
         self._others = [o for o in reservations(self._ahead(entries), None, self.run_id) if o.state != "done"]
         at = self._planned_at()
         before = {e.flow_run_id for e in entries if planned_before(e, self.run_id, at)}
-        self._behind_on = {o.pool for o in self._others if o.run in before}
+        waiting: dict[str, list[float]] = {}
+        for o in self._others:
+            if o.run in before and o.state == "planned":
+                waiting.setdefault(o.pool, []).append(o.start)
+        self._waiting_before = waiting
 
     def _planned_at(self) -> float:
         """This run's place in the pools' order (after every run while it has no entry)."""
         entry = self.entry
         return entry.planned_at if entry is not None else float("inf")
 
-    def first_on(self, pool: str) -> bool:
-        """Whether no run planned before this one has work left on `pool`, as last looked
-        (False before the first look): this run is then first in the pool's order."""
-        behind = self._behind_on
-        return behind is not None and pool not in behind
+    def first_on(self, pool: str, now: float | None = None) -> bool:
+        """Whether this run comes first in `pool`'s order among the runs that wait for it
+        now: no run planned before this one has a component there whose planned start has
+        come (within DUE_SLACK_SECONDS) and that has not started, as last looked (False
+        before the first look). Runs planned before it that only run, or wait for a later
+        start, do not count: the core it takes next would otherwise go to whichever run
+        asks first, often one planned after it (runs planned first finished at 2x their ETA,
+        overtaken)."""
+        waiting = self._waiting_before
+        if waiting is None:
+            return False
+        now = time.time() if now is None else now
+        return all(start > now + DUE_SLACK_SECONDS for start in waiting.get(pool, ()))
 
     def _ahead(self, entries: list[CalendarEntry]) -> list[CalendarEntry]:
         """What this run yields to (calendar.ahead_of): every running component, and the

@@ -45,7 +45,7 @@ from prefect.client.orchestration import get_client
 
 from planflow.runtime.admission import LOCKED, AdmissionError, SharedSlots, _release
 from planflow.runtime.dispatch import RESOURCES, Assignment
-from planflow.runtime.slot_claims import Claims
+from planflow.runtime.slot_claims import CLAIM_POLL_SECONDS, Claims
 
 logger = logging.getLogger("planflow.admission")
 BATCH_SECONDS = 10.0  # steps planned at most this long share one lease with their batch
@@ -112,9 +112,23 @@ class RunSlots(SharedSlots):
         # server answers 422 to a request larger than its limit, however free it is)
         self._sizes = {name: int(limit.limit) for name, limit in (limits or {}).items()}
         self._closing: threading.Thread | None = None  # gives back the last leases after the run (__exit__)
-        # whether this run is the one planned first among the runs on a pool (the pool
-        # calendar's order, run_calendar.RunCalendar.first_on): its refused steps claim at once
+        # whether no run planned before this one waits for a pool now (the pool calendar's
+        # order, run_calendar.RunCalendar.first_on): its refused steps there claim at once
         self.first_on: Callable[[str], bool] | None = None
+
+    @property
+    def poll_seconds(self) -> float:
+        """The dispatcher's pace while a step waits: faster while a step of this run claims
+        a pool (its turn holds the other runs back: each moment a freed core waits for the
+        claim's next look, it waits idle; one run per pool claims at a time)."""
+        claims = getattr(self, "_claims", None)
+        if claims is not None and claims.claiming:
+            return min(CLAIM_POLL_SECONDS, self._poll_seconds)
+        return self._poll_seconds
+
+    @poll_seconds.setter
+    def poll_seconds(self, seconds: float) -> None:
+        self._poll_seconds = seconds
 
     # -- a run ----------------------------------------------------------------------------
     def __enter__(self) -> RunSlots:

@@ -167,7 +167,7 @@ def _run(
             with refreshing(refresh), RunSlots(limits=reads.limits) if shared else nullcontext() as admit:
                 slots = admit
                 if admit is not None and calendar is not None:
-                    admit.first_on = calendar.first_on  # the run planned first on a pool claims its slots at once
+                    admit.first_on = calendar.first_on  # first in a pool's order among the runs waiting: claims at once
                 if admit is not None and calendar is not None and policy == "plan" and options.hold_to_calendar:
                     admit = calendar.admit(admit)  # start where the calendar says (kept current by re-planning)
                 notify = partial(bus.step, run)

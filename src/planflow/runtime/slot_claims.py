@@ -7,9 +7,9 @@ steps take each core the moment it frees, for as long as they have steps (the fl
 benchmark saw a `cpu=2` step ready at 33 s start at 113 s, its run planned first and
 finishing last).
 
-So a step refused for CLAIM_AFTER_SECONDS (at its first refusal when its run is the one
-planned first among those with work left on the pool: the calendar's order is the pool's
-priority, RunSlots.first_on) takes its pool's **turn**, a concurrency limit
+So a step refused for CLAIM_AFTER_SECONDS (at its first refusal when no run planned
+before its own waits for the pool now: the calendar's order is the pool's priority,
+RunSlots.first_on) takes its pool's **turn**, a concurrency limit
 of one slot per pool (`planflow-<pool>-turn`, made with the pool's other limits), and
 while it holds the turn it takes every slot it still misses as soon as it is free, and
 keeps it. Only the turn's holder holds part of what it waits for, so nobody waits for
@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("planflow.admission")
 CLAIM_AFTER_SECONDS = 2.0  # a step refused this long takes its pool's turn
 TURN_LOOK_SECONDS = 1.0  # how long a look at a pool's turn stands (one read per pool at most this often)
+CLAIM_POLL_SECONDS = 0.15  # how often a claiming step looks for freed slots (RunSlots.poll_seconds)
 
 
 @dataclass
@@ -82,6 +83,11 @@ class Claims:
             self._turns[a.pool] = (time.monotonic(), taken)
         return taken
 
+    @property
+    def claiming(self) -> bool:
+        """A step of this run claims a pool."""
+        return bool(self._by_pool)
+
     def holds(self, a: Assignment) -> bool:
         """`a` claims its pool's slots (it holds the turn)."""
         claim = self._by_pool.get(a.pool)
@@ -89,8 +95,8 @@ class Claims:
 
     def due(self, a: Assignment, refused_since: float) -> bool:
         """`a` may claim: no other step of the run claims that pool, and it has been refused
-        long enough, or at once when its run is the one planned first among those on the
-        pool (the owner's `first_on`: the calendar's order is the pool's priority)."""
+        long enough, or at once when no run planned before its own waits for the pool now
+        (the owner's `first_on`: the calendar's order is the pool's priority)."""
         if a.pool in self._by_pool:
             return False
         if time.monotonic() - refused_since >= CLAIM_AFTER_SECONDS:
