@@ -7,16 +7,17 @@ steps take each core the moment it frees, for as long as they have steps (the fl
 benchmark saw a `cpu=2` step ready at 33 s start at 113 s, its run planned first and
 finishing last).
 
-So a step refused for CLAIM_AFTER_SECONDS (at its first refusal when no run planned
-before its own waits for the pool now: the calendar's order is the pool's priority,
-RunSlots.first_on) takes its pool's **turn**, a concurrency limit
-of one slot per pool (`planflow-<pool>-turn`, made with the pool's other limits), and
-while it holds the turn it takes every slot it still misses as soon as it is free, and
-keeps it. Only the turn's holder holds part of what it waits for, so nobody waits for
-each other in a circle; the slots others give back come to it, so it starts once
-the steps running when it claimed have ended. When it has all it needs it starts and gives the turn
-back. The turn and the slots claimed are leases like every other: a run that dies gives
-them back within the lease.
+So a refused step takes its pool's **turn** at once when no run planned before its own
+waits for the pool now (the calendar's order is the pool's priority, RunSlots.first_on),
+else after YIELD_SECONDS (after CLAIM_AFTER_SECONDS for a run without a calendar). The
+turn is a concurrency limit of one slot per pool (`planflow-<pool>-turn`, made with the
+pool's other limits). While a step holds it, it takes every slot it still misses as soon
+as it is free, and keeps it, and the other runs take nothing new on that pool. Only the
+turn's holder holds part of what it waits for, so nobody waits for each other in a
+circle; the slots others give back come to it, so it starts once the steps running when
+it claimed have ended. When it has all it needs it starts and gives the turn back. The
+turn and the slots claimed are leases like every other: a run that dies gives them back
+within the lease.
 
     claims = Claims(owner)           # owner: the run's RunSlots
     held = claims.advance(a)         # a _Held when the claim is complete, else None
@@ -41,7 +42,8 @@ if TYPE_CHECKING:
     from planflow.runtime.run_slots import RunSlots, _Lease
 
 logger = logging.getLogger("planflow.admission")
-CLAIM_AFTER_SECONDS = 2.0  # a step refused this long takes its pool's turn
+CLAIM_AFTER_SECONDS = 2.0  # a step refused this long takes its pool's turn (runs without a calendar)
+YIELD_SECONDS = 10.0  # a step refused this long claims even though a run planned before its own waits
 TURN_LOOK_SECONDS = 1.0  # how long a look at a pool's turn stands (one read per pool at most this often)
 CLAIM_POLL_SECONDS = 0.15  # how often a claiming step looks for freed slots (RunSlots.poll_seconds)
 
@@ -94,15 +96,21 @@ class Claims:
         return claim is not None and claim.step == a.step
 
     def due(self, a: Assignment, refused_since: float) -> bool:
-        """`a` may claim: no other step of the run claims that pool, and it has been refused
-        long enough, or at once when no run planned before its own waits for the pool now
-        (the owner's `first_on`: the calendar's order is the pool's priority)."""
+        """`a` may claim: no other step of the run claims that pool, and no run planned
+        before its own waits for the pool now (the owner's `first_on`: the calendar's order
+        is the pool's priority), or it has been refused for YIELD_SECONDS all the same (a
+        calendar that says so for long is likely stale). Without a calendar (`first_on`
+        None) the pool's order is unknown: it claims once refused for CLAIM_AFTER_SECONDS.
+        (A run that claims after a short wait while one planned before it waits takes the
+        turn from it: the fleet benchmark saw a one-core step of the run planned first,
+        ready with a core free, wait 20 s behind later runs' claims for two cores.)"""
         if a.pool in self._by_pool:
             return False
-        if time.monotonic() - refused_since >= CLAIM_AFTER_SECONDS:
-            return True
+        waited = time.monotonic() - refused_since
         first_on = self.owner.first_on
-        return first_on is not None and first_on(a.pool)
+        if first_on is None:
+            return waited >= CLAIM_AFTER_SECONDS
+        return first_on(a.pool) or waited >= YIELD_SECONDS
 
     def advance(self, a: Assignment) -> list[tuple[_Lease, int]] | None:
         """Take the pool's turn if nobody holds it, then whatever `a` still misses that is
