@@ -199,7 +199,45 @@ def test_a_fault_in_re_planning_is_logged_as_a_warning_not_swallowed(monkeypatch
         watcher.start()
         time.sleep(0.6)  # the first look comes 0.2 s after planning
         calendar._stop.set()
+        calendar._wake.set()
         watcher.join(5)
     [record] = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert "re-planning failed" in record.getMessage() and record.exc_info[0] is AttributeError
+    assert not watcher.is_alive()
+
+
+def test_a_run_that_yields_to_an_earlier_one_looks_again_soon_not_at_the_next_re_plan(monkeypatch):
+    """Not first on a pool, a run asks its watcher for a fresh look (at most every
+    FIRST_LOOK_SECONDS), not REPLAN_SECONDS later: the step it yields to has often started
+    since. The look alone does not re-plan."""
+    from planflow.runtime import run_calendar
+
+    calendar = RunCalendar("me", "name-me", logging.getLogger("test-first-look"))
+    calendar.entry = _planned_entry("me", NOW, [("m0", NOW + 10, NOW + 12, "planned")])
+    calendar.run = SimpleNamespace(plan=SimpleNamespace(busy=0))  # nothing held at planning: no first re-plan
+    earlier = _planned_entry("early", NOW - 5, [("e0", time.time() - 1, time.time() + 3, "planned")])
+    reads = []
+    monkeypatch.setattr(run_calendar, "read_calendar", lambda clean=False: reads.append(1) or [earlier, calendar.entry])
+    replans = []
+    monkeypatch.setattr(calendar, "replan", lambda: replans.append(1))
+    watcher = threading.Thread(target=calendar._watch)
+    watcher.start()
+    try:
+        deadline = time.monotonic() + 5
+        while calendar._waiting_before is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not calendar.first_on("local")  # e0 waits, planned before it
+        assert len(reads) == 1  # the first look; the next one is REPLAN_SECONDS away
+        earlier.reservations[0]["state"] = "running"
+        time.sleep(run_calendar.FIRST_LOOK_SECONDS)
+        assert not calendar.first_on("local")  # still as last looked, and it asks for a look
+        while not calendar.first_on("local") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert calendar.first_on("local") and len(reads) == 2, "the look asked for did not come"
+        assert len(replans) == 1  # at the first look (the calendar changed since planning); not at the one asked for
+        assert run_calendar.REPLAN_SECONDS > 2 * run_calendar.FIRST_LOOK_SECONDS
+    finally:
+        calendar._stop.set()
+        calendar._wake.set()
+        watcher.join(5)
     assert not watcher.is_alive()

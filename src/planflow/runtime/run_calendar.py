@@ -49,6 +49,9 @@ from planflow.runtime.replan import Item, fits, list_schedule
 from planflow.runtime.reporting import artifact_key
 
 REPLAN_SECONDS = 5.0  # how often a run with waiting components looks for changes in the calendar
+# A run that waits behind one planned before it looks again this soon when asked
+# (`first_on`): what it yields to is often a step that started since the last look.
+FIRST_LOOK_SECONDS = 1.0
 REPLAN_WAIT_SECONDS = 2.0  # a re-plan gives way when the planning slot is busy (a run planning first), tries later
 DUE_SLACK_SECONDS = 0.5  # a step may ask for its slots this long before its planned start
 ETA_CHANGE_SECONDS = 1.0  # a corrected ETA that moves less than this is not logged nor published
@@ -79,6 +82,8 @@ class RunCalendar(Reporter):
         self._save_lock = threading.Lock()  # one write of the entry at a time, in order
         self._save_due = threading.Event()  # the saver thread's cue (flush)
         self._stop = threading.Event()
+        self._wake = threading.Event()  # the watcher looks now (first_on asks; stop)
+        self._looked = -1e9  # when the watcher last looked (monotonic)
         self._watcher: threading.Thread | None = None
         self._others: list[Reservation] | None = None  # the other runs' reservations, as last read
         # per pool, the planned starts of the components still waiting of the runs planned
@@ -255,23 +260,31 @@ class RunCalendar(Reporter):
     def _watch(self) -> None:
         """While this run has components waiting: every REPLAN_SECONDS, when what other
         runs hold on its pools changed (a component started or ended, a run came or
-        went), re-plan the waiting components into what is left."""
+        went), re-plan the waiting components into what is left. Between those, a look
+        only (for `first_on`, FIRST_LOOK_SECONDS apart at most) when `first_on` asks."""
         # What the others held when this run was planned: nothing (no re-plan at the first
         # look while that holds: it took the planning slot and wrote the entry for nothing,
         # beside the run's first components), else unknown (re-planned at the first look).
         seen: object = () if self.run is not None and self.run.plan.busy == 0 else None
-        wait = 0.2  # the first look soon after planning: `due` needs what the others hold
-        while not self._stop.wait(wait):
-            wait = REPLAN_SECONDS
+        replan_at = time.monotonic() + 0.2  # the first look soon after planning: `due` needs what the others hold
+        while True:
+            self._wake.wait(max(0.0, replan_at - time.monotonic()))
+            self._wake.clear()
+            if self._stop.is_set():
+                return
             with self._lock:
                 waiting = self.entry is not None and any(r["state"] == "planned" for r in self.entry.reservations)
+            due = time.monotonic() >= replan_at
+            if due:
+                replan_at = time.monotonic() + REPLAN_SECONDS
             if not waiting:
                 continue
+            self._looked = time.monotonic()  # a failed look is not asked for again at once
             try:
                 entries = read_calendar(clean=False)
                 self.look(entries)
                 mark = fingerprint(entries, self.run_id)
-                if mark != seen:
+                if due and mark != seen:
                     self.replan()
                     seen = mark
             # a server busy, unreachable, or an entry gone: the next round tries again
@@ -332,12 +345,16 @@ class RunCalendar(Reporter):
         before the first look). Runs planned before it that only run, or wait for a later
         start, do not count: the core it takes next would otherwise go to whichever run
         asks first, often one planned after it (runs planned first finished at 2x their ETA,
-        overtaken)."""
+        overtaken). When it is not first, the watcher looks again soon (FIRST_LOOK_SECONDS):
+        the step it yields to may have started since."""
         waiting = self._waiting_before
         if waiting is None:
             return False
         now = time.time() if now is None else now
-        return all(start > now + DUE_SLACK_SECONDS for start in waiting.get(pool, ()))
+        first = all(start > now + DUE_SLACK_SECONDS for start in waiting.get(pool, ()))
+        if not first and time.monotonic() - self._looked >= FIRST_LOOK_SECONDS:
+            self._wake.set()
+        return first
 
     def _ahead(self, entries: list[CalendarEntry]) -> list[CalendarEntry]:
         """What this run yields to (calendar.ahead_of): every running component, and the
@@ -422,6 +439,7 @@ class RunCalendar(Reporter):
         """Stop re-planning and remove this run's entry (idempotent); `wait=False`: on a
         thread of its own."""
         self._stop.set()
+        self._wake.set()  # the watcher ends
         self._save_due.set()  # the saver ends
         with self._lock:
             if self.entry is None:
