@@ -18,7 +18,9 @@ from planflow.core.pipeline import Step as PipelineStep
 from planflow.monitoring.metrics import RunRecorder
 from planflow.planner import Step
 from planflow.prefect.blocks.calendar_entry import CalendarEntry
-from planflow.runtime.calendar import Reservation, ahead_of, capacity_steps, held_intervals
+from planflow.runtime.calendar import Reservation, ahead_of, capacity_steps, held_intervals, reservations
+from planflow.runtime.dispatch import Assignment, StepRecord
+from planflow.runtime.events import StepEvent
 from planflow.runtime.run_calendar import RunCalendar
 
 CAP = {"cpu": 2.0, "gpu": 0.0, "mem_gib": 4.0}
@@ -163,22 +165,41 @@ def test_a_component_starts_early_beside_what_later_runs_planned_not_beside_what
 def test_a_run_is_first_on_a_pool_when_no_run_planned_before_it_waits_for_it_now():
     calendar = RunCalendar("me", "name-me", logging.getLogger("test"))
     calendar.entry = _planned_entry("me", NOW, [("m0", NOW + 1, NOW + 3, "planned")])
-    assert not calendar.first_on("local", now=NOW)  # not looked yet: no priority taken
+    assert not calendar.first_on("local")  # not looked yet: no priority taken
     later = _planned_entry("late", NOW + 5, [("l0", NOW - 9, NOW + 2, "planned")])
+    later.reservations[0]["waiting"] = True
     calendar.look([later, calendar.entry])
-    assert calendar.first_on("local", now=NOW)  # only a run planned after it waits: first in the pool's order
+    assert calendar.first_on("local")  # only a run planned after it waits: first in the pool's order
     earlier = _planned_entry(
         "early",
         NOW - 5,
-        [("e0", NOW - 5, NOW + 3, "running"), ("e1", NOW + 4, NOW + 8, "planned"), ("e2", NOW - 2, NOW + 8, "done")],
+        [("e0", NOW - 5, NOW + 3, "running"), ("e1", NOW - 1, NOW + 8, "planned"), ("e2", NOW - 2, NOW + 8, "done")],
     )
     calendar.look([earlier, later, calendar.entry])
-    assert calendar.first_on("local", now=NOW)  # the earlier run runs, and waits only for a later start
-    assert not calendar.first_on("local", now=NOW + 3.6)  # e1's start has (nearly) come: it goes first
-    assert calendar.first_on("other", now=NOW + 3.6)  # on another pool nothing earlier waits
+    assert calendar.first_on("local")  # the earlier run runs, and e1 is not ready (waits for its inputs)
+    earlier.reservations[1]["waiting"] = True  # e1 is ready and was refused its slots
+    calendar.look([earlier, later, calendar.entry])
+    assert not calendar.first_on("local")  # it goes first
+    assert calendar.first_on("other")  # on another pool nothing earlier waits
     earlier.reservations[1]["state"] = "running"
     calendar.look([earlier, later, calendar.entry])
-    assert calendar.first_on("local", now=NOW + 5)  # e1 started: nothing planned before waits any more
+    assert calendar.first_on("local")  # e1 started: nothing planned before waits any more
+
+
+def test_a_refused_step_is_marked_waiting_in_the_run_s_entry_until_it_starts():
+    """RunSlots.on_refused -> RunCalendar.waiting: the mark later runs' first_on reads."""
+    calendar = RunCalendar("me", "name-me", logging.getLogger("test"))
+    calendar.entry = _planned_entry("me", NOW, [("m0", NOW + 1, NOW + 3, "planned")])
+    calendar.waiting("m0")
+    calendar.waiting("not-mine")  # a step not in the calendar: nothing to mark
+    [r] = reservations([calendar.entry])
+    assert r.waiting and r.state == "planned"
+    run = SimpleNamespace(plan=SimpleNamespace(assignments={"m0": Assignment("m0", "local", {"cpu": 2}, 0, 1.0, 3.0)}))
+    calendar._move(StepEvent("started", StepRecord("m0", "local"), run, at=NOW + 2))
+    [r] = reservations([calendar.entry])
+    assert not r.waiting and r.state == "running"
+    calendar.waiting("m0")  # running: not waiting any more
+    assert "waiting" not in calendar.entry.reservations[0]
 
 
 def test_a_fault_in_re_planning_is_logged_as_a_warning_not_swallowed(monkeypatch, caplog):
@@ -216,6 +237,7 @@ def test_a_run_that_yields_to_an_earlier_one_looks_again_soon_not_at_the_next_re
     calendar.entry = _planned_entry("me", NOW, [("m0", NOW + 10, NOW + 12, "planned")])
     calendar.run = SimpleNamespace(plan=SimpleNamespace(busy=0))  # nothing held at planning: no first re-plan
     earlier = _planned_entry("early", NOW - 5, [("e0", time.time() - 1, time.time() + 3, "planned")])
+    earlier.reservations[0]["waiting"] = True  # ready, refused its slots
     reads = []
     monkeypatch.setattr(run_calendar, "read_calendar", lambda clean=False: reads.append(1) or [earlier, calendar.entry])
     replans = []

@@ -147,3 +147,16 @@ def test_the_dispatcher_reads_admit_s_pace_each_round_and_a_claiming_run_asks_mo
     assert records["a"].state == "Completed" and len(pace.asked) == 2
     # read once at the start, the pace would have made it wait at least 4 s (5 s, jitter 0.8-1.2)
     assert pace.asked[1] - pace.asked[0] < 4.0, "the dispatcher waited at a pace admit no longer had"
+
+
+def test_run_slots_tell_which_step_was_refused_its_slots():
+    """The dispatcher's call names each refused step to `on_refused` (the pool calendar
+    marks it waiting, run_calendar.RunCalendar.waiting); a step given its slots is not named."""
+    from planflow.runtime.run_slots import RunSlots
+
+    slots, told = RunSlots(), []
+    slots.on_refused = told.append
+    slots.take = lambda a: None if a.step == "refused" else ExitStack()
+    assert slots(Assignment("refused", "p", {"cpu": 1}, 0)) is None
+    assert slots(Assignment("given", "p", {"cpu": 1}, 0)) is not None
+    assert told == ["refused"]

@@ -72,6 +72,7 @@ class Reservation:
     finish: float
     demand: Mapping[str, float] = field(default_factory=dict)
     state: str = "planned"  # planned | running | done
+    waiting: bool = False  # planned, and its inputs are ready: refused its slots (or yielding a claim)
 
 
 def _entries(client: Any) -> list[tuple[Any, CalendarEntry]]:
@@ -131,6 +132,7 @@ def reservations(
                         float(r["finish"]),
                         dict(r.get("demand", {})),
                         r.get("state", "planned"),
+                        bool(r.get("waiting", False)),
                     )
                 )
     return out

@@ -86,9 +86,9 @@ class RunCalendar(Reporter):
         self._looked = -1e9  # when the watcher last looked (monotonic)
         self._watcher: threading.Thread | None = None
         self._others: list[Reservation] | None = None  # the other runs' reservations, as last read
-        # per pool, the planned starts of the components still waiting of the runs planned
-        # before this one, as last read (None before the first look): for `first_on`
-        self._waiting_before: dict[str, list[float]] | None = None
+        # the pools where a run planned before this one has a component ready and refused
+        # its slots, as last read (None before the first look): for `first_on`
+        self._waiting_before: set[str] | None = None
         self.moves_at_once = False  # set by `listen`: the dispatcher's thread moves the entry
         self.dirty = False  # moved since the last save (on_step); the bus flush saves it
         self.shown: float | None = None  # the ETA last shown in the log, gauge and artifact
@@ -209,6 +209,7 @@ class RunCalendar(Reporter):
             return
         delta = event.at - float(mine["start"] if event.kind == "started" else mine["finish"])
         mine["state"] = "running" if event.kind == "started" else "done"
+        mine.pop("waiting", None)
         self._planned.pop(record.step, None)
         if event.kind == "started":
             mine["finish"] = event.at + (float(mine["finish"]) - float(mine["start"]))
@@ -322,36 +323,43 @@ class RunCalendar(Reporter):
 
     def look(self, entries: list[CalendarEntry]) -> None:
         """Take in what the other runs hold, for `due`: what this run yields to (`_ahead`);
-        and, for `first_on`, the planned starts of the waiting components of the runs
-        planned before this one, per pool."""
+        and, for `first_on`, the pools where a run planned before this one has a component
+        waiting for its slots."""
         self._others = [o for o in reservations(self._ahead(entries), None, self.run_id) if o.state != "done"]
         at = self._planned_at()
         before = {e.flow_run_id for e in entries if planned_before(e, self.run_id, at)}
-        waiting: dict[str, list[float]] = {}
-        for o in self._others:
-            if o.run in before and o.state == "planned":
-                waiting.setdefault(o.pool, []).append(o.start)
-        self._waiting_before = waiting
+        self._waiting_before = {o.pool for o in self._others if o.run in before and o.state == "planned" and o.waiting}
+
+    def waiting(self, step: str) -> None:
+        """The step is ready and was refused its slots (RunSlots.on_refused): marked in the
+        entry (saved by the saver thread), so that the runs planned after this one yield
+        the pool's turn to it (`first_on`). Its start clears the mark (`_move`)."""
+        with self._lock:
+            entry = self.entry
+            mine = next((r for r in entry.reservations if r["component"] == step), None) if entry else None
+            if mine is None or mine.get("waiting") or mine["state"] != "planned":
+                return
+            mine["waiting"] = True
+        self._save_due.set()
 
     def _planned_at(self) -> float:
         """This run's place in the pools' order (after every run while it has no entry)."""
         entry = self.entry
         return entry.planned_at if entry is not None else float("inf")
 
-    def first_on(self, pool: str, now: float | None = None) -> bool:
-        """Whether this run comes first in `pool`'s order among the runs that wait for it
-        now: no run planned before this one has a component there whose planned start has
-        come (within DUE_SLACK_SECONDS) and that has not started, as last looked (False
-        before the first look). Runs planned before it that only run, or wait for a later
-        start, do not count: the core it takes next would otherwise go to whichever run
-        asks first, often one planned after it (runs planned first finished at 2x their ETA,
-        overtaken). When it is not first, the watcher looks again soon (FIRST_LOOK_SECONDS):
-        the step it yields to may have started since."""
+    def first_on(self, pool: str) -> bool:
+        """Whether this run comes first in `pool`'s order among the runs waiting for it: no
+        run planned before this one has a component there that is ready and was refused its
+        slots, as last looked (False before the first look). Runs planned before it that
+        only run there, or wait for their inputs, do not count: the core it takes next
+        would otherwise go to whichever run asks first, often one planned after it (runs
+        planned first finished at 2x their ETA, overtaken). When it is not first, the
+        watcher looks again soon (FIRST_LOOK_SECONDS): the step it yields to may have
+        started since."""
         waiting = self._waiting_before
         if waiting is None:
             return False
-        now = time.time() if now is None else now
-        first = all(start > now + DUE_SLACK_SECONDS for start in waiting.get(pool, ()))
+        first = pool not in waiting
         if not first and time.monotonic() - self._looked >= FIRST_LOOK_SECONDS:
             self._wake.set()
         return first

@@ -115,6 +115,9 @@ class RunSlots(SharedSlots):
         # whether no run planned before this one waits for a pool now (the pool calendar's
         # order, run_calendar.RunCalendar.first_on): its refused steps there claim at once
         self.first_on: Callable[[str], bool] | None = None
+        # told the name of each step refused its slots (or yielding to a claim): the pool
+        # calendar marks it waiting (run_calendar.RunCalendar.waiting), for later runs' first_on
+        self.on_refused: Callable[[str], None] | None = None
 
     @property
     def poll_seconds(self) -> float:
@@ -184,7 +187,10 @@ class RunSlots(SharedSlots):
         self._threads_pool.shutdown(wait=False)
 
     def __call__(self, a: Assignment) -> _Held | None:
-        return self.take(a)
+        held = self.take(a)
+        if held is None and self.on_refused is not None:
+            self.on_refused(a.step)
+        return held
 
     # -- the dispatcher's hooks -------------------------------------------------------------
     def prepare(self, ready: Iterable[Assignment]) -> None:

@@ -168,6 +168,7 @@ def _run(
                 slots = admit
                 if admit is not None and calendar is not None:
                     admit.first_on = calendar.first_on  # first in a pool's order among the runs waiting: claims at once
+                    admit.on_refused = calendar.waiting  # marked waiting: later runs yield the pool's turn to it
                 if admit is not None and calendar is not None and policy == "plan" and options.hold_to_calendar:
                     admit = calendar.admit(admit)  # start where the calendar says (kept current by re-planning)
                 notify = partial(bus.step, run)

@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("planflow.admission")
 CLAIM_AFTER_SECONDS = 2.0  # a step refused this long takes its pool's turn (runs without a calendar)
-YIELD_SECONDS = 10.0  # a step refused this long claims even though a run planned before its own waits
+YIELD_SECONDS = 30.0  # a step refused this long claims even though a run planned before its own waits
 TURN_LOOK_SECONDS = 1.0  # how long a look at a pool's turn stands (one read per pool at most this often)
 CLAIM_POLL_SECONDS = 0.15  # how often a claiming step looks for freed slots (RunSlots.poll_seconds)
 
@@ -103,7 +103,8 @@ class Claims:
         None) the pool's order is unknown: it claims once refused for CLAIM_AFTER_SECONDS.
         (A run that claims after a short wait while one planned before it waits takes the
         turn from it: the fleet benchmark saw a one-core step of the run planned first,
-        ready with a core free, wait 20 s behind later runs' claims for two cores.)"""
+        ready with a core free, wait 20 s behind later runs' claims for two cores; with 10 s,
+        a later run's claim took the cores freed for the first run's two-core step.)"""
         if a.pool in self._by_pool:
             return False
         waited = time.monotonic() - refused_since
