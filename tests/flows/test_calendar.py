@@ -166,6 +166,7 @@ def test_a_run_is_first_on_a_pool_when_no_run_planned_before_it_waits_for_it_now
     calendar = RunCalendar("me", "name-me", logging.getLogger("test"))
     calendar.entry = _planned_entry("me", NOW, [("m0", NOW + 1, NOW + 3, "planned")])
     assert not calendar.first_on("local")  # not looked yet: no priority taken
+    assert calendar._wake.is_set()  # and the watcher is asked to look (the first look may have failed)
     later = _planned_entry("late", NOW + 5, [("l0", NOW - 9, NOW + 2, "planned")])
     later.reservations[0]["waiting"] = True
     calendar.look([later, calendar.entry])

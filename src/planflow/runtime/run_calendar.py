@@ -350,16 +350,15 @@ class RunCalendar(Reporter):
     def first_on(self, pool: str) -> bool:
         """Whether this run comes first in `pool`'s order among the runs waiting for it: no
         run planned before this one has a component there that is ready and was refused its
-        slots, as last looked (False before the first look). Runs planned before it that
+        slots, as last looked (False before the first look that worked). Runs planned before it that
         only run there, or wait for their inputs, do not count: the core it takes next
         would otherwise go to whichever run asks first, often one planned after it (runs
         planned first finished at 2x their ETA, overtaken). When it is not first, the
         watcher looks again soon (FIRST_LOOK_SECONDS): the step it yields to may have
         started since."""
         waiting = self._waiting_before
-        if waiting is None:
-            return False
-        first = pool not in waiting
+        first = waiting is not None and pool not in waiting
+        # not first, or no look yet (the first one failed: a busy server): look again soon
         if not first and time.monotonic() - self._looked >= FIRST_LOOK_SECONDS:
             self._wake.set()
         return first
