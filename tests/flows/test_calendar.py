@@ -162,29 +162,29 @@ def test_a_component_starts_early_beside_what_later_runs_planned_not_beside_what
     assert calendar.due("m0", now=NOW + 9.6)  # its start has (nearly) come
 
 
-def test_a_run_is_first_on_a_pool_when_no_run_planned_before_it_waits_for_it_now():
+def test_a_step_comes_first_on_its_pool_unless_another_run_s_waiting_step_is_planned_before_it():
     calendar = RunCalendar("me", "name-me", logging.getLogger("test"))
     calendar.entry = _planned_entry("me", NOW, [("m0", NOW + 1, NOW + 3, "planned")])
-    assert not calendar.first_on("local")  # not looked yet: no priority taken
+    assert not calendar.first_on("local", "m0")  # not looked yet: no priority taken
     assert calendar._wake.is_set()  # and the watcher is asked to look (the first look may have failed)
-    later = _planned_entry("late", NOW + 5, [("l0", NOW - 9, NOW + 2, "planned")])
-    later.reservations[0]["waiting"] = True
+    later = _planned_entry("late", NOW + 5, [("l0", NOW + 2, NOW + 4, "planned"), ("l1", NOW - 9, NOW, "planned")])
     calendar.look([later, calendar.entry])
-    assert calendar.first_on("local")  # only a run planned after it waits: first in the pool's order
-    earlier = _planned_entry(
-        "early",
-        NOW - 5,
-        [("e0", NOW - 5, NOW + 3, "running"), ("e1", NOW - 1, NOW + 8, "planned"), ("e2", NOW - 2, NOW + 8, "done")],
-    )
-    calendar.look([earlier, later, calendar.entry])
-    assert calendar.first_on("local")  # the earlier run runs, and e1 is not ready (waits for its inputs)
-    earlier.reservations[1]["waiting"] = True  # e1 is ready and was refused its slots
-    calendar.look([earlier, later, calendar.entry])
-    assert not calendar.first_on("local")  # it goes first
-    assert calendar.first_on("other")  # on another pool nothing earlier waits
-    earlier.reservations[1]["state"] = "running"
-    calendar.look([earlier, later, calendar.entry])
-    assert calendar.first_on("local")  # e1 started: nothing planned before waits any more
+    assert calendar.first_on("local", "m0")  # l1, placed before m0, waits for its inputs: it does not count
+    later.reservations[0]["waiting"] = True  # l0 is ready and was refused its slots
+    calendar.look([later, calendar.entry])
+    assert calendar.first_on("local", "m0")  # l0 is planned after m0
+    later.reservations[1]["waiting"] = True  # l1 too: a later run's component placed before m0 (a gap)
+    calendar.look([later, calendar.entry])
+    assert not calendar.first_on("local", "m0")  # it keeps its place
+    assert calendar.first_on("other", "m0")  # on another pool nothing waits
+    later.reservations[1]["state"] = "running"
+    same_start = _planned_entry("early", NOW - 5, [("e0", NOW + 1, NOW + 8, "planned")])
+    same_start.reservations[0]["waiting"] = True
+    calendar.look([same_start, later, calendar.entry])
+    assert not calendar.first_on("local", "m0")  # the same planned start: the run planned first goes first
+    same_start.reservations[0]["state"] = "running"
+    calendar.look([same_start, later, calendar.entry])
+    assert calendar.first_on("local", "m0")  # both started: m0 is first among those waiting
 
 
 def test_a_refused_step_is_marked_waiting_in_the_run_s_entry_until_it_starts():
@@ -235,7 +235,7 @@ def test_a_run_that_yields_to_an_earlier_one_looks_again_soon_not_at_the_next_re
     from planflow.runtime import run_calendar
 
     calendar = RunCalendar("me", "name-me", logging.getLogger("test-first-look"))
-    calendar.entry = _planned_entry("me", NOW, [("m0", NOW + 10, NOW + 12, "planned")])
+    calendar.entry = _planned_entry("me", NOW, [("m0", time.time() + 10, time.time() + 12, "planned")])
     calendar.run = SimpleNamespace(plan=SimpleNamespace(busy=0))  # nothing held at planning: no first re-plan
     earlier = _planned_entry("early", NOW - 5, [("e0", time.time() - 1, time.time() + 3, "planned")])
     earlier.reservations[0]["waiting"] = True  # ready, refused its slots
@@ -247,16 +247,16 @@ def test_a_run_that_yields_to_an_earlier_one_looks_again_soon_not_at_the_next_re
     watcher.start()
     try:
         deadline = time.monotonic() + 5
-        while calendar._waiting_before is None and time.monotonic() < deadline:
+        while calendar._waiting_others is None and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not calendar.first_on("local")  # e0 waits, planned before it
+        assert not calendar.first_on("local", "m0")  # e0 waits, planned before it
         assert len(reads) == 1  # the first look; the next one is REPLAN_SECONDS away
         earlier.reservations[0]["state"] = "running"
         time.sleep(run_calendar.FIRST_LOOK_SECONDS)
-        assert not calendar.first_on("local")  # still as last looked, and it asks for a look
-        while not calendar.first_on("local") and time.monotonic() < deadline:
+        assert not calendar.first_on("local", "m0")  # still as last looked, and it asks for a look
+        while not calendar.first_on("local", "m0") and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert calendar.first_on("local") and len(reads) == 2, "the look asked for did not come"
+        assert calendar.first_on("local", "m0") and len(reads) == 2, "the look asked for did not come"
         assert len(replans) == 1  # at the first look (the calendar changed since planning); not at the one asked for
         assert run_calendar.REPLAN_SECONDS > 2 * run_calendar.FIRST_LOOK_SECONDS
     finally:

@@ -129,11 +129,11 @@ def test_a_two_core_step_is_not_starved_by_another_runs_one_core_steps(pool, mon
     assert active_slots([CPU, turn_limit(POOL)]) == {CPU: 0, turn_limit(POOL): 0}
 
 
-def test_a_run_first_in_its_pool_s_order_claims_at_once_and_a_later_one_yields(pool, monkeypatch):
-    """The calendar's order is the pool's priority: a step of a run that no run planned
-    before it waits ahead of (RunSlots.first_on, run_calendar.RunCalendar.first_on) claims
-    the pool's turn at its first refusal; a step of a run with one waiting ahead of it does
-    not (it would take the turn from that run), until refused for YIELD_SECONDS."""
+def test_a_step_first_in_its_pool_s_order_claims_at_once_and_a_later_one_yields(pool, monkeypatch):
+    """The calendar's order is the pool's priority: a step that no other run's waiting
+    step comes before (RunSlots.first_on, run_calendar.RunCalendar.first_on) claims the
+    pool's turn at its first refusal; a step with one waiting ahead of it does not (it
+    would take the turn from it), until refused for YIELD_SECONDS."""
     from planflow.prefect.limits import turn_limit
     from planflow.runtime import slot_claims
 
@@ -142,10 +142,10 @@ def test_a_run_first_in_its_pool_s_order_claims_at_once_and_a_later_one_yields(p
     monkeypatch.setattr(slot_claims, "YIELD_SECONDS", 1e9)
     monkeypatch.setattr(slot_claims, "TURN_LOOK_SECONDS", 0.0)
     with RunSlots() as a, RunSlots() as b:
-        a.first_on = lambda name: False  # a run planned before a's waits for the pool
+        a.first_on = lambda name, step: False  # another run's step before a's waits for the pool
         assert set(_narrow_steps_keep_the_pool(a, b, wide, rounds=4)) == {"narrow kept"}
     assert a.wait_closed() and b.wait_closed()
-    for first_on, yield_seconds in ((lambda name: name == POOL, 1e9), (lambda name: False, 0.0)):
+    for first_on, yield_seconds in ((lambda name, step: name == POOL, 1e9), (lambda name, step: False, 0.0)):
         monkeypatch.setattr(slot_claims, "YIELD_SECONDS", yield_seconds)  # 0: it waited long enough
         with RunSlots() as a, RunSlots() as b:
             a.first_on = first_on

@@ -37,7 +37,6 @@ from planflow.runtime.calendar import (
     ahead_of,
     held_intervals,
     others_held,
-    planned_before,
     planning_lock,
     read_calendar,
     reservations,
@@ -86,9 +85,9 @@ class RunCalendar(Reporter):
         self._looked = -1e9  # when the watcher last looked (monotonic)
         self._watcher: threading.Thread | None = None
         self._others: list[Reservation] | None = None  # the other runs' reservations, as last read
-        # the pools where a run planned before this one has a component ready and refused
-        # its slots, as last read (None before the first look): for `first_on`
-        self._waiting_before: set[str] | None = None
+        # per pool, the other runs' components ready and refused their slots, as last read
+        # (None before the first look): their places in the pool's order, for `first_on`
+        self._waiting_others: dict[str, list[tuple[float, float, str]]] | None = None
         self.moves_at_once = False  # set by `listen`: the dispatcher's thread moves the entry
         self.dirty = False  # moved since the last save (on_step); the bus flush saves it
         self.shown: float | None = None  # the ETA last shown in the log, gauge and artifact
@@ -323,12 +322,15 @@ class RunCalendar(Reporter):
 
     def look(self, entries: list[CalendarEntry]) -> None:
         """Take in what the other runs hold, for `due`: what this run yields to (`_ahead`);
-        and, for `first_on`, the pools where a run planned before this one has a component
-        waiting for its slots."""
+        and, for `first_on`, the other runs' components waiting for their slots, with
+        their places in the pools' order."""
         self._others = [o for o in reservations(self._ahead(entries), None, self.run_id) if o.state != "done"]
-        at = self._planned_at()
-        before = {e.flow_run_id for e in entries if planned_before(e, self.run_id, at)}
-        self._waiting_before = {o.pool for o in self._others if o.run in before and o.state == "planned" and o.waiting}
+        planned_at = {e.flow_run_id: e.planned_at for e in entries}
+        waiting: dict[str, list[tuple[float, float, str]]] = {}
+        for o in reservations(entries, None, self.run_id):
+            if o.state == "planned" and o.waiting:
+                waiting.setdefault(o.pool, []).append((o.start, planned_at.get(o.run, 0.0), o.run))
+        self._waiting_others = waiting
 
     def waiting(self, step: str) -> None:
         """The step is ready and was refused its slots (RunSlots.on_refused): marked in the
@@ -347,21 +349,30 @@ class RunCalendar(Reporter):
         entry = self.entry
         return entry.planned_at if entry is not None else float("inf")
 
-    def first_on(self, pool: str) -> bool:
-        """Whether this run comes first in `pool`'s order among the runs waiting for it: no
-        run planned before this one has a component there that is ready and was refused its
-        slots, as last looked (False before the first look that worked). Runs planned before it that
-        only run there, or wait for their inputs, do not count: the core it takes next
-        would otherwise go to whichever run asks first, often one planned after it (runs
-        planned first finished at 2x their ETA, overtaken). When it is not first, the
-        watcher looks again soon (FIRST_LOOK_SECONDS): the step it yields to may have
-        started since."""
-        waiting = self._waiting_before
-        first = waiting is not None and pool not in waiting
+    def first_on(self, pool: str, step: str) -> bool:
+        """Whether `step` comes first in `pool`'s order among the components waiting for
+        it: no other run's component there that is ready and was refused its slots is
+        planned to start before it (ties: the run planned first), as last looked (False
+        before the first look that worked). Other runs' components that run there, or wait
+        for their inputs, do not count. The calendar's order: a component placed early by a
+        run planned later (into a gap the earlier runs left) keeps its place; without it,
+        the core the step takes next went to whichever run asked first, and runs planned
+        first finished at 2x their ETA, overtaken. When it is not first, the watcher looks
+        again soon (FIRST_LOOK_SECONDS): the component it yields to may have started since."""
+        waiting = self._waiting_others
+        first = waiting is not None and not any(other < self._place(step) for other in waiting.get(pool, ()))
         # not first, or no look yet (the first one failed: a busy server): look again soon
         if not first and time.monotonic() - self._looked >= FIRST_LOOK_SECONDS:
             self._wake.set()
         return first
+
+    def _place(self, step: str) -> tuple[float, float, str]:
+        """`step`'s place in its pool's order: (planned start, run's planning time, run id)."""
+        with self._lock:
+            entry = self.entry
+            mine = next((r for r in entry.reservations if r["component"] == step), None) if entry else None
+            start = float(mine["start"]) if mine is not None else float("inf")
+        return start, self._planned_at(), self.run_id
 
     def _ahead(self, entries: list[CalendarEntry]) -> list[CalendarEntry]:
         """What this run yields to (calendar.ahead_of): every running component, and the

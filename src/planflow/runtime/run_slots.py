@@ -112,9 +112,9 @@ class RunSlots(SharedSlots):
         # server answers 422 to a request larger than its limit, however free it is)
         self._sizes = {name: int(limit.limit) for name, limit in (limits or {}).items()}
         self._closing: threading.Thread | None = None  # gives back the last leases after the run (__exit__)
-        # whether no run planned before this one waits for a pool now (the pool calendar's
-        # order, run_calendar.RunCalendar.first_on): its refused steps there claim at once
-        self.first_on: Callable[[str], bool] | None = None
+        # whether a step comes first in its pool's order among the components waiting for
+        # it (the pool calendar's, run_calendar.RunCalendar.first_on(pool, step)): it claims at once
+        self.first_on: Callable[[str, str], bool] | None = None
         # told the name of each step refused its slots (or yielding to a claim): the pool
         # calendar marks it waiting (run_calendar.RunCalendar.waiting), for later runs' first_on
         self.on_refused: Callable[[str], None] | None = None

@@ -7,8 +7,8 @@ steps take each core the moment it frees, for as long as they have steps (the fl
 benchmark saw a `cpu=2` step ready at 33 s start at 113 s, its run planned first and
 finishing last).
 
-So a refused step takes its pool's **turn** at once when no run planned before its own
-waits for the pool now (the calendar's order is the pool's priority, RunSlots.first_on),
+So a refused step takes its pool's **turn** at once when it comes first in the pool
+calendar's order among the components waiting for the pool (RunSlots.first_on),
 else after YIELD_SECONDS (after CLAIM_AFTER_SECONDS for a run without a calendar). The
 turn is a concurrency limit of one slot per pool (`planflow-<pool>-turn`, made with the
 pool's other limits). While a step holds it, it takes every slot it still misses as soon
@@ -96,13 +96,13 @@ class Claims:
         return claim is not None and claim.step == a.step
 
     def due(self, a: Assignment, refused_since: float) -> bool:
-        """`a` may claim: no other step of the run claims that pool, and no run planned
-        before its own waits for the pool now (the owner's `first_on`: the calendar's order
-        is the pool's priority), or it has been refused for YIELD_SECONDS all the same (a
+        """`a` may claim: no other step of the run claims that pool, and no other run's
+        component waiting for the pool comes before it in the calendar's order (the
+        owner's `first_on`), or it has been refused for YIELD_SECONDS all the same (a
         calendar that says so for long is likely stale). Without a calendar (`first_on`
         None) the pool's order is unknown: it claims once refused for CLAIM_AFTER_SECONDS.
-        (A run that claims after a short wait while one planned before it waits takes the
-        turn from it: the fleet benchmark saw a one-core step of the run planned first,
+        (A step that claims after a short wait while one before it waits takes the turn
+        from it: the fleet benchmark saw a one-core step of the run planned first,
         ready with a core free, wait 20 s behind later runs' claims for two cores; with 10 s,
         a later run's claim took the cores freed for the first run's two-core step.)"""
         if a.pool in self._by_pool:
@@ -111,7 +111,7 @@ class Claims:
         first_on = self.owner.first_on
         if first_on is None:
             return waited >= CLAIM_AFTER_SECONDS
-        return first_on(a.pool) or waited >= YIELD_SECONDS
+        return first_on(a.pool, a.step) or waited >= YIELD_SECONDS
 
     def advance(self, a: Assignment) -> list[tuple[_Lease, int]] | None:
         """Take the pool's turn if nobody holds it, then whatever `a` still misses that is
