@@ -84,6 +84,10 @@ def test_the_calendar_shows_running_and_planned_components_and_waiting_runs():
     assert "pool local: cpu=2 gpu=0 mem_gib=4  held now: cpu=1 gpu=0 mem_gib=0" in text
     assert "running" in text and "planned" in text
     assert "waiting runs (expected start -> finish):" in text
+    assert " c1 " in text and " c1                   waiting " not in text
+    entries[0].reservations[1]["waiting"] = True  # ready, and refused its slots
+    text = "\n".join(calendar_text(entries, {"local": CAP}, {"local": {"cpu": 1.0}}, NOW))
+    assert " c1                   waiting " in text
     (waiting,) = waiting_runs(entries, "local")
     assert waiting[0].flow_run_id == "r2" and waiting[1:] == (NOW + 10, NOW + 20)
     bars = gantt_text([res("a", NOW, NOW + 10, 1, "running"), res("b", NOW + 10, NOW + 20, 1, run="r2")], NOW, width=20)

@@ -82,8 +82,9 @@ def calendar_text(
             continue
         lines.append(f"  {'run':<24} {'component':<20} {'state':<8} {'start':<26} {'finish':<26} resources")
         for r in sorted(items, key=lambda r: (r.start, r.run, r.component)):
+            state = "waiting" if r.waiting and r.state == "planned" else r.state  # ready, refused its slots
             lines.append(
-                f"  {(r.run_name or r.run)[:24]:<24} {r.component[:20]:<20} {r.state:<8} "
+                f"  {(r.run_name or r.run)[:24]:<24} {r.component[:20]:<20} {state:<8} "
                 f"{_when(r.start, now):<26} {_when(r.finish, now):<26} {_amounts(r.demand)}"
             )
         lines += ["", *("  " + g for g in gantt_text(items, now)), ""]
