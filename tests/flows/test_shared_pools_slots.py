@@ -155,3 +155,40 @@ def test_a_step_first_in_its_pool_s_order_claims_at_once_and_a_later_one_yields(
             assert seen[0] == "narrow waits" and seen[-1] == "wide started", seen
         assert a.wait_closed() and b.wait_closed()
         assert active_slots([CPU, turn_limit(POOL)]) == {CPU: 0, turn_limit(POOL): 0}
+
+
+def test_a_claim_gives_the_turn_back_when_a_component_before_it_comes_to_wait(pool, monkeypatch):
+    """A step that claimed while first in its pool's order gives the turn and the slots it
+    claimed back once another run's component before it waits there (first_on turns
+    False); a claim forced by a long wait does not."""
+    from planflow.prefect.limits import turn_limit
+    from planflow.runtime import slot_claims
+
+    monkeypatch.setattr(slot_claims, "TURN_LOOK_SECONDS", 0.0)
+    monkeypatch.setattr(slot_claims, "YIELD_SECONDS", 1e9)
+    wide = Assignment("wide", POOL, {"cpu": 2}, 0)
+    hog = RunSlots()
+    with hog, RunSlots() as a:
+        first = {"now": True}
+        a.first_on = lambda name, step: first["now"]
+        held = [hog.take(Assignment(f"hog-{i}", POOL, {"cpu": 1}, 0)) for i in range(2)]
+        assert all(held)
+        assert a.take(wide) is None  # refused: first in the order, it claims at once
+        assert active_slots([turn_limit(POOL)]) == {turn_limit(POOL): 1}
+        held[0].close()
+        hog.prepare([])  # the hog's idle core goes back to the server (its release thread)
+        deadline = time.monotonic() + 10
+        while active_slots([CPU])[CPU] > 1000 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        while a.take(wide) is None and active_slots([CPU])[CPU] < 2000 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert active_slots([CPU])[CPU] == 2000, "the claim did not take the freed core"
+        first["now"] = False  # another run's component before it in the order now waits
+        assert a.take(wide) is None
+        assert active_slots([CPU, turn_limit(POOL)]) == {CPU: 1000, turn_limit(POOL): 0}  # turn and core given back
+        monkeypatch.setattr(slot_claims, "YIELD_SECONDS", 0.0)  # refused long enough: it claims all the same
+        assert a.take(wide) is None and active_slots([turn_limit(POOL)]) == {turn_limit(POOL): 1}
+        assert a.take(wide) is None and active_slots([turn_limit(POOL)]) == {turn_limit(POOL): 1}  # forced: kept
+        held[1].close()
+    assert hog.wait_closed() and a.wait_closed()
+    assert active_slots([CPU, turn_limit(POOL)]) == {CPU: 0, turn_limit(POOL): 0}

@@ -48,8 +48,8 @@ from planflow.runtime.replan import Item, fits, list_schedule
 from planflow.runtime.reporting import artifact_key
 
 REPLAN_SECONDS = 5.0  # how often a run with waiting components looks for changes in the calendar
-# A run that waits behind one planned before it looks again this soon when asked
-# (`first_on`): what it yields to is often a step that started since the last look.
+# A run whose step yields to another run's looks again this soon when asked (`first_on`):
+# what it yields to is often a step that started since the last look.
 FIRST_LOOK_SECONDS = 1.0
 REPLAN_WAIT_SECONDS = 2.0  # a re-plan gives way when the planning slot is busy (a run planning first), tries later
 DUE_SLACK_SECONDS = 0.5  # a step may ask for its slots this long before its planned start
@@ -232,7 +232,7 @@ class RunCalendar(Reporter):
         with self._lock:
             if self.entry is None:
                 return True
-            r = next((r for r in self.entry.reservations if r["component"] == step), None)
+            r = self._reservation(step)
             if r is None or r["state"] != "planned" or float(r["start"]) <= now + DUE_SLACK_SECONDS:
                 return True
             if self._others is None or self.run is None:
@@ -334,15 +334,21 @@ class RunCalendar(Reporter):
 
     def waiting(self, step: str) -> None:
         """The step is ready and was refused its slots (RunSlots.on_refused): marked in the
-        entry (saved by the saver thread), so that the runs planned after this one yield
-        the pool's turn to it (`first_on`). Its start clears the mark (`_move`)."""
+        entry (saved by the saver thread), so that the other runs' components after it in
+        the pool's order yield the pool's turn to it (`first_on`). Its start clears the mark
+        (`_move`)."""
         with self._lock:
-            entry = self.entry
-            mine = next((r for r in entry.reservations if r["component"] == step), None) if entry else None
+            mine = self._reservation(step)
             if mine is None or mine.get("waiting") or mine["state"] != "planned":
                 return
             mine["waiting"] = True
         self._save_due.set()
+
+    def _reservation(self, step: str) -> dict[str, Any] | None:
+        """This run's reservation of `step` (None without an entry, or not in it); the
+        caller holds the entry's lock."""
+        entry = self.entry
+        return next((r for r in entry.reservations if r["component"] == step), None) if entry is not None else None
 
     def _planned_at(self) -> float:
         """This run's place in the pools' order (after every run while it has no entry)."""
@@ -369,8 +375,7 @@ class RunCalendar(Reporter):
     def _place(self, step: str) -> tuple[float, float, str]:
         """`step`'s place in its pool's order: (planned start, run's planning time, run id)."""
         with self._lock:
-            entry = self.entry
-            mine = next((r for r in entry.reservations if r["component"] == step), None) if entry else None
+            mine = self._reservation(step)
             start = float(mine["start"]) if mine is not None else float("inf")
         return start, self._planned_at(), self.run_id
 

@@ -239,7 +239,9 @@ class RunSlots(SharedSlots):
     def take(self, a: Assignment) -> _Held | None:
         now = time.monotonic()
         since = self._waiting_since.setdefault(a.step, now)
-        if self._claims.holds(a):  # refused for long, it claims its slots as they come free (slot_claims.py)
+        if self._claims.holds(a):  # it claims its slots as they come free (slot_claims.py)
+            if self._claims.yields(a):  # unless a component before it in the pool's order now waits
+                return self._wait_more(a, now, since)
             return self._claim(a, now, since)
         if self._claims.blocked(a):  # another step claims the pool: nothing new taken there
             self._give_back_idle(self.wanted(a))

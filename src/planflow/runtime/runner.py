@@ -167,8 +167,8 @@ def _run(
             with refreshing(refresh), RunSlots(limits=reads.limits) if shared else nullcontext() as admit:
                 slots = admit
                 if admit is not None and calendar is not None:
-                    admit.first_on = calendar.first_on  # first in a pool's order among the runs waiting: claims at once
-                    admit.on_refused = calendar.waiting  # marked waiting: later runs yield the pool's turn to it
+                    admit.first_on = calendar.first_on  # first in its pool's order among the waiting: claims at once
+                    admit.on_refused = calendar.waiting  # marked waiting: steps after it in the order yield to it
                 if admit is not None and calendar is not None and policy == "plan" and options.hold_to_calendar:
                     admit = calendar.admit(admit)  # start where the calendar says (kept current by re-planning)
                 notify = partial(bus.step, run)

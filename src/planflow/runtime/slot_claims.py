@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("planflow.admission")
 CLAIM_AFTER_SECONDS = 2.0  # a step refused this long takes its pool's turn (runs without a calendar)
-YIELD_SECONDS = 30.0  # a step refused this long claims even though a run planned before its own waits
+YIELD_SECONDS = 30.0  # a step refused this long claims even though a component before it waits
 TURN_LOOK_SECONDS = 1.0  # how long a look at a pool's turn stands (one read per pool at most this often)
 CLAIM_POLL_SECONDS = 0.15  # how often a claiming step looks for freed slots (RunSlots.poll_seconds)
 
@@ -53,6 +53,7 @@ class _Claim:
     step: str
     turn: _Lease
     leases: list[_Lease] = field(default_factory=list)
+    forced: bool = False  # taken for having waited (YIELD_SECONDS, CLAIM_AFTER_SECONDS), not for its place
 
     def has(self, limit: str) -> int:
         """Slots of `limit` claimed so far."""
@@ -113,6 +114,22 @@ class Claims:
             return waited >= CLAIM_AFTER_SECONDS
         return first_on(a.pool, a.step) or waited >= YIELD_SECONDS
 
+    def yields(self, a: Assignment) -> bool:
+        """`a` claims its pool, and another run's component that comes before it in the
+        calendar's order now waits there: `a` gives the turn and the slots it claimed back
+        (it claims again when it is first, or forced once refused for YIELD_SECONDS), so
+        that a claim begun while nothing before it waited does not hold that component
+        back until the claim is complete. A forced claim does not yield."""
+        claim = self._by_pool.get(a.pool)
+        first_on = self.owner.first_on
+        if claim is None or claim.forced or first_on is None or first_on(a.pool, a.step):
+            return False
+        del self._by_pool[a.pool]
+        self._turns[a.pool] = (time.monotonic(), False)
+        self.owner._drop([claim.turn, *claim.leases])
+        logger.info("step '%s' gives its claim on pool '%s' back: a component before it waits there", a.step, a.pool)
+        return True
+
     def advance(self, a: Assignment) -> list[tuple[_Lease, int]] | None:
         """Take the pool's turn if nobody holds it, then whatever `a` still misses that is
         free now; the step's shares once it has all it needs (the turn given back)."""
@@ -123,7 +140,9 @@ class Claims:
                 self._turns[a.pool] = (time.monotonic(), True)
                 return None
             self.owner._use(turn, 1)
-            claim = self._by_pool[a.pool] = _Claim(a.step, turn)
+            first_on = self.owner.first_on
+            forced = first_on is None or not first_on(a.pool, a.step)
+            claim = self._by_pool[a.pool] = _Claim(a.step, turn, forced=forced)
             logger.info("step '%s' waits for its slots on pool '%s': it claims them as they come free", a.step, a.pool)
         wanted = self.owner.wanted(a)
         for name, n in wanted.items():
