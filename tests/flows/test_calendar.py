@@ -167,12 +167,11 @@ def test_a_component_starts_early_beside_what_later_runs_planned_not_beside_what
 
 
 def test_a_step_comes_first_on_its_pool_unless_another_run_s_waiting_step_is_planned_before_it():
-    T = time.time()  # first_on compares planned starts with the clock (a missed gap)
     calendar = RunCalendar("me", "name-me", logging.getLogger("test"))
-    calendar.entry = _planned_entry("me", T, [("m0", T + 1, T + 3, "planned")])
+    calendar.entry = _planned_entry("me", NOW, [("m0", NOW + 1, NOW + 3, "planned")])
     assert not calendar.first_on("local", "m0")  # not looked yet: no priority taken
     assert calendar._wake.is_set()  # and the watcher is asked to look (the first look may have failed)
-    later = _planned_entry("late", T + 5, [("l0", T + 2, T + 4, "planned"), ("l1", T - 0.5, T + 0.5, "planned")])
+    later = _planned_entry("late", NOW + 5, [("l0", NOW + 2, NOW + 4, "planned"), ("l1", NOW - 9, NOW, "planned")])
     calendar.look([later, calendar.entry])
     assert calendar.first_on("local", "m0")  # l1, placed before m0, waits for its inputs: it does not count
     later.reservations[0]["waiting"] = True  # l0 is ready and was refused its slots
@@ -180,39 +179,16 @@ def test_a_step_comes_first_on_its_pool_unless_another_run_s_waiting_step_is_pla
     assert calendar.first_on("local", "m0")  # l0 is planned after m0
     later.reservations[1]["waiting"] = True  # l1 too: a later run's component placed before m0 (a gap)
     calendar.look([later, calendar.entry])
-    assert not calendar.first_on("local", "m0")  # it keeps its place (its start is near)
-    later.reservations[1]["start"] = T - 9  # unless it missed that gap (until its run re-plans it)
-    calendar.look([later, calendar.entry])
-    assert calendar.first_on("local", "m0")
-    later.reservations[1]["start"] = T - 0.5
-    calendar.look([later, calendar.entry])
+    assert not calendar.first_on("local", "m0")  # it keeps its place
     assert calendar.first_on("other", "m0")  # on another pool nothing waits
     later.reservations[1]["state"] = "running"
-    same_start = _planned_entry("early", T - 5, [("e0", T + 1, T + 8, "planned")])
+    same_start = _planned_entry("early", NOW - 5, [("e0", NOW + 1, NOW + 8, "planned")])
     same_start.reservations[0]["waiting"] = True
     calendar.look([same_start, later, calendar.entry])
     assert not calendar.first_on("local", "m0")  # the same planned start: the run planned first goes first
     same_start.reservations[0]["state"] = "running"
     calendar.look([same_start, later, calendar.entry])
     assert calendar.first_on("local", "m0")  # both started: m0 is first among those waiting
-
-
-def test_a_later_run_s_component_that_missed_its_gap_goes_behind_an_earlier_run_s():
-    """Placed by a run planned later into a gap before an earlier run's component, a
-    waiting component keeps its place while its start is near; past it by more than
-    MISSED_SECONDS it missed the gap and goes behind (until its run re-plans it)."""
-    from planflow.runtime.run_calendar import MISSED_SECONDS
-
-    mine = (T0 + 5, T0 - 10, "me")  # planned start, run planned at, run id
-    later_in_gap = (T0 + 2, T0 - 5, "late")
-    earlier = (T0 + 2, T0 - 20, "early")
-    assert RunCalendar._before(later_in_gap, mine, now=T0 + 2.5)  # its gap now: it keeps its place
-    assert not RunCalendar._before(later_in_gap, mine, now=T0 + 2 + MISSED_SECONDS + 0.1)  # missed it
-    assert RunCalendar._before(earlier, mine, now=T0 + 60)  # an earlier run's keeps its place however late
-    assert not RunCalendar._before((T0 + 6, T0 - 20, "early"), mine, now=T0)  # planned after mine
-
-
-T0 = 10_000.0
 
 
 def test_a_refused_step_is_marked_waiting_in_the_run_s_entry_until_it_starts():

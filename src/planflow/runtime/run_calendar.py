@@ -51,9 +51,6 @@ REPLAN_SECONDS = 5.0  # how often a run with waiting components looks for change
 # A run whose step yields to another run's looks again this soon when asked (`first_on`):
 # what it yields to is often a step that started since the last look.
 FIRST_LOOK_SECONDS = 1.0
-# A component of a run planned later, placed into a gap before an earlier run's, that has
-# not started this long after its planned start missed the gap: it goes behind (`first_on`).
-MISSED_SECONDS = 1.0
 REPLAN_WAIT_SECONDS = 2.0  # a re-plan gives way when the planning slot is busy (a run planning first), tries later
 DUE_SLACK_SECONDS = 0.5  # a step may ask for its slots this long before its planned start
 ETA_CHANGE_SECONDS = 1.0  # a corrected ETA that moves less than this is not logged nor published
@@ -369,26 +366,11 @@ class RunCalendar(Reporter):
         first finished at 2x their ETA, overtaken. When it is not first, the watcher looks
         again soon (FIRST_LOOK_SECONDS): the component it yields to may have started since."""
         waiting = self._waiting_others
-        first = waiting is not None and not any(
-            self._before(other, self._place(step)) for other in waiting.get(pool, ())
-        )
+        first = waiting is not None and not any(other < self._place(step) for other in waiting.get(pool, ()))
         # not first, or no look yet (the first one failed: a busy server): look again soon
         if not first and time.monotonic() - self._looked >= FIRST_LOOK_SECONDS:
             self._wake.set()
         return first
-
-    @staticmethod
-    def _before(other: tuple[float, float, str], mine: tuple[float, float, str], now: float | None = None) -> bool:
-        """Whether another run's waiting component (`other`: planned start, its run's
-        planning time, run id) comes before this one's (`mine`) in the pool's order: it is
-        planned to start first, unless its run was planned after this one and it missed
-        its start by more than MISSED_SECONDS - placed into a gap the earlier runs left,
-        it did not start there, and keeps its place only until its run re-plans it behind
-        them (up to REPLAN_SECONDS later)."""
-        if other >= mine:
-            return False
-        now = time.time() if now is None else now
-        return other[1:] < mine[1:] or other[0] + MISSED_SECONDS >= now
 
     def _place(self, step: str) -> tuple[float, float, str]:
         """`step`'s place in its pool's order: (planned start, run's planning time, run id)."""
