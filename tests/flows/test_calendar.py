@@ -195,8 +195,7 @@ def test_a_short_step_backfills_beside_another_run_s_claim_only_when_it_ends_bef
     """RunCalendar.backfills: while a two-core component of an earlier run waits for the
     core that a running component holds for 6 s more, a one-core step of 2 s may take the
     free core (it ends before the claim can start), one of 6 s may not; nor any while the
-    look shows nothing waiting before it (what the claim needs is unknown). The same
-    beside a claim of its own run's."""
+    look shows nothing waiting before it (what the claim needs is unknown)."""
     now = time.time()
     calendar = RunCalendar("me", "name-me", logging.getLogger("test"))
     calendar.entry = _planned_entry(
@@ -206,24 +205,19 @@ def test_a_short_step_backfills_beside_another_run_s_claim_only_when_it_ends_bef
         r["demand"] = {"cpu": 1}
     capacities = {"local": {"cpu": 2.0, "gpu": 0.0, "mem_gib": 4.0}}
     calendar.run = SimpleNamespace(plan=SimpleNamespace(capacities=capacities))
-    assert not calendar.backfills("local", "short", now=now)  # not looked yet
+    assert not calendar.backfills("local", "short", now)  # not looked yet
     running = _planned_entry("late", NOW + 5, [("busy", now - 1, now + 6, "running")])
     running.reservations[0]["demand"] = {"cpu": 1}
     calendar.look([running, calendar.entry])
-    assert not calendar.backfills("local", "short", now=now)  # nothing seen waiting before it: no backfill
+    assert not calendar.backfills("local", "short", now)  # nothing seen waiting before it: no backfill
     claim = _planned_entry("early", NOW - 5, [("wide", now - 2, now + 2, "planned")])  # two cores, 4 s
     claim.reservations[0]["waiting"] = True
     calendar.look([claim, running, calendar.entry])
-    assert calendar.backfills("local", "short", now=now)  # 2 s (+ margin): done before `busy` ends
-    assert not calendar.backfills("local", "long", now=now)  # 6 s + margin: it would hold `wide` back
-    assert not calendar.backfills("local", "busy", now=now)  # not this run's step
-    calendar.look([running, calendar.entry])  # the other run's claim is gone; this run's own claims
-    calendar.entry.reservations.append({"component": "own-wide", "pool": "local", "start": now - 1, "finish": now + 3})
-    calendar.entry.reservations[-1].update(demand={"cpu": 2}, state="planned", waiting=True)
-    assert calendar.backfills("local", "short", "own-wide", now=now)  # done before own-wide can start
-    assert not calendar.backfills("local", "long", "own-wide", now=now)  # it would hold own-wide back
+    assert calendar.backfills("local", "short", now)  # 2 s (+ margin): done before `busy` ends
+    assert not calendar.backfills("local", "long", now)  # 6 s + margin: it would hold `wide` back
+    assert not calendar.backfills("local", "busy", now)  # not this run's step
     calendar.entry.reservations[0]["state"] = "running"
-    assert not calendar.backfills("local", "short", "own-wide", now=now)  # started: nothing to decide
+    assert not calendar.backfills("local", "short", now)  # started: nothing to decide
 
 
 def test_a_refused_step_is_marked_waiting_in_the_run_s_entry_until_it_starts():

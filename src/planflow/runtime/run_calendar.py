@@ -372,21 +372,19 @@ class RunCalendar(Reporter):
             self._look_soon()
         return first
 
-    def backfills(self, pool: str, step: str, claimant: str | None = None, now: float | None = None) -> bool:
+    def backfills(self, pool: str, step: str, now: float | None = None) -> bool:
         """Whether `step` may start now on `pool` while a component before it there claims
-        the pool (holds its turn, slot_claims.py): another run's, or this run's `claimant`.
-        It must fit for its planned duration (and BACKFILL_MARGIN_SECONDS) beside what
-        runs there (others' as last looked, this run's own) and delay neither the claimant
-        nor the other runs' components waiting before it in the pool's order (each placed
-        at its earliest fit: conservative backfill, as Slurm's); never while no component
-        is seen waiting before it. Without it, one core stood idle for up to 9 s while a
-        two-core claim waited for the other and short one-core components, often of the
-        claimant's own run, were ready (the fleet benchmark)."""
+        the pool (holds its turn, slot_claims.py): it fits for its planned duration (and
+        BACKFILL_MARGIN_SECONDS) beside what runs there (others' as last looked, this
+        run's own) and delays none of the other runs' components waiting before it in the
+        pool's order (each placed at its earliest fit: conservative backfill, as Slurm's);
+        never while no other run's component is seen waiting before it. Without it, one
+        core stood idle for up to 7 s while a two-core claim waited for the other and short
+        one-core components were ready (the fleet benchmark)."""
         now = time.time() if now is None else now
         waiting, others = self._waiting_others, self._others
         with self._lock:
             mine = self._reservation(step)
-            claim = self._reservation(claimant) if claimant is not None else None
             if waiting is None or others is None or self.run is None or mine is None or mine["state"] != "planned":
                 return False
             seconds = float(mine["finish"]) - float(mine["start"]) + BACKFILL_MARGIN_SECONDS
@@ -396,14 +394,11 @@ class RunCalendar(Reporter):
                 for o in self.entry.reservations  # type: ignore[union-attr] (mine is not None)
                 if o["state"] == "running" and o["pool"] == pool
             ]
-            claimed = (
-                [] if claim is None else [(float(claim["finish"]) - float(claim["start"]), claim.get("demand", {}))]
-            )
         self._look_soon()  # the claim may complete, or a component before it start, any moment
         place = self._place(step)
         held = held_intervals([o for o in others if o.pool == pool and o.state == "running"], now) + own
         waits = sorted(waiting.get(pool, ()), key=itemgetter(0))
-        before = claimed + [(max(o.finish - o.start, 0.0), o.demand) for p, o in waits if p < place]
+        before = [(max(o.finish - o.start, 0.0), o.demand) for p, o in waits if p < place]
         # none seen waiting before it: the look predates the claim (its step's mark), so what
         # the claim needs is unknown: no backfill
         return bool(before) and starts_without_delay(

@@ -118,10 +118,9 @@ class RunSlots(SharedSlots):
         # told the name of each step refused its slots (or yielding to a claim): the pool
         # calendar marks it waiting (run_calendar.RunCalendar.waiting), for later runs' first_on
         self.on_refused: Callable[[str], None] | None = None
-        # whether a step may start on a pool another step claims (another run's, or this run's
-        # claimant named), ending before the claim could start
-        # (run_calendar.RunCalendar.backfills(pool, step, claimant)); None: it waits for the claim
-        self.backfills: Callable[[str, str, str | None], bool] | None = None
+        # whether a step may start on a pool another run claims, ending before the claim could
+        # start (run_calendar.RunCalendar.backfills(pool, step)); None: it waits for the claim
+        self.backfills: Callable[[str, str], bool] | None = None
 
     @property
     def poll_seconds(self) -> float:

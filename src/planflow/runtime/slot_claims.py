@@ -76,22 +76,21 @@ class Claims:
 
     def blocked(self, a: Assignment, backfill: bool = True) -> bool:
         """Another step claims `a`'s pool: `a` takes nothing there meanwhile, so that the
-        slots the running steps give back go to the claim; unless (`backfill`) `a` ends
-        before the claim could start (the owner's `backfills`: the pool calendar's
-        conservative backfill). A forced claim of this run's, which takes each slot as it
-        comes free, leaves none to backfill."""
+        slots the running steps give back go to the claim; unless (`backfill`) another
+        run's step claims it and `a` ends before it could start (the owner's `backfills`:
+        the pool calendar's conservative backfill)."""
         if self.holds(a):
             return False
-        backfills = self.owner.backfills if backfill else None
-        if (claim := self._by_pool.get(a.pool)) is not None:  # another step of this run claims it
-            return claim.forced or backfills is None or not backfills(a.pool, a.step, claim.step)
+        if a.pool in self._by_pool:  # another step of this run claims it
+            return True
         if a.pool not in self._turns and (seen := self._first_look[1].get(turn_limit(a.pool))) is not None:
             self._turns[a.pool] = (self._first_look[0], seen.active_slots > 0)
         looked, taken = self._turns.get(a.pool, (-1e9, False))
         if time.monotonic() - looked >= TURN_LOOK_SECONDS:
             taken = self._held(turn_limit(a.pool)) > 0
             self._turns[a.pool] = (time.monotonic(), taken)
-        return taken and not (backfills is not None and backfills(a.pool, a.step, None))
+        backfills = self.owner.backfills
+        return taken and not (backfill and backfills is not None and backfills(a.pool, a.step))
 
     @property
     def claiming(self) -> bool:
