@@ -191,35 +191,6 @@ def test_a_step_comes_first_on_its_pool_unless_another_run_s_waiting_step_is_pla
     assert calendar.first_on("local", "m0")  # both started: m0 is first among those waiting
 
 
-def test_a_short_step_backfills_beside_another_run_s_claim_only_when_it_ends_before_the_claim_can_start():
-    """RunCalendar.backfills: while a two-core component of an earlier run waits for the
-    core that a running component holds for 6 s more, a one-core step of 2 s may take the
-    free core (it ends before the claim can start), one of 6 s may not; nor any while the
-    look shows nothing waiting before it (what the claim needs is unknown)."""
-    now = time.time()
-    calendar = RunCalendar("me", "name-me", logging.getLogger("test"))
-    calendar.entry = _planned_entry(
-        "me", NOW, [("short", now + 30, now + 32, "planned"), ("long", now, now + 6, "planned")]
-    )
-    for r in calendar.entry.reservations:
-        r["demand"] = {"cpu": 1}
-    capacities = {"local": {"cpu": 2.0, "gpu": 0.0, "mem_gib": 4.0}}
-    calendar.run = SimpleNamespace(plan=SimpleNamespace(capacities=capacities))
-    assert not calendar.backfills("local", "short", now)  # not looked yet
-    running = _planned_entry("late", NOW + 5, [("busy", now - 1, now + 6, "running")])
-    running.reservations[0]["demand"] = {"cpu": 1}
-    calendar.look([running, calendar.entry])
-    assert not calendar.backfills("local", "short", now)  # nothing seen waiting before it: no backfill
-    claim = _planned_entry("early", NOW - 5, [("wide", now - 2, now + 2, "planned")])  # two cores, 4 s
-    claim.reservations[0]["waiting"] = True
-    calendar.look([claim, running, calendar.entry])
-    assert calendar.backfills("local", "short", now)  # 2 s (+ margin): done before `busy` ends
-    assert not calendar.backfills("local", "long", now)  # 6 s + margin: it would hold `wide` back
-    assert not calendar.backfills("local", "busy", now)  # not this run's step
-    calendar.entry.reservations[0]["state"] = "running"
-    assert not calendar.backfills("local", "short", now)  # started: nothing to decide
-
-
 def test_a_refused_step_is_marked_waiting_in_the_run_s_entry_until_it_starts():
     """RunSlots.on_refused -> RunCalendar.waiting: the mark later runs' first_on reads."""
     calendar = RunCalendar("me", "name-me", logging.getLogger("test"))

@@ -80,28 +80,3 @@ def list_schedule(
         finish[item.step] = end
         out[item.step] = (start, end)
     return out
-
-
-def starts_without_delay(
-    seconds: float,
-    demand: Mapping[str, float],
-    capacity: Mapping[str, float],
-    held: Sequence[Interval],
-    before: Sequence[tuple[float, Mapping[str, float]]],
-) -> bool:
-    """Whether a component of `seconds` and `demand` may start now (time 0) and delay none
-    of the components `before` it in its pool's order ((duration, demand) each, in order):
-    they are placed first, each at the earliest time it fits beside `held` (what runs
-    there now, till its expected end) and those placed before it; it must fit beside
-    all of that for its whole duration (conservative backfill, as Slurm's).
-
-    >>> running = [(0.0, 6.0, {"cpu": 1})]           # one core busy for 6 s more
-    >>> wide = [(4.0, {"cpu": 2})]                   # a two-core component waits before it
-    >>> starts_without_delay(2.0, {"cpu": 1}, {"cpu": 2}, running, wide)   # ends before the wide one can start
-    True
-    >>> starts_without_delay(7.0, {"cpu": 1}, {"cpu": 2}, running, wide)   # would hold it back 1 s
-    False
-    """
-    items = [Item(f"before-{i}", "pool", length, need, ()) for i, (length, need) in enumerate(before)]
-    items.append(Item("candidate", "pool", seconds, demand, ()))
-    return list_schedule(items, {"pool": capacity}, {"pool": held})["candidate"][0] <= EPS

@@ -44,7 +44,7 @@ from planflow.runtime.calendar import (
 )
 from planflow.runtime.dispatch import Admit, AdmitWhen, Assignment, StepRecord
 from planflow.runtime.events import Reporter, RunInfo, StepEvent
-from planflow.runtime.replan import Item, fits, list_schedule, starts_without_delay
+from planflow.runtime.replan import Item, fits, list_schedule
 from planflow.runtime.reporting import artifact_key
 
 REPLAN_SECONDS = 5.0  # how often a run with waiting components looks for changes in the calendar
@@ -52,7 +52,6 @@ REPLAN_SECONDS = 5.0  # how often a run with waiting components looks for change
 # what it yields to is often a step that started since the last look.
 FIRST_LOOK_SECONDS = 1.0
 REPLAN_WAIT_SECONDS = 2.0  # a re-plan gives way when the planning slot is busy (a run planning first), tries later
-BACKFILL_MARGIN_SECONDS = 0.5  # a backfilling step must end this long before what it lets wait could start
 DUE_SLACK_SECONDS = 0.5  # a step may ask for its slots this long before its planned start
 ETA_CHANGE_SECONDS = 1.0  # a corrected ETA that moves less than this is not logged nor published
 # Hysteresis: a re-plan's ETA is shown (log, gauge, artifact) only when it moved from the ETA
@@ -87,8 +86,8 @@ class RunCalendar(Reporter):
         self._watcher: threading.Thread | None = None
         self._others: list[Reservation] | None = None  # the other runs' reservations, as last read
         # per pool, the other runs' components ready and refused their slots, as last read
-        # (None before the first look), with their places in the pool's order: `first_on`, `backfills`
-        self._waiting_others: dict[str, list[tuple[tuple[float, float, str], Reservation]]] | None = None
+        # (None before the first look): their places in the pool's order, for `first_on`
+        self._waiting_others: dict[str, list[tuple[float, float, str]]] | None = None
         self.moves_at_once = False  # set by `listen`: the dispatcher's thread moves the entry
         self.dirty = False  # moved since the last save (on_step); the bus flush saves it
         self.shown: float | None = None  # the ETA last shown in the log, gauge and artifact
@@ -327,10 +326,10 @@ class RunCalendar(Reporter):
         their places in the pools' order."""
         self._others = [o for o in reservations(self._ahead(entries), None, self.run_id) if o.state != "done"]
         planned_at = {e.flow_run_id: e.planned_at for e in entries}
-        waiting: dict[str, list[tuple[tuple[float, float, str], Reservation]]] = {}
+        waiting: dict[str, list[tuple[float, float, str]]] = {}
         for o in reservations(entries, None, self.run_id):
             if o.state == "planned" and o.waiting:
-                waiting.setdefault(o.pool, []).append(((o.start, planned_at.get(o.run, 0.0), o.run), o))
+                waiting.setdefault(o.pool, []).append((o.start, planned_at.get(o.run, 0.0), o.run))
         self._waiting_others = waiting
 
     def waiting(self, step: str) -> None:
@@ -367,48 +366,11 @@ class RunCalendar(Reporter):
         first finished at 2x their ETA, overtaken. When it is not first, the watcher looks
         again soon (FIRST_LOOK_SECONDS): the component it yields to may have started since."""
         waiting = self._waiting_others
-        first = waiting is not None and not any(place < self._place(step) for place, _ in waiting.get(pool, ()))
-        if not first:  # or no look yet (the first one failed: a busy server): look again soon
-            self._look_soon()
-        return first
-
-    def backfills(self, pool: str, step: str, now: float | None = None) -> bool:
-        """Whether `step` may start now on `pool` while a component before it there claims
-        the pool (holds its turn, slot_claims.py): it fits for its planned duration (and
-        BACKFILL_MARGIN_SECONDS) beside what runs there (others' as last looked, this
-        run's own) and delays none of the other runs' components waiting before it in the
-        pool's order (each placed at its earliest fit: conservative backfill, as Slurm's);
-        never while no other run's component is seen waiting before it. Without it, one
-        core stood idle for up to 7 s while a two-core claim waited for the other and short
-        one-core components were ready (the fleet benchmark)."""
-        now = time.time() if now is None else now
-        waiting, others = self._waiting_others, self._others
-        with self._lock:
-            mine = self._reservation(step)
-            if waiting is None or others is None or self.run is None or mine is None or mine["state"] != "planned":
-                return False
-            seconds = float(mine["finish"]) - float(mine["start"]) + BACKFILL_MARGIN_SECONDS
-            demand = mine.get("demand", {})
-            own = [
-                (0.0, max(float(o["finish"]) - now, OVERRUN_SECONDS), o.get("demand", {}))
-                for o in self.entry.reservations  # type: ignore[union-attr] (mine is not None)
-                if o["state"] == "running" and o["pool"] == pool
-            ]
-        self._look_soon()  # the claim may complete, or a component before it start, any moment
-        place = self._place(step)
-        held = held_intervals([o for o in others if o.pool == pool and o.state == "running"], now) + own
-        waits = sorted(waiting.get(pool, ()), key=itemgetter(0))
-        before = [(max(o.finish - o.start, 0.0), o.demand) for p, o in waits if p < place]
-        # none seen waiting before it: the look predates the claim (its step's mark), so what
-        # the claim needs is unknown: no backfill
-        return bool(before) and starts_without_delay(
-            seconds, demand, self.run.plan.capacities.get(pool, {}), held, before
-        )
-
-    def _look_soon(self) -> None:
-        """Ask the watcher for a look unless it looked within FIRST_LOOK_SECONDS."""
-        if time.monotonic() - self._looked >= FIRST_LOOK_SECONDS:
+        first = waiting is not None and not any(other < self._place(step) for other in waiting.get(pool, ()))
+        # not first, or no look yet (the first one failed: a busy server): look again soon
+        if not first and time.monotonic() - self._looked >= FIRST_LOOK_SECONDS:
             self._wake.set()
+        return first
 
     def _place(self, step: str) -> tuple[float, float, str]:
         """`step`'s place in its pool's order: (planned start, run's planning time, run id)."""

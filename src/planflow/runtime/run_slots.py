@@ -118,9 +118,6 @@ class RunSlots(SharedSlots):
         # told the name of each step refused its slots (or yielding to a claim): the pool
         # calendar marks it waiting (run_calendar.RunCalendar.waiting), for later runs' first_on
         self.on_refused: Callable[[str], None] | None = None
-        # whether a step may start on a pool another run claims, ending before the claim could
-        # start (run_calendar.RunCalendar.backfills(pool, step)); None: it waits for the claim
-        self.backfills: Callable[[str, str], bool] | None = None
 
     @property
     def poll_seconds(self) -> float:
@@ -202,7 +199,7 @@ class RunSlots(SharedSlots):
         # a new round: what was refused may be free now (SharedSlots._surely_refused, per round)
         previous, self._round_refused = self._round_refused, {}
         # a claimed pool's steps take nothing; a claiming step takes its slots as they come free
-        ready = [a for a in ready if not (self._claims.holds(a) or self._claims.blocked(a, backfill=False))]
+        ready = [a for a in ready if not (self._claims.holds(a) or self._claims.blocked(a))]
         needed: dict[str, int] = {}
         batched: dict[str, int] = {}
         for a in ready:

@@ -169,7 +169,6 @@ def _run(
                 if admit is not None and calendar is not None:
                     admit.first_on = calendar.first_on  # first in its pool's order among the waiting: claims at once
                     admit.on_refused = calendar.waiting  # marked waiting: steps after it in the order yield to it
-                    admit.backfills = calendar.backfills  # a short step goes beside another run's claim
                 if admit is not None and calendar is not None and policy == "plan" and options.hold_to_calendar:
                     admit = calendar.admit(admit)  # start where the calendar says (kept current by re-planning)
                 notify = partial(bus.step, run)

@@ -11,16 +11,13 @@ So a refused step takes its pool's **turn** at once when it comes first in the p
 calendar's order among the components waiting for the pool (RunSlots.first_on),
 else after YIELD_SECONDS (after CLAIM_AFTER_SECONDS for a run without a calendar). The
 turn is a concurrency limit of one slot per pool (`planflow-<pool>-turn`, made with the
-pool's other limits). While a step holds it, the other runs take nothing new on that
-pool, except a step that ends before the claim could start (it fits beside what runs
-there until then: conservative backfill, RunSlots.backfills), so the slots the running
-steps give back stay free for the claim, and it starts once the steps running when it
-claimed have ended. A claim taken in its place takes its slots all at once when all are
-free; one forced by a long wait (or without a calendar: no backfill) takes every slot it
-still misses as soon as it is free, and keeps it. Only the turn's holder holds part of
-what it waits for, so nobody waits for each other in a circle. When it has all it needs
-it starts and gives the turn back. The turn and the slots claimed are leases like every
-other: a run that dies gives them back within the lease.
+pool's other limits). While a step holds it, it takes every slot it still misses as soon
+as it is free, and keeps it, and the other runs take nothing new on that pool. Only the
+turn's holder holds part of what it waits for, so nobody waits for each other in a
+circle; the slots others give back come to it, so it starts once the steps running when
+it claimed have ended. When it has all it needs it starts and gives the turn back. The
+turn and the slots claimed are leases like every other: a run that dies gives them back
+within the lease.
 
     claims = Claims(owner)           # owner: the run's RunSlots
     held = claims.advance(a)         # a _Held when the claim is complete, else None
@@ -74,11 +71,9 @@ class Claims:
         self._turns: dict[str, tuple[float, bool]] = {}  # pool -> (when looked, taken)
         self._first_look = (time.monotonic(), limits or {})
 
-    def blocked(self, a: Assignment, backfill: bool = True) -> bool:
+    def blocked(self, a: Assignment) -> bool:
         """Another step claims `a`'s pool: `a` takes nothing there meanwhile, so that the
-        slots the running steps give back go to the claim; unless (`backfill`) another
-        run's step claims it and `a` ends before it could start (the owner's `backfills`:
-        the pool calendar's conservative backfill)."""
+        slots the running steps give back go to the claim."""
         if self.holds(a):
             return False
         if a.pool in self._by_pool:  # another step of this run claims it
@@ -89,8 +84,7 @@ class Claims:
         if time.monotonic() - looked >= TURN_LOOK_SECONDS:
             taken = self._held(turn_limit(a.pool)) > 0
             self._turns[a.pool] = (time.monotonic(), taken)
-        backfills = self.owner.backfills
-        return taken and not (backfill and backfills is not None and backfills(a.pool, a.step))
+        return taken
 
     @property
     def claiming(self) -> bool:
@@ -151,21 +145,12 @@ class Claims:
             claim = self._by_pool[a.pool] = _Claim(a.step, turn, forced=forced)
             logger.info("step '%s' waits for its slots on pool '%s': it claims them as they come free", a.step, a.pool)
         wanted = self.owner.wanted(a)
-        missing = {name: n - claim.has(name) for name, n in wanted.items() if n > claim.has(name)}
-        free = {name: min(n, self._free(name)) for name, n in missing.items()}
-        # A claim in its place (not forced) takes its slots all at once, once all are free:
-        # meanwhile the cores freed stay free for other runs' steps that end before it could
-        # start (backfill, `blocked`). A forced claim keeps each slot as it comes free.
-        if claim.forced or free == missing:
-            taken = []
-            for name, n in free.items():
-                if n > 0 and (lease := self.owner._increment(name, n, quiet=True)) is not None:
-                    self.owner._use(lease, n)  # the claim's: no other step of the run takes it
-                    taken.append(lease)
-            claim.leases += taken
-            if not claim.forced and any(claim.has(name) < n for name, n in wanted.items()):
-                self.owner._drop(taken)  # another run took one meanwhile: all or none
-                claim.leases = [lease for lease in claim.leases if lease not in taken]
+        for name, n in wanted.items():
+            missing = n - claim.has(name)
+            free = min(missing, self._free(name)) if missing > 0 else 0
+            if free > 0 and (lease := self.owner._increment(name, free, quiet=True)) is not None:
+                self.owner._use(lease, free)  # the claim's: no other step of the run takes it
+                claim.leases.append(lease)
         if any(claim.has(name) < n for name, n in wanted.items()):
             return None
         del self._by_pool[a.pool]
