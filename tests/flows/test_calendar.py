@@ -191,21 +191,6 @@ def test_a_step_comes_first_on_its_pool_unless_another_run_s_waiting_step_is_pla
     assert calendar.first_on("local", "m0")  # both started: m0 is first among those waiting
 
 
-def test_a_step_keeps_its_place_in_the_pool_s_order_when_its_planned_start_moves():
-    """The order is by the planned start each component had when its run was planned: a
-    step pushed back by its run's late steps (or re-planned) keeps its place before a
-    later run's step planned after it."""
-    calendar = RunCalendar("me", "name-me", logging.getLogger("test"))
-    calendar.entry = _planned_entry("me", NOW, [("m0", NOW + 20, NOW + 22, "planned")])
-    calendar.entry.reservations[0]["order"] = NOW + 1  # planned at NOW + 1, pushed to NOW + 20 since
-    later = _planned_entry("late", NOW + 5, [("l0", NOW + 2, NOW + 4, "planned")])
-    later.reservations[0]["waiting"] = True
-    calendar.look([later, calendar.entry])
-    assert calendar.first_on("local", "m0")
-    [r] = reservations([calendar.entry])
-    assert (r.start, r.place) == (NOW + 20, NOW + 1)
-
-
 def test_a_refused_step_is_marked_waiting_in_the_run_s_entry_until_it_starts():
     """RunSlots.on_refused -> RunCalendar.waiting: the mark later runs' first_on reads."""
     calendar = RunCalendar("me", "name-me", logging.getLogger("test"))

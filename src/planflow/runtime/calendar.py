@@ -73,13 +73,6 @@ class Reservation:
     demand: Mapping[str, float] = field(default_factory=dict)
     state: str = "planned"  # planned | running | done
     waiting: bool = False  # planned, and its inputs are ready: refused its slots (or yielding a claim)
-    # its planned start when its run was planned (Unix time), kept while `start` moves: its
-    # place in the pool's order (run_calendar.RunCalendar.first_on); None: `start`
-    order: float | None = None
-
-    @property
-    def place(self) -> float:
-        return self.start if self.order is None else self.order
 
 
 def _entries(client: Any) -> list[tuple[Any, CalendarEntry]]:
@@ -140,7 +133,6 @@ def reservations(
                         dict(r.get("demand", {})),
                         r.get("state", "planned"),
                         bool(r.get("waiting", False)),
-                        None if r.get("order") is None else float(r["order"]),
                     )
                 )
     return out

@@ -116,7 +116,6 @@ class RunCalendar(Reporter):
                         planned_at + (a.planned_start or 0.0),
                         planned_at + (a.planned_finish or 0.0),
                         dict(a.demand),
-                        order=planned_at + (a.planned_start or 0.0),
                     )
                 )
                 for a in assignments.values()
@@ -330,7 +329,7 @@ class RunCalendar(Reporter):
         waiting: dict[str, list[tuple[float, float, str]]] = {}
         for o in reservations(entries, None, self.run_id):
             if o.state == "planned" and o.waiting:
-                waiting.setdefault(o.pool, []).append((o.place, planned_at.get(o.run, 0.0), o.run))
+                waiting.setdefault(o.pool, []).append((o.start, planned_at.get(o.run, 0.0), o.run))
         self._waiting_others = waiting
 
     def waiting(self, step: str) -> None:
@@ -358,9 +357,8 @@ class RunCalendar(Reporter):
 
     def first_on(self, pool: str, step: str) -> bool:
         """Whether `step` comes first in `pool`'s order among the components waiting for
-        it: no other run's component there that is ready and was refused its slots was
-        planned to start before it, when their runs were planned (`_place`; ties: the run
-        planned first), as last looked (False
+        it: no other run's component there that is ready and was refused its slots is
+        planned to start before it (ties: the run planned first), as last looked (False
         before the first look that worked). Other runs' components that run there, or wait
         for their inputs, do not count. The calendar's order: a component placed early by a
         run planned later (into a gap the earlier runs left) keeps its place; without it,
@@ -375,18 +373,10 @@ class RunCalendar(Reporter):
         return first
 
     def _place(self, step: str) -> tuple[float, float, str]:
-        """`step`'s place in its pool's order: (planned start when its run was planned,
-        run's planning time, run id). Not the planned start as it moves: each run moves
-        its own (late steps push the ones after them, re-plans place them anew), so a run
-        planned first whose first step ran late came after later runs' steps still at their
-        first places (the fleet benchmark: its two-core step ready with the pool free waited
-        32 s, about YIELD_SECONDS, before it claimed)."""
+        """`step`'s place in its pool's order: (planned start, run's planning time, run id)."""
         with self._lock:
             mine = self._reservation(step)
-            if mine is None:
-                start = float("inf")
-            else:
-                start = float(mine["start"] if mine.get("order") is None else mine["order"])
+            start = float(mine["start"]) if mine is not None else float("inf")
         return start, self._planned_at(), self.run_id
 
     def _ahead(self, entries: list[CalendarEntry]) -> list[CalendarEntry]:
