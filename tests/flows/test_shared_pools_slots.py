@@ -10,6 +10,7 @@ run's idle leases of those limits: one of the two runs gets both cores.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 
@@ -157,10 +158,10 @@ def test_a_step_first_in_its_pool_s_order_claims_at_once_and_a_later_one_yields(
         assert active_slots([CPU, turn_limit(POOL)]) == {CPU: 0, turn_limit(POOL): 0}
 
 
-def test_a_claim_gives_the_turn_back_when_a_component_before_it_comes_to_wait(pool, monkeypatch):
+def test_a_claim_gives_the_turn_back_when_a_component_before_it_comes_to_wait(pool, monkeypatch, caplog):
     """A step that claimed while first in its pool's order gives the turn and the slots it
     claimed back once another run's component before it waits there (first_on turns
-    False); a claim forced by a long wait does not."""
+    False); a claim forced by a long wait does not. Each is said in the run's log."""
     from planflow.prefect.limits import turn_limit
     from planflow.runtime import slot_claims
 
@@ -168,7 +169,8 @@ def test_a_claim_gives_the_turn_back_when_a_component_before_it_comes_to_wait(po
     monkeypatch.setattr(slot_claims, "YIELD_SECONDS", 1e9)
     wide = Assignment("wide", POOL, {"cpu": 2}, 0)
     hog = RunSlots()
-    with hog, RunSlots() as a:
+    caplog.set_level(logging.INFO, logger="test-run-log")
+    with hog, RunSlots(log=logging.getLogger("test-run-log")) as a:
         first = {"now": True}
         a.first_on = lambda name, step: first["now"]
         held = [hog.take(Assignment(f"hog-{i}", POOL, {"cpu": 1}, 0)) for i in range(2)]
@@ -192,3 +194,11 @@ def test_a_claim_gives_the_turn_back_when_a_component_before_it_comes_to_wait(po
         held[1].close()
     assert hog.wait_closed() and a.wait_closed()
     assert active_slots([CPU, turn_limit(POOL)]) == {CPU: 0, turn_limit(POOL): 0}
+    said = [r.getMessage() for r in caplog.records if r.name == "test-run-log"]
+    assert said == [
+        f"step 'wide' waits for its slots on pool '{POOL}': it claims them as they come free "
+        "(first in the pool's order)",
+        f"step 'wide' gives its claim on pool '{POOL}' back: another run's component before it waits there",
+        f"step 'wide' waits for its slots on pool '{POOL}': it claims them as they come free "
+        "(after a long wait, though another run's component before it waits)",
+    ]

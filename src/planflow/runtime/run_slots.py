@@ -89,10 +89,16 @@ class RunSlots(SharedSlots):
     its held slots, or None while other runs hold them; `prepare` before each round."""
 
     def __init__(
-        self, batch_seconds: float = BATCH_SECONDS, limits: Mapping[str, Any] | None = None, **options: Any
+        self,
+        batch_seconds: float = BATCH_SECONDS,
+        limits: Mapping[str, Any] | None = None,
+        log: logging.Logger | logging.LoggerAdapter | None = None,
+        **options: Any,
     ) -> None:
-        """`limits`: the server's limits as the run read them before its plan, if it did."""
+        """`limits`: the server's limits as the run read them before its plan, if it did;
+        `log`: where claims and faults are said (the run's log, seen in the UI)."""
         super().__init__(**options)
+        self.log = log or logger
         self.batch_seconds = batch_seconds
         self._leases: list[_Lease] = []
         self._lock = threading.Lock()
@@ -301,7 +307,7 @@ class RunSlots(SharedSlots):
         try:
             shares = self._claims.advance(a)
         except httpx.HTTPError as exc:
-            logger.warning("step '%s': its claim on pool '%s' goes on at the next look (%s)", a.step, a.pool, exc)
+            self.log.warning("step '%s': its claim on pool '%s' goes on at the next look (%s)", a.step, a.pool, exc)
             shares = None
         if shares is not None:
             self._waiting_since.pop(a.step, None)
@@ -398,4 +404,4 @@ class RunSlots(SharedSlots):
                         client.renew_concurrency_lease(lease_id=lease.id, lease_duration=self.lease)
                         lease.renewed = time.monotonic()
                     except (httpx.HTTPError, RuntimeError) as exc:
-                        logger.warning("could not renew lease %s (%s); its slots may return early", lease.id, exc)
+                        self.log.warning("could not renew lease %s (%s); its slots may return early", lease.id, exc)

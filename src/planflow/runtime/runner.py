@@ -164,7 +164,7 @@ def _run(
         run = RunInfo(pipeline, resolved, policy, mode, str(flow_run.id) if flow_run else None, plan)
         with EventBus(run_reporters(pipeline, logger, recorder, calendar), logger) as bus:
             bus.planned(run)
-            with refreshing(refresh), RunSlots(limits=reads.limits) if shared else nullcontext() as admit:
+            with refreshing(refresh), RunSlots(limits=reads.limits, log=logger) if shared else nullcontext() as admit:
                 slots = admit
                 if admit is not None and calendar is not None:
                     admit.first_on = calendar.first_on  # first in its pool's order among the waiting: claims at once

@@ -25,7 +25,6 @@ within the lease.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Mapping
 from contextlib import nullcontext
@@ -41,7 +40,6 @@ from planflow.runtime.dispatch import Assignment
 if TYPE_CHECKING:
     from planflow.runtime.run_slots import RunSlots, _Lease
 
-logger = logging.getLogger("planflow.admission")
 CLAIM_AFTER_SECONDS = 2.0  # a step refused this long takes its pool's turn (runs without a calendar)
 YIELD_SECONDS = 30.0  # a step refused this long claims even though a component before it waits
 TURN_LOOK_SECONDS = 1.0  # how long a look at a pool's turn stands (one read per pool at most this often)
@@ -127,7 +125,9 @@ class Claims:
         del self._by_pool[a.pool]
         self._turns[a.pool] = (time.monotonic(), False)
         self.owner._drop([claim.turn, *claim.leases])
-        logger.info("step '%s' gives its claim on pool '%s' back: a component before it waits there", a.step, a.pool)
+        self.owner.log.info(
+            "step '%s' gives its claim on pool '%s' back: another run's component before it waits there", a.step, a.pool
+        )
         return True
 
     def advance(self, a: Assignment) -> list[tuple[_Lease, int]] | None:
@@ -143,7 +143,16 @@ class Claims:
             first_on = self.owner.first_on
             forced = first_on is None or not first_on(a.pool, a.step)
             claim = self._by_pool[a.pool] = _Claim(a.step, turn, forced=forced)
-            logger.info("step '%s' waits for its slots on pool '%s': it claims them as they come free", a.step, a.pool)
+            self.owner.log.info(
+                "step '%s' waits for its slots on pool '%s': it claims them as they come free (%s)",
+                a.step,
+                a.pool,
+                "after a long wait, though another run's component before it waits"
+                if forced and first_on is not None
+                else "first in the pool's order"
+                if not forced
+                else "no pool calendar",
+            )
         wanted = self.owner.wanted(a)
         for name, n in wanted.items():
             missing = n - claim.has(name)
