@@ -236,7 +236,7 @@ def test_a_run_that_yields_to_an_earlier_one_looks_again_soon_not_at_the_next_re
     """Not first on a pool, a run asks its watcher for a fresh look (at most every
     FIRST_LOOK_SECONDS), not REPLAN_SECONDS later: the step it yields to has often started
     since. The look alone does not re-plan."""
-    from planflow.runtime import run_calendar
+    from planflow.runtime import pool_order, run_calendar
 
     calendar = RunCalendar("me", "name-me", logging.getLogger("test-first-look"))
     calendar.entry = _planned_entry("me", NOW, [("m0", time.time() + 10, time.time() + 12, "planned")])
@@ -256,13 +256,13 @@ def test_a_run_that_yields_to_an_earlier_one_looks_again_soon_not_at_the_next_re
         assert not calendar.first_on("local", "m0")  # e0 waits, planned before it
         assert len(reads) == 1  # the first look; the next one is REPLAN_SECONDS away
         earlier.reservations[0]["state"] = "running"
-        time.sleep(run_calendar.FIRST_LOOK_SECONDS)
+        time.sleep(pool_order.FIRST_LOOK_SECONDS)
         assert not calendar.first_on("local", "m0")  # still as last looked, and it asks for a look
         while not calendar.first_on("local", "m0") and time.monotonic() < deadline:
             time.sleep(0.05)
         assert calendar.first_on("local", "m0") and len(reads) == 2, "the look asked for did not come"
         assert len(replans) == 1  # at the first look (the calendar changed since planning); not at the one asked for
-        assert run_calendar.REPLAN_SECONDS > 2 * run_calendar.FIRST_LOOK_SECONDS
+        assert run_calendar.REPLAN_SECONDS > 2 * pool_order.FIRST_LOOK_SECONDS
     finally:
         calendar._stop.set()
         calendar._wake.set()

@@ -34,32 +34,26 @@ from planflow.runtime.calendar import (
     OVERRUN_SECONDS,
     CalendarError,
     Reservation,
-    ahead_of,
-    held_intervals,
     others_held,
     planning_lock,
     read_calendar,
-    reservations,
     utc,
 )
-from planflow.runtime.dispatch import Admit, AdmitWhen, Assignment, StepRecord
+from planflow.runtime.dispatch import Assignment, StepRecord
 from planflow.runtime.events import Reporter, RunInfo, StepEvent
-from planflow.runtime.replan import Item, fits, list_schedule
+from planflow.runtime.pool_order import PoolOrder
+from planflow.runtime.replan import Item, list_schedule
 from planflow.runtime.reporting import artifact_key
 
 REPLAN_SECONDS = 5.0  # how often a run with waiting components looks for changes in the calendar
-# A run whose step yields to another run's looks again this soon when asked (`first_on`):
-# what it yields to is often a step that started since the last look.
-FIRST_LOOK_SECONDS = 1.0
 REPLAN_WAIT_SECONDS = 2.0  # a re-plan gives way when the planning slot is busy (a run planning first), tries later
-DUE_SLACK_SECONDS = 0.5  # a step may ask for its slots this long before its planned start
 ETA_CHANGE_SECONDS = 1.0  # a corrected ETA that moves less than this is not logged nor published
 # Hysteresis: a re-plan's ETA is shown (log, gauge, artifact) only when it moved from the ETA
 # last shown by at least this share of the time left to it (re-plans swung +51 s, -56 s, +5 s).
 ETA_BAND_SHARE = 0.1
 
 
-class RunCalendar(Reporter):
+class RunCalendar(PoolOrder, Reporter):
     """One run's entry in the calendar: written when it is planned, moved as its
     components start and end (early or late) and re-planned when other runs' do,
     deleted when it ends. Also keeps the run's ETA current in its log and its
@@ -221,41 +215,6 @@ class RunCalendar(Reporter):
             r["finish"] = r["start"] + length
         entry.eta = max(event.at, max(map(float, map(itemgetter("finish"), entry.reservations)), default=event.at))
 
-    # -- starting where the calendar says ---------------------------------------------------
-    def due(self, step: str, now: float | None = None) -> bool:
-        """Whether the step may ask for its slots: its planned start (kept current by
-        re-planning) has come, within DUE_SLACK_SECONDS, or it fits now, for its planned
-        duration, beside what the other runs run or have planned ahead on its pool (as last
-        read) and this run's running steps, so starting early delays no other run's planned
-        start (conservative backfill). A step not in the calendar is always due."""
-        now = time.time() if now is None else now
-        with self._lock:
-            if self.entry is None:
-                return True
-            r = self._reservation(step)
-            if r is None or r["state"] != "planned" or float(r["start"]) <= now + DUE_SLACK_SECONDS:
-                return True
-            if self._others is None or self.run is None:
-                return False
-            pool, seconds = r["pool"], float(r["finish"]) - float(r["start"])
-            # Others' overdue planned components (start passed, not running: waiting for
-            # their inputs or their slots) do not block: counting them left the pool idle.
-            others = [o for o in self._others if o.pool == pool and (o.state == "running" or o.start > now)]
-            held = held_intervals(others, now)
-            held += [
-                (0.0, max(float(o["finish"]) - now, OVERRUN_SECONDS), o.get("demand", {}))
-                for o in self.entry.reservations
-                if o["state"] == "running" and o["pool"] == pool
-            ]
-            return fits(held, self.run.plan.capacities.get(pool, {}), r.get("demand", {}), 0.0, seconds)
-
-    def admit(self, take: Admit) -> Admit:
-        """The dispatcher's `admit`: a step asks for its shared slots only once it is due,
-        so that runs take the pool in the order the calendar planned them (a step of a
-        later run no longer takes a core freed for an earlier run's two-core step)."""
-
-        return AdmitWhen(take, lambda a: self.due(a.step))
-
     # -- re-planning when other runs move ----------------------------------------------------
     def _watch(self) -> None:
         """While this run has components waiting: every REPLAN_SECONDS, when what other
@@ -319,70 +278,6 @@ class RunCalendar(Reporter):
             )
             self._publish(old, new)
         return new
-
-    def look(self, entries: list[CalendarEntry]) -> None:
-        """Take in what the other runs hold, for `due`: what this run yields to (`_ahead`);
-        and, for `first_on`, the other runs' components waiting for their slots, with
-        their places in the pools' order."""
-        self._others = [o for o in reservations(self._ahead(entries), None, self.run_id) if o.state != "done"]
-        planned_at = {e.flow_run_id: e.planned_at for e in entries}
-        waiting: dict[str, list[tuple[float, float, str]]] = {}
-        for o in reservations(entries, None, self.run_id):
-            if o.state == "planned" and o.waiting:
-                waiting.setdefault(o.pool, []).append((o.start, planned_at.get(o.run, 0.0), o.run))
-        self._waiting_others = waiting
-
-    def waiting(self, step: str) -> None:
-        """The step is ready and was refused its slots (RunSlots.on_refused): marked in the
-        entry (saved by the saver thread), so that the other runs' components after it in
-        the pool's order yield the pool's turn to it (`first_on`). Its start clears the mark
-        (`_move`)."""
-        with self._lock:
-            mine = self._reservation(step)
-            if mine is None or mine.get("waiting") or mine["state"] != "planned":
-                return
-            mine["waiting"] = True
-        self._save_due.set()
-
-    def _reservation(self, step: str) -> dict[str, Any] | None:
-        """This run's reservation of `step` (None without an entry, or not in it); the
-        caller holds the entry's lock."""
-        entry = self.entry
-        return next((r for r in entry.reservations if r["component"] == step), None) if entry is not None else None
-
-    def _planned_at(self) -> float:
-        """This run's place in the pools' order (after every run while it has no entry)."""
-        entry = self.entry
-        return entry.planned_at if entry is not None else float("inf")
-
-    def first_on(self, pool: str, step: str) -> bool:
-        """Whether `step` comes first in `pool`'s order among the components waiting for
-        it: no other run's component there that is ready and was refused its slots is
-        planned to start before it (ties: the run planned first), as last looked (False
-        before the first look that worked). Other runs' components that run there, or wait
-        for their inputs, do not count. The calendar's order: a component placed early by a
-        run planned later (into a gap the earlier runs left) keeps its place; without it,
-        the core the step takes next went to whichever run asked first, and runs planned
-        first finished at 2x their ETA, overtaken. When it is not first, the watcher looks
-        again soon (FIRST_LOOK_SECONDS): the component it yields to may have started since."""
-        waiting = self._waiting_others
-        first = waiting is not None and not any(other < self._place(step) for other in waiting.get(pool, ()))
-        # not first, or no look yet (the first one failed: a busy server): look again soon
-        if not first and time.monotonic() - self._looked >= FIRST_LOOK_SECONDS:
-            self._wake.set()
-        return first
-
-    def _place(self, step: str) -> tuple[float, float, str]:
-        """`step`'s place in its pool's order: (planned start, run's planning time, run id)."""
-        with self._lock:
-            mine = self._reservation(step)
-            start = float(mine["start"]) if mine is not None else float("inf")
-        return start, self._planned_at(), self.run_id
-
-    def _ahead(self, entries: list[CalendarEntry]) -> list[CalendarEntry]:
-        """What this run yields to (calendar.ahead_of): every running component, and the
-        planned ones of the runs planned before it."""
-        return ahead_of(entries, self.run_id, self._planned_at())
 
     def _replace(self, entries: list[CalendarEntry], now: float) -> float:
         entry, run = self.entry, self.run

@@ -119,10 +119,10 @@ class RunSlots(SharedSlots):
         self._sizes = {name: int(limit.limit) for name, limit in (limits or {}).items()}
         self._closing: threading.Thread | None = None  # gives back the last leases after the run (__exit__)
         # whether a step comes first in its pool's order among the components waiting for
-        # it (the pool calendar's, run_calendar.RunCalendar.first_on(pool, step)): it claims at once
+        # it (the pool calendar's, pool_order.PoolOrder.first_on(pool, step)): it claims at once
         self.first_on: Callable[[str, str], bool] | None = None
         # told the name of each step refused its slots (or yielding to a claim): the pool
-        # calendar marks it waiting (run_calendar.RunCalendar.waiting), for later runs' first_on
+        # calendar marks it waiting (pool_order.PoolOrder.waiting), for later runs' first_on
         self.on_refused: Callable[[str], None] | None = None
 
     @property
