@@ -57,6 +57,12 @@ defaults
   retry-on all-retryable-errors
   option redispatch 1
   option http-buffer-request
+  # a new connection to a replica for each request: when a replica dies with a kept-alive
+  # connection that HAProxy reuses, HAProxy does not retry the request sent on it but
+  # closes the client's connection without an answer, for the client to retry (what HTTP
+  # allows there; httpx does not): 1 of 207 requests was lost so when a replica was killed
+  # under load. On a new connection the same death is an empty answer, which it retries.
+  option http-server-close
 
 frontend planflow_serving
   bind {host}:{port}
