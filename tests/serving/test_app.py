@@ -90,3 +90,19 @@ def test_the_toy_is_served_from_its_run():
         assert answer.status_code == 200, answer.text
         assert answer.json()["predictions"] == [5.0, 10.0]
         assert client.get("/readyz").json()["ready"] is True
+
+
+def test_the_loader_alone_reads_results_planflow_serialized():
+    """A process that imports only the serving loader (bench.serving_baseline does) can
+    read a run's outputs: planflow's result serializer is registered by the loader, not
+    only by the runtime modules the service happens to import."""
+    import subprocess
+    import sys
+
+    code = (
+        "import planflow.serving.loader\n"
+        "from prefect.serializers import Serializer\n"
+        "print(type(Serializer(type='planflow')).__name__)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert out.returncode == 0 and out.stdout.strip() == "PlanflowSerializer", out.stderr[-2000:]

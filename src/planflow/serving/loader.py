@@ -30,6 +30,11 @@ from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.client.schemas.sorting import FlowRunSort, TaskRunSort
 from prefect.states import get_state_result
 
+# planflow's result serializer, registered under its type ("planflow") for reading: results
+# that components stored with it cannot be read back without it (bench.serving_baseline,
+# which imports only this module, failed so)
+from planflow.prefect.serializer import PlanflowSerializer  # noqa: F401
+
 
 class NoCompletedRunError(LookupError):
     """The pipeline has no Completed run yet: there is no model to serve."""
