@@ -7,7 +7,7 @@ Two series, each `--trials` times, each trial on a work pool of its own:
    posted to the real bridge (t0) -> `planflow.alert.firing` -> the failover automation
    -> flow run of `planflow-failover/remediation` created -> Running on the remediation
    worker -> the pool paused (the action done).
-2. **threshold**: a process work pool is created with no worker (t0: from then on its
+2. **threshold**: a process work pool with a deployment is created with no worker (t0: from then on its
    `planflow_prefect_work_pool_status{status="not_ready"}` is 1, i.e. the threshold is
    crossed) -> exporter -> Prometheus (`for: 2s`) -> Alertmanager (`group_wait: 1s`) ->
    bridge -> event -> automation -> failover flow run created -> Running -> pool paused.
@@ -103,10 +103,14 @@ def trial(kind: str, bridge: str, token: str, timeout: float = 60.0) -> dict:
             t0 = time.time()
             post(bridge, token, [alert("PlanflowWorkerHeartbeatStale", {"work_pool": pool})])
         else:
+            # a deployment on the pool: PlanflowWorkPoolNotReady leaves alone a pool nobody
+            # deploys to (no deployment, no worker), and so did the failover of every trial
+            flow_id = client.create_flow_from_name("bench-threshold")
             t0 = time.time()
             client.create_work_pool(
                 WorkPoolCreate(name=pool, type="process", base_job_template=load_template("process"))
             )
+            client.create_deployment(flow_id=flow_id, name=pool, work_pool_name=pool, entrypoint="bench.py:bench")
         created = running = paused = None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and (created is None or running is None or paused is None):
