@@ -143,15 +143,14 @@ class Claims:
             first_on = self.owner.first_on
             forced = first_on is None or not first_on(a.pool, a.step)
             claim = self._by_pool[a.pool] = _Claim(a.step, turn, forced=forced)
+            if first_on is None:
+                why = "no pool calendar"
+            elif forced:
+                why = "after a long wait, though another run's component before it waits"
+            else:
+                why = "first in the pool's order"
             self.owner.log.info(
-                "step '%s' waits for its slots on pool '%s': it claims them as they come free (%s)",
-                a.step,
-                a.pool,
-                "after a long wait, though another run's component before it waits"
-                if forced and first_on is not None
-                else "first in the pool's order"
-                if not forced
-                else "no pool calendar",
+                "step '%s' waits for its slots on pool '%s': it claims them as they come free (%s)", a.step, a.pool, why
             )
         wanted = self.owner.wanted(a)
         for name, n in wanted.items():
