@@ -38,7 +38,8 @@ class PlanflowSettings(BaseSettings):
     """planflow's process settings: `PLANFLOW_<FIELD>` environment variables (plus
     Prefect's PREFECT_API_URL and XDG_STATE_HOME, read as they are)."""
 
-    model_config = SettingsConfigDict(env_prefix="PLANFLOW_", env_ignore_empty=True, extra="ignore")
+    # frozen: settings() hands the same object to every caller until a variable changes
+    model_config = SettingsConfigDict(env_prefix="PLANFLOW_", env_ignore_empty=True, extra="ignore", frozen=True)
 
     home: Path | None = Field(None, description="The state folder. Default: `.planflow/` at the project root.")
     pipelines: Annotated[list[str], NoDecode] = Field(
@@ -184,10 +185,33 @@ def _variable(field: str) -> str:
     return alias if isinstance(alias, str) else f"PLANFLOW_{field.upper()}"
 
 
+# The variables PlanflowSettings reads (names are matched case-insensitively, as it does).
+_READ_AS_IS = ("PREFECT_API_URL", "XDG_STATE_HOME")
+# The last settings made, with the variables they were made from: parsing them costs 2-3 ms
+# and a run asked about ten times (a fifth of a trivial component's cost, sampled by py-spy).
+_last: tuple[tuple[tuple[str, str], ...], PlanflowSettings] | None = None
+
+
+def _variables() -> tuple[tuple[str, str], ...]:
+    return tuple(
+        sorted(
+            (name, value)
+            for name, value in os.environ.items()
+            if name.upper().startswith("PLANFLOW_") or name.upper() in _READ_AS_IS
+        )
+    )
+
+
 def settings() -> PlanflowSettings:
-    """The settings as the environment holds them now; SettingsError names every bad one."""
+    """The settings as the environment holds them now (made again whenever a variable they
+    read changed); SettingsError names every bad one."""
+    global _last
+    variables = _variables()
+    last = _last
+    if last is not None and last[0] == variables:
+        return last[1]
     try:
-        return PlanflowSettings()
+        made = PlanflowSettings()
     except ValidationError as exc:
         problems = [
             f"{_variable(str(error['loc'][0]))}={error.get('input')!r}: {error['msg']}" for error in exc.errors()
@@ -195,6 +219,8 @@ def settings() -> PlanflowSettings:
         raise SettingsError(
             "bad environment variable(s): " + "; ".join(problems) + ". Fix: correct or unset them."
         ) from None
+    _last = (variables, made)
+    return made
 
 
 def project_root(start: Path | None = None) -> Path:

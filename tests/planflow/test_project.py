@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from pydantic import ValidationError
 
 from planflow.core import discovery
 from planflow.settings import SettingsError, StatePaths, project_root, settings
@@ -73,6 +74,27 @@ def test_settings_come_from_planflow_variables(tmp_path, monkeypatch):
     assert current.user_state_dir() == tmp_path / ".local" / "state" / "planflow"
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
     assert settings().user_state_dir() == tmp_path / "xdg" / "planflow"
+
+
+def test_settings_are_made_once_per_environment_and_again_when_a_variable_they_read_changes(monkeypatch):
+    monkeypatch.setenv("PLANFLOW_SLOT_POLL_SECONDS", "0.5")
+    first = settings()
+    assert settings() is first  # nothing they read changed: the same object
+    monkeypatch.setenv("UNRELATED_VARIABLE", "x")
+    assert settings() is first
+    monkeypatch.setenv("planflow_slot_poll_seconds", "0.75")  # read case-insensitively, as PlanflowSettings does
+    monkeypatch.delenv("PLANFLOW_SLOT_POLL_SECONDS")
+    assert settings().slot_poll_seconds == 0.75
+    monkeypatch.setenv("PLANFLOW_SLOT_POLL_SECONDS", "bad")
+    monkeypatch.delenv("planflow_slot_poll_seconds")
+    with pytest.raises(SettingsError):  # a bad value is named every time, never served from before
+        settings()
+    with pytest.raises(SettingsError):
+        settings()
+    monkeypatch.setenv("PLANFLOW_SLOT_POLL_SECONDS", "0.5")
+    assert settings().slot_poll_seconds == 0.5
+    with pytest.raises(ValidationError):  # one object for every caller: nobody may change it
+        settings().slot_poll_seconds = 1.0  # type: ignore[misc]
 
 
 def test_bad_settings_are_named_with_their_values(monkeypatch):
