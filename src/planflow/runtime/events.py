@@ -142,8 +142,10 @@ class EventBus:
 
     Use it as a context manager: leaving it waits (at most `drain_timeout` seconds) until
     every event was delivered and flushed, so a run's artifacts and metrics exist when
-    the run returns. The thread runs in a copy of the caller's context, so Prefect's
-    run context (artifacts link to the flow run, the run logger) holds there too."""
+    the run returns. Or `end` it and `close` it later: the runner ends it with the run's
+    steps and closes it in the flow's final-state hook (run_end.py). The thread runs in a
+    copy of the caller's context, so Prefect's run context (artifacts link to the flow
+    run, the run logger) holds there too."""
 
     def __init__(
         self,
@@ -151,7 +153,11 @@ class EventBus:
         logger: logging.Logger | logging.LoggerAdapter,
         drain_timeout: float = DRAIN_TIMEOUT_SECONDS,
         flush_seconds: float = FLUSH_SECONDS,
+        hold_end: bool = False,
     ) -> None:
+        """`hold_end`: `on_finished` reaches the reporters only once `close` is called (the
+        runner closes in the flow's final-state hook: the run's end artifacts then follow
+        its final state instead of competing with it on the server)."""
         if not flush_seconds >= 0:
             raise ValueError(f"flush_seconds={flush_seconds!r}: must be a number of seconds >= 0 (e.g. 1.0)")
         self.reporters = list(reporters)
@@ -163,6 +169,9 @@ class EventBus:
         self._queue: queue.SimpleQueue[tuple[str, tuple[Any, ...]] | tuple[()] | None] = queue.SimpleQueue()
         self._busy: tuple[str, str] | None = None  # (reporter, method) being called now
         self._pool: ThreadPoolExecutor | None = None  # calls the reporters side by side (_side_by_side)
+        self._ended = False  # `end` was called: no event after it
+        self._closing = threading.Event()  # `close` was called (what `hold_end` waits for)
+        self._hold_end = hold_end
         context = contextvars.copy_context()
         self._thread = threading.Thread(
             target=context.run, args=(self._deliver,), name="planflow-reporters", daemon=True
@@ -187,9 +196,17 @@ class EventBus:
     def __exit__(self, *exc_info: Any) -> None:
         self.close()
 
+    def end(self) -> None:
+        """No more events: the bus's thread delivers what is queued, flushes and stops, on
+        its own (`close` waits for it). Idempotent."""
+        if not self._ended:
+            self._ended = True
+            self._queue.put(None)
+
     def close(self) -> None:
         """Deliver what is queued, flush, and stop; bounded by `drain_timeout`."""
-        self._queue.put(None)
+        self.end()
+        self._closing.set()
         self._thread.join(self.drain_timeout)
         if self._thread.is_alive():
             reporter, method = self._busy or ("?", "?")
@@ -229,6 +246,9 @@ class EventBus:
                     self._pool.shutdown(wait=False)
                 return
             if item and item[0] == "on_finished":  # the run's end: every reporter side by side
+                if self._hold_end:
+                    self._busy = ("the bus", "waiting for close (hold_end)")
+                    self._closing.wait(self.drain_timeout)
                 self._finish_all(item[1])
                 flushed, dirty, ended = time.monotonic(), False, True
             elif item and item[0] == "on_planned":  # artifacts and entries: requests, side by side

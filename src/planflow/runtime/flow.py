@@ -24,6 +24,7 @@ from planflow.core.pipeline import Pipeline, PipelineError
 from planflow.prefect.blocks.registry import DEFAULT_POOL
 from planflow.runtime import tags
 from planflow.runtime.caching import result_serializer
+from planflow.runtime.run_end import finish_reporting
 from planflow.runtime.runner import run_pipeline
 from planflow.runtime.watchdog import unwatch_run
 
@@ -105,10 +106,9 @@ def to_flow(pipeline: Pipeline, **flow_options: Any):
         result_serializer=result_serializer(),  # frames as Parquet, the rest compressed (its tasks inherit it)
         log_prints=True,
     )
-    stop_watchdog = [_stop_watchdog]
-    settings.update(
-        on_completion=stop_watchdog, on_failure=stop_watchdog, on_cancellation=stop_watchdog, on_crashed=stop_watchdog
-    )
+    # the run's last reporting (after its final state, run_end.py), then its server watchdog
+    final = [finish_reporting, _stop_watchdog]
+    settings.update(on_completion=final, on_failure=final, on_cancellation=final, on_crashed=final)
     settings.update(flow_options)
     run = flow(**settings)(_typed_function(pipeline))
     run.pipeline = pipeline  # type: ignore[attr-defined]

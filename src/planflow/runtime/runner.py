@@ -48,6 +48,7 @@ from planflow.runtime.reporters import (
 from planflow.runtime.reporting import key_metrics
 from planflow.runtime.results import ResultsBound
 from planflow.runtime.run_calendar import RunCalendar
+from planflow.runtime.run_end import after_final_state, finish_pending, hooked
 from planflow.runtime.run_reads import RunReads, read_for_run
 from planflow.runtime.run_slots import RunSlots
 from planflow.runtime.tags import PIPELINE_TAG_PREFIX, PLANFLOW_TAG
@@ -125,13 +126,17 @@ def run_pipeline(
     check_run_options(policy, mode)
     logger = get_run_logger()
     resolved = pipeline.resolve_params(params)
-    flow_run = get_run_context().flow_run
+    context = get_run_context()
+    flow_run = context.flow_run
     # Until the flow run is final (flow.py's state hooks): a dead server fails the run
     # within PLANFLOW_SERVER_LOST_SECONDS instead of hanging (watchdog.py).
     watch_run(str(flow_run.id) if flow_run else None)
+    if flow_run is not None:
+        finish_pending(str(flow_run.id))  # a retry: the last attempt's reporting ends first
     try:
         refresh = refresh and (getattr(flow_run, "run_count", 1) or 1) <= 1
-        return _run(pipeline, resolved, policy, mode, local_pool, flow_run, logger, refresh)
+        flow = getattr(context, "flow", None)
+        return _run(pipeline, resolved, policy, mode, local_pool, flow_run, logger, refresh, flow)
     finally:  # in case no state hook stops it (run_pipeline called from a flow of one's own)
         unwatch_later(str(flow_run.id) if flow_run else None)
 
@@ -145,6 +150,7 @@ def _run(
     flow_run: Any,
     logger: logging.Logger | logging.LoggerAdapter,
     refresh: bool = False,
+    flow: Any = None,
 ) -> dict[str, Any]:
     options = settings()
     shared = options.shared_slots
@@ -152,6 +158,8 @@ def _run(
     calendar = None
     if shared and flow_run is not None:
         calendar = RunCalendar(str(flow_run.id), flow_run.name, logger, recorder)
+    bus: EventBus | None = None
+    later = flow_run is not None and hooked(flow)
     try:
         # the pools, limits, settings and history, and the run's tags: read side by side
         reads = read_for_run(pipeline, policy, mode, local_pool, resolved, refresh, flow_run, shared)
@@ -162,28 +170,48 @@ def _run(
                 pipeline, policy, mode, local_pool, reads.pools, params=resolved, refresh=refresh, inputs=reads.inputs
             )
         run = RunInfo(pipeline, resolved, policy, mode, str(flow_run.id) if flow_run else None, plan)
-        with EventBus(run_reporters(pipeline, logger, recorder, calendar), logger) as bus:
-            bus.planned(run)
-            with refreshing(refresh), RunSlots(limits=reads.limits, log=logger) if shared else nullcontext() as admit:
-                slots = admit
-                if admit is not None and calendar is not None:
-                    admit.first_on = calendar.first_on  # first in its pool's order among the waiting: claims at once
-                    admit.on_refused = calendar.waiting  # marked waiting: steps after it in the order yield to it
-                if admit is not None and calendar is not None and policy == "plan" and options.hold_to_calendar:
-                    admit = calendar.admit(admit)  # start where the calendar says (kept current by re-planning)
-                notify = partial(bus.step, run)
-                if calendar is not None:
-                    notify = calendar.listen(run, notify)
-                records = execute(make_executor(run), pipeline, plan.assignments, plan.capacities, notify, admit)
-                bus.finished(run, records)  # the reporters' end runs while the slots are given back
-            if slots is not None:
-                refused = slots.refusals
-                logger.info("Shared slots: %d requests for slots, %d refused (pools full)", slots.requests, refused)
+        # the end's artifacts after the run's final state when its hook waits for them (run_end.py)
+        bus = EventBus(run_reporters(pipeline, logger, recorder, calendar), logger, hold_end=later).__enter__()
+        bus.planned(run)
+        with refreshing(refresh), RunSlots(limits=reads.limits, log=logger) if shared else nullcontext() as admit:
+            slots = admit
+            if admit is not None and calendar is not None:
+                admit.first_on = calendar.first_on  # first in its pool's order among the waiting: claims at once
+                admit.on_refused = calendar.waiting  # marked waiting: steps after it in the order yield to it
+            if admit is not None and calendar is not None and policy == "plan" and options.hold_to_calendar:
+                admit = calendar.admit(admit)  # start where the calendar says (kept current by re-planning)
+            notify = partial(bus.step, run)
+            if calendar is not None:
+                notify = calendar.listen(run, notify)
+            records = execute(make_executor(run), pipeline, plan.assignments, plan.capacities, notify, admit)
+            bus.finished(run, records)  # held until the final state when `later` (run_end.py)
+        if slots is not None:
+            refused = slots.refusals
+            logger.info("Shared slots: %d requests for slots, %d refused (pools full)", slots.requests, refused)
     finally:
-        if calendar is not None:
-            calendar.delete()  # also when the run fails before its end (the reporter deletes it at its end)
+        end_reporting(bus, calendar, str(flow_run.id) if later else None)
     raise_if_failed(pipeline, records)
     return summary(run, records)
+
+
+def end_reporting(bus: EventBus | None, calendar: RunCalendar | None, later: str | None) -> None:
+    """The run's steps are done (or it failed): its reporters finish after its final state,
+    in the flow's final-state hook, for flow run `later` (run_end.py); else now. The
+    calendar entry goes in the end also when the run failed before its reporters' end (the
+    calendar reporter deletes it there; deleting twice is nothing)."""
+    if bus is not None:
+        bus.end()
+
+    def close() -> None:
+        if bus is not None:
+            bus.close()
+        if calendar is not None:
+            calendar.delete()
+
+    if bus is not None and later:
+        after_final_state(later, close)
+    else:
+        close()
 
 
 def plan_shared(
