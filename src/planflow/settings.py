@@ -7,8 +7,9 @@ exporting anything: `apply_client_env()` points this process's Prefect client at
 it, unless the user already chose a server with PREFECT_API_URL.
 
 Process settings come from `PLANFLOW_*` environment variables through one
-pydantic-settings class, `PlanflowSettings` (read afresh by `settings()`, since
-tests and commands change the environment while a process runs).
+pydantic-settings class, `PlanflowSettings`, read by `settings()`: made once and made
+again whenever a variable it reads changed (tests and commands change the environment
+while a process runs).
 """
 
 from __future__ import annotations
@@ -42,8 +43,8 @@ class PlanflowSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PLANFLOW_", env_ignore_empty=True, extra="ignore", frozen=True)
 
     home: Path | None = Field(None, description="The state folder. Default: `.planflow/` at the project root.")
-    pipelines: Annotated[list[str], NoDecode] = Field(
-        default_factory=list,
+    pipelines: Annotated[tuple[str, ...], NoDecode] = Field(
+        default_factory=tuple,
         description="More pipeline sources, comma-separated: `pkg.mod:attr` import paths or YAML files.",
     )
     user_api_url: str | None = Field(
@@ -162,7 +163,7 @@ class PlanflowSettings(BaseSettings):
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
+            return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
 
     @field_validator("state_home", mode="after")

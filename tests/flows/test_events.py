@@ -87,6 +87,28 @@ def test_every_event_arrives_in_order_with_the_record_as_it_was_then():
     assert seen.calls[-1] == ("flush",)
 
 
+def test_a_held_end_reaches_the_reporters_only_when_the_bus_is_closed_or_its_bound_runs_out():
+    run, seen = _run(), Recorder()
+    bus = EventBus([seen], logging.getLogger("test"), hold_end=True).__enter__()
+    bus.planned(run)
+    records = _dispatch(run, bus)
+    bus.finished(run, records)
+    bus.end()  # no more events: the thread goes on by itself, up to the held end
+    time.sleep(0.5)
+    assert not any(c[0] == "finished" for c in seen.calls)  # held: the final state comes first
+    assert any(c[0] == "completed" for c in seen.calls)  # the step events before it were delivered
+    bus.close()  # the final-state hook's part
+    assert ("finished", ("Completed",) * 4) in seen.calls and seen.calls[-1] == ("flush",)
+
+    bounded = Recorder()
+    alone = EventBus([bounded], logging.getLogger("test"), drain_timeout=0.3, hold_end=True)
+    with alone:  # never released by anyone: the bus goes on after its drain timeout
+        alone.finished(run, records)
+        alone.end()
+        time.sleep(1.0)
+        assert bounded.calls[0] == ("finished", ("Completed",) * 4)
+
+
 def test_events_queued_together_are_flushed_once():
     run, seen = _run(), Recorder()
     bus = EventBus([seen], logging.getLogger("test"))

@@ -67,6 +67,10 @@ def test_a_flow_of_one_s_own_waits_for_its_reporting_before_it_returns():
     assert all(at < state.timestamp for at in created.values()), (state.timestamp, created)
 
 
-def test_to_flow_s_flows_call_the_hook_unless_their_hooks_were_replaced():
-    assert run_end.hooked(to_flow(toy_dags.diamond))
-    assert not run_end.hooked(to_flow(toy_dags.diamond, on_completion=[lambda f, r, s: None]))
+def test_to_flow_s_flows_call_the_hook_on_every_final_state_unless_a_hook_list_was_replaced():
+    run = to_flow(toy_dags.diamond)
+    assert run_end.hooked(run)
+    for kind in ("on_completion", "on_failure", "on_crashed", "on_cancellation"):
+        assert not run_end.hooked(to_flow(toy_dags.diamond, **{kind: [lambda f, r, s: None]})), kind
+    run.on_completion(lambda f, r, s: None)  # a hook of one's own on completion only
+    assert len(run.on_completion_hooks) == 3 and len(run.on_failure_hooks) == 2

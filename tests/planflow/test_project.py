@@ -69,7 +69,7 @@ def test_settings_come_from_planflow_variables(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_STATE_HOME", "relative/ignored")  # the XDG spec: only absolute paths
     monkeypatch.setenv("HOME", str(tmp_path))
     current = settings()
-    assert current.pipelines == ["team.flows:pipeline", "extra.yaml"]
+    assert current.pipelines == ("team.flows:pipeline", "extra.yaml")
     assert StatePaths.discover().home == tmp_path / "state"
     assert current.user_state_dir() == tmp_path / ".local" / "state" / "planflow"
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))

@@ -129,7 +129,7 @@ def discover() -> list[Found]:
             continue
         if pipeline is not None:
             found.append(Found(pipeline.name, module, pipeline))
-    for source in files + settings().pipelines:
+    for source in [*files, *settings().pipelines]:
         try:
             pipeline = load_ref(source)
         except Exception as exc:

@@ -155,9 +155,10 @@ class EventBus:
         flush_seconds: float = FLUSH_SECONDS,
         hold_end: bool = False,
     ) -> None:
-        """`hold_end`: `on_finished` reaches the reporters only once `close` is called (the
-        runner closes in the flow's final-state hook: the run's end artifacts then follow
-        its final state instead of competing with it on the server)."""
+        """`hold_end`: `on_finished` reaches the reporters once `close` is called, or after
+        `drain_timeout` if it never is (the runner closes in the flow's final-state hook:
+        the run's end artifacts then follow its final state instead of competing with it
+        on the server)."""
         if not flush_seconds >= 0:
             raise ValueError(f"flush_seconds={flush_seconds!r}: must be a number of seconds >= 0 (e.g. 1.0)")
         self.reporters = list(reporters)

@@ -106,9 +106,14 @@ def to_flow(pipeline: Pipeline, **flow_options: Any):
         result_serializer=result_serializer(),  # frames as Parquet, the rest compressed (its tasks inherit it)
         log_prints=True,
     )
-    # the run's last reporting (after its final state, run_end.py), then its server watchdog
-    final = [finish_reporting, _stop_watchdog]
-    settings.update(on_completion=final, on_failure=final, on_cancellation=final, on_crashed=final)
+    # each final state: the run's server watchdog stops (the run is final: a server lost now
+    # fails nothing), then its last reporting (run_end.py); a list of its own per option,
+    # so that a hook added to one (`@flow.on_completion`) is not added to the others
+    final = {
+        kind: [_stop_watchdog, finish_reporting]
+        for kind in ("on_completion", "on_failure", "on_cancellation", "on_crashed")
+    }
+    settings.update(final)
     settings.update(flow_options)
     run = flow(**settings)(_typed_function(pipeline))
     run.pipeline = pipeline  # type: ignore[attr-defined]

@@ -12,8 +12,11 @@ go on on their threads, and the flow's final-state hook (`finish_reporting`, set
 or its process ends. The run's artifacts exist when the call returns, as before.
 
 A flow without that hook (a flow of one's own that calls `run_pipeline`, or one whose
-`on_completion`/`on_failure` hooks were replaced) waits for its reporting before it
-returns, as before.
+hooks were replaced) waits for its reporting before it returns, as before; so does a run
+left by an interrupt, a termination signal or Prefect's Abort (no final-state hook may
+come in this process then). What no hook released (a state the server refused, e.g. a
+cancellation that came as the run completed) is released when the process exits
+(atexit), or by the bus itself after its drain timeout.
 
     if flow_run_id and hooked(flow):
         after_final_state(flow_run_id, close)   # close: lets the run's end reach the reporters, waits
@@ -23,6 +26,7 @@ returns, as before.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
 from collections.abc import Callable
@@ -41,8 +45,9 @@ def finish_reporting(flow: Any, flow_run: Any, state: Any) -> None:
 
 
 def hooked(flow: Any) -> bool:
-    """Whether `flow`'s completed and failed states call `finish_reporting`."""
-    kinds = ("on_completion_hooks", "on_failure_hooks")
+    """Whether every final state of `flow` (completed, failed, crashed, cancelled) calls
+    `finish_reporting`."""
+    kinds = ("on_completion_hooks", "on_failure_hooks", "on_crashed_hooks", "on_cancellation_hooks")
     return all(finish_reporting in (getattr(flow, kind, None) or []) for kind in kinds)
 
 
@@ -63,3 +68,15 @@ def finish_pending(flow_run_id: str) -> None:
             close()
         except Exception as exc:  # an observer never fails the run, nor its hooks
             logger.warning("the end of run %s's reporting failed: %s: %s", flow_run_id, type(exc).__name__, exc)
+
+
+def _at_exit() -> None:
+    """What no final-state hook released, before the process ends (e.g. a completion the
+    server refused because a cancellation came first: no hook matches the state then)."""
+    with _lock:
+        pending = list(_pending)
+    for flow_run_id in pending:
+        finish_pending(flow_run_id)
+
+
+atexit.register(_at_exit)

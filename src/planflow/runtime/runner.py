@@ -188,6 +188,11 @@ def _run(
         if slots is not None:
             refused = slots.refusals
             logger.info("Shared slots: %d requests for slots, %d refused (pools full)", slots.requests, refused)
+    except BaseException as exc:
+        # an interrupt, a termination signal, Prefect's Abort or Pause: no final-state hook
+        # may come in this process, so the reporting ends now
+        later = later and isinstance(exc, Exception)
+        raise
     finally:
         end_reporting(bus, calendar, str(flow_run.id) if later else None)
     raise_if_failed(pipeline, records)
@@ -197,7 +202,7 @@ def _run(
 def end_reporting(bus: EventBus | None, calendar: RunCalendar | None, later: str | None) -> None:
     """The run's steps are done (or it failed): its reporters finish after its final state,
     in the flow's final-state hook, for flow run `later` (run_end.py); else now. The
-    calendar entry goes in the end also when the run failed before its reporters' end (the
+    calendar entry goes with them, also when the run failed before its reporters' end (the
     calendar reporter deletes it there; deleting twice is nothing)."""
     if bus is not None:
         bus.end()
