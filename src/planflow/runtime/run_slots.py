@@ -93,10 +93,18 @@ class RunSlots(SharedSlots):
         batch_seconds: float = BATCH_SECONDS,
         limits: Mapping[str, Any] | None = None,
         log: logging.Logger | logging.LoggerAdapter | None = None,
+        first_on: Callable[[str, str], bool] | None = None,
+        on_refused: Callable[[str], None] | None = None,
         **options: Any,
     ) -> None:
         """`limits`: the server's limits as the run read them before its plan, if it did;
-        `log`: where claims and faults are said (the run's log, seen in the UI)."""
+        `log`: where claims and faults are said (the run's log, seen in the UI);
+        `first_on(pool, step)`: whether the step comes first in its pool's order among the
+        components waiting for it (the pool calendar's, pool_order.PoolOrder.first_on): it
+        claims at once; `on_refused(step)`: told the name of each step refused its slots
+        (or yielding to a claim), for the calendar to mark it waiting
+        (pool_order.PoolOrder.waiting). Without them (no calendar) the pool's order is
+        unknown: a refused step claims after CLAIM_AFTER_SECONDS."""
         super().__init__(**options)
         self.log = log or logger
         self.batch_seconds = batch_seconds
@@ -118,12 +126,8 @@ class RunSlots(SharedSlots):
         # server answers 422 to a request larger than its limit, however free it is)
         self._sizes = {name: int(limit.limit) for name, limit in (limits or {}).items()}
         self._closing: threading.Thread | None = None  # gives back the last leases after the run (__exit__)
-        # whether a step comes first in its pool's order among the components waiting for
-        # it (the pool calendar's, pool_order.PoolOrder.first_on(pool, step)): it claims at once
-        self.first_on: Callable[[str, str], bool] | None = None
-        # told the name of each step refused its slots (or yielding to a claim): the pool
-        # calendar marks it waiting (pool_order.PoolOrder.waiting), for later runs' first_on
-        self.on_refused: Callable[[str], None] | None = None
+        self.first_on = first_on
+        self.on_refused = on_refused
 
     @property
     def poll_seconds(self) -> float:

@@ -173,11 +173,14 @@ def _run(
         # the end's artifacts after the run's final state when its hook waits for them (run_end.py)
         bus = EventBus(run_reporters(pipeline, logger, recorder, calendar), logger, hold_end=later).__enter__()
         bus.planned(run)
-        with refreshing(refresh), RunSlots(limits=reads.limits, log=logger) if shared else nullcontext() as admit:
+        # first in its pool's order among the waiting: a step claims at once; refused: marked
+        # waiting, so that the steps after it in the order yield to it
+        first_on, on_refused = (calendar.first_on, calendar.waiting) if calendar is not None else (None, None)
+        run_slots: Any = nullcontext()
+        if shared:
+            run_slots = RunSlots(limits=reads.limits, log=logger, first_on=first_on, on_refused=on_refused)
+        with refreshing(refresh), run_slots as admit:
             slots = admit
-            if admit is not None and calendar is not None:
-                admit.first_on = calendar.first_on  # first in its pool's order among the waiting: claims at once
-                admit.on_refused = calendar.waiting  # marked waiting: steps after it in the order yield to it
             if admit is not None and calendar is not None and policy == "plan" and options.hold_to_calendar:
                 admit = calendar.admit(admit)  # start where the calendar says (kept current by re-planning)
             notify = partial(bus.step, run)
