@@ -186,8 +186,10 @@ def _variable(field: str) -> str:
     return alias if isinstance(alias, str) else f"PLANFLOW_{field.upper()}"
 
 
-# The variables PlanflowSettings reads (names are matched case-insensitively, as it does).
-_READ_AS_IS = ("PREFECT_API_URL", "XDG_STATE_HOME")
+# The variables PlanflowSettings' fields read, aliases included (PREFECT_API_URL,
+# XDG_STATE_HOME), from the model as `_variable` names them, so that a field added with an
+# alias of its own is watched too. Names match case-insensitively, as in PlanflowSettings.
+_READ_AS_IS = frozenset(_variable(field).upper() for field in PlanflowSettings.model_fields)
 # The last settings made, with the variables they were made from: parsing them costs 2-3 ms
 # and a run asked about ten times (a fifth of a trivial component's cost, sampled by py-spy).
 _last: tuple[tuple[tuple[str, str], ...], PlanflowSettings] | None = None
