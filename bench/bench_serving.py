@@ -9,8 +9,9 @@ On a throwaway Prefect server: one training run of fraud-risk, then
    `throughput_ratio` = planflow req/s / baseline req/s, `p99_ratio` = planflow p99 /
    baseline p99 (medians over the rounds; goal: throughput >= 0.9, p99 <= 1.1);
 2. `planflow serve --replicas 2` behind HAProxy under a bounded load (asyncio + httpx):
-   `failed_during_kill` while one replica is SIGKILLed, `failed_during_swap` while a
-   newer run is trained and swapped in (goal: 0 each).
+   `failed_during_kill` while a replica is SIGKILLed (`--kills` times, each replica in
+   turn, once both serve again; `kills_losing_a_request` counts the kills that cost a
+   request), `failed_during_swap` while a newer run is trained and swapped in (goal: 0 each).
 Writes bench/results/serving.json and serving.md.
 """
 
@@ -167,7 +168,14 @@ def _serves(port: int, run_id: str) -> bool:
         return False
 
 
-def faults(body: dict, work: Path) -> dict:
+def _healthy(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def faults(body: dict, work: Path, kills: int) -> dict:
     port = free_block(3)
     command = [sys.executable, "-m", "planflow.cli", "serve", "fraud-risk", "--replicas", "2"]
     service = start(
@@ -178,14 +186,28 @@ def faults(body: dict, work: Path) -> dict:
     url = f"http://127.0.0.1:{port}/predict"
     out = {}
     try:
-        load = BackgroundLoad(url, [body], total=20_000, concurrency=4).start()
-        wait_until(lambda: load.result.ok >= 200, 60)
-        os.kill(_pid_on(port + 1), signal.SIGKILL)
-        at = load.result.ok
-        wait_until(lambda: load.result.ok >= at + 1000, 120)
+        load = BackgroundLoad(url, [body], total=10**9, concurrency=4).start()
+        per_kill = []
+        for k in range(kills):  # each replica in turn, once both are up again
+            victim = port + 1 + k % 2
+            up = wait_until(lambda: _healthy(port + 1) and _healthy(port + 2), 60)
+            at = load.result.ok
+            wait_until(lambda at=at: load.result.ok >= at + 200, 60)
+            failed_before = load.result.failed
+            os.kill(_pid_on(victim), signal.SIGKILL)
+            at = load.result.ok
+            wait_until(lambda at=at: load.result.ok >= at + 300, 60)
+            per_kill.append({"replica_was_up": up, "failed": load.result.failed - failed_before})
         result = load.finish()
-        out["kill"] = {"ok": result.ok, "failed": result.failed, "reasons": dict(result.reasons)}
-        wait_until(lambda: httpx.get(f"http://127.0.0.1:{port + 1}/healthz", timeout=2).status_code == 200, 60)
+        out["kill"] = {
+            "kills": kills,
+            "kills_losing_a_request": sum(1 for k in per_kill if k["failed"]),
+            "ok": result.ok,
+            "failed": result.failed,
+            "reasons": dict(result.reasons),
+            "per_kill": per_kill,
+        }
+        wait_until(lambda: _healthy(port + 1) and _healthy(port + 2), 60)
 
         load = BackgroundLoad(url, [body], total=50_000, concurrency=4).start()
         wait_until(lambda: load.result.ok >= 200, 60)
@@ -210,6 +232,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=int, default=10, help="wrk's duration per round")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--kills", type=int, default=20, help="replicas SIGKILLed under load, one after another")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("wrk is not installed. Fix: make services (or apt-get install -y wrk)")
@@ -218,7 +241,7 @@ def main() -> int:
         train()
         body = record()
         compared = side_by_side(body, args.seconds, args.rounds, work)
-        fault = faults(body, work)
+        fault = faults(body, work, args.kills)
     result = {
         "throughput_ratio": round(compared["throughput_ratio"], 3),
         "p99_ratio": round(compared["p99_ratio"], 3),
@@ -247,7 +270,9 @@ def main() -> int:
         f"- throughput_ratio **{result['throughput_ratio']}** (goal >= 0.9), p99_ratio **{result['p99_ratio']}** "
         "(goal <= 1.1)",
         f"- two replicas behind HAProxy: failed_during_kill **{result['failed_during_kill']}** of "
-        f"{fault['kill']['ok'] + fault['kill']['failed']}, failed_during_swap **{result['failed_during_swap']}** of "
+        f"{fault['kill']['ok'] + fault['kill']['failed']} over {fault['kill']['kills']} kills "
+        f"({fault['kill']['kills_losing_a_request']} of them lost a request), "
+        f"failed_during_swap **{result['failed_during_swap']}** of "
         f"{fault['swap']['ok'] + fault['swap']['failed']} (goal 0)",
     ]
     (RESULTS / "serving.md").write_text("\n".join(lines) + "\n")

@@ -4,7 +4,8 @@
 (`python -m planflow.serving`, each its own process) and HAProxy on 8000, which
 health-checks them on /readyz and retries a request that a replica fails to answer on
 the other one (`retry-on all-retryable-errors`, `option redispatch`): a replica killed
-mid-request costs the client nothing. A replica that exits is started again.
+mid-request costs the client nothing, as each replica writes an answer in one piece
+(single_write.py). A replica that exits is started again.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import uvicorn
 from planflow.ops.processes import log_tail, spawn, stop_process, wait_until
 from planflow.serving.app import create_app
 from planflow.serving.path import find_online_path
+from planflow.serving.single_write import OneWriteH11Protocol
 
 READY_TIMEOUT_SECONDS = 60.0
 SUPERVISE_SECONDS = 0.5
@@ -36,7 +38,7 @@ def serve_one(target: str, host: str, port: int, poll_seconds: float, max_body_b
     """Serve `target` in this process until interrupted."""
     path = find_online_path(target)
     app = create_app(path, poll_seconds=poll_seconds, max_body_bytes=max_body_bytes)
-    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
+    uvicorn.run(app, host=host, port=port, http=OneWriteH11Protocol, log_level="warning", timeout_graceful_shutdown=5)
 
 
 def haproxy_config(host: str, port: int, replica_ports: list[int]) -> str:
