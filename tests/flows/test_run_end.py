@@ -1,10 +1,15 @@
 """A run's last reporting goes on after its final state (run_end.py), against a real
 Prefect server: the end's artifacts follow the Completed or Failed state, and exist when
-the flow's call returns; a flow of one's own waits for them before it returns."""
+the flow's call returns; a flow of one's own waits for them before it returns; a run
+ended by a termination signal still reports what its steps did."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import re
+import subprocess
+import sys
 from datetime import datetime
 from uuid import UUID
 
@@ -74,3 +79,36 @@ def test_to_flow_s_flows_call_the_hook_on_every_final_state_unless_a_hook_list_w
         assert not run_end.hooked(to_flow(toy_dags.diamond, **{kind: [lambda f, r, s: None]})), kind
     run.on_completion(lambda f, r, s: None)  # a hook of one's own on completion only
     assert len(run.on_completion_hooks) == 3 and len(run.on_failure_hooks) == 2
+
+
+TERMINATED_RUN = """
+import os, signal, time
+from planflow import Pipeline, component, to_flow
+
+@component(cpu=1, mem_gib=0.25, est_seconds=0.2)
+def first(n: int = 2) -> int:
+    return n
+
+@component(cpu=1, mem_gib=0.25, est_seconds=0.2)
+def terminated(first: int) -> int:
+    os.kill(os.getpid(), signal.SIGTERM)  # as a worker's stop or a node's drain sends it
+    time.sleep(1)
+    return first
+
+to_flow(Pipeline("toy-terminated", [first, terminated]))()
+"""
+
+
+def test_a_run_ended_by_a_termination_signal_still_reports_what_its_steps_did(tmp_path):
+    script = tmp_path / "terminated.py"
+    script.write_text(TERMINATED_RUN)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode != 0, done.stderr[-2000:]
+    flow_run_id = UUID(re.findall(r"/runs/flow-run/([0-9a-f-]{36})", done.stderr)[-1])
+    found = {a.key: a for a in asyncio.run(_artifacts(flow_run_id))}
+    for what in ("summary", "totals", "planned-vs-actual"):
+        assert f"toy-terminated-{what}" in found, (sorted(found), done.stderr[-2000:])
+    rows = json.loads(found["toy-terminated-summary"].data)
+    states = {row["component"]: row["state"] for row in rows}
+    assert states["first"] == "Completed", states
+    assert "reporter" not in done.stderr, done.stderr[-2000:]  # no reporter failed on the partial records

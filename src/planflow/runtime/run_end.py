@@ -14,9 +14,11 @@ or its process ends. The run's artifacts exist when the call returns, as before.
 A flow without that hook (a flow of one's own that calls `run_pipeline`, or one whose
 hooks were replaced) waits for its reporting before it returns, as before; so does a run
 left by an interrupt, a termination signal or Prefect's Abort (no final-state hook may
-come in this process then). What no hook released (a state the server refused, e.g. a
-cancellation that came as the run completed) is released when the process exits
-(atexit), or by the bus itself after its drain timeout.
+come in this process then), and its end's artifacts say what its steps did until then
+(the runner hands the reporters each step's last record; steps not started are Pending).
+What no hook released (a state the server refused, e.g. a cancellation that came as the
+run completed) is released when the process exits (atexit), or by the bus itself after
+its drain timeout.
 
     if flow_run_id and hooked(flow):
         after_final_state(flow_run_id, close)   # close: lets the run's end reach the reporters, waits

@@ -17,7 +17,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from functools import partial
 from typing import Any
@@ -32,7 +32,7 @@ from planflow.prefect.limits import require_limits
 from planflow.runtime import reporting
 from planflow.runtime.caching import refreshing, step_state
 from planflow.runtime.calendar import busy_steps, planning_lock
-from planflow.runtime.dispatch import StepRecord
+from planflow.runtime.dispatch import Assignment, StepRecord
 from planflow.runtime.distributed import DistributedExecutor
 from planflow.runtime.events import EventBus, Reporter, RunInfo, add_listener, subscribe, subscribers
 from planflow.runtime.executors import Executor, InProcessExecutor, execute
@@ -159,6 +159,7 @@ def _run(
     if shared and flow_run is not None:
         calendar = RunCalendar(str(flow_run.id), flow_run.name, logger, recorder)
     bus: EventBus | None = None
+    seen: dict[str, StepRecord] = {}  # each step's last event: the end's report if the run is interrupted
     later = flow_run is not None and hooked(flow)
     try:
         # the pools, limits, settings and history, and the run's tags: read side by side
@@ -186,6 +187,7 @@ def _run(
             notify = partial(bus.step, run)
             if calendar is not None:
                 notify = calendar.listen(run, notify)
+            notify = _remembering(notify, seen)
             records = execute(make_executor(run), pipeline, plan.assignments, plan.capacities, notify, admit)
             bus.finished(run, records)  # held until the final state when `later` (run_end.py)
         if slots is not None:
@@ -193,13 +195,30 @@ def _run(
             logger.info("Shared slots: %d requests for slots, %d refused (pools full)", slots.requests, refused)
     except BaseException as exc:
         # an interrupt, a termination signal, Prefect's Abort or Pause: no final-state hook
-        # may come in this process, so the reporting ends now
+        # may come in this process, so the reporting ends now, with what its steps did so far
         later = later and isinstance(exc, Exception)
+        if bus is not None and seen and not isinstance(exc, Exception):
+            bus.finished(run, _so_far(plan.assignments, seen))
         raise
     finally:
         end_reporting(bus, calendar, str(flow_run.id) if later else None)
     raise_if_failed(pipeline, records)
     return summary(run, records)
+
+
+def _remembering(
+    notify: Callable[[str, StepRecord], None], seen: dict[str, StepRecord]
+) -> Callable[[str, StepRecord], None]:
+    def remember(event: str, record: StepRecord) -> None:
+        seen[record.step] = record
+        notify(event, record)
+
+    return remember
+
+
+def _so_far(assignments: Mapping[str, Assignment], seen: Mapping[str, StepRecord]) -> dict[str, StepRecord]:
+    """Every step's record when the run was interrupted: its last event's, or Pending."""
+    return {name: seen.get(name) or StepRecord(name, a.pool) for name, a in assignments.items()}
 
 
 def end_reporting(bus: EventBus | None, calendar: RunCalendar | None, later: str | None) -> None:
