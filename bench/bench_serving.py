@@ -175,6 +175,17 @@ def _healthy(port: int) -> bool:
         return False
 
 
+def _answers(load: BackgroundLoad, more: int, when: str, timeout: float = 60) -> None:
+    """Wait until the load has `more` answers more, or fail naming `when`."""
+    at = load.result.ok
+    if not wait_until(lambda: load.result.ok >= at + more, timeout):
+        got = load.result
+        raise RuntimeError(
+            f"{when}: fewer than {more} answers within {timeout:.0f} s "
+            f"(ok {got.ok}, failed {got.failed}: {dict(got.reasons)})"
+        )
+
+
 def faults(body: dict, work: Path, kills: int) -> dict:
     port = free_block(3)
     command = [sys.executable, "-m", "planflow.cli", "serve", "fraud-risk", "--replicas", "2"]
@@ -185,19 +196,20 @@ def faults(body: dict, work: Path, kills: int) -> dict:
     )
     url = f"http://127.0.0.1:{port}/predict"
     out = {}
+    load = None
     try:
         load = BackgroundLoad(url, [body], total=10**9, concurrency=4).start()
         per_kill = []
         for k in range(kills):  # each replica in turn, once both are up again
             victim = port + 1 + k % 2
-            up = wait_until(lambda: _healthy(port + 1) and _healthy(port + 2), 60)
-            at = load.result.ok
-            wait_until(lambda at=at: load.result.ok >= at + 200, 60)
+            if not wait_until(lambda: _healthy(port + 1) and _healthy(port + 2), 60):
+                tail = log_tail(work / "replicas.log")
+                raise RuntimeError(f"kill {k + 1}: the replicas were not both ready within 60 s:\n{tail}")
+            _answers(load, 200, f"kill {k + 1}, before")
             failed_before = load.result.failed
             os.kill(_pid_on(victim), signal.SIGKILL)
-            at = load.result.ok
-            wait_until(lambda at=at: load.result.ok >= at + 300, 60)
-            per_kill.append({"replica_was_up": up, "failed": load.result.failed - failed_before})
+            _answers(load, 300, f"kill {k + 1}, after")
+            per_kill.append({"failed": load.result.failed - failed_before})
         result = load.finish()
         out["kill"] = {
             "kills": kills,
@@ -224,6 +236,8 @@ def faults(body: dict, work: Path, kills: int) -> dict:
             "runs_answering": len(result.runs),
         }
     finally:
+        if load is not None:
+            load.stop.set()  # a load left running by a failed wait stops too
         stop_process(service)
     return out
 
