@@ -24,10 +24,13 @@ CAPACITY = {"cpu": 2.0, "gpu": 0.0, "mem_gib": 4.0}
 # Threads that are off the path by design: reporters (the bus and its helpers), re-planning, the entry's saver, the
 # planning slot's release, the server watchdog.
 OFF_PATH = ("planflow-report", "planflow-replan", "planflow-calendar", "planflow-planning", "planflow-server")
-# Before: 16 requests one after another from the flow run's start to its first component.
-# Now: Prefect's own two (the flow run, its storage), the reads side by side, the history,
+# (the entry's first save, "planflow-entry-save", is on the path: the first component waits for it)
+# Before: 16 requests one after another from the flow run's start to its first component;
+# then 9: Prefect's own two (the flow run, its storage), the reads side by side, the history,
 # the planning slot, the calendar, the entry's write, the first slots side by side.
-MAX_ROUNDS = 9
+# Now (4 seen): Prefect's two, the reads with the planning slot and the calendar read under
+# it beside them, the entry's save beside the first slots, (the slot given back after the save).
+MAX_ROUNDS = 6
 
 SEEN: list[bool] = []  # per component run: whether its run's calendar entry existed then
 

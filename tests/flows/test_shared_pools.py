@@ -380,15 +380,20 @@ def test_a_run_behind_one_that_ends_early_is_replanned_and_a_fifo_run_is_in_the_
 
 
 # -- faults -------------------------------------------------------------------------------
+def _entries_of(pipeline: str) -> list[CalendarEntry]:
+    return [e for e in read_calendar() if e.pipeline == pipeline]
+
+
 def test_a_killed_run_gives_its_slots_back_within_the_lease_and_its_entry_is_cleared(pool, tmp_path):
     env = _env(tmp_path)
     (proc,) = _start_runs(tmp_path, [("hog_long", {"long_seconds": 600.0})], env)
     deadline = time.monotonic() + 120
-    while active_slots([CPU])[CPU] < 2000:
+    # its slots taken and its entry saved (side by side: its component starts after both)
+    while active_slots([CPU])[CPU] < 2000 or not (entries := _entries_of(dags.hog_long.name)):
         assert proc.poll() is None, proc.stdout.read()[-3000:]
-        assert time.monotonic() < deadline, "the run never took its slots"
+        assert time.monotonic() < deadline, "the run never took its slots and saved its entry"
         time.sleep(0.2)
-    (entry,) = [e for e in read_calendar() if e.pipeline == dags.hog_long.name]
+    (entry,) = entries
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     killed = time.monotonic()

@@ -59,6 +59,10 @@ class CalendarError(RuntimeError):
     """The calendar could not be read or written within its bound."""
 
 
+class PlanningLimitMissing(CalendarError):
+    """The server has no planning limit yet (a new server: a run's require_limits creates it)."""
+
+
 @dataclass(frozen=True)
 class Reservation:
     """One component of one run on one pool; `start` and `finish` are Unix times (s)."""
@@ -212,16 +216,17 @@ def planned_before(other: CalendarEntry, run_id: str, planned_at: float) -> bool
 BusySteps = Callable[[Mapping[str, Mapping[str, float]], float], tuple[dict[str, tuple[Step, ...]], int]]
 
 
-def busy_steps(exclude: str | None) -> BusySteps:
+def busy_steps(exclude: str | None, entries: list[CalendarEntry] | None = None) -> BusySteps:
     """For plan_run: each pool's capacity over time from `now` once the other runs'
-    reservations (read from the calendar, stale entries cleared) are taken out, and
-    how many reservations that is."""
+    reservations are taken out, and how many reservations that is. `entries`: the
+    calendar as read under the planning slot still held (run_reads.py); else it is read
+    when the plan asks (stale entries cleared)."""
 
     def steps(capacities: Mapping[str, Mapping[str, float]], now: float) -> tuple[dict[str, tuple[Step, ...]], int]:
-        entries = read_calendar(clean=True)
+        found = read_calendar(clean=True) if entries is None else entries
         out, count = {}, 0
         for pool, capacity in capacities.items():
-            items = [r for r in reservations(entries, pool, exclude) if r.state != "done"]
+            items = [r for r in reservations(found, pool, exclude) if r.state != "done"]
             count += len(items)
             out[pool] = capacity_steps(capacity, items, now)
         return out, count
@@ -260,7 +265,9 @@ def planning_lock(wait_seconds: float = PLANNING_WAIT_SECONDS, release_later: bo
                 time.sleep(PLANNING_POLL_SECONDS * random.uniform(0.5, 1.5))  # noqa: S311 (jitter, not secrets)
                 continue
             if not granted.get("limits"):
-                raise CalendarError(f"concurrency limit '{PLANNING_LIMIT}' does not exist. Fix: planflow pools sync")
+                raise PlanningLimitMissing(
+                    f"concurrency limit '{PLANNING_LIMIT}' does not exist. Fix: planflow pools sync"
+                )
             break
     try:
         yield

@@ -17,6 +17,8 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future
+from concurrent.futures import wait as wait_for
 from dataclasses import asdict, replace
 from operator import itemgetter
 from typing import Any
@@ -51,6 +53,7 @@ ETA_CHANGE_SECONDS = 1.0  # a corrected ETA that moves less than this is not log
 # Hysteresis: a re-plan's ETA is shown (log, gauge, artifact) only when it moved from the ETA
 # last shown by at least this share of the time left to it (re-plans swung +51 s, -56 s, +5 s).
 ETA_BAND_SHARE = 0.1
+WRITE_WAIT_SECONDS = 60.0  # the most a run waits for its entry's first save (a busy server retries for seconds)
 
 
 class RunCalendar(PoolOrder, Reporter):
@@ -89,9 +92,19 @@ class RunCalendar(PoolOrder, Reporter):
         self._indexed: list[dict[str, Any]] | None = None
         self._by_step: dict[str, dict[str, Any]] = {}
         self._planned: dict[str, dict[str, Any]] = {}
+        self._written: Future[None] | None = None  # the first save, when on a thread (`write` with `then`)
 
-    def write(self, pipeline: str, assignments: Mapping[str, Assignment], planned_at: float) -> float:
-        """Record the plan's reservations; returns the ETA (Unix time)."""
+    def write(
+        self,
+        pipeline: str,
+        assignments: Mapping[str, Assignment],
+        planned_at: float,
+        then: Callable[[], None] | None = None,
+    ) -> float:
+        """Record the plan's reservations; returns the ETA (Unix time). `then`: the entry
+        is saved on a thread of its own, and `then` called after the save, saved or not
+        (the runner gives the planning slot back there): the run goes on to take its first
+        slots meanwhile, and `written` waits for the save before its first component starts."""
         self.makespan = max((a.planned_finish or 0.0 for a in assignments.values()), default=0.0)
         self.entry = CalendarEntry(
             flow_run_id=self.run_id,
@@ -115,8 +128,38 @@ class RunCalendar(PoolOrder, Reporter):
                 for a in assignments.values()
             ],
         )
-        self._save()
+        if then is None:
+            self._save()
+            return self.entry.eta
+        written: Future[None] = Future()
+
+        def save() -> None:
+            try:
+                self._save()
+            except BaseException as exc:
+                written.set_exception(exc)
+            else:
+                written.set_result(None)
+            finally:
+                then()
+
+        self._written = written
+        threading.Thread(target=contextvars.copy_context().run, args=(save,), name="planflow-entry-save").start()
         return self.entry.eta
+
+    def written(self, timeout: float = WRITE_WAIT_SECONDS) -> None:
+        """Wait for the entry's first save (`write` with `then`); its error, if it failed
+        (CalendarError when it did not end within `timeout` seconds)."""
+        written = self._written
+        if written is None:
+            return
+        try:
+            written.result(timeout)
+        except TimeoutError:
+            raise CalendarError(
+                f"the pool calendar entry of run {self.run_id} was not saved within {timeout:g} s "
+                "(the Prefect server does not answer in time). Fix: check the server (planflow server status)"
+            ) from None
 
     def on_planned(self, run: RunInfo) -> None:
         if self.entry is None:
@@ -359,6 +402,8 @@ class RunCalendar(PoolOrder, Reporter):
         self._stop.set()
         self._wake.set()  # the watcher ends
         self._save_due.set()  # the saver ends
+        if self._written is not None:  # a delete before the entry's first save lands would miss it
+            wait_for([self._written], WRITE_WAIT_SECONDS)
         with self._lock:
             if self.entry is None:
                 return

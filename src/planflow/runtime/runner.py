@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from functools import partial
 from typing import Any
 
@@ -32,7 +32,7 @@ from planflow.prefect.limits import require_limits
 from planflow.runtime import reporting
 from planflow.runtime.caching import refreshing, step_state
 from planflow.runtime.calendar import busy_steps, planning_lock
-from planflow.runtime.dispatch import Assignment, StepRecord
+from planflow.runtime.dispatch import POLL_SECONDS, Assignment, StepRecord
 from planflow.runtime.distributed import DistributedExecutor
 from planflow.runtime.events import EventBus, Reporter, RunInfo, add_listener, subscribe, subscribers
 from planflow.runtime.executors import Executor, InProcessExecutor, execute
@@ -163,7 +163,10 @@ def _run(
     later = flow_run is not None and hooked(flow)
     try:
         # the pools, limits, settings and history, and the run's tags: read side by side
-        reads = read_for_run(pipeline, policy, mode, local_pool, resolved, refresh, flow_run, shared)
+        # with the planning slot taken and the calendar read beside the other reads
+        reads = read_for_run(
+            pipeline, policy, mode, local_pool, resolved, refresh, flow_run, shared, lock_calendar=calendar is not None
+        )
         if shared:
             plan = plan_shared(pipeline, policy, mode, local_pool, calendar, resolved, refresh, reads)
         else:
@@ -184,6 +187,8 @@ def _run(
             slots = admit
             if admit is not None and calendar is not None and policy == "plan" and options.hold_to_calendar:
                 admit = calendar.admit(admit)  # start where the calendar says (kept current by re-planning)
+            if admit is not None and calendar is not None:
+                admit = _AfterWrite(admit, calendar.written)  # no component before the run's entry is saved
             notify = partial(bus.step, run)
             if calendar is not None:
                 notify = calendar.listen(run, notify)
@@ -254,14 +259,21 @@ def plan_shared(
     """Plan a run that shares its pools: their concurrency limits exist and match their
     blocks; the calendar is read, the run planned (policy "plan") or placed first come,
     first served (policy "fifo", for its ETA) into what is left and its reservations
-    written, all under the planning slot (given back off the run's path). `reads`: what
-    read_for_run read (read now when None)."""
+    written, all under the planning slot. `reads`: what read_for_run read (read now when
+    None), the slot already held and the calendar read under it when it took them
+    (`lock_calendar`). The entry is saved on a thread of its own, which gives the slot
+    back once it is saved: the run takes its first slots meanwhile, and its first
+    component waits for the save (`calendar.written`, `_after_write`)."""
     reads = reads or read_for_run(pipeline, policy, mode, local_pool, params, refresh, None, True)
-    pools, inputs = reads.pools, reads.inputs  # the inputs are read before the slot
-    require_limits({name: pool.capacity() for name, pool in pools[0].items()}, reads.limits)
-    if calendar is None:
-        return plan_run(pipeline, policy, mode, local_pool, pools, params=params, refresh=refresh, inputs=inputs)
-    with planning_lock(release_later=True):
+    planning = reads.planning or ExitStack()  # closed: the planning slot goes back
+    try:
+        pools, inputs = reads.pools, reads.inputs  # the inputs are read before the slot
+        require_limits({name: pool.capacity() for name, pool in pools[0].items()}, reads.limits)
+        if calendar is None:
+            planning.close()
+            return plan_run(pipeline, policy, mode, local_pool, pools, params=params, refresh=refresh, inputs=inputs)
+        if reads.planning is None:
+            planning.enter_context(planning_lock())
         if policy == "fifo":
             plan = place_fifo(
                 plan_run(pipeline, policy, mode, local_pool, pools, refresh=refresh), pipeline, calendar.run_id, params
@@ -273,13 +285,36 @@ def plan_shared(
                 mode,
                 local_pool,
                 pools,
-                busy_steps(calendar.run_id),
+                busy_steps(calendar.run_id, reads.calendar),
                 params=params,
                 refresh=refresh,
                 inputs=inputs,
             )
-        calendar.write(pipeline.name, plan.assignments, plan.planned_at)
+        calendar.write(pipeline.name, plan.assignments, plan.planned_at, then=planning.close)
+    except BaseException:
+        planning.close()
+        raise
     return plan
+
+
+class _AfterWrite:
+    """The dispatcher's `admit` once the run's calendar entry is saved: its `prepare`
+    (the first round's slots) goes ahead of the save, a step's take waits for it (and
+    fails, naming why, when the save failed)."""
+
+    def __init__(self, take: Any, written: Callable[[], None]) -> None:
+        self.take, self._written, self._saved = take, written, False
+        self.prepare = getattr(take, "prepare", None)
+
+    @property
+    def poll_seconds(self) -> float:
+        return getattr(self.take, "poll_seconds", POLL_SECONDS)
+
+    def __call__(self, a: Assignment) -> Any:
+        if not self._saved:
+            self._written()
+            self._saved = True
+        return self.take(a)
 
 
 def raise_if_failed(pipeline: Pipeline, records: Mapping[str, StepRecord]) -> None:
