@@ -41,12 +41,12 @@ from bench.tempserver import TempServer  # noqa: E402  (imports no Prefect)
 
 SERVER = TempServer("serving")
 
-import httpx  # noqa: E402
 import psutil  # noqa: E402
 
 from planflow.core import discovery  # noqa: E402
 from planflow.ops.processes import log_tail, spawn, stop_process, wait_until  # noqa: E402
 from planflow.serving.loadgen import BackgroundLoad  # noqa: E402
+from planflow.serving.probes import answers, ready, served_run  # noqa: E402
 
 
 def train(seed: int = 7) -> str:
@@ -87,13 +87,7 @@ def _free(port: int) -> bool:
 def start(command: list[str], url: str, log: Path, timeout: float = 120) -> subprocess.Popen:
     process = spawn(command, log, os.environ, ROOT)
 
-    def ready() -> bool:
-        try:
-            return httpx.get(url, timeout=2).status_code == 200 or process.poll() is not None
-        except httpx.HTTPError:
-            return False
-
-    if not wait_until(ready, timeout) or process.poll() is not None:
+    if not wait_until(lambda: answers(url) or process.poll() is not None, timeout) or process.poll() is not None:
         stop_process(process)
         raise SystemExit(f"{command} did not become ready:\n{log_tail(log)}")
     return process
@@ -161,18 +155,8 @@ def _pid_on(port: int) -> int:
     raise SystemExit(f"no replica listens on {port}")
 
 
-def _serves(port: int, run_id: str) -> bool:
-    try:
-        return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).json()["run"]["flow_run_id"] == run_id
-    except (httpx.HTTPError, KeyError, TypeError, ValueError):
-        return False
-
-
-def _healthy(port: int) -> bool:
-    try:
-        return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
+def _replica(port: int) -> str:
+    return f"http://127.0.0.1:{port}"
 
 
 def _answers(load: BackgroundLoad, more: int, when: str, timeout: float = 60) -> None:
@@ -202,7 +186,7 @@ def faults(body: dict, work: Path, kills: int) -> dict:
         per_kill = []
         for k in range(kills):  # each replica in turn, once both are up again
             victim = port + 1 + k % 2
-            if not wait_until(lambda: _healthy(port + 1) and _healthy(port + 2), 60):
+            if not wait_until(lambda: ready(_replica(port + 1)) and ready(_replica(port + 2)), 60):
                 tail = log_tail(work / "replicas.log")
                 raise RuntimeError(f"kill {k + 1}: the replicas were not both ready within 60 s:\n{tail}")
             _answers(load, 200, f"kill {k + 1}, before")
@@ -219,12 +203,12 @@ def faults(body: dict, work: Path, kills: int) -> dict:
             "reasons": dict(result.reasons),
             "per_kill": per_kill,
         }
-        wait_until(lambda: _healthy(port + 1) and _healthy(port + 2), 60)
+        wait_until(lambda: ready(_replica(port + 1)) and ready(_replica(port + 2)), 60)
 
         load = BackgroundLoad(url, [body], total=50_000, concurrency=4).start()
         wait_until(lambda: load.result.ok >= 200, 60)
         newer = train(seed=11)
-        swapped = wait_until(lambda: _serves(port + 1, newer) and _serves(port + 2, newer), 120)
+        swapped = wait_until(lambda: served_run(_replica(port + 1)) == newer == served_run(_replica(port + 2)), 120)
         at = load.result.ok
         wait_until(lambda: load.result.ok >= at + 500, 60)
         result = load.finish()

@@ -11,13 +11,13 @@ import socket
 import sys
 from pathlib import Path
 
-import httpx
 import pytest
 from prefect.client.orchestration import get_client
 
 from planflow.core import discovery
 from planflow.ops.processes import log_tail, spawn, stop_process, wait_until
 from planflow.serving.loader import LoadedRun, latest_completed_run, load_run
+from planflow.serving.probes import ready
 
 from tests.conftest import IN_CI
 
@@ -94,19 +94,12 @@ def service(fraud_run, tmp_path_factory):
     process = spawn(command, log, os.environ, ROOT)
     url = f"http://127.0.0.1:{port}"
     try:
-        ready = wait_until(lambda: _ready(url) or process.poll() is not None, 90)
-        if not ready or process.poll() is not None:
+        came_up = wait_until(lambda: ready(url) or process.poll() is not None, 90)
+        if not came_up or process.poll() is not None:
             pytest.fail(f"planflow serve did not become ready within 90 s:\n{log_tail(log, 40)}")
         yield url, port, process
     finally:
         stop_process(process, timeout=20)
-
-
-def _ready(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def records(features, txn_ids) -> list[dict]:

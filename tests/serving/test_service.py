@@ -13,6 +13,7 @@ import pytest
 
 from planflow.ops.processes import wait_until
 from planflow.serving.loadgen import BackgroundLoad
+from planflow.serving.probes import ready, served_run
 
 from tests.serving.conftest import records, train
 
@@ -25,8 +26,7 @@ def test_the_service_decides_as_the_batch_run_did(service, fraud_run):
     policy = fraud_run.outputs["decisions"]
     batch = dict(zip(holdout["txn_id"].to_list(), policy.label(holdout["score"].to_numpy()), strict=True))
     body = records(fraud_run.outputs["features"], batch)
-    ready = httpx.get(f"{url}/readyz", timeout=5).json()
-    assert ready["run"]["flow_run_id"] == fraud_run.flow_run_id
+    assert served_run(url, timeout=5) == fraud_run.flow_run_id
 
     answer = httpx.post(f"{url}/predict", json=body, timeout=10)
     assert answer.status_code == 200, answer.text
@@ -63,32 +63,24 @@ def test_a_replica_killed_under_load_loses_no_request(service, fraud_run):
     assert result.failed == 0, result.reasons
     assert result.ok >= killed_at + 300
     # the supervisor starts the killed replica again
-    assert wait_until(lambda: _replica_ready(port + 1), 60), "the killed replica was not started again"
+    assert wait_until(lambda: ready(_replica(port + 1)), 60), "the killed replica was not started again"
 
 
-def _replica_ready(port: int) -> bool:
-    try:
-        return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
-def _serves(port: int, run_id: str) -> bool:
-    try:
-        return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).json()["run"]["flow_run_id"] == run_id
-    except (httpx.HTTPError, KeyError, TypeError, ValueError):
-        return False
+def _replica(port: int) -> str:
+    return f"http://127.0.0.1:{port}"
 
 
 def test_a_newer_run_is_swapped_in_under_load_without_a_failed_request(service, fraud_run):
     url, port, _ = service
     body = records(fraud_run.outputs["features"], fraud_run.outputs["scores"].holdout["txn_id"].head(8).to_list())
-    assert wait_until(lambda: _replica_ready(port + 1) and _replica_ready(port + 2), 60)
+    assert wait_until(lambda: ready(_replica(port + 1)) and ready(_replica(port + 2)), 60)
     load = BackgroundLoad(f"{url}/predict", body, total=5000, concurrency=4).start()
     try:
         assert wait_until(lambda: load.result.ok >= 50, 30), load.result
         newer = train(seed=11)  # another model, a newer Completed run
-        assert wait_until(lambda: _serves(port + 1, newer) and _serves(port + 2, newer), 60), "no swap"
+        assert wait_until(lambda: served_run(_replica(port + 1)) == newer == served_run(_replica(port + 2)), 60), (
+            "no swap"
+        )
         swapped_at = load.result.ok
         assert wait_until(lambda: load.result.ok >= swapped_at + 100 or load.result.failed > 0, 30)
     finally:

@@ -18,12 +18,12 @@ import tempfile
 from pathlib import Path
 from types import FrameType
 
-import httpx
 import uvicorn
 
 from planflow.ops.processes import log_tail, spawn, stop_process, wait_until
 from planflow.serving.app import create_app
 from planflow.serving.path import find_online_path
+from planflow.serving.probes import answers
 from planflow.serving.single_write import OneWriteH11Protocol
 
 READY_TIMEOUT_SECONDS = 60.0
@@ -91,13 +91,6 @@ def haproxy_binary() -> str:
     return found
 
 
-def _ready(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=1.0).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
 def _terminate(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)
 
@@ -132,13 +125,13 @@ def serve_replicas(
     balancer = None
     try:
         for p in processes:
-            if not wait_until(lambda p=p: _ready(f"http://{host}:{p}/healthz"), ready_timeout):
+            if not wait_until(lambda p=p: answers(f"http://{host}:{p}/healthz", 1.0), ready_timeout):
                 raise ServeError(
                     f"replica on port {p} did not answer /healthz within {ready_timeout:.0f} s:\n"
                     f"{log_tail(work / f'replica-{p}.log')}"
                 )
         balancer = spawn([haproxy, "-db", "-f", str(config)], work / "haproxy.log", env, work)
-        if not wait_until(lambda: _ready(f"http://{host}:{port}/healthz") or balancer.poll() is not None, 10):
+        if not wait_until(lambda: answers(f"http://{host}:{port}/healthz", 1.0) or balancer.poll() is not None, 10):
             raise ServeError(f"haproxy did not listen on {host}:{port}:\n{log_tail(work / 'haproxy.log')}")
         if balancer.poll() is not None:
             raise ServeError(f"haproxy exited: {log_tail(work / 'haproxy.log')}")
