@@ -208,6 +208,22 @@ class CountingRecorder(RunRecorder):
         self.pushes += 1
 
 
+def test_a_run_interrupted_while_a_step_ran_is_recorded_as_crashed():
+    """The runner hands an interrupted run's records with its running steps Crashed (runner._so_far)."""
+    from dataclasses import replace  # noqa: PLC0415
+
+    run = _run()
+    recorder = CountingRecorder("toy-diamond", pushgateway_url=None, registry=CollectorRegistry())
+    with EventBus([MetricsReporter(recorder)], logging.getLogger("test")) as bus:
+        bus.planned(run)
+        records = _dispatch(run, bus)
+        records = {**records, "total": replace(records["total"], state="Crashed", error=SystemExit(143))}
+        bus.finished(run, records)
+    finished = recorder.registry.get_sample_value
+    assert finished("planflow_pipeline_runs_finished_total", {"pipeline": "toy-diamond", "state": "crashed"}) == 1.0
+    assert finished("planflow_pipeline_runs_finished_total", {"pipeline": "toy-diamond", "state": "completed"}) is None
+
+
 def test_metrics_are_recorded_from_events_and_pushed_once_per_batch():
     run = _run()
     recorder = CountingRecorder("toy-diamond", pushgateway_url=None, registry=CollectorRegistry())

@@ -111,4 +111,5 @@ def test_a_run_ended_by_a_termination_signal_still_reports_what_its_steps_did(tm
     rows = json.loads(found["toy-terminated-summary"].data)
     states = {row["component"]: row["state"] for row in rows}
     assert states["first"] == "Completed", states
+    assert states["terminated"] == "Crashed", states  # running when the signal came
     assert "reporter" not in done.stderr, done.stderr[-2000:]  # no reporter failed on the partial records

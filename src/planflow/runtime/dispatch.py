@@ -92,7 +92,7 @@ class StepRecord:
 
     step: str
     pool: str
-    state: str = "Pending"  # Pending | Running | Completed | Failed | Skipped
+    state: str = "Pending"  # Pending | Running | Completed | Failed | Skipped | Crashed (its run interrupted meanwhile)
     started: float | None = None
     finished: float | None = None
     error: BaseException | None = None

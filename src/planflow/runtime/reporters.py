@@ -175,9 +175,10 @@ class MetricsReporter(Reporter):
         self.pending = True
 
     def on_finished(self, run: RunInfo, records: Mapping[str, StepRecord]) -> None:
-        failed = any(r.state == "Failed" for r in records.values())
+        states = {r.state for r in records.values()}
+        state = "failed" if "Failed" in states else "crashed" if "Crashed" in states else "completed"
         planned = run.plan.plan.plan.makespan if run.plan.plan is not None else None
-        self.recorder.run_finished("failed" if failed else "completed", reporting.actual_makespan(records), planned)
+        self.recorder.run_finished(state, reporting.actual_makespan(records), planned)
         self.pending = True
 
     def flush(self) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from contextlib import ExitStack, nullcontext
+from dataclasses import replace
 from functools import partial
 from typing import Any
 
@@ -203,7 +204,7 @@ def _run(
         # may come in this process, so the reporting ends now, with what its steps did so far
         later = later and isinstance(exc, Exception)
         if bus is not None and seen and not isinstance(exc, Exception):
-            bus.finished(run, _so_far(plan.assignments, seen))
+            bus.finished(run, _so_far(plan.assignments, seen, exc))
         raise
     finally:
         end_reporting(bus, calendar, str(flow_run.id) if later else None)
@@ -221,9 +222,17 @@ def _remembering(
     return remember
 
 
-def _so_far(assignments: Mapping[str, Assignment], seen: Mapping[str, StepRecord]) -> dict[str, StepRecord]:
-    """Every step's record when the run was interrupted: its last event's, or Pending."""
-    return {name: seen.get(name) or StepRecord(name, a.pool) for name, a in assignments.items()}
+def _so_far(
+    assignments: Mapping[str, Assignment], seen: Mapping[str, StepRecord], cause: BaseException
+) -> dict[str, StepRecord]:
+    """Every step's record when the run was interrupted by `cause`: its last event's, or
+    Pending; a step running then is Crashed, with `cause` as its error (as Prefect calls a
+    run ended by a signal)."""
+    out = {}
+    for name, a in assignments.items():
+        record = seen.get(name) or StepRecord(name, a.pool)
+        out[name] = replace(record, state="Crashed", error=cause) if record.state == "Running" else record
+    return out
 
 
 def end_reporting(bus: EventBus | None, calendar: RunCalendar | None, later: str | None) -> None:
