@@ -15,7 +15,7 @@ A flow without that hook (a flow of one's own that calls `run_pipeline`, or one 
 hooks were replaced) waits for its reporting before it returns, as before; so does a run
 left by an interrupt, a termination signal or Prefect's Abort (no final-state hook may
 come in this process then), and its end's artifacts say what its steps did until then
-(the runner hands the reporters each step's last record; steps not started are Pending).
+(the runner hands the reporters each step's last record; steps not started are Pending, a step running then Crashed).
 What no hook released (a state the server refused, e.g. a cancellation that came as the
 run completed) is released when the process exits (atexit), or by the bus itself after
 its drain timeout.
