@@ -92,7 +92,7 @@ class RunCalendar(PoolOrder, Reporter):
         self._indexed: list[dict[str, Any]] | None = None
         self._by_step: dict[str, dict[str, Any]] = {}
         self._planned: dict[str, dict[str, Any]] = {}
-        self._written: Future[None] | None = None  # the first save, when on a thread (`write` with `then`)
+        self._written: Future[None] | None = None  # the entry's first save, on its thread (`write`)
 
     def write(
         self,
@@ -101,10 +101,10 @@ class RunCalendar(PoolOrder, Reporter):
         planned_at: float,
         then: Callable[[], None] | None = None,
     ) -> float:
-        """Record the plan's reservations; returns the ETA (Unix time). `then`: the entry
-        is saved on a thread of its own, and `then` called after the save, saved or not
-        (the runner gives the planning slot back there): the run goes on to take its first
-        slots meanwhile, and `written` waits for the save before its first component starts."""
+        """Record the plan's reservations; returns the ETA (Unix time). The entry is saved
+        on a thread of its own, and `then` called after the save, saved or not (the runner
+        gives the planning slot back there): the run goes on to take its first slots
+        meanwhile, and `written` waits for the save before its first component starts."""
         self.makespan = max((a.planned_finish or 0.0 for a in assignments.values()), default=0.0)
         self.entry = CalendarEntry(
             flow_run_id=self.run_id,
@@ -128,9 +128,6 @@ class RunCalendar(PoolOrder, Reporter):
                 for a in assignments.values()
             ],
         )
-        if then is None:
-            self._save()
-            return self.entry.eta
         written: Future[None] = Future()
 
         def save() -> None:
@@ -141,14 +138,15 @@ class RunCalendar(PoolOrder, Reporter):
             else:
                 written.set_result(None)
             finally:
-                then()
+                if then is not None:
+                    then()
 
         self._written = written
         threading.Thread(target=contextvars.copy_context().run, args=(save,), name="planflow-entry-save").start()
         return self.entry.eta
 
     def written(self, timeout: float = WRITE_WAIT_SECONDS) -> None:
-        """Wait for the entry's first save (`write` with `then`); its error, if it failed
+        """Wait for the entry's first save (`write`); its error, if it failed
         (CalendarError when it did not end within `timeout` seconds)."""
         written = self._written
         if written is None:

@@ -272,7 +272,7 @@ def plan_shared(
     None), the slot already held and the calendar read under it when it took them
     (`lock_calendar`). The entry is saved on a thread of its own, which gives the slot
     back once it is saved: the run takes its first slots meanwhile, and its first
-    component waits for the save (`calendar.written`, `_after_write`)."""
+    component waits for the save (`calendar.written`, `_AfterWrite`)."""
     reads = reads or read_for_run(pipeline, policy, mode, local_pool, params, refresh, None, True)
     planning = reads.planning or ExitStack()  # closed: the planning slot goes back
     try:
@@ -312,7 +312,7 @@ class _AfterWrite:
     fails, naming why, when the save failed)."""
 
     def __init__(self, take: Any, written: Callable[[], None]) -> None:
-        self.take, self._written, self._saved = take, written, False
+        self.take, self._written = take, written  # `written` returns at once once the save ended
         self.prepare = getattr(take, "prepare", None)
 
     @property
@@ -320,9 +320,7 @@ class _AfterWrite:
         return getattr(self.take, "poll_seconds", POLL_SECONDS)
 
     def __call__(self, a: Assignment) -> Any:
-        if not self._saved:
-            self._written()
-            self._saved = True
+        self._written()
         return self.take(a)
 
 
