@@ -135,6 +135,11 @@ class PlanflowSettings(BaseSettings):
         description="How often a component waiting for its pool's slots held by other runs asks again "
         "(a little jitter added); shorter starts it sooner after they are free, at one request per ask.",
     )
+    slot_wake: bool = Field(
+        True,
+        description="Runs on one machine tell each other when they give slots back (a Unix socket each, in a "
+        "folder private to the user), so a waiting component asks at once instead of at its next poll.",
+    )
     server_wait_seconds: float = Field(
         30.0, gt=0, description="How long a run retries the Prefect server when it does not answer for slots."
     )

@@ -33,6 +33,7 @@ from prefect.settings import PREFECT_API_URL
 
 from planflow.prefect.limits import RESOURCES, limit_name, slots
 from planflow.runtime.dispatch import Assignment
+from planflow.runtime.slot_wake import announce
 from planflow.settings import settings
 
 logger = logging.getLogger("planflow.admission")
@@ -44,7 +45,9 @@ class AdmissionError(RuntimeError):
     """A step could not take its pool's slots within the bound; it holds none."""
 
 
-def _release(lease: UUID) -> None:
+def _release(lease: UUID, limit: str | None = None) -> None:
+    """Give back `lease`; once the server took its slots back, tell this machine's runs
+    waiting for `limit` (slot_wake.py)."""
     with get_client(sync_client=True) as client:
         try:
             client.release_concurrency_slots_with_lease(lease)
@@ -53,6 +56,9 @@ def _release(lease: UUID) -> None:
                 raise
         except httpx.TransportError as exc:  # the server is away: the lease runs out by itself
             logger.warning("could not give back lease %s (%s); its slots return when it runs out", lease, exc)
+            return
+    if limit is not None:
+        announce(limit)
 
 
 class SharedSlots:
@@ -108,7 +114,7 @@ class SharedSlots:
                             "Fix: planflow pools sync (or planflow blocks apply)"
                         )
                     lease = UUID(granted["lease_id"])
-                    stack.callback(_release, lease)
+                    stack.callback(_release, lease, name)
                     stack.enter_context(
                         maintain_concurrency_lease(lease, self.lease, raise_on_lease_renewal_failure=False)
                     )

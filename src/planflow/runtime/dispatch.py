@@ -121,6 +121,7 @@ Listener = Callable[[str, StepRecord], None]
 # ends), or None while they are busy. It may raise (e.g. a wait that ran out of time).
 Admit = Callable[[Assignment], AbstractContextManager[Any] | None]
 POLL_SECONDS = 0.5  # how often steps waiting for shared slots try again (unless `admit` has `poll_seconds`)
+_WAKE: tuple[Any, Any, float] = (None, None, 0.0)  # put in the completions' queue by admit's wake-up
 
 
 class AdmitWhen:
@@ -131,6 +132,7 @@ class AdmitWhen:
     def __init__(self, take: Admit, allowed: Callable[[Assignment], bool]) -> None:
         self.take, self.allowed = take, allowed
         self._prepare = getattr(take, "prepare", None)
+        self.wake_with = getattr(take, "wake_with", None)
 
     @property
     def poll_seconds(self) -> float:
@@ -182,7 +184,8 @@ def dispatch(
     this run's own ledger; a step it refuses waits and is tried again every
     `admit.poll_seconds` (PLANFLOW_SLOT_POLL_SECONDS; POLL_SECONDS for an `admit` without
     it); an error it raises fails the step (nothing is held). When `admit` has a
-    `prepare` method (run_slots.py), it hears the steps each round may release first.
+    `prepare` method (run_slots.py), it hears the steps each round may release first;
+    with `wake_with`, it is handed a call that ends the wait for a new round at once.
     """
     ledger = ResourceLedger(capacity) if ledger is None else ledger  # given: the executor may take more
     for a in assignments.values():
@@ -198,6 +201,9 @@ def dispatch(
     held: dict[str, AbstractContextManager[Any]] = {}
     take = admit or (lambda a: nullcontext())
     prepare = getattr(admit, "prepare", None)
+    wake_with = getattr(admit, "wake_with", None)
+    if wake_with is not None:  # slots a refused step waits for came free: a round at once
+        wake_with(lambda: done.put(_WAKE))
     failed = False
     t0 = time.monotonic()
 
@@ -244,6 +250,8 @@ def dispatch(
             wait = poll * random.uniform(0.8, 1.2) if blocked else None  # noqa: S311 (jitter, not secrets)
             step, future, ended = done.get(timeout=wait)
         except queue.Empty:
+            continue
+        if step is None:  # woken by admit: ask again now
             continue
         running.discard(step)
         a, record = assignments[step], records[step]

@@ -38,6 +38,8 @@ from planflow.runtime.dispatch import StepRecord
 from planflow.runtime.events import FINAL_STEP_EVENTS, Reporter, RunInfo, StepEvent
 from planflow.settings import StatePaths, settings
 
+HISTORY_WRITE_SECONDS = 30.0  # the longest a run holds observations back from the history while it runs
+
 
 class ArtifactReporter(Reporter):
     """The run's tables, markdown and Gantt pictures, as Prefect artifacts of the flow run."""
@@ -242,11 +244,19 @@ class HistoryReporter(Reporter):
     history, keyed by its component's code version, with the values of the parameters
     that scale its work. A retry of a flow run (run count > 1) records nothing, nor does
     a step read from the cache: the steps it reads back from stored results did no work;
-    nor a run with PLANFLOW_LEARN_DURATIONS=false."""
+    nor a run with PLANFLOW_LEARN_DURATIONS=false.
 
-    def __init__(self) -> None:
+    Written in batches (one record per component version each): at the run's end, and
+    while it runs once the oldest unwritten observation is `write_seconds` old. A record
+    per bus flush (every second) was the most frequent write a run of short components
+    made on the server, beside its slots' requests and competing with them; the other
+    runs read the history when they plan, so a batch held for 30 s costs them little."""
+
+    def __init__(self, write_seconds: float = HISTORY_WRITE_SECONDS) -> None:
         self.learn = True
+        self.write_seconds = write_seconds
         self.pending: list[history.Observation] = []
+        self._oldest = 0.0  # when the oldest pending observation came (monotonic)
 
     def on_planned(self, run: RunInfo) -> None:
         context = FlowRunContext.get()
@@ -261,6 +271,8 @@ class HistoryReporter(Reporter):
             return
         component = run.pipeline.steps[record.step].component
         peak = getattr(record, "peak_mem_gib", None)  # set by executors that measure it
+        if not self.pending:
+            self._oldest = time.monotonic()
         self.pending.append(
             history.Observation(
                 component=component.name,
@@ -275,6 +287,14 @@ class HistoryReporter(Reporter):
         )
 
     def flush(self) -> None:
-        """Write the batch's observations at once: one record per component version."""
+        """Write the batch once its oldest observation waited `write_seconds`."""
+        if self.pending and time.monotonic() - self._oldest >= self.write_seconds:
+            self._write()
+
+    def on_finished(self, run: RunInfo, records: Mapping[str, StepRecord]) -> None:
+        self._write()
+
+    def _write(self) -> None:
+        """The batch's observations at once: one record per component version."""
         batch, self.pending = self.pending, []
         history.record_many(batch)

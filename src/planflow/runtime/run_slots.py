@@ -43,9 +43,11 @@ from uuid import UUID
 import httpx
 from prefect.client.orchestration import get_client
 
+from planflow.prefect.limits import turn_limit
 from planflow.runtime.admission import LOCKED, AdmissionError, SharedSlots, _release
 from planflow.runtime.dispatch import RESOURCES, Assignment
 from planflow.runtime.slot_claims import CLAIM_POLL_SECONDS, Claims
+from planflow.runtime.slot_wake import SlotWake
 
 logger = logging.getLogger("planflow.admission")
 BATCH_SECONDS = 10.0  # steps planned at most this long share one lease with their batch
@@ -110,7 +112,7 @@ class RunSlots(SharedSlots):
         self.batch_seconds = batch_seconds
         self._leases: list[_Lease] = []
         self._lock = threading.Lock()
-        self._releases: queue.SimpleQueue[UUID | None] = queue.SimpleQueue()
+        self._releases: queue.SimpleQueue[_Lease | None] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._client: Any = None  # the dispatcher thread's client while the run lasts
@@ -128,6 +130,11 @@ class RunSlots(SharedSlots):
         self._closing: threading.Thread | None = None  # gives back the last leases after the run (__exit__)
         self.first_on = first_on
         self.on_refused = on_refused
+        # limit -> pool, for the limits this round's refused steps wait for (their pool's turn
+        # too): slots of one given back on this machine wake the dispatcher (slot_wake.py)
+        self._wanting: dict[str, str] = {}
+        self._wake_dispatcher: Callable[[], None] | None = None
+        self._wake: SlotWake | None = None
 
     @property
     def poll_seconds(self) -> float:
@@ -146,6 +153,7 @@ class RunSlots(SharedSlots):
     # -- a run ----------------------------------------------------------------------------
     def __enter__(self) -> RunSlots:
         self._client = get_client(sync_client=True).__enter__()
+        self._wake = SlotWake(self._freed)
         for target, name in ((self._releaser, "planflow-slot-release"), (self._renewer, "planflow-slot-renew")):
             thread = threading.Thread(target=contextvars.copy_context().run, args=(target,), name=name, daemon=True)
             thread.start()
@@ -162,8 +170,9 @@ class RunSlots(SharedSlots):
         # back takes 0.2-0.3 s, and the run would wait for it before its Completed state.
         # The slots stay held that much longer, never less safe; not a daemon thread, so a
         # process that ends (a worker's flow run) gives them back first.
+        wake, self._wake = self._wake, None
         closing = threading.Thread(
-            target=contextvars.copy_context().run, args=(self._close, leases, client), name="planflow-slot-close"
+            target=contextvars.copy_context().run, args=(self._close, leases, client, wake), name="planflow-slot-close"
         )
         closing.start()
         self._closing = closing
@@ -176,9 +185,14 @@ class RunSlots(SharedSlots):
             closing.join(timeout)
         return closing is None or not closing.is_alive()
 
-    def _close(self, leases: list[_Lease], client: Any) -> None:
+    def _close(self, leases: list[_Lease], client: Any, wake: SlotWake | None) -> None:
+        if wake is not None:
+            wake.close()
         # the last leases side by side (one request each), not one after another on the releaser
-        given = [self._threads_pool.submit(contextvars.copy_context().run, _release, lease.id) for lease in leases]
+        given = [
+            self._threads_pool.submit(contextvars.copy_context().run, _release, lease.id, lease.limit)
+            for lease in leases
+        ]
         for future in given:
             try:
                 future.result(CLOSE_SECONDS)
@@ -198,9 +212,28 @@ class RunSlots(SharedSlots):
 
     def __call__(self, a: Assignment) -> _Held | None:
         held = self.take(a)
-        if held is None and self.on_refused is not None:
-            self.on_refused(a.step)
+        if held is None:
+            for name in (*self.wanted(a), turn_limit(a.pool)):
+                self._wanting[name] = a.pool
+            if self.on_refused is not None:
+                self.on_refused(a.step)
         return held
+
+    def wake_with(self, wake: Callable[[], None]) -> None:
+        """The dispatcher's call to ask again at once (dispatch.py): made when slots a
+        refused step waits for are given back on this machine."""
+        self._wake_dispatcher = wake
+
+    def _freed(self, limit: str) -> None:
+        """Slots of `limit` were given back (slot_wake.py's listener thread)."""
+        pool = self._wanting.get(limit)
+        if pool is None:
+            return
+        if limit == turn_limit(pool):  # the pool's claim ended: look at its turn again at once
+            self._claims.forget_turn(pool)
+        wake = self._wake_dispatcher
+        if wake is not None:
+            wake()
 
     # -- the dispatcher's hooks -------------------------------------------------------------
     def prepare(self, ready: Iterable[Assignment]) -> None:
@@ -208,6 +241,7 @@ class RunSlots(SharedSlots):
         give back the others, and take the short steps' missing slots as one lease per limit."""
         # a new round: what was refused may be free now (SharedSlots._surely_refused, per round)
         previous, self._round_refused = self._round_refused, {}
+        self._wanting = {}
         # a claimed pool's steps take nothing; a claiming step takes its slots as they come free
         ready = [a for a in ready if not (self._claims.holds(a) or self._claims.blocked(a))]
         needed: dict[str, int] = {}
@@ -224,7 +258,7 @@ class RunSlots(SharedSlots):
             for lease in list(self._leases):
                 if lease.users == 0 and free.get(lease.limit, 0) >= needed.get(lease.limit, 0):
                     self._leases.remove(lease)
-                    self._releases.put(lease.id)
+                    self._releases.put(lease)
                 else:
                     free[lease.limit] = free.get(lease.limit, 0) + lease.free
         missing = [(name, n - free.get(name, 0)) for name, n in batched.items() if n > free.get(name, 0)]
@@ -356,16 +390,34 @@ class RunSlots(SharedSlots):
             idle = [lease for lease in self._leases if lease.users == 0 and lease.limit in names]
             for lease in idle:
                 self._leases.remove(lease)
-        for lease in idle:  # on this thread, like _drop: the step waits holding nothing
-            _release(lease.id)
+        self._release_all(idle)  # before it returns, like _drop: the step waits holding nothing
 
     def _drop(self, leases: list[_Lease]) -> None:
-        """Give back `leases` now (on this thread: a refused step holds nothing when it waits)."""
+        """Give back `leases` now (before it returns: a refused step holds nothing when it waits)."""
         with self._lock:
             for lease in leases:
                 self._leases.remove(lease)
-        for lease in leases:
-            _release(lease.id)
+        self._release_all(leases)
+
+    def _drop_later(self, lease: _Lease) -> None:
+        """Give back `lease` on the releaser's thread (nothing waits for it)."""
+        with self._lock:
+            self._leases.remove(lease)
+        self._releases.put(lease)
+
+    def _release_all(self, leases: list[_Lease]) -> None:
+        """Give back `leases` side by side (a request each; one after another, a handover
+        to another run waited for the sum: 20-200 ms each on a busy SQLite server)."""
+        if len(leases) <= 1:
+            for lease in leases:
+                _release(lease.id, lease.limit)
+            return
+        given = [
+            self._threads_pool.submit(contextvars.copy_context().run, _release, lease.id, lease.limit)
+            for lease in leases
+        ]
+        for future in given:
+            future.result()
 
     def _increment(self, name: str, n: int, quiet: bool = False, own_client: bool = False) -> _Lease | None:
         """A new lease of `n` slots of limit `name`; None when the limit does not exist.
@@ -396,7 +448,20 @@ class RunSlots(SharedSlots):
 
     def _releaser(self) -> None:
         while (lease := self._releases.get()) is not None:
-            _release(lease)
+            leases = [lease]  # with what was put meanwhile (a round's idle leases come together)
+            while True:
+                try:
+                    more = self._releases.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    self._releases.put(None)  # the run's end: after these
+                    break
+                leases.append(more)
+            try:
+                self._release_all(leases)
+            except Exception as exc:  # the releaser goes on: a lease not given back runs out by itself
+                logger.warning("a lease was not given back (%s); its slots return when it runs out", exc)
 
     def _renewer(self) -> None:
         with get_client(sync_client=True) as client:

@@ -314,6 +314,7 @@ class _AfterWrite:
     def __init__(self, take: Any, written: Callable[[], None]) -> None:
         self.take, self._written = take, written  # `written` returns at once once the save ended
         self.prepare = getattr(take, "prepare", None)
+        self.wake_with = getattr(take, "wake_with", None)
 
     @property
     def poll_seconds(self) -> float:

@@ -84,6 +84,11 @@ class Claims:
             self._turns[a.pool] = (time.monotonic(), taken)
         return taken
 
+    def forget_turn(self, pool: str) -> None:
+        """The pool's turn was given back: the next look reads it again (called from the
+        wake-up listener's thread; one dict operation)."""
+        self._turns.pop(pool, None)
+
     @property
     def claiming(self) -> bool:
         """A step of this run claims a pool."""
@@ -162,8 +167,8 @@ class Claims:
         if any(claim.has(name) < n for name, n in wanted.items()):
             return None
         del self._by_pool[a.pool]
-        self.owner._drop([claim.turn])
-        self._turns.pop(a.pool, None)  # the last look saw its own turn taken
+        self.owner._drop_later(claim.turn)  # off the step's path: it starts now
+        self._turns[a.pool] = (time.monotonic(), False)  # its own turn, being given back: free for this run
         return [(lease, lease.slots) for lease in claim.leases]
 
     def _free(self, name: str) -> int:

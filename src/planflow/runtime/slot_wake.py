@@ -1,0 +1,167 @@
+"""Runs on one machine tell each other when they give slots back, so a waiting step asks at once.
+
+The Prefect server holds every pool's slots and pushes nothing: a step refused its slots
+asks again every PLANFLOW_SLOT_POLL_SECONDS (0.25 s, 0.15 s while it claims), and between
+runs that wait was a large part of handing a core from one run's component to the next
+(the fleet benchmark's components last 0.2-1.5 s).
+
+So each run (RunSlots) binds a Unix datagram socket in a folder of its user's, one per
+Prefect server (its API URL); whoever gives back slots of a limit sends, once the server
+confirmed it, the limit's name to every socket there (`announce`), and a run with a step
+waiting for that limit wakes its dispatcher, which asks the server at once.
+
+Nothing here grants anything: a datagram only makes a run ask the server sooner. A lost,
+late or forged one costs at most one request, and runs on other machines still poll. The
+folder is private to the user (0700, checked); a socket whose process died is removed by
+the next sender. PLANFLOW_SLOT_WAKE=false turns it off (polling alone).
+
+    wake = SlotWake(on_freed=lambda limit: ...)   # listens on its own thread; .close() at the end
+    announce("planflow-local-cpu-millicores")      # after the server took the slots back
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import logging
+import os
+import secrets
+import socket
+import stat
+import tempfile
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from prefect.settings import PREFECT_API_URL
+
+from planflow.settings import settings
+
+logger = logging.getLogger("planflow.admission")
+MAX_DATAGRAM = 512  # a limit's name; anything longer is not ours and is dropped unread
+SOCKET_SUFFIX = ".wake"
+
+_sender: socket.socket | None = None
+_sender_lock = threading.Lock()
+_folders: dict[str, Path | None] = {}  # API URL -> its folder, as checked once per process
+
+
+def wake_folder() -> Path | None:
+    """The folder of this user's runs on this Prefect server, made private; None when it
+    cannot be (turned off, no Unix sockets, a folder someone else owns or others can read)."""
+    if not hasattr(socket, "AF_UNIX") or not settings().slot_wake:
+        return None
+    url = str(PREFECT_API_URL.value() or "")
+    if url not in _folders:
+        _folders[url] = _private_folder(url)
+    return _folders[url]
+
+
+def _private_folder(url: str) -> Path | None:
+    server = hashlib.sha256(url.encode()).hexdigest()[:12]
+    base = Path(tempfile.gettempdir()) / f"planflow-{os.getuid()}"
+    folder = base / f"wake-{server}"
+    try:
+        for path in (base, folder):
+            with contextlib.suppress(FileExistsError):
+                path.mkdir(mode=0o700)
+            info = path.lstat()
+            if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or stat.S_IMODE(info.st_mode) & 0o077:
+                logger.warning("%s is not a folder private to this user: runs poll for freed slots", path)
+                return None
+    except OSError as exc:
+        logger.warning("no folder for slot wake-ups (%s): runs poll for freed slots", exc)
+        return None
+    return folder
+
+
+def announce(limit: str) -> None:
+    """Tell this machine's runs on the same server that slots of `limit` were given back."""
+    folder = wake_folder()
+    if folder is None:
+        return
+    message = limit.encode()[:MAX_DATAGRAM]
+    global _sender
+    with _sender_lock:
+        if _sender is None:
+            _sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            _sender.setblocking(False)
+        sender = _sender
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return
+    for entry in entries:
+        if not entry.name.endswith(SOCKET_SUFFIX):
+            continue
+        try:
+            sender.sendto(message, entry.path)
+        except OSError as exc:
+            if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):  # its run is gone
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+            # EAGAIN: its queue is full, it wakes anyway; other errors: it polls as before
+
+
+class SlotWake:
+    """One run's listener: `on_freed(limit)` is called on its own thread for each limit
+    whose slots another run (or this one) gave back. Does nothing where there is no folder."""
+
+    def __init__(self, on_freed: Callable[[str], None]) -> None:
+        self.on_freed = on_freed
+        self.path: Path | None = None
+        self._socket: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+        self._closing = False
+        folder = wake_folder()
+        if folder is None:
+            return
+        path = folder / f"{os.getpid()}-{secrets.token_hex(4)}{SOCKET_SUFFIX}"
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            listener.bind(str(path))
+        except OSError as exc:  # e.g. a path longer than a socket's address may be
+            listener.close()
+            logger.warning("cannot listen for freed slots at %s (%s): this run polls", path, exc)
+            return
+        self.path, self._socket = path, listener
+        self._thread = threading.Thread(target=self._listen, name="planflow-slot-wake", daemon=True)
+        self._thread.start()
+
+    def _listen(self) -> None:
+        listener = self._socket
+        while listener is not None:
+            try:
+                data = listener.recv(MAX_DATAGRAM)
+            except OSError:  # closed
+                return
+            if not data:
+                if self._closing:
+                    return  # close() woke it
+                continue
+            try:
+                limit = data.decode()
+            except UnicodeDecodeError:
+                continue
+            try:
+                self.on_freed(limit)
+            except Exception as exc:  # a wake-up is a hint: its failure leaves the poll
+                logger.warning("a slot wake-up failed (%s); the run polls", exc)
+
+    def close(self) -> None:
+        listener = self._socket
+        if listener is None:
+            return
+        self._closing = True
+        path = self.path
+        with contextlib.suppress(OSError):
+            # an empty datagram to itself ends recv() (closing a socket another thread reads does not)
+            listener.sendto(b"", str(path))
+        if self._thread is not None:
+            self._thread.join(2.0)
+        self._socket = None
+        listener.close()
+        if path is not None:
+            with contextlib.suppress(OSError):
+                path.unlink()
