@@ -72,6 +72,7 @@ from bench.fleet_cgroup import confined
 from bench.fleet_measure import (
     MAKESPAN_LINE,
     Interval,
+    empty_pool,
     eta_from_plan,
     eta_ratio,
     held_idle,
@@ -241,20 +242,25 @@ class LedgerSampler(threading.Thread):
         self.samples = self.over = 0
         self.limits: set[str] = set()
         self.cpu_held: list[tuple[float, float]] = []  # (unix time, cores the pool's cpu limit held)
+        self.turn_held: list[tuple[float, float]] = []  # (unix time, 1 while a step claims the pool's turn)
 
     def run(self) -> None:
         from prefect.client.orchestration import get_client
 
-        cpu_limit = f"planflow-{POOL}-cpu-millicores"
+        cpu_limit, turn = f"planflow-{POOL}-cpu-millicores", f"planflow-{POOL}-turn"
         with get_client(sync_client=True) as client:
             while not self.stop_event.wait(self.every):
                 limits = client.read_global_concurrency_limits(limit=200)
                 self.samples += 1
                 self.limits |= {lim.name for lim in limits}
                 self.over += any(lim.active_slots > lim.limit for lim in limits)
+                now = time.time()
                 held = [lim.active_slots / 1000 for lim in limits if lim.name == cpu_limit]
                 if held:
-                    self.cpu_held.append((time.time(), held[0]))
+                    self.cpu_held.append((now, held[0]))
+                claimed = [min(1, lim.active_slots) for lim in limits if lim.name == turn]
+                if claimed:
+                    self.turn_held.append((now, float(claimed[0])))
 
 
 def demands() -> dict[str, dict[str, dict[str, float]]]:
@@ -315,12 +321,18 @@ def behind_plan(artifacts: list, eta: float, figures: str, found: list, context:
 
 
 def burst_figures(
-    runs: list, submitted: float, declared: dict, context: dict | None = None, cpu_held: list | None = None
+    runs: list,
+    submitted: float,
+    declared: dict,
+    context: dict | None = None,
+    cpu_held: list | None = None,
+    turn_held: list | None = None,
 ) -> dict:
     """Violations, makespan and ETA ratios of one burst, from the runs' records; with
     `context` (upstream steps per pipeline, `solo` durations from the warm-up) also the
     lower bounds of the makespan and where the time between components went; with
-    `cpu_held` (the ledger's samples) the cores it held beyond the running components."""
+    `cpu_held` and `turn_held` (the ledger's samples) the cores it held beyond the running
+    components, and what it held while the pool stood empty (fleet_measure.empty_pool)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
         ArtifactFilter,
@@ -384,6 +396,7 @@ def burst_figures(
             **trace(intervals, submitted, list(starts.values()), CAPACITY["cpu"]),
             **bounds,
             **held_idle(cpu_held or [], intervals),
+            **empty_pool(intervals, cpu_held or [], turn_held or []),
         },
         "intervals": [
             [pipeline_of[i.run], i.run[:8], i.component, round(i.start - submitted, 2), round(i.end - submitted, 2)]
@@ -420,7 +433,7 @@ def run_burst(
     finally:
         sampler.stop_event.set()
         sampler.join(10)
-    figures = burst_figures(runs, submitted, declared, context, sampler.cpu_held)
+    figures = burst_figures(runs, submitted, declared, context, sampler.cpu_held, sampler.turn_held)
     figures.update(
         policy=policy_name,
         create_s=[round(s, 3) for _, s, _ in created],

@@ -149,6 +149,41 @@ def held_idle(samples: Sequence[tuple[float, float]], intervals: Iterable[Interv
     }
 
 
+def empty_pool(
+    intervals: Iterable[Interval],
+    cpu_held: Sequence[tuple[float, float]],
+    turn_held: Sequence[tuple[float, float]],
+    min_seconds: float = 1.0,
+) -> dict[str, float]:
+    """The stretches of at least `min_seconds`, between the first component's start and the
+    last end, with no component running (`empty_stalls`, `empty_stall_s`), and what the
+    shared ledger held meanwhile (its samples, each standing until the next): the cores
+    (`empty_cpu_held_mean`: slots held while nothing ran) and the share of that time the
+    pool's turn was held (`empty_turn_held_share`: a claim stopping the other runs)."""
+    items = sorted(intervals, key=lambda i: i.start)
+    if not items:
+        return {}
+    stalls, reach = [], items[0].end
+    for i in items[1:]:
+        if i.start - reach >= min_seconds:
+            stalls.append((reach, i.start))
+        reach = max(reach, i.end)
+
+    def held_during(samples: Sequence[tuple[float, float]]) -> float:
+        total = 0.0
+        for (t, held), (t_next, _) in zip(samples, samples[1:], strict=False):
+            total += held * sum(max(0.0, min(t_next, b) - max(t, a)) for a, b in stalls)
+        return total
+
+    seconds = sum(b - a for a, b in stalls)
+    return {
+        "empty_stalls": len(stalls),
+        "empty_stall_s": round(seconds, 2),
+        "empty_cpu_held_mean": round(held_during(cpu_held) / seconds, 3) if seconds else 0.0,
+        "empty_turn_held_share": round(held_during(turn_held) / seconds, 3) if seconds else 0.0,
+    }
+
+
 def plan_rows_planned(rows: Iterable[Mapping], planned_at: float) -> dict[str, tuple[float, float]]:
     """A run's plan table (the `-plan` artifact's rows, seconds from the plan) as each
     component's planned start and finish (Unix time)."""

@@ -9,6 +9,7 @@ import pytest
 
 from bench.fleet_measure import (
     Interval,
+    empty_pool,
     eta_from_plan,
     eta_ratio,
     held_idle,
@@ -68,6 +69,26 @@ def test_cores_the_ledger_held_beyond_the_running_components_are_summed_between_
     assert figures["held_idle_cpu_s"] == pytest.approx(2.0 + 1.0)  # 1 core idle 0-2 s, 1 core 4-5 s
     assert figures["cpu_held_mean"] == pytest.approx(9.0 / 5.0)
     assert held_idle([(0.0, 1.0)], intervals) == {"held_idle_cpu_s": 0.0, "cpu_held_mean": 0.0}
+
+
+def test_the_pool_standing_empty_is_found_with_what_the_ledger_held_meanwhile():
+    intervals = [
+        Interval("a", "load", 0.0, 2.0, {"cpu": 1.0}),
+        Interval("b", "train", 4.0, 6.0, {"cpu": 2.0}),  # nothing ran 2-4 s: a stall of 2 s
+        Interval("a", "score", 6.5, 7.0, {"cpu": 1.0}),  # 0.5 s: shorter than a stall
+    ]
+    # the ledger held one core 2-3 s (nothing running) and the turn from 2 s to 4 s
+    cpu = [(0.0, 1.0), (1.0, 1.0), (2.0, 1.0), (3.0, 0.0), (4.0, 2.0), (6.0, 0.0), (7.0, 0.0)]
+    turn = [(0.0, 0.0), (2.0, 1.0), (4.0, 0.0), (7.0, 0.0)]
+    figures = empty_pool(intervals, cpu, turn)
+    assert figures == {
+        "empty_stalls": 1,
+        "empty_stall_s": 2.0,
+        "empty_cpu_held_mean": pytest.approx(0.5),  # one core for half of it
+        "empty_turn_held_share": pytest.approx(1.0),
+    }
+    assert empty_pool(intervals[:1], cpu, turn)["empty_stalls"] == 0
+    assert empty_pool([], cpu, turn) == {}
 
 
 def test_a_run_behind_its_plan_tells_estimates_that_ran_short_from_waits_for_the_pool():

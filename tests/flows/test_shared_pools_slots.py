@@ -13,12 +13,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from concurrent.futures import Future
 
 import pytest
 
 from planflow.prefect.limits import PLANNING_LIMIT, active_slots, limit_name
 from planflow.runtime.calendar import CalendarError, planning_lock
-from planflow.runtime.dispatch import Assignment
+from planflow.runtime.dispatch import Assignment, dispatch
 from planflow.runtime.run_slots import RunSlots
 
 from tests.flows.own_pool import own_pool
@@ -212,3 +213,47 @@ def test_a_claim_gives_the_turn_back_when_a_component_before_it_comes_to_wait(po
         f"step 'wide' waits for its slots on pool '{POOL}': it claims them as they come free "
         "(after a long wait, though another run's component before it waits)",
     ]
+
+
+def _dispatch_one_waiting(b: RunSlots, step: Assignment, started: threading.Event) -> threading.Thread:
+    """Run b's dispatcher over one step, in a thread: `started` is set when it starts."""
+
+    def start(name: str, outputs: dict) -> Future:
+        started.set()
+        future: Future = Future()
+        future.set_result(None)
+        return future
+
+    capacity = {POOL: CAPACITY}
+    thread = threading.Thread(target=dispatch, args=({step.step: ()}, {step.step: step}, capacity, start, None, b))
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("wake", [True, False], ids=["wake-up", "poll-only"])
+def test_a_waiting_run_asks_again_as_soon_as_a_run_on_this_machine_gives_its_slots_back(pool, monkeypatch, wake):
+    """Slots given back wake the dispatcher of a run on the same machine waiting for them
+    (slot_wake.py): it asks again then, not at its next poll. Here the poll is 30 s, so a
+    start within a few seconds of the give-back is the wake-up's; with PLANFLOW_SLOT_WAKE
+    =false the run still waits for its poll."""
+    monkeypatch.setenv("PLANFLOW_SLOT_WAKE", "true" if wake else "false")
+    whole = Assignment("whole", POOL, {"cpu": 2}, 0)
+    started = threading.Event()
+    with RunSlots() as a, RunSlots() as b:
+        b.poll_seconds = 30.0  # without a wake-up, b asks again 24-36 s after its refusal
+        held = a.take(whole)
+        assert held is not None
+        waiter = _dispatch_one_waiting(b, Assignment("next", POOL, {"cpu": 2}, 0), started)
+        assert _settled(lambda: bool(b._wanting), True), "run b's step was never refused"
+        held.close()  # a's step ended: its lease is idle in run a
+        a.prepare([])  # a's next round needs nothing: the release thread gives the lease back
+        if wake:
+            assert started.wait(10.0), "run b did not ask again when run a gave the pool back"
+        else:
+            assert _settled(lambda: active_slots([CPU]), {CPU: 0})
+            assert not started.wait(3.0), "run b started before its poll without a wake-up"
+            b.poll_seconds = 0.25  # let it finish: its next round picks up the new pace
+            assert started.wait(40.0)
+        waiter.join(10.0)
+    assert a.wait_closed() and b.wait_closed()
+    assert active_slots([CPU]) == {CPU: 0}

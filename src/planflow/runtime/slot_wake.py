@@ -40,7 +40,7 @@ from planflow.settings import settings
 
 logger = logging.getLogger("planflow.admission")
 MAX_DATAGRAM = 512  # a limit's name; anything longer is not ours and is dropped unread
-SOCKET_SUFFIX = ".wake"
+SOCKET_SUFFIX = ".s"  # names kept short: a socket's path holds at most 107 bytes
 
 _sender: socket.socket | None = None
 _sender_lock = threading.Lock()
@@ -59,9 +59,9 @@ def wake_folder() -> Path | None:
 
 
 def _private_folder(url: str) -> Path | None:
-    server = hashlib.sha256(url.encode()).hexdigest()[:12]
+    server = hashlib.sha256(url.encode()).hexdigest()[:10]
     base = Path(tempfile.gettempdir()) / f"planflow-{os.getuid()}"
-    folder = base / f"wake-{server}"
+    folder = base / f"w{server}"
     try:
         for path in (base, folder):
             with contextlib.suppress(FileExistsError):
@@ -117,7 +117,7 @@ class SlotWake:
         folder = wake_folder()
         if folder is None:
             return
-        path = folder / f"{os.getpid()}-{secrets.token_hex(4)}{SOCKET_SUFFIX}"
+        path = folder / f"{os.getpid()}-{secrets.token_hex(3)}{SOCKET_SUFFIX}"
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
             listener.bind(str(path))

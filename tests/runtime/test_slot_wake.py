@@ -1,0 +1,106 @@
+"""Runs on one machine wake each other when they give slots back (runtime/slot_wake.py).
+
+Real Unix sockets in a temporary folder; no Prefect server is needed (the folder is keyed
+by the API URL, set here for each test)."""
+
+from __future__ import annotations
+
+import os
+import queue
+import shutil
+import socket
+import stat
+import tempfile
+import uuid
+from pathlib import Path
+
+import pytest
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
+from planflow.runtime import slot_wake
+from planflow.runtime.slot_wake import SlotWake, announce, wake_folder
+
+HEARD_SECONDS = 5.0  # the bound on hearing a datagram sent on this machine
+
+
+@pytest.fixture
+def server(monkeypatch):
+    """A Prefect API URL of its own, and a temporary folder of its own (short: a socket's
+    path holds at most 107 bytes, and pytest's tmp_path is long)."""
+    short = Path(tempfile.mkdtemp(prefix="pw"))
+    monkeypatch.setattr(tempfile, "tempdir", str(short))
+    monkeypatch.setattr(slot_wake, "_folders", {})
+    monkeypatch.delenv("PLANFLOW_SLOT_WAKE", raising=False)
+    with temporary_settings({PREFECT_API_URL: f"http://wake-{uuid.uuid4().hex[:8]}.test/api"}):
+        yield short
+    shutil.rmtree(short, ignore_errors=True)
+
+
+def _listener() -> tuple[SlotWake, queue.Queue[str]]:
+    heard: queue.Queue[str] = queue.Queue()
+    return SlotWake(heard.put), heard
+
+
+def test_a_run_hears_the_limits_another_gives_back_and_the_folder_is_private(server):
+    first, heard_first = _listener()
+    second, heard_second = _listener()
+    try:
+        announce("planflow-gpu-box-cpu-millicores")
+        assert heard_first.get(timeout=HEARD_SECONDS) == "planflow-gpu-box-cpu-millicores"
+        assert heard_second.get(timeout=HEARD_SECONDS) == "planflow-gpu-box-cpu-millicores"
+        folder = wake_folder()
+        assert folder is not None and folder.parent.parent == server
+        for path in (folder, folder.parent):
+            assert stat.S_IMODE(path.stat().st_mode) == 0o700, path
+    finally:
+        first.close()
+        second.close()
+    assert not list(folder.iterdir()), "each run removes its socket when it closes"
+
+
+def test_runs_of_another_server_do_not_hear_it(server):
+    here, heard = _listener()
+    try:
+        with temporary_settings({PREFECT_API_URL: "http://another-server.test/api"}):
+            announce("planflow-local-cpu-millicores")
+        with pytest.raises(queue.Empty):
+            heard.get(timeout=0.5)
+    finally:
+        here.close()
+
+
+def test_a_gone_run_s_socket_is_removed_and_a_foreign_datagram_is_dropped(server):
+    here, heard = _listener()
+    try:
+        folder = wake_folder()
+        gone = folder / f"999999-dead{slot_wake.SOCKET_SUFFIX}"
+        dead = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        dead.bind(str(gone))
+        dead.close()  # its process died without removing it
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as other:
+            other.sendto(b"\xff\xfe not a name", str(here.path))  # not UTF-8: dropped
+            other.sendto(b"", str(here.path))  # empty: does not stop the listener
+        announce("planflow-local-mem-mib")
+        assert heard.get(timeout=HEARD_SECONDS) == "planflow-local-mem-mib"
+        assert not gone.exists()
+    finally:
+        here.close()
+
+
+def test_a_folder_others_can_read_is_not_used_and_runs_poll(server, caplog):
+    base = server / f"planflow-{os.getuid()}"
+    base.mkdir(mode=0o755)
+    base.chmod(0o755)
+    here, heard = _listener()
+    assert here.path is None  # nothing bound: the run polls
+    announce("planflow-local-cpu-millicores")  # sends nothing, raises nothing
+    here.close()
+    assert "not a folder private to this user" in caplog.text
+
+
+def test_it_is_off_with_planflow_slot_wake_false(server, monkeypatch):
+    monkeypatch.setenv("PLANFLOW_SLOT_WAKE", "false")
+    assert wake_folder() is None
+    here, _ = _listener()
+    assert here.path is None
+    here.close()
