@@ -25,6 +25,18 @@ _FIELDS = {"name", "block_schema_id", "block_type_id", "data", "is_anonymous"}
 _registered: set[tuple[type, str]] = set()
 
 
+def register_once(cls: type[Block]) -> None:
+    """Register `cls`'s type and schema with this server, once per process: a run does it
+    beside its other reads (run_reads.py), so that its calendar entry's first save, under
+    the planning slot every other run waits for, is one request, not four (each process
+    of a work pool's flow run is new: the fleet benchmark's runs all paid it there)."""
+    key = (cls, str(PREFECT_API_URL.value() or ""))
+    if key in _registered and cls._block_type_id is not None and cls._block_schema_id is not None:
+        return
+    cls.register_type_and_schema()
+    _registered.add(key)
+
+
 def save_once_registered(block: Block, name: str, data: dict[str, Any] | None = None) -> UUID:
     """Save `block` as document `name` (overwriting one of that name); its type and schema
     are registered only at the first save of its class to this server in this process.
