@@ -233,14 +233,14 @@ def _dispatch_one_waiting(b: RunSlots, step: Assignment, started: threading.Even
 @pytest.mark.parametrize("wake", [True, False], ids=["wake-up", "poll-only"])
 def test_a_waiting_run_asks_again_as_soon_as_a_run_on_this_machine_gives_its_slots_back(pool, monkeypatch, wake):
     """Slots given back wake the dispatcher of a run on the same machine waiting for them
-    (slot_wake.py): it asks again then, not at its next poll. Here the poll is 30 s, so a
-    start within a few seconds of the give-back is the wake-up's; with PLANFLOW_SLOT_WAKE
-    =false the run still waits for its poll."""
+    (slot_wake.py): it asks again then, not at its next poll. Here the poll is 8 s (at
+    least 6.4 s with its jitter), so a start within 5 s of the give-back is the wake-up's;
+    with PLANFLOW_SLOT_WAKE=false the run still waits for its poll."""
     monkeypatch.setenv("PLANFLOW_SLOT_WAKE", "true" if wake else "false")
     whole = Assignment("whole", POOL, {"cpu": 2}, 0)
     started = threading.Event()
     with RunSlots() as a, RunSlots() as b:
-        b.poll_seconds = 30.0  # without a wake-up, b asks again 24-36 s after its refusal
+        b.poll_seconds = 8.0  # without a wake-up, b asks again 6.4-9.6 s after its refusal
         held = a.take(whole)
         assert held is not None
         waiter = _dispatch_one_waiting(b, Assignment("next", POOL, {"cpu": 2}, 0), started)
@@ -248,12 +248,11 @@ def test_a_waiting_run_asks_again_as_soon_as_a_run_on_this_machine_gives_its_slo
         held.close()  # a's step ended: its lease is idle in run a
         a.prepare([])  # a's next round needs nothing: the release thread gives the lease back
         if wake:
-            assert started.wait(10.0), "run b did not ask again when run a gave the pool back"
+            assert started.wait(5.0), "run b did not ask again when run a gave the pool back"
         else:
             assert _settled(lambda: active_slots([CPU]), {CPU: 0})
             assert not started.wait(3.0), "run b started before its poll without a wake-up"
-            b.poll_seconds = 0.25  # let it finish: its next round picks up the new pace
-            assert started.wait(40.0)
+            assert started.wait(20.0)  # at its poll
         waiter.join(10.0)
     assert a.wait_closed() and b.wait_closed()
     assert active_slots([CPU]) == {CPU: 0}
