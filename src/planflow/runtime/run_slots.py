@@ -416,8 +416,8 @@ class RunSlots(SharedSlots):
             self._threads_pool.submit(contextvars.copy_context().run, _release, lease.id, lease.limit)
             for lease in leases
         ]
-        for future in given:
-            future.result()
+        for future in given:  # each request is bounded by the client's timeout; this wait too
+            future.result(CLOSE_SECONDS)
 
     def _increment(self, name: str, n: int, quiet: bool = False, own_client: bool = False) -> _Lease | None:
         """A new lease of `n` slots of limit `name`; None when the limit does not exist.
