@@ -85,7 +85,8 @@ def need_haproxy() -> None:
 
 @pytest.fixture(scope="module")
 def service(fraud_run, tmp_path_factory):
-    """`planflow serve fraud-risk --replicas 2`, ready (a model loaded) behind HAProxy."""
+    """`planflow serve fraud-risk --replicas 2`, ready (a model loaded) behind HAProxy:
+    its URL, its first port, and its log."""
     need_haproxy()
     port = free_block(3)
     log = tmp_path_factory.mktemp("serve") / "serve.log"
@@ -97,7 +98,7 @@ def service(fraud_run, tmp_path_factory):
         came_up = wait_until(lambda: ready(url) or process.poll() is not None, 90)
         if not came_up or process.poll() is not None:
             pytest.fail(f"planflow serve did not become ready within 90 s:\n{log_tail(log, 40)}")
-        yield url, port, process
+        yield url, port, log
     finally:
         stop_process(process, timeout=20)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, TaskRunFilter, TaskRunFilterName
 
@@ -79,6 +80,30 @@ def test_a_run_whose_outputs_cannot_be_read_leaves_the_previous_model_and_alerts
         "planflow_serving_model_load_failures_total", {"pipeline": path.pipeline.name}
     )
     assert failures == 1
+
+
+def test_a_run_whose_task_runs_are_not_recorded_yet_is_asked_again_until_the_grace_ends():
+    """Prefect 3 records task runs from events, after the flow run's Completed state: a
+    run read at that moment lacks them. It is read again at the next poll, and counts as
+    broken only once its end is older than the grace (CI once lost a swap so)."""
+    path = make("serving-toy-unrecorded")
+
+    @flow(name=path.pipeline.name)
+    def no_task_runs() -> None:  # a Completed run of the pipeline's flow, without task runs
+        return None
+
+    run_id = str(no_task_runs(return_state=True).state_details.flow_run_id)
+    metrics = ServingMetrics(pipeline=path.pipeline.name)
+    swapper = ModelSwapper(path, metrics)
+    failing = {"pipeline": path.pipeline.name}
+    assert asyncio.run(swapper.check()) is False
+    assert "has no Completed task run for scale" in swapper.problem
+    assert "waiting for the server to record them" in swapper.problem
+    assert not metrics.registry.get_sample_value("planflow_serving_model_load_failing", failing)
+    swapper.record_grace_seconds = 0.0  # its end is now older than the grace: broken
+    assert asyncio.run(swapper.check()) is False
+    assert run_id in swapper.problem and "waiting" not in swapper.problem
+    assert metrics.registry.get_sample_value("planflow_serving_model_load_failing", failing) == 1
 
 
 def test_the_toy_is_served_from_its_run():

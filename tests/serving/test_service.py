@@ -11,7 +11,7 @@ import numpy as np
 import psutil
 import pytest
 
-from planflow.ops.processes import wait_until
+from planflow.ops.processes import log_tail, wait_until
 from planflow.serving.loadgen import BackgroundLoad
 from planflow.serving.probes import ready, served_run
 
@@ -71,7 +71,7 @@ def _replica(port: int) -> str:
 
 
 def test_a_newer_run_is_swapped_in_under_load_without_a_failed_request(service, fraud_run):
-    url, port, _ = service
+    url, port, log = service
     body = records(fraud_run.outputs["features"], fraud_run.outputs["scores"].holdout["txn_id"].head(8).to_list())
     assert wait_until(lambda: ready(_replica(port + 1)) and ready(_replica(port + 2)), 60)
     load = BackgroundLoad(f"{url}/predict", body, total=5000, concurrency=4).start()
@@ -79,7 +79,7 @@ def test_a_newer_run_is_swapped_in_under_load_without_a_failed_request(service, 
         assert wait_until(lambda: load.result.ok >= 50, 30), load.result
         newer = train(seed=11)  # another model, a newer Completed run
         assert wait_until(lambda: served_run(_replica(port + 1)) == newer == served_run(_replica(port + 2)), 60), (
-            "no swap"
+            f"no swap to run {newer}; the service's log:\n{log_tail(log, 40)}"
         )
         swapped_at = load.result.ok
         assert wait_until(lambda: load.result.ok >= swapped_at + 100 or load.result.failed > 0, 30)

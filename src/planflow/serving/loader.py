@@ -44,6 +44,12 @@ class RunOutputsError(RuntimeError):
     """A Completed run's outputs cannot be read (missing, or unreadable in storage)."""
 
 
+class TaskRunsNotRecordedError(RunOutputsError):
+    """The run has no Completed task run for some steps. Right after the run ends this
+    is usually the server still recording them: Prefect 3 sends a task run's states as
+    events, which the server writes to its database after the flow run's own state."""
+
+
 @dataclass(frozen=True)
 class LoadedRun:
     """The outputs of one Completed run, and which run it is."""
@@ -97,7 +103,7 @@ async def load_run(client: PrefectClient, flow_run: FlowRun, steps: Iterable[str
     where = f"run '{flow_run.name}' ({flow_run.id})"
     missing = [s for s in steps if s not in newest]
     if missing:
-        raise RunOutputsError(
+        raise TaskRunsNotRecordedError(
             f"{where} has no Completed task run for {', '.join(missing)} (was it run in distributed mode, "
             "or with persist_result off?). Fix: run the pipeline in process: planflow run <pipeline>"
         )

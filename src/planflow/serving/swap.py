@@ -6,19 +6,26 @@ assignment: a request takes the model once when it starts, so a request in fligh
 on the model it began with and none is dropped. A run whose outputs cannot be read
 leaves the previous model in place and raises `planflow_serving_model_load_failing`
 (alert ServingModelLoadFailing) until a readable run completes.
+
+A run that has just ended may not have its task runs recorded yet (Prefect 3 records
+them from events, after the flow run's state): such a run is asked again at the next
+poll, for up to `RECORD_GRACE_SECONDS` after its end, before it counts as broken.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import UTC, datetime
 
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import FlowRun
 
 from planflow.monitoring.serving_metrics import ServingMetrics
 from planflow.serving.loader import (
     LoadedRun,
     RunOutputsError,
+    TaskRunsNotRecordedError,
     latest_completed_run,
     load_run,
     no_run_message,
@@ -28,6 +35,7 @@ from planflow.serving.path import OnlinePath
 log = logging.getLogger("planflow.serving")
 MIN_POLL_SECONDS = 0.2
 MAX_POLL_SECONDS = 300.0
+RECORD_GRACE_SECONDS = 120.0
 
 
 def check_poll_seconds(value: float) -> float:
@@ -46,6 +54,8 @@ class ModelSwapper:
         self.current: LoadedRun | None = None
         self.problem: str | None = no_run_message(path.pipeline.name)
         self._broken: set[str] = set()  # runs whose outputs failed to load: not retried each poll
+        self.record_grace_seconds = RECORD_GRACE_SECONDS
+        self._pending: set[str] = set()  # runs whose task runs the server has not recorded yet
 
     async def check(self) -> bool:
         """Load the newest Completed run if it is not the one served; True on a swap."""
@@ -62,12 +72,10 @@ class ModelSwapper:
             try:
                 loaded = await load_run(client, run, self.path.loaded_steps)
             except RunOutputsError as exc:
-                self._broken.add(run_id)
-                self.metrics.load_failures.inc()
-                self.metrics.load_failing.set(1)
-                kept = f"; still serving run '{self.current.flow_run_name}'" if self.current else ""
-                self.problem = f"{exc}{kept}"
-                log.error("%s", self.problem)
+                if isinstance(exc, TaskRunsNotRecordedError) and self._recent(run):
+                    self._not_recorded_yet(run_id, exc)
+                else:
+                    self._failed(run_id, exc)
                 return False
         self.current = loaded  # the swap: one reference assignment
         self.problem = None
@@ -78,6 +86,27 @@ class ModelSwapper:
             self.metrics.model_version.set(loaded.end_time.timestamp())
         log.info("serving %s: run '%s' (%s)", name, loaded.flow_run_name, loaded.flow_run_id)
         return True
+
+    def _recent(self, run: FlowRun) -> bool:
+        ended = run.end_time
+        if ended is None:
+            return True
+        return (datetime.now(UTC) - ended).total_seconds() < self.record_grace_seconds
+
+    def _not_recorded_yet(self, run_id: str, exc: RunOutputsError) -> None:
+        if run_id not in self._pending:
+            self._pending.add(run_id)
+            log.info("%s; asking again at each poll for up to %.0f s after its end", exc, self.record_grace_seconds)
+        if self.current is None:
+            self.problem = f"{exc}; waiting for the server to record them"
+
+    def _failed(self, run_id: str, exc: RunOutputsError) -> None:
+        self._broken.add(run_id)
+        self.metrics.load_failures.inc()
+        self.metrics.load_failing.set(1)
+        kept = f"; still serving run '{self.current.flow_run_name}'" if self.current else ""
+        self.problem = f"{exc}{kept}"
+        log.error("%s", self.problem)
 
     async def poll(self, interval: float) -> None:
         """`check` every `interval` seconds until cancelled; an API error is logged and
