@@ -12,13 +12,12 @@ from fastapi import FastAPI
 from prefect.client.orchestration import get_client
 
 from planflow.core import discovery
-from planflow.serving.loader import latest_completed_run, load_run
+from planflow.serving.loader import read_latest_run
 
 
 async def _outputs() -> dict:
     async with get_client() as client:
-        run = await latest_completed_run(client, "fraud-risk")
-        return (await load_run(client, run, ["risk_model", "decisions"])).outputs
+        return (await read_latest_run(client, "fraud-risk", ["risk_model", "decisions"])).outputs
 
 
 def build() -> FastAPI:

@@ -16,7 +16,7 @@ from prefect.client.orchestration import get_client
 
 from planflow.core import discovery
 from planflow.ops.processes import log_tail, spawn, stop_process, wait_until
-from planflow.serving.loader import LoadedRun, latest_completed_run, load_run
+from planflow.serving.loader import LoadedRun, read_latest_run
 from planflow.serving.probes import ready
 
 from tests.conftest import IN_CI
@@ -42,8 +42,7 @@ def train(**overrides) -> str:
 def read_run(steps: list[str]) -> LoadedRun:
     async def read() -> LoadedRun:
         async with get_client() as client:
-            run = await latest_completed_run(client, "fraud-risk")
-            return await load_run(client, run, steps)
+            return await read_latest_run(client, "fraud-risk", steps)
 
     return asyncio.run(read())
 

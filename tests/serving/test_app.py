@@ -16,7 +16,7 @@ from planflow import to_flow
 from planflow.monitoring.serving_metrics import ServingMetrics
 from planflow.ops.processes import wait_until
 from planflow.serving.app import create_app
-from planflow.serving.loader import LoadedRun
+from planflow.serving.loader import LoadedRun, NoCompletedRunError, TaskRunsNotRecordedError, read_latest_run
 from planflow.serving.swap import ModelSwapper
 
 from tests.serving.toy import make
@@ -56,10 +56,11 @@ def _storage_file(flow_run_id: str, step: str) -> Path:
                 flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
                 task_run_filter=TaskRunFilter(name=TaskRunFilterName(any_=[step])),
             )
-            return runs[0]
+            return runs[0] if runs else None
 
-    task_run = asyncio.run(read())
-    return Path(task_run.state.data.storage_key)
+    # the server records task runs from events, after the flow run's state: wait for it
+    assert wait_until(lambda: asyncio.run(read()) is not None, 60), f"no task run {step} of {flow_run_id} recorded"
+    return Path(asyncio.run(read()).state.data.storage_key)
 
 
 def test_a_run_whose_outputs_cannot_be_read_leaves_the_previous_model_and_alerts():
@@ -104,6 +105,15 @@ def test_a_run_whose_task_runs_are_not_recorded_yet_is_asked_again_until_the_gra
     assert asyncio.run(swapper.check()) is False
     assert run_id in swapper.problem and "waiting" not in swapper.problem
     assert metrics.registry.get_sample_value("planflow_serving_model_load_failing", failing) == 1
+
+    async def read(pipeline: str):
+        async with get_client() as client:
+            return await read_latest_run(client, pipeline, ["scale"], wait_seconds=0.5)
+
+    with pytest.raises(TaskRunsNotRecordedError, match="waited 0.5 s for the server to record them"):
+        asyncio.run(read(path.pipeline.name))
+    with pytest.raises(NoCompletedRunError, match="Fix: planflow run serving-toy-never-run-either"):
+        asyncio.run(read("serving-toy-never-run-either"))
 
 
 def test_the_toy_is_served_from_its_run():

@@ -8,6 +8,8 @@ result API (`get_state_result`), so whichever serializer and storage the run use
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -114,3 +116,24 @@ async def load_run(client: PrefectClient, flow_run: FlowRun, steps: Iterable[str
         except Exception as exc:  # missing file, a storage error, an unpicklable value...
             raise RunOutputsError(f"{where}: the output of step '{step}' cannot be read: {exc!r}") from exc
     return LoadedRun(str(flow_run.id), flow_run.name, flow_run.end_time, outputs)
+
+
+async def read_latest_run(
+    client: PrefectClient, pipeline: str, steps: Iterable[str], wait_seconds: float = 60.0
+) -> LoadedRun:
+    """The outputs of `steps` from the newest Completed run of `pipeline`, waiting up to
+    `wait_seconds` for the server to record its task runs (a run read right after it ended);
+    NoCompletedRunError without a run, RunOutputsError when they cannot be read."""
+    steps = list(steps)
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        run = await latest_completed_run(client, pipeline)
+        if run is None:
+            raise NoCompletedRunError(no_run_message(pipeline))
+        try:
+            return await load_run(client, run, steps)
+        except TaskRunsNotRecordedError as exc:
+            if time.monotonic() >= deadline:
+                waited = f"waited {wait_seconds:g} s for the server to record them"
+                raise TaskRunsNotRecordedError(f"{exc} ({waited})") from None
+        await asyncio.sleep(0.25)
