@@ -284,11 +284,25 @@ def upstreams() -> dict[str, dict[str, tuple[str, ...]]]:
     return {name: {step: p.upstream(step) for step in p.steps} for name, p in pipelines().items()}
 
 
-def read_intervals(client, run, declared: dict) -> tuple[str, list[Interval]]:
-    """The run's pipeline and each of its components' Running interval (from its task runs)."""
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+def read_intervals(client, run, declared: dict, wait_s: float = 10.0) -> tuple[str, list[Interval]]:
+    """The run's pipeline and each of its components' Running interval (from its task runs).
+    A Completed run's task runs reach the server as events, recorded a moment after the
+    run's own state: they are read again (up to `wait_s`) until every component has one."""
+    from prefect.client.schemas.objects import StateType
 
     pipeline = client.read_flow(run.flow_id).name
+    deadline = time.monotonic() + wait_s
+    while True:
+        found = _intervals(client, run, declared, pipeline)
+        every = {i.component for i in found} >= set(declared[pipeline])
+        if every or run.state_type != StateType.COMPLETED or time.monotonic() >= deadline:
+            return pipeline, found
+        time.sleep(0.5)
+
+
+def _intervals(client, run, declared: dict, pipeline: str) -> list[Interval]:
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
     found = []
     task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])), limit=200)
     for task_run in task_runs:
@@ -304,7 +318,7 @@ def read_intervals(client, run, declared: dict) -> tuple[str, list[Interval]]:
                     declared[pipeline][component],
                 )
             )
-    return pipeline, found
+    return found
 
 
 def behind_plan(artifacts: list, eta: float, figures: str, found: list, context: dict | None, pipeline: str) -> dict:

@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry
 from planflow import to_flow
 from planflow.core.component import component
 from planflow.monitoring.metrics import RunRecorder
+from planflow.ops.processes import wait_until
 from planflow.planner import PlannerOptions
 from planflow.prefect.limits import active_slots, limit_name
 from planflow.runtime import history, reporting
@@ -96,10 +97,17 @@ def test_a_component_task_run_has_no_tags_so_no_tag_concurrency_is_acquired():
     """Prefect 3.8.8 enters `concurrency(["tag:<tag>", ...])` for every tag of a task run
     (task_engine.py): a task run without tags takes no tag slots at all."""
     summary = to_flow(toy_dags.diamond)()
+    runs: list = []
+
+    def recorded() -> bool:  # task runs reach the server as events, a moment after the run's end
+        this_run = FlowRunFilter(id=FlowRunFilterId(any_=[summary["flow_run_id"]]))
+        with get_client(sync_client=True) as client:
+            runs[:] = client.read_task_runs(flow_run_filter=this_run)
+        return sorted(r.name for r in runs) == sorted(toy_dags.diamond.steps)
+
+    assert wait_until(recorded, 30), [r.name for r in runs]
     with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[summary["flow_run_id"]])))
         flow_run = client.read_flow_run(summary["flow_run_id"])
-    assert sorted(r.name for r in runs) == sorted(toy_dags.diamond.steps)
     assert all(r.tags == [] for r in runs), {r.name: r.tags for r in runs}
     assert {"planflow", "pipeline:toy-diamond"} <= set(flow_run.tags)  # what the automations match
 

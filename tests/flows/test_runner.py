@@ -20,6 +20,7 @@ from prefect.client.schemas.filters import (
 from prefect.logging.handlers import APILogWorker
 
 from planflow import to_flow
+from planflow.ops.processes import wait_until
 from planflow.runtime.events import Reporter, subscribe
 from planflow.runtime.runner import PipelineRunError, add_listener
 
@@ -104,9 +105,14 @@ def test_a_retried_run_does_not_recompute_finished_components():
 
     assert Path(home, "count-expensive-retry").read_text() == "1"  # computed once
     assert Path(home, "count-flaky-retry").read_text() == "2"  # failed, then passed
-    runs = asyncio.run(_task_runs(result["flow_run_id"]))
-    expensive = sorted(r.state.name for r in runs if r.name == "expensive")
-    assert expensive == ["Cached", "Completed"]  # second attempt read the persisted result
+    seen: list[str] = []
+
+    def expensive_states() -> bool:  # task-run states reach the server as events, a moment later
+        runs = asyncio.run(_task_runs(result["flow_run_id"]))
+        seen[:] = sorted(r.state.name for r in runs if r.name == "expensive")
+        return seen == ["Cached", "Completed"]
+
+    assert wait_until(expensive_states, 30), seen  # second attempt read the persisted result
 
 
 def test_a_new_run_computes_afresh():
