@@ -88,10 +88,10 @@ class ModelSwapper:
         return True
 
     def _recent(self, run: FlowRun) -> bool:
-        ended = run.end_time
-        if ended is None:
-            return True
-        return (datetime.now(UTC) - ended).total_seconds() < self.record_grace_seconds
+        """The run ended less than the grace ago (its end time, else its state's time):
+        the wait for its task runs has a bound even for a run without an end time."""
+        ended = run.end_time or (run.state.timestamp if run.state else None)
+        return ended is not None and (datetime.now(UTC) - ended).total_seconds() < self.record_grace_seconds
 
     def _not_recorded_yet(self, run_id: str, exc: RunOutputsError) -> None:
         if run_id not in self._pending:
