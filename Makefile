@@ -37,8 +37,11 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 
+# Two pytest-xdist workers, each with its own Prefect server and services (tests/conftest.py
+# keeps a folder's tests on one worker); TEST_WORKERS=1 runs them one after another.
+TEST_WORKERS ?= 2
 test: lint services
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 
 bench: $(STAMP) services
 	$(BIN)/python -m bench

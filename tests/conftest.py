@@ -35,6 +35,32 @@ TEST_DB = os.environ.get("PLANFLOW_TEST_DB", "sqlite")
 SHARED_PSPLIB = TESTS.parent.parent / "shared" / "psplib"  # never copied into the repository
 
 
+# -- two workers (pytest-xdist; `make test` runs `-n 2 --dist loadgroup`) ---------------------
+# The tests of one folder share things that are machine-wide or costly to start twice:
+# worker processes found by their name, Docker containers by their label, a monitoring
+# stack or a Dask cluster per session. So each folder runs on one xdist worker, the longest
+# folders first; the modules of `flows` and `planner` share only the worker's own Prefect
+# server (each worker has its own, on its own port) and spread one module at a time.
+SPREAD_BY_MODULE = {"flows", "planner"}
+LONGEST_FIRST = ["remediation", "deployments", "e2e", "monitoring", "dask", "serving", "runtime", "planflow", "ops"]
+
+
+def _folder(item: pytest.Item) -> str:
+    return item.path.relative_to(TESTS).parts[0]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        folder = _folder(item)
+        return LONGEST_FIRST.index(folder) if folder in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: a folder's tests keep their order
+    for item in items:
+        folder = _folder(item)
+        group = item.path.relative_to(TESTS).as_posix() if folder in SPREAD_BY_MODULE else folder
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
 @pytest.fixture(scope="session")
 def prefect_server():
     """A real Prefect server (SQLite, or PostgreSQL with PLANFLOW_TEST_DB=postgres),
