@@ -4,11 +4,17 @@ tried again; admission that gives up fails the step and nothing stays held."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
+from uuid import uuid4
 
+import httpx
+import pytest
+
+from planflow.runtime import run_slots
 from planflow.runtime.dispatch import AdmitWhen, Assignment, dispatch
 
 CAPACITY = {"p": {"cpu": 2, "gpu": 0, "mem_gib": 4}}
@@ -160,3 +166,49 @@ def test_run_slots_tell_which_step_was_refused_its_slots():
     assert slots(Assignment("refused", "p", {"cpu": 1}, 0)) is None
     assert slots(Assignment("given", "p", {"cpu": 1}, 0)) is not None
     assert told == ["refused"]
+
+
+def test_steps_that_ended_together_are_all_seen_before_the_next_round():
+    """Two steps that ended while the dispatcher was busy (here: before it listened at all)
+    are both taken in before its next round, which releases what waited for the pair; one
+    round per ended step made the second wait for the first's round (with RunSlots, a
+    round of server requests) with its slots idle."""
+
+    def ended_already(step: str, outputs: dict) -> Future:
+        future: Future = Future()
+        future.set_result(step)
+        return future
+
+    limits = PacedLimits(free=2)
+    upstream = {"a": (), "b": (), "c": ("a", "b")}
+    assignments = {n: Assignment(n, "p", {"cpu": 1}, i) for i, n in enumerate(upstream)}
+    records, _ = dispatch(upstream, assignments, CAPACITY, ended_already, admit=limits)
+    assert [records[n].state for n in "abc"] == ["Completed"] * 3
+    assert limits.prepared == [{"a", "b"}, {"c"}], limits.prepared
+    assert limits.free == 2
+
+
+def test_every_lease_goes_back_at_a_run_s_end_though_one_give_back_fails(monkeypatch, caplog):
+    """At a run's end (and on the release thread) the leases are given back side by side;
+    one the server does not take back is logged, saying when (its slots return when it runs
+    out), and the others still go back. The dispatcher's own give-backs (a refused step's
+    idle leases, before it waits) raise instead."""
+    given: list[str] = []
+
+    def release(lease_id, limit: str) -> None:
+        if limit == "gone":
+            raise httpx.ConnectError("the server went away")
+        given.append(limit)
+
+    monkeypatch.setattr(run_slots, "_release", release)
+    slots = run_slots.RunSlots()
+    leases = [run_slots._Lease(uuid4(), name, 1, 1) for name in ("gone", "cpu", "mem")]
+    with caplog.at_level(logging.WARNING, logger="planflow.admission"):
+        slots._release_all(leases, warn_when="at the run's end")
+        slots._release_all(leases[:1], warn_when="after its step")
+    assert sorted(given) == ["cpu", "mem"]
+    assert "a lease was not given back at the run's end (the server went away)" in caplog.text
+    assert "a lease was not given back after its step (the server went away)" in caplog.text
+    for some in (leases[:1], leases):
+        with pytest.raises(httpx.ConnectError):
+            slots._release_all(some)

@@ -189,15 +189,7 @@ class RunSlots(SharedSlots):
         if wake is not None:
             wake.close()
         # the last leases side by side (one request each), not one after another on the releaser
-        given = [
-            self._threads_pool.submit(contextvars.copy_context().run, _release, lease.id, lease.limit)
-            for lease in leases
-        ]
-        for future in given:
-            try:
-                future.result(CLOSE_SECONDS)
-            except Exception as exc:  # the lease runs out by itself
-                logger.warning("a lease was not given back at the run's end (%s); its slots return when it ends", exc)
+        self._release_all(leases, warn_when="at the run's end")
         for thread in self._threads:
             thread.join(CLOSE_SECONDS)
             if thread.is_alive():
@@ -405,19 +397,30 @@ class RunSlots(SharedSlots):
             self._leases.remove(lease)
         self._releases.put(lease)
 
-    def _release_all(self, leases: list[_Lease]) -> None:
+    def _release_all(self, leases: list[_Lease], warn_when: str | None = None) -> None:
         """Give back `leases` side by side (a request each; one after another, a handover
-        to another run waited for the sum: 20-200 ms each on a busy SQLite server)."""
+        to another run waited for the sum: 20-200 ms each on a busy SQLite server).
+        `warn_when`: a give-back that fails is logged (saying when it was) and the others
+        go on, instead of raising; its lease runs out by itself."""
+
+        def settle(call: Callable[[], Any]) -> None:
+            try:
+                call()
+            except Exception as exc:
+                if warn_when is None:
+                    raise
+                logger.warning("a lease was not given back %s (%s); its slots return when it runs out", warn_when, exc)
+
         if len(leases) <= 1:
             for lease in leases:
-                _release(lease.id, lease.limit)
+                settle(lambda lease=lease: _release(lease.id, lease.limit))
             return
         given = [
             self._threads_pool.submit(contextvars.copy_context().run, _release, lease.id, lease.limit)
             for lease in leases
         ]
         for future in given:  # each request is bounded by the client's timeout; this wait too
-            future.result(CLOSE_SECONDS)
+            settle(lambda future=future: future.result(CLOSE_SECONDS))
 
     def _increment(self, name: str, n: int, quiet: bool = False, own_client: bool = False) -> _Lease | None:
         """A new lease of `n` slots of limit `name`; None when the limit does not exist.
@@ -458,10 +461,7 @@ class RunSlots(SharedSlots):
                     self._releases.put(None)  # the run's end: after these
                     break
                 leases.append(more)
-            try:
-                self._release_all(leases)
-            except Exception as exc:  # the releaser goes on: a lease not given back runs out by itself
-                logger.warning("a lease was not given back (%s); its slots return when it runs out", exc)
+            self._release_all(leases, warn_when="after its step")  # the releaser goes on
 
     def _renewer(self) -> None:
         with get_client(sync_client=True) as client:
