@@ -77,6 +77,7 @@ class ModelSwapper:
                 else:
                     self._failed(run_id, exc)
                 return False
+        self._pending.discard(run_id)
         self.current = loaded  # the swap: one reference assignment
         self.problem = None
         self.metrics.swaps.inc()
@@ -101,6 +102,7 @@ class ModelSwapper:
             self.problem = f"{exc}; waiting for the server to record them"
 
     def _failed(self, run_id: str, exc: RunOutputsError) -> None:
+        self._pending.discard(run_id)
         self._broken.add(run_id)
         self.metrics.load_failures.inc()
         self.metrics.load_failing.set(1)
