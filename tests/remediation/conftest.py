@@ -4,9 +4,9 @@ the automations applied as `planflow automations apply` does.
 Each test module cleans up what it made (`Leftovers`): its pools and their ResourcePool
 blocks and guard ledgers, the remediation runs its alerts or flows caused (created while
 it ran), the workers a rescale started for it. It never relies on what another module
-left: the session's baseline is the remediation deployments with the retry and crash
-automations on; the alert-driven automations (failover, rescale) are on only while a
-module drives the alert loop.
+left: the folder's baseline (from its first test to its last: package-scoped) is the
+remediation deployments with the retry and crash automations on; the alert-driven
+automations (failover, rescale) are on only while a module drives the alert loop.
 """
 
 from __future__ import annotations
@@ -158,11 +158,15 @@ def module_leftovers(remediation_applied) -> Iterator[Leftovers]:
 
 
 # -- the remediation deployments, automations and worker -----------------------------------
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def remediation_applied(registered_blocks):
     """AlertRoutes, the remediation pool, deployments and automations on the test server;
-    the alert-driven automations off (the baseline; `alert_driven_remediation` turns them on)."""
-    return apply_baseline()
+    the alert-driven automations off (the baseline; `alert_driven_remediation` turns them on).
+    Removed after this folder's last test: tests that run after it on the same server (two
+    xdist workers, tests/conftest.py) must not see their failed runs retried."""
+    applied = apply_baseline()
+    yield applied
+    automations.remove()
 
 
 def apply_baseline() -> list[str]:
@@ -238,9 +242,11 @@ def start_pool_worker(pool: str, log: Path, pool_type: str = "process"):
     return start_worker(pool, log, pool_type=pool_type, name=f"test-{pool}-{os.getpid()}")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def process_pool_worker(local_process_pool, tmp_path_factory):
-    """A process worker on `local-process`, polling every second."""
+    """A process worker on `local-process`, polling every second, stopped after this
+    folder's last test (left running, it picked up other folders' runs of `local-process`
+    without their environment: CI once failed three tests so)."""
     log = tmp_path_factory.mktemp("process-worker") / "worker.log"
     process = start_pool_worker(local_process_pool, log)
     try:
