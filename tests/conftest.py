@@ -41,24 +41,43 @@ SHARED_PSPLIB = TESTS.parent.parent / "shared" / "psplib"  # never copied into t
 # stack or a Dask cluster per session. So each folder runs on one xdist worker, the longest
 # folders first; the modules of `flows` and `planner` share only the worker's own Prefect
 # server (each worker has its own, on its own port) and spread one module at a time.
+# The groups are computed from the test's path by the scheduler below, not with
+# `xdist_group` marks: xdist 3.8 writes a mark's group into `item._nodeid`, which
+# pytest 9 no longer reads, so marked tests were silently spread one by one.
 SPREAD_BY_MODULE = {"flows", "planner"}
-LONGEST_FIRST = ["remediation", "deployments", "e2e", "monitoring", "dask", "serving", "runtime", "planflow", "ops"]
+LONGEST_FIRST = ["remediation", "deployments", "e2e", "planflow", "monitoring", "serving", "dask", "ops", "runtime"]
 
 
-def _folder(item: pytest.Item) -> str:
-    return item.path.relative_to(TESTS).parts[0]
+def xdist_work_unit(nodeid: str) -> str:
+    """The xdist work unit of a test: its folder under tests/, or its module for the
+    folders whose modules share nothing machine-wide."""
+    module = nodeid.split("::", 1)[0]
+    parts = module.split("/")
+    folder = parts[1] if len(parts) > 2 else module
+    return module if folder in SPREAD_BY_MODULE else folder
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     def rank(item: pytest.Item) -> int:
-        folder = _folder(item)
+        folder = item.path.relative_to(TESTS).parts[0]
         return LONGEST_FIRST.index(folder) if folder in LONGEST_FIRST else len(LONGEST_FIRST)
 
     items.sort(key=rank)  # stable: a folder's tests keep their order
-    for item in items:
-        folder = _folder(item)
-        group = item.path.relative_to(TESTS).as_posix() if folder in SPREAD_BY_MODULE else folder
-        item.add_marker(pytest.mark.xdist_group(group))
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FolderScheduling(LoadScopeScheduling):
+        """xdist's scope scheduling with `xdist_work_unit` as the scope: a work unit is a whole
+        folder (or module), and units go out in collection order (`--no-loadscope-reorder`)."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            return xdist_work_unit(nodeid)
+
+    return FolderScheduling(config, log)
 
 
 @pytest.fixture(scope="session")

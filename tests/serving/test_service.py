@@ -4,7 +4,9 @@ a newer run swapped in under load costs the client a request."""
 
 from __future__ import annotations
 
+import re
 import signal
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -14,6 +16,7 @@ import pytest
 from planflow.ops.processes import log_tail, wait_until
 from planflow.serving.loadgen import BackgroundLoad
 from planflow.serving.probes import ready, served_run
+from planflow.serving.swap import RECORD_GRACE_SECONDS
 
 from tests.serving.conftest import records, train
 
@@ -66,6 +69,14 @@ def test_a_replica_killed_under_load_loses_no_request(service, fraud_run):
     assert wait_until(lambda: ready(_replica(port + 1)), 60), "the killed replica was not started again"
 
 
+def _logs(log: Path) -> str:
+    """The service's log and each replica's (in the folder the service names)."""
+    text = log_tail(log, 20)
+    named = re.search(r"logs in (\S+)\)", text)
+    replicas = sorted(Path(named.group(1)).glob("replica-*.log")) if named else []
+    return "\n".join([text, *(f"--- {path.name}:\n{log_tail(path, 20)}" for path in replicas)])
+
+
 def _replica(port: int) -> str:
     return f"http://127.0.0.1:{port}"
 
@@ -78,9 +89,12 @@ def test_a_newer_run_is_swapped_in_under_load_without_a_failed_request(service, 
     try:
         assert wait_until(lambda: load.result.ok >= 50, 30), load.result
         newer = train(seed=11)  # another model, a newer Completed run
-        assert wait_until(lambda: served_run(_replica(port + 1)) == newer == served_run(_replica(port + 2)), 60), (
-            f"no swap to run {newer}; the service's log:\n{log_tail(log, 40)}"
+        # bound: the replicas wait up to RECORD_GRACE_SECONDS for the run's task runs to be recorded
+        swapped = wait_until(
+            lambda: served_run(_replica(port + 1)) == newer == served_run(_replica(port + 2)),
+            RECORD_GRACE_SECONDS + 30,
         )
+        assert swapped, f"no swap to run {newer}; the service's logs:\n{_logs(log)}"
         swapped_at = load.result.ok
         assert wait_until(lambda: load.result.ok >= swapped_at + 100 or load.result.failed > 0, 30)
     finally:
