@@ -37,7 +37,10 @@ bound (declared cpu x duration over the pool's cores, with the burst's durations
 with the warm-up's, i.e. the work alone), the share of the pool's cpu in use over the
 makespan, the seconds components waited once ready (`ready_wait_s`) and the part of it
 with room for them on the pool (`idle_wait_s`: lost to the dispatcher), each run's
-actual/ETA in the order the runs were planned, and every component's interval.
+actual/ETA in the order the runs were planned, and every component's interval. And the
+machine's CPU over the burst (`machine_cpu_s`, its share of all cores), less the work
+alone: `orchestration_cpu_s`, what Prefect, the server and planflow's coordination
+took from the same cores the components run on.
 `--warm-up-bursts N` runs N planflow bursts first, not counted, so that the history
 holds durations as a burst has them.
 
@@ -78,6 +81,8 @@ from bench.fleet_measure import (
     held_idle,
     lateness,
     lower_bound,
+    machine_cpu,
+    machine_cpu_seconds,
     over_capacity,
     plan_rows_planned,
     trace,
@@ -439,15 +444,17 @@ def run_burst(
     policy = POLICIES[policy_name]
     sampler = LedgerSampler()
     sampler.start()
-    submitted = time.time()
+    submitted, cpu_before = time.time(), machine_cpu_seconds()
     planflow = policy_name == "planflow"
     created = submit(deployments, burst, policy["policy"], policy["shared"], hold and planflow, learn=planflow)
     try:
         runs = wait_final([run_id for run_id, _, _ in created if run_id is not None])
     finally:
+        cpu_used, wall = machine_cpu_seconds() - cpu_before, time.time() - submitted
         sampler.stop_event.set()
         sampler.join(10)
     figures = burst_figures(runs, submitted, declared, context, sampler.cpu_held, sampler.turn_held)
+    figures["trace"].update(machine_cpu(cpu_used, wall, figures["trace"].get("solo_cpu_work_s", 0.0)))
     figures.update(
         policy=policy_name,
         create_s=[round(s, 3) for _, s, _ in created],

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -214,4 +215,27 @@ def lateness(
         "finish_late_s": round(last_actual - last_planned, 2),
         "overrun_s": round(overrun, 2),
         "start_late_s": round(start_late, 2),
+    }
+
+
+def machine_cpu_seconds() -> float:
+    """CPU seconds the whole machine has spent so far, all cores (user, system, interrupts):
+    the difference over a burst is what the server, the worker, the flow runs and their
+    components used together (the benchmark runs alone on the machine)."""
+    import psutil  # noqa: PLC0415
+
+    t = psutil.cpu_times()
+    return t.user + t.system + getattr(t, "nice", 0.0) + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
+
+
+def machine_cpu(used_s: float, seconds: float, work_s: float) -> dict[str, float]:
+    """The machine's CPU over a burst: `used_s` in `seconds` of wall time, its share of all
+    cores, and what is left after the components' own work (`work_s`: the work alone, as
+    the warm-up measured it): the orchestration's cost (Prefect's engine, the server,
+    planflow's coordination), which competes with the components for the same cores."""
+    cores = os.cpu_count() or 1
+    return {
+        "machine_cpu_s": round(used_s, 1),
+        "machine_busy_share": round(used_s / (cores * seconds), 3) if seconds > 0 else 0.0,
+        "orchestration_cpu_s": round(used_s - work_s, 1),
     }

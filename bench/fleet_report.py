@@ -44,11 +44,20 @@ def summarise(bursts: list[dict], databases: list[str]) -> dict:
                 db: sum(b.get("runs_not_created", 0) for b in mine if b["db"] == db) for db in databases
             },
             "failed_runs": [f for b in mine for f in b["failed_runs"]],
+            # the machine's CPU beyond the components' own work (fleet_measure.machine_cpu)
+            "orchestration_cpu_s": _median_of(mine, "orchestration_cpu_s"),
+            "machine_busy_share": _median_of(mine, "machine_busy_share"),
         }
     default = result.get("default", {}).get("makespan_s")
     for figures in result.values():
         figures["makespan_ratio_to_default"] = round(figures["makespan_s"] / default, 3) if default else None
     return result
+
+
+def _median_of(bursts: list[dict], key: str) -> float | None:
+    """The median of a trace figure over the bursts that have it (None when none does)."""
+    values = [b["trace"][key] for b in bursts if key in b.get("trace", {})]
+    return round(statistics.median(values), 3) if values else None
 
 
 def write(figures: dict, results: Path = RESULTS) -> None:

@@ -3,6 +3,7 @@ a run's ETA read from its plan."""
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 
 import pytest
@@ -15,6 +16,8 @@ from bench.fleet_measure import (
     held_idle,
     lateness,
     lower_bound,
+    machine_cpu,
+    machine_cpu_seconds,
     over_capacity,
     plan_rows_planned,
     waits,
@@ -104,3 +107,14 @@ def test_a_run_behind_its_plan_tells_estimates_that_ran_short_from_waits_for_the
     assert behind == {"finish_late_s": 3.0, "overrun_s": 1.0, "start_late_s": 2.0}
     # a step that starts before its planned start is not late, whatever its inputs
     assert lateness(planned, {"a": (100.0, 102.0), "b": (101.5, 102.5)}, {})["start_late_s"] == 0.0
+
+
+def test_the_machines_cpu_over_a_burst_is_told_apart_from_the_components_work(monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    figures = machine_cpu(used_s=150.0, seconds=100.0, work_s=80.0)
+    assert figures == {"machine_cpu_s": 150.0, "machine_busy_share": 0.75, "orchestration_cpu_s": 70.0}
+    assert machine_cpu(1.0, 0.0, 0.0)["machine_busy_share"] == 0.0
+    before, until = machine_cpu_seconds(), time.monotonic() + 5
+    while machine_cpu_seconds() < before + 0.05 and time.monotonic() < until:  # this process's spinning counts
+        sum(range(1000))
+    assert machine_cpu_seconds() >= before + 0.05
