@@ -17,9 +17,13 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client import CollectorRegistry
 
 from planflow.monitoring.bridge import create_app
+from planflow.monitoring.bridge.forwarder import Forwarder
+from planflow.monitoring.bridge.spool import Spool
 from planflow.monitoring.exporter import Exporter
+from planflow.monitoring.metrics import BridgeMetrics
 from planflow.ops import server as stack
 from planflow.settings import StatePaths
 
@@ -184,3 +188,27 @@ def test_alerts_accepted_just_before_prefect_stops_are_remediated_after_it_retur
         assert all(runs[p] <= 2 for p in pools), runs
         counts = spool.counts()
         print(f"drained {drained:.2f} s after Prefect returned; runs {dict(runs)}; spool {counts}")
+
+
+def test_a_backoff_after_a_failed_connection_ends_at_the_first_answer_even_if_prefect_was_back_before_it(
+    prefect_server, tmp_path
+):
+    """The race CI met: Prefect came back between the failed attempt and the backoff's
+    first probe, so no probe ever saw it down and the 16 s backoff was slept out. A
+    refusal from a Prefect that answers its health probe is still waited out in full."""
+    metrics = BridgeMetrics(CollectorRegistry())
+    forwarder = Forwarder(Spool(tmp_path / "spool.sqlite3"), metrics, prefect_server.url, probe_seconds=0.1)
+
+    async def backoff_after(error: BaseException, seconds: float) -> float:
+        forwarder.last_error = error
+        async with httpx.AsyncClient() as http:
+            forwarder._http = http
+            started = time.monotonic()
+            await forwarder._backoff(seconds)
+            return time.monotonic() - started
+
+    refused = httpx.ConnectError("All connection attempts failed")
+    assert asyncio.run(backoff_after(refused, 16.0)) < 2.0
+    request = httpx.Request("POST", f"{prefect_server.url}/events")
+    busy = httpx.HTTPStatusError("503", request=request, response=httpx.Response(503, request=request))
+    assert asyncio.run(backoff_after(busy, 1.0)) >= 0.9

@@ -180,7 +180,10 @@ class Forwarder:
         new alerts cap what is left of the wait at `wake_cap` seconds."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + seconds
-        unreachable = False  # Prefect down (not merely refusing): return once it answers
+        # Prefect down (not merely refusing): return once it answers. The attempt that just
+        # failed to connect counts: Prefect may come back before the first probe here (CI
+        # saw a 16 s backoff slept out with Prefect up since before it began).
+        unreachable = isinstance(self.last_error, httpx.ConnectError)
         while loop.time() < deadline:
             if self.wake.is_set():
                 deadline = min(deadline, loop.time() + self.wake_cap)
