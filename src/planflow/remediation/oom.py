@@ -12,6 +12,7 @@ bounded by oom_max_retries, oom_max_mem_gib and the largest pool that may run it
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from collections.abc import Callable
@@ -28,10 +29,11 @@ from planflow.ops.workers import start_worker, stop_process
 from planflow.prefect.blocks import ResourcePool
 from planflow.prefect.jobvars import DEFAULT_IMAGE
 from planflow.prefect.limits import sync_limits
-from planflow.prefect.workpools import WorkPoolError, apply_work_pools, require_image, worker_online
+from planflow.prefect.workpools import WorkPoolError, apply_work_pools, require_image
 from planflow.remediation import oom_demo
 from planflow.remediation.heal_watch import HealError, wait_for
 from planflow.remediation.oom_retry import ACTION
+from planflow.remediation.pools import live_workers
 from planflow.runtime.component_flow import run_component
 from planflow.runtime.history import history_key
 from planflow.runtime.planning import make_plan
@@ -124,6 +126,12 @@ def _describe(container: str) -> str:
     return f"container {container[:12]}: mem_limit {int(memory) // 2**20} MiB, exit {code}, {verdict}"
 
 
+def _serving(worker_name: str) -> bool:
+    """The named worker of the demo's pool sent a heartbeat and is not offline."""
+    with get_client(sync_client=True) as client:
+        return worker_name in live_workers(client, WORK_POOL)
+
+
 def oom_scenario(logs: Path, say: Say = print, timeout: float = 300.0) -> dict[str, Any]:
     """Run the oom story on the Docker pool; returns what was seen (for the tests)."""
     try:
@@ -142,10 +150,13 @@ def oom_scenario(logs: Path, say: Say = print, timeout: float = 300.0) -> dict[s
     logs.mkdir(parents=True, exist_ok=True)
     # Prefect's default heartbeat (30 s): the plan counts a worker as serving for 3
     # intervals, and a 2 s one (6 s) was missed on a loaded machine: "no worker running".
-    worker = start_worker(WORK_POOL, logs / "docker-oom.log", pool_type="docker")
+    name = f"{WORK_POOL}-oom-demo-{os.getpid()}"
+    worker = start_worker(WORK_POOL, logs / "docker-oom.log", pool_type="docker", name=name)
     started, containers = time.time(), []
     try:
-        wait_for(lambda: worker_online(WORK_POOL), min(60.0, timeout), f"a worker on {WORK_POOL}")
+        # its own worker, by name: a worker stopped just before still looks online for a
+        # moment, and the plan, made after it is marked offline, found no worker (CI)
+        wait_for(lambda: _serving(name), min(60.0, timeout), f"the demo's worker {name} on {WORK_POOL}")
         if forget_history():
             say("history of hungry from earlier demos set aside: the plan starts from its declaration")
         before = _plan_line("plan before")
