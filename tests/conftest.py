@@ -48,18 +48,23 @@ SPREAD_BY_MODULE = {"flows", "planner"}
 LONGEST_FIRST = ["remediation", "deployments", "e2e", "planflow", "monitoring", "serving", "dask", "ops", "runtime"]
 
 
+def _folder(nodeid: str) -> str:
+    """A test's folder under tests/ (its module for a module directly in tests/)."""
+    module = nodeid.split("::", 1)[0]
+    parts = module.split("/")
+    return parts[1] if len(parts) > 2 else module
+
+
 def xdist_work_unit(nodeid: str) -> str:
     """The xdist work unit of a test: its folder under tests/, or its module for the
     folders whose modules share nothing machine-wide."""
-    module = nodeid.split("::", 1)[0]
-    parts = module.split("/")
-    folder = parts[1] if len(parts) > 2 else module
-    return module if folder in SPREAD_BY_MODULE else folder
+    folder = _folder(nodeid)
+    return nodeid.split("::", 1)[0] if folder in SPREAD_BY_MODULE else folder
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     def rank(item: pytest.Item) -> int:
-        folder = item.path.relative_to(TESTS).parts[0]
+        folder = _folder(item.nodeid)
         return LONGEST_FIRST.index(folder) if folder in LONGEST_FIRST else len(LONGEST_FIRST)
 
     items.sort(key=rank)  # stable: a folder's tests keep their order
