@@ -141,3 +141,29 @@ def test_the_loader_alone_reads_results_planflow_serialized():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert out.returncode == 0 and out.stdout.strip() == "PlanflowSerializer", out.stderr[-2000:]
+
+
+def test_a_task_run_listed_completed_before_its_state_arrives_is_waited_for():
+    """CI once read a task run that the server listed as Completed with `state` None (the
+    swap then failed on 'NoneType has no is_paused'). That moment cannot be provoked, so the
+    first answer of the real server is simulated without its states; the loader must wait
+    for the next answer, not fail."""
+    path = make("serving-toy-stateless")
+    to_flow(path.pipeline)(factor=3.0)
+
+    async def read():
+        async with get_client() as client:
+            real_read, calls = client.read_task_runs, []
+
+            async def first_answer_without_states(**kwargs):
+                runs = await real_read(**kwargs)
+                calls.append(len(runs))
+                return [r.model_copy(update={"state": None}) for r in runs] if len(calls) == 1 else runs
+
+            client.read_task_runs = first_answer_without_states
+            loaded = await read_latest_run(client, path.pipeline.name, ["scale"], wait_seconds=30)
+            return loaded, calls
+
+    loaded, calls = asyncio.run(read())
+    assert loaded.outputs == {"scale": 3.0}
+    assert len(calls) == 2 and calls[0] >= 1, calls

@@ -101,7 +101,10 @@ async def load_run(client: PrefectClient, flow_run: FlowRun, steps: Iterable[str
     )
     newest: dict[str, Any] = {}
     for task_run in task_runs:
-        newest.setdefault(task_run.name, task_run)
+        # The server can list a task run as Completed (its state_type) a moment before it
+        # returns the state itself (state None): such a run is not recorded yet.
+        if task_run.state is not None:
+            newest.setdefault(task_run.name, task_run)
     where = f"run '{flow_run.name}' ({flow_run.id})"
     missing = [s for s in steps if s not in newest]
     if missing:
