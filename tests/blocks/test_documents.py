@@ -269,3 +269,43 @@ def test_the_repository_folder_plans_cleanly_and_planning_changes_nothing(regist
     assert len(lines) == 3 + 1 + len(DEFAULT_ROUTES)
     assert all(line.split(": ")[1].startswith(("unchanged", "would be")) for line in lines), lines
     assert {slug: saved(slug) for slug in SLUGS} == before
+
+
+def test_a_block_type_registered_by_another_process_meanwhile_is_taken_as_it_is(prefect_server, monkeypatch):
+    """Prefect registers a block type by reading it, then creating it when missing; runs
+    starting together on a new server race between the two (the shared-pools test's runs
+    failed with ObjectAlreadyExists registering the calendar entry's type). Here the other process's create is made
+    for real between the read and the create; register_once takes the type it finds."""
+    import uuid
+
+    from prefect.blocks.core import Block
+    from prefect.client.orchestration import SyncPrefectClient
+    from prefect.client.schemas.actions import BlockTypeCreate
+
+    from planflow.prefect.blocks.saving import register_once, save_once_registered
+
+    slug = f"planflow-race-{uuid.uuid4().hex[:8]}"
+
+    class Raced(Block):
+        _block_type_name = slug
+        _block_type_slug = slug
+        value: int = 0
+
+    real_read = SyncPrefectClient.read_block_type_by_slug
+    raced = []
+
+    def read_after_another_created_it(self, slug_read=None, **kwargs):
+        wanted = kwargs.get("slug", slug_read)
+        if wanted == slug and not raced:  # the stale answer: missing, while another process creates it
+            raced.append(wanted)
+            real_create = SyncPrefectClient.create_block_type
+            real_create(self, BlockTypeCreate(name=slug, slug=slug))
+            raise ObjectNotFound(http_exc=Exception("not yet, as this process read it"))
+        return real_read(self, wanted)
+
+    monkeypatch.setattr(SyncPrefectClient, "read_block_type_by_slug", read_after_another_created_it)
+    register_once(Raced)
+    assert raced == [slug]
+    document_id = save_once_registered(Raced(value=3), "raced")
+    with get_client(sync_client=True) as client:
+        assert client.read_block_document(document_id).data == {"value": 3}

@@ -33,7 +33,12 @@ def register_once(cls: type[Block]) -> None:
     key = (cls, str(PREFECT_API_URL.value() or ""))
     if key in _registered and cls._block_type_id is not None and cls._block_schema_id is not None:
         return
-    cls.register_type_and_schema()
+    try:
+        cls.register_type_and_schema()
+    except ObjectAlreadyExists:
+        # Prefect reads the type, then creates it when missing: runs starting together on a
+        # new server (a test's fleet) race between the two. The winner's type is there now.
+        cls.register_type_and_schema()
     _registered.add(key)
 
 
@@ -62,6 +67,9 @@ def save_once_registered(block: Block, name: str, data: dict[str, Any] | None = 
         else:
             block._block_document_name, block._block_document_id = document.name, document.id
             return document.id
-    document_id = block.save(name, overwrite=True)
+    try:
+        document_id = block.save(name, overwrite=True)
+    except ObjectAlreadyExists:  # its type or schema registered by another process meanwhile (register_once)
+        document_id = block.save(name, overwrite=True)
     _registered.add(key)
     return document_id
