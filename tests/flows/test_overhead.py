@@ -154,11 +154,14 @@ def test_a_step_refused_one_limit_holds_none_of_the_others(pool):
 
 
 def test_steps_waiting_for_a_full_pool_ask_the_server_once_per_round_not_once_each(pool, monkeypatch):
-    """Five ready one-core steps, the pool held by another run: one refused request per
-    round (the others would be refused as well), and a step that needs less asks again."""
+    """Five ready one-core steps, the pool held by another run: one request per round (the
+    others would be refused as well): a refused increment, then, once refused, a read of
+    the limit instead (an increment is a write, refused or not); a step that needs less
+    looks again and asks only if the read says it fits."""
     from planflow.runtime import slot_claims
 
     monkeypatch.setattr(slot_claims, "CLAIM_AFTER_SECONDS", 1e9)  # no claim however slow the machine
+    monkeypatch.setattr(slot_claims, "TURN_LOOK_SECONDS", 1e9)  # the pool's turn read once, however slow
     hog = RunSlots()
     with hog, RunSlots() as slots:
         assert hog.take(Assignment("hog", POOL, {"cpu": 2}, 0)) is not None
@@ -166,32 +169,33 @@ def test_steps_waiting_for_a_full_pool_ask_the_server_once_per_round_not_once_ea
         for _ in range(2):  # two rounds of the dispatcher
             slots.prepare(ready)
             assert [slots.take(a) for a in ready] == [None] * 5
-        assert (slots.requests, slots.refusals) == (2, 2)
+        assert (slots.requests, slots.refusals, slots.reads) == (1, 1, 2)  # reads: the pool's turn, then the cores
         slots.prepare(ready)
         small = Assignment("small", POOL, {"cpu": 0.5}, 9)
         assert slots.take(ready[0]) is None and slots.take(ready[1]) is None
-        assert slots.take(small) is None  # it misses fewer slots than were refused: it asks
-        assert (slots.requests, slots.refusals) == (4, 4)
+        assert slots.take(small) is None  # it misses fewer slots than were refused: it looks again
+        assert (slots.requests, slots.refusals) == (1, 1) and slots.reads >= 3  # no write the read said would fail
     assert hog.wait_closed() and slots.wait_closed()
     assert active_slots([CPU, MEM]) == {CPU: 0, MEM: 0}
 
 
 def test_short_steps_waiting_for_a_full_pool_stop_asking_for_a_batch_the_server_refused(pool, monkeypatch):
-    """Planned short, the steps' slots are asked for as one batch; once a single step was
-    refused, the next rounds ask for one step's slots only."""
+    """Planned short, the steps' slots are asked for as one batch; once refused, the next
+    rounds read the limit (one read per round) and ask for nothing while it is full."""
     from planflow.runtime import slot_claims
 
     monkeypatch.setattr(slot_claims, "CLAIM_AFTER_SECONDS", 1e9)
+    monkeypatch.setattr(slot_claims, "TURN_LOOK_SECONDS", 1e9)  # the pool's turn read once, however slow
     hog = RunSlots()
     with hog, RunSlots() as slots:
         assert hog.take(Assignment("hog", POOL, {"cpu": 2}, 0)) is not None
         ready = [Assignment(f"s{i}", POOL, {"cpu": 1}, i, 0.0, 0.5) for i in range(5)]
         slots.prepare(ready)  # the batch: refused
-        assert [slots.take(a) for a in ready] == [None] * 5  # the first step: refused
-        assert (slots.requests, slots.refusals) == (2, 2)
+        assert [slots.take(a) for a in ready] == [None] * 5  # the first step: a read says full, no ask
+        assert (slots.requests, slots.refusals, slots.reads) == (1, 1, 2)  # reads: the pool's turn, then the cores
         slots.prepare(ready)  # no batch this time
         assert [slots.take(a) for a in ready] == [None] * 5
-        assert (slots.requests, slots.refusals) == (3, 3)
+        assert (slots.requests, slots.refusals, slots.reads) == (1, 1, 3)
     assert hog.wait_closed() and slots.wait_closed()
     assert active_slots([CPU, MEM]) == {CPU: 0, MEM: 0}
 

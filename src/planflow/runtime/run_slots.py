@@ -17,6 +17,12 @@ capacity - with fewer requests:
 - **Off the path.** Leases are given back by a thread of their own (the last ones too:
   the run's Completed state does not wait for them) and renewed by one thread for the
   whole run (every lease_seconds/4, each lease when half its time is up).
+- **Read before asking again.** An increment is a write: on SQLite it takes the one
+  write lock, refused or not, and queues behind (and holds up) every run's task-state
+  writes. A limit that refused this run since it last got slots of it is read first
+  (`free_now`: one read per limit per dispatcher round), and asked only when the read
+  says enough is free. In a burst of 8 runs on 2 cores, 57 % of 867 increments were
+  refused (the fleet benchmark, counted at the server).
 
 A lease shared by a batch is given back when its last step ends: a batch-mate that ended
 early keeps its slots held until then, at most about BATCH_SECONDS; other runs may wait
@@ -42,6 +48,7 @@ from uuid import UUID
 
 import httpx
 from prefect.client.orchestration import get_client
+from prefect.exceptions import ObjectNotFound
 
 from planflow.prefect.limits import turn_limit
 from planflow.runtime.admission import LOCKED, AdmissionError, SharedSlots, _release
@@ -53,6 +60,7 @@ logger = logging.getLogger("planflow.admission")
 BATCH_SECONDS = 10.0  # steps planned at most this long share one lease with their batch
 CLOSE_SECONDS = 30.0  # the most a run's end waits for its leases to be given back
 TOO_MANY = 422  # the server's answer to more slots than the limit has at all
+SEEN_SECONDS = 0.1  # a limit read stands this long within one dispatcher round (limit_now)
 
 
 @dataclass
@@ -119,6 +127,7 @@ class RunSlots(SharedSlots):
         self._threads_pool = ThreadPoolExecutor(max_workers=len(RESOURCES), thread_name_prefix="planflow-slot-take")
         self.requests = 0  # increments sent (for tests and the overhead benchmark)
         self.refusals = 0  # increments the server refused (423: not enough free; 422: more than the limit)
+        self.reads = 0  # limits read before asking again (limit_now)
         # per limit, the fewest slots the server refused this round: a step that misses as
         # many waits without asking (a run with nine ready steps on a full pool asked nine
         # times every POLL_SECONDS, and several such runs kept a small server busy)
@@ -135,6 +144,8 @@ class RunSlots(SharedSlots):
         self._wanting: dict[str, str] = {}
         self._wake_dispatcher: Callable[[], None] | None = None
         self._wake: SlotWake | None = None
+        self._contended: set[str] = set()  # limits that refused this run since it last got slots of them
+        self._seen: dict[str, tuple[float, Any]] = {}  # limit name -> (when, as read) this round (limit_now)
 
     @property
     def poll_seconds(self) -> float:
@@ -234,6 +245,7 @@ class RunSlots(SharedSlots):
         # a new round: what was refused may be free now (SharedSlots._surely_refused, per round)
         previous, self._round_refused = self._round_refused, {}
         self._wanting = {}
+        self._seen = {}  # what the server holds is read again this round, if needed
         # a claimed pool's steps take nothing; a claiming step takes its slots as they come free
         ready = [a for a in ready if not (self._claims.holds(a) or self._claims.blocked(a))]
         needed: dict[str, int] = {}
@@ -261,6 +273,8 @@ class RunSlots(SharedSlots):
                 name: size - sum(x.slots for x in self._leases if x.limit == name) for name, size in self._sizes.items()
             }
         missing = [(name, min(n, room.get(name, n))) for name, n in missing if room.get(name, n) > 0]
+        if any(self._looks_short(name, n) for name, n in missing):
+            return  # all or none: a batch that would be refused is not asked for (the steps ask one by one)
         if len(missing) > 1:  # one increment per limit, side by side (a server round trip each)
             futures = [
                 self._threads_pool.submit(contextvars.copy_context().run, self._increment, name, n, True, True)
@@ -294,6 +308,9 @@ class RunSlots(SharedSlots):
                 shares += got
                 missing = n - sum(k for _, k in got)
                 if missing >= self._round_refused.get(name, missing + 1):
+                    raise _RefusedThisRound(name)
+                if missing > 0 and self._looks_short(name, missing):
+                    self._round_refused[name] = min(missing, self._round_refused.get(name, missing))
                     raise _RefusedThisRound(name)
                 if missing > 0:
                     asking = (name, missing)
@@ -343,6 +360,36 @@ class RunSlots(SharedSlots):
             self._waiting_since.pop(a.step, None)
             return _Held(self, shares)
         return self._wait_more(a, now, since)
+
+    # -- what the server holds ----------------------------------------------------------------
+    def _looks_short(self, name: str, n: int) -> bool:
+        """Limit `name` refused this run since it last got slots of it, and a read this
+        round says fewer than `n` are free: asking would be refused (a write for nothing)."""
+        return name in self._contended and self.free_now(name) < n
+
+    def free_now(self, name: str) -> int:
+        """Slots of limit `name` nobody holds, as read this round (one read per limit and
+        round; a limit that does not exist, or a read that failed, counts as free: the
+        increment that follows meets it and reports it)."""
+        try:
+            limit = self.limit_now(name)
+        except httpx.HTTPError:  # unknown: the increment meets the fault and reports it
+            return 1 << 30
+        return max(0, int(limit.limit) - int(limit.active_slots)) if limit is not None else 1 << 30
+
+    def limit_now(self, name: str) -> Any:
+        """Limit `name` as read this round, within SEEN_SECONDS (None: it does not exist)."""
+        seen = self._seen.get(name)
+        if seen is None or time.monotonic() - seen[0] > SEEN_SECONDS:
+            shared = self._client
+            self.reads += 1
+            try:
+                with nullcontext(shared) if shared else get_client(sync_client=True) as client:
+                    limit = client.read_global_concurrency_limit_by_name(name)
+            except ObjectNotFound:
+                limit = None
+            seen = self._seen[name] = (time.monotonic(), limit)
+        return seen[1]
 
     # -- leases -----------------------------------------------------------------------------
     def _gather(self, name: str, n: int) -> list[tuple[_Lease, int]]:
@@ -438,6 +485,7 @@ class RunSlots(SharedSlots):
             if isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code in (LOCKED, TOO_MANY):
                 with self._lock:
                     self.refusals += 1
+                    self._contended.add(name)
             if quiet:
                 return None
             raise
@@ -447,6 +495,8 @@ class RunSlots(SharedSlots):
         lease = _Lease(UUID(granted["lease_id"]), name, n, n, renewed=time.monotonic())
         with self._lock:
             self._leases.append(lease)
+            self._contended.discard(name)
+            self._seen.pop(name, None)  # it holds fewer free now
         return lease
 
     def _releaser(self) -> None:

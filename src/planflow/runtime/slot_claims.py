@@ -27,12 +27,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-
-from prefect.client.orchestration import get_client
-from prefect.exceptions import ObjectNotFound
 
 from planflow.prefect.limits import turn_limit
 from planflow.runtime.dispatch import Assignment
@@ -181,9 +177,5 @@ class Claims:
         return limit.active_slots if limit is not None else 0
 
     def _read(self, name: str) -> Any:
-        shared = self.owner._client
-        try:
-            with nullcontext(shared) if shared else get_client(sync_client=True) as client:
-                return client.read_global_concurrency_limit_by_name(name)
-        except ObjectNotFound:
-            return None
+        """Limit `name` as the run read it this round (one read per limit and round)."""
+        return self.owner.limit_now(name)
