@@ -20,8 +20,9 @@ capacity - with fewer requests:
 - **Read before asking again.** An increment is a write: on SQLite it takes the one
   write lock, refused or not, and queues behind (and holds up) every run's task-state
   writes. A limit that refused this run since it last got slots of it is read first
-  (`free_now`: one read per limit per dispatcher round), and asked only when the read
-  says enough is free. In a burst of 8 runs on 2 cores, 57 % of 867 increments were
+  (`free_now`: at most one read per limit per dispatcher round; while this machine's runs
+  wake each other, a read stands until slots of that limit are given back here, or 1 s),
+  and asked only when the read says enough is free. In a burst of 8 runs on 2 cores, 57 % of 867 increments were
   refused (the fleet benchmark, counted at the server).
 
 A lease shared by a batch is given back when its last step ends: a batch-mate that ended
@@ -60,7 +61,11 @@ logger = logging.getLogger("planflow.admission")
 BATCH_SECONDS = 10.0  # steps planned at most this long share one lease with their batch
 CLOSE_SECONDS = 30.0  # the most a run's end waits for its leases to be given back
 TOO_MANY = 422  # the server's answer to more slots than the limit has at all
-SEEN_SECONDS = 0.1  # a limit read stands this long within one dispatcher round (limit_now)
+SEEN_SECONDS = 0.1  # a limit read stands this long (limit_now), about one dispatcher round
+# ... and this long while runs on this machine wake this one when they give slots back
+# (slot_wake.py): a give-back here makes the read stale at once, so only slots freed by
+# another machine's runs or an expired lease wait for it (runs asked at every 0.25 s round)
+SEEN_WOKEN_SECONDS = 1.0
 
 
 @dataclass
@@ -145,7 +150,9 @@ class RunSlots(SharedSlots):
         self._wake_dispatcher: Callable[[], None] | None = None
         self._wake: SlotWake | None = None
         self._contended: set[str] = set()  # limits that refused this run since it last got slots of them
-        self._seen: dict[str, tuple[float, Any]] = {}  # limit name -> (when, as read) this round (limit_now)
+        self._seen: dict[str, tuple[float, Any]] = {}  # limit name -> (read started, as read) this round (limit_now)
+        self._seen_woken: dict[str, tuple[float, Any]] = {}  # the same, for reads that stand longer (woken)
+        self._freed_at: dict[str, float] = {}  # limit name -> when a give-back on this machine was heard
 
     @property
     def poll_seconds(self) -> float:
@@ -229,6 +236,7 @@ class RunSlots(SharedSlots):
 
     def _freed(self, limit: str) -> None:
         """Slots of `limit` were given back (slot_wake.py's listener thread)."""
+        self._freed_at[limit] = time.monotonic()  # a read of it begun before is stale (limit_now)
         pool = self._wanting.get(limit)
         if pool is None:
             return
@@ -245,7 +253,7 @@ class RunSlots(SharedSlots):
         # a new round: what was refused may be free now (SharedSlots._surely_refused, per round)
         previous, self._round_refused = self._round_refused, {}
         self._wanting = {}
-        self._seen = {}  # what the server holds is read again this round, if needed
+        self._seen = {}  # the claims' reads: again this round, if needed
         # a claimed pool's steps take nothing; a claiming step takes its slots as they come free
         ready = [a for a in ready if not (self._claims.holds(a) or self._claims.blocked(a))]
         needed: dict[str, int] = {}
@@ -368,19 +376,28 @@ class RunSlots(SharedSlots):
         return name in self._contended and self.free_now(name) < n
 
     def free_now(self, name: str) -> int:
-        """Slots of limit `name` nobody holds, as read this round (one read per limit and
-        round; a limit that does not exist, or a read that failed, counts as free: the
-        increment that follows meets it and reports it)."""
+        """Slots of limit `name` nobody holds, as last read (limit_now). A limit that does not
+        exist, or a read that failed, counts as free: the increment that follows meets it
+        and reports it."""
         try:
-            limit = self.limit_now(name)
+            limit = self.limit_now(name, woken=True)
         except httpx.HTTPError:  # unknown: the increment meets the fault and reports it
             return 1 << 30
         return max(0, int(limit.limit) - int(limit.active_slots)) if limit is not None else 1 << 30
 
-    def limit_now(self, name: str) -> Any:
-        """Limit `name` as read this round, within SEEN_SECONDS (None: it does not exist)."""
-        seen = self._seen.get(name)
-        if seen is None or time.monotonic() - seen[0] > SEEN_SECONDS:
+    def limit_now(self, name: str, woken: bool = False) -> Any:
+        """Limit `name` as last read (None: it does not exist), read again when that read is
+        older than SEEN_SECONDS or this dispatcher round, or began before slots of it were
+        given back here. `woken`:
+        a read that only decides whether to ask again stands SEEN_WOKEN_SECONDS while this
+        run hears give-backs on this machine (the claims' reads, of the turn too, do not:
+        a turn taken is not announced)."""
+        cache = self._seen_woken if woken else self._seen
+        seen = cache.get(name)
+        hears = woken and self._wake is not None and self._wake.path is not None
+        stands = SEEN_WOKEN_SECONDS if hears else SEEN_SECONDS
+        if seen is None or time.monotonic() - seen[0] > stands or seen[0] <= self._freed_at.get(name, -1.0):
+            started = time.monotonic()
             shared = self._client
             self.reads += 1
             try:
@@ -388,7 +405,7 @@ class RunSlots(SharedSlots):
                     limit = client.read_global_concurrency_limit_by_name(name)
             except ObjectNotFound:
                 limit = None
-            seen = self._seen[name] = (time.monotonic(), limit)
+            seen = cache[name] = (started, limit)
         return seen[1]
 
     # -- leases -----------------------------------------------------------------------------
@@ -497,6 +514,7 @@ class RunSlots(SharedSlots):
             self._leases.append(lease)
             self._contended.discard(name)
             self._seen.pop(name, None)  # it holds fewer free now
+            self._seen_woken.pop(name, None)
         return lease
 
     def _releaser(self) -> None:

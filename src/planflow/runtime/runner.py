@@ -197,8 +197,12 @@ def _run(
             records = execute(make_executor(run), pipeline, plan.assignments, plan.capacities, notify, admit)
             bus.finished(run, records)  # held until the final state when `later` (run_end.py)
         if slots is not None:
-            refused = slots.refusals
-            logger.info("Shared slots: %d requests for slots, %d refused (pools full)", slots.requests, refused)
+            logger.info(
+                "Shared slots: %d requests for slots, %d refused (pools full), %d limits read",
+                slots.requests,
+                slots.refusals,
+                slots.reads,
+            )
     except BaseException as exc:
         # an interrupt, a termination signal, Prefect's Abort or Pause: no final-state hook
         # may come in this process, so the reporting ends now, with what its steps did so far
