@@ -274,8 +274,9 @@ def test_the_repository_folder_plans_cleanly_and_planning_changes_nothing(regist
 def test_a_block_type_registered_by_another_process_meanwhile_is_taken_as_it_is(prefect_server, monkeypatch):
     """Prefect registers a block type by reading it, then creating it when missing; runs
     starting together on a new server race between the two (the shared-pools test's runs
-    failed with ObjectAlreadyExists registering the calendar entry's type). Here the other process's create is made
-    for real between the read and the create; register_once takes the type it finds."""
+    failed with ObjectAlreadyExists registering the calendar entry's type). Here the other
+    process's create is made for real between the read and the create; register_once
+    takes the type it finds."""
     import uuid
 
     from prefect.blocks.core import Block

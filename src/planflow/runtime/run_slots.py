@@ -22,8 +22,8 @@ capacity - with fewer requests:
   writes. A limit that refused this run since it last got slots of it is read first
   (`free_now`: at most one read per limit per dispatcher round; while this machine's runs
   wake each other, a read stands until slots of that limit are given back here, or 1 s),
-  and asked only when the read says enough is free. In a burst of 8 runs on 2 cores, 57 % of 867 increments were
-  refused (the fleet benchmark, counted at the server).
+  and asked only when the read says enough is free. In a burst of 8 runs on 2 cores,
+  about 57 % of 867 increments were refused (the fleet benchmark, counted at the server).
 
 A lease shared by a batch is given back when its last step ends: a batch-mate that ended
 early keeps its slots held until then, at most about BATCH_SECONDS; other runs may wait
@@ -66,6 +66,7 @@ SEEN_SECONDS = 0.1  # a limit read stands this long (limit_now), about one dispa
 # (slot_wake.py): a give-back here makes the read stale at once, so only slots freed by
 # another machine's runs or an expired lease wait for it (runs asked at every 0.25 s round)
 SEEN_WOKEN_SECONDS = 1.0
+UNKNOWN_FREE = 1 << 30  # free_now of a limit it could not read: ask, and let the increment say why
 
 
 @dataclass
@@ -318,7 +319,7 @@ class RunSlots(SharedSlots):
                 if missing >= self._round_refused.get(name, missing + 1):
                     raise _RefusedThisRound(name)
                 if missing > 0 and self._looks_short(name, missing):
-                    self._round_refused[name] = min(missing, self._round_refused.get(name, missing))
+                    self._refused_this_round(name, missing)
                     raise _RefusedThisRound(name)
                 if missing > 0:
                     asking = (name, missing)
@@ -336,8 +337,7 @@ class RunSlots(SharedSlots):
             if isinstance(exc, httpx.HTTPStatusError):
                 if exc.response.status_code != LOCKED:
                     raise AdmissionError(f"step '{a.step}': the Prefect server refused its slots: {exc}") from None
-                name, missing = asking
-                self._round_refused[name] = min(missing, self._round_refused.get(name, missing))
+                self._refused_this_round(*asking)
             self._give_back_idle(self.wanted(a))
             self._server_down_since = None
             if self._claims.due(a, since):  # refused for long, and the pool's turn is free: claim
@@ -370,6 +370,11 @@ class RunSlots(SharedSlots):
         return self._wait_more(a, now, since)
 
     # -- what the server holds ----------------------------------------------------------------
+    def _refused_this_round(self, name: str, missing: int) -> None:
+        """`missing` slots of `name` were refused (or read as not free) this round: steps of
+        the round that miss as many wait without asking."""
+        self._round_refused[name] = min(missing, self._round_refused.get(name, missing))
+
     def _looks_short(self, name: str, n: int) -> bool:
         """Limit `name` refused this run since it last got slots of it, and a read this
         round says fewer than `n` are free: asking would be refused (a write for nothing)."""
@@ -382,16 +387,15 @@ class RunSlots(SharedSlots):
         try:
             limit = self.limit_now(name, woken=True)
         except httpx.HTTPError:  # unknown: the increment meets the fault and reports it
-            return 1 << 30
-        return max(0, int(limit.limit) - int(limit.active_slots)) if limit is not None else 1 << 30
+            limit = None
+        return max(0, int(limit.limit) - int(limit.active_slots)) if limit is not None else UNKNOWN_FREE
 
     def limit_now(self, name: str, woken: bool = False) -> Any:
         """Limit `name` as last read (None: it does not exist), read again when that read is
         older than SEEN_SECONDS or this dispatcher round, or began before slots of it were
-        given back here. `woken`:
-        a read that only decides whether to ask again stands SEEN_WOKEN_SECONDS while this
-        run hears give-backs on this machine (the claims' reads, of the turn too, do not:
-        a turn taken is not announced)."""
+        given back here. `woken`: a read that only decides whether to ask again stands
+        SEEN_WOKEN_SECONDS while this run hears give-backs on this machine (the claims'
+        reads, of the turn too, do not: a turn taken is not announced)."""
         cache = self._seen_woken if woken else self._seen
         seen = cache.get(name)
         hears = woken and self._wake is not None and self._wake.path is not None

@@ -67,9 +67,7 @@ def save_once_registered(block: Block, name: str, data: dict[str, Any] | None = 
         else:
             block._block_document_name, block._block_document_id = document.name, document.id
             return document.id
-    try:
-        document_id = block.save(name, overwrite=True)
-    except ObjectAlreadyExists:  # its type or schema registered by another process meanwhile (register_once)
-        document_id = block.save(name, overwrite=True)
+    register_once(cls)  # registered before Block.save registers it again: no race left for it to meet
+    document_id = block.save(name, overwrite=True)
     _registered.add(key)
     return document_id
