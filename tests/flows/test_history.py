@@ -154,3 +154,45 @@ def test_a_run_told_not_to_learn_leaves_the_history_as_it_was(tmp_path, monkeypa
     monkeypatch.delenv("PLANFLOW_LEARN_DURATIONS")
     to_flow(pipeline)()
     assert len(history.observations(pipeline.steps[name].component, 10)) == 1
+
+
+@pytest.mark.usefixtures("registered_blocks")
+def test_the_history_of_a_pipeline_is_read_in_one_request_and_a_page_cut_short_is_read_per_version(
+    tmp_path, monkeypatch
+):
+    """A plan read each component version's records with a request of its own (96 reads
+    in a fleet burst of 8 runs); now one request reads them all, and a version that a full
+    page may have cut short is read alone, so the answer is the same either way."""
+    from prefect.client.orchestration import SyncPrefectClient
+
+    tag = uuid.uuid4().hex[:8]
+    a, b, c = (load(tmp_path / f"{x}.py", V2, f"{x}-{tag}").train for x in "abc")
+    keys = {history.history_key(x.name, x.code_version): x for x in (a, b, c)}
+    history.record(history.Observation(b.name, b.code_version, "local", 5.0))
+    for seconds in (1.0, 2.0, 3.0):
+        history.record(history.Observation(a.name, a.code_version, "local", seconds))
+    requests = []
+    real = SyncPrefectClient.read_artifacts
+
+    def counted(self, *args, **kwargs):
+        requests.append(kwargs["artifact_filter"].key.any_)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(SyncPrefectClient, "read_artifacts", counted)
+    read = history.observations_of(keys, 2)
+    assert [o.seconds for o in read[history.history_key(a.name, a.code_version)]] == [3.0, 2.0]  # newest first
+    assert [o.seconds for o in read[history.history_key(b.name, b.code_version)]] == [5.0]
+    assert read[history.history_key(c.name, c.code_version)] == []
+    assert len(requests) == 1 and sorted(requests[0]) == sorted(keys)
+
+    requests.clear()
+    monkeypatch.setattr(history, "PAGE", 2)  # a's two newest fill the page: b and c may be cut off
+    assert history.observations_of(keys, 2) == read
+    assert len(requests) == 3 and len(requests[1]) == len(requests[2]) == 1
+
+    requests.clear()  # inside read_once, what was read answers again without a request
+    monkeypatch.setattr(history, "PAGE", 200)
+    with history.read_once():
+        history.observations_of(keys, 2)
+        assert [o.seconds for o in history.observations(a, 2)] == [3.0, 2.0]
+    assert len(requests) == 1

@@ -43,7 +43,7 @@ MIN_SECONDS = 0.05  # a plan needs positive durations; sub-50 ms steps round up 
 HISTORY_TYPE = "planflow-history"
 HISTORY_KEY_PREFIX = "planflow-history"
 KEY_MAX = 100  # Prefect's limit on an artifact key's length
-READ_THREADS = 8  # concurrent history reads before a plan
+PAGE = 200  # the most records one read asks for (Prefect's default PREFECT_API_DEFAULT_LIMIT)
 WRITE_THREADS = 8  # history records written side by side
 # Inside `read_once()`: observations read once per key (the plan's durations and memory
 # figures read the same records; without it, one request per step before each plan).
@@ -176,11 +176,9 @@ def read_once() -> Iterator[None]:
 def observations(component: Component, limit: int) -> list[Observation]:
     """The newest `limit` observations of this version of `component` (newest first)."""
     key = history_key(component.name, component.code_version)
-    reads = _reads.get()
-    if reads is not None and key in reads:
-        seen, complete = reads[key]  # complete: every record there is was read
-        if complete or len(seen) >= limit:
-            return seen[:limit]
+    cached = _cached(key, limit)
+    if cached is not None:
+        return cached
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(
             artifact_filter=ArtifactFilter(
@@ -190,15 +188,66 @@ def observations(component: Component, limit: int) -> list[Observation]:
             sort=ArtifactSort.CREATED_DESC,
             limit=limit,
         )
+    return _keep(key, _observed(component, artifacts), len(artifacts) < limit)[:limit]
+
+
+def observations_of(components: Mapping[str, Component], limit: int) -> dict[str, list[Observation]]:
+    """Per history key, the newest `limit` records' observations of each component
+    version in `components` (key -> component): one request for them all when their
+    newest records fit in one page (a plan read them one request each: 96 reads in a
+    fleet burst of 8 runs), then one per version the page may have cut short."""
+    found = {key: seen for key in components if (seen := _cached(key, limit)) is not None}
+    unread = [key for key in components if key not in found]
+    if not unread:
+        return found
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=unread),
+                type=ArtifactFilterType(any_=[HISTORY_TYPE]),
+            ),
+            sort=ArtifactSort.CREATED_DESC,
+            limit=PAGE,
+        )
+    by_key: dict[str, list[Any]] = {key: [] for key in unread}
+    for artifact in artifacts:  # newest first, across the versions
+        records = by_key.get(artifact.key or "")
+        if records is not None and len(records) < limit:
+            records.append(artifact)
+    whole_page = len(artifacts) >= PAGE  # older records may be left out: a version short of `limit` reads alone
+    for key, records in by_key.items():
+        if len(records) < limit and whole_page:
+            found[key] = observations(components[key], limit)
+        else:
+            found[key] = _keep(key, _observed(components[key], records), len(records) < limit)[:limit]
+    return found
+
+
+def _cached(key: str, limit: int) -> list[Observation] | None:
+    """The observations of `key` read inside this `read_once()` block, when they answer for `limit`."""
+    reads = _reads.get()
+    if reads is not None and key in reads:
+        seen, complete = reads[key]  # complete: every record there is was read
+        if complete or len(seen) >= limit:
+            return seen[:limit]
+    return None
+
+
+def _keep(key: str, found: list[Observation], complete: bool) -> list[Observation]:
+    reads = _reads.get()
+    if reads is not None:
+        reads[key] = (found, complete)
+    return found
+
+
+def _observed(component: Component, artifacts: Iterable[Any]) -> list[Observation]:
     found = []
     for artifact in artifacts:
         data = artifact.data if isinstance(artifact.data, dict) else {}
         batch = data.get("observations")
         items = reversed(batch) if isinstance(batch, list) else [data]  # a batch: newest last
         found += [o for item in items if (o := _parse(component, item)) is not None]
-    if reads is not None:
-        reads[key] = (found, len(artifacts) < limit)
-    return found[:limit]
+    return found
 
 
 def _parse(component: Component, data: Any) -> Observation | None:
@@ -228,17 +277,11 @@ def recent_durations(
     current code version (newest first), each converted to the work of a run with
     `params` (default: the pipeline's defaults)."""
     params = pipeline.resolve_params(params)
-    # One read per component version, all at once: steps often share a component, and
-    # reading them one after another put a server round trip per step before the plan.
+    # One request for every component version's records (steps often share a component;
+    # one read per step, then per version, put server round trips before the plan).
     components = {history_key(s.component.name, s.component.code_version): s.component for s in pipeline.steps.values()}
-    with ThreadPoolExecutor(max_workers=min(READ_THREADS, len(components) or 1)) as pool:
-        # a component may have run on several pools: read enough for `runs` on each
-        # each in a copy of this context: Prefect's settings (the API URL) live in context variables
-        futures = {
-            key: pool.submit(contextvars.copy_context().run, observations, c, max(1, runs) * 4)
-            for key, c in components.items()
-        }
-        read = {key: future.result() for key, future in futures.items()}
+    # a component may have run on several pools: read enough for `runs` on each
+    read = observations_of(components, max(1, runs) * 4)
     durations: dict[tuple[str, str], list[float]] = {}
     for name, step in pipeline.steps.items():
         spec = step.spec
