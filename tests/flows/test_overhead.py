@@ -270,3 +270,30 @@ def test_a_batch_of_one_components_runs_is_one_record_read_back_newest_first_onc
         history.record(history.Observation(comp.name, comp.code_version, "local", 5.0))
         assert [o.seconds for o in history.observations(comp, 10)][0] == 4.0  # read once in the block
     assert [o.seconds for o in history.observations(comp, 1)] == [5.0]
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_a_runs_task_threads_start_while_it_reads_and_are_the_flows_own():
+    """The flow's task-runner threads are started beside the run's reads (a cProfile of a
+    run of 40 trivial components: 33 thread starts, 0.30 s of the dispatcher's 0.51 s), as
+    the task runner's own threads (Prefect counts them to tell a nested submit); none
+    outside a flow run."""
+    from prefect import flow
+    from prefect.context import FlowRunContext
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    from planflow.runtime.executors import warm_task_threads
+
+    assert warm_task_threads(4) is None  # no flow run: nothing to warm
+
+    @flow(task_runner=ThreadPoolTaskRunner(max_workers=6))
+    def warmed(count: int) -> tuple[int, int]:
+        runner = FlowRunContext.get().task_runner
+        warming = warm_task_threads(count)
+        assert warming is not None
+        warming.join(10)
+        assert not warming.is_alive()
+        return len(runner._executor._threads), len(runner._worker_thread_ids)
+
+    assert warmed(4) == (4, 4)
+    assert warmed(40) == (6, 6)  # at most the task runner's workers

@@ -517,6 +517,8 @@ class RunSlots(SharedSlots):
                 with self._lock:
                     self.refusals += 1
                     self._refused_at[name] = time.monotonic()
+                    self._seen.pop(name, None)  # a read that said enough was free is stale: read again
+                    self._seen_woken.pop(name, None)
             if quiet:
                 return None
             raise

@@ -36,7 +36,7 @@ from planflow.runtime.calendar import busy_steps, planning_lock
 from planflow.runtime.dispatch import POLL_SECONDS, Assignment, StepRecord
 from planflow.runtime.distributed import DistributedExecutor
 from planflow.runtime.events import EventBus, Reporter, RunInfo, add_listener, subscribe, subscribers
-from planflow.runtime.executors import Executor, InProcessExecutor, execute
+from planflow.runtime.executors import Executor, InProcessExecutor, execute, warm_task_threads
 from planflow.runtime.fifo_eta import place_fifo
 from planflow.runtime.planning import RunPlan, check_run_options, make_plan, plan_run, run_pools
 from planflow.runtime.reporters import (
@@ -162,6 +162,8 @@ def _run(
     bus: EventBus | None = None
     seen: dict[str, StepRecord] = {}  # each step's last event: the end's report if the run is interrupted
     later = flow_run is not None and hooked(flow)
+    if mode == "inprocess":  # its steps are tasks of this flow run: their threads start meanwhile
+        warm_task_threads(len(pipeline.steps))
     try:
         # the pools, limits, settings and history, and the run's tags: read side by side
         # with the planning slot taken and the calendar read beside the other reads
