@@ -9,6 +9,7 @@ import threading
 import time
 from types import SimpleNamespace
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from planflow.cli.calendar import calendar_png, calendar_text, gantt_text, waiting_runs
@@ -214,7 +215,7 @@ def test_a_fault_in_re_planning_is_logged_as_a_warning_not_swallowed(monkeypatch
 
     calendar = RunCalendar("me", "name-me", logging.getLogger("test-replan"))
     calendar.entry = _planned_entry("me", NOW, [("m0", NOW + 10, NOW + 12, "planned")])
-    monkeypatch.setattr(run_calendar, "read_calendar", lambda clean=False: [])
+    monkeypatch.setattr(run_calendar, "look_at_calendar", lambda: [])
 
     def broken(entries):
         raise AttributeError("'Reservation' object has no attribute 'run_id'")
@@ -244,7 +245,7 @@ def test_a_run_that_yields_to_an_earlier_one_looks_again_soon_not_at_the_next_re
     earlier = _planned_entry("early", NOW - 5, [("e0", time.time() - 1, time.time() + 3, "planned")])
     earlier.reservations[0]["waiting"] = True  # ready, refused its slots
     reads = []
-    monkeypatch.setattr(run_calendar, "read_calendar", lambda clean=False: reads.append(1) or [earlier, calendar.entry])
+    monkeypatch.setattr(run_calendar, "look_at_calendar", lambda: reads.append(1) or [earlier, calendar.entry])
     replans = []
     monkeypatch.setattr(calendar, "replan", lambda: replans.append(1))
     watcher = threading.Thread(target=calendar._watch)
@@ -268,3 +269,34 @@ def test_a_run_that_yields_to_an_earlier_one_looks_again_soon_not_at_the_next_re
         calendar._wake.set()
         watcher.join(5)
     assert not watcher.is_alive()
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_a_look_at_the_calendar_stands_half_a_second_for_this_machines_other_runs(monkeypatch):
+    """Runs waiting on one machine share their looks at the calendar (shared_reads.py): a
+    look begun within LOOK_SHARED_SECONDS is taken from the file another run left, each
+    entry whole; an older one is read again from the server."""
+    from planflow.runtime import calendar, shared_reads
+
+    reads = []
+    real = calendar.read_calendar
+    monkeypatch.setattr(calendar, "read_calendar", lambda clean=True: reads.append(clean) or real(clean=clean))
+    monkeypatch.setattr(calendar, "LOOK_SHARED_SECONDS", 0.0)  # this look reads the server, whatever was left
+    assert isinstance(calendar.look_at_calendar(), list) and reads == [False]
+    monkeypatch.setattr(calendar, "LOOK_SHARED_SECONDS", 60.0)
+    calendar.look_at_calendar()  # what it left (or a newer look of a test beside it) stands
+    assert reads == [False]
+
+    entry = CalendarEntry(
+        flow_run_id="r1",
+        pipeline="p",
+        planned_at=10.0,
+        eta=20.0,
+        reservations=[{"component": "a", "pool": "local", "start": 10.0, "finish": 20.0, "state": "waiting"}],
+    )
+    key = f"test-{time.time_ns()}"
+    shared_reads.store_read(key, time.time(), [calendar.entry_data(entry)])
+    began, [data] = shared_reads.load_read(key, time.time() - 5)
+    assert CalendarEntry(**data) == entry
+    assert shared_reads.load_read(key, began) is None  # begun no later than asked: not taken
+    shared_reads._path(shared_reads.reads_folder(), key).unlink()

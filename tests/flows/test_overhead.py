@@ -27,6 +27,7 @@ from planflow.runtime.events import EventBus, Reporter, RunInfo
 from planflow.runtime.planning import RunPlan, plan_pipeline
 from planflow.runtime.reporters import MetricsReporter
 from planflow.runtime.run_slots import RunSlots
+from planflow.runtime.slot_wake import announce_taken
 
 from tests.flows.own_pool import own_pool
 
@@ -153,6 +154,12 @@ def test_a_step_refused_one_limit_holds_none_of_the_others(pool):
     assert active_slots([CPU, MEM]) == {CPU: 0, MEM: 0}
 
 
+def looks(slots: RunSlots) -> int:
+    """The limits a run looked at: read from the server, or another run's read on this
+    machine taken instead (a test of this module just before may have left one)."""
+    return slots.reads + slots.reads_shared
+
+
 def test_steps_waiting_for_a_full_pool_ask_the_server_once_per_round_not_once_each(pool, monkeypatch):
     """Five ready one-core steps, the pool held by another run: one request per round (the
     others would be refused as well): a refused increment, then, once refused, a read of
@@ -169,13 +176,13 @@ def test_steps_waiting_for_a_full_pool_ask_the_server_once_per_round_not_once_ea
         for _ in range(2):  # two rounds of the dispatcher
             slots.prepare(ready)
             assert [slots.take(a) for a in ready] == [None] * 5
-        assert (slots.requests, slots.refusals, slots.reads) == (1, 1, 2)  # reads: the pool's turn, then the cores
+        assert (slots.requests, slots.refusals, looks(slots)) == (1, 1, 2)  # reads: the pool's turn, then the cores
         slots.prepare(ready)
         small = Assignment("small", POOL, {"cpu": 0.5}, 9)
         assert slots.take(ready[0]) is None and slots.take(ready[1]) is None
         assert slots.take(small) is None  # it misses fewer slots than were refused: it looks again
         assert (slots.requests, slots.refusals) == (1, 1)  # no write the read said would fail
-        assert 2 <= slots.reads <= 3  # the cores read again, or the read of round 2 still stands
+        assert 2 <= looks(slots) <= 3  # the cores read again, or the read of round 2 still stands
     assert hog.wait_closed() and slots.wait_closed()
     assert active_slots([CPU, MEM]) == {CPU: 0, MEM: 0}
 
@@ -193,12 +200,35 @@ def test_short_steps_waiting_for_a_full_pool_stop_asking_for_a_batch_the_server_
         ready = [Assignment(f"s{i}", POOL, {"cpu": 1}, i, 0.0, 0.5) for i in range(5)]
         slots.prepare(ready)  # the batch: refused
         assert [slots.take(a) for a in ready] == [None] * 5  # the first step: a read says full, no ask
-        assert (slots.requests, slots.refusals, slots.reads) == (1, 1, 2)  # reads: the pool's turn, then the cores
+        assert (slots.requests, slots.refusals, looks(slots)) == (1, 1, 2)  # reads: the pool's turn, then the cores
         slots.prepare(ready)  # no batch this time
         assert [slots.take(a) for a in ready] == [None] * 5
-        assert (slots.requests, slots.refusals) == (1, 1) and slots.reads in (2, 3)  # read again, or it stands
+        assert (slots.requests, slots.refusals) == (1, 1) and looks(slots) in (2, 3)  # read again, or it stands
     assert hog.wait_closed() and slots.wait_closed()
     assert active_slots([CPU, MEM]) == {CPU: 0, MEM: 0}
+
+
+def test_a_limit_read_by_one_run_stands_for_this_machines_other_runs_until_slots_of_it_move(pool):
+    """Runs on one machine share their reads of a limit (shared_reads.py): a read one run
+    made is taken by another as its own while it is as fresh, and slots taken or given
+    back on this machine make it stale for all of them (announced: slot_wake.py)."""
+    with RunSlots() as a, RunSlots() as b:
+        assert a._wake is not None and a._wake.path is not None, "no private folder for this machine's runs"
+        announce_taken(CPU)  # as if slots were taken just now: what a test before left is stale for both
+        first = a.limit_now(CPU, woken=True)
+        assert b.limit_now(CPU, woken=True) == first and first.active_slots == 0
+        assert (a.reads, b.reads, b.reads_shared) == (1, 0, 1)
+        hog = RunSlots()
+        with hog:
+            held = hog.take(Assignment("hog", POOL, {"cpu": 1}, 0))
+            assert held is not None
+            assert b.limit_now(CPU, woken=True).active_slots == 1000  # the take made the shared read stale
+            assert a.limit_now(CPU, woken=True).active_slots == 1000  # ... and b's new read stands for a
+            assert (a.reads, a.reads_shared, b.reads) == (1, 1, 1)
+            held.close()
+        assert hog.wait_closed()  # its lease given back, and announced
+        assert a.limit_now(CPU, woken=True).active_slots == 0
+        assert a.reads == 2
 
 
 def test_a_batch_asks_for_no_more_than_its_limit_has(pool):

@@ -36,6 +36,8 @@ from planflow.runtime.calendar import (
     OVERRUN_SECONDS,
     CalendarError,
     Reservation,
+    entry_data,
+    look_at_calendar,
     others_held,
     planning_lock,
     read_calendar,
@@ -281,7 +283,7 @@ class RunCalendar(PoolOrder, Reporter):
                 continue
             self._looked = time.monotonic()  # a failed look is not asked for again at once
             try:
-                entries = read_calendar(clean=False)
+                entries = look_at_calendar()  # another run's look on this machine, if just now
                 self.look(entries)
                 mark = fingerprint(entries, self.run_id)
                 if due and mark != seen:
@@ -428,16 +430,6 @@ class RunCalendar(PoolOrder, Reporter):
                 client.delete_block_document(saved)
             except ObjectNotFound:
                 pass
-
-
-def entry_data(entry: CalendarEntry) -> dict[str, Any]:
-    """The entry's document data as it is now (what Block._to_block_document gives, for an
-    entry with no secrets, built directly: that took 10-20 ms for 400 reservations, at
-    every save). Each reservation is copied (`_move` changes their times and states while
-    the request goes; their demands never change)."""
-    data = {name: getattr(entry, name) for name in CalendarEntry.model_fields}
-    data["reservations"] = [dict(r) for r in entry.reservations]
-    return data
 
 
 def eta_band(shown: float, now: float) -> float:

@@ -52,10 +52,12 @@ from prefect.client.orchestration import get_client
 from prefect.exceptions import ObjectNotFound
 
 from planflow.prefect.limits import turn_limit
+from planflow.runtime import shared_reads
 from planflow.runtime.admission import LOCKED, AdmissionError, SharedSlots, _release
 from planflow.runtime.dispatch import RESOURCES, Assignment
+from planflow.runtime.shared_reads import LimitSeen
 from planflow.runtime.slot_claims import CLAIM_POLL_SECONDS, Claims
-from planflow.runtime.slot_wake import SlotWake
+from planflow.runtime.slot_wake import SlotWake, announce_taken
 
 logger = logging.getLogger("planflow.admission")
 BATCH_SECONDS = 10.0  # steps planned at most this long share one lease with their batch
@@ -135,6 +137,7 @@ class RunSlots(SharedSlots):
         self.requests = 0  # increments sent (for tests and the overhead benchmark)
         self.refusals = 0  # increments the server refused (423: not enough free; 422: more than the limit)
         self.reads = 0  # limits read before asking again (limit_now)
+        self.reads_shared = 0  # ... and taken from another run's read on this machine instead (shared_reads.py)
         # per limit, the fewest slots the server refused this round: a step that misses as
         # many waits without asking (a run with nine ready steps on a full pool asked nine
         # times every POLL_SECONDS, and several such runs kept a small server busy)
@@ -154,7 +157,9 @@ class RunSlots(SharedSlots):
         self._refused_at: dict[str, float] = {}  # limit name -> when it last refused this run (_contended)
         self._seen: dict[str, tuple[float, Any]] = {}  # limit name -> (read started, as read) this round (limit_now)
         self._seen_woken: dict[str, tuple[float, Any]] = {}  # the same, for reads that stand longer (woken)
-        self._freed_at: dict[str, float] = {}  # limit name -> when a give-back on this machine was heard
+        # limit name -> when (wall clock) it last changed as far as this run knows: a give-back
+        # heard on this machine, or this run's own grant or refusal; a read begun before is stale
+        self._changed_at: dict[str, float] = {}
 
     @property
     def poll_seconds(self) -> float:
@@ -173,7 +178,7 @@ class RunSlots(SharedSlots):
     # -- a run ----------------------------------------------------------------------------
     def __enter__(self) -> RunSlots:
         self._client = get_client(sync_client=True).__enter__()
-        self._wake = SlotWake(self._freed)
+        self._wake = SlotWake(self._freed, self._taken)
         for target, name in ((self._releaser, "planflow-slot-release"), (self._renewer, "planflow-slot-renew")):
             thread = threading.Thread(target=contextvars.copy_context().run, args=(target,), name=name, daemon=True)
             thread.start()
@@ -236,9 +241,13 @@ class RunSlots(SharedSlots):
         refused step waits for are given back on this machine."""
         self._wake_dispatcher = wake
 
+    def _taken(self, limit: str) -> None:
+        """Slots of `limit` were taken on this machine (slot_wake.py): a read begun before is stale."""
+        self._changed_at[limit] = time.time()
+
     def _freed(self, limit: str) -> None:
         """Slots of `limit` were given back (slot_wake.py's listener thread)."""
-        self._freed_at[limit] = time.monotonic()  # a read of it begun before is stale (limit_now)
+        self._changed_at[limit] = time.time()  # a read of it begun before is stale (limit_now)
         pool = self._wanting.get(limit)
         if pool is None:
             return
@@ -400,27 +409,38 @@ class RunSlots(SharedSlots):
             limit = None
         return max(0, int(limit.limit) - int(limit.active_slots)) if limit is not None else UNKNOWN_FREE
 
-    def limit_now(self, name: str, woken: bool = False) -> Any:
+    def limit_now(self, name: str, woken: bool = False) -> LimitSeen | None:
         """Limit `name` as last read (None: it does not exist), read again when that read is
-        older than SEEN_SECONDS or this dispatcher round, or began before slots of it were
-        given back here. `woken`: a read that only decides whether to ask again stands
-        SEEN_WOKEN_SECONDS while this run hears give-backs on this machine (the claims'
-        reads, of the turn too, do not: a turn taken is not announced)."""
+        older than SEEN_SECONDS or this dispatcher round, or began before the limit changed
+        as far as this run knows (slots of it given back here, this run's grant or refusal).
+        `woken`: a read that only decides whether to ask again stands SEEN_WOKEN_SECONDS
+        while this run hears give-backs on this machine (the claims' reads, of the turn too,
+        do not: a turn taken is not announced). A read another run on this machine made
+        that is as fresh is taken instead of asking the server (shared_reads.py)."""
         cache = self._seen_woken if woken else self._seen
-        seen = cache.get(name)
         hears = woken and self._wake is not None and self._wake.path is not None
         stands = SEEN_WOKEN_SECONDS if hears else SEEN_SECONDS
-        if seen is None or time.monotonic() - seen[0] > stands or seen[0] <= self._freed_at.get(name, -1.0):
-            started = time.monotonic()
-            shared = self._client
-            self.reads += 1
-            try:
-                with nullcontext(shared) if shared else get_client(sync_client=True) as client:
-                    limit = client.read_global_concurrency_limit_by_name(name)
-            except ObjectNotFound:
-                limit = None
-            seen = cache[name] = (started, limit)
-        return seen[1]
+        fresh_after = max(time.time() - stands, self._changed_at.get(name, -1.0))
+        seen = cache.get(name)
+        if seen is not None and seen[0] > fresh_after:
+            return seen[1]
+        if self._wake is not None and (shared := shared_reads.load(name, fresh_after)) is not None:
+            self.reads_shared += 1
+            cache[name] = shared
+            return shared[1]
+        started = time.time()
+        client = self._client
+        self.reads += 1
+        try:
+            with nullcontext(client) if client else get_client(sync_client=True) as client:
+                limit = client.read_global_concurrency_limit_by_name(name)
+            read = LimitSeen(int(limit.limit), int(limit.active_slots))
+        except ObjectNotFound:
+            read = None
+        cache[name] = (started, read)
+        if self._wake is not None:
+            shared_reads.store(name, started, read)
+        return read
 
     # -- leases -----------------------------------------------------------------------------
     def _gather(self, name: str, n: int) -> list[tuple[_Lease, int]]:
@@ -517,8 +537,7 @@ class RunSlots(SharedSlots):
                 with self._lock:
                     self.refusals += 1
                     self._refused_at[name] = time.monotonic()
-                    self._seen.pop(name, None)  # a read that said enough was free is stale: read again
-                    self._seen_woken.pop(name, None)
+                    self._changed_at[name] = time.time()  # a read that said enough was free is stale
             if quiet:
                 return None
             raise
@@ -528,8 +547,9 @@ class RunSlots(SharedSlots):
         lease = _Lease(UUID(granted["lease_id"]), name, n, n, renewed=time.monotonic())
         with self._lock:
             self._leases.append(lease)
-            self._seen.pop(name, None)  # it holds fewer free now
-            self._seen_woken.pop(name, None)
+            self._changed_at[name] = time.time()  # it holds fewer free now
+        if self._wake is not None:
+            announce_taken(name)  # this machine's other runs: their reads of it are stale
         return lease
 
     def _releaser(self) -> None:

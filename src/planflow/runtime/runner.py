@@ -200,10 +200,12 @@ def _run(
             bus.finished(run, records)  # held until the final state when `later` (run_end.py)
         if slots is not None:
             logger.info(
-                "Shared slots: %d requests for slots, %d refused (pools full), %d limits read",
+                "Shared slots: %d requests for slots, %d refused (pools full), %d limits read "
+                "(%d more reads taken from this machine's other runs)",
                 slots.requests,
                 slots.refusals,
                 slots.reads,
+                slots.reads_shared,
             )
     except BaseException as exc:
         # an interrupt, a termination signal, Prefect's Abort or Pause: no final-state hook

@@ -10,6 +10,11 @@ Prefect server (its API URL); whoever gives back slots of a limit sends, once th
 confirmed it, the limit's name to every socket there (`announce`), and a run with a step
 waiting for that limit wakes its dispatcher, which asks the server at once.
 
+Slots taken are announced too (`announce_taken`, the name with a leading "+"): they wake
+nobody, they only make the limit's last read stale in every run that hears it (runs on
+one machine share their reads of a limit: shared_reads.py). Runs in the same process
+hear each other at once, not through their sockets.
+
 Nothing here grants anything: a datagram only makes a run ask the server sooner. A lost,
 late or forged one costs at most one request, and runs on other machines still poll. The
 folder is private to the user (0700, checked); a socket whose process died is removed by
@@ -45,6 +50,9 @@ SOCKET_SUFFIX = ".s"  # names kept short: a socket's path holds at most 107 byte
 _sender: socket.socket | None = None
 _sender_lock = threading.Lock()
 _folders: dict[str, Path | None] = {}  # API URL -> its folder, as checked once per process
+TAKEN = "+"  # a datagram naming a limit whose slots were taken starts with this
+_here: set[SlotWake] = set()  # this process's listeners: told directly, not through their sockets
+_here_lock = threading.Lock()
 
 
 def wake_folder() -> Path | None:
@@ -78,10 +86,24 @@ def _private_folder(url: str) -> Path | None:
 
 def announce(limit: str) -> None:
     """Tell this machine's runs on the same server that slots of `limit` were given back."""
+    _send(limit)
+
+
+def announce_taken(limit: str) -> None:
+    """Tell this machine's runs on the same server that slots of `limit` were taken."""
+    _send(TAKEN + limit)
+
+
+def _send(text: str) -> None:
     folder = wake_folder()
     if folder is None:
         return
-    message = limit.encode()[:MAX_DATAGRAM]
+    with _here_lock:  # this process's runs on the same server
+        here = [listener for listener in _here if listener.path is not None and listener.path.parent == folder]
+    for listener in here:  # this process's runs: at once, in order with what the caller does next
+        listener.hear(text)
+    skip = {listener.path.name for listener in here if listener.path is not None}
+    message = text.encode()[:MAX_DATAGRAM]
     global _sender
     with _sender_lock:
         if _sender is None:
@@ -93,7 +115,7 @@ def announce(limit: str) -> None:
     except OSError:
         return
     for entry in entries:
-        if not entry.name.endswith(SOCKET_SUFFIX):
+        if not entry.name.endswith(SOCKET_SUFFIX) or entry.name in skip:
             continue
         try:
             sender.sendto(message, entry.path)
@@ -106,10 +128,11 @@ def announce(limit: str) -> None:
 
 class SlotWake:
     """One run's listener: `on_freed(limit)` is called on its own thread for each limit
-    whose slots another run (or this one) gave back. Does nothing where there is no folder."""
+    whose slots another run (or this one) gave back, `on_taken(limit)` for each whose
+    slots were taken. Does nothing where there is no folder."""
 
-    def __init__(self, on_freed: Callable[[str], None]) -> None:
-        self.on_freed = on_freed
+    def __init__(self, on_freed: Callable[[str], None], on_taken: Callable[[str], None] | None = None) -> None:
+        self.on_freed, self.on_taken = on_freed, on_taken
         self.path: Path | None = None
         self._socket: socket.socket | None = None
         self._thread: threading.Thread | None = None
@@ -128,6 +151,19 @@ class SlotWake:
         self.path, self._socket = path, listener
         self._thread = threading.Thread(target=self._listen, name="planflow-slot-wake", daemon=True)
         self._thread.start()
+        with _here_lock:
+            _here.add(self)
+
+    def hear(self, text: str) -> None:
+        """One announcement: a limit's slots given back, or taken ("+" and its name)."""
+        try:
+            if text.startswith(TAKEN):
+                if self.on_taken is not None:
+                    self.on_taken(text[len(TAKEN) :])
+            else:
+                self.on_freed(text)
+        except Exception as exc:  # a wake-up is a hint: its failure leaves the poll
+            logger.warning("a slot wake-up failed (%s); the run polls", exc)
 
     def _listen(self) -> None:
         listener = self._socket
@@ -141,18 +177,17 @@ class SlotWake:
                     return  # close() woke it
                 continue
             try:
-                limit = data.decode()
+                text = data.decode()
             except UnicodeDecodeError:
                 continue
-            try:
-                self.on_freed(limit)
-            except Exception as exc:  # a wake-up is a hint: its failure leaves the poll
-                logger.warning("a slot wake-up failed (%s); the run polls", exc)
+            self.hear(text)
 
     def close(self) -> None:
         listener = self._socket
         if listener is None:
             return
+        with _here_lock:
+            _here.discard(self)
         self._closing = True
         path = self.path
         with contextlib.suppress(OSError):

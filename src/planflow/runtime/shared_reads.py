@@ -1,0 +1,121 @@
+"""Reads that this machine's runs share: a limit (or the calendar) one run read just now stands for the others.
+
+A run waiting for its pool reads the pool's limits (run_slots.RunSlots.limit_now: before
+asking again, and for its claims) once per dispatcher round or once a second. Eight
+runs waiting on one machine each read the same limits: 950 of a fleet burst's 3,800
+requests, each about 25 ms of the Prefect server's CPU, on the cores the components run
+on. So each read is also left in a file of the user's (one per limit, in the private
+folder of slot_wake.py), with when it began; a run about to read a limit first looks
+there, and takes a read that began recently enough for it, exactly as it would take its
+own. The calendar's looks are shared the same way (calendar.look_at_calendar: 272 reads
+of every entry in a burst); a run's re-plan still reads it from the server.
+
+Nothing here grants anything: a read only decides whether to ask the server for slots,
+whose increment is the one that counts. A stale, lost or forged file costs at most one
+refused request or one round's wait. The folder is private to the user (0700, checked);
+a file that cannot be read or parsed is taken as absent. PLANFLOW_SLOT_WAKE=false turns
+it off with the wake-ups (each run reads for itself).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import stat
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from planflow.runtime.slot_wake import wake_folder
+
+MAX_BYTES = 512  # a file longer than a read of one limit is not ours: taken as absent
+_folders: dict[Path, Path | None] = {}  # wake folder -> its reads folder, checked once per process
+
+
+@dataclass(frozen=True)
+class LimitSeen:
+    """A limit as read: its size and the slots held (what RunSlots looks at)."""
+
+    limit: int
+    active_slots: int
+
+
+def reads_folder() -> Path | None:
+    """`<wake folder>/reads`, private to the user; None where there is no wake folder."""
+    wake = wake_folder()
+    if wake is None:
+        return None
+    if wake not in _folders:
+        folder = wake / "reads"
+        try:
+            with contextlib.suppress(FileExistsError):
+                folder.mkdir(mode=0o700, parents=False)
+            info = folder.lstat()
+            mine = stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid()
+            private = mine and not stat.S_IMODE(info.st_mode) & 0o077
+        except OSError:
+            private = False
+        _folders[wake] = folder if private else None
+    return _folders[wake]
+
+
+def _path(folder: Path, key: str) -> Path:
+    return folder / f"r-{hashlib.sha256(key.encode()).hexdigest()[:20]}.json"
+
+
+def load_read(key: str, began_after: float, max_bytes: int = MAX_BYTES) -> tuple[float, Any] | None:
+    """The last shared read under `key` when it began after `began_after` (wall clock):
+    (when it began, what was read); else None (none, older, too long, or unreadable)."""
+    folder = reads_folder()
+    if folder is None:
+        return None
+    try:
+        with open(_path(folder, key), "rb") as f:
+            raw = f.read(max_bytes + 1)
+        if len(raw) > max_bytes:
+            return None
+        data = json.loads(raw)
+        began = float(data["began"])
+        if data["key"] != key or began <= began_after:
+            return None
+        return began, data["read"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def store_read(key: str, began: float, read: Any) -> None:
+    """Leave a read (JSON) under `key`, begun at `began` (wall clock), for this machine's runs."""
+    folder = reads_folder()
+    if folder is None:
+        return
+    temporary = None
+    try:
+        descriptor, temporary = tempfile.mkstemp(dir=folder, prefix=".r-")
+        with os.fdopen(descriptor, "w") as f:
+            json.dump({"key": key, "began": began, "read": read}, f)
+        os.replace(temporary, _path(folder, key))
+    except (OSError, TypeError, ValueError):
+        if temporary is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+
+
+def load(name: str, began_after: float) -> tuple[float, LimitSeen | None] | None:
+    """The last shared read of limit `name` when it began after `began_after` (wall clock):
+    (when it began, the limit or None for a limit that does not exist); else None."""
+    found = load_read(f"limit:{name}", began_after)
+    if found is None:
+        return None
+    began, read = found
+    try:
+        return began, (LimitSeen(int(read["limit"]), int(read["active_slots"])) if read is not None else None)
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def store(name: str, began: float, seen: LimitSeen | None) -> None:
+    """Leave a read of limit `name` (begun at `began`, wall clock) for this machine's runs."""
+    store_read(f"limit:{name}", began, {"limit": seen.limit, "active_slots": seen.active_slots} if seen else None)
