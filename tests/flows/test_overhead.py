@@ -231,6 +231,29 @@ def test_a_limit_read_by_one_run_stands_for_this_machines_other_runs_until_slots
         assert a.reads == 2
 
 
+def test_a_batch_asks_first_for_the_limit_that_refused_the_run_lately_and_for_the_others_only_if_granted(
+    pool, monkeypatch
+):
+    """Side by side, a batch's memory was granted beside its refused cores and given back
+    at once, round after round (336 memory increments granted against 72 of cores in one
+    fleet burst). Now the limit that refused the run lately is asked alone first."""
+    from planflow.runtime import slot_claims
+
+    monkeypatch.setattr(slot_claims, "CLAIM_AFTER_SECONDS", 1e9)
+    hog = RunSlots()
+    with hog, RunSlots() as slots:
+        assert hog.take(Assignment("hog", POOL, {"cpu": 2}, 0)) is not None
+        ready = [Assignment("s", POOL, {"cpu": 1, "mem_gib": 1}, 0, 0.0, 0.5)]
+        slots.prepare(ready)  # nothing refused it yet: cores and memory side by side, the cores refused
+        assert (slots.requests, slots.refusals) == (2, 1)
+        monkeypatch.setattr(slots, "free_now", lambda name: 1 << 30)  # a read that missed a take elsewhere
+        slots.prepare(ready)  # the cores alone, refused again: no memory asked for
+        assert (slots.requests, slots.refusals) == (3, 2)
+        assert active_slots([CPU, MEM]) == {CPU: 2000, MEM: 0}
+    assert hog.wait_closed() and slots.wait_closed()
+    assert active_slots([CPU, MEM]) == {CPU: 0, MEM: 0}
+
+
 def test_a_batch_asks_for_no_more_than_its_limit_has(pool):
     """Five short one-core steps on a free two-core pool: the batch asks for two cores
     (five, more than the limit, the server refuses however free it is), two steps start."""

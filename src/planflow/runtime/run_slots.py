@@ -294,16 +294,31 @@ class RunSlots(SharedSlots):
         missing = [(name, min(n, room.get(name, n))) for name, n in missing if room.get(name, n) > 0]
         if any(self._looks_short(name, n) for name, n in missing):
             return  # all or none: a batch that would be refused is not asked for (the steps ask one by one)
-        if len(missing) > 1:  # one increment per limit, side by side (a server round trip each)
-            futures = [
-                self._threads_pool.submit(contextvars.copy_context().run, self._increment, name, n, True, True)
-                for name, n in missing
-            ]
-            leases = [future.result() for future in futures]
+        # A limit that refused this run lately is asked first, alone, and the others only once
+        # it granted: side by side, the memory a fleet burst's batches asked for beside their
+        # refused cores was granted and given back at once (336 memory increments granted
+        # against 72 of cores in one burst, as many decrements).
+        lately = {name for name, _ in missing if self._contended(name)}
+        leases: list[_Lease | None] = []
+        for name, n in missing:
+            if name in lately:
+                leases.append(self._increment(name, n, quiet=True))
+                if leases[-1] is None:
+                    break
         else:
-            leases = [self._increment(name, n, quiet=True) for name, n in missing]
+            leases += self._increment_side_by_side([(name, n) for name, n in missing if name not in lately])
         if any(lease is None for lease in leases):  # all or none: no run holds part of what it waits for
             self._drop([lease for lease in leases if lease is not None])
+
+    def _increment_side_by_side(self, asked: list[tuple[str, int]]) -> list[_Lease | None]:
+        """One increment per limit (quiet), side by side: a server round trip each."""
+        if len(asked) <= 1:
+            return [self._increment(name, n, quiet=True) for name, n in asked]
+        futures = [
+            self._threads_pool.submit(contextvars.copy_context().run, self._increment, name, n, True, True)
+            for name, n in asked
+        ]
+        return [future.result() for future in futures]
 
     def take(self, a: Assignment) -> _Held | None:
         now = time.monotonic()
