@@ -254,6 +254,22 @@ def test_a_batch_asks_first_for_the_limit_that_refused_the_run_lately_and_for_th
     assert active_slots([CPU, MEM]) == {CPU: 0, MEM: 0}
 
 
+def test_leases_given_back_once_the_runs_slot_threads_were_shut_down_still_go_back(pool):
+    """A fleet burst saw the releaser die on `cannot schedule new futures after shutdown`
+    with a claim's turn in hand: the pool's turn stayed held until its lease ran out, and
+    no run could claim for 70 s. Leases given back then go back one by one, inline."""
+    with RunSlots() as slots:
+        held = [slots._increment(CPU, 500), slots._increment(MEM, 512)]
+        assert active_slots([CPU, MEM]) == {CPU: 500, MEM: 512}
+        with slots._lock:
+            for lease in held:
+                slots._leases.remove(lease)
+        slots._threads_pool.shutdown()
+        slots._release_all(held, warn_when="in this test")
+        assert active_slots([CPU, MEM]) == {CPU: 0, MEM: 0}
+    assert slots.wait_closed()
+
+
 def test_a_batch_asks_for_no_more_than_its_limit_has(pool):
     """Five short one-core steps on a free two-core pool: the batch asks for two cores
     (five, more than the limit, the server refuses however free it is), two steps start."""

@@ -225,7 +225,8 @@ class RunSlots(SharedSlots):
                 )
         if client is not None:
             client.__exit__(None, None, None)
-        self._threads_pool.shutdown(wait=False)
+        if not any(thread.is_alive() for thread in self._threads):  # a releaser still at work keeps its threads
+            self._threads_pool.shutdown(wait=False)
 
     def __call__(self, a: Assignment) -> _Held | None:
         held = self.take(a)
@@ -528,10 +529,14 @@ class RunSlots(SharedSlots):
             for lease in leases:
                 settle(lambda lease=lease: _release(lease.id, lease.limit))
             return
-        given = [
-            self._threads_pool.submit(contextvars.copy_context().run, _release, lease.id, lease.limit)
-            for lease in leases
-        ]
+        given = []
+        for i, lease in enumerate(leases):
+            try:
+                given.append(self._threads_pool.submit(contextvars.copy_context().run, _release, lease.id, lease.limit))
+            except RuntimeError:  # its threads were shut down (the run's end): the rest one by one, here
+                for rest in leases[i:]:
+                    settle(lambda rest=rest: _release(rest.id, rest.limit))
+                break
         for future in given:  # each request is bounded by the client's timeout; this wait too
             settle(lambda future=future: future.result(CLOSE_SECONDS))
 
@@ -579,7 +584,10 @@ class RunSlots(SharedSlots):
                     self._releases.put(None)  # the run's end: after these
                     break
                 leases.append(more)
-            self._release_all(leases, warn_when="after its step")  # the releaser goes on
+            try:
+                self._release_all(leases, warn_when="after its step")  # the releaser goes on
+            except Exception:  # never ends the releaser: the leases after these still go back
+                logger.warning("leases were not given back after their step; they run out by themselves", exc_info=True)
 
     def _renewer(self) -> None:
         with get_client(sync_client=True) as client:
