@@ -14,8 +14,10 @@ import logging
 import threading
 import time
 from concurrent.futures import Future
+from unittest.mock import patch
 
 import pytest
+from prefect.client.orchestration import SyncPrefectClient
 
 from planflow.prefect.limits import PLANNING_LIMIT, active_slots, limit_name
 from planflow.runtime.calendar import CalendarError, planning_lock
@@ -67,21 +69,29 @@ def test_a_run_waiting_to_plan_gets_the_slot_soon_after_it_is_free_and_a_bounded
     """Prefect's own wait sleeps the server's Retry-After (up to 30 s once runs queue):
     the planning slot stood free while the runs that wanted it slept."""
     got = threading.Event()
-    with planning_lock():
-        with pytest.raises(CalendarError, match=f"waited 1 s for concurrency limit '{PLANNING_LIMIT}'"):
-            with planning_lock(1.0):
-                pass
+    asked = []  # per increment of the planning slot: whether the waiting run sent it
+    real = SyncPrefectClient.increment_concurrency_slots_with_lease
 
-        def second() -> None:
-            with planning_lock(30.0):
-                got.set()
+    def counted(self, *args, **kwargs):
+        asked.append(threading.current_thread() is waiter)
+        return real(self, *args, **kwargs)
 
-        waiter = threading.Thread(target=second)
-        waiter.start()
-        assert not got.wait(0.5)  # refused while this one holds it
-        freed = time.monotonic()
-    waiter.join(30.0)
+    def second() -> None:
+        with planning_lock(30.0):
+            got.set()
+
+    waiter = threading.Thread(target=second)
+    with patch.object(SyncPrefectClient, "increment_concurrency_slots_with_lease", counted):
+        with planning_lock():
+            with pytest.raises(CalendarError, match=f"waited 1 s for concurrency limit '{PLANNING_LIMIT}'"):
+                with planning_lock(1.0):
+                    pass
+            waiter.start()
+            assert not got.wait(1.5)  # refused while this one holds it
+            freed = time.monotonic()
+        waiter.join(30.0)
     assert got.is_set()
+    assert asked.count(True) == 2  # refused once, then read until free: asked again only then, not every poll
     # polled every 0.3 s (with jitter): the slot is taken within a few polls, not a Retry-After later
     assert time.monotonic() - freed < 5.0
     assert active_slots([PLANNING_LIMIT]) == {PLANNING_LIMIT: 0}

@@ -277,8 +277,12 @@ def planning_lock(wait_seconds: float = PLANNING_WAIT_SECONDS, release_later: bo
     waiting that grew to tens of seconds each, and the slot stood free while every run
     that wanted it slept: the fleet benchmark's last runs planned two minutes late.)"""
     deadline = time.monotonic() + wait_seconds
+    refused = False  # once refused, the slot is read (no lock) before it is asked again (a write, refused or not)
     with get_client(sync_client=True) as client:
         while True:
+            if refused and _planning_held(client):
+                _wait_for_planning(deadline, wait_seconds)
+                continue
             try:
                 granted = client.increment_concurrency_slots_with_lease(
                     names=[PLANNING_LIMIT], slots=1, mode="concurrency", lease_duration=settings().slot_lease_seconds
@@ -288,13 +292,8 @@ def planning_lock(wait_seconds: float = PLANNING_WAIT_SECONDS, release_later: bo
                     raise CalendarError(
                         f"cannot take the planning slot '{PLANNING_LIMIT}': {exc}. Fix: planflow pools sync"
                     ) from None
-                if time.monotonic() + PLANNING_POLL_SECONDS > deadline:
-                    raise CalendarError(
-                        f"waited {wait_seconds:.0f} s for concurrency limit '{PLANNING_LIMIT}' (another run is "
-                        "planning). Fix: look at its holders in the Prefect UI (Concurrency), or reset it there "
-                        "if a run died holding it"
-                    ) from None
-                time.sleep(PLANNING_POLL_SECONDS * random.uniform(0.5, 1.5))  # noqa: S311 (jitter, not secrets)
+                refused = True
+                _wait_for_planning(deadline, wait_seconds)
                 continue
             if not granted.get("limits"):
                 raise PlanningLimitMissing(
@@ -310,6 +309,28 @@ def planning_lock(wait_seconds: float = PLANNING_WAIT_SECONDS, release_later: bo
             threading.Thread(target=target, args=(_release_quietly, lease), name="planflow-planning-release").start()
         else:
             _release(lease)
+
+
+def _planning_held(client: Any) -> bool:
+    """Another run holds the planning slot, as read now (a read that fails says no: the
+    increment that follows meets the fault and reports it). A fleet burst's re-plans sent
+    90 refused increments, each queued for SQLite's one write lock."""
+    try:
+        limit = client.read_global_concurrency_limit_by_name(PLANNING_LIMIT)
+    except (ObjectNotFound, httpx.HTTPError):
+        return False
+    return limit.active_slots >= limit.limit
+
+
+def _wait_for_planning(deadline: float, wait_seconds: float) -> None:
+    """Sleep until the next look at the planning slot, or fail when that passes the deadline."""
+    if time.monotonic() + PLANNING_POLL_SECONDS > deadline:
+        raise CalendarError(
+            f"waited {wait_seconds:.0f} s for concurrency limit '{PLANNING_LIMIT}' (another run is "
+            "planning). Fix: look at its holders in the Prefect UI (Concurrency), or reset it there "
+            "if a run died holding it"
+        )
+    time.sleep(PLANNING_POLL_SECONDS * random.uniform(0.5, 1.5))  # noqa: S311 (jitter, not secrets)
 
 
 def _release_quietly(lease: UUID) -> None:
