@@ -16,6 +16,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait as wait_for
 from typing import Any, Protocol
 
 from prefect.context import FlowRunContext
@@ -110,8 +111,9 @@ def warm_task_threads(count: int) -> threading.Thread | None:
             return
         finally:
             go.set()
-        for done in waits:
-            done.result(WARM_WAIT_SECONDS)
+        # each thread has run its initializer once its callable ran; a pool already busy with
+        # tasks (a pipeline run inside a flow of one's own) may run them late: not waited for
+        wait_for(waits, WARM_WAIT_SECONDS)
 
     thread = threading.Thread(target=warm, name="planflow-warm-threads", daemon=True)
     thread.start()

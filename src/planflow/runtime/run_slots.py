@@ -430,9 +430,10 @@ class RunSlots(SharedSlots):
         older than SEEN_SECONDS or this dispatcher round, or began before the limit changed
         as far as this run knows (slots of it given back here, this run's grant or refusal).
         `woken`: a read that only decides whether to ask again stands SEEN_WOKEN_SECONDS
-        while this run hears give-backs on this machine (the claims' reads, of the turn too,
-        do not: a turn taken is not announced). A read another run on this machine made
-        that is as fresh is taken instead of asking the server (shared_reads.py)."""
+        while this run hears this machine's takes and give-backs (the claims' reads, of the
+        turn too, stay per round: they decide what a claim takes). A read another run on
+        this machine made that is as fresh is taken instead of asking the server
+        (shared_reads.py)."""
         cache = self._seen_woken if woken else self._seen
         hears = woken and self._wake is not None and self._wake.path is not None
         stands = SEEN_WOKEN_SECONDS if hears else SEEN_SECONDS
