@@ -265,7 +265,7 @@ def test_leases_given_back_once_the_runs_slot_threads_were_shut_down_still_go_ba
             for lease in held:
                 slots._leases.remove(lease)
         slots._threads_pool.shutdown()
-        slots._release_all(held, warn_when="in this test")
+        slots._release_all(held, warn_when="in this test", here=False)  # to the server, not left here
         assert active_slots([CPU, MEM]) == {CPU: 0, MEM: 0}
     assert slots.wait_closed()
 

@@ -25,6 +25,11 @@ capacity - with fewer requests:
   and asked only when the read says enough is free. In a burst of 8 runs on 2 cores,
   about 57 % of 867 increments were refused (the fleet benchmark, counted at the server).
 
+- **Handed over here.** A lease of a pool's cpu, memory or gpu given back is first left
+  for this machine's other runs (spare_leases.py): one that misses slots of that limit
+  takes it over without a request, and the lease goes back to the server only when
+  nobody took it within LINGER_SECONDS.
+
 A lease shared by a batch is given back when its last step ends: a batch-mate that ended
 early keeps its slots held until then, at most about BATCH_SECONDS; other runs may wait
 that much longer, never less safe.
@@ -51,8 +56,8 @@ import httpx
 from prefect.client.orchestration import get_client
 from prefect.exceptions import ObjectNotFound
 
-from planflow.prefect.limits import turn_limit
-from planflow.runtime import shared_reads
+from planflow.prefect.limits import parse_limit_name, turn_limit
+from planflow.runtime import shared_reads, spare_leases
 from planflow.runtime.admission import LOCKED, AdmissionError, SharedSlots, _release
 from planflow.runtime.dispatch import RESOURCES, Assignment
 from planflow.runtime.shared_reads import LimitSeen
@@ -69,6 +74,7 @@ SEEN_SECONDS = 0.1  # a limit read stands this long (limit_now), about one dispa
 # another machine's runs or an expired lease wait for it (runs asked at every 0.25 s round)
 SEEN_WOKEN_SECONDS = 1.0
 CONTENDED_SECONDS = 10.0  # a limit that refused the run this recently is read before it is asked (_contended)
+_LOOK_AGAIN = "look again"  # put on the releaser's queue: a lease was left here, due back later
 UNKNOWN_FREE = 1 << 30  # free_now of a limit it could not read: ask, and let the increment say why
 
 
@@ -79,7 +85,8 @@ class _Lease:
     slots: int
     free: int
     users: int = 0
-    renewed: float = 0.0
+    renewed: float = 0.0  # monotonic
+    born: float = 0.0  # when the server granted it (wall clock; 0: unknown, never handed over)
 
 
 class _RefusedThisRound(Exception):
@@ -129,7 +136,7 @@ class RunSlots(SharedSlots):
         self.batch_seconds = batch_seconds
         self._leases: list[_Lease] = []
         self._lock = threading.Lock()
-        self._releases: queue.SimpleQueue[_Lease | None] = queue.SimpleQueue()
+        self._releases: queue.SimpleQueue[_Lease | str | None] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._client: Any = None  # the dispatcher thread's client while the run lasts
@@ -138,6 +145,9 @@ class RunSlots(SharedSlots):
         self.refusals = 0  # increments the server refused (423: not enough free; 422: more than the limit)
         self.reads = 0  # limits read before asking again (limit_now)
         self.reads_shared = 0  # ... and taken from another run's read on this machine instead (shared_reads.py)
+        self.handed_over = 0  # leases taken over from this machine's other runs, not asked for (spare_leases.py)
+        self._hands_over = False  # leases given back are left here first (while the run hears this machine's runs)
+        self._left: list[spare_leases.Spare] = []  # leases this run left here, not yet taken back or over
         # per limit, the fewest slots the server refused this round: a step that misses as
         # many waits without asking (a run with nine ready steps on a full pool asked nine
         # times every POLL_SECONDS, and several such runs kept a small server busy)
@@ -178,7 +188,8 @@ class RunSlots(SharedSlots):
     # -- a run ----------------------------------------------------------------------------
     def __enter__(self) -> RunSlots:
         self._client = get_client(sync_client=True).__enter__()
-        self._wake = SlotWake(self._freed, self._taken)
+        self._wake = SlotWake(self._freed, self._taken, self._spare)
+        self._hands_over = self._wake.path is not None
         for target, name in ((self._releaser, "planflow-slot-release"), (self._renewer, "planflow-slot-renew")):
             thread = threading.Thread(target=contextvars.copy_context().run, args=(target,), name=name, daemon=True)
             thread.start()
@@ -223,6 +234,11 @@ class RunSlots(SharedSlots):
                     thread.name,
                     CLOSE_SECONDS,
                 )
+        # the leases left for this machine's other runs that none took over: back to the server
+        with self._lock:
+            last = max((spare.left for spare in self._left), default=0.0)
+        time.sleep(max(0.0, min(last + spare_leases.LINGER_SECONDS - time.time(), spare_leases.LINGER_SECONDS)))
+        self._take_back_left(everything=True)
         if client is not None:
             client.__exit__(None, None, None)
         if not any(thread.is_alive() for thread in self._threads):  # a releaser still at work keeps its threads
@@ -249,6 +265,11 @@ class RunSlots(SharedSlots):
     def _freed(self, limit: str) -> None:
         """Slots of `limit` were given back (slot_wake.py's listener thread)."""
         self._changed_at[limit] = time.time()  # a read of it begun before is stale (limit_now)
+        self._spare(limit)
+
+    def _spare(self, limit: str) -> None:
+        """A lease of `limit` was left here to be taken over (or its slots given back): a
+        step waiting for it asks at once."""
         pool = self._wanting.get(limit)
         if pool is None:
             return
@@ -285,6 +306,8 @@ class RunSlots(SharedSlots):
                     self._releases.put(lease)
                 else:
                     free[lease.limit] = free.get(lease.limit, 0) + lease.free
+        for name, n in batched.items():  # leases this machine's other runs left: no request
+            free[name] = free.get(name, 0) + sum(lease.slots for lease in self._adopt(name, n - free.get(name, 0)))
         missing = [(name, n - free.get(name, 0)) for name, n in batched.items() if n > free.get(name, 0)]
         # no batch of a limit that refused a single step last round: the steps ask one by one
         missing = [(name, n) for name, n in missing if n < previous.get(name, n + 1)]
@@ -309,7 +332,7 @@ class RunSlots(SharedSlots):
         else:
             leases += self._increment_side_by_side([(name, n) for name, n in missing if name not in lately])
         if any(lease is None for lease in leases):  # all or none: no run holds part of what it waits for
-            self._drop([lease for lease in leases if lease is not None])
+            self._drop([lease for lease in leases if lease is not None], here=False)  # granted just now
 
     def _increment_side_by_side(self, asked: list[tuple[str, int]]) -> list[_Lease | None]:
         """One increment per limit (quiet), side by side: a server round trip each."""
@@ -332,7 +355,8 @@ class RunSlots(SharedSlots):
             self._give_back_idle(self.wanted(a))
             return self._wait_more(a, now, since)
         shares: list[tuple[_Lease, int]] = []
-        taken: list[_Lease] = []  # leases this call created: given back when it fails
+        taken: list[_Lease] = []  # leases the server granted this call: given back when it fails
+        adopted: list[_Lease] = []  # ... and leases it took over here: left here again
         asking = ("", 0)  # the limit and slots of the last increment sent
         try:
             for name, n in self.wanted(a).items():
@@ -342,6 +366,10 @@ class RunSlots(SharedSlots):
                 got = self._gather(name, n)
                 shares += got
                 missing = n - sum(k for _, k in got)
+                for lease in self._adopt(name, missing):  # left by this machine's other runs: no request
+                    adopted.append(lease)
+                    shares.append(self._use(lease, lease.slots))
+                    missing -= lease.slots
                 if missing >= self._round_refused.get(name, missing + 1):
                     raise _RefusedThisRound(name)
                 if missing > 0 and self._looks_short(name, missing):
@@ -359,7 +387,7 @@ class RunSlots(SharedSlots):
                     shares.append(self._use(lease, missing))
         except (httpx.HTTPStatusError, _RefusedThisRound) as exc:
             self._give_back(shares)  # all or none
-            self._drop(taken)
+            self._undo(taken, adopted)
             if isinstance(exc, httpx.HTTPStatusError):
                 if exc.response.status_code != LOCKED:
                     raise AdmissionError(f"step '{a.step}': the Prefect server refused its slots: {exc}") from None
@@ -371,11 +399,11 @@ class RunSlots(SharedSlots):
             return self._wait_more(a, now, since)
         except httpx.TransportError as exc:
             self._give_back(shares)
-            self._drop(taken)
+            self._undo(taken, adopted)
             return self._server_down(a, exc, now)
         except BaseException:
             self._give_back(shares)
-            self._drop(taken)
+            self._undo(taken, adopted)
             raise
         self._waiting_since.pop(a.step, None)
         self._server_down_since = None
@@ -499,12 +527,20 @@ class RunSlots(SharedSlots):
                 self._leases.remove(lease)
         self._release_all(idle)  # before it returns, like _drop: the step waits holding nothing
 
-    def _drop(self, leases: list[_Lease]) -> None:
-        """Give back `leases` now (before it returns: a refused step holds nothing when it waits)."""
+    def _drop(self, leases: list[_Lease], here: bool = True, wake: bool = True) -> None:
+        """Give back `leases` now (before it returns: a refused step holds nothing when it
+        waits). `here`: those that can be are left for this machine's other runs (and those
+        waiting for them woken: `wake`), else all go back to the server."""
         with self._lock:
             for lease in leases:
                 self._leases.remove(lease)
-        self._release_all(leases)
+        self._release_all(leases, here=here, wake=wake)
+
+    def _undo(self, taken: list[_Lease], adopted: list[_Lease]) -> None:
+        """A step refused part of its slots: what the server granted it goes back there, what
+        it took over here is left here again (waking nobody: nothing came free)."""
+        self._drop(taken, here=False)
+        self._drop(adopted, wake=False)
 
     def _drop_later(self, lease: _Lease) -> None:
         """Give back `lease` on the releaser's thread (nothing waits for it)."""
@@ -512,11 +548,18 @@ class RunSlots(SharedSlots):
             self._leases.remove(lease)
         self._releases.put(lease)
 
-    def _release_all(self, leases: list[_Lease], warn_when: str | None = None) -> None:
-        """Give back `leases` side by side (a request each; one after another, a handover
-        to another run waited for the sum: 20-200 ms each on a busy SQLite server).
-        `warn_when`: a give-back that fails is logged (saying when it was) and the others
-        go on, instead of raising; its lease runs out by itself."""
+    def _release_all(
+        self, leases: list[_Lease], warn_when: str | None = None, here: bool = True, wake: bool = True
+    ) -> None:
+        """Give back `leases`: those that can be handed over left for this machine's other
+        runs (_leave_here, unless not `here`; `wake` them), the others to the server side by side (a request
+        each; one after another, a handover to another run waited for the sum: 20-200 ms
+        each on a busy SQLite server). `warn_when`: a give-back that fails is logged
+        (saying when it was) and the others go on, instead of raising; its lease runs out
+        by itself."""
+
+        if here:
+            leases = self._leave_here(leases, wake=wake)
 
         def settle(call: Callable[[], Any]) -> None:
             try:
@@ -540,6 +583,64 @@ class RunSlots(SharedSlots):
                 break
         for future in given:  # each request is bounded by the client's timeout; this wait too
             settle(lambda future=future: future.result(CLOSE_SECONDS))
+
+    def _leave_here(self, leases: list[_Lease], wake: bool = True) -> list[_Lease]:
+        """Leave the leases of a pool's resources young enough to be handed over for this
+        machine's other runs (spare_leases.py); the others, to give back to the server.
+        `wake`: tell the runs waiting for them (a lease put back at once by the step that
+        took it over, refused the rest of its slots, wakes nobody)."""
+        if not self._hands_over:
+            return leases
+        rest = []
+        for lease in leases:
+            left = None
+            if lease.born and parse_limit_name(lease.limit) is not None:
+                renewed = time.time() - (time.monotonic() - lease.renewed)
+                left = spare_leases.deposit(lease.limit, lease.slots, lease.id, lease.born, renewed, wake=wake)
+            if left is None:
+                rest.append(lease)
+            else:
+                with self._lock:
+                    self._left.append(left)
+                self._releases.put(_LOOK_AGAIN)  # the releaser takes it back when due
+        return rest
+
+    def _take_back_left(self, everything: bool = False) -> None:
+        """Give back to the server the leases this run left here LINGER_SECONDS ago (all of
+        them: `everything`) that no other run took over."""
+        now = time.time()
+        with self._lock:
+            due = [s for s in self._left if everything or now - s.left >= spare_leases.LINGER_SECONDS]
+            self._left = [s for s in self._left if s not in due]
+        for spare in due:
+            if spare_leases.reclaim(spare):
+                try:
+                    _release(spare.lease_id, spare.limit)
+                except Exception as exc:  # its lease runs out by itself
+                    logger.warning("a lease was not given back (%s); its slots return when it runs out", exc)
+
+    def _next_take_back(self) -> float | None:
+        """Seconds until the first lease this run left here is due back (None: none left)."""
+        with self._lock:
+            first = min((s.left for s in self._left), default=None)
+        return None if first is None else max(0.0, first + spare_leases.LINGER_SECONDS - time.time())
+
+    def _adopt(self, name: str, most: int) -> list[_Lease]:
+        """Leases of limit `name` this machine's other runs left (spare_leases.py), at most
+        `most` slots, taken over as the run's own (all free): no request."""
+        if not self._hands_over or most <= 0:
+            return []
+        spares = spare_leases.adopt(name, most)
+        if not spares:
+            return []
+        now, clock = time.time(), time.monotonic()
+        leases = [
+            _Lease(s.lease_id, name, s.slots, s.slots, renewed=clock - (now - s.renewed), born=s.born) for s in spares
+        ]
+        with self._lock:
+            self._leases += leases
+            self.handed_over += len(leases)
+        return leases
 
     def _increment(self, name: str, n: int, quiet: bool = False, own_client: bool = False) -> _Lease | None:
         """A new lease of `n` slots of limit `name`; None when the limit does not exist.
@@ -565,7 +666,7 @@ class RunSlots(SharedSlots):
         granted = response.json()
         if not granted.get("limits"):
             return None
-        lease = _Lease(UUID(granted["lease_id"]), name, n, n, renewed=time.monotonic())
+        lease = _Lease(UUID(granted["lease_id"]), name, n, n, renewed=time.monotonic(), born=time.time())
         with self._lock:
             self._leases.append(lease)
             self._changed_at[name] = time.time()  # it holds fewer free now
@@ -574,7 +675,16 @@ class RunSlots(SharedSlots):
         return lease
 
     def _releaser(self) -> None:
-        while (lease := self._releases.get()) is not None:
+        while True:
+            try:  # woken for the leases left here that are due back, if any
+                lease = self._releases.get(timeout=self._next_take_back())
+            except queue.Empty:
+                self._take_back_left()
+                continue
+            if lease is None:
+                break
+            if isinstance(lease, str):  # a lease was left here: look at when it is due
+                continue
             leases = [lease]  # with what was put meanwhile (a round's idle leases come together)
             while True:
                 try:
@@ -584,9 +694,11 @@ class RunSlots(SharedSlots):
                 if more is None:
                     self._releases.put(None)  # the run's end: after these
                     break
-                leases.append(more)
+                if not isinstance(more, str):
+                    leases.append(more)
             try:
                 self._release_all(leases, warn_when="after its step")  # the releaser goes on
+                self._take_back_left()
             except Exception:  # never ends the releaser: the leases after these still go back
                 logger.warning("leases were not given back after their step; they run out by themselves", exc_info=True)
 

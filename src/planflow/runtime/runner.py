@@ -201,11 +201,13 @@ def _run(
         if slots is not None:
             logger.info(
                 "Shared slots: %d requests for slots, %d refused (pools full), %d limits read "
-                "(%d more reads taken from this machine's other runs)",
+                "(%d more reads taken from this machine's other runs), %d leases taken over "
+                "from this machine's other runs",
                 slots.requests,
                 slots.refusals,
                 slots.reads,
                 slots.reads_shared,
+                slots.handed_over,
             )
     except BaseException as exc:
         # an interrupt, a termination signal, Prefect's Abort or Pause: no final-state hook

@@ -125,7 +125,7 @@ class Claims:
             return False
         del self._by_pool[a.pool]
         self._turns[a.pool] = (time.monotonic(), False)
-        self.owner._drop([claim.turn, *claim.leases])
+        self.owner._drop([claim.turn, *claim.leases], here=False)  # to the server: that component may be elsewhere
         self.owner.log.info(
             "step '%s' gives its claim on pool '%s' back: another run's component before it waits there", a.step, a.pool
         )
@@ -155,6 +155,9 @@ class Claims:
             )
         wanted = self.owner.wanted(a)
         for name, n in wanted.items():
+            for lease in self.owner._adopt(name, n - claim.has(name)):  # left by this machine's other runs
+                self.owner._use(lease, lease.slots)
+                claim.leases.append(lease)
             missing = n - claim.has(name)
             free = min(missing, self._free(name)) if missing > 0 else 0
             if free > 0 and (lease := self.owner._increment(name, free, quiet=True)) is not None:

@@ -10,6 +10,10 @@ Prefect server (its API URL); whoever gives back slots of a limit sends, once th
 confirmed it, the limit's name to every socket there (`announce`), and a run with a step
 waiting for that limit wakes its dispatcher, which asks the server at once.
 
+A lease left for this machine's other runs (spare_leases.py) is announced with a
+leading "~": it wakes the runs waiting for its limit like a give-back, and leaves their
+reads of the limit standing (the server's count did not change).
+
 Slots taken are announced too (`announce_taken`, the name with a leading "+"): they wake
 nobody, they only make the limit's last read stale in every run that hears it (runs on
 one machine share their reads of a limit: shared_reads.py). Runs in the same process
@@ -51,6 +55,7 @@ _sender: socket.socket | None = None
 _sender_lock = threading.Lock()
 _folders: dict[str, Path | None] = {}  # API URL -> its folder, as checked once per process
 TAKEN = "+"  # a datagram naming a limit whose slots were taken starts with this
+SPARE = "~"  # ... whose lease a run left for this machine's others (spare_leases.py)
 _here: set[SlotWake] = set()  # this process's listeners: told directly, not through their sockets
 _here_lock = threading.Lock()
 
@@ -94,6 +99,12 @@ def announce_taken(limit: str) -> None:
     _send(TAKEN + limit)
 
 
+def announce_spare(limit: str) -> None:
+    """Tell this machine's runs on the same server that a lease of `limit` waits to be
+    taken over here (spare_leases.py): the server's count did not change."""
+    _send(SPARE + limit)
+
+
 def _send(text: str) -> None:
     folder = wake_folder()
     if folder is None:
@@ -129,10 +140,16 @@ def _send(text: str) -> None:
 class SlotWake:
     """One run's listener: `on_freed(limit)` is called on its own thread for each limit
     whose slots another run (or this one) gave back, `on_taken(limit)` for each whose
-    slots were taken. Does nothing where there is no folder."""
+    slots were taken, `on_spare(limit)` for each with a lease left to be taken over
+    (on_freed without it). Does nothing where there is no folder."""
 
-    def __init__(self, on_freed: Callable[[str], None], on_taken: Callable[[str], None] | None = None) -> None:
-        self.on_freed, self.on_taken = on_freed, on_taken
+    def __init__(
+        self,
+        on_freed: Callable[[str], None],
+        on_taken: Callable[[str], None] | None = None,
+        on_spare: Callable[[str], None] | None = None,
+    ) -> None:
+        self.on_freed, self.on_taken, self.on_spare = on_freed, on_taken, on_spare
         self.path: Path | None = None
         self._socket: socket.socket | None = None
         self._thread: threading.Thread | None = None
@@ -155,11 +172,14 @@ class SlotWake:
             _here.add(self)
 
     def hear(self, text: str) -> None:
-        """One announcement: a limit's slots given back, or taken ("+" and its name)."""
+        """One announcement: a limit's slots given back, taken ("+" and its name), or a
+        lease of it left to be taken over ("~")."""
         try:
             if text.startswith(TAKEN):
                 if self.on_taken is not None:
                     self.on_taken(text[len(TAKEN) :])
+            elif text.startswith(SPARE):
+                (self.on_spare or self.on_freed)(text[len(SPARE) :])
             else:
                 self.on_freed(text)
         except Exception as exc:  # a wake-up is a hint: its failure leaves the poll
