@@ -61,9 +61,10 @@ def test_a_lease_given_back_is_taken_over_by_this_machines_next_run_without_a_re
     assert active_slots([CPU, MEM]) == {CPU: 0, MEM: 0}
 
 
-def test_a_step_refused_part_of_its_slots_leaves_what_it_took_over_and_holds_nothing(pool):
-    """All or none still: b takes over a's core, is refused the memory a holds, and waits
-    holding nothing; the core is left here again and reaches the server after the linger."""
+def test_a_step_refused_part_of_its_slots_takes_nothing_over_and_holds_nothing(pool):
+    """All or none still: b's step could take over the core a left, but the server refuses
+    it the memory a holds; it takes nothing over (the server is asked first) and waits
+    holding nothing, and the core reaches the server after the linger."""
     with RunSlots() as a, RunSlots() as b:
         core = a.take(Assignment("a1", POOL, {"cpu": 1}, 0))
         mem = a.take(Assignment("a2", POOL, {"mem_gib": 4}, 0))
@@ -72,7 +73,7 @@ def test_a_step_refused_part_of_its_slots_leaves_what_it_took_over_and_holds_not
         a.prepare([Assignment("a3", POOL, {"mem_gib": 4}, 0)])  # the core goes, the memory stays
         assert wait_until(lambda: left_here(CPU), timeout=10, interval=0.02)
         assert b.take(Assignment("b1", POOL, {"cpu": 1, "mem_gib": 1}, 0)) is None
-        assert b.handed_over == 1 and not b._leases  # took the core over, then left it: holds nothing
+        assert (b.requests, b.refusals, b.handed_over) == (1, 1, 0) and not b._leases
         assert wait_until(lambda: active_slots([CPU]) == {CPU: 0}, timeout=10)
         mem.close()
     assert a.wait_closed() and b.wait_closed()

@@ -76,7 +76,11 @@ class Claims:
             self._turns[a.pool] = (self._first_look[0], seen.active_slots > 0)
         looked, taken = self._turns.get(a.pool, (-1e9, False))
         if time.monotonic() - looked >= TURN_LOOK_SECONDS:
-            taken = self._held(turn_limit(a.pool)) > 0
+            # a look that stands while this machine's runs announce turns taken and given
+            # back, shared with them (RunSlots.limit_now woken): 8 runs looking once a second
+            # each read it 305 times in a fleet burst
+            seen = self.owner.limit_now(turn_limit(a.pool), woken=True)
+            taken = seen is not None and seen.active_slots > 0
             self._turns[a.pool] = (time.monotonic(), taken)
         return taken
 
@@ -174,10 +178,6 @@ class Claims:
         """Slots of limit `name` nobody holds now (one read)."""
         limit = self._read(name)
         return max(0, limit.limit - limit.active_slots) if limit is not None else 0
-
-    def _held(self, name: str) -> int:
-        limit = self._read(name)
-        return limit.active_slots if limit is not None else 0
 
     def _read(self, name: str) -> Any:
         """Limit `name` as the run read it this round (one read per limit and round)."""

@@ -114,7 +114,25 @@ def adopt(limit: str, most: int) -> list[Spare]:
     """Leases of `limit` left here, taken over: each of at most `most` slots, together at
     most `most` (largest first). Each is the caller's now, to use, renew and give back."""
     folder = spares_folder()
-    if folder is None or most <= 0:
+    taken: list[Spare] = []
+    if folder is None:
+        return taken
+    for spare in _fitting(folder, limit, most):
+        if _remove(folder, spare):
+            taken.append(spare)
+    return taken
+
+
+def coverable(limit: str, most: int) -> int:
+    """Slots of `limit` that adopt(limit, most) would take over now (nothing is taken)."""
+    folder = spares_folder()
+    return sum(spare.slots for spare in _fitting(folder, limit, most)) if folder is not None else 0
+
+
+def _fitting(folder: Path, limit: str, most: int) -> list[Spare]:
+    """The leases of `limit` left here that may be taken over, largest first, as many as
+    fit into `most` slots (a lease cannot be split on the server)."""
+    if most <= 0:
         return []
     now = time.time()
     found = []
@@ -132,14 +150,12 @@ def adopt(limit: str, most: int) -> list[Spare]:
                     os.unlink(folder / name)
             continue
         found.append(spare)
-    taken: list[Spare] = []
+    fitting = []
     for spare in sorted(found, key=lambda s: -s.slots):
-        if spare.slots > most:
-            continue
-        if _remove(folder, spare):
-            taken.append(spare)
+        if spare.slots <= most:
+            fitting.append(spare)
             most -= spare.slots
-    return taken
+    return fitting
 
 
 def reclaim(spare: Spare) -> bool:
