@@ -14,7 +14,7 @@ from uuid import uuid4
 import httpx
 import pytest
 
-from planflow.runtime import run_slots
+from planflow.runtime import run_leases, run_slots
 from planflow.runtime.dispatch import AdmitWhen, Assignment, dispatch
 
 CAPACITY = {"p": {"cpu": 2, "gpu": 0, "mem_gib": 4}}
@@ -200,9 +200,9 @@ def test_every_lease_goes_back_at_a_run_s_end_though_one_give_back_fails(monkeyp
             raise httpx.ConnectError("the server went away")
         given.append(limit)
 
-    monkeypatch.setattr(run_slots, "_release", release)
+    monkeypatch.setattr(run_leases, "_release", release)
     slots = run_slots.RunSlots()
-    leases = [run_slots._Lease(uuid4(), name, 1, 1) for name in ("gone", "cpu", "mem")]
+    leases = [run_leases.Lease(uuid4(), name, 1, 1) for name in ("gone", "cpu", "mem")]
     with caplog.at_level(logging.WARNING, logger="planflow.admission"):
         slots._release_all(leases, warn_when="at the run's end")
         slots._release_all(leases[:1], warn_when="after its step")

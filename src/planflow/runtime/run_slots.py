@@ -42,51 +42,34 @@ from __future__ import annotations
 
 import contextvars
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
-from dataclasses import dataclass
 from typing import Any
-from uuid import UUID
 
 import httpx
 from prefect.client.orchestration import get_client
 from prefect.exceptions import ObjectNotFound
 
-from planflow.prefect.limits import parse_limit_name, turn_limit
+from planflow.prefect.limits import turn_limit
 from planflow.runtime import shared_reads, spare_leases
-from planflow.runtime.admission import LOCKED, AdmissionError, SharedSlots, _release
-from planflow.runtime.dispatch import RESOURCES, Assignment
+from planflow.runtime.admission import LOCKED, AdmissionError, SharedSlots
+from planflow.runtime.dispatch import Assignment
+from planflow.runtime.run_leases import CLOSE_SECONDS, Lease, RunLeases
 from planflow.runtime.shared_reads import LimitSeen
 from planflow.runtime.slot_claims import CLAIM_POLL_SECONDS, Claims
-from planflow.runtime.slot_wake import SlotWake, announce_taken
+from planflow.runtime.slot_wake import SlotWake
 
 logger = logging.getLogger("planflow.admission")
 BATCH_SECONDS = 10.0  # steps planned at most this long share one lease with their batch
-CLOSE_SECONDS = 30.0  # the most a run's end waits for its leases to be given back
-TOO_MANY = 422  # the server's answer to more slots than the limit has at all
 SEEN_SECONDS = 0.1  # a limit read stands this long (limit_now), about one dispatcher round
 # ... and this long while runs on this machine wake this one when they give slots back
 # (slot_wake.py): a give-back here makes the read stale at once, so only slots freed by
 # another machine's runs or an expired lease wait for it (runs asked at every 0.25 s round)
 SEEN_WOKEN_SECONDS = 1.0
 CONTENDED_SECONDS = 10.0  # a limit that refused the run this recently is read before it is asked (_contended)
-_LOOK_AGAIN = "look again"  # put on the releaser's queue: a lease was left here, due back later
 UNKNOWN_FREE = 1 << 30  # free_now of a limit it could not read: ask, and let the increment say why
-
-
-@dataclass
-class _Lease:
-    id: UUID
-    limit: str
-    slots: int
-    free: int
-    users: int = 0
-    renewed: float = 0.0  # monotonic
-    born: float = 0.0  # when the server granted it (wall clock; 0: unknown, never handed over)
 
 
 class _RefusedThisRound(Exception):
@@ -96,7 +79,7 @@ class _RefusedThisRound(Exception):
 class _Held:
     """One step's share of the run's leases; closing it returns the share to them."""
 
-    def __init__(self, owner: RunSlots, shares: list[tuple[_Lease, int]]) -> None:
+    def __init__(self, owner: RunSlots, shares: list[tuple[Lease, int]]) -> None:
         self.owner, self.shares = owner, shares
 
     def close(self) -> None:
@@ -110,7 +93,7 @@ class _Held:
         self.close()
 
 
-class RunSlots(SharedSlots):
+class RunSlots(RunLeases, SharedSlots):
     """The dispatcher's `admit` for one run: call it (or `take`) with an assignment for
     its held slots, or None while other runs hold them; `prepare` before each round."""
 
@@ -134,20 +117,9 @@ class RunSlots(SharedSlots):
         super().__init__(**options)
         self.log = log or logger
         self.batch_seconds = batch_seconds
-        self._leases: list[_Lease] = []
-        self._lock = threading.Lock()
-        self._releases: queue.SimpleQueue[_Lease | str | None] = queue.SimpleQueue()
-        self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._client: Any = None  # the dispatcher thread's client while the run lasts
-        self._threads_pool = ThreadPoolExecutor(max_workers=len(RESOURCES), thread_name_prefix="planflow-slot-take")
-        self.requests = 0  # increments sent (for tests and the overhead benchmark)
-        self.refusals = 0  # increments the server refused (423: not enough free; 422: more than the limit)
         self.reads = 0  # limits read before asking again (limit_now)
         self.reads_shared = 0  # ... and taken from another run's read on this machine instead (shared_reads.py)
-        self.handed_over = 0  # leases taken over from this machine's other runs, not asked for (spare_leases.py)
-        self._hands_over = False  # leases given back are left here first (while the run hears this machine's runs)
-        self._left: list[spare_leases.Spare] = []  # leases this run left here, not yet taken back or over
         # per limit, the fewest slots the server refused this round: a step that misses as
         # many waits without asking (a run with nine ready steps on a full pool asked nine
         # times every POLL_SECONDS, and several such runs kept a small server busy)
@@ -163,13 +135,8 @@ class RunSlots(SharedSlots):
         # too): slots of one given back on this machine wake the dispatcher (slot_wake.py)
         self._wanting: dict[str, str] = {}
         self._wake_dispatcher: Callable[[], None] | None = None
-        self._wake: SlotWake | None = None
-        self._refused_at: dict[str, float] = {}  # limit name -> when it last refused this run (_contended)
         self._seen: dict[str, tuple[float, Any]] = {}  # limit name -> (read started, as read) this round (limit_now)
         self._seen_woken: dict[str, tuple[float, Any]] = {}  # the same, for reads that stand longer (woken)
-        # limit name -> when (wall clock) it last changed as far as this run knows: a give-back
-        # heard on this machine, or this run's own grant or refusal; a read begun before is stale
-        self._changed_at: dict[str, float] = {}
         self._hearing_since = float("inf")  # when its listener began hearing this machine's runs (__enter__)
 
     @property
@@ -223,7 +190,7 @@ class RunSlots(SharedSlots):
             closing.join(timeout)
         return closing is None or not closing.is_alive()
 
-    def _close(self, leases: list[_Lease], client: Any, wake: SlotWake | None) -> None:
+    def _close(self, leases: list[Lease], client: Any, wake: SlotWake | None) -> None:
         if wake is not None:
             wake.close()
         # the last leases side by side (one request each), not one after another on the releaser
@@ -325,7 +292,7 @@ class RunSlots(SharedSlots):
         # refused cores was granted and given back at once (336 memory increments granted
         # against 72 of cores in one burst, as many decrements).
         lately = {name for name, _ in missing if self._contended(name)}
-        leases: list[_Lease | None] = []
+        leases: list[Lease | None] = []
         for name, n in missing:
             if name in lately:
                 leases.append(self._increment(name, n, quiet=True))
@@ -336,7 +303,7 @@ class RunSlots(SharedSlots):
         if any(lease is None for lease in leases):  # all or none: no run holds part of what it waits for
             self._drop([lease for lease in leases if lease is not None], here=False)  # granted just now
 
-    def _increment_side_by_side(self, asked: list[tuple[str, int]]) -> list[_Lease | None]:
+    def _increment_side_by_side(self, asked: list[tuple[str, int]]) -> list[Lease | None]:
         """One increment per limit (quiet), side by side: a server round trip each."""
         if len(asked) <= 1:
             return [self._increment(name, n, quiet=True) for name, n in asked]
@@ -356,9 +323,9 @@ class RunSlots(SharedSlots):
         if self._claims.blocked(a):  # another step claims the pool: nothing new taken there
             self._give_back_idle(self.wanted(a))
             return self._wait_more(a, now, since)
-        shares: list[tuple[_Lease, int]] = []
-        taken: list[_Lease] = []  # leases the server granted this call: given back when it fails
-        adopted: list[_Lease] = []  # ... and leases it took over here: left here again
+        shares: list[tuple[Lease, int]] = []
+        taken: list[Lease] = []  # leases the server granted this call: given back when it fails
+        adopted: list[Lease] = []  # ... and leases it took over here: left here again
         asking = ("", 0)  # the limit and slots of the last increment sent
         try:
             missing: dict[str, int] = {}
@@ -407,7 +374,7 @@ class RunSlots(SharedSlots):
         self._server_down_since = None
         return _Held(self, shares)
 
-    def _ask(self, a: Assignment, name: str, n: int, taken: list[_Lease], shares: list[tuple[_Lease, int]]) -> None:
+    def _ask(self, a: Assignment, name: str, n: int, taken: list[Lease], shares: list[tuple[Lease, int]]) -> None:
         """Ask the server for `n` more slots of limit `name` for step `a` (none when `n` is
         0), adding the lease to `taken` and its share to `shares`; _RefusedThisRound when as
         many were refused this round or a read says they are not free, an HTTP error as met."""
@@ -506,234 +473,3 @@ class RunSlots(SharedSlots):
         if self._wake is not None:
             shared_reads.store(name, started, read)
         return read
-
-    # -- leases -----------------------------------------------------------------------------
-    def _gather(self, name: str, n: int) -> list[tuple[_Lease, int]]:
-        """Up to `n` slots of limit `name` from the run's leases' free slots, as shares
-        (fullest lease first, so that a small step leaves the others whole)."""
-        shares = []
-        with self._lock:
-            for lease in sorted(self._leases, key=lambda lease: -lease.free):
-                if n <= 0:
-                    break
-                if lease.limit == name and lease.free > 0:
-                    k = min(n, lease.free)
-                    lease.free -= k
-                    lease.users += 1
-                    shares.append((lease, k))
-                    n -= k
-        return shares
-
-    def _use(self, lease: _Lease, n: int) -> tuple[_Lease, int]:
-        with self._lock:
-            lease.free -= n
-            lease.users += 1
-        return lease, n
-
-    def _give_back(self, shares: list[tuple[_Lease, int]]) -> None:
-        with self._lock:
-            for lease, n in shares:
-                lease.free += n
-                lease.users -= 1
-
-    def _give_back_idle(self, names: Iterable[str]) -> None:
-        """A step refused its missing slots gives back the run's idle leases of those limits
-        (no step uses them): a run must not hold part of what it waits for, or two runs that
-        each hold one core and wait for a second wait for each other for ever."""
-        names = set(names)
-        with self._lock:
-            idle = [lease for lease in self._leases if lease.users == 0 and lease.limit in names]
-            for lease in idle:
-                self._leases.remove(lease)
-        self._release_all(idle)  # before it returns, like _drop: the step waits holding nothing
-
-    def _drop(self, leases: list[_Lease], here: bool = True, wake: bool = True) -> None:
-        """Give back `leases` now (before it returns: a refused step holds nothing when it
-        waits). `here`: those that can be are left for this machine's other runs (and those
-        waiting for them woken: `wake`), else all go back to the server."""
-        with self._lock:
-            for lease in leases:
-                self._leases.remove(lease)
-        self._release_all(leases, here=here, wake=wake)
-
-    def _undo(self, taken: list[_Lease], adopted: list[_Lease]) -> None:
-        """A step refused part of its slots: what the server granted it goes back there, what
-        it took over here is left here again (waking nobody: nothing came free)."""
-        self._drop(taken, here=False)
-        self._drop(adopted, wake=False)
-
-    def _drop_later(self, lease: _Lease) -> None:
-        """Give back `lease` on the releaser's thread (nothing waits for it)."""
-        with self._lock:
-            self._leases.remove(lease)
-        self._releases.put(lease)
-
-    def _release_all(
-        self, leases: list[_Lease], warn_when: str | None = None, here: bool = True, wake: bool = True
-    ) -> None:
-        """Give back `leases`: those that can be handed over left for this machine's other
-        runs (_leave_here, unless not `here`; `wake` them), the others to the server side by side (a request
-        each; one after another, a handover to another run waited for the sum: 20-200 ms
-        each on a busy SQLite server). `warn_when`: a give-back that fails is logged
-        (saying when it was) and the others go on, instead of raising; its lease runs out
-        by itself."""
-
-        if here:
-            leases = self._leave_here(leases, wake=wake)
-
-        def settle(call: Callable[[], Any]) -> None:
-            try:
-                call()
-            except Exception as exc:
-                if warn_when is None:
-                    raise
-                logger.warning("a lease was not given back %s (%s); its slots return when it runs out", warn_when, exc)
-
-        if len(leases) <= 1:
-            for lease in leases:
-                settle(lambda lease=lease: _release(lease.id, lease.limit))
-            return
-        given = []
-        for i, lease in enumerate(leases):
-            try:
-                given.append(self._threads_pool.submit(contextvars.copy_context().run, _release, lease.id, lease.limit))
-            except RuntimeError:  # its threads were shut down (the run's end): the rest one by one, here
-                for rest in leases[i:]:
-                    settle(lambda rest=rest: _release(rest.id, rest.limit))
-                break
-        for future in given:  # each request is bounded by the client's timeout; this wait too
-            settle(lambda future=future: future.result(CLOSE_SECONDS))
-
-    def _leave_here(self, leases: list[_Lease], wake: bool = True) -> list[_Lease]:
-        """Leave the leases of a pool's resources young enough to be handed over for this
-        machine's other runs (spare_leases.py); the others, to give back to the server.
-        `wake`: tell the runs waiting for them (a lease put back at once by the step that
-        took it over, refused the rest of its slots, wakes nobody)."""
-        if not self._hands_over:
-            return leases
-        rest = []
-        for lease in leases:
-            left = None
-            if lease.born and parse_limit_name(lease.limit) is not None:
-                renewed = time.time() - (time.monotonic() - lease.renewed)
-                left = spare_leases.deposit(lease.limit, lease.slots, lease.id, lease.born, renewed, wake=wake)
-            if left is None:
-                rest.append(lease)
-            else:
-                with self._lock:
-                    self._left.append(left)
-                self._releases.put(_LOOK_AGAIN)  # the releaser takes it back when due
-        return rest
-
-    def _take_back_left(self, everything: bool = False) -> None:
-        """Give back to the server the leases this run left here LINGER_SECONDS ago (all of
-        them: `everything`) that no other run took over."""
-        now = time.time()
-        with self._lock:
-            due = [s for s in self._left if everything or now - s.left >= spare_leases.LINGER_SECONDS]
-            self._left = [s for s in self._left if s not in due]
-        for spare in due:
-            if spare_leases.reclaim(spare):
-                try:
-                    _release(spare.lease_id, spare.limit)
-                except Exception as exc:  # its lease runs out by itself
-                    logger.warning("a lease was not given back (%s); its slots return when it runs out", exc)
-
-    def _next_take_back(self) -> float | None:
-        """Seconds until the first lease this run left here is due back (None: none left)."""
-        with self._lock:
-            first = min((s.left for s in self._left), default=None)
-        return None if first is None else max(0.0, first + spare_leases.LINGER_SECONDS - time.time())
-
-    def _coverable(self, name: str, most: int) -> int:
-        """Slots of limit `name`, at most `most`, that leases this machine's other runs left would cover now."""
-        return spare_leases.coverable(name, most) if self._hands_over and most > 0 else 0
-
-    def _adopt(self, name: str, most: int) -> list[_Lease]:
-        """Leases of limit `name` this machine's other runs left (spare_leases.py), at most
-        `most` slots, taken over as the run's own (all free): no request."""
-        if not self._hands_over or most <= 0:
-            return []
-        spares = spare_leases.adopt(name, most)
-        if not spares:
-            return []
-        now, clock = time.time(), time.monotonic()
-        leases = [
-            _Lease(s.lease_id, name, s.slots, s.slots, renewed=clock - (now - s.renewed), born=s.born) for s in spares
-        ]
-        with self._lock:
-            self._leases += leases
-            self.handed_over += len(leases)
-        return leases
-
-    def _increment(self, name: str, n: int, quiet: bool = False, own_client: bool = False) -> _Lease | None:
-        """A new lease of `n` slots of limit `name`; None when the limit does not exist.
-        `quiet`: a refusal or a server error is left for `take` to meet and report;
-        `own_client`: not the dispatcher thread's client (called from another thread)."""
-        with self._lock:
-            self.requests += 1
-        try:
-            shared = self._client if self._client and not own_client else None
-            with nullcontext(shared) if shared else get_client(sync_client=True) as client:
-                response = client.increment_concurrency_slots_with_lease(
-                    names=[name], slots=n, mode="concurrency", lease_duration=self.lease
-                )
-        except (httpx.HTTPStatusError, httpx.TransportError) as exc:
-            if isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code in (LOCKED, TOO_MANY):
-                with self._lock:
-                    self.refusals += 1
-                    self._refused_at[name] = time.monotonic()
-                    self._changed_at[name] = time.time()  # a read that said enough was free is stale
-            if quiet:
-                return None
-            raise
-        granted = response.json()
-        if not granted.get("limits"):
-            return None
-        lease = _Lease(UUID(granted["lease_id"]), name, n, n, renewed=time.monotonic(), born=time.time())
-        with self._lock:
-            self._leases.append(lease)
-            self._changed_at[name] = time.time()  # it holds fewer free now
-        if self._wake is not None:
-            announce_taken(name)  # this machine's other runs: their reads of it are stale
-        return lease
-
-    def _releaser(self) -> None:
-        while True:
-            try:  # woken for the leases left here that are due back, if any
-                lease = self._releases.get(timeout=self._next_take_back())
-            except queue.Empty:
-                self._take_back_left()
-                continue
-            if lease is None:
-                break
-            if isinstance(lease, str):  # a lease was left here: look at when it is due
-                continue
-            leases = [lease]  # with what was put meanwhile (a round's idle leases come together)
-            while True:
-                try:
-                    more = self._releases.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    self._releases.put(None)  # the run's end: after these
-                    break
-                if not isinstance(more, str):
-                    leases.append(more)
-            try:
-                self._release_all(leases, warn_when="after its step")  # the releaser goes on
-                self._take_back_left()
-            except Exception:  # never ends the releaser: the leases after these still go back
-                logger.warning("leases were not given back after their step; they run out by themselves", exc_info=True)
-
-    def _renewer(self) -> None:
-        with get_client(sync_client=True) as client:
-            while not self._stop.wait(self.lease / 4):
-                with self._lock:
-                    due = [lease for lease in self._leases if time.monotonic() - lease.renewed > self.lease / 2]
-                for lease in due:
-                    try:
-                        client.renew_concurrency_lease(lease_id=lease.id, lease_duration=self.lease)
-                        lease.renewed = time.monotonic()
-                    except (httpx.HTTPError, RuntimeError) as exc:
-                        self.log.warning("could not renew lease %s (%s); its slots may return early", lease.id, exc)

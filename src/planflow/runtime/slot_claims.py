@@ -34,7 +34,8 @@ from planflow.prefect.limits import turn_limit
 from planflow.runtime.dispatch import Assignment
 
 if TYPE_CHECKING:
-    from planflow.runtime.run_slots import RunSlots, _Lease
+    from planflow.runtime.run_leases import Lease
+    from planflow.runtime.run_slots import RunSlots
 
 CLAIM_AFTER_SECONDS = 2.0  # a step refused this long takes its pool's turn (runs without a calendar)
 YIELD_SECONDS = 30.0  # a step refused this long claims even though a component before it waits
@@ -45,8 +46,8 @@ CLAIM_POLL_SECONDS = 0.15  # how often a claiming step looks for freed slots (Ru
 @dataclass
 class _Claim:
     step: str
-    turn: _Lease
-    leases: list[_Lease] = field(default_factory=list)
+    turn: Lease
+    leases: list[Lease] = field(default_factory=list)
     forced: bool = False  # taken for having waited (YIELD_SECONDS, CLAIM_AFTER_SECONDS), not for its place
 
     def has(self, limit: str) -> int:
@@ -135,7 +136,7 @@ class Claims:
         )
         return True
 
-    def advance(self, a: Assignment) -> list[tuple[_Lease, int]] | None:
+    def advance(self, a: Assignment) -> list[tuple[Lease, int]] | None:
         """Take the pool's turn if nobody holds it, then whatever `a` still misses that is
         free now; the step's shares once it has all it needs (the turn given back)."""
         claim = self._by_pool.get(a.pool)
