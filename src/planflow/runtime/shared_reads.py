@@ -23,16 +23,14 @@ import contextlib
 import hashlib
 import json
 import os
-import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from planflow.runtime.slot_wake import wake_folder
+from planflow.runtime.slot_wake import private_subfolder
 
 MAX_BYTES = 512  # a file longer than a read of one limit is not ours: taken as absent
-_folders: dict[Path, Path | None] = {}  # a subfolder -> itself when private, else None (checked once per process)
 
 
 @dataclass(frozen=True)
@@ -46,26 +44,6 @@ class LimitSeen:
 def reads_folder() -> Path | None:
     """`<wake folder>/reads`, private to the user; None where there is no wake folder."""
     return private_subfolder("reads")
-
-
-def private_subfolder(name: str) -> Path | None:
-    """`<wake folder>/<name>`, made and checked private to the user (once per process);
-    None where there is no wake folder or it is not private."""
-    wake = wake_folder()
-    if wake is None:
-        return None
-    folder = wake / name
-    if folder not in _folders:
-        try:
-            with contextlib.suppress(FileExistsError):
-                folder.mkdir(mode=0o700, parents=False)
-            info = folder.lstat()
-            mine = stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid()
-            private = mine and not stat.S_IMODE(info.st_mode) & 0o077
-        except OSError:
-            private = False
-        _folders[folder] = folder if private else None
-    return _folders[folder]
 
 
 def _path(folder: Path, key: str) -> Path:

@@ -54,6 +54,7 @@ SOCKET_SUFFIX = ".s"  # names kept short: a socket's path holds at most 107 byte
 _sender: socket.socket | None = None
 _sender_lock = threading.Lock()
 _folders: dict[str, Path | None] = {}  # API URL -> its folder, as checked once per process
+_subfolders: dict[Path, Path | None] = {}  # a subfolder of one -> itself when private, else None (checked once)
 TAKEN = "+"  # a datagram naming a limit whose slots were taken starts with this
 SPARE = "~"  # ... whose lease a run left for this machine's others (spare_leases.py)
 _here: set[SlotWake] = set()  # this process's listeners: told directly, not through their sockets
@@ -77,16 +78,38 @@ def _private_folder(url: str) -> Path | None:
     folder = base / f"w{server}"
     try:
         for path in (base, folder):
-            with contextlib.suppress(FileExistsError):
-                path.mkdir(mode=0o700)
-            info = path.lstat()
-            if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or stat.S_IMODE(info.st_mode) & 0o077:
+            if not _made_private(path):
                 logger.warning("%s is not a folder private to this user: runs poll for freed slots", path)
                 return None
     except OSError as exc:
         logger.warning("no folder for slot wake-ups (%s): runs poll for freed slots", exc)
         return None
     return folder
+
+
+def private_subfolder(name: str) -> Path | None:
+    """`<wake folder>/<name>`, made and checked private to the user (once per process);
+    None where there is no wake folder or it is not private (shared_reads.py, spare_leases.py)."""
+    wake = wake_folder()
+    if wake is None:
+        return None
+    folder = wake / name
+    if folder not in _subfolders:
+        try:
+            private = _made_private(folder)
+        except OSError:
+            private = False
+        _subfolders[folder] = folder if private else None
+    return _subfolders[folder]
+
+
+def _made_private(path: Path) -> bool:
+    """Make folder `path` (0700) unless it exists; whether it is a folder of this user's
+    that nobody else can read or write. OSError when it cannot be made or looked at."""
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=0o700)
+    info = path.lstat()
+    return stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid() and not stat.S_IMODE(info.st_mode) & 0o077
 
 
 def announce(limit: str) -> None:

@@ -43,8 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from uuid import UUID
 
-from planflow.runtime.shared_reads import private_subfolder
-from planflow.runtime.slot_wake import announce_spare
+from planflow.runtime.slot_wake import announce_spare, private_subfolder
 
 LINGER_SECONDS = 0.5  # a lease left here waits this long to be taken over, then goes back to the server
 HANDOVER_SECONDS = 10.0  # a lease older than this (since granted) goes back to the server, not here
