@@ -147,12 +147,12 @@ class RunLeases:
     def _release_all(
         self, leases: list[Lease], warn_when: str | None = None, here: bool = True, wake: bool = True
     ) -> None:
-        """Give back `leases`: those that can be handed over left for this machine's other
-        runs (_leave_here, unless not `here`; `wake` them), the others to the server side by side (a request
-        each; one after another, a handover to another run waited for the sum: 20-200 ms
-        each on a busy SQLite server). `warn_when`: a give-back that fails is logged
-        (saying when it was) and the others go on, instead of raising; its lease runs out
-        by itself."""
+        """Give back `leases`: unless not `here`, those that can be handed over are left for
+        this machine's other runs (_leave_here; `wake` them), the others go to the server
+        side by side (a request each; one after another, a handover to another run waited
+        for the sum: 20-200 ms each on a busy SQLite server). `warn_when`: a give-back
+        that fails is logged (saying when it was) and the others go on, instead of
+        raising; its lease runs out by itself."""
 
         if here:
             leases = self._leave_here(leases, wake=wake)
@@ -208,12 +208,8 @@ class RunLeases:
         with self._lock:
             due = [s for s in self._left if everything or now - s.left >= spare_leases.LINGER_SECONDS]
             self._left = [s for s in self._left if s not in due]
-        for spare in due:
-            if spare_leases.reclaim(spare):
-                try:
-                    _release(spare.lease_id, spare.limit)
-                except Exception as exc:  # its lease runs out by itself
-                    logger.warning("a lease was not given back (%s); its slots return when it runs out", exc)
+        unused = [Lease(s.lease_id, s.limit, s.slots, s.slots) for s in due if spare_leases.reclaim(s)]
+        self._release_all(unused, warn_when="after nobody took it over", here=False)
 
     def _next_take_back(self) -> float | None:
         """Seconds until the first lease this run left here is due back (None: none left)."""

@@ -443,10 +443,10 @@ class RunSlots(RunLeases, SharedSlots):
         older than SEEN_SECONDS or this dispatcher round, or began before the limit changed
         as far as this run knows (slots of it given back here, this run's grant or refusal).
         `woken`: a read that only decides whether to ask again stands SEEN_WOKEN_SECONDS
-        while this run hears this machine's takes and give-backs (the claims' reads, of the
-        turn too, stay per round: they decide what a claim takes). A read another run on
-        this machine made that is as fresh is taken instead of asking the server
-        (shared_reads.py)."""
+        while this run hears this machine's takes and give-backs (a look at a pool's turn
+        too; the claims' reads stay per round: they decide what a claim takes). A read
+        another run on this machine made that is as fresh is taken instead of asking the
+        server (shared_reads.py)."""
         cache = self._seen_woken if woken else self._seen
         hears = woken and self._wake is not None and self._wake.path is not None
         stands = SEEN_WOKEN_SECONDS if hears else SEEN_SECONDS
