@@ -17,6 +17,7 @@ from prefect.client.orchestration import get_client
 
 from planflow.core import discovery
 from planflow.ops.processes import log_tail, spawn, stop_process, wait_until
+from planflow.ops.server import free_port
 from planflow.serving.loader import LoadedRun, read_latest_run
 from planflow.serving.probes import ready
 
@@ -65,7 +66,7 @@ def free_block(size: int) -> int:
     rng = random.Random()
     low = _ephemeral_low()
     for _ in range(200):
-        base = rng.randrange(PORTS_FROM, low - size) if low - size > PORTS_FROM else _any_free()
+        base = rng.randrange(PORTS_FROM, low - size) if low - size > PORTS_FROM else free_port("127.0.0.1")
         if base + size < 65535 and all(_free(base + i) for i in range(size)):
             return base
     raise RuntimeError(f"no {size} consecutive free ports on 127.0.0.1")
@@ -77,12 +78,6 @@ def _ephemeral_low(path: str = "/proc/sys/net/ipv4/ip_local_port_range") -> int:
         return int(Path(path).read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return 32768
-
-
-def _any_free() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _free(port: int) -> bool:
