@@ -170,26 +170,30 @@ def test_a_component_starts_early_beside_what_later_runs_planned_not_beside_what
 def test_a_step_comes_first_on_its_pool_unless_another_run_s_waiting_step_is_planned_before_it():
     calendar = RunCalendar("me", "name-me", logging.getLogger("test"))
     calendar.entry = _planned_entry("me", NOW, [("m0", NOW + 1, NOW + 3, "planned")])
-    assert not calendar.first_on("local", "m0")  # not looked yet: no priority taken
+    BEFORE = NOW - 20  # looked at before any planned start came
+    assert not calendar.first_on("local", "m0", BEFORE)  # not looked yet: no priority taken
     assert calendar._wake.is_set()  # and the watcher is asked to look (the first look may have failed)
     later = _planned_entry("late", NOW + 5, [("l0", NOW + 2, NOW + 4, "planned"), ("l1", NOW - 9, NOW, "planned")])
     calendar.look([later, calendar.entry])
-    assert calendar.first_on("local", "m0")  # l1, placed before m0, waits for its inputs: it does not count
+    assert calendar.first_on("local", "m0", BEFORE)  # l1, placed before m0, waits for its inputs: it does not count
     later.reservations[0]["waiting"] = True  # l0 is ready and was refused its slots
     calendar.look([later, calendar.entry])
-    assert calendar.first_on("local", "m0")  # l0 is planned after m0
+    assert calendar.first_on("local", "m0", BEFORE)  # l0 is planned after m0
     later.reservations[1]["waiting"] = True  # l1 too: a later run's component placed before m0 (a gap)
     calendar.look([later, calendar.entry])
-    assert not calendar.first_on("local", "m0")  # it keeps its place
-    assert calendar.first_on("other", "m0")  # on another pool nothing waits
+    assert not calendar.first_on("local", "m0", BEFORE)  # it keeps its place
+    assert calendar.first_on("other", "m0", BEFORE)  # on another pool nothing waits
+    assert not calendar.first_on("local", "m0", NOW + 0.5)  # the gap is still there: l1 first
+    # m0's start has passed too (its run slipped): the gap is gone, the run planned first goes first
+    assert calendar.first_on("local", "m0", NOW + 2)
     later.reservations[1]["state"] = "running"
     same_start = _planned_entry("early", NOW - 5, [("e0", NOW + 1, NOW + 8, "planned")])
     same_start.reservations[0]["waiting"] = True
     calendar.look([same_start, later, calendar.entry])
-    assert not calendar.first_on("local", "m0")  # the same planned start: the run planned first goes first
+    assert not calendar.first_on("local", "m0", BEFORE)  # the same planned start: the run planned first goes first
     same_start.reservations[0]["state"] = "running"
     calendar.look([same_start, later, calendar.entry])
-    assert calendar.first_on("local", "m0")  # both started: m0 is first among those waiting
+    assert calendar.first_on("local", "m0", BEFORE)  # both started: m0 is first among those waiting
 
 
 def test_a_refused_step_is_marked_waiting_in_the_run_s_entry_until_it_starts():

@@ -27,6 +27,12 @@ FIRST_LOOK_SECONDS = 1.0
 DUE_SLACK_SECONDS = 0.5  # a step may ask for its slots this long before its planned start
 
 
+def _due_place(place: tuple[float, float, str], now: float) -> tuple[float, float, str]:
+    """A place in a pool's order as it stands at `now`: a planned start that has passed
+    counts as `now`, so that among the components overdue the run planned first comes first."""
+    return (max(place[0], now), place[1], place[2])
+
+
 class PoolOrder:
     """RunCalendar's reading of the pools' order (its state is set by RunCalendar)."""
 
@@ -75,7 +81,7 @@ class PoolOrder:
         entry = self.entry
         return entry.planned_at if entry is not None else float("inf")
 
-    def first_on(self, pool: str, step: str) -> bool:
+    def first_on(self, pool: str, step: str, now: float | None = None) -> bool:
         """Whether `step` comes first in `pool`'s order among the components waiting for
         it: no other run's component there that is ready and was refused its slots is
         planned to start before it (ties: the run planned first), as last looked (False
@@ -83,10 +89,16 @@ class PoolOrder:
         for their inputs, do not count. The calendar's order: a component placed early by a
         run planned later (into a gap the earlier runs left) keeps its place; without it,
         the core the step takes next went to whichever run asked first, and runs planned
-        first finished at 2x their ETA, overtaken. When it is not first, the watcher looks
+        first finished at 2x their ETA, overtaken. But only while the gap is there: among
+        components whose planned start has passed (`now`), the run planned first goes
+        first (else a run that slipped a little yielded to every later run's component
+        placed in the gap it left, its claim given back at each look: a fleet run planned
+        second waited 22 s for a one-core step). When it is not first, the watcher looks
         again soon (FIRST_LOOK_SECONDS): the component it yields to may have started since."""
         waiting = self._waiting_others
-        first = waiting is not None and not any(other < self._place(step) for other in waiting.get(pool, ()))
+        now = time.time() if now is None else now
+        mine = _due_place(self._place(step), now)
+        first = waiting is not None and not any(_due_place(other, now) < mine for other in waiting.get(pool, ()))
         # not first, or no look yet (the first one failed: a busy server): look again soon
         if not first and time.monotonic() - self._looked >= FIRST_LOOK_SECONDS:
             self._wake.set()
