@@ -40,7 +40,8 @@ with room for them on the pool (`idle_wait_s`: lost to the dispatcher), each run
 actual/ETA in the order the runs were planned, and every component's interval. And the
 machine's CPU over the burst (`machine_cpu_s`, its share of all cores), less the work
 alone: `orchestration_cpu_s`, what Prefect, the server and planflow's coordination
-took from the same cores the components run on.
+took from the same cores the components run on; `server_cpu_s` is the Prefect server
+process's part of it (the rest: the worker and the flow runs' processes).
 `--warm-up-bursts N` runs N planflow bursts first, not counted, so that the history
 holds durations as a burst has them.
 
@@ -85,6 +86,7 @@ from bench.fleet_measure import (
     machine_cpu_seconds,
     over_capacity,
     plan_rows_planned,
+    server_cpu_seconds,
     trace,
     waits,
 )
@@ -444,17 +446,20 @@ def run_burst(
     policy = POLICIES[policy_name]
     sampler = LedgerSampler()
     sampler.start()
-    submitted, cpu_before = time.time(), machine_cpu_seconds()
+    submitted, cpu_before, server_before = time.time(), machine_cpu_seconds(), server_cpu_seconds()
     planflow = policy_name == "planflow"
     created = submit(deployments, burst, policy["policy"], policy["shared"], hold and planflow, learn=planflow)
     try:
         runs = wait_final([run_id for run_id, _, _ in created if run_id is not None])
     finally:
         cpu_used, wall = machine_cpu_seconds() - cpu_before, time.time() - submitted
+        server_after = server_cpu_seconds()
         sampler.stop_event.set()
         sampler.join(10)
     figures = burst_figures(runs, submitted, declared, context, sampler.cpu_held, sampler.turn_held)
     figures["trace"].update(machine_cpu(cpu_used, wall, figures["trace"].get("solo_cpu_work_s", 0.0)))
+    if server_before is not None and server_after is not None:
+        figures["trace"]["server_cpu_s"] = round(server_after - server_before, 1)
     figures.update(
         policy=policy_name,
         create_s=[round(s, 3) for _, s, _ in created],

@@ -228,6 +228,22 @@ def machine_cpu_seconds() -> float:
     return t.user + t.system + getattr(t, "nice", 0.0) + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
 
 
+def server_cpu_seconds() -> float | None:
+    """CPU seconds the Prefect server's process (the one in the state folder's pid file)
+    has spent so far, its children's too; None when it cannot be read. Over a burst it
+    splits the orchestration's cost into the server's share and the clients' (the worker,
+    the flow runs' engines, planflow's coordination)."""
+    import psutil  # noqa: PLC0415
+
+    from planflow.settings import StatePaths  # noqa: PLC0415
+
+    try:
+        t = psutil.Process(int(StatePaths.discover().pid_file.read_text().strip())).cpu_times()
+    except (OSError, ValueError, psutil.Error):
+        return None
+    return t.user + t.system + t.children_user + t.children_system
+
+
 def machine_cpu(used_s: float, seconds: float, work_s: float) -> dict[str, float]:
     """The machine's CPU over a burst: `used_s` in `seconds` of wall time, its share of all
     cores, and what is left after the components' own work (`work_s`: the work alone, as

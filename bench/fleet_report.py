@@ -46,6 +46,7 @@ def summarise(bursts: list[dict], databases: list[str]) -> dict:
             "failed_runs": [f for b in mine for f in b["failed_runs"]],
             # the machine's CPU beyond the components' own work (fleet_measure.machine_cpu)
             "orchestration_cpu_s": _median_of(mine, "orchestration_cpu_s"),
+            "server_cpu_s": _median_of(mine, "server_cpu_s"),
             "machine_busy_share": _median_of(mine, "machine_busy_share"),
         }
     default = result.get("default", {}).get("makespan_s")

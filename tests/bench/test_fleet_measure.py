@@ -20,6 +20,7 @@ from bench.fleet_measure import (
     machine_cpu_seconds,
     over_capacity,
     plan_rows_planned,
+    server_cpu_seconds,
     waits,
 )
 
@@ -118,3 +119,22 @@ def test_the_machines_cpu_over_a_burst_is_told_apart_from_the_components_work(mo
     while machine_cpu_seconds() < before + 0.05 and time.monotonic() < until:  # this process's spinning counts
         sum(range(1000))
     assert machine_cpu_seconds() >= before + 0.05
+
+
+def test_the_server_s_own_cpu_is_read_from_the_process_in_the_state_folder_s_pid_file(tmp_path, monkeypatch):
+    import os
+
+    from planflow.settings import StatePaths
+
+    paths = StatePaths(tmp_path)
+    monkeypatch.setattr(StatePaths, "discover", classmethod(lambda cls: paths))
+    assert server_cpu_seconds() is None  # no pid file: unknown, not 0
+    paths.pid_file.parent.mkdir(parents=True, exist_ok=True)
+    paths.pid_file.write_text(str(os.getpid()))  # this process stands for the server
+    before, until = server_cpu_seconds(), time.monotonic() + 5
+    assert before is not None
+    while server_cpu_seconds() < before + 0.05 and time.monotonic() < until:
+        sum(range(1000))
+    assert server_cpu_seconds() >= before + 0.05
+    paths.pid_file.write_text("not a pid")
+    assert server_cpu_seconds() is None
