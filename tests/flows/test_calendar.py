@@ -304,3 +304,48 @@ def test_a_look_at_the_calendar_stands_half_a_second_for_this_machines_other_run
     assert CalendarEntry(**data) == entry
     assert shared_reads.load_read(key, began) is None  # begun no later than asked: not taken
     shared_reads._path(shared_reads.reads_folder(), key).unlink()
+
+
+def test_the_entry_is_saved_at_most_every_entry_save_seconds_but_a_waiting_mark_at_once(monkeypatch):
+    """Each save is a block document PATCH, the dearest request of a run: step events are
+    saved in batches ENTRY_SAVE_SECONDS apart; a step marked waiting goes out at once (the
+    other runs' order reads it); stopping ends the saver without waiting."""
+    monkeypatch.setattr("planflow.runtime.run_calendar.ENTRY_SAVE_SECONDS", 0.6)
+    calendar = RunCalendar("me", "name-me", logging.getLogger("test"))
+    calendar.entry = _planned_entry("me", NOW, [("m0", NOW + 1, NOW + 3, "planned")])
+    saves: list[float] = []
+    monkeypatch.setattr(calendar, "_save", lambda: saves.append(time.monotonic()))
+    saver = threading.Thread(target=calendar._saver, daemon=True)
+    saver.start()
+    calendar._save_due.set()  # a flush: saved at once (nothing saved yet)
+    _until(lambda: len(saves) == 1)
+    calendar._save_due.set()  # the next flush: held until 0.6 s after that save
+    time.sleep(0.2)
+    assert len(saves) == 1
+    _until(lambda: len(saves) == 2)
+    assert saves[1] - saves[0] >= 0.55
+    calendar.waiting("m0")  # a waiting mark: not held
+    _until(lambda: len(saves) == 3)
+    assert saves[2] - saves[1] < 0.5
+    calendar._save_due.set()
+    started = time.monotonic()
+    calendar._stop.set()
+    calendar._save_now.set()
+    saver.join(2)
+    assert not saver.is_alive() and time.monotonic() - started < 0.5 and len(saves) == 3
+
+
+def test_a_re_plan_that_moves_nothing_is_not_saved_again():
+    from planflow.runtime.run_calendar import _moved
+
+    before = {"a": (10.0, 12.0), "b": (12.0, 15.0)}
+    assert not _moved(before, {"a": (10.1, 12.1), "b": (12.0, 15.0)})  # within REPLAN_MOVE_SECONDS
+    assert _moved(before, {"a": (10.0, 12.0), "b": (13.0, 16.0)})
+    assert _moved(before, {"a": (10.0, 12.0)})  # b started meanwhile: the entry changed
+
+
+def _until(condition, seconds: float = 5.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "not within the bound"
+        time.sleep(0.01)
