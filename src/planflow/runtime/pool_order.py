@@ -41,7 +41,6 @@ class PoolOrder:
     run: RunInfo | None
     _lock: threading.RLock
     _save_due: threading.Event
-    _save_now: threading.Event
     _wake: threading.Event
     _looked: float
     _others: list[Reservation] | None
@@ -69,7 +68,6 @@ class PoolOrder:
             if mine is None or mine.get("waiting") or mine["state"] != "planned":
                 return
             mine["waiting"] = True
-        self._save_now.set()  # the other runs' order needs it now, not at the next paced save
         self._save_due.set()
 
     def _reservation(self, step: str) -> dict[str, Any] | None:

@@ -55,13 +55,6 @@ ETA_CHANGE_SECONDS = 1.0  # a corrected ETA that moves less than this is not log
 # Hysteresis: a re-plan's ETA is shown (log, gauge, artifact) only when it moved from the ETA
 # last shown by at least this share of the time left to it (re-plans swung +51 s, -56 s, +5 s).
 ETA_BAND_SHARE = 0.1
-# The least time between two saves of a run's entry for its steps' starts and ends: each
-# save is a block document PATCH, about 40 ms of the server's CPU (the dearest request a
-# run makes; 173 in a fleet burst of 8 runs, saved at each 1 s flush). The others read the
-# entry when they re-plan (REPLAN_SECONDS) or look for the pool's order (FIRST_LOOK_SECONDS);
-# a step marked waiting is saved at once all the same (`waiting`: the order needs it).
-ENTRY_SAVE_SECONDS = 2.0
-REPLAN_MOVE_SECONDS = 0.25  # a re-plan that moves no waiting component this much is not saved
 WRITE_WAIT_SECONDS = 60.0  # the most a run waits for its entry's first save (a busy server retries for seconds)
 
 
@@ -86,7 +79,6 @@ class RunCalendar(PoolOrder, Reporter):
         self._lock = threading.RLock()  # the event thread and the re-planning thread both write the entry
         self._save_lock = threading.Lock()  # one write of the entry at a time, in order
         self._save_due = threading.Event()  # the saver thread's cue (flush)
-        self._save_now = threading.Event()  # ... and not to wait for ENTRY_SAVE_SECONDS (a waiting mark; stop)
         self._stop = threading.Event()
         self._wake = threading.Event()  # the watcher looks now (first_on asks; stop)
         self._looked = -1e9  # when the watcher last looked (monotonic)
@@ -192,22 +184,17 @@ class RunCalendar(PoolOrder, Reporter):
 
     def _saver(self) -> None:
         """Writes the entry when the bus's flush asks (the latest state; asks that come
-        while a write is out make one more), ENTRY_SAVE_SECONDS after the last write at the
-        soonest unless a step was marked waiting, so that a slow write (the server retries
-        for seconds when its database is busy) holds up neither the reporters nor the run's end."""
-        saved_at = -1e9
+        while a write is out make one more), so that a slow write (the server retries for
+        seconds when its database is busy) holds up neither the reporters nor the run's end."""
         while not self._stop.is_set():
             self._save_due.wait()
-            self._save_now.wait(max(0.0, saved_at + ENTRY_SAVE_SECONDS - time.monotonic()))
             self._save_due.clear()
-            self._save_now.clear()
             if self._stop.is_set():
                 return
             try:
                 self._save()
             except Exception as exc:  # the next change tries again; others read the last saved
                 self.logger.debug("calendar entry not saved this time: %s", exc)
-            saved_at = time.monotonic()
 
     def listen(self, run: RunInfo, notify: Callable[[str, StepRecord], None]) -> Callable[[str, StepRecord], None]:
         """The dispatcher's listener: moves the entry at once, on the dispatcher's thread (so
@@ -316,11 +303,8 @@ class RunCalendar(PoolOrder, Reporter):
             with self._lock:
                 if self.entry is None or self.run is None:
                     return None
-                before = _planned_times(self.entry)
                 old, new = self.entry.eta, self._replace(entries, time.time())
-                moved = _moved(before, _planned_times(self.entry))
-            if moved:  # a placement the others already read is not written again
-                self._save()
+            self._save()
         old = self.shown if self.shown is not None else old
         if abs(new - old) < eta_band(old, time.time()):
             return new  # the calendar holds the new placement; what is shown stays put
@@ -417,7 +401,6 @@ class RunCalendar(PoolOrder, Reporter):
         thread of its own."""
         self._stop.set()
         self._wake.set()  # the watcher ends
-        self._save_now.set()
         self._save_due.set()  # the saver ends
         if self._written is not None:  # a delete before the entry's first save lands would miss it
             wait_for([self._written], WRITE_WAIT_SECONDS)
@@ -447,19 +430,6 @@ class RunCalendar(PoolOrder, Reporter):
                 client.delete_block_document(saved)
             except ObjectNotFound:
                 pass
-
-
-def _planned_times(entry: CalendarEntry) -> dict[str, tuple[float, float]]:
-    return {
-        r["component"]: (float(r["start"]), float(r["finish"])) for r in entry.reservations if r["state"] == "planned"
-    }
-
-
-def _moved(before: Mapping[str, tuple[float, float]], after: Mapping[str, tuple[float, float]]) -> bool:
-    """Whether a re-plan moved a waiting component by REPLAN_MOVE_SECONDS or more."""
-    return before.keys() != after.keys() or any(
-        abs(a - b) >= REPLAN_MOVE_SECONDS for k in after for a, b in zip(after[k], before[k], strict=True)
-    )
 
 
 def eta_band(shown: float, now: float) -> float:
