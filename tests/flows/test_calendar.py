@@ -151,6 +151,33 @@ def _noop() -> None:
     return None
 
 
+def test_a_re_plan_places_into_the_look_it_is_given_and_takes_no_planning_slot(monkeypatch):
+    """The watcher's look is the re-plan's calendar: no planning slot (an increment, a
+    decrement, often a refusal) and no second read of every entry; one save."""
+    from planflow.runtime import calendar as calendar_module
+    from planflow.runtime import run_calendar
+
+    def no_request(*args, **kwargs):
+        raise AssertionError("a re-plan given a look reads nothing and takes no slot")
+
+    monkeypatch.setattr(run_calendar, "read_calendar", no_request)
+    monkeypatch.setattr(calendar_module, "planning_lock", no_request)
+    monkeypatch.setattr(run_calendar, "planning_lock", no_request, raising=False)
+    pipeline = Pipeline("pipe", [PipelineStep("m0", component(_noop, cpu=2, est_seconds=2))])
+    calendar = RunCalendar("me", "name-me", logging.getLogger("test"))
+    now = time.time()
+    calendar.entry = _planned_entry("me", now - 10, [("m0", now - 1, now + 1, "planned")])
+    calendar.shown = calendar.entry.eta
+    capacities = {"local": {"cpu": 2.0, "gpu": 0.0, "mem_gib": 4.0}}
+    calendar.run = SimpleNamespace(pipeline=pipeline, plan=SimpleNamespace(capacities=capacities, plan=None))
+    saves = []
+    monkeypatch.setattr(calendar, "_save", lambda: saves.append(1))
+    running = _planned_entry("late", now, [("l0", now - 1, now + 30, "running")])
+    eta = calendar.replan([running, calendar.entry])
+    assert eta is not None and eta >= now + 30 + 2 - 1  # after what runs now
+    assert saves == [1]
+
+
 def test_a_component_starts_early_beside_what_later_runs_planned_not_beside_what_earlier_ones_did():
     """Held to the calendar, a component whose planned start has not come starts when it fits
     for its whole duration beside what it yields to: the runs planned before its own."""
@@ -251,7 +278,7 @@ def test_a_run_that_yields_to_an_earlier_one_looks_again_soon_not_at_the_next_re
     reads = []
     monkeypatch.setattr(run_calendar, "look_at_calendar", lambda: reads.append(1) or [earlier, calendar.entry])
     replans = []
-    monkeypatch.setattr(calendar, "replan", lambda: replans.append(1))
+    monkeypatch.setattr(calendar, "replan", lambda entries=None: replans.append(1))
     watcher = threading.Thread(target=calendar._watch)
     watcher.start()
     try:
