@@ -160,7 +160,8 @@ def test_a_re_plan_places_into_the_look_it_is_given_and_takes_no_planning_slot(m
     def no_request(*args, **kwargs):
         raise AssertionError("a re-plan given a look reads nothing and takes no slot")
 
-    monkeypatch.setattr(run_calendar, "read_calendar", no_request)
+    monkeypatch.setattr(calendar_module, "read_calendar", no_request)
+    monkeypatch.setattr(run_calendar, "read_calendar", no_request, raising=False)
     monkeypatch.setattr(calendar_module, "planning_lock", no_request)
     monkeypatch.setattr(run_calendar, "planning_lock", no_request, raising=False)
     pipeline = Pipeline("pipe", [PipelineStep("m0", component(_noop, cpu=2, est_seconds=2))])
@@ -278,7 +279,7 @@ def test_a_run_that_yields_to_an_earlier_one_looks_again_soon_not_at_the_next_re
     reads = []
     monkeypatch.setattr(run_calendar, "look_at_calendar", lambda: reads.append(1) or [earlier, calendar.entry])
     replans = []
-    monkeypatch.setattr(calendar, "replan", lambda entries=None: replans.append(1))
+    monkeypatch.setattr(calendar, "replan", lambda entries: replans.append(1))
     watcher = threading.Thread(target=calendar._watch)
     watcher.start()
     try:

@@ -13,7 +13,8 @@ planner. Reading the calendar, planning and writing the plan happen under one gl
 concurrency limit (`planning_lock`), so two runs never plan into the same free time.
 
 When another run's component ends early or late, a run's waiting components are
-re-planned into what is now left (replan.py), under the same slot: its entry, ETA
+re-planned into what is now left (replan.py), as its watcher last looked, without the
+slot (run_calendar.RunCalendar.replan says why): its entry, ETA
 gauge and `<slug>-eta` artifact move, and its log says by how much. A `fifo` run has no
 plan, but it writes an entry too: its components placed first come, first served into
 what is left, so `planflow calendar` shows what it holds and when it should finish.

@@ -39,7 +39,6 @@ from planflow.runtime.calendar import (
     entry_data,
     look_at_calendar,
     others_held,
-    read_calendar,
     utc,
 )
 from planflow.runtime.dispatch import Assignment, StepRecord
@@ -293,10 +292,10 @@ class RunCalendar(PoolOrder, Reporter):
             except Exception:  # a fault of planflow's own: said, not swallowed; the run goes on
                 self.logger.warning("re-planning failed this round; the ETA shown may be stale", exc_info=True)
 
-    def replan(self, entries: list[CalendarEntry] | None = None) -> float | None:
+    def replan(self, entries: list[CalendarEntry]) -> float | None:
         """Re-plan this run's waiting components into what the other runs hold now
-        (`entries`: the calendar as the watcher just looked at it; read when not given);
-        returns the new ETA (None when there is nothing to move).
+        (`entries`: the calendar as the watcher just looked at it); returns the new ETA
+        (None when there is nothing to move).
 
         Not under the planning slot. A re-plan moves only this run's own waiting
         components, around the runs planned before it (`_ahead`), which ignore it; the
@@ -306,8 +305,6 @@ class RunCalendar(PoolOrder, Reporter):
         at that moment may read this entry just before it moves, and plans beside where
         it was; its own watcher's first look, 0.2 s after its plan, sees the move and
         re-plans it."""
-        if entries is None:
-            entries = read_calendar(clean=False)
         with self._lock:
             if self.entry is None or self.run is None:
                 return None
