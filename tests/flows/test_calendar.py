@@ -18,7 +18,7 @@ from planflow.core.pipeline import Pipeline
 from planflow.core.pipeline import Step as PipelineStep
 from planflow.monitoring.metrics import RunRecorder
 from planflow.planner import Step
-from planflow.prefect.blocks.calendar_entry import CalendarEntry
+from planflow.prefect.calendar_store import CalendarEntry
 from planflow.runtime.calendar import Reservation, ahead_of, capacity_steps, held_intervals, reservations
 from planflow.runtime.dispatch import Assignment, StepRecord
 from planflow.runtime.events import StepEvent

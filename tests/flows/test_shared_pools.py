@@ -31,7 +31,7 @@ from planflow import to_flow
 from planflow.cli.app import app
 from planflow.ops.server import free_port
 from planflow.prefect.blocks import ResourcePool
-from planflow.prefect.blocks.calendar_entry import CalendarEntry, entry_name
+from planflow.prefect.calendar_store import CalendarEntry, save_entry
 from planflow.prefect.limits import (
     LimitDriftError,
     active_slots,
@@ -413,13 +413,15 @@ def test_a_killed_run_gives_its_slots_back_within_the_lease_and_its_entry_is_cle
 
 def test_an_entry_of_a_run_that_does_not_exist_is_cleared(pool):
     ghost = str(uuid.uuid4())
-    CalendarEntry(
-        flow_run_id=ghost,
-        pipeline="ghost",
-        planned_at=time.time(),
-        eta=time.time() + 60,
-        reservations=[{"component": "c", "pool": POOL, "start": time.time(), "finish": time.time() + 60}],
-    ).save(entry_name(ghost), overwrite=True)
+    save_entry(
+        CalendarEntry(
+            flow_run_id=ghost,
+            pipeline="ghost",
+            planned_at=time.time(),
+            eta=time.time() + 60,
+            reservations=[{"component": "c", "pool": POOL, "start": time.time(), "finish": time.time() + 60}],
+        )
+    )
     assert ghost in {e.flow_run_id for e in read_calendar(clean=False)}
     assert ghost not in {e.flow_run_id for e in read_calendar()}
     assert ghost not in {e.flow_run_id for e in read_calendar(clean=False)}

@@ -9,7 +9,7 @@ import time
 import uuid
 
 from planflow.monitoring.exporter import Exporter
-from planflow.prefect.blocks.calendar_entry import CalendarEntry, entry_name
+from planflow.prefect.calendar_store import CalendarEntry, delete_saved_entries, save_entry
 from planflow.prefect.limits import sync_limits
 from planflow.runtime.admission import SharedSlots
 from planflow.runtime.dispatch import Assignment
@@ -41,7 +41,7 @@ def test_the_exporter_shows_reserved_held_and_capacity_per_pool(prefect_server):
             {"component": "b", "pool": POOL, "start": now + 30, "finish": now + 60, "demand": {"cpu": 2.0}},
         ],
     )
-    entry.save(entry_name(run), overwrite=True)
+    save_entry(entry)
     held = SharedSlots().take(Assignment("a", POOL, {"cpu": 1.5, "mem_gib": 1.0}, 0))
     assert held is not None
     try:
@@ -56,7 +56,7 @@ def test_the_exporter_shows_reserved_held_and_capacity_per_pool(prefect_server):
         assert _value(exporter, "planflow_pool_calendar_waiting_runs", pool=POOL) == 0  # a runs
     finally:
         held.close()
-        CalendarEntry.delete(entry_name(run))
+        delete_saved_entries(run)
     assert asyncio.run(exporter.poll_once())
     assert _value(exporter, "planflow_pool_slots_held", pool=POOL, resource="cpu") == 0.0
     assert _value(exporter, "planflow_pool_calendar_reserved", pool=POOL, resource="cpu") == 0.0

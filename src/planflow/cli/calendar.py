@@ -22,7 +22,7 @@ import typer
 
 from planflow.cli.common import ensure_server, fail, say
 from planflow.prefect.blocks import load_pools
-from planflow.prefect.blocks.calendar_entry import CalendarEntry
+from planflow.prefect.calendar_store import CalendarEntry
 from planflow.prefect.limits import RESOURCES, SLOTS_PER_UNIT, active_slots, limit_name
 from planflow.runtime.calendar import Reservation, read_calendar, reservations, utc
 

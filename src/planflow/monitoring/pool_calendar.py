@@ -23,10 +23,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
-
 from planflow.monitoring.metrics import ExporterMetrics
-from planflow.prefect.blocks.calendar_entry import CalendarEntry
+from planflow.prefect.calendar_store import CalendarEntry, read_entries_async
 from planflow.prefect.limits import RESOURCES, SLOTS_PER_UNIT, parse_limit_name
 
 PAGE = 200
@@ -56,19 +54,9 @@ def waiting_runs(entries: Iterable[CalendarEntry]) -> dict[str, int]:
     return out
 
 
-async def read_entries(client: Any) -> list[CalendarEntry]:
-    try:
-        docs = await client.read_block_documents_by_type(CalendarEntry.get_block_type_slug())
-    except (ObjectNotFound, PrefectHTTPStatusError) as exc:
-        if isinstance(exc, PrefectHTTPStatusError) and exc.response.status_code != 404:
-            raise
-        return []  # the block type is not registered yet: no run was ever planned here
-    return [CalendarEntry._from_block_document(doc) for doc in docs]
-
-
 async def collect(client: Any, metrics: ExporterMetrics, now: float) -> None:
     """Read the calendar and the limits once and set the pool gauges."""
-    entries = await read_entries(client)
+    entries = await read_entries_async(client)
     limits = await client.read_global_concurrency_limits(limit=PAGE)
     held: dict[str, dict[str, float]] = {}
     capacity: dict[str, dict[str, float]] = {}

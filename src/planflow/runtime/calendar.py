@@ -1,8 +1,8 @@
 """The pool calendar: every run's planned and running components, shared through Prefect.
 
 A run, once planned, records its reservations (component, pool, planned start and
-finish, resources) in a CalendarEntry block document of its own (see
-planflow.prefect.blocks.calendar_entry for why one document per run), keeps them current
+finish, resources) in a CalendarEntry of its own, a keyed artifact (see
+planflow.prefect.calendar_store for why one per run, and why an artifact), keeps them current
 as its components start and end (RunCalendar in run_calendar.py, a reporter of its events) and
 deletes them when it ends. A run that crashed leaves its entry behind: whoever reads the
 calendar next deletes the entries of runs that are over or no longer exist.
@@ -41,10 +41,10 @@ from uuid import UUID
 import httpx
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
+from prefect.exceptions import ObjectNotFound
 
 from planflow.planner import Step
-from planflow.prefect.blocks.calendar_entry import CalendarEntry
+from planflow.prefect.calendar_store import CalendarEntry, delete_entry, read_entries
 from planflow.prefect.limits import PLANNING_LIMIT
 from planflow.runtime import shared_reads
 from planflow.runtime.admission import LOCKED, _release
@@ -84,21 +84,11 @@ class Reservation:
     waiting: bool = False  # planned, and its inputs are ready: refused its slots (or yielding a claim)
 
 
-def _entries(client: Any) -> list[tuple[Any, CalendarEntry]]:
-    try:
-        docs = client.read_block_documents_by_type(CalendarEntry.get_block_type_slug())
-    except (ObjectNotFound, PrefectHTTPStatusError) as exc:
-        if isinstance(exc, PrefectHTTPStatusError) and exc.response.status_code != 404:
-            raise
-        return []  # the block type is not registered yet: nothing was ever planned here
-    return [(doc, CalendarEntry._from_block_document(doc)) for doc in docs]
-
-
 def read_calendar(clean: bool = True) -> list[CalendarEntry]:
     """Every run's entry; with `clean`, entries of runs that are over (completed, failed,
     crashed, cancelled) or no longer exist are deleted first."""
     with get_client(sync_client=True) as client:
-        found = _entries(client)
+        found = read_entries(client)
         if not clean or not found:
             return [entry for _, entry in found]
         ids = []
@@ -110,22 +100,18 @@ def read_calendar(clean: bool = True) -> list[CalendarEntry]:
         runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids))) if ids else []
         live = {str(r.id) for r in runs if r.state is None or not r.state.is_final()}
         kept = []
-        for doc, entry in found:
+        for saved, entry in found:
             if entry.flow_run_id in live:
                 kept.append(entry)
-                continue
-            try:
-                client.delete_block_document(doc.id)
-            except ObjectNotFound:
-                pass  # another reader cleared it first
+            else:
+                delete_entry(client, saved)  # gone already: another reader cleared it first
         return kept
 
 
 def entry_data(entry: CalendarEntry) -> dict[str, Any]:
-    """The entry's document data as it is now (what Block._to_block_document gives, for an
-    entry with no secrets, built directly: that took 10-20 ms for 400 reservations, at
-    every save). Each reservation is copied (`_move` changes their times and states while
-    the request goes; their demands never change)."""
+    """The entry's data as it is now (built directly, not by pydantic's dump: that took
+    10-20 ms for 400 reservations, at every save). Each reservation is copied (`_move`
+    changes their times and states while the request goes; their demands never change)."""
     data = {name: getattr(entry, name) for name in CalendarEntry.model_fields}
     data["reservations"] = [dict(r) for r in entry.reservations]
     return data

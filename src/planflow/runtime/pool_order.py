@@ -15,7 +15,7 @@ import threading
 import time
 from typing import Any
 
-from planflow.prefect.blocks.calendar_entry import CalendarEntry
+from planflow.prefect.calendar_store import CalendarEntry
 from planflow.runtime.calendar import OVERRUN_SECONDS, Reservation, ahead_of, held_intervals, reservations
 from planflow.runtime.dispatch import Admit, AdmitWhen
 from planflow.runtime.events import RunInfo

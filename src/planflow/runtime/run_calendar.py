@@ -26,12 +26,10 @@ from typing import Any
 import httpx
 from prefect.artifacts import create_markdown_artifact
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.actions import BlockDocumentUpdate
 from prefect.exceptions import ObjectNotFound
 
 from planflow.monitoring.metrics import RunRecorder
-from planflow.prefect.blocks.calendar_entry import CalendarEntry, entry_name
-from planflow.prefect.blocks.saving import save_once_registered
+from planflow.prefect.calendar_store import CalendarEntry, create_entry, delete_entry, delete_run_entries, update_entry
 from planflow.runtime.calendar import (
     OVERRUN_SECONDS,
     CalendarError,
@@ -92,6 +90,7 @@ class RunCalendar(PoolOrder, Reporter):
         self._by_step: dict[str, dict[str, Any]] = {}
         self._planned: dict[str, dict[str, Any]] = {}
         self._written: Future[None] | None = None  # the entry's first save, on its thread (`write`)
+        self._saved: Any = None  # the saved entry's id (calendar_store), once its first save landed
 
     def write(
         self,
@@ -381,8 +380,7 @@ class RunCalendar(PoolOrder, Reporter):
         self.delete()
 
     def _save(self) -> None:
-        """Write the entry: created once (one request; the type and schema are registered
-        at a process's first save, saving.py), then one PATCH of its data per change."""
+        """Write the entry: created once (one request), then one PATCH of its data per change."""
         # The request goes out without the entry's lock: the dispatcher's listener takes
         # that lock at every step event, and a write can wait seconds (the server retries
         # when its database is busy). Saves are serialised, each sending the entry as it is.
@@ -391,15 +389,12 @@ class RunCalendar(PoolOrder, Reporter):
                 entry = self.entry
                 if entry is None:
                     return
-                saved, data = entry._block_document_id, entry_data(entry)
-            if saved is None:
-                save_once_registered(entry, entry_name(self.run_id), data)
-                return
+                saved, data = self._saved, entry_data(entry)
             with get_client(sync_client=True) as client:
-                try:
-                    client.update_block_document(saved, BlockDocumentUpdate(data=data, merge_existing_data=False))
-                except ObjectNotFound:
-                    pass  # deleted meanwhile: the run ended
+                if saved is None:
+                    self._saved = create_entry(client, data)
+                else:
+                    update_entry(client, saved, data)  # False: deleted meanwhile (the run ended)
 
     def delete(self, wait: bool = True) -> None:
         """Stop re-planning and remove this run's entry (idempotent); `wait=False`: on a
@@ -412,7 +407,7 @@ class RunCalendar(PoolOrder, Reporter):
         with self._lock:
             if self.entry is None:
                 return
-            saved, self.entry = self.entry._block_document_id, None
+            saved, self.entry, self._saved = self._saved, None, None
         if not wait:
             target = contextvars.copy_context().run
             threading.Thread(target=target, args=(self._remove_quietly, saved), name="planflow-calendar-delete").start()
@@ -427,14 +422,10 @@ class RunCalendar(PoolOrder, Reporter):
 
     def _remove(self, saved: Any) -> None:
         with get_client(sync_client=True) as client:
-            try:
-                if saved is None:  # saved by another object (or never): found by its name
-                    saved = client.read_block_document_by_name(
-                        entry_name(self.run_id), CalendarEntry.get_block_type_slug()
-                    ).id
-                client.delete_block_document(saved)
-            except ObjectNotFound:
-                pass
+            if saved is None:  # saved by another object (or never): found by its key
+                delete_run_entries(client, self.run_id)
+            else:
+                delete_entry(client, saved)
 
 
 def eta_band(shown: float, now: float) -> float:

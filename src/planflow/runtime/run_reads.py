@@ -13,9 +13,7 @@ A run that plans into the pool calendar also takes the planning slot in that rou
 reads the calendar under it (`lock_calendar`): the slot's request and the calendar's read
 no longer wait for the other reads, nor the plan for them (two round trips, 40-55 ms for a
 run of 40 trivial components). The slot is held a little longer only when it was free:
-a run that waits for it has its other reads done when it gets it. Beside them, the calendar
-entry's block type and schema are registered (once per process), so that the entry's first
-save, under the slot, is one request.
+a run that waits for it has its other reads done when it gets it.
 
     reads = read_for_run(pipeline, "plan", "inprocess", "local", params, refresh, flow_run, shared=True)
     reads.pools, reads.limits, reads.inputs
@@ -33,10 +31,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from planflow.core.pipeline import Pipeline
-from planflow.prefect.blocks.calendar_entry import CalendarEntry
 from planflow.prefect.blocks.planner_settings import PlannerSettings
 from planflow.prefect.blocks.registry import load_settings
-from planflow.prefect.blocks.saving import register_once
+from planflow.prefect.calendar_store import CalendarEntry
 from planflow.prefect.limits import read_limits
 from planflow.runtime.calendar import PlanningLimitMissing, planning_lock, read_calendar
 from planflow.runtime.history import read_once, recent_durations
@@ -99,8 +96,6 @@ def read_for_run(
                 return threads.submit(contextvars.copy_context().run, fn, *args)
 
             locked = submit(_locked_calendar, planned) if lock_calendar else None
-            # the entry's type and schema, so that its first save under the slot is one request
-            registered = submit(register_once, CalendarEntry) if lock_calendar else None
             tagged = submit(tag_flow_run, flow_run, pipeline.name) if flow_run is not None else None
             pools = submit(run_pools, mode, local_pool)
             limits = submit(read_limits) if shared else None
@@ -113,8 +108,6 @@ def read_for_run(
                 history.result()
             if tagged is not None:
                 tagged.result()
-            if registered is not None:
-                registered.result()
             inputs = plan_inputs(pipeline, params, refresh, settings.result()) if settings is not None else None
             planning, calendar = locked.result() if locked is not None else (None, None)
     except BaseException:
