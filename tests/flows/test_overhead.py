@@ -176,7 +176,8 @@ def test_steps_waiting_for_a_full_pool_ask_the_server_once_per_round_not_once_ea
         for _ in range(2):  # two rounds of the dispatcher
             slots.prepare(ready)
             assert [slots.take(a) for a in ready] == [None] * 5
-        assert (slots.requests, slots.refusals, looks(slots)) == (1, 1, 2)  # reads: the pool's turn, then the cores
+        # reads: the pool's turn (its cores with it, made stale by the refusal), then the cores
+        assert (slots.requests, slots.refusals, looks(slots)) == (1, 1, 2)
         slots.prepare(ready)
         small = Assignment("small", POOL, {"cpu": 0.5}, 9)
         assert slots.take(ready[0]) is None and slots.take(ready[1]) is None
@@ -200,7 +201,8 @@ def test_short_steps_waiting_for_a_full_pool_stop_asking_for_a_batch_the_server_
         ready = [Assignment(f"s{i}", POOL, {"cpu": 1}, i, 0.0, 0.5) for i in range(5)]
         slots.prepare(ready)  # the batch: refused
         assert [slots.take(a) for a in ready] == [None] * 5  # the first step: a read says full, no ask
-        assert (slots.requests, slots.refusals, looks(slots)) == (1, 1, 2)  # reads: the pool's turn, then the cores
+        # reads: the pool's turn (its cores with it, made stale by the refusal), then the cores
+        assert (slots.requests, slots.refusals, looks(slots)) == (1, 1, 2)
         slots.prepare(ready)  # no batch this time
         assert [slots.take(a) for a in ready] == [None] * 5
         assert (slots.requests, slots.refusals) == (1, 1) and looks(slots) in (2, 3)  # read again, or it stands
@@ -229,6 +231,28 @@ def test_a_limit_read_by_one_run_stands_for_this_machines_other_runs_until_slots
         assert hog.wait_closed()  # its lease given back, and announced
         assert a.limit_now(CPU, woken=True).active_slots == 0
         assert a.reads == 2
+
+
+def test_one_read_of_a_pools_limit_brings_its_other_limits_as_they_are_then(pool):
+    """A waiting run reads its pool's memory, cores and turn within one round: the first
+    read brings all of them (one request), each as the server held it then, for this run
+    and for this machine's other runs; a limit of no pool is read by its name."""
+    from planflow.prefect.limits import PLANNING_LIMIT, turn_limit
+
+    with RunSlots() as hog, RunSlots() as a, RunSlots() as b:
+        held = hog.take(Assignment("hog", POOL, {"cpu": 1, "mem_gib": 1}, 0))
+        assert held is not None
+        announce_taken(CPU)  # what a test before left is stale for both
+        assert a.limit_now(MEM).active_slots == 1024
+        assert a.limit_now(CPU).active_slots == 1000
+        assert a.limit_now(turn_limit(POOL), woken=True).active_slots == 0
+        assert a.reads == 1  # one request brought the three
+        assert b.limit_now(CPU, woken=True).active_slots == 1000 and (b.reads, b.reads_shared) == (0, 1)
+        assert a.limit_now(PLANNING_LIMIT).limit == 1 and a.reads == 2
+        assert a.limit_now("planflow-no-such-pool-cpu-millicores") is None and a.reads == 3
+        held.close()
+    assert hog.wait_closed()
+    assert active_slots([CPU, MEM]) == {CPU: 0, MEM: 0}
 
 
 def test_a_batch_asks_first_for_the_limit_that_refused_the_run_lately_and_for_the_others_only_if_granted(

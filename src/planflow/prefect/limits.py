@@ -129,6 +129,23 @@ def limit_drift(
     return missing, drift
 
 
+def pool_limits_now(client: Any, name: str) -> dict[str, Any]:
+    """Limit `name` as the server holds it now, and with it the other limits of its pool
+    (its cpu, gpu, memory and turn), by name; a name that does not exist is absent. A
+    waiting run reads its pool's memory, cores and turn within one dispatcher round: one
+    request for all of them (the limits' filter, about 5 ms of the server's CPU) instead of
+    one per limit (about 4 ms each). Any other limit is read by its name alone."""
+    parsed = parse_limit_name(name)
+    pool = parsed[0] if parsed else (name[len("planflow-") : -len("-turn")] if name.endswith("-turn") else None)
+    if not pool or not name.startswith("planflow-"):
+        try:
+            return {name: client.read_global_concurrency_limit_by_name(name)}
+        except ObjectNotFound:
+            return {}
+    mine = {limit_name(pool, resource) for resource in _SUFFIX} | {turn_limit(pool)}
+    return {found: limit for found, limit in _all_limits(client).items() if found in mine}
+
+
 def _all_limits(client: Any, page: int = 200) -> dict[str, Any]:
     """Every global concurrency limit on the server, by name (a page of `page` per request)."""
     found: dict[str, Any] = {}

@@ -50,9 +50,8 @@ from typing import Any
 
 import httpx
 from prefect.client.orchestration import get_client
-from prefect.exceptions import ObjectNotFound
 
-from planflow.prefect.limits import turn_limit
+from planflow.prefect.limits import pool_limits_now, turn_limit
 from planflow.runtime import shared_reads, spare_leases
 from planflow.runtime.admission import LOCKED, AdmissionError, SharedSlots
 from planflow.runtime.dispatch import Assignment
@@ -463,13 +462,18 @@ class RunSlots(RunLeases, SharedSlots):
         started = time.time()
         client = self._client
         self.reads += 1
-        try:
-            with nullcontext(client) if client else get_client(sync_client=True) as client:
-                limit = client.read_global_concurrency_limit_by_name(name)
-            read = LimitSeen(int(limit.limit), int(limit.active_slots))
-        except ObjectNotFound:
-            read = None
-        cache[name] = (started, read)
-        if self._wake is not None:
-            shared_reads.store(name, started, read)
-        return read
+        # the pool's other limits come with it (one request): a round that reads the pool's
+        # memory reads its cores and its turn next
+        with nullcontext(client) if client else get_client(sync_client=True) as client:
+            found = {
+                n: LimitSeen(int(limit.limit), int(limit.active_slots))
+                for n, limit in pool_limits_now(client, name).items()
+            }
+        found.setdefault(name, None)  # None: it does not exist
+        for other, read in found.items():
+            for kept in (self._seen, self._seen_woken):
+                if other == name or kept.get(other, (-1e9,))[0] < started:
+                    kept[other] = (started, read)
+            if self._wake is not None:
+                shared_reads.store(other, started, read)
+        return found[name]
