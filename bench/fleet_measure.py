@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 EPS = 1e-6
-ETA_LINE = re.compile(r"\|\s*ETA \(planned finish\)\s*\|\s*(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) UTC\s*\|")
+ETA_LINE = re.compile(r"\|\s*ETA \((?:planned|expected) finish\)\s*\|\s*(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) UTC\s*\|")
 MAKESPAN_LINE = re.compile(r"\|\s*planned makespan\s*\|\s*([0-9.]+) s\s*\|")
 
 

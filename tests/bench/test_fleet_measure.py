@@ -45,6 +45,9 @@ def test_the_eta_is_the_plans_eta_line_else_its_publication_plus_the_planned_mak
     eta = datetime(2026, 12, 1, 11, 0, 30, tzinfo=UTC).timestamp()
     with_line = "| planned makespan | 12.00 s |\n| ETA (planned finish) | 2026-12-01 11:00:30 UTC |"
     assert eta_from_plan(with_line, created=0.0) == eta
+    # since the ETA has an allowance (eta_history.py): the expected finish, not the planned one
+    expected = "| planned finish | 2026-12-01 11:00:12 UTC |\n| ETA (expected finish) | 2026-12-01 11:00:30 UTC |"
+    assert eta_from_plan("| planned makespan | 12.00 s |\n" + expected, created=0.0) == eta
     assert eta_from_plan("| planned makespan | 12.50 s |", created=100.0) == 112.5
     assert eta_from_plan("no plan here", created=100.0) is None
     assert eta_ratio(submitted=100.0, finished=130.0, eta=120.0) == 1.5

@@ -217,6 +217,8 @@ class RunPlan:
     plan: PipelinePlan | None = None
     planned_at: float = 0.0  # Unix time of the plan's time 0
     busy: int = 0  # other runs' components the plan was fitted around (the pool calendar)
+    eta_factor: float = 1.0  # the ETA is planned_at + makespan x this (eta_history.py)
+    eta_note: str = ""  # where the factor comes from
 
     @property
     def order(self) -> list[str]:

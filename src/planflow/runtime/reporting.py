@@ -196,7 +196,16 @@ def png_markdown(png: bytes, alt: str) -> str:
     return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})"
 
 
-def plan_markdown(pp: PipelinePlan, name: str, png: bytes | None = None, planned_at: float | None = None) -> str:
+def plan_markdown(
+    pp: PipelinePlan,
+    name: str,
+    png: bytes | None = None,
+    planned_at: float | None = None,
+    eta_factor: float = 1.0,
+    eta_note: str = "",
+) -> str:
+    """The plan's figures (and Gantt picture) as markdown; with `planned_at`, its planned
+    finish and the run's ETA (the planned makespan x `eta_factor`, eta_history.py)."""
     f = plan_figures(pp)
     bounds = ", ".join(f"{k} {v:.2f} s" for k, v in f["bounds"].items())
     lines = [
@@ -212,8 +221,12 @@ def plan_markdown(pp: PipelinePlan, name: str, png: bytes | None = None, planned
         f"| list-scheduling makespan | {f['heuristic_makespan_s']:.2f} s |",
     ]
     if planned_at:
-        eta = datetime.fromtimestamp(planned_at + pp.plan.makespan, tz=UTC)
-        lines.append(f"| ETA (planned finish) | {eta:%Y-%m-%d %H:%M:%S} UTC |")
+        finish = datetime.fromtimestamp(planned_at + pp.plan.makespan, tz=UTC)
+        eta = datetime.fromtimestamp(planned_at + pp.plan.makespan * eta_factor, tz=UTC)
+        lines.append(f"| planned finish | {finish:%Y-%m-%d %H:%M:%S} UTC |")
+        lines.append(f"| ETA (expected finish) | {eta:%Y-%m-%d %H:%M:%S} UTC |")
+        if eta_note:
+            lines.append(f"| ETA from | {eta_note} |")
     for note in pp.plan.notes:
         lines.append(f"\n> {note}")
     if png:

@@ -30,6 +30,7 @@ from prefect.exceptions import ObjectNotFound
 
 from planflow.monitoring.metrics import RunRecorder
 from planflow.prefect.calendar_store import CalendarEntry, create_entry, delete_entry, delete_run_entries, update_entry
+from planflow.runtime import eta_history
 from planflow.runtime.calendar import (
     OVERRUN_SECONDS,
     CalendarError,
@@ -40,6 +41,7 @@ from planflow.runtime.calendar import (
     utc,
 )
 from planflow.runtime.dispatch import Assignment, StepRecord
+from planflow.runtime.eta_history import Allowance
 from planflow.runtime.events import Reporter, RunInfo, StepEvent
 from planflow.runtime.pool_order import PoolOrder
 from planflow.runtime.replan import Item, list_schedule
@@ -91,6 +93,7 @@ class RunCalendar(PoolOrder, Reporter):
         self._planned: dict[str, dict[str, Any]] = {}
         self._written: Future[None] | None = None  # the entry's first save, on its thread (`write`)
         self._saved: Any = None  # the saved entry's id (calendar_store), once its first save landed
+        self.allowed = Allowance()  # the ETA's allowance (write)
 
     def write(
         self,
@@ -98,18 +101,22 @@ class RunCalendar(PoolOrder, Reporter):
         assignments: Mapping[str, Assignment],
         planned_at: float,
         then: Callable[[], None] | None = None,
+        allowed: Allowance | None = None,
     ) -> float:
         """Record the plan's reservations; returns the ETA (Unix time). The entry is saved
         on a thread of its own, and `then` called after the save, saved or not (the runner
         gives the planning slot back there): the run goes on to take its first slots
-        meanwhile, and `written` waits for the save before its first component starts."""
+        meanwhile, and `written` waits for the save before its first component starts.
+        `allowed`: how much longer than planned runs of this kind took (eta_history.py):
+        the ETA is the plan's makespan times its factor, kept so as the run goes on."""
         self.makespan = max((a.planned_finish or 0.0 for a in assignments.values()), default=0.0)
+        self.allowed = allowed or Allowance()
         self.entry = CalendarEntry(
             flow_run_id=self.run_id,
             flow_run_name=self.run_name,
             pipeline=pipeline,
             planned_at=planned_at,
-            eta=planned_at + self.makespan,
+            eta=planned_at + self.makespan * self.allowed.factor,
             reservations=[
                 asdict(
                     Reservation(
@@ -163,11 +170,12 @@ class RunCalendar(PoolOrder, Reporter):
         self.run = run
         eta = self.shown = self.entry.eta
         self.logger.info(
-            "ETA of this run: %s (in %.0f s; %s into the pools' calendar%s)",
+            "ETA of this run: %s (in %.0f s; %s into the pools' calendar%s; %s)",
             utc(eta),
             max(0.0, eta - time.time()),
             "planned" if run.policy == "plan" else "first come, first served",
             f", around {run.plan.busy} component(s) of other runs" if run.plan.busy else "",
+            self.allowed.says(),
         )
         if self.recorder is not None:
             self.recorder.eta(eta)
@@ -252,7 +260,8 @@ class RunCalendar(PoolOrder, Reporter):
             length = float(r["finish"]) - float(r["start"])
             r["start"] = max(event.at, float(r["start"]) + delta)
             r["finish"] = r["start"] + length
-        entry.eta = max(event.at, max(map(float, map(itemgetter("finish"), entry.reservations)), default=event.at))
+        finish = max(map(float, map(itemgetter("finish"), entry.reservations)), default=event.at)
+        entry.eta = self.expected(finish, event.at)
 
     # -- re-planning when other runs move ----------------------------------------------------
     def _watch(self) -> None:
@@ -357,8 +366,13 @@ class RunCalendar(PoolOrder, Reporter):
         for r in waiting:
             start, finish = times[r["component"]]
             r["start"], r["finish"] = now + start, now + finish
-        entry.eta = max([now] + [float(r["finish"]) for r in entry.reservations])
+        entry.eta = self.expected(max([now] + [float(r["finish"]) for r in entry.reservations]), now)
         return entry.eta
+
+    def expected(self, finish: float, now: float) -> float:
+        """When the run is expected to end, its calendar saying `finish`: the time left to
+        that, times the allowance learned from earlier runs (eta_history.py)."""
+        return now + max(0.0, finish - now) * self.allowed.factor
 
     def _publish(self, old: float, new: float) -> None:
         if self.run is None or self.run.plan.plan is None:
@@ -377,7 +391,17 @@ class RunCalendar(PoolOrder, Reporter):
         # own, to spare the run's end the busy server's retries, 2-6 s), a run in a process
         # of its own often ended before the delete reached the server, and the runs planned
         # behind it never moved up (tests/flows/test_shared_pools.py, the re-plan test).
+        planned_at = self.entry.planned_at if self.entry is not None else None
         self.delete()
+        if planned_at is not None and records and all(r.state == "Completed" for r in records.values()):
+            self._learn(time.time() - planned_at)
+
+    def _learn(self, took: float) -> None:
+        """Leave how late this run finished against its plan, for the next runs' ETAs."""
+        try:
+            eta_history.record(self.allowed.key, self.makespan, took, self.run_id)
+        except Exception as exc:  # the run is over: the next runs' ETAs learn from the others
+            self.logger.warning("how late this run finished was not recorded for the next ETAs: %s", exc)
 
     def _save(self) -> None:
         """Write the entry: created once (one request), then one PATCH of its data per change."""

@@ -36,6 +36,7 @@ from planflow.prefect.blocks.registry import load_settings
 from planflow.prefect.calendar_store import CalendarEntry
 from planflow.prefect.limits import read_limits
 from planflow.runtime.calendar import PlanningLimitMissing, planning_lock, read_calendar
+from planflow.runtime.eta_history import read_ratios_or_none
 from planflow.runtime.history import read_once, recent_durations
 from planflow.runtime.planning import PlanInputs, plan_inputs, run_pools
 from planflow.runtime.tags import tag_flow_run
@@ -53,6 +54,7 @@ class RunReads:
     inputs: PlanInputs | None
     planning: ExitStack | None = None
     calendar: list[CalendarEntry] | None = None
+    eta_ratios: Mapping[str, list[float]] | None = None  # how late earlier runs finished (eta_history.py)
 
 
 def _locked_calendar(read: bool) -> tuple[ExitStack | None, list[CalendarEntry] | None]:
@@ -90,12 +92,13 @@ def read_for_run(
     locked: Future[tuple[ExitStack, list[CalendarEntry] | None]] | None = None
     try:
         # read_once: the threads share one read of each component's history (history.py)
-        with read_once(), ThreadPoolExecutor(max_workers=6, thread_name_prefix="planflow-read") as threads:
+        with read_once(), ThreadPoolExecutor(max_workers=8, thread_name_prefix="planflow-read") as threads:
 
             def submit(fn: Callable[..., Any], *args: Any) -> Future[Any]:
                 return threads.submit(contextvars.copy_context().run, fn, *args)
 
             locked = submit(_locked_calendar, planned) if lock_calendar else None
+            ratios = submit(read_ratios_or_none) if lock_calendar else None  # the ETA's allowance
             tagged = submit(tag_flow_run, flow_run, pipeline.name) if flow_run is not None else None
             pools = submit(run_pools, mode, local_pool)
             limits = submit(read_limits) if shared else None
@@ -110,9 +113,10 @@ def read_for_run(
                 tagged.result()
             inputs = plan_inputs(pipeline, params, refresh, settings.result()) if settings is not None else None
             planning, calendar = locked.result() if locked is not None else (None, None)
+            eta_ratios = ratios.result() if ratios is not None else None
     except BaseException:
         taken = locked.result()[0] if locked is not None and locked.done() and not locked.exception() else None
         if taken is not None:
             taken.close()  # another read failed: the slot goes back
         raise
-    return RunReads(found[0], found[1], inputs, planning, calendar)
+    return RunReads(found[0], found[1], inputs, planning, calendar, eta_ratios)

@@ -35,6 +35,7 @@ from planflow.runtime.caching import refreshing, step_state
 from planflow.runtime.calendar import busy_steps, planning_lock
 from planflow.runtime.dispatch import POLL_SECONDS, Assignment, StepRecord
 from planflow.runtime.distributed import DistributedExecutor
+from planflow.runtime.eta_history import allowance, main_pool
 from planflow.runtime.events import EventBus, Reporter, RunInfo, add_listener, subscribe, subscribers
 from planflow.runtime.executors import Executor, InProcessExecutor, execute, warm_task_threads
 from planflow.runtime.fifo_eta import place_fifo
@@ -309,7 +310,9 @@ def plan_shared(
                 refresh=refresh,
                 inputs=inputs,
             )
-        calendar.write(pipeline.name, plan.assignments, plan.planned_at, then=planning.close)
+        allowed = allowance(reads.eta_ratios, main_pool(plan.assignments), plan.busy > 0)
+        plan = replace(plan, eta_factor=allowed.factor, eta_note=allowed.says())
+        calendar.write(pipeline.name, plan.assignments, plan.planned_at, then=planning.close, allowed=allowed)
     except BaseException:
         planning.close()
         raise

@@ -1,0 +1,114 @@
+"""The ETA's allowance: how late earlier runs on a pool finished against their plans
+(eta_history.py), learned on a real Prefect server and shown in the next run's ETA."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+
+from planflow import to_flow
+from planflow.core.component import component
+from planflow.core.pipeline import Pipeline, Step
+from planflow.runtime import eta_history
+from planflow.runtime.dispatch import Assignment
+from planflow.runtime.eta_history import (
+    MAX_FACTOR,
+    MIN_FACTOR,
+    Allowance,
+    allowance,
+    eta_factor,
+    eta_key,
+    main_pool,
+    read_ratios,
+    record,
+)
+from planflow.runtime.run_calendar import RunCalendar
+
+from tests.flows.own_pool import own_pool
+
+POOL = "eta-allowance"
+CAPACITY = {"cpu": 2.0, "gpu": 0.0, "mem_gib": 4.0}
+
+
+@pytest.fixture(scope="module")
+def pool(registered_blocks):
+    with own_pool(POOL, CAPACITY) as name:
+        yield name
+
+
+def test_the_allowance_is_the_median_of_the_recent_ratios_clamped_and_none_without_any():
+    assert eta_factor([1.1, 1.4, 1.2]) == 1.2
+    assert eta_factor([9.0, 8.0]) == MAX_FACTOR and eta_factor([0.1]) == MIN_FACTOR
+    assert eta_factor([]) is None and eta_factor([0.0, -1.0]) is None
+    empty = allowance({}, "p", shared=True)
+    assert (empty.factor, empty.runs, empty.key) == (1.0, 0, "planflow-eta-p-shared")
+    assert "no earlier run" in empty.says()
+    learned = allowance({"planflow-eta-p-alone": [1.3, 1.1, 1.2]}, "p", shared=False)
+    assert (learned.factor, learned.runs) == (1.2, 3) and "x 1.20" in learned.says()
+    assert allowance(None, None, shared=False) == Allowance()
+
+
+def test_the_main_pool_carries_most_of_the_planned_time():
+    plan = {
+        "a": Assignment("a", "small", {"cpu": 1}, 0, 0.0, 3.0),
+        "b": Assignment("b", "big", {"cpu": 1}, 1, 0.0, 2.0),
+        "c": Assignment("c", "big", {"cpu": 1}, 2, 2.0, 4.0),
+    }
+    assert main_pool(plan) == "big"
+    assert main_pool({}) is None
+
+
+def test_ratios_are_read_back_newest_first_per_key_and_short_plans_teach_nothing(prefect_server):
+    key = eta_key(f"ratios-{uuid.uuid4().hex[:8]}", shared=True)
+    for took in (12.0, 14.0, 13.0):
+        record(key, planned_seconds=10.0, actual_seconds=took, flow_run_id=None)
+    record(key, planned_seconds=0.2, actual_seconds=5.0, flow_run_id=None)  # a 0.2 s plan: noise, not kept
+    assert read_ratios()[key] == [1.3, 1.4, 1.2]
+    assert allowance(read_ratios(), key.removeprefix("planflow-eta-").removesuffix("-shared"), True).factor == 1.3
+
+
+def test_the_calendars_eta_is_the_planned_makespan_times_the_allowance_as_the_run_goes_on(pool):
+    calendar = RunCalendar(str(uuid.uuid4()), "allowed", logging.getLogger("test"))
+    now = time.time()
+    plan = {"c0": Assignment("c0", POOL, {"cpu": 1}, 0, 0.0, 10.0)}
+    try:
+        eta = calendar.write("allowed", plan, now, allowed=Allowance(1.5, 4, eta_key(POOL, False)))
+        calendar.written()
+        assert eta == pytest.approx(now + 15.0)
+        # later, with 4 s of the plan left: 6 s expected
+        assert calendar.expected(now + 10.0, now + 6.0) == pytest.approx(now + 12.0)
+        assert calendar.expected(now + 5.0, now + 6.0) == pytest.approx(now + 6.0)  # overdue: now
+    finally:
+        calendar.delete()
+
+
+def slow(x: int = 1) -> int:
+    time.sleep(0.3)
+    return x
+
+
+def test_a_completed_run_leaves_its_ratio_and_the_next_runs_eta_uses_it(pool):
+    comp = component(slow, cpu=1, mem_gib=0.01, est_seconds=1.0, pools=[POOL])
+    run = to_flow(Pipeline("eta-learned", [Step("a", comp), Step("b", comp, after=("a",))], description="2 steps"))
+    key = eta_key(POOL, shared=False)
+    before = len(read_ratios().get(key, []))
+    first = run(local_pool=POOL)
+    ratios = read_ratios().get(key, [])
+    assert len(ratios) == min(before + 1, eta_history.RECENT) and ratios[0] > 0
+    second = run(local_pool=POOL)
+    with get_client(sync_client=True) as client:
+        figures = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[uuid.UUID(second["flow_run_id"])]),
+                key=ArtifactFilterKey(like_="plan-figures"),
+            )
+        )
+    text = "\n".join(str(a.data) for a in figures)
+    assert "| ETA (expected finish) |" in text and "| planned finish |" in text, text
+    assert "the plan's makespan x" in text and "run(s) finished" in text, text
+    assert first["flow_run_id"] != second["flow_run_id"]
