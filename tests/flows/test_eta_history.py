@@ -45,11 +45,15 @@ def test_the_allowance_is_the_median_of_the_recent_ratios_clamped_and_none_witho
     assert eta_factor([1.1, 1.4, 1.2]) == 1.2
     assert eta_factor([9.0, 8.0]) == MAX_FACTOR and eta_factor([0.1]) == MIN_FACTOR
     assert eta_factor([]) is None and eta_factor([0.0, -1.0]) is None
-    empty = allowance({}, "p", shared=True)
-    assert (empty.factor, empty.runs, empty.key) == (1.0, 0, "planflow-eta-p-shared")
+    empty = allowance({}, "p", shared=True, pipeline="Fraud_Risk")
+    assert (empty.factor, empty.runs) == (1.0, 0)
+    assert empty.keys == ("planflow-eta-p-shared-fraud-risk", "planflow-eta-p-shared")  # its pipeline's, its pool's
     assert "no earlier run" in empty.says()
-    learned = allowance({"planflow-eta-p-alone": [1.3, 1.1, 1.2]}, "p", shared=False)
-    assert (learned.factor, learned.runs) == (1.2, 3) and "x 1.20" in learned.says()
+    pool_wide = {"planflow-eta-p-alone": [1.3, 1.1, 1.2], "planflow-eta-p-alone-few": [2.0]}
+    learned = allowance(pool_wide, "p", shared=False, pipeline="few")  # one own run: not enough, the pool's
+    assert (learned.factor, learned.runs, learned.own) == (1.2, 3, False) and "x 1.20" in learned.says()
+    own = allowance({**pool_wide, "planflow-eta-p-alone-few": [2.0, 1.8]}, "p", shared=False, pipeline="few")
+    assert (own.factor, own.runs, own.own) == (1.9, 2, True) and "of this pipeline" in own.says()
     assert allowance(None, None, shared=False) == Allowance()
 
 
@@ -66,8 +70,8 @@ def test_the_main_pool_carries_most_of_the_planned_time():
 def test_ratios_are_read_back_newest_first_per_key_and_short_plans_teach_nothing(prefect_server):
     key = eta_key(f"ratios-{uuid.uuid4().hex[:8]}", shared=True)
     for took in (12.0, 14.0, 13.0):
-        record(key, planned_seconds=10.0, actual_seconds=took, flow_run_id=None)
-    record(key, planned_seconds=0.2, actual_seconds=5.0, flow_run_id=None)  # a 0.2 s plan: noise, not kept
+        record([key], planned_seconds=10.0, actual_seconds=took, flow_run_id=None)
+    record([key], planned_seconds=0.2, actual_seconds=5.0, flow_run_id=None)  # a 0.2 s plan: noise, not kept
     assert read_ratios()[key] == [1.3, 1.4, 1.2]
     assert allowance(read_ratios(), key.removeprefix("planflow-eta-").removesuffix("-shared"), True).factor == 1.3
 
@@ -77,7 +81,7 @@ def test_the_calendars_eta_is_the_planned_makespan_times_the_allowance_as_the_ru
     now = time.time()
     plan = {"c0": Assignment("c0", POOL, {"cpu": 1}, 0, 0.0, 10.0)}
     try:
-        eta = calendar.write("allowed", plan, now, allowed=Allowance(1.5, 4, eta_key(POOL, False)))
+        eta = calendar.write("allowed", plan, now, allowed=Allowance(1.5, 4, (eta_key(POOL, False),)))
         calendar.written()
         assert eta == pytest.approx(now + 15.0)
         # later, with 4 s of the plan left: 6 s expected
@@ -92,23 +96,26 @@ def slow(x: int = 1) -> int:
     return x
 
 
-def test_a_completed_run_leaves_its_ratio_and_the_next_runs_eta_uses_it(pool):
+def test_a_completed_run_planned_from_history_leaves_its_ratio_and_the_next_runs_eta_uses_it(pool):
     comp = component(slow, cpu=1, mem_gib=0.01, est_seconds=1.0, pools=[POOL])
-    run = to_flow(Pipeline("eta-learned", [Step("a", comp), Step("b", comp, after=("a",))], description="2 steps"))
-    key = eta_key(POOL, shared=False)
+    steps = [Step(f"s{i}", comp, after=(f"s{i - 1}",) if i else ()) for i in range(4)]
+    run = to_flow(Pipeline("eta-learned", steps, description="4 steps in a row"))
+    key, own = eta_key(POOL, shared=False), eta_key(POOL, shared=False, pipeline="eta-learned")
     before = len(read_ratios().get(key, []))
-    first = run(local_pool=POOL)
-    ratios = read_ratios().get(key, [])
-    assert len(ratios) == min(before + 1, eta_history.RECENT) and ratios[0] > 0
-    second = run(local_pool=POOL)
+    run(local_pool=POOL)  # planned from the declarations: how late it finished says nothing
+    assert len(read_ratios().get(key, [])) == before
+    run(local_pool=POOL)  # planned from the first run's durations (4 x 0.3 s): recorded
+    ratios = read_ratios()
+    assert len(ratios.get(key, [])) == min(before + 1, eta_history.RECENT) and ratios[key][0] > 0
+    assert ratios[own][0] == ratios[key][0]  # its pipeline's record too
+    third = run(local_pool=POOL)
     with get_client(sync_client=True) as client:
         figures = client.read_artifacts(
             artifact_filter=ArtifactFilter(
-                flow_run_id=ArtifactFilterFlowRunId(any_=[uuid.UUID(second["flow_run_id"])]),
+                flow_run_id=ArtifactFilterFlowRunId(any_=[uuid.UUID(third["flow_run_id"])]),
                 key=ArtifactFilterKey(like_="plan-figures"),
             )
         )
-    text = "\n".join(str(a.data) for a in figures)
+    text = "\n".join(str(a.data) for a in figures)[:3000]
     assert "| ETA (expected finish) |" in text and "| planned finish |" in text, text
-    assert "the plan's makespan x" in text and "run(s) finished" in text, text
-    assert first["flow_run_id"] != second["flow_run_id"]
+    assert "the plan's makespan x" in text and "such run(s) on this pool finished" in text, text

@@ -7,12 +7,15 @@ the fleet benchmark the runs' components ran about as long as planned, yet start
 2-10 s after their planned starts, and the runs finished 1.2-1.3x their plans' time
 (ETA ratio p50). So each run, at its end, leaves how long it took from its plan to its
 end against its planned makespan (an artifact of type `planflow-eta-history` under the
-key `planflow-eta-<pool>-<alone|shared>`: its main pool, and whether other runs'
-components were in that pool's calendar when it was planned), and the next run's ETA is
+keys `planflow-eta-<pool>-<alone|shared>` and the same followed by `-<pipeline>`: its
+main pool, whether other runs' components were in that pool's calendar when it was
+planned, and its pipeline), and the next run's ETA is
 
     planned_at + makespan x (the median ratio of the last RECENT runs of that kind)
 
-clamped to [MIN_FACTOR, MAX_FACTOR]; with no record yet, the plan's own makespan. The
+where that kind is the same pipeline once MIN_OWN of its runs are recorded, else any
+pipeline on the pool, clamped to [MIN_FACTOR, MAX_FACTOR]; with no record yet, the
+plan's own makespan. The
 plan itself does not change: the calendar still holds the planned starts and finishes,
 and other runs plan around those. The log line, the plan artifact and the ETA gauge say
 which allowance was used and from how many runs.
@@ -26,6 +29,7 @@ which allowance was used and from how many runs.
 from __future__ import annotations
 
 import logging
+import re
 import statistics
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -41,6 +45,7 @@ KEY_MAX = 100  # Prefect's limit on an artifact key's length
 RECENT = 8  # runs of one kind the allowance is learned from
 MIN_FACTOR, MAX_FACTOR = 0.5, 3.0  # an allowance outside these is taken as these
 MIN_PLANNED_SECONDS = 1.0  # a run planned shorter than this teaches nothing (its ratio is noise)
+MIN_OWN = 2  # a pipeline's own runs make its allowance once this many are recorded
 
 
 @dataclass(frozen=True)
@@ -49,16 +54,25 @@ class Allowance:
 
     factor: float = 1.0
     runs: int = 0  # how many earlier runs it was learned from (0: none, the plan's own makespan)
-    key: str = ""  # where this run's own ratio goes at its end
+    keys: tuple[str, ...] = ()  # where this run's own ratio goes at its end (its pipeline's, its pool's)
+    own: bool = False  # learned from runs of the same pipeline (else: of any pipeline on the pool)
 
     def says(self) -> str:
         if not self.runs:
             return "the plan's makespan (no earlier run of this kind to learn how late runs finish)"
-        return f"the plan's makespan x {self.factor:.2f}, how late the last {self.runs} such run(s) finished"
+        whose = "of this pipeline" if self.own else "on this pool"
+        return f"the plan's makespan x {self.factor:.2f}, how late the last {self.runs} such run(s) {whose} finished"
 
 
-def eta_key(pool: str, shared: bool) -> str:
-    return f"{KEY_PREFIX}{pool}-{'shared' if shared else 'alone'}"[:KEY_MAX]
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")
+
+
+def eta_key(pool: str, shared: bool, pipeline: str | None = None) -> str:
+    """Where the ratios of runs on `pool` (alone or among others) go; of one pipeline's runs
+    with `pipeline`."""
+    key = f"{KEY_PREFIX}{_slug(pool)}-{'shared' if shared else 'alone'}"
+    return (f"{key}-{_slug(pipeline)}" if pipeline else key)[:KEY_MAX]
 
 
 def eta_factor(ratios: Iterable[float]) -> float | None:
@@ -104,32 +118,40 @@ def read_ratios_or_none() -> dict[str, list[float]] | None:
         return None
 
 
-def allowance(ratios: Mapping[str, list[float]] | None, pool: str | None, shared: bool) -> Allowance:
-    """The allowance for a run on `pool` (planned among other runs' components: `shared`)."""
+def allowance(
+    ratios: Mapping[str, list[float]] | None, pool: str | None, shared: bool, pipeline: str | None = None
+) -> Allowance:
+    """The allowance for a run of `pipeline` on `pool` (planned among other runs'
+    components: `shared`): learned from that pipeline's own runs once MIN_OWN of them are
+    recorded (a pipeline of 30 short components waits at more starts than one of 4), else
+    from every pipeline's runs on the pool."""
     if pool is None:
         return Allowance()
-    key = eta_key(pool, shared)
-    recent = (ratios or {}).get(key, [])
+    keys = (eta_key(pool, shared, pipeline), eta_key(pool, shared)) if pipeline else (eta_key(pool, shared),)
+    found = ratios or {}
+    own = found.get(keys[0], []) if pipeline else []
+    recent, is_own = (own, True) if len(own) >= MIN_OWN else (found.get(keys[-1], []), False)
     factor = eta_factor(recent)
-    return Allowance(factor, len(recent), key) if factor is not None else Allowance(key=key)
+    if factor is None:
+        return Allowance(keys=keys)
+    return Allowance(factor, len(recent), keys, is_own)
 
 
-def record(key: str, planned_seconds: float, actual_seconds: float, flow_run_id: str | None) -> None:
-    """Leave one run's ratio (from its plan to its end, over its planned makespan)."""
-    if not key or planned_seconds < MIN_PLANNED_SECONDS or actual_seconds <= 0:
+def record(keys: Iterable[str], planned_seconds: float, actual_seconds: float, flow_run_id: str | None) -> None:
+    """Leave one run's ratio (from its plan to its end, over its planned makespan) under
+    each of `keys` (its pipeline's and its pool's)."""
+    if planned_seconds < MIN_PLANNED_SECONDS or actual_seconds <= 0:
         return
     ratio = actual_seconds / planned_seconds
-    body: dict[str, Any] = {
-        "key": key,
-        "type": ETA_TYPE,
-        "data": {
-            "planned_s": round(planned_seconds, 3),
-            "actual_s": round(actual_seconds, 3),
-            "ratio": round(ratio, 4),
-        },
-        "description": f"a run finished {ratio:.2f}x its planned makespan (planflow's ETA allowance)",
-    }
-    if flow_run_id:
-        body["flow_run_id"] = flow_run_id
+    data = {"planned_s": round(planned_seconds, 3), "actual_s": round(actual_seconds, 3), "ratio": round(ratio, 4)}
     with get_client(sync_client=True) as client:
-        client.request("POST", "/artifacts/", json=body)
+        for key in keys:
+            body: dict[str, Any] = {
+                "key": key,
+                "type": ETA_TYPE,
+                "data": data,
+                "description": f"a run finished {ratio:.2f}x its planned makespan (planflow's ETA allowance)",
+            }
+            if flow_run_id:
+                body["flow_run_id"] = flow_run_id
+            client.request("POST", "/artifacts/", json=body)

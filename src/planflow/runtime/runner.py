@@ -310,7 +310,7 @@ def plan_shared(
                 refresh=refresh,
                 inputs=inputs,
             )
-        allowed = allowance(reads.eta_ratios, main_pool(plan.assignments), plan.busy > 0)
+        allowed = allowance(reads.eta_ratios, main_pool(plan.assignments), plan.busy > 0, pipeline.name)
         plan = replace(plan, eta_factor=allowed.factor, eta_note=allowed.says())
         calendar.write(pipeline.name, plan.assignments, plan.planned_at, then=planning.close, allowed=allowed)
     except BaseException:
