@@ -15,9 +15,8 @@ planned, and its pipeline), and the next run's ETA is
 
 where that kind is the same pipeline once MIN_OWN of its runs are recorded, else any
 pipeline on the pool, clamped to [MIN_FACTOR, MAX_FACTOR]; with no record yet, the
-plan's own makespan. The
-plan itself does not change: the calendar still holds the planned starts and finishes,
-and other runs plan around those. The log line, the plan artifact and the ETA gauge say
+plan's own makespan. The plan itself does not change: the calendar still holds the
+planned starts and finishes, and other runs plan around those. The log line, the plan artifact and the ETA gauge say
 which allowance was used and from how many runs.
 
     >>> eta_factor([1.1, 1.3, 1.2])

@@ -27,6 +27,7 @@ from planflow.runtime.caching import cached_estimate, predicted_cached
 from planflow.runtime.dask_cluster import dask_pools, require_offered, worker_offers
 from planflow.runtime.dispatch import RESOURCES, Assignment
 from planflow.runtime.distributed import DeploymentMissingError, readiness
+from planflow.runtime.eta_history import Allowance
 from planflow.runtime.history import Estimate, estimate, read_once, recent_durations, work_scale
 from planflow.runtime.memory import MemoryFigure, memory_figures
 
@@ -217,8 +218,7 @@ class RunPlan:
     plan: PipelinePlan | None = None
     planned_at: float = 0.0  # Unix time of the plan's time 0
     busy: int = 0  # other runs' components the plan was fitted around (the pool calendar)
-    eta_factor: float = 1.0  # the ETA is planned_at + makespan x this (eta_history.py)
-    eta_note: str = ""  # where the factor comes from
+    allowance: Allowance = Allowance()  # the ETA is planned_at + makespan x its factor (eta_history.py)
 
     @property
     def order(self) -> list[str]:

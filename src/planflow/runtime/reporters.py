@@ -56,9 +56,7 @@ class ArtifactReporter(Reporter):
         png = reporting.gantt_png(pp, title=f"{name}: plan")
         create_markdown_artifact(
             key=reporting.artifact_key(run.pipeline, "plan-figures"),
-            markdown=reporting.plan_markdown(
-                pp, name, png, run.plan.planned_at or None, run.plan.eta_factor, run.plan.eta_note
-            ),
+            markdown=reporting.plan_markdown(pp, name, png, run.plan.planned_at or None, run.plan.allowance),
             description=f"{name}: makespan, bound, gap, solver and the Gantt chart",
         )
 

@@ -16,6 +16,7 @@ from planflow.core.pipeline import Pipeline
 from planflow.runtime import gantt
 from planflow.runtime.caching import step_state
 from planflow.runtime.dispatch import StepRecord
+from planflow.runtime.eta_history import Allowance
 from planflow.runtime.history import artifact_slug
 from planflow.runtime.planning import PipelinePlan
 
@@ -201,11 +202,10 @@ def plan_markdown(
     name: str,
     png: bytes | None = None,
     planned_at: float | None = None,
-    eta_factor: float = 1.0,
-    eta_note: str = "",
+    allowed: Allowance | None = None,
 ) -> str:
     """The plan's figures (and Gantt picture) as markdown; with `planned_at`, its planned
-    finish and the run's ETA (the planned makespan x `eta_factor`, eta_history.py)."""
+    finish and the run's ETA (the planned makespan x the `allowed` factor, eta_history.py)."""
     f = plan_figures(pp)
     bounds = ", ".join(f"{k} {v:.2f} s" for k, v in f["bounds"].items())
     lines = [
@@ -222,11 +222,11 @@ def plan_markdown(
     ]
     if planned_at:
         finish = datetime.fromtimestamp(planned_at + pp.plan.makespan, tz=UTC)
-        eta = datetime.fromtimestamp(planned_at + pp.plan.makespan * eta_factor, tz=UTC)
+        eta = datetime.fromtimestamp(planned_at + pp.plan.makespan * (allowed or Allowance()).factor, tz=UTC)
         lines.append(f"| planned finish | {finish:%Y-%m-%d %H:%M:%S} UTC |")
         lines.append(f"| ETA (expected finish) | {eta:%Y-%m-%d %H:%M:%S} UTC |")
-        if eta_note:
-            lines.append(f"| ETA from | {eta_note} |")
+        if allowed is not None:
+            lines.append(f"| ETA from | {allowed.says()} |")
     for note in pp.plan.notes:
         lines.append(f"\n> {note}")
     if png:

@@ -311,7 +311,7 @@ def plan_shared(
                 inputs=inputs,
             )
         allowed = allowance(reads.eta_ratios, main_pool(plan.assignments), plan.busy > 0, pipeline.name)
-        plan = replace(plan, eta_factor=allowed.factor, eta_note=allowed.says())
+        plan = replace(plan, allowance=allowed)
         calendar.write(pipeline.name, plan.assignments, plan.planned_at, then=planning.close, allowed=allowed)
     except BaseException:
         planning.close()
