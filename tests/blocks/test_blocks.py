@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from planflow.core.component import component
 from planflow.core.pipeline import Pipeline
 from planflow.prefect.blocks import PlannerSettings, ResourcePool, ensure_defaults, load_pools, local_pool_from_machine
+from planflow.prefect.blocks.registry import load_settings, read_run_blocks
 from planflow.runtime.planning import PoolError, allowed_pools, greedy_assignments
 
 
@@ -75,6 +76,22 @@ def test_defaults_are_created_once_and_user_edits_kept(registered_blocks):
         assert pools["gpu"].backup_pool == "local"
     finally:
         ResourcePool.delete("gpu")  # other modules plan over every pool that exists
+
+
+def test_a_runs_pools_and_settings_come_in_one_read_paged_as_each_is_read_alone(registered_blocks):
+    ResourcePool(work_pool="gpu-pool", cpu=8, gpu=2, mem_gib=64).save("gpu-read", overwrite=True)
+    try:
+        alone_pools, alone_settings = load_pools(), load_settings()
+        for page in (1, 2, 200):  # one document per page: every page is read, none twice
+            blocks = read_run_blocks(page=page)
+            assert {n: p.model_dump() for n, p in blocks.pools.items()} == {
+                n: p.model_dump() for n, p in alone_pools.items()
+            }
+            assert blocks.pools["gpu-read"].capacity() == {"cpu": 8.0, "gpu": 2.0, "mem_gib": 64.0}
+            assert blocks.settings.model_dump() == alone_settings.model_dump()
+        assert alone_settings.model_dump() == PlannerSettings.load("default").model_dump()  # Prefect's own read
+    finally:
+        ResourcePool.delete("gpu-read")
 
 
 CAPACITY = {"local": {"cpu": 2.0, "gpu": 0.0, "mem_gib": 4.0}, "gpu": {"cpu": 8.0, "gpu": 1.0, "mem_gib": 32.0}}

@@ -23,6 +23,7 @@ from planflow.core.pipeline import Pipeline
 from planflow.planner import Mode, Plan, PlannerOptions, Pool, Problem, Step, Task, solve
 from planflow.prefect.blocks.planner_settings import PlannerSettings
 from planflow.prefect.blocks.registry import DEFAULT_POOL, load_pools, load_settings
+from planflow.prefect.blocks.resource_pool import ResourcePool
 from planflow.runtime.caching import cached_estimate, predicted_cached
 from planflow.runtime.dask_cluster import dask_pools, require_offered, worker_offers
 from planflow.runtime.dispatch import RESOURCES, Assignment
@@ -235,14 +236,17 @@ def _logger() -> logging.Logger | logging.LoggerAdapter:
     return get_run_logger() if FlowRunContext.get() is not None else logging.getLogger("planflow")
 
 
-def run_pools(mode: str, local_pool: str = DEFAULT_POOL) -> tuple[dict[str, Any], set[str]]:
+def run_pools(
+    mode: str, local_pool: str = DEFAULT_POOL, pools: dict[str, ResourcePool] | None = None
+) -> tuple[dict[str, Any], set[str]]:
     """The ResourcePools a run may use, and the names of all of them.
 
     In-process, every component runs in this flow run's process: only the pool that
     process stands for (`local_pool`, default `local`) has capacity for it. Distributed,
     every pool does whose work pool is ready (deployment and live worker); the others
-    are left out of the plan with a warning saying why."""
-    pools = load_pools()
+    are left out of the plan with a warning saying why. `pools`: the ResourcePools already
+    read (read_run_blocks), else they are read here."""
+    pools = load_pools() if pools is None else pools
     if mode == "dask":  # the pools whose resources the Dask cluster's workers offer
         return dask_pools(pools, _logger()), set(pools)
     if mode == "distributed":

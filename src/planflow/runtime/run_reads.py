@@ -1,7 +1,8 @@
 """What a run reads from the server before it plans, read side by side.
 
 A run needs, before its plan: the ResourcePool blocks it may use, the pools' concurrency
-limits (to check them against the blocks), the PlannerSettings block and the learned
+limits (to check them against the blocks), the PlannerSettings block (read with the
+pools, one request: read_run_blocks) and the learned
 durations and memory (plan_inputs), and its flow run tagged for planflow's automations.
 None of these depends on another (the history only on how many runs back the settings
 say: it is read as far back as the default settings keep, and again only when the block
@@ -32,7 +33,7 @@ from typing import Any
 
 from planflow.core.pipeline import Pipeline
 from planflow.prefect.blocks.planner_settings import PlannerSettings
-from planflow.prefect.blocks.registry import load_settings
+from planflow.prefect.blocks.registry import RunBlocks, read_run_blocks
 from planflow.prefect.calendar_store import CalendarEntry
 from planflow.prefect.limits import read_limits
 from planflow.runtime.calendar import PlanningLimitMissing, planning_lock, read_calendar
@@ -73,6 +74,12 @@ def _locked_calendar(read: bool) -> tuple[ExitStack | None, list[CalendarEntry] 
         raise
 
 
+def _pools_and_settings(mode: str, local_pool: str) -> tuple[tuple[dict[str, Any], set[str]], RunBlocks]:
+    """The pools the run may use (run_pools) and the blocks they came from, settings with them."""
+    blocks = read_run_blocks()
+    return run_pools(mode, local_pool, blocks.pools), blocks
+
+
 def read_for_run(
     pipeline: Pipeline,
     policy: str,
@@ -100,18 +107,18 @@ def read_for_run(
             locked = submit(_locked_calendar, planned) if lock_calendar else None
             ratios = submit(read_ratios_or_none) if lock_calendar else None  # the ETA's allowance
             tagged = submit(tag_flow_run, flow_run, pipeline.name) if flow_run is not None else None
-            pools = submit(run_pools, mode, local_pool)
+            pools = submit(_pools_and_settings, mode, local_pool)  # one request for both blocks
             limits = submit(read_limits) if shared else None
-            settings = submit(load_settings) if planned else None
             # the history as many runs back as the default settings keep, beside the settings'
             # read: plan_inputs reads again only when the block asks for more runs than that
             history = submit(recent_durations, pipeline, PlannerSettings().history_runs, params) if planned else None
-            found = (pools.result(), limits.result() if limits else None)
+            usable, blocks = pools.result()
+            found = (usable, limits.result() if limits else None)
             if history is not None:
                 history.result()
             if tagged is not None:
                 tagged.result()
-            inputs = plan_inputs(pipeline, params, refresh, settings.result()) if settings is not None else None
+            inputs = plan_inputs(pipeline, params, refresh, blocks.settings) if planned else None
             planning, calendar = locked.result() if locked is not None else (None, None)
             eta_ratios = ratios.result() if ratios is not None else None
     except BaseException:
