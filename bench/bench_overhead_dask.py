@@ -5,7 +5,8 @@ flow of N trivial tasks, both on the same Dask cluster, side by side in one proc
   declared demand) run with `mode="dask"`: planned, dispatched, slots taken, recorded,
   each component a task on the cluster through prefect-dask;
 - plain: a Prefect flow on prefect-dask's DaskTaskRunner connected to the same
-  scheduler, submitting N trivial tasks (results persisted, as planflow's are).
+  scheduler, submitting N trivial tasks (results persisted, each under a key of its
+  own, as planflow's are: see bench_overhead.own_result_key).
 
 N = 40 and 400; the two alternate within each round (first one, then the other), at
 least 3 rounds, after a warm-up of each. The figures are the median per-round ratios
@@ -58,7 +59,10 @@ def plain_flow(address: str):
     from prefect import flow, task
     from prefect_dask import DaskTaskRunner
 
-    @task(persist_result=True)
+    def own_result_key(context, parameters):  # defined here: pickled by value for the workers
+        return f"plain-{context.task_run.flow_run_id}-{context.task_run.name}"  # see bench_overhead.own_result_key
+
+    @task(persist_result=True, cache_key_fn=own_result_key)
     def trivial(x: int) -> int:
         return x
 
