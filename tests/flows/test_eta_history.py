@@ -26,6 +26,7 @@ from planflow.runtime.eta_history import (
     main_pool,
     read_ratios,
     record,
+    replayed_makespan,
 )
 from planflow.runtime.run_calendar import RunCalendar
 
@@ -65,6 +66,22 @@ def test_the_main_pool_carries_most_of_the_planned_time():
     }
     assert main_pool(plan) == "big"
     assert main_pool({}) is None
+
+
+def test_a_plan_replayed_with_the_durations_taken_keeps_each_planned_wait_after_its_upstream():
+    # a -> c, b -> c; c was planned to wait 1 s after a and b (capacity, another run's reservation)
+    upstream = {"c": ("a", "b")}.get
+    planned = {"a": (0.0, 2.0), "b": (0.0, 3.0), "c": (4.0, 6.0), "d": (1.0, 2.0)}
+    as_planned = {"a": 2.0, "b": 3.0, "c": 2.0, "d": 1.0}
+    assert replayed_makespan(upstream, planned, as_planned) == 6.0  # durations as planned: the makespan
+    longer = {**as_planned, "b": 5.0}  # b overran by 2 s: c starts 1 s after it, ends 2 s later
+    assert replayed_makespan(upstream, planned, longer) == 8.0
+    shorter = {**as_planned, "a": 0.5, "b": 1.0}  # both quicker: c moves up, keeping its 1 s wait
+    assert replayed_makespan(upstream, planned, shorter) == 4.0
+    lone = {**as_planned, "d": 9.0}  # no upstream: from its planned start
+    assert replayed_makespan(upstream, planned, lone) == 10.0
+    assert replayed_makespan(upstream, planned, {"a": 2.0, "b": 3.0}) is None  # c and d have no figure
+    assert replayed_makespan(upstream, {}, {}) is None
 
 
 def test_ratios_are_read_back_newest_first_per_key_and_short_plans_teach_nothing(prefect_server):
@@ -108,6 +125,16 @@ def test_a_completed_run_planned_from_history_leaves_its_ratio_and_the_next_runs
     ratios = read_ratios()
     assert len(ratios.get(key, [])) == min(before + 1, eta_history.RECENT) and ratios[key][0] > 0
     assert ratios[own][0] == ratios[key][0]  # its pipeline's record too
+    with get_client(sync_client=True) as client:
+        rows = client.request(
+            "POST",
+            "/artifacts/filter",
+            json={"artifacts": {"key": {"any_": [own]}}, "sort": "CREATED_DESC", "limit": 1},
+        ).json()
+    data = rows[0]["data"]  # against the plan replayed with the durations taken: 4 in a row, >= 0.3 s each
+    assert data["replayed_s"] >= 4 * 0.3 and data["ratio"] == pytest.approx(
+        data["actual_s"] / data["replayed_s"], rel=1e-3
+    )
     third = run(local_pool=POOL)
     with get_client(sync_client=True) as client:
         figures = client.read_artifacts(

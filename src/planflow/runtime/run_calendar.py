@@ -395,12 +395,22 @@ class RunCalendar(PoolOrder, Reporter):
         self.delete()
         if planned_at is not None and records and all(r.state == "Completed" for r in records.values()):
             if learned_plan(run):
-                self._learn(time.time() - planned_at)
+                self._learn(time.time() - planned_at, run, records)
 
-    def _learn(self, took: float) -> None:
-        """Leave how late this run finished against its plan, for the next runs' ETAs."""
+    def _learn(self, took: float, run: RunInfo, records: Mapping[str, StepRecord]) -> None:
+        """Leave how late this run finished against its plan replayed with the durations its
+        components took, for the next runs' ETAs."""
+        planned = {
+            step: (a.planned_start, a.planned_finish)
+            for step, a in run.plan.assignments.items()
+            if a.planned_start is not None and a.planned_finish is not None
+        }
+        durations = {step: r.ran_seconds if r.ran_seconds is not None else r.seconds for step, r in records.items()}
+        replayed = eta_history.replayed_makespan(
+            run.pipeline.upstream, planned, {s: d for s, d in durations.items() if d is not None}
+        )
         try:
-            eta_history.record(self.allowed.keys, self.makespan, took, self.run_id)
+            eta_history.record(self.allowed.keys, self.makespan, took, self.run_id, replayed)
         except Exception as exc:  # the run is over: the next runs' ETAs learn from the others
             self.logger.warning("how late this run finished was not recorded for the next ETAs: %s", exc)
 
