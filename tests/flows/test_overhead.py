@@ -11,8 +11,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import toy_dags
-from prefect.client.orchestration import get_client
+from prefect import tags
+from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId
+from prefect.context import TagsContext
 from prometheus_client import CollectorRegistry
 
 from planflow import to_flow
@@ -111,6 +113,36 @@ def test_a_component_task_run_has_no_tags_so_no_tag_concurrency_is_acquired():
         flow_run = client.read_flow_run(summary["flow_run_id"])
     assert all(r.tags == [] for r in runs), {r.name: r.tags for r in runs}
     assert {"planflow", "pipeline:toy-diamond"} <= set(flow_run.tags)  # what the automations match
+
+
+@pytest.mark.usefixtures("registered_blocks")
+def test_a_called_flow_run_is_created_with_its_tags_and_its_task_runs_get_only_the_callers(monkeypatch):
+    """A call creates the flow run with `planflow` and `pipeline:<name>` (no request to add
+    them at its start); the task runs get what the caller's `with tags(...)` gives, as in any
+    Prefect flow, and none of planflow's."""
+    updates: list = []
+    original = SyncPrefectClient.update_flow_run
+    monkeypatch.setattr(
+        SyncPrefectClient, "update_flow_run", lambda self, *a, **k: updates.append(k) or original(self, *a, **k)
+    )
+    with tags("team-a"):
+        summary = to_flow(toy_dags.diamond)()
+    runs: list = []
+
+    def recorded() -> bool:
+        this_run = FlowRunFilter(id=FlowRunFilterId(any_=[summary["flow_run_id"]]))
+        with get_client(sync_client=True) as client:
+            runs[:] = client.read_task_runs(flow_run_filter=this_run)
+        return sorted(r.name for r in runs) == sorted(toy_dags.diamond.steps)
+
+    assert wait_until(recorded, 30), [r.name for r in runs]
+    with get_client(sync_client=True) as client:
+        flow_run = client.read_flow_run(summary["flow_run_id"])
+    assert {"planflow", "pipeline:toy-diamond", "team-a"} <= set(flow_run.tags), flow_run.tags
+    assert all(r.tags == ["team-a"] for r in runs), {r.name: r.tags for r in runs}
+    assert not [u for u in updates if "tags" in u], updates  # created with them: no PATCH to add them
+    with tags("team-b"):  # the context is the caller's again after the call
+        assert TagsContext.get().current_tags == {"team-b"}
 
 
 # -- a run's shared slots --------------------------------------------------------------------

@@ -17,7 +17,7 @@ from __future__ import annotations
 import keyword
 from typing import Any, Literal
 
-from prefect import flow
+from prefect import Flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from planflow.core.pipeline import Pipeline, PipelineError
@@ -93,6 +93,18 @@ def _stop_watchdog(flow: Any, flow_run: Any, state: Any) -> None:
     unwatch_run(str(flow_run.id))
 
 
+class PipelineFlow(Flow):
+    """A pipeline's Prefect flow: a call creates its run with the pipeline's tags
+    (tags.created_with_tags), not tagged by a request at its start. `with_options` gives a
+    plain Flow, whose runs are tagged at their start, as a deployment's are."""
+
+    pipeline: Pipeline
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        with tags.created_with_tags(self.pipeline.name):
+            return super().__call__(*args, **kwargs)
+
+
 def to_flow(pipeline: Pipeline, **flow_options: Any):
     """The Prefect flow of `pipeline`, named after it (options override the defaults)."""
     workers = max(4, min(64, len(pipeline.steps)))
@@ -115,6 +127,6 @@ def to_flow(pipeline: Pipeline, **flow_options: Any):
     }
     settings.update(final)
     settings.update(flow_options)
-    run = flow(**settings)(_typed_function(pipeline))
-    run.pipeline = pipeline  # type: ignore[attr-defined]
+    run = PipelineFlow(fn=_typed_function(pipeline), **settings)
+    run.pipeline = pipeline
     return run

@@ -53,7 +53,7 @@ from planflow.runtime.run_calendar import RunCalendar
 from planflow.runtime.run_end import after_final_state, finish_pending, hooked
 from planflow.runtime.run_reads import RunReads, read_for_run
 from planflow.runtime.run_slots import RunSlots
-from planflow.runtime.tags import PIPELINE_TAG_PREFIX, PLANFLOW_TAG
+from planflow.runtime.tags import PIPELINE_TAG_PREFIX, PLANFLOW_TAG, caller_tags_only
 from planflow.runtime.watchdog import unwatch_later, watch_run
 from planflow.settings import settings
 
@@ -138,7 +138,8 @@ def run_pipeline(
     try:
         refresh = refresh and (getattr(flow_run, "run_count", 1) or 1) <= 1
         flow = getattr(context, "flow", None)
-        return _run(pipeline, resolved, policy, mode, local_pool, flow_run, logger, refresh, flow)
+        with caller_tags_only():  # the run's own tags stay off its task runs
+            return _run(pipeline, resolved, policy, mode, local_pool, flow_run, logger, refresh, flow)
     finally:  # in case no state hook stops it (run_pipeline called from a flow of one's own)
         unwatch_later(str(flow_run.id) if flow_run else None)
 
