@@ -157,12 +157,11 @@ def test_a_run_told_not_to_learn_leaves_the_history_as_it_was(tmp_path, monkeypa
 
 
 @pytest.mark.usefixtures("registered_blocks")
-def test_the_history_of_a_pipeline_is_read_in_one_request_and_a_page_cut_short_is_read_per_version(
-    tmp_path, monkeypatch
-):
+def test_the_history_of_a_pipeline_is_read_in_one_request_then_its_next_pages_then_per_version(tmp_path, monkeypatch):
     """A plan read each component version's records with a request of its own (96 reads
-    in a fleet burst of 8 runs); now one request reads them all, and a version that a full
-    page may have cut short is read alone, so the answer is the same either way."""
+    in a fleet burst of 8 runs); now one request reads them all, a full page is followed by
+    the next until every version has its records or none is left, and a version still
+    short after MAX_PAGES is read alone, so the answer is the same every way."""
     from prefect.client.orchestration import SyncPrefectClient
 
     tag = uuid.uuid4().hex[:8]
@@ -188,7 +187,13 @@ def test_the_history_of_a_pipeline_is_read_in_one_request_and_a_page_cut_short_i
     requests.clear()
     monkeypatch.setattr(history, "PAGE", 2)  # a's two newest fill the page: b and c may be cut off
     assert history.observations_of(keys, 2) == read
+    assert len(requests) == 3 and all(sorted(r) == sorted(keys) for r in requests)  # the next pages, then none left
+
+    requests.clear()
+    monkeypatch.setattr(history, "MAX_PAGES", 1)  # pages run out first: b and c are read alone
+    assert history.observations_of(keys, 2) == read
     assert len(requests) == 3 and len(requests[1]) == len(requests[2]) == 1
+    monkeypatch.setattr(history, "MAX_PAGES", 10)
 
     requests.clear()  # inside read_once, what was read answers again without a request
     monkeypatch.setattr(history, "PAGE", 200)

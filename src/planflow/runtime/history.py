@@ -44,6 +44,7 @@ HISTORY_TYPE = "planflow-history"
 HISTORY_KEY_PREFIX = "planflow-history"
 KEY_MAX = 100  # Prefect's limit on an artifact key's length
 PAGE = 200  # the most records one read asks for (Prefect's default PREFECT_API_DEFAULT_LIMIT)
+MAX_PAGES = 10  # pages of one read of many versions' records before a version short of them reads alone
 WRITE_THREADS = 8  # history records written side by side
 # Inside `read_once()`: observations read once per key (the plan's durations and memory
 # figures read the same records; without it, one request per step before each plan).
@@ -194,29 +195,39 @@ def observations(component: Component, limit: int) -> list[Observation]:
 def observations_of(components: Mapping[str, Component], limit: int) -> dict[str, list[Observation]]:
     """Per history key, the newest `limit` records' observations of each component
     version in `components` (key -> component): one request for them all when their
-    newest records fit in one page (a plan read them one request each: 96 reads in a
-    fleet burst of 8 runs), then one per version the page may have cut short."""
+    records fit in one page (a plan read them one request each: 96 reads in a fleet burst
+    of 8 runs), else the next pages of that read until every version has `limit` or none
+    is left (at most MAX_PAGES: a Dask-mode run of 400 components, each with a few
+    records, read the versions one request each, 2-4 s before its first component); a
+    version still short after MAX_PAGES reads alone."""
     found = {key: seen for key in components if (seen := _cached(key, limit)) is not None}
     unread = [key for key in components if key not in found]
     if not unread:
         return found
-    with get_client(sync_client=True) as client:
-        artifacts = client.read_artifacts(
-            artifact_filter=ArtifactFilter(
-                key=ArtifactFilterKey(any_=unread),
-                type=ArtifactFilterType(any_=[HISTORY_TYPE]),
-            ),
-            sort=ArtifactSort.CREATED_DESC,
-            limit=PAGE,
-        )
     by_key: dict[str, list[Any]] = {key: [] for key in unread}
-    for artifact in artifacts:  # newest first, across the versions
-        records = by_key.get(artifact.key or "")
-        if records is not None and len(records) < limit:
-            records.append(artifact)
-    whole_page = len(artifacts) >= PAGE  # older records may be left out: a version short of `limit` reads alone
+    seen_ids: set[Any] = set()  # a record created meanwhile shifts the pages: one may come twice
+    exhausted = False
+    with get_client(sync_client=True) as client:
+        for page in range(MAX_PAGES):
+            artifacts = client.read_artifacts(
+                artifact_filter=ArtifactFilter(
+                    key=ArtifactFilterKey(any_=unread),
+                    type=ArtifactFilterType(any_=[HISTORY_TYPE]),
+                ),
+                sort=ArtifactSort.CREATED_DESC,
+                limit=PAGE,
+                offset=page * PAGE,
+            )
+            for artifact in artifacts:  # newest first, across the versions
+                records = by_key.get(artifact.key or "")
+                if records is not None and len(records) < limit and artifact.id not in seen_ids:
+                    seen_ids.add(artifact.id)
+                    records.append(artifact)
+            exhausted = len(artifacts) < PAGE
+            if exhausted or all(len(records) >= limit for records in by_key.values()):
+                break
     for key, records in by_key.items():
-        if len(records) < limit and whole_page:
+        if len(records) < limit and not exhausted:  # older records may be left out: it reads alone
             found[key] = observations(components[key], limit)
         else:
             found[key] = _keep(key, _observed(components[key], records), len(records) < limit)[:limit]
