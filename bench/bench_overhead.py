@@ -23,6 +23,12 @@ keys to the same file):
   flows, is kept out of the ratio and shown here;
 - `first_release_s_<N>`: median time from the flow run's start (the server's Running
   state) to the first component's release by the dispatcher;
+- `quiet_wait_s_<N>`, `quiet_timeouts_<N>`: before each timed run the benchmark waits
+  until the Prefect server is quiet (`settle`: less than 10 ms of its CPU over 0.25 s, at
+  most 20 s), so that neither flow is timed in the tail of the other (the server still
+  recording the last run's task runs from their events, planflow's writes after its
+  final state): the median wait and the waits that ran out (`--no-quiet`: none, as
+  before 2026-12-05);
 - `busy_503_<N>`: requests the server answered 503 (a retryable database error, on SQLite
   "database is locked") over all rounds of N, counted in the server's log (the server is
   started with `PREFECT_SERVER_LOG_RETRYABLE_ERRORS=true`; each is a client back-off of
@@ -125,6 +131,29 @@ class FirstRelease:
         return self.first[flow_run_id] - started.timestamp()
 
 
+QUIET_CPU_SECONDS = 0.01  # the server used less CPU than this ...
+QUIET_WINDOW_SECONDS = 0.25  # ... over this long: it is quiet
+SETTLE_SECONDS = 20.0  # the most one wait for quiet lasts (the run goes on then, counted)
+
+
+def settle(timeout: float = SETTLE_SECONDS) -> float | None:
+    """Wait until the Prefect server has gone quiet (less than QUIET_CPU_SECONDS of its
+    process's CPU over QUIET_WINDOW_SECONDS): the last run's tail done, the server's
+    processing of its task-run events and planflow's writes after its final state. The
+    seconds waited; None at the timeout or when the server's CPU cannot be read."""
+    from bench.fleet_measure import server_cpu_seconds
+
+    started = time.perf_counter()
+    last = server_cpu_seconds()
+    while last is not None and time.perf_counter() - started < timeout:
+        time.sleep(QUIET_WINDOW_SECONDS)
+        now = server_cpu_seconds()
+        if now is not None and now - last < QUIET_CPU_SECONDS:
+            return time.perf_counter() - started
+        last = now
+    return None
+
+
 def timed(call: Any) -> tuple[float, float, Any]:
     """Call `call` (a flow called with `return_state=True`): the seconds from the call to
     its run's Completed state, the seconds until it returned, and the state."""
@@ -136,15 +165,18 @@ def timed(call: Any) -> tuple[float, float, Any]:
     return state.timestamp.timestamp() - started_unix, returned, state
 
 
-def measure(n: int, rounds: int, first: FirstRelease, log: Path) -> dict[str, float]:
+def measure(n: int, rounds: int, first: FirstRelease, log: Path, quiet: bool = True) -> dict[str, float]:
     ours, plain = planflow_flow(n), prefect_flow(n)
     ours(local_pool=POOL)  # warm-up of each: imports, the first plan, block types
     plain()
     rows = []
+    waits: list[float | None] = []
     for r in range(rounds):
         result: dict[str, float] = {}
         busy_before = busy_answers(log)
         for kind in ("planflow", "prefect") if r % 2 == 0 else ("prefect", "planflow"):
+            if quiet:  # each run on a quiet server, not in the tail of the one before
+                waits.append(settle())
             if kind == "planflow":
                 result["planflow_s"], result["planflow_call_s"], state = timed(
                     lambda: ours(local_pool=POOL, return_state=True)
@@ -166,6 +198,8 @@ def measure(n: int, rounds: int, first: FirstRelease, log: Path) -> dict[str, fl
         f"planflow_call_s_{n}": round(statistics.median(x["planflow_call_s"] for x in rows), 3),
         f"prefect_call_s_{n}": round(statistics.median(x["prefect_call_s"] for x in rows), 3),
         f"busy_503_{n}": sum(int(x["busy_503"]) for x in rows),
+        f"quiet_wait_s_{n}": round(statistics.median(w for w in waits if w is not None), 2) if any(waits) else None,
+        f"quiet_timeouts_{n}": sum(1 for w in waits if w is None) if quiet else None,
     }
 
 
@@ -186,6 +220,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--db", choices=["sqlite", "postgres"], default="sqlite", help="the server's database")
     parser.add_argument("--profile", type=Path, help="also write a cProfile of one planflow run of the first size")
+    parser.add_argument(
+        "--no-quiet",
+        action="store_true",
+        help="start each run at once, in the tail of the one before (before 2026-12-05)",
+    )
     args = parser.parse_args(argv)
     if args.rounds < 1 or any(n < 1 for n in args.sizes):
         parser.error(f"--rounds {args.rounds} and --sizes {args.sizes} must be >= 1")
@@ -213,7 +252,7 @@ def main(argv: list[str] | None = None) -> dict:
         unsubscribe = subscribe(first.reporter)
         try:
             for n in args.sizes:
-                figures.update(measure(n, args.rounds, first, server.paths.log_file))
+                figures.update(measure(n, args.rounds, first, server.paths.log_file, quiet=not args.no_quiet))
             if args.profile:
                 profile(args.sizes[0], args.profile)
         finally:
@@ -236,7 +275,8 @@ def write(figures: dict[str, Any]) -> None:
     lines = [
         "# Overhead: a planflow run of N trivial components against a plain Prefect flow of N tasks",
         "",
-        "Same process, same server, same thread pool and result persistence, alternating; medians over "
+        "Same process, same server, same thread pool and result persistence, alternating, each run "
+        f"started on a quiet server (median wait {merged.get('quiet_wait_s_40', '-')} s at N = 40); medians over "
         f"{merged.get('overhead_rounds', '?')} rounds. Goal: every ratio <= 1.2. Times run from the flow's "
         "call to its run's Completed state; the call itself returns 0-1 s later, at the next whole second "
         "of Prefect's heartbeat thread (the last three columns).",
