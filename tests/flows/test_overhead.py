@@ -95,14 +95,12 @@ def test_a_bad_flush_interval_is_refused_with_the_value():
 
 
 # -- a component's task run ----------------------------------------------------------------
-@pytest.mark.usefixtures("registered_blocks")
-def test_a_component_task_run_has_no_tags_so_no_tag_concurrency_is_acquired():
-    """Prefect 3.8.8 enters `concurrency(["tag:<tag>", ...])` for every tag of a task run
-    (task_engine.py): a task run without tags takes no tag slots at all."""
-    summary = to_flow(toy_dags.diamond)()
+def diamond_runs(summary: dict) -> tuple:
+    """The flow run of a toy-diamond run and its task runs, once all are on the server
+    (task runs reach it as events, a moment after the run's end; 30 s at most)."""
     runs: list = []
 
-    def recorded() -> bool:  # task runs reach the server as events, a moment after the run's end
+    def recorded() -> bool:
         this_run = FlowRunFilter(id=FlowRunFilterId(any_=[summary["flow_run_id"]]))
         with get_client(sync_client=True) as client:
             runs[:] = client.read_task_runs(flow_run_filter=this_run)
@@ -110,7 +108,15 @@ def test_a_component_task_run_has_no_tags_so_no_tag_concurrency_is_acquired():
 
     assert wait_until(recorded, 30), [r.name for r in runs]
     with get_client(sync_client=True) as client:
-        flow_run = client.read_flow_run(summary["flow_run_id"])
+        return client.read_flow_run(summary["flow_run_id"]), runs
+
+
+@pytest.mark.usefixtures("registered_blocks")
+def test_a_component_task_run_has_no_tags_so_no_tag_concurrency_is_acquired():
+    """Prefect 3.8.8 enters `concurrency(["tag:<tag>", ...])` for every tag of a task run
+    (task_engine.py): a task run without tags takes no tag slots at all."""
+    summary = to_flow(toy_dags.diamond)()
+    flow_run, runs = diamond_runs(summary)
     assert all(r.tags == [] for r in runs), {r.name: r.tags for r in runs}
     assert {"planflow", "pipeline:toy-diamond"} <= set(flow_run.tags)  # what the automations match
 
@@ -127,17 +133,7 @@ def test_a_called_flow_run_is_created_with_its_tags_and_its_task_runs_get_only_t
     )
     with tags("team-a"):
         summary = to_flow(toy_dags.diamond)()
-    runs: list = []
-
-    def recorded() -> bool:
-        this_run = FlowRunFilter(id=FlowRunFilterId(any_=[summary["flow_run_id"]]))
-        with get_client(sync_client=True) as client:
-            runs[:] = client.read_task_runs(flow_run_filter=this_run)
-        return sorted(r.name for r in runs) == sorted(toy_dags.diamond.steps)
-
-    assert wait_until(recorded, 30), [r.name for r in runs]
-    with get_client(sync_client=True) as client:
-        flow_run = client.read_flow_run(summary["flow_run_id"])
+    flow_run, runs = diamond_runs(summary)
     assert {"planflow", "pipeline:toy-diamond", "team-a"} <= set(flow_run.tags), flow_run.tags
     assert all(r.tags == ["team-a"] for r in runs), {r.name: r.tags for r in runs}
     assert not [u for u in updates if "tags" in u], updates  # created with them: no PATCH to add them

@@ -115,6 +115,12 @@ class StepRecord:
             return None
         return self.finished - self.started
 
+    @property
+    def learned_seconds(self) -> float | None:
+        """What the history learns of it: how long it ran where it ran, when its executor
+        measured that, else `seconds`."""
+        return self.ran_seconds or self.seconds
+
 
 Listener = Callable[[str, StepRecord], None]
 # Takes an assignment's slots shared with other runs: the held slots (closed when the step

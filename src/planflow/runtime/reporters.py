@@ -266,7 +266,7 @@ class HistoryReporter(Reporter):
 
     def on_step(self, event: StepEvent) -> None:
         record, run = event.record, event.run
-        seconds = record.ran_seconds or record.seconds  # where it ran, when the executor measured it
+        seconds = record.learned_seconds
         if event.kind != "completed" or not self.learn or record.cached or not seconds or seconds <= 0:
             return
         component = run.pipeline.steps[record.step].component

@@ -405,10 +405,8 @@ class RunCalendar(PoolOrder, Reporter):
             for step, a in run.plan.assignments.items()
             if a.planned_start is not None and a.planned_finish is not None
         }
-        durations = {step: r.ran_seconds if r.ran_seconds is not None else r.seconds for step, r in records.items()}
-        replayed = eta_history.replayed_makespan(
-            run.pipeline.upstream, planned, {s: d for s, d in durations.items() if d is not None}
-        )
+        took_each = {step: s for step, r in records.items() if (s := r.learned_seconds) is not None}
+        replayed = eta_history.replayed_makespan(run.pipeline.upstream, planned, took_each)
         try:
             eta_history.record(self.allowed.keys, self.makespan, took, self.run_id, replayed)
         except Exception as exc:  # the run is over: the next runs' ETAs learn from the others
