@@ -177,6 +177,8 @@ def measure(n: int, rounds: int, first: FirstRelease, log: Path, quiet: bool = T
         for kind in ("planflow", "prefect") if r % 2 == 0 else ("prefect", "planflow"):
             if quiet:  # each run on a quiet server, not in the tail of the one before
                 waits.append(settle())
+                if waits[-1] is None:  # counted in quiet_timeouts_<N>; said now too
+                    print(f"N={n} round {r + 1}: the server was not quiet after {SETTLE_SECONDS:.0f} s", flush=True)
             if kind == "planflow":
                 result["planflow_s"], result["planflow_call_s"], state = timed(
                     lambda: ours(local_pool=POOL, return_state=True)
