@@ -28,9 +28,22 @@ OFF_PATH = ("planflow-report", "planflow-replan", "planflow-calendar", "planflow
 # Before: 16 requests one after another from the flow run's start to its first component;
 # then 9: Prefect's own two (the flow run, its storage), the reads side by side, the history,
 # the planning slot, the calendar, the entry's write, the first slots side by side.
-# Now (4 seen): Prefect's two, the reads with the planning slot and the calendar read under
+# Then (4 seen): Prefect's two, the reads with the planning slot and the calendar read under
 # it beside them, the entry's save beside the first slots, (the slot given back after the save).
-MAX_ROUNDS = 6
+# Now (3 seen): Prefect's two, the entry's save beside the first slots: a called flow's reads,
+# planning slot and calendar included, go while Prefect creates its run (early_reads.py).
+MAX_ROUNDS = 4
+# What a called flow reads on its early threads, once each, before its run's body
+EARLY = sorted(
+    [
+        "/api/block_documents/filter",  # the pools and the settings
+        "/api/v2/concurrency_limits/filter",  # the limits
+        "/api/artifacts/filter",  # how late earlier runs finished
+        "/api/artifacts/filter",  # the components' history
+        "/api/v2/concurrency_limits/increment-with-lease",  # the planning slot
+        "/api/artifacts/latest/filter",  # the calendar, read under it
+    ]
+)
 
 SEEN: list[bool] = []  # per component run: whether its run's calendar entry existed then
 
@@ -123,5 +136,10 @@ def test_the_first_component_comes_after_few_rounds_of_requests_and_holds_its_sl
     # schema registered on the way
     blocks = [r for r in sent if "/block_documents" in r[4]]
     assert [r[4] for r in blocks] == ["/api/block_documents/filter"], listing
+    # ... on the early threads, with the other reads, and none of them again in the run's body
+    early = sorted(r[4] for r in sent if r[2].startswith("planflow-early") and "csrf" not in r[4])
+    assert early == EARLY, early
+    again = [r for r in sent if r[2].startswith("planflow-read") and r[4] in EARLY]
+    assert not again, again
     registering = [r for r in sent if "/block_types/" in r[4] and "/block_documents" not in r[4] or "checksum" in r[4]]
     assert not registering, registering

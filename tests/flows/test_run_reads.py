@@ -117,3 +117,36 @@ def test_a_run_on_a_server_without_the_planning_limit_creates_it_and_plans(pool)
     with get_client(sync_client=True) as client:
         assert client.read_global_concurrency_limit_by_name(PLANNING_LIMIT).limit == 1
     assert held_planning() == 0
+
+
+def test_a_call_refused_before_its_runs_body_gives_back_the_planning_slot_its_early_reads_took(pool):
+    """A called flow takes the planning slot while Prefect creates its run (early_reads.py):
+    a call whose parameters Prefect refuses never reaches the body that would give it back."""
+    from prefect.exceptions import ParameterTypeError
+
+    RAN.clear()
+    with pytest.raises(ParameterTypeError, match="policy"):
+        to_flow(pipeline("refused-call"))(local_pool=POOL, policy="no-such-policy")
+    assert RAN == []
+    assert held_planning() == 0
+
+
+FAILED_ONCE: list[str] = []
+
+
+def fails_once(x: int = 1) -> int:
+    if not FAILED_ONCE:
+        FAILED_ONCE.append("failed")
+        raise RuntimeError("the first attempt fails (test)")
+    return x
+
+
+def test_a_retried_called_run_reads_again_and_holds_the_planning_slot_once(pool):
+    """The early reads go to the run's first attempt; its retry takes the slot and reads itself."""
+    FAILED_ONCE.clear()
+    comp = component(fails_once, cpu=1, mem_gib=0.01, est_seconds=0.05, pools=[POOL])
+    run = to_flow(Pipeline("retried-call", [Step("c0", comp)], retries=1))
+    summary = run(local_pool=POOL)
+    assert FAILED_ONCE == ["failed"]
+    assert summary["steps"]["c0"]["state"] == "Completed"
+    assert held_planning() == 0

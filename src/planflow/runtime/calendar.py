@@ -32,7 +32,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -296,6 +296,22 @@ def planning_lock(wait_seconds: float = PLANNING_WAIT_SECONDS, release_later: bo
             threading.Thread(target=target, args=(_release_quietly, lease), name="planflow-planning-release").start()
         else:
             _release(lease)
+
+
+def locked_calendar(read: bool) -> tuple[ExitStack | None, list[CalendarEntry] | None]:
+    """The planning slot, taken (waited for: planning_lock), and the calendar read under it
+    when `read`; the slot is given back when the stack is closed. (None, None) on a new
+    server that has no planning limit yet: the run creates the limits, then takes it."""
+    held = ExitStack()
+    try:
+        held.enter_context(planning_lock())
+    except PlanningLimitMissing:
+        return None, None
+    try:
+        return held, read_calendar(clean=True) if read else None
+    except BaseException:
+        held.close()
+        raise
 
 
 def _planning_held(client: Any) -> bool:

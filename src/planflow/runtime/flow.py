@@ -24,6 +24,7 @@ from planflow.core.pipeline import Pipeline, PipelineError
 from planflow.prefect.blocks.registry import DEFAULT_POOL
 from planflow.runtime import tags
 from planflow.runtime.caching import result_serializer
+from planflow.runtime.early_reads import early_reads
 from planflow.runtime.run_end import finish_reporting
 from planflow.runtime.runner import run_pipeline
 from planflow.runtime.watchdog import unwatch_run
@@ -95,13 +96,15 @@ def _stop_watchdog(flow: Any, flow_run: Any, state: Any) -> None:
 
 class PipelineFlow(Flow):
     """A pipeline's Prefect flow: a call creates its run with the pipeline's tags
-    (tags.created_with_tags), not tagged by a request at its start. `with_options` gives a
-    plain Flow, whose runs are tagged at their start, as a deployment's are."""
+    (tags.created_with_tags), not tagged by a request at its start, and starts the run's
+    reads while Prefect creates the run (early_reads.py). `with_options` gives a plain
+    Flow, whose runs are tagged and read at their start, as a deployment's are."""
 
     pipeline: Pipeline
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        with tags.created_with_tags(self.pipeline.name):
+        policy = kwargs.get("policy", "plan")
+        with tags.created_with_tags(self.pipeline.name), early_reads(self.pipeline, policy):
             return super().__call__(*args, **kwargs)
 
 

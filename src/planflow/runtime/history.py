@@ -164,10 +164,11 @@ def _create(key: str, group: list[Observation]) -> None:
 
 
 @contextmanager
-def read_once() -> Iterator[None]:
+def read_once(store: dict[str, Any] | None = None) -> Iterator[None]:
     """Within this block (and the threads started in copies of its context), each
-    component version's history is read from the server once."""
-    token = _reads.set({} if _reads.get() is None else _reads.get())
+    component version's history is read from the server once. `store`: the reads kept by
+    another block (early_reads.py: read before the run's body), taken as this block's."""
+    token = _reads.set(store if store is not None else {} if _reads.get() is None else _reads.get())
     try:
         yield
     finally:
@@ -288,11 +289,7 @@ def recent_durations(
     current code version (newest first), each converted to the work of a run with
     `params` (default: the pipeline's defaults)."""
     params = pipeline.resolve_params(params)
-    # One request for every component version's records (steps often share a component;
-    # one read per step, then per version, put server round trips before the plan).
-    components = {history_key(s.component.name, s.component.code_version): s.component for s in pipeline.steps.values()}
-    # a component may have run on several pools: read enough for `runs` on each
-    read = observations_of(components, max(1, runs) * 4)
+    read = read_history(pipeline, runs)
     durations: dict[tuple[str, str], list[float]] = {}
     for name, step in pipeline.steps.items():
         spec = step.spec
@@ -302,6 +299,15 @@ def recent_durations(
             if len(samples) < runs:
                 samples.append(seen.seconds * now / spec.work_factor(seen.work or {}))
     return durations
+
+
+def read_history(pipeline: Pipeline, runs: int) -> dict[str, list[Observation]]:
+    """Per history key, the observations of each component version of `pipeline`, enough
+    for `runs` runs on each pool it ran on: one request for them all (observations_of;
+    steps often share a component: one read per step, then per version, put server round
+    trips before the plan)."""
+    components = {history_key(s.component.name, s.component.code_version): s.component for s in pipeline.steps.values()}
+    return observations_of(components, max(1, runs) * 4)  # a component may have run on several pools
 
 
 def work_scale(pipeline: Pipeline, params: Mapping[str, Any] | None = None) -> dict[str, float]:

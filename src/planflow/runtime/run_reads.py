@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import contextvars
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
@@ -36,9 +36,11 @@ from planflow.prefect.blocks.planner_settings import PlannerSettings
 from planflow.prefect.blocks.registry import RunBlocks, read_run_blocks
 from planflow.prefect.calendar_store import CalendarEntry
 from planflow.prefect.limits import read_limits
-from planflow.runtime.calendar import PlanningLimitMissing, planning_lock, read_calendar
+from planflow.runtime.calendar import locked_calendar
+from planflow.runtime.early_reads import release_untaken
+from planflow.runtime.early_reads import take as take_early_reads
 from planflow.runtime.eta_history import read_ratios_or_none
-from planflow.runtime.history import read_once, recent_durations
+from planflow.runtime.history import read_history, read_once
 from planflow.runtime.planning import PlanInputs, plan_inputs, run_pools
 from planflow.runtime.tags import tag_flow_run
 
@@ -58,25 +60,12 @@ class RunReads:
     eta_ratios: Mapping[str, list[float]] | None = None  # how late earlier runs finished (eta_history.py)
 
 
-def _locked_calendar(read: bool) -> tuple[ExitStack | None, list[CalendarEntry] | None]:
-    """The planning slot, taken (waited for: planning_lock), and the calendar read under it
-    when `read`; the slot is given back when the stack is closed. (None, None) on a new
-    server that has no planning limit yet: the run creates the limits, then takes it."""
-    held = ExitStack()
-    try:
-        held.enter_context(planning_lock())
-    except PlanningLimitMissing:
-        return None, None
-    try:
-        return held, read_calendar(clean=True) if read else None
-    except BaseException:
-        held.close()
-        raise
-
-
-def _pools_and_settings(mode: str, local_pool: str) -> tuple[tuple[dict[str, Any], set[str]], RunBlocks]:
-    """The pools the run may use (run_pools) and the blocks they came from, settings with them."""
-    blocks = read_run_blocks()
+def _pools_and_settings(
+    mode: str, local_pool: str, read: Future[RunBlocks] | None = None
+) -> tuple[tuple[dict[str, Any], set[str]], RunBlocks]:
+    """The pools the run may use (run_pools) and the blocks they came from, settings with
+    them; `read`: the blocks' read under way (early_reads.py), else they are read here."""
+    blocks = read.result() if read is not None else read_run_blocks()
     return run_pools(mode, local_pool, blocks.pools), blocks
 
 
@@ -97,21 +86,36 @@ def read_for_run(
     it when the policy plans (RunReads.planning, .calendar)."""
     planned = policy == "plan"
     locked: Future[tuple[ExitStack, list[CalendarEntry] | None]] | None = None
+    early = take_early_reads(pipeline)  # started when the flow was called, if it was
     try:
         # read_once: the threads share one read of each component's history (history.py)
-        with read_once(), ThreadPoolExecutor(max_workers=8, thread_name_prefix="planflow-read") as threads:
+        with (
+            read_once(early.history_store if early else None),
+            ThreadPoolExecutor(max_workers=8, thread_name_prefix="planflow-read") as threads,
+        ):
 
             def submit(fn: Callable[..., Any], *args: Any) -> Future[Any]:
                 return threads.submit(contextvars.copy_context().run, fn, *args)
 
-            locked = submit(_locked_calendar, planned) if lock_calendar else None
-            ratios = submit(read_ratios_or_none) if lock_calendar else None  # the ETA's allowance
+            def started(read: Future[Any] | None, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+                return read if read is not None else submit(fn, *args)
+
+            if early is not None and early.locked is not None and (not lock_calendar or early.calendar_read != planned):
+                wait([early.locked])  # not what this run needs (no calendar, another policy): given back
+                release_untaken(early.locked)
+            elif early is not None and early.locked is not None:
+                locked = early.locked
+            if lock_calendar and locked is None:
+                locked = submit(locked_calendar, planned)
+            ratios = started(early and early.ratios, read_ratios_or_none) if lock_calendar else None  # the ETA's
             tagged = submit(tag_flow_run, flow_run, pipeline.name) if flow_run is not None else None
-            pools = submit(_pools_and_settings, mode, local_pool)  # one request for both blocks
-            limits = submit(read_limits) if shared else None
+            # one request for both blocks (early: read already, or under way)
+            pools = submit(_pools_and_settings, mode, local_pool, early.blocks if early else None)
+            limits = started(early and early.limits, read_limits) if shared else None
             # the history as many runs back as the default settings keep, beside the settings'
             # read: plan_inputs reads again only when the block asks for more runs than that
-            history = submit(recent_durations, pipeline, PlannerSettings().history_runs, params) if planned else None
+            runs = PlannerSettings().history_runs
+            history = started(early and early.history, read_history, pipeline, runs) if planned else None
             usable, blocks = pools.result()
             found = (usable, limits.result() if limits else None)
             if history is not None:
@@ -122,8 +126,8 @@ def read_for_run(
             planning, calendar = locked.result() if locked is not None else (None, None)
             eta_ratios = ratios.result() if ratios is not None else None
     except BaseException:
-        taken = locked.result()[0] if locked is not None and locked.done() and not locked.exception() else None
-        if taken is not None:
-            taken.close()  # another read failed: the slot goes back
+        if locked is not None:  # another read failed: the slot goes back (taken early: once taken)
+            wait([locked])
+            release_untaken(locked)
         raise
     return RunReads(found[0], found[1], inputs, planning, calendar, eta_ratios)
