@@ -16,7 +16,13 @@ from planflow import to_flow
 from planflow.monitoring.serving_metrics import ServingMetrics
 from planflow.ops.processes import wait_until
 from planflow.serving.app import create_app
-from planflow.serving.loader import LoadedRun, NoCompletedRunError, TaskRunsNotRecordedError, read_latest_run
+from planflow.serving.loader import (
+    LoadedRun,
+    NoCompletedRunError,
+    RunOutputsError,
+    TaskRunsNotRecordedError,
+    read_latest_run,
+)
 from planflow.serving.swap import ModelSwapper
 
 from tests.serving.toy import make
@@ -81,6 +87,17 @@ def test_a_run_whose_outputs_cannot_be_read_leaves_the_previous_model_and_alerts
         "planflow_serving_model_load_failures_total", {"pipeline": path.pipeline.name}
     )
     assert failures == 1
+
+
+def test_a_swapper_keeps_only_the_newest_broken_run():
+    """Only the newest Completed run is ever read: the runs that failed before it need no
+    memory (a serving process up for months kept every one)."""
+    path = make("serving-toy-broken-kept")
+    swapper = ModelSwapper(path, ServingMetrics(pipeline=path.pipeline.name))
+    for run_id in ("run-1", "run-2", "run-3"):
+        swapper._failed(run_id, RunOutputsError(f"outputs of {run_id} cannot be read (test)"))
+    assert swapper._broken == "run-3"
+    assert "run-3" in swapper.problem
 
 
 def test_a_run_whose_task_runs_are_not_recorded_yet_is_asked_again_until_the_grace_ends():

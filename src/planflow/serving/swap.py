@@ -53,7 +53,9 @@ class ModelSwapper:
         self.metrics = metrics
         self.current: LoadedRun | None = None
         self.problem: str | None = no_run_message(path.pipeline.name)
-        self._broken: set[str] = set()  # runs whose outputs failed to load: not retried each poll
+        # the newest run whose outputs failed to load: not read again at each poll (only the
+        # newest Completed run is ever read, so a server up for months keeps one id, not all)
+        self._broken: str | None = None
         self.record_grace_seconds = RECORD_GRACE_SECONDS
         self._pending: set[str] = set()  # runs whose task runs the server has not recorded yet
 
@@ -67,7 +69,7 @@ class ModelSwapper:
                     self.problem = no_run_message(name)
                 return False
             run_id = str(run.id)
-            if (self.current and self.current.flow_run_id == run_id) or run_id in self._broken:
+            if (self.current and self.current.flow_run_id == run_id) or run_id == self._broken:
                 return False
             try:
                 loaded = await load_run(client, run, self.path.loaded_steps)
@@ -103,7 +105,7 @@ class ModelSwapper:
 
     def _failed(self, run_id: str, exc: RunOutputsError) -> None:
         self._pending.discard(run_id)
-        self._broken.add(run_id)
+        self._broken = run_id
         self.metrics.load_failures.inc()
         self.metrics.load_failing.set(1)
         kept = f"; still serving run '{self.current.flow_run_name}'" if self.current else ""
