@@ -84,6 +84,7 @@ def early_reads(pipeline: Pipeline, policy: str = "plan") -> Iterator[None]:
     body, e.g. for a bad parameter, leaves them untaken; their errors then go with them)."""
     shared, planned = settings().shared_slots, policy == "plan"
     store: dict[str, Any] = {}
+    fresh = SyncClientContext.get() is None  # a new client: it asks for a CSRF token first
     with SyncClientContext.get_or_create():
         threads = ThreadPoolExecutor(max_workers=5, thread_name_prefix="planflow-early")
 
@@ -91,12 +92,17 @@ def early_reads(pipeline: Pipeline, policy: str = "plan") -> Iterator[None]:
             return threads.submit(contextvars.copy_context().run, fn, *args)
 
         try:
+            # A new Prefect client settles its CSRF state on its first request (a token, or
+            # none when the server has CSRF protection off); the reads started side by side
+            # each asked for a token of their own, and so did the flow engine: six requests
+            # for one answer. The limits (the cheapest read) go first, alone.
+            limits = (_here if fresh else submit)(read_limits) if shared else None
             reads = EarlyReads(
                 pipeline,
-                locked=submit(locked_calendar, planned) if shared else None,  # first: the longest chain
+                locked=submit(locked_calendar, planned) if shared else None,  # the longest chain
                 calendar_read=planned,
                 blocks=submit(read_run_blocks),
-                limits=submit(read_limits) if shared else None,
+                limits=limits,
                 ratios=submit(read_ratios_or_none) if shared else None,
                 history=submit(_read_history, pipeline, store) if planned else None,
                 history_store=store,
@@ -110,6 +116,16 @@ def early_reads(pipeline: Pipeline, policy: str = "plan") -> Iterator[None]:
             threads.shutdown(wait=True)
         if reads.take():  # no run took them: the planning slot goes back
             release_untaken(reads.locked)
+
+
+def _here(fn: Callable[[], Any]) -> Future[Any]:
+    """`fn` called on this thread, as a finished future (its error kept for whoever takes it)."""
+    done: Future[Any] = Future()
+    try:
+        done.set_result(fn())
+    except Exception as exc:
+        done.set_exception(exc)
+    return done
 
 
 def release_untaken(locked: Future[tuple[ExitStack | None, Any]] | None) -> None:
