@@ -32,6 +32,7 @@ from planflow.runtime.watchdog import unwatch_run
 Policy = Literal["plan", "fifo"]
 Mode = Literal["inprocess", "distributed", "dask"]
 RUN_OPTIONS = ("policy", "mode", "local_pool", "refresh")
+DEFAULT_POLICY = "plan"  # the flow's default, which its call's early reads assume too
 
 
 def pipeline_tags(pipeline: Pipeline) -> list[str]:
@@ -63,7 +64,7 @@ def _typed_function(pipeline: Pipeline):
         params.append(f"{name}: _t{index} = _d{index}")
     namespace["_default_pool"] = DEFAULT_POOL
     params += [
-        "policy: Policy = 'plan'",
+        f"policy: Policy = {DEFAULT_POLICY!r}",
         "mode: Mode = 'inprocess'",
         "local_pool: str = _default_pool",
         "refresh: bool = False",
@@ -103,7 +104,7 @@ class PipelineFlow(Flow):
     pipeline: Pipeline
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        policy = kwargs.get("policy", "plan")
+        policy = kwargs.get("policy", DEFAULT_POLICY)
         with tags.created_with_tags(self.pipeline.name), early_reads(self.pipeline, policy):
             return super().__call__(*args, **kwargs)
 

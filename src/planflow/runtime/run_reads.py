@@ -100,11 +100,12 @@ def read_for_run(
             def started(read: Future[Any] | None, fn: Callable[..., Any], *args: Any) -> Future[Any]:
                 return read if read is not None else submit(fn, *args)
 
-            if early is not None and early.locked is not None and (not lock_calendar or early.calendar_read != planned):
-                wait([early.locked])  # not what this run needs (no calendar, another policy): given back
-                release_untaken(early.locked)
-            elif early is not None and early.locked is not None:
-                locked = early.locked
+            early_lock = early.locked if early is not None else None
+            if early_lock is not None and lock_calendar and early.calendar_read == planned:
+                locked = early_lock
+            elif early_lock is not None:  # not what this run needs (no calendar, another policy): given back
+                wait([early_lock])
+                release_untaken(early_lock)
             if lock_calendar and locked is None:
                 locked = submit(locked_calendar, planned)
             ratios = started(early and early.ratios, read_ratios_or_none) if lock_calendar else None  # the ETA's
