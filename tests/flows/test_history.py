@@ -201,3 +201,44 @@ def test_the_history_of_a_pipeline_is_read_in_one_request_then_its_next_pages_th
         history.observations_of(keys, 2)
         assert [o.seconds for o in history.observations(a, 2)] == [3.0, 2.0]
     assert len(requests) == 1
+
+
+@pytest.mark.usefixtures("registered_blocks")
+def test_a_component_shared_by_many_steps_is_read_from_its_newest_records_not_a_page_of_them(tmp_path, monkeypatch):
+    """A run whose steps share a component records their observations in one record per
+    run (400 in a run of 400 steps, 126 KB): a read of 20 observations asked for a page of
+    200 such records, megabytes that a run of 400 waited for before its plan. Now the
+    pages are as long as the observations still wanted need: a process that has not seen
+    the version asks for one record, then sizes the next page by what it held."""
+    from prefect.client.orchestration import SyncPrefectClient
+
+    train = load(tmp_path / "shared.py", V2, f"shared-{uuid.uuid4().hex[:8]}").train
+    for run in range(4):  # four runs of 30 steps sharing it
+        history.record_many(
+            [history.Observation(train.name, train.code_version, "local", run + 1 + i / 100) for i in range(30)]
+        )
+    single = history.Observation(train.name, train.code_version, "local", 9.0)
+    asked = []
+    real = SyncPrefectClient.read_artifacts
+
+    def counted(self, *args, **kwargs):
+        found = real(self, *args, **kwargs)
+        asked.append((kwargs["limit"], len(found)))
+        return found
+
+    monkeypatch.setattr(SyncPrefectClient, "read_artifacts", counted)
+    monkeypatch.setattr(history, "_per_record", {})  # a process that has not seen it (a worker's)
+    read = history.observations(train, 20)
+    assert asked == [(1, 1)]  # the newest record holds the 20
+    assert [o.seconds for o in read] == [4 + i / 100 for i in reversed(range(10, 30))]  # the newest 20, newest first
+
+    asked.clear()
+    history.record(single)  # the newest record now holds one, the one before thirty
+    monkeypatch.setattr(history, "_per_record", {})
+    read = history.observations(train, 40)
+    assert asked == [(1, 1), (39, 4)]  # then a page sized by the one it held: the rest, all there is
+    assert [o.seconds for o in read][:2] == [9.0, 4.29] and len(read) == 40
+
+    asked.clear()  # the same process again: it knows the newest record holds one, and asks for all it needs
+    assert history.observations(train, 40) == read
+    assert asked == [(40, 5)]

@@ -143,6 +143,7 @@ def record_many(batch: Iterable[Observation]) -> None:
 
 def _create(key: str, group: list[Observation]) -> None:
     first = group[0]
+    _remember_per_record(key, len(group))
     if len(group) == 1:
         data: dict[str, Any] = first.to_data()
         said = f"on {first.pool}: {first.seconds:.2f} s"
@@ -178,61 +179,99 @@ def read_once(store: dict[str, Any] | None = None) -> Iterator[None]:
 def observations(component: Component, limit: int) -> list[Observation]:
     """The newest `limit` observations of this version of `component` (newest first)."""
     key = history_key(component.name, component.code_version)
-    cached = _cached(key, limit)
-    if cached is not None:
-        return cached
-    with get_client(sync_client=True) as client:
-        artifacts = client.read_artifacts(
-            artifact_filter=ArtifactFilter(
-                key=ArtifactFilterKey(any_=[key]),
-                type=ArtifactFilterType(any_=[HISTORY_TYPE]),
-            ),
-            sort=ArtifactSort.CREATED_DESC,
-            limit=limit,
-        )
-    return _keep(key, _observed(component, artifacts), len(artifacts) < limit)[:limit]
+    return observations_of({key: component}, limit)[key]
 
 
 def observations_of(components: Mapping[str, Component], limit: int) -> dict[str, list[Observation]]:
-    """Per history key, the newest `limit` records' observations of each component
-    version in `components` (key -> component): one request for them all when their
-    records fit in one page (a plan read them one request each: 96 reads in a fleet burst
-    of 8 runs), else the next pages of that read until every version has `limit` or none
-    is left (at most MAX_PAGES: a Dask-mode run of 400 components, each with a few
-    records, read the versions one request each, 2-4 s before its first component); a
-    version still short after MAX_PAGES reads alone."""
+    """Per history key, the newest `limit` observations of each component version in
+    `components` (key -> component), newest first: one read for them all (a plan read
+    them one request each: 96 reads in a fleet burst of 8 runs), in pages newest first
+    across the versions, each page as long as the observations still wanted need
+    (_page_size), until every version has `limit` or none is left (at most MAX_PAGES: a
+    Dask-mode run of 400 components, each with a few records, read the versions one
+    request each, 2-4 s before its first component); a version still short after
+    MAX_PAGES reads alone."""
     found = {key: seen for key in components if (seen := _cached(key, limit)) is not None}
     unread = [key for key in components if key not in found]
     if not unread:
         return found
-    by_key: dict[str, list[Any]] = {key: [] for key in unread}
-    seen_ids: set[Any] = set()  # a record created meanwhile shifts the pages: one may come twice
-    exhausted = False
     with get_client(sync_client=True) as client:
-        for page in range(MAX_PAGES):
-            artifacts = client.read_artifacts(
-                artifact_filter=ArtifactFilter(
-                    key=ArtifactFilterKey(any_=unread),
-                    type=ArtifactFilterType(any_=[HISTORY_TYPE]),
-                ),
-                sort=ArtifactSort.CREATED_DESC,
-                limit=PAGE,
-                offset=page * PAGE,
-            )
-            for artifact in artifacts:  # newest first, across the versions
-                records = by_key.get(artifact.key or "")
-                if records is not None and len(records) < limit and artifact.id not in seen_ids:
-                    seen_ids.add(artifact.id)
-                    records.append(artifact)
-            exhausted = len(artifacts) < PAGE
-            if exhausted or all(len(records) >= limit for records in by_key.values()):
-                break
-    for key, records in by_key.items():
-        if len(records) < limit and not exhausted:  # older records may be left out: it reads alone
-            found[key] = observations(components[key], limit)
-        else:
-            found[key] = _keep(key, _observed(components[key], records), len(records) < limit)[:limit]
+        by_key, exhausted = _records(client, unread, limit)
+        complete = dict.fromkeys(unread, exhausted)  # every record of the version was read
+        for key in unread:
+            if not exhausted and _count_all(by_key[key]) < limit:  # older records may be left out: it reads alone
+                alone, complete[key] = _records(client, [key], limit)
+                by_key[key] = alone[key]
+    for key in unread:
+        found[key] = _keep(key, _observed(components[key], by_key[key]), complete[key])[:limit]
     return found
+
+
+def _records(client: Any, keys: list[str], limit: int) -> tuple[dict[str, list[Any]], bool]:
+    """The newest history records of `keys` holding `limit` observations each (or all
+    there are), newest first per key, read in at most MAX_PAGES pages; whether every
+    record there is was read."""
+    by_key: dict[str, list[Any]] = {key: [] for key in keys}
+    have = dict.fromkeys(keys, 0)
+    seen_ids: set[Any] = set()  # a record created meanwhile shifts the pages: one may come twice
+    offset = 0
+    for _ in range(MAX_PAGES):
+        size = _page_size({key: limit - have[key] for key in keys if have[key] < limit})
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=keys), type=ArtifactFilterType(any_=[HISTORY_TYPE])
+            ),
+            sort=ArtifactSort.CREATED_DESC,
+            limit=size,
+            offset=offset,
+        )
+        offset += len(artifacts)
+        for artifact in artifacts:  # newest first, across the versions
+            key = artifact.key or ""
+            if key in have and have[key] < limit and artifact.id not in seen_ids:
+                seen_ids.add(artifact.id)
+                count = _count(artifact)
+                if not by_key[key]:
+                    _remember_per_record(key, count)
+                by_key[key].append(artifact)
+                have[key] += count
+        if len(artifacts) < size:
+            return by_key, True
+        if all(n >= limit for n in have.values()):
+            return by_key, False
+    return by_key, False
+
+
+# Per history key, the observations in its newest record this process wrote or read: a run
+# whose steps share a component records them all in one record (400 in a run of 400 steps,
+# 126 KB), so a read of `limit` records (200 per page) moved megabytes for 20 observations.
+_per_record: dict[str, int] = {}
+PER_RECORD_KEYS = 10_000  # versions remembered before the memory starts again
+
+
+def _remember_per_record(key: str, count: int) -> None:
+    if len(_per_record) >= PER_RECORD_KEYS and key not in _per_record:
+        _per_record.clear()
+    _per_record[key] = max(1, count)
+
+
+def _page_size(wanted: Mapping[str, int]) -> int:
+    """Records enough for `wanted` (key -> observations still wanted) at each version's
+    observations per record; a version not yet seen counts one record (the next page is
+    sized by what it held), so a first read of batch records asks for one each."""
+    need = sum(-(-n // _per_record.get(key, n)) for key, n in wanted.items())
+    return max(1, min(PAGE, need))
+
+
+def _count(artifact: Any) -> int:
+    """The observations in one history record (a batch's, else one)."""
+    data = artifact.data if isinstance(artifact.data, dict) else {}
+    batch = data.get("observations")
+    return len(batch) if isinstance(batch, list) else 1
+
+
+def _count_all(artifacts: Iterable[Any]) -> int:
+    return sum(_count(artifact) for artifact in artifacts)
 
 
 def _cached(key: str, limit: int) -> list[Observation] | None:
