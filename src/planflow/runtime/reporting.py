@@ -150,15 +150,25 @@ def planned_vs_actual(pp: PipelinePlan, records: Mapping[str, StepRecord]) -> li
 
 
 def peak_demand(pp: PipelinePlan) -> dict[str, dict[str, float]]:
-    """Per pool and resource, the highest total demand of the plan at any instant."""
+    """Per pool and resource, the highest total demand of the plan at any instant (a task
+    holds its demand over [start, finish)): one sweep over the starts and finishes in time
+    order, a finish before a start at the same instant (comparing every task with every
+    other took 25 ms at 400 components, on the run's reporting thread)."""
     peaks: dict[str, dict[str, float]] = {}
-    for pool in {t.pool for t in pp.plan.tasks.values()}:
-        on = [t for t in pp.plan.tasks.values() if t.pool == pool]
-        for t in on:  # usage only rises at start times
-            live = [u for u in on if u.start <= t.start < u.finish]
-            for resource in t.demand:
-                total = sum(u.demand.get(resource, 0.0) for u in live)
-                peaks.setdefault(pool, {})[resource] = max(peaks.get(pool, {}).get(resource, 0.0), total)
+    moments: dict[str, list[tuple[float, int, Mapping[str, float]]]] = {}
+    for t in pp.plan.tasks.values():
+        pool = peaks.setdefault(t.pool, {})
+        for resource in t.demand:
+            pool.setdefault(resource, 0.0)
+        if t.finish > t.start:  # a task of no length holds nothing at any instant
+            moments.setdefault(t.pool, []).extend(((t.start, 1, t.demand), (t.finish, 0, t.demand)))
+    for pool, events in moments.items():
+        held: dict[str, float] = {}
+        for _, starts, demand in sorted(events, key=lambda e: (e[0], e[1])):
+            for resource, amount in demand.items():
+                held[resource] = held.get(resource, 0.0) + (amount if starts else -amount)
+                if starts:
+                    peaks[pool][resource] = max(peaks[pool][resource], held[resource])
     return peaks
 
 
