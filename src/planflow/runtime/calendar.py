@@ -84,6 +84,23 @@ class Reservation:
     waiting: bool = False  # planned, and its inputs are ready: refused its slots (or yielding a claim)
 
 
+def reservation_data(
+    component: str, pool: str, start: float, finish: float, demand: Mapping[str, float]
+) -> dict[str, Any]:
+    """A planned reservation as its run's entry stores it. The run's id, name and pipeline
+    are the entry's (`reservations` reads them there): each reservation carried them too,
+    40 % of the entry of a run of 400 (115 KB) that the server parsed and stored at each save."""
+    return {
+        "component": component,
+        "pool": pool,
+        "start": start,
+        "finish": finish,
+        "demand": dict(demand),
+        "state": "planned",
+        "waiting": False,
+    }
+
+
 def read_calendar(clean: bool = True) -> list[CalendarEntry]:
     """Every run's entry; with `clean`, entries of runs that are over (completed, failed,
     crashed, cancelled) or no longer exist are deleted first."""

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from concurrent.futures import wait as wait_for
-from dataclasses import asdict, replace
+from dataclasses import replace
 from operator import itemgetter
 from typing import Any
 
@@ -38,6 +38,7 @@ from planflow.runtime.calendar import (
     entry_data,
     look_at_calendar,
     others_held,
+    reservation_data,
     utc,
 )
 from planflow.runtime.dispatch import Assignment, StepRecord
@@ -118,17 +119,12 @@ class RunCalendar(PoolOrder, Reporter):
             planned_at=planned_at,
             eta=planned_at + self.makespan * self.allowed.factor,
             reservations=[
-                asdict(
-                    Reservation(
-                        self.run_id,
-                        self.run_name,
-                        pipeline,
-                        a.step,
-                        a.pool,
-                        planned_at + (a.planned_start or 0.0),
-                        planned_at + (a.planned_finish or 0.0),
-                        dict(a.demand),
-                    )
+                reservation_data(
+                    a.step,
+                    a.pool,
+                    planned_at + (a.planned_start or 0.0),
+                    planned_at + (a.planned_finish or 0.0),
+                    a.demand,
                 )
                 for a in assignments.values()
             ],
