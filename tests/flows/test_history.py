@@ -242,3 +242,40 @@ def test_a_component_shared_by_many_steps_is_read_from_its_newest_records_not_a_
     asked.clear()  # the same process again: it knows the newest record holds one, and asks for all it needs
     assert history.observations(train, 40) == read
     assert asked == [(40, 5)]
+
+
+@pytest.mark.usefixtures("registered_blocks")
+def test_a_batch_states_what_its_observations_share_once_and_reads_back_whole(tmp_path):
+    """A record of 400 observations of one run repeated the component, its code version,
+    the pipeline and the run 400 times (94 KB; 34 KB stated once). Read back, each
+    observation has them again; a batch written before (each item whole) reads as it did,
+    and a field the items do not share stays with each."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    train = load(tmp_path / "batch.py", V2, f"batch-{uuid.uuid4().hex[:8]}").train
+    key, run = history.history_key(train.name, train.code_version), str(uuid.uuid4())
+    made = [
+        history.Observation(train.name, train.code_version, "local", 1.0 + i, None, {"n_rows": 10.0}, "fraud", run)
+        for i in range(3)
+    ]
+    history.record_many(made[:2] + [history.Observation(**{**made[2].__dict__, "pipeline": "churn"})])
+    with get_client(sync_client=True) as client:
+        [stored] = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+        assert {k: v for k, v in stored.data.items() if k != "observations"} == {
+            "component": train.name,
+            "code_version": train.code_version,
+            "flow_run_id": run,
+        }
+        assert [item["pipeline"] for item in stored.data["observations"]] == ["fraud", "fraud", "churn"]
+        assert all("component" not in item and "flow_run_id" not in item for item in stored.data["observations"])
+        client.create_artifact(  # as a batch was written before: each item whole
+            history.ArtifactCreate(
+                key=key,
+                type=history.HISTORY_TYPE,
+                data={"observations": [o.to_data() for o in made[:1]] * 2},
+            )
+        )
+    read = history.observations(train, 10)
+    assert read[:2] == [made[0], made[0]]  # the older way, newest first
+    assert read[2:] == [history.Observation(**{**made[2].__dict__, "pipeline": "churn"}), made[1], made[0]]
