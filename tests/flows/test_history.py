@@ -187,7 +187,7 @@ def test_the_history_of_a_pipeline_is_read_in_one_request_then_its_next_pages_th
     requests.clear()
     monkeypatch.setattr(history, "PAGE", 2)  # a's two newest fill the page: b and c may be cut off
     assert history.observations_of(keys, 2) == read
-    assert len(requests) == 3 and all(sorted(r) == sorted(keys) for r in requests)  # the next pages, then none left
+    assert len(requests) == 2 and sorted(requests[1]) == sorted(k for k in keys if keys[k] is not a)  # then the rest
 
     requests.clear()
     monkeypatch.setattr(history, "MAX_PAGES", 1)  # pages run out first: b and c are read alone
@@ -279,3 +279,37 @@ def test_a_batch_states_what_its_observations_share_once_and_reads_back_whole(tm
     read = history.observations(train, 10)
     assert read[:2] == [made[0], made[0]]  # the older way, newest first
     assert read[2:] == [history.Observation(**{**made[2].__dict__, "pipeline": "churn"}), made[1], made[0]]
+
+
+@pytest.mark.usefixtures("registered_blocks")
+def test_a_read_asks_only_for_the_versions_still_short_and_grows_its_pages_when_it_guessed_short(tmp_path, monkeypatch):
+    """A version with many records must not crowd out one with none (pages of one record
+    each, until the pages ran out, then a read alone), and a newest record holding more
+    observations than the older ones must not leave the read short."""
+    from prefect.client.orchestration import SyncPrefectClient
+
+    tag = uuid.uuid4().hex[:8]
+    often, new, mixed = (load(tmp_path / f"{x}.py", V2, f"{x}-{tag}").train for x in ("often", "new", "mixed"))
+    for i in range(12):
+        history.record(history.Observation(often.name, often.code_version, "local", 1.0 + i))
+        history.record(history.Observation(mixed.name, mixed.code_version, "local", 1.0 + i))
+    history.record_many([history.Observation(mixed.name, mixed.code_version, "local", 50.0 + i) for i in range(7)])
+    asked = []
+    real = SyncPrefectClient.read_artifacts
+
+    def counted(self, *args, **kwargs):
+        found = real(self, *args, **kwargs)
+        asked.append((len(kwargs["artifact_filter"].key.any_), kwargs["limit"], len(found)))
+        return found
+
+    monkeypatch.setattr(SyncPrefectClient, "read_artifacts", counted)
+    keys = {history.history_key(c.name, c.code_version): c for c in (often, new)}
+    read = history.observations_of(keys, 2)
+    assert [o.seconds for o in read[history.history_key(often.name, often.code_version)]] == [12.0, 11.0]
+    assert read[history.history_key(new.name, new.code_version)] == []
+    assert asked == [(2, 3, 3), (1, 6, 0)]  # then the one still short, alone in the filter
+
+    asked.clear()  # the newest record holds 7 (this process wrote it), the twelve before one each
+    read = history.observations(mixed, 16)
+    assert [o.seconds for o in read] == [50.0 + i for i in reversed(range(7))] + [12.0 - i for i in range(9)]
+    assert asked == [(1, 3, 3), (1, 6, 6), (1, 12, 4)]  # each page at least twice the one before

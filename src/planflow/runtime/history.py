@@ -24,6 +24,7 @@ the ratio of the work factors (duration taken as proportional to each parameter)
 from __future__ import annotations
 
 import contextvars
+import math
 import statistics
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -185,65 +186,75 @@ def observations_of(components: Mapping[str, Component], limit: int) -> dict[str
     """Per history key, the newest `limit` observations of each component version in
     `components` (key -> component), newest first: one read for them all (a plan read
     them one request each: 96 reads in a fleet burst of 8 runs), in pages newest first
-    across the versions, each page as long as the observations still wanted need
-    (_page_size), until every version has `limit` or none is left (at most MAX_PAGES: a
-    Dask-mode run of 400 components, each with a few records, read the versions one
-    request each, 2-4 s before its first component); a version still short after
-    MAX_PAGES reads alone."""
+    across the versions still short of `limit` (_records), until each has `limit` or none
+    is left (at most MAX_PAGES: a Dask-mode run of 400 components, each with a few
+    records, read the versions one request each, 2-4 s before its first component); a
+    version still short after MAX_PAGES reads alone."""
     found = {key: seen for key in components if (seen := _cached(key, limit)) is not None}
     unread = [key for key in components if key not in found]
     if not unread:
         return found
     with get_client(sync_client=True) as client:
-        by_key, exhausted = _records(client, unread, limit)
-        complete = dict.fromkeys(unread, exhausted)  # every record of the version was read
-        for key in unread:
-            if not exhausted and _count_all(by_key[key]) < limit:  # older records may be left out: it reads alone
-                alone, complete[key] = _records(client, [key], limit)
-                by_key[key] = alone[key]
+        by_key, complete = _records(client, unread, limit)
+        for key in unread if len(unread) > 1 else []:
+            if not complete[key] and _count_all(by_key[key]) < limit:  # pages ran out: it reads alone
+                alone, done = _records(client, [key], limit)
+                by_key[key], complete[key] = alone[key], done[key]
     for key in unread:
         found[key] = _keep(key, _observed(components[key], by_key[key]), complete[key])[:limit]
     return found
 
 
-def _records(client: Any, keys: list[str], limit: int) -> tuple[dict[str, list[Any]], bool]:
+def _records(client: Any, keys: list[str], limit: int) -> tuple[dict[str, list[Any]], dict[str, bool]]:
     """The newest history records of `keys` holding `limit` observations each (or all
-    there are), newest first per key, read in at most MAX_PAGES pages; whether every
-    record there is was read."""
+    there are), newest first per key, read in at most MAX_PAGES pages, each asking only
+    for the versions still short and for as many records as they need (_page_size; at
+    least twice the page before, so that a short guess costs few pages); per key, whether
+    every record of it there is was read."""
     by_key: dict[str, list[Any]] = {key: [] for key in keys}
-    have = dict.fromkeys(keys, 0)
+    have = dict.fromkeys(keys, 0)  # observations read per key
+    complete = dict.fromkeys(keys, False)
     seen_ids: set[Any] = set()  # a record created meanwhile shifts the pages: one may come twice
-    offset = 0
+    size = 0
     for _ in range(MAX_PAGES):
-        size = _page_size({key: limit - have[key] for key in keys if have[key] < limit})
+        short = [key for key in keys if have[key] < limit]
+        if not short:
+            break
+        per_record = {key: have[key] / len(by_key[key]) for key in short if by_key[key]}
+        size = max(_page_size({key: limit - have[key] for key in short}, per_record), min(PAGE, 2 * size))
         artifacts = client.read_artifacts(
             artifact_filter=ArtifactFilter(
-                key=ArtifactFilterKey(any_=keys), type=ArtifactFilterType(any_=[HISTORY_TYPE])
+                key=ArtifactFilterKey(any_=short), type=ArtifactFilterType(any_=[HISTORY_TYPE])
             ),
             sort=ArtifactSort.CREATED_DESC,
             limit=size,
-            offset=offset,
+            # the newest records of these versions were read (records of other versions
+            # read before do not count); a record created meanwhile comes again, skipped
+            offset=sum(len(by_key[key]) for key in short),
         )
-        offset += len(artifacts)
+        dropped = set()
         for artifact in artifacts:  # newest first, across the versions
             key = artifact.key or ""
-            if key in have and have[key] < limit and artifact.id not in seen_ids:
-                seen_ids.add(artifact.id)
-                count = _count(artifact)
-                if not by_key[key]:
-                    _remember_per_record(key, count)
-                by_key[key].append(artifact)
-                have[key] += count
-        if len(artifacts) < size:
-            return by_key, True
-        if all(n >= limit for n in have.values()):
-            return by_key, False
-    return by_key, False
+            if key not in have or artifact.id in seen_ids:
+                continue
+            if have[key] >= limit:
+                dropped.add(key)
+                continue
+            seen_ids.add(artifact.id)
+            count = _count(artifact)
+            if not by_key[key]:
+                _remember_per_record(key, count)
+            by_key[key].append(artifact)
+            have[key] += count
+        if len(artifacts) < size:  # every record of these versions was read
+            complete.update((key, key not in dropped) for key in short)
+            break
+    return by_key, complete
 
 
 # Per history key, the observations in its newest record this process wrote or read: a run
-# whose steps share a component records them all in one record (400 in a run of 400 steps,
-# 126 KB), so a read of `limit` records (200 per page) moved megabytes for 20 observations.
+# whose steps share a component records them all in one record (400 in a run of 400 steps),
+# so a read of `limit` records (200 per page) moved megabytes for 20 observations.
 _per_record: dict[str, int] = {}
 PER_RECORD_KEYS = 10_000  # versions remembered before the memory starts again
 
@@ -254,11 +265,12 @@ def _remember_per_record(key: str, count: int) -> None:
     _per_record[key] = max(1, count)
 
 
-def _page_size(wanted: Mapping[str, int]) -> int:
+def _page_size(wanted: Mapping[str, int], per_record: Mapping[str, float]) -> int:
     """Records enough for `wanted` (key -> observations still wanted) at each version's
-    observations per record; a version not yet seen counts one record (the next page is
-    sized by what it held), so a first read of batch records asks for one each."""
-    need = sum(-(-n // _per_record.get(key, n)) for key, n in wanted.items())
+    observations per record: as this read found them (`per_record`), else as this process
+    last saw its newest record, else one record (the next page is sized by what it held),
+    so that a first read of batch records asks for one each."""
+    need = sum(math.ceil(n / (per_record.get(key) or _per_record.get(key, n))) for key, n in wanted.items())
     return max(1, min(PAGE, need))
 
 
