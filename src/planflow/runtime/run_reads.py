@@ -69,6 +69,16 @@ def _pools_and_settings(
     return run_pools(mode, local_pool, blocks.pools), blocks
 
 
+def here(fn: Callable[..., Any], *args: Any) -> Future[Any]:
+    """`fn(*args)` called now, on this thread, as a done future (its error kept for `result`)."""
+    done: Future[Any] = Future()
+    try:
+        done.set_result(fn(*args))
+    except Exception as exc:  # raised where the result is taken, as a thread's would be
+        done.set_exception(exc)
+    return done
+
+
 def read_for_run(
     pipeline: Pipeline,
     policy: str,
@@ -89,13 +99,19 @@ def read_for_run(
     early = take_early_reads(pipeline)  # started when the flow was called, if it was
     try:
         # read_once: the threads share one read of each component's history (history.py)
-        with (
-            read_once(early.history_store if early else None),
-            ThreadPoolExecutor(max_workers=8, thread_name_prefix="planflow-read") as threads,
-        ):
+        with read_once(early.history_store if early else None), ExitStack() as stack:
+            threads: ThreadPoolExecutor | None = None  # made for the first read that needs a thread
 
             def submit(fn: Callable[..., Any], *args: Any) -> Future[Any]:
+                nonlocal threads
+                if threads is None:
+                    threads = stack.enter_context(ThreadPoolExecutor(max_workers=8, thread_name_prefix="planflow-read"))
                 return threads.submit(contextvars.copy_context().run, fn, *args)
+
+            # With the early reads under way, what is left (the blocks' parse, the tags a called
+            # flow's run was created with) is done here: a pool of threads and their starts cost
+            # more, beside the task threads starting (warm_task_threads)
+            beside = here if early is not None else submit
 
             def started(read: Future[Any] | None, fn: Callable[..., Any], *args: Any) -> Future[Any]:
                 return read if read is not None else submit(fn, *args)
@@ -109,9 +125,9 @@ def read_for_run(
             if lock_calendar and locked is None:
                 locked = submit(locked_calendar, planned)
             ratios = started(early and early.ratios, read_ratios_or_none) if lock_calendar else None  # the ETA's
-            tagged = submit(tag_flow_run, flow_run, pipeline.name) if flow_run is not None else None
+            tagged = beside(tag_flow_run, flow_run, pipeline.name) if flow_run is not None else None
             # one request for both blocks (early: read already, or under way)
-            pools = submit(_pools_and_settings, mode, local_pool, early.blocks if early else None)
+            pools = beside(_pools_and_settings, mode, local_pool, early.blocks if early else None)
             limits = started(early and early.limits, read_limits) if shared else None
             # the history as many runs back as the default settings keep, beside the settings'
             # read: plan_inputs reads again only when the block asks for more runs than that
