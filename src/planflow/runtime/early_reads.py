@@ -96,7 +96,7 @@ def early_reads(pipeline: Pipeline, policy: str = "plan") -> Iterator[None]:
             # none when the server has CSRF protection off); the reads started side by side
             # each asked for a token of their own, and so did the flow engine: six requests
             # for one answer. The limits (the cheapest read) go first, alone.
-            limits = (_here if fresh else submit)(read_limits) if shared else None
+            limits = (here if fresh else submit)(read_limits) if shared else None
             reads = EarlyReads(
                 pipeline,
                 locked=submit(locked_calendar, planned) if shared else None,  # the longest chain
@@ -118,11 +118,12 @@ def early_reads(pipeline: Pipeline, policy: str = "plan") -> Iterator[None]:
             release_untaken(reads.locked)
 
 
-def _here(fn: Callable[[], Any]) -> Future[Any]:
-    """`fn` called on this thread, as a finished future (its error kept for whoever takes it)."""
+def here(fn: Callable[..., Any], *args: Any) -> Future[Any]:
+    """`fn(*args)` called now, on this thread, as a finished future (its error kept for
+    whoever takes the result, as a thread's would be)."""
     done: Future[Any] = Future()
     try:
-        done.set_result(fn())
+        done.set_result(fn(*args))
     except Exception as exc:
         done.set_exception(exc)
     return done

@@ -37,7 +37,7 @@ from planflow.prefect.blocks.registry import RunBlocks, read_run_blocks
 from planflow.prefect.calendar_store import CalendarEntry
 from planflow.prefect.limits import read_limits
 from planflow.runtime.calendar import locked_calendar
-from planflow.runtime.early_reads import release_untaken
+from planflow.runtime.early_reads import here, release_untaken
 from planflow.runtime.early_reads import take as take_early_reads
 from planflow.runtime.eta_history import read_ratios_or_none
 from planflow.runtime.history import read_history, read_once
@@ -67,16 +67,6 @@ def _pools_and_settings(
     them; `read`: the blocks' read under way (early_reads.py), else they are read here."""
     blocks = read.result() if read is not None else read_run_blocks()
     return run_pools(mode, local_pool, blocks.pools), blocks
-
-
-def here(fn: Callable[..., Any], *args: Any) -> Future[Any]:
-    """`fn(*args)` called now, on this thread, as a done future (its error kept for `result`)."""
-    done: Future[Any] = Future()
-    try:
-        done.set_result(fn(*args))
-    except Exception as exc:  # raised where the result is taken, as a thread's would be
-        done.set_exception(exc)
-    return done
 
 
 def read_for_run(
