@@ -109,3 +109,33 @@ def too_big() -> int:
 
 
 too_big_pipeline = Pipeline("dask-too-big", [too_big], description="asks for more memory than any worker offers")
+
+
+_FLOWS_SEEN: list[object] = []  # on a worker: kept alive, so that no two flows share an id
+
+
+class ContextSeen:
+    """Which worker process ran a step, and which object its run's flow was there."""
+
+    def __init__(self) -> None:
+        from prefect.context import FlowRunContext
+
+        flow = FlowRunContext.get().flow
+        _FLOWS_SEEN.append(flow)
+        self.pid, self.flow = os.getpid(), id(flow)
+
+    def key_metrics(self) -> dict[str, float]:
+        return {"pid": self.pid, "flow": self.flow}  # ids fit a float's 53 bits exactly
+
+
+def _sees(i: int):
+    def step() -> ContextSeen:
+        return ContextSeen()
+
+    step.__name__ = step.__qualname__ = f"sees_{i}"
+    step.__module__ = __name__
+    globals()[step.__name__] = step  # importable by name on the workers
+    return component(step, cpu=0.5, mem_gib=0.1, est_seconds=0.05)
+
+
+context_seen = Pipeline("dask-context", [_sees(i) for i in range(8)], description="eight steps that name their flow")

@@ -124,3 +124,22 @@ def test_a_step_whose_workers_keep_dying_fails_the_run_naming_that_fate(dask_clu
         assert len(attempts) == ALLOWED_FAILURES + 1, attempts
     finally:  # the nannies restart the killed workers: the next test finds both again
         assert wait_until(lambda: len(cluster.status(paths).workers) == WORKERS, 60), cluster.status(paths)
+
+
+def test_a_worker_unpickles_a_runs_context_once_for_all_the_steps_it_runs():
+    """The run's Prefect context (its flow, with the pipeline and every component: 213 KB
+    at 400 components) is unpickled once per run on each worker process, not once per step:
+    the steps one worker runs see one flow object, and the next run a new one."""
+
+    def seen() -> dict[int, set[int]]:
+        result = to_flow(dags.context_seen)(mode="dask")
+        flows: dict[int, set[int]] = {}
+        for step in result["steps"].values():
+            assert step["state"] == "Completed", step
+            flows.setdefault(int(step["metrics"]["pid"]), set()).add(int(step["metrics"]["flow"]))
+        return flows
+
+    first, second = seen(), seen()
+    assert all(len(ids) == 1 for ids in first.values()), first  # one flow object per worker process
+    assert sum(len(ids) for ids in first.values()) <= WORKERS and first
+    assert all(not first[pid] & ids for pid, ids in second.items() if pid in first), (first, second)

@@ -48,17 +48,17 @@ _UNPICKLED_LOCK = Lock()
 
 def _unpickled(run: str, context: bytes) -> dict[str, Any]:
     """Run `run`'s context (`context` pickled), unpickled once in this process (the steps
-    of a run on one worker share it: read, never changed)."""
+    of a run on one worker share it: read, never changed). Under the lock: a worker's
+    first steps of a run, started together, wait for one unpickling, not one each."""
     with _UNPICKLED_LOCK:
-        if (found := _UNPICKLED.get(run)) is not None:
+        found = _UNPICKLED.get(run)
+        if found is None:
+            found = _UNPICKLED[run] = cloudpickle.loads(context)
+            while len(_UNPICKLED) > RUNS_KEPT:
+                _UNPICKLED.popitem(last=False)
+        else:
             _UNPICKLED.move_to_end(run)
-            return found
-    hydrated = cloudpickle.loads(context)  # outside the lock: two first steps may both
-    with _UNPICKLED_LOCK:
-        _UNPICKLED[run] = hydrated
-        while len(_UNPICKLED) > RUNS_KEPT:
-            _UNPICKLED.popitem(last=False)
-    return hydrated
+        return found
 
 
 def run_task(task: Task, run: str, context: bytes, asset_context: dict[str, Any], **kwargs: Any) -> Any:
