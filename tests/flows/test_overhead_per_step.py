@@ -1,12 +1,13 @@
 """What a run does per step beside the step (issue 14, N = 400): no function source read per
 step, one log line per batch of completed steps, the plan's artifacts after the first
-release. No server; the timings are bench/bench_overhead.py's."""
+release, and at the bus's first flush or with the end's. No server; the timings are bench/bench_overhead.py's."""
 
 from __future__ import annotations
 
 import inspect
 import logging
 import threading
+from dataclasses import replace
 
 import toy_dags
 
@@ -17,7 +18,7 @@ from planflow.runtime.dispatch import StepRecord
 from planflow.runtime.events import EventBus, Reporter, RunInfo
 from planflow.runtime.executors import InProcessExecutor
 from planflow.runtime.planning import RunPlan, plan_pipeline
-from planflow.runtime.reporters import LogReporter
+from planflow.runtime.reporters import ArtifactReporter, LogReporter
 
 LOCAL = {"local": {"cpu": 2.0, "gpu": 0.0, "mem_gib": 4.0}}
 
@@ -111,3 +112,53 @@ def test_the_plan_reaches_the_reporters_at_the_first_step_event_or_within_its_bo
     with bus:
         bus.planned(run)  # no step event comes: delivered once the hold is up
         assert seen.planned.wait(10)
+
+
+class PlanWrites(ArtifactReporter):
+    """ArtifactReporter with its writes recorded instead of sent (no server here)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+        self.written = threading.Event()
+
+    def _planned(self, run: RunInfo) -> None:
+        self.calls.append("plan artifacts")
+        self.written.set()
+
+    def _planned_vs_actual(self, run: RunInfo, records) -> None:
+        self.calls.append("planned vs actual")
+
+    def _summary(self, run: RunInfo, records) -> None:
+        self.calls.append("summary")
+
+    def _totals(self, run: RunInfo, records) -> None:
+        self.calls.append("totals")
+
+
+def test_the_plan_artifacts_wait_for_the_first_flush_and_a_run_done_sooner_has_them_with_its_end():
+    """The plan's picture and uploads no longer compete with a short run's first steps: a
+    run that ends before the bus's first flush has them written with its end's artifacts;
+    a longer one at that flush, while it runs. A fifo run (no plan) has none."""
+    run = _diamond()
+    record = StepRecord("extract", "local", "Completed", 0.0, 0.1)
+    short = PlanWrites()
+    with EventBus([short], logging.getLogger("test"), flush_seconds=60) as bus:
+        bus.planned(run)
+        bus.step(run, "started", record)
+        assert not short.written.wait(0.5), "the plan's artifacts were written before the bus's first flush"
+        bus.finished(run, {"extract": record})
+    assert sorted(short.calls) == ["plan artifacts", "planned vs actual", "summary", "totals"]
+    longer = PlanWrites()
+    with EventBus([longer], logging.getLogger("test"), flush_seconds=0.2) as bus:
+        bus.planned(run)
+        bus.step(run, "started", record)
+        assert longer.written.wait(10), "the plan's artifacts were not written at the bus's first flush"
+        assert longer.calls == ["plan artifacts"]
+        bus.finished(run, {"extract": record})
+    assert longer.calls == ["plan artifacts", *sorted(longer.calls[1:])] and len(longer.calls) == 4
+    fifo = PlanWrites()
+    with EventBus([fifo], logging.getLogger("test"), flush_seconds=0.2) as bus:
+        bus.planned(RunInfo(run.pipeline, run.params, "fifo", "inprocess", None, replace(run.plan, plan=None)))
+        bus.finished(run, {"extract": record})
+    assert "plan artifacts" not in fifo.calls
