@@ -125,21 +125,18 @@ class ArtifactReporter(Reporter):
 
 class ProgressReporter(Reporter):
     """The share of steps finished (completed, failed or skipped), as a progress artifact;
-    updated once per batch of events."""
+    created at the bus's first flush (about a second into the run; with the end for a run
+    done sooner, at its final share) and updated once per batch of events after."""
 
     def __init__(self) -> None:
         self.artifact_id: Any = None
+        self.run: RunInfo | None = None
         self.total = 0
         self.finished = 0
         self.shown = 0.0
 
     def on_planned(self, run: RunInfo) -> None:
-        self.total = len(run.plan.assignments)
-        self.artifact_id = create_progress_artifact(
-            progress=0.0,
-            key=reporting.artifact_key(run.pipeline, "progress"),
-            description=f"{run.pipeline.name}: share of components finished",
-        )
+        self.run, self.total = run, len(run.plan.assignments)
 
     def on_step(self, event: StepEvent) -> None:
         if event.kind in FINAL_STEP_EVENTS:
@@ -147,7 +144,14 @@ class ProgressReporter(Reporter):
 
     def flush(self) -> None:
         progress = 100.0 * self.finished / self.total if self.total else 0.0
-        if self.artifact_id is not None and progress != self.shown:
+        if self.artifact_id is None and self.run is not None:
+            self.artifact_id = create_progress_artifact(
+                progress=progress,
+                key=reporting.artifact_key(self.run.pipeline, "progress"),
+                description=f"{self.run.pipeline.name}: share of components finished",
+            )
+            self.shown = progress
+        elif self.artifact_id is not None and progress != self.shown:
             update_progress_artifact(self.artifact_id, progress)
             self.shown = progress
 
