@@ -268,7 +268,9 @@ def test_a_fault_in_re_planning_is_logged_as_a_warning_not_swallowed(monkeypatch
 def test_a_run_that_yields_to_an_earlier_one_looks_again_soon_not_at_the_next_re_plan(monkeypatch):
     """Not first on a pool, a run asks its watcher for a fresh look (at most every
     FIRST_LOOK_SECONDS), not REPLAN_SECONDS later: the step it yields to has often started
-    since. The look alone does not re-plan."""
+    since. The look alone does not re-plan. Planned alone, the run makes no look before
+    one is asked for (or REPLAN_SECONDS pass): 0.2 s in, it was a calendar read beside a
+    short run's steps."""
     from planflow.runtime import pool_order, run_calendar
 
     calendar = RunCalendar("me", "name-me", logging.getLogger("test-first-look"))
@@ -283,18 +285,21 @@ def test_a_run_that_yields_to_an_earlier_one_looks_again_soon_not_at_the_next_re
     watcher = threading.Thread(target=calendar._watch)
     watcher.start()
     try:
+        time.sleep(0.5)
+        assert reads == [], "a run planned alone looked at the calendar before any look was asked for"
+        assert not calendar.first_on("local", "m0")  # no look yet: not first, and it asks for one
         deadline = time.monotonic() + 5
         while calendar._waiting_others is None and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not calendar.first_on("local", "m0")  # e0 waits, planned before it
-        assert len(reads) == 1  # the first look; the next one is REPLAN_SECONDS away
+        assert len(reads) == 1  # the look asked for; the next one is REPLAN_SECONDS away
         earlier.reservations[0]["state"] = "running"
         time.sleep(pool_order.FIRST_LOOK_SECONDS)
         assert not calendar.first_on("local", "m0")  # still as last looked, and it asks for a look
         while not calendar.first_on("local", "m0") and time.monotonic() < deadline:
             time.sleep(0.05)
         assert calendar.first_on("local", "m0") and len(reads) == 2, "the look asked for did not come"
-        assert len(replans) == 1  # at the first look (the calendar changed since planning); not at the one asked for
+        assert replans == []  # looks asked for do not re-plan (the first due one, REPLAN_SECONDS in, would)
         assert run_calendar.REPLAN_SECONDS > 2 * pool_order.FIRST_LOOK_SECONDS
     finally:
         calendar._stop.set()

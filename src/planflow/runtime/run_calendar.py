@@ -49,6 +49,8 @@ from planflow.runtime.replan import Item, list_schedule
 from planflow.runtime.reporting import artifact_key
 
 REPLAN_SECONDS = 5.0  # how often a run with waiting components looks for changes in the calendar
+FIRST_LOOK_AMONG_SECONDS = 0.2  # its first look, when it was planned around other runs' components
+FIRST_LOOK_ALONE_SECONDS = REPLAN_SECONDS  # ... when it was planned alone on its pools (_watch)
 ETA_CHANGE_SECONDS = 1.0  # a corrected ETA that moves less than this is not logged nor published
 # Hysteresis: a re-plan's ETA is shown (log, gauge, artifact) only when it moved from the ETA
 # last shown by at least this share of the time left to it (re-plans swung +51 s, -56 s, +5 s).
@@ -269,7 +271,12 @@ class RunCalendar(PoolOrder, Reporter):
         # look while that holds: it took the planning slot and wrote the entry for nothing,
         # beside the run's first components), else unknown (re-planned at the first look).
         seen: object = () if self.run is not None and self.run.plan.busy == 0 else None
-        replan_at = time.monotonic() + 0.2  # the first look soon after planning: `due` needs what the others hold
+        # The first look soon after planning when others held components on its pools: `due`
+        # needs what they hold now. Planned alone, the run looks first after
+        # FIRST_LOOK_ALONE_SECONDS (or when `first_on` asks): a run that comes after it plans
+        # into what it left, and a calendar read 0.2 s in was a request and a parse of
+        # every entry beside a short run's steps.
+        replan_at = time.monotonic() + (FIRST_LOOK_AMONG_SECONDS if seen is None else FIRST_LOOK_ALONE_SECONDS)
         while True:
             self._wake.wait(max(0.0, replan_at - time.monotonic()))
             self._wake.clear()
