@@ -14,11 +14,12 @@ import toy_dags
 from planflow.core.component import Component, component
 from planflow.core.pipeline import Pipeline, Step
 from planflow.planner import PlannerOptions
+from planflow.runtime import reporters
 from planflow.runtime.dispatch import StepRecord
-from planflow.runtime.events import EventBus, Reporter, RunInfo
+from planflow.runtime.events import EventBus, Reporter, RunInfo, StepEvent
 from planflow.runtime.executors import InProcessExecutor
 from planflow.runtime.planning import RunPlan, plan_pipeline
-from planflow.runtime.reporters import ArtifactReporter, LogReporter
+from planflow.runtime.reporters import ArtifactReporter, LogReporter, ProgressReporter
 
 LOCAL = {"local": {"cpu": 2.0, "gpu": 0.0, "mem_gib": 4.0}}
 
@@ -162,3 +163,20 @@ def test_the_plan_artifacts_wait_for_the_first_flush_and_a_run_done_sooner_has_t
         bus.planned(RunInfo(run.pipeline, run.params, "fifo", "inprocess", None, replace(run.plan, plan=None)))
         bus.finished(run, {"extract": record})
     assert "plan artifacts" not in fifo.calls
+
+
+def test_the_progress_artifact_is_made_at_the_first_flush_with_the_share_finished_then(monkeypatch):
+    made, updated = [], []
+    monkeypatch.setattr(reporters, "create_progress_artifact", lambda progress, **_: made.append(progress) or "id")
+    monkeypatch.setattr(reporters, "update_progress_artifact", lambda artifact_id, progress: updated.append(progress))
+    run, progress = _diamond(), ProgressReporter()
+    steps = list(run.plan.order)
+    progress.on_planned(run)
+    assert made == [], "the progress artifact was made when the run was planned, beside its first steps"
+    progress.on_step(StepEvent("completed", StepRecord(steps[0], "local", "Completed", 0.0, 0.1), run))
+    progress.flush()
+    assert made == [100.0 / len(steps)] and updated == []
+    progress.on_step(StepEvent("completed", StepRecord(steps[1], "local", "Completed", 0.1, 0.2), run))
+    progress.flush()
+    progress.flush()  # nothing new: no request
+    assert made == [100.0 / len(steps)] and updated == [200.0 / len(steps)]
