@@ -195,6 +195,38 @@ def test_a_component_starts_early_beside_what_later_runs_planned_not_beside_what
     assert calendar.due("m0", now=NOW + 9.6)  # its start has (nearly) come
 
 
+def test_a_run_planned_alone_and_held_to_the_calendar_gets_a_look_when_a_step_waits_for_its_start(monkeypatch):
+    """Planned alone, a run makes no look of its own before REPLAN_SECONDS; a step held
+    for its planned start (nothing seen yet) asks for one, so that it starts as soon as it
+    fits, not REPLAN_SECONDS later."""
+    from planflow.runtime import run_calendar
+
+    pipeline = Pipeline("pipe", [PipelineStep("m0", component(_noop, cpu=2, est_seconds=2))])
+    calendar = RunCalendar("me", "name-me", logging.getLogger("test-due-look"))
+    now = time.time()
+    calendar.entry = _planned_entry("me", now, [("m0", now + 30, now + 32, "planned")])
+    capacities = {"local": {"cpu": 2.0, "gpu": 0.0, "mem_gib": 4.0}}
+    calendar.run = SimpleNamespace(pipeline=pipeline, plan=SimpleNamespace(capacities=capacities, busy=0))
+    reads = []
+    monkeypatch.setattr(run_calendar, "look_at_calendar", lambda: reads.append(1) or [calendar.entry])
+    watcher = threading.Thread(target=calendar._watch)
+    watcher.start()
+    try:
+        time.sleep(0.5)
+        assert reads == []  # planned alone: no look of its own yet
+        assert not calendar.due("m0")  # nothing seen yet: held, and it asks for a look
+        deadline = time.monotonic() + 2  # well before the run's own first look (REPLAN_SECONDS in)
+        assert run_calendar.FIRST_LOOK_ALONE_SECONDS >= 5
+        while not calendar.due("m0") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert calendar.due("m0") and reads == [1], "the look a held step asked for did not come"
+    finally:
+        calendar._stop.set()
+        calendar._wake.set()
+        watcher.join(5)
+    assert not watcher.is_alive()
+
+
 def test_a_step_comes_first_on_its_pool_unless_another_run_s_waiting_step_is_planned_before_it():
     calendar = RunCalendar("me", "name-me", logging.getLogger("test"))
     calendar.entry = _planned_entry("me", NOW, [("m0", NOW + 1, NOW + 3, "planned")])

@@ -130,6 +130,10 @@ class PoolOrder:
             if r is None or r["state"] != "planned" or float(r["start"]) <= now + DUE_SLACK_SECONDS:
                 return True
             if self._others is None or self.run is None:
+                # no look yet (a run planned alone looks first when asked): ask for one,
+                # as first_on does, or a step held here would wait for the next re-plan
+                if time.monotonic() - self._looked >= FIRST_LOOK_SECONDS:
+                    self._wake.set()
                 return False
             pool, seconds = r["pool"], float(r["finish"]) - float(r["start"])
             # Others' overdue planned components (start passed, not running: waiting for
