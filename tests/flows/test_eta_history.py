@@ -93,6 +93,43 @@ def test_ratios_are_read_back_newest_first_per_key_and_short_plans_teach_nothing
     assert allowance(read_ratios(), key.removeprefix("planflow-eta-").removesuffix("-shared"), True).factor == 1.3
 
 
+def test_a_run_whose_pool_is_known_reads_only_its_keys_and_a_rare_key_on_from_where_it_stopped(
+    prefect_server, monkeypatch
+):
+    """In-process, a run's main pool is known before its plan: it reads the ratios of its
+    four keys only (its pipeline's and the pool's, alone and shared), RECENT a key a page,
+    not the newest 200 records of every pool; a key still short after a full page is read
+    on alone, from where the first page left it."""
+    from prefect.client.orchestration import SyncPrefectClient
+
+    pool, pipeline = f"bykey-{uuid.uuid4().hex[:8]}", "bykey-pipeline"
+    busy, rare, own = eta_key(pool, True), eta_key(pool, False), eta_key(pool, True, pipeline)
+    other = eta_key(f"other-{uuid.uuid4().hex[:8]}", True)
+    record([rare], planned_seconds=10.0, actual_seconds=11.0, flow_run_id=None)  # the oldest
+    record([rare], planned_seconds=10.0, actual_seconds=12.0, flow_run_id=None)
+    for i in range(5 * eta_history.RECENT):  # 40 newer records under the pool's shared key
+        record([busy], planned_seconds=10.0, actual_seconds=10.0 + i, flow_run_id=None)
+    record([own], planned_seconds=10.0, actual_seconds=15.0, flow_run_id=None)
+    record([other], planned_seconds=10.0, actual_seconds=20.0, flow_run_id=None)
+    asked = []
+    request = SyncPrefectClient.request
+
+    def counted(self, method, path, *args, **kwargs):
+        if path == "/artifacts/filter":
+            body = kwargs["json"]
+            asked.append((len(body["artifacts"]["key"]["any_"]), body["offset"], body["limit"]))
+        return request(self, method, path, *args, **kwargs)
+
+    monkeypatch.setattr(SyncPrefectClient, "request", counted)
+    found = read_ratios(pool=pool, pipeline=pipeline)
+    recent = eta_history.RECENT
+    assert found[busy] == [round(1.0 + (5 * recent - 1 - i) / 10, 4) for i in range(recent)]  # its newest
+    assert found[own] == [1.5] and found[rare] == [1.2, 1.1] and other not in found
+    # the 4 keys' newest 32 rows (the own record and 31 of the pool's); then the 3 keys still
+    # short, after the 1 row of theirs read: the rare key's two
+    assert asked == [(4, 0, 4 * recent), (3, 1, 3 * recent)]
+
+
 def test_the_calendars_eta_is_the_planned_makespan_times_the_allowance_as_the_run_goes_on(pool):
     calendar = RunCalendar(str(uuid.uuid4()), "allowed", logging.getLogger("test"))
     now = time.time()

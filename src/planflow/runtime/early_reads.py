@@ -57,6 +57,7 @@ class EarlyReads:
     ratios: Future[dict[str, list[float]] | None] | None
     history: Future[Any] | None
     history_store: dict[str, Any] = field(default_factory=dict)
+    ratios_pool: str | None = None  # the pool the ratios were read for by key (None: every pool's)
     _taken: bool = False
     _lock: Lock = field(default_factory=Lock)
 
@@ -76,12 +77,14 @@ def _read_history(pipeline: Pipeline, store: dict[str, Any]) -> None:
 
 
 @contextmanager
-def early_reads(pipeline: Pipeline, policy: str = "plan") -> Iterator[None]:
+def early_reads(pipeline: Pipeline, policy: str = "plan", pool: str | None = None) -> Iterator[None]:
     """Within: the reads of a run of `pipeline` under `policy` are under way, for the run's
-    body to take (take). One Prefect client serves them and the call (the flow engine
-    takes the client of its context). On the way out the reads have ended: none is left
-    running after the call, whether its run took them or not (a run refused before its
-    body, e.g. for a bad parameter, leaves them untaken; their errors then go with them)."""
+    body to take (take); `pool`: the run's main pool when known before its plan (an
+    in-process run's local pool), whose ETA ratios are then read by key. One Prefect
+    client serves them and the call (the flow engine takes the client of its context).
+    On the way out the reads have ended: none is left running after the call, whether its
+    run took them or not (a run refused before its body, e.g. for a bad parameter, leaves
+    them untaken; their errors then go with them)."""
     shared, planned = settings().shared_slots, policy == "plan"
     store: dict[str, Any] = {}
     fresh = SyncClientContext.get() is None  # a new client: it asks for a CSRF token first
@@ -103,9 +106,10 @@ def early_reads(pipeline: Pipeline, policy: str = "plan") -> Iterator[None]:
                 calendar_read=planned,
                 blocks=submit(read_run_blocks),
                 limits=limits,
-                ratios=submit(read_ratios_or_none) if shared else None,
+                ratios=submit(read_ratios_or_none, pool, pipeline.name) if shared else None,
                 history=submit(_read_history, pipeline, store) if planned else None,
                 history_store=store,
+                ratios_pool=pool,
             )
             token = _EARLY.set(reads)
             try:

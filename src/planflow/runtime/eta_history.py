@@ -46,6 +46,7 @@ ETA_TYPE = "planflow-eta-history"
 KEY_PREFIX = "planflow-eta-"
 KEY_MAX = 100  # Prefect's limit on an artifact key's length
 RECENT = 8  # runs of one kind the allowance is learned from
+MAX_PAGES = 8  # the most requests one read by key makes
 MIN_FACTOR, MAX_FACTOR = 0.5, 3.0  # an allowance outside these is taken as these
 MIN_PLANNED_SECONDS = 1.0  # a run planned shorter than this teaches nothing (its ratio is noise)
 MIN_OWN = 2  # a pipeline's own runs make its allowance once this many are recorded
@@ -95,13 +96,49 @@ def main_pool(assignments: Mapping[str, Any]) -> str | None:
     return min(load, key=lambda pool: (-load[pool], pool)) if load else None
 
 
-def read_ratios(limit: int = 200) -> dict[str, list[float]]:
-    """The last RECENT ratios under each key, newest first: one request for the newest
-    `limit` records of every pool (read before the plan, when the run's main pool is not
-    known yet)."""
-    body = {"artifacts": {"type": {"any_": [ETA_TYPE]}}, "sort": "CREATED_DESC", "limit": limit}
+def read_ratios(limit: int = 200, pool: str | None = None, pipeline: str | None = None) -> dict[str, list[float]]:
+    """The last RECENT ratios under each key, newest first.
+
+    With `pool` (a run whose main pool is known before its plan: in-process, its local
+    pool): only the keys a run of `pipeline` there takes its allowance from (alone and
+    shared; its pipeline's and the pool's), RECENT records per key a page; a key still
+    short while others filled the page is read on from where it stopped, alone (usually
+    one request of a few dozen rows). Without: the newest `limit` records of every pool in
+    one request (the main pool is not known yet): 200 rows once 200 runs recorded
+    theirs, 19-38 ms of the server's CPU per run against 4 ms by key, measured."""
+    if pool is None:
+        body = {"artifacts": {"type": {"any_": [ETA_TYPE]}}, "sort": "CREATED_DESC", "limit": limit}
+        with get_client(sync_client=True) as client:
+            return _ratios(client.request("POST", "/artifacts/filter", json=body).json())
+    names = (pipeline, None) if pipeline else (None,)
+    keys = list(dict.fromkeys(eta_key(pool, shared, name) for shared in (True, False) for name in names))
+    rows: list[dict[str, Any]] = []
+    read = dict.fromkeys(keys, 0)  # rows read per key: the newest of each, in order
+    short = keys
     with get_client(sync_client=True) as client:
-        rows = client.request("POST", "/artifacts/filter", json=body).json()
+        for _ in range(MAX_PAGES):
+            page = RECENT * len(short)
+            # The newest `page` rows of the keys still short, after the ones already read
+            # of them: rows of any set of keys come newest first, so those are a prefix.
+            body = {
+                "artifacts": {"type": {"any_": [ETA_TYPE]}, "key": {"any_": short}},
+                "sort": "CREATED_DESC",
+                "offset": sum(read[key] for key in short),
+                "limit": page,
+            }
+            got = client.request("POST", "/artifacts/filter", json=body).json()
+            rows += got
+            for row in got:
+                read[row.get("key")] = read.get(row.get("key"), 0) + 1
+            if len(got) < page:
+                break  # the keys still short have no more
+            short = [key for key in keys if read[key] < RECENT and key in short]
+            if not short:
+                break
+    return _ratios(rows)
+
+
+def _ratios(rows: list[dict[str, Any]]) -> dict[str, list[float]]:
     found: dict[str, list[float]] = {}
     for row in rows:
         data, key = row.get("data"), row.get("key")
@@ -111,11 +148,11 @@ def read_ratios(limit: int = 200) -> dict[str, list[float]]:
     return found
 
 
-def read_ratios_or_none() -> dict[str, list[float]] | None:
+def read_ratios_or_none(pool: str | None = None, pipeline: str | None = None) -> dict[str, list[float]] | None:
     """read_ratios, or None (a warning logged) when the server could not answer: the run
     goes on with its plan's own makespan as its ETA."""
     try:
-        return read_ratios()
+        return read_ratios(pool=pool, pipeline=pipeline)
     except (httpx.HTTPError, ValueError) as exc:
         logger.warning("how late earlier runs finished could not be read (%s): the ETA is the plan's makespan", exc)
         return None

@@ -105,7 +105,9 @@ class PipelineFlow(Flow):
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         policy = kwargs.get("policy", DEFAULT_POLICY)
-        with tags.created_with_tags(self.pipeline.name), early_reads(self.pipeline, policy):
+        # in-process, the run's main pool is its local pool, known now (the ETA's read by key)
+        pool = kwargs.get("local_pool", DEFAULT_POOL) if kwargs.get("mode", "inprocess") == "inprocess" else None
+        with tags.created_with_tags(self.pipeline.name), early_reads(self.pipeline, policy, pool):
             return super().__call__(*args, **kwargs)
 
 

@@ -114,7 +114,10 @@ def read_for_run(
                 release_untaken(early_lock)
             if lock_calendar and locked is None:
                 locked = submit(locked_calendar, planned)
-            ratios = started(early and early.ratios, read_ratios_or_none) if lock_calendar else None  # the ETA's
+            # the ETA's, by key for the run's main pool when known (in-process: its local pool)
+            pool = local_pool if mode == "inprocess" else None
+            early_ratios = early.ratios if early is not None and early.ratios_pool == pool else None
+            ratios = started(early_ratios, read_ratios_or_none, pool, pipeline.name) if lock_calendar else None
             tagged = beside(tag_flow_run, flow_run, pipeline.name) if flow_run is not None else None
             # one request for both blocks (early: read already, or under way)
             pools = beside(_pools_and_settings, mode, local_pool, early.blocks if early else None)
