@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import time
 
+import distributed
 import pytest
 from prefect import flow
 
@@ -16,6 +17,7 @@ from planflow.core import discovery as registry
 from planflow.ops import dask as cluster
 from planflow.ops.processes import wait_until
 from planflow.ops.server import free_port
+from planflow.runtime import dask_submit
 from planflow.runtime.dask_cluster import DaskClusterError, DaskResourceError
 from planflow.runtime.dask_executor import DaskExecutor
 from planflow.runtime.dispatch import Assignment
@@ -143,3 +145,10 @@ def test_a_worker_unpickles_a_runs_context_once_for_all_the_steps_it_runs():
     assert all(len(ids) == 1 for ids in first.values()), first  # one flow object per worker process
     assert sum(len(ids) for ids in first.values()) <= WORKERS and first
     assert all(not first[pid] & ids for pid, ids in second.items() if pid in first), (first, second)
+    # each run's end has the workers drop its context (its flow, pipeline and parameters)
+    with distributed.Client(os.environ["PLANFLOW_DASK_ADDRESS"], timeout=30) as client:
+
+        def kept() -> dict[str, int]:
+            return client.run(lambda: len(dask_submit._UNPICKLED))
+
+        assert wait_until(lambda: not any(kept().values()), 10), kept()

@@ -21,6 +21,7 @@ That is what the history learns (reporters.HistoryReporter reads `StepRecord.ran
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +40,7 @@ from planflow.runtime.executors import Executor, StepFuture
 from planflow.runtime.tags import step_task
 from planflow.settings import settings
 
+logger = logging.getLogger("planflow.dask")
 OUTCOME_PRIORITY = 100  # Dask runs higher first; steps are submitted at 0
 
 
@@ -140,7 +142,12 @@ class DaskExecutor(Executor):
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
-        self._submitter = None
+        submitter, self._submitter = self._submitter, None
+        if submitter is not None:
+            try:
+                submitter.close()
+            except Exception as exc:  # noqa: BLE001 - the workers drop it among their oldest anyway
+                logger.debug("the workers were not told to drop the run's context: %s", exc)
         if self._runner is not None:
             self._runner.__exit__(*exc_info)
             self._runner = None

@@ -42,23 +42,43 @@ from prefect.tasks import Task
 from prefect.utilities.engine import collect_task_run_inputs_sync
 
 RUNS_KEPT = 8  # the contexts a worker process keeps unpickled: runs at once on a cluster
-_UNPICKLED: OrderedDict[str, dict[str, Any]] = OrderedDict()
+_UNPICKLED: OrderedDict[str, _Context] = OrderedDict()
 _UNPICKLED_LOCK = Lock()
+
+
+class _Context:
+    """One run's context in a worker process: unpickled once, by its first step (the
+    others of the run wait for it, on its own lock: another run's steps do not)."""
+
+    def __init__(self) -> None:
+        self.lock = Lock()
+        self.value: dict[str, Any] | None = None
 
 
 def _unpickled(run: str, context: bytes) -> dict[str, Any]:
     """Run `run`'s context (`context` pickled), unpickled once in this process (the steps
-    of a run on one worker share it: read, never changed). Under the lock: a worker's
-    first steps of a run, started together, wait for one unpickling, not one each."""
+    of a run on one worker share it: read, never changed). The first step of a run
+    unpickles it (which may import the pipeline's modules: seconds, on a new worker) while
+    its run's other first steps wait; the steps of other runs go on."""
     with _UNPICKLED_LOCK:
         found = _UNPICKLED.get(run)
         if found is None:
-            found = _UNPICKLED[run] = cloudpickle.loads(context)
+            found = _UNPICKLED[run] = _Context()
             while len(_UNPICKLED) > RUNS_KEPT:
                 _UNPICKLED.popitem(last=False)
         else:
             _UNPICKLED.move_to_end(run)
-        return found
+    with found.lock:
+        if found.value is None:
+            found.value = cloudpickle.loads(context)
+        return found.value
+
+
+def forget(run: str) -> None:
+    """Drop run `run`'s context from this worker process (the run ended: its flow, its
+    pipeline and its parameters no longer held)."""
+    with _UNPICKLED_LOCK:
+        _UNPICKLED.pop(run, None)
 
 
 def run_task(task: Task, run: str, context: bytes, asset_context: dict[str, Any], **kwargs: Any) -> Any:
@@ -80,6 +100,12 @@ class RunSubmitter:
         self.client = client
         self.context = cloudpickle.dumps(serialize_context())
         self.run = str(uuid4())  # the workers' key to it, unpickled (_unpickled)
+
+    def close(self) -> None:
+        """The run ended: each worker drops its context (a round trip to the workers; one
+        that does not answer drops it later, among its oldest RUNS_KEPT). Waited for: the
+        run's client closes next, and a message not sent by then was lost."""
+        self.client.run(forget, self.run, on_error="ignore")
 
     def submit(self, step: str, task: Task, parameters: Mapping[str, Any]) -> tuple[distributed.Future, UUID]:
         """`task` called with `parameters` (upstream outputs as Dask futures) on the
