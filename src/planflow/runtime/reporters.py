@@ -145,10 +145,11 @@ class ProgressReporter(Reporter):
     def flush(self) -> None:
         progress = 100.0 * self.finished / self.total if self.total else 0.0
         if self.artifact_id is None and self.run is not None:
+            run, self.run = self.run, None  # tried once: a server that refused it is not asked every flush
             self.artifact_id = create_progress_artifact(
                 progress=progress,
-                key=reporting.artifact_key(self.run.pipeline, "progress"),
-                description=f"{self.run.pipeline.name}: share of components finished",
+                key=reporting.artifact_key(run.pipeline, "progress"),
+                description=f"{run.pipeline.name}: share of components finished",
             )
             self.shown = progress
         elif self.artifact_id is not None and progress != self.shown:
