@@ -99,10 +99,15 @@ class PoolOrder:
         now = time.time() if now is None else now
         mine = _due_place(self._place(step), now)
         first = waiting is not None and not any(_due_place(other, now) < mine for other in waiting.get(pool, ()))
-        # not first, or no look yet (the first one failed: a busy server): look again soon
-        if not first and time.monotonic() - self._looked >= FIRST_LOOK_SECONDS:
-            self._wake.set()
+        if not first:  # not first, or no look yet (none asked for, or it failed): look again soon
+            self._ask_for_look()
         return first
+
+    def _ask_for_look(self) -> None:
+        """Wake the watcher for a look at the calendar, unless it looked less than
+        FIRST_LOOK_SECONDS ago."""
+        if time.monotonic() - self._looked >= FIRST_LOOK_SECONDS:
+            self._wake.set()
 
     def _place(self, step: str) -> tuple[float, float, str]:
         """`step`'s place in its pool's order: (planned start, run's planning time, run id)."""
@@ -130,10 +135,9 @@ class PoolOrder:
             if r is None or r["state"] != "planned" or float(r["start"]) <= now + DUE_SLACK_SECONDS:
                 return True
             if self._others is None or self.run is None:
-                # no look yet (a run planned alone looks first when asked): ask for one,
-                # as first_on does, or a step held here would wait for the next re-plan
-                if time.monotonic() - self._looked >= FIRST_LOOK_SECONDS:
-                    self._wake.set()
+                # no look yet (a run planned alone looks first when asked): ask for one, or
+                # a step held here would wait for the next re-plan
+                self._ask_for_look()
                 return False
             pool, seconds = r["pool"], float(r["finish"]) - float(r["start"])
             # Others' overdue planned components (start passed, not running: waiting for
