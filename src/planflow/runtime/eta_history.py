@@ -96,6 +96,12 @@ def main_pool(assignments: Mapping[str, Any]) -> str | None:
     return min(load, key=lambda pool: (-load[pool], pool)) if load else None
 
 
+def known_main_pool(mode: str, local_pool: str) -> str | None:
+    """A run's main pool when it is known before its plan: in-process, its local pool
+    (its ratios are then read by key, `read_ratios(pool=...)`); else None."""
+    return local_pool if mode == "inprocess" else None
+
+
 def read_ratios(limit: int = 200, pool: str | None = None, pipeline: str | None = None) -> dict[str, list[float]]:
     """The last RECENT ratios under each key, newest first.
 

@@ -25,6 +25,7 @@ from planflow.prefect.blocks.registry import DEFAULT_POOL
 from planflow.runtime import tags
 from planflow.runtime.caching import result_serializer
 from planflow.runtime.early_reads import early_reads
+from planflow.runtime.eta_history import known_main_pool
 from planflow.runtime.run_end import finish_reporting
 from planflow.runtime.runner import run_pipeline
 from planflow.runtime.watchdog import unwatch_run
@@ -33,6 +34,7 @@ Policy = Literal["plan", "fifo"]
 Mode = Literal["inprocess", "distributed", "dask"]
 RUN_OPTIONS = ("policy", "mode", "local_pool", "refresh")
 DEFAULT_POLICY = "plan"  # the flow's default, which its call's early reads assume too
+DEFAULT_MODE = "inprocess"  # ... likewise
 
 
 def pipeline_tags(pipeline: Pipeline) -> list[str]:
@@ -65,7 +67,7 @@ def _typed_function(pipeline: Pipeline):
     namespace["_default_pool"] = DEFAULT_POOL
     params += [
         f"policy: Policy = {DEFAULT_POLICY!r}",
-        "mode: Mode = 'inprocess'",
+        f"mode: Mode = {DEFAULT_MODE!r}",
         "local_pool: str = _default_pool",
         "refresh: bool = False",
     ]
@@ -105,8 +107,7 @@ class PipelineFlow(Flow):
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         policy = kwargs.get("policy", DEFAULT_POLICY)
-        # in-process, the run's main pool is its local pool, known now (the ETA's read by key)
-        pool = kwargs.get("local_pool", DEFAULT_POOL) if kwargs.get("mode", "inprocess") == "inprocess" else None
+        pool = known_main_pool(kwargs.get("mode", DEFAULT_MODE), kwargs.get("local_pool", DEFAULT_POOL))
         with tags.created_with_tags(self.pipeline.name), early_reads(self.pipeline, policy, pool):
             return super().__call__(*args, **kwargs)
 

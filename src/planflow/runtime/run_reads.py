@@ -39,7 +39,7 @@ from planflow.prefect.limits import read_limits
 from planflow.runtime.calendar import locked_calendar
 from planflow.runtime.early_reads import here, release_untaken
 from planflow.runtime.early_reads import take as take_early_reads
-from planflow.runtime.eta_history import read_ratios_or_none
+from planflow.runtime.eta_history import known_main_pool, read_ratios_or_none
 from planflow.runtime.history import read_history, read_once
 from planflow.runtime.planning import PlanInputs, plan_inputs, run_pools
 from planflow.runtime.tags import tag_flow_run
@@ -115,7 +115,7 @@ def read_for_run(
             if lock_calendar and locked is None:
                 locked = submit(locked_calendar, planned)
             # the ETA's, by key for the run's main pool when known (in-process: its local pool)
-            pool = local_pool if mode == "inprocess" else None
+            pool = known_main_pool(mode, local_pool)
             early_ratios = early.ratios if early is not None and early.ratios_pool == pool else None
             ratios = started(early_ratios, read_ratios_or_none, pool, pipeline.name) if lock_calendar else None
             tagged = beside(tag_flow_run, flow_run, pipeline.name) if flow_run is not None else None
