@@ -147,7 +147,7 @@ class DaskExecutor(Executor):
             try:
                 submitter.close()
             except Exception as exc:  # noqa: BLE001 - the workers drop it among their oldest anyway
-                logger.debug("the workers were not told to drop the run's context: %s", exc)
+                logger.warning("%s (they drop it later, among their oldest)", exc)
         if self._runner is not None:
             self._runner.__exit__(*exc_info)
             self._runner = None

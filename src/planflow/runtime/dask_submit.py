@@ -28,9 +28,9 @@ Written against prefect-dask 0.3.7 and prefect 3.8.8 (pinned in constraints.txt)
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections import OrderedDict
 from collections.abc import Mapping
-from threading import Lock
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -41,9 +41,10 @@ from prefect.task_engine import run_task_async, run_task_sync
 from prefect.tasks import Task
 from prefect.utilities.engine import collect_task_run_inputs_sync
 
+FORGET_SECONDS = 5.0  # the longest a run's end waits for its workers to drop its context
 RUNS_KEPT = 8  # the contexts a worker process keeps unpickled: runs at once on a cluster
 _UNPICKLED: OrderedDict[str, _Context] = OrderedDict()
-_UNPICKLED_LOCK = Lock()
+_UNPICKLED_LOCK = threading.Lock()
 
 
 class _Context:
@@ -51,7 +52,7 @@ class _Context:
     others of the run wait for it, on its own lock: another run's steps do not)."""
 
     def __init__(self) -> None:
-        self.lock = Lock()
+        self.lock = threading.Lock()
         self.value: dict[str, Any] | None = None
 
 
@@ -102,10 +103,24 @@ class RunSubmitter:
         self.run = str(uuid4())  # the workers' key to it, unpickled (_unpickled)
 
     def close(self) -> None:
-        """The run ended: each worker drops its context (a round trip to the workers; one
-        that does not answer drops it later, among its oldest RUNS_KEPT). Waited for: the
-        run's client closes next, and a message not sent by then was lost."""
-        self.client.run(forget, self.run, on_error="ignore")
+        """The run ended: each worker drops its context (a round trip to the workers, waited
+        for at most FORGET_SECONDS: the run's client closes next, and a message not sent by
+        then was lost). TimeoutError when the workers did not answer in time; they drop it
+        later anyway, among their oldest RUNS_KEPT."""
+        failed: list[BaseException] = []
+
+        def tell() -> None:
+            try:
+                self.client.run(forget, self.run, on_error="ignore")
+            except Exception as exc:  # noqa: BLE001 - said by the caller, below
+                failed.append(exc)
+
+        thread = threading.Thread(target=tell, name="planflow-dask-forget", daemon=True)
+        thread.start()
+        thread.join(FORGET_SECONDS)
+        if thread.is_alive() or failed:
+            why = f"{failed[0]}" if failed else f"no answer within {FORGET_SECONDS:g} s"
+            raise TimeoutError(f"the Dask workers were not told to drop run {self.run}'s context: {why}")
 
     def submit(self, step: str, task: Task, parameters: Mapping[str, Any]) -> tuple[distributed.Future, UUID]:
         """`task` called with `parameters` (upstream outputs as Dask futures) on the
