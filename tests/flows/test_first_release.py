@@ -33,6 +33,7 @@ OFF_PATH = ("planflow-report", "planflow-replan", "planflow-calendar", "planflow
 # Now (3 seen): Prefect's two, the entry's save beside the first slots: a called flow's reads,
 # planning slot and calendar included, go while Prefect creates its run (early_reads.py).
 MAX_ROUNDS = 4
+ATTEMPTS = 3  # runs measured at most, until one keeps to MAX_ROUNDS
 # What a called flow reads on its early threads, once each, before its run's body
 EARLY = sorted(
     [
@@ -114,24 +115,34 @@ def test_the_first_component_comes_after_few_rounds_of_requests_and_holds_its_sl
     comp = component(entry_present, cpu=0.1, mem_gib=0.01, est_seconds=0.05, pools=[POOL])
     run = to_flow(Pipeline("first-release", [Step(f"c{i}", comp) for i in range(6)], description="6 trivial"))
     run(local_pool=POOL)  # warm: this process's first run
-    first = FirstRelease()
-    unsubscribe = subscribe(first)
-    SEEN.clear()
-    try:
-        requests = Requests(monkeypatch)
-        summary = run(local_pool=POOL)
-    finally:
-        unsubscribe()
-    run_id = summary["flow_run_id"]
-    assert {s["state"] for s in summary["steps"].values()} == {"Completed"}
-    assert SEEN == [True] * 6  # every component ran while its run's entry was in the calendar
+    requests = Requests(monkeypatch)
+    listings = []
+    # Rounds are told apart by time: on a loaded machine, requests meant side by side can
+    # miss each other and count as two rounds, never the reverse (a request sent after
+    # another's answer always starts a round). So the fewest rounds of a few runs is the
+    # path's: an extra request on it shows in every run.
+    for _ in range(ATTEMPTS):
+        first = FirstRelease()
+        unsubscribe = subscribe(first)
+        SEEN.clear()
+        requests.sent.clear()
+        try:
+            summary = run(local_pool=POOL)
+        finally:
+            unsubscribe()
+        run_id = summary["flow_run_id"]
+        assert {s["state"] for s in summary["steps"].values()} == {"Completed"}
+        assert SEEN == [True] * 6  # every component ran while its run's entry was in the calendar
 
-    sent = [r for r in requests.sent if "/logs" not in r[4] and "/events" not in r[4]]
-    running = min(r[1] for r in sent if r[4] == f"/api/flow_runs/{run_id}/set_state")  # the Running state
-    released = first.at[run_id]
-    path = [r for r in sent if running <= r[0] < released and not r[2].startswith(OFF_PATH)]
-    listing = "\n".join(f"{a - running:6.3f} {b - a:6.3f} {t} {m} {p}" for a, b, t, m, p in sorted(path))
-    assert rounds(path) <= MAX_ROUNDS, listing
+        sent = [r for r in requests.sent if "/logs" not in r[4] and "/events" not in r[4]]
+        running = min(r[1] for r in sent if r[4] == f"/api/flow_runs/{run_id}/set_state")  # the Running state
+        released = first.at[run_id]
+        path = [r for r in sent if running <= r[0] < released and not r[2].startswith(OFF_PATH)]
+        listing = "\n".join(f"{a - running:6.3f} {b - a:6.3f} {t} {m} {p}" for a, b, t, m, p in sorted(path))
+        listings.append(listing)
+        if rounds(path) <= MAX_ROUNDS:
+            break
+    assert rounds(path) <= MAX_ROUNDS, "\n\n".join(listings)
     # the pools and the settings read once per run, in one request, and no block type or
     # schema registered on the way
     blocks = [r for r in sent if "/block_documents" in r[4]]
