@@ -104,23 +104,15 @@ class RunSubmitter:
 
     def close(self) -> None:
         """The run ended: each worker drops its context (a round trip to the workers, waited
-        for at most FORGET_SECONDS: the run's client closes next, and a message not sent by
-        then was lost). TimeoutError when the workers did not answer in time; they drop it
-        later anyway, among their oldest RUNS_KEPT."""
-        failed: list[BaseException] = []
-
-        def tell() -> None:
-            try:
-                self.client.run(forget, self.run, on_error="ignore")
-            except Exception as exc:  # noqa: BLE001 - said by the caller, below
-                failed.append(exc)
-
-        thread = threading.Thread(target=tell, name="planflow-dask-forget", daemon=True)
-        thread.start()
-        thread.join(FORGET_SECONDS)
-        if thread.is_alive() or failed:
-            why = f"{failed[0]}" if failed else f"no answer within {FORGET_SECONDS:g} s"
-            raise TimeoutError(f"the Dask workers were not told to drop run {self.run}'s context: {why}")
+        for at most FORGET_SECONDS, distributed's own bound on a call: the run's client
+        closes next, and a message not sent by then was lost). TimeoutError when the workers
+        did not answer in time or the call failed; they drop it later anyway, among their
+        oldest RUNS_KEPT."""
+        try:
+            self.client.run(forget, self.run, on_error="ignore", callback_timeout=FORGET_SECONDS)
+        except Exception as exc:  # noqa: BLE001 - said by the caller, with why
+            why = f"no answer within {FORGET_SECONDS:g} s" if isinstance(exc, TimeoutError) else f"{exc}"
+            raise TimeoutError(f"the Dask workers were not told to drop run {self.run}'s context: {why}") from exc
 
     def submit(self, step: str, task: Task, parameters: Mapping[str, Any]) -> tuple[distributed.Future, UUID]:
         """`task` called with `parameters` (upstream outputs as Dask futures) on the
