@@ -87,13 +87,19 @@ class ServerWatchdog:
     def _watch(self) -> None:
         timeout = max(0.5, min(5.0, self.bound / 3))
         last_answer = time.monotonic()
-        with httpx.Client(timeout=timeout, headers=self.headers) as http:
-            while not self._stop.wait(self.interval):
+        # the client is made for the first look, one interval in, not at the run's start,
+        # where the TLS context it builds (when not shared: tls_verify) ran beside the
+        # run's first steps; a run shorter than the interval makes none
+        if self._stop.wait(self.interval):
+            return
+        with httpx.Client(timeout=timeout, headers=self.headers, verify=prefect_api.tls_verify()) as http:
+            while True:
                 if self._healthy(http):
                     last_answer = time.monotonic()
-                    continue
-                if time.monotonic() - last_answer >= self.bound and not self._stop.is_set():
+                elif time.monotonic() - last_answer >= self.bound and not self._stop.is_set():
                     self.on_lost(lost_message(self.api_url, self.bound))
+                    return
+                if self._stop.wait(self.interval):
                     return
 
 
@@ -175,7 +181,7 @@ def mark_crashed(flow_run_id: str, cause: str, wait: float = CRASH_WAIT_SECONDS,
     Crashed unless it is final already. Returns what was done."""
     deadline = time.monotonic() + wait
     url = prefect_api.api_url()
-    with httpx.Client(timeout=5, headers=prefect_api.auth_headers()) as http:
+    with httpx.Client(timeout=5, headers=prefect_api.auth_headers(), verify=prefect_api.tls_verify()) as http:
         while True:
             try:
                 if http.get(f"{url}/health").status_code == 200:
