@@ -29,6 +29,10 @@ keys to the same file):
   recording the last run's task runs from their events, planflow's writes after its
   final state): the median wait and the waits that ran out (`--no-quiet`: none, as
   before 2026-12-05);
+- before each timed run the benchmark's process makes a full garbage collection
+  (`gc.collect()`): a full collection due in the middle of a run of 40 took 0.11-0.12 s
+  of its 0.4-0.6 s (measured with gc.callbacks on the plain flow, about one run in eight),
+  whichever flow it fell on;
 - `busy_503_<N>`: requests the server answered 503 (a retryable database error, on SQLite
   "database is locked") over all rounds of N, counted in the server's log (the server is
   started with `PREFECT_SERVER_LOG_RETRYABLE_ERRORS=true`; each is a client back-off of
@@ -43,6 +47,7 @@ size (the flow's thread: the dispatcher's path). Writes bench/results/overhead.j
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import statistics
@@ -175,6 +180,7 @@ def measure(n: int, rounds: int, first: FirstRelease, log: Path, quiet: bool = T
         result: dict[str, float] = {}
         busy_before = busy_answers(log)
         for kind in ("planflow", "prefect") if r % 2 == 0 else ("prefect", "planflow"):
+            gc.collect()  # a full collection now, not one due in the middle of the timed run
             if quiet:  # each run on a quiet server, not in the tail of the one before
                 waits.append(settle())
                 if waits[-1] is None:  # counted in quiet_timeouts_<N>; said now too
