@@ -160,8 +160,9 @@ def test_the_first_component_comes_after_few_rounds_of_requests_and_holds_its_sl
     again = [r for r in sent if r[2].startswith("planflow-read") and r[4] in EARLY]
     assert not again, again
     # the call's new Prefect client asks for a CSRF token once, not once per thread (Prefect's
-    # async client, on its own loop after the run, asks for its own)
-    tokens = [r for r in sent if r[4] == "/api/csrf-token" and r[0] < released]
+    # async client, on its own loop, asks for its own: after the run, which can fall at the
+    # start of the next run's window, one run in five here)
+    tokens = [r for r in sent if r[4] == "/api/csrf-token" and r[0] < released and r[2] != "GlobalEventLoopThread"]
     assert len(tokens) <= 1, tokens
     registering = [r for r in sent if "/block_types/" in r[4] and "/block_documents" not in r[4] or "checksum" in r[4]]
     assert not registering, registering
