@@ -71,3 +71,19 @@ def test_the_tls_context_follows_prefects_settings_and_is_built_once():
     with temporary_settings(updates={PREFECT_API_TLS_INSECURE_SKIP_VERIFY: True}):
         insecure = prefect_api.tls_verify()
     assert insecure.verify_mode == ssl.CERT_NONE and not insecure.check_hostname
+
+
+def test_a_watchdog_keeps_the_tls_settings_of_the_run_that_made_it(monkeypatch):
+    """Its thread does not see the settings context of the run that started it: the
+    settings are read when it is made, the context built from them at its first look."""
+    made = _counting(monkeypatch)
+    said = threading.Event()
+    with temporary_settings(updates={PREFECT_API_TLS_INSECURE_SKIP_VERIFY: True}):
+        api = f"http://127.0.0.1:{free_port()}/api"
+        dog = ServerWatchdog(api, bound=0.2, on_lost=lambda _: said.set(), interval=0.05)
+    dog.start()
+    try:
+        assert said.wait(10), "the watchdog never reported the lost server"
+    finally:
+        dog.stop()
+    assert made[0]["verify"].verify_mode == ssl.CERT_NONE

@@ -48,14 +48,22 @@ def auth_headers() -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"} if key else {}
 
 
-def tls_verify() -> ssl.SSLContext:
-    """The TLS context Prefect's own client would use for the API (an httpx client's
-    `verify`): no verification under PREFECT_API_TLS_INSECURE_SKIP_VERIFY, else the CA file
-    PREFECT_API_SSL_CERT_FILE or certifi's (httpx's default). One per setting and process: building one
-    loads the CA file, about 40 ms of CPU, which an httpx client built without `verify`
-    spends at each construction (the run's server watchdog did, at every run's start)."""
+def tls_settings() -> tuple[bool, str | None]:
+    """Prefect's TLS settings for the API as the current context has them: whether to skip
+    verifying the server's certificate (PREFECT_API_TLS_INSECURE_SKIP_VERIFY), and the CA
+    file (PREFECT_API_SSL_CERT_FILE; None: certifi's)."""
     settings = get_current_settings().api
-    return _tls_context(bool(settings.tls_insecure_skip_verify), settings.ssl_cert_file or None)
+    return bool(settings.tls_insecure_skip_verify), settings.ssl_cert_file or None
+
+
+def tls_verify(tls: tuple[bool, str | None] | None = None) -> ssl.SSLContext:
+    """The TLS context Prefect's own client would use for the API (an httpx client's
+    `verify`) under `tls` (tls_settings(); read now when None): no verification under
+    PREFECT_API_TLS_INSECURE_SKIP_VERIFY, else the CA file PREFECT_API_SSL_CERT_FILE or
+    certifi's (httpx's default). One per setting and process: building one loads the CA
+    file, about 40 ms of CPU, which an httpx client built without `verify` spends at each
+    construction (the run's server watchdog did, at every run's start)."""
+    return _tls_context(*(tls if tls is not None else tls_settings()))
 
 
 @functools.cache

@@ -68,6 +68,7 @@ class ServerWatchdog:
         # fleet burst's largest share of requests after the slots' (215 of 3,800)
         self.interval = interval if interval is not None else max(0.2, min(5.0, bound / 6))
         self.headers = headers or {}
+        self.tls = prefect_api.tls_settings()  # the caller's settings; the context is built at the first look
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="planflow-server-watchdog", daemon=True)
 
@@ -92,7 +93,7 @@ class ServerWatchdog:
         # run's first steps; a run shorter than the interval makes none
         if self._stop.wait(self.interval):
             return
-        with httpx.Client(timeout=timeout, headers=self.headers, verify=prefect_api.tls_verify()) as http:
+        with httpx.Client(timeout=timeout, headers=self.headers, verify=prefect_api.tls_verify(self.tls)) as http:
             while True:
                 if self._healthy(http):
                     last_answer = time.monotonic()
