@@ -8,6 +8,8 @@ from typing import Any
 import httpx
 from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
 
+from planflow.monitoring import prefect_api
+
 
 def read_events(
     api_url: str,
@@ -30,7 +32,7 @@ def read_events(
     if resource_prefix:
         body["filter"]["any_resource"] = {"id_prefix": [resource_prefix]}
     out: list[dict] = []
-    with httpx.Client(timeout=30, headers=headers or {}) as http:
+    with httpx.Client(timeout=30, headers=headers or {}, verify=prefect_api.tls_verify()) as http:
         page = http.post(f"{api_url}/events/filter", json=body)
         page.raise_for_status()
         data = page.json()

@@ -114,7 +114,9 @@ class Exporter:
         # A quick plain check first: Prefect's client retries connection errors with
         # backoff, which would stall the exporter while the server is down.
         try:
-            async with httpx.AsyncClient(timeout=2.0, headers=prefect_api.auth_headers()) as http:
+            async with httpx.AsyncClient(
+                timeout=2.0, headers=prefect_api.auth_headers(), verify=prefect_api.tls_verify()
+            ) as http:
                 return (await http.get(f"{self.api_url}/health")).status_code == 200
         except httpx.HTTPError:
             return False

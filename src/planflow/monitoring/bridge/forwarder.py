@@ -106,7 +106,9 @@ class Forwarder:
             sleep=self._backoff,
             before_sleep=self._failed,
         )
-        async with httpx.AsyncClient(timeout=10.0, headers=prefect_api.auth_headers()) as http:
+        async with httpx.AsyncClient(
+            timeout=10.0, headers=prefect_api.auth_headers(), verify=prefect_api.tls_verify()
+        ) as http:
             self._http = http
             while not self.stop.is_set():
                 try:
