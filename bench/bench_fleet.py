@@ -87,10 +87,12 @@ from bench.fleet_measure import (
     over_capacity,
     plan_rows_planned,
     server_cpu_seconds,
+    settle,
     trace,
     waits,
 )
 from bench.fleet_report import POLICIES, RESULTS, summarise, write
+from bench.server_requests import count_requests, log_offset, top_routes
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK_POOL = "bench-fleet"
@@ -446,6 +448,10 @@ def run_burst(
     policy = POLICIES[policy_name]
     sampler = LedgerSampler()
     sampler.start()
+    from planflow.settings import StatePaths
+
+    log = StatePaths.discover().log_file
+    log_start = log_offset(log)
     submitted, cpu_before, server_before = time.time(), machine_cpu_seconds(), server_cpu_seconds()
     planflow = policy_name == "planflow"
     created = submit(deployments, burst, policy["policy"], policy["shared"], hold and planflow, learn=planflow)
@@ -456,7 +462,13 @@ def run_burst(
         server_after = server_cpu_seconds()
         sampler.stop_event.set()
         sampler.join(10)
+    # the burst's writes after its runs' final states (history, artifacts, slots given
+    # back) are its own: counted once the server is quiet, before the next burst starts
+    quiet = settle()
+    requests = count_requests(log, log_start)
     figures = burst_figures(runs, submitted, declared, context, sampler.cpu_held, sampler.turn_held)
+    figures["trace"].update(server_requests=sum(requests.values()), quiet_after_s=_rounded(quiet))
+    figures["server_requests_by_route"] = top_routes(requests)
     figures["trace"].update(machine_cpu(cpu_used, wall, figures["trace"].get("solo_cpu_work_s", 0.0)))
     if server_before is not None and server_after is not None:
         figures["trace"]["server_cpu_s"] = round(server_after - server_before, 1)
@@ -470,6 +482,10 @@ def run_burst(
         ledger_limits=sorted(sampler.limits),
     )
     return figures
+
+
+def _rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 1)
 
 
 # -- the whole benchmark --------------------------------------------------------------

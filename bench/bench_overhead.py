@@ -33,6 +33,10 @@ keys to the same file):
   (`gc.collect()`): a full collection due in the middle of a run of 40 took 0.11-0.12 s
   of its 0.4-0.6 s (measured with gc.callbacks on the plain flow, about one run in eight),
   whichever flow it fell on;
+- `planflow_requests_<N>`, `prefect_requests_<N>`: the median number of requests the
+  Prefect server took for one run of each (its access log, server_requests.py), from the
+  call until the server was quiet after it (a run's writes after its final state
+  included); steadier than the times, and on this server each costs it 4-25 ms of CPU;
 - `busy_503_<N>`: requests the server answered 503 (a retryable database error, on SQLite
   "database is locked") over all rounds of N, counted in the server's log (the server is
   started with `PREFECT_SERVER_LOG_RETRYABLE_ERRORS=true`; each is a client back-off of
@@ -55,6 +59,9 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from bench.fleet_measure import SETTLE_SECONDS, settle
+from bench.server_requests import count_requests, log_offset
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -136,29 +143,6 @@ class FirstRelease:
         return self.first[flow_run_id] - started.timestamp()
 
 
-QUIET_CPU_SECONDS = 0.01  # the server used less CPU than this ...
-QUIET_WINDOW_SECONDS = 0.25  # ... over this long: it is quiet
-SETTLE_SECONDS = 20.0  # the most one wait for quiet lasts (the run goes on then, counted)
-
-
-def settle(timeout: float = SETTLE_SECONDS) -> float | None:
-    """Wait until the Prefect server has gone quiet (less than QUIET_CPU_SECONDS of its
-    process's CPU over QUIET_WINDOW_SECONDS): the last run's tail done, the server's
-    processing of its task-run events and planflow's writes after its final state. The
-    seconds waited; None at the timeout or when the server's CPU cannot be read."""
-    from bench.fleet_measure import server_cpu_seconds
-
-    started = time.perf_counter()
-    last = server_cpu_seconds()
-    while last is not None and time.perf_counter() - started < timeout:
-        time.sleep(QUIET_WINDOW_SECONDS)
-        now = server_cpu_seconds()
-        if now is not None and now - last < QUIET_CPU_SECONDS:
-            return time.perf_counter() - started
-        last = now
-    return None
-
-
 def timed(call: Any) -> tuple[float, float, Any]:
     """Call `call` (a flow called with `return_state=True`): the seconds from the call to
     its run's Completed state, the seconds until it returned, and the state."""
@@ -185,13 +169,18 @@ def measure(n: int, rounds: int, first: FirstRelease, log: Path, quiet: bool = T
                 waits.append(settle())
                 if waits[-1] is None:  # counted in quiet_timeouts_<N>; said now too
                     print(f"N={n} round {r + 1}: the server was not quiet after {SETTLE_SECONDS:.0f} s", flush=True)
+            log_start = log_offset(log)
             if kind == "planflow":
                 result["planflow_s"], result["planflow_call_s"], state = timed(
                     lambda: ours(local_pool=POOL, return_state=True)
                 )
-                result["first_release_s"] = first.seconds_after_start(str(state.state_details.flow_run_id))
             else:
-                result["prefect_s"], result["prefect_call_s"], _ = timed(lambda: plain(return_state=True))
+                result["prefect_s"], result["prefect_call_s"], state = timed(lambda: plain(return_state=True))
+            # the run's requests, its writes after the final state included (once the server is quiet)
+            settle()
+            result[f"{kind}_requests"] = sum(count_requests(log, log_start).values())
+            if kind == "planflow":
+                result["first_release_s"] = first.seconds_after_start(str(state.state_details.flow_run_id))
         result["ratio"] = result["planflow_s"] / result["prefect_s"]
         result["ratio_call"] = result["planflow_call_s"] / result["prefect_call_s"]
         result["busy_503"] = busy_answers(log) - busy_before
@@ -206,6 +195,8 @@ def measure(n: int, rounds: int, first: FirstRelease, log: Path, quiet: bool = T
         f"planflow_call_s_{n}": round(statistics.median(x["planflow_call_s"] for x in rows), 3),
         f"prefect_call_s_{n}": round(statistics.median(x["prefect_call_s"] for x in rows), 3),
         f"busy_503_{n}": sum(int(x["busy_503"]) for x in rows),
+        f"planflow_requests_{n}": statistics.median(x["planflow_requests"] for x in rows),
+        f"prefect_requests_{n}": statistics.median(x["prefect_requests"] for x in rows),
         f"quiet_wait_s_{n}": round(statistics.median(w for w in waits if w is not None), 2) if any(waits) else None,
         f"quiet_timeouts_{n}": sum(1 for w in waits if w is None) if quiet else None,
     }
@@ -271,6 +262,11 @@ def main(argv: list[str] | None = None) -> dict:
     return figures
 
 
+def requests_keys(mode: str, n: int) -> tuple[str, str]:
+    """The keys of the requests per run of N (in-process only: the Dask benchmark does not count them)."""
+    return (f"planflow_requests_{n}", f"prefect_requests_{n}") if mode == "inprocess" else ("-", "-")
+
+
 def write(figures: dict[str, Any]) -> None:
     """Merge `figures` into overhead.json (other benchmarks add their keys there too) and
     write overhead.md from everything the file then holds."""
@@ -290,8 +286,8 @@ def write(figures: dict[str, Any]) -> None:
         "of Prefect's heartbeat thread (the last three columns).",
         "",
         "| N | mode | planflow s | plain Prefect s | ratio | flow run start to first release s "
-        "| until the call returned: planflow s | plain s | ratio |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| until the call returned: planflow s | plain s | ratio | server requests per run: planflow | plain |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for mode in ("inprocess", "dask"):
         for n in sizes:
@@ -308,6 +304,7 @@ def write(figures: dict[str, Any]) -> None:
                 f"ratio_call_{mode}_{n}",
             )
             cells = ["-" if merged.get(k) is None else f"{merged[k]:.2f}" for k in keys]
+            cells += ["-" if merged.get(k) is None else f"{merged[k]:g}" for k in requests_keys(mode, n)]
             lines.append(f"| {n} | {mode} | " + " | ".join(cells) + " |")
     (RESULTS / "overhead.md").write_text("\n".join(lines) + "\n")
 

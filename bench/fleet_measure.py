@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -242,6 +243,27 @@ def server_cpu_seconds() -> float | None:
     except (OSError, ValueError, psutil.Error):
         return None
     return t.user + t.system + t.children_user + t.children_system
+
+
+QUIET_CPU_SECONDS = 0.01  # the server used less CPU than this ...
+QUIET_WINDOW_SECONDS = 0.25  # ... over this long: it is quiet
+SETTLE_SECONDS = 20.0  # the most one wait for quiet lasts (the run goes on then, counted)
+
+
+def settle(timeout: float = SETTLE_SECONDS) -> float | None:
+    """Wait until the Prefect server has gone quiet (less than QUIET_CPU_SECONDS of its
+    process's CPU over QUIET_WINDOW_SECONDS): the last run's tail done, the server's
+    processing of its task-run events and planflow's writes after its final state. The
+    seconds waited; None at the timeout or when the server's CPU cannot be read."""
+    started = time.perf_counter()
+    last = server_cpu_seconds()
+    while last is not None and time.perf_counter() - started < timeout:
+        time.sleep(QUIET_WINDOW_SECONDS)
+        now = server_cpu_seconds()
+        if now is not None and now - last < QUIET_CPU_SECONDS:
+            return time.perf_counter() - started
+        last = now
+    return None
 
 
 def machine_cpu(used_s: float, seconds: float, work_s: float) -> dict[str, float]:

@@ -29,6 +29,9 @@ class TempServer:
             PLANFLOW_HOME=str(self.home),
             PREFECT_API_URL=f"http://127.0.0.1:{self.port}/api",
             PREFECT_SERVER_ANALYTICS_ENABLED="false",
+            # uvicorn's access log: one line per request in the server's log, which the
+            # benchmarks count by route (server_requests.py)
+            PREFECT_SERVER_LOGGING_LEVEL="INFO",
         )
         os.environ.pop("PLANFLOW_BRIDGE_TOKEN", None)
         from planflow.settings import StatePaths, apply_client_env
