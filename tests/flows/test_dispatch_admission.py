@@ -195,7 +195,7 @@ def test_every_lease_goes_back_at_a_run_s_end_though_one_give_back_fails(monkeyp
     idle leases, before it waits) raise instead."""
     given: list[str] = []
 
-    def release(lease_id, limit: str) -> None:
+    def release(lease_id, limit: str, slots: int) -> None:
         if limit == "gone":
             raise httpx.ConnectError("the server went away")
         given.append(limit)

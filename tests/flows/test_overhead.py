@@ -238,13 +238,15 @@ def test_short_steps_waiting_for_a_full_pool_stop_asking_for_a_batch_the_server_
     assert active_slots([CPU, MEM]) == {CPU: 0, MEM: 0}
 
 
-def test_a_limit_read_by_one_run_stands_for_this_machines_other_runs_until_slots_of_it_move(pool):
+def test_a_limit_read_by_one_run_stands_for_this_machines_other_runs_kept_up_to_date_by_what_they_announce(pool):
     """Runs on one machine share their reads of a limit (shared_reads.py): a read one run
-    made is taken by another as its own while it is as fresh, and slots taken or given
-    back on this machine make it stale for all of them (announced: slot_wake.py)."""
+    made is taken by another as its own while it is as fresh, and the slots taken or given
+    back on this machine, announced with their counts (slot_wake.py), are counted into
+    every run's read without reading it again. An announcement without a count (an older
+    planflow's) makes the read stale, as before."""
     with RunSlots() as a, RunSlots() as b:
         assert a._wake is not None and a._wake.path is not None, "no private folder for this machine's runs"
-        announce_taken(CPU)  # as if slots were taken just now: what a test before left is stale for both
+        announce_taken(CPU)  # no count: what a test before left is stale for both
         first = a.limit_now(CPU, woken=True)
         assert b.limit_now(CPU, woken=True) == first and first.active_slots == 0
         assert (a.reads, b.reads, b.reads_shared) == (1, 0, 1)
@@ -252,13 +254,33 @@ def test_a_limit_read_by_one_run_stands_for_this_machines_other_runs_until_slots
         with hog:
             held = hog.take(Assignment("hog", POOL, {"cpu": 1}, 0))
             assert held is not None
-            assert b.limit_now(CPU, woken=True).active_slots == 1000  # the take made the shared read stale
-            assert a.limit_now(CPU, woken=True).active_slots == 1000  # ... and b's new read stands for a
-            assert (a.reads, a.reads_shared, b.reads) == (1, 1, 1)
+            # the take, heard with its count, is in both runs' reads: nobody read again
+            assert b.limit_now(CPU, woken=True).active_slots == 1000
+            assert a.limit_now(CPU).active_slots == 1000  # a claim's read too
+            assert (a.reads, b.reads) == (1, 0)
+            assert active_slots([CPU]) == {CPU: 1000}  # as the server holds it
             held.close()
-        assert hog.wait_closed()  # its lease given back, and announced
-        assert a.limit_now(CPU, woken=True).active_slots == 0
-        assert a.reads == 2
+        assert hog.wait_closed()  # its lease given back, and announced with its count
+        assert a.limit_now(CPU, woken=True).active_slots == 0 and b.limit_now(CPU).active_slots == 0
+        assert (a.reads, b.reads) == (1, 0)
+        announce_taken(CPU)  # no count: stale again, read again
+        assert a.limit_now(CPU, woken=True).active_slots == 0 and a.reads == 2
+
+
+def test_a_change_heard_while_a_read_was_on_its_way_errs_towards_free(pool):
+    """A read of a limit, then changes heard: slots given back since it began and slots
+    taken since it was answered are counted into it; a take heard before it was answered
+    may be in it already, so it is not counted twice (a step would wait for free slots)."""
+    from planflow.runtime.shared_reads import LimitSeen
+
+    with RunSlots() as a:
+        read = (100.0, LimitSeen(2000, 1000), 100.2)  # began, as read, answered
+        a._changes[CPU] = [(100.1, +1000), (100.1, -1000), (100.3, +500), (99.0, -1000)]
+        # -1000 (after it began) and +500 (after it was answered) count; the +1000 heard while
+        # it was on its way may be in it: not counted; the -1000 before it began is in it
+        assert a._up_to_date(CPU, read) == LimitSeen(2000, 500)
+        a._changes[CPU] = [(100.1, -5000)]
+        assert a._up_to_date(CPU, read) == LimitSeen(2000, 0)  # never fewer than none held
 
 
 def test_one_read_of_a_pools_limit_brings_its_other_limits_as_they_are_then(pool):

@@ -104,3 +104,27 @@ def test_it_is_off_with_planflow_slot_wake_false(server, monkeypatch):
     here, _ = _listener()
     assert here.path is None
     here.close()
+
+
+def test_a_count_said_with_a_limit_reaches_the_listener_and_a_malformed_one_is_left_out(server):
+    """`announce(limit, slots)` and `announce_taken(limit, slots)` say how many slots moved:
+    the listener gets the count as a second argument (RunSlots counts it into its reads);
+    without one, or with one that is not a count, it gets the limit alone (its read of it
+    is then stale, as before)."""
+    from planflow.runtime.slot_wake import announce_taken
+
+    heard: queue.Queue[tuple] = queue.Queue()
+    here = SlotWake(lambda *args: heard.put(("freed", *args)), lambda *args: heard.put(("taken", *args)))
+    try:
+        announce("planflow-local-cpu-millicores", 1500)
+        assert heard.get(timeout=HEARD_SECONDS) == ("freed", "planflow-local-cpu-millicores", 1500)
+        announce_taken("planflow-local-mem-mib", 2048)
+        assert heard.get(timeout=HEARD_SECONDS) == ("taken", "planflow-local-mem-mib", 2048)
+        announce_taken("planflow-local-turn")
+        assert heard.get(timeout=HEARD_SECONDS) == ("taken", "planflow-local-turn")
+        here.hear("planflow-local-gpu -3")  # not a count: the limit alone
+        assert heard.get(timeout=HEARD_SECONDS) == ("freed", "planflow-local-gpu")
+        here.hear("planflow-local-gpu 99999999999")  # more digits than any limit holds: left out
+        assert heard.get(timeout=HEARD_SECONDS) == ("freed", "planflow-local-gpu")
+    finally:
+        here.close()

@@ -45,9 +45,9 @@ class AdmissionError(RuntimeError):
     """A step could not take its pool's slots within the bound; it holds none."""
 
 
-def _release(lease: UUID, limit: str | None = None) -> None:
-    """Give back `lease`; once the server took its slots back, tell this machine's runs
-    waiting for `limit` (slot_wake.py)."""
+def _release(lease: UUID, limit: str | None = None, slots: int | None = None) -> None:
+    """Give back `lease` (of `slots` slots, when known); once the server took its slots
+    back, tell this machine's runs waiting for `limit` (slot_wake.py)."""
     with get_client(sync_client=True) as client:
         try:
             client.release_concurrency_slots_with_lease(lease)
@@ -58,7 +58,7 @@ def _release(lease: UUID, limit: str | None = None) -> None:
             logger.warning("could not give back lease %s (%s); its slots return when it runs out", lease, exc)
             return
     if limit is not None:
-        announce(limit)
+        announce(limit, slots)
 
 
 class SharedSlots:

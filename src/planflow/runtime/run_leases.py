@@ -167,15 +167,19 @@ class RunLeases:
 
         if len(leases) <= 1:
             for lease in leases:
-                settle(lambda lease=lease: _release(lease.id, lease.limit))
+                settle(lambda lease=lease: _release(lease.id, lease.limit, lease.slots))
             return
         given = []
         for i, lease in enumerate(leases):
             try:
-                given.append(self._threads_pool.submit(contextvars.copy_context().run, _release, lease.id, lease.limit))
+                given.append(
+                    self._threads_pool.submit(
+                        contextvars.copy_context().run, _release, lease.id, lease.limit, lease.slots
+                    )
+                )
             except RuntimeError:  # its threads were shut down (the run's end): the rest one by one, here
                 for rest in leases[i:]:
-                    settle(lambda rest=rest: _release(rest.id, rest.limit))
+                    settle(lambda rest=rest: _release(rest.id, rest.limit, rest.slots))
                 break
         for future in given:  # each request is bounded by the client's timeout; this wait too
             settle(lambda future=future: future.result(CLOSE_SECONDS))
@@ -265,10 +269,17 @@ class RunLeases:
         lease = Lease(UUID(granted["lease_id"]), name, n, n, renewed=time.monotonic(), born=time.time())
         with self._lock:
             self._leases.append(lease)
-            self._changed_at[name] = time.time()  # it holds fewer free now
+            if not self._hears_counts():  # else this run hears its own grant, as the others do
+                self._changed_at[name] = time.time()  # it holds fewer free now
         if self._wake is not None:
-            announce_taken(name)  # this machine's other runs: their reads of it are stale
+            announce_taken(name, n)  # this machine's runs: their reads of it, brought up to date
         return lease
+
+    def _hears_counts(self) -> bool:
+        """This run hears the grants and give-backs of this machine's runs, its own too,
+        with their counts (slot_wake.py): its reads of a limit are kept up to date by them."""
+        wake = self._wake
+        return wake is not None and wake.path is not None
 
     def _releaser(self) -> None:
         while True:

@@ -67,6 +67,7 @@ SEEN_SECONDS = 0.1  # a limit read stands this long (limit_now), about one dispa
 # (slot_wake.py): a give-back here makes the read stale at once, so only slots freed by
 # another machine's runs or an expired lease wait for it (runs asked at every 0.25 s round)
 SEEN_WOKEN_SECONDS = 1.0
+CHANGES_KEPT_SECONDS = 5.0  # changes heard are kept this long: longer than any read stands
 CONTENDED_SECONDS = 10.0  # a limit that refused the run this recently is read before it is asked (_contended)
 UNKNOWN_FREE = 1 << 30  # free_now of a limit it could not read: ask, and let the increment say why
 
@@ -137,6 +138,9 @@ class RunSlots(RunLeases, SharedSlots):
         self._seen: dict[str, tuple[float, Any]] = {}  # limit name -> (read started, as read) this round (limit_now)
         self._seen_woken: dict[str, tuple[float, Any]] = {}  # the same, for reads that stand longer (woken)
         self._hearing_since = float("inf")  # when its listener began hearing this machine's runs (__enter__)
+        # limit -> the changes of its held slots heard on this machine, (when, +taken/-given back)
+        self._changes: dict[str, list[tuple[float, int]]] = {}
+        self._heard_lock = threading.Lock()
 
     @property
     def poll_seconds(self) -> float:
@@ -226,14 +230,48 @@ class RunSlots(RunLeases, SharedSlots):
         refused step waits for are given back on this machine."""
         self._wake_dispatcher = wake
 
-    def _taken(self, limit: str) -> None:
-        """Slots of `limit` were taken on this machine (slot_wake.py): a read begun before is stale."""
-        self._changed_at[limit] = time.time()
+    def _taken(self, limit: str, slots: int | None = None) -> None:
+        """`slots` slots of `limit` were taken on this machine (slot_wake.py): counted into
+        this run's reads of it (limit_now); a read begun before is stale when the count is
+        unknown."""
+        if slots is None:
+            self._changed_at[limit] = time.time()
+        else:
+            self._heard(limit, slots)
 
-    def _freed(self, limit: str) -> None:
-        """Slots of `limit` were given back (slot_wake.py's listener thread)."""
-        self._changed_at[limit] = time.time()  # a read of it begun before is stale (limit_now)
+    def _freed(self, limit: str, slots: int | None = None) -> None:
+        """`slots` slots of `limit` were given back (slot_wake.py's listener thread)."""
+        if slots is None:
+            self._changed_at[limit] = time.time()  # a read of it begun before is stale (limit_now)
+        else:
+            self._heard(limit, -slots)
         self._spare(limit)
+
+    def _heard(self, limit: str, change: int) -> None:
+        """Keep a change of `limit`'s held slots heard now, for the reads made before it."""
+        now = time.time()
+        with self._heard_lock:
+            changes = self._changes.setdefault(limit, [])
+            changes.append((now, change))
+            while changes and changes[0][0] < now - CHANGES_KEPT_SECONDS:
+                changes.pop(0)
+
+    def _up_to_date(self, name: str, seen: tuple[float, LimitSeen | None, float]) -> LimitSeen | None:
+        """A read of limit `name` (begun, as read, answered) with the changes heard since:
+        slots given back since it began, slots taken since it was answered. A change heard
+        while the read was on its way may be in it or not: counted so that the read errs
+        towards free (the increment that follows finds out, and a refusal makes it stale),
+        not towards full (a step would wait for slots that are free)."""
+        began, read, answered = seen
+        if read is None:
+            return None
+        with self._heard_lock:
+            change = sum(
+                n for at, n in self._changes.get(name, ()) if (n < 0 and at > began) or (n > 0 and at > answered)
+            )
+        if not change:
+            return read
+        return LimitSeen(read.limit, max(0, read.active_slots + change))
 
     def _spare(self, limit: str) -> None:
         """A lease of `limit` was left here to be taken over (or its slots given back): a
@@ -440,25 +478,29 @@ class RunSlots(RunLeases, SharedSlots):
     def limit_now(self, name: str, woken: bool = False) -> LimitSeen | None:
         """Limit `name` as last read (None: it does not exist), read again when that read is
         older than SEEN_SECONDS or this dispatcher round, or began before the limit changed
-        as far as this run knows (slots of it given back here, this run's grant or refusal).
-        `woken`: a read that only decides whether to ask again stands SEEN_WOKEN_SECONDS
-        while this run hears this machine's takes and give-backs (a look at a pool's turn
-        too; the claims' reads stay per round: they decide what a claim takes). A read
-        another run on this machine made that is as fresh is taken instead of asking the
-        server (shared_reads.py)."""
+        as far as this run knows (this run's refusal; slots of it given back or taken here
+        when the count was not said). `woken`: a read that only decides whether to ask
+        again stands SEEN_WOKEN_SECONDS while this run hears this machine's takes and
+        give-backs (a look at a pool's turn too). While it hears them with their counts
+        (slot_wake.py), every read stands that long, the claims' too, brought up to date by
+        what it heard since (`_up_to_date`): only what other machines' runs did, or leases
+        that ran out, waits for the next read. A read another run on this machine made
+        that is as fresh is taken instead of asking the server (shared_reads.py)."""
+        counted = self._hears_counts()
+        woken = woken or counted
         cache = self._seen_woken if woken else self._seen
         hears = woken and self._wake is not None and self._wake.path is not None
         stands = SEEN_WOKEN_SECONDS if hears else SEEN_SECONDS
         fresh_after = max(time.time() - stands, self._changed_at.get(name, -1.0))
         seen = cache.get(name)
         if seen is not None and seen[0] > fresh_after:
-            return seen[1]
+            return self._up_to_date(name, seen) if counted else seen[1]
         # another run's read, begun once this run heard every change announced here
         shared = shared_reads.load(name, max(fresh_after, self._hearing_since)) if self._wake is not None else None
         if shared is not None:
             self.reads_shared += 1
             cache[name] = shared
-            return shared[1]
+            return self._up_to_date(name, shared) if counted else shared[1]
         started = time.time()
         client = self._client
         self.reads += 1
@@ -469,11 +511,12 @@ class RunSlots(RunLeases, SharedSlots):
                 n: LimitSeen(int(limit.limit), int(limit.active_slots))
                 for n, limit in pool_limits_now(client, name).items()
             }
+        answered = time.time()
         found.setdefault(name, None)  # None: it does not exist
         for other, read in found.items():
             for kept in (self._seen, self._seen_woken):
                 if other == name or kept.get(other, (-1e9,))[0] < started:
-                    kept[other] = (started, read)
+                    kept[other] = (started, read, answered)
             if self._wake is not None:
-                shared_reads.store(other, started, read)
+                shared_reads.store(other, started, read, answered)
         return found[name]

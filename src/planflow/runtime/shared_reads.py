@@ -87,19 +87,24 @@ def store_read(key: str, began: float, read: Any) -> None:
                 os.unlink(temporary)
 
 
-def load(name: str, began_after: float) -> tuple[float, LimitSeen | None] | None:
+def load(name: str, began_after: float) -> tuple[float, LimitSeen | None, float] | None:
     """The last shared read of limit `name` when it began after `began_after` (wall clock):
-    (when it began, the limit or None for a limit that does not exist); else None."""
+    (when it began, the limit or None for a limit that does not exist, when it was
+    answered); else None."""
     found = load_read(f"limit:{name}", began_after)
     if found is None:
         return None
     began, read = found
     try:
-        return began, (LimitSeen(int(read["limit"]), int(read["active_slots"])) if read is not None else None)
-    except (KeyError, TypeError, ValueError):
+        if read.get("limit") is None:
+            return began, None, float(read["answered"])
+        return began, LimitSeen(int(read["limit"]), int(read["active_slots"])), float(read["answered"])
+    except (AttributeError, KeyError, TypeError, ValueError):
         return None
 
 
-def store(name: str, began: float, seen: LimitSeen | None) -> None:
-    """Leave a read of limit `name` (begun at `began`, wall clock) for this machine's runs."""
-    store_read(f"limit:{name}", began, {"limit": seen.limit, "active_slots": seen.active_slots} if seen else None)
+def store(name: str, began: float, seen: LimitSeen | None, answered: float) -> None:
+    """Leave a read of limit `name` (begun at `began`, answered at `answered`, wall clock)
+    for this machine's runs."""
+    read = {"limit": seen.limit, "active_slots": seen.active_slots} if seen else {"limit": None}
+    store_read(f"limit:{name}", began, {**read, "answered": answered})

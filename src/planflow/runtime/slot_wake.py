@@ -15,12 +15,15 @@ leading "~": it wakes the runs waiting for its limit like a give-back, and leave
 reads of the limit standing (the server's count did not change).
 
 Slots taken are announced too (`announce_taken`, the name with a leading "+"): they wake
-nobody, they only make the limit's last read stale in every run that hears it (runs on
-one machine share their reads of a limit: shared_reads.py). Runs in the same process
-hear each other at once, not through their sockets.
+nobody. Each datagram also says how many slots changed (`name 2`, `+name 2`), so a run
+that hears it brings its last read of the limit up to date instead of reading it again
+(runs on one machine share their reads of a limit: shared_reads.py; an announcement
+without a count, from an older planflow, makes the read stale as before). Runs in the
+same process hear each other at once, not through their sockets.
 
-Nothing here grants anything: a datagram only makes a run ask the server sooner. A lost,
-late or forged one costs at most one request, and runs on other machines still poll. The
+Nothing here grants anything: a datagram only makes a run ask the server sooner, or later.
+A lost, late or forged one costs at most one request or a wait until the read is read
+again (RunSlots: a second at most), and runs on other machines still poll. The
 folder is private to the user (0700, checked); a socket whose process died is removed by
 the next sender. PLANFLOW_SLOT_WAKE=false turns it off (polling alone).
 
@@ -112,14 +115,27 @@ def _made_private(path: Path) -> bool:
     return stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid() and not stat.S_IMODE(info.st_mode) & 0o077
 
 
-def announce(limit: str) -> None:
-    """Tell this machine's runs on the same server that slots of `limit` were given back."""
-    _send(limit)
+def announce(limit: str, slots: int | None = None) -> None:
+    """Tell this machine's runs on the same server that slots of `limit` (how many, when
+    known) were given back."""
+    _send(limit + _count(slots))
 
 
-def announce_taken(limit: str) -> None:
-    """Tell this machine's runs on the same server that slots of `limit` were taken."""
-    _send(TAKEN + limit)
+def announce_taken(limit: str, slots: int | None = None) -> None:
+    """Tell this machine's runs on the same server that slots of `limit` (how many, when
+    known) were taken."""
+    _send(TAKEN + limit + _count(slots))
+
+
+def _count(slots: int | None) -> str:
+    """The datagram's tail that says how many slots changed (none when unknown)."""
+    return f" {int(slots)}" if slots is not None and slots > 0 else ""
+
+
+def _parsed(text: str) -> tuple[str, int | None]:
+    """A datagram's limit and its count of slots (None: not said, e.g. by an older planflow)."""
+    name, _, count = text.partition(" ")
+    return name, int(count) if count.isdigit() and len(count) <= 9 else None
 
 
 def announce_spare(limit: str) -> None:
@@ -160,11 +176,18 @@ def _send(text: str) -> None:
             # EAGAIN: its queue is full, it wakes anyway; other errors: it polls as before
 
 
+def _with_count(text: str) -> tuple[str] | tuple[str, int]:
+    """A callback's arguments: the limit, and the count when the datagram said it."""
+    name, count = _parsed(text)
+    return (name,) if count is None else (name, count)
+
+
 class SlotWake:
-    """One run's listener: `on_freed(limit)` is called on its own thread for each limit
-    whose slots another run (or this one) gave back, `on_taken(limit)` for each whose
-    slots were taken, `on_spare(limit)` for each with a lease left to be taken over
-    (on_freed without it). Does nothing where there is no folder."""
+    """One run's listener: `on_freed(limit[, slots])` is called on its own thread for each
+    limit whose slots another run (or this one) gave back, `on_taken(limit[, slots])` for
+    each whose slots were taken (`slots`: how many, when the announcer said it),
+    `on_spare(limit)` for each with a lease left to be taken over (on_freed without it).
+    Does nothing where there is no folder."""
 
     def __init__(
         self,
@@ -196,15 +219,16 @@ class SlotWake:
 
     def hear(self, text: str) -> None:
         """One announcement: a limit's slots given back, taken ("+" and its name), or a
-        lease of it left to be taken over ("~")."""
+        lease of it left to be taken over ("~"). A count after the name (`name 2`) says how
+        many slots were given back or taken: the callback gets it as a second argument."""
         try:
             if text.startswith(TAKEN):
                 if self.on_taken is not None:
-                    self.on_taken(text[len(TAKEN) :])
+                    self.on_taken(*_with_count(text[len(TAKEN) :]))
             elif text.startswith(SPARE):
                 (self.on_spare or self.on_freed)(text[len(SPARE) :])
             else:
-                self.on_freed(text)
+                self.on_freed(*_with_count(text))
         except Exception as exc:  # a wake-up is a hint: its failure leaves the poll
             logger.warning("a slot wake-up failed (%s); the run polls", exc)
 
