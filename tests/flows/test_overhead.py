@@ -267,22 +267,6 @@ def test_a_limit_read_by_one_run_stands_for_this_machines_other_runs_kept_up_to_
         assert a.limit_now(CPU, woken=True).active_slots == 0 and a.reads == 2
 
 
-def test_a_change_heard_while_a_read_was_on_its_way_errs_towards_free(pool):
-    """A read of a limit, then changes heard: slots given back since it began and slots
-    taken since it was answered are counted into it; a take heard before it was answered
-    may be in it already, so it is not counted twice (a step would wait for free slots)."""
-    from planflow.runtime.shared_reads import LimitSeen
-
-    with RunSlots() as a:
-        read = (100.0, LimitSeen(2000, 1000), 100.2)  # began, as read, answered
-        a._changes[CPU] = [(100.1, +1000), (100.1, -1000), (100.3, +500), (99.0, -1000)]
-        # -1000 (after it began) and +500 (after it was answered) count; the +1000 heard while
-        # it was on its way may be in it: not counted; the -1000 before it began is in it
-        assert a._up_to_date(CPU, read) == LimitSeen(2000, 500)
-        a._changes[CPU] = [(100.1, -5000)]
-        assert a._up_to_date(CPU, read) == LimitSeen(2000, 0)  # never fewer than none held
-
-
 def test_one_read_of_a_pools_limit_brings_its_other_limits_as_they_are_then(pool):
     """A waiting run reads its pool's memory, cores and turn within one round: the first
     read brings all of them (one request), each as the server held it then, for this run

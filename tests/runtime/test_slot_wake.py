@@ -128,3 +128,26 @@ def test_a_count_said_with_a_limit_reaches_the_listener_and_a_malformed_one_is_l
         assert heard.get(timeout=HEARD_SECONDS) == ("freed", "planflow-local-gpu")
     finally:
         here.close()
+
+
+def test_a_change_heard_while_a_read_was_on_its_way_errs_towards_free():
+    """A read of a limit, then changes heard (shared_reads.HeardChanges): slots given back
+    since it began and slots taken since it was answered are counted into it; a take heard
+    while it was on its way may be in it already, so it is not counted twice (a step would
+    wait for slots that are free)."""
+    from planflow.runtime.shared_reads import HeardChanges, LimitSeen
+
+    cpu = "planflow-local-cpu-millicores"
+    read = (100.0, LimitSeen(2000, 1000), 100.2)  # began, as read, answered
+    changes = HeardChanges()
+    for at, change in [(99.0, -1000), (100.1, +1000), (100.1, -1000), (100.3, +500)]:
+        changes.heard(cpu, change, at=at)
+    # -1000 after it began and +500 after it was answered count; the +1000 heard while it
+    # was on its way may be in it: not counted; the -1000 heard before it began is in it
+    assert changes.up_to_date(cpu, read) == LimitSeen(2000, 500)
+    assert changes.up_to_date("planflow-local-mem-mib", (100.0, LimitSeen(3072, 1024), 100.2)).active_slots == 1024
+    changes.heard(cpu, -5000, at=100.4)
+    assert changes.up_to_date(cpu, read) == LimitSeen(2000, 0)  # never fewer than none held
+    assert changes.up_to_date(cpu, (100.0, None, 100.2)) is None  # a limit that does not exist
+    changes.heard(cpu, +1000, at=200.0)  # heard long after: what is older than any read stands is dropped
+    assert changes.up_to_date(cpu, (199.0, LimitSeen(2000, 0), 199.5)) == LimitSeen(2000, 1000)

@@ -21,8 +21,9 @@ capacity - with fewer requests:
   write lock, refused or not, and queues behind (and holds up) every run's task-state
   writes. A limit that refused this run in the last CONTENDED_SECONDS is read first
   (`free_now`: at most one read per limit per dispatcher round; while this machine's runs
-  wake each other, a read stands until slots of that limit are given back here, or 1 s),
-  and asked only when the read says enough is free. In a burst of 8 runs on 2 cores,
+  announce to each other the slots they take and give back, with their counts, a read
+  stands 1 s, kept up to date by what they announce), and asked only when the read says
+  enough is free. In a burst of 8 runs on 2 cores,
   about 57 % of 867 increments were refused (the fleet benchmark, counted at the server).
 
 - **Handed over here.** A lease of a pool's cpu, memory or gpu given back is first left
@@ -67,7 +68,6 @@ SEEN_SECONDS = 0.1  # a limit read stands this long (limit_now), about one dispa
 # (slot_wake.py): a give-back here makes the read stale at once, so only slots freed by
 # another machine's runs or an expired lease wait for it (runs asked at every 0.25 s round)
 SEEN_WOKEN_SECONDS = 1.0
-CHANGES_KEPT_SECONDS = 5.0  # changes heard are kept this long: longer than any read stands
 CONTENDED_SECONDS = 10.0  # a limit that refused the run this recently is read before it is asked (_contended)
 UNKNOWN_FREE = 1 << 30  # free_now of a limit it could not read: ask, and let the increment say why
 
@@ -138,9 +138,7 @@ class RunSlots(RunLeases, SharedSlots):
         self._seen: dict[str, tuple[float, Any]] = {}  # limit name -> (read started, as read) this round (limit_now)
         self._seen_woken: dict[str, tuple[float, Any]] = {}  # the same, for reads that stand longer (woken)
         self._hearing_since = float("inf")  # when its listener began hearing this machine's runs (__enter__)
-        # limit -> the changes of its held slots heard on this machine, (when, +taken/-given back)
-        self._changes: dict[str, list[tuple[float, int]]] = {}
-        self._heard_lock = threading.Lock()
+        self._changes = shared_reads.HeardChanges()  # slots taken and given back on this machine, heard
 
     @property
     def poll_seconds(self) -> float:
@@ -237,41 +235,15 @@ class RunSlots(RunLeases, SharedSlots):
         if slots is None:
             self._changed_at[limit] = time.time()
         else:
-            self._heard(limit, slots)
+            self._changes.heard(limit, slots)
 
     def _freed(self, limit: str, slots: int | None = None) -> None:
         """`slots` slots of `limit` were given back (slot_wake.py's listener thread)."""
         if slots is None:
             self._changed_at[limit] = time.time()  # a read of it begun before is stale (limit_now)
         else:
-            self._heard(limit, -slots)
+            self._changes.heard(limit, -slots)
         self._spare(limit)
-
-    def _heard(self, limit: str, change: int) -> None:
-        """Keep a change of `limit`'s held slots heard now, for the reads made before it."""
-        now = time.time()
-        with self._heard_lock:
-            changes = self._changes.setdefault(limit, [])
-            changes.append((now, change))
-            while changes and changes[0][0] < now - CHANGES_KEPT_SECONDS:
-                changes.pop(0)
-
-    def _up_to_date(self, name: str, seen: tuple[float, LimitSeen | None, float]) -> LimitSeen | None:
-        """A read of limit `name` (begun, as read, answered) with the changes heard since:
-        slots given back since it began, slots taken since it was answered. A change heard
-        while the read was on its way may be in it or not: counted so that the read errs
-        towards free (the increment that follows finds out, and a refusal makes it stale),
-        not towards full (a step would wait for slots that are free)."""
-        began, read, answered = seen
-        if read is None:
-            return None
-        with self._heard_lock:
-            change = sum(
-                n for at, n in self._changes.get(name, ()) if (n < 0 and at > began) or (n > 0 and at > answered)
-            )
-        if not change:
-            return read
-        return LimitSeen(read.limit, max(0, read.active_slots + change))
 
     def _spare(self, limit: str) -> None:
         """A lease of `limit` was left here to be taken over (or its slots given back): a
@@ -483,7 +455,7 @@ class RunSlots(RunLeases, SharedSlots):
         again stands SEEN_WOKEN_SECONDS while this run hears this machine's takes and
         give-backs (a look at a pool's turn too). While it hears them with their counts
         (slot_wake.py), every read stands that long, the claims' too, brought up to date by
-        what it heard since (`_up_to_date`): only what other machines' runs did, or leases
+        what it heard since (shared_reads.HeardChanges): only what other machines' runs did, or leases
         that ran out, waits for the next read. A read another run on this machine made
         that is as fresh is taken instead of asking the server (shared_reads.py)."""
         counted = self._hears_counts()
@@ -494,13 +466,13 @@ class RunSlots(RunLeases, SharedSlots):
         fresh_after = max(time.time() - stands, self._changed_at.get(name, -1.0))
         seen = cache.get(name)
         if seen is not None and seen[0] > fresh_after:
-            return self._up_to_date(name, seen) if counted else seen[1]
+            return self._changes.up_to_date(name, seen) if counted else seen[1]
         # another run's read, begun once this run heard every change announced here
         shared = shared_reads.load(name, max(fresh_after, self._hearing_since)) if self._wake is not None else None
         if shared is not None:
             self.reads_shared += 1
             cache[name] = shared
-            return self._up_to_date(name, shared) if counted else shared[1]
+            return self._changes.up_to_date(name, shared) if counted else shared[1]
         started = time.time()
         client = self._client
         self.reads += 1

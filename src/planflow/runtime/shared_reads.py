@@ -10,11 +10,16 @@ there, and takes a read that began recently enough for it, exactly as it would t
 own. The calendar's looks are shared the same way (calendar.look_at_calendar: 272 reads
 of every entry in a burst); a run's re-plan still reads it from the server.
 
+Each read also says when it was answered: a run that takes it counts into it the slots
+taken and given back on this machine since (announced with their counts: slot_wake.py;
+HeardChanges), as into its own reads.
+
 Nothing here grants anything: a read only decides whether to ask the server for slots,
 whose increment is the one that counts. A stale, lost or forged file costs at most one
-refused request or one round's wait. The folder is private to the user (0700, checked);
-a file that cannot be read or parsed is taken as absent. PLANFLOW_SLOT_WAKE=false turns
-it off with the wake-ups (each run reads for itself).
+refused request or a wait until the limit is read again (a second at most). The folder
+is private to the user (0700, checked); a file that cannot be read or parsed is taken as
+absent. PLANFLOW_SLOT_WAKE=false turns it off with the wake-ups (each run reads for
+itself).
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ import hashlib
 import json
 import os
 import tempfile
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +38,7 @@ from typing import Any
 from planflow.runtime.slot_wake import private_subfolder
 
 MAX_BYTES = 512  # a file longer than a read of one limit is not ours: taken as absent
+CHANGES_KEPT_SECONDS = 5.0  # changes heard are kept this long: longer than any read stands
 
 
 @dataclass(frozen=True)
@@ -108,3 +116,40 @@ def store(name: str, began: float, seen: LimitSeen | None, answered: float) -> N
     for this machine's runs."""
     read = {"limit": seen.limit, "active_slots": seen.active_slots} if seen else {"limit": None}
     store_read(f"limit:{name}", began, {**read, "answered": answered})
+
+
+class HeardChanges:
+    """The changes of limits' held slots one run heard announced on this machine
+    (slot_wake.py: slots taken, +n, and given back, -n), counted into its reads of them.
+
+        changes.heard("planflow-local-cpu-millicores", -1000)   # a give-back heard now
+        changes.up_to_date(name, (began, LimitSeen(...), answered))
+    """
+
+    def __init__(self) -> None:
+        self._changes: dict[str, list[tuple[float, int]]] = {}
+        self._lock = threading.Lock()
+
+    def heard(self, limit: str, change: int, at: float | None = None) -> None:
+        """A change of `limit`'s held slots heard now (or `at`, wall clock)."""
+        at = time.time() if at is None else at
+        with self._lock:
+            changes = self._changes.setdefault(limit, [])
+            changes.append((at, change))
+            while changes and changes[0][0] < at - CHANGES_KEPT_SECONDS:
+                changes.pop(0)
+
+    def up_to_date(self, name: str, seen: tuple[float, LimitSeen | None, float]) -> LimitSeen | None:
+        """A read of limit `name` (began, as read, answered) with the changes heard since:
+        slots given back since it began, slots taken since it was answered. A change heard
+        while the read was on its way may be in it or not: counted so that the read errs
+        towards free (the increment that follows finds out, and a refusal makes the read
+        stale), not towards full (a step would wait for slots that are free)."""
+        began, read, answered = seen
+        if read is None:
+            return None
+        with self._lock:
+            change = sum(
+                n for at, n in self._changes.get(name, ()) if (n < 0 and at > began) or (n > 0 and at > answered)
+            )
+        return LimitSeen(read.limit, max(0, read.active_slots + change)) if change else read
