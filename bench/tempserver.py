@@ -6,6 +6,10 @@
         ...                              # (or server.start() ... server.stop())
     server.db = "postgres"               # the next start() runs it on PostgreSQL (same URL)
 
+The state folder (the server's database, its log, the worker logs) is removed when the
+benchmark's process exits (each left about 15-60 MB in the temporary folder);
+PLANFLOW_BENCH_KEEP_STATE=1 keeps it, and says where, for a look after a failed run.
+
 Draining before the server stops matters: Prefect sends logs and events from background
 threads, and at interpreter exit they keep retrying a server that is gone, so the
 benchmark process would not end.
@@ -13,7 +17,10 @@ benchmark process would not end.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -38,6 +45,22 @@ class TempServer:
 
         self.paths = StatePaths(self.home)
         apply_client_env(self.paths)
+        atexit.register(self.remove)
+
+    def remove(self) -> None:
+        """At the process's exit: the state folder removed (its server stopped first, if
+        still up), unless PLANFLOW_BENCH_KEEP_STATE=1."""
+        if os.environ.get("PLANFLOW_BENCH_KEEP_STATE") == "1":
+            print(f"the benchmark's server state is kept in {self.home}", file=sys.stderr)
+            return
+        try:
+            from planflow.ops import server as stack
+
+            stack.down(self.paths)
+        except Exception as exc:  # a server that cannot be stopped keeps its folder
+            print(f"the benchmark's server in {self.home} did not stop ({exc}); its folder is kept", file=sys.stderr)
+            return
+        shutil.rmtree(self.home, ignore_errors=True)
 
     def __enter__(self) -> TempServer:
         self.start()

@@ -33,7 +33,7 @@ from prefect.settings import PREFECT_API_URL
 
 from planflow.prefect.limits import RESOURCES, limit_name, slots
 from planflow.runtime.dispatch import Assignment
-from planflow.runtime.slot_wake import announce
+from planflow.runtime.slot_wake import announce, announce_taken
 from planflow.settings import settings
 
 logger = logging.getLogger("planflow.admission")
@@ -114,7 +114,8 @@ class SharedSlots:
                             "Fix: planflow pools sync (or planflow blocks apply)"
                         )
                     lease = UUID(granted["lease_id"])
-                    stack.callback(_release, lease, name)
+                    announce_taken(name, n)  # this machine's runs count it into their reads (slot_wake.py)
+                    stack.callback(_release, lease, name, n)
                     stack.enter_context(
                         maintain_concurrency_lease(lease, self.lease, raise_on_lease_renewal_failure=False)
                     )
