@@ -135,8 +135,9 @@ class RunSlots(RunLeases, SharedSlots):
         # too): slots of one given back on this machine wake the dispatcher (slot_wake.py)
         self._wanting: dict[str, str] = {}
         self._wake_dispatcher: Callable[[], None] | None = None
-        self._seen: dict[str, tuple[float, Any]] = {}  # limit name -> (read started, as read) this round (limit_now)
-        self._seen_woken: dict[str, tuple[float, Any]] = {}  # the same, for reads that stand longer (woken)
+        # limit name -> (read started, as read, answered) this round (limit_now)
+        self._seen: dict[str, tuple[float, Any, float]] = {}
+        self._seen_woken: dict[str, tuple[float, Any, float]] = {}  # the same, for reads that stand longer (woken)
         self._hearing_since = float("inf")  # when its listener began hearing this machine's runs (__enter__)
         self._changes = shared_reads.HeardChanges()  # slots taken and given back on this machine, heard
 
@@ -455,9 +456,9 @@ class RunSlots(RunLeases, SharedSlots):
         again stands SEEN_WOKEN_SECONDS while this run hears this machine's takes and
         give-backs (a look at a pool's turn too). While it hears them with their counts
         (slot_wake.py), every read stands that long, the claims' too, brought up to date by
-        what it heard since (shared_reads.HeardChanges): only what other machines' runs did, or leases
-        that ran out, waits for the next read. A read another run on this machine made
-        that is as fresh is taken instead of asking the server (shared_reads.py)."""
+        what it heard since (shared_reads.HeardChanges): only what other machines' runs
+        did, or leases that ran out, waits for the next read. A read another run on this
+        machine made that is as fresh is taken instead of asking the server (shared_reads.py)."""
         counted = self._hears_counts()
         woken = woken or counted
         cache = self._seen_woken if woken else self._seen
