@@ -462,8 +462,7 @@ class RunSlots(RunLeases, SharedSlots):
         counted = self._hears_counts()
         woken = woken or counted
         cache = self._seen_woken if woken else self._seen
-        hears = woken and self._wake is not None and self._wake.path is not None
-        stands = SEEN_WOKEN_SECONDS if hears else SEEN_SECONDS
+        stands = SEEN_WOKEN_SECONDS if counted else SEEN_SECONDS  # counted: it hears this machine's runs
         fresh_after = max(time.time() - stands, self._changed_at.get(name, -1.0))
         seen = cache.get(name)
         if seen is not None and seen[0] > fresh_after:

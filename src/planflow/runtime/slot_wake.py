@@ -132,12 +132,6 @@ def _count(slots: int | None) -> str:
     return f" {int(slots)}" if slots is not None and slots > 0 else ""
 
 
-def _parsed(text: str) -> tuple[str, int | None]:
-    """A datagram's limit and its count of slots (None: not said, e.g. by an older planflow)."""
-    name, _, count = text.partition(" ")
-    return name, int(count) if count.isdigit() and len(count) <= 9 else None
-
-
 def announce_spare(limit: str) -> None:
     """Tell this machine's runs on the same server that a lease of `limit` waits to be
     taken over here (spare_leases.py): the server's count did not change."""
@@ -177,9 +171,10 @@ def _send(text: str) -> None:
 
 
 def _with_count(text: str) -> tuple[str] | tuple[str, int]:
-    """A callback's arguments: the limit, and the count when the datagram said it."""
-    name, count = _parsed(text)
-    return (name,) if count is None else (name, count)
+    """A callback's arguments: the datagram's limit, and its count of slots when it said
+    one (an older planflow's does not)."""
+    name, _, count = text.partition(" ")
+    return (name, int(count)) if count.isdigit() and len(count) <= 9 else (name,)
 
 
 class SlotWake:
