@@ -28,7 +28,7 @@ from planflow.runtime.early_reads import early_reads
 from planflow.runtime.eta_history import known_main_pool
 from planflow.runtime.run_end import finish_reporting
 from planflow.runtime.runner import run_pipeline
-from planflow.runtime.watchdog import unwatch_run
+from planflow.runtime.watchdog import unwatch_run, watch_run
 
 Policy = Literal["plan", "fifo"]
 Mode = Literal["inprocess", "distributed", "dask"]
@@ -92,8 +92,16 @@ def _typed_function(pipeline: Pipeline):
     return run
 
 
+def _start_watchdog(flow: Any, flow_run: Any, state: Any) -> None:
+    """The flow run is Running: its server watchdog starts now, not in the flow's body
+    (runner.run_pipeline), since between the two Prefect's engine reads the run again
+    (setup_run_context), and a server lost then kept the run waiting on its client's
+    retries (about a minute) with nothing to bound them."""
+    watch_run(str(flow_run.id))
+
+
 def _stop_watchdog(flow: Any, flow_run: Any, state: Any) -> None:
-    """The flow run is final: its server watchdog (runner.run_pipeline) stops."""
+    """The flow run is final: its server watchdog (started by `_start_watchdog`) stops."""
     unwatch_run(str(flow_run.id))
 
 
@@ -125,14 +133,15 @@ def to_flow(pipeline: Pipeline, **flow_options: Any):
         result_serializer=result_serializer(),  # frames as Parquet, the rest compressed (its tasks inherit it)
         log_prints=True,
     )
-    # each final state: the run's server watchdog stops (the run is final: a server lost now
+    # Running: the run's server watchdog starts (a server lost from now on fails the run
+    # within PLANFLOW_SERVER_LOST_SECONDS); each final state: it stops (the run is final: a server lost now
     # fails nothing), then its last reporting (run_end.py); a list of its own per option,
     # so that a hook added to one (`@flow.on_completion`) is not added to the others
     final = {
         kind: [_stop_watchdog, finish_reporting]
         for kind in ("on_completion", "on_failure", "on_cancellation", "on_crashed")
     }
-    settings.update(final)
+    settings.update(final, on_running=[_start_watchdog])
     settings.update(flow_options)
     run = PipelineFlow(fn=_typed_function(pipeline), **settings)
     run.pipeline = pipeline

@@ -131,7 +131,8 @@ def run_pipeline(
     context = get_run_context()
     flow_run = context.flow_run
     # Until the flow run is final (flow.py's state hooks): a dead server fails the run
-    # within PLANFLOW_SERVER_LOST_SECONDS instead of hanging (watchdog.py).
+    # within PLANFLOW_SERVER_LOST_SECONDS instead of hanging (watchdog.py). A pipeline's
+    # flow started it when the run became Running (flow.py); this is for a flow of one's own.
     watch_run(str(flow_run.id) if flow_run else None)
     if flow_run is not None:
         finish_pending(str(flow_run.id))  # a retry: the last attempt's reporting ends first
