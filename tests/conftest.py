@@ -7,7 +7,9 @@ state folder and a free port, apart from the user's `.planflow/`.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -15,7 +17,17 @@ import pytest
 
 from planflow.ops.server import free_port  # noqa: E402  (no Prefect import behind it)
 
-_HOME = Path(tempfile.mkdtemp(prefix="planflow-test-"))
+
+def own_temp_folder(prefix: str) -> Path:
+    """A new folder in the system's temporary folder, removed when this test process
+    exits. Not pytest's tmp_path where a path must be short (a socket's path holds at most
+    107 bytes) or reachable by another account (PostgreSQL as root runs as `postgres`)."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, folder, True)
+    return folder
+
+
+_HOME = own_temp_folder("planflow-test-")
 _PORT = free_port()
 os.environ["PLANFLOW_HOME"] = str(_HOME)
 # planflow records its servers per user; the test sessions keep that record to themselves.
@@ -145,7 +157,7 @@ def monitoring_stack(prefect_server):
     need_binary("prometheus-pushgateway", "pushgateway")
     from planflow.ops import services
 
-    paths = StatePaths(Path(tempfile.mkdtemp(prefix="planflow-monitoring-")))
+    paths = StatePaths(own_temp_folder("planflow-monitoring-"))
     ports = {name: port() for name in services.ORDER}
     try:
         started = services.up(paths, profile="fast", ports=ports)

@@ -5,12 +5,13 @@ PLANFLOW_DASK_ADDRESS, as a user's runs find a scheduler of their own."""
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import pytest
 
 from planflow.settings import StatePaths
+
+from tests.conftest import own_temp_folder
 
 ROOT = Path(__file__).resolve().parents[2]
 # Two workers of local.cpu=2, local.mem_gib=2 each (the components' modules import on them).
@@ -26,7 +27,7 @@ ALLOWED_FAILURES = 1
 def dask_cluster(registered_blocks):
     from planflow.ops import dask as cluster
 
-    paths = StatePaths(Path(tempfile.mkdtemp(prefix="planflow-dask-")))
+    paths = StatePaths(own_temp_folder("planflow-dask-"))
     with pytest.MonkeyPatch.context() as env:
         env.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), str(ROOT / "tests" / "fixtures")]))
         env.setenv("DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES", str(ALLOWED_FAILURES))

@@ -11,7 +11,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -26,6 +25,7 @@ from planflow.ops import server as stack
 from planflow.ops.processes import stop_process
 from planflow.settings import StatePaths
 
+from tests.conftest import own_temp_folder
 from tests.monitoring.helpers import IN_CI, alert, free_port, wait_for, webhook
 
 TOKEN = "limits-" + uuid.uuid4().hex
@@ -249,7 +249,7 @@ def test_ready_fails_naming_a_corrupted_spool(prefect_api_url, tmp_path):
 def auth_server(prefect_server) -> Iterator[tuple[str, str, StatePaths]]:
     """A Prefect server of its own with basic auth on (PREFECT_SERVER_API_AUTH_STRING),
     started in a state folder an older planflow left readable (0755, a 0644 file)."""
-    home = Path(tempfile.mkdtemp(prefix="planflow-auth-"))
+    home = own_temp_folder("planflow-auth-")
     home.chmod(0o755)
     (home / "prefect").mkdir(mode=0o755)
     (home / "prefect").chmod(0o755)

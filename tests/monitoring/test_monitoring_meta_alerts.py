@@ -12,14 +12,12 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import tempfile
 import threading
 import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -33,6 +31,7 @@ from planflow.ops import server as stack
 from planflow.ops import services
 from planflow.settings import StatePaths
 
+from tests.conftest import own_temp_folder
 from tests.monitoring.helpers import free_port, need_binary, stack_targets_up, wait_for
 
 WATCHDOG_INTERVAL = seconds(params("fast").raw["watchdog_interval"])
@@ -97,7 +96,7 @@ class Stack:
 def alerting():
     for binary in (("prometheus",), ("prometheus-alertmanager", "alertmanager"), ("prometheus-pushgateway",)):
         need_binary(*binary)
-    paths = StatePaths(Path(tempfile.mkdtemp(prefix="planflow-alerting-")))
+    paths = StatePaths(own_temp_folder("planflow-alerting-"))
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     receiver = Receiver()

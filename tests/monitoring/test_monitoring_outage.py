@@ -5,14 +5,12 @@ own (planflow.stack on its own state folder and port), not the session's."""
 from __future__ import annotations
 
 import asyncio
-import tempfile
 import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -27,6 +25,7 @@ from planflow.monitoring.metrics import BridgeMetrics
 from planflow.ops import server as stack
 from planflow.settings import StatePaths
 
+from tests.conftest import own_temp_folder
 from tests.monitoring.helpers import ThreadedServer, alert, free_port, read_events, wait_for, webhook
 
 
@@ -47,7 +46,7 @@ class OwnServer:
 @pytest.fixture
 def own_server(prefect_server) -> Iterator[OwnServer]:
     """Started for the test, stopped after it (the test may stop and restart it meanwhile)."""
-    paths = StatePaths(Path(tempfile.mkdtemp(prefix="planflow-outage-")))
+    paths = StatePaths(own_temp_folder("planflow-outage-"))
     port = free_port()
     stack.up(paths, port=port)
     try:
