@@ -188,52 +188,72 @@ def looks(slots: RunSlots) -> int:
     return slots.reads + slots.reads_shared
 
 
-def test_steps_waiting_for_a_full_pool_ask_the_server_once_per_round_not_once_each(pool, monkeypatch):
-    """Five ready one-core steps, the pool held by another run: one request per round (the
-    others would be refused as well): a refused increment, then, once refused, a read of
-    the limit instead (an increment is a write, refused or not); a step that needs less
-    looks again and asks only if the read says it fits."""
+@pytest.fixture(params=["heard", "not heard"])
+def hearing(request, monkeypatch) -> bool:
+    """Whether the runs hear this machine's takes and give-backs with their counts
+    (slot_wake.py), as they do by default, or not (PLANFLOW_SLOT_WAKE=false; as runs on
+    other machines are not heard). A read stands long enough for a slow machine."""
+    from planflow.runtime import run_slots
+
+    monkeypatch.setattr(run_slots, "SEEN_WOKEN_SECONDS", 30.0)
+    if request.param == "not heard":
+        monkeypatch.setenv("PLANFLOW_SLOT_WAKE", "false")
+    return request.param == "heard"
+
+
+def test_steps_waiting_for_a_full_pool_ask_the_server_once_per_round_not_once_each(pool, monkeypatch, hearing):
+    """Five ready one-core steps, the pool held by another run. Heard (the other run is on
+    this machine): the read at hand says the pool is full, kept up to date by the take it
+    heard, and nobody asks (an increment is a write, refused or not). Not heard: one
+    request per round (the others would be refused as well): a refused increment, then,
+    once refused, a read of the limit instead. A step that needs less looks again and
+    asks only if the read says it fits."""
     from planflow.runtime import slot_claims
 
     monkeypatch.setattr(slot_claims, "CLAIM_AFTER_SECONDS", 1e9)  # no claim however slow the machine
     monkeypatch.setattr(slot_claims, "TURN_LOOK_SECONDS", 1e9)  # the pool's turn read once, however slow
+    asked = 0 if hearing else 1
     hog = RunSlots()
     with hog, RunSlots() as slots:
+        assert slots._hears_counts() is hearing
         assert hog.take(Assignment("hog", POOL, {"cpu": 2}, 0)) is not None
         ready = [Assignment(f"s{i}", POOL, {"cpu": 1}, i) for i in range(5)]
         for _ in range(2):  # two rounds of the dispatcher
             slots.prepare(ready)
             assert [slots.take(a) for a in ready] == [None] * 5
-        # reads: the pool's turn (its cores with it, made stale by the refusal), then the cores
-        assert (slots.requests, slots.refusals, looks(slots)) == (1, 1, 2)
+        # reads: the pool's turn (its cores with it; not heard: made stale by the refusal, then the cores)
+        assert (slots.requests, slots.refusals) == (asked, asked)
+        assert looks(slots) == 2, looks(slots)
         slots.prepare(ready)
         small = Assignment("small", POOL, {"cpu": 0.5}, 9)
         assert slots.take(ready[0]) is None and slots.take(ready[1]) is None
         assert slots.take(small) is None  # it misses fewer slots than were refused: it looks again
-        assert (slots.requests, slots.refusals) == (1, 1)  # no write the read said would fail
+        assert (slots.requests, slots.refusals) == (asked, asked)  # no write the read said would fail
         assert 2 <= looks(slots) <= 3  # the cores read again, or the read of round 2 still stands
     assert hog.wait_closed() and slots.wait_closed()
     assert active_slots([CPU, MEM]) == {CPU: 0, MEM: 0}
 
 
-def test_short_steps_waiting_for_a_full_pool_stop_asking_for_a_batch_the_server_refused(pool, monkeypatch):
-    """Planned short, the steps' slots are asked for as one batch; once refused, the next
-    rounds read the limit (one read per round) and ask for nothing while it is full."""
+def test_short_steps_waiting_for_a_full_pool_stop_asking_for_a_batch_the_server_refused(pool, monkeypatch, hearing):
+    """Planned short, the steps' slots are asked for as one batch. Heard: the read at hand
+    says the pool is full, and the batch is not asked for. Not heard: once refused, the
+    next rounds read the limit (one read per round) and ask for nothing while it is full."""
     from planflow.runtime import slot_claims
 
     monkeypatch.setattr(slot_claims, "CLAIM_AFTER_SECONDS", 1e9)
     monkeypatch.setattr(slot_claims, "TURN_LOOK_SECONDS", 1e9)  # the pool's turn read once, however slow
+    asked = 0 if hearing else 1
     hog = RunSlots()
     with hog, RunSlots() as slots:
         assert hog.take(Assignment("hog", POOL, {"cpu": 2}, 0)) is not None
         ready = [Assignment(f"s{i}", POOL, {"cpu": 1}, i, 0.0, 0.5) for i in range(5)]
-        slots.prepare(ready)  # the batch: refused
+        slots.prepare(ready)  # the batch: refused (not heard), or not asked for (heard)
         assert [slots.take(a) for a in ready] == [None] * 5  # the first step: a read says full, no ask
-        # reads: the pool's turn (its cores with it, made stale by the refusal), then the cores
-        assert (slots.requests, slots.refusals, looks(slots)) == (1, 1, 2)
+        assert (slots.requests, slots.refusals) == (asked, asked)
+        assert looks(slots) == 2, looks(slots)
         slots.prepare(ready)  # no batch this time
         assert [slots.take(a) for a in ready] == [None] * 5
-        assert (slots.requests, slots.refusals) == (1, 1) and looks(slots) in (2, 3)  # read again, or it stands
+        assert (slots.requests, slots.refusals) == (asked, asked) and looks(slots) in (2, 3)  # read again, or it stands
     assert hog.wait_closed() and slots.wait_closed()
     assert active_slots([CPU, MEM]) == {CPU: 0, MEM: 0}
 
@@ -294,10 +314,13 @@ def test_a_batch_asks_first_for_the_limit_that_refused_the_run_lately_and_for_th
 ):
     """Side by side, a batch's memory was granted beside its refused cores and given back
     at once, round after round (336 memory increments granted against 72 of cores in one
-    fleet burst). Now the limit that refused the run lately is asked alone first."""
+    fleet burst). Now the limit that refused the run lately is asked alone first. The hog
+    as if on another machine (not heard: a read at hand would say the pool is full, and
+    nothing would be asked)."""
     from planflow.runtime import slot_claims
 
     monkeypatch.setattr(slot_claims, "CLAIM_AFTER_SECONDS", 1e9)
+    monkeypatch.setenv("PLANFLOW_SLOT_WAKE", "false")
     hog = RunSlots()
     with hog, RunSlots() as slots:
         assert hog.take(Assignment("hog", POOL, {"cpu": 2}, 0)) is not None
@@ -338,7 +361,9 @@ def test_a_batch_asks_for_no_more_than_its_limit_has(pool):
         slots.prepare(ready)
         held = [slots.take(a) for a in ready]
         assert [h is not None for h in held] == [True, True, False, False, False]
-        assert (slots.requests, slots.refusals) == (2, 1)  # the batch, then one refused step
+        # the batch; the third step's read at hand, brought up to date by the batch's grant
+        # (heard), says the pool is full: not asked (before, a refused increment)
+        assert (slots.requests, slots.refusals) == (1, 0)
         for h in held[:2]:
             h.close()
     assert slots.wait_closed() and active_slots([CPU]) == {CPU: 0}

@@ -72,6 +72,13 @@ CONTENDED_SECONDS = 10.0  # a limit that refused the run this recently is read b
 UNKNOWN_FREE = 1 << 30  # free_now of a limit it could not read: ask, and let the increment say why
 
 
+class NoRead:
+    """No read at hand (RunSlots._kept_read): a request is needed to know."""
+
+
+NO_READ = NoRead()
+
+
 class _RefusedThisRound(Exception):
     """The server refused as many slots of this limit earlier in the dispatcher's round."""
 
@@ -425,9 +432,20 @@ class RunSlots(RunLeases, SharedSlots):
         self._round_refused[name] = min(missing, self._round_refused.get(name, missing))
 
     def _looks_short(self, name: str, n: int) -> bool:
-        """Limit `name` refused this run lately (`_contended`), and a read this
-        round says fewer than `n` are free: asking would be refused (a write for nothing)."""
-        return self._contended(name) and self.free_now(name) < n
+        """Fewer than `n` slots of limit `name` are free, as read: asking would be refused
+        (a write for nothing, queued for SQLite's write lock). Read afresh when the limit
+        refused this run lately (`_contended`); else only a read at hand counts (one kept
+        up to date by this machine's announced counts, or another run's as fresh), and
+        without one the increment asks. A read at hand errs towards free (what the run
+        heard while it was on its way counts as given back); what it does not hear (other
+        machines' runs, leases that ran out) waits at most SEEN_WOKEN_SECONDS, when the
+        read is no longer at hand and the increment asks."""
+        if self._contended(name):
+            return self.free_now(name) < n
+        if not self._hears_counts():
+            return False
+        at_hand = self._kept_read(name, woken=True)
+        return isinstance(at_hand, LimitSeen) and at_hand.limit - at_hand.active_slots < n
 
     def _contended(self, name: str) -> bool:
         """Limit `name` refused this run within CONTENDED_SECONDS: the pool is busy, so a
@@ -448,17 +466,10 @@ class RunSlots(RunLeases, SharedSlots):
             limit = None
         return max(0, int(limit.limit) - int(limit.active_slots)) if limit is not None else UNKNOWN_FREE
 
-    def limit_now(self, name: str, woken: bool = False) -> LimitSeen | None:
-        """Limit `name` as last read (None: it does not exist), read again when that read is
-        older than SEEN_SECONDS or this dispatcher round, or began before the limit changed
-        as far as this run knows (this run's refusal; slots of it given back or taken here
-        when the count was not said). `woken`: a read that only decides whether to ask
-        again stands SEEN_WOKEN_SECONDS while this run hears this machine's takes and
-        give-backs (a look at a pool's turn too). While it hears them with their counts
-        (slot_wake.py), every read stands that long, the claims' too, brought up to date by
-        what it heard since (shared_reads.HeardChanges): only what other machines' runs
-        did, or leases that ran out, waits for the next read. A read another run on this
-        machine made that is as fresh is taken instead of asking the server (shared_reads.py)."""
+    def _kept_read(self, name: str, woken: bool = False) -> LimitSeen | None | NoRead:
+        """Limit `name` as a read at hand says, without a request (limit_now's rules): this
+        run's own, or another run's on this machine as fresh (None: the limit does not
+        exist, as read); NO_READ when there is none."""
         counted = self._hears_counts()
         woken = woken or counted
         cache = self._seen_woken if woken else self._seen
@@ -473,6 +484,22 @@ class RunSlots(RunLeases, SharedSlots):
             self.reads_shared += 1
             cache[name] = shared
             return self._changes.up_to_date(name, shared) if counted else shared[1]
+        return NO_READ
+
+    def limit_now(self, name: str, woken: bool = False) -> LimitSeen | None:
+        """Limit `name` as last read (None: it does not exist), read again when that read is
+        older than SEEN_SECONDS or this dispatcher round, or began before the limit changed
+        as far as this run knows (this run's refusal; slots of it given back or taken here
+        when the count was not said). `woken`: a read that only decides whether to ask
+        again stands SEEN_WOKEN_SECONDS while this run hears this machine's takes and
+        give-backs (a look at a pool's turn too). While it hears them with their counts
+        (slot_wake.py), every read stands that long, the claims' too, brought up to date by
+        what it heard since (shared_reads.HeardChanges): only what other machines' runs
+        did, or leases that ran out, waits for the next read. A read another run on this
+        machine made that is as fresh is taken instead of asking the server (shared_reads.py)."""
+        kept = self._kept_read(name, woken)
+        if not isinstance(kept, NoRead):
+            return kept
         started = time.time()
         client = self._client
         self.reads += 1
