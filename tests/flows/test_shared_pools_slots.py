@@ -65,9 +65,19 @@ def test_two_runs_each_holding_one_core_idle_do_not_wait_for_each_other_for_ever
     assert active_slots([CPU]) == {CPU: 0}
 
 
-def test_a_run_waiting_to_plan_gets_the_slot_soon_after_it_is_free_and_a_bounded_wait_names_the_limit(pool):
+@pytest.mark.parametrize("local_turn", [True, False], ids=["this machine's turn", "no local turn"])
+def test_a_run_waiting_to_plan_gets_the_slot_soon_after_it_is_free_and_a_bounded_wait_names_the_limit(
+    pool, monkeypatch, local_turn
+):
     """Prefect's own wait sleeps the server's Retry-After (up to 30 s once runs queue):
-    the planning slot stood free while the runs that wanted it slept."""
+    the planning slot stood free while the runs that wanted it slept. With this machine's
+    turn (planning_turn.py) the waiting run asks the server once, when its turn comes;
+    without (PLANFLOW_SLOT_WAKE=false, as between machines) it is refused once, then reads
+    the slot until it is free."""
+    if local_turn:
+        monkeypatch.delenv("PLANFLOW_SLOT_WAKE", raising=False)
+    else:
+        monkeypatch.setenv("PLANFLOW_SLOT_WAKE", "false")
     got = threading.Event()
     asked = []  # per increment of the planning slot: whether the waiting run sent it
     real = SyncPrefectClient.increment_concurrency_slots_with_lease
@@ -91,8 +101,10 @@ def test_a_run_waiting_to_plan_gets_the_slot_soon_after_it_is_free_and_a_bounded
             freed = time.monotonic()
         waiter.join(30.0)
     assert got.is_set()
-    assert asked.count(True) == 2  # refused once, then read until free: asked again only then, not every poll
-    # polled every 0.3 s (with jitter): the slot is taken within a few polls, not a Retry-After later
+    # local turn: asked once, when its turn came; else refused once, then read until free
+    # (asked again only then, not every poll)
+    assert asked.count(True) == (1 if local_turn else 2)
+    # handed over, or polled every 0.3 s (with jitter): taken soon, not a Retry-After later
     assert time.monotonic() - freed < 5.0
     assert active_slots([PLANNING_LIMIT]) == {PLANNING_LIMIT: 0}
 

@@ -46,7 +46,7 @@ from prefect.exceptions import ObjectNotFound
 from planflow.planner import Step
 from planflow.prefect.calendar_store import CalendarEntry, delete_entry, read_entries
 from planflow.prefect.limits import PLANNING_LIMIT
-from planflow.runtime import shared_reads
+from planflow.runtime import planning_turn, shared_reads
 from planflow.runtime.admission import LOCKED, _release
 from planflow.runtime.dispatch import RESOURCES
 from planflow.settings import settings
@@ -276,11 +276,38 @@ def planning_lock(wait_seconds: float = PLANNING_WAIT_SECONDS, release_later: bo
     `release_later`: the slot is given back by a thread of its own (a run goes on to its
     first component meanwhile; the thread is not a daemon, so the process waits for it).
 
-    Asked again every PLANNING_POLL_SECONDS while another run holds it. (Prefect's own
+    This machine's runs first wait for their turn here (planning_turn.py: handed over the
+    moment the last run gives the slot back, without a request); the run whose turn it is
+    asks the server, again every PLANNING_POLL_SECONDS while a run elsewhere (or one whose
+    turn ran out) holds it. (Prefect's own
     `concurrency()` sleeps what the server's Retry-After says: with a burst of runs
     waiting that grew to tens of seconds each, and the slot stood free while every run
     that wanted it slept: the fleet benchmark's last runs planned two minutes late.)"""
     deadline = time.monotonic() + wait_seconds
+    turn = planning_turn.take_turn(deadline)  # this machine's runs queue here first (planning_turn.py)
+    try:
+        granted = _take_planning_slot(deadline, wait_seconds)
+    except BaseException:
+        planning_turn.leave(turn)
+        raise
+    try:
+        yield
+    finally:
+        lease = UUID(granted["lease_id"])
+        if release_later:
+            target = contextvars.copy_context().run
+            threading.Thread(
+                target=target, args=(_release_quietly, lease, turn), name="planflow-planning-release"
+            ).start()
+        else:
+            try:
+                _release(lease)
+            finally:  # the next run of this machine asks once the server has the slot back
+                planning_turn.leave(turn)
+
+
+def _take_planning_slot(deadline: float, wait_seconds: float) -> dict[str, Any]:
+    """The server's answer granting the planning slot, asked again until `deadline`."""
     refused = False  # once refused, the slot is read (no lock) before it is asked again (a write, refused or not)
     with get_client(sync_client=True) as client:
         while True:
@@ -303,16 +330,7 @@ def planning_lock(wait_seconds: float = PLANNING_WAIT_SECONDS, release_later: bo
                 raise PlanningLimitMissing(
                     f"concurrency limit '{PLANNING_LIMIT}' does not exist. Fix: planflow pools sync"
                 )
-            break
-    try:
-        yield
-    finally:
-        lease = UUID(granted["lease_id"])
-        if release_later:
-            target = contextvars.copy_context().run
-            threading.Thread(target=target, args=(_release_quietly, lease), name="planflow-planning-release").start()
-        else:
-            _release(lease)
+            return granted
 
 
 def locked_calendar(read: bool) -> tuple[ExitStack | None, list[CalendarEntry] | None]:
@@ -353,11 +371,13 @@ def _wait_for_planning(deadline: float, wait_seconds: float) -> None:
     time.sleep(PLANNING_POLL_SECONDS * random.uniform(0.5, 1.5))  # noqa: S311 (jitter, not secrets)
 
 
-def _release_quietly(lease: UUID) -> None:
+def _release_quietly(lease: UUID, turn: int | None = None) -> None:
     try:
         _release(lease)
     except Exception as exc:  # nobody waits for it: the lease runs out by itself
         logger.warning("planning slot lease %s not given back (%s); it returns when its lease runs out", lease, exc)
+    finally:
+        planning_turn.leave(turn)
 
 
 def utc(unix_seconds: float) -> str:
