@@ -15,6 +15,7 @@ automations (retry, crash detection) cover the runs a team deploys itself.
 from __future__ import annotations
 
 import keyword
+import logging
 from typing import Any, Literal
 
 from prefect import Flow
@@ -100,6 +101,23 @@ def _start_watchdog(flow: Any, flow_run: Any, state: Any) -> None:
     watch_run(str(flow_run.id))
 
 
+class _QuietWatchdogHook(logging.Filter):
+    """Prefect's engine logs each state hook it runs at INFO ("Running hook ... in
+    response to entering state 'Running'", "Hook ... finished running successfully"). The
+    Running hook that starts the server watchdog is planflow's plumbing, and its two lines
+    came on every run's terminal before the run's own; they are dropped (its errors pass)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno > logging.INFO or f"'{_start_watchdog.__name__}'" not in record.getMessage()
+
+
+def _quiet_watchdog_hook() -> None:
+    """Install the filter on the engine's logger (once per process)."""
+    engine = logging.getLogger("prefect.engine")
+    if not any(isinstance(f, _QuietWatchdogHook) for f in engine.filters):
+        engine.addFilter(_QuietWatchdogHook())
+
+
 def _stop_watchdog(flow: Any, flow_run: Any, state: Any) -> None:
     """The flow run is final: its server watchdog (started by `_start_watchdog`) stops."""
     unwatch_run(str(flow_run.id))
@@ -142,6 +160,7 @@ def to_flow(pipeline: Pipeline, **flow_options: Any):
         for kind in ("on_completion", "on_failure", "on_cancellation", "on_crashed")
     }
     settings.update(final, on_running=[_start_watchdog])
+    _quiet_watchdog_hook()
     settings.update(flow_options)
     run = PipelineFlow(fn=_typed_function(pipeline), **settings)
     run.pipeline = pipeline
