@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import signal
+import stat
 from pathlib import Path
 
 import httpx
@@ -17,6 +18,7 @@ from planflow.ops.processes import log_tail, wait_until
 from planflow.serving.loadgen import BackgroundLoad
 from planflow.serving.probes import ready, served_run
 from planflow.serving.swap import RECORD_GRACE_SECONDS
+from planflow.settings import StatePaths
 
 from tests.serving.conftest import records, train
 
@@ -67,6 +69,19 @@ def test_a_replica_killed_under_load_loses_no_request(service, fraud_run):
     assert result.ok >= killed_at + 300
     # the supervisor starts the killed replica again
     assert wait_until(lambda: ready(_replica(port + 1)), 60), "the killed replica was not started again"
+
+
+def test_the_service_keeps_its_logs_in_the_private_state_folder(service):
+    """Not a new folder in the system's temporary folder per start: the state folder's
+    serve/PORT/, private to the user, the replicas' and HAProxy's logs in it."""
+    _, port, log = service
+    named = re.search(r"logs in (\S+)\)", log_tail(log, 20))
+    assert named, log_tail(log, 20)
+    folder = Path(named.group(1))
+    assert folder == StatePaths.discover().home / "serve" / str(port)
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    logs = sorted(path.name for path in folder.glob("*.log"))
+    assert logs == ["haproxy.log", f"replica-{port + 1}.log", f"replica-{port + 2}.log"], logs
 
 
 def _logs(log: Path) -> str:

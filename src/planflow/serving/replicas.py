@@ -6,6 +6,11 @@ health-checks them on /readyz and retries a request that a replica fails to answ
 the other one (`retry-on all-retryable-errors`, `option redispatch`): a replica killed
 mid-request costs the client nothing, as each replica writes an answer in one piece
 (single_write.py). A replica that exits is started again.
+
+The replicas' and HAProxy's logs (and HAProxy's configuration) go to the planflow state
+folder's `serve/PORT/`, private to the user: the last service's stay there to be read after
+it stopped, and the next one on that port replaces them (a folder per start in the system's
+temporary folder piled up, one per `planflow serve`).
 """
 
 from __future__ import annotations
@@ -14,17 +19,18 @@ import os
 import shutil
 import signal
 import sys
-import tempfile
 from pathlib import Path
 from types import FrameType
 
 import uvicorn
 
 from planflow.ops.processes import log_tail, spawn, stop_process, wait_until
+from planflow.ops.services import port_in_use
 from planflow.serving.app import create_app
 from planflow.serving.path import find_online_path
 from planflow.serving.probes import answers
 from planflow.serving.single_write import OneWriteH11Protocol
+from planflow.settings import StatePaths, make_private_dir
 
 READY_TIMEOUT_SECONDS = 60.0
 SUPERVISE_SECONDS = 0.5
@@ -91,6 +97,15 @@ def haproxy_binary() -> str:
     return found
 
 
+def logs_folder(port: int) -> Path:
+    """The folder of the service on `port`: the state folder's `serve/PORT/`, private to
+    the user, emptied of the last service's files."""
+    folder = make_private_dir(StatePaths.discover().home / "serve" / str(port))
+    for old in (*folder.glob("*.log"), folder / "haproxy.cfg"):
+        old.unlink(missing_ok=True)
+    return folder
+
+
 def _terminate(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)
 
@@ -107,10 +122,17 @@ def serve_replicas(
     """Run `replicas` replicas behind HAProxy until interrupted (SIGINT or SIGTERM)."""
     if replicas < 2:
         raise ServeError(f"--replicas {replicas}: a load balancer needs at least 2. Fix: --replicas 2")
+    ports = [port + i for i in range(1, replicas + 1)]
+    busy = [p for p in (port, *ports) if port_in_use(host, p)]
+    if busy:  # before the logs folder is emptied: a service running there keeps its logs
+        raise ServeError(
+            f"port {', '.join(map(str, busy))} on {host} is already in use (another `planflow serve`?); "
+            f"--replicas {replicas} --port {port} needs ports {port}-{ports[-1]}. "
+            "Fix: stop it, or choose another --port"
+        )
     find_online_path(target)  # a bad target fails here, once, not in every replica
     haproxy = haproxy_binary()
-    work = Path(tempfile.mkdtemp(prefix="planflow-serve-"))
-    ports = [port + i for i in range(1, replicas + 1)]
+    work = logs_folder(port)
     config = work / "haproxy.cfg"
     config.write_text(haproxy_config(host, port, ports))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
