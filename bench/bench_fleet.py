@@ -418,7 +418,7 @@ def burst_figures(
         "trace": {
             **trace(intervals, submitted, list(starts.values()), CAPACITY["cpu"]),
             **bounds,
-            **held_idle(cpu_held or [], intervals),
+            **held_idle(cpu_held or [], intervals, turn_held or []),
             **empty_pool(intervals, cpu_held or [], turn_held or []),
         },
         "intervals": [

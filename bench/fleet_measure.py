@@ -134,21 +134,38 @@ def eta_ratio(submitted: float, finished: float, eta: float) -> float | None:
     return (finished - submitted) / promised if promised > 0 else None
 
 
-def held_idle(samples: Sequence[tuple[float, float]], intervals: Iterable[Interval]) -> dict[str, float]:
+def held_idle(
+    samples: Sequence[tuple[float, float]],
+    intervals: Iterable[Interval],
+    turn_held: Sequence[tuple[float, float]] | None = None,
+) -> dict[str, float]:
     """Cores the shared ledger held beyond what running components declared, summed over
     the samples (each sample stands until the next): slots a run's lease kept while no
-    component of it used them (`held_idle_cpu_s`), and the cores held on average."""
+    component of it used them (`held_idle_cpu_s`), and the cores held on average. With
+    `turn_held` (the pool's turn, sampled: 1 while a step claims it): the part held while
+    a claim stood (`held_idle_in_claims_cpu_s`: mostly the cores a wide step took as they
+    came free and keeps until it has them all, with the other runs held back), and how long
+    the turn was held (`turn_held_s`)."""
     items = list(intervals)
-    held_idle_s = held_s = 0.0
+    turns = sorted(turn_held or [])
+    held_idle_s = held_s = in_claims_s = turn_s = 0.0
     for (t, held), (t_next, _) in zip(samples, samples[1:], strict=False):
         running = sum(i.demand.get("cpu", 0.0) for i in items if i.start <= t < i.end)
-        held_idle_s += max(0.0, held - running) * (t_next - t)
+        idle = max(0.0, held - running) * (t_next - t)
+        held_idle_s += idle
         held_s += held * (t_next - t)
+        claimed = next((on for when, on in reversed(turns) if when <= t), 0.0) > 0
+        if claimed:
+            in_claims_s += idle
+            turn_s += t_next - t
     span = samples[-1][0] - samples[0][0] if len(samples) > 1 else 0.0
-    return {
+    figures = {
         "held_idle_cpu_s": round(held_idle_s, 2),
         "cpu_held_mean": round(held_s / span, 3) if span > 0 else 0.0,
     }
+    if turn_held is not None:
+        figures.update(held_idle_in_claims_cpu_s=round(in_claims_s, 2), turn_held_s=round(turn_s, 2))
+    return figures
 
 
 def empty_pool(

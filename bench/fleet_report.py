@@ -108,7 +108,8 @@ def write(figures: dict, results: Path = RESULTS) -> None:
         "",
         "| db | round | policy | violations | makespan s | first run, first component started s "
         "| components' span s | lower bound s (burst / alone) | cpu in use "
-        "| waits once ready s (with room) | cores held, mean (idle core-s) | peak cpu | peak mem GiB "
+        "| waits once ready s (with room) | cores held, mean (idle core-s; of them while a claim held the turn) "
+        "| peak cpu | peak mem GiB "
         "| pool empty >= 1 s: times, s (cores held, turn held share) "
         "| runs with ETA | failed | run create p95 s | 503 answers |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -123,7 +124,8 @@ def write(figures: dict, results: Path = RESULTS) -> None:
             f"{_fmt(t.get('lower_bound_s'), 1)} / {_fmt(t.get('solo_lower_bound_s'), 1)} | "
             f"{_fmt(t.get('cpu_in_use_share_of_makespan'))} | "
             f"{_fmt(t.get('ready_wait_s'), 1)} ({_fmt(t.get('idle_wait_s'), 1)}) | "
-            f"{_fmt(t.get('cpu_held_mean'))} ({_fmt(t.get('held_idle_cpu_s'), 1)}) | "
+            f"{_fmt(t.get('cpu_held_mean'))} ({_fmt(t.get('held_idle_cpu_s'), 1)}; "
+            f"{_fmt(t.get('held_idle_in_claims_cpu_s'), 1)}) | "
             f"{b['peak_cpu']:g} | {b['peak_mem_gib']:g} | "
             f"{_fmt(t.get('empty_stalls'), 0)}, {_fmt(t.get('empty_stall_s'), 1)} "
             f"({_fmt(t.get('empty_cpu_held_mean'))}, {_fmt(t.get('empty_turn_held_share'))}) | "

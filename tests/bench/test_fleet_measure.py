@@ -78,6 +78,18 @@ def test_cores_the_ledger_held_beyond_the_running_components_are_summed_between_
     assert held_idle([(0.0, 1.0)], intervals) == {"held_idle_cpu_s": 0.0, "cpu_held_mean": 0.0}
 
 
+def test_the_cores_held_idle_while_a_step_claims_the_pools_turn_are_told_apart():
+    intervals = [Interval("a", "load", 0.0, 3.0, {"cpu": 1.0}), Interval("b", "wide", 3.0, 5.0, {"cpu": 2.0})]
+    # b claims the turn at 1 s and takes the free core (held idle 1-3 s) until a's load ends at 3 s;
+    # a's lease lingers 0.5 s after 5 s with the turn free (idle, but not in a claim)
+    samples = [(0.0, 1.0), (1.0, 2.0), (2.0, 2.0), (3.0, 2.0), (4.0, 2.0), (5.0, 1.0), (5.5, 0.0)]
+    turn = [(0.0, 0.0), (1.0, 1.0), (2.0, 1.0), (3.0, 0.0), (5.0, 0.0)]
+    figures = held_idle(samples, intervals, turn)
+    assert figures["held_idle_cpu_s"] == pytest.approx(2.0 + 0.5)
+    assert figures["held_idle_in_claims_cpu_s"] == pytest.approx(2.0)
+    assert figures["turn_held_s"] == pytest.approx(2.0)
+
+
 def test_the_pool_standing_empty_is_found_with_what_the_ledger_held_meanwhile():
     intervals = [
         Interval("a", "load", 0.0, 2.0, {"cpu": 1.0}),
