@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from planflow.ops.processes import (
+    free_port,
     log_tail,
     read_pid_file,
     same_process,
@@ -33,7 +34,6 @@ from planflow.ops.processes import (
     wait_until,
     write_pid_file,
 )
-from planflow.ops.server import free_port
 from planflow.runtime.dask_cluster import (
     DaskClusterError,
     cluster_file,

@@ -20,12 +20,12 @@ import os
 import pwd
 import secrets
 import shutil
-import socket
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
+from planflow.ops.processes import free_port, port_in_use
 from planflow.settings import DEFAULT_HOST, StatePaths, make_private_dir, write_private
 
 INSTALL_HINT = "apt-get install -y postgresql (or: bash scripts/install-services.sh)"
@@ -53,18 +53,6 @@ def bin_dir() -> Path:
         if (folder / "initdb").exists() and (folder / "pg_ctl").exists():
             return folder
     raise PostgresError(f"PostgreSQL is not installed (no initdb and pg_ctl found). Fix: {INSTALL_HINT}")
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex((DEFAULT_HOST, port)) != 0
-
-
-def _any_free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((DEFAULT_HOST, 0))
-        return sock.getsockname()[1]
 
 
 def _as_root() -> bool:
@@ -216,7 +204,7 @@ class Cluster:
         bin_dir()
         if not self.running():
             recorded = self.port()
-            chosen = recorded if recorded and _port_free(recorded) else (port or _any_free_port())
+            chosen = recorded if recorded and not port_in_use(DEFAULT_HOST, recorded) else (port or free_port())
             if self.initialized:
                 self._configure(chosen)
             else:

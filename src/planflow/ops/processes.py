@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import psutil
 from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
+
+from planflow.settings import DEFAULT_HOST
 
 KILL_GRACE_SECONDS = 5.0  # after SIGKILL, how long a process may take to vanish
 
@@ -176,3 +179,17 @@ def log_tail(path: Path, lines: int = 25) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no log)"
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """Something accepts connections on host:port (a connect, bounded at 0.5 s)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def free_port(host: str = DEFAULT_HOST) -> int:
+    """A TCP port nobody listens on right now (for tests and benchmarks)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]

@@ -18,7 +18,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -32,6 +31,7 @@ import psutil
 from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_fixed
 
 from planflow.ops.postgres import Cluster, PostgresError
+from planflow.ops.processes import free_port, port_in_use  # noqa: F401 (free_port: re-exported, the tests and benchmarks take it from here)
 from planflow.settings import (
     DEFAULT_HOST,
     DEFAULT_PORT,
@@ -97,19 +97,6 @@ def healthy(url: str, timeout: float = 2.0) -> bool:
     except httpx.HTTPError:
         return False
     return response.status_code == 200
-
-
-def free_port(host: str = DEFAULT_HOST) -> int:
-    """A TCP port nobody listens on right now (for tests and benchmarks)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
-
-
-def _port_in_use(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex((host, port)) == 0
 
 
 def _clean(paths: StatePaths) -> None:
@@ -276,7 +263,7 @@ def up(
         _clean(paths)
 
     url = server_url(host, port)
-    if _port_in_use(host, port):
+    if port_in_use(host, port):
         owner = port_owner(port)
         if owner is not None and owner["home"] == str(paths.home):  # ours, its pid file lost: adopt it
             _write_state(paths, owner["host"], port, owner["pid"], owner["started"])

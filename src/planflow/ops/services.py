@@ -24,7 +24,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ import httpx
 from planflow.monitoring import rules as generate
 from planflow.ops.processes import (
     log_tail,
+    port_in_use,
     read_pid_file,
     same_process,
     spawn,
@@ -128,13 +128,6 @@ def _live_pid(paths: StatePaths, name: str) -> tuple[int | None, bool]:
         return None, False
     pid, started = record
     return pid, same_process(pid, started, marker=_marker(name))
-
-
-def port_in_use(host: str, port: int) -> bool:
-    """Something accepts connections on host:port."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex((host, port)) == 0
 
 
 def _auth_for(paths: StatePaths, name: str) -> tuple[str, str] | None:

@@ -24,8 +24,7 @@ from types import FrameType
 
 import uvicorn
 
-from planflow.ops.processes import log_tail, spawn, stop_process, wait_until
-from planflow.ops.services import port_in_use
+from planflow.ops.processes import log_tail, port_in_use, spawn, stop_process, wait_until
 from planflow.serving.app import create_app
 from planflow.serving.path import find_online_path
 from planflow.serving.probes import answers
