@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import bisect
 import os
 import re
 import time
@@ -148,13 +149,15 @@ def held_idle(
     the turn was held (`turn_held_s`)."""
     items = list(intervals)
     turns = sorted(turn_held or [])
+    turn_times = [when for when, _ in turns]
     held_idle_s = held_s = in_claims_s = turn_s = 0.0
     for (t, held), (t_next, _) in zip(samples, samples[1:], strict=False):
         running = sum(i.demand.get("cpu", 0.0) for i in items if i.start <= t < i.end)
         idle = max(0.0, held - running) * (t_next - t)
         held_idle_s += idle
         held_s += held * (t_next - t)
-        claimed = next((on for when, on in reversed(turns) if when <= t), 0.0) > 0
+        last = bisect.bisect_right(turn_times, t) - 1  # the turn's last sample at or before t
+        claimed = last >= 0 and turns[last][1] > 0
         if claimed:
             in_claims_s += idle
             turn_s += t_next - t
