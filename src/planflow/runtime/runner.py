@@ -194,12 +194,14 @@ def _run(
             if admit is not None and calendar is not None and policy == "plan" and options.hold_to_calendar:
                 admit = calendar.admit(admit)  # start where the calendar says (kept current by re-planning)
             if admit is not None and calendar is not None:
-                admit = _AfterWrite(admit, calendar.written)  # no component before the run's entry is saved
+                admit = _SavesAfterFirstTake(admit, calendar.first_taken)  # the entry's save waits for the first slots
             notify = partial(bus.step, run)
             if calendar is not None:
                 notify = calendar.listen(run, notify)
             notify = _remembering(notify, seen)
             records = execute(make_executor(run), pipeline, plan.assignments, plan.capacities, notify, admit)
+            if calendar is not None:
+                calendar.first_taken()  # no step asked for slots (all skipped): the entry is saved now
             bus.finished(run, records)  # held until the final state when `later` (run_end.py)
         if slots is not None:
             logger.info(
@@ -283,9 +285,9 @@ def plan_shared(
     first served (policy "fifo", for its ETA) into what is left and its reservations
     written, all under the planning slot. `reads`: what read_for_run read (read now when
     None), the slot already held and the calendar read under it when it took them
-    (`lock_calendar`). The entry is saved on a thread of its own, which gives the slot
-    back once it is saved: the run takes its first slots meanwhile, and its first
-    component waits for the save (`calendar.written`, `_AfterWrite`)."""
+    (`lock_calendar`). The entry is saved on a thread of its own once the run's first
+    step asked for its slots (`_SavesAfterFirstTake`), and the slot given back once it is
+    saved: the first component does not wait for the save (RunCalendar.write)."""
     reads = reads or read_for_run(pipeline, policy, mode, local_pool, params, refresh, None, True)
     planning = reads.planning or ExitStack()  # closed: the planning slot goes back
     try:
@@ -314,20 +316,29 @@ def plan_shared(
             )
         allowed = allowance(reads.eta_ratios, main_pool(plan.assignments), plan.busy > 0, pipeline.name)
         plan = replace(plan, allowance=allowed)
-        calendar.write(pipeline.name, plan.assignments, plan.planned_at, then=planning.close, allowed=allowed)
+        calendar.write(
+            pipeline.name,
+            plan.assignments,
+            plan.planned_at,
+            then=planning.close,
+            allowed=allowed,
+            after_first_take=True,
+        )
     except BaseException:
         planning.close()
         raise
     return plan
 
 
-class _AfterWrite:
-    """The dispatcher's `admit` once the run's calendar entry is saved: its `prepare`
-    (the first round's slots) goes ahead of the save, a step's take waits for it (and
-    fails, naming why, when the save failed)."""
+class _SavesAfterFirstTake:
+    """The dispatcher's `admit`, telling the run's calendar when its first step has asked
+    for its slots (granted or not), so that the entry's first save begins then and not
+    beside the first slots' increments (RunCalendar.write). Its `prepare` (the first
+    round's slots) and the rest are `take`'s."""
 
-    def __init__(self, take: Any, written: Callable[[], None]) -> None:
-        self.take, self._written = take, written  # `written` returns at once once the save ended
+    def __init__(self, take: Any, first_taken: Callable[[], None]) -> None:
+        self.take, self._first_taken = take, first_taken
+        self._told = False
         self.prepare = getattr(take, "prepare", None)
         self.wake_with = getattr(take, "wake_with", None)
 
@@ -336,8 +347,12 @@ class _AfterWrite:
         return getattr(self.take, "poll_seconds", POLL_SECONDS)
 
     def __call__(self, a: Assignment) -> Any:
-        self._written()
-        return self.take(a)
+        try:
+            return self.take(a)
+        finally:
+            if not self._told:
+                self._told = True
+                self._first_taken()
 
 
 def raise_if_failed(pipeline: Pipeline, records: Mapping[str, StepRecord]) -> None:
