@@ -1,7 +1,10 @@
-"""A run takes the planning slot beside its other reads, and its calendar entry is saved
-once its first step asked for its slots (real Prefect server): the slot always goes back
-after the save, the first component does not wait for it, and a save that fails is said
-in the run's log while the run goes on, holding nothing once it ended."""
+"""A run takes the planning slot beside its other reads (real Prefect server), and the slot
+always goes back after its calendar entry's save. Planned among other runs' components,
+its entry is saved while its first slots are taken and its first component waits for the
+save (a save that fails fails the run, naming it, with nothing run and nothing held);
+planned alone on its pools, the entry is saved once its first step asked for its slots,
+the first component does not wait, and a save that fails is said in the run's log while
+the run goes on, holding nothing once it ended."""
 
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from planflow.runtime.calendar import CalendarError, read_calendar
 from planflow.runtime.dispatch import Assignment
 from planflow.runtime.run_calendar import RunCalendar
 from planflow.runtime.run_reads import read_for_run
+from planflow.runtime.runner import PipelineRunError
 
 from tests.flows.own_pool import own_pool
 
@@ -96,9 +100,10 @@ def test_a_calendar_entry_deleted_while_its_first_save_is_on_the_way_is_not_left
 
 
 def test_a_run_whose_calendar_entry_cannot_be_saved_says_so_runs_on_and_holds_nothing_after(pool, monkeypatch):
-    """The entry is advisory (plans and ETAs); the slots on the server are what keep the
-    pool's capacity. So a save the server refuses does not stop the run: its log names
-    the failure, later saves try again, and the planning slot and every slot go back."""
+    """Planned alone on its pools, nobody orders itself by the entry in those milliseconds,
+    and the slots on the server are what keep the pool's capacity. So a save the server
+    refuses does not stop the run: its log names the failure, later saves try again, and
+    the planning slot and every slot go back."""
 
     def refused(self):
         raise CalendarError("the server refused the entry (test)")
@@ -120,6 +125,43 @@ def test_a_run_whose_calendar_entry_cannot_be_saved_says_so_runs_on_and_holds_no
         time.sleep(0.1)
     assert active_slots([cpu])[cpu] == 0
     assert all(e.pipeline != "entry-refused" for e in read_calendar(clean=False))
+
+
+def test_a_run_planned_among_others_whose_entry_cannot_be_saved_fails_naming_it_with_nothing_run_or_held(
+    pool, monkeypatch
+):
+    """Planned around another run's components, a run saves its entry before its first
+    component starts (the others order themselves by it), so a save that fails fails the run."""
+    from prefect import flow
+
+    with get_client(sync_client=True) as client:  # a run that is not over: its entry stays in the calendar
+        live = client.create_flow_run(flow(name="planned-among-others")(noted))
+    other = RunCalendar(str(live.id), "other", logging.getLogger("test"))
+    now = time.time()
+    other.write("other", {"o0": Assignment("o0", POOL, {"cpu": 1}, 0, 0.0, 120.0)}, now)
+    other.written()
+
+    def refused(self):
+        raise CalendarError("the server refused the entry (test)")
+
+    try:
+        monkeypatch.setattr(RunCalendar, "_save", refused)
+        RAN.clear()
+        run = to_flow(pipeline("entry-refused-among-others"))
+        with pytest.raises(PipelineRunError, match=r"CalendarError: the server refused the entry \(test\)"):
+            run(local_pool=POOL)
+        assert RAN == []  # no component ran without its run in the calendar
+        assert held_planning() == 0
+        cpu = limit_name(POOL, "cpu")
+        deadline = time.monotonic() + 30.0  # the first slots go back off the run's path
+        while active_slots([cpu])[cpu] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert active_slots([cpu])[cpu] == 0
+    finally:
+        monkeypatch.undo()
+        other.delete()
+        with get_client(sync_client=True) as client:
+            client.delete_flow_run(live.id)
 
 
 def test_a_first_save_waiting_for_the_first_slots_is_not_made_when_the_run_ends_first(pool, monkeypatch):

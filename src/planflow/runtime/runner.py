@@ -194,7 +194,7 @@ def _run(
             if admit is not None and calendar is not None and policy == "plan" and options.hold_to_calendar:
                 admit = calendar.admit(admit)  # start where the calendar says (kept current by re-planning)
             if admit is not None and calendar is not None:
-                admit = _SavesAfterFirstTake(admit, calendar.first_taken)  # the entry's save waits for the first slots
+                admit = _FirstSave(admit, calendar)  # the first component after the entry's save, or the save after it
             notify = partial(bus.step, run)
             if calendar is not None:
                 notify = calendar.listen(run, notify)
@@ -285,9 +285,11 @@ def plan_shared(
     first served (policy "fifo", for its ETA) into what is left and its reservations
     written, all under the planning slot. `reads`: what read_for_run read (read now when
     None), the slot already held and the calendar read under it when it took them
-    (`lock_calendar`). The entry is saved on a thread of its own once the run's first
-    step asked for its slots (`_SavesAfterFirstTake`), and the slot given back once it is
-    saved: the first component does not wait for the save (RunCalendar.write)."""
+    (`lock_calendar`). The entry is saved on a thread of its own, which gives the slot
+    back once it is saved: the run takes its first slots meanwhile, and its first
+    component waits for the save (`calendar.written`, `_FirstSave`); a run planned alone
+    on its pools saves once its first step asked for its slots instead, and its first
+    component does not wait (RunCalendar.write)."""
     reads = reads or read_for_run(pipeline, policy, mode, local_pool, params, refresh, None, True)
     planning = reads.planning or ExitStack()  # closed: the planning slot goes back
     try:
@@ -322,7 +324,7 @@ def plan_shared(
             plan.planned_at,
             then=planning.close,
             allowed=allowed,
-            after_first_take=True,
+            after_first_take=plan.busy == 0,  # alone on its pools: nobody is held up meanwhile
         )
     except BaseException:
         planning.close()
@@ -330,14 +332,15 @@ def plan_shared(
     return plan
 
 
-class _SavesAfterFirstTake:
-    """The dispatcher's `admit`, telling the run's calendar when its first step has asked
-    for its slots (granted or not), so that the entry's first save begins then and not
-    beside the first slots' increments (RunCalendar.write). Its `prepare` (the first
-    round's slots) and the rest are `take`'s."""
+class _FirstSave:
+    """The dispatcher's `admit` with the run's calendar entry's first save: a step's take
+    waits for the save (and fails, naming why, when the save failed), or, when the entry
+    is saved after the first slots (`calendar.saves_after_first_take`), the first take
+    tells the calendar that it asked (granted or not) and nothing waits for the save.
+    Its `prepare` (the first round's slots) and the rest are `take`'s."""
 
-    def __init__(self, take: Any, first_taken: Callable[[], None]) -> None:
-        self.take, self._first_taken = take, first_taken
+    def __init__(self, take: Any, calendar: RunCalendar) -> None:
+        self.take, self._calendar = take, calendar
         self._told = False
         self.prepare = getattr(take, "prepare", None)
         self.wake_with = getattr(take, "wake_with", None)
@@ -347,12 +350,15 @@ class _SavesAfterFirstTake:
         return getattr(self.take, "poll_seconds", POLL_SECONDS)
 
     def __call__(self, a: Assignment) -> Any:
+        if not self._calendar.saves_after_first_take:
+            self._calendar.written()
+            return self.take(a)
         try:
             return self.take(a)
         finally:
             if not self._told:
                 self._told = True
-                self._first_taken()
+                self._calendar.first_taken()
 
 
 def raise_if_failed(pipeline: Pipeline, records: Mapping[str, StepRecord]) -> None:
