@@ -122,10 +122,11 @@ class RunCalendar(PoolOrder, Reporter):
         about 30, and the first component waited for both. The run holds the planning slot
         until the save ends, so any run planned after it sees its entry; a re-plan of a
         run already planned (every REPLAN_SECONDS, without the slot) may miss the first
-        components for those milliseconds. Not for a run planned among others: it would
-        hold the planning slot for its first take too, which in a fleet burst (increments
-        queued behind every run's writes) held up the next runs' plans: cores held idle by
-        claims 17.7-21.5 core-s against 6.4, makespan 1.23x and 1.31x against 1.16x.
+        components for those milliseconds. Not for a run planned among others: done for
+        every run, the fleet benchmark's bursts got worse (makespan 1.23x and 1.31x against
+        1.16x, cores held idle by claims 17.7-21.5 core-s against 6.4, the same hour); the
+        likely cause, not measured apart: each run held the planning slot through its first
+        take as well, whose increments in a burst wait behind every run's writes.
         `allowed`: how much longer than planned runs of this kind took (eta_history.py):
         the ETA is the plan's makespan times its factor, kept so as the run goes on."""
         self.makespan = max((a.planned_finish or 0.0 for a in assignments.values()), default=0.0)

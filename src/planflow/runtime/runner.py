@@ -324,7 +324,7 @@ def plan_shared(
             plan.planned_at,
             then=planning.close,
             allowed=allowed,
-            after_first_take=plan.busy == 0,  # alone on its pools: nobody is held up meanwhile
+            after_first_take=plan.busy == 0,  # alone on its pools (among others: RunCalendar.write)
         )
     except BaseException:
         planning.close()
