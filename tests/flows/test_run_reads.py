@@ -1,10 +1,7 @@
-"""A run takes the planning slot beside its other reads (real Prefect server), and the slot
-always goes back after its calendar entry's save. Planned among other runs' components,
-its entry is saved while its first slots are taken and its first component waits for the
-save (a save that fails fails the run, naming it, with nothing run and nothing held);
-planned alone on its pools, the entry is saved once its first step asked for its slots,
-the first component does not wait, and a save that fails is said in the run's log while
-the run goes on, holding nothing once it ended."""
+"""A run takes the planning slot beside its other reads, and its calendar entry is saved
+while its first slots are taken (real Prefect server): the slot always goes back, the
+first component waits for the save, and a save that fails fails the run naming it,
+with nothing run and nothing held."""
 
 from __future__ import annotations
 
@@ -12,12 +9,8 @@ import logging
 import threading
 import time
 import uuid
-from uuid import UUID
 
 import pytest
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
-from prefect.logging.handlers import APILogWorker
 
 from planflow import to_flow
 from planflow.core.component import component
@@ -50,13 +43,6 @@ def pool(registered_blocks):
 def pipeline(name: str, n: int = 2) -> Pipeline:
     comp = component(noted, cpu=1, mem_gib=0.01, est_seconds=0.05, pools=[POOL])
     return Pipeline(name, [Step(f"c{i}", comp) for i in range(n)], description="trivial components")
-
-
-def run_log(flow_run_id: str) -> list[str]:
-    """The run's log as the server keeps it."""
-    with get_client(sync_client=True) as client:
-        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[UUID(flow_run_id)])))
-    return [log.message for log in logs]
 
 
 def held_planning() -> int:
@@ -99,97 +85,29 @@ def test_a_calendar_entry_deleted_while_its_first_save_is_on_the_way_is_not_left
     assert all(e.flow_run_id != run_id for e in read_calendar(clean=False))
 
 
-def test_a_run_whose_calendar_entry_cannot_be_saved_says_so_runs_on_and_holds_nothing_after(pool, monkeypatch):
-    """Planned alone on its pools, nobody orders itself by the entry in those milliseconds,
-    and the slots on the server are what keep the pool's capacity. So a save the server
-    refuses does not stop the run: its log names the failure, later saves try again, and
-    the planning slot and every slot go back."""
-
+def test_a_run_whose_calendar_entry_cannot_be_saved_fails_naming_it_with_nothing_run_or_held(pool, monkeypatch):
     def refused(self):
         raise CalendarError("the server refused the entry (test)")
 
     monkeypatch.setattr(RunCalendar, "_save", refused)
     RAN.clear()
     run = to_flow(pipeline("entry-refused"))
-    summary = run(local_pool=POOL)
-    assert {s["state"] for s in summary["steps"].values()} == {"Completed"}
-    assert len(RAN) == 2
-    APILogWorker.drain_all(timeout=30)
-    logs = run_log(summary["flow_run_id"])
-    said = [m for m in logs if "calendar entry was not saved" in m]
-    assert said and "the server refused the entry (test)" in said[0], logs
+    with pytest.raises(PipelineRunError, match=r"CalendarError: the server refused the entry \(test\)"):
+        run(local_pool=POOL)
+    assert RAN == []  # no component ran without its run in the calendar
     assert held_planning() == 0
     cpu = limit_name(POOL, "cpu")
-    deadline = time.monotonic() + 30.0  # the last slots go back off the run's path
+    deadline = time.monotonic() + 30.0  # the first slots go back off the run's path
     while active_slots([cpu])[cpu] and time.monotonic() < deadline:
         time.sleep(0.1)
     assert active_slots([cpu])[cpu] == 0
-    assert all(e.pipeline != "entry-refused" for e in read_calendar(clean=False))
-
-
-def test_a_run_planned_among_others_whose_entry_cannot_be_saved_fails_naming_it_with_nothing_run_or_held(
-    pool, monkeypatch
-):
-    """Planned around another run's components, a run saves its entry before its first
-    component starts (the others order themselves by it), so a save that fails fails the run."""
-    from prefect import flow
-
-    with get_client(sync_client=True) as client:  # a run that is not over: its entry stays in the calendar
-        live = client.create_flow_run(flow(name="planned-among-others")(noted))
-    other = RunCalendar(str(live.id), "other", logging.getLogger("test"))
-    now = time.time()
-    other.write("other", {"o0": Assignment("o0", POOL, {"cpu": 1}, 0, 0.0, 120.0)}, now)
-    other.written()
-
-    def refused(self):
-        raise CalendarError("the server refused the entry (test)")
-
-    try:
-        monkeypatch.setattr(RunCalendar, "_save", refused)
-        RAN.clear()
-        run = to_flow(pipeline("entry-refused-among-others"))
-        with pytest.raises(PipelineRunError, match=r"CalendarError: the server refused the entry \(test\)"):
-            run(local_pool=POOL)
-        assert RAN == []  # no component ran without its run in the calendar
-        assert held_planning() == 0
-        cpu = limit_name(POOL, "cpu")
-        deadline = time.monotonic() + 30.0  # the first slots go back off the run's path
-        while active_slots([cpu])[cpu] and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert active_slots([cpu])[cpu] == 0
-    finally:
-        monkeypatch.undo()
-        other.delete()
-        with get_client(sync_client=True) as client:
-            client.delete_flow_run(live.id)
-
-
-def test_a_first_save_waiting_for_the_first_slots_is_not_made_when_the_run_ends_first(pool, monkeypatch):
-    """A run that ends before any step asked for slots (e.g. every step skipped) leaves
-    nothing in the calendar and gives the planning slot back without a write."""
-    saves = []
-    monkeypatch.setattr(RunCalendar, "_save", lambda self: saves.append(self.run_id))
-    run_id = str(uuid.uuid4())
-    calendar = RunCalendar(run_id, "ends-first", logging.getLogger("test"))
-    given_back = threading.Event()
-    plan = {"c0": Assignment("c0", POOL, {"cpu": 1}, 0, 0.0, 1.0)}
-    calendar.write("ends-first", plan, time.time(), given_back.set, after_first_take=True)
-    time.sleep(0.1)
-    assert saves == [] and not given_back.is_set()  # waiting for the first slots
-    calendar.delete()
-    assert given_back.wait(5.0) and saves == []
-    # told that the first step asked: saved then, well before FIRST_SAVE_AFTER_SECONDS
-    calendar = RunCalendar(run_id, "asks", logging.getLogger("test"))
-    given_back.clear()
-    calendar.write("asks", plan, time.time(), given_back.set, after_first_take=True)
-    calendar.first_taken()
-    assert given_back.wait(5.0) and saves == [run_id]
-    calendar.delete()
 
 
 def test_a_run_on_a_server_without_the_planning_limit_creates_it_and_plans(pool):
     """A new server has no limits: the run's reads find no planning slot to take, the run
     creates the limits (require_limits) and takes the slot then."""
+    from prefect.client.orchestration import get_client
+
     with get_client(sync_client=True) as client:
         client.delete_global_concurrency_limit_by_name(PLANNING_LIMIT)
     RAN.clear()

@@ -56,7 +56,6 @@ ETA_CHANGE_SECONDS = 1.0  # a corrected ETA that moves less than this is not log
 # last shown by at least this share of the time left to it (re-plans swung +51 s, -56 s, +5 s).
 ETA_BAND_SHARE = 0.1
 WRITE_WAIT_SECONDS = 60.0  # the most a run waits for its entry's first save (a busy server retries for seconds)
-FIRST_SAVE_AFTER_SECONDS = 0.5  # the most the entry's first save waits for the run's first slots (`write`)
 
 
 class RunCalendar(PoolOrder, Reporter):
@@ -80,9 +79,6 @@ class RunCalendar(PoolOrder, Reporter):
         self._lock = threading.RLock()  # the event thread and the re-planning thread both write the entry
         self._save_lock = threading.Lock()  # one write of the entry at a time, in order
         self._save_due = threading.Event()  # the saver thread's cue (flush)
-        self._first_taken = threading.Event()  # the run's first step asked for its slots (`write`)
-        self._first_skipped = False  # the run ended before its entry's first save began: nothing saved
-        self.saves_after_first_take = False  # `write(after_first_take=True)`: the first component does not wait
         self._stop = threading.Event()
         self._wake = threading.Event()  # the watcher looks now (first_on asks; stop)
         self._looked = -1e9  # when the watcher last looked (monotonic)
@@ -109,24 +105,11 @@ class RunCalendar(PoolOrder, Reporter):
         planned_at: float,
         then: Callable[[], None] | None = None,
         allowed: Allowance | None = None,
-        after_first_take: bool = False,
     ) -> float:
         """Record the plan's reservations; returns the ETA (Unix time). The entry is saved
         on a thread of its own, and `then` called after the save, saved or not (the runner
-        gives the planning slot back there); `written` waits for the save.
-        `after_first_take` (the runner: for a run planned alone on its pools): the save
-        begins once the run's first step asked for its slots (`first_taken`; at the latest
-        FIRST_SAVE_AFTER_SECONDS after this call), and the first component does not wait
-        for it. On SQLite the save (a write) and the first slots (two increments, writes
-        too) queued for one write lock: the slots were answered after 50-75 ms instead of
-        about 30, and the first component waited for both. The run holds the planning slot
-        until the save ends, so any run planned after it sees its entry; a re-plan of a
-        run already planned (every REPLAN_SECONDS, without the slot) may miss the first
-        components for those milliseconds. Not for a run planned among others: done for
-        every run, the fleet benchmark's bursts got worse (makespan 1.23x and 1.31x against
-        1.16x, cores held idle by claims 17.7-21.5 core-s against 6.4, the same hour); the
-        likely cause, not measured apart: each run held the planning slot through its first
-        take as well, whose increments in a burst wait behind every run's writes.
+        gives the planning slot back there): the run goes on to take its first slots
+        meanwhile, and `written` waits for the save before its first component starts.
         `allowed`: how much longer than planned runs of this kind took (eta_history.py):
         the ETA is the plan's makespan times its factor, kept so as the run goes on."""
         self.makespan = max((a.planned_finish or 0.0 for a in assignments.values()), default=0.0)
@@ -152,21 +135,9 @@ class RunCalendar(PoolOrder, Reporter):
 
         def save() -> None:
             try:
-                if after_first_take:
-                    self._first_taken.wait(FIRST_SAVE_AFTER_SECONDS)
-                    if self._stop.is_set():  # the run ended first: nothing to save (nor to delete)
-                        self._first_skipped = True
-                        written.set_result(None)
-                        return
                 self._save()
             except BaseException as exc:
                 written.set_exception(exc)
-                if after_first_take:  # no component waits for it: said here (the next flush saves again)
-                    self.logger.warning(
-                        "this run's pool calendar entry was not saved (%s); other runs plan as if it held "
-                        "nothing until a later save",
-                        exc,
-                    )
             else:
                 written.set_result(None)
             finally:
@@ -174,14 +145,8 @@ class RunCalendar(PoolOrder, Reporter):
                     then()
 
         self._written = written
-        self.saves_after_first_take = after_first_take
         threading.Thread(target=contextvars.copy_context().run, args=(save,), name="planflow-entry-save").start()
         return self.entry.eta
-
-    def first_taken(self) -> None:
-        """The run's first step asked for its slots (granted or not): the entry's first
-        save begins now (`write(after_first_take=True)`)."""
-        self._first_taken.set()
 
     def written(self, timeout: float = WRITE_WAIT_SECONDS) -> None:
         """Wait for the entry's first save (`write`); its error, if it failed
@@ -473,14 +438,10 @@ class RunCalendar(PoolOrder, Reporter):
         self._stop.set()
         self._wake.set()  # the watcher ends
         self._save_due.set()  # the saver ends
-        self._first_taken.set()  # a first save still waiting for the first slots: not begun at all
         if self._written is not None:  # a delete before the entry's first save lands would miss it
             wait_for([self._written], WRITE_WAIT_SECONDS)
         with self._lock:
             if self.entry is None:
-                return
-            if self._first_skipped and self._saved is None:  # never saved: nothing on the server
-                self.entry = None
                 return
             saved, self.entry, self._saved = self._saved, None, None
         if not wait:

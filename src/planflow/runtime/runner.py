@@ -194,14 +194,12 @@ def _run(
             if admit is not None and calendar is not None and policy == "plan" and options.hold_to_calendar:
                 admit = calendar.admit(admit)  # start where the calendar says (kept current by re-planning)
             if admit is not None and calendar is not None:
-                admit = _FirstSave(admit, calendar)  # the first component after the entry's save, or the save after it
+                admit = _AfterWrite(admit, calendar.written)  # no component before the run's entry is saved
             notify = partial(bus.step, run)
             if calendar is not None:
                 notify = calendar.listen(run, notify)
             notify = _remembering(notify, seen)
             records = execute(make_executor(run), pipeline, plan.assignments, plan.capacities, notify, admit)
-            if calendar is not None:
-                calendar.first_taken()  # no step asked for slots (all skipped): the entry is saved now
             bus.finished(run, records)  # held until the final state when `later` (run_end.py)
         if slots is not None:
             logger.info(
@@ -287,9 +285,7 @@ def plan_shared(
     None), the slot already held and the calendar read under it when it took them
     (`lock_calendar`). The entry is saved on a thread of its own, which gives the slot
     back once it is saved: the run takes its first slots meanwhile, and its first
-    component waits for the save (`calendar.written`, `_FirstSave`); a run planned alone
-    on its pools saves once its first step asked for its slots instead, and its first
-    component does not wait (RunCalendar.write)."""
+    component waits for the save (`calendar.written`, `_AfterWrite`)."""
     reads = reads or read_for_run(pipeline, policy, mode, local_pool, params, refresh, None, True)
     planning = reads.planning or ExitStack()  # closed: the planning slot goes back
     try:
@@ -318,30 +314,20 @@ def plan_shared(
             )
         allowed = allowance(reads.eta_ratios, main_pool(plan.assignments), plan.busy > 0, pipeline.name)
         plan = replace(plan, allowance=allowed)
-        calendar.write(
-            pipeline.name,
-            plan.assignments,
-            plan.planned_at,
-            then=planning.close,
-            allowed=allowed,
-            after_first_take=plan.busy == 0,  # alone on its pools (among others: RunCalendar.write)
-        )
+        calendar.write(pipeline.name, plan.assignments, plan.planned_at, then=planning.close, allowed=allowed)
     except BaseException:
         planning.close()
         raise
     return plan
 
 
-class _FirstSave:
-    """The dispatcher's `admit` with the run's calendar entry's first save: a step's take
-    waits for the save (and fails, naming why, when the save failed), or, when the entry
-    is saved after the first slots (`calendar.saves_after_first_take`), the first take
-    tells the calendar that it asked (granted or not) and nothing waits for the save.
-    Its `prepare` (the first round's slots) and the rest are `take`'s."""
+class _AfterWrite:
+    """The dispatcher's `admit` once the run's calendar entry is saved: its `prepare`
+    (the first round's slots) goes ahead of the save, a step's take waits for it (and
+    fails, naming why, when the save failed)."""
 
-    def __init__(self, take: Any, calendar: RunCalendar) -> None:
-        self.take, self._calendar = take, calendar
-        self._told = False
+    def __init__(self, take: Any, written: Callable[[], None]) -> None:
+        self.take, self._written = take, written  # `written` returns at once once the save ended
         self.prepare = getattr(take, "prepare", None)
         self.wake_with = getattr(take, "wake_with", None)
 
@@ -350,15 +336,8 @@ class _FirstSave:
         return getattr(self.take, "poll_seconds", POLL_SECONDS)
 
     def __call__(self, a: Assignment) -> Any:
-        if not self._calendar.saves_after_first_take:
-            self._calendar.written()
-            return self.take(a)
-        try:
-            return self.take(a)
-        finally:
-            if not self._told:
-                self._told = True
-                self._calendar.first_taken()
+        self._written()
+        return self.take(a)
 
 
 def raise_if_failed(pipeline: Pipeline, records: Mapping[str, StepRecord]) -> None:
