@@ -469,6 +469,7 @@ def run_burst(
     figures = burst_figures(runs, submitted, declared, context, sampler.cpu_held, sampler.turn_held)
     figures["trace"].update(server_requests=sum(requests.values()), quiet_after_s=_rounded(quiet))
     figures["server_requests_by_route"] = top_routes(requests)
+    figures["server_requests_all_routes"] = dict(requests.most_common())  # fleet.json only: every route
     figures["trace"].update(machine_cpu(cpu_used, wall, figures["trace"].get("solo_cpu_work_s", 0.0)))
     if server_before is not None and server_after is not None:
         figures["trace"]["server_cpu_s"] = round(server_after - server_before, 1)
