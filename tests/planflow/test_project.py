@@ -127,6 +127,7 @@ def test_commands_that_start_no_server_leave_no_state(project, env):
         (["env"], subfolder),
         (["server", "status"], project),
         (["worker", "start", "--help"], project),
+        (["pools", "set", "big", "--cpu", "-2", "--mem-gib", "1"], project),  # refused before any server
     )
     # all at once: each is mostly Python importing Prefect, and CI has two cores
     with ThreadPoolExecutor(max_workers=len(commands)) as pool:
@@ -134,6 +135,10 @@ def test_commands_that_start_no_server_leave_no_state(project, env):
     for done in runs:
         assert "Failed to create the Prefect home" not in done.stderr, done.stderr
     assert not list(project.rglob(".planflow"))
+    bad_pool = runs[-1]
+    assert bad_pool.returncode == 2, bad_pool.stderr
+    assert "pool 'big': --cpu -2.0: Input should be greater than 0. Fix: e.g. --cpu 2" in bad_pool.stderr
+    assert "pydantic" not in bad_pool.stderr
 
 
 def test_pipelines_are_found_from_a_subfolder_yaml_ones_naming_the_projects_module_too(project, env):
@@ -166,3 +171,32 @@ def test_a_flows_package_imported_from_elsewhere_is_named_not_confused(project, 
     error = found["flows.wordcount.flow"].error or ""
     assert f"the module 'flows' is already imported from {Path(flows.__file__).parent}" in error
     assert f"not from this project's {project / 'flows'}" in error
+
+
+def test_an_unknown_name_shows_each_failed_sources_whole_error(monkeypatch):
+    """A component's problems follow a first line ending in a colon: the unknown-name
+    message shows them (it cut the error at its first line), and a long one is cut short
+    with where to read the rest."""
+    first = "ComponentSpecError: component 'step_a' (flows.bad.flow.step_a) has 1 problem:"
+    spec_error = first + "\n  - cpu=-1: must be a number > 0"
+    long_error = "\n".join(f"line {i}" for i in range(20))
+    monkeypatch.setattr(
+        discovery,
+        "discover",
+        lambda: [
+            discovery.Found("churn", "flows.churn.flow", pipeline=object()),
+            discovery.Found("bad", "flows.bad.flow", error=spec_error),
+            discovery.Found("long", "flows.long.flow", error=long_error),
+        ],
+    )
+    with pytest.raises(discovery.UnknownPipelineError) as caught:
+        discovery.get("chrun")
+    message = str(caught.value)
+    assert "Did you mean 'churn'?" in message
+    assert f"  - flows.bad.flow: {first}\n" in message
+    assert "\n        - cpu=-1: must be a number > 0" in message
+    assert (
+        f"line {discovery.ERROR_LINES_SHOWN - 1}\n" in message
+        and f"line {discovery.ERROR_LINES_SHOWN}\n" not in message
+    )
+    assert f"... ({20 - discovery.ERROR_LINES_SHOWN} more lines: `planflow pipelines`)" in message

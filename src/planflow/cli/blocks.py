@@ -3,7 +3,9 @@ blocks, and the global concurrency limits that hold each pool's capacity across 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import typer
 from pydantic import ValidationError
@@ -101,9 +103,7 @@ def pools_set(
     backup_pool: str | None = typer.Option(None, help="Pool to fail over to."),
 ) -> None:
     """Create or update a ResourcePool block."""
-    ensure_server()
-    register()
-    try:
+    try:  # checked before a server is started or asked
         pool = ResourcePool(
             work_pool=work_pool or name,
             cpu=cpu,
@@ -113,8 +113,27 @@ def pools_set(
             backup_pool=backup_pool,
         )
     except ValidationError as exc:
-        fail(f"pool '{name}': {exc}")
+        fail(f"pool '{name}': " + "; ".join(_option_problem(error) for error in exc.errors()), 2)
+    ensure_server()
+    register()
     pool.save(name, overwrite=True)
     say(f"pool {name}: cpu={cpu:g} gpu={gpu} mem_gib={mem_gib:g} -> work pool {pool.work_pool}")
     for line in sync_limits({name: pool.capacity()}):
         say(line)
+
+
+_OPTION_EXAMPLES = {
+    "cpu": "--cpu 2",
+    "mem_gib": "--mem-gib 4",
+    "gpu": "--gpu 1",
+    "cost_per_hour": "--cost-per-hour 0.5",
+}
+
+
+def _option_problem(error: Mapping[str, Any]) -> str:
+    """One of ResourcePool's validation errors as the option that was given: `--cpu -2:
+    Input should be greater than 0. Fix: e.g. --cpu 2`."""
+    field = str(error["loc"][0]) if error.get("loc") else "value"
+    example = _OPTION_EXAMPLES.get(field)
+    fix = f". Fix: e.g. {example}" if example else ""
+    return f"--{field.replace('_', '-')} {error.get('input')!r}: {error['msg']}{fix}"

@@ -152,9 +152,22 @@ def get(name: str) -> Pipeline:
     names = [i.name for i in everything if i.pipeline is not None]
     close = difflib.get_close_matches(name, names, n=1)
     hint = f" Did you mean '{close[0]}'?" if close else ""
-    broken = [f"  - {i.source}: {(i.error or '').splitlines()[0]}" for i in everything if i.pipeline is None]
+    broken = [f"  - {i.source}: {_shown(i.error or '')}" for i in everything if i.pipeline is None]
     failed = ("\nThese sources failed to load (one may be it):\n" + "\n".join(broken)) if broken else ""
     raise UnknownPipelineError(
         f"no pipeline named '{name}'.{hint} Known pipelines: {', '.join(names) or '(none)'}. "
         f"See `planflow pipelines`.{failed}"
     )
+
+
+# Lines of a source's load error the unknown-name message shows (a component's problems, each with its fix)
+ERROR_LINES_SHOWN = 8
+
+
+def _shown(error: str) -> str:
+    """A load error as the unknown-name message shows it: whole up to ERROR_LINES_SHOWN
+    lines (a ComponentSpecError's first line ends with a colon, its problems follow)."""
+    lines = error.splitlines() or [""]
+    more = len(lines) - ERROR_LINES_SHOWN
+    shown = lines[:ERROR_LINES_SHOWN] + ([f"... ({more} more lines: `planflow pipelines`)"] if more > 0 else [])
+    return "\n      ".join(shown)
