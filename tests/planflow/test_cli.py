@@ -101,6 +101,16 @@ def test_a_failing_pipeline_exits_nonzero_naming_the_step(toy_env):
         rf"Its log and traceback: {re.escape(ui)}/v2/runs/flow-run/{UUID}\?tab=Logs",
         error,
     ), error
+    # the traceback is in the run's log on the server, not in the terminal; the run's other lines are
+    assert "Traceback" not in out.stdout + out.stderr
+    assert "Finished in state Failed" in out.stdout + out.stderr
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    run_id = re.search(rf"/flow-run/({UUID})", error).group(1)
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
+    assert any("Traceback" in log.message and "cannot use 4 numbers" in log.message for log in logs)
 
 
 def test_a_dead_server_gives_a_clear_error(toy_env):

@@ -66,12 +66,22 @@ class _DropRunLogs(logging.Filter):
         return not record.name.startswith(("prefect.flow_runs", "prefect.task_runs"))
 
 
+class _DropRunTracebacks(logging.Filter):
+    """Drops the flow and task runs' log records that carry a traceback (they still reach
+    the server, where the run's log keeps them); their other lines pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and record.name.startswith(("prefect.flow_runs", "prefect.task_runs")))
+
+
 @contextmanager
-def run_logs_off_the_terminal() -> Iterator[None]:
+def run_logs_off_the_terminal(tracebacks_only: bool = False) -> Iterator[None]:
     """Within: the runs' log lines (and tracebacks) go to the Prefect server only, not
-    to the terminal; for a run whose failure is expected, and said in one line."""
+    to the terminal; for a run whose failure is expected, and said in one line. With
+    `tracebacks_only`, the runs' other lines still show (`planflow run`'s progress): a
+    failed run is said in one line with the address of its log."""
     handlers = [h for h in logging.getLogger().handlers if isinstance(h, logging.StreamHandler)]
-    quiet = _DropRunLogs()
+    quiet = _DropRunTracebacks() if tracebacks_only else _DropRunLogs()
     for handler in handlers:
         handler.addFilter(quiet)
     try:

@@ -17,7 +17,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from planflow.cli.common import console, ensure_server, fail, run_url, say, ui_url, warn
+from planflow.cli.common import console, ensure_server, fail, run_logs_off_the_terminal, run_url, say, ui_url, warn
 from planflow.cli.params import ParamError, parse_pairs, typed_values
 from planflow.cli.progress import run_with_progress
 from planflow.core import discovery
@@ -330,8 +330,9 @@ def run(
     values = {**values, "refresh": True} if refresh else values
     url = ensure_server()
     try:
-        result = execute(pipeline, flow, values, mode, show_progress=not json_output)
-    except Exception as exc:  # the flow run failed; Prefect has logged the traceback
+        with run_logs_off_the_terminal(tracebacks_only=True):  # the traceback is in the run's log, linked below
+            result = execute(pipeline, flow, values, mode, show_progress=not json_output)
+    except Exception as exc:  # the flow run failed; Prefect has logged the traceback to the server
         fail(failed_run(name, exc, url))
     if json_output:
         print(json.dumps(result, indent=2, default=str))
