@@ -106,6 +106,17 @@ def test_a_step_that_fits_no_pool_names_its_demand_every_capacity_and_the_fix():
     assert "step 'total' needs cpu=16, gpu=0, mem_gib=2 but fits no pool it may use" in message
     assert "local (cpu=2, gpu=0, mem_gib=4); gpu (cpu=8, gpu=1, mem_gib=32)" in message
     assert "Fix: lower its cpu to <= 8, or add a ResourcePool with cpu >= 16" in message
+    assert "component's pools" not in message  # not pinned: any new pool big enough is used
+
+
+def test_a_pinned_step_that_fits_no_pool_is_told_to_name_a_bigger_pool_too():
+    pinned = component(toy_dags.total.fn, name="total", cpu=4, mem_gib=2, est_seconds=1, pools=["local"])
+    with pytest.raises(PoolError) as caught:
+        allowed_pools(Pipeline("pinned", [toy_dags.numbers, pinned]), CAPACITY)
+    assert (
+        "Fix: lower its cpu to <= 2, or add a ResourcePool with cpu >= 4 "
+        "and add it to the component's pools (now ['local'])" in str(caught.value)
+    )
 
 
 def test_an_unknown_pool_name_is_reported_with_the_closest():

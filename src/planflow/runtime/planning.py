@@ -92,10 +92,12 @@ def allowed_pools(
                 )
                 or "lower its demand"
             )
+            bigger = ", ".join(f"{r} >= {v:g}" for r, v in (short or demand).items())
+            # a step pinned to pools runs on no other: a new pool helps once it is named there too
+            pinned = f" and add it to the component's pools (now {list(spec.pools)})" if spec.pools else ""
             problems.append(
                 f"step '{name}' needs {_fmt(demand)} but fits no pool it may use: {pools}. "
-                f"Fix: {fix}, or add a ResourcePool with "
-                + ", ".join(f"{r} >= {v:g}" for r, v in (short or demand).items())
+                f"Fix: {fix}, or add a ResourcePool with {bigger}{pinned}"
             )
         allowed[name] = fitting
     if problems:
