@@ -107,7 +107,9 @@ def test_a_pool_without_worker_or_deployment_is_named_with_what_to_run(component
         ready, problems = readiness({"readiness-check"})
         assert ready == {}
         assert problems["readiness-check"][0].startswith(
-            "no deployment 'run-component/readiness-check'. Fix: prefect deploy"
+            "no deployment 'run-component/readiness-check'. Fix: add to your prefect.yaml a deployment named "
+            "'readiness-check' with entrypoint planflow.runtime.component_flow:run_component and "
+            "work_pool {name: readiness-check}, then `prefect --no-prompt deploy --all`"
         )
         assert "Start one with: prefect worker start --pool readiness-check" in problems["readiness-check"][1]
         with pytest.raises(DeploymentMissingError, match="distributed mode cannot start"):

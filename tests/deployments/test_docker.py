@@ -22,14 +22,14 @@ from tests.deployments.conftest import (
 )
 
 
-def test_missing_image_says_make_image():
+def test_missing_image_says_how_to_build_it():
     problem = docker_problem()
     if problem:
         skip_or_fail(problem)
     with pytest.raises(WorkPoolError) as info:
         require_image("planflow:no-such-tag")
     assert "the image 'planflow:no-such-tag' is not on this machine" in str(info.value)
-    assert "run `make image`" in str(info.value)
+    assert "Fix: build it from your project's Dockerfile (in planflow's repository: `make image`)" in str(info.value)
 
 
 def test_image_runs_the_project(docker_image):

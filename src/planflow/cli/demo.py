@@ -80,10 +80,7 @@ def demo(
         say(f"  {name}: Completed  {run_url(ui, run_id)}")
     if monitoring:
         say(f"  alert events: {ui}/events  ·  Prometheus alerts: {services.status()['prometheus'].url}/alerts")
-    say(
-        "Next: `planflow demo heal` (make demo-heal) shows a failover and a rescale. "
-        "Stop everything with `planflow stack down` (or `make stop`)."
-    )
+    say("Next: `planflow demo heal` shows a failover and a rescale. Stop everything with `planflow stack down`.")
 
 
 @demo_app.command("heal")

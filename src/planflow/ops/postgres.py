@@ -28,7 +28,7 @@ from urllib.parse import quote
 from planflow.ops.processes import free_port, port_in_use
 from planflow.settings import DEFAULT_HOST, StatePaths, make_private_dir, write_private
 
-INSTALL_HINT = "apt-get install -y postgresql (or: bash scripts/install-services.sh)"
+INSTALL_HINT = "apt-get install -y postgresql (in planflow's repository: bash scripts/install-services.sh)"
 OS_USER = "postgres"  # the account Debian's package creates; used when planflow runs as root
 ROLE = "planflow"
 DATABASE = "prefect"

@@ -100,7 +100,7 @@ def find_binary(service: str) -> str:
             return found
     raise ServicesError(
         f"{service} is not installed (looked for {', '.join(BINARIES[service])} on PATH). "
-        f"Fix: {INSTALL}  (or `bash scripts/install-services.sh`)"
+        f"Fix: {INSTALL}  (in planflow's repository: `bash scripts/install-services.sh`)"
     )
 
 

@@ -224,16 +224,20 @@ def worker_online(pool: str) -> bool:
 def require_image(image: str) -> None:
     """WorkPoolError saying what to run when the Docker engine or the image is missing."""
     if not shutil.which("docker"):
-        raise WorkPoolError("the docker client is not installed. Fix: scripts/install-docker.sh")
+        raise WorkPoolError(
+            "the docker client is not installed. Fix: install Docker Engine "
+            "(https://docs.docker.com/engine/install/; in planflow's repository: scripts/install-docker.sh)"
+        )
     probe = subprocess.run(["docker", "image", "inspect", image], capture_output=True, text=True)
     if probe.returncode == 0:
         return
     if "Cannot connect to the Docker daemon" in probe.stderr or "daemon running" in probe.stderr:
         raise WorkPoolError(
-            f"the Docker engine does not answer ({probe.stderr.strip()}). Fix: scripts/install-docker.sh"
+            f"the Docker engine does not answer ({probe.stderr.strip()}). Fix: start it (`systemctl start docker` or "
+            "`dockerd &`; in planflow's repository: scripts/install-docker.sh)"
         )
     raise WorkPoolError(
         f"the image '{image}' is not on this machine (`docker image inspect {image}` failed). "
-        "Fix: run `make image` (scripts/build-image.sh), or set the deployment's `image` job "
-        "variable to an image your registry holds."
+        "Fix: build it from your project's Dockerfile (in planflow's repository: `make image`), "
+        "or set the deployment's `image` job variable to an image your registry holds."
     )

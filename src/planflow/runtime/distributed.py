@@ -41,6 +41,7 @@ from planflow.runtime.oom_next import admit, kill_of, more_slots
 from planflow.settings import settings
 
 COMPONENT_FLOW = "run-component"
+COMPONENT_ENTRYPOINT = "planflow.runtime.component_flow:run_component"  # what a project's prefect.yaml deploys
 # Passed to every child so that it finds the same pipelines and result storage.
 SHARED_ENV = ("PREFECT_LOCAL_STORAGE_PATH", "PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK", "PLANFLOW_PIPELINES")
 
@@ -77,8 +78,10 @@ def readiness(work_pools: set[str]) -> tuple[dict[str, Any], dict[str, list[str]
                 client.read_deployment_by_name(deployment_name(work_pool))
             except ObjectNotFound:
                 missing.append(
-                    f"no deployment '{deployment_name(work_pool)}'. Fix: prefect deploy "
-                    "--prefect-file deployments/prefect.yaml --all (or `make deploy`)"
+                    f"no deployment '{deployment_name(work_pool)}'. Fix: add to your prefect.yaml a "
+                    f"deployment named '{work_pool}' with entrypoint {COMPONENT_ENTRYPOINT} and "
+                    f"work_pool {{name: {work_pool}}}, then `prefect --no-prompt deploy --all` "
+                    "(in planflow's own repository: `make deploy`)"
                 )
         status = worker_status(work_pool)
         if "worker(s) online" not in status:
