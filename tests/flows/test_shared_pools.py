@@ -8,6 +8,7 @@ declared cpu of the components running at each instant.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -23,6 +24,7 @@ import shared_pools_dags as dags
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.states import Crashed
 from typer.testing import CliRunner
@@ -30,7 +32,7 @@ from typer.testing import CliRunner
 from planflow import to_flow
 from planflow.cli.app import app
 from planflow.ops.server import free_port
-from planflow.prefect.blocks import ResourcePool
+from planflow.prefect.blocks import ResourcePool, load_pools
 from planflow.prefect.calendar_store import CalendarEntry, save_entry
 from planflow.prefect.limits import (
     LimitDriftError,
@@ -40,6 +42,7 @@ from planflow.prefect.limits import (
     pool_limits,
     require_limits,
     sync_limits,
+    turn_limit,
 )
 from planflow.runtime.admission import AdmissionError, SharedSlots
 from planflow.runtime.calendar import read_calendar
@@ -181,6 +184,53 @@ def test_runs_that_create_a_new_pools_limits_at_once_agree_and_pools_sync_checks
         assert CliRunner().invoke(app, ["pools", "sync", "--check"]).exit_code == 0
     finally:
         ResourcePool.delete("shared-new")  # other tests plan over every pool there is
+
+
+def test_pools_rm_removes_the_block_and_its_limits_but_not_a_pool_in_use_nor_local():
+    ResourcePool(work_pool="local-process", cpu=1, gpu=0, mem_gib=1).save("rm-me", overwrite=True)
+    ResourcePool(work_pool="local-process", cpu=1, gpu=0, mem_gib=1, backup_pool="rm-me").save(
+        "rm-backed", overwrite=True
+    )
+    sync_limits({"rm-me": {"cpu": 1, "gpu": 0, "mem_gib": 1}})
+    names = [*(limit_name("rm-me", r) for r in ("cpu", "gpu", "mem_gib")), turn_limit("rm-me")]
+    try:
+        backed = CliRunner().invoke(app, ["pools", "rm", "rm-me"])
+        assert backed.exit_code == 2 and "pool 'rm-me' is the backup_pool of rm-backed" in backed.output, backed.output
+        ResourcePool.delete("rm-backed")
+        held = SharedSlots().take(Assignment("s", "rm-me", {"cpu": 1, "mem_gib": 0.5}, 0))
+        assert held is not None
+        try:
+            busy = CliRunner().invoke(app, ["pools", "rm", "rm-me"])
+            assert busy.exit_code == 1, busy.output
+            assert "pool 'rm-me' is in use: planflow-rm-me-cpu-millicores has 1000 slots held" in busy.output
+            assert set(active_slots(names)) == set(names)  # nothing deleted
+            with get_client(sync_client=True) as client:
+                assert client.read_global_concurrency_limit_by_name(names[0]).limit == 1000
+        finally:
+            held.close()
+        removed = CliRunner().invoke(app, ["pools", "rm", "rm-me"])
+        assert removed.exit_code == 0, removed.output
+        assert "pool rm-me: removed" in removed.output
+        assert all(f"limit {name}: deleted" in removed.output for name in names), removed.output
+        assert "rm-me" not in load_pools()
+        with get_client(sync_client=True) as client:
+            assert not [n for n in names if _exists(client, n)]
+        again = CliRunner().invoke(app, ["pools", "rm", "rm-me"])
+        assert again.exit_code == 2 and "no pool named 'rm-me'. Known pools:" in again.output, again.output
+        local = CliRunner().invoke(app, ["pools", "rm", "local"])
+        assert local.exit_code == 2 and "pool 'local' is the pool in-process runs use" in local.output
+    finally:
+        for name in ("rm-me", "rm-backed"):
+            with contextlib.suppress(ValueError):
+                ResourcePool.delete(name)
+
+
+def _exists(client, name: str) -> bool:
+    try:
+        client.read_global_concurrency_limit_by_name(name)
+        return True
+    except ObjectNotFound:
+        return False
 
 
 def test_a_step_takes_all_of_its_slots_or_none(pool):

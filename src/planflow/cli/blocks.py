@@ -12,10 +12,10 @@ from pydantic import ValidationError
 from rich.table import Table
 
 from planflow.cli.common import console, ensure_server, fail, say
-from planflow.prefect.blocks import ResourcePool, ensure_defaults, load_pools, register
+from planflow.prefect.blocks import DEFAULT_POOL, ResourcePool, ensure_defaults, load_pools, register
 from planflow.prefect.blocks.documents import BlockDocumentError, apply_folder, default_folder, plan_folder
 from planflow.prefect.health import ServerNotAnswering
-from planflow.prefect.limits import limit_drift, sync_limits
+from planflow.prefect.limits import LimitsInUseError, limit_drift, remove_pool_limits, sync_limits
 
 blocks_app = typer.Typer(help="planflow's Prefect blocks.", no_args_is_help=True)
 pools_app = typer.Typer(help="Resource pools (ResourcePool blocks).", no_args_is_help=True)
@@ -90,6 +90,33 @@ def pools_ls() -> None:
             pool.backup_pool or "-",
         )
     console.print(table)
+
+
+@pools_app.command("rm")
+def pools_rm(name: str = typer.Argument(..., help="planflow pool name, e.g. gpu")) -> None:
+    """Remove a ResourcePool block and its concurrency limits (not `local`; not a pool in use
+    or named as another pool's backup). A project's blocks/ folder may create it again at
+    the next `planflow blocks apply`."""
+    if name == DEFAULT_POOL:
+        fail(
+            f"pool '{DEFAULT_POOL}' is the pool in-process runs use. Fix: resize it (`planflow pools set {name} ...`)",
+            2,
+        )
+    ensure_server()
+    pools = load_pools()
+    if name not in pools:
+        fail(f"no pool named '{name}'. Known pools: {', '.join(sorted(pools))}. See `planflow pools ls`.", 2)
+    backed = sorted(other for other, pool in pools.items() if pool.backup_pool == name)
+    if backed:
+        fail(f"pool '{name}' is the backup_pool of {', '.join(backed)}. Fix: give them another backup first", 2)
+    try:
+        lines = remove_pool_limits(name)
+    except LimitsInUseError as exc:
+        fail(str(exc))
+    ResourcePool.delete(name)
+    say(f"pool {name}: removed")
+    for line in lines:
+        say(line)
 
 
 @pools_app.command("set")

@@ -39,6 +39,10 @@ class LimitDriftError(RuntimeError):
     """A pool's concurrency limit differs from its ResourcePool block."""
 
 
+class LimitsInUseError(RuntimeError):
+    """A pool's limits have slots held: runs use the pool now."""
+
+
 def limit_name(pool: str, resource: str) -> str:
     return f"planflow-{pool}-{_SUFFIX[resource]}"
 
@@ -91,6 +95,31 @@ def sync_limits(capacities: Mapping[str, Mapping[str, float]]) -> list[str]:
             if found.limit != size or not found.active:
                 client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(limit=size, active=True))
                 lines.append(f"limit {name}: {found.limit} -> {size} slots")
+    return lines
+
+
+def remove_pool_limits(pool: str) -> list[str]:
+    """Delete `pool`'s limits (its resources' and its turn); one line per limit deleted.
+    Refused (LimitsInUseError, nothing deleted) while any of them has slots held: the runs
+    holding them would give back slots of a limit that is gone."""
+    names = [*(limit_name(pool, r) for r in RESOURCES), turn_limit(pool)]
+    held = {name: n for name, n in active_slots(names).items() if n}
+    if held:
+        raise LimitsInUseError(
+            f"pool '{pool}' is in use: "
+            + ", ".join(f"{name} has {n} slots held" for name, n in held.items())
+            + ". Fix: remove it once its runs have ended (`planflow calendar "
+            + pool
+            + "` shows them)"
+        )
+    lines = []
+    with get_client(sync_client=True) as client:
+        for name in names:
+            try:
+                client.delete_global_concurrency_limit_by_name(name)
+                lines.append(f"limit {name}: deleted")
+            except ObjectNotFound:
+                pass
     return lines
 
 
