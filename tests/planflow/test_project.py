@@ -200,3 +200,51 @@ def test_an_unknown_name_shows_each_failed_sources_whole_error(monkeypatch):
         and f"line {discovery.ERROR_LINES_SHOWN}\n" not in message
     )
     assert f"... ({20 - discovery.ERROR_LINES_SHOWN} more lines: `planflow pipelines`)" in message
+
+
+BROKEN_MODULE = """
+from planflow import component
+
+
+@component(cpu=-1)
+def step_a(x: int) -> int:
+    return x
+
+
+@component(cpus=2)
+def step_b(x: int) -> int:
+    return x
+
+
+@component(cpu=1)
+def step_c(x, *rest):
+    return x
+
+
+step_d = component(step_b, name="renamed", mem_gib="lots")
+LIMIT = 2
+
+
+@component(cpu=LIMIT, cpus=1)  # not a literal: left to the declaration
+def step_e(x: int) -> int:
+    return x
+"""
+
+
+def test_a_module_stopped_at_one_component_also_names_its_others_problems(tmp_path, monkeypatch):
+    """The first broken component stops the module; the others' problems come from its source."""
+    (tmp_path / "pf_broken_components.py").write_text(BROKEN_MODULE)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # discovery adds the project: undo it after
+    monkeypatch.setenv("PLANFLOW_PIPELINES", "pf_broken_components")
+    [found] = [item for item in discovery.discover() if item.source == "pf_broken_components"]
+    assert found.pipeline is None
+    first = found.error.splitlines()[0]
+    assert first == "ComponentSpecError: component 'step_a' (pf_broken_components.step_a) has 1 problem:"
+    rest = found.error.split("Also in this module (checked from its source):\n", 1)[1]
+    assert rest.startswith("component 'step_b' (line 10) has 1 problem:\n  - unknown key 'cpus'. Did you mean 'cpu'?")
+    assert "component 'step_c' (line 15) has 3 problems:\n  - parameter 'x' has no type annotation." in rest
+    assert "  - parameter 'rest' is *args/**kwargs" in rest
+    assert "  - the return value has no type annotation. Fix: add `-> <type>`" in rest
+    assert "component 'renamed' (line 20) has 1 problem:\n  - mem_gib='lots'" in rest
+    assert "step_e" not in rest and "step_a" not in rest

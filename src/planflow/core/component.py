@@ -21,7 +21,7 @@ import functools
 import hashlib
 import inspect
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -66,7 +66,10 @@ KEY_ALIASES = {
 
 
 class ComponentSpecError(ValueError):
-    """A component's declaration is invalid; the message lists every problem."""
+    """A component's declaration is invalid; the message lists every problem. `function`:
+    the declared function's name, when known."""
+
+    function: str | None = None
 
 
 @dataclass(frozen=True)
@@ -227,27 +230,44 @@ def scales_with_problems(fn: Callable[..., Any], scales: Mapping[str, Any]) -> l
 
 def signature_problems(fn: Callable[..., Any]) -> list[str]:
     """A component's function must be typed: every parameter and the return value."""
-    problems = []
     sig = inspect.signature(fn)
-    for param in sig.parameters.values():
-        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+    params = [
+        (p.name, p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD), p.annotation is not inspect.Parameter.empty)
+        for p in sig.parameters.values()
+    ]
+    return typing_problems(params, sig.return_annotation is not inspect.Signature.empty)
+
+
+def typing_problems(params: Iterable[tuple[str, bool, bool]], returns_typed: bool) -> list[str]:
+    """signature_problems of a function given as its parameters, in order, each (name,
+    *args or **kwargs, annotated), and whether its return value is annotated (also read
+    from source: source_check.py)."""
+    problems = []
+    for name, star, annotated in params:
+        if star:
             problems.append(
-                f"parameter '{param.name}' is *args/**kwargs; components take named, typed "
+                f"parameter '{name}' is *args/**kwargs; components take named, typed "
                 "parameters so that the pipeline can wire them"
             )
-        elif param.annotation is inspect.Parameter.empty:
-            problems.append(f"parameter '{param.name}' has no type annotation. Fix: e.g. `{param.name}: pl.DataFrame`")
-    if sig.return_annotation is inspect.Signature.empty:
+        elif not annotated:
+            problems.append(f"parameter '{name}' has no type annotation. Fix: e.g. `{name}: pl.DataFrame`")
+    if not returns_typed:
         problems.append("the return value has no type annotation. Fix: add `-> <type>`")
     return problems
+
+
+def problems_text(label: str, problems: list[str]) -> str:
+    """`LABEL has N problem(s):` and one indented line per problem."""
+    lines = "\n".join(f"  - {p}" for p in problems)
+    return f"{label} has {len(problems)} problem{'s' if len(problems) > 1 else ''}:\n{lines}"
 
 
 def _raise_if(problems: list[str], fn: Callable[..., Any]) -> None:
     if problems:
         where = f"{fn.__module__}.{fn.__qualname__}"
-        lines = "\n".join(f"  - {p}" for p in problems)
-        count = f"{len(problems)} problem{'s' if len(problems) > 1 else ''}"
-        raise ComponentSpecError(f"component '{fn.__name__}' ({where}) has {count}:\n{lines}")
+        error = ComponentSpecError(problems_text(f"component '{fn.__name__}' ({where})", problems))
+        error.function = fn.__name__  # discovery checks the module's other components (source_check.py)
+        raise error
 
 
 def source_hash(fn: Callable[..., Any]) -> str:

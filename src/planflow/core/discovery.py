@@ -24,7 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
+from planflow.core.component import ComponentSpecError
 from planflow.core.pipeline import Pipeline, PipelineError, import_object
+from planflow.core.source_check import other_component_problems
 from planflow.settings import project_root, settings
 
 PIPELINES_ENV = "PLANFLOW_PIPELINES"
@@ -107,6 +109,11 @@ def _guessed_names(source: str) -> set[str]:
 
 def _failed(source: str, exc: Exception) -> Found:
     error = str(exc) if isinstance(exc, PipelineError) else f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, ComponentSpecError) and not source.endswith((".yaml", ".yml")):
+        # the module stopped at this component: its others' problems, read from its source
+        others = other_component_problems(source.split(":")[0], exc.function)
+        if others:
+            error += "\nAlso in this module (checked from its source):\n" + "\n".join(others)
     return Found(sorted(_guessed_names(source))[0], source, error=error)
 
 
