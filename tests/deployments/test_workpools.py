@@ -96,6 +96,10 @@ def test_missing_worker_package_says_what_to_install(work_pools, monkeypatch):
         apply_work_pools(["kubernetes"], resource_pools=False)
     assert "needs the 'prefect-kubernetes' package" in str(info.value)
     assert "pip install prefect-kubernetes==0.8.0" in str(info.value)
+    # all of planflow's pools (no names): the others are applied, this one skipped and said
+    lines = apply_work_pools(resource_pools=False)
+    assert "kubernetes (kubernetes): skipped, its worker needs prefect-kubernetes. Fix: pip install" in lines[0]
+    assert [line.split(":")[0] for line in lines[1:]] == ["local-process (process)", "docker (docker)"]
 
 
 def test_server_not_answering_is_reported(prefect_server):

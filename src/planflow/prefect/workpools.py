@@ -85,8 +85,12 @@ def require_server() -> str:
         raise WorkPoolError(str(exc)) from exc
 
 
+def worker_package_missing(pool: PoolDefinition) -> bool:
+    return bool(pool.worker_package) and importlib.util.find_spec(pool.worker_package) is None
+
+
 def require_worker_package(pool: PoolDefinition) -> None:
-    if pool.worker_package and importlib.util.find_spec(pool.worker_package) is None:
+    if worker_package_missing(pool):
         raise WorkPoolError(
             f"work pool '{pool.name}' is of type '{pool.type}', whose worker needs the "
             f"'{pool.pip_name.split('==')[0]}' package, which is not installed. "
@@ -110,9 +114,17 @@ def apply_work_pools(names: Iterable[str] | None = None, resource_pools: bool = 
     """
     selected = _select(names)
     require_server()
+    done: list[str] = []
+    if not names:  # all of planflow's pools: those whose worker cannot run here are skipped, said
+        skipped = [pool for pool in selected if worker_package_missing(pool)]
+        selected = [pool for pool in selected if pool not in skipped]
+        done += [
+            f"{pool.name} ({pool.type}): skipped, its worker needs {pool.pip_name.split('==')[0]}. "
+            f"Fix: pip install 'planflow[workers]' (or {pool.pip_name}), then apply again"
+            for pool in skipped
+        ]
     for pool in selected:  # all problems before any change
         require_worker_package(pool)
-    done: list[str] = []
     with get_client(sync_client=True) as client:
         for pool in selected:
             template = load_template(pool.type)
