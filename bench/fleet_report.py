@@ -142,6 +142,7 @@ def request_lines(bursts: list[dict]) -> list[str]:
     until the server was quiet after it), the most frequent routes named."""
     rows = [
         f"| {b['db']} | {b['round']} | {b['policy']} | {b['trace']['server_requests']} | "
+        f"{b.get('ledger_samples', '-')} | "
         + "; ".join(f"{route} {n}" for route, n in b.get("server_requests_by_route", {}).items())
         + " |"
         for b in bursts
@@ -153,10 +154,13 @@ def request_lines(bursts: list[dict]) -> list[str]:
         "",
         "The Prefect server's requests per burst (its access log, from the submission until the server was "
         "quiet after the burst: the writes after the runs' final states included), by route and answer; each "
-        "costs the server 4-25 ms of CPU on the cores the components run on.",
+        "costs the server 4-25 ms of CPU on the cores the components run on. They include the benchmark's "
+        "own reads of the limits (its ledger sampler, one `POST /api/v2/concurrency_limits/filter` every "
+        "0.5 s while the burst runs): the runs' own requests are the difference. Every route's count is in "
+        "fleet.json (`server_requests_all_routes`).",
         "",
-        "| db | round | policy | requests | most frequent |",
-        "|---|---|---|---|---|",
+        "| db | round | policy | requests | of them the benchmark's limit reads | most frequent |",
+        "|---|---|---|---|---|---|",
         *rows,
     ]
 
