@@ -42,6 +42,11 @@ def test_bad_requests_get_a_bounded_4xx_naming_what_is_wrong():
         extra = client.post("/predict", json={"x": 1, "y": 2})
         assert extra.status_code == 422 and extra.json()["detail"][0]["field"] == "y"
         assert client.post("/predict", json=[{"x": 1}] * 5).status_code == 422  # max_batch=4
+        # NaN (which Python's JSON reader takes) is refused as a bad value, named in the answer (it was a 500)
+        nan = client.post("/predict", content=b'{"x": NaN}', headers={"content-type": "application/json"})
+        assert nan.status_code == 422 and nan.json()["detail"][0]["input"] == "NaN", nan.text
+        deep = client.post("/predict", content=b"[" * 1020 + b"]" * 1020)  # nesting past Python's recursion limit
+        assert deep.status_code == 400 and "nested too deeply" in deep.json()["detail"], deep.text
         # no Completed run yet: not ready, with the command that makes one
         not_ready = client.get("/readyz")
         assert not_ready.status_code == 503
@@ -52,6 +57,7 @@ def test_bad_requests_get_a_bounded_4xx_naming_what_is_wrong():
         assert body["content"]["application/json"]["schema"]["anyOf"][0]["required"] == ["x"]
         metrics = client.get("/metrics").text
     assert 'planflow_serving_errors_total{pipeline="serving-toy-never-run",reason="too_large"} 1.0' in metrics
+    assert 'planflow_serving_errors_total{pipeline="serving-toy-never-run",reason="internal"} 0.0' in metrics
     assert 'planflow_serving_model_loaded{pipeline="serving-toy-never-run"} 0.0' in metrics
 
 

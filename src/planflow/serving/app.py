@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
+import math
 import time
 from typing import Any
 
@@ -25,6 +27,8 @@ from pydantic import TypeAdapter, ValidationError
 from planflow.monitoring.serving_metrics import ServingMetrics
 from planflow.serving.path import OnlinePath
 from planflow.serving.swap import ModelSwapper
+
+logger = logging.getLogger("planflow.serving")
 
 DEFAULT_MAX_BODY_BYTES = 256 * 1024
 
@@ -55,10 +59,23 @@ def _errors(exc: ValidationError) -> list[dict[str, Any]]:
             "loc": ["body", *e["loc"]],
             "field": e["loc"][-1] if e["loc"] else None,
             "msg": e["msg"],
-            "input": e.get("input"),
+            "input": _json_safe(e.get("input")),
         }
         for e in exc.errors(include_url=False)
     ]
+
+
+def _json_safe(value: Any) -> Any:
+    """`value` as JSON can carry it: a NaN or an infinity (which Python's JSON reader
+    accepts in a request) as its name, "NaN" or "Infinity"; the 422 naming it became a
+    500 when the answer could not be written."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(item) for item in value]
+    return value
 
 
 def create_app(
@@ -101,6 +118,9 @@ def create_app(
         metrics.requests.inc()
         try:
             return await _predict(request)
+        except Exception as exc:  # a fault of the server's own: answered and counted, as the alerts expect
+            logger.exception("/predict failed")
+            return refuse(500, "internal", f"the server failed: {type(exc).__name__}")
         finally:
             metrics.latency.observe(time.perf_counter() - started)
 
@@ -118,6 +138,10 @@ def create_app(
             document = json.loads(body)
         except ValueError as exc:
             return refuse(400, "bad_request", f"the body is not JSON: {exc}. Fix: send a JSON object or list")
+        except RecursionError:
+            return refuse(
+                400, "bad_request", "the body's JSON is nested too deeply. Fix: send a JSON object or list of records"
+            )
         batch = isinstance(document, list)
         if batch and not 1 <= len(document) <= path.max_batch:
             return refuse(
