@@ -3,12 +3,15 @@ anything is started or any log of the service running there is touched."""
 
 from __future__ import annotations
 
+import os
 import socket
 import stat
+import sys
 
 import pytest
 
-from planflow.serving.replicas import ServeError, logs_folder, serve_replicas
+from planflow.ops.processes import spawn
+from planflow.serving.replicas import ServeError, logs_folder, serve_one, serve_replicas
 from planflow.settings import StatePaths
 
 
@@ -39,3 +42,23 @@ def test_a_port_in_use_is_refused_naming_it_and_the_running_services_logs_are_ke
     assert f"{port + 1}" in message.split(" on 127.0.0.1 is already in use")[0]
     assert "choose another --port" in message
     assert (folder / "haproxy.log").read_text() == "the running service's log"
+
+
+def test_one_replica_on_a_port_in_use_is_refused_before_anything_loads():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ServeError) as refused:  # a target that does not exist: never looked up
+            serve_one("no-such-pipeline", "127.0.0.1", port, poll_seconds=1.0, max_body_bytes=1024)
+    assert str(refused.value) == (
+        f"port {port} on 127.0.0.1 is already in use (another `planflow serve`?). "
+        "Fix: stop it, or choose another --port"
+    )
+
+
+def test_a_background_services_log_is_private(tmp_path):
+    log = tmp_path / "logs" / "service.log"
+    spawn([sys.executable, "-c", "print('hello')"], log, os.environ, tmp_path).wait(30)
+    assert log.read_text() == "hello\n" and stat.S_IMODE(log.stat().st_mode) == 0o600
+

@@ -27,9 +27,9 @@ KILL_GRACE_SECONDS = 5.0  # after SIGKILL, how long a process may take to vanish
 
 def spawn(command: list[str], log_file: Path, env: Mapping[str, str], cwd: Path) -> subprocess.Popen:
     """`command` in the background, in a session (and process group) of its own, with
-    stdout and stderr appended to `log_file`."""
+    stdout and stderr appended to `log_file` (created readable by its user only)."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
-    with log_file.open("ab") as log:
+    with os.fdopen(os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as log:
         return subprocess.Popen(
             command,
             env=dict(env),

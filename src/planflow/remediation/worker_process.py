@@ -14,7 +14,7 @@ from planflow.monitoring.metrics import pushgateway_url_from_env
 from planflow.ops.workers import start_process, start_ticks, stop_group
 from planflow.ops.workers import stop_process as stop_worker_process
 from planflow.remediation.names import REMEDIATION_POOL
-from planflow.settings import StatePaths, client_env
+from planflow.settings import StatePaths, client_env, write_private
 
 
 def start_remediation_worker(
@@ -85,7 +85,7 @@ def worker_up(paths: StatePaths | None = None, query_seconds: float = 1.0) -> in
     )
     pid_file = _worker_pid_file(paths)
     pid_file.parent.mkdir(parents=True, exist_ok=True)
-    pid_file.write_text(f"{process.pid} {start_ticks(process.pid)}")
+    write_private(pid_file, f"{process.pid} {start_ticks(process.pid)}")
     return process.pid
 
 

@@ -29,7 +29,7 @@ from planflow.serving.app import create_app
 from planflow.serving.path import find_online_path
 from planflow.serving.probes import answers
 from planflow.serving.single_write import OneWriteH11Protocol
-from planflow.settings import StatePaths, make_private_dir
+from planflow.settings import StatePaths, make_private_dir, write_private
 
 READY_TIMEOUT_SECONDS = 60.0
 SUPERVISE_SECONDS = 0.5
@@ -41,8 +41,14 @@ class ServeError(RuntimeError):
 
 def serve_one(target: str, host: str, port: int, poll_seconds: float, max_body_bytes: int) -> None:
     """Serve `target` in this process until interrupted."""
+    if port_in_use(host, port):  # before anything loads, in the words of --replicas
+        raise ServeError(
+            f"port {port} on {host} is already in use (another `planflow serve`?). "
+            "Fix: stop it, or choose another --port"
+        )
     path = find_online_path(target)
     app = create_app(path, poll_seconds=poll_seconds, max_body_bytes=max_body_bytes)
+    print(f"serving {target} on http://{host}:{port} (one process: its log is this terminal; Ctrl-C stops it)")
     uvicorn.run(app, host=host, port=port, http=OneWriteH11Protocol, log_level="warning", timeout_graceful_shutdown=5)
 
 
@@ -133,7 +139,7 @@ def serve_replicas(
     haproxy = haproxy_binary()
     work = logs_folder(port)
     config = work / "haproxy.cfg"
-    config.write_text(haproxy_config(host, port, ports))
+    write_private(config, haproxy_config(host, port, ports))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
     def start(replica_port: int):
