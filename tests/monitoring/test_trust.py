@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,6 +42,16 @@ def test_alertmanager_refuses_alerts_without_the_stacks_credentials(monitoring_s
     listed = httpx.get(f"{url}/api/v2/alerts", auth=credentials, timeout=10)
     assert listed.status_code == 200  # the stack's own credentials work...
     assert not [a for a in listed.json() if a["labels"].get("work_pool") == pool]  # ...and nothing got in
+    # the RUNBOOK's amtool command, with the stack's credentials file
+    amtool_config = paths.home / "monitoring" / "amtool-http.yml"
+    assert stat.S_IMODE(amtool_config.stat().st_mode) == 0o600
+    query = subprocess.run(
+        ["amtool", f"--alertmanager.url={url}", f"--http.config.file={amtool_config}", "alert", "query"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert query.returncode == 0 and "401" not in query.stderr, query.stdout + query.stderr
     # Prometheus, which sends the real alerts, holds them: Alertmanager is up in its eyes
     prometheus = started["prometheus"].url
     wait_for(

@@ -61,4 +61,3 @@ def test_a_background_services_log_is_private(tmp_path):
     log = tmp_path / "logs" / "service.log"
     spawn([sys.executable, "-c", "print('hello')"], log, os.environ, tmp_path).wait(30)
     assert log.read_text() == "hello\n" and stat.S_IMODE(log.stat().st_mode) == 0o600
-

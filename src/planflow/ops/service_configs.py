@@ -5,8 +5,8 @@ The rules and Prometheus/Alertmanager configs are rendered from the thresholds (
 project's own `monitoring/thresholds.yml`, else planflow's) with the ports actually
 used. Alertmanager asks for basic auth: a password generated once into the state folder
 (0600), its bcrypt hash in `alertmanager-web.yml`; Prometheus gets the password as a
-`password_file` to send alerts to and scrape it. The bridge's token file lives there too,
-never in the repository.
+`password_file` to send alerts to and scrape it, and amtool the same in `amtool-http.yml`
+(`--http.config.file`). The bridge's token file lives there too, never in the repository.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ HOST = "127.0.0.1"
 ALERTMANAGER_USER = "planflow"
 ALERTMANAGER_PASSWORD_FILE = "alertmanager.password"
 ALERTMANAGER_WEB_CONFIG = "alertmanager-web.yml"
+AMTOOL_HTTP_CONFIG = "amtool-http.yml"  # amtool's --http.config.file: the stack's credentials (RUNBOOK)
 # A project may hold its own thresholds (a copy of planflow's, edited): `stack up` uses them.
 PROJECT_THRESHOLDS = Path("monitoring") / "thresholds.yml"
 BRIDGE_RECEIVER = "planflow-bridge"  # the receiver name in the generated alertmanager.yml
@@ -67,6 +68,8 @@ def alertmanager_credentials(paths: StatePaths) -> Path:
     if not valid:  # hashing costs ~0.1 s: only when the password changed
         hashed = bcrypt.hashpw(auth[1].encode(), bcrypt.gensalt(rounds=10)).decode()
         write_private(web_config, yaml.safe_dump({"basic_auth_users": {ALERTMANAGER_USER: hashed}}))
+    amtool = {"basic_auth": {"username": ALERTMANAGER_USER, "password_file": str(password_file.resolve())}}
+    write_private(folder / AMTOOL_HTTP_CONFIG, yaml.safe_dump(amtool))
     return password_file
 
 
