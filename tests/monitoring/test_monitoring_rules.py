@@ -245,6 +245,29 @@ def test_a_bad_thresholds_file_lists_every_problem_with_the_value_and_the_fix(tm
         assert any(found.startswith(f"  - {line}") for found in lines), line
 
 
+def test_a_few_overrides_instead_of_a_whole_copy_are_told_how_to_start_one(tmp_path):
+    """A project's file holding one threshold at the top: not 'remove it', but where it
+    belongs and how to start the whole file."""
+    path = tmp_path / "thresholds.yml"
+    path.write_text("serving_error_ratio: 0.02\nwatchdog_interval: 1m\n")
+    with pytest.raises(thresholds.ThresholdsError) as caught:
+        thresholds.load(path)
+    lines = str(caught.value).splitlines()
+    assert lines[1].startswith(
+        "  - the file lacks grafana_url, runbook_url, receivers, ports, profiles, thresholds: it is a whole copy "
+        "of planflow's thresholds, edited, not a few overrides. Fix: `python -c"
+    )
+    assert (
+        "  - the file: unknown field 'serving_error_ratio' here; it belongs under `thresholds:`. Fix: move it there"
+        in lines
+    )
+    assert (
+        "  - the file: unknown field 'watchdog_interval' here; it belongs under `profiles.fast:`. Fix: move it there"
+        in lines
+    )
+    assert not [line for line in lines if "remove it" in line]
+
+
 def test_the_ports_a_stack_picks_are_checked_like_the_file():
     source = generate.load()
     source["ports"] = {**source["ports"], "exporter": "nine"}

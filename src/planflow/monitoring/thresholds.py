@@ -269,6 +269,21 @@ def _fields(where: tuple[Any, ...]) -> list[str]:
     return [info.alias or name for name, info in model.model_fields.items()] if model else []
 
 
+# How a project starts its own thresholds file (the README says the same)
+COPY_COMMAND = (
+    '`python -c "from planflow.monitoring.thresholds import SOURCE; print(SOURCE.read_text())" '
+    "> monitoring/thresholds.yml`"
+)
+
+
+def _home_of(name: str) -> str | None:
+    """Where field `name` belongs in the file (`thresholds`, `profiles.fast`, ...), if anywhere."""
+    for where in (("thresholds",), ("profiles", "fast"), ("ports",), ("receivers",), ()):
+        if name in _fields(where):
+            return ".".join(where) if where else "the top level"
+    return None
+
+
 def _describe(item: Any) -> str:
     loc, shown = tuple(item["loc"]), _short.repr(item.get("input"))
     if not loc:
@@ -282,6 +297,8 @@ def _describe(item: Any) -> str:
         target = ALIASES.get(name) or next(iter(difflib.get_close_matches(name, allowed, n=1, cutoff=0.6)), None)
         if target in allowed:
             return f"{label}: unknown field '{name}'. Did you mean '{target}'? Fix: write `{target}: {shown}`. {known}"
+        if home := _home_of(name):  # a real field, at another level (e.g. a threshold at the top)
+            return f"{label}: unknown field '{name}' here; it belongs under `{home}:`. Fix: move it there"
         return f"{label}: unknown field '{name}' (value {shown}). Fix: remove it. {known}"
     expected, example = FIELD_HELP.get(name, ("valid", f"{name}: ..."))
     if item["type"] == "missing":
@@ -295,6 +312,13 @@ def validate(document: Any, source: Path | str = SOURCE) -> ThresholdsFile:
         return ThresholdsFile.model_validate(document)
     except ValidationError as exc:
         problems = [_describe(item) for item in exc.errors()]
+        partial = [str(item["loc"][0]) for item in exc.errors() if item["type"] == "missing" and len(item["loc"]) == 1]
+        if partial:  # an override of a few keys: the file is a whole copy of planflow's, edited
+            problems.insert(
+                0,
+                f"the file lacks {', '.join(partial)}: it is a whole copy of planflow's thresholds, edited, "
+                f"not a few overrides. Fix: {COPY_COMMAND}, then edit the values there",
+            )
         count = f"{len(problems)} problem{'s' if len(problems) > 1 else ''}"
         raise ThresholdsError(f"{source} has {count}:\n" + "\n".join(f"  - {p}" for p in problems)) from None
 
