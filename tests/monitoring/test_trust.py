@@ -66,6 +66,10 @@ def test_alertmanager_refuses_alerts_without_the_stacks_credentials(monitoring_s
         "Prometheus to scrape Alertmanager with its credentials",
     )
 
+    # the alerts it sends link back to it where it listens (their generatorURL), not to the host's name
+    flags = httpx.get(f"{prometheus}/api/v1/status/flags", timeout=10).json()["data"]
+    assert flags["web.external-url"] == prometheus
+
 
 def push(gateway: str, job: str, text: str) -> None:
     answer = httpx.put(f"{gateway}/metrics/job/{job}", content=text.encode(), timeout=10)

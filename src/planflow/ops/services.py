@@ -168,6 +168,7 @@ def _command(name: str, paths: StatePaths, ports: dict[str, int], configs: dict)
             f"--config.file={configs['prometheus']}",
             f"--storage.tsdb.path={folder / 'prometheus-data'}",
             f"--web.listen-address={listen}",
+            f"--web.external-url=http://{listen}",  # the alerts' generatorURL (else the host's name, unreachable)
             "--storage.tsdb.retention.time=15d",
             # no --web.enable-lifecycle: anyone on the host could POST /-/quit; reload is SIGHUP
         ]
