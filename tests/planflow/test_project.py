@@ -128,6 +128,7 @@ def test_commands_that_start_no_server_leave_no_state(project, env):
         (["server", "status"], project),
         (["worker", "start", "--help"], project),
         (["pools", "set", "big", "--cpu", "-2", "--mem-gib", "1"], project),  # refused before any server
+        (["demo"], project),  # a project without planflow's demo-failure: refused before any server
     )
     # all at once: each is mostly Python importing Prefect, and CI has two cores
     with ThreadPoolExecutor(max_workers=len(commands)) as pool:
@@ -135,7 +136,9 @@ def test_commands_that_start_no_server_leave_no_state(project, env):
     for done in runs:
         assert "Failed to create the Prefect home" not in done.stderr, done.stderr
     assert not list(project.rglob(".planflow"))
-    bad_pool = runs[-1]
+    bad_pool, demo = runs[-2:]
+    assert demo.returncode == 2 and "runs the pipeline 'demo-failure'" in demo.stderr, demo.stderr
+    assert "Fix: `planflow demo --no-monitoring`" in demo.stderr
     assert bad_pool.returncode == 2, bad_pool.stderr
     assert "pool 'big': --cpu -2.0: Input should be greater than 0. Fix: e.g. --cpu 2" in bad_pool.stderr
     assert "pydantic" not in bad_pool.stderr

@@ -28,6 +28,7 @@ from planflow.remediation import automations, oom
 from planflow.remediation import scenarios as heal
 from planflow.settings import StatePaths
 
+FAILING_PIPELINE = "demo-failure"  # the monitoring loop's run that fails on purpose
 SCENARIOS = ("failover", "rescale", "oom", "all")  # "all": failover and rescale (oom needs Docker)
 
 demo_app = typer.Typer(
@@ -48,6 +49,14 @@ def demo(
     if ctx.invoked_subcommand is not None:
         return
     overrides = parse_params(param)
+    found = discovery.discover()
+    if monitoring and not any(item.name == FAILING_PIPELINE for item in found):  # before anything starts
+        fail(
+            f"the demo's monitoring loop runs the pipeline '{FAILING_PIPELINE}' (planflow's repository: "
+            f"pipelines/{FAILING_PIPELINE}.yaml), which this project does not have. Fix: `planflow demo "
+            "--no-monitoring`, or run the demo from planflow's repository",
+            2,
+        )
     url = ensure_server()
     ensure_defaults()
     ui = ui_url(url)
@@ -60,7 +69,7 @@ def demo(
         else:
             say("monitoring: " + ", ".join(f"{n} {s.url}" for n, s in started.items()))
     outcomes = []
-    for item in (f for f in discovery.discover() if f.source.startswith("flows.")):
+    for item in (f for f in found if f.source.startswith("flows.")):
         if item.pipeline is None:
             fail(f"{item.source} failed to load: {item.error}")
         mine = {k: v for k, v in overrides.items() if k in item.pipeline.params}
@@ -134,7 +143,7 @@ def demo_heal(
     )
 
 
-def _alert_loop(url: str, name: str = "demo-failure", timeout: float = 90.0) -> None:
+def _alert_loop(url: str, name: str = FAILING_PIPELINE, timeout: float = 90.0) -> None:
     """Run a pipeline that fails on purpose and wait for its alert's Prefect event."""
     rule(f"monitoring loop: {name} fails on purpose")
     since = datetime.now(UTC)
@@ -156,7 +165,7 @@ def _alert_loop(url: str, name: str = "demo-failure", timeout: float = 90.0) -> 
     say(f"  summary:  {payload.get('annotations', {}).get('summary')}")
 
 
-def fail_on_purpose(url: str, name: str = "demo-failure") -> None:
+def fail_on_purpose(url: str, name: str = FAILING_PIPELINE) -> None:
     """Run `name`, a pipeline that fails on purpose, and say so in one line with the
     address of its log; its traceback goes to that log only, not to the terminal."""
     pipeline = load(name)
