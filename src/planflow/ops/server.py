@@ -110,7 +110,7 @@ def status(paths: StatePaths | None = None) -> ServerStatus:
     record = paths.recorded()
     url = record.get("url")
     if pid is None:
-        return ServerStatus("stopped", None, None, "no server started from this project")
+        return ServerStatus("stopped", None, None, "not running (`planflow server up` starts it)")
     if not _pid_alive(pid, record.get("started")):
         return ServerStatus("stale", url, pid, f"pid {pid} in {paths.pid_file} is not running")
     if url and healthy(url):
