@@ -84,6 +84,34 @@ def test_promtool_rule_unit_tests_pass(profile, tmp_path):
         assert run.returncode == 0, f"{path.name} ({run.args[-1]}):\n{output}"
 
 
+def test_a_failed_run_without_a_deployment_is_described_as_such(tmp_path):
+    """The PlanflowPipelineRunFailed case of the generated tests, for a run not started
+    from a deployment (a `planflow run`): Prometheus renders the description's else branch
+    (it said "deployment '', work pool ''")."""
+    path = HERE / "rules.fast.test.yml"
+    document = yaml.safe_load(path.read_text())
+    [case] = [t for t in document["tests"] if t["name"].startswith("PlanflowPipelineRunFailed ")]
+    deployment = 'deployment="nightly",deployment_id="3f1c0d7e-0000-4000-8000-000000000001",'
+    assert deployment in case["input_series"][0]["series"]
+    case["input_series"] = [
+        {**case["input_series"][0], "series": case["input_series"][0]["series"].replace(deployment, "")}
+    ]
+    firing = case["alert_rule_test"][0]["exp_alerts"][0]
+    for label in ("deployment", "deployment_id"):
+        del firing["exp_labels"][label]
+    described = firing["exp_annotations"]["description"]
+    firing["exp_annotations"]["description"] = described.replace(
+        "(deployment 'nightly', work pool 'local')", "(not from a deployment)"
+    )
+    assert "(not from a deployment)" in firing["exp_annotations"]["description"]
+    test_file = tmp_path / "no-deployment.test.yml"
+    test_file.write_text(
+        yaml.safe_dump({**document, "rule_files": [str(HERE / "rules.fast.yml")], "tests": [case]}, sort_keys=False)
+    )
+    result = promtool("test", "rules", str(test_file))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def _amtool(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([need_binary("amtool"), *args], capture_output=True, text=True, timeout=60)
 

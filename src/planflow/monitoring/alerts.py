@@ -166,8 +166,9 @@ ALERTS = [
         "label_replace(\n  time() - planflow_prefect_flow_run_last_failure_timestamp_seconds{" + NOT_REMEDIATION + "}"
         ' < {{{failure_window_seconds}}},\n  "pipeline", "$1", "flow", "(.+)"\n)',
         "A run of {{ $labels.flow }} ended {{ $labels.state }}",
-        "A flow run of flow {{ $labels.flow }} (deployment '{{ $labels.deployment }}', work pool "
-        "'{{ $labels.work_pool }}') ended in state {{ $labels.state }} within the last "
+        "A flow run of flow {{ $labels.flow }} {{ if $labels.deployment }}(deployment '{{ $labels.deployment }}', "
+        "work pool '{{ $labels.work_pool }}'){{ else }}(not from a deployment){{ end }} ended in state "
+        "{{ $labels.state }} within the last "
         "{{{failure_window}}}. The alert resolves {{{failure_window}}} after the last failure.",
         _run_failed,
         for_zero=True,

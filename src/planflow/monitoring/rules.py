@@ -47,7 +47,13 @@ def suffix(profile: str) -> str:
 ALL_ALERTS = [*ALERTS, *ANOMALY_ALERTS, *META_ALERTS, *SERVING_ALERTS]
 
 
+_IF_LABEL = re.compile(r"\{\{ if \$labels\.(\w+) \}\}(.*?)\{\{ else \}\}(.*?)\{\{ end \}\}")
+
+
 def _expand(template: str, labels: dict[str, str]) -> str:
+    """The annotation as Prometheus renders it for `labels` (the expected text of the rules'
+    tests): `{{ $labels.x }}`, and `{{ if $labels.x }}A{{ else }}B{{ end }}` (x not empty)."""
+    template = _IF_LABEL.sub(lambda m: m[2] if labels.get(m[1]) else m[3], template)
     return re.sub(r"\{\{ \$labels\.(\w+) \}\}", lambda m: labels.get(m[1], ""), template)
 
 
