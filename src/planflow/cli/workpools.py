@@ -21,7 +21,7 @@ def apply_command(
     names: list[str] | None = typer.Argument(None, help=f"Pools to apply (default: {', '.join(POOLS)})."),
     no_resource_pools: bool = typer.Option(False, help="Do not create the ResourcePool blocks."),
 ) -> None:
-    """Create or update the work pools from deployments/job-templates/ (idempotent)."""
+    """Create or update planflow's work pools from the job templates it ships (idempotent)."""
     try:
         for line in apply_work_pools(names or None, resource_pools=not no_resource_pools):
             typer.echo(line)
