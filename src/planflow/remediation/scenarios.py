@@ -331,9 +331,10 @@ def rescale_scenario(
                 timeout,
                 f"the rescale flow to raise {BUSY}'s concurrency limit",
             )
-            # The flow raises the limit first, then starts the workers and records them.
+            # The flow raises the limit first, then starts the workers and records each, and
+            # says when it is done (`scaling` false): the count read before that was short.
             ledger = wait_for(
-                lambda: (found := Guard(route).ledger(key)).get("workers") and found,
+                lambda: (found := Guard(route).ledger(key)).get("workers") and not found.get("scaling") and found,
                 60,
                 "the rescale flow to record the workers it started",
             )
