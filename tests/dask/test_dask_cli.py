@@ -28,3 +28,25 @@ def test_dask_status_lists_each_worker_and_a_dead_address_names_the_fix(dask_clu
     )
     assert refused.returncode == 3, refused.stdout + refused.stderr
     assert "unreachable" in refused.stdout and dead in refused.stdout and "planflow dask up" in refused.stdout
+
+
+def test_dask_up_on_a_port_in_use_is_refused_at_once(tmp_path):
+    """Something else listens on the port asked for: refused before anything starts (a
+    client asking it for a Dask scheduler used to wait without bound), nothing recorded."""
+    import socket
+
+    from planflow.ops import dask as dask_ops
+    from planflow.runtime.dask_cluster import DaskClusterError
+    from planflow.settings import StatePaths
+
+    paths = StatePaths(tmp_path / ".planflow")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(DaskClusterError) as refused:
+            dask_ops.up(paths, {"local": {"cpu": 1, "gpu": 0, "mem_gib": 1}}, port=port)
+    assert str(refused.value) == (
+        f"port {port} on 127.0.0.1 is already in use. Fix: choose another --port, or leave it out (a free one)"
+    )
+    assert not dask_ops.cluster_file(paths).exists()

@@ -27,6 +27,7 @@ from typing import Any
 from planflow.ops.processes import (
     free_port,
     log_tail,
+    port_in_use,
     read_pid_file,
     same_process,
     spawn,
@@ -152,6 +153,11 @@ def up(
         return current
     if not capacities:
         raise ValueError("no pool to size the Dask workers from. Fix: planflow pools set NAME --cpu N --mem-gib N")
+    if port and port_in_use(DEFAULT_HOST, port):  # before anything starts: a client asking whatever
+        # listens there for a Dask scheduler waited for an answer without bound
+        raise DaskClusterError(
+            f"port {port} on {DEFAULT_HOST} is already in use. Fix: choose another --port, or leave it out (a free one)"
+        )
     down(paths)  # whatever a stale record still names
     specs = worker_specs(capacities, workers)
     env = _env(paths)
