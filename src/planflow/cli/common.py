@@ -59,11 +59,14 @@ def fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
+RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")  # the loggers of flow and task runs
+
+
 class _DropRunLogs(logging.Filter):
     """Drops the log records of flow and task runs (they still reach the server)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not record.name.startswith(("prefect.flow_runs", "prefect.task_runs"))
+        return not record.name.startswith(RUN_LOGGERS)
 
 
 class _DropRunTracebacks(logging.Filter):
@@ -71,7 +74,7 @@ class _DropRunTracebacks(logging.Filter):
     the server, where the run's log keeps them); their other lines pass."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.exc_info and record.name.startswith(("prefect.flow_runs", "prefect.task_runs")))
+        return not (record.exc_info and record.name.startswith(RUN_LOGGERS))
 
 
 @contextmanager
