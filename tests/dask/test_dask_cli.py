@@ -30,10 +30,12 @@ def test_dask_status_lists_each_worker_and_a_dead_address_names_the_fix(dask_clu
     assert "unreachable" in refused.stdout and dead in refused.stdout and "planflow dask up" in refused.stdout
 
 
-def test_dask_up_on_a_port_in_use_is_refused_at_once(tmp_path):
+def test_dask_up_on_a_port_in_use_is_refused_at_once(tmp_path, monkeypatch):
     """Something else listens on the port asked for: refused before anything starts (a
     client asking it for a Dask scheduler used to wait without bound), nothing recorded."""
     import socket
+
+    monkeypatch.delenv("PLANFLOW_DASK_ADDRESS", raising=False)  # the session cluster's: up would use it
 
     from planflow.ops import dask as dask_ops
     from planflow.runtime.dask_cluster import DaskClusterError
@@ -50,3 +52,88 @@ def test_dask_up_on_a_port_in_use_is_refused_at_once(tmp_path):
         f"port {port} on 127.0.0.1 is already in use. Fix: choose another --port, or leave it out (a free one)"
     )
     assert not dask_ops.cluster_file(paths).exists()
+
+
+def test_what_answers_at_an_address_is_named(dask_cluster):
+    """A malformed address, a scheme Dask lacks, a port nothing listens on (refused at
+    once, not after the whole wait), a listener that never answers (within the timeout),
+    a worker given for the scheduler: each a DaskClusterError naming the address and why."""
+    import socket
+
+    from planflow.ops import dask as dask_ops
+    from planflow.runtime.dask_cluster import DaskClusterError, cluster_resources
+
+    paths, _ = dask_cluster
+    state = dask_ops.status(paths)  # now: a worker killed by another test came back elsewhere
+    worker = sorted(state.workers)[0]
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as mute:
+        mute.bind(("127.0.0.1", 0))
+        mute.listen()
+        silent = f"tcp://127.0.0.1:{mute.getsockname()[1]}"
+        nobody = f"tcp://127.0.0.1:{free_port()}"
+        expected = {
+            "notanaddress": "'notanaddress' is not a Dask scheduler address (missing port number",
+            "http://127.0.0.1:8786": "unknown scheme 'http', Dask knows inproc, tcp, tls, ucx, ws, wss",
+            nobody: f"the Dask scheduler at {nobody} does not answer (nothing listens on port",
+            silent: f"the Dask scheduler at {silent} does not answer (no answer within 1 s)",
+            worker: f"{worker} answers, but not as a Dask scheduler",
+        }
+        for address, said in expected.items():
+            with pytest.raises(DaskClusterError) as refused:
+                cluster_resources(address, timeout=1)
+            assert said in str(refused.value) and "Fix: " in str(refused.value), (address, str(refused.value))
+    assert cluster_resources(state.address, timeout=5) == state.workers
+
+
+def test_dask_up_keeps_the_running_cluster_only_as_asked(dask_cluster, monkeypatch, tmp_path):
+    """Over the session's running cluster (two workers): `up` with no worker count keeps
+    it; another count, port or pool size is refused naming the difference (it was kept
+    silently); `--address` is refused while it runs (its processes would be orphaned).
+    With PLANFLOW_DASK_ADDRESS set, `up` starts nothing and checks that scheduler."""
+    from planflow.ops import dask as dask_ops
+    from planflow.runtime.dask_cluster import DaskClusterError
+    from planflow.settings import StatePaths
+
+    from tests.dask.conftest import SIZING
+
+    paths, _ = dask_cluster
+    monkeypatch.delenv("PLANFLOW_DASK_ADDRESS")
+    state = dask_ops.status(paths)
+    assert dask_ops.up(paths, SIZING).address == state.address
+    for asked, said in (
+        ({"workers": 1}, "its workers are local: 2 x (local.cpu=2 local.gpu=0 local.mem_gib=2); asked for: local: 1 x"),
+        ({"port": free_port()}, f"it listens at {state.address}, not on port"),
+        ({"capacities": {"local": {**SIZING["local"], "cpu": 8.0}}}, "asked for: local: 2 x (local.cpu=4"),
+    ):
+        with pytest.raises(DaskClusterError) as refused:
+            dask_ops.up(paths, **{"capacities": SIZING, **asked})
+        assert f"a local Dask cluster already runs at {state.address}" in str(refused.value), str(refused.value)
+        assert said in str(refused.value) and "Fix: planflow dask down" in str(refused.value), str(refused.value)
+    with pytest.raises(DaskClusterError) as orphaning:
+        dask_ops.up(paths, address=f"tcp://127.0.0.1:{free_port()}")
+    assert "would leave its processes running" in str(orphaning.value)
+    assert dask_ops.status(paths).address == state.address  # still recorded, still running
+
+    elsewhere = StatePaths(tmp_path / ".planflow")
+    monkeypatch.setenv("PLANFLOW_DASK_ADDRESS", state.address)
+    kept = dask_ops.up(elsewhere, SIZING)
+    assert (kept.state, kept.address, kept.workers) == ("external", state.address, state.workers)
+    dead = f"tcp://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("PLANFLOW_DASK_ADDRESS", dead)
+    with pytest.raises(DaskClusterError) as unanswered:
+        dask_ops.up(elsewhere, SIZING)
+    assert dead in str(unanswered.value) and "unset PLANFLOW_DASK_ADDRESS" in str(unanswered.value)
+    assert not dask_ops.cluster_file(elsewhere).exists()  # nothing started, nothing recorded
+
+
+def test_dask_up_with_address_and_sizing_options_is_refused(cli_env):
+    """--address starts no cluster, so options that size one are refused, not ignored."""
+    given = subprocess.run(
+        [PLANFLOW, "dask", "up", "--address", "tcp://127.0.0.1:8786", "--workers", "2", "--port", "9000"],
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert given.returncode == 2, given.stdout + given.stderr
+    assert "--workers, --port size a local cluster; --address starts none. Fix: leave out --workers" in given.stderr

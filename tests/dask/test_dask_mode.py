@@ -152,3 +152,38 @@ def test_a_worker_unpickles_a_runs_context_once_for_all_the_steps_it_runs():
             return client.run(lambda: len(dask_submit._UNPICKLED))
 
         assert wait_until(lambda: not any(kept().values()), 10), kept()
+
+
+ELSEWHERE = """
+from planflow.core.component import component
+from planflow.core.pipeline import Pipeline
+
+
+def helper() -> int:  # pickled by reference: only a process that imports this module has it
+    return 1
+
+
+@component(cpu=1, mem_gib=0.25, est_seconds=0.2)
+def only_here() -> int:  # pickled by value (its module's name is the component's), not `helper`
+    return helper()
+
+
+pipeline = Pipeline("dask-only-here", [only_here], description="code the cluster does not have")
+"""
+
+
+def test_a_scheduler_without_the_projects_code_is_named_not_a_lost_worker(tmp_path, monkeypatch):
+    """The components' module imports here but not on the cluster (the session's scheduler
+    and workers were started without tmp_path): the scheduler cannot unpickle the step's
+    task, and the run fails saying so, with the fix. It said 'cancelled: lost dependencies'
+    as a DaskWorkerLost."""
+    (tmp_path / "elsewhere_dag.py").write_text(ELSEWHERE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import elsewhere_dag  # noqa: PLC0415 (importable only now)
+
+    with pytest.raises(PipelineRunError) as failed:
+        to_flow(elsewhere_dag.pipeline)(mode="dask")
+    message = str(failed.value)
+    assert "DaskTaskRefused" in message and "DaskWorkerLost" not in message, message
+    assert "step 'only_here' before any worker ran it" in message and "deserialization" in message, message
+    assert "the scheduler needs the project's code" in message and "PYTHONPATH" in message, message

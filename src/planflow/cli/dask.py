@@ -29,7 +29,9 @@ def _show(state: cluster.ClusterStatus) -> None:
 
 @dask_app.command("up")
 def up(
-    workers: int = typer.Option(1, min=1, help="Worker processes per pool; each offers an even share of it."),
+    workers: int | None = typer.Option(
+        None, min=1, help="Worker processes per pool, each offering an even share of it [default: 1]."
+    ),
     pool: list[str] = typer.Option([], "--pool", help="Only these pools (default: every ResourcePool block)."),
     port: int = typer.Option(0, help="The scheduler's port (default: a free one)."),
     address: str | None = typer.Option(
@@ -39,6 +41,9 @@ def up(
     """Start a local scheduler and workers (idempotent), or record --address; print the workers."""
     paths = StatePaths.discover()
     capacities = None
+    if address and (workers or pool or port):
+        given = [o for o, v in (("--workers", workers), ("--pool", pool), ("--port", port)) if v]
+        fail(f"{', '.join(given)} size a local cluster; --address starts none. Fix: leave out {given[0]}", 2)
     if not address:
         ensure_server()
         pools = load_pools()
@@ -65,7 +70,7 @@ def down() -> None:
 def status(
     address: str | None = typer.Option(None, help="Ask this scheduler instead of the configured one."),
 ) -> None:
-    """The scheduler runs use and each worker's resources; exit code 3 unless it answers."""
+    """Show the scheduler that Dask-mode runs use and what each worker offers; exit code 3 unless it answers."""
     state = cluster.status(StatePaths.discover(), address)
     _show(state)
     if state.state not in ("running", "external"):

@@ -19,6 +19,7 @@ import math
 import os
 import sys
 import time
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,7 @@ from planflow.ops.processes import (
 )
 from planflow.runtime.dask_cluster import (
     DaskClusterError,
+    check_address,
     cluster_file,
     cluster_resources,
     pool_resources,
@@ -45,6 +47,9 @@ from planflow.settings import DEFAULT_HOST, StatePaths, make_private_dir, privat
 
 SCHEDULER_MODULE = "distributed.cli.dask_scheduler"
 WORKER_MODULE = "distributed.cli.dask_worker"
+# No dashboard; the HTTP server Dask starts regardless (health, metrics) on a free port of
+# the loopback: by default it took :8787 on every interface
+HTTP_ON_LOOPBACK = ["--no-dashboard", "--dashboard-address", f"{DEFAULT_HOST}:0"]
 START_SECONDS = 60.0  # how long the scheduler, then all workers, may take to answer
 
 
@@ -137,19 +142,31 @@ def _answers(address: str, expected_workers: int = 0) -> bool:
 def up(
     paths: StatePaths,
     capacities: Mapping[str, Mapping[str, float]] | None = None,
-    workers: int = 1,
+    workers: int | None = None,
     port: int = 0,
     address: str | None = None,
 ) -> ClusterStatus:
-    """Start (or keep) the local cluster for the pools' `capacities`, or with `address`
-    record a running scheduler instead. Returns its status."""
+    """Start (or keep) the local cluster for the pools' `capacities`, `workers` worker
+    processes per pool (default 1; a running cluster keeps its count), or with `address`
+    record a running scheduler instead. Returns its status. PLANFLOW_DASK_ADDRESS set:
+    checks that scheduler and starts nothing. A running local cluster sized otherwise is
+    refused, naming the difference."""
     make_private_dir(dask_dir(paths))
     if address:
-        found = cluster_resources(address, timeout=settings().dask_connect_seconds)  # DaskClusterError names the fix
-        write_private(cluster_file(paths), json.dumps({"address": address, "external": True}))
-        return ClusterStatus(address, "external", found)
-    current = status(paths, use_setting=False)  # the recorded cluster, whatever PLANFLOW_DASK_ADDRESS says
-    if current.state in ("running", "external"):
+        return _use_address(paths, address)
+    chosen = settings().dask_address
+    if chosen:  # runs use that scheduler: a local one started now would stand idle
+        found = cluster_resources(
+            chosen,
+            fix=f"start the scheduler at {chosen}, or unset PLANFLOW_DASK_ADDRESS to have "
+            "planflow dask up start a local cluster",
+        )
+        return ClusterStatus(chosen, "external", found, detail="(PLANFLOW_DASK_ADDRESS; nothing started)")
+    current = status(paths, use_setting=False)  # the recorded cluster
+    if current.state == "external":
+        return current
+    if current.state == "running":
+        _refuse_other_sizing(paths, current, capacities, workers, port)
         return current
     if not capacities:
         raise ValueError("no pool to size the Dask workers from. Fix: planflow pools set NAME --cpu N --mem-gib N")
@@ -159,14 +176,14 @@ def up(
             f"port {port} on {DEFAULT_HOST} is already in use. Fix: choose another --port, or leave it out (a free one)"
         )
     down(paths)  # whatever a stale record still names
-    specs = worker_specs(capacities, workers)
+    specs = worker_specs(capacities, workers or 1)
     env = _env(paths)
     logs = dask_dir(paths)
     port = port or free_port()
     address = f"tcp://{DEFAULT_HOST}:{port}"
     with private_files():
         scheduler = spawn(
-            [sys.executable, "-m", SCHEDULER_MODULE, "--host", DEFAULT_HOST, "--port", str(port), "--no-dashboard"],
+            [sys.executable, "-m", SCHEDULER_MODULE, "--host", DEFAULT_HOST, "--port", str(port), *HTTP_ON_LOOPBACK],
             logs / "scheduler.log",
             env,
             paths.project,
@@ -180,7 +197,7 @@ def up(
             )
         for spec in specs:
             command = [sys.executable, "-m", WORKER_MODULE, address, "--host", DEFAULT_HOST, "--name", spec.name]
-            command += ["--nthreads", str(spec.nthreads), "--resources", spec.resources_arg(), "--no-dashboard"]
+            command += ["--nthreads", str(spec.nthreads), "--resources", spec.resources_arg(), *HTTP_ON_LOOPBACK]
             process = spawn(command, logs / f"{spec.name}.log", env, paths.project)
             write_pid_file(_pid_file(paths, spec.name), process.pid)
         record = {
@@ -198,6 +215,68 @@ def up(
             + tails
         )
     return status(paths)
+
+
+def _use_address(paths: StatePaths, address: str) -> ClusterStatus:
+    """Record the running scheduler at `address` as the one runs use (starting nothing),
+    once it answers; refused while a local cluster of ours runs, which it would orphan."""
+    check_address(address)
+    if not _record(paths).get("external") and _live(paths, "scheduler") is not None:
+        raise DaskClusterError(
+            f"a local Dask cluster started by planflow dask up runs at {_record(paths).get('address')}; recording "
+            f"{address} instead would leave its processes running, unused and unmanaged. Fix: planflow dask down, "
+            f"then planflow dask up --address {address}"
+        )
+    found = cluster_resources(
+        address,
+        timeout=settings().dask_connect_seconds,
+        fix=f"start the scheduler at {address} first (e.g. dask scheduler --port PORT, from the project's "
+        "folder), or check the address",
+    )
+    write_private(cluster_file(paths), json.dumps({"address": address, "external": True}))
+    return ClusterStatus(address, "external", found)
+
+
+def _refuse_other_sizing(
+    paths: StatePaths,
+    current: ClusterStatus,
+    capacities: Mapping[str, Mapping[str, float]] | None,
+    workers: int | None,
+    port: int,
+) -> None:
+    """DaskClusterError when the running local cluster is not the one asked for now
+    (another port, worker count, pool or pool size): `up` keeps a running cluster, and
+    keeping a different one without a word left runs on the old sizing."""
+    record = _record(paths)
+    running = {name: (w.get("pool"), w.get("resources")) for name, w in record.get("workers", {}).items()}
+    counts = Counter(pool for pool, _ in running.values())
+    asked = {
+        s.name: (s.pool, s.resources)
+        for pool, capacity in (capacities or {}).items()
+        for s in worker_specs({pool: capacity}, workers or counts.get(pool, 1))
+    }
+    differences = []
+    if port and not str(current.address or "").endswith(f":{port}"):
+        differences.append(f"it listens at {current.address}, not on port {port}")
+    if asked != running:
+        differences.append(f"its workers are {_sizing(running)}; asked for: {_sizing(asked)}")
+    if differences:
+        raise DaskClusterError(
+            f"a local Dask cluster already runs at {current.address}, unlike the one asked for: "
+            + "; ".join(differences)
+            + ". Fix: planflow dask down, then planflow dask up again with the options you want"
+        )
+
+
+def _sizing(workers: Mapping[str, tuple[Any, Any]]) -> str:
+    per_pool: dict[str, list[str]] = {}
+    for _name, (pool, resources) in sorted(workers.items()):
+        offers = " ".join(f"{k}={v:g}" for k, v in sorted((resources or {}).items()))
+        per_pool.setdefault(str(pool), []).append(offers)
+    return "; ".join(
+        f"{pool}: {len(w)} x ({w[0]})" if len(set(w)) == 1 else f"{pool}: {', '.join(w)}"
+        for pool, w in sorted(per_pool.items())
+    )
 
 
 def down(paths: StatePaths) -> list[str]:

@@ -16,10 +16,13 @@ when the run is planned (`require_offered`).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import socket
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -77,25 +80,112 @@ def scheduler_address(paths: StatePaths | None = None) -> str:
     return address
 
 
-def unreachable(address: str, timeout: float, exc: BaseException) -> DaskClusterError:
-    return DaskClusterError(
-        f"the Dask scheduler at {address} does not answer (waited {timeout:g} s: {type(exc).__name__}: {exc}). "
-        f"Fix: {START_HINT}, or point PLANFLOW_DASK_ADDRESS at a running scheduler "
+ADDRESS_FORM = "tcp://HOST:PORT (e.g. tcp://10.0.0.5:8786)"
+
+
+def check_address(address: str) -> str:
+    """`address` as Dask reads it (a scheme, a host and a port); DaskClusterError naming
+    the value and the form otherwise."""
+    from distributed.comm.addressing import parse_address, parse_host_port  # noqa: PLC0415 (heavy)
+    from distributed.comm.registry import backends  # noqa: PLC0415 (heavy)
+
+    try:
+        scheme, location = parse_address(address)
+        if scheme not in backends:
+            raise ValueError(f"unknown scheme '{scheme}', Dask knows {', '.join(sorted(backends))}")
+        if scheme in ("tcp", "tls", "ws", "wss"):
+            parse_host_port(location)
+    except ValueError as exc:
+        raise DaskClusterError(
+            f"'{address}' is not a Dask scheduler address ({exc}). Fix: give it as {ADDRESS_FORM}"
+        ) from None
+    return address
+
+
+def started_by_planflow(address: str, paths: StatePaths | None = None) -> bool:
+    """Whether `address` is the local cluster `planflow dask up` started (no dashboard)."""
+    try:
+        record = json.loads(cluster_file(paths or StatePaths.discover()).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and record.get("address") == address and not record.get("external")
+
+
+def unreachable(address: str, timeout: float, exc: BaseException | str, fix: str = "") -> DaskClusterError:
+    if isinstance(exc, str):
+        why = exc
+    elif isinstance(exc, TimeoutError) and not str(exc):
+        why = f"no answer within {timeout:g} s"
+    else:
+        why = f"waited {timeout:g} s: {type(exc).__name__}: {exc}"
+    fix = fix or (
+        f"{START_HINT}, or point PLANFLOW_DASK_ADDRESS at a running scheduler "
         "(PLANFLOW_DASK_CONNECT_SECONDS bounds the wait)"
     )
+    return DaskClusterError(f"the Dask scheduler at {address} does not answer ({why}). Fix: {fix}")
 
 
-def cluster_resources(address: str, timeout: float | None = None) -> dict[str, dict[str, float]]:
-    """Each worker's address -> the resources it offers; DaskClusterError when the
-    scheduler does not answer within `timeout` seconds."""
-    import distributed  # noqa: PLC0415 (heavy: imported only when a scheduler is asked)
+def _refused(address: str, timeout: float) -> str | None:
+    """Why nothing can answer at a tcp `address`, known at once (no such host, or nothing
+    listens: Dask's own connect retries those until its timeout), else None."""
+    from distributed.comm.addressing import parse_address, parse_host_port  # noqa: PLC0415 (heavy)
 
-    timeout = timeout or settings().dask_connect_seconds
+    scheme, location = parse_address(address)
+    if scheme != "tcp":
+        return None
+    host, port = parse_host_port(location)
     try:
-        with distributed.Client(address, timeout=timeout, set_as_default=False) as client:
-            info = client.scheduler_info(n_workers=-1)
+        socket.create_connection((host, port), timeout=min(timeout, 2.0)).close()
+    except socket.gaierror as exc:
+        return f"host '{host}' is not known: {exc.strerror}"
+    except ConnectionRefusedError:
+        return f"nothing listens on port {port} of {host}"
+    except OSError:
+        return None  # a timeout or an unreachable network: Dask's connect gets the rest of the wait
+    return None
+
+
+def _identity(address: str, timeout: float) -> dict[str, Any]:
+    """The scheduler's `identity` (what `Client.scheduler_info` reads), asked on one
+    connection in a thread of its own: no Client, whose clean-up after a failed connect
+    waited twice its timeout more and printed a traceback; and callable where an event
+    loop already runs."""
+    from distributed.comm import connect  # noqa: PLC0415 (heavy)
+
+    async def ask() -> dict[str, Any]:
+        comm = await connect(address, timeout=timeout)
+        try:
+            await comm.write({"op": "identity", "n_workers": -1, "reply": True})
+            return await comm.read()
+        finally:
+            await comm.close()
+
+    with ThreadPoolExecutor(1, thread_name_prefix="planflow-dask-identity") as pool:
+        return pool.submit(asyncio.run, asyncio.wait_for(ask(), timeout)).result()
+
+
+def cluster_resources(address: str, timeout: float | None = None, fix: str = "") -> dict[str, dict[str, float]]:
+    """Each worker's address -> the resources it offers; DaskClusterError when `address`
+    is malformed, is not a scheduler, or does not answer within `timeout` seconds (at once
+    when nothing listens there). `fix` replaces the default advice."""
+    timeout = timeout or settings().dask_connect_seconds
+    check_address(address)
+    refused = _refused(address, timeout)
+    if refused:
+        raise unreachable(address, timeout, refused, fix)
+    try:
+        info = _identity(address, timeout)
     except (OSError, TimeoutError) as exc:
-        raise unreachable(address, timeout, exc) from None
+        raise unreachable(address, timeout, exc, fix) from None
+    except Exception as exc:  # noqa: BLE001 - a reply that is not Dask's (e.g. a frame length of exabytes)
+        info = {"unreadable": f"{type(exc).__name__}: {exc}"}
+    if not isinstance(info, dict) or info.get("type") != "Scheduler":
+        said = info if isinstance(info, dict) else {}
+        what = said.get("unreadable") or f"it said: {said.get('type') or said.get('status') or type(info).__name__}"
+        raise DaskClusterError(
+            f"{address} answers, but not as a Dask scheduler ({what}). Fix: give "
+            "the scheduler's address (a worker's log names it: 'Registered to: tcp://...')"
+        )
     return {worker: dict(w.get("resources") or {}) for worker, w in info.get("workers", {}).items()}
 
 

@@ -33,7 +33,7 @@ from prefect_dask import DaskTaskRunner
 
 from planflow.core.pipeline import Pipeline
 from planflow.runtime import reporting
-from planflow.runtime.dask_cluster import scheduler_address, task_resources, unreachable
+from planflow.runtime.dask_cluster import scheduler_address, started_by_planflow, task_resources, unreachable
 from planflow.runtime.dask_submit import RunSubmitter
 from planflow.runtime.dispatch import Assignment, StepRecord
 from planflow.runtime.executors import Executor, StepFuture
@@ -46,6 +46,22 @@ OUTCOME_PRIORITY = 100  # Dask runs higher first; steps are submitted at 0
 
 class DaskWorkerLost(RuntimeError):
     """The Dask workers running a step died (more often than the scheduler allows)."""
+
+
+class DaskTaskRefused(RuntimeError):
+    """The Dask scheduler failed a step's task before any worker ran it (e.g. it could not
+    unpickle it: the scheduler lacks the project's code)."""
+
+
+PREFECT_DASK_LOGGER = logging.getLogger("prefect.task_runner.dask")
+
+
+class _NoDashboardLine(logging.Filter):
+    """Drops prefect-dask's 'The Dask dashboard is available at ...': planflow's local
+    cluster runs without one (Dask reports its HTTP server as the dashboard all the same)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("The Dask dashboard is available")
 
 
 @dataclass(frozen=True)
@@ -99,6 +115,9 @@ class DaskStep:
         try:
             ok, value = self.outcome.result()
         except distributed.client.FutureCancelledError as exc:
+            refused = self._refused()
+            if refused is not None:
+                raise refused from exc
             raise DaskWorkerLost(f"step '{self.step}' was cancelled on the Dask cluster: {exc}") from exc
         except KilledWorker as exc:
             raise DaskWorkerLost(
@@ -109,6 +128,28 @@ class DaskStep:
             raise value
         metrics, seconds = value
         return DaskOutput(self.step, self.future, metrics, seconds)
+
+    def _refused(self) -> DaskTaskRefused | None:
+        """Why the scheduler failed the step's own task, when it did: its outcome is then
+        only 'cancelled: lost dependencies', which named no cause."""
+        if getattr(self.future, "status", None) != "error":
+            return None
+        try:
+            error = self.future.exception(timeout=5)
+        except Exception as exc:  # noqa: BLE001 - the cause is only a better message
+            error = exc
+        fix = ""
+        if "deserializ" in str(error):
+            fix = (
+                " Fix: the scheduler needs the project's code and planflow as the workers do (the same "
+                "environment): start it from the project's folder or with PYTHONPATH naming it; its log names "
+                "the module it lacks"
+            )
+        said = " ".join(str(error).split("For more information")[0].split())  # Dask's wrapped lines
+        return DaskTaskRefused(
+            f"the Dask scheduler failed step '{self.step}' before any worker ran it: "
+            f"{type(error).__name__}: {said.rstrip('.')}.{fix}"
+        )
 
 
 class DaskExecutor(Executor):
@@ -132,11 +173,17 @@ class DaskExecutor(Executor):
         timeout = settings().dask_connect_seconds
         runner = DaskTaskRunner(address=address, client_kwargs={"timeout": timeout})
         runner.__enter__()
+        quiet = _NoDashboardLine() if started_by_planflow(address) else None
+        if quiet:  # prefect-dask names a dashboard link that the scheduler always reports
+            PREFECT_DASK_LOGGER.addFilter(quiet)
         try:
             runner.client  # noqa: B018 (connects now: a scheduler that does not answer fails before any step)
         except (OSError, TimeoutError) as exc:
             runner.__exit__(None, None, None)
             raise unreachable(address, timeout, exc) from None
+        finally:
+            if quiet:
+                PREFECT_DASK_LOGGER.removeFilter(quiet)
         self._runner = runner
         self._submitter = RunSubmitter(runner.client)
         return self
