@@ -212,6 +212,7 @@ def test_the_wheel_holds_planflow_only(wheel):
     # Package data: the job templates and monitoring configuration travel inside.
     assert any(n.startswith("planflow/prefect/job_templates/") and n.endswith(".json") for n in names)
     assert any(n.startswith("planflow/monitoring/config/") and n.endswith(".yml") for n in names)
+    assert "planflow/monitoring/RUNBOOK.md" in names  # what `planflow runbook` prints
 
 
 def test_planflow_is_the_installed_one_and_commands_leave_no_state(user_project):
@@ -293,6 +294,10 @@ def test_stack_and_automations_from_the_project(user_project, server):
     assert "planflow: retry failed or crashed runs" in applied.stdout
     status = user_project.planflow("stack", "status")
     assert status.returncode == 0, show(status)
+    # every alert's `runbook` annotation names this command; the project has no RUNBOOK.md
+    runbook = user_project.planflow("runbook", "PlanflowBridgeDown")
+    assert runbook.returncode == 0 and runbook.stdout.startswith("## PlanflowBridgeDown\n"), show(runbook)
+    assert "**What to do**" in runbook.stdout and "## PlanflowBridgeSpoolBacklog" not in runbook.stdout
     down = user_project.planflow("stack", "down", "--no-server")
     assert down.returncode == 0, show(down)
     after = user_project.planflow("stack", "status")

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from planflow.monitoring import rules as generate
-from planflow.monitoring import thresholds
+from planflow.monitoring import runbook, thresholds
 from planflow.monitoring.alert_rule import REMEDIATION_FLOWS, REMEDIATION_POOL, AlertRule
 from planflow.monitoring.meta_alerts import WATCHDOG
 from planflow.monitoring.metrics import metric_catalog
@@ -21,7 +21,7 @@ from planflow.settings import SettingsError
 from tests.monitoring.helpers import need_binary, promtool
 
 HERE = generate.HERE
-RUNBOOK = Path(__file__).resolve().parents[2] / "monitoring" / "RUNBOOK.md"
+RUNBOOK = Path(runbook.__file__).with_name("RUNBOOK.md")  # shipped; the repository's is a link to it
 
 
 def test_committed_files_equal_the_generator_output():
@@ -211,6 +211,8 @@ def test_every_alert_is_documented_linked_and_uses_known_metrics():
             assert notes["summary"] and notes["description"]
             assert re.search(r"/d/planflow-(pipelines|plan|pools|alerts)$", notes["dashboard"])
             assert notes["runbook_url"] == f"monitoring/RUNBOOK.md#{rule['alert'].lower()}"
+            assert notes["runbook"] == f"planflow runbook {rule['alert']}"
+            assert runbook.section(rule["alert"]).startswith(f"## {rule['alert']}\n")
             used = set(re.findall(r"\b(planflow_\w+|up)\b", rule["expr"]))
             assert used <= known, f"{rule['alert']} uses unknown metrics {used - known}"
 

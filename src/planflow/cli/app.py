@@ -14,6 +14,7 @@ from planflow.cli.dask import dask_app
 from planflow.cli.demo import demo_app
 from planflow.cli.grafana import grafana_app
 from planflow.cli.results import results_app
+from planflow.cli.runbook import runbook
 from planflow.cli.stack import stack_app
 from planflow.cli.worker import worker_app
 from planflow.cli.workpools import workpools_app
@@ -26,6 +27,7 @@ app.command("plan")(pipelines.plan)
 app.command("run")(pipelines.run)
 app.command("calendar")(calendar)
 app.command("serve")(serve.serve)
+app.command("runbook")(runbook)
 
 app.add_typer(server.server_app, name="server")
 app.add_typer(blocks_app, name="blocks")

@@ -69,6 +69,7 @@ def rules(p: Params) -> dict[str, Any]:
             "description": p.sub(alert.description),
             "dashboard": f"{p.grafana_url}/d/{alert.dashboard}",
             "runbook_url": f"{p.runbook_url}#{alert.anchor}",
+            "runbook": f"planflow runbook {alert.name}",
         }
         out.append(rule)
     return {"groups": [{"name": "planflow", "interval": duration(p.eval), "rules": out}]}
