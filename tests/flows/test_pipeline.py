@@ -237,3 +237,40 @@ def test_yaml_empty_fields_take_their_defaults(tmp_path):
     path.write_text("name: empty\ndescription:\nparams:\nsteps:\n  - uses: toy_dags:numbers\n    after:\n")
     p = Pipeline.from_yaml(path)
     assert p.description == "" and p.params == {"n": 4} and p.upstream("numbers") == ()
+
+
+def test_yaml_lists_field_resource_import_and_wiring_mistakes_in_one_pass(tmp_path):
+    """A file with a bad field, a bad `resources:` on that same step, a bad import and a
+    wiring mistake among the steps that built: one listing (it took three rounds of fixes),
+    and no problem that only a step which did not build explains (its inputs are known)."""
+    path = tmp_path / "many.yaml"
+    path.write_text(
+        "name: many\nparams: {n: 3}\nsteps:\n"
+        "  - name: numbers\n    uses: toy_dags:numbers\n"
+        "  - name: total\n    uses: toy_dags:total\n    depends_on: [numbers]\n"
+        "    resources: {memory: 2, cpu: -1}\n"
+        "  - name: scaled\n    uses: toy_dags:scaledd\n"
+        "  - name: report\n    uses: toy_dags:report\n    inputs: {total: totl}\n"
+    )
+    with pytest.raises(PipelineError) as caught:
+        Pipeline.from_yaml(path)
+    message = str(caught.value)
+    assert "step 2 ('total'): unknown field 'depends_on'" in message
+    assert "step 2 ('total'): its `resources:` on 'toy_dags:total': component 'total'" in message
+    assert "unknown key 'memory'. Did you mean 'mem_gib'?" in message and "cpu=-1: must be a number > 0" in message
+    assert "step 3 ('scaled'): module 'toy_dags' has no 'scaledd'" in message
+    assert "step 'report' inputs.total names unknown step 'totl'. Did you mean 'total'?" in message
+    assert "has no source" not in message, message  # report's `scaled` input: that step did not build
+
+
+def test_yaml_resources_set_a_components_task_options(tmp_path):
+    """retries, timeout_seconds and tags are allowed under `resources:` (the error lists
+    them): they apply to the step's task. They raised a bare TypeError from the spec."""
+    path = tmp_path / "opts.yaml"
+    path.write_text(
+        "name: opts\nsteps:\n  - name: numbers\n    uses: toy_dags:numbers\n"
+        "    resources: {retries: 2, retry_delay_seconds: 1, timeout_seconds: 5, tags: [nightly], cpu: 0.5}\n"
+    )
+    step = Pipeline.from_yaml(path).steps["numbers"]
+    assert (step.component.retries, step.component.timeout_seconds) == (2, 5.0)
+    assert step.component.tags == {"nightly", "planflow"} and step.spec.cpu == 0.5

@@ -149,6 +149,10 @@ def test_a_two_core_step_is_not_starved_by_another_runs_one_core_steps(pool, mon
     monkeypatch.setattr(slot_claims, "CLAIM_AFTER_SECONDS", 1e9)  # claims off: the starvation
     with RunSlots() as a, RunSlots() as b:
         assert "wide started" not in _narrow_steps_keep_the_pool(a, b, wide, rounds=6)
+    # the first pair's slots given back (their release threads; seconds on a loaded machine)
+    # before the second pair asks: else its first two steps met a pool still full
+    assert a.wait_closed() and b.wait_closed()
+    assert _settled(lambda: active_slots([CPU]), {CPU: 0})
     monkeypatch.setattr(slot_claims, "CLAIM_AFTER_SECONDS", 0.0)  # claims on (after 0 s of refusals)
     monkeypatch.setattr(slot_claims, "TURN_LOOK_SECONDS", 0.0)  # each take looks at the turn (rounds here take ms)
     with RunSlots() as a, RunSlots() as b:

@@ -314,9 +314,15 @@ class Component(Task):
         return new
 
     def with_spec(self, **changes: Any) -> Component:
-        """A copy with some resource values changed, validated like the decorator."""
+        """A copy with some of the decorator's values changed (resources, task options such
+        as retries and timeout_seconds, cache), validated like the decorator."""
         _raise_if(spec_problems(changes) + scales_with_problems(self.fn, changes.get("scales_with", {})), self.fn)
-        new = self.with_options()
+        task = {key: changes.pop(key) for key in TASK_KEYS if key in changes}
+        if "tags" in task:
+            task["tags"] = set(task["tags"]) | {"planflow"}
+        if "retries" in task:
+            task["retries"] = int(task["retries"])
+        new = self.with_options(**task)
         if "cache" in changes or "cache_expiry" in changes:
             new = new.with_cache(changes.pop("cache", self.cache_mode or "run"), changes.pop("cache_expiry", None))
         if "pools" in changes:

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from planflow.core.component import Component, ComponentSpecError, make_component
 from planflow.core.pipeline_file import PIPELINE_FIELDS, PipelineSpec, StepSpec, show, spec_problems, step_label
 from planflow.core.steps import PipelineError, Step, did_you_mean
+from planflow.core.wiring import dependency_problems, wire
 from planflow.settings import project_root
 
 
@@ -45,6 +46,8 @@ def pipeline_arguments(document: Any, source: str) -> dict[str, Any]:
         problems += spec_problems(exc, document)
     steps, step_problems = build_steps(document, spec)
     problems = sorted(problems + step_problems, key=lambda problem: problem[0])
+    if problems:  # the wiring of the steps that did build, in the same listing
+        problems += [(len(steps) + len(problems), p) for p in _wiring_problems(document, steps)]
     if problems or spec is None:
         lines = "\n".join(f"  - {message}" for _, message in problems)
         raise PipelineError(f"{source}: pipeline '{document.get('name', '?')}' is invalid:\n{lines}")
@@ -96,23 +99,71 @@ def build_steps(document: Mapping[str, Any], spec: PipelineSpec | None) -> tuple
             steps.append(_build_step(spec.steps[index] if spec is not None else StepSpec.model_validate(raw)))
         except ValidationError:  # already described by spec_problems
             uses = raw.get("uses") if isinstance(raw, dict) else None
+            resources = raw.get("resources") if isinstance(raw, dict) else None
             try:
                 if isinstance(uses, str):
-                    import_object(uses)
-            except PipelineError as exc:
-                problems.append((index, f"{label}: {exc}"))
+                    target = import_object(uses)
+                    if isinstance(resources, dict) and resources:
+                        _with_resources(target, resources, uses)
+            except (PipelineError, ComponentSpecError) as exc:
+                problems.append((index, f"{label}: {_indented(exc)}"))
         except (PipelineError, ComponentSpecError) as exc:
-            nested = str(exc).replace("\n  - ", "\n      - ")  # the component's own list, indented
-            problems.append((index, f"{label}: {nested}"))
+            problems.append((index, f"{label}: {_indented(exc)}"))
     return steps, problems
+
+
+def _indented(exc: Exception) -> str:
+    return str(exc).replace("\n  - ", "\n      - ")  # the component's own list, indented
+
+
+def _wiring_problems(document: Mapping[str, Any], steps: list[Step]) -> list[str]:
+    """The wiring problems (parameters, inputs, `after:`) among the steps that built,
+    leaving out those that a step that did not build may explain: a problem naming it,
+    and, while one did not, a pipeline parameter no built step uses."""
+    built = {step.name: step for step in steps}
+    raw_steps = document.get("steps") if isinstance(document.get("steps"), list) else []
+    failed = {_raw_name(raw) for raw in raw_steps} - set(built) - {None}
+    declared = document.get("params") if isinstance(document.get("params"), dict) else {}
+    known = [*built, *sorted(failed - set(built))]
+    try:
+        wiring = wire(built, declared)[2]
+        unknown = dependency_problems(built, known)  # the failed steps count as known
+    except Exception:  # noqa: BLE001 - a partial pipeline's wiring is a bonus to the listing above
+        return []
+    return [
+        problem
+        for problem in wiring
+        if not any(f"'{name}'" in problem for name in failed) and not (failed and "is not used by any step" in problem)
+    ] + unknown
+
+
+def _raw_name(raw: Any) -> str | None:
+    """The name a step of the file would have: its `name:`, else what its `uses:` names."""
+    if not isinstance(raw, dict):
+        return None
+    if isinstance(raw.get("name"), str):
+        return raw["name"]
+    uses = raw.get("uses")
+    return uses.replace(":", ".").rsplit(".", 1)[-1] if isinstance(uses, str) else None
+
+
+def _with_resources(target: Any, resources: Mapping[str, Any], uses: str) -> Component:
+    """`target` (a component or a plain function) with the step's `resources:` applied;
+    their problems are named as the step's `resources:`."""
+    try:
+        if isinstance(target, Component):
+            return target.with_spec(**resources)
+        return make_component(target, **resources)
+    except ComponentSpecError as exc:
+        raise ComponentSpecError(f"its `resources:` on '{uses}': {exc}") from None
 
 
 def _build_step(spec: StepSpec) -> Step:
     target = import_object(spec.uses)
-    if isinstance(target, Component):
-        component = target.with_spec(**spec.resources) if spec.resources else target
+    if isinstance(target, Component) and not spec.resources:
+        component = target
     elif callable(target):
-        component = make_component(target, **spec.resources)
+        component = _with_resources(target, spec.resources, spec.uses)
     else:
         raise PipelineError(
             f"'{spec.uses}' is a {type(target).__name__}, neither a component nor a function. "

@@ -11,7 +11,7 @@ from __future__ import annotations
 import graphlib
 import heapq
 import inspect
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -83,18 +83,20 @@ def wire(
     return all_bindings, params, problems
 
 
-def dependency_problems(steps: Mapping[str, Step]) -> list[str]:
-    """The steps that `after:` or `inputs:` name but the pipeline does not have."""
+def dependency_problems(steps: Mapping[str, Step], known: Iterable[str] | None = None) -> list[str]:
+    """The steps that `after:` or `inputs:` name but the pipeline does not have (`known`:
+    the step names it has, when some of them are not in `steps`)."""
+    known = list(steps) if known is None else list(known)
     problems = []
     for step in steps.values():
         referenced = [("after", dep) for dep in step.after] + [
             (f"inputs.{param}", source) for param, source in step.inputs.items()
         ]
         for where, dep in referenced:
-            if dep not in steps:
+            if dep not in known:
                 problems.append(
                     f"step '{step.name}' {where} names unknown step '{dep}'."
-                    f"{did_you_mean(dep, steps)} Known steps: {', '.join(steps)}"
+                    f"{did_you_mean(dep, known)} Known steps: {', '.join(known)}"
                 )
     return problems
 
