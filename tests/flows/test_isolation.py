@@ -217,3 +217,34 @@ def test_unknown_isolation_is_refused_where_it_is_declared():
 
 def _typed(x: int) -> int:
     return x
+
+
+QUICK_ISOLATED_FIRST = """
+import time
+from planflow import Pipeline, component, to_flow
+
+@component(cpu=1, mem_gib=0.25, est_seconds=0.1, isolation="process", timeout_seconds=1)
+def quick(seconds: float = 0.05) -> float:
+    time.sleep(seconds)
+    return seconds
+
+summary = to_flow(Pipeline("isolated-first", [quick]))()
+print("STATES", {s["state"] for s in summary["steps"].values()})
+"""
+
+
+def test_the_forkserver_start_is_not_the_first_isolated_steps_time(cli_env):
+    """A fresh process whose first step is isolated, 0.05 s of work with timeout_seconds=1:
+    the forkserver (planflow and Prefect imported, seconds) starts beside the run and the
+    step is handed to its task once it is up. The step used to start it itself and time
+    out (a 0.1 s step with timeout_seconds=2 failed at 7.4 s), and the child's broken pipe
+    printed a traceback."""
+    import subprocess
+    import sys
+
+    ran = subprocess.run(
+        [sys.executable, "-c", QUICK_ISOLATED_FIRST], env=cli_env, capture_output=True, text=True, timeout=300
+    )
+    assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
+    assert "STATES {'Completed'}" in ran.stdout, ran.stdout[-3000:]
+    assert "BrokenPipeError" not in ran.stderr and "Traceback" not in ran.stderr, ran.stderr[-3000:]

@@ -23,7 +23,7 @@ from prefect.context import FlowRunContext
 
 from planflow.core.pipeline import Pipeline
 from planflow.runtime.dispatch import Admit, Assignment, ResourceLedger, StepRecord, dispatch
-from planflow.runtime.isolation import UsageLog, step_function
+from planflow.runtime.isolation import UsageLog, forkserver_ready, step_function, warm_forkserver
 from planflow.runtime.tags import step_task
 
 
@@ -73,6 +73,8 @@ class InProcessExecutor(Executor):
     def __init__(self, pipeline: Pipeline, assignments: Mapping[str, Assignment], params: Mapping[str, Any]) -> None:
         self.pipeline, self.assignments, self.params = pipeline, assignments, params
         self.usage = UsageLog()
+        if any(pipeline.isolation_of(step) == "process" for step in assignments):
+            warm_forkserver()  # beside the steps before the first isolated one
 
     def measure(self, record: StepRecord) -> None:
         self.usage.put_on(record)
@@ -80,7 +82,10 @@ class InProcessExecutor(Executor):
     def start(self, step: str, outputs: dict[str, Any]) -> StepFuture:
         component = self.pipeline.steps[step].component
         task = step_task(component, step)
-        task.fn = step_function(step, component.fn, component.spec.cpu, self.pipeline.isolation_of(step), self.usage)
+        isolation = self.pipeline.isolation_of(step)
+        if isolation == "process":
+            forkserver_ready()  # its start-up is not the step's time, nor its timeout's
+        task.fn = step_function(step, component.fn, component.spec.cpu, isolation, self.usage)
         return task.submit(**self.pipeline.step_kwargs(step, self.params, outputs))
 
 

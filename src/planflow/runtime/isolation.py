@@ -153,6 +153,46 @@ def _context() -> Any:
         return context
 
 
+_warm_lock = threading.Lock()
+_warming: threading.Thread | None = None
+WARM_SECONDS = 120.0  # the most a process-isolated step waits for the forkserver's start
+
+
+def warm_forkserver() -> None:
+    """Start the forkserver on a thread of its own (once per process), beside the run's
+    planning: it imports planflow and Prefect, 3-7 s here, and a step that started it
+    itself paid that inside its own time and its `timeout_seconds` (a 0.1 s step with
+    timeout_seconds=2 timed out at 7.4 s)."""
+    global _warming
+    with _warm_lock:
+        if _warming is None:
+            _warming = threading.Thread(target=_first_child, name="planflow-forkserver", daemon=True)
+            _warming.start()
+
+
+def _first_child() -> None:
+    """One child that does nothing: the forkserver answers its first fork once its
+    imports are done (starting it alone returns at once, before them)."""
+    try:
+        child = _context().Process(target=_nothing, name="planflow-forkserver-warm")
+        child.start()
+        child.join(WARM_SECONDS)
+    except Exception:  # noqa: BLE001 - the first isolated step starts it, and says why it cannot
+        return
+
+
+def _nothing() -> None:
+    return None
+
+
+def forkserver_ready(timeout: float = WARM_SECONDS) -> None:
+    """Wait (at most `timeout`) for `warm_forkserver`'s start; called before an isolated
+    step is handed to its task, so that the wait is not the step's."""
+    warming = _warming
+    if warming is not None:
+        warming.join(timeout)
+
+
 def _payload(step: str, fn: Callable[..., Any], args: tuple, kwargs: Mapping[str, Any]) -> bytes:
     try:
         return cloudpickle.dumps((fn, args, dict(kwargs)))
@@ -305,7 +345,10 @@ def _child_main(
     except BaseException as exc:
         outcome = ("raised", exc, traceback.format_exc())
     usage = Usage(os.getpid(), started, time.time(), _cpu_seconds() - cpu0, _peak_bytes(was_reset), baseline)
-    send.send_bytes(_outcome_bytes(step, outcome, usage))
+    try:
+        send.send_bytes(_outcome_bytes(step, outcome, usage))
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the flow's process stopped waiting (the step's timeout): nothing to tell, nothing to print
 
 
 def _outcome_bytes(step: str, outcome: tuple[str, Any, str], usage: Usage) -> bytes:
