@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -194,6 +195,28 @@ def total(numbers: list[float]) -> float:
 
 pipeline = Pipeline("good", [numbers, total])
 """
+# A parameter that is a pydantic model, and a step that fails when told to.
+CONFIGURED = """
+from pydantic import BaseModel
+
+from planflow import Pipeline, component
+
+
+class Config(BaseModel):
+    c: float = 1.0
+    max_iter: int = 200
+    fail: bool = False
+
+
+@component(cpu=1, mem_gib=0.1, est_seconds=0.1)
+def fit(cfg: Config = Config()) -> float:
+    if cfg.fail:
+        raise RuntimeError("told to fail")
+    return cfg.c * cfg.max_iter
+
+
+pipeline = Pipeline("configured", [fit])
+"""
 BROKEN = {
     # folder -> (flow.py, what `planflow run <folder>` must print after "failed to load:")
     "cyc": (
@@ -252,7 +275,8 @@ def user_project(tmp_path_factory) -> Path:
     (root / "pyproject.toml").write_text("[project]\nname = 'user-project'\n")
     (root / "flows").mkdir()
     (root / "flows" / "__init__.py").write_text("")
-    for folder, source in [("good", GOOD), *((name, code) for name, (code, _) in BROKEN.items())]:
+    sources = [("good", GOOD), ("configured", CONFIGURED), *((name, code) for name, (code, _) in BROKEN.items())]
+    for folder, source in sources:
         (root / "flows" / folder).mkdir()
         (root / "flows" / folder / "__init__.py").write_text("")
         (root / "flows" / folder / "flow.py").write_text(source)
@@ -292,8 +316,8 @@ def test_pipelines_lists_each_broken_source_as_failed_without_a_traceback(user_p
     assert out.returncode == 1
     assert "Traceback" not in out.stdout + out.stderr
     rows = {line.split("│")[1].strip(): line for line in out.stdout.splitlines() if line.count("│") > 2}
-    assert set(rows) == {"good", "typo", *BROKEN}, out.stdout
-    assert "failed" not in rows["good"]
+    assert set(rows) == {"good", "configured", "typo", *BROKEN}, out.stdout
+    assert "failed" not in rows["good"] and "failed" not in rows["configured"]
     assert all(rows[name].split("│")[2].strip() == "failed to load" for name in [*BROKEN, "typo"])
     for folder, (_, message) in BROKEN.items():
         assert f"flows.{folder}.flow failed to load: {message.splitlines()[0]}" in out.stderr
@@ -321,6 +345,25 @@ def test_params_are_converted_to_the_declared_types(user_project, cli_env):
     result = json.loads(out.stdout)
     assert result["params"] == {"n": 3, "scale": 2.0, "fast": True}
     assert result["steps"]["total"]["state"] == "Completed"
+
+
+def test_a_model_parameter_round_trips_through_the_fix_and_json_and_a_failed_run_is_json_too(user_project, cli_env):
+    """A pydantic-model parameter: a bad value's fix is JSON that works as written (it was
+    the model's str(), refused the same way), `--json` writes the model as an object (it
+    was its str()), and a run that fails still prints a JSON document (it printed nothing)."""
+    bad = planflow_in(user_project, "run", "configured", "-p", "cfg={c: abc}", env=cli_env)
+    assert bad.returncode == 2, bad.stdout + bad.stderr
+    fix = bad.stderr.split("Fix: e.g. --param ")[1].strip()
+    assert fix == """'cfg={"c": 1.0, "max_iter": 200, "fail": false}'""", bad.stderr
+    ran = planflow_in(user_project, "run", "configured", "-p", shlex.split(fix)[0], "--json", env=cli_env)
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    assert json.loads(ran.stdout)["params"]["cfg"] == {"c": 1.0, "max_iter": 200, "fail": False}
+    failed = planflow_in(user_project, "run", "configured", "-p", 'cfg={"fail": true}', "--json", env=cli_env)
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    document = json.loads(failed.stdout)
+    assert document["pipeline"] == "configured" and document["state"] == "Failed", document
+    assert "told to fail" in document["error"] and document["flow_run_id"] in document["log_url"], document
+    assert ".." not in failed.stderr, failed.stderr
 
 
 def test_blocks_apply_dry_run_changes_nothing_and_a_bad_document_is_named(cli_env, tmp_path):

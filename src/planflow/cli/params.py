@@ -18,6 +18,7 @@ from typing import Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import PydanticUserError, TypeAdapter, ValidationError
+from pydantic_core import PydanticSerializationError, to_jsonable_python
 
 from planflow.core.pipeline import Pipeline
 
@@ -102,10 +103,13 @@ def _listed(problems: list[str]) -> str:
 def _example(key: str, default: Any) -> str:
     if isinstance(default, bool):
         text = str(default).lower()
-    elif isinstance(default, list | dict):
-        text = json.dumps(default)
-    else:
+    elif isinstance(default, str | int | float) or default is None:
         text = str(default)
+    else:  # lists, mappings, pydantic models, dataclasses: as JSON, which `convert` reads back
+        try:
+            text = json.dumps(to_jsonable_python(default))
+        except (TypeError, ValueError, PydanticSerializationError):
+            text = str(default)
     return shlex.quote(f"{key}={text}")
 
 

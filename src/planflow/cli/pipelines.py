@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from pydantic_core import to_jsonable_python
 from rich.table import Table
 from rich.text import Text
 
@@ -47,9 +48,9 @@ class RunFailed(RuntimeError):
     """The flow run of a pipeline ended in a state other than Completed; the message
     is that state's, and `flow_run_id` names the run."""
 
-    def __init__(self, message: str, flow_run_id: str | None) -> None:
+    def __init__(self, message: str, flow_run_id: str | None, state: str = "Failed") -> None:
         super().__init__(message)
-        self.flow_run_id = flow_run_id
+        self.flow_run_id, self.state = flow_run_id, state
 
 
 def parse_params(param: list[str]) -> dict[str, str]:
@@ -96,16 +97,38 @@ def execute(pipeline: Pipeline, flow: Any, values: dict[str, Any], mode: str, sh
     if not state.is_completed():
         message = (state.message or state.name).removeprefix("Flow run encountered an exception: ")
         message = message.removeprefix(f"{PipelineRunError.__name__}: ")  # it names the step itself
-        raise RunFailed(message, str(state.state_details.flow_run_id or "") or None)
+        raise RunFailed(message, str(state.state_details.flow_run_id or "") or None, state.name)
     return state.result()
 
 
 def failed_run(name: str, exc: Exception, url: str) -> str:
     """The one line that says a pipeline's run failed, and where its log is."""
+    what = str(exc).rstrip(".") if f"pipeline '{name}'" in str(exc) else f"pipeline '{name}' failed: {exc}"
+    return f"{what.rstrip('.')}. Its log and traceback: {_log_url(exc, url)}"
+
+
+def failed_run_json(name: str, exc: Exception, url: str) -> str:
+    """`run --json`'s document for a run that did not complete (a script reads the state,
+    the run's id and the error, not only an exit code)."""
+    document = {
+        "pipeline": name,
+        "state": getattr(exc, "state", "Failed"),
+        "flow_run_id": getattr(exc, "flow_run_id", None),
+        "error": str(exc),
+        "log_url": _log_url(exc, url),
+    }
+    return json.dumps(document, indent=2)
+
+
+def as_json(document: Any) -> str:
+    """A summary or plan as JSON: pydantic models and dataclasses (parameters) as their
+    fields, anything else as its text."""
+    return json.dumps(to_jsonable_python(document, fallback=str), indent=2)
+
+
+def _log_url(exc: Exception, url: str) -> str:
     run_id = getattr(exc, "flow_run_id", None)
-    where = run_url(ui_url(url), run_id, tab="Logs") if run_id else f"{ui_url(url)}/runs"
-    what = str(exc) if f"pipeline '{name}'" in str(exc) else f"pipeline '{name}' failed: {exc}"
-    return f"{what}. Its log and traceback: {where}"
+    return run_url(ui_url(url), run_id, tab="Logs") if run_id else f"{ui_url(url)}/runs"
 
 
 def _kills(step: dict[str, Any]) -> str:
@@ -267,7 +290,7 @@ def plan(
             "components": reporting.plan_rows(pp),
             "totals": totals,
         }
-        print(json.dumps(document, indent=2, default=str))
+        print(as_json(document))
         return
     table = Table(
         "component",
@@ -333,9 +356,11 @@ def run(
         with run_logs_off_the_terminal(tracebacks_only=True):  # the traceback is in the run's log, linked below
             result = execute(pipeline, flow, values, mode, show_progress=not json_output)
     except Exception as exc:  # the flow run failed; Prefect has logged the traceback to the server
+        if json_output:
+            print(failed_run_json(name, exc, url))
         fail(failed_run(name, exc, url))
     if json_output:
-        print(json.dumps(result, indent=2, default=str))
+        print(as_json(result))
         return
     print_summary(result)
     say(f"flow run: {run_url(ui_url(url), result['flow_run_id'])}")
