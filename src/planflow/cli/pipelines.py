@@ -312,7 +312,7 @@ def plan(
             f"{row['finish_s']:.2f}",
             f"{row['cpu']:g}",
             f"{row['gpu']:g}",
-            f"{row['mem_gib']:g}",
+            f"{row['mem_gib']:.3g}",  # a learned figure has every digit of a measurement
             row["mem_from"],
             row["estimate"],
         )

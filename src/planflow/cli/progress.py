@@ -19,6 +19,7 @@ T = TypeVar("T")
 def run_with_progress(call: Callable[[], T], pipeline: Pipeline, console: Console) -> T:
     """`call()` (the flow run of `pipeline`) with a progress bar on `console`."""
     running: set[str] = set()
+    ended: set[str] = set()  # by name: a flow retry runs steps again (its bar showed 4/2)
     with Progress(
         TextColumn("[bold]{task.fields[pipeline]}"),
         BarColumn(),
@@ -33,9 +34,11 @@ def run_with_progress(call: Callable[[], T], pipeline: Pipeline, console: Consol
         def listener(event: str, record: Any) -> None:
             if event == "started":
                 running.add(record.step)
+                ended.discard(record.step)
             else:
                 running.discard(record.step)
-                bar.advance(task_id)
+                ended.add(record.step)
+                bar.update(task_id, completed=len(ended))
                 if event == "completed" and getattr(record, "cached", False):
                     bar.console.print(f"[dim]{escape(f'{record.step}: Cached')}[/]")
                 elif event != "completed":
