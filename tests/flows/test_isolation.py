@@ -248,3 +248,22 @@ def test_the_forkserver_start_is_not_the_first_isolated_steps_time(cli_env):
     assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
     assert "STATES {'Completed'}" in ran.stdout, ran.stdout[-3000:]
     assert "BrokenPipeError" not in ran.stderr and "Traceback" not in ran.stderr, ran.stderr[-3000:]
+
+
+@component(cpu=1, est_seconds=1, isolation="process")
+def logs_to_prefect() -> int:
+    from prefect import get_run_logger
+
+    get_run_logger().info("from the child")
+    return 1
+
+
+@pytest.mark.usefixtures("registered_blocks")
+def test_prefects_run_context_in_an_isolated_step_is_named_with_the_fix():
+    """get_run_logger in the child failed with Prefect's bare 'no active flow or task run
+    context'; the step now says where it runs and what to use instead."""
+    with pytest.raises(PipelineRunError) as failed:
+        to_flow(Pipeline("iso-logger", [logs_to_prefect]))()
+    message = str(failed.value)
+    assert "step 'logs_to_prefect' (isolation='process') asked for Prefect's run context" in message, message
+    assert "Fix: use print() or logging.getLogger(__name__) there" in message, message

@@ -344,6 +344,14 @@ def _child_main(
         outcome: tuple[str, Any, str] = ("ok", output, "")
     except BaseException as exc:
         outcome = ("raised", exc, traceback.format_exc())
+        if type(exc).__name__ == "MissingContextError":  # get_run_logger and its kin
+            outcome = (
+                "error",
+                None,
+                f"step '{step}' (isolation='process') asked for Prefect's run context ({exc}), which its "
+                "own process does not have. Fix: use print() or logging.getLogger(__name__) there (their "
+                f"lines reach the terminal), or isolation='thread'\n{outcome[2]}",
+            )
     usage = Usage(os.getpid(), started, time.time(), _cpu_seconds() - cpu0, _peak_bytes(was_reset), baseline)
     try:
         send.send_bytes(_outcome_bytes(step, outcome, usage))
