@@ -267,3 +267,28 @@ def test_prefects_run_context_in_an_isolated_step_is_named_with_the_fix():
     message = str(failed.value)
     assert "step 'logs_to_prefect' (isolation='process') asked for Prefect's run context" in message, message
     assert "Fix: use print() or logging.getLogger(__name__) there" in message, message
+
+
+@component(cpu=1, est_seconds=1)
+def returns_a_lock_in_a_thread() -> object:
+    return threading.Lock()
+
+
+@pytest.mark.usefixtures("registered_blocks")
+def test_an_output_that_cannot_be_stored_is_said_in_the_steps_log():
+    """In a thread the step completes (Prefect only warns, naming options a component does
+    not take); planflow's own warning in its log names the step, what is lost and the fix."""
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    summary = to_flow(Pipeline("thread-unstorable", [returns_a_lock_in_a_thread]))()
+    assert summary["steps"]["returns_a_lock_in_a_thread"]["state"] == "Completed"
+    run_id = UUID(summary["flow_run_id"])
+    deadline, said = time.monotonic() + 30, []
+    while not said and time.monotonic() < deadline:  # the run's logs reach the server in batches
+        with get_client(sync_client=True) as client:
+            logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
+        said = [log.message for log in logs if "cannot be stored" in log.message]
+        time.sleep(0.5)
+    assert said, "no planflow warning in the run's log"
+    assert "step 'returns_a_lock_in_a_thread' returned a lock that cannot be stored" in said[0], said
+    assert "cache='inputs' cannot skip it. Fix: return plain data" in said[0], said

@@ -25,6 +25,7 @@ from __future__ import annotations
 import base64
 import importlib
 import io
+import logging
 import sys
 from types import ModuleType
 from typing import Any, Literal
@@ -108,7 +109,11 @@ class PlanflowSerializer(Serializer):
     type: Literal["planflow"] = "planflow"
 
     def dumps(self, obj: Any) -> bytes:
-        kind, data = encode(obj)
+        try:
+            kind, data = encode(obj)
+        except Exception as exc:
+            _say_not_stored(obj, exc)
+            raise
         return MAGIC + b":" + kind.encode() + b":" + base64.b64encode(data)
 
     def loads(self, blob: bytes) -> Any:
@@ -120,3 +125,24 @@ class PlanflowSerializer(Serializer):
                 "serializer. Fix: read it with the serializer named in its record (Prefect does this itself)"
             )
         return decode(kind.decode(), base64.b64decode(text))
+
+
+def _say_not_stored(obj: Any, exc: Exception) -> None:
+    """A step's output that cannot be stored, said in planflow's words in the step's log:
+    Prefect's own warning names options a component does not take, and the run still
+    completes, so what is lost (the retry's read-back, the cache) went unsaid."""
+    from prefect.context import TaskRunContext  # noqa: PLC0415 (only on this rare path)
+    from prefect.logging import get_run_logger  # noqa: PLC0415
+
+    context = TaskRunContext.get()
+    step = context.task.name if context is not None else "?"
+    message = (
+        "step '%s' returned a %s that cannot be stored (%s: %s): a retry of the run runs the step again "
+        "and cache='inputs' cannot skip it. Fix: return plain data (numbers, strings, lists, dicts, arrays, "
+        "data frames) or objects whose attributes pickle (no locks, open files, connections or clients)"
+    )
+    args = (step, type(obj).__name__, type(exc).__name__, exc)
+    try:
+        get_run_logger().warning(message, *args)
+    except Exception:  # noqa: BLE001 - no run context: the module's logger
+        logging.getLogger(__name__).warning(message, *args)
