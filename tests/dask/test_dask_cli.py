@@ -77,6 +77,8 @@ def test_what_answers_at_an_address_is_named(dask_cluster):
             nobody: f"the Dask scheduler at {nobody} does not answer (nothing listens on port",
             silent: f"the Dask scheduler at {silent} does not answer (no answer within 1 s)",
             worker: f"{worker} answers, but not as a Dask scheduler",
+            # TLS needs Dask's TLS configuration: named, not "not a scheduler"
+            state.address.replace("tcp://", "tls://"): "cannot connect to the Dask scheduler at tls://",
         }
         for address, said in expected.items():
             with pytest.raises(DaskClusterError) as refused:

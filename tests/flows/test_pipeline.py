@@ -274,3 +274,17 @@ def test_yaml_resources_set_a_components_task_options(tmp_path):
     step = Pipeline.from_yaml(path).steps["numbers"]
     assert (step.component.retries, step.component.timeout_seconds) == (2, 5.0)
     assert step.component.tags == {"nightly", "planflow"} and step.spec.cpu == 0.5
+
+
+def test_yaml_resources_task_options_are_checked_like_the_decorators(tmp_path):
+    """tags as a string became one tag per letter; tags: null raised a bare TypeError."""
+    path = tmp_path / "tags.yaml"
+    path.write_text(
+        "name: tags\nsteps:\n  - name: numbers\n    uses: toy_dags:numbers\n    resources: {tags: nightly}\n"
+        "  - name: total\n    uses: toy_dags:total\n    resources: {tags: null, retries: -1}\n"
+    )
+    with pytest.raises(PipelineError) as caught:
+        Pipeline.from_yaml(path)
+    message = str(caught.value)
+    assert "tags='nightly': must be a list of strings. Fix: e.g. tags=['nightly']" in message
+    assert "tags=None: must be a list of strings" in message and "retries=-1: must be a number >= 0" in message

@@ -14,6 +14,7 @@ import difflib
 import json
 import shlex
 from collections.abc import Iterable, Mapping
+from enum import Enum
 from typing import Any, Literal, get_args, get_origin
 
 import yaml
@@ -101,6 +102,8 @@ def _listed(problems: list[str]) -> str:
 
 
 def _example(key: str, default: Any) -> str:
+    if isinstance(default, Enum):
+        default = default.value
     if isinstance(default, bool):
         text = str(default).lower()
     elif isinstance(default, str | int | float) or default is None:

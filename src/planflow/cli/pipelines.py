@@ -103,7 +103,8 @@ def execute(pipeline: Pipeline, flow: Any, values: dict[str, Any], mode: str, sh
 
 def failed_run(name: str, exc: Exception, url: str) -> str:
     """The one line that says a pipeline's run failed, and where its log is."""
-    what = str(exc).rstrip(".") if f"pipeline '{name}'" in str(exc) else f"pipeline '{name}' failed: {exc}"
+    text = str(exc) or type(exc).__name__
+    what = text if f"pipeline '{name}'" in text else f"pipeline '{name}' failed: {text}"
     return f"{what.rstrip('.')}. Its log and traceback: {_log_url(exc, url)}"
 
 
@@ -112,9 +113,10 @@ def failed_run_json(name: str, exc: Exception, url: str) -> str:
     the run's id and the error, not only an exit code)."""
     document = {
         "pipeline": name,
-        "state": getattr(exc, "state", "Failed"),
+        "state": getattr(exc, "state", None),  # None: the run's end was not read (e.g. the server went away)
         "flow_run_id": getattr(exc, "flow_run_id", None),
-        "error": str(exc),
+        "error": str(exc) or type(exc).__name__,
+        "error_type": type(exc).__name__,
         "log_url": _log_url(exc, url),
     }
     return json.dumps(document, indent=2)
@@ -312,7 +314,7 @@ def plan(
             f"{row['finish_s']:.2f}",
             f"{row['cpu']:g}",
             f"{row['gpu']:g}",
-            f"{row['mem_gib']:.3g}",  # a learned figure has every digit of a measurement
+            f"{round(row['mem_gib'], 4):g}",  # a learned figure has every digit of a measurement
             row["mem_from"],
             row["estimate"],
         )

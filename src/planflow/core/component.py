@@ -187,6 +187,12 @@ def spec_problems(values: Mapping[str, Any]) -> list[str]:
     for key in ("retries", "timeout_seconds", "retry_delay_seconds"):
         if key in values and not (_is_number(values[key]) and values[key] >= 0):
             problems.append(f"{key}={values[key]!r}: must be a number >= 0")
+    tags = values.get("tags", ())
+    if isinstance(tags, str) or not isinstance(tags, list | tuple | set) or not all(isinstance(t, str) for t in tags):
+        problems.append(f"tags={tags!r}: must be a list of strings. Fix: e.g. tags=['nightly']")
+    for key in ("name", "description"):
+        if key in values and not isinstance(values[key], str):
+            problems.append(f"{key}={values[key]!r}: must be a string")
     return problems
 
 

@@ -144,7 +144,13 @@ def _raw_name(raw: Any) -> str | None:
     if isinstance(raw.get("name"), str):
         return raw["name"]
     uses = raw.get("uses")
-    return uses.replace(":", ".").rsplit(".", 1)[-1] if isinstance(uses, str) else None
+    if not isinstance(uses, str):
+        return None
+    try:  # imported already by build_steps: a component's own name (@component(name=...))
+        target = import_object(uses)
+    except PipelineError:
+        target = None
+    return target.name if isinstance(target, Component) else uses.replace(":", ".").rsplit(".", 1)[-1]
 
 
 def _with_resources(target: Any, resources: Mapping[str, Any], uses: str) -> Component:
@@ -156,6 +162,8 @@ def _with_resources(target: Any, resources: Mapping[str, Any], uses: str) -> Com
         return make_component(target, **resources)
     except ComponentSpecError as exc:
         raise ComponentSpecError(f"its `resources:` on '{uses}': {exc}") from None
+    except TypeError as exc:  # e.g. a key that is not a string
+        raise ComponentSpecError(f"its `resources:` on '{uses}': {exc}. Fix: name each value by its key") from None
 
 
 def _build_step(spec: StepSpec) -> Step:

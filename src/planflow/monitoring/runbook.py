@@ -8,7 +8,7 @@ from importlib import resources
 
 
 def text() -> str:
-    return (resources.files("planflow.monitoring") / "RUNBOOK.md").read_text()
+    return (resources.files("planflow.monitoring") / "RUNBOOK.md").read_text(encoding="utf-8")
 
 
 def sections(runbook: str | None = None) -> dict[str, str]:

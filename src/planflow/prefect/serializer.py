@@ -131,17 +131,24 @@ def _say_not_stored(obj: Any, exc: Exception) -> None:
     """A step's output that cannot be stored, said in planflow's words in the step's log:
     Prefect's own warning names options a component does not take, and the run still
     completes, so what is lost (the retry's read-back, the cache) went unsaid."""
-    from prefect.context import TaskRunContext  # noqa: PLC0415 (only on this rare path)
+    from prefect.context import FlowRunContext, TaskRunContext  # noqa: PLC0415 (only on this rare path)
     from prefect.logging import get_run_logger  # noqa: PLC0415
 
-    context = TaskRunContext.get()
-    step = context.task.name if context is not None else "?"
-    message = (
-        "step '%s' returned a %s that cannot be stored (%s: %s): a retry of the run runs the step again "
-        "and cache='inputs' cannot skip it. Fix: return plain data (numbers, strings, lists, dicts, arrays, "
-        "data frames) or objects whose attributes pickle (no locks, open files, connections or clients)"
-    )
-    args = (step, type(obj).__name__, type(exc).__name__, exc)
+    task, flow = TaskRunContext.get(), FlowRunContext.get()
+    if task is not None:  # a step of an in-process run
+        step, lost = task.task.name, "a retry of the run runs the step again and cache='inputs' cannot skip it"
+    else:  # a component's own flow run (distributed mode)
+        step = flow.flow.name if flow is not None else "?"
+        lost = "the steps after it cannot read it"
+    if type(obj).__module__.split(".")[0] in ("pandas", "pyarrow", "polars"):
+        fix = "give its object columns one type Parquet stores (e.g. .astype(str))"
+    else:
+        fix = (
+            "return plain data (numbers, strings, lists, dicts, arrays, data frames) or objects whose "
+            "attributes pickle (no locks, open files, connections or clients)"
+        )
+    message = "step '%s' returned a %s that cannot be stored (%s: %s): %s. Fix: %s"
+    args = (step, type(obj).__name__, type(exc).__name__, exc, lost, fix)
     try:
         get_run_logger().warning(message, *args)
     except Exception:  # noqa: BLE001 - no run context: the module's logger

@@ -135,8 +135,10 @@ def _refused(address: str, timeout: float) -> str | None:
         return None
     host, port = parse_host_port(location)
     try:
-        socket.create_connection((host, port), timeout=min(timeout, 2.0)).close()
+        socket.create_connection((host, port), timeout=timeout).close()
     except socket.gaierror as exc:
+        if exc.errno == socket.EAI_AGAIN:  # the resolver did not answer: Dask's connect tries again
+            return None
         return f"host '{host}' is not known: {exc.strerror}"
     except ConnectionRefusedError:
         return f"nothing listens on port {port} of {host}"
@@ -145,18 +147,33 @@ def _refused(address: str, timeout: float) -> str | None:
     return None
 
 
+class _Unreadable(Exception):
+    """What answered did not reply as Dask does (the connection itself succeeded)."""
+
+
 def _identity(address: str, timeout: float) -> dict[str, Any]:
     """The scheduler's `identity` (what `Client.scheduler_info` reads), asked on one
-    connection in a thread of its own: no Client, whose clean-up after a failed connect
-    waited twice its timeout more and printed a traceback; and callable where an event
-    loop already runs."""
+    connection with Dask's configured security (TLS), in a thread of its own: no Client,
+    whose clean-up after a failed connect waited twice its timeout more and printed a
+    traceback; and callable where an event loop already runs. _Unreadable when the
+    connection succeeded but the reply is not Dask's."""
     from distributed.comm import connect  # noqa: PLC0415 (heavy)
+    from distributed.security import Security  # noqa: PLC0415
 
     async def ask() -> dict[str, Any]:
-        comm = await connect(address, timeout=timeout)
+        try:  # the handshake reads the peer's reply too
+            comm = await connect(address, timeout=timeout, **Security().get_connection_args("client"))
+        except (OSError, TimeoutError, TypeError, ValueError):  # unreachable, or Dask's own refusal (TLS)
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise _Unreadable(f"{type(exc).__name__}: {exc}") from None
         try:
             await comm.write({"op": "identity", "n_workers": -1, "reply": True})
             return await comm.read()
+        except (OSError, TimeoutError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - e.g. a frame length of exabytes from a stranger
+            raise _Unreadable(f"{type(exc).__name__}: {exc}") from None
         finally:
             await comm.close()
 
@@ -170,23 +187,31 @@ def cluster_resources(address: str, timeout: float | None = None, fix: str = "")
     when nothing listens there). `fix` replaces the default advice."""
     timeout = timeout or settings().dask_connect_seconds
     check_address(address)
-    refused = _refused(address, timeout)
+    started = time.monotonic()
+    refused = _refused(address, min(timeout, 2.0))
     if refused:
         raise unreachable(address, timeout, refused, fix)
+    left = max(0.5, timeout - (time.monotonic() - started))  # the whole wait stays within `timeout`
     try:
-        info = _identity(address, timeout)
+        info: Any = _identity(address, left)
     except (OSError, TimeoutError) as exc:
         raise unreachable(address, timeout, exc, fix) from None
-    except Exception as exc:  # noqa: BLE001 - a reply that is not Dask's (e.g. a frame length of exabytes)
-        info = {"unreadable": f"{type(exc).__name__}: {exc}"}
-    if not isinstance(info, dict) or info.get("type") != "Scheduler":
+    except _Unreadable as exc:
+        info = {"unreadable": str(exc)}
+    except (TypeError, ValueError) as exc:  # connect's own refusal: e.g. tls:// without TLS configured
+        raise DaskClusterError(
+            f"cannot connect to the Dask scheduler at {address}: {type(exc).__name__}: {exc}. Fix: for tls://, "
+            "set Dask's TLS configuration (distributed.comm.tls.* in Dask's config, or DASK_DISTRIBUTED__COMM__TLS__* "
+            "variables) where planflow runs"
+        ) from None
+    if not isinstance(info, dict) or not isinstance(info.get("workers"), dict) or "unreadable" in info:
         said = info if isinstance(info, dict) else {}
         what = said.get("unreadable") or f"it said: {said.get('type') or said.get('status') or type(info).__name__}"
         raise DaskClusterError(
             f"{address} answers, but not as a Dask scheduler ({what}). Fix: give "
             "the scheduler's address (a worker's log names it: 'Registered to: tcp://...')"
         )
-    return {worker: dict(w.get("resources") or {}) for worker, w in info.get("workers", {}).items()}
+    return {worker: dict(w.get("resources") or {}) for worker, w in info["workers"].items()}
 
 
 _SEEN_SECONDS = 5.0  # a run's plan asks the scheduler once: run_pools, then require_offered
