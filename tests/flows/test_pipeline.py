@@ -124,18 +124,23 @@ def test_yaml_cycle_is_rejected_with_its_path():
         Pipeline.from_yaml(TESTS / "fixtures" / "cyclic.yaml")
 
 
+def _refused(path, text: str) -> str:
+    """The PipelineError's message for the pipeline file `text` written at `path`."""
+    path.write_text(text)
+    with pytest.raises(PipelineError) as caught:
+        Pipeline.from_yaml(path)
+    return str(caught.value)
+
+
 def test_yaml_unknown_fields_and_bad_imports_are_all_listed(tmp_path):
-    path = tmp_path / "bad.yaml"
-    path.write_text(
+    message = _refused(
+        tmp_path / "bad.yaml",
         "name: bad\nschedule: daily\nsteps:\n"
         "  - name: numbers\n    uses: toy_dags:numbrs\n"
         "  - name: total\n    uses: toy_dags:total\n    afer: [numbers]\n"
         "  - name: x\n    uses: no_such_module:thing\n"
-        "  - name: y\n    uses: toy_dags:numbers\n    resources: {cpu: -2}\n"
+        "  - name: y\n    uses: toy_dags:numbers\n    resources: {cpu: -2}\n",
     )
-    with pytest.raises(PipelineError) as caught:
-        Pipeline.from_yaml(path)
-    message = str(caught.value)
     assert "the pipeline: unknown field 'schedule'" in message
     assert "step 2 ('total'): unknown field 'afer'. Did you mean 'after'?" in message
     assert "module 'toy_dags' has no 'numbrs'. Did you mean 'numbers'?" in message
@@ -243,18 +248,15 @@ def test_yaml_lists_field_resource_import_and_wiring_mistakes_in_one_pass(tmp_pa
     """A file with a bad field, a bad `resources:` on that same step, a bad import and a
     wiring mistake among the steps that built: one listing (it took three rounds of fixes),
     and no problem that only a step which did not build explains (its inputs are known)."""
-    path = tmp_path / "many.yaml"
-    path.write_text(
+    message = _refused(
+        tmp_path / "many.yaml",
         "name: many\nparams: {n: 3}\nsteps:\n"
         "  - name: numbers\n    uses: toy_dags:numbers\n"
         "  - name: total\n    uses: toy_dags:total\n    depends_on: [numbers]\n"
         "    resources: {memory: 2, cpu: -1}\n"
         "  - name: scaled\n    uses: toy_dags:scaledd\n"
-        "  - name: report\n    uses: toy_dags:report\n    inputs: {total: totl}\n"
+        "  - name: report\n    uses: toy_dags:report\n    inputs: {total: totl}\n",
     )
-    with pytest.raises(PipelineError) as caught:
-        Pipeline.from_yaml(path)
-    message = str(caught.value)
     assert "step 2 ('total'): unknown field 'depends_on'" in message
     assert "step 2 ('total'): its `resources:` on 'toy_dags:total': component 'total'" in message
     assert "unknown key 'memory'. Did you mean 'mem_gib'?" in message and "cpu=-1: must be a number > 0" in message
@@ -278,13 +280,10 @@ def test_yaml_resources_set_a_components_task_options(tmp_path):
 
 def test_yaml_resources_task_options_are_checked_like_the_decorators(tmp_path):
     """tags as a string became one tag per letter; tags: null raised a bare TypeError."""
-    path = tmp_path / "tags.yaml"
-    path.write_text(
+    message = _refused(
+        tmp_path / "tags.yaml",
         "name: tags\nsteps:\n  - name: numbers\n    uses: toy_dags:numbers\n    resources: {tags: nightly}\n"
-        "  - name: total\n    uses: toy_dags:total\n    resources: {tags: null, retries: -1}\n"
+        "  - name: total\n    uses: toy_dags:total\n    resources: {tags: null, retries: -1}\n",
     )
-    with pytest.raises(PipelineError) as caught:
-        Pipeline.from_yaml(path)
-    message = str(caught.value)
     assert "tags='nightly': must be a list of strings. Fix: e.g. tags=['nightly']" in message
     assert "tags=None: must be a list of strings" in message and "retries=-1: must be a number >= 0" in message
