@@ -76,7 +76,8 @@ def killer(marker_dir: str = "") -> int:
     """Kills the worker process running `victim` (a SIGKILL: no goodbye to the scheduler)."""
     pids = Path(marker_dir) / "victim.pids"
     deadline = time.monotonic() + KILL_WAIT_SECONDS
-    while not pids.exists() and time.monotonic() < deadline:
+    # the victim's line, whole: the file exists a moment before its pid is written in it
+    while not (pids.exists() and pids.read_text().endswith("\n")) and time.monotonic() < deadline:
         time.sleep(0.05)
     pid = int(pids.read_text().split()[0])
     os.kill(pid, 9)
