@@ -287,3 +287,17 @@ def test_yaml_resources_task_options_are_checked_like_the_decorators(tmp_path):
     )
     assert "tags='nightly': must be a list of strings. Fix: e.g. tags=['nightly']" in message
     assert "tags=None: must be a list of strings" in message and "retries=-1: must be a number >= 0" in message
+
+
+def test_a_nan_or_infinite_param_is_refused_with_why_since_the_flow_run_would_get_null():
+    from planflow.cli.params import ParamError, typed_values
+
+    assert typed_values(toy_dags.diamond, {"factor": "0.5"}) == {"factor": 0.5}
+    for text in ("nan", "inf", "-.inf"):
+        with pytest.raises(ParamError) as caught:
+            typed_values(toy_dags.diamond, {"factor": text})
+        assert str(caught.value) == (
+            f"--param factor={text}: parameter 'factor' of pipeline 'toy-diamond' takes a float, got {text!r} "
+            "(a flow run's parameters travel as JSON, which has no nan or infinity: the run would get null). "
+            "Fix: e.g. --param factor=2.0"
+        )

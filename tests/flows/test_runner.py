@@ -115,6 +115,18 @@ def test_a_retried_run_does_not_recompute_finished_components():
     assert wait_until(expensive_states, 30), seen  # second attempt read the persisted result
 
 
+def test_a_steps_task_retries_are_in_its_summary_and_the_history_learns_its_last_attempt():
+    result = to_flow(toy_dags.retried_step)(**{"tag": "attempts"})
+    step = result["steps"]["shaky"]
+    assert step["state"] == "Completed" and step["attempts"] == 2
+    assert step["seconds"] > 1.0  # both attempts and Prefect's 1 s retry delay
+    artifacts = asyncio.run(_artifacts(result["flow_run_id"]))
+    learned = [a.data for a in artifacts if a.key and a.key.startswith("planflow-history-shaky-")]
+    assert len(learned) == 1
+    data = learned[0] if isinstance(learned[0], dict) else json.loads(learned[0])
+    assert 0.1 <= data["seconds"] < 0.6, data  # the last attempt's time, not the retry's delay
+
+
 def test_a_new_run_computes_afresh():
     to_flow(toy_dags.flaky_pair)(**{"tag": "fresh"})
     to_flow(toy_dags.flaky_pair)(**{"tag": "fresh"})

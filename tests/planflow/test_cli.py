@@ -50,6 +50,11 @@ def test_describe_one_pipeline(toy_env):
     out = planflow("pipelines", "toy-diamond", env=toy_env)
     assert out.returncode == 0, out.stderr
     assert "critical path (s)" in out.stdout and "CPU core·s" in out.stdout and "total, scaled" in out.stdout
+    header = next(line for line in out.stdout.splitlines() if "step" in line and "after" in line)
+    cells = [cell.strip() for cell in header.strip("┃ ").split("┃")]
+    assert cells[-4:] == ["runs in", "cache", "retries", "timeout (s)"]
+    numbers = next(line for line in out.stdout.splitlines() if line.startswith("│ numbers "))
+    assert [cell.strip() for cell in numbers.strip("│ ").split("│")][-4:] == ["thread", "run", "0", "-"]
 
 
 def test_run_with_params_prints_the_summary_as_json(toy_env):

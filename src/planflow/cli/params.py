@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import shlex
 from collections.abc import Iterable, Mapping
 from enum import Enum
@@ -27,6 +28,10 @@ from planflow.core.pipeline import Pipeline
 class ParamError(ValueError):
     """One or more --param values are malformed, unknown or of the wrong type; the
     message lists every problem with its fix."""
+
+
+class NonFiniteError(ValueError):
+    """A value holds nan or infinity, which a flow run's JSON parameters cannot carry."""
 
 
 def parse_pairs(pairs: Iterable[str]) -> dict[str, str]:
@@ -60,10 +65,11 @@ def typed_values(pipeline: Pipeline, raw: Mapping[str, str]) -> dict[str, Any]:
         expected = hints.get(key, Any if default is None else type(default))
         try:
             values[key] = convert(text, expected)
-        except ValueError:
+        except ValueError as exc:
+            why = f" ({exc})" if isinstance(exc, NonFiniteError) else ""
             problems.append(
                 f"--param {_pair(key, text)}: parameter '{key}' of pipeline '{pipeline.name}' takes "
-                f"{type_name(expected)}, got {text!r}. Fix: e.g. --param {_example(key, default)}"
+                f"{type_name(expected)}, got {text!r}{why}. Fix: e.g. --param {_example(key, default)}"
             )
     if problems:
         raise ParamError(_listed(problems))
@@ -78,13 +84,35 @@ def convert(text: str, expected: Any) -> Any:
     except PydanticUserError:
         return text  # a type pydantic cannot check: the flow gets the text, as before
     try:
-        return adapter.validate_python(text)
+        value = adapter.validate_python(text)
     except ValidationError:
-        pass
+        try:
+            value = adapter.validate_python(yaml.safe_load(text))
+        except (ValidationError, yaml.YAMLError) as exc:
+            raise ValueError(f"{text!r} is not {type_name(expected)}") from exc
+    if _non_finite(value):
+        raise NonFiniteError(
+            "a flow run's parameters travel as JSON, which has no nan or infinity: the run would get null"
+        )
+    return value
+
+
+def _non_finite(value: Any) -> bool:
+    """Whether `value` holds a float nan or infinity anywhere (lists, mappings, models)."""
     try:
-        return adapter.validate_python(yaml.safe_load(text))
-    except (ValidationError, yaml.YAMLError) as exc:
-        raise ValueError(f"{text!r} is not {type_name(expected)}") from exc
+        plain = to_jsonable_python(value)
+    except (TypeError, ValueError, PydanticSerializationError):
+        return False
+    stack = [plain]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return True
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+    return False
 
 
 def type_name(expected: Any) -> str:

@@ -147,6 +147,8 @@ def print_summary(result: dict[str, Any]) -> None:
     usage_columns = ("cpu declared / used s", "mem GiB declared / peak") if measured else ()
     killed = any(step.get("oom_kills") for step in steps)
     oom_columns = ("OOM kills (last limit GiB)",) if killed else ()
+    retried = any(step.get("attempts", 1) > 1 for step in steps)
+    attempt_columns = ("attempts",) if retried else ()
     table = Table(
         "component",
         "state",
@@ -154,6 +156,7 @@ def print_summary(result: dict[str, Any]) -> None:
         "seconds",
         *usage_columns,
         *oom_columns,
+        *attempt_columns,
         "key metric",
         title=Text(result["pipeline"]),
     )
@@ -162,7 +165,8 @@ def print_summary(result: dict[str, Any]) -> None:
         seconds = "-" if step["seconds"] is None else f"{step['seconds']:.2f}"
         usage = _usage_cells(step) if measured else ()
         kills = (_kills(step),) if killed else ()
-        table.add_row(*map(Text, (name, step["state"], step["pool"], seconds, *usage, *kills, metrics)))
+        attempts = (str(step.get("attempts", 1)),) if retried else ()
+        table.add_row(*map(Text, (name, step["state"], step["pool"], seconds, *usage, *kills, *attempts, metrics)))
     console.print(table)
 
 
@@ -235,9 +239,12 @@ def _shown_source(source: str) -> str:
 
 def _describe(pipeline: Pipeline) -> None:
     console.print(Text.assemble((pipeline.name, "bold"), f": {pipeline.description}"))
-    table = Table("step", "after", "cpu", "gpu", "mem GiB", "estimate (s)", "pools")
+    table = Table(
+        "step", "after", "cpu", "gpu", "mem GiB", "estimate (s)", "pools", "runs in", "cache", "retries", "timeout (s)"
+    )
     for name in pipeline.topological_order():
-        spec = pipeline.steps[name].spec
+        step = pipeline.steps[name]
+        spec = step.spec
         row = (
             name,
             ", ".join(pipeline.upstream(name)) or "-",
@@ -246,6 +253,10 @@ def _describe(pipeline: Pipeline) -> None:
             f"{spec.mem_gib:g}",
             f"{spec.est_seconds:g}",
             ", ".join(spec.pools) or "any",
+            pipeline.isolation_of(name),
+            _cache_cell(step.component),
+            str(getattr(step.component, "retries", 0) or 0),
+            _timeout_cell(step.component),
         )
         table.add_row(*map(Text, row))
     console.print(table)
@@ -254,6 +265,29 @@ def _describe(pipeline: Pipeline) -> None:
         totals.add_row(TOTAL_LABELS.get(key, key), f"{value:g}")
     console.print(totals)
     say("parameters: " + (", ".join(f"{k}={v!r}" for k, v in pipeline.params.items()) or "-"))
+    if pipeline.retries:
+        say(f"a failed run is retried {pipeline.retries} time(s) as a whole (its completed steps are read back)")
+
+
+def _cache_cell(component: Any) -> str:
+    """ "inputs, 7 days" for a step reused across runs, "run" for one kept within its run."""
+    if getattr(component, "cache_mode", None) != "inputs":
+        return "run"
+    expiry = getattr(component, "cache_expiration", None)
+    return f"inputs, {_span(expiry.total_seconds())}" if expiry else "inputs"
+
+
+def _span(seconds: float) -> str:
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size and seconds % size == 0:
+            count = int(seconds // size)
+            return f"{count} {unit}{'s' if count != 1 else ''}"
+    return f"{seconds:g} s"
+
+
+def _timeout_cell(component: Any) -> str:
+    timeout = getattr(component, "timeout_seconds", None)
+    return "-" if timeout is None else f"{timeout:g}"
 
 
 def plan(

@@ -221,9 +221,10 @@ def _use_address(paths: StatePaths, address: str) -> ClusterStatus:
     """Record the running scheduler at `address` as the one runs use (starting nothing),
     once it answers; refused while a local cluster of ours runs, which it would orphan."""
     check_address(address)
-    if not _record(paths).get("external") and _live(paths, "scheduler") is not None:
+    record = _record(paths)
+    if not record.get("external") and _live(paths, "scheduler") is not None:
         raise DaskClusterError(
-            f"a local Dask cluster started by planflow dask up runs at {_record(paths).get('address')}; recording "
+            f"a local Dask cluster started by planflow dask up runs at {record.get('address')}; recording "
             f"{address} instead would leave its processes running, unused and unmanaged. Fix: planflow dask down, "
             f"then planflow dask up --address {address}"
         )

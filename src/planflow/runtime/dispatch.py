@@ -108,6 +108,7 @@ class StepRecord:
     # How long it ran where it ran, when its executor measured that apart from the queue
     # (dask_executor.py: a worker's compute time); None: `seconds` (release to completion)
     ran_seconds: float | None = None
+    attempts: int = 1  # its task's attempts, where its executor counted them (Prefect's retries)
 
     @property
     def seconds(self) -> float | None:

@@ -94,18 +94,33 @@ class Usage:
 
 
 class UsageLog:
-    """Per step, the Usage of its latest attempt, put on the dispatcher's records (as
-    `usage` and `peak_mem_gib`, which the history reads) before its listeners hear of
-    the step's end."""
+    """Per step, the Usage of its latest attempt, how many attempts its task made (Prefect's
+    `retries`) and how long the last one took, put on the dispatcher's records (as `usage`,
+    `peak_mem_gib`, `attempts` and, after a retry, `ran_seconds`: what the history reads)
+    before its listeners hear of the step's end."""
 
     def __init__(self) -> None:
         self.by_step: dict[str, Usage] = {}
+        self.attempts: dict[str, int] = {}
+        self.last_seconds: dict[str, float] = {}
+
+    def attempted(self, step: str, seconds: float) -> None:
+        """One attempt of `step`'s function ended (returned or raised) after `seconds`."""
+        self.attempts[step] = self.attempts.get(step, 0) + 1
+        self.last_seconds[step] = seconds
 
     def put_on(self, record: Any) -> None:
-        """Put the latest Usage of the record's step on it (a finished step's record)."""
+        """Put the latest Usage of the record's step on it (a finished step's record); after
+        retries, the last attempt's time is what it ran (the earlier attempts and Prefect's
+        retry delays are not the component's duration)."""
         usage = self.by_step.get(record.step)
         if usage is not None:
             record.usage, record.peak_mem_gib = usage, usage.peak_mem_gib
+        attempts = self.attempts.get(record.step, 0)
+        if attempts > 1:
+            record.attempts = attempts
+            if record.ran_seconds is None:
+                record.ran_seconds = self.last_seconds[record.step]
 
 
 def step_function(step: str, fn: Callable[..., Any], cpu: float, isolation: str, log: UsageLog) -> Callable[..., Any]:
@@ -116,7 +131,11 @@ def step_function(step: str, fn: Callable[..., Any], cpu: float, isolation: str,
     if isolation == "process":
 
         def run(*args: Any, **kwargs: Any) -> Any:
-            return run_isolated(step, fn, args, kwargs, cpu, log)
+            began = time.perf_counter()
+            try:
+                return run_isolated(step, fn, args, kwargs, cpu, log)
+            finally:
+                log.attempted(step, time.perf_counter() - began)
 
         if inspect.iscoroutinefunction(fn):
 
@@ -129,14 +148,22 @@ def step_function(step: str, fn: Callable[..., Any], cpu: float, isolation: str,
     if inspect.iscoroutinefunction(fn):
 
         async def limited_async(*args: Any, **kwargs: Any) -> Any:
-            with limited(cpu):
-                return await fn(*args, **kwargs)
+            began = time.perf_counter()
+            try:
+                with limited(cpu):
+                    return await fn(*args, **kwargs)
+            finally:
+                log.attempted(step, time.perf_counter() - began)
 
         return functools.wraps(fn)(limited_async)
 
     def limited_sync(*args: Any, **kwargs: Any) -> Any:
-        with limited(cpu):
-            return fn(*args, **kwargs)
+        began = time.perf_counter()
+        try:
+            with limited(cpu):
+                return fn(*args, **kwargs)
+        finally:
+            log.attempted(step, time.perf_counter() - began)
 
     return functools.wraps(fn)(limited_sync)
 

@@ -55,6 +55,8 @@ def usage_figures(pipeline: Pipeline, record: StepRecord) -> dict[str, Any]:
     }
     if record.oom_kills:
         figures.update(oom_kills=record.oom_kills, mem_limit_gib=record.mem_limit_gib)
+    if record.attempts > 1:
+        figures["attempts"] = record.attempts
     return figures
 
 
