@@ -83,6 +83,16 @@ def allocate(mib: int = 300) -> int:
     return len(block)
 
 
+@component(cpu=1, mem_gib=0.5, est_seconds=1)
+def big_input(mib: int = 200) -> bytes:
+    return b"\x02" * (mib * MIB)
+
+
+@component(cpu=1, mem_gib=0.5, est_seconds=1, isolation="process")
+def reads_input(big_input: bytes) -> int:
+    return len(big_input)  # adds nothing of its own: its input's copy is its memory
+
+
 @component(cpu=1, est_seconds=1, isolation="process")
 def returns_a_lock() -> object:
     return threading.Lock()
@@ -157,6 +167,15 @@ def test_isolated_component_reports_its_peak_memory():
         a.data for a in asyncio.run(_artifacts(summary["flow_run_id"])) if (a.key or "").startswith("planflow-history-")
     ]
     assert len(history) == 1 and history[0]["peak_mem_gib"] == pytest.approx(peak / 2**30)
+
+
+@pytest.mark.usefixtures("registered_blocks")
+def test_an_isolated_steps_peak_memory_counts_its_unpickled_inputs():
+    outputs, summary = _run(Pipeline("cpu-memory-input", [big_input, reads_input]))
+    assert outputs["reads_input"] == 200 * MIB
+    peak = summary["steps"]["reads_input"]["usage"]["peak_mem_bytes"]
+    print(f"an input of 200 MiB, measured peak {peak / MIB:.1f} MiB")
+    assert abs(peak - 200 * MIB) <= 0.15 * 200 * MIB  # was 0-2 MiB: the copy was in the baseline
 
 
 def test_measured_usage_becomes_metrics():

@@ -74,7 +74,7 @@ class Usage:
     finished_at: float
     cpu_seconds: float
     peak_rss_bytes: int  # the child's high-water mark during the call
-    baseline_rss_bytes: int  # what the child held just before the call
+    baseline_rss_bytes: int  # what the child held before its inputs were unpickled
 
     @property
     def wall_seconds(self) -> float:
@@ -82,7 +82,7 @@ class Usage:
 
     @property
     def peak_mem_bytes(self) -> int:
-        """The memory the component itself added at its peak."""
+        """The memory the component's inputs and its own work took at their peak."""
         return max(0, self.peak_rss_bytes - self.baseline_rss_bytes)
 
     @property
@@ -355,6 +355,10 @@ def _child_main(
     sys.path[:] = path
     os.environ.clear()
     os.environ.update(env)  # the thread variables first: libraries the call loads read them
+    # measured from before its inputs are unpickled: their copy in this process is the
+    # step's own (a large input frame needs its memory here, beside what the work adds)
+    was_reset = _reset_peak()
+    baseline = _rss_bytes()
     try:
         os.chdir(cwd)
         fn, args, kwargs = cloudpickle.loads(payload)
@@ -363,8 +367,7 @@ def _child_main(
         send.send_bytes(cloudpickle.dumps(("error", None, f"{detail}{type(exc).__name__}: {exc}", None)))
         return
     del payload
-    was_reset = _reset_peak()
-    baseline, cpu0, started = _rss_bytes(), _cpu_seconds(), time.time()
+    cpu0, started = _cpu_seconds(), time.time()
     try:
         with threadpool_limits(limits=threads):  # the whole process is this component
             output = fn(*args, **kwargs)
