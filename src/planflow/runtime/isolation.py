@@ -186,8 +186,8 @@ WARM_SECONDS = 120.0  # the most a process-isolated step waits for the forkserve
 
 
 def warm_forkserver() -> None:
-    """Start the forkserver on a thread of its own (once per process), when the run's
-    in-process executor is made, beside the steps before the first isolated one: it
+    """Start the forkserver on a thread of its own (once per process) when an in-process
+    run with isolated steps starts (runner.py), beside its reads and its plan: it
     imports planflow and Prefect (1.5-7 s here), and a step that started it itself paid
     that inside its own time and its `timeout_seconds` (a 0.1 s step with
     timeout_seconds=2 timed out at 7.4 s). A run whose first step is isolated waits for

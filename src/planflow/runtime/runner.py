@@ -39,6 +39,7 @@ from planflow.runtime.eta_history import allowance, main_pool
 from planflow.runtime.events import EventBus, Reporter, RunInfo, add_listener, subscribe, subscribers
 from planflow.runtime.executors import Executor, InProcessExecutor, execute, warm_task_threads
 from planflow.runtime.fifo_eta import place_fifo
+from planflow.runtime.isolation import warm_forkserver
 from planflow.runtime.planning import RunPlan, check_run_options, make_plan, plan_run, run_pools
 from planflow.runtime.reporters import (
     ArtifactReporter,
@@ -167,6 +168,8 @@ def _run(
     later = flow_run is not None and hooked(flow)
     if mode == "inprocess":  # its steps are tasks of this flow run: their threads start meanwhile
         warm_task_threads(len(pipeline.steps))
+        if any(pipeline.isolation_of(step) == "process" for step in pipeline.steps):
+            warm_forkserver()  # its start-up (1.5 s and more) beside the reads and the plan
     try:
         # the pools, limits, settings and history, and the run's tags: read side by side
         # with the planning slot taken and the calendar read beside the other reads
