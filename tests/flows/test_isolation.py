@@ -241,39 +241,57 @@ def _typed(x: int) -> int:
 QUICK_ISOLATED_FIRST = """
 import time
 from planflow import Pipeline, component, to_flow
+from planflow.runtime import isolation
+
+isolation.PRELOAD.append("slow_forkserver_import")  # a forkserver start of 2 s at least, however fast the machine
 
 @component(cpu=1, mem_gib=0.25, est_seconds=0.1, isolation="process", timeout_seconds=1)
 def quick(seconds: float = 0.05) -> float:
     time.sleep(seconds)
     return seconds
 
+@component(cpu=1, mem_gib=0.25, est_seconds=0.1)
+def beside(seconds: float = 0.05) -> float:
+    time.sleep(seconds)
+    return seconds
+
 from planflow.runtime.events import add_listener
 
 seen = {}
-add_listener(lambda event, record: event == "completed" and seen.update(learned=record.learned_seconds))
-summary = to_flow(Pipeline("isolated-first", [quick]))()
+def heard(event, record):
+    if event == "completed":
+        seen[record.step] = (time.monotonic(), record.learned_seconds)
+add_listener(heard)
+summary = to_flow(Pipeline("isolated-first", [quick, beside]))()
 print("STATES", {s["state"] for s in summary["steps"].values()})
-print("LEARNED", seen["learned"])
+print("LEARNED", seen["quick"][1])
+print("BESIDE_AHEAD", seen["quick"][0] - seen["beside"][0])
 """
 
 
-def test_the_forkserver_start_is_not_the_first_isolated_steps_time(cli_env):
+def test_the_forkserver_start_is_not_the_first_isolated_steps_time(cli_env, tmp_path):
     """A fresh process whose first step is isolated, 0.05 s of work with timeout_seconds=1:
     the forkserver (planflow and Prefect imported, seconds) starts beside the run and the
     step is handed to its task once it is up. The step used to start it itself and time
     out (a 0.1 s step with timeout_seconds=2 failed at 7.4 s), and the child's broken pipe
-    printed a traceback."""
+    printed a traceback. A thread step of the same round does not wait for it: it used to
+    (the dispatcher's thread waited), ending 0.1 s before the isolated step; now seconds."""
     import subprocess
     import sys
 
+    slow = tmp_path
+    (slow / "slow_forkserver_import.py").write_text("import time\n\ntime.sleep(2)\n")
+    env = dict(cli_env, PYTHONPATH=os.pathsep.join(filter(None, [str(slow), cli_env.get("PYTHONPATH")])))
     ran = subprocess.run(
-        [sys.executable, "-c", QUICK_ISOLATED_FIRST], env=cli_env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", QUICK_ISOLATED_FIRST], env=env, capture_output=True, text=True, timeout=300
     )
     assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
     assert "STATES {'Completed'}" in ran.stdout, ran.stdout[-3000:]
     # what the history learns leaves that wait out (the dispatcher's clock started before it)
     learned = float(ran.stdout.split("LEARNED ")[1].split()[0])
     assert learned < 1.0, ran.stdout[-3000:]
+    ahead = float(ran.stdout.split("BESIDE_AHEAD ")[1].split()[0])
+    assert ahead > 1.0, ran.stdout[-3000:]  # the forkserver's start-up: 2 s and more
     assert "BrokenPipeError" not in ran.stderr and "Traceback" not in ran.stderr, ran.stderr[-3000:]
 
 

@@ -12,6 +12,7 @@ and lets it turn what the futures returned into the steps' outputs.
 
 from __future__ import annotations
 
+import contextvars
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -24,7 +25,7 @@ from prefect.context import FlowRunContext
 
 from planflow.core.pipeline import Pipeline
 from planflow.runtime.dispatch import Admit, Assignment, ResourceLedger, StepRecord, dispatch
-from planflow.runtime.isolation import UsageLog, forkserver_ready, step_function, warm_forkserver
+from planflow.runtime.isolation import UsageLog, forkserver_is_ready, forkserver_ready, step_function, warm_forkserver
 from planflow.runtime.tags import step_task
 
 
@@ -88,13 +89,70 @@ class InProcessExecutor(Executor):
         component = self.pipeline.steps[step].component
         task = step_task(component, step)
         isolation = self.pipeline.isolation_of(step)
-        if isolation == "process":
-            began = time.monotonic()
-            forkserver_ready()  # its start-up is not the step's time, nor its timeout's
-            if time.monotonic() - began > 0.01:
-                self._forkserver_wait[step] = time.monotonic() - began
         task.fn = step_function(step, component.fn, component.spec.cpu, isolation, self.usage)
-        return task.submit(**self.pipeline.step_kwargs(step, self.params, outputs))
+        kwargs = self.pipeline.step_kwargs(step, self.params, outputs)
+        if isolation == "process" and not forkserver_is_ready():
+            return _SubmittedLater(step, lambda: task.submit(**kwargs), self._forkserver_wait)
+        return task.submit(**kwargs)
+
+
+class _SubmittedLater:
+    """The future of an isolated step whose task is submitted once the forkserver answers,
+    by a thread of its own: its start-up (1.5-7 s) is neither the step's time nor its
+    `timeout_seconds`, and the dispatcher releases the round's other steps meanwhile. It
+    answers the dispatcher as the task's own future does (`add_done_callback`, `result`,
+    `state`)."""
+
+    def __init__(self, step: str, submit: Callable[[], Any], waits: dict[str, float]) -> None:
+        self._lock = threading.Lock()
+        self._submitted = threading.Event()
+        self._inner: Any = None
+        self._error: BaseException | None = None
+        self._callbacks: list[Callable[[Any], None]] = []
+        context = contextvars.copy_context()  # the flow run's: its task runner, client and settings
+        thread = threading.Thread(
+            target=context.run, args=(self._submit, step, submit, waits), name=f"planflow-submit-{step}", daemon=True
+        )
+        thread.start()
+
+    def _submit(self, step: str, submit: Callable[[], Any], waits: dict[str, float]) -> None:
+        began = time.monotonic()
+        forkserver_ready()
+        waits[step] = time.monotonic() - began  # left out of what the history learns (measure)
+        inner, error = None, None
+        try:
+            inner = submit()
+        except BaseException as exc:  # noqa: BLE001 - the step's failure, given to the dispatcher by result()
+            error = exc
+        with self._lock:
+            self._inner, self._error = inner, error
+            callbacks, self._callbacks = self._callbacks, []
+            self._submitted.set()
+        for callback in callbacks:
+            self._attach(callback)
+
+    def _attach(self, callback: Callable[[Any], None]) -> None:
+        if self._inner is None:  # its submission failed: done now
+            callback(self)
+        else:
+            self._inner.add_done_callback(lambda _inner: callback(self))
+
+    def add_done_callback(self, callback: Callable[[Any], None]) -> None:
+        with self._lock:
+            if not self._submitted.is_set():
+                self._callbacks.append(callback)
+                return
+        self._attach(callback)
+
+    def result(self) -> Any:
+        self._submitted.wait()
+        if self._error is not None:
+            raise self._error
+        return self._inner.result()
+
+    @property
+    def state(self) -> Any:
+        return getattr(self._inner, "state", None)
 
 
 WARM_WAIT_SECONDS = 5.0  # the most a warm-up callable holds its thread (it is let go at once)

@@ -214,9 +214,16 @@ def _nothing() -> None:
     return None
 
 
+def forkserver_is_ready() -> bool:
+    """Whether an isolated step can be handed to its task without waiting (no start under way)."""
+    warming = _warming
+    return warming is None or not warming.is_alive()
+
+
 def forkserver_ready(timeout: float = WARM_SECONDS) -> None:
     """Wait (at most `timeout`) for `warm_forkserver`'s start; called before an isolated
-    step is handed to its task, so that the wait is not the step's."""
+    step is handed to its task (by a thread of its own, executors._SubmittedLater), so
+    that the wait is not the step's."""
     warming = _warming
     if warming is not None:
         warming.join(timeout)
