@@ -5,13 +5,13 @@
 
 `cache="run"` (the default) reuses a result only within the same flow run (its retry);
 `cache="inputs"` reuses it in any run whose inputs hold the same content and whose
-function has the same source, until it expires. The key is Prefect's own (a compound
-of an inputs policy and TASK_SOURCE), so Prefect's engine does the lookup and marks
+function has the same source, until it expires. The key is a Prefect cache policy
+(the inputs' content and TASK_SOURCE), so Prefect's engine does the lookup and marks
 the task run Cached; `refresh_cache` (planflow's `--refresh`) recomputes.
 
-Frames and arrays are hashed by content: a frame read back from storage is the same
-data in another memory layout, and cloudpickle (Prefect's fallback) would hash it
-differently.
+Inputs are hashed by content (content_digest): a frame read back from storage is the
+same data in another memory layout, and a model read back pickles differently from the
+fresh one, so cloudpickle (Prefect's fallback) would hash either differently.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import dataclasses
 import hashlib
 import re
 import sys
+import types
 from datetime import timedelta
 from typing import Any
 
@@ -65,9 +66,28 @@ def cache_problems(values: dict[str, Any]) -> list[str]:
     return problems
 
 
-def content_digest(value: Any) -> Any:
-    """`value` with every frame and array (also inside lists, tuples, dicts and
-    dataclasses) replaced by a digest of its content; other values as they are."""
+def content_digest(value: Any, _depth: int = 0, _seen: dict[int, tuple[Any, Any]] | None = None) -> Any:
+    """`value` as plain JSON-able data that stands for its content: every frame and array
+    (also inside lists, tuples, dicts, sets, dataclasses and other objects' pickled state)
+    a digest of its content, an object (a fitted scikit-learn model) its type and the
+    digest of its state, any other value that JSON cannot hold a hash of its own pickle.
+    Pickling a whole model at once did not do: its pickle differs between a fresh model
+    and the same model read back (the memo follows which objects are shared), so the step
+    after a cached model missed the cache once. An object met again (shared, or a cycle)
+    is digested once."""
+    if isinstance(value, _JSON_LEAF):
+        return value
+    seen: dict[int, tuple[Any, Any]] = {} if _seen is None else _seen
+    known = seen.get(id(value))
+    if known is not None:
+        return known[1]
+    seen[id(value)] = (value, ["cycle"])  # the value itself kept alive: its id is not reused meanwhile
+    digest = _digest(value, _depth, seen)
+    seen[id(value)] = (value, digest)
+    return digest
+
+
+def _digest(value: Any, _depth: int, seen: dict[int, tuple[Any, Any]]) -> Any:
     if isinstance(value, pl.DataFrame):
         rows = value.hash_rows(seed=0).to_numpy().tobytes()
         return ["polars", str(value.schema), hashlib.sha256(rows).hexdigest()]
@@ -79,14 +99,57 @@ def content_digest(value: Any) -> Any:
     if isinstance(value, np.ndarray) and not value.dtype.hasobject:
         data = np.ascontiguousarray(value).tobytes()
         return ["numpy", str(value.dtype), list(value.shape), hashlib.sha256(data).hexdigest()]
-    if isinstance(value, dict):
-        return {k: content_digest(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [content_digest(v) for v in value]
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        fields = {f.name: content_digest(getattr(value, f.name)) for f in dataclasses.fields(value)}
-        return [type(value).__qualname__, fields]
-    return value
+    if isinstance(value, np.generic):
+        return ["numpy", str(value.dtype), content_digest(value.item(), _depth, seen)]
+    if isinstance(value, type):
+        return ["type", f"{value.__module__}.{value.__qualname__}"]
+    deeper = _depth + 1
+    if _depth <= MAX_DEPTH:
+        if isinstance(value, np.ndarray):  # of Python objects
+            return ["numpy", "object", list(value.shape), [content_digest(v, deeper, seen) for v in value.ravel()]]
+        if isinstance(value, dict):
+            return [
+                "dict",
+                sorted(
+                    ([content_digest(k, deeper, seen), content_digest(v, deeper, seen)] for k, v in value.items()),
+                    key=repr,
+                ),
+            ]
+        if isinstance(value, (list, tuple)):
+            return [content_digest(v, deeper, seen) for v in value]
+        if isinstance(value, (set, frozenset)):  # in an order of its own: a set's iteration follows the hash seed
+            return ["set", sorted((content_digest(v, deeper, seen) for v in value), key=repr)]
+        if dataclasses.is_dataclass(value):
+            fields = {f.name: content_digest(getattr(value, f.name), deeper, seen) for f in dataclasses.fields(value)}
+            return [type(value).__qualname__, fields]
+        state = _state(value)
+        if state is not None:
+            kind = type(value)
+            return [f"{kind.__module__}.{kind.__qualname__}", content_digest(state, deeper, seen)]
+    return ["pickled", hash_objects(value, raise_on_failure=True)]  # a function, a lock (refused), ...
+
+
+MAX_DEPTH = 32  # objects nested deeper than this are hashed by their own pickle
+_JSON_LEAF = (str, int, float, bool, type(None))
+
+
+def _state(value: Any) -> Any:
+    """What pickling `value` saves of it besides its type: its `__getstate__` (a dict of
+    attributes, for most classes), else its `__reduce_ex__` arguments and state; None
+    when it has neither (then its own pickle is hashed)."""
+    if isinstance(value, (types.FunctionType, types.BuiltinFunctionType, types.MethodType, types.ModuleType)):
+        return None
+    try:
+        state = value.__getstate__()
+        if isinstance(state, (dict, tuple, list)) and state is not value:
+            return state
+        reduced = value.__reduce_ex__(4)
+    except Exception:  # noqa: BLE001 - an object that refuses: its own pickle decides
+        return None
+    if isinstance(reduced, tuple) and len(reduced) >= 2:
+        arguments = tuple(a for a in reduced[1] if a is not type(value))  # copyreg's __newobj__ repeats the class
+        return [arguments, reduced[2] if len(reduced) > 2 else None]
+    return None
 
 
 @dataclasses.dataclass
@@ -98,9 +161,26 @@ class ContentInputs(Inputs):
         return hash_objects(kept, raise_on_failure=True) if kept else None
 
 
+@dataclasses.dataclass
+class ContentAndSource(CachePolicy):
+    """ContentInputs and TASK_SOURCE in one key, as Prefect's compound of them would be.
+    Not `ContentInputs() + TASK_SOURCE`: Prefect's CompoundCachePolicy folds every Inputs
+    policy, subclasses too, into a plain `Inputs`, so frames, arrays and models were
+    hashed by their pickle after all."""
+
+    def compute_key(self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any):
+        keys = [
+            key
+            for policy in (TASK_SOURCE, ContentInputs())
+            if (key := policy.compute_key(task_ctx=task_ctx, inputs=inputs, flow_parameters=flow_parameters, **kwargs))
+            is not None
+        ]
+        return hash_objects(*keys, raise_on_failure=True) if keys else None
+
+
 def inputs_policy() -> CachePolicy:
     """The key of `cache="inputs"`: the inputs' content and the function's source."""
-    return ContentInputs() + TASK_SOURCE
+    return ContentAndSource()
 
 
 @dataclasses.dataclass
