@@ -136,6 +136,27 @@ def test_learned_durations_are_scaled_to_the_work_of_the_run_being_planned(tmp_p
 
 
 @pytest.mark.usefixtures("registered_blocks")
+def test_a_step_is_planned_from_the_runs_where_it_ran_as_it_will_now_in_a_thread_or_a_process(tmp_path):
+    name = f"spin-{uuid.uuid4().hex[:8]}"
+    source = """
+    from planflow import component
+
+    @component(cpu=1, mem_gib=0.25, est_seconds=4, name="{name}")
+    def spin(n: int = 1) -> int:
+        return n
+    """
+    spin = load(tmp_path / "spin.py", source, name).spin
+    seen = [("thread", 9.0), ("process", 2.0), ("process", 3.0), (None, 5.0)]  # None: a record before it was kept
+    for isolation, seconds in seen:
+        history.record(history.Observation(spin.name, spin.code_version, "local", seconds, isolation=isolation))
+    in_thread = make_plan(Pipeline("spin-thread", [spin]))
+    assert in_thread.plan[name].duration == pytest.approx(7.0)  # median of 9 and 5
+    in_process = make_plan(Pipeline("spin-process", [spin], isolation="process"))
+    assert in_process.plan[name].duration == pytest.approx(3.0)  # median of 2, 3 and 5
+    assert history.observations(spin, 10)[0].isolation is None  # newest first, read back as written
+
+
+@pytest.mark.usefixtures("registered_blocks")
 def test_a_duration_that_is_not_positive_is_refused_with_the_reason():
     with pytest.raises(ValueError, match=r"history of 'x': seconds=0 must be > 0"):
         history.record(history.Observation("x", "0" * 16, "local", 0))

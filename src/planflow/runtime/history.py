@@ -74,6 +74,9 @@ class Observation:
     work: Mapping[str, float] | None = None
     pipeline: str = ""
     flow_run_id: str | None = None
+    # Where an in-process step ran ("thread" or "process"; runtime/isolation.py); None: not
+    # in process (a child flow run, a Dask task), or a record written before it was kept.
+    isolation: str | None = None
 
     def to_data(self) -> dict[str, Any]:
         return {
@@ -85,6 +88,7 @@ class Observation:
             "work": dict(self.work or {}),
             "pipeline": self.pipeline,
             "flow_run_id": self.flow_run_id,
+            **({"isolation": self.isolation} if self.isolation else {}),
         }
 
 
@@ -346,6 +350,7 @@ def _parse(component: Component, data: Any) -> Observation | None:
         work={k: float(v) for k, v in work.items() if isinstance(v, (int, float))},
         pipeline=str(data.get("pipeline") or ""),
         flow_run_id=data.get("flow_run_id"),
+        isolation=data.get("isolation") if data.get("isolation") in ("thread", "process") else None,
     )
 
 
@@ -354,14 +359,20 @@ def recent_durations(
 ) -> dict[tuple[str, str], list[float]]:
     """Per (step, pool), the seconds of the last `runs` completed runs of the step's
     current code version (newest first), each converted to the work of a run with
-    `params` (default: the pipeline's defaults)."""
+    `params` (default: the pipeline's defaults). A run in process learns only from runs
+    where the step ran as it will now, in a thread or in a process of its own (a CPU-bound
+    Python step shares the interpreter lock in a thread: its times there say little of
+    its times alone); records that do not say where count for both."""
     params = pipeline.resolve_params(params)
     read = read_history(pipeline, runs)
     durations: dict[tuple[str, str], list[float]] = {}
     for name, step in pipeline.steps.items():
         spec = step.spec
         now = spec.work_factor(work_values(pipeline, name, params))
+        isolation = pipeline.isolation_of(name)
         for seen in read[history_key(step.component.name, step.component.code_version)]:
+            if seen.isolation is not None and seen.isolation != isolation:
+                continue
             samples = durations.setdefault((name, seen.pool), [])
             if len(samples) < runs:
                 samples.append(seen.seconds * now / spec.work_factor(seen.work or {}))
