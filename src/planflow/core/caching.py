@@ -88,6 +88,11 @@ def content_digest(value: Any, _depth: int = 0, _seen: dict[int, tuple[Any, Any]
 
 
 def _digest(value: Any, _depth: int, seen: dict[int, tuple[Any, Any]]) -> Any:
+    kind = type(value)
+    if (kind is list or kind is tuple) and _depth <= MAX_DEPTH:  # the common containers first
+        return [content_digest(v, _depth + 1, seen) for v in value]
+    if kind is dict and _depth <= MAX_DEPTH and all(type(k) is str for k in value):
+        return {k: content_digest(v, _depth + 1, seen) for k, v in value.items()}
     if isinstance(value, pl.DataFrame):
         rows = value.hash_rows(seed=0).to_numpy().tobytes()
         return ["polars", str(value.schema), hashlib.sha256(rows).hexdigest()]
@@ -108,13 +113,10 @@ def _digest(value: Any, _depth: int, seen: dict[int, tuple[Any, Any]]) -> Any:
         if isinstance(value, np.ndarray):  # of Python objects
             return ["numpy", "object", list(value.shape), [content_digest(v, deeper, seen) for v in value.ravel()]]
         if isinstance(value, dict):
-            return [
-                "dict",
-                sorted(
-                    ([content_digest(k, deeper, seen), content_digest(v, deeper, seen)] for k, v in value.items()),
-                    key=repr,
-                ),
-            ]
+            if all(type(k) is str for k in value):  # JSON's own keys (sorted when hashed)
+                return {k: content_digest(v, deeper, seen) for k, v in value.items()}
+            pairs = [[content_digest(k, deeper, seen), content_digest(v, deeper, seen)] for k, v in value.items()]
+            return ["dict", sorted(pairs, key=repr)]
         if isinstance(value, (list, tuple)):
             return [content_digest(v, deeper, seen) for v in value]
         if isinstance(value, (set, frozenset)):  # in an order of its own: a set's iteration follows the hash seed
