@@ -137,7 +137,13 @@ def test_the_summary_and_the_metrics_carry_the_measured_memory():
     rows = summary_rows(pipeline, {"hungry": record, "numbers": plain}, ["hungry", "numbers"])
     assert rows[0]["declared_mem_gib"] == 0.25 and rows[0]["peak_mem_gib"] == 0.3841
     assert rows[0]["oom_kills"] == 1 and rows[0]["mem_limit_gib"] == 0.5
-    assert rows[1]["peak_mem_gib"] is None and "oom_kills" not in rows[1]  # nothing measured, nothing shown
+    assert rows[1]["peak_mem_gib"] is None and rows[1]["oom_kills"] == "-"  # nothing measured: a dash
+    assert [list(row) for row in rows] == [list(rows[0])] * 2  # one set of columns: a table's are its first row's
+    assert list(rows[0])[-1] == "key_metric"
+    killed_later = StepRecord("numbers", "docker", "Completed", 0.0, 1.0, oom_kills=2, mem_limit_gib=1.0)
+    plain_first = StepRecord("hungry", "local", "Completed", 0.0, 1.0)
+    rows = summary_rows(pipeline, {"hungry": plain_first, "numbers": killed_later}, ["hungry", "numbers"])
+    assert rows[0]["oom_kills"] == "-" and rows[1]["oom_kills"] == 2  # a later row's column is in the first too
     recorder = RunRecorder("oom-demo")
     recorder.memory("hungry", "docker", 0.5, 2)
     labels = {"pipeline": "oom-demo", "component": "hungry", "pool": "docker"}

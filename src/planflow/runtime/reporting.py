@@ -62,8 +62,10 @@ def usage_figures(pipeline: Pipeline, record: StepRecord) -> dict[str, Any]:
 
 def summary_rows(pipeline: Pipeline, records: Mapping[str, StepRecord], order: list[str]) -> list[dict[str, Any]]:
     """Per component: state, pool, seconds, declared and used resources, and key metric
-    (the `<slug>-summary` table)."""
-    return [
+    (the `<slug>-summary` table). A column that only some steps have (kills for memory,
+    attempts) is in every row, "-" where it does not apply: a table's columns are its
+    first row's."""
+    rows = [
         {
             "component": name,
             "state": step_state(records[name]),
@@ -74,6 +76,8 @@ def summary_rows(pipeline: Pipeline, records: Mapping[str, StepRecord], order: l
         }
         for name in order
     ]
+    columns = list(dict.fromkeys(key for row in rows for key in row if key != "key_metric")) + ["key_metric"]
+    return [{key: row.get(key, "-") for key in columns} for row in rows]
 
 
 def totals_markdown(pipeline: Pipeline, records: Mapping[str, StepRecord]) -> str:
