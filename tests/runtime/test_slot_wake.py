@@ -10,6 +10,8 @@ import queue
 import shutil
 import socket
 import stat
+import subprocess
+import sys
 import tempfile
 import uuid
 from pathlib import Path
@@ -96,6 +98,30 @@ def test_a_folder_others_can_read_is_not_used_and_runs_poll(server, caplog):
     announce("planflow-local-cpu-millicores")  # sends nothing, raises nothing
     here.close()
     assert "not a folder private to this user" in caplog.text
+
+
+WAKE_FOLDER = "from planflow.runtime.slot_wake import wake_folder; print(wake_folder())"
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None or os.geteuid() != 0, reason="needs unshare and root")
+def test_runs_on_one_url_in_another_network_namespace_have_a_folder_of_their_own(server):
+    """Two servers on http://127.0.0.1:4200 in two network namespaces (or containers sharing
+    /tmp) are two servers: their runs took over each other's leases when the folder was
+    keyed by the URL alone (a run started a 2-core step with its own limit at 1 core)."""
+    env = dict(os.environ, PREFECT_API_URL="http://127.0.0.1:4200/api")
+    here = subprocess.run([sys.executable, "-c", WAKE_FOLDER], env=env, capture_output=True, text=True, timeout=120)
+    there = subprocess.run(
+        ["unshare", "--net", "--fork", sys.executable, "-c", WAKE_FOLDER],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert here.returncode == 0 and there.returncode == 0, here.stderr[-2000:] + there.stderr[-2000:]
+    assert "/planflow-" in here.stdout and "/planflow-" in there.stdout, here.stdout + there.stdout
+    assert here.stdout.strip() != there.stdout.strip()
+    again = subprocess.run([sys.executable, "-c", WAKE_FOLDER], env=env, capture_output=True, text=True, timeout=120)
+    assert again.stdout == here.stdout  # the same namespace and URL: the same folder
 
 
 def test_it_is_off_with_planflow_slot_wake_false(server, monkeypatch):

@@ -65,7 +65,8 @@ _here_lock = threading.Lock()
 
 
 def wake_folder() -> Path | None:
-    """The folder of this user's runs on this Prefect server, made private; None when it
+    """The folder of this user's runs on this Prefect server (its URL, seen from this
+    network namespace), made private; None when it
     cannot be (turned off, no Unix sockets, a folder someone else owns or others can read)."""
     if not hasattr(socket, "AF_UNIX") or not settings().slot_wake:
         return None
@@ -76,7 +77,10 @@ def wake_folder() -> Path | None:
 
 
 def _private_folder(url: str) -> Path | None:
-    server = hashlib.sha256(url.encode()).hexdigest()[:10]
+    # The URL and the network namespace: two servers on one URL (http://127.0.0.1:4200, the
+    # default) in two namespaces or containers that share /tmp are two servers, whose runs
+    # must not take over each other's leases nor read each other's limits
+    server = hashlib.sha256(f"{url}|{network_namespace()}".encode()).hexdigest()[:10]
     base = Path(tempfile.gettempdir()) / f"planflow-{os.getuid()}"
     folder = base / f"w{server}"
     try:
@@ -88,6 +92,15 @@ def _private_folder(url: str) -> Path | None:
         logger.warning("no folder for slot wake-ups (%s): runs poll for freed slots", exc)
         return None
     return folder
+
+
+def network_namespace() -> str:
+    """This process's network namespace (Linux: its device and inode), "" where unknown."""
+    try:
+        found = os.stat("/proc/self/ns/net")
+    except OSError:
+        return ""
+    return f"{found.st_dev}:{found.st_ino}"
 
 
 def private_subfolder(name: str) -> Path | None:
