@@ -7,6 +7,7 @@ import re
 import shlex
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import httpx
@@ -146,6 +147,35 @@ def test_pools_ls_ends_without_prefects_flush_noise(cli_env):
     assert "local" in out.stdout
     assert "Still processing items" not in out.stdout + out.stderr
     assert out.stderr == ""
+
+
+def test_pools_set_changes_only_the_options_given_and_refuses_a_backup_that_is_not_a_pool(cli_env):
+    from planflow.prefect.blocks import ResourcePool
+
+    name = f"trial-{uuid.uuid4().hex[:8]}"
+    out = planflow("pools", "set", name, "--gpu", "1", env=cli_env)  # a new pool needs its size
+    assert out.returncode == 2 and f"Fix: planflow pools set {name} --cpu 2 --mem-gib 4" in out.stderr, out.stderr
+    made = planflow(
+        *("pools", "set", name, "--cpu", "2", "--mem-gib", "4", "--gpu", "1", "--cost-per-hour", "3"),
+        *("--work-pool", "local-process"),
+        env=cli_env,
+    )
+    assert made.returncode == 0, made.stderr
+    try:
+        wrong = planflow("pools", "set", name, "--backup-pool", "nosuch", env=cli_env)
+        assert wrong.returncode == 2, wrong.stdout + wrong.stderr
+        assert "--backup-pool 'nosuch' is not a pool" in wrong.stderr and "local" in wrong.stderr, wrong.stderr
+        assert planflow("pools", "set", name, "--backup-pool", name, env=cli_env).returncode == 2  # itself
+        assert planflow("pools", "set", name, "--backup-pool", "local", env=cli_env).returncode == 0
+        resized = planflow("pools", "set", name, "--cpu", "3", env=cli_env)
+        assert resized.returncode == 0, resized.stderr
+        pool = ResourcePool.load(name)
+        assert (pool.cpu, pool.mem_gib, pool.gpu, pool.cost_per_hour) == (3, 4, 1, 3)
+        assert (pool.work_pool, pool.backup_pool) == ("local-process", "local")  # kept: not given again
+        assert planflow("pools", "set", name, "--backup-pool", "", env=cli_env).returncode == 0
+        assert ResourcePool.load(name).backup_pool is None
+    finally:
+        planflow("pools", "rm", name, env=cli_env)
 
 
 def test_env_prints_exports_for_prefect_commands(toy_env):

@@ -122,29 +122,58 @@ def pools_rm(name: str = typer.Argument(..., help="planflow pool name, e.g. gpu"
 @pools_app.command("set")
 def pools_set(
     name: str = typer.Argument(..., help="planflow pool name, e.g. gpu"),
-    work_pool: str | None = typer.Option(None, help="Prefect work pool (default: NAME)."),
-    cpu: float = typer.Option(..., help="CPU cores."),
-    mem_gib: float = typer.Option(..., help="Memory, GiB."),
-    gpu: int = typer.Option(0, help="GPUs."),
-    cost_per_hour: float = typer.Option(0.0, help="Cost of one hour."),
-    backup_pool: str | None = typer.Option(None, help="Pool to fail over to."),
+    work_pool: str | None = typer.Option(None, help="Prefect work pool (a new pool: NAME; else kept)."),
+    cpu: float | None = typer.Option(None, help="CPU cores (needed for a new pool; else kept)."),
+    mem_gib: float | None = typer.Option(None, help="Memory, GiB (needed for a new pool; else kept)."),
+    gpu: int | None = typer.Option(None, help="GPUs (a new pool: 0; else kept)."),
+    cost_per_hour: float | None = typer.Option(None, help="Cost of one hour (a new pool: 0; else kept)."),
+    backup_pool: str | None = typer.Option(
+        None, help="Pool to fail over to, an existing one ('' removes it; else kept)."
+    ),
 ) -> None:
-    """Create or update a ResourcePool block."""
-    try:  # checked before a server is started or asked
-        pool = ResourcePool(
-            work_pool=work_pool or name,
-            cpu=cpu,
-            gpu=gpu,
-            mem_gib=mem_gib,
-            cost_per_hour=cost_per_hour,
-            backup_pool=backup_pool,
-        )
+    """Create a ResourcePool block, or change the options given of an existing one (the
+    others keep their values)."""
+    given = {
+        "work_pool": work_pool,
+        "cpu": cpu,
+        "mem_gib": mem_gib,
+        "gpu": gpu,
+        "cost_per_hour": cost_per_hour,
+        "backup_pool": backup_pool,
+    }
+    given = {key: value for key, value in given.items() if value is not None}
+    try:  # the options' own checks before a server is started or asked
+        ResourcePool.model_validate({"work_pool": name, "cpu": 1, "mem_gib": 1, **given, "backup_pool": None})
     except ValidationError as exc:
         fail(f"pool '{name}': " + "; ".join(_option_problem(error) for error in exc.errors()), 2)
     ensure_server()
     register()
+    pools = load_pools()
+    current = pools.get(name)
+    if current is None and ("cpu" not in given or "mem_gib" not in given):
+        fail(
+            f"pool '{name}' does not exist yet: a new pool needs its size. "
+            f"Fix: planflow pools set {name} --cpu 2 --mem-gib 4",
+            2,
+        )
+    values = current.model_dump(include=set(ResourcePool.model_fields)) if current is not None else {"work_pool": name}
+    values.update(given)
+    if values.get("backup_pool") == "":
+        values["backup_pool"] = None
+    backup = values.get("backup_pool")
+    if backup is not None and (backup == name or backup not in pools):
+        known = ", ".join(sorted(p for p in pools if p != name)) or "(none)"
+        why = "is the pool itself" if backup == name else "is not a pool"
+        fail(
+            f"pool '{name}': --backup-pool {backup!r} {why}: a failover would have nowhere to go. Known pools: "
+            f"{known}. Fix: planflow pools set {backup} --cpu N --mem-gib N first, or name one of those",
+            2,
+        )
+    pool = ResourcePool(**values)
     pool.save(name, overwrite=True)
-    say(f"pool {name}: cpu={cpu:g} gpu={gpu} mem_gib={mem_gib:g} -> work pool {pool.work_pool}")
+    backup_text = f", backup {pool.backup_pool}" if pool.backup_pool else ""
+    sizes = f"cpu={pool.cpu:g} gpu={pool.gpu} mem_gib={pool.mem_gib:g}"
+    say(f"pool {name}: {sizes}{backup_text} -> work pool {pool.work_pool}")
     for line in sync_limits({name: pool.capacity()}):
         say(line)
 
