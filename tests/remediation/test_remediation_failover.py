@@ -78,6 +78,30 @@ def test_failover_pauses_cancels_resubmits_on_backup_and_resume_on_resolved(prim
             stop_process(worker)
 
 
+def test_a_failover_that_cannot_move_its_waiting_run_is_failed_and_says_why(process_pool_worker, module_leftovers):
+    """A run whose flow has no deployment on the backup's work pool stays queued on a paused
+    pool: the outcome is "failed" (PlanflowRemediationActionFailed tells someone), with the
+    fix; it said "succeeded" with nothing resubmitted."""
+    from prefect.client.orchestration import get_client
+
+    from planflow.remediation.failover import failover
+    from planflow.remediation.scenarios import deploy_flow
+
+    from tests.remediation.conftest import FLAKY_ENTRY
+    from tests.remediation.fixtures.flaky_pipeline import remediation_flaky
+
+    pool = module_leftovers.pool(f"fo-{uuid.uuid4().hex[:6]}", backup_pool="local")
+    lonely = remediation_flaky.with_options(name=f"stranded-{uuid.uuid4().hex[:6]}")  # deployed on `pool` only
+    primary = deploy_flow(lonely, FLAKY_ENTRY, f"stranded-{pool}", pool, ["planflow", "docker"])
+    with get_client(sync_client=True) as client:
+        stuck = client.create_flow_run_from_deployment(primary.id, parameters={"seed": 4})
+        result = failover(_alert(pool))
+        assert result["outcome"] == "failed", result
+        assert "could not move to local-process" in result["reason"] and "prefect deploy" in result["reason"], result
+        assert client.read_work_pool(pool).is_paused
+        assert client.read_flow_run(stuck.id).state.type.value == "SCHEDULED"
+
+
 def test_resolved_does_not_resume_a_pool_failover_did_not_pause(module_leftovers):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolUpdate

@@ -167,13 +167,29 @@ def _fail_over(client: SyncPrefectClient, alert: PoolAlert) -> dict[str, Any]:
         audit.emit("action", what="pause-work-pool", work_pool=pool)
     for run in stuck:
         _move(client, alert, run, backup_name, backup, dry, details)
-    if backup is None:
+    stranded = ""  # why runs that were to fail over did not: the outcome is "failed", so someone is told
+    if backup is None and backup_name:
+        stranded = (
+            f"its backup pool '{backup_name}' (ResourcePool {source_name!r}) does not exist: paused only, "
+            f"{len(details['kept'])} waiting run(s) kept queued. Fix: planflow pools set {source_name} "
+            "--backup-pool <an existing pool>, or create that pool"
+        )
+    elif backup is None:
         audit.note(
             f"work pool {pool} has no backup pool (ResourcePool {source_name!r}): "
             "paused only, its waiting runs kept queued"
         )
-    outcome = "dry_run" if dry else "succeeded"
-    return audit.finish(outcome, f"{alert.alertname} on {pool}: {decision.reason}", details, route)
+    elif details["kept"]:
+        stranded = (
+            f"{len(details['kept'])} waiting run(s) could not move to {backup.work_pool} "
+            f"({'; '.join(details['kept'])}). Fix: deploy those flows to work pool {backup.work_pool} "
+            f"(prefect deploy ... --pool {backup.work_pool}), or resume {pool} once its workers are back"
+        )
+    if stranded:
+        audit.note(stranded)
+    reason = f"{alert.alertname} on {pool}: {decision.reason}" + (f"; {stranded}" if stranded else "")
+    outcome = "dry_run" if dry else ("failed" if stranded else "succeeded")
+    return audit.finish(outcome, reason, details, route)
 
 
 def _move(
