@@ -282,3 +282,37 @@ def test_a_waiting_run_asks_again_as_soon_as_a_run_on_this_machine_gives_its_slo
         waiter.join(10.0)
     assert a.wait_closed() and b.wait_closed()
     assert active_slots([CPU]) == {CPU: 0}
+
+
+def test_a_step_that_a_limit_made_smaller_can_never_fit_fails_naming_the_limit_and_the_fix(pool, monkeypatch):
+    """The limit changed by hand while a two-core step waits (`prefect gcl update ... --limit
+    1000`): it failed only at the end of the whole wait, saying it claims slots as they come."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
+
+    from planflow.runtime import run_slots
+    from planflow.runtime.admission import AdmissionError
+
+    monkeypatch.setattr(run_slots, "SIZE_CHECK_SECONDS", 0.0)
+    big = [Assignment(f"big-{i}", POOL, {"cpu": 2}, 0) for i in range(2)]
+    with RunSlots() as a, RunSlots() as b, get_client(sync_client=True) as client:
+        held = a.take(big[0])
+        assert held is not None
+        try:
+            assert b.take(big[1]) is None  # waits for a's two cores
+            client.update_global_concurrency_limit(CPU, GlobalConcurrencyLimitUpdate(limit=1000))
+            deadline, failed = time.monotonic() + 15, None
+            while failed is None and time.monotonic() < deadline:
+                try:
+                    assert b.take(big[1]) is None
+                except AdmissionError as exc:
+                    failed = exc
+                time.sleep(0.2)
+            assert failed is not None, "the step waited on for a limit it can never fit"
+            message = str(failed)
+            assert f"needs 2000 slots of limit {CPU}, but the limit now holds 1000 in all" in message, message
+            assert "Fix: planflow pools sync" in message
+        finally:
+            client.update_global_concurrency_limit(CPU, GlobalConcurrencyLimitUpdate(limit=2000))
+            held.close()
+    assert a.wait_closed() and b.wait_closed()

@@ -68,6 +68,7 @@ SEEN_SECONDS = 0.1  # a limit read stands this long (limit_now), about one dispa
 # (slot_wake.py): a give-back here makes the read stale at once, so only slots freed by
 # another machine's runs or an expired lease wait for it (runs asked at every 0.25 s round)
 SEEN_WOKEN_SECONDS = 1.0
+SIZE_CHECK_SECONDS = 5.0  # a waiting step's limits are checked this often to fit its demand at all (_wait_more)
 CONTENDED_SECONDS = 10.0  # a limit that refused the run this recently is read before it is asked (_contended)
 UNKNOWN_FREE = 1 << 30  # free_now of a limit it could not read: ask, and let the increment say why
 
@@ -131,6 +132,7 @@ class RunSlots(RunLeases, SharedSlots):
         # many waits without asking (a run with nine ready steps on a full pool asked nine
         # times every POLL_SECONDS, and several such runs kept a small server busy)
         self._round_refused: dict[str, int] = {}
+        self._size_checked: dict[str, float] = {}  # step -> when its limits were last checked to fit it at all
         self._claims = Claims(self, limits)
         # each limit's size, as read before the plan: a batch never asks for more (the
         # server answers 422 to a request larger than its limit, however free it is)
@@ -424,6 +426,27 @@ class RunSlots(RunLeases, SharedSlots):
             self._waiting_since.pop(a.step, None)
             return _Held(self, shares)
         return self._wait_more(a, now, since)
+
+    def _wait_more(self, a: Assignment, now: float, since: float) -> None:
+        """As SharedSlots', and a step that can never start fails at once: a limit made smaller
+        than its demand since the plan (by hand in the UI, `prefect gcl update`) kept it
+        waiting the whole wait, saying only that it claims slots as they come free."""
+        if now - self._size_checked.get(a.step, since) >= SIZE_CHECK_SECONDS:
+            self._size_checked[a.step] = now
+            for name, n in self.wanted(a).items():
+                try:
+                    seen = self.limit_now(name, woken=True)
+                except httpx.HTTPError:
+                    continue  # unknown now: looked at again later
+                if seen is not None and seen.limit < n:
+                    raise AdmissionError(
+                        f"step '{a.step}' needs {n} slots of limit {name}, but the limit now holds "
+                        f"{seen.limit} in all: it can never start. The limit was changed since the run "
+                        f"was planned (by hand, or pool '{a.pool}' was resized). Fix: planflow pools sync "
+                        f"(the limits back to the ResourcePool blocks), or planflow pools set {a.pool} "
+                        "--cpu N --mem-gib N, then run again"
+                    ) from None
+        super()._wait_more(a, now, since)
 
     # -- what the server holds ----------------------------------------------------------------
     def _refused_this_round(self, name: str, missing: int) -> None:
