@@ -286,6 +286,28 @@ def test_ready_fails_naming_a_401_from_prefect_and_passes_with_the_auth_string(a
         assert bridge.ready().status_code == 200, bridge.ready().text
 
 
+def test_a_command_against_a_server_with_auth_on_names_the_missing_credentials(auth_server):
+    """Without PREFECT_API_AUTH_STRING every command met a raw 401 traceback (`pools ls`) or
+    'Client error 401 ... /admin/version' with no fix (`run`)."""
+    api, auth, _ = auth_server
+    planflow = str(Path(sys.executable).with_name("planflow"))
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_AUTH_STRING"}
+    env.update(PREFECT_API_URL=api, COLUMNS="200")
+    refused = subprocess.run([planflow, "pools", "ls"], env=env, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert "Traceback" not in refused.stderr, refused.stderr[-2000:]
+    assert f"the Prefect server at {api} has API auth on" in refused.stderr, refused.stderr[-2000:]
+    assert "Fix: export PREFECT_API_AUTH_STRING=" in refused.stderr
+    allowed = subprocess.run(
+        [planflow, "pools", "ls"],
+        env={**env, "PREFECT_API_AUTH_STRING": auth},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert allowed.returncode == 0 and "local" in allowed.stdout, allowed.stderr[-2000:]
+
+
 def test_a_server_state_folder_left_readable_is_made_private(auth_server):
     _, _, paths = auth_server
     assert (paths.prefect_home / "prefect.db").exists()

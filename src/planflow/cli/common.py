@@ -123,10 +123,10 @@ def ensure_server(same_as_env: bool = True) -> str:
                 f"the Prefect server at {chosen} (PREFECT_API_URL) does not answer. Fix: "
                 "start it, or unset PREFECT_API_URL to use the embedded server (`planflow server up`)."
             )
-        return chosen
+        return _authorized(chosen)
     current = stack.status()
     if current.running and current.url:
-        return current.url
+        return _authorized(current.url)
     warn("Starting the embedded Prefect server (planflow server up) ...")
     try:
         state = stack.up()
@@ -138,6 +138,18 @@ def ensure_server(same_as_env: bool = True) -> str:
             f"{os.environ['PREFECT_API_URL']}. Fix: run the command again."
         )
     return state.url
+
+
+def _authorized(url: str) -> str:
+    """`url`, once its server takes this process's credentials; a clear error when its API
+    auth is on and they are missing or wrong (every command met a raw 401 traceback)."""
+    if stack.auth_refused(url):
+        fail(
+            f"the Prefect server at {url} has API auth on and refused this command's credentials "
+            "(401 Unauthorized). Fix: export PREFECT_API_AUTH_STRING='user:password', the value of the "
+            "server's PREFECT_SERVER_API_AUTH_STRING (or `prefect config set PREFECT_API_AUTH_STRING=...`)"
+        )
+    return url
 
 
 def ui_url(api_url: str) -> str:

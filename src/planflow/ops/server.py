@@ -13,6 +13,7 @@ that project, and not as a stranger's.
 
 from __future__ import annotations
 
+import base64
 import fcntl
 import json
 import os
@@ -97,6 +98,25 @@ def healthy(url: str, timeout: float = 2.0) -> bool:
     except httpx.HTTPError:
         return False
     return response.status_code == 200
+
+
+def auth_refused(url: str, timeout: float = 2.0) -> bool:
+    """True when the Prefect API at `url` refuses this process's credentials (401: its API
+    auth is on, and PREFECT_API_AUTH_STRING is unset or wrong). Asked as Prefect's own
+    client asks first (its version check), with the Basic credentials it would send."""
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_KEY  # noqa: PLC0415 (heavy)
+
+    auth_string, api_key = PREFECT_API_AUTH_STRING.value(), PREFECT_API_KEY.value()
+    headers = {}
+    if auth_string:
+        headers["Authorization"] = "Basic " + base64.b64encode(auth_string.encode()).decode()
+    elif api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    try:
+        response = httpx.get(f"{url.rstrip('/')}/admin/version", headers=headers, timeout=timeout)
+    except httpx.HTTPError:
+        return False  # the commands meet and name what is wrong
+    return response.status_code == 401
 
 
 def _clean(paths: StatePaths) -> None:
