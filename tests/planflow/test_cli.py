@@ -178,6 +178,19 @@ def test_pools_set_changes_only_the_options_given_and_refuses_a_backup_that_is_n
         planflow("pools", "rm", name, env=cli_env)
 
 
+def test_an_output_file_or_port_that_cannot_be_used_is_a_usage_error_not_a_traceback(toy_env, tmp_path):
+    missing = tmp_path / "no-such-folder" / "plan.png"
+    out = planflow("plan", "toy-diamond", "--gantt", str(missing), env=toy_env)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert f"--gantt {missing}: cannot write it (folder {missing.parent} does not exist)" in out.stderr
+    out = planflow("calendar", "local", "--png", str(tmp_path), env=toy_env)
+    assert out.returncode == 2 and "cannot write it (it is a folder)" in out.stderr, out.stderr[-2000:]
+    out = planflow("serve", "toy-diamond", "--port", "80000", env=toy_env)
+    assert out.returncode == 2 and "Traceback" not in out.stderr and "65535" in out.stderr, out.stderr[-2000:]
+    out = planflow("serve", "toy-diamond", "--port", "65530", "--replicas", "8", env=toy_env)
+    assert out.returncode == 2 and "past 65535. Fix: a lower --port" in out.stderr, out.stderr[-2000:]
+
+
 def test_env_prints_exports_for_prefect_commands(toy_env):
     out = planflow("env", env=toy_env)
     assert f"export PREFECT_API_URL={toy_env['PREFECT_API_URL']}" in out.stdout

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import typer
 
-from planflow.cli.common import ensure_server, fail, say
+from planflow.cli.common import check_writable, ensure_server, fail, say, write_file
 from planflow.prefect.blocks import load_pools
 from planflow.prefect.calendar_store import CalendarEntry
 from planflow.prefect.limits import RESOURCES, SLOTS_PER_UNIT, active_slots, limit_name
@@ -152,6 +152,8 @@ def calendar(
 ) -> None:
     """The pools' calendar: running and planned components of all runs, a Gantt
     picture, and each waiting run's expected start and finish."""
+    if png is not None:
+        check_writable(png, "--png")
     ensure_server()
     capacities = {name: p.capacity() for name, p in load_pools().items()}
     if pool is not None:
@@ -168,5 +170,5 @@ def calendar(
         if len(capacities) != 1:
             fail("--png draws one pool: name it, e.g. `planflow calendar local --png calendar.png`")
         name = next(iter(capacities))
-        png.write_bytes(calendar_png(entries, name, capacities[name], now))
+        write_file(png, calendar_png(entries, name, capacities[name], now), "--png")
         say(f"wrote {png}")

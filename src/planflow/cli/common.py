@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import NoReturn
 
 import httpx
@@ -57,6 +58,32 @@ def fail(message: str, code: int = 1) -> NoReturn:
     """Print `error: MESSAGE` to stderr and exit with `code` (no traceback)."""
     err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def check_writable(path: Path, option: str) -> None:
+    """Fail (code 2) before any work when file `path`, given as `option`, cannot be written:
+    its folder missing or not writable, or a folder in its place."""
+    folder = path.parent if str(path.parent) else Path(".")
+    why = ""
+    if path.is_dir():
+        why = "it is a folder"
+    elif not folder.is_dir():
+        why = f"folder {folder} does not exist"
+    elif not os.access(folder, os.W_OK):
+        why = f"folder {folder} is not writable"
+    if why:
+        fail(
+            f"{option} {path}: cannot write it ({why}). Fix: a file in a folder you can write, e.g. {option} plan.png",
+            2,
+        )
+
+
+def write_file(path: Path, data: bytes, option: str) -> None:
+    """Write `data` to `path` (given as `option`); a clear error, not a traceback, when it cannot be."""
+    try:
+        path.write_bytes(data)
+    except OSError as exc:
+        fail(f"{option} {path}: cannot write it ({exc.strerror or exc}). Fix: a file in a folder you can write", 1)
 
 
 RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")  # the loggers of flow and task runs

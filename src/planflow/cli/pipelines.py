@@ -18,7 +18,18 @@ from pydantic_core import to_jsonable_python
 from rich.table import Table
 from rich.text import Text
 
-from planflow.cli.common import console, ensure_server, fail, run_logs_off_the_terminal, run_url, say, ui_url, warn
+from planflow.cli.common import (
+    check_writable,
+    console,
+    ensure_server,
+    fail,
+    run_logs_off_the_terminal,
+    run_url,
+    say,
+    ui_url,
+    warn,
+    write_file,
+)
 from planflow.cli.params import ParamError, parse_pairs, typed_values
 from planflow.cli.progress import run_with_progress
 from planflow.core import discovery
@@ -308,6 +319,8 @@ def plan(
         raw = parse_pairs(param)
     except ParamError as exc:
         fail(str(exc))
+    if gantt:
+        check_writable(Path(gantt), "--gantt")
     pipeline = load(name)
     _, values = prepare(pipeline, raw)
     ensure_server()
@@ -317,7 +330,7 @@ def plan(
         fail(str(exc))
     totals = pipeline.totals()
     if gantt:
-        Path(gantt).write_bytes(reporting.gantt_png(pp, title=f"{name}: plan"))
+        write_file(Path(gantt), reporting.gantt_png(pp, title=f"{name}: plan"), "--gantt")
     if json_output:
         document = {
             "pipeline": name,

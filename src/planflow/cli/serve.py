@@ -13,13 +13,20 @@ from planflow.serving.swap import check_poll_seconds
 def serve(
     target: str = typer.Argument(..., help="a pipeline's name (its module's `online` path) or an online path YAML"),
     host: str = typer.Option("127.0.0.1", help="address to listen on"),
-    port: int = typer.Option(8000, help="port of the service (the balancer's with --replicas > 1)"),
+    port: int = typer.Option(8000, min=1, max=65535, help="port of the service (the balancer's with --replicas > 1)"),
     replicas: int = typer.Option(1, min=1, max=16, help="replicas behind HAProxy (ports port+1 ...)"),
     poll_seconds: float = typer.Option(5.0, help="how often to look for a newer Completed run (0.2-300 s)"),
     max_body_bytes: int = typer.Option(DEFAULT_MAX_BODY_BYTES, min=1024, help="largest request body accepted"),
 ) -> None:
     """Serve the online path of TARGET with the outputs of its last Completed run; swap to
     a newer run's outputs when one completes, without dropping a request."""
+    if replicas > 1 and port + replicas > 65535:
+        typer.echo(
+            f"planflow serve: --port {port} with --replicas {replicas}: the replicas take ports {port + 1}-"
+            f"{port + replicas}, past 65535. Fix: a lower --port, e.g. --port 8000",
+            err=True,
+        )
+        raise typer.Exit(2)
     try:
         check_poll_seconds(poll_seconds)
         if replicas == 1:
