@@ -43,6 +43,12 @@ def test_a_process_pool_child_past_its_limit_is_told_apart_and_runs_again_with_m
     kill = oom_from_watchdog(str(killed.id))  # what the parent read to tell it apart
     assert kill is not None and kill.limit_gib == 0.25 and kill.exit_code == -9
     assert "planflow's memory watchdog: the component's peak RSS" in kill.where and "> mem_limit 0.25 GiB" in kill.where
+    # what the history learns is the run that completed, not the killed one and its restart
+    from planflow.runtime import history
+
+    [learned] = history.observations(hungry_here, 1)
+    assert learned.seconds >= (completed.end_time - completed.start_time).total_seconds() - 0.5, learned
+    assert learned.seconds < step["seconds"] - 1.0, (learned, step["seconds"])
 
 
 def test_a_crash_without_the_watchdogs_record_is_not_taken_for_an_oom_kill(registered_blocks):

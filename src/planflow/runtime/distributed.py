@@ -269,6 +269,7 @@ class DistributedExecutor(Executor):
                 variables["env"][CGROUP_ENV] = "1"  # its container's cgroup is its own: measure that
             else:  # a process shares the machine: its own watchdog holds it to the limit (memory_watch.py)
                 variables["env"][LIMIT_ENV] = str(int(mem_gib * 2**30))
+            began = time.monotonic()
             try:
                 with more_slots(a, pool, mem_gib, ledger=self.ledger):  # a run again's larger memory, held first
                     key = _child(deployment_name(work_pool), parameters, variables, name, work_pool)
@@ -282,6 +283,8 @@ class DistributedExecutor(Executor):
                 pool, mem_gib, retry = self._escalate(a, kill, pool, mem_gib, retry, str(exc.flow_run.id))
                 continue
             self.measured[a.step] = {**_usage(parameters), "oom_kills": kills, "mem_limit_gib": mem_gib, "pool": pool}
+            if kills:  # what the history learns: the run that completed, not the killed ones before it
+                self.measured[a.step]["ran_seconds"] = time.monotonic() - began
             return key
 
     def _escalate(
