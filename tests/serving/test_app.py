@@ -190,3 +190,49 @@ def test_a_task_run_listed_completed_before_its_state_arrives_is_waited_for():
     loaded, calls = asyncio.run(read())
     assert loaded.outputs == {"scale": 3.0}
     assert len(calls) == 2 and calls[0] >= 1, calls
+
+
+def test_a_client_that_trickles_its_head_or_body_is_cut_off(monkeypatch):
+    """`planflow serve` with one replica held a partial request head for as long as the
+    client liked, and a body declared as 100 bytes with 1 sent for 9 minutes and more."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    from planflow.serving import app as serving_app
+    from planflow.serving.single_write import ServingProtocol
+
+    from tests.conftest import free_port
+
+    monkeypatch.setattr(serving_app, "BODY_SECONDS", 0.5)
+    quick = type("QuickHeads", (ServingProtocol,), {"header_seconds": 0.5})
+    port = free_port()
+    config = uvicorn.Config(
+        create_app(make("serving-toy-slow"), poll_seconds=0.5),
+        host="127.0.0.1",
+        port=port,
+        http=quick,
+        log_level="warning",
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        assert wait_until(lambda: server.started, 20), "uvicorn did not start within 20 s"
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"POST /predict HTTP/1.1\r\nhost: x\r\n")  # the head never ends
+            began = time.monotonic()
+            assert sock.recv(1024) == b""  # closed by the server
+            assert time.monotonic() - began < 5
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            head = b"POST /predict HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n"
+            sock.sendall(head + b"{")  # 1 of 100 bytes
+            began = time.monotonic()
+            answer = sock.recv(4096)
+            assert answer.startswith(b"HTTP/1.1 408"), answer
+            assert b"not received within 0.5 s" in answer and time.monotonic() - began < 5
+    finally:
+        server.should_exit = True
+        thread.join(10)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
-ERROR_REASONS = ("bad_request", "too_large", "not_ready", "internal")
+ERROR_REASONS = ("bad_request", "too_large", "too_slow", "not_ready", "internal")
 
 
 class ServingMetrics:

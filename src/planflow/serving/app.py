@@ -37,6 +37,13 @@ class BodyTooLarge(Exception):
     pass
 
 
+class BodyTooSlow(Exception):
+    """The body did not all come within BODY_SECONDS (the bytes that came)."""
+
+
+BODY_SECONDS = 10.0  # the most a request body may take to arrive (408 after)
+
+
 async def read_bounded(request: Request, limit: int) -> bytes:
     """The body, refused as soon as it is known to be longer than `limit` bytes (by its
     Content-Length, or while it streams in)."""
@@ -44,11 +51,15 @@ async def read_bounded(request: Request, limit: int) -> bytes:
     if declared is not None and (not declared.isdigit() or int(declared) > limit):
         raise BodyTooLarge(declared)
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge(str(size))
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(BODY_SECONDS):  # a body that trickles in holds a connection no longer
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise BodyTooLarge(str(size))
+                chunks.append(chunk)
+    except TimeoutError:
+        raise BodyTooSlow(str(size)) from None
     return b"".join(chunks)
 
 
@@ -127,6 +138,12 @@ def create_app(
     async def _predict(request: Request) -> Response:
         try:
             body = await read_bounded(request, max_body_bytes)
+        except BodyTooSlow as exc:
+            return refuse(
+                408,
+                "too_slow",
+                f"request body not received within {BODY_SECONDS:g} s ({exc} bytes came). Fix: send it at once",
+            )
         except BodyTooLarge as exc:
             return refuse(
                 413,

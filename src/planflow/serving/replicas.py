@@ -28,7 +28,7 @@ from planflow.ops.processes import log_tail, port_in_use, spawn, stop_process, w
 from planflow.serving.app import create_app
 from planflow.serving.path import find_online_path
 from planflow.serving.probes import answers
-from planflow.serving.single_write import OneWriteH11Protocol
+from planflow.serving.single_write import ServingProtocol
 from planflow.settings import StatePaths, make_private_dir, write_private
 
 READY_TIMEOUT_SECONDS = 60.0
@@ -49,7 +49,7 @@ def serve_one(target: str, host: str, port: int, poll_seconds: float, max_body_b
     path = find_online_path(target)
     app = create_app(path, poll_seconds=poll_seconds, max_body_bytes=max_body_bytes)
     print(f"serving {target} on http://{host}:{port} (one process: its log is this terminal; Ctrl-C stops it)")
-    uvicorn.run(app, host=host, port=port, http=OneWriteH11Protocol, log_level="warning", timeout_graceful_shutdown=5)
+    uvicorn.run(app, host=host, port=port, http=ServingProtocol, log_level="warning", timeout_graceful_shutdown=5)
 
 
 def haproxy_config(host: str, port: int, replica_ports: list[int]) -> str:

@@ -20,6 +20,8 @@ from typing import Any
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from planflow.monitoring.header_deadline import HeaderDeadlineProtocol
+
 
 class _WritesPerTurn:
     """A transport whose writes within one turn of the loop go out as one write."""
@@ -64,3 +66,9 @@ class OneWriteH11Protocol(H11Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:  # type: ignore[override]
         super().connection_made(_WritesPerTurn(transport, self.loop))  # type: ignore[arg-type]
+
+
+class ServingProtocol(OneWriteH11Protocol, HeaderDeadlineProtocol):
+    """A replica's protocol: its answers in one write each, and a client that does not
+    complete a request head within HEADER_SECONDS disconnected (a partial head held a
+    connection open for as long as the client liked)."""

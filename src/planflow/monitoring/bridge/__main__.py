@@ -17,8 +17,8 @@ from planflow.monitoring.bridge.app import (
     SPOOL_FILE_NAME,
     create_app,
 )
-from planflow.monitoring.bridge.header_deadline import HEADER_SECONDS, with_header_deadline
 from planflow.monitoring.bridge.token import TOKEN_FILE_NAME, TokenError, resolve_token
+from planflow.monitoring.header_deadline import HEADER_SECONDS, with_header_deadline
 from planflow.settings import PRIVATE_UMASK, StatePaths, apply_client_env
 
 # HTTP limits of the server itself (the body's are the app's Guard)

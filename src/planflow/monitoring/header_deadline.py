@@ -3,9 +3,9 @@
 uvicorn bounds the size of a request head (h11_max_incomplete_event_size) and the idle
 time after a response (timeout_keep_alive), but not the time a client takes to send its
 headers: a client that sends one header byte every few seconds keeps a connection (one
-of the bridge's few) open for ever. Here each connection gets `HEADER_SECONDS` from its
-start, and again from the end of each response, to complete its next request head;
-otherwise it is closed.
+of the alert bridge's few, or a `planflow serve` replica's) open for ever. Here each
+connection gets `HEADER_SECONDS` from its start, and again from the end of each
+response, to complete its next request head; otherwise it is closed.
 """
 
 from __future__ import annotations
