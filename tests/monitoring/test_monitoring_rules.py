@@ -249,13 +249,14 @@ def test_a_bad_thresholds_file_lists_every_problem_with_the_value_and_the_fix(tm
     document["thresholds"]["failure_rate"] = 5
     document["thresholds"]["overrun"] = document["thresholds"].pop("overrun_factor")
     document["ports"]["bridge"] = 70000
+    document["thresholds"]["serving_error_ratio"] = -5  # a field without words of its own: pydantic's, and its default
     document["schedule"] = "daily"
     path = tmp_path / "thresholds.yml"
     path.write_text(yaml.safe_dump(document))
     with pytest.raises(thresholds.ThresholdsError) as caught:
         thresholds.load(path)
     lines = str(caught.value).splitlines()
-    assert lines[0] == f"{path} has 10 problems:"
+    assert lines[0] == f"{path} has 11 problems:"
     expected = [
         "ports: `bridge:` is 70000, but it must be a port number from 1 to 65535. Fix: e.g. `bridge: 9095`",
         "profiles.fast: `scrape_interval:` is missing; it must be a duration: a whole number > 0 and s, m or h. "
@@ -268,6 +269,8 @@ def test_a_bad_thresholds_file_lists_every_problem_with_the_value_and_the_fix(tm
         "thresholds: `overrun_factor:` is missing; it must be a number > 1 (times the planned duration). "
         "Fix: e.g. `overrun_factor: 2.0`",
         "thresholds: unknown field 'overrun'. Did you mean 'overrun_factor'? Fix: write `overrun_factor: 2.0`.",
+        "thresholds: `serving_error_ratio:` is -5, but it must be greater than 0. "
+        "Fix: e.g. `serving_error_ratio: 0.01`",
         "the file: unknown field 'schedule' (value 'daily'). Fix: remove it. "
         "Allowed fields: grafana_url, runbook_url, receivers, ports, profiles, thresholds",
     ]

@@ -16,8 +16,7 @@ def runbook(
         None, help="An alert's name, e.g. PlanflowPipelineRunFailed (any case); leave out for the whole runbook."
     ),
 ) -> None:
-    """Print the runbook's section of ALERT (every alert's `runbook` annotation names this
-    command), or the whole runbook."""
+    """Print what ALERT means and what to do (its runbook section), or the whole runbook."""
     if alert is None:
         typer.echo(shipped.text(), nl=False)
         return

@@ -73,10 +73,8 @@ def _automations_up(paths: StatePaths) -> None:
     except auto.AutomationsError as exc:
         fail(str(exc))
     changed = [line for line in lines if not line.endswith(("unchanged", "kept", "applied"))]
-    say(
-        f"automations   {sum(1 for line in lines if line.startswith(auto.PREFIX))} applied"
-        + (f" ({'; '.join(changed)})" if changed else " (unchanged)")
-    )
+    applied = sum(1 for line in lines if line.startswith(auto.PREFIX) and not line.endswith("(no longer wanted)"))
+    say(f"automations   {applied} applied" + (f"; what changed: {'; '.join(changed)}" if changed else " (unchanged)"))
     say(f"remediation   worker pid {pid} on pool {auto.REMEDIATION_POOL}")
 
 

@@ -284,6 +284,17 @@ def _home_of(name: str) -> str | None:
     return None
 
 
+def _help_from_model(where: tuple[Any, ...], name: str, item: Any) -> tuple[str, str]:
+    """What a field without FIELD_HELP must be, in pydantic's words ("greater than 0"), and
+    its shipped default as the example."""
+    expected = str(item.get("msg") or "valid").removeprefix("Input should be ").removeprefix("Value error, ")
+    model = Profile if len(where) == 2 and where[0] == "profiles" else _MODELS.get(".".join(map(str, where)))
+    field = next((f for key, f in (model.model_fields.items() if model else ()) if (f.alias or key) == name), None)
+    default = getattr(field, "default", None)
+    shown = default if isinstance(default, (int, float, str)) and not isinstance(default, bool) else "..."
+    return expected, f"{name}: {shown}"
+
+
 def _describe(item: Any) -> str:
     loc, shown = tuple(item["loc"]), _short.repr(item.get("input"))
     if not loc:
@@ -300,7 +311,7 @@ def _describe(item: Any) -> str:
         if home := _home_of(name):  # a real field, at another level (e.g. a threshold at the top)
             return f"{label}: unknown field '{name}' here; it belongs under `{home}:`. Fix: move it there"
         return f"{label}: unknown field '{name}' (value {shown}). Fix: remove it. {known}"
-    expected, example = FIELD_HELP.get(name, ("valid", f"{name}: ..."))
+    expected, example = FIELD_HELP.get(name) or _help_from_model(where, name, item)
     if item["type"] == "missing":
         return f"{label}: `{name}:` is missing; it must be {expected}. Fix: e.g. `{example}`"
     return f"{label}: `{name}:` is {shown}, but it must be {expected}. Fix: e.g. `{example}`"
