@@ -312,6 +312,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request to Prefect: 100 MB a day in its log
     # Prefect read its settings when this module imported it: the embedded server's url
     # (which apply_client_env finds) is passed on explicitly.
     api_url = args.prefect_api_url or apply_client_env()["PREFECT_API_URL"]

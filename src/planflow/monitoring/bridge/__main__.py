@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--alertmanager-url", default=None, help="refuse webhooks whose externalURL differs")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request to Prefect: 100 MB a day in its log
     os.umask(PRIVATE_UMASK)  # the spool and token file are the user's only
     paths = StatePaths.discover()
     # Prefect read its settings when this module imported it: the embedded server's url
