@@ -75,6 +75,22 @@ def test_the_declared_estimate_scales_with_the_work_parameters():
     )
 
 
+@pytest.mark.usefixtures("registered_blocks")
+def test_a_pipelines_totals_are_at_its_own_parameters_work():
+    """`planflow pipelines` showed a pipeline whose parameter doubles a step's work at the
+    step's declared time (a YAML pipeline with n_rows 400000: 23 s, its plan 33 s)."""
+    rows = component(cpu=1, mem_gib=0.25, est_seconds=4, scales_with={"n_rows": 1000})(_rows)
+    pipeline = Pipeline("scaled-totals", [rows], params={"n_rows": 2500})
+    assert pipeline.totals()["critical_path_seconds"] == pytest.approx(4.0)  # as declared
+    totals = pipeline.totals(history.work_scale(pipeline))
+    assert totals["critical_path_seconds"] == pytest.approx(10.0) and totals["cpu_seconds"] == pytest.approx(10.0)
+    assert make_plan(pipeline).plan["_rows"].duration == pytest.approx(10.0)  # what the plan says too
+
+
+def _rows(n_rows: int = 1000) -> int:
+    return n_rows
+
+
 def test_history_keys_fit_prefect_and_name_the_component_and_its_code_version():
     key = history.history_key("Train Model_v2", "0123456789abcdef")
     assert key == "planflow-history-train-model-v2-0123456789abcdef"

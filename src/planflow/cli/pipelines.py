@@ -37,6 +37,7 @@ from planflow.core.pipeline import Pipeline
 from planflow.planner import PlanningError
 from planflow.runtime import reporting
 from planflow.runtime.flow import to_flow
+from planflow.runtime.history import work_scale
 from planflow.runtime.runner import PipelineRunError, make_plan
 
 MODES = ("inprocess", "distributed", "dask")
@@ -222,7 +223,7 @@ def _row(item: discovery.Found) -> tuple[tuple[str, ...], str | None]:
     if item.pipeline is None:
         return failed, item.error or "(no message)"
     try:
-        t = item.pipeline.totals()
+        t = item.pipeline.totals(work_scale(item.pipeline))
         params = str(len(item.pipeline.params))
     except Exception as exc:  # a user's pipeline object may raise anything: report it
         return failed, f"{type(exc).__name__}: {exc}"
@@ -253,16 +254,18 @@ def _describe(pipeline: Pipeline) -> None:
     table = Table(
         "step", "after", "cpu", "gpu", "mem GiB", "estimate (s)", "pools", "runs in", "cache", "retries", "timeout (s)"
     )
+    scale = work_scale(pipeline)  # the declared estimates at the pipeline's own parameters
     for name in pipeline.topological_order():
         step = pipeline.steps[name]
         spec = step.spec
+        factor = scale.get(name, 1.0)
         row = (
             name,
             ", ".join(pipeline.upstream(name)) or "-",
             f"{spec.cpu:g}",
             str(spec.gpu),
             f"{spec.mem_gib:g}",
-            f"{spec.est_seconds:g}",
+            f"{spec.est_seconds * factor:g}" + (f" (x{factor:.3g} for its work)" if factor != 1.0 else ""),
             ", ".join(spec.pools) or "any",
             pipeline.isolation_of(name),
             _cache_cell(step.component),
@@ -272,7 +275,7 @@ def _describe(pipeline: Pipeline) -> None:
         table.add_row(*map(Text, row))
     console.print(table)
     totals = Table("total (by the declared estimates)", "value")
-    for key, value in pipeline.totals().items():
+    for key, value in pipeline.totals(work_scale(pipeline)).items():
         totals.add_row(TOTAL_LABELS.get(key, key), f"{value:g}")
     console.print(totals)
     say("parameters: " + (", ".join(f"{k}={v!r}" for k, v in pipeline.params.items()) or "-"))
@@ -328,7 +331,7 @@ def plan(
         pp = make_plan(pipeline, mode=mode, params=values)
     except (LookupError, ValueError, PlanningError) as exc:
         fail(str(exc))
-    totals = pipeline.totals()
+    totals = pipeline.totals(work_scale(pipeline, values))
     if gantt:
         write_file(Path(gantt), reporting.gantt_png(pp, title=f"{name}: plan"), "--gantt")
     if json_output:

@@ -170,29 +170,33 @@ class Pipeline:
         return kwargs
 
     # -- totals -----------------------------------------------------------------------
-    def critical_path_seconds(self, pool: str | None = None) -> float:
+    def critical_path_seconds(self, pool: str | None = None, scale: Mapping[str, float] | None = None) -> float:
+        """The longest chain of declared estimates (on `pool`, if given), each times its
+        step's work factor in `scale` (runtime.history.work_scale; 1 where missing)."""
         finish: dict[str, float] = {}
         for name in self.topological_order():
             spec = self.steps[name].spec
-            own = spec.seconds_on(pool) if pool else spec.est_seconds
+            own = (spec.seconds_on(pool) if pool else spec.est_seconds) * (scale or {}).get(name, 1.0)
             finish[name] = own + max((finish[d] for d in self.upstream(name)), default=0.0)
         return max(finish.values(), default=0.0)
 
-    def totals(self) -> dict[str, float]:
+    def totals(self, scale: Mapping[str, float] | None = None) -> dict[str, float]:
         """Total resource demand and time (the ServiceGrid-style summary):
         core-seconds, GPU-seconds, GiB-seconds, sum of estimates, critical path,
-        and the peak demand of any single component."""
-        specs = [s.spec for s in self.steps.values()]
+        and the peak demand of any single component. `scale`: each step's work factor
+        for the parameters it runs with (runtime.history.work_scale), 1 where missing."""
+        seconds = {name: step.spec.est_seconds * (scale or {}).get(name, 1.0) for name, step in self.steps.items()}
+        specs = [(step.spec, seconds[name]) for name, step in self.steps.items()]
         return {
             "components": len(specs),
-            "cpu_seconds": sum(s.cpu * s.est_seconds for s in specs),
-            "gpu_seconds": sum(s.gpu * s.est_seconds for s in specs),
-            "mem_gib_seconds": sum(s.mem_gib * s.est_seconds for s in specs),
-            "total_seconds": sum(s.est_seconds for s in specs),
-            "critical_path_seconds": self.critical_path_seconds(),
-            "peak_cpu": max((s.cpu for s in specs), default=0.0),
-            "peak_mem_gib": max((s.mem_gib for s in specs), default=0.0),
-            "peak_gpu": max((s.gpu for s in specs), default=0),
+            "cpu_seconds": sum(s.cpu * t for s, t in specs),
+            "gpu_seconds": sum(s.gpu * t for s, t in specs),
+            "mem_gib_seconds": sum(s.mem_gib * t for s, t in specs),
+            "total_seconds": sum(seconds.values()),
+            "critical_path_seconds": self.critical_path_seconds(scale=scale),
+            "peak_cpu": max((s.cpu for s, _ in specs), default=0.0),
+            "peak_mem_gib": max((s.mem_gib for s, _ in specs), default=0.0),
+            "peak_gpu": max((s.gpu for s, _ in specs), default=0),
         }
 
     def param_types(self) -> dict[str, Any]:
