@@ -52,3 +52,12 @@ def test_a_bad_yaml_names_the_key(tmp_path):
     spec.write_text("pipeline: fraud-risk\nsteps: {scores: x:y}\nlaod: {}\n")
     with pytest.raises(OnlinePathError, match=r"laod: Extra inputs are not permitted"):
         OnlinePath.from_yaml(spec)
+
+
+def test_a_malformed_online_path_shows_the_form_not_a_file_of_this_repository():
+    with pytest.raises(OnlinePathError) as caught:
+        OnlinePath.from_dict({"pipeline": "x", "steps": {}, "max_batch": 0}, source="online.yaml")
+    message = str(caught.value)
+    assert "max_batch: Input should be greater than or equal to 1 (got 0)" in message and "steps:" in message
+    assert "Fix: write it in this form:\n  pipeline: my-pipeline" in message
+    assert "fraud" not in message  # it pointed at pipelines/fraud-risk.online.yaml, which a project does not have

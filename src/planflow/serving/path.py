@@ -181,7 +181,7 @@ class OnlinePath:
                 for e in exc.errors()
             )
             raise OnlinePathError(
-                f"{source} is not a valid online path:\n{lines}\nFix: see pipelines/fraud-risk.online.yaml"
+                f"{source} is not a valid online path:\n{lines}\nFix: write it in this form:\n{SPEC_FORM}"
             ) from None
         if pipeline is None:
             pipeline = _find_pipeline(spec.pipeline)
@@ -219,6 +219,15 @@ class OnlinePathSpec(BaseModel):
     max_batch: int = Field(default=DEFAULT_MAX_BATCH, ge=1, le=10_000)
 
 
+SPEC_FORM = """\
+  pipeline: my-pipeline                      # its name (planflow pipelines)
+  steps:                                     # in order: a function's import path, or empty to reuse the step
+    features: flows.my_pipeline.steps:feature_rows
+    scores:
+  load: {model: train}                       # a parameter of the steps: the pipeline step whose output it is
+  max_batch: 64                              # records per request, 1 to 10000"""
+
+
 def _find_pipeline(name: str) -> Pipeline:
     return discovery.get(name)
 
@@ -237,6 +246,6 @@ def find_online_path(target: str) -> OnlinePath:
         raise OnlinePathError(
             f"pipeline '{target}' ({pipeline.source or pipeline.module}) has no online path. Fix: declare "
             f"`online = OnlinePath(pipeline, steps=..., load=...)` {where}or write one in YAML and serve that "
-            "(planflow serve path/to/online.yaml; example: flows/fraud_risk/online.yaml)"
+            f"(planflow serve path/to/online.yaml), in this form:\n{SPEC_FORM}"
         )
     return online
