@@ -100,6 +100,18 @@ def test_an_empty_pool_says_so():
     assert calendar_text([], {"local": CAP}, {}, NOW)[1] == "  (nothing running or planned)"
 
 
+def test_slots_held_by_no_running_component_are_named_with_when_they_come_back():
+    """A run killed with kill -9 left `held now: cpu=1` and nothing running, unexplained, for
+    a minute (its lease's end)."""
+    text = calendar_text([], {"local": CAP}, {"local": {"cpu": 1.0, "mem_gib": 0.25}}, NOW)
+    assert text[1].startswith("  held by no running component: cpu=1 gpu=0 mem_gib=0.25 (")
+    assert "a run that died: its lease ends within PLANFLOW_SLOT_LEASE_SECONDS" in text[1]
+    running = [_entry("r1", ["running"], NOW)]
+    assert "held by no running component" not in "\n".join(
+        calendar_text(running, {"local": CAP}, {"local": {"cpu": 1.0, "mem_gib": 0.001}}, NOW)
+    )  # what runs explains it (the rest is memory's rounding to whole MiB)
+
+
 def test_the_eta_gauge():
     registry = CollectorRegistry()
     RunRecorder("pipe", registry=registry).eta(NOW + 42)

@@ -66,6 +66,18 @@ def waiting_runs(entries: list[CalendarEntry], pool: str | None = None) -> list[
     return sorted(out, key=lambda e: e[1])
 
 
+def _held_beyond_running(held: Mapping[str, float], items: list) -> dict[str, float]:
+    """What the pool's limits hold beyond the demand of the components the calendar shows running."""
+    running: dict[str, float] = {}
+    for r in items:
+        if r.state == "running":
+            for resource, amount in r.demand.items():
+                running[resource] = running.get(resource, 0.0) + float(amount)
+    beyond = {resource: max(0.0, amount - running.get(resource, 0.0)) for resource, amount in held.items()}
+    # above the slots' rounding (a component's memory is held in whole MiB)
+    return beyond if any(amount > 0.01 for amount in beyond.values()) else {}
+
+
 def calendar_text(
     entries: list[CalendarEntry],
     capacities: Mapping[str, Mapping[str, float]],
@@ -77,6 +89,13 @@ def calendar_text(
     for pool, capacity in sorted(capacities.items()):
         items = [r for r in reservations(entries, pool) if r.state != "done"]
         lines.append(f"pool {pool}: {_amounts(capacity)}  held now: {_amounts(held.get(pool, {}))}")
+        unexplained = _held_beyond_running(held.get(pool, {}), items)
+        if unexplained:
+            lines.append(
+                f"  held by no running component: {_amounts(unexplained)} (a run between two of its steps, a lease "
+                "left for this machine's next run, or a run that died: its lease ends within "
+                "PLANFLOW_SLOT_LEASE_SECONDS, 60 s)"
+            )
         if not items:
             lines += ["  (nothing running or planned)", ""]
             continue
