@@ -74,6 +74,14 @@ def test_resource_pool_blocks_are_created_once(work_pools):
             assert docker.capacity() == machine.capacity() and docker.cost_per_hour == 0.0
         assert (k8s.work_pool, k8s.backup_pool, k8s.cpu) == ("kubernetes", "docker", 32.0)
         ResourcePool.load("local")  # the backup exists too
+        # with their concurrency limits: `planflow pools sync --check` finds nothing missing
+        from planflow.prefect.limits import limit_drift
+
+        made = {
+            name: pool.capacity() for name, pool in (("docker", docker), ("kubernetes", k8s)) if name not in existed
+        }
+        missing, _ = limit_drift(made)
+        assert missing == [], missing
         # A user's edit is kept.
         docker.cpu = 1.5
         docker.save("docker", overwrite=True)

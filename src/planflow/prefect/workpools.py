@@ -33,6 +33,7 @@ from planflow.prefect import health
 from planflow.prefect.blocks import ResourcePool, ensure_defaults, local_pool_from_machine
 from planflow.prefect.health import api_url
 from planflow.prefect.jobvars import load_template
+from planflow.prefect.limits import sync_limits
 
 
 @dataclass(frozen=True)
@@ -172,14 +173,19 @@ def _ensure_resource_pools(pool_names: list[str]) -> list[str]:
         )
     if "kubernetes" in pool_names:
         wanted["kubernetes"] = lambda: ResourcePool(work_pool="kubernetes", backup_pool="docker", **KUBERNETES_EXAMPLE)
-    done = []
+    done, created = [], {}
     for name, factory in wanted.items():
         try:
             ResourcePool.load(name)
             done.append(f"ResourcePool '{name}': kept (already exists)")
         except ValueError:
-            factory().save(name)
+            pool = factory()
+            pool.save(name)
+            created[name] = pool.capacity()
             done.append(f"ResourcePool '{name}': created")
+    # its concurrency limits beside it, as `planflow pools set` makes them (`pools sync --check`
+    # named every one missing)
+    done += sync_limits(created) if created else []
     return done
 
 
