@@ -97,3 +97,37 @@ def test_wait_until_is_bounded_and_passes_errors_through():
     assert wait_until(lambda: calls.append(1) or len(calls) == 3, timeout=10, interval=0.01)
     with pytest.raises(ZeroDivisionError):
         wait_until(lambda: 1 / 0, timeout=1)
+
+
+PARENT = """
+import sys, time
+from pathlib import Path
+from planflow.ops.processes import spawn
+sleeper = [sys.executable, "-c", "import time; time.sleep(120)"]
+child = spawn(sleeper, Path(sys.argv[1]), {}, Path.cwd(), die_with_parent=True)
+print(child.pid, flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_child_spawned_to_die_with_its_parent_ends_when_the_parent_is_killed(tmp_path):
+    """`planflow serve --replicas 2`'s supervisor killed with SIGKILL left its replicas and
+    HAProxy serving, and a new `serve` could not take the ports."""
+    import signal
+    import subprocess
+
+    import psutil
+
+    parent = subprocess.Popen(
+        [sys.executable, "-c", PARENT, str(tmp_path / "child.log")], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        child = psutil.Process(int(parent.stdout.readline()))
+        assert child.is_running()
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(10)
+        child.wait(10)  # psutil.TimeoutExpired if it outlived its parent
+    finally:
+        parent.kill()
+        parent.wait(10)

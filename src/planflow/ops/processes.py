@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -25,9 +26,14 @@ from planflow.settings import DEFAULT_HOST
 KILL_GRACE_SECONDS = 5.0  # after SIGKILL, how long a process may take to vanish
 
 
-def spawn(command: list[str], log_file: Path, env: Mapping[str, str], cwd: Path) -> subprocess.Popen:
+def spawn(
+    command: list[str], log_file: Path, env: Mapping[str, str], cwd: Path, die_with_parent: bool = False
+) -> subprocess.Popen:
     """`command` in the background, in a session (and process group) of its own, with
-    stdout and stderr appended to `log_file` (created readable by its user only)."""
+    stdout and stderr appended to `log_file` (created readable by its user only).
+    `die_with_parent`: the kernel sends it SIGTERM when the calling thread's process
+    dies (Linux's PR_SET_PDEATHSIG), so a supervisor killed with SIGKILL leaves no
+    orphan serving on its ports."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with os.fdopen(os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as log:
         return subprocess.Popen(
@@ -38,7 +44,18 @@ def spawn(command: list[str], log_file: Path, env: Mapping[str, str], cwd: Path)
             stdin=subprocess.DEVNULL,
             start_new_session=True,
             cwd=cwd,
+            preexec_fn=_term_with_parent if die_with_parent and sys.platform == "linux" else None,  # noqa: PLW1509
         )
+
+
+def _term_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the parent dies (kept across exec)."""
+    import ctypes  # noqa: PLC0415 (in the child only)
+
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+PR_SET_PDEATHSIG = 1
 
 
 def wait_until(check: Callable[[], bool], timeout: float, interval: float = 0.2) -> bool:

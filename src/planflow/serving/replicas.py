@@ -145,7 +145,7 @@ def serve_replicas(
     def start(replica_port: int):
         command = [sys.executable, "-m", "planflow.serving", target, "--host", host, "--port", str(replica_port)]
         command += ["--poll-seconds", str(poll_seconds), "--max-body-bytes", str(max_body_bytes)]
-        return spawn(command, work / f"replica-{replica_port}.log", env, Path.cwd())
+        return spawn(command, work / f"replica-{replica_port}.log", env, Path.cwd(), die_with_parent=True)
 
     signal.signal(signal.SIGTERM, _terminate)
     processes = {p: start(p) for p in ports}
@@ -157,7 +157,7 @@ def serve_replicas(
                     f"replica on port {p} did not answer /healthz within {ready_timeout:.0f} s:\n"
                     f"{log_tail(work / f'replica-{p}.log')}"
                 )
-        balancer = spawn([haproxy, "-db", "-f", str(config)], work / "haproxy.log", env, work)
+        balancer = spawn([haproxy, "-db", "-f", str(config)], work / "haproxy.log", env, work, die_with_parent=True)
         if not wait_until(lambda: answers(f"http://{host}:{port}/healthz", 1.0) or balancer.poll() is not None, 10):
             raise ServeError(f"haproxy did not listen on {host}:{port}:\n{log_tail(work / 'haproxy.log')}")
         if balancer.poll() is not None:
