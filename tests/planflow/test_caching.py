@@ -162,5 +162,12 @@ def test_content_digest_stands_for_content_not_for_a_pickle():
     loop.append(loop)  # a cycle ends
     shared = [array] * 3
     assert key({"loop": loop, "shared": shared}) == key({"loop": loop, "shared": [array, array.copy(), array]})
+    # what pickle saves, as pickle asks for it: a deque's items, a logger by its name, bytes whole
+    import collections
+    import logging
+
+    assert key(collections.deque([1, 2])) != key(collections.deque([9]))  # its items are its reduce's 4th part
+    assert key(b",") != key(b";") and key(bytearray(b"a")) != key(bytearray(b"b"))  # an interned byte was a "cycle"
+    assert key({"log": logging.getLogger("planflow.test")}) == key({"log": logging.getLogger("planflow.test")})
     # Prefect's `ContentInputs() + TASK_SOURCE` folds ContentInputs into a plain Inputs: not used
     assert type(inputs_policy()).__name__ == "ContentAndSource"

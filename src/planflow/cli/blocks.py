@@ -160,7 +160,7 @@ def pools_set(
     values.update(given)
     if values.get("backup_pool") == "":
         values["backup_pool"] = None
-    backup = values.get("backup_pool")
+    backup = values.get("backup_pool") if "backup_pool" in given else None  # a stored one is not re-judged
     if backup is not None and (backup == name or backup not in pools):
         known = ", ".join(sorted(p for p in pools if p != name)) or "(none)"
         why = "is the pool itself" if backup == name else "is not a pool"

@@ -77,6 +77,8 @@ def content_digest(value: Any, _depth: int = 0, _seen: dict[int, tuple[Any, Any]
     is digested once."""
     if isinstance(value, _JSON_LEAF):
         return value
+    if isinstance(value, (bytes, bytearray, memoryview)):  # its content once (its reduce would copy it again)
+        return ["bytes", hashlib.sha256(value).hexdigest()]
     seen: dict[int, tuple[Any, Any]] = {} if _seen is None else _seen
     known = seen.get(id(value))
     if known is not None:
@@ -136,22 +138,24 @@ _JSON_LEAF = (str, int, float, bool, type(None))
 
 
 def _state(value: Any) -> Any:
-    """What pickling `value` saves of it besides its type: its `__getstate__` (a dict of
-    attributes, for most classes), else its `__reduce_ex__` arguments and state; None
-    when it has neither (then its own pickle is hashed)."""
+    """What pickle saves of `value` besides its type, as pickle itself asks for it
+    (`__reduce_ex__(4)`: a class's own `__reduce__` first, else its `__getstate__`): the
+    reconstructor's name, its arguments, its state and its list and dict items; None when
+    it is saved by name (a singleton) or refuses (then its own pickle is hashed)."""
     if isinstance(value, (types.FunctionType, types.BuiltinFunctionType, types.MethodType, types.ModuleType)):
         return None
     try:
-        state = value.__getstate__()
-        if isinstance(state, (dict, tuple, list)) and state is not value:
-            return state
         reduced = value.__reduce_ex__(4)
+        if not isinstance(reduced, tuple) or len(reduced) < 2:
+            return None
+        rebuild, arguments = reduced[0], tuple(a for a in reduced[1] if a is not type(value))
+        state = reduced[2] if len(reduced) > 2 else None
+        items = list(reduced[3]) if len(reduced) > 3 and reduced[3] is not None else None
+        pairs = list(reduced[4]) if len(reduced) > 4 and reduced[4] is not None else None
     except Exception:  # noqa: BLE001 - an object that refuses: its own pickle decides
         return None
-    if isinstance(reduced, tuple) and len(reduced) >= 2:
-        arguments = tuple(a for a in reduced[1] if a is not type(value))  # copyreg's __newobj__ repeats the class
-        return [arguments, reduced[2] if len(reduced) > 2 else None]
-    return None
+    name = f"{getattr(rebuild, '__module__', '')}.{getattr(rebuild, '__qualname__', repr(rebuild))}"
+    return [name, list(arguments), state, items, pairs]
 
 
 @dataclasses.dataclass

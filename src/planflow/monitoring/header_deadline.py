@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 
+import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 HEADER_SECONDS = 10.0
@@ -35,7 +36,9 @@ class HeaderDeadlineProtocol(H11Protocol):
         self.loop.call_later(self.header_seconds, self._head_late, waiting_after)
 
     def _head_late(self, waiting_after: object) -> None:
-        if self.cycle is waiting_after and not self.transport.is_closing():
+        # still no new request, and none half-way: a pipelined request that came with the
+        # last response (uvicorn starts its cycle before `_arm` runs) may take its time
+        if self.cycle is waiting_after and self.conn.their_state is h11.IDLE and not self.transport.is_closing():
             self.transport.close()
 
 

@@ -44,15 +44,25 @@ def spawn(
             stdin=subprocess.DEVNULL,
             start_new_session=True,
             cwd=cwd,
-            preexec_fn=_term_with_parent if die_with_parent and sys.platform == "linux" else None,  # noqa: PLW1509
+            preexec_fn=_term_with_parent() if die_with_parent and sys.platform == "linux" else None,  # noqa: PLW1509
         )
 
 
-def _term_with_parent() -> None:
-    """In the child, before exec: SIGTERM when the parent dies (kept across exec)."""
-    import ctypes  # noqa: PLC0415 (in the child only)
+def _term_with_parent() -> Callable[[], None]:
+    """The child's hook before exec: SIGTERM when this process dies (kept across exec).
+    Resolved here, in the parent: the child between fork and exec only calls prctl (no
+    import, no dlopen, which could wait on a lock another thread held at the fork), and
+    ends at once when the parent died before prctl took effect."""
+    import ctypes  # noqa: PLC0415 (Linux only, and only here)
 
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    prctl, parent = ctypes.CDLL(None, use_errno=True).prctl, os.getpid()
+
+    def hook() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return hook
 
 
 PR_SET_PDEATHSIG = 1

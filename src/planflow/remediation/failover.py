@@ -169,11 +169,15 @@ def _fail_over(client: SyncPrefectClient, alert: PoolAlert) -> dict[str, Any]:
         _move(client, alert, run, backup_name, backup, dry, details)
     stranded = ""  # why runs that were to fail over did not: the outcome is "failed", so someone is told
     if backup is None and backup_name:
-        stranded = (
+        missing = (
             f"its backup pool '{backup_name}' (ResourcePool {source_name!r}) does not exist: paused only, "
             f"{len(details['kept'])} waiting run(s) kept queued. Fix: planflow pools set {source_name} "
             "--backup-pool <an existing pool>, or create that pool"
         )
+        if details["kept"]:
+            stranded = missing
+        else:
+            audit.note(missing)
     elif backup is None:
         audit.note(
             f"work pool {pool} has no backup pool (ResourcePool {source_name!r}): "
