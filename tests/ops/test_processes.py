@@ -99,7 +99,7 @@ def test_wait_until_is_bounded_and_passes_errors_through():
         wait_until(lambda: 1 / 0, timeout=1)
 
 
-PARENT = """
+DIES_WITH_PARENT = """
 import sys, time
 from pathlib import Path
 from planflow.ops.processes import spawn
@@ -120,7 +120,7 @@ def test_a_child_spawned_to_die_with_its_parent_ends_when_the_parent_is_killed(t
     import psutil
 
     parent = subprocess.Popen(
-        [sys.executable, "-c", PARENT, str(tmp_path / "child.log")], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", DIES_WITH_PARENT, str(tmp_path / "child.log")], stdout=subprocess.PIPE, text=True
     )
     try:
         child = psutil.Process(int(parent.stdout.readline()))
