@@ -157,7 +157,7 @@ def test_pools_set_changes_only_the_options_given_and_refuses_a_backup_that_is_n
     assert out.returncode == 2 and f"Fix: planflow pools set {name} --cpu 2 --mem-gib 4" in out.stderr, out.stderr
     made = planflow(
         *("pools", "set", name, "--cpu", "2", "--mem-gib", "4", "--gpu", "1", "--cost-per-hour", "3"),
-        *("--work-pool", "local-process"),
+        *("--work-pool", f"{name}-work"),  # a work pool of its own: never a second block for local-process
         env=cli_env,
     )
     assert made.returncode == 0, made.stderr
@@ -171,7 +171,7 @@ def test_pools_set_changes_only_the_options_given_and_refuses_a_backup_that_is_n
         assert resized.returncode == 0, resized.stderr
         pool = ResourcePool.load(name)
         assert (pool.cpu, pool.mem_gib, pool.gpu, pool.cost_per_hour) == (3, 4, 1, 3)
-        assert (pool.work_pool, pool.backup_pool) == ("local-process", "local")  # kept: not given again
+        assert (pool.work_pool, pool.backup_pool) == (f"{name}-work", "local")  # kept: not given again
         assert planflow("pools", "set", name, "--backup-pool", "", env=cli_env).returncode == 0
         assert ResourcePool.load(name).backup_pool is None
     finally:
