@@ -264,8 +264,13 @@ _short = reprlib.Repr()
 _short.maxstring, _short.maxother, _short.maxlist, _short.maxdict = 60, 60, 6, 4
 
 
+def _model_at(where: tuple[Any, ...]) -> Any:
+    """The model of the file's part at `where` (a profile's for `profiles.<name>`), or None."""
+    return Profile if len(where) == 2 and where[0] == "profiles" else _MODELS.get(".".join(map(str, where)))
+
+
 def _fields(where: tuple[Any, ...]) -> list[str]:
-    model = Profile if len(where) == 2 and where[0] == "profiles" else _MODELS.get(".".join(map(str, where)))
+    model = _model_at(where)
     return [info.alias or name for name, info in model.model_fields.items()] if model else []
 
 
@@ -288,7 +293,7 @@ def _help_from_model(where: tuple[Any, ...], name: str, item: Any) -> tuple[str,
     """What a field without FIELD_HELP must be, in pydantic's words ("greater than 0"), and
     its shipped default as the example."""
     expected = str(item.get("msg") or "valid").removeprefix("Input should be ").removeprefix("Value error, ")
-    model = Profile if len(where) == 2 and where[0] == "profiles" else _MODELS.get(".".join(map(str, where)))
+    model = _model_at(where)
     field = next((f for key, f in (model.model_fields.items() if model else ()) if (f.alias or key) == name), None)
     default = getattr(field, "default", None)
     shown = default if isinstance(default, (int, float, str)) and not isinstance(default, bool) else "..."
