@@ -4,6 +4,7 @@ process (FastAPI's TestClient, against the session's real Prefect server)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -236,3 +237,30 @@ def test_a_client_that_trickles_its_head_or_body_is_cut_off(monkeypatch):
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def test_a_prefect_api_out_of_reach_is_named_while_the_loaded_model_is_served():
+    """With a model loaded and the Prefect API down, /readyz stays ready (the model is
+    served) and its `problem` (the swapper's) says the API is out of reach since when (it said null); the
+    next check that reaches the API clears it."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES, temporary_settings
+
+    from planflow.ops.processes import free_port
+
+    path = make("serving-toy-api-down")
+    swapper = ModelSwapper(path, ServingMetrics(pipeline=path.pipeline.name))
+    swapper.current = LoadedRun("earlier", "earlier-run", None, {"scale": 3.0})
+    swapper.problem = None
+
+    async def one_poll() -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(swapper.poll(0.2), 2.0)
+
+    closed = f"http://127.0.0.1:{free_port()}/api"  # nothing listens there
+    with temporary_settings(updates={PREFECT_API_URL: closed, PREFECT_CLIENT_MAX_RETRIES: 0}):
+        asyncio.run(one_poll())
+    assert swapper.problem is not None and "cannot reach the Prefect API" in swapper.problem, swapper.problem
+    assert "still serving run 'earlier-run'" in swapper.problem and "Fix:" in swapper.problem
+    asyncio.run(one_poll())  # the API answers again
+    assert swapper.problem is None
+    assert swapper.current is not None and swapper.current.flow_run_name == "earlier-run"

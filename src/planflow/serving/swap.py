@@ -52,18 +52,43 @@ class ModelSwapper:
         self.path = path
         self.metrics = metrics
         self.current: LoadedRun | None = None
-        self.problem: str | None = no_run_message(path.pipeline.name)
+        self._load_problem: str | None = no_run_message(path.pipeline.name)
+        self._api_problem: str | None = None  # the last check could not reach the Prefect API
         # the newest run whose outputs failed to load: not read again at each poll (only the
         # newest Completed run is ever read, so a server up for months keeps one id, not all)
         self._broken: str | None = None
         self.record_grace_seconds = RECORD_GRACE_SECONDS
         self._pending: set[str] = set()  # runs whose task runs the server has not recorded yet
+        self._api_problem_since: datetime | None = None
+
+    @property
+    def problem(self) -> str | None:
+        """What keeps the service from serving the pipeline's newest run, or None: no run
+        to load, a run that failed to load, or the Prefect API out of reach (then, with a
+        model loaded, it is still served: /readyz says ready, and names the problem)."""
+        problems = [p for p in (self._api_problem, self._load_problem) if p]
+        return "; ".join(problems) if problems else None
+
+    @problem.setter
+    def problem(self, value: str | None) -> None:
+        self._load_problem = value
+
+    def api_unreachable(self, exc: BaseException) -> None:
+        """A check could not reach the Prefect API: named in `problem` until one does."""
+        kept = f"; still serving run '{self.current.flow_run_name}'" if self.current else ""
+        since = self._api_problem_since or datetime.now(UTC)
+        self._api_problem_since = since
+        self._api_problem = (
+            f"cannot reach the Prefect API to check for a newer run (since {since:%Y-%m-%d %H:%M:%S} UTC): "
+            f"{exc!r}{kept}. Fix: check that the Prefect server at PREFECT_API_URL is up"
+        )
 
     async def check(self) -> bool:
         """Load the newest Completed run if it is not the one served; True on a swap."""
         name = self.path.pipeline.name
         async with get_client() as client:
             run = await latest_completed_run(client, name)
+            self._api_problem = self._api_problem_since = None  # the API answered
             if run is None:
                 if self.current is None:
                     self.problem = no_run_message(name)
@@ -123,6 +148,5 @@ class ModelSwapper:
                 raise
             except Exception as exc:  # the API down for a moment: keep serving, try again
                 log.warning("checking for a newer run of %s failed: %r", self.path.pipeline.name, exc)
-                if self.current is None:
-                    self.problem = f"cannot reach the Prefect API to find a run: {exc!r}"
+                self.api_unreachable(exc)
             await asyncio.sleep(interval)
