@@ -14,7 +14,7 @@ import pytest
 
 from planflow import to_flow
 from planflow.core.component import ComponentSpecError, component
-from planflow.core.pipeline import Pipeline
+from planflow.core.pipeline import Pipeline, PipelineError
 from planflow.runtime import history
 from planflow.runtime.planning import make_plan
 
@@ -89,6 +89,35 @@ def test_a_pipelines_totals_are_at_its_own_parameters_work():
 
 def _rows(n_rows: int = 1000) -> int:
     return n_rows
+
+
+def test_a_negative_work_parameter_is_refused_and_zero_work_is_planned_short(tmp_path):
+    """A run with n_rows=-5 was planned at the declared 4 s, as if at the reference rows;
+    it is refused now, naming the step and the fix. n_rows=0 is no work (planned at the
+    minimum), and a recorded run of no work is not scaled up to a run with work."""
+    rows = component(cpu=1, mem_gib=0.25, est_seconds=4, scales_with={"n_rows": 1000})(_rows)
+    pipeline = Pipeline("scaled-signs", [rows])
+    with pytest.raises(PipelineError) as error:
+        pipeline.resolve_params({"n_rows": -5})
+    assert (
+        "parameter 'n_rows'=-5: step '_rows' scales its estimate with it (scales_with={'n_rows': ...}), "
+        "so it must be >= 0. Fix: e.g. --param n_rows=1000" in str(error.value)
+    )
+    assert make_plan(pipeline, params={"n_rows": 0}).plan["_rows"].duration == pytest.approx(history.MIN_SECONDS)
+
+    name = f"rows-{uuid.uuid4().hex[:8]}"
+    source = """
+    from planflow import component
+
+    @component(cpu=1, mem_gib=0.25, est_seconds=4, scales_with={{"n_rows": 1000}}, name="{name}")
+    def rows(n_rows: int = 1000) -> int:
+        return n_rows
+    """
+    recorded = load(tmp_path / "rows.py", source, name).rows
+    learning = Pipeline("scaled-zero", [recorded])
+    history.record(history.Observation(recorded.name, recorded.code_version, "local", 0.3, work={"n_rows": 0.0}))
+    assert make_plan(learning, params={"n_rows": 2000}).plan[name].duration == pytest.approx(8.0)  # declared
+    assert make_plan(learning, params={"n_rows": 0}).plan[name].duration == pytest.approx(0.3)  # learned
 
 
 def test_history_keys_fit_prefect_and_name_the_component_and_its_code_version():

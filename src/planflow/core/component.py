@@ -102,12 +102,13 @@ class ResourceSpec:
 
     def work_factor(self, work: Mapping[str, Any]) -> float:
         """How much more work than at the declared reference values `work` is: the
-        product of value / reference over `scales_with` (a value missing from `work`,
-        or not a positive number, counts as the reference)."""
+        product of value / reference over `scales_with` (0 for a value of 0: no work; a
+        value missing from `work`, or not a number >= 0, counts as the reference, and
+        Pipeline.resolve_params refuses a run's negative one)."""
         factor = 1.0
         for name, reference in self.scales_with.items():
             value = work.get(name)
-            if _is_number(value) and value > 0:
+            if _is_number(value) and value >= 0:
                 factor *= float(value) / reference
         return factor
 

@@ -153,9 +153,28 @@ class Pipeline:
                 problems.append(
                     f"parameter '{key}'={value!r} is not a {type(default).__name__} (its default is {default!r})"
                 )
+        problems += self._work_problems(resolved)
         if problems:
             raise PipelineError(f"pipeline '{self.name}':\n" + "\n".join(f"  - {p}" for p in problems))
         return resolved
+
+    def _work_problems(self, resolved: Mapping[str, Any]) -> list[str]:
+        """A negative value of a parameter a step's estimate scales with (`scales_with`):
+        its plan would take the step's time as negative work (it was planned unscaled)."""
+        problems = []
+        for step, bindings in self.bindings.items():
+            for name in self.steps[step].spec.scales_with:
+                binding = bindings.get(name)
+                if binding is None or binding.kind != "param":
+                    continue
+                value = resolved.get(binding.source)
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+                    problems.append(
+                        f"parameter '{binding.source}'={value!r}: step '{step}' scales its estimate with it "
+                        f"(scales_with={{{name!r}: ...}}), so it must be >= 0. "
+                        f"Fix: e.g. --param {binding.source}={self.steps[step].spec.scales_with[name]:g}"
+                    )
+        return problems
 
     def step_kwargs(self, name: str, params: Mapping[str, Any], outputs: Mapping[str, Any]) -> dict[str, Any]:
         """The keyword arguments of one step, from upstream outputs and parameters."""

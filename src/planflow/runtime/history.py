@@ -373,9 +373,12 @@ def recent_durations(
         for seen in read[history_key(step.component.name, step.component.code_version)]:
             if seen.isolation is not None and seen.isolation != isolation:
                 continue
+            then = spec.work_factor(seen.work or {})
+            if then == 0 and now != 0:  # a run of no work says nothing of a run with some
+                continue
             samples = durations.setdefault((name, seen.pool), [])
             if len(samples) < runs:
-                samples.append(seen.seconds * now / spec.work_factor(seen.work or {}))
+                samples.append(seen.seconds * (now / then if then else 1.0))
     return durations
 
 
