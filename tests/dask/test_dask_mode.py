@@ -5,6 +5,8 @@ refused with the fix."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import time
 
@@ -41,6 +43,30 @@ def test_predictive_maintenance_completes_in_dask_mode():
     metrics = {k: v for s in result["steps"].values() for k, v in s["metrics"].items()}
     assert metrics["f1"] > 0.5 and metrics["mae_cycles"] < 40  # computed on the workers
     assert metrics["max_jobs_per_shift"] <= 3
+
+
+def test_a_steps_retries_on_a_worker_are_counted_and_the_history_learns_its_last_attempt():
+    """A step whose task failed once and passed 1 s later (Prefect's retry, on the worker)
+    was learned at both attempts and the delay (over 1.1 s for a 0.1 s step)."""
+    import toy_dags
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    result = to_flow(toy_dags.retried_step)(tag="dask-attempts", mode="dask")
+    step = result["steps"]["shaky"]
+    assert step["state"] == "Completed" and step["attempts"] == 2, step
+    assert step["seconds"] > 1.0  # both attempts and the retry's delay, as the dispatcher saw them
+
+    async def artifacts():
+        async with get_client() as client:
+            return await client.read_artifacts(
+                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[result["flow_run_id"]]))
+            )
+
+    learned = [a.data for a in asyncio.run(artifacts()) if a.key and a.key.startswith("planflow-history-shaky-")]
+    assert len(learned) == 1
+    data = learned[0] if isinstance(learned[0], dict) else json.loads(learned[0])
+    assert 0.1 <= data["seconds"] < 0.6, data  # the last attempt's time, not the retry's delay
 
 
 def test_each_worker_runs_no_more_than_its_resources_allow():

@@ -16,19 +16,25 @@ How long a step ran is the Dask worker's compute time of its task (the Prefect t
 on the worker, engine and result persistence included: what a task costs in-process
 too), not release to completion as the dispatcher sees it: the dispatcher releases every
 ready step before it listens, and a step waiting in the cluster's queue is not running.
+After Prefect's retries (a component's `retries`) it is the last attempt's time, as in
+process: the earlier attempts and the retry delays are not the component's duration.
 That is what the history learns (reporters.HistoryReporter reads `StepRecord.ran_seconds`).
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import dask
 import distributed
 from distributed.scheduler import KilledWorker
+from prefect.context import TaskRunContext
 from prefect_dask import DaskTaskRunner
 
 from planflow.core.pipeline import Pipeline
@@ -73,9 +79,48 @@ class DaskOutput:
     future: Any
     metrics: dict[str, float]
     seconds: float | None = None  # its task's compute time on the worker (None: not known)
+    attempts: int = 1  # its task's attempts (Prefect's retries)
+    last_attempt_seconds: float | None = None  # after retries: how long the last one took
 
     def key_metrics(self) -> dict[str, float]:
         return dict(self.metrics)
+
+
+# On a worker: per task run, (the attempts its function made, the last one's seconds),
+# until the step's outcome takes them (_outcome runs where the task ran).
+_ATTEMPTS: dict[str, tuple[int, float]] = {}
+
+
+def _attempted(began: float) -> None:
+    """On a worker: an attempt of the current task run's function ended."""
+    context = TaskRunContext.get()
+    if context is not None:
+        key = str(context.task_run.id)
+        _ATTEMPTS[key] = (_ATTEMPTS.get(key, (0, 0.0))[0] + 1, time.perf_counter() - began)
+
+
+def timed_attempts(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`fn` timing each of its attempts on the worker (functools.wraps: Prefect reads the
+    original's signature, and the cache key the original's source)."""
+    if inspect.iscoroutinefunction(fn):
+
+        async def run_async(*args: Any, **kwargs: Any) -> Any:
+            began = time.perf_counter()
+            try:
+                return await fn(*args, **kwargs)
+            finally:
+                _attempted(began)
+
+        return functools.wraps(fn)(run_async)
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        began = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _attempted(began)
+
+    return functools.wraps(fn)(run)
 
 
 def _ran_seconds(key: str) -> float | None:
@@ -91,10 +136,11 @@ def _ran_seconds(key: str) -> float | None:
 
 def _outcome(state: Any, key: str) -> tuple[bool, Any]:
     """Runs on a worker holding the step's final state (Dask runs it where that is):
-    (True, (key metrics, seconds it ran)) or (False, the step's error), all small, so no
-    output travels to the dispatcher."""
+    (True, (key metrics, seconds it ran, attempts, the last attempt's seconds)) or (False,
+    the step's error), all small, so no output travels to the dispatcher."""
+    attempts, last = _ATTEMPTS.pop(str(state.state_details.task_run_id), (1, None))
     if state.is_completed():
-        return True, (reporting.key_metrics(state.result()), _ran_seconds(key))
+        return True, (reporting.key_metrics(state.result()), _ran_seconds(key), attempts, last)
     try:
         state.result()
     except BaseException as exc:  # the step's own error, returned as a value
@@ -126,8 +172,8 @@ class DaskStep:
             ) from exc
         if not ok:
             raise value
-        metrics, seconds = value
-        return DaskOutput(self.step, self.future, metrics, seconds)
+        metrics, seconds, attempts, last = value
+        return DaskOutput(self.step, self.future, metrics, seconds, attempts, last)
 
     def _refused(self) -> DaskTaskRefused | None:
         """Why the scheduler failed the step's own task, when it did: its outcome is then
@@ -202,16 +248,25 @@ class DaskExecutor(Executor):
     def measure(self, record: StepRecord) -> None:
         """The worker's compute time, never above release to completion: Dask times it by
         the wall clock, which a clock step (NTP, a resumed VM) moves, and the history must
-        not learn that step; the dispatcher's clock is monotonic."""
-        if isinstance(record.result, DaskOutput) and record.result.seconds:
+        not learn that step; the dispatcher's clock is monotonic. After retries, the last
+        attempt's time (the attempts counted in the run's summary)."""
+        output = record.result
+        if not isinstance(output, DaskOutput):
+            return
+        ran = output.seconds
+        if output.attempts > 1:
+            record.attempts = output.attempts
+            ran = output.last_attempt_seconds if output.last_attempt_seconds is not None else ran
+        if ran:
             seen = record.seconds
-            record.ran_seconds = record.result.seconds if seen is None else min(record.result.seconds, seen)
+            record.ran_seconds = ran if seen is None else min(ran, seen)
 
     def start(self, step: str, outputs: dict[str, Any]) -> StepFuture:
         assert self._runner is not None and self._submitter is not None, "use DaskExecutor as a context manager"
         a = self.assignments[step]
         component = self.pipeline.steps[step].component
         task = step_task(component, step)
+        task.fn = timed_attempts(component.fn)
         upstream = {name: out.future if isinstance(out, DaskOutput) else out for name, out in outputs.items()}
         kwargs = self.pipeline.step_kwargs(step, self.params, upstream)
         with dask.annotate(resources=task_resources(a.pool, a.demand)):
