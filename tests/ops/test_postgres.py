@@ -84,3 +84,18 @@ def test_a_server_on_another_database_or_an_unknown_one_is_named_with_the_fix(pa
     server.up(paths, port=server.free_port(), db="sqlite")
     with pytest.raises(server.StackError, match=r"runs on sqlite, not postgres\. Fix: `planflow server down`"):
         server.up(paths, db="postgres")
+
+
+def test_a_first_start_on_the_other_database_says_it_starts_empty(paths):
+    """`server up --db postgres` after SQLite started from an empty database without a
+    word: the project's runs, deployments and blocks seemed lost."""
+    assert server.new_database_note(paths, "postgres") is None  # nothing held anywhere yet
+    server.up(paths, port=server.free_port(), db="sqlite")
+    server.down(paths)
+    note = server.new_database_note(paths, "postgres")
+    assert note is not None and note.startswith("a new, empty PostgreSQL database")
+    assert "stay in its sqlite database" in note and "`planflow server up --db sqlite` finds them again" in note
+    assert server.new_database_note(paths, "sqlite") is None  # back to the one that holds them
+    server.up(paths, port=server.free_port(), db="postgres")
+    server.down(paths)
+    assert server.new_database_note(paths, "postgres") is None  # started before: not new

@@ -28,6 +28,7 @@ def server_up(
 ) -> None:
     """Start the embedded Prefect server (reused when already running)."""
     before = stack.status()
+    note = None if before.running or db not in stack.DATABASES else stack.new_database_note(StatePaths.discover(), db)
     try:
         state = stack.up(host=host, port=port, db=db)
     except stack.StackError as exc:
@@ -35,6 +36,8 @@ def server_up(
     verb = "already running" if before.running else "started"
     console.print(f"Prefect server {verb}: {state.url} (pid {state.pid}, database {db})")
     console.print(f"UI: {state.url.removesuffix('/api')}")
+    if note:
+        console.print(f"note: {note}")
 
 
 @server_app.command("down")

@@ -159,6 +159,26 @@ def prefect_command() -> list[str]:
 DATABASES = ("sqlite", "postgres")
 
 
+def new_database_note(paths: StatePaths, db: str) -> str | None:
+    """What to say when `up` is about to start the server on `db` for the first time while
+    the project's other database holds its runs: the new one starts empty (Prefect moves
+    nothing between them), which `up` used to leave unsaid."""
+    sqlite_held = (paths.prefect_home / "prefect.db").exists()
+    postgres_held = Cluster(paths).initialized
+    if db == "postgres" and sqlite_held and not postgres_held:
+        new, old = "PostgreSQL", "sqlite"
+    elif db == "sqlite" and postgres_held and not sqlite_held:
+        new, old = "SQLite", "postgres"
+    else:
+        return None
+    return (
+        f"a new, empty {new} database: this project's runs, deployments, blocks, work pools and automations "
+        f"stay in its {old} database (Prefect moves nothing between them; `planflow server up --db {old}` "
+        "finds them again). Fix, to use this one: create them here again, e.g. `planflow blocks apply`, "
+        "`planflow workpools apply`, `planflow automations apply` and `prefect deploy --all`"
+    )
+
+
 def server_env(paths: StatePaths, host: str, port: int, database_url: str | None = None) -> dict[str, str]:
     """The server's environment; `database_url` (PostgreSQL) replaces the default SQLite."""
     env = dict(os.environ)
