@@ -61,3 +61,28 @@ def test_a_malformed_online_path_shows_the_form_not_a_file_of_this_repository():
     assert "max_batch: Input should be greater than or equal to 1 (got 0)" in message and "steps:" in message
     assert "Fix: write it in this form:\n  pipeline: my-pipeline" in message
     assert "fraud" not in message  # it pointed at pipelines/fraud-risk.online.yaml, which a project does not have
+
+
+def test_a_yaml_online_path_names_every_problem_at_once():
+    """A `max_batch: 0` hid a step's typo: the form's errors raised before the steps were
+    looked at. Now the form, the imports and the wiring are all named in one error."""
+    pipeline = find_online_path("fraud-risk").pipeline
+    document = {
+        "pipeline": "fraud-risk",
+        "steps": {"features": None, "scores": "flows.fraud_risk.steps:score_rowz"},
+        "max_batch": 0,
+    }
+    with pytest.raises(OnlinePathError) as caught:
+        OnlinePath.from_dict(document, source="online.yaml", pipeline=pipeline)
+    message = str(caught.value)
+    assert "max_batch: Input should be greater than or equal to 1 (got 0)" in message
+    assert "steps.scores:" in message and "score_rowz" in message, message
+    assert len(caught.value.problems) == 2
+
+    document = {"pipeline": "fraud-risk", "steps": {"featurez": None}, "load": {"model": "risk_modle"}, "max_batch": 0}
+    with pytest.raises(OnlinePathError) as caught:
+        OnlinePath.from_dict(document, source="online.yaml", pipeline=pipeline)
+    problems = caught.value.problems
+    assert problems[0].startswith("max_batch:")
+    assert any("'risk_modle', which pipeline 'fraud-risk' does not have" in p for p in problems), problems
+    assert any(p.startswith("step 'featurez': no function") for p in problems), problems

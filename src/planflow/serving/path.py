@@ -37,7 +37,12 @@ DEFAULT_MAX_BATCH = 64
 
 
 class OnlinePathError(ValueError):
-    """An online path is invalid; the message lists every problem and its fix."""
+    """An online path is invalid; the message lists every problem and its fix (`problems`:
+    each on its own, where known)."""
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = list(problems or [])
 
 
 @dataclass(frozen=True)
@@ -97,7 +102,7 @@ class OnlinePath:
             )
         if problems:
             lines = "\n".join(f"  - {p}" for p in problems)
-            raise OnlinePathError(f"online path of pipeline '{pipeline.name}' is invalid:\n{lines}")
+            raise OnlinePathError(f"online path of pipeline '{pipeline.name}' is invalid:\n{lines}", problems)
 
     def _wire(self, name: str, fn: Callable[..., Any], known: list[str]) -> tuple[tuple[str, ...], list[str]]:
         problems: list[str] = []
@@ -173,30 +178,72 @@ class OnlinePath:
 
     @classmethod
     def from_dict(cls, document: Any, source: str = "<dict>", pipeline: Pipeline | None = None) -> OnlinePath:
+        form: list[str] = []  # what the YAML's form gets wrong
         try:
-            spec = OnlinePathSpec.model_validate(document)
+            spec: OnlinePathSpec | None = OnlinePathSpec.model_validate(document)
         except ValidationError as exc:
-            lines = "\n".join(
-                f"  - {'.'.join(map(str, e['loc'])) or '(top)'}: {e['msg']} (got {e.get('input')!r})"
-                for e in exc.errors()
-            )
-            raise OnlinePathError(
-                f"{source} is not a valid online path:\n{lines}\nFix: write it in this form:\n{SPEC_FORM}"
-            ) from None
-        if pipeline is None:
-            pipeline = _find_pipeline(spec.pipeline)
-        elif pipeline.name != spec.pipeline:
-            raise OnlinePathError(f"{source} is the online path of '{spec.pipeline}', not of '{pipeline.name}'")
-        steps: dict[str, Any] = {}
-        problems = []
-        for name, target in spec.steps.items():
-            try:
-                steps[name] = import_object(target) if target else None
-            except Exception as exc:
-                problems.append(f"steps.{name}: {exc}")
-        if problems:
-            raise OnlinePathError(f"{source}: " + "; ".join(problems))
-        return cls(pipeline, steps, spec.load, spec.max_batch)
+            form = [
+                f"{'.'.join(map(str, e['loc'])) or '(top)'}: {e['msg']} (got {e.get('input')!r})" for e in exc.errors()
+            ]
+            spec = _without_bad_options(document, exc)  # the rest is checked too, so all is said at once
+        built, problems = cls._built(spec, source, pipeline) if spec is not None else (None, [])
+        problems = form + problems
+        if problems or built is None:
+            lines = "\n".join(f"  - {p}" for p in problems)
+            fix = f"\nFix: write it in this form:\n{SPEC_FORM}" if form else ""
+            raise OnlinePathError(f"{source} is not a valid online path:\n{lines}{fix}", problems)
+        return built
+
+    @classmethod
+    def _built(
+        cls, spec: OnlinePathSpec, source: str, pipeline: Pipeline | None
+    ) -> tuple[OnlinePath | None, list[str]]:
+        """The path of a well-formed spec, or every problem of it: its pipeline, its steps'
+        imports, their wiring."""
+        try:
+            pipeline = _pipeline_of(spec, source, pipeline)
+        except OnlinePathError as exc:
+            return None, [str(exc)]
+        steps, problems = _imported(spec)
+        if problems:  # the wiring of a step that did not import says nothing more
+            return None, problems
+        try:
+            return cls(pipeline, steps, spec.load, spec.max_batch), []
+        except OnlinePathError as exc:
+            return None, exc.problems or [str(exc)]
+
+
+def _pipeline_of(spec: OnlinePathSpec, source: str, pipeline: Pipeline | None) -> Pipeline:
+    if pipeline is None:
+        return _find_pipeline(spec.pipeline)
+    if pipeline.name != spec.pipeline:
+        raise OnlinePathError(f"{source} is the online path of '{spec.pipeline}', not of '{pipeline.name}'")
+    return pipeline
+
+
+def _imported(spec: OnlinePathSpec) -> tuple[dict[str, Any], list[str]]:
+    """Each step's function imported (None: the pipeline's step reused), and the imports that failed."""
+    steps: dict[str, Any] = {}
+    problems = []
+    for name, target in spec.steps.items():
+        try:
+            steps[name] = import_object(target) if target else None
+        except Exception as exc:
+            problems.append(f"steps.{name}: {exc}")
+    return steps, problems
+
+
+def _without_bad_options(document: Any, exc: ValidationError) -> OnlinePathSpec | None:
+    """The spec without its bad optional keys (load, max_batch, unknown ones), so that its
+    pipeline and steps are checked too (a `max_batch: 0` hid a step's typo); None when the
+    pipeline or the steps themselves are wrong."""
+    failed = {e["loc"][0] for e in exc.errors() if e["loc"]}
+    if not isinstance(document, dict) or not failed or failed & {"pipeline", "steps"}:
+        return None
+    try:
+        return OnlinePathSpec.model_validate({k: v for k, v in document.items() if k not in failed})
+    except ValidationError:
+        return None
 
 
 class OnlinePathSpec(BaseModel):
