@@ -306,6 +306,15 @@ def test_a_command_against_a_server_with_auth_on_names_the_missing_credentials(a
         timeout=120,
     )
     assert allowed.returncode == 0 and "local" in allowed.stdout, allowed.stderr[-2000:]
+    # `planflow env` (for `eval`) says on stderr that the shell needs the credentials too
+    exports = subprocess.run([planflow, "env"], env=env, capture_output=True, text=True, timeout=120)
+    assert exports.returncode == 0 and f"export PREFECT_API_URL={api}" in exports.stdout, exports.stderr
+    assert "asks for credentials" in exports.stderr and "PREFECT_API_AUTH_STRING" in exports.stderr
+    assert auth not in exports.stdout + exports.stderr
+    sent = subprocess.run(
+        [planflow, "env"], env={**env, "PREFECT_API_AUTH_STRING": auth}, capture_output=True, text=True, timeout=120
+    )
+    assert sent.returncode == 0 and "asks for credentials" not in sent.stderr, sent.stderr
 
 
 def test_a_server_state_folder_left_readable_is_made_private(auth_server):

@@ -70,5 +70,14 @@ def server_status() -> None:
 def env() -> None:
     """Print the exports that point `prefect` commands at the embedded server:
     `eval "$(planflow env)"`."""
-    for key, value in client_env().items():
+    exports = client_env()
+    for key, value in exports.items():
         say(f"export {key}={shlex.quote(value)}")
+    url = exports["PREFECT_API_URL"]
+    if stack.auth_refused(url, timeout=1.0):  # on stderr: `eval` takes stdout alone
+        typer.echo(
+            f"# the Prefect server at {url} asks for credentials that this shell does not send: also "
+            "export PREFECT_API_AUTH_STRING='user:password' (the value the server was started with, in "
+            "PREFECT_SERVER_API_AUTH_STRING; planflow never prints it)",
+            err=True,
+        )
