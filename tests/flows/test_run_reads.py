@@ -1,7 +1,7 @@
 """A run takes the planning slot beside its other reads, and its calendar entry is saved
-while its first slots are taken (real Prefect server): the slot always goes back, the
-first component waits for the save, and a save that fails fails the run naming it,
-with nothing run and nothing held."""
+while its first slots are taken and its first components start (real Prefect server):
+the slot always goes back, and a save that failed before the first component fails the
+run naming it, with nothing run and nothing held."""
 
 from __future__ import annotations
 

@@ -108,8 +108,9 @@ class RunCalendar(PoolOrder, Reporter):
     ) -> float:
         """Record the plan's reservations; returns the ETA (Unix time). The entry is saved
         on a thread of its own, and `then` called after the save, saved or not (the runner
-        gives the planning slot back there): the run goes on to take its first slots
-        meanwhile, and `written` waits for the save before its first component starts.
+        gives the planning slot back there): the run goes on to take its first slots and
+        start its first components meanwhile (a first save that failed fails them:
+        `first_save_error`).
         `allowed`: how much longer than planned runs of this kind took (eta_history.py):
         the ETA is the plan's makespan times its factor, kept so as the run goes on."""
         self.makespan = max((a.planned_finish or 0.0 for a in assignments.values()), default=0.0)
@@ -138,6 +139,12 @@ class RunCalendar(PoolOrder, Reporter):
                 self._save()
             except BaseException as exc:
                 written.set_exception(exc)
+                # a component that started meanwhile runs on: said, and saved at the next change
+                self.logger.warning(
+                    "the run's pool calendar entry was not saved (%s): other runs plan without it until a later "
+                    "save lands (its slots still hold its share of the pools)",
+                    exc,
+                )
             else:
                 written.set_result(None)
             finally:
@@ -161,6 +168,14 @@ class RunCalendar(PoolOrder, Reporter):
                 f"the pool calendar entry of run {self.run_id} was not saved within {timeout:g} s "
                 "(the Prefect server does not answer in time). Fix: check the server (planflow server status)"
             ) from None
+
+    def first_save_error(self) -> BaseException | None:
+        """The error of the entry's first save (`write`) if it ended so; None while it is
+        under way, or once it landed."""
+        written = self._written
+        if written is None or not written.done():
+            return None
+        return written.exception()
 
     def on_planned(self, run: RunInfo) -> None:
         if self.entry is None:

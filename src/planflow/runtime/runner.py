@@ -197,7 +197,7 @@ def _run(
             if admit is not None and calendar is not None and policy == "plan" and options.hold_to_calendar:
                 admit = calendar.admit(admit)  # start where the calendar says (kept current by re-planning)
             if admit is not None and calendar is not None:
-                admit = _AfterWrite(admit, calendar.written)  # no component before the run's entry is saved
+                admit = _AfterWrite(admit, calendar.first_save_error)  # a failed first save of the entry fails the step
             notify = partial(bus.step, run)
             if calendar is not None:
                 notify = calendar.listen(run, notify)
@@ -287,8 +287,8 @@ def plan_shared(
     written, all under the planning slot. `reads`: what read_for_run read (read now when
     None), the slot already held and the calendar read under it when it took them
     (`lock_calendar`). The entry is saved on a thread of its own, which gives the slot
-    back once it is saved: the run takes its first slots meanwhile, and its first
-    component waits for the save (`calendar.written`, `_AfterWrite`)."""
+    back once it is saved: the run takes its first slots and starts its first components
+    meanwhile (`_AfterWrite`: a save that failed fails them)."""
     reads = reads or read_for_run(pipeline, policy, mode, local_pool, params, refresh, None, True)
     planning = reads.planning or ExitStack()  # closed: the planning slot goes back
     try:
@@ -325,12 +325,14 @@ def plan_shared(
 
 
 class _AfterWrite:
-    """The dispatcher's `admit` once the run's calendar entry is saved: its `prepare`
-    (the first round's slots) goes ahead of the save, a step's take waits for it (and
-    fails, naming why, when the save failed)."""
+    """The dispatcher's `admit` beside the first save of the run's calendar entry: a step's
+    take fails, naming why, when that save has failed; it no longer waits for the save
+    (about 50 ms of a server's artifact write before the first component, with nothing
+    to gain: the planning slot is held until the save ends, so no other run plans
+    meanwhile, and the saver retries a failed first save at the next change)."""
 
-    def __init__(self, take: Any, written: Callable[[], None]) -> None:
-        self.take, self._written = take, written  # `written` returns at once once the save ended
+    def __init__(self, take: Any, save_error: Callable[[], BaseException | None]) -> None:
+        self.take, self._save_error = take, save_error
         self.prepare = getattr(take, "prepare", None)
         self.wake_with = getattr(take, "wake_with", None)
 
@@ -339,7 +341,9 @@ class _AfterWrite:
         return getattr(self.take, "poll_seconds", POLL_SECONDS)
 
     def __call__(self, a: Assignment) -> Any:
-        self._written()
+        error = self._save_error()
+        if error is not None:
+            raise error
         return self.take(a)
 
 
