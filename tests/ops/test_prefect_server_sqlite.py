@@ -103,3 +103,37 @@ def test_concurrent_slot_takes_meet_no_busy_database_and_never_exceed_the_limit(
     assert answers[200] == WRITERS * ROUNDS and answers[204] == WRITERS * ROUNDS, answers
     assert len(active_seen) == WRITERS * ROUNDS and 1 <= min(active_seen) and max(active_seen) <= LIMIT, active_seen
     assert limit["active_slots"] == 0, f"slots taken twice or not given back: {limit}"
+
+
+@pytest.mark.slow
+def test_slots_held_across_a_server_restart_come_back_when_their_lease_ends():
+    """Prefect keeps slot leases in its server's memory by default: a restart lost the
+    leases while their slots stayed taken in the database, and nothing gave them back (a
+    new user's pool stayed "full", later runs waiting up to PLANFLOW_SLOT_WAIT_SECONDS).
+    planflow's server keeps them on disk: the repossessor ends them after a restart too."""
+    import time
+
+    from planflow.ops import server
+    from planflow.settings import StatePaths
+
+    from tests.conftest import own_temp_folder
+
+    paths = StatePaths(own_temp_folder("planflow-leases-"))
+    name = f"restart-{uuid.uuid4().hex[:8]}"
+    try:
+        api = server.up(paths, port=server.free_port()).url
+        with httpx.Client(base_url=api, timeout=30) as client:
+            client.post("/v2/concurrency_limits/", json={"name": name, "limit": 4}).raise_for_status()
+            body = {"names": [name], "slots": 3, "mode": "concurrency", "lease_duration": 60}
+            client.post("/v2/concurrency_limits/increment-with-lease", json=body).raise_for_status()
+        assert list((paths.prefect_home / "concurrency_leases").glob("*.json")), "no lease kept on disk"
+        server.down(paths)  # the run that held them is gone with it (exit 75), its lease not given back
+        api = server.up(paths, port=server.free_port()).url
+        taken = time.monotonic()
+        bound = 60 + 15 + 45  # the lease, the repossessor's loop (15 s), a loaded machine
+        with httpx.Client(base_url=api, timeout=30) as client:
+            while (held := client.get(f"/v2/concurrency_limits/{name}").json()["active_slots"]) > 0:
+                assert time.monotonic() - taken < bound, f"{held} slots still held {bound} s after the restart"
+                time.sleep(1)
+    finally:
+        server.down(paths)

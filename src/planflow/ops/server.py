@@ -157,6 +157,7 @@ def prefect_command() -> list[str]:
 
 
 DATABASES = ("sqlite", "postgres")
+LEASE_STORAGE = "prefect.server.concurrency.lease_storage.filesystem"
 
 
 def new_database_note(paths: StatePaths, db: str) -> str | None:
@@ -188,6 +189,10 @@ def server_env(paths: StatePaths, host: str, port: int, database_url: str | None
         env["PREFECT_API_DATABASE_CONNECTION_URL"] = database_url
     env.update(
         PREFECT_HOME=str(paths.prefect_home),
+        # the leases of concurrency slots kept on disk (PREFECT_HOME/concurrency_leases),
+        # not in the server's memory: a restart lost them while the slots they held stayed
+        # taken in the database, and nothing gave those back (a pool "full" for good)
+        PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE=LEASE_STORAGE,
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         PREFECT_SERVER_API_HOST=host,
         PREFECT_SERVER_API_PORT=str(port),
