@@ -315,6 +315,26 @@ pipeline = Pipeline("negcpu", [numbers])
 TYPO_YAML = "name: typo\nsteps:\n  - name: numbers\n    uses: flows.good.flow:numbrs\n"
 
 
+CHATTY = """
+from planflow import Pipeline, component
+
+
+@component(cpu=0.5, mem_gib=0.25, est_seconds=0.2)
+def said(n: int = 2) -> int:
+    print("a thread step prints")
+    return n
+
+
+@component(cpu=0.5, mem_gib=0.25, est_seconds=0.5, isolation="process")
+def shouted(said: int) -> int:
+    print("an isolated step prints")
+    return said + 1
+
+
+pipeline = Pipeline("chatty", [said, shouted])
+"""
+
+
 @pytest.fixture(scope="module")
 def user_project(tmp_path_factory) -> Path:
     """A user's own Prefect project: its own `flows/` package with one good and several
@@ -323,7 +343,12 @@ def user_project(tmp_path_factory) -> Path:
     (root / "pyproject.toml").write_text("[project]\nname = 'user-project'\n")
     (root / "flows").mkdir()
     (root / "flows" / "__init__.py").write_text("")
-    sources = [("good", GOOD), ("configured", CONFIGURED), *((name, code) for name, (code, _) in BROKEN.items())]
+    sources = [
+        ("good", GOOD),
+        ("configured", CONFIGURED),
+        ("chatty", CHATTY),
+        *((name, code) for name, (code, _) in BROKEN.items()),
+    ]
     for folder, source in sources:
         (root / "flows" / folder).mkdir()
         (root / "flows" / folder / "__init__.py").write_text("")
@@ -364,7 +389,7 @@ def test_pipelines_lists_each_broken_source_as_failed_without_a_traceback(user_p
     assert out.returncode == 1
     assert "Traceback" not in out.stdout + out.stderr
     rows = {line.split("│")[1].strip(): line for line in out.stdout.splitlines() if line.count("│") > 2}
-    assert set(rows) == {"good", "configured", "typo", *BROKEN}, out.stdout
+    assert set(rows) == {"good", "configured", "chatty", "typo", *BROKEN}, out.stdout
     assert "failed" not in rows["good"] and "failed" not in rows["configured"]
     assert all(rows[name].split("│")[2].strip() == "failed to load" for name in [*BROKEN, "typo"])
     for folder, (_, message) in BROKEN.items():
@@ -383,6 +408,15 @@ def test_param_errors_name_parameter_value_and_type_all_at_once(user_project, cl
         "  - --param scal=2: pipeline 'good' has no parameter 'scal'. Did you mean 'scale'? "
         "Its parameters: fast, n, scale"
     )
+
+
+def test_run_json_keeps_stdout_for_the_json_when_components_print(user_project, cli_env):
+    """A component's print(), in a thread or in a process of its own, came on stdout before
+    the JSON: `planflow run NAME --json > r.json` was not JSON."""
+    out = planflow_in(user_project, "run", "chatty", "--json", env=cli_env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout)["steps"]["shouted"]["state"] == "Completed", out.stdout[:500]
+    assert "a thread step prints" in out.stderr and "an isolated step prints" in out.stderr
 
 
 def test_params_are_converted_to_the_declared_types(user_project, cli_env):

@@ -105,6 +105,25 @@ class _DropRunTracebacks(logging.Filter):
 
 
 @contextmanager
+def stdout_on_stderr(on: bool = True) -> Iterator[None]:
+    """Within (when `on`): whatever writes to this process's stdout, its components' print()
+    and the processes it starts (an isolated step's child, the forkserver) alike, goes to
+    stderr, so that a command's own output (`run --json`) stays alone on stdout."""
+    if not on:
+        yield
+        return
+    sys.stdout.flush()
+    kept = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(kept, 1)
+        os.close(kept)
+
+
+@contextmanager
 def run_logs_off_the_terminal(tracebacks_only: bool = False) -> Iterator[None]:
     """Within: the runs' log lines (and tracebacks) go to the Prefect server only, not
     to the terminal; for a run whose failure is expected, and said in one line. With

@@ -24,6 +24,7 @@ from planflow.cli.common import (
     ensure_server,
     fail,
     run_logs_off_the_terminal,
+    stdout_on_stderr,
     run_url,
     say,
     ui_url,
@@ -405,7 +406,8 @@ def run(
     values = {**values, "refresh": True} if refresh else values
     url = ensure_server()
     try:
-        with run_logs_off_the_terminal(tracebacks_only=True):  # the traceback is in the run's log, linked below
+        # the traceback is in the run's log, linked below; with --json, stdout holds the JSON alone
+        with run_logs_off_the_terminal(tracebacks_only=True), stdout_on_stderr(json_output):
             result = execute(pipeline, flow, values, mode, show_progress=not json_output)
     except Exception as exc:  # the flow run failed; Prefect has logged the traceback to the server
         if json_output:
