@@ -76,6 +76,12 @@ def _errors(exc: ValidationError) -> list[dict[str, Any]]:
     ]
 
 
+def _not_json(name: str) -> Any:
+    """Python's JSON reader takes NaN and Infinity; JSON has neither. Refused as malformed
+    (a plain `float` field took a NaN, and the model then failed on it: a 500)."""
+    raise ValueError(f"{name} is not a JSON value (JSON has no NaN or Infinity); send null or leave the field out")
+
+
 def _json_safe(value: Any) -> Any:
     """`value` as JSON can carry it: a NaN or an infinity (which Python's JSON reader
     accepts in a request) as its name, "NaN" or "Infinity"; the 422 naming it became a
@@ -152,7 +158,7 @@ def create_app(
                 f"Fix: send at most {path.max_batch} records per request",
             )
         try:
-            document = json.loads(body)
+            document = json.loads(body, parse_constant=_not_json)
         except ValueError as exc:
             return refuse(400, "bad_request", f"the body is not JSON: {exc}. Fix: send a JSON object or list")
         except RecursionError:
