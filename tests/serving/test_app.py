@@ -130,6 +130,7 @@ def test_a_run_whose_task_runs_are_not_recorded_yet_is_asked_again_until_the_gra
     assert asyncio.run(swapper.check()) is False
     assert "has no Completed task run for scale" in swapper.problem
     assert "waiting for the server to record them" in swapper.problem
+    assert f"planflow run {path.pipeline.name}" in swapper.problem and "<pipeline>" not in swapper.problem
     assert not metrics.registry.get_sample_value("planflow_serving_model_load_failing", failing)
     swapper.record_grace_seconds = 0.0  # its end is now older than the grace: broken
     assert asyncio.run(swapper.check()) is False

@@ -88,8 +88,11 @@ async def latest_completed_run(client: PrefectClient, pipeline: str) -> FlowRun 
     return runs[0] if runs else None
 
 
-async def load_run(client: PrefectClient, flow_run: FlowRun, steps: Iterable[str]) -> LoadedRun:
-    """Read the outputs of `steps` from `flow_run`; RunOutputsError names what failed."""
+async def load_run(
+    client: PrefectClient, flow_run: FlowRun, steps: Iterable[str], pipeline: str = "<pipeline>"
+) -> LoadedRun:
+    """Read the outputs of `steps` from `flow_run` (a run of `pipeline`); RunOutputsError
+    names what failed."""
     steps = list(steps)
     task_runs = await client.read_task_runs(
         flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])),
@@ -109,8 +112,9 @@ async def load_run(client: PrefectClient, flow_run: FlowRun, steps: Iterable[str
     missing = [s for s in steps if s not in newest]
     if missing:
         raise TaskRunsNotRecordedError(
-            f"{where} has no Completed task run for {', '.join(missing)} (was it run in distributed mode, "
-            "or with persist_result off?). Fix: run the pipeline in process: planflow run <pipeline>"
+            f"{where} has no Completed task run for {', '.join(missing)}: the server records them a moment "
+            "after the run ends, and never for a run in distributed mode or with persist_result off "
+            f"(then, Fix: run the pipeline in process: planflow run {pipeline})"
         )
     outputs: dict[str, Any] = {}
     for step in steps:
@@ -134,7 +138,7 @@ async def read_latest_run(
         if run is None:
             raise NoCompletedRunError(no_run_message(pipeline))
         try:
-            return await load_run(client, run, steps)
+            return await load_run(client, run, steps, pipeline)
         except TaskRunsNotRecordedError as exc:
             if time.monotonic() >= deadline:
                 waited = f"waited {wait_seconds:g} s for the server to record them"

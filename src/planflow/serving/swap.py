@@ -97,7 +97,7 @@ class ModelSwapper:
             if (self.current and self.current.flow_run_id == run_id) or run_id == self._broken:
                 return False
             try:
-                loaded = await load_run(client, run, self.path.loaded_steps)
+                loaded = await load_run(client, run, self.path.loaded_steps, name)
             except RunOutputsError as exc:
                 if isinstance(exc, TaskRunsNotRecordedError) and self._recent(run):
                     self._not_recorded_yet(run_id, exc)
