@@ -335,6 +335,25 @@ pipeline = Pipeline("chatty", [said, shouted])
 """
 
 
+SLEEPY = """
+import os
+import time
+from pathlib import Path
+
+from planflow import Pipeline, component
+
+
+@component(cpu=0.5, mem_gib=0.25, est_seconds=60, isolation="process")
+def sleeper(marker: str = "") -> int:
+    Path(marker).write_text(str(os.getpid()))
+    time.sleep(120)
+    return 1
+
+
+pipeline = Pipeline("sleepy", [sleeper])
+"""
+
+
 @pytest.fixture(scope="module")
 def user_project(tmp_path_factory) -> Path:
     """A user's own Prefect project: its own `flows/` package with one good and several
@@ -347,6 +366,7 @@ def user_project(tmp_path_factory) -> Path:
         ("good", GOOD),
         ("configured", CONFIGURED),
         ("chatty", CHATTY),
+        ("sleepy", SLEEPY),
         *((name, code) for name, (code, _) in BROKEN.items()),
     ]
     for folder, source in sources:
@@ -389,7 +409,7 @@ def test_pipelines_lists_each_broken_source_as_failed_without_a_traceback(user_p
     assert out.returncode == 1
     assert "Traceback" not in out.stdout + out.stderr
     rows = {line.split("│")[1].strip(): line for line in out.stdout.splitlines() if line.count("│") > 2}
-    assert set(rows) == {"good", "configured", "chatty", "typo", *BROKEN}, out.stdout
+    assert set(rows) == {"good", "configured", "chatty", "sleepy", "typo", *BROKEN}, out.stdout
     assert "failed" not in rows["good"] and "failed" not in rows["configured"]
     assert all(rows[name].split("│")[2].strip() == "failed to load" for name in [*BROKEN, "typo"])
     for folder, (_, message) in BROKEN.items():
@@ -417,6 +437,45 @@ def test_run_json_keeps_stdout_for_the_json_when_components_print(user_project, 
     assert out.returncode == 0, out.stderr[-2000:]
     assert json.loads(out.stdout)["steps"]["shouted"]["state"] == "Completed", out.stdout[:500]
     assert "a thread step prints" in out.stderr and "an isolated step prints" in out.stderr
+
+
+def test_ctrl_c_stops_a_run_and_its_isolated_steps_process_at_once(user_project, cli_env, tmp_path):
+    """SIGINT ended `planflow run` only once its isolated step's process ended by itself
+    (56 s in a trial), and the step's process ran on."""
+    import signal
+    import time
+
+    import psutil
+
+    marker = tmp_path / "sleeper.pid"
+    run = subprocess.Popen(
+        [*PLANFLOW, "run", "sleepy", "-p", f"marker={marker}"],
+        env=dict(cli_env, COLUMNS="200"),
+        cwd=user_project,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (marker.exists() and marker.read_text()):
+            assert run.poll() is None, run.stdout.read()[-3000:]
+            assert time.monotonic() < deadline, "the isolated step never started"
+            time.sleep(0.2)
+        child = int(marker.read_text())
+        interrupted = time.monotonic()
+        run.send_signal(signal.SIGINT)
+        code = run.wait(timeout=60)
+        took = time.monotonic() - interrupted
+    finally:
+        if run.poll() is None:
+            run.kill()
+    output = run.stdout.read()
+    assert code != 0 and took < 20, f"exit {code} {took:.1f} s after SIGINT:\n{output[-3000:]}"
+    gone = time.monotonic() + 10
+    while psutil.pid_exists(child) and psutil.Process(child).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < gone, f"the step's process {child} outlived the interrupted run"
+        time.sleep(0.2)
 
 
 def test_params_are_converted_to_the_declared_types(user_project, cli_env):

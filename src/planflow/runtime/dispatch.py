@@ -128,6 +128,7 @@ Listener = Callable[[str, StepRecord], None]
 # ends), or None while they are busy. It may raise (e.g. a wait that ran out of time).
 Admit = Callable[[Assignment], AbstractContextManager[Any] | None]
 POLL_SECONDS = 0.5  # how often steps waiting for shared slots try again (unless `admit` has `poll_seconds`)
+SIGNAL_SLICE_SECONDS = 0.5  # the longest the dispatcher waits without its thread taking a signal (Ctrl-C)
 _WAKE: tuple[Any, Any, float] = (None, None, 0.0)  # put in the completions' queue by admit's wake-up
 
 
@@ -170,6 +171,23 @@ def _releasable(
             trial.acquire(a.pool, a.demand)
             chosen.append(a)
     return chosen
+
+
+def _next(done: queue.Queue[Any], wait: float | None) -> Any:
+    """The next item of `done` within `wait` seconds (None: no bound), else queue.Empty.
+    Waited in slices of SIGNAL_SLICE_SECONDS: a signal (Ctrl-C) that the kernel hands to
+    another of the process's threads reaches the main thread's handler only when its wait
+    wakes, and a run waiting for a long step ignored Ctrl-C until the step ended."""
+    deadline = None if wait is None else time.monotonic() + wait
+    while True:
+        left = SIGNAL_SLICE_SECONDS if deadline is None else min(SIGNAL_SLICE_SECONDS, deadline - time.monotonic())
+        if left <= 0:
+            raise queue.Empty
+        try:
+            return done.get(timeout=left)
+        except queue.Empty:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise
 
 
 def dispatch(
@@ -255,7 +273,7 @@ def dispatch(
             # pace is read each time (a step that claims its pool's slots asks more often)
             poll = getattr(admit, "poll_seconds", POLL_SECONDS)
             wait = poll * random.uniform(0.8, 1.2) if blocked else None  # noqa: S311 (jitter, not secrets)
-            ended_now = [done.get(timeout=wait)]
+            ended_now = [_next(done, wait)]
         except queue.Empty:
             continue
         # every step that ended meanwhile, before the next round: a step that ended while the

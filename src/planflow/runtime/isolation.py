@@ -28,6 +28,7 @@ context (`get_run_logger`) does not.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import inspect
 import multiprocessing
@@ -246,6 +247,23 @@ def _payload(step: str, fn: Callable[..., Any], args: tuple, kwargs: Mapping[str
         ) from exc
 
 
+_live_lock = threading.Lock()
+_live: set[Any] = set()  # the isolated steps' processes running now
+
+
+def kill_isolated_children() -> int:
+    """Kill the process of every isolated step running now (the run was interrupted, or its
+    server lost: the process is going down, and its waits for those steps would keep it
+    up until they end, Ctrl-C taking a minute); returns how many. Their steps fail as
+    killed, and their threads end."""
+    with _live_lock:
+        children = list(_live)
+    for child in children:
+        with contextlib.suppress(Exception):  # it ended meanwhile
+            child.kill()
+    return len(children)
+
+
 def run_isolated(
     step: str, fn: Callable[..., Any], args: tuple, kwargs: Mapping[str, Any], cpu: float, log: UsageLog | None = None
 ) -> Any:
@@ -262,11 +280,15 @@ def run_isolated(
         name=f"planflow-step-{step}",
     )
     try:
+        with _live_lock:
+            _live.add(child)
         child.start()
         send.close()
         message = _receive(step, child, receive)
         child.join(EXIT_SECONDS)
     finally:
+        with _live_lock:
+            _live.discard(child)
         if child.pid is not None and child.is_alive():  # the wait ended early (a timeout) or it hangs on exit
             child.kill()
             child.join(EXIT_SECONDS)

@@ -39,7 +39,7 @@ from planflow.runtime.eta_history import allowance, main_pool
 from planflow.runtime.events import EventBus, Reporter, RunInfo, add_listener, subscribe, subscribers
 from planflow.runtime.executors import Executor, InProcessExecutor, execute, warm_task_threads
 from planflow.runtime.fifo_eta import place_fifo
-from planflow.runtime.isolation import warm_forkserver
+from planflow.runtime.isolation import kill_isolated_children, warm_forkserver
 from planflow.runtime.planning import RunPlan, check_run_options, make_plan, plan_run, run_pools
 from planflow.runtime.reporters import (
     ArtifactReporter,
@@ -219,6 +219,8 @@ def _run(
         # an interrupt, a termination signal, Prefect's Abort or Pause: no final-state hook
         # may come in this process, so the reporting ends now, with what its steps did so far
         later = later and isinstance(exc, Exception)
+        if not isinstance(exc, Exception):  # the process is going down: its isolated steps' processes too
+            kill_isolated_children()
         if bus is not None and seen and not isinstance(exc, Exception):
             bus.finished(run, _so_far(plan.assignments, seen, exc))
         raise

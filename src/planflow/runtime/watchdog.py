@@ -137,6 +137,9 @@ def crash_when_back(flow_run_id: str, api_url: str) -> Callable[[str], None]:
             except (OSError, ValueError):
                 pass
         os.write(2, (message + "\n").encode())
+        isolation = sys.modules.get("planflow.runtime.isolation")  # loaded by a run; not imported for this
+        if isolation is not None:
+            isolation.kill_isolated_children()  # the forkserver's children outlive this process otherwise
         os._exit(EXIT_SERVER_LOST)
 
     return on_lost
