@@ -140,3 +140,11 @@ def _sees(i: int):
 
 
 context_seen = Pipeline("dask-context", [_sees(i) for i in range(8)], description="eight steps that name their flow")
+
+
+@component(cpu=0.5, mem_gib=0.25, est_seconds=0.2, cache="inputs")
+def cached_square(x: int = 3) -> int:
+    return x * x
+
+
+cached = Pipeline("dask-cached", [cached_square])

@@ -69,6 +69,18 @@ def test_a_steps_retries_on_a_worker_are_counted_and_the_history_learns_its_last
     assert 0.1 <= data["seconds"] < 0.6, data  # the last attempt's time, not the retry's delay
 
 
+def test_a_step_read_from_the_cache_on_a_worker_is_cached_and_not_learned():
+    """A step read back from the cross-run cache on a worker was reported Completed (the
+    dispatcher never saw its state), and the history learned its read as its time."""
+    import uuid
+
+    x = uuid.uuid4().int % 1_000_000
+    first = to_flow(dags.cached)(x=x, mode="dask")
+    second = to_flow(dags.cached)(x=x, mode="dask")
+    assert first["steps"]["cached_square"]["state"] == "Completed"
+    assert second["steps"]["cached_square"]["state"] == "Cached", second["steps"]
+
+
 def test_each_worker_runs_no_more_than_its_resources_allow():
     """The dispatcher's own ledger is made limitless here, so that only the cluster holds
     the capacities: four cpu=2 steps on two workers of local.cpu=2 run two at a time,

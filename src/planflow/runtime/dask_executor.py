@@ -140,7 +140,7 @@ def _outcome(state: Any, key: str) -> tuple[bool, Any]:
     the step's error), all small, so no output travels to the dispatcher."""
     attempts, last = _ATTEMPTS.pop(str(state.state_details.task_run_id), (1, None))
     if state.is_completed():
-        return True, (reporting.key_metrics(state.result()), _ran_seconds(key), attempts, last)
+        return True, (reporting.key_metrics(state.result()), _ran_seconds(key), attempts, last, state.name)
     try:
         state.result()
     except BaseException as exc:  # the step's own error, returned as a value
@@ -148,11 +148,17 @@ def _outcome(state: Any, key: str) -> tuple[bool, Any]:
     return False, RuntimeError(f"ended {state.name}: {state.message or 'no message'}")
 
 
+@dataclass(frozen=True)
+class _StateName:
+    name: str
+
+
 class DaskStep:
     """The dispatcher's future for one step on the cluster."""
 
     def __init__(self, step: str, future: Any, outcome: distributed.Future) -> None:
         self.step, self.future, self.outcome = step, future, outcome
+        self.state: _StateName | None = None  # once completed: its final state's name (Cached, Completed)
 
     def add_done_callback(self, fn: Any) -> None:
         self.outcome.add_done_callback(lambda _: fn(self))
@@ -172,7 +178,8 @@ class DaskStep:
             ) from exc
         if not ok:
             raise value
-        metrics, seconds, attempts, last = value
+        metrics, seconds, attempts, last, state_name = value
+        self.state = _StateName(state_name)  # what the dispatcher reads of an in-process task's final state
         return DaskOutput(self.step, self.future, metrics, seconds, attempts, last)
 
     def _refused(self) -> DaskTaskRefused | None:
