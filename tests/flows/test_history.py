@@ -379,3 +379,25 @@ def test_a_read_asks_only_for_the_versions_still_short_and_grows_its_pages_when_
     read = history.observations(mixed, 16)
     assert [o.seconds for o in read] == [50.0 + i for i in reversed(range(7))] + [12.0 - i for i in range(9)]
     assert asked == [(1, 3, 3), (1, 6, 6), (1, 12, 4)]  # each page at least twice the one before
+
+
+def test_a_scaling_parameter_fed_by_another_step_and_a_zero_timeout_are_refused():
+    """Both were taken silently: the scale at its reference (the value comes only with the
+    run), a timeout of 0 as no timeout."""
+
+    def rows(n_rows: int = 1000) -> int:
+        return n_rows
+
+    def features(rows: int) -> int:
+        return rows
+
+    upstream = component(rows, cpu=1, mem_gib=0.25, est_seconds=1)
+    scaled = component(features, cpu=1, mem_gib=0.25, est_seconds=4, scales_with={"rows": 1000})
+    with pytest.raises(PipelineError) as error:
+        Pipeline("scaled-by-output", [upstream, scaled])
+    assert "step 'features': scales_with names 'rows', which step 'rows''s output feeds" in str(error.value)
+    assert "Fix: scale with a pipeline parameter" in str(error.value)
+    with pytest.raises(ComponentSpecError, match=r"timeout_seconds=0: must be a number > 0 .* Fix: e\.g\."):
+        component(rows, timeout_seconds=0)
+    with pytest.raises(ComponentSpecError, match=r"retries=-1: must be a number >= 0\. Fix: e\.g\. retries=2"):
+        component(rows, retries=-1)

@@ -185,9 +185,16 @@ def spec_problems(values: Mapping[str, Any]) -> list[str]:
     if "isolation" in values:
         problems += isolation_problems(values["isolation"])
     problems += cache_problems(dict(values))
-    for key in ("retries", "timeout_seconds", "retry_delay_seconds"):
+    for key, example in (("retries", "2"), ("retry_delay_seconds", "10")):
         if key in values and not (_is_number(values[key]) and values[key] >= 0):
-            problems.append(f"{key}={values[key]!r}: must be a number >= 0")
+            problems.append(f"{key}={values[key]!r}: must be a number >= 0. Fix: e.g. {key}={example}")
+    timeout = values.get("timeout_seconds")
+    if timeout is not None and not (_is_number(timeout) and timeout > 0):
+        # 0 read as "no timeout" in the step list, and as Prefect's own meaning in the task
+        problems.append(
+            f"timeout_seconds={timeout!r}: must be a number > 0 (seconds), or None for no timeout. "
+            "Fix: e.g. timeout_seconds=600"
+        )
     tags = values.get("tags", ())
     if isinstance(tags, str) or not isinstance(tags, list | tuple | set) or not all(isinstance(t, str) for t in tags):
         problems.append(f"tags={tags!r}: must be a list of strings. Fix: e.g. tags=['nightly']")

@@ -97,6 +97,7 @@ class Pipeline:
             problems.append("a pipeline needs at least one step")
         self.bindings, self.params, param_problems = wire(self.steps, dict(params or {}))
         problems += param_problems
+        problems += self._scaled_by_outputs()
         problems += dependency_problems(self.steps)
         self._order: list[str] = []
         try:
@@ -157,6 +158,22 @@ class Pipeline:
         if problems:
             raise PipelineError(f"pipeline '{self.name}':\n" + "\n".join(f"  - {p}" for p in problems))
         return resolved
+
+    def _scaled_by_outputs(self) -> list[str]:
+        """A `scales_with` parameter that another step's output feeds has no value before
+        the run, so it cannot scale the plan (it was taken silently at its reference)."""
+        problems = []
+        for step, bindings in self.bindings.items():
+            for name in self.steps[step].spec.scales_with:
+                binding = bindings.get(name)
+                if binding is not None and binding.kind == "step":
+                    problems.append(
+                        f"step '{step}': scales_with names '{name}', which step '{binding.source}''s output feeds: "
+                        "its value is not known before the run, so the plan cannot scale with it. Fix: scale with "
+                        "a pipeline parameter (e.g. the row count the upstream step is given), or drop it from "
+                        "scales_with"
+                    )
+        return problems
 
     def _work_problems(self, resolved: Mapping[str, Any]) -> list[str]:
         """A negative value of a parameter a step's estimate scales with (`scales_with`):
