@@ -50,9 +50,10 @@ TOTAL_LABELS = {
     "mem_gib_seconds": "memory GiB·s",
     "total_seconds": "sum of estimates (s)",
     "critical_path_seconds": "critical path (s)",
-    "peak_cpu": "peak CPU cores",
-    "peak_mem_gib": "peak memory GiB",
-    "peak_gpu": "peak GPUs",
+    # one component's demand, not the run's peak (which the plan's overlaps set; see `planflow plan`)
+    "peak_cpu": "largest component's CPU cores",
+    "peak_mem_gib": "largest component's memory GiB",
+    "peak_gpu": "largest component's GPUs",
 }
 USAGE = 2  # exit code of a bad command line (as typer's own usage errors)
 
