@@ -271,3 +271,27 @@ def test_a_prefect_api_out_of_reach_is_named_while_the_loaded_model_is_served():
     asyncio.run(one_poll())  # the API answers again
     assert swapper.problem is None
     assert swapper.current is not None and swapper.current.flow_run_name == "earlier-run"
+
+
+def test_with_nothing_served_a_newest_run_that_cannot_be_read_falls_back_to_the_last_good_one():
+    """A service started when the pipeline's newest Completed run had no outputs to read
+    (distributed mode, say) served nothing until a new run in process; it now serves the
+    last run that can be read, says so, and keeps the failing-load alert up."""
+    path = make("serving-toy-fallback")
+    good = str(to_flow(path.pipeline)(factor=7.0, return_state=True).state_details.flow_run_id)
+
+    @flow(name=path.pipeline.name)
+    def no_task_runs() -> None:  # a newer Completed run of the pipeline's flow, without outputs
+        return None
+
+    no_task_runs()
+    metrics = ServingMetrics(pipeline=path.pipeline.name)
+    swapper = ModelSwapper(path, metrics)
+    swapper.record_grace_seconds = 0.0  # not waited for: broken at once
+    assert wait_until(lambda: asyncio.run(swapper.check()), 30), swapper.problem
+    assert swapper.current.flow_run_id == good and swapper.current.outputs["scale"] == 7.0
+    assert swapper.problem.startswith(f"serving an older run, '{swapper.current.flow_run_name}': ")
+    assert "has no Completed task run for scale" in swapper.problem
+    failing = {"pipeline": path.pipeline.name}
+    assert metrics.registry.get_sample_value("planflow_serving_model_load_failing", failing) == 1
+    assert asyncio.run(swapper.check()) is False  # the broken newest run is not read again

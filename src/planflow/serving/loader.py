@@ -75,16 +75,21 @@ def no_run_message(pipeline: str) -> str:
     )
 
 
-async def latest_completed_run(client: PrefectClient, pipeline: str) -> FlowRun | None:
-    """The newest Completed flow run of the flow named `pipeline`, or None."""
-    runs = await client.read_flow_runs(
+async def completed_runs(client: PrefectClient, pipeline: str, limit: int) -> list[FlowRun]:
+    """The newest `limit` Completed flow runs of the flow named `pipeline`, newest first."""
+    return await client.read_flow_runs(
         flow_filter=FlowFilter(name=FlowFilterName(any_=[pipeline])),
         flow_run_filter=FlowRunFilter(
             state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.COMPLETED]))
         ),
         sort=FlowRunSort.END_TIME_DESC,
-        limit=1,
+        limit=limit,
     )
+
+
+async def latest_completed_run(client: PrefectClient, pipeline: str) -> FlowRun | None:
+    """The newest Completed flow run of the flow named `pipeline`, or None."""
+    runs = await completed_runs(client, pipeline, 1)
     return runs[0] if runs else None
 
 

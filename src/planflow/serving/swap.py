@@ -18,7 +18,7 @@ import asyncio
 import logging
 from datetime import UTC, datetime
 
-from prefect.client.orchestration import get_client
+from prefect.client.orchestration import PrefectClient, get_client
 from prefect.client.schemas.objects import FlowRun
 
 from planflow.monitoring.serving_metrics import ServingMetrics
@@ -26,6 +26,7 @@ from planflow.serving.loader import (
     LoadedRun,
     RunOutputsError,
     TaskRunsNotRecordedError,
+    completed_runs,
     latest_completed_run,
     load_run,
     no_run_message,
@@ -36,6 +37,7 @@ log = logging.getLogger("planflow.serving")
 MIN_POLL_SECONDS = 0.2
 MAX_POLL_SECONDS = 300.0
 RECORD_GRACE_SECONDS = 120.0
+FALLBACK_RUNS = 10  # older Completed runs tried when the newest cannot be read and nothing is served
 
 
 def check_poll_seconds(value: float) -> float:
@@ -45,6 +47,10 @@ def check_poll_seconds(value: float) -> float:
             f"{MAX_POLL_SECONDS} s. Fix: e.g. --poll-seconds 5"
         )
     return value
+
+
+class _Broken(Exception):
+    """The newest run is the one that failed to load last time."""
 
 
 class ModelSwapper:
@@ -94,26 +100,48 @@ class ModelSwapper:
                     self.problem = no_run_message(name)
                 return False
             run_id = str(run.id)
-            if (self.current and self.current.flow_run_id == run_id) or run_id == self._broken:
+            if (self.current and self.current.flow_run_id == run_id) or (run_id == self._broken and self.current):
                 return False
+            older = None  # the newest run cannot be read and nothing is served: its last good one
             try:
+                if run_id == self._broken:  # read before: only its older runs are asked (again)
+                    raise _Broken
                 loaded = await load_run(client, run, self.path.loaded_steps, name)
-            except RunOutputsError as exc:
+            except (RunOutputsError, _Broken) as exc:
                 if isinstance(exc, TaskRunsNotRecordedError) and self._recent(run):
                     self._not_recorded_yet(run_id, exc)
-                else:
+                    return False
+                if isinstance(exc, RunOutputsError):
                     self._failed(run_id, exc)
-                return False
+                if self.current is not None:
+                    return False
+                loaded = older = await self._last_good(client, run_id)
+                if loaded is None:
+                    return False
         self._pending.discard(run_id)
         self.current = loaded  # the swap: one reference assignment
-        self.problem = None
+        self.problem = None if older is None else f"serving an older run, '{loaded.flow_run_name}': {self.problem}"
         self.metrics.swaps.inc()
         self.metrics.model_loaded.set(1)
-        self.metrics.load_failing.set(0)
+        self.metrics.load_failing.set(0 if older is None else 1)
         if loaded.end_time:
             self.metrics.model_version.set(loaded.end_time.timestamp())
         log.info("serving %s: run '%s' (%s)", name, loaded.flow_run_name, loaded.flow_run_id)
         return True
+
+    async def _last_good(self, client: PrefectClient, broken: str) -> LoadedRun | None:
+        """The newest of the last FALLBACK_RUNS Completed runs, other than `broken`, whose
+        outputs load (None: none does). A service started when the newest run was, e.g., a
+        distributed one served nothing until a new run in process."""
+        name = self.path.pipeline.name
+        for run in await completed_runs(client, name, FALLBACK_RUNS + 1):
+            if str(run.id) == broken:
+                continue
+            try:
+                return await load_run(client, run, self.path.loaded_steps, name)
+            except RunOutputsError as exc:
+                log.info("older run '%s' of %s not served either: %s", run.name, name, exc)
+        return None
 
     def _recent(self, run: FlowRun) -> bool:
         """The run ended less than the grace ago (its end time, else its state's time):
