@@ -55,9 +55,10 @@ POLL_SECONDS = 0.2  # how often the parent checks that a child it waits for stil
 EXIT_SECONDS = 10.0  # a child that sent its outcome has this long to exit
 GIB = 2**30
 FIX_PICKLE = (
-    "Fix: return/pass plain data (numbers, strings, lists, dicts, arrays, DataFrames) or an "
-    "object of a class defined at module level, or run this step in the flow's process "
-    "with isolation='thread'"
+    "Fix: return/pass plain data (numbers, strings, lists, dicts, arrays, DataFrames) or objects "
+    "pickle can copy (no open locks, files, sockets or connections among their attributes: the "
+    "error above names the one that is not), or run this step in the flow's process with "
+    "isolation='thread'"
 )
 
 
