@@ -199,6 +199,13 @@ def test_a_step_is_planned_from_the_runs_where_it_ran_as_it_will_now_in_a_thread
     in_process = make_plan(Pipeline("spin-process", [spin], isolation="process"))
     assert in_process.plan[name].duration == pytest.approx(3.0)  # median of 2, 3 and 5
     assert history.observations(spin, 10)[0].isolation is None  # newest first, read back as written
+    # a distributed run (child flow runs: their start-up included) and a Dask run learn from their own
+    for ran_as, seconds in (("flow-run", 30.0), ("flow-run", 40.0), ("dask", 1.0)):
+        history.record(history.Observation(spin.name, spin.code_version, "local", seconds, isolation=ran_as))
+    thread_pipeline = Pipeline("spin-thread", [spin])
+    assert history.recent_durations(thread_pipeline, 10, mode="distributed")[(name, "local")] == [40.0, 30.0, 5.0]
+    assert history.recent_durations(thread_pipeline, 10, mode="dask")[(name, "local")] == [1.0, 5.0]
+    assert history.recent_durations(thread_pipeline, 10)[(name, "local")] == [5.0, 9.0]  # in a thread, as before
 
 
 @pytest.mark.usefixtures("registered_blocks")

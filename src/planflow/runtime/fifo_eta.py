@@ -37,13 +37,15 @@ def place_in_order(
     return {s: replace(a, planned_start=times[s][0], planned_finish=times[s][1]) for s, a in assignments.items()}
 
 
-def place_fifo(plan: RunPlan, pipeline: Pipeline, exclude: str, params: Mapping[str, Any] | None = None) -> RunPlan:
+def place_fifo(
+    plan: RunPlan, pipeline: Pipeline, exclude: str, params: Mapping[str, Any] | None = None, mode: str = "inprocess"
+) -> RunPlan:
     """A fifo run's plan with each step's expected start and finish: placed in its
     dispatch order into what the other runs leave (their entries read now), with the
     durations the planner would take. Its dispatch order stays as it was."""
     now = time.time()
     held = others_held(read_calendar(clean=True), plan.capacities, exclude, now)
-    seconds = estimated_seconds(pipeline, plan.assignments, params)
+    seconds = estimated_seconds(pipeline, plan.assignments, params, mode)
     placed = place_in_order(plan.order, plan.assignments, seconds, pipeline.upstream, plan.capacities, held)
     busy = sum(len(v) for v in held.values())
     return replace(plan, assignments=placed, planned_at=now, busy=busy)

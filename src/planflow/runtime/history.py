@@ -74,8 +74,9 @@ class Observation:
     work: Mapping[str, float] | None = None
     pipeline: str = ""
     flow_run_id: str | None = None
-    # Where an in-process step ran ("thread" or "process"; runtime/isolation.py); None: not
-    # in process (a child flow run, a Dask task), or a record written before it was kept.
+    # Where the step ran: in process, "thread" or "process" (runtime/isolation.py); "flow-run"
+    # (distributed mode: a child flow run, its start-up included) or "dask" (a Dask task);
+    # None: a record written before it was kept.
     isolation: str | None = None
 
     def to_data(self) -> dict[str, Any]:
@@ -350,26 +351,38 @@ def _parse(component: Component, data: Any) -> Observation | None:
         work={k: float(v) for k, v in work.items() if isinstance(v, (int, float))},
         pipeline=str(data.get("pipeline") or ""),
         flow_run_id=data.get("flow_run_id"),
-        isolation=data.get("isolation") if data.get("isolation") in ("thread", "process") else None,
+        isolation=data.get("isolation") if data.get("isolation") in RAN_AS else None,
     )
 
 
+RAN_AS = ("thread", "process", "flow-run", "dask")
+_RAN_IN_MODE = {"distributed": "flow-run", "dask": "dask"}
+
+
+def ran_as(pipeline: Pipeline, step: str, mode: str) -> str:
+    """Where `step` runs in a run of `mode`: its isolation in process ("thread" or
+    "process"), a child flow run ("flow-run", distributed) or a Dask task ("dask")."""
+    return _RAN_IN_MODE.get(mode) or pipeline.isolation_of(step)
+
+
 def recent_durations(
-    pipeline: Pipeline, runs: int, params: Mapping[str, Any] | None = None
+    pipeline: Pipeline, runs: int, params: Mapping[str, Any] | None = None, mode: str = "inprocess"
 ) -> dict[tuple[str, str], list[float]]:
     """Per (step, pool), the seconds of the last `runs` completed runs of the step's
     current code version (newest first), each converted to the work of a run with
-    `params` (default: the pipeline's defaults). A run in process learns only from runs
-    where the step ran as it will now, in a thread or in a process of its own (a CPU-bound
-    Python step shares the interpreter lock in a thread: its times there say little of
-    its times alone); records that do not say where count for both."""
+    `params` (default: the pipeline's defaults). A run learns only from runs where the
+    step ran as it will now (`ran_as`): in a thread or in a process of its own (a
+    CPU-bound Python step shares the interpreter lock in a thread: its times there say
+    little of its times alone), as a child flow run (seconds of start-up each: a
+    distributed run planned from in-process times was due in 5 s and took 38) or as a
+    Dask task; records that do not say where count for all."""
     params = pipeline.resolve_params(params)
     read = read_history(pipeline, runs)
     durations: dict[tuple[str, str], list[float]] = {}
     for name, step in pipeline.steps.items():
         spec = step.spec
         now = spec.work_factor(work_values(pipeline, name, params))
-        isolation = pipeline.isolation_of(name)
+        isolation = ran_as(pipeline, name, mode)
         for seen in read[history_key(step.component.name, step.component.code_version)]:
             if seen.isolation is not None and seen.isolation != isolation:
                 continue

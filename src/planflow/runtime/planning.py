@@ -288,11 +288,13 @@ def plan_inputs(
     params: Mapping[str, Any] | None = None,
     refresh: bool = False,
     settings: PlannerSettings | None = None,
+    mode: str = "inprocess",
 ) -> PlanInputs:
-    """`settings`: the PlannerSettings block, when read already (run_reads.py)."""
+    """`settings`: the PlannerSettings block, when read already (run_reads.py); `mode`:
+    the run's, whose earlier runs' durations the plan takes (history.ran_as)."""
     settings = settings or load_settings()
     with read_once():  # durations and memory come from the same records: one read each
-        durations = recent_durations(pipeline, settings.history_runs, params)
+        durations = recent_durations(pipeline, settings.history_runs, params, mode)
         memory = memory_figures(pipeline, settings.history_runs, settings.memory_quantile, settings.memory_margin)
     return PlanInputs(durations, memory, set() if refresh else predicted_cached(pipeline, params), settings)
 
@@ -318,7 +320,7 @@ def make_plan(
     usable, known = pools if pools is not None else run_pools(mode, local_pool)
     capacities = {name: pool.capacity() for name, pool in usable.items()}
     costs = {name: pool.cost_per_hour for name, pool in usable.items()}
-    inputs = inputs or plan_inputs(pipeline, params, refresh)
+    inputs = inputs or plan_inputs(pipeline, params, refresh, mode=mode)
     settings = inputs.settings or load_settings()  # read once: the inputs' read (plan_inputs) is this plan's
     options = PlannerOptions(
         solver=settings.solver,
@@ -344,11 +346,14 @@ def make_plan(
 
 
 def estimated_seconds(
-    pipeline: Pipeline, assignments: Mapping[str, Assignment], params: Mapping[str, Any] | None = None
+    pipeline: Pipeline,
+    assignments: Mapping[str, Assignment],
+    params: Mapping[str, Any] | None = None,
+    mode: str = "inprocess",
 ) -> dict[str, float]:
     """Each step's expected seconds on its assigned pool, as the planner would take it
     (learned or declared, scaled to the run's work): what a fifo run's ETA is made of."""
-    history = recent_durations(pipeline, load_settings().history_runs, params)
+    history = recent_durations(pipeline, load_settings().history_runs, params, mode)
     scale = work_scale(pipeline, params)
     out = {}
     for name, a in assignments.items():

@@ -309,7 +309,7 @@ class HistoryReporter(Reporter):
                 work=history.work_values(run.pipeline, record.step, run.params),
                 pipeline=run.pipeline.name,
                 flow_run_id=run.flow_run_id,
-                isolation=run.pipeline.isolation_of(record.step) if run.mode == "inprocess" else None,
+                isolation=history.ran_as(run.pipeline, record.step, run.mode),
             )
         )
 

@@ -132,7 +132,7 @@ def read_for_run(
                 history.result()
             if tagged is not None:
                 tagged.result()
-            inputs = plan_inputs(pipeline, params, refresh, blocks.settings) if planned else None
+            inputs = plan_inputs(pipeline, params, refresh, blocks.settings, mode) if planned else None
             planning, calendar = locked.result() if locked is not None else (None, None)
             eta_ratios = ratios.result() if ratios is not None else None
     except BaseException:

@@ -303,7 +303,11 @@ def plan_shared(
             planning.enter_context(planning_lock())
         if policy == "fifo":
             plan = place_fifo(
-                plan_run(pipeline, policy, mode, local_pool, pools, refresh=refresh), pipeline, calendar.run_id, params
+                plan_run(pipeline, policy, mode, local_pool, pools, refresh=refresh),
+                pipeline,
+                calendar.run_id,
+                params,
+                mode,
             )
         else:
             plan = plan_run(
