@@ -18,7 +18,9 @@ DEPLOYMENT = "predictive-maintenance-process"
 def test_a_deployment_run_with_mode_dask_runs_its_components_on_the_cluster():
     deploy = run_cli([PREFECT, "--no-prompt", "deploy", "--prefect-file", str(PREFECT_FILE), "--name", DEPLOYMENT])
     assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-3000:]
-    flow_run = run_deployment(f"predictive-maintenance/{DEPLOYMENT}", parameters={**SMALL, "mode": "dask", "refresh": True}, timeout=0)
+    flow_run = run_deployment(
+        f"predictive-maintenance/{DEPLOYMENT}", parameters={**SMALL, "mode": "dask", "refresh": True}, timeout=0
+    )
     # --run-once: the worker submits the scheduled run, waits for it and exits
     worker = run_cli([PREFECT, "worker", "start", "--pool", "local-process", "--run-once"], timeout=300)
     run = wait_for_final_state(flow_run.id, timeout=60)
