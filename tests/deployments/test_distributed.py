@@ -35,7 +35,9 @@ def worker(pool: str, kind: str):
     """A real `prefect worker start`, polling every second, until the block ends."""
     from planflow.prefect.workpools import worker_online
 
-    env = dict(os.environ, PREFECT_WORKER_QUERY_SECONDS="1", PREFECT_WORKER_HEARTBEAT_SECONDS="5")
+    # a heartbeat every 10 s: a worker counts as live for 3 beats (workpools.worker_status), and
+    # on a loaded CI machine a beat every 5 s once came 18 s late, the pool left out of a plan
+    env = dict(os.environ, PREFECT_WORKER_QUERY_SECONDS="1", PREFECT_WORKER_HEARTBEAT_SECONDS="10")
     process = subprocess.Popen(
         [PREFECT, "worker", "start", "--pool", pool, "--type", kind],
         cwd=ROOT,
