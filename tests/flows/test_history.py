@@ -38,6 +38,14 @@ def train(n_rows: int = 1000) -> int:
     return n_rows * 2
 """
 
+SCALED_ROWS = """
+from planflow import component
+
+@component(cpu=1, mem_gib=0.25, est_seconds=4, scales_with={{"n_rows": 1000}}, name="{name}")
+def rows(n_rows: int = 1000) -> int:
+    return n_rows
+"""
+
 
 def load(path: Path, source: str, name: str) -> ModuleType:
     """A module written to a file, as a user's project has it (so its source can be hashed)."""
@@ -106,14 +114,7 @@ def test_a_negative_work_parameter_is_refused_and_zero_work_is_planned_short(tmp
     assert make_plan(pipeline, params={"n_rows": 0}).plan["_rows"].duration == pytest.approx(history.MIN_SECONDS)
 
     name = f"rows-{uuid.uuid4().hex[:8]}"
-    source = """
-    from planflow import component
-
-    @component(cpu=1, mem_gib=0.25, est_seconds=4, scales_with={{"n_rows": 1000}}, name="{name}")
-    def rows(n_rows: int = 1000) -> int:
-        return n_rows
-    """
-    recorded = load(tmp_path / "rows.py", source, name).rows
+    recorded = load(tmp_path / "rows.py", SCALED_ROWS, name).rows
     learning = Pipeline("scaled-zero", [recorded])
     history.record(history.Observation(recorded.name, recorded.code_version, "local", 0.3, work={"n_rows": 0.0}))
     assert make_plan(learning, params={"n_rows": 2000}).plan[name].duration == pytest.approx(8.0)  # declared
@@ -159,14 +160,7 @@ def test_a_rewritten_component_is_planned_from_its_declaration_not_at_what_the_o
 @pytest.mark.usefixtures("registered_blocks")
 def test_learned_durations_are_scaled_to_the_work_of_the_run_being_planned(tmp_path):
     name = f"rows-{uuid.uuid4().hex[:8]}"
-    source = """
-    from planflow import component
-
-    @component(cpu=1, mem_gib=0.25, est_seconds=4, scales_with={{"n_rows": 1000}}, name="{name}")
-    def rows(n_rows: int = 1000) -> int:
-        return n_rows
-    """
-    rows = load(tmp_path / "rows.py", source, name).rows
+    rows = load(tmp_path / "rows.py", SCALED_ROWS, name).rows
     pipeline = Pipeline("scaled-rows", [rows])
     declared = make_plan(pipeline, params={"n_rows": 2500})
     assert declared.plan[name].duration == pytest.approx(10.0)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import graphlib
 import sys
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -159,38 +159,40 @@ class Pipeline:
             raise PipelineError(f"pipeline '{self.name}':\n" + "\n".join(f"  - {p}" for p in problems))
         return resolved
 
+    def _scaling_bindings(self) -> Iterator[tuple[str, str, Any]]:
+        """(step, parameter, its binding) of each `scales_with` parameter that is bound."""
+        for step, bindings in self.bindings.items():
+            for name in self.steps[step].spec.scales_with:
+                binding = bindings.get(name)
+                if binding is not None:
+                    yield step, name, binding
+
     def _scaled_by_outputs(self) -> list[str]:
         """A `scales_with` parameter that another step's output feeds has no value before
         the run, so it cannot scale the plan (it was taken silently at its reference)."""
         problems = []
-        for step, bindings in self.bindings.items():
-            for name in self.steps[step].spec.scales_with:
-                binding = bindings.get(name)
-                if binding is not None and binding.kind == "step":
-                    problems.append(
-                        f"step '{step}': scales_with names '{name}', which step '{binding.source}''s output feeds: "
-                        "its value is not known before the run, so the plan cannot scale with it. Fix: scale with "
-                        "a pipeline parameter (e.g. the row count the upstream step is given), or drop it from "
-                        "scales_with"
-                    )
+        for step, name, binding in self._scaling_bindings():
+            if binding.kind == "step":
+                problems.append(
+                    f"step '{step}': scales_with names '{name}', which step '{binding.source}''s output feeds: "
+                    "its value is not known before the run, so the plan cannot scale with it. Fix: scale with "
+                    "a pipeline parameter (e.g. the row count the upstream step is given), or drop it from "
+                    "scales_with"
+                )
         return problems
 
     def _work_problems(self, resolved: Mapping[str, Any]) -> list[str]:
         """A negative value of a parameter a step's estimate scales with (`scales_with`):
         its plan would take the step's time as negative work (it was planned unscaled)."""
         problems = []
-        for step, bindings in self.bindings.items():
-            for name in self.steps[step].spec.scales_with:
-                binding = bindings.get(name)
-                if binding is None or binding.kind != "param":
-                    continue
-                value = resolved.get(binding.source)
-                if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
-                    problems.append(
-                        f"parameter '{binding.source}'={value!r}: step '{step}' scales its estimate with it "
-                        f"(scales_with={{{name!r}: ...}}), so it must be >= 0. "
-                        f"Fix: e.g. --param {binding.source}={self.steps[step].spec.scales_with[name]:g}"
-                    )
+        for step, name, binding in self._scaling_bindings():
+            value = resolved.get(binding.source) if binding.kind == "param" else None
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+                problems.append(
+                    f"parameter '{binding.source}'={value!r}: step '{step}' scales its estimate with it "
+                    f"(scales_with={{{name!r}: ...}}), so it must be >= 0. "
+                    f"Fix: e.g. --param {binding.source}={self.steps[step].spec.scales_with[name]:g}"
+                )
         return problems
 
     def step_kwargs(self, name: str, params: Mapping[str, Any], outputs: Mapping[str, Any]) -> dict[str, Any]:

@@ -49,10 +49,6 @@ def check_poll_seconds(value: float) -> float:
     return value
 
 
-class _Broken(Exception):
-    """The newest run is the one that failed to load last time."""
-
-
 class ModelSwapper:
     def __init__(self, path: OnlinePath, metrics: ServingMetrics) -> None:
         self.path = path
@@ -100,19 +96,18 @@ class ModelSwapper:
                     self.problem = no_run_message(name)
                 return False
             run_id = str(run.id)
-            if (self.current and self.current.flow_run_id == run_id) or (run_id == self._broken and self.current):
+            if self.current and run_id in (self.current.flow_run_id, self._broken):
                 return False
-            older = None  # the newest run cannot be read and nothing is served: its last good one
-            try:
-                if run_id == self._broken:  # read before: only its older runs are asked (again)
-                    raise _Broken
-                loaded = await load_run(client, run, self.path.loaded_steps, name)
-            except (RunOutputsError, _Broken) as exc:
-                if isinstance(exc, TaskRunsNotRecordedError) and self._recent(run):
-                    self._not_recorded_yet(run_id, exc)
-                    return False
-                if isinstance(exc, RunOutputsError):
+            loaded = older = None  # older: the newest run cannot be read and nothing is served
+            if run_id != self._broken:  # a run that failed to load is not read again
+                try:
+                    loaded = await load_run(client, run, self.path.loaded_steps, name)
+                except RunOutputsError as exc:
+                    if isinstance(exc, TaskRunsNotRecordedError) and self._recent(run):
+                        self._not_recorded_yet(run_id, exc)
+                        return False
                     self._failed(run_id, exc)
+            if loaded is None:  # with nothing served: its last good run (asked again at each poll)
                 if self.current is not None:
                     return False
                 loaded = older = await self._last_good(client, run_id)
