@@ -109,7 +109,8 @@ def service(fraud_run, tmp_path_factory):
     process = spawn(command, log, os.environ, ROOT)
     url = f"http://127.0.0.1:{port}"
     try:
-        came_up = wait_until(lambda: ready(url) or process.poll() is not None, 90)
+        # ready through HAProxy, and announced (its line comes a moment after HAProxy answers)
+        came_up = wait_until(lambda: (ready(url) and "logs in" in log_tail(log, 20)) or process.poll() is not None, 90)
         if not came_up or process.poll() is not None:
             pytest.fail(f"planflow serve did not become ready within 90 s:\n{log_tail(log, 40)}")
         yield url, port, log

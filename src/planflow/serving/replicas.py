@@ -162,7 +162,10 @@ def serve_replicas(
             raise ServeError(f"haproxy did not listen on {host}:{port}:\n{log_tail(work / 'haproxy.log')}")
         if balancer.poll() is not None:
             raise ServeError(f"haproxy exited: {log_tail(work / 'haproxy.log')}")
-        print(f"serving {target} on http://{host}:{port} (replicas on {', '.join(map(str, ports))}; logs in {work})")
+        print(
+            f"serving {target} on http://{host}:{port} (replicas on {', '.join(map(str, ports))}; logs in {work})",
+            flush=True,
+        )
         while True:
             for p, process in list(processes.items()):
                 if process.poll() is not None:  # a replica died: its twin answers meanwhile
