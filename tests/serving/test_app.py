@@ -52,6 +52,8 @@ def test_bad_requests_get_a_bounded_4xx_naming_what_is_wrong():
             assert nan.status_code == 400 and f"{constant.decode()} is not a JSON value" in nan.json()["detail"], (
                 nan.text
             )
+        huge = client.post("/predict", content=b'{"x": -1e999}', headers={"content-type": "application/json"})
+        assert huge.status_code == 400 and "-1e999 is out of a float's range" in huge.json()["detail"], huge.text
         deep = client.post("/predict", content=b"[" * 1020 + b"]" * 1020)  # nesting past Python's recursion limit
         assert deep.status_code == 400 and "nested too deeply" in deep.json()["detail"], deep.text
         # no Completed run yet: not ready, with the command that makes one

@@ -82,6 +82,15 @@ def _not_json(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON value (JSON has no NaN or Infinity); send null or leave the field out")
 
 
+def _finite_float(text: str) -> float:
+    """A JSON number with a fraction or exponent as a float, refused when no float holds it
+    (Python reads 1e999 as an infinity, which then reached the model as Infinity would)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is out of a float's range (at most about 1.8e308); send a finite number")
+    return value
+
+
 def _json_safe(value: Any) -> Any:
     """`value` as JSON can carry it: a NaN or an infinity (which Python's JSON reader
     accepts in a request) as its name, "NaN" or "Infinity"; the 422 naming it became a
@@ -158,7 +167,7 @@ def create_app(
                 f"Fix: send at most {path.max_batch} records per request",
             )
         try:
-            document = json.loads(body, parse_constant=_not_json)
+            document = json.loads(body, parse_constant=_not_json, parse_float=_finite_float)
         except ValueError as exc:
             return refuse(400, "bad_request", f"the body is not JSON: {exc}. Fix: send a JSON object or list")
         except RecursionError:
