@@ -194,51 +194,66 @@ def _usage_cells(step: dict[str, Any]) -> tuple[str, str]:
     )
 
 
-def pipelines(name: str | None = typer.Argument(None, help="Show one pipeline in detail.")) -> None:
+def pipelines(
+    name: str | None = typer.Argument(None, help="Show one pipeline in detail."),
+    json_output: bool = typer.Option(False, "--json", help="Print the list (or the pipeline) as JSON."),
+) -> None:
     """List the pipelines (or describe one): components, parameters, demand and time."""
     if name:
-        _describe(load(name))
+        pipeline = load(name)
+        if json_output:
+            print(as_json(_described(pipeline)))
+        else:
+            _describe(pipeline)
         return
-    table = Table(
-        "pipeline", "components", "critical path (s)", "sum of estimates (s)", "CPU core·s", "parameters", "source"
-    )
-    for column in table.columns:
-        column.overflow = "fold"  # a narrow terminal wraps a cell; it never cuts one short
-    broken = []
-    for item in discovery.discover():
-        cells, error = _row(item)
-        table.add_row(*map(Text, cells))
-        if error is not None:
-            broken.append(f"{item.source} failed to load: {error}")
-    console.print(table)
-    say("Steps, parameters and their defaults: planflow pipelines NAME")
+    listed = [_listed(item) for item in discovery.discover()]
+    broken = [f"{row['source']} failed to load: {row['error']}" for row in listed if row["error"] is not None]
+    if json_output:
+        print(as_json(listed))
+    else:
+        _print_list(listed)
     for line in broken:
         warn(line)
     if broken:
         raise typer.Exit(1)
 
 
-def _row(item: discovery.Found) -> tuple[tuple[str, ...], str | None]:
-    """The table row of one source, and its error when it failed to load."""
-    source = _shown_source(item.source)
-    failed = (item.name, "failed to load", "-", "-", "-", "-", source)
-    if item.pipeline is None:
-        return failed, item.error or "(no message)"
-    try:
-        t = item.pipeline.totals(work_scale(item.pipeline))
-        params = str(len(item.pipeline.params))
-    except Exception as exc:  # a user's pipeline object may raise anything: report it
-        return failed, f"{type(exc).__name__}: {exc}"
-    cells = (
-        item.name,
-        str(t["components"]),
-        f"{t['critical_path_seconds']:.1f}",
-        f"{t['total_seconds']:.1f}",
-        f"{t['cpu_seconds']:.1f}",
-        params,
-        source,
+def _print_list(listed: list[dict[str, Any]]) -> None:
+    table = Table(
+        "pipeline", "components", "critical path (s)", "sum of estimates (s)", "CPU core·s", "parameters", "source"
     )
-    return cells, None
+    for column in table.columns:
+        column.overflow = "fold"  # a narrow terminal wraps a cell; it never cuts one short
+    for row in listed:
+        if row["error"] is not None:
+            cells = (row["name"], "failed to load", "-", "-", "-", "-", row["source"])
+        else:
+            cells = (
+                row["name"],
+                str(row["components"]),
+                f"{row['critical_path_seconds']:.1f}",
+                f"{row['total_seconds']:.1f}",
+                f"{row['cpu_seconds']:.1f}",
+                str(len(row["parameters"])),
+                row["source"],
+            )
+        table.add_row(*map(Text, cells))
+    console.print(table)
+    say("Steps, parameters and their defaults: planflow pipelines NAME")
+
+
+def _listed(item: discovery.Found) -> dict[str, Any]:
+    """One source as the list shows it: its totals by the declared estimates, or its load
+    error (`error` is None for a pipeline that loaded)."""
+    row: dict[str, Any] = {"name": item.name, "source": _shown_source(item.source), "error": None}
+    if item.pipeline is None:
+        return row | {"error": item.error or "(no message)"}
+    try:
+        totals = item.pipeline.totals(work_scale(item.pipeline))
+        params = dict(item.pipeline.params)
+    except Exception as exc:  # a user's pipeline object may raise anything: report it
+        return row | {"error": f"{type(exc).__name__}: {exc}"}
+    return row | {"description": item.pipeline.description, "parameters": params, **totals}
 
 
 def _shown_source(source: str) -> str:
@@ -251,46 +266,74 @@ def _shown_source(source: str) -> str:
     return relative if len(relative) < len(source) else source
 
 
+def _described(pipeline: Pipeline) -> dict[str, Any]:
+    """One pipeline as `pipelines NAME` shows it: its steps in the order they can run,
+    each with its declared demand and its estimate at the pipeline's own parameters."""
+    scale = work_scale(pipeline)
+    steps = []
+    for name in pipeline.topological_order():
+        step = pipeline.steps[name]
+        spec, component = step.spec, step.component
+        expiry = getattr(component, "cache_expiration", None)
+        steps.append(
+            {
+                "step": name,
+                "after": list(pipeline.upstream(name)),
+                "cpu": spec.cpu,
+                "gpu": spec.gpu,
+                "mem_gib": spec.mem_gib,
+                "estimate_seconds": spec.est_seconds * scale.get(name, 1.0),
+                "work_scale": scale.get(name, 1.0),
+                "pools": list(spec.pools),
+                "runs_in": pipeline.isolation_of(name),
+                "cache": "inputs" if getattr(component, "cache_mode", None) == "inputs" else "run",
+                "cache_expiration_seconds": expiry.total_seconds() if expiry else None,
+                "retries": getattr(component, "retries", 0) or 0,
+                "timeout_seconds": getattr(component, "timeout_seconds", None),
+            }
+        )
+    return {
+        "name": pipeline.name,
+        "description": pipeline.description,
+        "parameters": dict(pipeline.params),
+        "retries": pipeline.retries,
+        "steps": steps,
+        "totals": pipeline.totals(scale),
+    }
+
+
 def _describe(pipeline: Pipeline) -> None:
-    console.print(Text.assemble((pipeline.name, "bold"), f": {pipeline.description}"))
+    described = _described(pipeline)
+    console.print(Text.assemble((pipeline.name, "bold"), f": {pipeline.description}" if pipeline.description else ""))
     table = Table(
         "step", "after", "cpu", "gpu", "mem GiB", "estimate (s)", "pools", "runs in", "cache", "retries", "timeout (s)"
     )
-    scale = work_scale(pipeline)  # the declared estimates at the pipeline's own parameters
-    for name in pipeline.topological_order():
-        step = pipeline.steps[name]
-        spec = step.spec
-        factor = scale.get(name, 1.0)
+    for step in described["steps"]:
+        factor = step["work_scale"]
+        expiry = step["cache_expiration_seconds"]
+        timeout = step["timeout_seconds"]
         row = (
-            name,
-            ", ".join(pipeline.upstream(name)) or "-",
-            f"{spec.cpu:g}",
-            str(spec.gpu),
-            f"{spec.mem_gib:g}",
-            f"{spec.est_seconds * factor:g}" + (f" (x{factor:.3g} for its work)" if factor != 1.0 else ""),
-            ", ".join(spec.pools) or "any",
-            pipeline.isolation_of(name),
-            _cache_cell(step.component),
-            str(getattr(step.component, "retries", 0) or 0),
-            _timeout_cell(step.component),
+            step["step"],
+            ", ".join(step["after"]) or "-",
+            f"{step['cpu']:g}",
+            str(step["gpu"]),
+            f"{step['mem_gib']:g}",
+            f"{step['estimate_seconds']:g}" + (f" (x{factor:.3g} for its work)" if factor != 1.0 else ""),
+            ", ".join(step["pools"]) or "any",
+            step["runs_in"],
+            "run" if step["cache"] == "run" else (f"inputs, {_span(expiry)}" if expiry else "inputs"),
+            str(step["retries"]),
+            "-" if timeout is None else f"{timeout:g}",
         )
         table.add_row(*map(Text, row))
     console.print(table)
     totals = Table("total (by the declared estimates)", "value")
-    for key, value in pipeline.totals(work_scale(pipeline)).items():
+    for key, value in described["totals"].items():
         totals.add_row(TOTAL_LABELS.get(key, key), f"{value:g}")
     console.print(totals)
     say("parameters: " + (", ".join(f"{k}={v!r}" for k, v in pipeline.params.items()) or "-"))
     if pipeline.retries:
         say(f"a failed run is retried {pipeline.retries} time(s) as a whole (its completed steps are read back)")
-
-
-def _cache_cell(component: Any) -> str:
-    """ "inputs, 7 days" for a step reused across runs, "run" for one kept within its run."""
-    if getattr(component, "cache_mode", None) != "inputs":
-        return "run"
-    expiry = getattr(component, "cache_expiration", None)
-    return f"inputs, {_span(expiry.total_seconds())}" if expiry else "inputs"
 
 
 def _span(seconds: float) -> str:
@@ -299,11 +342,6 @@ def _span(seconds: float) -> str:
             count = int(seconds // size)
             return f"{count} {unit}{'s' if count != 1 else ''}"
     return f"{seconds:g} s"
-
-
-def _timeout_cell(component: Any) -> str:
-    timeout = getattr(component, "timeout_seconds", None)
-    return "-" if timeout is None else f"{timeout:g}"
 
 
 def plan(
