@@ -12,7 +12,14 @@ from types import SimpleNamespace
 import pytest
 from prometheus_client import CollectorRegistry
 
-from planflow.cli.calendar import calendar_png, calendar_text, gantt_text, waiting_runs
+from planflow.cli.calendar import (
+    calendar_png,
+    calendar_text,
+    cpu_over_time,
+    expected_places,
+    gantt_text,
+    waiting_runs,
+)
 from planflow.core.component import component
 from planflow.core.pipeline import Pipeline
 from planflow.core.pipeline import Step as PipelineStep
@@ -94,6 +101,27 @@ def test_the_calendar_shows_running_and_planned_components_and_waiting_runs():
     bars = gantt_text([res("a", NOW, NOW + 10, 1, "running"), res("b", NOW + 10, NOW + 20, 1, run="r2")], NOW, width=20)
     assert bars[1].endswith("|##########          |") and bars[2].endswith("|          ----------|")
     assert calendar_png(entries, "local", CAP, NOW)[:4] == b"\x89PNG"
+
+
+def test_a_picture_of_the_calendar_places_late_components_where_the_pool_can_hold_them():
+    """Two components running on the whole pool past their plan's finish, and three planned
+    ones whose starts have passed: the picture drew all five from now, 5 cpu on a pool of 2."""
+    items = [
+        res("a", NOW - 20, NOW + 5, 1, "running"),
+        res("b", NOW - 20, NOW - 2, 1, "running", run="r2"),  # over its finish: to end within OVERRUN_SECONDS
+        res("c", NOW - 10, NOW, 2, run="r3"),  # late: needs the whole pool
+        res("d", NOW - 5, NOW + 5, 1, run="r3"),
+        res("e", NOW + 100, NOW + 110, 1, run="r4"),  # far ahead: stays where planned
+    ]
+    places = {r.component: (start - NOW, finish - NOW) for r, start, finish in expected_places(items, CAP, NOW)}
+    assert places == {"a": (-20, 5), "b": (-20, 1), "c": (5, 15), "d": (15, 25), "e": (100, 110)}
+    _, used = cpu_over_time(expected_places(items, CAP, NOW), NOW)
+    assert max(used) == 2.0
+    bars = gantt_text(items, NOW, width=22, capacity=CAP)  # 5 s a column, from now to 110 s
+    assert [line.rsplit("|", 2)[1].rstrip() for line in bars[1:]] == ["#", "#", " --", "   --", " " * 20 + "--"]
+    # a component over the pool's capacity alone is drawn where planned (its run is refused at plan time)
+    alone = expected_places([res("huge", NOW + 3, NOW + 4, 5)], CAP, NOW)
+    assert [(start, finish) for _, start, finish in alone] == [(NOW + 3, NOW + 4)]
 
 
 def test_an_empty_pool_says_so():

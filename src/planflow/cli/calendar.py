@@ -24,7 +24,7 @@ from planflow.cli.common import check_writable, ensure_server, fail, say, write_
 from planflow.prefect.blocks import load_pools
 from planflow.prefect.calendar_store import CalendarEntry
 from planflow.prefect.limits import RESOURCES, SLOTS_PER_UNIT, active_slots, limit_name
-from planflow.runtime.calendar import Reservation, read_calendar, reservations, utc
+from planflow.runtime.calendar import OVERRUN_SECONDS, Reservation, read_calendar, reservations, utc
 
 WIDTH = 60  # columns of the terminal Gantt picture
 MARKS = {"running": "#", "planned": "-", "done": "."}
@@ -39,17 +39,59 @@ def _when(t: float, now: float) -> str:
     return f"{utc(t)} ({'in ' if delta >= 0 else ''}{abs(delta):.0f} s{' ago' if delta < 0 else ''})"
 
 
-def gantt_text(items: list[Reservation], now: float, width: int = WIDTH) -> list[str]:
-    """One line per reservation: `#` running, `-` planned, from now to the last finish."""
+def expected_places(
+    items: list[Reservation], capacity: Mapping[str, float], now: float
+) -> list[tuple[Reservation, float, float]]:
+    """(reservation, start, finish) of each component still to come, as the pool can hold
+    them: a running one from its start to its planned finish (one past it: to
+    OVERRUN_SECONDS from now); a planned one at its planned start, or, where that has
+    passed or the pool is full then (a run before it running late), at the first instant
+    from which it fits beside those placed before it (in the order of their planned
+    starts), for as long as it was planned. So a picture of the calendar never stacks
+    above capacity what the runs' slots will not let start (a component whose demand
+    alone is over the pool's capacity stays at its planned start)."""
+    placed: list[tuple[Reservation, float, float]] = []
+    for r in items:
+        if r.state == "running":
+            placed.append((r, r.start, max(r.finish, now + OVERRUN_SECONDS)))
+    for r in sorted((r for r in items if r.state == "planned"), key=lambda r: (r.start, r.run, r.component)):
+        length = max(r.finish - r.start, 0.0)
+        earliest = max(r.start, now)
+        options = sorted({earliest, *(end for _, _, end in placed if end > earliest)})
+        start = next((t for t in options if _fits(r, t, t + length, placed, capacity)), earliest)
+        placed.append((r, start, start + length))
+    return placed
+
+
+def _fits(
+    r: Reservation, start: float, end: float, placed: list[tuple[Reservation, float, float]], capacity: Mapping
+) -> bool:
+    """`r` over [start, end) beside `placed` stays within `capacity` (checked at each
+    instant the load can rise: `start` and the placed starts inside the span)."""
+    marks = {start, *(s for _, s, _ in placed if start < s < end)}
+    for t in marks:
+        for resource, amount in r.demand.items():
+            held = sum(float(o.demand.get(resource, 0.0)) for o, s, e in placed if s <= t < e)
+            if held + float(amount) > float(capacity.get(resource, 0.0)) + 1e-9:
+                return False
+    return True
+
+
+def gantt_text(
+    items: list[Reservation], now: float, width: int = WIDTH, capacity: Mapping[str, float] | None = None
+) -> list[str]:
+    """One line per reservation: `#` running, `-` planned, from now to the last finish;
+    with the pool's `capacity`, each where the pool can hold it (expected_places)."""
     if not items:
         return []
-    end = max(max(r.finish for r in items), now + 1.0)
+    places = expected_places(items, capacity, now) if capacity is not None else [(r, r.start, r.finish) for r in items]
+    end = max(max(finish for _, _, finish in places), now + 1.0)
     scale = width / (end - now)
     label = max(len(f"{r.run_name or r.run[:8]}/{r.component}") for r in items)
     lines = [f"{'':{label}} |now{'':{width - 3}}| {utc(end)}"]
-    for r in sorted(items, key=lambda r: (r.start, r.run, r.component)):
-        a = int(max(0.0, r.start - now) * scale)
-        b = max(a + 1, int(max(0.0, r.finish - now) * scale))
+    for r, start, finish in sorted(places, key=lambda p: (p[1], p[0].run, p[0].component)):
+        a = int(max(0.0, start - now) * scale)
+        b = max(a + 1, int(max(0.0, finish - now) * scale))
         bar = " " * a + MARKS.get(r.state, "?") * (min(b, width) - a)
         lines.append(f"{r.run_name or r.run[:8]:>{label - len(r.component) - 1}}/{r.component} |{bar:{width}}|")
     return lines
@@ -106,7 +148,7 @@ def calendar_text(
                 f"  {(r.run_name or r.run)[:24]:<24} {r.component[:20]:<20} {state:<8} "
                 f"{_when(r.start, now):<26} {_when(r.finish, now):<26} {_amounts(r.demand)}"
             )
-        lines += ["", *("  " + g for g in gantt_text(items, now)), ""]
+        lines += ["", *("  " + g for g in gantt_text(items, now, capacity=capacity)), ""]
         waiting = waiting_runs(entries, pool)
         if waiting:
             lines.append("  waiting runs (expected start -> finish):")
@@ -120,9 +162,8 @@ def calendar_text(
 def calendar_png(entries: list[CalendarEntry], pool: str, capacity: Mapping[str, float], now: float) -> bytes:
     """Gantt bars of every run's components on `pool` (colour per run), and beneath them
     the cpu reserved over time against the pool's capacity."""
-    items = sorted(
-        (r for r in reservations(entries, pool) if r.state != "done"), key=lambda r: (r.start, r.run, r.component)
-    )
+    items = [r for r in reservations(entries, pool) if r.state != "done"]
+    places = sorted(expected_places(items, capacity, now), key=lambda p: (p[1], p[0].run, p[0].component))
     # matplotlib (half a second to import) only for `--png`, not for every `planflow` command
     matplotlib = importlib.import_module("matplotlib")
     figure = importlib.import_module("matplotlib.figure")
@@ -131,20 +172,24 @@ def calendar_png(entries: list[CalendarEntry], pool: str, capacity: Mapping[str,
     colours = {run: palette(i % 10) for i, run in enumerate(runs)}
     fig = figure.Figure(figsize=(10, max(3.5, 0.4 * len(items) + 2.5)), dpi=100)
     gantt, load = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
-    for row, r in enumerate(items):
+    for row, (r, start, finish) in enumerate(places):
         gantt.barh(
             row,
-            r.finish - r.start,
-            left=r.start - now,
+            finish - start,
+            left=start - now,
             color=colours[r.run],
             alpha=1.0 if r.state == "running" else 0.45,
             edgecolor=colours[r.run],
+            hatch="//" if r.state == "planned" and start > max(r.start, now) + 0.5 else None,  # moved: late
         )
-    gantt.set_yticks(range(len(items)), [f"{r.run_name or r.run[:8]}/{r.component}" for r in items])
+    gantt.set_yticks(range(len(places)), [f"{r.run_name or r.run[:8]}/{r.component}" for r, _, _ in places])
     gantt.invert_yaxis()
-    gantt.set_title(f"pool {pool}: running (solid) and planned (light) components, {utc(now)}", fontsize=10)
-    marks = sorted({0.0, *(t - now for r in items for t in (max(r.start, now), r.finish))})
-    used = [sum(r.demand.get("cpu", 0.0) for r in items if r.start - now <= t < r.finish - now) for t in marks]
+    gantt.set_title(
+        f"pool {pool}: running (solid) and planned (light; hatched: later than planned, behind a late one) "
+        f"components, {utc(now)}",
+        fontsize=9,
+    )
+    marks, used = cpu_over_time(places, now)
     load.step(marks, used, where="post", label="cpu reserved")
     load.axhline(capacity.get("cpu", 0.0), color="black", linestyle="--", linewidth=1, label="cpu capacity")
     load.set_xlabel("seconds from now")
@@ -153,6 +198,13 @@ def calendar_png(entries: list[CalendarEntry], pool: str, capacity: Mapping[str,
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     return buffer.getvalue()
+
+
+def cpu_over_time(places: list[tuple[Reservation, float, float]], now: float) -> tuple[list[float], list[float]]:
+    """The cpu the placed components reserve, as a step function of seconds from `now`."""
+    marks = sorted({0.0, *(t - now for _, start, finish in places for t in (max(start, now), finish))})
+    used = [sum(r.demand.get("cpu", 0.0) for r, s, f in places if s - now <= t < f - now) for t in marks]
+    return marks, used
 
 
 def held_now(capacities: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, float]]:
