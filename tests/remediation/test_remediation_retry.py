@@ -38,15 +38,27 @@ def _remediation_events(flow_run_id: str, phase: str = "outcome") -> list[dict]:
     ]
 
 
-@pytest.mark.parametrize("how", ["raise", "exit"])
-def test_failed_or_crashed_run_is_retried_once_and_finished_components_are_cached(flaky_deployment, tmp_path, how):
+@pytest.fixture(scope="module")
+def untagged_deployment(flaky_deployment):
+    """A deployment made as the README's prefect.yaml makes it: no tags. Its runs get the
+    `planflow` tag at their start; the server kept their first event's tags for 5 minutes,
+    so their Failed event had none and no automation saw it."""
+    return deploy_flaky("remediation-flaky-untagged", "local-process", [])
+
+
+@pytest.mark.parametrize(
+    ("how", "tagged"), [("raise", True), ("exit", True), ("kill", True), ("raise", False)], ids=str
+)
+def test_failed_or_crashed_run_is_retried_once_and_finished_components_are_cached(
+    flaky_deployment, untagged_deployment, tmp_path, how, tagged
+):
     from prefect.client.orchestration import get_client
 
     marker = tmp_path / f"first-attempt-{how}"
+    deployment = flaky_deployment if tagged else untagged_deployment
     with get_client(sync_client=True) as client:
-        run = client.create_flow_run_from_deployment(
-            flaky_deployment.id, parameters={"marker": str(marker), "how": how}
-        )
+        run = client.create_flow_run_from_deployment(deployment.id, parameters={"marker": str(marker), "how": how})
+        assert tagged or "planflow" not in run.tags  # untagged until it starts
 
         def final():
             current = client.read_flow_run(run.id)
@@ -65,7 +77,10 @@ def test_failed_or_crashed_run_is_retried_once_and_finished_components_are_cache
         assert done.run_count >= 2, done.run_count
         history = [s.name for s in client.read_flow_run_states(run.id)]
         assert "AwaitingRetry" in history, history
-        assert ("Crashed" if how == "exit" else "Failed") in history, history
+        assert ("Failed" if how == "raise" else "Crashed") in history, history
+        # one attempt counted per failure: a SIGKILL is reported Crashed twice (runner, then worker)
+        retries = [s.message for s in client.read_flow_run_states(run.id) if s.name == "AwaitingRetry"]
+        assert retries and all(m.startswith("planflow retry 1/") for m in retries), retries
         task_states_settled(client, run.id)  # prepare and summarise read back, not recomputed
     outcomes = wait_until(lambda: _remediation_events(str(run.id)), 30, what="the remediation outcome event")
     assert any(e["payload"]["outcome"] == "succeeded" for e in outcomes), outcomes

@@ -158,6 +158,7 @@ def prefect_command() -> list[str]:
 
 DATABASES = ("sqlite", "postgres")
 LEASE_STORAGE = "prefect.server.concurrency.lease_storage.filesystem"
+RELATED_RESOURCE_CACHE_TTL = "PT0S"  # none (ISO 8601): a run's tags read at each of its state events
 
 
 def new_database_note(paths: StatePaths, db: str) -> str | None:
@@ -193,6 +194,12 @@ def server_env(paths: StatePaths, host: str, port: int, database_url: str | None
         # not in the server's memory: a restart lost them while the slots they held stayed
         # taken in the database, and nothing gave those back (a pool "full" for good)
         PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE=LEASE_STORAGE,
+        # a flow run's state events name its tags as they are at that state, not as they
+        # were at its first event: the server keeps a run's related resources (tags among
+        # them) for 5 minutes by default, so a deployment's run without the `planflow` tag,
+        # which the run adds at its start, failed without it in its event, and the retry
+        # and crash automations, which match that tag, never saw it
+        PREFECT_SERVER_EVENTS_RELATED_RESOURCE_CACHE_TTL=RELATED_RESOURCE_CACHE_TTL,
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         PREFECT_SERVER_API_HOST=host,
         PREFECT_SERVER_API_PORT=str(port),

@@ -14,6 +14,7 @@ from typing import Any
 
 from prefect import flow
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import State, StateType
 from prefect.states import AwaitingRetry
 
 from planflow.prefect.blocks.alert_route import FLOW_RUN_FAILED, AlertRoute, load_route
@@ -26,6 +27,42 @@ from planflow.remediation.names import RETRY_FLOW, is_remediation_run
 def backoff_seconds(route: AlertRoute, attempt: int) -> float:
     """The wait before retry number `attempt`: backoff * factor^(attempt-1)."""
     return float(route.backoff_seconds * route.backoff_factor ** max(0, attempt - 1))
+
+
+RETRY_MESSAGE = "planflow retry "  # how the AwaitingRetry states this flow sets begin
+
+
+def retry_since_last_run(states: list[State]) -> State | None:
+    """The AwaitingRetry this flow set after the run last ran, if any: then the crash or
+    failure reported now is one already retried. A process killed with SIGKILL is reported
+    Crashed twice, by the runner ("Process exited with status code: -9") and, seconds
+    later, by the worker ("Flow run infrastructure exited ..."), the second over the
+    AwaitingRetry the first one's retry had set; each used up an attempt."""
+    found = None
+    for state in sorted(states, key=lambda s: s.timestamp):
+        if state.type == StateType.RUNNING:
+            found = None
+        elif state.name == "AwaitingRetry" and (state.message or "").startswith(RETRY_MESSAGE):
+            found = state
+    return found
+
+
+def _set_again(client: Any, audit: Audit, route: AlertRoute, run: Any, state: State, earlier: State) -> dict[str, Any]:
+    """Set the AwaitingRetry a second report of the same crash replaced, as it was (due
+    then, or now if that has passed), counting no attempt."""
+    due = earlier.state_details.scheduled_time or dt.datetime.now(dt.UTC)
+    when = max(due, dt.datetime.now(dt.UTC))
+    client.set_flow_run_state(
+        run.id, AwaitingRetry(scheduled_time=when, message=earlier.message or RETRY_MESSAGE), force=True
+    )
+    reason = (
+        f"{run.name} was reported {state.name} again after planflow had set it to AwaitingRetry for the same "
+        "attempt (a second report of one crash): AwaitingRetry set again, no attempt counted"
+    )
+    audit.note(reason)
+    audit.emit("action", what="set-state", state="AwaitingRetry", flow_run_id=str(run.id), duplicate=True)
+    details = {"flow_run": run.name, "was": state.name, "duplicate": True, "scheduled_for": when.isoformat()}
+    return audit.finish("succeeded", reason, details, route)
 
 
 @flow(name=RETRY_FLOW, log_prints=True, retries=0)
@@ -64,6 +101,9 @@ def retry_run(alert: AlertEvent) -> dict[str, Any]:
                 f"flow run {run.name} was not started from a deployment: no worker can run it again",
                 route=route,
             )
+        earlier = retry_since_last_run(client.read_flow_run_states(run_id))
+        if earlier is not None:
+            return _set_again(client, audit, route, run, state, earlier)
         decision = Guard(route).admit(f"retry:{run_id}", extra={"flow_run": run.name})
         details = {"flow_run": run.name, "was": state.name, "attempt": decision.attempt, "decision": decision.outcome}
         if not decision.counted:
@@ -80,7 +120,7 @@ def retry_run(alert: AlertEvent) -> dict[str, Any]:
             AwaitingRetry(
                 scheduled_time=when,
                 message=(
-                    f"planflow retry {decision.attempt}/{route.max_attempts} after {state.name}: "
+                    f"{RETRY_MESSAGE}{decision.attempt}/{route.max_attempts} after {state.name}: "
                     f"{(state.message or '')[:200]}"
                 ),
             ),
