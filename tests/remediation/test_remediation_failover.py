@@ -187,3 +187,75 @@ def test_a_paused_pool_is_re_checked_a_handful_of_times_in_its_first_minutes():
         early += elapsed <= 240
     assert early <= 7, early  # was 10 per chain, and one chain per resolved alert
     assert 20 * 3600 < elapsed < 30 * 3600, elapsed  # still about a day before a person is needed
+
+
+def _failure_alert(pool: str) -> AlertEvent:
+    return AlertEvent(
+        event_id=uuid.uuid4(),
+        event="planflow.alert.firing",
+        resource_id=f"prefect.work-pool.{pool}",
+        labels={"alertname": "PlanflowPoolFailureRateHigh", "work_pool": pool, "severity": "warning"},
+    )
+
+
+def _failed_runs(client, deployment, count: int) -> None:
+    """`count` runs of `deployment` that failed (set so by hand: no worker runs them)."""
+    from prefect.states import Failed
+
+    for _ in range(count):
+        run = client.create_flow_run_from_deployment(deployment.id, parameters={"seed": 5})
+        client.set_flow_run_state(run.id, Failed(message="injected: the runs' code fails"), force=True)
+
+
+def test_a_failure_rate_alert_acts_only_where_the_pool_is_what_fails_the_runs(module_leftovers):
+    """A failure-rate alert paused a pool with no backup ("paused only", its healthy work
+    stopped), acted on an alert no failed run bore out, and, for runs whose own code failed,
+    failed over, then paused the backup too when they failed there."""
+    from prefect.client.orchestration import get_client
+
+    from planflow.remediation.failover import failover
+    from planflow.remediation.scenarios import deploy_flow
+
+    from tests.remediation.conftest import FLAKY_ENTRY
+    from tests.remediation.fixtures.flaky_pipeline import remediation_flaky
+
+    alone = module_leftovers.pool(f"fr-alone-{uuid.uuid4().hex[:6]}")
+    pool = module_leftovers.pool(f"fr-{uuid.uuid4().hex[:6]}", backup_pool="local")
+    other = module_leftovers.pool(f"fr-other-{uuid.uuid4().hex[:6]}")
+    flow = remediation_flaky.with_options(name=f"failing-{uuid.uuid4().hex[:6]}")  # its runs: only this test's
+    with get_client(sync_client=True) as client:
+        no_backup = failover(_failure_alert(alone))
+        assert no_backup["outcome"] == "skipped" and "has no backup pool" in no_backup["reason"], no_backup
+        assert not client.read_work_pool(alone).is_paused
+
+        unfounded = failover(_failure_alert(pool))  # no run failed there: stale, or not Prometheus's
+        assert unfounded["outcome"] == "skipped" and "no flow run failed or crashed there" in unfounded["reason"]
+        assert not client.read_work_pool(pool).is_paused
+
+        _failed_runs(client, deploy_flow(flow, FLAKY_ENTRY, f"on-{other}", other, ["planflow"]), 2)
+        _failed_runs(client, deploy_flow(flow, FLAKY_ENTRY, f"on-{pool}", pool, ["planflow"]), 3)
+        code = failover(_failure_alert(pool))  # the same flow fails on `other` as well
+        assert code["outcome"] == "skipped" and "fail on other pools too" in code["reason"], code
+        assert other in code["reason"] and not client.read_work_pool(pool).is_paused
+
+        mine = module_leftovers.pool(f"fr-own-{uuid.uuid4().hex[:6]}", backup_pool="local")
+        own = remediation_flaky.with_options(name=f"failing-here-{uuid.uuid4().hex[:6]}")
+        _failed_runs(client, deploy_flow(own, FLAKY_ENTRY, f"on-{mine}", mine, ["planflow"]), 3)
+        pool_fault = failover(_failure_alert(mine))  # fails on this pool alone: failed over
+        assert pool_fault["outcome"] == "succeeded" and client.read_work_pool(mine).is_paused, pool_fault
+
+
+def test_a_worker_counts_as_back_only_for_a_heartbeat_after_the_alert(process_pool_worker):
+    """A worker that stopped beating still counted as live for three of its intervals
+    (90 s), longer than the fast profile's 45 s: the failover said "recovered" and did
+    nothing. It now asks for a beat after the alert's event."""
+    from datetime import UTC, datetime, timedelta
+
+    from prefect.client.orchestration import get_client
+
+    from planflow.remediation.pools import live_workers
+
+    with get_client(sync_client=True) as client:
+        live = wait_until(lambda: live_workers(client, "local-process"), 60, what="the process worker's heartbeat")
+        assert live_workers(client, "local-process", since=datetime.now(UTC) - timedelta(hours=1)) == live
+        assert live_workers(client, "local-process", since=datetime.now(UTC) + timedelta(minutes=5)) == []

@@ -75,12 +75,17 @@ class AlertEvent(BaseModel):
         match = UUID_RE.search(self.resource_id) if self.resource_id.startswith("prefect.flow-run.") else None
         return match.group(0) if match else self.labels.get("flow_run_id", "")
 
+    @property
+    def occurred_at(self) -> datetime | None:
+        """When the triggering event occurred, as an aware time; None when it is not known
+        (a re-check, or a run started by hand)."""
+        when = self.event_occurred
+        return when if when is None or when.tzinfo else when.replace(tzinfo=UTC)
+
     def seconds_since_trigger(self, now: datetime | None = None) -> float | None:
         """Seconds from the triggering event to now; None when it is not known (a re-check)."""
-        if self.event_occurred is None:
-            return None
-        occurred = self.event_occurred if self.event_occurred.tzinfo else self.event_occurred.replace(tzinfo=UTC)
-        return max(0.0, ((now or datetime.now(UTC)) - occurred).total_seconds())
+        occurred = self.occurred_at
+        return None if occurred is None else max(0.0, ((now or datetime.now(UTC)) - occurred).total_seconds())
 
     def recheck_as_resolved(self, alertname: str, pool: str, recheck: int) -> AlertEvent:
         """The parameter of re-check number `recheck`: this alert, resolved."""

@@ -36,6 +36,7 @@ from planflow.prefect.blocks.resource_pool import ResourcePool
 from planflow.prefect.jobvars import job_variables
 from planflow.remediation.alert import AlertEvent
 from planflow.remediation.audit import audited
+from planflow.remediation.failure_check import FAILURE_ALERT, not_the_pool
 from planflow.remediation.names import FAILOVER_FLOW
 from planflow.remediation.planning import replan_on_backup
 from planflow.remediation.pool_alert import PoolAlert, open_pool_alert
@@ -126,14 +127,22 @@ def _fail_over(client: SyncPrefectClient, alert: PoolAlert) -> dict[str, Any]:
         except Exception:  # noqa: BLE001 - the pool was deleted: the guard decides below
             pass
     source_name, backup_name, backup = backup_of(pool)
+    if alert.alertname == FAILURE_ALERT and (why_not := not_the_pool(client, pool, backup_name)):
+        audit.note(why_not)
+        return audit.finish("skipped", why_not, {"work_pool": pool, "backup_pool": backup_name}, route)
     stuck = stuck_runs(client, pool)
     live = live_workers(client, pool)
-    if alert.alertname in WORKER_ALERTS and live and pool_status(client, pool) == "READY":
+    # a worker counts as back when it beat after the alert's event (a worker that had
+    # stopped beating still counted as live for three of its intervals, 90 s, longer
+    # than the fast profile's 45 s threshold: the failover said "recovered" and did nothing)
+    since = alert.event.occurred_at
+    back = live_workers(client, pool, since=since) if since is not None else live
+    if alert.alertname in WORKER_ALERTS and back and pool_status(client, pool) == "READY":
         # The alert was about a worker that is back by now (or a pool seen between its
         # creation and its worker's first heartbeat): nothing is unhealthy any more.
-        audit.note(f"{pool} is READY with live worker(s) {', '.join(live)}: the alert is stale")
+        audit.note(f"{pool} is READY with live worker(s) {', '.join(back)}: the alert is stale")
         return audit.finish(
-            "skipped", f"{pool} recovered before the failover ran", {"work_pool": pool, "live_workers": live}, route
+            "skipped", f"{pool} recovered before the failover ran", {"work_pool": pool, "live_workers": back}, route
         )
     if backup is None and not stuck and not live:
         # No worker to stop, no run to move, nowhere to move it: pausing would only

@@ -19,8 +19,9 @@ from planflow.prefect.blocks.registry import load_pools
 from planflow.prefect.blocks.resource_pool import ResourcePool
 
 
-def live_workers(client: SyncPrefectClient, work_pool: str) -> list[str]:
-    """Names of the pool's workers that sent a heartbeat within three of their intervals."""
+def live_workers(client: SyncPrefectClient, work_pool: str, since: dt.datetime | None = None) -> list[str]:
+    """Names of the pool's workers that sent a heartbeat within three of their intervals
+    (and, with `since`, after it: a worker that beat since an alert said it was gone)."""
     now = dt.datetime.now(dt.UTC)
     alive = []
     for worker in client.read_workers_for_work_pool(work_pool):
@@ -29,6 +30,7 @@ def live_workers(client: SyncPrefectClient, work_pool: str) -> list[str]:
         if (
             beat
             and (now - beat).total_seconds() <= 3 * interval
+            and (since is None or beat > since)
             and str(getattr(worker.status, "value", worker.status)).upper() != "OFFLINE"
         ):
             alive.append(worker.name)
