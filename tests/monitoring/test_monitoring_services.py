@@ -26,6 +26,45 @@ def test_up_is_idempotent_and_everything_listens_on_loopback(monitoring_stack):
     assert token["status"] == "ok"
 
 
+def _failure_rate_rule(prometheus_url: str) -> str:
+    groups = httpx.get(f"{prometheus_url}/api/v1/rules", timeout=10).json()["data"]["groups"]
+    return next(r["query"] for g in groups for r in g["rules"] if r["name"] == "PlanflowPoolFailureRateHigh")
+
+
+def test_up_on_a_running_stack_makes_prometheus_and_alertmanager_read_what_changed(monitoring_stack, monkeypatch):
+    """`stack up` on a running stack rendered a project's new thresholds and a receiver from
+    the environment, printed them, and left both services on what they read at their start."""
+    import yaml
+
+    from planflow.monitoring import thresholds
+
+    paths, started = monitoring_stack
+    ports = json.loads(services.services_file(paths).read_text())["ports"]
+    own = paths.project / services.PROJECT_THRESHOLDS
+    document = yaml.safe_load(thresholds.SOURCE.read_text())
+    document["thresholds"]["failure_rate"] = 0.9
+    hook = "http://127.0.0.1:9/planflow-reload-test"
+    prometheus, alertmanager = started["prometheus"].url, started["alertmanager"].url
+    assert "> 0.5" in _failure_rate_rule(prometheus)
+    try:
+        own.parent.mkdir(parents=True, exist_ok=True)
+        own.write_text(yaml.safe_dump(document))
+        monkeypatch.setenv("PLANFLOW_ALERT_WEBHOOK_URL", hook)
+        again = services.up(paths, profile="fast", ports=ports)
+        assert {n: s.pid for n, s in again.items()} == {n: s.pid for n, s in started.items()}  # not restarted
+        assert again["prometheus"].detail == again["alertmanager"].detail == "re-read its changed configuration"
+        assert not again["bridge"].detail
+        assert "> 0.9" in _failure_rate_rule(prometheus)
+        live = httpx.get(f"{alertmanager}/api/v2/status", auth=services.alertmanager_auth(paths), timeout=10).json()
+        assert hook in live["config"]["original"]
+        assert not services.up(paths, profile="fast", ports=ports)["prometheus"].detail  # unchanged: left alone
+    finally:
+        own.unlink(missing_ok=True)
+        monkeypatch.delenv("PLANFLOW_ALERT_WEBHOOK_URL")
+        services.up(paths, profile="fast", ports=ports)  # the session's stack as it was
+    assert "> 0.5" in _failure_rate_rule(prometheus)
+
+
 def test_status_reports_stale_pid_files(tmp_path):
     paths = StatePaths(tmp_path)
     folder = services.monitoring_dir(paths)

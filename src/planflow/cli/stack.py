@@ -57,7 +57,7 @@ def up(
     except (stack.StackError, services.ServicesError, ThresholdsError) as exc:
         fail(str(exc))
     for name, service in started.items():
-        say(f"{name:<13} {service.url}  (pid {service.pid})")
+        say(f"{name:<13} {service.url}  (pid {service.pid})" + (f"; {service.detail}" if service.detail else ""))
     say(f"profile       {profile}; state in {services.monitoring_dir(paths)}")
     own = services.project_thresholds(paths)
     say(f"thresholds    {own or 'planflow defaults'} (a project's own: {services.PROJECT_THRESHOLDS})")

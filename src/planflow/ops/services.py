@@ -25,7 +25,7 @@ import os
 import shutil
 import signal
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import httpx
@@ -53,6 +53,7 @@ from planflow.ops.service_configs import (  # noqa: F401 (re-exported: the servi
     render_configs,
     rendered_config,
 )
+from planflow.ops.service_reload import RELOADABLE, ReloadError, config_texts, reload
 from planflow.settings import StatePaths, client_env, make_private_dir, make_private_tree, private_files, write_private
 
 ORDER = ("pushgateway", "bridge", "exporter", "alertmanager", "prometheus")
@@ -276,9 +277,13 @@ def up(
 
 
 def _up(paths: StatePaths, profile: str, wanted: dict[str, int], timeout: float) -> dict[str, ServiceStatus]:
-    make_private_dir(monitoring_dir(paths))
+    folder = monitoring_dir(paths)
+    make_private_dir(folder)
     make_private_tree(paths.home)  # what an older planflow or another umask left readable
+    running = {name for name, service in status(paths).items() if service.running}
+    before = config_texts(folder)
     configs = render_configs(paths, profile, wanted)
+    after = config_texts(folder)
     write_private(
         services_file(paths),
         json.dumps(
@@ -295,6 +300,15 @@ def _up(paths: StatePaths, profile: str, wanted: dict[str, int], timeout: float)
     started = {}
     for name in ORDER:
         started[name] = _start(name, paths, wanted, configs, timeout)
+        if name in running and name in RELOADABLE and before[name] != after[name]:
+            # it runs on what it read at its start: a project's new thresholds, a receiver
+            # from the environment, a newer planflow's rules were printed but not used
+            service = started[name]
+            try:
+                reload(name, service.pid or 0, service.url, _auth_for(paths, name), folder / f"{name}.log")
+            except ReloadError as exc:
+                raise ServicesError(str(exc)) from exc
+            started[name] = replace(service, detail="re-read its changed configuration")
     return started
 
 
