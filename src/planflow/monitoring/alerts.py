@@ -199,6 +199,18 @@ ALERTS = [
         to_bridge=True,
     ),
     AlertRule(
+        "PlanflowWorkPoolPaused",
+        "warning",
+        "planflow-pools",
+        'planflow_prefect_work_pool_status{status="paused", ' + NOT_REMEDIATION + "} == 1\n"
+        "unless on (work_pool) " + UNUSED_POOLS,
+        "Work pool {{ $labels.work_pool }} is paused",
+        "Work pool {{ $labels.work_pool }} ({{ $labels.type }}) is paused: none of its flow runs starts until "
+        "it is resumed. The failover pauses a pool while its alert lasts and resumes it once a worker is back; "
+        "a pool paused by hand stays paused.",
+        _pool_scenario("planflow_prefect_work_pool_status", {**EXPORTER, "type": "process", "status": "paused"}, 0, 1),
+    ),
+    AlertRule(
         "PlanflowWorkerHeartbeatStale",
         "warning",
         "planflow-pools",

@@ -12,6 +12,7 @@ import math
 
 from planflow.monitoring.alert_rule import (
     EXPORTER,
+    REMEDIATION_POOL,
     AlertRule,
     Scenario,
     sel,
@@ -267,6 +268,21 @@ META_ALERTS = [
         "{{ $labels.state }} within the last {{{failure_window}}}: the problem it answered is not healed.",
         _remediation_run_failed,
         for_zero=True,
+    ),
+    AlertRule(
+        "PlanflowRemediationWorkerDown",
+        "critical",
+        "planflow-alerts",
+        f'planflow_prefect_work_pool_status{{work_pool="{REMEDIATION_POOL}", status="not_ready"}} == 1',
+        "No worker runs the remediations",
+        f"Work pool {REMEDIATION_POOL} has no online worker: retries, failovers and rescales wait "
+        "there and nothing heals until one is back.",
+        step_scenario(
+            "planflow_prefect_work_pool_status",
+            {**EXPORTER, "work_pool": REMEDIATION_POOL, "type": "process", "status": "not_ready"},
+            0,
+            1,
+        ),
     ),
     AlertRule(
         "PlanflowRemediationActionFailed",
