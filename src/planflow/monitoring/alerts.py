@@ -13,6 +13,7 @@ import math
 
 from planflow.monitoring.alert_rule import EXPORTER, REMEDIATION_POOL, AlertRule, Scenario, sel, step_series
 from planflow.monitoring.thresholds import Params, seconds
+from planflow.prefect.reserved import COMPONENT_FLOW
 
 PUSHED = {"job": "planflow", "instance": ""}
 RUN_LABELS = {
@@ -64,9 +65,10 @@ def _run_failed(p: Params) -> Scenario:
     samples = math.ceil((failed_at + 3 * window) / p.step)
     labels = {**RUN_LABELS, "state": "failed"}
     remediation = {**labels, "flow": "planflow-failover", "work_pool": REMEDIATION_POOL}
+    component = {**labels, "flow": COMPONENT_FLOW, "deployment": "local-process"}  # its parent run reports it
     metric = "planflow_prefect_flow_run_last_failure_timestamp_seconds"
     return Scenario(
-        [(sel(metric, labels), f"{failed_at}x{samples}"), (sel(metric, remediation), f"{failed_at}x{samples}")],
+        [(sel(metric, m), f"{failed_at}x{samples}") for m in (labels, remediation, component)],
         failed_at + window // 2 // p.step * p.step,
         {**labels, "pipeline": "fraud-risk"},
         quiet_at=[failed_at + 2 * window],
@@ -163,7 +165,9 @@ ALERTS = [
         "PlanflowPipelineRunFailed",
         "warning",
         "planflow-pipelines",
-        "label_replace(\n  time() - planflow_prefect_flow_run_last_failure_timestamp_seconds{" + NOT_REMEDIATION + "}"
+        "label_replace(\n  time() - planflow_prefect_flow_run_last_failure_timestamp_seconds{"
+        + NOT_REMEDIATION
+        + f', flow!="{COMPONENT_FLOW}"}}'
         ' < {{{failure_window_seconds}}},\n  "pipeline", "$1", "flow", "(.+)"\n)',
         "A run of {{ $labels.flow }} ended {{ $labels.state }}",
         "A flow run of flow {{ $labels.flow }} {{ if $labels.deployment }}(deployment '{{ $labels.deployment }}', "

@@ -15,6 +15,9 @@ RETRY_FLOW = "planflow-retry-run"
 FAILOVER_FLOW = "planflow-failover"
 RESCALE_FLOW = "planflow-rescale"
 REMEDIATION_FLOW_NAMES = (RETRY_FLOW, FAILOVER_FLOW, RESCALE_FLOW)
+# The flow that runs one component of a distributed run on a work pool: its failure is
+# the parent pipeline run's to report (an OOM kill its memory retry answers pages nobody).
+COMPONENT_FLOW = "run-component"
 
 
 def is_remediation_run(work_pool_name: str | None, tags: list[str] | tuple[str, ...] | None) -> bool:

@@ -18,6 +18,7 @@ from prefect.context import FlowRunContext
 from prefect.results import ResultStore
 
 from planflow.core import discovery
+from planflow.prefect.reserved import COMPONENT_FLOW
 from planflow.prefect.serializer import PlanflowSerializer
 from planflow.runtime.isolation import UsageLog, step_function
 from planflow.runtime.memory import measure_peak
@@ -35,7 +36,7 @@ def usage_key(run_key: str, step: str) -> str:
     return f"planflow-{run_key}-{step}-usage"
 
 
-@flow(name="run-component", persist_result=True, result_serializer=PlanflowSerializer(), log_prints=True)
+@flow(name=COMPONENT_FLOW, persist_result=True, result_serializer=PlanflowSerializer(), log_prints=True)
 def run_component(
     pipeline: str,
     step: str,

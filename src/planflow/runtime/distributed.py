@@ -29,6 +29,7 @@ from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wa
 from planflow.core.pipeline import Pipeline
 from planflow.prefect.blocks.registry import load_settings
 from planflow.prefect.jobvars import job_variables, require_fits
+from planflow.prefect.reserved import COMPONENT_FLOW
 from planflow.prefect.workpools import WorkPoolError, require_pool, worker_status
 from planflow.runtime.component_flow import output_key, usage_key
 from planflow.runtime.dispatch import Assignment, StepRecord
@@ -40,7 +41,6 @@ from planflow.runtime.oom_gate import OomRetry
 from planflow.runtime.oom_next import admit, kill_of, more_slots
 from planflow.settings import settings
 
-COMPONENT_FLOW = "run-component"
 COMPONENT_ENTRYPOINT = "planflow.runtime.component_flow:run_component"  # what a project's prefect.yaml deploys
 # Passed to every child so that it finds the same pipelines and result storage.
 SHARED_ENV = ("PREFECT_LOCAL_STORAGE_PATH", "PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK", "PLANFLOW_PIPELINES")
