@@ -374,7 +374,11 @@ class RunSlots(RunLeases, SharedSlots):
             self._undo(taken, adopted)
             if isinstance(exc, httpx.HTTPStatusError):
                 if exc.response.status_code != LOCKED:
-                    raise AdmissionError(f"step '{a.step}': the Prefect server refused its slots: {exc}") from None
+                    # a limit made smaller than the step's demand (422: "greater than the
+                    # limit") is named as the size check names it, not as the raw answer
+                    problem = self._never_fits(a)
+                    refused = f"step '{a.step}': the Prefect server refused its slots: {exc}"
+                    raise AdmissionError(problem or refused) from None
                 self._refused_this_round(*asking)
             self._give_back_idle(self.wanted(a))
             self._server_down_since = None
@@ -433,20 +437,28 @@ class RunSlots(RunLeases, SharedSlots):
         waiting the whole wait, saying only that it claims slots as they come free."""
         if now - self._size_checked.get(a.step, since) >= SIZE_CHECK_SECONDS:
             self._size_checked[a.step] = now
-            for name, n in self.wanted(a).items():
-                try:
-                    seen = self.limit_now(name, woken=True)
-                except httpx.HTTPError:
-                    continue  # unknown now: looked at again later
-                if seen is not None and seen.limit < n:
-                    raise AdmissionError(
-                        f"step '{a.step}' needs {n} slots of limit {name}, but the limit now holds "
-                        f"{seen.limit} in all: it can never start. The limit was changed since the run "
-                        f"was planned (by hand, or pool '{a.pool}' was resized). Fix: planflow pools sync "
-                        f"(the limits back to the ResourcePool blocks), or planflow pools set {a.pool} "
-                        "--cpu N --mem-gib N, then run again"
-                    ) from None
+            problem = self._never_fits(a)
+            if problem:
+                raise AdmissionError(problem) from None
         super()._wait_more(a, now, since)
+
+    def _never_fits(self, a: Assignment) -> str | None:
+        """Why `a` can never start, when one of its limits now holds less than it needs in
+        all (made smaller since the plan); None when each holds enough or is unknown now."""
+        for name, n in self.wanted(a).items():
+            try:
+                seen = self.limit_now(name, woken=True)
+            except httpx.HTTPError:
+                continue  # unknown now: looked at again later
+            if seen is not None and seen.limit < n:
+                return (
+                    f"step '{a.step}' needs {n} slots of limit {name}, but the limit now holds "
+                    f"{seen.limit} in all: it can never start. The limit was changed since the run "
+                    f"was planned (by hand, or pool '{a.pool}' was resized). Fix: planflow pools sync "
+                    f"(the limits back to the ResourcePool blocks), or planflow pools set {a.pool} "
+                    "--cpu N --mem-gib N, then run again"
+                )
+        return None
 
     # -- what the server holds ----------------------------------------------------------------
     def _refused_this_round(self, name: str, missing: int) -> None:
