@@ -189,6 +189,26 @@ def test_pools_set_changes_only_the_options_given_and_refuses_a_backup_that_is_n
         planflow("pools", "rm", name, env=cli_env)
 
 
+def test_plan_and_run_on_another_pool_with_pool(toy_env):
+    """A pool of one's own, used in process: `planflow run` had no way to name it (the
+    flow's local_pool was refused as an unknown --param, the fix said --mode distributed)."""
+    name = f"own-{uuid.uuid4().hex[:8]}"
+    made = planflow("pools", "set", name, "--cpu", "3", "--mem-gib", "2", "--work-pool", f"{name}-work", env=toy_env)
+    assert made.returncode == 0, made.stderr
+    try:
+        planned = planflow("plan", "toy-diamond", "--pool", name, "--json", env=toy_env)
+        assert planned.returncode == 0, planned.stderr[-2000:]
+        assert {row["pool"] for row in json.loads(planned.stdout)["components"]} == {name}
+        ran = planflow("run", "toy-diamond", "--pool", name, "--json", env=toy_env)
+        assert ran.returncode == 0, ran.stderr[-2000:]
+        result = json.loads(ran.stdout)
+        assert {step["pool"] for step in result["steps"].values()} == {name}, result["steps"]
+        unknown = planflow("plan", "toy-diamond", "--pool", "no-such-pool", env=toy_env)
+        assert unknown.returncode == 1 and "no-such-pool" in unknown.stderr, unknown.stderr[-2000:]
+    finally:
+        planflow("pools", "rm", name, env=toy_env)
+
+
 def test_an_output_file_or_port_that_cannot_be_used_is_a_usage_error_not_a_traceback(toy_env, tmp_path):
     missing = tmp_path / "no-such-folder" / "plan.png"
     out = planflow("plan", "toy-diamond", "--gantt", str(missing), env=toy_env)

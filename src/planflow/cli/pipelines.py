@@ -36,6 +36,7 @@ from planflow.cli.progress import run_with_progress
 from planflow.core import discovery
 from planflow.core.pipeline import Pipeline
 from planflow.planner import PlanningError
+from planflow.prefect.blocks.registry import DEFAULT_POOL
 from planflow.runtime import reporting
 from planflow.runtime.flow import to_flow
 from planflow.runtime.history import work_scale
@@ -356,6 +357,9 @@ def plan(
     param: list[str] = typer.Option(
         [], "--param", "-p", help="Parameter override KEY=VALUE (scales components declared with scales_with)."
     ),
+    pool: str = typer.Option(
+        DEFAULT_POOL, "--pool", help="inprocess: the ResourcePool this machine's components use (see pools ls)."
+    ),
 ) -> None:
     """Plan a pipeline over the resource pools without running it."""
     try:
@@ -368,7 +372,7 @@ def plan(
     _, values = prepare(pipeline, raw)
     ensure_server()
     try:
-        pp = make_plan(pipeline, mode=mode, params=values)
+        pp = make_plan(pipeline, mode=mode, local_pool=pool, params=values)
     except (LookupError, ValueError, PlanningError) as exc:
         fail(str(exc))
     totals = pipeline.totals(work_scale(pipeline, values))
@@ -435,6 +439,9 @@ def run(
     refresh: bool = typer.Option(
         False, "--refresh", help="Recompute the components cached across runs (cache='inputs') and store anew."
     ),
+    pool: str = typer.Option(
+        DEFAULT_POOL, "--pool", help="inprocess: the ResourcePool this machine's components use (see pools ls)."
+    ),
 ) -> None:
     """Run a pipeline as a Prefect flow on the configured server."""
     if mode not in MODES:
@@ -443,6 +450,7 @@ def run(
     pipeline = load(name)
     flow, values = prepare(pipeline, raw)  # every input problem before a server starts
     values = {**values, "refresh": True} if refresh else values
+    values = {**values, "local_pool": pool} if pool != DEFAULT_POOL else values
     url = ensure_server()
     try:
         # the traceback is in the run's log, linked below; with --json, stdout holds the JSON alone

@@ -79,8 +79,9 @@ def allowed_pools(
         if not candidates and not unknown:
             problems.append(
                 f"step '{name}' may run only on pools {list(spec.pools)}, and this run uses "
-                f"{', '.join(capacities)}. Fix: run it where those pools are (e.g. --mode "
-                f"distributed), or add {', '.join(repr(p) for p in capacities)} to its pools"
+                f"{', '.join(capacities)}. Fix: run it on one of them (`planflow run NAME --pool POOL`, the "
+                f"flow's local_pool parameter) or where they all are (--mode distributed), or add "
+                f"{', '.join(repr(p) for p in capacities)} to its pools"
             )
         fitting = [p for p in candidates if all(demand[r] <= capacities[p].get(r, 0.0) + 1e-9 for r in RESOURCES)]
         if candidates and not fitting:
