@@ -477,3 +477,63 @@ def test_an_entry_of_a_run_that_does_not_exist_is_cleared(pool):
     assert ghost in {e.flow_run_id for e in read_calendar(clean=False)}
     assert ghost not in {e.flow_run_id for e in read_calendar()}
     assert ghost not in {e.flow_run_id for e in read_calendar(clean=False)}
+
+
+def test_the_entry_of_a_run_that_died_silently_is_dropped_once_its_heartbeats_stop(pool, monkeypatch):
+    """A run killed with SIGKILL stays Running in Prefect (only the crash automation of
+    `planflow stack up` sets it Crashed), and its entry stayed in the calendar for good:
+    other runs planned around its long-finished "running" component."""
+    from datetime import UTC, datetime, timedelta
+
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.events import emit_event
+    from prefect.states import Running
+
+    from planflow.runtime.silent_runs import HEARTBEAT_EVENT, silent_after_seconds
+
+    monkeypatch.setenv("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "30")
+    assert silent_after_seconds() == 90
+    now = time.time()
+
+    @flow(name="calendar-silent-probe")
+    def probe() -> None: ...
+
+    runs = {}
+    with get_client(sync_client=True) as client:
+        for name, beat_ago in (("dead", 200), ("alive", 5), ("no-heartbeats", None)):
+            run = client.create_flow_run(probe, name=f"{name}-{uuid.uuid4().hex[:6]}")
+            client.set_flow_run_state(run.id, Running(), force=True)
+            runs[name] = str(run.id)
+            if beat_ago is not None:
+                emit_event(
+                    HEARTBEAT_EVENT,
+                    {"prefect.resource.id": f"prefect.flow-run.{run.id}"},
+                    occurred=datetime.now(UTC) - timedelta(seconds=beat_ago),
+                )
+            save_entry(
+                CalendarEntry(
+                    flow_run_id=str(run.id),
+                    pipeline="silent-probe",
+                    planned_at=now - 1100,
+                    eta=now - 1000,
+                    reservations=[
+                        {"component": "c", "pool": POOL, "start": now - 1100, "finish": now - 1000, "state": "running"}
+                    ],
+                )
+            )
+        from planflow.runtime.silent_runs import _last_heartbeat
+
+        deadline = time.monotonic() + 30  # events reach the server's store within seconds
+        while time.monotonic() < deadline:
+            entries = {e.flow_run_id: e for e in read_calendar(clean=False)}
+            if all(_last_heartbeat(client, entries[runs[n]]) for n in ("dead", "alive")):
+                break
+            time.sleep(0.5)
+    kept = {e.flow_run_id for e in read_calendar()}
+    assert runs["dead"] not in kept  # silent for 200 s > 90 s: its process is gone
+    assert runs["alive"] in kept and runs["no-heartbeats"] in kept  # beating, or heartbeats off: kept
+    with get_client(sync_client=True) as client:
+        for run_id in runs.values():
+            client.set_flow_run_state(uuid.UUID(run_id), Crashed(message="the test's probe"), force=True)
+    assert not {e.flow_run_id for e in read_calendar()} & set(runs.values())

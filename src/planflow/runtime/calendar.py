@@ -49,6 +49,7 @@ from planflow.prefect.limits import PLANNING_LIMIT
 from planflow.runtime import planning_turn, shared_reads
 from planflow.runtime.admission import LOCKED, _release
 from planflow.runtime.dispatch import RESOURCES
+from planflow.runtime.silent_runs import silent_runs
 from planflow.settings import settings
 
 logger = logging.getLogger("planflow.calendar")
@@ -103,7 +104,7 @@ def reservation_data(
 
 def read_calendar(clean: bool = True) -> list[CalendarEntry]:
     """Every run's entry; with `clean`, entries of runs that are over (completed, failed,
-    crashed, cancelled) or no longer exist are deleted first."""
+    crashed, cancelled), no longer exist or died silently (silent_runs.py) are deleted first."""
     with get_client(sync_client=True) as client:
         found = read_entries(client)
         if not clean or not found:
@@ -116,12 +117,22 @@ def read_calendar(clean: bool = True) -> list[CalendarEntry]:
                 pass
         runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids))) if ids else []
         live = {str(r.id) for r in runs if r.state is None or not r.state.is_final()}
+        silent = silent_runs(client, [entry for _, entry in found if entry.flow_run_id in live], time.time())
         kept = []
         for saved, entry in found:
-            if entry.flow_run_id in live:
+            if entry.flow_run_id in live and entry.flow_run_id not in silent:
                 kept.append(entry)
-            else:
-                delete_entry(client, saved)  # gone already: another reader cleared it first
+                continue
+            if entry.flow_run_id in silent:
+                logger.warning(
+                    "dropped the calendar entry of run %s (%s): its components run past their planned finish and "
+                    "it sent no heartbeat for %.0f s, so its process died without a final state. Prefect still "
+                    "shows it Running: planflow's crash automation sets such runs Crashed (planflow stack up)",
+                    entry.flow_run_name or entry.flow_run_id,
+                    entry.pipeline,
+                    silent[entry.flow_run_id],
+                )
+            delete_entry(client, saved)  # gone already: another reader cleared it first
         return kept
 
 
