@@ -99,6 +99,7 @@ def _rows(n_rows: int = 1000) -> int:
     return n_rows
 
 
+@pytest.mark.usefixtures("registered_blocks")  # its plan reads the pools: alone, it found no server
 def test_a_negative_work_parameter_is_refused_and_zero_work_is_planned_short(tmp_path):
     """A run with n_rows=-5 was planned at the declared 4 s, as if at the reference rows;
     it is refused now, naming the step and the fix. n_rows=0 is no work (planned at the
@@ -109,7 +110,8 @@ def test_a_negative_work_parameter_is_refused_and_zero_work_is_planned_short(tmp
         pipeline.resolve_params({"n_rows": -5})
     assert (
         "parameter 'n_rows'=-5: step '_rows' scales its estimate with it (scales_with={'n_rows': ...}), "
-        "so it must be >= 0. Fix: e.g. --param n_rows=1000" in str(error.value)
+        "so it must be >= 0. Fix: give it e.g. n_rows=1000 (`--param` of planflow run, `-p` of prefect "
+        "deployment run)" in str(error.value)
     )
     assert make_plan(pipeline, params={"n_rows": 0}).plan["_rows"].duration == pytest.approx(history.MIN_SECONDS)
 

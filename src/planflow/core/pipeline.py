@@ -191,7 +191,8 @@ class Pipeline:
                 problems.append(
                     f"parameter '{binding.source}'={value!r}: step '{step}' scales its estimate with it "
                     f"(scales_with={{{name!r}: ...}}), so it must be >= 0. "
-                    f"Fix: e.g. --param {binding.source}={self.steps[step].spec.scales_with[name]:g}"
+                    f"Fix: give it e.g. {binding.source}={self.steps[step].spec.scales_with[name]:g} "
+                    "(`--param` of planflow run, `-p` of prefect deployment run)"
                 )
         return problems
 
