@@ -186,7 +186,10 @@ def test_a_storm_on_one_pool_makes_one_run_and_delays_no_other_pool(alert_loop):
     now = datetime.now(UTC)
     storm = [
         alert(
-            "PlanflowPoolFailureRateHigh", {"work_pool": pool, "instance": f"w{i}"}, starts=now - timedelta(seconds=i)
+            # a worker alert: a failure-rate one acts only where runs failed (failure_check)
+            "PlanflowWorkPoolNotReady",
+            {"work_pool": pool, "instance": f"w{i}"},
+            starts=now - timedelta(seconds=i),
         )
         for i in range(STORM)
     ]
@@ -226,7 +229,7 @@ def test_a_storm_on_one_pool_makes_one_run_and_delays_no_other_pool(alert_loop):
     # machine's load, which the bounded wait above covers.
     assert p95(created.values()) < 60, created
 
-    storm_runs = _first_alert_run(runs, pool, "PlanflowPoolFailureRateHigh")
+    storm_runs = _first_alert_run(runs, pool, "PlanflowWorkPoolNotReady")
     assert len(storm_runs) == 1, [(r.name, r.state_name) for r in storm_runs]
     coalesced = [  # an event occurs when its alert started: up to STORM seconds ago
         e
