@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from pathlib import Path
 
 import httpx
 import yaml
 
 from planflow.ops.processes import log_tail
+from planflow.ops.waiting import wait_for
 
 RELOADABLE = ("prometheus", "alertmanager")
 RELOAD_SECONDS = 30.0  # the longest a service may take to report its reload
@@ -77,19 +77,21 @@ def reload(name: str, pid: int, url: str, auth: tuple[str, str] | None, log: Pat
     """SIGHUP to `name` (process `pid`), then wait until it reports the new configuration
     taken; ReloadError naming its log when it refused it or said nothing in time."""
     before = _last_reload(name, url, auth)
-    os.kill(pid, signal.SIGHUP)
-    deadline = time.monotonic() + RELOAD_SECONDS
-    while time.monotonic() < deadline:
+
+    def taken() -> bool:
         now = _last_reload(name, url, auth)
         if now is not None and not now[1]:
             raise ReloadError(
                 f"{name} refused its new configuration and runs on with the old one. "
                 f"Fix: the error in {log}, then `planflow stack up` again. Last lines:\n{log_tail(log)}"
             )
-        if now is not None and (before is None or now[0] > before[0]):
-            return
-        time.sleep(POLL_SECONDS)
-    raise ReloadError(
-        f"{name} (pid {pid}) did not report re-reading its configuration within {RELOAD_SECONDS:.0f} s of "
-        f"SIGHUP. Fix: `planflow stack down` and `planflow stack up`. Last lines of {log}:\n{log_tail(log)}"
-    )
+        return now is not None and (before is None or now[0] > before[0])
+
+    def silent(message: str) -> ReloadError:
+        return ReloadError(
+            f"{name} (pid {pid}) did not report re-reading its configuration after SIGHUP: {message}. "
+            f"Fix: `planflow stack down` and `planflow stack up`. Last lines of {log}:\n{log_tail(log)}"
+        )
+
+    os.kill(pid, signal.SIGHUP)
+    wait_for(taken, RELOAD_SECONDS, f"{name}'s reload to be reported in its metrics", POLL_SECONDS, error=silent)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -280,7 +279,8 @@ def _up(paths: StatePaths, profile: str, wanted: dict[str, int], timeout: float)
     folder = monitoring_dir(paths)
     make_private_dir(folder)
     make_private_tree(paths.home)  # what an older planflow or another umask left readable
-    running = {name for name, service in status(paths).items() if service.running}
+    # the services running now: one that `_start` keeps (healthy) keeps its pid
+    pids = {name: pid for name in RELOADABLE for pid, alive in [_live_pid(paths, name)] if alive}
     before = config_texts(folder)
     configs = render_configs(paths, profile, wanted)
     after = config_texts(folder)
@@ -300,16 +300,21 @@ def _up(paths: StatePaths, profile: str, wanted: dict[str, int], timeout: float)
     started = {}
     for name in ORDER:
         started[name] = _start(name, paths, wanted, configs, timeout)
-        if name in running and name in RELOADABLE and before[name] != after[name]:
+        if name in RELOADABLE and started[name].pid == pids.get(name) and before[name] != after[name]:
             # it runs on what it read at its start: a project's new thresholds, a receiver
             # from the environment, a newer planflow's rules were printed but not used
-            service = started[name]
-            try:
-                reload(name, service.pid or 0, service.url, _auth_for(paths, name), folder / f"{name}.log")
-            except ReloadError as exc:
-                raise ServicesError(str(exc)) from exc
-            started[name] = replace(service, detail="re-read its changed configuration")
+            _reload(paths, started[name])
+            started[name] = replace(started[name], detail="re-read its changed configuration")
     return started
+
+
+def _reload(paths: StatePaths, service: ServiceStatus) -> None:
+    """`service` (running) re-reads its configuration, and has reported it (service_reload)."""
+    log = monitoring_dir(paths) / f"{service.name}.log"
+    try:
+        reload(service.name, service.pid or 0, service.url, _auth_for(paths, service.name), log)
+    except ReloadError as exc:
+        raise ServicesError(str(exc)) from exc
 
 
 def stop(name: str, paths: StatePaths | None = None, timeout: float = 15.0) -> None:
@@ -333,9 +338,10 @@ def down(paths: StatePaths | None = None) -> dict[str, ServiceStatus]:
 
 def reload_prometheus(paths: StatePaths | None = None) -> None:
     """Ask the running Prometheus to re-read its config and rules (SIGHUP: its HTTP
-    lifecycle API stays off, so nobody else can stop it)."""
+    lifecycle API stays off, so nobody else can stop it), and wait until it reports that
+    it did, as `up` does for a changed configuration."""
     paths = paths or StatePaths.discover()
     pid, alive = _live_pid(paths, "prometheus")
     if pid is None or not alive:
         raise ServicesError("Prometheus is not running here. Fix: `planflow stack up`")
-    os.kill(pid, signal.SIGHUP)
+    _reload(paths, status(paths)["prometheus"])
