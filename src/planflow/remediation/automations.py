@@ -60,10 +60,10 @@ from prefect.client.schemas.objects import StateType
 from prefect.events.actions import ChangeFlowRunState, RunDeployment
 from prefect.events.schemas.automations import EventTrigger, Posture
 from prefect.exceptions import ObjectNotFound
-from prefect.settings import get_current_settings
 from prefect.utilities.callables import parameter_schema
 
 from planflow.prefect.blocks.alert_route import FLOW_RUN_FAILED, AlertRoute, ensure_routes, load_routes
+from planflow.prefect.heartbeats import flow_heartbeat_seconds
 from planflow.prefect.jobvars import load_template
 from planflow.prefect.workpools import WorkPoolError, require_server
 from planflow.remediation.alert import ALERT_TEMPLATE, EVENT_TEMPLATE, run_parameters
@@ -277,13 +277,7 @@ def crash_after_seconds() -> float:
     (PREFECT_FLOWS_HEARTBEAT_FREQUENCY, 180 s by default: 9 minutes; set it to 30 on the
     workers and here for 90 s). Never shorter than 1.5 heartbeats, which would crash
     healthy runs between two heartbeats."""
-    frequency = float(get_current_settings().flows.heartbeat_frequency or 180)
-    for name in ("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "PREFECT_RUNNER_HEARTBEAT_FREQUENCY"):
-        try:  # the environment as it is now (Prefect's settings were read at import)
-            frequency = max(30.0, float(os.environ[name]))
-            break
-        except (KeyError, ValueError):
-            continue
+    frequency = flow_heartbeat_seconds()
     explicit = os.environ.get(CRASH_AFTER_ENV, "").strip()
     if explicit:
         try:

@@ -19,26 +19,18 @@ it Crashed is the crash automation's (and the retry's after it).
 from __future__ import annotations
 
 import datetime as dt
-import os
 from typing import Any
 
-from prefect.settings import get_current_settings
-
 from planflow.prefect.calendar_store import CalendarEntry
+from planflow.prefect.heartbeats import MIN_HEARTBEAT_SECONDS, flow_heartbeat_seconds
 
 HEARTBEAT_EVENT = "prefect.flow-run.heartbeat"
-MIN_HEARTBEAT_SECONDS = 30.0  # Prefect's smallest flow heartbeat frequency
 
 
 def silent_after_seconds() -> float:
-    """Seconds without a heartbeat after which a run counts as dead: three heartbeats of
-    PREFECT_FLOWS_HEARTBEAT_FREQUENCY (180 s by default), as the crash automation waits."""
-    frequency = get_current_settings().flows.heartbeat_frequency or 180
-    try:
-        frequency = float(os.environ.get("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", frequency))
-    except ValueError:
-        pass
-    return 3 * max(MIN_HEARTBEAT_SECONDS, float(frequency))
+    """Seconds without a heartbeat after which a run counts as dead: three of Prefect's
+    flow heartbeats (180 s by default), as the crash automation waits."""
+    return 3 * max(MIN_HEARTBEAT_SECONDS, flow_heartbeat_seconds())
 
 
 def _overdue(entry: CalendarEntry, now: float, after: float) -> bool:
