@@ -136,8 +136,9 @@ def _fail_over(client: SyncPrefectClient, alert: PoolAlert) -> dict[str, Any]:
     # stopped beating still counted as live for three of its intervals, 90 s, longer
     # than the fast profile's 45 s threshold: the failover said "recovered" and did nothing)
     since = alert.event.occurred_at
-    back = live_workers(client, pool, since=since) if since is not None else live
-    if alert.alertname in WORKER_ALERTS and back and pool_status(client, pool) == "READY":
+    worker_alert = alert.alertname in WORKER_ALERTS
+    back = live_workers(client, pool, since=since) if worker_alert and live and since is not None else live
+    if worker_alert and back and pool_status(client, pool) == "READY":
         # The alert was about a worker that is back by now (or a pool seen between its
         # creation and its worker's first heartbeat): nothing is unhealthy any more.
         audit.note(f"{pool} is READY with live worker(s) {', '.join(back)}: the alert is stale")
