@@ -18,6 +18,7 @@ from planflow.cli.calendar import (
     cpu_over_time,
     expected_places,
     gantt_text,
+    runs_under_way,
     waiting_runs,
 )
 from planflow.core.component import component
@@ -98,6 +99,16 @@ def test_the_calendar_shows_running_and_planned_components_and_waiting_runs():
     assert " c1                   waiting " in text
     (waiting,) = waiting_runs(entries, "local")
     assert waiting[0].flow_run_id == "r2" and waiting[1:] == (NOW + 10, NOW + 20)
+    # the run under way: its expected finish, as a waiting run's is shown (the entry's ETA)
+    assert "runs under way (components done, expected finish):" in text
+    entries.append(_entry("r3", ["done", "running", "planned"], NOW - 5))
+    assert [(e.flow_run_id, done, total) for e, done, total in runs_under_way(entries, "local")] == [
+        ("r3", 1, 3),
+        ("r1", 0, 2),
+    ]
+    text = "\n".join(calendar_text(entries, {"local": CAP}, {"local": {"cpu": 1.0}}, NOW))
+    assert "name-r3                  pipe                 1/3 done, finish" in text
+    assert runs_under_way(entries, "gpu") == []
     bars = gantt_text([res("a", NOW, NOW + 10, 1, "running"), res("b", NOW + 10, NOW + 20, 1, run="r2")], NOW, width=20)
     assert bars[1].endswith("|##########          |") and bars[2].endswith("|          ----------|")
     assert calendar_png(entries, "local", CAP, NOW)[:4] == b"\x89PNG"

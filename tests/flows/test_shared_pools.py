@@ -354,6 +354,7 @@ def test_a_run_planned_into_a_busy_pool_starts_where_its_plan_said_and_the_calen
     assert "hold_long" in shown.output and "running" in shown.output
     assert "hold_short" in shown.output and "planned" in shown.output
     assert "waiting runs (expected start -> finish):" in shown.output
+    assert "runs under way (components done, expected finish):" in shown.output
     assert (tmp_path / "calendar.png").read_bytes()[:4] == b"\x89PNG"
 
 

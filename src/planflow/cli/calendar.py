@@ -3,7 +3,8 @@
 Like `squeue --start` or `bjobs -plan`: the running and planned components of all runs
 on each pool (from the pool calendar), a Gantt picture in the terminal (and, with
 `--png`, as an image), the slots held now against the pool's capacity, and for each
-waiting run (nothing of it started yet) its expected start and finish.
+waiting run (nothing of it started yet) its expected start and finish, and for each run
+under way its expected finish (`bjobs -plan`'s estimated finish).
 
     $ planflow calendar local
     pool local: cpu=2 gpu=0 mem_gib=8  held now: cpu=1 gpu=0 mem_gib=1
@@ -108,6 +109,19 @@ def waiting_runs(entries: list[CalendarEntry], pool: str | None = None) -> list[
     return sorted(out, key=lambda e: e[1])
 
 
+def runs_under_way(entries: list[CalendarEntry], pool: str | None = None) -> list[tuple[CalendarEntry, int, int]]:
+    """(entry, components done, components in all) of every run some of whose components
+    started, with a component on `pool`, by expected finish (the entry's ETA, which the
+    run keeps current as its components start and end)."""
+    out = []
+    for entry in entries:
+        states = [r.get("state", "planned") for r in entry.reservations]
+        on_pool = any(pool is None or r["pool"] == pool for r in entry.reservations)
+        if on_pool and any(state != "planned" for state in states):
+            out.append((entry, states.count("done"), len(states)))
+    return sorted(out, key=lambda e: e[0].eta)
+
+
 def _held_beyond_running(held: Mapping[str, float], items: list) -> dict[str, float]:
     """What the pool's limits hold beyond the demand of the components the calendar shows running."""
     running: dict[str, float] = {}
@@ -155,6 +169,13 @@ def calendar_text(
             for entry, start, finish in waiting:
                 name = entry.flow_run_name or entry.flow_run_id
                 lines.append(f"  {name:<24} {entry.pipeline:<20} {_when(start, now)} -> {_when(finish, now)}")
+            lines.append("")
+        under_way = runs_under_way(entries, pool)
+        if under_way:
+            lines.append("  runs under way (components done, expected finish):")
+            for entry, done, total in under_way:
+                name = entry.flow_run_name or entry.flow_run_id
+                lines.append(f"  {name:<24} {entry.pipeline:<20} {done}/{total} done, finish {_when(entry.eta, now)}")
             lines.append("")
     return lines
 
