@@ -16,6 +16,7 @@ planned, and its pipeline. The next run's ETA is
 
     planned_at + makespan x (the median ratio of the last RECENT runs of that kind)
 
+(from fewer than SETTLED runs, the plan's own makespan counting as one more: eta_factor)
 where that kind is the same pipeline once MIN_OWN of its runs are recorded, else any
 pipeline on the pool, clamped to [MIN_FACTOR, MAX_FACTOR]; with no record yet, the
 plan's own makespan. The plan itself does not change: the calendar still holds the
@@ -50,6 +51,7 @@ MAX_PAGES = 8  # the most requests one read by key makes
 MIN_FACTOR, MAX_FACTOR = 0.5, 3.0  # an allowance outside these is taken as these
 MIN_PLANNED_SECONDS = 1.0  # a run planned shorter than this teaches nothing (its ratio is noise)
 MIN_OWN = 2  # a pipeline's own runs make its allowance once this many are recorded
+SETTLED = 3  # from fewer runs than this the plan's own makespan counts as one more (eta_factor)
 
 
 @dataclass(frozen=True)
@@ -80,11 +82,24 @@ def eta_key(pool: str, shared: bool, pipeline: str | None = None) -> str:
 
 
 def eta_factor(ratios: Iterable[float]) -> float | None:
-    """The allowance from earlier runs' ratios (finish over plan): their median, clamped."""
+    """The allowance from earlier runs' ratios (finish over plan): their median, clamped.
+    From fewer than SETTLED runs the plan's own makespan counts as one more run, of ratio 1,
+    and of two middle values the one nearer 1 is taken: the median of two runs was their
+    mean, so one incident (a run 3x late) nearly doubled the next ETAs; now one late run
+    alone moves nothing, and two that agree do.
+
+    >>> eta_factor([1.0, 3.0]), eta_factor([1.3, 1.4]), eta_factor([2.0])
+    (1.0, 1.3, 1.0)
+    """
     found = [r for r in ratios if r > 0]
     if not found:
         return None
-    return round(min(MAX_FACTOR, max(MIN_FACTOR, statistics.median(found))), 3)
+    if len(found) < SETTLED:
+        found.append(1.0)
+    ordered = sorted(found)
+    low, high = ordered[(len(ordered) - 1) // 2], ordered[len(ordered) // 2]
+    middle = statistics.median(found) if len(found) >= SETTLED else min((low, high), key=lambda r: abs(r - 1.0))
+    return round(min(MAX_FACTOR, max(MIN_FACTOR, middle)), 3)
 
 
 def main_pool(assignments: Mapping[str, Any]) -> str | None:
