@@ -139,3 +139,36 @@ def test_dask_up_with_address_and_sizing_options_is_refused(cli_env):
     )
     assert given.returncode == 2, given.stdout + given.stderr
     assert "--workers, --port size a local cluster; --address starts none. Fix: leave out --workers" in given.stderr
+
+
+def test_a_worker_whose_process_ended_is_named_by_status_and_started_again_by_up(tmp_path, monkeypatch, capsys):
+    """A worker killed with its nanny (kill of its process group, as an out-of-memory kill
+    of the group or a careless `kill` does) never comes back by itself: `status` names it
+    missing with its log, and `up`, which kept the running cluster without a word, starts
+    it again. A cluster of the test's own, one worker."""
+    monkeypatch.delenv("PLANFLOW_DASK_ADDRESS", raising=False)  # the session cluster's: up would use it
+
+    from planflow.cli.dask import _show
+    from planflow.ops import dask as dask_ops
+    from planflow.ops.processes import stop_group, wait_until
+    from planflow.settings import StatePaths
+
+    paths = StatePaths(tmp_path / ".planflow")
+    sizing = {"local": {"cpu": 1, "gpu": 0, "mem_gib": 1}}
+    try:
+        first = dask_ops.up(paths, sizing)
+        assert len(first.workers) == 1 and first.missing == {}, first
+        pid = dask_ops._live(paths, "local-0")
+        assert pid is not None and stop_group(pid)
+        assert wait_until(lambda: not dask_ops.status(paths).workers, 30), dask_ops.status(paths)
+        gone = dask_ops.status(paths)
+        assert gone.state == "running" and list(gone.missing) == ["local-0"], gone
+        assert gone.missing["local-0"].startswith(dask_ops.GONE) and "local-0.log" in gone.missing["local-0"]
+        _show(gone)
+        shown = capsys.readouterr().out
+        assert "local-0  MISSING: its process has ended" in shown and "Fix: planflow dask up" in shown, shown
+        again = dask_ops.up(paths, sizing)
+        assert len(again.workers) == 1 and again.missing == {}, again
+        assert again.detail == "started again: local-0" and again.address == first.address
+    finally:
+        dask_ops.down(paths)

@@ -146,9 +146,22 @@ def test_a_worker_killed_mid_run_its_step_runs_again_and_the_run_completes(dask_
     assert {s["state"] for s in result["steps"].values()} == {"Completed"}
     pids = [int(line) for line in (tmp_path / "victim.pids").read_text().split()]
     assert len(pids) == 2 and pids[0] != pids[1], pids  # killed once, then re-run by another process
+    # the run's log says so (it went on in silence: only the workers' logs told)
+    assert wait_until(lambda: _run_logs_with(result["flow_run_id"], "left the cluster unexpectedly"), 30)
+    (said,) = _run_logs_with(result["flow_run_id"], "left the cluster unexpectedly")
+    assert "while running step(s) victim, which Dask runs again on another worker" in said, said
     # The nanny restarts the killed worker: the next test finds both again.
     assert wait_until(lambda: len(cluster.status(paths).workers) == WORKERS, 60), cluster.status(paths)
     assert os.environ["PLANFLOW_DASK_ADDRESS"] == cluster.status(paths).address
+
+
+def _run_logs_with(flow_run_id: str, text: str) -> list[str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+    return [log.message for log in logs if text in log.message]
 
 
 def test_a_step_whose_workers_keep_dying_fails_the_run_naming_that_fate(dask_cluster, tmp_path):

@@ -25,6 +25,9 @@ def _show(state: cluster.ClusterStatus) -> None:
     for worker, resources in sorted(state.workers.items()):
         offers = " ".join(f"{name}={value:g}" for name, value in sorted(resources.items()))
         say(f"worker     {worker}  {offers or '(no resources)'}")
+    for name, why in sorted(state.missing.items()):
+        fix = "planflow dask up starts it again" if why.startswith(cluster.GONE) else "wait, or read its log"
+        say(f"worker     {name}  MISSING: {why}. Fix: {fix}")
 
 
 @dask_app.command("up")
@@ -38,7 +41,8 @@ def up(
         None, help="Start nothing: use the running scheduler at this address (e.g. tcp://10.0.0.5:8786)."
     ),
 ) -> None:
-    """Start a local scheduler and workers (idempotent), or record --address; print the workers."""
+    """Start a local scheduler and workers (idempotent: on a running cluster, the workers
+    whose processes ended are started again), or record --address; print the workers."""
     paths = StatePaths.discover()
     capacities = None
     if address and (workers or pool or port):

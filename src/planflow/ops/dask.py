@@ -41,6 +41,7 @@ from planflow.runtime.dask_cluster import (
     check_address,
     cluster_file,
     cluster_resources,
+    cluster_workers,
     pool_resources,
 )
 from planflow.settings import DEFAULT_HOST, StatePaths, make_private_dir, private_files, settings, write_private
@@ -51,6 +52,7 @@ WORKER_MODULE = "distributed.cli.dask_worker"
 # the loopback: by default it took :8787 on every interface
 HTTP_ON_LOOPBACK = ["--no-dashboard", "--dashboard-address", f"{DEFAULT_HOST}:0"]
 START_SECONDS = 60.0  # how long the scheduler, then all workers, may take to answer
+GONE = "its process has ended"  # a recorded worker's, nanny and all: `up` starts it again
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,8 @@ class ClusterStatus:
     state: str  # "running" | "external" | "stopped" | "unreachable"
     workers: dict[str, dict[str, float]] = field(default_factory=dict)  # address -> resources
     detail: str = ""
+    # a local cluster's workers that `up` started and that are not joined: name -> why
+    missing: dict[str, str] = field(default_factory=dict)
 
 
 def dask_dir(paths: StatePaths) -> Path:
@@ -167,7 +171,7 @@ def up(
         return current
     if current.state == "running":
         _refuse_other_sizing(paths, current, capacities, workers, port)
-        return current
+        return _restart_missing(paths, current)
     if not capacities:
         raise ValueError("no pool to size the Dask workers from. Fix: planflow pools set NAME --cpu N --mem-gib N")
     if port and port_in_use(DEFAULT_HOST, port):  # before anything starts: a client asking whatever
@@ -196,10 +200,7 @@ def up(
                 f"({logs / 'scheduler.log'}) ends:\n{log_tail(logs / 'scheduler.log')}"
             )
         for spec in specs:
-            command = [sys.executable, "-m", WORKER_MODULE, address, "--host", DEFAULT_HOST, "--name", spec.name]
-            command += ["--nthreads", str(spec.nthreads), "--resources", spec.resources_arg(), *HTTP_ON_LOOPBACK]
-            process = spawn(command, logs / f"{spec.name}.log", env, paths.project)
-            write_pid_file(_pid_file(paths, spec.name), process.pid)
+            _spawn_worker(paths, spec, address, env)
         record = {
             "address": address,
             "external": False,
@@ -215,6 +216,38 @@ def up(
             + tails
         )
     return status(paths)
+
+
+def _spawn_worker(paths: StatePaths, spec: WorkerSpec, address: str, env: Mapping[str, str]) -> None:
+    """One worker process (with its nanny, which restarts it when it dies) for `spec`."""
+    command = [sys.executable, "-m", WORKER_MODULE, address, "--host", DEFAULT_HOST, "--name", spec.name]
+    command += ["--nthreads", str(spec.nthreads), "--resources", spec.resources_arg(), *HTTP_ON_LOOPBACK]
+    process = spawn(command, dask_dir(paths) / f"{spec.name}.log", env, paths.project)
+    write_pid_file(_pid_file(paths, spec.name), process.pid)
+
+
+def _restart_missing(paths: StatePaths, current: ClusterStatus) -> ClusterStatus:
+    """The running local cluster, with the workers whose processes ended (nanny and all:
+    killed, or out of memory) started again as recorded; `up` kept the cluster and said
+    nothing of them, and runs waited for resources that no worker offered any more."""
+    gone = [name for name, why in current.missing.items() if why.startswith(GONE)]
+    if not gone:
+        return current
+    record = _record(paths)
+    with private_files():
+        for name in gone:
+            worker = record["workers"][name]
+            spec = WorkerSpec(name, worker["pool"], int(worker["nthreads"]), dict(worker["resources"]))
+            _spawn_worker(paths, spec, str(current.address), _env(paths))
+    address, expected = str(current.address), len(record["workers"])
+    if not wait_until(lambda: _answers(address, expected), START_SECONDS, interval=0.3):
+        tails = "\n".join(f"--- {n}.log:\n{log_tail(dask_dir(paths) / f'{n}.log', 8)}" for n in gone)
+        raise DaskClusterError(
+            f"worker(s) {', '.join(gone)} started again did not join the scheduler at {address} within "
+            f"{START_SECONDS:.0f} s:\n{tails}"
+        )
+    again = status(paths)
+    return ClusterStatus(again.address, again.state, again.workers, f"started again: {', '.join(gone)}", again.missing)
 
 
 def _use_address(paths: StatePaths, address: str) -> ClusterStatus:
@@ -306,7 +339,20 @@ def status(paths: StatePaths, address: str | None = None, use_setting: bool = Tr
     if not external and _live(paths, "scheduler") is None:
         return ClusterStatus(address, "stopped", detail="the recorded scheduler is gone; start: planflow dask up")
     try:
-        found = cluster_resources(address, timeout=settings().dask_connect_seconds)
+        found = cluster_workers(address, timeout=settings().dask_connect_seconds)
     except DaskClusterError as exc:
         return ClusterStatus(address, "unreachable", detail=str(exc))
-    return ClusterStatus(address, "external" if external else "running", found)
+    offers = {worker: dict(w.get("resources") or {}) for worker, w in found.items()}
+    if external:
+        return ClusterStatus(address, "external", offers)
+    joined = {str(w.get("name")) for w in found.values()}
+    missing = {
+        name: (
+            f"{GONE} (log: {dask_dir(paths) / f'{name}.log'})"
+            if _live(paths, name) is None
+            else "its process runs but it has not joined the scheduler (starting, or restarted by its nanny)"
+        )
+        for name in record.get("workers", {})
+        if name not in joined
+    }
+    return ClusterStatus(address, "running", offers, missing=missing)

@@ -185,6 +185,12 @@ def cluster_resources(address: str, timeout: float | None = None, fix: str = "")
     """Each worker's address -> the resources it offers; DaskClusterError when `address`
     is malformed, is not a scheduler, or does not answer within `timeout` seconds (at once
     when nothing listens there). `fix` replaces the default advice."""
+    return {worker: dict(w.get("resources") or {}) for worker, w in cluster_workers(address, timeout, fix).items()}
+
+
+def cluster_workers(address: str, timeout: float | None = None, fix: str = "") -> dict[str, dict[str, Any]]:
+    """Each worker's address -> what the scheduler knows of it (`name`, `resources`, ...);
+    errors as cluster_resources'."""
     timeout = timeout or settings().dask_connect_seconds
     check_address(address)
     started = time.monotonic()
@@ -211,7 +217,7 @@ def cluster_resources(address: str, timeout: float | None = None, fix: str = "")
             f"{address} answers, but not as a Dask scheduler ({what}). Fix: give "
             "the scheduler's address (a worker's log names it: 'Registered to: tcp://...')"
         )
-    return {worker: dict(w.get("resources") or {}) for worker, w in info["workers"].items()}
+    return {worker: dict(w) for worker, w in info["workers"].items()}
 
 
 _SEEN_SECONDS = 5.0  # a run's plan asks the scheduler once: run_pools, then require_offered

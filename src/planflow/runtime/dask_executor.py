@@ -38,6 +38,7 @@ from prefect.context import TaskRunContext
 from prefect_dask import DaskTaskRunner
 
 from planflow.core.pipeline import Pipeline
+from planflow.prefect.run_logger import run_logger
 from planflow.runtime import reporting
 from planflow.runtime.dask_cluster import scheduler_address, started_by_planflow, task_resources, unreachable
 from planflow.runtime.dask_submit import RunSubmitter
@@ -220,6 +221,8 @@ class DaskExecutor(Executor):
         self.address = address
         self._runner: DaskTaskRunner | None = None
         self._submitter: RunSubmitter | None = None
+        self._steps: dict[str, str] = {}  # a step's Dask key -> the step (_on_cluster_event)
+        self._log = run_logger("planflow.dask")
 
     def __enter__(self) -> DaskExecutor:
         address = self.address or scheduler_address()
@@ -239,7 +242,26 @@ class DaskExecutor(Executor):
                 PREFECT_DASK_LOGGER.removeFilter(quiet)
         self._runner = runner
         self._submitter = RunSubmitter(runner.client)
+        runner.client.subscribe_topic("all", self._on_cluster_event)
         return self
+
+    def _on_cluster_event(self, event: tuple[float, Any]) -> None:
+        """A worker left the cluster unexpectedly (killed, out of memory, its machine gone):
+        said in the run's log, naming the run's steps it was running, which Dask runs again
+        on another worker. The run went on in silence before: only the workers' logs told."""
+        _, message = event
+        if not isinstance(message, dict) or message.get("action") != "remove-worker" or message.get("expected"):
+            return
+        steps = sorted({self._steps[key] for key in message.get("processing-tasks") or () if key in self._steps})
+        running = f" while running step(s) {', '.join(steps)}, which Dask runs again on another worker" if steps else ""
+        self._log.warning(
+            "Dask worker %s left the cluster unexpectedly%s (a step whose workers die more often than "
+            "distributed.scheduler.allowed-failures fails the run). Why: the worker's log "
+            "(`.planflow/dask/<worker>.log` for the workers `planflow dask up` started; `planflow dask status` "
+            "names a worker that did not come back)",
+            message.get("worker", "?"),
+            running,
+        )
 
     def __exit__(self, *exc_info: Any) -> None:
         submitter, self._submitter = self._submitter, None
@@ -249,6 +271,10 @@ class DaskExecutor(Executor):
             except Exception as exc:  # noqa: BLE001 - the workers drop it among their oldest anyway
                 logger.warning("%s (they drop it later, among their oldest)", exc)
         if self._runner is not None:
+            try:
+                self._runner.client.unsubscribe_topic("all")
+            except Exception as exc:  # noqa: BLE001 - the connection may be gone; the client closes next
+                logger.debug("unsubscribe: %s", exc)
             self._runner.__exit__(*exc_info)
             self._runner = None
 
@@ -278,6 +304,7 @@ class DaskExecutor(Executor):
         kwargs = self.pipeline.step_kwargs(step, self.params, upstream)
         with dask.annotate(resources=task_resources(a.pool, a.demand)):
             future, task_run_id = self._submitter.submit(step, task, kwargs)
+        self._steps[str(future.key)] = step
         # first among the tasks ready on its worker: at the default priority it would queue
         # behind every step released after its own (Dask runs earlier submissions first),
         # and the dispatcher would hear of completions only in bursts, late

@@ -26,11 +26,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from prefect import get_run_logger
-from prefect.context import FlowRunContext
 from prefect.events import emit_event
 
 from planflow.prefect.jobvars import quantity
+from planflow.prefect.run_logger import run_logger
 
 GIB = 2**30
 DOCKER_TIMEOUT_S = 30.0
@@ -184,7 +183,7 @@ def escalate(
 
 # -- telling others -----------------------------------------------------------------------
 def logger() -> logging.Logger | logging.LoggerAdapter:
-    return get_run_logger() if FlowRunContext.get() is not None else logging.getLogger("planflow.oom")
+    return run_logger("planflow.oom")
 
 
 def _resource(pipeline: str, step: str) -> dict[str, str]:

@@ -16,14 +16,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from prefect import get_run_logger
-from prefect.context import FlowRunContext
-
 from planflow.core.pipeline import Pipeline
 from planflow.planner import Mode, Plan, PlannerOptions, Pool, Problem, Step, Task, solve
 from planflow.prefect.blocks.planner_settings import PlannerSettings
 from planflow.prefect.blocks.registry import DEFAULT_POOL, load_pools, load_settings
 from planflow.prefect.blocks.resource_pool import ResourcePool
+from planflow.prefect.run_logger import run_logger
 from planflow.runtime.caching import cached_estimate, predicted_cached
 from planflow.runtime.dask_cluster import dask_pools, require_offered, worker_offers
 from planflow.runtime.dispatch import RESOURCES, Assignment
@@ -236,7 +234,7 @@ class RunPlan:
 
 
 def _logger() -> logging.Logger | logging.LoggerAdapter:
-    return get_run_logger() if FlowRunContext.get() is not None else logging.getLogger("planflow")
+    return run_logger()
 
 
 def run_pools(
