@@ -8,7 +8,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
-from planflow.prefect.blocks.alert_route import AlertRoute, route_name
+from planflow.prefect.blocks.alert_route import AlertRoute, load_route, route_name
 from planflow.remediation.alert import AlertEvent
 from planflow.remediation.guard import Guard
 
@@ -137,3 +137,32 @@ def test_update_defaults_keep_the_first_value(registered_blocks):
     ledger = guard.update(key, defaults={"pool_limit_before": 2}, scaling=False)
     assert ledger == {"pool_limit_before": 1, "scaling": False}
     assert guard.reset(key) == ledger and guard.ledger(key) == {}
+
+
+def test_two_retries_of_one_crash_side_by_side_count_one_attempt(registered_blocks):
+    """A SIGKILL is reported Crashed twice, seconds apart; the automation starts a retry
+    for each, and they can run side by side. Both checked for an earlier AwaitingRetry
+    before either had set one, and each counted an attempt ("planflow retry 2/2" after one
+    crash). The check and the retry now go under the guard's lock: one attempt counted,
+    the other retry sets the same AwaitingRetry again or finds it retried."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Crashed, Running
+
+    from planflow.prefect.blocks.alert_route import FLOW_RUN_FAILED
+    from planflow.remediation.retry import RETRY_MESSAGE, retry_run
+
+    with route_override(FLOW_RUN_FAILED, max_attempts=2, cooldown_seconds=0, rate_limit=100, backoff_seconds=600):
+        with get_client(sync_client=True) as client:
+            flow_id = client.create_flow_from_name(f"crash-twice-{uuid.uuid4().hex[:8]}")
+            deployment = client.create_deployment(flow_id=flow_id, name="no-worker")
+            run = client.create_flow_run_from_deployment(deployment)
+            client.set_flow_run_state(run.id, Running(), force=True)
+            client.set_flow_run_state(run.id, Crashed(message="Process exited with status code: -9"), force=True)
+        alert = AlertEvent(event="prefect.flow-run.Crashed", resource_id=f"prefect.flow-run.{run.id}")
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            outcomes = list(pool.map(lambda _: retry_run(alert), range(2)))
+        with get_client(sync_client=True) as client:
+            states = client.read_flow_run_states(run.id)
+        retries = [s.message for s in states if s.name == "AwaitingRetry"]
+        assert retries and all(m.startswith(f"{RETRY_MESSAGE}1/2") for m in retries), (retries, outcomes)
+        assert Guard(load_route(FLOW_RUN_FAILED)).ledger(f"retry:{run.id}")["attempts"] == 1, outcomes

@@ -149,11 +149,17 @@ class Guard:
     def admit(self, key: str, now: float | None = None, extra: dict[str, Any] | None = None) -> Decision:
         """Decide whether one action on `key` (e.g. "failover:docker") may happen now;
         counts it in the durable ledger when it may (or would, in a dry run)."""
+        with guard_lock(self.lock_timeout):
+            return self.admit_held(key, now, extra)
+
+    def admit_held(self, key: str, now: float | None = None, extra: dict[str, Any] | None = None) -> Decision:
+        """`admit`, for a caller that holds the guard's lock (guard_lock) around its own
+        check and action as well: e.g. the retry, whose check that a crash was not
+        retried already must see what a retry of the same crash running beside it did."""
         route = self.route
         if route.action == "none":
             return Decision("no_action", f"route {route.alertname}: action is none")
-        with guard_lock(self.lock_timeout):
-            return self._decide(key, time.time() if now is None else now, extra or {})
+        return self._decide(key, time.time() if now is None else now, extra or {})
 
     def _decide(self, key: str, now: float, extra: dict[str, Any]) -> Decision:
         route = self.route

@@ -20,7 +20,7 @@ from prefect.states import AwaitingRetry
 from planflow.prefect.blocks.alert_route import FLOW_RUN_FAILED, AlertRoute, load_route
 from planflow.remediation.alert import AlertEvent
 from planflow.remediation.audit import Audit, audited
-from planflow.remediation.guard import Guard
+from planflow.remediation.guard import Guard, guard_lock
 from planflow.remediation.names import RETRY_FLOW, is_remediation_run
 
 
@@ -65,6 +65,53 @@ def _set_again(client: Any, audit: Audit, route: AlertRoute, run: Any, state: St
     return audit.finish("succeeded", reason, details, route)
 
 
+def _retry_once(client: Any, audit: Audit, route: AlertRoute, run_id: str) -> dict[str, Any]:
+    """The check that this crash was not retried already, and the retry, under the guard's
+    lock: a SIGKILL is reported Crashed twice, 4 s apart, and the two retries ran side by
+    side, each seeing no AwaitingRetry yet, each counting an attempt. The run is read again
+    under the lock: a retry beside this one may have set it AwaitingRetry meanwhile."""
+    guard = Guard(route)
+    with guard_lock(guard.lock_timeout):
+        run = client.read_flow_run(run_id)
+        state = run.state
+        if state is None or state.type.value not in ("FAILED", "CRASHED"):
+            return audit.finish(
+                "skipped", f"flow run {run.name} is {state.name if state else '-'} now: already retried", route=route
+            )
+        earlier = retry_since_last_run(client.read_flow_run_states(run_id))
+        if earlier is not None:
+            return _set_again(client, audit, route, run, state, earlier)
+        decision = guard.admit_held(f"retry:{run_id}", extra={"flow_run": run.name})
+        details = {"flow_run": run.name, "was": state.name, "attempt": decision.attempt, "decision": decision.outcome}
+        if not decision.counted:
+            audit.note(f"not retried: {decision.reason}")
+            return audit.finish(decision.audit_outcome, decision.reason, details, route)
+        delay = backoff_seconds(route, decision.attempt)
+        when = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=delay)
+        details.update(backoff_seconds=delay, scheduled_for=when.isoformat())
+        if decision.outcome == "dry_run":
+            audit.note(f"dry run: would set {run.name} ({state.name}) to AwaitingRetry in {delay:g} s")
+            return audit.finish("dry_run", decision.reason, details, route)
+        client.set_flow_run_state(
+            run_id,
+            AwaitingRetry(
+                scheduled_time=when,
+                message=(
+                    f"{RETRY_MESSAGE}{decision.attempt}/{route.max_attempts} after {state.name}: "
+                    f"{(state.message or '')[:200]}"
+                ),
+            ),
+            force=True,
+        )
+        audit.note(
+            f"set {run.name} from {state.name} to AwaitingRetry, due in {delay:g} s "
+            f"(attempt {decision.attempt} of {route.max_attempts}); a worker of its pool runs "
+            "the same flow run again, finished components come back Cached"
+        )
+        audit.emit("action", what="set-state", state="AwaitingRetry", flow_run_id=run_id, backoff_seconds=delay)
+    return audit.finish("succeeded", decision.reason, details, route)
+
+
 @flow(name=RETRY_FLOW, log_prints=True, retries=0)
 @audited
 def retry_run(alert: AlertEvent) -> dict[str, Any]:
@@ -101,35 +148,4 @@ def retry_run(alert: AlertEvent) -> dict[str, Any]:
                 f"flow run {run.name} was not started from a deployment: no worker can run it again",
                 route=route,
             )
-        earlier = retry_since_last_run(client.read_flow_run_states(run_id))
-        if earlier is not None:
-            return _set_again(client, audit, route, run, state, earlier)
-        decision = Guard(route).admit(f"retry:{run_id}", extra={"flow_run": run.name})
-        details = {"flow_run": run.name, "was": state.name, "attempt": decision.attempt, "decision": decision.outcome}
-        if not decision.counted:
-            audit.note(f"not retried: {decision.reason}")
-            return audit.finish(decision.audit_outcome, decision.reason, details, route)
-        delay = backoff_seconds(route, decision.attempt)
-        when = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=delay)
-        details.update(backoff_seconds=delay, scheduled_for=when.isoformat())
-        if decision.outcome == "dry_run":
-            audit.note(f"dry run: would set {run.name} ({state.name}) to AwaitingRetry in {delay:g} s")
-            return audit.finish("dry_run", decision.reason, details, route)
-        client.set_flow_run_state(
-            run_id,
-            AwaitingRetry(
-                scheduled_time=when,
-                message=(
-                    f"{RETRY_MESSAGE}{decision.attempt}/{route.max_attempts} after {state.name}: "
-                    f"{(state.message or '')[:200]}"
-                ),
-            ),
-            force=True,
-        )
-        audit.note(
-            f"set {run.name} from {state.name} to AwaitingRetry, due in {delay:g} s "
-            f"(attempt {decision.attempt} of {route.max_attempts}); a worker of its pool runs "
-            "the same flow run again, finished components come back Cached"
-        )
-        audit.emit("action", what="set-state", state="AwaitingRetry", flow_run_id=run_id, backoff_seconds=delay)
-    return audit.finish("succeeded", decision.reason, details, route)
+        return _retry_once(client, audit, route, run_id)
