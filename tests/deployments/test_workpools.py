@@ -154,7 +154,7 @@ def test_worker_status_sees_a_live_worker(work_pools):
     import datetime as dt
 
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
 
     with get_client(sync_client=True) as client:
         client.create_work_pool(WorkPoolCreate(name="heartbeat-test", type="process"), overwrite=True)
@@ -164,6 +164,17 @@ def test_worker_status_sees_a_live_worker(work_pools):
         )
     try:
         assert "1 worker(s) online: test-worker" in worker_status("heartbeat-test")
+        # paused (by the failover, or by hand): said, with the command that resumes it, and
+        # `workpools status` exits 3 as for a pool that no worker serves
+        with get_client(sync_client=True) as client:
+            client.update_work_pool("heartbeat-test", WorkPoolUpdate(is_paused=True))
+        paused = worker_status("heartbeat-test")
+        assert "1 worker(s) online: test-worker" in paused and "; PAUSED: its flow runs wait" in paused, paused
+        assert "Resume it with: prefect work-pool resume heartbeat-test" in paused
+        shown = CliRunner().invoke(workpools_app, ["status", "heartbeat-test"])
+        assert shown.exit_code == 3 and "PAUSED" in shown.output, shown.output
+        with get_client(sync_client=True) as client:
+            client.update_work_pool("heartbeat-test", WorkPoolUpdate(is_paused=False))
         later = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=10)
         stale = worker_status("heartbeat-test", now=later)
         assert "has no worker running (offline: test-worker" in stale

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import typer
 
-from planflow.cli.common import fail
-from planflow.prefect.workpools import WorkPoolError, require_server
+from planflow.cli.common import ensure_server, fail
 from planflow.remediation.automations import (
     REMEDIATION_POOL,
     AutomationsError,
@@ -24,6 +23,7 @@ automations_app = typer.Typer(help="planflow's Prefect automations (retry, failo
 @automations_app.command("apply")
 def apply_command() -> None:
     """Create or update every planflow automation, its routes and deployments (idempotent)."""
+    ensure_server()
     try:
         for line in apply():
             typer.echo(line)
@@ -34,10 +34,7 @@ def apply_command() -> None:
 @automations_app.command("ls")
 def ls_command() -> None:
     """List planflow's automations: name, enabled, trigger events, action."""
-    try:
-        require_server()
-    except WorkPoolError as exc:
-        fail(str(exc))
+    ensure_server()
     found = planflow_automations()
     if not found:
         typer.echo("no planflow automations. Create them with: planflow automations apply")
@@ -52,6 +49,7 @@ def rm_command(
     name: str | None = typer.Argument(None, help="Automation name; all of planflow's when omitted."),
 ) -> None:
     """Delete one planflow automation, or all of them."""
+    ensure_server()
     removed = remove(name)
     if name and not removed:
         fail(f"no planflow automation named {name!r}; see `planflow automations ls`")

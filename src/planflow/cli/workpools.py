@@ -8,8 +8,8 @@ from __future__ import annotations
 import typer
 from prefect.client.orchestration import get_client
 
-from planflow.cli.common import fail
-from planflow.prefect.workpools import POOLS, WorkPoolError, apply_work_pools, require_server, worker_status
+from planflow.cli.common import ensure_server, fail
+from planflow.prefect.workpools import PAUSED, POOLS, WorkPoolError, apply_work_pools, worker_status
 
 workpools_app = typer.Typer(
     help="Prefect work pools (process, docker, kubernetes) and their workers.", no_args_is_help=True
@@ -22,6 +22,7 @@ def apply_command(
     no_resource_pools: bool = typer.Option(False, help="Do not create the ResourcePool blocks."),
 ) -> None:
     """Create or update planflow's work pools from the job templates it ships (idempotent)."""
+    ensure_server()
     try:
         for line in apply_work_pools(names or None, resource_pools=not no_resource_pools):
             typer.echo(line)
@@ -32,10 +33,7 @@ def apply_command(
 @workpools_app.command("ls")
 def ls_command() -> None:
     """List the work pools with their type, status and workers."""
-    try:
-        require_server()
-    except WorkPoolError as exc:
-        fail(str(exc))
+    ensure_server()
     with get_client(sync_client=True) as client:
         pools = client.read_work_pools()
     if not pools:
@@ -47,11 +45,13 @@ def ls_command() -> None:
 
 @workpools_app.command("status")
 def status_command(pool: str = typer.Argument(..., help="Work pool name.")) -> None:
-    """Say whether a worker serves POOL; exit 3 when none does."""
+    """Say whether a worker serves POOL, and whether it is paused; exit 3 when no worker
+    serves it or it is paused (its flow runs wait either way)."""
+    ensure_server()
     try:
         message = worker_status(pool)
     except WorkPoolError as exc:
         fail(str(exc))
     typer.echo(message)
-    if "no worker running" in message:
+    if "no worker running" in message or PAUSED in message:
         raise typer.Exit(3)

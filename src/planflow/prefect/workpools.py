@@ -208,15 +208,24 @@ def require_pool(name: str) -> Any:
     )
 
 
+PAUSED = "PAUSED"  # in worker_status's message for a paused pool
+
+
 def worker_status(pool: str, now: dt.datetime | None = None) -> str:
     """Say whether a worker serves `pool`, judged by its heartbeats; the message
     says how to start one when none is alive.
 
     Raises WorkPoolError when the pool does not exist or the server does not answer.
     """
-    require_pool(pool)
+    found = require_pool(pool)
     with get_client(sync_client=True) as client:
         workers = client.read_workers_for_work_pool(pool)
+    paused = (
+        f"; {PAUSED}: its flow runs wait even with a worker (paused by planflow's failover, or by hand). "
+        f"Resume it with: prefect work-pool resume {pool}"
+        if found.is_paused
+        else ""
+    )
     now = now or dt.datetime.now(dt.UTC)
     alive, stale = [], []
     for worker in workers:
@@ -228,11 +237,11 @@ def worker_status(pool: str, now: dt.datetime | None = None) -> str:
         else:
             stale.append(f"{worker.name} (last heartbeat {'never' if age is None else f'{age:.0f} s ago'})")
     if alive:
-        return f"work pool '{pool}': {len(alive)} worker(s) online: {', '.join(alive)}"
+        return f"work pool '{pool}': {len(alive)} worker(s) online: {', '.join(alive)}{paused}"
     pool_type = POOLS[pool].type if pool in POOLS else None
     start = f"prefect worker start --pool {pool}" + (f" --type {pool_type}" if pool_type else "")
     seen = f" (offline: {', '.join(stale)})" if stale else ""
-    return f"work pool '{pool}' has no worker running{seen}; its flow runs wait. Start one with: {start}"
+    return f"work pool '{pool}' has no worker running{seen}; its flow runs wait. Start one with: {start}{paused}"
 
 
 def worker_online(pool: str) -> bool:

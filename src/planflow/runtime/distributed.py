@@ -30,7 +30,7 @@ from planflow.core.pipeline import Pipeline
 from planflow.prefect.blocks.registry import load_settings
 from planflow.prefect.jobvars import job_variables, require_fits
 from planflow.prefect.reserved import COMPONENT_FLOW
-from planflow.prefect.workpools import WorkPoolError, require_pool, worker_status
+from planflow.prefect.workpools import PAUSED, WorkPoolError, require_pool, worker_status
 from planflow.runtime.component_flow import output_key, usage_key
 from planflow.runtime.dispatch import Assignment, StepRecord
 from planflow.runtime.executors import Executor, StepFuture
@@ -84,7 +84,7 @@ def readiness(work_pools: set[str]) -> tuple[dict[str, Any], dict[str, list[str]
                     "(in planflow's own repository: `make deploy`)"
                 )
         status = worker_status(work_pool)
-        if "worker(s) online" not in status:
+        if "worker(s) online" not in status or PAUSED in status:  # a paused pool runs nothing either
             missing.append(status)
         if missing:
             problems[work_pool] = missing
