@@ -70,7 +70,9 @@ def test_status_reports_stale_pid_files(tmp_path):
     folder = services.monitoring_dir(paths)
     folder.mkdir(parents=True)
     (folder / "bridge.pid").write_text("999999")
-    assert services.status(paths)["bridge"].state == "stale"
+    stale = services.status(paths)["bridge"]
+    assert stale.state == "stale", stale
+    assert f"(it ended: why is in {folder / 'bridge.log'}). Fix: planflow stack up starts it again" in stale.detail
     assert services.status(paths)["prometheus"].state == "stopped"
     services.down(paths)
     assert not (folder / "bridge.pid").exists()

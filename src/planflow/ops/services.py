@@ -148,14 +148,20 @@ def status(paths: StatePaths | None = None) -> dict[str, ServiceStatus]:
     for name in ORDER:
         url = f"http://{HOST}:{ports[name]}"
         pid, alive = _live_pid(paths, name)
+        log = monitoring_dir(paths) / f"{name}.log"
         if pid is None:
-            out[name] = ServiceStatus(name, "stopped", url)
+            out[name] = ServiceStatus(name, "stopped", url, detail="start: planflow stack up")
         elif not alive:
-            out[name] = ServiceStatus(name, "stale", url, pid, f"pid {pid} is not running")
+            why = f"pid {pid} is not running (it ended: why is in {log}). Fix: planflow stack up starts it again"
+            out[name] = ServiceStatus(name, "stale", url, pid, why)
         elif _healthy(url, name, _auth_for(paths, name)):
             out[name] = ServiceStatus(name, "running", url, pid)
         else:
-            out[name] = ServiceStatus(name, "unhealthy", url, pid, f"{url}{HEALTH[name]} does not answer")
+            why = (
+                f"{url}{HEALTH[name]} does not answer (starting, or stuck: read {log}). "
+                "Fix: planflow stack down, then planflow stack up"
+            )
+            out[name] = ServiceStatus(name, "unhealthy", url, pid, why)
     return out
 
 
