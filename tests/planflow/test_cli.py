@@ -172,6 +172,10 @@ def test_pools_set_changes_only_the_options_given_and_refuses_a_backup_that_is_n
         env=cli_env,
     )
     assert made.returncode == 0, made.stderr
+    # the work pool it names does not exist: said, with what needs it and the fix (not refused:
+    # in-process runs need none)
+    assert f"note: the Prefect work pool '{name}-work' does not exist" in made.stderr, made.stderr
+    assert f"Fix: prefect work-pool create {name}-work --type process" in made.stderr, made.stderr
     try:
         wrong = planflow("pools", "set", name, "--backup-pool", "nosuch", env=cli_env)
         assert wrong.returncode == 2, wrong.stdout + wrong.stderr
@@ -180,6 +184,7 @@ def test_pools_set_changes_only_the_options_given_and_refuses_a_backup_that_is_n
         assert planflow("pools", "set", name, "--backup-pool", "local", env=cli_env).returncode == 0
         resized = planflow("pools", "set", name, "--cpu", "3", env=cli_env)
         assert resized.returncode == 0, resized.stderr
+        assert "does not exist" not in resized.stderr  # said once, when the work pool was named
         pool = ResourcePool.load(name)
         assert (pool.cpu, pool.mem_gib, pool.gpu, pool.cost_per_hour) == (3, 4, 1, 3)
         assert (pool.work_pool, pool.backup_pool) == (f"{name}-work", "local")  # kept: not given again

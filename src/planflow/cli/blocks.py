@@ -8,14 +8,17 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from prefect.client.orchestration import get_client
+from prefect.exceptions import ObjectNotFound
 from pydantic import ValidationError
 from rich.table import Table
 
-from planflow.cli.common import console, ensure_server, fail, say
+from planflow.cli.common import console, ensure_server, fail, say, warn
 from planflow.prefect.blocks import DEFAULT_POOL, ResourcePool, ensure_defaults, load_pools, register
 from planflow.prefect.blocks.documents import BlockDocumentError, apply_folder, default_folder, plan_folder
 from planflow.prefect.health import ServerNotAnswering
 from planflow.prefect.limits import LimitsInUseError, limit_drift, remove_pool_limits, sync_limits
+from planflow.prefect.workpools import POOLS
 
 blocks_app = typer.Typer(help="planflow's Prefect blocks.", no_args_is_help=True)
 pools_app = typer.Typer(help="Resource pools (ResourcePool blocks).", no_args_is_help=True)
@@ -176,6 +179,30 @@ def pools_set(
     say(f"pool {name}: {sizes}{backup_text} -> work pool {pool.work_pool}")
     for line in sync_limits({name: pool.capacity()}):
         say(line)
+    if "work_pool" in given or current is None:
+        _say_if_no_work_pool(pool.work_pool, name)
+
+
+def _say_if_no_work_pool(work_pool: str, name: str) -> None:
+    """A warning when the Prefect work pool a ResourcePool names does not exist: in-process
+    runs (`planflow run --pool NAME`) need none, but deployments and distributed runs on
+    the pool wait for it, and nothing said so."""
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_work_pool(work_pool)
+            return
+        except ObjectNotFound:
+            pass
+    how = (
+        f"planflow workpools apply {work_pool}"
+        if work_pool in POOLS
+        else f"prefect work-pool create {work_pool} --type process"
+    )
+    warn(
+        f"note: the Prefect work pool '{work_pool}' does not exist: in-process runs (planflow run NAME --pool {name}) "
+        f"need none, but distributed runs and deployments on pool '{name}' need it. Fix: {how}, or "
+        f"planflow pools set {name} --work-pool <an existing one>"
+    )
 
 
 _OPTION_EXAMPLES = {
