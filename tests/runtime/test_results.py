@@ -134,3 +134,48 @@ def test_gc_frees_space_but_not_results_a_retry_may_need(prefect_server, cli_env
     finally:
         with get_client(sync_client=True) as client:
             client.delete_flow_run(waiting.id)
+
+
+def test_an_output_of_a_class_only_a_deployments_loader_can_import_is_read_by_another_process(tmp_path, monkeypatch):
+    """Prefect loads a deployment's entrypoint (flows/credit/flow.py) as a module named
+    `flow`, so `from . import steps` makes `flow.steps`: a model class defined there was
+    pickled as `flow.steps.Model`, which `planflow serve` (another process) could not
+    import ("No module named 'flow'"), and it kept serving an older run's model. Such a
+    class is now pickled by value (pickle_by_value.py)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    from prefect.utilities.importtools import load_script_as_module
+
+    package = tmp_path / "flows" / "credit"
+    package.mkdir(parents=True)
+    (tmp_path / "flows" / "__init__.py").write_text("")
+    (package / "__init__.py").write_text("")
+    (package / "steps.py").write_text(
+        textwrap.dedent(
+            """
+            class Model:
+                def __init__(self, k):
+                    self.k = k
+
+                def predict(self, x):
+                    return x * self.k
+            """
+        )
+    )
+    (package / "flow.py").write_text("from . import steps\n\n\ndef train():\n    return steps.Model(3)\n")
+    monkeypatch.chdir(tmp_path)  # a worker's run: in the project's folder
+    loaded = load_script_as_module(str(package / "flow.py"))
+    model = loaded.train()
+    assert type(model).__module__.endswith(".steps") and not type(model).__module__.startswith("flows.")
+    (tmp_path / "model.bin").write_bytes(PlanflowSerializer().dumps(model))
+    reader = (
+        "from pathlib import Path\n"
+        "from planflow.prefect.serializer import PlanflowSerializer\n"
+        "model = PlanflowSerializer().loads(Path('model.bin').read_bytes())\n"
+        "print(type(model).__name__, model.predict(2))\n"
+    )
+    read = subprocess.run([sys.executable, "-c", reader], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert read.returncode == 0, read.stderr[-2000:]
+    assert read.stdout.split() == ["Model", "6"]

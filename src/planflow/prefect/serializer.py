@@ -36,6 +36,8 @@ import polars as pl
 import zstandard
 from prefect.serializers import Serializer
 
+from planflow.prefect.pickle_by_value import by_value_where_unimportable
+
 MAGIC = b"planflow1"
 ZSTD_LEVEL = 3
 KINDS = ("polars", "pandas", "arrow", "numpy", "pickle")
@@ -79,6 +81,7 @@ def encode(obj: Any) -> tuple[str, bytes]:
         buffer = io.BytesIO()
         np.save(buffer, obj, allow_pickle=False)
         return "numpy", zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(buffer.getvalue())
+    by_value_where_unimportable()  # e.g. a class of `flow.steps`, a deployment's entrypoint's relative import
     return "pickle", zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(cloudpickle.dumps(obj))
 
 
