@@ -301,3 +301,18 @@ def test_a_nan_or_infinite_param_is_refused_with_why_since_the_flow_run_would_ge
             "(a flow run's parameters travel as JSON, which has no nan or infinity: the run would get null). "
             "Fix: e.g. --param factor=2.0"
         )
+
+
+def test_a_yes_or_no_is_refused_where_a_number_is_expected_as_prefect_refuses_it():
+    """YAML reads yes/no/on/off/true as booleans, which pydantic's lax mode took for 1 and 0:
+    `--param factor=off` ran with factor 0.0 (a failure deep in the step), while Prefect
+    refuses `-p factor=true` for a deployment run."""
+    from planflow.cli.params import ParamError, typed_values
+
+    for text in ("yes", "off", "true"):
+        with pytest.raises(ParamError) as caught:
+            typed_values(toy_dags.diamond, {"factor": text})
+        assert f"takes a float, got {text!r}" in str(caught.value), caught.value
+        with pytest.raises(ParamError):
+            typed_values(toy_dags.diamond, {"n": text})
+    assert typed_values(toy_dags.diamond, {"factor": "3", "n": "4"}) == {"factor": 3.0, "n": 4}

@@ -87,7 +87,11 @@ def convert(text: str, expected: Any) -> Any:
         value = adapter.validate_python(text)
     except ValidationError:
         try:
-            value = adapter.validate_python(yaml.safe_load(text))
+            read = yaml.safe_load(text)
+            # YAML's yes/no/on/off/true are booleans, which pydantic's lax mode takes for 1 and 0:
+            # `--param C=off` ran with C=0. A boolean is one only where one is expected (strict),
+            # as Prefect's own check of a deployment run's parameters has it
+            value = adapter.validate_python(read, strict=isinstance(read, bool))
         except (ValidationError, yaml.YAMLError) as exc:
             raise ValueError(f"{text!r} is not {type_name(expected)}") from exc
     if _non_finite(value):
