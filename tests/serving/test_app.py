@@ -52,6 +52,12 @@ def test_bad_requests_get_a_bounded_4xx_naming_what_is_wrong():
             assert nan.status_code == 400 and f"{constant.decode()} is not a JSON value" in nan.json()["detail"], (
                 nan.text
             )
+        # ... nor as strings, which a float field takes ("inf" reached the model: a 500)
+        for text in ("inf", "Infinity"):
+            as_text = client.post("/predict", json=[{"x": 1}, {"x": text}])
+            assert as_text.status_code == 422, as_text.text
+            (problem,) = as_text.json()["detail"]
+            assert problem["loc"] == ["body", 1] and "x is inf: send a finite number" in problem["msg"], problem
         huge = client.post("/predict", content=b'{"x": -1e999}', headers={"content-type": "application/json"})
         assert huge.status_code == 400 and "-1e999 is out of a float's range" in huge.json()["detail"], huge.text
         deep = client.post("/predict", content=b"[" * 1020 + b"]" * 1020)  # nesting past Python's recursion limit

@@ -17,12 +17,13 @@ import json
 import logging
 import math
 import time
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import TypeAdapter, ValidationError
+from pydantic import AfterValidator, TypeAdapter, ValidationError
+from pydantic_core import to_jsonable_python
 
 from planflow.monitoring.serving_metrics import ServingMetrics
 from planflow.serving.path import OnlinePath
@@ -91,6 +92,22 @@ def _finite_float(text: str) -> float:
     return value
 
 
+def _finite_fields(value: Any) -> Any:
+    """A validated record, refused when a field holds a NaN or an infinity: the JSON reader
+    refuses those as numbers (_not_json, _finite_float), but a float field takes the
+    strings "NaN" and "inf" too, and the model then failed on them (a 500)."""
+    stack: list[tuple[str, Any]] = [("", to_jsonable_python(value, inf_nan_mode="constants"))]
+    while stack:
+        where, item = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            raise ValueError(f"{where or 'the value'} is {item}: send a finite number (or null where the field allows)")
+        if isinstance(item, dict):
+            stack.extend((f"{where}.{key}" if where else str(key), v) for key, v in item.items())
+        elif isinstance(item, list):
+            stack.extend((f"{where}[{i}]", v) for i, v in enumerate(item))
+    return value
+
+
 def _json_safe(value: Any) -> Any:
     """`value` as JSON can carry it: a NaN or an infinity (which Python's JSON reader
     accepts in a request) as its name, "NaN" or "Infinity"; the 422 naming it became a
@@ -112,8 +129,9 @@ def create_app(
 ) -> FastAPI:
     metrics = metrics or ServingMetrics(pipeline=path.pipeline.name)
     swapper = ModelSwapper(path, metrics)
-    record = TypeAdapter(path.record_type)
-    records = TypeAdapter(list[path.record_type])  # type: ignore[name-defined]
+    finite = Annotated[path.record_type, AfterValidator(_finite_fields)]
+    record = TypeAdapter(finite)
+    records = TypeAdapter(list[finite])  # type: ignore[valid-type]
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
