@@ -61,3 +61,53 @@ def test_a_background_services_log_is_private(tmp_path):
     log = tmp_path / "logs" / "service.log"
     spawn([sys.executable, "-c", "print('hello')"], log, os.environ, tmp_path).wait(30)
     assert log.read_text() == "hello\n" and stat.S_IMODE(log.stat().st_mode) == 0o600
+
+
+def test_haproxy_itself_refuses_a_body_over_the_limit_and_a_slow_one_with_the_replicas_json(tmp_path):
+    """A replica refused an oversized body by its Content-Length and closed the connection
+    with the body unsent; HAProxy, still sending it, often lost the 413 (no answer for 8 of
+    20 bodies of 3 MB). And a slow body got HAProxy's HTML 408 after 30 s where a replica
+    answers JSON after 10 s. HAProxy now answers both itself (no replica runs here)."""
+    import subprocess
+    import time
+
+    import httpx
+
+    from planflow.serving.app import BODY_SECONDS
+    from planflow.serving.replicas import haproxy_binary, haproxy_config
+
+    from tests.serving.conftest import free_block, need_haproxy
+
+    need_haproxy()
+    port = free_block(3)
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(haproxy_config("127.0.0.1", port, [port + 1, port + 2], max_body_bytes=1024, max_batch=4))
+    checked = subprocess.run([haproxy_binary(), "-c", "-f", str(config)], capture_output=True, text=True, timeout=30)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    balancer = spawn([haproxy_binary(), "-db", "-f", str(config)], tmp_path / "haproxy.log", os.environ, tmp_path)
+    try:
+        url = f"http://127.0.0.1:{port}/predict"
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, (tmp_path / "haproxy.log").read_text()
+                time.sleep(0.1)
+        answers = [httpx.post(url, content=b"0" * 3_000_000, timeout=10) for _ in range(10)]
+        assert [a.status_code for a in answers] == [413] * 10
+        assert answers[0].json()["detail"] == (
+            "request body of 3000000 bytes is over the limit of 1024 bytes. Fix: send at most 4 records per request"
+        )
+        with socket.create_connection(("127.0.0.1", port)) as slow:
+            slow.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+            slow.settimeout(BODY_SECONDS + 20)
+            started = time.monotonic()
+            said = slow.recv(4096).decode()
+        assert said.startswith("HTTP/1.1 408") and "content-type: application/json" in said, said
+        assert f'"request body not received within {BODY_SECONDS:g} s. Fix: send it at once"' in said, said
+        assert time.monotonic() - started < BODY_SECONDS + 5
+    finally:
+        balancer.terminate()
+        balancer.wait(timeout=10)
