@@ -303,3 +303,22 @@ def test_with_nothing_served_a_newest_run_that_cannot_be_read_falls_back_to_the_
     failing = {"pipeline": path.pipeline.name}
     assert metrics.registry.get_sample_value("planflow_serving_model_load_failing", failing) == 1
     assert asyncio.run(swapper.check()) is False  # the broken newest run is not read again
+
+
+def test_a_newest_run_in_distributed_mode_is_passed_over_at_once_not_after_the_grace():
+    """A distributed run's outputs are in its steps' own flow runs: it never gets the task
+    runs serving reads. A service started after one waited the whole grace (2 minutes,
+    not ready) before it served the last run in process; it now serves that at once."""
+    path = make("serving-toy-distributed")
+    good = str(to_flow(path.pipeline)(factor=3.0, return_state=True).state_details.flow_run_id)
+
+    @flow(name=path.pipeline.name)
+    def distributed(factor: float = 1.0, mode: str = "distributed") -> None:  # as a distributed run is recorded
+        return None
+
+    distributed()
+    swapper = ModelSwapper(path, ServingMetrics(pipeline=path.pipeline.name))
+    assert swapper.record_grace_seconds > 60  # the grace stands: the run is not waited for all the same
+    assert wait_until(lambda: asyncio.run(swapper.check()), 30), swapper.problem
+    assert swapper.current.flow_run_id == good and swapper.current.outputs["scale"] == 3.0
+    assert "ran in distributed mode" in swapper.problem and "Fix: run the pipeline in process" in swapper.problem

@@ -99,6 +99,14 @@ async def load_run(
     """Read the outputs of `steps` from `flow_run` (a run of `pipeline`); RunOutputsError
     names what failed."""
     steps = list(steps)
+    if (flow_run.parameters or {}).get("mode") == "distributed":
+        # its steps ran as flow runs of their own: it never gets task runs to read, and the
+        # service waited RECORD_GRACE_SECONDS (2 minutes, not ready) before it knew that
+        raise RunOutputsError(
+            f"run '{flow_run.name}' ({flow_run.id}) ran in distributed mode: each step's output is in a flow run of "
+            f"its own, which serving does not read. Fix: run the pipeline in process (planflow run {pipeline}) "
+            "for the model to serve"
+        )
     task_runs = await client.read_task_runs(
         flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])),
         task_run_filter=TaskRunFilter(
