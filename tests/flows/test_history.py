@@ -114,6 +114,12 @@ def test_a_negative_work_parameter_is_refused_and_zero_work_is_planned_short(tmp
         "deployment run)" in str(error.value)
     )
     assert make_plan(pipeline, params={"n_rows": 0}).plan["_rows"].duration == pytest.approx(history.MIN_SECONDS)
+    # from the command line it is a usage error, before any run is made (exit 2, as the README says)
+    from planflow.cli.params import ParamError, typed_values
+
+    with pytest.raises(ParamError, match=r"--param: parameter 'n_rows'=-5: step '_rows' scales its estimate"):
+        typed_values(pipeline, {"n_rows": "-5"})
+    assert typed_values(pipeline, {"n_rows": "0"}) == {"n_rows": 0}
 
     name = f"rows-{uuid.uuid4().hex[:8]}"
     recorded = load(tmp_path / "rows.py", SCALED_ROWS, name).rows

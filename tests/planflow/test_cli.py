@@ -210,6 +210,14 @@ def test_plan_and_run_on_another_pool_with_pool(toy_env):
         assert {step["pool"] for step in result["steps"].values()} == {name}, result["steps"]
         unknown = planflow("plan", "toy-diamond", "--pool", "no-such-pool", env=toy_env)
         assert unknown.returncode == 1 and "no-such-pool" in unknown.stderr, unknown.stderr[-2000:]
+        # run: refused before any flow run exists (it made a Failed run, which the failure alerts count)
+        refused = planflow("run", "toy-diamond", "--pool", "no-such-pool", env=toy_env)
+        assert refused.returncode == 2 and "--pool no-such-pool: no ResourcePool block" in refused.stderr
+        assert "/flow-run/" not in refused.stderr + refused.stdout, refused.stderr[-2000:]
+        dead = {**toy_env, "PLANFLOW_DASK_ADDRESS": f"tcp://127.0.0.1:{free_port()}"}
+        no_cluster = planflow("run", "toy-diamond", "--mode", "dask", env=dead)
+        assert no_cluster.returncode == 1 and "planflow dask up" in no_cluster.stderr, no_cluster.stderr[-2000:]
+        assert "/flow-run/" not in no_cluster.stderr + no_cluster.stdout, no_cluster.stderr[-2000:]
     finally:
         planflow("pools", "rm", name, env=toy_env)
 

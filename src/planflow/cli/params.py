@@ -71,6 +71,8 @@ def typed_values(pipeline: Pipeline, raw: Mapping[str, str]) -> dict[str, Any]:
                 f"--param {_pair(key, text)}: parameter '{key}' of pipeline '{pipeline.name}' takes "
                 f"{type_name(expected)}, got {text!r}{why}. Fix: e.g. --param {_example(key, default)}"
             )
+    if not problems:  # e.g. a negative `scales_with` parameter: refused here, before any run (exit 2)
+        problems = [f"--param: {p}" for p in pipeline.work_problems({**pipeline.params, **values})]
     if problems:
         raise ParamError(_listed(problems))
     return values

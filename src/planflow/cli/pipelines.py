@@ -36,8 +36,9 @@ from planflow.cli.progress import run_with_progress
 from planflow.core import discovery
 from planflow.core.pipeline import Pipeline
 from planflow.planner import PlanningError
-from planflow.prefect.blocks.registry import DEFAULT_POOL
+from planflow.prefect.blocks.registry import DEFAULT_POOL, load_pools
 from planflow.runtime import reporting
+from planflow.runtime.dask_cluster import DaskClusterError, worker_offers
 from planflow.runtime.flow import to_flow
 from planflow.runtime.history import work_scale
 from planflow.runtime.runner import PipelineRunError, make_plan
@@ -99,6 +100,25 @@ def prepare(pipeline: Pipeline, raw: dict[str, str]) -> tuple[Any, dict[str, Any
             f"pipeline '{pipeline.name}': the type hints of its components do not resolve "
             f"({type(exc).__name__}: {exc}). Fix: import or define that name in the component's module"
         )
+
+
+def check_run_target(mode: str, pool: str) -> None:
+    """Exits naming the problem, before any flow run exists, when the run could not start:
+    a --pool with no ResourcePool block, or --mode dask with no scheduler answering. Each
+    made a Failed flow run (which the failure alerts count)."""
+    if mode == "inprocess" and pool != DEFAULT_POOL:
+        pools = load_pools()
+        if pool not in pools:
+            fail(
+                f"--pool {pool}: no ResourcePool block of that name (pools: {', '.join(sorted(pools))}). "
+                f"Fix: planflow pools set {pool} --cpu N --mem-gib N, or choose another pool",
+                USAGE,
+            )
+    if mode == "dask":
+        try:
+            worker_offers()  # the plan asks again within seconds: answered from what this read saw
+        except DaskClusterError as exc:
+            fail(str(exc))
 
 
 def execute(pipeline: Pipeline, flow: Any, values: dict[str, Any], mode: str, show_progress: bool) -> dict:
@@ -452,6 +472,7 @@ def run(
     values = {**values, "refresh": True} if refresh else values
     values = {**values, "local_pool": pool} if pool != DEFAULT_POOL else values
     url = ensure_server()
+    check_run_target(mode, pool)
     try:
         # the traceback is in the run's log, linked below; with --json, stdout holds the JSON alone
         with run_logs_off_the_terminal(tracebacks_only=True), stdout_on_stderr(json_output):

@@ -154,7 +154,7 @@ class Pipeline:
                 problems.append(
                     f"parameter '{key}'={value!r} is not a {type(default).__name__} (its default is {default!r})"
                 )
-        problems += self._work_problems(resolved)
+        problems += self.work_problems(resolved)
         if problems:
             raise PipelineError(f"pipeline '{self.name}':\n" + "\n".join(f"  - {p}" for p in problems))
         return resolved
@@ -181,7 +181,7 @@ class Pipeline:
                 )
         return problems
 
-    def _work_problems(self, resolved: Mapping[str, Any]) -> list[str]:
+    def work_problems(self, resolved: Mapping[str, Any]) -> list[str]:
         """A negative value of a parameter a step's estimate scales with (`scales_with`):
         its plan would take the step's time as negative work (it was planned unscaled)."""
         problems = []
