@@ -64,6 +64,10 @@ def test_unknown_dependency_suggests_the_closest_name():
     message = str(caught.value)
     assert "step 'report' after names unknown step 'numbrs'. Did you mean 'numbers'?" in message
     assert "step 'report' inputs.scaled names unknown step 'totl'. Did you mean 'total'?" in message
+    # never the step itself: `after: [totl]` on step `total` was asked "Did you mean 'total'?"
+    with pytest.raises(PipelineError) as caught:
+        Pipeline("typo-self", [toy_dags.numbers, Step("total", toy_dags.total, after=("totl",))])
+    assert "step 'total' after names unknown step 'totl'. Known steps" in str(caught.value), caught.value
 
 
 def test_duplicate_step_name():
@@ -178,7 +182,8 @@ def test_cycle_is_reported_beside_the_other_problems():
         Pipeline("loop", [Step("numbers", toy_dags.numbers, after=("numbers", "nmbers"))])
     message = str(caught.value)
     assert "cycle: numbers -> numbers" in message
-    assert "after names unknown step 'nmbers'. Did you mean 'numbers'?" in message
+    # not "Did you mean 'numbers'?": the step itself, a cycle again
+    assert "after names unknown step 'nmbers'. Known steps: numbers" in message
 
 
 def test_yaml_depends_on_points_to_after_with_the_value(tmp_path):

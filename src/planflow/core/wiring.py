@@ -96,7 +96,8 @@ def dependency_problems(steps: Mapping[str, Step], known: Iterable[str] | None =
             if dep not in known:
                 problems.append(
                     f"step '{step.name}' {where} names unknown step '{dep}'."
-                    f"{did_you_mean(dep, known)} Known steps: {', '.join(known)}"
+                    # not the step itself: `after: [totl]` on step `total` was asked "Did you mean 'total'?"
+                    f"{did_you_mean(dep, [k for k in known if k != step.name])} Known steps: {', '.join(known)}"
                 )
     return problems
 
