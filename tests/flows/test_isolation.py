@@ -342,3 +342,34 @@ def test_an_output_that_cannot_be_stored_is_said_in_the_steps_log():
     assert said, "no planflow warning in the run's log"
     assert "step 'returns_a_lock_in_a_thread' returned a lock that cannot be stored" in said[0], said
     assert "cache='inputs' cannot skip it. Fix: return plain data" in said[0], said
+
+
+@component(cpu=1, mem_gib=0.25, est_seconds=0.1, isolation="process", timeout_seconds=30)
+def timed_in_a_process() -> int:
+    return 1
+
+
+@component(cpu=1, mem_gib=0.25, est_seconds=0.1, timeout_seconds=30)
+def timed_in_a_thread() -> int:
+    return 2
+
+
+@pytest.mark.usefixtures("registered_blocks")
+def test_prefects_thread_timeout_warning_is_left_out_for_a_step_whose_process_is_killed_at_its_timeout():
+    """Prefect warns, for each task with a timeout in a worker thread, that the timeout
+    cannot interrupt it: for an isolated step, which planflow kills at its timeout, that
+    said the opposite of what happens. A thread step keeps the warning (true of it)."""
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    summary = to_flow(Pipeline("timeout-warnings", [timed_in_a_process, timed_in_a_thread]))()
+    run_id = UUID(summary["flow_run_id"])
+    deadline, warned = time.monotonic() + 30, []
+    while not warned and time.monotonic() < deadline:  # the run's logs reach the server in batches
+        with get_client(sync_client=True) as client:
+            logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
+        warned = [log for log in logs if "cannot interrupt blocking operations" in log.message]
+        time.sleep(0.5)
+    assert len(warned) == 1, [w.message for w in warned]
+    with get_client(sync_client=True) as client:
+        warned_task = client.read_task_run(warned[0].task_run_id)
+    assert warned_task.name.startswith("timed_in_a_thread"), warned_task.name

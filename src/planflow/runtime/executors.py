@@ -27,6 +27,7 @@ from planflow.core.pipeline import Pipeline
 from planflow.runtime.dispatch import Admit, Assignment, ResourceLedger, StepRecord, dispatch
 from planflow.runtime.isolation import UsageLog, forkserver_is_ready, forkserver_ready, step_function, warm_forkserver
 from planflow.runtime.tags import step_task
+from planflow.runtime.timeout_warning import isolated_timeouts
 
 
 class StepFuture(Protocol):
@@ -94,6 +95,9 @@ class InProcessExecutor(Executor):
         isolation = self.pipeline.isolation_of(step)
         task.fn = step_function(step, component.fn, component.spec.cpu, isolation, self.usage)
         kwargs = self.pipeline.step_kwargs(step, self.params, outputs)
+        run = FlowRunContext.get()
+        if isolation == "process" and task.timeout_seconds is not None and run is not None:
+            isolated_timeouts.add(str(run.flow_run.id), task.name)  # its child is killed at the timeout
         if isolation == "process" and not forkserver_is_ready():
             return _SubmittedLater(step, lambda: task.submit(**kwargs), self._forkserver_wait)
         return task.submit(**kwargs)
