@@ -71,3 +71,32 @@ def test_estimates_are_learned_from_earlier_runs():
     assert len(samples) >= 2 and all(0.1 <= v < 5 for v in samples), samples
     assert after.plan["total"].duration == pytest.approx(statistics.median(samples[:runs]), abs=1e-6)
     assert after.source_of("scaled").startswith("history")
+
+
+def test_work_pools_left_out_of_a_distributed_plan_are_said_in_one_line(monkeypatch, caplog):
+    """Each distributed run said every unready work pool's whole fix text as a warning of
+    its own (docker and kubernetes, which `workpools apply` creates, in every run): one
+    line now, each pool with what it lacks in a few words, and where to read the rest.
+    (readiness itself is read from a real server in tests/deployments.)"""
+    import logging
+
+    from planflow.prefect.blocks.resource_pool import ResourcePool
+    from planflow.runtime import planning
+
+    pools = {name: ResourcePool(work_pool=name, cpu=1, mem_gib=1) for name in ("local-process", "docker", "kubernetes")}
+    problems = {
+        "docker": [
+            "no deployment 'run-component/docker'. Fix: add to your prefect.yaml ...",
+            "work pool 'docker' has no worker running; its flow runs wait. Start one with: ...",
+        ],
+        "kubernetes": ["work pool 'kubernetes' has no worker running; ...; PAUSED: its flow runs wait ..."],
+    }
+    monkeypatch.setattr(planning, "readiness", lambda work_pools: ({}, problems))
+    with caplog.at_level(logging.WARNING, logger="planflow"):
+        usable, _ = planning.run_pools("distributed", "local", pools)
+    assert set(usable) == {"local-process"}
+    said = [r.getMessage() for r in caplog.records if "left out of the plan" in r.getMessage()]
+    assert said == [
+        "left out of the plan: work pool 'docker' (no component deployment, no worker), work pool 'kubernetes' "
+        "(no worker, paused) (what each needs: planflow workpools status POOL)"
+    ], said

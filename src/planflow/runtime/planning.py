@@ -253,8 +253,11 @@ def run_pools(
     if mode == "distributed":
         _, problems = readiness({pool.work_pool for pool in pools.values()})
         usable = {n: p for n, p in pools.items() if p.work_pool not in problems}
-        for work_pool, why in problems.items():
-            _logger().warning("work pool '%s' is left out of the plan: %s", work_pool, "; ".join(why))
+        if problems and usable:  # one line a run: every run said each pool's whole fix text again
+            _logger().warning(
+                "left out of the plan: %s (what each needs: planflow workpools status POOL)",
+                ", ".join(f"work pool '{pool}' ({_in_short(why)})" for pool, why in sorted(problems.items())),
+            )
         if not usable:
             lines = [p for pool in sorted(problems) for p in problems[pool]]
             raise DeploymentMissingError(
@@ -267,6 +270,22 @@ def run_pools(
             f"Fix: planflow pools set {local_pool} --cpu N --mem-gib N, or choose another pool"
         )
     return {local_pool: pools[local_pool]}, set(pools)
+
+
+def _in_short(problems: list[str]) -> str:
+    """What keeps a work pool out of a distributed plan, in a few words."""
+    said = " ".join(problems)
+    short = [
+        words
+        for marker, words in (
+            ("does not exist", "does not exist"),
+            ("no deployment", "no component deployment"),
+            ("no worker running", "no worker"),
+            ("PAUSED", "paused"),
+        )
+        if marker in said
+    ]
+    return ", ".join(short) or problems[0][:80]
 
 
 @dataclass(frozen=True)
