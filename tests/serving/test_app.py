@@ -322,3 +322,32 @@ def test_a_newest_run_in_distributed_mode_is_passed_over_at_once_not_after_the_g
     assert wait_until(lambda: asyncio.run(swapper.check()), 30), swapper.problem
     assert swapper.current.flow_run_id == good and swapper.current.outputs["scale"] == 3.0
     assert "ran in distributed mode" in swapper.problem and "Fix: run the pipeline in process" in swapper.problem
+
+
+def test_with_a_deployment_named_only_its_runs_are_served():
+    """Any Completed run replaced the served model, a run by hand with other parameters
+    included (a trial's debug run was served live). `--deployment` serves only the runs of
+    that deployment: here an older one, not the newest run by hand."""
+    from prefect.flow_engine import run_flow
+
+    path = make("serving-toy-deployed")
+    flow_ = to_flow(path.pipeline)
+    with get_client(sync_client=True) as client:
+        flow_id = client.create_flow_from_name(path.pipeline.name)
+        deployment = client.create_deployment(flow_id=flow_id, name="nightly")
+        scheduled = client.create_flow_run_from_deployment(deployment, parameters={"factor": 9.0})
+    state = run_flow(flow_, flow_run=scheduled, parameters={"factor": 9.0}, return_type="state")
+    assert state.is_completed(), state
+    flow_(factor=5.0)  # newer, by hand
+
+    metrics = ServingMetrics(pipeline=path.pipeline.name)
+    nightly = ModelSwapper(path, metrics, deployment=f"{path.pipeline.name}/nightly")
+    assert wait_until(lambda: asyncio.run(nightly.check()), 30), nightly.problem
+    assert nightly.current.flow_run_id == str(scheduled.id) and nightly.current.outputs["scale"] == 9.0
+    newest = ModelSwapper(path, ServingMetrics(pipeline=path.pipeline.name))
+    assert wait_until(lambda: asyncio.run(newest.check()), 30), newest.problem
+    assert newest.current.outputs["scale"] == 5.0
+    nothing = ModelSwapper(path, ServingMetrics(pipeline=path.pipeline.name), deployment="weekly")
+    assert asyncio.run(nothing.check()) is False and nothing.current is None
+    assert "no Completed run of deployment 'weekly'" in nothing.problem
+    assert f"Fix: prefect deployment run '{path.pipeline.name}/weekly'" in nothing.problem

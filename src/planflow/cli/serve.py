@@ -17,6 +17,11 @@ def serve(
     replicas: int = typer.Option(1, min=1, max=16, help="replicas behind HAProxy (ports port+1 ...)"),
     poll_seconds: float = typer.Option(5.0, help="how often to look for a newer Completed run (0.2-300 s)"),
     max_body_bytes: int = typer.Option(DEFAULT_MAX_BODY_BYTES, min=1024, help="largest request body accepted"),
+    deployment: str | None = typer.Option(
+        None,
+        help="serve only the runs of this deployment (NAME or FLOW/NAME), e.g. the scheduled one: "
+        "not a run by hand with other parameters",
+    ),
 ) -> None:
     """Serve the online path of TARGET with the outputs of its last Completed run; swap to
     a newer run's outputs when one completes, without dropping a request."""
@@ -31,9 +36,9 @@ def serve(
         check_poll_seconds(poll_seconds)
         if replicas == 1:
             find_online_path(target)
-            serve_one(target, host, port, poll_seconds, max_body_bytes)
+            serve_one(target, host, port, poll_seconds, max_body_bytes, deployment)
         else:
-            serve_replicas(target, host, port, replicas, poll_seconds, max_body_bytes)
+            serve_replicas(target, host, port, replicas, poll_seconds, max_body_bytes, deployment=deployment)
     except (OnlinePathError, ServeError, ValueError, LookupError) as exc:
         typer.echo(f"planflow serve: {exc}", err=True)
         raise typer.Exit(1) from None

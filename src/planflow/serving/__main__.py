@@ -16,8 +16,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--poll-seconds", type=float, default=5.0)
     parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES)
+    parser.add_argument("--deployment", default=None, help="serve only the runs of this deployment")
     args = parser.parse_args(argv)
-    serve_one(args.target, args.host, args.port, args.poll_seconds, args.max_body_bytes)
+    serve_one(args.target, args.host, args.port, args.poll_seconds, args.max_body_bytes, args.deployment)
     return 0
 
 

@@ -126,9 +126,10 @@ def create_app(
     poll_seconds: float = 5.0,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     metrics: ServingMetrics | None = None,
+    deployment: str | None = None,
 ) -> FastAPI:
     metrics = metrics or ServingMetrics(pipeline=path.pipeline.name)
-    swapper = ModelSwapper(path, metrics)
+    swapper = ModelSwapper(path, metrics, deployment)
     finite = Annotated[path.record_type, AfterValidator(_finite_fields)]
     record = TypeAdapter(finite)
     records = TypeAdapter(list[finite])  # type: ignore[valid-type]

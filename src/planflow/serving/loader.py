@@ -17,6 +17,8 @@ from typing import Any
 
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.filters import (
+    DeploymentFilter,
+    DeploymentFilterName,
     FlowFilter,
     FlowFilterName,
     FlowRunFilter,
@@ -69,16 +71,31 @@ class LoadedRun:
         }
 
 
-def no_run_message(pipeline: str) -> str:
+def no_run_message(pipeline: str, deployment: str | None = None) -> str:
+    if deployment:
+        return (
+            f"pipeline '{pipeline}' has no Completed run of deployment '{deployment_name(deployment)}' yet, so there "
+            f"is no model to serve. Fix: prefect deployment run '{pipeline}/{deployment_name(deployment)}'"
+        )
     return (
         f"pipeline '{pipeline}' has no Completed run yet, so there is no model to serve. Fix: planflow run {pipeline}"
     )
 
 
-async def completed_runs(client: PrefectClient, pipeline: str, limit: int) -> list[FlowRun]:
-    """The newest `limit` Completed flow runs of the flow named `pipeline`, newest first."""
+def deployment_name(deployment: str) -> str:
+    """A deployment's name from `NAME` or `FLOW/NAME` (how `prefect deployment run` names it)."""
+    return deployment.rsplit("/", 1)[-1]
+
+
+async def completed_runs(
+    client: PrefectClient, pipeline: str, limit: int, deployment: str | None = None
+) -> list[FlowRun]:
+    """The newest `limit` Completed flow runs of the flow named `pipeline` (only those of
+    `deployment` when given), newest first."""
+    only = DeploymentFilter(name=DeploymentFilterName(any_=[deployment_name(deployment)])) if deployment else None
     return await client.read_flow_runs(
         flow_filter=FlowFilter(name=FlowFilterName(any_=[pipeline])),
+        deployment_filter=only,
         flow_run_filter=FlowRunFilter(
             state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.COMPLETED]))
         ),
@@ -87,9 +104,9 @@ async def completed_runs(client: PrefectClient, pipeline: str, limit: int) -> li
     )
 
 
-async def latest_completed_run(client: PrefectClient, pipeline: str) -> FlowRun | None:
-    """The newest Completed flow run of the flow named `pipeline`, or None."""
-    runs = await completed_runs(client, pipeline, 1)
+async def latest_completed_run(client: PrefectClient, pipeline: str, deployment: str | None = None) -> FlowRun | None:
+    """The newest Completed flow run of the flow named `pipeline` (of `deployment`), or None."""
+    runs = await completed_runs(client, pipeline, 1, deployment)
     return runs[0] if runs else None
 
 

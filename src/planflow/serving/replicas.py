@@ -39,7 +39,9 @@ class ServeError(RuntimeError):
     """The service could not start; the message says why and what to do."""
 
 
-def serve_one(target: str, host: str, port: int, poll_seconds: float, max_body_bytes: int) -> None:
+def serve_one(
+    target: str, host: str, port: int, poll_seconds: float, max_body_bytes: int, deployment: str | None = None
+) -> None:
     """Serve `target` in this process until interrupted."""
     if port_in_use(host, port):  # before anything loads, in the words of --replicas
         raise ServeError(
@@ -47,7 +49,7 @@ def serve_one(target: str, host: str, port: int, poll_seconds: float, max_body_b
             "Fix: stop it, or choose another --port"
         )
     path = find_online_path(target)
-    app = create_app(path, poll_seconds=poll_seconds, max_body_bytes=max_body_bytes)
+    app = create_app(path, poll_seconds=poll_seconds, max_body_bytes=max_body_bytes, deployment=deployment)
     print(f"serving {target} on http://{host}:{port} (one process: its log is this terminal; Ctrl-C stops it)")
     uvicorn.run(app, host=host, port=port, http=ServingProtocol, log_level="warning", timeout_graceful_shutdown=5)
 
@@ -140,6 +142,7 @@ def serve_replicas(
     poll_seconds: float,
     max_body_bytes: int,
     ready_timeout: float = READY_TIMEOUT_SECONDS,
+    deployment: str | None = None,
 ) -> None:
     """Run `replicas` replicas behind HAProxy until interrupted (SIGINT or SIGTERM)."""
     if replicas < 2:
@@ -162,6 +165,7 @@ def serve_replicas(
     def start(replica_port: int):
         command = [sys.executable, "-m", "planflow.serving", target, "--host", host, "--port", str(replica_port)]
         command += ["--poll-seconds", str(poll_seconds), "--max-body-bytes", str(max_body_bytes)]
+        command += ["--deployment", deployment] if deployment else []
         return spawn(command, work / f"replica-{replica_port}.log", env, Path.cwd(), die_with_parent=True)
 
     signal.signal(signal.SIGTERM, _terminate)

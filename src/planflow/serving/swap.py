@@ -50,11 +50,12 @@ def check_poll_seconds(value: float) -> float:
 
 
 class ModelSwapper:
-    def __init__(self, path: OnlinePath, metrics: ServingMetrics) -> None:
+    def __init__(self, path: OnlinePath, metrics: ServingMetrics, deployment: str | None = None) -> None:
         self.path = path
         self.metrics = metrics
+        self.deployment = deployment  # only its runs are served (`planflow serve --deployment`)
         self.current: LoadedRun | None = None
-        self._load_problem: str | None = no_run_message(path.pipeline.name)
+        self._load_problem: str | None = no_run_message(path.pipeline.name, deployment)
         self._api_problem: str | None = None  # the last check could not reach the Prefect API
         # the newest run whose outputs failed to load: not read again at each poll (only the
         # newest Completed run is ever read, so a server up for months keeps one id, not all)
@@ -89,11 +90,11 @@ class ModelSwapper:
         """Load the newest Completed run if it is not the one served; True on a swap."""
         name = self.path.pipeline.name
         async with get_client() as client:
-            run = await latest_completed_run(client, name)
+            run = await latest_completed_run(client, name, self.deployment)
             self._api_problem = self._api_problem_since = None  # the API answered
             if run is None:
                 if self.current is None:
-                    self.problem = no_run_message(name)
+                    self.problem = no_run_message(name, self.deployment)
                 return False
             run_id = str(run.id)
             if self.current and run_id in (self.current.flow_run_id, self._broken):
@@ -129,7 +130,7 @@ class ModelSwapper:
         outputs load (None: none does). A service started when the newest run was, e.g., a
         distributed one served nothing until a new run in process."""
         name = self.path.pipeline.name
-        for run in await completed_runs(client, name, FALLBACK_RUNS + 1):
+        for run in await completed_runs(client, name, FALLBACK_RUNS + 1, self.deployment):
             if str(run.id) == broken:
                 continue
             try:
