@@ -321,3 +321,17 @@ def test_a_yes_or_no_is_refused_where_a_number_is_expected_as_prefect_refuses_it
         with pytest.raises(ParamError):
             typed_values(toy_dags.diamond, {"n": text})
     assert typed_values(toy_dags.diamond, {"factor": "3", "n": "4"}) == {"factor": 3.0, "n": 4}
+
+
+def test_a_yaml_cycle_among_the_steps_that_built_is_listed_beside_the_other_problems(tmp_path):
+    """A cycle between two steps that did build was reported only once the other problems
+    (here a step whose `uses:` does not import) were fixed: one more round of edits."""
+    message = _refused(
+        tmp_path / "cycle-and-more.yaml",
+        "name: cyc\nsteps:\n"
+        "  - name: numbers\n    uses: toy_dags:numbrs\n"
+        "  - name: total\n    uses: toy_dags:total\n    after: [report]\n"
+        "  - name: report\n    uses: toy_dags:report\n    after: [total]\n",
+    )
+    assert "module 'toy_dags' has no 'numbrs'" in message, message
+    assert "cycle: total -> report -> total" in message or "cycle: report -> total -> report" in message, message

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from planflow.core.component import Component, ComponentSpecError, make_component
 from planflow.core.pipeline_file import PIPELINE_FIELDS, PipelineSpec, StepSpec, show, spec_problems, step_label
 from planflow.core.steps import PipelineError, Step, did_you_mean
-from planflow.core.wiring import dependency_problems, wire
+from planflow.core.wiring import cycle_problem, dependency_problems, step_graph, wire
 from planflow.settings import project_root
 
 
@@ -126,15 +126,22 @@ def _wiring_problems(document: Mapping[str, Any], steps: list[Step]) -> list[str
     declared = document.get("params") if isinstance(document.get("params"), dict) else {}
     known = [*built, *sorted(failed - set(built))]
     try:
-        wiring = wire(built, declared)[2]
+        bindings, _, wiring = wire(built, declared)
         unknown = dependency_problems(built, known)  # the failed steps count as known
+        # a cycle among them: reported only once the other problems were fixed, before
+        cycle = cycle_problem(step_graph(built, bindings), list(built))[1]
     except Exception:  # noqa: BLE001 - a partial pipeline's wiring is a bonus to the listing above
         return []
-    return [
-        problem
-        for problem in wiring
-        if not any(f"'{name}'" in problem for name in failed) and not (failed and "is not used by any step" in problem)
-    ] + unknown
+    return (
+        [
+            problem
+            for problem in wiring
+            if not any(f"'{name}'" in problem for name in failed)
+            and not (failed and "is not used by any step" in problem)
+        ]
+        + unknown
+        + ([cycle] if cycle else [])
+    )
 
 
 def _raw_name(raw: Any) -> str | None:

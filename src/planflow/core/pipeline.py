@@ -14,7 +14,6 @@ it and are importable from here too: its steps (steps.py), the checks of its wir
 
 from __future__ import annotations
 
-import graphlib
 import sys
 import typing
 from collections.abc import Iterable, Iterator, Mapping
@@ -35,7 +34,7 @@ from planflow.core.pipeline_file import (
     StepSpec,
 )
 from planflow.core.steps import Binding, PipelineError, Step, as_step, did_you_mean
-from planflow.core.wiring import apply_cache_default, dependency_problems, readable_cycle, stable_order, wire
+from planflow.core.wiring import apply_cache_default, cycle_problem, dependency_problems, step_graph, wire
 
 __all__ = [
     "FIELD_HELP",
@@ -99,14 +98,8 @@ class Pipeline:
         problems += param_problems
         problems += self._scaled_by_outputs()
         problems += dependency_problems(self.steps)
-        self._order: list[str] = []
-        try:
-            self._order = stable_order(self._graph(), list(self.steps))
-        except graphlib.CycleError as exc:
-            problems.append(
-                f"cycle: {' -> '.join(readable_cycle(exc.args[1], list(self.steps)))}. Fix: remove one of these "
-                "dependencies (an `after:` entry or an input named after a downstream step)"
-            )
+        self._order, cycle = cycle_problem(self._graph(), list(self.steps))
+        problems += [cycle] if cycle else []
         if problems:
             lines = "\n".join(f"  - {p}" for p in problems)
             raise PipelineError(f"pipeline '{name}' is invalid:\n{lines}")
@@ -124,7 +117,7 @@ class Pipeline:
 
     def _graph(self) -> dict[str, tuple[str, ...]]:
         """Each step -> the known steps it waits for (unknown names are reported apart)."""
-        return {name: tuple(d for d in self.upstream(name) if d in self.steps) for name in self.steps}
+        return step_graph(self.steps, self.bindings)
 
     def topological_order(self) -> list[str]:
         """Steps in an order where every step comes after its upstream steps

@@ -133,6 +133,31 @@ def stable_order(graph: Mapping[str, tuple[str, ...]], declared: list[str]) -> l
     return order
 
 
+def cycle_problem(graph: Mapping[str, tuple[str, ...]], declared: list[str]) -> tuple[list[str], str | None]:
+    """(stable_order of `graph`, None), or ([], the problem naming its cycle)."""
+    try:
+        return stable_order(graph, declared), None
+    except graphlib.CycleError as exc:
+        return [], (
+            f"cycle: {' -> '.join(readable_cycle(exc.args[1], declared))}. Fix: remove one of these "
+            "dependencies (an `after:` entry or an input named after a downstream step)"
+        )
+
+
+def step_graph(steps: Mapping[str, Step], bindings: Mapping[str, Mapping[str, Binding]]) -> dict[str, tuple[str, ...]]:
+    """Each step -> the steps among `steps` it waits for (its inputs' steps, its `after:`)."""
+    return {
+        name: tuple(
+            d
+            for d in dict.fromkeys(
+                [*(b.source for b in bindings.get(name, {}).values() if b.kind == "step"), *step.after]
+            )
+            if d in steps
+        )
+        for name, step in steps.items()
+    }
+
+
 def readable_cycle(cycle: list[str], declared: list[str]) -> list[str]:
     """graphlib's cycle (each step before the one that waits for it, first repeated
     last), turned to start at the step declared first, so the message is stable."""
