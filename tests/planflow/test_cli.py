@@ -515,7 +515,15 @@ def test_ctrl_c_stops_a_run_and_its_isolated_steps_process_at_once(user_project,
         if run.poll() is None:
             run.kill()
     output = run.stdout.read()
-    assert code != 0 and took < 20, f"exit {code} {took:.1f} s after SIGINT:\n{output[-3000:]}"
+    assert code == 130 and took < 20, f"exit {code} {took:.1f} s after SIGINT:\n{output[-3000:]}"
+    # said, with where the run's log is (a failed run's line says so; an interrupted one said nothing),
+    # and the progress line's last state is not the step "running" when it stopped
+    assert "pipeline 'sleepy' was interrupted (Ctrl-C): its flow run is Crashed. Its log: " in output, output[-3000:]
+    assert "/flow-run/" in output.split("pipeline 'sleepy' was interrupted")[1], output[-3000:]
+    # the step's process, killed by planflow, is not said to be the OOM killer's work
+    assert "was stopped: the run was interrupted" in output and "OOM killer" not in output, output[-3000:]
+    bar = [line for line in output.splitlines() if line.startswith("sleepy ")]
+    assert bar and bar[-1].rstrip().endswith("interrupted"), output[-3000:]
     gone = time.monotonic() + 10
     while psutil.pid_exists(child) and psutil.Process(child).status() != psutil.STATUS_ZOMBIE:
         assert time.monotonic() < gone, f"the step's process {child} outlived the interrupted run"

@@ -39,6 +39,7 @@ from planflow.planner import PlanningError
 from planflow.prefect.blocks.registry import DEFAULT_POOL, load_pools
 from planflow.runtime import reporting
 from planflow.runtime.dask_cluster import DaskClusterError, worker_offers
+from planflow.runtime.events import Reporter, RunInfo, subscribe
 from planflow.runtime.flow import to_flow
 from planflow.runtime.history import work_scale
 from planflow.runtime.runner import PipelineRunError, make_plan
@@ -58,6 +59,23 @@ TOTAL_LABELS = {
     "peak_gpu": "largest component's GPUs",
 }
 USAGE = 2  # exit code of a bad command line (as typer's own usage errors)
+
+
+class _PlannedRun(Reporter):
+    """The id of the flow run this command's call made, once it is planned."""
+
+    flow_run_id: str | None = None
+
+    def on_planned(self, run: RunInfo) -> None:
+        self.flow_run_id = run.flow_run_id
+
+
+class RunInterrupted(Exception):
+    """The run was interrupted (Ctrl-C): Prefect set it Crashed."""
+
+    def __init__(self, flow_run_id: str | None) -> None:
+        super().__init__("interrupted (Ctrl-C)")
+        self.flow_run_id, self.state = flow_run_id, "Crashed"
 
 
 class RunFailed(RuntimeError):
@@ -128,7 +146,14 @@ def execute(pipeline: Pipeline, flow: Any, values: dict[str, Any], mode: str, sh
     def call() -> Any:
         return flow(**values, mode=mode, return_state=True)
 
-    state = run_with_progress(call, pipeline, console) if show_progress else call()
+    seen = _PlannedRun()
+    unsubscribe = subscribe(seen)
+    try:
+        state = run_with_progress(call, pipeline, console) if show_progress else call()
+    except KeyboardInterrupt:  # Prefect has set the run Crashed: said here, with where its log is
+        raise RunInterrupted(seen.flow_run_id) from None
+    finally:
+        unsubscribe()
     if not state.is_completed():
         message = (state.message or state.name).removeprefix("Flow run encountered an exception: ")
         message = message.removeprefix(f"{PipelineRunError.__name__}: ")  # it names the step itself
@@ -477,6 +502,11 @@ def run(
         # the traceback is in the run's log, linked below; with --json, stdout holds the JSON alone
         with run_logs_off_the_terminal(tracebacks_only=True), stdout_on_stderr(json_output):
             result = execute(pipeline, flow, values, mode, show_progress=not json_output)
+    except RunInterrupted as exc:
+        if json_output:
+            print(failed_run_json(name, exc, url))
+        warn(f"pipeline '{name}' was interrupted (Ctrl-C): its flow run is Crashed. Its log: {_log_url(exc, url)}")
+        raise typer.Exit(130) from None
     except Exception as exc:  # the flow run failed; Prefect has logged the traceback to the server
         if json_output:
             print(failed_run_json(name, exc, url))

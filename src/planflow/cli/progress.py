@@ -20,6 +20,7 @@ def run_with_progress(call: Callable[[], T], pipeline: Pipeline, console: Consol
     """`call()` (the flow run of `pipeline`) with a progress bar on `console`."""
     running: set[str] = set()
     ended: set[str] = set()  # by name: a flow retry runs steps again (its bar showed 4/2)
+    interrupted: list[bool] = []  # set once by Ctrl-C
     with Progress(
         TextColumn("[bold]{task.fields[pipeline]}"),
         BarColumn(),
@@ -32,6 +33,8 @@ def run_with_progress(call: Callable[[], T], pipeline: Pipeline, console: Consol
         task_id = bar.add_task("", total=len(pipeline.steps), pipeline=escape(pipeline.name))
 
         def listener(event: str, record: Any) -> None:
+            if interrupted:  # the run's last events (its steps crashed) come after: the line stays
+                return
             if event == "started":
                 running.add(record.step)
                 ended.discard(record.step)
@@ -49,5 +52,9 @@ def run_with_progress(call: Callable[[], T], pipeline: Pipeline, console: Consol
         remove = add_listener(listener)
         try:
             return call()
+        except KeyboardInterrupt:  # not the steps "running" when the run stopped: what happened
+            interrupted.append(True)
+            bar.update(task_id, description="interrupted")
+            raise
         finally:
             remove()

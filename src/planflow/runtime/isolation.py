@@ -250,6 +250,7 @@ def _payload(step: str, fn: Callable[..., Any], args: tuple, kwargs: Mapping[str
 
 _live_lock = threading.Lock()
 _live: set[Any] = set()  # the isolated steps' processes running now
+_stopped: set[int] = set()  # pids killed by kill_isolated_children: not the OOM killer's work
 
 
 def kill_isolated_children() -> int:
@@ -261,6 +262,7 @@ def kill_isolated_children() -> int:
         children = list(_live)
     for child in children:
         with contextlib.suppress(Exception):  # it ended meanwhile
+            _stopped.add(child.pid)
             child.kill()
     return len(children)
 
@@ -327,9 +329,14 @@ def _receive(step: str, child: Any, receive: Connection) -> bytes:
                 except EOFError:
                     pass
             child.join(EXIT_SECONDS)
+            ending = (
+                "was stopped: the run was interrupted or lost its server"
+                if child.pid in _stopped
+                else _ending(child.exitcode)
+            )
+            _stopped.discard(child.pid)
             raise IsolationError(
-                f"step '{step}' (isolation='process'): its process {child.pid} {_ending(child.exitcode)} "
-                "before it returned an output"
+                f"step '{step}' (isolation='process'): its process {child.pid} {ending} before it returned an output"
             )
 
 
