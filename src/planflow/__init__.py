@@ -32,6 +32,7 @@ _PUBLIC = {
     "Pipeline": "planflow.core.pipeline",
     "PipelineError": "planflow.core.pipeline",
     "Step": "planflow.core.pipeline",
+    "REQUIRED": "planflow.core.steps",
     "UnknownPipelineError": "planflow.core.discovery",
     "OnlinePath": "planflow.serving.path",
     "OnlinePathError": "planflow.serving.path",
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
     from planflow.core.component import Component, ComponentSpecError, ResourceSpec, component  # noqa: F401
     from planflow.core.discovery import UnknownPipelineError  # noqa: F401
     from planflow.core.pipeline import Pipeline, PipelineError, Step  # noqa: F401
+    from planflow.core.steps import REQUIRED  # noqa: F401
     from planflow.planner import InfeasibleError, PlanningError  # noqa: F401
     from planflow.runtime.flow import to_flow  # noqa: F401
     from planflow.runtime.runner import PipelineRunError  # noqa: F401

@@ -335,3 +335,36 @@ def test_a_yaml_cycle_among_the_steps_that_built_is_listed_beside_the_other_prob
     )
     assert "module 'toy_dags' has no 'numbrs'" in message, message
     assert "cycle: total -> report -> total" in message or "cycle: report -> total -> report" in message, message
+
+
+def _load_rows(path: str) -> int:
+    return len(path)
+
+
+@pytest.mark.usefixtures("registered_blocks")
+def test_a_required_parameter_has_no_default_in_the_flow_and_a_run_without_it_is_refused_before_it_starts():
+    """A parameter every run must be given (a data path): one with no default was refused
+    ("has no source"), and `params={"path": None}` made it optional in the deployment's
+    schema, so a run without it failed inside. REQUIRED makes it a required flow parameter."""
+    from prefect.utilities.callables import parameter_schema
+
+    from planflow import REQUIRED, to_flow
+    from planflow.cli.params import ParamError, typed_values
+    from planflow.core.component import component
+
+    pipeline = Pipeline("needs-a-path", [component(_load_rows, cpu=0.1, est_seconds=1)], params={"path": REQUIRED})
+    assert repr(pipeline.params["path"]) == "REQUIRED"
+    with pytest.raises(PipelineError, match="parameter 'path' is required: this pipeline has no default for it"):
+        pipeline.resolve_params({})
+    assert pipeline.resolve_params({"path": "s3://x"}) == {"path": "s3://x"}
+    with pytest.raises(ParamError, match=r"--param: parameter 'path' is required.*--param path=\.\.\."):
+        typed_values(pipeline, {})
+    assert typed_values(pipeline, {"path": "data.csv"}) == {"path": "data.csv"}
+    schema = parameter_schema(to_flow(pipeline).fn)
+    assert "path" in schema.required and schema.properties["path"]["type"] == "string", schema
+    assert "default" not in schema.properties["path"]
+    ran = to_flow(pipeline)(path="abc")  # a run given it
+    assert ran["params"] == {"path": "abc"} and ran["steps"]["_load_rows"]["state"] == "Completed", ran
+    import pickle
+
+    assert pickle.loads(pickle.dumps(REQUIRED)) is REQUIRED

@@ -23,6 +23,7 @@ from pydantic import PydanticUserError, TypeAdapter, ValidationError
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
 from planflow.core.pipeline import Pipeline
+from planflow.core.steps import REQUIRED
 
 
 class ParamError(ValueError):
@@ -62,7 +63,7 @@ def typed_values(pipeline: Pipeline, raw: Mapping[str, str]) -> dict[str, Any]:
             problems.append(_unknown(pipeline, key, text))
             continue
         default = pipeline.params[key]
-        expected = hints.get(key, Any if default is None else type(default))
+        expected = hints.get(key, Any if default is None or default is REQUIRED else type(default))
         try:
             values[key] = convert(text, expected)
         except ValueError as exc:
@@ -71,8 +72,9 @@ def typed_values(pipeline: Pipeline, raw: Mapping[str, str]) -> dict[str, Any]:
                 f"--param {_pair(key, text)}: parameter '{key}' of pipeline '{pipeline.name}' takes "
                 f"{type_name(expected)}, got {text!r}{why}. Fix: e.g. --param {_example(key, default)}"
             )
-    if not problems:  # e.g. a negative `scales_with` parameter: refused here, before any run (exit 2)
-        problems = [f"--param: {p}" for p in pipeline.work_problems({**pipeline.params, **values})]
+    if not problems:  # a required one not given, a negative `scales_with` one: refused before any run (exit 2)
+        resolved = {**pipeline.params, **values}
+        problems = [f"--param: {p}" for p in pipeline.missing_problems(resolved) + pipeline.work_problems(resolved)]
     if problems:
         raise ParamError(_listed(problems))
     return values

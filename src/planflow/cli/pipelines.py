@@ -35,6 +35,7 @@ from planflow.cli.params import ParamError, parse_pairs, typed_values
 from planflow.cli.progress import run_with_progress
 from planflow.core import discovery
 from planflow.core.pipeline import Pipeline
+from planflow.core.steps import REQUIRED
 from planflow.planner import PlanningError
 from planflow.prefect.blocks.registry import DEFAULT_POOL, load_pools
 from planflow.runtime import reporting
@@ -296,10 +297,16 @@ def _listed(item: discovery.Found) -> dict[str, Any]:
         return row | {"error": item.error or "(no message)"}
     try:
         totals = item.pipeline.totals(work_scale(item.pipeline))
-        params = dict(item.pipeline.params)
+        params = shown_params(item.pipeline)
     except Exception as exc:  # a user's pipeline object may raise anything: report it
         return row | {"error": f"{type(exc).__name__}: {exc}"}
     return row | {"description": item.pipeline.description, "parameters": params, **totals}
+
+
+def shown_params(pipeline: Pipeline) -> dict[str, Any]:
+    """The pipeline's parameters and their defaults, a REQUIRED one as "REQUIRED" (JSON has
+    no such value; it is no default)."""
+    return {name: "REQUIRED" if value is REQUIRED else value for name, value in pipeline.params.items()}
 
 
 def _shown_source(source: str) -> str:
@@ -341,7 +348,7 @@ def _described(pipeline: Pipeline) -> dict[str, Any]:
     return {
         "name": pipeline.name,
         "description": pipeline.description,
-        "parameters": dict(pipeline.params),
+        "parameters": shown_params(pipeline),
         "retries": pipeline.retries,
         "steps": steps,
         "totals": pipeline.totals(scale),

@@ -33,7 +33,7 @@ from planflow.core.pipeline_file import (
     PipelineSpec,
     StepSpec,
 )
-from planflow.core.steps import Binding, PipelineError, Step, as_step, did_you_mean
+from planflow.core.steps import REQUIRED, Binding, PipelineError, Step, as_step, did_you_mean
 from planflow.core.wiring import apply_cache_default, cycle_problem, dependency_problems, step_graph, wire
 
 __all__ = [
@@ -128,9 +128,10 @@ class Pipeline:
         return tuple(s for s in self.steps if name in self.upstream(s))
 
     # -- parameters ---------------------------------------------------------------
-    def resolve_params(self, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    def resolve_params(self, overrides: Mapping[str, Any] | None = None, require: bool = True) -> dict[str, Any]:
         """The pipeline's parameters with `overrides` applied. String values (from
-        `--param k=v`) are converted to the type of the default."""
+        `--param k=v`) are converted to the type of the default. `require`: a REQUIRED
+        parameter left without a value is a problem (else it stays REQUIRED: a listing)."""
         resolved = dict(self.params)
         problems = []
         for key, value in (overrides or {}).items():
@@ -141,16 +142,26 @@ class Pipeline:
                 )
                 continue
             try:
-                resolved[key] = _coerce(value, self.params[key])
+                resolved[key] = value if self.params[key] is REQUIRED else _coerce(value, self.params[key])
             except ValueError:
                 default = self.params[key]
                 problems.append(
                     f"parameter '{key}'={value!r} is not a {type(default).__name__} (its default is {default!r})"
                 )
+        problems += self.missing_problems(resolved) if require else []
         problems += self.work_problems(resolved)
         if problems:
             raise PipelineError(f"pipeline '{self.name}':\n" + "\n".join(f"  - {p}" for p in problems))
         return resolved
+
+    def missing_problems(self, resolved: Mapping[str, Any]) -> list[str]:
+        """A parameter declared REQUIRED that `resolved` gives no value."""
+        return [
+            f"parameter '{name}' is required: this pipeline has no default for it. Fix: give it, e.g. "
+            f"`--param {name}=...` (planflow run) or `-p {name}=...` (prefect deployment run)"
+            for name, value in resolved.items()
+            if value is REQUIRED
+        ]
 
     def _scaling_bindings(self) -> Iterator[tuple[str, str, Any]]:
         """(step, parameter, its binding) of each `scales_with` parameter that is bound."""

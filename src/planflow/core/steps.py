@@ -15,6 +15,28 @@ class PipelineError(ValueError):
     """A pipeline definition is invalid; the message lists every problem and its fix."""
 
 
+class _Required:
+    """The value of a pipeline parameter that each run must be given (no default):
+    `Pipeline(..., params={"path": REQUIRED})`. The flow's parameter then has no default,
+    so Prefect's schema marks it required, and a run without it is refused before it starts."""
+
+    _instance: _Required | None = None
+
+    def __new__(cls) -> _Required:  # one of it, also once unpickled
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "REQUIRED"
+
+    def __reduce__(self) -> str:
+        return "REQUIRED"
+
+
+REQUIRED = _Required()
+
+
 @dataclass(frozen=True)
 class Step:
     """One use of a component in a pipeline.

@@ -22,6 +22,7 @@ from prefect import Flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from planflow.core.pipeline import Pipeline, PipelineError
+from planflow.core.steps import REQUIRED
 from planflow.prefect.blocks.registry import DEFAULT_POOL
 from planflow.runtime import tags
 from planflow.runtime.caching import result_serializer
@@ -64,7 +65,8 @@ def _typed_function(pipeline: Pipeline):
     params = []
     for index, (name, default) in enumerate(pipeline.params.items()):
         namespace[f"_t{index}"], namespace[f"_d{index}"] = types.get(name, Any), default
-        params.append(f"{name}: _t{index} = _d{index}")
+        # REQUIRED: no default, so Prefect's schema marks it required (keyword-only: any order)
+        params.append(f"{name}: _t{index}" if default is REQUIRED else f"{name}: _t{index} = _d{index}")
     namespace["_default_pool"] = DEFAULT_POOL
     params += [
         f"policy: Policy = {DEFAULT_POLICY!r}",
@@ -82,7 +84,8 @@ def _typed_function(pipeline: Pipeline):
     run.__doc__ = (pipeline.description or f"planflow pipeline {pipeline.name}") + (
         "\n\nArgs:\n"
         + "".join(
-            f"    {name}: pipeline parameter (default {default!r})\n" for name, default in pipeline.params.items()
+            f"    {name}: pipeline parameter ({'required' if default is REQUIRED else f'default {default!r}'})\n"
+            for name, default in pipeline.params.items()
         )
         + "    policy: 'plan' (the planner's order) or 'fifo' (first come, first served)\n"
         "    mode: 'inprocess' (tasks of this flow run), 'distributed' (child flow runs on work pools)\n"

@@ -405,8 +405,9 @@ def read_history(pipeline: Pipeline, runs: int) -> dict[str, list[Observation]]:
 
 
 def work_scale(pipeline: Pipeline, params: Mapping[str, Any] | None = None) -> dict[str, float]:
-    """Per step, its work factor in a run with `params` (1.0 without `scales_with`)."""
-    params = pipeline.resolve_params(params)
+    """Per step, its work factor in a run with `params` (1.0 without `scales_with`; a
+    REQUIRED parameter not given counts as its reference: a listing has no run's values)."""
+    params = pipeline.resolve_params(params, require=False)
     return {name: step.spec.work_factor(work_values(pipeline, name, params)) for name, step in pipeline.steps.items()}
 
 
