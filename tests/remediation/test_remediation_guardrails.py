@@ -139,7 +139,7 @@ def test_update_defaults_keep_the_first_value(registered_blocks):
     assert guard.reset(key) == ledger and guard.ledger(key) == {}
 
 
-def test_two_retries_of_one_crash_side_by_side_count_one_attempt(registered_blocks):
+def test_two_retries_of_one_crash_side_by_side_count_one_attempt(registered_blocks, monkeypatch):
     """A SIGKILL is reported Crashed twice, seconds apart; the automation starts a retry
     for each, and they can run side by side. Both checked for an earlier AwaitingRetry
     before either had set one, and each counted an attempt ("planflow retry 2/2" after one
@@ -159,6 +159,13 @@ def test_two_retries_of_one_crash_side_by_side_count_one_attempt(registered_bloc
             client.set_flow_run_state(run.id, Running(), force=True)
             client.set_flow_run_state(run.id, Crashed(message="Process exited with status code: -9"), force=True)
         alert = AlertEvent(event="prefect.flow-run.Crashed", resource_id=f"prefect.flow-run.{run.id}")
+        # each outcome is counted on the Pushgateway under the same lock: a retry that wrote its
+        # outcome while it held the lock waited 30 s for itself, and its count was lost
+        from planflow.remediation import audit
+
+        counted: list[tuple[str, str]] = []
+        monkeypatch.setenv("PLANFLOW_PUSHGATEWAY_URL", "http://127.0.0.1:9")  # never reached: _add_one is ours
+        monkeypatch.setattr(audit, "_add_one", lambda url, action, outcome: counted.append((action, outcome)))
         with ThreadPoolExecutor(max_workers=2) as pool:
             outcomes = list(pool.map(lambda _: retry_run(alert), range(2)))
         with get_client(sync_client=True) as client:
@@ -166,3 +173,4 @@ def test_two_retries_of_one_crash_side_by_side_count_one_attempt(registered_bloc
         retries = [s.message for s in states if s.name == "AwaitingRetry"]
         assert retries and all(m.startswith(f"{RETRY_MESSAGE}1/2") for m in retries), (retries, outcomes)
         assert Guard(load_route(FLOW_RUN_FAILED)).ledger(f"retry:{run.id}")["attempts"] == 1, outcomes
+        assert len(counted) == 2, (counted, outcomes)

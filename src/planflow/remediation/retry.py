@@ -47,7 +47,10 @@ def retry_since_last_run(states: list[State]) -> State | None:
     return found
 
 
-def _set_again(client: Any, audit: Audit, route: AlertRoute, run: Any, state: State, earlier: State) -> dict[str, Any]:
+Outcome = tuple[str, str, dict[str, Any] | None]  # (outcome, reason, details) for Audit.finish
+
+
+def _set_again(client: Any, audit: Audit, run: Any, state: State, earlier: State) -> Outcome:
     """Set the AwaitingRetry a second report of the same crash replaced, as it was (due
     then, or now if that has passed), counting no attempt."""
     due = earlier.state_details.scheduled_time or dt.datetime.now(dt.UTC)
@@ -61,55 +64,66 @@ def _set_again(client: Any, audit: Audit, route: AlertRoute, run: Any, state: St
     )
     audit.note(reason)
     audit.emit("action", what="set-state", state="AwaitingRetry", flow_run_id=str(run.id), duplicate=True)
-    details = {"flow_run": run.name, "was": state.name, "duplicate": True, "scheduled_for": when.isoformat()}
-    return audit.finish("succeeded", reason, details, route)
+    return (
+        "succeeded",
+        reason,
+        {"flow_run": run.name, "was": state.name, "duplicate": True, "scheduled_for": when.isoformat()},
+    )
 
 
 def _retry_once(client: Any, audit: Audit, route: AlertRoute, run_id: str) -> dict[str, Any]:
     """The check that this crash was not retried already, and the retry, under the guard's
     lock: a SIGKILL is reported Crashed twice, 4 s apart, and the two retries ran side by
     side, each seeing no AwaitingRetry yet, each counting an attempt. The run is read again
-    under the lock: a retry beside this one may have set it AwaitingRetry meanwhile."""
+    under the lock: a retry beside this one may have set it AwaitingRetry meanwhile. The
+    outcome is written down after the lock is given back: writing it counts it on the
+    Pushgateway under the same lock (audit.push_remediation_count), which a holder waited
+    30 s for."""
     guard = Guard(route)
     with guard_lock(guard.lock_timeout):
-        run = client.read_flow_run(run_id)
-        state = run.state
-        if state is None or state.type.value not in ("FAILED", "CRASHED"):
-            return audit.finish(
-                "skipped", f"flow run {run.name} is {state.name if state else '-'} now: already retried", route=route
-            )
-        earlier = retry_since_last_run(client.read_flow_run_states(run_id))
-        if earlier is not None:
-            return _set_again(client, audit, route, run, state, earlier)
-        decision = guard.admit_held(f"retry:{run_id}", extra={"flow_run": run.name})
-        details = {"flow_run": run.name, "was": state.name, "attempt": decision.attempt, "decision": decision.outcome}
-        if not decision.counted:
-            audit.note(f"not retried: {decision.reason}")
-            return audit.finish(decision.audit_outcome, decision.reason, details, route)
-        delay = backoff_seconds(route, decision.attempt)
-        when = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=delay)
-        details.update(backoff_seconds=delay, scheduled_for=when.isoformat())
-        if decision.outcome == "dry_run":
-            audit.note(f"dry run: would set {run.name} ({state.name}) to AwaitingRetry in {delay:g} s")
-            return audit.finish("dry_run", decision.reason, details, route)
-        client.set_flow_run_state(
-            run_id,
-            AwaitingRetry(
-                scheduled_time=when,
-                message=(
-                    f"{RETRY_MESSAGE}{decision.attempt}/{route.max_attempts} after {state.name}: "
-                    f"{(state.message or '')[:200]}"
-                ),
+        outcome, reason, details = _decide_and_retry(client, audit, guard, run_id)
+    return audit.finish(outcome, reason, details, route)
+
+
+def _decide_and_retry(client: Any, audit: Audit, guard: Guard, run_id: str) -> Outcome:
+    """Under the guard's lock: whether to retry the run, and the retry when it is one."""
+    route = guard.route
+    run = client.read_flow_run(run_id)
+    state = run.state
+    if state is None or state.type.value not in ("FAILED", "CRASHED"):
+        return "skipped", f"flow run {run.name} is {state.name if state else '-'} now: already retried", None
+    earlier = retry_since_last_run(client.read_flow_run_states(run_id))
+    if earlier is not None:
+        return _set_again(client, audit, run, state, earlier)
+    decision = guard.admit_held(f"retry:{run_id}", extra={"flow_run": run.name})
+    details = {"flow_run": run.name, "was": state.name, "attempt": decision.attempt, "decision": decision.outcome}
+    if not decision.counted:
+        audit.note(f"not retried: {decision.reason}")
+        return decision.audit_outcome, decision.reason, details
+    delay = backoff_seconds(route, decision.attempt)
+    when = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=delay)
+    details.update(backoff_seconds=delay, scheduled_for=when.isoformat())
+    if decision.outcome == "dry_run":
+        audit.note(f"dry run: would set {run.name} ({state.name}) to AwaitingRetry in {delay:g} s")
+        return "dry_run", decision.reason, details
+    client.set_flow_run_state(
+        run_id,
+        AwaitingRetry(
+            scheduled_time=when,
+            message=(
+                f"{RETRY_MESSAGE}{decision.attempt}/{route.max_attempts} after {state.name}: "
+                f"{(state.message or '')[:200]}"
             ),
-            force=True,
-        )
-        audit.note(
-            f"set {run.name} from {state.name} to AwaitingRetry, due in {delay:g} s "
-            f"(attempt {decision.attempt} of {route.max_attempts}); a worker of its pool runs "
-            "the same flow run again, finished components come back Cached"
-        )
-        audit.emit("action", what="set-state", state="AwaitingRetry", flow_run_id=run_id, backoff_seconds=delay)
-    return audit.finish("succeeded", decision.reason, details, route)
+        ),
+        force=True,
+    )
+    audit.note(
+        f"set {run.name} from {state.name} to AwaitingRetry, due in {delay:g} s "
+        f"(attempt {decision.attempt} of {route.max_attempts}); a worker of its pool runs "
+        "the same flow run again, finished components come back Cached"
+    )
+    audit.emit("action", what="set-state", state="AwaitingRetry", flow_run_id=run_id, backoff_seconds=delay)
+    return "succeeded", decision.reason, details
 
 
 @flow(name=RETRY_FLOW, log_prints=True, retries=0)
