@@ -166,7 +166,17 @@ def test_an_output_of_a_class_only_a_deployments_loader_can_import_is_read_by_an
     )
     (package / "flow.py").write_text("from . import steps\n\n\ndef train():\n    return steps.Model(3)\n")
     monkeypatch.chdir(tmp_path)  # a worker's run: in the project's folder
+    # a single-file module on a path folder inside the project (PYTHONPATH=src) is importable by
+    # its name elsewhere too: it stays pickled by reference (its folder was taken for the loader's)
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "plain_helpers_of_the_test.py").write_text("X = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "src"))
+    __import__("plain_helpers_of_the_test")
     loaded = load_script_as_module(str(package / "flow.py"))
+    from planflow.prefect.pickle_by_value import by_value_where_unimportable
+
+    registered = by_value_where_unimportable()
+    assert "plain_helpers_of_the_test" not in registered and loaded.__name__ in registered, registered
     model = loaded.train()
     assert type(model).__module__.endswith(".steps") and not type(model).__module__.startswith("flows.")
     (tmp_path / "model.bin").write_bytes(PlanflowSerializer().dumps(model))

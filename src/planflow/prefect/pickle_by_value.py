@@ -18,10 +18,14 @@ from __future__ import annotations
 import importlib.machinery
 import os
 import sys
+import sysconfig
+import threading
 from pathlib import Path
+from types import ModuleType
 
 import cloudpickle
 
+_lock = threading.Lock()  # steps end on threads of their own: one look at a time
 _checked: set[str] = set()  # top-level module names already judged
 _modules_seen = 0  # len(sys.modules) at the last look
 
@@ -31,32 +35,49 @@ def by_value_where_unimportable(root: Path | None = None) -> list[str]:
     `root` (default: the working folder, the project's in a worker's run) that Python's
     path finder would not import under its name; returns the names registered now."""
     global _modules_seen
-    if len(sys.modules) == _modules_seen:
+    if len(sys.modules) == _modules_seen:  # nothing imported since the last look: the hot path
         return []
-    _modules_seen = len(sys.modules)
-    here = root or Path.cwd()
-    folders = (str(here.absolute()) + os.sep, str(here.resolve()) + os.sep)  # no path resolved per module
-    registered = []
-    for name, module in list(sys.modules.items()):
-        if "." in name or name in _checked or name == "__main__":
-            continue
-        _checked.add(name)
-        origin = getattr(module, "__file__", None)
-        if origin and origin.startswith(folders) and _unimportable(name, origin, folders[1]):
-            cloudpickle.register_pickle_by_value(module)
-            registered.append(name)
+    with _lock:  # a step ending beside one that looks waits for its look (not pickled by reference meanwhile)
+        seen = len(sys.modules)
+        here = root or Path.cwd()
+        folders = (str(here.absolute()) + os.sep, str(here.resolve()) + os.sep)  # no path resolved per module
+        registered = []
+        for name, module in list(sys.modules.items()):
+            if "." in name or name in _checked or name == "__main__" or name in sys.stdlib_module_names:
+                continue
+            _checked.add(name)
+            origin = getattr(module, "__file__", None)
+            if origin and origin.startswith(folders) and _unimportable(name, module, origin, folders[1]):
+                cloudpickle.register_pickle_by_value(module)
+                registered.append(name)
+        _modules_seen = seen
     return registered
 
 
-def _unimportable(name: str, origin: str, folder: str) -> bool:
+def _installed_roots() -> tuple[str, ...]:
+    """The folders installed code lives in (the standard library, site-packages, the
+    interpreter's prefixes): never the project's own, wherever they are."""
+    paths = sysconfig.get_paths()
+    roots = [paths.get(key) for key in ("stdlib", "platstdlib", "purelib", "platlib")]
+    roots += [sys.prefix, sys.base_prefix, sys.exec_prefix]
+    return tuple(str(Path(root).resolve()) + os.sep for root in roots if root)
+
+
+def _unimportable(name: str, module: ModuleType, origin: str, folder: str) -> bool:
     file = Path(origin).resolve()
     if not str(file).startswith(folder) or {"site-packages", "dist-packages"} & set(file.parts):
         return False  # not the project's own code (a virtual environment inside the project included)
+    if str(file).startswith(_installed_roots()):
+        return False  # an interpreter or environment inside the project's folder
     # What another process started in the project's folder searches: this process's path
-    # without the module's own folder, which Prefect's loader put there for the entrypoint
-    # (the project's folder itself stays)
-    own = file.parent
-    path = [p for p in sys.path if Path(p or ".").resolve() != own or str(own) + os.sep == folder]
+    # without the folder Prefect's loader put there for an entrypoint, which it loads as a
+    # package searching there (`submodule_search_locations`; the project's folder stays)
+    spec = getattr(module, "__spec__", None)
+    locations = list(getattr(spec, "submodule_search_locations", None) or [])
+    added = {Path(locations[0]).resolve()} if locations and file.name != "__init__.py" else set()
+    path = [
+        p for p in sys.path if Path(p or ".").resolve() not in added or str(Path(p or ".").resolve()) + os.sep == folder
+    ]
     try:
         found = importlib.machinery.PathFinder.find_spec(name, path)
     except (ImportError, ValueError):
