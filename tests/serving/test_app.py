@@ -322,6 +322,10 @@ def test_a_newest_run_in_distributed_mode_is_passed_over_at_once_not_after_the_g
     assert wait_until(lambda: asyncio.run(swapper.check()), 30), swapper.problem
     assert swapper.current.flow_run_id == good and swapper.current.outputs["scale"] == 3.0
     assert "ran in distributed mode" in swapper.problem and "Fix: run the pipeline in process" in swapper.problem
+    # passed over, which is no failure to load: the alert's gauge stays down, nothing counted
+    failing = {"pipeline": path.pipeline.name}
+    assert not swapper.metrics.registry.get_sample_value("planflow_serving_model_load_failing", failing)
+    assert not swapper.metrics.registry.get_sample_value("planflow_serving_model_load_failures_total", failing)
 
 
 def test_with_a_deployment_named_only_its_runs_are_served():

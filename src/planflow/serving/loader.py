@@ -48,6 +48,11 @@ class RunOutputsError(RuntimeError):
     """A Completed run's outputs cannot be read (missing, or unreadable in storage)."""
 
 
+class NotServableRun(RunOutputsError):
+    """A Completed run that never has outputs to serve (distributed mode): passed over,
+    which is no failure to load (no alert)."""
+
+
 class TaskRunsNotRecordedError(RunOutputsError):
     """The run has no Completed task run for some steps. Right after the run ends this
     is usually the server still recording them: Prefect 3 sends a task run's states as
@@ -119,7 +124,7 @@ async def load_run(
     if (flow_run.parameters or {}).get("mode") == "distributed":
         # its steps ran as flow runs of their own: it never gets task runs to read, and the
         # service waited RECORD_GRACE_SECONDS (2 minutes, not ready) before it knew that
-        raise RunOutputsError(
+        raise NotServableRun(
             f"run '{flow_run.name}' ({flow_run.id}) ran in distributed mode: each step's output is in a flow run of "
             f"its own, which serving does not read. Fix: run the pipeline in process (planflow run {pipeline}) "
             "for the model to serve"

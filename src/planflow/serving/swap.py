@@ -24,6 +24,7 @@ from prefect.client.schemas.objects import FlowRun
 from planflow.monitoring.serving_metrics import ServingMetrics
 from planflow.serving.loader import (
     LoadedRun,
+    NotServableRun,
     RunOutputsError,
     TaskRunsNotRecordedError,
     completed_runs,
@@ -62,6 +63,7 @@ class ModelSwapper:
         self._broken: str | None = None
         self.record_grace_seconds = RECORD_GRACE_SECONDS
         self._pending: set[str] = set()  # runs whose task runs the server has not recorded yet
+        self._failing = False  # the newest run's outputs failed to load (not: it had none to serve)
         self._api_problem_since: datetime | None = None
 
     @property
@@ -107,7 +109,7 @@ class ModelSwapper:
                     if isinstance(exc, TaskRunsNotRecordedError) and self._recent(run):
                         self._not_recorded_yet(run_id, exc)
                         return False
-                    self._failed(run_id, exc)
+                    self._failed(run_id, exc, failing=not isinstance(exc, NotServableRun))
             if loaded is None:  # with nothing served: its last good run (asked again at each poll)
                 if self.current is not None:
                     return False
@@ -119,7 +121,7 @@ class ModelSwapper:
         self.problem = None if older is None else f"serving an older run, '{loaded.flow_run_name}': {self.problem}"
         self.metrics.swaps.inc()
         self.metrics.model_loaded.set(1)
-        self.metrics.load_failing.set(0 if older is None else 1)
+        self.metrics.load_failing.set(1 if older is not None and self._failing else 0)
         if loaded.end_time:
             self.metrics.model_version.set(loaded.end_time.timestamp())
         log.info("serving %s: run '%s' (%s)", name, loaded.flow_run_name, loaded.flow_run_id)
@@ -152,14 +154,18 @@ class ModelSwapper:
         if self.current is None:
             self.problem = f"{exc}; waiting for the server to record them"
 
-    def _failed(self, run_id: str, exc: RunOutputsError) -> None:
+    def _failed(self, run_id: str, exc: RunOutputsError, failing: bool = True) -> None:
+        """The newest run is not read again; `failing`: its outputs failed to load (counted,
+        and the alert's gauge up), else it has none to serve (a distributed run: passed over)."""
         self._pending.discard(run_id)
         self._broken = run_id
-        self.metrics.load_failures.inc()
-        self.metrics.load_failing.set(1)
+        self._failing = failing
+        if failing:
+            self.metrics.load_failures.inc()
+            self.metrics.load_failing.set(1)
         kept = f"; still serving run '{self.current.flow_run_name}'" if self.current else ""
         self.problem = f"{exc}{kept}"
-        log.error("%s", self.problem)
+        (log.error if failing else log.info)("%s", self.problem)
 
     async def poll(self, interval: float) -> None:
         """`check` every `interval` seconds until cancelled; an API error is logged and
