@@ -18,7 +18,17 @@ from planflow.cli.common import (
     ui_url,
     warn,
 )
-from planflow.cli.pipelines import RunFailed, execute, failed_run, load, parse_params, prepare, print_summary
+from planflow.cli.pipelines import (
+    RunFailed,
+    RunInterrupted,
+    execute,
+    failed_run,
+    interrupted,
+    load,
+    parse_params,
+    prepare,
+    print_summary,
+)
 from planflow.core import discovery
 from planflow.monitoring.events import wait_for_event
 from planflow.monitoring.prefect_api import auth_headers
@@ -77,6 +87,8 @@ def demo(
         rule(item.name)
         try:
             result = execute(item.pipeline, flow, values, "inprocess", show_progress=True)
+        except RunInterrupted as exc:  # Ctrl-C: exit 130, not a failure
+            interrupted(item.name, exc, url)
         except Exception as exc:  # the flow run failed; Prefect has logged the traceback
             fail(failed_run(item.name, exc, url))
         print_summary(result)

@@ -138,6 +138,8 @@ def _listed(problems: list[str]) -> str:
 
 
 def _example(key: str, default: Any) -> str:
+    if default is REQUIRED:  # no default to show
+        return f"{key}=..."
     if isinstance(default, Enum):
         default = default.value
     if isinstance(default, bool):

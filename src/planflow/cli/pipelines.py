@@ -162,6 +162,15 @@ def execute(pipeline: Pipeline, flow: Any, values: dict[str, Any], mode: str, sh
     return state.result()
 
 
+def interrupted(name: str, exc: RunInterrupted, url: str) -> None:
+    """Say that the run was interrupted, and where its log is; exit 130 (SIGINT's)."""
+    if exc.flow_run_id:
+        warn(f"pipeline '{name}' was interrupted (Ctrl-C): its flow run is Crashed. Its log: {_log_url(exc, url)}")
+    else:  # before its plan: the run may not exist yet
+        warn(f"pipeline '{name}' was interrupted (Ctrl-C) before it was planned. Its runs: {_log_url(exc, url)}")
+    raise typer.Exit(130)
+
+
 def failed_run(name: str, exc: Exception, url: str) -> str:
     """The one line that says a pipeline's run failed, and where its log is."""
     text = str(exc) or type(exc).__name__
@@ -512,8 +521,7 @@ def run(
     except RunInterrupted as exc:
         if json_output:
             print(failed_run_json(name, exc, url))
-        warn(f"pipeline '{name}' was interrupted (Ctrl-C): its flow run is Crashed. Its log: {_log_url(exc, url)}")
-        raise typer.Exit(130) from None
+        interrupted(name, exc, url)
     except Exception as exc:  # the flow run failed; Prefect has logged the traceback to the server
         if json_output:
             print(failed_run_json(name, exc, url))
