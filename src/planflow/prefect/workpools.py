@@ -208,7 +208,7 @@ def require_pool(name: str) -> Any:
     )
 
 
-PAUSED = "PAUSED"  # in worker_status's message for a paused pool
+PAUSED = "; PAUSED: its flow runs wait"  # in worker_status's message for a paused pool (no name holds it)
 
 
 def worker_status(pool: str, now: dt.datetime | None = None) -> str:
@@ -221,7 +221,7 @@ def worker_status(pool: str, now: dt.datetime | None = None) -> str:
     with get_client(sync_client=True) as client:
         workers = client.read_workers_for_work_pool(pool)
     paused = (
-        f"; {PAUSED}: its flow runs wait even with a worker (paused by planflow's failover, or by hand). "
+        f"{PAUSED} even with a worker (paused by planflow's failover, or by hand). "
         f"Resume it with: prefect work-pool resume {pool}"
         if found.is_paused
         else ""

@@ -262,8 +262,9 @@ def kill_isolated_children() -> int:
         children = list(_live)
     for child in children:
         with contextlib.suppress(Exception):  # it ended meanwhile
-            _stopped.add(child.pid)
-            child.kill()
+            if child.is_alive():
+                _stopped.add(child.pid)
+                child.kill()
     return len(children)
 
 
@@ -292,6 +293,7 @@ def run_isolated(
     finally:
         with _live_lock:
             _live.discard(child)
+            _stopped.discard(child.pid)  # a later child given the same pid is judged afresh
         if child.pid is not None and child.is_alive():  # the wait ended early (a timeout) or it hangs on exit
             child.kill()
             child.join(EXIT_SECONDS)
@@ -334,7 +336,6 @@ def _receive(step: str, child: Any, receive: Connection) -> bytes:
                 if child.pid in _stopped
                 else _ending(child.exitcode)
             )
-            _stopped.discard(child.pid)
             raise IsolationError(
                 f"step '{step}' (isolation='process'): its process {child.pid} {ending} before it returned an output"
             )
