@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import difflib
 import json
-import math
 import shlex
 from collections.abc import Iterable, Mapping
 from enum import Enum
@@ -22,6 +21,7 @@ import yaml
 from pydantic import PydanticUserError, TypeAdapter, ValidationError
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
+from planflow.core.finite import non_finite_at
 from planflow.core.pipeline import Pipeline
 from planflow.core.steps import REQUIRED
 
@@ -98,29 +98,11 @@ def convert(text: str, expected: Any) -> Any:
             value = adapter.validate_python(read, strict=isinstance(read, bool))
         except (ValidationError, yaml.YAMLError) as exc:
             raise ValueError(f"{text!r} is not {type_name(expected)}") from exc
-    if _non_finite(value):
+    if non_finite_at(value) is not None:
         raise NonFiniteError(
             "a flow run's parameters travel as JSON, which has no nan or infinity: the run would get null"
         )
     return value
-
-
-def _non_finite(value: Any) -> bool:
-    """Whether `value` holds a float nan or infinity anywhere (lists, mappings, models)."""
-    try:
-        plain = to_jsonable_python(value)
-    except (TypeError, ValueError, PydanticSerializationError):
-        return False
-    stack = [plain]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, float) and not math.isfinite(item):
-            return True
-        if isinstance(item, dict):
-            stack.extend(item.values())
-        elif isinstance(item, list | tuple):
-            stack.extend(item)
-    return False
 
 
 def type_name(expected: Any) -> str:

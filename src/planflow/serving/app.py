@@ -23,8 +23,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import AfterValidator, TypeAdapter, ValidationError
-from pydantic_core import to_jsonable_python
 
+from planflow.core.finite import non_finite_at
 from planflow.monitoring.serving_metrics import ServingMetrics
 from planflow.serving.path import OnlinePath
 from planflow.serving.swap import ModelSwapper
@@ -96,15 +96,10 @@ def _finite_fields(value: Any) -> Any:
     """A validated record, refused when a field holds a NaN or an infinity: the JSON reader
     refuses those as numbers (_not_json, _finite_float), but a float field takes the
     strings "NaN" and "inf" too, and the model then failed on them (a 500)."""
-    stack: list[tuple[str, Any]] = [("", to_jsonable_python(value, inf_nan_mode="constants"))]
-    while stack:
-        where, item = stack.pop()
-        if isinstance(item, float) and not math.isfinite(item):
-            raise ValueError(f"{where or 'the value'} is {item}: send a finite number (or null where the field allows)")
-        if isinstance(item, dict):
-            stack.extend((f"{where}.{key}" if where else str(key), v) for key, v in item.items())
-        elif isinstance(item, list):
-            stack.extend((f"{where}[{i}]", v) for i, v in enumerate(item))
+    found = non_finite_at(value)
+    if found is not None:
+        where, number = found
+        raise ValueError(f"{where or 'the value'} is {number}: send a finite number (or null where the field allows)")
     return value
 
 
