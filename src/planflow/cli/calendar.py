@@ -163,21 +163,28 @@ def calendar_text(
                 f"{_when(r.start, now):<26} {_when(r.finish, now):<26} {_amounts(r.demand)}"
             )
         lines += ["", *("  " + g for g in gantt_text(items, now, capacity=capacity)), ""]
-        waiting = waiting_runs(entries, pool)
-        if waiting:
-            lines.append("  waiting runs (expected start -> finish):")
-            for entry, start, finish in waiting:
-                name = entry.flow_run_name or entry.flow_run_id
-                lines.append(f"  {name:<24} {entry.pipeline:<20} {_when(start, now)} -> {_when(finish, now)}")
-            lines.append("")
-        under_way = runs_under_way(entries, pool)
-        if under_way:
-            lines.append("  runs under way (components done, expected finish):")
-            for entry, done, total in under_way:
-                name = entry.flow_run_name or entry.flow_run_id
-                lines.append(f"  {name:<24} {entry.pipeline:<20} {done}/{total} done, finish {_when(entry.eta, now)}")
-            lines.append("")
+        lines += _runs_section(
+            "waiting runs (expected start -> finish)",
+            [(e, f"{_when(start, now)} -> {_when(finish, now)}") for e, start, finish in waiting_runs(entries, pool)],
+        )
+        lines += _runs_section(
+            "runs under way (components done, expected finish)",
+            [
+                (e, f"{done}/{total} done, finish {_when(e.eta, now)}")
+                for e, done, total in runs_under_way(entries, pool)
+            ],
+        )
     return lines
+
+
+def _runs_section(title: str, rows: list[tuple[CalendarEntry, str]]) -> list[str]:
+    """A titled list of runs, one line each (run, pipeline, then `rows`' text); none: nothing."""
+    if not rows:
+        return []
+    lines = [f"  {title}:"]
+    for entry, said in rows:
+        lines.append(f"  {entry.flow_run_name or entry.flow_run_id:<24} {entry.pipeline:<20} {said}")
+    return [*lines, ""]
 
 
 def calendar_png(entries: list[CalendarEntry], pool: str, capacity: Mapping[str, float], now: float) -> bytes:
