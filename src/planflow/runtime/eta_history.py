@@ -94,11 +94,12 @@ def eta_factor(ratios: Iterable[float]) -> float | None:
     found = [r for r in ratios if r > 0]
     if not found:
         return None
-    if len(found) < SETTLED:
-        found.append(1.0)
-    ordered = sorted(found)
-    low, high = ordered[(len(ordered) - 1) // 2], ordered[len(ordered) // 2]
-    middle = statistics.median(found) if len(found) >= SETTLED else min((low, high), key=lambda r: abs(r - 1.0))
+    if len(found) >= SETTLED:
+        middle = statistics.median(found)
+    else:  # the plan's own makespan as one more run; of two middle values, the one nearer 1
+        ordered = sorted([*found, 1.0])
+        low, high = ordered[(len(ordered) - 1) // 2], ordered[len(ordered) // 2]
+        middle = min((low, high), key=lambda r: abs(r - 1.0))
     return round(min(MAX_FACTOR, max(MIN_FACTOR, middle)), 3)
 
 
