@@ -21,7 +21,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -233,12 +233,12 @@ def _restart_missing(paths: StatePaths, current: ClusterStatus) -> ClusterStatus
     gone = [name for name, why in current.missing.items() if why.startswith(GONE)]
     if not gone:
         return current
-    record = _record(paths)
+    record, env = _record(paths), _env(paths)
     with private_files():
         for name in gone:
             worker = record["workers"][name]
             spec = WorkerSpec(name, worker["pool"], int(worker["nthreads"]), dict(worker["resources"]))
-            _spawn_worker(paths, spec, str(current.address), _env(paths))
+            _spawn_worker(paths, spec, str(current.address), env)
     address, expected = str(current.address), len(record["workers"])
     if not wait_until(lambda: _answers(address, expected), START_SECONDS, interval=0.3):
         tails = "\n".join(f"--- {n}.log:\n{log_tail(dask_dir(paths) / f'{n}.log', 8)}" for n in gone)
@@ -246,8 +246,7 @@ def _restart_missing(paths: StatePaths, current: ClusterStatus) -> ClusterStatus
             f"worker(s) {', '.join(gone)} started again did not join the scheduler at {address} within "
             f"{START_SECONDS:.0f} s:\n{tails}"
         )
-    again = status(paths)
-    return ClusterStatus(again.address, again.state, again.workers, f"started again: {', '.join(gone)}", again.missing)
+    return replace(status(paths), detail=f"started again: {', '.join(gone)}")
 
 
 def _use_address(paths: StatePaths, address: str) -> ClusterStatus:
