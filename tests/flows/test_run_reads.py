@@ -1,7 +1,7 @@
 """A run takes the planning slot beside its other reads, and its calendar entry is saved
-while its first slots are taken and its first components start (real Prefect server):
-the slot always goes back, and a save that failed before the first component fails the
-run naming it, with nothing run and nothing held."""
+once its first slots were asked for, while its first components start (real Prefect
+server): the slot always goes back, and a save that failed fails the run naming it: no
+component starts after it, and nothing stays held."""
 
 from __future__ import annotations
 
@@ -91,10 +91,10 @@ def test_a_run_whose_calendar_entry_cannot_be_saved_fails_naming_it_with_nothing
 
     monkeypatch.setattr(RunCalendar, "_save", refused)
     RAN.clear()
-    run = to_flow(pipeline("entry-refused"))
+    run = to_flow(pipeline("entry-refused", n=4))  # two rounds of two: the pool holds two at once
     with pytest.raises(PipelineRunError, match=r"CalendarError: the server refused the entry \(test\)"):
         run(local_pool=POOL)
-    assert RAN == []  # no component ran without its run in the calendar
+    assert len(RAN) <= 2  # the first round's components start beside the save; none after it failed
     assert held_planning() == 0
     cpu = limit_name(POOL, "cpu")
     deadline = time.monotonic() + 30.0  # the first slots go back off the run's path

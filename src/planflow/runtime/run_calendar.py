@@ -56,6 +56,10 @@ ETA_CHANGE_SECONDS = 1.0  # a corrected ETA that moves less than this is not log
 # last shown by at least this share of the time left to it (re-plans swung +51 s, -56 s, +5 s).
 ETA_BAND_SHARE = 0.1
 WRITE_WAIT_SECONDS = 60.0  # the most a run waits for its entry's first save (a busy server retries for seconds)
+# The entry's first save waits until the run's first slots were asked for (`slots_asked`),
+# at most this long: the server answers those increments, which the first components wait
+# for, before the artifact write, which nothing waits for (the planning slot is held until it lands)
+SAVE_AFTER_SLOTS_SECONDS = 1.0
 
 
 class RunCalendar(PoolOrder, Reporter):
@@ -95,6 +99,7 @@ class RunCalendar(PoolOrder, Reporter):
         self._by_step: dict[str, dict[str, Any]] = {}
         self._planned: dict[str, dict[str, Any]] = {}
         self._written: Future[None] | None = None  # the entry's first save, on its thread (`write`)
+        self._slots_asked = threading.Event()  # the first save's cue (slots_asked), or the run's end (delete)
         self._saved: Any = None  # the saved entry's id (calendar_store), once its first save landed
         self.allowed = Allowance()  # the ETA's allowance (write)
 
@@ -107,10 +112,11 @@ class RunCalendar(PoolOrder, Reporter):
         allowed: Allowance | None = None,
     ) -> float:
         """Record the plan's reservations; returns the ETA (Unix time). The entry is saved
-        on a thread of its own, and `then` called after the save, saved or not (the runner
-        gives the planning slot back there): the run goes on to take its first slots and
-        start its first components meanwhile (a first save that failed fails them:
-        `first_save_error`).
+        on a thread of its own, once the run's first slots were asked for (`slots_asked`,
+        at most SAVE_AFTER_SLOTS_SECONDS later), and `then` called after the save, saved or
+        not (the runner gives the planning slot back there): the run takes its first slots
+        and starts its first components meanwhile (a first save that failed fails those
+        that start after it: `first_save_error`).
         `allowed`: how much longer than planned runs of this kind took (eta_history.py):
         the ETA is the plan's makespan times its factor, kept so as the run goes on."""
         self.makespan = max((a.planned_finish or 0.0 for a in assignments.values()), default=0.0)
@@ -136,6 +142,7 @@ class RunCalendar(PoolOrder, Reporter):
 
         def save() -> None:
             try:
+                self._slots_asked.wait(SAVE_AFTER_SLOTS_SECONDS)
                 self._save()
             except BaseException as exc:
                 written.set_exception(exc)
@@ -154,6 +161,13 @@ class RunCalendar(PoolOrder, Reporter):
         self._written = written
         threading.Thread(target=contextvars.copy_context().run, args=(save,), name="planflow-entry-save").start()
         return self.entry.eta
+
+    def slots_asked(self) -> None:
+        """The run's first slots were asked for (its dispatcher's first round): the entry's
+        first save goes now. Before, the save's artifact write came beside those
+        increments on the server, and the first components waited for both (about 30 ms of
+        a 40-component run's 0.1 s from its body to its first release)."""
+        self._slots_asked.set()
 
     def written(self, timeout: float = WRITE_WAIT_SECONDS) -> None:
         """Wait for the entry's first save (`write`); its error, if it failed
@@ -453,6 +467,7 @@ class RunCalendar(PoolOrder, Reporter):
         self._stop.set()
         self._wake.set()  # the watcher ends
         self._save_due.set()  # the saver ends
+        self._slots_asked.set()  # a first save still waiting goes now (it lands before the delete)
         if self._written is not None:  # a delete before the entry's first save lands would miss it
             wait_for([self._written], WRITE_WAIT_SECONDS)
         with self._lock:

@@ -197,7 +197,8 @@ def _run(
             if admit is not None and calendar is not None and policy == "plan" and options.hold_to_calendar:
                 admit = calendar.admit(admit)  # start where the calendar says (kept current by re-planning)
             if admit is not None and calendar is not None:
-                admit = _AfterWrite(admit, calendar.first_save_error)  # a failed first save of the entry fails the step
+                # a failed first save of the entry fails the step; the save goes once the first slots are asked
+                admit = _AfterWrite(admit, calendar.first_save_error, calendar.slots_asked)
             notify = partial(bus.step, run)
             if calendar is not None:
                 notify = calendar.listen(run, notify)
@@ -335,12 +336,28 @@ class _AfterWrite:
     take fails, naming why, when that save has failed; it no longer waits for the save
     (about 50 ms of a server's artifact write before the first component, with nothing
     to gain: the planning slot is held until the save ends, so no other run plans
-    meanwhile, and the saver retries a failed first save at the next change)."""
+    meanwhile, and the saver retries a failed first save at the next change). The save
+    itself waits for the first round's slots to be asked (`asked`, called once after the
+    first `prepare`; at once when `take` has none): the server answers those first."""
 
-    def __init__(self, take: Any, save_error: Callable[[], BaseException | None]) -> None:
+    def __init__(
+        self, take: Any, save_error: Callable[[], BaseException | None], asked: Callable[[], None] | None = None
+    ) -> None:
         self.take, self._save_error = take, save_error
-        self.prepare = getattr(take, "prepare", None)
+        self._prepare = getattr(take, "prepare", None)
+        self._asked = asked
+        if self._prepare is None and asked is not None:
+            asked()
+        self.prepare = None if self._prepare is None else self._prepare_then_tell
         self.wake_with = getattr(take, "wake_with", None)
+
+    def _prepare_then_tell(self, ready: Any) -> None:
+        try:
+            self._prepare(ready)  # type: ignore[misc]
+        finally:
+            if self._asked is not None:
+                asked, self._asked = self._asked, None
+                asked()
 
     @property
     def poll_seconds(self) -> float:
