@@ -140,6 +140,12 @@ class PlanflowSettings(BaseSettings):
         description="Runs on one machine tell each other when they give slots back (a Unix socket each, in a "
         "folder private to the user), so a waiting component asks at once instead of at its next poll.",
     )
+    keep_reads: bool = Field(
+        True,
+        description="A process keeps the ResourcePool and PlannerSettings blocks it read for its next runs, "
+        "while a subscription to the Prefect server's events says no block changed; false: every run reads "
+        "them from the server.",
+    )
     server_wait_seconds: float = Field(
         30.0, gt=0, description="How long a run retries the Prefect server when it does not answer for slots."
     )

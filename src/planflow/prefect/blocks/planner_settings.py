@@ -7,8 +7,10 @@ from typing import ClassVar, Literal
 from prefect.blocks.core import Block
 from pydantic import Field
 
+from planflow.prefect.blocks.kept_reads import DropsKeptReads
 
-class PlannerSettings(Block):
+
+class PlannerSettings(DropsKeptReads, Block):
     """Solver, time limit and estimate learning for planflow's planner."""
 
     _block_type_name: ClassVar[str] = "planflow Planner Settings"

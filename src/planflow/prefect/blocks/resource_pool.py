@@ -11,8 +11,10 @@ import psutil
 from prefect.blocks.core import Block
 from pydantic import Field
 
+from planflow.prefect.blocks.kept_reads import DropsKeptReads
 
-class ResourcePool(Block):
+
+class ResourcePool(DropsKeptReads, Block):
     """Capacity, cost and backup of one Prefect work pool. The block's document
     name is the pool's planflow name (e.g. `local`); components name it in `pools=`.
     """

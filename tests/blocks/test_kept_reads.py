@@ -1,0 +1,101 @@
+"""The blocks a run reads are kept in its process between runs while the real Prefect
+server's events say no block changed (planflow.prefect.event_watch): a change made by
+another process is seen within a bound, one made by this process at once."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from planflow.prefect.blocks import ResourcePool, registry
+from planflow.prefect.event_watch import watch
+
+LIVE_WITHIN_SECONDS = 20.0  # the watch's subscription connects (and is trusted) within this
+SEEN_WITHIN_SECONDS = 10.0  # another process's change reaches this process's reads within this
+
+
+def _live() -> None:
+    """The blocks' watch is live (its subscription connected and trusted); fails loudly when not."""
+    registry.read_run_blocks()  # the second read in a process starts it
+    registry.read_run_blocks()
+    watching = watch(registry.BLOCK_EVENTS)
+    assert watching is not None, "PLANFLOW_KEEP_READS is off or PREFECT_API_URL unset"
+    deadline = time.monotonic() + LIVE_WITHIN_SECONDS
+    while watching.generation() is None:
+        assert time.monotonic() < deadline, f"the event watch did not connect within {LIVE_WITHIN_SECONDS:g} s"
+        time.sleep(0.05)
+
+
+def _kept_now() -> int:
+    """Read the blocks until a read is kept (one read while live, or two when an event of
+    the last test's changes came meanwhile); the count of reads sent to the server then."""
+    for _ in range(5):
+        registry.read_run_blocks()
+        sent = registry._kept_pages.requests
+        registry.read_run_blocks()
+        if registry._kept_pages.requests == sent:
+            return sent
+        time.sleep(0.2)
+    raise AssertionError("the blocks' read was never kept: every read went to the server")
+
+
+def _save_elsewhere(name: str, cpu: float) -> None:
+    """Another process saves ResourcePool `name` (as `planflow pools set` would)."""
+    code = (
+        "from planflow.prefect.blocks import ResourcePool; "
+        f"ResourcePool(work_pool='local-process', cpu={cpu}, mem_gib=1).save({name!r}, overwrite=True)"
+    )
+    subprocess.run([sys.executable, "-c", code], env=dict(os.environ), check=True, timeout=120)
+
+
+@pytest.fixture
+def kept(registered_blocks):
+    _live()
+    yield _kept_now()
+
+
+def test_the_blocks_read_is_kept_until_another_process_changes_a_block(kept):
+    name = "kept-elsewhere"
+    try:
+        for _ in range(3):  # kept: no request, the same pools each time, parsed anew (not shared objects)
+            first, second = registry.read_run_blocks(), registry.read_run_blocks()
+            assert registry._kept_pages.requests == kept
+            assert first.pools.keys() == second.pools.keys() and first.pools["local"] is not second.pools["local"]
+        assert name not in first.pools
+        _save_elsewhere(name, cpu=3)
+        deadline = time.monotonic() + SEEN_WITHIN_SECONDS
+        while (pool := registry.read_run_blocks().pools.get(name)) is None or pool.cpu != 3:
+            assert time.monotonic() < deadline, f"a block saved by another process unseen after {SEEN_WITHIN_SECONDS} s"
+            time.sleep(0.02)
+        assert registry._kept_pages.requests > kept  # read again after the event
+        _save_elsewhere(name, cpu=5)  # a second change too (the kept read taken after the first)
+        deadline = time.monotonic() + SEEN_WITHIN_SECONDS
+        while registry.read_run_blocks().pools[name].cpu != 5:
+            assert time.monotonic() < deadline, f"the second change unseen after {SEEN_WITHIN_SECONDS} s"
+            time.sleep(0.02)
+    finally:
+        ResourcePool.delete(name)
+
+
+def test_a_block_saved_by_this_process_is_read_at_once(kept):
+    name = "kept-here"
+    try:
+        ResourcePool(work_pool="local-process", cpu=7, mem_gib=1).save(name, overwrite=True)
+        assert registry.read_run_blocks().pools[name].cpu == 7  # no wait for the event
+        assert registry._kept_pages.requests == kept + 1
+        _kept_now()
+        ResourcePool(work_pool="local-process", cpu=6, mem_gib=1).save(name, overwrite=True)
+        assert registry.read_run_blocks().pools[name].cpu == 6
+    finally:
+        ResourcePool.delete(name)
+
+
+def test_keeping_reads_off_sends_every_read_to_the_server(kept, monkeypatch):
+    monkeypatch.setenv("PLANFLOW_KEEP_READS", "false")
+    registry.read_run_blocks()
+    registry.read_run_blocks()
+    assert registry._kept_pages.requests == kept + 2
