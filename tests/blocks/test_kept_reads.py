@@ -4,6 +4,7 @@ another process is seen within a bound, one made by this process at once."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -11,11 +12,13 @@ import time
 
 import pytest
 
+from planflow.prefect import event_watch
 from planflow.prefect.blocks import ResourcePool, registry
 from planflow.prefect.event_watch import watch
 
 LIVE_WITHIN_SECONDS = 20.0  # the watch's subscription connects (and is trusted) within this
 SEEN_WITHIN_SECONDS = 10.0  # another process's change reaches this process's reads within this
+KEPT_WITHIN_SECONDS = 3 * event_watch.QUIET_AFTER_EVENT_SECONDS + 5  # a read is kept again after an event
 
 
 def _live() -> None:
@@ -33,14 +36,15 @@ def _live() -> None:
 def _kept_now() -> int:
     """Read the blocks until a read is kept (one read while live, or two when an event of
     the last test's changes came meanwhile); the count of reads sent to the server then."""
-    for _ in range(5):
+    deadline = time.monotonic() + KEPT_WITHIN_SECONDS
+    while time.monotonic() < deadline:
         registry.read_run_blocks()
         sent = registry._kept_pages.requests
         registry.read_run_blocks()
         if registry._kept_pages.requests == sent:
             return sent
         time.sleep(0.2)
-    raise AssertionError("the blocks' read was never kept: every read went to the server")
+    raise AssertionError(f"no read kept within {KEPT_WITHIN_SECONDS:g} s: every read went to the server")
 
 
 def _save_elsewhere(name: str, cpu: float) -> None:
@@ -90,8 +94,22 @@ def test_a_block_saved_by_this_process_is_read_at_once(kept):
         _kept_now()
         ResourcePool(work_pool="local-process", cpu=6, mem_gib=1).save(name, overwrite=True)
         assert registry.read_run_blocks().pools[name].cpu == 6
-    finally:
+        _kept_now()
         ResourcePool.delete(name)
+        assert name not in registry.read_run_blocks().pools  # a delete too
+    finally:
+        with contextlib.suppress(ValueError):  # deleted above
+            ResourcePool.delete(name)
+
+
+def test_a_kept_read_stands_keep_seconds_at_most(kept, monkeypatch):
+    monkeypatch.setattr(event_watch, "KEEP_SECONDS", 0.5)
+    kept = _kept_now()
+    registry.read_run_blocks()
+    assert registry._kept_pages.requests == kept
+    time.sleep(0.6)
+    registry.read_run_blocks()  # no event came, yet it is read again
+    assert registry._kept_pages.requests == kept + 1
 
 
 def test_keeping_reads_off_sends_every_read_to_the_server(kept, monkeypatch):

@@ -11,19 +11,30 @@ So a process that reads the blocks more than once keeps one subscription to thos
 a read taken while the subscription was live (`KeptRead`) stands until an event comes:
 
 - it is kept only if no event came while it was read, and the subscription was live
-  (connected for LIVE_AFTER_SECONDS: the server registers a subscription a little after
-  the client sent its filter) from before the read started to after it ended;
-- any event of the watched kinds drops it (the next call reads again), and so does the
-  subscription's loss (a disconnect, a server restart): nothing is kept while it is down;
+  from before the read started to after it ended. Live means proven: once connected, the
+  watch posts an event of its own (a probe) and is live only when the server streamed
+  it back (a server with its event stream off, or a clock far from the server's, never
+  is);
+- any event of the watched kinds drops it (the next call reads again), and for
+  QUIET_AFTER_EVENT_SECONDS after one nothing is kept (Prefect emits a block's event
+  before its transaction commits: a read in that moment can still see the old rows);
+- the subscription's loss (a disconnect, a server restart) drops it: nothing is kept
+  while it is down;
+- it stands KEEP_SECONDS at most, whatever the events say;
 - a change made by this process (`changed_here`, called by planflow's blocks after a
-  save) drops it at once: the server streams the change's event a few milliseconds
+  save or a delete) drops it at once: the server streams the change's event a few milliseconds
   after its request returned, and a run started in between would plan with the old;
 - a forked child does not inherit the parent's watch (its thread is not there): it
   starts its own.
 
 A process that reads once (a deployment's run in a process of its own) subscribes to
-nothing: the subscription starts at the second read, and a read is kept from the third on
-(once the subscription is LIVE_AFTER_SECONDS old). A change reaches a process's kept
+nothing: the subscription starts at the second read, the third is kept (once the probe
+came back) and the fourth on are taken from it.
+
+What the subscription costs the server: with any subscriber to its event stream, it
+parses every event it distributes (about 90 us each; about 130 events for a run of 40
+components). A Prefect worker or `flow.serve` runner already holds such a subscription
+(its cancellation observer), so a server that runs deployments pays that anyway. A change reaches a process's kept
 read as soon as the server streams its event (milliseconds on a local server); a run
 that starts in that moment plans with the blocks as they were just before, as a run
 that started a moment earlier would (the pools' concurrency limits, which hold the
@@ -37,108 +48,189 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import hashlib
 import logging
 import os
 import threading
 import time
+import uuid
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from contextlib import nullcontext
+from typing import Any, Generic, TypeVar
 
+from prefect.client.orchestration import get_client
+from prefect.context import SettingsContext
 from prefect.events.clients import PrefectEventSubscriber
 from prefect.events.filters import EventFilter, EventNameFilter
 from prefect.settings import PREFECT_API_URL
+from prefect.types._datetime import now
 
 from planflow.settings import settings
 
 logger = logging.getLogger("planflow.event_watch")
 T = TypeVar("T")
-LIVE_AFTER_SECONDS = 1.0  # a subscription is trusted this long after it connected (see the module's doc)
+PROBE = "planflow.event-watch.probe"  # the event a watch posts to prove its subscription live
+PROBE_WAIT_SECONDS = 10.0  # a probe not streamed back within this: the connection is dropped and tried again
+QUIET_AFTER_EVENT_SECONDS = 2.0  # nothing is kept this long after a watched event (see the module's doc)
+KEEP_SECONDS = 60.0  # the longest a read is kept, whatever the events say
 RETRY_SECONDS = (1.0, 2.0, 5.0, 10.0, 30.0)  # the waits before each new connection after a loss (then the last)
-GIVE_UP_AFTER = 20  # failed connections in a row after which the watch ends (its server is gone for good)
+GIVE_UP_AFTER = 20  # failed connections in a row after which the watch ends (about 8 minutes)
+GAVE_UP_SECONDS = 600.0  # ... and no new watch of that server is started for this long
 
 
 class EventWatch:
     """One subscription to the events of one Prefect server whose names start with one of
     `prefixes`: `generation()` moves at each such event and at each loss of the
-    subscription, and is None while the subscription is not live."""
+    subscription, and is None while the subscription is not proven live (or just after
+    an event)."""
 
     def __init__(self, api_url: str, prefixes: tuple[str, ...]) -> None:
         self.api_url, self.prefixes = api_url, prefixes
         self.pid = os.getpid()
         self.events = 0  # the watched events seen (for tests and logs)
+        self._probe = f"planflow.event-watch.{uuid.uuid4()}"  # this watch's probe's resource
         self._lock = threading.Lock()
         self._generation = 0
-        self._live_since: float | None = None  # monotonic time of the connection, None while down
+        self._live = False  # connected, and its probe came back
+        self._last_event = -1e9  # monotonic time of the last watched event
         self._ended = threading.Event()
-        context = contextvars.copy_context()  # the caller's Prefect settings (its auth among them)
-        self._thread = threading.Thread(target=context.run, args=(self._run,), name="planflow-event-watch", daemon=True)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+        # a context of its own holding only the caller's Prefect settings (its API URL and
+        # auth): nothing else of the caller's (its client, its run) is kept alive by the thread
+        found = SettingsContext.get()
+        context = contextvars.Context()
+        self._thread = threading.Thread(
+            target=context.run, args=(self._run, found), name="planflow-event-watch", daemon=True
+        )
         self._thread.start()
 
     def generation(self) -> int | None:
-        """The count of changes seen so far; None while the subscription is not live (or
-        younger than LIVE_AFTER_SECONDS, or the watch has ended)."""
+        """The count of changes seen so far; None while the subscription is not live, for
+        QUIET_AFTER_EVENT_SECONDS after an event, or once the watch has ended."""
         with self._lock:
-            live = self._live_since is not None and time.monotonic() - self._live_since >= LIVE_AFTER_SECONDS
-            return self._generation if live and not self._ended.is_set() else None
+            quiet = time.monotonic() - self._last_event >= QUIET_AFTER_EVENT_SECONDS
+            return self._generation if self._live and quiet and not self._ended.is_set() else None
 
     @property
     def alive(self) -> bool:
-        """Its thread runs (it ends only after GIVE_UP_AFTER failed connections in a row)."""
+        """Its thread runs in this process (not a forked child's copy, not closed, not
+        given up after GIVE_UP_AFTER failed connections in a row)."""
         return not self._ended.is_set() and os.getpid() == self.pid
 
-    def _changed(self, live_since: float | None = None, connected: bool = True) -> None:
+    def close(self) -> None:
+        """Stop watching (idempotent): the subscription is closed and nothing is kept."""
+        self._ended.set()
+        loop, task = self._loop, self._task
+        if loop is not None and task is not None and os.getpid() == self.pid:
+            try:
+                loop.call_soon_threadsafe(task.cancel)
+            except RuntimeError:  # its loop has ended already
+                pass
+
+    def _changed(self, live: bool, event: bool = False) -> None:
         with self._lock:
             self._generation += 1
-            self._live_since = live_since if connected else None
+            self._live = live
+            if event:
+                self._last_event = time.monotonic()
 
-    def _run(self) -> None:
+    def _run(self, found: Any) -> None:
         try:
-            asyncio.run(self._watch())
+            with SettingsContext(profile=found.profile, settings=found.settings) if found else nullcontext():
+                asyncio.run(self._main())
         except Exception as exc:  # a kept read is only a saving: the reads go to the server again
             logger.debug("event watch of %s ended: %s", self.api_url, exc)
         finally:
-            self._changed(connected=False)
             self._ended.set()
+            self._changed(live=False)
+
+    async def _main(self) -> None:
+        self._loop, self._task = asyncio.get_running_loop(), asyncio.current_task()
+        if self._ended.is_set():  # closed before it started
+            return
+        try:
+            await self._watch()
+        except asyncio.CancelledError:
+            pass
 
     async def _watch(self) -> None:
         failures = 0
-        while failures < GIVE_UP_AFTER:
+        while failures < GIVE_UP_AFTER and not self._ended.is_set():
             try:
                 subscriber = PrefectEventSubscriber(
                     api_url=self.api_url,
-                    filter=EventFilter(event=EventNameFilter(prefix=list(self.prefixes))),
+                    filter=EventFilter(event=EventNameFilter(prefix=[*self.prefixes, PROBE])),
                     reconnection_attempts=0,  # a loss is seen here (it drops what is kept), not retried inside
                 )
                 async with subscriber:
-                    self._changed(live_since=time.monotonic())
-                    failures = 0
-                    async for event in subscriber:
+                    await self._send_probe()
+                    deadline = time.monotonic() + PROBE_WAIT_SECONDS
+                    events = subscriber.__aiter__()
+                    while True:
+                        wait = None if self._live else max(0.0, deadline - time.monotonic())
+                        try:
+                            event = await asyncio.wait_for(events.__anext__(), wait)
+                        except StopAsyncIteration:  # the server closed it
+                            break
+                        except TimeoutError:  # its probe never came back: not to be trusted
+                            logger.debug("event watch of %s: no probe back in %g s", self.api_url, PROBE_WAIT_SECONDS)
+                            break
+                        if event.event == PROBE:
+                            if event.resource.id == self._probe and not self._live:
+                                self._changed(live=True)
+                                failures = 0
+                            continue
                         self.events += 1
                         logger.debug("event %s: the reads kept from it are read again", event.event)
-                        self._changed(live_since=self._live_since)
+                        self._changed(live=self._live, event=True)
             except Exception as exc:
                 logger.debug("event watch of %s lost: %s", self.api_url, exc)
-            self._changed(connected=False)
+            self._changed(live=False)
             failures += 1
             await asyncio.sleep(RETRY_SECONDS[min(failures, len(RETRY_SECONDS)) - 1])
 
+    async def _send_probe(self) -> None:
+        """Post this watch's probe: streamed back, it proves the subscription live."""
+        probe = {
+            "id": str(uuid.uuid4()),
+            "occurred": now("UTC").isoformat(),
+            "event": PROBE,
+            "resource": {"prefect.resource.id": self._probe},
+        }
+        async with get_client() as client:
+            await client.request("POST", "/events", json=[probe])
+
 
 _here = [0]  # changes made by this process (changed_here), counted
-_watches: dict[tuple[str, tuple[str, ...]], EventWatch] = {}
+_watches: dict[tuple[str, str, tuple[str, ...]], EventWatch] = {}
+_gave_up: dict[tuple[str, str, tuple[str, ...]], float] = {}  # key -> when its watch gave up (monotonic)
 _watches_lock = threading.Lock()
 
 
 def watch(prefixes: tuple[str, ...]) -> EventWatch | None:
     """This process's watch of the current Prefect server's events named `prefixes`,
-    started on first use (None when keeping reads is off or no API URL is set)."""
+    started on first use (None when keeping reads is off, no API URL is set, or a watch
+    of that server gave up within GAVE_UP_SECONDS). A watch of another server (or the same
+    with other credentials) is closed when this one starts."""
     api_url = PREFECT_API_URL.value()
     if not api_url or not settings().keep_reads:
         return None
-    key = (str(api_url), prefixes)
+    auth = SettingsContext.get().settings.api.auth_string if SettingsContext.get() else None
+    secret = auth.get_secret_value() if auth is not None else ""
+    key = (str(api_url), hashlib.sha256(secret.encode()).hexdigest(), prefixes)
     with _watches_lock:
         found = _watches.get(key)
-        if found is None or not found.alive:  # a new server, a forked child, or a watch that gave up
-            found = _watches[key] = EventWatch(str(api_url), prefixes)
+        if found is not None and found.alive:
+            return found
+        if found is not None and os.getpid() == found.pid:  # it ended here: given up
+            _gave_up[key] = time.monotonic()
+            del _watches[key]
+        if time.monotonic() - _gave_up.get(key, -1e9) < GAVE_UP_SECONDS:
+            return None
+        for other in [k for k in _watches if k[2] == prefixes]:
+            _watches.pop(other).close()
+        found = _watches[key] = EventWatch(str(api_url), prefixes)
         return found
 
 
@@ -154,14 +246,14 @@ def _changes_here() -> int:
 
 
 class KeptRead(Generic[T]):
-    """`read()`, kept while `prefixes`' events say nothing changed (see the module's doc).
-    What it returns is shared by the calls that take it from here: callers must not change
-    it (keep raw rows, parse them per call)."""
+    """`read()`, kept while `prefixes`' events say nothing changed, KEEP_SECONDS at most
+    (see the module's doc). What it returns is shared by the calls that take it from here:
+    callers must not change it (keep raw rows, parse them per call)."""
 
     def __init__(self, read: Callable[[], T], prefixes: tuple[str, ...]) -> None:
         self._read, self.prefixes = read, prefixes
         self._lock = threading.Lock()
-        self._kept: tuple[EventWatch, tuple[int, int], T] | None = None
+        self._kept: tuple[EventWatch, tuple[int, int], float, T] | None = None
         self.requests = 0  # the reads that went to the server (for tests and benchmarks)
 
     def __call__(self) -> T:
@@ -169,22 +261,19 @@ class KeptRead(Generic[T]):
         before = self._generation(watching)
         with self._lock:
             kept = self._kept
-        if kept is not None and before is not None and kept[0] is watching and kept[1] == before:
-            return kept[2]
+        fresh = kept is not None and time.monotonic() - kept[2] < KEEP_SECONDS
+        if fresh and before is not None and kept[0] is watching and kept[1] == before:  # type: ignore[index]
+            return kept[3]  # type: ignore[index]
+        started = time.monotonic()
         value = self._read()
-        self.requests += 1
         after = self._generation(watching)
         steady = watching is not None and before is not None and after == before
         with self._lock:  # kept only when the watch was live throughout and saw nothing meanwhile
-            self._kept = (watching, before, value) if steady else None  # type: ignore[assignment]
+            self.requests += 1
+            self._kept = (watching, before, started, value) if steady else None  # type: ignore[assignment]
         return value
 
     @staticmethod
     def _generation(watching: EventWatch | None) -> tuple[int, int] | None:
         seen = watching.generation() if watching is not None else None
         return None if seen is None else (seen, _changes_here())
-
-    def forget(self) -> None:
-        """The next call reads again (e.g. after this process changed what it reads)."""
-        with self._lock:
-            self._kept = None

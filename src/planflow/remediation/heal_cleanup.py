@@ -34,6 +34,7 @@ from prefect.states import Cancelled
 
 from planflow.prefect.blocks import ResourcePool
 from planflow.prefect.blocks.alert_route import load_route
+from planflow.prefect.event_watch import changed_here
 from planflow.remediation.guard import Guard
 from planflow.remediation.heal_watch import HealError, events_about, wait_for
 from planflow.remediation.names import REMEDIATION_POOL
@@ -153,6 +154,7 @@ def _delete(client: SyncPrefectClient, pools: list[str], deployments: list[Any])
             client.delete_work_pool(pool)
         with contextlib.suppress(Exception):  # no ResourcePool of that name: nothing to delete
             client.delete_block_document(ResourcePool.load(pool)._block_document_id)
+            changed_here()  # this process's kept block reads (event_watch.py) are read again
 
 
 def tear_down(

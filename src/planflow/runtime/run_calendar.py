@@ -58,8 +58,9 @@ ETA_BAND_SHARE = 0.1
 WRITE_WAIT_SECONDS = 60.0  # the most a run waits for its entry's first save (a busy server retries for seconds)
 # The entry's first save waits until the run's first slots were asked for (`slots_asked`),
 # at most this long: the server answers those increments, which the first components wait
-# for, before the artifact write, which nothing waits for (the planning slot is held until it lands)
-SAVE_AFTER_SLOTS_SECONDS = 1.0
+# for, before the artifact write, which nothing waits for. The planning slot is held until
+# the save lands, so other runs wait to plan that much longer: kept short
+SAVE_AFTER_SLOTS_SECONDS = 0.25
 
 
 class RunCalendar(PoolOrder, Reporter):
@@ -143,7 +144,8 @@ class RunCalendar(PoolOrder, Reporter):
         def save() -> None:
             try:
                 self._slots_asked.wait(SAVE_AFTER_SLOTS_SECONDS)
-                self._save()
+                if not self._stop.is_set():  # the run ended meanwhile: nothing to save (delete waits for this)
+                    self._save()
             except BaseException as exc:
                 written.set_exception(exc)
                 # a component that started meanwhile runs on: said, and saved at the next change
@@ -163,10 +165,13 @@ class RunCalendar(PoolOrder, Reporter):
         return self.entry.eta
 
     def slots_asked(self) -> None:
-        """The run's first slots were asked for (its dispatcher's first round): the entry's
-        first save goes now. Before, the save's artifact write came beside those
-        increments on the server, and the first components waited for both (about 30 ms of
-        a 40-component run's 0.1 s from its body to its first release)."""
+        """The run's dispatcher prepared its first round (RunSlots.prepare: the slots of its
+        short steps asked for as one batch; a long step asks in its own take, after this):
+        the entry's first save goes now. Before, the save's artifact write came beside
+        those increments on the server, and the first components waited for both (about
+        30 ms of a 40-component run's 0.1 s from its body to its first release). The
+        price: a first save that fails fails the steps that start after it, no longer
+        the first round's, which start beside it."""
         self._slots_asked.set()
 
     def written(self, timeout: float = WRITE_WAIT_SECONDS) -> None:
@@ -223,7 +228,7 @@ class RunCalendar(PoolOrder, Reporter):
             if self._stop.is_set():
                 return
             try:
-                self._save()
+                self._save_after_first()
             except Exception as exc:  # the next change tries again; others read the last saved
                 self.logger.debug("calendar entry not saved this time: %s", exc)
 
@@ -257,7 +262,7 @@ class RunCalendar(PoolOrder, Reporter):
         if dirty and self._watcher is not None:  # the saver runs beside the watcher (on_planned)
             self._save_due.set()
         elif dirty:
-            self._save()
+            self._save_after_first()
 
     def _move(self, event: StepEvent) -> None:
         """The step's own reservation takes the event's time; the waiting ones move by as
@@ -349,7 +354,7 @@ class RunCalendar(PoolOrder, Reporter):
             if self.entry is None or self.run is None:
                 return None
             old, new = self.entry.eta, self._replace(entries, time.time())
-        self._save()
+        self._save_after_first()
         old = self.shown if self.shown is not None else old
         if abs(new - old) < eta_band(old, time.time()):
             return new  # the calendar holds the new placement; what is shown stays put
@@ -443,6 +448,15 @@ class RunCalendar(PoolOrder, Reporter):
             eta_history.record(self.allowed.keys, self.makespan, took, self.run_id, replayed)
         except Exception as exc:  # the run is over: the next runs' ETAs learn from the others
             self.logger.warning("how late this run finished was not recorded for the next ETAs: %s", exc)
+
+    def _save_after_first(self) -> None:
+        """`_save`, once the entry's first save (write's thread) ended: only that one creates
+        the entry (the saver at the first step event and a re-plan come here), so that it
+        is created once and `first_save_error` tells that save's fate."""
+        written = self._written
+        if written is not None and not written.done():
+            wait_for([written], WRITE_WAIT_SECONDS)
+        self._save()
 
     def _save(self) -> None:
         """Write the entry: created once (one request), then one PATCH of its data per change."""

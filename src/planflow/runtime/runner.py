@@ -337,8 +337,9 @@ class _AfterWrite:
     (about 50 ms of a server's artifact write before the first component, with nothing
     to gain: the planning slot is held until the save ends, so no other run plans
     meanwhile, and the saver retries a failed first save at the next change). The save
-    itself waits for the first round's slots to be asked (`asked`, called once after the
-    first `prepare`; at once when `take` has none): the server answers those first."""
+    itself waits for the first round to be prepared (`asked`, called once after the first
+    `prepare`, which asks for the short steps' slots as one batch; at once when `take` has
+    no `prepare`): the server answers those increments first."""
 
     def __init__(
         self, take: Any, save_error: Callable[[], BaseException | None], asked: Callable[[], None] | None = None

@@ -22,7 +22,9 @@ from planflow.prefect.event_watch import KeptRead
 
 DEFAULT_POOL = "local"
 DEFAULT_SETTINGS = "default"
-BLOCK_EVENTS = ("prefect.block-document.",)  # created, updated, deleted: what a kept read of blocks watches
+# what a kept read of blocks watches: a document created, updated or deleted, and a block
+# type deleted (its documents go with it, with no event of their own)
+BLOCK_EVENTS = ("prefect.block-document.", "prefect.block-type.")
 
 
 def register() -> list[str]:
@@ -86,13 +88,14 @@ class RunBlocks:
     settings: PlannerSettings
 
 
-def read_run_blocks(page: int = 200) -> RunBlocks:
+def read_run_blocks(page: int | None = None) -> RunBlocks:
     """The ResourcePool documents and the `default` PlannerSettings in one request (paged by
-    `page`); a new server gets its default pool created, as `load_pools` does, and missing
+    `page`, PAGE by default; an explicit page is read from the server, never kept); a new
+    server gets its default pool created, as `load_pools` does, and missing
     settings are the defaults, as in `load_settings`. The answer is kept for this process's
     next runs while no block changes (event_watch.py: the server's block-document events):
     the raw pages are kept, and parsed anew at each call, so no caller shares an object."""
-    pages = _kept_pages() if page == PAGE else _block_pages(page)
+    pages = _kept_pages() if page is None else _block_pages(page)
     documents = [BlockDocument.model_validate(row) for body in pages for row in json.loads(body)]
     pool_type, settings_type = ResourcePool.get_block_type_slug(), PlannerSettings.get_block_type_slug()
     pools = {d.name: ResourcePool._from_block_document(d) for d in documents if _slug(d) == pool_type}
@@ -124,7 +127,7 @@ def _block_pages(page: int = PAGE) -> tuple[bytes, ...]:
                 },
             )
             pages.append(response.content)
-            rows = len(response.json())
+            rows = len(json.loads(response.content))
             read += rows
             if rows < page:
                 return tuple(pages)
