@@ -13,8 +13,9 @@ a read taken while the subscription was live (`KeptRead`) stands until an event 
 - it is kept only if no event came while it was read, and the subscription was live
   from before the read started to after it ended. Live means proven: once connected, the
   watch posts an event of its own (a probe) and is live only when the server streamed
-  it back (a server with its event stream off, or a clock far from the server's, never
-  is);
+  it back (a server with its event stream off never is; a client clock more than a
+  minute ahead of the server's passes the probe, which carries the client's time, yet
+  misses the server's events: KEEP_SECONDS bounds what it keeps then);
 - any event of the watched kinds drops it (the next call reads again), and for
   QUIET_AFTER_EVENT_SECONDS after one nothing is kept (Prefect emits a block's event
   before its transaction commits: a read in that moment can still see the old rows);
