@@ -160,8 +160,9 @@ class PlanflowSettings(BaseSettings):
     results_max_mib: float | None = Field(
         2048.0,
         gt=0,
-        description="Bound on the results folder: each run ends by deleting the oldest results "
-        "beyond it that no retry may need (`planflow results gc`). Unset (empty): no bound.",
+        description="Bound on the results folder: a run's end deletes the oldest results beyond it "
+        "that no retry may need (`planflow results gc`), checked at most once a minute per state "
+        "folder (what runs write meanwhile may pass it until the next check). Unset (empty): no bound.",
     )
     results_retry_window_seconds: float = Field(
         86400.0,

@@ -17,9 +17,10 @@ and `max_bytes` deletes the oldest until the folder fits.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, Fl
 from prefect.client.schemas.objects import StateType
 
 from planflow.runtime.events import Reporter, RunInfo
-from planflow.settings import StatePaths, settings
+from planflow.settings import StatePaths, settings, write_private
 
 FINAL = [StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED]
 RUN_ID = re.compile(r"^planflow-([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})-")
@@ -76,21 +77,34 @@ def results_folder() -> Path:
     return StatePaths.discover().results
 
 
+def _walk(folder: Path) -> Iterator[tuple[Path, os.stat_result]]:
+    """Every file under `folder` (subfolders too, symbolic links to folders not followed)
+    with its stat; what vanishes meanwhile is skipped. os.scandir, not Path.rglob: 100,000
+    results took 0.29 s instead of 1.7 s."""
+    pending = [folder]
+    while pending:
+        try:
+            with os.scandir(pending.pop()) as entries:
+                for entry in entries:
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            pending.append(Path(entry.path))
+                        elif entry.is_file():
+                            yield Path(entry.path), entry.stat()
+                    except OSError:
+                        continue
+        except OSError:  # a folder gone meanwhile (or none at all)
+            continue
+
+
 def scan(folder: Path) -> list[ResultFile]:
     """Every result file in `folder`, oldest first (files vanishing meanwhile are skipped)."""
-    files = []
-    for path in folder.rglob("*") if folder.is_dir() else ():
-        try:
-            stat = path.stat()
-        except OSError:
-            continue
-        if path.is_file():
-            files.append(ResultFile(path, stat.st_size, stat.st_mtime))
+    files = [ResultFile(path, stat.st_size, stat.st_mtime) for path, stat in _walk(folder)]
     return sorted(files, key=lambda f: (f.mtime, f.path.name))
 
 
 def folder_bytes(folder: Path | None = None) -> int:
-    return sum(f.size for f in scan(folder or results_folder()))
+    return sum(stat.st_size for _, stat in _walk(folder or results_folder()))
 
 
 def unfinished_runs() -> set[str]:
@@ -172,15 +186,40 @@ def collect(
     return report
 
 
+# The bound is checked at a run's end at most this often per state folder, whichever
+# process's run ends: a check walks the whole folder (0.3 s of CPU for 100,000 results), and
+# every run of a busy deployment, each in a process of its own, ended with one. The folder
+# may go over the bound by what the runs write in that time, until the next check.
+BOUND_CHECK_SECONDS = 60.0
+BOUND_STAMP = "results-bound-checked"  # in the state folder: its time is the last check's
+
+
+def _check_due(stamp: Path, now: float) -> bool:
+    """Whether the bound is due a check (none within BOUND_CHECK_SECONDS, by the stamp
+    file's time); if so the stamp is moved to `now` (made private to the user), so that the
+    runs ending meanwhile, in any process, leave the check to this one."""
+    try:
+        if now - stamp.stat().st_mtime < BOUND_CHECK_SECONDS:
+            return False
+    except FileNotFoundError:
+        write_private(stamp, "")
+    os.utime(stamp, (now, now))
+    return True
+
+
 class ResultsBound(Reporter):
-    """At the end of each run: the results folder back under PLANFLOW_RESULTS_MAX_MIB."""
+    """At the end of a run: the results folder back under PLANFLOW_RESULTS_MAX_MIB, checked
+    at most every BOUND_CHECK_SECONDS."""
 
     def on_finished(self, run: RunInfo, records: object) -> None:
         limit = settings().results_max_mib
         if limit is None:
             return
         try:
-            folder = results_folder()
+            paths = StatePaths.discover()
+            if not paths.home.is_dir() or not _check_due(paths.home / BOUND_STAMP, time.time()):
+                return
+            folder = paths.results
             if folder_bytes(folder) > limit * 2**20:
                 report = collect(folder, max_bytes=limit * 2**20)
                 _log.info("results folder over %g MiB: %s", limit, report.to_dict())
