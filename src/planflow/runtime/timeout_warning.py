@@ -14,9 +14,13 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import OrderedDict
 
 PREFECT_TASK_LOGGER = "prefect.task_runs"
 WARNING_START = "Timeout of "  # Prefect's task engine: "Timeout of %s seconds configured ... worker thread"
+# The steps remembered, newest kept: the warning comes as each attempt of a step starts,
+# and a process that serves runs for months adds one per isolated step with a timeout.
+MAX_STEPS = 10_000
 
 
 class IsolatedTimeouts(logging.Filter):
@@ -24,13 +28,16 @@ class IsolatedTimeouts(logging.Filter):
 
     def __init__(self) -> None:
         super().__init__()
-        self._steps: set[tuple[str, str]] = set()
+        self._steps: OrderedDict[tuple[str, str], None] = OrderedDict()  # an ordered set, at most MAX_STEPS
         self._lock = threading.Lock()
         self._installed = False
 
     def add(self, flow_run_id: str, task_name: str) -> None:
         with self._lock:
-            self._steps.add((flow_run_id, task_name))
+            self._steps[(flow_run_id, task_name)] = None
+            self._steps.move_to_end((flow_run_id, task_name))
+            while len(self._steps) > MAX_STEPS:
+                self._steps.popitem(last=False)
             if not self._installed:
                 logging.getLogger(PREFECT_TASK_LOGGER).addFilter(self)
                 self._installed = True
