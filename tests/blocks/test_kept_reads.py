@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from planflow.ops.processes import wait_until
 from planflow.prefect import event_watch
 from planflow.prefect.blocks import ResourcePool, registry
 from planflow.prefect.event_watch import watch
@@ -27,24 +28,29 @@ def _live() -> None:
     registry.read_run_blocks()
     watching = watch(registry.BLOCK_EVENTS)
     assert watching is not None, "PLANFLOW_KEEP_READS is off or PREFECT_API_URL unset"
-    deadline = time.monotonic() + LIVE_WITHIN_SECONDS
-    while watching.generation() is None:
-        assert time.monotonic() < deadline, f"the event watch did not connect within {LIVE_WITHIN_SECONDS:g} s"
-        time.sleep(0.05)
+    live = wait_until(lambda: watching.generation() is not None, LIVE_WITHIN_SECONDS, interval=0.05)
+    assert live, f"the event watch did not connect within {LIVE_WITHIN_SECONDS:g} s"
 
 
 def _kept_now() -> int:
     """Read the blocks until a read is kept (one read while live, or two when an event of
     the last test's changes came meanwhile); the count of reads sent to the server then."""
-    deadline = time.monotonic() + KEPT_WITHIN_SECONDS
-    while time.monotonic() < deadline:
+
+    def kept_one() -> bool:
         registry.read_run_blocks()
         sent = registry._kept_pages.requests
         registry.read_run_blocks()
-        if registry._kept_pages.requests == sent:
-            return sent
-        time.sleep(0.2)
-    raise AssertionError(f"no read kept within {KEPT_WITHIN_SECONDS:g} s: every read went to the server")
+        return registry._kept_pages.requests == sent
+
+    kept = wait_until(kept_one, KEPT_WITHIN_SECONDS)
+    assert kept, f"no read kept within {KEPT_WITHIN_SECONDS:g} s: every read went to the server"
+    return registry._kept_pages.requests
+
+
+def _cpu_of(name: str) -> float | None:
+    """Pool `name`'s cpu as this process's blocks read says now (None: no such pool)."""
+    pool = registry.read_run_blocks().pools.get(name)
+    return None if pool is None else pool.cpu
 
 
 def _save_elsewhere(name: str, cpu: float) -> None:
@@ -71,16 +77,12 @@ def test_the_blocks_read_is_kept_until_another_process_changes_a_block(kept):
             assert first.pools.keys() == second.pools.keys() and first.pools["local"] is not second.pools["local"]
         assert name not in first.pools
         _save_elsewhere(name, cpu=3)
-        deadline = time.monotonic() + SEEN_WITHIN_SECONDS
-        while (pool := registry.read_run_blocks().pools.get(name)) is None or pool.cpu != 3:
-            assert time.monotonic() < deadline, f"a block saved by another process unseen after {SEEN_WITHIN_SECONDS} s"
-            time.sleep(0.02)
+        seen = wait_until(lambda: _cpu_of(name) == 3, SEEN_WITHIN_SECONDS, interval=0.02)
+        assert seen, f"a block saved by another process unseen after {SEEN_WITHIN_SECONDS} s"
         assert registry._kept_pages.requests > kept  # read again after the event
         _save_elsewhere(name, cpu=5)  # a second change too (the kept read taken after the first)
-        deadline = time.monotonic() + SEEN_WITHIN_SECONDS
-        while registry.read_run_blocks().pools[name].cpu != 5:
-            assert time.monotonic() < deadline, f"the second change unseen after {SEEN_WITHIN_SECONDS} s"
-            time.sleep(0.02)
+        seen = wait_until(lambda: _cpu_of(name) == 5, SEEN_WITHIN_SECONDS, interval=0.02)
+        assert seen, f"the second change unseen after {SEEN_WITHIN_SECONDS} s"
     finally:
         ResourcePool.delete(name)
 

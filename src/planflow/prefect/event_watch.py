@@ -217,7 +217,8 @@ def watch(prefixes: tuple[str, ...]) -> EventWatch | None:
     api_url = PREFECT_API_URL.value()
     if not api_url or not settings().keep_reads:
         return None
-    auth = SettingsContext.get().settings.api.auth_string if SettingsContext.get() else None
+    context = SettingsContext.get()
+    auth = context.settings.api.auth_string if context else None
     secret = auth.get_secret_value() if auth is not None else ""
     key = (str(api_url), hashlib.sha256(secret.encode()).hexdigest(), prefixes)
     with _watches_lock:
