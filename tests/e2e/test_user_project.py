@@ -34,6 +34,7 @@ from planflow.ops.server import free_port
 from tests.e2e.userproject import (
     DEPLOYMENT,
     PIPELINE,
+    YAML_DEPLOYMENT,
     YAML_PIPELINE,
     clean_env,
     final_flow_run,
@@ -261,6 +262,11 @@ def test_a_worker_started_as_the_readme_says_runs_the_deployment(user_project, s
     started = user_project.shell(f"{run_deployment} -p rows=50")
     assert started.returncode == 0, show(started)
     run_id = re.search(r"UUID: ([0-9a-f-]{36})", started.stdout).group(1)
+    # the pipeline declared in YAML, deployed through the README's module (flows/wordcount_short.py)
+    yaml_run = f'eval "$(planflow env)" && prefect deployment run {YAML_PIPELINE}/{YAML_DEPLOYMENT} -p rows=7'
+    started_yaml = user_project.shell(yaml_run)
+    assert started_yaml.returncode == 0, show(started_yaml)
+    yaml_run_id = re.search(r"UUID: ([0-9a-f-]{36})", started_yaml.stdout).group(1)
 
     log = tmp_path / "worker.log"
     with log.open("wb") as out:
@@ -274,11 +280,14 @@ def test_a_worker_started_as_the_readme_says_runs_the_deployment(user_project, s
         )
     try:
         run = final_flow_run(server, run_id, 300, lambda: tail(log) + "\n" + user_project.server_log())
+        yaml_done = final_flow_run(server, yaml_run_id, 300, lambda: tail(log) + "\n" + user_project.server_log())
     finally:
         stop_process(worker, timeout=30)  # its process group: the worker and its flow runs
     assert run["state_type"] == "COMPLETED", tail(log)
     assert run["parameters"]["rows"] == 50
     assert {"planflow", f"pipeline:{PIPELINE}"} <= set(run["tags"]), run["tags"]
+    assert yaml_done["state_type"] == "COMPLETED" and yaml_done["parameters"]["rows"] == 7, tail(log)
+    assert {"planflow", f"pipeline:{YAML_PIPELINE}"} <= set(yaml_done["tags"]), yaml_done["tags"]
     assert "worker for pool 'local-process' (process)" in log.read_text()
 
 

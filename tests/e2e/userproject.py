@@ -26,6 +26,7 @@ from planflow.ops.waiting import wait_for
 PIPELINE = "wordcount"
 YAML_PIPELINE = "wordcount-short"
 DEPLOYMENT = "wordcount-process"
+YAML_DEPLOYMENT = "wordcount-short-process"
 
 TEXT = '''\
 """Plain helpers of the project (no framework import)."""
@@ -88,6 +89,16 @@ steps:
     uses: flows.wordcount.flow:words
 """
 
+# The README's module for deploying a pipeline declared in YAML (a deployment's entrypoint)
+YAML_FLOW = '''\
+# flows/wordcount_short.py: the flow of pipelines/wordcount-short.yaml, for prefect.yaml
+from pathlib import Path
+
+from planflow import Pipeline, to_flow
+
+wordcount_short = to_flow(Pipeline.from_yaml(Path(__file__).parents[1] / "pipelines" / "wordcount-short.yaml"))
+'''
+
 PREFECT_YAML = """\
 # The project's own deployments (Prefect's format; nothing planflow-specific).
 name: wordcount-project
@@ -97,6 +108,10 @@ deployments:
   - name: wordcount-process
     entrypoint: flows/wordcount/flow.py:wordcount
     description: wordcount on a process work pool
+    work_pool:
+      name: {pool}
+  - name: wordcount-short-process
+    entrypoint: flows/wordcount_short.py:wordcount_short
     work_pool:
       name: {pool}
 """
@@ -113,6 +128,7 @@ def write_project(folder: Path, pool: str = "local-process") -> Path:
         "flows/hello/__init__.py": "",
         "flows/hello/flow.py": PLAIN_FLOW,
         "pipelines/wordcount-short.yaml": YAML,
+        "flows/wordcount_short.py": YAML_FLOW,
     }
     for name, text in files.items():
         path = folder / name

@@ -201,6 +201,32 @@ def test_yaml_depends_on_points_to_after_with_the_value(tmp_path):
     ) in message
 
 
+def test_yaml_required_parameters_have_no_default_and_a_default_beside_one_is_refused(tmp_path):
+    """A YAML pipeline could not declare a parameter every run must be given (a data path):
+    `required:` is the YAML form of Python's `params={"n": REQUIRED}`."""
+    from planflow import REQUIRED
+
+    needs = tmp_path / "needs.yaml"
+    needs.write_text("name: needs\nrequired: n\nsteps:\n  - uses: toy_dags:numbers\n  - uses: toy_dags:total\n")
+    pipeline = Pipeline.from_yaml(needs)
+    assert pipeline.params == {"n": REQUIRED}
+    with pytest.raises(PipelineError, match="parameter 'n' is required: this pipeline has no default for it"):
+        pipeline.resolve_params({})
+    assert pipeline.resolve_params({"n": 3}) == {"n": 3}
+    both = tmp_path / "both.yaml"
+    both.write_text("name: both\nparams: {n: 3}\nrequired: [n]\nsteps:\n  - uses: toy_dags:numbers\n")
+    with pytest.raises(PipelineError) as caught:
+        Pipeline.from_yaml(both)
+    assert str(caught.value).splitlines()[1] == (
+        "  - the pipeline: `required:` names 'n', which `params:` gives a default (n: 3); a required parameter "
+        "has none. Fix: remove it from `params:` (every run must give it) or from `required:` (the default stands)"
+    )
+    unused = tmp_path / "unused.yaml"
+    unused.write_text("name: unused\nrequired: [size]\nsteps:\n  - uses: toy_dags:numbers\n")
+    with pytest.raises(PipelineError, match="pipeline parameter 'size' is not used by any step"):
+        Pipeline.from_yaml(unused)
+
+
 def test_yaml_wrong_types_name_the_field_the_value_and_an_example(tmp_path):
     path = tmp_path / "types.yaml"
     path.write_text(

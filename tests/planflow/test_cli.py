@@ -257,6 +257,25 @@ def test_plan_prints_the_plan_without_running(toy_env, tmp_path):
     assert bad.returncode == 2 and "nn" in bad.stderr and "n" in bad.stderr, bad.stderr[-2000:]  # a usage error
 
 
+def test_plan_needs_no_required_parameter_and_a_run_does(toy_env):
+    """A plan is a preview: a pipeline with a parameter every run must be given (declared
+    `required:` in YAML) is planned without it, saying so; a run without it is refused."""
+    needs_input = TESTS / "fixtures" / "needs_input.yaml"
+    env = {**toy_env, "PLANFLOW_PIPELINES": toy_env["PLANFLOW_PIPELINES"] + f",{needs_input}"}
+    planned = planflow("plan", "toy-needs-input", "--json", env=env)
+    assert planned.returncode == 0, planned.stderr[-2000:]
+    document = json.loads(planned.stdout)
+    assert document["not_given"] == ["n"]
+    assert {row["component"] for row in document["components"]} == {"numbers", "total"}
+    table = planflow("plan", "toy-needs-input", env=env)
+    assert table.returncode == 0 and "planned without n (required to run, not given here)" in table.stdout, table.stdout
+    refused = planflow("run", "toy-needs-input", env=env)
+    assert refused.returncode == 2 and "parameter 'n' is required" in refused.stderr, refused.stderr[-2000:]
+    ran = planflow("run", "toy-needs-input", "--param", "n=3", "--json", env=env)
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    assert json.loads(ran.stdout)["params"] == {"n": 3}
+
+
 def test_bench_psplib_writes_one_row_per_instance(toy_env, tmp_path, psplib):
     target = tmp_path / "rows.csv"
     out = planflow(

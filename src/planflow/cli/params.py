@@ -52,9 +52,10 @@ def parse_pairs(pairs: Iterable[str]) -> dict[str, str]:
     return params
 
 
-def typed_values(pipeline: Pipeline, raw: Mapping[str, str]) -> dict[str, Any]:
+def typed_values(pipeline: Pipeline, raw: Mapping[str, str], require: bool = True) -> dict[str, Any]:
     """The command line's text values as the values `pipeline`'s flow takes; ParamError
-    listing every unknown name and every value its type refuses."""
+    listing every unknown name and every value its type refuses (and, when `require`,
+    every REQUIRED parameter not given)."""
     hints = pipeline.param_types()
     values: dict[str, Any] = {}
     problems = []
@@ -74,7 +75,8 @@ def typed_values(pipeline: Pipeline, raw: Mapping[str, str]) -> dict[str, Any]:
             )
     if not problems:  # a required one not given, a negative `scales_with` one: refused before any run (exit 2)
         resolved = {**pipeline.params, **values}
-        problems = [f"--param: {p}" for p in pipeline.missing_problems(resolved) + pipeline.work_problems(resolved)]
+        missing = pipeline.missing_problems(resolved) if require else []
+        problems = [f"--param: {p}" for p in missing + pipeline.work_problems(resolved)]
     if problems:
         raise ParamError(_listed(problems))
     return values

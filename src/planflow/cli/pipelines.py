@@ -104,11 +104,12 @@ def load(name: str) -> Pipeline:
         fail(str(exc))
 
 
-def prepare(pipeline: Pipeline, raw: dict[str, str]) -> tuple[Any, dict[str, Any]]:
+def prepare(pipeline: Pipeline, raw: dict[str, str], require: bool = True) -> tuple[Any, dict[str, Any]]:
     """The pipeline's flow and its parameters with `raw` (--param text) applied; exits
-    naming every bad value before any flow run exists."""
+    naming every bad value before any flow run exists. `require=False` (a plan, not a
+    run): a REQUIRED parameter not given stays REQUIRED."""
     try:
-        values = pipeline.resolve_params(typed_values(pipeline, raw))
+        values = pipeline.resolve_params(typed_values(pipeline, raw, require), require)
         return to_flow(pipeline), values
     except ParamError as exc:
         fail(str(exc), USAGE)
@@ -430,13 +431,14 @@ def plan(
     if gantt:
         check_writable(Path(gantt), "--gantt")
     pipeline = load(name)
-    _, values = prepare(pipeline, raw)
+    _, values = prepare(pipeline, raw, require=False)  # a plan needs no data path
     ensure_server()
     try:
         pp = make_plan(pipeline, mode=mode, local_pool=pool, params=values)
     except (LookupError, ValueError, PlanningError) as exc:
         fail(str(exc))
     totals = pipeline.totals(work_scale(pipeline, values))
+    not_given = sorted(key for key, value in values.items() if value is REQUIRED)
     if gantt:
         write_file(Path(gantt), reporting.gantt_png(pp, title=f"{name}: plan"), "--gantt")
     if json_output:
@@ -446,6 +448,7 @@ def plan(
             "figures": reporting.plan_figures(pp),
             "components": reporting.plan_rows(pp),
             "totals": totals,
+            "not_given": not_given,
         }
         print(as_json(document))
         return
@@ -485,6 +488,11 @@ def plan(
         f"{totals['mem_gib_seconds']:.1f} GiB·s · sum {totals['total_seconds']:.1f} s · "
         f"critical path {totals['critical_path_seconds']:.1f} s (the plan uses the estimates in its table)"
     )
+    if not_given:
+        say(
+            f"planned without {', '.join(not_given)} (required to run, not given here): the components that "
+            f"scale with them are planned at their declared work; --param gives them"
+        )
 
 
 def run(

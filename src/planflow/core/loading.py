@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from planflow.core.component import Component, ComponentSpecError, make_component
 from planflow.core.pipeline_file import PIPELINE_FIELDS, PipelineSpec, StepSpec, show, spec_problems, step_label
-from planflow.core.steps import PipelineError, Step, did_you_mean
+from planflow.core.steps import REQUIRED, PipelineError, Step, did_you_mean
 from planflow.core.wiring import cycle_problem, dependency_problems, step_graph, wire
 from planflow.settings import project_root
 
@@ -54,7 +54,7 @@ def pipeline_arguments(document: Any, source: str) -> dict[str, Any]:
     return {
         "name": spec.name or Path(source).stem,
         "steps": steps,
-        "params": spec.params,
+        "params": {**spec.params, **dict.fromkeys(spec.required, REQUIRED)},
         "description": spec.description,
         "retries": spec.retries,
         "isolation": spec.isolation,

@@ -4,6 +4,7 @@ and the fix (with the field users most likely meant, from other orchestrators' n
 
     name: fraud-risk
     params: {seed: 7}
+    required: [input_path]      # parameters every run must be given (no default)
     steps:
       - uses: flows.fraud_risk.flow:transactions
       - uses: flows.fraud_risk.flow:features
@@ -17,7 +18,7 @@ import reprlib
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from planflow.core.component import KEY_ALIASES, RESOURCE_KEYS
 
@@ -65,6 +66,10 @@ class PipelineSpec(BaseModel):
     name: str | None = Field(None, min_length=1, description="the pipeline's name; default: the file's stem")
     description: str = Field("", description="shown in `planflow pipelines` and the Prefect UI")
     params: dict[str, Any] = Field(default_factory=dict, description="pipeline parameters and their defaults")
+    required: list[str] = Field(
+        default_factory=list,
+        description="pipeline parameters with no default, which every run must be given (e.g. a data path)",
+    )
     retries: int = Field(0, ge=0, description="retries of the whole flow run")
     isolation: Literal["thread", "process"] | None = Field(
         None, description="where components run in-process unless they say: 'thread' or 'process'"
@@ -73,6 +78,24 @@ class PipelineSpec(BaseModel):
         None, description="cache of the components that declare none: 'inputs' (across runs) or 'run'"
     )
     steps: list[StepSpec] = Field(min_length=1, description="the steps, in declaration order")
+
+    @field_validator("required", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else _none_is_empty(value, [])
+
+    @field_validator("required")
+    @classmethod
+    def _no_default(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        both = [name for name in value if name in (info.data.get("params") or {})]
+        if both:
+            defaults = ", ".join(f"{name}: {show(info.data['params'][name])}" for name in both)
+            raise ValueError(
+                f"names {', '.join(repr(n) for n in both)}, which `params:` gives a default ({defaults}); a "
+                f"required parameter has none. Fix: remove it from `params:` (every run must give it) "
+                f"or from `required:` (the default stands)"
+            )
+        return value
 
     @field_validator("description", mode="before")
     @classmethod
@@ -125,6 +148,7 @@ FIELD_HELP = {
     "name": ("a non-empty string", "name: features"),
     "description": ("a string", "description: nightly risk scores"),
     "params": ("a mapping of parameter names to values", "params: {seed: 7}"),
+    "required": ("a parameter name or a list of them", "required: [input_path]"),
     "retries": ("a whole number >= 0", "retries: 2"),
     "isolation": ("'thread' or 'process'", "isolation: process"),
     "cache": ("inputs (reuse results across runs) or run (within a flow run)", "cache: inputs"),
@@ -187,6 +211,8 @@ def _describe(item: Any, where: str, path: tuple, allowed: tuple[str, ...], alia
     if not path:
         return f"{where} must be a mapping of {fields}, got {show(value)}. Fix: e.g. `{FIELD_HELP['uses'][1]}`"
     field_name = str(path[0])
+    if item["type"] == "value_error" and len(path) == 1:  # a rule of the field's own: its message says it
+        return f"{where}: `{field_name}:` {item['ctx']['error']}"
     expected, example = FIELD_HELP.get(field_name, ("valid", f"{field_name}: ..."))
     if item["type"] == "missing":
         return f"{where}: `{field_name}:` is missing; it must be {expected}. Fix: e.g. `{example}`"

@@ -49,7 +49,7 @@ def predicted_cached(pipeline: Pipeline, params: Mapping[str, Any] | None = None
     if not any(getattr(s.component, "cache_mode", None) == "inputs" for s in pipeline.steps.values()):
         return set()
     try:
-        resolved = pipeline.resolve_params(params)
+        resolved = pipeline.resolve_params(params, require=False)  # a plan without a required one: none predicted by it
         store = get_result_store()
     except Exception as exc:  # a plan never fails for want of a prediction
         _log.warning("cannot predict cached steps of %s: %s", pipeline.name, exc)
