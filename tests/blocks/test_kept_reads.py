@@ -119,3 +119,42 @@ def test_keeping_reads_off_sends_every_read_to_the_server(kept, monkeypatch):
     registry.read_run_blocks()
     registry.read_run_blocks()
     assert registry._kept_pages.requests == kept + 2
+
+
+@pytest.mark.server
+def test_a_watch_of_a_server_whose_event_stream_is_off_is_never_trusted(tmp_path, monkeypatch):
+    """Each new connection is sent the last minute's events again, the probe of the
+    connection before among them: taken for its own, it made the watch of a server with
+    its event stream off live at its second connection (11 s), keeping reads for 60 s that
+    no event would ever drop. Each connection now has a probe of its own."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from planflow.ops import server as stack
+    from planflow.ops.server import free_port
+    from planflow.settings import StatePaths
+
+    monkeypatch.setenv("PREFECT_API_EVENTS_STREAM_OUT_ENABLED", "false")  # the other server's: no events streamed
+    paths = StatePaths(tmp_path / "quiet-server")
+    state = stack.up(paths, port=free_port())
+    monkeypatch.delenv("PREFECT_API_EVENTS_STREAM_OUT_ENABLED")
+    monkeypatch.setattr(event_watch, "PROBE_WAIT_SECONDS", 1.5)
+    monkeypatch.setattr(event_watch, "RETRY_SECONDS", (0.2,))
+    probes = []
+    send = event_watch.EventWatch._send_probe
+
+    async def counted(self):
+        probes.append(self._probe)
+        await send(self)
+
+    monkeypatch.setattr(event_watch.EventWatch, "_send_probe", counted)
+    try:
+        with temporary_settings({PREFECT_API_URL: state.url}):
+            quiet = event_watch.EventWatch(state.url, registry.BLOCK_EVENTS)
+            try:
+                trusted = wait_until(lambda: quiet.generation() is not None, 8.0, interval=0.05)
+                assert not trusted, f"trusted after {len(probes)} connections to a server that streams no events"
+                assert len(probes) >= 3 and len(set(probes)) == len(probes), probes  # connections, each its own probe
+            finally:
+                quiet.close()
+    finally:
+        stack.down(paths)

@@ -90,14 +90,14 @@ steps:
 """
 
 # The README's module for deploying a pipeline declared in YAML (a deployment's entrypoint)
-YAML_FLOW = '''\
+YAML_FLOW = """\
 # flows/wordcount_short.py: the flow of pipelines/wordcount-short.yaml, for prefect.yaml
 from pathlib import Path
 
 from planflow import Pipeline, to_flow
 
 wordcount_short = to_flow(Pipeline.from_yaml(Path(__file__).parents[1] / "pipelines" / "wordcount-short.yaml"))
-'''
+"""
 
 PREFECT_YAML = """\
 # The project's own deployments (Prefect's format; nothing planflow-specific).

@@ -12,8 +12,10 @@ a read taken while the subscription was live (`KeptRead`) stands until an event 
 
 - it is kept only if no event came while it was read, and the subscription was live
   from before the read started to after it ended. Live means proven: once connected, the
-  watch posts an event of its own (a probe) and is live only when the server streamed
-  it back (a server with its event stream off never is; a client clock more than a
+  watch posts an event of its own (a probe, new at each connection: a new subscriber is
+  sent the last minute's events again, the probes of earlier connections among them)
+  and is live only when the server streamed it back (a server with its event stream
+  off never is; a client clock more than a
   minute ahead of the server's passes the probe, which carries the client's time, yet
   misses the server's events: KEEP_SECONDS bounds what it keeps then);
 - any event of the watched kinds drops it (the next call reads again), and for
@@ -63,7 +65,7 @@ from prefect.client.orchestration import get_client
 from prefect.context import SettingsContext
 from prefect.events.clients import PrefectEventSubscriber
 from prefect.events.filters import EventFilter, EventNameFilter
-from prefect.settings import PREFECT_API_URL
+from prefect.settings import PREFECT_API_URL, PREFECT_CLOUD_API_URL
 from prefect.types._datetime import now
 
 from planflow.settings import settings
@@ -89,7 +91,10 @@ class EventWatch:
         self.api_url, self.prefixes = api_url, prefixes
         self.pid = os.getpid()
         self.events = 0  # the watched events seen (for tests and logs)
-        self._probe = f"planflow.event-watch.{uuid.uuid4()}"  # this watch's probe's resource
+        # the resource of the probe of the current connection: a new one per connection, as a
+        # new subscriber is sent the last minute's events again, an earlier connection's probe
+        # among them (it proved that connection, not this one)
+        self._probe = ""
         self._lock = threading.Lock()
         self._generation = 0
         self._live = False  # connected, and its probe came back
@@ -165,6 +170,7 @@ class EventWatch:
                     reconnection_attempts=0,  # a loss is seen here (it drops what is kept), not retried inside
                 )
                 async with subscriber:
+                    self._probe = f"planflow.event-watch.{uuid.uuid4()}"
                     await self._send_probe()
                     deadline = time.monotonic() + PROBE_WAIT_SECONDS
                     events = subscriber.__aiter__()
@@ -175,7 +181,7 @@ class EventWatch:
                         except StopAsyncIteration:  # the server closed it
                             break
                         except TimeoutError:  # its probe never came back: not to be trusted
-                            logger.debug("event watch of %s: no probe back in %g s", self.api_url, PROBE_WAIT_SECONDS)
+                            self._not_live(failures, f"its probe did not come back within {PROBE_WAIT_SECONDS:g} s")
                             break
                         if event.event == PROBE:
                             if event.resource.id == self._probe and not self._live:
@@ -186,10 +192,16 @@ class EventWatch:
                         logger.debug("event %s: the reads kept from it are read again", event.event)
                         self._changed(live=self._live, event=True)
             except Exception as exc:
-                logger.debug("event watch of %s lost: %s", self.api_url, exc)
+                self._not_live(failures, f"{type(exc).__name__}: {exc}")
             self._changed(live=False)
             failures += 1
             await asyncio.sleep(RETRY_SECONDS[min(failures, len(RETRY_SECONDS)) - 1])
+
+    def _not_live(self, failures: int, why: str) -> None:
+        """Say why the subscription is not (or no longer) trusted: the first time in a row
+        at INFO (the blocks are read at every run meanwhile), the retries at DEBUG."""
+        level = logging.INFO if failures == 0 else logging.DEBUG
+        logger.log(level, "event watch of %s not live (%s): reads go to the server until it is", self.api_url, why)
 
     async def _send_probe(self) -> None:
         """Post this watch's probe: streamed back, it proves the subscription live."""
@@ -211,12 +223,13 @@ _watches_lock = threading.Lock()
 
 def watch(prefixes: tuple[str, ...]) -> EventWatch | None:
     """This process's watch of the current Prefect server's events named `prefixes`,
-    started on first use (None when keeping reads is off, no API URL is set, or a watch
+    started on first use (None when keeping reads is off, no API URL is set, the API is
+    Prefect Cloud's, or a watch
     of that server gave up within GAVE_UP_SECONDS). A watch of another server (or the same
     with other credentials) is closed when this one starts."""
     api_url = PREFECT_API_URL.value()
-    if not api_url or not settings().keep_reads:
-        return None
+    if not api_url or not settings().keep_reads or str(api_url).startswith(str(PREFECT_CLOUD_API_URL.value())):
+        return None  # Prefect Cloud streams events to its own subscriber, with the API key: not watched
     context = SettingsContext.get()
     auth = context.settings.api.auth_string if context else None
     secret = auth.get_secret_value() if auth is not None else ""
