@@ -161,8 +161,8 @@ class PlanflowSettings(BaseSettings):
         2048.0,
         gt=0,
         description="Bound on the results folder: a run's end deletes the oldest results beyond it "
-        "that no retry may need (`planflow results gc`), checked at most once a minute per state "
-        "folder (what runs write meanwhile may pass it until the next check). Unset (empty): no bound.",
+        "that no retry may need (`planflow results gc`); it walks the folder only when the last check "
+        "found it over half the bound or was a minute ago or more. Unset (empty): no bound.",
     )
     results_retry_window_seconds: float = Field(
         86400.0,

@@ -92,40 +92,51 @@ def test_selection_keeps_recent_and_unfinished_runs_results():
     assert [f.path.name for f in bounded.deleted] == ["cache-a", "cache-b"]  # protected ones stay over the bound
 
 
-def test_a_runs_end_bounds_the_results_folder_at_most_once_a_minute(tmp_path, monkeypatch):
-    """Each run's end walked the whole results folder (1.7 s of CPU for 100,000 results): the
-    bound is now checked at most every BOUND_CHECK_SECONDS per state folder, whichever run ends."""
+def test_a_runs_end_bounds_the_results_folder_walking_it_only_when_it_may_be_near_the_bound(tmp_path, monkeypatch):
+    """Each run's end walked the whole results folder (1.7 s of CPU for 100,000 results): it
+    now walks it when the last check found it over half the bound, or was a minute ago or
+    more (or the clock went back past it); far under the bound, the runs in between skip."""
     monkeypatch.setenv("PLANFLOW_HOME", str(tmp_path))
-    monkeypatch.setenv("PLANFLOW_RESULTS_MAX_MIB", str(120_000 / 2**20))  # two results of 50,000 bytes fit
+    monkeypatch.setenv("PLANFLOW_RESULTS_MAX_MIB", str(250_000 / 2**20))  # five results of 50,000 bytes fit
     monkeypatch.setenv("PLANFLOW_RESULTS_RETRY_WINDOW_SECONDS", "0")
     results = tmp_path / "results"
     (results / "nested").mkdir(parents=True)
+    stamp = tmp_path / BOUND_STAMP
+    age = iter(range(100, 0, -1))  # each result added is younger than the one before
 
-    def add(names: list[str], age_days: float) -> None:
+    def add(*names: str) -> None:
         for name in names:
-            path = results / name
-            path.write_bytes(os.urandom(50_000))
-            when = time.time() - age_days * DAY
-            os.utime(path, (when, when))
+            (results / name).write_bytes(os.urandom(50_000))
+            when = time.time() - next(age) * 3600
+            os.utime(results / name, (when, when))
 
     def left() -> list[str]:
         return sorted(str(p.relative_to(results)) for p in results.rglob("*") if p.is_file())
 
-    add(["a", "nested/b", "c", "d"], age_days=4)
-    os.utime(results / "nested/b", (time.time() - 5 * DAY,) * 2)  # the oldest, in a subfolder
-    ResultsBound().on_finished(None, None)
-    assert left() == ["c", "d"]  # the oldest went, down to the bound
-    stamp = tmp_path / BOUND_STAMP
-    assert stamp.stat().st_mode & 0o777 == 0o600
+    def stamp_at(seconds_ago: float) -> None:
+        when = time.time() - seconds_ago
+        os.utime(stamp, (when, when))
 
-    add(["e", "f", "g"], age_days=1)
-    ResultsBound().on_finished(None, None)  # checked a moment ago: not walked again
+    add("nested/a", "b")
+    ResultsBound().on_finished(None, None)  # under the bound: nothing to delete; 100,000 bytes noted
+    assert stamp.read_text() == "100000" and stamp.stat().st_mode & 0o777 == 0o600
+    add("c", "d", "e", "f")
+    ResultsBound().on_finished(None, None)  # checked a moment ago, far under the bound then: not walked
+    assert left() == ["b", "c", "d", "e", "f", "nested/a"]
+    stamp_at(BOUND_CHECK_SECONDS + 1)
+    ResultsBound().on_finished(None, None)  # a minute on: walked, the oldest (in a subfolder) deleted
+    assert left() == ["b", "c", "d", "e", "f"] and stamp.read_text() == "250000"
+    add("g")
+    ResultsBound().on_finished(None, None)  # near the bound: every run's end checks, as before
     assert left() == ["c", "d", "e", "f", "g"]
-
-    when = time.time() - BOUND_CHECK_SECONDS - 1
-    os.utime(stamp, (when, when))
+    for name in ("c", "d", "e", "f"):
+        (results / name).unlink()
     ResultsBound().on_finished(None, None)
-    assert left() == ["f", "g"]
+    assert stamp.read_text() == "50000"
+    add("h", "i", "j", "k", "l")
+    stamp_at(-3600)  # a clock set back an hour: the stamp is in its future
+    ResultsBound().on_finished(None, None)
+    assert left() == ["h", "i", "j", "k", "l"]
 
 
 @flow(name="planflow-gc-probe")

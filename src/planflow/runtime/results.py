@@ -186,42 +186,58 @@ def collect(
     return report
 
 
-# The bound is checked at a run's end at most this often per state folder, whichever
-# process's run ends: a check walks the whole folder (0.3 s of CPU for 100,000 results), and
-# every run of a busy deployment, each in a process of its own, ended with one. The folder
-# may go over the bound by what the runs write in that time, until the next check.
+# A run's end checks the bound (a walk of the whole folder: 0.3 s of CPU for 100,000
+# results, which every run of a busy deployment, each in a process of its own, paid) only
+# when the folder may be near it: the last check, by any process, found it over half the
+# bound, or was BOUND_CHECK_SECONDS ago or more. Far under it, only runs writing more than
+# half the bound within that time pass it before the next run's end checks.
 BOUND_CHECK_SECONDS = 60.0
-BOUND_STAMP = "results-bound-checked"  # in the state folder: its time is the last check's
+BOUND_STAMP = "results-bound-checked"  # in the state folder: the bytes the last check found; its time, that check's
 
 
-def _check_due(stamp: Path, now: float) -> bool:
-    """Whether the bound is due a check (none within BOUND_CHECK_SECONDS, by the stamp
-    file's time); if so the stamp is moved to `now` (made private to the user), so that the
-    runs ending meanwhile, in any process, leave the check to this one."""
+def _check_due(stamp: Path, now: float, bound: float) -> bool:
+    """Whether a run ending now checks the bound (see above); if so the stamp is moved to
+    `now`, so that the runs ending meanwhile, in any process, leave the check to this one.
+    A stamp that cannot be read (or a clock set back before it) makes the check due."""
     try:
-        if now - stamp.stat().st_mtime < BOUND_CHECK_SECONDS:
-            return False
-    except FileNotFoundError:
-        write_private(stamp, "")
-    os.utime(stamp, (now, now))
+        age, found = now - stamp.stat().st_mtime, float(stamp.read_text() or "inf")
+    except (OSError, ValueError):
+        age, found = float("inf"), float("inf")
+    if 0 <= age < BOUND_CHECK_SECONDS and found <= bound / 2:
+        return False
+    _note(stamp, found if found != float("inf") else bound)  # taken: the others skip meanwhile
     return True
 
 
+def _note(stamp: Path, found: float) -> None:
+    """The bytes a check found, in the stamp (private to the user); a stamp that cannot be
+    written only costs the next run's end a check."""
+    try:
+        write_private(stamp, f"{found:.0f}")
+    except OSError as exc:
+        _log.debug("cannot write %s: %s", stamp, exc)
+
+
 class ResultsBound(Reporter):
-    """At the end of a run: the results folder back under PLANFLOW_RESULTS_MAX_MIB, checked
-    at most every BOUND_CHECK_SECONDS."""
+    """At the end of a run: the results folder back under PLANFLOW_RESULTS_MAX_MIB, when
+    it may be near it (_check_due)."""
 
     def on_finished(self, run: RunInfo, records: object) -> None:
         limit = settings().results_max_mib
         if limit is None:
             return
+        bound = limit * 2**20
         try:
             paths = StatePaths.discover()
-            if not paths.home.is_dir() or not _check_due(paths.home / BOUND_STAMP, time.time()):
+            stamp = paths.home / BOUND_STAMP
+            if paths.home.is_dir() and not _check_due(stamp, time.time(), bound):
                 return
-            folder = paths.results
-            if folder_bytes(folder) > limit * 2**20:
-                report = collect(folder, max_bytes=limit * 2**20)
+            found = folder_bytes(paths.results)
+            if found > bound:
+                report = collect(paths.results, max_bytes=bound)
                 _log.info("results folder over %g MiB: %s", limit, report.to_dict())
+                found = report.bytes_before - report.freed_bytes
+            if paths.home.is_dir():
+                _note(stamp, found)
         except Exception as exc:  # retention never fails a run
             _log.warning("could not bound the results folder: %s", exc)
