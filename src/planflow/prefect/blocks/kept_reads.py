@@ -5,6 +5,8 @@ not seen here: call `event_watch.changed_here()` after it."""
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Awaitable
 from typing import Any
 
 from planflow.prefect.event_watch import changed_here
@@ -12,9 +14,9 @@ from planflow.prefect.event_watch import changed_here
 
 class DropsKeptReads:
     """A mixin before `Block`: both of Prefect's save paths (`save`'s sync one, `asave`'s
-    async one) and `delete` tell event_watch that this process changed a block, saved or
-    not (an async caller's `delete` returns a coroutine and tells it before the delete
-    runs: the delete's event drops the kept reads after)."""
+    async one) and both deletes (`delete`, which an async caller gets as a coroutine, and
+    `adelete`) tell event_watch that this process changed a block, once the change is
+    done (saved or not)."""
 
     async def _save(self, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -29,8 +31,27 @@ class DropsKeptReads:
             changed_here()
 
     @classmethod
-    def delete(cls, name: str, client: Any = None) -> Any:
+    async def adelete(cls, name: str, client: Any = None) -> Any:
         try:
-            return super().delete(name, client=client)  # type: ignore[misc]
+            return await super().adelete(name, client=client)  # type: ignore[misc]
         finally:
             changed_here()
+
+    @classmethod
+    def delete(cls, name: str, client: Any = None, **kwargs: Any) -> Any:
+        try:
+            done = super().delete(name, client=client, **kwargs)  # type: ignore[misc]
+        except BaseException:
+            changed_here()
+            raise
+        if inspect.isawaitable(done):  # called from async code: the delete runs when awaited
+            return _then_changed(done)
+        changed_here()
+        return done
+
+
+async def _then_changed(deleting: Awaitable[Any]) -> Any:
+    try:
+        return await deleting
+    finally:
+        changed_here()
