@@ -14,6 +14,7 @@ from prefect.runtime import flow_run
 from planflow import to_flow
 from planflow.core.component import component
 from planflow.core.pipeline import Pipeline, Step
+from planflow.ops.processes import wait_until
 from planflow.runtime.calendar import read_calendar
 from planflow.runtime.events import Reporter, subscribe
 
@@ -57,15 +58,20 @@ EARLY = sorted(
 SEEN: list[bool] = []  # per component run: whether its run's calendar entry existed then
 
 
-ENTRY_SAVED_WITHIN_SECONDS = 0.3  # a run's entry is saved this soon after its first slots were asked
+# a run's entry is saved this soon after its first slots were asked: one artifact write,
+# tens of milliseconds on a quiet server, more on a loaded CI machine (a fixed 0.3 s sleep was)
+ENTRY_SAVED_WITHIN_SECONDS = 3.0
 
 
 def entry_present(x: int = 1) -> int:
     """A component holding its slots: its run's calendar entry exists meanwhile, saved
     within its first moments (the first components start beside the save, which waits for
     their slots to be asked first: run_calendar.slots_asked)."""
-    time.sleep(ENTRY_SAVED_WITHIN_SECONDS)
-    SEEN.append(any(e.flow_run_id == flow_run.id for e in read_calendar(clean=False)))
+
+    def saved() -> bool:
+        return any(e.flow_run_id == flow_run.id for e in read_calendar(clean=False))
+
+    SEEN.append(wait_until(saved, ENTRY_SAVED_WITHIN_SECONDS, interval=0.05))
     return x
 
 
