@@ -187,3 +187,39 @@ def test_a_watch_of_a_server_whose_event_stream_is_off_is_never_trusted(tmp_path
                 quiet.close()
     finally:
         stack.down(paths)
+
+
+def test_a_forked_child_does_not_wait_for_locks_another_thread_held_at_the_fork():
+    """Only the forking thread goes on in a child: a lock another thread held at the fork
+    was held there for ever, and the child's first read of the blocks waited for it."""
+    import signal
+    import threading
+
+    kept = event_watch.KeptRead(lambda: 1, prefixes=("planflow.test.",))
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with event_watch._watches_lock, kept._lock:
+            held.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert held.wait(5)
+    child = os.fork()
+    if child == 0:  # the child: both locks free at once
+        ok = event_watch._watches_lock.acquire(timeout=2) and kept._lock.acquire(timeout=2)
+        os._exit(0 if ok else 1)
+    release.set()
+    holder.join()
+    status: list[int] = []
+
+    def child_ended() -> bool:
+        pid, code = os.waitpid(child, os.WNOHANG)
+        status.extend([code] if pid == child else [])
+        return bool(status)
+
+    if not wait_until(child_ended, 10, interval=0.05):
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+    assert status and os.waitstatus_to_exitcode(status[0]) == 0, "the child waited for a lock held at the fork"

@@ -57,6 +57,7 @@ import os
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable
 from contextlib import nullcontext
 from typing import Any, Generic, TypeVar
@@ -219,6 +220,21 @@ _here = [0]  # changes made by this process (changed_here), counted
 _watches: dict[tuple[str, str, tuple[str, ...]], EventWatch] = {}
 _gave_up: dict[tuple[str, str, tuple[str, ...]], float] = {}  # key -> when its watch gave up (monotonic)
 _watches_lock = threading.Lock()
+_kept_reads: weakref.WeakSet[KeptRead[Any]] = weakref.WeakSet()  # for _after_fork_in_child
+
+
+def _after_fork_in_child() -> None:
+    """A forked child starts with no watch, and with new locks: one held by another thread
+    of the parent at the fork would be held for ever in the child (only the forking
+    thread goes on there)."""
+    global _watches_lock
+    _watches_lock = threading.Lock()
+    _watches.clear()
+    for kept in list(_kept_reads):
+        kept._lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def watch(prefixes: tuple[str, ...]) -> EventWatch | None:
@@ -270,6 +286,7 @@ class KeptRead(Generic[T]):
         self._lock = threading.Lock()
         self._kept: tuple[EventWatch, tuple[int, int], float, T] | None = None
         self.requests = 0  # the reads that went to the server (for tests and benchmarks)
+        _kept_reads.add(self)
 
     def __call__(self) -> T:
         watching = watch(self.prefixes) if self.requests else None  # a process that reads once watches nothing
