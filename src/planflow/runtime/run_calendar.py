@@ -481,7 +481,7 @@ class RunCalendar(PoolOrder, Reporter):
         self._stop.set()
         self._wake.set()  # the watcher ends
         self._save_due.set()  # the saver ends
-        self._slots_asked.set()  # a first save still waiting goes now (it lands before the delete)
+        self._slots_asked.set()  # a first save still waiting wakes, sees the run ended and saves nothing
         if self._written is not None:  # a delete before the entry's first save lands would miss it
             wait_for([self._written], WRITE_WAIT_SECONDS)
         with self._lock:
