@@ -120,6 +120,7 @@ def test_a_negative_work_parameter_is_refused_and_zero_work_is_planned_short(tmp
     with pytest.raises(ParamError, match=r"--param: parameter 'n_rows'=-5: step '_rows' scales its estimate"):
         typed_values(pipeline, {"n_rows": "-5"})
     assert typed_values(pipeline, {"n_rows": "0"}) == {"n_rows": 0}
+    _refused_by_the_deployments_schema(pipeline)
 
     name = f"rows-{uuid.uuid4().hex[:8]}"
     recorded = load(tmp_path / "rows.py", SCALED_ROWS, name).rows
@@ -127,6 +128,41 @@ def test_a_negative_work_parameter_is_refused_and_zero_work_is_planned_short(tmp
     history.record(history.Observation(recorded.name, recorded.code_version, "local", 0.3, work={"n_rows": 0.0}))
     assert make_plan(learning, params={"n_rows": 2000}).plan[name].duration == pytest.approx(8.0)  # declared
     assert make_plan(learning, params={"n_rows": 0}).plan[name].duration == pytest.approx(0.3)  # learned
+
+
+def _refused_by_the_deployments_schema(pipeline) -> None:
+    """Through a deployment (`prefect deployment run -p n_rows=-5`, the UI's form), the
+    server refuses it before a flow run exists: the flow's schema says >= 0."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+    from prefect.exceptions import PrefectHTTPStatusError
+    from prefect.utilities.callables import parameter_schema
+
+    from planflow import to_flow
+
+    flow = to_flow(pipeline)
+    schema = parameter_schema(flow.fn)
+    assert schema.properties["n_rows"]["minimum"] == 0, schema.properties["n_rows"]
+    with get_client(sync_client=True) as client:
+        deployment = client.create_deployment(
+            flow_id=client.create_flow(flow),
+            name=f"schema-{uuid.uuid4().hex[:8]}",
+            parameter_openapi_schema=schema.model_dump_for_openapi(),
+            enforce_parameter_schema=True,
+        )
+        try:
+            with pytest.raises(PrefectHTTPStatusError) as refused:
+                client.create_flow_run_from_deployment(deployment, parameters={"n_rows": -5})
+            assert "n_rows" in refused.value.response.text and "minimum" in refused.value.response.text.lower()
+            made = client.read_flow_runs(
+                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment])), limit=5
+            )
+            assert made == []  # no run at all, not a failed one
+            allowed = client.create_flow_run_from_deployment(deployment, parameters={"n_rows": 0})
+            assert allowed.parameters == {"n_rows": 0}
+            client.delete_flow_run(allowed.id)
+        finally:
+            client.delete_deployment(deployment)
 
 
 def test_history_keys_fit_prefect_and_name_the_component_and_its_code_version():

@@ -163,6 +163,10 @@ class Pipeline:
             if value is REQUIRED
         ]
 
+    def work_params(self) -> set[str]:
+        """The pipeline parameters a step's estimate scales with (`scales_with`): >= 0."""
+        return {binding.source for _, _, binding in self._scaling_bindings() if binding.kind == "param"}
+
     def _scaling_bindings(self) -> Iterator[tuple[str, str, Any]]:
         """(step, parameter, its binding) of each `scales_with` parameter that is bound."""
         for step, bindings in self.bindings.items():

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import keyword
 import logging
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from prefect import Flow
 from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import Field
 
 from planflow.core.pipeline import Pipeline, PipelineError
 from planflow.core.steps import REQUIRED
@@ -63,8 +64,12 @@ def _typed_function(pipeline: Pipeline):
         "Any": Any,
     }
     params = []
+    work = pipeline.work_params()
     for index, (name, default) in enumerate(pipeline.params.items()):
-        namespace[f"_t{index}"], namespace[f"_d{index}"] = types.get(name, Any), default
+        kind = types.get(name, Any)
+        if name in work and kind in (int, float):  # the deployment's schema says >= 0: refused before a run
+            kind = Annotated[kind, Field(ge=0)]
+        namespace[f"_t{index}"], namespace[f"_d{index}"] = kind, default
         # REQUIRED: no default, so Prefect's schema marks it required (keyword-only: any order)
         params.append(f"{name}: _t{index}" if default is REQUIRED else f"{name}: _t{index} = _d{index}")
     namespace["_default_pool"] = DEFAULT_POOL
