@@ -60,7 +60,7 @@ def test_the_planning_slot_taken_with_the_reads_is_held_until_closed_and_goes_ba
         reads.planning.close()
     assert held_planning() == 0
 
-    with pytest.raises(ValueError, match="pool 'no-such-pool' has no ResourcePool block"):
+    with pytest.raises(ValueError, match="pool 'no-such-pool': no ResourcePool block of that name"):
         read_for_run(pipeline("reads-bad"), "plan", "inprocess", "no-such-pool", {}, False, None, True, True)
     assert held_planning() == 0  # the slot, taken beside the read that failed, went back
 

@@ -43,6 +43,7 @@ from planflow.runtime.dask_cluster import DaskClusterError, worker_offers
 from planflow.runtime.events import Reporter, RunInfo, subscribe
 from planflow.runtime.flow import to_flow
 from planflow.runtime.history import work_scale
+from planflow.runtime.planning import no_pool_block
 from planflow.runtime.runner import PipelineRunError, make_plan
 
 MODES = ("inprocess", "distributed", "dask")
@@ -129,11 +130,7 @@ def check_run_target(mode: str, pool: str) -> None:
     if mode == "inprocess" and pool != DEFAULT_POOL:
         pools = load_pools()
         if pool not in pools:
-            fail(
-                f"--pool {pool}: no ResourcePool block of that name (pools: {', '.join(sorted(pools))}). "
-                f"Fix: planflow pools set {pool} --cpu N --mem-gib N, or choose another pool",
-                USAGE,
-            )
+            fail(f"--pool {pool}: {no_pool_block(pool, pools)}", USAGE)
     if mode == "dask":
         try:
             worker_offers()  # the plan asks again within seconds: answered from what this read saw

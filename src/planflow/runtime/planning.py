@@ -265,11 +265,17 @@ def run_pools(
             )
         return usable, set(pools)
     if local_pool not in pools:
-        raise ValueError(
-            f"pool '{local_pool}' has no ResourcePool block (pools: {', '.join(sorted(pools))}). "
-            f"Fix: planflow pools set {local_pool} --cpu N --mem-gib N, or choose another pool"
-        )
+        raise ValueError(f"pool '{local_pool}': {no_pool_block(local_pool, pools)}")
     return {local_pool: pools[local_pool]}, set(pools)
+
+
+def no_pool_block(pool: str, pools: Mapping[str, Any]) -> str:
+    """Why `pool` cannot be used (no ResourcePool block of that name), the pools there are,
+    and the fix."""
+    return (
+        f"no ResourcePool block of that name (pools: {', '.join(sorted(pools))}). "
+        f"Fix: planflow pools set {pool} --cpu N --mem-gib N, or choose another pool"
+    )
 
 
 def _in_short(problems: list[str]) -> str:
