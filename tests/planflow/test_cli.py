@@ -233,6 +233,8 @@ def test_an_output_file_or_port_that_cannot_be_used_is_a_usage_error_not_a_trace
     assert out.returncode == 2 and "Traceback" not in out.stderr and "65535" in out.stderr, out.stderr[-2000:]
     out = planflow("serve", "toy-diamond", "--port", "65530", "--replicas", "8", env=toy_env)
     assert out.returncode == 2 and "past 65535. Fix: a lower --port" in out.stderr, out.stderr[-2000:]
+    out = planflow("serve", "toy-diamond", "--tag", " ", env=toy_env)
+    assert out.returncode == 2 and "a tag must not be empty. Fix: e.g. --tag release" in out.stderr, out.stderr[-2000:]
 
 
 def test_env_prints_exports_for_prefect_commands(toy_env):

@@ -21,6 +21,7 @@ from planflow.serving.loader import (
     LoadedRun,
     NoCompletedRunError,
     RunOutputsError,
+    ServedRuns,
     TaskRunsNotRecordedError,
     read_latest_run,
 )
@@ -345,13 +346,33 @@ def test_with_a_deployment_named_only_its_runs_are_served():
     flow_(factor=5.0)  # newer, by hand
 
     metrics = ServingMetrics(pipeline=path.pipeline.name)
-    nightly = ModelSwapper(path, metrics, deployment=f"{path.pipeline.name}/nightly")
+    nightly = ModelSwapper(path, metrics, ServedRuns(deployment=f"{path.pipeline.name}/nightly"))
     assert wait_until(lambda: asyncio.run(nightly.check()), 30), nightly.problem
     assert nightly.current.flow_run_id == str(scheduled.id) and nightly.current.outputs["scale"] == 9.0
     newest = ModelSwapper(path, ServingMetrics(pipeline=path.pipeline.name))
     assert wait_until(lambda: asyncio.run(newest.check()), 30), newest.problem
     assert newest.current.outputs["scale"] == 5.0
-    nothing = ModelSwapper(path, ServingMetrics(pipeline=path.pipeline.name), deployment="weekly")
+    nothing = ModelSwapper(path, ServingMetrics(pipeline=path.pipeline.name), ServedRuns(deployment="weekly"))
     assert asyncio.run(nothing.check()) is False and nothing.current is None
     assert "no Completed run of deployment 'weekly'" in nothing.problem
     assert f"Fix: prefect deployment run '{path.pipeline.name}/weekly'" in nothing.problem
+
+
+def test_with_a_tag_named_only_the_runs_carrying_it_are_served():
+    """A run is promoted by a tag (`prefect deployment run ... --tag release`, a deployment's
+    `tags:`): `planflow serve --tag release` serves the newest run carrying it, not a
+    newer run without it; with every tag named, a run must carry all of them."""
+    from prefect import tags
+
+    path = make("serving-toy-tagged")
+    flow_ = to_flow(path.pipeline)
+    with tags("release", "eu"):
+        promoted = str(flow_(factor=4.0, return_state=True).state_details.flow_run_id)
+    flow_(factor=6.0)  # newer, not promoted
+    release = ModelSwapper(path, ServingMetrics(pipeline=path.pipeline.name), ServedRuns(tags=("release",)))
+    assert wait_until(lambda: asyncio.run(release.check()), 30), release.problem
+    assert release.current.flow_run_id == promoted and release.current.outputs["scale"] == 4.0
+    both = ModelSwapper(path, ServingMetrics(pipeline=path.pipeline.name), ServedRuns(tags=("release", "us")))
+    assert asyncio.run(both.check()) is False and both.current is None
+    assert "no Completed run tagged 'release' and 'us'" in both.problem
+    assert f"Fix: prefect deployment run '{path.pipeline.name}/DEPLOYMENT' --tag release --tag us" in both.problem

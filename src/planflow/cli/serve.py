@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from planflow.serving.app import DEFAULT_MAX_BODY_BYTES
+from planflow.serving.loader import ServedRuns
 from planflow.serving.path import OnlinePathError, find_online_path
 from planflow.serving.replicas import ServeError, serve_one, serve_replicas
 from planflow.serving.swap import check_poll_seconds
@@ -22,6 +23,12 @@ def serve(
         help="serve only the runs of this deployment (NAME or FLOW/NAME), e.g. the scheduled one: "
         "not a run by hand with other parameters",
     ),
+    tag: list[str] = typer.Option(
+        [],
+        "--tag",
+        help="serve only the runs with this tag (repeatable: all of them), e.g. runs promoted by "
+        "`prefect deployment run ... --tag release` or a deployment's tags",
+    ),
 ) -> None:
     """Serve the online path of TARGET with the outputs of its last Completed run; swap to
     a newer run's outputs when one completes, without dropping a request."""
@@ -32,13 +39,17 @@ def serve(
             err=True,
         )
         raise typer.Exit(2)
+    served = ServedRuns(deployment, tuple(dict.fromkeys(t.strip() for t in tag)))
+    if any(not t for t in served.tags):
+        typer.echo("planflow serve: --tag '': a tag must not be empty. Fix: e.g. --tag release", err=True)
+        raise typer.Exit(2)
     try:
         check_poll_seconds(poll_seconds)
         if replicas == 1:
             find_online_path(target)
-            serve_one(target, host, port, poll_seconds, max_body_bytes, deployment)
+            serve_one(target, host, port, poll_seconds, max_body_bytes, served)
         else:
-            serve_replicas(target, host, port, replicas, poll_seconds, max_body_bytes, deployment=deployment)
+            serve_replicas(target, host, port, replicas, poll_seconds, max_body_bytes, served=served)
     except (OnlinePathError, ServeError, ValueError, LookupError) as exc:
         typer.echo(f"planflow serve: {exc}", err=True)
         raise typer.Exit(1) from None

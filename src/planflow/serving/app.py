@@ -26,6 +26,7 @@ from pydantic import AfterValidator, TypeAdapter, ValidationError
 
 from planflow.core.finite import non_finite_at
 from planflow.monitoring.serving_metrics import ServingMetrics
+from planflow.serving.loader import ServedRuns
 from planflow.serving.path import OnlinePath
 from planflow.serving.swap import ModelSwapper
 
@@ -121,10 +122,10 @@ def create_app(
     poll_seconds: float = 5.0,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     metrics: ServingMetrics | None = None,
-    deployment: str | None = None,
+    served: ServedRuns = ServedRuns(),
 ) -> FastAPI:
     metrics = metrics or ServingMetrics(pipeline=path.pipeline.name)
-    swapper = ModelSwapper(path, metrics, deployment)
+    swapper = ModelSwapper(path, metrics, served)
     finite = Annotated[path.record_type, AfterValidator(_finite_fields)]
     record = TypeAdapter(finite)
     records = TypeAdapter(list[finite])  # type: ignore[valid-type]

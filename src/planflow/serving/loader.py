@@ -25,6 +25,7 @@ from prefect.client.schemas.filters import (
     FlowRunFilterId,
     FlowRunFilterState,
     FlowRunFilterStateType,
+    FlowRunFilterTags,
     TaskRunFilter,
     TaskRunFilterName,
     TaskRunFilterState,
@@ -76,14 +77,33 @@ class LoadedRun:
         }
 
 
-def no_run_message(pipeline: str, deployment: str | None = None) -> str:
-    if deployment:
+@dataclass(frozen=True)
+class ServedRuns:
+    """Which Completed runs of a pipeline a service may serve: those of `deployment` (NAME
+    or FLOW/NAME) that carry every one of `tags` (`planflow serve --deployment, --tag`);
+    all of them by default. A tag is how a team promotes a run: a deployment's `tags:` in
+    prefect.yaml, or `prefect deployment run ... --tag release`."""
+
+    deployment: str | None = None
+    tags: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        """ " of deployment 'nightly' tagged 'release'", or "" for every run."""
+        said = f" of deployment '{deployment_name(self.deployment)}'" if self.deployment else ""
+        return said + (" tagged " + " and ".join(f"'{t}'" for t in self.tags) if self.tags else "")
+
+
+def no_run_message(pipeline: str, served: ServedRuns = ServedRuns()) -> str:
+    if not served.deployment and not served.tags:
         return (
-            f"pipeline '{pipeline}' has no Completed run of deployment '{deployment_name(deployment)}' yet, so there "
-            f"is no model to serve. Fix: prefect deployment run '{pipeline}/{deployment_name(deployment)}'"
+            f"pipeline '{pipeline}' has no Completed run yet, so there is no model to serve. "
+            f"Fix: planflow run {pipeline}"
         )
+    name = deployment_name(served.deployment) if served.deployment else "DEPLOYMENT"
+    tags = "".join(f" --tag {t}" for t in served.tags)
     return (
-        f"pipeline '{pipeline}' has no Completed run yet, so there is no model to serve. Fix: planflow run {pipeline}"
+        f"pipeline '{pipeline}' has no Completed run{served.describe()} yet, so there is no model to serve. "
+        f"Fix: prefect deployment run '{pipeline}/{name}'{tags}"
     )
 
 
@@ -93,25 +113,29 @@ def deployment_name(deployment: str) -> str:
 
 
 async def completed_runs(
-    client: PrefectClient, pipeline: str, limit: int, deployment: str | None = None
+    client: PrefectClient, pipeline: str, limit: int, served: ServedRuns = ServedRuns()
 ) -> list[FlowRun]:
-    """The newest `limit` Completed flow runs of the flow named `pipeline` (only those of
-    `deployment` when given), newest first."""
+    """The newest `limit` Completed flow runs of the flow named `pipeline` that `served`
+    allows, newest first."""
+    deployment = served.deployment
     only = DeploymentFilter(name=DeploymentFilterName(any_=[deployment_name(deployment)])) if deployment else None
     return await client.read_flow_runs(
         flow_filter=FlowFilter(name=FlowFilterName(any_=[pipeline])),
         deployment_filter=only,
         flow_run_filter=FlowRunFilter(
-            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.COMPLETED]))
+            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.COMPLETED])),
+            tags=FlowRunFilterTags(all_=list(served.tags)) if served.tags else None,
         ),
         sort=FlowRunSort.END_TIME_DESC,
         limit=limit,
     )
 
 
-async def latest_completed_run(client: PrefectClient, pipeline: str, deployment: str | None = None) -> FlowRun | None:
-    """The newest Completed flow run of the flow named `pipeline` (of `deployment`), or None."""
-    runs = await completed_runs(client, pipeline, 1, deployment)
+async def latest_completed_run(
+    client: PrefectClient, pipeline: str, served: ServedRuns = ServedRuns()
+) -> FlowRun | None:
+    """The newest Completed flow run of the flow named `pipeline` that `served` allows, or None."""
+    runs = await completed_runs(client, pipeline, 1, served)
     return runs[0] if runs else None
 
 

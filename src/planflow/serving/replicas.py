@@ -26,6 +26,7 @@ import uvicorn
 
 from planflow.ops.processes import log_tail, port_in_use, spawn, stop_process, wait_until
 from planflow.serving.app import BODY_SECONDS, create_app
+from planflow.serving.loader import ServedRuns
 from planflow.serving.path import find_online_path
 from planflow.serving.probes import answers
 from planflow.serving.single_write import ServingProtocol
@@ -40,7 +41,7 @@ class ServeError(RuntimeError):
 
 
 def serve_one(
-    target: str, host: str, port: int, poll_seconds: float, max_body_bytes: int, deployment: str | None = None
+    target: str, host: str, port: int, poll_seconds: float, max_body_bytes: int, served: ServedRuns = ServedRuns()
 ) -> None:
     """Serve `target` in this process until interrupted."""
     if port_in_use(host, port):  # before anything loads, in the words of --replicas
@@ -49,9 +50,19 @@ def serve_one(
             "Fix: stop it, or choose another --port"
         )
     path = find_online_path(target)
-    app = create_app(path, poll_seconds=poll_seconds, max_body_bytes=max_body_bytes, deployment=deployment)
+    app = create_app(path, poll_seconds=poll_seconds, max_body_bytes=max_body_bytes, served=served)
     print(f"serving {target} on http://{host}:{port} (one process: its log is this terminal; Ctrl-C stops it)")
     uvicorn.run(app, host=host, port=port, http=ServingProtocol, log_level="warning", timeout_graceful_shutdown=5)
+
+
+def replica_arguments(
+    target: str, host: str, port: int, poll_seconds: float, max_body_bytes: int, served: ServedRuns
+) -> list[str]:
+    """The command line of one replica (`python -m planflow.serving ...`, __main__.py)."""
+    arguments = [target, "--host", host, "--port", str(port)]
+    arguments += ["--poll-seconds", str(poll_seconds), "--max-body-bytes", str(max_body_bytes)]
+    arguments += ["--deployment", served.deployment] if served.deployment else []
+    return arguments + [part for tag in served.tags for part in ("--tag", tag)]
 
 
 def haproxy_config(host: str, port: int, replica_ports: list[int], max_body_bytes: int, max_batch: int) -> str:
@@ -142,7 +153,7 @@ def serve_replicas(
     poll_seconds: float,
     max_body_bytes: int,
     ready_timeout: float = READY_TIMEOUT_SECONDS,
-    deployment: str | None = None,
+    served: ServedRuns = ServedRuns(),
 ) -> None:
     """Run `replicas` replicas behind HAProxy until interrupted (SIGINT or SIGTERM)."""
     if replicas < 2:
@@ -163,9 +174,8 @@ def serve_replicas(
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
     def start(replica_port: int):
-        command = [sys.executable, "-m", "planflow.serving", target, "--host", host, "--port", str(replica_port)]
-        command += ["--poll-seconds", str(poll_seconds), "--max-body-bytes", str(max_body_bytes)]
-        command += ["--deployment", deployment] if deployment else []
+        command = [sys.executable, "-m", "planflow.serving"]
+        command += replica_arguments(target, host, replica_port, poll_seconds, max_body_bytes, served)
         return spawn(command, work / f"replica-{replica_port}.log", env, Path.cwd(), die_with_parent=True)
 
     signal.signal(signal.SIGTERM, _terminate)

@@ -26,6 +26,7 @@ from planflow.serving.loader import (
     LoadedRun,
     NotServableRun,
     RunOutputsError,
+    ServedRuns,
     TaskRunsNotRecordedError,
     completed_runs,
     latest_completed_run,
@@ -51,12 +52,12 @@ def check_poll_seconds(value: float) -> float:
 
 
 class ModelSwapper:
-    def __init__(self, path: OnlinePath, metrics: ServingMetrics, deployment: str | None = None) -> None:
+    def __init__(self, path: OnlinePath, metrics: ServingMetrics, served: ServedRuns = ServedRuns()) -> None:
         self.path = path
         self.metrics = metrics
-        self.deployment = deployment  # only its runs are served (`planflow serve --deployment`)
+        self.served = served  # the runs it may serve (`planflow serve --deployment, --tag`)
         self.current: LoadedRun | None = None
-        self._load_problem: str | None = no_run_message(path.pipeline.name, deployment)
+        self._load_problem: str | None = no_run_message(path.pipeline.name, served)
         self._api_problem: str | None = None  # the last check could not reach the Prefect API
         # the newest run whose outputs failed to load: not read again at each poll (only the
         # newest Completed run is ever read, so a server up for months keeps one id, not all)
@@ -92,11 +93,11 @@ class ModelSwapper:
         """Load the newest Completed run if it is not the one served; True on a swap."""
         name = self.path.pipeline.name
         async with get_client() as client:
-            run = await latest_completed_run(client, name, self.deployment)
+            run = await latest_completed_run(client, name, self.served)
             self._api_problem = self._api_problem_since = None  # the API answered
             if run is None:
                 if self.current is None:
-                    self.problem = no_run_message(name, self.deployment)
+                    self.problem = no_run_message(name, self.served)
                 return False
             run_id = str(run.id)
             if self.current and run_id in (self.current.flow_run_id, self._broken):
@@ -132,7 +133,7 @@ class ModelSwapper:
         outputs load (None: none does). A service started when the newest run was, e.g., a
         distributed one served nothing until a new run in process."""
         name = self.path.pipeline.name
-        for run in await completed_runs(client, name, FALLBACK_RUNS + 1, self.deployment):
+        for run in await completed_runs(client, name, FALLBACK_RUNS + 1, self.served):
             if str(run.id) == broken:
                 continue
             try:
