@@ -27,6 +27,11 @@ def _none_is_empty(value: Any, empty: Any) -> Any:
     return empty if value is None else value
 
 
+def _one_or_many(value: Any) -> Any:
+    """A name or a list of names, as a list (none: empty)."""
+    return [value] if isinstance(value, str) else _none_is_empty(value, [])
+
+
 class StepSpec(BaseModel):
     """One entry of a pipeline file's `steps:`.
 
@@ -49,8 +54,8 @@ class StepSpec(BaseModel):
 
     @field_validator("after", mode="before")
     @classmethod
-    def _one_or_many(cls, value: Any) -> Any:
-        return [value] if isinstance(value, str) else _none_is_empty(value, [])
+    def _names(cls, value: Any) -> Any:
+        return _one_or_many(value)
 
     @field_validator("inputs", "params", "resources", mode="before")
     @classmethod
@@ -81,8 +86,8 @@ class PipelineSpec(BaseModel):
 
     @field_validator("required", mode="before")
     @classmethod
-    def _one_or_many(cls, value: Any) -> Any:
-        return [value] if isinstance(value, str) else _none_is_empty(value, [])
+    def _names(cls, value: Any) -> Any:
+        return _one_or_many(value)
 
     @field_validator("required")
     @classmethod

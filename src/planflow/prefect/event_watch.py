@@ -15,9 +15,9 @@ a read taken while the subscription was live (`KeptRead`) stands until an event 
   watch posts an event of its own (a probe, new at each connection: a new subscriber is
   sent the last minute's events again, the probes of earlier connections among them)
   and is live only when the server streamed it back (a server with its event stream
-  off never is; a client clock more than a
-  minute ahead of the server's passes the probe, which carries the client's time, yet
-  misses the server's events: KEEP_SECONDS bounds what it keeps then);
+  off never is; a client clock more than a minute ahead of the server's passes the
+  probe, which carries the client's time, yet misses the server's events: KEEP_SECONDS
+  bounds what it keeps then);
 - any event of the watched kinds drops it (the next call reads again), and for
   QUIET_AFTER_EVENT_SECONDS after one nothing is kept (Prefect emits a block's event
   before its transaction commits: a read in that moment can still see the old rows);
@@ -240,9 +240,8 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 def watch(prefixes: tuple[str, ...]) -> EventWatch | None:
     """This process's watch of the current Prefect server's events named `prefixes`,
     started on first use (None when keeping reads is off, no API URL is set, the API is
-    Prefect Cloud's, or a watch
-    of that server gave up within GAVE_UP_SECONDS). A watch of another server (or the same
-    with other credentials) is closed when this one starts."""
+    Prefect Cloud's, or a watch of that server gave up within GAVE_UP_SECONDS). A watch of
+    another server (or the same with other credentials) is closed when this one starts."""
     api_url = PREFECT_API_URL.value()
     if not api_url or not settings().keep_reads or str(api_url).startswith(str(PREFECT_CLOUD_API_URL.value())):
         return None  # Prefect Cloud streams events to its own subscriber, with the API key: not watched
