@@ -13,6 +13,7 @@ from planflow.cli.calendar import calendar
 from planflow.cli.dask import dask_app
 from planflow.cli.demo import demo_app
 from planflow.cli.grafana import grafana_app
+from planflow.cli.promote import demote, promote
 from planflow.cli.results import results_app
 from planflow.cli.runbook import runbook
 from planflow.cli.stack import stack_app
@@ -27,6 +28,8 @@ app.command("plan")(pipelines.plan)
 app.command("run")(pipelines.run)
 app.command("calendar")(calendar)
 app.command("serve")(serve.serve)
+app.command("promote")(promote)
+app.command("demote")(demote)
 app.command("runbook")(runbook)
 
 app.add_typer(server.server_app, name="server")
