@@ -3,9 +3,9 @@
 A team serves the runs it has looked at: `planflow serve fraud-risk --tag release` serves
 the newest Completed run tagged `release`. A run can be given the tag when it starts
 (`prefect deployment run ... --tag release`), but the usual order is the other way round:
-a scheduled run ends, someone reads its metrics, then promotes it. Prefect's CLI and UI
-cannot add a tag to a flow run that exists, so these commands do (Prefect's flow run
-update, `PATCH /flow_runs/{id}`), and say which run a service with those tags serves
+a scheduled run ends, someone reads its metrics, then promotes it. Prefect's CLI has no
+command that tags a flow run that exists; these commands do it through Prefect's flow
+run update (`PATCH /flow_runs/{id}`), and say which run a service with those tags serves
 afterwards. Demoting the newest promoted run is the rollback: the services swap back to
 the newest run still tagged, at their next poll.
 
