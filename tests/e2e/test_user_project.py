@@ -245,6 +245,10 @@ def test_run_completes_tagged_planflow(user_project, server):
         run = flow_run(server, result["flow_run_id"])
         assert run["state_type"] == "COMPLETED"
         assert {"planflow", f"pipeline:{name}"} <= set(run["tags"]), run["tags"]
+    # promoted for `planflow serve --tag release`, as the README's Serving section says
+    promoted = user_project.planflow("promote", result["flow_run_id"])
+    assert promoted.returncode == 0 and "tags now" in promoted.stdout, show(promoted)
+    assert "release" in flow_run(server, result["flow_run_id"])["tags"]
 
 
 def test_the_deployment_form_is_typed(deployed):
