@@ -415,7 +415,14 @@ def sleeper(marker: str = "") -> int:
     return 1
 
 
-pipeline = Pipeline("sleepy", [sleeper])
+@component(cpu=0.5, mem_gib=0.25, est_seconds=60)
+def napper(marker: str = "") -> int:  # in process: a thread, which Python cannot stop
+    Path(marker + ".thread").write_text("started")
+    time.sleep(120)
+    return 1
+
+
+pipeline = Pipeline("sleepy", [sleeper, napper])
 """
 
 
@@ -506,7 +513,8 @@ def test_run_json_keeps_stdout_for_the_json_when_components_print(user_project, 
 
 def test_ctrl_c_stops_a_run_and_its_isolated_steps_process_at_once(user_project, cli_env, tmp_path):
     """SIGINT ended `planflow run` only once its isolated step's process ended by itself
-    (56 s in a trial), and the step's process ran on."""
+    (56 s in a trial), and the step's process ran on; and only once its in-process step's
+    thread ended by itself (Python cannot stop a thread; a second Ctrl-C did not help)."""
     import signal
     import time
 
@@ -523,7 +531,8 @@ def test_ctrl_c_stops_a_run_and_its_isolated_steps_process_at_once(user_project,
     )
     try:
         deadline = time.monotonic() + 120
-        while not (marker.exists() and marker.read_text()):
+        thread_marker = Path(f"{marker}.thread")
+        while not (marker.exists() and marker.read_text() and thread_marker.exists()):
             assert run.poll() is None, run.stdout.read()[-3000:]
             assert time.monotonic() < deadline, "the isolated step never started"
             time.sleep(0.2)
@@ -543,6 +552,7 @@ def test_ctrl_c_stops_a_run_and_its_isolated_steps_process_at_once(user_project,
     assert "/flow-run/" in output.split("pipeline 'sleepy' was interrupted")[1], output[-3000:]
     # the step's process, killed by planflow, is not said to be the OOM killer's work
     assert "was stopped: the run was interrupted" in output and "OOM killer" not in output, output[-3000:]
+    assert "thread(s) of this process still running" in output and "leaving them" in output, output[-3000:]
     bar = [line for line in output.splitlines() if line.startswith("sleepy ")]
     assert bar and bar[-1].rstrip().endswith("interrupted"), output[-3000:]
     gone = time.monotonic() + 10

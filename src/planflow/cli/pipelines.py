@@ -31,6 +31,7 @@ from planflow.cli.common import (
     warn,
     write_file,
 )
+from planflow.cli.interrupt import exit_within
 from planflow.cli.params import ParamError, parse_pairs, typed_values
 from planflow.cli.progress import run_with_progress
 from planflow.core import discovery
@@ -166,6 +167,7 @@ def interrupted(name: str, exc: RunInterrupted, url: str) -> None:
         warn(f"pipeline '{name}' was interrupted (Ctrl-C): its flow run is Crashed. Its log: {_log_url(exc, url)}")
     else:  # before its plan: the run may not exist yet
         warn(f"pipeline '{name}' was interrupted (Ctrl-C) before it was planned. Its runs: {_log_url(exc, url)}")
+    exit_within(130)  # its components' threads, which Python cannot stop, do not hold the exit
     raise typer.Exit(130)
 
 

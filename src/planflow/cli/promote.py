@@ -11,7 +11,7 @@ the newest run still tagged, at their next poll.
 
     $ planflow promote crimson-fox
     promoted run 'crimson-fox' (5f0c...) of fraud-risk, ended 2026-12-07 10:21:03 UTC: tags now nightly, release
-    `planflow serve fraud-risk --tag release` serves this run (the newest Completed run tagged 'release') from its next poll
+    `planflow serve fraud-risk --tag release` serves this run (the newest Completed run tagged 'release') ...
 """
 
 from __future__ import annotations

@@ -19,7 +19,6 @@ import logging
 from typing import Annotated, Any, Literal
 
 from prefect import Flow
-from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
 from planflow.core.pipeline import Pipeline, PipelineError
@@ -31,6 +30,7 @@ from planflow.runtime.early_reads import early_reads
 from planflow.runtime.eta_history import known_main_pool
 from planflow.runtime.run_end import finish_reporting
 from planflow.runtime.runner import run_pipeline
+from planflow.runtime.task_runner import InterruptibleThreadPoolTaskRunner
 from planflow.runtime.watchdog import unwatch_run, watch_run
 
 Policy = Literal["plan", "fifo"]
@@ -152,7 +152,7 @@ def to_flow(pipeline: Pipeline, **flow_options: Any):
     settings: dict[str, Any] = dict(
         name=pipeline.name,
         description=pipeline.description or f"planflow pipeline {pipeline.name}",
-        task_runner=ThreadPoolTaskRunner(max_workers=workers),
+        task_runner=InterruptibleThreadPoolTaskRunner(max_workers=workers),
         retries=pipeline.retries,
         retry_delay_seconds=2,
         persist_result=True,
