@@ -199,6 +199,40 @@ def test_a_slow_request_head_is_cut_off(bridge):
     assert httpx.get(f"{bridge.url}/health", timeout=5).status_code == 200  # the bridge itself is fine
 
 
+def trickle_after_answer(url: str, head: bytes, seconds: float) -> tuple[bytes, float | None]:
+    """Send `head` (announcing a body), read the answer, then send its body one byte a
+    second; the answer and when the server closed the connection (None: still open after
+    `seconds`)."""
+    host, port = url.removeprefix("http://").split(":")
+    started = time.monotonic()
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(head)
+        answer = sock.recv(65536)
+        while time.monotonic() - started < seconds:
+            try:
+                sock.sendall(b"x")
+                sock.settimeout(1.0)
+                if sock.recv(1024) == b"":
+                    return answer, time.monotonic() - started
+            except TimeoutError:
+                continue
+            except (BrokenPipeError, ConnectionResetError):
+                return answer, time.monotonic() - started
+    return answer, None
+
+
+def test_a_body_trickled_after_the_answer_is_cut_off(bridge):
+    """A request the app answers without reading its body (a GET with a Content-Length):
+    h11 waits for the body before the next request, and uvicorn's keep-alive timer
+    restarted at each byte, so one byte a second kept the connection for ever (20 s in a
+    trial with a 3 s header deadline), to anyone, without a token."""
+    head = b"GET /health HTTP/1.1\r\nHost: bridge\r\nContent-Length: 100000000\r\n\r\n"
+    answer, closed_after = trickle_after_answer(bridge.url, head, HEADER_TIMEOUT + 12)
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+    assert closed_after is not None, "still open after a body trickled in past the header deadline"
+    assert closed_after < HEADER_TIMEOUT + 3, closed_after
+
+
 def test_oversized_headers_are_refused(bridge):
     head = f"GET /health HTTP/1.1\r\nHost: bridge\r\nX-Filler: {'a' * 64 * 1024}\r\n\r\n"
     answer, _ = raw_request(bridge.url, head)

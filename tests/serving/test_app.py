@@ -13,7 +13,7 @@ from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, TaskRunFilter, TaskRunFilterName
 
-from planflow import to_flow
+from planflow import OnlinePath, to_flow
 from planflow.monitoring.serving_metrics import ServingMetrics
 from planflow.ops.processes import wait_until
 from planflow.serving.app import create_app
@@ -27,7 +27,7 @@ from planflow.serving.loader import (
 )
 from planflow.serving.swap import ModelSwapper
 
-from tests.serving.toy import make
+from tests.serving.toy import Reading, make
 
 pytestmark = pytest.mark.usefixtures("registered_blocks")
 
@@ -250,9 +250,67 @@ def test_a_client_that_trickles_its_head_or_body_is_cut_off(monkeypatch):
             answer = sock.recv(4096)
             assert answer.startswith(b"HTTP/1.1 408"), answer
             assert b"not received within 0.5 s" in answer and time.monotonic() - began < 5
+            assert b"connection: close" in answer.lower()  # the rest of the body is not waited for
+            sock.settimeout(5)
+            assert sock.recv(1024) == b""
+        # a body trickled after an answer that did not read it: h11 waits for its end, and
+        # each byte restarted uvicorn's keep-alive timer (open 15 s and more after a /healthz)
+        for head in (
+            b"GET /healthz HTTP/1.1\r\nhost: x\r\ncontent-length: 100000000\r\n\r\n",
+            b"POST /predict HTTP/1.1\r\nhost: x\r\ncontent-length: 100000000\r\n\r\n",  # a 413
+        ):
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                sock.sendall(head)
+                answer = sock.recv(4096)
+                assert answer.split(b" ")[1] in (b"200", b"413"), answer
+                sock.settimeout(0.25)
+                began, closed = time.monotonic(), False
+                while not closed and time.monotonic() - began < 10:
+                    try:
+                        sock.sendall(b"x")
+                        closed = sock.recv(1024) == b""
+                    except TimeoutError:
+                        continue
+                    except (BrokenPipeError, ConnectionResetError):
+                        closed = True
+                assert closed, f"{head.split(b' ')[:2]}: still open after 10 s of a trickled body"
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def test_a_failing_step_is_answered_without_its_message_and_a_slow_one_does_not_hold_readyz():
+    """The online path's exception text reached any client (a step's `secret=...` came back
+    word for word); and the steps ran on the event loop, so /readyz waited for a slow one."""
+    import threading
+
+    entered, release = threading.Event(), threading.Event()
+
+    def predict(request: list[Reading], scale: float) -> list[float]:
+        if request[0].x == 13:
+            raise RuntimeError("secret=hunter2 in the model's message")
+        if request[0].x == 7:
+            entered.set()
+            release.wait(20)
+        return [r.x * scale for r in request]
+
+    path = OnlinePath(make("serving-toy-guarded").pipeline, steps={"predict": predict}, load=["scale"], max_batch=4)
+    with TestClient(create_app(path, poll_seconds=0.5)) as client:
+        client.app.state.swapper.current = LoadedRun("id", "a-run", None, {"scale": 2.0})
+        failed = client.post("/predict", json={"x": 13})
+        assert failed.status_code == 500 and "RuntimeError" in failed.text, failed.text
+        assert "hunter2" not in failed.text
+        slow: dict = {}
+        waiting = threading.Thread(target=lambda: slow.update(answer=client.post("/predict", json={"x": 7})))
+        waiting.start()
+        try:
+            assert entered.wait(20), "the slow step never started"
+            ready = client.get("/readyz")  # answered while the step still runs
+            assert ready.status_code == 200 and not release.is_set() and "answer" not in slow
+        finally:
+            release.set()
+            waiting.join(30)
+        assert slow["answer"].json()["prediction"] == 14.0
 
 
 def test_a_prefect_api_out_of_reach_is_named_while_the_loaded_model_is_served():

@@ -5,7 +5,11 @@ time after a response (timeout_keep_alive), but not the time a client takes to s
 headers: a client that sends one header byte every few seconds keeps a connection (one
 of the alert bridge's few, or a `planflow serve` replica's) open for ever. Here each
 connection gets `HEADER_SECONDS` from its start, and again from the end of each
-response, to complete its next request head; otherwise it is closed.
+response, to complete its next request head; otherwise it is closed. The same deadline
+holds for the rest of a request body the app answered without reading (a GET with a
+Content-Length, a refused POST): h11 must read it to the end before the next request, and
+uvicorn's keep-alive timer restarts at each byte, so one byte a second after the answer
+had kept the connection open for ever, to anyone, without a token.
 """
 
 from __future__ import annotations
@@ -37,8 +41,10 @@ class HeaderDeadlineProtocol(H11Protocol):
 
     def _head_late(self, waiting_after: object) -> None:
         # still no new request, and none half-way: a pipelined request that came with the
-        # last response (uvicorn starts its cycle before `_arm` runs) may take its time
-        if self.cycle is waiting_after and self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+        # last response (uvicorn starts its cycle before `_arm` runs) may take its time;
+        # the body of the request answered (SEND_BODY in the same cycle) may not
+        late = self.conn.their_state in (h11.IDLE, h11.SEND_BODY)
+        if self.cycle is waiting_after and late and not self.transport.is_closing():
             self.transport.close()
 
 

@@ -144,9 +144,11 @@ def create_app(
     app.state.swapper = swapper
     app.state.metrics = metrics
 
-    def refuse(status: int, reason: str, detail: Any) -> JSONResponse:
+    def refuse(status: int, reason: str, detail: Any, close: bool = False) -> JSONResponse:
+        """`close`: the body was not read to its end; the connection closes after the
+        answer (else a client could go on trickling it in)."""
         metrics.errors[reason].inc()
-        return JSONResponse({"detail": detail}, status_code=status)
+        return JSONResponse({"detail": detail}, status_code=status, headers={"Connection": "close"} if close else None)
 
     one = record.json_schema()
     schema = {"anyOf": [one, {"type": "array", "items": one, "minItems": 1, "maxItems": path.max_batch}]}
@@ -173,6 +175,7 @@ def create_app(
                 408,
                 "too_slow",
                 f"request body not received within {BODY_SECONDS:g} s ({exc} bytes came). Fix: send it at once",
+                close=True,
             )
         except BodyTooLarge as exc:
             return refuse(
@@ -180,6 +183,7 @@ def create_app(
                 "too_large",
                 f"request body of {exc} bytes is over the limit of {max_body_bytes} bytes. "
                 f"Fix: send at most {path.max_batch} records per request",
+                close=True,
             )
         try:
             document = json.loads(body, parse_constant=_not_json, parse_float=_finite_float)
@@ -202,9 +206,12 @@ def create_app(
         if served is None:
             return refuse(503, "not_ready", swapper.problem)
         try:
-            answers = path.run(items, served.outputs)
-        except Exception as exc:
-            return refuse(500, "internal", f"the online path failed: {exc!r}")
+            # on a thread: a slow model must not hold the event loop, and with it /readyz
+            # (a 5 s step made it answer in 4.5 s; HAProxy's check gives up after 2 s)
+            answers = await asyncio.to_thread(path.run, items, served.outputs)
+        except Exception as exc:  # its message may hold what a client must not read: the log has it
+            logger.exception("/predict: the online path failed on run '%s'", served.flow_run_name)
+            return refuse(500, "internal", f"the online path failed: {type(exc).__name__} (the service's log has why)")
         run = served.flow_run_name
         content = {"run": run, "predictions": answers} if batch else {"run": run, "prediction": answers[0]}
         return JSONResponse(content)
