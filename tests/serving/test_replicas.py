@@ -111,3 +111,84 @@ def test_haproxy_itself_refuses_a_body_over_the_limit_and_a_slow_one_with_the_re
     finally:
         balancer.terminate()
         balancer.wait(timeout=10)
+
+
+def test_haproxy_sends_a_failing_request_to_the_model_once_and_retries_a_replica_that_is_loading(tmp_path):
+    """`retry-on all-retryable-errors` retried 500s and slow answers too: one input that made
+    the model raise ran it 4 times (2 on each replica). Now a 500 is answered as it is, and
+    a 503 (a replica loading its model) is sent to the other replica. The replicas here are
+    two small HTTP servers of this test (counting the requests they get), not planflow's."""
+    import subprocess
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import httpx
+
+    from planflow.serving.replicas import haproxy_binary, haproxy_config
+
+    from tests.serving.conftest import free_block, need_haproxy
+
+    need_haproxy()
+    port = free_block(3)
+    calls: dict[int, int] = {port + 1: 0, port + 2: 0}
+
+    class Replica(BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+        def _answer(self, status: int) -> None:
+            body = b'{"detail": "x"}'
+            self.send_response(status)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self) -> None:  # /readyz: both ready for HAProxy's checks
+            self._answer(200)
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("content-length") or 0))
+            own = self.server.server_address[1]
+            calls[own] += 1
+            if self.path == "/predict-loading":  # the first replica is loading its model, the other serves
+                self._answer(503 if own == port + 1 else 200)
+            else:
+                self._answer(200 if self.path == "/predict-ok" else 500)
+
+    servers = [ThreadingHTTPServer(("127.0.0.1", p), Replica) for p in (port + 1, port + 2)]
+    for server in servers:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(haproxy_config("127.0.0.1", port, [port + 1, port + 2], max_body_bytes=1024, max_batch=4))
+    checked = subprocess.run([haproxy_binary(), "-c", "-f", str(config)], capture_output=True, text=True, timeout=30)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    balancer = spawn([haproxy_binary(), "-db", "-f", str(config)], tmp_path / "haproxy.log", os.environ, tmp_path)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 20
+        while True:  # both replicas in service (a request reaches each in turn)
+            try:
+                if httpx.post(f"{url}/predict-ok", content=b"{}", timeout=5).status_code == 200 and all(calls.values()):
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, (tmp_path / "haproxy.log").read_text()
+            time.sleep(0.1)
+        for counted in calls:
+            calls[counted] = 0
+        for _ in range(4):
+            assert httpx.post(f"{url}/predict", content=b"{}", timeout=10).status_code == 500
+        assert sum(calls.values()) == 4, calls  # each failing request ran the model once
+        for counted in calls:
+            calls[counted] = 0
+        answers = [httpx.post(f"{url}/predict-loading", content=b"{}", timeout=10).status_code for _ in range(4)]
+        assert answers == [200] * 4, (answers, calls)  # the loading replica's 503s went to the other
+        assert calls[port + 2] == 4, calls
+    finally:
+        balancer.terminate()
+        balancer.wait(timeout=10)
+        for server in servers:
+            server.shutdown()
+            server.server_close()

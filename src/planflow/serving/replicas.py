@@ -3,7 +3,7 @@
 `planflow serve fraud-risk --replicas 2 --port 8000` starts replicas on 8001 and 8002
 (`python -m planflow.serving`, each its own process) and HAProxy on 8000, which
 health-checks them on /readyz and retries a request that a replica fails to answer on
-the other one (`retry-on all-retryable-errors`, `option redispatch`): a replica killed
+the other one (`retry-on` a dead replica's failures and 503, `option redispatch`): a replica killed
 mid-request costs the client nothing, as each replica writes an answer in one piece
 (single_write.py). A replica that exits is started again.
 
@@ -93,10 +93,12 @@ defaults
   timeout check 2s
   timeout http-request {BODY_SECONDS:g}s
   http-error status 408 content-type application/json string "{{\\"detail\\":\\"{too_slow}\\"}}"
-  # a request a replica fails to answer (connection refused or reset, empty answer,
-  # 5xx such as 503 while it loads a model) is sent again, to another replica
+  # a request a replica fails to answer (connection refused or reset, an empty or broken
+  # answer: a replica that died; a 503 while it loads a model) is sent again, to another
+  # replica. Not a 500 (the model raised: it would raise again) nor a response timeout (a
+  # slow model): `all-retryable-errors` ran a failing request's model 4 times
   retries 3
-  retry-on all-retryable-errors
+  retry-on conn-failure empty-response junk-response 502 503 504
   option redispatch 1
   option http-buffer-request
   # a new connection to a replica for each request: when a replica dies with a kept-alive
