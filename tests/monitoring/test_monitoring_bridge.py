@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import httpx
 import pytest
@@ -238,8 +238,10 @@ valid_alerts = st.fixed_dictionaries(
         "status": st.sampled_from(["firing", "resolved"]),
         "labels": label_maps.map(lambda d: {**d, "pipeline": "fuzz"}),
         "annotations": st.dictionaries(st.text(max_size=8), st.text(max_size=30), max_size=3),
-        "startsAt": st.datetimes(
-            min_value=datetime(2020, 1, 1), max_value=datetime(2035, 1, 1), timezones=st.just(UTC)
+        # any time at any offset: year 1 at +01:00 is out of range in UTC (a 500 before)
+        "startsAt": st.one_of(
+            st.datetimes(min_value=datetime(2020, 1, 1), max_value=datetime(2035, 1, 1), timezones=st.just(UTC)),
+            st.datetimes(timezones=st.builds(timezone, st.timedeltas(-timedelta(hours=23), timedelta(hours=23)))),
         ).map(lambda d: d.isoformat()),
         "fingerprint": st.text(alphabet="0123456789abcdef", min_size=1, max_size=16),
     },
@@ -275,6 +277,19 @@ def test_fuzzed_bodies_never_get_a_5xx(bridge, body, raw):
         assert answer["stored"] + answer["duplicates"] == len(body["alerts"])
     else:
         assert response.json()["error"]
+
+
+def test_a_time_out_of_range_in_utc_is_a_422_naming_it(bridge):
+    """Times that Python cannot hold in UTC made the handler fail (a 500)."""
+    for field, value in (
+        ("startsAt", "0001-01-01T00:00:00+01:00"),
+        ("startsAt", "9999-12-31T23:30:00-01:00"),
+        ("endsAt", "9999-12-31T23:30:00-01:00"),
+    ):
+        body = webhook({**alert(status="resolved", fingerprint=f"range-{field}"), field: value})
+        response = post(bridge, body)
+        assert response.status_code == 422, response.text
+        assert field in response.text and "out of range once in UTC" in response.text, response.text
 
 
 def test_webhooks_of_another_receiver_or_alertmanager_are_refused(prefect_api_url, tmp_path):

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 EVENT_NAMESPACE = uuid.UUID("5b0d5d3e-8f1c-4a53-9a77-6c1f4d1f0a11")
 # Alert labels that name a Prefect or planflow object, most specific first:
@@ -39,6 +39,23 @@ Text = Annotated[str, StringConstraints(max_length=MAX_ANNOTATION_CHARS)]
 Url = Annotated[str, StringConstraints(max_length=2048)]
 
 
+def _in_utc(value: datetime) -> datetime:
+    """A time as UTC (naive: taken as UTC). Refused when UTC cannot hold it: year 1 at
+    +01:00 or year 9999 at -01:00 is out of Python's range there, and made a 500."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(
+            f"{value.isoformat()} is out of range once in UTC (years 1 to 9999); send an RFC 3339 time, "
+            "e.g. 2026-12-07T10:00:00Z (Alertmanager sends UTC)"
+        ) from None
+
+
+When = Annotated[datetime, AfterValidator(_in_utc)]
+
+
 class Alert(BaseModel):
     """One alert of an Alertmanager webhook (fields we do not use are ignored)."""
 
@@ -46,8 +63,8 @@ class Alert(BaseModel):
     status: Literal["firing", "resolved"]
     labels: dict[Key, Value] = Field(min_length=1, max_length=MAX_LABELS)
     annotations: dict[Key, Text] = Field(default_factory=dict, max_length=MAX_LABELS)
-    startsAt: datetime
-    endsAt: datetime | None = None
+    startsAt: When
+    endsAt: When | None = None
     generatorURL: Url = ""
     fingerprint: str | None = Field(default=None, min_length=1, max_length=256)
 
