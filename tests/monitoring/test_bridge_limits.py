@@ -233,6 +233,23 @@ def test_a_body_trickled_after_the_answer_is_cut_off(bridge):
     assert closed_after < HEADER_TIMEOUT + 3, closed_after
 
 
+def test_connections_without_a_token_do_not_deny_alertmanager(bridge):
+    """64 half-sent request heads from anyone made every Alertmanager POST a 503 (uvicorn's
+    limit_concurrency counts connections before any token is read)."""
+    host, port = bridge.url.removeprefix("http://").split(":")
+    held = []
+    try:
+        for _ in range(80):
+            sock = socket.create_connection((host, int(port)), timeout=5)
+            sock.sendall(b"POST /alerts HTTP/1.1\r\nHost: bridge\r\n")  # the head never ends
+            held.append(sock)
+        posted = httpx.post(f"{bridge.url}/alerts", json=webhook(alert(fingerprint="among-80")), headers=AUTH)
+        assert posted.status_code == 200, posted.text
+    finally:
+        for sock in held:
+            sock.close()
+
+
 def test_oversized_headers_are_refused(bridge):
     head = f"GET /health HTTP/1.1\r\nHost: bridge\r\nX-Filler: {'a' * 64 * 1024}\r\n\r\n"
     answer, _ = raw_request(bridge.url, head)

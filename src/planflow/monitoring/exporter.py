@@ -41,10 +41,11 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.sorting import FlowRunSort
 from prefect.settings import get_current_settings
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
 from planflow.monitoring import pool_calendar, prefect_api
 from planflow.monitoring.metrics import ExporterMetrics
+from planflow.monitoring.metrics_http import serve_metrics
 from planflow.prefect.reserved import is_remediation_run
 from planflow.settings import StatePaths, apply_client_env
 
@@ -317,7 +318,7 @@ def main(argv: list[str] | None = None) -> None:
     # (which apply_client_env finds) is passed on explicitly.
     api_url = args.prefect_api_url or apply_client_env()["PREFECT_API_URL"]
     exporter = Exporter(api_url=api_url, lookback_seconds=args.lookback)
-    start_http_server(args.port, addr=args.host, registry=exporter.registry)
+    serve_metrics(exporter.registry, args.host, args.port)  # bounded in time and connections
     log.info("serving http://%s:%d/metrics for %s", args.host, args.port, exporter.api_url)
 
     async def run() -> None:

@@ -24,7 +24,14 @@ from planflow.settings import PRIVATE_UMASK, StatePaths, apply_client_env
 # HTTP limits of the server itself (the body's are the app's Guard)
 KEEP_ALIVE_SECONDS = 5  # an idle connection is closed after this
 INCOMPLETE_HEADER_BYTES = 16 * 1024  # h11 buffers no more of a request head still arriving
-MAX_CONNECTIONS = 64  # concurrent connections/requests; more get 503 (Alertmanager retries)
+# Concurrent connections and requests; past it, requests get 503 (Alertmanager retries).
+# Anyone who can reach the port counts here before its token is read, so the bound is
+# the cost of holding connections: each is cut when its head (or the rest of a body the
+# bridge answered without reading) is --header-timeout late, and with 64 places, 64
+# half-sent heads denied the alert path; at 512 an attacker must reopen 512 connections
+# every 10 s. What is left to deny is the network's to prevent (listen on 127.0.0.1, or
+# a NetworkPolicy that admits only Alertmanager).
+MAX_CONNECTIONS = 512
 
 
 def main(argv: list[str] | None = None) -> None:
