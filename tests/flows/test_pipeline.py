@@ -227,6 +227,40 @@ def test_yaml_required_parameters_have_no_default_and_a_default_beside_one_is_re
         Pipeline.from_yaml(unused)
 
 
+def test_values_a_pipeline_gives_itself_are_checked_as_a_runs_are(tmp_path):
+    """`params: {rows: lots}` or a step's `params: {rows: -5}` (rows in scales_with) were
+    planned, then failed inside a flow run (or showed a traceback in `planflow pipelines`);
+    the same values as `--param` were refused before any run."""
+    sized = component(cpu=1, mem_gib=0.25, est_seconds=0.2, scales_with={"n": 4})(toy_dags.numbers.fn)
+    cases = {
+        "params: {n: lots}\nsteps:\n  - uses: toy_dags:numbers\n": (
+            "  - params.n = 'lots': step 'numbers' takes n: int (Input should be a valid integer, unable to parse "
+            "string as an integer). Fix: a value of that type in the pipeline's params, e.g. n: 4 (the function's "
+            "default)"
+        ),
+        "steps:\n  - uses: toy_dags:numbers\n    params: {n: 2.5}\n": (
+            "  - step 'numbers' params.n = 2.5: step 'numbers' takes n: int (Input should be a valid integer, got a "
+            "number with a fractional part). Fix: a value of that type in step 'numbers''s params, e.g. n: 4 (the "
+            "function's default)"
+        ),
+    }
+    for body, said in cases.items():
+        written = tmp_path / "given.yaml"
+        written.write_text("name: given\n" + body)
+        with pytest.raises(PipelineError) as caught:
+            Pipeline.from_yaml(written)
+        assert said in str(caught.value).splitlines(), str(caught.value)
+    for pipeline in (
+        lambda: Pipeline("negative", [sized], params={"n": -5}),
+        lambda: Pipeline("negative", [Step("numbers", sized, params={"n": -5})]),
+    ):
+        with pytest.raises(
+            PipelineError, match=r"n = -5: step 'numbers' scales its estimate with n \(scales_with\), so"
+        ):
+            pipeline()
+    assert Pipeline("fine", [sized], params={"n": 0}).params == {"n": 0}  # a function's own default is not checked
+
+
 def test_yaml_wrong_types_name_the_field_the_value_and_an_example(tmp_path):
     path = tmp_path / "types.yaml"
     path.write_text(

@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from planflow.core.component import ISOLATION_CHOICES, Component, isolation_problems
+from planflow.core.declared_values import declared_value_problems
 from planflow.core.loading import import_object, pipeline_arguments, read_yaml, source_path
 from planflow.core.pipeline_file import (
     FIELD_HELP,
@@ -96,6 +97,7 @@ class Pipeline:
             problems.append("a pipeline needs at least one step")
         self.bindings, self.params, param_problems = wire(self.steps, dict(params or {}))
         problems += param_problems
+        problems += [] if param_problems else declared_value_problems(self.steps, self.bindings, dict(params or {}))
         problems += self._scaled_by_outputs()
         problems += dependency_problems(self.steps)
         self._order, cycle = cycle_problem(self._graph(), list(self.steps))
