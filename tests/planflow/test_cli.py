@@ -426,6 +426,19 @@ pipeline = Pipeline("sleepy", [sleeper, napper])
 """
 
 
+TOO_BIG = """
+from planflow import Pipeline, component
+
+
+@component(cpu=64, mem_gib=0.25, est_seconds=1)
+def crunch(k: int = 3) -> int:
+    return k * 2
+
+
+pipeline = Pipeline("too-big", [crunch])
+"""
+
+
 @pytest.fixture(scope="module")
 def user_project(tmp_path_factory) -> Path:
     """A user's own Prefect project: its own `flows/` package with one good and several
@@ -439,6 +452,7 @@ def user_project(tmp_path_factory) -> Path:
         ("configured", CONFIGURED),
         ("chatty", CHATTY),
         ("sleepy", SLEEPY),
+        ("too_big", TOO_BIG),
         *((name, code) for name, (code, _) in BROKEN.items()),
     ]
     for folder, source in sources:
@@ -481,12 +495,32 @@ def test_pipelines_lists_each_broken_source_as_failed_without_a_traceback(user_p
     assert out.returncode == 1
     assert "Traceback" not in out.stdout + out.stderr
     rows = {line.split("│")[1].strip(): line for line in out.stdout.splitlines() if line.count("│") > 2}
-    assert set(rows) == {"good", "configured", "chatty", "sleepy", "typo", *BROKEN}, out.stdout
+    assert set(rows) == {"good", "configured", "chatty", "sleepy", "too-big", "typo", *BROKEN}, out.stdout
     assert "failed" not in rows["good"] and "failed" not in rows["configured"]
     assert all(rows[name].split("│")[2].strip() == "failed to load" for name in [*BROKEN, "typo"])
     for folder, (_, message) in BROKEN.items():
         assert f"flows.{folder}.flow failed to load: {message.splitlines()[0]}" in out.stderr
     assert "\npipelines/typo.yaml failed to load: " in out.stderr  # as the table shows it: from the project
+
+
+def test_two_pipelines_with_one_name_are_both_refused_naming_each_other(tmp_path, cli_env):
+    """A YAML pipeline named like a Python one was listed twice, and `planflow run NAME` ran
+    the first found, saying nothing (their flow runs and history would mix in Prefect)."""
+    (tmp_path / "pyproject.toml").write_text("[project]\nname = 'dups'\n")
+    (tmp_path / "flows" / "twice").mkdir(parents=True)
+    (tmp_path / "flows" / "__init__.py").write_text("")
+    (tmp_path / "flows" / "twice" / "__init__.py").write_text("")
+    (tmp_path / "flows" / "twice" / "flow.py").write_text(GOOD.replace('Pipeline("good"', 'Pipeline("twice"'))
+    (tmp_path / "pipelines").mkdir()
+    (tmp_path / "pipelines" / "twice.yaml").write_text("name: twice\nsteps:\n  - uses: flows.twice.flow:numbers\n")
+    listed = planflow_in(tmp_path, "pipelines", env=cli_env)
+    assert listed.returncode == 1 and "Traceback" not in listed.stderr, listed.stdout + listed.stderr
+    assert (
+        "flows.twice.flow failed to load: pipeline name 'twice' is also the name of the pipeline in " in listed.stderr
+    )
+    assert "pipelines/twice.yaml failed to load: pipeline name 'twice' is also the name" in listed.stderr
+    run = planflow_in(tmp_path, "run", "twice", env=cli_env)
+    assert run.returncode == 1 and "Fix: rename one of them" in run.stderr, run.stdout + run.stderr
 
 
 def test_param_errors_name_parameter_value_and_type_all_at_once(user_project, cli_env):
@@ -559,6 +593,19 @@ def test_ctrl_c_stops_a_run_and_its_isolated_steps_process_at_once(user_project,
     while psutil.pid_exists(child) and psutil.Process(child).status() != psutil.STATUS_ZOMBIE:
         assert time.monotonic() < gone, f"the step's process {child} outlived the interrupted run"
         time.sleep(0.2)
+
+
+def test_a_component_that_fits_no_pool_is_refused_before_a_flow_run_exists(user_project, cli_env):
+    """`planflow plan` refused it, `planflow run` made a flow run that failed on it (and
+    the retry automation ran it again, to fail the same way)."""
+    out = planflow_in(user_project, "run", "too-big", env=cli_env)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "pipeline 'too-big' cannot be placed:" in out.stderr and "step 'crunch' needs cpu=64" in out.stderr
+    assert "no flow run was made" in out.stderr and "Traceback" not in out.stderr
+    runs = httpx.post(
+        f"{cli_env['PREFECT_API_URL']}/flow_runs/filter", json={"flows": {"name": {"any_": ["too-big"]}}}, timeout=10
+    )
+    assert runs.status_code == 200 and runs.json() == [], runs.text
 
 
 def test_params_are_converted_to_the_declared_types(user_project, cli_env):

@@ -44,7 +44,7 @@ from planflow.runtime.dask_cluster import DaskClusterError, worker_offers
 from planflow.runtime.events import Reporter, RunInfo, subscribe
 from planflow.runtime.flow import to_flow
 from planflow.runtime.history import work_scale
-from planflow.runtime.planning import no_pool_block
+from planflow.runtime.planning import PoolError, allowed_pools, no_pool_block
 from planflow.runtime.runner import PipelineRunError, make_plan
 
 MODES = ("inprocess", "distributed", "dask")
@@ -124,14 +124,21 @@ def prepare(pipeline: Pipeline, raw: dict[str, str], require: bool = True) -> tu
         )
 
 
-def check_run_target(mode: str, pool: str) -> None:
+def check_run_target(pipeline: Pipeline, mode: str, pool: str) -> None:
     """Exits naming the problem, before any flow run exists, when the run could not start:
-    a --pool with no ResourcePool block, or --mode dask with no scheduler answering. Each
-    made a Failed flow run (which the failure alerts count)."""
-    if mode == "inprocess" and pool != DEFAULT_POOL:
+    a --pool with no ResourcePool block, a component that fits none of the pools it may
+    use (cpu=64 on a pool of 2; a pool name with no block), or --mode dask with no
+    scheduler answering. Each made a Failed flow run (which the failure alerts count, and
+    the retry automation ran again, to fail the same way)."""
+    if mode in ("inprocess", "distributed"):
         pools = load_pools()
-        if pool not in pools:
+        if mode == "inprocess" and pool not in pools:
             fail(f"--pool {pool}: {no_pool_block(pool, pools)}", USAGE)
+        usable = {pool: pools[pool]} if mode == "inprocess" else pools  # distributed: whichever is ready then
+        try:
+            allowed_pools(pipeline, {name: p.capacity() for name, p in usable.items()}, set(pools))
+        except PoolError as exc:
+            fail(f"{exc}\n(nothing was started: no flow run was made)", USAGE)
     if mode == "dask":
         try:
             worker_offers()  # the plan asks again within seconds: answered from what this read saw
@@ -520,7 +527,7 @@ def run(
     values = {**values, "refresh": True} if refresh else values
     values = {**values, "local_pool": pool} if pool != DEFAULT_POOL else values
     url = ensure_server()
-    check_run_target(mode, pool)
+    check_run_target(pipeline, mode, pool)
     try:
         # the traceback is in the run's log, linked below; with --json, stdout holds the JSON alone
         with run_logs_off_the_terminal(tracebacks_only=True), stdout_on_stderr(json_output):

@@ -143,7 +143,37 @@ def discover() -> list[Found]:
             found.append(_failed(source, exc))
             continue
         found.append(Found(pipeline.name, source, pipeline))
-    return found
+    return _one_per_name(found)
+
+
+def _one_per_name(found: list[Found]) -> list[Found]:
+    """Two different pipelines with one name are both refused: Prefect knows a flow by its
+    name, so their runs, history and served models would mix, and `planflow run NAME` ran
+    whichever was found first, saying nothing. The same pipeline found twice (a module
+    also named in PLANFLOW_PIPELINES) is listed once."""
+    sources: dict[str, list[Found]] = {}
+    for item in found:
+        if item.pipeline is not None:
+            sources.setdefault(item.name, []).append(item)
+    kept: list[Found] = []
+    for item in found:
+        same = sources.get(item.name, []) if item.pipeline is not None else []
+        distinct = {id(other.pipeline) for other in same}
+        if len(distinct) <= 1:
+            if not same or same[0] is item:
+                kept.append(item)
+            continue
+        others = ", ".join(other.source for other in same if other is not item)
+        kept.append(
+            Found(
+                item.name,
+                item.source,
+                error=f"pipeline name '{item.name}' is also the name of the pipeline in {others}: Prefect knows a "
+                "flow by its name, so their runs and learned durations would mix. Fix: rename one of them "
+                "(`name:` of a YAML pipeline, Pipeline(name=...) in Python)",
+            )
+        )
+    return kept
 
 
 def get(name: str) -> Pipeline:
