@@ -113,7 +113,7 @@ def test_a_pool_without_worker_or_deployment_is_named_with_what_to_run(component
             "'readiness-check' with entrypoint planflow.runtime.component_flow:run_component and "
             "work_pool {name: readiness-check}, then `prefect --no-prompt deploy --all`"
         )
-        assert "Start one with: prefect worker start --pool readiness-check" in problems["readiness-check"][1]
+        assert "Start one with: planflow worker start readiness-check" in problems["readiness-check"][1]
         with pytest.raises(DeploymentMissingError, match="distributed mode cannot start"):
             check_ready({"readiness-check"})
     finally:
@@ -136,7 +136,7 @@ def test_a_child_nobody_picks_up_is_cancelled_with_what_to_run(component_deploym
     with pytest.raises(ChildRunError) as caught:
         _child("run-component/local-process", parameters, {}, "orphan.digits", "local-process")
     assert "no worker picked up flow run 'orphan.digits' of run-component/local-process within 3 s" in str(caught.value)
-    assert "Fix: prefect worker start --pool local-process" in str(caught.value)
+    assert "Fix: planflow worker start local-process" in str(caught.value)
 
 
 def test_predictive_maintenance_across_the_process_and_docker_pools(component_deployments, docker_image):

@@ -145,7 +145,7 @@ def test_missing_planflow_pool_points_at_apply(work_pools, monkeypatch):
 def test_worker_not_running_says_how_to_start_one(work_pools):
     message = worker_status("kubernetes")
     assert "work pool 'kubernetes' has no worker running" in message
-    assert "Start one with: prefect worker start --pool kubernetes --type kubernetes" in message
+    assert "Start one with: planflow worker start kubernetes" in message
 
 
 def test_worker_status_sees_a_live_worker(work_pools):
@@ -178,7 +178,7 @@ def test_worker_status_sees_a_live_worker(work_pools):
         later = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=10)
         stale = worker_status("heartbeat-test", now=later)
         assert "has no worker running (offline: test-worker" in stale
-        assert "Start one with: prefect worker start --pool heartbeat-test" in stale
+        assert "Start one with: planflow worker start heartbeat-test" in stale
     finally:
         with get_client(sync_client=True) as client:
             client.delete_work_pool("heartbeat-test")
@@ -194,7 +194,7 @@ def test_cli_apply_ls_status(work_pools):
     assert "docker" in listed.output and "kubernetes" in listed.output
     status = runner.invoke(workpools_app, ["status", "kubernetes"])
     assert status.exit_code == 3
-    assert "prefect worker start --pool kubernetes" in status.output
+    assert "planflow worker start kubernetes" in status.output
     missing = runner.invoke(workpools_app, ["status", "nope"])
     assert missing.exit_code == 1
     assert "work pool 'nope' does not exist" in missing.output

@@ -238,8 +238,9 @@ def worker_status(pool: str, now: dt.datetime | None = None) -> str:
             stale.append(f"{worker.name} (last heartbeat {'never' if age is None else f'{age:.0f} s ago'})")
     if alive:
         return f"work pool '{pool}': {len(alive)} worker(s) online: {', '.join(alive)}{paused}"
-    pool_type = POOLS[pool].type if pool in POOLS else None
-    start = f"prefect worker start --pool {pool}" + (f" --type {pool_type}" if pool_type else "")
+    # planflow's command, not `prefect worker start`: that one, in a shell without the
+    # project's PREFECT_API_URL, started a server of its own and failed
+    start = f"planflow worker start {pool}"
     seen = f" (offline: {', '.join(stale)})" if stale else ""
     return f"work pool '{pool}' has no worker running{seen}; its flow runs wait. Start one with: {start}{paused}"
 

@@ -159,7 +159,7 @@ def _wait_for_child(client: Any, flow_run: FlowRun, deployment: str, work_pool: 
             _cancel(client, current, "no worker picked it up")
             raise ChildRunError(
                 f"no worker picked up flow run '{current.name}' of {deployment} within "
-                f"{pickup:.0f} s; it was cancelled. Fix: prefect worker start --pool {work_pool}"
+                f"{pickup:.0f} s; it was cancelled. Fix: planflow worker start {work_pool}"
             )
         return current
 
