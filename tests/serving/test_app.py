@@ -434,3 +434,27 @@ def test_with_a_tag_named_only_the_runs_carrying_it_are_served():
     assert asyncio.run(both.check()) is False and both.current is None
     assert "no Completed run tagged 'release' and 'us'" in both.problem
     assert f"Fix: prefect deployment run '{path.pipeline.name}/DEPLOYMENT' --tag release --tag us" in both.problem
+
+
+def test_a_deployment_the_pipeline_does_not_have_is_named_with_the_ones_it_has():
+    """`planflow serve NAME --deployment nosuch` started and was never ready, its /readyz
+    saying to run a deployment that does not exist."""
+    from planflow.serving.loader import missing_deployment
+
+    path = make("serving-toy-deployed")
+    to_flow(path.pipeline)(factor=1.0)  # the flow is known to the server
+
+    async def check() -> list[str | None]:
+        async with get_client() as client:
+            flow_id = (await client.read_flow_by_name("serving-toy-deployed")).id
+            await client.create_deployment(flow_id=flow_id, name="nightly")
+        names = ("nosuch", "nightly", "serving-toy-deployed/nightly", "other-flow/nightly")
+        return [await missing_deployment("serving-toy-deployed", name) for name in names]
+
+    nosuch, plain, full, other = asyncio.run(check())
+    assert plain is None and full is None
+    assert nosuch == (
+        "--deployment nosuch: pipeline 'serving-toy-deployed' has no deployment named 'nosuch'; its deployments: "
+        "nightly. Fix: --deployment nightly"
+    )
+    assert "('other-flow' is not this pipeline's flow, 'serving-toy-deployed')" in other

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from prefect.client.orchestration import PrefectClient
+from prefect.client.orchestration import PrefectClient, get_client
 from prefect.client.schemas.filters import (
     DeploymentFilter,
     DeploymentFilterName,
@@ -104,6 +104,34 @@ def no_run_message(pipeline: str, served: ServedRuns = ServedRuns()) -> str:
     return (
         f"pipeline '{pipeline}' has no Completed run{served.describe()} yet, so there is no model to serve. "
         f"Fix: prefect deployment run '{pipeline}/{name}'{tags}"
+    )
+
+
+DEPLOYMENT_CHECK_SECONDS = 10.0  # the most `planflow serve` waits to learn whether --deployment exists
+
+
+async def missing_deployment(pipeline: str, deployment: str) -> str | None:
+    """Why `deployment` (NAME or FLOW/NAME) names no deployment of the flow `pipeline`,
+    with the ones it has and the fix; None when it does, or when the API cannot say in
+    DEPLOYMENT_CHECK_SECONDS (the service then names the API's problem itself)."""
+    flow, _, name = deployment.rpartition("/")
+
+    async def read() -> list[str]:
+        async with get_client() as client:
+            found = await client.read_deployments(flow_filter=FlowFilter(name=FlowFilterName(any_=[pipeline])))
+        return sorted(d.name for d in found)
+
+    try:
+        names = await asyncio.wait_for(read(), DEPLOYMENT_CHECK_SECONDS)
+    except Exception:  # out of reach, or too slow: not this check's to say
+        return None
+    if (not flow or flow == pipeline) and name in names:
+        return None
+    other_flow = f" ('{flow}' is not this pipeline's flow, '{pipeline}')" if flow and flow != pipeline else ""
+    fix = f"--deployment {names[0]}" if names else f"deploy it first (prefect deploy), then --deployment {name}"
+    return (
+        f"--deployment {deployment}: pipeline '{pipeline}' has no deployment named '{name}'{other_flow}; "
+        f"its deployments: {', '.join(names) or 'none'}. Fix: {fix}"
     )
 
 
