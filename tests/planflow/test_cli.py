@@ -82,6 +82,9 @@ def test_run_shows_progress_and_the_run_address(toy_env):
     assert out.returncode == 0, out.stderr[-2000:]
     [bar] = [line for line in out.stdout.splitlines() if line.startswith("toy-yaml ━")]
     assert "4/4" in bar and "running:" not in bar, bar  # the finished bar names no running step
+    said = out.stdout + out.stderr  # Prefect's line per hook of the run's end: noise, on the server only
+    assert "Running hook '" not in said and "finished running successfully" not in said, said[-2000:]
+    assert "Finished in state Completed()" in said  # the run's own lines still show
     ui = toy_env["PREFECT_API_URL"].removesuffix("/api")
     [link] = re.findall(rf"^flow run: ({re.escape(ui)}/v2/runs/flow-run/{UUID}\?tab=Artifacts)$", out.stdout, re.M)
     # The link is served by the UI that reads `tab` (the new one, under /v2): its route
@@ -107,6 +110,9 @@ def test_unknown_pipeline_and_bad_params_are_clear(toy_env):
     assert out.stderr == "error: --param n is not KEY=VALUE. Fix: --param n=VALUE\n"  # nothing else
     out = planflow("run", "toy-diamond", "--param", "=5", env=toy_env)
     assert out.stderr == "error: --param =5 is not KEY=VALUE. Fix: name the parameter, e.g. --param seed=3\n"
+    out = planflow("run", "toy-diamond", "--param", "n=5", "--param", "n=6", env=toy_env)  # the last had won
+    assert (out.returncode, out.stdout) == (2, "")
+    assert out.stderr == "error: --param n is given twice, as '5' and '6'. Fix: give it once, e.g. --param n=6\n"
 
 
 def test_a_failing_pipeline_exits_nonzero_naming_the_step(toy_env):

@@ -123,6 +123,19 @@ def stdout_on_stderr(on: bool = True) -> Iterator[None]:
         os.close(kept)
 
 
+class _DropHookLines(logging.Filter):
+    """Prefect says each hook of a run as it starts and ends ("Running hook
+    '_stop_watchdog' in response to entering state 'Completed'", "Hook ... finished
+    running successfully"): planflow's own hooks, four lines of noise at every run's end
+    in the terminal. They still reach the server; a hook that fails is still said."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(RUN_LOGGERS):
+            return True
+        message = record.getMessage()
+        return not (message.startswith("Running hook '") or message.endswith("finished running successfully"))
+
+
 @contextmanager
 def run_logs_off_the_terminal(tracebacks_only: bool = False) -> Iterator[None]:
     """Within: the runs' log lines (and tracebacks) go to the Prefect server only, not
@@ -130,14 +143,16 @@ def run_logs_off_the_terminal(tracebacks_only: bool = False) -> Iterator[None]:
     `tracebacks_only`, the runs' other lines still show (`planflow run`'s progress): a
     failed run is said in one line with the address of its log."""
     handlers = [h for h in logging.getLogger().handlers if isinstance(h, logging.StreamHandler)]
-    quiet = _DropRunTracebacks() if tracebacks_only else _DropRunLogs()
+    filters = [_DropRunTracebacks(), _DropHookLines()] if tracebacks_only else [_DropRunLogs()]
     for handler in handlers:
-        handler.addFilter(quiet)
+        for quiet in filters:
+            handler.addFilter(quiet)
     try:
         yield
     finally:
         for handler in handlers:
-            handler.removeFilter(quiet)
+            for quiet in filters:
+                handler.removeFilter(quiet)
 
 
 class _DropDrainProgress(logging.Filter):

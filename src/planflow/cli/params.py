@@ -46,7 +46,13 @@ def parse_pairs(pairs: Iterable[str]) -> dict[str, str]:
             fix = f"--param {shlex.quote(pair + '=VALUE')}" if not sep else "name the parameter, e.g. --param seed=3"
             problems.append(f"--param {shlex.quote(pair)} is not KEY=VALUE. Fix: {fix}")
             continue
-        params[key.strip()] = value
+        key = key.strip()
+        if key in params and params[key] != value:  # which one was meant? (the last had won, silently)
+            problems.append(
+                f"--param {key} is given twice, as {params[key]!r} and {value!r}. Fix: give it once, "
+                f"e.g. --param {shlex.quote(f'{key}={value}')}"
+            )
+        params[key] = value
     if problems:
         raise ParamError(_listed(problems))
     return params
