@@ -208,6 +208,18 @@ def test_token_file_is_created_once_private_and_env_wins(tmp_path, monkeypatch):
     assert resolve_token(path) == "from-env-0123456789"
 
 
+def test_a_token_file_others_can_read_is_made_private_and_said(tmp_path, monkeypatch, caplog):
+    """An existing token file was used as it was, readable by anyone on the machine."""
+    monkeypatch.delenv("PLANFLOW_BRIDGE_TOKEN", raising=False)
+    path = tmp_path / "bridge.token"
+    path.write_text("a-token-of-the-right-length-0123456789\n")
+    path.chmod(0o644)
+    with caplog.at_level("WARNING", logger="planflow.bridge"):
+        assert resolve_token(path) == "a-token-of-the-right-length-0123456789"
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert "was readable by others (mode 644): made private (600)" in caplog.text and "rotate it" in caplog.text
+
+
 @pytest.mark.parametrize(
     "token, words",
     [

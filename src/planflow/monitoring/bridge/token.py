@@ -6,6 +6,7 @@ ship (`change-me...`, `replace-me`, ...), and anything shorter than MIN_TOKEN_LE
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import secrets
@@ -15,6 +16,7 @@ from prefect.blocks.system import Secret
 
 from planflow.settings import settings
 
+log = logging.getLogger("planflow.bridge")
 TOKEN_ENV = "PLANFLOW_BRIDGE_TOKEN"
 TOKEN_FILE_NAME = "bridge.token"
 MIN_TOKEN_LENGTH = 16
@@ -42,6 +44,21 @@ def check_token(token: str, source: str) -> str:
     return token
 
 
+def _keep_private(token_file: Path) -> None:
+    """A token file others can read (copied in, restored from a backup, made under another
+    umask) is made the user's only, and said: anyone who read it can forge alerts."""
+    mode = token_file.stat().st_mode & 0o777
+    if mode & 0o077:
+        token_file.chmod(0o600)
+        log.warning(
+            "the bridge token file %s was readable by others (mode %o): made private (600). Whoever read it can "
+            "send alerts the bridge trusts. Fix: rotate it: delete the file and restart the bridge (it writes a "
+            "new one), which Alertmanager's credentials_file must then name",
+            token_file,
+            mode,
+        )
+
+
 def resolve_token(token_file: Path, secret_block: str | None = None) -> str:
     """PLANFLOW_BRIDGE_TOKEN, else the Secret block, else the token file (created once)."""
     token = settings().bridge_token
@@ -55,6 +72,7 @@ def resolve_token(token_file: Path, secret_block: str | None = None) -> str:
     except FileNotFoundError:
         existing = ""
     if existing:
+        _keep_private(token_file)
         return check_token(existing, str(token_file))
     token_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     token = secrets.token_urlsafe(32)
