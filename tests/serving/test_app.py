@@ -458,3 +458,32 @@ def test_a_deployment_the_pipeline_does_not_have_is_named_with_the_ones_it_has()
         "nightly. Fix: --deployment nightly"
     )
     assert "('other-flow' is not this pipeline's flow, 'serving-toy-deployed')" in other
+
+
+def test_a_check_that_never_ends_is_cut_and_named_and_the_next_one_runs(monkeypatch):
+    """Reading a run's outputs from a storage that never answers held the poll for good:
+    no swap ever again, and /readyz named no problem."""
+    from planflow.serving import swap
+
+    path = make("serving-toy-hang")
+    to_flow(path.pipeline)(factor=2.0)
+    reads = []
+
+    async def never(*args, **kwargs):
+        reads.append(1)
+        await asyncio.sleep(3600)
+
+    monkeypatch.setattr(swap, "load_run", never)
+    monkeypatch.setattr(swap, "CHECK_SECONDS", 0.5)
+    swapper = ModelSwapper(path, ServingMetrics(pipeline=path.pipeline.name))
+
+    async def poll_a_while() -> None:
+        task = asyncio.create_task(swapper.poll(0.2))
+        await asyncio.sleep(2.5)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(poll_a_while())
+    assert len(reads) >= 2, reads  # cut, and asked again
+    assert "did not finish within 0.5 s" in swapper.problem, swapper.problem

@@ -40,6 +40,7 @@ MIN_POLL_SECONDS = 0.2
 MAX_POLL_SECONDS = 300.0
 RECORD_GRACE_SECONDS = 120.0
 FALLBACK_RUNS = 10  # older Completed runs tried when the newest cannot be read and nothing is served
+CHECK_SECONDS = 120.0  # the most one check may take (the API's answers, the outputs read from storage)
 
 
 def check_poll_seconds(value: float) -> float:
@@ -66,13 +67,14 @@ class ModelSwapper:
         self._pending: set[str] = set()  # runs whose task runs the server has not recorded yet
         self._failing = False  # the newest run's outputs failed to load (not: it had none to serve)
         self._api_problem_since: datetime | None = None
+        self._cut: str | None = None  # the last check was cut after CHECK_SECONDS (until one ends)
 
     @property
     def problem(self) -> str | None:
         """What keeps the service from serving the pipeline's newest run, or None: no run
         to load, a run that failed to load, or the Prefect API out of reach (then, with a
         model loaded, it is still served: /readyz says ready, and names the problem)."""
-        problems = [p for p in (self._api_problem, self._load_problem) if p]
+        problems = [p for p in (self._cut, self._api_problem, self._load_problem) if p]
         return "; ".join(problems) if problems else None
 
     @problem.setter
@@ -174,9 +176,20 @@ class ModelSwapper:
         check_poll_seconds(interval)
         while True:
             try:
-                await self.check()
+                async with asyncio.timeout(CHECK_SECONDS):  # a storage that never answers held every later check
+                    await self.check()
+                self._cut = None  # a check that ends clears the last one's cut
             except asyncio.CancelledError:
                 raise
+            except TimeoutError:
+                log.warning(
+                    "checking for a newer run of %s took over %g s: cut", self.path.pipeline.name, CHECK_SECONDS
+                )
+                kept = f"; still serving run '{self.current.flow_run_name}'" if self.current else ""
+                self._cut = (
+                    f"checking for a newer run did not finish within {CHECK_SECONDS:g} s (the Prefect API, or the "
+                    f"storage of the run's results, not answering){kept}. Fix: check that both answer"
+                )
             except Exception as exc:  # the API down for a moment: keep serving, try again
                 log.warning("checking for a newer run of %s failed: %r", self.path.pipeline.name, exc)
                 self.api_unreachable(exc)
