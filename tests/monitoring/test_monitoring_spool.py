@@ -101,3 +101,18 @@ def test_a_storm_is_coalesced_into_one_alert_until_the_other_status_arrives(tmp_
         assert COALESCED_EVENT not in [json.loads(e)["event"] for e in events]
     finally:
         spool.close()
+
+
+def test_the_integrity_check_is_made_at_most_once_per_interval(tmp_path, monkeypatch):
+    """/ready, which anyone may ask, ran PRAGMA quick_check (every page read, the spool's
+    lock held) at each call: a stream of them held the stores of alerts back."""
+    from planflow.monitoring.bridge import spool as spool_module
+
+    spool = Spool(tmp_path / "spool.sqlite3")
+    checks = []
+    spool._db.set_trace_callback(lambda sql: checks.append(sql) if "quick_check" in sql else None)
+    assert [spool.problem() for _ in range(50)] == [None] * 50
+    assert len(checks) == 1, checks
+    monkeypatch.setattr(spool_module, "CHECK_SECONDS", 0.0)  # the interval passed: checked again
+    assert spool.problem() is None and len(checks) == 2
+    spool.close()

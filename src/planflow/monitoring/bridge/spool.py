@@ -29,6 +29,8 @@ _V2_COLUMNS = {
     "resends": "INTEGER NOT NULL DEFAULT 0",
 }
 
+CHECK_SECONDS = 5.0  # an integrity check stands this long (problem())
+
 
 class Pending(NamedTuple):
     seq: int
@@ -65,6 +67,7 @@ class Spool:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._lock = threading.Lock()
+        self._checked: tuple[float, str | None] | None = None  # (when, what) of the last integrity check
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
@@ -220,14 +223,23 @@ class Spool:
             )
 
     def problem(self) -> str | None:
-        """What keeps the spool from storing (a corrupted page, ...), or None."""
-        try:
-            with self._lock:
+        """What keeps the spool from storing (a corrupted page, ...), or None. A check
+        reads every page (PRAGMA quick_check) holding the spool's lock: it is made at most
+        once per CHECK_SECONDS, as /ready, which anyone may ask, had it made at each call
+        (a stream of /ready requests then held the stores of alerts back)."""
+        now = time.monotonic()
+        with self._lock:
+            if self._checked is not None and now - self._checked[0] < CHECK_SECONDS:
+                return self._checked[1]
+            try:
                 rows = self._db.execute("PRAGMA quick_check(3)").fetchall()
-        except sqlite3.Error as exc:
-            return f"spool {self.path} cannot be read: {exc}"
-        found = [row[0] for row in rows if row[0] != "ok"]
-        return f"spool {self.path} is corrupted: {'; '.join(found)}" if found else None
+            except sqlite3.Error as exc:
+                found = f"spool {self.path} cannot be read: {exc}"
+            else:
+                bad = [row[0] for row in rows if row[0] != "ok"]
+                found = f"spool {self.path} is corrupted: {'; '.join(bad)}" if bad else None
+            self._checked = (now, found)
+            return found
 
     def close(self) -> None:
         with self._lock:
