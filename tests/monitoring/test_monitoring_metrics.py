@@ -91,6 +91,37 @@ def test_exporter_exposition_passes_promtool_against_the_real_server(prefect_ser
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_the_exporter_reads_every_work_pool_not_the_first_page(prefect_server):
+    """Pools, queues and workers were read as their first page (200): past it, a pool had
+    no status, queue-depth or late-run figures, and its alerts never fired."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+
+    from planflow.monitoring.exporter import PAGE, Exporter
+
+    names = [f"exporter-page-{i:03d}" for i in range(PAGE + 5)]
+
+    async def create() -> None:
+        async with get_client() as client:
+            for name in names:
+                await client.create_work_pool(WorkPoolCreate(name=name, type="process"), overwrite=True)
+
+    async def delete() -> None:  # not left for the session's other tests (alerts on pools not ready)
+        async with get_client() as client:
+            for name in names:
+                await client.delete_work_pool(name)
+
+    asyncio.run(create())
+    try:
+        exporter = Exporter(lookback_seconds=60)
+        assert asyncio.run(exporter.poll_once())
+        for name in (names[0], names[-1]):
+            labels = {"work_pool": name, "type": "process", "status": "not_ready"}
+            assert exporter.registry.get_sample_value("planflow_prefect_work_pool_status", labels) == 1, name
+    finally:
+        asyncio.run(delete())
+
+
 def test_push_without_a_pushgateway_is_a_cheap_no_op():
     r = RunRecorder("p", pushgateway_url=None, registry=CollectorRegistry())
     started = time.perf_counter()

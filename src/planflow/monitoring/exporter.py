@@ -161,6 +161,18 @@ class Exporter:
                 break
         return runs
 
+    async def _all(self, read: Any, *args: Any, **kwargs: Any) -> list[Any]:
+        """Every item `read` pages through (PAGE at a time, up to max_runs): work pools,
+        queues and workers were read as their first page only, so past 200 some pools had
+        no queue-depth or late-run figures, and their alerts never fired."""
+        items: list[Any] = []
+        while len(items) < self.max_runs:
+            page = await read(*args, limit=PAGE, offset=len(items), **kwargs)
+            items.extend(page)
+            if len(page) < PAGE:
+                break
+        return items
+
     async def _deployments_per_pool(self, client: Any) -> dict[str, int]:
         counts: dict[str, int] = {}
         offset = 0
@@ -196,12 +208,16 @@ class Exporter:
 
     async def _collect(self, client: Any) -> None:
         now = time.time()
-        pools = await client.read_work_pools(limit=PAGE)
-        pool_workers = {p.name: await client.read_workers_for_work_pool(p.name, limit=PAGE) for p in pools}
-        queues = await client.read_work_queues(limit=PAGE)
+        pools = await self._all(client.read_work_pools)
+        pool_workers = {p.name: await self._all(client.read_workers_for_work_pool, p.name) for p in pools}
+        queues = await self._all(client.read_work_queues)
         deployments = await self._deployments_per_pool(client)
+        # the runs due first first: past max_runs (a deployment schedules runs ahead), the
+        # ones left out are those due last, never a late one
         active = await self._runs(
-            client, FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=list(ACTIVE_STATES))))
+            client,
+            FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=list(ACTIVE_STATES)))),
+            sort=FlowRunSort.EXPECTED_START_TIME_ASC,
         )
         finished_after = self._finished_after - self.overlap
         finished = await self._runs(
