@@ -304,6 +304,23 @@ def test_a_time_out_of_range_in_utc_is_a_422_naming_it(bridge):
         assert field in response.text and "out of range once in UTC" in response.text, response.text
 
 
+def test_an_alert_over_the_event_bound_arrives_with_its_annotations_cut(prefect_api_url, tmp_path):
+    """An alert within the webhook's bounds (64 labels of 1 kB, 64 annotations of 8 kB) made
+    an event of 3.4 MB as JSON with accented text, stored whole by the server at each resend
+    (Prefect's own clients refuse an event over 1.5 MB)."""
+    labels = {f"l{i}": "é" * 1000 for i in range(60)} | {"alertname": "PlanflowBigAlert", "pipeline": "big-alert"}
+    big = {**alert(fingerprint="big-alert", **labels), "annotations": {f"a{i}": "ü" * 8000 for i in range(64)}}
+    app = create_app(tmp_path / "spool.sqlite3", TOKEN, prefect_api_url)
+    with ThreadedServer(app, free_port()) as server:
+        response = post(server, webhook(big))
+        assert response.status_code == 200, response.text
+        [event] = events_about(prefect_api_url, "big-alert", 1)
+    annotations = event["payload"]["annotations"]
+    assert len(annotations) == 64 and all("cut by the planflow bridge" in v for v in annotations.values())
+    assert event["payload"]["annotations_cut_from_bytes"] > 1_500_000
+    assert event["payload"]["labels"]["l0"] == "é" * 1000  # what the alert is about is whole
+
+
 def test_webhooks_of_another_receiver_or_alertmanager_are_refused(prefect_api_url, tmp_path):
     app = create_app(
         tmp_path / "spool.sqlite3",

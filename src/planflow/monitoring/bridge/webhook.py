@@ -32,6 +32,8 @@ MAX_KEY_CHARS = 128
 MAX_VALUE_CHARS = 1024
 MAX_ANNOTATION_CHARS = 8192
 MAX_PROBLEMS = 20  # named in one answer; the rest are counted
+MAX_EVENT_BYTES = 1_000_000  # an event's JSON, under the 1.5 MB Prefect's clients allow an event
+ANNOTATION_KEPT = 1024  # characters of each annotation kept when an event is over MAX_EVENT_BYTES
 
 Key = Annotated[str, StringConstraints(min_length=1, max_length=MAX_KEY_CHARS)]
 Value = Annotated[str, StringConstraints(max_length=MAX_VALUE_CHARS)]
@@ -131,7 +133,7 @@ def to_event(alert: Alert, webhook: Webhook, received: float) -> dict[str, Any]:
     else:
         occurred = _iso(datetime.fromtimestamp(received, UTC))
     key = dedup_key(alert)
-    return {
+    event = {
         "id": str(uuid.uuid5(EVENT_NAMESPACE, key)),
         "occurred": occurred,
         "event": f"planflow.alert.{alert.status}",
@@ -150,6 +152,26 @@ def to_event(alert: Alert, webhook: Webhook, received: float) -> dict[str, Any]:
             "receivedAt": _iso(datetime.fromtimestamp(received, UTC)),
         },
     }
+    return _fitted(event)
+
+
+def _fitted(event: dict[str, Any]) -> dict[str, Any]:
+    """`event`, its annotations cut to ANNOTATION_KEPT characters each when it is over
+    MAX_EVENT_BYTES as JSON. An alert within the webhook's bounds made an event of 3.4 MB
+    with accented text (JSON escapes it), which the server's POST /events stored whole, in
+    the spool and in Prefect's events table at every resend, where Prefect's own clients
+    refuse an event over PREFECT_EVENTS_MAXIMUM_SIZE_BYTES (1.5 MB). Labels (what the
+    alert is about) are never cut."""
+    size = len(json.dumps(event))
+    if size <= MAX_EVENT_BYTES:
+        return event
+    payload = event["payload"]
+    note = f" ... (cut by the planflow bridge: the event was {size} bytes as JSON)"
+    payload["annotations"] = {
+        k: v if len(v) <= ANNOTATION_KEPT else v[:ANNOTATION_KEPT] + note for k, v in payload["annotations"].items()
+    }
+    payload["annotations_cut_from_bytes"] = size
+    return event
 
 
 def problems_of(exc: RequestValidationError) -> tuple[int, list[str]]:
