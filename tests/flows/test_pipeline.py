@@ -238,10 +238,10 @@ def test_values_a_pipeline_gives_itself_are_checked_as_a_runs_are(tmp_path):
             "string as an integer). Fix: a value of that type in the pipeline's params, e.g. n: 4 (the function's "
             "default)"
         ),
-        "steps:\n  - uses: toy_dags:numbers\n    params: {n: 2.5}\n": (
-            "  - step 'numbers' params.n = 2.5: step 'numbers' takes n: int (Input should be a valid integer, got a "
-            "number with a fractional part). Fix: a value of that type in step 'numbers''s params, e.g. n: 4 (the "
-            "function's default)"
+        "steps:\n  - uses: toy_dags:numbers\n    params: {n: 'four'}\n": (
+            "  - step 'numbers' params.n = 'four': step 'numbers' takes n: int (Input should be a valid integer, "
+            "unable to parse string as an integer). Fix: a value of that type in step 'numbers''s params, e.g. n: 4 "
+            "(the function's default)"
         ),
     }
     for body, said in cases.items():
@@ -258,7 +258,11 @@ def test_values_a_pipeline_gives_itself_are_checked_as_a_runs_are(tmp_path):
             PipelineError, match=r"n = -5: step 'numbers' scales its estimate with n \(scales_with\), so"
         ):
             pipeline()
-    assert Pipeline("fine", [sized], params={"n": 0}).params == {"n": 0}  # a function's own default is not checked
+    assert Pipeline("fine", [sized], params={"n": 0}).params == {"n": 0}
+    # what ran before is not refused: None where `n: int = 4` (wire()'s own fix for two defaults), a text that
+    # reads as a number, a number for another type
+    for given in ({"n": None}, {"n": "5"}, {"n": 5.0}):
+        assert Pipeline("fine", [sized], params=given).params == given
 
 
 def test_yaml_wrong_types_name_the_field_the_value_and_an_example(tmp_path):

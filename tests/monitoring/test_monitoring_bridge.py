@@ -311,14 +311,20 @@ def test_an_alert_over_the_event_bound_arrives_with_its_annotations_cut(prefect_
     labels = {f"l{i}": "é" * 1000 for i in range(60)} | {"alertname": "PlanflowBigAlert", "pipeline": "big-alert"}
     big = {**alert(fingerprint="big-alert", **labels), "annotations": {f"a{i}": "ü" * 8000 for i in range(64)}}
     app = create_app(tmp_path / "spool.sqlite3", TOKEN, prefect_api_url)
+    emoji = {f"l{i}": "\U0001f600" * 1024 for i in range(60)} | {"pipeline": "huge-alert"}  # 12 bytes each, escaped
+    huge = {**alert(fingerprint="huge", **emoji), "annotations": {f"a{i}": "\U0001f600" * 4000 for i in range(64)}}
     with ThreadedServer(app, free_port()) as server:
         response = post(server, webhook(big))
         assert response.status_code == 200, response.text
         [event] = events_about(prefect_api_url, "big-alert", 1)
+        # annotations of 1024 characters still made 1.6 MB with emoji: cut further, to fit
+        assert post(server, webhook(huge)).status_code == 200
+        [fitted] = events_about(prefect_api_url, "huge-alert", 1)
     annotations = event["payload"]["annotations"]
     assert len(annotations) == 64 and all("cut by the planflow bridge" in v for v in annotations.values())
     assert event["payload"]["annotations_cut_from_bytes"] > 1_500_000
     assert event["payload"]["labels"]["l0"] == "é" * 1000  # what the alert is about is whole
+    assert len(json.dumps(fitted["payload"])) < 1_000_000 and fitted["payload"]["labels"]["l0"] == emoji["l0"]
 
 
 def test_webhooks_of_another_receiver_or_alertmanager_are_refused(prefect_api_url, tmp_path):

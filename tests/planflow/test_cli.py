@@ -527,6 +527,11 @@ def test_two_pipelines_with_one_name_are_both_refused_naming_each_other(tmp_path
     assert "pipelines/twice.yaml failed to load: pipeline name 'twice' is also the name" in listed.stderr
     run = planflow_in(tmp_path, "run", "twice", env=cli_env)
     assert run.returncode == 1 and "Fix: rename one of them" in run.stderr, run.stdout + run.stderr
+    # one YAML pipeline found twice (also named in PLANFLOW_PIPELINES) is one pipeline, listed once
+    (tmp_path / "flows" / "twice" / "flow.py").write_text(GOOD.replace('Pipeline("good"', 'Pipeline("once"'))
+    again = planflow_in(tmp_path, "pipelines", env=dict(cli_env, PLANFLOW_PIPELINES="pipelines/twice.yaml"))
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert len([line for line in again.stdout.splitlines() if "│ twice " in line]) == 1, again.stdout
 
 
 def test_param_errors_name_parameter_value_and_type_all_at_once(user_project, cli_env):

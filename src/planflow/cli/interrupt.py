@@ -6,8 +6,8 @@ exit then joins every thread still running, so a component in the middle of an h
 training kept the command (and its terminal) for that hour, and a second Ctrl-C did not
 help (a trial: 27 s more for a step with 28 s left). `exit_within` gives the process a
 short grace to end as usual, then ends it: its run is over and nobody reads what those
-threads return. Prefect's queued logs and events are sent first (bounded), so the run's
-log keeps its last lines; slots the components held go back to the shared pools with
+threads return. Prefect's queued logs and events are sent before the grace starts
+(bounded), so the run's log keeps its last lines; slots the components held go back to the shared pools with
 their lease (PLANFLOW_SLOT_LEASE_SECONDS) or at once where the dispatcher gave them back.
 """
 
@@ -53,15 +53,17 @@ def _leave(code: int) -> None:
             f"{len(busy)} thread(s) of this process still running ({', '.join(t.name for t in busy[:5])}): "
             "components running in process, which Python cannot stop; leaving them (the run is over)"
         )
-    _drain()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
 
 
 def exit_within(code: int, grace: float = GRACE_SECONDS) -> None:
-    """Make sure the process ends with `code` at most `grace` seconds (plus the drain)
-    from now, even when threads it cannot stop are running; call it, then exit as usual."""
+    """Send Prefect's queued logs and events now (each for at most DRAIN_SECONDS: the
+    exit's own drain, cut by the grace on a slow server, lost them), then make sure the
+    process ends with `code` at most `grace` seconds later, even when threads it cannot
+    stop are running; call it, then exit as usual."""
+    _drain()
     timer = threading.Timer(grace, _leave, args=(code,))
     timer.daemon = True  # not one of the threads the exit waits for
     timer.name = "planflow-exit-within"

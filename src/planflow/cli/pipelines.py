@@ -44,6 +44,7 @@ from planflow.runtime.dask_cluster import DaskClusterError, worker_offers
 from planflow.runtime.events import Reporter, RunInfo, subscribe
 from planflow.runtime.flow import to_flow
 from planflow.runtime.history import work_scale
+from planflow.runtime.memory import MemoryFigure
 from planflow.runtime.planning import PoolError, allowed_pools, no_pool_block
 from planflow.runtime.runner import PipelineRunError, make_plan
 
@@ -135,10 +136,17 @@ def check_run_target(pipeline: Pipeline, mode: str, pool: str) -> None:
         if mode == "inprocess" and pool not in pools:
             fail(f"--pool {pool}: {no_pool_block(pool, pools)}", USAGE)
         usable = {pool: pools[pool]} if mode == "inprocess" else pools  # distributed: whichever is ready then
+        # memory is left to the run: it plans with what a step was seen to need, which may fit where its
+        # declaration does not (memory.py); a cpu or gpu no pool has, or a pool with no block, never fits
+        capacities = {name: p.capacity() for name, p in usable.items()}
         try:
-            allowed_pools(pipeline, {name: p.capacity() for name, p in usable.items()}, set(pools))
-        except PoolError as exc:
-            fail(f"{exc}\n(nothing was started: no flow run was made)", USAGE)
+            allowed_pools(pipeline, capacities, set(pools))
+        except PoolError as declared:
+            unknown_memory = {name: MemoryFigure(0.0, "checked by the run") for name in pipeline.steps}
+            try:
+                allowed_pools(pipeline, capacities, set(pools), unknown_memory)
+            except PoolError:  # not memory alone: said as declared
+                fail(f"{declared}\n(nothing was started: no flow run was made)", USAGE)
     if mode == "dask":
         try:
             worker_offers()  # the plan asks again within seconds: answered from what this read saw

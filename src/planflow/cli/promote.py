@@ -30,6 +30,7 @@ from planflow.cli.common import ensure_server, fail, say
 from planflow.serving.loader import ServedRuns, completed_runs
 
 SAME_NAME_SHOWN = 10  # runs listed when a name matches several
+NEWER_SHOWN = 10  # the newer runs with the tags that the fix names (to serve the one promoted)
 
 
 class PromoteError(Exception):
@@ -118,7 +119,7 @@ async def _change(run: str, tags: tuple[str, ...], promote: bool) -> list[str]:
             await client.update_flow_run(flow_run.id, tags=now)
             lines = [f"{verb} {_describe(flow_run, pipeline)}: tags now {', '.join(sorted(now)) or '(none)'}"]
         served = ServedRuns(tags=tags)
-        newest = await completed_runs(client, pipeline, 1, served)
+        newest = await completed_runs(client, pipeline, NEWER_SHOWN, served)
     command = f"`planflow serve {pipeline}{''.join(f' --tag {t}' for t in tags)}`"
     if not newest:
         lines.append(
@@ -129,14 +130,15 @@ async def _change(run: str, tags: tuple[str, ...], promote: bool) -> list[str]:
         lines.append(f"{command} serves this run (the newest Completed run{served.describe()}) from its next poll")
     else:
         other = newest[0]
-        lines.append(
-            f"{command} serves run '{other.name}' ({other.id}), the newest Completed run{served.describe()}"
-            + (
-                f", not this one. Fix, to serve this one: planflow demote {other.id}"
-                if promote
-                else ", from its next poll"
-            )
-        )
+        said = f"{command} serves run '{other.name}' ({other.id}), the newest Completed run{served.describe()}"
+        if promote:  # each run so tagged that ended after this one is served before it
+            ids = [str(r.id) for r in newest]
+            newer = ids[: ids.index(str(flow_run.id))] if str(flow_run.id) in ids else ids
+            more = f" (and more: only the newest {len(newer)} are named)" if len(newer) == len(ids) else ""
+            said += f", not this one. Fix, to serve this one: {'; '.join(f'planflow demote {i}' for i in newer)}{more}"
+        else:
+            said += ", from its next poll"
+        lines.append(said)
     return lines
 
 

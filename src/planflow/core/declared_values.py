@@ -5,15 +5,18 @@ before a run exists (cli/params.py); the same value written into the pipeline (i
 `params:`, or a step's `params:` in YAML, `Pipeline(params=...)` or `Step(params=...)`
 in Python) was not: `planflow plan` planned with it, and `planflow run` made a flow run
 that failed on it (Prefect refused 'lots' for an int; a step given rows=-5 failed in the
-next one), or `planflow pipelines` showed a traceback. Each such value is checked here
-against the type its component's parameter declares, and a parameter a step scales its
-estimate with (`scales_with`) must be >= 0. The functions' own defaults are the code's,
-not checked (`rows: int = None` is common Python).
+next one), or `planflow pipelines` showed a traceback. Here a text given where the
+component declares a number or a bool (`int`, `float | None`, ...) must read as one, and
+a parameter a step scales its estimate with (`scales_with`) must be >= 0. Nothing else
+is checked: a step's values reach its function as they are, so a stricter check (None
+where `rows: int = None`, a number for a `str`) refused pipelines that ran. The
+functions' own defaults are the code's, not checked.
 """
 
 from __future__ import annotations
 
 import inspect
+import types
 import typing
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -31,20 +34,38 @@ def _hints(fn: Callable[..., Any]) -> dict[str, Any]:
         return {}
 
 
+SCALARS = (int, float, bool)  # the types a text given in their place is checked against
+
+
+def _scalar(hint: Any) -> Any:
+    """The number or bool type `hint` is (`int`, `int | None`, `Optional[float]`), else None."""
+    if hint in SCALARS:
+        return hint
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    origin = typing.get_origin(hint)
+    if (origin is typing.Union or origin is types.UnionType) and len(args) == 1 and args[0] in SCALARS:
+        return args[0]
+    return None
+
+
 def _type_problem(value: Any, hint: Any) -> str | None:
-    """Why `value` is not a `hint` (pydantic's first message), or None when it is (or the
-    type is one pydantic cannot check)."""
-    try:
-        TypeAdapter(hint).validate_python(value)
-    except PydanticUserError:
+    """Why `value`, a text given where a number or a bool is declared, is not one
+    (pydantic's message), or None. Only texts are checked: the values a pipeline passes
+    are not validated on the way to the function (a step's own), or leniently, so a
+    stricter check refused pipelines that ran (None where `rows: int = None`, a number
+    for a `str`); a text for a number is the YAML mistake that failed in the flow run."""
+    scalar = _scalar(hint)
+    if scalar is None or not isinstance(value, str):
         return None
-    except ValidationError as exc:
-        return exc.errors(include_url=False)[0]["msg"]
+    try:
+        TypeAdapter(scalar).validate_python(value)
+    except (PydanticUserError, ValidationError) as exc:
+        return exc.errors(include_url=False)[0]["msg"] if isinstance(exc, ValidationError) else None
     return None
 
 
 def _type_name(hint: Any) -> str:
-    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+    return str(hint).replace("typing.", "") if typing.get_args(hint) else getattr(hint, "__name__", str(hint))
 
 
 def _negative(value: Any) -> bool:

@@ -146,11 +146,21 @@ def discover() -> list[Found]:
     return _one_per_name(found)
 
 
+def _origin(pipeline: Pipeline | None) -> object:
+    """What a pipeline was built from: its YAML file (read afresh by each source that names
+    it: a file in pipelines/ also named in PLANFLOW_PIPELINES, or a module that loads it),
+    else the object itself."""
+    if pipeline is not None and pipeline.source:
+        return pipeline.source  # normalized: relative to the project where it lies in it (source_path)
+    return id(pipeline)
+
+
 def _one_per_name(found: list[Found]) -> list[Found]:
     """Two different pipelines with one name are both refused: Prefect knows a flow by its
     name, so their runs, history and served models would mix, and `planflow run NAME` ran
-    whichever was found first, saying nothing. The same pipeline found twice (a module
-    also named in PLANFLOW_PIPELINES) is listed once."""
+    whichever was found first, saying nothing. The same pipeline found twice (a module or a
+    YAML file also named in PLANFLOW_PIPELINES, a module that loads a YAML file of
+    pipelines/) is listed once."""
     sources: dict[str, list[Found]] = {}
     for item in found:
         if item.pipeline is not None:
@@ -158,7 +168,7 @@ def _one_per_name(found: list[Found]) -> list[Found]:
     kept: list[Found] = []
     for item in found:
         same = sources.get(item.name, []) if item.pipeline is not None else []
-        distinct = {id(other.pipeline) for other in same}
+        distinct = {_origin(other.pipeline) for other in same}
         if len(distinct) <= 1:
             if not same or same[0] is item:
                 kept.append(item)

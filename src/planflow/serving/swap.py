@@ -40,7 +40,7 @@ MIN_POLL_SECONDS = 0.2
 MAX_POLL_SECONDS = 300.0
 RECORD_GRACE_SECONDS = 120.0
 FALLBACK_RUNS = 10  # older Completed runs tried when the newest cannot be read and nothing is served
-CHECK_SECONDS = 120.0  # the most one check may take (the API's answers, the outputs read from storage)
+CHECK_SECONDS = 600.0  # the most one check may take (the API's answers, a large model read from storage)
 
 
 def check_poll_seconds(value: float) -> float:
@@ -170,27 +170,35 @@ class ModelSwapper:
         self.problem = f"{exc}{kept}"
         (log.error if failing else log.info)("%s", self.problem)
 
+    def _cut_check(self) -> None:
+        log.warning("checking for a newer run of %s took over %g s: cut", self.path.pipeline.name, CHECK_SECONDS)
+        kept = f"; still serving run '{self.current.flow_run_name}'" if self.current else ""
+        self._cut = (
+            f"checking for a newer run did not finish within {CHECK_SECONDS:g} s (the Prefect API, or the "
+            f"storage of the run's results, not answering){kept}. Fix: check that both answer"
+        )
+
+    def _check_failed(self, exc: BaseException) -> None:
+        log.warning("checking for a newer run of %s failed: %r", self.path.pipeline.name, exc)
+        self.api_unreachable(exc)
+
     async def poll(self, interval: float) -> None:
         """`check` every `interval` seconds until cancelled; an API error is logged and
         retried at the next tick (the model in use stays)."""
         check_poll_seconds(interval)
         while True:
+            bound = asyncio.timeout(CHECK_SECONDS)  # a storage that never answers held every later check
             try:
-                async with asyncio.timeout(CHECK_SECONDS):  # a storage that never answers held every later check
+                async with bound:
                     await self.check()
                 self._cut = None  # a check that ends clears the last one's cut
             except asyncio.CancelledError:
                 raise
-            except TimeoutError:
-                log.warning(
-                    "checking for a newer run of %s took over %g s: cut", self.path.pipeline.name, CHECK_SECONDS
-                )
-                kept = f"; still serving run '{self.current.flow_run_name}'" if self.current else ""
-                self._cut = (
-                    f"checking for a newer run did not finish within {CHECK_SECONDS:g} s (the Prefect API, or the "
-                    f"storage of the run's results, not answering){kept}. Fix: check that both answer"
-                )
+            except TimeoutError as exc:
+                if bound.expired():
+                    self._cut_check()
+                else:  # a timeout of the check's own (a socket's): as any other failure
+                    self._check_failed(exc)
             except Exception as exc:  # the API down for a moment: keep serving, try again
-                log.warning("checking for a newer run of %s failed: %r", self.path.pipeline.name, exc)
-                self.api_unreachable(exc)
+                self._check_failed(exc)
             await asyncio.sleep(interval)

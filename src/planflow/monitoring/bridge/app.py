@@ -25,7 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from planflow.monitoring import prefect_api
 from planflow.monitoring.bridge.forwarder import Forwarder
 from planflow.monitoring.bridge.spool import Spool
-from planflow.monitoring.bridge.webhook import Webhook, dedup_key, problems_of, to_event
+from planflow.monitoring.bridge.webhook import EventTooLarge, Webhook, dedup_key, problems_of, to_event
 from planflow.monitoring.metrics import BridgeMetrics
 
 log = logging.getLogger("planflow.bridge")
@@ -271,7 +271,12 @@ def create_app(
             if key in seen:  # the same alert twice in one payload
                 continue
             seen.add(key)
-            items.append((key, json.dumps(to_event(alert, webhook, received)), received))
+            try:
+                event = to_event(alert, webhook, received)
+            except EventTooLarge as exc:  # the whole group is refused, loudly: Alertmanager counts it failed
+                metrics.rejected.labels("too_large").inc()
+                raise HTTPException(413, str(exc)) from exc
+            items.append((key, json.dumps(event), received))
         try:
             stored, duplicates = await asyncio.to_thread(spool.store, items)
         except sqlite3.Error as exc:

@@ -49,7 +49,17 @@ def _keep_private(token_file: Path) -> None:
     umask) is made the user's only, and said: anyone who read it can forge alerts."""
     mode = token_file.stat().st_mode & 0o777
     if mode & 0o077:
-        token_file.chmod(0o600)
+        try:
+            token_file.chmod(0o600)
+        except OSError as exc:  # another user's file, a read-only mount (a Kubernetes Secret): said, used
+            log.warning(
+                "the bridge token file %s is readable by others (mode %o) and cannot be made private (%s). Fix: "
+                "make it private (chmod 600), or mount it with defaultMode 0400",
+                token_file,
+                mode,
+                exc.strerror or exc,
+            )
+            return
         log.warning(
             "the bridge token file %s was readable by others (mode %o): made private (600). Whoever read it can "
             "send alerts the bridge trusts. Fix: rotate it: delete the file and restart the bridge (it writes a "

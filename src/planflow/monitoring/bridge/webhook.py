@@ -156,22 +156,35 @@ def to_event(alert: Alert, webhook: Webhook, received: float) -> dict[str, Any]:
 
 
 def _fitted(event: dict[str, Any]) -> dict[str, Any]:
-    """`event`, its annotations cut to ANNOTATION_KEPT characters each when it is over
-    MAX_EVENT_BYTES as JSON. An alert within the webhook's bounds made an event of 3.4 MB
-    with accented text (JSON escapes it), which the server's POST /events stored whole, in
-    the spool and in Prefect's events table at every resend, where Prefect's own clients
-    refuse an event over PREFECT_EVENTS_MAXIMUM_SIZE_BYTES (1.5 MB). Labels (what the
-    alert is about) are never cut."""
+    """`event`, its annotations cut (to ANNOTATION_KEPT characters each, then fewer, then
+    none) and its groupKey too, when it is over MAX_EVENT_BYTES as JSON. An alert within
+    the webhook's bounds made an event of 3.4 MB with accented text (JSON escapes it),
+    which the server's POST /events stored whole, in the spool and in Prefect's events
+    table at every resend, where Prefect's own clients refuse an event over
+    PREFECT_EVENTS_MAXIMUM_SIZE_BYTES (1.5 MB). Labels (what the alert is about) are never
+    cut: the webhook's bounds keep them under it (64 values of 1024 characters: 0.8 MB at
+    most, escaped)."""
     size = len(json.dumps(event))
     if size <= MAX_EVENT_BYTES:
         return event
     payload = event["payload"]
+    annotations, group = payload["annotations"], payload["groupKey"]
     note = f" ... (cut by the planflow bridge: the event was {size} bytes as JSON)"
-    payload["annotations"] = {
-        k: v if len(v) <= ANNOTATION_KEPT else v[:ANNOTATION_KEPT] + note for k, v in payload["annotations"].items()
-    }
     payload["annotations_cut_from_bytes"] = size
-    return event
+    for kept in (ANNOTATION_KEPT, ANNOTATION_KEPT // 8, 0):
+        payload["annotations"] = {k: v if len(v) <= kept else v[:kept] + note for k, v in annotations.items()}
+        payload["groupKey"] = group if len(group) <= kept else group[:kept] + note
+        if len(json.dumps(event)) <= MAX_EVENT_BYTES:
+            return event
+    raise EventTooLarge(
+        f"alert {payload['labels'].get('alertname', '?')} (fingerprint {payload['fingerprint']}) makes an event of "
+        f"{len(json.dumps(event))} bytes as JSON without its annotations, over the bridge's {MAX_EVENT_BYTES}: its "
+        "labels are too long. Fix: shorter label values in its alert rule (a description belongs in annotations)"
+    )
+
+
+class EventTooLarge(ValueError):
+    """An alert whose event is over MAX_EVENT_BYTES even with its annotations cut."""
 
 
 def problems_of(exc: RequestValidationError) -> tuple[int, list[str]]:
