@@ -110,6 +110,8 @@ def test_a_newer_run_is_swapped_in_under_load_without_a_failed_request(service, 
             RECORD_GRACE_SECONDS + 30,
         )
         assert swapped, f"no swap to run {newer}; the service's logs:\n{_logs(log)}"
+        said = (StatePaths.discover().home / "serve" / str(port) / f"replica-{port + 1}.log").read_text()
+        assert "serving fraud-risk: run '" in said and f"({newer})" in said, said[-3000:]  # the swap is in its log
         swapped_at = load.result.ok
         assert wait_until(lambda: load.result.ok >= swapped_at + 100 or load.result.failed > 0, 30)
     finally:

@@ -15,6 +15,7 @@ temporary folder piled up, one per `planflow serve`).
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -50,9 +51,23 @@ def serve_one(
             "Fix: stop it, or choose another --port"
         )
     path = find_online_path(target)
+    _say_swaps()
     app = create_app(path, poll_seconds=poll_seconds, max_body_bytes=max_body_bytes, served=served)
     print(f"serving {target} on http://{host}:{port} (one process: its log is this terminal; Ctrl-C stops it)")
     uvicorn.run(app, host=host, port=port, http=ServingProtocol, log_level="warning", timeout_graceful_shutdown=5)
+
+
+def _say_swaps() -> None:
+    """The service's own lines (which run it loaded, each swap, a run that cannot be read)
+    in its log, this terminal or a replica's file: uvicorn's level (warning) kept them out,
+    so a promote, a demote or a new run changed the model without a line saying so."""
+    logger = logging.getLogger("planflow.serving")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
 
 
 def replica_arguments(
