@@ -236,10 +236,12 @@ class LogReporter(Reporter):
                 pp.plan.solver,
                 pp.plan.solve_seconds,
             )
+        count = len(run.plan.assignments)
         self.logger.info(
-            "Running %s (%d components, policy %s) with %s on pools %s",
+            "Running %s (%d component%s, policy %s) with %s on pools %s",
             run.pipeline.name,
-            len(run.plan.assignments),
+            count,
+            "" if count == 1 else "s",
             run.policy,
             dict(run.params),
             sorted({a.pool for a in run.plan.assignments.values()}),
