@@ -116,3 +116,46 @@ def test_the_integrity_check_is_made_at_most_once_per_interval(tmp_path, monkeyp
     monkeypatch.setattr(spool_module, "CHECK_SECONDS", 0.0)  # the interval passed: checked again
     assert spool.problem() is None and len(checks) == 2
     spool.close()
+
+
+def test_with_a_faked_prefect_a_5xx_amid_one_by_one_sends_loses_no_coalescing(tmp_path):
+    """Faked Prefect (httpx's MockTransport: a real server does not answer 422 to a batch
+    and then 503 to one event on demand). After a 422, the events go one by one; a 503
+    half-way left the rows sent before it forwarded but not coalesced, so they counted as
+    leaders never acted on (sent again after a Prefect restart)."""
+    import asyncio
+
+    import httpx
+    from prometheus_client import CollectorRegistry
+
+    from planflow.monitoring.bridge.forwarder import Forwarder
+    from planflow.monitoring.metrics import BridgeMetrics
+
+    spool = Spool(tmp_path / "spool.sqlite3")
+    for i in range(4):
+        _store(spool, f"a{i}", {**_event("a"), "id": f"a{i}"})
+    busy_once = {"a2"}
+
+    def prefect(request: httpx.Request) -> httpx.Response:
+        sent = json.loads(request.content)
+        if len(sent) > 1:
+            return httpx.Response(422, json={"detail": "one of them is bad"})
+        if sent[0]["id"] in busy_once:  # a coalesced event keeps its own id
+            busy_once.discard(sent[0]["id"])
+            return httpx.Response(503)
+        return httpx.Response(200)
+
+    forwarder = Forwarder(spool, BridgeMetrics(CollectorRegistry()), "http://prefect.invalid/api")
+
+    async def forward() -> None:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(prefect)) as http:
+            try:
+                await forwarder.forward_once(http)
+            except httpx.HTTPStatusError:
+                pass  # the 503: retried from there
+            await forwarder.forward_once(http)
+
+    asyncio.run(forward())
+    assert spool.pending(10) == []
+    assert [event_id for _, event_id in spool.unconfirmed(0)] == ["a0"]  # the rest went as coalesced into it
+    spool.close()

@@ -70,7 +70,11 @@ class Forwarder:
         events, coalesced = self.coalescer.plan(rows, time.time())
         response = await self._post(http, events)
         if response.status_code == 422:
-            # One bad event must not block the rest: send them one by one.
+            # One bad event must not block the rest: send them one by one. Each sent one is
+            # recorded with its coalescing at once: a 5xx further on (retried from there)
+            # had left the rows sent before it forwarded but not coalesced, so after a
+            # Prefect restart they counted as leaders never acted on and were sent again
+            leader_of = dict(coalesced)
             accepted = 0
             for row, event in zip(rows, events, strict=True):
                 single = await self._post(http, [event])
@@ -78,12 +82,13 @@ class Forwarder:
                     self.spool.mark([row.seq], error=single.text[:500])
                     self.metrics.forward_failures.inc()
                     log.error("Prefect refused event %s: %s", row.seq, single.text[:500])
-                else:
-                    single.raise_for_status()
-                    self.spool.mark([row.seq])
-                    accepted += 1
-            self.spool.coalesce(coalesced)
-            self.metrics.forwarded.inc(accepted)
+                    continue
+                single.raise_for_status()
+                self.spool.mark([row.seq])
+                if row.seq in leader_of:
+                    self.spool.coalesce([(row.seq, leader_of[row.seq])])
+                accepted += 1
+                self.metrics.forwarded.inc()
             return accepted
         response.raise_for_status()
         self.spool.mark([row.seq for row in rows])
