@@ -598,6 +598,16 @@ def test_ctrl_c_stops_a_run_and_its_isolated_steps_process_at_once(user_project,
     # the step's process, killed by planflow, is not said to be the OOM killer's work
     assert "was stopped: the run was interrupted" in output and "OOM killer" not in output, output[-3000:]
     assert "thread(s) of this process still running" in output and "leaving them" in output, output[-3000:]
+    # the in-process step's task run, left in its thread, is Crashed, not Running under the Crashed run for good
+    flow_run_id = re.search(rf"/flow-run/({UUID})", output.split("pipeline 'sleepy' was interrupted")[1]).group(1)
+    task_runs = httpx.post(
+        f"{cli_env['PREFECT_API_URL']}/task_runs/filter",
+        json={"flow_runs": {"id": {"any_": [flow_run_id]}}},
+        timeout=10,
+    ).json()
+    napper = [t for t in task_runs if t["name"].startswith("napper")]
+    assert napper and napper[0]["state"]["type"] == "CRASHED", [(t["name"], t["state"]["type"]) for t in task_runs]
+    assert "which Python cannot stop" in napper[0]["state"]["message"]
     bar = [line for line in output.splitlines() if line.startswith("sleepy ")]
     assert bar and bar[-1].rstrip().endswith("interrupted"), output[-3000:]
     gone = time.monotonic() + 10
