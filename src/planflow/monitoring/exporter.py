@@ -153,18 +153,13 @@ class Exporter:
 
     # -- reading ---------------------------------------------------------------------
     async def _runs(self, client: Any, flow_run_filter: Any, sort: Any = None) -> list[Any]:
-        runs: list[Any] = []
-        while len(runs) < self.max_runs:
-            page = await client.read_flow_runs(flow_run_filter=flow_run_filter, sort=sort, limit=PAGE, offset=len(runs))
-            runs.extend(page)
-            if len(page) < PAGE:
-                break
-        return runs
+        return await self._all(client.read_flow_runs, flow_run_filter=flow_run_filter, sort=sort)
 
     async def _all(self, read: Any, *args: Any, **kwargs: Any) -> list[Any]:
-        """Every item `read` pages through (PAGE at a time, up to max_runs): work pools,
-        queues and workers were read as their first page only, so past 200 some pools had
-        no queue-depth or late-run figures, and their alerts never fired."""
+        """Every item `read` pages through (PAGE at a time, up to max_runs): runs,
+        deployments, and work pools, queues and workers too (these were read as their first
+        page only, so past 200 some pools had no queue-depth or late-run figures, and their
+        alerts never fired)."""
         items: list[Any] = []
         while len(items) < self.max_runs:
             page = await read(*args, limit=PAGE, offset=len(items), **kwargs)
@@ -175,15 +170,9 @@ class Exporter:
 
     async def _deployments_per_pool(self, client: Any) -> dict[str, int]:
         counts: dict[str, int] = {}
-        offset = 0
-        while offset < self.max_runs:
-            page = await client.read_deployments(limit=PAGE, offset=offset)
-            for deployment in page:
-                pool = deployment.work_pool_name or ""
-                counts[pool] = counts.get(pool, 0) + 1
-            offset += len(page)
-            if len(page) < PAGE:
-                break
+        for deployment in await self._all(client.read_deployments):
+            pool = deployment.work_pool_name or ""
+            counts[pool] = counts.get(pool, 0) + 1
         return counts
 
     async def _names(self, client: Any, runs: list[Any]) -> None:
