@@ -21,7 +21,7 @@ import typing
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from pydantic import PydanticUserError, TypeAdapter, ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from planflow.core.steps import REQUIRED
 from planflow.core.wiring import Binding, Step
@@ -59,8 +59,8 @@ def _type_problem(value: Any, hint: Any) -> str | None:
         return None
     try:
         TypeAdapter(scalar).validate_python(value)
-    except (PydanticUserError, ValidationError) as exc:
-        return exc.errors(include_url=False)[0]["msg"] if isinstance(exc, ValidationError) else None
+    except ValidationError as exc:
+        return exc.errors(include_url=False)[0]["msg"]
     return None
 
 
@@ -68,7 +68,8 @@ def _type_name(hint: Any) -> str:
     return str(hint).replace("typing.", "") if typing.get_args(hint) else getattr(hint, "__name__", str(hint))
 
 
-def _negative(value: Any) -> bool:
+def negative_number(value: Any) -> bool:
+    """A number below 0 (a bool is no number here); what a `scales_with` parameter must not be."""
     return isinstance(value, int | float) and not isinstance(value, bool) and value < 0
 
 
@@ -102,7 +103,7 @@ def declared_value_problems(
                 example = f", e.g. {pname}: {default!r} (the function's default)" if default is not None else ""
                 said = f"step '{step.name}' takes {pname}: {_type_name(hint)} ({why})"
                 problems.append(f"{where}: {said}. {fix}{example}")
-            elif pname in scales and _negative(value):
+            elif pname in scales and negative_number(value):
                 problems.append(
                     f"{where}: step '{step.name}' scales its estimate with {pname} (scales_with), so it must be "
                     f">= 0. Fix: e.g. {pname}: {scales[pname]:g}"

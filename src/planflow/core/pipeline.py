@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from planflow.core.component import ISOLATION_CHOICES, Component, isolation_problems
-from planflow.core.declared_values import declared_value_problems
+from planflow.core.declared_values import declared_value_problems, negative_number
 from planflow.core.loading import import_object, pipeline_arguments, read_yaml, source_path
 from planflow.core.pipeline_file import (
     FIELD_HELP,
@@ -197,7 +197,7 @@ class Pipeline:
         problems = []
         for step, name, binding in self._scaling_bindings():
             value = resolved.get(binding.source) if binding.kind == "param" else None
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+            if negative_number(value):
                 problems.append(
                     f"parameter '{binding.source}'={value!r}: step '{step}' scales its estimate with it "
                     f"(scales_with={{{name!r}: ...}}), so it must be >= 0. "
