@@ -34,13 +34,18 @@ NEWER_SHOWN = 10  # the newer runs with the tags that the fix names (to serve th
 
 
 class PromoteError(Exception):
-    """What keeps a run from being promoted or demoted, with the fix."""
+    """What keeps a run from being promoted or demoted, with the fix; `code`: the exit code
+    (2 for a bad option, 1 for a run that cannot be)."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def _tags(given: list[str]) -> tuple[str, ...]:
     tags = tuple(dict.fromkeys(t.strip() for t in given))
     if not tags or any(not t for t in tags):
-        raise PromoteError("--tag '': a tag must not be empty. Fix: e.g. --tag release")
+        raise PromoteError("--tag '': a tag must not be empty. Fix: e.g. --tag release", code=2)
     return tags
 
 
@@ -147,7 +152,7 @@ def _run(run: str, tag: list[str], promote: bool) -> None:
     try:
         lines = asyncio.run(_change(run.strip(), _tags(tag), promote))
     except PromoteError as exc:
-        fail(str(exc), 2 if "--tag" in str(exc) else 1)
+        fail(str(exc), exc.code)
     for line in lines:
         say(line)
 
