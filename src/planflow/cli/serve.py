@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import typer
 
 from planflow.serving.app import DEFAULT_MAX_BODY_BYTES
-from planflow.serving.loader import ServedRuns, missing_deployment
-from planflow.serving.path import OnlinePathError, find_online_path
+from planflow.serving.loader import ServedRuns
+from planflow.serving.path import OnlinePathError
 from planflow.serving.replicas import ServeError, serve_one, serve_replicas
 from planflow.serving.swap import check_poll_seconds
 
@@ -47,16 +45,10 @@ def serve(
         raise typer.Exit(2)
     try:
         check_poll_seconds(poll_seconds)
-        path = find_online_path(target)
-        if served.deployment:  # a name that matches no deployment was never ready, and said to run it
-            problem = asyncio.run(missing_deployment(path.pipeline.name, served.deployment))
-            if problem:
-                typer.echo(f"planflow serve: {problem}", err=True)
-                raise typer.Exit(2)
         if replicas == 1:
             serve_one(target, host, port, poll_seconds, max_body_bytes, served)
         else:
             serve_replicas(target, host, port, replicas, poll_seconds, max_body_bytes, served=served)
     except (OnlinePathError, ServeError, ValueError, LookupError) as exc:
         typer.echo(f"planflow serve: {exc}", err=True)
-        raise typer.Exit(1) from None
+        raise typer.Exit(getattr(exc, "code", 1)) from None

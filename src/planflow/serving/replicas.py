@@ -15,6 +15,7 @@ temporary folder piled up, one per `planflow serve`).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import shutil
@@ -27,8 +28,8 @@ import uvicorn
 
 from planflow.ops.processes import log_tail, port_in_use, spawn, stop_process, wait_until
 from planflow.serving.app import BODY_SECONDS, create_app
-from planflow.serving.loader import ServedRuns
-from planflow.serving.path import find_online_path
+from planflow.serving.loader import ServedRuns, missing_deployment
+from planflow.serving.path import OnlinePath, find_online_path
 from planflow.serving.probes import answers
 from planflow.serving.single_write import ServingProtocol
 from planflow.settings import StatePaths, make_private_dir, write_private
@@ -38,19 +39,35 @@ SUPERVISE_SECONDS = 0.5
 
 
 class ServeError(RuntimeError):
-    """The service could not start; the message says why and what to do."""
+    """The service could not start; the message says why and what to do. `code`: the exit
+    code (2: an option names what does not exist)."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _check_deployment(path: OnlinePath, served: ServedRuns) -> None:
+    """ServeError (code 2) when --deployment names no deployment of the pipeline: such a
+    service started and was never ready, telling to run a deployment that does not exist."""
+    if served.deployment:
+        problem = asyncio.run(missing_deployment(path.pipeline.name, served.deployment))
+        if problem:
+            raise ServeError(problem, code=2)
 
 
 def serve_one(
     target: str, host: str, port: int, poll_seconds: float, max_body_bytes: int, served: ServedRuns = ServedRuns()
 ) -> None:
-    """Serve `target` in this process until interrupted."""
+    """Serve `target` in this process until interrupted (a replica of `serve_replicas`, or
+    a pod of its own: each checks the deployment it is given, one read at its start)."""
     if port_in_use(host, port):  # before anything loads, in the words of --replicas
         raise ServeError(
             f"port {port} on {host} is already in use (another `planflow serve`?). "
             "Fix: stop it, or choose another --port"
         )
     path = find_online_path(target)
+    _check_deployment(path, served)
     _say_swaps()
     app = create_app(path, poll_seconds=poll_seconds, max_body_bytes=max_body_bytes, served=served)
     print(f"serving {target} on http://{host}:{port} (one process: its log is this terminal; Ctrl-C stops it)")
@@ -184,6 +201,7 @@ def serve_replicas(
             "Fix: stop it, or choose another --port"
         )
     online = find_online_path(target)  # a bad target fails here, once, not in every replica
+    _check_deployment(online, served)
     haproxy = haproxy_binary()
     work = logs_folder(port)
     config = work / "haproxy.cfg"
