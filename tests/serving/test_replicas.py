@@ -6,12 +6,21 @@ from __future__ import annotations
 import os
 import socket
 import stat
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from planflow.ops.processes import spawn
-from planflow.serving.replicas import ServeError, logs_folder, serve_one, serve_replicas
+from planflow.serving.replicas import (
+    ServeError,
+    haproxy_binary,
+    haproxy_config,
+    logs_folder,
+    serve_one,
+    serve_replicas,
+)
 from planflow.settings import StatePaths
 
 
@@ -63,28 +72,32 @@ def test_a_background_services_log_is_private(tmp_path):
     assert log.read_text() == "hello\n" and stat.S_IMODE(log.stat().st_mode) == 0o600
 
 
+def _haproxy(tmp_path: Path, port: int) -> subprocess.Popen:
+    """HAProxy on `port` as `planflow serve --replicas 2` configures it (replicas on the next two
+    ports; bodies of at most 1024 bytes, batches of 4), its configuration checked first."""
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(haproxy_config("127.0.0.1", port, [port + 1, port + 2], max_body_bytes=1024, max_batch=4))
+    checked = subprocess.run([haproxy_binary(), "-c", "-f", str(config)], capture_output=True, text=True, timeout=30)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    return spawn([haproxy_binary(), "-db", "-f", str(config)], tmp_path / "haproxy.log", os.environ, tmp_path)
+
+
 def test_haproxy_itself_refuses_a_body_over_the_limit_and_a_slow_one_with_the_replicas_json(tmp_path):
     """A replica refused an oversized body by its Content-Length and closed the connection
     with the body unsent; HAProxy, still sending it, often lost the 413 (no answer for 8 of
     20 bodies of 3 MB). And a slow body got HAProxy's HTML 408 after 30 s where a replica
     answers JSON after 10 s. HAProxy now answers both itself (no replica runs here)."""
-    import subprocess
     import time
 
     import httpx
 
     from planflow.serving.app import BODY_SECONDS
-    from planflow.serving.replicas import haproxy_binary, haproxy_config
 
     from tests.serving.conftest import free_block, need_haproxy
 
     need_haproxy()
     port = free_block(3)
-    config = tmp_path / "haproxy.cfg"
-    config.write_text(haproxy_config("127.0.0.1", port, [port + 1, port + 2], max_body_bytes=1024, max_batch=4))
-    checked = subprocess.run([haproxy_binary(), "-c", "-f", str(config)], capture_output=True, text=True, timeout=30)
-    assert checked.returncode == 0, checked.stdout + checked.stderr
-    balancer = spawn([haproxy_binary(), "-db", "-f", str(config)], tmp_path / "haproxy.log", os.environ, tmp_path)
+    balancer = _haproxy(tmp_path, port)
     try:
         url = f"http://127.0.0.1:{port}/predict"
         deadline = time.monotonic() + 10
@@ -118,14 +131,11 @@ def test_haproxy_sends_a_failing_request_to_the_model_once_and_retries_a_replica
     the model raise ran it 4 times (2 on each replica). Now a 500 is answered as it is, and
     a 503 (a replica loading its model) is sent to the other replica. The replicas here are
     two small HTTP servers of this test (counting the requests they get), not planflow's."""
-    import subprocess
     import threading
     import time
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     import httpx
-
-    from planflow.serving.replicas import haproxy_binary, haproxy_config
 
     from tests.serving.conftest import free_block, need_haproxy
 
@@ -160,11 +170,7 @@ def test_haproxy_sends_a_failing_request_to_the_model_once_and_retries_a_replica
     servers = [ThreadingHTTPServer(("127.0.0.1", p), Replica) for p in (port + 1, port + 2)]
     for server in servers:
         threading.Thread(target=server.serve_forever, daemon=True).start()
-    config = tmp_path / "haproxy.cfg"
-    config.write_text(haproxy_config("127.0.0.1", port, [port + 1, port + 2], max_body_bytes=1024, max_batch=4))
-    checked = subprocess.run([haproxy_binary(), "-c", "-f", str(config)], capture_output=True, text=True, timeout=30)
-    assert checked.returncode == 0, checked.stdout + checked.stderr
-    balancer = spawn([haproxy_binary(), "-db", "-f", str(config)], tmp_path / "haproxy.log", os.environ, tmp_path)
+    balancer = _haproxy(tmp_path, port)
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 20
