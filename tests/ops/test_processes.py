@@ -4,13 +4,16 @@ stopping a group (with SIGKILL when SIGTERM is ignored), and the bounded wait.""
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import time
 
+import psutil
 import pytest
 
 from planflow.ops.processes import (
     children,
+    command_line,
     read_pid_file,
     same_process,
     spawn,
@@ -131,3 +134,20 @@ def test_a_child_spawned_to_die_with_its_parent_ends_when_the_parent_is_killed(t
     finally:
         parent.kill()
         parent.wait(10)
+
+
+def test_a_process_just_started_is_known_by_its_command_line():
+    """Popen returns when the child's close-on-exec pipe closes, a moment before the
+    kernel sets its new command line: psutil then reads an empty one (1 start in 50 to 500
+    here). The identity check must wait that moment out, not call the process another
+    program (the remediation worker's test failed in CI on it)."""
+    missed = []
+    for _ in range(1000):
+        process = subprocess.Popen(["/bin/sh", "-c", "sleep 30", "planflow-test-marker"], start_new_session=True)
+        try:
+            if not same_process(process.pid, marker="planflow-test-marker"):
+                missed.append(command_line(psutil.Process(process.pid), within=0))
+        finally:
+            process.kill()
+            process.wait()
+    assert not missed, f"{len(missed)} of 1000 just-started processes not known by their command line: {missed[:3]}"

@@ -10,6 +10,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from planflow.ops.processes import command_line
 from planflow.remediation import automations
 
 from tests.remediation.conftest import alerts_off
@@ -139,7 +140,7 @@ def test_worker_up_is_idempotent_and_down_stops_it(registered_blocks):
             f"a second worker ({again}) was started beside {pid}; "
             f"worker log:\n{log.read_text()[-3000:] if log.exists() else '-'}"
         )
-        assert process.is_running() and "planflow.remediation.worker" in " ".join(process.cmdline())
+        assert process.is_running() and "planflow.remediation.worker" in " ".join(command_line(process))
     finally:
         assert automations.worker_down(paths)
     assert not process.is_running() or process.status() == psutil.STATUS_ZOMBIE

@@ -107,6 +107,19 @@ def start_ticks(pid: int) -> int | None:
         return None
 
 
+def command_line(process: psutil.Process, within: float = 2.0) -> list[str]:
+    """`process`'s command line. A process in the middle of exec has an empty one for a
+    moment (the kernel sets it after the close-on-exec pipe that ends `Popen` is
+    closed), so an empty one is read again for up to `within` seconds."""
+    retrying = Retrying(
+        stop=stop_after_delay(within),
+        wait=wait_fixed(0.02),
+        retry=retry_if_result(lambda line: not line),
+        retry_error_callback=lambda state: state.outcome.result(),
+    )
+    return retrying(process.cmdline)
+
+
 def same_process(pid: int, started: int | None = None, marker: str | None = None) -> bool:
     """`pid` runs, is no zombie, started at `started` (from `start_ticks`) when given,
     and has `marker` in its command line when given."""
@@ -117,7 +130,7 @@ def same_process(pid: int, started: int | None = None, marker: str | None = None
                 return False
             if started is not None and _ticks(process) != started:
                 return False
-            return marker is None or marker in "\0".join(process.cmdline())
+            return marker is None or marker in "\0".join(command_line(process))
     except psutil.Error:
         return False
 

@@ -32,7 +32,7 @@ import psutil
 from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_fixed
 
 from planflow.ops.postgres import Cluster, PostgresError
-from planflow.ops.processes import free_port, port_in_use  # noqa: F401 (free_port: re-exported, the tests and benchmarks take it from here)
+from planflow.ops.processes import command_line, free_port, port_in_use  # noqa: F401 (free_port: re-exported, the tests and benchmarks take it from here)
 from planflow.settings import (
     DEFAULT_HOST,
     DEFAULT_PORT,
@@ -71,7 +71,7 @@ def _server_process(pid: int, started: float | None = None) -> psutil.Process | 
             return None
         if started is not None and abs(process.create_time() - started) > 1.0:
             return None
-        if not any("prefect" in part for part in process.cmdline()):
+        if not any("prefect" in part for part in command_line(process)):
             return None
     except psutil.AccessDenied:
         return psutil.Process(pid)  # someone else's process: it exists, we cannot tell more
