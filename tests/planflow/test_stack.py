@@ -50,6 +50,17 @@ def test_lifecycle_up_twice_status_stale_pid_and_down(tmp_path, user_state):
     second = stack.up(paths, port=port)  # idempotent: the same process is reused
     assert second.pid == first.pid
 
+    # The wall clock steps an hour (a new VM's first time sync): the start times recorded
+    # no longer match psutil's, whose epoch time moves with the clock. The server is known
+    # by its start in ticks since boot, which do not move; status, up and down still find it.
+    servers_file = user_state / "planflow" / "servers.json"
+    for file, entry in ((paths.server_file, lambda r: r), (servers_file, lambda r: r["servers"][str(port)])):
+        shifted = json.loads(file.read_text())
+        entry(shifted)["started"] -= 3600
+        file.write_text(json.dumps(shifted))
+    assert stack.status(paths).running
+    assert stack.up(paths, port=port).pid == first.pid
+
     stack.down(paths)
     assert not stack.healthy(first.url)
     assert stack.status(paths).state == "stopped"

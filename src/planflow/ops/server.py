@@ -21,7 +21,7 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +32,7 @@ import psutil
 from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_fixed
 
 from planflow.ops.postgres import Cluster, PostgresError
-from planflow.ops.processes import command_line, free_port, port_in_use  # noqa: F401 (free_port: re-exported, the tests and benchmarks take it from here)
+from planflow.ops.processes import command_line, free_port, port_in_use, start_ticks  # noqa: F401 (free_port: re-exported, the tests and benchmarks take it from here)
 from planflow.settings import (
     DEFAULT_HOST,
     DEFAULT_PORT,
@@ -62,14 +62,20 @@ class ServerStatus:
         return self.state == "running"
 
 
-def _server_process(pid: int, started: float | None = None) -> psutil.Process | None:
-    """The live Prefect process `pid` (started at `started`, when known); None when it
-    is gone, a zombie, or a recycled pid that now belongs to another program."""
+def _server_process(pid: int, record: Mapping[str, Any] | None = None) -> psutil.Process | None:
+    """The live Prefect process `pid` (the one `record` names, when given: its start in
+    ticks since boot, which a change of the wall clock does not move, or for a record of
+    an older planflow its start time); None when it is gone, a zombie, or a recycled pid
+    that now belongs to another program."""
+    record = record or {}
     try:
         process = psutil.Process(pid)
         if process.status() == psutil.STATUS_ZOMBIE:
             return None
-        if started is not None and abs(process.create_time() - started) > 1.0:
+        if record.get("started_ticks") is not None:
+            if start_ticks(pid) != record["started_ticks"]:
+                return None
+        elif record.get("started") is not None and abs(process.create_time() - record["started"]) > 1.0:
             return None
         if not any("prefect" in part for part in command_line(process)):
             return None
@@ -80,8 +86,8 @@ def _server_process(pid: int, started: float | None = None) -> psutil.Process | 
     return process
 
 
-def _pid_alive(pid: int, started: float | None = None) -> bool:
-    return _server_process(pid, started) is not None
+def _pid_alive(pid: int, record: Mapping[str, Any] | None = None) -> bool:
+    return _server_process(pid, record) is not None
 
 
 def _read_pid(paths: StatePaths) -> int | None:
@@ -131,7 +137,7 @@ def status(paths: StatePaths | None = None) -> ServerStatus:
     url = record.get("url")
     if pid is None:
         return ServerStatus("stopped", None, None, "not running (`planflow server up` starts it)")
-    if not _pid_alive(pid, record.get("started")):
+    if not _pid_alive(pid, record):
         return ServerStatus("stale", url, pid, f"pid {pid} in {paths.pid_file} is not running")
     if url and healthy(url):
         return ServerStatus("running", url, pid)
@@ -235,8 +241,8 @@ def _servers_record() -> Iterator[dict[str, Any]]:
         os.fchmod(descriptor, 0o600)
 
 
-def _remember(paths: StatePaths, host: str, port: int, pid: int, started: float) -> None:
-    entry = {"project": str(paths.project), "home": str(paths.home), "host": host, "pid": pid, "started": started}
+def _remember(paths: StatePaths, host: str, port: int, pid: int, identity: Mapping[str, Any]) -> None:
+    entry = {"project": str(paths.project), "home": str(paths.home), "host": host, "pid": pid, **identity}
     with _servers_record() as servers:
         servers[str(port)] = entry
 
@@ -253,7 +259,7 @@ def port_owner(port: int) -> dict[str, Any] | None:
         return None
     with _servers_record() as servers:
         entry = servers.get(str(port))
-        if entry and _pid_alive(int(entry.get("pid", 0)), entry.get("started")):
+        if entry and _pid_alive(int(entry.get("pid", 0)), entry):
             return entry
         servers.pop(str(port), None)  # a server that is gone
     return None
@@ -318,7 +324,7 @@ def up(
     if port_in_use(host, port):
         owner = port_owner(port)
         if owner is not None and owner["home"] == str(paths.home):  # ours, its pid file lost: adopt it
-            _write_state(paths, owner["host"], port, owner["pid"], owner["started"])
+            _write_state(paths, owner["host"], port, owner["pid"])
             return status(paths)
         raise _port_taken(paths, host, port)
 
@@ -352,7 +358,7 @@ def up(
             start_new_session=True,
             cwd=paths.home,
         )
-    _write_state(paths, host, port, process.pid, psutil.Process(process.pid).create_time(), db)
+    _write_state(paths, host, port, process.pid, db)
     if not _wait_healthy(url, process.pid, timeout):
         down(paths)
         raise StackError(
@@ -362,12 +368,15 @@ def up(
     return status(paths)
 
 
-def _write_state(paths: StatePaths, host: str, port: int, pid: int, started: float, db: str = "sqlite") -> None:
-    """The pid file and server.json (0600), and this server's line in the per-user record."""
+def _write_state(paths: StatePaths, host: str, port: int, pid: int, db: str = "sqlite") -> None:
+    """The pid file and server.json (0600), and this server's line in the per-user record;
+    the process is known again by its start (`started_ticks`: ticks since boot, as
+    processes.start_ticks; `started`, the wall-clock time, for people and older planflows)."""
     write_private(paths.pid_file, str(pid))
-    record = {"url": server_url(host, port), "host": host, "port": port, "pid": pid, "started": started, "db": db}
+    identity = {"started": psutil.Process(pid).create_time(), "started_ticks": start_ticks(pid)}
+    record = {"url": server_url(host, port), "host": host, "port": port, "pid": pid, **identity, "db": db}
     write_private(paths.server_file, json.dumps(record, indent=2))
-    _remember(paths, host, port, pid, started)
+    _remember(paths, host, port, pid, identity)
 
 
 def _wait_healthy(url: str, pid: int | None, timeout: float) -> bool:
@@ -395,7 +404,7 @@ def down(paths: StatePaths | None = None, timeout: float = 20.0) -> ServerStatus
     its pid files and its line in the per-user record."""
     paths = paths or StatePaths.discover()
     pid = _read_pid(paths)
-    process = _server_process(pid, paths.recorded().get("started")) if pid is not None else None
+    process = _server_process(pid, paths.recorded()) if pid is not None else None
     if process is not None:
         _signal_group(process.pid, signal.SIGTERM)
         try:
