@@ -24,7 +24,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 SMALL = {"n_customers": 500, "n_merchants": 200, "n_days": 30}
 
-from planflow.ops.server import free_port  # noqa: E402  (imports no Prefect)
+from planflow.ops.processes import free_block  # noqa: E402  (imports no Prefect)
 
 from bench.tempserver import TempServer  # noqa: E402  (imports no Prefect)
 
@@ -65,23 +64,6 @@ def record() -> dict:
     features = steps.features(steps.transactions(n_customers=50, n_merchants=30, n_days=10))
     row = features.select("txn_id", *steps.FEATURE_COLUMNS).row(-1, named=True)
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
-
-
-def free_block(size: int) -> int:
-    for _ in range(50):
-        base = free_port()
-        if all(_free(base + i) for i in range(size)):
-            return base
-    raise SystemExit(f"no {size} consecutive free ports")
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def start(command: list[str], url: str, log: Path, timeout: float = 120) -> subprocess.Popen:

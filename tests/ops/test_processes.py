@@ -14,6 +14,9 @@ import pytest
 from planflow.ops.processes import (
     children,
     command_line,
+    ephemeral_low,
+    free_block,
+    free_port,
     read_pid_file,
     same_process,
     spawn,
@@ -151,3 +154,16 @@ def test_a_process_just_started_is_known_by_its_command_line():
             process.kill()
             process.wait()
     assert not missed, f"{len(missed)} of 1000 just-started processes not known by their command line: {missed[:3]}"
+
+
+def test_free_ports_are_below_the_ephemeral_range_and_never_handed_out_twice():
+    """A port from bind(0) is one the kernel also hands to outgoing connections and other
+    bind(0)s (it handed the same one twice in 3 of 4000 groups of five here): a server
+    started a few seconds later could find it taken. Ports come from below that range,
+    and one process never gets the same one twice."""
+    low = ephemeral_low()
+    ports = [free_port() for _ in range(300)]
+    assert len(set(ports)) == len(ports), "a port was handed out twice"
+    assert all(10000 <= p < low for p in ports), [p for p in ports if not 10000 <= p < low][:5]
+    base = free_block(3)
+    assert base + 2 < low and not {base, base + 1, base + 2} & set(ports)

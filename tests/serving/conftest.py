@@ -6,9 +6,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
-import random
 import shutil
-import socket
 import sys
 from pathlib import Path
 
@@ -16,14 +14,11 @@ import pytest
 from prefect.client.orchestration import get_client
 
 from planflow.core import discovery
-from planflow.ops.processes import log_tail, spawn, stop_process, wait_until
-from planflow.ops.server import free_port
+from planflow.ops.processes import free_block, log_tail, spawn, stop_process, wait_until
 from planflow.serving.loader import LoadedRun, read_latest_run
 from planflow.serving.probes import ready
 
 from tests.conftest import IN_CI
-
-PORTS_FROM = 10000  # free_block picks from here up to the ephemeral range
 
 ROOT = Path(__file__).parents[2]
 SMALL = {"n_customers": 200, "n_merchants": 120, "n_days": 30, "max_iter": 60}
@@ -56,37 +51,6 @@ def fraud_run(registered_blocks) -> LoadedRun:
     """The shared training run, with the batch outputs the tests compare against."""
     train()
     return read_run(["features", "scores", "decisions"])
-
-
-def free_block(size: int) -> int:
-    """A port p with p .. p+size-1 all free on loopback, below the kernel's ephemeral
-    range: an outgoing connection takes its local port from that range, and in CI one
-    took a replica's port between this check and the replica's bind (2026-12-04:
-    "address already in use", three tests lost)."""
-    rng = random.Random()
-    low = _ephemeral_low()
-    for _ in range(200):
-        base = rng.randrange(PORTS_FROM, low - size) if low - size > PORTS_FROM else free_port("127.0.0.1")
-        if base + size < 65535 and all(_free(base + i) for i in range(size)):
-            return base
-    raise RuntimeError(f"no {size} consecutive free ports on 127.0.0.1")
-
-
-def _ephemeral_low(path: str = "/proc/sys/net/ipv4/ip_local_port_range") -> int:
-    """The first port the kernel hands to outgoing connections (32768 where it cannot say)."""
-    try:
-        return int(Path(path).read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def need_haproxy() -> None:

@@ -91,9 +91,10 @@ def test_haproxy_itself_refuses_a_body_over_the_limit_and_a_slow_one_with_the_re
 
     import httpx
 
+    from planflow.ops.processes import free_block
     from planflow.serving.app import BODY_SECONDS
 
-    from tests.serving.conftest import free_block, need_haproxy
+    from tests.serving.conftest import need_haproxy
 
     need_haproxy()
     port = free_block(3)
@@ -137,7 +138,9 @@ def test_haproxy_sends_a_failing_request_to_the_model_once_and_retries_a_replica
 
     import httpx
 
-    from tests.serving.conftest import free_block, need_haproxy
+    from planflow.ops.processes import free_block
+
+    from tests.serving.conftest import need_haproxy
 
     need_haproxy()
     port = free_block(3)

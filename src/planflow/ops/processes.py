@@ -11,10 +11,12 @@ Prefect, so the Prefect server's own supervision can use it before Prefect is im
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -228,8 +230,53 @@ def port_in_use(host: str, port: int) -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
+PORTS_FROM = 10000  # free ports are picked from here up to the kernel's ephemeral range
+_handed_out: set[int] = set()  # ports this process handed out: never handed out twice
+_handed_lock = threading.Lock()
+
+
 def free_port(host: str = DEFAULT_HOST) -> int:
-    """A TCP port nobody listens on right now (for tests and benchmarks)."""
+    """A TCP port nobody listens on right now, for a server started next."""
+    return free_block(1, host)
+
+
+def free_block(size: int, host: str = DEFAULT_HOST) -> int:
+    """A port p with p .. p+size-1 all free on `host`, none handed out before by this
+    process. Picked at random below the kernel's ephemeral range: a port the kernel
+    chose (bind to port 0) is one it hands to outgoing connections and to other bind(0)s,
+    so it could be taken between this check and the server's bind (in CI: "address
+    already in use"), and it handed the same one out twice in a row (3 in 4000 groups of
+    five)."""
+    rng = random.Random()
+    low = ephemeral_low()
+    with _handed_lock:
+        for _ in range(200):
+            base = rng.randrange(PORTS_FROM, low - size) if low - size > PORTS_FROM else _kernel_port(host)
+            block = range(base, base + size)
+            if base + size < 65535 and _handed_out.isdisjoint(block) and all(_bindable(host, p) for p in block):
+                _handed_out.update(block)
+                return base
+    raise RuntimeError(f"no {size} consecutive free TCP ports on {host} after 200 tries")
+
+
+def ephemeral_low(path: str = "/proc/sys/net/ipv4/ip_local_port_range") -> int:
+    """The first port the kernel hands to outgoing connections (32768 where it cannot say)."""
+    try:
+        return int(Path(path).read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def _kernel_port(host: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
+
+
+def _bindable(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
