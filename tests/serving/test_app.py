@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -326,17 +328,28 @@ def test_a_prefect_api_out_of_reach_is_named_while_the_loaded_model_is_served():
     swapper.current = LoadedRun("earlier", "earlier-run", None, {"scale": 3.0})
     swapper.problem = None
 
-    async def one_poll() -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(swapper.poll(0.2), 2.0)
+    async def poll_until(done: Callable[[], bool], bound: float = 30.0) -> bool:
+        """The swapper polls until `done()` (True) or `bound` s pass (False). A check
+        against a closed port takes 1.5-2 s at least (the client's connection retries)."""
+        poller = asyncio.ensure_future(swapper.poll(0.2))
+        try:
+            deadline = time.monotonic() + bound
+            while not done():
+                if time.monotonic() > deadline:
+                    return False
+                await asyncio.sleep(0.05)
+            return True
+        finally:
+            poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await poller
 
     closed = f"http://127.0.0.1:{free_port()}/api"  # nothing listens there
     with temporary_settings(updates={PREFECT_API_URL: closed, PREFECT_CLIENT_MAX_RETRIES: 0}):
-        asyncio.run(one_poll())
-    assert swapper.problem is not None and "cannot reach the Prefect API" in swapper.problem, swapper.problem
+        assert asyncio.run(poll_until(lambda: swapper.problem is not None)), "no problem named within 30 s"
+    assert "cannot reach the Prefect API" in swapper.problem, swapper.problem
     assert "still serving run 'earlier-run'" in swapper.problem and "Fix:" in swapper.problem
-    asyncio.run(one_poll())  # the API answers again
-    assert swapper.problem is None
+    assert asyncio.run(poll_until(lambda: swapper.problem is None)), swapper.problem  # the API answers again
     assert swapper.current is not None and swapper.current.flow_run_name == "earlier-run"
 
 
