@@ -173,3 +173,41 @@ def test_a_server_whose_pid_file_was_lost_is_adopted_not_reported(project_a):
     assert stack.status(paths).state == "stopped"
     again = stack.up(paths, port=port)
     assert again.running and again.pid == state.pid and again.url == state.url
+
+
+def test_a_busy_server_is_waited_for_and_a_closed_port_is_not():
+    """`answers` (what commands ask before they use PREFECT_API_URL): a health check that
+    takes longer than the 2 s probe (a busy server on a loaded machine) is asked again
+    until it is answered; a port nothing listens on is refused at once, not waited on."""
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    asked: list[float] = []
+
+    class SlowFirst(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            asked.append(time.monotonic())
+            if len(asked) == 1:
+                time.sleep(3)  # the first check outlasts the probe's 2 s
+            self.send_response(200 if self.path == "/api/health" else 404)
+            self.send_header("Content-Length", "4")
+            self.end_headers()
+            self.wfile.write(b"true")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), SlowFirst)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/api"
+    try:
+        assert stack.answers(url, within=30)
+        assert len(asked) >= 2, "the slow first check was not cut and asked again"
+    finally:
+        server.shutdown()
+        server.server_close()
+    closed = f"http://127.0.0.1:{free_port()}/api"
+    started = time.monotonic()
+    assert not stack.answers(closed, within=60)
+    assert time.monotonic() - started < 30, "a closed port was waited on as if the server were busy"

@@ -99,11 +99,32 @@ def _read_pid(paths: StatePaths) -> int | None:
 
 def healthy(url: str, timeout: float = 2.0) -> bool:
     """True when the Prefect API at `url` (ending in /api) answers its health check."""
+    return _health(url, timeout) == "healthy"
+
+
+def answers(url: str, within: float = 15.0, timeout: float = 2.0) -> bool:
+    """`healthy`, patient with a busy server: a health check that times out or is not
+    answered 200 is asked again for up to `within` s (a server on a loaded machine can
+    take more than 2 s); a refused connection (nothing listens there) is final at once."""
+    retrying = Retrying(
+        stop=stop_after_delay(within),
+        wait=wait_fixed(0.5),
+        retry=retry_if_result(lambda outcome: outcome == "slow"),
+        retry_error_callback=lambda state: state.outcome.result(),
+    )
+    return retrying(_health, url, timeout) == "healthy"
+
+
+def _health(url: str, timeout: float) -> str:
+    """One health check: "healthy", "refused" (nothing listens, or no such host) or "slow" (no answer in
+    `timeout` s, or not a 200)."""
     try:
         response = httpx.get(f"{url.rstrip('/')}/health", timeout=timeout)
+    except httpx.ConnectError:
+        return "refused"
     except httpx.HTTPError:
-        return False
-    return response.status_code == 200
+        return "slow"
+    return "healthy" if response.status_code == 200 else "slow"
 
 
 def auth_refused(url: str, timeout: float = 2.0) -> bool:
