@@ -26,6 +26,32 @@ def test_up_is_idempotent_and_everything_listens_on_loopback(monitoring_stack):
     assert token["status"] == "ok"
 
 
+def test_up_waits_for_a_live_service_that_does_not_answer_yet_instead_of_restarting_it(monitoring_stack):
+    """A service whose process runs but whose health check is not answered (busy on a
+    loaded machine, or still starting under another `stack up`) is given the timeout;
+    `stack up` restarted it at the first missed check. Made real by stopping the
+    Pushgateway's process (SIGSTOP) for 8 s."""
+    import contextlib
+    import os
+    import signal
+    import threading
+
+    paths, started = monitoring_stack
+    ports = json.loads(services.services_file(paths).read_text())["ports"]
+    pid = services.status(paths)["pushgateway"].pid
+    os.kill(pid, signal.SIGSTOP)
+    resume = threading.Timer(8.0, os.kill, (pid, signal.SIGCONT))
+    resume.start()
+    try:
+        assert services.status(paths)["pushgateway"].state == "unhealthy"
+        again = services.up(paths, profile="fast", ports=ports, timeout=60)
+    finally:
+        resume.cancel()
+        with contextlib.suppress(ProcessLookupError):  # (restarted: that process is gone)
+            os.kill(pid, signal.SIGCONT)
+    assert again["pushgateway"].running and again["pushgateway"].pid == pid, again["pushgateway"]
+
+
 def _failure_rate_rule(prometheus_url: str) -> str:
     groups = httpx.get(f"{prometheus_url}/api/v1/rules", timeout=10).json()["data"]["groups"]
     return next(r["query"] for g in groups for r in g["rules"] if r["name"] == "PlanflowPoolFailureRateHigh")

@@ -231,6 +231,13 @@ def _start(name: str, paths: StatePaths, ports: dict[str, int], configs: dict, t
     current = status(paths)[name]
     if current.running:
         return current
+    if current.state == "unhealthy" and current.url:
+        # Alive, not answering: still starting (another `stack up`) or busy on a loaded
+        # machine, as often as hung. It gets the timeout before it is restarted.
+        url, auth = current.url, _auth_for(paths, name)
+        wait_until(lambda: _healthy(url, name, auth) or not _live_pid(paths, name)[1], timeout)
+        if _live_pid(paths, name)[1] and _healthy(url, name, auth):
+            return ServiceStatus(name, "running", url, current.pid)
     if current.pid is not None:
         stop(name, paths)
     if port_in_use(HOST, ports[name]):
