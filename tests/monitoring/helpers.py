@@ -11,6 +11,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpx
 import pytest
 
 from planflow.monitoring.events import read_events  # noqa: F401  (re-exported for the tests)
@@ -65,15 +66,14 @@ SERVING_JOB = "planflow-serving"
 def stack_targets_up(prometheus_url: str, expected: int | None = None) -> bool:
     """Every scrape target of the stack is up (the serving replicas' aside); `expected`:
     how many there must be."""
-    import httpx
-
     found = httpx.get(f"{prometheus_url}/api/v1/targets", timeout=5).json()["data"]["activeTargets"]
     stack = [t for t in found if t.get("labels", {}).get("job") != SERVING_JOB]
     return (expected is None or len(stack) == expected) and all(t["health"] == "up" for t in stack)
 
 
-# The one bounded wait (planflow.ops.waiting), failing the test, polling faster than the stack's.
-wait_for = functools.partial(waiting.wait_for, interval=0.25, error=AssertionError)
+# The one bounded wait (planflow.ops.waiting), failing the test, polling faster than the
+# stack's; a check whose request to a busy service fails (a timeout, a reset) asks again.
+wait_for = functools.partial(waiting.wait_for, interval=0.25, error=AssertionError, retry_on=(httpx.TransportError,))
 
 
 def alert(

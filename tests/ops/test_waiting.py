@@ -35,3 +35,23 @@ def test_an_exception_of_the_check_ends_the_wait_at_once():
 
     with pytest.raises(ValueError, match="500"):
         wait_for(broken, 60, "an answer")
+
+
+def test_an_exception_named_in_retry_on_is_a_false_answer_and_is_named_at_the_timeout():
+    calls = itertools.count(1)
+
+    def flaky() -> int:
+        n = next(calls)
+        if n < 3:
+            raise ConnectionResetError("busy")
+        return n
+
+    assert wait_for(flaky, 5, "an answer", interval=0, retry_on=(ConnectionError,)) == 3
+
+    def refused() -> None:
+        raise ConnectionRefusedError("nothing listens")
+
+    with pytest.raises(WaitTimeoutError, match=r"waiting for an answer \(last: ConnectionRefusedError"):
+        wait_for(refused, 0.2, "an answer", interval=0.05, retry_on=(ConnectionError,))
+    with pytest.raises(ValueError):  # not named: still ends the wait at once
+        wait_for(lambda: int("x"), 60, "an answer", retry_on=(ConnectionError,))
