@@ -25,6 +25,7 @@ from planflow.core.component import component
 from planflow.core.pipeline import Pipeline
 from planflow.core.pipeline import Step as PipelineStep
 from planflow.monitoring.metrics import RunRecorder
+from planflow.ops.processes import wait_until
 from planflow.planner import Step
 from planflow.prefect.calendar_store import CalendarEntry
 from planflow.runtime.calendar import Reservation, ahead_of, capacity_steps, held_intervals, reservations
@@ -339,10 +340,11 @@ def test_a_fault_in_re_planning_is_logged_as_a_warning_not_swallowed(monkeypatch
     watcher = threading.Thread(target=calendar._watch)
     with caplog.at_level(logging.DEBUG, logger="test-replan"):
         watcher.start()
-        time.sleep(0.6)  # the first look comes 0.2 s after planning
+        warned = wait_until(lambda: any(r.levelno == logging.WARNING for r in caplog.records), 30, interval=0.05)
         calendar._stop.set()
         calendar._wake.set()
         watcher.join(5)
+    assert warned, "no warning within 30 s (the first look comes 0.2 s after planning)"
     [record] = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert "re-planning failed" in record.getMessage() and record.exc_info[0] is AttributeError
     assert not watcher.is_alive()

@@ -16,6 +16,7 @@ import toy_dags
 from prometheus_client import CollectorRegistry
 
 from planflow.monitoring.metrics import RunRecorder
+from planflow.ops.processes import wait_until
 from planflow.planner import PlannerOptions
 from planflow.runtime.dispatch import dispatch
 from planflow.runtime.events import EventBus, Reporter, RunInfo, add_listener, subscribe, subscribers
@@ -94,9 +95,9 @@ def test_a_held_end_reaches_the_reporters_only_when_the_bus_is_closed_or_its_bou
     records = _dispatch(run, bus)
     bus.finished(run, records)
     bus.end()  # no more events: the thread goes on by itself, up to the held end
+    assert wait_until(lambda: any(c[0] == "completed" for c in seen.calls), 30, interval=0.05)  # delivered
     time.sleep(0.5)
     assert not any(c[0] == "finished" for c in seen.calls)  # held: the final state comes first
-    assert any(c[0] == "completed" for c in seen.calls)  # the step events before it were delivered
     bus.close()  # the final-state hook's part
     assert ("finished", ("Completed",) * 4) in seen.calls and seen.calls[-1] == ("flush",)
 
@@ -105,7 +106,7 @@ def test_a_held_end_reaches_the_reporters_only_when_the_bus_is_closed_or_its_bou
     with alone:  # never released by anyone: the bus goes on after its drain timeout
         alone.finished(run, records)
         alone.end()
-        time.sleep(1.0)
+        assert wait_until(lambda: bool(bounded.calls), 30, interval=0.05), "the held end was never delivered"
         assert bounded.calls[0] == ("finished", ("Completed",) * 4)
 
 

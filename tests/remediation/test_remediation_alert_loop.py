@@ -231,12 +231,17 @@ def test_a_storm_on_one_pool_makes_one_run_and_delays_no_other_pool(alert_loop):
 
     storm_runs = _first_alert_run(runs, pool, "PlanflowWorkPoolNotReady")
     assert len(storm_runs) == 1, [(r.name, r.state_name) for r in storm_runs]
-    coalesced = [  # an event occurs when its alert started: up to STORM seconds ago
-        e
-        for e in _events("planflow.alert.coalesced", since - timedelta(seconds=STORM + 60))
-        if e["resource"]["prefect.resource.id"] == f"prefect.work-pool.{pool}"
-    ]
-    assert len(coalesced) == STORM - 1, len(coalesced)
+
+    def coalesced() -> list[dict]:  # an event occurs when its alert started: up to STORM seconds ago
+        return [
+            e
+            for e in _events("planflow.alert.coalesced", since - timedelta(seconds=STORM + 60))
+            if e["resource"]["prefect.resource.id"] == f"prefect.work-pool.{pool}"
+        ]
+
+    # Prefect stores events in batches, a few seconds after they are sent: all of them, then not one more
+    wait_until(lambda: len(coalesced()) >= STORM - 1, 60, what=f"{STORM - 1} coalesced events stored")
+    assert len(coalesced()) == STORM - 1, len(coalesced())
     with get_client(sync_client=True) as client:
         wait_until(lambda: client.read_work_pool(pool).is_paused, 60, what=f"failover to pause {pool}")
     pauses = wait_until(
