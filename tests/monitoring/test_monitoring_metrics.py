@@ -171,3 +171,50 @@ def test_pushgateway_url_from_env_prefers_the_variable_then_the_recorded_stack(m
     (tmp_path / "monitoring").mkdir()
     (tmp_path / "monitoring" / "services.json").write_text(json.dumps({"pushgateway_url": "http://127.0.0.1:9191"}))
     assert pushgateway_url_from_env() == "http://127.0.0.1:9191"
+
+
+def test_a_run_that_fails_again_after_a_retry_is_counted_at_each_failure(prefect_server):
+    """A retry (Prefect's, or the retry automation's) runs the same flow run again: each of
+    its ends is a failure to count. The exporter counted a flow run once, so a run that
+    failed again within a minute raised no alert, even when it had failed for good."""
+    import uuid
+
+    from prefect.client.orchestration import get_client
+    from prefect.states import AwaitingRetry, Failed, Running
+
+    from planflow.monitoring.exporter import Exporter
+
+    name = f"exporter-retried-{uuid.uuid4().hex[:8]}"
+
+    async def fail(run_id=None):
+        async with get_client() as client:
+            if run_id is None:
+                flow_id = await client.create_flow_from_name(name)
+                response = await client.request("POST", "/flow_runs/", json={"flow_id": str(flow_id)})
+                run_id = response.json()["id"]
+            else:
+                await client.set_flow_run_state(run_id, AwaitingRetry(), force=True)
+            await client.set_flow_run_state(run_id, Running(), force=True)
+            await client.set_flow_run_state(run_id, Failed(message="boom"), force=True)
+            return run_id
+
+    def failures(exporter: Exporter) -> float:
+        return sum(
+            sample.value
+            for metric in exporter.registry.collect()
+            if metric.name == "planflow_prefect_flow_runs_finished"
+            for sample in metric.samples
+            if sample.name.endswith("_total")
+            and sample.labels.get("flow") == name
+            and sample.labels.get("state") == "failed"
+        )
+
+    exporter = Exporter(lookback_seconds=60)
+    run_id = asyncio.run(fail())
+    assert asyncio.run(exporter.poll_once())
+    assert failures(exporter) == 1
+    assert asyncio.run(exporter.poll_once())  # seen again: not counted again
+    assert failures(exporter) == 1
+    asyncio.run(fail(run_id))  # retried, and failed again
+    assert asyncio.run(exporter.poll_once())
+    assert failures(exporter) == 2

@@ -94,7 +94,7 @@ class Exporter:
         self.max_runs = max_runs
         self.overlap = overlap_seconds
         self._finished_after = time.time() - lookback_seconds
-        self._seen: dict[UUID, float] = {}
+        self._seen: dict[tuple[UUID, UUID | None], float] = {}  # (flow run, its final state): when it ended
         self._flow_names: dict[UUID, str] = {}
         self._deployment_names: dict[UUID, str] = {}
         self._last_failure: dict[tuple[str, ...], float] = {}
@@ -234,12 +234,16 @@ class Exporter:
         finished: list[Any],
     ) -> None:
         m = self.metrics
-        # Counters first: a terminal run is counted once, however many polls see it.
+        # Counters first: a terminal state is counted once, however many polls see it. A
+        # run retried in place (Prefect's retries, the retry automation) ends once per try,
+        # each time in a new state: each end counts (counted once per run, a retry that
+        # failed again within a minute raised no alert, nor did its failure for good).
         for run in sorted(finished, key=lambda r: _ts(r.end_time) or 0):
-            if run.id in self._seen:
+            key = (run.id, run.state_id)
+            if key in self._seen:
                 continue
             end = _ts(run.end_time) or now
-            self._seen[run.id] = end
+            self._seen[key] = end
             state = run.state_type.value if run.state_type else "UNKNOWN"
             if is_remediation_run(run.work_pool_name, run.tags):
                 # Apart from the pools' counter: never a pool's failure rate (issue 13).
