@@ -12,6 +12,7 @@ import uuid
 import pytest
 
 from planflow import to_flow
+from planflow.prefect.reserved import OOM_KILLED_TAG
 from planflow.remediation.oom import forget_history
 from planflow.remediation.oom_demo import hungry_here, process_pipeline
 from planflow.runtime.memory_watch import oom_from_watchdog
@@ -40,6 +41,8 @@ def test_a_process_pool_child_past_its_limit_is_told_apart_and_runs_again_with_m
     )
     killed, completed = runs
     assert killed.state.type.value == "CRASHED" and completed.state.is_completed()
+    # tagged by its parent: the exporter counts it killed for memory, not a crash of the pool
+    assert OOM_KILLED_TAG in killed.tags and OOM_KILLED_TAG not in completed.tags
     kill = oom_from_watchdog(str(killed.id))  # what the parent read to tell it apart
     assert kill is not None and kill.limit_gib == 0.25 and kill.exit_code == -9
     assert "planflow's memory watchdog: the component's peak RSS" in kill.where and "> mem_limit 0.25 GiB" in kill.where

@@ -6,6 +6,7 @@ import asyncio
 import json
 import re
 import time
+from typing import Any
 
 import httpx
 from prometheus_client import CollectorRegistry, generate_latest
@@ -173,48 +174,86 @@ def test_pushgateway_url_from_env_prefers_the_variable_then_the_recorded_stack(m
     assert pushgateway_url_from_env() == "http://127.0.0.1:9191"
 
 
+async def end_run(flow_name: str, final: Any, run_id: Any = None, tags: list[str] | None = None) -> Any:
+    """A flow run of `flow_name` (a new one, or `run_id` retried in place) run to `final`."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import AwaitingRetry, Running
+
+    async with get_client() as client:
+        if run_id is None:
+            flow_id = await client.create_flow_from_name(flow_name)
+            body = {"flow_id": str(flow_id), "tags": tags or []}
+            run_id = (await client.request("POST", "/flow_runs/", json=body)).json()["id"]
+        else:
+            await client.set_flow_run_state(run_id, AwaitingRetry(), force=True)
+        await client.set_flow_run_state(run_id, Running(), force=True)
+        await client.set_flow_run_state(run_id, final, force=True)
+    return run_id
+
+
+def finished(exporter: Any, flow: str, state: str, **labels: str) -> float:
+    """The exporter's count of `flow`'s runs that ended in `state`, over every label set
+    that has `labels`."""
+    wanted = {"flow": flow, "state": state, **labels}
+    return sum(
+        sample.value
+        for metric in exporter.registry.collect()
+        if metric.name == "planflow_prefect_flow_runs_finished"
+        for sample in metric.samples
+        if sample.name.endswith("_total") and wanted.items() <= sample.labels.items()
+    )
+
+
 def test_a_run_that_fails_again_after_a_retry_is_counted_at_each_failure(prefect_server):
     """A retry (Prefect's, or the retry automation's) runs the same flow run again: each of
     its ends is a failure to count. The exporter counted a flow run once, so a run that
     failed again within a minute raised no alert, even when it had failed for good."""
     import uuid
 
-    from prefect.client.orchestration import get_client
-    from prefect.states import AwaitingRetry, Failed, Running
+    from prefect.states import Failed
 
     from planflow.monitoring.exporter import Exporter
 
     name = f"exporter-retried-{uuid.uuid4().hex[:8]}"
-
-    async def fail(run_id=None):
-        async with get_client() as client:
-            if run_id is None:
-                flow_id = await client.create_flow_from_name(name)
-                response = await client.request("POST", "/flow_runs/", json={"flow_id": str(flow_id)})
-                run_id = response.json()["id"]
-            else:
-                await client.set_flow_run_state(run_id, AwaitingRetry(), force=True)
-            await client.set_flow_run_state(run_id, Running(), force=True)
-            await client.set_flow_run_state(run_id, Failed(message="boom"), force=True)
-            return run_id
-
-    def failures(exporter: Exporter) -> float:
-        return sum(
-            sample.value
-            for metric in exporter.registry.collect()
-            if metric.name == "planflow_prefect_flow_runs_finished"
-            for sample in metric.samples
-            if sample.name.endswith("_total")
-            and sample.labels.get("flow") == name
-            and sample.labels.get("state") == "failed"
-        )
-
     exporter = Exporter(lookback_seconds=60)
-    run_id = asyncio.run(fail())
+    run_id = asyncio.run(end_run(name, Failed(message="boom")))
     assert asyncio.run(exporter.poll_once())
-    assert failures(exporter) == 1
+    assert finished(exporter, name, "failed") == 1
     assert asyncio.run(exporter.poll_once())  # seen again: not counted again
-    assert failures(exporter) == 1
-    asyncio.run(fail(run_id))  # retried, and failed again
+    assert finished(exporter, name, "failed") == 1
+    asyncio.run(end_run(name, Failed(message="boom"), run_id))  # retried, and failed again
     assert asyncio.run(exporter.poll_once())
-    assert failures(exporter) == 2
+    assert finished(exporter, name, "failed") == 2
+
+
+def test_a_component_run_killed_for_memory_is_counted_apart_from_its_pools_crashes(prefect_server, monkeypatch):
+    """A distributed run's component child killed for memory is Crashed; its parent runs it
+    again with more and tags it. Counted as a crash, it fed its pool's failure rate, and
+    the failover paused the pool (SRE trial). A component's crash is counted once its
+    parent had time to tag it: tagged, in the state `oom_killed`; else a crash."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Crashed
+
+    from planflow.monitoring import exporter as exporter_module
+    from planflow.prefect.reserved import COMPONENT_FLOW, OOM_KILLED_TAG
+
+    monkeypatch.setattr(exporter_module, "OOM_TAG_GRACE_SECONDS", 3.0)
+    exporter = exporter_module.Exporter(lookback_seconds=0)
+    ours = {"work_pool": ""}  # not the session's other component runs (on pools)
+    killed = asyncio.run(end_run(COMPONENT_FLOW, Crashed(message="exit -9")))
+    crashed = asyncio.run(end_run(COMPONENT_FLOW, Crashed(message="exit 1")))
+    assert asyncio.run(exporter.poll_once())  # both too recent to tell
+    assert finished(exporter, COMPONENT_FLOW, "crashed", **ours) == 0
+
+    async def tag() -> None:  # what the parent does (runtime/oom_next.mark_oom_killed)
+        async with get_client() as client:
+            await client.update_flow_run(killed, tags=[OOM_KILLED_TAG])
+
+    asyncio.run(tag())
+    assert asyncio.run(exporter.poll_once())
+    assert finished(exporter, COMPONENT_FLOW, "oom_killed", **ours) == 1  # tagged: told at once
+    assert finished(exporter, COMPONENT_FLOW, "crashed", **ours) == 0
+    time.sleep(3.5)  # past the grace: the untagged one is a crash
+    assert asyncio.run(exporter.poll_once())
+    assert finished(exporter, COMPONENT_FLOW, "crashed", **ours) == 1
+    assert crashed and finished(exporter, COMPONENT_FLOW, "oom_killed", **ours) == 1

@@ -198,12 +198,12 @@ def _failure_alert(pool: str) -> AlertEvent:
     )
 
 
-def _failed_runs(client, deployment, count: int) -> None:
+def _failed_runs(client, deployment, count: int, tags: list[str] | None = None) -> None:
     """`count` runs of `deployment` that failed (set so by hand: no worker runs them)."""
     from prefect.states import Failed
 
     for _ in range(count):
-        run = client.create_flow_run_from_deployment(deployment.id, parameters={"seed": 5})
+        run = client.create_flow_run_from_deployment(deployment.id, parameters={"seed": 5}, tags=tags)
         client.set_flow_run_state(run.id, Failed(message="injected: the runs' code fails"), force=True)
 
 
@@ -213,6 +213,7 @@ def test_a_failure_rate_alert_acts_only_where_the_pool_is_what_fails_the_runs(mo
     failed over, then paused the backup too when they failed there."""
     from prefect.client.orchestration import get_client
 
+    from planflow.prefect.reserved import OOM_KILLED_TAG
     from planflow.remediation.failover import failover
     from planflow.remediation.scenarios import deploy_flow
 
@@ -230,6 +231,14 @@ def test_a_failure_rate_alert_acts_only_where_the_pool_is_what_fails_the_runs(mo
 
         unfounded = failover(_failure_alert(pool))  # no run failed there: stale, or not Prometheus's
         assert unfounded["outcome"] == "skipped" and "no flow run failed or crashed there" in unfounded["reason"]
+        assert not client.read_work_pool(pool).is_paused
+
+        # components killed for memory (their parents ran them again with more): not the pool's failures
+        killed = remediation_flaky.with_options(name=f"oom-killed-{uuid.uuid4().hex[:6]}")
+        on_pool = deploy_flow(killed, FLAKY_ENTRY, f"oom-on-{pool}", pool, ["planflow"])
+        _failed_runs(client, on_pool, 3, [OOM_KILLED_TAG])
+        memory = failover(_failure_alert(pool))
+        assert memory["outcome"] == "skipped" and "no flow run failed or crashed there" in memory["reason"], memory
         assert not client.read_work_pool(pool).is_paused
 
         _failed_runs(client, deploy_flow(flow, FLAKY_ENTRY, f"on-{other}", other, ["planflow"]), 2)

@@ -46,7 +46,7 @@ from prometheus_client import CollectorRegistry
 from planflow.monitoring import pool_calendar, prefect_api
 from planflow.monitoring.metrics import ExporterMetrics
 from planflow.monitoring.metrics_http import serve_metrics
-from planflow.prefect.reserved import is_remediation_run
+from planflow.prefect.reserved import COMPONENT_FLOW, OOM_KILLED_TAG, is_remediation_run
 from planflow.settings import StatePaths, apply_client_env
 
 log = logging.getLogger("planflow.exporter")
@@ -54,6 +54,9 @@ log = logging.getLogger("planflow.exporter")
 ACTIVE_STATES = ("SCHEDULED", "PENDING", "RUNNING", "PAUSED", "CANCELLING")
 TERMINAL_STATES = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 FAILURE_STATES = ("FAILED", "CRASHED")
+# A component's child run that crashed is counted this long after its end at the earliest,
+# so that its parent can tag it killed for memory first (within the overlap: read again).
+OOM_TAG_GRACE_SECONDS = 20.0
 POOL_STATUSES = ("ready", "not_ready", "paused")
 PAGE = 200
 
@@ -187,6 +190,15 @@ class Exporter:
             ):
                 self._deployment_names[dep.id] = dep.name
 
+    def _oom_killed(self, run: Any, state: str, end: float, now: float) -> bool | None:
+        """Whether `run` is a component's child killed for memory, which its parent runs
+        again with more (tagged OOM_KILLED_TAG): its own state, `oom_killed`, never a crash
+        of its pool. None: a component's crash too recent to tell yet."""
+        if OOM_KILLED_TAG in (run.tags or ()):
+            return True
+        component_crash = state in FAILURE_STATES and self._flow_names.get(run.flow_id) == COMPONENT_FLOW
+        return None if component_crash and now - end < OOM_TAG_GRACE_SECONDS else False
+
     def _run_labels(self, run: Any) -> tuple[str, str, str, str]:
         return (
             self._flow_names.get(run.flow_id, "unknown"),
@@ -243,15 +255,18 @@ class Exporter:
             if key in self._seen:
                 continue
             end = _ts(run.end_time) or now
-            self._seen[key] = end
             state = run.state_type.value if run.state_type else "UNKNOWN"
+            oom_killed = self._oom_killed(run, state, end, now)
+            if oom_killed is None:
+                continue  # its parent may still tag it: the next poll reads it again
+            self._seen[key] = end
             if is_remediation_run(run.work_pool_name, run.tags):
                 # Apart from the pools' counter: never a pool's failure rate (issue 13).
                 m.remediation_runs_finished.labels(self._run_labels(run)[0], state.lower()).inc()
                 continue
-            labels = (*self._run_labels(run), state.lower())
+            labels = (*self._run_labels(run), "oom_killed" if oom_killed else state.lower())
             m.flow_runs_finished.labels(*labels).inc()
-            if state in FAILURE_STATES:
+            if state in FAILURE_STATES and not oom_killed:
                 self._last_failure[labels] = max(end, self._last_failure.get(labels, 0.0))
                 m.last_failure.labels(*labels).set(self._last_failure[labels])
         self._finished_after = now

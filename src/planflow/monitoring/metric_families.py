@@ -216,8 +216,10 @@ class ExporterMetrics:
         )
         self.flow_runs_finished = Counter(
             "planflow_prefect_flow_runs_finished_total",
-            "Flow runs seen reaching a terminal state since the exporter started (the remediation "
-            "machinery's own runs are counted in planflow_prefect_remediation_runs_finished_total).",
+            "Terminal states flow runs reached since the exporter started, each try of a run retried in "
+            "place counted (state oom_killed: a distributed run's component child killed for memory, which "
+            "its parent runs again with more; the remediation machinery's own runs are counted in "
+            "planflow_prefect_remediation_runs_finished_total).",
             ["flow", "deployment", "deployment_id", "work_pool", "state"],
             registry=r,
         )

@@ -11,7 +11,8 @@ server's records must bear it out (`not_the_pool`):
 - the pool has a backup pool to move its runs to (without one, pausing only stops work:
   a person decides, the alert having reached `planflow-human` too);
 - runs failed or crashed on the pool within the last FAILURE_WINDOW (none: the alert is
-  stale or was not Prometheus's);
+  stale or was not Prometheus's); a component's child run killed for memory, which its
+  parent runs again with more (tagged OOM_KILLED_TAG), is not one;
 - the flows failing there did not fail on another pool within that window too (then they
   fail wherever they run: their code, not the pool).
 
@@ -35,6 +36,7 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import FlowRun, StateType
 
+from planflow.prefect.reserved import OOM_KILLED_TAG
 from planflow.remediation.names import is_remediation_run
 
 FAILURE_ALERT = "PlanflowPoolFailureRateHigh"
@@ -49,7 +51,10 @@ def _failed_since(client: SyncPrefectClient, since: dt.datetime, **filters: obje
         limit=READ_LIMIT,
         **filters,  # type: ignore[arg-type]
     )
-    return [run for run in runs if not is_remediation_run(run.work_pool_name, run.tags)]
+    # a component's child killed for memory (and run again with more) is not its pool's failure
+    return [
+        run for run in runs if not is_remediation_run(run.work_pool_name, run.tags) and OOM_KILLED_TAG not in run.tags
+    ]
 
 
 def not_the_pool(client: SyncPrefectClient, pool: str, backup_name: str | None) -> str | None:

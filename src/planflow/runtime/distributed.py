@@ -38,7 +38,7 @@ from planflow.runtime.memory import CGROUP_ENV
 from planflow.runtime.memory_watch import LIMIT_ENV
 from planflow.runtime.oom import OomKill, emit_oom_killed, emit_oom_retry, escalate, logger
 from planflow.runtime.oom_gate import OomRetry
-from planflow.runtime.oom_next import admit, kill_of, more_slots
+from planflow.runtime.oom_next import admit, kill_of, mark_oom_killed, more_slots
 from planflow.settings import settings
 
 COMPONENT_ENTRYPOINT = "planflow.runtime.component_flow:run_component"  # what a project's prefect.yaml deploys
@@ -277,6 +277,7 @@ class DistributedExecutor(Executor):
                 kill = kill_of(str(exc.flow_run.id), self._found[work_pool].type) if exc.flow_run else None
                 if kill is None:
                     raise
+                mark_oom_killed(exc.flow_run)
                 kills += 1
                 self.measured[a.step] = {"oom_kills": kills}
                 emit_oom_killed(self.pipeline.name, a.step, pool, kill, mem_gib)

@@ -14,11 +14,18 @@ pool type, the run again admitted by the remediation gate, its larger memory hel
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import httpx
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import FlowRun
+from prefect.exceptions import PrefectHTTPStatusError
+
 from planflow.prefect.limits import SLOTS_PER_UNIT, slots
+from planflow.prefect.reserved import OOM_KILLED_TAG
 from planflow.runtime.admission import AdmissionError, SharedSlots
 from planflow.runtime.dispatch import Assignment, ResourceLedger
 from planflow.runtime.memory_watch import oom_from_watchdog
@@ -31,6 +38,23 @@ POLL_SECONDS = 0.5  # how often a run again waiting for its larger memory asks a
 
 class OomRetryRefusedError(RuntimeError):
     """A component killed for memory may not run again now (the guard said no)."""
+
+
+def mark_oom_killed(flow_run: FlowRun) -> None:
+    """Tag a child run killed for memory (OOM_KILLED_TAG), so the exporter counts it apart
+    from its pool's failures: the failover must not pause a pool for a component's memory.
+    Not taken as a reason to fail the run: a warning says what could not be tagged."""
+    try:
+        with get_client(sync_client=True) as client:
+            client.update_flow_run(flow_run.id, tags=sorted({*(flow_run.tags or []), OOM_KILLED_TAG}))
+    except (httpx.HTTPError, PrefectHTTPStatusError) as exc:
+        logging.getLogger(__name__).warning(
+            "could not tag flow run %s (killed for memory) %s: %s; the exporter counts it as a crash of pool %r",
+            flow_run.id,
+            OOM_KILLED_TAG,
+            exc,
+            flow_run.work_pool_name,
+        )
 
 
 def kill_of(flow_run_id: str, pool_type: str) -> OomKill | None:
