@@ -149,3 +149,31 @@ def test_the_summary_and_the_metrics_carry_the_measured_memory():
     labels = {"pipeline": "oom-demo", "component": "hungry", "pool": "docker"}
     assert recorder.registry.get_sample_value("planflow_component_peak_memory_bytes", labels) == 2**29
     assert recorder.registry.get_sample_value("planflow_component_oom_kills_total", labels) == 2
+
+
+def test_at_the_cap_the_error_names_the_peak_measured_at_the_kill_and_a_fix_that_holds_it():
+    """The SRE trial: killed at 0.953 GiB with a measured peak of 2.93 GiB, after its runs
+    again were used up, the error said "peak seen: at least 0.953 GiB (its limit)" and
+    "add a ResourcePool with mem_gib >= 1.91", below the peak, where the pool had 23.5."""
+    watched = OomKill(
+        "process pool child pid 7 (planflow's memory watchdog: the component's peak RSS 2.93 GiB > mem_limit "
+        "0.953 GiB, SIGKILL)",
+        limit_gib=0.953,
+        exit_code=-9,
+        peak_gib=2.93,
+    )
+    with pytest.raises(OomCapError) as caught:
+        escalate("crunch", watched, 0.953, "local", 3, {"local": 23.5}, factor=2, cap_gib=1.0, max_retries=3)
+    message = str(caught.value)
+    assert "peak seen: 2.93 GiB when it was killed" in message
+    assert "oom_max_retries=3" in message and "raise PlannerSettings.oom_max_retries" in message
+    assert "declare mem_gib >= 3.52 for it" in message  # the peak and a fifth more, not the next step's 1.91
+    assert "raise PlannerSettings.oom_max_mem_gib to >= 3.52" in message  # the cap of 1 is below it
+    assert "add a ResourcePool" not in message  # 'local' holds 23.5 GiB
+    # no pool holds what it needs: declaring alone would not do
+    with pytest.raises(OomCapError) as small:
+        escalate("crunch", watched, 2.0, "local", 1, {"local": 2.0}, factor=2, cap_gib=64, max_retries=3)
+    assert "the largest pool that may run it, 'local', has 2 GiB" in str(small.value)
+    assert "declare mem_gib >= 4 for it (its runs then start there) and add a ResourcePool with mem_gib >= 4" in (
+        str(small.value)
+    )

@@ -152,4 +152,5 @@ def oom_from_watchdog(flow_run_id: str) -> OomKill | None:
         f"peak RSS {peak:.3g} GiB > mem_limit {limit:.3g} GiB, SIGKILL)",
         limit_gib=limit,
         exit_code=-9,
+        peak_gib=peak or None,
     )

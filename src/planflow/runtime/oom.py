@@ -51,6 +51,7 @@ class OomKill:
     where: str  # "docker container 3f2a1b (State.OOMKilled, exit 137)"
     limit_gib: float | None  # the limit it was killed at, when the report says
     exit_code: int | None = None
+    peak_gib: float | None = None  # its peak when it was killed, where measured (planflow's watchdog)
 
 
 @dataclass(frozen=True)
@@ -161,24 +162,59 @@ def escalate(
     ceiling = min(cap_gib, largest)
     wanted = min(limit_gib * factor, ceiling)
     if retry >= max_retries or wanted <= limit_gib + 1e-9:
-        biggest = max(pools_mem, key=lambda p: pools_mem[p], default="-")
-        seen = f"{peak_gib:.3g} GiB measured before" if peak_gib else f"at least {limit_gib:.3g} GiB (its limit)"
-        why = (
-            f"it already had {retry} run(s) again with more memory (PlannerSettings.oom_max_retries={max_retries})"
-            if retry >= max_retries
-            else f"the cap is {ceiling:.3g} GiB (PlannerSettings.oom_max_mem_gib={cap_gib:g}; the largest pool "
-            f"that may run it, '{biggest}', has {largest:g} GiB)"
-        )
-        raise OomCapError(
-            f"component '{component}' was killed for memory ({kill.where}) at its limit of {limit_gib:.3g} GiB; "
-            f"peak seen: {seen}; {why}. Fix: make it use less memory, declare more (mem_gib) and add a "
-            f"ResourcePool with mem_gib >= {limit_gib * factor:.3g} that may run it, or raise "
-            "PlannerSettings.oom_max_mem_gib / oom_max_retries (`planflow blocks`)"
-        )
+        raise _cap_error(component, kill, limit_gib, retry, pools_mem, factor, cap_gib, max_retries, peak_gib)
     if pools_mem.get(pool, 0.0) + 1e-9 >= wanted:
         return Escalation(mem_gib=wanted, pool=pool, retry=retry + 1, moved=False)
     bigger = sorted((m, p) for p, m in pools_mem.items() if m + 1e-9 >= wanted)
     return Escalation(mem_gib=wanted, pool=bigger[0][1], retry=retry + 1, moved=True)
+
+
+OOM_HEADROOM = 1.2  # what a fix asks for: the peak seen and a fifth more (the planner learns peaks so too)
+
+
+def _cap_error(
+    component: str,
+    kill: OomKill,
+    limit_gib: float,
+    retry: int,
+    pools_mem: Mapping[str, float],
+    factor: float,
+    cap_gib: float,
+    max_retries: int,
+    peak_gib: float | None,
+) -> OomCapError:
+    """Why `component` gets no more memory, the largest peak seen (at this kill or in its
+    history), and the fix for the bound it hit: the memory it needs is the peak and a
+    fifth more, or at least the next step (`factor`) when no peak is known."""
+    peaks = [p for p in (kill.peak_gib, peak_gib) if p]
+    peak = max(peaks, default=None)
+    need = max(limit_gib * factor, peak * OOM_HEADROOM) if peak else limit_gib * factor
+    if peak and kill.peak_gib and peak == kill.peak_gib:
+        seen = f"{peak:.3g} GiB when it was killed"
+    elif peak:
+        seen = f"{peak:.3g} GiB measured before"
+    else:
+        seen = f"at least {limit_gib:.3g} GiB (its limit)"
+    largest = max(pools_mem.values(), default=0.0)
+    biggest = max(pools_mem, key=lambda p: pools_mem[p], default="-")
+    declare = f"declare mem_gib >= {need:.3g} for it (its runs then start there)"
+    if largest + 1e-9 < need:  # no pool that may run it holds that
+        declare += f" and add a ResourcePool with mem_gib >= {need:.3g} that may run it"
+    fixes = ["make it use less memory", declare]
+    if retry >= max_retries:
+        why = f"it already had {retry} run(s) again with more memory (PlannerSettings.oom_max_retries={max_retries})"
+        fixes.append("raise PlannerSettings.oom_max_retries (`planflow blocks`)")
+    else:
+        why = (
+            f"the cap is {min(cap_gib, largest):.3g} GiB (PlannerSettings.oom_max_mem_gib={cap_gib:g}; the largest "
+            f"pool that may run it, '{biggest}', has {largest:g} GiB)"
+        )
+    if cap_gib + 1e-9 < need <= largest + 1e-9:
+        fixes.append(f"raise PlannerSettings.oom_max_mem_gib to >= {need:.3g} (`planflow blocks`)")
+    return OomCapError(
+        f"component '{component}' was killed for memory ({kill.where}) at its limit of {limit_gib:.3g} GiB; "
+        f"peak seen: {seen}; {why}. Fix: {', or '.join(fixes)}"
+    )
 
 
 # -- telling others -----------------------------------------------------------------------
