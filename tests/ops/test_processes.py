@@ -167,3 +167,14 @@ def test_free_ports_are_below_the_ephemeral_range_and_never_handed_out_twice():
     assert all(10000 <= p < low for p in ports), [p for p in ports if not 10000 <= p < low][:5]
     base = free_block(3)
     assert base + 2 < low and not {base, base + 1, base + 2} & set(ports)
+
+
+def test_a_child_let_go_and_stopped_with_reap_is_no_zombie(tmp_path):
+    """A rescale's worker is a child of the remediation worker's process, started and let
+    go (only its pid is kept). Stopped, it stayed a zombie (`<defunct>`, SRE trial: 2.5
+    minutes) until that process next started a subprocess; `reap` collects it."""
+    log = tmp_path / "let-go.log"
+    pid = spawn([sys.executable, "-c", SLEEPER], log, os.environ, cwd=tmp_path).pid  # its Popen dropped
+    assert wait_until(lambda: "ready" in log.read_text(), timeout=30)
+    assert stop_group(pid, timeout=5, reap=True)
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() != psutil.STATUS_ZOMBIE

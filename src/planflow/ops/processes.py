@@ -10,6 +10,7 @@ Prefect, so the Prefect server's own supervision can use it before Prefect is im
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -187,20 +188,26 @@ def signal_group(pid: int, sig: int) -> bool:
     return True
 
 
-def stop_group(pid: int, timeout: float = 20.0) -> bool:
+def stop_group(pid: int, timeout: float = 20.0, reap: bool = False) -> bool:
     """SIGTERM the process group of `pid`, SIGKILL it after `timeout` seconds; True once
-    `pid` has exited, False if even SIGKILL did not end it. It is not reaped here, so
-    that a Popen holding it still reads its exit code."""
+    `pid` has exited, False if even SIGKILL did not end it. It is not reaped here unless
+    `reap`, so that a Popen holding it still reads its exit code. With `reap`, a child of
+    this process that was started and let go (its Popen dropped, as a rescale's workers)
+    is reaped: else it stays a zombie until this process starts another subprocess."""
     try:
         leader: psutil.Process | None = psutil.Process(pid)
     except psutil.NoSuchProcess:
         leader = None
     if not signal_group(pid, signal.SIGTERM) or leader is None:
         return True
-    if wait_until(lambda: _exited(leader), timeout, interval=0.1):
-        return True
-    signal_group(pid, signal.SIGKILL)
-    return wait_until(lambda: _exited(leader), KILL_GRACE_SECONDS, interval=0.1)
+    if not wait_until(lambda: _exited(leader), timeout, interval=0.1):
+        signal_group(pid, signal.SIGKILL)
+        if not wait_until(lambda: _exited(leader), KILL_GRACE_SECONDS, interval=0.1):
+            return False
+    if reap:
+        with contextlib.suppress(ChildProcessError):  # not a child of this process: its parent reaps it
+            os.waitpid(pid, os.WNOHANG)
+    return True
 
 
 def stop_process(process: subprocess.Popen, timeout: float = 20.0) -> None:

@@ -151,7 +151,7 @@ def stop_recorded_workers(folder: Path, timeout: float = 15.0) -> dict[str, int]
     and forget it; returns name -> pid of those stopped."""
     stopped = {}
     for name, pid in recorded_workers(folder).items():
-        if stop_group(pid, timeout):
+        if stop_group(pid, timeout, reap=True):
             stopped[name] = pid
             forget_worker(folder, name)
     return stopped

@@ -75,7 +75,7 @@ def stop_worker(pid: int, name: str) -> bool:
     if not is_our_process(pid, name):
         _forget(name)
         return False  # gone, or the pid was recycled by another program
-    stopped = stop_group(pid, 15)
+    stopped = stop_group(pid, 15, reap=True)
     if stopped:
         _forget(name)
     return stopped
