@@ -87,7 +87,14 @@ def test_up_on_a_running_stack_makes_prometheus_and_alertmanager_read_what_chang
     finally:
         own.unlink(missing_ok=True)
         monkeypatch.delenv("PLANFLOW_ALERT_WEBHOOK_URL")
+        services.up(paths, profile="fast", ports=ports)
+        # the receiver it was given is kept for the stack's later renders (a demo's `up`
+        # without it reverted the alerts to the placeholders, silently), until stack down
+        kept = json.dumps(services.rendered_config(paths, "alertmanager")["receivers"])
+        services.forget_kept_receivers(services.monitoring_dir(paths))  # (what stack down does)
         services.up(paths, profile="fast", ports=ports)  # the session's stack as it was
+    assert hook in kept
+    assert hook not in json.dumps(services.rendered_config(paths, "alertmanager")["receivers"])
     assert "> 0.5" in _failure_rate_rule(prometheus)
 
 
@@ -100,8 +107,10 @@ def test_status_reports_stale_pid_files(tmp_path):
     assert stale.state == "stale", stale
     assert f"(it ended: why is in {folder / 'bridge.log'}). Fix: planflow stack up starts it again" in stale.detail
     assert services.status(paths)["prometheus"].state == "stopped"
+    (folder / "receivers.json").write_text('{"webhook_url": "https://chat.example.com/hook"}')
     services.down(paths)
     assert not (folder / "bridge.pid").exists()
+    assert not (folder / "receivers.json").exists()  # the stack's receivers end with it
 
 
 def test_a_missing_binary_is_an_error_with_the_install_command(tmp_path, monkeypatch):

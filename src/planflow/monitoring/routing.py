@@ -11,7 +11,8 @@ so are its spool and forwarding alerts.
 
 The receivers' addresses come from thresholds.yml (`receivers:`, placeholders) and, in
 a running stack, from PLANFLOW_ALERT_WEBHOOK_URL, PLANFLOW_ALERT_EMAIL_TO,
-PLANFLOW_ALERT_EMAIL_FROM, PLANFLOW_ALERT_SMARTHOST and PLANFLOW_WATCHDOG_URL.
+PLANFLOW_ALERT_EMAIL_FROM, PLANFLOW_ALERT_SMARTHOST and PLANFLOW_WATCHDOG_URL, kept for
+the stack's later renders (a `stack up` or a demo without them) until `stack down`.
 """
 
 from __future__ import annotations
@@ -53,17 +54,18 @@ OVERRIDES = {
 }
 
 
-def receivers_from_settings(p: Params) -> dict[str, str]:
-    """thresholds.yml's receivers with the PLANFLOW_ALERT_* / PLANFLOW_WATCHDOG_URL values
-    set in the environment (checked by the settings class: a bad one is a SettingsError
-    naming the variable, its value and an example)."""
+def receiver_overrides() -> dict[str, str]:
+    """The PLANFLOW_ALERT_* / PLANFLOW_WATCHDOG_URL values set in this environment, by the
+    `receivers:` field each overrides (checked by the settings class: a bad one is a
+    SettingsError naming the variable, its value and an example)."""
     current = settings()
-    chosen = dict(p.receivers)
-    for name, key in OVERRIDES.items():
-        value = getattr(current, name)
-        if value:
-            chosen[key] = value
-    return chosen
+    return {key: value for name, key in OVERRIDES.items() if (value := getattr(current, name))}
+
+
+def receivers_from_settings(p: Params, kept: dict[str, str] | None = None) -> dict[str, str]:
+    """thresholds.yml's receivers, with `kept` (those a running stack was started with)
+    and, over both, the values set in this environment (receiver_overrides)."""
+    return {**p.receivers, **(kept or {}), **receiver_overrides()}
 
 
 def _names(alerts: list[AlertRule]) -> str:

@@ -11,6 +11,7 @@ used. Alertmanager asks for basic auth: a password generated once into the state
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 from pathlib import Path
@@ -20,7 +21,7 @@ import yaml
 
 from planflow.monitoring import rules as generate
 from planflow.monitoring.bridge import TOKEN_ENV, TOKEN_FILE_NAME, resolve_token
-from planflow.monitoring.routing import receivers_from_settings
+from planflow.monitoring.routing import receiver_overrides, receivers_from_settings
 from planflow.settings import StatePaths, write_private
 
 HOST = "127.0.0.1"
@@ -116,11 +117,36 @@ def render_configs(paths: StatePaths, profile: str, ports: dict[str, int]) -> di
                 p,
                 bridge_url=f"http://{HOST}:{ports['bridge']}/alerts",
                 credentials_file=str(credentials),
-                receivers=receivers_from_settings(p),
+                receivers=receivers_from_settings(p, _kept_receivers(folder)),
             )
         )
     )
     return {"prometheus": prometheus, "alertmanager": alertmanager, "params": p, "rules": rules}
+
+
+KEPT_RECEIVERS = "receivers.json"  # the receivers' addresses a running stack was given in its environment
+
+
+def _kept_receivers(folder: Path) -> dict[str, str]:
+    """The receivers set by PLANFLOW_ALERT_* / PLANFLOW_WATCHDOG_URL at this stack's `up`,
+    and those set now (which win): kept, so that a later render without them in its
+    environment (another `stack up`, `planflow demo heal`) does not silently send the
+    alerts back to the placeholders. `stack down` forgets them."""
+    path = folder / KEPT_RECEIVERS
+    try:
+        kept = json.loads(path.read_text())
+    except (OSError, ValueError):
+        kept = {}
+    if not isinstance(kept, dict):
+        kept = {}
+    merged = {**{k: v for k, v in kept.items() if isinstance(v, str)}, **receiver_overrides()}
+    if merged:
+        write_private(path, json.dumps(merged, indent=2))
+    return merged
+
+
+def forget_kept_receivers(folder: Path) -> None:
+    (folder / KEPT_RECEIVERS).unlink(missing_ok=True)
 
 
 def _with_alertmanager_auth(config: dict, password_file: Path) -> dict:

@@ -46,6 +46,7 @@ from planflow.ops.service_configs import (  # noqa: F401 (re-exported: the servi
     HOST,
     PROJECT_THRESHOLDS,
     alertmanager_auth,
+    forget_kept_receivers,
     load_thresholds,
     monitoring_dir,
     project_thresholds,
@@ -282,7 +283,7 @@ def up(
     wanted = {**load_thresholds(paths)["ports"], **(ports or {})}
     recorded = _recorded(paths)
     if recorded and (recorded.get("profile") != profile or recorded.get("ports") != wanted):
-        down(paths)
+        down(paths, keep_receivers=True)
     # configs, tokens, pid files, and the services' data and logs: the user's only
     with private_files():
         return _up(paths, profile, wanted, timeout)
@@ -340,12 +341,16 @@ def stop(name: str, paths: StatePaths | None = None, timeout: float = 15.0) -> N
     _pid_file(paths, name).unlink(missing_ok=True)
 
 
-def down(paths: StatePaths | None = None) -> dict[str, ServiceStatus]:
-    """Stop every monitoring service (reverse start order); forget the recorded urls."""
+def down(paths: StatePaths | None = None, keep_receivers: bool = False) -> dict[str, ServiceStatus]:
+    """Stop every monitoring service (reverse start order); forget the recorded urls and,
+    unless `keep_receivers` (a restart on another profile or ports), the receivers the
+    stack was started with (service_configs.KEPT_RECEIVERS)."""
     paths = paths or StatePaths.discover()
     for name in reversed(ORDER):
         stop(name, paths)
     services_file(paths).unlink(missing_ok=True)
+    if not keep_receivers:
+        forget_kept_receivers(monitoring_dir(paths))
     return status(paths)
 
 
