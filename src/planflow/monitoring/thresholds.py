@@ -177,7 +177,7 @@ FIELD_HELP = {
         }.items()
     },
     **{
-        name: ("a duration: a whole number > 0 and s, m or h", f"{name}: {example}")
+        name: ("a duration: a whole number > 0 and s, m, h or d", f"{name}: {example}")
         for name, example in {
             "scrape_interval": "15s",
             "evaluation_interval": "15s",
