@@ -261,7 +261,8 @@ def test_a_bad_thresholds_file_lists_every_problem_with_the_value_and_the_fix(tm
         "ports: `bridge:` is 70000, but it must be a port number from 1 to 65535. Fix: e.g. `bridge: 9095`",
         "profiles.fast: `scrape_interval:` is missing; it must be a duration: a whole number > 0 and s, m, h or d. "
         "Fix: e.g. `scrape_interval: 15s`",
-        "profiles.fast: `for:` is 2, but it must be a duration: a whole number > 0 and s, m, h or d. Fix: e.g. `for: 5m`",
+        "profiles.fast: `for:` is 2, but it must be a duration: a whole number > 0 and s, m, h or d. "
+        "Fix: e.g. `for: 5m`",
         "profiles.fast: unknown field 'scrape'. Did you mean 'scrape_interval'? Fix: write `scrape_interval: '1s'`.",
         "profiles: unknown field 'prod'. Did you mean 'production'?",
         "thresholds: `failure_rate:` is 5, but it must be a share between 0 and 1 (failed / finished runs). "

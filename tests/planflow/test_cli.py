@@ -215,7 +215,9 @@ def test_plan_and_run_on_another_pool_with_pool(toy_env):
         result = json.loads(ran.stdout)
         assert {step["pool"] for step in result["steps"].values()} == {name}, result["steps"]
         unknown = planflow("plan", "toy-diamond", "--pool", "no-such-pool", env=toy_env)
-        assert unknown.returncode == 1 and "no-such-pool" in unknown.stderr, unknown.stderr[-2000:]
+        assert unknown.returncode == 2 and "--pool no-such-pool: no ResourcePool block" in unknown.stderr, (
+            unknown.stderr[-2000:]
+        )  # a usage error, as `run` says it (it exited 1 with the planner's words)
         # run: refused before any flow run exists (it made a Failed run, which the failure alerts count)
         refused = planflow("run", "toy-diamond", "--pool", "no-such-pool", env=toy_env)
         assert refused.returncode == 2 and "--pool no-such-pool: no ResourcePool block" in refused.stderr

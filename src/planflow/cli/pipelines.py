@@ -447,6 +447,8 @@ def plan(
     pipeline = load(name)
     _, values = prepare(pipeline, raw, require=False)  # a plan needs no data path
     ensure_server()
+    if mode == "inprocess" and pool not in (pools := load_pools()):
+        fail(f"--pool {pool}: {no_pool_block(pool, pools)}", USAGE)  # as `planflow run` says it
     try:
         pp = make_plan(pipeline, mode=mode, local_pool=pool, params=values)
     except (LookupError, ValueError, PlanningError) as exc:

@@ -104,7 +104,10 @@ def _select(names: Iterable[str] | None) -> list[PoolDefinition]:
     names = list(names) if names else list(POOLS)
     unknown = [n for n in names if n not in POOLS]
     if unknown:
-        raise WorkPoolError(f"unknown work pool(s) {unknown}; planflow defines {', '.join(POOLS)}")
+        raise WorkPoolError(
+            f"unknown work pool(s) {unknown}; planflow defines {', '.join(POOLS)}. "
+            f"Fix: name one of them (`planflow workpools apply {next(iter(POOLS))}`), or none to apply them all"
+        )
     return [POOLS[n] for n in names]
 
 
