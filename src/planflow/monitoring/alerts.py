@@ -24,6 +24,9 @@ RUN_LABELS = {
     "work_pool": "local",
 }
 NOT_REMEDIATION = f'work_pool!="{REMEDIATION_POOL}"'
+# The runs a pool's failure rate counts: a component's child killed for memory (the exporter's
+# state oom_killed, run again with more) is neither a failure nor a run of the pool's.
+POOL_RUNS = NOT_REMEDIATION + ', state!="oom_killed"'
 # Pools with no deployment and no worker at all (online or offline).
 UNUSED_POOLS = (
     "(\n  planflow_prefect_work_pool_deployments == 0\n"
@@ -145,12 +148,16 @@ def _failure_rate(p: Params) -> Scenario:
     n = fire // p.step + 5
     metric = "planflow_prefect_flow_runs_finished_total"
     series = []
-    # gpu fails, cpu does not; the remediation pool fails too but never alerts here
-    for pool, failed, completed in (("gpu", 1, 0), ("cpu", 0, 1), (REMEDIATION_POOL, 1, 0)):
+    # gpu fails, cpu does not; the remediation pool fails too but never alerts here. Components
+    # killed for memory (oom_killed) count for nothing: on gpu they would dilute its failures
+    # below the rate, and mem, where nothing else ends, must not alert.
+    runs = (("gpu", 1, 0, 3), ("cpu", 0, 1, 0), (REMEDIATION_POOL, 1, 0, 0), ("mem", 0, 0, 2))
+    for pool, failed, completed, oom in runs:
         labels = {**RUN_LABELS, "work_pool": pool}
         series += [
             (sel(metric, {**labels, "state": "failed"}), f"0+{failed}x{n}"),
             (sel(metric, {**labels, "state": "completed"}), f"0+{completed}x{n}"),
+            (sel(metric, {**labels, "state": "oom_killed"}), f"0+{oom}x{n}"),
             (sel("planflow_prefect_work_pool_deployments", {**EXPORTER, "work_pool": pool}), f"1x{n}"),
         ]
     return Scenario(series, fire, {"work_pool": "gpu"}, quiet_at=[p.step])
@@ -279,10 +286,10 @@ ALERTS = [
         "(\n  sum by (work_pool) (increase("
         + _runs('state=~"failed|crashed", ' + NOT_REMEDIATION)
         + "[{{{failure_rate_window}}}]))\n"
-        "    / sum by (work_pool) (increase(" + _runs(NOT_REMEDIATION) + "[{{{failure_rate_window}}}]))\n"
+        "    / sum by (work_pool) (increase(" + _runs(POOL_RUNS) + "[{{{failure_rate_window}}}]))\n"
         ") > {{{failure_rate}}}\n"
         "and on (work_pool) sum by (work_pool) (increase("
-        + _runs(NOT_REMEDIATION)
+        + _runs(POOL_RUNS)
         + "[{{{failure_rate_window}}}])) >= {{{failure_rate_min_runs}}}\n"
         "unless on (work_pool) " + UNUSED_POOLS,
         "Many flow runs fail on work pool {{ $labels.work_pool }}",

@@ -63,7 +63,7 @@ class RecordingRule:
 def _failed_share(window: str) -> str:
     """Failed or crashed / finished flow runs per flow over `window` (0 when none failed)."""
     failed = f'sum by (flow) (increase({FINISHED}{{state=~"failed|crashed", {NOT_REMEDIATION}}}{window}))'
-    every = f"sum by (flow) (increase({FINISHED}{{{NOT_REMEDIATION}}}{window}))"
+    every = f'sum by (flow) (increase({FINISHED}{{{NOT_REMEDIATION}, state!="oom_killed"}}{window}))'
     return f"(\n  {failed}\n  or on (flow) 0 * {every}\n)\n/ ({every} > 0)"
 
 
