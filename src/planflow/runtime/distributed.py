@@ -277,11 +277,11 @@ class DistributedExecutor(Executor):
                 kill = kill_of(str(exc.flow_run.id), self._found[work_pool].type) if exc.flow_run else None
                 if kill is None:
                     raise
-                mark_oom_killed(exc.flow_run)
                 kills += 1
                 self.measured[a.step] = {"oom_kills": kills}
                 emit_oom_killed(self.pipeline.name, a.step, pool, kill, mem_gib)
                 pool, mem_gib, retry = self._escalate(a, kill, pool, mem_gib, retry, str(exc.flow_run.id))
+                mark_oom_killed(exc.flow_run)  # run again with more: not its pool's failure (a last kill is)
                 continue
             self.measured[a.step] = {**_usage(parameters), "oom_kills": kills, "mem_limit_gib": mem_gib, "pool": pool}
             if kills:  # what the history learns: the run that completed, not the killed ones before it
