@@ -146,7 +146,10 @@ def test_a_process_just_started_is_known_by_its_command_line():
     program (the remediation worker's test failed in CI on it)."""
     missed = []
     for _ in range(1000):
-        process = subprocess.Popen(["/bin/sh", "-c", "sleep 30", "planflow-test-marker"], start_new_session=True)
+        # (not /bin/sh -c: a bash there execs a lone command, and the marker goes with it)
+        process = subprocess.Popen(
+            [sys.executable, "-c", "import time; time.sleep(30)", "planflow-test-marker"], start_new_session=True
+        )
         try:
             if not same_process(process.pid, marker="planflow-test-marker"):
                 missed.append(command_line(psutil.Process(process.pid), within=0))

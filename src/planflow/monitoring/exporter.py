@@ -95,7 +95,8 @@ class Exporter:
         self.api_url = prefect_api.api_url(api_url)
         self.poll_timeout = poll_timeout
         self.max_runs = max_runs
-        self.overlap = overlap_seconds
+        # a component's crash held back for its tag is read again while it is within the overlap
+        self.overlap = max(overlap_seconds, OOM_TAG_GRACE_SECONDS)
         self._finished_after = time.time() - lookback_seconds
         self._seen: dict[tuple[UUID, UUID | None], float] = {}  # (flow run, its final state): when it ended
         self._flow_names: dict[UUID, str] = {}
