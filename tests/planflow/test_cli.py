@@ -141,7 +141,8 @@ def test_a_dead_server_gives_a_clear_error(toy_env):
     env = dict(toy_env, PREFECT_API_URL=f"http://127.0.0.1:{free_port()}/api")
     out = planflow("run", "toy-diamond", env=env, timeout=60)
     assert out.returncode == 1
-    assert "does not answer. Fix: start it, or unset PREFECT_API_URL" in out.stderr
+    assert "does not answer: nothing answers there (" in out.stderr, out.stderr
+    assert "Fix: start it, or unset PREFECT_API_URL" in out.stderr
 
 
 def test_output_to_a_pipe_keeps_whole_lines(toy_env):

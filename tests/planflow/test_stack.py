@@ -175,10 +175,11 @@ def test_a_server_whose_pid_file_was_lost_is_adopted_not_reported(project_a):
     assert again.running and again.pid == state.pid and again.url == state.url
 
 
-def test_a_busy_server_is_waited_for_and_a_closed_port_is_not():
-    """`answers` (what commands ask before they use PREFECT_API_URL): a health check that
-    takes longer than the 2 s probe (a busy server on a loaded machine) is asked again
-    until it is answered; a port nothing listens on is refused at once, not waited on."""
+def test_a_busy_server_is_waited_for_and_an_answer_that_will_not_change_is_not():
+    """`health_problem` (what commands ask before they use PREFECT_API_URL): a health check
+    that takes longer than the 2 s probe (a busy server on a loaded machine) is asked again
+    until it is answered; a port nothing listens on, a URL that is not http(s) and
+    something else answering are final at once, each named with its fix."""
     import threading
     import time
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -202,12 +203,21 @@ def test_a_busy_server_is_waited_for_and_a_closed_port_is_not():
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}/api"
     try:
-        assert stack.answers(url, within=30)
+        assert stack.health_problem(url, within=30) is None
         assert len(asked) >= 2, "the slow first check was not cut and asked again"
+        started = time.monotonic()
+        root = url.removesuffix("/api")  # not the API: its /health is a 404 here
+        assert stack.health_problem(root, within=60) == (
+            f"{root}/health answered 404, not a Prefect API's health check",
+            "give PREFECT_API_URL as the Prefect API's address, ending in /api",
+        )
+        assert time.monotonic() - started < 30, "an answer that will not change was asked again until the bound"
     finally:
         server.shutdown()
         server.server_close()
-    closed = f"http://127.0.0.1:{free_port()}/api"
     started = time.monotonic()
-    assert not stack.answers(closed, within=60)
-    assert time.monotonic() - started < 30, "a closed port was waited on as if the server were busy"
+    refused = stack.health_problem(f"http://127.0.0.1:{free_port()}/api", within=60)
+    assert refused is not None and refused[0].startswith("nothing answers there (") and "start it" in refused[1]
+    no_scheme = stack.health_problem(f"127.0.0.1:{free_port()}/api", within=60)  # PREFECT_API_URL without http://
+    assert no_scheme is not None and no_scheme[0].startswith("not a URL to ask"), no_scheme
+    assert time.monotonic() - started < 30, "a closed port or a bad URL was waited on as if the server were busy"

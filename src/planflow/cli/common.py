@@ -179,11 +179,9 @@ def ensure_server(same_as_env: bool = True) -> str:
     (a command that passes the URL on explicitly, like `worker start`, sets it False)."""
     chosen = user_api_url()
     if chosen:
-        if not stack.answers(chosen):
-            fail(
-                f"the Prefect server at {chosen} (PREFECT_API_URL) does not answer. Fix: "
-                "start it, or unset PREFECT_API_URL to use the embedded server (`planflow server up`)."
-            )
+        problem = stack.health_problem(chosen)
+        if problem:
+            fail(f"the Prefect server at {chosen} (PREFECT_API_URL) does not answer: {problem[0]}. Fix: {problem[1]}.")
         return _authorized(chosen)
     current = stack.status()
     if current.running and current.url:

@@ -86,7 +86,7 @@ def down(server: bool = typer.Option(True, help="Stop the embedded Prefect serve
     auto.worker_down(paths)
     # Before the server goes: the guard's ledgers on it name workers started elsewhere too.
     api = api_url()
-    stopped = stop_started_workers(paths, ledgers=bool(api) and stack.answers(api))
+    stopped = stop_started_workers(paths, ledgers=bool(api) and stack.health_problem(api) is None)
     say(
         f"stopped {len(stopped)} worker(s) a rescale had started: {', '.join(stopped)}"
         if stopped

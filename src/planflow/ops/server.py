@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping
@@ -99,32 +100,60 @@ def _read_pid(paths: StatePaths) -> int | None:
 
 def healthy(url: str, timeout: float = 2.0) -> bool:
     """True when the Prefect API at `url` (ending in /api) answers its health check."""
-    return _health(url, timeout) == "healthy"
+    return _health(url, timeout) is None
 
 
-def answers(url: str, within: float = 15.0, timeout: float = 2.0) -> bool:
-    """`healthy`, patient with a busy server: a health check that times out or is not
-    answered 200 is asked again for up to `within` s (a server on a loaded machine can
-    take more than 2 s); a refused connection (nothing listens there) is final at once."""
+SLOW = "no answer to its health check"
+START_IT = "start it, or unset PREFECT_API_URL to use the embedded server (`planflow server up`)"
+
+
+def health_problem(url: str, within: float = 15.0, timeout: float = 2.0) -> tuple[str, str] | None:
+    """None when the Prefect API at `url` answers its health check, else what is wrong and
+    its fix. Patient with a busy server: a check that times out or is answered 5xx or 429
+    is asked again for up to `within` s (a server on a loaded machine can take more than
+    2 s); an answer that will not change is final at once: nothing listens there, its TLS
+    certificate is not trusted, `url` is not an http(s) URL, or something else answered."""
     retrying = Retrying(
         stop=stop_after_delay(within),
         wait=wait_fixed(0.5),
-        retry=retry_if_result(lambda outcome: outcome == "slow"),
+        retry=retry_if_result(lambda problem: problem is not None and problem[0] == SLOW),
         retry_error_callback=lambda state: state.outcome.result(),
     )
-    return retrying(_health, url, timeout) == "healthy"
+    problem = retrying(_health, url, timeout)
+    if problem is not None and problem[0] == SLOW:
+        return f"{SLOW} within {within:g} s", problem[1]
+    return problem
 
 
-def _health(url: str, timeout: float) -> str:
-    """One health check: "healthy", "refused" (nothing listens, or no such host) or "slow" (no answer in
-    `timeout` s, or not a 200)."""
+def _health(url: str, timeout: float) -> tuple[str, str] | None:
+    """One health check: None (healthy) or (what is wrong, its fix)."""
+    verify: Any = True
+    if url.startswith("https:"):  # as Prefect's client would: its CA file, or no check when told so
+        from planflow.monitoring.prefect_api import tls_verify  # noqa: PLC0415 (imports Prefect)
+
+        verify = tls_verify()
     try:
-        response = httpx.get(f"{url.rstrip('/')}/health", timeout=timeout)
-    except httpx.ConnectError:
-        return "refused"
+        response = httpx.get(f"{url.rstrip('/')}/health", timeout=timeout, verify=verify)
+    except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
+        return f"not a URL to ask ({exc})", "give PREFECT_API_URL as http(s)://HOST:PORT/api"
+    except httpx.ConnectError as exc:
+        if isinstance(exc.__cause__, ssl.SSLError) or "CERTIFICATE" in str(exc).upper():
+            return (
+                f"its TLS certificate is not trusted ({exc})",
+                "set PREFECT_API_SSL_CERT_FILE to the CA file that signed it (or PREFECT_API_TLS_INSECURE_SKIP_VERIFY"
+                "=true, as Prefect's client reads them)",
+            )
+        return f"nothing answers there ({exc})", START_IT
     except httpx.HTTPError:
-        return "slow"
-    return "healthy" if response.status_code == 200 else "slow"
+        return SLOW, START_IT
+    if response.status_code == 200:
+        return None
+    if response.status_code >= 500 or response.status_code == 429:
+        return SLOW, START_IT
+    return (
+        f"{url.rstrip('/')}/health answered {response.status_code}, not a Prefect API's health check",
+        "give PREFECT_API_URL as the Prefect API's address, ending in /api",
+    )
 
 
 def auth_refused(url: str, timeout: float = 2.0) -> bool:
