@@ -237,8 +237,9 @@ def _start(name: str, paths: StatePaths, ports: dict[str, int], configs: dict, t
         # machine, as often as hung. It gets the timeout before it is restarted.
         url, auth = current.url, _auth_for(paths, name)
         wait_until(lambda: _healthy(url, name, auth) or not _live_pid(paths, name)[1], timeout)
-        if _live_pid(paths, name)[1] and _healthy(url, name, auth):
-            return ServiceStatus(name, "running", url, current.pid)
+        pid, alive = _live_pid(paths, name)  # (another `stack up` may have replaced it meanwhile)
+        if alive and _healthy(url, name, auth):
+            return ServiceStatus(name, "running", url, pid)
     if current.pid is not None:
         stop(name, paths)
     if port_in_use(HOST, ports[name]):
