@@ -3,6 +3,7 @@ stopping a group (with SIGKILL when SIGTERM is ignored), and the bounded wait.""
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import pytest
 from planflow.ops.processes import (
     children,
     command_line,
-    ephemeral_low,
+    ephemeral_range,
     free_block,
     free_port,
     read_pid_file,
@@ -164,7 +165,7 @@ def test_free_ports_are_below_the_ephemeral_range_and_never_handed_out_twice():
     bind(0)s (it handed the same one twice in 3 of 4000 groups of five here): a server
     started a few seconds later could find it taken. Ports come from below that range,
     and one process never gets the same one twice."""
-    low = ephemeral_low()
+    low = ephemeral_range()[0]
     ports = [free_port() for _ in range(300)]
     assert len(set(ports)) == len(ports), "a port was handed out twice"
     assert all(10000 <= p < low for p in ports), [p for p in ports if not 10000 <= p < low][:5]
@@ -181,3 +182,11 @@ def test_a_child_let_go_and_stopped_with_reap_is_no_zombie(tmp_path):
     assert wait_until(lambda: "ready" in log.read_text(), timeout=30)
     assert stop_group(pid, timeout=5, reap=True)
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+
+
+def test_a_port_on_a_host_this_machine_lacks_is_its_error_not_a_search():
+    """Only "in use" makes free_block try another port: a bind error of another kind (an
+    address not on this machine) is raised as it is, not 200 tries later as "no free port"."""
+    with pytest.raises(OSError) as raised:
+        free_port("192.0.2.1")  # TEST-NET-1: on no machine
+    assert raised.value.errno == errno.EADDRNOTAVAIL

@@ -11,6 +11,7 @@ Prefect, so the Prefect server's own supervision can use it before Prefect is im
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import random
 import signal
@@ -249,16 +250,22 @@ def free_port(host: str = DEFAULT_HOST) -> int:
 
 def free_block(size: int, host: str = DEFAULT_HOST) -> int:
     """A port p with p .. p+size-1 all free on `host`, none handed out before by this
-    process. Picked at random below the kernel's ephemeral range: a port the kernel
-    chose (bind to port 0) is one it hands to outgoing connections and to other bind(0)s,
-    so it could be taken between this check and the server's bind (in CI: "address
-    already in use"), and it handed the same one out twice in a row (3 in 4000 groups of
-    five)."""
+    process. Picked at random outside the kernel's ephemeral range (below it, else above
+    it): a port the kernel chose (bind to port 0) is one it hands to outgoing connections
+    and to other bind(0)s, so it could be taken between this check and the server's bind
+    (in CI: "address already in use"), and it handed the same one out twice in a row (3 in
+    4000 groups of five). An error other than "in use" (a host this machine does not have)
+    is raised as it is."""
     rng = random.Random()
-    low = ephemeral_low()
+    low, high = ephemeral_range()
     with _handed_lock:
         for _ in range(200):
-            base = rng.randrange(PORTS_FROM, low - size) if low - size > PORTS_FROM else _kernel_port(host)
+            if low - size > PORTS_FROM:
+                base = rng.randrange(PORTS_FROM, low - size)
+            elif 65535 - size > high + 1:
+                base = rng.randrange(high + 1, 65535 - size)
+            else:  # the kernel's range covers (nearly) everything
+                base = _kernel_port(host)
             block = range(base, base + size)
             if base + size < 65535 and _handed_out.isdisjoint(block) and all(_bindable(host, p) for p in block):
                 _handed_out.update(block)
@@ -266,24 +273,31 @@ def free_block(size: int, host: str = DEFAULT_HOST) -> int:
     raise RuntimeError(f"no {size} consecutive free TCP ports on {host} after 200 tries")
 
 
-def ephemeral_low(path: str = "/proc/sys/net/ipv4/ip_local_port_range") -> int:
-    """The first port the kernel hands to outgoing connections (32768 where it cannot say)."""
+def ephemeral_range(path: str = "/proc/sys/net/ipv4/ip_local_port_range") -> tuple[int, int]:
+    """The ports the kernel hands to outgoing connections (32768-60999 where it cannot say)."""
     try:
-        return int(Path(path).read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768
+        low, high = (int(x) for x in Path(path).read_text().split()[:2])
+    except (OSError, ValueError):
+        return 32768, 60999
+    return low, high
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
 def _kernel_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    with socket.socket(_family(host), socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
 
 
 def _bindable(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    with socket.socket(_family(host), socket.SOCK_STREAM) as sock:
         try:
             sock.bind((host, port))
-        except OSError:
-            return False
+        except OSError as exc:
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                return False
+            raise
     return True
