@@ -125,3 +125,26 @@ def test_stack_status_command_exits_3_when_nothing_runs(tmp_path, monkeypatch):
     result = CliRunner().invoke(stack_app, ["status"])
     assert result.exit_code == 3
     assert "prometheus" in result.output and "stopped" in result.output
+
+
+def test_kept_receivers_give_way_to_an_edited_thresholds_file_and_bad_ones_are_dropped(tmp_path, monkeypatch, caplog):
+    """The receivers a stack was started with are kept for its later renders, each with the
+    thresholds.yml value it overrode: once the file says something else (the runbook's fix
+    for a dead webhook), the file wins. A kept value that fails its variable's check (a
+    file edited by hand) is dropped and said, never rendered into Alertmanager's config."""
+    from planflow.ops.service_configs import KEPT_RECEIVERS, _kept_receivers
+
+    placeholder = {"webhook_url": "https://alerts.example.invalid/planflow"}
+    monkeypatch.setenv("PLANFLOW_ALERT_WEBHOOK_URL", "https://chat.example.com/hooks/old")
+    assert _kept_receivers(tmp_path, placeholder) == {"webhook_url": "https://chat.example.com/hooks/old"}
+    assert oct((tmp_path / KEPT_RECEIVERS).stat().st_mode & 0o777) == "0o600"
+    monkeypatch.delenv("PLANFLOW_ALERT_WEBHOOK_URL")
+    assert _kept_receivers(tmp_path, placeholder) == {"webhook_url": "https://chat.example.com/hooks/old"}  # kept
+    edited = {"webhook_url": "https://chat.example.com/hooks/new"}  # thresholds.yml changed since
+    assert _kept_receivers(tmp_path, edited) == {}
+    assert not (tmp_path / KEPT_RECEIVERS).exists()
+
+    broken = {"webhook_url": {"value": "not a url", "over": placeholder["webhook_url"]}, "bogus": {"value": "x"}}
+    (tmp_path / KEPT_RECEIVERS).write_text(json.dumps(broken))
+    assert _kept_receivers(tmp_path, placeholder) == {}
+    assert "webhook_url='not a url': Value error, must be an http(s) URL" in caplog.text

@@ -19,10 +19,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import ValidationError
+
 from planflow.monitoring.alert_rule import AlertRule
 from planflow.monitoring.meta_alerts import WATCHDOG
 from planflow.monitoring.thresholds import Params, duration, seconds
-from planflow.settings import settings
+from planflow.settings import PlanflowSettings, settings
 
 HUMAN, BRIDGE, DEADMAN = "planflow-human", "planflow-bridge", "planflow-watchdog"
 GROUP_BY = ["alertname", "pipeline", "flow", "deployment", "work_pool", "work_queue", "component"]
@@ -60,6 +62,19 @@ def receiver_overrides() -> dict[str, str]:
     SettingsError naming the variable, its value and an example)."""
     current = settings()
     return {key: value for name, key in OVERRIDES.items() if (value := getattr(current, name))}
+
+
+def receiver_problem(key: str, value: object) -> str | None:
+    """Why `value` cannot be the receivers: field `key` (the check its PLANFLOW_* variable
+    gets), None when it can."""
+    names = {field: name for name, field in OVERRIDES.items()}
+    if key not in names or not isinstance(value, str):
+        return f"{key}={value!r} is not a receiver address planflow sets"
+    try:
+        PlanflowSettings.model_validate({names[key]: value})
+    except ValidationError as exc:
+        return f"{key}={value!r}: {exc.errors()[0]['msg']}"
+    return None
 
 
 def receivers_from_settings(p: Params, kept: dict[str, str] | None = None) -> dict[str, str]:

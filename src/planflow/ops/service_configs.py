@@ -12,6 +12,7 @@ used. Alertmanager asks for basic auth: a password generated once into the state
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 from pathlib import Path
@@ -21,7 +22,7 @@ import yaml
 
 from planflow.monitoring import rules as generate
 from planflow.monitoring.bridge import TOKEN_ENV, TOKEN_FILE_NAME, resolve_token
-from planflow.monitoring.routing import receiver_overrides, receivers_from_settings
+from planflow.monitoring.routing import receiver_overrides, receiver_problem, receivers_from_settings
 from planflow.settings import StatePaths, write_private
 
 HOST = "127.0.0.1"
@@ -117,32 +118,46 @@ def render_configs(paths: StatePaths, profile: str, ports: dict[str, int]) -> di
                 p,
                 bridge_url=f"http://{HOST}:{ports['bridge']}/alerts",
                 credentials_file=str(credentials),
-                receivers=receivers_from_settings(p, _kept_receivers(folder)),
+                receivers=receivers_from_settings(p, _kept_receivers(folder, dict(p.receivers))),
             )
         )
     )
     return {"prometheus": prometheus, "alertmanager": alertmanager, "params": p, "rules": rules}
 
 
+log = logging.getLogger(__name__)
 KEPT_RECEIVERS = "receivers.json"  # the receivers' addresses a running stack was given in its environment
 
 
-def _kept_receivers(folder: Path) -> dict[str, str]:
+def _kept_receivers(folder: Path, configured: dict[str, str]) -> dict[str, str]:
     """The receivers set by PLANFLOW_ALERT_* / PLANFLOW_WATCHDOG_URL at this stack's `up`,
     and those set now (which win): kept, so that a later render without them in its
     environment (another `stack up`, `planflow demo heal`) does not silently send the
-    alerts back to the placeholders. `stack down` forgets them."""
+    alerts back to the placeholders. Each is kept with the thresholds.yml value it
+    overrode (`configured`): once that file says something else, the file wins again. A
+    kept value that no longer passes its variable's check is dropped, said in the log.
+    `stack down` forgets them."""
     path = folder / KEPT_RECEIVERS
     try:
-        kept = json.loads(path.read_text())
+        recorded = json.loads(path.read_text())
     except (OSError, ValueError):
-        kept = {}
-    if not isinstance(kept, dict):
-        kept = {}
-    merged = {**{k: v for k, v in kept.items() if isinstance(v, str)}, **receiver_overrides()}
-    if merged:
-        write_private(path, json.dumps(merged, indent=2))
-    return merged
+        recorded = {}
+    kept: dict[str, dict[str, str | None]] = {}
+    for key, entry in (recorded if isinstance(recorded, dict) else {}).items():
+        if not isinstance(entry, dict) or entry.get("over") != configured.get(key):
+            continue  # unreadable, or thresholds.yml changed since: the file's value is the newer word
+        problem = receiver_problem(key, entry.get("value"))
+        if problem:
+            log.warning("planflow: a kept alert receiver is dropped (%s) from %s", problem, path)
+            continue
+        kept[key] = entry
+    for key, value in receiver_overrides().items():
+        kept[key] = {"value": value, "over": configured.get(key)}
+    if kept:
+        write_private(path, json.dumps(kept, indent=2))
+    else:
+        path.unlink(missing_ok=True)
+    return {key: str(entry["value"]) for key, entry in kept.items()}
 
 
 def forget_kept_receivers(folder: Path) -> None:
