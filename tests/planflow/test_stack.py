@@ -221,3 +221,74 @@ def test_a_busy_server_is_waited_for_and_an_answer_that_will_not_change_is_not()
     no_scheme = stack.health_problem(f"127.0.0.1:{free_port()}/api", within=60)  # PREFECT_API_URL without http://
     assert no_scheme is not None and no_scheme[0].startswith("not a URL to ask"), no_scheme
     assert time.monotonic() - started < 30, "a closed port or a bad URL was waited on as if the server were busy"
+
+
+def _self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 signed by itself, and its key (PEM files in `folder`)."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "planflow-test")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = folder / "cert.pem", folder / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_file, key_file
+
+
+def test_a_tls_server_is_checked_as_prefects_client_would_and_an_untrusted_one_is_named(tmp_path):
+    """The health check of an https PREFECT_API_URL verifies as Prefect's client does (its
+    CA file, PREFECT_API_SSL_CERT_FILE): it used httpx's defaults, and an untrusted
+    certificate read as "does not answer. Fix: start it" for a server that runs."""
+    import ssl
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from prefect.settings import PREFECT_API_SSL_CERT_FILE, temporary_settings
+
+    class Healthy(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            self.send_response(200)
+            self.send_header("Content-Length", "4")
+            self.end_headers()
+            self.wfile.write(b"true")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    cert, key = _self_signed(tmp_path)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Healthy)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"https://127.0.0.1:{server.server_address[1]}/api"
+    try:
+        untrusted = stack.health_problem(url, within=30)
+        assert untrusted is not None and untrusted[0].startswith("its TLS certificate is not trusted"), untrusted
+        assert "PREFECT_API_SSL_CERT_FILE" in untrusted[1]
+        with temporary_settings(updates={PREFECT_API_SSL_CERT_FILE: str(cert)}):
+            assert stack.health_problem(url, within=30) is None
+    finally:
+        server.shutdown()
+        server.server_close()
