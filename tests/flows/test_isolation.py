@@ -257,16 +257,19 @@ def beside(seconds: float = 0.05) -> float:
 
 from planflow.runtime.events import add_listener
 
-seen = {}
+seen, started = {}, {}
 def heard(event, record):
     if event == "completed":
         seen[record.step] = (time.monotonic(), record.learned_seconds)
+    if event == "started":
+        started[record.step] = record.started
 add_listener(heard)
 summary = to_flow(Pipeline("isolated-first", [quick, beside]))()
 print("STATES", {s["state"] for s in summary["steps"].values()})
 print("LEARNED", seen["quick"][1])
 print("SUMMARY_SECONDS", summary["steps"]["quick"]["seconds"])
 print("BESIDE_AHEAD", seen["quick"][0] - seen["beside"][0])
+print("STARTED_AFTER", started["quick"] - started["beside"])
 """
 
 
@@ -297,7 +300,77 @@ def test_the_forkserver_start_is_not_the_first_isolated_steps_time(cli_env, tmp_
     assert shown < 1.0, ran.stdout[-3000:]
     ahead = float(ran.stdout.split("BESIDE_AHEAD ")[1].split()[0])
     assert ahead > 1.0, ran.stdout[-3000:]  # the forkserver's start-up: 2 s and more
+    # its "started" event (the Overrun alert's clock, the calendar's) is said when its task
+    # starts, after that wait: it was said at its release, with the thread step's, and the
+    # alert fired for a 0.1 s step
+    after = float(ran.stdout.split("STARTED_AFTER ")[1].split()[0])
+    assert after > 1.0, ran.stdout[-3000:]
     assert "BrokenPipeError" not in ran.stderr and "Traceback" not in ran.stderr, ran.stderr[-3000:]
+
+
+ISOLATED_CACHED = """
+import sys
+import time
+from planflow import Pipeline, component, to_flow
+from planflow.runtime import isolation
+from planflow.runtime.events import add_listener
+
+isolation.PRELOAD.append("slow_forkserver_import")  # a forkserver start of 2 s at least
+
+@component(cpu=1, mem_gib=0.25, est_seconds=0.1, isolation="process", cache="inputs")
+def kept(token: str = "x") -> str:
+    return token * 2
+
+@component(cpu=1, mem_gib=0.25, est_seconds=0.1)
+def beside(seconds: float = 0.05) -> float:
+    time.sleep(seconds)
+    return seconds
+
+# at the top level, as a script is written (no `if __name__ == "__main__":`)
+print("RUNS AS", __name__, flush=True)
+times = {}
+add_listener(lambda event, record: times.setdefault((event, record.step), (record.started, record.finished)))
+summary = to_flow(Pipeline("isolated-cached", [kept, beside]))(token=sys.argv[1])
+print("STATE", summary["steps"]["kept"]["state"])
+print("KEPT_ENDED", times[("completed", "kept")][1] - times[("started", "beside")][0])
+"""
+
+
+def test_a_script_runs_isolated_steps_and_one_read_from_the_cache_does_not_wait(cli_env, tmp_path):
+    """A script that calls its flow at the top level, as scripts are written (no
+    `if __name__ == "__main__":`), with an isolated step: each step's process ran the
+    whole script again (Python's multiprocessing imports the parent's main file in each
+    forkserver child): a second flow run, failed, and the step failed with "its process
+    exited with code 1". Now the script runs once per call and the step completes.
+
+    Run again in a fresh process, that step is read back from the cache (`cache="inputs"`):
+    its function, the only part that needs the forkserver, is not called, so it does not
+    wait for the forkserver's start (2 s here). It waited: Cached 2 s and more after the
+    thread step released with it."""
+    import subprocess
+    import sys
+
+    (tmp_path / "slow_forkserver_import.py").write_text("import time\n\ntime.sleep(2)\n")
+    (tmp_path / "isolated_cached.py").write_text(ISOLATED_CACHED)  # a file: the cache key reads its source
+    env = dict(cli_env, PYTHONPATH=os.pathsep.join(filter(None, [str(tmp_path), cli_env.get("PYTHONPATH")])))
+    token = f"t{time.time_ns()}"
+    runs = []
+    for _ in range(2):
+        ran = subprocess.run(
+            [sys.executable, str(tmp_path / "isolated_cached.py"), token],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
+        runs.append(ran.stdout)
+    assert "STATE Completed" in runs[0], runs[0][-3000:]
+    assert [r.count("RUNS AS") for r in runs] == [1, 1], runs  # not again as __mp_main__
+    assert "STATE Cached" in runs[1], runs[1][-3000:]
+    ended = float(runs[1].split("KEPT_ENDED ")[1].split()[0])
+    assert ended < 1.0, runs[1][-3000:]
 
 
 @component(cpu=1, est_seconds=1, isolation="process")

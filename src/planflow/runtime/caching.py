@@ -15,6 +15,8 @@ from contextlib import contextmanager, nullcontext
 from types import SimpleNamespace
 from typing import Any
 
+from prefect.cache_policies import CachePolicy
+from prefect.context import FlowRunContext
 from prefect.results import get_result_store
 from prefect.settings import PREFECT_TASKS_REFRESH_CACHE, temporary_settings
 from prefect.utilities.callables import get_call_parameters
@@ -68,6 +70,27 @@ def predicted_cached(pipeline: Pipeline, params: Mapping[str, Any] | None = None
         except Exception as exc:  # an input that cannot be hashed or read: not predicted
             _log.debug("step %s of %s not predicted cached: %s", name, pipeline.name, exc)
     return cached
+
+
+def read_back(task: Any, kwargs: Mapping[str, Any]) -> bool:
+    """Whether Prefect's engine, running `task` with `kwargs` in the current flow run, will
+    read its result back instead of calling its function: the key its cache policy gives
+    (computed as the engine does) names a live result in the run's result store, and the
+    cache is not being refreshed. False when that cannot be told (any error): the caller
+    then prepares for a call (an isolated step waits for the forkserver, executors.py).
+    Reads the stored record (Prefect's `exists`): call it off the dispatcher's thread."""
+    refresh = task.refresh_cache if task.refresh_cache is not None else PREFECT_TASKS_REFRESH_CACHE.value()
+    run = FlowRunContext.get()
+    if refresh or run is None or not isinstance(task.cache_policy, CachePolicy):
+        return False
+    try:
+        ctx = SimpleNamespace(task=task, task_run=SimpleNamespace(flow_run_id=run.flow_run.id, id=None))
+        inputs = get_call_parameters(task.fn, (), dict(kwargs))
+        key = task.cache_policy.compute_key(task_ctx=ctx, inputs=inputs, flow_parameters=run.parameters or {})
+        return bool(key) and get_result_store().update_for_task(task, _sync=True).exists(key)
+    except Exception as exc:  # noqa: BLE001 - not known: the step is prepared for as a call
+        _log.debug("cannot tell whether %s will be read from the cache: %s", task.name, exc)
+        return False
 
 
 class _Lazy(dict):

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 from prefect.context import FlowRunContext
 
 from planflow.core.pipeline import Pipeline
+from planflow.runtime.caching import read_back
 from planflow.runtime.dispatch import Admit, Assignment, ResourceLedger, StepRecord, dispatch
 from planflow.runtime.isolation import UsageLog, forkserver_is_ready, forkserver_ready, step_function, warm_forkserver
 from planflow.runtime.tags import step_task
@@ -54,6 +55,11 @@ class Executor(ABC):
     def start(self, step: str, outputs: dict[str, Any]) -> StepFuture:
         """Launch `step` with the outputs of the steps it reads (by step name)."""
 
+    def announce(self, record: StepRecord, notify: Callable[[str, StepRecord], None]) -> None:
+        """Tell the listeners that `record`'s step started (the dispatcher released it; its
+        `start` comes next). By default at once."""
+        notify("started", record)
+
     def measure(self, record: StepRecord) -> None:  # noqa: B027 (optional hook)
         """Put what the executor measured of a finished step on its record (e.g.
         `peak_mem_gib`), before the reporters hear of it."""
@@ -76,18 +82,31 @@ class InProcessExecutor(Executor):
     def __init__(self, pipeline: Pipeline, assignments: Mapping[str, Assignment], params: Mapping[str, Any]) -> None:
         self.pipeline, self.assignments, self.params = pipeline, assignments, params
         self.usage = UsageLog()
-        self._forkserver_wait: dict[str, float] = {}  # step -> seconds its start waited for the forkserver
+        # isolated steps released before the forkserver answered: step -> their start, said later
+        self._later: dict[str, Callable[[float], None]] = {}
         if any(pipeline.isolation_of(step) == "process" for step in assignments):
             warm_forkserver()  # beside the steps before the first isolated one
 
+    def announce(self, record: StepRecord, notify: Callable[[str, StepRecord], None]) -> None:
+        """An isolated step released before the forkserver answered starts when its task is
+        submitted, once it answers (_SubmittedLater), and is said to have started then, its
+        `started` moved past that wait: the wait (1.5-7 s) is neither what the history learns
+        nor the step's time shown (its log line, the summary, planned versus actual: 2.38 s
+        for a 0.1 s step), nor the start the Overrun alert counts from (it fired for a step
+        of 0.1 s), nor the calendar's."""
+        if self.pipeline.isolation_of(record.step) != "process" or forkserver_is_ready():
+            notify("started", record)
+            return
+
+        def started_after(waited: float) -> None:
+            if record.started is not None:
+                record.started += waited
+            notify("started", record)
+
+        self._later[record.step] = started_after
+
     def measure(self, record: StepRecord) -> None:
         self.usage.put_on(record)
-        waited = self._forkserver_wait.pop(record.step, 0.0)
-        if waited and record.started is not None and record.finished is not None:
-            # the step began when its task was submitted, once the forkserver answered: that
-            # wait is neither what the history learns nor the step's time shown (its log line,
-            # the summary, planned versus actual), which counted it (2.38 s for a 0.1 s step)
-            record.started = min(record.finished, record.started + waited)
 
     def start(self, step: str, outputs: dict[str, Any]) -> StepFuture:
         component = self.pipeline.steps[step].component
@@ -98,19 +117,28 @@ class InProcessExecutor(Executor):
         run = FlowRunContext.get()
         if isolation == "process" and task.timeout_seconds is not None and run is not None:
             isolated_timeouts.add(str(run.flow_run.id), task.name)  # its child is killed at the timeout
-        if isolation == "process" and not forkserver_is_ready():
-            return _SubmittedLater(step, lambda: task.submit(**kwargs), self._forkserver_wait)
+        started_after = self._later.pop(step, None)
+        if started_after is not None:  # the forkserver did not answer at its release (announce)
+            return _SubmittedLater(step, lambda: task.submit(**kwargs), started_after, lambda: read_back(task, kwargs))
         return task.submit(**kwargs)
 
 
 class _SubmittedLater:
     """The future of an isolated step whose task is submitted once the forkserver answers,
     by a thread of its own: its start-up (1.5-7 s) is neither the step's time nor its
-    `timeout_seconds`, and the dispatcher releases the round's other steps meanwhile. It
+    `timeout_seconds`, and the dispatcher releases the round's other steps meanwhile. A
+    step its task will read from the cache (a retried run's, `cache="inputs"`) is submitted
+    at once: its function, the only part that needs the forkserver, is not called. It
     answers the dispatcher as the task's own future does (`add_done_callback`, `result`,
     `state`)."""
 
-    def __init__(self, step: str, submit: Callable[[], Any], waits: dict[str, float]) -> None:
+    def __init__(
+        self,
+        step: str,
+        submit: Callable[[], Any],
+        started_after: Callable[[float], None],
+        cached: Callable[[], bool],
+    ) -> None:
         self._lock = threading.Lock()
         self._submitted = threading.Event()
         self._inner: Any = None
@@ -118,16 +146,22 @@ class _SubmittedLater:
         self._callbacks: list[Callable[[Any], None]] = []
         context = contextvars.copy_context()  # the flow run's: its task runner, client and settings
         thread = threading.Thread(
-            target=context.run, args=(self._submit, step, submit, waits), name=f"planflow-submit-{step}", daemon=True
+            target=context.run,
+            args=(self._submit, submit, started_after, cached),
+            name=f"planflow-submit-{step}",
+            daemon=True,
         )
         thread.start()
 
-    def _submit(self, step: str, submit: Callable[[], Any], waits: dict[str, float]) -> None:
+    def _submit(
+        self, submit: Callable[[], Any], started_after: Callable[[float], None], cached: Callable[[], bool]
+    ) -> None:
         began = time.monotonic()
-        forkserver_ready()
-        waits[step] = time.monotonic() - began  # left out of what the history learns (measure)
         inner, error = None, None
         try:
+            if not cached():
+                forkserver_ready()
+            started_after(time.monotonic() - began)  # said before its task can end
             inner = submit()
         except BaseException as exc:  # noqa: BLE001 - the step's failure, given to the dispatcher by result()
             error = exc
@@ -212,6 +246,9 @@ def execute(
     upstream = {name: pipeline.upstream(name) for name in pipeline.steps}
 
     def measured(event: str, record: StepRecord) -> None:
+        if event == "started":
+            executor.announce(record, notify)
+            return
         if event in ("completed", "failed"):
             executor.measure(record)
         notify(event, record)

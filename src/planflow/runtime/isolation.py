@@ -48,6 +48,7 @@ import cloudpickle
 from threadpoolctl import threadpool_limits
 
 from planflow.runtime.cpulimits import THREAD_ENV_VARS, limited, threads_for
+from planflow.runtime.step_process import StepProcess
 
 # Imported once by the forkserver, so that every child has them already.
 PRELOAD = ["planflow.core.component", "planflow.runtime.isolation"]
@@ -205,7 +206,8 @@ def _first_child() -> None:
     """One child that does nothing: the forkserver answers its first fork once its
     imports are done (starting it alone returns at once, before them)."""
     try:
-        child = _context().Process(target=_nothing, name="planflow-forkserver-warm")
+        _context()  # the preload set
+        child = StepProcess(target=_nothing, name="planflow-forkserver-warm")
         child.start()
         child.join(WARM_SECONDS)
     except Exception:  # noqa: BLE001 - the first isolated step starts it, and says why it cannot
@@ -278,7 +280,7 @@ def run_isolated(
     context = _context()
     receive, send = context.Pipe(duplex=False)
     env = {**os.environ, **dict.fromkeys(THREAD_ENV_VARS, str(threads_for(cpu)))}
-    child = context.Process(
+    child = StepProcess(  # its process does not run the parent's script again (step_process.py)
         target=_child_main,
         args=(send, step, threads_for(cpu), payload, list(sys.path), os.getcwd(), env),
         name=f"planflow-step-{step}",
