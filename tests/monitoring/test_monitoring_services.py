@@ -113,6 +113,25 @@ def test_status_reports_stale_pid_files(tmp_path):
     assert not (folder / "receivers.json").exists()  # the stack's receivers end with it
 
 
+def test_stack_up_names_the_receivers_it_keeps_from_an_earlier_environment(tmp_path, monkeypatch):
+    """`stack up` says which receivers it still sends to from an earlier `up`'s environment
+    (by variable: a webhook URL may hold a token), unless this environment sets them; it
+    said nothing, and a shell without PLANFLOW_ALERT_WEBHOOK_URL still alerted that hook."""
+    paths = StatePaths(tmp_path)
+    folder = services.monitoring_dir(paths)
+    folder.mkdir(parents=True)
+    monkeypatch.delenv("PLANFLOW_ALERT_WEBHOOK_URL", raising=False)
+    monkeypatch.delenv("PLANFLOW_WATCHDOG_URL", raising=False)
+    assert services.kept_receiver_variables(paths) == ([], folder / "receivers.json")
+    hook = "https://chat.example.com/hooks/T0KEN"
+    (folder / "receivers.json").write_text(
+        json.dumps({"webhook_url": {"value": hook, "over": None}, "watchdog_url": {"value": hook, "over": None}})
+    )
+    assert services.kept_receiver_variables(paths)[0] == ["PLANFLOW_ALERT_WEBHOOK_URL", "PLANFLOW_WATCHDOG_URL"]
+    monkeypatch.setenv("PLANFLOW_WATCHDOG_URL", hook)  # given again now: not an earlier one
+    assert services.kept_receiver_variables(paths)[0] == ["PLANFLOW_ALERT_WEBHOOK_URL"]
+
+
 def test_a_missing_binary_is_an_error_with_the_install_command(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(services.ServicesError, match="apt-get install -y prometheus"):

@@ -61,6 +61,9 @@ def up(
     say(f"profile       {profile}; state in {services.monitoring_dir(paths)}")
     own = services.project_thresholds(paths)
     say(f"thresholds    {own or 'planflow defaults'} (a project's own: {services.PROJECT_THRESHOLDS})")
+    kept, where = services.kept_receiver_variables(paths)
+    if kept:  # alerts still go where an earlier environment said, though this one does not
+        say(f"receivers     kept from an earlier `stack up`: {', '.join(kept)} (in {where}; `stack down` forgets them)")
     if automations:
         _automations_up(paths)
 

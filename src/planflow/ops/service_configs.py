@@ -22,7 +22,7 @@ import yaml
 
 from planflow.monitoring import rules as generate
 from planflow.monitoring.bridge import TOKEN_ENV, TOKEN_FILE_NAME, resolve_token
-from planflow.monitoring.routing import receiver_overrides, receiver_problem, receivers_from_settings
+from planflow.monitoring.routing import OVERRIDES, receiver_overrides, receiver_problem, receivers_from_settings
 from planflow.settings import StatePaths, write_private
 
 HOST = "127.0.0.1"
@@ -158,6 +158,20 @@ def _kept_receivers(folder: Path, configured: dict[str, str]) -> dict[str, str]:
     else:
         path.unlink(missing_ok=True)
     return {key: str(entry["value"]) for key, entry in kept.items()}
+
+
+def kept_receiver_variables(paths: StatePaths) -> tuple[list[str], Path]:
+    """The PLANFLOW_* variables of the receivers the stack keeps from an earlier `up`'s
+    environment and this one does not set (their values unsaid: a webhook URL may hold a
+    token), and the file they are kept in."""
+    path = monitoring_dir(paths) / KEPT_RECEIVERS
+    try:
+        kept = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return [], path
+    now, names = receiver_overrides(), {field: name for name, field in OVERRIDES.items()}
+    variables = [f"PLANFLOW_{names[key].upper()}" for key in kept if key in names and key not in now]
+    return sorted(variables), path
 
 
 def forget_kept_receivers(folder: Path) -> None:

@@ -47,6 +47,7 @@ from planflow.ops.service_configs import (  # noqa: F401 (re-exported: the servi
     PROJECT_THRESHOLDS,
     alertmanager_auth,
     forget_kept_receivers,
+    kept_receiver_variables,
     load_thresholds,
     monitoring_dir,
     project_thresholds,
