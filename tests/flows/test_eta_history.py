@@ -187,3 +187,57 @@ def test_a_completed_run_planned_from_history_leaves_its_ratio_and_the_next_runs
     text = "\n".join(str(a.data) for a in figures)[:3000]
     assert "| ETA (expected finish) |" in text and "| planned finish |" in text, text
     assert "the plan's makespan x" in text and "such run(s) on this pool finished" in text, text
+
+
+def test_a_run_that_starts_before_its_plan_said_does_not_teach_the_next_etas_to_shrink(pool):
+    """A run planned behind another run's "running" component that holds nothing (its
+    process was killed: its entry stays until it is found silent, minutes) starts at once
+    and ends long before its plan. Its ratio was its time over a replay that kept the
+    planned start (0.05-0.11 seen), and the next runs on the pool took ETAs of half their
+    plans (the allowance's floor). Now the replay starts a step where it began when that
+    was earlier: the ratio is the run's own lateness, about 1."""
+    from prefect import flow
+    from prefect.states import Completed, Running
+
+    from planflow.prefect.calendar_store import CalendarEntry, save_entry
+    from planflow.runtime.calendar import read_calendar
+
+    @flow(name="eta-ghost-probe")
+    def probe() -> None: ...
+
+    comp = component(slow, cpu=1, mem_gib=0.01, est_seconds=1.0, pools=[POOL])
+    steps = [Step(f"s{i}", comp, after=(f"s{i - 1}",) if i else ()) for i in range(4)]
+    run = to_flow(Pipeline("eta-early-start", steps, description="4 steps in a row"))
+    own = eta_key(POOL, shared=True, pipeline="eta-early-start")
+    now = time.time()
+    with get_client(sync_client=True) as client:
+        ghost = client.create_flow_run(probe, name=f"ghost-{uuid.uuid4().hex[:6]}")
+        client.set_flow_run_state(ghost.id, Running(), force=True)
+    reservation = {"component": "c", "pool": POOL, "start": now, "finish": now + 120, "state": "running"}
+    save_entry(
+        CalendarEntry(
+            flow_run_id=str(ghost.id),
+            pipeline="ghost",
+            planned_at=now,
+            eta=now + 120,
+            reservations=[{**reservation, "demand": dict(CAPACITY)}],
+        )
+    )
+    try:
+        assert str(ghost.id) in {e.flow_run_id for e in read_calendar()}  # alive to the calendar
+        run(local_pool=POOL)  # planned from the declarations: teaches nothing
+        run(local_pool=POOL)  # from the first run's durations, behind the ghost: recorded
+        with get_client(sync_client=True) as client:
+            rows = client.request(
+                "POST",
+                "/artifacts/filter",
+                json={"artifacts": {"key": {"any_": [own]}}, "sort": "CREATED_DESC", "limit": 1},
+            ).json()
+        assert rows, f"no ratio recorded under {own}"
+        data = rows[0]["data"]
+        assert data["planned_s"] > 60, data  # planned behind the ghost's two minutes
+        assert 0.7 < data["ratio"] < 2.0, data  # was actual / (2 min + its durations): about 0.01
+    finally:
+        with get_client(sync_client=True) as client:
+            client.set_flow_run_state(ghost.id, Completed(), force=True)
+        assert str(ghost.id) not in {e.flow_run_id for e in read_calendar()}

@@ -81,6 +81,7 @@ class RunCalendar(PoolOrder, Reporter):
         self.run: RunInfo | None = None
         self.lateness = 0.0
         self.makespan = 0.0
+        self.began: dict[str, float] = {}  # step -> when it started, s from the plan (its "started" event)
         self._lock = threading.RLock()  # the event thread and the re-planning thread both write the entry
         self._save_lock = threading.Lock()  # one write of the entry at a time, in order
         self._save_due = threading.Event()  # the saver thread's cue (flush)
@@ -284,6 +285,7 @@ class RunCalendar(PoolOrder, Reporter):
         mine.pop("waiting", None)
         self._planned.pop(record.step, None)
         if event.kind == "started":
+            self.began[record.step] = event.at - entry.planned_at  # for what the ETAs learn (_learn)
             mine["finish"] = event.at + (float(mine["finish"]) - float(mine["start"]))
             mine["start"] = event.at
         else:
@@ -443,7 +445,7 @@ class RunCalendar(PoolOrder, Reporter):
             if a.planned_start is not None and a.planned_finish is not None
         }
         took_each = {step: s for step, r in records.items() if (s := r.learned_seconds) is not None}
-        replayed = eta_history.replayed_makespan(run.pipeline.upstream, planned, took_each)
+        replayed = eta_history.replayed_makespan(run.pipeline.upstream, planned, took_each, self.began)
         try:
             eta_history.record(self.allowed.keys, self.makespan, took, self.run_id, replayed)
         except Exception as exc:  # the run is over: the next runs' ETAs learn from the others
