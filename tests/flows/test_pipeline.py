@@ -387,6 +387,29 @@ def test_a_yes_or_no_is_refused_where_a_number_is_expected_as_prefect_refuses_it
     assert typed_values(toy_dags.diamond, {"factor": "3", "n": "4"}) == {"factor": 3.0, "n": 4}
 
 
+def _limited(limit: int | None = None) -> int:
+    return limit or 0
+
+
+def test_an_optional_param_is_set_back_to_none_in_pythons_spelling_or_yamls():
+    """`--param limit=None` was refused for an `int | None` parameter, with `e.g. --param
+    limit=None` as the fix (and "a Optional[int]")."""
+    from planflow import Pipeline, component
+    from planflow.cli.params import ParamError, typed_values
+
+    pipeline = Pipeline("optional-param", [component(_limited, cpu=1, est_seconds=1)])
+    for text in ("None", "none", "null", "~", ""):
+        assert typed_values(pipeline, {"limit": text}) == {"limit": None}, text
+    assert typed_values(pipeline, {"limit": "7"}) == {"limit": 7}
+    with pytest.raises(ParamError) as caught:
+        typed_values(pipeline, {"limit": "many"})
+    message = str(caught.value)
+    assert "takes an int | None, got 'many'" in message, message
+    assert "Fix: e.g. --param limit=null" in message, message
+    with pytest.raises(ParamError):  # a parameter that does not take None still refuses it
+        typed_values(toy_dags.diamond, {"factor": "None"})
+
+
 def test_a_yaml_cycle_among_the_steps_that_built_is_listed_beside_the_other_problems(tmp_path):
     """A cycle between two steps that did build was reported only once the other problems
     (here a step whose `uses:` does not import) were fixed: one more round of edits."""

@@ -26,6 +26,9 @@ from planflow.core.pipeline import Pipeline
 from planflow.core.steps import REQUIRED
 
 
+PYTHON_NONE = ("None", "none")  # read as null, as YAML's null, ~ and the empty value are
+
+
 class ParamError(ValueError):
     """One or more --param values are malformed, unknown or of the wrong type; the
     message lists every problem with its fix."""
@@ -99,7 +102,9 @@ def convert(text: str, expected: Any) -> Any:
         value = adapter.validate_python(text)
     except ValidationError:
         try:
-            read = yaml.safe_load(text)
+            # Python's spelling of null too, where the type allows None: `--param limit=None`
+            # was refused, with `e.g. --param limit=None` as its fix
+            read = None if text.strip() in PYTHON_NONE else yaml.safe_load(text)
             # YAML's yes/no/on/off/true are booleans, which pydantic's lax mode takes for 1 and 0:
             # `--param C=off` ran with C=0. A boolean is one only where one is expected (strict),
             # as Prefect's own check of a deployment run's parameters has it
@@ -118,7 +123,7 @@ def type_name(expected: Any) -> str:
     if get_origin(expected) is Literal:
         return "one of " + ", ".join(repr(choice) for choice in get_args(expected))
     name = expected.__name__ if isinstance(expected, type) else str(expected).replace("typing.", "")
-    return f"{'an' if name[:1] in tuple('aeiou') else 'a'} {name}"
+    return f"{'an' if name[:1].lower() in tuple('aeiou') else 'a'} {name}"
 
 
 def _listed(problems: list[str]) -> str:
@@ -134,7 +139,9 @@ def _example(key: str, default: Any) -> str:
         default = default.value
     if isinstance(default, bool):
         text = str(default).lower()
-    elif isinstance(default, str | int | float) or default is None:
+    elif default is None:
+        text = "null"
+    elif isinstance(default, str | int | float):
         text = str(default)
     else:  # lists, mappings, pydantic models, dataclasses: as JSON, which `convert` reads back
         try:
