@@ -25,7 +25,6 @@ from planflow.core.finite import non_finite_at
 from planflow.core.pipeline import Pipeline
 from planflow.core.steps import REQUIRED
 
-
 PYTHON_NONE = ("None", "none")  # read as null, as YAML's null, ~ and the empty value are
 
 
