@@ -104,6 +104,15 @@ def test_unused_pipeline_parameter_is_reported():
         Pipeline("unused", [toy_dags.numbers], params={"nn": 3})
 
 
+def test_a_bad_parameter_value_is_listed_beside_an_unused_parameter():
+    """Both at once: the value's problem waited until the unused parameter was removed."""
+    with pytest.raises(PipelineError) as caught:
+        Pipeline("both", [toy_dags.numbers], params={"n": "abc", "nosuch": 3})
+    message = str(caught.value)
+    assert "pipeline parameter 'nosuch' is not used by any step" in message, message
+    assert "params.n = 'abc': step 'numbers' takes n: int" in message, message
+
+
 def test_resolve_params_converts_cli_strings_and_rejects_unknown():
     p = toy_dags.diamond
     assert p.resolve_params({"n": "7", "factor": "0.5"}) == {"n": 7, "factor": 0.5}

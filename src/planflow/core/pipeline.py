@@ -97,7 +97,7 @@ class Pipeline:
             problems.append("a pipeline needs at least one step")
         self.bindings, self.params, param_problems = wire(self.steps, dict(params or {}))
         problems += param_problems
-        problems += [] if param_problems else declared_value_problems(self.steps, self.bindings, dict(params or {}))
+        problems += declared_value_problems(self.steps, self.bindings, dict(params or {}))  # beside those: all at once
         problems += self._scaled_by_outputs()
         problems += dependency_problems(self.steps)
         self._order, cycle = cycle_problem(self._graph(), list(self.steps))
