@@ -238,6 +238,13 @@ def test_an_output_file_or_port_that_cannot_be_used_is_a_usage_error_not_a_trace
     assert f"--gantt {missing}: cannot write it (folder {missing.parent} does not exist)" in out.stderr
     out = planflow("calendar", "local", "--png", str(tmp_path), env=toy_env)
     assert out.returncode == 2 and "cannot write it (it is a folder)" in out.stderr, out.stderr[-2000:]
+    planflow("pools", "set", "png-second", "--cpu", "1", "--mem-gib", "1", env=toy_env)
+    try:  # two pools and no POOL: refused before the calendar is printed (it printed it all, then failed)
+        out = planflow("calendar", "--png", str(tmp_path / "c.png"), env=toy_env)
+    finally:
+        planflow("pools", "rm", "png-second", env=toy_env)
+    assert out.returncode == 2 and "--png draws one pool: name it" in out.stderr, out.stderr[-2000:]
+    assert "pool local" not in out.stdout and not (tmp_path / "c.png").exists(), out.stdout[-2000:]
     out = planflow("serve", "toy-diamond", "--port", "80000", env=toy_env)
     assert out.returncode == 2 and "Traceback" not in out.stderr and "65535" in out.stderr, out.stderr[-2000:]
     out = planflow("serve", "toy-diamond", "--port", "65530", "--replicas", "8", env=toy_env)

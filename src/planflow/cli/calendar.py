@@ -262,12 +262,13 @@ def calendar(
                 "Fix: name one of those, or create it (planflow pools set)"
             )
         capacities = {pool: capacities[pool]}
+    if png is not None and len(capacities) != 1:  # before the calendar is printed: nothing done
+        example = next(iter(sorted(capacities)), "local")
+        fail(f"--png draws one pool: name it, e.g. `planflow calendar {example} --png calendar.png`", code=2)
     entries, now = read_calendar(clean=True), time.time()
     for line in calendar_text(entries, capacities, held_now(capacities), now):
         say(line)
     if png is not None:
-        if len(capacities) != 1:
-            fail("--png draws one pool: name it, e.g. `planflow calendar local --png calendar.png`")
         name = next(iter(capacities))
         write_file(png, calendar_png(entries, name, capacities[name], now), "--png")
         say(f"wrote {png}")
