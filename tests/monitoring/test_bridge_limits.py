@@ -357,6 +357,15 @@ def test_a_command_against_a_server_with_auth_on_names_the_missing_credentials(a
         timeout=120,
     )
     assert allowed.returncode == 0 and "local" in allowed.stdout, allowed.stderr[-2000:]
+    # `serve` too (it started, logged a raw 401 every 5 s, and its /readyz said the server was down)
+    served = subprocess.run(
+        [planflow, "serve", "no-such-pipeline", "--port", str(free_port())],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert served.returncode == 1 and "Fix: export PREFECT_API_AUTH_STRING=" in served.stderr, served.stderr[-2000:]
     # `planflow env` (for `eval`) says on stderr that the shell needs the credentials too
     exports = subprocess.run([planflow, "env"], env=env, capture_output=True, text=True, timeout=120)
     assert exports.returncode == 0 and f"export PREFECT_API_URL={api}" in exports.stdout, exports.stderr

@@ -182,10 +182,10 @@ def ensure_server(same_as_env: bool = True) -> str:
         problem = stack.health_problem(chosen)
         if problem:
             fail(f"the Prefect server at {chosen} (PREFECT_API_URL) does not answer: {problem[0]}. Fix: {problem[1]}.")
-        return _authorized(chosen)
+        return authorized(chosen)
     current = stack.status()
     if current.running and current.url:
-        return _authorized(current.url)
+        return authorized(current.url)
     warn("Starting the embedded Prefect server (planflow server up) ...")
     try:
         state = stack.up()
@@ -199,7 +199,7 @@ def ensure_server(same_as_env: bool = True) -> str:
     return state.url
 
 
-def _authorized(url: str) -> str:
+def authorized(url: str) -> str:
     """`url`, once its server takes this process's credentials; a clear error when its API
     auth is on and they are missing or wrong (every command met a raw 401 traceback)."""
     if stack.auth_refused(url):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import typer
 
+from planflow.cli.common import authorized
+from planflow.prefect.health import api_url
 from planflow.serving.app import DEFAULT_MAX_BODY_BYTES
 from planflow.serving.loader import ServedRuns
 from planflow.serving.path import OnlinePathError
@@ -43,6 +45,9 @@ def serve(
     if any(not t for t in served.tags):
         typer.echo("planflow serve: --tag '': a tag must not be empty. Fix: e.g. --tag release", err=True)
         raise typer.Exit(2)
+    url = api_url()
+    if url:  # a server down is waited for (it serves meanwhile); a refusal of its credentials is not
+        authorized(url)
     try:
         check_poll_seconds(poll_seconds)
         if replicas == 1:
