@@ -247,6 +247,9 @@ def test_an_output_file_or_port_that_cannot_be_used_is_a_usage_error_not_a_trace
     assert "pool local" not in out.stdout and not (tmp_path / "c.png").exists(), out.stdout[-2000:]
     out = planflow("serve", "toy-diamond", "--port", "80000", env=toy_env)
     assert out.returncode == 2 and "Traceback" not in out.stderr and "65535" in out.stderr, out.stderr[-2000:]
+    for command in (("dask", "up", "--port"), ("server", "up", "--port"), ("stack", "up", "--bridge-port")):
+        out = planflow(*command, "80000", env=toy_env)  # dask up printed OverflowError's traceback
+        assert out.returncode == 2 and "Traceback" not in out.stderr and "65535" in out.stderr, out.stderr[-2000:]
     out = planflow("serve", "toy-diamond", "--port", "65530", "--replicas", "8", env=toy_env)
     assert out.returncode == 2 and "past 65535. Fix: a lower --port" in out.stderr, out.stderr[-2000:]
     out = planflow("serve", "toy-diamond", "--tag", " ", env=toy_env)

@@ -36,7 +36,7 @@ def up(
         None, min=1, help="Worker processes per pool, each offering an even share of it [default: 1]."
     ),
     pool: list[str] = typer.Option([], "--pool", help="Only these pools (default: every ResourcePool block)."),
-    port: int = typer.Option(0, help="The scheduler's port (default: a free one)."),
+    port: int = typer.Option(0, min=0, max=65535, help="The scheduler's port (default: a free one)."),
     address: str | None = typer.Option(
         None, help="Start nothing: use the running scheduler at this address (e.g. tcp://10.0.0.5:8786)."
     ),

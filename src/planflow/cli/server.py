@@ -19,7 +19,7 @@ server_app = typer.Typer(
 @server_app.command("up")
 def server_up(
     host: str = typer.Option(DEFAULT_HOST, help="Address to listen on."),
-    port: int = typer.Option(DEFAULT_PORT, help="Port to listen on."),
+    port: int = typer.Option(DEFAULT_PORT, min=1, max=65535, help="Port to listen on."),
     db: str = typer.Option(
         "sqlite",
         help="The server's database: sqlite (a file in the state folder) or postgres (the scale-out "

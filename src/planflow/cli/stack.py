@@ -26,13 +26,13 @@ stack_app = typer.Typer(
 @stack_app.command("up")
 def up(
     profile: str = typer.Option("production", help="fast (seconds; demo, tests) or production (minutes)."),
-    prefect_port: int = typer.Option(DEFAULT_PORT, help="Port of the embedded Prefect server."),
+    prefect_port: int = typer.Option(DEFAULT_PORT, min=1, max=65535, help="Port of the embedded Prefect server."),
     server: bool = typer.Option(True, help="Start the embedded Prefect server too."),
-    prometheus_port: int = typer.Option(9090),
-    pushgateway_port: int = typer.Option(9091),
-    alertmanager_port: int = typer.Option(9093),
-    bridge_port: int = typer.Option(9095),
-    exporter_port: int = typer.Option(9096),
+    prometheus_port: int = typer.Option(9090, min=1, max=65535),
+    pushgateway_port: int = typer.Option(9091, min=1, max=65535),
+    alertmanager_port: int = typer.Option(9093, min=1, max=65535),
+    bridge_port: int = typer.Option(9095, min=1, max=65535),
+    exporter_port: int = typer.Option(9096, min=1, max=65535),
     automations: bool = typer.Option(
         True, help="Apply planflow's automations and start the remediation worker (retry, failover, rescale)."
     ),
