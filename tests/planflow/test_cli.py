@@ -97,9 +97,12 @@ def test_run_shows_progress_and_the_run_address(toy_env):
 
 
 def test_unknown_pipeline_and_bad_params_are_clear(toy_env):
-    out = planflow("run", "toy-diamnd", env=toy_env)
-    assert out.returncode == 1
-    assert "no pipeline named 'toy-diamnd'. Did you mean 'toy-diamond'?" in out.stderr
+    for command in ("run", "plan"):  # a name the project does not have: a usage error (run: 1)
+        out = planflow(command, "toy-diamnd", env=toy_env)
+        assert out.returncode == 2, out.stderr
+        assert "no pipeline named 'toy-diamnd'. Did you mean 'toy-diamond'?" in out.stderr
+    out = planflow("plan", "toy-diamond", "--param", "n", env=toy_env)
+    assert (out.returncode, out.stderr) == (2, "error: --param n is not KEY=VALUE. Fix: --param n=VALUE\n")
     out = planflow("run", "toy-diamond", "--param", "n=lots", env=toy_env)
     assert out.returncode == 2  # a usage error
     assert out.stderr.strip() == (
@@ -635,6 +638,8 @@ def test_a_component_that_fits_no_pool_is_refused_before_a_flow_run_exists(user_
     out = planflow_in(user_project, "run", "too-big", env=cli_env)
     assert out.returncode == 2, out.stdout + out.stderr
     assert "pipeline 'too-big' cannot be placed:" in out.stderr and "step 'crunch' needs cpu=64" in out.stderr
+    planned = planflow_in(user_project, "plan", "too-big", env=cli_env)  # the same refusal, the same code (was 1)
+    assert planned.returncode == 2 and "step 'crunch' needs cpu=64" in planned.stderr, planned.stderr[-2000:]
     assert "no flow run was made" in out.stderr and "Traceback" not in out.stderr
     runs = httpx.post(
         f"{cli_env['PREFECT_API_URL']}/flow_runs/filter", json={"flows": {"name": {"any_": ["too-big"]}}}, timeout=10

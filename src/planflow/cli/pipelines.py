@@ -103,6 +103,8 @@ def load(name: str) -> Pipeline:
     """The pipeline called `name`; exits with its load error (or the known names)."""
     try:
         return discovery.get(name)
+    except discovery.UnknownPipelineError as exc:  # a name the project does not have: a usage error
+        fail(str(exc), USAGE)
     except (LookupError, ValueError) as exc:
         fail(str(exc))
 
@@ -441,7 +443,7 @@ def plan(
     try:
         raw = parse_pairs(param)
     except ParamError as exc:
-        fail(str(exc))
+        fail(str(exc), USAGE)  # as `planflow run` says it
     if gantt:
         check_writable(Path(gantt), "--gantt")
     pipeline = load(name)
@@ -451,6 +453,8 @@ def plan(
         fail(f"--pool {pool}: {no_pool_block(pool, pools)}", USAGE)  # as `planflow run` says it
     try:
         pp = make_plan(pipeline, mode=mode, local_pool=pool, params=values)
+    except PoolError as exc:  # a component no pool can hold: as `planflow run` refuses it
+        fail(str(exc), USAGE)
     except (LookupError, ValueError, PlanningError) as exc:
         fail(str(exc))
     totals = pipeline.totals(work_scale(pipeline, values))
