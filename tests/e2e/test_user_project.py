@@ -271,6 +271,11 @@ def test_a_worker_started_as_the_readme_says_runs_the_deployment(user_project, s
     started_yaml = user_project.shell(yaml_run)
     assert started_yaml.returncode == 0, show(started_yaml)
     yaml_run_id = re.search(r"UUID: ([0-9a-f-]{36})", started_yaml.stdout).group(1)
+    # each component a flow run of its own: their processes import the pipeline by its project
+    # path, not by the name Prefect gave the entrypoint's module ("No module named 'flow'")
+    started_distributed = user_project.shell(f"{run_deployment} -p rows=20 -p mode=distributed")
+    assert started_distributed.returncode == 0, show(started_distributed)
+    distributed_id = re.search(r"UUID: ([0-9a-f-]{36})", started_distributed.stdout).group(1)
 
     log = tmp_path / "worker.log"
     with log.open("wb") as out:
@@ -285,6 +290,7 @@ def test_a_worker_started_as_the_readme_says_runs_the_deployment(user_project, s
     try:
         run = final_flow_run(server, run_id, 300, lambda: tail(log) + "\n" + user_project.server_log())
         yaml_done = final_flow_run(server, yaml_run_id, 300, lambda: tail(log) + "\n" + user_project.server_log())
+        distributed = final_flow_run(server, distributed_id, 600, lambda: tail(log) + "\n" + user_project.server_log())
     finally:
         stop_process(worker, timeout=30)  # its process group: the worker and its flow runs
     assert run["state_type"] == "COMPLETED", tail(log)
@@ -293,6 +299,7 @@ def test_a_worker_started_as_the_readme_says_runs_the_deployment(user_project, s
     assert yaml_done["state_type"] == "COMPLETED" and yaml_done["parameters"]["rows"] == 7, tail(log)
     assert {"planflow", f"pipeline:{YAML_PIPELINE}"} <= set(yaml_done["tags"]), yaml_done["tags"]
     assert "worker for pool 'local-process' (process)" in log.read_text()
+    assert distributed["state_type"] == "COMPLETED", tail(log)
 
 
 def test_stack_and_automations_from_the_project(user_project, server):

@@ -114,6 +114,11 @@ deployments:
     entrypoint: flows/wordcount_short.py:wordcount_short
     work_pool:
       name: {pool}
+  # the README's: each component of a `mode=distributed` run is a flow run of this one
+  - name: {pool}
+    entrypoint: planflow.runtime.component_flow:run_component
+    work_pool:
+      name: {pool}
 """
 
 

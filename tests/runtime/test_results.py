@@ -236,3 +236,38 @@ def test_an_output_of_a_class_only_a_deployments_loader_can_import_is_read_by_an
     read = subprocess.run([sys.executable, "-c", reader], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert read.returncode == 0, read.stderr[-2000:]
     assert read.stdout.split() == ["Model", "6"]
+
+
+def test_a_pipeline_in_a_deployments_entrypoint_is_named_by_its_project_path_for_other_processes(tmp_path, monkeypatch):
+    """Prefect loads a deployment's entrypoint file (flows/credit/flow.py) as a module named
+    `flow`: a `mode=distributed` run of it named its pipeline `flow:pipeline`, and each
+    component's flow run failed ("cannot import module 'flow'"). Its ref is now the module's
+    place in the project's packages, which another process imports."""
+    import subprocess
+    import sys
+
+    from prefect.utilities.importtools import load_script_as_module
+
+    package = tmp_path / "flows" / "credit"
+    package.mkdir(parents=True)
+    (tmp_path / "flows" / "__init__.py").write_text("")
+    (package / "__init__.py").write_text("")
+    (package / "steps.py").write_text("def score(n: int = 3) -> int:\n    return n * 2\n")
+    (package / "flow.py").write_text(
+        "from planflow import Pipeline, component\n\nfrom . import steps\n\n"
+        "pipeline = Pipeline('credit', [component(steps.score, cpu=1, est_seconds=1)])\n"
+    )
+    monkeypatch.chdir(tmp_path)  # a worker's run: in the project's folder
+    loaded = load_script_as_module(str(package / "flow.py"))
+    assert not loaded.__name__.startswith("flows."), loaded.__name__  # Prefect's own name for it
+    ref = loaded.pipeline.ref
+    assert ref == "flows.credit.flow:pipeline", ref
+    other = subprocess.run(
+        [sys.executable, "-c", f"from planflow.core.discovery import load_ref; print(load_ref({ref!r}).name)"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert other.returncode == 0 and other.stdout.strip() == "credit", other.stderr[-2000:]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Mapping
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import yaml
@@ -68,6 +69,27 @@ def source_path(source: str) -> str:
     a container)."""
     path, root = Path(source).resolve(), project_root()
     return str(path.relative_to(root) if path.is_relative_to(root) else path)
+
+
+def importable_name(module: ModuleType) -> str:
+    """The name another process imports `module` by. Its own, unless it was loaded from its
+    file under another name: Prefect loads a deployment's entrypoint file as a module named
+    after the file (`flow`, `__prefect_loader_<hash>__`), which no other process can import
+    (a distributed run's components failed: "No module named 'flow'"). Such a module of the
+    project is named by its place in the project's packages (`flows.churn.flow`)."""
+    name, file = module.__name__, getattr(module, "__file__", None)
+    if not file:
+        return name
+    path, root = Path(file).resolve(), project_root()
+    if not path.is_relative_to(root) or path.suffix != ".py":
+        return name
+    parts = path.relative_to(root).with_suffix("").parts
+    parts = parts[:-1] if parts[-1] == "__init__" else parts
+    packages = all((root.joinpath(*parts[:i]) / "__init__.py").is_file() for i in range(1, len(parts)))
+    dotted = ".".join(parts)
+    # renamed only where the name is the file's own (a tail of its path) or Prefect's loader's
+    loaded_by_file = dotted.endswith(f".{name}") or name.startswith("__prefect_loader_")
+    return dotted if packages and loaded_by_file else name
 
 
 def import_object(path: str) -> Any:

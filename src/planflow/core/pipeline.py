@@ -24,7 +24,7 @@ import yaml
 
 from planflow.core.component import ISOLATION_CHOICES, Component, isolation_problems
 from planflow.core.declared_values import declared_value_problems, negative_number
-from planflow.core.loading import import_object, pipeline_arguments, read_yaml, source_path
+from planflow.core.loading import import_object, importable_name, pipeline_arguments, read_yaml, source_path
 from planflow.core.pipeline_file import (
     FIELD_HELP,
     PIPELINE_ALIASES,
@@ -269,7 +269,7 @@ class Pipeline:
         if module is not None and self.module != "__main__":
             for attribute, value in vars(module).items():
                 if value is self:
-                    return f"{self.module}:{attribute}"
+                    return f"{importable_name(module)}:{attribute}"
         raise PipelineError(
             f"pipeline '{self.name}' was built in {self.module or 'an unknown module'}, which "
             "another process cannot import. Fix: define it at module level of an importable "
