@@ -172,3 +172,25 @@ def test_a_worker_whose_process_ended_is_named_by_status_and_started_again_by_up
         assert again.detail == "started again: local-0" and again.address == first.address
     finally:
         dask_ops.down(paths)
+
+
+def test_local_workers_offer_no_gpu_the_machine_lacks():
+    """`workpools apply` makes a `kubernetes` pool of gpu=4 for a cluster; `dask up` made a
+    local worker offer those 4 GPUs on a machine with none, and a gpu=1 step that
+    `planflow plan` refused ran there in Dask mode. Its workers now offer the machine's."""
+    from planflow.ops.dask import local_capacities, worker_specs
+
+    declared = {"kubernetes": {"cpu": 32, "gpu": 4, "mem_gib": 128}, "local": {"cpu": 2, "gpu": 0, "mem_gib": 4}}
+    offered, cut = local_capacities(declared, machine_gpus=0)
+    assert cut == ["kubernetes (gpu=4)"]
+    assert {
+        w.name: w.resources["kubernetes.gpu" if w.pool == "kubernetes" else "local.gpu"] for w in worker_specs(offered)
+    } == {
+        "kubernetes-0": 0.0,
+        "local-0": 0.0,
+    }
+    assert local_capacities(declared, machine_gpus=8) == (
+        {p: {k: float(v) for k, v in c.items()} for p, c in declared.items()},
+        [],
+    )
+    assert declared["kubernetes"]["gpu"] == 4  # the pools' own declarations are left as they are

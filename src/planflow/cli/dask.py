@@ -10,6 +10,7 @@ import typer
 from planflow.cli.common import ensure_server, fail, say
 from planflow.ops import dask as cluster
 from planflow.prefect.blocks.registry import load_pools
+from planflow.prefect.blocks.resource_pool import machine_gpus
 from planflow.runtime.dask_cluster import DaskClusterError
 from planflow.settings import StatePaths
 
@@ -54,11 +55,20 @@ def up(
         unknown = sorted(set(pool) - set(pools))
         if unknown:
             fail(f"--pool {', '.join(unknown)}: no such ResourcePool block (pools: {', '.join(sorted(pools))})", 2)
-        capacities = {name: p.capacity() for name, p in pools.items() if not pool or name in pool}
+        gpus = machine_gpus()
+        capacities, cut = cluster.local_capacities(
+            {name: p.capacity() for name, p in pools.items() if not pool or name in pool}, gpus
+        )
     try:
         state = cluster.up(paths, capacities, workers=workers, port=port, address=address)
     except (DaskClusterError, ValueError) as exc:
         fail(str(exc))
+    if not address and cut:
+        say(
+            f"gpu        this machine has {gpus} GPU(s): the local workers of {', '.join(cut)} offer {gpus}, "
+            "so a step that needs more is refused when planned. Fix: a cluster that has them, "
+            "planflow dask up --address tcp://HOST:8786"
+        )
     _show(state)
     say(f"state in {cluster.dask_dir(paths)}; runs: planflow run NAME --mode dask")
 

@@ -82,6 +82,26 @@ def dask_dir(paths: StatePaths) -> Path:
     return paths.home / "dask"
 
 
+def local_capacities(
+    capacities: Mapping[str, Mapping[str, float]], machine_gpus: int
+) -> tuple[dict[str, dict[str, float]], list[str]]:
+    """The pools' capacities as workers on this machine can offer them: at most the GPUs it
+    has (a pool declared for another machine, e.g. the `kubernetes` pool's gpu=4, made a
+    local worker offer 4 GPUs on a machine with none, and a gpu=1 step that `planflow plan`
+    refused ran there in Dask mode). Returns them and the pools whose GPUs were cut.
+
+    >>> local_capacities({"k8s": {"cpu": 32, "gpu": 4, "mem_gib": 128}}, 0)
+    ({'k8s': {'cpu': 32.0, 'gpu': 0.0, 'mem_gib': 128.0}}, ['k8s (gpu=4)'])
+    """
+    offered, cut = {}, []
+    for pool, capacity in sorted(capacities.items()):
+        offered[pool] = {resource: float(amount) for resource, amount in capacity.items()}
+        if offered[pool].get("gpu", 0.0) > machine_gpus:
+            cut.append(f"{pool} (gpu={offered[pool]['gpu']:g})")
+            offered[pool]["gpu"] = float(machine_gpus)
+    return offered, cut
+
+
 def worker_specs(capacities: Mapping[str, Mapping[str, float]], workers: int = 1) -> list[WorkerSpec]:
     """`workers` worker processes per pool sharing its capacity evenly (GPUs as whole
     units, the first workers taking the remainder); threads = the share of cores, rounded up.

@@ -44,7 +44,8 @@ class ResourcePool(DropsKeptReads, Block):
         return {"cpu": float(self.cpu), "gpu": float(self.gpu), "mem_gib": float(self.mem_gib)}
 
 
-def _gpu_count() -> int:
+def machine_gpus() -> int:
+    """The GPUs of this machine (nvidia-smi's list; 0 without it)."""
     if not shutil.which("nvidia-smi"):
         return 0
     try:
@@ -65,7 +66,7 @@ def local_pool_from_machine(work_pool: str = "local-process") -> ResourcePool:
     return ResourcePool(
         work_pool=work_pool,
         cpu=float(os.cpu_count() or 1),
-        gpu=_gpu_count(),
+        gpu=machine_gpus(),
         mem_gib=_memory_gib(),
         cost_per_hour=0.0,
         backup_pool=None,
