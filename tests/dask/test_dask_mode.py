@@ -128,6 +128,27 @@ def test_unknown_resource_is_refused_at_plan_time():
     assert "step 'too_big'" in message and "local.mem_gib=3" in message and "--resources" in message
 
 
+def _pinned(x: int = 1) -> int:
+    return x
+
+
+def test_a_step_pinned_to_a_pool_no_worker_offers_is_refused_naming_dask_up():
+    """Its pool's worker had ended (killed): the run was told to use --pool or to add the
+    pools the cluster offered to the step's pools, not to start the worker again."""
+    from planflow import Pipeline, component
+    from planflow.runtime.planning import PoolError
+
+    from tests.flows.own_pool import own_pool
+
+    with own_pool("dask-no-worker", {"cpu": 1.0, "gpu": 0.0, "mem_gib": 1.0}) as name:
+        pinned = component(_pinned, cpu=1, mem_gib=0.1, est_seconds=1, pools=[name])
+        with pytest.raises(PoolError) as refused:
+            make_plan(Pipeline("pinned-without-worker", [pinned]), mode="dask")
+    message = str(refused.value)
+    assert f"may run only on pools ['{name}'], and this run leaves '{name}' out: no Dask worker" in message, message
+    assert "Fix: planflow dask up starts the missing workers" in message and "--pool" not in message, message
+
+
 def test_unreachable_scheduler_names_the_command_that_starts_one(monkeypatch):
     address = f"tcp://127.0.0.1:{free_port()}"
     monkeypatch.setenv("PLANFLOW_DASK_ADDRESS", address)

@@ -15,6 +15,10 @@ from planflow.runtime.planning import PoolError, build_problem, make_plan, plan_
 CAPACITY = {"cpu-pool": {"cpu": 2.0, "gpu": 0.0, "mem_gib": 8.0}, "gpu-pool": {"cpu": 4.0, "gpu": 1.0, "mem_gib": 16.0}}
 
 
+def _on_docker(x: int = 1) -> int:
+    return x
+
+
 def test_estimate_prefers_the_median_of_history_over_the_declaration():
     history = {("train", "gpu-pool"): [4.0, 100.0, 5.0]}  # one outlier does not move a median
     assert estimate(30, False, history, "train", "gpu-pool") == Estimate(5.0, "history: median of 3 runs")
@@ -93,8 +97,16 @@ def test_work_pools_left_out_of_a_distributed_plan_are_said_in_one_line(monkeypa
     }
     monkeypatch.setattr(planning, "readiness", lambda work_pools: ({}, problems))
     with caplog.at_level(logging.WARNING, logger="planflow"):
-        usable, _ = planning.run_pools("distributed", "local", pools)
+        usable, known = planning.run_pools("distributed", "local", pools)
     assert set(usable) == {"local-process"}
+    # a step that may run only on a pool left out is told why, and what to look at
+    pinned = component(_on_docker, cpu=1, est_seconds=1, pools=["docker"])
+    with pytest.raises(planning.PoolError) as refused:
+        planning.allowed_pools(Pipeline("on-docker", [pinned]), {"local-process": {"cpu": 1, "mem_gib": 1}}, known)
+    assert (
+        "and this run leaves 'docker' out: its work pool 'docker' is not ready (no component deployment, no "
+        "worker). Fix: planflow workpools status docker says what it needs"
+    ) in str(refused.value), refused.value
     said = [r.getMessage() for r in caplog.records if "left out of the plan" in r.getMessage()]
     assert said == [
         "left out of the plan: work pool 'docker' (no component deployment, no worker), work pool 'kubernetes' "

@@ -12,7 +12,7 @@ from __future__ import annotations
 import difflib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,7 +74,13 @@ def allowed_pools(
                 f"(`planflow pools set {pool} --cpu N --mem-gib N`) or change the component's pools"
             )
         candidates = [p for p in capacities if spec.allows(p)]
-        if not candidates and not unknown:
+        left = {p: why for p, why in getattr(known_pools, "left_out", {}).items() if spec.allows(p)}
+        if not candidates and not unknown and left:  # its pools are left out of this run, each for a reason
+            problems.append(
+                f"step '{name}' may run only on pools {list(spec.pools)}, and this run leaves "
+                + "; ".join(f"'{p}' out: {why}" for p, why in sorted(left.items()))
+            )
+        elif not candidates and not unknown:
             problems.append(
                 f"step '{name}' may run only on pools {list(spec.pools)}, and this run uses "
                 f"{', '.join(capacities)}. Fix: run it on one of them (`planflow run NAME --pool POOL`, the "
@@ -237,6 +243,26 @@ def _logger() -> logging.Logger | logging.LoggerAdapter:
     return run_logger()
 
 
+class KnownPools(frozenset):
+    """The names of all the pools (a frozenset), with those a Dask or distributed run leaves
+    out and why (`left_out`): a step that may run only there is refused naming that (it was
+    told to use --pool or to add the pools the run had, when its pool's Dask worker had
+    only ended)."""
+
+    left_out: dict[str, str]
+
+    def __new__(cls, names: Iterable[str], left_out: Mapping[str, str] | None = None) -> KnownPools:
+        known = super().__new__(cls, names)
+        known.left_out = dict(left_out or {})
+        return known
+
+
+DASK_LEFT_OUT = (
+    "no Dask worker offers its resources (one that ended: planflow dask status names it). "
+    "Fix: planflow dask up starts the missing workers"
+)
+
+
 def run_pools(
     mode: str, local_pool: str = DEFAULT_POOL, pools: dict[str, ResourcePool] | None = None
 ) -> tuple[dict[str, Any], set[str]]:
@@ -249,10 +275,17 @@ def run_pools(
     read (read_run_blocks), else they are read here."""
     pools = load_pools() if pools is None else pools
     if mode == "dask":  # the pools whose resources the Dask cluster's workers offer
-        return dask_pools(pools, _logger()), set(pools)
+        usable = dask_pools(pools, _logger())
+        return usable, KnownPools(pools, dict.fromkeys(set(pools) - set(usable), DASK_LEFT_OUT))
     if mode == "distributed":
         _, problems = readiness({pool.work_pool for pool in pools.values()})
         usable = {n: p for n, p in pools.items() if p.work_pool not in problems}
+        left_out = {
+            n: f"its work pool '{p.work_pool}' is not ready ({_in_short(problems[p.work_pool])}). "
+            f"Fix: planflow workpools status {p.work_pool} says what it needs"
+            for n, p in pools.items()
+            if p.work_pool in problems
+        }
         if problems and usable:  # one line a run: every run said each pool's whole fix text again
             _logger().warning(
                 "left out of the plan: %s (what each needs: planflow workpools status POOL)",
@@ -263,7 +296,7 @@ def run_pools(
             raise DeploymentMissingError(
                 "distributed mode has no ready work pool:\n" + "\n".join(f"  - {p}" for p in lines)
             )
-        return usable, set(pools)
+        return usable, KnownPools(pools, left_out)
     if local_pool not in pools:
         raise ValueError(f"pool '{local_pool}': {no_pool_block(local_pool, pools)}")
     return {local_pool: pools[local_pool]}, set(pools)
