@@ -114,6 +114,16 @@ def test_haproxy_itself_refuses_a_body_over_the_limit_and_a_slow_one_with_the_re
         assert answers[0].json()["detail"] == (
             "request body of 3000000 bytes is over the limit of 1024 bytes. Fix: send at most 4 records per request"
         )
+
+        def chunks(size: int):  # a streamed body: no Content-Length (a replica refused it; HAProxy lost the 413)
+            for _ in range(size // 65536):
+                yield b"0" * 65536
+
+        streamed = [httpx.post(url, content=chunks(size), timeout=10) for size in [300_000] * 5 + [5_000_000] * 5]
+        assert [a.status_code for a in streamed] == [413] * 10
+        assert streamed[0].json()["detail"] == (
+            "request body is over the limit of 1024 bytes. Fix: send at most 4 records per request"
+        )
         with socket.create_connection(("127.0.0.1", port)) as slow:
             slow.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
             slow.settimeout(BODY_SECONDS + 20)

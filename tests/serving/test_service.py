@@ -120,3 +120,18 @@ def test_a_newer_run_is_swapped_in_under_load_without_a_failed_request(service, 
     assert len(result.runs) == 2, result.runs  # answered by the old run, then by the new one
     metrics = httpx.get(f"http://127.0.0.1:{port + 1}/metrics", timeout=5).text
     assert "planflow_serving_model_swaps_total" in metrics
+
+
+def test_a_streamed_body_over_the_limit_is_refused_with_an_answer_every_time(service):
+    """A body sent in chunks (no Content-Length) over the limit: the replica answered 413
+    and closed, and HAProxy, still sending, lost that answer for 2-11 of 20 bodies of
+    0.3-5 MB (the client saw the connection closed). HAProxy now refuses it itself."""
+    url, _, _ = service
+
+    def chunks(size: int):
+        for _ in range(size // 65536):
+            yield b" " * 65536
+
+    answers = [httpx.post(f"{url}/predict", content=chunks(size), timeout=30) for size in [400_000, 2_000_000] * 10]
+    assert [a.status_code for a in answers] == [413] * 20
+    assert "is over the limit of" in answers[0].json()["detail"], answers[0].text
