@@ -461,6 +461,14 @@ def test_a_required_parameter_has_no_default_in_the_flow_and_a_run_without_it_is
     assert "default" not in schema.properties["path"]
     ran = to_flow(pipeline)(path="abc")  # a run given it
     assert ran["params"] == {"path": "abc"} and ran["steps"]["_load_rows"]["state"] == "Completed", ran
+    # called without it from Python: named with the pipeline and the fix, before a run exists
+    # (Prefect's "Error binding parameters for function 'run': missing a required argument")
+    with pytest.raises(PipelineError) as refused:
+        to_flow(pipeline)()
+    assert str(refused.value) == (
+        "pipeline 'needs-a-path' needs 'path' (declared REQUIRED: no default), which this call does not give. "
+        "Fix: give it, e.g. needs_a_path(path=...)"
+    )
     import pickle
 
     assert pickle.loads(pickle.dumps(REQUIRED)) is REQUIRED

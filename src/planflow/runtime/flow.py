@@ -140,6 +140,14 @@ class PipelineFlow(Flow):
     pipeline: Pipeline
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        missing = [name for name, default in self.pipeline.params.items() if default is REQUIRED and name not in kwargs]
+        if missing and not args:  # before a run exists; Prefect said "binding parameters for function 'run'"
+            names = ", ".join(f"'{name}'" for name in missing)
+            example = ", ".join(f"{name}=..." for name in missing)
+            raise PipelineError(
+                f"pipeline '{self.pipeline.name}' needs {names} (declared REQUIRED: no default), which this call "
+                f"does not give. Fix: give it, e.g. {self.name.replace('-', '_')}({example})"
+            )
         policy = kwargs.get("policy", DEFAULT_POLICY)
         pool = known_main_pool(kwargs.get("mode", DEFAULT_MODE), kwargs.get("local_pool", DEFAULT_POOL))
         with tags.created_with_tags(self.pipeline.name), early_reads(self.pipeline, policy, pool):
