@@ -195,12 +195,14 @@ def test_a_bad_folder_lists_every_problem_and_applies_nothing(tmp_path, register
         "document named 'planflow-late-run-backlog', not 'backlog'. Fix: name it 'planflow-late-run-backlog'",
         "action='rescal': Input should be 'retry', 'failover', 'rescale' or 'none'. Did you mean 'rescale'?",
         "routes.yaml:6: a block document is a mapping of `type`, `name` and the block's fields, not a list",
+        # its backup_pool too, beside the document's other problems (it came once they were fixed)
+        "pools.yaml:7 planflow-resource-pool/docs-bad: backup_pool='lcoal' names no ResourcePool in blocks/",
     ]
     message = str(caught.value)
     for text in expected:
         assert text in message, f"{text!r} not in:\n{message}"
-    assert len(problems) == 11, message
-    assert message.startswith(f"{folder}: 11 problem(s) in the block documents; nothing was applied")
+    assert len(problems) == 12, message
+    assert message.startswith(f"{folder}: 12 problem(s) in the block documents; nothing was applied")
     assert "docs-ok" not in saved("planflow-resource-pool")  # the valid document was not applied either
 
 
@@ -226,6 +228,19 @@ def test_a_backup_pool_must_exist_in_the_folder_or_on_the_server(tmp_path, regis
         "pools.yaml:1 planflow-resource-pool/docs-c: backup_pool='lcoal' names no ResourcePool in blocks/ or on the "
         "server. Did you mean 'local'? Fix: add its document, or correct the name"
     ]
+    # beside the document's other problems, at once (it came only once they were fixed)
+    broken = write(
+        tmp_path / "broken",
+        pools="type: planflow-resource-pool\nname: docs-d\nwork_pool: docs-d\ncpu: -1\nmem_gib: 1\n"
+        "backup_pool: nowhere\n",
+    )
+    with pytest.raises(BlockDocumentError) as caught:
+        plan_folder(broken)
+    problems = caught.value.problems
+    assert len(problems) == 2 and "cpu" in problems[0], problems
+    assert problems[1].startswith("pools.yaml:1 planflow-resource-pool/docs-d: backup_pool='nowhere' names no "), (
+        problems
+    )
 
 
 def test_a_missing_folder_and_an_empty_one_say_what_to_add(tmp_path):

@@ -67,6 +67,7 @@ class Parsed:
     name: Any = None
     document: BlockDocument | None = None
     problems: list[str] = field(default_factory=list)
+    backup_pool: Any = None  # a ResourcePool's, as written: checked beside its other problems
 
     @property
     def ref(self) -> str | None:
@@ -133,6 +134,8 @@ def parse(source: str, data: Any) -> Parsed:
     problems = _head_problems(parsed.slug, parsed.name)
     block_type = BLOCK_TYPES.get(parsed.slug) if isinstance(parsed.slug, str) else None
     checked = None
+    if block_type is ResourcePool:
+        parsed.backup_pool = fields.get("backup_pool")
     if block_type is not None:
         if parsed.name is not None:
             problems += _name_rules(block_type, str(parsed.name), fields)

@@ -148,14 +148,11 @@ def _read_saved(client: SyncPrefectClient, document: BlockDocument) -> dict[str,
 def _backup_problems(folder: Path, parsed: list[Parsed], saved_pools: set[str]) -> list[str]:
     """A backup_pool must name a ResourcePool of the folder (even one with other problems) or the server."""
     pools = saved_pools | {item.name for item in parsed if item.slug == POOL_SLUG and isinstance(item.name, str)}
-    return [
-        f"{item.source} {item.document.ref}: backup_pool={backup!r} names no ResourcePool in {folder.name}/ or on the "
+    return [  # of a document with other problems too: all at once
+        f"{item.source} {item.ref or '?'}: backup_pool={backup!r} names no ResourcePool in {folder.name}/ or on the "
         f"server.{did_you_mean(backup, pools)} Fix: add its document, or correct the name"
         for item in parsed
-        if item.document
-        and isinstance(item.document.block, ResourcePool)
-        and (backup := item.document.block.backup_pool)
-        and backup not in pools
+        if item.slug == POOL_SLUG and isinstance(backup := item.backup_pool, str) and backup and backup not in pools
     ]
 
 
