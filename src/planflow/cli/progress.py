@@ -20,6 +20,7 @@ def run_with_progress(call: Callable[[], T], pipeline: Pipeline, console: Consol
     """`call()` (the flow run of `pipeline`) with a progress bar on `console`."""
     running: set[str] = set()
     ended: set[str] = set()  # by name: a flow retry runs steps again (its bar showed 4/2)
+    not_completed: dict[str, str] = {}  # step -> Failed or Skipped: said beside a full bar (it read as done)
     interrupted: list[bool] = []  # set once by Ctrl-C
     with Progress(
         TextColumn("[bold]{task.fields[pipeline]}"),
@@ -41,13 +42,23 @@ def run_with_progress(call: Callable[[], T], pipeline: Pipeline, console: Consol
             else:
                 running.discard(record.step)
                 ended.add(record.step)
+                if event == "completed":
+                    not_completed.pop(record.step, None)
+                else:
+                    not_completed[record.step] = record.state
                 bar.update(task_id, completed=len(ended))
                 if event == "completed" and getattr(record, "cached", False):
                     bar.console.print(f"[dim]{escape(f'{record.step}: Cached')}[/]")
                 elif event != "completed":
                     bar.console.print(f"[red]{escape(f'{record.step}: {record.state}')}[/]")
             # the bar's last state is what stays on screen (and in a file): say nothing when idle
-            bar.update(task_id, description=("running: " + ", ".join(sorted(running))) if running else "")
+            bar.update(task_id, description=("running: " + ", ".join(sorted(running))) if running else _outcome())
+
+        def _outcome() -> str:
+            by_state: dict[str, list[str]] = {}
+            for step, state in sorted(not_completed.items()):
+                by_state.setdefault(state.lower(), []).append(step)
+            return "; ".join(f"{state}: {', '.join(steps)}" for state, steps in sorted(by_state.items()))
 
         remove = add_listener(listener)
         try:
