@@ -390,6 +390,9 @@ def test_prefects_run_context_in_an_isolated_step_is_named_with_the_fix():
     message = str(failed.value)
     assert "step 'logs_to_prefect' (isolation='process') asked for Prefect's run context" in message, message
     assert "Fix: use print() or logging.getLogger(__name__) there" in message, message
+    # where, instead of the child's traceback (the terminal showed it cut, its header dropped)
+    assert f"at {__file__}:" in message and "in logs_to_prefect, which its own process" in message, message
+    assert "Traceback" not in message and "File " not in message, message
 
 
 @component(cpu=1, est_seconds=1)

@@ -42,6 +42,7 @@ import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 import cloudpickle
@@ -420,15 +421,31 @@ def _child_main(
             outcome = (
                 "error",
                 None,
-                f"step '{step}' (isolation='process') asked for Prefect's run context ({exc}), which its "
-                "own process does not have. Fix: use print() or logging.getLogger(__name__) there (their "
-                f"lines reach the terminal), or isolation='thread'\n{outcome[2]}",
+                f"step '{step}' (isolation='process') asked for Prefect's run context ({exc}){_asked_at(exc)}, "
+                "which its own process does not have. Fix: use print() or logging.getLogger(__name__) there "
+                "(their lines reach the terminal), or isolation='thread'",
             )
     usage = Usage(os.getpid(), started, time.time(), _cpu_seconds() - cpu0, _peak_bytes(was_reset), baseline)
     try:
         send.send_bytes(_outcome_bytes(step, outcome, usage))
     except (BrokenPipeError, ConnectionResetError):
         pass  # the flow's process stopped waiting (the step's timeout): nothing to tell, nothing to print
+
+
+def _asked_at(exc: BaseException) -> str:
+    """Where the step's own code made the call that raised `exc` (its last frame outside
+    Prefect and planflow): " at FILE:LINE in FUNCTION", or "". Said instead of the child's
+    traceback, which the terminal showed cut (a run's error hides tracebacks there)."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not _library_frame(f.filename)]
+    return f" at {frames[-1].filename}:{frames[-1].lineno} in {frames[-1].name}" if frames else ""
+
+
+def _library_frame(filename: str) -> bool:
+    """A frame of Prefect's or planflow's own code."""
+    import prefect  # noqa: PLC0415 (imported already where this runs)
+
+    homes = [os.path.dirname(prefect.__file__ or "") + os.sep, str(Path(__file__).resolve().parents[1]) + os.sep]
+    return any(filename.startswith(home) for home in homes)
 
 
 def _outcome_bytes(step: str, outcome: tuple[str, Any, str], usage: Usage) -> bytes:
