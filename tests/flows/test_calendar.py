@@ -146,6 +146,7 @@ def test_slots_held_by_no_running_component_are_named_with_when_they_come_back()
     text = calendar_text([], {"local": CAP}, {"local": {"cpu": 1.0, "mem_gib": 0.25}}, NOW)
     assert text[1].startswith("  held by no running component: cpu=1 gpu=0 mem_gib=0.25 (")
     assert "a run that died: its lease ends within PLANFLOW_SLOT_LEASE_SECONDS" in text[1]
+    assert "a waiting step that has the pool's turn and keeps what it took" in text[1]  # a trial met that one
     running = [_entry("r1", ["running"], NOW)]
     assert "held by no running component" not in "\n".join(
         calendar_text(running, {"local": CAP}, {"local": {"cpu": 1.0, "mem_gib": 0.001}}, NOW)

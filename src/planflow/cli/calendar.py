@@ -148,7 +148,8 @@ def calendar_text(
         unexplained = _held_beyond_running(held.get(pool, {}), items)
         if unexplained:
             lines.append(
-                f"  held by no running component: {_amounts(unexplained)} (a run between two of its steps, a lease "
+                f"  held by no running component: {_amounts(unexplained)} (a run between two of its steps, a "
+                "waiting step that has the pool's turn and keeps what it took until it has all it needs, a lease "
                 "left for this machine's next run, or a run that died: its lease ends within "
                 "PLANFLOW_SLOT_LEASE_SECONDS, 60 s)"
             )
