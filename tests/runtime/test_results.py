@@ -271,3 +271,17 @@ def test_a_pipeline_in_a_deployments_entrypoint_is_named_by_its_project_path_for
         timeout=120,
     )
     assert other.returncode == 0 and other.stdout.strip() == "credit", other.stderr[-2000:]
+    # folders without __init__.py (optional, as discovery has it): the same name, which imports
+    for init in (tmp_path / "flows" / "__init__.py", package / "__init__.py"):
+        init.unlink()
+    loaded = load_script_as_module(str(package / "flow.py"))
+    assert loaded.pipeline.ref == "flows.credit.flow:pipeline", loaded.pipeline.ref
+    again = subprocess.run(
+        other.args,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert again.returncode == 0 and again.stdout.strip() == "credit", again.stderr[-2000:]

@@ -76,7 +76,9 @@ def importable_name(module: ModuleType) -> str:
     file under another name: Prefect loads a deployment's entrypoint file as a module named
     after the file (`flow`, `__prefect_loader_<hash>__`), which no other process can import
     (a distributed run's components failed: "No module named 'flow'"). Such a module of the
-    project is named by its place in the project's packages (`flows.churn.flow`)."""
+    project is named by its place in the project's folders (`flows.churn.flow`), as
+    discovery imports it (`__init__.py` files optional: folders without one import as
+    namespace packages, the project folder being on `sys.path`)."""
     name, file = module.__name__, getattr(module, "__file__", None)
     if not file:
         return name
@@ -84,12 +86,13 @@ def importable_name(module: ModuleType) -> str:
     if not path.is_relative_to(root) or path.suffix != ".py":
         return name
     parts = path.relative_to(root).with_suffix("").parts
-    parts = parts[:-1] if parts[-1] == "__init__" else parts
-    packages = all((root.joinpath(*parts[:i]) / "__init__.py").is_file() for i in range(1, len(parts)))
+    parts = parts[:-1] if parts and parts[-1] == "__init__" else parts
+    if not parts or not all(part.isidentifier() for part in parts):
+        return name
     dotted = ".".join(parts)
     # renamed only where the name is the file's own (a tail of its path) or Prefect's loader's
     loaded_by_file = dotted.endswith(f".{name}") or name.startswith("__prefect_loader_")
-    return dotted if packages and loaded_by_file else name
+    return dotted if loaded_by_file else name
 
 
 def import_object(path: str) -> Any:
