@@ -449,3 +449,25 @@ def test_prefects_thread_timeout_warning_is_left_out_for_a_step_whose_process_is
     with get_client(sync_client=True) as client:
         warned_task = client.read_task_run(warned[0].task_run_id)
     assert warned_task.name.startswith("timed_in_a_thread"), warned_task.name
+
+
+def test_a_deferred_isolated_step_is_said_to_start_even_when_its_wait_fails():
+    """A step whose submission waits for the forkserver (executors._SubmittedLater): when the
+    wait itself fails, its "started" is still said (before the failure the dispatcher reads
+    from its future); it was skipped, and reporters heard "failed" with no start."""
+    from planflow.runtime.executors import _SubmittedLater
+
+    said: list[float] = []
+
+    def cache_check_fails() -> bool:
+        raise OSError("result storage unreadable")
+
+    future = _SubmittedLater(
+        "iso", lambda: pytest.fail("not submitted after a failed wait"), said.append, cache_check_fails
+    )
+    done = threading.Event()
+    future.add_done_callback(lambda _f: done.set())
+    assert done.wait(30)
+    with pytest.raises(OSError, match="result storage unreadable"):
+        future.result()
+    assert len(said) == 1 and said[0] >= 0, said

@@ -109,16 +109,21 @@ class InProcessExecutor(Executor):
         self.usage.put_on(record)
 
     def start(self, step: str, outputs: dict[str, Any]) -> StepFuture:
-        component = self.pipeline.steps[step].component
-        task = step_task(component, step)
-        isolation = self.pipeline.isolation_of(step)
-        task.fn = step_function(step, component.fn, component.spec.cpu, isolation, self.usage)
-        kwargs = self.pipeline.step_kwargs(step, self.params, outputs)
-        run = FlowRunContext.get()
-        if isolation == "process" and task.timeout_seconds is not None and run is not None:
-            isolated_timeouts.add(str(run.flow_run.id), task.name)  # its child is killed at the timeout
-        started_after = self._later.pop(step, None)
-        if started_after is not None:  # the forkserver did not answer at its release (announce)
+        started_after = self._later.pop(step, None)  # the forkserver did not answer at its release (announce)
+        try:
+            component = self.pipeline.steps[step].component
+            task = step_task(component, step)
+            isolation = self.pipeline.isolation_of(step)
+            task.fn = step_function(step, component.fn, component.spec.cpu, isolation, self.usage)
+            kwargs = self.pipeline.step_kwargs(step, self.params, outputs)
+            run = FlowRunContext.get()
+            if isolation == "process" and task.timeout_seconds is not None and run is not None:
+                isolated_timeouts.add(str(run.flow_run.id), task.name)  # its child is killed at the timeout
+        except BaseException:
+            if started_after is not None:  # its start is said before its failure, as any step's is
+                started_after(0.0)
+            raise
+        if started_after is not None:
             return _SubmittedLater(step, lambda: task.submit(**kwargs), started_after, lambda: read_back(task, kwargs))
         return task.submit(**kwargs)
 
@@ -159,9 +164,11 @@ class _SubmittedLater:
         began = time.monotonic()
         inner, error = None, None
         try:
-            if not cached():
-                forkserver_ready()
-            started_after(time.monotonic() - began)  # said before its task can end
+            try:
+                if not cached():
+                    forkserver_ready()
+            finally:  # said before its task can end, and before a failure of the wait
+                started_after(time.monotonic() - began)
             inner = submit()
         except BaseException as exc:  # noqa: BLE001 - the step's failure, given to the dispatcher by result()
             error = exc

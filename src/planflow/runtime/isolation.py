@@ -441,11 +441,15 @@ def _asked_at(exc: BaseException) -> str:
 
 
 def _library_frame(filename: str) -> bool:
-    """A frame of Prefect's or planflow's own code."""
+    """A frame of Prefect's, planflow's or the standard library's code."""
+    import sysconfig  # noqa: PLC0415
+
     import prefect  # noqa: PLC0415 (imported already where this runs)
 
-    homes = [os.path.dirname(prefect.__file__ or "") + os.sep, str(Path(__file__).resolve().parents[1]) + os.sep]
-    return any(filename.startswith(home) for home in homes)
+    homes = [Path(prefect.__file__ or "").resolve().parent, Path(__file__).resolve().parents[1]]
+    homes.append(Path(sysconfig.get_paths()["stdlib"]).resolve())
+    where = Path(filename).resolve()
+    return any(where.is_relative_to(home) for home in homes)
 
 
 def _outcome_bytes(step: str, outcome: tuple[str, Any, str], usage: Usage) -> bytes:
