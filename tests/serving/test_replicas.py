@@ -211,3 +211,20 @@ def test_haproxy_sends_a_failing_request_to_the_model_once_and_retries_a_replica
         for server in servers:
             server.shutdown()
             server.server_close()
+
+
+def test_haproxys_configuration_is_valid_for_any_body_limit(tmp_path):
+    """The buffer that lets HAProxy refuse a streamed body over the limit grows with the
+    limit; HAProxy refuses a buffer of 256 MB or more, so `serve --replicas 2
+    --max-body-bytes 134217728` would not start. Past MAX_BUFSIZE its default buffer is kept
+    (a replica refuses such bodies)."""
+    from tests.serving.conftest import need_haproxy
+
+    need_haproxy()
+    for limit in (1024, 262_144, 134_217_728, 1 << 30):
+        config = tmp_path / f"haproxy-{limit}.cfg"
+        config.write_text(haproxy_config("127.0.0.1", 8000, [8001, 8002], max_body_bytes=limit, max_batch=4))
+        checked = subprocess.run(
+            [haproxy_binary(), "-c", "-f", str(config)], capture_output=True, text=True, timeout=30
+        )
+        assert checked.returncode == 0, (limit, checked.stdout + checked.stderr)
