@@ -400,6 +400,10 @@ def _limited(limit: int | None = None) -> int:
     return limit or 0
 
 
+def _int_with_none_default(limit: int = None) -> int:  # noqa: RUF013 (as users write it)
+    return limit or 0
+
+
 def test_an_optional_param_is_set_back_to_none_in_pythons_spelling_or_yamls():
     """`--param limit=None` was refused for an `int | None` parameter, with `e.g. --param
     limit=None` as the fix (and "a Optional[int]")."""
@@ -417,6 +421,10 @@ def test_an_optional_param_is_set_back_to_none_in_pythons_spelling_or_yamls():
     assert "Fix: e.g. --param limit=null" in message, message
     with pytest.raises(ParamError):  # a parameter that does not take None still refuses it
         typed_values(toy_dags.diamond, {"factor": "None"})
+    plain = Pipeline("none-default", [component(_int_with_none_default, cpu=1, est_seconds=1)])
+    with pytest.raises(ParamError) as caught:  # `int = None` takes no None: null is not its example
+        typed_values(plain, {"limit": "many"})
+    assert str(caught.value).endswith("Fix: e.g. --param limit=..."), caught.value
 
 
 def test_a_yaml_cycle_among_the_steps_that_built_is_listed_beside_the_other_problems(tmp_path):

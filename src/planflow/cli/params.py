@@ -79,7 +79,7 @@ def typed_values(pipeline: Pipeline, raw: Mapping[str, str], require: bool = Tru
             why = f" ({exc})" if isinstance(exc, NonFiniteError) else ""
             problems.append(
                 f"--param {_pair(key, text)}: parameter '{key}' of pipeline '{pipeline.name}' takes "
-                f"{type_name(expected)}, got {text!r}{why}. Fix: e.g. --param {_example(key, default)}"
+                f"{type_name(expected)}, got {text!r}{why}. Fix: e.g. --param {_example(key, default, expected)}"
             )
     if not problems:  # a required one not given, a negative `scales_with` one: refused before any run (exit 2)
         resolved = {**pipeline.params, **values}
@@ -125,14 +125,23 @@ def type_name(expected: Any) -> str:
     return f"{'an' if name[:1].lower() in tuple('aeiou') else 'a'} {name}"
 
 
+def _takes_none(expected: Any) -> bool:
+    """Whether a parameter of type `expected` takes None (`limit: int = None` does not)."""
+    try:
+        TypeAdapter(expected).validate_python(None)
+    except (ValidationError, PydanticUserError):
+        return False
+    return True
+
+
 def _listed(problems: list[str]) -> str:
     if len(problems) == 1:
         return problems[0]
     return f"{len(problems)} problems with --param:\n" + "\n".join(f"  - {p}" for p in problems)
 
 
-def _example(key: str, default: Any) -> str:
-    if default is REQUIRED:  # no default to show
+def _example(key: str, default: Any, expected: Any = Any) -> str:
+    if default is REQUIRED or (default is None and not _takes_none(expected)):  # no default to show
         return f"{key}=..."
     if isinstance(default, Enum):
         default = default.value
