@@ -130,6 +130,8 @@ def test_stack_up_names_the_receivers_it_keeps_from_an_earlier_environment(tmp_p
     assert services.kept_receiver_variables(paths)[0] == ["PLANFLOW_ALERT_WEBHOOK_URL", "PLANFLOW_WATCHDOG_URL"]
     monkeypatch.setenv("PLANFLOW_WATCHDOG_URL", hook)  # given again now: not an earlier one
     assert services.kept_receiver_variables(paths)[0] == ["PLANFLOW_ALERT_WEBHOOK_URL"]
+    (folder / "receivers.json").write_text('[{"webhook_url": "x"}]')  # not planflow's: nothing said, no crash
+    assert services.kept_receiver_variables(paths)[0] == []
 
 
 def test_a_missing_binary_is_an_error_with_the_install_command(tmp_path, monkeypatch):

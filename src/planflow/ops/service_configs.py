@@ -169,6 +169,8 @@ def kept_receiver_variables(paths: StatePaths) -> tuple[list[str], Path]:
         kept = json.loads(path.read_text())
     except (OSError, ValueError):
         return [], path
+    if not isinstance(kept, dict):  # not planflow's: the next render drops it (_kept_receivers)
+        return [], path
     now, names = receiver_overrides(), {field: name for name, field in OVERRIDES.items()}
     variables = [f"PLANFLOW_{names[key].upper()}" for key in kept if key in names and key not in now]
     return sorted(variables), path
