@@ -260,28 +260,20 @@ def test_a_pipeline_in_a_deployments_entrypoint_is_named_by_its_project_path_for
     monkeypatch.chdir(tmp_path)  # a worker's run: in the project's folder
     loaded = load_script_as_module(str(package / "flow.py"))
     assert not loaded.__name__.startswith("flows."), loaded.__name__  # Prefect's own name for it
-    ref = loaded.pipeline.ref
-    assert ref == "flows.credit.flow:pipeline", ref
-    other = subprocess.run(
-        [sys.executable, "-c", f"from planflow.core.discovery import load_ref; print(load_ref({ref!r}).name)"],
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(tmp_path)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert other.returncode == 0 and other.stdout.strip() == "credit", other.stderr[-2000:]
-    # folders without __init__.py (optional, as discovery has it): the same name, which imports
-    for init in (tmp_path / "flows" / "__init__.py", package / "__init__.py"):
-        init.unlink()
-    loaded = load_script_as_module(str(package / "flow.py"))
-    assert loaded.pipeline.ref == "flows.credit.flow:pipeline", loaded.pipeline.ref
-    again = subprocess.run(
-        other.args,
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(tmp_path)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert again.returncode == 0 and again.stdout.strip() == "credit", again.stderr[-2000:]
+    code = "import sys; from planflow.core.discovery import load_ref; print(load_ref(sys.argv[1]).name)"
+    for layout in ("packages", "folders without __init__.py (optional, as discovery has them)"):
+        if layout != "packages":
+            for init in (tmp_path / "flows" / "__init__.py", package / "__init__.py"):
+                init.unlink()
+            loaded = load_script_as_module(str(package / "flow.py"))  # under Prefect's loader's name now
+        ref = loaded.pipeline.ref
+        assert ref == "flows.credit.flow:pipeline", (layout, ref)
+        other = subprocess.run(
+            [sys.executable, "-c", code, ref],
+            cwd=tmp_path,
+            env={**os.environ, "PYTHONPATH": str(tmp_path)},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert other.returncode == 0 and other.stdout.strip() == "credit", (layout, other.stderr[-2000:])
