@@ -319,3 +319,40 @@ def test_a_step_that_a_limit_made_smaller_can_never_fit_fails_naming_the_limit_a
             client.update_global_concurrency_limit(CPU, GlobalConcurrencyLimitUpdate(limit=2000))
             held.close()
     assert a.wait_closed() and b.wait_closed()
+
+
+def test_a_run_does_not_reuse_its_held_slots_past_a_limit_made_smaller(pool, monkeypatch):
+    """The pool resized to fewer cores while a run holds them (`planflow pools set`): the
+    run reused its held slots for its next steps without asking the server and ran them
+    over the pool's new size (a trial: two cpu=1 steps on a pool set to cpu=0.5). Now a
+    reuse checks the limit's size (once the run is REUSE_CHECK_SECONDS old): a step larger
+    than the new size fails naming it; a smaller one gives the idle slots back and asks."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
+
+    from planflow.runtime import run_slots
+    from planflow.runtime.admission import AdmissionError
+
+    monkeypatch.setattr(run_slots, "REUSE_CHECK_SECONDS", 0.0)
+    whole, again, half = (Assignment(name, POOL, {"cpu": cpu}, 0) for name, cpu in (("a", 2), ("b", 2), ("c", 1)))
+    with RunSlots() as run, get_client(sync_client=True) as client:
+        held = run.take(whole)
+        assert held is not None
+        try:
+            client.update_global_concurrency_limit(CPU, GlobalConcurrencyLimitUpdate(limit=1000))
+            held.close()  # its two cores idle in the run, on a limit of one
+            with pytest.raises(AdmissionError) as refused:
+                run.take(again)
+            assert f"needs 2000 slots of limit {CPU}, but the limit now holds 1000 in all" in str(refused.value)
+            assert _settled(lambda: active_slots([CPU]), {CPU: 0})  # the idle slots went back to the server
+            deadline, smaller = time.monotonic() + 15, None
+            while smaller is None and time.monotonic() < deadline:  # one core: granted by the server
+                smaller = run.take(half)
+                time.sleep(0.2)
+            assert smaller is not None, "a step within the new size never got its slots"
+            assert active_slots([CPU]) == {CPU: 1000}
+            smaller.close()
+        finally:
+            client.update_global_concurrency_limit(CPU, GlobalConcurrencyLimitUpdate(limit=2000))
+    assert run.wait_closed()
+    assert _settled(lambda: active_slots([CPU]), {CPU: 0})

@@ -70,6 +70,9 @@ SEEN_SECONDS = 0.1  # a limit read stands this long (limit_now), about one dispa
 SEEN_WOKEN_SECONDS = 1.0
 SIZE_CHECK_SECONDS = 5.0  # a waiting step's limits are checked this often to fit its demand at all (_wait_more)
 CONTENDED_SECONDS = 10.0  # a limit that refused the run this recently is read before it is asked (_contended)
+# a run this old checks, at most this often per limit, that a limit it reuses held slots of
+# was not made smaller meanwhile (_made_smaller): the most a pool runs over its new size
+REUSE_CHECK_SECONDS = 5.0
 UNKNOWN_FREE = 1 << 30  # free_now of a limit it could not read: ask, and let the increment say why
 
 
@@ -82,6 +85,14 @@ NO_READ = NoRead()
 
 class _RefusedThisRound(Exception):
     """The server refused as many slots of this limit earlier in the dispatcher's round."""
+
+
+class _MadeSmaller(Exception):
+    """Limits whose held slots a step would reuse now hold fewer than are taken of them."""
+
+    def __init__(self, names: list[str]) -> None:
+        super().__init__(", ".join(names))
+        self.names = names
 
 
 class _Held:
@@ -133,6 +144,8 @@ class RunSlots(RunLeases, SharedSlots):
         # times every POLL_SECONDS, and several such runs kept a small server busy)
         self._round_refused: dict[str, int] = {}
         self._size_checked: dict[str, float] = {}  # step -> when its limits were last checked to fit it at all
+        self._began = time.monotonic()
+        self._reuse_checked: dict[str, float] = {}  # limit -> when its size was last checked before a reuse
         self._claims = Claims(self, limits)
         # each limit's size, as read before the plan: a batch never asks for more (the
         # server answers 422 to a request larger than its limit, however free it is)
@@ -360,6 +373,9 @@ class RunSlots(RunLeases, SharedSlots):
             # first, a step refused another limit put them back at every look: 1,500-2,300
             # times in a run of a fleet burst).
             covered = {name: self._coverable(name, m) for name, m in missing.items()}
+            shrunk = [name for name, m in missing.items() if m - covered[name] <= 0 and self._made_smaller(name)]
+            if shrunk:
+                raise _MadeSmaller(shrunk)
             for name, m in missing.items():
                 asking = (name, m - covered[name])
                 self._ask(a, *asking, taken, shares)
@@ -385,6 +401,10 @@ class RunSlots(RunLeases, SharedSlots):
             if self._claims.due(a, since):  # refused for long, and the pool's turn is free: claim
                 return self._claim(a, now, since)
             return self._wait_more(a, now, since)
+        except _MadeSmaller as smaller:
+            self._give_back(shares)
+            self._undo(taken, adopted)
+            return self._after_made_smaller(a, smaller.names, now, since)
         except httpx.TransportError as exc:
             self._give_back(shares)
             self._undo(taken, adopted)
@@ -396,6 +416,44 @@ class RunSlots(RunLeases, SharedSlots):
         self._waiting_since.pop(a.step, None)
         self._server_down_since = None
         return _Held(self, shares)
+
+    def _made_smaller(self, name: str) -> bool:
+        """Whether limit `name` now holds fewer slots than are taken of it: made smaller since
+        they were (`planflow pools set` to fewer cores, the UI). Its held slots were reused
+        without asking the server, so a run planned before the change ran its next steps
+        over the pool's new size. Read (limit_now) once the run is REUSE_CHECK_SECONDS old,
+        at most that often per limit: nothing for a short run. A failed read says no."""
+        now = time.monotonic()
+        if now - self._began < REUSE_CHECK_SECONDS or now - self._reuse_checked.get(name, -1e9) < REUSE_CHECK_SECONDS:
+            return False
+        self._reuse_checked[name] = now
+        self._changed_at[name] = time.time()  # a read from before now does not say: one request
+        try:
+            seen = self.limit_now(name, woken=True)
+        except httpx.HTTPError:
+            return False
+        return seen is not None and seen.active_slots > seen.limit
+
+    def _after_made_smaller(self, a: Assignment, names: list[str], now: float, since: float) -> None:
+        """`a` would have reused slots of limits now smaller than what is taken: the run's idle
+        slots of them go back to the server (not left for this machine's runs: they would
+        reuse them too), and `a` asks the server for its own from now on, which refuses it
+        while the pool is over its new size; a step larger than the new size fails."""
+        with self._lock:
+            idle = [lease for lease in self._leases if lease.users == 0 and lease.limit in names]
+            for lease in idle:
+                self._leases.remove(lease)
+        self._release_all(idle, here=False)
+        problem = self._never_fits(a)
+        if problem:
+            raise AdmissionError(problem) from None
+        self.log.warning(
+            "step '%s': limit(s) %s now hold fewer slots than are taken (made smaller since they were): "
+            "the run gave its idle ones back and waits for the server's",
+            a.step,
+            ", ".join(names),
+        )
+        return self._wait_more(a, now, since)
 
     def _ask(self, a: Assignment, name: str, n: int, taken: list[Lease], shares: list[tuple[Lease, int]]) -> None:
         """Ask the server for `n` more slots of limit `name` for step `a` (none when `n` is
