@@ -334,15 +334,19 @@ def test_a_run_does_not_reuse_its_held_slots_past_a_limit_made_smaller(pool, mon
     from planflow.runtime.admission import AdmissionError
 
     monkeypatch.setattr(run_slots, "REUSE_CHECK_SECONDS", 0.0)
-    whole, again, half = (Assignment(name, POOL, {"cpu": cpu}, 0) for name, cpu in (("a", 2), ("b", 2), ("c", 1)))
+    whole, again, half = (
+        Assignment(name, POOL, {"cpu": cpu, "mem_gib": 1}, 0) for name, cpu in (("a", 2), ("b", 2), ("c", 1))
+    )
     with RunSlots() as run, get_client(sync_client=True) as client:
         held = run.take(whole)
         assert held is not None
         try:
             client.update_global_concurrency_limit(CPU, GlobalConcurrencyLimitUpdate(limit=1000))
             held.close()  # its two cores idle in the run, on a limit of one
+            reads = run.reads
             with pytest.raises(AdmissionError) as refused:
                 run.take(again)
+            assert run.reads - reads == 1  # cores and memory checked with one read of the pool
             assert f"needs 2000 slots of limit {CPU}, but the limit now holds 1000 in all" in str(refused.value)
             assert _settled(lambda: active_slots([CPU]), {CPU: 0})  # the idle slots went back to the server
             deadline, smaller = time.monotonic() + 15, None

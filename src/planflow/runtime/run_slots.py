@@ -373,7 +373,10 @@ class RunSlots(RunLeases, SharedSlots):
             # first, a step refused another limit put them back at every look: 1,500-2,300
             # times in a run of a fleet burst).
             covered = {name: self._coverable(name, m) for name, m in missing.items()}
-            shrunk = [name for name, m in missing.items() if m - covered[name] <= 0 and self._made_smaller(name)]
+            asked_at = time.time()  # one read of the pool answers for all its limits (_made_smaller)
+            shrunk = [
+                name for name, m in missing.items() if m - covered[name] <= 0 and self._made_smaller(name, asked_at)
+            ]
             if shrunk:
                 raise _MadeSmaller(shrunk)
             for name, m in missing.items():
@@ -417,17 +420,18 @@ class RunSlots(RunLeases, SharedSlots):
         self._server_down_since = None
         return _Held(self, shares)
 
-    def _made_smaller(self, name: str) -> bool:
+    def _made_smaller(self, name: str, read_after: float) -> bool:
         """Whether limit `name` now holds fewer slots than are taken of it: made smaller since
         they were (`planflow pools set` to fewer cores, the UI). Its held slots were reused
         without asking the server, so a run planned before the change ran its next steps
         over the pool's new size. Read (limit_now) once the run is REUSE_CHECK_SECONDS old,
-        at most that often per limit: nothing for a short run. A failed read says no."""
+        at most that often per limit: nothing for a short run. Only a read begun after
+        `read_after` says (one request reads the pool's limits together). A failed read says no."""
         now = time.monotonic()
         if now - self._began < REUSE_CHECK_SECONDS or now - self._reuse_checked.get(name, -1e9) < REUSE_CHECK_SECONDS:
             return False
         self._reuse_checked[name] = now
-        self._changed_at[name] = time.time()  # a read from before now does not say: one request
+        self._changed_at[name] = max(self._changed_at.get(name, -1.0), read_after)  # an older read does not say
         try:
             seen = self.limit_now(name, woken=True)
         except httpx.HTTPError:
