@@ -112,16 +112,17 @@ class RunLeases:
                 lease.free += n
                 lease.users -= 1
 
-    def _give_back_idle(self, names: Iterable[str]) -> None:
+    def _give_back_idle(self, names: Iterable[str], here: bool = True) -> None:
         """A step refused its missing slots gives back the run's idle leases of those limits
         (no step uses them): a run must not hold part of what it waits for, or two runs that
-        each hold one core and wait for a second wait for each other for ever."""
+        each hold one core and wait for a second wait for each other for ever. `here`: as
+        _release_all's (False: all to the server, none left for this machine's runs)."""
         names = set(names)
         with self._lock:
             idle = [lease for lease in self._leases if lease.users == 0 and lease.limit in names]
             for lease in idle:
                 self._leases.remove(lease)
-        self._release_all(idle)  # before it returns, like _drop: the step waits holding nothing
+        self._release_all(idle, here=here)  # before it returns, like _drop: the step waits holding nothing
 
     def _drop(self, leases: list[Lease], here: bool = True, wake: bool = True) -> None:
         """Give back `leases` now (before it returns: a refused step holds nothing when it

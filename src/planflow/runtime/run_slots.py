@@ -443,11 +443,7 @@ class RunSlots(RunLeases, SharedSlots):
         slots of them go back to the server (not left for this machine's runs: they would
         reuse them too), and `a` asks the server for its own from now on, which refuses it
         while the pool is over its new size; a step larger than the new size fails."""
-        with self._lock:
-            idle = [lease for lease in self._leases if lease.users == 0 and lease.limit in names]
-            for lease in idle:
-                self._leases.remove(lease)
-        self._release_all(idle, here=False)
+        self._give_back_idle(names, here=False)
         problem = self._never_fits(a)
         if problem:
             raise AdmissionError(problem) from None
