@@ -54,6 +54,7 @@ OVERRIDES = {
     "alert_smarthost": "smarthost",
     "watchdog_url": "watchdog_url",
 }
+SETTING_OF = {field: name for name, field in OVERRIDES.items()}  # receivers: field -> its settings field
 
 
 def receiver_overrides() -> dict[str, str]:
@@ -67,11 +68,10 @@ def receiver_overrides() -> dict[str, str]:
 def receiver_problem(key: str, value: object) -> str | None:
     """Why `value` cannot be the receivers: field `key` (the check its PLANFLOW_* variable
     gets), None when it can."""
-    names = {field: name for name, field in OVERRIDES.items()}
-    if key not in names or not isinstance(value, str):
+    if key not in SETTING_OF or not isinstance(value, str):
         return f"{key}={value!r} is not a receiver address planflow sets"
     try:
-        PlanflowSettings.model_validate({names[key]: value})
+        PlanflowSettings.model_validate({SETTING_OF[key]: value})
     except ValidationError as exc:
         return f"{key}={value!r}: {exc.errors()[0]['msg']}"
     return None

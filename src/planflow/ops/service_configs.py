@@ -22,7 +22,7 @@ import yaml
 
 from planflow.monitoring import rules as generate
 from planflow.monitoring.bridge import TOKEN_ENV, TOKEN_FILE_NAME, resolve_token
-from planflow.monitoring.routing import OVERRIDES, receiver_overrides, receiver_problem, receivers_from_settings
+from planflow.monitoring.routing import SETTING_OF, receiver_overrides, receiver_problem, receivers_from_settings
 from planflow.settings import StatePaths, write_private
 
 HOST = "127.0.0.1"
@@ -171,8 +171,8 @@ def kept_receiver_variables(paths: StatePaths) -> tuple[list[str], Path]:
         return [], path
     if not isinstance(kept, dict):  # not planflow's: the next render drops it (_kept_receivers)
         return [], path
-    now, names = receiver_overrides(), {field: name for name, field in OVERRIDES.items()}
-    variables = [f"PLANFLOW_{names[key].upper()}" for key in kept if key in names and key not in now]
+    now = receiver_overrides()
+    variables = [f"PLANFLOW_{SETTING_OF[key].upper()}" for key in kept if key in SETTING_OF and key not in now]
     return sorted(variables), path
 
 
