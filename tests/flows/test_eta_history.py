@@ -149,6 +149,18 @@ def test_the_calendars_eta_is_the_planned_makespan_times_the_allowance_as_the_ru
         calendar.delete()
 
 
+def _newest_record(key: str) -> dict:
+    """The data of the newest ETA record under `key` (failing when there is none)."""
+    with get_client(sync_client=True) as client:
+        rows = client.request(
+            "POST",
+            "/artifacts/filter",
+            json={"artifacts": {"key": {"any_": [key]}}, "sort": "CREATED_DESC", "limit": 1},
+        ).json()
+    assert rows, f"no ratio recorded under {key}"
+    return rows[0]["data"]
+
+
 def slow(x: int = 1) -> int:
     time.sleep(0.3)
     return x
@@ -166,13 +178,7 @@ def test_a_completed_run_planned_from_history_leaves_its_ratio_and_the_next_runs
     ratios = read_ratios()
     assert len(ratios.get(key, [])) == min(before + 1, eta_history.RECENT) and ratios[key][0] > 0
     assert ratios[own][0] == ratios[key][0]  # its pipeline's record too
-    with get_client(sync_client=True) as client:
-        rows = client.request(
-            "POST",
-            "/artifacts/filter",
-            json={"artifacts": {"key": {"any_": [own]}}, "sort": "CREATED_DESC", "limit": 1},
-        ).json()
-    data = rows[0]["data"]  # against the plan replayed with the durations taken: 4 in a row, >= 0.3 s each
+    data = _newest_record(own)  # against the plan replayed with the durations taken: 4 in a row, >= 0.3 s each
     assert data["replayed_s"] >= 4 * 0.3 and data["ratio"] == pytest.approx(
         data["actual_s"] / data["replayed_s"], rel=1e-3
     )
@@ -227,14 +233,7 @@ def test_a_run_that_starts_before_its_plan_said_does_not_teach_the_next_etas_to_
         assert str(ghost.id) in {e.flow_run_id for e in read_calendar()}  # alive to the calendar
         run(local_pool=POOL)  # planned from the declarations: teaches nothing
         run(local_pool=POOL)  # from the first run's durations, behind the ghost: recorded
-        with get_client(sync_client=True) as client:
-            rows = client.request(
-                "POST",
-                "/artifacts/filter",
-                json={"artifacts": {"key": {"any_": [own]}}, "sort": "CREATED_DESC", "limit": 1},
-            ).json()
-        assert rows, f"no ratio recorded under {own}"
-        data = rows[0]["data"]
+        data = _newest_record(own)
         assert data["planned_s"] > 60, data  # planned behind the ghost's two minutes
         assert 0.7 < data["ratio"] < 2.0, data  # was actual / (2 min + its durations): about 0.01
     finally:
