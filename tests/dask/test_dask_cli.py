@@ -174,22 +174,21 @@ def test_a_worker_whose_process_ended_is_named_by_status_and_started_again_by_up
         dask_ops.down(paths)
 
 
-def test_local_workers_offer_no_gpu_the_machine_lacks():
-    """`workpools apply` makes a `kubernetes` pool of gpu=4 for a cluster; `dask up` made a
-    local worker offer those 4 GPUs on a machine with none, and a gpu=1 step that
-    `planflow plan` refused ran there in Dask mode. Its workers now offer the machine's."""
+def test_local_workers_offer_no_more_than_the_machine_has():
+    """`workpools apply` makes a `kubernetes` pool of cpu=32, gpu=4 for a cluster; `dask up`
+    made a local worker offer those 4 GPUs on a machine with none (a gpu=1 step that
+    `planflow plan` refused ran there in Dask mode) and 32 cores on a machine of 2 (the plan
+    ran 32 steps at once). Its workers now offer the machine's."""
     from planflow.ops.dask import local_capacities, worker_specs
 
     declared = {"kubernetes": {"cpu": 32, "gpu": 4, "mem_gib": 128}, "local": {"cpu": 2, "gpu": 0, "mem_gib": 4}}
-    offered, cut = local_capacities(declared, machine_gpus=0)
-    assert cut == ["kubernetes (gpu=4)"]
-    assert {
-        w.name: w.resources["kubernetes.gpu" if w.pool == "kubernetes" else "local.gpu"] for w in worker_specs(offered)
-    } == {
-        "kubernetes-0": 0.0,
-        "local-0": 0.0,
+    offered, cut = local_capacities(declared, {"cpu": 2, "gpu": 0, "mem_gib": 23.4})
+    assert cut == ["kubernetes (cpu=32, gpu=4, mem_gib=128)"]
+    assert {w.name: (w.nthreads, w.resources) for w in worker_specs(offered)} == {
+        "kubernetes-0": (2, {"kubernetes.cpu": 2.0, "kubernetes.gpu": 0.0, "kubernetes.mem_gib": 23.4}),
+        "local-0": (2, {"local.cpu": 2.0, "local.gpu": 0.0, "local.mem_gib": 4.0}),
     }
-    assert local_capacities(declared, machine_gpus=8) == (
+    assert local_capacities(declared, {"cpu": 64, "gpu": 8, "mem_gib": 256}) == (
         {p: {k: float(v) for k, v in c.items()} for p, c in declared.items()},
         [],
     )

@@ -10,7 +10,7 @@ import typer
 from planflow.cli.common import ensure_server, fail, say
 from planflow.ops import dask as cluster
 from planflow.prefect.blocks.registry import load_pools
-from planflow.prefect.blocks.resource_pool import machine_gpus
+from planflow.prefect.blocks.resource_pool import machine_capacity
 from planflow.runtime.dask_cluster import DaskClusterError
 from planflow.settings import StatePaths
 
@@ -55,9 +55,9 @@ def up(
         unknown = sorted(set(pool) - set(pools))
         if unknown:
             fail(f"--pool {', '.join(unknown)}: no such ResourcePool block (pools: {', '.join(sorted(pools))})", 2)
-        gpus = machine_gpus()
+        machine = machine_capacity()
         capacities, cut = cluster.local_capacities(
-            {name: p.capacity() for name, p in pools.items() if not pool or name in pool}, gpus
+            {name: p.capacity() for name, p in pools.items() if not pool or name in pool}, machine
         )
     try:
         state = cluster.up(paths, capacities, workers=workers, port=port, address=address)
@@ -65,7 +65,8 @@ def up(
         fail(str(exc))
     if not address and cut:
         say(
-            f"gpu        this machine has {gpus} GPU(s): the local workers of {', '.join(cut)} offer {gpus}, "
+            f"cut        this machine has cpu={machine['cpu']:g}, gpu={machine['gpu']:g}, "
+            f"mem_gib={machine['mem_gib']:g}: the local workers of {', '.join(cut)} offer at most that, "
             "so a step that needs more is refused when planned. Fix: a cluster that has them, "
             "planflow dask up --address tcp://HOST:8786"
         )

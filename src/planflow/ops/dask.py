@@ -83,22 +83,25 @@ def dask_dir(paths: StatePaths) -> Path:
 
 
 def local_capacities(
-    capacities: Mapping[str, Mapping[str, float]], machine_gpus: int
+    capacities: Mapping[str, Mapping[str, float]], machine: Mapping[str, float]
 ) -> tuple[dict[str, dict[str, float]], list[str]]:
-    """The pools' capacities as workers on this machine can offer them: at most the GPUs it
-    has (a pool declared for another machine, e.g. the `kubernetes` pool's gpu=4, made a
-    local worker offer 4 GPUs on a machine with none, and a gpu=1 step that `planflow plan`
-    refused ran there in Dask mode). Returns them and the pools whose GPUs were cut.
+    """The pools' capacities as workers on this machine can offer them: at most the cores,
+    GPUs and memory it has (`machine`, by resource). A pool declared for another machine,
+    e.g. the `kubernetes` pool's gpu=4, made a local worker offer 4 GPUs on a machine with
+    none, and a gpu=1 step that `planflow plan` refused ran there in Dask mode; its 32 cores
+    made the plan run 32 steps at once on 2 cores. Returns them and the pools cut, each
+    with what was cut.
 
-    >>> local_capacities({"k8s": {"cpu": 32, "gpu": 4, "mem_gib": 128}}, 0)
-    ({'k8s': {'cpu': 32.0, 'gpu': 0.0, 'mem_gib': 128.0}}, ['k8s (gpu=4)'])
+    >>> local_capacities({"k8s": {"cpu": 32, "gpu": 4, "mem_gib": 8}}, {"cpu": 2, "gpu": 0, "mem_gib": 16})
+    ({'k8s': {'cpu': 2.0, 'gpu': 0.0, 'mem_gib': 8.0}}, ['k8s (cpu=32, gpu=4)'])
     """
     offered, cut = {}, []
     for pool, capacity in sorted(capacities.items()):
         offered[pool] = {resource: float(amount) for resource, amount in capacity.items()}
-        if offered[pool].get("gpu", 0.0) > machine_gpus:
-            cut.append(f"{pool} (gpu={offered[pool]['gpu']:g})")
-            offered[pool]["gpu"] = float(machine_gpus)
+        over = [r for r in ("cpu", "gpu", "mem_gib") if r in machine and offered[pool].get(r, 0.0) > machine[r]]
+        if over:
+            cut.append(f"{pool} ({', '.join(f'{r}={offered[pool][r]:g}' for r in over)})")
+            offered[pool].update({r: float(machine[r]) for r in over})
     return offered, cut
 
 

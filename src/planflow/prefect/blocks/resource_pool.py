@@ -60,14 +60,20 @@ def _memory_gib() -> float:
     return round(psutil.virtual_memory().total / 2**30, 1)
 
 
+def machine_capacity() -> dict[str, float]:
+    """This machine's cores, GPUs and memory (GiB), as a pool's capacity names them."""
+    return {"cpu": float(os.cpu_count() or 1), "gpu": float(machine_gpus()), "mem_gib": _memory_gib()}
+
+
 def local_pool_from_machine(work_pool: str = "local-process") -> ResourcePool:
     """The default `local` pool, sized from the machine it runs on (all of it:
     the planner schedules within these numbers, it does not reserve them)."""
+    machine = machine_capacity()
     return ResourcePool(
         work_pool=work_pool,
-        cpu=float(os.cpu_count() or 1),
-        gpu=machine_gpus(),
-        mem_gib=_memory_gib(),
+        cpu=machine["cpu"],
+        gpu=int(machine["gpu"]),
+        mem_gib=machine["mem_gib"],
         cost_per_hour=0.0,
         backup_pool=None,
     )
