@@ -3,22 +3,26 @@ PLANFLOW_SERVER_LOST_SECONDS naming the cause, and is Crashed once the server is
 Two runs at once: `planflow run` in its component, and a run held between its Running
 state and its body (where Prefect's engine reads the run again: before the watchdog
 started with the Running state, a server lost there kept the run on its client's
-retries for a minute). A Prefect server of its own (the session's stays up)."""
+retries for a minute). The server is stopped with `planflow server down`'s function: the
+runs' detached processes write them down and end, and `server up` marks them Crashed. A
+Prefect server of its own (the session's stays up)."""
 
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import psutil
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterId
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from planflow.ops import server as stack
-from planflow.runtime.watchdog import EXIT_SERVER_LOST
+from planflow.runtime.watchdog import EXIT_SERVER_LOST, PENDING_DIR
 from planflow.settings import StatePaths
 
 from tests.conftest import TESTS
@@ -63,6 +67,21 @@ def _running_by_flow(api: str) -> dict[str, object]:
         named = FlowFilter(name=FlowFilterName(any_=["toy-slow", HELD]))
         flows = {f.id: f.name for f in client.read_flows(flow_filter=named)}
     return {flows.get(r.flow_id, "?"): r for r in _runs(api) if r.state and r.state.is_running()}
+
+
+def _waiting(flow_run_ids) -> list[int]:
+    """The pids of detached processes still waiting to mark one of these runs Crashed."""
+    wanted = {str(i) for i in flow_run_ids}
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        line = process.info["cmdline"] or []
+        if "planflow.runtime.watchdog" in line and wanted & set(line):
+            found.append(process.pid)
+    return found
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
 
 
 def test_runs_whose_server_is_killed_fail_within_the_bound_and_are_crashed_after(prefect_server, tmp_path):
@@ -114,9 +133,22 @@ def test_runs_whose_server_is_killed_fail_within_the_bound_and_are_crashed_after
             assert took < BOUND + 30, (name, took)  # Prefect's own retries took minutes
             print(f"{name} exited {took:.1f} s after its server was killed (bound {BOUND} s)")
 
-        stack.up(paths, port=port)
-        back = time.monotonic()
+        # the server was stopped with `server down`: each run's detached process writes the
+        # run down and ends (it waited an hour for the server, a process per run)
         ids = {run.id for run in running.values()}
+        pending = paths.home / PENDING_DIR
+        wait_for(
+            lambda: {f.stem for f in pending.glob("*.json")} == {str(i) for i in ids} and not _waiting(ids),
+            30,
+            "each run's detached process to write the run down and end",
+            interval=0.5,
+        )
+        assert mode(pending) == 0o700 and all(mode(f) == 0o600 for f in pending.iterdir())
+
+        back_up = stack.up(paths, port=port)
+        back = time.monotonic()
+        assert all(f"flow run {i} marked Crashed" in back_up.detail for i in ids), back_up.detail
+        assert not list(pending.glob("*.json"))
         crashed = wait_for(
             lambda: len(done := [r for r in _runs(api) if r.id in ids and r.state.is_crashed()]) == 2 and done,
             60,

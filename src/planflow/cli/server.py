@@ -36,6 +36,8 @@ def server_up(
     verb = "already running" if before.running else "started"
     console.print(f"Prefect server {verb}: {state.url} (pid {state.pid}, database {db})")
     console.print(f"UI: {state.url.removesuffix('/api')}")
+    if state.detail:  # the runs lost when it stopped, now marked Crashed
+        console.print(f"note: {state.detail}")
     if note:
         console.print(f"note: {note}")
 

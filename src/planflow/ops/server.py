@@ -24,7 +24,7 @@ import subprocess
 import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wa
 
 from planflow.ops.postgres import Cluster, PostgresError
 from planflow.ops.processes import command_line, free_port, port_in_use, start_ticks  # noqa: F401 (free_port: re-exported, the tests and benchmarks take it from here)
+from planflow.runtime.watchdog import crash_pending
 from planflow.settings import (
     DEFAULT_HOST,
     DEFAULT_PORT,
@@ -415,7 +416,9 @@ def up(
             f"the Prefect server did not become healthy at {url} within {timeout:.0f} s. "
             f"Last lines of {paths.log_file}:\n{_tail(paths.log_file)}"
         )
-    return status(paths)
+    # the runs that were running when it stopped (their processes ended, each left a note)
+    marked = crash_pending(paths.home, url)
+    return replace(status(paths), detail="; ".join(marked)) if marked else status(paths)
 
 
 def _write_state(paths: StatePaths, host: str, port: int, pid: int, db: str = "sqlite") -> None:

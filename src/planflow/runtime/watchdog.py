@@ -13,7 +13,11 @@ How. While a planflow flow runs, a daemon thread (`ServerWatchdog`) asks the ser
 
 1. starts a small detached process (`python -m planflow.runtime.watchdog`) that waits
    for the server to answer again (at most `CRASH_WAIT_SECONDS`) and then sets the flow
-   run to Crashed with the cause, unless it reached a final state meanwhile;
+   run to Crashed with the cause, unless it reached a final state meanwhile. When the
+   server is this project's planflow server, the run is also written down in its state
+   folder (`crash-pending/`), and a server stopped on purpose (`planflow server down`:
+   its server.json gone) ends the wait at once: `planflow server up` marks the runs
+   written down when it starts the server again (the process waited an hour before);
 2. writes the cause to stderr and ends this process with exit code `EXIT_SERVER_LOST`:
    nothing in it can make progress, and a clean shutdown would call the dead server
    again (and hang again). A worker sees the non-zero exit as a crash too.
@@ -25,6 +29,7 @@ see flow.py) or when its process ends.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import subprocess
@@ -32,18 +37,22 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
-from prefect.client.orchestration import get_client
+from prefect.client.orchestration import SyncPrefectClient, get_client
+from prefect.exceptions import ObjectNotFound
+from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.states import Crashed
 
 from planflow.monitoring import prefect_api
-from planflow.settings import settings
+from planflow.settings import StatePaths, make_private_dir, settings, write_private
 
 log = logging.getLogger("planflow.watchdog")
 
 EXIT_SERVER_LOST = 75  # EX_TEMPFAIL: the server, not the pipeline, failed
 CRASH_WAIT_SECONDS = 3600.0
+PENDING_DIR = "crash-pending"  # in a planflow server's state folder: runs lost with it, to mark Crashed
 _running: dict[str, ServerWatchdog] = {}
 _lock = threading.Lock()
 
@@ -104,12 +113,25 @@ class ServerWatchdog:
                     return
 
 
-def crash_when_back(flow_run_id: str, api_url: str) -> Callable[[str], None]:
+def own_server_home(api_url: str) -> Path | None:
+    """The state folder of this project's planflow server when `api_url` is that server's
+    (its server.json says so), else None (a server planflow did not start)."""
+    try:
+        paths = StatePaths.discover()
+    except (OSError, RuntimeError, ValueError):
+        return None
+    recorded = paths.recorded_url()
+    return paths.home if recorded and recorded.rstrip("/") == api_url.rstrip("/") else None
+
+
+def crash_when_back(flow_run_id: str, api_url: str, home: Path | None = None) -> Callable[[str], None]:
     """The default `on_lost` of a flow run: leave a process that marks it Crashed when
-    the server is back, say why on stderr and end this process (see the module doc)."""
+    the server is back, say why on stderr and end this process (see the module doc).
+    `home`: the state folder of the planflow server at `api_url`, if it is one."""
 
     def on_lost(cause: str) -> None:
         message = f"planflow: flow run {flow_run_id} failed: {cause}; it is marked Crashed when the server is back"
+        where = ["--home", str(home)] if home is not None else []
         try:
             subprocess.Popen(
                 [
@@ -121,6 +143,7 @@ def crash_when_back(flow_run_id: str, api_url: str) -> Callable[[str], None]:
                     api_url,
                     "--cause",
                     cause,
+                    *where,
                 ],
                 env={**os.environ, "PREFECT_API_URL": api_url},
                 stdin=subprocess.DEVNULL,
@@ -158,7 +181,8 @@ def watch_run(flow_run_id: str | None, api_url: str | None = None) -> ServerWatc
         if flow_run_id in _running:
             return _running[flow_run_id]
         bound = settings().server_lost_seconds
-        watchdog = ServerWatchdog(url, bound, crash_when_back(flow_run_id, url), headers=prefect_api.auth_headers())
+        on_lost = crash_when_back(flow_run_id, url, own_server_home(url))  # read now: `server down` removes it
+        watchdog = ServerWatchdog(url, bound, on_lost, headers=prefect_api.auth_headers())
         _running[flow_run_id] = watchdog
     return watchdog.start()
 
@@ -180,11 +204,20 @@ def unwatch_later(flow_run_id: str | None, grace: float | None = None) -> None:
     timer.start()
 
 
-def mark_crashed(flow_run_id: str, cause: str, wait: float = CRASH_WAIT_SECONDS, interval: float = 2.0) -> str:
+def mark_crashed(
+    flow_run_id: str,
+    cause: str,
+    wait: float = CRASH_WAIT_SECONDS,
+    interval: float = 2.0,
+    home: Path | None = None,
+) -> str:
     """Wait (at most `wait` s) for the server in PREFECT_API_URL, then set the flow run
-    Crashed unless it is final already. Returns what was done."""
+    Crashed unless it is final already. With `home` (the state folder of the planflow
+    server it is), the run is written down there first, and a server stopped with
+    `planflow server down` ends the wait: `planflow server up` marks it. Returns what was done."""
     deadline = time.monotonic() + wait
     url = prefect_api.api_url()
+    pending = _write_pending(home, flow_run_id, cause, url) if home is not None else None
     with httpx.Client(timeout=5, headers=prefect_api.auth_headers(), verify=prefect_api.tls_verify()) as http:
         while True:
             try:
@@ -192,15 +225,57 @@ def mark_crashed(flow_run_id: str, cause: str, wait: float = CRASH_WAIT_SECONDS,
                     break
             except httpx.HTTPError:
                 pass
+            if home is not None and (StatePaths(home).recorded_url() or "").rstrip("/") != url.rstrip("/"):
+                return (
+                    f"the server at {url} was stopped (planflow server down): flow run {flow_run_id} is marked "
+                    f"Crashed when planflow server up starts it again ({pending})"
+                )
             if time.monotonic() > deadline:
                 return f"the server at {url} did not come back within {wait:g} s; flow run {flow_run_id} left as it is"
             time.sleep(interval)
     with get_client(sync_client=True) as client:
-        run = client.read_flow_run(flow_run_id)
-        if run.state is not None and run.state.is_final():
-            return f"flow run {flow_run_id} is {run.state.name} already"
-        client.set_flow_run_state(flow_run_id, Crashed(message=f"planflow: {cause}"), force=True)
+        done = _set_crashed(client, flow_run_id, cause)
+    if pending is not None:
+        pending.unlink(missing_ok=True)
+    return done
+
+
+def _set_crashed(client: SyncPrefectClient, flow_run_id: str, cause: str) -> str:
+    run = client.read_flow_run(flow_run_id)
+    if run.state is not None and run.state.is_final():
+        return f"flow run {flow_run_id} is {run.state.name} already"
+    client.set_flow_run_state(flow_run_id, Crashed(message=f"planflow: {cause}"), force=True)
     return f"flow run {flow_run_id} marked Crashed: {cause}"
+
+
+def _write_pending(home: Path, flow_run_id: str, cause: str, url: str) -> Path:
+    folder = make_private_dir(home / PENDING_DIR)
+    file = folder / f"{flow_run_id}.json"
+    write_private(file, json.dumps({"flow_run_id": flow_run_id, "cause": cause, "api_url": url}))
+    return file
+
+
+def crash_pending(home: Path, api_url: str) -> list[str]:
+    """Mark Crashed the flow runs that were lost with the planflow server at `api_url`
+    (written down in `home`, see mark_crashed), now that it answers; what was done, each."""
+    done = []
+    for file in sorted((home / PENDING_DIR).glob("*.json")):
+        try:
+            record = json.loads(file.read_text())
+            flow_run_id, cause, url = record["flow_run_id"], record["cause"], record["api_url"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            done.append(f"{file} could not be read ({exc}); removed")
+            file.unlink(missing_ok=True)
+            continue
+        if url.rstrip("/") != api_url.rstrip("/"):
+            continue  # another server's run (the project's server moved to another port)
+        try:
+            with temporary_settings(updates={PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
+                done.append(_set_crashed(client, flow_run_id, cause))
+        except ObjectNotFound:
+            done.append(f"flow run {flow_run_id} no longer exists")
+        file.unlink(missing_ok=True)
+    return done
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -209,8 +284,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--api-url", required=True)
     parser.add_argument("--cause", required=True)
     parser.add_argument("--wait", type=float, default=CRASH_WAIT_SECONDS)
+    parser.add_argument("--home", type=Path, help="the state folder of the planflow server it is")
     args = parser.parse_args(argv)
-    print(mark_crashed(args.flow_run_id, args.cause, args.wait))
+    print(mark_crashed(args.flow_run_id, args.cause, args.wait, home=args.home))
 
 
 if __name__ == "__main__":
