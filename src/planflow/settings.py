@@ -281,10 +281,12 @@ def private_files() -> Iterator[None]:
         os.umask(previous)
 
 
-def make_private_tree(root: Path) -> list[Path]:
+def make_private_tree(root: Path, open_root: bool = False) -> list[Path]:
     """Make `root` and everything below it its user's only (folders 0700, files 0600,
     executable files 0700), as left by an older planflow or another umask. Symlinks are
-    not followed. Returns the paths whose mode changed."""
+    not followed. `open_root`: `root` stays 0711 (traversal, no listing), the path another
+    account needs to its own folder in it (PostgreSQL's, see ops/postgres.py). Returns
+    the paths whose mode changed."""
     changed = []
     if not root.is_dir():
         return changed
@@ -300,6 +302,8 @@ def make_private_tree(root: Path) -> list[Path]:
             continue
         mode = stat.S_IMODE(info.st_mode)
         wanted = 0o700 if stat.S_ISDIR(info.st_mode) or mode & 0o100 else 0o600
+        if open_root and path == root:
+            wanted = 0o711
         if mode != wanted:
             path.chmod(wanted)
             changed.append(path)

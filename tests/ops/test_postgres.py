@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from planflow.ops import server
-from planflow.ops.postgres import INSTALL_HINT, Cluster, PostgresError, bin_dir
+from planflow.ops.postgres import INSTALL_HINT, Cluster, PostgresError, bin_dir, make_state_private
 from planflow.settings import StatePaths
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -99,3 +99,19 @@ def test_a_first_start_on_the_other_database_says_it_starts_empty(paths):
     server.up(paths, port=server.free_port(), db="postgres")
     server.down(paths)
     assert server.new_database_note(paths, "postgres") is None  # started before: not new
+
+
+def test_the_state_folder_keeps_postgres_path_to_its_data_when_made_private_again(paths):
+    """As root the cluster runs as `postgres`, reached through the state folder (0711).
+    `stack up` (and `server up` after a server killed while its database ran on) made that
+    folder 0700 again: the database failed at its next checkpoint ("could not open file
+    global/pg_control: Permission denied") and every API call answered 500."""
+    state = server.up(paths, port=server.free_port(), db="postgres")
+    cluster = Cluster(paths)
+    make_state_private(paths)  # what `stack up` and `server up` do to the state folder
+    if os.geteuid() == 0:
+        assert stat.S_IMODE(paths.home.stat().st_mode) == 0o711
+        assert stat.S_IMODE(cluster.password_file.stat().st_mode) == 0o600  # planflow's own files stay private
+    assert sql(cluster, "CHECKPOINT") == "CHECKPOINT"  # the database still reaches its own files
+    with httpx.Client(base_url=state.url, timeout=30) as client:
+        assert client.post("/flow_runs/filter", json={"limit": 1}).status_code == 200

@@ -26,12 +26,18 @@ from pathlib import Path
 from urllib.parse import quote
 
 from planflow.ops.processes import free_port, port_in_use
-from planflow.settings import DEFAULT_HOST, StatePaths, make_private_dir, write_private
+from planflow.settings import DEFAULT_HOST, StatePaths, make_private_dir, make_private_tree, write_private
 
 INSTALL_HINT = "apt-get install -y postgresql (in planflow's repository: bash scripts/install-services.sh)"
 OS_USER = "postgres"  # the account Debian's package creates; used when planflow runs as root
 ROLE = "planflow"
 DATABASE = "prefect"
+
+
+def make_state_private(paths: StatePaths) -> list[Path]:
+    """The state folder made its user's only again (what an older planflow or another umask
+    left readable), the path to a PostgreSQL cluster in it kept (see Cluster.opens_state_folder)."""
+    return make_private_tree(paths.home, open_root=Cluster(paths).opens_state_folder)
 
 
 class PostgresError(RuntimeError):
@@ -136,6 +142,13 @@ class Cluster:
         return [str(bin_dir() / program), "-h", DEFAULT_HOST, "-p", str(self.port()), "-U", ROLE, *args]
 
     # -- permissions when root ----------------------------------------------------------
+    @property
+    def opens_state_folder(self) -> bool:
+        """As root with a cluster here: the state folder must stay 0711, the `postgres`
+        account's path to its data (`stack up` made it 0700 and the running database
+        failed at its next checkpoint, every API call answering 500)."""
+        return _as_root() and self.root.is_dir()
+
     def _open_for_owner(self) -> None:
         """As root: the cluster's folder to the `postgres` account, and a path to it."""
         if not _as_root():

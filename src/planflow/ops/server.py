@@ -32,7 +32,7 @@ import httpx
 import psutil
 from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_fixed
 
-from planflow.ops.postgres import Cluster, PostgresError
+from planflow.ops.postgres import Cluster, PostgresError, make_state_private
 from planflow.ops.processes import command_line, free_port, port_in_use, start_ticks  # noqa: F401 (free_port: re-exported, the tests and benchmarks take it from here)
 from planflow.runtime.watchdog import crash_pending
 from planflow.settings import (
@@ -40,7 +40,6 @@ from planflow.settings import (
     DEFAULT_PORT,
     StatePaths,
     make_private_dir,
-    make_private_tree,
     private_files,
     server_url,
     settings,
@@ -380,7 +379,7 @@ def up(
         raise _port_taken(paths, host, port)
 
     paths.ensure()
-    make_private_tree(paths.home)  # what an older planflow or another umask left readable
+    make_state_private(paths)
     database_url = None
     if db == "postgres":
         try:

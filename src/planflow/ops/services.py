@@ -30,6 +30,7 @@ from pathlib import Path
 import httpx
 
 from planflow.monitoring import rules as generate
+from planflow.ops.postgres import make_state_private
 from planflow.ops.processes import (
     log_tail,
     port_in_use,
@@ -55,7 +56,7 @@ from planflow.ops.service_configs import (  # noqa: F401 (re-exported: the servi
     rendered_config,
 )
 from planflow.ops.service_reload import RELOADABLE, ReloadError, config_texts, reload
-from planflow.settings import StatePaths, client_env, make_private_dir, make_private_tree, private_files, write_private
+from planflow.settings import StatePaths, client_env, make_private_dir, private_files, write_private
 
 ORDER = ("pushgateway", "bridge", "exporter", "alertmanager", "prometheus")
 BINARIES = {
@@ -294,7 +295,7 @@ def up(
 def _up(paths: StatePaths, profile: str, wanted: dict[str, int], timeout: float) -> dict[str, ServiceStatus]:
     folder = monitoring_dir(paths)
     make_private_dir(folder)
-    make_private_tree(paths.home)  # what an older planflow or another umask left readable
+    make_state_private(paths)
     # the services running now: one that `_start` keeps (healthy) keeps its pid
     pids = {name: pid for name in RELOADABLE for pid, alive in [_live_pid(paths, name)] if alive}
     before = config_texts(folder)
