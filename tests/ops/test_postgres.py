@@ -73,7 +73,10 @@ def test_the_server_runs_on_postgres_and_its_runs_survive_a_restart(paths):
 
     server.down(paths)
     assert not cluster.running()  # `down` stops the database too
-    state = server.up(paths, port=server.free_port(), db="postgres")
+    # started again without naming the database (`stack up`, a command that starts the
+    # server): the project's, not an empty SQLite one
+    state = server.up(paths, port=server.free_port())
+    assert paths.recorded()["db"] == "postgres" and cluster.running()
     with httpx.Client(base_url=state.url, timeout=30) as client:
         assert client.get(f"/flow_runs/{run_id}").raise_for_status().json()["name"] == "on-postgres"
 

@@ -20,15 +20,17 @@ server_app = typer.Typer(
 def server_up(
     host: str = typer.Option(DEFAULT_HOST, help="Address to listen on."),
     port: int = typer.Option(DEFAULT_PORT, min=1, max=65535, help="Port to listen on."),
-    db: str = typer.Option(
-        "sqlite",
+    db: str | None = typer.Option(
+        None,
         help="The server's database: sqlite (a file in the state folder) or postgres (the scale-out "
-        "profile for many concurrent runs: Debian's PostgreSQL, started and stopped by planflow).",
+        "profile for many concurrent runs: Debian's PostgreSQL, started and stopped by planflow) "
+        "[default: the one the project's server last ran on, else sqlite].",
     ),
 ) -> None:
     """Start the embedded Prefect server (reused when already running)."""
-    before = stack.status()
-    note = None if before.running or db not in stack.DATABASES else stack.new_database_note(StatePaths.discover(), db)
+    before, paths = stack.status(), StatePaths.discover()
+    db = db or stack.chosen_database(paths)
+    note = None if before.running or db not in stack.DATABASES else stack.new_database_note(paths, db)
     try:
         state = stack.up(host=host, port=port, db=db)
     except stack.StackError as exc:

@@ -28,6 +28,11 @@ def up(
     profile: str = typer.Option("production", help="fast (seconds; demo, tests) or production (minutes)."),
     prefect_port: int = typer.Option(DEFAULT_PORT, min=1, max=65535, help="Port of the embedded Prefect server."),
     server: bool = typer.Option(True, help="Start the embedded Prefect server too."),
+    db: str | None = typer.Option(
+        None,
+        help="The embedded server's database: sqlite or postgres (as `planflow server up --db`) "
+        "[default: the one the project's server last ran on, else sqlite].",
+    ),
     prometheus_port: int = typer.Option(9090, min=1, max=65535),
     pushgateway_port: int = typer.Option(9091, min=1, max=65535),
     alertmanager_port: int = typer.Option(9093, min=1, max=65535),
@@ -41,7 +46,7 @@ def up(
     paths = StatePaths.discover()
     try:
         if server:
-            state = stack.up(paths, port=prefect_port)
+            state = stack.up(paths, port=prefect_port, db=db)
             say(f"prefect       {state.url.removesuffix('/api')}  (UI)")
         started = services.up(
             paths,

@@ -337,21 +337,40 @@ def _port_taken(paths: StatePaths, host: str, port: int) -> StackError:
 
 
 # -- lifecycle --------------------------------------------------------------------------
+DATABASE_FILE = "server-db"  # in the state folder: the database the project's server last ran on
+
+
+def chosen_database(paths: StatePaths) -> str:
+    """The database of the project's server: the running one's, else the one it last ran on
+    (kept across `server down`: `stack up` after `stack down` started an empty SQLite
+    server for a project on PostgreSQL), else sqlite."""
+    running = paths.recorded().get("db")
+    if running in DATABASES:
+        return running
+    try:
+        last = (paths.home / DATABASE_FILE).read_text().strip()
+    except OSError:
+        return "sqlite"
+    return last if last in DATABASES else "sqlite"
+
+
 def up(
     paths: StatePaths | None = None,
     host: str = DEFAULT_HOST,
     port: int | None = None,
     timeout: float = 120.0,
-    db: str = "sqlite",
+    db: str | None = None,
 ) -> ServerStatus:
     """Start the embedded server unless it already runs; wait until it is healthy.
 
     `port`: default the port this project's server had last (so that the URL commands
     were given stays right), else 4200. `db`: "sqlite" (a file in the state folder) or
-    "postgres" (the scale-out profile: PostgreSQL started by planflow, see postgres.py)."""
+    "postgres" (the scale-out profile: PostgreSQL started by planflow, see postgres.py);
+    default the project's (chosen_database)."""
+    paths = paths or StatePaths.discover()
+    db = db or chosen_database(paths)
     if db not in DATABASES:
         raise StackError(f"db={db!r} is not a database planflow runs. Fix: --db sqlite or --db postgres")
-    paths = paths or StatePaths.discover()
     port = port or int(paths.recorded().get("port") or DEFAULT_PORT)
     current = status(paths)
     if current.running:
@@ -428,6 +447,7 @@ def _write_state(paths: StatePaths, host: str, port: int, pid: int, db: str = "s
     identity = {"started": psutil.Process(pid).create_time(), "started_ticks": start_ticks(pid)}
     record = {"url": server_url(host, port), "host": host, "port": port, "pid": pid, **identity, "db": db}
     write_private(paths.server_file, json.dumps(record, indent=2))
+    write_private(paths.home / DATABASE_FILE, db)
     _remember(paths, host, port, pid, identity)
 
 
