@@ -34,7 +34,6 @@ from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wa
 
 from planflow.ops.postgres import Cluster, PostgresError, make_state_private
 from planflow.ops.processes import command_line, free_port, port_in_use, start_ticks  # noqa: F401 (free_port: re-exported, the tests and benchmarks take it from here)
-from planflow.runtime.watchdog import crash_pending
 from planflow.settings import (
     DEFAULT_HOST,
     DEFAULT_PORT,
@@ -435,6 +434,10 @@ def up(
             f"Last lines of {paths.log_file}:\n{_tail(paths.log_file)}"
         )
     # the runs that were running when it stopped (their processes ended, each left a note)
+    # Prefect's client, imported here: this module is imported before Prefect's settings are
+    # (the test harness takes free_port from it, then sets PREFECT_API_URL)
+    from planflow.runtime.watchdog import crash_pending  # noqa: PLC0415
+
     marked = crash_pending(paths.home, url)
     return replace(status(paths), detail="; ".join(marked)) if marked else status(paths)
 
