@@ -82,11 +82,13 @@ def test_a_worker_started_in_a_subfolder_runs_from_the_project_and_picks_up_a_ru
     run_id = re.search(r"UUID: ([0-9a-f-]{36})", started.stdout).group(1)
 
     log = tmp_path / "worker.log"
+    # a shell that also starts the server (this one's takes no auth: the setting is inert here)
+    server_shell = {**env, "PREFECT_SERVER_API_AUTH_STRING": "admin:server-secret"}
     with log.open("wb") as out:
         worker = subprocess.Popen(
             [str(BIN / "planflow"), "worker", "start", process_pool, "--limit", "1"],
             cwd=project / "flows" / "wordcount",
-            env=env,
+            env=server_shell,
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -97,6 +99,9 @@ def test_a_worker_started_in_a_subfolder_runs_from_the_project_and_picks_up_a_ru
         assert Path(process.cwd()) == project
         assert process.environ()["PYTHONPATH"].split(os.pathsep)[0] == str(project)
         assert "worker" in process.cmdline() and "--type" in process.cmdline() and "process" in process.cmdline()
+        # the server's secret is not the worker's: Prefect copies a worker's settings into
+        # each flow run's job (a container's environment, shown by `docker inspect`)
+        assert "PREFECT_SERVER_API_AUTH_STRING" not in process.environ()
     finally:
         stop_process(worker, timeout=30)  # its process group: the worker and its flow runs
     assert run["state_type"] == "COMPLETED", tail(log)

@@ -22,6 +22,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from planflow.cli.common import ensure_server, err, fail
 from planflow.ops import server
+from planflow.ops.workers import worker_environment
 from planflow.prefect.workpools import POOLS
 from planflow.settings import project_root
 
@@ -89,7 +90,7 @@ def start(
     root = project_root()
     python_path = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     env = {
-        **os.environ,
+        **worker_environment(os.environ),
         "PREFECT_API_URL": url,
         "PYTHONPATH": os.pathsep.join([str(root), *(p for p in python_path if p != str(root))]),
     }

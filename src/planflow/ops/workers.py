@@ -59,6 +59,18 @@ def prefect_executable() -> str:
     return str(Path(sys.executable).with_name("prefect"))
 
 
+SERVER_ONLY = ("PREFECT_SERVER_", "PREFECT_API_DATABASE_")  # the server's settings: its auth string, database URL
+
+
+def worker_environment(env: Mapping[str, str]) -> dict[str, str]:
+    """`env` without the Prefect server's own settings. A worker is a client, and Prefect
+    copies the settings it runs with into every flow run's job (a Docker container's
+    environment, shown by `docker inspect` and kept with the exited container): a shell
+    that had started the server with PREFECT_SERVER_API_AUTH_STRING handed the server's
+    secret to every container."""
+    return {key: value for key, value in env.items() if not key.startswith(SERVER_ONLY)}
+
+
 def start_worker(
     pool: str,
     log_file: Path,
@@ -76,7 +88,7 @@ def start_worker(
     `query_seconds`: how often it polls (Prefect's default 10 s dominates the latency of
     a remediation or a demo); `heartbeat_seconds`: how often it reports (a short one lets
     the server notice a dead worker sooner); `limit`: flow runs at once."""
-    environment = dict(os.environ if env is None else env)
+    environment = worker_environment(os.environ if env is None else env)
     if query_seconds is not None:
         environment["PREFECT_WORKER_QUERY_SECONDS"] = f"{query_seconds:g}"
         environment["PREFECT_WORKER_PREFETCH_SECONDS"] = "0"
