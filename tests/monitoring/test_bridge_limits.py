@@ -366,6 +366,18 @@ def test_a_command_against_a_server_with_auth_on_names_the_missing_credentials(a
         timeout=120,
     )
     assert served.returncode == 1 and "Fix: export PREFECT_API_AUTH_STRING=" in served.stderr, served.stderr[-2000:]
+    # `stack up` too, before any service starts (it started the exporter and the bridge
+    # without credentials, then died on a raw 401 traceback)
+    home = own_temp_folder("planflow-auth-stack-")
+    stacked = subprocess.run(
+        [planflow, "stack", "up", "--no-server", "--profile", "fast", "--bridge-port", str(free_port())],
+        env={**env, "PLANFLOW_HOME": str(home)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert stacked.returncode == 1 and "Fix: export PREFECT_API_AUTH_STRING=" in stacked.stderr, stacked.stderr[-2000:]
+    assert "Traceback" not in stacked.stderr and not (home / "monitoring").exists(), stacked.stderr[-2000:]
     # `planflow env` (for `eval`) says on stderr that the shell needs the credentials too
     exports = subprocess.run([planflow, "env"], env=env, capture_output=True, text=True, timeout=120)
     assert exports.returncode == 0 and f"export PREFECT_API_URL={api}" in exports.stdout, exports.stderr

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import typer
 
-from planflow.cli.common import fail, say
+from planflow.cli.common import authorized, fail, say
 from planflow.monitoring.thresholds import ThresholdsError
 from planflow.ops import server as stack
 from planflow.ops import services
@@ -48,6 +48,8 @@ def up(
         if server:
             state = stack.up(paths, port=prefect_port, db=db)
             say(f"prefect       {state.url.removesuffix('/api')}  (UI)")
+        if api_url():  # before any service: without the credentials they started, then met a raw 401
+            authorized(api_url())
         started = services.up(
             paths,
             profile=profile,
