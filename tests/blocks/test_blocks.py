@@ -107,6 +107,8 @@ def test_a_step_that_fits_no_pool_names_its_demand_every_capacity_and_the_fix():
     assert "local (cpu=2, gpu=0, mem_gib=4); gpu (cpu=8, gpu=1, mem_gib=32)" in message
     assert "Fix: lower its cpu to <= 8, or add a ResourcePool with cpu >= 16" in message
     assert "component's pools" not in message  # not pinned: any new pool big enough is used
+    # a new pool is used by a run that names it (in-process runs use one pool)
+    assert "and run it there (`planflow run NAME --pool POOL`, or --mode distributed over every pool)" in message
 
 
 def test_a_pinned_step_that_fits_no_pool_is_told_to_name_a_bigger_pool_too():

@@ -100,9 +100,12 @@ def allowed_pools(
             bigger = ", ".join(f"{r} >= {v:g}" for r, v in (short or demand).items())
             # a step pinned to pools runs on no other: a new pool helps once it is named there too
             pinned = f" and add it to the component's pools (now {list(spec.pools)})" if spec.pools else ""
+            # a run in-process uses one pool: a new pool serves it only when named (a user added
+            # the pool as told, and met the same refusal)
+            there = " and run it there (`planflow run NAME --pool POOL`, or --mode distributed over every pool)"
             problems.append(
                 f"step '{name}' needs {_fmt(demand)} but fits no pool it may use: {pools}. "
-                f"Fix: {fix}, or add a ResourcePool with {bigger}{pinned}"
+                f"Fix: {fix}, or add a ResourcePool with {bigger}{pinned}{there}"
             )
         allowed[name] = fitting
     if problems:
