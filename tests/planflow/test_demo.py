@@ -33,3 +33,34 @@ def test_the_deliberate_failure_is_one_line_with_where_to_look(registered_blocks
         rf"\(its log: {re.escape(ui)}/v2/runs/flow-run/{UUID}\?tab=Logs\)",
         printed[0],
     ), printed[0]
+
+
+def test_sigterm_ends_a_command_through_its_finally_blocks_as_ctrl_c_does(tmp_path):
+    """`planflow demo heal` stopped with SIGTERM (`timeout`, `kill`) ended at once and left
+    its work pool, blocks, deployments and a worker behind, which broke the next demo; after
+    sigterm_as_ctrl_c it unwinds as after Ctrl-C."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cleaned, ready = tmp_path / "cleaned", tmp_path / "ready"
+    script = (
+        "import pathlib, time\n"
+        "from planflow.cli.interrupt import sigterm_as_ctrl_c\n"
+        "sigterm_as_ctrl_c()\n"
+        "try:\n"
+        f"    pathlib.Path({str(ready)!r}).touch()\n"
+        "    time.sleep(60)\n"
+        "finally:\n"
+        f"    pathlib.Path({str(cleaned)!r}).write_text('taken away')\n"
+    )
+    process = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not ready.exists():
+        assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=30)
+    assert cleaned.read_text() == "taken away", stderr
+    assert "KeyboardInterrupt" in stderr

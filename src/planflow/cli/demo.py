@@ -18,6 +18,7 @@ from planflow.cli.common import (
     ui_url,
     warn,
 )
+from planflow.cli.interrupt import sigterm_as_ctrl_c
 from planflow.cli.pipelines import (
     RunFailed,
     RunInterrupted,
@@ -115,15 +116,32 @@ def demo_heal(
     a Prefect automation and a remediation flow."""
     if scenario not in SCENARIOS:
         fail(f"unknown scenario {scenario!r}: failover, rescale, oom or all")
+    sigterm_as_ctrl_c()  # each scenario takes away what it made, also when stopped
     url = ensure_server()
     ui = ui_url(url)
     ensure_defaults()
     paths = StatePaths.discover()
+    previous = services.recorded_profile(paths)
     try:
         started = services.up(paths, profile="fast")
     except services.ServicesError as exc:
         fail(f"the monitoring stack is needed: {exc}")
     say("monitoring: " + ", ".join(f"{n} {s.url}" for n, s in started.items()))
+    if previous and previous != "fast":  # it was switched without a word, and stayed so
+        say(
+            f"monitoring: restarted on the fast profile (alerts in seconds) from {previous}; "
+            f"back on {previous} at the end"
+        )
+    try:
+        _heal(paths, scenario, timeout, ui)
+    finally:
+        if previous and previous != "fast":
+            services.up(paths, profile=previous)
+            say(f"monitoring: back on the {previous} profile")
+
+
+def _heal(paths: StatePaths, scenario: str, timeout: float, ui: str) -> None:
+    """The automations, the remediation worker, then each scenario chosen, and what it did."""
     try:
         applied = automations.apply()
     except automations.AutomationsError as exc:

@@ -14,6 +14,7 @@ their lease (PLANFLOW_SLOT_LEASE_SECONDS) or at once where the dispatcher gave t
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import threading
 from concurrent.futures import thread as futures_thread
@@ -68,3 +69,15 @@ def exit_within(code: int, grace: float = GRACE_SECONDS) -> None:
     timer.daemon = True  # not one of the threads the exit waits for
     timer.name = "planflow-exit-within"
     timer.start()
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def sigterm_as_ctrl_c() -> None:
+    """From now on SIGTERM (`timeout`, `kill`, a supervisor stopping the command) ends this
+    process as Ctrl-C does, through its `finally` blocks: Python's default for SIGTERM ends
+    it at once, and `planflow demo heal` stopped so left its work pool, blocks, deployments
+    and a worker behind, which broke the next demo."""
+    signal.signal(signal.SIGTERM, _raise_interrupt)

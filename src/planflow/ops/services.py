@@ -114,6 +114,11 @@ def _recorded(paths: StatePaths) -> dict:
         return {}
 
 
+def recorded_profile(paths: StatePaths) -> str | None:
+    """The profile the services were last started with (None when none are recorded)."""
+    return _recorded(paths).get("profile") or None
+
+
 def _pid_file(paths: StatePaths, name: str) -> Path:
     return monitoring_dir(paths) / f"{name}.pid"
 
