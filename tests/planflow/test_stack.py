@@ -5,6 +5,8 @@ found from a subfolder of its project; state files private to their user."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import stat
 import subprocess
@@ -163,6 +165,30 @@ def test_the_server_is_found_from_a_subfolder_of_its_project(project_a):
     assert f"export PREFECT_API_URL={state.url}" in exports
     assert f"export PLANFLOW_HOME={paths.home}" in exports
     assert not list((paths.project / "flows").rglob(".planflow"))
+
+
+def test_a_frozen_server_is_named_with_the_wait_and_what_follows(project_a):
+    """A server that runs but does not answer (frozen: SIGSTOP) kept `planflow run` silent
+    for minutes after "Starting the embedded Prefect server", then a new server came."""
+    paths, state, root = project_a
+    env = clean_env(PLANFLOW.parent, root / "home", XDG_STATE_HOME=str(root / "xdg-state"))
+    os.kill(state.pid, signal.SIGSTOP)
+    try:
+        command = subprocess.Popen(
+            [str(PLANFLOW), "pools", "ls"], cwd=paths.project, env=env, stderr=subprocess.PIPE, text=True
+        )
+        try:
+            _, stderr = command.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            command.kill()
+            _, stderr = command.communicate()
+    finally:
+        os.kill(state.pid, signal.SIGCONT)
+    said = " ".join(stderr.split())
+    assert f"The embedded Prefect server (pid {state.pid}) runs but {state.url}/health does not answer" in said, said
+    assert "waiting up to 120 s for it, then it is stopped and started again" in said and str(paths.log_file) in said
+    assert "Starting the embedded Prefect server" not in said
+    assert stack.healthy(state.url, timeout=10)
 
 
 def test_a_server_whose_pid_file_was_lost_is_adopted_not_reported(project_a):

@@ -17,7 +17,7 @@ from rich.markup import escape
 from rich.rule import Rule
 
 from planflow.ops import server as stack
-from planflow.settings import user_api_url
+from planflow.settings import StatePaths, user_api_url
 
 # Width when the output goes to a pipe or a file and COLUMNS is unset: rich's 80 would
 # cut tables and links; a table is only as wide as its content, so a wide limit costs nothing.
@@ -186,7 +186,14 @@ def ensure_server(same_as_env: bool = True) -> str:
     current = stack.status()
     if current.running and current.url:
         return authorized(current.url)
-    warn("Starting the embedded Prefect server (planflow server up) ...")
+    if current.state == "unhealthy":  # said: the wait ran minutes without a word, then a new server came
+        warn(
+            f"The embedded Prefect server (pid {current.pid}) runs but {current.url}/health does not answer: "
+            f"waiting up to {stack.UP_TIMEOUT_SECONDS:.0f} s for it, then it is stopped and started again "
+            f"(its log: {StatePaths.discover().log_file}) ..."
+        )
+    else:
+        warn("Starting the embedded Prefect server (planflow server up) ...")
     try:
         state = stack.up()
     except stack.StackError as exc:

@@ -353,11 +353,14 @@ def chosen_database(paths: StatePaths) -> str:
     return last if last in DATABASES else "sqlite"
 
 
+UP_TIMEOUT_SECONDS = 120.0  # how long `up` waits for the server to answer
+
+
 def up(
     paths: StatePaths | None = None,
     host: str = DEFAULT_HOST,
     port: int | None = None,
-    timeout: float = 120.0,
+    timeout: float = UP_TIMEOUT_SECONDS,
     db: str | None = None,
 ) -> ServerStatus:
     """Start the embedded server unless it already runs; wait until it is healthy.
