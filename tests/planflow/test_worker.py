@@ -15,8 +15,10 @@ import psutil
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import WorkPoolCreate
+from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
 from planflow.ops.processes import stop_process
+from planflow.prefect.blocks import ResourcePool
 
 from tests.e2e.userproject import DEPLOYMENT, PIPELINE, clean_env, final_flow_run, tail, write_project
 
@@ -58,7 +60,7 @@ def test_a_type_other_than_the_pools_is_refused(tmp_path, env, process_pool):
 
 
 def test_a_worker_started_in_a_subfolder_runs_from_the_project_and_picks_up_a_run(
-    tmp_path, env, process_pool, prefect_server
+    tmp_path, env, process_pool, prefect_server, request
 ):
     project = write_project(tmp_path / "project", pool=process_pool)
     deploy = subprocess.run(
@@ -81,6 +83,9 @@ def test_a_worker_started_in_a_subfolder_runs_from_the_project_and_picks_up_a_ru
     assert started.returncode == 0, started.stdout + started.stderr
     run_id = re.search(r"UUID: ([0-9a-f-]{36})", started.stdout).group(1)
 
+    own_pool = f"wp-{uuid.uuid4().hex[:8]}"
+    ResourcePool(work_pool=process_pool, cpu=2, mem_gib=4).save(own_pool)
+    request.addfinalizer(lambda: ResourcePool.delete(own_pool))  # other tests plan over every pool
     log = tmp_path / "worker.log"
     # a shell that also starts the server (this one's takes no auth: the setting is inert here)
     server_shell = {**env, "PREFECT_SERVER_API_AUTH_STRING": "admin:server-secret"}
@@ -107,3 +112,12 @@ def test_a_worker_started_in_a_subfolder_runs_from_the_project_and_picks_up_a_ru
     assert run["state_type"] == "COMPLETED", tail(log)
     assert run["parameters"] == {"rows": 7}
     assert {"planflow", f"pipeline:{PIPELINE}"} <= set(run["tags"])
+    # planned on the ResourcePool of the work pool it ran on, not on `local` (a deployment on
+    # another work pool took `local`'s slots, and its own pool's capacity went unused)
+    with get_client(sync_client=True) as client:
+        lines = [
+            entry.message
+            for entry in client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
+        ]
+    said = f"Pool '{own_pool}': the ResourcePool of work pool '{process_pool}', which this run is on"
+    assert any(said in line for line in lines), lines[:20]

@@ -28,7 +28,7 @@ from prefect.context import get_run_context
 
 from planflow.core.pipeline import Pipeline
 from planflow.monitoring.metrics import RunRecorder, pushgateway_url_from_env
-from planflow.prefect.blocks.registry import DEFAULT_POOL
+from planflow.prefect.blocks.registry import DEFAULT_POOL, read_run_blocks
 from planflow.prefect.limits import require_limits
 from planflow.runtime import reporting
 from planflow.runtime.caching import refreshing, step_state
@@ -140,10 +140,34 @@ def run_pipeline(
     try:
         refresh = refresh and (getattr(flow_run, "run_count", 1) or 1) <= 1
         flow = getattr(context, "flow", None)
+        local_pool = _pool_of_work_pool(mode, local_pool, getattr(flow_run, "work_pool_name", None), logger)
         with caller_tags_only():  # the run's own tags stay off its task runs
             return _run(pipeline, resolved, policy, mode, local_pool, flow_run, logger, refresh, flow)
     finally:  # in case no state hook stops it (run_pipeline called from a flow of one's own)
         unwatch_later(str(flow_run.id) if flow_run else None)
+
+
+def _pool_of_work_pool(
+    mode: str, local_pool: str, work_pool: str | None, logger: logging.Logger | logging.LoggerAdapter
+) -> str:
+    """The pool an in-process run stands for: on a worker of work pool W, with `local_pool`
+    left at its default, the ResourcePool whose work pool is W (a deployment on another
+    work pool planned and took slots on `local`, whose machine it does not run on, while its
+    own pool's capacity and calendar went unused); else `local_pool`."""
+    if mode != "inprocess" or local_pool != DEFAULT_POOL or not work_pool:
+        return local_pool
+    pools = read_run_blocks().pools
+    if local_pool in pools and pools[local_pool].work_pool == work_pool:
+        return local_pool
+    mine = sorted(name for name, pool in pools.items() if pool.work_pool == work_pool)
+    if len(mine) != 1:  # none, or several to choose from: the default, as before
+        return local_pool
+    logger.info(
+        "Pool '%s': the ResourcePool of work pool '%s', which this run is on (local_pool chooses another)",
+        mine[0],
+        work_pool,
+    )
+    return mine[0]
 
 
 def _run(
