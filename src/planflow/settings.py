@@ -310,10 +310,10 @@ def make_private_tree(root: Path, open_root: bool = False) -> list[Path]:
     return changed
 
 
-def write_private(path: Path, text: str) -> None:
+def write_private(path: Path, text: str | bytes) -> None:
     """Write `text` to `path` readable by its user only (0600), also when it existed."""
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "w") as file:
+    with os.fdopen(descriptor, "wb" if isinstance(text, bytes) else "w") as file:
         os.fchmod(descriptor, 0o600)
         file.write(text)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import stat
 from uuid import UUID
 
 import pytest
@@ -23,6 +24,7 @@ from planflow import to_flow
 from planflow.ops.processes import wait_until
 from planflow.runtime.events import Reporter, subscribe
 from planflow.runtime.runner import PipelineRunError, add_listener
+from planflow.settings import StatePaths
 
 pytestmark = pytest.mark.usefixtures("registered_blocks")
 
@@ -83,6 +85,10 @@ def test_diamond_runs_with_progress_summary_and_totals():
     actual = artifacts["toy-diamond-planned-vs-actual"].data
     assert "Makespan achieved" in actual and "| report | local | Completed |" in actual
     assert result["plan"]["makespan_s"] > 0 and result["plan"]["status"] in ("optimal", "feasible", "heuristic")
+    # its picture beside the state folder, the user's only (were 0755 and 0644)
+    picture = StatePaths.discover().home / "plans" / f"{result['flow_run_id']}.png"
+    assert picture.read_bytes()[:4] == b"\x89PNG"
+    assert stat.S_IMODE(picture.stat().st_mode) == 0o600 and stat.S_IMODE(picture.parent.stat().st_mode) == 0o700
 
 
 def _table(artifact):

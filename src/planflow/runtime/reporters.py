@@ -37,7 +37,7 @@ from planflow.runtime import history, reporting
 from planflow.runtime.caching import step_state
 from planflow.runtime.dispatch import StepRecord
 from planflow.runtime.events import FINAL_STEP_EVENTS, Reporter, RunInfo, StepEvent
-from planflow.settings import StatePaths, settings
+from planflow.settings import StatePaths, make_private_dir, settings, write_private
 
 HISTORY_WRITE_SECONDS = 30.0  # the longest a run holds observations back from the history while it runs
 
@@ -103,9 +103,8 @@ class ArtifactReporter(Reporter):
             description=f"{name}: per component, start against plan and actual/planned duration; makespan achieved",
         )
         if run.flow_run_id:  # the picture beside the state folder, for `planflow` to show
-            folder = StatePaths.discover().home / "plans"
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / f"{run.flow_run_id}.png").write_bytes(png)
+            folder = make_private_dir(StatePaths.discover().home / "plans")  # were 0755 and 0644
+            write_private(folder / f"{run.flow_run_id}.png", png)
 
     def _summary(self, run: RunInfo, records: Mapping[str, StepRecord]) -> None:
         create_table_artifact(
