@@ -275,8 +275,9 @@ def test_plan_prints_the_plan_without_running(toy_env, tmp_path):
     assert {row["estimate"].split(":")[0] for row in result["components"]} <= {"declared", "history"}
     assert result["totals"]["components"] == 4
     assert gantt.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    table = planflow("plan", "toy-diamond", env=toy_env)
+    table = planflow("plan", "toy-diamond", "--gantt", str(tmp_path / "table.png"), env=toy_env)
     assert "makespan" in table.stdout and "lower bound" in table.stdout and "critical path" in table.stdout
+    assert f"wrote {tmp_path / 'table.png'}" in " ".join(table.stdout.split())  # as calendar --png says it
     bad = planflow("plan", "toy-diamond", "--param", "nn=8", env=toy_env)  # planned for these parameters
     assert bad.returncode == 2 and "nn" in bad.stderr and "n" in bad.stderr, bad.stderr[-2000:]  # a usage error
 

@@ -513,6 +513,8 @@ def plan(
             f"planned without {', '.join(not_given)} (required to run, not given here): the components that "
             f"scale with them are planned at their declared work; --param gives them"
         )
+    if gantt:  # said as `calendar --png` says it (with --json: stdout is the document alone)
+        say(f"wrote {gantt}")
 
 
 def run(

@@ -38,9 +38,10 @@ def ls_command() -> None:
         pools = client.read_work_pools()
     if not pools:
         typer.echo("no work pools. Create planflow's with: planflow workpools apply")
+    width = max((len(pool.name) for pool in pools), default=0)  # a longer name shifted its row's columns
     for pool in sorted(pools, key=lambda p: p.name):
         status = getattr(pool.status, "value", pool.status) or "-"
-        typer.echo(f"{pool.name:<16} {pool.type:<12} {str(status):<10} {worker_status(pool.name)}")
+        typer.echo(f"{pool.name:<{width}}  {pool.type:<12} {str(status):<10} {worker_status(pool.name)}")
 
 
 @workpools_app.command("status")
