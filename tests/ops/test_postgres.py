@@ -98,6 +98,9 @@ def test_a_first_start_on_the_other_database_says_it_starts_empty(paths):
     note = server.new_database_note(paths, "postgres")
     assert note is not None and note.startswith("a new, empty PostgreSQL database")
     assert "stay in its sqlite database" in note and "`planflow server up --db sqlite` finds them again" in note
+    # commands that work in any project (`blocks apply` alone needs a blocks/ folder)
+    assert "`planflow pools set NAME ...` (or `planflow blocks apply` from a blocks/ folder)" in note
+    assert "`planflow stack up` (the automations and their remediation worker)" in note
     assert server.new_database_note(paths, "sqlite") is None  # back to the one that holds them
     server.up(paths, port=server.free_port(), db="postgres")
     server.down(paths)

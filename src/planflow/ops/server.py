@@ -231,8 +231,9 @@ def new_database_note(paths: StatePaths, db: str) -> str | None:
     return (
         f"a new, empty {new} database: this project's runs, deployments, blocks, work pools and automations "
         f"stay in its {old} database (Prefect moves nothing between them; `planflow server up --db {old}` "
-        "finds them again). Fix, to use this one: create them here again, e.g. `planflow blocks apply`, "
-        "`planflow workpools apply`, `planflow automations apply` and `prefect deploy --all`"
+        "finds them again). Fix, to use this one: create them here again, e.g. `planflow pools set NAME ...` "
+        "(or `planflow blocks apply` from a blocks/ folder), `planflow workpools apply`, `prefect deploy --all`, "
+        "and `planflow stack up` (the automations and their remediation worker)"
     )
 
 
