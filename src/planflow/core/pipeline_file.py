@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-from planflow.core.component import KEY_ALIASES, RESOURCE_KEYS
+from planflow.core.component import ALLOWED_KEYS, KEY_ALIASES
 
 
 def _none_is_empty(value: Any, empty: Any) -> Any:
@@ -188,18 +188,24 @@ def spec_problems(error: ValidationError, document: Mapping[str, Any]) -> list[t
         loc = item["loc"]
         if len(loc) >= 2 and loc[0] == "steps" and isinstance(loc[1], int):
             index, where = loc[1], step_label(loc[1], document["steps"][loc[1]])
-            path, allowed, aliases = loc[2:], STEP_FIELDS, STEP_ALIASES
+            path, allowed, aliases, holder = loc[2:], STEP_FIELDS, STEP_ALIASES, document["steps"][loc[1]]
         else:
             index, where, path, allowed, aliases = -1, "the pipeline", loc, PIPELINE_FIELDS, PIPELINE_ALIASES
-        problems.append((index, _describe(item, where, path, allowed, aliases)))
+            holder = document
+        present = set(holder) if isinstance(holder, Mapping) else set()
+        problems.append((index, _describe(item, where, path, allowed, aliases, present)))
     return problems
 
 
-def _describe(item: Any, where: str, path: tuple, allowed: tuple[str, ...], aliases: Mapping[str, str]) -> str:
+def _describe(
+    item: Any, where: str, path: tuple, allowed: tuple[str, ...], aliases: Mapping[str, str], present: Any = ()
+) -> str:
+    """One of pydantic's errors as planflow's message; `present`: the fields the mapping holds."""
     value, fields = item.get("input"), ", ".join(allowed)
     if item["type"] == "extra_forbidden":
         key = str(path[-1])
-        if allowed == STEP_FIELDS and (key in RESOURCE_KEYS or key in KEY_ALIASES):
+        # a component's option (cpu, retries, cache, ...) written beside the step's fields
+        if allowed == STEP_FIELDS and (key in ALLOWED_KEYS or key in KEY_ALIASES):
             resource = KEY_ALIASES.get(key, key)
             return (
                 f"{where}: unknown field '{key}': a step's resources go under `resources:`. "
@@ -209,6 +215,11 @@ def _describe(item: Any, where: str, path: tuple, allowed: tuple[str, ...], alia
         if target is None:
             return f"{where}: unknown field '{key}' (value {show(value)}). Fix: remove it. Allowed fields: {fields}"
         note = " planflow lists the steps a step waits for under `after:`." if aliases.get(key) == "after" else ""
+        if target in present:  # renaming it would give the field twice
+            return (
+                f"{where}: unknown field '{key}'. Did you mean '{target}'? `{target}:` is given already. "
+                f"Fix: remove `{key}:`, or move what it holds into `{target}:`. Allowed fields: {fields}"
+            )
         return (
             f"{where}: unknown field '{key}'. Did you mean '{target}'?{note} "
             f"Fix: write `{target}: {show(value)}`. Allowed fields: {fields}"
