@@ -355,9 +355,19 @@ class StatePaths:
         """JSON written by `planflow server up`: url, host, port, pid, started."""
         return self.home / "server.json"
 
+    @property
+    def database_file(self) -> Path:
+        """The database the project's server last ran on: sqlite or postgres (kept across
+        `server down`, read by `server up`; see ops/server.py's chosen_database)."""
+        return self.home / "server-db"
+
     def ensure(self) -> StatePaths:
-        """Create the state folder and its Prefect home, private to the user."""
-        for folder in (self.home, self.prefect_home, self.results):
+        """Create the state folder and its Prefect home, private to the user (a state
+        folder opened for traversal, 0711, stays so: a PostgreSQL cluster's path, see
+        ops/postgres.py; made 0700 even for a moment, a checkpoint then failed)."""
+        if not (self.home.is_dir() and stat.S_IMODE(self.home.stat().st_mode) == 0o711):
+            make_private_dir(self.home)
+        for folder in (self.prefect_home, self.results):
             make_private_dir(folder)
         return self
 

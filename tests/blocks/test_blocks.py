@@ -12,7 +12,7 @@ from planflow.core.component import component
 from planflow.core.pipeline import Pipeline
 from planflow.prefect.blocks import PlannerSettings, ResourcePool, ensure_defaults, load_pools, local_pool_from_machine
 from planflow.prefect.blocks.registry import load_settings, read_run_blocks
-from planflow.runtime.planning import PoolError, allowed_pools, greedy_assignments
+from planflow.runtime.planning import KnownPools, PoolError, allowed_pools, greedy_assignments
 
 
 def _meminfo_total_gib() -> float:
@@ -109,6 +109,9 @@ def test_a_step_that_fits_no_pool_names_its_demand_every_capacity_and_the_fix():
     assert "component's pools" not in message  # not pinned: any new pool big enough is used
     # a new pool is used by a run that names it (in-process runs use one pool)
     assert "and run it there (`planflow run NAME --pool POOL`, or --mode distributed over every pool)" in message
+    with pytest.raises(PoolError) as over_every_pool:  # a distributed or Dask run plans over every pool already
+        allowed_pools(pipeline, CAPACITY, KnownPools(CAPACITY))
+    assert "--pool POOL" not in str(over_every_pool.value)
 
 
 def test_a_pinned_step_that_fits_no_pool_is_told_to_name_a_bigger_pool_too():

@@ -87,3 +87,41 @@ def test_a_watchdog_keeps_the_tls_settings_of_the_run_that_made_it(monkeypatch):
     finally:
         dog.stop()
     assert made[0]["verify"].verify_mode == ssl.CERT_NONE
+
+
+def test_crash_notes_that_cannot_be_acted_on_are_kept_and_said_and_another_databases_are_left(tmp_path):
+    """`server up` marks the runs lost at `server down` once the server answers: a note it
+    cannot act on (credentials refused, the server gone again) escaped as a traceback from
+    `up` (the server running already); and a note is the project's, whatever the port."""
+    import json
+
+    from planflow.settings import StatePaths
+
+    paths = StatePaths(tmp_path / "home")
+    paths.home.mkdir()
+    paths.database_file.write_text("sqlite")
+    notes = paths.home / watchdog.PENDING_DIR
+    notes.mkdir()
+    mine = notes / "11111111-1111-1111-1111-111111111111.json"
+    other = notes / "22222222-2222-2222-2222-222222222222.json"
+    mine.write_text(json.dumps({"flow_run_id": mine.stem, "cause": "lost", "api_url": "http://127.0.0.1:4300/api"}))
+    other.write_text(json.dumps({"flow_run_id": other.stem, "cause": "lost", "db": "postgres", "api_url": "x"}))
+    nobody = f"http://127.0.0.1:{free_port()}/api"  # another port than the note's; nothing answers
+    done = watchdog.crash_pending(paths.home, nobody)
+    assert len(done) == 1 and f"flow run {mine.stem} could not be marked Crashed" in done[0], done
+    assert mine.exists() and other.exists()  # kept: the first for the next start, the second for postgres
+
+
+def test_the_state_folder_keeps_its_traversal_for_a_postgres_cluster(tmp_path):
+    from planflow.ops.server import chosen_database
+    from planflow.settings import StatePaths
+
+    paths = StatePaths(tmp_path / "home")
+    paths.ensure()
+    assert chosen_database(paths) == "sqlite"
+    (paths.home / "postgres" / "data").mkdir(parents=True)
+    (paths.home / "postgres" / "data" / "PG_VERSION").write_text("15")
+    assert chosen_database(paths) == "postgres"  # a project on PostgreSQL from before the record
+    paths.home.chmod(0o711)
+    paths.ensure()  # `server up` made it 0700 for a moment: a checkpoint then failed
+    assert (paths.home.stat().st_mode & 0o777) == 0o711

@@ -33,6 +33,7 @@ from planflow.cli.pipelines import (
 from planflow.core import discovery
 from planflow.monitoring.events import wait_for_event
 from planflow.monitoring.prefect_api import auth_headers
+from planflow.monitoring.thresholds import ThresholdsError
 from planflow.ops import services
 from planflow.prefect.blocks import ensure_defaults
 from planflow.remediation import automations, oom
@@ -121,7 +122,7 @@ def demo_heal(
     ui = ui_url(url)
     ensure_defaults()
     paths = StatePaths.discover()
-    previous = services.recorded_profile(paths)
+    previous, ports = services.recorded_profile(paths), services.recorded_ports(paths)
     try:
         started = services.up(paths, profile="fast")
     except services.ServicesError as exc:
@@ -136,8 +137,11 @@ def demo_heal(
         _heal(paths, scenario, timeout, ui)
     finally:
         if previous and previous != "fast":
-            services.up(paths, profile=previous)
-            say(f"monitoring: back on the {previous} profile")
+            try:  # on the ports it had (a failure here must not hide the demo's own end)
+                services.up(paths, profile=previous, ports=ports)
+                say(f"monitoring: back on the {previous} profile")
+            except (services.ServicesError, ThresholdsError) as exc:
+                warn(f"monitoring: could not go back to the {previous} profile ({exc}). Fix: planflow stack up")
 
 
 def _heal(paths: StatePaths, scenario: str, timeout: float, ui: str) -> None:

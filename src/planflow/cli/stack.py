@@ -45,11 +45,13 @@ def up(
     """Start everything that does not run yet (idempotent) and print the URLs."""
     paths = StatePaths.discover()
     try:
+        url = api_url()
         if server:
             state = stack.up(paths, port=prefect_port, db=db)
             say(f"prefect       {state.url.removesuffix('/api')}  (UI)")
-        if api_url():  # before any service: without the credentials they started, then met a raw 401
-            authorized(api_url())
+            url = state.url or url
+        if url:  # before any service: without the credentials they started, then met a raw 401
+            authorized(url)
         started = services.up(
             paths,
             profile=profile,

@@ -337,9 +337,6 @@ def _port_taken(paths: StatePaths, host: str, port: int) -> StackError:
 
 
 # -- lifecycle --------------------------------------------------------------------------
-DATABASE_FILE = "server-db"  # in the state folder: the database the project's server last ran on
-
-
 def chosen_database(paths: StatePaths) -> str:
     """The database of the project's server: the running one's, else the one it last ran on
     (kept across `server down`: `stack up` after `stack down` started an empty SQLite
@@ -348,9 +345,10 @@ def chosen_database(paths: StatePaths) -> str:
     if running in DATABASES:
         return running
     try:
-        last = (paths.home / DATABASE_FILE).read_text().strip()
-    except OSError:
-        return "sqlite"
+        last = paths.database_file.read_text().strip()
+    except OSError:  # a project older than the record: its cluster, when only it holds data
+        held = Cluster(paths).initialized and not (paths.prefect_home / "prefect.db").exists()
+        return "postgres" if held else "sqlite"
     return last if last in DATABASES else "sqlite"
 
 
@@ -396,7 +394,7 @@ def up(
     if port_in_use(host, port):
         owner = port_owner(port)
         if owner is not None and owner["home"] == str(paths.home):  # ours, its pid file lost: adopt it
-            _write_state(paths, owner["host"], port, owner["pid"])
+            _write_state(paths, owner["host"], port, owner["pid"], chosen_database(paths))
             return status(paths)
         raise _port_taken(paths, host, port)
 
@@ -454,7 +452,7 @@ def _write_state(paths: StatePaths, host: str, port: int, pid: int, db: str = "s
     identity = {"started": psutil.Process(pid).create_time(), "started_ticks": start_ticks(pid)}
     record = {"url": server_url(host, port), "host": host, "port": port, "pid": pid, **identity, "db": db}
     write_private(paths.server_file, json.dumps(record, indent=2))
-    write_private(paths.home / DATABASE_FILE, db)
+    write_private(paths.database_file, db)
     _remember(paths, host, port, pid, identity)
 
 

@@ -119,6 +119,12 @@ def recorded_profile(paths: StatePaths) -> str | None:
     return _recorded(paths).get("profile") or None
 
 
+def recorded_ports(paths: StatePaths) -> dict[str, int] | None:
+    """The ports the services were last started on (None when none are recorded)."""
+    ports = _recorded(paths).get("ports")
+    return ports if isinstance(ports, dict) else None
+
+
 def _pid_file(paths: StatePaths, name: str) -> Path:
     return monitoring_dir(paths) / f"{name}.pid"
 

@@ -68,7 +68,9 @@ def worker_environment(env: Mapping[str, str]) -> dict[str, str]:
     environment, shown by `docker inspect` and kept with the exited container): a shell
     that had started the server with PREFECT_SERVER_API_AUTH_STRING handed the server's
     secret to every container."""
-    return {key: value for key, value in env.items() if not key.startswith(SERVER_ONLY)}
+    kept = {key: value for key, value in env.items() if not key.startswith(SERVER_ONLY)}
+    # set empty, not only left out: Prefect also reads it from the profile and .env files
+    return {**kept, "PREFECT_SERVER_API_AUTH_STRING": ""}
 
 
 def start_worker(

@@ -102,7 +102,11 @@ def allowed_pools(
             pinned = f" and add it to the component's pools (now {list(spec.pools)})" if spec.pools else ""
             # a run in-process uses one pool: a new pool serves it only when named (a user added
             # the pool as told, and met the same refusal)
-            there = " and run it there (`planflow run NAME --pool POOL`, or --mode distributed over every pool)"
+            there = (  # in-process: this run's one pool (distributed and Dask runs plan over every pool)
+                " and run it there (`planflow run NAME --pool POOL`, or --mode distributed over every pool)"
+                if not hasattr(known_pools, "left_out")
+                else ""
+            )
             problems.append(
                 f"step '{name}' needs {_fmt(demand)} but fits no pool it may use: {pools}. "
                 f"Fix: {fix}, or add a ResourcePool with {bigger}{pinned}{there}"

@@ -251,31 +251,49 @@ def _set_crashed(client: SyncPrefectClient, flow_run_id: str, cause: str) -> str
 def _write_pending(home: Path, flow_run_id: str, cause: str, url: str) -> Path:
     folder = make_private_dir(home / PENDING_DIR)
     file = folder / f"{flow_run_id}.json"
-    write_private(file, json.dumps({"flow_run_id": flow_run_id, "cause": cause, "api_url": url}))
+    note = {"flow_run_id": flow_run_id, "cause": cause, "api_url": url, "db": _database(home)}
+    write_private(file, json.dumps(note))
     return file
 
 
 def crash_pending(home: Path, api_url: str) -> list[str]:
-    """Mark Crashed the flow runs that were lost with the planflow server at `api_url`
-    (written down in `home`, see mark_crashed), now that it answers; what was done, each."""
+    """Mark Crashed the flow runs that were lost with the planflow server of `home`
+    (written down there, see mark_crashed), now that it answers at `api_url` (on whatever
+    port: the notes are the project's); notes of the project's other database are kept for
+    it. What was done, each. Never raises: the server runs already (a note that could not
+    be acted on, e.g. refused for credentials, is kept for the next start)."""
     done = []
+    database = _database(home)
     for file in sorted((home / PENDING_DIR).glob("*.json")):
         try:
             record = json.loads(file.read_text())
-            flow_run_id, cause, url = record["flow_run_id"], record["cause"], record["api_url"]
+            flow_run_id, cause = record["flow_run_id"], record["cause"]
         except (OSError, ValueError, KeyError, TypeError) as exc:
             done.append(f"{file} could not be read ({exc}); removed")
             file.unlink(missing_ok=True)
             continue
-        if url.rstrip("/") != api_url.rstrip("/"):
-            continue  # another server's run (the project's server moved to another port)
+        if record.get("db") and database and record["db"] != database:
+            continue  # a run of the project's other database: marked when the server runs on it again
         try:
             with temporary_settings(updates={PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
                 done.append(_set_crashed(client, flow_run_id, cause))
         except ObjectNotFound:
             done.append(f"flow run {flow_run_id} no longer exists")
+        except Exception as exc:  # noqa: BLE001 - kept for the next start, and said
+            done.append(
+                f"flow run {flow_run_id} could not be marked Crashed ({type(exc).__name__}: {exc}); kept in {file}"
+            )
+            continue
         file.unlink(missing_ok=True)
     return done
+
+
+def _database(home: Path) -> str | None:
+    """The database the project's server last ran on (StatePaths.database_file)."""
+    try:
+        return StatePaths(home).database_file.read_text().strip() or None
+    except OSError:
+        return None
 
 
 def main(argv: list[str] | None = None) -> None:
