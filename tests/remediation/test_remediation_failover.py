@@ -102,21 +102,6 @@ def test_a_failover_that_cannot_move_its_waiting_run_is_failed_and_says_why(proc
         assert client.read_flow_run(stuck.id).state.type.value == "SCHEDULED"
 
 
-def test_a_pool_awaiting_its_first_worker_with_no_waiting_run_is_not_paused(module_leftovers):
-    """`prefect deploy` to a pool, then the worker the README starts next: the alert fired
-    in between, the failover paused the pool with nothing to move, and the runs sent to it
-    next waited on a paused pool."""
-    from prefect.client.orchestration import get_client
-
-    from planflow.remediation.failover import failover
-
-    name = module_leftovers.pool(f"fresh-{uuid.uuid4().hex[:6]}", backup_pool="local")
-    result = failover(_alert(name))
-    assert result["outcome"] == "skipped" and "no worker yet, no waiting run" in result["reason"], result
-    with get_client(sync_client=True) as client:
-        assert not client.read_work_pool(name).is_paused
-
-
 def test_resolved_does_not_resume_a_pool_failover_did_not_pause(module_leftovers):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolUpdate

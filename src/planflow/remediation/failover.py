@@ -40,7 +40,7 @@ from planflow.remediation.failure_check import FAILURE_ALERT, not_the_pool
 from planflow.remediation.names import FAILOVER_FLOW
 from planflow.remediation.planning import replan_on_backup
 from planflow.remediation.pool_alert import PoolAlert, open_pool_alert
-from planflow.remediation.pools import backup_of, has_had_workers, live_workers, pool_status, stuck_runs
+from planflow.remediation.pools import backup_of, live_workers, pool_status, stuck_runs
 
 # Alerts that say "no worker serves this pool" (as opposed to "its runs fail").
 WORKER_ALERTS = ("PlanflowWorkPoolNotReady", "PlanflowWorkerHeartbeatStale")
@@ -145,14 +145,6 @@ def _fail_over(client: SyncPrefectClient, alert: PoolAlert) -> dict[str, Any]:
         return audit.finish(
             "skipped", f"{pool} recovered before the failover ran", {"work_pool": pool, "live_workers": back}, route
         )
-    if worker_alert and not stuck and not live and not has_had_workers(client, pool):
-        # a pool deployed to whose first worker is not started yet (`prefect deploy`, then
-        # `planflow worker start`): paused, the runs sent to it next waited on a paused pool
-        audit.note(
-            f"nothing to fail over: {pool} has had no worker yet and no run waits on it "
-            f"(its first worker: planflow worker start {pool})"
-        )
-        return audit.finish("skipped", f"{pool}: no worker yet, no waiting run", {"work_pool": pool}, route)
     if backup is None and not stuck and not live:
         # No worker to stop, no run to move, nowhere to move it: pausing would only
         # leave an unused pool paused until someone notices.
