@@ -17,7 +17,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
-from planflow.ops.processes import stop_process
+from planflow.ops.processes import stop_process, wait_until
 from planflow.prefect.blocks import ResourcePool
 
 from tests.e2e.userproject import DEPLOYMENT, PIPELINE, clean_env, final_flow_run, tail, write_project
@@ -100,6 +100,20 @@ def test_a_worker_started_in_a_subfolder_runs_from_the_project_and_picks_up_a_ru
         )
     try:
         run = final_flow_run(prefect_server.url, run_id, 300, lambda: tail(log))
+        # planned on the ResourcePool of the work pool it ran on, not on `local` (a deployment on
+        # another work pool took `local`'s slots, and its own pool's capacity went unused). Its
+        # log reaches the server in batches, the last at the run process's exit: read until it
+        # has (the worker, stopped below, would end that process with it).
+        said = f"Pool '{own_pool}': the ResourcePool of work pool '{process_pool}', which this run is on"
+        lines: list[str] = []
+
+        def logged() -> bool:
+            with get_client(sync_client=True) as client:
+                found = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
+            lines[:] = [entry.message for entry in found]
+            return any(said in line for line in lines)
+
+        wait_until(logged, 60, 0.5)
         process = psutil.Process(worker.pid)  # exec'd: the same pid is now `prefect worker start`
         assert Path(process.cwd()) == project
         assert process.environ()["PYTHONPATH"].split(os.pathsep)[0] == str(project)
@@ -112,12 +126,4 @@ def test_a_worker_started_in_a_subfolder_runs_from_the_project_and_picks_up_a_ru
     assert run["state_type"] == "COMPLETED", tail(log)
     assert run["parameters"] == {"rows": 7}
     assert {"planflow", f"pipeline:{PIPELINE}"} <= set(run["tags"])
-    # planned on the ResourcePool of the work pool it ran on, not on `local` (a deployment on
-    # another work pool took `local`'s slots, and its own pool's capacity went unused)
-    with get_client(sync_client=True) as client:
-        lines = [
-            entry.message
-            for entry in client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
-        ]
-    said = f"Pool '{own_pool}': the ResourcePool of work pool '{process_pool}', which this run is on"
     assert any(said in line for line in lines), lines[:20]
