@@ -361,6 +361,18 @@ class StatePaths:
         `server down`, read by `server up`; see ops/server.py's chosen_database)."""
         return self.home / "server-db"
 
+    def last_database(self) -> str | None:
+        """What `database_file` holds (None when there is none yet)."""
+        try:
+            return self.database_file.read_text().strip() or None
+        except OSError:
+            return None
+
+    def serves(self, api_url: str) -> bool:
+        """Is `api_url` the one this state folder's server is recorded at (server.json)?"""
+        recorded = self.recorded_url()
+        return bool(recorded) and recorded.rstrip("/") == api_url.rstrip("/")
+
     def ensure(self) -> StatePaths:
         """Create the state folder and its Prefect home, private to the user (a state
         folder opened for traversal, 0711, stays so: a PostgreSQL cluster's path, see

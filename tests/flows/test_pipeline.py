@@ -318,13 +318,10 @@ def test_yaml_step_with_bad_fields_still_reports_its_import(tmp_path):
 def test_yaml_component_options_beside_a_steps_fields_and_a_field_typed_twice(tmp_path):
     """A step's `cache: run` was told "Fix: remove it" (it goes under `resources:`), and a
     pipeline's `stepz:` beside its `steps:` was told to write `steps:` (given already)."""
-    path = tmp_path / "both.yaml"
-    path.write_text(
-        "steps:\n  - uses: toy_dags:numbers\n    cache: run\n    retries: 2\nstepz:\n  - uses: toy_dags:total\n"
+    message = _refused(
+        tmp_path / "both.yaml",
+        "steps:\n  - uses: toy_dags:numbers\n    cache: run\n    retries: 2\nstepz:\n  - uses: toy_dags:total\n",
     )
-    with pytest.raises(PipelineError) as caught:
-        Pipeline.from_yaml(path)
-    message = str(caught.value)
     assert "step 1 ('numbers'): unknown field 'cache': a step's resources go under `resources:`. " in message
     assert "Fix: write `resources: {cache: 'run'}`." in message and "Fix: write `resources: {retries: 2}`." in message
     assert "unknown field 'stepz'. Did you mean 'steps'? `steps:` is given already. Fix: remove `stepz:`" in message

@@ -344,9 +344,8 @@ def chosen_database(paths: StatePaths) -> str:
     running = paths.recorded().get("db")
     if running in DATABASES:
         return running
-    try:
-        last = paths.database_file.read_text().strip()
-    except OSError:  # a project older than the record: its cluster, when only it holds data
+    last = paths.last_database()
+    if last is None:  # a project older than the record: its cluster, when only it holds data
         held = Cluster(paths).initialized and not (paths.prefect_home / "prefect.db").exists()
         return "postgres" if held else "sqlite"
     return last if last in DATABASES else "sqlite"

@@ -100,9 +100,9 @@ def allowed_pools(
             bigger = ", ".join(f"{r} >= {v:g}" for r, v in (short or demand).items())
             # a step pinned to pools runs on no other: a new pool helps once it is named there too
             pinned = f" and add it to the component's pools (now {list(spec.pools)})" if spec.pools else ""
-            # a run in-process uses one pool: a new pool serves it only when named (a user added
-            # the pool as told, and met the same refusal)
-            there = (  # in-process: this run's one pool (distributed and Dask runs plan over every pool)
+            # an in-process run uses one pool: a new pool serves it only when named (a user added
+            # the pool as told, and met the same refusal); distributed and Dask runs use every pool
+            there = (
                 " and run it there (`planflow run NAME --pool POOL`, or --mode distributed over every pool)"
                 if not hasattr(known_pools, "left_out")
                 else ""

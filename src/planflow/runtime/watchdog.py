@@ -120,8 +120,7 @@ def own_server_home(api_url: str) -> Path | None:
         paths = StatePaths.discover()
     except (OSError, RuntimeError, ValueError):
         return None
-    recorded = paths.recorded_url()
-    return paths.home if recorded and recorded.rstrip("/") == api_url.rstrip("/") else None
+    return paths.home if paths.serves(api_url) else None
 
 
 def crash_when_back(flow_run_id: str, api_url: str, home: Path | None = None) -> Callable[[str], None]:
@@ -225,7 +224,7 @@ def mark_crashed(
                     break
             except httpx.HTTPError:
                 pass
-            if home is not None and (StatePaths(home).recorded_url() or "").rstrip("/") != url.rstrip("/"):
+            if home is not None and not StatePaths(home).serves(url):
                 return (
                     f"the server at {url} was stopped (planflow server down): flow run {flow_run_id} is marked "
                     f"Crashed when planflow server up starts it again ({pending})"
@@ -251,7 +250,7 @@ def _set_crashed(client: SyncPrefectClient, flow_run_id: str, cause: str) -> str
 def _write_pending(home: Path, flow_run_id: str, cause: str, url: str) -> Path:
     folder = make_private_dir(home / PENDING_DIR)
     file = folder / f"{flow_run_id}.json"
-    note = {"flow_run_id": flow_run_id, "cause": cause, "api_url": url, "db": _database(home)}
+    note = {"flow_run_id": flow_run_id, "cause": cause, "api_url": url, "db": StatePaths(home).last_database()}
     write_private(file, json.dumps(note))
     return file
 
@@ -263,7 +262,7 @@ def crash_pending(home: Path, api_url: str) -> list[str]:
     it. What was done, each. Never raises: the server runs already (a note that could not
     be acted on, e.g. refused for credentials, is kept for the next start)."""
     done = []
-    database = _database(home)
+    database = StatePaths(home).last_database()
     for file in sorted((home / PENDING_DIR).glob("*.json")):
         try:
             record = json.loads(file.read_text())
@@ -286,14 +285,6 @@ def crash_pending(home: Path, api_url: str) -> list[str]:
             continue
         file.unlink(missing_ok=True)
     return done
-
-
-def _database(home: Path) -> str | None:
-    """The database the project's server last ran on (StatePaths.database_file)."""
-    try:
-        return StatePaths(home).database_file.read_text().strip() or None
-    except OSError:
-        return None
 
 
 def main(argv: list[str] | None = None) -> None:
