@@ -28,7 +28,14 @@ from planflow.monitoring.metrics import RunRecorder
 from planflow.ops.processes import wait_until
 from planflow.planner import Step
 from planflow.prefect.calendar_store import CalendarEntry
-from planflow.runtime.calendar import Reservation, ahead_of, capacity_steps, held_intervals, reservations
+from planflow.runtime.calendar import (
+    OVERRUN_SECONDS,
+    Reservation,
+    ahead_of,
+    capacity_steps,
+    held_intervals,
+    reservations,
+)
 from planflow.runtime.dispatch import Assignment, StepRecord
 from planflow.runtime.events import StepEvent
 from planflow.runtime.run_calendar import RunCalendar
@@ -134,6 +141,29 @@ def test_a_picture_of_the_calendar_places_late_components_where_the_pool_can_hol
     # a component over the pool's capacity alone is drawn where planned (its run is refused at plan time)
     alone = expected_places([res("huge", NOW + 3, NOW + 4, 5)], CAP, NOW)
     assert [(start, finish) for _, start, finish in alone] == [(NOW + 3, NOW + 4)]
+
+
+def test_a_late_step_moves_the_steps_of_its_run_planned_after_it_and_the_report_says_late():
+    """A trial's calendar drew a run's second step before its first, which ran over: the
+    picture placed each step where the pool had room, as if it had no inputs, and the
+    table kept the late rows ("finish 15 s ago") without a word."""
+    items = [
+        res("first", NOW - 20, NOW - 2, 1, "running"),  # over its finish: to end OVERRUN_SECONDS from now
+        res("second", NOW - 2, NOW + 8, 1),  # planned after it (its input): the pool has room now
+        res("other", NOW - 1, NOW + 4, 1, run="r2"),  # another run's, planned to overlap: not held back
+    ]
+    places = {r.component: (start - NOW, finish - NOW) for r, start, finish in expected_places(items, CAP, NOW)}
+    assert places["first"] == (-20, OVERRUN_SECONDS)
+    assert places["second"] == (OVERRUN_SECONDS, OVERRUN_SECONDS + 10), places
+    assert places["other"] == (0, 5), places
+    bars = gantt_text(items, NOW, width=20, capacity=CAP)
+    assert [line.split("|")[0].strip() for line in bars[1:]] == ["name-r1/first", "name-r2/other", "name-r1/second"]
+
+    entry = _entry("r1", ["running", "planned"], NOW - 30)  # both planned NOW-30..NOW-20: ETA 20 s ago
+    text = calendar_text([entry], {"local": CAP}, {"local": {"cpu": 1.0}}, NOW)
+    rows = {line.split()[1]: line.split()[2] for line in text if line.startswith("  name-r1 ") and "done" not in line}
+    assert rows == {"c0": "overrun", "c1": "late"}, text
+    assert any("0/2 done, finish" in line and line.endswith("(20 s ago), late") for line in text), text
 
 
 def test_an_empty_pool_says_so():

@@ -50,14 +50,18 @@ def expected_places(
     from which it fits beside those placed before it (in the order of their planned
     starts), for as long as it was planned. So a picture of the calendar never stacks
     above capacity what the runs' slots will not let start (a component whose demand
-    alone is over the pool's capacity stays at its planned start)."""
+    alone is over the pool's capacity stays at its planned start). A component also
+    starts no sooner than the end of those of its run planned to end before it began (its
+    inputs among them: the calendar does not store the run's graph, the plan's order
+    stands for it), so a late step moves the steps planned after it too."""
     placed: list[tuple[Reservation, float, float]] = []
     for r in items:
         if r.state == "running":
             placed.append((r, r.start, max(r.finish, now + OVERRUN_SECONDS)))
     for r in sorted((r for r in items if r.state == "planned"), key=lambda r: (r.start, r.run, r.component)):
         length = max(r.finish - r.start, 0.0)
-        earliest = max(r.start, now)
+        before = [end for o, _, end in placed if o.run == r.run and o.finish <= r.start + 1e-6]
+        earliest = max(r.start, now, *before)
         options = sorted({earliest, *(end for _, _, end in placed if end > earliest)})
         start = next((t for t in options if _fits(r, t, t + length, placed, capacity)), earliest)
         placed.append((r, start, start + length))
@@ -158,7 +162,7 @@ def calendar_text(
             continue
         lines.append(f"  {'run':<24} {'component':<20} {'state':<8} {'start':<26} {'finish':<26} resources")
         for r in sorted(items, key=lambda r: (r.start, r.run, r.component)):
-            state = "waiting" if r.waiting and r.state == "planned" else r.state  # ready, refused its slots
+            state = _state(r, now)
             lines.append(
                 f"  {(r.run_name or r.run)[:24]:<24} {r.component[:20]:<20} {state:<8} "
                 f"{_when(r.start, now):<26} {_when(r.finish, now):<26} {_amounts(r.demand)}"
@@ -171,11 +175,19 @@ def calendar_text(
         lines += _runs_section(
             "runs under way (components done, expected finish)",
             [
-                (e, f"{done}/{total} done, finish {_when(e.eta, now)}")
+                (e, f"{done}/{total} done, finish {_when(e.eta, now)}{', late' if e.eta < now else ''}")
                 for e, done, total in runs_under_way(entries, pool)
             ],
         )
     return lines
+
+
+def _state(r: Reservation, now: float) -> str:
+    """The state column: `waiting` (planned, ready, refused its slots), `late` (planned,
+    its start passed), `overrun` (running past its planned finish), else the state."""
+    if r.state == "planned":
+        return "waiting" if r.waiting else ("late" if r.start < now - 1.0 else "planned")
+    return "overrun" if r.state == "running" and r.finish < now - 1.0 else r.state
 
 
 def _runs_section(title: str, rows: list[tuple[CalendarEntry, str]]) -> list[str]:
