@@ -1,10 +1,12 @@
 """The Prefect server goes down and comes back: the bridge delivers every alert exactly
-once, and the exporter reports the outage and recovers. Uses a Prefect server of its
+once, and the exporter reports the outage and recovers; the remediation worker outlives
+its pool gone from the server. Uses a Prefect server of its
 own (planflow.stack on its own state folder and port), not the session's."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import uuid
 from collections import Counter
@@ -211,3 +213,64 @@ def test_a_backoff_after_a_failed_connection_ends_at_the_first_answer_even_if_pr
     request = httpx.Request("POST", f"{prefect_server.url}/events")
     busy = httpx.HTTPStatusError("503", request=request, response=httpx.Response(503, request=request))
     assert asyncio.run(backoff_after(busy, 1.0)) >= 0.9
+
+
+# -- the remediation worker when its pool is gone --------------------------------------------
+def _remediation_worker_beat_since(api: str, name: str, since: datetime) -> bool:
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from planflow.remediation.names import REMEDIATION_POOL
+
+    with temporary_settings(updates={PREFECT_API_URL: api}), get_client(sync_client=True) as client:
+        workers = client.read_workers_for_work_pool(REMEDIATION_POOL)
+    return any(w.name == name and w.last_heartbeat_time and w.last_heartbeat_time > since for w in workers)
+
+
+def test_the_remediation_worker_carries_on_after_its_server_lost_its_pool(own_server, tmp_path):
+    """Prefect's worker exits on a 4xx from its server: the remediation pool gone (the
+    project's server started on a new database, `server up --db postgres`), then made
+    again by `planflow stack up`'s automations. The remediation worker died with it, and
+    nothing was remediated until a later `stack up` started a new one. It now starts
+    Prefect's worker again (backing off), says so in its log, and serves the pool once
+    it is back. (A server merely away is outlived by Prefect's worker itself: its client
+    retries each request for about a minute; a 5-minute outage was.)"""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from planflow.remediation.names import REMEDIATION_POOL
+    from planflow.remediation.worker_process import start_remediation_worker, stop_process
+
+    api = own_server.api
+
+    def make_pool() -> None:
+        with temporary_settings(updates={PREFECT_API_URL: api}), get_client(sync_client=True) as client:
+            client.create_work_pool(WorkPoolCreate(name=REMEDIATION_POOL, type="process"))
+
+    make_pool()
+    log = tmp_path / "remediation-worker.log"
+    name = f"gone-{uuid.uuid4().hex[:6]}"
+    worker = start_remediation_worker(log, env={**os.environ, "PREFECT_API_URL": api}, name=name)
+    try:
+        started = datetime.now(UTC)
+        wait_for(lambda: _remediation_worker_beat_since(api, name, started - timedelta(seconds=5)), 60, "its worker")
+        with temporary_settings(updates={PREFECT_API_URL: api}), get_client(sync_client=True) as client:
+            client.delete_work_pool(REMEDIATION_POOL)
+        wait_for(
+            lambda: "starting it again" in log.read_text() or worker.poll() is not None,
+            60,
+            "Prefect's worker to stop on its pool gone",
+            interval=0.5,
+        )
+        assert worker.poll() is None, f"the remediation worker exited ({worker.returncode}):\n{log.read_text()[-3000:]}"
+        back = datetime.now(UTC)
+        make_pool()
+        # the restarts back off to at most 30 s apart
+        wait_for(lambda: _remediation_worker_beat_since(api, name, back), 90, "its worker again", interval=1)
+        said = [line for line in log.read_text().splitlines() if "starting it again" in line]
+        assert said, log.read_text()[-3000:]
+        assert "404 Not Found" in said[0], said[0]  # the cause, not the task group's cancellation
+        assert f"planflow remediation worker {name} on {REMEDIATION_POOL}: Prefect's worker stopped (" in said[0]
+    finally:
+        stop_process(worker)
