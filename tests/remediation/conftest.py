@@ -138,10 +138,15 @@ class Leftovers:
         self.since = datetime.now(UTC) - timedelta(seconds=1)
         self.pools: list[str] = []
 
-    def pool(self, name: str, concurrency_limit: int | None = None, backup_pool: str | None = None) -> str:
-        """A process work pool (with `backup_pool`, also its ResourcePool naming it), deleted after."""
+    def pool(
+        self, name: str, concurrency_limit: int | None = None, backup_pool: str | None = None, served: bool = False
+    ) -> str:
+        """A process work pool (with `backup_pool`, also its ResourcePool naming it), deleted
+        after; with `served`, one whose worker has stopped (`worker_that_stopped`)."""
         self.pools.append(name)
         create_process_pool(name, concurrency_limit, backup_pool)
+        if served:
+            worker_that_stopped(name)
         return name
 
     def clean(self) -> None:
@@ -236,6 +241,18 @@ def remediation_worker(remediation_applied, tmp_path_factory):
 def local_process_pool(registered_blocks):
     apply_work_pools(["local-process"], resource_pools=False)
     return "local-process"
+
+
+def worker_that_stopped(pool: str) -> None:
+    """The server's record of a worker that served `pool` and stopped beating (a worker
+    that died): one heartbeat of a 1 s interval, then no more, waited until it no longer
+    counts as live. A pool that never had a worker is left alone by the failover (just
+    deployed to, its first worker not started)."""
+    from planflow.remediation.pools import live_workers
+
+    with get_client(sync_client=True) as client:
+        client.send_worker_heartbeat(pool, f"stopped-{pool}", heartbeat_interval_seconds=1)
+        wait_until(lambda: not live_workers(client, pool), 15, what=f"the stopped worker of {pool} to count as gone")
 
 
 def start_pool_worker(pool: str, log: Path, pool_type: str = "process"):

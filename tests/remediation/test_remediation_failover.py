@@ -1,5 +1,5 @@
 """Failover against the real Prefect server and a real process worker: a pool whose
-worker is gone (here: never started) gets paused, its stuck run cancelled and resubmitted
+worker is gone gets paused, its stuck run cancelled and resubmitted
 on the backup pool's deployment of the same pipeline, where it completes; the resolved
 alert resumes the pool."""
 
@@ -11,7 +11,13 @@ import pytest
 
 from planflow.remediation.alert import AlertEvent
 
-from tests.remediation.conftest import FLAKY_PIPELINES, deploy_flaky, start_pool_worker, wait_until
+from tests.remediation.conftest import (
+    FLAKY_PIPELINES,
+    deploy_flaky,
+    start_pool_worker,
+    wait_until,
+    worker_that_stopped,
+)
 
 
 @pytest.fixture
@@ -100,6 +106,53 @@ def test_a_failover_that_cannot_move_its_waiting_run_is_failed_and_says_why(proc
         assert "could not move to local-process" in result["reason"] and "prefect deploy" in result["reason"], result
         assert client.read_work_pool(pool).is_paused
         assert client.read_flow_run(stuck.id).state.type.value == "SCHEDULED"
+
+
+def test_a_pool_awaiting_its_first_worker_with_no_waiting_run_is_not_paused(module_leftovers):
+    """`prefect deploy` to a pool, then the worker the README starts next: the alert fired
+    in between, the failover paused the pool with nothing to move, and the runs sent to it
+    next waited on a paused pool."""
+    from prefect.client.orchestration import get_client
+
+    from planflow.remediation.failover import failover
+
+    name = module_leftovers.pool(f"fresh-{uuid.uuid4().hex[:6]}", backup_pool="local")
+    result = failover(_alert(name))
+    assert result["outcome"] == "skipped" and "no worker yet, no waiting run" in result["reason"], result
+    with get_client(sync_client=True) as client:
+        assert not client.read_work_pool(name).is_paused
+
+
+def test_runs_sent_to_a_pool_the_failover_paused_are_moved_by_its_re_checks(primary_pool):
+    """A pool the failover paused stays paused until a worker is back; a run sent to it
+    meanwhile (a schedule, `prefect deployment run`) waited there for good. Each re-check
+    (the resolved alert and its follow-ups) moves such runs to the backup pool."""
+    from prefect.client.orchestration import get_client
+
+    from planflow.remediation.failover import failover
+
+    primary = deploy_flaky(f"remediation-flaky-{primary_pool}", primary_pool, ["planflow", "docker"])
+    deploy_flaky("remediation-flaky-process", "local-process", ["planflow", "process"])
+    worker_that_stopped(primary_pool)
+    with get_client(sync_client=True) as client:
+        paused = failover(_alert(primary_pool))
+        assert paused["outcome"] == "succeeded" and not paused["resubmitted"], paused
+        assert client.read_work_pool(primary_pool).is_paused
+        late = client.create_flow_run_from_deployment(primary.id, parameters={"seed": 5})
+        check = failover(_alert(primary_pool, "resolved"))
+        assert check["outcome"] == "succeeded" and "no live worker" in check["reason"], check
+        assert check["next_check"], check  # still paused, checked again
+        [moved] = check["resubmitted"]
+        assert moved["from"] == late.name and moved["work_pool"] == "local-process", moved
+        assert client.read_flow_run(late.id).state.type.value == "CANCELLED"
+        assert client.read_work_pool(primary_pool).is_paused
+        done = wait_until(
+            lambda: (r := client.read_flow_run(moved["flow_run_id"])).state.is_final() and r,
+            180,
+            1,
+            what="the moved run to finish on local-process",
+        )
+        assert done.state.is_completed(), done.state
 
 
 def test_resolved_does_not_resume_a_pool_failover_did_not_pause(module_leftovers):

@@ -81,7 +81,7 @@ def test_dry_run_failover_flow_changes_nothing_but_records_it(module_leftovers):
     from planflow.remediation.failover import failover
 
     alert = "PlanflowWorkerHeartbeatStale"  # (a failure-rate alert acts only where runs failed: failure_check)
-    pool = module_leftovers.pool(f"dry-{uuid.uuid4().hex[:6]}", backup_pool="local")
+    pool = module_leftovers.pool(f"dry-{uuid.uuid4().hex[:6]}", backup_pool="local", served=True)
     with route_override(alert, dry_run=True):
         result = failover(AlertEvent(alertname=alert, work_pool=pool, event_id=uuid.uuid4()))
         assert result["outcome"] == "dry_run", result

@@ -133,7 +133,7 @@ def test_alerts_naming_the_remediation_pool_leave_it_untouched_and_a_real_alert_
     )
     # A real alert on a normal pool, after them: once it is remediated, the automations
     # have had the earlier events too.
-    pool = loop["leftovers"].pool(f"real-{uuid.uuid4().hex[:6]}", backup_pool="local")
+    pool = loop["leftovers"].pool(f"real-{uuid.uuid4().hex[:6]}", backup_pool="local", served=True)
     post(loop["bridge"], loop["token"], [alert("PlanflowWorkerHeartbeatStale", {"work_pool": pool})])
     with get_client(sync_client=True) as client:
         wait_until(lambda: client.read_work_pool(pool).is_paused, 90, what=f"the failover to pause {pool}")

@@ -40,7 +40,7 @@ from planflow.remediation.failure_check import FAILURE_ALERT, not_the_pool
 from planflow.remediation.names import FAILOVER_FLOW
 from planflow.remediation.planning import replan_on_backup
 from planflow.remediation.pool_alert import PoolAlert, open_pool_alert
-from planflow.remediation.pools import backup_of, live_workers, pool_status, stuck_runs
+from planflow.remediation.pools import backup_of, has_had_workers, live_workers, pool_status, stuck_runs
 
 # Alerts that say "no worker serves this pool" (as opposed to "its runs fail").
 WORKER_ALERTS = ("PlanflowWorkPoolNotReady", "PlanflowWorkerHeartbeatStale")
@@ -100,16 +100,25 @@ def _resume(client: SyncPrefectClient, alert: PoolAlert) -> dict[str, Any]:
         )
     if not workers:
         # Pausing a pool that has no worker resolves "not ready" by itself: resume only
-        # once a worker is back, checking again later (bounded).
+        # once a worker is back, checking again later (bounded). Runs sent to the paused
+        # pool meanwhile (a schedule, `prefect deployment run`) would wait there: each
+        # check moves them to the backup pool as the failover did.
         recheck = alert.recheck
         planned = None if recheck >= RECHECKS else alert.check_again(recheck_delay(recheck), recheck + 1)
         audit.note(
             f"alert resolved but {pool} has no live worker: stays paused; "
             + (f"checking again at {planned}" if planned else "no more re-checks")
         )
-        return audit.finish(
-            "skipped", f"{pool} has no live worker yet", {"recheck": recheck, "next_check": planned}, route
+        details: dict[str, Any] = {"recheck": recheck, "next_check": planned}
+        waiting = stuck_runs(client, pool)
+        if not waiting:
+            return audit.finish("skipped", f"{pool} has no live worker yet", details, route)
+        details |= _move_all(client, alert, waiting, backup_of(pool), dry=False)
+        stranded = _stranded(alert, details)
+        reason = f"{pool} has no live worker yet: stays paused; " + (
+            stranded or f"{len(details['resubmitted'])} run(s) sent to it since moved to {details['backup_work_pool']}"
         )
+        return audit.finish("failed" if stranded else "succeeded", reason, details, route)
     client.update_work_pool(pool, WorkPoolUpdate(is_paused=False))
     audit.note(f"resumed work pool {pool} (paused by failover at {ledger.get('paused_at')})")
     audit.emit("action", what="resume-work-pool", work_pool=pool)
@@ -145,6 +154,14 @@ def _fail_over(client: SyncPrefectClient, alert: PoolAlert) -> dict[str, Any]:
         return audit.finish(
             "skipped", f"{pool} recovered before the failover ran", {"work_pool": pool, "live_workers": back}, route
         )
+    if worker_alert and not stuck and not live and not has_had_workers(client, pool):
+        # a pool deployed to whose first worker is not started yet (`prefect deploy`, then
+        # `planflow worker start`): paused, the runs sent to it next waited on a paused pool
+        audit.note(
+            f"nothing to fail over: {pool} has had no worker yet and no run waits on it "
+            f"(its first worker: planflow worker start {pool})"
+        )
+        return audit.finish("skipped", f"{pool}: no worker yet, no waiting run", {"work_pool": pool}, route)
     if backup is None and not stuck and not live:
         # No worker to stop, no run to move, nowhere to move it: pausing would only
         # leave an unused pool paused until someone notices.
@@ -158,8 +175,32 @@ def _fail_over(client: SyncPrefectClient, alert: PoolAlert) -> dict[str, Any]:
         audit.note(f"no failover: {decision.reason}")
         return audit.finish(decision.audit_outcome, decision.reason, {"decision": decision.outcome}, route)
     dry = decision.outcome == "dry_run"
+    if dry:
+        audit.note(f"dry run: would pause work pool {pool}")
+    else:
+        client.update_work_pool(pool, WorkPoolUpdate(is_paused=True))
+        guard.update(key, paused=True, paused_at=dt.datetime.now(dt.UTC).isoformat())
+        audit.note(f"paused work pool {pool}: no new run starts there until the alert resolves")
+        audit.emit("action", what="pause-work-pool", work_pool=pool)
+    details = _move_all(client, alert, stuck, (source_name, backup_name, backup), dry)
+    stranded = _stranded(alert, details)
+    reason = f"{alert.alertname} on {pool}: {decision.reason}" + (f"; {stranded}" if stranded else "")
+    outcome = "dry_run" if dry else ("failed" if stranded else "succeeded")
+    return audit.finish(outcome, reason, details, route)
+
+
+def _move_all(
+    client: SyncPrefectClient,
+    alert: PoolAlert,
+    runs: list[FlowRun],
+    backup_of_pool: tuple[str | None, str | None, ResourcePool | None],
+    dry: bool,
+) -> dict[str, Any]:
+    """Move each waiting run of the alert's pool to its backup pool (or say why it stays);
+    `backup_of_pool` is `pools.backup_of(alert.pool)`."""
+    source_name, backup_name, backup = backup_of_pool
     details: dict[str, Any] = {
-        "work_pool": pool,
+        "work_pool": alert.pool,
         "resource_pool": source_name,
         "backup_pool": backup_name,
         "backup_work_pool": backup.work_pool if backup else None,
@@ -168,17 +209,22 @@ def _fail_over(client: SyncPrefectClient, alert: PoolAlert) -> dict[str, Any]:
         "kept": [],
         "replans": {},
     }
-    if dry:
-        audit.note(f"dry run: would pause work pool {pool}")
-    else:
-        client.update_work_pool(pool, WorkPoolUpdate(is_paused=True))
-        guard.update(key, paused=True, paused_at=dt.datetime.now(dt.UTC).isoformat())
-        audit.note(f"paused work pool {pool}: no new run starts there until the alert resolves")
-        audit.emit("action", what="pause-work-pool", work_pool=pool)
-    for run in stuck:
+    for run in runs:
         _move(client, alert, run, backup_name, backup, dry, details)
-    stranded = ""  # why runs that were to fail over did not: the outcome is "failed", so someone is told
-    if backup is None and backup_name:
+    return details
+
+
+def _stranded(alert: PoolAlert, details: dict[str, Any]) -> str:
+    """Why runs that were to fail over did not ("": none stranded, notes written); the
+    outcome is then "failed", so someone is told."""
+    audit, pool = alert.audit, alert.pool
+    source_name, backup_name, backup_work_pool = (
+        details["resource_pool"],
+        details["backup_pool"],
+        details["backup_work_pool"],
+    )
+    stranded = ""
+    if backup_work_pool is None and backup_name:
         missing = (
             f"its backup pool '{backup_name}' (ResourcePool {source_name!r}) does not exist: paused only, "
             f"{len(details['kept'])} waiting run(s) kept queued. Fix: planflow pools set {source_name} "
@@ -188,22 +234,20 @@ def _fail_over(client: SyncPrefectClient, alert: PoolAlert) -> dict[str, Any]:
             stranded = missing
         else:
             audit.note(missing)
-    elif backup is None:
+    elif backup_work_pool is None:
         audit.note(
             f"work pool {pool} has no backup pool (ResourcePool {source_name!r}): "
             "paused only, its waiting runs kept queued"
         )
     elif details["kept"]:
         stranded = (
-            f"{len(details['kept'])} waiting run(s) could not move to {backup.work_pool} "
-            f"({'; '.join(details['kept'])}). Fix: deploy those flows to work pool {backup.work_pool} "
-            f"(prefect deploy ... --pool {backup.work_pool}), or resume {pool} once its workers are back"
+            f"{len(details['kept'])} waiting run(s) could not move to {backup_work_pool} "
+            f"({'; '.join(details['kept'])}). Fix: deploy those flows to work pool {backup_work_pool} "
+            f"(prefect deploy ... --pool {backup_work_pool}), or resume {pool} once its workers are back"
         )
     if stranded:
         audit.note(stranded)
-    reason = f"{alert.alertname} on {pool}: {decision.reason}" + (f"; {stranded}" if stranded else "")
-    outcome = "dry_run" if dry else ("failed" if stranded else "succeeded")
-    return audit.finish(outcome, reason, details, route)
+    return stranded
 
 
 def _move(

@@ -37,6 +37,12 @@ def live_workers(client: SyncPrefectClient, work_pool: str, since: dt.datetime |
     return alive
 
 
+def has_had_workers(client: SyncPrefectClient, work_pool: str) -> bool:
+    """Does the server know any worker of the pool, online or offline? (None: a pool just
+    deployed to, its first worker not started yet.)"""
+    return bool(client.read_workers_for_work_pool(work_pool))
+
+
 def stuck_runs(client: SyncPrefectClient, work_pool: str) -> list[FlowRun]:
     """Flow runs on `work_pool` that wait for a worker: Scheduled (incl. Late) or Pending."""
     return client.read_flow_runs(
