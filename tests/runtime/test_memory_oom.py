@@ -63,7 +63,12 @@ def test_docker_inspect_of_a_real_oom_kill():
     (container,) = json.loads((FIXTURES / "docker_inspect_oomkilled.json").read_text())
     kill = oom_from_docker_inspect(container)
     assert kill is not None and kill.exit_code == 137 and kill.limit_gib == 64 / 1024
-    assert "State.OOMKilled" in kill.where
+    assert kill.where.endswith("(State.OOMKilled, exit 137)"), kill.where
+    # OOMKilled with the main process's own exit: a process inside it was killed
+    inner = oom_from_docker_inspect({**container, "State": {**container["State"], "ExitCode": 0}})
+    assert inner.where.endswith(
+        "(State.OOMKilled, a process in it was killed for memory; the container's main process exited 0)"
+    )
     container["State"]["OOMKilled"] = False  # exit 137 alone (e.g. docker kill) is not an OOM kill
     assert oom_from_docker_inspect(container) is None
 

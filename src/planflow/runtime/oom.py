@@ -72,8 +72,15 @@ def oom_from_docker_inspect(container: Mapping[str, Any]) -> OomKill | None:
         return None
     memory = (container.get("HostConfig") or {}).get("Memory") or 0
     exit_code = state.get("ExitCode")
+    # OOMKilled also says a process inside was killed (a step's own process) while the
+    # container's main process exited on its own: "exit 0" read as a contradiction
+    how = (
+        f"exit {exit_code}"
+        if exit_code == 137
+        else f"a process in it was killed for memory; the container's main process exited {exit_code}"
+    )
     return OomKill(
-        where=f"docker container {str(container.get('Id', '?'))[:12]} (State.OOMKilled, exit {exit_code})",
+        where=f"docker container {str(container.get('Id', '?'))[:12]} (State.OOMKilled, {how})",
         limit_gib=memory / GIB if memory else None,
         exit_code=exit_code,
     )
