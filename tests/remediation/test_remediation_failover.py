@@ -127,7 +127,10 @@ def test_runs_sent_to_a_pool_the_failover_paused_are_moved_by_its_re_checks(prim
     """A pool the failover paused stays paused until a worker is back; a run sent to it
     meanwhile (a schedule, `prefect deployment run`) waited there for good. Each re-check
     (the resolved alert and its follow-ups) moves such runs to the backup pool."""
+    from datetime import UTC, datetime, timedelta
+
     from prefect.client.orchestration import get_client
+    from prefect.states import Cancelled, Scheduled
 
     from planflow.remediation.failover import failover
 
@@ -139,13 +142,21 @@ def test_runs_sent_to_a_pool_the_failover_paused_are_moved_by_its_re_checks(prim
         assert paused["outcome"] == "succeeded" and not paused["resubmitted"], paused
         assert client.read_work_pool(primary_pool).is_paused
         late = client.create_flow_run_from_deployment(primary.id, parameters={"seed": 5})
+        # a schedule's next run, not due for an hour: it waits for its time (moved now, a
+        # schedule's future runs were started at once, at every check)
+        later = datetime.now(UTC) + timedelta(hours=1)
+        future = client.create_flow_run_from_deployment(
+            primary.id, parameters={"seed": 6}, state=Scheduled(scheduled_time=later)
+        )
         check = failover(_alert(primary_pool, "resolved"))
         assert check["outcome"] == "succeeded" and "no live worker" in check["reason"], check
         assert check["next_check"], check  # still paused, checked again
         [moved] = check["resubmitted"]
         assert moved["from"] == late.name and moved["work_pool"] == "local-process", moved
         assert client.read_flow_run(late.id).state.type.value == "CANCELLED"
+        assert client.read_flow_run(future.id).state.type.value == "SCHEDULED"
         assert client.read_work_pool(primary_pool).is_paused
+        client.set_flow_run_state(future.id, Cancelled(message="test cleanup"), force=True)
         done = wait_until(
             lambda: (r := client.read_flow_run(moved["flow_run_id"])).state.is_final() and r,
             180,

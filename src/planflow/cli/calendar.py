@@ -175,7 +175,7 @@ def calendar_text(
         lines += _runs_section(
             "runs under way (components done, expected finish)",
             [
-                (e, f"{done}/{total} done, finish {_when(e.eta, now)}{', late' if e.eta < now else ''}")
+                (e, f"{done}/{total} done, finish {_when(e.eta, now)}{', late' if e.eta < now - 1.0 else ''}")
                 for e, done, total in runs_under_way(entries, pool)
             ],
         )

@@ -8,6 +8,7 @@ import datetime as dt
 from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.filters import (
     FlowRunFilter,
+    FlowRunFilterExpectedStartTime,
     FlowRunFilterState,
     FlowRunFilterStateType,
     WorkPoolFilter,
@@ -49,6 +50,19 @@ def stuck_runs(client: SyncPrefectClient, work_pool: str) -> list[FlowRun]:
         work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[work_pool])),
         flow_run_filter=FlowRunFilter(
             state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED, StateType.PENDING]))
+        ),
+        limit=200,
+    )
+
+
+def due_runs(client: SyncPrefectClient, work_pool: str) -> list[FlowRun]:
+    """`stuck_runs` whose time has come (expected start now or before): not a schedule's
+    future runs."""
+    return client.read_flow_runs(
+        work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[work_pool])),
+        flow_run_filter=FlowRunFilter(
+            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED, StateType.PENDING])),
+            expected_start_time=FlowRunFilterExpectedStartTime(before_=dt.datetime.now(dt.UTC)),
         ),
         limit=200,
     )

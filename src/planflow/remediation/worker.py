@@ -13,17 +13,15 @@ process.
     python -m planflow.remediation.worker --pool planflow-remediation [--limit 4]
 
 `planflow stack up` starts it (remediation/worker_process.py: worker_up). When Prefect's
-worker gives up (a server outage of about 45 s, a 4xx), it is started again (serve_on).
+worker stops (a 4xx such as its pool gone, a long outage), it is started again
+(worker_restart.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import os
-import sys
 import threading
-import time
 import warnings
 from typing import Any
 
@@ -34,11 +32,7 @@ from prefect.workers.process import ProcessWorker, ProcessWorkerResult
 
 from planflow.remediation.flows import REMEDIATION_FLOWS
 from planflow.remediation.names import REMEDIATION_POOL
-
-# Prefect's worker stopped (a server outage, a 4xx): started again after this long,
-# doubling up to the maximum, for as long as the process lives.
-RESTART_SECONDS = 2.0
-RESTART_MAX_SECONDS = 30.0
+from planflow.remediation.worker_restart import keep_running
 
 
 def remediation_flows() -> dict[str, Any]:
@@ -98,51 +92,11 @@ async def serve(pool: str, name: str | None, limit: int, query_seconds: float) -
             await worker.start()
 
 
-def serve_on(pool: str, name: str | None, limit: int, query_seconds: float, restarts: int | None = None) -> None:
-    """`serve`, started again whenever Prefect's worker stops. It exits at once on a 4xx
-    from its server (its pool gone: the project's server started on a new database; API
-    auth switched on), and after many failed polls in a row (its client retries each for
-    about a minute, so an outage of 5 minutes was outlived): the alert path then had no
-    worker until the next `planflow stack up`. Each attempt runs in an event loop of its
-    own (a failed one can leave a cancellation behind); waits RESTART_SECONDS, doubling
-    up to RESTART_MAX_SECONDS (back to the first after it served a while); `restarts`
-    bounds them (None: until the process is stopped)."""
-    delay, done = RESTART_SECONDS, 0
-    while True:
-        began = time.monotonic()
-        try:
-            anyio.run(serve, pool, name, limit, query_seconds)
-            return
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except BaseException as exc:  # noqa: BLE001 - any reason Prefect's worker stopped: it is said
-            if restarts is not None and done >= restarts:
-                raise
-            if time.monotonic() - began > 10 * RESTART_MAX_SECONDS:
-                delay = RESTART_SECONDS
-            print(
-                f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M:%S} planflow remediation worker {name or ''} on {pool}: "
-                f"Prefect's worker stopped ({_cause(exc)}); starting it again in {delay:g} s",
-                file=sys.stderr,
-                flush=True,
-            )
-            time.sleep(delay)
-            delay, done = min(2 * delay, RESTART_MAX_SECONDS), done + 1
-
-
-def _cause(exc: BaseException) -> str:
-    """The reason an attempt ended, in one line: the first of an exception group, past
-    the cancellations its task group raised on the way out (to what they interrupted)."""
-    seen: set[int] = set()
-    while id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-            exc = exc.exceptions[0]
-        elif type(exc).__name__ == "CancelledError" and exc.__context__ is not None:
-            exc = exc.__context__
-        else:
-            break
-    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")
+def serve_on(pool: str, name: str | None, limit: int, query_seconds: float) -> None:
+    """`serve`, started again when Prefect's worker stops (worker_restart.py), each
+    attempt in an event loop of its own (a failed one can leave a cancellation behind)."""
+    label = f"planflow remediation worker {name} on {pool}" if name else f"planflow remediation worker on {pool}"
+    keep_running(lambda: anyio.run(serve, pool, name, limit, query_seconds), label)
 
 
 def main(argv: list[str] | None = None) -> None:
