@@ -140,6 +140,9 @@ def test_runs_sent_to_a_pool_the_failover_paused_are_moved_by_its_re_checks(prim
     with get_client(sync_client=True) as client:
         paused = failover(_alert(primary_pool))
         assert paused["outcome"] == "succeeded" and not paused["resubmitted"], paused
+        # checked again from the pause on: a PlanflowWorkerHeartbeatStale does not resolve
+        # while the pool has no worker, and a trial's run sent there waited, never moved
+        assert paused["next_check"], paused
         assert client.read_work_pool(primary_pool).is_paused
         late = client.create_flow_run_from_deployment(primary.id, parameters={"seed": 5})
         # a schedule's next run, not due for an hour: it waits for its time (moved now, a
@@ -164,6 +167,26 @@ def test_runs_sent_to_a_pool_the_failover_paused_are_moved_by_its_re_checks(prim
             what="the moved run to finish on local-process",
         )
         assert done.state.is_completed(), done.state
+
+
+def test_a_pool_whose_worker_just_stopped_with_no_backup_and_nothing_waiting_is_not_paused(module_leftovers):
+    """A trial: the rescale stopped the idle worker it had added to `local-process`; the
+    offline worker's alert failed that pool over (no backup, no waiting run), because a
+    worker stopped a moment ago still counted as live. The next failover of the pool it
+    backs up then sent its runs to a paused pool."""
+    from datetime import UTC, datetime
+
+    from prefect.client.orchestration import get_client
+
+    from planflow.remediation.failover import failover
+
+    name = module_leftovers.pool(f"nobackup-{uuid.uuid4().hex[:6]}")
+    with get_client(sync_client=True) as client:
+        client.send_worker_heartbeat(name, f"stopped-{name}", heartbeat_interval_seconds=30)  # live for 90 s
+        alert = _alert(name).model_copy(update={"event_occurred": datetime.now(UTC)})  # after its last beat
+        result = failover(alert)
+        assert result["outcome"] == "skipped" and "nothing to protect or move" in result["reason"], result
+        assert not client.read_work_pool(name).is_paused
 
 
 def test_resolved_does_not_resume_a_pool_failover_did_not_pause(module_leftovers):

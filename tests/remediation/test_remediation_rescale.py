@@ -79,6 +79,9 @@ def test_rescale_within_bounds_then_back_down(module_leftovers, monkeypatch):
                 assert down["outcome"] == "succeeded", down
                 assert client.read_work_pool(pool).concurrency_limit == 1
                 assert not any(_alive(pid) for pid in started_pids)
+                # stopped on purpose: no offline worker left for PlanflowWorkerHeartbeatStale to report
+                started_names = {w["name"] for w in ledger["workers"]}
+                assert not started_names & {w.name for w in client.read_workers_for_work_pool(pool)}
         finally:
             for pid in started_pids:
                 if _alive(pid):

@@ -19,7 +19,7 @@ workpools_app = typer.Typer(
 @workpools_app.command("apply")
 def apply_command(
     names: list[str] | None = typer.Argument(None, help=f"Pools to apply (default: {', '.join(POOLS)})."),
-    no_resource_pools: bool = typer.Option(False, help="Do not create the ResourcePool blocks."),
+    no_resource_pools: bool = typer.Option(False, "--no-resource-pools", help="Do not create the ResourcePool blocks."),
 ) -> None:
     """Create or update planflow's work pools from the job templates it ships (idempotent)."""
     ensure_server()

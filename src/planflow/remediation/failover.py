@@ -177,7 +177,11 @@ def _fail_over(client: SyncPrefectClient, alert: PoolAlert) -> dict[str, Any]:
             f"(its first worker: planflow worker start {pool})"
         )
         return audit.finish("skipped", f"{pool}: no worker yet, no waiting run", {"work_pool": pool}, route)
-    if backup is None and not stuck and not live:
+    # `back`, not `live`: for a worker alert, a worker whose last beat came before it is
+    # the one it reports gone (a worker stopped a moment ago counted as live, and a pool
+    # with no backup and nothing waiting was paused: the rescale's scaled-back pool, the
+    # backup of another pool)
+    if backup is None and not stuck and not back:
         # No worker to stop, no run to move, nowhere to move it: pausing would only
         # leave an unused pool paused until someone notices.
         audit.note(
@@ -190,6 +194,7 @@ def _fail_over(client: SyncPrefectClient, alert: PoolAlert) -> dict[str, Any]:
         audit.note(f"no failover: {decision.reason}")
         return audit.finish(decision.audit_outcome, decision.reason, {"decision": decision.outcome}, route)
     dry = decision.outcome == "dry_run"
+    planned = None
     if dry:
         audit.note(f"dry run: would pause work pool {pool}")
     else:
@@ -197,7 +202,12 @@ def _fail_over(client: SyncPrefectClient, alert: PoolAlert) -> dict[str, Any]:
         guard.update(key, paused=True, paused_at=dt.datetime.now(dt.UTC).isoformat())
         audit.note(f"paused work pool {pool}: no new run starts there until the alert resolves")
         audit.emit("action", what="pause-work-pool", work_pool=pool)
-    details = move_all(client, alert, stuck, (source_name, backup_name, backup), dry)
+        # checked again from now on, not only once the alert resolves: a
+        # PlanflowWorkerHeartbeatStale does not resolve while the pool has no worker, and
+        # the runs sent to it meanwhile waited
+        planned = alert.check_again(recheck_delay(0), 1)
+        audit.note(f"checking {pool} again at {planned}: resumed once a worker is back, runs sent to it moved")
+    details = move_all(client, alert, stuck, (source_name, backup_name, backup), dry) | {"next_check": planned}
     stranded = stranded_reason(alert, details)
     if details["kept_ids"] and not dry:  # said now: the re-checks do not say them again
         guard.update(key, kept_reported=details["kept_ids"])

@@ -21,6 +21,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Literal
 
+from prefect.client.orchestration import get_client
 from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
 
 from planflow.ops.workers import busy, forget_worker, is_our_process, record_worker, stop_group, stop_recorded_workers
@@ -136,7 +137,7 @@ def scale_out(pool: str, pool_type: str, count: int, route: AlertRoute) -> list[
     workers = []
     for _ in range(count):
         name = f"{WORKER_PREFIX}{pool}-{uuid.uuid4().hex[:6]}"
-        workers.append({"kind": "process", "pid": start_worker(pool, pool_type, name), "name": name})
+        workers.append({"kind": "process", "pid": start_worker(pool, pool_type, name), "name": name, "work_pool": pool})
     return workers
 
 
@@ -168,5 +169,23 @@ def scale_in(worker: dict[str, Any]) -> tuple[Literal["stopped", "busy", "gone"]
     if busy_for_a_while(pid):
         return "busy", f"worker {name} (pid {pid}) still runs a flow run"
     if stop_worker(pid, name):
+        forget_on_server(worker.get("work_pool"), name)
         return "stopped", f"stopped idle worker {name} (pid {pid})"
     return "gone", f"worker {name} (pid {pid}) had already stopped"
+
+
+def forget_on_server(work_pool: str | None, name: str) -> None:
+    """Delete the server's record of a worker stopped on purpose: an offline worker left
+    there is what `PlanflowWorkerHeartbeatStale` reports, and the failover then paused
+    the pool the rescale had just scaled back (the backup of another one, meanwhile)."""
+    if not work_pool:
+        return
+    try:
+        with get_client(sync_client=True) as client:
+            client.request(
+                "DELETE",
+                "/work_pools/{work_pool_name}/workers/{name}",
+                path_params={"work_pool_name": work_pool, "name": name},
+            )
+    except Exception as exc:  # noqa: BLE001 - the worker is stopped all the same; its record ages out
+        log.warning("the record of stopped worker %s on %s could not be deleted: %r", name, work_pool, exc)
