@@ -127,8 +127,9 @@ def delete_pools(names: list[str]) -> None:
                 client.delete_work_pool(name)
             with contextlib.suppress(Exception):
                 client.delete_block_document(ResourcePool.load(name)._block_document_id)
-            Guard(load_route("PlanflowWorkPoolNotReady"), shared=True).reset(f"failover:{name}")
-            Guard(load_route("PlanflowLateRunBacklog")).reset(f"rescale:{name}")
+            # past the guard lock's lease (60 s): a re-check stopped with the remediation worker may hold it
+            Guard(load_route("PlanflowWorkPoolNotReady"), lock_timeout=150, shared=True).reset(f"failover:{name}")
+            Guard(load_route("PlanflowLateRunBacklog"), lock_timeout=150).reset(f"rescale:{name}")
 
 
 class Leftovers:

@@ -189,6 +189,55 @@ def test_a_pool_whose_worker_just_stopped_with_no_backup_and_nothing_waiting_is_
         assert not client.read_work_pool(name).is_paused
 
 
+def test_a_worker_that_beat_only_before_the_pause_does_not_resume_the_pool(module_leftovers):
+    """A dead worker still counts as live for three of its intervals (90 s): the check
+    15 s after the pause resumed the pool for it."""
+    from datetime import UTC, datetime
+
+    from prefect.client.orchestration import get_client
+
+    from planflow.remediation.failover import failover
+
+    name = module_leftovers.pool(f"dead-{uuid.uuid4().hex[:6]}", backup_pool="local")
+    with get_client(sync_client=True) as client:
+        client.send_worker_heartbeat(name, f"dead-{name}", heartbeat_interval_seconds=30)  # "live" for 90 s
+        alert = _alert(name).model_copy(update={"event_occurred": datetime.now(UTC)})
+        paused = failover(alert)
+        assert paused["outcome"] == "succeeded" and client.read_work_pool(name).is_paused, paused
+        assert paused["next_check"], paused
+        check = failover(_alert(name, "resolved"))
+        assert check["outcome"] == "skipped" and "no live worker" in check["reason"], check
+        assert client.read_work_pool(name).is_paused
+
+
+def test_a_run_moved_by_two_checks_at_once_is_resubmitted_once(primary_pool):
+    """Two moves of one waiting run read before either cancelled it (the firing failover
+    and a check, or two checks): each resubmitted it, and it ran twice on the backup."""
+    from prefect.client.orchestration import get_client
+
+    from planflow.remediation.moves import move_all
+    from planflow.remediation.names import FAILOVER_FLOW
+    from planflow.remediation.pool_alert import open_pool_alert
+    from planflow.remediation.pools import backup_of
+
+    primary = deploy_flaky(f"remediation-flaky-{primary_pool}", primary_pool, ["planflow", "docker"])
+    deploy_flaky("remediation-flaky-process", "local-process", ["planflow", "process"])
+    alert, _ = open_pool_alert("failover", FAILOVER_FLOW, "PlanflowWorkPoolNotReady", _alert(primary_pool), shared=True)
+    with get_client(sync_client=True) as client:
+        run = client.create_flow_run_from_deployment(primary.id, parameters={"seed": 7})
+        first = move_all(client, alert, [run], backup_of(primary_pool), dry=False)
+        second = move_all(client, alert, [run], backup_of(primary_pool), dry=False)  # the same read of it
+        [a], [b] = first["resubmitted"], second["resubmitted"]
+        assert a["flow_run_id"] == b["flow_run_id"], (a, b)
+        done = wait_until(
+            lambda: (r := client.read_flow_run(a["flow_run_id"])).state.is_final() and r,
+            180,
+            1,
+            what="the moved run to finish on local-process",
+        )
+        assert done.state.is_completed(), done.state
+
+
 def test_resolved_does_not_resume_a_pool_failover_did_not_pause(module_leftovers):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolUpdate
@@ -339,6 +388,8 @@ def test_a_failure_rate_alert_acts_only_where_the_pool_is_what_fails_the_runs(mo
         _failed_runs(client, deploy_flow(own, FLAKY_ENTRY, f"on-{mine}", mine, ["planflow"]), 3)
         pool_fault = failover(_failure_alert(mine))  # fails on this pool alone: failed over
         assert pool_fault["outcome"] == "succeeded" and client.read_work_pool(mine).is_paused, pool_fault
+        # no check from the pause: its workers stay live, and a check 15 s later resumed it
+        assert pool_fault["next_check"] is None, pool_fault
 
 
 def test_a_worker_counts_as_back_only_for_a_heartbeat_after_the_alert(process_pool_worker):

@@ -57,10 +57,15 @@ def test_refused_credentials_end_the_process_saying_the_fix():
     assert len(said) == 1 and "refuses these credentials; exiting" in said[0] and "planflow stack up" in said[0]
 
 
-@pytest.mark.parametrize("stop", [KeyboardInterrupt(), asyncio.CancelledError()])
+@pytest.mark.parametrize("stop", [KeyboardInterrupt(), SystemExit(0)])
 def test_being_asked_to_stop_is_not_restarted(stop):
     with pytest.raises(type(stop)):
         _run([stop])
+
+
+def test_a_bare_cancellation_is_restarted_and_said():
+    said, slept = _run([asyncio.CancelledError()])
+    assert slept == [RESTART_SECONDS] and "(CancelledError)" in said[0], said
 
 
 def test_restarts_can_be_bounded_and_the_cause_reads_past_the_cancellation():

@@ -25,7 +25,6 @@ from prefect.client.schemas.actions import WorkPoolUpdate
 from planflow.remediation.alert import AlertEvent
 from planflow.remediation.audit import audited
 from planflow.remediation.failure_check import FAILURE_ALERT, not_the_pool
-from planflow.remediation.guard import guard_lock
 from planflow.remediation.moves import move_all, stranded_reason
 from planflow.remediation.names import FAILOVER_FLOW
 from planflow.remediation.pool_alert import PoolAlert, open_pool_alert
@@ -77,7 +76,10 @@ def _resume(client: SyncPrefectClient, alert: PoolAlert) -> dict[str, Any]:
         guard.reset(key)
         return audit.finish("skipped", f"alert resolved; failover had not paused {pool}", {"ledger": ledger}, route)
     try:
-        workers = live_workers(client, pool)
+        # a worker that beat since the pause: a dead one still counts as live for three of
+        # its intervals (90 s), and a check 15 s after the pause resumed the pool for it
+        paused_at = ledger.get("paused_at")
+        workers = live_workers(client, pool, since=dt.datetime.fromisoformat(paused_at) if paused_at else None)
         paused_now = client.read_work_pool(pool).is_paused
     except Exception as exc:  # noqa: BLE001 - the pool was deleted
         guard.reset(key)
@@ -110,7 +112,7 @@ def _move_sent_since(client: SyncPrefectClient, alert: PoolAlert, details: dict[
     """A re-check of a pool the failover paused, no worker back yet: move the runs sent to
     it since and due by now (a schedule, `prefect deployment run`; those not due yet wait
     for their time, or a schedule's future runs would be started now, at every check) to
-    the backup pool, under the guard's lock (two checks at once moved a run twice). Not
+    the backup pool (each once, however many checks run at once: moves.py). Not
     to a backup that is paused itself (two pools backing each other up bounced the runs
     between them). A run that cannot move is reported once ("failed"), not at every check."""
     audit, guard, key, pool, route = alert.audit, alert.guard, alert.key, alert.pool, alert.route
@@ -125,8 +127,7 @@ def _move_sent_since(client: SyncPrefectClient, alert: PoolAlert, details: dict[
         why = f"its backup pool's work pool {backup.work_pool} is paused too: the runs sent to {pool} wait"
         audit.note(why)
         return audit.finish("skipped", f"{pool} has no live worker yet; {why}", details, route)
-    with guard_lock():
-        details |= move_all(client, alert, due_runs(client, pool), found, dry=False)
+    details |= move_all(client, alert, due_runs(client, pool), found, dry=False)
     reported = set(guard.ledger(key).get("kept_reported", []))
     new = [i for i in details["kept_ids"] if i not in reported]
     if new:
@@ -139,6 +140,23 @@ def _move_sent_since(client: SyncPrefectClient, alert: PoolAlert, details: dict[
     if not stranded and not moved:
         return audit.finish("skipped", reason + f" ({len(details['kept'])} kept, said before)", details, route)
     return audit.finish("failed" if stranded else "succeeded", reason, details, route)
+
+
+def _check_from_the_pause(alert: PoolAlert) -> str | None:
+    """A worker alert paused the pool: check it again from now on, not only once the
+    alert resolves (a PlanflowWorkerHeartbeatStale does not resolve while the pool has no
+    worker, and the runs sent to it meanwhile waited): resumed once a worker beats again,
+    runs sent to it moved. (Not for a failure-rate pause: its workers are live, and only
+    the resolved alert may resume it.) A failure to schedule it is said, not raised: the
+    pause and the moves are done, and the resolved alert checks too."""
+    try:
+        planned = alert.check_again(recheck_delay(0), 1)
+    except Exception as exc:  # noqa: BLE001 - see above
+        alert.audit.note(f"no re-check of {alert.pool} scheduled ({exc!r}): the resolved alert checks it")
+        return None
+    if planned:
+        alert.audit.note(f"checking {alert.pool} again at {planned}: resumed once a worker beats again")
+    return planned
 
 
 def _fail_over(client: SyncPrefectClient, alert: PoolAlert) -> dict[str, Any]:
@@ -200,14 +218,12 @@ def _fail_over(client: SyncPrefectClient, alert: PoolAlert) -> dict[str, Any]:
     else:
         client.update_work_pool(pool, WorkPoolUpdate(is_paused=True))
         guard.update(key, paused=True, paused_at=dt.datetime.now(dt.UTC).isoformat())
-        audit.note(f"paused work pool {pool}: no new run starts there until the alert resolves")
+        audit.note(f"paused work pool {pool}: no new run starts there until a worker is back (or the alert resolves)")
         audit.emit("action", what="pause-work-pool", work_pool=pool)
-        # checked again from now on, not only once the alert resolves: a
-        # PlanflowWorkerHeartbeatStale does not resolve while the pool has no worker, and
-        # the runs sent to it meanwhile waited
-        planned = alert.check_again(recheck_delay(0), 1)
-        audit.note(f"checking {pool} again at {planned}: resumed once a worker is back, runs sent to it moved")
-    details = move_all(client, alert, stuck, (source_name, backup_name, backup), dry) | {"next_check": planned}
+    details = move_all(client, alert, stuck, (source_name, backup_name, backup), dry)
+    if worker_alert and not dry:
+        planned = _check_from_the_pause(alert)
+    details["next_check"] = planned
     stranded = stranded_reason(alert, details)
     if details["kept_ids"] and not dry:  # said now: the re-checks do not say them again
         guard.update(key, kept_reported=details["kept_ids"])

@@ -47,6 +47,11 @@ def move_all(
         "kept_ids": [],
         "replans": {},
     }
+    if backup is not None and runs:
+        try:  # pools that back each other up bounced their runs between them
+            details["backup_paused"] = client.read_work_pool(backup.work_pool).is_paused
+        except Exception:  # noqa: BLE001 - a missing work pool: the resubmission says so
+            details["backup_paused"] = False
     for run in runs:
         _move(client, alert, run, backup_name, backup, dry, details)
     return details
@@ -110,7 +115,9 @@ def _move(
     else:
         flow_name = client.read_flow(run.flow_id).name
         target = _equivalent_deployment(client, run.flow_id, backup.work_pool)
-        if target is None:
+        if details.get("backup_paused"):
+            target, why = None, f"the backup pool's work pool {backup.work_pool} is paused too: kept queued"
+        elif target is None:
             why = f"flow {flow_name} has no deployment on {backup.work_pool}: kept queued"
     if target is None and "component" not in run.tags:
         details["kept"].append(f"{run.name}: {why}")
@@ -151,6 +158,8 @@ def _move(
         target.id,
         parameters=parameters,
         state=Scheduled(scheduled_time=due) if later else None,
+        # one resubmission per run, however many failovers and checks move it at once
+        idempotency_key=f"planflow-failover-{run.id}",
         job_variables=_backup_job_variables(client, backup),
         tags=[*(t for t in run.tags if t not in ("docker", "kubernetes")), "failover"],
         name=f"{run.name}-failover",

@@ -165,11 +165,13 @@ def scale_in(worker: dict[str, Any]) -> tuple[Literal["stopped", "busy", "gone"]
         )
     pid, name = int(worker["pid"]), worker["name"]
     if not is_our_process(pid, name):
+        forget_on_server(worker.get("work_pool"), name)
         return "gone", f"worker {name} (pid {pid}) had already stopped"
     if busy_for_a_while(pid):
         return "busy", f"worker {name} (pid {pid}) still runs a flow run"
-    if stop_worker(pid, name):
-        forget_on_server(worker.get("work_pool"), name)
+    stopped = stop_worker(pid, name)
+    forget_on_server(worker.get("work_pool"), name)
+    if stopped:
         return "stopped", f"stopped idle worker {name} (pid {pid})"
     return "gone", f"worker {name} (pid {pid}) had already stopped"
 

@@ -268,7 +268,7 @@ def failover_scenario(
                 timeout,
                 f"{PRIMARY} to be resumed",
             )
-            timeline.mark(f"{PRIMARY} resumed by the failover flow (alert resolved, worker live)")
+            timeline.mark(f"{PRIMARY} resumed by the failover flow (a worker live again)")
             result["resumed"] = True
     finally:
         for process in started:

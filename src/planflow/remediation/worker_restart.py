@@ -21,13 +21,15 @@ RESTART_MAX_SECONDS = 30.0
 CREDENTIALS = (401, 403)  # a restart with the same settings meets the same answer
 
 
-def leaves(exc: BaseException) -> list[BaseException]:
+def leaves(exc: BaseException, seen: frozenset[int] = frozenset()) -> list[BaseException]:
     """The exceptions inside `exc`: the members of (nested) groups, each cancellation a
     task group raised on the way out replaced by what it interrupted."""
+    seen = seen | {id(exc)}
     if isinstance(exc, BaseExceptionGroup):
-        return [leaf for member in exc.exceptions for leaf in leaves(member)]
-    if type(exc).__name__ == "CancelledError" and exc.__context__ is not None and exc.__context__ is not exc:
-        return leaves(exc.__context__)
+        return [leaf for member in exc.exceptions if id(member) not in seen for leaf in leaves(member, seen)]
+    context = exc.__context__
+    if type(exc).__name__ == "CancelledError" and context is not None and id(context) not in seen:
+        return leaves(context, seen)
     return [exc]
 
 
@@ -44,11 +46,8 @@ def status_of(exc: BaseException) -> int | None:
 
 
 def asked_to_stop(exc: BaseException) -> bool:
-    """Ctrl-C or an exit, or only cancellations with nothing they interrupted."""
-    found = leaves(exc)
-    return any(isinstance(e, KeyboardInterrupt | SystemExit) for e in found) or all(
-        type(e).__name__ == "CancelledError" for e in found
-    )
+    """Ctrl-C or an exit (SIGTERM ends the process without one)."""
+    return any(isinstance(e, KeyboardInterrupt | SystemExit) for e in leaves(exc))
 
 
 def describe(exc: BaseException) -> str:
