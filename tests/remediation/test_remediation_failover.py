@@ -35,6 +35,11 @@ def _alert(pool: str, status: str = "firing") -> AlertEvent:
     )
 
 
+def _finished(client, flow_run_id, what: str):
+    """The flow run once it is final (at most 180 s)."""
+    return wait_until(lambda: (r := client.read_flow_run(flow_run_id)).state.is_final() and r, 180, 1, what=what)
+
+
 def test_failover_pauses_cancels_resubmits_on_backup_and_resume_on_resolved(primary_pool, tmp_path):
     from prefect.client.orchestration import get_client
 
@@ -57,12 +62,7 @@ def test_failover_pauses_cancels_resubmits_on_backup_and_resume_on_resolved(prim
         assert replan["pools"] == ["local"] and replan["makespan_s"] > 0, replan
         new = client.read_flow_run(moved["flow_run_id"])
         assert new.parameters["local_pool"] == "local" and new.parameters["seed"] == 3
-        done = wait_until(
-            lambda: (r := client.read_flow_run(new.id)).state.is_final() and r,
-            180,
-            1,
-            what="the resubmitted run to finish",
-        )
+        done = _finished(client, new.id, "the resubmitted run to finish")
         assert done.state.is_completed(), done.state
 
         again = failover(_alert(primary_pool))
@@ -160,12 +160,7 @@ def test_runs_sent_to_a_pool_the_failover_paused_are_moved_by_its_re_checks(prim
         assert client.read_flow_run(future.id).state.type.value == "SCHEDULED"
         assert client.read_work_pool(primary_pool).is_paused
         client.set_flow_run_state(future.id, Cancelled(message="test cleanup"), force=True)
-        done = wait_until(
-            lambda: (r := client.read_flow_run(moved["flow_run_id"])).state.is_final() and r,
-            180,
-            1,
-            what="the moved run to finish on local-process",
-        )
+        done = _finished(client, moved["flow_run_id"], "the moved run to finish on local-process")
         assert done.state.is_completed(), done.state
 
 
@@ -229,12 +224,7 @@ def test_a_run_moved_by_two_checks_at_once_is_resubmitted_once(primary_pool):
         second = move_all(client, alert, [run], backup_of(primary_pool), dry=False)  # the same read of it
         [a], [b] = first["resubmitted"], second["resubmitted"]
         assert a["flow_run_id"] == b["flow_run_id"], (a, b)
-        done = wait_until(
-            lambda: (r := client.read_flow_run(a["flow_run_id"])).state.is_final() and r,
-            180,
-            1,
-            what="the moved run to finish on local-process",
-        )
+        done = _finished(client, a["flow_run_id"], "the moved run to finish on local-process")
         assert done.state.is_completed(), done.state
 
 

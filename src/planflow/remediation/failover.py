@@ -28,7 +28,7 @@ from planflow.remediation.failure_check import FAILURE_ALERT, not_the_pool
 from planflow.remediation.moves import move_all, stranded_reason
 from planflow.remediation.names import FAILOVER_FLOW
 from planflow.remediation.pool_alert import PoolAlert, open_pool_alert
-from planflow.remediation.pools import backup_of, due_runs, has_had_workers, live_workers, pool_status, stuck_runs
+from planflow.remediation.pools import backup_of, has_had_workers, live_workers, pool_status, stuck_runs
 
 # Alerts that say "no worker serves this pool" (as opposed to "its runs fail").
 WORKER_ALERTS = ("PlanflowWorkPoolNotReady", "PlanflowWorkerHeartbeatStale")
@@ -116,7 +116,8 @@ def _move_sent_since(client: SyncPrefectClient, alert: PoolAlert, details: dict[
     to a backup that is paused itself (two pools backing each other up bounced the runs
     between them). A run that cannot move is reported once ("failed"), not at every check."""
     audit, guard, key, pool, route = alert.audit, alert.guard, alert.key, alert.pool, alert.route
-    if not due_runs(client, pool):
+    due = stuck_runs(client, pool, due_only=True)
+    if not due:
         return audit.finish("skipped", f"{pool} has no live worker yet", details, route)
     found = backup_of(pool)
     backup = found[2]
@@ -127,7 +128,7 @@ def _move_sent_since(client: SyncPrefectClient, alert: PoolAlert, details: dict[
         why = f"its backup pool's work pool {backup.work_pool} is paused too: the runs sent to {pool} wait"
         audit.note(why)
         return audit.finish("skipped", f"{pool} has no live worker yet; {why}", details, route)
-    details |= move_all(client, alert, due_runs(client, pool), found, dry=False)
+    details |= move_all(client, alert, due, found, dry=False)
     reported = set(guard.ledger(key).get("kept_reported", []))
     new = [i for i in details["kept_ids"] if i not in reported]
     if new:

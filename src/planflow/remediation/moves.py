@@ -112,12 +112,12 @@ def _move(
         why = "no backup pool: kept queued, it starts when the pool is resumed"
     elif run.deployment_id is None:
         why = "not from a deployment: kept queued"
+    elif details.get("backup_paused"):
+        why = f"the backup pool's work pool {backup.work_pool} is paused too: kept queued"
     else:
         flow_name = client.read_flow(run.flow_id).name
         target = _equivalent_deployment(client, run.flow_id, backup.work_pool)
-        if details.get("backup_paused"):
-            target, why = None, f"the backup pool's work pool {backup.work_pool} is paused too: kept queued"
-        elif target is None:
+        if target is None:
             why = f"flow {flow_name} has no deployment on {backup.work_pool}: kept queued"
     if target is None and "component" not in run.tags:
         details["kept"].append(f"{run.name}: {why}")

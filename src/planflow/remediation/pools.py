@@ -44,25 +44,14 @@ def has_had_workers(client: SyncPrefectClient, work_pool: str) -> bool:
     return bool(client.read_workers_for_work_pool(work_pool))
 
 
-def stuck_runs(client: SyncPrefectClient, work_pool: str) -> list[FlowRun]:
-    """Flow runs on `work_pool` that wait for a worker: Scheduled (incl. Late) or Pending."""
-    return client.read_flow_runs(
-        work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[work_pool])),
-        flow_run_filter=FlowRunFilter(
-            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED, StateType.PENDING]))
-        ),
-        limit=200,
-    )
-
-
-def due_runs(client: SyncPrefectClient, work_pool: str) -> list[FlowRun]:
-    """`stuck_runs` whose time has come (expected start now or before): not a schedule's
-    future runs."""
+def stuck_runs(client: SyncPrefectClient, work_pool: str, due_only: bool = False) -> list[FlowRun]:
+    """Flow runs on `work_pool` that wait for a worker: Scheduled (incl. Late) or Pending;
+    with `due_only`, those whose time has come (not a schedule's future runs)."""
     return client.read_flow_runs(
         work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[work_pool])),
         flow_run_filter=FlowRunFilter(
             state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED, StateType.PENDING])),
-            expected_start_time=FlowRunFilterExpectedStartTime(before_=dt.datetime.now(dt.UTC)),
+            expected_start_time=(FlowRunFilterExpectedStartTime(before_=dt.datetime.now(dt.UTC)) if due_only else None),
         ),
         limit=200,
     )
